@@ -1,0 +1,71 @@
+#pragma once
+// GraphSpec: the validated, immutable description of a network's graph —
+// which neurons exist, how they connect, which are inputs and outputs (in
+// order). It knows nothing of tensors; NeuralNetwork compiles it into a
+// Topology. Every constructor validates, so a GraphSpec that exists is a DAG
+// whose inputs have no incoming and whose outputs have no outgoing edges.
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "connex/neuron_id.h"
+
+namespace connex {
+
+// id -> successors, in the order given (so neuron order is reproducible).
+using Adjacency = std::vector<std::pair<NeuronId, std::vector<NeuronId>>>;
+
+enum class Role { Input, Hidden, Output };
+const char* role_name(Role role);
+
+class GraphSpec {
+ public:
+  // `neurons` lists every neuron (isolated ones included); neurons named only
+  // by edges, inputs or outputs are appended in order of first appearance.
+  // `context` prefixes error messages ("NeuralNetwork(): ...").
+  GraphSpec(std::vector<NeuronId> neurons, std::vector<Edge> edges, std::vector<NeuronId> inputs,
+            std::vector<NeuronId> outputs, const std::string& context = "GraphSpec");
+
+  static GraphSpec from_edges(const std::vector<Edge>& edges, std::vector<NeuronId> inputs,
+                              std::vector<NeuronId> outputs, std::vector<NeuronId> neurons = {});
+  static GraphSpec from_adjacency(const Adjacency& adjacency, std::vector<NeuronId> inputs,
+                                  std::vector<NeuronId> outputs,
+                                  std::vector<NeuronId> neurons = {});
+  // {"neurons":[...], "edges":[[u,v],...] | "adjacency":{"u":[v,...]}, "inputs":[...], "outputs":[...]}.
+  // Adjacency keys are JSON strings; in an integer graph they must spell integers.
+  static GraphSpec from_json(const nlohmann::json& json);
+  nlohmann::json to_json() const;
+
+  const std::vector<NeuronId>& neurons() const { return neurons_; }
+  // Deduplicated, in the order first given.
+  const std::vector<Edge>& edges() const { return edges_; }
+  const std::vector<NeuronId>& inputs() const { return inputs_; }
+  const std::vector<NeuronId>& outputs() const { return outputs_; }
+  NeuronId::Kind id_kind() const { return id_kind_; }
+
+  size_t num_neurons() const { return neurons_.size(); }
+  bool contains(const NeuronId& id) const { return index_.count(id) != 0; }
+  // Position of `id` in neurons(), or -1.
+  int64_t index_of(const NeuronId& id) const;
+  Role role(const NeuronId& id) const;
+
+ private:
+  std::vector<NeuronId> neurons_;
+  std::vector<Edge> edges_;
+  std::vector<NeuronId> inputs_;
+  std::vector<NeuronId> outputs_;
+  NeuronId::Kind id_kind_ = NeuronId::Kind::Integer;
+  std::unordered_map<NeuronId, int64_t, NeuronIdHash> index_;
+  std::vector<Role> roles_;
+};
+
+// One directed cycle of the graph over `num_nodes` nodes (0..n-1) and `edges`,
+// as a closed node path [a, b, ..., a], or nullopt for a DAG. O(V + E).
+std::optional<std::vector<int64_t>> find_cycle(int64_t num_nodes,
+                                               const std::vector<std::pair<int64_t, int64_t>>& edges);
+
+}  // namespace connex

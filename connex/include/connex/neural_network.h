@@ -1,0 +1,117 @@
+#pragma once
+// NeuralNetwork: a DAG of single neurons as a trainable torch module.
+//
+//   auto net = connex::NeuralNetwork(
+//       connex::GraphSpec::from_adjacency({{0, {1, 2}}, {1, {3}}, {2, {3}}}, {0}, {3}),
+//       connex::NeuralNetworkOptions().hidden_activation("relu"));
+//   torch::Tensor y = net->forward(x);  // x: [batch, inputs] -> [batch, outputs]
+//
+// The module holds only what varies by training: one flat `weight` tensor (one
+// entry per connection, in the Topology's (target, source) order), one flat
+// `bias` tensor (one per non-input neuron), and the index buffers of each
+// topological batch. Structure lives in an immutable, shared Topology.
+#include <memory>
+#include <ostream>
+#include <vector>
+
+#include <torch/nn/cloneable.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+#include "connex/graph_spec.h"
+#include "connex/options.h"
+#include "connex/topology.h"
+#include "connex/weighted_graph.h"
+
+namespace connex {
+
+class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
+ public:
+  explicit NeuralNetworkImpl(const GraphSpec& spec, NeuralNetworkOptions options = {});
+  // From an already compiled topology (the editor's path; options must match it).
+  NeuralNetworkImpl(std::shared_ptr<const Topology> topology, NeuralNetworkOptions options);
+  // Copies structure and options; a module-valued activation is deep-cloned so
+  // that clone() never shares parameters with the original.
+  NeuralNetworkImpl(const NeuralNetworkImpl& other);
+  NeuralNetworkImpl& operator=(const NeuralNetworkImpl& other) = default;
+
+  // Re-creates parameters (from options().seed()) and buffers.
+  void reset() override;
+
+  // x: [batch, num_inputs] -> [batch, num_outputs], or [num_inputs] -> [num_outputs].
+  torch::Tensor forward(const torch::Tensor& x);
+
+  void pretty_print(std::ostream& stream) const override;
+
+  // ---- structure
+  const GraphSpec& spec() const { return topology_->spec(); }
+  const Topology& topology() const { return *topology_; }
+  std::shared_ptr<const Topology> topology_ptr() const { return topology_; }
+  const NeuralNetworkOptions& options() const { return options_; }
+  const std::vector<NeuronId>& input_neurons() const { return spec().inputs(); }
+  const std::vector<NeuronId>& output_neurons() const { return spec().outputs(); }
+  std::vector<NeuronId> hidden_neurons() const;
+  // The batches of non-input neurons, in execution order.
+  std::vector<std::vector<NeuronId>> topological_batches() const;
+  int64_t num_neurons() const { return topology_->num_neurons(); }
+  int64_t num_inputs() const { return topology_->num_inputs(); }
+  int64_t num_outputs() const { return static_cast<int64_t>(output_neurons().size()); }
+  int64_t num_connections() const { return topology_->num_connections(); }
+  // Trainable scalars, the activation's and transformation's modules included.
+  int64_t num_parameters() const;
+
+  // ---- parameters by label
+  double weight(const NeuronId& from, const NeuronId& to) const;
+  void set_weight(const NeuronId& from, const NeuronId& to, double value);
+  double bias(const NeuronId& neuron) const;
+  void set_bias(const NeuronId& neuron, double value);
+  double dropout_p(const NeuronId& neuron) const;
+  // The flat parameter tensors themselves (layout: see Topology).
+  const torch::Tensor& weight_tensor() const { return weight_; }
+  const torch::Tensor& bias_tensor() const { return bias_; }
+
+  // Zero the gradients of these connections' weights and these neurons'
+  // biases from now on (like Equinox's filtered grad). Optimizers with
+  // momentum or weight decay may still move a frozen value: exclude it from
+  // decay, or freeze before the first step. Unknown labels throw.
+  void freeze(const std::vector<Edge>& connections, const std::vector<NeuronId>& neurons = {});
+  void unfreeze_all();
+  bool is_frozen(const NeuronId& from, const NeuronId& to) const;
+
+  WeightedGraph weighted_graph() const;
+
+ private:
+  friend class NetworkEditor;
+  // Per-batch tensors; each is also a registered buffer, so .to(device) moves it.
+  struct GatherTensors {
+    std::vector<torch::Tensor> segment_index;  // undefined for contiguous segments
+    torch::Tensor order;
+  };
+  struct LevelTensors {
+    GatherTensors gather;
+    torch::Tensor edge_source, edge_target, scatter_pos;
+    torch::Tensor keep_prob, keep_scale;  // dropout, [size, 1]; undefined when p = 0 throughout
+  };
+
+  void check_input(const torch::Tensor& x) const;
+  torch::Tensor gather(const GatherPlan& plan, const GatherTensors& tensors,
+                       const std::vector<torch::Tensor>& pieces) const;
+  torch::Tensor apply_dropout(const torch::Tensor& values, const LevelTensors& level) const;
+  GatherTensors register_gather(const GatherPlan& plan, const std::string& prefix);
+  void install_freeze_hooks();
+  int64_t connection_or_throw(const NeuronId& from, const NeuronId& to, const char* context) const;
+  int64_t bias_or_throw(const NeuronId& neuron, const char* context) const;
+
+  NeuralNetworkOptions options_;
+  std::shared_ptr<const Topology> topology_;
+  std::vector<double> dropout_;  // resolved, per dense id
+  torch::Tensor weight_, bias_;
+  torch::Tensor weight_grad_mask_, bias_grad_mask_;
+  bool frozen_ = false;
+  std::vector<LevelTensors> levels_;  // index 0: the input level (dropout only)
+  GatherTensors output_gather_;
+};
+
+TORCH_MODULE(NeuralNetwork);
+
+}  // namespace connex

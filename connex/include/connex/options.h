@@ -1,0 +1,45 @@
+#pragma once
+// NeuralNetworkOptions: everything about a network except its graph, in the
+// style of torch::nn options (chained TORCH_ARG setters, inline defaults).
+#include <cstdint>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include <torch/arg.h>
+#include <torch/types.h>
+
+#include "connex/neuron_id.h"
+#include "connex/tensor_function.h"
+#include "connex/topology.h"
+
+namespace connex {
+
+// Dropout probabilities. A number p means "p for every hidden neuron, 0 for
+// inputs and outputs"; a list of (neuron, p) sets the named neurons (inputs
+// and outputs included) and leaves every other at `hidden` (0 unless a
+// number was given first, see set_dropout_p).
+struct DropoutSpec {
+  DropoutSpec(double p = 0.0) : hidden(p) {}  // NOLINT: implicit, .dropout_p(0.1)
+  DropoutSpec(std::vector<std::pair<NeuronId, double>> map) : per_neuron(std::move(map)) {}  // NOLINT
+  double hidden = 0.0;
+  std::vector<std::pair<NeuronId, double>> per_neuron;
+};
+
+struct NeuralNetworkOptions {
+  // Applied element-wise to hidden neurons: a built-in name, a callable, or a trainable module.
+  TORCH_ARG(TensorFunction, hidden_activation) = TensorFunction("gelu");
+  // Applied to the whole output vector [batch, outputs].
+  TORCH_ARG(TensorFunction, output_transformation) = TensorFunction("identity");
+  TORCH_ARG(DropoutSpec, dropout_p) = DropoutSpec(0.0);
+  // A topological order of all neurons; only decides ties within a batch.
+  TORCH_ARG(std::optional<std::vector<NeuronId>>, topo_sort) = std::nullopt;
+  // Seeds parameter initialisation (not dropout, which draws from torch's generator).
+  TORCH_ARG(uint64_t, seed) = 0;
+  TORCH_ARG(torch::Dtype, dtype) = torch::kFloat32;
+  // Execution layout; tests force a kernel to compare paths.
+  TORCH_ARG(double, dense_threshold) = 0.1;
+  TORCH_ARG(std::optional<LevelKernel>, force_kernel) = std::nullopt;
+};
+
+}  // namespace connex

@@ -1,0 +1,128 @@
+#pragma once
+// Topology: the pure "compile" of a GraphSpec into dense integer layouts.
+//
+// Neurons are renumbered by level (longest path from an input), so each
+// topological batch is one contiguous range of dense ids: inputs first, in
+// input order (level 0), then level 1, 2, ... Within a level, hidden neurons
+// come before outputs (so the activation applies to one prefix) and ties
+// follow the user's topo_sort, or else the spec's neuron order.
+//
+// Connections are one flat array sorted by (target, source): the connections
+// into a level are contiguous, and when a level reads every one of its
+// sources, its weights are a dense row-major [level size, sources] matrix
+// that needs no copy. The module stores one weight per connection in this
+// order; plasticity finds a weight by (source label, target label).
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <unordered_map>
+#include <vector>
+
+#include "connex/graph_spec.h"
+
+namespace connex {
+
+// A run of values read from one level's output ("piece"; piece 0 is the input).
+struct Segment {
+  int64_t level = 0;
+  int64_t begin = 0, end = 0;   // local positions [begin, end) when contiguous
+  std::vector<int64_t> local;   // explicit local positions otherwise
+  bool whole = false;           // the run is the entire level
+  bool contiguous() const { return local.empty(); }
+  int64_t size() const { return contiguous() ? end - begin : static_cast<int64_t>(local.size()); }
+};
+
+// How to assemble a list of neuron values from the per-level pieces: take the
+// segments in order, concatenate, then reorder by `order` (empty: as is).
+struct GatherPlan {
+  std::vector<Segment> segments;
+  std::vector<int64_t> order;
+  int64_t size = 0;
+};
+
+// How one topological batch computes its pre-activations.
+enum class LevelKernel {
+  BiasOnly,      // no incoming connections at all
+  DenseView,     // every neuron reads every source: weights are a view, one matmul
+  DenseScatter,  // dense enough: scatter weights into a zero matrix, one matmul
+  EdgeList,      // sparse: gather source per connection, scale, index_add per target
+};
+const char* kernel_name(LevelKernel kernel);
+
+struct Level {
+  int64_t begin = 0, end = 0;   // dense ids of the batch
+  int64_t hidden_end = 0;       // [begin, hidden_end) hidden, [hidden_end, end) outputs
+  int64_t conn_begin = 0, conn_end = 0;
+  std::vector<int64_t> sources;  // distinct source dense ids, ascending
+  GatherPlan gather;             // assembles `sources`
+  LevelKernel kernel = LevelKernel::BiasOnly;
+  std::vector<int64_t> edge_source;  // per connection: position in `sources`
+  std::vector<int64_t> edge_target;  // per connection: dense id - begin
+  int64_t size() const { return end - begin; }
+  int64_t num_connections() const { return conn_end - conn_begin; }
+};
+
+struct CompileOptions {
+  // A user topological order: must be a permutation of the neurons that
+  // respects every edge. Only breaks ties within a level.
+  std::optional<std::vector<NeuronId>> topo_sort;
+  // Levels at least this dense (connections / (size × sources)) use a matmul.
+  double dense_threshold = 0.1;
+  // Force one kernel for every level that has connections (tests compare paths).
+  std::optional<LevelKernel> force_kernel;
+};
+
+class Topology {
+ public:
+  static std::shared_ptr<const Topology> compile(const GraphSpec& spec,
+                                                 const CompileOptions& options = {});
+
+  const GraphSpec& spec() const { return spec_; }
+  int64_t num_neurons() const { return static_cast<int64_t>(labels_.size()); }
+  int64_t num_inputs() const { return num_inputs_; }
+  int64_t num_connections() const { return static_cast<int64_t>(conn_source_.size()); }
+  // Levels 1..depth are the topological batches; levels()[0] is the input level.
+  const std::vector<Level>& levels() const { return levels_; }
+  int64_t depth() const { return static_cast<int64_t>(levels_.size()) - 1; }
+
+  const NeuronId& label(int64_t dense) const { return labels_[dense]; }
+  Role role(int64_t dense) const { return roles_[dense]; }
+  int64_t level_of(int64_t dense) const { return level_of_[dense]; }
+  // Dense id of a label, or -1.
+  int64_t dense_of(const NeuronId& id) const;
+  // Dense id of a label; throws naming `context` when unknown.
+  int64_t require(const NeuronId& id, const char* context) const;
+  // Output dense ids in the user's output order.
+  const std::vector<int64_t>& output_ids() const { return output_ids_; }
+  const GatherPlan& output_gather() const { return output_gather_; }
+
+  // Flat connection arrays, sorted by (target, source).
+  const std::vector<int64_t>& conn_source() const { return conn_source_; }
+  const std::vector<int64_t>& conn_target() const { return conn_target_; }
+  // Connections into dense id n are [in_offsets()[n], in_offsets()[n + 1]).
+  const std::vector<int64_t>& in_offsets() const { return in_offsets_; }
+  // Index of connection source -> target (dense ids), or -1.
+  int64_t connection_index(int64_t source, int64_t target) const;
+  // Position of a non-input neuron's bias.
+  int64_t bias_index(int64_t dense) const { return dense - num_inputs_; }
+  int64_t num_biases() const { return num_neurons() - num_inputs_; }
+
+  // Builds a gather plan for arbitrary dense ids (any order, no duplicates).
+  GatherPlan plan_gather(const std::vector<int64_t>& dense_ids) const;
+
+ private:
+  explicit Topology(GraphSpec spec) : spec_(std::move(spec)) {}
+
+  GraphSpec spec_;
+  int64_t num_inputs_ = 0;
+  std::vector<NeuronId> labels_;
+  std::vector<Role> roles_;
+  std::vector<int64_t> level_of_;
+  std::unordered_map<NeuronId, int64_t, NeuronIdHash> dense_;
+  std::vector<Level> levels_;
+  std::vector<int64_t> output_ids_;
+  GatherPlan output_gather_;
+  std::vector<int64_t> conn_source_, conn_target_, in_offsets_;
+};
+
+}  // namespace connex

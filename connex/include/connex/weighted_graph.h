@@ -1,0 +1,30 @@
+#pragma once
+// WeightedGraph: a plain-data view of a network — every neuron with its role,
+// bias and dropout, every connection with its weight. The C++ counterpart of
+// Connex's to_networkx_weighted_digraph; exporters (JSON, GraphML, DOT) read it.
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "connex/graph_spec.h"
+
+namespace connex {
+
+struct WeightedGraph {
+  struct Neuron {
+    NeuronId id;
+    Role role = Role::Hidden;
+    std::optional<double> bias;  // inputs have none
+    double dropout_p = 0.0;
+    int64_t level = 0;  // topological batch; inputs are 0
+  };
+  struct Connection {
+    NeuronId from, to;
+    double weight = 0.0;
+  };
+  std::vector<Neuron> neurons;          // in the graph's neuron order
+  std::vector<Connection> connections;  // in the graph's edge order
+  std::vector<NeuronId> inputs, outputs;
+};
+
+}  // namespace connex

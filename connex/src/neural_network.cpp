@@ -1,0 +1,382 @@
+#include "connex/neural_network.h"
+
+#include <cmath>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include "connex/error.h"
+
+namespace connex {
+
+namespace {
+
+CompileOptions compile_options(const NeuralNetworkOptions& options) {
+  CompileOptions compile;
+  compile.topo_sort = options.topo_sort();
+  compile.dense_threshold = options.dense_threshold();
+  compile.force_kernel = options.force_kernel();
+  return compile;
+}
+
+void check_probability(double p, const std::string& what) {
+  if (!(p >= 0.0 && p <= 1.0))  // also rejects NaN
+    fail("NeuralNetwork(): dropout_p {} is {}; it must lie in [0, 1]", what, p);
+}
+
+torch::Tensor index_tensor(const std::vector<int64_t>& values) {
+  return torch::tensor(values, torch::kLong);
+}
+
+std::string shape_str(at::IntArrayRef sizes) { return fmt::format("[{}]", fmt::join(sizes, ", ")); }
+
+}  // namespace
+
+NeuralNetworkImpl::NeuralNetworkImpl(const GraphSpec& spec, NeuralNetworkOptions options)
+    : NeuralNetworkImpl(Topology::compile(spec, compile_options(options)), std::move(options)) {}
+
+NeuralNetworkImpl::NeuralNetworkImpl(std::shared_ptr<const Topology> topology,
+                                     NeuralNetworkOptions options)
+    : options_(std::move(options)), topology_(std::move(topology)) {
+  if (!options_.hidden_activation().is_elementwise())
+    fail("NeuralNetwork(): hidden_activation \"{}\" is not element-wise; use it as "
+         "output_transformation instead",
+         options_.hidden_activation().name());
+  const auto dtype = options_.dtype();
+  if (dtype != torch::kFloat32 && dtype != torch::kFloat64 && dtype != torch::kFloat16 &&
+      dtype != torch::kBFloat16)
+    fail("NeuralNetwork(): dtype {} is not a floating-point type", c10::toString(dtype));
+
+  // Resolve dropout per dense id; validation names the neuron.
+  const auto& topo = *topology_;
+  const auto& dropout = options_.dropout_p();
+  check_probability(dropout.hidden, "for hidden neurons");
+  dropout_.assign(topo.num_neurons(), 0.0);
+  for (int64_t d = 0; d < topo.num_neurons(); ++d)
+    if (topo.role(d) == Role::Hidden) dropout_[d] = dropout.hidden;
+  for (const auto& [id, p] : dropout.per_neuron) {
+    int64_t d = topo.dense_of(id);
+    if (d < 0) fail("NeuralNetwork(): dropout_p names neuron {}, which is not in the graph", id);
+    check_probability(p, "of neuron " + id.str());
+    dropout_[d] = p;
+  }
+  reset();
+}
+
+NeuralNetworkImpl::NeuralNetworkImpl(const NeuralNetworkImpl& other)
+    : torch::nn::Module(other),
+      options_(other.options_),
+      topology_(other.topology_),
+      dropout_(other.dropout_),
+      frozen_(other.frozen_) {
+  options_.hidden_activation(other.options_.hidden_activation().deep_copy());
+  options_.output_transformation(other.options_.output_transformation().deep_copy());
+}
+
+void NeuralNetworkImpl::reset() {
+  const Topology& topo = *topology_;
+  const auto float_options = torch::TensorOptions().dtype(options_.dtype());
+
+  // Initialisation as torch::nn::Linear does it, per neuron: weights and bias
+  // uniform in ±1/sqrt(fan-in). This keeps each pre-activation's variance
+  // independent of fan-in, which matters here because fan-in varies from
+  // neuron to neuron; Connex's N(0, 0.1²) makes wide neurons saturate and
+  // narrow ones nearly silent. A neuron without inputs is a constant; its bias
+  // is drawn as for fan-in 1 (not 0, which would sit on ReLU's kink).
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(options_.seed());
+  std::vector<double> weight_bound(topo.num_connections()), bias_bound(topo.num_biases());
+  for (int64_t d = topo.num_inputs(); d < topo.num_neurons(); ++d) {
+    const int64_t fan_in = topo.in_offsets()[d + 1] - topo.in_offsets()[d];
+    const double bound = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(fan_in, 1)));
+    for (int64_t c = topo.in_offsets()[d]; c < topo.in_offsets()[d + 1]; ++c) weight_bound[c] = bound;
+    bias_bound[topo.bias_index(d)] = bound;
+  }
+  auto draw = [&](const std::vector<double>& bound) {
+    auto u = torch::rand({static_cast<int64_t>(bound.size())}, generator, torch::kFloat64);
+    return ((u * 2 - 1) * torch::tensor(bound, torch::kFloat64)).to(float_options);
+  };
+  weight_ = register_parameter("weight", draw(weight_bound));
+  bias_ = register_parameter("bias", draw(bias_bound));
+  weight_grad_mask_ = register_buffer("weight_grad_mask", torch::ones({topo.num_connections()}, float_options));
+  bias_grad_mask_ = register_buffer("bias_grad_mask", torch::ones({topo.num_biases()}, float_options));
+
+  levels_.assign(topo.levels().size(), LevelTensors{});
+  for (size_t l = 0; l < topo.levels().size(); ++l) {
+    const Level& level = topo.levels()[l];
+    LevelTensors& t = levels_[l];
+    const std::string prefix = "level" + std::to_string(l) + "_";
+    if (l > 0) {
+      t.gather = register_gather(level.gather, prefix + "gather");
+      if (level.kernel == LevelKernel::EdgeList) {
+        t.edge_source = register_buffer(prefix + "edge_source", index_tensor(level.edge_source));
+        t.edge_target = register_buffer(prefix + "edge_target", index_tensor(level.edge_target));
+      } else if (level.kernel == LevelKernel::DenseScatter) {
+        std::vector<int64_t> pos(level.edge_source.size());
+        const int64_t width = static_cast<int64_t>(level.sources.size());
+        for (size_t k = 0; k < pos.size(); ++k) pos[k] = level.edge_target[k] * width + level.edge_source[k];
+        t.scatter_pos = register_buffer(prefix + "scatter_pos", index_tensor(pos));
+      }
+    }
+    bool any_dropout = false;
+    std::vector<double> keep(level.size()), scale(level.size());
+    for (int64_t d = level.begin; d < level.end; ++d) {
+      const double p = dropout_[d];
+      any_dropout |= p > 0.0;
+      keep[d - level.begin] = 1.0 - p;
+      scale[d - level.begin] = p < 1.0 ? 1.0 / (1.0 - p) : 0.0;  // inverted dropout
+    }
+    if (any_dropout) {
+      t.keep_prob = register_buffer(prefix + "keep_prob",
+                                    torch::tensor(keep, torch::kFloat64).to(float_options).unsqueeze(1));
+      t.keep_scale = register_buffer(prefix + "keep_scale",
+                                     torch::tensor(scale, torch::kFloat64).to(float_options).unsqueeze(1));
+    }
+  }
+  output_gather_ = register_gather(topo.output_gather(), "output_gather");
+
+  if (auto m = options_.hidden_activation().module_ptr()) register_module("hidden_activation", m);
+  if (auto m = options_.output_transformation().module_ptr())
+    register_module("output_transformation", m);
+  if (frozen_) install_freeze_hooks();
+}
+
+NeuralNetworkImpl::GatherTensors NeuralNetworkImpl::register_gather(const GatherPlan& plan,
+                                                                   const std::string& prefix) {
+  GatherTensors t;
+  for (size_t k = 0; k < plan.segments.size(); ++k) {
+    const Segment& seg = plan.segments[k];
+    t.segment_index.push_back(seg.contiguous() ? torch::Tensor()
+                                               : register_buffer(prefix + std::to_string(k),
+                                                                 index_tensor(seg.local)));
+  }
+  if (!plan.order.empty()) t.order = register_buffer(prefix + "_order", index_tensor(plan.order));
+  return t;
+}
+
+// ------------------------------------------------------------------ forward
+
+void NeuralNetworkImpl::check_input(const torch::Tensor& x) const {
+  const int64_t n_in = num_inputs();
+  if (!x.defined()) fail("NeuralNetwork::forward(): the input tensor is undefined");
+  if ((x.dim() != 1 && x.dim() != 2) || x.size(-1) != n_in)
+    fail("NeuralNetwork::forward(): expected input of shape [batch, {}] or [{}], got {}", n_in,
+         n_in, shape_str(x.sizes()));
+  if (x.scalar_type() != weight_.scalar_type())
+    fail("NeuralNetwork::forward(): expected input of dtype {}, got {}",
+         c10::toString(weight_.scalar_type()), c10::toString(x.scalar_type()));
+  if (x.device() != weight_.device())
+    fail("NeuralNetwork::forward(): expected input on device {}, got {}", weight_.device().str(),
+         x.device().str());
+}
+
+torch::Tensor NeuralNetworkImpl::gather(const GatherPlan& plan, const GatherTensors& tensors,
+                                        const std::vector<torch::Tensor>& pieces) const {
+  std::vector<torch::Tensor> parts;
+  parts.reserve(plan.segments.size());
+  for (size_t k = 0; k < plan.segments.size(); ++k) {
+    const Segment& seg = plan.segments[k];
+    const torch::Tensor& piece = pieces[seg.level];
+    if (seg.whole)
+      parts.push_back(piece);
+    else if (seg.contiguous())
+      parts.push_back(piece.narrow(0, seg.begin, seg.end - seg.begin));
+    else
+      parts.push_back(piece.index_select(0, tensors.segment_index[k]));
+  }
+  torch::Tensor values = parts.size() == 1 ? parts[0] : torch::cat(parts, 0);
+  return tensors.order.defined() ? values.index_select(0, tensors.order) : values;
+}
+
+torch::Tensor NeuralNetworkImpl::apply_dropout(const torch::Tensor& values,
+                                               const LevelTensors& level) const {
+  if (!is_training() || !level.keep_prob.defined()) return values;
+  auto mask = torch::bernoulli(level.keep_prob.expand(values.sizes())) * level.keep_scale;
+  return values * mask;
+}
+
+torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x) {
+  check_input(x);
+  const Topology& topo = *topology_;
+  const bool single = x.dim() == 1;
+  const int64_t batch = single ? 1 : x.size(0);
+
+  // Values are kept neuron-major, [neurons, batch]: gathering whole rows along
+  // the leading dimension is the fast direction, and each level is its own
+  // tensor ("piece") so autograd never copies a growing shared buffer.
+  std::vector<torch::Tensor> pieces(topo.levels().size());
+  pieces[0] = apply_dropout((single ? x.unsqueeze(1) : x.t()).contiguous(), levels_[0]);
+
+  for (size_t l = 1; l < topo.levels().size(); ++l) {
+    const Level& level = topo.levels()[l];
+    const LevelTensors& t = levels_[l];
+    const int64_t size = level.size(), width = static_cast<int64_t>(level.sources.size());
+    auto bias = bias_.narrow(0, topo.bias_index(level.begin), size).unsqueeze(1);
+    torch::Tensor z;
+    if (level.kernel == LevelKernel::BiasOnly) {
+      z = bias.expand({size, batch});
+    } else {
+      auto sources = gather(level.gather, t.gather, pieces);
+      auto w = weight_.narrow(0, level.conn_begin, level.num_connections());
+      switch (level.kernel) {
+        case LevelKernel::DenseView:
+          z = torch::addmm(bias, w.view({size, width}), sources);
+          break;
+        case LevelKernel::DenseScatter: {
+          auto dense = torch::zeros({size * width}, w.options()).scatter(0, t.scatter_pos, w);
+          z = torch::addmm(bias, dense.view({size, width}), sources);
+          break;
+        }
+        case LevelKernel::EdgeList: {
+          auto contributions = sources.index_select(0, t.edge_source) * w.unsqueeze(1);
+          z = bias.expand({size, batch}).index_add(0, t.edge_target, contributions);
+          break;
+        }
+        case LevelKernel::BiasOnly:
+          break;
+      }
+    }
+    // Hidden neurons are the level's prefix; outputs stay linear.
+    const int64_t hidden = level.hidden_end - level.begin;
+    const auto& activation = options_.hidden_activation();
+    if (hidden == size)
+      z = activation(z);
+    else if (hidden > 0)
+      z = torch::cat({activation(z.narrow(0, 0, hidden)), z.narrow(0, hidden, size - hidden)}, 0);
+    pieces[l] = apply_dropout(z, t);
+  }
+
+  auto out = gather(topo.output_gather(), output_gather_, pieces);  // [outputs, batch]
+  out = single ? out.squeeze(1) : out.t();
+  return options_.output_transformation()(out);
+}
+
+// --------------------------------------------------------------- inspection
+
+void NeuralNetworkImpl::pretty_print(std::ostream& stream) const {
+  const auto& topo = *topology_;
+  stream << "connex::NeuralNetwork(neurons=" << topo.num_neurons()
+         << ", inputs=" << topo.num_inputs() << ", hidden=" << hidden_neurons().size()
+         << ", outputs=" << num_outputs() << ", connections=" << topo.num_connections()
+         << ", depth=" << topo.depth()
+         << ", hidden_activation=" << options_.hidden_activation().name()
+         << ", output_transformation=" << options_.output_transformation().name()
+         << ", dtype=" << c10::toString(options_.dtype()) << ")";
+}
+
+std::vector<NeuronId> NeuralNetworkImpl::hidden_neurons() const {
+  std::vector<NeuronId> hidden;
+  for (const auto& id : spec().neurons())
+    if (spec().role(id) == Role::Hidden) hidden.push_back(id);
+  return hidden;
+}
+
+std::vector<std::vector<NeuronId>> NeuralNetworkImpl::topological_batches() const {
+  std::vector<std::vector<NeuronId>> batches;
+  const auto& topo = *topology_;
+  for (size_t l = 1; l < topo.levels().size(); ++l) {
+    std::vector<NeuronId> batch;
+    for (int64_t d = topo.levels()[l].begin; d < topo.levels()[l].end; ++d) batch.push_back(topo.label(d));
+    batches.push_back(std::move(batch));
+  }
+  return batches;
+}
+
+int64_t NeuralNetworkImpl::num_parameters() const {
+  int64_t total = 0;
+  for (const auto& p : parameters()) total += p.numel();
+  return total;
+}
+
+int64_t NeuralNetworkImpl::connection_or_throw(const NeuronId& from, const NeuronId& to,
+                                               const char* context) const {
+  const auto& topo = *topology_;
+  int64_t c = topo.connection_index(topo.require(from, context), topo.require(to, context));
+  if (c < 0) fail("{}: there is no connection {}", context, edge_str({from, to}));
+  return c;
+}
+
+int64_t NeuralNetworkImpl::bias_or_throw(const NeuronId& neuron, const char* context) const {
+  const auto& topo = *topology_;
+  int64_t d = topo.require(neuron, context);
+  if (topo.role(d) == Role::Input) fail("{}: neuron {} is an input and has no bias", context, neuron);
+  return topo.bias_index(d);
+}
+
+double NeuralNetworkImpl::weight(const NeuronId& from, const NeuronId& to) const {
+  return weight_[connection_or_throw(from, to, "NeuralNetwork::weight()")].item<double>();
+}
+
+void NeuralNetworkImpl::set_weight(const NeuronId& from, const NeuronId& to, double value) {
+  torch::NoGradGuard no_grad;
+  weight_[connection_or_throw(from, to, "NeuralNetwork::set_weight()")].fill_(value);
+}
+
+double NeuralNetworkImpl::bias(const NeuronId& neuron) const {
+  return bias_[bias_or_throw(neuron, "NeuralNetwork::bias()")].item<double>();
+}
+
+void NeuralNetworkImpl::set_bias(const NeuronId& neuron, double value) {
+  torch::NoGradGuard no_grad;
+  bias_[bias_or_throw(neuron, "NeuralNetwork::set_bias()")].fill_(value);
+}
+
+double NeuralNetworkImpl::dropout_p(const NeuronId& neuron) const {
+  return dropout_[topology_->require(neuron, "NeuralNetwork::dropout_p()")];
+}
+
+void NeuralNetworkImpl::freeze(const std::vector<Edge>& connections,
+                               const std::vector<NeuronId>& neurons) {
+  // Resolve every label first, so a bad one changes nothing.
+  std::vector<int64_t> conns, biases;
+  for (const auto& [from, to] : connections)
+    conns.push_back(connection_or_throw(from, to, "NeuralNetwork::freeze()"));
+  for (const auto& id : neurons) biases.push_back(bias_or_throw(id, "NeuralNetwork::freeze()"));
+  torch::NoGradGuard no_grad;
+  for (int64_t c : conns) weight_grad_mask_[c].fill_(0);
+  for (int64_t b : biases) bias_grad_mask_[b].fill_(0);
+  if (!frozen_) {
+    frozen_ = true;
+    install_freeze_hooks();
+  }
+}
+
+void NeuralNetworkImpl::unfreeze_all() {
+  torch::NoGradGuard no_grad;
+  weight_grad_mask_.fill_(1);
+  bias_grad_mask_.fill_(1);
+}
+
+bool NeuralNetworkImpl::is_frozen(const NeuronId& from, const NeuronId& to) const {
+  return weight_grad_mask_[connection_or_throw(from, to, "NeuralNetwork::is_frozen()")].item<double>() == 0.0;
+}
+
+void NeuralNetworkImpl::install_freeze_hooks() {
+  // The hooks hold the mask buffers by handle; .to(device) and load() update
+  // those handles in place, so the hooks follow.
+  auto weight_mask = weight_grad_mask_, bias_mask = bias_grad_mask_;
+  weight_.register_hook([weight_mask](const torch::Tensor& g) { return g * weight_mask; });
+  bias_.register_hook([bias_mask](const torch::Tensor& g) { return g * bias_mask; });
+}
+
+WeightedGraph NeuralNetworkImpl::weighted_graph() const {
+  const auto& topo = *topology_;
+  WeightedGraph graph;
+  graph.inputs = spec().inputs();
+  graph.outputs = spec().outputs();
+  auto weights = weight_.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  auto biases = bias_.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  const double* w = weights.data_ptr<double>();
+  const double* b = biases.data_ptr<double>();
+  for (const auto& id : spec().neurons()) {
+    const int64_t d = topo.dense_of(id);
+    WeightedGraph::Neuron neuron{id, topo.role(d), std::nullopt, dropout_[d], topo.level_of(d)};
+    if (neuron.role != Role::Input) neuron.bias = b[topo.bias_index(d)];
+    graph.neurons.push_back(std::move(neuron));
+  }
+  for (const auto& [from, to] : spec().edges())
+    graph.connections.push_back(
+        {from, to, w[topo.connection_index(topo.dense_of(from), topo.dense_of(to))]});
+  return graph;
+}
+
+}  // namespace connex

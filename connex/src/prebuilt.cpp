@@ -1,0 +1,56 @@
+#include "connex/prebuilt.h"
+
+#include "connex/error.h"
+
+namespace connex::nn {
+
+namespace {
+
+// Layers of consecutive integer ids; `dense` links every layer to every later one.
+GraphSpec layered_spec(const char* name, int64_t input_size, int64_t output_size, int64_t width,
+                       int64_t depth, bool dense) {
+  if (input_size < 1 || output_size < 1 || depth < 0 || (depth > 0 && width < 1))
+    fail("{}(): sizes must be positive (input_size={}, output_size={}, width={}, depth={})", name,
+         input_size, output_size, width, depth);
+  std::vector<std::vector<NeuronId>> layers;
+  int64_t next = 0;
+  auto layer = [&](int64_t size) {
+    std::vector<NeuronId> ids;
+    for (int64_t i = 0; i < size; ++i) ids.emplace_back(next++);
+    layers.push_back(std::move(ids));
+  };
+  layer(input_size);
+  for (int64_t k = 0; k < depth; ++k) layer(width);
+  layer(output_size);
+
+  std::vector<Edge> edges;
+  for (size_t to = 1; to < layers.size(); ++to)
+    for (size_t from = dense ? 0 : to - 1; from < to; ++from)
+      for (const auto& v : layers[to])
+        for (const auto& u : layers[from]) edges.emplace_back(u, v);
+  std::vector<NeuronId> all;
+  for (const auto& l : layers) all.insert(all.end(), l.begin(), l.end());
+  return GraphSpec(std::move(all), std::move(edges), layers.front(), layers.back(), name);
+}
+
+}  // namespace
+
+GraphSpec mlp_spec(int64_t input_size, int64_t output_size, int64_t width, int64_t depth) {
+  return layered_spec("MLP", input_size, output_size, width, depth, false);
+}
+
+GraphSpec dense_mlp_spec(int64_t input_size, int64_t output_size, int64_t width, int64_t depth) {
+  return layered_spec("DenseMLP", input_size, output_size, width, depth, true);
+}
+
+NeuralNetwork MLP(int64_t input_size, int64_t output_size, int64_t width, int64_t depth,
+                  NeuralNetworkOptions options) {
+  return NeuralNetwork(mlp_spec(input_size, output_size, width, depth), std::move(options));
+}
+
+NeuralNetwork DenseMLP(int64_t input_size, int64_t output_size, int64_t width, int64_t depth,
+                       NeuralNetworkOptions options) {
+  return NeuralNetwork(dense_mlp_spec(input_size, output_size, width, depth), std::move(options));
+}
+
+}  // namespace connex::nn

@@ -1,0 +1,247 @@
+#include "connex/topology.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "connex/error.h"
+
+namespace connex {
+
+const char* kernel_name(LevelKernel kernel) {
+  switch (kernel) {
+    case LevelKernel::BiasOnly: return "bias-only";
+    case LevelKernel::DenseView: return "dense-view";
+    case LevelKernel::DenseScatter: return "dense-scatter";
+    case LevelKernel::EdgeList: return "edge-list";
+  }
+  return "?";
+}
+
+namespace {
+
+// Rank of each spec neuron: its position in the user's topo sort (validated
+// here) or in the spec's neuron list.
+std::vector<int64_t> neuron_ranks(const GraphSpec& spec,
+                                  const std::optional<std::vector<NeuronId>>& topo_sort) {
+  const int64_t n = static_cast<int64_t>(spec.num_neurons());
+  std::vector<int64_t> rank(n);
+  if (!topo_sort) {
+    std::iota(rank.begin(), rank.end(), 0);
+    return rank;
+  }
+  std::fill(rank.begin(), rank.end(), -1);
+  for (size_t pos = 0; pos < topo_sort->size(); ++pos) {
+    const auto& id = (*topo_sort)[pos];
+    int64_t index = spec.index_of(id);
+    if (index < 0) fail("NeuralNetwork(): topo_sort names neuron {}, which is not in the graph", id);
+    if (rank[index] >= 0) fail("NeuralNetwork(): topo_sort lists neuron {} twice", id);
+    rank[index] = static_cast<int64_t>(pos);
+  }
+  for (int64_t i = 0; i < n; ++i)
+    if (rank[i] < 0)
+      fail("NeuralNetwork(): topo_sort is not a permutation of the neurons: neuron {} is missing",
+           spec.neurons()[i]);
+  for (const auto& edge : spec.edges())
+    if (rank[spec.index_of(edge.first)] > rank[spec.index_of(edge.second)])
+      fail("NeuralNetwork(): topo_sort places {} before {}, which violates the edge {}", edge.second,
+           edge.first, edge_str(edge));
+  return rank;
+}
+
+}  // namespace
+
+std::shared_ptr<const Topology> Topology::compile(const GraphSpec& spec,
+                                                  const CompileOptions& options) {
+  std::shared_ptr<Topology> topo(new Topology(spec));
+  const int64_t n = static_cast<int64_t>(spec.num_neurons());
+  const std::vector<int64_t> rank = neuron_ranks(spec, options.topo_sort);
+
+  // Spec-index edges and adjacency (CSR by source) for the level sweep.
+  std::vector<std::pair<int64_t, int64_t>> edges;
+  edges.reserve(spec.edges().size());
+  for (const auto& e : spec.edges()) edges.emplace_back(spec.index_of(e.first), spec.index_of(e.second));
+  std::vector<int64_t> out_offsets(n + 1, 0), out_targets(edges.size()), indegree(n, 0);
+  for (const auto& [u, v] : edges) ++out_offsets[u + 1], ++indegree[v];
+  std::partial_sum(out_offsets.begin(), out_offsets.end(), out_offsets.begin());
+  {
+    std::vector<int64_t> fill(out_offsets.begin(), out_offsets.end() - 1);
+    for (const auto& [u, v] : edges) out_targets[fill[u]++] = v;
+  }
+
+  // Level = longest path from a source; inputs are level 0, any other neuron
+  // at least level 1 (an isolated hidden neuron still computes act(bias)).
+  std::vector<int64_t> level(n, 0), stack;
+  for (int64_t i = 0; i < n; ++i) {
+    if (spec.role(spec.neurons()[i]) != Role::Input) level[i] = 1;
+    if (indegree[i] == 0) stack.push_back(i);
+  }
+  while (!stack.empty()) {
+    int64_t u = stack.back();
+    stack.pop_back();
+    for (int64_t k = out_offsets[u]; k < out_offsets[u + 1]; ++k) {
+      int64_t v = out_targets[k];
+      level[v] = std::max(level[v], level[u] + 1);
+      if (--indegree[v] == 0) stack.push_back(v);
+    }
+  }
+  const int64_t depth = n ? *std::max_element(level.begin(), level.end()) : 0;
+
+  // Dense order: inputs in input order, then by (level, hidden before output, rank).
+  std::vector<int64_t> order;
+  order.reserve(n);
+  for (const auto& id : spec.inputs()) order.push_back(spec.index_of(id));
+  std::vector<int64_t> rest;
+  for (int64_t i = 0; i < n; ++i)
+    if (level[i] > 0) rest.push_back(i);
+  auto is_output = [&](int64_t i) { return spec.role(spec.neurons()[i]) == Role::Output; };
+  std::vector<bool> output_flag(n);
+  for (int64_t i = 0; i < n; ++i) output_flag[i] = is_output(i);
+  std::sort(rest.begin(), rest.end(), [&](int64_t a, int64_t b) {
+    if (level[a] != level[b]) return level[a] < level[b];
+    if (output_flag[a] != output_flag[b]) return !output_flag[a];
+    return rank[a] < rank[b];
+  });
+  order.insert(order.end(), rest.begin(), rest.end());
+
+  std::vector<int64_t> dense_of_index(n);
+  topo->num_inputs_ = static_cast<int64_t>(spec.inputs().size());
+  topo->labels_.resize(n);
+  topo->roles_.resize(n);
+  topo->level_of_.resize(n);
+  topo->dense_.reserve(n);
+  for (int64_t d = 0; d < n; ++d) {
+    int64_t i = order[d];
+    dense_of_index[i] = d;
+    topo->labels_[d] = spec.neurons()[i];
+    topo->roles_[d] = spec.role(spec.neurons()[i]);
+    topo->level_of_[d] = level[i];
+    topo->dense_.emplace(spec.neurons()[i], d);
+  }
+
+  // Connections sorted by (target, source) through a counting sort on target.
+  const int64_t m = static_cast<int64_t>(edges.size());
+  topo->in_offsets_.assign(n + 1, 0);
+  for (const auto& [u, v] : edges) ++topo->in_offsets_[dense_of_index[v] + 1];
+  std::partial_sum(topo->in_offsets_.begin(), topo->in_offsets_.end(), topo->in_offsets_.begin());
+  topo->conn_source_.resize(m);
+  topo->conn_target_.resize(m);
+  {
+    std::vector<int64_t> fill(topo->in_offsets_.begin(), topo->in_offsets_.end() - 1);
+    for (const auto& [u, v] : edges) {
+      int64_t dv = dense_of_index[v];
+      topo->conn_source_[fill[dv]] = dense_of_index[u];
+      topo->conn_target_[fill[dv]++] = dv;
+    }
+  }
+  for (int64_t d = 0; d < n; ++d)
+    std::sort(topo->conn_source_.begin() + topo->in_offsets_[d],
+              topo->conn_source_.begin() + topo->in_offsets_[d + 1]);
+
+  // Level table.
+  topo->levels_.resize(depth + 1);
+  {
+    int64_t d = 0;
+    for (int64_t l = 0; l <= depth; ++l) {
+      Level& lv = topo->levels_[l];
+      lv.begin = d;
+      while (d < n && topo->level_of_[d] == l) ++d;
+      lv.end = d;
+      lv.hidden_end = lv.begin;
+      while (lv.hidden_end < lv.end && topo->roles_[lv.hidden_end] != Role::Output) ++lv.hidden_end;
+      lv.conn_begin = topo->in_offsets_[lv.begin];
+      lv.conn_end = topo->in_offsets_[lv.end];
+    }
+  }
+
+  // Per-level sources and kernel. `stamp` marks sources already seen in this level.
+  std::vector<int64_t> stamp(n, -1), position(n, 0);
+  for (int64_t l = 1; l <= depth; ++l) {
+    Level& lv = topo->levels_[l];
+    for (int64_t c = lv.conn_begin; c < lv.conn_end; ++c) {
+      int64_t s = topo->conn_source_[c];
+      if (stamp[s] != l) stamp[s] = l, lv.sources.push_back(s);
+    }
+    std::sort(lv.sources.begin(), lv.sources.end());
+    for (size_t k = 0; k < lv.sources.size(); ++k) position[lv.sources[k]] = static_cast<int64_t>(k);
+    lv.gather = topo->plan_gather(lv.sources);
+
+    const int64_t conns = lv.num_connections();
+    const double cells = static_cast<double>(lv.size()) * static_cast<double>(lv.sources.size());
+    if (conns == 0) {
+      lv.kernel = LevelKernel::BiasOnly;
+    } else if (options.force_kernel) {
+      lv.kernel = *options.force_kernel;
+      if (lv.kernel == LevelKernel::DenseView && conns != static_cast<int64_t>(cells))
+        lv.kernel = LevelKernel::DenseScatter;  // a view exists only for complete levels
+    } else if (conns == static_cast<int64_t>(cells)) {
+      lv.kernel = LevelKernel::DenseView;
+    } else if (conns >= options.dense_threshold * cells) {
+      lv.kernel = LevelKernel::DenseScatter;
+    } else {
+      lv.kernel = LevelKernel::EdgeList;
+    }
+    lv.edge_source.resize(conns);
+    lv.edge_target.resize(conns);
+    for (int64_t c = lv.conn_begin; c < lv.conn_end; ++c) {
+      lv.edge_source[c - lv.conn_begin] = position[topo->conn_source_[c]];
+      lv.edge_target[c - lv.conn_begin] = topo->conn_target_[c] - lv.begin;
+    }
+  }
+
+  for (const auto& id : spec.outputs()) topo->output_ids_.push_back(topo->dense_.at(id));
+  topo->output_gather_ = topo->plan_gather(topo->output_ids_);
+  return topo;
+}
+
+GatherPlan Topology::plan_gather(const std::vector<int64_t>& dense_ids) const {
+  GatherPlan plan;
+  plan.size = static_cast<int64_t>(dense_ids.size());
+  std::vector<int64_t> sorted(dense_ids);
+  std::sort(sorted.begin(), sorted.end());
+  if (sorted != dense_ids) {
+    // order[k] = where dense_ids[k] lands in the ascending concatenation.
+    std::unordered_map<int64_t, int64_t> where;
+    for (size_t k = 0; k < sorted.size(); ++k) where[sorted[k]] = static_cast<int64_t>(k);
+    for (int64_t d : dense_ids) plan.order.push_back(where.at(d));
+  }
+  size_t k = 0;
+  while (k < sorted.size()) {
+    const int64_t l = level_of_[sorted[k]];
+    const Level& lv = levels_[l];
+    size_t e = k;
+    while (e < sorted.size() && level_of_[sorted[e]] == l) ++e;
+    Segment seg;
+    seg.level = l;
+    const bool contiguous = sorted[e - 1] - sorted[k] == static_cast<int64_t>(e - k) - 1;
+    if (contiguous) {
+      seg.begin = sorted[k] - lv.begin;
+      seg.end = sorted[e - 1] - lv.begin + 1;
+      seg.whole = seg.begin == 0 && seg.end == lv.size();
+    } else {
+      for (size_t j = k; j < e; ++j) seg.local.push_back(sorted[j] - lv.begin);
+    }
+    plan.segments.push_back(std::move(seg));
+    k = e;
+  }
+  return plan;
+}
+
+int64_t Topology::dense_of(const NeuronId& id) const {
+  auto it = dense_.find(id);
+  return it == dense_.end() ? -1 : it->second;
+}
+
+int64_t Topology::require(const NeuronId& id, const char* context) const {
+  int64_t d = dense_of(id);
+  if (d < 0) fail("{}: neuron {} is not in the network", context, id);
+  return d;
+}
+
+int64_t Topology::connection_index(int64_t source, int64_t target) const {
+  auto first = conn_source_.begin() + in_offsets_[target];
+  auto last = conn_source_.begin() + in_offsets_[target + 1];
+  auto it = std::lower_bound(first, last, source);
+  return it != last && *it == source ? static_cast<int64_t>(it - conn_source_.begin()) : -1;
+}
+
+}  // namespace connex

@@ -1,0 +1,190 @@
+// GraphSpec validation (one test per broken rule) and the compiled Topology.
+#include <nlohmann/json.hpp>
+
+#include "test_util.h"
+
+using namespace connex;
+using connex::testing::random_dag;
+
+namespace {
+
+GraphSpec letters_graph() {
+  // The A..I graph of the core issue.
+  return GraphSpec::from_edges({{"A", "C"}, {"B", "C"}, {"B", "D"}, {"A", "D"}, {"C", "E"}, {"C", "F"},
+                                {"D", "F"}, {"E", "G"}, {"F", "G"}, {"G", "H"}, {"G", "I"}},
+                               {"A", "B"}, {"H", "I"});
+}
+
+}  // namespace
+
+TEST(GraphSpec, AdjacencyKeepsIsolatedNeuronsAndOrder) {
+  auto spec = GraphSpec::from_adjacency({{0, {1, 2}}, {1, {3}}, {5, {}}}, {0}, {3}, {4});
+  // Listed neurons, then adjacency keys, then neurons first named by an edge.
+  EXPECT_EQ(spec.neurons(), (std::vector<NeuronId>{4, 0, 1, 5, 2, 3}));
+  EXPECT_EQ(spec.edges().size(), 3u);
+  EXPECT_EQ(spec.role(4), Role::Hidden);
+  EXPECT_EQ(spec.role(0), Role::Input);
+  EXPECT_EQ(spec.role(3), Role::Output);
+}
+
+TEST(GraphSpec, DuplicateEdgesCollapse) {
+  auto spec = GraphSpec::from_edges({{0, 1}, {0, 1}, {1, 2}}, {0}, {2});
+  EXPECT_EQ(spec.edges().size(), 2u);
+}
+
+TEST(GraphSpec, RejectsCycleAndPrintsIt) {
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 3}, {3, 5}, {5, 7}, {7, 3}, {7, 9}}, {0}, {9}),
+                   "the graph has the cycle 3 -> 5 -> 7 -> 3");
+}
+
+TEST(GraphSpec, RejectsSelfLoop) {
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}, {1, 1}, {1, 2}}, {0}, {2}), "cycle 1 -> 1");
+}
+
+TEST(GraphSpec, RejectsInputWithIncomingConnection) {
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}, {1, 2}, {3, 0}}, {0, 3}, {2}),
+                   "input neuron 0 has the incoming connection 3 -> 0");
+}
+
+TEST(GraphSpec, RejectsOutputWithOutgoingConnection) {
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}, {1, 2}, {2, 4}}, {0}, {2, 4}),
+                   "output neuron 2 has the outgoing connection 2 -> 4");
+}
+
+TEST(GraphSpec, RejectsNeuronThatIsInputAndOutput) {
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}}, {0, 1}, {1}), "neuron 1 is both an input and an output");
+}
+
+TEST(GraphSpec, RejectsUnknownInput) {
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}}, {0, 7}, {1}), "input neuron 7 is not a neuron of the graph");
+}
+
+TEST(GraphSpec, RejectsUnknownOutput) {
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}}, {0}, {"x"}),
+                   "output neuron \"x\" is not a neuron of the graph");
+}
+
+TEST(GraphSpec, RejectsEmptyInputs) {
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}}, {}, {1}), "no input neurons given");
+}
+
+TEST(GraphSpec, RejectsEmptyOutputs) {
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}}, {0}, {}), "no output neurons given");
+}
+
+TEST(GraphSpec, RejectsDuplicateInput) {
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 2}, {1, 2}}, {0, 1, 0}, {2}), "input neuron 0 is listed twice");
+}
+
+TEST(GraphSpec, RejectsDuplicateOutput) {
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}, {0, 2}}, {0}, {1, 2, 2}), "output neuron 2 is listed twice");
+}
+
+TEST(GraphSpec, RejectsDuplicateInNeuronList) {
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}}, {0}, {1}, {0, 1, 0}), "neuron 0 is listed twice in the neuron list");
+}
+
+TEST(GraphSpec, RejectsMixedIdKinds) {
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, "a"}}, {0}, {"a"}),
+                   "neuron \"a\" is a string but neuron 0 is an integer");
+}
+
+TEST(GraphSpec, FromJsonEdgesAndAdjacency) {
+  auto edges = GraphSpec::from_json(nlohmann::json::parse(
+      R"({"neurons":[0,1,2,9],"edges":[[0,1],[1,2]],"inputs":[0],"outputs":[2]})"));
+  EXPECT_EQ(edges.num_neurons(), 4u);
+  auto adjacency = GraphSpec::from_json(nlohmann::json::parse(
+      R"({"adjacency":{"0":[1,2],"1":[2]},"inputs":[0],"outputs":[2]})"));
+  EXPECT_EQ(adjacency.edges().size(), 3u);
+  EXPECT_TRUE(adjacency.neurons()[0].is_integer());
+  auto strings = GraphSpec::from_json(nlohmann::json::parse(
+      R"({"adjacency":{"a":["b"]},"inputs":["a"],"outputs":["b"]})"));
+  EXPECT_EQ(strings.neurons()[1], NeuronId("b"));
+  auto round_trip = GraphSpec::from_json(edges.to_json());
+  EXPECT_EQ(round_trip.neurons(), edges.neurons());
+  EXPECT_EQ(round_trip.edges(), edges.edges());
+}
+
+TEST(GraphSpec, FromJsonErrorsNameThePath) {
+  using nlohmann::json;
+  EXPECT_THROW_MSG(GraphSpec::from_json(json::parse(R"({"edges":[[0,1]],"outputs":[1]})")),
+                   "required key \"inputs\" is missing");
+  EXPECT_THROW_MSG(GraphSpec::from_json(json::parse(R"({"edges":[[0,1.5]],"inputs":[0],"outputs":[1]})")),
+                   "/edges/0/1 must be an integer or a string neuron id");
+  EXPECT_THROW_MSG(GraphSpec::from_json(json::parse(R"({"edges":[[0]],"inputs":[0],"outputs":[1]})")),
+                   "/edges/0 must be a pair");
+  EXPECT_THROW_MSG(GraphSpec::from_json(json::parse(R"({"adjacency":{"x":[1]},"inputs":[0],"outputs":[1]})")),
+                   "/adjacency key \"x\" is not an integer");
+  EXPECT_THROW_MSG(GraphSpec::from_json(json::parse(R"({"edges":[[0,1]],"inputs":0,"outputs":[1]})")),
+                   "/inputs must be an array");
+}
+
+TEST(Topology, LetterGraphBatches) {
+  auto topo = Topology::compile(letters_graph());
+  ASSERT_EQ(topo->depth(), 4);
+  std::vector<std::vector<std::string>> batches;
+  for (int64_t l = 1; l <= topo->depth(); ++l) {
+    std::vector<std::string> batch;
+    for (int64_t d = topo->levels()[l].begin; d < topo->levels()[l].end; ++d)
+      batch.push_back(topo->label(d).as_string());
+    batches.push_back(batch);
+  }
+  EXPECT_EQ(batches, (std::vector<std::vector<std::string>>{{"C", "D"}, {"E", "F"}, {"G"}, {"H", "I"}}));
+}
+
+TEST(Topology, UserTopoSortBreaksTiesWithinALevel) {
+  CompileOptions options;
+  options.topo_sort = std::vector<NeuronId>{"B", "A", "D", "C", "F", "E", "G", "I", "H"};
+  auto topo = Topology::compile(letters_graph(), options);
+  EXPECT_EQ(topo->label(topo->levels()[1].begin), NeuronId("D"));
+  EXPECT_EQ(topo->label(topo->levels()[4].begin), NeuronId("I"));
+  // Inputs keep the input order, whatever the sort says.
+  EXPECT_EQ(topo->label(0), NeuronId("A"));
+}
+
+TEST(Topology, RejectsTopoSortThatIsNotAPermutation) {
+  CompileOptions options;
+  options.topo_sort = std::vector<NeuronId>{"A", "B", "C", "D", "E", "F", "G", "H"};
+  EXPECT_THROW_MSG(Topology::compile(letters_graph(), options), "neuron \"I\" is missing");
+  options.topo_sort = std::vector<NeuronId>{"A", "B", "C", "D", "E", "F", "G", "H", "H"};
+  EXPECT_THROW_MSG(Topology::compile(letters_graph(), options), "topo_sort lists neuron \"H\" twice");
+  options.topo_sort = std::vector<NeuronId>{"A", "B", "C", "D", "E", "F", "G", "H", "Z"};
+  EXPECT_THROW_MSG(Topology::compile(letters_graph(), options), "topo_sort names neuron \"Z\"");
+}
+
+TEST(Topology, RejectsTopoSortThatViolatesAnEdge) {
+  CompileOptions options;
+  options.topo_sort = std::vector<NeuronId>{"A", "B", "C", "D", "F", "G", "E", "H", "I"};
+  EXPECT_THROW_MSG(Topology::compile(letters_graph(), options),
+                   "topo_sort places \"G\" before \"E\", which violates the edge \"E\" -> \"G\"");
+}
+
+TEST(Topology, InvariantsOverRandomGraphs) {
+  std::mt19937_64 rng(7);
+  for (int trial = 0; trial < 300; ++trial) {
+    auto spec = random_dag(rng, {3, 40, 0.2, trial % 2 == 1});
+    auto topo = Topology::compile(spec);
+    ASSERT_EQ(topo->num_neurons(), static_cast<int64_t>(spec.num_neurons()));
+    ASSERT_EQ(topo->num_connections(), static_cast<int64_t>(spec.edges().size()));
+    // Every connection goes from a lower level to a higher one, and is found by label.
+    for (const auto& [u, v] : spec.edges()) {
+      int64_t du = topo->dense_of(u), dv = topo->dense_of(v);
+      ASSERT_LT(topo->level_of(du), topo->level_of(dv));
+      int64_t c = topo->connection_index(du, dv);
+      ASSERT_GE(c, 0);
+      ASSERT_EQ(topo->conn_source()[c], du);
+      ASSERT_EQ(topo->conn_target()[c], dv);
+    }
+    // Levels are contiguous, hidden before outputs, and every non-input neuron
+    // sits exactly one level above its deepest predecessor.
+    for (int64_t d = 0; d < topo->num_neurons(); ++d) {
+      int64_t deepest = topo->role(d) == Role::Input ? -1 : 0;
+      for (int64_t c = topo->in_offsets()[d]; c < topo->in_offsets()[d + 1]; ++c)
+        deepest = std::max(deepest, topo->level_of(topo->conn_source()[c]));
+      ASSERT_EQ(topo->level_of(d), deepest + 1);
+    }
+    for (const auto& level : topo->levels())
+      for (int64_t d = level.begin; d < level.end; ++d)
+        ASSERT_EQ(topo->role(d) == Role::Output, d >= level.hidden_end);
+  }
+}

@@ -1,0 +1,322 @@
+// NeuralNetwork: values against hand computation, shapes and errors, seeds,
+// clone, dropout, freezing, inspection, prebuilt networks.
+#include <sstream>
+
+#include "reference_eval.h"
+#include "test_util.h"
+
+using namespace connex;
+using namespace connex::testing;
+
+namespace {
+
+const auto kDouble = NeuralNetworkOptions().dtype(torch::kFloat64);
+
+GraphSpec readme_spec() {
+  return GraphSpec::from_adjacency({{0, {1, 2, 3}}, {1, {4}}, {2, {4, 5}}, {4, {6}}, {5, {7}}, {6, {8, 9}},
+                                    {7, {10}}, {8, {11}}, {9, {11}}, {10, {11}}},
+                                   {0}, {3, 11});
+}
+
+std::vector<double> to_vector(const torch::Tensor& t) {
+  auto c = t.to(torch::kFloat64).contiguous();
+  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+}  // namespace
+
+TEST(NeuralNetwork, TinyGraphByHand) {
+  // 0,1 -> 2 ; 0,2 -> 3 ; 2,3,1 -> 4 (output) ; 3 -> 5 (output); outputs [5, 4]; tanh.
+  auto spec = GraphSpec::from_edges({{0, 2}, {1, 2}, {0, 3}, {2, 3}, {2, 4}, {3, 4}, {1, 4}, {3, 5}}, {0, 1}, {5, 4});
+  NeuralNetwork net(spec, NeuralNetworkOptions(kDouble).hidden_activation("tanh"));
+  net->set_weight(0, 2, 0.5), net->set_weight(1, 2, -1.0), net->set_bias(2, 0.1);
+  net->set_weight(0, 3, 2.0), net->set_weight(2, 3, 0.3), net->set_bias(3, -0.2);
+  net->set_weight(2, 4, 1.5), net->set_weight(3, 4, -0.7), net->set_weight(1, 4, 0.25), net->set_bias(4, 0.05);
+  net->set_weight(3, 5, 3.0), net->set_bias(5, 1.0);
+  const double x0 = 0.4, x1 = -0.6;
+  const double h2 = std::tanh(0.5 * x0 - 1.0 * x1 + 0.1);
+  const double h3 = std::tanh(2.0 * x0 + 0.3 * h2 - 0.2);
+  const double o4 = 1.5 * h2 - 0.7 * h3 + 0.25 * x1 + 0.05;
+  const double o5 = 3.0 * h3 + 1.0;
+  auto y = net->forward(torch::tensor({x0, x1}, torch::kFloat64));
+  ASSERT_EQ(y.sizes(), (std::vector<int64_t>{2}));
+  EXPECT_NEAR(y[0].item<double>(), o5, 1e-14);
+  EXPECT_NEAR(y[1].item<double>(), o4, 1e-14);
+}
+
+TEST(NeuralNetwork, ReadmeGraphWithWeightsSetByLabel) {
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions(kDouble).hidden_activation("relu"));
+  for (const auto& [u, v] : net->spec().edges())
+    net->set_weight(u, v, 0.3 * (u.as_integer() + 1) - 0.11 * v.as_integer());
+  for (int n = 1; n < 12; ++n) net->set_bias(n, 0.02 * n - 0.05);
+  EXPECT_DOUBLE_EQ(net->weight(6, 9), 0.3 * 7 - 0.11 * 9);
+  EXPECT_DOUBLE_EQ(net->bias(11), 0.02 * 11 - 0.05);
+  // By hand for x = 1.5: neuron 3 (output) = w(0,3)·x + b3.
+  auto y = net->forward(torch::tensor({{1.5}}, torch::kFloat64));
+  EXPECT_NEAR(y[0][0].item<double>(), (0.3 - 0.33) * 1.5 + 0.01, 1e-14);
+  for (double x : {-2.0, 0.0, 0.7, 1.5, 3.0}) {
+    auto expected = reference_forward(net, {x}, scalar_activation("relu"));
+    auto got = to_vector(net->forward(torch::tensor({x}, torch::kFloat64)));
+    ASSERT_EQ(got.size(), 2u);
+    EXPECT_NEAR(got[0], expected[0], 1e-12);
+    EXPECT_NEAR(got[1], expected[1], 1e-12);
+  }
+}
+
+TEST(NeuralNetwork, RandomGraphsMatchScalarReferenceForEveryActivationAndKernel) {
+  std::mt19937_64 rng(42);
+  const std::vector<std::optional<LevelKernel>> kernels = {
+      std::nullopt, LevelKernel::DenseView, LevelKernel::DenseScatter, LevelKernel::EdgeList};
+  for (int trial = 0; trial < 60; ++trial) {
+    auto spec = random_dag(rng, {4, 18, 0.3, trial % 3 == 0});
+    const std::string act = std::vector<std::string>{"relu", "gelu", "silu", "tanh", "sigmoid", "identity"}[trial % 6];
+    auto x = torch::randn({5, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
+    torch::Tensor first;
+    for (const auto& kernel : kernels) {
+      NeuralNetwork net(spec, NeuralNetworkOptions(kDouble).hidden_activation(act).seed(trial).force_kernel(kernel));
+      auto y = net->forward(x);
+      if (!first.defined()) {
+        first = y;
+        for (int64_t b = 0; b < x.size(0); ++b) {
+          auto expected = reference_forward(net, to_vector(x[b]), scalar_activation(act));
+          auto got = to_vector(y[b]);
+          for (size_t k = 0; k < got.size(); ++k) ASSERT_NEAR(got[k], expected[k], 1e-12) << act;
+        }
+      } else {
+        ASSERT_TRUE(torch::allclose(y, first, 1e-13, 1e-13)) << "kernel paths disagree";
+      }
+    }
+  }
+}
+
+TEST(NeuralNetwork, IsolatedNeuronsAndUnreachableOutputs) {
+  // Output 5 has no inputs: it is its bias. Hidden 4 is isolated: it computes act(b) and feeds nobody.
+  auto spec = GraphSpec::from_edges({{0, 1}, {1, 2}}, {0, 3}, {2, 5}, {0, 1, 2, 3, 4, 5});
+  NeuralNetwork net(spec, kDouble);
+  net->set_bias(5, 0.75);
+  auto y = net->forward(torch::randn({3, 2}, torch::kFloat64));
+  EXPECT_TRUE(torch::allclose(y.select(1, 1), torch::full({3}, 0.75, torch::kFloat64)));
+}
+
+TEST(NeuralNetwork, ForwardRejectsWrongShapeDtypeAndDevice) {
+  NeuralNetwork net(readme_spec());
+  EXPECT_THROW_MSG(net->forward(torch::zeros({4, 2})), "expected input of shape [batch, 1] or [1], got [4, 2]");
+  EXPECT_THROW_MSG(net->forward(torch::zeros({2, 2, 1})), "got [2, 2, 1]");
+  EXPECT_THROW_MSG(net->forward(torch::zeros({4, 1}, torch::kFloat64)), "expected input of dtype Float, got Double");
+  EXPECT_THROW_MSG(net->forward(torch::Tensor()), "undefined");
+  EXPECT_EQ(net->forward(torch::zeros({4, 1})).sizes(), (std::vector<int64_t>{4, 2}));
+  EXPECT_EQ(net->forward(torch::zeros({0, 1})).sizes(), (std::vector<int64_t>{0, 2}));
+}
+
+TEST(NeuralNetwork, SameSeedGivesBitIdenticalParametersAndOutputs) {
+  auto a = nn::DenseMLP(3, 2, 16, 3, NeuralNetworkOptions().seed(5));
+  auto b = nn::DenseMLP(3, 2, 16, 3, NeuralNetworkOptions().seed(5));
+  auto c = nn::DenseMLP(3, 2, 16, 3, NeuralNetworkOptions().seed(6));
+  EXPECT_TRUE(torch::equal(a->weight_tensor(), b->weight_tensor()));
+  EXPECT_TRUE(torch::equal(a->bias_tensor(), b->bias_tensor()));
+  EXPECT_FALSE(torch::equal(a->weight_tensor(), c->weight_tensor()));
+  auto x = torch::randn({7, 3});
+  EXPECT_TRUE(torch::equal(a->forward(x), b->forward(x)));
+}
+
+TEST(NeuralNetwork, InitialisationFollowsFanIn) {
+  auto net = nn::MLP(1, 1, 400, 1, NeuralNetworkOptions().seed(1));
+  // Hidden layer: fan-in 1 -> bound 1; output: fan-in 400 -> bound 0.05.
+  auto w = net->weight_tensor();
+  EXPECT_LE(w.narrow(0, 0, 400).abs().max().item<double>(), 1.0);
+  EXPECT_GT(w.narrow(0, 0, 400).abs().max().item<double>(), 0.9);
+  EXPECT_LE(w.narrow(0, 400, 400).abs().max().item<double>(), 0.05);
+}
+
+TEST(NeuralNetwork, CloneIsIndependent) {
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().hidden_activation("relu"));
+  auto copy = std::dynamic_pointer_cast<NeuralNetworkImpl>(net->clone());
+  ASSERT_TRUE(copy);
+  auto x = torch::linspace(0, 1, 10).unsqueeze(1);
+  EXPECT_TRUE(torch::equal(net->forward(x), copy->forward(x)));
+  EXPECT_NE(copy->weight_tensor().data_ptr(), net->weight_tensor().data_ptr());
+  const double before = net->weight(0, 1);
+  copy->set_weight(0, 1, before + 1.0);
+  torch::optim::SGD sgd(copy->parameters(), 0.1);
+  torch::mse_loss(copy->forward(x), torch::ones({10, 2})).backward();
+  sgd.step();
+  EXPECT_EQ(net->weight(0, 1), before);
+}
+
+namespace {
+// A trainable element-wise activation: x -> a * tanh(x), one learnable a.
+struct ScaledTanhImpl : torch::nn::Cloneable<ScaledTanhImpl> {
+  ScaledTanhImpl() { reset(); }
+  void reset() override { a = register_parameter("a", torch::ones({1}, torch::kFloat64)); }
+  torch::Tensor forward(const torch::Tensor& x) { return a * torch::tanh(x); }
+  torch::Tensor a;
+};
+TORCH_MODULE(ScaledTanh);
+}  // namespace
+
+TEST(NeuralNetwork, TrainableActivationModule) {
+  ScaledTanh act;
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions(kDouble).hidden_activation(act));
+  EXPECT_EQ(net->num_parameters(), 14 + 11 + 1);
+  const auto& name = net->options().hidden_activation().name();
+  EXPECT_EQ(name.substr(name.size() - 14), "ScaledTanhImpl");
+  {
+    torch::NoGradGuard g;
+    act->a.fill_(2.0);
+  }
+  auto expected = reference_forward(net, {0.3}, [](double z) { return 2.0 * std::tanh(z); });
+  auto y = net->forward(torch::tensor({0.3}, torch::kFloat64));
+  EXPECT_NEAR(y[1].item<double>(), expected[1], 1e-12);
+  y.sum().backward();
+  EXPECT_TRUE(act->a.grad().defined());
+  // A clone gets its own copy of the activation's parameter.
+  auto copy = std::dynamic_pointer_cast<NeuralNetworkImpl>(net->clone());
+  {
+    torch::NoGradGuard g;
+    act->a.fill_(3.0);
+  }
+  auto copy_y = copy->forward(torch::tensor({0.3}, torch::kFloat64));
+  EXPECT_NEAR(copy_y[1].item<double>(), expected[1], 1e-12);
+}
+
+TEST(NeuralNetwork, CallableActivationAndSoftmaxOutput) {
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions(kDouble)
+                                       .hidden_activation(TensorFunction([](const torch::Tensor& z) { return z * z; }, "square"))
+                                       .output_transformation("softmax"));
+  auto y = net->forward(torch::randn({6, 1}, torch::kFloat64));
+  EXPECT_TRUE(torch::allclose(y.sum(1), torch::ones({6}, torch::kFloat64)));
+  auto raw = reference_forward(net, {0.5}, [](double z) { return z * z; });
+  auto soft = net->forward(torch::tensor({0.5}, torch::kFloat64));
+  const double e0 = std::exp(raw[0]), e1 = std::exp(raw[1]);
+  EXPECT_NEAR(soft[0].item<double>(), e0 / (e0 + e1), 1e-12);
+}
+
+TEST(NeuralNetwork, RejectsBadOptions) {
+  EXPECT_THROW_MSG(NeuralNetwork(readme_spec(), NeuralNetworkOptions().hidden_activation("softmax")),
+                   "hidden_activation \"softmax\" is not element-wise");
+  EXPECT_THROW_MSG(NeuralNetwork(readme_spec(), NeuralNetworkOptions().hidden_activation("swish")),
+                   "unknown built-in \"swish\"");
+  EXPECT_THROW_MSG(NeuralNetwork(readme_spec(), NeuralNetworkOptions().dropout_p(std::nan(""))),
+                   "dropout_p for hidden neurons is nan");
+  EXPECT_THROW_MSG(NeuralNetwork(readme_spec(), NeuralNetworkOptions().dropout_p(1.5)),
+                   "dropout_p for hidden neurons is 1.5; it must lie in [0, 1]");
+  EXPECT_THROW_MSG(NeuralNetwork(readme_spec(), NeuralNetworkOptions().dropout_p(DropoutSpec({{4, -0.1}}))),
+                   "dropout_p of neuron 4 is -0.1");
+  EXPECT_THROW_MSG(NeuralNetwork(readme_spec(), NeuralNetworkOptions().dropout_p(DropoutSpec({{40, 0.1}}))),
+                   "dropout_p names neuron 40, which is not in the graph");
+  EXPECT_THROW_MSG(NeuralNetwork(readme_spec(), NeuralNetworkOptions().dtype(torch::kInt64)),
+                   "dtype Long is not a floating-point type");
+  EXPECT_THROW_MSG(NeuralNetwork(readme_spec(), NeuralNetworkOptions().topo_sort(std::vector<NeuronId>{0, 1})),
+                   "topo_sort is not a permutation");
+}
+
+TEST(NeuralNetwork, DropoutOnlyInTrainingWithInvertedScaling) {
+  auto net = nn::MLP(4, 1, 2000, 1, NeuralNetworkOptions(kDouble).hidden_activation("identity").dropout_p(0.5));
+  EXPECT_DOUBLE_EQ(net->dropout_p(10), 0.5);
+  EXPECT_DOUBLE_EQ(net->dropout_p(0), 0.0);
+  EXPECT_DOUBLE_EQ(net->dropout_p(2004), 0.0);
+  auto x = torch::ones({4000, 4}, torch::kFloat64);
+  net->eval();
+  auto clean = net->forward(x);
+  EXPECT_TRUE(torch::equal(clean, net->forward(x)));
+  net->train();
+  torch::manual_seed(3);
+  auto noisy = net->forward(x);
+  EXPECT_FALSE(torch::equal(clean, noisy));
+  // Inverted dropout keeps the expectation: the mean over many samples matches.
+  EXPECT_NEAR(noisy.mean().item<double>(), clean.mean().item<double>(),
+              0.05 * std::max(1.0, std::abs(clean.mean().item<double>())));
+}
+
+TEST(NeuralNetwork, PerNeuronDropoutMayDropInputs) {
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions(kDouble).dropout_p(DropoutSpec({{0, 1.0}})));
+  EXPECT_DOUBLE_EQ(net->dropout_p(5), 0.0);
+  net->train();
+  auto dropped = net->forward(torch::full({3, 1}, 2.0, torch::kFloat64));
+  net->eval();
+  auto zero_input = net->forward(torch::zeros({3, 1}, torch::kFloat64));
+  EXPECT_TRUE(torch::allclose(dropped, zero_input));
+}
+
+TEST(NeuralNetwork, FreezeZeroesChosenGradients) {
+  NeuralNetwork net(readme_spec(), kDouble);
+  net->freeze({{0, 1}, {8, 11}}, {11});
+  EXPECT_TRUE(net->is_frozen(0, 1));
+  EXPECT_FALSE(net->is_frozen(0, 2));
+  net->forward(torch::randn({5, 1}, torch::kFloat64)).sum().backward();
+  const auto& topo = net->topology();
+  auto wg = net->weight_tensor().grad();
+  EXPECT_EQ(wg[topo.connection_index(topo.dense_of(0), topo.dense_of(1))].item<double>(), 0.0);
+  EXPECT_EQ(wg[topo.connection_index(topo.dense_of(8), topo.dense_of(11))].item<double>(), 0.0);
+  EXPECT_NE(wg[topo.connection_index(topo.dense_of(0), topo.dense_of(3))].item<double>(), 0.0);
+  EXPECT_EQ(net->bias_tensor().grad()[topo.bias_index(topo.dense_of(11))].item<double>(), 0.0);
+  // Frozen values stay put under plain SGD; a clone stays frozen.
+  auto copy = std::dynamic_pointer_cast<NeuralNetworkImpl>(net->clone());
+  EXPECT_TRUE(copy->is_frozen(8, 11));
+  const double before = copy->weight(8, 11);
+  torch::optim::SGD sgd(copy->parameters(), 0.5);
+  copy->forward(torch::randn({5, 1}, torch::kFloat64)).sum().backward();
+  sgd.step();
+  EXPECT_EQ(copy->weight(8, 11), before);
+  EXPECT_THROW_MSG(net->freeze({{0, 11}}), "NeuralNetwork::freeze(): there is no connection 0 -> 11");
+  EXPECT_THROW_MSG(net->freeze({}, {0}), "neuron 0 is an input and has no bias");
+  net->unfreeze_all();
+  EXPECT_FALSE(net->is_frozen(0, 1));
+}
+
+TEST(NeuralNetwork, LabelAccessErrors) {
+  NeuralNetwork net(readme_spec());
+  EXPECT_THROW_MSG(net->weight(0, 11), "NeuralNetwork::weight(): there is no connection 0 -> 11");
+  EXPECT_THROW_MSG(net->weight(0, 99), "NeuralNetwork::weight(): neuron 99 is not in the network");
+  EXPECT_THROW_MSG(net->set_weight("a", 1, 0.0), "neuron \"a\" is not in the network");
+  EXPECT_THROW_MSG(net->bias(0), "NeuralNetwork::bias(): neuron 0 is an input and has no bias");
+}
+
+TEST(NeuralNetwork, InspectionAndPrettyPrint) {
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().hidden_activation("relu"));
+  EXPECT_EQ(net->input_neurons(), (std::vector<NeuronId>{0}));
+  EXPECT_EQ(net->output_neurons(), (std::vector<NeuronId>{3, 11}));
+  EXPECT_EQ(net->hidden_neurons(), (std::vector<NeuronId>{1, 2, 4, 5, 6, 7, 8, 9, 10}));
+  EXPECT_EQ(net->num_connections(), 14);
+  EXPECT_EQ(net->num_parameters(), 14 + 11);
+  auto batches = net->topological_batches();
+  EXPECT_EQ(batches, (std::vector<std::vector<NeuronId>>{{1, 2, 3}, {4, 5}, {6, 7}, {8, 9, 10}, {11}}));
+  std::ostringstream s;
+  s << *net;
+  EXPECT_EQ(s.str(),
+            "connex::NeuralNetwork(neurons=12, inputs=1, hidden=9, outputs=2, connections=14, depth=5, "
+            "hidden_activation=relu, output_transformation=identity, dtype=Float)");
+}
+
+TEST(NeuralNetwork, WeightedGraphView) {
+  NeuralNetwork net(readme_spec(), kDouble);
+  auto g = net->weighted_graph();
+  ASSERT_EQ(g.neurons.size(), 12u);
+  ASSERT_EQ(g.connections.size(), 14u);
+  EXPECT_EQ(g.neurons[0].role, Role::Input);
+  EXPECT_FALSE(g.neurons[0].bias.has_value());
+  for (const auto& n : g.neurons)
+    if (n.role != Role::Input) EXPECT_EQ(*n.bias, net->bias(n.id));
+  for (const auto& c : g.connections) EXPECT_EQ(c.weight, net->weight(c.from, c.to));
+  EXPECT_EQ(g.outputs, (std::vector<NeuronId>{3, 11}));
+}
+
+TEST(Prebuilt, ConnectionCounts) {
+  EXPECT_EQ(nn::DenseMLP(1, 2, 128, 4)->num_connections(), 99842);
+  EXPECT_EQ(nn::MLP(1, 2, 128, 4)->num_connections(), 128 + 3 * 128 * 128 + 256);
+  auto mlp = nn::MLP(3, 2, 5, 2);
+  EXPECT_EQ(mlp->topological_batches().size(), 3u);
+  EXPECT_EQ(mlp->num_parameters(), (3 * 5 + 5 * 5 + 5 * 2) + (5 + 5 + 2));
+  EXPECT_THROW_MSG(nn::MLP(0, 2, 5, 2), "MLP(): sizes must be positive");
+}
+
+TEST(Prebuilt, MlpMatchesLinearLayers) {
+  // An MLP's flat weights, viewed per layer, are exactly nn::Linear weights.
+  auto net = nn::MLP(3, 2, 4, 1, NeuralNetworkOptions(kDouble).hidden_activation("tanh"));
+  auto w1 = net->weight_tensor().narrow(0, 0, 12).view({4, 3});
+  auto w2 = net->weight_tensor().narrow(0, 12, 8).view({2, 4});
+  auto b1 = net->bias_tensor().narrow(0, 0, 4), b2 = net->bias_tensor().narrow(0, 4, 2);
+  auto x = torch::randn({9, 3}, torch::kFloat64);
+  auto expected = torch::linear(torch::tanh(torch::linear(x, w1, b1)), w2, b2);
+  EXPECT_TRUE(torch::allclose(net->forward(x), expected, 1e-12, 1e-12));
+}

@@ -1,0 +1,125 @@
+#pragma once
+// Shared helpers for the connex tests: random DAGs, finite differences, the
+// toy data set, and an assertion that an expression throws a message.
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "connex/connex.h"
+
+namespace connex::testing {
+
+// EXPECT that `statement` throws connex::Error whose message contains `needle`.
+#define EXPECT_THROW_MSG(statement, needle)                                              \
+  do {                                                                                   \
+    try {                                                                                \
+      statement;                                                                         \
+      ADD_FAILURE() << "expected connex::Error containing: " << (needle);                \
+    } catch (const connex::Error& e) {                                                   \
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)                   \
+          << "message: " << e.what() << "\nexpected to contain: " << (needle);          \
+    }                                                                                    \
+  } while (0)
+
+struct RandomDagOptions {
+  int min_neurons = 4, max_neurons = 14;
+  double edge_probability = 0.35;
+  bool string_ids = false;
+};
+
+// A random valid GraphSpec: neurons shuffled, 1-3 inputs, 1-3 outputs, some
+// isolated neurons possible; edges only go "forward" in a hidden order.
+inline GraphSpec random_dag(std::mt19937_64& rng, const RandomDagOptions& opt = {}) {
+  std::uniform_int_distribution<int> size_dist(opt.min_neurons, opt.max_neurons);
+  const int n = size_dist(rng);
+  const int n_in = std::uniform_int_distribution<int>(1, std::min(3, n - 2))(rng);
+  const int n_out = std::uniform_int_distribution<int>(1, std::min(3, n - n_in - 1))(rng);
+  std::vector<int> label(n);
+  for (int i = 0; i < n; ++i) label[i] = i;
+  std::shuffle(label.begin(), label.end(), rng);
+  auto id = [&](int pos) {
+    return opt.string_ids ? NeuronId("n" + std::to_string(label[pos])) : NeuronId(label[pos]);
+  };
+  // Inputs take the first positions, outputs the last: edges from lower to
+  // higher positions never enter an input or leave an output.
+  std::bernoulli_distribution edge(opt.edge_probability);
+  std::vector<Edge> edges;
+  for (int i = 0; i < n - n_out; ++i)
+    for (int j = std::max(i + 1, n_in); j < n; ++j)
+      if (edge(rng)) edges.emplace_back(id(i), id(j));
+  std::vector<NeuronId> neurons, inputs, outputs;
+  for (int i = 0; i < n; ++i) neurons.push_back(id(i));
+  std::shuffle(neurons.begin(), neurons.end(), rng);
+  for (int i = 0; i < n_in; ++i) inputs.push_back(id(i));
+  for (int i = n - n_out; i < n; ++i) outputs.push_back(id(i));
+  std::shuffle(inputs.begin(), inputs.end(), rng);
+  std::shuffle(outputs.begin(), outputs.end(), rng);
+  return GraphSpec(neurons, edges, inputs, outputs);
+}
+
+// The toy regression set of Connex's README: 250 points x in [0, 2π], y = (cos x, sin x).
+inline std::pair<torch::Tensor, torch::Tensor> cos_sin_data(torch::Dtype dtype = torch::kFloat32) {
+  auto x = torch::linspace(0, 2 * M_PI, 250, torch::kFloat64).unsqueeze(1);
+  auto y = torch::cat({torch::cos(x), torch::sin(x)}, 1);
+  return {x.to(dtype), y.to(dtype)};
+}
+
+inline double mse(const torch::Tensor& a, const torch::Tensor& b) {
+  return torch::mse_loss(a, b).item<double>();
+}
+
+// Trains full-batch with Adam; returns {first loss, last loss}.
+inline std::pair<double, double> train(NeuralNetwork& net, const torch::Tensor& x,
+                                       const torch::Tensor& y, int epochs, double lr = 1e-3) {
+  torch::optim::Adam optimizer(net->parameters(), torch::optim::AdamOptions(lr));
+  double first = 0, last = 0;
+  for (int e = 0; e < epochs; ++e) {
+    optimizer.zero_grad();
+    auto loss = torch::mse_loss(net->forward(x), y);
+    loss.backward();
+    optimizer.step();
+    if (e == 0) first = loss.item<double>();
+    last = loss.item<double>();
+  }
+  return {first, torch::mse_loss(net->forward(x), y).item<double>()};
+}
+
+// Largest relative difference between backprop gradients and central
+// differences of L = sum(forward(x) * r), over every parameter (sampled up to
+// `max_checks` entries per tensor). The network must be double.
+inline double max_gradient_error(NeuralNetwork& net, const torch::Tensor& x, int max_checks = 64,
+                                 double h = 1e-6) {
+  torch::manual_seed(1);
+  auto r = torch::randn_like(net->forward(x));
+  auto loss_of = [&] { return (net->forward(x) * r).sum(); };
+  net->zero_grad();
+  loss_of().backward();
+  double worst = 0.0;
+  for (auto& p : net->parameters()) {
+    if (p.numel() == 0) continue;
+    auto grad = p.grad().defined() ? p.grad().clone() : torch::zeros_like(p);
+    auto flat = p.data().view(-1);
+    const int64_t n = flat.numel();
+    const int64_t step = std::max<int64_t>(1, n / max_checks);
+    for (int64_t i = 0; i < n; i += step) {
+      torch::NoGradGuard no_grad;
+      const double orig = flat[i].item<double>();
+      flat[i] = orig + h;
+      const double up = loss_of().item<double>();
+      flat[i] = orig - h;
+      const double down = loss_of().item<double>();
+      flat[i] = orig;
+      const double numeric = (up - down) / (2 * h);
+      const double analytic = grad.view(-1)[i].item<double>();
+      const double err = std::abs(numeric - analytic) / std::max({1e-3, std::abs(numeric), std::abs(analytic)});
+      worst = std::max(worst, err);
+    }
+  }
+  return worst;
+}
+
+}  // namespace connex::testing
