@@ -1,0 +1,106 @@
+#pragma once
+// Plasticity: edit the graph of a (trained) network and get a new network
+// that keeps every parameter of every surviving neuron and connection.
+//
+//   auto result = connex::edit(net)
+//                     .add_connections({{1, 6}, {2, 11}})
+//                     .remove_neurons({9})
+//                     .build(/*seed=*/1);
+//   connex::NeuralNetwork edited = result.network;
+//
+// The editor collects many edits, validates each against the graph as it
+// stands after the previous ones (the network itself is never touched), then
+// rebuilds once. Parameters move by label — (source, target) for weights,
+// neuron id for biases — never by position. New parameters are drawn from the
+// seed. The result shares no tensor storage with the original.
+// The free functions below are one-edit uses of the editor.
+#include <cstdint>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "connex/graph_spec.h"
+#include "connex/neural_network.h"
+#include "connex/options.h"
+
+namespace connex {
+
+// Where each old position went (-1: removed). Positions are indices into the
+// old network's input_neurons(), output_neurons() and spec().neurons().
+struct PositionRemap {
+  std::vector<int64_t> inputs, outputs, neurons;
+};
+
+// For each parameter of the new network (by name, as named_parameters()
+// gives it), which entries came from which entries of the old one. Parameters
+// not listed under `moved` were copied whole (same name, same shape).
+struct ParameterRemap {
+  struct Moved {
+    torch::Tensor new_index, old_index;  // int64, same length: new[new_index[k]] = old[old_index[k]]
+  };
+  std::unordered_map<std::string, Moved> moved;
+};
+
+struct EditResult {
+  NeuralNetwork network;
+  PositionRemap positions;
+  ParameterRemap parameters;
+};
+
+class NetworkEditor {
+ public:
+  explicit NetworkEditor(const NeuralNetwork& network);
+
+  // Connections that already exist are ignored.
+  NetworkEditor& add_connections(const std::vector<Edge>& edges);
+  NetworkEditor& add_connections(const Adjacency& adjacency);
+  NetworkEditor& remove_connections(const std::vector<Edge>& edges);
+  NetworkEditor& remove_connections(const Adjacency& adjacency);
+  // New inputs come before the existing ones: [0, 1] + [2, 3] -> [2, 3, 0, 1].
+  NetworkEditor& add_input_neurons(const std::vector<NeuronId>& ids);
+  NetworkEditor& add_hidden_neurons(const std::vector<NeuronId>& ids);
+  // New outputs come after the existing ones.
+  NetworkEditor& add_output_neurons(const std::vector<NeuronId>& ids);
+  // Removes the neurons and every connection to or from them.
+  NetworkEditor& remove_neurons(const std::vector<NeuronId>& ids);
+  // A number sets every hidden neuron (inputs and outputs to 0); a map changes
+  // only the neurons it names.
+  NetworkEditor& set_dropout_p(const DropoutSpec& dropout);
+
+  // Validates the whole (acyclicity), rebuilds once, moves parameters.
+  EditResult build(uint64_t seed = 0) const;
+
+ private:
+  bool exists(const NeuronId& id) const;
+  Role role_of(const NeuronId& id) const;
+  bool has_connection(const NeuronId& from, const NeuronId& to) const;
+  void add_neurons(const std::vector<NeuronId>& ids, Role role, const char* context);
+
+  NeuralNetwork network_;
+  std::shared_ptr<const Topology> base_;
+  // Overlay over the base network: what this edit adds and removes.
+  std::vector<NeuronId> added_neurons_;
+  std::unordered_map<NeuronId, Role, NeuronIdHash> added_roles_;
+  std::unordered_set<NeuronId, NeuronIdHash> removed_neurons_;
+  std::vector<Edge> added_edges_;  // in order; may include later-removed ones
+  std::unordered_set<Edge, EdgeHash> added_edge_set_, removed_edges_;
+  std::vector<NeuronId> inputs_, outputs_;
+  DropoutSpec dropout_;
+};
+
+// Starts a batch of edits on `network` (which is never modified).
+NetworkEditor edit(const NeuralNetwork& network);
+
+NeuralNetwork add_connections(const NeuralNetwork& network, const std::vector<Edge>& edges, uint64_t seed = 0);
+NeuralNetwork add_connections(const NeuralNetwork& network, const Adjacency& adjacency, uint64_t seed = 0);
+NeuralNetwork remove_connections(const NeuralNetwork& network, const std::vector<Edge>& edges);
+NeuralNetwork remove_connections(const NeuralNetwork& network, const Adjacency& adjacency);
+NeuralNetwork add_input_neurons(const NeuralNetwork& network, const std::vector<NeuronId>& ids, uint64_t seed = 0);
+NeuralNetwork add_hidden_neurons(const NeuralNetwork& network, const std::vector<NeuronId>& ids, uint64_t seed = 0);
+NeuralNetwork add_output_neurons(const NeuralNetwork& network, const std::vector<NeuronId>& ids, uint64_t seed = 0);
+// Returns the new network and where the remaining neurons' positions went.
+std::pair<NeuralNetwork, PositionRemap> remove_neurons(const NeuralNetwork& network,
+                                                       const std::vector<NeuronId>& ids);
+NeuralNetwork set_dropout_p(const NeuralNetwork& network, const DropoutSpec& dropout);
+
+}  // namespace connex

@@ -1,0 +1,352 @@
+#include "connex/plasticity.h"
+
+#include <torch/torch.h>
+
+#include "connex/error.h"
+
+namespace connex {
+
+namespace {
+
+std::vector<Edge> adjacency_edges(const Adjacency& adjacency) {
+  std::vector<Edge> edges;
+  for (const auto& [from, successors] : adjacency)
+    for (const auto& to : successors) edges.emplace_back(from, to);
+  return edges;
+}
+
+torch::Tensor index_tensor(const std::vector<int64_t>& values, const torch::Device& device) {
+  return torch::tensor(values, torch::kLong).to(device);
+}
+
+}  // namespace
+
+NetworkEditor::NetworkEditor(const NeuralNetwork& network)
+    : network_(network),
+      base_(network->topology_ptr()),
+      inputs_(network->input_neurons()),
+      outputs_(network->output_neurons()),
+      dropout_(network->options().dropout_p()) {}
+
+NetworkEditor edit(const NeuralNetwork& network) { return NetworkEditor(network); }
+
+bool NetworkEditor::exists(const NeuronId& id) const {
+  if (added_roles_.count(id)) return true;
+  return base_->dense_of(id) >= 0 && !removed_neurons_.count(id);
+}
+
+Role NetworkEditor::role_of(const NeuronId& id) const {
+  auto it = added_roles_.find(id);
+  return it != added_roles_.end() ? it->second : base_->role(base_->dense_of(id));
+}
+
+bool NetworkEditor::has_connection(const NeuronId& from, const NeuronId& to) const {
+  const Edge edge{from, to};
+  if (removed_edges_.count(edge)) return false;
+  if (added_edge_set_.count(edge)) return true;
+  const int64_t u = base_->dense_of(from), v = base_->dense_of(to);
+  return u >= 0 && v >= 0 && base_->connection_index(u, v) >= 0;
+}
+
+NetworkEditor& NetworkEditor::add_connections(const std::vector<Edge>& edges) {
+  // Check every edge before recording any, so a failed call leaves the editor as it was.
+  for (const auto& edge : edges) {
+    for (const auto* id : {&edge.first, &edge.second})
+      if (!exists(*id)) fail("add_connections(): edge {} names neuron {}, which is not in the network", edge_str(edge), *id);
+    if (role_of(edge.second) == Role::Input)
+      fail("add_connections(): edge {} would enter input neuron {}; inputs take only the input values",
+           edge_str(edge), edge.second);
+    if (role_of(edge.first) == Role::Output)
+      fail("add_connections(): edge {} would leave output neuron {}; outputs feed no other neuron",
+           edge_str(edge), edge.first);
+    if (edge.first == edge.second)
+      fail("add_connections(): edge {} would create the cycle {}", edge_str(edge), edge_str(edge));
+  }
+  for (const auto& edge : edges) {
+    if (has_connection(edge.first, edge.second)) continue;  // existing ones are ignored
+    if (removed_edges_.erase(edge)) continue;               // removed earlier in this edit: restore
+    added_edge_set_.insert(edge);
+    added_edges_.push_back(edge);
+  }
+  return *this;
+}
+
+NetworkEditor& NetworkEditor::add_connections(const Adjacency& adjacency) {
+  return add_connections(adjacency_edges(adjacency));
+}
+
+NetworkEditor& NetworkEditor::remove_connections(const std::vector<Edge>& edges) {
+  std::unordered_set<Edge, EdgeHash> seen;
+  for (const auto& edge : edges) {
+    for (const auto* id : {&edge.first, &edge.second})
+      if (!exists(*id))
+        fail("remove_connections(): edge {} names neuron {}, which is not in the network", edge_str(edge), *id);
+    if (!has_connection(edge.first, edge.second) || !seen.insert(edge).second)
+      fail("remove_connections(): there is no connection {}", edge_str(edge));
+  }
+  for (const auto& edge : edges) {
+    if (added_edge_set_.erase(edge)) continue;  // added earlier in this edit: just drop it
+    removed_edges_.insert(edge);
+  }
+  return *this;
+}
+
+NetworkEditor& NetworkEditor::remove_connections(const Adjacency& adjacency) {
+  return remove_connections(adjacency_edges(adjacency));
+}
+
+void NetworkEditor::add_neurons(const std::vector<NeuronId>& ids, Role role, const char* context) {
+  std::unordered_set<NeuronId, NeuronIdHash> seen;
+  const auto kind = base_->spec().id_kind();
+  for (const auto& id : ids) {
+    if (id.kind() != kind)
+      fail("{}: neuron {} is {} but the network's neuron ids are {}", context, id, kind_name(id.kind()),
+           kind == NeuronId::Kind::Integer ? "integers" : "strings");
+    if (exists(id) || !seen.insert(id).second) fail("{}: neuron {} already exists", context, id);
+    if (removed_neurons_.count(id))
+      fail("{}: neuron {} was removed earlier in this edit; build() first, then add it anew", context, id);
+  }
+  for (const auto& id : ids) {
+    added_neurons_.push_back(id);
+    added_roles_.emplace(id, role);
+  }
+}
+
+NetworkEditor& NetworkEditor::add_input_neurons(const std::vector<NeuronId>& ids) {
+  add_neurons(ids, Role::Input, "add_input_neurons()");
+  std::vector<NeuronId> inputs(ids);
+  inputs.insert(inputs.end(), inputs_.begin(), inputs_.end());
+  inputs_ = std::move(inputs);
+  return *this;
+}
+
+NetworkEditor& NetworkEditor::add_hidden_neurons(const std::vector<NeuronId>& ids) {
+  add_neurons(ids, Role::Hidden, "add_hidden_neurons()");
+  return *this;
+}
+
+NetworkEditor& NetworkEditor::add_output_neurons(const std::vector<NeuronId>& ids) {
+  add_neurons(ids, Role::Output, "add_output_neurons()");
+  outputs_.insert(outputs_.end(), ids.begin(), ids.end());
+  return *this;
+}
+
+NetworkEditor& NetworkEditor::remove_neurons(const std::vector<NeuronId>& ids) {
+  std::unordered_set<NeuronId, NeuronIdHash> doomed;
+  for (const auto& id : ids) {
+    if (!exists(id)) fail("remove_neurons(): neuron {} is not in the network", id);
+    if (!doomed.insert(id).second) fail("remove_neurons(): neuron {} is listed twice", id);
+  }
+  auto survivors = [&](const std::vector<NeuronId>& list) {
+    std::vector<NeuronId> kept;
+    for (const auto& id : list)
+      if (!doomed.count(id)) kept.push_back(id);
+    return kept;
+  };
+  auto inputs = survivors(inputs_), outputs = survivors(outputs_);
+  if (inputs.empty())
+    fail("remove_neurons(): removing {} would leave the network without input neurons", join_ids(ids));
+  if (outputs.empty())
+    fail("remove_neurons(): removing {} would leave the network without output neurons", join_ids(ids));
+  inputs_ = std::move(inputs);
+  outputs_ = std::move(outputs);
+  for (const auto& id : ids) {
+    if (added_roles_.erase(id)) {
+      added_neurons_.erase(std::find(added_neurons_.begin(), added_neurons_.end(), id));
+    } else {
+      removed_neurons_.insert(id);
+    }
+  }
+  // Edges this edit added to or from the removed neurons go with them; base
+  // edges are filtered at build().
+  std::vector<Edge> kept;
+  for (const auto& edge : added_edges_) {
+    if (doomed.count(edge.first) || doomed.count(edge.second))
+      added_edge_set_.erase(edge);
+    else
+      kept.push_back(edge);
+  }
+  added_edges_ = std::move(kept);
+  return *this;
+}
+
+NetworkEditor& NetworkEditor::set_dropout_p(const DropoutSpec& dropout) {
+  auto check = [](double p, const std::string& what) {
+    if (!(p >= 0.0 && p <= 1.0)) fail("set_dropout_p(): dropout_p {} is {}; it must lie in [0, 1]", what, p);
+  };
+  for (const auto& [id, p] : dropout.per_neuron) {
+    if (!exists(id)) fail("set_dropout_p(): neuron {} is not in the network", id);
+    check(p, "of neuron " + id.str());
+  }
+  if (dropout.per_neuron.empty()) {
+    check(dropout.hidden, "for hidden neurons");
+    dropout_ = DropoutSpec(dropout.hidden);  // a number resets every neuron
+  } else {
+    dropout_.per_neuron.insert(dropout_.per_neuron.end(), dropout.per_neuron.begin(), dropout.per_neuron.end());
+  }
+  return *this;
+}
+
+EditResult NetworkEditor::build(uint64_t seed) const {
+  const Topology& base = *base_;
+  const GraphSpec& old_spec = base.spec();
+
+  // The new graph: surviving neurons in their old order, then the new ones.
+  std::vector<NeuronId> neurons;
+  neurons.reserve(old_spec.num_neurons() + added_neurons_.size());
+  for (const auto& id : old_spec.neurons())
+    if (!removed_neurons_.count(id)) neurons.push_back(id);
+  neurons.insert(neurons.end(), added_neurons_.begin(), added_neurons_.end());
+
+  std::vector<Edge> edges;
+  edges.reserve(old_spec.edges().size() + added_edges_.size());
+  for (const auto& edge : old_spec.edges())
+    if (!removed_neurons_.count(edge.first) && !removed_neurons_.count(edge.second) && !removed_edges_.count(edge))
+      edges.push_back(edge);
+  const size_t first_added = edges.size();
+  {
+    // added_edges_ keeps the order of first addition; the set says which are still wanted.
+    std::unordered_set<Edge, EdgeHash> taken;
+    for (const auto& edge : added_edges_)
+      if (added_edge_set_.count(edge) && taken.insert(edge).second) edges.push_back(edge);
+  }
+
+  // The base was acyclic and removals cannot close a cycle, so any cycle runs
+  // through an added edge: name it.
+  if (edges.size() > first_added) {
+    std::unordered_map<NeuronId, int64_t, NeuronIdHash> index;
+    index.reserve(neurons.size());
+    for (size_t i = 0; i < neurons.size(); ++i) index.emplace(neurons[i], static_cast<int64_t>(i));
+    std::vector<std::pair<int64_t, int64_t>> dense_edges;
+    dense_edges.reserve(edges.size());
+    for (const auto& [u, v] : edges) dense_edges.emplace_back(index.at(u), index.at(v));
+    if (auto cycle = find_cycle(static_cast<int64_t>(neurons.size()), dense_edges)) {
+      std::unordered_set<Edge, EdgeHash> added(edges.begin() + first_added, edges.end());
+      std::string path;
+      Edge culprit;
+      for (size_t k = 0; k < cycle->size(); ++k) {
+        path += (k ? " -> " : "") + neurons[(*cycle)[k]].str();
+        if (k + 1 < cycle->size()) {
+          Edge e{neurons[(*cycle)[k]], neurons[(*cycle)[k + 1]]};
+          if (added.count(e)) culprit = e;
+        }
+      }
+      fail("add_connections(): edge {} would create the cycle {}", edge_str(culprit), path);
+    }
+  }
+
+  // Dropout entries of removed neurons go with them.
+  NeuralNetworkOptions options = network_->options();
+  DropoutSpec dropout = dropout_;
+  dropout.per_neuron.erase(std::remove_if(dropout.per_neuron.begin(), dropout.per_neuron.end(),
+                                          [&](const auto& entry) { return removed_neurons_.count(entry.first) > 0; }),
+                           dropout.per_neuron.end());
+  options.dropout_p(dropout).seed(seed);
+  options.hidden_activation(options.hidden_activation().deep_copy());
+  options.output_transformation(options.output_transformation().deep_copy());
+  if (options.topo_sort()) {
+    // Keep the user's order for survivors; new neurons have no place in it, so drop it.
+    if (!added_neurons_.empty() || !added_edges_.empty()) {
+      options.topo_sort(std::nullopt);
+    } else {
+      std::vector<NeuronId> order;
+      for (const auto& id : *options.topo_sort())
+        if (!removed_neurons_.count(id)) order.push_back(id);
+      options.topo_sort(order);
+    }
+  }
+
+  GraphSpec spec(std::move(neurons), std::move(edges), inputs_, outputs_, "edit");
+  NeuralNetwork result(spec, options);
+  NeuralNetworkImpl& fresh = *result;
+  const NeuralNetworkImpl& old = *network_;
+  const Topology& topo = fresh.topology();
+  const auto device = old.weight_tensor().device();
+  result->to(device);
+
+  // Parameters move by label: old dense id of each new neuron, then each
+  // connection by (old source, old target).
+  std::vector<int64_t> old_dense(topo.num_neurons());
+  for (int64_t d = 0; d < topo.num_neurons(); ++d) {
+    const NeuronId& id = topo.label(d);
+    old_dense[d] = added_roles_.count(id) ? -1 : base.dense_of(id);
+  }
+  std::vector<int64_t> new_conn, old_conn, new_bias, old_bias;
+  for (int64_t c = 0; c < topo.num_connections(); ++c) {
+    const int64_t u = old_dense[topo.conn_source()[c]], v = old_dense[topo.conn_target()[c]];
+    if (u < 0 || v < 0) continue;
+    const int64_t oc = base.connection_index(u, v);
+    if (oc >= 0) new_conn.push_back(c), old_conn.push_back(oc);
+  }
+  for (int64_t d = topo.num_inputs(); d < topo.num_neurons(); ++d)
+    if (old_dense[d] >= 0) new_bias.push_back(topo.bias_index(d)), old_bias.push_back(base.bias_index(old_dense[d]));
+
+  EditResult out{result, {}, {}};
+  out.parameters.moved["weight"] = {index_tensor(new_conn, device), index_tensor(old_conn, device)};
+  out.parameters.moved["bias"] = {index_tensor(new_bias, device), index_tensor(old_bias, device)};
+  {
+    torch::NoGradGuard no_grad;
+    auto move = [&](torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved& m) {
+      to.index_copy_(0, m.new_index, from.index_select(0, m.old_index));
+    };
+    move(fresh.weight_, old.weight_, out.parameters.moved["weight"]);
+    move(fresh.bias_, old.bias_, out.parameters.moved["bias"]);
+    move(fresh.weight_grad_mask_, old.weight_grad_mask_, out.parameters.moved["weight"]);
+    move(fresh.bias_grad_mask_, old.bias_grad_mask_, out.parameters.moved["bias"]);
+    if (old.frozen_ && !fresh.frozen_) {
+      fresh.frozen_ = true;
+      fresh.install_freeze_hooks();
+    }
+  }
+  fresh.train(old.is_training());
+
+  // Positions: where each old input, output and neuron went.
+  auto remap = [](const std::vector<NeuronId>& before, const std::vector<NeuronId>& after) {
+    std::unordered_map<NeuronId, int64_t, NeuronIdHash> where;
+    for (size_t i = 0; i < after.size(); ++i) where.emplace(after[i], static_cast<int64_t>(i));
+    std::vector<int64_t> positions;
+    positions.reserve(before.size());
+    for (const auto& id : before) {
+      auto it = where.find(id);
+      positions.push_back(it == where.end() ? -1 : it->second);
+    }
+    return positions;
+  };
+  out.positions.inputs = remap(old_spec.inputs(), fresh.spec().inputs());
+  out.positions.outputs = remap(old_spec.outputs(), fresh.spec().outputs());
+  out.positions.neurons = remap(old_spec.neurons(), fresh.spec().neurons());
+  return out;
+}
+
+// --------------------------------------------------------- one-edit helpers
+
+NeuralNetwork add_connections(const NeuralNetwork& network, const std::vector<Edge>& edges, uint64_t seed) {
+  return edit(network).add_connections(edges).build(seed).network;
+}
+NeuralNetwork add_connections(const NeuralNetwork& network, const Adjacency& adjacency, uint64_t seed) {
+  return edit(network).add_connections(adjacency).build(seed).network;
+}
+NeuralNetwork remove_connections(const NeuralNetwork& network, const std::vector<Edge>& edges) {
+  return edit(network).remove_connections(edges).build().network;
+}
+NeuralNetwork remove_connections(const NeuralNetwork& network, const Adjacency& adjacency) {
+  return edit(network).remove_connections(adjacency).build().network;
+}
+NeuralNetwork add_input_neurons(const NeuralNetwork& network, const std::vector<NeuronId>& ids, uint64_t seed) {
+  return edit(network).add_input_neurons(ids).build(seed).network;
+}
+NeuralNetwork add_hidden_neurons(const NeuralNetwork& network, const std::vector<NeuronId>& ids, uint64_t seed) {
+  return edit(network).add_hidden_neurons(ids).build(seed).network;
+}
+NeuralNetwork add_output_neurons(const NeuralNetwork& network, const std::vector<NeuronId>& ids, uint64_t seed) {
+  return edit(network).add_output_neurons(ids).build(seed).network;
+}
+std::pair<NeuralNetwork, PositionRemap> remove_neurons(const NeuralNetwork& network, const std::vector<NeuronId>& ids) {
+  auto result = edit(network).remove_neurons(ids).build();
+  return {result.network, result.positions};
+}
+NeuralNetwork set_dropout_p(const NeuralNetwork& network, const DropoutSpec& dropout) {
+  return edit(network).set_dropout_p(dropout).build().network;
+}
+
+}  // namespace connex

@@ -1,0 +1,382 @@
+// Plasticity: edits keep every surviving parameter, leave the original alone,
+// reject invalid edits with the culprit named, and carry optimizer state.
+#include "reference_eval.h"
+#include "test_util.h"
+
+using namespace connex;
+using namespace connex::testing;
+
+namespace {
+
+const auto kDouble = NeuralNetworkOptions().dtype(torch::kFloat64);
+
+GraphSpec readme_spec() {
+  return GraphSpec::from_adjacency({{0, {1, 2, 3}}, {1, {4}}, {2, {4, 5}}, {4, {6}}, {5, {7}}, {6, {8, 9}},
+                                    {7, {10}}, {8, {11}}, {9, {11}}, {10, {11}}},
+                                   {0}, {3, 11});
+}
+
+// Every (edge -> weight) and (neuron -> bias) of a network, by label.
+struct Snapshot {
+  std::map<std::pair<std::string, std::string>, double> weights;
+  std::map<std::string, double> biases;
+};
+Snapshot snapshot(const NeuralNetwork& net) {
+  Snapshot s;
+  for (const auto& c : net->weighted_graph().connections) s.weights[{c.from.str(), c.to.str()}] = c.weight;
+  for (const auto& n : net->weighted_graph().neurons)
+    if (n.bias) s.biases[n.id.str()] = *n.bias;
+  return s;
+}
+
+// Every parameter of `after` whose label exists in `before` is bit-identical.
+void expect_survivors_identical(const Snapshot& before, const Snapshot& after) {
+  for (const auto& [edge, w] : after.weights) {
+    auto it = before.weights.find(edge);
+    if (it != before.weights.end()) ASSERT_EQ(w, it->second) << edge.first << " -> " << edge.second;
+  }
+  for (const auto& [id, b] : after.biases) {
+    auto it = before.biases.find(id);
+    if (it != before.biases.end()) ASSERT_EQ(b, it->second) << "bias of " << id;
+  }
+}
+
+void expect_same_network(NeuralNetwork a, const Snapshot& before, const torch::Tensor& x,
+                         const torch::Tensor& y_before) {
+  auto now = snapshot(a);
+  ASSERT_EQ(now.weights, before.weights);
+  ASSERT_EQ(now.biases, before.biases);
+  ASSERT_TRUE(torch::equal(a->forward(x), y_before));
+}
+
+}  // namespace
+
+TEST(Plasticity, ReadmeSequenceKeepsWeightsAndTrainingContinues) {
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().hidden_activation("relu"));
+  auto [x, y] = cos_sin_data();
+  train(net, x, y, 1000);
+  const auto before = snapshot(net);
+  const auto y_before = net->forward(x);
+
+  auto added = add_connections(net, {{1, 6}, {2, 11}});
+  auto [edited, positions] = remove_neurons(added, {9});
+  EXPECT_EQ(edited->num_connections(), 14 + 2 - 2);
+  // Neuron order: adjacency keys 0 1 2 4 5 6 7 8 9 10, then 3 and 11 from edges.
+  EXPECT_EQ(positions.neurons, (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7, -1, 8, 9, 10}));
+  EXPECT_EQ(positions.outputs, (std::vector<int64_t>{0, 1}));
+  expect_survivors_identical(before, snapshot(edited));
+  expect_same_network(net, before, x, y_before);  // the original is untouched
+
+  const double loss_edit = mse(edited->forward(x), y);
+  auto [first, last] = train(edited, x, y, 1000);
+  EXPECT_LT(last, loss_edit);
+  expect_same_network(net, before, x, y_before);  // training the new one never moves the old
+}
+
+TEST(Plasticity, NewInputsComeFirstAndNewNeuronsStartIsolated) {
+  auto net = nn::MLP(2, 1, 3, 1, kDouble);  // inputs 0, 1; hidden 2..4; output 5
+  auto wider = add_input_neurons(net, {10, 11});
+  EXPECT_EQ(wider->input_neurons(), (std::vector<NeuronId>{10, 11, 0, 1}));
+  auto x = torch::randn({4, 2}, torch::kFloat64);
+  // New inputs are isolated: whatever they receive, outputs match the old network.
+  auto x4 = torch::cat({torch::randn({4, 2}, torch::kFloat64), x}, 1);
+  EXPECT_TRUE(torch::equal(wider->forward(x4), net->forward(x)));
+
+  auto more = add_output_neurons(add_hidden_neurons(net, {20}), {30, 31});
+  EXPECT_EQ(more->output_neurons(), (std::vector<NeuronId>{5, 30, 31}));
+  EXPECT_EQ(more->hidden_neurons().back(), NeuronId(20));
+  auto y = more->forward(x);
+  EXPECT_TRUE(torch::equal(y.narrow(1, 0, 1), net->forward(x)));
+  // An isolated output is its bias.
+  EXPECT_TRUE(torch::allclose(y.select(1, 1), torch::full({4}, more->bias(30), torch::kFloat64)));
+}
+
+TEST(Plasticity, RemoveNeuronsReportsPositions) {
+  auto net = nn::MLP(3, 3, 2, 1, kDouble);  // inputs 0..2, hidden 3, 4, outputs 5..7
+  auto [smaller, positions] = remove_neurons(net, {1, 6, 3});
+  EXPECT_EQ(positions.inputs, (std::vector<int64_t>{0, -1, 1}));
+  EXPECT_EQ(positions.outputs, (std::vector<int64_t>{0, -1, 1}));
+  EXPECT_EQ(positions.neurons, (std::vector<int64_t>{0, -1, 1, -1, 2, 3, -1, 4}));
+  EXPECT_EQ(smaller->num_connections(), 2 * 1 + 1 * 2);
+  EXPECT_EQ(smaller->forward(torch::zeros({1, 2}, torch::kFloat64)).sizes(), (std::vector<int64_t>{1, 2}));
+}
+
+TEST(Plasticity, SetDropoutNumberAndMap) {
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().dropout_p(DropoutSpec({{0, 0.3}, {4, 0.2}})));
+  auto uniform = set_dropout_p(net, 0.4);
+  EXPECT_DOUBLE_EQ(uniform->dropout_p(0), 0.0);
+  EXPECT_DOUBLE_EQ(uniform->dropout_p(4), 0.4);
+  EXPECT_DOUBLE_EQ(uniform->dropout_p(11), 0.0);
+  auto mapped = set_dropout_p(net, DropoutSpec({{5, 0.5}, {11, 0.1}}));
+  EXPECT_DOUBLE_EQ(mapped->dropout_p(0), 0.3);  // unnamed neurons keep theirs
+  EXPECT_DOUBLE_EQ(mapped->dropout_p(4), 0.2);
+  EXPECT_DOUBLE_EQ(mapped->dropout_p(5), 0.5);
+  EXPECT_DOUBLE_EQ(mapped->dropout_p(11), 0.1);
+  EXPECT_DOUBLE_EQ(net->dropout_p(5), 0.0);
+  // A new hidden neuron of a uniformly dropped network gets the uniform p.
+  EXPECT_DOUBLE_EQ(add_hidden_neurons(uniform, {50})->dropout_p(50), 0.4);
+}
+
+TEST(Plasticity, OptionsAndModuleParametersCarryOver) {
+  auto act = torch::nn::PReLU(torch::nn::PReLUOptions().init(0.3));
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().hidden_activation(act).output_transformation("softmax"));
+  net->freeze({{8, 11}});
+  auto edited = add_connections(net, {{1, 6}});
+  EXPECT_EQ(edited->options().output_transformation().name(), "softmax");
+  EXPECT_TRUE(edited->is_frozen(8, 11));
+  EXPECT_FALSE(edited->is_frozen(1, 6));
+  auto old_slope = net->named_parameters()["hidden_activation.weight"];
+  auto new_slope = edited->named_parameters()["hidden_activation.weight"];
+  EXPECT_TRUE(torch::equal(old_slope, new_slope));
+  EXPECT_NE(old_slope.data_ptr(), new_slope.data_ptr());
+}
+
+TEST(Plasticity, ResultSharesNoStorage) {
+  auto net = nn::DenseMLP(2, 2, 8, 2);
+  auto result = edit(net).build();
+  std::set<const void*> old_ptrs;
+  for (const auto& p : net->parameters()) old_ptrs.insert(p.data_ptr());
+  for (const auto& b : net->buffers()) old_ptrs.insert(b.data_ptr());
+  for (const auto& p : result.network->parameters()) EXPECT_FALSE(old_ptrs.count(p.data_ptr()));
+  for (const auto& b : result.network->buffers()) EXPECT_FALSE(old_ptrs.count(b.data_ptr()));
+  EXPECT_TRUE(torch::equal(net->weight_tensor(), result.network->weight_tensor()));
+}
+
+// ------------------------------------------------------------ invalid edits
+
+class InvalidEdit : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    net = NeuralNetwork(readme_spec(), kDouble);
+    before = snapshot(net);
+    x = torch::linspace(0, 1, 5, torch::kFloat64).unsqueeze(1);
+    y = net->forward(x);
+  }
+  void TearDown() override { expect_same_network(net, before, x, y); }
+  NeuralNetwork net{nullptr};
+  Snapshot before;
+  torch::Tensor x, y;
+};
+
+TEST_F(InvalidEdit, UnknownNeuron) {
+  EXPECT_THROW_MSG(add_connections(net, {{1, 42}}), "add_connections(): edge 1 -> 42 names neuron 42, which is not in the network");
+  EXPECT_THROW_MSG(remove_neurons(net, {42}), "remove_neurons(): neuron 42 is not in the network");
+  EXPECT_THROW_MSG(set_dropout_p(net, DropoutSpec({{42, 0.1}})), "set_dropout_p(): neuron 42 is not in the network");
+}
+
+TEST_F(InvalidEdit, ConnectionIntoInput) {
+  EXPECT_THROW_MSG(add_connections(net, {{4, 0}}), "add_connections(): edge 4 -> 0 would enter input neuron 0");
+}
+
+TEST_F(InvalidEdit, ConnectionOutOfOutput) {
+  EXPECT_THROW_MSG(add_connections(net, {{3, 4}}), "add_connections(): edge 3 -> 4 would leave output neuron 3");
+}
+
+TEST_F(InvalidEdit, Cycle) {
+  EXPECT_THROW_MSG(add_connections(net, {{8, 2}}), "add_connections(): edge 8 -> 2 would create the cycle 2 -> 4 -> 6 -> 8 -> 2");
+  EXPECT_THROW_MSG(add_connections(net, {{5, 5}}), "add_connections(): edge 5 -> 5 would create the cycle 5 -> 5");
+  // Two edges that close a cycle only together.
+  EXPECT_THROW_MSG(edit(net).add_connections({{7, 1}}).add_connections({{1, 5}}).build(), "would create the cycle 1 -> 5 -> 7 -> 1");
+}
+
+TEST_F(InvalidEdit, NeuronThatExists) {
+  EXPECT_THROW_MSG(add_hidden_neurons(net, {4}), "add_hidden_neurons(): neuron 4 already exists");
+  EXPECT_THROW_MSG(add_input_neurons(net, {20, 20}), "add_input_neurons(): neuron 20 already exists");
+  EXPECT_THROW_MSG(add_output_neurons(net, {"x"}), "add_output_neurons(): neuron \"x\" is a string but the network's neuron ids are integers");
+}
+
+TEST_F(InvalidEdit, RemovingAConnectionThatDoesNotExist) {
+  EXPECT_THROW_MSG(remove_connections(net, {{0, 11}}), "remove_connections(): there is no connection 0 -> 11");
+  EXPECT_THROW_MSG(remove_connections(net, {{0, 1}, {0, 1}}), "remove_connections(): there is no connection 0 -> 1");
+}
+
+TEST_F(InvalidEdit, RemovingEveryInputOrOutput) {
+  EXPECT_THROW_MSG(remove_neurons(net, {0}), "remove_neurons(): removing [0] would leave the network without input neurons");
+  EXPECT_THROW_MSG(remove_neurons(net, {3, 11}), "would leave the network without output neurons");
+}
+
+TEST_F(InvalidEdit, BadDropout) {
+  EXPECT_THROW_MSG(set_dropout_p(net, 2.0), "set_dropout_p(): dropout_p for hidden neurons is 2");
+  EXPECT_THROW_MSG(set_dropout_p(net, DropoutSpec({{4, std::nan("")}})), "dropout_p of neuron 4 is nan");
+}
+
+TEST_F(InvalidEdit, ReaddingARemovedNeuronInOneBatch) {
+  EXPECT_THROW_MSG(edit(net).remove_neurons({4}).add_hidden_neurons({4}).build(),
+                   "add_hidden_neurons(): neuron 4 was removed earlier in this edit");
+}
+
+// ------------------------------------------------------- property: at scale
+
+TEST(Plasticity, RandomEditSequencesKeepEverySurvivingParameter) {
+  std::mt19937_64 rng(12345);
+  int fd_checked = 0;
+  for (int trial = 0; trial < 500; ++trial) {
+    auto spec = random_dag(rng, {4, 14, 0.3, trial % 4 == 0});
+    const bool strings = spec.id_kind() == NeuronId::Kind::String;
+    NeuralNetwork net(spec, NeuralNetworkOptions(kDouble).hidden_activation(trial % 2 ? "tanh" : "gelu").seed(trial));
+    auto x = torch::randn({3, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
+    const auto before = snapshot(net);
+    const auto y_before = net->forward(x);
+
+    // A random sequence of edits, each valid when applied, in one editor.
+    NetworkEditor editor = edit(net);
+    std::vector<NeuronId> live = spec.neurons();
+    std::map<NeuronId, Role> roles;
+    for (const auto& id : live) roles[id] = spec.role(id);
+    std::set<std::pair<NeuronId, NeuronId>> edges(spec.edges().begin(), spec.edges().end());
+    int next_id = 1000;
+    auto new_id = [&] { return strings ? NeuronId("new" + std::to_string(next_id++)) : NeuronId(next_id++); };
+    auto pick = [&](const std::vector<NeuronId>& v) { return v[std::uniform_int_distribution<size_t>(0, v.size() - 1)(rng)]; };
+    const int n_edits = std::uniform_int_distribution<int>(1, 6)(rng);
+    for (int e = 0; e < n_edits; ++e) {
+      switch (std::uniform_int_distribution<int>(0, 6)(rng)) {
+        case 0: {  // add a connection between existing neurons; may be refused as a cycle
+          auto u = pick(live), v = pick(live);
+          if (u == v || roles[v] == Role::Input || roles[u] == Role::Output) break;
+          try {
+            edit(net).add_connections({{u, v}}).build();  // probe acyclicity on the original graph only
+          } catch (const Error&) {
+            break;
+          }
+          if (edges.count({v, u})) break;
+          editor.add_connections({{u, v}});
+          edges.insert({u, v});
+          break;
+        }
+        case 1: {
+          if (edges.empty()) break;
+          auto it = edges.begin();
+          std::advance(it, std::uniform_int_distribution<size_t>(0, edges.size() - 1)(rng));
+          editor.remove_connections({*it});
+          edges.erase(it);
+          break;
+        }
+        case 2: {
+          auto id = new_id();
+          editor.add_hidden_neurons({id});
+          live.push_back(id), roles[id] = Role::Hidden;
+          break;
+        }
+        case 3: {
+          auto id = new_id();
+          editor.add_input_neurons({id});
+          live.push_back(id), roles[id] = Role::Input;
+          break;
+        }
+        case 4: {
+          auto id = new_id();
+          editor.add_output_neurons({id});
+          live.push_back(id), roles[id] = Role::Output;
+          break;
+        }
+        case 5: {
+          auto victim = pick(live);
+          int same_role = 0;
+          for (const auto& id : live) same_role += roles[id] == roles[victim];
+          if (roles[victim] != Role::Hidden && same_role < 2) break;
+          editor.remove_neurons({victim});
+          live.erase(std::find(live.begin(), live.end(), victim));
+          for (auto it = edges.begin(); it != edges.end();)
+            it = (it->first == victim || it->second == victim) ? edges.erase(it) : std::next(it);
+          break;
+        }
+        case 6:
+          editor.set_dropout_p(0.1);
+          break;
+      }
+    }
+    // Mixed-edit cycles are possible (edges probed one at a time against the
+    // original); such a batch must be refused as a whole, naming a cycle.
+    EditResult result{NeuralNetwork(nullptr), {}, {}};
+    try {
+      result = editor.build(trial);
+    } catch (const Error& e) {
+      ASSERT_NE(std::string(e.what()).find("would create the cycle"), std::string::npos) << e.what();
+      expect_same_network(net, before, x, y_before);
+      continue;
+    }
+    auto& edited = result.network;
+    ASSERT_EQ(edited->num_neurons(), static_cast<int64_t>(live.size()));
+    ASSERT_EQ(edited->num_connections(), static_cast<int64_t>(edges.size()));
+    expect_survivors_identical(before, snapshot(edited));
+    expect_same_network(net, before, x, y_before);
+    auto x_new = torch::randn({3, edited->num_inputs()}, torch::kFloat64);
+    edited->eval();
+    ASSERT_TRUE(torch::isfinite(edited->forward(x_new)).all().item<bool>());
+    if (trial % 10 == 0) {
+      ASSERT_LE(max_gradient_error(edited, x_new, 16), 1e-6) << "trial " << trial;
+      ++fd_checked;
+    }
+  }
+  EXPECT_EQ(fd_checked, 50);
+}
+
+// ------------------------------------------------------ optimizer continuity
+
+namespace {
+
+template <typename Optimizer, typename Options>
+void expect_continuity(Options options) {
+  auto [x, y] = cos_sin_data();
+  const int k = 25;
+  auto reference = nn::DenseMLP(1, 2, 8, 2, NeuralNetworkOptions().seed(3));
+  auto interrupted = nn::DenseMLP(1, 2, 8, 2, NeuralNetworkOptions().seed(3));
+  auto step = [&](NeuralNetwork& net, torch::optim::Optimizer& opt) {
+    opt.zero_grad();
+    torch::mse_loss(net->forward(x), y).backward();
+    opt.step();
+  };
+  Optimizer ref_opt(reference->parameters(), options);
+  for (int i = 0; i < 2 * k; ++i) step(reference, ref_opt);
+
+  Optimizer first(interrupted->parameters(), options);
+  for (int i = 0; i < k; ++i) step(interrupted, first);
+  auto result = edit(interrupted).build(99);  // an edit that changes nothing
+  Optimizer second(result.network->parameters(), options);
+  transfer_optimizer_state(first, interrupted, second, result);
+  for (int i = 0; i < k; ++i) step(result.network, second);
+
+  EXPECT_TRUE(torch::equal(reference->weight_tensor(), result.network->weight_tensor()));
+  EXPECT_TRUE(torch::equal(reference->bias_tensor(), result.network->bias_tensor()));
+}
+
+}  // namespace
+
+TEST(OptimizerContinuity, AdamBitIdenticalAcrossANullEdit) {
+  expect_continuity<torch::optim::Adam>(torch::optim::AdamOptions(1e-2));
+}
+TEST(OptimizerContinuity, AdamWAmsgradBitIdenticalAcrossANullEdit) {
+  expect_continuity<torch::optim::AdamW>(torch::optim::AdamWOptions(1e-2).amsgrad(true));
+}
+TEST(OptimizerContinuity, SgdMomentumBitIdenticalAcrossANullEdit) {
+  expect_continuity<torch::optim::SGD>(torch::optim::SGDOptions(1e-2).momentum(0.9));
+}
+TEST(OptimizerContinuity, RmspropBitIdenticalAcrossANullEdit) {
+  expect_continuity<torch::optim::RMSprop>(torch::optim::RMSpropOptions(1e-3).momentum(0.5).centered(true));
+}
+
+TEST(OptimizerContinuity, SurvivorsKeepMomentsNewEntriesStartAtZero) {
+  auto [x, y] = cos_sin_data();
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().hidden_activation("relu"));
+  torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(1e-2));
+  for (int i = 0; i < 5; ++i) {
+    adam.zero_grad();
+    torch::mse_loss(net->forward(x), y).backward();
+    adam.step();
+  }
+  auto result = edit(net).add_connections({{1, 6}}).remove_neurons({9}).build();
+  torch::optim::Adam next(result.network->parameters(), torch::optim::AdamOptions(1e-2));
+  transfer_optimizer_state(adam, net, next, result);
+  auto key = [](const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); };
+  auto& old_state = static_cast<torch::optim::AdamParamState&>(*adam.state().at(key(net->weight_tensor())));
+  auto& new_state = static_cast<torch::optim::AdamParamState&>(*next.state().at(key(result.network->weight_tensor())));
+  EXPECT_EQ(new_state.step(), 5);
+  const auto& t_old = net->topology();
+  const auto& t_new = result.network->topology();
+  auto at = [](const Topology& t, int u, int v) { return t.connection_index(t.dense_of(u), t.dense_of(v)); };
+  EXPECT_EQ(new_state.exp_avg()[at(t_new, 0, 1)].item<float>(), old_state.exp_avg()[at(t_old, 0, 1)].item<float>());
+  EXPECT_EQ(new_state.exp_avg_sq()[at(t_new, 6, 8)].item<float>(), old_state.exp_avg_sq()[at(t_old, 6, 8)].item<float>());
+  EXPECT_EQ(new_state.exp_avg()[at(t_new, 1, 6)].item<float>(), 0.0f);
+  EXPECT_THROW_MSG(transfer_optimizer_state(adam, net, *std::make_unique<torch::optim::SGD>(result.network->parameters(), 0.1), result),
+                   "the optimizers differ in type");
+}
