@@ -23,38 +23,39 @@ std::optional<std::vector<int64_t>> find_cycle(
   // Kahn's algorithm peels off every node not on or behind a cycle; any node
   // left has a predecessor that is also left, so walking predecessors from it
   // must revisit a node, and the walk between the two visits is a cycle.
-  std::vector<int64_t> indegree(num_nodes, 0);
-  std::vector<std::vector<int64_t>> successors(num_nodes), predecessors(num_nodes);
-  for (const auto& [u, v] : edges) {
-    ++indegree[v];
-    successors[u].push_back(v);
-    predecessors[v].push_back(u);
+  // Adjacency is kept as flat CSR arrays: this runs on every network build.
+  std::vector<int64_t> indegree(num_nodes, 0), out_offsets(num_nodes + 1, 0), targets(edges.size());
+  for (const auto& [u, v] : edges) ++indegree[v], ++out_offsets[u + 1];
+  for (int64_t n = 0; n < num_nodes; ++n) out_offsets[n + 1] += out_offsets[n];
+  {
+    std::vector<int64_t> fill(out_offsets.begin(), out_offsets.end() - 1);
+    for (const auto& [u, v] : edges) targets[fill[u]++] = v;
   }
-  std::vector<int64_t> stack;
+  std::vector<int64_t> remaining(indegree), stack;
   for (int64_t n = 0; n < num_nodes; ++n)
-    if (indegree[n] == 0) stack.push_back(n);
+    if (remaining[n] == 0) stack.push_back(n);
   int64_t removed = 0;
   while (!stack.empty()) {
     int64_t n = stack.back();
     stack.pop_back();
     ++removed;
-    for (int64_t s : successors[n])
-      if (--indegree[s] == 0) stack.push_back(s);
+    for (int64_t k = out_offsets[n]; k < out_offsets[n + 1]; ++k)
+      if (--remaining[targets[k]] == 0) stack.push_back(targets[k]);
   }
   if (removed == num_nodes) return std::nullopt;
 
+  // Rare path: predecessor lists only for the nodes left.
+  std::vector<std::vector<int64_t>> predecessors(num_nodes);
+  for (const auto& [u, v] : edges)
+    if (remaining[u] > 0 && remaining[v] > 0) predecessors[v].push_back(u);
   int64_t start = 0;
-  while (indegree[start] == 0) ++start;
+  while (remaining[start] == 0) ++start;
   std::vector<int64_t> seen_at(num_nodes, -1), walk;
   int64_t node = start;
   while (seen_at[node] < 0) {
     seen_at[node] = static_cast<int64_t>(walk.size());
     walk.push_back(node);
-    for (int64_t p : predecessors[node])
-      if (indegree[p] > 0) {
-        node = p;
-        break;
-      }
+    node = predecessors[node].front();
   }
   // walk[seen_at[node]..] follows edges backwards; reverse it into a forward path.
   std::vector<int64_t> cycle(walk.begin() + seen_at[node], walk.end());
@@ -68,21 +69,64 @@ std::optional<std::vector<int64_t>> find_cycle(
 
 GraphSpec::GraphSpec(std::vector<NeuronId> neurons, std::vector<Edge> edges,
                      std::vector<NeuronId> inputs, std::vector<NeuronId> outputs,
-                     const std::string& context) {
+                     const std::string& context)
+    : inputs_(std::move(inputs)), outputs_(std::move(outputs)) {
   const char* ctx = context.c_str();
-  for (const auto& id : neurons) {
+  index_.reserve(neurons.size() + edges.size() / 4);
+  for (auto& id : neurons) {
     if (!index_.emplace(id, static_cast<int64_t>(neurons_.size())).second)
       fail("{}: neuron {} is listed twice in the neuron list", ctx, id);
-    neurons_.push_back(id);
+    neurons_.push_back(std::move(id));
   }
-  auto add_if_new = [&](const NeuronId& id) {
-    if (index_.emplace(id, static_cast<int64_t>(neurons_.size())).second) neurons_.push_back(id);
+  auto index_or_add = [&](const NeuronId& id) {
+    auto it = index_.find(id);
+    if (it != index_.end()) return it->second;
+    const auto n = static_cast<int64_t>(neurons_.size());
+    index_.emplace(id, n);
+    neurons_.push_back(id);
+    return n;
   };
-  std::unordered_set<Edge, EdgeHash> seen_edges;
-  for (auto& edge : edges) {
-    add_if_new(edge.first);
-    add_if_new(edge.second);
-    if (seen_edges.insert(edge).second) edges_.push_back(std::move(edge));
+  edge_indices_.reserve(edges.size());
+  for (const auto& [u, v] : edges) {
+    const int64_t a = index_or_add(u);
+    edge_indices_.emplace_back(a, index_or_add(v));
+  }
+  validate(context);
+}
+
+GraphSpec::GraphSpec(std::vector<NeuronId> neurons, std::vector<std::pair<int64_t, int64_t>> edge_indices,
+                     std::vector<NeuronId> inputs, std::vector<NeuronId> outputs, const std::string& context)
+    : neurons_(std::move(neurons)), edge_indices_(std::move(edge_indices)), inputs_(std::move(inputs)),
+      outputs_(std::move(outputs)) {
+  index_.reserve(neurons_.size());
+  for (size_t i = 0; i < neurons_.size(); ++i)
+    if (!index_.emplace(neurons_[i], static_cast<int64_t>(i)).second)
+      fail("{}: neuron {} is listed twice in the neuron list", context, neurons_[i]);
+  for (const auto& [u, v] : edge_indices_)
+    if (u < 0 || v < 0 || u >= static_cast<int64_t>(neurons_.size()) || v >= static_cast<int64_t>(neurons_.size()))
+      fail("{}: edge ({}, {}) indexes past the {} neurons", context, u, v, neurons_.size());
+  validate(context);
+}
+
+void GraphSpec::validate(const std::string& context) {
+  const char* ctx = context.c_str();
+  const auto n = static_cast<int64_t>(neurons_.size());
+
+  // Repeated edges count once (as in networkx); keep the first of each, in order.
+  {
+    std::vector<uint64_t> keys(edge_indices_.size());
+    for (size_t k = 0; k < keys.size(); ++k)
+      keys[k] = static_cast<uint64_t>(edge_indices_[k].first) * static_cast<uint64_t>(n) + edge_indices_[k].second;
+    std::vector<uint64_t> sorted(keys);
+    std::sort(sorted.begin(), sorted.end());
+    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+      std::unordered_set<uint64_t> seen;
+      seen.reserve(keys.size());
+      std::vector<std::pair<int64_t, int64_t>> unique;
+      for (size_t k = 0; k < keys.size(); ++k)
+        if (seen.insert(keys[k]).second) unique.push_back(edge_indices_[k]);
+      edge_indices_ = std::move(unique);
+    }
   }
 
   if (!neurons_.empty()) {
@@ -101,36 +145,32 @@ GraphSpec::GraphSpec(std::vector<NeuronId> neurons, std::vector<Edge> edges,
       if (!seen.insert(id).second) fail("{}: {} neuron {} is listed twice", ctx, what, id);
     }
   };
-  check_list(inputs, "input");
-  check_list(outputs, "output");
+  check_list(inputs_, "input");
+  check_list(outputs_, "output");
 
   roles_.assign(neurons_.size(), Role::Hidden);
-  for (const auto& id : inputs) roles_[index_.at(id)] = Role::Input;
-  for (const auto& id : outputs) {
+  for (const auto& id : inputs_) roles_[index_.at(id)] = Role::Input;
+  for (const auto& id : outputs_) {
     auto& role = roles_[index_.at(id)];
     if (role == Role::Input) fail("{}: neuron {} is both an input and an output neuron", ctx, id);
     role = Role::Output;
   }
-  inputs_ = std::move(inputs);
-  outputs_ = std::move(outputs);
 
-  std::vector<std::pair<int64_t, int64_t>> dense_edges;
-  dense_edges.reserve(edges_.size());
-  for (const auto& edge : edges_) {
-    int64_t u = index_.at(edge.first), v = index_.at(edge.second);
+  edges_.clear();
+  edges_.reserve(edge_indices_.size());
+  for (const auto& [u, v] : edge_indices_) {
+    const Edge edge{neurons_[u], neurons_[v]};
     if (roles_[v] == Role::Input)
       fail("{}: input neuron {} has the incoming connection {}; inputs take only the input values",
            ctx, edge.second, edge_str(edge));
     if (roles_[u] == Role::Output)
       fail("{}: output neuron {} has the outgoing connection {}; outputs feed no other neuron", ctx,
            edge.first, edge_str(edge));
-    dense_edges.emplace_back(u, v);
+    edges_.push_back(edge);
   }
-  if (auto cycle = find_cycle(static_cast<int64_t>(neurons_.size()), dense_edges)) {
-    std::vector<NeuronId> path;
-    for (int64_t n : *cycle) path.push_back(neurons_[n]);
+  if (auto cycle = find_cycle(n, edge_indices_)) {
     std::string text;
-    for (size_t i = 0; i < path.size(); ++i) text += (i ? " -> " : "") + path[i].str();
+    for (size_t i = 0; i < cycle->size(); ++i) text += (i ? " -> " : "") + neurons_[(*cycle)[i]].str();
     fail("{}: the graph has the cycle {}; a network must be acyclic", ctx, text);
   }
 }

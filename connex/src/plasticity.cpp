@@ -1,5 +1,7 @@
 #include "connex/plasticity.h"
 
+#include <set>
+
 #include <torch/torch.h>
 
 #include "connex/error.h"
@@ -191,45 +193,57 @@ EditResult NetworkEditor::build(uint64_t seed) const {
   const Topology& base = *base_;
   const GraphSpec& old_spec = base.spec();
 
-  // The new graph: surviving neurons in their old order, then the new ones.
+  // The new graph, in index space: surviving neurons in their old order, then
+  // the new ones; surviving edges in their old order, then the added ones.
+  const int64_t old_n = static_cast<int64_t>(old_spec.num_neurons());
+  std::vector<int64_t> new_index_of_old(old_n, -1);
   std::vector<NeuronId> neurons;
-  neurons.reserve(old_spec.num_neurons() + added_neurons_.size());
-  for (const auto& id : old_spec.neurons())
-    if (!removed_neurons_.count(id)) neurons.push_back(id);
-  neurons.insert(neurons.end(), added_neurons_.begin(), added_neurons_.end());
+  neurons.reserve(old_n + added_neurons_.size());
+  for (int64_t i = 0; i < old_n; ++i)
+    if (!removed_neurons_.count(old_spec.neurons()[i])) {
+      new_index_of_old[i] = static_cast<int64_t>(neurons.size());
+      neurons.push_back(old_spec.neurons()[i]);
+    }
+  std::unordered_map<NeuronId, int64_t, NeuronIdHash> added_index;
+  for (const auto& id : added_neurons_) {
+    added_index.emplace(id, static_cast<int64_t>(neurons.size()));
+    neurons.push_back(id);
+  }
+  auto new_index = [&](const NeuronId& id) {
+    auto it = added_index.find(id);
+    return it != added_index.end() ? it->second : new_index_of_old[old_spec.index_of(id)];
+  };
 
-  std::vector<Edge> edges;
-  edges.reserve(old_spec.edges().size() + added_edges_.size());
-  for (const auto& edge : old_spec.edges())
-    if (!removed_neurons_.count(edge.first) && !removed_neurons_.count(edge.second) && !removed_edges_.count(edge))
-      edges.push_back(edge);
+  std::unordered_set<uint64_t> removed_keys;  // old (source, target) positions of removed edges
+  for (const auto& [u, v] : removed_edges_)
+    removed_keys.insert(static_cast<uint64_t>(old_spec.index_of(u)) * old_n + old_spec.index_of(v));
+  std::vector<std::pair<int64_t, int64_t>> edges;
+  edges.reserve(old_spec.edge_indices().size() + added_edges_.size());
+  for (const auto& [u, v] : old_spec.edge_indices()) {
+    const int64_t a = new_index_of_old[u], b = new_index_of_old[v];
+    if (a >= 0 && b >= 0 && (removed_keys.empty() || !removed_keys.count(static_cast<uint64_t>(u) * old_n + v)))
+      edges.emplace_back(a, b);
+  }
   const size_t first_added = edges.size();
   {
     // added_edges_ keeps the order of first addition; the set says which are still wanted.
     std::unordered_set<Edge, EdgeHash> taken;
     for (const auto& edge : added_edges_)
-      if (added_edge_set_.count(edge) && taken.insert(edge).second) edges.push_back(edge);
+      if (added_edge_set_.count(edge) && taken.insert(edge).second)
+        edges.emplace_back(new_index(edge.first), new_index(edge.second));
   }
 
   // The base was acyclic and removals cannot close a cycle, so any cycle runs
   // through an added edge: name it.
   if (edges.size() > first_added) {
-    std::unordered_map<NeuronId, int64_t, NeuronIdHash> index;
-    index.reserve(neurons.size());
-    for (size_t i = 0; i < neurons.size(); ++i) index.emplace(neurons[i], static_cast<int64_t>(i));
-    std::vector<std::pair<int64_t, int64_t>> dense_edges;
-    dense_edges.reserve(edges.size());
-    for (const auto& [u, v] : edges) dense_edges.emplace_back(index.at(u), index.at(v));
-    if (auto cycle = find_cycle(static_cast<int64_t>(neurons.size()), dense_edges)) {
-      std::unordered_set<Edge, EdgeHash> added(edges.begin() + first_added, edges.end());
+    if (auto cycle = find_cycle(static_cast<int64_t>(neurons.size()), edges)) {
+      std::set<std::pair<int64_t, int64_t>> added(edges.begin() + first_added, edges.end());
       std::string path;
       Edge culprit;
       for (size_t k = 0; k < cycle->size(); ++k) {
         path += (k ? " -> " : "") + neurons[(*cycle)[k]].str();
-        if (k + 1 < cycle->size()) {
-          Edge e{neurons[(*cycle)[k]], neurons[(*cycle)[k + 1]]};
-          if (added.count(e)) culprit = e;
-        }
+        if (k + 1 < cycle->size() && added.count({(*cycle)[k], (*cycle)[k + 1]}))
+          culprit = {neurons[(*cycle)[k]], neurons[(*cycle)[k + 1]]};
       }
       fail("add_connections(): edge {} would create the cycle {}", edge_str(culprit), path);
     }

@@ -41,10 +41,10 @@ std::vector<int64_t> neuron_ranks(const GraphSpec& spec,
     if (rank[i] < 0)
       fail("NeuralNetwork(): topo_sort is not a permutation of the neurons: neuron {} is missing",
            spec.neurons()[i]);
-  for (const auto& edge : spec.edges())
-    if (rank[spec.index_of(edge.first)] > rank[spec.index_of(edge.second)])
-      fail("NeuralNetwork(): topo_sort places {} before {}, which violates the edge {}", edge.second,
-           edge.first, edge_str(edge));
+  for (const auto& [u, v] : spec.edge_indices())
+    if (rank[u] > rank[v])
+      fail("NeuralNetwork(): topo_sort places {} before {}, which violates the edge {}", spec.neurons()[v],
+           spec.neurons()[u], edge_str({spec.neurons()[u], spec.neurons()[v]}));
   return rank;
 }
 
@@ -57,9 +57,7 @@ std::shared_ptr<const Topology> Topology::compile(const GraphSpec& spec,
   const std::vector<int64_t> rank = neuron_ranks(spec, options.topo_sort);
 
   // Spec-index edges and adjacency (CSR by source) for the level sweep.
-  std::vector<std::pair<int64_t, int64_t>> edges;
-  edges.reserve(spec.edges().size());
-  for (const auto& e : spec.edges()) edges.emplace_back(spec.index_of(e.first), spec.index_of(e.second));
+  const auto& edges = spec.edge_indices();
   std::vector<int64_t> out_offsets(n + 1, 0), out_targets(edges.size()), indegree(n, 0);
   for (const auto& [u, v] : edges) ++out_offsets[u + 1], ++indegree[v];
   std::partial_sum(out_offsets.begin(), out_offsets.end(), out_offsets.begin());
@@ -72,7 +70,7 @@ std::shared_ptr<const Topology> Topology::compile(const GraphSpec& spec,
   // at least level 1 (an isolated hidden neuron still computes act(bias)).
   std::vector<int64_t> level(n, 0), stack;
   for (int64_t i = 0; i < n; ++i) {
-    if (spec.role(spec.neurons()[i]) != Role::Input) level[i] = 1;
+    if (spec.role_at(i) != Role::Input) level[i] = 1;
     if (indegree[i] == 0) stack.push_back(i);
   }
   while (!stack.empty()) {
@@ -93,9 +91,8 @@ std::shared_ptr<const Topology> Topology::compile(const GraphSpec& spec,
   std::vector<int64_t> rest;
   for (int64_t i = 0; i < n; ++i)
     if (level[i] > 0) rest.push_back(i);
-  auto is_output = [&](int64_t i) { return spec.role(spec.neurons()[i]) == Role::Output; };
   std::vector<bool> output_flag(n);
-  for (int64_t i = 0; i < n; ++i) output_flag[i] = is_output(i);
+  for (int64_t i = 0; i < n; ++i) output_flag[i] = spec.role_at(i) == Role::Output;
   std::sort(rest.begin(), rest.end(), [&](int64_t a, int64_t b) {
     if (level[a] != level[b]) return level[a] < level[b];
     if (output_flag[a] != output_flag[b]) return !output_flag[a];
@@ -113,7 +110,7 @@ std::shared_ptr<const Topology> Topology::compile(const GraphSpec& spec,
     int64_t i = order[d];
     dense_of_index[i] = d;
     topo->labels_[d] = spec.neurons()[i];
-    topo->roles_[d] = spec.role(spec.neurons()[i]);
+    topo->roles_[d] = spec.role_at(i);
     topo->level_of_[d] = level[i];
     topo->dense_.emplace(spec.neurons()[i], d);
   }

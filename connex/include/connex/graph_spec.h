@@ -29,6 +29,10 @@ class GraphSpec {
   // `context` prefixes error messages ("NeuralNetwork(): ...").
   GraphSpec(std::vector<NeuronId> neurons, std::vector<Edge> edges, std::vector<NeuronId> inputs,
             std::vector<NeuronId> outputs, const std::string& context = "GraphSpec");
+  // Edges given as positions in `neurons` (which must list every neuron): the
+  // fast path for code that already works on indices, such as the editor.
+  GraphSpec(std::vector<NeuronId> neurons, std::vector<std::pair<int64_t, int64_t>> edge_indices,
+            std::vector<NeuronId> inputs, std::vector<NeuronId> outputs, const std::string& context);
 
   static GraphSpec from_edges(const std::vector<Edge>& edges, std::vector<NeuronId> inputs,
                               std::vector<NeuronId> outputs, std::vector<NeuronId> neurons = {});
@@ -43,6 +47,8 @@ class GraphSpec {
   const std::vector<NeuronId>& neurons() const { return neurons_; }
   // Deduplicated, in the order first given.
   const std::vector<Edge>& edges() const { return edges_; }
+  // The same edges as positions in neurons().
+  const std::vector<std::pair<int64_t, int64_t>>& edge_indices() const { return edge_indices_; }
   const std::vector<NeuronId>& inputs() const { return inputs_; }
   const std::vector<NeuronId>& outputs() const { return outputs_; }
   NeuronId::Kind id_kind() const { return id_kind_; }
@@ -52,10 +58,14 @@ class GraphSpec {
   // Position of `id` in neurons(), or -1.
   int64_t index_of(const NeuronId& id) const;
   Role role(const NeuronId& id) const;
+  Role role_at(int64_t index) const { return roles_[index]; }
 
  private:
   std::vector<NeuronId> neurons_;
+  void validate(const std::string& context);
+
   std::vector<Edge> edges_;
+  std::vector<std::pair<int64_t, int64_t>> edge_indices_;
   std::vector<NeuronId> inputs_;
   std::vector<NeuronId> outputs_;
   NeuronId::Kind id_kind_ = NeuronId::Kind::Integer;

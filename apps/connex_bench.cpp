@@ -1,0 +1,173 @@
+// connex's benchmark program. Each workload measures connex and its reference
+// in the same run and prints their ratio, so figures compare within one
+// machine state. Times are medians over repeated calls after a warm-up.
+//
+//   connex_bench [--quick] [--threads N] [--only NAME]
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <functional>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include "bench_workloads.h"
+#include "connex/connex.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double median_seconds(const std::function<void()>& fn, int warmup, int reps, double budget_s = 20.0) {
+  for (int i = 0; i < warmup; ++i) fn();
+  std::vector<double> times;
+  const auto start = Clock::now();
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = Clock::now();
+    fn();
+    times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    if (std::chrono::duration<double>(Clock::now() - start).count() > budget_s && times.size() >= 3) break;
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+// Peak resident memory since the last reset, in MiB (Linux: VmHWM, reset via clear_refs).
+void reset_peak_memory() { std::ofstream("/proc/self/clear_refs") << "5"; }
+double peak_memory_mib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  return 0.0;
+}
+
+std::string fmt_time(double s) {
+  if (s < 1e-3) return fmt::format("{:.1f} µs", s * 1e6);
+  if (s < 1.0) return fmt::format("{:.2f} ms", s * 1e3);
+  return fmt::format("{:.2f} s", s);
+}
+
+// One training step (forward, MSE, backward, Adam) as a closure.
+template <typename Net>
+std::function<void()> train_step(Net net, torch::Tensor x, torch::Tensor y) {
+  auto optimizer = std::make_shared<torch::optim::Adam>(net->parameters(), torch::optim::AdamOptions(1e-3));
+  return [=]() mutable {
+    optimizer->zero_grad();
+    torch::mse_loss(net->forward(x), y).backward();
+    optimizer->step();
+  };
+}
+
+struct Row {
+  std::string workload, connex, reference, ratio, note;
+};
+
+void print(const std::vector<Row>& rows) {
+  fmt::print("\n| workload | connex | reference | ratio | note |\n| --- | --- | --- | --- | --- |\n");
+  for (const auto& r : rows) fmt::print("| {} | {} | {} | {} | {} |\n", r.workload, r.connex, r.reference, r.ratio, r.note);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"connex benchmarks: connex against plain torch references, ratios from one run"};
+  bool quick = false;
+  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::string only;
+  app.add_flag("--quick", quick, "fewer repetitions and no 1M-connection workloads");
+  app.add_option("--threads", threads, "intra-op threads (default: all cores)");
+  app.add_option("--only", only, "run only workloads whose name contains this");
+  CLI11_PARSE(app, argc, argv);
+  torch::set_num_threads(threads);
+  torch::manual_seed(0);
+  const int reps = quick ? 10 : 50;
+  auto wanted = [&](const std::string& name) { return only.empty() || name.find(only) != std::string::npos; };
+  fmt::print("connex_bench: {} intra-op thread(s), {} repetitions, torch {}\n", threads, reps, TORCH_VERSION);
+
+  std::vector<Row> rows;
+  auto x250 = torch::linspace(0, 2 * M_PI, 250).unsqueeze(1);
+  auto y250 = torch::cat({torch::cos(x250), torch::sin(x250)}, 1);
+  const auto relu = connex::NeuralNetworkOptions().hidden_activation("relu");
+
+  if (wanted("mlp")) {
+    auto a = median_seconds(train_step(connex::nn::MLP(1, 2, 128, 4, relu), x250, y250), 5, reps);
+    auto b = median_seconds(train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>(4, 128), false), x250, y250), 5, reps);
+    rows.push_back({"1. MLP(1,2,128,4) train step, batch 250", fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b), "vs Linear layers"});
+  }
+  if (wanted("dense")) {
+    auto a = median_seconds(train_step(connex::nn::DenseMLP(1, 2, 128, 4, relu), x250, y250), 5, reps);
+    auto b = median_seconds(train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>(4, 128), true), x250, y250), 5, reps);
+    rows.push_back({"2. DenseMLP(1,2,128,4) train step, batch 250", fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b), "vs concatenating Linear layers"});
+  }
+  if (wanted("readme")) {
+    connex::NeuralNetwork net(
+        connex::GraphSpec::from_adjacency({{0, {1, 2, 3}}, {1, {4}}, {2, {4, 5}}, {4, {6}}, {5, {7}}, {6, {8, 9}},
+                                           {7, {10}}, {8, {11}}, {9, {11}}, {10, {11}}},
+                                          {0}, {3, 11}),
+        relu);
+    auto a = median_seconds(train_step(net, x250, y250), 20, reps * 10);
+    // The nearest plain network: Linear layers as wide as the README net's batches.
+    auto b = median_seconds(train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>{3, 2, 2, 3}, false), x250, y250), 20, reps * 10);
+    rows.push_back({"3. README net (12 neurons) train step, batch 250", fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b), "vs Linear 1-3-2-2-3-2"});
+  }
+
+  std::vector<std::pair<int64_t, double>> sparse_times;
+  for (int64_t neurons : {10000, 100000}) {
+    if (!wanted("sparse") && !wanted("plasticity")) break;
+    if (quick && neurons > 10000) break;
+    reset_peak_memory();
+    auto dag = connex::bench::random_sparse_dag(neurons, 10, 30, 1);
+    connex::NeuralNetwork net(dag.spec, relu);
+    const int64_t conns = net->num_connections();
+    auto x = torch::randn({64, net->num_inputs()});
+    auto y = torch::randn({64, net->num_outputs()});
+    auto step = train_step(net, x, y);
+    const double t = median_seconds(step, 2, quick ? 5 : 20);
+    const double peak = peak_memory_mib();
+    sparse_times.emplace_back(conns, t);
+    if (wanted("sparse"))
+      rows.push_back({fmt::format("4. sparse DAG {}k neurons / {}k connections, depth {}, batch 64", neurons / 1000, conns / 1000, net->topology().depth()),
+                      fmt_time(t), "", "", fmt::format("{:.2e} connection·samples/s; peak RSS {:.0f} MiB", conns * 64 / t, peak)});
+
+    if (wanted("plasticity") && (neurons == 100000 || quick)) {
+      // Remove 1% of the connections; add 100 hidden neurons with 10 connections each.
+      std::mt19937_64 rng(2);
+      std::vector<connex::Edge> doomed;
+      const auto& edges = dag.spec.edges();
+      for (int64_t k = 0; k < conns / 100; ++k) doomed.push_back(edges[std::uniform_int_distribution<size_t>(0, edges.size() - 1)(rng)]);
+      std::sort(doomed.begin(), doomed.end());
+      doomed.erase(std::unique(doomed.begin(), doomed.end()), doomed.end());
+      std::vector<connex::NeuronId> fresh;
+      std::vector<connex::Edge> wires;
+      const int64_t n_in = net->num_inputs(), n_out = net->num_outputs();
+      for (int64_t h = 0; h < 100; ++h) {
+        connex::NeuronId id(neurons + h);
+        fresh.push_back(id);
+        for (int k = 0; k < 5; ++k) {
+          // From a neuron in the first half of the layers, to one in the second half: never a cycle.
+          int64_t u = std::uniform_int_distribution<int64_t>(0, neurons / 2 - 1)(rng);
+          int64_t v = std::uniform_int_distribution<int64_t>(neurons / 2, neurons - n_out - 1)(rng);
+          if (dag.layer_of[u] >= 15) u = 0;
+          if (dag.layer_of[v] <= 15) v = neurons - 1;
+          wires.emplace_back(u, id);
+          wires.emplace_back(id, v);
+        }
+      }
+      (void)n_in;
+      const double edit_t = median_seconds([&] {
+        connex::edit(net).remove_connections(doomed).add_hidden_neurons(fresh).add_connections(wires).build(1);
+      }, 1, quick ? 3 : 5, 60.0);
+      rows.push_back({fmt::format("5. plasticity on {}k connections: remove {} connections, add 100 neurons × 10 connections", conns / 1000, doomed.size()),
+                      fmt_time(edit_t), fmt_time(t), fmt::format("{:.2f} train steps", edit_t / t), "one train step is the reference"});
+    }
+  }
+  if (sparse_times.size() == 2)
+    rows.push_back({"4. sparse DAG: time ratio 1M vs 100k connections", "", "",
+                    fmt::format("{:.2f}", sparse_times[1].second / sparse_times[0].second),
+                    fmt::format("{:.1f}× the connections", double(sparse_times[1].first) / sparse_times[0].first)});
+  print(rows);
+  return 0;
+}
