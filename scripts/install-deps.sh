@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ccache pkg-config
   libtorch-dev libopenblas0-pthread
   libfmt-dev libspdlog-dev nlohmann-json3-dev libgtest-dev libcli11-dev
-  graphviz
+  graphviz python3-torch python3-networkx
 )
 missing=()
 for p in "${packages[@]}"; do

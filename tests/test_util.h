@@ -2,6 +2,7 @@
 // Shared helpers for the connex tests: random DAGs, finite differences, the
 // toy data set, and an assertion that an expression throws a message.
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>

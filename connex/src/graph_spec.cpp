@@ -207,28 +207,36 @@ GraphSpec GraphSpec::from_adjacency(const Adjacency& adjacency, std::vector<Neur
 
 namespace {
 
-NeuronId id_from_json(const nlohmann::json& value, const std::string& path) {
+// Where a JSON value sits, for messages: "<source>: <path>".
+struct JsonPlace {
+  const std::string& source;
+  std::string path;
+  JsonPlace at(const std::string& key) const { return {source, path + "/" + key}; }
+  JsonPlace at(size_t index) const { return {source, path + "/" + std::to_string(index)}; }
+};
+
+NeuronId id_from_json(const nlohmann::json& value, const JsonPlace& place) {
   if (value.is_number_integer()) return NeuronId(value.get<int64_t>());
   if (value.is_string()) return NeuronId(value.get<std::string>());
-  fail("graph JSON: {} must be an integer or a string neuron id, got {}", path, value.dump());
+  fail("{}: {} must be an integer or a string neuron id, got {}", place.source, place.path, value.dump());
 }
 
-std::vector<NeuronId> ids_from_json(const nlohmann::json& json, const std::string& key,
-                                    bool required) {
+std::vector<NeuronId> ids_from_json(const nlohmann::json& json, const std::string& key, bool required,
+                                    const JsonPlace& place) {
   if (!json.contains(key)) {
-    if (required) fail("graph JSON: required key \"{}\" is missing", key);
+    if (required) fail("{}: required key \"{}\" is missing{}", place.source, key, place.path.empty() ? "" : " in " + place.path);
     return {};
   }
   const auto& list = json.at(key);
-  if (!list.is_array()) fail("graph JSON: /{} must be an array, got {}", key, list.type_name());
+  const auto here = place.at(key);
+  if (!list.is_array()) fail("{}: {} must be an array, got {}", here.source, here.path, list.type_name());
   std::vector<NeuronId> ids;
-  for (size_t i = 0; i < list.size(); ++i)
-    ids.push_back(id_from_json(list[i], fmt::format("/{}/{}", key, i)));
+  for (size_t i = 0; i < list.size(); ++i) ids.push_back(id_from_json(list[i], here.at(i)));
   return ids;
 }
 
 // Adjacency keys are always strings in JSON; decide their kind from the rest of the graph.
-NeuronId key_to_id(const std::string& key, bool integer_graph) {
+NeuronId key_to_id(const std::string& key, bool integer_graph, const JsonPlace& place) {
   if (!integer_graph) return NeuronId(key);
   size_t used = 0;
   int64_t value = 0;
@@ -238,50 +246,52 @@ NeuronId key_to_id(const std::string& key, bool integer_graph) {
     used = 0;
   }
   if (used != key.size() || key.empty())
-    fail("graph JSON: /adjacency key \"{}\" is not an integer, but the graph's other ids are integers",
-         key);
+    fail("{}: {} key \"{}\" is not an integer, but the graph's other ids are integers", place.source,
+         place.path, key);
   return NeuronId(value);
 }
 
 }  // namespace
 
-GraphSpec GraphSpec::from_json(const nlohmann::json& json) {
-  if (!json.is_object()) fail("graph JSON: the top level must be an object, got {}", json.type_name());
-  auto inputs = ids_from_json(json, "inputs", true);
-  auto outputs = ids_from_json(json, "outputs", true);
-  auto neurons = ids_from_json(json, "neurons", false);
+GraphSpec GraphSpec::from_json(const nlohmann::json& json, const std::string& source, const std::string& path) {
+  const JsonPlace place{source, path};
+  if (!json.is_object())
+    fail("{}: {} must be an object, got {}", source, path.empty() ? "the top level" : path, json.type_name());
+  auto inputs = ids_from_json(json, "inputs", true, place);
+  auto outputs = ids_from_json(json, "outputs", true, place);
+  auto neurons = ids_from_json(json, "neurons", false, place);
   bool has_edges = json.contains("edges"), has_adjacency = json.contains("adjacency");
   if (has_edges && has_adjacency)
-    fail("graph JSON: give either \"edges\" or \"adjacency\", not both");
+    fail("{}: give either \"edges\" or \"adjacency\"{}, not both", source, path.empty() ? "" : " in " + path);
   std::vector<Edge> edges;
   if (has_edges) {
     const auto& list = json.at("edges");
-    if (!list.is_array()) fail("graph JSON: /edges must be an array, got {}", list.type_name());
+    const auto here = place.at("edges");
+    if (!list.is_array()) fail("{}: {} must be an array, got {}", source, here.path, list.type_name());
     for (size_t i = 0; i < list.size(); ++i) {
       const auto& pair = list[i];
       if (!pair.is_array() || pair.size() != 2)
-        fail("graph JSON: /edges/{} must be a pair [from, to], got {}", i, pair.dump());
-      edges.emplace_back(id_from_json(pair[0], fmt::format("/edges/{}/0", i)),
-                         id_from_json(pair[1], fmt::format("/edges/{}/1", i)));
+        fail("{}: {} must be a pair [from, to], got {}", source, here.at(i).path, pair.dump());
+      edges.emplace_back(id_from_json(pair[0], here.at(i).at(0)), id_from_json(pair[1], here.at(i).at(1)));
     }
   } else if (has_adjacency) {
     const auto& map = json.at("adjacency");
-    if (!map.is_object()) fail("graph JSON: /adjacency must be an object, got {}", map.type_name());
+    const auto here = place.at("adjacency");
+    if (!map.is_object()) fail("{}: {} must be an object, got {}", source, here.path, map.type_name());
     // The kind of the keys follows the ids written elsewhere (inputs come first).
     bool integer_graph = inputs.front().is_integer();
     std::unordered_set<NeuronId, NeuronIdHash> listed(neurons.begin(), neurons.end());
     for (auto it = map.begin(); it != map.end(); ++it) {
-      NeuronId from = key_to_id(it.key(), integer_graph);
+      NeuronId from = key_to_id(it.key(), integer_graph, here);
+      const auto list_place = here.at(it.key());
       if (!it.value().is_array())
-        fail("graph JSON: /adjacency/{} must be an array, got {}", it.key(), it.value().type_name());
+        fail("{}: {} must be an array, got {}", source, list_place.path, it.value().type_name());
       if (listed.insert(from).second) neurons.push_back(from);
       for (size_t i = 0; i < it.value().size(); ++i)
-        edges.emplace_back(from, id_from_json(it.value()[i],
-                                              fmt::format("/adjacency/{}/{}", it.key(), i)));
+        edges.emplace_back(from, id_from_json(it.value()[i], list_place.at(i)));
     }
   }
-  return GraphSpec(std::move(neurons), std::move(edges), std::move(inputs), std::move(outputs),
-                   "graph JSON");
+  return GraphSpec(std::move(neurons), std::move(edges), std::move(inputs), std::move(outputs), source);
 }
 
 nlohmann::json GraphSpec::to_json() const {

@@ -346,6 +346,14 @@ void NeuralNetworkImpl::unfreeze_all() {
   bias_grad_mask_.fill_(1);
 }
 
+void NeuralNetworkImpl::sync_frozen() {
+  const bool any = (weight_grad_mask_ == 0).any().item<bool>() || (bias_grad_mask_ == 0).any().item<bool>();
+  if (any && !frozen_) {
+    frozen_ = true;
+    install_freeze_hooks();
+  }
+}
+
 bool NeuralNetworkImpl::is_frozen(const NeuronId& from, const NeuronId& to) const {
   return weight_grad_mask_[connection_or_throw(from, to, "NeuralNetwork::is_frozen()")].item<double>() == 0.0;
 }

@@ -11,3 +11,7 @@
 #include "connex/tensor_function.h"
 #include "connex/topology.h"
 #include "connex/weighted_graph.h"
+#include "connex/checkpoint.h"
+#include "connex/config.h"
+#include "connex/graph_export.h"
+#include "connex/torchscript_export.h"

@@ -41,7 +41,9 @@ class GraphSpec {
                                   std::vector<NeuronId> neurons = {});
   // {"neurons":[...], "edges":[[u,v],...] | "adjacency":{"u":[v,...]}, "inputs":[...], "outputs":[...]}.
   // Adjacency keys are JSON strings; in an integer graph they must spell integers.
-  static GraphSpec from_json(const nlohmann::json& json);
+  // Errors read "<source>: <path>/edges/0/1 must be ..." (path: where this object sits).
+  static GraphSpec from_json(const nlohmann::json& json, const std::string& source = "graph JSON",
+                             const std::string& path = "");
   nlohmann::json to_json() const;
 
   const std::vector<NeuronId>& neurons() const { return neurons_; }

@@ -76,6 +76,9 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   // decay, or freeze before the first step. Unknown labels throw.
   void freeze(const std::vector<Edge>& connections, const std::vector<NeuronId>& neurons = {});
   void unfreeze_all();
+  // Re-reads the gradient masks (after they were loaded from a file) and
+  // installs the freezing hooks if any entry is frozen.
+  void sync_frozen();
   bool is_frozen(const NeuronId& from, const NeuronId& to) const;
 
   WeightedGraph weighted_graph() const;

@@ -1,0 +1,183 @@
+#include "connex/checkpoint.h"
+
+#include <cstring>
+#include <sstream>
+
+#include <torch/torch.h>
+
+#include "connex/config.h"
+#include "connex/error.h"
+#include "connex/file_io.h"
+
+namespace connex {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr char kMagic[8] = {'C', 'O', 'N', 'N', 'E', 'X', 'C', 'K'};
+constexpr size_t kPrefix = 8 + 4 + 8;  // magic, version, header length
+
+// Buffers rebuilt from the structure are not saved; the rest (gradient masks,
+// a module activation's buffers) are state.
+bool is_derived_buffer(const std::string& name) {
+  return name.rfind("level", 0) == 0 || name.rfind("output_gather", 0) == 0;
+}
+
+template <typename T>
+void put(std::string& out, T value) {
+  char bytes[sizeof(T)];
+  std::memcpy(bytes, &value, sizeof(T));  // x86-64 and aarch64 are little-endian
+  out.append(bytes, sizeof(T));
+}
+template <typename T>
+T get(const std::string& in, size_t offset) {
+  T value;
+  std::memcpy(&value, in.data() + offset, sizeof(T));
+  return value;
+}
+
+const char* dtype_name(torch::Dtype dtype) {
+  switch (dtype) {
+    case torch::kFloat32: return "float32";
+    case torch::kFloat64: return "float64";
+    case torch::kFloat16: return "float16";
+    case torch::kBFloat16: return "bfloat16";
+    default: return nullptr;
+  }
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> state_tensors(const NeuralNetwork& network) {
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& p : network->named_parameters()) tensors.emplace_back(p.key(), p.value());
+  for (const auto& b : network->named_buffers())
+    if (!is_derived_buffer(b.key())) tensors.emplace_back(b.key(), b.value());
+  return tensors;
+}
+
+}  // namespace
+
+void save(const NeuralNetwork& network, const std::string& path, const torch::optim::Optimizer* optimizer) {
+  json header;
+  header["config"] = network_config(network, "save()");
+  header["tensors"] = json::array();
+  std::string data;
+  for (const auto& [name, tensor] : state_tensors(network)) {
+    auto cpu = tensor.detach().to(torch::kCPU).contiguous();
+    const char* dtype = dtype_name(cpu.scalar_type());
+    if (!dtype) fail("save(): tensor \"{}\" has dtype {}, which a checkpoint cannot hold", name, c10::toString(cpu.scalar_type()));
+    const size_t nbytes = cpu.numel() * cpu.element_size();
+    header["tensors"].push_back({{"name", name}, {"dtype", dtype}, {"shape", cpu.sizes().vec()}, {"offset", data.size()}, {"nbytes", nbytes}});
+    data.append(static_cast<const char*>(cpu.data_ptr()), nbytes);
+  }
+  if (optimizer) {
+    std::ostringstream bytes;
+    try {
+      torch::serialize::OutputArchive archive;
+      optimizer->save(archive);
+      archive.save_to(bytes);
+    } catch (const std::exception& e) {
+      fail("save(): cannot serialize the optimizer for {}: {}", path, e.what());
+    }
+    const std::string blob = bytes.str();
+    header["optimizer"] = {{"offset", data.size()}, {"nbytes", blob.size()}};
+    data += blob;
+  }
+  const std::string header_text = header.dump();
+  std::string file(kMagic, 8);
+  put<uint32_t>(file, kCheckpointVersion);
+  put<uint64_t>(file, header_text.size());
+  file += header_text;
+  file += data;
+  put<uint64_t>(file, fnv1a64(file.data(), file.size()));
+  write_file_atomically(path, file, "save()");
+}
+
+Checkpoint load_checkpoint(const std::string& path) {
+  const std::string file = read_file(path, "load()");
+  if (file.size() < 8 || std::memcmp(file.data(), kMagic, 8) != 0)
+    fail("load(): {} is not a connex checkpoint (it does not start with \"CONNEXCK\")", path);
+  if (file.size() < kPrefix + 8) fail("load(): {} is truncated ({} bytes)", path, file.size());
+  const uint64_t header_size = get<uint64_t>(file, 12);
+  if (header_size > file.size() - kPrefix - 8)
+    fail("load(): {} is truncated: its header claims {} bytes but the file has {}", path, header_size, file.size());
+  const uint64_t stored = get<uint64_t>(file, file.size() - 8);
+  if (stored != fnv1a64(file.data(), file.size() - 8))
+    fail("load(): {} is corrupted: its checksum does not match its contents (truncated or changed bytes)", path);
+  const uint32_t version = get<uint32_t>(file, 8);
+  if (version != kCheckpointVersion)
+    fail("load(): {} has checkpoint format version {}; this connex reads version {}", path, version, kCheckpointVersion);
+
+  json header;
+  try {
+    header = json::parse(file.begin() + kPrefix, file.begin() + kPrefix + header_size);
+  } catch (const std::exception& e) {
+    fail("load(): {} has an unreadable header: {}", path, e.what());
+  }
+  if (!header.is_object() || !header.contains("config") || !header.contains("tensors") || !header.at("tensors").is_array())
+    fail("load(): {} has a header without \"config\" and \"tensors\"", path);
+  const size_t data_begin = kPrefix + header_size, data_size = file.size() - 8 - data_begin;
+
+  Checkpoint checkpoint;
+  checkpoint.network = network_from_config(header.at("config"), path);
+  auto expected = state_tensors(checkpoint.network);
+  std::map<std::string, const json*> saved;
+  for (const auto& entry : header.at("tensors")) {
+    if (!entry.is_object() || !entry.contains("name") || !entry.at("name").is_string())
+      fail("load(): {} has a malformed tensor entry {}", path, entry.dump());
+    saved[entry.at("name").get<std::string>()] = &entry;
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [name, tensor] : expected) {
+    auto it = saved.find(name);
+    if (it == saved.end()) fail("load(): {} lacks tensor \"{}\" that its network's structure needs", path, name);
+    const json& entry = *it->second;
+    try {
+      const auto shape = entry.at("shape").get<std::vector<int64_t>>();
+      const auto dtype = entry.at("dtype").get<std::string>();
+      const auto offset = entry.at("offset").get<uint64_t>(), nbytes = entry.at("nbytes").get<uint64_t>();
+      if (!tensor.sizes().equals(shape))
+        fail("load(): {}: tensor \"{}\" has shape [{}] in the file but the network's structure needs [{}]", path,
+             name, fmt::join(shape, ", "), fmt::join(tensor.sizes(), ", "));
+      if (dtype != dtype_name(tensor.scalar_type()))
+        fail("load(): {}: tensor \"{}\" is {} in the file but the config says {}", path, name, dtype, dtype_name(tensor.scalar_type()));
+      if (nbytes != tensor.numel() * tensor.element_size() || offset > data_size || nbytes > data_size - offset)
+        fail("load(): {}: tensor \"{}\" has an inconsistent byte range", path, name);
+      auto source = torch::from_blob(const_cast<char*>(file.data() + data_begin + offset), tensor.sizes(),
+                                     torch::TensorOptions().dtype(tensor.scalar_type()));
+      tensor.copy_(source);
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      fail("load(): {}: tensor entry \"{}\" is malformed: {}", path, name, e.what());
+    }
+    saved.erase(it);
+  }
+  checkpoint.network->sync_frozen();
+  if (!saved.empty())
+    fail("load(): {} holds tensor \"{}\", which its network's structure does not have", path, saved.begin()->first);
+
+  if (header.contains("optimizer") && header.at("optimizer").is_object()) {
+    const auto& o = header.at("optimizer");
+    const auto offset = o.value("offset", uint64_t{0}), nbytes = o.value("nbytes", uint64_t{0});
+    if (offset > data_size || nbytes > data_size - offset) fail("load(): {}: the optimizer state has an inconsistent byte range", path);
+    checkpoint.optimizer_state = file.substr(data_begin + offset, nbytes);
+  }
+  return checkpoint;
+}
+
+NeuralNetwork load(const std::string& path) { return load_checkpoint(path).network; }
+
+void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer& optimizer, const std::string& path) {
+  if (checkpoint.optimizer_state.empty()) fail("load_optimizer_state(): {} holds no optimizer state", path);
+  try {
+    std::istringstream bytes(checkpoint.optimizer_state);
+    torch::serialize::InputArchive archive;
+    archive.load_from(bytes);
+    optimizer.load(archive);
+  } catch (const std::exception& e) {
+    fail("load_optimizer_state(): the optimizer state in {} does not fit this optimizer: {}", path, e.what());
+  }
+}
+
+}  // namespace connex

@@ -1,0 +1,201 @@
+#include "connex/config.h"
+
+#include <set>
+
+#include "connex/error.h"
+#include "connex/file_io.h"
+#include "connex/prebuilt.h"
+
+namespace connex {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr int kConfigVersion = 1;
+
+json id_json(const NeuronId& id) { return id.is_integer() ? json(id.as_integer()) : json(id.as_string()); }
+
+NeuronId id_from(const json& value, const std::string& source, const std::string& path) {
+  if (value.is_number_integer()) return NeuronId(value.get<int64_t>());
+  if (value.is_string()) return NeuronId(value.get<std::string>());
+  fail("{}: {} must be an integer or a string neuron id, got {}", source, path, value.dump());
+}
+
+const std::vector<std::pair<std::string, torch::Dtype>>& dtype_names() {
+  static const std::vector<std::pair<std::string, torch::Dtype>> names = {
+      {"float32", torch::kFloat32}, {"float64", torch::kFloat64}, {"float16", torch::kFloat16}, {"bfloat16", torch::kBFloat16}};
+  return names;
+}
+
+std::string builtin_name(const TensorFunction& f, const char* what, const char* context) {
+  if (!f.is_builtin())
+    fail("{}: {} \"{}\" is a {}; only built-ins ({}) can be written down", context, what, f.name(),
+         f.is_module() ? "module" : "custom callable", fmt::join(TensorFunction::builtin_names(), ", "));
+  return f.name();
+}
+
+int64_t positive_int(const json& obj, const std::string& key, const std::string& source, const std::string& path) {
+  if (!obj.contains(key)) fail("{}: required key \"{}\" is missing in {}", source, key, path);
+  const auto& v = obj.at(key);
+  if (!v.is_number_integer() || v.get<int64_t>() < 0)
+    fail("{}: {}/{} must be a non-negative integer, got {}", source, path, key, v.dump());
+  return v.get<int64_t>();
+}
+
+}  // namespace
+
+json options_to_json(const NeuralNetworkOptions& options, const char* context) {
+  json out;
+  out["hidden_activation"] = builtin_name(options.hidden_activation(), "hidden_activation", context);
+  out["output_transformation"] = builtin_name(options.output_transformation(), "output_transformation", context);
+  const auto& dropout = options.dropout_p();
+  if (dropout.per_neuron.empty()) {
+    out["dropout_p"] = dropout.hidden;
+  } else {
+    json neurons = json::array();
+    for (const auto& [id, p] : dropout.per_neuron) neurons.push_back({id_json(id), p});
+    out["dropout_p"] = {{"hidden", dropout.hidden}, {"neurons", neurons}};
+  }
+  if (options.topo_sort()) {
+    out["topo_sort"] = json::array();
+    for (const auto& id : *options.topo_sort()) out["topo_sort"].push_back(id_json(id));
+  }
+  out["seed"] = options.seed();
+  for (const auto& [name, dtype] : dtype_names())
+    if (dtype == options.dtype()) out["dtype"] = name;
+  return out;
+}
+
+NeuralNetworkOptions options_from_json(const json& json_options, const std::string& source) {
+  NeuralNetworkOptions options;
+  if (!json_options.is_object()) fail("{}: /options must be an object, got {}", source, json_options.type_name());
+  static const std::set<std::string> known = {"hidden_activation", "output_transformation", "dropout_p",
+                                              "topo_sort", "seed", "dtype"};
+  for (auto it = json_options.begin(); it != json_options.end(); ++it)
+    if (!known.count(it.key()))
+      fail("{}: /options/{} is not an option; the options are {}", source, it.key(), fmt::join(known, ", "));
+
+  auto function = [&](const char* key) -> std::optional<TensorFunction> {
+    if (!json_options.contains(key)) return std::nullopt;
+    const auto& v = json_options.at(key);
+    if (!v.is_string()) fail("{}: /options/{} must be a string, got {}", source, key, v.type_name());
+    try {
+      return TensorFunction(v.get<std::string>());
+    } catch (const Error& e) {
+      fail("{}: /options/{}: {}", source, key, e.what());
+    }
+  };
+  if (auto f = function("hidden_activation")) options.hidden_activation(*f);
+  if (auto f = function("output_transformation")) options.output_transformation(*f);
+
+  if (json_options.contains("dropout_p")) {
+    const auto& v = json_options.at("dropout_p");
+    if (v.is_number()) {
+      options.dropout_p(DropoutSpec(v.get<double>()));
+    } else if (v.is_object()) {
+      DropoutSpec spec(0.0);
+      for (auto it = v.begin(); it != v.end(); ++it)
+        if (it.key() != "hidden" && it.key() != "neurons")
+          fail("{}: /options/dropout_p/{} is not a key of dropout_p (\"hidden\", \"neurons\")", source, it.key());
+      if (v.contains("hidden")) {
+        if (!v.at("hidden").is_number())
+          fail("{}: /options/dropout_p/hidden must be a number, got {}", source, v.at("hidden").type_name());
+        spec.hidden = v.at("hidden").get<double>();
+      }
+      if (v.contains("neurons")) {
+        const auto& list = v.at("neurons");
+        if (!list.is_array()) fail("{}: /options/dropout_p/neurons must be an array of [id, p], got {}", source, list.type_name());
+        for (size_t i = 0; i < list.size(); ++i) {
+          const std::string path = fmt::format("/options/dropout_p/neurons/{}", i);
+          if (!list[i].is_array() || list[i].size() != 2 || !list[i][1].is_number())
+            fail("{}: {} must be a pair [neuron, p], got {}", source, path, list[i].dump());
+          spec.per_neuron.emplace_back(id_from(list[i][0], source, path + "/0"), list[i][1].get<double>());
+        }
+      }
+      options.dropout_p(spec);
+    } else {
+      fail("{}: /options/dropout_p must be a number or an object, got {}", source, v.type_name());
+    }
+  }
+  if (json_options.contains("topo_sort")) {
+    const auto& v = json_options.at("topo_sort");
+    if (!v.is_array()) fail("{}: /options/topo_sort must be an array, got {}", source, v.type_name());
+    std::vector<NeuronId> order;
+    for (size_t i = 0; i < v.size(); ++i) order.push_back(id_from(v[i], source, fmt::format("/options/topo_sort/{}", i)));
+    options.topo_sort(order);
+  }
+  if (json_options.contains("seed")) {
+    const auto& v = json_options.at("seed");
+    if (!v.is_number_unsigned()) fail("{}: /options/seed must be a non-negative integer, got {}", source, v.dump());
+    options.seed(v.get<uint64_t>());
+  }
+  if (json_options.contains("dtype")) {
+    const auto& v = json_options.at("dtype");
+    bool found = false;
+    for (const auto& [name, dtype] : dtype_names())
+      if (v.is_string() && v.get<std::string>() == name) options.dtype(dtype), found = true;
+    if (!found) fail("{}: /options/dtype must be one of float32, float64, float16, bfloat16, got {}", source, v.dump());
+  }
+  return options;
+}
+
+GraphSpec graph_from_config(const json& graph, const std::string& source) {
+  if (!graph.is_object()) fail("{}: /graph must be an object, got {}", source, graph.type_name());
+  if (!graph.contains("prebuilt")) return GraphSpec::from_json(graph, source, "/graph");
+  const auto& kind = graph.at("prebuilt");
+  const int64_t in = positive_int(graph, "input_size", source, "/graph"), out = positive_int(graph, "output_size", source, "/graph");
+  const int64_t width = positive_int(graph, "width", source, "/graph"), depth = positive_int(graph, "depth", source, "/graph");
+  try {
+    if (kind == "MLP") return nn::mlp_spec(in, out, width, depth);
+    if (kind == "DenseMLP") return nn::dense_mlp_spec(in, out, width, depth);
+  } catch (const Error& e) {
+    fail("{}: /graph: {}", source, e.what());
+  }
+  fail("{}: /graph/prebuilt must be \"MLP\" or \"DenseMLP\", got {}", source, kind.dump());
+}
+
+json network_config(const NeuralNetwork& network, const char* context) {
+  json config;
+  config["format"] = "connex-network";
+  config["version"] = kConfigVersion;
+  config["graph"] = network->spec().to_json();
+  config["options"] = options_to_json(network->options(), context);
+  return config;
+}
+
+NeuralNetwork network_from_config(const json& config, const std::string& source) {
+  if (!config.is_object()) fail("{}: the top level must be an object, got {}", source, config.type_name());
+  if (config.contains("format") && config.at("format") != "connex-network")
+    fail("{}: /format is {}, not \"connex-network\"", source, config.at("format").dump());
+  if (config.contains("version") && config.at("version") != kConfigVersion)
+    fail("{}: /version is {}; this connex reads version {}", source, config.at("version").dump(), kConfigVersion);
+  if (!config.contains("graph")) fail("{}: required key \"graph\" is missing", source);
+  for (auto it = config.begin(); it != config.end(); ++it)
+    if (it.key() != "format" && it.key() != "version" && it.key() != "graph" && it.key() != "options")
+      fail("{}: /{} is not a key of a network config (format, version, graph, options)", source, it.key());
+  GraphSpec spec = graph_from_config(config.at("graph"), source);
+  NeuralNetworkOptions options = config.contains("options") ? options_from_json(config.at("options"), source) : NeuralNetworkOptions();
+  try {
+    return NeuralNetwork(spec, options);
+  } catch (const Error& e) {
+    fail("{}: {}", source, e.what());
+  }
+}
+
+NeuralNetwork load_config(const std::string& path) {
+  const std::string text = read_file(path, "load_config()");
+  json config;
+  try {
+    config = json::parse(text);
+  } catch (const json::parse_error& e) {
+    fail("load_config(): {} is not valid JSON: {}", path, e.what());
+  }
+  return network_from_config(config, path);
+}
+
+void save_config(const NeuralNetwork& network, const std::string& path) {
+  write_file_atomically(path, network_config(network, "save_config()").dump(2) + "\n", "save_config()");
+}
+
+}  // namespace connex

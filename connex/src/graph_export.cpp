@@ -1,0 +1,210 @@
+#include "connex/graph_export.h"
+
+#include <cmath>
+#include <sstream>
+
+#include <torch/torch.h>
+
+#include "connex/config.h"
+#include "connex/error.h"
+#include "connex/file_io.h"
+
+namespace connex {
+
+namespace {
+
+using nlohmann::json;
+
+json id_json(const NeuronId& id) { return id.is_integer() ? json(id.as_integer()) : json(id.as_string()); }
+
+std::string xml_escape(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+std::string dot_quote(const std::string& text) {
+  std::string out = "\"";
+  for (char c : text) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+// Full precision, so an exported value reads back bit-identical.
+std::string number(double v) { return fmt::format("{}", v); }
+
+}  // namespace
+
+json to_node_link_json(const NeuralNetwork& network) {
+  const WeightedGraph g = network->weighted_graph();
+  json out;
+  out["directed"] = true;
+  out["multigraph"] = false;
+  json graph;
+  graph["inputs"] = json::array();
+  for (const auto& id : g.inputs) graph["inputs"].push_back(id_json(id));
+  graph["outputs"] = json::array();
+  for (const auto& id : g.outputs) graph["outputs"].push_back(id_json(id));
+  graph["options"] = options_to_json(network->options(), "to_node_link_json()");
+  graph["format"] = "connex-weighted-graph";
+  graph["version"] = 1;
+  out["graph"] = graph;
+  out["nodes"] = json::array();
+  for (const auto& n : g.neurons) {
+    json node{{"id", id_json(n.id)}, {"role", role_name(n.role)}, {"dropout_p", n.dropout_p}, {"level", n.level}};
+    if (n.bias) node["bias"] = *n.bias;
+    out["nodes"].push_back(node);
+  }
+  out["links"] = json::array();
+  for (const auto& c : g.connections)
+    out["links"].push_back({{"source", id_json(c.from)}, {"target", id_json(c.to)}, {"weight", c.weight}});
+  return out;
+}
+
+NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
+  auto need = [&](const json& obj, const char* key, const std::string& path) -> const json& {
+    if (!obj.is_object() || !obj.contains(key)) fail("{}: required key \"{}\" is missing in {}", source, key, path.empty() ? "the top level" : path);
+    return obj.at(key);
+  };
+  const json& graph = need(in, "graph", "");
+  const json& nodes = need(in, "nodes", "");
+  // networkx writes "links" (2.x) or "edges" (3.4+).
+  const json& links = in.contains("links") ? in.at("links") : need(in, "edges", "");
+  if (!nodes.is_array()) fail("{}: /nodes must be an array", source);
+  if (!links.is_array()) fail("{}: /links must be an array", source);
+
+  json spec_json;
+  spec_json["inputs"] = need(graph, "inputs", "/graph");
+  spec_json["outputs"] = need(graph, "outputs", "/graph");
+  spec_json["neurons"] = json::array();
+  for (size_t i = 0; i < nodes.size(); ++i) spec_json["neurons"].push_back(need(nodes[i], "id", fmt::format("/nodes/{}", i)));
+  spec_json["edges"] = json::array();
+  for (size_t i = 0; i < links.size(); ++i) {
+    const std::string path = fmt::format("/links/{}", i);
+    spec_json["edges"].push_back({need(links[i], "source", path), need(links[i], "target", path)});
+  }
+  GraphSpec spec = GraphSpec::from_json(spec_json, source);
+  std::vector<Edge> raw_edges;  // in file order, repeats included
+  for (const auto& pair : spec_json["edges"])
+    raw_edges.emplace_back(pair[0].is_number_integer() ? NeuronId(pair[0].get<int64_t>()) : NeuronId(pair[0].get<std::string>()),
+                           pair[1].is_number_integer() ? NeuronId(pair[1].get<int64_t>()) : NeuronId(pair[1].get<std::string>()));
+  NeuralNetworkOptions options = graph.contains("options") ? options_from_json(graph.at("options"), source) : NeuralNetworkOptions();
+  NeuralNetwork network(spec, options);
+
+  // Values: set through the flat tensors (one write per tensor, not per value).
+  const Topology& topo = network->topology();
+  auto weights = network->weight_tensor().detach().to(torch::kFloat64).contiguous();
+  auto biases = network->bias_tensor().detach().to(torch::kFloat64).contiguous();
+  double* w = weights.data_ptr<double>();
+  double* b = biases.data_ptr<double>();
+  // Edges may repeat in the file; the last value of a repeated edge wins.
+  for (size_t i = 0; i < links.size(); ++i) {
+    // from_json validated every id; look each up through the spec's own labels.
+    const auto& [u, v] = raw_edges[i];
+    const auto& weight = need(links[i], "weight", fmt::format("/links/{}", i));
+    if (!weight.is_number()) fail("{}: /links/{}/weight must be a number, got {}", source, i, weight.dump());
+    w[topo.connection_index(topo.dense_of(u), topo.dense_of(v))] = weight.get<double>();
+  }
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const int64_t d = topo.dense_of(spec.neurons()[i]);  // nodes are the spec's neuron list, in order
+    if (topo.role(d) == Role::Input) continue;
+    const auto& bias = need(nodes[i], "bias", fmt::format("/nodes/{}", i));
+    if (!bias.is_number()) fail("{}: /nodes/{}/bias must be a number, got {}", source, i, bias.dump());
+    b[topo.bias_index(d)] = bias.get<double>();
+  }
+  torch::NoGradGuard no_grad;
+  network->weight_tensor().copy_(weights);
+  network->bias_tensor().copy_(biases);
+  return network;
+}
+
+std::string to_graphml(const NeuralNetwork& network) {
+  const WeightedGraph g = network->weighted_graph();
+  std::ostringstream out;
+  out << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+      << "<graphml xmlns=\"http://graphml.graphdrawing.org/xmlns\">\n"
+      << "  <key id=\"role\" for=\"node\" attr.name=\"role\" attr.type=\"string\"/>\n"
+      << "  <key id=\"bias\" for=\"node\" attr.name=\"bias\" attr.type=\"double\"/>\n"
+      << "  <key id=\"dropout_p\" for=\"node\" attr.name=\"dropout_p\" attr.type=\"double\"/>\n"
+      << "  <key id=\"level\" for=\"node\" attr.name=\"level\" attr.type=\"int\"/>\n"
+      << "  <key id=\"weight\" for=\"edge\" attr.name=\"weight\" attr.type=\"double\"/>\n"
+      << "  <graph id=\"connex\" edgedefault=\"directed\">\n";
+  for (const auto& n : g.neurons) {
+    out << "    <node id=\"" << xml_escape(n.id.plain()) << "\"><data key=\"role\">" << role_name(n.role) << "</data>";
+    if (n.bias) out << "<data key=\"bias\">" << number(*n.bias) << "</data>";
+    out << "<data key=\"dropout_p\">" << number(n.dropout_p) << "</data><data key=\"level\">" << n.level << "</data></node>\n";
+  }
+  for (const auto& c : g.connections)
+    out << "    <edge source=\"" << xml_escape(c.from.plain()) << "\" target=\"" << xml_escape(c.to.plain())
+        << "\"><data key=\"weight\">" << number(c.weight) << "</data></edge>\n";
+  out << "  </graph>\n</graphml>\n";
+  return out.str();
+}
+
+std::string to_dot(const NeuralNetwork& network) {
+  const WeightedGraph g = network->weighted_graph();
+  double max_abs = 1e-12;
+  for (const auto& c : g.connections) max_abs = std::max(max_abs, std::abs(c.weight));
+  std::ostringstream out;
+  out << "digraph connex {\n  rankdir=LR;\n  node [fontname=\"Helvetica\", fontsize=10];\n";
+  for (const auto& n : g.neurons) {
+    const char* shape = n.role == Role::Input ? "box" : n.role == Role::Output ? "doublecircle" : "circle";
+    const char* fill = n.role == Role::Input ? "#e0f0ff" : n.role == Role::Output ? "#ffe8cc" : "#f4f4f4";
+    std::string label = n.id.plain();
+    if (n.bias) label += fmt::format("\\nb={:.3g}", *n.bias);
+    out << "  " << dot_quote(n.id.plain()) << " [shape=" << shape << ", style=filled, fillcolor=\"" << fill
+        << "\", label=" << dot_quote(label) << "];\n";
+  }
+  // Inputs on the left, outputs on the right.
+  out << "  { rank=source;";
+  for (const auto& id : g.inputs) out << " " << dot_quote(id.plain()) << ";";
+  out << " }\n  { rank=sink;";
+  for (const auto& id : g.outputs) out << " " << dot_quote(id.plain()) << ";";
+  out << " }\n";
+  for (const auto& c : g.connections) {
+    const double strength = std::abs(c.weight) / max_abs;
+    out << "  " << dot_quote(c.from.plain()) << " -> " << dot_quote(c.to.plain()) << " [penwidth="
+        << fmt::format("{:.2f}", 0.3 + 3.7 * strength) << ", color=\"" << (c.weight >= 0 ? "#1f5fbf" : "#c0392b")
+        << "\", tooltip=\"" << fmt::format("{:.6g}", c.weight) << "\"];\n";
+  }
+  out << "}\n";
+  return out.str();
+}
+
+void export_graph(const NeuralNetwork& network, const std::string& path) {
+  auto ends_with = [&](const std::string& suffix) {
+    return path.size() >= suffix.size() && path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  std::string text;
+  if (ends_with(".json"))
+    text = to_node_link_json(network).dump(1) + "\n";
+  else if (ends_with(".graphml"))
+    text = to_graphml(network);
+  else if (ends_with(".dot") || ends_with(".gv"))
+    text = to_dot(network);
+  else
+    fail("export_graph(): cannot tell the format of {} from its extension (use .json, .graphml or .dot)", path);
+  write_file_atomically(path, text, "export_graph()");
+}
+
+NeuralNetwork import_graph_json(const std::string& path) {
+  json in;
+  try {
+    in = json::parse(read_file(path, "import_graph_json()"));
+  } catch (const json::parse_error& e) {
+    fail("import_graph_json(): {} is not valid JSON: {}", path, e.what());
+  }
+  return from_node_link_json(in, path);
+}
+
+}  // namespace connex

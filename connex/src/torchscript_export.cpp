@@ -1,0 +1,136 @@
+#include "connex/torchscript_export.h"
+
+#include <sstream>
+
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include "connex/error.h"
+#include "connex/file_io.h"
+
+namespace connex {
+
+namespace {
+
+// The TorchScript expression applying a built-in to `x`.
+std::string scripted(const TensorFunction& f, const char* what, const std::string& x) {
+  if (!f.is_builtin())
+    fail("export_torchscript(): {} \"{}\" is a {} and cannot be exported; only built-ins can be scripted", what,
+         f.name(), f.is_module() ? "module" : "custom callable");
+  const std::string& n = f.name();
+  if (n == "identity") return x;
+  if (n == "softmax" || n == "log_softmax") return fmt::format("torch.{}({}, -1)", n, x);
+  return fmt::format("torch.{}({})", n, x);
+}
+
+// The scripted module: buffers plus generated source. Built in one place so
+// the source and the buffers it names cannot drift apart.
+struct Script {
+  std::ostringstream code;
+  std::vector<std::pair<std::string, torch::Tensor>> buffers;
+
+  std::string buffer(const std::string& name, torch::Tensor t) {
+    buffers.emplace_back(name, std::move(t));
+    return "self." + name;
+  }
+};
+
+std::string gather_expr(Script& s, const GatherPlan& plan, const std::string& prefix) {
+  std::vector<std::string> parts;
+  for (size_t k = 0; k < plan.segments.size(); ++k) {
+    const Segment& seg = plan.segments[k];
+    const std::string piece = "p" + std::to_string(seg.level);
+    if (seg.whole)
+      parts.push_back(piece);
+    else if (seg.contiguous())
+      parts.push_back(fmt::format("{}.narrow(0, {}, {})", piece, seg.begin, seg.end - seg.begin));
+    else
+      parts.push_back(fmt::format("{}.index_select(0, {})", piece,
+                                  s.buffer(prefix + std::to_string(k), torch::tensor(seg.local, torch::kLong))));
+  }
+  std::string values = parts.size() == 1 ? parts[0] : "torch.cat([" + fmt::format("{}", fmt::join(parts, ", ")) + "], 0)";
+  if (!plan.order.empty())
+    values = fmt::format("{}.index_select(0, {})", values, s.buffer(prefix + "order", torch::tensor(plan.order, torch::kLong)));
+  return values;
+}
+
+Script build_script(const NeuralNetwork& network) {
+  const Topology& topo = network->topology();
+  const auto& options = network->options();
+  Script s;
+  const auto weight = network->weight_tensor().detach().to(torch::kCPU);
+  const auto bias = network->bias_tensor().detach().to(torch::kCPU);
+  // Validate both functions before writing any code.
+  scripted(options.hidden_activation(), "hidden_activation", "z");
+  scripted(options.output_transformation(), "output_transformation", "y");
+
+  auto& c = s.code;
+  c << "def forward(self, x: Tensor) -> Tensor:\n"
+    << "    single = x.dim() == 1\n"
+    << "    if single:\n"
+    << "        x = x.unsqueeze(0)\n"
+    << "    batch = x.size(0)\n"
+    << "    p0 = x.t().contiguous()\n";
+  for (size_t l = 1; l < topo.levels().size(); ++l) {
+    const Level& level = topo.levels()[l];
+    const std::string L = "L" + std::to_string(l) + "_";
+    const int64_t size = level.size(), width = static_cast<int64_t>(level.sources.size());
+    const std::string b = s.buffer(L + "bias", bias.narrow(0, topo.bias_index(level.begin), size).unsqueeze(1).clone());
+    if (level.kernel == LevelKernel::BiasOnly) {
+      c << fmt::format("    z = {}.expand([{}, batch])\n", b, size);
+    } else {
+      c << fmt::format("    s = {}\n", gather_expr(s, level.gather, L + "g"));
+      auto w = weight.narrow(0, level.conn_begin, level.num_connections());
+      if (level.kernel == LevelKernel::EdgeList) {
+        c << fmt::format("    z = {}.expand([{}, batch]).index_add(0, {}, s.index_select(0, {}) * {})\n", b, size,
+                         s.buffer(L + "target", torch::tensor(level.edge_target, torch::kLong)),
+                         s.buffer(L + "source", torch::tensor(level.edge_source, torch::kLong)),
+                         s.buffer(L + "w", w.unsqueeze(1).clone()));
+      } else {
+        // Inference needs no gradient through the scatter: bake the dense matrix.
+        auto dense = torch::zeros({size * width}, w.options());
+        std::vector<int64_t> pos(level.edge_source.size());
+        for (size_t k = 0; k < pos.size(); ++k) pos[k] = level.edge_target[k] * width + level.edge_source[k];
+        dense.index_put_({torch::tensor(pos, torch::kLong)}, w);
+        c << fmt::format("    z = torch.addmm({}, {}, s)\n", b, s.buffer(L + "W", dense.view({size, width})));
+      }
+    }
+    const int64_t hidden = level.hidden_end - level.begin;
+    const std::string act = scripted(options.hidden_activation(), "hidden_activation", "z");
+    if (hidden == size)
+      c << fmt::format("    p{} = {}\n", l, act);
+    else if (hidden == 0)
+      c << fmt::format("    p{} = z\n", l);
+    else
+      c << fmt::format("    p{} = torch.cat([{}, z.narrow(0, {}, {})], 0)\n", l,
+                       scripted(options.hidden_activation(), "hidden_activation", fmt::format("z.narrow(0, 0, {})", hidden)),
+                       hidden, size - hidden);
+  }
+  c << fmt::format("    y = {}.t()\n", gather_expr(s, topo.output_gather(), "out_g"))
+    << fmt::format("    y = {}\n", scripted(options.output_transformation(), "output_transformation", "y"))
+    << "    if single:\n"
+    << "        y = y.squeeze(0)\n"
+    << "    return y\n";
+  return s;
+}
+
+}  // namespace
+
+std::string torchscript_source(const NeuralNetwork& network) { return build_script(network).code.str(); }
+
+void export_torchscript(const NeuralNetwork& network, const std::string& path) {
+  Script script = build_script(network);
+  std::ostringstream bytes;
+  try {
+    torch::jit::Module module("connex_network");
+    for (const auto& [name, tensor] : script.buffers) module.register_buffer(name, tensor);
+    module.define(script.code.str());
+    module.eval();
+    module.save(bytes);
+  } catch (const std::exception& e) {
+    fail("export_torchscript(): cannot script the network for {}: {}", path, e.what());
+  }
+  write_file_atomically(path, bytes.str(), "export_torchscript()");
+}
+
+}  // namespace connex

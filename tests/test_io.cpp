@@ -1,0 +1,365 @@
+// Files: JSON configs, checkpoints, weighted-graph exports, TorchScript.
+#include <filesystem>
+#include <fstream>
+
+#include <torch/script.h>
+
+#include "connex/file_io.h"
+#include "test_util.h"
+
+using namespace connex;
+using namespace connex::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+const auto kDouble = NeuralNetworkOptions().dtype(torch::kFloat64);
+
+struct TempDir {
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "connex_test_XXXXXX").string();
+    path = mkdtemp(pattern.data());
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string operator/(const std::string& name) const { return (fs::path(path) / name).string(); }
+  std::string path;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+void spit(const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
+
+// Rewrites a checkpoint's header through `change` and re-seals it with a valid checksum.
+void reseal(const std::string& path, const std::function<void(nlohmann::json&, uint32_t&)>& change) {
+  std::string file = slurp(path);
+  uint32_t version;
+  uint64_t header_size;
+  std::memcpy(&version, file.data() + 8, 4);
+  std::memcpy(&header_size, file.data() + 12, 8);
+  auto header = nlohmann::json::parse(file.substr(20, header_size));
+  const std::string data = file.substr(20 + header_size, file.size() - 8 - 20 - header_size);
+  change(header, version);
+  const std::string text = header.dump();
+  std::string out = file.substr(0, 8);
+  out.append(reinterpret_cast<const char*>(&version), 4);
+  const uint64_t size = text.size();
+  out.append(reinterpret_cast<const char*>(&size), 8);
+  out += text + data;
+  const uint64_t sum = fnv1a64(out.data(), out.size());
+  out.append(reinterpret_cast<const char*>(&sum), 8);
+  spit(path, out);
+}
+
+NeuralNetwork random_network(std::mt19937_64& rng, int trial, const std::string& act = "tanh") {
+  auto spec = random_dag(rng, {4, 16, 0.3, trial % 3 == 0});
+  return NeuralNetwork(spec, NeuralNetworkOptions(kDouble).hidden_activation(act).seed(trial)
+                                 .output_transformation(trial % 4 == 1 ? "softmax" : "identity")
+                                 .dropout_p(trial % 5 == 0 ? 0.2 : 0.0));
+}
+
+torch::Tensor inputs_for(const NeuralNetwork& net, int64_t batch = 6) {
+  return torch::randn({batch, net->num_inputs()}, torch::TensorOptions().dtype(net->options().dtype()));
+}
+
+torch::Tensor eval_forward(NeuralNetwork net, const torch::Tensor& x) {
+  net->eval();
+  torch::NoGradGuard g;
+  return net->forward(x);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ configs
+
+TEST(Config, ShippedConfigsLoad) {
+  const std::string dir = CONNEX_SOURCE_DIR "/configs/";
+  auto readme = load_config(dir + "readme.json");
+  EXPECT_EQ(readme->num_connections(), 14);
+  EXPECT_EQ(readme->options().hidden_activation().name(), "relu");
+  auto letters = load_config(dir + "letters.json");
+  EXPECT_EQ(letters->topological_batches().size(), 4u);
+  EXPECT_DOUBLE_EQ(letters->dropout_p("C"), 0.1);
+  EXPECT_EQ(load_config(dir + "mlp.json")->num_connections(), 128 + 3 * 128 * 128 + 256);
+  EXPECT_EQ(load_config(dir + "dense_mlp.json")->num_connections(), 99842);
+}
+
+TEST(Config, RoundTripOverRandomNetworksAndEdits) {
+  std::mt19937_64 rng(3);
+  TempDir dir;
+  for (int trial = 0; trial < 40; ++trial) {
+    auto net = random_network(rng, trial);
+    if (trial % 2) net = edit(net).add_hidden_neurons({trial % 3 == 0 ? NeuronId("extra") : NeuronId(999)}).set_dropout_p(DropoutSpec({{net->input_neurons()[0], 0.3}})).build(5).network;
+    save_config(net, dir / "net.json");
+    auto back = load_config(dir / "net.json");
+    EXPECT_EQ(back->spec().neurons(), net->spec().neurons());
+    EXPECT_EQ(back->spec().edges(), net->spec().edges());
+    EXPECT_EQ(back->input_neurons(), net->input_neurons());
+    EXPECT_EQ(back->output_neurons(), net->output_neurons());
+    EXPECT_EQ(back->options().seed(), net->options().seed());
+    for (const auto& id : net->spec().neurons()) EXPECT_EQ(back->dropout_p(id), net->dropout_p(id));
+    EXPECT_EQ(network_config(back), network_config(net));
+  }
+}
+
+TEST(Config, ErrorsNameTheJsonPath) {
+  auto bad = [](const std::string& text) { return network_from_config(nlohmann::json::parse(text), "my.json"); };
+  EXPECT_THROW_MSG(bad(R"({"options":{}})"), "my.json: required key \"graph\" is missing");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"outputs":[1]}})"), "my.json: required key \"inputs\" is missing in /graph");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,true]],"inputs":[0],"outputs":[1]}})"), "my.json: /graph/edges/0/1 must be an integer or a string neuron id, got true");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"hidden_activation":"swish"}})"),
+                   "my.json: /options/hidden_activation: TensorFunction: unknown built-in \"swish\"");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"seed":"7"}})"), "my.json: /options/seed must be a non-negative integer, got \"7\"");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"dropout_p":"high"}})"), "/options/dropout_p must be a number or an object");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"dropout_p":{"neurons":[[1]]}}})"), "/options/dropout_p/neurons/0 must be a pair [neuron, p]");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"dtype":"int8"}})"), "/options/dtype must be one of float32");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"activation":"relu"}})"), "my.json: /options/activation is not an option");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1],[1,2],[2,1]],"inputs":[0],"outputs":[3]}})"), "my.json: output neuron 3 is not a neuron of the graph");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1],[1,2],[2,1],[2,3]],"inputs":[0],"outputs":[3]}})"), "my.json: the graph has the cycle 1 -> 2 -> 1");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"prebuilt":"ResNet","input_size":1,"output_size":1,"width":2,"depth":1}})"), "/graph/prebuilt must be \"MLP\" or \"DenseMLP\"");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"prebuilt":"MLP","input_size":-1,"output_size":1,"width":2,"depth":1}})"), "/graph/input_size must be a non-negative integer");
+  EXPECT_THROW_MSG(bad(R"({"version":2,"graph":{}})"), "my.json: /version is 2; this connex reads version 1");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"dropout_p":{"neurons":[[5,0.1]]}}})"),
+                   "my.json: NeuralNetwork(): dropout_p names neuron 5");
+}
+
+TEST(Config, FileErrors) {
+  TempDir dir;
+  EXPECT_THROW_MSG(load_config(dir / "missing.json"), "load_config(): cannot open " + (dir / "missing.json"));
+  spit(dir / "broken.json", "{\"graph\": [1, 2");
+  EXPECT_THROW_MSG(load_config(dir / "broken.json"), "is not valid JSON");
+  NeuralNetwork custom(GraphSpec::from_edges({{0, 1}}, {0}, {1}),
+                       NeuralNetworkOptions().hidden_activation(TensorFunction([](const torch::Tensor& z) { return z; }, "mine")));
+  spit(dir / "keep.json", "previous");
+  EXPECT_THROW_MSG(save_config(custom, dir / "keep.json"),
+                   "save_config(): hidden_activation \"mine\" is a custom callable; only built-ins");
+  EXPECT_EQ(slurp(dir / "keep.json"), "previous");
+}
+
+// -------------------------------------------------------------- checkpoints
+
+TEST(Checkpoint, RoundTripIsBitIdenticalAcrossRandomNetworksAndEdits) {
+  std::mt19937_64 rng(11);
+  TempDir dir;
+  for (int trial = 0; trial < 40; ++trial) {
+    auto net = random_network(rng, trial);
+    if (trial % 2) {
+      auto hidden = net->hidden_neurons();
+      auto e = edit(net);
+      if (!hidden.empty()) e.remove_neurons({hidden.front()});
+      net = e.set_dropout_p(0.1).build(trial).network;
+    }
+    if (trial % 7 == 0 && net->num_connections() > 0) net->freeze({net->spec().edges().front()});
+    save(net, dir / "net.ckpt");
+    auto back = load(dir / "net.ckpt");
+    auto x = inputs_for(net);
+    EXPECT_TRUE(torch::equal(eval_forward(back, x), eval_forward(net, x)));
+    EXPECT_TRUE(torch::equal(back->weight_tensor(), net->weight_tensor()));
+    if (trial % 7 == 0 && net->num_connections() > 0) EXPECT_TRUE(back->is_frozen(net->spec().edges().front().first, net->spec().edges().front().second));
+  }
+}
+
+TEST(Checkpoint, OptimizerStateResumesTrainingExactly) {
+  TempDir dir;
+  auto [x, y] = cos_sin_data();
+  auto step = [&](NeuralNetwork& net, torch::optim::Optimizer& opt) {
+    opt.zero_grad();
+    torch::mse_loss(net->forward(x), y).backward();
+    opt.step();
+  };
+  auto reference = nn::DenseMLP(1, 2, 8, 2);
+  torch::optim::Adam ref_opt(reference->parameters(), torch::optim::AdamOptions(1e-2));
+  for (int i = 0; i < 20; ++i) step(reference, ref_opt);
+
+  auto net = nn::DenseMLP(1, 2, 8, 2);
+  torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(1e-2));
+  for (int i = 0; i < 10; ++i) step(net, opt);
+  save(net, dir / "train.ckpt", &opt);
+  auto checkpoint = load_checkpoint(dir / "train.ckpt");
+  torch::optim::Adam resumed(checkpoint.network->parameters(), torch::optim::AdamOptions(1e-2));
+  load_optimizer_state(checkpoint, resumed);
+  for (int i = 0; i < 10; ++i) step(checkpoint.network, resumed);
+  EXPECT_TRUE(torch::equal(checkpoint.network->weight_tensor(), reference->weight_tensor()));
+  EXPECT_THROW_MSG(load_optimizer_state(load_checkpoint([&] { save(net, dir / "plain.ckpt"); return dir / "plain.ckpt"; }()), resumed),
+                   "holds no optimizer state");
+}
+
+class BadCheckpoint : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    net = NeuralNetwork(GraphSpec::from_adjacency({{0, {1, 2, 3}}, {1, {4}}, {2, {4}}, {4, {3}}}, {0}, {3}), kDouble);
+    path = dir / "net.ckpt";
+    save(net, path);
+    good = slurp(path);
+  }
+  TempDir dir;
+  NeuralNetwork net{nullptr};
+  std::string path, good;
+};
+
+TEST_F(BadCheckpoint, Truncated) {
+  for (size_t keep : {size_t{0}, size_t{5}, size_t{30}, good.size() / 2, good.size() - 1}) {
+    spit(path, good.substr(0, keep));
+    EXPECT_THROW(load(path), Error) << keep;
+  }
+  spit(path, good.substr(0, good.size() - 1));
+  EXPECT_THROW_MSG(load(path), "is corrupted: its checksum does not match");
+  spit(path, good.substr(0, 25));
+  EXPECT_THROW_MSG(load(path), "is truncated");
+}
+
+TEST_F(BadCheckpoint, RandomBytes) {
+  std::mt19937 rng(1);
+  std::string noise(4096, '\0');
+  for (auto& c : noise) c = static_cast<char>(rng());
+  spit(path, noise);
+  EXPECT_THROW_MSG(load(path), "is not a connex checkpoint");
+  spit(path, "CONNEXCK" + noise);
+  EXPECT_THROW(load(path), Error);
+}
+
+TEST_F(BadCheckpoint, EveryFlippedByteIsDetected) {
+  // Every byte position, tensor data included: none loads silently.
+  for (size_t i = 0; i < good.size(); ++i) {
+    std::string bad = good;
+    bad[i] ^= 0x10;
+    spit(path, bad);
+    ASSERT_THROW(load(path), Error) << "byte " << i << " of " << good.size();
+  }
+}
+
+TEST_F(BadCheckpoint, ShapesThatDoNotMatchTheStructure) {
+  reseal(path, [](nlohmann::json& h, uint32_t&) {
+    for (auto& t : h["tensors"])
+      if (t["name"] == "weight") t["shape"] = {3};
+  });
+  EXPECT_THROW_MSG(load(path), "tensor \"weight\" has shape [3] in the file but the network's structure needs [6]");
+}
+
+TEST_F(BadCheckpoint, UnknownFormatVersion) {
+  reseal(path, [](nlohmann::json&, uint32_t& version) { version = 99; });
+  EXPECT_THROW_MSG(load(path), "has checkpoint format version 99; this connex reads version 1");
+}
+
+TEST_F(BadCheckpoint, ConfigWithWrongTypes) {
+  reseal(path, [](nlohmann::json& h, uint32_t&) { h["config"]["options"]["seed"] = "zero"; });
+  EXPECT_THROW_MSG(load(path), path + ": /options/seed must be a non-negative integer");
+}
+
+TEST_F(BadCheckpoint, ForeignFile) {
+  torch::save(torch::ones({3}), path);  // a LibTorch zip file
+  EXPECT_THROW_MSG(load(path), "is not a connex checkpoint");
+  EXPECT_THROW_MSG(load(dir / "nope.ckpt"), "load(): cannot open");
+}
+
+TEST_F(BadCheckpoint, FailedSaveLeavesTheDestinationUnchanged) {
+  NeuralNetwork custom(GraphSpec::from_edges({{0, 1}}, {0}, {1}),
+                       NeuralNetworkOptions().hidden_activation(TensorFunction([](const torch::Tensor& z) { return z; }, "mine")));
+  EXPECT_THROW_MSG(save(custom, path), "save(): hidden_activation \"mine\" is a custom callable");
+  EXPECT_EQ(slurp(path), good);
+  EXPECT_THROW_MSG(save(net, dir / "no/such/dir/net.ckpt"), "save(): cannot create");
+  EXPECT_EQ(fs::directory_iterator(dir.path)->path().filename(), "net.ckpt");  // no temporary left behind
+}
+
+// ---------------------------------------------------------- graph exports
+
+TEST(GraphExport, NodeLinkJsonRoundTripGivesTheSameOutputs) {
+  std::mt19937_64 rng(5);
+  TempDir dir;
+  for (int trial = 0; trial < 30; ++trial) {
+    auto net = random_network(rng, trial, trial % 2 ? "gelu" : "sigmoid");
+    if (trial % 3 == 0) {
+      const NeuronId h = net->spec().id_kind() == NeuronId::Kind::String ? NeuronId("h") : NeuronId(500);
+      net = edit(net).add_hidden_neurons({h}).add_connections({{net->input_neurons()[0], h}}).build(1).network;
+    }
+    export_graph(net, dir / "g.json");
+    auto back = import_graph_json(dir / "g.json");
+    auto x = inputs_for(net);
+    EXPECT_TRUE(torch::equal(eval_forward(back, x), eval_forward(net, x))) << trial;
+  }
+}
+
+TEST(GraphExport, GraphmlAndDotDescribeEveryConnection) {
+  NeuralNetwork net(GraphSpec::from_edges({{"a", "b"}, {"b", "c"}, {"a", "c"}}, {"a"}, {"c"}), kDouble);
+  net->set_weight("a", "b", -2.0);
+  const auto graphml = to_graphml(net);
+  EXPECT_NE(graphml.find("<edge source=\"a\" target=\"b\"><data key=\"weight\">-2</data></edge>"), std::string::npos);
+  EXPECT_NE(graphml.find("<node id=\"a\"><data key=\"role\">input</data>"), std::string::npos);
+  const auto dot = to_dot(net);
+  EXPECT_NE(dot.find("\"a\" -> \"b\" [penwidth=4.00, color=\"#c0392b\""), std::string::npos);
+  TempDir dir;
+  export_graph(net, dir / "g.dot");
+  if (std::system("command -v dot > /dev/null 2>&1") == 0) {
+    EXPECT_EQ(std::system(("dot -Tpng -o " + (dir / "g.png") + " " + (dir / "g.dot")).c_str()), 0);
+    EXPECT_GT(fs::file_size(dir / "g.png"), 100u);
+  }
+  EXPECT_THROW_MSG(export_graph(net, dir / "g.txt"), "cannot tell the format of");
+}
+
+TEST(GraphExport, ImportErrorsNameTheProblem) {
+  auto bad = [](const std::string& text) { return from_node_link_json(nlohmann::json::parse(text), "g.json"); };
+  EXPECT_THROW_MSG(bad(R"({"nodes":[],"links":[]})"), "g.json: required key \"graph\" is missing");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":0,"target":1}]})"),
+                   "g.json: required key \"weight\" is missing in /links/0");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0},{"id":1,"bias":"x"}],"links":[{"source":0,"target":1,"weight":1}]})"),
+                   "g.json: /nodes/1/bias must be a number");
+}
+
+// --------------------------------------------------------------- TorchScript
+
+TEST(TorchScript, LoadedModuleMatchesTheNetwork) {
+  std::mt19937_64 rng(9);
+  TempDir dir;
+  const std::vector<std::string> acts = {"relu", "gelu", "silu", "tanh", "sigmoid", "identity"};
+  const std::vector<std::string> transforms = {"identity", "softmax", "log_softmax"};
+  for (int trial = 0; trial < 36; ++trial) {
+    auto spec = random_dag(rng, {4, 30, 0.25, trial % 3 == 0});
+    std::optional<LevelKernel> kernel;
+    if (trial % 4 == 1) kernel = LevelKernel::EdgeList;
+    if (trial % 4 == 2) kernel = LevelKernel::DenseScatter;
+    NeuralNetwork net(spec, NeuralNetworkOptions().hidden_activation(acts[trial % 6]).output_transformation(transforms[trial % 3])
+                                .dtype(trial % 2 ? torch::kFloat64 : torch::kFloat32).dropout_p(0.3).force_kernel(kernel));
+    if (trial % 5 == 0) net = edit(net).add_hidden_neurons({spec.id_kind() == NeuronId::Kind::String ? NeuronId("t") : NeuronId(777)}).build(1).network;
+    export_torchscript(net, dir / "m.pt");
+    auto module = torch::jit::load(dir / "m.pt");
+    auto x = inputs_for(net, 7);
+    auto got = module.forward({x}).toTensor();
+    EXPECT_TRUE(torch::allclose(got, eval_forward(net, x), 1e-6, 1e-6)) << trial;
+    auto single = module.forward({x[0]}).toTensor();
+    EXPECT_TRUE(torch::allclose(single, eval_forward(net, x[0]), 1e-6, 1e-6)) << trial;
+  }
+}
+
+TEST(TorchScript, CustomCallableIsRefusedByName) {
+  NeuralNetwork net(GraphSpec::from_edges({{0, 1}, {1, 2}}, {0}, {2}),
+                    NeuralNetworkOptions().hidden_activation(TensorFunction([](const torch::Tensor& z) { return z; }, "mine")));
+  TempDir dir;
+  EXPECT_THROW_MSG(export_torchscript(net, dir / "m.pt"),
+                   "export_torchscript(): hidden_activation \"mine\" is a custom callable and cannot be exported");
+  EXPECT_FALSE(fs::exists(dir / "m.pt"));
+}
+
+TEST(Export, PythonReproducesOutputs) {
+  TempDir dir;
+  NeuralNetwork net(GraphSpec::from_adjacency({{0, {1, 2, 3}}, {1, {4}}, {2, {4, 5}}, {4, {6}}, {5, {7}}, {6, {8, 9}},
+                                               {7, {10}}, {8, {11}}, {9, {11}}, {10, {11}}},
+                                              {0}, {3, 11}),
+                    NeuralNetworkOptions(kDouble).hidden_activation("gelu").output_transformation("softmax"));
+  net = add_connections(net, {{1, 6}, {2, 11}}, 3);
+  export_torchscript(net, dir / "model.pt");
+  export_graph(net, dir / "graph.json");
+  auto x = torch::linspace(-1, 2, 9, torch::kFloat64).unsqueeze(1);
+  auto y = eval_forward(net, x);
+  nlohmann::json cases{{"dtype", "float64"}, {"x", nlohmann::json::array()}, {"y", nlohmann::json::array()}};
+  for (int64_t i = 0; i < x.size(0); ++i) {
+    cases["x"].push_back({x[i][0].item<double>()});
+    cases["y"].push_back({y[i][0].item<double>(), y[i][1].item<double>()});
+  }
+  spit(dir / "cases.json", cases.dump());
+  const std::string cmd = "/usr/bin/python3 " CONNEX_SOURCE_DIR "/tests/python/check_exports.py " + dir.path;
+  const int status = std::system(cmd.c_str());
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  if (code == 77 || code == 127) GTEST_SKIP() << "python3 with torch and networkx is not installed";
+  EXPECT_EQ(code, 0);
+}
