@@ -17,7 +17,7 @@ class ProgressBar {
 
   bool is_tty() const { return tty_; }
 
-  void update(int done, double loss) {
+  void update(int done, double loss, const std::string& extra = "") {
     if (!tty_) return;
     const auto now = std::chrono::steady_clock::now();
     if (done < total_ && now - last_draw_ < std::chrono::milliseconds(50)) return;
@@ -28,8 +28,8 @@ class ProgressBar {
     const int width = 30, filled = total_ ? width * done / total_ : width;
     std::string bar(filled, '#');
     bar.resize(width, '.');
-    std::printf("\r%s [%s] %d/%d loss %.6f  %.0f it/s  ETA %.1fs ", label_.c_str(), bar.c_str(), done,
-                total_, loss, rate, eta);
+    std::printf("\r%s [%s] %d/%d loss %.6f %s  %.0f it/s  ETA %.1fs ", label_.c_str(), bar.c_str(), done,
+                total_, loss, extra.c_str(), rate, eta);
     if (done >= total_) std::printf("\n");
     std::fflush(stdout);
   }

@@ -57,6 +57,16 @@ std::vector<std::pair<std::string, torch::Tensor>> state_tensors(const NeuralNet
 
 }  // namespace
 
+std::string optimizer_type_name(const torch::optim::Optimizer& optimizer) {
+  using namespace torch::optim;
+  if (dynamic_cast<const Adam*>(&optimizer)) return "adam";
+  if (dynamic_cast<const AdamW*>(&optimizer)) return "adamw";
+  if (dynamic_cast<const SGD*>(&optimizer)) return "sgd";
+  if (dynamic_cast<const RMSprop*>(&optimizer)) return "rmsprop";
+  if (dynamic_cast<const Adagrad*>(&optimizer)) return "adagrad";
+  return "other";
+}
+
 void save(const NeuralNetwork& network, const std::string& path, const torch::optim::Optimizer* optimizer) {
   json header;
   header["config"] = network_config(network, "save()");
@@ -80,7 +90,7 @@ void save(const NeuralNetwork& network, const std::string& path, const torch::op
       fail("save(): cannot serialize the optimizer for {}: {}", path, e.what());
     }
     const std::string blob = bytes.str();
-    header["optimizer"] = {{"offset", data.size()}, {"nbytes", blob.size()}};
+    header["optimizer"] = {{"offset", data.size()}, {"nbytes", blob.size()}, {"type", optimizer_type_name(*optimizer)}};
     data += blob;
   }
   const std::string header_text = header.dump();
@@ -162,6 +172,7 @@ Checkpoint load_checkpoint(const std::string& path) {
     const auto offset = o.value("offset", uint64_t{0}), nbytes = o.value("nbytes", uint64_t{0});
     if (offset > data_size || nbytes > data_size - offset) fail("load(): {}: the optimizer state has an inconsistent byte range", path);
     checkpoint.optimizer_state = file.substr(data_begin + offset, nbytes);
+    checkpoint.optimizer_type = o.value("type", std::string("other"));
   }
   return checkpoint;
 }

@@ -34,6 +34,10 @@ std::string xml_escape(const std::string& text) {
 std::string dot_quote(const std::string& text) {
   std::string out = "\"";
   for (char c : text) {
+    if (c == '\n') {
+      out += "\\n";  // a line break inside a DOT label
+      continue;
+    }
     if (c == '"' || c == '\\') out += '\\';
     out += c;
   }
@@ -161,7 +165,7 @@ std::string to_dot(const NeuralNetwork& network) {
     const char* shape = n.role == Role::Input ? "box" : n.role == Role::Output ? "doublecircle" : "circle";
     const char* fill = n.role == Role::Input ? "#e0f0ff" : n.role == Role::Output ? "#ffe8cc" : "#f4f4f4";
     std::string label = n.id.plain();
-    if (n.bias) label += fmt::format("\\nb={:.3g}", *n.bias);
+    if (n.bias) label += fmt::format("\nb={:.3g}", *n.bias);
     out << "  " << dot_quote(n.id.plain()) << " [shape=" << shape << ", style=filled, fillcolor=\"" << fill
         << "\", label=" << dot_quote(label) << "];\n";
   }

@@ -21,7 +21,11 @@ constexpr uint32_t kCheckpointVersion = 1;
 struct Checkpoint {
   NeuralNetwork network{nullptr};
   std::string optimizer_state;  // torch::serialize bytes; empty when none was saved
+  std::string optimizer_type;   // "adam", "adamw", "sgd", "rmsprop", "adagrad" or "other"
 };
+
+// The name save() records for an optimizer's type.
+std::string optimizer_type_name(const torch::optim::Optimizer& optimizer);
 
 // Throws (before touching `path`) when the network has an option that cannot
 // be written down, such as a custom callable activation.

@@ -15,3 +15,4 @@
 #include "connex/config.h"
 #include "connex/graph_export.h"
 #include "connex/torchscript_export.h"
+#include "connex/csv.h"

@@ -1,0 +1,205 @@
+#include "training.h"
+
+#include <chrono>
+#include <cmath>
+#include <sstream>
+
+#include <spdlog/spdlog.h>
+
+#include "../progress_bar.h"
+
+namespace connex::cli {
+
+namespace {
+
+std::string join(const std::vector<std::string>& names) {
+  std::string out;
+  for (size_t i = 0; i < names.size(); ++i) out += (i ? ", " : "") + names[i];
+  return out;
+}
+
+}  // namespace
+
+Dataset load_dataset(const DataOptions& options, const NeuralNetwork& network) {
+  Dataset data;
+  const int64_t n_in = network->num_inputs(), n_out = network->num_outputs();
+  if (options.path.empty()) {
+    if (options.task == Task::Classification)
+      fail("train: --task classification needs --data FILE.csv (the built-in toy set is a regression)");
+    if (n_in != 1 || n_out != 2)
+      fail("train: the built-in toy data has 1 feature and 2 targets (cos x, sin x), but the network has {} inputs and {} outputs; give --data",
+           n_in, n_out);
+    data.x = torch::linspace(0, 2 * M_PI, 250).unsqueeze(1);
+    data.y = torch::cat({torch::cos(data.x), torch::sin(data.x)}, 1);
+    data.feature_names = {"x"};
+    data.target_names = {"cos_x", "sin_x"};
+    data.source = "toy (cos x, sin x)";
+    return data;
+  }
+  const CsvTable table = read_csv(options.path);
+  data.source = options.path;
+  const int64_t n_cols = static_cast<int64_t>(table.columns.size());
+  auto column = [&](const std::string& name) {
+    const int64_t j = table.column_index(name);
+    if (j < 0) fail("{}: unknown column \"{}\"; the columns are {}", options.path, name, join(table.columns));
+    return j;
+  };
+  std::vector<int64_t> target_cols, feature_cols;
+  for (const auto& name : options.targets) target_cols.push_back(column(name));
+  if (target_cols.empty()) {
+    const int64_t want = options.task == Task::Classification ? 1 : n_out;
+    if (want >= n_cols)
+      fail("{}: has {} columns, too few for {} target column(s) and at least one feature", options.path, n_cols, want);
+    for (int64_t j = n_cols - want; j < n_cols; ++j) target_cols.push_back(j);
+  }
+  for (const auto& name : options.features) feature_cols.push_back(column(name));
+  if (feature_cols.empty())
+    for (int64_t j = 0; j < n_cols; ++j)
+      if (std::find(target_cols.begin(), target_cols.end(), j) == target_cols.end()) feature_cols.push_back(j);
+  for (int64_t j : feature_cols) data.feature_names.push_back(table.columns[j]);
+  for (int64_t j : target_cols) data.target_names.push_back(table.columns[j]);
+
+  if (static_cast<int64_t>(feature_cols.size()) != n_in)
+    fail("{}: {} feature columns ({}) but the network has {} inputs", options.path, feature_cols.size(),
+         join(data.feature_names), n_in);
+  const int64_t rows = static_cast<int64_t>(table.rows.size());
+  auto x = torch::empty({rows, n_in}, torch::kFloat64);
+  auto xa = x.accessor<double, 2>();
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t k = 0; k < n_in; ++k) xa[i][k] = table.rows[i][feature_cols[k]];
+  if (options.standardize) {
+    auto std = x.std(0, true, true).clamp_min(1e-12);
+    x = (x - x.mean(0, true)) / std;
+  }
+  data.x = x.to(torch::kFloat32);
+
+  if (options.task == Task::Classification) {
+    if (target_cols.size() != 1)
+      fail("{}: classification takes one label column, {} were named ({})", options.path, target_cols.size(), join(data.target_names));
+    auto y = torch::empty({rows}, torch::kLong);
+    auto ya = y.accessor<int64_t, 1>();
+    const int64_t j = target_cols[0];
+    for (int64_t i = 0; i < rows; ++i) {
+      const double v = table.rows[i][j];
+      if (v != std::floor(v) || v < 0 || v >= static_cast<double>(n_out))
+        fail("{}:{}: column {} (\"{}\"): {} is not an integer class label in [0, {}) (the network has {} outputs)",
+             options.path, table.row_lines[i], j + 1, table.columns[j], v, n_out, n_out);
+      ya[i] = static_cast<int64_t>(v);
+    }
+    data.y = y;
+  } else {
+    if (static_cast<int64_t>(target_cols.size()) != n_out)
+      fail("{}: {} target columns ({}) but the network has {} outputs", options.path, target_cols.size(),
+           join(data.target_names), n_out);
+    auto y = torch::empty({rows, n_out}, torch::kFloat64);
+    auto ya = y.accessor<double, 2>();
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t k = 0; k < n_out; ++k) ya[i][k] = table.rows[i][target_cols[k]];
+    data.y = y.to(torch::kFloat32);
+  }
+  return data;
+}
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name, NeuralNetwork& network, double lr) {
+  if (name == "adam") return std::make_unique<torch::optim::Adam>(network->parameters(), torch::optim::AdamOptions(lr));
+  if (name == "adamw") return std::make_unique<torch::optim::AdamW>(network->parameters(), torch::optim::AdamWOptions(lr));
+  if (name == "sgd") return std::make_unique<torch::optim::SGD>(network->parameters(), torch::optim::SGDOptions(lr).momentum(0.9));
+  fail("--optimizer must be adam, adamw or sgd, got \"{}\"", name);
+}
+
+torch::Tensor loss_of(const NeuralNetwork& network, const torch::Tensor& out, const torch::Tensor& y, Task task) {
+  if (task == Task::Regression) return torch::mse_loss(out, y);
+  // The outputs are logits, probabilities or log-probabilities, by the network's transformation.
+  const auto& t = network->options().output_transformation().name();
+  if (t == "softmax") return torch::nll_loss(torch::log(out.clamp_min(1e-12)), y);
+  if (t == "log_softmax") return torch::nll_loss(out, y);
+  return torch::cross_entropy_loss(out, y);
+}
+
+std::pair<double, double> evaluate(NeuralNetwork& network, const torch::Tensor& x, const torch::Tensor& y, Task task) {
+  torch::NoGradGuard no_grad;
+  const bool was_training = network->is_training();
+  network->eval();
+  auto out = network->forward(x);
+  const double loss = loss_of(network, out, y, task).item<double>();
+  const double metric = task == Task::Regression ? loss : out.argmax(1).eq(y).to(torch::kFloat64).mean().item<double>();
+  network->train(was_training);
+  return {loss, metric};
+}
+
+TrainResult train(NeuralNetwork& network, torch::optim::Optimizer& optimizer, const Dataset& data, const TrainOptions& options) {
+  TrainResult result;
+  const int64_t n = data.x.size(0);
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
+  auto order = torch::randperm(n, generator, torch::kLong);
+  const int64_t n_val = options.val_split > 0 ? std::max<int64_t>(1, static_cast<int64_t>(std::llround(n * options.val_split))) : 0;
+  if (n_val >= n) fail("train: --val-split {} leaves no training rows ({} rows in all)", options.val_split, n);
+  const auto dtype = network->weight_tensor().scalar_type();
+  auto prepare = [&](const torch::Tensor& t) {
+    return (t.is_floating_point() ? t.to(dtype) : t).to(options.device);
+  };
+  result.val_x = prepare(data.x.index_select(0, order.narrow(0, 0, n_val)));
+  result.val_y = prepare(data.y.index_select(0, order.narrow(0, 0, n_val)));
+  result.train_x = prepare(data.x.index_select(0, order.narrow(0, n_val, n - n_val)));
+  result.train_y = prepare(data.y.index_select(0, order.narrow(0, n_val, n - n_val)));
+  const int64_t n_train = n - n_val;
+  const int64_t batch = options.batch_size > 0 ? std::min(options.batch_size, n_train) : n_train;
+  const bool metric_is_accuracy = options.task == Task::Classification;
+
+  apps::ProgressBar bar(options.epochs, "train");
+  const auto start = std::chrono::steady_clock::now();
+  network->train();
+  for (int epoch = 1; epoch <= options.epochs; ++epoch) {
+    const auto perm = batch < n_train ? torch::randperm(n_train, generator, torch::kLong).to(options.device) : torch::Tensor();
+    double total = 0;
+    for (int64_t b = 0; b < n_train; b += batch) {
+      const int64_t size = std::min(batch, n_train - b);
+      auto xb = result.train_x, yb = result.train_y;
+      if (perm.defined()) {
+        auto idx = perm.narrow(0, b, size);
+        xb = xb.index_select(0, idx), yb = yb.index_select(0, idx);
+      }
+      optimizer.zero_grad();
+      auto loss = loss_of(network, network->forward(xb), yb, options.task);
+      loss.backward();
+      optimizer.step();
+      total += loss.item<double>() * static_cast<double>(size);
+    }
+    EpochMetrics m;
+    m.epoch = epoch;
+    m.train_loss = total / static_cast<double>(n_train);
+    if (n_val > 0) std::tie(m.val_loss, m.val_metric) = evaluate(network, result.val_x, result.val_y, options.task);
+    m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    result.history.push_back(m);
+    if (!std::isfinite(m.train_loss)) fail("train: the loss became {} at epoch {}; lower --lr", m.train_loss, epoch);
+    std::string extra;
+    if (n_val > 0) extra = metric_is_accuracy ? fmt::format("val acc {:.4f}", m.val_metric) : fmt::format("val mse {:.6f}", m.val_metric);
+    bar.update(epoch, m.train_loss, extra);
+    if (!bar.is_tty() && (epoch == 1 || epoch == options.epochs || epoch % std::max(1, options.epochs / 10) == 0))
+      spdlog::info("epoch {:>5}/{}  loss {:.6f}  {}  {:.1f} epochs/s", epoch, options.epochs, m.train_loss, extra,
+                   epoch / std::max(m.seconds, 1e-9));
+  }
+  return result;
+}
+
+nlohmann::json metrics_json(const std::vector<EpochMetrics>& history) {
+  auto out = nlohmann::json::array();
+  for (const auto& m : history) {
+    nlohmann::json row{{"epoch", m.epoch}, {"train_loss", m.train_loss}, {"seconds", m.seconds}};
+    row["val_loss"] = std::isnan(m.val_loss) ? nlohmann::json() : nlohmann::json(m.val_loss);
+    row["val_metric"] = std::isnan(m.val_metric) ? nlohmann::json() : nlohmann::json(m.val_metric);
+    out.push_back(row);
+  }
+  return out;
+}
+
+std::string metrics_csv(const std::vector<EpochMetrics>& history) {
+  std::ostringstream out;
+  out << "epoch,train_loss,val_loss,val_metric,seconds\n";
+  auto cell = [](double v) { return std::isnan(v) ? std::string() : fmt::format("{}", v); };
+  for (const auto& m : history)
+    out << m.epoch << "," << cell(m.train_loss) << "," << cell(m.val_loss) << "," << cell(m.val_metric) << "," << cell(m.seconds) << "\n";
+  return out.str();
+}
+
+}  // namespace connex::cli

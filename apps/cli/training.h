@@ -1,0 +1,68 @@
+#pragma once
+// The command line's data and training loop: datasets from CSV or the
+// built-in toy set, a mini-batch trainer with validation, metrics and a
+// progress display.
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "connex/connex.h"
+
+namespace connex::cli {
+
+enum class Task { Regression, Classification };
+
+struct DataOptions {
+  std::string path;                  // empty: the toy (cos x, sin x) set
+  std::vector<std::string> targets;  // empty: last column(s)
+  std::vector<std::string> features; // empty: every other column
+  Task task = Task::Regression;
+  bool standardize = false;          // z-score every feature column (statistics of the whole file)
+};
+
+struct Dataset {
+  torch::Tensor x, y;  // y: float targets, or int64 class labels
+  std::vector<std::string> feature_names, target_names;
+  std::string source;
+};
+
+// Loads and checks the data against the network's input and output sizes.
+Dataset load_dataset(const DataOptions& options, const NeuralNetwork& network);
+
+struct TrainOptions {
+  int epochs = 1000;
+  int64_t batch_size = 0;  // 0: full batch
+  double lr = 1e-3;
+  std::string optimizer = "adam";
+  uint64_t seed = 0;
+  double val_split = 0.0;
+  torch::Device device = torch::kCPU;
+  Task task = Task::Regression;
+};
+
+struct EpochMetrics {
+  int epoch = 0;
+  double train_loss = 0, val_loss = NAN, val_metric = NAN, seconds = 0;
+};
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name, NeuralNetwork& network, double lr);
+
+// Loss and metric (MSE, or accuracy for classification) on a whole set, eval mode.
+std::pair<double, double> evaluate(NeuralNetwork& network, const torch::Tensor& x, const torch::Tensor& y, Task task);
+torch::Tensor loss_of(const NeuralNetwork& network, const torch::Tensor& out, const torch::Tensor& y, Task task);
+
+struct TrainResult {
+  std::vector<EpochMetrics> history;
+  torch::Tensor train_x, train_y, val_x, val_y;
+};
+
+// Splits, trains with the given optimizer, reports each epoch.
+TrainResult train(NeuralNetwork& network, torch::optim::Optimizer& optimizer, const Dataset& data, const TrainOptions& options);
+
+nlohmann::json metrics_json(const std::vector<EpochMetrics>& history);
+std::string metrics_csv(const std::vector<EpochMetrics>& history);
+
+}  // namespace connex::cli

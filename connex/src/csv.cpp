@@ -1,0 +1,91 @@
+#include "connex/csv.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+
+#include "connex/error.h"
+#include "connex/file_io.h"
+
+namespace connex {
+
+namespace {
+
+std::string trim(const std::string& s) {
+  size_t a = s.find_first_not_of(" \t\r"), b = s.find_last_not_of(" \t\r");
+  return a == std::string::npos ? "" : s.substr(a, b - a + 1);
+}
+
+std::vector<std::string> split(const std::string& line) {
+  std::vector<std::string> cells;
+  size_t start = 0;
+  while (true) {
+    size_t comma = line.find(',', start);
+    cells.push_back(trim(line.substr(start, comma == std::string::npos ? std::string::npos : comma - start)));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return cells;
+}
+
+}  // namespace
+
+int64_t CsvTable::column_index(const std::string& name) const {
+  for (size_t i = 0; i < columns.size(); ++i)
+    if (columns[i] == name) return static_cast<int64_t>(i);
+  return -1;
+}
+
+CsvTable parse_csv(const std::string& text, const std::string& source) {
+  CsvTable table;
+  table.source = source;
+  size_t pos = 0;
+  int64_t line_no = 0;
+  bool header = true;
+  while (pos <= text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string::npos) end = text.size();
+    std::string line = text.substr(pos, end - pos);
+    pos = end + 1;
+    ++line_no;
+    if (trim(line).empty()) {
+      if (end == text.size()) break;
+      continue;
+    }
+    auto cells = split(line);
+    if (header) {
+      for (auto& c : cells) {
+        if (c.size() >= 2 && c.front() == '"' && c.back() == '"') c = c.substr(1, c.size() - 2);
+        if (c.empty()) fail("{}:{}: the header has an empty column name (column {})", source, line_no, table.columns.size() + 1);
+        if (table.column_index(c) >= 0) fail("{}:{}: the header names column \"{}\" twice", source, line_no, c);
+        table.columns.push_back(c);
+      }
+      header = false;
+      continue;
+    }
+    if (cells.size() != table.columns.size())
+      fail("{}:{}: expected {} columns, got {}", source, line_no, table.columns.size(), cells.size());
+    std::vector<double> row(cells.size());
+    for (size_t j = 0; j < cells.size(); ++j) {
+      const std::string& cell = cells[j];
+      char* stop = nullptr;
+      errno = 0;
+      const double v = cell.empty() ? 0.0 : std::strtod(cell.c_str(), &stop);
+      if (cell.empty() || stop != cell.c_str() + cell.size() || errno == ERANGE)
+        fail("{}:{}: column {} (\"{}\"): \"{}\" is not a number", source, line_no, j + 1, table.columns[j], cell);
+      if (!std::isfinite(v))
+        fail("{}:{}: column {} (\"{}\"): {} is not a finite number", source, line_no, j + 1, table.columns[j], cell);
+      row[j] = v;
+    }
+    table.rows.push_back(std::move(row));
+    table.row_lines.push_back(line_no);
+    if (end == text.size()) break;
+  }
+  if (header) fail("{}: the file is empty (no header row)", source);
+  if (table.rows.empty()) fail("{}: the file has a header but no data rows", source);
+  return table;
+}
+
+CsvTable read_csv(const std::string& path) { return parse_csv(read_file(path, "read_csv()"), path); }
+
+}  // namespace connex

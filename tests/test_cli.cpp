@@ -1,0 +1,255 @@
+// The `connex` program end to end: each test runs the built binary.
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <torch/script.h>
+
+#include "test_util.h"
+
+using namespace connex;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TempDir {
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "connex_cli_XXXXXX").string();
+    path = mkdtemp(pattern.data());
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string operator/(const std::string& name) const { return (fs::path(path) / name).string(); }
+  std::string path;
+};
+
+struct Run {
+  int code;
+  std::string out, err;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+void spit(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+
+// Runs `connex ARGS` in `dir`, capturing stdout and stderr.
+Run connex_cli(const std::string& args, const TempDir& dir) {
+  const std::string cmd = "cd '" + dir.path + "' && " CONNEX_CLI " " + args + " > .stdout 2> .stderr";
+  const int status = std::system(cmd.c_str());
+  Run r{WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(dir / ".stdout"), slurp(dir / ".stderr")};
+  fs::remove(dir / ".stdout"), fs::remove(dir / ".stderr");
+  return r;
+}
+
+std::vector<double> column(const std::string& csv, size_t index) {
+  std::vector<double> values;
+  std::istringstream in(csv);
+  std::string line;
+  std::getline(in, line);
+  while (std::getline(in, line)) {
+    std::vector<std::string> cells;
+    std::stringstream ls(line);
+    std::string cell;
+    while (std::getline(ls, cell, ',')) cells.push_back(cell);
+    values.push_back(std::stod(cells.at(index)));
+  }
+  return values;
+}
+
+// A regression CSV: y = x1 - 2 x2 + 0.5.
+void write_regression_csv(const std::string& path, int rows = 200) {
+  std::ofstream out(path);
+  out << "x1,x2,y\n";
+  std::mt19937 rng(4);
+  std::uniform_real_distribution<double> u(-1, 1);
+  for (int i = 0; i < rows; ++i) {
+    const double a = u(rng), b = u(rng);
+    out << a << "," << b << "," << a - 2 * b + 0.5 << "\n";
+  }
+}
+
+const char* kMlp21 = R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 1, "width": 8, "depth": 1},
+                         "options": {"hidden_activation": "tanh"}})";
+
+// sklearn's CSV form ("n,features,class names" then rows) -> a CSV with a header.
+bool convert_sklearn(const std::string& from, const std::string& to) {
+  std::ifstream in(from);
+  if (!in) return false;
+  std::string first;
+  std::getline(in, first);
+  const int features = std::stoi(first.substr(first.find(',') + 1));
+  std::ofstream out(to);
+  for (int f = 0; f < features; ++f) out << "f" << f << ",";
+  out << "label\n" << in.rdbuf();
+  return true;
+}
+
+bool empty_or_missing(const std::string& dir) { return !fs::exists(dir) || fs::is_empty(dir); }
+
+}  // namespace
+
+TEST(Cli, TrainOnToyDataWritesCheckpointMetricsAndConfig) {
+  TempDir dir;
+  auto r = connex_cli("train --epochs 300 --out run", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* f : {"model.ckpt", "metrics.csv", "metrics.json", "config.json"}) EXPECT_TRUE(fs::exists(dir / ("run/" + std::string(f)))) << f;
+  auto losses = column(slurp(dir / "run/metrics.csv"), 1);
+  ASSERT_EQ(losses.size(), 300u);
+  EXPECT_LT(losses.back(), losses.front());
+  EXPECT_EQ(load(dir / "run/model.ckpt")->num_connections(), 14);
+  EXPECT_EQ(load_config(dir / "run/config.json")->num_connections(), 14);
+  EXPECT_EQ(nlohmann::json::parse(slurp(dir / "run/metrics.json")).size(), 300u);
+  EXPECT_EQ(load_checkpoint(dir / "run/model.ckpt").optimizer_type, "adam");
+}
+
+TEST(Cli, TrainOnCsvWithValidation) {
+  TempDir dir;
+  write_regression_csv(dir / "data.csv");
+  spit(dir / "net.json", kMlp21);
+  auto r = connex_cli("train net.json --data data.csv --epochs 200 --lr 0.01 --val-split 0.25 --batch-size 32 --out run", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto val = column(slurp(dir / "run/metrics.csv"), 3);
+  EXPECT_LT(val.back(), val.front() / 10);
+}
+
+TEST(Cli, ResumeCarriesOptimizerAndEditsThenTrainsOn) {
+  TempDir dir;
+  ASSERT_EQ(connex_cli("train --epochs 100 --out a", dir).code, 0);
+  auto r = connex_cli("edit a/model.ckpt --add-connection 1:6 --add-connection 2:11 --remove-neuron 9 --out edited.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("optimizer state carried"), std::string::npos);
+  auto edited = load(dir / "edited.ckpt");
+  EXPECT_EQ(edited->num_neurons(), 11);
+  EXPECT_EQ(edited->weight(0, 1), load(dir / "a/model.ckpt")->weight(0, 1));
+  r = connex_cli("train edited.ckpt --epochs 100 --out b", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("resumed adam state"), std::string::npos) << r.out;
+}
+
+TEST(Cli, PruneRemovesTheRightNumberOfConnections) {
+  TempDir dir;
+  ASSERT_EQ(connex_cli("train " CONNEX_SOURCE_DIR "/configs/dense_mlp.json --epochs 20 --out run", dir).code, 0);
+  auto r = connex_cli("prune run/model.ckpt --fraction 0.25 --epochs 20 --out pruned.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("connections: 99842 -> 74881 (removed 24961)"), std::string::npos) << r.out;
+  EXPECT_EQ(load(dir / "pruned.ckpt")->num_connections(), 74881);
+  r = connex_cli("prune run/model.ckpt --threshold 0.01 --out t.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto before = load(dir / "run/model.ckpt")->weighted_graph();
+  int64_t strong = 0;
+  for (const auto& c : before.connections) strong += std::abs(c.weight) >= 0.01;
+  EXPECT_EQ(load(dir / "t.ckpt")->num_connections(), strong);
+}
+
+TEST(Cli, ExportEveryFormatAndInspect) {
+  TempDir dir;
+  ASSERT_EQ(connex_cli("train --epochs 10 --out run", dir).code, 0);
+  for (const char* f : {"torchscript:m.pt", "json:g.json", "graphml:g.graphml", "dot:g.dot", "png:g.png"}) {
+    const std::string spec(f), format = spec.substr(0, spec.find(':')), file = spec.substr(spec.find(':') + 1);
+    auto r = connex_cli("export run/model.ckpt --format " + format + " --out " + file, dir);
+    ASSERT_EQ(r.code, 0) << format << ": " << r.err;
+    EXPECT_GT(fs::file_size(dir / file), 100u) << format;
+  }
+  auto net = load(dir / "run/model.ckpt");
+  net->eval();
+  auto x = torch::randn({5, 1});
+  EXPECT_TRUE(torch::allclose(torch::jit::load(dir / "m.pt").forward({x}).toTensor(), net->forward(x), 1e-6, 1e-6));
+  EXPECT_TRUE(torch::equal(import_graph_json(dir / "g.json")->forward(x), net->forward(x)));
+  EXPECT_EQ(slurp(dir / "g.png").substr(1, 3), "PNG");
+  auto r = connex_cli("inspect run/model.ckpt", dir);
+  ASSERT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("connections: 14\ndepth: 5\nparameters: 25"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("batch sizes: 3 2 2 3 1"), std::string::npos) << r.out;
+  r = connex_cli("inspect " CONNEX_SOURCE_DIR "/configs/letters.json", dir);
+  EXPECT_NE(r.out.find("dropout: 5 neurons with p > 0 (max 0.1)"), std::string::npos) << r.out;
+}
+
+TEST(Cli, ClassifiesARealDataSetLikeAPlainMlp) {
+  TempDir dir;
+  if (!convert_sklearn(CONNEX_BINARY_DIR "/datasets/iris.csv", dir / "iris.csv"))
+    GTEST_SKIP() << "iris.csv from python3-sklearn was not fetched (scripts/fetch-datasets.sh)";
+  spit(dir / "mlp.json", R"({"graph": {"prebuilt": "MLP", "input_size": 4, "output_size": 3, "width": 16, "depth": 1},
+                              "options": {"hidden_activation": "relu"}})");
+  spit(dir / "dag.json", R"({"graph": {"prebuilt": "DenseMLP", "input_size": 4, "output_size": 3, "width": 6, "depth": 3},
+                              "options": {"hidden_activation": "tanh", "output_transformation": "softmax"}})");
+  double accuracy[2];
+  int k = 0;
+  for (const char* config : {"mlp.json", "dag.json"}) {
+    auto r = connex_cli(std::string("train ") + config + " --data iris.csv --task classification --standardize --val-split 0.3 "
+                        "--epochs 300 --lr 0.01 --seed 1 --out run_" + config, dir);
+    ASSERT_EQ(r.code, 0) << r.err;
+    accuracy[k++] = column(slurp(dir / ("run_" + std::string(config) + "/metrics.csv")), 3).back();
+  }
+  RecordProperty("iris_val_accuracy_mlp", std::to_string(accuracy[0]));
+  RecordProperty("iris_val_accuracy_dag", std::to_string(accuracy[1]));
+  EXPECT_GE(accuracy[0], 0.9);
+  EXPECT_GE(accuracy[1], accuracy[0] - 0.05);
+}
+
+// ---------------------------------------------------------------- bad input
+
+class CliBadInput : public ::testing::Test {
+ protected:
+  void expect_failure(const std::string& args, const std::string& message) {
+    auto r = connex_cli(args + " --out out", dir);
+    EXPECT_NE(r.code, 0) << args;
+    EXPECT_NE(r.err.find(message), std::string::npos) << "stderr: " << r.err << "\nexpected: " << message;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "one line on stderr: " << r.err;
+    EXPECT_TRUE(empty_or_missing(dir / "out")) << "partial output for: " << args;
+  }
+  TempDir dir;
+};
+
+TEST_F(CliBadInput, MissingFile) { expect_failure("train nothing.json", "nothing.json: no such file"); }
+TEST_F(CliBadInput, UnreadableConfig) {
+  fs::create_directory(dir / "adir");
+  expect_failure("train adir", "adir");
+}
+TEST_F(CliBadInput, MissingDataFile) { expect_failure("train --data nothing.csv", "cannot open nothing.csv"); }
+TEST_F(CliBadInput, MalformedCsvNamesLineAndColumn) {
+  spit(dir / "d.csv", "x1,x2,y\n1,2,3\n4,abc,6\n");
+  spit(dir / "net.json", kMlp21);
+  expect_failure("train net.json --data d.csv", "d.csv:3: column 2 (\"x2\"): \"abc\" is not a number");
+}
+TEST_F(CliBadInput, NanCell) {
+  spit(dir / "d.csv", "x1,x2,y\n1,2,3\n4,nan,6\n");
+  spit(dir / "net.json", kMlp21);
+  expect_failure("train net.json --data d.csv", "d.csv:3: column 2 (\"x2\"): nan is not a finite number");
+}
+TEST_F(CliBadInput, RowWithTooFewColumns) {
+  spit(dir / "d.csv", "x1,x2,y\n1,2,3\n4,5\n");
+  spit(dir / "net.json", kMlp21);
+  expect_failure("train net.json --data d.csv", "d.csv:3: expected 3 columns, got 2");
+}
+TEST_F(CliBadInput, TooFewColumnsForTheNetwork) {
+  spit(dir / "d.csv", "x1,y\n1,3\n4,6\n");
+  spit(dir / "net.json", kMlp21);
+  expect_failure("train net.json --data d.csv", "d.csv: 1 feature columns (x1) but the network has 2 inputs");
+}
+TEST_F(CliBadInput, UnknownColumn) {
+  write_regression_csv(dir / "d.csv", 10);
+  spit(dir / "net.json", kMlp21);
+  expect_failure("train net.json --data d.csv --target zz", "d.csv: unknown column \"zz\"; the columns are x1, x2, y");
+}
+TEST_F(CliBadInput, LabelThatIsNotAClass) {
+  spit(dir / "d.csv", "x1,x2,label\n1,2,0\n4,5,1.5\n");
+  spit(dir / "net.json", R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 2, "width": 4, "depth": 1}})");
+  expect_failure("train net.json --data d.csv --task classification", "d.csv:3: column 3 (\"label\"): 1.5 is not an integer class label in [0, 2)");
+}
+TEST_F(CliBadInput, UnknownSubcommand) { expect_failure("trian", "unknown subcommand \"trian\""); }
+TEST_F(CliBadInput, UnknownOption) { expect_failure("train --epocs 3", "--epocs"); }
+TEST_F(CliBadInput, CudaWithoutCuda) {
+  if (torch::cuda::is_available()) GTEST_SKIP() << "CUDA is available here";
+  expect_failure("train --device cuda", "--device cuda: CUDA is not available");
+}
+TEST_F(CliBadInput, BadConfigNamesThePath) {
+  spit(dir / "net.json", R"({"graph": {"edges": [[0, 1]], "inputs": [0], "outputs": [1]}, "options": {"seed": -1}})");
+  expect_failure("train net.json", "net.json: /options/seed must be a non-negative integer");
+}
+TEST_F(CliBadInput, InvalidEdit) {
+  ASSERT_EQ(connex_cli("train --epochs 2 --out run", dir).code, 0);
+  expect_failure("edit run/model.ckpt --add-connection 8:2", "add_connections(): edge 8 -> 2 would create the cycle 2 -> 4 -> 6 -> 8 -> 2");
+  expect_failure("edit run/model.ckpt --remove-neuron x", "--remove-neuron: \"x\" is not an integer neuron id");
+}
