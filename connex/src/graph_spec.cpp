@@ -280,15 +280,26 @@ GraphSpec GraphSpec::from_json(const nlohmann::json& json, const std::string& so
     if (!map.is_object()) fail("{}: {} must be an object, got {}", source, here.path, map.type_name());
     // The kind of the keys follows the ids written elsewhere (inputs come first).
     bool integer_graph = inputs.front().is_integer();
-    std::unordered_set<NeuronId, NeuronIdHash> listed(neurons.begin(), neurons.end());
+    // JSON objects are unordered (nlohmann keeps keys sorted as text); order
+    // integer keys by value so "10" follows "9". List "neurons" to fix any order.
+    std::vector<std::pair<NeuronId, const nlohmann::json*>> entries;
+    std::vector<std::string> keys;
     for (auto it = map.begin(); it != map.end(); ++it) {
-      NeuronId from = key_to_id(it.key(), integer_graph, here);
-      const auto list_place = here.at(it.key());
-      if (!it.value().is_array())
-        fail("{}: {} must be an array, got {}", source, list_place.path, it.value().type_name());
+      entries.emplace_back(key_to_id(it.key(), integer_graph, here), &it.value());
+      keys.push_back(it.key());
+    }
+    std::vector<size_t> order(entries.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return entries[a].first < entries[b].first; });
+    std::unordered_set<NeuronId, NeuronIdHash> listed(neurons.begin(), neurons.end());
+    for (size_t k : order) {
+      const auto& [from, list] = entries[k];
+      const auto list_place = here.at(keys[k]);
+      if (!list->is_array())
+        fail("{}: {} must be an array, got {}", source, list_place.path, list->type_name());
       if (listed.insert(from).second) neurons.push_back(from);
-      for (size_t i = 0; i < it.value().size(); ++i)
-        edges.emplace_back(from, id_from_json(it.value()[i], list_place.at(i)));
+      for (size_t i = 0; i < list->size(); ++i)
+        edges.emplace_back(from, id_from_json((*list)[i], list_place.at(i)));
     }
   }
   return GraphSpec(std::move(neurons), std::move(edges), std::move(inputs), std::move(outputs), source);
