@@ -164,6 +164,22 @@ int main(int argc, char** argv) {
                       fmt_time(edit_t), fmt_time(t), fmt::format("{:.2f} train steps", edit_t / t), "one train step is the reference"});
     }
   }
+  if (wanted("technique")) {
+    // Each technique's cost: the same network and data, train step with / without.
+    auto plain_net = connex::nn::DenseMLP(1, 2, 32, 3, relu);
+    const double plain = median_seconds(train_step(plain_net, x250, y250), 5, reps);
+    const std::vector<std::pair<std::string, connex::NeuralNetworkOptions>> variants = {
+        {"topo norm", connex::NeuralNetworkOptions(relu).use_topo_norm(true)},
+        {"topo self-attention", connex::NeuralNetworkOptions(relu).use_topo_self_attention(true)},
+        {"neuron self-attention", connex::NeuralNetworkOptions(relu).use_neuron_self_attention(true)},
+        {"adaptive activations", connex::NeuralNetworkOptions(relu).use_adaptive_activations(true)},
+    };
+    for (const auto& [name, options] : variants) {
+      const double t = median_seconds(train_step(connex::nn::DenseMLP(1, 2, 32, 3, options), x250, y250), 3, quick ? 5 : 20);
+      rows.push_back({fmt::format("6. {} on DenseMLP(1,2,32,3) train step, batch 250", name), fmt_time(t), fmt_time(plain),
+                      fmt::format("{:.2f}", t / plain), "vs the same network without it"});
+    }
+  }
   if (sparse_times.size() == 2)
     rows.push_back({"4. sparse DAG: time ratio 1M vs 100k connections", "", "",
                     fmt::format("{:.2f}", sparse_times[1].second / sparse_times[0].second),

@@ -213,7 +213,11 @@ TEST(Plasticity, RandomEditSequencesKeepEverySurvivingParameter) {
   for (int trial = 0; trial < 500; ++trial) {
     auto spec = random_dag(rng, {4, 14, 0.3, trial % 4 == 0});
     const bool strings = spec.id_kind() == NeuronId::Kind::String;
-    NeuralNetwork net(spec, NeuralNetworkOptions(kDouble).hidden_activation(trial % 2 ? "tanh" : "gelu").seed(trial));
+    // Every fifth network runs all four techniques, whose parameters must survive too.
+    const bool techniques = trial % 5 == 0;
+    NeuralNetwork net(spec, NeuralNetworkOptions(kDouble).hidden_activation(trial % 2 ? "tanh" : "gelu").seed(trial)
+                                .use_topo_norm(techniques).use_topo_self_attention(techniques)
+                                .use_neuron_self_attention(techniques).use_adaptive_activations(techniques));
     auto x = torch::randn({3, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
     const auto before = snapshot(net);
     const auto y_before = net->forward(x);
@@ -299,6 +303,7 @@ TEST(Plasticity, RandomEditSequencesKeepEverySurvivingParameter) {
     ASSERT_EQ(edited->num_neurons(), static_cast<int64_t>(live.size()));
     ASSERT_EQ(edited->num_connections(), static_cast<int64_t>(edges.size()));
     expect_survivors_identical(before, snapshot(edited));
+    if (techniques) expect_operation_parameters_survive(net, edited);
     expect_same_network(net, before, x, y_before);
     auto x_new = torch::randn({3, edited->num_inputs()}, torch::kFloat64);
     edited->eval();

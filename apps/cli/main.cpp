@@ -290,7 +290,9 @@ int cmd_inspect(const std::string& path) {
   std::string kernel_text;
   for (const auto& [k, n] : kernels) kernel_text += fmt::format("{}{} × {}", kernel_text.empty() ? "" : ", ", n, k);
   std::printf("batch kernels: %s\n", kernel_text.c_str());
-  std::printf("techniques: none\n");
+  std::string ops;
+  for (const auto& op : net->operations()) ops += (ops.empty() ? "" : ", ") + op->name();
+  std::printf("techniques: %s\n", ops.empty() ? "none" : ops.c_str());
   double max_p = 0;
   int dropped = 0;
   for (const auto& n : net->weighted_graph().neurons) {

@@ -1,5 +1,6 @@
 #include "connex/config.h"
 
+#include <functional>
 #include <set>
 
 #include "connex/error.h"
@@ -62,6 +63,13 @@ json options_to_json(const NeuralNetworkOptions& options, const char* context) {
     for (const auto& id : *options.topo_sort()) out["topo_sort"].push_back(id_json(id));
   }
   out["seed"] = options.seed();
+  out["use_topo_norm"] = options.use_topo_norm();
+  out["use_topo_self_attention"] = options.use_topo_self_attention();
+  out["use_neuron_self_attention"] = options.use_neuron_self_attention();
+  out["use_adaptive_activations"] = options.use_adaptive_activations();
+  if (!options.operations().empty())
+    fail("{}: user-defined operation \"{}\" cannot be written down; only the built-in techniques can", context,
+         options.operations().front()->name());
   for (const auto& [name, dtype] : dtype_names())
     if (dtype == options.dtype()) out["dtype"] = name;
   return out;
@@ -71,7 +79,8 @@ NeuralNetworkOptions options_from_json(const json& json_options, const std::stri
   NeuralNetworkOptions options;
   if (!json_options.is_object()) fail("{}: /options must be an object, got {}", source, json_options.type_name());
   static const std::set<std::string> known = {"hidden_activation", "output_transformation", "dropout_p",
-                                              "topo_sort", "seed", "dtype"};
+                                              "topo_sort", "seed", "dtype", "use_topo_norm", "use_topo_self_attention",
+                                              "use_neuron_self_attention", "use_adaptive_activations"};
   for (auto it = json_options.begin(); it != json_options.end(); ++it)
     if (!known.count(it.key()))
       fail("{}: /options/{} is not an option; the options are {}", source, it.key(), fmt::join(known, ", "));
@@ -130,6 +139,16 @@ NeuralNetworkOptions options_from_json(const json& json_options, const std::stri
     if (!v.is_number_unsigned()) fail("{}: /options/seed must be a non-negative integer, got {}", source, v.dump());
     options.seed(v.get<uint64_t>());
   }
+  auto flag = [&](const char* key, const std::function<void(bool)>& set) {
+    if (!json_options.contains(key)) return;
+    const auto& v = json_options.at(key);
+    if (!v.is_boolean()) fail("{}: /options/{} must be true or false, got {}", source, key, v.dump());
+    set(v.get<bool>());
+  };
+  flag("use_topo_norm", [&](bool v) { options.use_topo_norm(v); });
+  flag("use_topo_self_attention", [&](bool v) { options.use_topo_self_attention(v); });
+  flag("use_neuron_self_attention", [&](bool v) { options.use_neuron_self_attention(v); });
+  flag("use_adaptive_activations", [&](bool v) { options.use_adaptive_activations(v); });
   if (json_options.contains("dtype")) {
     const auto& v = json_options.at("dtype");
     bool found = false;

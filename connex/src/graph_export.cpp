@@ -62,6 +62,11 @@ json to_node_link_json(const NeuralNetwork& network) {
   graph["options"] = options_to_json(network->options(), "to_node_link_json()");
   graph["format"] = "connex-weighted-graph";
   graph["version"] = 1;
+  if (!g.operation_parameters.empty()) {
+    json params = json::object();
+    for (const auto& t : g.operation_parameters) params[t.name] = {{"shape", t.shape}, {"values", t.values}};
+    graph["operation_parameters"] = params;
+  }
   out["graph"] = graph;
   out["nodes"] = json::array();
   for (const auto& n : g.neurons) {
@@ -129,6 +134,27 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
   torch::NoGradGuard no_grad;
   network->weight_tensor().copy_(weights);
   network->bias_tensor().copy_(biases);
+  if (graph.contains("operation_parameters")) {
+    const auto& saved = graph.at("operation_parameters");
+    if (!saved.is_object()) fail("{}: /graph/operation_parameters must be an object", source);
+    auto named = network->named_parameters();
+    for (auto it = saved.begin(); it != saved.end(); ++it) {
+      const std::string path = "/graph/operation_parameters/" + it.key();
+      auto* target = named.find(it.key());
+      if (!target) fail("{}: {} names no parameter of this network", source, path);
+      try {
+        auto values = torch::tensor(it.value().at("values").get<std::vector<double>>(), torch::kFloat64);
+        const auto shape = it.value().at("shape").get<std::vector<int64_t>>();
+        if (!target->sizes().equals(shape) || values.numel() != target->numel())
+          fail("{}: {} has shape [{}] but the network needs [{}]", source, path, fmt::join(shape, ", "), fmt::join(target->sizes(), ", "));
+        target->copy_(values.view(shape));
+      } catch (const Error&) {
+        throw;
+      } catch (const std::exception& e) {
+        fail("{}: {} is malformed: {}", source, path, e.what());
+      }
+    }
+  }
   return network;
 }
 

@@ -1,11 +1,13 @@
 #include "connex/neural_network.h"
 
 #include <cmath>
+#include <set>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include "connex/error.h"
+#include "connex/techniques.h"
 
 namespace connex {
 
@@ -47,6 +49,29 @@ NeuralNetworkImpl::NeuralNetworkImpl(std::shared_ptr<const Topology> topology,
       dtype != torch::kBFloat16)
     fail("NeuralNetwork(): dtype {} is not a floating-point type", c10::toString(dtype));
 
+  // The operation pipeline: techniques in Connex's order, then the user's.
+  if (options_.use_topo_norm()) operations_.push_back(std::make_shared<TopoNorm>());
+  if (options_.use_topo_self_attention()) operations_.push_back(std::make_shared<TopoSelfAttention>());
+  if (options_.use_neuron_self_attention()) operations_.push_back(std::make_shared<NeuronSelfAttention>());
+  if (options_.use_adaptive_activations()) operations_.push_back(std::make_shared<AdaptiveActivation>());
+  for (const auto& op : options_.operations()) {
+    if (!op) fail("NeuralNetwork(): options().operations() holds a null operation");
+    operations_.push_back(op);
+  }
+  {
+    std::set<std::string> names;
+    int affine = 0, activation = 0;
+    for (const auto& op : operations_) {
+      if (!names.insert(op->name()).second) fail("NeuralNetwork(): two operations are named \"{}\"", op->name());
+      if (op->name().empty() || op->name().find('.') != std::string::npos)
+        fail("NeuralNetwork(): operation name \"{}\" must be non-empty and without dots", op->name());
+      affine += op->replaces_affine();
+      activation += op->replaces_activation();
+    }
+    if (affine > 1) fail("NeuralNetwork(): more than one operation replaces the affine step");
+    if (activation > 1) fail("NeuralNetwork(): more than one operation replaces the activation");
+  }
+
   // Resolve dropout per dense id; validation names the neuron.
   const auto& topo = *topology_;
   const auto& dropout = options_.dropout_p();
@@ -68,7 +93,8 @@ NeuralNetworkImpl::NeuralNetworkImpl(const NeuralNetworkImpl& other)
       options_(other.options_),
       topology_(other.topology_),
       dropout_(other.dropout_),
-      frozen_(other.frozen_) {
+      frozen_(other.frozen_),
+      operations_(other.operations_) {
   options_.hidden_activation(other.options_.hidden_activation().deep_copy());
   options_.output_transformation(other.options_.output_transformation().deep_copy());
 }
@@ -133,6 +159,12 @@ void NeuralNetworkImpl::reset() {
     }
   }
   output_gather_ = register_gather(topo.output_gather(), "output_gather");
+
+  operation_modules_.clear();
+  level_prefixes_.clear();
+  for (size_t l = 0; l < topo.levels().size(); ++l) level_prefixes_.push_back("level" + std::to_string(l) + "_");
+  for (const auto& op : operations_)
+    operation_modules_.push_back(register_module(op->name(), OperationModule(op->build(topo, options_.dtype(), generator))));
 
   if (auto m = options_.hidden_activation().module_ptr()) register_module("hidden_activation", m);
   if (auto m = options_.output_transformation().module_ptr())
@@ -212,6 +244,14 @@ torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x) {
     const int64_t size = level.size(), width = static_cast<int64_t>(level.sources.size());
     auto bias = bias_.narrow(0, topo.bias_index(level.begin), size).unsqueeze(1);
     torch::Tensor z;
+    if (!operations_.empty()) {
+      pieces[l] = apply_dropout(run_level_with_operations(l, level.kernel == LevelKernel::BiasOnly
+                                                                 ? torch::Tensor()
+                                                                 : gather(level.gather, t.gather, pieces),
+                                                          batch),
+                                t);
+      continue;
+    }
     if (level.kernel == LevelKernel::BiasOnly) {
       z = bias.expand({size, batch});
     } else {
@@ -250,6 +290,58 @@ torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x) {
   return options_.output_transformation()(out);
 }
 
+torch::Tensor NeuralNetworkImpl::dense_weights(const Level& level, const LevelTensors& t, const torch::Tensor& w) const {
+  const int64_t size = level.size(), width = static_cast<int64_t>(level.sources.size());
+  if (level.kernel == LevelKernel::DenseView) return w.view({size, width});
+  std::vector<int64_t> pos(level.edge_source.size());
+  for (size_t k = 0; k < pos.size(); ++k) pos[k] = level.edge_target[k] * width + level.edge_source[k];
+  auto index = t.scatter_pos.defined() ? t.scatter_pos : torch::tensor(pos, torch::kLong).to(w.device());
+  return torch::zeros({size * width}, w.options()).scatter(0, index, w).view({size, width});
+}
+
+// The general pipeline of a batch when operations are present:
+// on_inputs -> affine (or replace_affine) -> on_preactivation -> activation.
+torch::Tensor NeuralNetworkImpl::run_level_with_operations(size_t l, const torch::Tensor& gathered, int64_t batch) const {
+  const Topology& topo = *topology_;
+  const Level& level = topo.levels()[l];
+  const LevelTensors& t = levels_[l];
+  const int64_t size = level.size();
+  auto bias = bias_.narrow(0, topo.bias_index(level.begin), size).unsqueeze(1);
+  std::vector<LevelContext> contexts;
+  for (size_t k = 0; k < operations_.size(); ++k)
+    contexts.push_back({static_cast<int64_t>(l), level, topo, *operation_modules_[k], level_prefixes_[l]});
+
+  torch::Tensor z;
+  if (!gathered.defined()) {
+    z = bias.expand({size, batch});
+  } else {
+    torch::Tensor sources = gathered;
+    for (size_t k = 0; k < operations_.size(); ++k) sources = operations_[k]->on_inputs(contexts[k], sources);
+    auto w = weight_.narrow(0, level.conn_begin, level.num_connections());
+    for (size_t k = 0; k < operations_.size() && !z.defined(); ++k)
+      if (operations_[k]->replaces_affine())
+        if (auto r = operations_[k]->replace_affine(contexts[k], sources, dense_weights(level, t, w), bias)) z = *r;
+    if (!z.defined()) {
+      if (level.kernel == LevelKernel::EdgeList)
+        z = bias.expand({size, batch}).index_add(0, t.edge_target, sources.index_select(0, t.edge_source) * w.unsqueeze(1));
+      else
+        z = torch::addmm(bias, dense_weights(level, t, w), sources);
+    }
+  }
+  for (size_t k = 0; k < operations_.size(); ++k) z = operations_[k]->on_preactivation(contexts[k], z);
+
+  const int64_t hidden = level.hidden_end - level.begin;
+  if (hidden == 0) return z;
+  auto activate = [&](const torch::Tensor& zh) {
+    for (size_t k = 0; k < operations_.size(); ++k)
+      if (operations_[k]->replaces_activation())
+        if (auto r = operations_[k]->replace_activation(contexts[k], zh, options_.hidden_activation())) return *r;
+    return options_.hidden_activation()(zh);
+  };
+  if (hidden == size) return activate(z);
+  return torch::cat({activate(z.narrow(0, 0, hidden)), z.narrow(0, hidden, size - hidden)}, 0);
+}
+
 // --------------------------------------------------------------- inspection
 
 void NeuralNetworkImpl::pretty_print(std::ostream& stream) const {
@@ -260,7 +352,13 @@ void NeuralNetworkImpl::pretty_print(std::ostream& stream) const {
          << ", depth=" << topo.depth()
          << ", hidden_activation=" << options_.hidden_activation().name()
          << ", output_transformation=" << options_.output_transformation().name()
-         << ", dtype=" << c10::toString(options_.dtype()) << ")";
+         << ", dtype=" << c10::toString(options_.dtype());
+  if (!operations_.empty()) {
+    stream << ", operations=[";
+    for (size_t k = 0; k < operations_.size(); ++k) stream << (k ? ", " : "") << operations_[k]->name();
+    stream << "]";
+  }
+  stream << ")";
 }
 
 std::vector<NeuronId> NeuralNetworkImpl::hidden_neurons() const {
@@ -384,6 +482,12 @@ WeightedGraph NeuralNetworkImpl::weighted_graph() const {
   for (const auto& [from, to] : spec().edges())
     graph.connections.push_back(
         {from, to, w[topo.connection_index(topo.dense_of(from), topo.dense_of(to))]});
+  for (size_t k = 0; k < operations_.size(); ++k)
+    for (const auto& p : operation_modules_[k]->named_parameters()) {
+      auto values = p.value().detach().to(torch::kCPU, torch::kFloat64).contiguous();
+      graph.operation_parameters.push_back({operations_[k]->name() + "." + p.key(), values.sizes().vec(),
+                                            std::vector<double>(values.data_ptr<double>(), values.data_ptr<double>() + values.numel())});
+    }
   return graph;
 }
 

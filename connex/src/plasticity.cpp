@@ -312,6 +312,11 @@ EditResult NetworkEditor::build(uint64_t seed) const {
       fresh.install_freeze_hooks();
     }
   }
+  // Operation (technique) parameters: entry by entry, by their keys.
+  for (size_t k = 0; k < fresh.operations().size(); ++k)
+    for (size_t j = 0; j < old.operations().size(); ++j)
+      if (old.operations()[j]->name() == fresh.operations()[k]->name())
+        transfer_operation_parameters(old.operation_parameters(j), fresh.operation_parameters(k));
   fresh.train(old.is_training());
 
   // Positions: where each old input, output and neuron went.

@@ -60,6 +60,9 @@ Script build_script(const NeuralNetwork& network) {
   Script s;
   const auto weight = network->weight_tensor().detach().to(torch::kCPU);
   const auto bias = network->bias_tensor().detach().to(torch::kCPU);
+  if (!network->operations().empty())
+    fail("export_torchscript(): operation \"{}\" has no TorchScript form yet; export a network without techniques",
+         network->operations().front()->name());
   // Validate both functions before writing any code.
   scripted(options.hidden_activation(), "hidden_activation", "z");
   scripted(options.output_transformation(), "output_transformation", "y");

@@ -16,3 +16,4 @@
 #include "connex/graph_export.h"
 #include "connex/torchscript_export.h"
 #include "connex/csv.h"
+#include "connex/techniques.h"

@@ -83,6 +83,12 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
 
   WeightedGraph weighted_graph() const;
 
+  // The per-batch operations in pipeline order (techniques first, then the
+  // user's), and each one's parameter module.
+  const std::vector<BatchOperationPtr>& operations() const { return operations_; }
+  const OperationModuleImpl& operation_parameters(size_t k) const { return *operation_modules_[k]; }
+  OperationModuleImpl& operation_parameters(size_t k) { return *operation_modules_[k]; }
+
  private:
   friend class NetworkEditor;
   // Per-batch tensors; each is also a registered buffer, so .to(device) moves it.
@@ -100,6 +106,8 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   torch::Tensor gather(const GatherPlan& plan, const GatherTensors& tensors,
                        const std::vector<torch::Tensor>& pieces) const;
   torch::Tensor apply_dropout(const torch::Tensor& values, const LevelTensors& level) const;
+  torch::Tensor dense_weights(const Level& level, const LevelTensors& t, const torch::Tensor& w) const;
+  torch::Tensor run_level_with_operations(size_t l, const torch::Tensor& sources, int64_t batch) const;
   GatherTensors register_gather(const GatherPlan& plan, const std::string& prefix);
   void install_freeze_hooks();
   int64_t connection_or_throw(const NeuronId& from, const NeuronId& to, const char* context) const;
@@ -113,6 +121,9 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   bool frozen_ = false;
   std::vector<LevelTensors> levels_;  // index 0: the input level (dropout only)
   GatherTensors output_gather_;
+  std::vector<BatchOperationPtr> operations_;
+  std::vector<OperationModule> operation_modules_;
+  std::vector<std::string> level_prefixes_;
 };
 
 TORCH_MODULE(NeuralNetwork);

@@ -9,6 +9,7 @@
 #include <torch/arg.h>
 #include <torch/types.h>
 
+#include "connex/batch_operation.h"
 #include "connex/neuron_id.h"
 #include "connex/tensor_function.h"
 #include "connex/topology.h"
@@ -37,6 +38,13 @@ struct NeuralNetworkOptions {
   // Seeds parameter initialisation (not dropout, which draws from torch's generator).
   TORCH_ARG(uint64_t, seed) = 0;
   TORCH_ARG(torch::Dtype, dtype) = torch::kFloat32;
+  // Connex's optional techniques (see techniques.h); off, they cost nothing.
+  TORCH_ARG(bool, use_topo_norm) = false;
+  TORCH_ARG(bool, use_topo_self_attention) = false;
+  TORCH_ARG(bool, use_neuron_self_attention) = false;
+  TORCH_ARG(bool, use_adaptive_activations) = false;
+  // User-defined per-batch operations, run after the built-in ones at each stage.
+  TORCH_ARG(std::vector<BatchOperationPtr>, operations) = {};
   // Execution layout; tests force a kernel to compare paths.
   TORCH_ARG(double, dense_threshold) = 0.1;
   TORCH_ARG(std::optional<LevelKernel>, force_kernel) = std::nullopt;

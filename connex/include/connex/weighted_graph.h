@@ -4,6 +4,7 @@
 // Connex's to_networkx_weighted_digraph; exporters (JSON, GraphML, DOT) read it.
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "connex/graph_spec.h"
@@ -25,6 +26,13 @@ struct WeightedGraph {
   std::vector<Neuron> neurons;          // in the graph's neuron order
   std::vector<Connection> connections;  // in the graph's edge order
   std::vector<NeuronId> inputs, outputs;
+  // Parameters of per-batch operations (techniques), by full name ("topo_norm.level1_gamma").
+  struct Tensor {
+    std::string name;
+    std::vector<int64_t> shape;
+    std::vector<double> values;  // row-major
+  };
+  std::vector<Tensor> operation_parameters;
 };
 
 }  // namespace connex

@@ -1,0 +1,107 @@
+#pragma once
+// The per-batch operation interface: connex's optional techniques (topo
+// norm, topo self-attention, neuron self-attention, adaptive activations)
+// are instances of it, and users write their own the same way.
+//
+// A network runs each topological batch as
+//   gather sources -> on_inputs (each op) -> affine (or an op's replace_affine)
+//   -> on_preactivation (each op) -> activation (or an op's replace_activation)
+//   -> dropout
+// For each compiled topology an operation declares its parameters in
+// build(), each dimension of each tensor keyed by neuron labels (or fixed).
+// That is all an edit needs to carry them: an entry survives wherever every
+// one of its keys survives, under the same parameter name.
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <torch/nn/cloneable.h>
+#include <torch/types.h>
+
+#include "connex/tensor_function.h"
+#include "connex/topology.h"
+
+namespace connex {
+
+// One parameter of an operation. dim_keys[k], when set, names what each
+// index of dimension k stands for (e.g. the source neurons of a batch).
+struct KeyedParameter {
+  torch::Tensor value;
+  std::vector<std::optional<std::vector<NeuronId>>> dim_keys;
+};
+
+// What an operation declares in build(): name -> parameter (names may not contain '.').
+using OperationParameters = std::map<std::string, KeyedParameter>;
+
+// Holds an operation's tensors inside the network, so they are parameters
+// of the module (optimizers, clone(), .to(device), checkpoints see them).
+class OperationModuleImpl : public torch::nn::Cloneable<OperationModuleImpl> {
+ public:
+  OperationModuleImpl() = default;
+  explicit OperationModuleImpl(const OperationParameters& declared);
+  void reset() override;
+  const torch::Tensor& get(const std::string& name) const;
+  const std::map<std::string, std::vector<std::optional<std::vector<NeuronId>>>>& keys() const { return keys_; }
+
+ private:
+  std::map<std::string, std::vector<std::optional<std::vector<NeuronId>>>> keys_;
+  std::map<std::string, std::pair<std::vector<int64_t>, torch::Dtype>> shapes_;
+  std::map<std::string, torch::Tensor> tensors_;
+};
+TORCH_MODULE(OperationModule);
+
+// What an operation sees while running one batch.
+struct LevelContext {
+  int64_t level;                  // 1..depth
+  const Level& plan;              // the batch: neurons, sources, connections
+  const Topology& topology;
+  const OperationModuleImpl& params;
+  std::string prefix;             // "level3_": the batch's parameter name prefix
+  const torch::Tensor& param(const std::string& name) const { return params.get(prefix + name); }
+};
+
+class BatchOperation {
+ public:
+  virtual ~BatchOperation() = default;
+  // A unique name; the child module of the network is registered under it.
+  virtual std::string name() const = 0;
+  // Declares this operation's parameters for a topology, drawing random
+  // values from `generator`.
+  virtual OperationParameters build(const Topology& topology, torch::Dtype dtype, at::Generator& generator) const = 0;
+
+  // sources: [collective inputs, batch] -> same shape.
+  virtual torch::Tensor on_inputs(const LevelContext&, const torch::Tensor& sources) const { return sources; }
+  // Computes the batch's pre-activations [neurons, batch] from the sources and
+  // the batch's dense weights [neurons, sources] and biases [neurons, 1]; at
+  // most one operation of a network may replace the affine step.
+  virtual std::optional<torch::Tensor> replace_affine(const LevelContext&, const torch::Tensor& /*sources*/,
+                                                      const torch::Tensor& /*weights*/, const torch::Tensor& /*bias*/) const {
+    return std::nullopt;
+  }
+  // z: [neurons, batch] -> same shape (outputs included).
+  virtual torch::Tensor on_preactivation(const LevelContext&, const torch::Tensor& z) const { return z; }
+  // z: the hidden rows [hidden, batch]; at most one operation may replace the activation.
+  virtual std::optional<torch::Tensor> replace_activation(const LevelContext&, const torch::Tensor& /*z*/,
+                                                          const TensorFunction& /*activation*/) const {
+    return std::nullopt;
+  }
+  virtual bool replaces_affine() const { return false; }
+  virtual bool replaces_activation() const { return false; }
+};
+
+using BatchOperationPtr = std::shared_ptr<const BatchOperation>;
+
+using DimKeys = std::vector<std::optional<std::vector<NeuronId>>>;
+
+// Copies into `to` every entry of `from` whose keys all survive in `to_keys`
+// (fixed dimensions must match in size). Returns the entries copied, or -1
+// when the two layouts cannot correspond at all. Used for parameters and for
+// optimizer state alike.
+int64_t copy_keyed(const torch::Tensor& from, const DimKeys& from_keys, torch::Tensor& to, const DimKeys& to_keys);
+
+// copy_keyed for every parameter `from` and `to` share by name.
+int64_t transfer_operation_parameters(const OperationModuleImpl& from, OperationModuleImpl& to);
+
+}  // namespace connex

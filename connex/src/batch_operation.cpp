@@ -1,0 +1,79 @@
+#include "connex/batch_operation.h"
+
+#include <torch/torch.h>
+
+#include "connex/error.h"
+
+namespace connex {
+
+OperationModuleImpl::OperationModuleImpl(const OperationParameters& declared) {
+  for (const auto& [name, p] : declared) {
+    if (name.find('.') != std::string::npos) fail("BatchOperation: parameter name \"{}\" contains a dot", name);
+    keys_[name] = p.dim_keys;
+    shapes_[name] = {p.value.sizes().vec(), p.value.scalar_type()};
+  }
+  reset();
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, p] : declared) tensors_.at(name).copy_(p.value);
+}
+
+void OperationModuleImpl::reset() {
+  tensors_.clear();
+  for (const auto& [name, shape] : shapes_)
+    tensors_[name] = register_parameter(name, torch::zeros(shape.first, torch::TensorOptions().dtype(shape.second)));
+}
+
+const torch::Tensor& OperationModuleImpl::get(const std::string& name) const {
+  auto it = tensors_.find(name);
+  if (it == tensors_.end()) fail("BatchOperation: no parameter \"{}\"", name);
+  return it->second;
+}
+
+int64_t copy_keyed(const torch::Tensor& from, const DimKeys& from_keys, torch::Tensor& to, const DimKeys& to_keys) {
+  torch::NoGradGuard no_grad;
+  if (from_keys.size() != to_keys.size() || from.dim() != to.dim()) return -1;
+  // For each dimension, the new indices that survive and their old indices.
+  std::vector<torch::Tensor> new_index, old_index;
+  for (size_t k = 0; k < to_keys.size(); ++k) {
+    std::vector<int64_t> ni, oi;
+    if (to_keys[k] && from_keys[k]) {
+      std::unordered_map<NeuronId, int64_t, NeuronIdHash> where;
+      for (size_t i = 0; i < from_keys[k]->size(); ++i) where.emplace((*from_keys[k])[i], static_cast<int64_t>(i));
+      for (size_t i = 0; i < to_keys[k]->size(); ++i) {
+        auto it = where.find((*to_keys[k])[i]);
+        if (it != where.end()) ni.push_back(static_cast<int64_t>(i)), oi.push_back(it->second);
+      }
+    } else if (!to_keys[k] && !from_keys[k] && from.size(static_cast<int64_t>(k)) == to.size(static_cast<int64_t>(k))) {
+      for (int64_t i = 0; i < to.size(static_cast<int64_t>(k)); ++i) ni.push_back(i), oi.push_back(i);
+    } else {
+      return -1;
+    }
+    new_index.push_back(torch::tensor(ni, torch::kLong).to(to.device()));
+    old_index.push_back(torch::tensor(oi, torch::kLong).to(from.device()));
+  }
+  // Select the surviving block from the old tensor, then scatter it into the new one.
+  torch::Tensor block = from;
+  for (size_t k = 0; k < old_index.size(); ++k) block = block.index_select(static_cast<int64_t>(k), old_index[k]);
+  block = block.to(to.device(), to.scalar_type());
+  if (new_index.empty()) {
+    to.copy_(block);
+  } else {
+    c10::List<c10::optional<torch::Tensor>> grid;
+    for (const auto& m : torch::meshgrid(new_index, "ij")) grid.push_back(m);
+    to.index_put_(grid, block);
+  }
+  return block.numel();
+}
+
+int64_t transfer_operation_parameters(const OperationModuleImpl& from, OperationModuleImpl& to) {
+  int64_t copied = 0;
+  for (const auto& [name, new_keys] : to.keys()) {
+    auto old_it = from.keys().find(name);
+    if (old_it == from.keys().end()) continue;
+    torch::Tensor target = to.get(name);
+    copied += std::max<int64_t>(0, copy_keyed(from.get(name), old_it->second, target, new_keys));
+  }
+  return copied;
+}
+
+}  // namespace connex

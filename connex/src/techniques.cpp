@@ -1,0 +1,169 @@
+#include "connex/techniques.h"
+
+#include <cmath>
+#include <limits>
+
+#include <torch/torch.h>
+
+namespace connex {
+
+namespace {
+
+std::string level_prefix(size_t l) { return "level" + std::to_string(l) + "_"; }
+
+// Uniform in ±1/sqrt(fan_in), as torch::nn::Linear draws.
+torch::Tensor uniform(std::vector<int64_t> shape, int64_t fan_in, torch::Dtype dtype, at::Generator& gen) {
+  const double bound = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(fan_in, 1)));
+  return ((torch::rand(shape, gen, torch::kFloat64) * 2 - 1) * bound).to(dtype);
+}
+
+double lowest_value(torch::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kDouble: return std::numeric_limits<double>::lowest();
+    case torch::kHalf: return -65504.0;
+    default: return static_cast<double>(std::numeric_limits<float>::lowest());
+  }
+}
+
+}  // namespace
+
+std::vector<NeuronId> source_labels(const Topology& topology, const Level& level) {
+  std::vector<NeuronId> labels;
+  for (int64_t d : level.sources) labels.push_back(topology.label(d));
+  return labels;
+}
+
+std::vector<NeuronId> neuron_labels(const Topology& topology, const Level& level, bool hidden_only) {
+  std::vector<NeuronId> labels;
+  for (int64_t d = level.begin; d < (hidden_only ? level.hidden_end : level.end); ++d) labels.push_back(topology.label(d));
+  return labels;
+}
+
+// ------------------------------------------------------------------ norm
+
+OperationParameters TopoNorm::build(const Topology& topology, torch::Dtype dtype, at::Generator&) const {
+  OperationParameters params;
+  for (size_t l = 1; l < topology.levels().size(); ++l) {
+    const Level& level = topology.levels()[l];
+    const auto sources = source_labels(topology, level);
+    const int64_t L = static_cast<int64_t>(sources.size());
+    params[level_prefix(l) + "gamma"] = {torch::ones({L, 1}, dtype), {sources, std::nullopt}};
+    params[level_prefix(l) + "beta"] = {torch::zeros({L, 1}, dtype), {sources, std::nullopt}};
+  }
+  return params;
+}
+
+torch::Tensor TopoNorm::on_inputs(const LevelContext& ctx, const torch::Tensor& s) const {
+  if (s.size(0) == 0) return s;
+  torch::Tensor normed = s;
+  if (s.size(0) > 1) {
+    auto mean = s.mean(0, true);
+    auto var = (s - mean).pow(2).mean(0, true);
+    normed = (s - mean) / torch::sqrt(var + 1e-5);
+  }
+  return ctx.param("gamma") * normed + ctx.param("beta");
+}
+
+// ------------------------------------------------------------- attention
+
+namespace {
+
+void declare_attention(OperationParameters& params, const std::string& prefix, const std::vector<NeuronId>* rows,
+                       const std::vector<NeuronId>& sources, torch::Dtype dtype, at::Generator& gen) {
+  const int64_t L = static_cast<int64_t>(sources.size());
+  for (const char* m : {"query", "key", "value"}) {
+    if (rows) {
+      const int64_t n = static_cast<int64_t>(rows->size());
+      params[prefix + m + "_weight"] = {uniform({n, L, L}, L, dtype, gen), {*rows, sources, sources}};
+      params[prefix + m + "_bias"] = {uniform({n, L}, L, dtype, gen), {*rows, sources}};
+    } else {
+      params[prefix + m + "_weight"] = {uniform({L, L}, L, dtype, gen), {sources, sources}};
+      params[prefix + m + "_bias"] = {uniform({L}, L, dtype, gen), {sources}};
+    }
+  }
+}
+
+}  // namespace
+
+OperationParameters TopoSelfAttention::build(const Topology& topology, torch::Dtype dtype, at::Generator& gen) const {
+  OperationParameters params;
+  for (size_t l = 1; l < topology.levels().size(); ++l)
+    declare_attention(params, level_prefix(l), nullptr, source_labels(topology, topology.levels()[l]), dtype, gen);
+  return params;
+}
+
+torch::Tensor TopoSelfAttention::on_inputs(const LevelContext& ctx, const torch::Tensor& s) const {
+  const int64_t L = s.size(0);
+  if (L == 0) return s;
+  // s: [L, B]. Projections per sample: q[b] = Wq s[:, b] + bq -> [L, B].
+  auto q = torch::addmm(ctx.param("query_bias").unsqueeze(1), ctx.param("query_weight"), s);
+  auto k = torch::addmm(ctx.param("key_bias").unsqueeze(1), ctx.param("key_weight"), s);
+  auto v = torch::addmm(ctx.param("value_bias").unsqueeze(1), ctx.param("value_weight"), s);
+  // scores[b, i, j] = q[i, b] k[j, b] / sqrt(L)
+  auto qt = q.t().unsqueeze(2), kt = k.t().unsqueeze(1);
+  auto attention = torch::softmax(qt * kt / std::sqrt(static_cast<double>(L)), 2);
+  auto out = torch::bmm(attention, v.t().unsqueeze(2)).squeeze(2);  // [B, L]
+  return s + out.t();
+}
+
+OperationParameters NeuronSelfAttention::build(const Topology& topology, torch::Dtype dtype, at::Generator& gen) const {
+  OperationParameters params;
+  for (size_t l = 1; l < topology.levels().size(); ++l) {
+    const Level& level = topology.levels()[l];
+    const auto rows = neuron_labels(topology, level);
+    declare_attention(params, level_prefix(l), &rows, source_labels(topology, level), dtype, gen);
+  }
+  return params;
+}
+
+std::optional<torch::Tensor> NeuronSelfAttention::replace_affine(const LevelContext& ctx, const torch::Tensor& s,
+                                                                 const torch::Tensor& weights, const torch::Tensor& bias) const {
+  const int64_t L = s.size(0), n = weights.size(0), B = s.size(1);
+  if (L == 0) return bias.expand({n, B});
+  // The mask of each neuron's incoming connections, [n, L], from the plan
+  // (a weight can be exactly zero while its connection exists).
+  std::vector<int64_t> pos;
+  for (size_t c = 0; c < ctx.plan.edge_source.size(); ++c) pos.push_back(ctx.plan.edge_target[c] * L + ctx.plan.edge_source[c]);
+  auto mask = torch::zeros({n * L}, torch::TensorOptions().dtype(torch::kBool).device(s.device()))
+                  .index_fill_(0, torch::tensor(pos, torch::kLong).to(s.device()), true)
+                  .view({n, L});
+  auto fan_in = mask.sum(1).clamp_min(1).to(s.scalar_type());  // [n]
+  // x[b, n, i] = s[i, b] for every neuron; projections per neuron.
+  auto x = s.t().unsqueeze(1).expand({B, n, L});
+  auto project = [&](const char* m) {
+    // [B, n, L] = einsum("nij,bnj->bni") + bias
+    return torch::einsum("nij,bnj->bni", {ctx.param(std::string(m) + "_weight"), x}) + ctx.param(std::string(m) + "_bias");
+  };
+  auto q = project("query"), k = project("key"), v = project("value");
+  auto scores = q.unsqueeze(3) * k.unsqueeze(2) / torch::sqrt(fan_in).view({1, n, 1, 1});  // [B, n, L, L]
+  // The dtype's lowest finite value, not -inf: a neuron without inputs then
+  // gets a finite (uniform) row, zeroed below, and no NaN reaches backward.
+  scores = scores.masked_fill(~mask.view({1, n, 1, L}), lowest_value(s.scalar_type()));
+  auto attention = torch::softmax(scores, 3);
+  attention = attention.masked_fill(~mask.view({1, n, 1, L}), 0.0);
+  auto attended = x + torch::matmul(attention, v.unsqueeze(3)).squeeze(3);  // [B, n, L]
+  // z[n, b] = Σ_i w[n, i] attended[b, n, i] + bias[n]
+  return (attended * weights.unsqueeze(0)).sum(2).t() + bias;
+}
+
+// ---------------------------------------------------------- adaptive act.
+
+OperationParameters AdaptiveActivation::build(const Topology& topology, torch::Dtype dtype, at::Generator&) const {
+  // One (a, b) per non-input neuron, in bias order, so a neuron keeps its
+  // pair wherever an edit moves it; output neurons' entries are unused.
+  std::vector<NeuronId> rows;
+  for (int64_t d = topology.num_inputs(); d < topology.num_neurons(); ++d) rows.push_back(topology.label(d));
+  const int64_t n = static_cast<int64_t>(rows.size());
+  OperationParameters params;
+  params["a"] = {torch::ones({n, 1}, dtype), {rows, std::nullopt}};
+  params["b"] = {torch::ones({n, 1}, dtype), {rows, std::nullopt}};
+  return params;
+}
+
+std::optional<torch::Tensor> AdaptiveActivation::replace_activation(const LevelContext& ctx, const torch::Tensor& z,
+                                                                    const TensorFunction& activation) const {
+  const int64_t first = ctx.topology.bias_index(ctx.plan.begin), hidden = z.size(0);
+  return ctx.params.get("a").narrow(0, first, hidden) * activation(ctx.params.get("b").narrow(0, first, hidden) * z);
+}
+
+}  // namespace connex

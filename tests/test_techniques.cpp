@@ -1,0 +1,302 @@
+// The optional techniques and the per-batch operation interface.
+#include "reference_eval.h"
+#include "test_util.h"
+
+using namespace connex;
+using namespace connex::testing;
+
+namespace {
+
+struct Flags {
+  bool norm = false, topo_attention = false, neuron_attention = false, adaptive = false;
+};
+
+NeuralNetworkOptions with(Flags f, NeuralNetworkOptions o = NeuralNetworkOptions().dtype(torch::kFloat64)) {
+  return o.use_topo_norm(f.norm).use_topo_self_attention(f.topo_attention).use_neuron_self_attention(f.neuron_attention)
+      .use_adaptive_activations(f.adaptive);
+}
+
+// Parameters by full name, as nested vectors of doubles.
+struct Params {
+  explicit Params(const NeuralNetwork& net) {
+    for (const auto& p : net->named_parameters()) tensors[p.key()] = p.value().detach().to(torch::kFloat64).contiguous();
+  }
+  double at(const std::string& name, std::vector<int64_t> index) const {
+    auto t = tensors.at(name);
+    for (int64_t i : index) t = t[i];
+    return t.item<double>();
+  }
+  std::map<std::string, torch::Tensor> tensors;
+};
+
+// The techniques written out as scalar loops, one neuron at a time.
+std::vector<double> reference(const NeuralNetwork& net, const std::vector<double>& x, Flags f,
+                              const std::function<double(double)>& act) {
+  const Topology& topo = net->topology();
+  const Params p(net);
+  std::vector<double> value(topo.num_neurons());
+  for (int64_t i = 0; i < topo.num_inputs(); ++i) value[i] = x[i];
+  for (int64_t l = 1; l <= topo.depth(); ++l) {
+    const Level& level = topo.levels()[l];
+    const std::string lv = "level" + std::to_string(l) + "_";
+    const size_t L = level.sources.size();
+    std::vector<double> s(L);
+    for (size_t i = 0; i < L; ++i) s[i] = value[level.sources[i]];
+    if (f.norm && L > 0) {
+      if (L > 1) {
+        double mean = 0, var = 0;
+        for (double v : s) mean += v / L;
+        for (double v : s) var += (v - mean) * (v - mean) / L;
+        for (double& v : s) v = (v - mean) / std::sqrt(var + 1e-5);
+      }
+      for (size_t i = 0; i < L; ++i)
+        s[i] = p.at("topo_norm." + lv + "gamma", {int64_t(i), 0}) * s[i] + p.at("topo_norm." + lv + "beta", {int64_t(i), 0});
+    }
+    if (f.topo_attention && L > 0) {
+      const std::string a = "topo_self_attention." + lv;
+      std::vector<double> q(L), k(L), v(L), out(L);
+      for (size_t i = 0; i < L; ++i) {
+        q[i] = p.at(a + "query_bias", {int64_t(i)});
+        k[i] = p.at(a + "key_bias", {int64_t(i)});
+        v[i] = p.at(a + "value_bias", {int64_t(i)});
+        for (size_t j = 0; j < L; ++j) {
+          q[i] += p.at(a + "query_weight", {int64_t(i), int64_t(j)}) * s[j];
+          k[i] += p.at(a + "key_weight", {int64_t(i), int64_t(j)}) * s[j];
+          v[i] += p.at(a + "value_weight", {int64_t(i), int64_t(j)}) * s[j];
+        }
+      }
+      for (size_t i = 0; i < L; ++i) {
+        double mx = -1e300, sum = 0;
+        for (size_t j = 0; j < L; ++j) mx = std::max(mx, q[i] * k[j] / std::sqrt(double(L)));
+        for (size_t j = 0; j < L; ++j) sum += std::exp(q[i] * k[j] / std::sqrt(double(L)) - mx);
+        for (size_t j = 0; j < L; ++j) out[i] += std::exp(q[i] * k[j] / std::sqrt(double(L)) - mx) / sum * v[j];
+      }
+      for (size_t i = 0; i < L; ++i) s[i] += out[i];
+    }
+    for (int64_t d = level.begin; d < level.end; ++d) {
+      const int64_t r = d - level.begin;
+      std::vector<size_t> slots;  // this neuron's inputs, as slots
+      std::vector<double> w;
+      for (int64_t c = topo.in_offsets()[d]; c < topo.in_offsets()[d + 1]; ++c) {
+        slots.push_back(std::find(level.sources.begin(), level.sources.end(), topo.conn_source()[c]) - level.sources.begin());
+        w.push_back(net->weight(topo.label(topo.conn_source()[c]), topo.label(d)));
+      }
+      std::vector<double> in = s;
+      if (f.neuron_attention && !slots.empty()) {
+        const std::string a = "neuron_self_attention." + lv;
+        std::vector<double> q(L), k(L), v(L);
+        for (size_t i = 0; i < L; ++i) {
+          q[i] = p.at(a + "query_bias", {r, int64_t(i)});
+          k[i] = p.at(a + "key_bias", {r, int64_t(i)});
+          v[i] = p.at(a + "value_bias", {r, int64_t(i)});
+          for (size_t j = 0; j < L; ++j) {
+            q[i] += p.at(a + "query_weight", {r, int64_t(i), int64_t(j)}) * s[j];
+            k[i] += p.at(a + "key_weight", {r, int64_t(i), int64_t(j)}) * s[j];
+            v[i] += p.at(a + "value_weight", {r, int64_t(i), int64_t(j)}) * s[j];
+          }
+        }
+        const double scale = std::sqrt(double(slots.size()));
+        for (size_t i = 0; i < L; ++i) {
+          double mx = -1e300, sum = 0, out = 0;
+          for (size_t j : slots) mx = std::max(mx, q[i] * k[j] / scale);
+          for (size_t j : slots) sum += std::exp(q[i] * k[j] / scale - mx);
+          for (size_t j : slots) out += std::exp(q[i] * k[j] / scale - mx) / sum * v[j];
+          in[i] = s[i] + out;
+        }
+      }
+      double z = net->bias(topo.label(d));
+      for (size_t c = 0; c < slots.size(); ++c) z += w[c] * in[slots[c]];
+      if (topo.role(d) == Role::Hidden) {
+        if (f.adaptive) {
+          const int64_t b = topo.bias_index(d);
+          z = p.at("adaptive_activation.a", {b, 0}) * act(p.at("adaptive_activation.b", {b, 0}) * z);
+        } else {
+          z = act(z);
+        }
+      }
+      value[d] = z;
+    }
+  }
+  std::vector<double> out;
+  for (int64_t d : topo.output_ids()) out.push_back(value[d]);
+  return out;
+}
+
+// Moves every technique parameter away from its initial value, so tests see real values.
+void perturb(NeuralNetwork& net, uint64_t seed) {
+  torch::NoGradGuard g;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  for (auto& p : net->named_parameters())
+    if (p.key().find('.') != std::string::npos) p.value().add_(torch::randn(p.value().sizes(), gen, torch::kFloat64).to(p.value().dtype()) * 0.3);
+}
+
+GraphSpec small_graph() {
+  // Level 1: 2 <- {0, 1}, 3 <- {0}; level 2: output 4 <- {2, 3}, output 5 <- {1, 3}.
+  return GraphSpec::from_edges({{0, 2}, {1, 2}, {0, 3}, {2, 4}, {3, 4}, {1, 5}, {3, 5}}, {0, 1}, {4, 5});
+}
+
+const std::vector<std::pair<std::string, Flags>> kEach = {
+    {"topo_norm", {true, false, false, false}},
+    {"topo_self_attention", {false, true, false, false}},
+    {"neuron_self_attention", {false, false, true, false}},
+    {"adaptive_activation", {false, false, false, true}},
+    {"all four", {true, true, true, true}},
+};
+
+}  // namespace
+
+TEST(Techniques, OffCostsNothing) {
+  NeuralNetwork net(small_graph());
+  EXPECT_EQ(net->num_parameters(), 7 + 4);
+  EXPECT_TRUE(net->operations().empty());
+}
+
+TEST(Techniques, ValuesMatchAScalarReference) {
+  for (const auto& [name, flags] : kEach) {
+    for (const std::string act : {"tanh", "relu"}) {
+      NeuralNetwork net(small_graph(), with(flags).hidden_activation(act).seed(3));
+      perturb(net, 1);
+      for (auto x : std::vector<std::vector<double>>{{0.3, -1.2}, {2.0, 0.5}, {-0.7, -0.1}}) {
+        auto expected = reference(net, x, flags, scalar_activation(act));
+        auto got = net->forward(torch::tensor(x, torch::kFloat64));
+        for (size_t k = 0; k < expected.size(); ++k) EXPECT_NEAR(got[k].item<double>(), expected[k], 1e-12) << name << " " << act;
+      }
+    }
+  }
+}
+
+TEST(Techniques, RandomGraphsMatchTheReferenceOnEveryKernel) {
+  std::mt19937_64 rng(77);
+  for (int trial = 0; trial < 40; ++trial) {
+    auto spec = random_dag(rng, {4, 12, 0.35});
+    const Flags flags = kEach[trial % kEach.size()].second;
+    std::optional<LevelKernel> kernel;
+    if (trial % 3 == 1) kernel = LevelKernel::EdgeList;
+    if (trial % 3 == 2) kernel = LevelKernel::DenseScatter;
+    NeuralNetwork net(spec, with(flags).hidden_activation("gelu").seed(trial).force_kernel(kernel));
+    perturb(net, trial);
+    auto x = torch::randn({static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
+    auto expected = reference(net, std::vector<double>(x.data_ptr<double>(), x.data_ptr<double>() + x.numel()), flags, gelu_exact);
+    auto got = net->forward(x);
+    for (size_t k = 0; k < expected.size(); ++k) ASSERT_NEAR(got[k].item<double>(), expected[k], 1e-10) << "trial " << trial;
+  }
+}
+
+TEST(Techniques, GradientsMatchFiniteDifferences) {
+  std::mt19937_64 rng(8);
+  for (const auto& [name, flags] : kEach) {
+    for (int trial = 0; trial < 8; ++trial) {
+      auto spec = random_dag(rng, {4, 10, 0.4});
+      NeuralNetwork net(spec, with(flags).hidden_activation("tanh").seed(trial));
+      perturb(net, trial);
+      auto x = torch::randn({3, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
+      ASSERT_LE(max_gradient_error(net, x, 24), 1e-6) << name << " trial " << trial;
+    }
+  }
+}
+
+TEST(Techniques, EachTrainsTheReadmeExample) {
+  auto [x, y] = cos_sin_data();
+  for (const auto& [name, flags] : kEach) {
+    NeuralNetwork net(GraphSpec::from_adjacency({{0, {1, 2, 3}}, {1, {4}}, {2, {4, 5}}, {4, {6}}, {5, {7}}, {6, {8, 9}},
+                                                 {7, {10}}, {8, {11}}, {9, {11}}, {10, {11}}},
+                                                {0}, {3, 11}),
+                      with(flags, NeuralNetworkOptions()).hidden_activation("relu"));
+    auto [first, last] = train(net, x, y, 300, 1e-2);
+    RecordProperty(name + "_loss", fmt::format("{:.4f} -> {:.4f}", first, last));
+    EXPECT_LT(last, first * 0.8) << name << ": " << first << " -> " << last;
+  }
+}
+
+TEST(Techniques, AllFourSurviveAnEditBitForBit) {
+  NeuralNetwork net(small_graph(), with({true, true, true, true}).seed(1));
+  perturb(net, 2);
+  auto result = edit(net).add_hidden_neurons({6}).add_connections({{0, 6}, {6, 5}, {2, 5}}).remove_connections({{1, 5}}).build(4);
+  auto& after = result.network;
+  const int64_t compared = expect_operation_parameters_survive(net, after);
+  EXPECT_GT(compared, 50);
+  EXPECT_TRUE(torch::isfinite(after->forward(torch::randn({4, 2}, torch::kFloat64))).all().item<bool>());
+}
+
+TEST(Techniques, OptimizerContinuityAcrossANullEdit) {
+  auto [x, y] = cos_sin_data(torch::kFloat64);
+  auto make = [] { return nn::DenseMLP(1, 2, 4, 2, with({true, true, true, true}).seed(2)); };
+  auto step = [&](NeuralNetwork& n, torch::optim::Optimizer& o) {
+    o.zero_grad();
+    torch::mse_loss(n->forward(x), y).backward();
+    o.step();
+  };
+  auto reference_net = make(), net = make();
+  torch::optim::Adam ref_opt(reference_net->parameters(), torch::optim::AdamOptions(1e-2));
+  for (int i = 0; i < 20; ++i) step(reference_net, ref_opt);
+  torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(1e-2));
+  for (int i = 0; i < 10; ++i) step(net, opt);
+  auto result = edit(net).build(5);
+  torch::optim::Adam next(result.network->parameters(), torch::optim::AdamOptions(1e-2));
+  transfer_optimizer_state(opt, net, next, result);
+  for (int i = 0; i < 10; ++i) step(result.network, next);
+  auto a = reference_net->named_parameters(), b = result.network->named_parameters();
+  for (const auto& p : a) EXPECT_TRUE(torch::equal(p.value(), b[p.key()])) << p.key();
+}
+
+TEST(Techniques, CheckpointConfigAndGraphRoundTrips) {
+  NeuralNetwork net(small_graph(), with({true, true, true, true}).seed(1));
+  perturb(net, 5);
+  const std::string path = ::testing::TempDir() + "/techniques.ckpt";
+  save(net, path);
+  auto back = load(path);
+  auto x = torch::randn({3, 2}, torch::kFloat64);
+  EXPECT_TRUE(torch::equal(back->forward(x), net->forward(x)));
+  EXPECT_TRUE(network_config(back)["options"]["use_neuron_self_attention"].get<bool>());
+  auto from_graph = from_node_link_json(to_node_link_json(net));
+  EXPECT_TRUE(torch::equal(from_graph->forward(x), net->forward(x)));
+  EXPECT_EQ(net->weighted_graph().operation_parameters.size(), 4u /*norm*/ + 12 /*topo attn*/ + 12 /*neuron attn*/ + 2 /*adaptive*/);
+  EXPECT_THROW_MSG(export_torchscript(net, ::testing::TempDir() + "/t.pt"), "operation \"topo_norm\" has no TorchScript form yet");
+}
+
+// ------------------------------------------------------- a user operation
+
+namespace {
+
+// A per-neuron gain on the pre-activation: z -> g ⊙ z, one g per non-input
+// neuron, keyed by neuron so it survives edits.
+class NeuronGain : public BatchOperation {
+ public:
+  std::string name() const override { return "gain"; }
+  OperationParameters build(const Topology& topology, torch::Dtype dtype, at::Generator&) const override {
+    std::vector<NeuronId> rows;
+    for (int64_t d = topology.num_inputs(); d < topology.num_neurons(); ++d) rows.push_back(topology.label(d));
+    return {{"g", {torch::ones({static_cast<int64_t>(rows.size()), 1}, dtype), {rows, std::nullopt}}}};
+  }
+  torch::Tensor on_preactivation(const LevelContext& ctx, const torch::Tensor& z) const override {
+    return ctx.params.get("g").narrow(0, ctx.topology.bias_index(ctx.plan.begin), z.size(0)) * z;
+  }
+};
+
+}  // namespace
+
+TEST(UserOperation, TrainsAndSurvivesEdits) {
+  auto gain = std::make_shared<NeuronGain>();
+  NeuralNetwork net(small_graph(), NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("tanh").operations({gain}));
+  EXPECT_EQ(net->num_parameters(), 7 + 4 + 4);
+  {
+    torch::NoGradGuard g;
+    net->named_parameters()["gain.g"].copy_(torch::tensor({{2.0}, {3.0}, {0.5}, {-1.0}}, torch::kFloat64));
+  }
+  // By hand for x = (0.4, -0.2): neuron 3 = tanh(3 · (w03 · 0.4 + b3)) (dense order 2, 3, 4, 5).
+  auto x = torch::tensor({0.4, -0.2}, torch::kFloat64);
+  const double h3 = std::tanh(3.0 * (net->weight(0, 3) * 0.4 + net->bias(3)));
+  const double h2 = std::tanh(2.0 * (net->weight(0, 2) * 0.4 + net->weight(1, 2) * -0.2 + net->bias(2)));
+  const double o4 = 0.5 * (net->weight(2, 4) * h2 + net->weight(3, 4) * h3 + net->bias(4));
+  EXPECT_NEAR(net->forward(x)[0].item<double>(), o4, 1e-12);
+  EXPECT_LE(max_gradient_error(net, torch::randn({3, 2}, torch::kFloat64)), 1e-6);
+
+  auto edited = edit(net).add_hidden_neurons({9}).add_connections({{0, 9}, {9, 4}}).remove_neurons({2}).build(1).network;
+  auto g = edited->named_parameters()["gain.g"];
+  const auto& t = edited->topology();
+  EXPECT_EQ(g[t.bias_index(t.dense_of(3))].item<double>(), 3.0);
+  EXPECT_EQ(g[t.bias_index(t.dense_of(5))].item<double>(), -1.0);
+  EXPECT_EQ(g[t.bias_index(t.dense_of(9))].item<double>(), 1.0);  // new: its initial value
+  EXPECT_THROW_MSG(save(net, ::testing::TempDir() + "/gain.ckpt"), "user-defined operation \"gain\" cannot be written down");
+  EXPECT_THROW_MSG(NeuralNetwork(small_graph(), NeuralNetworkOptions().operations({gain, gain})), "two operations are named \"gain\"");
+}
