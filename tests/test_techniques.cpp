@@ -1,4 +1,6 @@
 // The optional techniques and the per-batch operation interface.
+#include <torch/script.h>
+
 #include "reference_eval.h"
 #include "test_util.h"
 
@@ -251,7 +253,25 @@ TEST(Techniques, CheckpointConfigAndGraphRoundTrips) {
   auto from_graph = from_node_link_json(to_node_link_json(net));
   EXPECT_TRUE(torch::equal(from_graph->forward(x), net->forward(x)));
   EXPECT_EQ(net->weighted_graph().operation_parameters.size(), 4u /*norm*/ + 12 /*topo attn*/ + 12 /*neuron attn*/ + 2 /*adaptive*/);
-  EXPECT_THROW_MSG(export_torchscript(net, ::testing::TempDir() + "/t.pt"), "operation \"topo_norm\" has no TorchScript form yet");
+}
+
+TEST(Techniques, TorchScriptExportMatches) {
+  std::mt19937_64 rng(21);
+  for (int trial = 0; trial < 20; ++trial) {
+    auto spec = random_dag(rng, {4, 14, 0.35});
+    const Flags flags = kEach[trial % kEach.size()].second;
+    std::optional<LevelKernel> kernel;
+    if (trial % 3 == 1) kernel = LevelKernel::EdgeList;
+    NeuralNetwork net(spec, with(flags).hidden_activation(trial % 2 ? "silu" : "tanh").seed(trial).force_kernel(kernel)
+                                .dtype(trial % 4 < 2 ? torch::kFloat64 : torch::kFloat32));
+    perturb(net, trial);
+    const std::string path = ::testing::TempDir() + "/techniques.pt";
+    export_torchscript(net, path);
+    auto module = torch::jit::load(path);
+    auto x = torch::randn({5, static_cast<int64_t>(spec.inputs().size())}, torch::TensorOptions().dtype(net->options().dtype()));
+    net->eval();
+    EXPECT_TRUE(torch::allclose(module.forward({x}).toTensor(), net->forward(x), 1e-6, 1e-6)) << kEach[trial % kEach.size()].first;
+  }
 }
 
 // ------------------------------------------------------- a user operation
@@ -298,5 +318,6 @@ TEST(UserOperation, TrainsAndSurvivesEdits) {
   EXPECT_EQ(g[t.bias_index(t.dense_of(5))].item<double>(), -1.0);
   EXPECT_EQ(g[t.bias_index(t.dense_of(9))].item<double>(), 1.0);  // new: its initial value
   EXPECT_THROW_MSG(save(net, ::testing::TempDir() + "/gain.ckpt"), "user-defined operation \"gain\" cannot be written down");
+  EXPECT_THROW_MSG(export_torchscript(net, ::testing::TempDir() + "/gain.pt"), "user-defined operation \"gain\" has no TorchScript form");
   EXPECT_THROW_MSG(NeuralNetwork(small_graph(), NeuralNetworkOptions().operations({gain, gain})), "two operations are named \"gain\"");
 }

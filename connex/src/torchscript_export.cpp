@@ -60,9 +60,19 @@ Script build_script(const NeuralNetwork& network) {
   Script s;
   const auto weight = network->weight_tensor().detach().to(torch::kCPU);
   const auto bias = network->bias_tensor().detach().to(torch::kCPU);
-  if (!network->operations().empty())
-    fail("export_torchscript(): operation \"{}\" has no TorchScript form yet; export a network without techniques",
-         network->operations().front()->name());
+  // The four techniques have scripted forms; user operations do not.
+  bool norm = false, topo_attention = false, neuron_attention = false, adaptive = false;
+  const OperationModuleImpl *norm_p = nullptr, *topo_p = nullptr, *neuron_p = nullptr, *adaptive_p = nullptr;
+  for (size_t k = 0; k < network->operations().size(); ++k) {
+    const std::string& name = network->operations()[k]->name();
+    const auto* params = &network->operation_parameters(k);
+    if (name == "topo_norm") norm = true, norm_p = params;
+    else if (name == "topo_self_attention") topo_attention = true, topo_p = params;
+    else if (name == "neuron_self_attention") neuron_attention = true, neuron_p = params;
+    else if (name == "adaptive_activation") adaptive = true, adaptive_p = params;
+    else fail("export_torchscript(): user-defined operation \"{}\" has no TorchScript form; only the built-in techniques can be exported", name);
+  }
+  auto op_tensor = [](const OperationModuleImpl* m, const std::string& name) { return m->get(name).detach().to(torch::kCPU).clone(); };
   // Validate both functions before writing any code.
   scripted(options.hidden_activation(), "hidden_activation", "z");
   scripted(options.output_transformation(), "output_transformation", "y");
@@ -79,34 +89,72 @@ Script build_script(const NeuralNetwork& network) {
     const std::string L = "L" + std::to_string(l) + "_";
     const int64_t size = level.size(), width = static_cast<int64_t>(level.sources.size());
     const std::string b = s.buffer(L + "bias", bias.narrow(0, topo.bias_index(level.begin), size).unsqueeze(1).clone());
+    const std::string P = "level" + std::to_string(l) + "_";
     if (level.kernel == LevelKernel::BiasOnly) {
       c << fmt::format("    z = {}.expand([{}, batch])\n", b, size);
     } else {
       c << fmt::format("    s = {}\n", gather_expr(s, level.gather, L + "g"));
       auto w = weight.narrow(0, level.conn_begin, level.num_connections());
-      if (level.kernel == LevelKernel::EdgeList) {
+      if (norm) {
+        if (width > 1)
+          c << "    m = s.mean(0, True)\n"
+            << "    s = (s - m) / torch.sqrt((s - m).pow(2).mean(0, True) + 1e-05)\n";
+        c << fmt::format("    s = {} * s + {}\n", s.buffer(L + "norm_gamma", op_tensor(norm_p, P + "gamma")),
+                         s.buffer(L + "norm_beta", op_tensor(norm_p, P + "beta")));
+      }
+      if (topo_attention) {
+        for (const char* m : {"query", "key", "value"})
+          c << fmt::format("    {} = torch.addmm({}, {}, s)\n", m[0],
+                           s.buffer(L + "ta_" + m + "_b", op_tensor(topo_p, P + m + "_bias").unsqueeze(1)),
+                           s.buffer(L + "ta_" + m + "_w", op_tensor(topo_p, P + m + "_weight")));
+        c << fmt::format("    a = torch.softmax(q.t().unsqueeze(2) * k.t().unsqueeze(1) / {}, 2)\n", std::sqrt(static_cast<double>(width)))
+          << "    s = s + torch.bmm(a, v.t().unsqueeze(2)).squeeze(2).t()\n";
+      }
+      // Dense weights of the batch, for the matmul kernels and neuron attention.
+      auto dense = torch::zeros({size * width}, w.options());
+      std::vector<int64_t> pos(level.edge_source.size());
+      for (size_t k = 0; k < pos.size(); ++k) pos[k] = level.edge_target[k] * width + level.edge_source[k];
+      dense.index_put_({torch::tensor(pos, torch::kLong)}, w);
+      dense = dense.view({size, width});
+      if (neuron_attention) {
+        auto outside = torch::ones({size * width}, torch::kBool).index_fill_(0, torch::tensor(pos, torch::kLong), false).view({1, size, 1, width});
+        auto fan_in = (~outside).sum(3).clamp_min(1).to(w.scalar_type()).sqrt().view({1, size, 1, 1});
+        c << fmt::format("    xn = s.t().unsqueeze(1).expand([batch, {}, {}])\n", size, width);
+        for (const char* m : {"query", "key", "value"})
+          c << fmt::format("    {} = torch.einsum(\"nij,bnj->bni\", [{}, xn]) + {}\n", m[0],
+                           s.buffer(L + "na_" + m + "_w", op_tensor(neuron_p, P + m + "_weight")),
+                           s.buffer(L + "na_" + m + "_b", op_tensor(neuron_p, P + m + "_bias")));
+        const std::string mask = s.buffer(L + "na_outside", outside);
+        c << fmt::format("    e = (q.unsqueeze(3) * k.unsqueeze(2) / {}).masked_fill({}, {})\n", s.buffer(L + "na_scale", fan_in), mask,
+                         w.scalar_type() == torch::kDouble ? "-1.7976931348623157e+308" : "-3.4028234663852886e+38")
+          << fmt::format("    a = torch.softmax(e, 3).masked_fill({}, 0.0)\n", mask)
+          << "    xn = xn + torch.matmul(a, v.unsqueeze(3)).squeeze(3)\n"
+          << fmt::format("    z = (xn * {}.unsqueeze(0)).sum(2).t() + {}\n", s.buffer(L + "W", dense), b);
+      } else if (level.kernel == LevelKernel::EdgeList) {
         c << fmt::format("    z = {}.expand([{}, batch]).index_add(0, {}, s.index_select(0, {}) * {})\n", b, size,
                          s.buffer(L + "target", torch::tensor(level.edge_target, torch::kLong)),
                          s.buffer(L + "source", torch::tensor(level.edge_source, torch::kLong)),
                          s.buffer(L + "w", w.unsqueeze(1).clone()));
       } else {
         // Inference needs no gradient through the scatter: bake the dense matrix.
-        auto dense = torch::zeros({size * width}, w.options());
-        std::vector<int64_t> pos(level.edge_source.size());
-        for (size_t k = 0; k < pos.size(); ++k) pos[k] = level.edge_target[k] * width + level.edge_source[k];
-        dense.index_put_({torch::tensor(pos, torch::kLong)}, w);
-        c << fmt::format("    z = torch.addmm({}, {}, s)\n", b, s.buffer(L + "W", dense.view({size, width})));
+        c << fmt::format("    z = torch.addmm({}, {}, s)\n", b, s.buffer(L + "W", dense));
       }
     }
     const int64_t hidden = level.hidden_end - level.begin;
-    const std::string act = scripted(options.hidden_activation(), "hidden_activation", "z");
+    // The activation of the hidden rows, adaptive (a·σ(b·z)) when switched on.
+    auto activate = [&](const std::string& zh) {
+      if (!adaptive) return scripted(options.hidden_activation(), "hidden_activation", zh);
+      const int64_t first = topo.bias_index(level.begin);
+      const std::string a = s.buffer(L + "ad_a", op_tensor(adaptive_p, "a").narrow(0, first, hidden).clone());
+      const std::string bb = s.buffer(L + "ad_b", op_tensor(adaptive_p, "b").narrow(0, first, hidden).clone());
+      return a + " * " + scripted(options.hidden_activation(), "hidden_activation", "(" + bb + " * " + zh + ")");
+    };
     if (hidden == size)
-      c << fmt::format("    p{} = {}\n", l, act);
+      c << fmt::format("    p{} = {}\n", l, activate("z"));
     else if (hidden == 0)
       c << fmt::format("    p{} = z\n", l);
     else
-      c << fmt::format("    p{} = torch.cat([{}, z.narrow(0, {}, {})], 0)\n", l,
-                       scripted(options.hidden_activation(), "hidden_activation", fmt::format("z.narrow(0, 0, {})", hidden)),
+      c << fmt::format("    p{} = torch.cat([{}, z.narrow(0, {}, {})], 0)\n", l, activate(fmt::format("z.narrow(0, 0, {})", hidden)),
                        hidden, size - hidden);
   }
   c << fmt::format("    y = {}.t()\n", gather_expr(s, topo.output_gather(), "out_g"))
