@@ -9,30 +9,17 @@
 #include "test_util.h"
 
 using namespace connex;
+using namespace connex::testing;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "connex_cli_XXXXXX").string();
-    path = mkdtemp(pattern.data());
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (fs::path(path) / name).string(); }
-  std::string path;
-};
 
 struct Run {
   int code;
   std::string out, err;
 };
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-void spit(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
 
 // Runs `connex ARGS` in `dir`, capturing stdout and stderr.
 Run connex_cli(const std::string& args, const TempDir& dir) {

@@ -15,21 +15,7 @@ namespace {
 
 const auto kDouble = NeuralNetworkOptions().dtype(torch::kFloat64);
 
-struct TempDir {
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "connex_test_XXXXXX").string();
-    path = mkdtemp(pattern.data());
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (fs::path(path) / name).string(); }
-  std::string path;
-};
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-void spit(const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
 
 // Rewrites a checkpoint's header through `change` and re-seals it with a valid checksum.
 void reseal(const std::string& path, const std::function<void(nlohmann::json&, uint32_t&)>& change) {

@@ -12,11 +12,6 @@ namespace {
 
 const auto kDouble = NeuralNetworkOptions().dtype(torch::kFloat64);
 
-GraphSpec readme_spec() {
-  return GraphSpec::from_adjacency({{0, {1, 2, 3}}, {1, {4}}, {2, {4, 5}}, {4, {6}}, {5, {7}}, {6, {8, 9}},
-                                    {7, {10}}, {8, {11}}, {9, {11}}, {10, {11}}},
-                                   {0}, {3, 11});
-}
 
 std::vector<double> to_vector(const torch::Tensor& t) {
   auto c = t.to(torch::kFloat64).contiguous();

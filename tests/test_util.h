@@ -2,6 +2,8 @@
 // Shared helpers for the connex tests: random DAGs, finite differences, the
 // toy data set, and an assertion that an expression throws a message.
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <cstring>
 #include <random>
 #include <string>
@@ -25,6 +27,30 @@ namespace connex::testing {
           << "message: " << e.what() << "\nexpected to contain: " << (needle);          \
     }                                                                                    \
   } while (0)
+
+// The 12-neuron network of Connex's README.
+inline GraphSpec readme_spec() {
+  return GraphSpec::from_adjacency({{0, {1, 2, 3}}, {1, {4}}, {2, {4, 5}}, {4, {6}}, {5, {7}}, {6, {8, 9}},
+                                    {7, {10}}, {8, {11}}, {9, {11}}, {10, {11}}},
+                                   {0}, {3, 11});
+}
+
+// A fresh temporary directory, removed with everything in it at scope exit.
+struct TempDir {
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "connex_test_XXXXXX").string();
+    path = mkdtemp(pattern.data());
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string operator/(const std::string& name) const { return (std::filesystem::path(path) / name).string(); }
+  std::string path;
+};
+
+inline std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+inline void spit(const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
 
 struct RandomDagOptions {
   int min_neurons = 4, max_neurons = 14;

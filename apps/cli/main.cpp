@@ -48,15 +48,9 @@ Checkpoint open_network(const std::string& path) {
 
 NeuronId parse_id(const std::string& text, const NeuralNetwork& network, const std::string& what) {
   if (network->spec().id_kind() == NeuronId::Kind::String) return NeuronId(text);
-  size_t used = 0;
-  int64_t v = 0;
-  try {
-    v = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != text.size() || text.empty()) fail("{}: \"{}\" is not an integer neuron id (this network's ids are integers)", what, text);
-  return NeuronId(v);
+  auto value = parse_integer(text);
+  if (!value) fail("{}: \"{}\" is not an integer neuron id (this network's ids are integers)", what, text);
+  return NeuronId(*value);
 }
 
 Edge parse_edge(const std::string& text, const NeuralNetwork& network, const std::string& what) {

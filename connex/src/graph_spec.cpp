@@ -238,17 +238,10 @@ std::vector<NeuronId> ids_from_json(const nlohmann::json& json, const std::strin
 // Adjacency keys are always strings in JSON; decide their kind from the rest of the graph.
 NeuronId key_to_id(const std::string& key, bool integer_graph, const JsonPlace& place) {
   if (!integer_graph) return NeuronId(key);
-  size_t used = 0;
-  int64_t value = 0;
-  try {
-    value = std::stoll(key, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != key.size() || key.empty())
-    fail("{}: {} key \"{}\" is not an integer, but the graph's other ids are integers", place.source,
-         place.path, key);
-  return NeuronId(value);
+  auto value = parse_integer(key);
+  if (!value)
+    fail("{}: {} key \"{}\" is not an integer, but the graph's other ids are integers", place.source, place.path, key);
+  return NeuronId(*value);
 }
 
 }  // namespace

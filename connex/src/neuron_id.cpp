@@ -22,6 +22,18 @@ const char* kind_name(NeuronId::Kind kind) {
 
 std::string edge_str(const Edge& edge) { return edge.first.str() + " -> " + edge.second.str(); }
 
+std::optional<int64_t> parse_integer(const std::string& text) {
+  size_t used = 0;
+  int64_t value = 0;
+  try {
+    value = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  if (used != text.size() || text.empty()) return std::nullopt;
+  return value;
+}
+
 std::string join_ids(const std::vector<NeuronId>& ids) {
   std::string out = "[";
   for (size_t i = 0; i < ids.size(); ++i) {

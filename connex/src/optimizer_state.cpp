@@ -40,16 +40,14 @@ std::unique_ptr<torch::optim::OptimizerParamState> remap_state(const torch::opti
                                                                const std::string& name, const KeyedPair* keyed) {
   auto r = [&](const torch::Tensor& t) { return remap_tensor(t, parameter, moved, keyed); };
   using namespace torch::optim;
-  if (auto* s = dynamic_cast<const AdamParamState*>(&state)) {
-    auto out = std::make_unique<AdamParamState>();
-    out->step(s->step()).exp_avg(r(s->exp_avg())).exp_avg_sq(r(s->exp_avg_sq())).max_exp_avg_sq(r(s->max_exp_avg_sq()));
-    return out;
-  }
-  if (auto* s = dynamic_cast<const AdamWParamState*>(&state)) {
-    auto out = std::make_unique<AdamWParamState>();
-    out->step(s->step()).exp_avg(r(s->exp_avg())).exp_avg_sq(r(s->exp_avg_sq())).max_exp_avg_sq(r(s->max_exp_avg_sq()));
-    return out;
-  }
+  // Adam and AdamW keep the same fields under different types.
+  auto adam_like = [&](const auto& s) {
+    auto out = std::make_unique<std::decay_t<decltype(s)>>();
+    out->step(s.step()).exp_avg(r(s.exp_avg())).exp_avg_sq(r(s.exp_avg_sq())).max_exp_avg_sq(r(s.max_exp_avg_sq()));
+    return std::unique_ptr<OptimizerParamState>(std::move(out));
+  };
+  if (auto* s = dynamic_cast<const AdamParamState*>(&state)) return adam_like(*s);
+  if (auto* s = dynamic_cast<const AdamWParamState*>(&state)) return adam_like(*s);
   if (auto* s = dynamic_cast<const SGDParamState*>(&state)) {
     auto out = std::make_unique<SGDParamState>();
     out->momentum_buffer(r(s->momentum_buffer()));

@@ -4,6 +4,7 @@
 // dense integer positions are an internal detail of a compiled Topology.
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 #include <variant>
@@ -60,6 +61,9 @@ struct EdgeHash {
     return e.first.hash() * 1000003u ^ e.second.hash();
   }
 };
+
+// The whole of `text` as a base-10 integer, or nullopt ("12" yes; "12a", "", "x" no).
+std::optional<int64_t> parse_integer(const std::string& text);
 
 // "[1, 2, 3]" — for messages.
 std::string join_ids(const std::vector<NeuronId>& ids);
