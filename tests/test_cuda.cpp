@@ -41,3 +41,28 @@ TEST(Cuda, ToDeviceMovesBuffersAndTrains) {
   EXPECT_LE(last * 10, first);
   EXPECT_THROW_MSG(net->forward(torch::zeros({2, 1})), "expected input on device cuda:0, got cpu");
 }
+
+TEST(Cuda, TechniquesAndEditsMatchCpu) {
+  REQUIRE_CUDA();
+  std::mt19937_64 rng(6);
+  for (int trial = 0; trial < 10; ++trial) {
+    auto spec = random_dag(rng, {4, 14, 0.35});
+    NeuralNetwork cpu(spec, NeuralNetworkOptions().dtype(torch::kFloat64).seed(trial).hidden_activation("tanh")
+                                .use_topo_norm(true).use_topo_self_attention(true).use_neuron_self_attention(true)
+                                .use_adaptive_activations(true));
+    auto gpu = std::dynamic_pointer_cast<NeuralNetworkImpl>(cpu->clone(torch::Device(torch::kCUDA)));
+    auto x = torch::randn({6, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
+    auto y_cpu = cpu->forward(x), y_gpu = gpu->forward(x.cuda());
+    ASSERT_TRUE(torch::allclose(y_cpu, y_gpu.cpu(), 1e-9, 1e-9));
+    y_cpu.sum().backward();
+    y_gpu.sum().backward();
+    auto a = cpu->named_parameters(), b = gpu->named_parameters();
+    for (const auto& p : a)
+      if (p.value().grad().defined()) ASSERT_TRUE(torch::allclose(p.value().grad(), b[p.key()].grad().cpu(), 1e-8, 1e-8)) << p.key();
+    // An edit of a CUDA network stays on CUDA and keeps its values.
+    NeuralNetwork on_gpu(gpu);
+    auto edited = edit(on_gpu).add_hidden_neurons({spec.id_kind() == NeuronId::Kind::String ? NeuronId("z") : NeuronId(99)}).build(1).network;
+    EXPECT_TRUE(edited->weight_tensor().is_cuda());
+    EXPECT_TRUE(torch::allclose(edited->forward(x.cuda()).cpu(), y_cpu, 1e-9, 1e-9));
+  }
+}
