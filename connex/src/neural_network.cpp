@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "connex/error.h"
+#include "connex/fused_kernel.h"
 #include "connex/techniques.h"
 
 namespace connex {
@@ -85,6 +86,18 @@ NeuralNetworkImpl::NeuralNetworkImpl(std::shared_ptr<const Topology> topology,
     check_probability(p, "of neuron " + id.str());
     dropout_[d] = p;
   }
+  // The planner's whole-network choice. The fused kernel runs the network as
+  // one autograd function: it wins where per-op overhead dominates (small
+  // networks) or levels are sparse; layered dense networks keep BLAS matmuls.
+  fused_eligible_ = operations_.empty() && fused_supports(options_.hidden_activation()) &&
+                    (options_.dtype() == torch::kFloat32 || options_.dtype() == torch::kFloat64) && !options_.force_kernel();
+  int64_t dense_connections = 0;
+  for (const auto& level : topology_->levels())
+    if (level.kernel == LevelKernel::DenseView) dense_connections += level.num_connections();
+  const bool small = topology_->num_connections() <= 4096;
+  fused_preferred_ = options_.fused() ? *options_.fused() : (small || dense_connections * 2 < topology_->num_connections());
+  if (options_.fused() && *options_.fused() && !fused_eligible_)
+    fail("NeuralNetwork(): fused(true) needs a built-in activation other than softmax, float32 or float64, no operations and no forced kernel");
   reset();
 }
 
@@ -94,6 +107,8 @@ NeuralNetworkImpl::NeuralNetworkImpl(const NeuralNetworkImpl& other)
       topology_(other.topology_),
       dropout_(other.dropout_),
       frozen_(other.frozen_),
+      fused_eligible_(other.fused_eligible_),
+      fused_preferred_(other.fused_preferred_),
       operations_(other.operations_) {
   options_.hidden_activation(other.options_.hidden_activation().deep_copy());
   options_.output_transformation(other.options_.output_transformation().deep_copy());
@@ -187,6 +202,14 @@ NeuralNetworkImpl::GatherTensors NeuralNetworkImpl::register_gather(const Gather
 
 // ------------------------------------------------------------------ forward
 
+bool NeuralNetworkImpl::uses_fused_kernel() const {
+  if (!fused_eligible_ || !fused_preferred_ || !weight_.device().is_cpu()) return false;
+  if (is_training())
+    for (const auto& level : levels_)
+      if (level.keep_prob.defined()) return false;  // dropout runs on the per-batch path
+  return true;
+}
+
 void NeuralNetworkImpl::check_input(const torch::Tensor& x) const {
   const int64_t n_in = num_inputs();
   if (!x.defined()) fail("NeuralNetwork::forward(): the input tensor is undefined");
@@ -231,6 +254,13 @@ torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x) {
   const Topology& topo = *topology_;
   const bool single = x.dim() == 1;
   const int64_t batch = single ? 1 : x.size(0);
+
+  if (uses_fused_kernel()) {
+    auto x_t = (single ? x.unsqueeze(1) : x.t()).contiguous();
+    auto out = fused_forward(topology_, options_.hidden_activation(), x_t, weight_, bias_);  // [outputs, batch]
+    out = single ? out.squeeze(1) : out.t();
+    return options_.output_transformation()(out);
+  }
 
   // Values are kept neuron-major, [neurons, batch]: gathering whole rows along
   // the leading dimension is the fast direction, and each level is its own

@@ -134,6 +134,17 @@ std::shared_ptr<const Topology> Topology::compile(const GraphSpec& spec,
     std::sort(topo->conn_source_.begin() + topo->in_offsets_[d],
               topo->conn_source_.begin() + topo->in_offsets_[d + 1]);
 
+  // The same connections grouped by source (for backward passes that gather
+  // gradients per source instead of scattering them).
+  topo->out_offsets_.assign(n + 1, 0);
+  for (int64_t c = 0; c < m; ++c) ++topo->out_offsets_[topo->conn_source_[c] + 1];
+  std::partial_sum(topo->out_offsets_.begin(), topo->out_offsets_.end(), topo->out_offsets_.begin());
+  topo->out_connections_.resize(m);
+  {
+    std::vector<int64_t> fill(topo->out_offsets_.begin(), topo->out_offsets_.end() - 1);
+    for (int64_t c = 0; c < m; ++c) topo->out_connections_[fill[topo->conn_source_[c]]++] = c;
+  }
+
   // Level table.
   topo->levels_.resize(depth + 1);
   {

@@ -43,6 +43,10 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
 
   void pretty_print(std::ostream& stream) const override;
 
+  // Whether forward() would take the fused whole-network kernel right now
+  // (it depends on device, dtype, training mode and dropout).
+  bool uses_fused_kernel() const;
+
   // ---- structure
   const GraphSpec& spec() const { return topology_->spec(); }
   const Topology& topology() const { return *topology_; }
@@ -119,6 +123,8 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   torch::Tensor weight_, bias_;
   torch::Tensor weight_grad_mask_, bias_grad_mask_;
   bool frozen_ = false;
+  bool fused_eligible_ = false;   // structure and options allow the fused kernel
+  bool fused_preferred_ = false;  // and the planner prefers it
   std::vector<LevelTensors> levels_;  // index 0: the input level (dropout only)
   GatherTensors output_gather_;
   std::vector<BatchOperationPtr> operations_;

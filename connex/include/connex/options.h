@@ -48,6 +48,9 @@ struct NeuralNetworkOptions {
   // Execution layout; tests force a kernel to compare paths.
   TORCH_ARG(double, dense_threshold) = 0.1;
   TORCH_ARG(std::optional<LevelKernel>, force_kernel) = std::nullopt;
+  // The fused whole-network CPU kernel (fused_kernel.h): nullopt lets the
+  // network choose; true/false force it where it applies (see README).
+  TORCH_ARG(std::optional<bool>, fused) = std::nullopt;
 };
 
 }  // namespace connex

@@ -101,6 +101,9 @@ class Topology {
   const std::vector<int64_t>& conn_target() const { return conn_target_; }
   // Connections into dense id n are [in_offsets()[n], in_offsets()[n + 1]).
   const std::vector<int64_t>& in_offsets() const { return in_offsets_; }
+  // Connections out of dense id n are out_connections()[out_offsets()[n] .. out_offsets()[n + 1]).
+  const std::vector<int64_t>& out_offsets() const { return out_offsets_; }
+  const std::vector<int64_t>& out_connections() const { return out_connections_; }
   // Index of connection source -> target (dense ids), or -1.
   int64_t connection_index(int64_t source, int64_t target) const;
   // Position of a non-input neuron's bias.
@@ -123,6 +126,7 @@ class Topology {
   std::vector<int64_t> output_ids_;
   GatherPlan output_gather_;
   std::vector<int64_t> conn_source_, conn_target_, in_offsets_;
+  std::vector<int64_t> out_offsets_, out_connections_;
 };
 
 }  // namespace connex

@@ -1,0 +1,25 @@
+#pragma once
+// The fused CPU path: the whole network's forward and backward as one
+// autograd function over the flat connection layout, instead of a few torch
+// ops per batch. Per batch, neurons run in parallel; each computes its
+// pre-activation as a sum of weight × source row (contiguous over the batch
+// dimension), and backward gathers each neuron's gradient from its outgoing
+// connections (grouped by source), so no two threads write the same row.
+// It pays where per-op overhead dominates (small networks) and where levels
+// are sparse; dense layered networks stay on the matmul path.
+#include <torch/types.h>
+
+#include "connex/tensor_function.h"
+#include "connex/topology.h"
+
+namespace connex {
+
+// Built-in element-wise activations the fused kernel differentiates itself.
+bool fused_supports(const TensorFunction& activation);
+
+// x_t: [inputs, batch] -> [outputs, batch] (output order), differentiable
+// with respect to x_t, weight and bias.
+torch::Tensor fused_forward(const std::shared_ptr<const Topology>& topology, const TensorFunction& activation,
+                            const torch::Tensor& x_t, const torch::Tensor& weight, const torch::Tensor& bias);
+
+}  // namespace connex
