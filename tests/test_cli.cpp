@@ -240,3 +240,29 @@ TEST_F(CliBadInput, InvalidEdit) {
   expect_failure("edit run/model.ckpt --add-connection 8:2", "add_connections(): edge 8 -> 2 would create the cycle 2 -> 4 -> 6 -> 8 -> 2");
   expect_failure("edit run/model.ckpt --remove-neuron x", "--remove-neuron: \"x\" is not an integer neuron id");
 }
+
+// Regressions found by review.
+TEST_F(CliBadInput, NonPositiveThreads) { expect_failure("--threads 0 inspect x.json", "--threads"); }
+TEST_F(CliBadInput, NanThreshold) {
+  ASSERT_EQ(connex_cli("train --epochs 2 --out run", dir).code, 0);
+  expect_failure("prune run/model.ckpt --threshold nan", "--threshold must be a finite number");
+}
+TEST_F(CliBadInput, ColumnAsFeatureAndTarget) {
+  write_regression_csv(dir / "d.csv", 10);
+  spit(dir / "net.json", R"({"graph": {"prebuilt": "MLP", "input_size": 1, "output_size": 1, "width": 2, "depth": 1}})");
+  expect_failure("train net.json --data d.csv --features y --target y", "column \"y\" is named both as a feature and as a target");
+}
+TEST(Cli, PngPathIsNeverAShellCommand) {
+  TempDir dir;
+  ASSERT_EQ(connex_cli("train --epochs 2 --out run", dir).code, 0);
+  auto r = connex_cli("export run/model.ckpt --format png --out \"x';touch INJECTED;'.png\"", dir);
+  EXPECT_FALSE(fs::exists(dir / "INJECTED"));
+  if (r.code == 0) EXPECT_TRUE(fs::exists(dir / "x';touch INJECTED;'.png"));
+}
+TEST(Cli, StandardizeASingleRow) {
+  TempDir dir;
+  spit(dir / "one.csv", "x,y\n1,2\n");
+  spit(dir / "net.json", R"({"graph": {"prebuilt": "MLP", "input_size": 1, "output_size": 1, "width": 2, "depth": 1}})");
+  auto r = connex_cli("train net.json --data one.csv --standardize --epochs 3 --out run", dir);
+  EXPECT_EQ(r.code, 0) << r.err;
+}

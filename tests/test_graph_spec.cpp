@@ -188,3 +188,27 @@ TEST(Topology, InvariantsOverRandomGraphs) {
         ASSERT_EQ(topo->role(d) == Role::Output, d >= level.hidden_end);
   }
 }
+
+// Regressions found by review.
+TEST(GraphSpec, AdjacencyWithEmptyInputsIsAnErrorNotACrash) {
+  EXPECT_THROW_MSG(GraphSpec::from_json(nlohmann::json::parse(R"({"inputs":[],"outputs":[1],"adjacency":{"0":[1]}})")),
+                   "no input neurons given");
+  EXPECT_THROW_MSG(GraphSpec::from_json(nlohmann::json::parse(R"({"inputs":[],"outputs":[],"adjacency":{"0":[1]}})")),
+                   "no input neurons given");
+}
+
+TEST(GraphSpec, RejectsIdsBeyondTheSigned64BitRange) {
+  EXPECT_THROW_MSG(GraphSpec::from_json(nlohmann::json::parse(
+                       R"({"edges":[[18446744073709551615,1]],"inputs":[18446744073709551615],"outputs":[1]})")),
+                   "/inputs/0 is 18446744073709551615, beyond the 64-bit signed range");
+}
+
+TEST(GraphSpec, CsvReaderEdgeCases) {
+  auto bom = parse_csv("\xEF\xBB\xBFx,y\n1,2\n", "b.csv");
+  EXPECT_EQ(bom.columns[0], "x");
+  auto tiny = parse_csv("x\n1e-310\n", "t.csv");
+  EXPECT_GT(tiny.rows[0][0], 0.0);
+  EXPECT_THROW_MSG(parse_csv("x\n1e400\n", "o.csv"), "o.csv:2: column 1 (\"x\"): \"1e400\" is not a number");
+  EXPECT_THROW_MSG(parse_csv("", "e.csv"), "e.csv: the file is empty");
+  EXPECT_THROW_MSG(parse_csv("a,a\n1,2\n", "d.csv"), "d.csv:1: the header names column \"a\" twice");
+}

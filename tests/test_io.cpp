@@ -349,3 +349,44 @@ TEST(Export, PythonReproducesOutputs) {
   if (code == 77 || code == 127) GTEST_SKIP() << "python3 with torch and networkx is not installed";
   EXPECT_EQ(code, 0);
 }
+
+// Regressions found by review.
+TEST_F(BadCheckpoint, OptimizerHeaderWithWrongTypes) {
+  torch::optim::Adam adam(net->parameters());
+  save(net, path, &adam);
+  reseal(path, [](nlohmann::json& h, uint32_t&) { h["optimizer"]["offset"] = "x"; });
+  EXPECT_THROW_MSG(load(path), path + ": /optimizer must be");
+}
+
+TEST_F(BadCheckpoint, RepeatedTensorEntry) {
+  reseal(path, [](nlohmann::json& h, uint32_t&) { h["tensors"].push_back(h["tensors"][0]); });
+  EXPECT_THROW_MSG(load(path), "holds tensor \"weight\" twice");
+}
+
+TEST_F(BadCheckpoint, OptimizerStateOfAnotherNetwork) {
+  auto other = nn::MLP(1, 1, 5, 1, kDouble);
+  torch::optim::Adam other_adam(other->parameters());
+  other->forward(torch::ones({2, 1}, torch::kFloat64)).sum().backward();
+  other_adam.step();
+  save(other, dir / "other.ckpt", &other_adam);
+  // Graft: this network's tensors, the other network's optimizer bytes.
+  auto donor = load_checkpoint(dir / "other.ckpt");
+  auto checkpoint = load_checkpoint(path);
+  checkpoint.optimizer_state = donor.optimizer_state;
+  torch::optim::Adam adam(checkpoint.network->parameters());
+  EXPECT_THROW_MSG(load_optimizer_state(checkpoint, adam, "graft.ckpt"),
+                   "the optimizer state in graft.ckpt has shape [10] for parameter 0 of shape [6]");
+  EXPECT_TRUE(adam.state().empty());
+}
+
+TEST(GraphExport, ImportNamesNodeLinkPathsAndRejectsOverflow) {
+  auto bad = [](const std::string& text) { return from_node_link_json(nlohmann::json::parse(text), "g.json"); };
+  EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":true,"target":1,"weight":1}]})"),
+                   "g.json: /links/0/source must be an integer or a string neuron id, got true");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0},{"id":1.5,"bias":0}],"links":[]})"),
+                   "g.json: /nodes/1/id must be an integer or a string neuron id, got 1.5");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":0,"target":1,"weight":1e300}]})"),
+                   "g.json: /links/0/weight 1e+300 does not fit the network's dtype");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1],"operation_parameters":{"weight":{"shape":[1],"values":[5]}}},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":0,"target":1,"weight":1}]})"),
+                   "/graph/operation_parameters/weight names no operation parameter");
+}

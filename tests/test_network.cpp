@@ -315,3 +315,23 @@ TEST(Prebuilt, MlpMatchesLinearLayers) {
   auto expected = torch::linear(torch::tanh(torch::linear(x, w1, b1)), w2, b2);
   EXPECT_TRUE(torch::allclose(net->forward(x), expected, 1e-12, 1e-12));
 }
+
+// Regressions found by review.
+TEST(NeuralNetwork, TopoSortOptionIsHonoured) {
+  auto spec = GraphSpec::from_edges({{0, 1}, {0, 2}, {1, 3}, {2, 3}}, {0}, {3});
+  NeuralNetwork sorted(spec, NeuralNetworkOptions().topo_sort(std::vector<NeuronId>{0, 2, 1, 3}));
+  EXPECT_EQ(sorted->topological_batches()[0], (std::vector<NeuronId>{2, 1}));
+  EXPECT_THROW_MSG(NeuralNetwork(spec, NeuralNetworkOptions().topo_sort(std::vector<NeuronId>{5, 0, 1, 2})),
+                   "topo_sort names neuron 5, which is not in the graph");
+  EXPECT_THROW_MSG(NeuralNetwork(spec, NeuralNetworkOptions().topo_sort(std::vector<NeuronId>{3, 2, 1, 0})),
+                   "topo_sort places 1 before 0, which violates the edge 0 -> 1");
+}
+
+TEST(NeuralNetwork, Float16OnCpuSaysWhy) {
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().dtype(torch::kFloat16));
+  EXPECT_THROW_MSG(net->forward(torch::zeros({2, 1}, torch::kFloat16)), "float16 does not run on the CPU");
+}
+
+TEST(Prebuilt, HugeSizesAreAnErrorNotBadAlloc) {
+  EXPECT_THROW_MSG(nn::DenseMLP(1, 1, 100000000, 3), "DenseMLP(): 3e+08 neurons and 3e+16 connections is more than connex builds");
+}

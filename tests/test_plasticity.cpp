@@ -380,3 +380,10 @@ TEST(OptimizerContinuity, SurvivorsKeepMomentsNewEntriesStartAtZero) {
   EXPECT_THROW_MSG(transfer_optimizer_state(adam, net, *std::make_unique<torch::optim::SGD>(result.network->parameters(), 0.1), result),
                    "the optimizers differ in type");
 }
+
+// Regression found by review: dropout entries follow neurons added and removed in one batch.
+TEST(Plasticity, DropoutOfANeuronAddedAndRemovedInOneBatch) {
+  NeuralNetwork net(readme_spec());
+  auto result = edit(net).add_hidden_neurons({100}).set_dropout_p(DropoutSpec({{100, 0.5}})).remove_neurons({100}).build();
+  EXPECT_EQ(result.network->num_neurons(), 12);
+}

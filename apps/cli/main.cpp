@@ -1,6 +1,8 @@
 // connex: the command line. Subcommands train, prune, edit, export, inspect
 // and bench; every failure is one line on stderr and a non-zero exit, and
 // files are only ever written whole (temporary file + rename).
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -57,6 +59,19 @@ Edge parse_edge(const std::string& text, const NeuralNetwork& network, const std
   const size_t colon = text.find(':');
   if (colon == std::string::npos) fail("{}: \"{}\" is not of the form FROM:TO", what, text);
   return {parse_id(text.substr(0, colon), network, what), parse_id(text.substr(colon + 1), network, what)};
+}
+
+// Runs a program found on PATH with these arguments, without a shell; its exit
+// status, or 127 when it cannot be started.
+int run_program(const std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  if (posix_spawnp(&pid, argv[0], nullptr, nullptr, argv.data(), environ) != 0) return 127;
+  int status = 0;
+  if (waitpid(pid, &status, 0) < 0) return 127;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }
 
 torch::Device parse_device(const std::string& name) {
@@ -156,6 +171,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
 int cmd_prune(const std::string& path, std::optional<double> threshold, std::optional<double> fraction, const DataArgs& d,
               const TrainArgs& t, const std::string& out) {
   if (threshold.has_value() == fraction.has_value()) fail("prune: give exactly one of --threshold and --fraction");
+  if (threshold && !(*threshold >= 0 && std::isfinite(*threshold))) fail("prune: --threshold must be a finite number >= 0, got {}", *threshold);
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
   Dataset data = load_dataset(d.options(), net);
@@ -246,13 +262,12 @@ int cmd_export(const std::string& path, const std::string& format, const std::st
   } else if (format == "json" || format == "graphml" || format == "dot") {
     const std::string text = format == "json" ? to_node_link_json(net).dump(1) + "\n" : format == "graphml" ? to_graphml(net) : to_dot(net);
     write_file_atomically(out, text, "export");
-  } else {  // png through Graphviz
-    if (std::system("command -v dot > /dev/null 2>&1") != 0) fail("export --format png needs Graphviz's dot, which is not installed");
+  } else {  // png through Graphviz, run directly (no shell: the paths are the user's)
     const std::string dot_file = out + ".dot.tmp", png_tmp = out + ".tmp.png";
     write_file_atomically(dot_file, to_dot(net), "export");
-    const std::string cmd = "dot -Tpng -o '" + png_tmp + "' '" + dot_file + "'";
-    const int status = std::system(cmd.c_str());
+    const int status = run_program({"dot", "-Tpng", "-o", png_tmp, dot_file});
     fs::remove(dot_file);
+    if (status == 127) fail("export --format png needs Graphviz's dot, which is not installed");
     if (status != 0) {
       fs::remove(png_tmp);
       fail("export: dot failed to draw {}", out);
@@ -316,7 +331,7 @@ int main(int argc, char** argv) {
   CLI::App app{"connex: train, prune, edit, export and inspect DAG neural networks"};
   app.require_subcommand(1);
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  app.add_option("--threads", threads, "intra-op threads (default: all cores)");
+  app.add_option("--threads", threads, "intra-op threads (default: all cores)")->check(CLI::Range(1, 1024));
 
   std::string config, path, out, format;
   DataArgs data;

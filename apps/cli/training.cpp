@@ -56,6 +56,9 @@ Dataset load_dataset(const DataOptions& options, const NeuralNetwork& network) {
   if (feature_cols.empty())
     for (int64_t j = 0; j < n_cols; ++j)
       if (std::find(target_cols.begin(), target_cols.end(), j) == target_cols.end()) feature_cols.push_back(j);
+  for (int64_t j : feature_cols)
+    if (std::find(target_cols.begin(), target_cols.end(), j) != target_cols.end())
+      fail("{}: column \"{}\" is named both as a feature and as a target", options.path, table.columns[j]);
   for (int64_t j : feature_cols) data.feature_names.push_back(table.columns[j]);
   for (int64_t j : target_cols) data.target_names.push_back(table.columns[j]);
 
@@ -68,7 +71,9 @@ Dataset load_dataset(const DataOptions& options, const NeuralNetwork& network) {
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t k = 0; k < n_in; ++k) xa[i][k] = table.rows[i][feature_cols[k]];
   if (options.standardize) {
-    auto std = x.std(0, true, true).clamp_min(1e-12);
+    // A constant column (or a single row) has no spread: leave its scale alone.
+    auto std = x.std(0, true, true);
+    std = torch::where(torch::isfinite(std) & (std > 1e-12), std, torch::ones_like(std));
     x = (x - x.mean(0, true)) / std;
   }
   data.x = x.to(torch::kFloat32);

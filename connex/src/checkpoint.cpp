@@ -135,7 +135,8 @@ Checkpoint load_checkpoint(const std::string& path) {
   for (const auto& entry : header.at("tensors")) {
     if (!entry.is_object() || !entry.contains("name") || !entry.at("name").is_string())
       fail("load(): {} has a malformed tensor entry {}", path, entry.dump());
-    saved[entry.at("name").get<std::string>()] = &entry;
+    if (!saved.emplace(entry.at("name").get<std::string>(), &entry).second)
+      fail("load(): {} holds tensor \"{}\" twice", path, entry.at("name").get<std::string>());
   }
   torch::NoGradGuard no_grad;
   for (auto& [name, tensor] : expected) {
@@ -167,9 +168,12 @@ Checkpoint load_checkpoint(const std::string& path) {
   if (!saved.empty())
     fail("load(): {} holds tensor \"{}\", which its network's structure does not have", path, saved.begin()->first);
 
-  if (header.contains("optimizer") && header.at("optimizer").is_object()) {
+  if (header.contains("optimizer") && !header.at("optimizer").is_null()) {
     const auto& o = header.at("optimizer");
-    const auto offset = o.value("offset", uint64_t{0}), nbytes = o.value("nbytes", uint64_t{0});
+    if (!o.is_object() || !o.contains("offset") || !o.at("offset").is_number_unsigned() || !o.contains("nbytes") ||
+        !o.at("nbytes").is_number_unsigned() || (o.contains("type") && !o.at("type").is_string()))
+      fail("load(): {}: /optimizer must be {{\"offset\": n, \"nbytes\": n, \"type\": \"...\"}}, got {}", path, o.dump());
+    const auto offset = o.at("offset").get<uint64_t>(), nbytes = o.at("nbytes").get<uint64_t>();
     if (offset > data_size || nbytes > data_size - offset) fail("load(): {}: the optimizer state has an inconsistent byte range", path);
     checkpoint.optimizer_state = file.substr(data_begin + offset, nbytes);
     checkpoint.optimizer_type = o.value("type", std::string("other"));
@@ -187,8 +191,32 @@ void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer&
     archive.load_from(bytes);
     optimizer.load(archive);
   } catch (const std::exception& e) {
+    optimizer.state().clear();
     fail("load_optimizer_state(): the optimizer state in {} does not fit this optimizer: {}", path, e.what());
   }
+  // torch's loader does not compare the state's shapes with the parameters': do it here.
+  size_t index = 0;
+  for (const auto& group : optimizer.param_groups())
+    for (const auto& p : group.params()) {
+      auto it = optimizer.state().find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+      if (it != optimizer.state().end()) {
+        std::vector<torch::Tensor> tensors;
+        using namespace torch::optim;
+        if (auto* s = dynamic_cast<AdamParamState*>(it->second.get())) tensors = {s->exp_avg(), s->exp_avg_sq(), s->max_exp_avg_sq()};
+        if (auto* s = dynamic_cast<AdamWParamState*>(it->second.get())) tensors = {s->exp_avg(), s->exp_avg_sq(), s->max_exp_avg_sq()};
+        if (auto* s = dynamic_cast<SGDParamState*>(it->second.get())) tensors = {s->momentum_buffer()};
+        if (auto* s = dynamic_cast<RMSpropParamState*>(it->second.get())) tensors = {s->square_avg(), s->momentum_buffer(), s->grad_avg()};
+        if (auto* s = dynamic_cast<AdagradParamState*>(it->second.get())) tensors = {s->sum()};
+        for (const auto& t : tensors)
+          if (t.defined() && !t.sizes().equals(p.sizes())) {
+            const std::string shape = fmt::format("[{}]", fmt::join(t.sizes(), ", "));
+            optimizer.state().clear();
+            fail("load_optimizer_state(): the optimizer state in {} has shape {} for parameter {} of shape [{}]; it belongs to another network",
+                 path, shape, index, fmt::join(p.sizes(), ", "));
+          }
+      }
+      ++index;
+    }
 }
 
 }  // namespace connex

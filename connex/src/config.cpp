@@ -18,6 +18,8 @@ constexpr int kConfigVersion = 1;
 json id_json(const NeuronId& id) { return id.is_integer() ? json(id.as_integer()) : json(id.as_string()); }
 
 NeuronId id_from(const json& value, const std::string& source, const std::string& path) {
+  if (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+    fail("{}: {} is {}, beyond the 64-bit signed range of integer neuron ids", source, path, value.dump());
   if (value.is_number_integer()) return NeuronId(value.get<int64_t>());
   if (value.is_string()) return NeuronId(value.get<std::string>());
   fail("{}: {} must be an integer or a string neuron id, got {}", source, path, value.dump());

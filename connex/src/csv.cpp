@@ -39,7 +39,8 @@ int64_t CsvTable::column_index(const std::string& name) const {
 CsvTable parse_csv(const std::string& text, const std::string& source) {
   CsvTable table;
   table.source = source;
-  size_t pos = 0;
+  // A UTF-8 byte-order mark (spreadsheets write one) is not part of the first column's name.
+  size_t pos = text.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;
   int64_t line_no = 0;
   bool header = true;
   while (pos <= text.size()) {
@@ -71,7 +72,8 @@ CsvTable parse_csv(const std::string& text, const std::string& source) {
       char* stop = nullptr;
       errno = 0;
       const double v = cell.empty() ? 0.0 : std::strtod(cell.c_str(), &stop);
-      if (cell.empty() || stop != cell.c_str() + cell.size() || errno == ERANGE)
+      // ERANGE on underflow still yields a usable (subnormal or zero) value; on overflow it is ±HUGE_VAL.
+      if (cell.empty() || stop != cell.c_str() + cell.size() || (errno == ERANGE && std::abs(v) == HUGE_VAL))
         fail("{}:{}: column {} (\"{}\"): \"{}\" is not a number", source, line_no, j + 1, table.columns[j], cell);
       if (!std::isfinite(v))
         fail("{}:{}: column {} (\"{}\"): {} is not a finite number", source, line_no, j + 1, table.columns[j], cell);

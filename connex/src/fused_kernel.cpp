@@ -158,7 +158,7 @@ void run_backward(const Topology& topo, Act act, const T* w, const T* V, const T
 class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x_t, torch::Tensor weight,
-                               torch::Tensor bias, torch::Tensor topology_holder, int64_t act) {
+                               torch::Tensor bias, torch::Tensor topology_holder, torch::Tensor output_ids, int64_t act) {
     const Topology& topo = held(topology_holder);
     const int64_t B = x_t.size(1), N = topo.num_neurons(), n_in = topo.num_inputs();
     auto V = torch::empty({N, B}, x_t.options());
@@ -169,10 +169,9 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
       run_forward<scalar_t>(topo, static_cast<Act>(act), w.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
                             V.data_ptr<scalar_t>(), Z.data_ptr<scalar_t>(), B);
     });
-    ctx->save_for_backward({w, V, Z, topology_holder});
+    ctx->save_for_backward({w, V, Z, topology_holder, output_ids});
     ctx->saved_data["act"] = act;
-    auto ids = torch::tensor(topo.output_ids(), torch::kLong);
-    return V.index_select(0, ids);
+    return V.index_select(0, output_ids);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -183,7 +182,7 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
     const Act act = static_cast<Act>(ctx->saved_data["act"].toInt());
     const int64_t B = V.size(1), N = topo.num_neurons(), n_in = topo.num_inputs();
     auto G = torch::zeros({N, B}, V.options());
-    G.index_add_(0, torch::tensor(topo.output_ids(), torch::kLong), grads[0].contiguous());
+    G.index_add_(0, saved[4], grads[0].contiguous());
     auto GZ = torch::empty({N - n_in, B}, V.options());
     auto gw = torch::empty_like(w), gb = torch::empty({N - n_in}, V.options()), gx = torch::empty({n_in, B}, V.options());
     AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "connex_fused_backward", [&] {
@@ -191,7 +190,7 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
                              G.data_ptr<scalar_t>(), GZ.data_ptr<scalar_t>(), gw.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(),
                              gx.data_ptr<scalar_t>(), B);
     });
-    return {gx, gw, gb, torch::Tensor(), torch::Tensor()};
+    return {gx, gw, gb, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -199,11 +198,15 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
 
 bool fused_supports(const TensorFunction& activation) { return act_of(activation).has_value(); }
 
-torch::Tensor fused_forward(const std::shared_ptr<const Topology>& topology, const TensorFunction& activation,
-                            const torch::Tensor& x_t, const torch::Tensor& weight, const torch::Tensor& bias) {
+FusedPlan make_fused_plan(const std::shared_ptr<const Topology>& topology, const TensorFunction& activation) {
   auto act = act_of(activation);
   if (!act) fail("fused_forward(): activation \"{}\" is not a built-in the fused kernel knows", activation.name());
-  return FusedNetwork::apply(x_t.contiguous(), weight, bias, hold(topology), static_cast<int64_t>(*act));
+  return {hold(topology), torch::tensor(topology->output_ids(), torch::kLong), static_cast<int64_t>(*act)};
+}
+
+torch::Tensor fused_forward(const FusedPlan& plan, const torch::Tensor& x_t, const torch::Tensor& weight,
+                            const torch::Tensor& bias) {
+  return FusedNetwork::apply(x_t.contiguous(), weight, bias, plan.topology_holder, plan.output_ids, plan.activation);
 }
 
 }  // namespace connex

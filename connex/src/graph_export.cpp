@@ -1,6 +1,7 @@
 #include "connex/graph_export.h"
 
 #include <cmath>
+#include <limits>
 #include <sstream>
 
 #include <torch/torch.h>
@@ -92,17 +93,26 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
   if (!nodes.is_array()) fail("{}: /nodes must be an array", source);
   if (!links.is_array()) fail("{}: /links must be an array", source);
 
+  auto check_id = [&](const json& v, const std::string& path) -> const json& {
+    if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+      fail("{}: {} is {}, beyond the 64-bit signed range of integer neuron ids", source, path, v.dump());
+    if (!v.is_number_integer() && !v.is_string())
+      fail("{}: {} must be an integer or a string neuron id, got {}", source, path, v.dump());
+    return v;
+  };
   json spec_json;
   spec_json["inputs"] = need(graph, "inputs", "/graph");
   spec_json["outputs"] = need(graph, "outputs", "/graph");
   spec_json["neurons"] = json::array();
-  for (size_t i = 0; i < nodes.size(); ++i) spec_json["neurons"].push_back(need(nodes[i], "id", fmt::format("/nodes/{}", i)));
+  for (size_t i = 0; i < nodes.size(); ++i)
+    spec_json["neurons"].push_back(check_id(need(nodes[i], "id", fmt::format("/nodes/{}", i)), fmt::format("/nodes/{}/id", i)));
   spec_json["edges"] = json::array();
   for (size_t i = 0; i < links.size(); ++i) {
     const std::string path = fmt::format("/links/{}", i);
-    spec_json["edges"].push_back({need(links[i], "source", path), need(links[i], "target", path)});
+    spec_json["edges"].push_back({check_id(need(links[i], "source", path), path + "/source"),
+                                  check_id(need(links[i], "target", path), path + "/target")});
   }
-  GraphSpec spec = GraphSpec::from_json(spec_json, source);
+  GraphSpec spec = GraphSpec::from_json(spec_json, source, "/graph");
   std::vector<Edge> raw_edges;  // in file order, repeats included
   for (const auto& pair : spec_json["edges"])
     raw_edges.emplace_back(pair[0].is_number_integer() ? NeuronId(pair[0].get<int64_t>()) : NeuronId(pair[0].get<std::string>()),
@@ -110,6 +120,11 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
   NeuralNetworkOptions options = graph.contains("options") ? options_from_json(graph.at("options"), source) : NeuralNetworkOptions();
   NeuralNetwork network(spec, options);
 
+  // A value must be finite in the network's dtype (1e300 would load as inf in float32).
+  const double max_value = network->options().dtype() == torch::kFloat64 ? std::numeric_limits<double>::max()
+                         : network->options().dtype() == torch::kFloat16 ? 65504.0
+                                                                          : static_cast<double>(std::numeric_limits<float>::max());
+  auto fits = [&](double v) { return std::isfinite(v) && std::abs(v) <= max_value; };
   // Values: set through the flat tensors (one write per tensor, not per value).
   const Topology& topo = network->topology();
   auto weights = network->weight_tensor().detach().to(torch::kFloat64).contiguous();
@@ -122,6 +137,7 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
     const auto& [u, v] = raw_edges[i];
     const auto& weight = need(links[i], "weight", fmt::format("/links/{}", i));
     if (!weight.is_number()) fail("{}: /links/{}/weight must be a number, got {}", source, i, weight.dump());
+    if (!fits(weight.get<double>())) fail("{}: /links/{}/weight {} does not fit the network's dtype", source, i, weight.dump());
     w[topo.connection_index(topo.dense_of(u), topo.dense_of(v))] = weight.get<double>();
   }
   for (size_t i = 0; i < nodes.size(); ++i) {
@@ -129,6 +145,7 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
     if (topo.role(d) == Role::Input) continue;
     const auto& bias = need(nodes[i], "bias", fmt::format("/nodes/{}", i));
     if (!bias.is_number()) fail("{}: /nodes/{}/bias must be a number, got {}", source, i, bias.dump());
+    if (!fits(bias.get<double>())) fail("{}: /nodes/{}/bias {} does not fit the network's dtype", source, i, bias.dump());
     b[topo.bias_index(d)] = bias.get<double>();
   }
   torch::NoGradGuard no_grad;
@@ -140,8 +157,8 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
     auto named = network->named_parameters();
     for (auto it = saved.begin(); it != saved.end(); ++it) {
       const std::string path = "/graph/operation_parameters/" + it.key();
-      auto* target = named.find(it.key());
-      if (!target) fail("{}: {} names no parameter of this network", source, path);
+      auto* target = it.key().find('.') == std::string::npos ? nullptr : named.find(it.key());
+      if (!target) fail("{}: {} names no operation parameter of this network", source, path);
       try {
         auto values = torch::tensor(it.value().at("values").get<std::vector<double>>(), torch::kFloat64);
         const auto shape = it.value().at("shape").get<std::vector<int64_t>>();

@@ -216,6 +216,8 @@ struct JsonPlace {
 };
 
 NeuronId id_from_json(const nlohmann::json& value, const JsonPlace& place) {
+  if (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+    fail("{}: {} is {}, beyond the 64-bit signed range of integer neuron ids", place.source, place.path, value.dump());
   if (value.is_number_integer()) return NeuronId(value.get<int64_t>());
   if (value.is_string()) return NeuronId(value.get<std::string>());
   fail("{}: {} must be an integer or a string neuron id, got {}", place.source, place.path, value.dump());
@@ -272,7 +274,9 @@ GraphSpec GraphSpec::from_json(const nlohmann::json& json, const std::string& so
     const auto here = place.at("adjacency");
     if (!map.is_object()) fail("{}: {} must be an object, got {}", source, here.path, map.type_name());
     // The kind of the keys follows the ids written elsewhere (inputs come first).
-    bool integer_graph = inputs.front().is_integer();
+    const NeuronId* witness = !inputs.empty() ? &inputs.front() : !outputs.empty() ? &outputs.front()
+                            : !neurons.empty() ? &neurons.front() : nullptr;
+    const bool integer_graph = witness == nullptr || witness->is_integer();
     // JSON objects are unordered (nlohmann keeps keys sorted as text); order
     // integer keys by value so "10" follows "9". List "neurons" to fix any order.
     std::vector<std::pair<NeuronId, const nlohmann::json*>> entries;

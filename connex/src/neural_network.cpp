@@ -35,8 +35,10 @@ std::string shape_str(at::IntArrayRef sizes) { return fmt::format("[{}]", fmt::j
 
 }  // namespace
 
+// `options` is passed on by copy: with a move, the compiler may move it out
+// before compile_options() reads it (argument order is unspecified).
 NeuralNetworkImpl::NeuralNetworkImpl(const GraphSpec& spec, NeuralNetworkOptions options)
-    : NeuralNetworkImpl(Topology::compile(spec, compile_options(options)), std::move(options)) {}
+    : NeuralNetworkImpl(Topology::compile(spec, compile_options(options)), options) {}
 
 NeuralNetworkImpl::NeuralNetworkImpl(std::shared_ptr<const Topology> topology,
                                      NeuralNetworkOptions options)
@@ -98,6 +100,9 @@ NeuralNetworkImpl::NeuralNetworkImpl(std::shared_ptr<const Topology> topology,
   fused_preferred_ = options_.fused() ? *options_.fused() : (small || dense_connections * 2 < topology_->num_connections());
   if (options_.fused() && *options_.fused() && !fused_eligible_)
     fail("NeuralNetwork(): fused(true) needs a built-in activation other than softmax, float32 or float64, no operations and no forced kernel");
+  // Made here, not on first use, so concurrent forward() calls share it safely.
+  if (fused_eligible_ && fused_preferred_)
+    fused_plan_ = std::make_shared<FusedPlan>(make_fused_plan(topology_, options_.hidden_activation()));
   reset();
 }
 
@@ -109,6 +114,7 @@ NeuralNetworkImpl::NeuralNetworkImpl(const NeuralNetworkImpl& other)
       frozen_(other.frozen_),
       fused_eligible_(other.fused_eligible_),
       fused_preferred_(other.fused_preferred_),
+      fused_plan_(other.fused_plan_),
       operations_(other.operations_) {
   options_.hidden_activation(other.options_.hidden_activation().deep_copy());
   options_.output_transformation(other.options_.output_transformation().deep_copy());
@@ -219,6 +225,9 @@ void NeuralNetworkImpl::check_input(const torch::Tensor& x) const {
   if (x.scalar_type() != weight_.scalar_type())
     fail("NeuralNetwork::forward(): expected input of dtype {}, got {}",
          c10::toString(weight_.scalar_type()), c10::toString(x.scalar_type()));
+  if (weight_.scalar_type() == torch::kHalf && weight_.device().is_cpu())
+    fail("NeuralNetwork::forward(): float16 does not run on the CPU in LibTorch 1.13; use bfloat16, float32 or "
+         "float64, or move the network to CUDA");
   if (x.device() != weight_.device())
     fail("NeuralNetwork::forward(): expected input on device {}, got {}", weight_.device().str(),
          x.device().str());
@@ -257,7 +266,7 @@ torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x) {
 
   if (uses_fused_kernel()) {
     auto x_t = (single ? x.unsqueeze(1) : x.t()).contiguous();
-    auto out = fused_forward(topology_, options_.hidden_activation(), x_t, weight_, bias_);  // [outputs, batch]
+    auto out = fused_forward(*fused_plan_, x_t, weight_, bias_);  // [outputs, batch]
     out = single ? out.squeeze(1) : out.t();
     return options_.output_transformation()(out);
   }

@@ -253,7 +253,7 @@ EditResult NetworkEditor::build(uint64_t seed) const {
   NeuralNetworkOptions options = network_->options();
   DropoutSpec dropout = dropout_;
   dropout.per_neuron.erase(std::remove_if(dropout.per_neuron.begin(), dropout.per_neuron.end(),
-                                          [&](const auto& entry) { return removed_neurons_.count(entry.first) > 0; }),
+                                          [&](const auto& entry) { return !exists(entry.first); }),
                            dropout.per_neuron.end());
   options.dropout_p(dropout).seed(seed);
   options.hidden_activation(options.hidden_activation().deep_copy());

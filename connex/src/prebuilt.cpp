@@ -12,6 +12,18 @@ GraphSpec layered_spec(const char* name, int64_t input_size, int64_t output_size
   if (input_size < 1 || output_size < 1 || depth < 0 || (depth > 0 && width < 1))
     fail("{}(): sizes must be positive (input_size={}, output_size={}, width={}, depth={})", name,
          input_size, output_size, width, depth);
+  // Count before building: a typo such as width 1e8 must be an error, not bad_alloc.
+  const double neurons = static_cast<double>(input_size) + static_cast<double>(width) * depth + output_size;
+  double connections = 0, earlier = static_cast<double>(input_size), previous = static_cast<double>(input_size);
+  for (int64_t k = 0; k <= depth; ++k) {
+    const double size = k < depth ? static_cast<double>(width) : static_cast<double>(output_size);
+    connections += size * (dense ? earlier : previous);
+    earlier += size, previous = size;
+  }
+  constexpr double kLimit = 2e9;
+  if (neurons > kLimit || connections > kLimit)
+    fail("{}(): {:.3g} neurons and {:.3g} connections is more than connex builds (limit {:.0e} each)", name, neurons,
+         connections, kLimit);
   std::vector<std::vector<NeuronId>> layers;
   int64_t next = 0;
   auto layer = [&](int64_t size) {

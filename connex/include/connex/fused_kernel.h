@@ -17,9 +17,19 @@ namespace connex {
 // Built-in element-wise activations the fused kernel differentiates itself.
 bool fused_supports(const TensorFunction& activation);
 
+// What the kernel needs besides the tensors, made once per network: the
+// topology (kept alive by the autograd graph through a tensor that owns a
+// reference), the output ids as an index tensor, and the activation.
+struct FusedPlan {
+  torch::Tensor topology_holder;
+  torch::Tensor output_ids;
+  int64_t activation = 0;
+};
+FusedPlan make_fused_plan(const std::shared_ptr<const Topology>& topology, const TensorFunction& activation);
+
 // x_t: [inputs, batch] -> [outputs, batch] (output order), differentiable
 // with respect to x_t, weight and bias.
-torch::Tensor fused_forward(const std::shared_ptr<const Topology>& topology, const TensorFunction& activation,
-                            const torch::Tensor& x_t, const torch::Tensor& weight, const torch::Tensor& bias);
+torch::Tensor fused_forward(const FusedPlan& plan, const torch::Tensor& x_t, const torch::Tensor& weight,
+                            const torch::Tensor& bias);
 
 }  // namespace connex

@@ -25,6 +25,8 @@
 
 namespace connex {
 
+struct FusedPlan;
+
 class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
  public:
   explicit NeuralNetworkImpl(const GraphSpec& spec, NeuralNetworkOptions options = {});
@@ -125,6 +127,7 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   bool frozen_ = false;
   bool fused_eligible_ = false;   // structure and options allow the fused kernel
   bool fused_preferred_ = false;  // and the planner prefers it
+  std::shared_ptr<const FusedPlan> fused_plan_;  // set when the fused kernel may run
   std::vector<LevelTensors> levels_;  // index 0: the input level (dropout only)
   GatherTensors output_gather_;
   std::vector<BatchOperationPtr> operations_;
