@@ -1,6 +1,8 @@
 // NeuralNetwork: values against hand computation, shapes and errors, seeds,
 // clone, dropout, freezing, inspection, prebuilt networks.
+#include <atomic>
 #include <sstream>
+#include <thread>
 
 #include "reference_eval.h"
 #include "test_util.h"
@@ -334,4 +336,28 @@ TEST(NeuralNetwork, Float16OnCpuSaysWhy) {
 
 TEST(Prebuilt, HugeSizesAreAnErrorNotBadAlloc) {
   EXPECT_THROW_MSG(nn::DenseMLP(1, 1, 100000000, 3), "DenseMLP(): 3e+08 neurons and 3e+16 connections is more than connex builds");
+}
+
+// forward() in eval mode on one shared network from several threads, both execution paths.
+TEST(NeuralNetwork, ConcurrentEvalForwardOnASharedNetwork) {
+  for (bool fused : {true, false}) {
+    auto net = nn::DenseMLP(3, 2, 16, 3, NeuralNetworkOptions().dtype(torch::kFloat64).fused(fused));
+    net->eval();
+    auto x = torch::randn({32, 3}, torch::kFloat64);
+    torch::Tensor expected;
+    {
+      torch::NoGradGuard g;
+      expected = net->forward(x);
+    }
+    std::atomic<int> mismatches{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t)
+      threads.emplace_back([&] {
+        torch::NoGradGuard g;
+        for (int i = 0; i < 50; ++i)
+          if (!torch::equal(net->forward(x), expected)) ++mismatches;
+      });
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(mismatches.load(), 0) << (fused ? "fused" : "per-batch");
+  }
 }
