@@ -361,3 +361,18 @@ TEST(NeuralNetwork, ConcurrentEvalForwardOnASharedNetwork) {
     EXPECT_EQ(mismatches.load(), 0) << (fused ? "fused" : "per-batch");
   }
 }
+
+TEST(NeuralNetwork, ToDtypeCastsOnlyFloatingTensors) {
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().hidden_activation("tanh").fused(false));
+  auto x = torch::randn({4, 1});
+  auto y = net->forward(x);
+  net->to(torch::kFloat64);
+  EXPECT_EQ(net->options().dtype(), torch::kFloat64);
+  for (const auto& b : net->named_buffers())
+    if (b.key().find("mask") == std::string::npos) EXPECT_EQ(b.value().scalar_type(), torch::kLong) << b.key();
+  EXPECT_TRUE(torch::allclose(net->forward(x.to(torch::kFloat64)).to(torch::kFloat32), y, 1e-6, 1e-6));
+  const std::string path = ::testing::TempDir() + "/as_double.ckpt";
+  save(net, path);
+  EXPECT_EQ(load(path)->weight_tensor().scalar_type(), torch::kFloat64);
+  EXPECT_THROW_MSG(net->to(torch::kInt32), "dtype Int is not a floating-point type");
+}

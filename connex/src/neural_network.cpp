@@ -206,6 +206,24 @@ NeuralNetworkImpl::GatherTensors NeuralNetworkImpl::register_gather(const Gather
   return t;
 }
 
+// ------------------------------------------------------------------ dtype
+
+void NeuralNetworkImpl::to(torch::Dtype dtype, bool non_blocking) { to(weight_.device(), dtype, non_blocking); }
+
+void NeuralNetworkImpl::to(torch::Device device, bool non_blocking) { torch::nn::Module::to(device, non_blocking); }
+
+void NeuralNetworkImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  if (!c10::isFloatingType(dtype)) fail("NeuralNetwork::to(): dtype {} is not a floating-point type", c10::toString(dtype));
+  torch::NoGradGuard no_grad;
+  auto cast = [&](torch::Tensor& t) {
+    t.set_data(t.is_floating_point() ? t.to(device, dtype, non_blocking) : t.to(device, t.scalar_type(), non_blocking));
+  };
+  for (auto& p : parameters()) cast(p);
+  for (auto& b : buffers()) cast(b);
+  options_.dtype(dtype);
+  fused_eligible_ = fused_eligible_ && (dtype == torch::kFloat32 || dtype == torch::kFloat64);
+}
+
 // ------------------------------------------------------------------ forward
 
 bool NeuralNetworkImpl::uses_fused_kernel() const {

@@ -45,6 +45,12 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
 
   void pretty_print(std::ostream& stream) const override;
 
+  // torch's Module::to(dtype) casts every buffer, index buffers included;
+  // these cast only floating-point tensors and record the dtype in options().
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, bool non_blocking = false) override;
+
   // Whether forward() would take the fused whole-network kernel right now
   // (it depends on device, dtype, training mode and dropout).
   bool uses_fused_kernel() const;
