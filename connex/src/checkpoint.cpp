@@ -152,7 +152,7 @@ Checkpoint load_checkpoint(const std::string& path) {
              name, fmt::join(shape, ", "), fmt::join(tensor.sizes(), ", "));
       if (dtype != dtype_name(tensor.scalar_type()))
         fail("load(): {}: tensor \"{}\" is {} in the file but the config says {}", path, name, dtype, dtype_name(tensor.scalar_type()));
-      if (nbytes != tensor.numel() * tensor.element_size() || offset > data_size || nbytes > data_size - offset)
+      if (nbytes != static_cast<uint64_t>(tensor.numel() * tensor.element_size()) || offset > data_size || nbytes > data_size - offset)
         fail("load(): {}: tensor \"{}\" has an inconsistent byte range", path, name);
       auto source = torch::from_blob(const_cast<char*>(file.data() + data_begin + offset), tensor.sizes(),
                                      torch::TensorOptions().dtype(tensor.scalar_type()));

@@ -298,48 +298,8 @@ torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x) {
   for (size_t l = 1; l < topo.levels().size(); ++l) {
     const Level& level = topo.levels()[l];
     const LevelTensors& t = levels_[l];
-    const int64_t size = level.size(), width = static_cast<int64_t>(level.sources.size());
-    auto bias = bias_.narrow(0, topo.bias_index(level.begin), size).unsqueeze(1);
-    torch::Tensor z;
-    if (!operations_.empty()) {
-      pieces[l] = apply_dropout(run_level_with_operations(l, level.kernel == LevelKernel::BiasOnly
-                                                                 ? torch::Tensor()
-                                                                 : gather(level.gather, t.gather, pieces),
-                                                          batch),
-                                t);
-      continue;
-    }
-    if (level.kernel == LevelKernel::BiasOnly) {
-      z = bias.expand({size, batch});
-    } else {
-      auto sources = gather(level.gather, t.gather, pieces);
-      auto w = weight_.narrow(0, level.conn_begin, level.num_connections());
-      switch (level.kernel) {
-        case LevelKernel::DenseView:
-          z = torch::addmm(bias, w.view({size, width}), sources);
-          break;
-        case LevelKernel::DenseScatter: {
-          auto dense = torch::zeros({size * width}, w.options()).scatter(0, t.scatter_pos, w);
-          z = torch::addmm(bias, dense.view({size, width}), sources);
-          break;
-        }
-        case LevelKernel::EdgeList: {
-          auto contributions = sources.index_select(0, t.edge_source) * w.unsqueeze(1);
-          z = bias.expand({size, batch}).index_add(0, t.edge_target, contributions);
-          break;
-        }
-        case LevelKernel::BiasOnly:
-          break;
-      }
-    }
-    // Hidden neurons are the level's prefix; outputs stay linear.
-    const int64_t hidden = level.hidden_end - level.begin;
-    const auto& activation = options_.hidden_activation();
-    if (hidden == size)
-      z = activation(z);
-    else if (hidden > 0)
-      z = torch::cat({activation(z.narrow(0, 0, hidden)), z.narrow(0, hidden, size - hidden)}, 0);
-    pieces[l] = apply_dropout(z, t);
+    auto sources = level.kernel == LevelKernel::BiasOnly ? torch::Tensor() : gather(level.gather, t.gather, pieces);
+    pieces[l] = apply_dropout(run_level(l, sources, batch), t);
   }
 
   auto out = gather(topo.output_gather(), output_gather_, pieces);  // [outputs, batch]
@@ -350,15 +310,19 @@ torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x) {
 torch::Tensor NeuralNetworkImpl::dense_weights(const Level& level, const LevelTensors& t, const torch::Tensor& w) const {
   const int64_t size = level.size(), width = static_cast<int64_t>(level.sources.size());
   if (level.kernel == LevelKernel::DenseView) return w.view({size, width});
-  std::vector<int64_t> pos(level.edge_source.size());
-  for (size_t k = 0; k < pos.size(); ++k) pos[k] = level.edge_target[k] * width + level.edge_source[k];
-  auto index = t.scatter_pos.defined() ? t.scatter_pos : torch::tensor(pos, torch::kLong).to(w.device());
+  torch::Tensor index = t.scatter_pos;
+  if (!index.defined()) {  // an edge-list level whose affine step an operation replaces
+    std::vector<int64_t> pos(level.edge_source.size());
+    for (size_t k = 0; k < pos.size(); ++k) pos[k] = level.edge_target[k] * width + level.edge_source[k];
+    index = torch::tensor(pos, torch::kLong).to(w.device());
+  }
   return torch::zeros({size * width}, w.options()).scatter(0, index, w).view({size, width});
 }
 
-// The general pipeline of a batch when operations are present:
-// on_inputs -> affine (or replace_affine) -> on_preactivation -> activation.
-torch::Tensor NeuralNetworkImpl::run_level_with_operations(size_t l, const torch::Tensor& gathered, int64_t batch) const {
+// One batch: on_inputs -> affine (or an operation's replace_affine) ->
+// on_preactivation -> activation (or replace_activation). Without
+// operations this is just the level's kernel and the activation.
+torch::Tensor NeuralNetworkImpl::run_level(size_t l, const torch::Tensor& gathered, int64_t batch) const {
   const Topology& topo = *topology_;
   const Level& level = topo.levels()[l];
   const LevelTensors& t = levels_[l];

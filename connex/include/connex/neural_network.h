@@ -119,7 +119,7 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
                        const std::vector<torch::Tensor>& pieces) const;
   torch::Tensor apply_dropout(const torch::Tensor& values, const LevelTensors& level) const;
   torch::Tensor dense_weights(const Level& level, const LevelTensors& t, const torch::Tensor& w) const;
-  torch::Tensor run_level_with_operations(size_t l, const torch::Tensor& sources, int64_t batch) const;
+  torch::Tensor run_level(size_t l, const torch::Tensor& sources, int64_t batch) const;
   GatherTensors register_gather(const GatherPlan& plan, const std::string& prefix);
   void install_freeze_hooks();
   int64_t connection_or_throw(const NeuronId& from, const NeuronId& to, const char* context) const;
