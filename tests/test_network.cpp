@@ -376,3 +376,12 @@ TEST(NeuralNetwork, ToDtypeCastsOnlyFloatingTensors) {
   EXPECT_EQ(load(path)->weight_tensor().scalar_type(), torch::kFloat64);
   EXPECT_THROW_MSG(net->to(torch::kInt32), "dtype Int is not a floating-point type");
 }
+
+TEST(NeuralNetwork, FusedKernelFollowsDtypeRoundTrips) {
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().fused(true));
+  ASSERT_TRUE(net->uses_fused_kernel());
+  net->to(torch::kFloat16);
+  EXPECT_FALSE(net->uses_fused_kernel());
+  net->to(torch::kFloat64);
+  EXPECT_TRUE(net->uses_fused_kernel());
+}

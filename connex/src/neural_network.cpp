@@ -91,17 +91,19 @@ NeuralNetworkImpl::NeuralNetworkImpl(std::shared_ptr<const Topology> topology,
   // The planner's whole-network choice. The fused kernel runs the network as
   // one autograd function: it wins where per-op overhead dominates (small
   // networks) or levels are sparse; layered dense networks keep BLAS matmuls.
-  fused_eligible_ = operations_.empty() && fused_supports(options_.hidden_activation()) &&
-                    (options_.dtype() == torch::kFloat32 || options_.dtype() == torch::kFloat64) && !options_.force_kernel();
+  // Structure and options only; the dtype is checked at each forward, since
+  // to(dtype) may change it.
+  const bool fused_eligible = operations_.empty() && fused_supports(options_.hidden_activation()) && !options_.force_kernel();
   int64_t dense_connections = 0;
   for (const auto& level : topology_->levels())
     if (level.kernel == LevelKernel::DenseView) dense_connections += level.num_connections();
   const bool small = topology_->num_connections() <= 4096;
-  fused_preferred_ = options_.fused() ? *options_.fused() : (small || dense_connections * 2 < topology_->num_connections());
-  if (options_.fused() && *options_.fused() && !fused_eligible_)
+  const bool fused_preferred = options_.fused() ? *options_.fused() : (small || dense_connections * 2 < topology_->num_connections());
+  const bool fused_dtype = options_.dtype() == torch::kFloat32 || options_.dtype() == torch::kFloat64;
+  if (options_.fused() && *options_.fused() && !(fused_eligible && fused_dtype))
     fail("NeuralNetwork(): fused(true) needs a built-in activation other than softmax, float32 or float64, no operations and no forced kernel");
   // Made here, not on first use, so concurrent forward() calls share it safely.
-  if (fused_eligible_ && fused_preferred_)
+  if (fused_eligible && fused_preferred)
     fused_plan_ = std::make_shared<FusedPlan>(make_fused_plan(topology_, options_.hidden_activation()));
   reset();
 }
@@ -112,8 +114,6 @@ NeuralNetworkImpl::NeuralNetworkImpl(const NeuralNetworkImpl& other)
       topology_(other.topology_),
       dropout_(other.dropout_),
       frozen_(other.frozen_),
-      fused_eligible_(other.fused_eligible_),
-      fused_preferred_(other.fused_preferred_),
       fused_plan_(other.fused_plan_),
       operations_(other.operations_) {
   options_.hidden_activation(other.options_.hidden_activation().deep_copy());
@@ -221,13 +221,14 @@ void NeuralNetworkImpl::to(torch::Device device, torch::Dtype dtype, bool non_bl
   for (auto& p : parameters()) cast(p);
   for (auto& b : buffers()) cast(b);
   options_.dtype(dtype);
-  fused_eligible_ = fused_eligible_ && (dtype == torch::kFloat32 || dtype == torch::kFloat64);
 }
 
 // ------------------------------------------------------------------ forward
 
 bool NeuralNetworkImpl::uses_fused_kernel() const {
-  if (!fused_eligible_ || !fused_preferred_ || !weight_.device().is_cpu()) return false;
+  if (!fused_plan_ || !weight_.device().is_cpu()) return false;
+  const auto dtype = weight_.scalar_type();
+  if (dtype != torch::kFloat32 && dtype != torch::kFloat64) return false;
   if (is_training())
     for (const auto& level : levels_)
       if (level.keep_prob.defined()) return false;  // dropout runs on the per-batch path

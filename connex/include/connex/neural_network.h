@@ -131,9 +131,9 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   torch::Tensor weight_, bias_;
   torch::Tensor weight_grad_mask_, bias_grad_mask_;
   bool frozen_ = false;
-  bool fused_eligible_ = false;   // structure and options allow the fused kernel
-  bool fused_preferred_ = false;  // and the planner prefers it
-  std::shared_ptr<const FusedPlan> fused_plan_;  // set when the fused kernel may run
+  // Set when structure and options allow the fused kernel and the planner
+  // prefers it; forward() then also needs a CPU float32/float64 network.
+  std::shared_ptr<const FusedPlan> fused_plan_;
   std::vector<LevelTensors> levels_;  // index 0: the input level (dropout only)
   GatherTensors output_gather_;
   std::vector<BatchOperationPtr> operations_;
