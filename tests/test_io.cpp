@@ -17,25 +17,9 @@ const auto kDouble = NeuralNetworkOptions().dtype(torch::kFloat64);
 
 
 
-// Rewrites a checkpoint's header through `change` and re-seals it with a valid checksum.
+// Rewrites a checkpoint file's header through `change` and re-seals it with a valid checksum.
 void reseal(const std::string& path, const std::function<void(nlohmann::json&, uint32_t&)>& change) {
-  std::string file = slurp(path);
-  uint32_t version;
-  uint64_t header_size;
-  std::memcpy(&version, file.data() + 8, 4);
-  std::memcpy(&header_size, file.data() + 12, 8);
-  auto header = nlohmann::json::parse(file.substr(20, header_size));
-  const std::string data = file.substr(20 + header_size, file.size() - 8 - 20 - header_size);
-  change(header, version);
-  const std::string text = header.dump();
-  std::string out = file.substr(0, 8);
-  out.append(reinterpret_cast<const char*>(&version), 4);
-  const uint64_t size = text.size();
-  out.append(reinterpret_cast<const char*>(&size), 8);
-  out += text + data;
-  const uint64_t sum = fnv1a64(out.data(), out.size());
-  out.append(reinterpret_cast<const char*>(&sum), 8);
-  spit(path, out);
+  spit(path, reseal_checkpoint(slurp(path), change));
 }
 
 NeuralNetwork random_network(std::mt19937_64& rng, int trial, const std::string& act = "tanh") {
@@ -389,4 +373,91 @@ TEST(GraphExport, ImportNamesNodeLinkPathsAndRejectsOverflow) {
                    "g.json: /links/0/weight 1e+300 does not fit the network's dtype");
   EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1],"operation_parameters":{"weight":{"shape":[1],"values":[5]}}},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":0,"target":1,"weight":1}]})"),
                    "/graph/operation_parameters/weight names no operation parameter");
+}
+
+// Found by fuzz_checkpoint (fuzz/): a few header bytes can declare a huge
+// structure (a prebuilt network is four numbers; attention parameters grow as
+// n·L² per batch), which the loader used to build before comparing it with
+// the tensor bytes present. It now rejects it first.
+TEST(Checkpoint, HugeDeclaredSizeRejected) {
+  TempDir dir;
+  const std::string path = dir / "net.ckpt";
+  auto net = NeuralNetwork(GraphSpec::from_edges({{0, 1}, {1, 2}}, {0}, {2}), kDouble);
+  save(net, path);
+  const std::string good = slurp(path);
+  auto with_graph = [&](const nlohmann::json& graph, const nlohmann::json& options) {
+    spit(path, good);
+    reseal(path, [&](nlohmann::json& h, uint32_t&) {
+      h["config"]["graph"] = graph;
+      for (const auto& [key, value] : options.items()) h["config"]["options"][key] = value;
+    });
+    return slurp(path);
+  };
+  // MLP(1, 1, 2000, 3): 8,004,000 connections and 6,001 biases, in a file of a few hundred bytes.
+  std::string bytes = with_graph({{"prebuilt", "MLP"}, {"input_size", 1}, {"output_size", 1}, {"width", 2000}, {"depth", 3}}, {});
+  EXPECT_THROW_MSG(load(path), "declares a prebuilt network of 8010001 parameter values (64080008 bytes) but the file holds only");
+  EXPECT_THROW_MSG(parse_checkpoint(bytes, "mem.ckpt"), "mem.ckpt: its config declares a prebuilt network");
+  // Sizes at the top of the int64 range: no overflow, no loop over the depth.
+  with_graph({{"prebuilt", "DenseMLP"}, {"input_size", INT64_MAX}, {"output_size", INT64_MAX}, {"width", INT64_MAX}, {"depth", INT64_MAX}}, {});
+  EXPECT_THROW_MSG(load(path), "declares a prebuilt network of");
+  // 40 inputs all feeding 40 outputs: 1,600 connections, but neuron self-attention needs 3·40·(40² + 40) more values.
+  nlohmann::json edges = nlohmann::json::array(), inputs = nlohmann::json::array(), outputs = nlohmann::json::array();
+  for (int i = 0; i < 40; ++i) inputs.push_back(i), outputs.push_back(100 + i);
+  for (int i = 0; i < 40; ++i)
+    for (int j = 0; j < 40; ++j) edges.push_back({i, 100 + j});
+  with_graph({{"edges", edges}, {"inputs", inputs}, {"outputs", outputs}}, {{"use_neuron_self_attention", true}});
+  EXPECT_THROW_MSG(load(path), "declares a network with attention of 198440 parameter values");
+  // Valid checkpoints of attention networks still load, bit for bit.
+  auto tech = NeuralNetwork(readme_spec(), NeuralNetworkOptions().use_topo_self_attention(true).use_neuron_self_attention(true)
+                                               .use_topo_norm(true).use_adaptive_activations(true).seed(4));
+  save(tech, path);
+  auto loaded = parse_checkpoint(slurp(path), "mem.ckpt").network;
+  for (const auto& p : tech->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), loaded->named_parameters()[p.key()])) << p.key();
+}
+
+// Found by fuzz_graph_json (fuzz/): operation parameter values were not
+// checked against the dtype (1e300 loaded as inf in float16), and bfloat16
+// weights and biases were checked against float's max, which rounds up to inf.
+TEST(GraphExport, ImportRejectsValuesBeyondTheDtype) {
+  auto bad = [](const std::string& text) { return from_node_link_json(nlohmann::json::parse(text), "g.json"); };
+  EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1],"options":{"dtype":"bfloat16"}},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":0,"target":1,"weight":3.4e38}]})"),
+                   "g.json: /links/0/weight 3.4e+38 does not fit the network's dtype");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1],"options":{"dtype":"bfloat16"}},"nodes":[{"id":0},{"id":1,"bias":-3.4e38}],"links":[]})"),
+                   "g.json: /nodes/1/bias -3.4e+38 does not fit the network's dtype");
+  auto ok = bad(R"({"graph":{"inputs":[0],"outputs":[1],"options":{"dtype":"bfloat16"}},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":0,"target":1,"weight":3.3895313892515355e38}]})");
+  EXPECT_TRUE(torch::isfinite(ok->weight_tensor()).all().item<bool>());
+  auto half = NeuralNetwork(GraphSpec::from_edges({{0, 1}, {1, 2}}, {0}, {2}), NeuralNetworkOptions().dtype(torch::kFloat16).use_topo_norm(true));
+  auto json = to_node_link_json(half);
+  json["graph"]["operation_parameters"]["topo_norm.level1_beta"]["values"][0] = 1e300;
+  EXPECT_THROW_MSG(from_node_link_json(json, "g.json"),
+                   "g.json: /graph/operation_parameters/topo_norm.level1_beta/values/0 1e+300 does not fit the network's dtype");
+  json["graph"]["operation_parameters"]["topo_norm.level1_beta"]["values"][0] = 65504.0;
+  EXPECT_EQ(from_node_link_json(json, "g.json")->named_parameters()["topo_norm.level1_beta"][0].item<double>(), 65504.0);
+}
+
+// Found by fuzz_graph_json and fuzz_checkpoint (fuzz/): a float where an
+// integer belongs (a shape of [1e308], an offset of -1.5e300) was converted
+// by nlohmann's get<int64_t>/get<uint64_t>, which is undefined behaviour
+// (UBSan: float-cast-overflow). Both readers now check the JSON types first.
+TEST(Checkpoint, FloatShapeOrOffsetRejected) {
+  TempDir dir;
+  const std::string path = dir / "net.ckpt";
+  save(NeuralNetwork(readme_spec()), path);
+  const std::string good = slurp(path);
+  reseal(path, [](nlohmann::json& h, uint32_t&) { h["tensors"][0]["shape"] = {1e308}; });
+  EXPECT_THROW_MSG(load(path), "is malformed: its shape must be an array of integers");
+  spit(path, good);
+  reseal(path, [](nlohmann::json& h, uint32_t&) { h["tensors"][0]["offset"] = -1.5e300; });
+  EXPECT_THROW_MSG(load(path), "its offset and nbytes non-negative integers");
+  spit(path, good);
+  reseal(path, [](nlohmann::json& h, uint32_t&) { h["tensors"][1]["nbytes"] = -4; });
+  EXPECT_THROW_MSG(load(path), "its offset and nbytes non-negative integers");
+}
+
+TEST(GraphExport, ImportRejectsFloatShapes) {
+  auto net = NeuralNetwork(readme_spec(), NeuralNetworkOptions().use_adaptive_activations(true));
+  auto json = to_node_link_json(net);
+  json["graph"]["operation_parameters"]["adaptive_activation.a"]["shape"] = {1e308, 1};
+  EXPECT_THROW_MSG(from_node_link_json(json, "g.json"),
+                   "g.json: /graph/operation_parameters/adaptive_activation.a/shape must be an array of integers, got [1e+308,1]");
 }

@@ -1,7 +1,7 @@
 // Plasticity: edits keep every surviving parameter, leave the original alone,
 // reject invalid edits with the culprit named, and carry optimizer state.
+#include "network_snapshot.h"
 #include "reference_eval.h"
-#include "test_util.h"
 
 using namespace connex;
 using namespace connex::testing;
@@ -10,39 +10,6 @@ namespace {
 
 const auto kDouble = NeuralNetworkOptions().dtype(torch::kFloat64);
 
-
-// Every (edge -> weight) and (neuron -> bias) of a network, by label.
-struct Snapshot {
-  std::map<std::pair<std::string, std::string>, double> weights;
-  std::map<std::string, double> biases;
-};
-Snapshot snapshot(const NeuralNetwork& net) {
-  Snapshot s;
-  for (const auto& c : net->weighted_graph().connections) s.weights[{c.from.str(), c.to.str()}] = c.weight;
-  for (const auto& n : net->weighted_graph().neurons)
-    if (n.bias) s.biases[n.id.str()] = *n.bias;
-  return s;
-}
-
-// Every parameter of `after` whose label exists in `before` is bit-identical.
-void expect_survivors_identical(const Snapshot& before, const Snapshot& after) {
-  for (const auto& [edge, w] : after.weights) {
-    auto it = before.weights.find(edge);
-    if (it != before.weights.end()) ASSERT_EQ(w, it->second) << edge.first << " -> " << edge.second;
-  }
-  for (const auto& [id, b] : after.biases) {
-    auto it = before.biases.find(id);
-    if (it != before.biases.end()) ASSERT_EQ(b, it->second) << "bias of " << id;
-  }
-}
-
-void expect_same_network(NeuralNetwork a, const Snapshot& before, const torch::Tensor& x,
-                         const torch::Tensor& y_before) {
-  auto now = snapshot(a);
-  ASSERT_EQ(now.weights, before.weights);
-  ASSERT_EQ(now.biases, before.biases);
-  ASSERT_TRUE(torch::equal(a->forward(x), y_before));
-}
 
 }  // namespace
 
@@ -205,9 +172,8 @@ TEST_F(InvalidEdit, ReaddingARemovedNeuronInOneBatch) {
 TEST(Plasticity, RandomEditSequencesKeepEverySurvivingParameter) {
   std::mt19937_64 rng(12345);
   int fd_checked = 0;
-  for (int trial = 0; trial < 500; ++trial) {
+  for (int trial = 0; trial < 150; ++trial) {
     auto spec = random_dag(rng, {4, 14, 0.3, trial % 4 == 0});
-    const bool strings = spec.id_kind() == NeuronId::Kind::String;
     // Every fifth network runs all four techniques, whose parameters must survive too.
     const bool techniques = trial % 5 == 0;
     NeuralNetwork net(spec, NeuralNetworkOptions(kDouble).hidden_activation(trial % 2 ? "tanh" : "gelu").seed(trial)
@@ -217,86 +183,19 @@ TEST(Plasticity, RandomEditSequencesKeepEverySurvivingParameter) {
     const auto before = snapshot(net);
     const auto y_before = net->forward(x);
 
-    // A random sequence of edits, each valid when applied, in one editor.
+    // A random sequence of edits, each valid when applied (acyclicity
+    // included), in one editor: build() must accept it.
     NetworkEditor editor = edit(net);
-    std::vector<NeuronId> live = spec.neurons();
-    std::map<NeuronId, Role> roles;
-    for (const auto& id : live) roles[id] = spec.role(id);
-    std::set<std::pair<NeuronId, NeuronId>> edges(spec.edges().begin(), spec.edges().end());
-    int next_id = 1000;
-    auto new_id = [&] { return strings ? NeuronId("new" + std::to_string(next_id++)) : NeuronId(next_id++); };
-    auto pick = [&](const std::vector<NeuronId>& v) { return v[std::uniform_int_distribution<size_t>(0, v.size() - 1)(rng)]; };
-    const int n_edits = std::uniform_int_distribution<int>(1, 6)(rng);
-    for (int e = 0; e < n_edits; ++e) {
-      switch (std::uniform_int_distribution<int>(0, 6)(rng)) {
-        case 0: {  // add a connection between existing neurons; may be refused as a cycle
-          auto u = pick(live), v = pick(live);
-          if (u == v || roles[v] == Role::Input || roles[u] == Role::Output) break;
-          try {
-            edit(net).add_connections({{u, v}}).build();  // probe acyclicity on the original graph only
-          } catch (const Error&) {
-            break;
-          }
-          if (edges.count({v, u})) break;
-          editor.add_connections({{u, v}});
-          edges.insert({u, v});
-          break;
-        }
-        case 1: {
-          if (edges.empty()) break;
-          auto it = edges.begin();
-          std::advance(it, std::uniform_int_distribution<size_t>(0, edges.size() - 1)(rng));
-          editor.remove_connections({*it});
-          edges.erase(it);
-          break;
-        }
-        case 2: {
-          auto id = new_id();
-          editor.add_hidden_neurons({id});
-          live.push_back(id), roles[id] = Role::Hidden;
-          break;
-        }
-        case 3: {
-          auto id = new_id();
-          editor.add_input_neurons({id});
-          live.push_back(id), roles[id] = Role::Input;
-          break;
-        }
-        case 4: {
-          auto id = new_id();
-          editor.add_output_neurons({id});
-          live.push_back(id), roles[id] = Role::Output;
-          break;
-        }
-        case 5: {
-          auto victim = pick(live);
-          int same_role = 0;
-          for (const auto& id : live) same_role += roles[id] == roles[victim];
-          if (roles[victim] != Role::Hidden && same_role < 2) break;
-          editor.remove_neurons({victim});
-          live.erase(std::find(live.begin(), live.end(), victim));
-          for (auto it = edges.begin(); it != edges.end();)
-            it = (it->first == victim || it->second == victim) ? edges.erase(it) : std::next(it);
-          break;
-        }
-        case 6:
-          editor.set_dropout_p(0.1);
-          break;
-      }
-    }
-    // Mixed-edit cycles are possible (edges probed one at a time against the
-    // original); such a batch must be refused as a whole, naming a cycle.
+    const auto plan = random_edit_sequence(net, editor, rng, std::uniform_int_distribution<int>(1, 6)(rng));
     EditResult result{NeuralNetwork(nullptr), {}, {}};
     try {
       result = editor.build(trial);
     } catch (const Error& e) {
-      ASSERT_NE(std::string(e.what()).find("would create the cycle"), std::string::npos) << e.what();
-      expect_same_network(net, before, x, y_before);
-      continue;
+      FAIL() << "trial " << trial << ": a sequence of valid edits was refused: " << e.what();
     }
     auto& edited = result.network;
-    ASSERT_EQ(edited->num_neurons(), static_cast<int64_t>(live.size()));
-    ASSERT_EQ(edited->num_connections(), static_cast<int64_t>(edges.size()));
+    ASSERT_EQ(edited->num_neurons(), plan.neurons);
+    ASSERT_EQ(edited->num_connections(), plan.connections);
     expect_survivors_identical(before, snapshot(edited));
     if (techniques) expect_operation_parameters_survive(net, edited);
     expect_same_network(net, before, x, y_before);
@@ -308,7 +207,7 @@ TEST(Plasticity, RandomEditSequencesKeepEverySurvivingParameter) {
       ++fd_checked;
     }
   }
-  EXPECT_EQ(fd_checked, 50);
+  EXPECT_EQ(fd_checked, 15);
 }
 
 // ------------------------------------------------------ optimizer continuity

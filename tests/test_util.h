@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <cstring>
 #include <random>
 #include <string>
@@ -13,6 +14,7 @@
 #include <torch/torch.h>
 
 #include "connex/connex.h"
+#include "connex/file_io.h"
 
 namespace connex::testing {
 
@@ -51,6 +53,26 @@ inline std::string slurp(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 inline void spit(const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
+
+// A checkpoint's bytes with the header rewritten through `change`, re-sealed with a valid checksum.
+inline std::string reseal_checkpoint(const std::string& file, const std::function<void(nlohmann::json&, uint32_t&)>& change) {
+  uint32_t version;
+  uint64_t header_size;
+  std::memcpy(&version, file.data() + 8, 4);
+  std::memcpy(&header_size, file.data() + 12, 8);
+  auto header = nlohmann::json::parse(file.substr(20, header_size));
+  const std::string data = file.substr(20 + header_size, file.size() - 8 - 20 - header_size);
+  change(header, version);
+  const std::string text = header.dump();
+  std::string out = file.substr(0, 8);
+  out.append(reinterpret_cast<const char*>(&version), 4);
+  const uint64_t size = text.size();
+  out.append(reinterpret_cast<const char*>(&size), 8);
+  out += text + data;
+  const uint64_t sum = fnv1a64(out.data(), out.size());
+  out.append(reinterpret_cast<const char*>(&sum), 8);
+  return out;
+}
 
 struct RandomDagOptions {
   int min_neurons = 4, max_neurons = 14;

@@ -5,6 +5,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -14,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "connex/file_io.h"
+#include "launcher.h"
 #include "training.h"
 
 namespace fs = std::filesystem;
@@ -98,37 +101,44 @@ struct DataArgs {
   DataOptions options() const { return {data, targets, features, task == "classification" ? Task::Classification : Task::Regression, standardize}; }
 };
 
+// Number checks for options. (CLI11's own range checks print the whole
+// double range in their messages; these say what is wanted.)
+CLI::Validator number_in(double low, double high, bool integer, bool low_open = false) {
+  std::string what = integer ? "an integer" : "a number";
+  if (high == HUGE_VAL) what += low_open ? fmt::format(" > {}", low) : fmt::format(" >= {}", low);
+  else what += fmt::format(" in [{}, {}]", low, high);
+  return CLI::Validator(
+      [=](std::string& text) -> std::string {
+        char* end = nullptr;
+        errno = 0;
+        const double v = std::strtod(text.c_str(), &end);
+        const bool parsed = !text.empty() && end && *end == '\0' && errno == 0 && std::isfinite(v);
+        if (!parsed || (integer && v != std::floor(v)) || v < low || (low_open && v == low) || v > high)
+          return fmt::format("must be {}, got \"{}\"", what, text);
+        return std::string();
+      },
+      what);
+}
+
 struct TrainArgs {
   int epochs = 1000;
   int64_t batch_size = 0;
   double lr = 1e-3, val_split = 0.0;
   std::string optimizer = "adam", device = "cpu";
   uint64_t seed = 0;
+  int prune_at_epoch = 0, checkpoint_every = 0;
+  double prune_fraction = 0.0;
   void add_to(CLI::App* cmd, int default_epochs) {
     epochs = default_epochs;
-    cmd->add_option("--epochs", epochs, "epochs")->check(CLI::NonNegativeNumber)->capture_default_str();
-    cmd->add_option("--batch-size", batch_size, "mini-batch size (0: full batch)")->check(CLI::NonNegativeNumber);
-    cmd->add_option("--lr", lr, "learning rate")->check(CLI::PositiveNumber)->capture_default_str();
+    cmd->add_option("--epochs", epochs, "epochs")->check(number_in(0, HUGE_VAL, true))->capture_default_str();
+    cmd->add_option("--batch-size", batch_size, "mini-batch size (0: full batch)")->check(number_in(0, HUGE_VAL, true));
+    cmd->add_option("--lr", lr, "learning rate")->check(number_in(0, HUGE_VAL, false, true))->capture_default_str();
     cmd->add_option("--optimizer", optimizer, "adam, adamw or sgd (momentum 0.9)")->check(CLI::IsMember({"adam", "adamw", "sgd"}));
     cmd->add_option("--seed", seed, "seed for the split, shuffling and new parameters");
     cmd->add_option("--device", device, "cpu or cuda");
-    cmd->add_option("--val-split", val_split, "fraction of rows held out for validation")->check(CLI::Range(0.0, 0.9));
+    cmd->add_option("--val-split", val_split, "fraction of rows held out for validation")->check(number_in(0, 0.9, false));
   }
 };
-
-// Writes every file of a training run into `out`, each atomically.
-void write_run(const std::string& out, const NeuralNetwork& net, const torch::optim::Optimizer& optimizer,
-               const std::vector<EpochMetrics>& history) {
-  fs::create_directories(out);
-  save(net, (fs::path(out) / "model.ckpt").string(), &optimizer);
-  write_file_atomically((fs::path(out) / "metrics.csv").string(), metrics_csv(history), "train");
-  write_file_atomically((fs::path(out) / "metrics.json").string(), metrics_json(history).dump(1) + "\n", "train");
-  try {
-    save_config(net, (fs::path(out) / "config.json").string());
-  } catch (const Error& e) {
-    spdlog::warn("config.json not written: {}", e.what());
-  }
-}
 
 void restore_optimizer(const Checkpoint& ck, torch::optim::Optimizer& optimizer, const std::string& type, const std::string& path) {
   if (ck.optimizer_state.empty()) return;
@@ -140,22 +150,110 @@ void restore_optimizer(const Checkpoint& ck, torch::optim::Optimizer& optimizer,
   spdlog::info("resumed {} state from {}", type, path);
 }
 
-int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, const std::string& out) {
+// Data-parallel flags; unset ones come from RANK, WORLD_SIZE, MASTER_ADDR and
+// MASTER_PORT (as torchrun sets them).
+struct DistributedArgs {
+  int nproc = 1;
+  std::optional<int> rank, world_size, master_port;
+  std::optional<std::string> master_addr;
+  double timeout = 60;
+  void add_to(CLI::App* cmd) {
+    cmd->add_option("--nproc", nproc, "run N local worker processes, data parallel (Gloo on loopback)")->check(number_in(1, 256, true));
+    cmd->add_option("--rank", rank, "this process's rank in a multi-process run (default: $RANK)")->check(number_in(0, HUGE_VAL, true));
+    cmd->add_option("--world-size", world_size, "number of processes in the run (default: $WORLD_SIZE, else 1)")->check(number_in(1, 1 << 20, true));
+    cmd->add_option("--master-addr", master_addr, "address of rank 0's rendezvous store (default: $MASTER_ADDR, else 127.0.0.1)");
+    cmd->add_option("--master-port", master_port, "port of rank 0's rendezvous store (default: $MASTER_PORT, else 29500)")->check(number_in(1, 65535, true));
+    cmd->add_option("--dist-timeout", timeout, "seconds to wait for other ranks before giving up")->check(number_in(0, HUGE_VAL, false, true));
+  }
+#if defined(CONNEX_WITH_DISTRIBUTED)
+  distributed::GroupOptions group_options(torch::Device device) const {
+    auto options = distributed::GroupOptions::from_environment();
+    if (rank) options.rank(*rank);
+    if (world_size) options.world_size(*world_size);
+    if (master_addr) options.master_addr(*master_addr);
+    if (master_port) options.master_port(*master_port);
+    options.timeout(std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000)));
+    options.device(device);
+    return options;
+  }
+#endif
+};
+
+int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, const DistributedArgs& dist,
+              const std::string& out) {
   auto device = parse_device(t.device);
+  if (t.prune_at_epoch > 0 && !(t.prune_fraction > 0))
+    fail("train: --prune-at-epoch {} needs --prune-fraction (in (0, 1))", t.prune_at_epoch);
+  if (t.checkpoint_every > 0 && out.empty()) fail("train: --checkpoint-every needs --out");
   Checkpoint ck = open_network(config);
   NeuralNetwork net = ck.network;
   Dataset data = load_dataset(d.options(), net);  // checks sizes before anything runs
   if (!out.empty() && fs::exists(out) && !fs::is_directory(out)) fail("--out {} exists and is not a directory", out);
+
+#if defined(CONNEX_WITH_DISTRIBUTED)
+  std::unique_ptr<distributed::Group> group;
+  std::unique_ptr<distributed::DataParallel> data_parallel;
+  auto group_options = dist.group_options(device);
+  if (group_options.world_size() > 1) {
+    if (device.is_cuda()) {  // one GPU per local rank
+      const char* local = std::getenv("LOCAL_RANK");
+      device = torch::Device(torch::kCUDA, local ? static_cast<int>(parse_integer(local).value_or(0)) : 0);
+      group_options.device(device);
+    }
+    group = std::make_unique<distributed::Group>(group_options);
+    data_parallel = std::make_unique<distributed::DataParallel>(*group);
+    spdlog::info("rank {} of {} joined ({} through {}:{})", group->rank(), group->world_size(), group->backend(),
+                 group_options.master_addr(), group_options.master_port());
+  }
+  const bool reporter = !group || group->rank() == 0;
+#else
+  if (dist.nproc > 1 || dist.world_size.value_or(1) > 1)
+    fail("train: this connex was built without distributed support (CONNEX_WITH_DISTRIBUTED; needs libgloo-dev)");
+  const bool reporter = true;
+#endif
+
+  // Dropout draws from torch's generator: reproducible by --seed, and
+  // different on each rank so the ranks' shares get independent masks.
+#if defined(CONNEX_WITH_DISTRIBUTED)
+  const uint64_t rank_number = group ? static_cast<uint64_t>(group->rank()) : 0;
+#else
+  const uint64_t rank_number = 0;
+#endif
+  torch::manual_seed(t.seed + 7919 * rank_number);
   net->to(device);
+#if defined(CONNEX_WITH_DISTRIBUTED)
+  if (data_parallel) data_parallel->broadcast_parameters(net);
+#endif
   auto optimizer = make_optimizer(t.optimizer, net, t.lr);
   restore_optimizer(ck, *optimizer, t.optimizer, config);
-  spdlog::info("{}", c10::str(*net));
-  spdlog::info("data: {} ({} rows, features {}, targets {})", data.source, data.x.size(0), fmt::join(data.feature_names, ","),
-               fmt::join(data.target_names, ","));
+  if (reporter) {
+    spdlog::info("{}", c10::str(*net));
+    spdlog::info("data: {} ({} rows, features {}, targets {})", data.source, data.x.size(0), fmt::join(data.feature_names, ","),
+                 fmt::join(data.target_names, ","));
+  }
   TrainOptions options;
   options.epochs = t.epochs, options.batch_size = t.batch_size, options.lr = t.lr, options.optimizer = t.optimizer;
   options.seed = t.seed, options.val_split = t.val_split, options.device = device, options.task = d.options().task;
-  auto result = train(net, *optimizer, data, options);
+  options.prune_at_epoch = t.prune_at_epoch, options.prune_fraction = t.prune_fraction;
+  options.checkpoint_every = t.checkpoint_every, options.out = out;
+#if defined(CONNEX_WITH_DISTRIBUTED)
+  options.data_parallel = data_parallel.get();
+  if (data_parallel) data_parallel->check_replicas_identical(net, optimizer.get(), "train: start");
+#endif
+  const auto start = std::chrono::steady_clock::now();
+  auto result = train(net, optimizer, data, options);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+#if defined(CONNEX_WITH_DISTRIBUTED)
+  if (data_parallel) {
+    const uint64_t sum = data_parallel->check_replicas_identical(net, optimizer.get(), "train: end");
+    spdlog::info("replicas identical on all {} ranks (checksum {:016x})", group->world_size(), sum);
+  }
+#endif
+  if (!reporter) return 0;
+  const int64_t n_train = result.train_x.size(0);
+  const int64_t batch = t.batch_size > 0 ? std::min(t.batch_size, n_train) : n_train;
+  const int64_t steps = static_cast<int64_t>(t.epochs) * ((n_train + batch - 1) / batch);
+  spdlog::info("{} steps in {:.3f} s: {:.1f} steps/s", steps, seconds, steps / std::max(seconds, 1e-9));
   auto [loss, metric] = evaluate(net, result.train_x, result.train_y, options.task);
   spdlog::info("final training loss {:.6f}{}", loss, options.task == Task::Classification ? fmt::format(", accuracy {:.4f}", metric) : "");
   if (!result.history.empty() && !std::isnan(result.history.back().val_metric))
@@ -176,18 +274,7 @@ int cmd_prune(const std::string& path, std::optional<double> threshold, std::opt
   NeuralNetwork net = ck.network;
   Dataset data = load_dataset(d.options(), net);
   const Task task = d.options().task;
-  auto graph = net->weighted_graph();
-  std::vector<std::pair<double, Edge>> by_strength;
-  for (const auto& c : graph.connections) by_strength.push_back({std::abs(c.weight), {c.from, c.to}});
-  std::sort(by_strength.begin(), by_strength.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  std::vector<Edge> weak;
-  if (threshold) {
-    for (const auto& [w, e] : by_strength)
-      if (w < *threshold) weak.push_back(e);
-  } else {
-    const auto count = static_cast<size_t>(std::llround(*fraction * static_cast<double>(by_strength.size())));
-    for (size_t i = 0; i < count; ++i) weak.push_back(by_strength[i].second);
-  }
+  const std::vector<Edge> weak = weakest_connections(net, threshold, fraction);
   auto optimizer = make_optimizer(t.optimizer, net, t.lr);
   restore_optimizer(ck, *optimizer, t.optimizer, path);
   auto [loss_before, metric_before] = evaluate(net, data.x, data.y, task);
@@ -203,7 +290,7 @@ int cmd_prune(const std::string& path, std::optional<double> threshold, std::opt
   if (t.epochs > 0) {
     TrainOptions options;
     options.epochs = t.epochs, options.batch_size = t.batch_size, options.lr = t.lr, options.seed = t.seed, options.task = task;
-    history = train(pruned, *next, data, options).history;
+    history = train(pruned, next, data, options).history;
     auto [loss_trained, metric] = evaluate(pruned, data.x, data.y, task);
     std::printf("loss: %.6f after %d more epochs\n", loss_trained, t.epochs);
   }
@@ -331,7 +418,7 @@ int main(int argc, char** argv) {
   CLI::App app{"connex: train, prune, edit, export and inspect DAG neural networks"};
   app.require_subcommand(1);
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  app.add_option("--threads", threads, "intra-op threads (default: all cores)")->check(CLI::Range(1, 1024));
+  app.add_option("--threads", threads, "intra-op threads (default: all cores)")->check(number_in(1, 1024, true));
 
   std::string config, path, out, format;
   DataArgs data;
@@ -344,12 +431,17 @@ int main(int argc, char** argv) {
   train_cmd->add_option("config", config, "JSON config or checkpoint (default: the README network)");
   data.add_to(train_cmd);
   train_args.add_to(train_cmd, 1000);
+  DistributedArgs dist;
+  dist.add_to(train_cmd);
+  train_cmd->add_option("--prune-at-epoch", train_args.prune_at_epoch, "prune after this epoch (with --prune-fraction)")->check(number_in(0, HUGE_VAL, true));
+  train_cmd->add_option("--prune-fraction", train_args.prune_fraction, "fraction of connections to prune, weakest |w| first")->check(number_in(0, 1, false));
+  train_cmd->add_option("--checkpoint-every", train_args.checkpoint_every, "write --out every this many epochs (rank 0)")->check(number_in(0, HUGE_VAL, true));
   train_cmd->add_option("--out", out, "directory for model.ckpt, metrics.csv, metrics.json, config.json");
 
   auto* prune_cmd = app.add_subcommand("prune", "remove the weakest connections by |w|, optionally train on");
   prune_cmd->add_option("checkpoint", path, "checkpoint or config")->required();
   prune_cmd->add_option("--threshold", threshold, "remove connections with |w| below this");
-  prune_cmd->add_option("--fraction", fraction, "remove this fraction of connections, weakest first")->check(CLI::Range(0.0, 1.0));
+  prune_cmd->add_option("--fraction", fraction, "remove this fraction of connections, weakest first")->check(number_in(0, 1, false));
   data.add_to(prune_cmd);
   prune_train.add_to(prune_cmd, 0);
   prune_cmd->add_option("--out", out, "write the pruned checkpoint here");
@@ -362,7 +454,7 @@ int main(int argc, char** argv) {
   edit_cmd->add_option("--add-hidden", edit_args.add_hidden, "new hidden neuron")->allow_extra_args(false);
   edit_cmd->add_option("--add-output", edit_args.add_output, "new output neuron (comes last)")->allow_extra_args(false);
   edit_cmd->add_option("--remove-neuron", edit_args.remove_neuron, "neuron to remove")->allow_extra_args(false);
-  edit_cmd->add_option("--dropout", edit_args.dropout, "dropout p for every hidden neuron")->check(CLI::Range(0.0, 1.0));
+  edit_cmd->add_option("--dropout", edit_args.dropout, "dropout p for every hidden neuron")->check(number_in(0, 1, false));
   edit_cmd->add_option("--seed", edit_args.seed, "seed for new parameters");
   edit_cmd->add_option("--out", out, "write the edited checkpoint here")->required();
 
@@ -398,17 +490,32 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "connex: %s (see connex --help)\n", e.what());
     return 2;
   }
+  if (*train_cmd && dist.nproc > 1) {
+    if (dist.rank || dist.world_size) {
+      std::fprintf(stderr, "connex: --nproc launches local workers itself; don't combine it with --rank or --world-size\n");
+      return 2;
+    }
+    // Workers that see a failed peer stop within a few heartbeats; give them that, then stop them.
+    return launch_local_workers(argc, argv, dist.nproc, 10);
+  }
+  // Local workers share the cores unless --threads says otherwise.
+  const char* local_world = std::getenv("LOCAL_WORLD_SIZE");
+  if (app.get_option("--threads")->count() == 0 && local_world)
+    threads = std::max(1, threads / static_cast<int>(std::max<int64_t>(1, parse_integer(local_world).value_or(1))));
   torch::set_num_threads(threads);
-  spdlog::set_pattern("[%H:%M:%S] %v");
+  std::string rank_tag;
+  if (const char* world = std::getenv("WORLD_SIZE"); *train_cmd && (dist.world_size.value_or(0) > 1 || (world && std::string(world) != "1")))
+    rank_tag = fmt::format("[rank {}] ", dist.rank ? *dist.rank : parse_integer(std::getenv("RANK") ? std::getenv("RANK") : "0").value_or(0));
+  spdlog::set_pattern("[%H:%M:%S] " + rank_tag + "%v");
   try {
-    if (*train_cmd) return cmd_train(config, data, train_args, out);
+    if (*train_cmd) return cmd_train(config, data, train_args, dist, out);
     if (*prune_cmd) return cmd_prune(path, threshold, fraction, data, prune_train, out);
     if (*edit_cmd) return cmd_edit(path, edit_args, out);
     if (*export_cmd) return cmd_export(path, format, out);
     if (*inspect_cmd) return cmd_inspect(path);
     if (*bench_cmd) return cmd_bench(bench_cmd->remaining());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "connex: %s\n", e.what());
+    std::fprintf(stderr, "connex: %s%s\n", rank_tag.c_str(), e.what());
     return 1;
   }
   return 0;

@@ -1,12 +1,14 @@
 #include "training.h"
 
 #include <chrono>
+#include <filesystem>
 #include <cmath>
 #include <sstream>
 
 #include <spdlog/spdlog.h>
 
 #include "../progress_bar.h"
+#include "connex/file_io.h"
 
 namespace connex::cli {
 
@@ -132,7 +134,39 @@ std::pair<double, double> evaluate(NeuralNetwork& network, const torch::Tensor& 
   return {loss, metric};
 }
 
-TrainResult train(NeuralNetwork& network, torch::optim::Optimizer& optimizer, const Dataset& data, const TrainOptions& options) {
+std::vector<Edge> weakest_connections(const NeuralNetwork& network, std::optional<double> threshold,
+                                      std::optional<double> fraction) {
+  const auto graph = network->weighted_graph();
+  std::vector<std::pair<double, Edge>> by_strength;
+  for (const auto& c : graph.connections) by_strength.push_back({std::abs(c.weight), {c.from, c.to}});
+  std::stable_sort(by_strength.begin(), by_strength.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<Edge> weak;
+  if (threshold) {
+    for (const auto& [w, e] : by_strength)
+      if (w < *threshold) weak.push_back(e);
+  } else if (fraction) {
+    const auto count = static_cast<size_t>(std::llround(*fraction * static_cast<double>(by_strength.size())));
+    for (size_t i = 0; i < count; ++i) weak.push_back(by_strength[i].second);
+  }
+  return weak;
+}
+
+void write_run(const std::string& out, const NeuralNetwork& network, const torch::optim::Optimizer& optimizer,
+               const std::vector<EpochMetrics>& history) {
+  namespace fs = std::filesystem;
+  fs::create_directories(out);
+  save(network, (fs::path(out) / "model.ckpt").string(), &optimizer);
+  write_file_atomically((fs::path(out) / "metrics.csv").string(), metrics_csv(history), "train");
+  write_file_atomically((fs::path(out) / "metrics.json").string(), metrics_json(history).dump(1) + "\n", "train");
+  try {
+    save_config(network, (fs::path(out) / "config.json").string());
+  } catch (const Error& e) {
+    spdlog::warn("config.json not written: {}", e.what());
+  }
+}
+
+TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimizer>& optimizer, const Dataset& data,
+                  const TrainOptions& options) {
   TrainResult result;
   const int64_t n = data.x.size(0);
   auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
@@ -151,7 +185,22 @@ TrainResult train(NeuralNetwork& network, torch::optim::Optimizer& optimizer, co
   const int64_t batch = options.batch_size > 0 ? std::min(options.batch_size, n_train) : n_train;
   const bool metric_is_accuracy = options.task == Task::Classification;
 
-  apps::ProgressBar bar(options.epochs, "train");
+  // Data parallel: every rank draws the same permutation (same seed) and
+  // takes its contiguous share of each batch. Each rank's mean loss is scaled
+  // by share * ranks / batch, so that the average of the ranks' gradients is
+  // the gradient of the whole batch's mean loss, for any split.
+  int rank = 0, ranks = 1;
+#if defined(CONNEX_WITH_DISTRIBUTED)
+  auto* dp = options.data_parallel;
+  if (dp) rank = dp->group().rank(), ranks = dp->group().world_size();
+#endif
+  const int64_t last_batch = n_train % batch == 0 ? batch : n_train % batch;
+  if (std::min(batch, last_batch) < ranks)
+    fail("train: a batch of {} rows cannot be shared by {} ranks; use a larger --batch-size or fewer processes",
+         std::min(batch, last_batch), ranks);
+  const bool reporter = rank == 0;
+
+  apps::ProgressBar bar(reporter ? options.epochs : 0, "train");
   const auto start = std::chrono::steady_clock::now();
   network->train();
   for (int epoch = 1; epoch <= options.epochs; ++epoch) {
@@ -159,30 +208,71 @@ TrainResult train(NeuralNetwork& network, torch::optim::Optimizer& optimizer, co
     double total = 0;
     for (int64_t b = 0; b < n_train; b += batch) {
       const int64_t size = std::min(batch, n_train - b);
+      const int64_t first = b + size * rank / ranks, share = b + size * (rank + 1) / ranks - first;
       auto xb = result.train_x, yb = result.train_y;
-      if (perm.defined()) {
-        auto idx = perm.narrow(0, b, size);
+      if (perm.defined() || ranks > 1) {
+        auto idx = perm.defined() ? perm.narrow(0, first, share)
+                                  : torch::arange(first, first + share, torch::TensorOptions(torch::kLong).device(options.device));
         xb = xb.index_select(0, idx), yb = yb.index_select(0, idx);
       }
-      optimizer.zero_grad();
+      optimizer->zero_grad();
       auto loss = loss_of(network, network->forward(xb), yb, options.task);
-      loss.backward();
-      optimizer.step();
-      total += loss.item<double>() * static_cast<double>(size);
+      if (ranks > 1) {
+        (loss * (static_cast<double>(share) * ranks / static_cast<double>(size))).backward();
+#if defined(CONNEX_WITH_DISTRIBUTED)
+        dp->average_gradients(network);
+#endif
+      } else {
+        loss.backward();
+      }
+      optimizer->step();
+      total += loss.item<double>() * static_cast<double>(share);
     }
+#if defined(CONNEX_WITH_DISTRIBUTED)
+    if (dp) {  // the epoch's loss over every rank's rows: one small all-reduce per epoch
+      auto sum = torch::tensor({total}, torch::kFloat64);
+      dp->group().all_reduce_sum(sum, "train: epoch loss");
+      total = sum.item<double>();
+    }
+#endif
     EpochMetrics m;
     m.epoch = epoch;
     m.train_loss = total / static_cast<double>(n_train);
-    if (n_val > 0) std::tie(m.val_loss, m.val_metric) = evaluate(network, result.val_x, result.val_y, options.task);
+    if (n_val > 0 && reporter) std::tie(m.val_loss, m.val_metric) = evaluate(network, result.val_x, result.val_y, options.task);
     m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     result.history.push_back(m);
     if (!std::isfinite(m.train_loss)) fail("train: the loss became {} at epoch {}; lower --lr", m.train_loss, epoch);
     std::string extra;
     if (n_val > 0) extra = metric_is_accuracy ? fmt::format("val acc {:.4f}", m.val_metric) : fmt::format("val mse {:.6f}", m.val_metric);
-    bar.update(epoch, m.train_loss, extra);
-    if (!bar.is_tty() && (epoch == 1 || epoch == options.epochs || epoch % std::max(1, options.epochs / 10) == 0))
+    if (reporter) bar.update(epoch, m.train_loss, extra);
+    if (reporter && !bar.is_tty() && (epoch == 1 || epoch == options.epochs || epoch % std::max(1, options.epochs / 10) == 0))
       spdlog::info("epoch {:>5}/{}  loss {:.6f}  {}  {:.1f} epochs/s", epoch, options.epochs, m.train_loss, extra,
                    epoch / std::max(m.seconds, 1e-9));
+
+    if (epoch == options.prune_at_epoch && options.prune_fraction > 0) {
+      // Decided on rank 0 (every rank holds the same weights anyway) and
+      // applied on every rank; the optimizer state follows the survivors.
+      EditScript prune;
+      if (reporter) prune.remove_connections(weakest_connections(network, std::nullopt, options.prune_fraction));
+#if defined(CONNEX_WITH_DISTRIBUTED)
+      EditResult edited = dp ? dp->apply_edit(network, prune, options.seed) : prune.build(network, options.seed);
+#else
+      EditResult edited = prune.build(network, options.seed);
+#endif
+      auto next = make_optimizer(options.optimizer, edited.network, options.lr);
+      transfer_optimizer_state(*optimizer, network, *next, edited);
+      if (reporter)
+        spdlog::info("epoch {}: pruned {} of {} connections (|w| smallest first)", epoch,
+                     network->num_connections() - edited.network->num_connections(), network->num_connections());
+      network = edited.network;
+      optimizer = std::move(next);
+      network->train();
+#if defined(CONNEX_WITH_DISTRIBUTED)
+      if (dp) dp->check_replicas_identical(network, optimizer.get(), "train: after pruning");
+#endif
+    }
+    if (reporter && options.checkpoint_every > 0 && epoch % options.checkpoint_every == 0 && !options.out.empty())
+      write_run(options.out, network, *optimizer, result.history);
   }
   return result;
 }

@@ -2,6 +2,7 @@
 // The command line's data and training loop: datasets from CSV or the
 // built-in toy set, a mini-batch trainer with validation, metrics and a
 // progress display.
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -32,6 +33,11 @@ struct Dataset {
 // Loads and checks the data against the network's input and output sizes.
 Dataset load_dataset(const DataOptions& options, const NeuralNetwork& network);
 
+// The connections with the smallest |w|: those below `threshold`, or the
+// weakest `fraction` of all (exactly one of the two is given).
+std::vector<Edge> weakest_connections(const NeuralNetwork& network, std::optional<double> threshold,
+                                      std::optional<double> fraction);
+
 struct TrainOptions {
   int epochs = 1000;
   int64_t batch_size = 0;  // 0: full batch
@@ -41,6 +47,18 @@ struct TrainOptions {
   double val_split = 0.0;
   torch::Device device = torch::kCPU;
   Task task = Task::Regression;
+  // Prune this fraction of connections (weakest |w| first) after this epoch;
+  // the optimizer state moves with the surviving parameters.
+  int prune_at_epoch = 0;
+  double prune_fraction = 0.0;
+  // Write `out` (see write_run) every this many epochs; 0: only the caller writes.
+  int checkpoint_every = 0;
+  std::string out;
+#if defined(CONNEX_WITH_DISTRIBUTED)
+  // Data parallel: each batch is split over the group's ranks, gradients are
+  // averaged, only rank 0 reports and writes. Null: one process.
+  distributed::DataParallel* data_parallel = nullptr;
+#endif
 };
 
 struct EpochMetrics {
@@ -59,8 +77,15 @@ struct TrainResult {
   torch::Tensor train_x, train_y, val_x, val_y;
 };
 
-// Splits, trains with the given optimizer, reports each epoch.
-TrainResult train(NeuralNetwork& network, torch::optim::Optimizer& optimizer, const Dataset& data, const TrainOptions& options);
+// Splits, trains with the given optimizer, reports each epoch. A prune step
+// replaces both `network` and `optimizer`.
+TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimizer>& optimizer, const Dataset& data,
+                  const TrainOptions& options);
+
+// Writes every file of a training run into the directory `out`, each
+// atomically: model.ckpt (with optimizer state), metrics.csv, metrics.json, config.json.
+void write_run(const std::string& out, const NeuralNetwork& network, const torch::optim::Optimizer& optimizer,
+               const std::vector<EpochMetrics>& history);
 
 nlohmann::json metrics_json(const std::vector<EpochMetrics>& history);
 std::string metrics_csv(const std::vector<EpochMetrics>& history);

@@ -1,5 +1,6 @@
 #include "connex/checkpoint.h"
 
+#include <algorithm>
 #include <cstring>
 #include <sstream>
 
@@ -55,6 +56,68 @@ std::vector<std::pair<std::string, torch::Tensor>> state_tensors(const NeuralNet
   return tensors;
 }
 
+size_t element_size(const json& config) {
+  if (config.contains("options") && config.at("options").is_object() && config.at("options").contains("dtype")) {
+    const auto& dtype = config.at("options").at("dtype");
+    if (dtype == "float64") return 8;
+    if (dtype == "float16" || dtype == "bfloat16") return 2;
+  }
+  return 4;
+}
+
+bool option_on(const json& config, const char* key) {
+  if (!config.contains("options") || !config.at("options").is_object()) return false;
+  const auto& options = config.at("options");
+  return options.contains(key) && options.at(key).is_boolean() && options.at(key).get<bool>();
+}
+
+// A checkpoint must hold every parameter its config's structure needs. A few
+// header bytes can declare a huge structure (a prebuilt MLP is four numbers;
+// attention parameters grow as L² or n·L² per batch), so before building
+// anything, compare a lower bound of the parameter bytes with the tensor bytes
+// present. Malformed configs pass through: network_from_config names the error.
+void check_declared_size(const json& config, size_t data_size, const std::string& path) {
+  if (!config.is_object() || !config.contains("graph") || !config.at("graph").is_object()) return;
+  const json& graph = config.at("graph");
+  const double element = static_cast<double>(element_size(config));
+  auto too_big = [&](double values, const char* what) {
+    if (values * element > static_cast<double>(data_size))
+      fail("load(): {}: its config declares {} of {:.0f} parameter values ({:.0f} bytes) but the file holds only {} bytes "
+           "of tensor data", path, what, values, values * element, data_size);
+  };
+  if (graph.contains("prebuilt")) {
+    // Layers of input_size, depth x width, output_size neurons; MLP links consecutive layers, DenseMLP every pair.
+    double size[4];
+    const char* keys[4] = {"input_size", "output_size", "width", "depth"};
+    for (int k = 0; k < 4; ++k) {
+      if (!graph.contains(keys[k]) || !graph.at(keys[k]).is_number_integer() || graph.at(keys[k]).get<int64_t>() < 0) return;
+      size[k] = static_cast<double>(graph.at(keys[k]).get<int64_t>());
+    }
+    const double in = size[0], out = size[1], width = size[2], depth = size[3];
+    if (depth > 0 && width < 1) return;  // rejected by the builder
+    double connections;
+    if (graph.at("prebuilt") == "MLP")
+      connections = depth == 0 ? in * out : in * width + (depth - 1) * width * width + width * out;
+    else if (graph.at("prebuilt") == "DenseMLP")
+      connections = depth * width * in + width * width * depth * (depth - 1) / 2 + out * (in + depth * width);
+    else
+      return;
+    too_big(connections + width * depth + out, "a prebuilt network");
+  }
+  if (!option_on(config, "use_topo_self_attention") && !option_on(config, "use_neuron_self_attention")) return;
+  // Attention parameters (techniques.h): 3 (L² + L) per batch, or 3 n (L² + L)
+  // per batch of n neurons; the graph itself is now known to be small.
+  const auto topology = Topology::compile(graph_from_config(graph, path));
+  double values = static_cast<double>(topology->num_connections() + topology->num_biases());
+  for (size_t l = 1; l < topology->levels().size(); ++l) {
+    const Level& level = topology->levels()[l];
+    const double L = static_cast<double>(level.sources.size()), n = static_cast<double>(level.size());
+    if (option_on(config, "use_topo_self_attention")) values += 3 * (L * L + L);
+    if (option_on(config, "use_neuron_self_attention")) values += 3 * n * (L * L + L);
+  }
+  too_big(values, "a network with attention");
+}
+
 }  // namespace
 
 std::string optimizer_type_name(const torch::optim::Optimizer& optimizer) {
@@ -103,8 +166,9 @@ void save(const NeuralNetwork& network, const std::string& path, const torch::op
   write_file_atomically(path, file, "save()");
 }
 
-Checkpoint load_checkpoint(const std::string& path) {
-  const std::string file = read_file(path, "load()");
+Checkpoint load_checkpoint(const std::string& path) { return parse_checkpoint(read_file(path, "load()"), path); }
+
+Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
   if (file.size() < 8 || std::memcmp(file.data(), kMagic, 8) != 0)
     fail("load(): {} is not a connex checkpoint (it does not start with \"CONNEXCK\")", path);
   if (file.size() < kPrefix + 8) fail("load(): {} is truncated ({} bytes)", path, file.size());
@@ -127,6 +191,7 @@ Checkpoint load_checkpoint(const std::string& path) {
   if (!header.is_object() || !header.contains("config") || !header.contains("tensors") || !header.at("tensors").is_array())
     fail("load(): {} has a header without \"config\" and \"tensors\"", path);
   const size_t data_begin = kPrefix + header_size, data_size = file.size() - 8 - data_begin;
+  check_declared_size(header.at("config"), data_size, path);
 
   Checkpoint checkpoint;
   checkpoint.network = network_from_config(header.at("config"), path);
@@ -144,7 +209,13 @@ Checkpoint load_checkpoint(const std::string& path) {
     if (it == saved.end()) fail("load(): {} lacks tensor \"{}\" that its network's structure needs", path, name);
     const json& entry = *it->second;
     try {
-      const auto shape = entry.at("shape").get<std::vector<int64_t>>();
+      // Checked before converting: a float such as 1e308 does not convert to an integer.
+      const json& shape_json = entry.at("shape");
+      if (!shape_json.is_array() || !std::all_of(shape_json.begin(), shape_json.end(), [](const json& v) { return v.is_number_integer(); }) ||
+          !entry.at("offset").is_number_unsigned() || !entry.at("nbytes").is_number_unsigned())
+        fail("load(): {}: tensor entry \"{}\" is malformed: its shape must be an array of integers and its offset and nbytes "
+             "non-negative integers", path, name);
+      const auto shape = shape_json.get<std::vector<int64_t>>();
       const auto dtype = entry.at("dtype").get<std::string>();
       const auto offset = entry.at("offset").get<uint64_t>(), nbytes = entry.at("nbytes").get<uint64_t>();
       if (!tensor.sizes().equals(shape))
@@ -185,14 +256,31 @@ NeuralNetwork load(const std::string& path) { return load_checkpoint(path).netwo
 
 void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer& optimizer, const std::string& path) {
   if (checkpoint.optimizer_state.empty()) fail("load_optimizer_state(): {} holds no optimizer state", path);
+  // A failed load leaves the optimizer as it was: torch's loader may have
+  // replaced part of its state (or its groups' options) before it failed.
+  std::ostringstream previous;
+  {
+    torch::serialize::OutputArchive archive;
+    optimizer.save(archive);
+    archive.save_to(previous);
+  }
+  auto restore = [&] {
+    std::istringstream bytes(previous.str());
+    torch::serialize::InputArchive archive;
+    archive.load_from(bytes);
+    optimizer.state().clear();
+    optimizer.load(archive);
+  };
   try {
     std::istringstream bytes(checkpoint.optimizer_state);
     torch::serialize::InputArchive archive;
     archive.load_from(bytes);
     optimizer.load(archive);
   } catch (const std::exception& e) {
-    optimizer.state().clear();
-    fail("load_optimizer_state(): the optimizer state in {} does not fit this optimizer: {}", path, e.what());
+    const auto* torch_error = dynamic_cast<const c10::Error*>(&e);  // what() would append a C++ backtrace
+    const std::string why = torch_error ? torch_error->what_without_backtrace() : e.what();
+    restore();
+    fail("load_optimizer_state(): the optimizer state in {} does not fit this optimizer: {}", path, why);
   }
   // torch's loader does not compare the state's shapes with the parameters': do it here.
   size_t index = 0;
@@ -210,7 +298,7 @@ void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer&
         for (const auto& t : tensors)
           if (t.defined() && !t.sizes().equals(p.sizes())) {
             const std::string shape = fmt::format("[{}]", fmt::join(t.sizes(), ", "));
-            optimizer.state().clear();
+            restore();
             fail("load_optimizer_state(): the optimizer state in {} has shape {} for parameter {} of shape [{}]; it belongs to another network",
                  path, shape, index, fmt::join(p.sizes(), ", "));
           }

@@ -15,16 +15,6 @@ using nlohmann::json;
 
 constexpr int kConfigVersion = 1;
 
-json id_json(const NeuronId& id) { return id.is_integer() ? json(id.as_integer()) : json(id.as_string()); }
-
-NeuronId id_from(const json& value, const std::string& source, const std::string& path) {
-  if (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
-    fail("{}: {} is {}, beyond the 64-bit signed range of integer neuron ids", source, path, value.dump());
-  if (value.is_number_integer()) return NeuronId(value.get<int64_t>());
-  if (value.is_string()) return NeuronId(value.get<std::string>());
-  fail("{}: {} must be an integer or a string neuron id, got {}", source, path, value.dump());
-}
-
 const std::vector<std::pair<std::string, torch::Dtype>>& dtype_names() {
   static const std::vector<std::pair<std::string, torch::Dtype>> names = {
       {"float32", torch::kFloat32}, {"float64", torch::kFloat64}, {"float16", torch::kFloat16}, {"bfloat16", torch::kBFloat16}};
@@ -48,21 +38,45 @@ int64_t positive_int(const json& obj, const std::string& key, const std::string&
 
 }  // namespace
 
+json dropout_to_json(const DropoutSpec& dropout) {
+  if (dropout.per_neuron.empty()) return dropout.hidden;
+  json neurons = json::array();
+  for (const auto& [id, p] : dropout.per_neuron) neurons.push_back({id_to_json(id), p});
+  return {{"hidden", dropout.hidden}, {"neurons", neurons}};
+}
+
+DropoutSpec dropout_from_json(const json& v, const std::string& source, const std::string& path) {
+  if (v.is_number()) return DropoutSpec(v.get<double>());
+  if (!v.is_object()) fail("{}: {} must be a number or an object, got {}", source, path, v.type_name());
+  DropoutSpec spec(0.0);
+  for (auto it = v.begin(); it != v.end(); ++it)
+    if (it.key() != "hidden" && it.key() != "neurons")
+      fail("{}: {}/{} is not a key of dropout_p (\"hidden\", \"neurons\")", source, path, it.key());
+  if (v.contains("hidden")) {
+    if (!v.at("hidden").is_number()) fail("{}: {}/hidden must be a number, got {}", source, path, v.at("hidden").type_name());
+    spec.hidden = v.at("hidden").get<double>();
+  }
+  if (v.contains("neurons")) {
+    const auto& list = v.at("neurons");
+    if (!list.is_array()) fail("{}: {}/neurons must be an array of [id, p], got {}", source, path, list.type_name());
+    for (size_t i = 0; i < list.size(); ++i) {
+      const std::string here = fmt::format("{}/neurons/{}", path, i);
+      if (!list[i].is_array() || list[i].size() != 2 || !list[i][1].is_number())
+        fail("{}: {} must be a pair [neuron, p], got {}", source, here, list[i].dump());
+      spec.per_neuron.emplace_back(id_from_json(list[i][0], source, here + "/0"), list[i][1].get<double>());
+    }
+  }
+  return spec;
+}
+
 json options_to_json(const NeuralNetworkOptions& options, const char* context) {
   json out;
   out["hidden_activation"] = builtin_name(options.hidden_activation(), "hidden_activation", context);
   out["output_transformation"] = builtin_name(options.output_transformation(), "output_transformation", context);
-  const auto& dropout = options.dropout_p();
-  if (dropout.per_neuron.empty()) {
-    out["dropout_p"] = dropout.hidden;
-  } else {
-    json neurons = json::array();
-    for (const auto& [id, p] : dropout.per_neuron) neurons.push_back({id_json(id), p});
-    out["dropout_p"] = {{"hidden", dropout.hidden}, {"neurons", neurons}};
-  }
+  out["dropout_p"] = dropout_to_json(options.dropout_p());
   if (options.topo_sort()) {
     out["topo_sort"] = json::array();
-    for (const auto& id : *options.topo_sort()) out["topo_sort"].push_back(id_json(id));
+    for (const auto& id : *options.topo_sort()) out["topo_sort"].push_back(id_to_json(id));
   }
   out["seed"] = options.seed();
   out["use_topo_norm"] = options.use_topo_norm();
@@ -100,40 +114,12 @@ NeuralNetworkOptions options_from_json(const json& json_options, const std::stri
   if (auto f = function("hidden_activation")) options.hidden_activation(*f);
   if (auto f = function("output_transformation")) options.output_transformation(*f);
 
-  if (json_options.contains("dropout_p")) {
-    const auto& v = json_options.at("dropout_p");
-    if (v.is_number()) {
-      options.dropout_p(DropoutSpec(v.get<double>()));
-    } else if (v.is_object()) {
-      DropoutSpec spec(0.0);
-      for (auto it = v.begin(); it != v.end(); ++it)
-        if (it.key() != "hidden" && it.key() != "neurons")
-          fail("{}: /options/dropout_p/{} is not a key of dropout_p (\"hidden\", \"neurons\")", source, it.key());
-      if (v.contains("hidden")) {
-        if (!v.at("hidden").is_number())
-          fail("{}: /options/dropout_p/hidden must be a number, got {}", source, v.at("hidden").type_name());
-        spec.hidden = v.at("hidden").get<double>();
-      }
-      if (v.contains("neurons")) {
-        const auto& list = v.at("neurons");
-        if (!list.is_array()) fail("{}: /options/dropout_p/neurons must be an array of [id, p], got {}", source, list.type_name());
-        for (size_t i = 0; i < list.size(); ++i) {
-          const std::string path = fmt::format("/options/dropout_p/neurons/{}", i);
-          if (!list[i].is_array() || list[i].size() != 2 || !list[i][1].is_number())
-            fail("{}: {} must be a pair [neuron, p], got {}", source, path, list[i].dump());
-          spec.per_neuron.emplace_back(id_from(list[i][0], source, path + "/0"), list[i][1].get<double>());
-        }
-      }
-      options.dropout_p(spec);
-    } else {
-      fail("{}: /options/dropout_p must be a number or an object, got {}", source, v.type_name());
-    }
-  }
+  if (json_options.contains("dropout_p")) options.dropout_p(dropout_from_json(json_options.at("dropout_p"), source, "/options/dropout_p"));
   if (json_options.contains("topo_sort")) {
     const auto& v = json_options.at("topo_sort");
     if (!v.is_array()) fail("{}: /options/topo_sort must be an array, got {}", source, v.type_name());
     std::vector<NeuronId> order;
-    for (size_t i = 0; i < v.size(); ++i) order.push_back(id_from(v[i], source, fmt::format("/options/topo_sort/{}", i)));
+    for (size_t i = 0; i < v.size(); ++i) order.push_back(id_from_json(v[i], source, fmt::format("/options/topo_sort/{}", i)));
     options.topo_sort(order);
   }
   if (json_options.contains("seed")) {

@@ -1,5 +1,6 @@
 #include "connex/graph_export.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <sstream>
@@ -16,7 +17,6 @@ namespace {
 
 using nlohmann::json;
 
-json id_json(const NeuronId& id) { return id.is_integer() ? json(id.as_integer()) : json(id.as_string()); }
 
 std::string xml_escape(const std::string& text) {
   std::string out;
@@ -57,9 +57,9 @@ json to_node_link_json(const NeuralNetwork& network) {
   out["multigraph"] = false;
   json graph;
   graph["inputs"] = json::array();
-  for (const auto& id : g.inputs) graph["inputs"].push_back(id_json(id));
+  for (const auto& id : g.inputs) graph["inputs"].push_back(id_to_json(id));
   graph["outputs"] = json::array();
-  for (const auto& id : g.outputs) graph["outputs"].push_back(id_json(id));
+  for (const auto& id : g.outputs) graph["outputs"].push_back(id_to_json(id));
   graph["options"] = options_to_json(network->options(), "to_node_link_json()");
   graph["format"] = "connex-weighted-graph";
   graph["version"] = 1;
@@ -71,13 +71,13 @@ json to_node_link_json(const NeuralNetwork& network) {
   out["graph"] = graph;
   out["nodes"] = json::array();
   for (const auto& n : g.neurons) {
-    json node{{"id", id_json(n.id)}, {"role", role_name(n.role)}, {"dropout_p", n.dropout_p}, {"level", n.level}};
+    json node{{"id", id_to_json(n.id)}, {"role", role_name(n.role)}, {"dropout_p", n.dropout_p}, {"level", n.level}};
     if (n.bias) node["bias"] = *n.bias;
     out["nodes"].push_back(node);
   }
   out["links"] = json::array();
   for (const auto& c : g.connections)
-    out["links"].push_back({{"source", id_json(c.from)}, {"target", id_json(c.to)}, {"weight", c.weight}});
+    out["links"].push_back({{"source", id_to_json(c.from)}, {"target", id_to_json(c.to)}, {"weight", c.weight}});
   return out;
 }
 
@@ -123,6 +123,7 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
   // A value must be finite in the network's dtype (1e300 would load as inf in float32).
   const double max_value = network->options().dtype() == torch::kFloat64 ? std::numeric_limits<double>::max()
                          : network->options().dtype() == torch::kFloat16 ? 65504.0
+                         : network->options().dtype() == torch::kBFloat16 ? 3.3895313892515355e38  // float's max rounds up to inf
                                                                           : static_cast<double>(std::numeric_limits<float>::max());
   auto fits = [&](double v) { return std::isfinite(v) && std::abs(v) <= max_value; };
   // Values: set through the flat tensors (one write per tensor, not per value).
@@ -160,8 +161,14 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
       auto* target = it.key().find('.') == std::string::npos ? nullptr : named.find(it.key());
       if (!target) fail("{}: {} names no operation parameter of this network", source, path);
       try {
-        auto values = torch::tensor(it.value().at("values").get<std::vector<double>>(), torch::kFloat64);
-        const auto shape = it.value().at("shape").get<std::vector<int64_t>>();
+        const auto numbers = it.value().at("values").get<std::vector<double>>();
+        for (size_t k = 0; k < numbers.size(); ++k)  // as for weights and biases: 1e300 would load as inf in float32
+          if (!fits(numbers[k])) fail("{}: {}/values/{} {} does not fit the network's dtype", source, path, k, numbers[k]);
+        auto values = torch::tensor(numbers, torch::kFloat64);
+        const json& shape_json = it.value().at("shape");  // a float such as 1e308 does not convert to int64
+        if (!shape_json.is_array() || !std::all_of(shape_json.begin(), shape_json.end(), [](const json& v) { return v.is_number_integer(); }))
+          fail("{}: {}/shape must be an array of integers, got {}", source, path, shape_json.dump());
+        const auto shape = shape_json.get<std::vector<int64_t>>();
         if (!target->sizes().equals(shape) || values.numel() != target->numel())
           fail("{}: {} has shape [{}] but the network needs [{}]", source, path, fmt::join(shape, ", "), fmt::join(target->sizes(), ", "));
         target->copy_(values.view(shape));

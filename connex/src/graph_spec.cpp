@@ -205,6 +205,18 @@ GraphSpec GraphSpec::from_adjacency(const Adjacency& adjacency, std::vector<Neur
 
 // ---------------------------------------------------------------- JSON form
 
+nlohmann::json id_to_json(const NeuronId& id) {
+  return id.is_integer() ? nlohmann::json(id.as_integer()) : nlohmann::json(id.as_string());
+}
+
+NeuronId id_from_json(const nlohmann::json& value, const std::string& source, const std::string& path) {
+  if (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+    fail("{}: {} is {}, beyond the 64-bit signed range of integer neuron ids", source, path, value.dump());
+  if (value.is_number_integer()) return NeuronId(value.get<int64_t>());
+  if (value.is_string()) return NeuronId(value.get<std::string>());
+  fail("{}: {} must be an integer or a string neuron id, got {}", source, path, value.dump());
+}
+
 namespace {
 
 // Where a JSON value sits, for messages: "<source>: <path>".
@@ -216,11 +228,7 @@ struct JsonPlace {
 };
 
 NeuronId id_from_json(const nlohmann::json& value, const JsonPlace& place) {
-  if (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
-    fail("{}: {} is {}, beyond the 64-bit signed range of integer neuron ids", place.source, place.path, value.dump());
-  if (value.is_number_integer()) return NeuronId(value.get<int64_t>());
-  if (value.is_string()) return NeuronId(value.get<std::string>());
-  fail("{}: {} must be an integer or a string neuron id, got {}", place.source, place.path, value.dump());
+  return connex::id_from_json(value, place.source, place.path);
 }
 
 std::vector<NeuronId> ids_from_json(const nlohmann::json& json, const std::string& key, bool required,
@@ -303,18 +311,15 @@ GraphSpec GraphSpec::from_json(const nlohmann::json& json, const std::string& so
 }
 
 nlohmann::json GraphSpec::to_json() const {
-  auto id_json = [](const NeuronId& id) {
-    return id.is_integer() ? nlohmann::json(id.as_integer()) : nlohmann::json(id.as_string());
-  };
   nlohmann::json json;
   json["neurons"] = nlohmann::json::array();
-  for (const auto& id : neurons_) json["neurons"].push_back(id_json(id));
+  for (const auto& id : neurons_) json["neurons"].push_back(id_to_json(id));
   json["edges"] = nlohmann::json::array();
-  for (const auto& [u, v] : edges_) json["edges"].push_back({id_json(u), id_json(v)});
+  for (const auto& [u, v] : edges_) json["edges"].push_back({id_to_json(u), id_to_json(v)});
   json["inputs"] = nlohmann::json::array();
-  for (const auto& id : inputs_) json["inputs"].push_back(id_json(id));
+  for (const auto& id : inputs_) json["inputs"].push_back(id_to_json(id));
   json["outputs"] = nlohmann::json::array();
-  for (const auto& id : outputs_) json["outputs"].push_back(id_json(id));
+  for (const auto& id : outputs_) json["outputs"].push_back(id_to_json(id));
   return json;
 }
 

@@ -210,10 +210,23 @@ NeuralNetworkImpl::GatherTensors NeuralNetworkImpl::register_gather(const Gather
 
 void NeuralNetworkImpl::to(torch::Dtype dtype, bool non_blocking) { to(weight_.device(), dtype, non_blocking); }
 
-void NeuralNetworkImpl::to(torch::Device device, bool non_blocking) { torch::nn::Module::to(device, non_blocking); }
+// Torch would throw c10::Error (with a C++ backtrace) from deep inside Module::to().
+static void check_device(const torch::Device& device) {
+  if (device.is_cuda() && !torch::cuda::is_available())
+    fail("NeuralNetwork::to(): device {} is not available: CUDA is not available (no GPU, or this LibTorch was built without CUDA)",
+         device.str());
+  if (device.is_cuda() && device.has_index() && device.index() >= static_cast<int>(torch::cuda::device_count()))
+    fail("NeuralNetwork::to(): device {} does not exist: there are {} CUDA devices", device.str(), torch::cuda::device_count());
+}
+
+void NeuralNetworkImpl::to(torch::Device device, bool non_blocking) {
+  check_device(device);
+  torch::nn::Module::to(device, non_blocking);
+}
 
 void NeuralNetworkImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
   if (!c10::isFloatingType(dtype)) fail("NeuralNetwork::to(): dtype {} is not a floating-point type", c10::toString(dtype));
+  check_device(device);
   torch::NoGradGuard no_grad;
   auto cast = [&](torch::Tensor& t) {
     t.set_data(t.is_floating_point() ? t.to(device, dtype, non_blocking) : t.to(device, t.scalar_type(), non_blocking));

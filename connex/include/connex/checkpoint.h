@@ -31,6 +31,10 @@ std::string optimizer_type_name(const torch::optim::Optimizer& optimizer);
 // be written down, such as a custom callable activation.
 void save(const NeuralNetwork& network, const std::string& path, const torch::optim::Optimizer* optimizer = nullptr);
 Checkpoint load_checkpoint(const std::string& path);
+// The same from the file's bytes in memory (load_checkpoint reads the file and
+// calls this); `source` names the bytes in messages. Sizes the header declares
+// are checked against the bytes present before anything is allocated for them.
+Checkpoint parse_checkpoint(const std::string& bytes, const std::string& source = "checkpoint");
 NeuralNetwork load(const std::string& path);
 // Restores the saved state into an optimizer built over checkpoint.network's parameters.
 void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer& optimizer, const std::string& path = "checkpoint");

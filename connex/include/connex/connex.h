@@ -17,3 +17,7 @@
 #include "connex/torchscript_export.h"
 #include "connex/csv.h"
 #include "connex/techniques.h"
+#include "connex/edit_script.h"
+#if defined(CONNEX_WITH_DISTRIBUTED)
+#include "connex/distributed.h"
+#endif

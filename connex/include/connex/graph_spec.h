@@ -80,4 +80,9 @@ class GraphSpec {
 std::optional<std::vector<int64_t>> find_cycle(int64_t num_nodes,
                                                const std::vector<std::pair<int64_t, int64_t>>& edges);
 
+// A neuron id in JSON: a number for integer ids, a string otherwise. The
+// reader names `source` and the JSON `path` when the value is neither.
+nlohmann::json id_to_json(const NeuronId& id);
+NeuronId id_from_json(const nlohmann::json& value, const std::string& source, const std::string& path);
+
 }  // namespace connex

@@ -1,0 +1,358 @@
+#include "connex/distributed.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include <torch/csrc/distributed/c10d/FileStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef CONNEX_WITH_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include "connex/error.h"
+#include "connex/file_io.h"
+
+namespace connex::distributed {
+
+namespace {
+
+// Library messages can span lines; a connex error is one line.
+std::string one_line(std::string text) {
+  for (auto& c : text)
+    if (c == '\n' || c == '\r') c = ' ';
+  if (text.size() > 300) text = text.substr(0, 300) + "...";
+  return text;
+}
+
+std::optional<int> environment_int(const char* name, int lowest, int highest) {
+  const char* value = std::getenv(name);
+  if (!value || !*value) return std::nullopt;
+  const auto parsed = parse_integer(value);
+  if (!parsed || *parsed < lowest || *parsed > highest)
+    fail("environment variable {}={} is not an integer in [{}, {}]", name, value, lowest, highest);
+  return static_cast<int>(*parsed);
+}
+
+bool is_loopback(const std::string& address) {
+  return address == "localhost" || address.rfind("127.", 0) == 0 || address == "::1";
+}
+
+std::string heartbeat_key(int rank) { return "connex/heartbeat/" + std::to_string(rank); }
+
+}  // namespace
+
+GroupOptions GroupOptions::from_environment() {
+  GroupOptions options;
+  if (auto v = environment_int("WORLD_SIZE", 1, 1 << 20)) options.world_size(*v);
+  if (auto v = environment_int("RANK", 0, 1 << 20)) options.rank(*v);
+  if (const char* addr = std::getenv("MASTER_ADDR"); addr && *addr) options.master_addr(addr);
+  if (auto v = environment_int("MASTER_PORT", 1, 65535)) options.master_port(*v);
+  return options;
+}
+
+// ------------------------------------------------------------------- Group
+
+struct Group::Impl {
+  GroupOptions options;
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<CollectiveGroup> process_group;
+  std::string backend;
+  torch::Device device = torch::kCPU;
+
+  std::thread heartbeat;
+  std::mutex mutex;
+  std::condition_variable wake;
+  bool stopping = false;
+
+  void beat() {
+    const std::string key = heartbeat_key(options.rank());
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mutex);
+        if (wake.wait_for(lock, options.heartbeat_interval(), [&] { return stopping; })) return;
+      }
+      try {
+        store->add(key, 1);
+      } catch (const std::exception&) {
+        return;  // the store's host (rank 0) is gone; lost_ranks() reports it
+      }
+    }
+  }
+
+  // Runs one collective; any failure becomes an error naming the lost ranks.
+  void run(Group& self, const char* what, const std::function<c10::intrusive_ptr<c10d::Work>()>& start) {
+    try {
+      start()->wait();
+    } catch (const std::exception& e) {
+      const std::string cause = one_line(e.what());
+      const auto lost = self.lost_ranks();
+      const int size = options.world_size();
+      if (!lost.empty())
+        fail("{}: lost rank {} of {} (no heartbeat for {} ms); rank {} stops. Cause: {}", what, fmt::join(lost, ", "), size,
+             4 * options.heartbeat_interval().count(), options.rank(), cause);
+      fail("{}: the collective failed on rank {} of {} while every other rank still sends heartbeats "
+           "(one may be stuck or calling a different collective): {}",
+           what, options.rank(), size, cause);
+    }
+  }
+
+  // Moves a tensor to the backend's device for a collective and back.
+  template <typename F>
+  void on_device(torch::Tensor& tensor, F&& op) {
+    if (tensor.device() == device && tensor.is_contiguous()) {
+      op(tensor);
+      return;
+    }
+    auto staged = tensor.to(device).contiguous();
+    op(staged);
+    tensor.copy_(staged);
+  }
+};
+
+Group::Group(const GroupOptions& options) : impl_(std::make_unique<Impl>()) {
+  auto& m = *impl_;
+  m.options = options;
+  const int rank = options.rank(), size = options.world_size();
+  if (size < 1) fail("Group: world_size must be at least 1, got {}", size);
+  if (rank < 0 || rank >= size) fail("Group: rank {} is outside [0, {}) (world_size {})", rank, size, size);
+  if (options.timeout().count() <= 0) fail("Group: timeout must be positive, got {} ms", options.timeout().count());
+  if (options.heartbeat_interval().count() <= 0)
+    fail("Group: heartbeat_interval must be positive, got {} ms", options.heartbeat_interval().count());
+  const std::string where = options.file_store().empty()
+                                ? fmt::format("{}:{}", options.master_addr(), options.master_port())
+                                : "file " + options.file_store();
+  try {
+    if (!options.file_store().empty()) {
+      m.store = c10::make_intrusive<c10d::FileStore>(options.file_store(), size);
+      m.store->setTimeout(options.timeout());
+    } else {
+      if (options.master_port() < 1 || options.master_port() > 65535)
+        fail("Group: master_port must be in [1, 65535], got {}", options.master_port());
+      c10d::TCPStoreOptions store_options;
+      store_options.port = static_cast<uint16_t>(options.master_port());
+      store_options.isServer = rank == 0;
+      store_options.numWorkers = static_cast<size_t>(size);
+      store_options.waitWorkers = true;
+      store_options.timeout = options.timeout();
+      m.store = c10::make_intrusive<c10d::TCPStore>(options.master_addr(), store_options);
+    }
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail("rank {} of {}: could not join the group at {} within {} ms: {}", rank, size, where, options.timeout().count(),
+         one_line(e.what()));
+  }
+
+  try {
+    if (options.device().is_cuda()) {
+#ifdef CONNEX_WITH_NCCL
+      auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
+      nccl_options->timeout = options.timeout();
+      m.process_group = c10::make_intrusive<c10d::ProcessGroupNCCL>(m.store, rank, size, nccl_options);
+      m.backend = "nccl";
+      m.device = options.device();
+#else
+      fail("Group: device {} needs the NCCL backend, but this LibTorch has no CUDA; train on the CPU (Gloo)",
+           options.device().str());
+#endif
+    } else {
+      auto gloo_options = c10d::ProcessGroupGloo::Options::create(options.timeout());
+      // The address other ranks reach this one on: an interface named as in
+      // torch (GLOO_SOCKET_IFNAME), loopback for a local run, else this host's name.
+      if (const char* interface = std::getenv("GLOO_SOCKET_IFNAME"); interface && *interface)
+        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(interface));
+      else if (is_loopback(options.master_addr()) && options.file_store().empty())
+        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+      else
+        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      gloo_options->threads = 2;
+      m.process_group = c10::make_intrusive<c10d::ProcessGroupGloo>(m.store, rank, size, gloo_options);
+      m.backend = "gloo";
+    }
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail("rank {} of {}: could not connect the {} process group through {}: {}", rank, size,
+         options.device().is_cuda() ? "NCCL" : "Gloo", where, one_line(e.what()));
+  }
+  m.store->add(heartbeat_key(rank), 1);
+  m.heartbeat = std::thread([&m] { m.beat(); });
+}
+
+Group::~Group() {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    impl_->stopping = true;
+  }
+  impl_->wake.notify_all();
+  if (impl_->heartbeat.joinable()) impl_->heartbeat.join();
+}
+
+int Group::rank() const { return impl_->options.rank(); }
+int Group::world_size() const { return impl_->options.world_size(); }
+const GroupOptions& Group::options() const { return impl_->options; }
+std::string Group::backend() const { return impl_->backend; }
+const c10::intrusive_ptr<CollectiveGroup>& Group::process_group() const { return impl_->process_group; }
+
+std::vector<int> Group::lost_ranks() {
+  auto& m = *impl_;
+  const int size = m.options.world_size();
+  std::vector<int64_t> before(size), after(size);
+  try {
+    for (int r = 0; r < size; ++r) before[r] = m.store->add(heartbeat_key(r), 0);
+    std::this_thread::sleep_for(4 * m.options.heartbeat_interval());
+    for (int r = 0; r < size; ++r) after[r] = m.store->add(heartbeat_key(r), 0);
+  } catch (const std::exception&) {
+    // Over TCP the store lives in rank 0: if it cannot be reached, rank 0 is gone.
+    if (m.options.file_store().empty() && m.options.rank() != 0) return {0};
+    return {};
+  }
+  std::vector<int> lost;
+  for (int r = 0; r < size; ++r)
+    if (r != m.options.rank() && after[r] == before[r]) lost.push_back(r);
+  return lost;
+}
+
+void Group::all_reduce_sum(torch::Tensor& tensor, const char* what) {
+  impl_->on_device(tensor, [&](torch::Tensor& t) {
+    std::vector<torch::Tensor> tensors{t};
+    impl_->run(*this, what, [&] { return impl_->process_group->allreduce(tensors); });
+  });
+}
+
+void Group::all_reduce_max(torch::Tensor& tensor, const char* what) {
+  impl_->on_device(tensor, [&](torch::Tensor& t) {
+    std::vector<torch::Tensor> tensors{t};
+    c10d::AllreduceOptions options;
+    options.reduceOp = c10d::ReduceOp::MAX;
+    impl_->run(*this, what, [&] { return impl_->process_group->allreduce(tensors, options); });
+  });
+}
+
+void Group::broadcast(torch::Tensor& tensor, int root, const char* what) {
+  impl_->on_device(tensor, [&](torch::Tensor& t) {
+    std::vector<torch::Tensor> tensors{t};
+    c10d::BroadcastOptions options;
+    options.rootRank = root;
+    impl_->run(*this, what, [&] { return impl_->process_group->broadcast(tensors, options); });
+  });
+}
+
+std::string Group::broadcast_bytes(const std::string& bytes, int root, const char* what) {
+  auto size = torch::tensor({static_cast<int64_t>(bytes.size())}, torch::kLong);
+  broadcast(size, root, what);
+  auto data = torch::empty({size.item<int64_t>()}, torch::kUInt8);
+  if (rank() == root && !bytes.empty()) std::memcpy(data.data_ptr(), bytes.data(), bytes.size());
+  broadcast(data, root, what);
+  return std::string(static_cast<const char*>(data.data_ptr()), static_cast<size_t>(data.numel()));
+}
+
+void Group::barrier(const char* what) {
+  impl_->run(*this, what, [&] { return impl_->process_group->barrier(); });
+}
+
+// ------------------------------------------------------------ DataParallel
+
+void DataParallel::broadcast_parameters(NeuralNetwork& network) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : network->parameters()) {
+    auto data = p.detach();
+    group_.broadcast(data, 0, "broadcast_parameters()");
+  }
+  for (auto& b : network->buffers()) {
+    auto data = b.detach();
+    group_.broadcast(data, 0, "broadcast_parameters()");
+  }
+}
+
+void DataParallel::average_gradients(NeuralNetwork& network) {
+  torch::NoGradGuard no_grad;
+  auto parameters = network->parameters();
+  if (parameters.empty()) return;
+  // Parameters of one dtype and device share a bucket: one all-reduce each
+  // (one in all for a plain network: `weight` and `bias` plus any technique's).
+  std::map<std::pair<int, std::string>, std::vector<torch::Tensor>> buckets;
+  for (auto& p : parameters) {
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    buckets[{static_cast<int>(p.scalar_type()), p.device().str()}].push_back(p);
+  }
+  const double scale = 1.0 / group_.world_size();
+  for (auto& [key, members] : buckets) {
+    int64_t total = 0;
+    for (auto& p : members) total += p.numel();
+    auto flat = torch::empty({total}, members.front().options());
+    int64_t offset = 0;
+    for (auto& p : members) {
+      flat.narrow(0, offset, p.numel()).copy_(p.grad().reshape(-1));
+      offset += p.numel();
+    }
+    group_.all_reduce_sum(flat, "average_gradients()");
+    flat.mul_(scale);
+    offset = 0;
+    for (auto& p : members) {
+      p.mutable_grad().copy_(flat.narrow(0, offset, p.numel()).view_as(p));
+      offset += p.numel();
+    }
+  }
+}
+
+uint64_t DataParallel::checksum(const NeuralNetwork& network, const torch::optim::Optimizer* optimizer) {
+  uint64_t hash = fnv1a64(nullptr, 0);
+  auto add = [&](const torch::Tensor& t) {
+    const auto cpu = t.detach().to(torch::kCPU).contiguous();
+    hash = fnv1a64(cpu.data_ptr(), static_cast<size_t>(cpu.numel()) * cpu.element_size(), hash);
+  };
+  for (const auto& p : network->parameters()) add(p);
+  for (const auto& b : network->buffers()) add(b);
+  if (optimizer) {
+    // Every state tensor, in parameter order, as the optimizer serialises it.
+    for (const auto& group : optimizer->param_groups())
+      for (const auto& p : group.params()) {
+        auto it = optimizer->state().find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+        if (it == optimizer->state().end()) continue;
+        torch::serialize::OutputArchive archive;
+        it->second->serialize(archive);
+        std::ostringstream bytes;
+        archive.save_to(bytes);
+        const std::string s = bytes.str();
+        hash = fnv1a64(s.data(), s.size(), hash);
+      }
+  }
+  return hash;
+}
+
+uint64_t DataParallel::check_replicas_identical(const NeuralNetwork& network, const torch::optim::Optimizer* optimizer,
+                                                const char* context) {
+  const uint64_t mine = checksum(network, optimizer);
+  const int size = group_.world_size(), rank = group_.rank();
+  // Every rank's checksum, as two 32-bit halves in a [size, 2] table summed over the ranks.
+  auto table = torch::zeros({size, 2}, torch::kLong);
+  table[rank][0] = static_cast<int64_t>(mine >> 32);
+  table[rank][1] = static_cast<int64_t>(mine & 0xffffffffu);
+  group_.all_reduce_sum(table, context);
+  auto at = table.accessor<int64_t, 2>();
+  auto of = [&](int r) { return (static_cast<uint64_t>(at[r][0]) << 32) | static_cast<uint64_t>(at[r][1]); };
+  std::vector<int> differ;
+  for (int r = 1; r < size; ++r)
+    if (of(r) != of(0)) differ.push_back(r);
+  if (!differ.empty())
+    fail("{}: replicas differ: rank{} {} {} a checksum of {:016x}, rank 0 {:016x}", context, differ.size() > 1 ? "s" : "",
+         fmt::join(differ, ", "), differ.size() > 1 ? "have" : "has", of(differ.front()), of(0));
+  return mine;
+}
+
+EditResult DataParallel::apply_edit(const NeuralNetwork& network, const EditScript& script, uint64_t seed) {
+  const std::string bytes =
+      group_.broadcast_bytes(group_.rank() == 0 ? script.to_json().dump() : std::string(), 0, "apply_edit()");
+  const EditScript agreed = EditScript::from_json(nlohmann::json::parse(bytes), "apply_edit(): rank 0's edit script");
+  EditResult result = agreed.build(network, seed);
+  check_replicas_identical(result.network, nullptr, "apply_edit()");
+  return result;
+}
+
+}  // namespace connex::distributed

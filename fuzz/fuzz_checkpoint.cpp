@@ -1,0 +1,84 @@
+// Fuzz target: the checkpoint reader (connex/checkpoint.h, parse_checkpoint).
+//
+// Input: one mode byte, then the checkpoint bytes. Mode bit 0 set: the last 8
+// bytes are replaced by the FNV-1a checksum of the rest before parsing, so
+// mutations get past the checksum and reach the header, the tensor table and
+// the config (without it nearly every mutation stops at the checksum, which
+// is itself tested by mode 0). Bit 1 set and bit 0 clear: when the checkpoint
+// holds an optimizer state of a known type, it is restored into that
+// optimizer (torch's own deserializer; connex must turn its failures into
+// connex::Error). Not after a checksum fix-up: LibTorch's unpickler is not
+// robust to crafted bytes (fuzzing found a segfault in
+// torch::jit::SourceImporter::loadType via Unpickler::readGlobal), and the
+// checksum is what keeps a corrupted file away from it.
+//
+// On success: forward (shape, dtype, finiteness where provably bounded), and
+// writing the network to a checkpoint in memory and parsing that again gives
+// bit-identical parameters.
+// Caps: none needed in the target. parse_checkpoint itself rejects headers
+// that declare more parameter bytes than the file holds (check_declared_size),
+// and libFuzzer's -max_len bounds the file.
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "connex/file_io.h"
+#include "fuzz_common.h"
+
+namespace {
+
+void restore_optimizer(const connex::Checkpoint& checkpoint) {
+  using namespace torch::optim;
+  const auto params = checkpoint.network->parameters();
+  std::unique_ptr<Optimizer> optimizer;
+  const std::string& type = checkpoint.optimizer_type;
+  if (type == "adam") optimizer = std::make_unique<Adam>(params, AdamOptions(1e-3));
+  else if (type == "adamw") optimizer = std::make_unique<AdamW>(params, AdamWOptions(1e-3));
+  else if (type == "sgd") optimizer = std::make_unique<SGD>(params, SGDOptions(1e-3).momentum(0.9));
+  else if (type == "rmsprop") optimizer = std::make_unique<RMSprop>(params, RMSpropOptions(1e-3));
+  else if (type == "adagrad") optimizer = std::make_unique<Adagrad>(params, AdagradOptions(1e-3));
+  else return;
+  connex_fuzz::guarded("load_optimizer_state", [&] { connex::load_optimizer_state(checkpoint, *optimizer, "fuzz-ckpt"); });
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace connex_fuzz;
+  if (size == 0) return 0;
+  const uint8_t mode = data[0];
+  std::string bytes(reinterpret_cast<const char*>(data + 1), size - 1);
+  if ((mode & 1) && bytes.size() >= 8) {
+    const uint64_t sum = connex::fnv1a64(bytes.data(), bytes.size() - 8);
+    std::memcpy(&bytes[bytes.size() - 8], &sum, 8);
+  }
+  connex::Checkpoint checkpoint;
+  if (!guarded("parse_checkpoint", [&] { checkpoint = connex::parse_checkpoint(bytes, "fuzz-ckpt"); })) return 0;
+  FUZZ_CHECK(!checkpoint.network.is_empty(), "parse_checkpoint returned no network");
+  if ((mode & 3) == 2 && !checkpoint.optimizer_state.empty()) restore_optimizer(checkpoint);
+
+  // What the file holds is what a save of the loaded network holds.
+  auto& net = checkpoint.network;
+  guarded("round trip", [&] {
+    // tmpfs when there is one: save() fsyncs, which costs milliseconds on a disk.
+    static const std::string dir = std::filesystem::is_directory("/dev/shm") ? "/dev/shm" : "/tmp";
+    const std::string path = dir + "/connex_fuzz_checkpoint_" + std::to_string(::getpid()) + ".ckpt";
+    connex::save(net, path);
+    auto again = connex::load(path);
+    std::remove(path.c_str());
+    auto a = net->named_parameters(), b = again->named_parameters();
+    FUZZ_CHECK(a.size() == b.size(), "save/load changed the number of parameter tensors");
+    for (const auto& p : a) {
+      const auto* q = b.find(p.key());
+      FUZZ_CHECK(q && q->sizes().equals(p.value().sizes()), "save/load lost parameter %s", p.key().c_str());
+      auto x = p.value().detach().contiguous(), y = q->detach().contiguous();
+      FUZZ_CHECK(x.scalar_type() == y.scalar_type() &&
+                     (x.numel() == 0 || std::memcmp(x.data_ptr(), y.data_ptr(), x.numel() * x.element_size()) == 0),
+                 "save/load changed the bits of %s", p.key().c_str());
+    }
+  });
+  guarded("forward", [&] { check_forward(net, "parse_checkpoint"); });
+  return 0;
+}

@@ -1,0 +1,483 @@
+// The catalogue of rejected inputs: every kind of bad input connex refuses,
+// in one table. Each case runs against a fresh "world" (a trained network
+// with a technique, dropout, a frozen connection and an Adam optimizer, plus
+// a directory holding its checkpoint, its config and a CSV) and asserts
+//   (a) it is refused with connex::Error (the CLI: a non-zero exit and one
+//       line on stderr) whose message names the culprit, and
+//   (b) nothing changed: every parameter and buffer of the network bit for
+//       bit, its structure, the optimizer's state, and every file in the
+//       directory byte for byte (no file added, none left half-written).
+//
+//   category    | rejected inputs                                                  | the message names
+//   ------------+------------------------------------------------------------------+--------------------------
+//   graph       | cycle, self-loop, unknown / repeated input or output, neuron     | the neurons, the cycle
+//               | both input and output, input with an incoming / output with an   | as a path, the edge, the
+//               | outgoing connection, no inputs, no outputs, a repeated neuron    | JSON path
+//               | id, mixed id kinds, a malformed JSON graph                        |
+//   options     | dropout p outside [0, 1] or NaN, dropout of an unknown neuron,   | the option, the value,
+//               | unknown activation, non-element-wise activation, non-floating   | the neuron
+//               | dtype, bad topo_sort, non-positive prebuilt sizes, to(int)       |
+//   forward     | wrong width, wrong rank, a scalar, wrong dtype, undefined tensor | expected and actual
+//   access      | weight/set_weight/bias/set_bias/freeze/dropout_p by a bad label  | the connection / neuron
+//   edit        | cycle (named), self-loop, unknown neuron, connection into an     | the edge, the cycle, the
+//               | input / out of an output, missing connection, removing every     | neuron
+//               | input or output, existing or wrong-kind id, bad dropout, re-adding|
+//               | a removed neuron, a neuron listed twice, two edges closing a cycle|
+//   config      | wrong-typed field, missing field, unknown key, bad dtype name,  | the file and JSON path
+//               | bad version, invalid JSON, missing file, cycle in a config file, |
+//               | saving a custom callable over an existing config                 |
+//   csv         | ragged row, non-numeric cell, NaN cell, overflow, empty file,    | the file, line, column
+//               | header only, repeated / empty column name, missing file          |
+//   checkpoint  | truncated (two ways), flipped byte, wrong magic, format version, | the file and the problem
+//               | shape mismatch, missing / extra tensor, bad config inside, empty |
+//               | or missing file, optimizer state of another network, saving a   |
+//               | custom callable over it, saving into a missing directory         |
+//   cli         | bad flag values (range, choice, form), unknown flag, bad CSV,    | the flag / file / line
+//               | invalid edit, corrupted checkpoint, prune without a criterion   |
+//
+// Accepted by design, so not in the table: a repeated edge (counts once, as in
+// networkx), NaN or inf in forward() inputs (they propagate; a check would cost
+// a device sync per call), add_connections of an existing connection (ignored).
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <functional>
+
+#include "connex/file_io.h"
+#include "network_snapshot.h"
+
+using namespace connex;
+using namespace connex::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+const auto kDouble = torch::TensorOptions().dtype(torch::kFloat64);
+
+// The state every case starts from.
+struct World {
+  World() {
+    torch::manual_seed(0);
+    net = NeuralNetwork(readme_spec(), NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("relu")
+                                           .use_adaptive_activations(true).dropout_p(0.1).seed(3));
+    net->freeze({{8, 11}});
+    adam = std::make_unique<torch::optim::Adam>(net->parameters(), torch::optim::AdamOptions(1e-2));
+    auto [x, y] = cos_sin_data(torch::kFloat64);
+    adam->zero_grad();
+    torch::mse_loss(net->forward(x), y).backward();
+    adam->step();
+    save(net, dir / "good.ckpt", adam.get());
+    save_config(net, dir / "net.json");
+    spit(dir / "data.csv", "x,y1,y2\n0,1,0\n0.5,0.88,0.48\n1,0.54,0.84\n");
+  }
+  std::string good() const { return slurp(dir / "good.ckpt"); }
+  TempDir dir;
+  NeuralNetwork net{nullptr};
+  std::unique_ptr<torch::optim::Adam> adam;
+};
+
+using Act = std::function<std::string(World&)>;
+
+struct Case {
+  std::string category, name;
+  std::function<void(World&)> prepare;  // writes the bad input files (before the snapshot); may be empty
+  Act act;                              // returns the error message
+  std::vector<std::string> needles;     // each must appear in the message
+};
+
+// A library call that must throw connex::Error; returns its message.
+Act lib(std::function<void(World&)> call) {
+  return [call](World& w) -> std::string {
+    try {
+      call(w);
+    } catch (const Error& e) {
+      return e.what();
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "threw " << typeid(e).name() << " instead of connex::Error: " << e.what();
+      return "";
+    }
+    ADD_FAILURE() << "was accepted";
+    return "";
+  };
+}
+
+std::string optimizer_bytes(const torch::optim::Optimizer& optimizer) {
+  std::ostringstream bytes;
+  torch::serialize::OutputArchive archive;
+  optimizer.save(archive);
+  archive.save_to(bytes);
+  return bytes.str();
+}
+
+std::map<std::string, std::string> files_under(const std::string& root) {
+  std::map<std::string, std::string> files;
+  for (const auto& entry : fs::recursive_directory_iterator(root))
+    files[fs::relative(entry.path(), root).string()] = entry.is_regular_file() ? slurp(entry.path().string()) : "<dir>";
+  return files;
+}
+
+std::function<void(World&)> file(const std::string& name, std::function<std::string(World&)> contents) {
+  return [name, contents](World& w) { spit(w.dir / name, contents(w)); };
+}
+std::function<void(World&)> file(const std::string& name, const std::string& contents) {
+  return file(name, [contents](World&) { return contents; });
+}
+
+NeuralNetwork custom_callable_network() {
+  return NeuralNetwork(GraphSpec::from_edges({{0, 1}, {1, 2}}, {0}, {2}),
+                       NeuralNetworkOptions().hidden_activation(TensorFunction([](const torch::Tensor& z) { return z; }, "mine")));
+}
+
+torch::Tensor zeros(std::vector<int64_t> shape, torch::Dtype dtype = torch::kFloat64) {
+  return torch::zeros(shape, torch::TensorOptions().dtype(dtype));
+}
+
+#ifdef CONNEX_CLI
+// `connex ARGS` in the world's directory: must exit non-zero with exactly one
+// line on stderr and write nothing named "out". Returns stderr.
+Act cli(const std::string& args) {
+  return [args](World& w) -> std::string {
+    TempDir logs;
+    const std::string cmd = "cd '" + w.dir.path + "' && " CONNEX_CLI " " + args + " > '" + (logs / "out.txt") + "' 2> '" +
+                            (logs / "err.txt") + "'";
+    const int status = std::system(cmd.c_str());
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    const std::string err = slurp(logs / "err.txt");
+    EXPECT_GT(code, 0) << "connex " << args << " (stdout: " << slurp(logs / "out.txt") << ")";
+    EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << "one line on stderr, got: " << err;
+    EXPECT_FALSE(fs::exists(w.dir / "out")) << "connex " << args << " wrote out";
+    return err;
+  };
+}
+#endif
+
+std::vector<Case> make_catalogue() {
+  std::vector<Case> c;
+  auto add = [&](std::string category, std::string name, std::function<void(World&)> prepare, Act act,
+                 std::vector<std::string> needles) {
+    c.push_back({std::move(category), std::move(name), std::move(prepare), std::move(act), std::move(needles)});
+  };
+  const std::function<void(World&)> none;
+
+  // ------------------------------------------------------------------ graph
+  add("graph", "Cycle", none, lib([](World&) { GraphSpec::from_edges({{0, 3}, {3, 5}, {5, 7}, {7, 3}, {7, 9}}, {0}, {9}); }),
+      {"the graph has the cycle 3 -> 5 -> 7 -> 3"});
+  add("graph", "SelfLoop", none, lib([](World&) { GraphSpec::from_edges({{0, 1}, {1, 1}, {1, 2}}, {0}, {2}); }),
+      {"the graph has the cycle 1 -> 1"});
+  add("graph", "UnknownInput", none, lib([](World&) { GraphSpec::from_edges({{0, 1}}, {0, 7}, {1}); }),
+      {"input neuron 7 is not a neuron of the graph"});
+  add("graph", "UnknownOutput", none, lib([](World&) { GraphSpec::from_edges({{0, 1}}, {0}, {"x"}); }),
+      {"output neuron \"x\" is not a neuron of the graph"});
+  add("graph", "BothInputAndOutput", none, lib([](World&) { GraphSpec::from_edges({{0, 1}}, {0, 2}, {1, 2}, {0, 1, 2}); }),
+      {"neuron 2 is both an input and an output neuron"});
+  add("graph", "InputWithIncomingEdge", none, lib([](World&) { GraphSpec::from_edges({{0, 1}, {1, 2}, {3, 0}}, {0, 3}, {2}); }),
+      {"input neuron 0 has the incoming connection 3 -> 0"});
+  add("graph", "OutputWithOutgoingEdge", none, lib([](World&) { GraphSpec::from_edges({{0, 1}, {1, 2}, {2, 4}}, {0}, {2, 4}); }),
+      {"output neuron 2 has the outgoing connection 2 -> 4"});
+  add("graph", "NoInputs", none, lib([](World&) { GraphSpec::from_edges({{0, 1}}, {}, {1}); }), {"no input neurons given"});
+  add("graph", "NoOutputs", none, lib([](World&) { GraphSpec::from_edges({{0, 1}}, {0}, {}); }), {"no output neurons given"});
+  add("graph", "RepeatedNeuronId", none, lib([](World&) { GraphSpec::from_edges({{0, 1}}, {0}, {1}, {0, 1, 0}); }),
+      {"neuron 0 is listed twice in the neuron list"});
+  add("graph", "RepeatedInput", none, lib([](World&) { GraphSpec::from_edges({{0, 2}, {1, 2}}, {0, 1, 0}, {2}); }),
+      {"input neuron 0 is listed twice"});
+  add("graph", "MixedIdKinds", none, lib([](World&) { GraphSpec::from_edges({{0, "a"}}, {0}, {"a"}); }),
+      {"neuron \"a\" is a string but neuron 0 is an integer"});
+  add("graph", "JsonEdgeNotAPair", none,
+      lib([](World&) { GraphSpec::from_json(nlohmann::json::parse(R"({"edges":[[0]],"inputs":[0],"outputs":[1]})"), "g.json"); }),
+      {"g.json", "/edges/0 must be a pair [from, to]"});
+
+  // ---------------------------------------------------------------- options
+  auto readme_with = [](NeuralNetworkOptions o) { return [o](World&) { NeuralNetwork(readme_spec(), o); }; };
+  add("options", "DropoutAboveOne", none, lib(readme_with(NeuralNetworkOptions().dropout_p(1.5))),
+      {"dropout_p for hidden neurons is 1.5; it must lie in [0, 1]"});
+  add("options", "DropoutNanForANeuron", none, lib(readme_with(NeuralNetworkOptions().dropout_p(DropoutSpec({{4, std::nan("")}})))),
+      {"dropout_p of neuron 4 is nan"});
+  add("options", "DropoutOfUnknownNeuron", none, lib(readme_with(NeuralNetworkOptions().dropout_p(DropoutSpec({{40, 0.1}})))),
+      {"dropout_p names neuron 40, which is not in the graph"});
+  add("options", "UnknownActivation", none, lib([](World&) { NeuralNetwork(readme_spec(), NeuralNetworkOptions().hidden_activation("swish")); }),
+      {"unknown built-in \"swish\""});
+  add("options", "NonElementwiseActivation", none, lib(readme_with(NeuralNetworkOptions().hidden_activation("softmax"))),
+      {"hidden_activation \"softmax\" is not element-wise"});
+  add("options", "IntegerDtype", none, lib(readme_with(NeuralNetworkOptions().dtype(torch::kInt64))),
+      {"dtype Long is not a floating-point type"});
+  add("options", "TopoSortViolatesAnEdge", none,
+      lib([](World&) {
+        NeuralNetwork(GraphSpec::from_edges({{0, 1}, {1, 2}}, {0}, {2}), NeuralNetworkOptions().topo_sort(std::vector<NeuronId>{1, 0, 2}));
+      }),
+      {"topo_sort places", "0 -> 1"});
+  add("options", "TopoSortMissingANeuron", none, lib(readme_with(NeuralNetworkOptions().topo_sort(std::vector<NeuronId>{0, 1}))),
+      {"topo_sort is not a permutation of the neurons: neuron"});
+  add("options", "PrebuiltZeroWidth", none, lib([](World&) { nn::MLP(1, 2, 0, 2); }), {"MLP(): sizes must be positive", "width=0"});
+  if (!torch::cuda::is_available())
+    add("options", "NetworkToCudaWithoutCuda", none, lib([](World& w) { w.net->to(torch::kCUDA); }),
+        {"NeuralNetwork::to(): device cuda", "CUDA is not available"});
+  add("options", "NetworkToIntegerDtype", none, lib([](World& w) { w.net->to(torch::kInt32); }),
+      {"NeuralNetwork::to(): dtype Int is not a floating-point type"});
+
+  // ---------------------------------------------------------------- forward
+  add("forward", "WrongWidth", none, lib([](World& w) { w.net->forward(zeros({4, 3})); }),
+      {"expected input of shape [batch, 1] or [1], got [4, 3]"});
+  add("forward", "WrongRank", none, lib([](World& w) { w.net->forward(zeros({2, 1, 1})); }), {"got [2, 1, 1]"});
+  add("forward", "Scalar", none, lib([](World& w) { w.net->forward(torch::tensor(1.0, kDouble)); }), {"got []"});
+  add("forward", "WrongDtype", none, lib([](World& w) { w.net->forward(zeros({4, 1}, torch::kFloat32)); }),
+      {"expected input of dtype Double, got Float"});
+  add("forward", "IntegerInput", none, lib([](World& w) { w.net->forward(zeros({4, 1}, torch::kLong)); }),
+      {"expected input of dtype Double, got Long"});
+  add("forward", "Undefined", none, lib([](World& w) { w.net->forward(torch::Tensor()); }), {"the input tensor is undefined"});
+
+  // ----------------------------------------------------------------- access
+  add("access", "WeightOfMissingConnection", none, lib([](World& w) { w.net->weight(0, 11); }),
+      {"NeuralNetwork::weight(): there is no connection 0 -> 11"});
+  add("access", "SetWeightOfUnknownNeuron", none, lib([](World& w) { w.net->set_weight(0, 42, 1.0); }),
+      {"NeuralNetwork::set_weight(): neuron 42 is not in the network"});
+  add("access", "SetBiasOfInput", none, lib([](World& w) { w.net->set_bias(0, 1.0); }),
+      {"NeuralNetwork::set_bias(): neuron 0 is an input and has no bias"});
+  add("access", "FreezeWithOneBadLabel", none, lib([](World& w) { w.net->freeze({{1, 4}, {0, 11}}, {4}); }),
+      {"NeuralNetwork::freeze(): there is no connection 0 -> 11"});
+  add("access", "DropoutOfUnknownNeuron", none, lib([](World& w) { w.net->dropout_p("z"); }),
+      {"NeuralNetwork::dropout_p(): neuron \"z\" is not in the network"});
+
+  // ------------------------------------------------------------------- edit
+  add("edit", "Cycle", none, lib([](World& w) { add_connections(w.net, {{8, 2}}); }),
+      {"add_connections(): edge 8 -> 2 would create the cycle 2 -> 4 -> 6 -> 8 -> 2"});
+  add("edit", "SelfLoop", none, lib([](World& w) { add_connections(w.net, {{5, 5}}); }),
+      {"edge 5 -> 5 would create the cycle 5 -> 5"});
+  add("edit", "TwoEdgesCloseACycle", none, lib([](World& w) { edit(w.net).add_connections({{7, 1}}).add_connections({{1, 5}}).build(); }),
+      {"would create the cycle 1 -> 5 -> 7 -> 1"});
+  add("edit", "UnknownNeuron", none, lib([](World& w) { add_connections(w.net, {{1, 42}}); }),
+      {"add_connections(): edge 1 -> 42 names neuron 42, which is not in the network"});
+  add("edit", "ConnectionIntoInput", none, lib([](World& w) { add_connections(w.net, {{4, 0}}); }),
+      {"edge 4 -> 0 would enter input neuron 0"});
+  add("edit", "ConnectionOutOfOutput", none, lib([](World& w) { add_connections(w.net, {{3, 4}}); }),
+      {"edge 3 -> 4 would leave output neuron 3"});
+  add("edit", "RemoveMissingConnection", none, lib([](World& w) { remove_connections(w.net, {{0, 11}}); }),
+      {"remove_connections(): there is no connection 0 -> 11"});
+  add("edit", "RemoveTheOnlyInput", none, lib([](World& w) { remove_neurons(w.net, {0}); }),
+      {"remove_neurons(): removing [0] would leave the network without input neurons"});
+  add("edit", "RemoveEveryOutput", none, lib([](World& w) { remove_neurons(w.net, {3, 11}); }),
+      {"removing [3, 11] would leave the network without output neurons"});
+  add("edit", "RemoveUnknownNeuron", none, lib([](World& w) { remove_neurons(w.net, {42}); }),
+      {"remove_neurons(): neuron 42 is not in the network"});
+  add("edit", "RemoveANeuronTwice", none, lib([](World& w) { remove_neurons(w.net, {4, 4}); }),
+      {"remove_neurons(): neuron 4 is listed twice"});
+  add("edit", "AddExistingNeuron", none, lib([](World& w) { add_hidden_neurons(w.net, {4}); }),
+      {"add_hidden_neurons(): neuron 4 already exists"});
+  add("edit", "AddWrongIdKind", none, lib([](World& w) { add_output_neurons(w.net, {"x"}); }),
+      {"add_output_neurons(): neuron \"x\" is a string but the network's neuron ids are integers"});
+  add("edit", "DropoutOutOfRange", none, lib([](World& w) { set_dropout_p(w.net, 2.0); }),
+      {"set_dropout_p(): dropout_p for hidden neurons is 2"});
+  add("edit", "DropoutOfUnknownNeuron", none, lib([](World& w) { set_dropout_p(w.net, DropoutSpec({{42, 0.1}})); }),
+      {"set_dropout_p(): neuron 42 is not in the network"});
+  add("edit", "ReaddRemovedNeuron", none, lib([](World& w) { edit(w.net).remove_neurons({4}).add_hidden_neurons({4}).build(); }),
+      {"add_hidden_neurons(): neuron 4 was removed earlier in this edit"});
+
+  // ----------------------------------------------------------------- config
+  auto config = [](std::string text) {
+    return lib([text](World&) { network_from_config(nlohmann::json::parse(text), "my.json"); });
+  };
+  const std::string graph = R"("graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]})";
+  add("config", "WrongTypedField", none, config("{" + graph + R"(,"options":{"seed":"7"}})"),
+      {"my.json: /options/seed must be a non-negative integer, got \"7\""});
+  add("config", "WrongTypedBool", none, config("{" + graph + R"(,"options":{"use_topo_norm":"yes"}})"),
+      {"my.json: /options/use_topo_norm must be true or false"});
+  add("config", "MissingField", none, config(R"({"graph":{"edges":[[0,1]],"outputs":[1]}})"),
+      {"my.json: required key \"inputs\" is missing in /graph"});
+  add("config", "WrongTypedNeuronId", none, config(R"({"graph":{"edges":[[0,true]],"inputs":[0],"outputs":[1]}})"),
+      {"my.json: /graph/edges/0/1 must be an integer or a string neuron id, got true"});
+  add("config", "UnknownOption", none, config("{" + graph + R"(,"options":{"activation":"relu"}})"),
+      {"my.json: /options/activation is not an option"});
+  add("config", "BadDtypeName", none, config("{" + graph + R"(,"options":{"dtype":"int8"}})"),
+      {"my.json: /options/dtype must be one of float32"});
+  add("config", "FutureVersion", none, config(R"({"version":2,"graph":{}})"), {"my.json: /version is 2; this connex reads version 1"});
+  add("config", "InvalidJsonFile", file("broken.json", "{\"graph\": [1, 2"),
+      lib([](World& w) { load_config(w.dir / "broken.json"); }), {"load_config():", "broken.json is not valid JSON"});
+  add("config", "CycleInAFile", file("cyclic.json", R"({"graph":{"edges":[[0,1],[1,2],[2,1],[2,3]],"inputs":[0],"outputs":[3]}})"),
+      lib([](World& w) { load_config(w.dir / "cyclic.json"); }), {"cyclic.json: the graph has the cycle 1 -> 2 -> 1"});
+  add("config", "MissingFile", none, lib([](World& w) { load_config(w.dir / "nothing.json"); }),
+      {"load_config(): cannot open", "nothing.json"});
+  add("config", "SaveCustomCallableOverAFile", none, lib([](World& w) { save_config(custom_callable_network(), w.dir / "net.json"); }),
+      {"save_config(): hidden_activation \"mine\" is a custom callable"});
+
+  // -------------------------------------------------------------------- csv
+  auto csv = [](const std::string& name) { return lib([name](World& w) { read_csv(w.dir / name); }); };
+  add("csv", "RaggedRow", file("d.csv", "x1,x2,y\n1,2,3\n4,5\n"), csv("d.csv"), {"d.csv:3: expected 3 columns, got 2"});
+  add("csv", "LongRow", file("d.csv", "x1,x2,y\n1,2,3\n\n4,5,6,7\n"), csv("d.csv"), {"d.csv:4: expected 3 columns, got 4"});
+  add("csv", "NonNumericCell", file("d.csv", "x1,x2,y\n1,2,3\n4,abc,6\n"), csv("d.csv"),
+      {"d.csv:3: column 2 (\"x2\"): \"abc\" is not a number"});
+  add("csv", "NanCell", file("d.csv", "x1,x2,y\n1,2,3\n4,5,nan\n"), csv("d.csv"), {"d.csv:3: column 3 (\"y\"): nan is not a finite number"});
+  add("csv", "Overflow", file("d.csv", "x\n1e400\n"), csv("d.csv"), {"d.csv:2: column 1 (\"x\"): \"1e400\" is not a number"});
+  add("csv", "Empty", file("d.csv", ""), csv("d.csv"), {"d.csv: the file is empty"});
+  add("csv", "HeaderOnly", file("d.csv", "x,y\n"), csv("d.csv"), {"d.csv: the file has a header but no data rows"});
+  add("csv", "RepeatedColumn", file("d.csv", "a,a\n1,2\n"), csv("d.csv"), {"d.csv:1: the header names column \"a\" twice"});
+  add("csv", "EmptyColumnName", file("d.csv", "a,,b\n1,2,3\n"), csv("d.csv"), {"d.csv:1: the header has an empty column name (column 2)"});
+  add("csv", "MissingFile", none, csv("nothing.csv"), {"read_csv(): cannot open", "nothing.csv"});
+
+  // ------------------------------------------------------------- checkpoint
+  auto load_file = [](const std::string& name) { return lib([name](World& w) { load(w.dir / name); }); };
+  add("checkpoint", "TruncatedHalf", file("bad.ckpt", [](World& w) { auto g = w.good(); return g.substr(0, g.size() / 2); }),
+      load_file("bad.ckpt"), {"bad.ckpt is corrupted: its checksum does not match"});
+  add("checkpoint", "TruncatedInTheHeader", file("bad.ckpt", [](World& w) { return w.good().substr(0, 25); }), load_file("bad.ckpt"),
+      {"bad.ckpt is truncated"});
+  add("checkpoint", "FlippedByte", file("bad.ckpt", [](World& w) { auto g = w.good(); g[g.size() - 100] ^= 0x01; return g; }),
+      load_file("bad.ckpt"), {"bad.ckpt is corrupted: its checksum does not match"});
+  add("checkpoint", "WrongMagic", file("bad.ckpt", [](World& w) { auto g = w.good(); g[7] = 'X'; return g; }), load_file("bad.ckpt"),
+      {"bad.ckpt is not a connex checkpoint"});
+  add("checkpoint", "FormatVersion", file("bad.ckpt", [](World& w) { return reseal_checkpoint(w.good(), [](nlohmann::json&, uint32_t& v) { v = 99; }); }),
+      load_file("bad.ckpt"), {"bad.ckpt has checkpoint format version 99; this connex reads version 1"});
+  add("checkpoint", "ShapeMismatch",
+      file("bad.ckpt", [](World& w) {
+        return reseal_checkpoint(w.good(), [](nlohmann::json& h, uint32_t&) {
+          for (auto& t : h["tensors"])
+            if (t["name"] == "weight") t["shape"] = {3};
+        });
+      }),
+      load_file("bad.ckpt"), {"bad.ckpt: tensor \"weight\" has shape [3] in the file but the network's structure needs [14]"});
+  add("checkpoint", "MissingTensor",
+      file("bad.ckpt", [](World& w) {
+        return reseal_checkpoint(w.good(), [](nlohmann::json& h, uint32_t&) {
+          auto& t = h["tensors"];
+          for (size_t i = 0; i < t.size(); ++i)
+            if (t[i]["name"] == "bias") t.erase(i);
+        });
+      }),
+      load_file("bad.ckpt"), {"bad.ckpt lacks tensor \"bias\""});
+  add("checkpoint", "ExtraTensor",
+      file("bad.ckpt", [](World& w) {
+        return reseal_checkpoint(w.good(), [](nlohmann::json& h, uint32_t&) {
+          auto extra = h["tensors"][0];
+          extra["name"] = "stowaway";
+          h["tensors"].push_back(extra);
+        });
+      }),
+      load_file("bad.ckpt"), {"bad.ckpt holds tensor \"stowaway\", which its network's structure does not have"});
+  add("checkpoint", "BadConfigInside",
+      file("bad.ckpt", [](World& w) { return reseal_checkpoint(w.good(), [](nlohmann::json& h, uint32_t&) { h["config"]["options"]["seed"] = "zero"; }); }),
+      load_file("bad.ckpt"), {"bad.ckpt: /options/seed must be a non-negative integer"});
+  add("checkpoint", "EmptyFile", file("bad.ckpt", ""), load_file("bad.ckpt"), {"bad.ckpt is not a connex checkpoint"});
+  add("checkpoint", "MissingFile", none, load_file("nothing.ckpt"), {"load(): cannot open", "nothing.ckpt"});
+  auto other_network_checkpoint = [](bool same_parameter_list) {
+    return [same_parameter_list](World& w) {
+      auto other = nn::MLP(1, 2, 5, 1, NeuralNetworkOptions().dtype(torch::kFloat64).use_adaptive_activations(same_parameter_list));
+      torch::optim::Adam other_adam(other->parameters());
+      other->forward(torch::ones({2, 1}, kDouble)).sum().backward();
+      other_adam.step();
+      save(other, w.dir / "other.ckpt", &other_adam);
+    };
+  };
+  auto graft = lib([](World& w) {
+    // The world's own checkpoint with the other network's optimizer bytes, into the world's (stepped) optimizer.
+    auto grafted = load_checkpoint(w.dir / "good.ckpt");
+    grafted.optimizer_state = load_checkpoint(w.dir / "other.ckpt").optimizer_state;
+    load_optimizer_state(grafted, *w.adam, "graft.ckpt");
+  });
+  add("checkpoint", "OptimizerStateOfAnotherNetwork", other_network_checkpoint(true), graft,
+      {"the optimizer state in graft.ckpt has shape [15] for parameter 0 of shape [14]; it belongs to another network"});
+  add("checkpoint", "OptimizerStateWithOtherParameters", other_network_checkpoint(false), graft,
+      {"the optimizer state in graft.ckpt does not fit this optimizer:", "different size"});
+  add("checkpoint", "OptimizerStateOfAnotherType", none,
+      lib([](World& w) {
+        auto checkpoint = load_checkpoint(w.dir / "good.ckpt");
+        torch::optim::SGD sgd(w.net->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+        load_optimizer_state(checkpoint, sgd, "good.ckpt");
+      }),
+      {"load_optimizer_state(): the optimizer state in good.ckpt does not fit this optimizer"});
+  add("checkpoint", "SaveCustomCallableOverACheckpoint", none,
+      lib([](World& w) { save(custom_callable_network(), w.dir / "good.ckpt"); }),
+      {"save(): hidden_activation \"mine\" is a custom callable"});
+  add("checkpoint", "SaveIntoAMissingDirectory", none, lib([](World& w) { save(w.net, w.dir / "no/such/dir/net.ckpt"); }),
+      {"save(): cannot create", "no/such/dir/net.ckpt"});
+
+  // -------------------------------------------------------------------- cli
+#ifdef CONNEX_CLI
+  add("cli", "NegativeEpochs", none, cli("train net.json --epochs -3 --out out"), {"--epochs: must be an integer >= 0, got \"-3\""});
+  add("cli", "ZeroLearningRate", none, cli("train net.json --lr 0 --out out"), {"--lr: must be a number > 0, got \"0\""});
+  add("cli", "ValidationSplitOutOfRange", none, cli("train net.json --val-split 2 --out out"), {"--val-split: must be a number in [0, 0.9], got \"2\""});
+  add("cli", "UnknownOptimizer", none, cli("train net.json --optimizer lbfgs --out out"), {"--optimizer: lbfgs not in {adam,adamw,sgd}"});
+  add("cli", "UnknownDevice", none, cli("train net.json --device tpu --out out"), {"--device must be cpu or cuda, got \"tpu\""});
+  add("cli", "NonNumericEpochs", none, cli("train net.json --epochs many --out out"), {"--epochs: must be an integer >= 0, got \"many\""});
+  add("cli", "UnknownFlag", none, cli("train net.json --epocs 3 --out out"), {"--epocs"});
+  add("cli", "ZeroThreads", none, cli("--threads 0 train net.json --out out"), {"--threads: must be an integer in [1, 1024], got \"0\""});
+  add("cli", "BadCsvCell", file("bad.csv", "x,y1,y2\n0,1,0\n1,abc,2\n"), cli("train net.json --data bad.csv --epochs 1 --out out"),
+      {"bad.csv:3: column 2 (\"y1\"): \"abc\" is not a number"});
+  add("cli", "EdgeNotFromTo", none, cli("edit good.ckpt --add-connection 1-6 --out out"),
+      {"--add-connection: \"1-6\" is not of the form FROM:TO"});
+  add("cli", "EditMakesACycle", none, cli("edit good.ckpt --add-connection 8:2 --out out"),
+      {"add_connections(): edge 8 -> 2 would create the cycle 2 -> 4 -> 6 -> 8 -> 2"});
+  add("cli", "DropoutOutOfRange", none, cli("edit good.ckpt --dropout 1.5 --out out"), {"--dropout: must be a number in [0, 1], got \"1.5\""});
+  add("cli", "PruneWithoutACriterion", none, cli("prune good.ckpt --out out"), {"give exactly one of --threshold and --fraction"});
+  add("cli", "UnknownExportFormat", none, cli("export good.ckpt --format pdf --out out"), {"--format: pdf not in"});
+  add("cli", "CorruptedCheckpoint", file("bad.ckpt", [](World& w) { auto g = w.good(); g[g.size() / 2] ^= 0x01; return g; }),
+      cli("export bad.ckpt --format json --out out"), {"bad.ckpt is corrupted"});
+#endif
+  return c;
+}
+
+const std::vector<Case>& catalogue() {
+  static const std::vector<Case> cases = make_catalogue();
+  return cases;
+}
+
+std::vector<size_t> case_indices() {
+  std::vector<size_t> indices(catalogue().size());
+  for (size_t i = 0; i < indices.size(); ++i) indices[i] = i;
+  return indices;
+}
+
+}  // namespace
+
+class Catalogue : public ::testing::TestWithParam<size_t> {};
+
+TEST_P(Catalogue, RejectedWithTheCulpritNamedAndNothingChanged) {
+  const Case& c = catalogue()[GetParam()];
+  World w;
+  if (c.prepare) c.prepare(w);
+  const StateSnapshot state(w.net);
+  const auto files = files_under(w.dir.path);
+  const std::string optimizer = optimizer_bytes(*w.adam);
+
+  const std::string message = c.act(w);
+  EXPECT_FALSE(message.empty());
+  const std::string line = !message.empty() && message.back() == '\n' ? message.substr(0, message.size() - 1) : message;
+  EXPECT_EQ(line.find('\n'), std::string::npos) << "the message is one line: " << message;
+  for (const auto& needle : c.needles)
+    EXPECT_NE(message.find(needle), std::string::npos) << "message: " << message << "\nexpected to contain: " << needle;
+
+  state.expect_same(w.net);
+  EXPECT_TRUE(optimizer_bytes(*w.adam) == optimizer) << "the optimizer's state changed";
+  const auto files_now = files_under(w.dir.path);
+  for (const auto& [name, bytes] : files) {
+    auto it = files_now.find(name);
+    if (it == files_now.end()) ADD_FAILURE() << name << " disappeared";
+    else EXPECT_TRUE(it->second == bytes) << name << " changed";
+  }
+  for (const auto& [name, bytes] : files_now)
+    if (!files.count(name)) ADD_FAILURE() << name << " appeared";
+  // The world's checkpoint is still loadable and is the world's network.
+  EXPECT_TRUE(torch::equal(load(w.dir / "good.ckpt")->weight_tensor(), w.net->weight_tensor()));
+}
+
+INSTANTIATE_TEST_SUITE_P(BadInput, Catalogue, ::testing::ValuesIn(case_indices()),
+                         [](const ::testing::TestParamInfo<size_t>& info) {
+                           const Case& c = catalogue()[info.param];
+                           return c.category + "_" + c.name;
+                         });
+
+TEST(CatalogueSummary, CoversEveryCategory) {
+  std::map<std::string, int> per_category;
+  std::set<std::string> names;
+  for (const auto& c : catalogue()) {
+    ++per_category[c.category];
+    EXPECT_TRUE(names.insert(c.category + "_" + c.name).second) << "duplicate case " << c.name;
+    EXPECT_FALSE(c.needles.empty()) << c.name;
+  }
+  std::string summary;
+  for (const auto& [category, count] : per_category) summary += category + "=" + std::to_string(count) + " ";
+  std::cout << "catalogue: " << catalogue().size() << " cases: " << summary << "\n";
+  RecordProperty("catalogue", summary);
+  EXPECT_GE(catalogue().size(), 30u);
+  for (const char* category : {"graph", "options", "forward", "access", "edit", "config", "csv", "checkpoint"})
+    EXPECT_GE(per_category[category], 3) << category;
+#ifdef CONNEX_CLI
+  EXPECT_GE(per_category["cli"], 3);
+#endif
+}
