@@ -24,9 +24,12 @@ cat > "$work/net.json" <<'JSON'
  "options": {"hidden_activation": "relu", "seed": 1}}
 JSON
 
-run() {  # label, threads, extra train args... -> steps/s
+# OpenBLAS (Debian's LibTorch calls the system BLAS) starts its own threads,
+# one per core by default, beside torch's: each configuration gets as many
+# BLAS threads as torch threads, so no process oversubscribes the cores.
+run() {  # label, threads (torch and BLAS), extra train args... -> steps/s
   local label=$1 threads=$2; shift 2
-  "$CONNEX" ${threads:+--threads "$threads"} train "$work/net.json" --data "$work/data.csv" --epochs "$EPOCHS" --batch-size 1024 --lr 0.001 "$@" \
+  OPENBLAS_NUM_THREADS=$threads "$CONNEX" --threads "$threads" train "$work/net.json" --data "$work/data.csv" --epochs "$EPOCHS" --batch-size 1024 --lr 0.001 "$@" \
     > "$work/$label.log" 2>&1 || { cat "$work/$label.log" >&2; exit 1; }
   grep -o '[0-9.]* steps/s' "$work/$label.log" | head -1 | cut -d' ' -f1
 }
@@ -34,7 +37,7 @@ run() {  # label, threads, extra train args... -> steps/s
 share=$share
 one_all=$(run one_all "$CORES")
 one_share=$(run one_share "$share")
-many=$(run many "" --nproc "$N")  # each worker takes cores / N threads
+many=$(run many "$share" --nproc "$N")  # every worker: cores / N threads
 echo "data-parallel training: MLP 16-256-256-256-4, global batch 1024, $EPOCHS epochs, $CORES cores, $(uname -m)"
 printf '%-44s %10s\n' "configuration" "steps/s"
 printf '%-44s %10.1f\n' "1 process, $CORES threads" "$one_all"
