@@ -165,6 +165,18 @@ struct DistributedArgs {
     cmd->add_option("--master-port", master_port, "port of rank 0's rendezvous store (default: $MASTER_PORT, else 29500)")->check(number_in(1, 65535, true));
     cmd->add_option("--dist-timeout", timeout, "seconds to wait for other ranks before giving up")->check(number_in(0, HUGE_VAL, false, true));
   }
+  // "[rank R] " for log lines and errors in a multi-process run, else empty.
+  std::string rank_tag() const {
+#if defined(CONNEX_WITH_DISTRIBUTED)
+    try {
+      const auto options = group_options(torch::kCPU);
+      if (options.world_size() > 1) return fmt::format("[rank {}] ", options.rank());
+    } catch (const Error&) {
+      // A malformed RANK/WORLD_SIZE: cmd_train reports it.
+    }
+#endif
+    return "";
+  }
 #if defined(CONNEX_WITH_DISTRIBUTED)
   distributed::GroupOptions group_options(torch::Device device) const {
     auto options = distributed::GroupOptions::from_environment();
@@ -190,6 +202,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   Dataset data = load_dataset(d.options(), net);  // checks sizes before anything runs
   if (!out.empty() && fs::exists(out) && !fs::is_directory(out)) fail("--out {} exists and is not a directory", out);
 
+  int rank = 0;
 #if defined(CONNEX_WITH_DISTRIBUTED)
   std::unique_ptr<distributed::Group> group;
   std::unique_ptr<distributed::DataParallel> data_parallel;
@@ -202,24 +215,19 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
     }
     group = std::make_unique<distributed::Group>(group_options);
     data_parallel = std::make_unique<distributed::DataParallel>(*group);
+    rank = group->rank();
     spdlog::info("rank {} of {} joined ({} through {}:{})", group->rank(), group->world_size(), group->backend(),
                  group_options.master_addr(), group_options.master_port());
   }
-  const bool reporter = !group || group->rank() == 0;
 #else
   if (dist.nproc > 1 || dist.world_size.value_or(1) > 1)
     fail("train: this connex was built without distributed support (CONNEX_WITH_DISTRIBUTED; needs libgloo-dev)");
-  const bool reporter = true;
 #endif
+  const bool reporter = rank == 0;
 
   // Dropout draws from torch's generator: reproducible by --seed, and
   // different on each rank so the ranks' shares get independent masks.
-#if defined(CONNEX_WITH_DISTRIBUTED)
-  const uint64_t rank_number = group ? static_cast<uint64_t>(group->rank()) : 0;
-#else
-  const uint64_t rank_number = 0;
-#endif
-  torch::manual_seed(t.seed + 7919 * rank_number);
+  torch::manual_seed(t.seed + 7919 * static_cast<uint64_t>(rank));
   net->to(device);
 #if defined(CONNEX_WITH_DISTRIBUTED)
   if (data_parallel) data_parallel->broadcast_parameters(net);
@@ -250,10 +258,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   }
 #endif
   if (!reporter) return 0;
-  const int64_t n_train = result.train_x.size(0);
-  const int64_t batch = t.batch_size > 0 ? std::min(t.batch_size, n_train) : n_train;
-  const int64_t steps = static_cast<int64_t>(t.epochs) * ((n_train + batch - 1) / batch);
-  spdlog::info("{} steps in {:.3f} s: {:.1f} steps/s", steps, seconds, steps / std::max(seconds, 1e-9));
+  spdlog::info("{} steps in {:.3f} s: {:.1f} steps/s", result.steps, seconds, result.steps / std::max(seconds, 1e-9));
   auto [loss, metric] = evaluate(net, result.train_x, result.train_y, options.task);
   spdlog::info("final training loss {:.6f}{}", loss, options.task == Task::Classification ? fmt::format(", accuracy {:.4f}", metric) : "");
   if (!result.history.empty() && !std::isnan(result.history.back().val_metric))
@@ -503,9 +508,7 @@ int main(int argc, char** argv) {
   if (app.get_option("--threads")->count() == 0 && local_world)
     threads = std::max(1, threads / static_cast<int>(std::max<int64_t>(1, parse_integer(local_world).value_or(1))));
   torch::set_num_threads(threads);
-  std::string rank_tag;
-  if (const char* world = std::getenv("WORLD_SIZE"); *train_cmd && (dist.world_size.value_or(0) > 1 || (world && std::string(world) != "1")))
-    rank_tag = fmt::format("[rank {}] ", dist.rank ? *dist.rank : parse_integer(std::getenv("RANK") ? std::getenv("RANK") : "0").value_or(0));
+  const std::string rank_tag = *train_cmd ? dist.rank_tag() : "";
   spdlog::set_pattern("[%H:%M:%S] " + rank_tag + "%v");
   try {
     if (*train_cmd) return cmd_train(config, data, train_args, dist, out);

@@ -226,6 +226,7 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
         loss.backward();
       }
       optimizer->step();
+      ++result.steps;
       total += loss.item<double>() * static_cast<double>(share);
     }
 #if defined(CONNEX_WITH_DISTRIBUTED)

@@ -75,6 +75,7 @@ torch::Tensor loss_of(const NeuralNetwork& network, const torch::Tensor& out, co
 struct TrainResult {
   std::vector<EpochMetrics> history;
   torch::Tensor train_x, train_y, val_x, val_y;
+  int64_t steps = 0;  // optimizer steps taken
 };
 
 // Splits, trains with the given optimizer, reports each epoch. A prune step

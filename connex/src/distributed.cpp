@@ -84,13 +84,32 @@ struct Group::Impl {
     }
   }
 
+  // The other ranks whose heartbeat counters do not move over 4 periods.
+  std::vector<int> lost_ranks() {
+    const int size = options.world_size();
+    std::vector<int64_t> before(size), after(size);
+    try {
+      for (int r = 0; r < size; ++r) before[r] = store->add(heartbeat_key(r), 0);
+      std::this_thread::sleep_for(4 * options.heartbeat_interval());
+      for (int r = 0; r < size; ++r) after[r] = store->add(heartbeat_key(r), 0);
+    } catch (const std::exception&) {
+      // Over TCP the store lives in rank 0: if it cannot be reached, rank 0 is gone.
+      if (options.file_store().empty() && options.rank() != 0) return {0};
+      return {};
+    }
+    std::vector<int> lost;
+    for (int r = 0; r < size; ++r)
+      if (r != options.rank() && after[r] == before[r]) lost.push_back(r);
+    return lost;
+  }
+
   // Runs one collective; any failure becomes an error naming the lost ranks.
-  void run(Group& self, const char* what, const std::function<c10::intrusive_ptr<c10d::Work>()>& start) {
+  void run(const char* what, const std::function<c10::intrusive_ptr<c10d::Work>()>& start) {
     try {
       start()->wait();
     } catch (const std::exception& e) {
       const std::string cause = one_line(e.what());
-      const auto lost = self.lost_ranks();
+      const auto lost = lost_ranks();
       const int size = options.world_size();
       if (!lost.empty())
         fail("{}: lost rank {} of {} (no heartbeat for {} ms); rank {} stops. Cause: {}", what, fmt::join(lost, ", "), size,
@@ -199,29 +218,12 @@ const GroupOptions& Group::options() const { return impl_->options; }
 std::string Group::backend() const { return impl_->backend; }
 const c10::intrusive_ptr<CollectiveGroup>& Group::process_group() const { return impl_->process_group; }
 
-std::vector<int> Group::lost_ranks() {
-  auto& m = *impl_;
-  const int size = m.options.world_size();
-  std::vector<int64_t> before(size), after(size);
-  try {
-    for (int r = 0; r < size; ++r) before[r] = m.store->add(heartbeat_key(r), 0);
-    std::this_thread::sleep_for(4 * m.options.heartbeat_interval());
-    for (int r = 0; r < size; ++r) after[r] = m.store->add(heartbeat_key(r), 0);
-  } catch (const std::exception&) {
-    // Over TCP the store lives in rank 0: if it cannot be reached, rank 0 is gone.
-    if (m.options.file_store().empty() && m.options.rank() != 0) return {0};
-    return {};
-  }
-  std::vector<int> lost;
-  for (int r = 0; r < size; ++r)
-    if (r != m.options.rank() && after[r] == before[r]) lost.push_back(r);
-  return lost;
-}
+std::vector<int> Group::lost_ranks() { return impl_->lost_ranks(); }
 
 void Group::all_reduce_sum(torch::Tensor& tensor, const char* what) {
   impl_->on_device(tensor, [&](torch::Tensor& t) {
     std::vector<torch::Tensor> tensors{t};
-    impl_->run(*this, what, [&] { return impl_->process_group->allreduce(tensors); });
+    impl_->run(what, [&] { return impl_->process_group->allreduce(tensors); });
   });
 }
 
@@ -230,7 +232,7 @@ void Group::all_reduce_max(torch::Tensor& tensor, const char* what) {
     std::vector<torch::Tensor> tensors{t};
     c10d::AllreduceOptions options;
     options.reduceOp = c10d::ReduceOp::MAX;
-    impl_->run(*this, what, [&] { return impl_->process_group->allreduce(tensors, options); });
+    impl_->run(what, [&] { return impl_->process_group->allreduce(tensors, options); });
   });
 }
 
@@ -239,7 +241,7 @@ void Group::broadcast(torch::Tensor& tensor, int root, const char* what) {
     std::vector<torch::Tensor> tensors{t};
     c10d::BroadcastOptions options;
     options.rootRank = root;
-    impl_->run(*this, what, [&] { return impl_->process_group->broadcast(tensors, options); });
+    impl_->run(what, [&] { return impl_->process_group->broadcast(tensors, options); });
   });
 }
 
@@ -253,7 +255,7 @@ std::string Group::broadcast_bytes(const std::string& bytes, int root, const cha
 }
 
 void Group::barrier(const char* what) {
-  impl_->run(*this, what, [&] { return impl_->process_group->barrier(); });
+  impl_->run(what, [&] { return impl_->process_group->barrier(); });
 }
 
 // ------------------------------------------------------------ DataParallel
