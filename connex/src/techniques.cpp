@@ -14,7 +14,8 @@ std::string level_prefix(size_t l) { return "level" + std::to_string(l) + "_"; }
 // Uniform in ±1/sqrt(fan_in), as torch::nn::Linear draws.
 torch::Tensor uniform(std::vector<int64_t> shape, int64_t fan_in, torch::Dtype dtype, at::Generator& gen) {
   const double bound = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(fan_in, 1)));
-  return ((torch::rand(shape, gen, torch::kFloat64) * 2 - 1) * bound).to(dtype);
+  // Drawn in double whatever the dtype, so a float32 and a float64 network of the same seed start alike.
+  return torch::empty(shape, torch::kFloat64).uniform_(-bound, bound, gen).to(dtype);
 }
 
 double lowest_value(torch::ScalarType dtype) {
