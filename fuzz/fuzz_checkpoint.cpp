@@ -4,13 +4,13 @@
 // bytes are replaced by the FNV-1a checksum of the rest before parsing, so
 // mutations get past the checksum and reach the header, the tensor table and
 // the config (without it nearly every mutation stops at the checksum, which
-// is itself tested by mode 0). Bit 1 set and bit 0 clear: when the checkpoint
-// holds an optimizer state of a known type, it is restored into that
-// optimizer (torch's own deserializer; connex must turn its failures into
-// connex::Error). Not after a checksum fix-up: LibTorch's unpickler is not
-// robust to crafted bytes (fuzzing found a segfault in
-// torch::jit::SourceImporter::loadType via Unpickler::readGlobal), and the
-// checksum is what keeps a corrupted file away from it.
+// is itself tested by mode 0). Bit 1 set: when the checkpoint holds an
+// optimizer state, it is restored into an optimizer of its type (options and
+// per-parameter state; parse_checkpoint has checked them, load_optimizer_state
+// must accept them or fail with connex::Error). Checkpoint version 1 held
+// torch's pickle here, whose reader crashed on crafted bytes (a segfault in
+// torch::jit::SourceImporter::loadType found by this target); version 2 is
+// connex's own JSON + raw tensor format, read on every input.
 //
 // On success: forward (shape, dtype, finiteness where provably bounded), and
 // writing the network to a checkpoint in memory and parsing that again gives
@@ -33,7 +33,7 @@ void restore_optimizer(const connex::Checkpoint& checkpoint) {
   using namespace torch::optim;
   const auto params = checkpoint.network->parameters();
   std::unique_ptr<Optimizer> optimizer;
-  const std::string& type = checkpoint.optimizer_type;
+  const std::string& type = checkpoint.optimizer->type;
   if (type == "adam") optimizer = std::make_unique<Adam>(params, AdamOptions(1e-3));
   else if (type == "adamw") optimizer = std::make_unique<AdamW>(params, AdamWOptions(1e-3));
   else if (type == "sgd") optimizer = std::make_unique<SGD>(params, SGDOptions(1e-3).momentum(0.9));
@@ -57,7 +57,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   connex::Checkpoint checkpoint;
   if (!guarded("parse_checkpoint", [&] { checkpoint = connex::parse_checkpoint(bytes, "fuzz-ckpt"); })) return 0;
   FUZZ_CHECK(!checkpoint.network.is_empty(), "parse_checkpoint returned no network");
-  if ((mode & 3) == 2 && !checkpoint.optimizer_state.empty()) restore_optimizer(checkpoint);
+  if ((mode & 2) && checkpoint.optimizer) restore_optimizer(checkpoint);
 
   // What the file holds is what a save of the loaded network holds.
   auto& net = checkpoint.network;

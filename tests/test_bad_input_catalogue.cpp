@@ -315,6 +315,8 @@ std::vector<Case> make_catalogue() {
   // ------------------------------------------------------------- checkpoint
   auto load_file = [](const std::string& name) { return lib([name](World& w) { load(w.dir / name); }); };
   add("checkpoint", "TruncatedHalf", file("bad.ckpt", [](World& w) { auto g = w.good(); return g.substr(0, g.size() / 2); }),
+      load_file("bad.ckpt"), {"bad.ckpt is truncated: its header claims"});
+  add("checkpoint", "TruncatedTail", file("bad.ckpt", [](World& w) { auto g = w.good(); return g.substr(0, g.size() - 16); }),
       load_file("bad.ckpt"), {"bad.ckpt is corrupted: its checksum does not match"});
   add("checkpoint", "TruncatedInTheHeader", file("bad.ckpt", [](World& w) { return w.good().substr(0, 25); }), load_file("bad.ckpt"),
       {"bad.ckpt is truncated"});
@@ -323,7 +325,7 @@ std::vector<Case> make_catalogue() {
   add("checkpoint", "WrongMagic", file("bad.ckpt", [](World& w) { auto g = w.good(); g[7] = 'X'; return g; }), load_file("bad.ckpt"),
       {"bad.ckpt is not a connex checkpoint"});
   add("checkpoint", "FormatVersion", file("bad.ckpt", [](World& w) { return reseal_checkpoint(w.good(), [](nlohmann::json&, uint32_t& v) { v = 99; }); }),
-      load_file("bad.ckpt"), {"bad.ckpt has checkpoint format version 99; this connex reads version 1"});
+      load_file("bad.ckpt"), {"bad.ckpt has checkpoint format version 99; this connex reads version 2"});
   add("checkpoint", "ShapeMismatch",
       file("bad.ckpt", [](World& w) {
         return reseal_checkpoint(w.good(), [](nlohmann::json& h, uint32_t&) {
@@ -367,20 +369,21 @@ std::vector<Case> make_catalogue() {
   auto graft = lib([](World& w) {
     // The world's own checkpoint with the other network's optimizer bytes, into the world's (stepped) optimizer.
     auto grafted = load_checkpoint(w.dir / "good.ckpt");
-    grafted.optimizer_state = load_checkpoint(w.dir / "other.ckpt").optimizer_state;
-    load_optimizer_state(grafted, *w.adam, "graft.ckpt");
+    grafted.optimizer = load_checkpoint(w.dir / "other.ckpt").optimizer;
+    load_optimizer_state(grafted, *w.adam, "graft.ckpt", w.net);
   });
   add("checkpoint", "OptimizerStateOfAnotherNetwork", other_network_checkpoint(true), graft,
-      {"the optimizer state in graft.ckpt has shape [15] for parameter 0 of shape [14]; it belongs to another network"});
+      {"the optimizer state in graft.ckpt has a float64 exp_avg of shape [15] for parameter \"weight\", which is float64 of shape [14]; "
+       "it belongs to another network"});
   add("checkpoint", "OptimizerStateWithOtherParameters", other_network_checkpoint(false), graft,
-      {"the optimizer state in graft.ckpt does not fit this optimizer:", "different size"});
+      {"group 0 of the optimizer holds parameters [", "] but the one in graft.ckpt holds ["});
   add("checkpoint", "OptimizerStateOfAnotherType", none,
       lib([](World& w) {
         auto checkpoint = load_checkpoint(w.dir / "good.ckpt");
         torch::optim::SGD sgd(w.net->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
         load_optimizer_state(checkpoint, sgd, "good.ckpt");
       }),
-      {"load_optimizer_state(): the optimizer state in good.ckpt does not fit this optimizer"});
+      {"load_optimizer_state(): good.ckpt holds adam state, but the optimizer is sgd"});
   add("checkpoint", "SaveCustomCallableOverACheckpoint", none,
       lib([](World& w) { save(custom_callable_network(), w.dir / "good.ckpt"); }),
       {"save(): hidden_activation \"mine\" is a custom callable"});

@@ -88,7 +88,7 @@ TEST(Cli, TrainOnToyDataWritesCheckpointMetricsAndConfig) {
   EXPECT_EQ(load(dir / "run/model.ckpt")->num_connections(), 14);
   EXPECT_EQ(load_config(dir / "run/config.json")->num_connections(), 14);
   EXPECT_EQ(nlohmann::json::parse(slurp(dir / "run/metrics.json")).size(), 300u);
-  EXPECT_EQ(load_checkpoint(dir / "run/model.ckpt").optimizer_type, "adam");
+  EXPECT_EQ(load_checkpoint(dir / "run/model.ckpt").optimizer->type, "adam");
 }
 
 TEST(Cli, TrainOnCsvWithValidation) {

@@ -209,7 +209,7 @@ TEST_F(BadCheckpoint, ShapesThatDoNotMatchTheStructure) {
 
 TEST_F(BadCheckpoint, UnknownFormatVersion) {
   reseal(path, [](nlohmann::json&, uint32_t& version) { version = 99; });
-  EXPECT_THROW_MSG(load(path), "has checkpoint format version 99; this connex reads version 1");
+  EXPECT_THROW_MSG(load(path), "has checkpoint format version 99; this connex reads version 2");
 }
 
 TEST_F(BadCheckpoint, ConfigWithWrongTypes) {
@@ -338,7 +338,7 @@ TEST(Export, PythonReproducesOutputs) {
 TEST_F(BadCheckpoint, OptimizerHeaderWithWrongTypes) {
   torch::optim::Adam adam(net->parameters());
   save(net, path, &adam);
-  reseal(path, [](nlohmann::json& h, uint32_t&) { h["optimizer"]["offset"] = "x"; });
+  reseal(path, [](nlohmann::json& h, uint32_t&) { h["optimizer"]["groups"] = "x"; });
   EXPECT_THROW_MSG(load(path), path + ": /optimizer must be");
 }
 
@@ -356,11 +356,154 @@ TEST_F(BadCheckpoint, OptimizerStateOfAnotherNetwork) {
   // Graft: this network's tensors, the other network's optimizer bytes.
   auto donor = load_checkpoint(dir / "other.ckpt");
   auto checkpoint = load_checkpoint(path);
-  checkpoint.optimizer_state = donor.optimizer_state;
+  checkpoint.optimizer = donor.optimizer;
   torch::optim::Adam adam(checkpoint.network->parameters());
   EXPECT_THROW_MSG(load_optimizer_state(checkpoint, adam, "graft.ckpt"),
-                   "the optimizer state in graft.ckpt has shape [10] for parameter 0 of shape [6]");
+                   "the optimizer state in graft.ckpt has a float64 exp_avg of shape [10] for parameter \"weight\", which is "
+                   "float64 of shape [6]; it belongs to another network");
   EXPECT_TRUE(adam.state().empty());
+}
+
+// A checkpoint of this fixture's network with a stepped Adam, its header rewritten by `change`.
+class BadOptimizerState : public BadCheckpoint {
+ protected:
+  void SetUp() override {
+    BadCheckpoint::SetUp();
+    torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(0.01));
+    net->forward(torch::ones({2, 1}, torch::kFloat64)).sum().backward();
+    adam.step();
+    save(net, path, &adam);
+    good = slurp(path);
+  }
+  void expect_rejected(const std::function<void(nlohmann::json&)>& change, const std::string& message) {
+    spit(path, reseal_checkpoint(good, [&](nlohmann::json& h, uint32_t&) { change(h["optimizer"]); }));
+    EXPECT_THROW_MSG(load_checkpoint(path), message);
+  }
+};
+
+TEST_F(BadOptimizerState, UnknownType) {
+  expect_rejected([](auto& o) { o["type"] = "lbfgs"; }, "/optimizer/type \"lbfgs\" is not an optimizer connex knows");
+}
+TEST_F(BadOptimizerState, NotAnObject) {
+  expect_rejected([](auto& o) { o = "bytes"; }, "/optimizer must be {\"type\"");
+}
+TEST_F(BadOptimizerState, UnknownOption) {
+  expect_rejected([](auto& o) { o["groups"][0]["options"]["momentum"] = 0.9; },
+                  "/optimizer/groups/0/options has an unknown optimizer option \"momentum\"");
+}
+TEST_F(BadOptimizerState, MissingOption) {
+  expect_rejected([](auto& o) { o["groups"][0]["options"].erase("eps"); },
+                  "/optimizer/groups/0/options lacks the optimizer option \"eps\"");
+}
+TEST_F(BadOptimizerState, NegativeLearningRate) {
+  expect_rejected([](auto& o) { o["groups"][0]["options"]["lr"] = -1; },
+                  "/optimizer/groups/0/options/lr must be a number in [0, inf], got -1");
+}
+TEST_F(BadOptimizerState, BetaOutOfRange) {
+  expect_rejected([](auto& o) { o["groups"][0]["options"]["betas"] = {0.9, 1.0}; },
+                  "/optimizer/groups/0/options/betas must be two numbers in [0, 1), got [0.9,1.0]");
+}
+TEST_F(BadOptimizerState, UnknownParameter) {
+  expect_rejected([](auto& o) { o["groups"][0]["parameters"].push_back("gamma"); },
+                  "/optimizer/groups/0/parameters names \"gamma\", which is not a parameter of the network");
+}
+TEST_F(BadOptimizerState, ParameterInTwoGroups) {
+  expect_rejected([](auto& o) { o["groups"].push_back(o["groups"][0]); },
+                  "/optimizer/groups/1/parameters names \"weight\" a second time");
+}
+TEST_F(BadOptimizerState, StateOfAnUngroupedParameter) {
+  expect_rejected([](auto& o) { o["groups"][0]["parameters"] = {"weight"}; },
+                  "/optimizer/state/bias is the state of a parameter that no optimizer group holds");
+}
+TEST_F(BadOptimizerState, UnknownField) {
+  expect_rejected([](auto& o) { o["state"]["weight"]["tensors"]["momentum_buffer"] = o["state"]["weight"]["tensors"]["exp_avg"]; },
+                  "/optimizer/state/weight/tensors/momentum_buffer is not a field of a adam state (exp_avg, exp_avg_sq, max_exp_avg_sq)");
+}
+TEST_F(BadOptimizerState, StepNotAnInteger) {
+  expect_rejected([](auto& o) { o["state"]["weight"]["step"] = 1.5; }, "/optimizer/state/weight/step must be a non-negative integer");
+  expect_rejected([](auto& o) { o["state"]["weight"]["step"] = -1; }, "/optimizer/state/weight/step must be a non-negative integer");
+}
+TEST_F(BadOptimizerState, TensorOfTheWrongShapeOrDtype) {
+  expect_rejected([](auto& o) { o["state"]["weight"]["tensors"]["exp_avg"]["shape"] = {3}; },
+                  "optimizer state /optimizer/state/weight/tensors/exp_avg has shape [3] in the file but the network's structure needs [6]");
+  expect_rejected([](auto& o) { o["state"]["bias"]["tensors"]["exp_avg_sq"]["dtype"] = "float32"; },
+                  "optimizer state /optimizer/state/bias/tensors/exp_avg_sq is float32 in the file but the config says float64");
+}
+TEST_F(BadOptimizerState, TensorBeyondTheData) {
+  expect_rejected([](auto& o) { o["state"]["weight"]["tensors"]["exp_avg"]["offset"] = 1u << 30; },
+                  "optimizer state /optimizer/state/weight/tensors/exp_avg has an inconsistent byte range");
+}
+TEST_F(BadOptimizerState, VersionOneRefused) {
+  spit(path, reseal_checkpoint(good, [](nlohmann::json&, uint32_t& version) { version = 1; }));
+  EXPECT_THROW_MSG(load(path), "has checkpoint format version 1; this connex reads version 2 (version 1 held optimizer state in "
+                               "torch's pickle format");
+}
+TEST_F(BadOptimizerState, AnotherTypeOrGroupingIsRefusedAndLeavesTheOptimizerAlone) {
+  auto checkpoint = load_checkpoint(path);
+  torch::optim::SGD sgd(checkpoint.network->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+  EXPECT_THROW_MSG(load_optimizer_state(checkpoint, sgd, "net.ckpt"), "net.ckpt holds adam state, but the optimizer is sgd");
+  // Two groups where the file has one; then one group without the bias.
+  std::vector<torch::optim::OptimizerParamGroup> groups{{{checkpoint.network->weight_tensor()}}, {{checkpoint.network->bias_tensor()}}};
+  torch::optim::Adam two(groups, torch::optim::AdamOptions(0.5));
+  EXPECT_THROW_MSG(load_optimizer_state(checkpoint, two, "net.ckpt"), "net.ckpt holds 1 parameter group(s), but the optimizer has 2");
+  torch::optim::Adam partial(std::vector<torch::Tensor>{checkpoint.network->weight_tensor()}, torch::optim::AdamOptions(0.5));
+  EXPECT_THROW_MSG(load_optimizer_state(checkpoint, partial, "net.ckpt"),
+                   "group 0 of the optimizer holds parameters [weight] but the one in net.ckpt holds [weight, bias]");
+  torch::optim::Adam foreign(std::vector<torch::Tensor>{torch::zeros({6}, torch::kFloat64)}, torch::optim::AdamOptions(0.5));
+  EXPECT_THROW_MSG(load_optimizer_state(checkpoint, foreign, "net.ckpt"), "holds a parameter of shape [6] that is not one of the network");
+  EXPECT_TRUE(partial.state().empty());
+  EXPECT_DOUBLE_EQ(partial.param_groups()[0].options().get_lr(), 0.5);
+}
+
+TEST(Checkpoint, SaveRefusesAForeignParameterAndLeavesTheFile) {
+  TempDir dir;
+  auto net = nn::MLP(1, 1, 3, 1, kDouble);
+  save(net, dir / "net.ckpt");
+  const std::string before = slurp(dir / "net.ckpt");
+  torch::Tensor stranger = torch::zeros({2}, torch::requires_grad());
+  torch::optim::SGD sgd(std::vector<torch::Tensor>{net->weight_tensor(), stranger}, 0.1);
+  EXPECT_THROW_MSG(save(net, dir / "net.ckpt", &sgd),
+                   "cannot save the optimizer for " + (dir / "net.ckpt") + ": its group 0 holds a parameter of shape [2] that is not one of the network's");
+  EXPECT_EQ(slurp(dir / "net.ckpt"), before);
+}
+
+// Every optimizer connex knows, with its options off their defaults: save
+// after some steps, load into a fresh optimizer with default options, and
+// the two trainings go on bit-identically (state, step counters and options restored).
+TEST(Checkpoint, OptimizerStateRoundTripsForEveryKnownType) {
+  using namespace torch::optim;
+  TempDir dir;
+  auto [x, y] = cos_sin_data(torch::kFloat64);
+  using Factory = std::function<std::unique_ptr<Optimizer>(std::vector<torch::Tensor>, bool)>;
+  const std::vector<std::pair<std::string, Factory>> kinds = {
+      {"adam", [](auto p, bool tuned) { return std::make_unique<Adam>(p, tuned ? AdamOptions(0.02).betas({0.8, 0.99}).eps(1e-6).weight_decay(0.01).amsgrad(true) : AdamOptions()); }},
+      {"adamw", [](auto p, bool tuned) { return std::make_unique<AdamW>(p, tuned ? AdamWOptions(0.02).weight_decay(0.1) : AdamWOptions()); }},
+      {"sgd", [](auto p, bool tuned) { return std::make_unique<SGD>(p, tuned ? SGDOptions(0.05).momentum(0.9).nesterov(true) : SGDOptions(1)); }},
+      {"rmsprop", [](auto p, bool tuned) { return std::make_unique<RMSprop>(p, tuned ? RMSpropOptions(0.01).momentum(0.5).centered(true) : RMSpropOptions()); }},
+      {"adagrad", [](auto p, bool tuned) { return std::make_unique<Adagrad>(p, tuned ? AdagradOptions(0.05).lr_decay(0.01).initial_accumulator_value(0.1) : AdagradOptions()); }},
+  };
+  for (const auto& [type, make] : kinds) {
+    SCOPED_TRACE(type);
+    auto net = nn::DenseMLP(1, 2, 6, 2, NeuralNetworkOptions(kDouble).use_topo_norm(true));
+    auto optimizer = make(net->parameters(), true);
+    auto step = [&](NeuralNetwork& n, Optimizer& o) {
+      o.zero_grad();
+      torch::mse_loss(n->forward(x), y).backward();
+      o.step();
+    };
+    for (int i = 0; i < 4; ++i) step(net, *optimizer);
+    save(net, dir / "run.ckpt", optimizer.get());
+    auto checkpoint = load_checkpoint(dir / "run.ckpt");
+    ASSERT_TRUE(checkpoint.optimizer);
+    EXPECT_EQ(checkpoint.optimizer->type, type);
+    auto resumed = make(checkpoint.network->parameters(), false);
+    load_optimizer_state(checkpoint, *resumed, "run.ckpt");
+    EXPECT_EQ(optimizer_options_to_json(resumed->param_groups()[0].options()),
+              optimizer_options_to_json(optimizer->param_groups()[0].options()));
+    for (int i = 0; i < 4; ++i) step(net, *optimizer), step(checkpoint.network, *resumed);
+    auto a = net->named_parameters(), b = checkpoint.network->named_parameters();
+    for (const auto& p : a) EXPECT_TRUE(torch::equal(p.value(), b[p.key()])) << p.key();
+  }
 }
 
 TEST(GraphExport, ImportNamesNodeLinkPathsAndRejectsOverflow) {

@@ -45,10 +45,10 @@ bool is_checkpoint(const std::string& path) {
 
 // A checkpoint or a JSON config; empty path: the embedded README network.
 Checkpoint open_network(const std::string& path) {
-  if (path.empty()) return {network_from_config(nlohmann::json::parse(kReadmeConfig), "embedded README config"), "", ""};
+  if (path.empty()) return {network_from_config(nlohmann::json::parse(kReadmeConfig), "embedded README config"), std::nullopt};
   if (!fs::exists(path)) fail("{}: no such file", path);
   if (is_checkpoint(path)) return load_checkpoint(path);
-  return {load_config(path), "", ""};
+  return {load_config(path), std::nullopt};
 }
 
 NeuronId parse_id(const std::string& text, const NeuralNetwork& network, const std::string& what) {
@@ -141,9 +141,9 @@ struct TrainArgs {
 };
 
 void restore_optimizer(const Checkpoint& ck, torch::optim::Optimizer& optimizer, const std::string& type, const std::string& path) {
-  if (ck.optimizer_state.empty()) return;
-  if (ck.optimizer_type != type) {
-    spdlog::info("{} holds {} state; starting {} fresh", path, ck.optimizer_type, type);
+  if (!ck.optimizer) return;
+  if (ck.optimizer->type != type) {
+    spdlog::info("{} holds {} state; starting {} fresh", path, ck.optimizer->type, type);
     return;
   }
   load_optimizer_state(ck, optimizer, path);
@@ -336,10 +336,10 @@ int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out)
   if (a.dropout) editor.set_dropout_p(*a.dropout);
   auto result = editor.build(a.seed);
   std::unique_ptr<torch::optim::Optimizer> next;
-  if (!ck.optimizer_state.empty() && ck.optimizer_type != "other" && ck.optimizer_type != "rmsprop" && ck.optimizer_type != "adagrad") {
-    auto old_optimizer = make_optimizer(ck.optimizer_type, net, 1e-3);
+  if (ck.optimizer && ck.optimizer->type != "rmsprop" && ck.optimizer->type != "adagrad") {
+    auto old_optimizer = make_optimizer(ck.optimizer->type, net, 1e-3);
     load_optimizer_state(ck, *old_optimizer, path);
-    next = make_optimizer(ck.optimizer_type, result.network, 1e-3);
+    next = make_optimizer(ck.optimizer->type, result.network, 1e-3);
     transfer_optimizer_state(*old_optimizer, net, *next, result);
   }
   save(result.network, out, next.get());
@@ -401,7 +401,7 @@ int cmd_inspect(const std::string& path) {
     dropped += n.dropout_p > 0;
   }
   std::printf("dropout: %d neurons with p > 0 (max %.3g)\n", dropped, max_p);
-  if (!ck.optimizer_state.empty()) std::printf("optimizer state: %s\n", ck.optimizer_type.c_str());
+  if (ck.optimizer) std::printf("optimizer state: %s\n", ck.optimizer->type.c_str());
   return 0;
 }
 

@@ -2,7 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
-#include <sstream>
+#include <unordered_map>
+#include <unordered_set>
 
 #include <torch/torch.h>
 
@@ -47,6 +48,8 @@ const char* dtype_name(torch::Dtype dtype) {
     default: return nullptr;
   }
 }
+
+std::string dtype_text(torch::Dtype dtype) { return dtype_name(dtype) ? dtype_name(dtype) : c10::toString(dtype); }
 
 std::vector<std::pair<std::string, torch::Tensor>> state_tensors(const NeuralNetwork& network) {
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
@@ -118,17 +121,147 @@ void check_declared_size(const json& config, size_t data_size, const std::string
   too_big(values, "a network with attention");
 }
 
-}  // namespace
-
-std::string optimizer_type_name(const torch::optim::Optimizer& optimizer) {
-  using namespace torch::optim;
-  if (dynamic_cast<const Adam*>(&optimizer)) return "adam";
-  if (dynamic_cast<const AdamW*>(&optimizer)) return "adamw";
-  if (dynamic_cast<const SGD*>(&optimizer)) return "sgd";
-  if (dynamic_cast<const RMSprop*>(&optimizer)) return "rmsprop";
-  if (dynamic_cast<const Adagrad*>(&optimizer)) return "adagrad";
-  return "other";
+// Appends a tensor's bytes to `data` and returns its table entry (without a name).
+json write_tensor(const torch::Tensor& tensor, std::string& data, const std::string& name) {
+  auto cpu = tensor.detach().to(torch::kCPU).contiguous();
+  const char* dtype = dtype_name(cpu.scalar_type());
+  if (!dtype) fail("save(): tensor \"{}\" has dtype {}, which a checkpoint cannot hold", name, c10::toString(cpu.scalar_type()));
+  const size_t nbytes = cpu.numel() * cpu.element_size();
+  json entry = {{"dtype", dtype}, {"shape", cpu.sizes().vec()}, {"offset", data.size()}, {"nbytes", nbytes}};
+  data.append(static_cast<const char*>(cpu.data_ptr()), nbytes);
+  return entry;
 }
+
+// The tensor bytes of a checkpoint and how to read a table entry from them.
+struct TensorData {
+  const std::string& file;
+  size_t begin, size;
+  const std::string& path;
+
+  // A view of the entry's bytes, which must have exactly `like`'s shape and
+  // dtype; `what` names the entry in messages. The view lives as long as `file`.
+  torch::Tensor read(const json& entry, const torch::Tensor& like, const std::string& what) const {
+    try {
+      // Checked before converting: a float such as 1e308 does not convert to an integer.
+      if (!entry.is_object() || !entry.contains("shape") || !entry.contains("dtype") || !entry.contains("offset") || !entry.contains("nbytes"))
+        fail("load(): {}: {} must be {{\"dtype\", \"shape\", \"offset\", \"nbytes\"}}, got {}", path, what, entry.dump());
+      const json& shape_json = entry.at("shape");
+      if (!shape_json.is_array() || !std::all_of(shape_json.begin(), shape_json.end(), [](const json& v) { return v.is_number_integer(); }) ||
+          !entry.at("offset").is_number_unsigned() || !entry.at("nbytes").is_number_unsigned() || !entry.at("dtype").is_string())
+        fail("load(): {}: {} is malformed: its shape must be an array of integers, its dtype a string and its offset and "
+             "nbytes non-negative integers", path, what);
+      const auto shape = shape_json.get<std::vector<int64_t>>();
+      const auto dtype = entry.at("dtype").get<std::string>();
+      const auto offset = entry.at("offset").get<uint64_t>(), nbytes = entry.at("nbytes").get<uint64_t>();
+      if (!like.sizes().equals(shape))
+        fail("load(): {}: {} has shape [{}] in the file but the network's structure needs [{}]", path, what,
+             fmt::join(shape, ", "), fmt::join(like.sizes(), ", "));
+      if (dtype != dtype_name(like.scalar_type()))
+        fail("load(): {}: {} is {} in the file but the config says {}", path, what, dtype, dtype_name(like.scalar_type()));
+      if (nbytes != static_cast<uint64_t>(like.numel() * like.element_size()) || offset > size || nbytes > size - offset)
+        fail("load(): {}: {} has an inconsistent byte range", path, what);
+      return torch::from_blob(const_cast<char*>(file.data() + begin + offset), like.sizes(),
+                              torch::TensorOptions().dtype(like.scalar_type()));
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      fail("load(): {}: {} is malformed: {}", path, what, e.what());
+    }
+  }
+};
+
+json write_optimizer(const NeuralNetwork& network, const torch::optim::Optimizer& optimizer, std::string& data,
+                     const std::string& path) {
+  const std::string type = optimizer_type_name(optimizer);
+  if (type == "other")
+    fail("save(): cannot save the optimizer for {}: connex saves the state of Adam, AdamW, SGD, RMSprop and Adagrad", path);
+  std::unordered_map<const void*, std::string> names;  // a parameter's TensorImpl -> its name
+  for (const auto& p : network->named_parameters()) names.emplace(p.value().unsafeGetTensorImpl(), p.key());
+  json groups = json::array(), state = json::object();
+  for (size_t g = 0; g < optimizer.param_groups().size(); ++g) {
+    const auto& group = optimizer.param_groups()[g];
+    json parameters = json::array();
+    for (const auto& p : group.params()) {
+      auto name = names.find(p.unsafeGetTensorImpl());
+      if (name == names.end())
+        fail("save(): cannot save the optimizer for {}: its group {} holds a parameter of shape [{}] that is not one of the "
+             "network's", path, g, fmt::join(p.sizes(), ", "));
+      parameters.push_back(name->second);
+      auto it = optimizer.state().find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+      if (it == optimizer.state().end()) continue;  // never stepped
+      const auto fields = state_fields(*it->second);
+      json entry = {{"tensors", json::object()}};
+      if (fields.step) entry["step"] = *fields.step;
+      for (const auto& [field, tensor] : fields.tensors)
+        if (tensor.defined()) entry["tensors"][field] = write_tensor(tensor, data, name->second + "." + field);
+      state[name->second] = entry;
+    }
+    groups.push_back({{"options", optimizer_options_to_json(group.options())}, {"parameters", parameters}});
+  }
+  return {{"type", type}, {"groups", groups}, {"state", state}};
+}
+
+SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const TensorData& data, const std::string& path) {
+  if (!o.is_object() || !o.contains("type") || !o.at("type").is_string() || !o.contains("groups") || !o.at("groups").is_array() ||
+      !o.contains("state") || !o.at("state").is_object())
+    fail("load(): {}: /optimizer must be {{\"type\": \"...\", \"groups\": [...], \"state\": {{...}}}}", path);
+  SavedOptimizer saved;
+  saved.type = o.at("type").get<std::string>();
+  const auto& field_names = [&]() -> const std::vector<std::string>& {
+    try {
+      return state_tensor_names(saved.type);
+    } catch (const Error&) {
+      fail("load(): {}: /optimizer/type \"{}\" is not an optimizer connex knows (adam, adamw, sgd, rmsprop, adagrad)", path, saved.type);
+    }
+  }();
+  const auto parameters = network->named_parameters();
+  std::unordered_set<std::string> grouped;
+  for (size_t g = 0; g < o.at("groups").size(); ++g) {
+    const json& group = o.at("groups").at(g);
+    const std::string where = fmt::format("{}: /optimizer/groups/{}", path, g);
+    if (!group.is_object() || !group.contains("options") || !group.contains("parameters") || !group.at("parameters").is_array())
+      fail("load(): {} must be {{\"options\": {{...}}, \"parameters\": [names]}}", where);
+    optimizer_options_from_json(saved.type, group.at("options"), where + "/options");  // checks every option
+    SavedOptimizer::Group out{group.at("options"), {}};
+    for (const auto& name : group.at("parameters")) {
+      if (!name.is_string() || !parameters.contains(name.get<std::string>()))
+        fail("load(): {}/parameters names {}, which is not a parameter of the network", where, name.dump());
+      if (!grouped.insert(name.get<std::string>()).second)
+        fail("load(): {}/parameters names \"{}\" a second time", where, name.get<std::string>());
+      out.parameters.push_back(name.get<std::string>());
+    }
+    saved.groups.push_back(std::move(out));
+  }
+  for (const auto& [name, entry] : o.at("state").items()) {
+    const std::string where = fmt::format("/optimizer/state/{}", name);
+    if (!grouped.count(name)) fail("load(): {}: {} is the state of a parameter that no optimizer group holds", path, where);
+    if (!entry.is_object() || !entry.contains("tensors") || !entry.at("tensors").is_object())
+      fail("load(): {}: {} must be {{\"step\": n, \"tensors\": {{...}}}}", path, where);
+    OptimizerStateFields fields;
+    fields.type = saved.type;
+    if (state_has_step(saved.type)) {
+      if (!entry.contains("step") || !entry.at("step").is_number_unsigned() || entry.at("step").get<uint64_t>() > uint64_t{1} << 62)
+        fail("load(): {}: {}/step must be a non-negative integer", path, where);
+      fields.step = entry.at("step").get<int64_t>();
+    } else if (entry.contains("step")) {
+      fail("load(): {}: {}/step: a {} state counts no steps", path, where, saved.type);
+    }
+    const torch::Tensor& parameter = parameters[name];
+    for (const auto& [field, tensor_entry] : entry.at("tensors").items())
+      if (std::find(field_names.begin(), field_names.end(), field) == field_names.end())
+        fail("load(): {}: {}/tensors/{} is not a field of a {} state ({})", path, where, field, saved.type, fmt::join(field_names, ", "));
+    for (const auto& field : field_names) {
+      torch::Tensor value;
+      if (entry.at("tensors").contains(field))
+        value = data.read(entry.at("tensors").at(field), parameter.detach(), fmt::format("optimizer state {}/tensors/{}", where, field)).clone();
+      fields.tensors.emplace_back(field, value);
+    }
+    saved.state.emplace(name, std::move(fields));
+  }
+  return saved;
+}
+
+}  // namespace
 
 void save(const NeuralNetwork& network, const std::string& path, const torch::optim::Optimizer* optimizer) {
   json header;
@@ -136,26 +269,11 @@ void save(const NeuralNetwork& network, const std::string& path, const torch::op
   header["tensors"] = json::array();
   std::string data;
   for (const auto& [name, tensor] : state_tensors(network)) {
-    auto cpu = tensor.detach().to(torch::kCPU).contiguous();
-    const char* dtype = dtype_name(cpu.scalar_type());
-    if (!dtype) fail("save(): tensor \"{}\" has dtype {}, which a checkpoint cannot hold", name, c10::toString(cpu.scalar_type()));
-    const size_t nbytes = cpu.numel() * cpu.element_size();
-    header["tensors"].push_back({{"name", name}, {"dtype", dtype}, {"shape", cpu.sizes().vec()}, {"offset", data.size()}, {"nbytes", nbytes}});
-    data.append(static_cast<const char*>(cpu.data_ptr()), nbytes);
+    json entry = write_tensor(tensor, data, name);
+    entry["name"] = name;
+    header["tensors"].push_back(std::move(entry));
   }
-  if (optimizer) {
-    std::ostringstream bytes;
-    try {
-      torch::serialize::OutputArchive archive;
-      optimizer->save(archive);
-      archive.save_to(bytes);
-    } catch (const std::exception& e) {
-      fail("save(): cannot serialize the optimizer for {}: {}", path, e.what());
-    }
-    const std::string blob = bytes.str();
-    header["optimizer"] = {{"offset", data.size()}, {"nbytes", blob.size()}, {"type", optimizer_type_name(*optimizer)}};
-    data += blob;
-  }
+  if (optimizer) header["optimizer"] = write_optimizer(network, *optimizer, data, path);
   const std::string header_text = header.dump();
   std::string file(kMagic, 8);
   put<uint32_t>(file, kCheckpointVersion);
@@ -180,7 +298,8 @@ Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
     fail("load(): {} is corrupted: its checksum does not match its contents (truncated or changed bytes)", path);
   const uint32_t version = get<uint32_t>(file, 8);
   if (version != kCheckpointVersion)
-    fail("load(): {} has checkpoint format version {}; this connex reads version {}", path, version, kCheckpointVersion);
+    fail("load(): {} has checkpoint format version {}; this connex reads version {}{}", path, version, kCheckpointVersion,
+         version == 1 ? " (version 1 held optimizer state in torch's pickle format, which connex no longer reads)" : "");
 
   json header;
   try {
@@ -203,108 +322,77 @@ Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
     if (!saved.emplace(entry.at("name").get<std::string>(), &entry).second)
       fail("load(): {} holds tensor \"{}\" twice", path, entry.at("name").get<std::string>());
   }
+  const TensorData data{file, data_begin, data_size, path};
   torch::NoGradGuard no_grad;
   for (auto& [name, tensor] : expected) {
     auto it = saved.find(name);
     if (it == saved.end()) fail("load(): {} lacks tensor \"{}\" that its network's structure needs", path, name);
-    const json& entry = *it->second;
-    try {
-      // Checked before converting: a float such as 1e308 does not convert to an integer.
-      const json& shape_json = entry.at("shape");
-      if (!shape_json.is_array() || !std::all_of(shape_json.begin(), shape_json.end(), [](const json& v) { return v.is_number_integer(); }) ||
-          !entry.at("offset").is_number_unsigned() || !entry.at("nbytes").is_number_unsigned())
-        fail("load(): {}: tensor entry \"{}\" is malformed: its shape must be an array of integers and its offset and nbytes "
-             "non-negative integers", path, name);
-      const auto shape = shape_json.get<std::vector<int64_t>>();
-      const auto dtype = entry.at("dtype").get<std::string>();
-      const auto offset = entry.at("offset").get<uint64_t>(), nbytes = entry.at("nbytes").get<uint64_t>();
-      if (!tensor.sizes().equals(shape))
-        fail("load(): {}: tensor \"{}\" has shape [{}] in the file but the network's structure needs [{}]", path,
-             name, fmt::join(shape, ", "), fmt::join(tensor.sizes(), ", "));
-      if (dtype != dtype_name(tensor.scalar_type()))
-        fail("load(): {}: tensor \"{}\" is {} in the file but the config says {}", path, name, dtype, dtype_name(tensor.scalar_type()));
-      if (nbytes != static_cast<uint64_t>(tensor.numel() * tensor.element_size()) || offset > data_size || nbytes > data_size - offset)
-        fail("load(): {}: tensor \"{}\" has an inconsistent byte range", path, name);
-      auto source = torch::from_blob(const_cast<char*>(file.data() + data_begin + offset), tensor.sizes(),
-                                     torch::TensorOptions().dtype(tensor.scalar_type()));
-      tensor.copy_(source);
-    } catch (const Error&) {
-      throw;
-    } catch (const std::exception& e) {
-      fail("load(): {}: tensor entry \"{}\" is malformed: {}", path, name, e.what());
-    }
+    tensor.copy_(data.read(*it->second, tensor, fmt::format("tensor \"{}\"", name)));
     saved.erase(it);
   }
   checkpoint.network->sync_frozen();
   if (!saved.empty())
     fail("load(): {} holds tensor \"{}\", which its network's structure does not have", path, saved.begin()->first);
 
-  if (header.contains("optimizer") && !header.at("optimizer").is_null()) {
-    const auto& o = header.at("optimizer");
-    if (!o.is_object() || !o.contains("offset") || !o.at("offset").is_number_unsigned() || !o.contains("nbytes") ||
-        !o.at("nbytes").is_number_unsigned() || (o.contains("type") && !o.at("type").is_string()))
-      fail("load(): {}: /optimizer must be {{\"offset\": n, \"nbytes\": n, \"type\": \"...\"}}, got {}", path, o.dump());
-    const auto offset = o.at("offset").get<uint64_t>(), nbytes = o.at("nbytes").get<uint64_t>();
-    if (offset > data_size || nbytes > data_size - offset) fail("load(): {}: the optimizer state has an inconsistent byte range", path);
-    checkpoint.optimizer_state = file.substr(data_begin + offset, nbytes);
-    checkpoint.optimizer_type = o.value("type", std::string("other"));
-  }
+  if (header.contains("optimizer") && !header.at("optimizer").is_null())
+    checkpoint.optimizer = read_optimizer(header.at("optimizer"), checkpoint.network, data, path);
   return checkpoint;
 }
 
 NeuralNetwork load(const std::string& path) { return load_checkpoint(path).network; }
 
-void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer& optimizer, const std::string& path) {
-  if (checkpoint.optimizer_state.empty()) fail("load_optimizer_state(): {} holds no optimizer state", path);
-  // A failed load leaves the optimizer as it was: torch's loader may have
-  // replaced part of its state (or its groups' options) before it failed.
-  std::ostringstream previous;
-  {
-    torch::serialize::OutputArchive archive;
-    optimizer.save(archive);
-    archive.save_to(previous);
-  }
-  auto restore = [&] {
-    std::istringstream bytes(previous.str());
-    torch::serialize::InputArchive archive;
-    archive.load_from(bytes);
-    optimizer.state().clear();
-    optimizer.load(archive);
-  };
-  try {
-    std::istringstream bytes(checkpoint.optimizer_state);
-    torch::serialize::InputArchive archive;
-    archive.load_from(bytes);
-    optimizer.load(archive);
-  } catch (const std::exception& e) {
-    const auto* torch_error = dynamic_cast<const c10::Error*>(&e);  // what() would append a C++ backtrace
-    const std::string why = torch_error ? torch_error->what_without_backtrace() : e.what();
-    restore();
-    fail("load_optimizer_state(): the optimizer state in {} does not fit this optimizer: {}", path, why);
-  }
-  // torch's loader does not compare the state's shapes with the parameters': do it here.
-  size_t index = 0;
-  for (const auto& group : optimizer.param_groups())
+void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer& optimizer, const std::string& path,
+                          const NeuralNetwork& network) {
+  if (!checkpoint.optimizer) fail("load_optimizer_state(): {} holds no optimizer state", path);
+  const SavedOptimizer& saved = *checkpoint.optimizer;
+  const std::string type = optimizer_type_name(optimizer);
+  if (type != saved.type) fail("load_optimizer_state(): {} holds {} state, but the optimizer is {}", path, saved.type, type);
+  if (optimizer.param_groups().size() != saved.groups.size())
+    fail("load_optimizer_state(): {} holds {} parameter group(s), but the optimizer has {}", path, saved.groups.size(),
+         optimizer.param_groups().size());
+  std::unordered_map<const void*, std::string> names;  // a parameter's TensorImpl -> its name
+  const NeuralNetwork& over = network.is_empty() ? checkpoint.network : network;
+  for (const auto& p : over->named_parameters()) names.emplace(p.value().unsafeGetTensorImpl(), p.key());
+
+  // Build everything first, then install: an error leaves the optimizer as it was.
+  std::vector<std::unique_ptr<torch::optim::OptimizerOptions>> options;
+  std::vector<std::pair<std::string, std::unique_ptr<torch::optim::OptimizerParamState>>> states;
+  for (size_t g = 0; g < saved.groups.size(); ++g) {
+    const auto& group = optimizer.param_groups()[g];
+    std::vector<std::string> held;
     for (const auto& p : group.params()) {
-      auto it = optimizer.state().find(c10::guts::to_string(p.unsafeGetTensorImpl()));
-      if (it != optimizer.state().end()) {
-        std::vector<torch::Tensor> tensors;
-        using namespace torch::optim;
-        if (auto* s = dynamic_cast<AdamParamState*>(it->second.get())) tensors = {s->exp_avg(), s->exp_avg_sq(), s->max_exp_avg_sq()};
-        if (auto* s = dynamic_cast<AdamWParamState*>(it->second.get())) tensors = {s->exp_avg(), s->exp_avg_sq(), s->max_exp_avg_sq()};
-        if (auto* s = dynamic_cast<SGDParamState*>(it->second.get())) tensors = {s->momentum_buffer()};
-        if (auto* s = dynamic_cast<RMSpropParamState*>(it->second.get())) tensors = {s->square_avg(), s->momentum_buffer(), s->grad_avg()};
-        if (auto* s = dynamic_cast<AdagradParamState*>(it->second.get())) tensors = {s->sum()};
-        for (const auto& t : tensors)
-          if (t.defined() && !t.sizes().equals(p.sizes())) {
-            const std::string shape = fmt::format("[{}]", fmt::join(t.sizes(), ", "));
-            restore();
-            fail("load_optimizer_state(): the optimizer state in {} has shape {} for parameter {} of shape [{}]; it belongs to another network",
-                 path, shape, index, fmt::join(p.sizes(), ", "));
-          }
-      }
-      ++index;
+      auto name = names.find(p.unsafeGetTensorImpl());
+      if (name == names.end())
+        fail("load_optimizer_state(): group {} of the optimizer holds a parameter of shape [{}] that is not one of the "
+             "network{}; build the optimizer over that network's parameters", g, fmt::join(p.sizes(), ", "),
+             network.is_empty() ? " loaded from " + path : std::string(" given"));
+      held.push_back(name->second);
     }
+    auto sorted = [](std::vector<std::string> v) { std::sort(v.begin(), v.end()); return v; };
+    if (sorted(held) != sorted(saved.groups[g].parameters))
+      fail("load_optimizer_state(): group {} of the optimizer holds parameters [{}] but the one in {} holds [{}]", g,
+           fmt::join(held, ", "), path, fmt::join(saved.groups[g].parameters, ", "));
+    for (size_t i = 0; i < held.size(); ++i) {
+      const torch::Tensor& p = group.params()[i];
+      auto state = saved.state.find(held[i]);
+      if (state == saved.state.end()) continue;
+      OptimizerStateFields fields = state->second;
+      for (auto& field : fields.tensors) {
+        if (!field.second.defined()) continue;
+        // parse_checkpoint checked these against the saved network; a grafted state is checked here.
+        if (!field.second.sizes().equals(p.sizes()) || field.second.scalar_type() != p.scalar_type())
+          fail("load_optimizer_state(): the optimizer state in {} has a {} {} of shape [{}] for parameter \"{}\", which is {} "
+               "of shape [{}]; it belongs to another network", path, dtype_text(field.second.scalar_type()), field.first,
+               fmt::join(field.second.sizes(), ", "), held[i], dtype_text(p.scalar_type()), fmt::join(p.sizes(), ", "));
+        field.second = field.second.to(p.device(), p.scalar_type(), false, /*copy=*/true);
+      }
+      states.emplace_back(c10::guts::to_string(p.unsafeGetTensorImpl()), make_param_state(fields));
+    }
+    options.push_back(optimizer_options_from_json(saved.type, saved.groups[g].options, path));
+  }
+  optimizer.state().clear();
+  for (auto& [key, state] : states) optimizer.state()[key] = std::move(state);
+  for (size_t g = 0; g < options.size(); ++g) optimizer.param_groups()[g].set_options(std::move(options[g]));
 }
 
 }  // namespace connex

@@ -16,6 +16,7 @@
 
 #include "connex/error.h"
 #include "connex/file_io.h"
+#include "connex/optimizer_state.h"
 
 namespace connex::distributed {
 
@@ -312,17 +313,16 @@ uint64_t DataParallel::checksum(const NeuralNetwork& network, const torch::optim
   for (const auto& p : network->parameters()) add(p);
   for (const auto& b : network->buffers()) add(b);
   if (optimizer) {
-    // Every state tensor, in parameter order, as the optimizer serialises it.
+    // Every parameter's step and state tensors, in parameter order.
     for (const auto& group : optimizer->param_groups())
       for (const auto& p : group.params()) {
         auto it = optimizer->state().find(c10::guts::to_string(p.unsafeGetTensorImpl()));
         if (it == optimizer->state().end()) continue;
-        torch::serialize::OutputArchive archive;
-        it->second->serialize(archive);
-        std::ostringstream bytes;
-        archive.save_to(bytes);
-        const std::string s = bytes.str();
-        hash = fnv1a64(s.data(), s.size(), hash);
+        const auto fields = state_fields(*it->second);
+        const int64_t step = fields.step.value_or(-1);
+        hash = fnv1a64(&step, sizeof step, hash);
+        for (const auto& field : fields.tensors)
+          if (field.second.defined()) add(field.second);
       }
   }
   return hash;

@@ -4,6 +4,9 @@
 
 #include "connex/error.h"
 
+#include <cmath>
+#include <unordered_set>
+
 namespace connex {
 
 namespace {
@@ -38,35 +41,60 @@ std::unique_ptr<torch::optim::OptimizerParamState> remap_state(const torch::opti
                                                                const torch::Tensor& parameter,
                                                                const ParameterRemap::Moved* moved,
                                                                const std::string& name, const KeyedPair* keyed) {
-  auto r = [&](const torch::Tensor& t) { return remap_tensor(t, parameter, moved, keyed); };
-  using namespace torch::optim;
-  // Adam and AdamW keep the same fields under different types.
-  auto adam_like = [&](const auto& s) {
-    auto out = std::make_unique<std::decay_t<decltype(s)>>();
-    out->step(s.step()).exp_avg(r(s.exp_avg())).exp_avg_sq(r(s.exp_avg_sq())).max_exp_avg_sq(r(s.max_exp_avg_sq()));
-    return std::unique_ptr<OptimizerParamState>(std::move(out));
-  };
-  if (auto* s = dynamic_cast<const AdamParamState*>(&state)) return adam_like(*s);
-  if (auto* s = dynamic_cast<const AdamWParamState*>(&state)) return adam_like(*s);
-  if (auto* s = dynamic_cast<const SGDParamState*>(&state)) {
-    auto out = std::make_unique<SGDParamState>();
-    out->momentum_buffer(r(s->momentum_buffer()));
-    return out;
+  OptimizerStateFields fields;
+  try {
+    fields = state_fields(state);
+  } catch (const Error&) {
+    fail("transfer_optimizer_state(): the state of parameter \"{}\" is of an optimizer connex does not know "
+         "(Adam, AdamW, SGD, RMSprop and Adagrad are supported)",
+         name);
   }
-  if (auto* s = dynamic_cast<const RMSpropParamState*>(&state)) {
-    auto out = std::make_unique<RMSpropParamState>();
-    out->step(s->step()).square_avg(r(s->square_avg())).momentum_buffer(r(s->momentum_buffer())).grad_avg(r(s->grad_avg()));
-    return out;
-  }
-  if (auto* s = dynamic_cast<const AdagradParamState*>(&state)) {
-    auto out = std::make_unique<AdagradParamState>();
-    out->step(s->step()).sum(r(s->sum()));
-    return out;
-  }
-  fail("transfer_optimizer_state(): the state of parameter \"{}\" is of an optimizer connex does not know "
-       "(Adam, AdamW, SGD, RMSprop and Adagrad are supported)",
-       name);
+  for (auto& field : fields.tensors) field.second = remap_tensor(field.second, parameter, moved, keyed);
+  return make_param_state(fields);
 }
+
+// ------------------------------------------------------------- options JSON
+
+// Reads an options object key by key, checking each value, then rejects keys it did not read.
+class OptionsReader {
+ public:
+  OptionsReader(const nlohmann::json& json, const std::string& where) : json_(json), where_(where) {
+    if (!json.is_object()) fail("load(): {} must be an object of optimizer options, got {}", where, json.dump());
+  }
+  double number(const char* key, double low, double high = HUGE_VAL, bool high_open = false) {
+    const auto& value = at(key);
+    const double x = value.is_number() ? value.get<double>() : NAN;
+    if (!value.is_number() || !(x >= low) || !(high_open ? x < high : x <= high))
+      fail("load(): {}/{} must be a number in [{}, {}{}, got {}", where_, key, low, high, high_open ? ")" : "]", value.dump());
+    return x;
+  }
+  bool boolean(const char* key) {
+    const auto& value = at(key);
+    if (!value.is_boolean()) fail("load(): {}/{} must be true or false, got {}", where_, key, value.dump());
+    return value.get<bool>();
+  }
+  std::tuple<double, double> betas() {
+    const auto& value = at("betas");
+    auto beta = [&](size_t i) { return value.at(i).is_number() ? value.at(i).get<double>() : NAN; };
+    if (!value.is_array() || value.size() != 2 || !(beta(0) >= 0 && beta(0) < 1) || !(beta(1) >= 0 && beta(1) < 1))
+      fail("load(): {}/betas must be two numbers in [0, 1), got {}", where_, value.dump());
+    return {beta(0), beta(1)};
+  }
+  void done() const {
+    for (const auto& item : json_.items())
+      if (!read_.count(item.key())) fail("load(): {} has an unknown optimizer option \"{}\"", where_, item.key());
+  }
+
+ private:
+  const nlohmann::json& at(const char* key) {
+    if (!json_.contains(key)) fail("load(): {} lacks the optimizer option \"{}\"", where_, key);
+    read_.insert(key);
+    return json_.at(key);
+  }
+  const nlohmann::json& json_;
+  const std::string& where_;
+  std::unordered_set<std::string> read_;
+};
 
 }  // namespace
 
@@ -107,6 +135,135 @@ void transfer_optimizer_state(const torch::optim::Optimizer& old_optimizer, cons
     states.emplace_back(key, remap_state(*state->second, item.value(), remap, item.key(), keyed ? &*keyed : nullptr));
   }
   for (auto& [key, state] : states) new_optimizer.state()[key] = std::move(state);
+}
+
+}  // namespace connex
+
+namespace connex {
+
+std::string optimizer_type_name(const torch::optim::Optimizer& optimizer) {
+  using namespace torch::optim;
+  if (dynamic_cast<const Adam*>(&optimizer)) return "adam";
+  if (dynamic_cast<const AdamW*>(&optimizer)) return "adamw";
+  if (dynamic_cast<const SGD*>(&optimizer)) return "sgd";
+  if (dynamic_cast<const RMSprop*>(&optimizer)) return "rmsprop";
+  if (dynamic_cast<const Adagrad*>(&optimizer)) return "adagrad";
+  return "other";
+}
+
+const std::vector<std::string>& state_tensor_names(const std::string& type) {
+  static const std::vector<std::string> adam{"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}, sgd{"momentum_buffer"},
+      rmsprop{"square_avg", "momentum_buffer", "grad_avg"}, adagrad{"sum"};
+  if (type == "adam" || type == "adamw") return adam;
+  if (type == "sgd") return sgd;
+  if (type == "rmsprop") return rmsprop;
+  if (type == "adagrad") return adagrad;
+  fail("optimizer state: unknown optimizer type \"{}\" (adam, adamw, sgd, rmsprop and adagrad are known)", type);
+}
+
+bool state_has_step(const std::string& type) { return (state_tensor_names(type), type != "sgd"); }
+
+OptimizerStateFields state_fields(const torch::optim::OptimizerParamState& state) {
+  using namespace torch::optim;
+  OptimizerStateFields f;
+  auto adam_like = [&](const auto& s, const char* type) {
+    f.type = type;
+    f.step = s.step();
+    f.tensors = {{"exp_avg", s.exp_avg()}, {"exp_avg_sq", s.exp_avg_sq()}, {"max_exp_avg_sq", s.max_exp_avg_sq()}};
+  };
+  if (auto* s = dynamic_cast<const AdamParamState*>(&state)) adam_like(*s, "adam");
+  else if (auto* s = dynamic_cast<const AdamWParamState*>(&state)) adam_like(*s, "adamw");
+  else if (auto* s = dynamic_cast<const SGDParamState*>(&state)) f.type = "sgd", f.tensors = {{"momentum_buffer", s->momentum_buffer()}};
+  else if (auto* s = dynamic_cast<const RMSpropParamState*>(&state)) {
+    f.type = "rmsprop", f.step = s->step();
+    f.tensors = {{"square_avg", s->square_avg()}, {"momentum_buffer", s->momentum_buffer()}, {"grad_avg", s->grad_avg()}};
+  } else if (auto* s = dynamic_cast<const AdagradParamState*>(&state)) {
+    f.type = "adagrad", f.step = s->step(), f.tensors = {{"sum", s->sum()}};
+  } else {
+    fail("optimizer state: a parameter's state is of an optimizer connex does not know (Adam, AdamW, SGD, RMSprop and Adagrad are)");
+  }
+  return f;
+}
+
+std::unique_ptr<torch::optim::OptimizerParamState> make_param_state(const OptimizerStateFields& f) {
+  using namespace torch::optim;
+  const auto& names = state_tensor_names(f.type);
+  if (f.tensors.size() != names.size() || f.step.has_value() != state_has_step(f.type))
+    fail("optimizer state: the fields do not match a {} state", f.type);
+  for (size_t i = 0; i < names.size(); ++i)
+    if (f.tensors[i].first != names[i]) fail("optimizer state: field {} of a {} state must be {}, got {}", i, f.type, names[i], f.tensors[i].first);
+  auto t = [&](size_t i) { return f.tensors[i].second; };
+  auto adam_like = [&](auto state) {
+    state->step(*f.step).exp_avg(t(0)).exp_avg_sq(t(1)).max_exp_avg_sq(t(2));
+    return std::unique_ptr<OptimizerParamState>(std::move(state));
+  };
+  if (f.type == "adam") return adam_like(std::make_unique<AdamParamState>());
+  if (f.type == "adamw") return adam_like(std::make_unique<AdamWParamState>());
+  if (f.type == "sgd") {
+    auto state = std::make_unique<SGDParamState>();
+    state->momentum_buffer(t(0));
+    return state;
+  }
+  if (f.type == "rmsprop") {
+    auto state = std::make_unique<RMSpropParamState>();
+    state->step(*f.step).square_avg(t(0)).momentum_buffer(t(1)).grad_avg(t(2));
+    return state;
+  }
+  auto state = std::make_unique<AdagradParamState>();
+  state->step(*f.step).sum(t(0));
+  return state;
+}
+
+nlohmann::json optimizer_options_to_json(const torch::optim::OptimizerOptions& options) {
+  using namespace torch::optim;
+  auto adam_like = [](const auto& o) {
+    return nlohmann::json{{"lr", o.lr()}, {"betas", {std::get<0>(o.betas()), std::get<1>(o.betas())}}, {"eps", o.eps()},
+                          {"weight_decay", o.weight_decay()}, {"amsgrad", o.amsgrad()}};
+  };
+  if (auto* o = dynamic_cast<const AdamOptions*>(&options)) return adam_like(*o);
+  if (auto* o = dynamic_cast<const AdamWOptions*>(&options)) return adam_like(*o);
+  if (auto* o = dynamic_cast<const SGDOptions*>(&options))
+    return {{"lr", o->lr()}, {"momentum", o->momentum()}, {"dampening", o->dampening()}, {"weight_decay", o->weight_decay()},
+            {"nesterov", o->nesterov()}};
+  if (auto* o = dynamic_cast<const RMSpropOptions*>(&options))
+    return {{"lr", o->lr()}, {"alpha", o->alpha()}, {"eps", o->eps()}, {"weight_decay", o->weight_decay()},
+            {"momentum", o->momentum()}, {"centered", o->centered()}};
+  if (auto* o = dynamic_cast<const AdagradOptions*>(&options))
+    return {{"lr", o->lr()}, {"lr_decay", o->lr_decay()}, {"weight_decay", o->weight_decay()},
+            {"initial_accumulator_value", o->initial_accumulator_value()}, {"eps", o->eps()}};
+  fail("optimizer options: of an optimizer connex does not know (Adam, AdamW, SGD, RMSprop and Adagrad are)");
+}
+
+std::unique_ptr<torch::optim::OptimizerOptions> optimizer_options_from_json(const std::string& type, const nlohmann::json& json,
+                                                                            const std::string& where) {
+  using namespace torch::optim;
+  state_tensor_names(type);  // rejects an unknown type
+  OptionsReader r(json, where);
+  std::unique_ptr<OptimizerOptions> out;
+  // The ranges torch's optimizer constructors enforce.
+  auto adam_like = [&](auto options) {
+    options->lr(r.number("lr", 0)).betas(r.betas()).eps(r.number("eps", 0)).weight_decay(r.number("weight_decay", 0)).amsgrad(r.boolean("amsgrad"));
+    return std::unique_ptr<OptimizerOptions>(std::move(options));
+  };
+  if (type == "adam") out = adam_like(std::make_unique<AdamOptions>());
+  else if (type == "adamw") out = adam_like(std::make_unique<AdamWOptions>());
+  else if (type == "sgd") {
+    auto o = std::make_unique<SGDOptions>(r.number("lr", 0));
+    o->momentum(r.number("momentum", 0)).dampening(r.number("dampening", -HUGE_VAL)).weight_decay(r.number("weight_decay", 0)).nesterov(r.boolean("nesterov"));
+    if (o->nesterov() && (o->momentum() <= 0 || o->dampening() != 0))
+      fail("load(): {}: Nesterov momentum needs a momentum above 0 and zero dampening", where);
+    out = std::move(o);
+  } else if (type == "rmsprop") {
+    auto o = std::make_unique<RMSpropOptions>(r.number("lr", 0));
+    o->alpha(r.number("alpha", 0)).eps(r.number("eps", 0)).weight_decay(r.number("weight_decay", 0)).momentum(r.number("momentum", 0)).centered(r.boolean("centered"));
+    out = std::move(o);
+  } else {
+    auto o = std::make_unique<AdagradOptions>(r.number("lr", 0));
+    o->lr_decay(r.number("lr_decay", 0)).weight_decay(r.number("weight_decay", 0)).initial_accumulator_value(r.number("initial_accumulator_value", 0)).eps(r.number("eps", 0));
+    out = std::move(o);
+  }
+  r.done();
+  return out;
 }
 
 }  // namespace connex

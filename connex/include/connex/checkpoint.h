@@ -3,32 +3,53 @@
 // config), all its parameters, and optionally an optimizer's state.
 //
 // Layout (little-endian): "CONNEXCK", u32 format version, u64 header length,
-// the header (JSON: config, tensor table, optimizer blob), the tensor bytes,
-// and a u64 FNV-1a checksum of everything before it. LibTorch's own zip
-// reader does not verify CRCs, so this checksum is what catches a flipped
-// byte anywhere, tensor data included. Writes are atomic (temporary file +
-// rename); every failure to read raises connex::Error naming the file.
+// the header (JSON: the config, a table of the network's tensors, and the
+// optimizer's type, groups and per-parameter state table), the raw tensor
+// bytes, and a u64 FNV-1a checksum of everything before it, which catches a
+// truncated file or a flipped byte anywhere. Every size and range the header
+// declares is checked against the bytes present before anything is built.
+// Writes are atomic (temporary file + rename); every failure to read raises
+// connex::Error naming the file.
+#include <map>
+#include <optional>
 #include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include <torch/optim/optimizer.h>
 
 #include "connex/neural_network.h"
+#include "connex/optimizer_state.h"
 
 namespace connex {
 
-constexpr uint32_t kCheckpointVersion = 1;
+// Version 2 holds optimizer state in connex's own form (version 1 held torch's
+// pickle, which cannot be read safely; version 1 files are refused).
+constexpr uint32_t kCheckpointVersion = 2;
+
+// An optimizer's state as a checkpoint holds it: parameters by name, never by
+// position, so it restores into any optimizer of the same type built over the
+// loaded network's parameters. Tensors are on the CPU, already checked against
+// the network (shape and dtype of their parameter).
+struct SavedOptimizer {
+  std::string type;  // "adam", "adamw", "sgd", "rmsprop" or "adagrad"
+  struct Group {
+    nlohmann::json options;               // optimizer_options_to_json
+    std::vector<std::string> parameters;  // names as network->named_parameters()
+  };
+  std::vector<Group> groups;
+  std::map<std::string, OptimizerStateFields> state;  // by parameter name; parameters never stepped are absent
+};
 
 struct Checkpoint {
   NeuralNetwork network{nullptr};
-  std::string optimizer_state;  // torch::serialize bytes; empty when none was saved
-  std::string optimizer_type;   // "adam", "adamw", "sgd", "rmsprop", "adagrad" or "other"
+  std::optional<SavedOptimizer> optimizer;  // empty when none was saved
 };
 
-// The name save() records for an optimizer's type.
-std::string optimizer_type_name(const torch::optim::Optimizer& optimizer);
-
 // Throws (before touching `path`) when the network has an option that cannot
-// be written down, such as a custom callable activation.
+// be written down, such as a custom callable activation, or the optimizer is
+// of a type connex does not know or holds a parameter that is not the network's.
 void save(const NeuralNetwork& network, const std::string& path, const torch::optim::Optimizer* optimizer = nullptr);
 Checkpoint load_checkpoint(const std::string& path);
 // The same from the file's bytes in memory (load_checkpoint reads the file and
@@ -36,7 +57,13 @@ Checkpoint load_checkpoint(const std::string& path);
 // are checked against the bytes present before anything is allocated for them.
 Checkpoint parse_checkpoint(const std::string& bytes, const std::string& source = "checkpoint");
 NeuralNetwork load(const std::string& path);
-// Restores the saved state into an optimizer built over checkpoint.network's parameters.
-void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer& optimizer, const std::string& path = "checkpoint");
+// Restores the saved state and group options into an optimizer of the saved
+// type. Parameters are matched by name: the optimizer must be built over the
+// parameters of `network` (by default checkpoint.network; any network of the
+// same structure will do, on any device), and each of its groups must hold the
+// parameters of the saved group. All or nothing: on an error the optimizer is
+// unchanged.
+void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer& optimizer, const std::string& path = "checkpoint",
+                          const NeuralNetwork& network = nullptr);
 
 }  // namespace connex

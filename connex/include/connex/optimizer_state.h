@@ -1,8 +1,10 @@
 #pragma once
-// Optimizer continuity across an edit: move a torch optimizer's per-parameter
-// state (Adam/AdamW moments and step, SGD momentum, RMSprop averages, Adagrad
-// sums) from the old network's optimizer to a new optimizer over the edited
-// network. Surviving entries keep their state; new entries start at zero.
+// Optimizer state, described once for every optimizer connex knows (Adam,
+// AdamW, SGD, RMSprop, Adagrad) and used three ways: carrying state across an
+// edit (transfer_optimizer_state), writing it into and reading it from a
+// checkpoint (connex's own format: field names, JSON options and raw tensor
+// bytes, never torch's pickle, whose reader crashes on crafted bytes), and
+// hashing it to compare data-parallel replicas.
 //
 //   auto result = connex::edit(net).remove_connections(weak).build();
 //   torch::optim::Adam next(result.network->parameters(), old_adam.defaults() ...);
@@ -11,6 +13,13 @@
 // Both optimizers must be of the same type. Per-tensor counters (Adam's step)
 // carry over unchanged: new entries inside a surviving tensor share it, so
 // their bias correction is that of the tensor, not of a fresh optimizer.
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 #include <torch/optim/optimizer.h>
 
 #include "connex/plasticity.h"
@@ -19,5 +28,33 @@ namespace connex {
 
 void transfer_optimizer_state(const torch::optim::Optimizer& old_optimizer, const NeuralNetwork& old_network,
                               torch::optim::Optimizer& new_optimizer, const EditResult& edit);
+
+// "adam", "adamw", "sgd", "rmsprop", "adagrad", or "other" for an optimizer
+// connex does not know (which it can neither save nor carry across edits).
+std::string optimizer_type_name(const torch::optim::Optimizer& optimizer);
+
+// One parameter's state as named fields. `tensors` lists every field of the
+// type in a fixed order (state_tensor_names); a field the optimizer does not
+// use (Adam's max_exp_avg_sq without amsgrad, SGD's momentum buffer without
+// momentum) is an undefined tensor.
+struct OptimizerStateFields {
+  std::string type;             // as optimizer_type_name
+  std::optional<int64_t> step;  // absent for SGD, which counts no steps
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+};
+// The tensor field names of a type, e.g. {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"} for "adam".
+const std::vector<std::string>& state_tensor_names(const std::string& type);
+// Whether a type's state has a step counter.
+bool state_has_step(const std::string& type);
+OptimizerStateFields state_fields(const torch::optim::OptimizerParamState& state);
+// The inverse; the fields must be those of fields.type (throws connex::Error otherwise).
+std::unique_ptr<torch::optim::OptimizerParamState> make_param_state(const OptimizerStateFields& fields);
+
+// A parameter group's options (learning rate, betas, ...) as JSON, and back.
+// options_from_json checks every key and value and names the culprit by
+// `where` (a file and JSON path); it returns a fresh options object of `type`.
+nlohmann::json optimizer_options_to_json(const torch::optim::OptimizerOptions& options);
+std::unique_ptr<torch::optim::OptimizerOptions> optimizer_options_from_json(const std::string& type, const nlohmann::json& json,
+                                                                            const std::string& where);
 
 }  // namespace connex
