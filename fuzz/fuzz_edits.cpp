@@ -30,6 +30,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "../tests/operation_entries.h"
 #include "fuzz_common.h"
 
 namespace {
@@ -135,51 +136,11 @@ void check_carried(const NeuralNetwork& before, const NeuralNetwork& after,
 // Technique parameters: every entry of `after` whose labels (per dimension)
 // all exist in `before`, under the same parameter name, keeps its value.
 void check_operation_parameters(const NeuralNetwork& before, const NeuralNetwork& after, const char* what) {
-  for (size_t k = 0; k < after->operations().size(); ++k) {
-    size_t j = 0;
-    while (j < before->operations().size() && before->operations()[j]->name() != after->operations()[k]->name()) ++j;
-    if (j == before->operations().size()) continue;
-    const auto& old_mod = before->operation_parameters(j);
-    const auto& new_mod = after->operation_parameters(k);
-    for (const auto& [name, new_keys] : new_mod.keys()) {
-      if (!old_mod.keys().count(name)) continue;
-      const auto& old_keys = old_mod.keys().at(name);
-      auto old_t = old_mod.get(name).detach().to(torch::kFloat64).contiguous();
-      auto new_t = new_mod.get(name).detach().to(torch::kFloat64).contiguous();
-      const auto sizes = new_t.sizes().vec();
-      FUZZ_CHECK(sizes.size() == old_keys.size(), "%s: %s changed rank", what, name.c_str());
-      std::vector<std::vector<int64_t>> old_of(sizes.size());
-      for (size_t d = 0; d < sizes.size(); ++d) {
-        std::unordered_map<NeuronId, int64_t, NeuronIdHash> old_pos;
-        if (old_keys[d])
-          for (size_t i = 0; i < old_keys[d]->size(); ++i) old_pos.emplace((*old_keys[d])[i], static_cast<int64_t>(i));
-        for (int64_t i = 0; i < sizes[d]; ++i) {
-          if (!new_keys[d]) {
-            old_of[d].push_back(i < old_t.size(static_cast<int64_t>(d)) ? i : -1);
-            continue;
-          }
-          auto it = old_pos.find((*new_keys[d])[i]);
-          old_of[d].push_back(it == old_pos.end() ? -1 : it->second);
-        }
-      }
-      const double* nv = new_t.data_ptr<double>();
-      const double* ov = old_t.data_ptr<double>();
-      const auto old_strides = old_t.strides().vec();
-      for (int64_t flat = 0; flat < new_t.numel(); ++flat) {
-        int64_t rem = flat, old_flat = 0;
-        bool found = true;
-        for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
-          const int64_t o = old_of[d][rem % sizes[d]];
-          rem /= sizes[d];
-          if (o < 0) found = false;
-          else old_flat += o * old_strides[d];
-        }
-        if (found)
-          FUZZ_CHECK(bits_equal(nv[flat], ov[old_flat]), "%s: %s.%s entry %lld changed", what,
-                     after->operations()[k]->name().c_str(), name.c_str(), static_cast<long long>(flat));
-      }
-    }
-  }
+  connex::testing::for_each_surviving_operation_entry(
+      before, after, [&](const std::string& operation, const std::string& name, int64_t flat, double now, double was) {
+        FUZZ_CHECK(bits_equal(now, was), "%s: %s.%s entry %lld changed", what, operation.c_str(), name.c_str(),
+                   static_cast<long long>(flat));
+      });
 }
 
 void check_no_shared_storage(const NeuralNetwork& a, const NeuralNetwork& b, const char* what) {
