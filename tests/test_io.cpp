@@ -417,7 +417,20 @@ TEST_F(BadOptimizerState, StateOfAnUngroupedParameter) {
 }
 TEST_F(BadOptimizerState, UnknownField) {
   expect_rejected([](auto& o) { o["state"]["weight"]["tensors"]["momentum_buffer"] = o["state"]["weight"]["tensors"]["exp_avg"]; },
-                  "/optimizer/state/weight/tensors/momentum_buffer is not a field of a adam state (exp_avg, exp_avg_sq, max_exp_avg_sq)");
+                  "/optimizer/state/weight/tensors/momentum_buffer is not a field of the adam state (exp_avg, exp_avg_sq, max_exp_avg_sq)");
+}
+TEST_F(BadOptimizerState, FieldTheStepReadsIsMissing) {
+  expect_rejected([](auto& o) { o["state"]["weight"]["tensors"].erase("exp_avg_sq"); },
+                  "/optimizer/state/weight/tensors lacks \"exp_avg_sq\", which adam's step reads under this group's options");
+  // max_exp_avg_sq is read only with amsgrad: absent in this file, it becomes required by turning amsgrad on.
+  expect_rejected([](auto& o) { o["groups"][0]["options"]["amsgrad"] = true; },
+                  "/optimizer/state/bias/tensors lacks \"max_exp_avg_sq\", which adam's step reads under this group's options");
+}
+TEST_F(BadOptimizerState, AdagradStateMissingForAParameter) {
+  torch::optim::Adagrad adagrad(net->parameters(), torch::optim::AdagradOptions(0.1));
+  save(net, path, &adagrad);
+  spit(path, reseal_checkpoint(slurp(path), [](nlohmann::json& h, uint32_t&) { h["optimizer"]["state"].erase("bias"); }));
+  EXPECT_THROW_MSG(load_checkpoint(path), "/optimizer/state lacks the state of parameter \"bias\" (adagrad keeps one for every parameter)");
 }
 TEST_F(BadOptimizerState, StepNotAnInteger) {
   expect_rejected([](auto& o) { o["state"]["weight"]["step"] = 1.5; }, "/optimizer/state/weight/step must be a non-negative integer");

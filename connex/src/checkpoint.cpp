@@ -216,12 +216,14 @@ SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const
   }();
   const auto parameters = network->named_parameters();
   std::unordered_set<std::string> grouped;
+  std::unordered_map<std::string, std::vector<std::string>> required_fields;  // by parameter, from its group's options
   for (size_t g = 0; g < o.at("groups").size(); ++g) {
     const json& group = o.at("groups").at(g);
     const std::string where = fmt::format("{}: /optimizer/groups/{}", path, g);
     if (!group.is_object() || !group.contains("options") || !group.contains("parameters") || !group.at("parameters").is_array())
       fail("load(): {} must be {{\"options\": {{...}}, \"parameters\": [names]}}", where);
-    optimizer_options_from_json(saved.type, group.at("options"), where + "/options");  // checks every option
+    const auto options = optimizer_options_from_json(saved.type, group.at("options"), where + "/options");  // checks every option
+    const auto required = required_state_fields(saved.type, *options);
     SavedOptimizer::Group out{group.at("options"), {}};
     for (const auto& name : group.at("parameters")) {
       if (!name.is_string() || !parameters.contains(name.get<std::string>()))
@@ -229,6 +231,7 @@ SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const
       if (!grouped.insert(name.get<std::string>()).second)
         fail("load(): {}/parameters names \"{}\" a second time", where, name.get<std::string>());
       out.parameters.push_back(name.get<std::string>());
+      required_fields[name.get<std::string>()] = required;
     }
     saved.groups.push_back(std::move(out));
   }
@@ -249,7 +252,10 @@ SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const
     const torch::Tensor& parameter = parameters[name];
     for (const auto& [field, tensor_entry] : entry.at("tensors").items())
       if (std::find(field_names.begin(), field_names.end(), field) == field_names.end())
-        fail("load(): {}: {}/tensors/{} is not a field of a {} state ({})", path, where, field, saved.type, fmt::join(field_names, ", "));
+        fail("load(): {}: {}/tensors/{} is not a field of the {} state ({})", path, where, field, saved.type, fmt::join(field_names, ", "));
+    for (const auto& field : required_fields.at(name))
+      if (!entry.at("tensors").contains(field))
+        fail("load(): {}: {}/tensors lacks \"{}\", which {}'s step reads under this group's options", path, where, field, saved.type);
     for (const auto& field : field_names) {
       torch::Tensor value;
       if (entry.at("tensors").contains(field))
@@ -258,6 +264,11 @@ SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const
     }
     saved.state.emplace(name, std::move(fields));
   }
+  if (state_required_for_every_parameter(saved.type))
+    for (const auto& name : grouped)
+      if (!saved.state.count(name))
+        fail("load(): {}: /optimizer/state lacks the state of parameter \"{}\" ({} keeps one for every parameter)",
+             path, name, saved.type);
   return saved;
 }
 
@@ -372,11 +383,22 @@ void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer&
     if (sorted(held) != sorted(saved.groups[g].parameters))
       fail("load_optimizer_state(): group {} of the optimizer holds parameters [{}] but the one in {} holds [{}]", g,
            fmt::join(held, ", "), path, fmt::join(saved.groups[g].parameters, ", "));
+    auto options_of_group = optimizer_options_from_json(saved.type, saved.groups[g].options, path);
+    if (state_required_for_every_parameter(saved.type))
+      for (const auto& name : held)
+        if (!saved.state.count(name))
+          fail("load_optimizer_state(): {} holds no state for parameter \"{}\" ({} keeps one for every parameter)",
+               path, name, saved.type);
     for (size_t i = 0; i < held.size(); ++i) {
       const torch::Tensor& p = group.params()[i];
       auto state = saved.state.find(held[i]);
       if (state == saved.state.end()) continue;
       OptimizerStateFields fields = state->second;
+      for (const auto& field : required_state_fields(saved.type, *options_of_group))
+        for (const auto& [name, tensor] : fields.tensors)
+          if (name == field && !tensor.defined())
+            fail("load_optimizer_state(): the state of parameter \"{}\" in {} lacks \"{}\", which {}'s step reads under these options",
+                 held[i], path, field, saved.type);
       for (auto& field : fields.tensors) {
         if (!field.second.defined()) continue;
         // parse_checkpoint checked these against the saved network; a grafted state is checked here.
@@ -388,7 +410,7 @@ void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer&
       }
       states.emplace_back(c10::guts::to_string(p.unsafeGetTensorImpl()), make_param_state(fields));
     }
-    options.push_back(optimizer_options_from_json(saved.type, saved.groups[g].options, path));
+    options.push_back(std::move(options_of_group));
   }
   optimizer.state().clear();
   for (auto& [key, state] : states) optimizer.state()[key] = std::move(state);

@@ -214,6 +214,32 @@ std::unique_ptr<torch::optim::OptimizerParamState> make_param_state(const Optimi
   return state;
 }
 
+std::vector<std::string> required_state_fields(const std::string& type, const torch::optim::OptimizerOptions& options) {
+  using namespace torch::optim;
+  if (type == "adam" || type == "adamw") {
+    const bool amsgrad = type == "adam" ? dynamic_cast<const AdamOptions&>(options).amsgrad()
+                                        : dynamic_cast<const AdamWOptions&>(options).amsgrad();
+    if (amsgrad) return {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
+    return {"exp_avg", "exp_avg_sq"};
+  }
+  if (type == "sgd") {
+    if (dynamic_cast<const SGDOptions&>(options).momentum() != 0) return {"momentum_buffer"};
+    return {};
+  }
+  if (type == "rmsprop") {
+    const auto& o = dynamic_cast<const RMSpropOptions&>(options);
+    std::vector<std::string> fields{"square_avg"};
+    if (o.momentum() > 0) fields.push_back("momentum_buffer");
+    if (o.centered()) fields.push_back("grad_avg");
+    return fields;
+  }
+  if (type == "adagrad") return {"sum"};
+  state_tensor_names(type);  // throws: unknown type
+  return {};
+}
+
+bool state_required_for_every_parameter(const std::string& type) { return type == "adagrad"; }
+
 nlohmann::json optimizer_options_to_json(const torch::optim::OptimizerOptions& options) {
   using namespace torch::optim;
   auto adam_like = [](const auto& o) {

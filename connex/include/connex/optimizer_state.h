@@ -50,6 +50,14 @@ OptimizerStateFields state_fields(const torch::optim::OptimizerParamState& state
 // The inverse; the fields must be those of fields.type (throws connex::Error otherwise).
 std::unique_ptr<torch::optim::OptimizerParamState> make_param_state(const OptimizerStateFields& fields);
 
+// The state fields torch's step() reads for a parameter that has state, under
+// its group's options (Adam's max_exp_avg_sq only with amsgrad, SGD's
+// momentum buffer only with momentum, ...); a state lacking one would make
+// step() throw or dereference nothing. And whether the optimizer keeps a state
+// for every parameter from the start (Adagrad), so none may be missing.
+std::vector<std::string> required_state_fields(const std::string& type, const torch::optim::OptimizerOptions& options);
+bool state_required_for_every_parameter(const std::string& type);
+
 // A parameter group's options (learning rate, betas, ...) as JSON, and back.
 // options_from_json checks every key and value and names the culprit by
 // `where` (a file and JSON path); it returns a fresh options object of `type`.
