@@ -170,13 +170,45 @@ struct TensorData {
   }
 };
 
+// A network's parameters by TensorImpl, to name an optimizer's parameters.
+std::unordered_map<const void*, std::string> parameter_names(const NeuralNetwork& network) {
+  std::unordered_map<const void*, std::string> names;
+  for (const auto& p : network->named_parameters()) names.emplace(p.value().unsafeGetTensorImpl(), p.key());
+  return names;
+}
+
+// Throws unless torch's step() can run on the saved state: every field it
+// reads under a group's options is there, and an optimizer that keeps a state
+// for every parameter (Adagrad) has one for each. Checked when a file is
+// parsed and again when a state is loaded (it may have been grafted from
+// another checkpoint); `operation` starts the message, `path` names the file.
+void check_state_complete(const SavedOptimizer& saved, const char* operation, const std::string& path) {
+  std::map<std::string, std::vector<std::string>> required;  // by parameter, under its group's options
+  for (const auto& group : saved.groups) {
+    const auto fields = required_state_fields(saved.type, *optimizer_options_from_json(saved.type, group.options, path));
+    for (const auto& name : group.parameters) {
+      required[name] = fields;
+      if (state_required_for_every_parameter(saved.type) && !saved.state.count(name))
+        fail("{}: {}: /optimizer/state lacks the state of parameter \"{}\" ({} keeps one for every parameter)", operation, path,
+             name, saved.type);
+    }
+  }
+  for (const auto& [name, state] : saved.state) {
+    auto needed = required.find(name);
+    if (needed == required.end()) continue;  // parse_checkpoint rejects state of an ungrouped parameter
+    for (const auto& [field, tensor] : state.tensors)
+      if (!tensor.defined() && std::find(needed->second.begin(), needed->second.end(), field) != needed->second.end())
+        fail("{}: {}: /optimizer/state/{}/tensors lacks \"{}\", which {}'s step reads under this group's options", operation,
+             path, name, field, saved.type);
+  }
+}
+
 json write_optimizer(const NeuralNetwork& network, const torch::optim::Optimizer& optimizer, std::string& data,
                      const std::string& path) {
   const std::string type = optimizer_type_name(optimizer);
   if (type == "other")
     fail("save(): cannot save the optimizer for {}: connex saves the state of Adam, AdamW, SGD, RMSprop and Adagrad", path);
-  std::unordered_map<const void*, std::string> names;  // a parameter's TensorImpl -> its name
-  for (const auto& p : network->named_parameters()) names.emplace(p.value().unsafeGetTensorImpl(), p.key());
+  const auto names = parameter_names(network);
   json groups = json::array(), state = json::object();
   for (size_t g = 0; g < optimizer.param_groups().size(); ++g) {
     const auto& group = optimizer.param_groups()[g];
@@ -216,14 +248,12 @@ SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const
   }();
   const auto parameters = network->named_parameters();
   std::unordered_set<std::string> grouped;
-  std::unordered_map<std::string, std::vector<std::string>> required_fields;  // by parameter, from its group's options
   for (size_t g = 0; g < o.at("groups").size(); ++g) {
     const json& group = o.at("groups").at(g);
     const std::string where = fmt::format("{}: /optimizer/groups/{}", path, g);
     if (!group.is_object() || !group.contains("options") || !group.contains("parameters") || !group.at("parameters").is_array())
       fail("load(): {} must be {{\"options\": {{...}}, \"parameters\": [names]}}", where);
-    const auto options = optimizer_options_from_json(saved.type, group.at("options"), where + "/options");  // checks every option
-    const auto required = required_state_fields(saved.type, *options);
+    optimizer_options_from_json(saved.type, group.at("options"), where + "/options");  // checks every option
     SavedOptimizer::Group out{group.at("options"), {}};
     for (const auto& name : group.at("parameters")) {
       if (!name.is_string() || !parameters.contains(name.get<std::string>()))
@@ -231,7 +261,6 @@ SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const
       if (!grouped.insert(name.get<std::string>()).second)
         fail("load(): {}/parameters names \"{}\" a second time", where, name.get<std::string>());
       out.parameters.push_back(name.get<std::string>());
-      required_fields[name.get<std::string>()] = required;
     }
     saved.groups.push_back(std::move(out));
   }
@@ -253,9 +282,6 @@ SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const
     for (const auto& [field, tensor_entry] : entry.at("tensors").items())
       if (std::find(field_names.begin(), field_names.end(), field) == field_names.end())
         fail("load(): {}: {}/tensors/{} is not a field of the {} state ({})", path, where, field, saved.type, fmt::join(field_names, ", "));
-    for (const auto& field : required_fields.at(name))
-      if (!entry.at("tensors").contains(field))
-        fail("load(): {}: {}/tensors lacks \"{}\", which {}'s step reads under this group's options", path, where, field, saved.type);
     for (const auto& field : field_names) {
       torch::Tensor value;
       if (entry.at("tensors").contains(field))
@@ -264,11 +290,7 @@ SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const
     }
     saved.state.emplace(name, std::move(fields));
   }
-  if (state_required_for_every_parameter(saved.type))
-    for (const auto& name : grouped)
-      if (!saved.state.count(name))
-        fail("load(): {}: /optimizer/state lacks the state of parameter \"{}\" ({} keeps one for every parameter)",
-             path, name, saved.type);
+  check_state_complete(saved, "load()", path);
   return saved;
 }
 
@@ -361,9 +383,8 @@ void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer&
   if (optimizer.param_groups().size() != saved.groups.size())
     fail("load_optimizer_state(): {} holds {} parameter group(s), but the optimizer has {}", path, saved.groups.size(),
          optimizer.param_groups().size());
-  std::unordered_map<const void*, std::string> names;  // a parameter's TensorImpl -> its name
-  const NeuralNetwork& over = network.is_empty() ? checkpoint.network : network;
-  for (const auto& p : over->named_parameters()) names.emplace(p.value().unsafeGetTensorImpl(), p.key());
+  check_state_complete(saved, "load_optimizer_state()", path);
+  const auto names = parameter_names(network.is_empty() ? checkpoint.network : network);
 
   // Build everything first, then install: an error leaves the optimizer as it was.
   std::vector<std::unique_ptr<torch::optim::OptimizerOptions>> options;
@@ -383,22 +404,11 @@ void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer&
     if (sorted(held) != sorted(saved.groups[g].parameters))
       fail("load_optimizer_state(): group {} of the optimizer holds parameters [{}] but the one in {} holds [{}]", g,
            fmt::join(held, ", "), path, fmt::join(saved.groups[g].parameters, ", "));
-    auto options_of_group = optimizer_options_from_json(saved.type, saved.groups[g].options, path);
-    if (state_required_for_every_parameter(saved.type))
-      for (const auto& name : held)
-        if (!saved.state.count(name))
-          fail("load_optimizer_state(): {} holds no state for parameter \"{}\" ({} keeps one for every parameter)",
-               path, name, saved.type);
     for (size_t i = 0; i < held.size(); ++i) {
       const torch::Tensor& p = group.params()[i];
       auto state = saved.state.find(held[i]);
       if (state == saved.state.end()) continue;
       OptimizerStateFields fields = state->second;
-      for (const auto& field : required_state_fields(saved.type, *options_of_group))
-        for (const auto& [name, tensor] : fields.tensors)
-          if (name == field && !tensor.defined())
-            fail("load_optimizer_state(): the state of parameter \"{}\" in {} lacks \"{}\", which {}'s step reads under these options",
-                 held[i], path, field, saved.type);
       for (auto& field : fields.tensors) {
         if (!field.second.defined()) continue;
         // parse_checkpoint checked these against the saved network; a grafted state is checked here.
@@ -410,7 +420,7 @@ void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer&
       }
       states.emplace_back(c10::guts::to_string(p.unsafeGetTensorImpl()), make_param_state(fields));
     }
-    options.push_back(std::move(options_of_group));
+    options.push_back(optimizer_options_from_json(saved.type, saved.groups[g].options, path));
   }
   optimizer.state().clear();
   for (auto& [key, state] : states) optimizer.state()[key] = std::move(state);

@@ -161,7 +161,10 @@ const std::vector<std::string>& state_tensor_names(const std::string& type) {
   fail("optimizer state: unknown optimizer type \"{}\" (adam, adamw, sgd, rmsprop and adagrad are known)", type);
 }
 
-bool state_has_step(const std::string& type) { return (state_tensor_names(type), type != "sgd"); }
+bool state_has_step(const std::string& type) {
+  state_tensor_names(type);  // throws for an unknown type
+  return type != "sgd";
+}
 
 OptimizerStateFields state_fields(const torch::optim::OptimizerParamState& state) {
   using namespace torch::optim;
