@@ -85,3 +85,80 @@ TEST(Gradients, DropoutInTrainingLeavesTheFusedKernel) {
   EXPECT_TRUE(net->uses_fused_kernel());
   EXPECT_THROW_MSG(NeuralNetwork(readme_spec(), NeuralNetworkOptions().fused(true).use_topo_norm(true)), "fused(true) needs");
 }
+
+// Graphs of each shape the planner tells apart, in double.
+std::vector<std::pair<std::string, GraphSpec>> shaped_graphs(std::mt19937_64& rng) {
+  std::vector<std::pair<std::string, GraphSpec>> graphs;
+  auto ids = [](int first, int last) {
+    std::vector<NeuronId> v;
+    for (int i = first; i < last; ++i) v.emplace_back(i);
+    return v;
+  };
+  {  // a single-input chain 0 -> 1 -> ... -> 24
+    std::vector<Edge> edges;
+    for (int i = 0; i + 1 < 25; ++i) edges.emplace_back(i, i + 1);
+    graphs.emplace_back("chain", GraphSpec(ids(0, 25), edges, ids(0, 1), ids(24, 25)));
+  }
+  {  // wide: 3 inputs -> 40 hidden, complete (one dense level) -> 2 outputs from every hidden
+    std::vector<Edge> edges;
+    for (int h = 3; h < 43; ++h) {
+      for (int i = 0; i < 3; ++i) edges.emplace_back(i, h);
+      edges.emplace_back(h, 43);
+      edges.emplace_back(h, 44);
+    }
+    graphs.emplace_back("wide complete", GraphSpec(ids(0, 45), edges, ids(0, 3), ids(43, 45)));
+  }
+  {  // dense bipartite layers with 30% of the edges missing, and skip connections
+    std::vector<Edge> edges;
+    std::bernoulli_distribution keep(0.7);
+    const std::vector<int> layer = {0, 4, 16, 28, 31};  // inputs 0-3, hidden 4-15 and 16-27, outputs 28-30
+    for (size_t l = 1; l + 1 < layer.size(); ++l)
+      for (int v = layer[l]; v < layer[l + 1]; ++v)
+        for (int u = 0; u < layer[l]; ++u)
+          if (keep(rng) || u == layer[l] - 1) edges.emplace_back(u, v);
+    graphs.emplace_back("dense bipartite", GraphSpec(ids(0, 31), edges, ids(0, 4), ids(28, 31)));
+  }
+  graphs.emplace_back("mixed", random_dag(rng, {30, 60, 0.15}));
+  return graphs;
+}
+
+TEST(Gradients, EveryKernelPathAgreesOnGraphsOfEveryShape) {
+  std::mt19937_64 rng(77);
+  const std::vector<std::string> activations = {"tanh", "relu", "gelu", "sigmoid", "silu"};
+  int shape_index = 0;
+  for (const auto& [shape, spec] : shaped_graphs(rng)) {
+    const auto& act = activations[shape_index++ % activations.size()];
+    auto options = NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation(act).seed(shape_index);
+    std::vector<std::pair<std::string, NeuralNetwork>> paths;
+    paths.emplace_back("fused", NeuralNetwork(spec, NeuralNetworkOptions(options).fused(true)));
+    paths.emplace_back("planner's per-batch choice", NeuralNetwork(spec, NeuralNetworkOptions(options).fused(false)));
+    for (auto kernel : {LevelKernel::DenseView, LevelKernel::DenseScatter, LevelKernel::EdgeList})
+      paths.emplace_back(kernel_name(kernel), NeuralNetwork(spec, NeuralNetworkOptions(options).force_kernel(kernel)));
+    ASSERT_TRUE(paths[0].second->uses_fused_kernel());
+    // Batches below, at and past the fused kernel's eight-wide inner loops.
+    for (int64_t batch : {1, 8, 13, 64}) {
+      SCOPED_TRACE(shape + ", " + act + ", batch " + std::to_string(batch));
+      auto x = torch::randn({batch, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
+      torch::Tensor y_ref, r, gx_ref, gw_ref, gb_ref;
+      for (auto& [path, net] : paths) {
+        net->zero_grad();
+        auto xi = x.clone().requires_grad_(true);
+        auto y = net->forward(xi);
+        if (!r.defined()) r = torch::randn_like(y);
+        (y * r).sum().backward();
+        // A parameter no output depends on may have no gradient at all on the per-batch path.
+        auto grad = [](const torch::Tensor& p) { return p.grad().defined() ? p.grad() : torch::zeros_like(p); };
+        auto gw = grad(net->weight_tensor()), gb = grad(net->bias_tensor()), gx = grad(xi);
+        if (!y_ref.defined()) {
+          y_ref = y.detach(), gx_ref = gx, gw_ref = gw, gb_ref = gb;
+          continue;
+        }
+        EXPECT_TRUE(torch::allclose(y, y_ref, 1e-12, 1e-12)) << path;
+        EXPECT_TRUE(torch::allclose(gx, gx_ref, 1e-10, 1e-10)) << path;
+        EXPECT_TRUE(torch::allclose(gw, gw_ref, 1e-10, 1e-10)) << path;
+        EXPECT_TRUE(torch::allclose(gb, gb_ref, 1e-10, 1e-10)) << path;
+      }
+      if (batch == 13) EXPECT_LE(max_gradient_error(paths[0].second, x), 1e-6);
+    }
+  }
+}

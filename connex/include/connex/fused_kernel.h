@@ -18,10 +18,11 @@ namespace connex {
 bool fused_supports(const TensorFunction& activation);
 
 // What the kernel needs besides the tensors, made once per network: the
-// topology (kept alive by the autograd graph through a tensor that owns a
-// reference), the output ids as an index tensor, and the activation.
+// topology with the kernel's connection layout (kept alive by the autograd
+// graph through a tensor that owns a reference), the output ids as an index
+// tensor, and the activation.
 struct FusedPlan {
-  torch::Tensor topology_holder;
+  torch::Tensor layout_holder;
   torch::Tensor output_ids;
   int64_t activation = 0;
 };
