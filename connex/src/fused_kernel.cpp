@@ -164,7 +164,8 @@ void run_forward(const Topology& topo, Act act, const T* w, const T* b, T* V, T*
 // Backward over the connections in out_connections() order: w_out holds the
 // weights in that order, gw_out receives the weight gradients in it (the
 // caller scatters them back). G arrives holding the gradient with respect to
-// the outputs' values (zero elsewhere); each non-input row becomes, in place,
+// the outputs' values (zero elsewhere); gx ([batch, inputs]) receives the
+// input gradient; each non-input row becomes, in place,
 // the gradient with respect to that neuron's pre-activation once its
 // consumers are done. Z is null when the derivative follows from the output.
 template <typename T>
@@ -219,32 +220,48 @@ void run_backward(const Layout& layout, Act act, const T* w_out, const T* V, con
       }
     });
   }
+  // Inputs: their rows of G (zero) collect the gradient, which goes out as
+  // column d of gx, [batch, inputs] like the input itself.
   at::parallel_for(0, n_in, 16, [&](int64_t first, int64_t last) {
     for (int64_t d = first; d < last; ++d) {
-      T* g = gx + d * B;
-      for (int64_t j = 0; j < B; ++j) g[j] = 0;
+      T* g = G + d * B;
       source_pass(d, g);
+      for (int64_t j = 0; j < B; ++j) gx[j * n_in + d] = g[j];
     }
   });
 }
 
+// The whole network as one autograd node. It takes x as [batch, inputs] and
+// returns [batch, outputs], moving values in and out of its [neurons, batch]
+// layout itself: for a small network each tensor op saved (transposes,
+// copies, an output gather, and their backward nodes) is a measurable part
+// of a training step.
 class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
  public:
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x_t, torch::Tensor weight,
-                               torch::Tensor bias, torch::Tensor layout_holder, torch::Tensor output_ids, int64_t act) {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor weight,
+                               torch::Tensor bias, torch::Tensor layout_holder, int64_t act) {
     const Topology& topo = *held(layout_holder).topology;
-    const int64_t B = x_t.size(1), N = topo.num_neurons(), n_in = topo.num_inputs();
-    auto V = torch::empty({N, B}, x_t.options());
-    auto Z = derivative_from_output(static_cast<Act>(act)) ? torch::Tensor() : torch::empty({N - n_in, B}, x_t.options());
-    V.narrow(0, 0, n_in).copy_(x_t);
+    const int64_t B = x.size(0), N = topo.num_neurons(), n_in = topo.num_inputs();
+    const auto& outputs = topo.output_ids();
+    const int64_t n_out = static_cast<int64_t>(outputs.size());
+    auto V = torch::empty({N, B}, x.options());
+    auto Z = derivative_from_output(static_cast<Act>(act)) ? torch::Tensor() : torch::empty({N - n_in, B}, x.options());
+    auto y = torch::empty({B, n_out}, x.options());
     auto w = weight.contiguous(), b = bias.contiguous();
-    AT_DISPATCH_FLOATING_TYPES(x_t.scalar_type(), "connex_fused_forward", [&] {
-      run_forward<scalar_t>(topo, static_cast<Act>(act), w.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
-                            V.data_ptr<scalar_t>(), Z.defined() ? Z.data_ptr<scalar_t>() : nullptr, B);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "connex_fused_forward", [&] {
+      const scalar_t* xp = x.data_ptr<scalar_t>();
+      scalar_t* vp = V.data_ptr<scalar_t>();
+      for (int64_t i = 0; i < n_in; ++i)
+        for (int64_t k = 0; k < B; ++k) vp[i * B + k] = xp[k * n_in + i];
+      run_forward<scalar_t>(topo, static_cast<Act>(act), w.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), vp,
+                            Z.defined() ? Z.data_ptr<scalar_t>() : nullptr, B);
+      scalar_t* yp = y.data_ptr<scalar_t>();
+      for (int64_t j = 0; j < n_out; ++j)
+        for (int64_t k = 0; k < B; ++k) yp[k * n_out + j] = vp[outputs[j] * B + k];
     });
-    ctx->save_for_backward({w, V, Z, layout_holder, output_ids});
+    ctx->save_for_backward({w, V, Z, layout_holder});
     ctx->saved_data["act"] = act;
-    return V.index_select(0, output_ids);
+    return y;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -255,27 +272,32 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
     const Topology& topo = *layout.topology;
     const Act act = static_cast<Act>(ctx->saved_data["act"].toInt());
     const int64_t B = V.size(1), N = topo.num_neurons(), n_in = topo.num_inputs();
+    const auto& outputs = topo.output_ids();
+    const int64_t n_out = static_cast<int64_t>(outputs.size());
+    const auto gy = grads[0].contiguous();  // [batch, outputs]
     auto G = torch::zeros({N, B}, V.options());
-    G.index_add_(0, saved[4], grads[0].contiguous());
-    auto gw = torch::empty_like(w), gb = torch::empty({N - n_in}, V.options()), gx = torch::empty({n_in, B}, V.options());
+    auto gw = torch::empty_like(w), gb = torch::empty({N - n_in}, V.options()), gx = torch::empty({B, n_in}, V.options());
     auto w_out = torch::empty_like(w), gw_out = torch::empty_like(w);
     const int64_t* out_conn = topo.out_connections().data();
     AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "connex_fused_backward", [&] {
+      const scalar_t* gyp = gy.data_ptr<scalar_t>();
+      scalar_t* Gp = G.data_ptr<scalar_t>();
+      for (int64_t j = 0; j < n_out; ++j)
+        for (int64_t k = 0; k < B; ++k) Gp[outputs[j] * B + k] = gyp[k * n_out + j];
       const scalar_t* wp = w.data_ptr<scalar_t>();
       scalar_t* wo = w_out.data_ptr<scalar_t>();
       at::parallel_for(0, w.numel(), 1 << 14, [&](int64_t first, int64_t last) {
         for (int64_t k = first; k < last; ++k) wo[k] = wp[out_conn[k]];
       });
-      run_backward<scalar_t>(layout, act, wo, V.data_ptr<scalar_t>(), Z.defined() ? Z.data_ptr<scalar_t>() : nullptr,
-                             G.data_ptr<scalar_t>(), gw_out.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(),
-                             gx.data_ptr<scalar_t>(), B);
+      run_backward<scalar_t>(layout, act, wo, V.data_ptr<scalar_t>(), Z.defined() ? Z.data_ptr<scalar_t>() : nullptr, Gp,
+                             gw_out.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), B);
       const scalar_t* go = gw_out.data_ptr<scalar_t>();
       scalar_t* gp = gw.data_ptr<scalar_t>();
       at::parallel_for(0, w.numel(), 1 << 14, [&](int64_t first, int64_t last) {
         for (int64_t k = first; k < last; ++k) gp[out_conn[k]] = go[k];
       });
     });
-    return {gx, gw, gb, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {gx, gw, gb, torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -290,12 +312,12 @@ FusedPlan make_fused_plan(const std::shared_ptr<const Topology>& topology, const
   layout->topology = topology;
   layout->out_target.reserve(topology->num_connections());
   for (int64_t c : topology->out_connections()) layout->out_target.push_back(topology->conn_target()[c]);
-  return {hold(std::move(layout)), torch::tensor(topology->output_ids(), torch::kLong), static_cast<int64_t>(*act)};
+  return {hold(std::move(layout)), static_cast<int64_t>(*act)};
 }
 
-torch::Tensor fused_forward(const FusedPlan& plan, const torch::Tensor& x_t, const torch::Tensor& weight,
+torch::Tensor fused_forward(const FusedPlan& plan, const torch::Tensor& x, const torch::Tensor& weight,
                             const torch::Tensor& bias) {
-  return FusedNetwork::apply(x_t.contiguous(), weight, bias, plan.layout_holder, plan.output_ids, plan.activation);
+  return FusedNetwork::apply(x.contiguous(), weight, bias, plan.layout_holder, plan.activation);
 }
 
 }  // namespace connex

@@ -297,10 +297,8 @@ torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x) {
   const int64_t batch = single ? 1 : x.size(0);
 
   if (uses_fused_kernel()) {
-    auto x_t = (single ? x.unsqueeze(1) : x.t()).contiguous();
-    auto out = fused_forward(*fused_plan_, x_t, weight_, bias_);  // [outputs, batch]
-    out = single ? out.squeeze(1) : out.t();
-    return options_.output_transformation()(out);
+    auto out = fused_forward(*fused_plan_, single ? x.unsqueeze(0) : x, weight_, bias_);  // [batch, outputs]
+    return options_.output_transformation()(single ? out.squeeze(0) : out);
   }
 
   // Values are kept neuron-major, [neurons, batch]: gathering whole rows along

@@ -19,18 +19,16 @@ bool fused_supports(const TensorFunction& activation);
 
 // What the kernel needs besides the tensors, made once per network: the
 // topology with the kernel's connection layout (kept alive by the autograd
-// graph through a tensor that owns a reference), the output ids as an index
-// tensor, and the activation.
+// graph through a tensor that owns a reference), and the activation.
 struct FusedPlan {
   torch::Tensor layout_holder;
-  torch::Tensor output_ids;
   int64_t activation = 0;
 };
 FusedPlan make_fused_plan(const std::shared_ptr<const Topology>& topology, const TensorFunction& activation);
 
-// x_t: [inputs, batch] -> [outputs, batch] (output order), differentiable
-// with respect to x_t, weight and bias.
-torch::Tensor fused_forward(const FusedPlan& plan, const torch::Tensor& x_t, const torch::Tensor& weight,
+// x: [batch, inputs] -> [batch, outputs] (output order), differentiable
+// with respect to x, weight and bias.
+torch::Tensor fused_forward(const FusedPlan& plan, const torch::Tensor& x, const torch::Tensor& weight,
                             const torch::Tensor& bias);
 
 }  // namespace connex
