@@ -1,4 +1,6 @@
 // GraphSpec validation (one test per broken rule) and the compiled Topology.
+#include <thread>
+
 #include <nlohmann/json.hpp>
 
 #include "test_util.h"
@@ -30,6 +32,41 @@ TEST(GraphSpec, AdjacencyKeepsIsolatedNeuronsAndOrder) {
 TEST(GraphSpec, DuplicateEdgesCollapse) {
   auto spec = GraphSpec::from_edges({{0, 1}, {0, 1}, {1, 2}}, {0}, {2});
   EXPECT_EQ(spec.edges().size(), 2u);
+}
+
+TEST(GraphSpec, RepeatedEdgesKeepTheFirstOfEachInOrder) {
+  auto spec = GraphSpec::from_edges({{0, 2}, {0, 1}, {1, 2}, {0, 2}, {3, 2}, {0, 1}}, {0, 3}, {2});
+  EXPECT_EQ(spec.edges(), (std::vector<Edge>{{0, 2}, {0, 1}, {1, 2}, {3, 2}}));
+  ASSERT_EQ(spec.edge_indices().size(), 4u);
+  for (size_t k = 0; k < 4; ++k) {
+    EXPECT_EQ(spec.neurons()[spec.edge_indices()[k].first], spec.edges()[k].first);
+    EXPECT_EQ(spec.neurons()[spec.edge_indices()[k].second], spec.edges()[k].second);
+  }
+}
+
+// edges() is made on first use; threads racing to make it, and copies taken
+// meanwhile, must all see one complete list.
+TEST(GraphSpec, EdgeListIsMadeOnceWhileThreadsRaceForIt) {
+  std::mt19937_64 rng(5);
+  for (int trial = 0; trial < 20; ++trial) {
+    const GraphSpec spec = random_dag(rng, {30, 60, 0.3, trial % 2 == 1});
+    std::vector<Edge> expected;
+    for (const auto& [u, v] : spec.edge_indices()) expected.emplace_back(spec.neurons()[u], spec.neurons()[v]);
+    std::vector<const std::vector<Edge>*> seen(8);
+    std::vector<GraphSpec> copies(8, spec);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t)
+      threads.emplace_back([&, t] {
+        if (t % 2) copies[t] = spec;
+        seen[t] = &spec.edges();
+      });
+    for (auto& thread : threads) thread.join();
+    for (int t = 0; t < 8; ++t) {
+      EXPECT_EQ(seen[t], seen[0]);
+      EXPECT_EQ(copies[t].edges(), expected);
+    }
+    EXPECT_EQ(*seen[0], expected);
+  }
 }
 
 TEST(GraphSpec, RejectsCycleAndPrintsIt) {

@@ -18,20 +18,44 @@ const char* role_name(Role role) {
   return "?";
 }
 
-std::optional<std::vector<int64_t>> find_cycle(
-    int64_t num_nodes, const std::vector<std::pair<int64_t, int64_t>>& edges) {
+namespace {
+
+// Edges as flat arrays grouped by source: the targets of node u are
+// targets[offsets[u] .. offsets[u + 1]). Built once per spec for both the
+// repeated-edge and the cycle check; this runs on every network build.
+struct EdgeCsr {
+  std::vector<int64_t> offsets, targets;
+
+  EdgeCsr(int64_t num_nodes, const std::vector<std::pair<int64_t, int64_t>>& edges)
+      : offsets(num_nodes + 1, 0), targets(edges.size()) {
+    for (const auto& [u, v] : edges) ++offsets[u + 1];
+    for (int64_t n = 0; n < num_nodes; ++n) offsets[n + 1] += offsets[n];
+    std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
+    for (const auto& [u, v] : edges) targets[fill[u]++] = v;
+  }
+
+  // Sorts each node's targets (their order matters to no check) and tells
+  // whether some edge is given twice: short per-node sorts instead of one
+  // sort of every edge.
+  bool sort_targets_and_find_repeat() {
+    bool repeat = false;
+    for (size_t n = 0; n + 1 < offsets.size(); ++n) {
+      auto first = targets.begin() + offsets[n], last = targets.begin() + offsets[n + 1];
+      std::sort(first, last);
+      repeat = repeat || std::adjacent_find(first, last) != last;
+    }
+    return repeat;
+  }
+};
+
+std::optional<std::vector<int64_t>> find_cycle(const EdgeCsr& csr,
+                                               const std::vector<std::pair<int64_t, int64_t>>& edges) {
   // Kahn's algorithm peels off every node not on or behind a cycle; any node
   // left has a predecessor that is also left, so walking predecessors from it
   // must revisit a node, and the walk between the two visits is a cycle.
-  // Adjacency is kept as flat CSR arrays: this runs on every network build.
-  std::vector<int64_t> indegree(num_nodes, 0), out_offsets(num_nodes + 1, 0), targets(edges.size());
-  for (const auto& [u, v] : edges) ++indegree[v], ++out_offsets[u + 1];
-  for (int64_t n = 0; n < num_nodes; ++n) out_offsets[n + 1] += out_offsets[n];
-  {
-    std::vector<int64_t> fill(out_offsets.begin(), out_offsets.end() - 1);
-    for (const auto& [u, v] : edges) targets[fill[u]++] = v;
-  }
-  std::vector<int64_t> remaining(indegree), stack;
+  const int64_t num_nodes = static_cast<int64_t>(csr.offsets.size()) - 1;
+  std::vector<int64_t> remaining(num_nodes, 0), stack;
+  for (int64_t v : csr.targets) ++remaining[v];
   for (int64_t n = 0; n < num_nodes; ++n)
     if (remaining[n] == 0) stack.push_back(n);
   int64_t removed = 0;
@@ -39,8 +63,8 @@ std::optional<std::vector<int64_t>> find_cycle(
     int64_t n = stack.back();
     stack.pop_back();
     ++removed;
-    for (int64_t k = out_offsets[n]; k < out_offsets[n + 1]; ++k)
-      if (--remaining[targets[k]] == 0) stack.push_back(targets[k]);
+    for (int64_t k = csr.offsets[n]; k < csr.offsets[n + 1]; ++k)
+      if (--remaining[csr.targets[k]] == 0) stack.push_back(csr.targets[k]);
   }
   if (removed == num_nodes) return std::nullopt;
 
@@ -65,6 +89,13 @@ std::optional<std::vector<int64_t>> find_cycle(
   std::rotate(cycle.begin(), smallest, cycle.end());
   cycle.push_back(cycle.front());
   return cycle;
+}
+
+}  // namespace
+
+std::optional<std::vector<int64_t>> find_cycle(
+    int64_t num_nodes, const std::vector<std::pair<int64_t, int64_t>>& edges) {
+  return find_cycle(EdgeCsr(num_nodes, edges), edges);
 }
 
 GraphSpec::GraphSpec(std::vector<NeuronId> neurons, std::vector<Edge> edges,
@@ -113,20 +144,16 @@ void GraphSpec::validate(const std::string& context) {
   const auto n = static_cast<int64_t>(neurons_.size());
 
   // Repeated edges count once (as in networkx); keep the first of each, in order.
-  {
-    std::vector<uint64_t> keys(edge_indices_.size());
-    for (size_t k = 0; k < keys.size(); ++k)
-      keys[k] = static_cast<uint64_t>(edge_indices_[k].first) * static_cast<uint64_t>(n) + edge_indices_[k].second;
-    std::vector<uint64_t> sorted(keys);
-    std::sort(sorted.begin(), sorted.end());
-    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
-      std::unordered_set<uint64_t> seen;
-      seen.reserve(keys.size());
-      std::vector<std::pair<int64_t, int64_t>> unique;
-      for (size_t k = 0; k < keys.size(); ++k)
-        if (seen.insert(keys[k]).second) unique.push_back(edge_indices_[k]);
-      edge_indices_ = std::move(unique);
-    }
+  EdgeCsr csr(n, edge_indices_);
+  if (csr.sort_targets_and_find_repeat()) {
+    std::unordered_set<uint64_t> seen;
+    seen.reserve(edge_indices_.size());
+    std::vector<std::pair<int64_t, int64_t>> unique;
+    for (const auto& [u, v] : edge_indices_)
+      if (seen.insert(static_cast<uint64_t>(u) * static_cast<uint64_t>(n) + static_cast<uint64_t>(v)).second)
+        unique.emplace_back(u, v);
+    edge_indices_ = std::move(unique);
+    csr = EdgeCsr(n, edge_indices_);
   }
 
   if (!neurons_.empty()) {
@@ -156,23 +183,31 @@ void GraphSpec::validate(const std::string& context) {
     role = Role::Output;
   }
 
-  edges_.clear();
-  edges_.reserve(edge_indices_.size());
   for (const auto& [u, v] : edge_indices_) {
-    const Edge edge{neurons_[u], neurons_[v]};
     if (roles_[v] == Role::Input)
       fail("{}: input neuron {} has the incoming connection {}; inputs take only the input values",
-           ctx, edge.second, edge_str(edge));
+           ctx, neurons_[v], edge_str({neurons_[u], neurons_[v]}));
     if (roles_[u] == Role::Output)
       fail("{}: output neuron {} has the outgoing connection {}; outputs feed no other neuron", ctx,
-           edge.first, edge_str(edge));
-    edges_.push_back(edge);
+           neurons_[u], edge_str({neurons_[u], neurons_[v]}));
   }
-  if (auto cycle = find_cycle(n, edge_indices_)) {
+  if (auto cycle = find_cycle(csr, edge_indices_)) {
     std::string text;
     for (size_t i = 0; i < cycle->size(); ++i) text += (i ? " -> " : "") + neurons_[(*cycle)[i]].str();
     fail("{}: the graph has the cycle {}; a network must be acyclic", ctx, text);
   }
+}
+
+const std::vector<Edge>& GraphSpec::LazyEdges::get(const GraphSpec& spec) const {
+  if (auto made = std::atomic_load(&edges_)) return *made;
+  auto list = std::make_shared<std::vector<Edge>>();
+  list->reserve(spec.edge_indices_.size());
+  for (const auto& [u, v] : spec.edge_indices_) list->emplace_back(spec.neurons_[u], spec.neurons_[v]);
+  // The first list stored stays for the spec's lifetime; a thread that lost
+  // the race returns that one, so every caller sees the same vector.
+  std::shared_ptr<const std::vector<Edge>> expected, desired = std::move(list);
+  if (std::atomic_compare_exchange_strong(&edges_, &expected, desired)) return *desired;
+  return *expected;
 }
 
 int64_t GraphSpec::index_of(const NeuronId& id) const {
@@ -315,7 +350,7 @@ nlohmann::json GraphSpec::to_json() const {
   json["neurons"] = nlohmann::json::array();
   for (const auto& id : neurons_) json["neurons"].push_back(id_to_json(id));
   json["edges"] = nlohmann::json::array();
-  for (const auto& [u, v] : edges_) json["edges"].push_back({id_to_json(u), id_to_json(v)});
+  for (const auto& [u, v] : edge_indices_) json["edges"].push_back({id_to_json(neurons_[u]), id_to_json(neurons_[v])});
   json["inputs"] = nlohmann::json::array();
   for (const auto& id : inputs_) json["inputs"].push_back(id_to_json(id));
   json["outputs"] = nlohmann::json::array();

@@ -1,5 +1,6 @@
 #include "connex/plasticity.h"
 
+#include <optional>
 #include <set>
 
 #include <torch/torch.h>
@@ -194,60 +195,70 @@ EditResult NetworkEditor::build(uint64_t seed) const {
   const GraphSpec& old_spec = base.spec();
 
   // The new graph, in index space: surviving neurons in their old order, then
-  // the new ones; surviving edges in their old order, then the added ones.
-  const int64_t old_n = static_cast<int64_t>(old_spec.num_neurons());
-  std::vector<int64_t> new_index_of_old(old_n, -1);
-  std::vector<NeuronId> neurons;
-  neurons.reserve(old_n + added_neurons_.size());
-  for (int64_t i = 0; i < old_n; ++i)
-    if (!removed_neurons_.count(old_spec.neurons()[i])) {
-      new_index_of_old[i] = static_cast<int64_t>(neurons.size());
-      neurons.push_back(old_spec.neurons()[i]);
-    }
-  std::unordered_map<NeuronId, int64_t, NeuronIdHash> added_index;
-  for (const auto& id : added_neurons_) {
-    added_index.emplace(id, static_cast<int64_t>(neurons.size()));
-    neurons.push_back(id);
-  }
-  auto new_index = [&](const NeuronId& id) {
-    auto it = added_index.find(id);
-    return it != added_index.end() ? it->second : new_index_of_old[old_spec.index_of(id)];
+  // the new ones; surviving edges in their old order, then the added ones
+  // (from first_added on).
+  struct IndexGraph {
+    std::vector<NeuronId> neurons;
+    std::vector<std::pair<int64_t, int64_t>> edges;
+    size_t first_added = 0;
   };
+  auto index_graph = [&] {
+    IndexGraph g;
+    const int64_t old_n = static_cast<int64_t>(old_spec.num_neurons());
+    std::vector<int64_t> new_index_of_old(old_n, -1);
+    g.neurons.reserve(old_n + added_neurons_.size());
+    for (int64_t i = 0; i < old_n; ++i)
+      if (!removed_neurons_.count(old_spec.neurons()[i])) {
+        new_index_of_old[i] = static_cast<int64_t>(g.neurons.size());
+        g.neurons.push_back(old_spec.neurons()[i]);
+      }
+    std::unordered_map<NeuronId, int64_t, NeuronIdHash> added_index;
+    for (const auto& id : added_neurons_) {
+      added_index.emplace(id, static_cast<int64_t>(g.neurons.size()));
+      g.neurons.push_back(id);
+    }
+    auto new_index = [&](const NeuronId& id) {
+      auto it = added_index.find(id);
+      return it != added_index.end() ? it->second : new_index_of_old[old_spec.index_of(id)];
+    };
 
-  std::unordered_set<uint64_t> removed_keys;  // old (source, target) positions of removed edges
-  for (const auto& [u, v] : removed_edges_)
-    removed_keys.insert(static_cast<uint64_t>(old_spec.index_of(u)) * old_n + old_spec.index_of(v));
-  std::vector<std::pair<int64_t, int64_t>> edges;
-  edges.reserve(old_spec.edge_indices().size() + added_edges_.size());
-  for (const auto& [u, v] : old_spec.edge_indices()) {
-    const int64_t a = new_index_of_old[u], b = new_index_of_old[v];
-    if (a >= 0 && b >= 0 && (removed_keys.empty() || !removed_keys.count(static_cast<uint64_t>(u) * old_n + v)))
-      edges.emplace_back(a, b);
-  }
-  const size_t first_added = edges.size();
-  {
+    std::unordered_set<uint64_t> removed_keys;  // old (source, target) positions of removed edges
+    for (const auto& [u, v] : removed_edges_)
+      removed_keys.insert(static_cast<uint64_t>(old_spec.index_of(u)) * old_n + old_spec.index_of(v));
+    g.edges.reserve(old_spec.edge_indices().size() + added_edges_.size());
+    for (const auto& [u, v] : old_spec.edge_indices()) {
+      const int64_t a = new_index_of_old[u], b = new_index_of_old[v];
+      if (a >= 0 && b >= 0 && (removed_keys.empty() || !removed_keys.count(static_cast<uint64_t>(u) * old_n + v)))
+        g.edges.emplace_back(a, b);
+    }
+    g.first_added = g.edges.size();
     // added_edges_ keeps the order of first addition; the set says which are still wanted.
     std::unordered_set<Edge, EdgeHash> taken;
     for (const auto& edge : added_edges_)
       if (added_edge_set_.count(edge) && taken.insert(edge).second)
-        edges.emplace_back(new_index(edge.first), new_index(edge.second));
-  }
+        g.edges.emplace_back(new_index(edge.first), new_index(edge.second));
+    return g;
+  };
 
   // The base was acyclic and removals cannot close a cycle, so any cycle runs
-  // through an added edge: name it.
-  if (edges.size() > first_added) {
-    if (auto cycle = find_cycle(static_cast<int64_t>(neurons.size()), edges)) {
-      std::set<std::pair<int64_t, int64_t>> added(edges.begin() + first_added, edges.end());
+  // through an added edge: name it. GraphSpec checks for cycles anyway, so
+  // this runs only once it has refused the graph (on a rebuilt copy: the
+  // first went into the spec).
+  auto fail_on_added_cycle = [](const IndexGraph& g) {
+    if (g.edges.size() == g.first_added) return;
+    if (auto cycle = find_cycle(static_cast<int64_t>(g.neurons.size()), g.edges)) {
+      std::set<std::pair<int64_t, int64_t>> added(g.edges.begin() + g.first_added, g.edges.end());
       std::string path;
       Edge culprit;
       for (size_t k = 0; k < cycle->size(); ++k) {
-        path += (k ? " -> " : "") + neurons[(*cycle)[k]].str();
+        path += (k ? " -> " : "") + g.neurons[(*cycle)[k]].str();
         if (k + 1 < cycle->size() && added.count({(*cycle)[k], (*cycle)[k + 1]}))
-          culprit = {neurons[(*cycle)[k]], neurons[(*cycle)[k + 1]]};
+          culprit = {g.neurons[(*cycle)[k]], g.neurons[(*cycle)[k + 1]]};
       }
       fail("add_connections(): edge {} would create the cycle {}", edge_str(culprit), path);
     }
-  }
+  };
+  IndexGraph graph = index_graph();
 
   // Dropout entries of removed neurons go with them.
   NeuralNetworkOptions options = network_->options();
@@ -270,7 +281,14 @@ EditResult NetworkEditor::build(uint64_t seed) const {
     }
   }
 
-  GraphSpec spec(std::move(neurons), std::move(edges), inputs_, outputs_, "edit");
+  std::optional<GraphSpec> checked;
+  try {
+    checked.emplace(std::move(graph.neurons), std::move(graph.edges), inputs_, outputs_, "edit");
+  } catch (const Error&) {
+    fail_on_added_cycle(index_graph());
+    throw;
+  }
+  const GraphSpec& spec = *checked;
   NeuralNetwork result(spec, options);
   NeuralNetworkImpl& fresh = *result;
   const NeuralNetworkImpl& old = *network_;

@@ -88,17 +88,21 @@ std::shared_ptr<const Topology> Topology::compile(const GraphSpec& spec,
   std::vector<int64_t> order;
   order.reserve(n);
   for (const auto& id : spec.inputs()) order.push_back(spec.index_of(id));
-  std::vector<int64_t> rest;
-  for (int64_t i = 0; i < n; ++i)
-    if (level[i] > 0) rest.push_back(i);
-  std::vector<bool> output_flag(n);
-  for (int64_t i = 0; i < n; ++i) output_flag[i] = spec.role_at(i) == Role::Output;
-  std::sort(rest.begin(), rest.end(), [&](int64_t a, int64_t b) {
-    if (level[a] != level[b]) return level[a] < level[b];
-    if (output_flag[a] != output_flag[b]) return !output_flag[a];
-    return rank[a] < rank[b];
-  });
-  order.insert(order.end(), rest.begin(), rest.end());
+  // A counting sort on the key (level, output?) over the neurons taken in
+  // rank order (rank is a permutation) keeps rank order within each key.
+  {
+    std::vector<int64_t> by_rank(n);
+    for (int64_t i = 0; i < n; ++i) by_rank[rank[i]] = i;
+    auto key = [&](int64_t i) { return 2 * level[i] + (spec.role_at(i) == Role::Output ? 1 : 0); };
+    std::vector<int64_t> start(2 * (depth + 1) + 1, 0);
+    for (int64_t i = 0; i < n; ++i)
+      if (level[i] > 0) ++start[key(i) + 1];
+    std::partial_sum(start.begin(), start.end(), start.begin());
+    std::vector<int64_t> rest(start.back());
+    for (int64_t i : by_rank)
+      if (level[i] > 0) rest[start[key(i)]++] = i;
+    order.insert(order.end(), rest.begin(), rest.end());
+  }
 
   std::vector<int64_t> dense_of_index(n);
   topo->num_inputs_ = static_cast<int64_t>(spec.inputs().size());

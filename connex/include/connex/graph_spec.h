@@ -4,6 +4,7 @@
 // order). It knows nothing of tensors; NeuralNetwork compiles it into a
 // Topology. Every constructor validates, so a GraphSpec that exists is a DAG
 // whose inputs have no incoming and whose outputs have no outgoing edges.
+#include <memory>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -47,8 +48,11 @@ class GraphSpec {
   nlohmann::json to_json() const;
 
   const std::vector<NeuronId>& neurons() const { return neurons_; }
-  // Deduplicated, in the order first given.
-  const std::vector<Edge>& edges() const { return edges_; }
+  // Deduplicated, in the order first given. Made on the first call and then
+  // shared by copies of the spec: as label pairs the edges take ~80 bytes
+  // each, and most specs (every edit builds one) are only read by index.
+  // Safe to call from several threads.
+  const std::vector<Edge>& edges() const { return edges_.get(*this); }
   // The same edges as positions in neurons().
   const std::vector<std::pair<int64_t, int64_t>>& edge_indices() const { return edge_indices_; }
   const std::vector<NeuronId>& inputs() const { return inputs_; }
@@ -66,7 +70,22 @@ class GraphSpec {
   std::vector<NeuronId> neurons_;
   void validate(const std::string& context);
 
-  std::vector<Edge> edges_;
+  // The label-pair edge list, built once on demand. Copies share it; the
+  // copy reads the pointer atomically, as edges() may be setting it.
+  class LazyEdges {
+   public:
+    LazyEdges() = default;
+    LazyEdges(const LazyEdges& other) : edges_(std::atomic_load(&other.edges_)) {}
+    LazyEdges& operator=(const LazyEdges& other) {
+      std::atomic_store(&edges_, std::atomic_load(&other.edges_));
+      return *this;
+    }
+    const std::vector<Edge>& get(const GraphSpec& spec) const;
+
+   private:
+    mutable std::shared_ptr<const std::vector<Edge>> edges_;
+  };
+  LazyEdges edges_;
   std::vector<std::pair<int64_t, int64_t>> edge_indices_;
   std::vector<NeuronId> inputs_;
   std::vector<NeuronId> outputs_;
