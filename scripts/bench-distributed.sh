@@ -24,10 +24,11 @@ cat > "$work/net.json" <<'JSON'
  "options": {"hidden_activation": "relu", "seed": 1}}
 JSON
 
-# OpenBLAS (Debian's LibTorch calls the system BLAS) starts its own threads,
-# one per core by default, beside torch's: each configuration gets as many
-# BLAS threads as torch threads, so no process oversubscribes the cores.
-run() {  # label, threads (torch and BLAS), extra train args... -> steps/s
+# --threads gives each process its cores; connex hands them to torch's pool or
+# to OpenBLAS's (Debian's LibTorch calls the system BLAS), whichever the
+# network's path uses, and one thread to the other (CoreShare in
+# apps/cli/main.cpp). OPENBLAS_NUM_THREADS only matters to older builds.
+run() {  # label, threads, extra train args... -> steps/s
   local label=$1 threads=$2; shift 2
   OPENBLAS_NUM_THREADS=$threads "$CONNEX" --threads "$threads" train "$work/net.json" --data "$work/data.csv" --epochs "$EPOCHS" --batch-size 1024 --lr 0.001 "$@" \
     > "$work/$label.log" 2>&1 || { cat "$work/$label.log" >&2; exit 1; }

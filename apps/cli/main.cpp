@@ -1,6 +1,7 @@
 // connex: the command line. Subcommands train, prune, edit, export, inspect
 // and bench; every failure is one line on stderr and a non-zero exit, and
 // files are only ever written whole (temporary file + rename).
+#include <dlfcn.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -120,6 +121,35 @@ CLI::Validator number_in(double low, double high, bool integer, bool low_open = 
       what);
 }
 
+// How a run shares its cores. Torch's intra-op pool (OpenMP) and OpenBLAS's
+// own threads each start one thread per core, and OpenMP's workers spin for a
+// while after every parallel region: when a training step uses both pools in
+// turn they fight over the cores (BENCHMARKS.md: a dense MLP ran 32 steps/s
+// with both at 2 threads, 104 with torch at 1 and OpenBLAS at 2). So one pool
+// gets the cores and the other one thread, by where the network spends its
+// time: the fused kernel works in torch's pool, per-batch levels in matrix
+// products (OpenBLAS).
+struct CoreShare {
+  int threads = 1;  // --threads, or all cores shared among local workers
+
+  static void set_blas_threads(int n) {
+    // OpenBLAS, when it is the system BLAS LibTorch loaded; other BLAS libraries keep their own setting.
+    using SetThreads = void (*)(int);
+    if (auto set = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(n);
+  }
+  // Before a network exists (and for commands that only read or edit one): torch's pool.
+  void apply_default() const {
+    torch::set_num_threads(threads);
+    set_blas_threads(1);
+  }
+  void apply(const NeuralNetwork& net) const {
+    const bool fused = net->uses_fused_kernel();
+    torch::set_num_threads(fused ? threads : 1);
+    set_blas_threads(fused ? 1 : threads);
+    spdlog::debug("cores: {} torch thread(s), {} OpenBLAS thread(s)", fused ? threads : 1, fused ? 1 : threads);
+  }
+};
+
 struct TrainArgs {
   int epochs = 1000;
   int64_t batch_size = 0;
@@ -192,13 +222,14 @@ struct DistributedArgs {
 };
 
 int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, const DistributedArgs& dist,
-              const std::string& out) {
+              const std::string& out, const CoreShare& cores) {
   auto device = parse_device(t.device);
   if (t.prune_at_epoch > 0 && !(t.prune_fraction > 0))
     fail("train: --prune-at-epoch {} needs --prune-fraction (in (0, 1))", t.prune_at_epoch);
   if (t.checkpoint_every > 0 && out.empty()) fail("train: --checkpoint-every needs --out");
   Checkpoint ck = open_network(config);
   NeuralNetwork net = ck.network;
+  cores.apply(net);
   Dataset data = load_dataset(d.options(), net);  // checks sizes before anything runs
   if (!out.empty() && fs::exists(out) && !fs::is_directory(out)) fail("--out {} exists and is not a directory", out);
 
@@ -272,11 +303,12 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
 }
 
 int cmd_prune(const std::string& path, std::optional<double> threshold, std::optional<double> fraction, const DataArgs& d,
-              const TrainArgs& t, const std::string& out) {
+              const TrainArgs& t, const std::string& out, const CoreShare& cores) {
   if (threshold.has_value() == fraction.has_value()) fail("prune: give exactly one of --threshold and --fraction");
   if (threshold && !(*threshold >= 0 && std::isfinite(*threshold))) fail("prune: --threshold must be a finite number >= 0, got {}", *threshold);
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
+  cores.apply(net);
   Dataset data = load_dataset(d.options(), net);
   const Task task = d.options().task;
   const std::vector<Edge> weak = weakest_connections(net, threshold, fraction);
@@ -285,8 +317,7 @@ int cmd_prune(const std::string& path, std::optional<double> threshold, std::opt
   auto [loss_before, metric_before] = evaluate(net, data.x, data.y, task);
   auto result = edit(net).remove_connections(weak).build(t.seed);
   NeuralNetwork pruned = result.network;
-  auto next = make_optimizer(t.optimizer, pruned, t.lr);
-  transfer_optimizer_state(*optimizer, net, *next, result);
+  auto next = optimizer_after_edit(t.optimizer, *optimizer, net, result, t.lr);
   auto [loss_after, metric_after] = evaluate(pruned, data.x, data.y, task);
   std::printf("connections: %lld -> %lld (removed %zu)\n", static_cast<long long>(net->num_connections()),
               static_cast<long long>(pruned->num_connections()), weak.size());
@@ -339,8 +370,7 @@ int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out)
   if (ck.optimizer && ck.optimizer->type != "rmsprop" && ck.optimizer->type != "adagrad") {
     auto old_optimizer = make_optimizer(ck.optimizer->type, net, 1e-3);
     load_optimizer_state(ck, *old_optimizer, path);
-    next = make_optimizer(ck.optimizer->type, result.network, 1e-3);
-    transfer_optimizer_state(*old_optimizer, net, *next, result);
+    next = optimizer_after_edit(ck.optimizer->type, *old_optimizer, net, result, 1e-3);
   }
   save(result.network, out, next.get());
   std::printf("%s\nwrote %s%s\n", c10::str(*result.network).c_str(), out.c_str(), next ? " (optimizer state carried)" : "");
@@ -423,7 +453,7 @@ int main(int argc, char** argv) {
   CLI::App app{"connex: train, prune, edit, export and inspect DAG neural networks"};
   app.require_subcommand(1);
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  app.add_option("--threads", threads, "intra-op threads (default: all cores)")->check(number_in(1, 1024, true));
+  app.add_option("--threads", threads, "cores to use (default: all; local workers share them)")->check(number_in(1, 1024, true));
 
   std::string config, path, out, format;
   DataArgs data;
@@ -507,12 +537,13 @@ int main(int argc, char** argv) {
   const char* local_world = std::getenv("LOCAL_WORLD_SIZE");
   if (app.get_option("--threads")->count() == 0 && local_world)
     threads = std::max(1, threads / static_cast<int>(std::max<int64_t>(1, parse_integer(local_world).value_or(1))));
-  torch::set_num_threads(threads);
+  const CoreShare cores{threads};
+  cores.apply_default();
   const std::string rank_tag = *train_cmd ? dist.rank_tag() : "";
   spdlog::set_pattern("[%H:%M:%S] " + rank_tag + "%v");
   try {
-    if (*train_cmd) return cmd_train(config, data, train_args, dist, out);
-    if (*prune_cmd) return cmd_prune(path, threshold, fraction, data, prune_train, out);
+    if (*train_cmd) return cmd_train(config, data, train_args, dist, out, cores);
+    if (*prune_cmd) return cmd_prune(path, threshold, fraction, data, prune_train, out, cores);
     if (*edit_cmd) return cmd_edit(path, edit_args, out);
     if (*export_cmd) return cmd_export(path, format, out);
     if (*inspect_cmd) return cmd_inspect(path);

@@ -114,6 +114,14 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name,
   fail("--optimizer must be adam, adamw or sgd, got \"{}\"", name);
 }
 
+std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const std::string& name, torch::optim::Optimizer& old,
+                                                              NeuralNetwork& before, const EditResult& edited, double lr) {
+  NeuralNetwork after = edited.network;  // a holder sharing the edited module
+  auto next = make_optimizer(name, after, lr);
+  transfer_optimizer_state(old, before, *next, edited);
+  return next;
+}
+
 torch::Tensor loss_of(const NeuralNetwork& network, const torch::Tensor& out, const torch::Tensor& y, Task task) {
   if (task == Task::Regression) return torch::mse_loss(out, y);
   // The outputs are logits, probabilities or log-probabilities, by the network's transformation.
@@ -260,8 +268,7 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
 #else
       EditResult edited = prune.build(network, options.seed);
 #endif
-      auto next = make_optimizer(options.optimizer, edited.network, options.lr);
-      transfer_optimizer_state(*optimizer, network, *next, edited);
+      auto next = optimizer_after_edit(options.optimizer, *optimizer, network, edited, options.lr);
       if (reporter)
         spdlog::info("epoch {}: pruned {} of {} connections (|w| smallest first)", epoch,
                      network->num_connections() - edited.network->num_connections(), network->num_connections());

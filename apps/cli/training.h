@@ -67,6 +67,10 @@ struct EpochMetrics {
 };
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name, NeuralNetwork& network, double lr);
+// The optimizer to go on with after an edit: a new one of the same kind over
+// the edited network, carrying `old`'s state for every surviving parameter.
+std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const std::string& name, torch::optim::Optimizer& old,
+                                                              NeuralNetwork& before, const EditResult& edited, double lr);
 
 // Loss and metric (MSE, or accuracy for classification) on a whole set, eval mode.
 std::pair<double, double> evaluate(NeuralNetwork& network, const torch::Tensor& x, const torch::Tensor& y, Task task);
