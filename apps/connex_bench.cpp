@@ -1,8 +1,11 @@
 // connex's benchmark program. Each workload measures connex and its reference
 // in the same run and prints their ratio, so figures compare within one
-// machine state. Times are medians over repeated calls after a warm-up.
+// machine state. Times are medians over repeated calls after a warm-up, and
+// connex and its reference are timed in turn, call by call.
 //
 //   connex_bench [--quick] [--threads N] [--only NAME]
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <chrono>
 #include <fstream>
@@ -20,18 +23,42 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+double seconds_of(const std::function<void()>& fn) {
+  const auto t0 = Clock::now();
+  fn();
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+double median_of(std::vector<double> times) {
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
 double median_seconds(const std::function<void()>& fn, int warmup, int reps, double budget_s = 20.0) {
   for (int i = 0; i < warmup; ++i) fn();
   std::vector<double> times;
   const auto start = Clock::now();
   for (int i = 0; i < reps; ++i) {
-    const auto t0 = Clock::now();
-    fn();
-    times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    times.push_back(seconds_of(fn));
     if (std::chrono::duration<double>(Clock::now() - start).count() > budget_s && times.size() >= 3) break;
   }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
+  return median_of(times);
+}
+
+// Medians of two closures timed alternately, call by call. This machine's
+// speed drifts by tens of percent over seconds (a shared VM); timed in turn,
+// both sides see the same drift, so their ratio holds when absolute times move.
+std::pair<double, double> paired_median_seconds(const std::function<void()>& a, const std::function<void()>& b,
+                                                int warmup, int reps, double budget_s = 40.0) {
+  for (int i = 0; i < warmup; ++i) a(), b();
+  std::vector<double> ta, tb;
+  const auto start = Clock::now();
+  for (int i = 0; i < reps; ++i) {
+    ta.push_back(seconds_of(a));
+    tb.push_back(seconds_of(b));
+    if (std::chrono::duration<double>(Clock::now() - start).count() > budget_s && ta.size() >= 3) break;
+  }
+  return {median_of(ta), median_of(tb)};
 }
 
 // Peak resident memory since the last reset, in MiB (Linux: VmHWM, reset via clear_refs).
@@ -85,7 +112,11 @@ int main(int argc, char** argv) {
   torch::manual_seed(0);
   const int reps = quick ? 10 : 50;
   auto wanted = [&](const std::string& name) { return only.empty() || name.find(only) != std::string::npos; };
-  fmt::print("connex_bench: {} intra-op thread(s), {} repetitions, torch {}\n", threads, reps, TORCH_VERSION);
+  // OpenBLAS, when it is the system BLAS, has its own thread count (OPENBLAS_NUM_THREADS, default: all cores).
+  using GetThreads = int (*)();
+  auto blas_threads = reinterpret_cast<GetThreads>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  fmt::print("connex_bench: {} intra-op thread(s), {} OpenBLAS thread(s), {} repetitions, torch {}\n", threads,
+             blas_threads ? std::to_string(blas_threads()) : "?", reps, TORCH_VERSION);
 
   std::vector<Row> rows;
   auto x250 = torch::linspace(0, 2 * M_PI, 250).unsqueeze(1);
@@ -93,13 +124,13 @@ int main(int argc, char** argv) {
   const auto relu = connex::NeuralNetworkOptions().hidden_activation("relu");
 
   if (wanted("mlp")) {
-    auto a = median_seconds(train_step(connex::nn::MLP(1, 2, 128, 4, relu), x250, y250), 5, reps);
-    auto b = median_seconds(train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>(4, 128), false), x250, y250), 5, reps);
+    auto [a, b] = paired_median_seconds(train_step(connex::nn::MLP(1, 2, 128, 4, relu), x250, y250),
+                                        train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>(4, 128), false), x250, y250), 5, reps);
     rows.push_back({"1. MLP(1,2,128,4) train step, batch 250", fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b), "vs Linear layers"});
   }
   if (wanted("dense")) {
-    auto a = median_seconds(train_step(connex::nn::DenseMLP(1, 2, 128, 4, relu), x250, y250), 5, reps);
-    auto b = median_seconds(train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>(4, 128), true), x250, y250), 5, reps);
+    auto [a, b] = paired_median_seconds(train_step(connex::nn::DenseMLP(1, 2, 128, 4, relu), x250, y250),
+                                        train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>(4, 128), true), x250, y250), 5, reps);
     rows.push_back({"2. DenseMLP(1,2,128,4) train step, batch 250", fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b), "vs concatenating Linear layers"});
   }
   if (wanted("readme")) {
@@ -108,9 +139,10 @@ int main(int argc, char** argv) {
                                            {7, {10}}, {8, {11}}, {9, {11}}, {10, {11}}},
                                           {0}, {3, 11}),
         relu);
-    auto a = median_seconds(train_step(net, x250, y250), 20, reps * 10);
     // The nearest plain network: Linear layers as wide as the README net's batches.
-    auto b = median_seconds(train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>{3, 2, 2, 3}, false), x250, y250), 20, reps * 10);
+    auto [a, b] = paired_median_seconds(train_step(net, x250, y250),
+                                        train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>{3, 2, 2, 3}, false), x250, y250),
+                                        20, reps * 10);
     rows.push_back({"3. README net (12 neurons) train step, batch 250", fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b), "vs Linear 1-3-2-2-3-2"});
   }
 
@@ -157,17 +189,16 @@ int main(int argc, char** argv) {
         }
       }
       (void)n_in;
-      const double edit_t = median_seconds([&] {
+      const auto [edit_t, step_t] = paired_median_seconds([&] {
         connex::edit(net).remove_connections(doomed).add_hidden_neurons(fresh).add_connections(wires).build(1);
-      }, 1, quick ? 3 : 5, 60.0);
+      }, step, 1, quick ? 3 : 7, 60.0);
       rows.push_back({fmt::format("5. plasticity on {}k connections: remove {} connections, add 100 neurons × 10 connections", conns / 1000, doomed.size()),
-                      fmt_time(edit_t), fmt_time(t), fmt::format("{:.2f} train steps", edit_t / t), "one train step is the reference"});
+                      fmt_time(edit_t), fmt_time(step_t), fmt::format("{:.2f} train steps", edit_t / step_t), "one train step (timed in turn with the edit) is the reference"});
     }
   }
   if (wanted("technique")) {
     // Each technique's cost: the same network and data, train step with / without.
-    auto plain_net = connex::nn::DenseMLP(1, 2, 32, 3, relu);
-    const double plain = median_seconds(train_step(plain_net, x250, y250), 5, reps);
+    auto plain_step = train_step(connex::nn::DenseMLP(1, 2, 32, 3, relu), x250, y250);
     const std::vector<std::pair<std::string, connex::NeuralNetworkOptions>> variants = {
         {"topo norm", connex::NeuralNetworkOptions(relu).use_topo_norm(true)},
         {"topo self-attention", connex::NeuralNetworkOptions(relu).use_topo_self_attention(true)},
@@ -175,7 +206,7 @@ int main(int argc, char** argv) {
         {"adaptive activations", connex::NeuralNetworkOptions(relu).use_adaptive_activations(true)},
     };
     for (const auto& [name, options] : variants) {
-      const double t = median_seconds(train_step(connex::nn::DenseMLP(1, 2, 32, 3, options), x250, y250), 3, quick ? 5 : 20);
+      const auto [t, plain] = paired_median_seconds(train_step(connex::nn::DenseMLP(1, 2, 32, 3, options), x250, y250), plain_step, 3, quick ? 5 : 20);
       rows.push_back({fmt::format("6. {} on DenseMLP(1,2,32,3) train step, batch 250", name), fmt_time(t), fmt_time(plain),
                       fmt::format("{:.2f}", t / plain), "vs the same network without it"});
     }

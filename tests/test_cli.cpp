@@ -252,6 +252,23 @@ TEST_F(CliBadInput, ColumnAsFeatureAndTarget) {
   spit(dir / "net.json", R"({"graph": {"prebuilt": "MLP", "input_size": 1, "output_size": 1, "width": 2, "depth": 1}})");
   expect_failure("train net.json --data d.csv --features y --target y", "column \"y\" is named both as a feature and as a target");
 }
+// Torch's pool gets the cores for the fused kernel, OpenBLAS's for per-batch
+// levels; the other pool gets one thread.
+TEST(Cli, GivesTheCoresToThePoolTheNetworkUses) {
+  TempDir dir;
+  write_regression_csv(dir / "data.csv", 50);
+  auto fused = connex_cli("--threads 2 train --epochs 1", dir);
+  ASSERT_EQ(fused.code, 0) << fused.err;
+  EXPECT_NE((fused.out + fused.err).find("cores: 2 torch thread(s), 1 BLAS thread(s) (fused kernel)"), std::string::npos)
+      << fused.out << fused.err;
+  // 2-100-100-1: 10,300 connections in complete levels, which run as matrix products.
+  spit(dir / "mlp.json", R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 1, "width": 100, "depth": 2}})");
+  auto dense = connex_cli("--threads 2 train mlp.json --data data.csv --epochs 1", dir);
+  ASSERT_EQ(dense.code, 0) << dense.err;
+  EXPECT_NE((dense.out + dense.err).find("cores: 1 torch thread(s), 2 BLAS thread(s) (per-batch levels)"), std::string::npos)
+      << dense.out << dense.err;
+}
+
 TEST(Cli, PngPathIsNeverAShellCommand) {
   TempDir dir;
   ASSERT_EQ(connex_cli("train --epochs 2 --out run", dir).code, 0);

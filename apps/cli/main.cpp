@@ -132,10 +132,15 @@ CLI::Validator number_in(double low, double high, bool integer, bool low_open = 
 struct CoreShare {
   int threads = 1;  // --threads, or all cores shared among local workers
 
+  // OpenBLAS, when it is the system BLAS LibTorch loaded; other BLAS libraries keep their own setting.
   static void set_blas_threads(int n) {
-    // OpenBLAS, when it is the system BLAS LibTorch loaded; other BLAS libraries keep their own setting.
     using SetThreads = void (*)(int);
     if (auto set = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(n);
+  }
+  static std::string blas_threads() {
+    using GetThreads = int (*)();
+    auto get = reinterpret_cast<GetThreads>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+    return get ? std::to_string(get()) : "the BLAS's own number of";
   }
   // Before a network exists (and for commands that only read or edit one): torch's pool.
   void apply_default() const {
@@ -146,7 +151,8 @@ struct CoreShare {
     const bool fused = net->uses_fused_kernel();
     torch::set_num_threads(fused ? threads : 1);
     set_blas_threads(fused ? 1 : threads);
-    spdlog::debug("cores: {} torch thread(s), {} OpenBLAS thread(s)", fused ? threads : 1, fused ? 1 : threads);
+    spdlog::info("cores: {} torch thread(s), {} BLAS thread(s) ({})", fused ? threads : 1, blas_threads(),
+                 fused ? "fused kernel" : "per-batch levels");
   }
 };
 
