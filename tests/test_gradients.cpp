@@ -162,3 +162,50 @@ TEST(Gradients, EveryKernelPathAgreesOnGraphsOfEveryShape) {
     }
   }
 }
+
+// A level wide enough that the fused kernel splits it between threads, in
+// forward and in backward, against the per-batch path; float32 with the
+// identity activation (derivative from the output) as well as double.
+TEST(Gradients, FusedKernelAgreesWhenALevelIsSplitBetweenThreads) {
+  const int previous = torch::get_num_threads();
+  torch::set_num_threads(2);
+  std::mt19937_64 rng(9);
+  std::vector<Edge> edges;
+  std::uniform_int_distribution<int> input(0, 7);
+  for (int h = 8; h < 3008; ++h) {
+    for (int k = 0; k < 4; ++k) edges.emplace_back(input(rng), h);
+    edges.emplace_back(h, 3008 + h % 2);
+  }
+  std::vector<NeuronId> inputs, outputs{3008, 3009};
+  for (int i = 0; i < 8; ++i) inputs.emplace_back(i);
+  const auto spec = GraphSpec::from_edges(edges, inputs, outputs);
+  for (auto [dtype, act, tolerance] : {std::tuple{torch::kFloat64, "tanh", 1e-10}, std::tuple{torch::kFloat32, "identity", 1e-4}}) {
+    SCOPED_TRACE(act);
+    auto options = NeuralNetworkOptions().dtype(dtype).hidden_activation(act).seed(3);
+    NeuralNetwork fused(spec, NeuralNetworkOptions(options).fused(true));
+    NeuralNetwork levels(spec, NeuralNetworkOptions(options).fused(false));
+    ASSERT_TRUE(fused->uses_fused_kernel());
+    auto x = torch::randn({16, 8}, dtype);
+    auto xf = x.clone().requires_grad_(true), xl = x.clone().requires_grad_(true);
+    auto yf = fused->forward(xf), yl = levels->forward(xl);
+    EXPECT_TRUE(torch::allclose(yf, yl, tolerance, tolerance));
+    auto r = torch::randn_like(yf);
+    (yf * r).sum().backward();
+    (yl * r).sum().backward();
+    EXPECT_TRUE(torch::allclose(xf.grad(), xl.grad(), tolerance, tolerance));
+    EXPECT_TRUE(torch::allclose(fused->weight_tensor().grad(), levels->weight_tensor().grad(), tolerance, tolerance));
+    EXPECT_TRUE(torch::allclose(fused->bias_tensor().grad(), levels->bias_tensor().grad(), tolerance, tolerance));
+  }
+  torch::set_num_threads(previous);
+}
+
+TEST(Gradients, FusedKernelBackwardOnAnEmptyBatch) {
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().dtype(torch::kFloat64).fused(true));
+  auto x = torch::zeros({0, 1}, torch::kFloat64).requires_grad_(true);
+  auto y = net->forward(x);
+  EXPECT_EQ(y.sizes(), (std::vector<int64_t>{0, 2}));
+  y.sum().backward();
+  EXPECT_EQ(x.grad().sizes(), x.sizes());
+  EXPECT_EQ(net->weight_tensor().grad().abs().sum().item<double>(), 0.0);
+  EXPECT_EQ(net->bias_tensor().grad().abs().sum().item<double>(), 0.0);
+}

@@ -69,6 +69,24 @@ TEST(GraphSpec, EdgeListIsMadeOnceWhileThreadsRaceForIt) {
   }
 }
 
+TEST(GraphSpec, CopiesAndMovesKeepTheEdgeList) {
+  std::mt19937_64 rng(6);
+  std::vector<GraphSpec> specs;
+  std::vector<std::vector<Edge>> expected;
+  for (int k = 0; k < 40; ++k) {
+    GraphSpec spec = random_dag(rng, {8, 20, 0.3});
+    if (k % 2) (void)spec.edges();  // half of them with the list already made
+    std::vector<Edge> edges;
+    for (const auto& [u, v] : spec.edge_indices()) edges.emplace_back(spec.neurons()[u], spec.neurons()[v]);
+    GraphSpec copy = spec;
+    EXPECT_EQ(copy.edges(), edges);
+    specs.push_back(std::move(spec));  // the vector grows and moves its specs
+    expected.push_back(edges);
+  }
+  for (size_t k = 0; k < specs.size(); ++k) EXPECT_EQ(specs[k].edges(), expected[k]) << k;
+  static_assert(std::is_nothrow_move_constructible_v<GraphSpec>);
+}
+
 TEST(GraphSpec, RejectsCycleAndPrintsIt) {
   EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 3}, {3, 5}, {5, 7}, {7, 3}, {7, 9}}, {0}, {9}),
                    "the graph has the cycle 3 -> 5 -> 7 -> 3");

@@ -121,33 +121,45 @@ CLI::Validator number_in(double low, double high, bool integer, bool low_open = 
       what);
 }
 
-// How a run shares its cores. Torch's intra-op pool (OpenMP) and OpenBLAS's
-// own threads each start one thread per core, and OpenMP's workers spin for a
-// while after every parallel region: when a training step uses both pools in
-// turn they fight over the cores (BENCHMARKS.md: a dense MLP ran 32 steps/s
-// with both at 2 threads, 104 with torch at 1 and OpenBLAS at 2). So one pool
-// gets the cores and the other one thread, by where the network spends its
-// time: the fused kernel works in torch's pool, per-batch levels in matrix
-// products (OpenBLAS).
+// How a run shares its cores. With Debian's OpenBLAS (pthreads build) there
+// are two thread pools: torch's intra-op pool (OpenMP) and OpenBLAS's own,
+// each one thread per core by default, and OpenMP's workers spin after every
+// parallel region: when a training step uses both pools in turn they fight
+// over the cores (BENCHMARKS.md: a dense MLP ran 33 steps/s with both at 2
+// threads, 103 with torch at 1 and OpenBLAS at 2). So one pool gets the cores
+// and the other one thread, by where the network spends its time: the fused
+// kernel works in torch's pool, per-batch levels in matrix products. Other
+// BLAS libraries share torch's pool or follow its setting (MKL, OpenBLAS's
+// OpenMP build); then torch simply gets the cores.
 struct CoreShare {
   int threads = 1;  // --threads, or all cores shared among local workers
 
-  // OpenBLAS, when it is the system BLAS LibTorch loaded; other BLAS libraries keep their own setting.
+  // OpenBLAS with a pthreads pool of its own (openblas_get_parallel() == 1).
+  static bool blas_has_own_pool() {
+    using GetParallel = int (*)();
+    auto get = reinterpret_cast<GetParallel>(::dlsym(RTLD_DEFAULT, "openblas_get_parallel"));
+    return get && get() == 1;
+  }
   static void set_blas_threads(int n) {
     using SetThreads = void (*)(int);
     if (auto set = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(n);
   }
-  static std::string blas_threads() {
+  static int blas_threads() {
     using GetThreads = int (*)();
     auto get = reinterpret_cast<GetThreads>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-    return get ? std::to_string(get()) : "the BLAS's own number of";
+    return get ? get() : 0;
   }
   // Before a network exists (and for commands that only read or edit one): torch's pool.
   void apply_default() const {
     torch::set_num_threads(threads);
-    set_blas_threads(1);
+    if (blas_has_own_pool()) set_blas_threads(1);
   }
   void apply(const NeuralNetwork& net) const {
+    if (!blas_has_own_pool()) {
+      torch::set_num_threads(threads);
+      spdlog::info("cores: {} torch thread(s); the BLAS shares or follows torch's pool", threads);
+      return;
+    }
     const bool fused = net->uses_fused_kernel();
     torch::set_num_threads(fused ? threads : 1);
     set_blas_threads(fused ? 1 : threads);

@@ -80,6 +80,12 @@ class GraphSpec {
       std::atomic_store(&edges_, std::atomic_load(&other.edges_));
       return *this;
     }
+    // Moves take the list along with the edge indices it was made from.
+    LazyEdges(LazyEdges&& other) noexcept : edges_(std::move(other.edges_)) {}
+    LazyEdges& operator=(LazyEdges&& other) noexcept {
+      edges_ = std::move(other.edges_);
+      return *this;
+    }
     const std::vector<Edge>& get(const GraphSpec& spec) const;
 
    private:
