@@ -267,6 +267,20 @@ TEST(Cli, GivesTheCoresToThePoolTheNetworkUses) {
   ASSERT_EQ(dense.code, 0) << dense.err;
   EXPECT_NE((dense.out + dense.err).find("cores: 1 torch thread(s), 2 BLAS thread(s) (per-batch levels)"), std::string::npos)
       << dense.out << dense.err;
+  // Pruning 95% leaves 515 connections, which run on the fused kernel: the
+  // cores move to torch's pool mid-run (train) and before training on (prune).
+  const std::string to_fused = "cores: 2 torch thread(s), 1 BLAS thread(s) (fused kernel)";
+  auto pruned = connex_cli("--threads 2 train mlp.json --data data.csv --epochs 2 --prune-at-epoch 1 --prune-fraction 0.95", dir);
+  ASSERT_EQ(pruned.code, 0) << pruned.err;
+  const std::string log = pruned.out + pruned.err;
+  const auto dense_at = log.find("(per-batch levels)"), fused_at = log.find(to_fused);
+  EXPECT_NE(dense_at, std::string::npos) << log;
+  EXPECT_NE(fused_at, std::string::npos) << log;
+  EXPECT_LT(dense_at, fused_at) << log;
+  ASSERT_EQ(connex_cli("--threads 2 train mlp.json --data data.csv --epochs 1 --out run", dir).code, 0);
+  auto prune = connex_cli("--threads 2 prune run/model.ckpt --data data.csv --fraction 0.95 --epochs 1", dir);
+  ASSERT_EQ(prune.code, 0) << prune.err;
+  EXPECT_NE((prune.out + prune.err).find(to_fused), std::string::npos) << prune.out << prune.err;
 }
 
 TEST(Cli, PngPathIsNeverAShellCommand) {

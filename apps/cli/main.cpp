@@ -293,6 +293,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   options.seed = t.seed, options.val_split = t.val_split, options.device = device, options.task = d.options().task;
   options.prune_at_epoch = t.prune_at_epoch, options.prune_fraction = t.prune_fraction;
   options.checkpoint_every = t.checkpoint_every, options.out = out;
+  options.on_network_replaced = [&cores](const NeuralNetwork& pruned) { cores.apply(pruned); };
 #if defined(CONNEX_WITH_DISTRIBUTED)
   options.data_parallel = data_parallel.get();
   if (data_parallel) data_parallel->check_replicas_identical(net, optimizer.get(), "train: start");
@@ -336,6 +337,7 @@ int cmd_prune(const std::string& path, std::optional<double> threshold, std::opt
   auto result = edit(net).remove_connections(weak).build(t.seed);
   NeuralNetwork pruned = result.network;
   auto next = optimizer_after_edit(t.optimizer, *optimizer, net, result, t.lr);
+  cores.apply(pruned);  // the pruned network may take the other path (and pool)
   auto [loss_after, metric_after] = evaluate(pruned, data.x, data.y, task);
   std::printf("connections: %lld -> %lld (removed %zu)\n", static_cast<long long>(net->num_connections()),
               static_cast<long long>(pruned->num_connections()), weak.size());

@@ -275,6 +275,7 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
       network = edited.network;
       optimizer = std::move(next);
       network->train();
+      if (options.on_network_replaced) options.on_network_replaced(network);
 #if defined(CONNEX_WITH_DISTRIBUTED)
       if (dp) dp->check_replicas_identical(network, optimizer.get(), "train: after pruning");
 #endif

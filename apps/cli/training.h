@@ -2,6 +2,7 @@
 // The command line's data and training loop: datasets from CSV or the
 // built-in toy set, a mini-batch trainer with validation, metrics and a
 // progress display.
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -54,6 +55,10 @@ struct TrainOptions {
   // Write `out` (see write_run) every this many epochs; 0: only the caller writes.
   int checkpoint_every = 0;
   std::string out;
+  // Called with the network whenever training replaces it (after a prune):
+  // an edit can move it between the fused kernel and per-batch levels, and
+  // with them the thread pool that should get the cores.
+  std::function<void(const NeuralNetwork&)> on_network_replaced;
 #if defined(CONNEX_WITH_DISTRIBUTED)
   // Data parallel: each batch is split over the group's ranks, gradients are
   // averaged, only rank 0 reports and writes. Null: one process.
