@@ -255,12 +255,12 @@ TEST_F(CliBadInput, ColumnAsFeatureAndTarget) {
 // Torch's pool gets the cores for the fused kernel, OpenBLAS's for per-batch
 // levels; the other pool gets one thread.
 TEST(Cli, GivesTheCoresToThePoolTheNetworkUses) {
+  const std::string to_fused = "cores: 2 torch thread(s), 1 BLAS thread(s) (fused kernel)";
   TempDir dir;
   write_regression_csv(dir / "data.csv", 50);
   auto fused = connex_cli("--threads 2 train --epochs 1", dir);
   ASSERT_EQ(fused.code, 0) << fused.err;
-  EXPECT_NE((fused.out + fused.err).find("cores: 2 torch thread(s), 1 BLAS thread(s) (fused kernel)"), std::string::npos)
-      << fused.out << fused.err;
+  EXPECT_NE((fused.out + fused.err).find(to_fused), std::string::npos) << fused.out << fused.err;
   // 2-100-100-1: 10,300 connections in complete levels, which run as matrix products.
   spit(dir / "mlp.json", R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 1, "width": 100, "depth": 2}})");
   auto dense = connex_cli("--threads 2 train mlp.json --data data.csv --epochs 1", dir);
@@ -269,7 +269,6 @@ TEST(Cli, GivesTheCoresToThePoolTheNetworkUses) {
       << dense.out << dense.err;
   // Pruning 95% leaves 515 connections, which run on the fused kernel: the
   // cores move to torch's pool mid-run (train) and before training on (prune).
-  const std::string to_fused = "cores: 2 torch thread(s), 1 BLAS thread(s) (fused kernel)";
   auto pruned = connex_cli("--threads 2 train mlp.json --data data.csv --epochs 2 --prune-at-epoch 1 --prune-fraction 0.95", dir);
   ASSERT_EQ(pruned.code, 0) << pruned.err;
   const std::string log = pruned.out + pruned.err;
@@ -277,8 +276,7 @@ TEST(Cli, GivesTheCoresToThePoolTheNetworkUses) {
   EXPECT_NE(dense_at, std::string::npos) << log;
   EXPECT_NE(fused_at, std::string::npos) << log;
   EXPECT_LT(dense_at, fused_at) << log;
-  ASSERT_EQ(connex_cli("--threads 2 train mlp.json --data data.csv --epochs 1 --out run", dir).code, 0);
-  auto prune = connex_cli("--threads 2 prune run/model.ckpt --data data.csv --fraction 0.95 --epochs 1", dir);
+  auto prune = connex_cli("--threads 2 prune mlp.json --data data.csv --fraction 0.95 --epochs 1", dir);
   ASSERT_EQ(prune.code, 0) << prune.err;
   EXPECT_NE((prune.out + prune.err).find(to_fused), std::string::npos) << prune.out << prune.err;
 }
