@@ -146,26 +146,53 @@ int main(int argc, char** argv) {
     rows.push_back({"3. README net (12 neurons) train step, batch 250", fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b), "vs Linear 1-3-2-2-3-2"});
   }
 
-  std::vector<std::pair<int64_t, double>> sparse_times;
-  for (int64_t neurons : {10000, 100000}) {
-    if (!wanted("sparse") && !wanted("plasticity")) break;
-    if (quick && neurons > 10000) break;
-    reset_peak_memory();
-    auto dag = connex::bench::random_sparse_dag(neurons, 10, 30, 1);
-    connex::NeuralNetwork net(dag.spec, relu);
-    const int64_t conns = net->num_connections();
-    auto x = torch::randn({64, net->num_inputs()});
-    auto y = torch::randn({64, net->num_outputs()});
-    auto step = train_step(net, x, y);
-    const double t = median_seconds(step, 2, quick ? 5 : 20);
-    const double peak = peak_memory_mib();
-    sparse_times.emplace_back(conns, t);
-    if (wanted("sparse"))
-      rows.push_back({fmt::format("4. sparse DAG {}k neurons / {}k connections, depth {}, batch 64", neurons / 1000, conns / 1000, net->topology().depth()),
-                      fmt_time(t), "", "", fmt::format("{:.2e} connection·samples/s; peak RSS {:.0f} MiB", conns * 64 / t, peak)});
+  if (wanted("sparse") || wanted("plasticity")) {
+    // Both sizes are built first, then timed step by step in turn, so that
+    // their ratio (the growth goal) sees one machine state, not two.
+    struct Sparse {
+      int64_t neurons;
+      connex::bench::SparseDag dag;
+      connex::NeuralNetwork net;
+      std::function<void()> step;
+      double peak_mib;
+    };
+    std::vector<Sparse> sparse;
+    for (int64_t neurons : {10000, 100000}) {
+      if (quick && neurons > 10000) break;
+      reset_peak_memory();
+      auto dag = connex::bench::random_sparse_dag(neurons, 10, 30, 1);
+      connex::NeuralNetwork net(dag.spec, relu);
+      auto step = train_step(net, torch::randn({64, net->num_inputs()}), torch::randn({64, net->num_outputs()}));
+      for (int i = 0; i < 2; ++i) step();
+      // The process's peak while this network was built and trained (the
+      // 1M figure includes the 100k network, kept for the paired timing).
+      sparse.push_back({neurons, std::move(dag), net, step, peak_memory_mib()});
+    }
+    std::vector<double> times;
+    if (sparse.size() == 2) {
+      const auto [small, large] = paired_median_seconds(sparse[0].step, sparse[1].step, 1, 20);
+      times = {small, large};
+    } else {
+      times = {median_seconds(sparse[0].step, 1, 5)};
+    }
+    if (wanted("sparse")) {
+      for (size_t k = 0; k < sparse.size(); ++k) {
+        const int64_t conns = sparse[k].net->num_connections();
+        rows.push_back({fmt::format("4. sparse DAG {}k neurons / {}k connections, depth {}, batch 64", sparse[k].neurons / 1000,
+                                    conns / 1000, sparse[k].net->topology().depth()),
+                        fmt_time(times[k]), "", "",
+                        fmt::format("{:.2e} connection·samples/s; peak RSS {:.0f} MiB", conns * 64 / times[k], sparse[k].peak_mib)});
+      }
+      if (sparse.size() == 2)
+        rows.push_back({"4. sparse DAG: time ratio 1M vs 100k connections (timed in turn)", "", "", fmt::format("{:.2f}", times[1] / times[0]),
+                        fmt::format("{:.1f}× the connections", double(sparse[1].net->num_connections()) / sparse[0].net->num_connections())});
+    }
 
-    if (wanted("plasticity") && (neurons == 100000 || quick)) {
-      // Remove 1% of the connections; add 100 hidden neurons with 10 connections each.
+    if (wanted("plasticity")) {
+      // On the largest network built: remove 1% of the connections; add 100 hidden neurons with 10 connections each.
+      auto& [neurons, dag, net, step, peak] = sparse.back();
+      (void)peak;
+      const int64_t conns = net->num_connections();
       std::mt19937_64 rng(2);
       std::vector<connex::Edge> doomed;
       const auto& edges = dag.spec.edges();
@@ -174,7 +201,7 @@ int main(int argc, char** argv) {
       doomed.erase(std::unique(doomed.begin(), doomed.end()), doomed.end());
       std::vector<connex::NeuronId> fresh;
       std::vector<connex::Edge> wires;
-      const int64_t n_in = net->num_inputs(), n_out = net->num_outputs();
+      const int64_t n_out = net->num_outputs();
       for (int64_t h = 0; h < 100; ++h) {
         connex::NeuronId id(neurons + h);
         fresh.push_back(id);
@@ -188,10 +215,9 @@ int main(int argc, char** argv) {
           wires.emplace_back(id, v);
         }
       }
-      (void)n_in;
       const auto [edit_t, step_t] = paired_median_seconds([&] {
         connex::edit(net).remove_connections(doomed).add_hidden_neurons(fresh).add_connections(wires).build(1);
-      }, step, 1, quick ? 3 : 7, 60.0);
+      }, step, 1, quick ? 3 : 15, 60.0);
       rows.push_back({fmt::format("5. plasticity on {}k connections: remove {} connections, add 100 neurons × 10 connections", conns / 1000, doomed.size()),
                       fmt_time(edit_t), fmt_time(step_t), fmt::format("{:.2f} train steps", edit_t / step_t), "one train step (timed in turn with the edit) is the reference"});
     }
@@ -211,10 +237,6 @@ int main(int argc, char** argv) {
                       fmt::format("{:.2f}", t / plain), "vs the same network without it"});
     }
   }
-  if (sparse_times.size() == 2)
-    rows.push_back({"4. sparse DAG: time ratio 1M vs 100k connections", "", "",
-                    fmt::format("{:.2f}", sparse_times[1].second / sparse_times[0].second),
-                    fmt::format("{:.1f}× the connections", double(sparse_times[1].first) / sparse_times[0].first)});
   print(rows);
   return 0;
 }

@@ -195,7 +195,37 @@ TEST(Gradients, FusedKernelAgreesWhenALevelIsSplitBetweenThreads) {
     EXPECT_TRUE(torch::allclose(xf.grad(), xl.grad(), tolerance, tolerance));
     EXPECT_TRUE(torch::allclose(fused->weight_tensor().grad(), levels->weight_tensor().grad(), tolerance, tolerance));
     EXPECT_TRUE(torch::allclose(fused->bias_tensor().grad(), levels->bias_tensor().grad(), tolerance, tolerance));
+
+    // Each row is summed by one thread in a fixed order, so the split
+    // changes no bit: one thread gives the same values and gradients.
+    const auto weight_grad = fused->weight_tensor().grad().clone(), bias_grad = fused->bias_tensor().grad().clone();
+    torch::set_num_threads(1);
+    auto x1 = x.clone().requires_grad_(true);
+    auto y1 = fused->forward(x1);
+    fused->zero_grad();
+    (y1 * r).sum().backward();
+    torch::set_num_threads(2);
+    EXPECT_TRUE(torch::equal(y1, yf));
+    EXPECT_TRUE(torch::equal(x1.grad(), xf.grad()));
+    EXPECT_TRUE(torch::equal(fused->weight_tensor().grad(), weight_grad));
+    EXPECT_TRUE(torch::equal(fused->bias_tensor().grad(), bias_grad));
   }
+  torch::set_num_threads(previous);
+}
+
+// The fused kernel's levels run on torch's intra-op threads only when connex
+// is compiled with OpenMP (ATen's parallel_for is serial otherwise); a build
+// that loses the flag shows here rather than as a slower benchmark.
+TEST(Gradients, FusedKernelRunsOnTorchsIntraOpThreads) {
+  const int previous = torch::get_num_threads();
+  torch::set_num_threads(2);
+#ifdef CONNEX_OPENMP
+  EXPECT_EQ(fused_kernel_threads(), 2);
+#else
+  EXPECT_EQ(fused_kernel_threads(), 1);
+#endif
+  torch::set_num_threads(1);
+  EXPECT_EQ(fused_kernel_threads(), 1);
   torch::set_num_threads(previous);
 }
 

@@ -1,8 +1,10 @@
 #include "connex/graph_spec.h"
 
 #include <algorithm>
+#include <atomic>
 #include <unordered_set>
 
+#include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
 #include "connex/error.h"
@@ -24,11 +26,11 @@ namespace {
 // targets[offsets[u] .. offsets[u + 1]). Built once per spec for both the
 // repeated-edge and the cycle check; this runs on every network build.
 struct EdgeCsr {
-  std::vector<int64_t> offsets, targets;
+  std::vector<int64_t> offsets, targets, indegree;
 
   EdgeCsr(int64_t num_nodes, const std::vector<std::pair<int64_t, int64_t>>& edges)
-      : offsets(num_nodes + 1, 0), targets(edges.size()) {
-    for (const auto& [u, v] : edges) ++offsets[u + 1];
+      : offsets(num_nodes + 1, 0), targets(edges.size()), indegree(num_nodes, 0) {
+    for (const auto& [u, v] : edges) ++offsets[u + 1], ++indegree[v];
     for (int64_t n = 0; n < num_nodes; ++n) offsets[n + 1] += offsets[n];
     std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
     for (const auto& [u, v] : edges) targets[fill[u]++] = v;
@@ -37,36 +39,49 @@ struct EdgeCsr {
   // Sorts each node's targets (their order matters to no check) and tells
   // whether some edge is given twice: short per-node sorts instead of one
   // sort of every edge.
+  // Nodes are independent, so large graphs split them between torch's
+  // intra-op threads.
   bool sort_targets_and_find_repeat() {
-    bool repeat = false;
-    for (size_t n = 0; n + 1 < offsets.size(); ++n) {
-      auto first = targets.begin() + offsets[n], last = targets.begin() + offsets[n + 1];
-      std::sort(first, last);
-      repeat = repeat || std::adjacent_find(first, last) != last;
-    }
+    std::atomic<bool> repeat{false};
+    const int64_t num_nodes = static_cast<int64_t>(offsets.size()) - 1;
+    at::parallel_for(0, num_nodes, std::max<int64_t>(1, num_nodes * (1 << 16) / std::max<int64_t>(1, targets.size())),
+                     [&](int64_t first_node, int64_t last_node) {
+                       bool found = false;
+                       for (int64_t n = first_node; n < last_node; ++n) {
+                         auto first = targets.begin() + offsets[n], last = targets.begin() + offsets[n + 1];
+                         std::sort(first, last);
+                         found = found || std::adjacent_find(first, last) != last;
+                       }
+                       if (found) repeat = true;
+                     });
     return repeat;
   }
 };
 
+// `order` (if given) receives the nodes in the order Kahn's algorithm peels
+// them: a topological order when there is no cycle.
 std::optional<std::vector<int64_t>> find_cycle(const EdgeCsr& csr,
-                                               const std::vector<std::pair<int64_t, int64_t>>& edges) {
+                                               const std::vector<std::pair<int64_t, int64_t>>& edges,
+                                               std::vector<int64_t>* order = nullptr) {
   // Kahn's algorithm peels off every node not on or behind a cycle; any node
   // left has a predecessor that is also left, so walking predecessors from it
   // must revisit a node, and the walk between the two visits is a cycle.
   const int64_t num_nodes = static_cast<int64_t>(csr.offsets.size()) - 1;
-  std::vector<int64_t> remaining(num_nodes, 0), stack;
-  for (int64_t v : csr.targets) ++remaining[v];
+  // `peeled` doubles as the queue: nodes are appended once ready and taken
+  // in turn, so no separate stack grows and shrinks.
+  std::vector<int64_t> remaining(csr.indegree), peeled;
+  peeled.reserve(num_nodes);
   for (int64_t n = 0; n < num_nodes; ++n)
-    if (remaining[n] == 0) stack.push_back(n);
-  int64_t removed = 0;
-  while (!stack.empty()) {
-    int64_t n = stack.back();
-    stack.pop_back();
-    ++removed;
+    if (remaining[n] == 0) peeled.push_back(n);
+  for (size_t head = 0; head < peeled.size(); ++head) {
+    const int64_t n = peeled[head];
     for (int64_t k = csr.offsets[n]; k < csr.offsets[n + 1]; ++k)
-      if (--remaining[csr.targets[k]] == 0) stack.push_back(csr.targets[k]);
+      if (--remaining[csr.targets[k]] == 0) peeled.push_back(csr.targets[k]);
   }
-  if (removed == num_nodes) return std::nullopt;
+  if (static_cast<int64_t>(peeled.size()) == num_nodes) {
+    if (order) *order = std::move(peeled);
+    return std::nullopt;
+  }
 
   // Rare path: predecessor lists only for the nodes left.
   std::vector<std::vector<int64_t>> predecessors(num_nodes);
@@ -191,11 +206,15 @@ void GraphSpec::validate(const std::string& context) {
       fail("{}: output neuron {} has the outgoing connection {}; outputs feed no other neuron", ctx,
            neurons_[u], edge_str({neurons_[u], neurons_[v]}));
   }
-  if (auto cycle = find_cycle(csr, edge_indices_)) {
+  auto adjacency = std::make_shared<IndexAdjacency>();
+  if (auto cycle = find_cycle(csr, edge_indices_, &adjacency->topological_order)) {
     std::string text;
     for (size_t i = 0; i < cycle->size(); ++i) text += (i ? " -> " : "") + neurons_[(*cycle)[i]].str();
     fail("{}: the graph has the cycle {}; a network must be acyclic", ctx, text);
   }
+  adjacency->offsets = std::move(csr.offsets);
+  adjacency->targets = std::move(csr.targets);
+  adjacency_ = std::move(adjacency);
 }
 
 const std::vector<Edge>& GraphSpec::LazyEdges::get(const GraphSpec& spec) const {

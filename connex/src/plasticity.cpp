@@ -1,5 +1,7 @@
 #include "connex/plasticity.h"
 
+#include <ATen/Parallel.h>
+
 #include <optional>
 #include <set>
 
@@ -201,14 +203,16 @@ EditResult NetworkEditor::build(uint64_t seed) const {
     std::vector<NeuronId> neurons;
     std::vector<std::pair<int64_t, int64_t>> edges;
     size_t first_added = 0;
+    std::vector<int64_t> new_index_of_old;  // by old spec position; -1: removed
   };
   auto index_graph = [&] {
     IndexGraph g;
     const int64_t old_n = static_cast<int64_t>(old_spec.num_neurons());
-    std::vector<int64_t> new_index_of_old(old_n, -1);
+    std::vector<int64_t>& new_index_of_old = g.new_index_of_old;
+    new_index_of_old.assign(old_n, -1);
     g.neurons.reserve(old_n + added_neurons_.size());
     for (int64_t i = 0; i < old_n; ++i)
-      if (!removed_neurons_.count(old_spec.neurons()[i])) {
+      if (removed_neurons_.empty() || !removed_neurons_.count(old_spec.neurons()[i])) {
         new_index_of_old[i] = static_cast<int64_t>(g.neurons.size());
         g.neurons.push_back(old_spec.neurons()[i]);
       }
@@ -222,13 +226,20 @@ EditResult NetworkEditor::build(uint64_t seed) const {
       return it != added_index.end() ? it->second : new_index_of_old[old_spec.index_of(id)];
     };
 
-    std::unordered_set<uint64_t> removed_keys;  // old (source, target) positions of removed edges
-    for (const auto& [u, v] : removed_edges_)
-      removed_keys.insert(static_cast<uint64_t>(old_spec.index_of(u)) * old_n + old_spec.index_of(v));
+    // Removed edges as old (source, target) positions; the hash set is asked
+    // only about edges out of a source that lost one (a flag per neuron), as
+    // a lookup for each of a million edges cost more than the rest of this.
+    std::unordered_set<uint64_t> removed_keys;
+    std::vector<uint8_t> lost_an_edge(old_n, 0);
+    for (const auto& [u, v] : removed_edges_) {
+      const int64_t a = old_spec.index_of(u);
+      removed_keys.insert(static_cast<uint64_t>(a) * old_n + old_spec.index_of(v));
+      lost_an_edge[a] = 1;
+    }
     g.edges.reserve(old_spec.edge_indices().size() + added_edges_.size());
     for (const auto& [u, v] : old_spec.edge_indices()) {
       const int64_t a = new_index_of_old[u], b = new_index_of_old[v];
-      if (a >= 0 && b >= 0 && (removed_keys.empty() || !removed_keys.count(static_cast<uint64_t>(u) * old_n + v)))
+      if (a >= 0 && b >= 0 && (!lost_an_edge[u] || !removed_keys.count(static_cast<uint64_t>(u) * old_n + v)))
         g.edges.emplace_back(a, b);
     }
     g.first_added = g.edges.size();
@@ -288,8 +299,7 @@ EditResult NetworkEditor::build(uint64_t seed) const {
     fail_on_added_cycle(index_graph());
     throw;
   }
-  const GraphSpec& spec = *checked;
-  NeuralNetwork result(spec, options);
+  NeuralNetwork result(std::move(*checked), options);
   NeuralNetworkImpl& fresh = *result;
   const NeuralNetworkImpl& old = *network_;
   const Topology& topo = fresh.topology();
@@ -298,18 +308,25 @@ EditResult NetworkEditor::build(uint64_t seed) const {
 
   // Parameters move by label: old dense id of each new neuron, then each
   // connection by (old source, old target).
-  std::vector<int64_t> old_dense(topo.num_neurons());
-  for (int64_t d = 0; d < topo.num_neurons(); ++d) {
-    const NeuronId& id = topo.label(d);
-    old_dense[d] = added_roles_.count(id) ? -1 : base.dense_of(id);
-  }
+  // Through spec positions, which both specs keep in order: no label lookups.
+  std::vector<int64_t> old_dense(topo.num_neurons(), -1);
+  for (int64_t i = 0; i < static_cast<int64_t>(graph.new_index_of_old.size()); ++i)
+    if (graph.new_index_of_old[i] >= 0) old_dense[topo.dense_at(graph.new_index_of_old[i])] = base.dense_at(i);
+  // Each new connection's old index (or -1), looked up on torch's intra-op
+  // threads (a binary search per connection: 10 ms for a million on one
+  // core), then gathered in order.
+  std::vector<int64_t> old_of_new(topo.num_connections());
+  at::parallel_for(0, topo.num_connections(), 1 << 15, [&](int64_t first, int64_t last) {
+    for (int64_t c = first; c < last; ++c) {
+      const int64_t u = old_dense[topo.conn_source()[c]], v = old_dense[topo.conn_target()[c]];
+      old_of_new[c] = u < 0 || v < 0 ? -1 : base.connection_index(u, v);
+    }
+  });
   std::vector<int64_t> new_conn, old_conn, new_bias, old_bias;
-  for (int64_t c = 0; c < topo.num_connections(); ++c) {
-    const int64_t u = old_dense[topo.conn_source()[c]], v = old_dense[topo.conn_target()[c]];
-    if (u < 0 || v < 0) continue;
-    const int64_t oc = base.connection_index(u, v);
-    if (oc >= 0) new_conn.push_back(c), old_conn.push_back(oc);
-  }
+  new_conn.reserve(old_of_new.size());
+  old_conn.reserve(old_of_new.size());
+  for (int64_t c = 0; c < topo.num_connections(); ++c)
+    if (old_of_new[c] >= 0) new_conn.push_back(c), old_conn.push_back(old_of_new[c]);
   for (int64_t d = topo.num_inputs(); d < topo.num_neurons(); ++d)
     if (old_dense[d] >= 0) new_bias.push_back(topo.bias_index(d)), old_bias.push_back(base.bias_index(old_dense[d]));
 
@@ -351,7 +368,7 @@ EditResult NetworkEditor::build(uint64_t seed) const {
   };
   out.positions.inputs = remap(old_spec.inputs(), fresh.spec().inputs());
   out.positions.outputs = remap(old_spec.outputs(), fresh.spec().outputs());
-  out.positions.neurons = remap(old_spec.neurons(), fresh.spec().neurons());
+  out.positions.neurons = graph.new_index_of_old;  // the new spec lists neurons in index_graph()'s order
   return out;
 }
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <numeric>
 
+#include <ATen/Parallel.h>
+
 #include "connex/error.h"
 
 namespace connex {
@@ -50,38 +52,26 @@ std::vector<int64_t> neuron_ranks(const GraphSpec& spec,
 
 }  // namespace
 
-std::shared_ptr<const Topology> Topology::compile(const GraphSpec& spec,
+std::shared_ptr<const Topology> Topology::compile(GraphSpec spec_in,
                                                   const CompileOptions& options) {
-  std::shared_ptr<Topology> topo(new Topology(spec));
+  std::shared_ptr<Topology> topo(new Topology(std::move(spec_in)));
+  const GraphSpec& spec = topo->spec_;
   const int64_t n = static_cast<int64_t>(spec.num_neurons());
   const std::vector<int64_t> rank = neuron_ranks(spec, options.topo_sort);
 
-  // Spec-index edges and adjacency (CSR by source) for the level sweep.
-  const auto& edges = spec.edge_indices();
-  std::vector<int64_t> out_offsets(n + 1, 0), out_targets(edges.size()), indegree(n, 0);
-  for (const auto& [u, v] : edges) ++out_offsets[u + 1], ++indegree[v];
-  std::partial_sum(out_offsets.begin(), out_offsets.end(), out_offsets.begin());
-  {
-    std::vector<int64_t> fill(out_offsets.begin(), out_offsets.end() - 1);
-    for (const auto& [u, v] : edges) out_targets[fill[u]++] = v;
-  }
-
   // Level = longest path from a source; inputs are level 0, any other neuron
   // at least level 1 (an isolated hidden neuron still computes act(bias)).
-  std::vector<int64_t> level(n, 0), stack;
-  for (int64_t i = 0; i < n; ++i) {
+  // The spec's successor lists and topological order (its validation made
+  // them) give it in one sweep.
+  const auto& adjacency = spec.index_adjacency();
+  const std::vector<int64_t>& out_offsets = adjacency.offsets;
+  const std::vector<int64_t>& out_targets = adjacency.targets;
+  std::vector<int64_t> level(n, 0);
+  for (int64_t i = 0; i < n; ++i)
     if (spec.role_at(i) != Role::Input) level[i] = 1;
-    if (indegree[i] == 0) stack.push_back(i);
-  }
-  while (!stack.empty()) {
-    int64_t u = stack.back();
-    stack.pop_back();
-    for (int64_t k = out_offsets[u]; k < out_offsets[u + 1]; ++k) {
-      int64_t v = out_targets[k];
-      level[v] = std::max(level[v], level[u] + 1);
-      if (--indegree[v] == 0) stack.push_back(v);
-    }
-  }
+  for (int64_t u : adjacency.topological_order)
+    for (int64_t k = out_offsets[u]; k < out_offsets[u + 1]; ++k)
+      level[out_targets[k]] = std::max(level[out_targets[k]], level[u] + 1);
   const int64_t depth = n ? *std::max_element(level.begin(), level.end()) : 0;
 
   // Dense order: inputs in input order, then by (level, hidden before output, rank).
@@ -104,49 +94,51 @@ std::shared_ptr<const Topology> Topology::compile(const GraphSpec& spec,
     order.insert(order.end(), rest.begin(), rest.end());
   }
 
-  std::vector<int64_t> dense_of_index(n);
+  std::vector<int64_t>& dense_of_index = topo->dense_of_index_;
+  dense_of_index.resize(n);
   topo->num_inputs_ = static_cast<int64_t>(spec.inputs().size());
   topo->labels_.resize(n);
   topo->roles_.resize(n);
   topo->level_of_.resize(n);
-  topo->dense_.reserve(n);
   for (int64_t d = 0; d < n; ++d) {
     int64_t i = order[d];
     dense_of_index[i] = d;
     topo->labels_[d] = spec.neurons()[i];
     topo->roles_[d] = spec.role_at(i);
     topo->level_of_[d] = level[i];
-    topo->dense_.emplace(spec.neurons()[i], d);
   }
 
   // Connections sorted by (target, source) through a counting sort on target.
-  const int64_t m = static_cast<int64_t>(edges.size());
+  const int64_t m = static_cast<int64_t>(out_targets.size());
   topo->in_offsets_.assign(n + 1, 0);
-  for (const auto& [u, v] : edges) ++topo->in_offsets_[dense_of_index[v] + 1];
+  for (int64_t v : out_targets) ++topo->in_offsets_[dense_of_index[v] + 1];
   std::partial_sum(topo->in_offsets_.begin(), topo->in_offsets_.end(), topo->in_offsets_.begin());
   topo->conn_source_.resize(m);
   topo->conn_target_.resize(m);
-  {
-    std::vector<int64_t> fill(topo->in_offsets_.begin(), topo->in_offsets_.end() - 1);
-    for (const auto& [u, v] : edges) {
-      int64_t dv = dense_of_index[v];
-      topo->conn_source_[fill[dv]] = dense_of_index[u];
-      topo->conn_target_[fill[dv]++] = dv;
-    }
-  }
-  for (int64_t d = 0; d < n; ++d)
-    std::sort(topo->conn_source_.begin() + topo->in_offsets_[d],
-              topo->conn_source_.begin() + topo->in_offsets_[d + 1]);
-
-  // The same connections grouped by source (for backward passes that gather
-  // gradients per source instead of scattering them).
+  // The same connections grouped by source, for backward passes that gather
+  // gradients per source instead of scattering them: written in the same
+  // sweep, which visits them source by source (each source's connections in
+  // the spec's successor order).
   topo->out_offsets_.assign(n + 1, 0);
-  for (int64_t c = 0; c < m; ++c) ++topo->out_offsets_[topo->conn_source_[c] + 1];
-  std::partial_sum(topo->out_offsets_.begin(), topo->out_offsets_.end(), topo->out_offsets_.begin());
   topo->out_connections_.resize(m);
+  topo->out_targets_.resize(m);
   {
-    std::vector<int64_t> fill(topo->out_offsets_.begin(), topo->out_offsets_.end() - 1);
-    for (int64_t c = 0; c < m; ++c) topo->out_connections_[fill[topo->conn_source_[c]]++] = c;
+    // Sources taken in ascending dense order, each target's run fills in
+    // ascending source order: sorted without a comparison sort.
+    std::vector<int64_t> fill(topo->in_offsets_.begin(), topo->in_offsets_.end() - 1);
+    int64_t k_out = 0;
+    for (int64_t du = 0; du < n; ++du) {
+      const int64_t u = order[du];
+      for (int64_t k = out_offsets[u]; k < out_offsets[u + 1]; ++k, ++k_out) {
+        const int64_t dv = dense_of_index[out_targets[k]];
+        const int64_t c = fill[dv]++;
+        topo->conn_source_[c] = du;
+        topo->conn_target_[c] = dv;
+        topo->out_connections_[k_out] = c;
+        topo->out_targets_[k_out] = dv;
+      }
+      topo->out_offsets_[du + 1] = k_out;
+    }
   }
 
   // Level table.
@@ -165,42 +157,57 @@ std::shared_ptr<const Topology> Topology::compile(const GraphSpec& spec,
     }
   }
 
-  // Per-level sources and kernel. `stamp` marks sources already seen in this level.
-  std::vector<int64_t> stamp(n, -1), position(n, 0);
-  for (int64_t l = 1; l <= depth; ++l) {
-    Level& lv = topo->levels_[l];
-    for (int64_t c = lv.conn_begin; c < lv.conn_end; ++c) {
-      int64_t s = topo->conn_source_[c];
-      if (stamp[s] != l) stamp[s] = l, lv.sources.push_back(s);
-    }
-    std::sort(lv.sources.begin(), lv.sources.end());
-    for (size_t k = 0; k < lv.sources.size(); ++k) position[lv.sources[k]] = static_cast<int64_t>(k);
-    lv.gather = topo->plan_gather(lv.sources);
+  // Per-level sources and kernel. Levels are independent here, so large
+  // graphs split them between torch's intra-op threads, each with its own
+  // `stamp` (marks sources already seen in this level) and `position`.
+  const int64_t level_grain = m >= (int64_t(1) << 16) ? 1 : depth + 1;
+  at::parallel_for(1, depth + 1, level_grain, [&](int64_t first_level, int64_t last_level) {
+    std::vector<int64_t> stamp(n, -1), position(n, 0);
+    for (int64_t l = first_level; l < last_level; ++l) {
+      Level& lv = topo->levels_[l];
+      for (int64_t c = lv.conn_begin; c < lv.conn_end; ++c) {
+        int64_t s = topo->conn_source_[c];
+        if (stamp[s] != l) stamp[s] = l, lv.sources.push_back(s);
+      }
+      // Ascending: read off the stamps where the ids below the level are few
+      // against the sources (25 of the 80 ms of compiling the 1M-connection
+      // benchmark net went to this sort), else sort (deep, narrow graphs: a
+      // scan per level would be quadratic there).
+      if (lv.begin <= 16 * static_cast<int64_t>(lv.sources.size())) {
+        lv.sources.clear();
+        for (int64_t s = 0; s < lv.begin; ++s)
+          if (stamp[s] == l) lv.sources.push_back(s);
+      } else {
+        std::sort(lv.sources.begin(), lv.sources.end());
+      }
+      for (size_t k = 0; k < lv.sources.size(); ++k) position[lv.sources[k]] = static_cast<int64_t>(k);
+      lv.gather = topo->plan_gather(lv.sources);
 
-    const int64_t conns = lv.num_connections();
-    const double cells = static_cast<double>(lv.size()) * static_cast<double>(lv.sources.size());
-    if (conns == 0) {
-      lv.kernel = LevelKernel::BiasOnly;
-    } else if (options.force_kernel) {
-      lv.kernel = *options.force_kernel;
-      if (lv.kernel == LevelKernel::DenseView && conns != static_cast<int64_t>(cells))
-        lv.kernel = LevelKernel::DenseScatter;  // a view exists only for complete levels
-    } else if (conns == static_cast<int64_t>(cells)) {
-      lv.kernel = LevelKernel::DenseView;
-    } else if (conns >= options.dense_threshold * cells) {
-      lv.kernel = LevelKernel::DenseScatter;
-    } else {
-      lv.kernel = LevelKernel::EdgeList;
+      const int64_t conns = lv.num_connections();
+      const double cells = static_cast<double>(lv.size()) * static_cast<double>(lv.sources.size());
+      if (conns == 0) {
+        lv.kernel = LevelKernel::BiasOnly;
+      } else if (options.force_kernel) {
+        lv.kernel = *options.force_kernel;
+        if (lv.kernel == LevelKernel::DenseView && conns != static_cast<int64_t>(cells))
+          lv.kernel = LevelKernel::DenseScatter;  // a view exists only for complete levels
+      } else if (conns == static_cast<int64_t>(cells)) {
+        lv.kernel = LevelKernel::DenseView;
+      } else if (conns >= options.dense_threshold * cells) {
+        lv.kernel = LevelKernel::DenseScatter;
+      } else {
+        lv.kernel = LevelKernel::EdgeList;
+      }
+      lv.edge_source.resize(conns);
+      lv.edge_target.resize(conns);
+      for (int64_t c = lv.conn_begin; c < lv.conn_end; ++c) {
+        lv.edge_source[c - lv.conn_begin] = position[topo->conn_source_[c]];
+        lv.edge_target[c - lv.conn_begin] = topo->conn_target_[c] - lv.begin;
+      }
     }
-    lv.edge_source.resize(conns);
-    lv.edge_target.resize(conns);
-    for (int64_t c = lv.conn_begin; c < lv.conn_end; ++c) {
-      lv.edge_source[c - lv.conn_begin] = position[topo->conn_source_[c]];
-      lv.edge_target[c - lv.conn_begin] = topo->conn_target_[c] - lv.begin;
-    }
-  }
+  });
 
-  for (const auto& id : spec.outputs()) topo->output_ids_.push_back(topo->dense_.at(id));
+  for (const auto& id : spec.outputs()) topo->output_ids_.push_back(dense_of_index[spec.index_of(id)]);
   topo->output_gather_ = topo->plan_gather(topo->output_ids_);
   return topo;
 }
@@ -208,9 +215,10 @@ std::shared_ptr<const Topology> Topology::compile(const GraphSpec& spec,
 GatherPlan Topology::plan_gather(const std::vector<int64_t>& dense_ids) const {
   GatherPlan plan;
   plan.size = static_cast<int64_t>(dense_ids.size());
+  const bool ascending = std::is_sorted(dense_ids.begin(), dense_ids.end());
   std::vector<int64_t> sorted(dense_ids);
-  std::sort(sorted.begin(), sorted.end());
-  if (sorted != dense_ids) {
+  if (!ascending) std::sort(sorted.begin(), sorted.end());
+  if (!ascending) {
     // order[k] = where dense_ids[k] lands in the ascending concatenation.
     std::unordered_map<int64_t, int64_t> where;
     for (size_t k = 0; k < sorted.size(); ++k) where[sorted[k]] = static_cast<int64_t>(k);
@@ -239,8 +247,8 @@ GatherPlan Topology::plan_gather(const std::vector<int64_t>& dense_ids) const {
 }
 
 int64_t Topology::dense_of(const NeuronId& id) const {
-  auto it = dense_.find(id);
-  return it == dense_.end() ? -1 : it->second;
+  const int64_t index = spec_.index_of(id);
+  return index < 0 ? -1 : dense_of_index_[index];
 }
 
 int64_t Topology::require(const NeuronId& id, const char* context) const {

@@ -18,6 +18,7 @@
 #include "connex/csv.h"
 #include "connex/techniques.h"
 #include "connex/edit_script.h"
+#include "connex/fused_kernel.h"
 #if defined(CONNEX_WITH_DISTRIBUTED)
 #include "connex/distributed.h"
 #endif

@@ -14,6 +14,12 @@
 
 namespace connex {
 
+// How many threads one fused level runs on: torch's intra-op thread count
+// (torch::set_num_threads) when connex was compiled with OpenMP (the
+// CONNEX_OPENMP build option, on with GCC), else 1. Found by running a
+// parallel loop, so it reports what the kernel gets, not what was asked.
+int fused_kernel_threads();
+
 // Built-in element-wise activations the fused kernel differentiates itself.
 bool fused_supports(const TensorFunction& activation);
 

@@ -66,6 +66,16 @@ class GraphSpec {
   Role role(const NeuronId& id) const;
   Role role_at(int64_t index) const { return roles_[index]; }
 
+  // The edges as successor lists over positions in neurons() (the targets
+  // of u are targets[offsets[u] .. offsets[u + 1]), ascending) and one
+  // topological order of the positions. The validation makes both for its
+  // repeat and cycle checks and keeps them for Topology::compile, which
+  // needs the same two; copies of the spec share them.
+  struct IndexAdjacency {
+    std::vector<int64_t> offsets, targets, topological_order;
+  };
+  const IndexAdjacency& index_adjacency() const { return *adjacency_; }
+
  private:
   std::vector<NeuronId> neurons_;
   void validate(const std::string& context);
@@ -98,6 +108,7 @@ class GraphSpec {
   NeuronId::Kind id_kind_ = NeuronId::Kind::Integer;
   std::unordered_map<NeuronId, int64_t, NeuronIdHash> index_;
   std::vector<Role> roles_;
+  std::shared_ptr<const IndexAdjacency> adjacency_;
 };
 
 // One directed cycle of the graph over `num_nodes` nodes (0..n-1) and `edges`,

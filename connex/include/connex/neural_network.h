@@ -29,7 +29,8 @@ struct FusedPlan;
 
 class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
  public:
-  explicit NeuralNetworkImpl(const GraphSpec& spec, NeuralNetworkOptions options = {});
+  // The spec is taken by value: pass an rvalue to hand it over without a copy.
+  explicit NeuralNetworkImpl(GraphSpec spec, NeuralNetworkOptions options = {});
   // From an already compiled topology (the editor's path; options must match it).
   NeuralNetworkImpl(std::shared_ptr<const Topology> topology, NeuralNetworkOptions options);
   // Copies structure and options; a module-valued activation is deep-cloned so

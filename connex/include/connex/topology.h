@@ -74,7 +74,8 @@ struct CompileOptions {
 
 class Topology {
  public:
-  static std::shared_ptr<const Topology> compile(const GraphSpec& spec,
+  // The topology keeps the spec: pass an rvalue to hand it over without a copy.
+  static std::shared_ptr<const Topology> compile(GraphSpec spec,
                                                  const CompileOptions& options = {});
 
   const GraphSpec& spec() const { return spec_; }
@@ -90,6 +91,8 @@ class Topology {
   int64_t level_of(int64_t dense) const { return level_of_[dense]; }
   // Dense id of a label, or -1.
   int64_t dense_of(const NeuronId& id) const;
+  // Dense id of the neuron at this position in spec().neurons().
+  int64_t dense_at(int64_t spec_index) const { return dense_of_index_[spec_index]; }
   // Dense id of a label; throws naming `context` when unknown.
   int64_t require(const NeuronId& id, const char* context) const;
   // Output dense ids in the user's output order.
@@ -101,9 +104,14 @@ class Topology {
   const std::vector<int64_t>& conn_target() const { return conn_target_; }
   // Connections into dense id n are [in_offsets()[n], in_offsets()[n + 1]).
   const std::vector<int64_t>& in_offsets() const { return in_offsets_; }
-  // Connections out of dense id n are out_connections()[out_offsets()[n] .. out_offsets()[n + 1]).
+  // Connections out of dense id n are out_connections()[out_offsets()[n] .. out_offsets()[n + 1]),
+  // in the spec's successor order (not sorted by index).
   const std::vector<int64_t>& out_offsets() const { return out_offsets_; }
   const std::vector<int64_t>& out_connections() const { return out_connections_; }
+  // The target of each of those connections, in the same order: backward
+  // passes that walk a source's connections read it in sequence rather than
+  // through conn_target() at random.
+  const std::vector<int64_t>& out_targets() const { return out_targets_; }
   // Index of connection source -> target (dense ids), or -1.
   int64_t connection_index(int64_t source, int64_t target) const;
   // Position of a non-input neuron's bias.
@@ -121,12 +129,12 @@ class Topology {
   std::vector<NeuronId> labels_;
   std::vector<Role> roles_;
   std::vector<int64_t> level_of_;
-  std::unordered_map<NeuronId, int64_t, NeuronIdHash> dense_;
+  std::vector<int64_t> dense_of_index_;  // by position in spec_.neurons(): the spec's id map serves both
   std::vector<Level> levels_;
   std::vector<int64_t> output_ids_;
   GatherPlan output_gather_;
   std::vector<int64_t> conn_source_, conn_target_, in_offsets_;
-  std::vector<int64_t> out_offsets_, out_connections_;
+  std::vector<int64_t> out_offsets_, out_connections_, out_targets_;
 };
 
 }  // namespace connex
