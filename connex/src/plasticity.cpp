@@ -340,8 +340,13 @@ EditResult NetworkEditor::build(uint64_t seed) const {
     };
     move(fresh.weight_, old.weight_, out.parameters.moved["weight"]);
     move(fresh.bias_, old.bias_, out.parameters.moved["bias"]);
-    move(fresh.weight_grad_mask_, old.weight_grad_mask_, out.parameters.moved["weight"]);
-    move(fresh.bias_grad_mask_, old.bias_grad_mask_, out.parameters.moved["bias"]);
+    // A fresh mask is all ones; so is an old one where nothing was frozen,
+    // and then there is nothing to move (a 1M-element gather and scatter less).
+    auto move_mask = [&](torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved& m) {
+      if (!from.eq(1).all().item<bool>()) move(to, from, m);
+    };
+    move_mask(fresh.weight_grad_mask_, old.weight_grad_mask_, out.parameters.moved["weight"]);
+    move_mask(fresh.bias_grad_mask_, old.bias_grad_mask_, out.parameters.moved["bias"]);
     if (old.frozen_ && !fresh.frozen_) {
       fresh.frozen_ = true;
       fresh.install_freeze_hooks();
