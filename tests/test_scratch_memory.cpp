@@ -51,6 +51,22 @@ TEST(ScratchMemory, KeepsAtMostItsBoundAndTheLargestBlocks) {
   pool.give_back(y);
 }
 
+TEST(ScratchMemory, KeepsAtMostItsByteBound) {
+  ScratchMemory pool(8, 10000);
+  const auto huge = pool.take(20000);  // over the bound alone: freed on return, never kept
+  pool.give_back(huge);
+  EXPECT_EQ(pool.free_blocks(), 0u);
+  const auto a = pool.take(3000), b = pool.take(3000), c = pool.take(6000);
+  pool.give_back(a);
+  pool.give_back(b);
+  EXPECT_EQ(pool.free_blocks(), 2u);
+  pool.give_back(c);  // 12k held would pass 10k: the smallest go until it fits
+  EXPECT_EQ(pool.free_blocks(), 2u);
+  const auto again = pool.take(5000);
+  EXPECT_EQ(again.data, c.data);
+  pool.give_back(again);
+}
+
 TEST(ScratchMemory, LargeBlocksSitOnHugePageBoundaries) {
   ScratchMemory pool;
   const auto block = pool.take(size_t(5) << 20);

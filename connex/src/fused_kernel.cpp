@@ -110,7 +110,12 @@ torch::Tensor scratch_tensor(const Layout& layout, at::IntArrayRef shape, const 
   for (int64_t n : shape) bytes *= static_cast<size_t>(n);
   std::shared_ptr<ScratchMemory> pool = layout.scratch;
   const ScratchMemory::Block block = pool->take(bytes);
-  return torch::from_blob(block.data, shape, [pool, block](void*) { pool->give_back(block); }, options);
+  try {
+    return torch::from_blob(block.data, shape, [pool, block](void*) { pool->give_back(block); }, options);
+  } catch (...) {
+    pool->give_back(block);
+    throw;
+  }
 }
 
 // Rows are read at random places (a connection's source row in forward, its

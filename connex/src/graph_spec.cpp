@@ -169,6 +169,7 @@ void GraphSpec::validate(const std::string& context) {
         unique.emplace_back(u, v);
     edge_indices_ = std::move(unique);
     csr = EdgeCsr(n, edge_indices_);
+    csr.sort_targets_and_find_repeat();  // kept as index_adjacency(): ascending per node
   }
 
   if (!neurons_.empty()) {

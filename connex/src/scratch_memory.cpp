@@ -40,6 +40,7 @@ ScratchMemory::Block ScratchMemory::take(size_t bytes) {
     if (best != free_.end()) {
       const Block block = *best;
       free_.erase(best);
+      held_bytes_ -= block.capacity;
       return block;
     }
   }
@@ -47,20 +48,23 @@ ScratchMemory::Block ScratchMemory::take(size_t bytes) {
 }
 
 void ScratchMemory::give_back(Block block) {
-  Block dropped{};
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    free_.push_back(block);
-    if (free_.size() > keep_) {
-      // Keep the largest: a request that fits a large block never needs a
-      // new one, while a small block kept may never fit again.
-      auto smallest = std::min_element(free_.begin(), free_.end(),
-                                       [](const Block& a, const Block& b) { return a.capacity < b.capacity; });
-      dropped = *smallest;
-      free_.erase(smallest);
-    }
+  if (block.capacity > max_bytes_) {
+    std::free(block.data);
+    return;
   }
-  std::free(dropped.data);
+  std::lock_guard<std::mutex> lock(mutex_);
+  free_.push_back(block);  // capacity reserved: never allocates
+  held_bytes_ += block.capacity;
+  // Over a bound: drop the smallest. The largest stay, since a request that
+  // fits a large block never needs a new one, while a small block kept may
+  // never fit again.
+  while (free_.size() > keep_ || held_bytes_ > max_bytes_) {
+    auto smallest = std::min_element(free_.begin(), free_.end(),
+                                     [](const Block& a, const Block& b) { return a.capacity < b.capacity; });
+    std::free(smallest->data);
+    held_bytes_ -= smallest->capacity;
+    free_.erase(smallest);
+  }
 }
 
 size_t ScratchMemory::free_blocks() const {

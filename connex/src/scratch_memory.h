@@ -6,8 +6,8 @@
 // Taken from malloc, blocks that large come from mmap and go back to the
 // system when freed, so every step faults every page in again. Measured on
 // the 1M-connection benchmark (2-core VM): a quarter of the train step, and
-// most of its run-to-run spread. Blocks here are kept once freed and handed
-// out again; those of 2 MiB or more are asked to be backed by transparent
+// most of its run-to-run spread. Blocks here are kept once freed (up to a
+// count and a byte bound per pool) and handed out again; those of 2 MiB or more are asked to be backed by transparent
 // huge pages, since the kernel reads their rows at random and 4 KiB pages
 // would cost a TLB miss on most of those reads.
 //
@@ -22,8 +22,13 @@ namespace connex {
 
 class ScratchMemory {
  public:
-  // At most `keep` free blocks are held; more go back to the system.
-  explicit ScratchMemory(size_t keep = 6) : keep_(keep) {}
+  // At most `keep` free blocks and `max_bytes` of them are held; the rest go
+  // back to the system (the smallest first), so one large-batch call leaves
+  // at most this much behind for the network's lifetime.
+  explicit ScratchMemory(size_t keep = 6, size_t max_bytes = size_t(256) << 20)
+      : keep_(keep), max_bytes_(max_bytes) {
+    free_.reserve(keep_ + 1);  // give_back() runs in deleters: it must not need to allocate
+  }
   ~ScratchMemory();
   ScratchMemory(const ScratchMemory&) = delete;
   ScratchMemory& operator=(const ScratchMemory&) = delete;
@@ -41,7 +46,7 @@ class ScratchMemory {
   size_t free_blocks() const;
 
  private:
-  size_t keep_;
+  size_t keep_, max_bytes_, held_bytes_ = 0;
   mutable std::mutex mutex_;
   std::vector<Block> free_;
 };
