@@ -86,11 +86,10 @@ int64_t grain_for(const Level& level, int64_t batch) {
 }
 
 // What the kernel reads besides the tensors, made once per network: the
-// topology (whose out_targets() backward reads in sequence), which rows the
-// output gradient seeds, and the scratch memory its steps reuse.
+// topology (whose out_targets() backward reads in sequence) and the scratch
+// memory its steps reuse.
 struct Layout {
   std::shared_ptr<const Topology> topology;
-  std::vector<uint8_t> is_output;  // per dense id
   std::shared_ptr<ScratchMemory> scratch = std::make_shared<ScratchMemory>();
 };
 
@@ -192,7 +191,6 @@ void run_backward(const Layout& layout, Act act, const T* w_out, const T* V, con
   T* const GZ = G;  // rows of finished neurons: pre-activation gradients
   const Topology& topo = *layout.topology;
   const int64_t* tgt = topo.out_targets().data();
-  const uint8_t* seeded = layout.is_output.data();
   const int64_t* out_off = topo.out_offsets().data();
   const int64_t n_in = topo.num_inputs(), num_conn = topo.num_connections();
   // One pass over a neuron's outgoing connections reads each consumer's
@@ -225,7 +223,7 @@ void run_backward(const Layout& layout, Act act, const T* w_out, const T* V, con
     at::parallel_for(level.begin, level.end, grain_for(level, B), [&](int64_t first, int64_t last) {
       for (int64_t d = first; d < last; ++d) {
         T* __restrict g = G + d * B;
-        if (!seeded[d]) std::fill(g, g + B, T(0));
+        if (topo.role(d) != Role::Output) std::fill(g, g + B, T(0));  // output rows hold the seed
         source_pass(d, g);
         if (topo.role(d) == Role::Hidden) {
           if (Z) {
@@ -245,7 +243,7 @@ void run_backward(const Layout& layout, Act act, const T* w_out, const T* V, con
   at::parallel_for(0, n_in, 16, [&](int64_t first, int64_t last) {
     for (int64_t d = first; d < last; ++d) {
       T* g = G + d * B;
-      if (!seeded[d]) std::fill(g, g + B, T(0));
+      if (topo.role(d) != Role::Output) std::fill(g, g + B, T(0));  // output rows hold the seed
       source_pass(d, g);
       for (int64_t j = 0; j < B; ++j) gx[j * n_in + d] = g[j];
     }
@@ -342,8 +340,6 @@ FusedPlan make_fused_plan(const std::shared_ptr<const Topology>& topology, const
   if (!act) fail("fused_forward(): activation \"{}\" is not a built-in the fused kernel knows", activation.name());
   auto layout = std::make_shared<Layout>();
   layout->topology = topology;
-  layout->is_output.assign(topology->num_neurons(), 0);
-  for (int64_t d : topology->output_ids()) layout->is_output[d] = 1;
   return {hold(std::move(layout)), static_cast<int64_t>(*act)};
 }
 

@@ -24,7 +24,7 @@ namespace {
 
 // Edges as flat arrays grouped by source: the targets of node u are
 // targets[offsets[u] .. offsets[u + 1]). Built once per spec for both the
-// repeated-edge and the cycle check; this runs on every network build.
+// repeated-edge and the cycle check, and kept as its index_adjacency().
 struct EdgeCsr {
   std::vector<int64_t> offsets, targets, indegree;
 
@@ -36,11 +36,10 @@ struct EdgeCsr {
     for (const auto& [u, v] : edges) targets[fill[u]++] = v;
   }
 
-  // Sorts each node's targets (their order matters to no check) and tells
-  // whether some edge is given twice: short per-node sorts instead of one
-  // sort of every edge.
-  // Nodes are independent, so large graphs split them between torch's
-  // intra-op threads.
+  // Sorts each node's targets (index_adjacency() promises them ascending) and
+  // tells whether some edge is given twice: short per-node sorts instead of
+  // one sort of every edge. Nodes are independent, so large graphs split them
+  // between torch's intra-op threads.
   bool sort_targets_and_find_repeat() {
     std::atomic<bool> repeat{false};
     const int64_t num_nodes = static_cast<int64_t>(offsets.size()) - 1;

@@ -131,23 +131,22 @@ void NeuralNetworkImpl::reset() {
   // narrow ones nearly silent. A neuron without inputs is a constant; its bias
   // is drawn as for fan-in 1 (not 0, which would sit on ReLU's kink).
   auto generator = at::make_generator<at::CPUGeneratorImpl>(options_.seed());
-  // Uniform draws in double, scaled in place per neuron, then one cast to
-  // the dtype: the same values as scaling with tensor ops, without their four
-  // temporaries (a measurable part of an edit's rebuild at 1M connections).
-  auto draw = [&](int64_t count, int64_t first_neuron, bool weights) {
-    auto u = torch::rand({count}, generator, torch::kFloat64);
-    double* p = u.data_ptr<double>();
-    for (int64_t d = first_neuron; d < topo.num_neurons(); ++d) {
-      const int64_t fan_in = topo.in_offsets()[d + 1] - topo.in_offsets()[d];
-      const double bound = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(fan_in, 1)));
-      const int64_t begin = weights ? topo.in_offsets()[d] : topo.bias_index(d);
-      const int64_t end = weights ? topo.in_offsets()[d + 1] : begin + 1;
-      for (int64_t k = begin; k < end; ++k) p[k] = (p[k] * 2 - 1) * bound;
-    }
-    return u.to(float_options);
-  };
-  weight_ = register_parameter("weight", draw(topo.num_connections(), topo.num_inputs(), true));
-  bias_ = register_parameter("bias", draw(topo.num_biases(), topo.num_inputs(), false));
+  // Uniform draws in double (weights, then biases), scaled in place per
+  // neuron, then one cast to the dtype: the same values as scaling with
+  // tensor ops, without their four temporaries (a measurable part of an
+  // edit's rebuild at 1M connections).
+  auto weight = torch::rand({topo.num_connections()}, generator, torch::kFloat64);
+  auto bias = torch::rand({topo.num_biases()}, generator, torch::kFloat64);
+  double* w = weight.data_ptr<double>();
+  double* b = bias.data_ptr<double>();
+  for (int64_t d = topo.num_inputs(); d < topo.num_neurons(); ++d) {
+    const int64_t fan_in = topo.in_offsets()[d + 1] - topo.in_offsets()[d];
+    const double bound = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(fan_in, 1)));
+    for (int64_t c = topo.in_offsets()[d]; c < topo.in_offsets()[d + 1]; ++c) w[c] = (w[c] * 2 - 1) * bound;
+    b[topo.bias_index(d)] = (b[topo.bias_index(d)] * 2 - 1) * bound;
+  }
+  weight_ = register_parameter("weight", weight.to(float_options));
+  bias_ = register_parameter("bias", bias.to(float_options));
   weight_grad_mask_ = register_buffer("weight_grad_mask", torch::ones({topo.num_connections()}, float_options));
   bias_grad_mask_ = register_buffer("bias_grad_mask", torch::ones({topo.num_biases()}, float_options));
 

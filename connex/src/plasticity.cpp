@@ -306,9 +306,10 @@ EditResult NetworkEditor::build(uint64_t seed) const {
   const auto device = old.weight_tensor().device();
   result->to(device);
 
-  // Parameters move by label: old dense id of each new neuron, then each
-  // connection by (old source, old target).
-  // Through spec positions, which both specs keep in order: no label lookups.
+  // Parameters move by neuron: the old dense id of each new neuron (found
+  // through spec positions, since index_graph() kept the old neuron order,
+  // rather than by label lookups), then each connection by (old source, old
+  // target).
   std::vector<int64_t> old_dense(topo.num_neurons(), -1);
   for (int64_t i = 0; i < static_cast<int64_t>(graph.new_index_of_old.size()); ++i)
     if (graph.new_index_of_old[i] >= 0) old_dense[topo.dense_at(graph.new_index_of_old[i])] = base.dense_at(i);
