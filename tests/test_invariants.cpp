@@ -12,6 +12,8 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <set>
+#include <random>
 #include <thread>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -181,6 +183,114 @@ TrainingRun train_from_seed(bool dropout_and_techniques) {
 }
 
 }  // namespace
+
+// Graphs of over 65,536 connections split the spec's, the compile's and the
+// editor's passes between threads. On 1, 2 and 4 threads they give the same
+// graphs, connection layouts and parameters, bit for bit; the layouts keep
+// their orders, and the edit keeps every surviving weight by label.
+TEST(Invariants, LargeGraphPassesAgreeAcrossThreadCounts) {
+  const int previous = torch::get_num_threads();
+  std::mt19937_64 rng(21);
+  const int n = 20000, n_in = 50, n_out = 10;
+  std::vector<Edge> edges;
+  for (int v = n_in; v < n; ++v)
+    for (int k = 0; k < 6; ++k)  // repeats happen, and count once
+      edges.emplace_back(std::uniform_int_distribution<int>(0, std::min(v, n - n_out) - 1)(rng), v);
+  std::shuffle(edges.begin(), edges.end(), rng);  // the spec's edge order is not grouped by source
+  std::vector<NeuronId> neurons, inputs, outputs;
+  for (int i = 0; i < n; ++i) neurons.emplace_back(i);
+  std::shuffle(neurons.begin(), neurons.end(), rng);  // spec positions differ from ids and dense ids
+  for (int i = 0; i < n_in; ++i) inputs.emplace_back(i);
+  for (int i = n - n_out; i < n; ++i) outputs.emplace_back(i);
+  std::vector<Edge> doomed, wires;
+  for (size_t k = 0; k < edges.size(); k += 97) doomed.push_back(edges[k]);
+  std::sort(doomed.begin(), doomed.end());
+  doomed.erase(std::unique(doomed.begin(), doomed.end()), doomed.end());
+  std::vector<NeuronId> fresh;
+  for (int h = 0; h < 20; ++h) {
+    fresh.emplace_back(n + h);
+    for (int k = 0; k < 5; ++k) {  // from the lower half to the upper half of the ids: acyclic
+      wires.emplace_back(std::uniform_int_distribution<int>(0, n / 2 - 1)(rng), n + h);
+      wires.emplace_back(n + h, std::uniform_int_distribution<int>(n / 2, n - 1)(rng));
+    }
+  }
+
+  struct Run {
+    NeuralNetwork before, after;
+    EditResult edit;
+  };
+  auto run = [&](int threads) {
+    torch::set_num_threads(threads);
+    NeuralNetwork before(GraphSpec::from_edges(edges, inputs, outputs, neurons), NeuralNetworkOptions().seed(1));
+    auto result = edit(before).remove_connections(doomed).add_hidden_neurons(fresh).add_connections(wires).build(2);
+    return Run{before, result.network, result};
+  };
+  auto expect_same_layout = [](const NeuralNetwork& a, const NeuralNetwork& b) {
+    const Topology &x = a->topology(), &y = b->topology();
+    EXPECT_EQ(x.spec().neurons(), y.spec().neurons());
+    EXPECT_EQ(x.spec().edge_indices(), y.spec().edge_indices());
+    EXPECT_EQ(x.spec().index_adjacency().offsets, y.spec().index_adjacency().offsets);
+    EXPECT_EQ(x.spec().index_adjacency().targets, y.spec().index_adjacency().targets);
+    EXPECT_EQ(x.conn_source(), y.conn_source());
+    EXPECT_EQ(x.conn_target(), y.conn_target());
+    EXPECT_EQ(x.in_offsets(), y.in_offsets());
+    EXPECT_EQ(x.out_offsets(), y.out_offsets());
+    EXPECT_EQ(x.out_connections(), y.out_connections());
+    EXPECT_EQ(x.out_targets(), y.out_targets());
+    EXPECT_TRUE(torch::equal(a->weight_tensor(), b->weight_tensor()));
+    EXPECT_TRUE(torch::equal(a->bias_tensor(), b->bias_tensor()));
+  };
+  const Run one = run(1);
+  ASSERT_GT(one.before->num_connections(), 65536);
+  for (int threads : {2, 4}) {
+    SCOPED_TRACE(threads);
+    const Run many = run(threads);
+    expect_same_layout(one.before, many.before);
+    expect_same_layout(one.after, many.after);
+    for (const auto& name : {"weight", "bias"}) {
+      EXPECT_TRUE(torch::equal(one.edit.parameters.moved.at(name).new_index, many.edit.parameters.moved.at(name).new_index));
+      EXPECT_TRUE(torch::equal(one.edit.parameters.moved.at(name).old_index, many.edit.parameters.moved.at(name).old_index));
+    }
+  }
+  torch::set_num_threads(previous);
+
+  // The layouts' orders: each target's sources ascending, each source's
+  // connections naming it; the edited graph is exactly the old one less the
+  // removed edges plus the added ones; survivors keep their weights.
+  const Run& last = one;
+  for (const NeuralNetwork& net : {last.before, last.after}) {
+    const Topology& topo = net->topology();
+    for (int64_t d = 0; d < topo.num_neurons(); ++d) {
+      for (int64_t c = topo.in_offsets()[d]; c < topo.in_offsets()[d + 1]; ++c) {
+        ASSERT_EQ(topo.conn_target()[c], d);
+        if (c > topo.in_offsets()[d]) ASSERT_LT(topo.conn_source()[c - 1], topo.conn_source()[c]);
+      }
+      for (int64_t k = topo.out_offsets()[d]; k < topo.out_offsets()[d + 1]; ++k) {
+        ASSERT_EQ(topo.conn_source()[topo.out_connections()[k]], d);
+        ASSERT_EQ(topo.conn_target()[topo.out_connections()[k]], topo.out_targets()[k]);
+      }
+    }
+  }
+  std::set<Edge> expected(edges.begin(), edges.end());
+  for (const auto& edge : doomed) expected.erase(edge);
+  expected.insert(wires.begin(), wires.end());
+  const Topology &old_topo = last.before->topology(), &new_topo = last.after->topology();
+  std::set<Edge> got;
+  const auto old_weight = last.before->weight_tensor().accessor<float, 1>();
+  const auto new_weight = last.after->weight_tensor().accessor<float, 1>();
+  int64_t survivors = 0;
+  for (int64_t c = 0; c < new_topo.num_connections(); ++c) {
+    const Edge edge{new_topo.label(new_topo.conn_source()[c]), new_topo.label(new_topo.conn_target()[c])};
+    got.insert(edge);
+    const int64_t u = old_topo.dense_of(edge.first), v = old_topo.dense_of(edge.second);
+    const int64_t old_c = u >= 0 && v >= 0 ? old_topo.connection_index(u, v) : -1;
+    if (old_c < 0) continue;
+    ++survivors;
+    ASSERT_EQ(new_weight[c], old_weight[old_c]) << edge_str(edge);
+  }
+  EXPECT_EQ(survivors, old_topo.num_connections() - static_cast<int64_t>(doomed.size()));
+  EXPECT_EQ(got, expected);
+}
 
 TEST(Invariants, SameSeedTrainsBitIdentically) {
   for (bool t : {false, true}) {

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "connex/error.h"
+#include "parallel_passes.h"
 
 namespace connex {
 
@@ -28,12 +29,26 @@ namespace {
 struct EdgeCsr {
   std::vector<int64_t> offsets, targets, indegree;
 
+  // A counting sort of the edges by source, keeping their order within each
+  // source; large graphs split the edges between torch's threads.
   EdgeCsr(int64_t num_nodes, const std::vector<std::pair<int64_t, int64_t>>& edges)
-      : offsets(num_nodes + 1, 0), targets(edges.size()), indegree(num_nodes, 0) {
-    for (const auto& [u, v] : edges) ++offsets[u + 1], ++indegree[v];
-    for (int64_t n = 0; n < num_nodes; ++n) offsets[n + 1] += offsets[n];
-    std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
-    for (const auto& [u, v] : edges) targets[fill[u]++] = v;
+      : targets(edges.size()), indegree(num_nodes, 0) {
+    const int64_t m = static_cast<int64_t>(edges.size());
+    const int64_t parts = counting_sort_parts(m, num_nodes);
+    std::vector<std::vector<int64_t>> part_indegree(parts - 1, std::vector<int64_t>(num_nodes, 0));
+    offsets = counting_sort_in_parts(parts, num_nodes, [&](int64_t p, auto&& slot_of) {
+      int64_t* in = p == 0 ? indegree.data() : part_indegree[p - 1].data();
+      for (int64_t e = m * p / parts; e < m * (p + 1) / parts; ++e) {
+        const auto [u, v] = edges[e];
+        const int64_t slot = slot_of(u);
+        if (slot < 0)
+          ++in[v];  // counting pass
+        else
+          targets[slot] = v;
+      }
+    });
+    for (const auto& counts : part_indegree)
+      for (int64_t v = 0; v < num_nodes; ++v) indegree[v] += counts[v];
   }
 
   // Sorts each node's targets (index_adjacency() promises them ascending) and
@@ -57,37 +72,49 @@ struct EdgeCsr {
   }
 };
 
-// `order` (if given) receives the nodes in the order Kahn's algorithm peels
-// them: a topological order when there is no cycle.
+// On success, `batch` (given with each node's least batch) ends with each
+// node's longest-path batch: Kahn's algorithm takes a node once all its
+// predecessors are done, so its batch is final then and can be pushed on.
 std::optional<std::vector<int64_t>> find_cycle(const EdgeCsr& csr,
                                                const std::vector<std::pair<int64_t, int64_t>>& edges,
-                                               std::vector<int64_t>* order = nullptr) {
+                                               std::vector<int64_t>& batch) {
   // Kahn's algorithm peels off every node not on or behind a cycle; any node
   // left has a predecessor that is also left, so walking predecessors from it
   // must revisit a node, and the walk between the two visits is a cycle.
   const int64_t num_nodes = static_cast<int64_t>(csr.offsets.size()) - 1;
   // `peeled` doubles as the queue: nodes are appended once ready and taken
   // in turn, so no separate stack grows and shrinks.
-  std::vector<int64_t> remaining(csr.indegree), peeled;
+  // Each node's count of predecessors not yet peeled and its batch so far
+  // side by side: one cache line per target visited, not two.
+  struct Node {
+    int64_t remaining, batch;
+  };
+  std::vector<Node> nodes(num_nodes);
+  for (int64_t n = 0; n < num_nodes; ++n) nodes[n] = {csr.indegree[n], batch[n]};
+  std::vector<int64_t> peeled;
   peeled.reserve(num_nodes);
   for (int64_t n = 0; n < num_nodes; ++n)
-    if (remaining[n] == 0) peeled.push_back(n);
+    if (nodes[n].remaining == 0) peeled.push_back(n);
   for (size_t head = 0; head < peeled.size(); ++head) {
     const int64_t n = peeled[head];
-    for (int64_t k = csr.offsets[n]; k < csr.offsets[n + 1]; ++k)
-      if (--remaining[csr.targets[k]] == 0) peeled.push_back(csr.targets[k]);
+    const int64_t next_batch = nodes[n].batch + 1;
+    for (int64_t k = csr.offsets[n]; k < csr.offsets[n + 1]; ++k) {
+      Node& t = nodes[csr.targets[k]];
+      t.batch = std::max(t.batch, next_batch);
+      if (--t.remaining == 0) peeled.push_back(csr.targets[k]);
+    }
   }
   if (static_cast<int64_t>(peeled.size()) == num_nodes) {
-    if (order) *order = std::move(peeled);
+    for (int64_t n = 0; n < num_nodes; ++n) batch[n] = nodes[n].batch;
     return std::nullopt;
   }
 
   // Rare path: predecessor lists only for the nodes left.
   std::vector<std::vector<int64_t>> predecessors(num_nodes);
   for (const auto& [u, v] : edges)
-    if (remaining[u] > 0 && remaining[v] > 0) predecessors[v].push_back(u);
+    if (nodes[u].remaining > 0 && nodes[v].remaining > 0) predecessors[v].push_back(u);
   int64_t start = 0;
-  while (remaining[start] == 0) ++start;
+  while (nodes[start].remaining == 0) ++start;
   std::vector<int64_t> seen_at(num_nodes, -1), walk;
   int64_t node = start;
   while (seen_at[node] < 0) {
@@ -109,7 +136,8 @@ std::optional<std::vector<int64_t>> find_cycle(const EdgeCsr& csr,
 
 std::optional<std::vector<int64_t>> find_cycle(
     int64_t num_nodes, const std::vector<std::pair<int64_t, int64_t>>& edges) {
-  return find_cycle(EdgeCsr(num_nodes, edges), edges);
+  std::vector<int64_t> batch(num_nodes, 0);
+  return find_cycle(EdgeCsr(num_nodes, edges), edges, batch);
 }
 
 GraphSpec::GraphSpec(std::vector<NeuronId> neurons, std::vector<Edge> edges,
@@ -207,7 +235,9 @@ void GraphSpec::validate(const std::string& context) {
            neurons_[u], edge_str({neurons_[u], neurons_[v]}));
   }
   auto adjacency = std::make_shared<IndexAdjacency>();
-  if (auto cycle = find_cycle(csr, edge_indices_, &adjacency->topological_order)) {
+  adjacency->batch.resize(n);
+  for (int64_t i = 0; i < n; ++i) adjacency->batch[i] = roles_[i] == Role::Input ? 0 : 1;
+  if (auto cycle = find_cycle(csr, edge_indices_, adjacency->batch)) {
     std::string text;
     for (size_t i = 0; i < cycle->size(); ++i) text += (i ? " -> " : "") + neurons_[(*cycle)[i]].str();
     fail("{}: the graph has the cycle {}; a network must be acyclic", ctx, text);

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "connex/error.h"
+#include "parallel_passes.h"
 
 namespace connex {
 
@@ -20,8 +21,21 @@ std::vector<Edge> adjacency_edges(const Adjacency& adjacency) {
   return edges;
 }
 
-torch::Tensor index_tensor(const std::vector<int64_t>& values, const torch::Device& device) {
-  return torch::tensor(values, torch::kLong).to(device);
+// The (new index, old index) pairs of the entries of `old_of_new` that are
+// not -1, in ascending new index, written straight into the tensors.
+ParameterRemap::Moved kept_pairs(const std::vector<int64_t>& old_of_new, const torch::Device& device) {
+  torch::Tensor new_index, old_index;
+  int64_t *to_new = nullptr, *to_old = nullptr;
+  parallel_compact(
+      static_cast<int64_t>(old_of_new.size()), [&](int64_t i) { return old_of_new[i] >= 0; },
+      [&](int64_t count) {
+        new_index = torch::empty({count}, torch::kLong);
+        old_index = torch::empty({count}, torch::kLong);
+        to_new = new_index.data_ptr<int64_t>();
+        to_old = old_index.data_ptr<int64_t>();
+      },
+      [&](int64_t i, int64_t slot) { to_new[slot] = i, to_old[slot] = old_of_new[i]; });
+  return {new_index.to(device), old_index.to(device)};
 }
 
 }  // namespace
@@ -35,9 +49,13 @@ NetworkEditor::NetworkEditor(const NeuralNetwork& network)
 
 NetworkEditor edit(const NeuralNetwork& network) { return NetworkEditor(network); }
 
+int64_t NetworkEditor::base_dense(const NeuronId& id) const {
+  if (!removed_neurons_.empty() && removed_neurons_.count(id)) return -1;
+  return base_->dense_of(id);
+}
+
 bool NetworkEditor::exists(const NeuronId& id) const {
-  if (added_roles_.count(id)) return true;
-  return base_->dense_of(id) >= 0 && !removed_neurons_.count(id);
+  return added_roles_.count(id) || base_dense(id) >= 0;
 }
 
 Role NetworkEditor::role_of(const NeuronId& id) const {
@@ -46,11 +64,10 @@ Role NetworkEditor::role_of(const NeuronId& id) const {
 }
 
 bool NetworkEditor::has_connection(const NeuronId& from, const NeuronId& to) const {
-  const Edge edge{from, to};
-  if (removed_edges_.count(edge)) return false;
-  if (added_edge_set_.count(edge)) return true;
-  const int64_t u = base_->dense_of(from), v = base_->dense_of(to);
-  return u >= 0 && v >= 0 && base_->connection_index(u, v) >= 0;
+  const int64_t u = base_dense(from), v = base_dense(to);
+  const int64_t c = u >= 0 && v >= 0 ? base_->connection_index(u, v) : -1;
+  if (c >= 0) return !removed_connections_.count(c);
+  return added_edge_set_.count({from, to}) != 0;
 }
 
 NetworkEditor& NetworkEditor::add_connections(const std::vector<Edge>& edges) {
@@ -68,10 +85,13 @@ NetworkEditor& NetworkEditor::add_connections(const std::vector<Edge>& edges) {
       fail("add_connections(): edge {} would create the cycle {}", edge_str(edge), edge_str(edge));
   }
   for (const auto& edge : edges) {
-    if (has_connection(edge.first, edge.second)) continue;  // existing ones are ignored
-    if (removed_edges_.erase(edge)) continue;               // removed earlier in this edit: restore
-    added_edge_set_.insert(edge);
-    added_edges_.push_back(edge);
+    const int64_t u = base_dense(edge.first), v = base_dense(edge.second);
+    const int64_t c = u >= 0 && v >= 0 ? base_->connection_index(u, v) : -1;
+    if (c >= 0) {
+      removed_connections_.erase(c);  // a base connection: kept, or restored if removed earlier in this edit
+    } else if (added_edge_set_.insert(edge).second) {
+      added_edges_.push_back(edge);
+    }
   }
   return *this;
 }
@@ -81,18 +101,36 @@ NetworkEditor& NetworkEditor::add_connections(const Adjacency& adjacency) {
 }
 
 NetworkEditor& NetworkEditor::remove_connections(const std::vector<Edge>& edges) {
-  std::unordered_set<Edge, EdgeHash> seen;
-  for (const auto& edge : edges) {
-    for (const auto* id : {&edge.first, &edge.second})
-      if (!exists(*id))
-        fail("remove_connections(): edge {} names neuron {}, which is not in the network", edge_str(edge), *id);
-    if (!has_connection(edge.first, edge.second) || !seen.insert(edge).second)
-      fail("remove_connections(): there is no connection {}", edge_str(edge));
+  // Each edge is a base connection (kept by index) or one this edit added.
+  // The label lookups, cache misses in maps of every neuron, run on torch's
+  // threads (read-only); the checks then go in order, so the first bad edge
+  // is the one named. Nothing is recorded before every edge passed.
+  const int64_t count = static_cast<int64_t>(edges.size());
+  std::vector<int64_t> source(count), target(count), connection(count);
+  at::parallel_for(0, count, 1024, [&](int64_t first, int64_t last) {
+    for (int64_t i = first; i < last; ++i) {
+      source[i] = base_dense(edges[i].first), target[i] = base_dense(edges[i].second);
+      connection[i] = source[i] >= 0 && target[i] >= 0 ? base_->connection_index(source[i], target[i]) : -1;
+    }
+  });
+  std::vector<const Edge*> added;
+  std::unordered_set<int64_t> seen_base;
+  std::unordered_set<Edge, EdgeHash> seen_added;
+  seen_base.reserve(count);
+  for (int64_t i = 0; i < count; ++i) {
+    const Edge& edge = edges[i];
+    if (source[i] < 0 && !added_roles_.count(edge.first))
+      fail("remove_connections(): edge {} names neuron {}, which is not in the network", edge_str(edge), edge.first);
+    if (target[i] < 0 && !added_roles_.count(edge.second))
+      fail("remove_connections(): edge {} names neuron {}, which is not in the network", edge_str(edge), edge.second);
+    const int64_t c = connection[i];
+    const bool present = c >= 0 ? !removed_connections_.count(c) && seen_base.insert(c).second
+                                : added_edge_set_.count(edge) && seen_added.insert(edge).second;
+    if (!present) fail("remove_connections(): there is no connection {}", edge_str(edge));
+    if (c < 0) added.push_back(&edge);
   }
-  for (const auto& edge : edges) {
-    if (added_edge_set_.erase(edge)) continue;  // added earlier in this edit: just drop it
-    removed_edges_.insert(edge);
-  }
+  removed_connections_.insert(seen_base.begin(), seen_base.end());
+  for (const Edge* edge : added) added_edge_set_.erase(*edge);  // added earlier in this edit: just drop it
   return *this;
 }
 
@@ -226,22 +264,40 @@ EditResult NetworkEditor::build(uint64_t seed) const {
       return it != added_index.end() ? it->second : new_index_of_old[old_spec.index_of(id)];
     };
 
-    // Removed edges as old (source, target) positions; the hash set is asked
-    // only about edges out of a source that lost one (a flag per neuron), as
-    // a lookup for each of a million edges cost more than the rest of this.
-    std::unordered_set<uint64_t> removed_keys;
-    std::vector<uint8_t> lost_an_edge(old_n, 0);
-    for (const auto& [u, v] : removed_edges_) {
-      const int64_t a = old_spec.index_of(u);
-      removed_keys.insert(static_cast<uint64_t>(a) * old_n + old_spec.index_of(v));
-      lost_an_edge[a] = 1;
+    // Removed connections as old spec positions, grouped by source: the
+    // targets each source lost (usually none or one) are scanned for each of
+    // its edges. The survivors are then filtered on torch's threads.
+    std::vector<int64_t> lost_begin(old_n + 1, 0), lost_target(removed_connections_.size());
+    for (int64_t c : removed_connections_) ++lost_begin[base.spec_index_at(base.conn_source()[c]) + 1];
+    std::partial_sum(lost_begin.begin(), lost_begin.end(), lost_begin.begin());
+    {
+      std::vector<int64_t> fill(lost_begin.begin(), lost_begin.end() - 1);
+      for (int64_t c : removed_connections_)
+        lost_target[fill[base.spec_index_at(base.conn_source()[c])]++] = base.spec_index_at(base.conn_target()[c]);
     }
-    g.edges.reserve(old_spec.edge_indices().size() + added_edges_.size());
-    for (const auto& [u, v] : old_spec.edge_indices()) {
-      const int64_t a = new_index_of_old[u], b = new_index_of_old[v];
-      if (a >= 0 && b >= 0 && (!lost_an_edge[u] || !removed_keys.count(static_cast<uint64_t>(u) * old_n + v)))
-        g.edges.emplace_back(a, b);
-    }
+    // A byte per neuron says all the filter needs of most edges, and stays in
+    // cache where the index arrays would not: 0 removed, 1 kept, 2 kept but
+    // lost some connection.
+    std::vector<uint8_t> state(old_n);
+    for (int64_t i = 0; i < old_n; ++i)
+      state[i] = new_index_of_old[i] < 0 ? 0 : lost_begin[i + 1] > lost_begin[i] ? 2 : 1;
+    auto kept = [&](int64_t u, int64_t v) {
+      if (state[u] == 0 || state[v] == 0) return false;
+      if (state[u] == 1) return true;
+      for (int64_t k = lost_begin[u]; k < lost_begin[u + 1]; ++k)
+        if (lost_target[k] == v) return false;
+      return true;
+    };
+    const auto& old_edges = old_spec.edge_indices();
+    parallel_compact(
+        static_cast<int64_t>(old_edges.size()), [&](int64_t e) { return kept(old_edges[e].first, old_edges[e].second); },
+        [&](int64_t count) {
+          g.edges.reserve(count + added_edges_.size());
+          g.edges.resize(count);
+        },
+        [&](int64_t e, int64_t slot) {
+          g.edges[slot] = {new_index_of_old[old_edges[e].first], new_index_of_old[old_edges[e].second]};
+        });
     g.first_added = g.edges.size();
     // added_edges_ keeps the order of first addition; the set says which are still wanted.
     std::unordered_set<Edge, EdgeHash> taken;
@@ -315,7 +371,7 @@ EditResult NetworkEditor::build(uint64_t seed) const {
     if (graph.new_index_of_old[i] >= 0) old_dense[topo.dense_at(graph.new_index_of_old[i])] = base.dense_at(i);
   // Each new connection's old index (or -1), looked up on torch's intra-op
   // threads (a binary search per connection: 10 ms for a million on one
-  // core), then gathered in order.
+  // core), then compacted into the (new, old) index pairs.
   std::vector<int64_t> old_of_new(topo.num_connections());
   at::parallel_for(0, topo.num_connections(), 1 << 15, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
@@ -323,17 +379,13 @@ EditResult NetworkEditor::build(uint64_t seed) const {
       old_of_new[c] = u < 0 || v < 0 ? -1 : base.connection_index(u, v);
     }
   });
-  std::vector<int64_t> new_conn, old_conn, new_bias, old_bias;
-  new_conn.reserve(old_of_new.size());
-  old_conn.reserve(old_of_new.size());
-  for (int64_t c = 0; c < topo.num_connections(); ++c)
-    if (old_of_new[c] >= 0) new_conn.push_back(c), old_conn.push_back(old_of_new[c]);
+  std::vector<int64_t> old_of_new_bias(topo.num_biases(), -1);
   for (int64_t d = topo.num_inputs(); d < topo.num_neurons(); ++d)
-    if (old_dense[d] >= 0) new_bias.push_back(topo.bias_index(d)), old_bias.push_back(base.bias_index(old_dense[d]));
+    if (old_dense[d] >= 0) old_of_new_bias[topo.bias_index(d)] = base.bias_index(old_dense[d]);
 
   EditResult out{result, {}, {}};
-  out.parameters.moved["weight"] = {index_tensor(new_conn, device), index_tensor(old_conn, device)};
-  out.parameters.moved["bias"] = {index_tensor(new_bias, device), index_tensor(old_bias, device)};
+  out.parameters.moved["weight"] = kept_pairs(old_of_new, device);
+  out.parameters.moved["bias"] = kept_pairs(old_of_new_bias, device);
   {
     torch::NoGradGuard no_grad;
     auto move = [&](torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved& m) {

@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 
 #include "connex/error.h"
+#include "parallel_passes.h"
 
 namespace connex {
 
@@ -61,17 +62,11 @@ std::shared_ptr<const Topology> Topology::compile(GraphSpec spec_in,
 
   // Level = longest path from a source; inputs are level 0, any other neuron
   // at least level 1 (an isolated hidden neuron still computes act(bias)).
-  // The spec's successor lists and topological order (its validation made
-  // them) give it in one sweep.
+  // The spec's validation computed it in its cycle check.
   const auto& adjacency = spec.index_adjacency();
   const std::vector<int64_t>& out_offsets = adjacency.offsets;
   const std::vector<int64_t>& out_targets = adjacency.targets;
-  std::vector<int64_t> level(n, 0);
-  for (int64_t i = 0; i < n; ++i)
-    if (spec.role_at(i) != Role::Input) level[i] = 1;
-  for (int64_t u : adjacency.topological_order)
-    for (int64_t k = out_offsets[u]; k < out_offsets[u + 1]; ++k)
-      level[out_targets[k]] = std::max(level[out_targets[k]], level[u] + 1);
+  const std::vector<int64_t>& level = adjacency.batch;
   const int64_t depth = n ? *std::max_element(level.begin(), level.end()) : 0;
 
   // Dense order: inputs in input order, then by (level, hidden before output, rank).
@@ -108,38 +103,46 @@ std::shared_ptr<const Topology> Topology::compile(GraphSpec spec_in,
     topo->level_of_[d] = level[i];
   }
 
-  // Connections sorted by (target, source) through a counting sort on target.
+  // Connections sorted by (target, source) through a counting sort on target,
+  // and the same connections grouped by source, for backward passes that
+  // gather gradients per source instead of scattering them. One sweep writes
+  // both: it visits sources in ascending dense order (each source's
+  // connections in the spec's successor order), so each target's run fills
+  // in ascending source order without a comparison sort.
+  //
+  // Large graphs split the sweep between threads by ranges of sources.
   const int64_t m = static_cast<int64_t>(out_targets.size());
-  topo->in_offsets_.assign(n + 1, 0);
-  for (int64_t v : out_targets) ++topo->in_offsets_[dense_of_index[v] + 1];
-  std::partial_sum(topo->in_offsets_.begin(), topo->in_offsets_.end(), topo->in_offsets_.begin());
+  topo->out_offsets_.assign(n + 1, 0);
+  for (int64_t du = 0; du < n; ++du)
+    topo->out_offsets_[du + 1] = topo->out_offsets_[du] + out_offsets[order[du] + 1] - out_offsets[order[du]];
+  const int64_t parts = counting_sort_parts(m, n);
+  std::vector<int64_t> part_begin(parts + 1, n);
+  for (int64_t p = 0; p < parts; ++p)
+    part_begin[p] = std::lower_bound(topo->out_offsets_.begin(), topo->out_offsets_.end() - 1, m * p / parts) - topo->out_offsets_.begin();
   topo->conn_source_.resize(m);
   topo->conn_target_.resize(m);
-  // The same connections grouped by source, for backward passes that gather
-  // gradients per source instead of scattering them: written in the same
-  // sweep, which visits them source by source (each source's connections in
-  // the spec's successor order).
-  topo->out_offsets_.assign(n + 1, 0);
   topo->out_connections_.resize(m);
   topo->out_targets_.resize(m);
-  {
-    // Sources taken in ascending dense order, each target's run fills in
-    // ascending source order: sorted without a comparison sort.
-    std::vector<int64_t> fill(topo->in_offsets_.begin(), topo->in_offsets_.end() - 1);
-    int64_t k_out = 0;
-    for (int64_t du = 0; du < n; ++du) {
+  topo->in_offsets_ = counting_sort_in_parts(parts, n, [&](int64_t p, auto&& slot_of) {
+    for (int64_t du = part_begin[p]; du < part_begin[p + 1]; ++du) {
       const int64_t u = order[du];
+      int64_t k_out = topo->out_offsets_[du];
       for (int64_t k = out_offsets[u]; k < out_offsets[u + 1]; ++k, ++k_out) {
         const int64_t dv = dense_of_index[out_targets[k]];
-        const int64_t c = fill[dv]++;
+        const int64_t c = slot_of(dv);
+        if (c < 0) continue;  // counting pass
         topo->conn_source_[c] = du;
-        topo->conn_target_[c] = dv;
         topo->out_connections_[k_out] = c;
         topo->out_targets_[k_out] = dv;
       }
-      topo->out_offsets_[du + 1] = k_out;
     }
-  }
+  });
+  // Targets in order, rather than scattered with the sources: a cache miss
+  // less per connection.
+  at::parallel_for(0, n, 1 << 12, [&](int64_t first, int64_t last) {
+    for (int64_t dv = first; dv < last; ++dv)
+      std::fill(topo->conn_target_.begin() + topo->in_offsets_[dv], topo->conn_target_.begin() + topo->in_offsets_[dv + 1], dv);
+  });
 
   // Level table.
   topo->levels_.resize(depth + 1);
@@ -207,6 +210,7 @@ std::shared_ptr<const Topology> Topology::compile(GraphSpec spec_in,
     }
   });
 
+  topo->index_of_dense_ = std::move(order);
   for (const auto& id : spec.outputs()) topo->output_ids_.push_back(dense_of_index[spec.index_of(id)]);
   topo->output_gather_ = topo->plan_gather(topo->output_ids_);
   return topo;

@@ -67,12 +67,13 @@ class GraphSpec {
   Role role_at(int64_t index) const { return roles_[index]; }
 
   // The edges as successor lists over positions in neurons() (the targets
-  // of u are targets[offsets[u] .. offsets[u + 1]), ascending) and one
-  // topological order of the positions. The validation makes both for its
-  // repeat and cycle checks and keeps them for Topology::compile, which
-  // needs the same two; copies of the spec share them.
+  // of u are targets[offsets[u] .. offsets[u + 1]), ascending) and the
+  // topological batch of each position: 0 for inputs, else one more than
+  // the largest batch among its predecessors, and at least 1 (the longest
+  // path from a source). The validation makes both in its repeat and cycle
+  // checks and keeps them for Topology::compile; copies of the spec share them.
   struct IndexAdjacency {
-    std::vector<int64_t> offsets, targets, topological_order;
+    std::vector<int64_t> offsets, targets, batch;
   };
   const IndexAdjacency& index_adjacency() const { return *adjacency_; }
 

@@ -71,6 +71,8 @@ class NetworkEditor {
   EditResult build(uint64_t seed = 0) const;
 
  private:
+  // The neuron's dense id in the base network; -1 if it is not there or this edit removed it.
+  int64_t base_dense(const NeuronId& id) const;
   bool exists(const NeuronId& id) const;
   Role role_of(const NeuronId& id) const;
   bool has_connection(const NeuronId& from, const NeuronId& to) const;
@@ -83,7 +85,10 @@ class NetworkEditor {
   std::unordered_map<NeuronId, Role, NeuronIdHash> added_roles_;
   std::unordered_set<NeuronId, NeuronIdHash> removed_neurons_;
   std::vector<Edge> added_edges_;  // in order; may include later-removed ones
-  std::unordered_set<Edge, EdgeHash> added_edge_set_, removed_edges_;
+  std::unordered_set<Edge, EdgeHash> added_edge_set_;
+  // Base connections removed, by their index in the base topology: no label
+  // hashing per removed edge, here or at build().
+  std::unordered_set<int64_t> removed_connections_;
   std::vector<NeuronId> inputs_, outputs_;
   DropoutSpec dropout_;
 };

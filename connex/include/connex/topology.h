@@ -93,6 +93,8 @@ class Topology {
   int64_t dense_of(const NeuronId& id) const;
   // Dense id of the neuron at this position in spec().neurons().
   int64_t dense_at(int64_t spec_index) const { return dense_of_index_[spec_index]; }
+  // Position in spec().neurons() of dense id `dense` (the inverse of dense_at()).
+  int64_t spec_index_at(int64_t dense) const { return index_of_dense_[dense]; }
   // Dense id of a label; throws naming `context` when unknown.
   int64_t require(const NeuronId& id, const char* context) const;
   // Output dense ids in the user's output order.
@@ -130,6 +132,7 @@ class Topology {
   std::vector<Role> roles_;
   std::vector<int64_t> level_of_;
   std::vector<int64_t> dense_of_index_;  // by position in spec_.neurons(): the spec's id map serves both
+  std::vector<int64_t> index_of_dense_;  // its inverse
   std::vector<Level> levels_;
   std::vector<int64_t> output_ids_;
   GatherPlan output_gather_;
