@@ -115,8 +115,8 @@ int main(int argc, char** argv) {
   // OpenBLAS, when it is the system BLAS, has its own thread count (OPENBLAS_NUM_THREADS, default: all cores).
   using GetThreads = int (*)();
   auto blas_threads = reinterpret_cast<GetThreads>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-  fmt::print("connex_bench: {} intra-op thread(s), {} OpenBLAS thread(s), {} repetitions, torch {}\n", threads,
-             blas_threads ? std::to_string(blas_threads()) : "?", reps, TORCH_VERSION);
+  fmt::print("connex_bench: {} intra-op thread(s) (the fused kernel reaches {}), {} OpenBLAS thread(s), {} repetitions, torch {}\n",
+             threads, connex::fused_kernel_threads(), blas_threads ? std::to_string(blas_threads()) : "?", reps, TORCH_VERSION);
 
   std::vector<Row> rows;
   auto x250 = torch::linspace(0, 2 * M_PI, 250).unsqueeze(1);

@@ -255,7 +255,11 @@ TEST_F(CliBadInput, ColumnAsFeatureAndTarget) {
 // Torch's pool gets the cores for the fused kernel, OpenBLAS's for per-batch
 // levels; the other pool gets one thread.
 TEST(Cli, GivesTheCoresToThePoolTheNetworkUses) {
-  const std::string to_fused = "cores: 2 torch thread(s), 1 BLAS thread(s) (fused kernel)";
+#ifdef CONNEX_OPENMP
+  const std::string to_fused = "cores: 2 torch thread(s), 1 BLAS thread(s) (fused kernel on 2 thread(s))";
+#else
+  const std::string to_fused = "cores: 2 torch thread(s), 1 BLAS thread(s) (fused kernel on 1 thread(s))";
+#endif
   TempDir dir;
   write_regression_csv(dir / "data.csv", 50);
   auto fused = connex_cli("--threads 2 train --epochs 1", dir);

@@ -29,6 +29,17 @@ TEST(GraphSpec, AdjacencyKeepsIsolatedNeuronsAndOrder) {
   EXPECT_EQ(spec.role(3), Role::Output);
 }
 
+// The batch the validation hands the compile: inputs 0; any other neuron one
+// more than its latest predecessor, and at least 1 (the isolated hidden 4).
+TEST(GraphSpec, IndexAdjacencyGivesEachNeuronItsTopologicalBatch) {
+  const auto spec = GraphSpec::from_edges({{0, 2}, {2, 3}, {1, 3}, {3, 5}, {4, 5}, {1, 6}}, {0, 1}, {5, 6}, {0, 1, 2, 3, 4, 5, 6});
+  const auto& batch = spec.index_adjacency().batch;
+  const std::vector<int64_t> expected{0, 0, 1, 2, 1, 3, 1};
+  for (int id = 0; id <= 6; ++id) EXPECT_EQ(batch[spec.index_of(id)], expected[id]) << "neuron " << id;
+  const auto topo = Topology::compile(spec);
+  for (int id = 0; id <= 6; ++id) EXPECT_EQ(topo->level_of(topo->dense_of(id)), expected[id]) << "neuron " << id;
+}
+
 TEST(GraphSpec, DuplicateEdgesCollapse) {
   auto spec = GraphSpec::from_edges({{0, 1}, {0, 1}, {1, 2}}, {0}, {2});
   EXPECT_EQ(spec.edges().size(), 2u);

@@ -17,6 +17,7 @@
 #include <spdlog/spdlog.h>
 
 #include "connex/file_io.h"
+#include "connex/fused_kernel.h"
 #include "launcher.h"
 #include "training.h"
 
@@ -163,8 +164,10 @@ struct CoreShare {
     const bool fused = net->uses_fused_kernel();
     torch::set_num_threads(fused ? threads : 1);
     set_blas_threads(fused ? 1 : threads);
+    // The threads the fused kernel reaches, measured: fewer than torch's in a
+    // build without OpenMP, where ATen's parallel loops run serially.
     spdlog::info("cores: {} torch thread(s), {} BLAS thread(s) ({})", fused ? threads : 1, blas_threads(),
-                 fused ? "fused kernel" : "per-batch levels");
+                 fused ? fmt::format("fused kernel on {} thread(s)", connex::fused_kernel_threads()) : "per-batch levels");
   }
 };
 
