@@ -189,7 +189,11 @@ TrainingRun train_from_seed(bool dropout_and_techniques) {
 // graphs, connection layouts and parameters, bit for bit; the layouts keep
 // their orders, and the edit keeps every surviving weight by label.
 TEST(Invariants, LargeGraphPassesAgreeAcrossThreadCounts) {
-  const int previous = torch::get_num_threads();
+  // Torch's thread count comes back however the test ends (an ASSERT returns early).
+  struct RestoreThreads {
+    int previous = torch::get_num_threads();
+    ~RestoreThreads() { torch::set_num_threads(previous); }
+  } restore_threads;
   std::mt19937_64 rng(21);
   const int n = 20000, n_in = 50, n_out = 10;
   std::vector<Edge> edges;
@@ -204,6 +208,10 @@ TEST(Invariants, LargeGraphPassesAgreeAcrossThreadCounts) {
   for (int i = n - n_out; i < n; ++i) outputs.emplace_back(i);
   std::vector<Edge> doomed, wires;
   for (size_t k = 0; k < edges.size(); k += 97) doomed.push_back(edges[k]);
+  // Neurons 0 and 1, which feed many, lose every other connection (as in pruning).
+  for (size_t k = 0, kept = 0; k < edges.size(); ++k)
+    if (edges[k].first == NeuronId(0) || edges[k].first == NeuronId(1))
+      if (kept++ % 2) doomed.push_back(edges[k]);
   std::sort(doomed.begin(), doomed.end());
   doomed.erase(std::unique(doomed.begin(), doomed.end()), doomed.end());
   std::vector<NeuronId> fresh;
@@ -252,7 +260,6 @@ TEST(Invariants, LargeGraphPassesAgreeAcrossThreadCounts) {
       EXPECT_TRUE(torch::equal(one.edit.parameters.moved.at(name).old_index, many.edit.parameters.moved.at(name).old_index));
     }
   }
-  torch::set_num_threads(previous);
 
   // The layouts' orders: each target's sources ascending, each source's
   // connections naming it; the edited graph is exactly the old one less the

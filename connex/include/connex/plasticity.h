@@ -75,7 +75,6 @@ class NetworkEditor {
   int64_t base_dense(const NeuronId& id) const;
   bool exists(const NeuronId& id) const;
   Role role_of(const NeuronId& id) const;
-  bool has_connection(const NeuronId& from, const NeuronId& to) const;
   void add_neurons(const std::vector<NeuronId>& ids, Role role, const char* context);
 
   NeuralNetwork network_;
