@@ -4,7 +4,6 @@
 // connex and its reference are timed in turn, call by call.
 //
 //   connex_bench [--quick] [--threads N] [--only NAME]
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <chrono>
@@ -17,6 +16,7 @@
 #include <torch/torch.h>
 
 #include "bench_workloads.h"
+#include "core_share.h"
 #include "connex/connex.h"
 
 namespace {
@@ -108,15 +108,22 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "intra-op threads (default: all cores)");
   app.add_option("--only", only, "run only workloads whose name contains this");
   CLI11_PARSE(app, argc, argv);
-  torch::set_num_threads(threads);
+  // Each workload gets the cores as the `connex` CLI would give them to its
+  // connex network (core_share.h): torch's pool for the fused kernel,
+  // OpenBLAS's for per-batch levels; its reference runs under the same setting.
+  const connex::apps::CoreShare cores{threads};
+  cores.apply_default();
+  auto share_cores = [&](const connex::NeuralNetwork& net) {
+    cores.apply(net);
+    return fmt::format("; torch {} / BLAS {} thread(s)", torch::get_num_threads(), connex::apps::CoreShare::blas_threads());
+  };
   torch::manual_seed(0);
   const int reps = quick ? 10 : 50;
   auto wanted = [&](const std::string& name) { return only.empty() || name.find(only) != std::string::npos; };
-  // OpenBLAS, when it is the system BLAS, has its own thread count (OPENBLAS_NUM_THREADS, default: all cores).
-  using GetThreads = int (*)();
-  auto blas_threads = reinterpret_cast<GetThreads>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-  fmt::print("connex_bench: {} intra-op thread(s) (the fused kernel reaches {}), {} OpenBLAS thread(s), {} repetitions, torch {}\n",
-             threads, connex::fused_kernel_threads(), blas_threads ? std::to_string(blas_threads()) : "?", reps, TORCH_VERSION);
+  fmt::print("connex_bench: {} core(s) (the fused kernel reaches {} thread(s)), {}, {} repetitions, torch {}\n", threads,
+             connex::fused_kernel_threads(),
+             connex::apps::CoreShare::blas_has_own_pool() ? "OpenBLAS with its own pool" : "the BLAS follows torch's pool", reps,
+             TORCH_VERSION);
 
   std::vector<Row> rows;
   auto x250 = torch::linspace(0, 2 * M_PI, 250).unsqueeze(1);
@@ -124,14 +131,19 @@ int main(int argc, char** argv) {
   const auto relu = connex::NeuralNetworkOptions().hidden_activation("relu");
 
   if (wanted("mlp")) {
-    auto [a, b] = paired_median_seconds(train_step(connex::nn::MLP(1, 2, 128, 4, relu), x250, y250),
+    auto net = connex::nn::MLP(1, 2, 128, 4, relu);
+    const auto pools = share_cores(net);
+    auto [a, b] = paired_median_seconds(train_step(net, x250, y250),
                                         train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>(4, 128), false), x250, y250), 5, reps);
-    rows.push_back({"1. MLP(1,2,128,4) train step, batch 250", fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b), "vs Linear layers"});
+    rows.push_back({"1. MLP(1,2,128,4) train step, batch 250", fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b), "vs Linear layers" + pools});
   }
   if (wanted("dense")) {
-    auto [a, b] = paired_median_seconds(train_step(connex::nn::DenseMLP(1, 2, 128, 4, relu), x250, y250),
+    auto net = connex::nn::DenseMLP(1, 2, 128, 4, relu);
+    const auto pools = share_cores(net);
+    auto [a, b] = paired_median_seconds(train_step(net, x250, y250),
                                         train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>(4, 128), true), x250, y250), 5, reps);
-    rows.push_back({"2. DenseMLP(1,2,128,4) train step, batch 250", fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b), "vs concatenating Linear layers"});
+    rows.push_back({"2. DenseMLP(1,2,128,4) train step, batch 250", fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b),
+                    "vs concatenating Linear layers" + pools});
   }
   if (wanted("readme")) {
     connex::NeuralNetwork net(
@@ -139,11 +151,12 @@ int main(int argc, char** argv) {
                                            {7, {10}}, {8, {11}}, {9, {11}}, {10, {11}}},
                                           {0}, {3, 11}),
         relu);
+    const auto pools = share_cores(net);
     // The nearest plain network: Linear layers as wide as the README net's batches.
     auto [a, b] = paired_median_seconds(train_step(net, x250, y250),
                                         train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>{3, 2, 2, 3}, false), x250, y250),
                                         20, reps * 10);
-    rows.push_back({"3. README net (12 neurons) train step, batch 250", fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b), "vs Linear 1-3-2-2-3-2"});
+    rows.push_back({"3. README net (12 neurons) train step, batch 250", fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b), "vs Linear 1-3-2-2-3-2" + pools});
   }
 
   if (wanted("sparse") || wanted("plasticity")) {
@@ -157,11 +170,13 @@ int main(int argc, char** argv) {
       double peak_mib;
     };
     std::vector<Sparse> sparse;
+    std::string pools;
     for (int64_t neurons : {10000, 100000}) {
       if (quick && neurons > 10000) break;
       reset_peak_memory();
       auto dag = connex::bench::random_sparse_dag(neurons, 10, 30, 1);
       connex::NeuralNetwork net(dag.spec, relu);
+      pools = share_cores(net);
       auto step = train_step(net, torch::randn({64, net->num_inputs()}), torch::randn({64, net->num_outputs()}));
       for (int i = 0; i < 2; ++i) step();
       // The process's peak while this network was built and trained (the
@@ -181,7 +196,7 @@ int main(int argc, char** argv) {
         rows.push_back({fmt::format("4. sparse DAG {}k neurons / {}k connections, depth {}, batch 64", sparse[k].neurons / 1000,
                                     conns / 1000, sparse[k].net->topology().depth()),
                         fmt_time(times[k]), "", "",
-                        fmt::format("{:.2e} connection·samples/s; peak RSS {:.0f} MiB", conns * 64 / times[k], sparse[k].peak_mib)});
+                        fmt::format("{:.2e} connection·samples/s; peak RSS {:.0f} MiB", conns * 64 / times[k], sparse[k].peak_mib) + pools});
       }
       if (sparse.size() == 2)
         rows.push_back({"4. sparse DAG: time ratio 1M vs 100k connections (timed in turn)", "", "", fmt::format("{:.2f}", times[1] / times[0]),
@@ -219,12 +234,16 @@ int main(int argc, char** argv) {
         connex::edit(net).remove_connections(doomed).add_hidden_neurons(fresh).add_connections(wires).build(1);
       }, step, 1, quick ? 3 : 15, 60.0);
       rows.push_back({fmt::format("5. plasticity on {}k connections: remove {} connections, add 100 neurons × 10 connections", conns / 1000, doomed.size()),
-                      fmt_time(edit_t), fmt_time(step_t), fmt::format("{:.2f} train steps", edit_t / step_t), "one train step (timed in turn with the edit) is the reference"});
+                      fmt_time(edit_t), fmt_time(step_t), fmt::format("{:.2f} train steps", edit_t / step_t), "one train step (timed in turn with the edit) is the reference" + pools});
     }
   }
   if (wanted("technique")) {
     // Each technique's cost: the same network and data, train step with / without.
-    auto plain_step = train_step(connex::nn::DenseMLP(1, 2, 32, 3, relu), x250, y250);
+    // Both run with the plain network's cores (it takes the fused kernel; a
+    // thread count changed between calls would rebuild torch's thread pool).
+    auto plain = connex::nn::DenseMLP(1, 2, 32, 3, relu);
+    const auto pools = share_cores(plain);
+    auto plain_step = train_step(plain, x250, y250);
     const std::vector<std::pair<std::string, connex::NeuralNetworkOptions>> variants = {
         {"topo norm", connex::NeuralNetworkOptions(relu).use_topo_norm(true)},
         {"topo self-attention", connex::NeuralNetworkOptions(relu).use_topo_self_attention(true)},
@@ -232,9 +251,9 @@ int main(int argc, char** argv) {
         {"adaptive activations", connex::NeuralNetworkOptions(relu).use_adaptive_activations(true)},
     };
     for (const auto& [name, options] : variants) {
-      const auto [t, plain] = paired_median_seconds(train_step(connex::nn::DenseMLP(1, 2, 32, 3, options), x250, y250), plain_step, 3, quick ? 5 : 20);
-      rows.push_back({fmt::format("6. {} on DenseMLP(1,2,32,3) train step, batch 250", name), fmt_time(t), fmt_time(plain),
-                      fmt::format("{:.2f}", t / plain), "vs the same network without it"});
+      const auto [t, t_plain] = paired_median_seconds(train_step(connex::nn::DenseMLP(1, 2, 32, 3, options), x250, y250), plain_step, 3, quick ? 5 : 20);
+      rows.push_back({fmt::format("6. {} on DenseMLP(1,2,32,3) train step, batch 250", name), fmt_time(t), fmt_time(t_plain),
+                      fmt::format("{:.2f}", t / t_plain), "vs the same network without it" + pools});
     }
   }
   print(rows);

@@ -1,7 +1,6 @@
 // connex: the command line. Subcommands train, prune, edit, export, inspect
 // and bench; every failure is one line on stderr and a non-zero exit, and
 // files are only ever written whole (temporary file + rename).
-#include <dlfcn.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -17,7 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "connex/file_io.h"
-#include "connex/fused_kernel.h"
+#include "../core_share.h"
 #include "launcher.h"
 #include "training.h"
 
@@ -122,54 +121,7 @@ CLI::Validator number_in(double low, double high, bool integer, bool low_open = 
       what);
 }
 
-// How a run shares its cores. With Debian's OpenBLAS (pthreads build) there
-// are two thread pools: torch's intra-op pool (OpenMP) and OpenBLAS's own,
-// each one thread per core by default, and OpenMP's workers spin after every
-// parallel region: when a training step uses both pools in turn they fight
-// over the cores (BENCHMARKS.md: a dense MLP ran 33 steps/s with both at 2
-// threads, 103 with torch at 1 and OpenBLAS at 2). So one pool gets the cores
-// and the other one thread, by where the network spends its time: the fused
-// kernel works in torch's pool, per-batch levels in matrix products. Other
-// BLAS libraries share torch's pool or follow its setting (MKL, OpenBLAS's
-// OpenMP build); then torch simply gets the cores.
-struct CoreShare {
-  int threads = 1;  // --threads, or all cores shared among local workers
-
-  // OpenBLAS with a pthreads pool of its own (openblas_get_parallel() == 1).
-  static bool blas_has_own_pool() {
-    using GetParallel = int (*)();
-    auto get = reinterpret_cast<GetParallel>(::dlsym(RTLD_DEFAULT, "openblas_get_parallel"));
-    return get && get() == 1;
-  }
-  static void set_blas_threads(int n) {
-    using SetThreads = void (*)(int);
-    if (auto set = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(n);
-  }
-  static int blas_threads() {
-    using GetThreads = int (*)();
-    auto get = reinterpret_cast<GetThreads>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-    return get ? get() : 0;
-  }
-  // Before a network exists (and for commands that only read or edit one): torch's pool.
-  void apply_default() const {
-    torch::set_num_threads(threads);
-    if (blas_has_own_pool()) set_blas_threads(1);
-  }
-  void apply(const NeuralNetwork& net) const {
-    if (!blas_has_own_pool()) {
-      torch::set_num_threads(threads);
-      spdlog::info("cores: {} torch thread(s); the BLAS shares or follows torch's pool", threads);
-      return;
-    }
-    const bool fused = net->uses_fused_kernel();
-    torch::set_num_threads(fused ? threads : 1);
-    set_blas_threads(fused ? 1 : threads);
-    // The threads the fused kernel reaches, measured: fewer than torch's in a
-    // build without OpenMP, where ATen's parallel loops run serially.
-    spdlog::info("cores: {} torch thread(s), {} BLAS thread(s) ({})", fused ? threads : 1, blas_threads(),
-                 fused ? fmt::format("fused kernel on {} thread(s)", connex::fused_kernel_threads()) : "per-batch levels");
-  }
-};
+using connex::apps::CoreShare;
 
 struct TrainArgs {
   int epochs = 1000;
@@ -250,7 +202,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   if (t.checkpoint_every > 0 && out.empty()) fail("train: --checkpoint-every needs --out");
   Checkpoint ck = open_network(config);
   NeuralNetwork net = ck.network;
-  cores.apply(net);
+  spdlog::info("cores: {}", cores.apply(net));
   Dataset data = load_dataset(d.options(), net);  // checks sizes before anything runs
   if (!out.empty() && fs::exists(out) && !fs::is_directory(out)) fail("--out {} exists and is not a directory", out);
 
@@ -296,7 +248,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   options.seed = t.seed, options.val_split = t.val_split, options.device = device, options.task = d.options().task;
   options.prune_at_epoch = t.prune_at_epoch, options.prune_fraction = t.prune_fraction;
   options.checkpoint_every = t.checkpoint_every, options.out = out;
-  options.on_network_replaced = [&cores](const NeuralNetwork& pruned) { cores.apply(pruned); };
+  options.on_network_replaced = [&cores](const NeuralNetwork& pruned) { spdlog::info("cores: {}", cores.apply(pruned)); };
 #if defined(CONNEX_WITH_DISTRIBUTED)
   options.data_parallel = data_parallel.get();
   if (data_parallel) data_parallel->check_replicas_identical(net, optimizer.get(), "train: start");
@@ -330,7 +282,7 @@ int cmd_prune(const std::string& path, std::optional<double> threshold, std::opt
   if (threshold && !(*threshold >= 0 && std::isfinite(*threshold))) fail("prune: --threshold must be a finite number >= 0, got {}", *threshold);
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
-  cores.apply(net);
+  spdlog::info("cores: {}", cores.apply(net));
   Dataset data = load_dataset(d.options(), net);
   const Task task = d.options().task;
   const std::vector<Edge> weak = weakest_connections(net, threshold, fraction);
@@ -340,7 +292,7 @@ int cmd_prune(const std::string& path, std::optional<double> threshold, std::opt
   auto result = edit(net).remove_connections(weak).build(t.seed);
   NeuralNetwork pruned = result.network;
   auto next = optimizer_after_edit(t.optimizer, *optimizer, net, result, t.lr);
-  cores.apply(pruned);  // the pruned network may take the other path (and pool)
+  spdlog::info("cores: {}", cores.apply(pruned));  // the pruned network may take the other path (and pool)
   auto [loss_after, metric_after] = evaluate(pruned, data.x, data.y, task);
   std::printf("connections: %lld -> %lld (removed %zu)\n", static_cast<long long>(net->num_connections()),
               static_cast<long long>(pruned->num_connections()), weak.size());
