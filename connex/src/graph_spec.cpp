@@ -82,8 +82,6 @@ std::optional<std::vector<int64_t>> find_cycle(const EdgeCsr& csr,
   // left has a predecessor that is also left, so walking predecessors from it
   // must revisit a node, and the walk between the two visits is a cycle.
   const int64_t num_nodes = static_cast<int64_t>(csr.offsets.size()) - 1;
-  // `peeled` doubles as the queue: nodes are appended once ready and taken
-  // in turn, so no separate stack grows and shrinks.
   // Each node's count of predecessors not yet peeled and its batch so far
   // side by side: one cache line per target visited, not two.
   struct Node {
@@ -91,6 +89,8 @@ std::optional<std::vector<int64_t>> find_cycle(const EdgeCsr& csr,
   };
   std::vector<Node> nodes(num_nodes);
   for (int64_t n = 0; n < num_nodes; ++n) nodes[n] = {csr.indegree[n], batch[n]};
+  // `peeled` doubles as the queue: nodes are appended once ready and taken
+  // in turn, so no separate stack grows and shrinks.
   std::vector<int64_t> peeled;
   peeled.reserve(num_nodes);
   for (int64_t n = 0; n < num_nodes; ++n)

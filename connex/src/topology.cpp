@@ -69,8 +69,10 @@ std::shared_ptr<const Topology> Topology::compile(GraphSpec spec_in,
   const std::vector<int64_t>& level = adjacency.batch;
   const int64_t depth = n ? *std::max_element(level.begin(), level.end()) : 0;
 
-  // Dense order: inputs in input order, then by (level, hidden before output, rank).
-  std::vector<int64_t> order;
+  // Dense order: inputs in input order, then by (level, hidden before output,
+  // rank). Kept as index_of_dense_: each dense id's spec position, through
+  // which the topology also reads its labels.
+  std::vector<int64_t>& order = topo->index_of_dense_;
   order.reserve(n);
   for (const auto& id : spec.inputs()) order.push_back(spec.index_of(id));
   // A counting sort on the key (level, output?) over the neurons taken in
@@ -92,13 +94,11 @@ std::shared_ptr<const Topology> Topology::compile(GraphSpec spec_in,
   std::vector<int64_t>& dense_of_index = topo->dense_of_index_;
   dense_of_index.resize(n);
   topo->num_inputs_ = static_cast<int64_t>(spec.inputs().size());
-  topo->labels_.resize(n);
   topo->roles_.resize(n);
   topo->level_of_.resize(n);
   for (int64_t d = 0; d < n; ++d) {
     int64_t i = order[d];
     dense_of_index[i] = d;
-    topo->labels_[d] = spec.neurons()[i];
     topo->roles_[d] = spec.role_at(i);
     topo->level_of_[d] = level[i];
   }
@@ -210,7 +210,6 @@ std::shared_ptr<const Topology> Topology::compile(GraphSpec spec_in,
     }
   });
 
-  topo->index_of_dense_ = std::move(order);
   for (const auto& id : spec.outputs()) topo->output_ids_.push_back(dense_of_index[spec.index_of(id)]);
   topo->output_gather_ = topo->plan_gather(topo->output_ids_);
   return topo;
@@ -219,10 +218,9 @@ std::shared_ptr<const Topology> Topology::compile(GraphSpec spec_in,
 GatherPlan Topology::plan_gather(const std::vector<int64_t>& dense_ids) const {
   GatherPlan plan;
   plan.size = static_cast<int64_t>(dense_ids.size());
-  const bool ascending = std::is_sorted(dense_ids.begin(), dense_ids.end());
   std::vector<int64_t> sorted(dense_ids);
-  if (!ascending) std::sort(sorted.begin(), sorted.end());
-  if (!ascending) {
+  if (!std::is_sorted(dense_ids.begin(), dense_ids.end())) {
+    std::sort(sorted.begin(), sorted.end());
     // order[k] = where dense_ids[k] lands in the ascending concatenation.
     std::unordered_map<int64_t, int64_t> where;
     for (size_t k = 0; k < sorted.size(); ++k) where[sorted[k]] = static_cast<int64_t>(k);

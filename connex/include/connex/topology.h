@@ -79,14 +79,14 @@ class Topology {
                                                  const CompileOptions& options = {});
 
   const GraphSpec& spec() const { return spec_; }
-  int64_t num_neurons() const { return static_cast<int64_t>(labels_.size()); }
+  int64_t num_neurons() const { return static_cast<int64_t>(index_of_dense_.size()); }
   int64_t num_inputs() const { return num_inputs_; }
   int64_t num_connections() const { return static_cast<int64_t>(conn_source_.size()); }
   // Levels 1..depth are the topological batches; levels()[0] is the input level.
   const std::vector<Level>& levels() const { return levels_; }
   int64_t depth() const { return static_cast<int64_t>(levels_.size()) - 1; }
 
-  const NeuronId& label(int64_t dense) const { return labels_[dense]; }
+  const NeuronId& label(int64_t dense) const { return spec_.neurons()[index_of_dense_[dense]]; }
   Role role(int64_t dense) const { return roles_[dense]; }
   int64_t level_of(int64_t dense) const { return level_of_[dense]; }
   // Dense id of a label, or -1.
@@ -128,7 +128,6 @@ class Topology {
 
   GraphSpec spec_;
   int64_t num_inputs_ = 0;
-  std::vector<NeuronId> labels_;
   std::vector<Role> roles_;
   std::vector<int64_t> level_of_;
   std::vector<int64_t> dense_of_index_;  // by position in spec_.neurons(): the spec's id map serves both
