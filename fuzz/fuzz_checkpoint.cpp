@@ -5,9 +5,9 @@
 // mutations get past the checksum and reach the header, the tensor table and
 // the config (without it nearly every mutation stops at the checksum, which
 // is itself tested by mode 0). Bit 1 set: when the checkpoint holds an
-// optimizer state, it is restored into an optimizer of its type (options and
-// per-parameter state; parse_checkpoint has checked them, load_optimizer_state
-// must accept them or fail with connex::Error). Checkpoint version 1 held
+// optimizer state, restore_optimizer rebuilds it (type, groups, options and
+// per-parameter state; parse_checkpoint has checked them, so it must succeed
+// or fail with connex::Error). Checkpoint version 1 held
 // torch's pickle here, whose reader crashed on crafted bytes (a segfault in
 // torch::jit::SourceImporter::loadType found by this target); version 2 is
 // connex's own JSON + raw tensor format, read on every input.
@@ -27,24 +27,6 @@
 #include "connex/file_io.h"
 #include "fuzz_common.h"
 
-namespace {
-
-void restore_optimizer(const connex::Checkpoint& checkpoint) {
-  using namespace torch::optim;
-  const auto params = checkpoint.network->parameters();
-  std::unique_ptr<Optimizer> optimizer;
-  const std::string& type = checkpoint.optimizer->type;
-  if (type == "adam") optimizer = std::make_unique<Adam>(params, AdamOptions(1e-3));
-  else if (type == "adamw") optimizer = std::make_unique<AdamW>(params, AdamWOptions(1e-3));
-  else if (type == "sgd") optimizer = std::make_unique<SGD>(params, SGDOptions(1e-3).momentum(0.9));
-  else if (type == "rmsprop") optimizer = std::make_unique<RMSprop>(params, RMSpropOptions(1e-3));
-  else if (type == "adagrad") optimizer = std::make_unique<Adagrad>(params, AdagradOptions(1e-3));
-  else return;
-  connex_fuzz::guarded("load_optimizer_state", [&] { connex::load_optimizer_state(checkpoint, *optimizer, "fuzz-ckpt"); });
-}
-
-}  // namespace
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace connex_fuzz;
   if (size == 0) return 0;
@@ -57,7 +39,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   connex::Checkpoint checkpoint;
   if (!guarded("parse_checkpoint", [&] { checkpoint = connex::parse_checkpoint(bytes, "fuzz-ckpt"); })) return 0;
   FUZZ_CHECK(!checkpoint.network.is_empty(), "parse_checkpoint returned no network");
-  if ((mode & 2) && checkpoint.optimizer) restore_optimizer(checkpoint);
+  if ((mode & 2) && checkpoint.optimizer)
+    guarded("restore_optimizer", [&] { connex::restore_optimizer(checkpoint, "fuzz-ckpt"); });
 
   // What the file holds is what a save of the loaded network holds.
   auto& net = checkpoint.network;
@@ -65,9 +48,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // tmpfs when there is one: save() fsyncs, which costs milliseconds on a disk.
     static const std::string dir = std::filesystem::is_directory("/dev/shm") ? "/dev/shm" : "/tmp";
     const std::string path = dir + "/connex_fuzz_checkpoint_" + std::to_string(::getpid()) + ".ckpt";
-    connex::save(net, path);
-    auto again = connex::load(path);
+    const auto& preprocessing = checkpoint.preprocessing;
+    connex::save(net, path, nullptr, preprocessing ? &*preprocessing : nullptr);
+    const auto reloaded = connex::load_checkpoint(path);
+    auto again = reloaded.network;
     std::remove(path.c_str());
+    FUZZ_CHECK(preprocessing.has_value() == reloaded.preprocessing.has_value() &&
+                   (!preprocessing || preprocessing->to_json() == reloaded.preprocessing->to_json()),
+               "save/load changed the preprocessing");
     auto a = net->named_parameters(), b = again->named_parameters();
     FUZZ_CHECK(a.size() == b.size(), "save/load changed the number of parameter tensors");
     for (const auto& p : a) {

@@ -12,8 +12,10 @@
 //   ------------+------------------------------------------------------------------+--------------------------
 //   graph       | cycle, self-loop, unknown / repeated input or output, neuron     | the neurons, the cycle
 //               | both input and output, input with an incoming / output with an   | as a path, the edge, the
-//               | outgoing connection, no inputs, no outputs, a repeated neuron    | JSON path
-//               | id, mixed id kinds, a malformed JSON graph                        |
+//               | outgoing connection, no inputs, no outputs, a repeated neuron    | JSON path, the id kind
+//               | id, mixed id kinds, an input / output / edge id of the other     |
+//               | kind, an edge or adjacency key naming a neuron missing from the  |
+//               | neurons list, a malformed JSON graph                              |
 //   options     | dropout p outside [0, 1] or NaN, dropout of an unknown neuron,   | the option, the value,
 //               | unknown activation, non-element-wise activation, non-floating   | the neuron
 //               | dtype, bad topo_sort, non-positive prebuilt sizes, to(int)       |
@@ -28,10 +30,14 @@
 //               | saving a custom callable over an existing config                 |
 //   csv         | ragged row, non-numeric cell, NaN cell, overflow, empty file,    | the file, line, column
 //               | header only, repeated / empty column name, missing file          |
+//   table       | columns that do not fit the network, text in a regression target,| the file, line, column,
+//               | more classes than outputs, no training rows, a label the fitted  | what would fit
+//               | model never saw                                                   |
 //   checkpoint  | truncated (two ways), flipped byte, wrong magic, format version, | the file and the problem
 //               | shape mismatch, missing / extra tensor, bad config inside, empty |
 //               | or missing file, optimizer state of another network, saving a   |
-//               | custom callable over it, saving into a missing directory         |
+//               | custom callable over it, saving into a missing directory, a bad  |
+//               | or misfitting preprocessing, restoring an optimizer never saved  |
 //   cli         | bad flag values (range, choice, form), unknown flag, bad CSV,    | the flag / file / line
 //               | invalid edit, corrupted checkpoint, prune without a criterion   |
 //
@@ -166,8 +172,22 @@ std::vector<Case> make_catalogue() {
       {"the graph has the cycle 1 -> 1"});
   add("graph", "UnknownInput", none, lib([](World&) { GraphSpec::from_edges({{0, 1}}, {0, 7}, {1}); }),
       {"input neuron 7 is not a neuron of the graph"});
-  add("graph", "UnknownOutput", none, lib([](World&) { GraphSpec::from_edges({{0, 1}}, {0}, {"x"}); }),
-      {"output neuron \"x\" is not a neuron of the graph"});
+  add("graph", "UnknownOutput", none, lib([](World&) { GraphSpec::from_edges({{0, 1}}, {0}, {9}); }),
+      {"output neuron 9 is not a neuron of the graph"});
+  add("graph", "OutputOfTheOtherIdKind", none, lib([](World&) { GraphSpec::from_edges({{0, 1}}, {0}, {"x"}); }),
+      {"GraphSpec: output neuron \"x\" is a string id, but this graph's ids are integers"});
+  add("graph", "InputOfTheOtherIdKind", none, lib([](World&) { GraphSpec::from_edges({{"a", "b"}}, {0}, {"b"}); }),
+      {"GraphSpec: input neuron 0 is an integer id, but this graph's ids are strings"});
+  // With a neuron list, a typo in an edge is an error, not a new neuron.
+  add("graph", "EdgeNamesAnUnlistedNeuron", none,
+      lib([](World&) { GraphSpec::from_edges({{"n1", "n2"}, {"n1", "n2OO1"}}, {"n1"}, {"n2"}, {"n1", "n2", "n2001"}); }),
+      {"GraphSpec: edge \"n1\" -> \"n2OO1\" names neuron \"n2OO1\", which is not in the neurons list"});
+  add("graph", "EdgeOfTheOtherIdKind", none,
+      lib([](World&) { GraphSpec::from_edges({{"a", "b"}, {0, "b"}}, {"a"}, {"b"}, {"a", "b"}); }),
+      {"GraphSpec: edge 0 -> \"b\" names neuron 0, an integer id, but this graph's ids are strings"});
+  add("graph", "AdjacencyKeyNotListed", none,
+      lib([](World&) { GraphSpec::from_adjacency({{0, {1}}, {5, {}}}, {0}, {1}, {0, 1}); }),
+      {"GraphSpec: adjacency key 5 is not in the neurons list"});
   add("graph", "BothInputAndOutput", none, lib([](World&) { GraphSpec::from_edges({{0, 1}}, {0, 2}, {1, 2}, {0, 1, 2}); }),
       {"neuron 2 is both an input and an output neuron"});
   add("graph", "InputWithIncomingEdge", none, lib([](World&) { GraphSpec::from_edges({{0, 1}, {1, 2}, {3, 0}}, {0, 3}, {2}); }),
@@ -291,6 +311,12 @@ std::vector<Case> make_catalogue() {
   add("config", "FutureVersion", none, config(R"({"version":2,"graph":{}})"), {"my.json: /version is 2; this connex reads version 1"});
   add("config", "InvalidJsonFile", file("broken.json", "{\"graph\": [1, 2"),
       lib([](World& w) { load_config(w.dir / "broken.json"); }), {"load_config():", "broken.json is not valid JSON"});
+  add("config", "EdgeNamesAnUnlistedNeuron", none,
+      config(R"({"graph":{"neurons":[0,1,2],"edges":[[0,1],[1,2],[1,20]],"inputs":[0],"outputs":[2]}})"),
+      {"my.json: /graph/edges/2/1: edge 1 -> 20 names neuron 20, which is not in the neurons list"});
+  add("config", "AdjacencyNamesAnUnlistedNeuron", none,
+      config(R"({"graph":{"neurons":[0,1,2],"adjacency":{"0":[1],"1":[2,20]},"inputs":[0],"outputs":[2]}})"),
+      {"my.json: /graph/adjacency/1/1: edge 1 -> 20 names neuron 20, which is not in the neurons list"});
   add("config", "CycleInAFile", file("cyclic.json", R"({"graph":{"edges":[[0,1],[1,2],[2,1],[2,3]],"inputs":[0],"outputs":[3]}})"),
       lib([](World& w) { load_config(w.dir / "cyclic.json"); }), {"cyclic.json: the graph has the cycle 1 -> 2 -> 1"});
   add("config", "MissingFile", none, lib([](World& w) { load_config(w.dir / "nothing.json"); }),
@@ -311,6 +337,27 @@ std::vector<Case> make_catalogue() {
   add("csv", "RepeatedColumn", file("d.csv", "a,a\n1,2\n"), csv("d.csv"), {"d.csv:1: the header names column \"a\" twice"});
   add("csv", "EmptyColumnName", file("d.csv", "a,,b\n1,2,3\n"), csv("d.csv"), {"d.csv:1: the header has an empty column name (column 2)"});
   add("csv", "MissingFile", none, csv("nothing.csv"), {"read_csv(): cannot open", "nothing.csv"});
+
+  // ------------------------------------------------------------------ table
+  // read_table for the world's network (1 input, 2 outputs).
+  auto table = [](const std::string& name, TableOptions options = {}) {
+    return lib([name, options](World& w) { read_table(w.dir / name, w.net, options); });
+  };
+  add("table", "TooFewFeatureColumns", file("d.csv", "y1,y2\n1,2\n"), table("d.csv"),
+      {"d.csv: has 2 columns, too few for 2 target column(s) and at least one feature"});
+  add("table", "ForgottenClassificationTask", file("d.csv", "x,kind\n1,cat\n2,dog\n"),
+      table("d.csv", TableOptions().targets({"kind"})), {"d.csv: 1 target columns (kind) but the network has 2 outputs"});
+  add("table", "TextInARegressionTarget", file("d.csv", "x,y1,y2\n1,2,cat\n"), table("d.csv"),
+      {"d.csv:2: column 3 (\"y2\"): \"cat\" is not a number"});
+  add("table", "MoreClassesThanOutputs", file("d.csv", "x,kind\n1,a\n2,b\n3,c\n"),
+      table("d.csv", TableOptions().task(Task::Classification)), {"d.csv: column \"kind\" has 3 distinct class labels but the network has 2 outputs"});
+  add("table", "ValidationTakesEveryRow", file("d.csv", "x,y1,y2\n1,2,3\n"), table("d.csv", TableOptions().validation_fraction(0.5)),
+      {"split_rows(): a validation fraction of 0.5 leaves no training rows (1 rows in all)"});
+  add("table", "UnknownClassOfAFittedModel", file("d.csv", "x,kind\n1,a\n2,zebra\n"), lib([](World& w) {
+        Preprocessing fitted;
+        fitted.task = Task::Classification, fitted.features = {"x"}, fitted.targets = {"kind"}, fitted.classes = {"a", "b"};
+        read_table(w.dir / "d.csv", w.net, {}, fitted);
+      }), {"d.csv:3: column 2 (\"kind\"): \"zebra\" is not one of the classes the model was trained on (a, b)"});
 
   // ------------------------------------------------------------- checkpoint
   auto load_file = [](const std::string& name) { return lib([name](World& w) { load(w.dir / name); }); };
@@ -387,6 +434,33 @@ std::vector<Case> make_catalogue() {
   add("checkpoint", "SaveCustomCallableOverACheckpoint", none,
       lib([](World& w) { save(custom_callable_network(), w.dir / "good.ckpt"); }),
       {"save(): hidden_activation \"mine\" is a custom callable"});
+  auto with_preprocessing = [](std::function<void(nlohmann::json&)> change) {
+    return file("bad.ckpt", [change](World& w) {
+      return reseal_checkpoint(w.good(), [change](nlohmann::json& h, uint32_t&) {
+        h["preprocessing"] = {{"task", "regression"}, {"features", {"x"}}, {"targets", {"y1", "y2"}},
+                              {"standardize", {{"mean", {0.5}}, {"scale", {2.0}}}}};
+        change(h["preprocessing"]);
+      });
+    });
+  };
+  add("checkpoint", "PreprocessingWithAZeroScale", with_preprocessing([](nlohmann::json& p) { p["standardize"]["scale"][0] = 0; }),
+      load_file("bad.ckpt"), {"bad.ckpt: /preprocessing/standardize/scale/0 must be a finite number > 0, got 0"});
+  add("checkpoint", "PreprocessingStatisticsOfAnotherWidth", with_preprocessing([](nlohmann::json& p) { p["features"] = {"x", "z"}; }),
+      load_file("bad.ckpt"), {"bad.ckpt: /preprocessing/standardize/mean must be an array of 2 numbers"});
+  add("checkpoint", "PreprocessingForOtherInputs", with_preprocessing([](nlohmann::json& p) {
+        p.erase("standardize");
+        p["features"] = {"x", "z"};
+      }), load_file("bad.ckpt"), {"bad.ckpt: /preprocessing: names 2 feature(s) for a network with 1 inputs"});
+  add("checkpoint", "PreprocessingWithAnUnknownKey", with_preprocessing([](nlohmann::json& p) { p["scaler"] = 1; }),
+      load_file("bad.ckpt"), {"bad.ckpt: /preprocessing has an unknown key \"scaler\""});
+  add("checkpoint", "SavePreprocessingThatDoesNotFit", none, lib([](World& w) {
+        Preprocessing p;
+        p.features = {"a", "b"}, p.targets = {"y1", "y2"};
+        save(w.net, w.dir / "good.ckpt", nullptr, &p);
+      }), {"the preprocessing: names 2 feature(s) for a network with 1 inputs"});
+  add("checkpoint", "RestoreWithoutAnOptimizer", none, lib([](World& w) {
+        restore_optimizer(Checkpoint{w.net, std::nullopt, std::nullopt}, "plain.ckpt");
+      }), {"restore_optimizer(): plain.ckpt holds no optimizer state"});
   add("checkpoint", "SaveIntoAMissingDirectory", none, lib([](World& w) { save(w.net, w.dir / "no/such/dir/net.ckpt"); }),
       {"save(): cannot create", "no/such/dir/net.ckpt"});
 

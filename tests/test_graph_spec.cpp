@@ -20,13 +20,89 @@ GraphSpec letters_graph() {
 }  // namespace
 
 TEST(GraphSpec, AdjacencyKeepsIsolatedNeuronsAndOrder) {
-  auto spec = GraphSpec::from_adjacency({{0, {1, 2}}, {1, {3}}, {5, {}}}, {0}, {3}, {4});
-  // Listed neurons, then adjacency keys, then neurons first named by an edge.
-  EXPECT_EQ(spec.neurons(), (std::vector<NeuronId>{4, 0, 1, 5, 2, 3}));
+  // Without a neuron list: adjacency keys (a key without successors too),
+  // then neurons first named by an edge.
+  auto spec = GraphSpec::from_adjacency({{0, {1, 2}}, {1, {3}}, {5, {}}}, {0}, {3});
+  EXPECT_EQ(spec.neurons(), (std::vector<NeuronId>{0, 1, 5, 2, 3}));
+  EXPECT_EQ(spec.edges().size(), 3u);
+  // With one: exactly the list, in its order, isolated neuron 4 included.
+  spec = GraphSpec::from_adjacency({{0, {1, 2}}, {1, {3}}, {5, {}}}, {0}, {3}, {4, 3, 2, 1, 0, 5});
+  EXPECT_EQ(spec.neurons(), (std::vector<NeuronId>{4, 3, 2, 1, 0, 5}));
   EXPECT_EQ(spec.edges().size(), 3u);
   EXPECT_EQ(spec.role(4), Role::Hidden);
   EXPECT_EQ(spec.role(0), Role::Input);
   EXPECT_EQ(spec.role(3), Role::Output);
+}
+
+// A given neuron list is the whole graph: a typo in an edge is an error that
+// names the edge and the id, never a new neuron (the issue's "n2OO1").
+TEST(GraphSpec, NeuronListIsCompleteSoAnEdgeNamingAnotherIdIsAnError) {
+  std::vector<NeuronId> neurons;
+  std::vector<Edge> edges;
+  for (int k = 0; k < 2000; ++k) neurons.push_back("n" + std::to_string(k));
+  for (int k = 1; k < 1999; ++k) edges.emplace_back("n0", neurons[k]);
+  const std::vector<Edge> good = edges;
+  edges.emplace_back("n1", "n2OO1");  // letter O for zero
+  EXPECT_THROW_MSG(GraphSpec::from_edges(edges, {"n0"}, {"n1999"}, neurons),
+                   "GraphSpec: edge \"n1\" -> \"n2OO1\" names neuron \"n2OO1\", which is not in the neurons list");
+  EXPECT_EQ(GraphSpec::from_edges(good, {"n0"}, {"n1999"}, neurons).num_neurons(), 2000u);
+  // The same in the other constructors and forms.
+  EXPECT_THROW_MSG(GraphSpec(neurons, edges, {"n0"}, {"n1999"}, "NeuralNetwork()"),
+                   "NeuralNetwork(): edge \"n1\" -> \"n2OO1\" names neuron");
+  EXPECT_THROW_MSG(GraphSpec::from_adjacency({{0, {1}}, {1, {2, 7}}}, {0}, {2}, {0, 1, 2}),
+                   "GraphSpec: edge 1 -> 7 names neuron 7, which is not in the neurons list");
+  EXPECT_THROW_MSG(GraphSpec::from_adjacency({{0, {1}}, {1, {2}}, {9, {}}}, {0}, {2}, {0, 1, 2}),
+                   "GraphSpec: adjacency key 9 is not in the neurons list");
+  // An id of the other kind says so.
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}, {1, "2"}}, {0}, {1}, {0, 1, 2}),
+                   "GraphSpec: edge 1 -> \"2\" names neuron \"2\", a string id, but this graph's ids are integers");
+  EXPECT_THROW_MSG(GraphSpec::from_adjacency({{"a", {"b"}}, {0, {}}}, {"a"}, {"b"}, {"a", "b"}),
+                   "GraphSpec: adjacency key 0 is an integer id, but this graph's ids are strings");
+  // Without a list, the edges name the neurons, in order of first appearance.
+  EXPECT_EQ(GraphSpec::from_edges({{"b", "c"}, {"a", "c"}}, {"a", "b"}, {"c"}).neurons(), (std::vector<NeuronId>{"b", "c", "a"}));
+}
+
+// Inputs and outputs never add a neuron, and an id of the other kind than
+// the graph's says so instead of "not a neuron of the graph".
+TEST(GraphSpec, InputsAndOutputsOfTheOtherIdKindSaySo) {
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{"a", "b"}}, {0}, {"b"}),
+                   "GraphSpec: input neuron 0 is an integer id, but this graph's ids are strings");
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}}, {0}, {"1"}),
+                   "GraphSpec: output neuron \"1\" is a string id, but this graph's ids are integers");
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}}, {0}, {1}, {0, 1, 2, "3"}) ,
+                   "neuron \"3\" is a string but neuron 0 is an integer");
+  // An isolated input must be listed: naming it as an input is not enough.
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}}, {0, 5}, {1}), "GraphSpec: input neuron 5 is not a neuron of the graph");
+  EXPECT_EQ(GraphSpec::from_edges({{0, 1}}, {0, 5}, {1}, {0, 1, 5}).role(5), Role::Input);
+}
+
+TEST(GraphSpec, FromJsonNeuronListIsCompleteAndErrorsNameTheEdge) {
+  using nlohmann::json;
+  EXPECT_THROW_MSG(GraphSpec::from_json(json::parse(
+                       R"({"neurons":["n1","n2","n2001"],"edges":[["n1","n2"],["n1","n2OO1"]],"inputs":["n1"],"outputs":["n2"]})"), "g.json"),
+                   "g.json: /edges/1/1: edge \"n1\" -> \"n2OO1\" names neuron \"n2OO1\", which is not in the neurons list");
+  EXPECT_THROW_MSG(GraphSpec::from_json(json::parse(
+                       R"({"neurons":[0,1,2],"edges":[[0,1],["1",2]],"inputs":[0],"outputs":[2]})"), "g.json", "/graph"),
+                   "g.json: /graph/edges/1/0: edge \"1\" -> 2 names neuron \"1\", a string id, but this graph's ids are integers");
+  EXPECT_THROW_MSG(GraphSpec::from_json(json::parse(
+                       R"({"neurons":[0,1,2],"adjacency":{"0":[1],"1":[2],"5":[]},"inputs":[0],"outputs":[2]})"), "g.json"),
+                   "g.json: /adjacency/5: adjacency key 5 is not in the neurons list");
+  EXPECT_THROW_MSG(GraphSpec::from_json(json::parse(
+                       R"({"neurons":[0,1,2],"adjacency":{"0":[1,7],"1":[2]},"inputs":[0],"outputs":[2]})"), "g.json"),
+                   "g.json: /adjacency/0/1: edge 0 -> 7 names neuron 7, which is not in the neurons list");
+  EXPECT_THROW_MSG(GraphSpec::from_json(json::parse(R"({"neurons":[0,1,0],"edges":[[0,1]],"inputs":[0],"outputs":[1]})"), "g.json"),
+                   "g.json: neuron 0 is listed twice in the neuron list");
+  // The list's kind decides the adjacency keys' kind, so string inputs in an
+  // integer graph are named as such.
+  EXPECT_THROW_MSG(GraphSpec::from_json(json::parse(
+                       R"({"neurons":[0,1],"adjacency":{"0":[1]},"inputs":["0"],"outputs":[1]})"), "g.json"),
+                   "g.json: input neuron \"0\" is a string id, but this graph's ids are integers");
+  // A complete list keeps its order and isolated neurons; no list (or an empty one): the edges name the neurons.
+  auto listed = GraphSpec::from_json(json::parse(R"({"neurons":[3,2,1,0],"adjacency":{"0":[1],"1":[2]},"inputs":[0],"outputs":[2]})"));
+  EXPECT_EQ(listed.neurons(), (std::vector<NeuronId>{3, 2, 1, 0}));
+  EXPECT_EQ(listed.edges(), (std::vector<Edge>{{0, 1}, {1, 2}}));
+  auto unlisted = GraphSpec::from_json(json::parse(R"({"neurons":[],"edges":[[1,2],[0,1]],"inputs":[0],"outputs":[2]})"));
+  EXPECT_EQ(unlisted.neurons(), (std::vector<NeuronId>{1, 2, 0}));
 }
 
 // The batch the validation hands the compile: inputs 0; any other neuron one
@@ -126,7 +202,7 @@ TEST(GraphSpec, RejectsUnknownInput) {
 }
 
 TEST(GraphSpec, RejectsUnknownOutput) {
-  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}}, {0}, {"x"}),
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{"a", "b"}}, {"a"}, {"x"}),
                    "output neuron \"x\" is not a neuron of the graph");
 }
 

@@ -276,6 +276,159 @@ TEST(GraphExport, ImportErrorsNameTheProblem) {
                    "g.json: /nodes/1/bias must be a number");
 }
 
+TEST(GraphExport, ImportRejectsLinksToMissingNodesAndBadFrozenFlags) {
+  auto bad = [](const std::string& text) { return from_node_link_json(nlohmann::json::parse(text), "g.json"); };
+  const std::string head = R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0},{"id":1,"bias":0}],)";
+  EXPECT_THROW_MSG(bad(head + R"("links":[{"source":0,"target":1,"weight":1},{"source":0,"target":9,"weight":1}]})"),
+                   "g.json: /links/1/target: edge 0 -> 9 names neuron 9, which is not in /nodes");
+  EXPECT_THROW_MSG(bad(head + R"("links":[{"source":"0","target":1,"weight":1}]})"),
+                   "g.json: /links/0/source: edge \"0\" -> 1 names neuron \"0\", a string id, but this graph's ids are integers");
+  EXPECT_THROW_MSG(bad(head + R"("links":[{"source":0,"target":1,"weight":1,"frozen":"yes"}]})"),
+                   "g.json: /links/0/frozen must be true or false, got \"yes\"");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0,"frozen":true},{"id":1,"bias":0}],)"
+                       R"("links":[{"source":0,"target":1,"weight":1}]})"),
+                   "g.json: /nodes/0/frozen is true, but input neuron 0 has no bias to freeze");
+}
+
+// The README promises the JSON import "rebuilds the same network": frozen
+// weights and biases included, and marked so networkx users see them.
+TEST(GraphExport, FrozenFlagsSurviveTheNodeLinkJson) {
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions(kDouble).hidden_activation("tanh").seed(4));
+  const std::vector<Edge> frozen_edges{{8, 11}, {0, 1}, {2, 5}};
+  const std::vector<NeuronId> frozen_neurons{4, 11};
+  net->freeze(frozen_edges, frozen_neurons);
+
+  const auto json = to_node_link_json(net);
+  int64_t marked_links = 0, marked_nodes = 0;
+  for (const auto& link : json["links"])
+    if (link.contains("frozen")) {
+      EXPECT_EQ(link["frozen"], true);  // written only where frozen
+      EXPECT_TRUE(net->is_frozen(link["source"].get<int64_t>(), link["target"].get<int64_t>())) << link;
+      ++marked_links;
+    }
+  for (const auto& node : json["nodes"])
+    if (node.contains("frozen")) {
+      EXPECT_EQ(node["frozen"], true);
+      ++marked_nodes;
+    }
+  EXPECT_EQ(marked_links, 3);
+  EXPECT_EQ(marked_nodes, 2);
+
+  TempDir dir;
+  export_graph(net, dir / "g.json");
+  for (NeuralNetwork back : {from_node_link_json(json), import_graph_json(dir / "g.json")}) {
+    const auto a = net->weighted_graph(), b = back->weighted_graph();
+    ASSERT_EQ(a.connections.size(), b.connections.size());
+    for (size_t k = 0; k < a.connections.size(); ++k) {
+      EXPECT_EQ(back->is_frozen(a.connections[k].from, a.connections[k].to), a.connections[k].frozen) << k;
+      EXPECT_EQ(b.connections[k].frozen, a.connections[k].frozen) << k;
+    }
+    ASSERT_EQ(a.neurons.size(), b.neurons.size());
+    for (size_t k = 0; k < a.neurons.size(); ++k) EXPECT_EQ(b.neurons[k].frozen, a.neurons[k].frozen) << k;
+
+    // And the import trains like the original: frozen entries get no gradient.
+    auto [x, y] = cos_sin_data(torch::kFloat64);
+    back->zero_grad();
+    torch::mse_loss(back->forward(x), y).backward();
+    const auto& topo = back->topology();
+    const auto wg = back->weight_tensor().grad(), bg = back->bias_tensor().grad();
+    for (const auto& c : b.connections) {
+      const double g = wg[topo.connection_index(topo.dense_of(c.from), topo.dense_of(c.to))].item<double>();
+      if (c.frozen) EXPECT_EQ(g, 0.0) << edge_str({c.from, c.to});
+      else EXPECT_NE(g, 0.0) << edge_str({c.from, c.to});
+    }
+    for (const auto& n : b.neurons) {
+      if (n.role == Role::Input) continue;
+      const double g = bg[topo.bias_index(topo.dense_of(n.id))].item<double>();
+      if (n.frozen) EXPECT_EQ(g, 0.0) << n.id.str();
+      else EXPECT_NE(g, 0.0) << n.id.str();
+    }
+  }
+
+  // GraphML carries the same marks; DOT draws frozen entries dashed.
+  const auto graphml = to_graphml(net);
+  auto count = [](const std::string& text, const std::string& needle) {
+    int64_t n = 0;
+    for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+    return n;
+  };
+  EXPECT_EQ(count(graphml, "<data key=\"frozen_edge\">true</data>"), 3);
+  EXPECT_EQ(count(graphml, "<data key=\"frozen\">true</data>"), 2);
+  EXPECT_NE(graphml.find("<node id=\"11\"><data key=\"role\">output</data>"), std::string::npos);
+  const auto dot = to_dot(net);
+  EXPECT_EQ(count(dot, ", style=dashed];"), 3);
+  EXPECT_EQ(count(dot, "style=\"filled,dashed\""), 2);
+
+  // networkx reads the flags from both files.
+  export_graph(net, dir / "g.graphml");
+  const std::string cmd = "/usr/bin/python3 " CONNEX_SOURCE_DIR "/tests/python/check_frozen.py " + dir.path + " > " + (dir / "seen.txt");
+  const int status = std::system(cmd.c_str());
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  if (code == 77 || code == 127) GTEST_SKIP() << "python3 with networkx is not installed";
+  ASSERT_EQ(code, 0);
+  const std::string expected = R"({"nodes": ["11", "4"], "edges": [["0", "1"], ["2", "5"], ["8", "11"]]})";
+  EXPECT_EQ(slurp(dir / "seen.txt"), expected + "\n" + expected + "\n");
+}
+
+// A network too large to draw whole is drawn one box per level; the counts
+// are checked by hand on a small network with a low threshold.
+TEST(GraphExport, SummaryDrawingCountsNeuronsAndConnectionsPerLevel) {
+  // Levels: 0 = {0, 1}; 1 = {2, 3, 4 (output)}; 2 = {5}; 3 = {6 (output)}.
+  NeuralNetwork net(GraphSpec::from_edges({{0, 2}, {1, 2}, {0, 3}, {1, 4}, {2, 5}, {3, 5}, {0, 5}, {5, 6}, {1, 6}}, {0, 1}, {4, 6}),
+                    NeuralNetworkOptions(kDouble).seed(2));
+  net->set_weight(0, 2, 0.5);
+  net->set_weight(1, 2, -0.25);
+  net->set_weight(0, 3, 1.0);
+  net->freeze({{5, 6}}, {5});
+  const auto topo = net->topology_ptr();
+  ASSERT_EQ(topo->depth(), 3);
+
+  DotOptions small;
+  small.max_neurons = 5;  // 7 neurons: summary
+  const DotDrawing drawing = draw_dot(net, small);
+  EXPECT_TRUE(drawing.summary);
+  EXPECT_EQ(drawing.description, "summary of 7 neurons, 9 connections in 4 levels");
+  const std::string& dot = drawing.dot;
+  EXPECT_NE(dot.find("size=\"40,40\";\n  dpi=96;"), std::string::npos) << dot;
+  EXPECT_NE(dot.find("label=\"7 neurons, 9 connections, depth 3: one box per level\""), std::string::npos) << dot;
+  EXPECT_NE(dot.find("b0 [fillcolor=\"#e0f0ff\", label=\"level 0\\n2 inputs\"]"), std::string::npos) << dot;
+  EXPECT_NE(dot.find("b1 [fillcolor=\"#f4f4f4\", label=\"level 1\\n2 hidden\\n1 output\"]"), std::string::npos) << dot;
+  EXPECT_NE(dot.find("b2 [fillcolor=\"#f4f4f4\", label=\"level 2\\n1 hidden\\n1 frozen bias\"]"), std::string::npos) << dot;
+  EXPECT_NE(dot.find("b3 [fillcolor=\"#ffe8cc\", label=\"level 3\\n1 output\"]"), std::string::npos) << dot;
+  // 0->2, 1->2, 0->3, 1->4: four connections, mean |w| (0.5 + 0.25 + 1 + |w(1,4)|) / 4.
+  const double mean01 = (0.5 + 0.25 + 1.0 + std::abs(net->weight(1, 4))) / 4;
+  EXPECT_NE(dot.find("b0 -> b1 [penwidth="), std::string::npos) << dot;
+  EXPECT_NE(dot.find(fmt::format("label=\"4 connections\\nmean |w| {:.3g}\"", mean01)), std::string::npos) << dot;
+  EXPECT_NE(dot.find("b0 -> b2 "), std::string::npos) << dot;  // 0 -> 5
+  EXPECT_NE(dot.find(fmt::format("label=\"1 connection\\nmean |w| {:.3g}\"", std::abs(net->weight(0, 5)))), std::string::npos) << dot;
+  EXPECT_NE(dot.find("b1 -> b2 "), std::string::npos) << dot;  // 2 -> 5, 3 -> 5
+  EXPECT_NE(dot.find("b0 -> b3 "), std::string::npos) << dot;  // 1 -> 6
+  // 5 -> 6: its only connection is frozen, so the arrow is dashed.
+  EXPECT_NE(dot.find(fmt::format("label=\"1 connection\\nmean |w| {:.3g}\\n1 frozen\", style=dashed]", std::abs(net->weight(5, 6)))),
+            std::string::npos) << dot;
+  EXPECT_EQ(dot.find("b1 -> b3"), std::string::npos) << dot;
+
+  // Below both thresholds, every neuron is drawn (and the drawing bounded).
+  const DotDrawing full = draw_dot(net);
+  EXPECT_FALSE(full.summary);
+  EXPECT_EQ(full.description, "all 7 neurons, 9 connections");
+  EXPECT_NE(full.dot.find("size=\"40,40\";"), std::string::npos);
+  EXPECT_EQ(to_dot(net).find(" size=\""), std::string::npos);  // the plain DOT export is unbounded
+
+  // Over max_boxes levels, consecutive levels share a box.
+  EXPECT_NE(to_summary_dot(net, 2).find("label=\"levels 0-1\\n2 inputs\\n2 hidden\\n1 output\\n4 connections within\""),
+            std::string::npos) << to_summary_dot(net, 2);
+  EXPECT_THROW_MSG(to_summary_dot(net, 0), "to_summary_dot(): max_boxes must be at least 1, got 0");
+
+  // Graphviz draws it.
+  if (std::system("command -v dot > /dev/null 2>&1") == 0) {
+    TempDir dir;
+    spit(dir / "s.dot", dot);
+    EXPECT_EQ(std::system(("dot -Tpng -o " + (dir / "s.png") + " " + (dir / "s.dot")).c_str()), 0);
+    EXPECT_GT(fs::file_size(dir / "s.png"), 100u);
+  }
+}
+
 // --------------------------------------------------------------- TorchScript
 
 TEST(TorchScript, LoadedModuleMatchesTheNetwork) {

@@ -192,7 +192,10 @@ TEST(Techniques, GradientsMatchFiniteDifferences) {
       NeuralNetwork net(spec, with(flags).hidden_activation("tanh").seed(trial));
       perturb(net, trial);
       auto x = torch::randn({3, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
-      ASSERT_LE(max_gradient_error(net, x, 24), 1e-6) << name << " trial " << trial;
+      // 2e-6: the central differences' own error (rounding ~eps·|L|/h at
+      // h = 1e-6, truncation at larger h) reaches 1.1e-6 here on some CPUs;
+      // a wrong gradient term is off by orders of magnitude more.
+      ASSERT_LE(max_gradient_error(net, x, 24), 2e-6) << name << " trial " << trial;
     }
   }
 }

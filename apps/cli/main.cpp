@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -65,16 +67,32 @@ Edge parse_edge(const std::string& text, const NeuralNetwork& network, const std
   return {parse_id(text.substr(0, colon), network, what), parse_id(text.substr(colon + 1), network, what)};
 }
 
+// run_program's result for a program killed at its time limit.
+constexpr int kTimedOut = -1;
+
 // Runs a program found on PATH with these arguments, without a shell; its exit
-// status, or 127 when it cannot be started.
-int run_program(const std::vector<std::string>& args) {
+// status, 127 when it cannot be started, or kTimedOut when it was still
+// running after `limit` seconds (> 0) and was killed.
+int run_program(const std::vector<std::string>& args, double limit = 0) {
   std::vector<char*> argv;
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   pid_t pid = 0;
   if (posix_spawnp(&pid, argv[0], nullptr, nullptr, argv.data(), environ) != 0) return 127;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(limit);
   int status = 0;
-  if (waitpid(pid, &status, 0) < 0) return 127;
+  for (;;) {
+    const pid_t done = waitpid(pid, &status, limit > 0 ? WNOHANG : 0);
+    if (done < 0 && errno == EINTR) continue;
+    if (done < 0) return 127;
+    if (done == pid) break;
+    if (std::chrono::steady_clock::now() >= deadline) {
+      ::kill(pid, SIGKILL);
+      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+      return kTimedOut;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }
 
@@ -89,17 +107,26 @@ torch::Device parse_device(const std::string& name) {
 }
 
 struct DataArgs {
-  std::string data, task = "regression";
+  std::string data;
+  std::optional<std::string> task;
   std::vector<std::string> targets, features;
   bool standardize = false;
   void add_to(CLI::App* cmd) {
     cmd->add_option("--data", data, "CSV file with a header row (default: built-in cos/sin toy data)");
-    cmd->add_option("--target", targets, "target column(s) (default: the last column(s))");
-    cmd->add_option("--features", features, "feature columns (default: every non-target column)");
-    cmd->add_option("--task", task, "regression (MSE) or classification (softmax + cross-entropy)")->check(CLI::IsMember({"regression", "classification"}));
-    cmd->add_flag("--standardize", standardize, "z-score every feature column");
+    cmd->add_option("--target", targets, "target column(s) (default: the checkpoint's, else the last column(s))");
+    cmd->add_option("--features", features, "feature columns (default: the checkpoint's, else every non-target column)");
+    cmd->add_option("--task", task, "regression (MSE) or classification (softmax + cross-entropy); default: the checkpoint's, else regression")
+        ->check(CLI::IsMember({"regression", "classification"}));
+    cmd->add_flag("--standardize", standardize, "z-score every feature column (training rows' statistics, saved with the model)");
   }
-  DataOptions options() const { return {data, targets, features, task == "classification" ? Task::Classification : Task::Regression, standardize}; }
+  DataOptions options(const NeuralNetwork& network, double val_split, uint64_t seed) const {
+    DataOptions o;
+    o.path = data;
+    o.table.targets(targets).features(features).standardize(standardize).validation_fraction(val_split).seed(seed)
+        .dtype(network->weight_tensor().scalar_type());
+    if (task) o.table.task(*task == "classification" ? Task::Classification : Task::Regression);
+    return o;
+  }
 };
 
 // Number checks for options. (CLI11's own range checks print the whole
@@ -126,8 +153,10 @@ using connex::apps::CoreShare;
 struct TrainArgs {
   int epochs = 1000;
   int64_t batch_size = 0;
-  double lr = 1e-3, val_split = 0.0;
-  std::string optimizer = "adam", device = "cpu";
+  std::optional<double> lr;
+  double val_split = 0.0;
+  std::optional<std::string> optimizer;
+  std::string device = "cpu";
   uint64_t seed = 0;
   int prune_at_epoch = 0, checkpoint_every = 0;
   double prune_fraction = 0.0;
@@ -135,22 +164,47 @@ struct TrainArgs {
     epochs = default_epochs;
     cmd->add_option("--epochs", epochs, "epochs")->check(number_in(0, HUGE_VAL, true))->capture_default_str();
     cmd->add_option("--batch-size", batch_size, "mini-batch size (0: full batch)")->check(number_in(0, HUGE_VAL, true));
-    cmd->add_option("--lr", lr, "learning rate")->check(number_in(0, HUGE_VAL, false, true))->capture_default_str();
-    cmd->add_option("--optimizer", optimizer, "adam, adamw or sgd (momentum 0.9)")->check(CLI::IsMember({"adam", "adamw", "sgd"}));
+    cmd->add_option("--lr", lr, "learning rate (default: the checkpoint optimizer's, else 0.001)")->check(number_in(0, HUGE_VAL, false, true));
+    cmd->add_option("--optimizer", optimizer, "adam, adamw or sgd (momentum 0.9); default: the checkpoint's, else adam")
+        ->check(CLI::IsMember({"adam", "adamw", "sgd"}));
     cmd->add_option("--seed", seed, "seed for the split, shuffling and new parameters");
     cmd->add_option("--device", device, "cpu or cuda");
     cmd->add_option("--val-split", val_split, "fraction of rows held out for validation")->check(number_in(0, 0.9, false));
   }
 };
 
-void restore_optimizer(const Checkpoint& ck, torch::optim::Optimizer& optimizer, const std::string& type, const std::string& path) {
-  if (!ck.optimizer) return;
-  if (ck.optimizer->type != type) {
-    spdlog::info("{} holds {} state; starting {} fresh", path, ck.optimizer->type, type);
-    return;
+// The one rule for every command's optimizer: a checkpoint's optimizer goes
+// on as saved (type, groups, options, state) unless --optimizer names another
+// type, which starts fresh; --lr, when given, replaces every group's
+// learning rate. Logs what it chose.
+std::unique_ptr<torch::optim::Optimizer> choose_optimizer(const Checkpoint& ck, NeuralNetwork& net, const TrainArgs& t,
+                                                          const std::string& path) {
+  if (ck.optimizer && (!t.optimizer || *t.optimizer == ck.optimizer->type)) {
+    auto optimizer = restore_optimizer(ck, path, net);
+    const double saved = optimizer->param_groups()[0].options().get_lr();
+    if (t.lr) {
+      for (auto& group : optimizer->param_groups()) group.options().set_lr(*t.lr);
+      spdlog::info("resumed {} state from {}; learning rate {} (--lr; the checkpoint had {})", ck.optimizer->type, path, *t.lr, saved);
+    } else {
+      spdlog::info("resumed {} state from {}; learning rate {} (saved)", ck.optimizer->type, path, saved);
+    }
+    return optimizer;
   }
-  load_optimizer_state(ck, optimizer, path);
-  spdlog::info("resumed {} state from {}", type, path);
+  const std::string type = t.optimizer.value_or("adam");
+  const double lr = t.lr.value_or(1e-3);
+  if (ck.optimizer) spdlog::info("{} holds {} state; starting {} fresh (--optimizer), learning rate {}", path, ck.optimizer->type, type, lr);
+  return make_optimizer(type, net, lr);
+}
+
+// A checkpoint's preprocessing still fits an edited network only if its
+// inputs and outputs are the same neurons in the same order.
+std::optional<Preprocessing> preprocessing_after_edit(const Checkpoint& ck, const NeuralNetwork& edited) {
+  if (!ck.preprocessing) return std::nullopt;
+  if (edited->input_neurons() == ck.network->input_neurons() && edited->output_neurons() == ck.network->output_neurons())
+    return ck.preprocessing;
+  spdlog::warn("the edit changed the inputs or outputs: the saved preprocessing (features {}) no longer applies and is dropped",
+               fmt::join(ck.preprocessing->features, ","));
+  return std::nullopt;
 }
 
 // Data-parallel flags; unset ones come from RANK, WORLD_SIZE, MASTER_ADDR and
@@ -194,6 +248,14 @@ struct DistributedArgs {
 #endif
 };
 
+void log_data(const Table& data) {
+  const auto& p = data.preprocessing;
+  spdlog::info("data: {} ({} training rows, {} validation rows, features {}, targets {}{}{})", data.source, data.train.inputs().size(0),
+               data.validation.inputs().size(0), fmt::join(p.features, ","), fmt::join(p.targets, ","),
+               p.task == Task::Classification ? fmt::format(", classes {}", fmt::join(p.classes, ",")) : "",
+               p.standardizes() ? ", standardized" : "");
+}
+
 int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, const DistributedArgs& dist,
               const std::string& out, const CoreShare& cores) {
   auto device = parse_device(t.device);
@@ -203,7 +265,10 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   Checkpoint ck = open_network(config);
   NeuralNetwork net = ck.network;
   spdlog::info("cores: {}", cores.apply(net));
-  Dataset data = load_dataset(d.options(), net);  // checks sizes before anything runs
+  // Checks sizes before anything runs; a checkpoint's preprocessing is applied, not fitted anew.
+  Table data = load_dataset(d.options(net, t.val_split, t.seed), net, ck.preprocessing, "train");
+  // Saved with the model: the CSV's; the toy set has none to keep.
+  const std::optional<Preprocessing> preprocessing = d.data.empty() ? ck.preprocessing : std::optional<Preprocessing>(data.preprocessing);
   if (!out.empty() && fs::exists(out) && !fs::is_directory(out)) fail("--out {} exists and is not a directory", out);
 
   int rank = 0;
@@ -236,16 +301,14 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
 #if defined(CONNEX_WITH_DISTRIBUTED)
   if (data_parallel) data_parallel->broadcast_parameters(net);
 #endif
-  auto optimizer = make_optimizer(t.optimizer, net, t.lr);
-  restore_optimizer(ck, *optimizer, t.optimizer, config);
+  auto optimizer = choose_optimizer(ck, net, t, config);
   if (reporter) {
     spdlog::info("{}", c10::str(*net));
-    spdlog::info("data: {} ({} rows, features {}, targets {})", data.source, data.x.size(0), fmt::join(data.feature_names, ","),
-                 fmt::join(data.target_names, ","));
+    log_data(data);
   }
   TrainOptions options;
-  options.epochs = t.epochs, options.batch_size = t.batch_size, options.lr = t.lr, options.optimizer = t.optimizer;
-  options.seed = t.seed, options.val_split = t.val_split, options.device = device, options.task = d.options().task;
+  options.epochs = t.epochs, options.batch_size = t.batch_size, options.seed = t.seed, options.device = device;
+  options.task = data.preprocessing.task, options.preprocessing = preprocessing;
   options.prune_at_epoch = t.prune_at_epoch, options.prune_fraction = t.prune_fraction;
   options.checkpoint_every = t.checkpoint_every, options.out = out;
   options.on_network_replaced = [&cores](const NeuralNetwork& pruned) { spdlog::info("cores: {}", cores.apply(pruned)); };
@@ -270,7 +333,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
     spdlog::info("validation {} {:.6f}", options.task == Task::Classification ? "accuracy" : "mse", result.history.back().val_metric);
   if (!out.empty()) {
     net->to(torch::kCPU);
-    write_run(out, net, *optimizer, result.history);
+    write_run(out, net, *optimizer, result.history, preprocessing);
     spdlog::info("wrote {}/model.ckpt, metrics.csv, metrics.json, config.json", out);
   }
   return 0;
@@ -283,30 +346,44 @@ int cmd_prune(const std::string& path, std::optional<double> threshold, std::opt
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
   spdlog::info("cores: {}", cores.apply(net));
-  Dataset data = load_dataset(d.options(), net);
-  const Task task = d.options().task;
+  // Data only when asked for: --data reports the loss before and after, and
+  // training on needs some (the toy set when the network fits it).
+  std::optional<Table> data;
+  if (!d.data.empty() || t.epochs > 0) data = load_dataset(d.options(net, t.val_split, t.seed), net, ck.preprocessing, "prune");
   const std::vector<Edge> weak = weakest_connections(net, threshold, fraction);
-  auto optimizer = make_optimizer(t.optimizer, net, t.lr);
-  restore_optimizer(ck, *optimizer, t.optimizer, path);
-  auto [loss_before, metric_before] = evaluate(net, data.x, data.y, task);
+  auto optimizer = choose_optimizer(ck, net, t, path);
   auto result = edit(net).remove_connections(weak).build(t.seed);
   NeuralNetwork pruned = result.network;
-  auto next = optimizer_after_edit(t.optimizer, *optimizer, net, result, t.lr);
+  auto next = optimizer_after_edit(*optimizer, net, result);
   spdlog::info("cores: {}", cores.apply(pruned));  // the pruned network may take the other path (and pool)
-  auto [loss_after, metric_after] = evaluate(pruned, data.x, data.y, task);
   std::printf("connections: %lld -> %lld (removed %zu)\n", static_cast<long long>(net->num_connections()),
               static_cast<long long>(pruned->num_connections()), weak.size());
-  std::printf("loss: %.6f -> %.6f after pruning\n", loss_before, loss_after);
-  std::vector<EpochMetrics> history;
-  if (t.epochs > 0) {
-    TrainOptions options;
-    options.epochs = t.epochs, options.batch_size = t.batch_size, options.lr = t.lr, options.seed = t.seed, options.task = task;
-    history = train(pruned, next, data, options).history;
-    auto [loss_trained, metric] = evaluate(pruned, data.x, data.y, task);
-    std::printf("loss: %.6f after %d more epochs\n", loss_trained, t.epochs);
+  std::optional<Preprocessing> preprocessing = ck.preprocessing;
+  if (data) {
+    // Measured on the validation rows when there are some, else on every row.
+    const bool held_out = data->validation.inputs().size(0) > 0;
+    const auto& rows = held_out ? data->validation : data->train;
+    const Task task = data->preprocessing.task;
+    const std::string on = held_out ? fmt::format("{} validation rows", rows.inputs().size(0))
+                                    : fmt::format("{} rows", rows.inputs().size(0));
+    auto report = [&](const char* when) {
+      auto [loss_before, metric_before] = evaluate(net, rows.inputs(), rows.targets(), task);
+      auto [loss_after, metric_after] = evaluate(pruned, rows.inputs(), rows.targets(), task);
+      std::printf("loss: %.6f -> %.6f %s (%s)\n", loss_before, loss_after, when, on.c_str());
+      if (task == Task::Classification)
+        std::printf("accuracy: %.4f -> %.4f %s (%s)\n", metric_before, metric_after, when, on.c_str());
+    };
+    report("after pruning");
+    if (t.epochs > 0) {
+      TrainOptions options;
+      options.epochs = t.epochs, options.batch_size = t.batch_size, options.seed = t.seed, options.task = task;
+      train(pruned, next, *data, options);
+      report(fmt::format("after {} more epochs", t.epochs).c_str());
+    }
+    if (!d.data.empty()) preprocessing = data->preprocessing;
   }
   if (!out.empty()) {
-    save(pruned, out, next.get());
+    save(pruned, out, next.get(), preprocessing ? &*preprocessing : nullptr);
     std::printf("wrote %s\n", out.c_str());
   }
   return 0;
@@ -341,35 +418,51 @@ int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out)
       .remove_neurons(ids(a.remove_neuron, "--remove-neuron"));
   if (a.dropout) editor.set_dropout_p(*a.dropout);
   auto result = editor.build(a.seed);
+  // The saved optimizer goes on with its own options (learning rate included).
   std::unique_ptr<torch::optim::Optimizer> next;
-  if (ck.optimizer && ck.optimizer->type != "rmsprop" && ck.optimizer->type != "adagrad") {
-    auto old_optimizer = make_optimizer(ck.optimizer->type, net, 1e-3);
-    load_optimizer_state(ck, *old_optimizer, path);
-    next = optimizer_after_edit(ck.optimizer->type, *old_optimizer, net, result, 1e-3);
-  }
-  save(result.network, out, next.get());
-  std::printf("%s\nwrote %s%s\n", c10::str(*result.network).c_str(), out.c_str(), next ? " (optimizer state carried)" : "");
+  if (ck.optimizer) next = optimizer_after_edit(*restore_optimizer(ck, path), net, result);
+  const auto preprocessing = preprocessing_after_edit(ck, result.network);
+  save(result.network, out, next.get(), preprocessing ? &*preprocessing : nullptr);
+  std::printf("%s\nwrote %s%s\n", c10::str(*result.network).c_str(), out.c_str(),
+              next ? fmt::format(" (optimizer state carried: {}, learning rate {})", ck.optimizer->type,
+                                 next->param_groups()[0].options().get_lr()).c_str()
+                   : "");
   return 0;
 }
 
-int cmd_export(const std::string& path, const std::string& format, const std::string& out) {
-  NeuralNetwork net = open_network(path).network;
+int cmd_export(const std::string& path, const std::string& format, const std::string& out, double dot_seconds) {
+  const Checkpoint ck = open_network(path);
+  const NeuralNetwork& net = ck.network;
   if (format == "torchscript") {
-    export_torchscript(net, out);
+    // A deployed model takes raw rows: the preprocessing goes inside it.
+    export_torchscript(net, out, ck.preprocessing ? &*ck.preprocessing : nullptr);
   } else if (format == "json" || format == "graphml" || format == "dot") {
     const std::string text = format == "json" ? to_node_link_json(net).dump(1) + "\n" : format == "graphml" ? to_graphml(net) : to_dot(net);
     write_file_atomically(out, text, "export");
   } else {  // png through Graphviz, run directly (no shell: the paths are the user's)
+    // A large network is drawn as a summary, every drawing is bounded in
+    // pixels, and dot gets a time limit: a full drawing of a thousand neurons
+    // took minutes and gave an unreadable image at Graphviz's size limit.
+    const DotDrawing drawing = draw_dot(net);
     const std::string dot_file = out + ".dot.tmp", png_tmp = out + ".tmp.png";
-    write_file_atomically(dot_file, to_dot(net), "export");
-    const int status = run_program({"dot", "-Tpng", "-o", png_tmp, dot_file});
+    write_file_atomically(dot_file, drawing.dot, "export");
+    const int status = run_program({"dot", "-Tpng", "-o", png_tmp, dot_file}, dot_seconds);
     fs::remove(dot_file);
     if (status == 127) fail("export --format png needs Graphviz's dot, which is not installed");
     if (status != 0) {
       fs::remove(png_tmp);
+      if (status == kTimedOut)
+        fail("export: dot did not finish drawing {} ({}) within {:g} s and was stopped; raise --timeout, or use --format dot or json",
+             out, drawing.description, dot_seconds);
       fail("export: dot failed to draw {}", out);
     }
     fs::rename(png_tmp, out);
+    if (drawing.summary)
+      std::printf("wrote %s: %s (%s; use --format dot or json for the whole graph)\n", out.c_str(),
+                  drawing.description.c_str(), drawing.reason.c_str());
+    else
+      std::printf("wrote %s: %s\n", out.c_str(), drawing.description.c_str());
+    return 0;
   }
   std::printf("wrote %s\n", out.c_str());
   return 0;
@@ -407,6 +500,11 @@ int cmd_inspect(const std::string& path) {
   }
   std::printf("dropout: %d neurons with p > 0 (max %.3g)\n", dropped, max_p);
   if (ck.optimizer) std::printf("optimizer state: %s\n", ck.optimizer->type.c_str());
+  if (const auto& p = ck.preprocessing) {
+    const std::string classes = p->task == Task::Classification ? fmt::format(" ({})", fmt::join(p->classes, ", ")) : "";
+    std::printf("preprocessing: %s of %s%s from %s%s\n", task_name(p->task), fmt::format("{}", fmt::join(p->targets, ", ")).c_str(),
+                classes.c_str(), fmt::format("{}", fmt::join(p->features, ", ")).c_str(), p->standardizes() ? ", standardized" : "");
+  }
   return 0;
 }
 
@@ -473,6 +571,8 @@ int main(int argc, char** argv) {
   export_cmd->add_option("--format", format, "torchscript, json, graphml, dot or png")->required()
       ->check(CLI::IsMember({"torchscript", "json", "graphml", "dot", "png"}));
   export_cmd->add_option("--out", out, "output file")->required();
+  double dot_seconds = 60;
+  export_cmd->add_option("--timeout", dot_seconds, "png: seconds Graphviz may take (default 60)")->check(number_in(0, 86400, false, true));
 
   auto* inspect_cmd = app.add_subcommand("inspect", "describe a checkpoint or config");
   inspect_cmd->add_option("file", path, "checkpoint or config")->required();
@@ -520,7 +620,7 @@ int main(int argc, char** argv) {
     if (*train_cmd) return cmd_train(config, data, train_args, dist, out, cores);
     if (*prune_cmd) return cmd_prune(path, threshold, fraction, data, prune_train, out, cores);
     if (*edit_cmd) return cmd_edit(path, edit_args, out);
-    if (*export_cmd) return cmd_export(path, format, out);
+    if (*export_cmd) return cmd_export(path, format, out, dot_seconds);
     if (*inspect_cmd) return cmd_inspect(path);
     if (*bench_cmd) return cmd_bench(bench_cmd->remaining());
   } catch (const std::exception& e) {

@@ -12,99 +12,21 @@
 
 namespace connex::cli {
 
-namespace {
-
-std::string join(const std::vector<std::string>& names) {
-  std::string out;
-  for (size_t i = 0; i < names.size(); ++i) out += (i ? ", " : "") + names[i];
-  return out;
-}
-
-}  // namespace
-
-Dataset load_dataset(const DataOptions& options, const NeuralNetwork& network) {
-  Dataset data;
+Table load_dataset(const DataOptions& options, const NeuralNetwork& network, const std::optional<Preprocessing>& fitted,
+                   const std::string& command) {
+  if (!options.path.empty()) return read_table(options.path, network, options.table, fitted);
   const int64_t n_in = network->num_inputs(), n_out = network->num_outputs();
-  if (options.path.empty()) {
-    if (options.task == Task::Classification)
-      fail("train: --task classification needs --data FILE.csv (the built-in toy set is a regression)");
-    if (n_in != 1 || n_out != 2)
-      fail("train: the built-in toy data has 1 feature and 2 targets (cos x, sin x), but the network has {} inputs and {} outputs; give --data",
-           n_in, n_out);
-    data.x = torch::linspace(0, 2 * M_PI, 250).unsqueeze(1);
-    data.y = torch::cat({torch::cos(data.x), torch::sin(data.x)}, 1);
-    data.feature_names = {"x"};
-    data.target_names = {"cos_x", "sin_x"};
-    data.source = "toy (cos x, sin x)";
-    return data;
-  }
-  const CsvTable table = read_csv(options.path);
-  data.source = options.path;
-  const int64_t n_cols = static_cast<int64_t>(table.columns.size());
-  auto column = [&](const std::string& name) {
-    const int64_t j = table.column_index(name);
-    if (j < 0) fail("{}: unknown column \"{}\"; the columns are {}", options.path, name, join(table.columns));
-    return j;
-  };
-  std::vector<int64_t> target_cols, feature_cols;
-  for (const auto& name : options.targets) target_cols.push_back(column(name));
-  if (target_cols.empty()) {
-    const int64_t want = options.task == Task::Classification ? 1 : n_out;
-    if (want >= n_cols)
-      fail("{}: has {} columns, too few for {} target column(s) and at least one feature", options.path, n_cols, want);
-    for (int64_t j = n_cols - want; j < n_cols; ++j) target_cols.push_back(j);
-  }
-  for (const auto& name : options.features) feature_cols.push_back(column(name));
-  if (feature_cols.empty())
-    for (int64_t j = 0; j < n_cols; ++j)
-      if (std::find(target_cols.begin(), target_cols.end(), j) == target_cols.end()) feature_cols.push_back(j);
-  for (int64_t j : feature_cols)
-    if (std::find(target_cols.begin(), target_cols.end(), j) != target_cols.end())
-      fail("{}: column \"{}\" is named both as a feature and as a target", options.path, table.columns[j]);
-  for (int64_t j : feature_cols) data.feature_names.push_back(table.columns[j]);
-  for (int64_t j : target_cols) data.target_names.push_back(table.columns[j]);
-
-  if (static_cast<int64_t>(feature_cols.size()) != n_in)
-    fail("{}: {} feature columns ({}) but the network has {} inputs", options.path, feature_cols.size(),
-         join(data.feature_names), n_in);
-  const int64_t rows = static_cast<int64_t>(table.rows.size());
-  auto x = torch::empty({rows, n_in}, torch::kFloat64);
-  auto xa = x.accessor<double, 2>();
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t k = 0; k < n_in; ++k) xa[i][k] = table.rows[i][feature_cols[k]];
-  if (options.standardize) {
-    // A constant column (or a single row) has no spread: leave its scale alone.
-    auto std = x.std(0, true, true);
-    std = torch::where(torch::isfinite(std) & (std > 1e-12), std, torch::ones_like(std));
-    x = (x - x.mean(0, true)) / std;
-  }
-  data.x = x.to(torch::kFloat32);
-
-  if (options.task == Task::Classification) {
-    if (target_cols.size() != 1)
-      fail("{}: classification takes one label column, {} were named ({})", options.path, target_cols.size(), join(data.target_names));
-    auto y = torch::empty({rows}, torch::kLong);
-    auto ya = y.accessor<int64_t, 1>();
-    const int64_t j = target_cols[0];
-    for (int64_t i = 0; i < rows; ++i) {
-      const double v = table.rows[i][j];
-      if (v != std::floor(v) || v < 0 || v >= static_cast<double>(n_out))
-        fail("{}:{}: column {} (\"{}\"): {} is not an integer class label in [0, {}) (the network has {} outputs)",
-             options.path, table.row_lines[i], j + 1, table.columns[j], v, n_out, n_out);
-      ya[i] = static_cast<int64_t>(v);
-    }
-    data.y = y;
-  } else {
-    if (static_cast<int64_t>(target_cols.size()) != n_out)
-      fail("{}: {} target columns ({}) but the network has {} outputs", options.path, target_cols.size(),
-           join(data.target_names), n_out);
-    auto y = torch::empty({rows, n_out}, torch::kFloat64);
-    auto ya = y.accessor<double, 2>();
-    for (int64_t i = 0; i < rows; ++i)
-      for (int64_t k = 0; k < n_out; ++k) ya[i][k] = table.rows[i][target_cols[k]];
-    data.y = y.to(torch::kFloat32);
-  }
-  return data;
+  if (options.table.task() == Task::Classification || (fitted && fitted->task == Task::Classification))
+    fail("{}: classification needs --data FILE.csv (the built-in toy set is a regression)", command);
+  if (n_in != 1 || n_out != 2)
+    fail("{}: the built-in toy data has 1 feature and 2 targets (cos x, sin x), but the network has {} inputs and {} outputs; give --data",
+         command, n_in, n_out);
+  const auto x = torch::linspace(0, 2 * M_PI, 250).unsqueeze(1);
+  Table table = table_from_tensors(x, torch::cat({torch::cos(x), torch::sin(x)}, 1), options.table);
+  table.preprocessing.features = {"x"};
+  table.preprocessing.targets = {"cos_x", "sin_x"};
+  table.source = "toy (cos x, sin x)";
+  return table;
 }
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name, NeuralNetwork& network, double lr) {
@@ -112,14 +34,6 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name,
   if (name == "adamw") return std::make_unique<torch::optim::AdamW>(network->parameters(), torch::optim::AdamWOptions(lr));
   if (name == "sgd") return std::make_unique<torch::optim::SGD>(network->parameters(), torch::optim::SGDOptions(lr).momentum(0.9));
   fail("--optimizer must be adam, adamw or sgd, got \"{}\"", name);
-}
-
-std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const std::string& name, torch::optim::Optimizer& old,
-                                                              NeuralNetwork& before, const EditResult& edited, double lr) {
-  NeuralNetwork after = edited.network;  // a holder sharing the edited module
-  auto next = make_optimizer(name, after, lr);
-  transfer_optimizer_state(old, before, *next, edited);
-  return next;
 }
 
 torch::Tensor loss_of(const NeuralNetwork& network, const torch::Tensor& out, const torch::Tensor& y, Task task) {
@@ -160,10 +74,10 @@ std::vector<Edge> weakest_connections(const NeuralNetwork& network, std::optiona
 }
 
 void write_run(const std::string& out, const NeuralNetwork& network, const torch::optim::Optimizer& optimizer,
-               const std::vector<EpochMetrics>& history) {
+               const std::vector<EpochMetrics>& history, const std::optional<Preprocessing>& preprocessing) {
   namespace fs = std::filesystem;
   fs::create_directories(out);
-  save(network, (fs::path(out) / "model.ckpt").string(), &optimizer);
+  save(network, (fs::path(out) / "model.ckpt").string(), &optimizer, preprocessing ? &*preprocessing : nullptr);
   write_file_atomically((fs::path(out) / "metrics.csv").string(), metrics_csv(history), "train");
   write_file_atomically((fs::path(out) / "metrics.json").string(), metrics_json(history).dump(1) + "\n", "train");
   try {
@@ -173,22 +87,21 @@ void write_run(const std::string& out, const NeuralNetwork& network, const torch
   }
 }
 
-TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimizer>& optimizer, const Dataset& data,
+TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimizer>& optimizer, const Table& data,
                   const TrainOptions& options) {
   TrainResult result;
-  const int64_t n = data.x.size(0);
+  const int64_t n_val = data.validation.inputs().size(0), n = data.train.inputs().size(0) + n_val;
+  // The shuffles go on from the generator that drew the table's split.
   auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
-  auto order = torch::randperm(n, generator, torch::kLong);
-  const int64_t n_val = options.val_split > 0 ? std::max<int64_t>(1, static_cast<int64_t>(std::llround(n * options.val_split))) : 0;
-  if (n_val >= n) fail("train: --val-split {} leaves no training rows ({} rows in all)", options.val_split, n);
+  torch::randperm(n, generator, torch::kLong);
   const auto dtype = network->weight_tensor().scalar_type();
   auto prepare = [&](const torch::Tensor& t) {
     return (t.is_floating_point() ? t.to(dtype) : t).to(options.device);
   };
-  result.val_x = prepare(data.x.index_select(0, order.narrow(0, 0, n_val)));
-  result.val_y = prepare(data.y.index_select(0, order.narrow(0, 0, n_val)));
-  result.train_x = prepare(data.x.index_select(0, order.narrow(0, n_val, n - n_val)));
-  result.train_y = prepare(data.y.index_select(0, order.narrow(0, n_val, n - n_val)));
+  result.val_x = prepare(data.validation.inputs());
+  result.val_y = prepare(data.validation.targets());
+  result.train_x = prepare(data.train.inputs());
+  result.train_y = prepare(data.train.targets());
   const int64_t n_train = n - n_val;
   const int64_t batch = options.batch_size > 0 ? std::min(options.batch_size, n_train) : n_train;
   const bool metric_is_accuracy = options.task == Task::Classification;
@@ -268,7 +181,7 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
 #else
       EditResult edited = prune.build(network, options.seed);
 #endif
-      auto next = optimizer_after_edit(options.optimizer, *optimizer, network, edited, options.lr);
+      auto next = optimizer_after_edit(*optimizer, network, edited);
       if (reporter)
         spdlog::info("epoch {}: pruned {} of {} connections (|w| smallest first)", epoch,
                      network->num_connections() - edited.network->num_connections(), network->num_connections());
@@ -281,7 +194,7 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
 #endif
     }
     if (reporter && options.checkpoint_every > 0 && epoch % options.checkpoint_every == 0 && !options.out.empty())
-      write_run(options.out, network, *optimizer, result.history);
+      write_run(options.out, network, *optimizer, result.history, options.preprocessing);
   }
   return result;
 }

@@ -15,24 +15,16 @@
 
 namespace connex::cli {
 
-enum class Task { Regression, Classification };
-
 struct DataOptions {
-  std::string path;                  // empty: the toy (cos x, sin x) set
-  std::vector<std::string> targets;  // empty: last column(s)
-  std::vector<std::string> features; // empty: every other column
-  Task task = Task::Regression;
-  bool standardize = false;          // z-score every feature column (statistics of the whole file)
+  std::string path;  // empty: the toy (cos x, sin x) set
+  TableOptions table;
 };
 
-struct Dataset {
-  torch::Tensor x, y;  // y: float targets, or int64 class labels
-  std::vector<std::string> feature_names, target_names;
-  std::string source;
-};
-
-// Loads and checks the data against the network's input and output sizes.
-Dataset load_dataset(const DataOptions& options, const NeuralNetwork& network);
+// Loads the data and checks it against the network's inputs and outputs.
+// `fitted`: a checkpoint's preprocessing, applied instead of fitting anew.
+// `command` names the subcommand in messages.
+Table load_dataset(const DataOptions& options, const NeuralNetwork& network, const std::optional<Preprocessing>& fitted,
+                   const std::string& command);
 
 // The connections with the smallest |w|: those below `threshold`, or the
 // weakest `fraction` of all (exactly one of the two is given).
@@ -42,12 +34,10 @@ std::vector<Edge> weakest_connections(const NeuralNetwork& network, std::optiona
 struct TrainOptions {
   int epochs = 1000;
   int64_t batch_size = 0;  // 0: full batch
-  double lr = 1e-3;
-  std::string optimizer = "adam";
-  uint64_t seed = 0;
-  double val_split = 0.0;
+  uint64_t seed = 0;       // the table's split seed: shuffles go on from the same generator
   torch::Device device = torch::kCPU;
   Task task = Task::Regression;
+  std::optional<Preprocessing> preprocessing;  // saved with every checkpoint
   // Prune this fraction of connections (weakest |w| first) after this epoch;
   // the optimizer state moves with the surviving parameters.
   int prune_at_epoch = 0;
@@ -71,11 +61,8 @@ struct EpochMetrics {
   double train_loss = 0, val_loss = NAN, val_metric = NAN, seconds = 0;
 };
 
+// A fresh optimizer of the CLI's kinds (adam, adamw, sgd with momentum 0.9).
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name, NeuralNetwork& network, double lr);
-// The optimizer to go on with after an edit: a new one of the same kind over
-// the edited network, carrying `old`'s state for every surviving parameter.
-std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const std::string& name, torch::optim::Optimizer& old,
-                                                              NeuralNetwork& before, const EditResult& edited, double lr);
 
 // Loss and metric (MSE, or accuracy for classification) on a whole set, eval mode.
 std::pair<double, double> evaluate(NeuralNetwork& network, const torch::Tensor& x, const torch::Tensor& y, Task task);
@@ -87,15 +74,16 @@ struct TrainResult {
   int64_t steps = 0;  // optimizer steps taken
 };
 
-// Splits, trains with the given optimizer, reports each epoch. A prune step
-// replaces both `network` and `optimizer`.
-TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimizer>& optimizer, const Dataset& data,
+// Trains with the given optimizer, reports each epoch. A prune step replaces
+// both `network` and `optimizer` (same type and options, state carried).
+TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimizer>& optimizer, const Table& data,
                   const TrainOptions& options);
 
 // Writes every file of a training run into the directory `out`, each
-// atomically: model.ckpt (with optimizer state), metrics.csv, metrics.json, config.json.
+// atomically: model.ckpt (with optimizer state and preprocessing),
+// metrics.csv, metrics.json, config.json.
 void write_run(const std::string& out, const NeuralNetwork& network, const torch::optim::Optimizer& optimizer,
-               const std::vector<EpochMetrics>& history);
+               const std::vector<EpochMetrics>& history, const std::optional<Preprocessing>& preprocessing);
 
 nlohmann::json metrics_json(const std::vector<EpochMetrics>& history);
 std::string metrics_csv(const std::vector<EpochMetrics>& history);

@@ -170,13 +170,6 @@ struct TensorData {
   }
 };
 
-// A network's parameters by TensorImpl, to name an optimizer's parameters.
-std::unordered_map<const void*, std::string> parameter_names(const NeuralNetwork& network) {
-  std::unordered_map<const void*, std::string> names;
-  for (const auto& p : network->named_parameters()) names.emplace(p.value().unsafeGetTensorImpl(), p.key());
-  return names;
-}
-
 // Throws unless torch's step() can run on the saved state: every field it
 // reads under a group's options is there, and an optimizer that keeps a state
 // for every parameter (Adagrad) has one for each. Checked when a file is
@@ -208,27 +201,22 @@ json write_optimizer(const NeuralNetwork& network, const torch::optim::Optimizer
   const std::string type = optimizer_type_name(optimizer);
   if (type == "other")
     fail("save(): cannot save the optimizer for {}: connex saves the state of Adam, AdamW, SGD, RMSprop and Adagrad", path);
-  const auto names = parameter_names(network);
+  const auto names = group_parameter_names(optimizer, network, "save(): cannot save the optimizer for " + path);
   json groups = json::array(), state = json::object();
-  for (size_t g = 0; g < optimizer.param_groups().size(); ++g) {
+  for (size_t g = 0; g < names.size(); ++g) {
     const auto& group = optimizer.param_groups()[g];
-    json parameters = json::array();
-    for (const auto& p : group.params()) {
-      auto name = names.find(p.unsafeGetTensorImpl());
-      if (name == names.end())
-        fail("save(): cannot save the optimizer for {}: its group {} holds a parameter of shape [{}] that is not one of the "
-             "network's", path, g, fmt::join(p.sizes(), ", "));
-      parameters.push_back(name->second);
-      auto it = optimizer.state().find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+    for (size_t i = 0; i < names[g].size(); ++i) {
+      const std::string& name = names[g][i];
+      auto it = optimizer.state().find(c10::guts::to_string(group.params()[i].unsafeGetTensorImpl()));
       if (it == optimizer.state().end()) continue;  // never stepped
       const auto fields = state_fields(*it->second);
       json entry = {{"tensors", json::object()}};
       if (fields.step) entry["step"] = *fields.step;
       for (const auto& [field, tensor] : fields.tensors)
-        if (tensor.defined()) entry["tensors"][field] = write_tensor(tensor, data, name->second + "." + field);
-      state[name->second] = entry;
+        if (tensor.defined()) entry["tensors"][field] = write_tensor(tensor, data, name + "." + field);
+      state[name] = entry;
     }
-    groups.push_back({{"options", optimizer_options_to_json(group.options())}, {"parameters", parameters}});
+    groups.push_back({{"options", optimizer_options_to_json(group.options())}, {"parameters", names[g]}});
   }
   return {{"type", type}, {"groups", groups}, {"state", state}};
 }
@@ -296,8 +284,13 @@ SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const
 
 }  // namespace
 
-void save(const NeuralNetwork& network, const std::string& path, const torch::optim::Optimizer* optimizer) {
+void save(const NeuralNetwork& network, const std::string& path, const torch::optim::Optimizer* optimizer,
+          const Preprocessing* preprocessing) {
   json header;
+  if (preprocessing) {
+    preprocessing->check_fits(network, "save(): " + path + ": the preprocessing");
+    header["preprocessing"] = preprocessing->to_json();
+  }
   header["config"] = network_config(network, "save()");
   header["tensors"] = json::array();
   std::string data;
@@ -369,6 +362,9 @@ Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
 
   if (header.contains("optimizer") && !header.at("optimizer").is_null())
     checkpoint.optimizer = read_optimizer(header.at("optimizer"), checkpoint.network, data, path);
+  if (header.contains("preprocessing"))
+    checkpoint.preprocessing = Preprocessing::from_json(header.at("preprocessing"), "load(): " + path + ": /preprocessing",
+                                                        checkpoint.network);
   return checkpoint;
 }
 
@@ -384,22 +380,15 @@ void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer&
     fail("load_optimizer_state(): {} holds {} parameter group(s), but the optimizer has {}", path, saved.groups.size(),
          optimizer.param_groups().size());
   check_state_complete(saved, "load_optimizer_state()", path);
-  const auto names = parameter_names(network.is_empty() ? checkpoint.network : network);
+  const auto names = group_parameter_names(optimizer, network.is_empty() ? checkpoint.network : network,
+                                           "load_optimizer_state(): " + path);
 
   // Build everything first, then install: an error leaves the optimizer as it was.
   std::vector<std::unique_ptr<torch::optim::OptimizerOptions>> options;
   std::vector<std::pair<std::string, std::unique_ptr<torch::optim::OptimizerParamState>>> states;
   for (size_t g = 0; g < saved.groups.size(); ++g) {
     const auto& group = optimizer.param_groups()[g];
-    std::vector<std::string> held;
-    for (const auto& p : group.params()) {
-      auto name = names.find(p.unsafeGetTensorImpl());
-      if (name == names.end())
-        fail("load_optimizer_state(): group {} of the optimizer holds a parameter of shape [{}] that is not one of the "
-             "network{}; build the optimizer over that network's parameters", g, fmt::join(p.sizes(), ", "),
-             network.is_empty() ? " loaded from " + path : std::string(" given"));
-      held.push_back(name->second);
-    }
+    const std::vector<std::string>& held = names[g];
     auto sorted = [](std::vector<std::string> v) { std::sort(v.begin(), v.end()); return v; };
     if (sorted(held) != sorted(saved.groups[g].parameters))
       fail("load_optimizer_state(): group {} of the optimizer holds parameters [{}] but the one in {} holds [{}]", g,
@@ -425,6 +414,28 @@ void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer&
   optimizer.state().clear();
   for (auto& [key, state] : states) optimizer.state()[key] = std::move(state);
   for (size_t g = 0; g < options.size(); ++g) optimizer.param_groups()[g].set_options(std::move(options[g]));
+}
+
+std::unique_ptr<torch::optim::Optimizer> restore_optimizer(const Checkpoint& checkpoint, const std::string& path,
+                                                           const NeuralNetwork& network) {
+  if (!checkpoint.optimizer) fail("restore_optimizer(): {} holds no optimizer state", path);
+  const SavedOptimizer& saved = *checkpoint.optimizer;
+  const NeuralNetwork& net = network.is_empty() ? checkpoint.network : network;
+  const auto parameters = net->named_parameters();
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  for (size_t g = 0; g < saved.groups.size(); ++g) {
+    std::vector<torch::Tensor> params;
+    for (const auto& name : saved.groups[g].parameters) {
+      const auto* p = parameters.find(name);
+      if (!p) fail("restore_optimizer(): group {} in {} holds parameter \"{}\", which the network does not have", g, path, name);
+      params.push_back(*p);
+    }
+    groups.emplace_back(std::move(params), optimizer_options_from_json(saved.type, saved.groups[g].options, path));
+  }
+  if (groups.empty()) fail("restore_optimizer(): {} holds an optimizer without parameter groups", path);
+  auto optimizer = make_optimizer(saved.type, std::move(groups));
+  load_optimizer_state(checkpoint, *optimizer, path, net);
+  return optimizer;
 }
 
 }  // namespace connex

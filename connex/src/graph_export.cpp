@@ -4,12 +4,14 @@
 #include <cmath>
 #include <limits>
 #include <sstream>
+#include <unordered_set>
 
 #include <torch/torch.h>
 
 #include "connex/config.h"
 #include "connex/error.h"
 #include "connex/file_io.h"
+#include "id_messages.h"
 
 namespace connex {
 
@@ -73,11 +75,15 @@ json to_node_link_json(const NeuralNetwork& network) {
   for (const auto& n : g.neurons) {
     json node{{"id", id_to_json(n.id)}, {"role", role_name(n.role)}, {"dropout_p", n.dropout_p}, {"level", n.level}};
     if (n.bias) node["bias"] = *n.bias;
+    if (n.frozen) node["frozen"] = true;  // only where frozen, as networkx users would write it
     out["nodes"].push_back(node);
   }
   out["links"] = json::array();
-  for (const auto& c : g.connections)
-    out["links"].push_back({{"source", id_to_json(c.from)}, {"target", id_to_json(c.to)}, {"weight", c.weight}});
+  for (const auto& c : g.connections) {
+    json link{{"source", id_to_json(c.from)}, {"target", id_to_json(c.to)}, {"weight", c.weight}};
+    if (c.frozen) link["frozen"] = true;
+    out["links"].push_back(link);
+  }
   return out;
 }
 
@@ -100,23 +106,32 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
       fail("{}: {} must be an integer or a string neuron id, got {}", source, path, v.dump());
     return v;
   };
+  auto to_id = [](const json& v) { return v.is_number_integer() ? NeuronId(v.get<int64_t>()) : NeuronId(v.get<std::string>()); };
   json spec_json;
   spec_json["inputs"] = need(graph, "inputs", "/graph");
   spec_json["outputs"] = need(graph, "outputs", "/graph");
   spec_json["neurons"] = json::array();
-  for (size_t i = 0; i < nodes.size(); ++i)
+  std::unordered_set<NeuronId, NeuronIdHash> node_ids;
+  for (size_t i = 0; i < nodes.size(); ++i) {
     spec_json["neurons"].push_back(check_id(need(nodes[i], "id", fmt::format("/nodes/{}", i)), fmt::format("/nodes/{}/id", i)));
+    node_ids.insert(to_id(spec_json["neurons"].back()));
+  }
+  // Every link joins two nodes (networkx writes them all); an id missing from
+  // /nodes is an error here, named by its place in /links.
+  const NeuronId::Kind kind = nodes.empty() ? NeuronId::Kind::Integer : to_id(spec_json["neurons"].front()).kind();
   spec_json["edges"] = json::array();
+  std::vector<Edge> raw_edges;  // in file order, repeats included
   for (size_t i = 0; i < links.size(); ++i) {
     const std::string path = fmt::format("/links/{}", i);
-    spec_json["edges"].push_back({check_id(need(links[i], "source", path), path + "/source"),
-                                  check_id(need(links[i], "target", path), path + "/target")});
+    const json& from = check_id(need(links[i], "source", path), path + "/source");
+    const json& to = check_id(need(links[i], "target", path), path + "/target");
+    raw_edges.emplace_back(to_id(from), to_id(to));
+    for (const auto& [id, end] : {std::pair{raw_edges.back().first, "/source"}, std::pair{raw_edges.back().second, "/target"}})
+      if (!node_ids.count(id))
+        fail("{}: {}{}: {}", source, path, end, unlisted_endpoint(raw_edges.back(), id, nodes.empty() ? id.kind() : kind, "/nodes"));
+    spec_json["edges"].push_back({from, to});
   }
   GraphSpec spec = GraphSpec::from_json(spec_json, source, "/graph");
-  std::vector<Edge> raw_edges;  // in file order, repeats included
-  for (const auto& pair : spec_json["edges"])
-    raw_edges.emplace_back(pair[0].is_number_integer() ? NeuronId(pair[0].get<int64_t>()) : NeuronId(pair[0].get<std::string>()),
-                           pair[1].is_number_integer() ? NeuronId(pair[1].get<int64_t>()) : NeuronId(pair[1].get<std::string>()));
   NeuralNetworkOptions options = graph.contains("options") ? options_from_json(graph.at("options"), source) : NeuralNetworkOptions();
   NeuralNetwork network(spec, options);
 
@@ -132,6 +147,16 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
   auto biases = network->bias_tensor().detach().to(torch::kFloat64).contiguous();
   double* w = weights.data_ptr<double>();
   double* b = biases.data_ptr<double>();
+  // "frozen": optional, true or false; absent means not frozen.
+  auto is_frozen = [&](const json& obj, const std::string& path) {
+    if (!obj.contains("frozen")) return false;
+    const json& flag = obj.at("frozen");
+    if (!flag.is_boolean()) fail("{}: {}/frozen must be true or false, got {}", source, path, flag.dump());
+    return flag.get<bool>();
+  };
+  std::vector<char> link_frozen(topo.num_connections(), 0);  // by connection index
+  std::vector<Edge> frozen_connections;
+  std::vector<NeuronId> frozen_neurons;
   // Edges may repeat in the file; the last value of a repeated edge wins.
   for (size_t i = 0; i < links.size(); ++i) {
     // from_json validated every id; look each up through the spec's own labels.
@@ -139,11 +164,20 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
     const auto& weight = need(links[i], "weight", fmt::format("/links/{}", i));
     if (!weight.is_number()) fail("{}: /links/{}/weight must be a number, got {}", source, i, weight.dump());
     if (!fits(weight.get<double>())) fail("{}: /links/{}/weight {} does not fit the network's dtype", source, i, weight.dump());
-    w[topo.connection_index(topo.dense_of(u), topo.dense_of(v))] = weight.get<double>();
+    const int64_t c = topo.connection_index(topo.dense_of(u), topo.dense_of(v));
+    w[c] = weight.get<double>();
+    link_frozen[c] = is_frozen(links[i], fmt::format("/links/{}", i)) ? 1 : 0;  // the last flag wins, as for the weight
   }
+  for (const auto& [u, v] : spec.edges())
+    if (link_frozen[topo.connection_index(topo.dense_of(u), topo.dense_of(v))]) frozen_connections.emplace_back(u, v);
   for (size_t i = 0; i < nodes.size(); ++i) {
     const int64_t d = topo.dense_of(spec.neurons()[i]);  // nodes are the spec's neuron list, in order
-    if (topo.role(d) == Role::Input) continue;
+    const bool frozen = is_frozen(nodes[i], fmt::format("/nodes/{}", i));
+    if (topo.role(d) == Role::Input) {
+      if (frozen) fail("{}: /nodes/{}/frozen is true, but input neuron {} has no bias to freeze", source, i, spec.neurons()[i]);
+      continue;
+    }
+    if (frozen) frozen_neurons.push_back(spec.neurons()[i]);
     const auto& bias = need(nodes[i], "bias", fmt::format("/nodes/{}", i));
     if (!bias.is_number()) fail("{}: /nodes/{}/bias must be a number, got {}", source, i, bias.dump());
     if (!fits(bias.get<double>())) fail("{}: /nodes/{}/bias {} does not fit the network's dtype", source, i, bias.dump());
@@ -152,6 +186,7 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
   torch::NoGradGuard no_grad;
   network->weight_tensor().copy_(weights);
   network->bias_tensor().copy_(biases);
+  if (!frozen_connections.empty() || !frozen_neurons.empty()) network->freeze(frozen_connections, frozen_neurons);
   if (graph.contains("operation_parameters")) {
     const auto& saved = graph.at("operation_parameters");
     if (!saved.is_object()) fail("{}: /graph/operation_parameters must be an object", source);
@@ -191,33 +226,60 @@ std::string to_graphml(const NeuralNetwork& network) {
       << "  <key id=\"bias\" for=\"node\" attr.name=\"bias\" attr.type=\"double\"/>\n"
       << "  <key id=\"dropout_p\" for=\"node\" attr.name=\"dropout_p\" attr.type=\"double\"/>\n"
       << "  <key id=\"level\" for=\"node\" attr.name=\"level\" attr.type=\"int\"/>\n"
+      << "  <key id=\"frozen\" for=\"node\" attr.name=\"frozen\" attr.type=\"boolean\"/>\n"
       << "  <key id=\"weight\" for=\"edge\" attr.name=\"weight\" attr.type=\"double\"/>\n"
+      << "  <key id=\"frozen_edge\" for=\"edge\" attr.name=\"frozen\" attr.type=\"boolean\"/>\n"
       << "  <graph id=\"connex\" edgedefault=\"directed\">\n";
   for (const auto& n : g.neurons) {
     out << "    <node id=\"" << xml_escape(n.id.plain()) << "\"><data key=\"role\">" << role_name(n.role) << "</data>";
     if (n.bias) out << "<data key=\"bias\">" << number(*n.bias) << "</data>";
-    out << "<data key=\"dropout_p\">" << number(n.dropout_p) << "</data><data key=\"level\">" << n.level << "</data></node>\n";
+    out << "<data key=\"dropout_p\">" << number(n.dropout_p) << "</data><data key=\"level\">" << n.level << "</data>";
+    if (n.frozen) out << "<data key=\"frozen\">true</data>";
+    out << "</node>\n";
   }
-  for (const auto& c : g.connections)
+  for (const auto& c : g.connections) {
     out << "    <edge source=\"" << xml_escape(c.from.plain()) << "\" target=\"" << xml_escape(c.to.plain())
-        << "\"><data key=\"weight\">" << number(c.weight) << "</data></edge>\n";
+        << "\"><data key=\"weight\">" << number(c.weight) << "</data>";
+    if (c.frozen) out << "<data key=\"frozen_edge\">true</data>";
+    out << "</edge>\n";
+  }
   out << "  </graph>\n</graphml>\n";
   return out.str();
 }
 
-std::string to_dot(const NeuralNetwork& network) {
+namespace {
+
+// "1,117": counts in messages and drawings.
+std::string grouped(int64_t n) {
+  std::string digits = std::to_string(n < 0 ? -n : n), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return (n < 0 ? "-" : "") + out;
+}
+
+// "size=..., dpi=..." graph attributes that bound a rendered drawing, or nothing.
+std::string bound_attributes(const DotOptions& options) {
+  std::string attrs;
+  if (options.max_inches > 0) attrs += fmt::format("  size=\"{0},{0}\";\n", options.max_inches);
+  if (options.dpi > 0) attrs += fmt::format("  dpi={};\n", options.dpi);
+  return attrs;
+}
+
+std::string full_dot(const NeuralNetwork& network, const std::string& graph_attributes) {
   const WeightedGraph g = network->weighted_graph();
   double max_abs = 1e-12;
   for (const auto& c : g.connections) max_abs = std::max(max_abs, std::abs(c.weight));
   std::ostringstream out;
-  out << "digraph connex {\n  rankdir=LR;\n  node [fontname=\"Helvetica\", fontsize=10];\n";
+  out << "digraph connex {\n  rankdir=LR;\n" << graph_attributes << "  node [fontname=\"Helvetica\", fontsize=10];\n";
   for (const auto& n : g.neurons) {
     const char* shape = n.role == Role::Input ? "box" : n.role == Role::Output ? "doublecircle" : "circle";
     const char* fill = n.role == Role::Input ? "#e0f0ff" : n.role == Role::Output ? "#ffe8cc" : "#f4f4f4";
     std::string label = n.id.plain();
     if (n.bias) label += fmt::format("\nb={:.3g}", *n.bias);
-    out << "  " << dot_quote(n.id.plain()) << " [shape=" << shape << ", style=filled, fillcolor=\"" << fill
-        << "\", label=" << dot_quote(label) << "];\n";
+    out << "  " << dot_quote(n.id.plain()) << " [shape=" << shape << ", style=" << (n.frozen ? "\"filled,dashed\"" : "filled")
+        << ", fillcolor=\"" << fill << "\", label=" << dot_quote(label) << "];\n";
   }
   // Inputs on the left, outputs on the right.
   out << "  { rank=source;";
@@ -229,10 +291,139 @@ std::string to_dot(const NeuralNetwork& network) {
     const double strength = std::abs(c.weight) / max_abs;
     out << "  " << dot_quote(c.from.plain()) << " -> " << dot_quote(c.to.plain()) << " [penwidth="
         << fmt::format("{:.2f}", 0.3 + 3.7 * strength) << ", color=\"" << (c.weight >= 0 ? "#1f5fbf" : "#c0392b")
-        << "\", tooltip=\"" << fmt::format("{:.6g}", c.weight) << "\"];\n";
+        << "\", tooltip=\"" << fmt::format("{:.6g}", c.weight) << "\"" << (c.frozen ? ", style=dashed" : "") << "];\n";
   }
   out << "}\n";
   return out.str();
+}
+
+struct Summary {
+  std::string dot;
+  int64_t levels = 0, per_box = 1;
+};
+
+// Works on the topology and the flat tensors, not weighted_graph(): a network
+// worth summarising may have millions of connections.
+Summary summary_dot(const NeuralNetwork& network, int64_t max_boxes, const std::string& graph_attributes) {
+  if (max_boxes < 1) fail("to_summary_dot(): max_boxes must be at least 1, got {}", max_boxes);
+  const Topology& topo = network->topology();
+  Summary summary;
+  summary.levels = topo.depth() + 1;
+  summary.per_box = (summary.levels + max_boxes - 1) / max_boxes;
+  const int64_t boxes = (summary.levels + summary.per_box - 1) / summary.per_box;
+  auto box_of = [&](int64_t dense) { return topo.level_of(dense) / summary.per_box; };
+
+  struct Box {
+    int64_t inputs = 0, hidden = 0, outputs = 0, frozen_biases = 0, inner = 0, inner_frozen = 0;
+  };
+  struct Arrow {
+    int64_t count = 0, frozen = 0;
+    double sum = 0, sum_abs = 0;
+  };
+  std::vector<Box> box(boxes);
+  std::vector<Arrow> arrow(boxes * boxes);  // [from * boxes + to]
+  auto cpu = [](const torch::Tensor& t) { return t.detach().to(torch::kCPU, torch::kFloat64).contiguous(); };
+  const auto buffers = network->named_buffers();
+  const auto weights = cpu(network->weight_tensor()), biases_mask = cpu(*buffers.find("bias_grad_mask"));
+  const auto weights_mask = cpu(*buffers.find("weight_grad_mask"));
+  const double* w = weights.data_ptr<double>();
+  const double* wm = weights_mask.data_ptr<double>();
+  const double* bm = biases_mask.data_ptr<double>();
+  for (int64_t d = 0; d < topo.num_neurons(); ++d) {
+    Box& b = box[box_of(d)];
+    switch (topo.role(d)) {
+      case Role::Input: ++b.inputs; continue;
+      case Role::Hidden: ++b.hidden; break;
+      case Role::Output: ++b.outputs; break;
+    }
+    b.frozen_biases += bm[topo.bias_index(d)] == 0.0;
+  }
+  for (int64_t c = 0; c < topo.num_connections(); ++c) {
+    const int64_t from = box_of(topo.conn_source()[c]), to = box_of(topo.conn_target()[c]);
+    const bool frozen = wm[c] == 0.0;
+    if (from == to) {
+      ++box[from].inner;
+      box[from].inner_frozen += frozen;
+      continue;
+    }
+    Arrow& a = arrow[from * boxes + to];
+    ++a.count;
+    a.frozen += frozen;
+    a.sum += w[c];
+    a.sum_abs += std::abs(w[c]);
+  }
+  double max_mean_abs = 1e-12;
+  for (const auto& a : arrow)
+    if (a.count) max_mean_abs = std::max(max_mean_abs, a.sum_abs / a.count);
+
+  auto plural = [](int64_t n, const char* one, const char* many) { return grouped(n) + " " + (n == 1 ? one : many); };
+  std::ostringstream out;
+  out << "digraph connex_summary {\n  rankdir=LR;\n" << graph_attributes
+      << "  labelloc=t;\n  fontname=\"Helvetica\";\n  label=" << dot_quote(fmt::format("{}, {}, depth {}: one box per {}", plural(topo.num_neurons(), "neuron", "neurons"),
+                                                           plural(topo.num_connections(), "connection", "connections"), topo.depth(),
+                                                           summary.per_box == 1 ? std::string("level") : grouped(summary.per_box) + " levels"))
+      << ";\n  node [shape=box, style=filled, fontname=\"Helvetica\", fontsize=10];\n"
+      << "  edge [fontname=\"Helvetica\", fontsize=9];\n";
+  for (int64_t k = 0; k < boxes; ++k) {
+    const Box& b = box[k];
+    const int64_t first = k * summary.per_box, last = std::min(summary.levels, first + summary.per_box) - 1;
+    std::string label = first == last ? fmt::format("level {}", first) : fmt::format("levels {}-{}", first, last);
+    if (b.inputs) label += "\n" + plural(b.inputs, "input", "inputs");
+    if (b.hidden) label += "\n" + grouped(b.hidden) + " hidden";
+    if (b.outputs) label += "\n" + plural(b.outputs, "output", "outputs");
+    if (b.frozen_biases) label += "\n" + plural(b.frozen_biases, "frozen bias", "frozen biases");
+    if (b.inner) label += "\n" + plural(b.inner, "connection", "connections") + " within";
+    if (b.inner_frozen) label += fmt::format(" ({} frozen)", grouped(b.inner_frozen));
+    const char* fill = b.hidden == 0 && b.outputs == 0 ? "#e0f0ff" : b.hidden == 0 && b.inputs == 0 ? "#ffe8cc" : "#f4f4f4";
+    out << "  b" << k << " [fillcolor=\"" << fill << "\", label=" << dot_quote(label) << "];\n";
+  }
+  for (int64_t from = 0; from < boxes; ++from)
+    for (int64_t to = 0; to < boxes; ++to) {
+      const Arrow& a = arrow[from * boxes + to];
+      if (a.count == 0) {
+        // Keep the boxes in level order even where no connection joins them.
+        if (to == from + 1) out << "  b" << from << " -> b" << to << " [style=invis];\n";
+        continue;
+      }
+      const double mean_abs = a.sum_abs / a.count;
+      std::string label = plural(a.count, "connection", "connections") + fmt::format("\nmean |w| {:.3g}", mean_abs);
+      if (a.frozen) label += fmt::format("\n{} frozen", grouped(a.frozen));
+      out << "  b" << from << " -> b" << to << " [penwidth=" << fmt::format("{:.2f}", 0.5 + 3.5 * mean_abs / max_mean_abs)
+          << ", color=\"" << (a.sum >= 0 ? "#1f5fbf" : "#c0392b") << "\", label=" << dot_quote(label)
+          << (a.frozen == a.count ? ", style=dashed" : "") << "];\n";
+    }
+  out << "}\n";
+  summary.dot = out.str();
+  return summary;
+}
+
+}  // namespace
+
+std::string to_dot(const NeuralNetwork& network) { return full_dot(network, ""); }
+
+std::string to_summary_dot(const NeuralNetwork& network, int64_t max_boxes) {
+  return summary_dot(network, max_boxes, "").dot;
+}
+
+DotDrawing draw_dot(const NeuralNetwork& network, const DotOptions& options) {
+  if (!(options.max_inches >= 0) || options.dpi < 0)
+    fail("draw_dot(): max_inches and dpi must not be negative, got {} and {}", options.max_inches, options.dpi);
+  DotDrawing drawing;
+  const int64_t neurons = network->num_neurons(), connections = network->num_connections();
+  drawing.summary = neurons > options.max_neurons || connections > options.max_connections;
+  if (!drawing.summary) {
+    drawing.dot = full_dot(network, bound_attributes(options));
+    drawing.description = fmt::format("all {} neurons, {} connections", grouped(neurons), grouped(connections));
+    return drawing;
+  }
+  const Summary summary = summary_dot(network, 40, bound_attributes(options));
+  drawing.dot = summary.dot;
+  drawing.description = fmt::format("summary of {} neurons, {} connections in {} levels", grouped(neurons),
+                                    grouped(connections), grouped(summary.levels));
+  if (summary.per_box > 1) drawing.description += fmt::format(" ({} per box)", grouped(summary.per_box));
+  drawing.reason = fmt::format("full drawings above {} neurons or {} connections are unreadable", grouped(options.max_neurons),
+                               grouped(options.max_connections));
+  return drawing;
 }
 
 void export_graph(const NeuralNetwork& network, const std::string& path) {

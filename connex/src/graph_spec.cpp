@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "connex/error.h"
+#include "id_messages.h"
 #include "parallel_passes.h"
 
 namespace connex {
@@ -151,18 +152,23 @@ GraphSpec::GraphSpec(std::vector<NeuronId> neurons, std::vector<Edge> edges,
       fail("{}: neuron {} is listed twice in the neuron list", ctx, id);
     neurons_.push_back(std::move(id));
   }
-  auto index_or_add = [&](const NeuronId& id) {
+  // A given list is the whole graph: an edge naming anything else is a typo,
+  // not a new neuron. Without a list the edges name the neurons.
+  const bool listed = !neurons_.empty();
+  const NeuronId::Kind listed_kind = listed ? neurons_.front().kind() : NeuronId::Kind::Integer;
+  auto index_or_add = [&](const NeuronId& id, const Edge& edge) {
     auto it = index_.find(id);
     if (it != index_.end()) return it->second;
+    if (listed) fail("{}: {}", ctx, unlisted_endpoint(edge, id, listed_kind, "the neurons list"));
     const auto n = static_cast<int64_t>(neurons_.size());
     index_.emplace(id, n);
     neurons_.push_back(id);
     return n;
   };
   edge_indices_.reserve(edges.size());
-  for (const auto& [u, v] : edges) {
-    const int64_t a = index_or_add(u);
-    edge_indices_.emplace_back(a, index_or_add(v));
+  for (const auto& edge : edges) {
+    const int64_t a = index_or_add(edge.first, edge);
+    edge_indices_.emplace_back(a, index_or_add(edge.second, edge));
   }
   validate(context);
 }
@@ -211,7 +217,10 @@ void GraphSpec::validate(const std::string& context) {
     if (list.empty()) fail("{}: no {} neurons given; a network needs at least one", ctx, what);
     std::unordered_set<NeuronId, NeuronIdHash> seen;
     for (const auto& id : list) {
-      if (!contains(id)) fail("{}: {} neuron {} is not a neuron of the graph", ctx, what, id);
+      if (!contains(id)) {
+        if (!neurons_.empty() && id.kind() != id_kind_) fail("{}: {} neuron {} {}", ctx, what, id, kind_clash(id, id_kind_));
+        fail("{}: {} neuron {} is not a neuron of the graph", ctx, what, id);
+      }
       if (!seen.insert(id).second) fail("{}: {} neuron {} is listed twice", ctx, what, id);
     }
   };
@@ -277,13 +286,25 @@ GraphSpec GraphSpec::from_edges(const std::vector<Edge>& edges, std::vector<Neur
 
 GraphSpec GraphSpec::from_adjacency(const Adjacency& adjacency, std::vector<NeuronId> inputs,
                                     std::vector<NeuronId> outputs, std::vector<NeuronId> neurons) {
-  // A key with no successors still names a neuron (networkx treats it so).
+  // A key with no successors still names a neuron (networkx treats it so),
+  // unless a neuron list is given: then it is the whole graph, as for edges.
+  const bool given = !neurons.empty();
   std::unordered_set<NeuronId, NeuronIdHash> listed(neurons.begin(), neurons.end());
   std::vector<Edge> edges;
   for (const auto& [from, successors] : adjacency) {
-    if (listed.insert(from).second) neurons.push_back(from);
+    if (listed.insert(from).second) {
+      if (given && from.kind() != neurons.front().kind())
+        fail("GraphSpec: adjacency key {} {}", from, kind_clash(from, neurons.front().kind()));
+      if (given) fail("GraphSpec: adjacency key {} is not in the neurons list", from);
+      neurons.push_back(from);
+    }
     for (const auto& to : successors) edges.emplace_back(from, to);
   }
+  // Without a list, the keys are followed by the neurons only edges name, so
+  // the list handed on is complete.
+  if (!given)
+    for (const auto& edge : edges)
+      if (listed.insert(edge.second).second) neurons.push_back(edge.second);
   return GraphSpec(std::move(neurons), std::move(edges), std::move(inputs), std::move(outputs));
 }
 
@@ -350,7 +371,30 @@ GraphSpec GraphSpec::from_json(const nlohmann::json& json, const std::string& so
   bool has_edges = json.contains("edges"), has_adjacency = json.contains("adjacency");
   if (has_edges && has_adjacency)
     fail("{}: give either \"edges\" or \"adjacency\"{}, not both", source, path.empty() ? "" : " in " + path);
-  std::vector<Edge> edges;
+  // A non-empty "neurons" is the whole graph (as in the constructor). Its
+  // edges are resolved to positions here, so the message for an id it lacks
+  // can name where the edge sits, and no label is looked up twice.
+  const bool given = !neurons.empty();
+  std::unordered_map<NeuronId, int64_t, NeuronIdHash> listed;
+  if (given) {
+    listed.reserve(neurons.size());
+    for (size_t i = 0; i < neurons.size(); ++i)
+      if (!listed.emplace(neurons[i], static_cast<int64_t>(i)).second)
+        fail("{}: neuron {} is listed twice in the neuron list", source, neurons[i]);
+  }
+  auto position = [&](const Edge& edge, const NeuronId& id, const JsonPlace& at) {
+    auto it = listed.find(id);
+    if (it == listed.end())
+      fail("{}: {}: {}", source, at.path, unlisted_endpoint(edge, id, neurons.front().kind(), "the neurons list"));
+    return it->second;
+  };
+  std::vector<Edge> edges;                                // without a neuron list
+  std::vector<std::pair<int64_t, int64_t>> edge_indices;  // with one
+  auto add_edge = [&](Edge edge, const JsonPlace& from_at, const JsonPlace& to_at) {
+    if (!given) return edges.push_back(std::move(edge));
+    const int64_t u = position(edge, edge.first, from_at);
+    edge_indices.emplace_back(u, position(edge, edge.second, to_at));
+  };
   if (has_edges) {
     const auto& list = json.at("edges");
     const auto here = place.at("edges");
@@ -359,15 +403,17 @@ GraphSpec GraphSpec::from_json(const nlohmann::json& json, const std::string& so
       const auto& pair = list[i];
       if (!pair.is_array() || pair.size() != 2)
         fail("{}: {} must be a pair [from, to], got {}", source, here.at(i).path, pair.dump());
-      edges.emplace_back(id_from_json(pair[0], here.at(i).at(0)), id_from_json(pair[1], here.at(i).at(1)));
+      add_edge({id_from_json(pair[0], here.at(i).at(0)), id_from_json(pair[1], here.at(i).at(1))}, here.at(i).at(0),
+               here.at(i).at(1));
     }
   } else if (has_adjacency) {
     const auto& map = json.at("adjacency");
     const auto here = place.at("adjacency");
     if (!map.is_object()) fail("{}: {} must be an object, got {}", source, here.path, map.type_name());
-    // The kind of the keys follows the ids written elsewhere (inputs come first).
-    const NeuronId* witness = !inputs.empty() ? &inputs.front() : !outputs.empty() ? &outputs.front()
-                            : !neurons.empty() ? &neurons.front() : nullptr;
+    // The kind of the keys follows the ids written elsewhere: the neuron list
+    // when given (it is the whole graph), else the inputs, else the outputs.
+    const NeuronId* witness = !neurons.empty() ? &neurons.front() : !inputs.empty() ? &inputs.front()
+                            : !outputs.empty() ? &outputs.front() : nullptr;
     const bool integer_graph = witness == nullptr || witness->is_integer();
     // JSON objects are unordered (nlohmann keeps keys sorted as text); order
     // integer keys by value so "10" follows "9". List "neurons" to fix any order.
@@ -380,15 +426,29 @@ GraphSpec GraphSpec::from_json(const nlohmann::json& json, const std::string& so
     std::vector<size_t> order(entries.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = i;
     std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return entries[a].first < entries[b].first; });
-    std::unordered_set<NeuronId, NeuronIdHash> listed(neurons.begin(), neurons.end());
+    std::unordered_set<NeuronId, NeuronIdHash> named(neurons.begin(), neurons.end());
     for (size_t k : order) {
       const auto& [from, list] = entries[k];
       const auto list_place = here.at(keys[k]);
       if (!list->is_array())
         fail("{}: {} must be an array, got {}", source, list_place.path, list->type_name());
-      if (listed.insert(from).second) neurons.push_back(from);
+      if (named.insert(from).second) {
+        if (given) fail("{}: {}: adjacency key {} is not in the neurons list", source, list_place.path, from);
+        neurons.push_back(from);
+      }
       for (size_t i = 0; i < list->size(); ++i)
-        edges.emplace_back(from, id_from_json((*list)[i], list_place.at(i)));
+        add_edge({from, id_from_json((*list)[i], list_place.at(i))}, list_place, list_place.at(i));
+    }
+  }
+  if (given) return GraphSpec(std::move(neurons), std::move(edge_indices), std::move(inputs), std::move(outputs), source);
+  // No list: the adjacency keys, then the ids only edges name, in order of
+  // first appearance. The constructor takes a non-empty list as complete, so
+  // complete it; with no keys either, the constructor names them itself.
+  if (!neurons.empty()) {
+    std::unordered_set<NeuronId, NeuronIdHash> named(neurons.begin(), neurons.end());
+    for (const auto& [u, v] : edges) {
+      if (named.insert(u).second) neurons.push_back(u);
+      if (named.insert(v).second) neurons.push_back(v);
     }
   }
   return GraphSpec(std::move(neurons), std::move(edges), std::move(inputs), std::move(outputs), source);

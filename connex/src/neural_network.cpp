@@ -509,15 +509,24 @@ WeightedGraph NeuralNetworkImpl::weighted_graph() const {
   auto biases = bias_.detach().to(torch::kCPU, torch::kFloat64).contiguous();
   const double* w = weights.data_ptr<double>();
   const double* b = biases.data_ptr<double>();
+  // Frozen entries: a zero in the gradient masks.
+  auto weight_mask = weight_grad_mask_.to(torch::kCPU, torch::kFloat64).contiguous();
+  auto bias_mask = bias_grad_mask_.to(torch::kCPU, torch::kFloat64).contiguous();
+  const double* wm = weight_mask.data_ptr<double>();
+  const double* bm = bias_mask.data_ptr<double>();
   for (const auto& id : spec().neurons()) {
     const int64_t d = topo.dense_of(id);
-    WeightedGraph::Neuron neuron{id, topo.role(d), std::nullopt, dropout_[d], topo.level_of(d)};
-    if (neuron.role != Role::Input) neuron.bias = b[topo.bias_index(d)];
+    WeightedGraph::Neuron neuron{id, topo.role(d), std::nullopt, dropout_[d], topo.level_of(d), false};
+    if (neuron.role != Role::Input) {
+      neuron.bias = b[topo.bias_index(d)];
+      neuron.frozen = bm[topo.bias_index(d)] == 0.0;
+    }
     graph.neurons.push_back(std::move(neuron));
   }
-  for (const auto& [from, to] : spec().edges())
-    graph.connections.push_back(
-        {from, to, w[topo.connection_index(topo.dense_of(from), topo.dense_of(to))]});
+  for (const auto& [from, to] : spec().edges()) {
+    const int64_t c = topo.connection_index(topo.dense_of(from), topo.dense_of(to));
+    graph.connections.push_back({from, to, w[c], wm[c] == 0.0});
+  }
   for (size_t k = 0; k < operations_.size(); ++k)
     for (const auto& p : operation_modules_[k]->named_parameters()) {
       auto values = p.value().detach().to(torch::kCPU, torch::kFloat64).contiguous();
@@ -525,6 +534,12 @@ WeightedGraph NeuralNetworkImpl::weighted_graph() const {
                                             std::vector<double>(values.data_ptr<double>(), values.data_ptr<double>() + values.numel())});
     }
   return graph;
+}
+
+NeuralNetwork clone(const NeuralNetwork& network, const std::optional<torch::Device>& device) {
+  if (network.is_empty()) fail("clone(): the network is empty (a NeuralNetwork holding nullptr)");
+  const c10::optional<torch::Device> on = device ? c10::optional<torch::Device>(*device) : c10::nullopt;
+  return NeuralNetwork(std::dynamic_pointer_cast<NeuralNetworkImpl>(network->clone(on)));
 }
 
 }  // namespace connex

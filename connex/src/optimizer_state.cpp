@@ -96,6 +96,17 @@ class OptionsReader {
   std::unordered_set<std::string> read_;
 };
 
+// The type name of an options object ("adam", ...), "other" when unknown.
+std::string optimizer_type_of(const torch::optim::OptimizerOptions& options) {
+  using namespace torch::optim;
+  if (dynamic_cast<const AdamOptions*>(&options)) return "adam";
+  if (dynamic_cast<const AdamWOptions*>(&options)) return "adamw";
+  if (dynamic_cast<const SGDOptions*>(&options)) return "sgd";
+  if (dynamic_cast<const RMSpropOptions*>(&options)) return "rmsprop";
+  if (dynamic_cast<const AdagradOptions*>(&options)) return "adagrad";
+  return "other";
+}
+
 }  // namespace
 
 void transfer_optimizer_state(const torch::optim::Optimizer& old_optimizer, const NeuralNetwork& old_network,
@@ -137,19 +148,71 @@ void transfer_optimizer_state(const torch::optim::Optimizer& old_optimizer, cons
   for (auto& [key, state] : states) new_optimizer.state()[key] = std::move(state);
 }
 
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& type,
+                                                        std::vector<torch::optim::OptimizerParamGroup> groups) {
+  using namespace torch::optim;
+  state_tensor_names(type);  // rejects an unknown type
+  if (groups.empty() || !groups[0].has_options()) fail("make_optimizer(): expected at least one group with options");
+  for (size_t g = 0; g < groups.size(); ++g)
+    if (!groups[g].has_options() || optimizer_type_of(groups[g].options()) != type)
+      fail("make_optimizer(): group {} needs {} options", g, type);
+  const auto defaults = groups[0].options().clone();
+  const auto& first = *defaults;
+  if (type == "adam") return std::make_unique<Adam>(std::move(groups), dynamic_cast<const AdamOptions&>(first));
+  if (type == "adamw") return std::make_unique<AdamW>(std::move(groups), dynamic_cast<const AdamWOptions&>(first));
+  if (type == "sgd") return std::make_unique<SGD>(std::move(groups), dynamic_cast<const SGDOptions&>(first));
+  if (type == "rmsprop") return std::make_unique<RMSprop>(std::move(groups), dynamic_cast<const RMSpropOptions&>(first));
+  return std::make_unique<Adagrad>(std::move(groups), dynamic_cast<const AdagradOptions&>(first));
+}
+
+std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim::Optimizer& old_optimizer,
+                                                              const NeuralNetwork& old_network, const EditResult& edit) {
+  const std::string type = optimizer_type_name(old_optimizer);
+  if (type == "other")
+    fail("optimizer_after_edit(): the optimizer is of a type connex does not know (Adam, AdamW, SGD, RMSprop and Adagrad are)");
+  const auto names = group_parameter_names(old_optimizer, old_network, "optimizer_after_edit()");
+  const auto parameters = edit.network->named_parameters();
+  std::unordered_set<std::string> placed;
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  for (size_t g = 0; g < names.size(); ++g) {
+    std::vector<torch::Tensor> params;
+    for (const auto& name : names[g])
+      if (const auto* now = parameters.find(name)) {
+        params.push_back(*now);
+        placed.insert(name);
+      }
+    groups.emplace_back(std::move(params), old_optimizer.param_groups()[g].options().clone());
+  }
+  if (groups.empty()) fail("optimizer_after_edit(): the optimizer has no parameter groups");
+  for (const auto& item : parameters)
+    if (!placed.count(item.key())) groups[0].params().push_back(item.value());
+  auto next = make_optimizer(type, std::move(groups));
+  transfer_optimizer_state(old_optimizer, old_network, *next, edit);
+  return next;
+}
+
 }  // namespace connex
 
 namespace connex {
 
-std::string optimizer_type_name(const torch::optim::Optimizer& optimizer) {
-  using namespace torch::optim;
-  if (dynamic_cast<const Adam*>(&optimizer)) return "adam";
-  if (dynamic_cast<const AdamW*>(&optimizer)) return "adamw";
-  if (dynamic_cast<const SGD*>(&optimizer)) return "sgd";
-  if (dynamic_cast<const RMSprop*>(&optimizer)) return "rmsprop";
-  if (dynamic_cast<const Adagrad*>(&optimizer)) return "adagrad";
-  return "other";
+std::vector<std::vector<std::string>> group_parameter_names(const torch::optim::Optimizer& optimizer,
+                                                            const NeuralNetwork& network, const std::string& context) {
+  std::unordered_map<const void*, std::string> by_tensor;
+  for (const auto& item : network->named_parameters()) by_tensor.emplace(item.value().unsafeGetTensorImpl(), item.key());
+  std::vector<std::vector<std::string>> names(optimizer.param_groups().size());
+  for (size_t g = 0; g < names.size(); ++g)
+    for (const auto& p : optimizer.param_groups()[g].params()) {
+      auto name = by_tensor.find(p.unsafeGetTensorImpl());
+      if (name == by_tensor.end())
+        fail("{}: its group {} holds a parameter of shape [{}] that is not one of the network's (build the optimizer over "
+             "the network's parameters)", context, g, fmt::join(p.sizes(), ", "));
+      names[g].push_back(name->second);
+    }
+  return names;
 }
+
+// Each optimizer's defaults are options of its own kind.
+std::string optimizer_type_name(const torch::optim::Optimizer& optimizer) { return optimizer_type_of(optimizer.defaults()); }
 
 const std::vector<std::string>& state_tensor_names(const std::string& type) {
   static const std::vector<std::string> adam{"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}, sgd{"momentum_buffer"},

@@ -5,6 +5,7 @@
 #include <torch/script.h>
 #include <torch/torch.h>
 
+#include "connex/dataset.h"
 #include "connex/error.h"
 #include "connex/file_io.h"
 
@@ -54,7 +55,29 @@ std::string gather_expr(Script& s, const GatherPlan& plan, const std::string& pr
   return values;
 }
 
-Script build_script(const NeuralNetwork& network) {
+// The forward's first lines: shape and dtype checks with connex's own message,
+// a cast to the network's dtype where one is safe, and the preprocessing.
+void write_input_checks(Script& s, const NeuralNetwork& network, const Preprocessing* preprocessing) {
+  const int64_t n = network->num_inputs();
+  const auto dtype = network->weight_tensor().scalar_type();
+  auto& c = s.code;
+  // `assert` is TorchScript syntax (AssertionError), available without Python's builtins.
+  c << "    assert (x.dim() == 1 or x.dim() == 2) and x.size(-1) == " << n
+    << ", \"connex network: expected an input of shape [batch, " << n << "] or [" << n << "], got \" + str(x.size())\n"
+    << "    assert not x.is_complex(), \"connex network: expected a real-valued input, got a complex tensor\"\n"
+    // (a dtype is no value for the C++ script compiler: an empty buffer carries it)
+    << fmt::format("    x = x.to({}.dtype)\n", s.buffer("input_dtype", torch::empty({0}, torch::TensorOptions(dtype))))
+    << "    single = x.dim() == 1\n"
+    << "    if single:\n"
+    << "        x = x.unsqueeze(0)\n";
+  if (preprocessing && preprocessing->standardizes()) {
+    const auto options = torch::TensorOptions(torch::kFloat64);
+    c << fmt::format("    x = (x - {}) / {}\n", s.buffer("feature_mean", torch::tensor(preprocessing->mean, options).to(dtype)),
+                     s.buffer("feature_scale", torch::tensor(preprocessing->scale, options).to(dtype)));
+  }
+}
+
+Script build_script(const NeuralNetwork& network, const Preprocessing* preprocessing) {
   const Topology& topo = network->topology();
   const auto& options = network->options();
   Script s;
@@ -78,11 +101,9 @@ Script build_script(const NeuralNetwork& network) {
   scripted(options.output_transformation(), "output_transformation", "y");
 
   auto& c = s.code;
-  c << "def forward(self, x: Tensor) -> Tensor:\n"
-    << "    single = x.dim() == 1\n"
-    << "    if single:\n"
-    << "        x = x.unsqueeze(0)\n"
-    << "    batch = x.size(0)\n"
+  c << "def forward(self, x: Tensor) -> Tensor:\n";
+  write_input_checks(s, network, preprocessing);
+  c << "    batch = x.size(0)\n"
     << "    p0 = x.t().contiguous()\n";
   for (size_t l = 1; l < topo.levels().size(); ++l) {
     const Level& level = topo.levels()[l];
@@ -167,14 +188,26 @@ Script build_script(const NeuralNetwork& network) {
 
 }  // namespace
 
-std::string torchscript_source(const NeuralNetwork& network) { return build_script(network).code.str(); }
+std::string torchscript_source(const NeuralNetwork& network, const Preprocessing* preprocessing) {
+  if (preprocessing) preprocessing->check_fits(network, "torchscript_source(): the preprocessing");
+  return build_script(network, preprocessing).code.str();
+}
 
-void export_torchscript(const NeuralNetwork& network, const std::string& path) {
-  Script script = build_script(network);
+void export_torchscript(const NeuralNetwork& network, const std::string& path, const Preprocessing* preprocessing) {
+  if (preprocessing) preprocessing->check_fits(network, "export_torchscript(): the preprocessing");
+  Script script = build_script(network, preprocessing);
   std::ostringstream bytes;
   try {
     torch::jit::Module module("connex_network");
     for (const auto& [name, tensor] : script.buffers) module.register_buffer(name, tensor);
+    // What a deployed model's user needs to feed it and read it: column names and class labels.
+    auto names = [](const std::vector<std::string>& v) { return c10::IValue(c10::List<std::string>(v)); };
+    const auto strings = c10::ListType::ofStrings();
+    const Preprocessing none;
+    const Preprocessing& p = preprocessing ? *preprocessing : none;
+    module.register_attribute("feature_names", strings, names(p.features));
+    module.register_attribute("target_names", strings, names(p.targets));
+    module.register_attribute("class_labels", strings, names(p.classes));
     module.define(script.code.str());
     module.eval();
     module.save(bytes);

@@ -49,7 +49,9 @@ def networkx_forward(graph, x):
 def main(folder):
     cases = json.load(open(os.path.join(folder, "cases.json")))
     module = torch.jit.load(os.path.join(folder, "model.pt"))
-    graph = nx.node_link_graph(json.load(open(os.path.join(folder, "graph.json"))))
+    data = json.load(open(os.path.join(folder, "graph.json")))
+    data.setdefault("edges", data["links"])  # networkx 2.x reads "links", 3.6 "edges"
+    graph = nx.node_link_graph(data)
     x = torch.tensor(cases["x"], dtype=torch.float64)
     expected = torch.tensor(cases["y"], dtype=torch.float64)
     scripted = module(x.to(getattr(torch, cases["dtype"]))).double()

@@ -11,6 +11,7 @@
 // Writes are atomic (temporary file + rename); every failure to read raises
 // connex::Error naming the file.
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -19,6 +20,7 @@
 
 #include <torch/optim/optimizer.h>
 
+#include "connex/dataset.h"
 #include "connex/neural_network.h"
 #include "connex/optimizer_state.h"
 
@@ -44,13 +46,16 @@ struct SavedOptimizer {
 
 struct Checkpoint {
   NeuralNetwork network{nullptr};
-  std::optional<SavedOptimizer> optimizer;  // empty when none was saved
+  std::optional<SavedOptimizer> optimizer;          // empty when none was saved
+  std::optional<Preprocessing> preprocessing;       // the data preprocessing the network was trained with, if saved
 };
 
 // Throws (before touching `path`) when the network has an option that cannot
 // be written down, such as a custom callable activation, or the optimizer is
-// of a type connex does not know or holds a parameter that is not the network's.
-void save(const NeuralNetwork& network, const std::string& path, const torch::optim::Optimizer* optimizer = nullptr);
+// of a type connex does not know or holds a parameter that is not the network's,
+// or the preprocessing does not fit the network's inputs and outputs.
+void save(const NeuralNetwork& network, const std::string& path, const torch::optim::Optimizer* optimizer = nullptr,
+          const Preprocessing* preprocessing = nullptr);
 Checkpoint load_checkpoint(const std::string& path);
 // The same from the file's bytes in memory (load_checkpoint reads the file and
 // calls this); `source` names the bytes in messages. Sizes the header declares
@@ -65,5 +70,11 @@ NeuralNetwork load(const std::string& path);
 // unchanged.
 void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer& optimizer, const std::string& path = "checkpoint",
                           const NeuralNetwork& network = nullptr);
+// The saved optimizer itself: a new one of the saved type, with the saved
+// parameter groups and their options (learning rate, betas, ...), over the
+// parameters of `network` (by default checkpoint.network), holding the saved
+// state. Throws when the checkpoint holds no optimizer.
+std::unique_ptr<torch::optim::Optimizer> restore_optimizer(const Checkpoint& checkpoint, const std::string& path = "checkpoint",
+                                                           const NeuralNetwork& network = nullptr);
 
 }  // namespace connex

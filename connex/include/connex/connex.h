@@ -16,6 +16,7 @@
 #include "connex/graph_export.h"
 #include "connex/torchscript_export.h"
 #include "connex/csv.h"
+#include "connex/dataset.h"
 #include "connex/techniques.h"
 #include "connex/edit_script.h"
 #include "connex/fused_kernel.h"

@@ -9,15 +9,23 @@ namespace connex {
 
 struct CsvTable {
   std::vector<std::string> columns;
-  std::vector<std::vector<double>> rows;  // rows[i][j]: row i, column j
+  std::vector<std::vector<double>> rows;  // rows[i][j]: row i, column j (NaN in a text column)
+  std::vector<std::vector<std::string>> text;  // text[j]: every cell of a text column j; empty otherwise
   std::vector<int64_t> row_lines;         // the file line of each row, for messages
   std::string source;
   int64_t column_index(const std::string& name) const;  // -1 when absent
+  // A cell as a number; a text column's cell is parsed now, with the same
+  // rules and message as a number column's.
+  double number(size_t row, size_t column) const;
 };
 
 // Parses text (comma-separated; blank lines skipped; quotes around header
 // names allowed). Rejects NaN/inf cells, short or long rows, empty tables.
-CsvTable parse_csv(const std::string& text, const std::string& source = "csv");
+// The columns named in `text_columns` (class labels) are kept as text, unparsed.
+CsvTable parse_csv(const std::string& text, const std::string& source = "csv",
+                   const std::vector<std::string>& text_columns = {});
+// The header row's column names alone.
+std::vector<std::string> csv_columns(const std::string& text, const std::string& source = "csv");
 CsvTable read_csv(const std::string& path);
 
 }  // namespace connex

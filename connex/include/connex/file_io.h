@@ -1,5 +1,5 @@
 #pragma once
-// Small file helpers shared by the loaders and writers.
+// Small file helpers shared by the loaders and writers. Not installed: no public header may include it.
 #include <cstddef>
 #include <cstdint>
 #include <optional>

@@ -25,9 +25,12 @@ const char* role_name(Role role);
 
 class GraphSpec {
  public:
-  // `neurons` lists every neuron (isolated ones included); neurons named only
-  // by edges, inputs or outputs are appended in order of first appearance.
-  // `context` prefixes error messages ("NeuralNetwork(): ...").
+  // `neurons`, when not empty, is the complete list of neurons, isolated ones
+  // included: an edge naming any other id is an error (a typo such as "n2OO1"
+  // must not become a neuron). When empty, the neurons are those the edges
+  // name, in order of first appearance. Inputs and outputs never add a
+  // neuron: each must be listed or named by an edge, and be of the graph's
+  // id kind. `context` prefixes error messages ("NeuralNetwork(): ...").
   GraphSpec(std::vector<NeuronId> neurons, std::vector<Edge> edges, std::vector<NeuronId> inputs,
             std::vector<NeuronId> outputs, const std::string& context = "GraphSpec");
   // Edges given as positions in `neurons` (which must list every neuron): the
@@ -37,10 +40,13 @@ class GraphSpec {
 
   static GraphSpec from_edges(const std::vector<Edge>& edges, std::vector<NeuronId> inputs,
                               std::vector<NeuronId> outputs, std::vector<NeuronId> neurons = {});
+  // Each key names a neuron, even with no successors; with a non-empty
+  // `neurons` list every key and successor must be in it, as for edges.
   static GraphSpec from_adjacency(const Adjacency& adjacency, std::vector<NeuronId> inputs,
                                   std::vector<NeuronId> outputs,
                                   std::vector<NeuronId> neurons = {});
   // {"neurons":[...], "edges":[[u,v],...] | "adjacency":{"u":[v,...]}, "inputs":[...], "outputs":[...]}.
+  // "neurons" is optional; a non-empty one is the complete list, as above.
   // Adjacency keys are JSON strings; in an integer graph they must spell integers.
   // Errors read "<source>: <path>/edges/0/1 must be ..." (path: where this object sits).
   static GraphSpec from_json(const nlohmann::json& json, const std::string& source = "graph JSON",

@@ -11,6 +11,7 @@
 // `bias` tensor (one per non-input neuron), and the index buffers of each
 // topological batch. Structure lives in an immutable, shared Topology.
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <vector>
 
@@ -143,5 +144,11 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
 };
 
 TORCH_MODULE(NeuralNetwork);
+
+// A deep copy, typed (torch's Module::clone() returns a shared_ptr<Module>):
+// parameters, buffers, options, frozen entries, and a module activation with
+// its trained values; on `device` when one is given. Shares no storage with
+// the original.
+NeuralNetwork clone(const NeuralNetwork& network, const std::optional<torch::Device>& device = std::nullopt);
 
 }  // namespace connex

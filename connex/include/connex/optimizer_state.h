@@ -26,8 +26,32 @@
 
 namespace connex {
 
+// Moves state only: the new optimizer keeps the group options (learning rate,
+// betas, ...) it was built with. optimizer_after_edit builds it with the old ones.
 void transfer_optimizer_state(const torch::optim::Optimizer& old_optimizer, const NeuralNetwork& old_network,
                               torch::optim::Optimizer& new_optimizer, const EditResult& edit);
+
+// The optimizer to go on with after an edit, in one call: a new optimizer of
+// the old one's type, with its parameter groups and each group's options, over
+// the edited network's parameters (matched by name; parameters the old
+// network lacked join the first group), carrying every survivor's state.
+//
+//   auto r = connex::edit(net).remove_connections(weak).build();
+//   auto next = connex::optimizer_after_edit(adam, net, r);  // same lr, betas, moments
+std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim::Optimizer& old_optimizer,
+                                                              const NeuralNetwork& old_network, const EditResult& edit);
+
+// A new optimizer of a known type ("adam", "adamw", "sgd", "rmsprop",
+// "adagrad") over these groups, each with options of that type; the first
+// group's options become the defaults.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& type,
+                                                        std::vector<torch::optim::OptimizerParamGroup> groups);
+
+// The names (as in network->named_parameters()) of the parameters of each of
+// the optimizer's groups. A parameter that is not the network's throws,
+// naming `context` and the group.
+std::vector<std::vector<std::string>> group_parameter_names(const torch::optim::Optimizer& optimizer,
+                                                            const NeuralNetwork& network, const std::string& context);
 
 // "adam", "adamw", "sgd", "rmsprop", "adagrad", or "other" for an optimizer
 // connex does not know (which it can neither save nor carry across edits).

@@ -11,10 +11,18 @@
 
 namespace connex {
 
+struct Preprocessing;  // connex/dataset.h
+
+// The module checks its input (shape [batch, inputs] or [inputs]; a real
+// dtype, cast to the network's) and raises an AssertionError naming what it got.
+// With a preprocessing (connex/dataset.h), it standardizes raw inputs itself
+// and carries the names as attributes: feature_names, target_names and
+// class_labels (the label of each output; empty lists without one).
+//
 // Throws, naming the option, when an activation or transformation is a
 // custom callable or module (only built-ins can be scripted). Atomic write.
-void export_torchscript(const NeuralNetwork& network, const std::string& path);
+void export_torchscript(const NeuralNetwork& network, const std::string& path, const Preprocessing* preprocessing = nullptr);
 // The TorchScript source of the forward method (for inspection and tests).
-std::string torchscript_source(const NeuralNetwork& network);
+std::string torchscript_source(const NeuralNetwork& network, const Preprocessing* preprocessing = nullptr);
 
 }  // namespace connex

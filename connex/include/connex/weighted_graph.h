@@ -1,6 +1,6 @@
 #pragma once
 // WeightedGraph: a plain-data view of a network — every neuron with its role,
-// bias and dropout, every connection with its weight. The C++ counterpart of
+// bias and dropout, every connection with its weight, and which are frozen. The C++ counterpart of
 // Connex's to_networkx_weighted_digraph; exporters (JSON, GraphML, DOT) read it.
 #include <cstdint>
 #include <optional>
@@ -18,10 +18,12 @@ struct WeightedGraph {
     std::optional<double> bias;  // inputs have none
     double dropout_p = 0.0;
     int64_t level = 0;  // topological batch; inputs are 0
+    bool frozen = false;  // the bias is frozen (NeuralNetwork::freeze); never for inputs
   };
   struct Connection {
     NeuronId from, to;
     double weight = 0.0;
+    bool frozen = false;  // the weight is frozen
   };
   std::vector<Neuron> neurons;          // in the graph's neuron order
   std::vector<Connection> connections;  // in the graph's edge order

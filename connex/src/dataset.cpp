@@ -1,0 +1,363 @@
+#include "connex/dataset.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <set>
+
+#include <torch/torch.h>
+
+#include "connex/error.h"
+#include "connex/file_io.h"
+
+namespace connex {
+
+namespace {
+
+std::string join(const std::vector<std::string>& names) { return fmt::format("{}", fmt::join(names, ", ")); }
+
+// Integer labels name their class by index: "0", "1", ...
+std::vector<std::string> index_classes(int64_t n) {
+  std::vector<std::string> classes;
+  for (int64_t i = 0; i < n; ++i) classes.push_back(std::to_string(i));
+  return classes;
+}
+
+std::optional<double> number(const std::string& cell) {
+  char* stop = nullptr;
+  errno = 0;
+  const double v = cell.empty() ? NAN : std::strtod(cell.c_str(), &stop);
+  if (cell.empty() || stop != cell.c_str() + cell.size() || !std::isfinite(v)) return std::nullopt;
+  return v;
+}
+
+struct Columns {
+  std::vector<int64_t> features, targets;
+};
+
+// Which columns are features and which targets, checked against the network's sizes.
+Columns choose_columns(const std::vector<std::string>& columns, const std::string& source, int64_t n_in, int64_t n_out,
+                       Task task, const TableOptions& options, const std::optional<Preprocessing>& fitted) {
+  const int64_t n_cols = static_cast<int64_t>(columns.size());
+  auto index = [&](const std::string& name) {
+    const auto it = std::find(columns.begin(), columns.end(), name);
+    if (it == columns.end()) fail("{}: unknown column \"{}\"; the columns are {}", source, name, join(columns));
+    return static_cast<int64_t>(it - columns.begin());
+  };
+  auto names = [&](const std::vector<int64_t>& idx) {
+    std::vector<std::string> out;
+    for (int64_t j : idx) out.push_back(columns[j]);
+    return out;
+  };
+  Columns c;
+  const auto& target_names = !options.targets().empty() || !fitted ? options.targets() : fitted->targets;
+  const auto& feature_names = !options.features().empty() || !fitted ? options.features() : fitted->features;
+  for (const auto& name : target_names) c.targets.push_back(index(name));
+  if (c.targets.empty()) {
+    const int64_t want = task == Task::Classification ? 1 : n_out;
+    if (want >= n_cols)
+      fail("{}: has {} columns, too few for {} target column(s) and at least one feature", source, n_cols, want);
+    for (int64_t j = n_cols - want; j < n_cols; ++j) c.targets.push_back(j);
+  }
+  for (const auto& name : feature_names) c.features.push_back(index(name));
+  if (c.features.empty())
+    for (int64_t j = 0; j < n_cols; ++j)
+      if (std::find(c.targets.begin(), c.targets.end(), j) == c.targets.end()) c.features.push_back(j);
+  for (int64_t j : c.features)
+    if (std::find(c.targets.begin(), c.targets.end(), j) != c.targets.end())
+      fail("{}: column \"{}\" is named both as a feature and as a target", source, columns[j]);
+
+  // What the user most likely forgot, when the default columns do not fit.
+  std::string hint;
+  const bool default_columns = options.targets().empty() && options.features().empty() && !fitted;
+  if (default_columns && task == Task::Regression && n_cols - 1 == n_in)
+    hint = fmt::format("; if \"{}\" holds class labels, add --task classification (then the other {} columns are the features)",
+                       columns.back(), n_in);
+  if (static_cast<int64_t>(c.features.size()) != n_in)
+    fail("{}: {} feature columns ({}) but the network has {} inputs{}", source, c.features.size(), join(names(c.features)), n_in,
+         hint);
+  if (task == Task::Classification && c.targets.size() != 1)
+    fail("{}: classification takes one label column, {} were named ({})", source, c.targets.size(), join(names(c.targets)));
+  if (task == Task::Regression && static_cast<int64_t>(c.targets.size()) != n_out)
+    fail("{}: {} target columns ({}) but the network has {} outputs{}", source, c.targets.size(), join(names(c.targets)), n_out,
+         hint);
+  if (fitted) {
+    if (names(c.features) != fitted->features)
+      fail("{}: the features ({}) differ from those the model was trained on ({})", source, join(names(c.features)),
+           join(fitted->features));
+    if (names(c.targets) != fitted->targets)
+      fail("{}: the targets ({}) differ from those the model was trained on ({})", source, join(names(c.targets)),
+           join(fitted->targets));
+  }
+  return c;
+}
+
+Task task_of(const TableOptions& options, const std::optional<Preprocessing>& fitted, const std::string& source) {
+  if (!fitted) return options.task().value_or(Task::Regression);
+  if (options.task() && *options.task() != fitted->task)
+    fail("{}: the model was trained for {}, not {}", source, task_name(fitted->task), task_name(*options.task()));
+  if (options.standardize() && !fitted->standardizes())
+    fail("{}: the model was trained on unstandardized features; standardizing now would change its inputs", source);
+  return fitted->task;
+}
+
+// Class indices of a label column, and the class names (fitted ones when given).
+std::pair<torch::Tensor, std::vector<std::string>> class_labels(const CsvTable& csv, int64_t j, int64_t n_out,
+                                                                const std::optional<Preprocessing>& fitted) {
+  const int64_t rows = static_cast<int64_t>(csv.rows.size());
+  const bool text = !csv.text[j].empty();
+  auto cell = [&](int64_t i) { return text ? csv.text[j][i] : fmt::format("{}", csv.rows[i][j]); };
+  auto value = [&](int64_t i) { return text ? number(csv.text[j][i]) : std::optional<double>(csv.rows[i][j]); };
+  bool numeric = true;
+  for (int64_t i = 0; i < rows && numeric; ++i) numeric = value(i).has_value();
+  if (fitted) numeric = fitted->classes == index_classes(static_cast<int64_t>(fitted->classes.size()));
+
+  auto y = torch::empty({rows}, torch::kLong);
+  auto ya = y.accessor<int64_t, 1>();
+  if (numeric) {  // integer labels are output indices
+    for (int64_t i = 0; i < rows; ++i) {
+      const auto v = value(i);
+      if (!v || *v != std::floor(*v) || *v < 0 || *v >= static_cast<double>(n_out))
+        fail("{}:{}: column {} (\"{}\"): {} is not an integer class label in [0, {}) (the network has {} outputs)", csv.source,
+             csv.row_lines[i], j + 1, csv.columns[j], cell(i), n_out, n_out);
+      ya[i] = static_cast<int64_t>(*v);
+    }
+    return {y, fitted ? fitted->classes : index_classes(n_out)};
+  }
+  std::vector<std::string> classes;
+  if (fitted) {
+    classes = fitted->classes;
+  } else {  // text labels: one output per distinct label, in sorted order
+    const std::set<std::string> distinct(csv.text[j].begin(), csv.text[j].end());
+    classes.assign(distinct.begin(), distinct.end());
+    if (static_cast<int64_t>(classes.size()) > n_out)
+      fail("{}: column \"{}\" has {} distinct class labels but the network has {} outputs", csv.source, csv.columns[j],
+           classes.size(), n_out);
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    const auto it = std::find(classes.begin(), classes.end(), csv.text[j][i]);
+    if (it == classes.end())
+      fail("{}:{}: column {} (\"{}\"): \"{}\" is not one of the classes the model was trained on ({})", csv.source, csv.row_lines[i],
+           j + 1, csv.columns[j], csv.text[j][i], join(classes));
+    ya[i] = it - classes.begin();
+  }
+  return {y, classes};
+}
+
+torch::Tensor numeric_columns(const CsvTable& csv, const std::vector<int64_t>& columns, const std::string& hint = "") {
+  const int64_t rows = static_cast<int64_t>(csv.rows.size()), n = static_cast<int64_t>(columns.size());
+  auto x = torch::empty({rows, n}, torch::kFloat64);
+  auto xa = x.accessor<double, 2>();
+  try {
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t k = 0; k < n; ++k) xa[i][k] = csv.number(i, columns[k]);
+  } catch (const Error& e) {
+    if (hint.empty()) throw;
+    throw Error(e.what() + hint);
+  }
+  return x;
+}
+
+// Splits raw rows, fits the standardization on the training rows (unless
+// fitted) and applies it to all.
+Table make_table(torch::Tensor raw, torch::Tensor targets, const TableOptions& options, Preprocessing preprocessing,
+                 bool fit, std::string source) {
+  const int64_t rows = raw.size(0);
+  auto [train_rows, validation_rows] = split_rows(rows, options.validation_fraction(), options.seed());
+  if (fit && options.standardize()) {
+    // A constant column (or a single row) has no spread: leave its scale alone.
+    const auto train = raw.index_select(0, train_rows);
+    auto std = train.std(0, /*unbiased=*/true);
+    std = torch::where(torch::isfinite(std) & (std > 1e-12), std, torch::ones_like(std));
+    const auto mean = train.mean(0);
+    preprocessing.mean.assign(mean.data_ptr<double>(), mean.data_ptr<double>() + mean.numel());
+    preprocessing.scale.assign(std.data_ptr<double>(), std.data_ptr<double>() + std.numel());
+  }
+  const auto inputs = preprocessing.apply(raw).to(options.dtype());
+  if (targets.is_floating_point()) targets = targets.to(options.dtype());
+  Table table;
+  table.train = TableDataset(inputs.index_select(0, train_rows), targets.index_select(0, train_rows));
+  table.validation = TableDataset(inputs.index_select(0, validation_rows), targets.index_select(0, validation_rows));
+  table.preprocessing = std::move(preprocessing);
+  table.source = std::move(source);
+  return table;
+}
+
+std::vector<double> numbers(const nlohmann::json& json, const std::string& where, const char* key, size_t size, bool positive) {
+  const auto& v = json.at(key);
+  std::vector<double> out;
+  if (!v.is_array() || v.size() != size) fail("{}/{} must be an array of {} numbers, got {}", where, key, size, v.dump().substr(0, 80));
+  for (size_t k = 0; k < size; ++k) {
+    const double x = v[k].is_number() ? v[k].get<double>() : NAN;
+    if (!std::isfinite(x) || (positive && !(x > 0)))
+      fail("{}/{}/{} must be a finite number{}, got {}", where, key, k, positive ? " > 0" : "", v[k].dump().substr(0, 80));
+    out.push_back(x);
+  }
+  return out;
+}
+
+std::vector<std::string> strings(const nlohmann::json& json, const std::string& where, const char* key) {
+  if (!json.contains(key)) return {};
+  const auto& v = json.at(key);
+  if (!v.is_array()) fail("{}/{} must be an array of strings", where, key);
+  std::vector<std::string> out;
+  for (size_t k = 0; k < v.size(); ++k) {
+    if (!v[k].is_string()) fail("{}/{}/{} must be a string, got {}", where, key, k, v[k].dump().substr(0, 80));
+    out.push_back(v[k].get<std::string>());
+  }
+  return out;
+}
+
+}  // namespace
+
+const char* task_name(Task task) { return task == Task::Classification ? "classification" : "regression"; }
+
+torch::Tensor Preprocessing::apply(const torch::Tensor& raw) const {
+  if (!standardizes()) return raw;
+  const auto options = torch::TensorOptions(raw.scalar_type()).device(raw.device());
+  return (raw - torch::tensor(mean, torch::kFloat64).to(options)) / torch::tensor(scale, torch::kFloat64).to(options);
+}
+
+nlohmann::json Preprocessing::to_json() const {
+  nlohmann::json out{{"task", task_name(task)}, {"features", features}, {"targets", targets}};
+  if (standardizes()) out["standardize"] = {{"mean", mean}, {"scale", scale}};
+  if (task == Task::Classification) out["classes"] = classes;
+  return out;
+}
+
+Preprocessing Preprocessing::from_json(const nlohmann::json& json, const std::string& where, const NeuralNetwork& network) {
+  if (!json.is_object()) fail("{} must be an object, got {}", where, json.dump().substr(0, 80));
+  for (const auto& item : json.items())
+    if (item.key() != "task" && item.key() != "features" && item.key() != "targets" && item.key() != "standardize" &&
+        item.key() != "classes")
+      fail("{} has an unknown key \"{}\"", where, item.key());
+  Preprocessing p;
+  const auto task = json.value("task", nlohmann::json());
+  if (task == "classification") p.task = Task::Classification;
+  else if (task != "regression") fail("{}/task must be \"regression\" or \"classification\", got {}", where, task.dump().substr(0, 80));
+  p.features = strings(json, where, "features");
+  p.targets = strings(json, where, "targets");
+  p.classes = strings(json, where, "classes");
+  if (json.contains("standardize")) {
+    const auto& s = json.at("standardize");
+    if (!s.is_object() || !s.contains("mean") || !s.contains("scale") || s.size() != 2)
+      fail("{}/standardize must be {{\"mean\": [...], \"scale\": [...]}}", where);
+    p.mean = numbers(s, where + "/standardize", "mean", p.features.size(), false);
+    p.scale = numbers(s, where + "/standardize", "scale", p.features.size(), true);
+  }
+  p.check_fits(network, where);
+  return p;
+}
+
+void Preprocessing::check_fits(const NeuralNetwork& network, const std::string& where) const {
+  if (static_cast<int64_t>(features.size()) != network->num_inputs())
+    fail("{}: names {} feature(s) for a network with {} inputs", where, features.size(), network->num_inputs());
+  if (standardizes() && (mean.size() != features.size() || scale.size() != features.size()))
+    fail("{}: the standardization has {} means and {} scales for {} features", where, mean.size(), scale.size(), features.size());
+  if (task == Task::Classification) {
+    if (targets.size() != 1) fail("{}: classification takes one label column, got {}", where, targets.size());
+    if (classes.empty() || static_cast<int64_t>(classes.size()) > network->num_outputs())
+      fail("{}: names {} class(es) for a network with {} outputs", where, classes.size(), network->num_outputs());
+    if (std::set<std::string>(classes.begin(), classes.end()).size() != classes.size())
+      fail("{}: names a class twice", where);
+  } else {
+    if (static_cast<int64_t>(targets.size()) != network->num_outputs())
+      fail("{}: names {} target(s) for a network with {} outputs", where, targets.size(), network->num_outputs());
+    if (!classes.empty()) fail("{}: a regression has no classes", where);
+  }
+}
+
+TableDataset::TableDataset(torch::Tensor inputs, torch::Tensor targets) : inputs_(std::move(inputs)), targets_(std::move(targets)) {
+  if (inputs_.dim() != 2 || targets_.dim() < 1 || targets_.size(0) != inputs_.size(0))
+    fail("TableDataset: expected inputs [rows, features] and targets with as many rows, got [{}] and [{}]",
+         fmt::join(inputs_.sizes(), ", "), fmt::join(targets_.sizes(), ", "));
+}
+
+torch::data::Example<> TableDataset::get(size_t index) {
+  const int64_t i = static_cast<int64_t>(index);
+  if (i >= inputs_.size(0)) fail("TableDataset: row {} of {}", index, inputs_.size(0));
+  return {inputs_[i], targets_[i]};
+}
+
+torch::optional<size_t> TableDataset::size() const {
+  return inputs_.defined() ? static_cast<size_t>(inputs_.size(0)) : 0;
+}
+
+std::pair<torch::Tensor, torch::Tensor> split_rows(int64_t rows, double validation_fraction, uint64_t seed) {
+  if (!(validation_fraction >= 0 && validation_fraction < 1))
+    fail("split_rows(): the validation fraction must be in [0, 1), got {}", validation_fraction);
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const auto order = torch::randperm(rows, generator, torch::kLong);
+  const int64_t held = validation_fraction > 0
+                           ? std::max<int64_t>(1, std::llround(static_cast<double>(rows) * validation_fraction))
+                           : 0;
+  if (held >= rows)
+    fail("split_rows(): a validation fraction of {} leaves no training rows ({} rows in all)", validation_fraction, rows);
+  return {order.narrow(0, held, rows - held), order.narrow(0, 0, held)};
+}
+
+Table table_from_csv(const CsvTable& csv, const NeuralNetwork& network, const TableOptions& options,
+                     const std::optional<Preprocessing>& fitted) {
+  const Task task = task_of(options, fitted, csv.source);
+  const int64_t n_out = network->num_outputs();
+  const Columns c = choose_columns(csv.columns, csv.source, network->num_inputs(), n_out, task, options, fitted);
+  Preprocessing p = fitted.value_or(Preprocessing{});
+  p.task = task;
+  p.features.clear(), p.targets.clear();
+  for (int64_t j : c.features) p.features.push_back(csv.columns[j]);
+  for (int64_t j : c.targets) p.targets.push_back(csv.columns[j]);
+  torch::Tensor y;
+  if (task == Task::Classification) std::tie(y, p.classes) = class_labels(csv, c.targets[0], n_out, fitted);
+  else {
+    // Text in the default target column is most likely a class label.
+    const bool guessed = !fitted && !options.task() && c.targets.size() == 1;
+    y = numeric_columns(csv, c.targets,
+                        guessed ? fmt::format("; if \"{}\" holds class labels, add --task classification", csv.columns[c.targets[0]]) : "");
+  }
+  return make_table(numeric_columns(csv, c.features), y, options, std::move(p), !fitted, csv.source);
+}
+
+Table read_table(const std::string& path, const NeuralNetwork& network, const TableOptions& options,
+                 const std::optional<Preprocessing>& fitted) {
+  const std::string text = read_file(path, "read_table()");
+  // Target columns are read as text: class labels may be names, and a
+  // regression's text cell gets a message that suggests the task.
+  const auto columns = csv_columns(text, path);
+  const Columns c = choose_columns(columns, path, network->num_inputs(), network->num_outputs(), task_of(options, fitted, path),
+                                   options, fitted);
+  std::vector<std::string> text_columns;
+  for (int64_t j : c.targets) text_columns.push_back(columns[j]);
+  return table_from_csv(parse_csv(text, path, text_columns), network, options, fitted);
+}
+
+Table table_from_tensors(const torch::Tensor& inputs, const torch::Tensor& targets, const TableOptions& options,
+                         const std::optional<Preprocessing>& fitted) {
+  if (inputs.dim() != 2 || !inputs.is_floating_point())
+    fail("table_from_tensors(): expected floating inputs [rows, features], got {} [{}]", c10::toString(inputs.scalar_type()),
+         fmt::join(inputs.sizes(), ", "));
+  const Task task = fitted ? fitted->task : options.task().value_or(Task::Regression);
+  const bool labels = task == Task::Classification;
+  if (targets.size(0) != inputs.size(0) || (labels ? targets.dim() != 1 || targets.scalar_type() != torch::kLong
+                                                   : targets.dim() != 2 || !targets.is_floating_point()))
+    fail("table_from_tensors(): expected {} targets [{}] for {} rows, got {} [{}]", labels ? "int64" : "floating",
+         labels ? "rows" : "rows, outputs", inputs.size(0), c10::toString(targets.scalar_type()), fmt::join(targets.sizes(), ", "));
+  Preprocessing p = fitted.value_or(Preprocessing{});
+  if (!fitted) {
+    p.task = task;
+    for (int64_t k = 0; k < inputs.size(1); ++k) p.features.push_back("x" + std::to_string(k));
+    if (labels) {
+      if (targets.numel() && targets.min().item<int64_t>() < 0)
+        fail("table_from_tensors(): class labels must be >= 0, got {}", targets.min().item<int64_t>());
+      p.targets = {"label"};
+      p.classes = index_classes(targets.numel() ? targets.max().item<int64_t>() + 1 : 0);
+    } else {
+      for (int64_t k = 0; k < targets.size(1); ++k) p.targets.push_back("y" + std::to_string(k));
+    }
+  } else if (static_cast<int64_t>(fitted->features.size()) != inputs.size(1)) {
+    fail("table_from_tensors(): {} feature columns, but the preprocessing names {}", inputs.size(1), fitted->features.size());
+  }
+  return make_table(inputs.to(torch::kFloat64), targets, options, std::move(p), !fitted, "tensors");
+}
+
+}  // namespace connex

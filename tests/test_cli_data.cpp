@@ -1,0 +1,159 @@
+// The `connex` program's optimizer rule, pruning without data, and the
+// preprocessing that travels with a model (checkpoint, later runs, TorchScript).
+#include <torch/script.h>
+
+#include "cli_util.h"
+
+using namespace connex;
+using namespace connex::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+double saved_lr(const std::string& checkpoint) {
+  return load_checkpoint(checkpoint).optimizer->groups.at(0).options.at("lr").get<double>();
+}
+
+// 60 rows of two features; the class is which third of the plane the point is in, as a name.
+void write_classes_csv(const std::string& path) {
+  std::ofstream out(path);
+  out << "width,height,kind\n";
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<double> u(0, 10);
+  for (int i = 0; i < 60; ++i) {
+    const double a = u(rng), b = 100 + 50 * u(rng);
+    out << a << "," << b << "," << (a < 3.3 ? "small" : a < 6.6 ? "medium" : "large") << "\n";
+  }
+}
+
+const char* kMlp23 = R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 3, "width": 8, "depth": 1},
+                         "options": {"hidden_activation": "tanh"}})";
+
+}  // namespace
+
+TEST(CliOptimizer, SavedOptionsAreKeptUnlessAFlagSaysOtherwise) {
+  TempDir dir;
+  ASSERT_EQ(connex_cli("train --epochs 5 --lr 0.01 --out a", dir).code, 0);
+  EXPECT_EQ(saved_lr(dir / "a/model.ckpt"), 0.01);
+
+  auto r = connex_cli("edit a/model.ckpt --add-connection 1:6 --out e.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("optimizer state carried: adam, learning rate 0.01"), std::string::npos) << r.out;
+  EXPECT_EQ(saved_lr(dir / "e.ckpt"), 0.01);
+
+  r = connex_cli("train a/model.ckpt --epochs 1 --out b", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("resumed adam state from a/model.ckpt; learning rate 0.01 (saved)"), std::string::npos) << r.out;
+  EXPECT_EQ(saved_lr(dir / "b/model.ckpt"), 0.01);
+
+  // The flag wins, is logged, and changes the run.
+  r = connex_cli("train a/model.ckpt --epochs 3 --lr 0.5 --out c", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("learning rate 0.5 (--lr; the checkpoint had 0.01)"), std::string::npos) << r.out;
+  EXPECT_EQ(saved_lr(dir / "c/model.ckpt"), 0.5);
+  ASSERT_EQ(connex_cli("train a/model.ckpt --epochs 3 --lr 1e-6 --out d", dir).code, 0);
+  EXPECT_FALSE(torch::equal(load(dir / "c/model.ckpt")->weight_tensor(), load(dir / "d/model.ckpt")->weight_tensor()));
+
+  // prune and train's mid-run prune keep it too.
+  ASSERT_EQ(connex_cli("prune a/model.ckpt --fraction 0.2 --out p.ckpt", dir).code, 0);
+  EXPECT_EQ(saved_lr(dir / "p.ckpt"), 0.01);
+  ASSERT_EQ(connex_cli("prune a/model.ckpt --fraction 0.2 --lr 0.3 --out q.ckpt", dir).code, 0);
+  EXPECT_EQ(saved_lr(dir / "q.ckpt"), 0.3);
+  ASSERT_EQ(connex_cli("train a/model.ckpt --epochs 3 --prune-at-epoch 1 --prune-fraction 0.2 --out m", dir).code, 0);
+  EXPECT_EQ(saved_lr(dir / "m/model.ckpt"), 0.01);
+  EXPECT_EQ(load(dir / "m/model.ckpt")->num_connections(), 11);
+
+  // Another --optimizer starts fresh, at --lr or the default.
+  r = connex_cli("train a/model.ckpt --epochs 1 --optimizer sgd --out s", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("holds adam state; starting sgd fresh (--optimizer), learning rate 0.001"), std::string::npos) << r.out;
+  EXPECT_EQ(load_checkpoint(dir / "s/model.ckpt").optimizer->type, "sgd");
+}
+
+TEST(CliPrune, NeedsDataOnlyForTheLossAndReportsAccuracy) {
+  TempDir dir;
+  write_classes_csv(dir / "d.csv");
+  spit(dir / "net.json", kMlp23);
+  ASSERT_EQ(connex_cli("train net.json --data d.csv --task classification --standardize --epochs 30 --lr 0.05 --out run", dir).code, 0);
+  auto r = connex_cli("prune run/model.ckpt --fraction 0.3 --out x.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("connections: 40 -> 28 (removed 12)"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("loss:"), std::string::npos) << r.out;
+  EXPECT_TRUE(load_checkpoint(dir / "x.ckpt").preprocessing) << "the preprocessing stays with the pruned model";
+
+  r = connex_cli("prune run/model.ckpt --fraction 0.3 --data d.csv --val-split 0.25 --out y.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("after pruning (15 validation rows)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("accuracy: "), std::string::npos) << r.out;
+
+  r = connex_cli("prune run/model.ckpt --fraction 0.3 --epochs 2 --out z.ckpt", dir);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("connex: prune: classification needs --data FILE.csv"), std::string::npos) << r.err;
+  spit(dir / "reg.json", kMlp21);
+  r = connex_cli("prune reg.json --fraction 0.3 --epochs 2 --out z.ckpt", dir);
+  EXPECT_NE(r.err.find("connex: prune: the built-in toy data has 1 feature and 2 targets"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir / "z.ckpt"));
+}
+
+TEST(CliPreprocessing, TravelsWithTheModelIntoLaterRunsAndTorchScript) {
+  TempDir dir;
+  write_classes_csv(dir / "d.csv");
+  spit(dir / "net.json", kMlp23);
+  auto r = connex_cli("train net.json --data d.csv --task classification --standardize --val-split 0.25 --seed 3 "
+                      "--epochs 40 --lr 0.05 --out run", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("45 training rows, 15 validation rows, features width,height, targets kind, classes large,medium,small, standardized"),
+            std::string::npos) << r.out;
+  const Checkpoint ck = load_checkpoint(dir / "run/model.ckpt");
+  ASSERT_TRUE(ck.preprocessing);
+  // The statistics are the training rows' (the same split read through the library), not all rows'.
+  const auto options = TableOptions().task(Task::Classification).standardize(true).validation_fraction(0.25).seed(3);
+  const Preprocessing expected = read_table(dir / "d.csv", ck.network, options).preprocessing;
+  EXPECT_EQ(ck.preprocessing->mean, expected.mean);
+  EXPECT_EQ(ck.preprocessing->scale, expected.scale);
+  EXPECT_NE(ck.preprocessing->mean, read_table(dir / "d.csv", ck.network, TableOptions(options).validation_fraction(0)).preprocessing.mean);
+  EXPECT_EQ(ck.preprocessing->classes, (std::vector<std::string>{"large", "medium", "small"}));
+
+  // A later run on the same checkpoint applies them (another seed would fit other statistics).
+  r = connex_cli("train run/model.ckpt --data d.csv --val-split 0.25 --seed 9 --epochs 2 --out again", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto later = load_checkpoint(dir / "again/model.ckpt").preprocessing;
+  ASSERT_TRUE(later);
+  EXPECT_EQ(later->to_json(), ck.preprocessing->to_json());
+  r = connex_cli("train run/model.ckpt --data d.csv --task regression --epochs 1", dir);
+  EXPECT_NE(r.err.find("d.csv: the model was trained for classification, not regression"), std::string::npos) << r.err;
+
+  // The exported module takes raw rows and names its classes.
+  ASSERT_EQ(connex_cli("export run/model.ckpt --format torchscript --out m.pt", dir).code, 0);
+  auto m = torch::jit::load(dir / "m.pt");
+  const auto raw = torch::tensor({{1.0, 300.0}, {9.0, 120.0}}, torch::kFloat64);
+  auto net = ck.network;
+  net->eval();
+  EXPECT_TRUE(torch::allclose(m.forward({raw}).toTensor(), net->forward(ck.preprocessing->apply(raw).to(torch::kFloat32)), 1e-5, 1e-5));
+  EXPECT_EQ(m.attr("class_labels").toListRef().size(), 3u);
+  EXPECT_EQ(m.attr("class_labels").toListRef()[2].toStringRef(), "small");
+
+  r = connex_cli("inspect run/model.ckpt", dir);
+  EXPECT_NE(r.out.find("preprocessing: classification of kind (large, medium, small) from width, height, standardized"),
+            std::string::npos) << r.out;
+}
+
+TEST(CliData, AForgottenTaskSaysWhatWouldFit) {
+  TempDir dir;
+  write_classes_csv(dir / "d.csv");
+  spit(dir / "net.json", R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 1, "width": 4, "depth": 1}})");
+  auto r = connex_cli("train net.json --data d.csv --epochs 1", dir);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("d.csv:2: column 3 (\"kind\")"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("is not a number; if \"kind\" holds class labels, add --task classification"), std::string::npos) << r.err;
+  spit(dir / "net3.json", kMlp23);
+  r = connex_cli("train net3.json --data d.csv --epochs 1", dir);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("d.csv: has 3 columns, too few for 3 target column(s) and at least one feature"), std::string::npos) << r.err;
+  spit(dir / "n.csv", "a,b,label\n1,2,0\n3,4,1\n");
+  spit(dir / "net4.json", R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 2, "width": 4, "depth": 1}})");
+  r = connex_cli("train net4.json --data n.csv --epochs 1", dir);
+  EXPECT_NE(r.err.find("n.csv: 1 feature columns (a) but the network has 2 inputs; if \"label\" holds class labels, add --task "
+                       "classification (then the other 2 columns are the features)"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}

@@ -1,0 +1,96 @@
+// `connex export --format png` end to end: what it draws, how big, how long.
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+
+#include "cli_util.h"
+
+using namespace connex;
+using namespace connex::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+bool have_dot() { return std::system("command -v dot > /dev/null 2>&1") == 0; }
+
+// Width and height from a PNG's IHDR chunk (8-byte signature, chunk length,
+// "IHDR", then both as big-endian 32-bit integers).
+std::pair<uint32_t, uint32_t> png_size(const std::string& bytes) {
+  EXPECT_GE(bytes.size(), 24u);
+  EXPECT_EQ(bytes.substr(1, 3), "PNG");
+  EXPECT_EQ(bytes.substr(12, 4), "IHDR");
+  auto be32 = [&](size_t at) {
+    uint32_t v = 0;
+    for (size_t k = 0; k < 4; ++k) v = v << 8 | static_cast<unsigned char>(bytes[at + k]);
+    return v;
+  };
+  return {be32(16), be32(20)};
+}
+
+// 40 inches at 96 dpi (DotOptions' defaults).
+constexpr uint32_t kMaxPixels = 3840;
+
+// Puts a directory first on PATH for the life of the object.
+struct PathFirst {
+  explicit PathFirst(const std::string& dir) : old(std::getenv("PATH") ? std::getenv("PATH") : "") {
+    setenv("PATH", (dir + ":" + old).c_str(), 1);
+  }
+  ~PathFirst() { setenv("PATH", old.c_str(), 1); }
+  std::string old;
+};
+
+}  // namespace
+
+// The issue: 1,117 neurons took 27 s and gave a 3874x32767 PNG without a word.
+TEST(CliExport, PngOfALargeNetworkIsASummaryOfBoundedSize) {
+  if (!have_dot()) GTEST_SKIP() << "Graphviz's dot is not installed";
+  TempDir dir;
+  spit(dir / "big.json", R"({"graph": {"prebuilt": "MLP", "input_size": 4, "output_size": 3, "width": 256, "depth": 4}})");
+  const auto start = std::chrono::steady_clock::now();
+  auto r = connex_cli("export big.json --format png --out g.png", dir);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out,
+            "wrote g.png: summary of 1,031 neurons, 198,400 connections in 6 levels (full drawings above 300 neurons "
+            "or 3,000 connections are unreadable; use --format dot or json for the whole graph)\n");
+  const auto [width, height] = png_size(slurp(dir / "g.png"));
+  EXPECT_GT(width, 0u);
+  EXPECT_LE(width, kMaxPixels);
+  EXPECT_GT(height, 0u);
+  EXPECT_LE(height, kMaxPixels);
+  // Nothing else is left behind.
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir.path), fs::directory_iterator()), 2);
+  std::printf("export of 1,031 neurons to png: %.2f s, %u x %u px, %ju bytes\n", seconds, width, height,
+              static_cast<uintmax_t>(fs::file_size(dir / "g.png")));
+}
+
+TEST(CliExport, PngOfASmallNetworkDrawsEveryNeuron) {
+  if (!have_dot()) GTEST_SKIP() << "Graphviz's dot is not installed";
+  TempDir dir;
+  auto r = connex_cli("export " CONNEX_SOURCE_DIR "/configs/readme.json --format png --out g.png", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "wrote g.png: all 12 neurons, 14 connections\n");
+  const auto [width, height] = png_size(slurp(dir / "g.png"));
+  EXPECT_LE(width, kMaxPixels);
+  EXPECT_LE(height, kMaxPixels);
+}
+
+// A dot that hangs is stopped at --timeout, with one line saying so and no
+// file left behind.
+TEST(CliExport, DotPastItsTimeLimitIsStopped) {
+  TempDir dir;
+  fs::create_directory(dir / "bin");
+  spit(dir / "bin/dot", "#!/bin/sh\nexec sleep 60\n");
+  fs::permissions(dir / "bin/dot", fs::perms::owner_all);
+  PathFirst path(dir / "bin");
+  const auto start = std::chrono::steady_clock::now();
+  auto r = connex_cli("export " CONNEX_SOURCE_DIR "/configs/readme.json --format png --out g.png --timeout 1", dir);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err,
+            "connex: export: dot did not finish drawing g.png (all 12 neurons, 14 connections) within 1 s and was stopped; "
+            "raise --timeout, or use --format dot or json\n");
+  EXPECT_LT(seconds, 30);  // not the fake dot's 60 s
+  EXPECT_FALSE(fs::exists(dir / "g.png"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir.path), fs::directory_iterator()), 1);  // bin/ only
+}

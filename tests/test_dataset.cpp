@@ -1,0 +1,325 @@
+// Tabular data (connex/dataset.h), the preprocessing that travels with a
+// model (checkpoints, TorchScript), the exported module's input checks, the
+// typed clone and the optimizer that survives an edit with its options.
+#include <torch/script.h>
+
+#include "test_util.h"
+
+using namespace connex;
+using namespace connex::testing;
+
+namespace {
+
+NeuralNetwork mlp(int64_t in, int64_t out, torch::Dtype dtype = torch::kFloat32) {
+  return connex::nn::MLP(in, out, 4, 1, NeuralNetworkOptions().hidden_activation("tanh").dtype(dtype).seed(3));
+}
+
+// 12 rows: a = row index, b = 10 * row index squared, label cycling through three names.
+std::string table_csv() {
+  std::string csv = "a,b,species\n";
+  const char* names[] = {"virginica", "setosa", "versicolor"};
+  for (int i = 0; i < 12; ++i) csv += fmt::format("{},{},{}\n", i, 10 * i * i, names[i % 3]);
+  return csv;
+}
+
+}  // namespace
+
+TEST(Dataset, StandardizesWithTheTrainingRowsStatisticsOnly) {
+  TempDir dir;
+  spit(dir / "d.csv", table_csv());
+  auto net = mlp(2, 3);
+  const auto options = TableOptions().task(Task::Classification).standardize(true).validation_fraction(0.25).seed(5).dtype(torch::kFloat64);
+  const Table table = read_table(dir / "d.csv", net, options);
+  auto [train_rows, validation_rows] = split_rows(12, 0.25, 5);
+  ASSERT_EQ(table.train.inputs().size(0), 9);
+  ASSERT_EQ(table.validation.inputs().size(0), 3);
+  // By hand: a = i, b = 10 i^2 over the training rows.
+  double sum_a = 0, sum_b = 0;
+  std::vector<double> as, bs;
+  for (int64_t k = 0; k < 9; ++k) {
+    const double i = static_cast<double>(train_rows[k].item<int64_t>());
+    as.push_back(i), bs.push_back(10 * i * i);
+    sum_a += i, sum_b += 10 * i * i;
+  }
+  const double mean_a = sum_a / 9, mean_b = sum_b / 9;
+  double var_a = 0, var_b = 0;
+  for (int k = 0; k < 9; ++k) var_a += (as[k] - mean_a) * (as[k] - mean_a), var_b += (bs[k] - mean_b) * (bs[k] - mean_b);
+  const auto& p = table.preprocessing;
+  EXPECT_NEAR(p.mean[0], mean_a, 1e-12);
+  EXPECT_NEAR(p.mean[1], mean_b, 1e-9);
+  EXPECT_NEAR(p.scale[0], std::sqrt(var_a / 8), 1e-12);
+  EXPECT_NEAR(p.scale[1], std::sqrt(var_b / 8), 1e-9);
+  // Validation rows use the training statistics, not their own.
+  for (int64_t k = 0; k < 3; ++k) {
+    const double i = static_cast<double>(validation_rows[k].item<int64_t>());
+    EXPECT_NEAR(table.validation.inputs()[k][0].item<double>(), (i - mean_a) / p.scale[0], 1e-12);
+    EXPECT_NEAR(table.validation.inputs()[k][1].item<double>(), (10 * i * i - mean_b) / p.scale[1], 1e-12);
+  }
+  EXPECT_NEAR(table.train.inputs().mean(0).abs().max().item<double>(), 0.0, 1e-12);
+  EXPECT_EQ(p.features, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(p.targets, (std::vector<std::string>{"species"}));
+  // Text labels: one output per distinct label, sorted.
+  EXPECT_EQ(p.classes, (std::vector<std::string>{"setosa", "versicolor", "virginica"}));
+  const int64_t expected[] = {2, 0, 1};
+  for (int64_t k = 0; k < 9; ++k)
+    EXPECT_EQ(table.train.targets()[k].item<int64_t>(), expected[train_rows[k].item<int64_t>() % 3]);
+}
+
+TEST(Dataset, FittedPreprocessingIsAppliedNotFittedAgain) {
+  TempDir dir;
+  spit(dir / "d.csv", table_csv());
+  auto net = mlp(2, 3);
+  const auto options = TableOptions().task(Task::Classification).standardize(true);
+  const Preprocessing fitted = read_table(dir / "d.csv", net, options).preprocessing;
+  // Other rows, other label order: the fitted statistics and classes still rule.
+  spit(dir / "e.csv", "a,b,species\n100,0,versicolor\n-5,7,setosa\n");
+  const Table table = read_table(dir / "e.csv", net, TableOptions().dtype(torch::kFloat64), fitted);
+  EXPECT_EQ(table.preprocessing.mean, fitted.mean);
+  EXPECT_EQ(table.preprocessing.classes, fitted.classes);
+  EXPECT_NEAR(table.train.inputs()[0][0].item<double>(), (100 - fitted.mean[0]) / fitted.scale[0], 1e-12);
+  EXPECT_EQ(table.train.targets()[0].item<int64_t>(), 1);
+  EXPECT_EQ(table.train.targets()[1].item<int64_t>(), 0);
+  // The fitted columns are found by name, whatever their position.
+  spit(dir / "f.csv", "species,b,a\nsetosa,0,1\n");
+  EXPECT_EQ(read_table(dir / "f.csv", net, {}, fitted).train.inputs()[0][0].item<float>(),
+            static_cast<float>((1 - fitted.mean[0]) / fitted.scale[0]));
+  spit(dir / "g.csv", "a,b,species\n1,2,daisy\n");
+  EXPECT_THROW_MSG(read_table(dir / "g.csv", net, {}, fitted),
+                   "g.csv:2: column 3 (\"species\"): \"daisy\" is not one of the classes the model was trained on (setosa, versicolor, virginica)");
+  EXPECT_THROW_MSG(read_table(dir / "g.csv", net, TableOptions().task(Task::Regression), fitted),
+                   "g.csv: the model was trained for classification, not regression");
+  spit(dir / "h.csv", "a,c,species\n1,2,setosa\n");
+  EXPECT_THROW_MSG(read_table(dir / "h.csv", net, {}, fitted), "h.csv: unknown column \"b\"; the columns are a, c, species");
+}
+
+TEST(Dataset, IntegerLabelsAreOutputIndices) {
+  TempDir dir;
+  spit(dir / "d.csv", "x,label\n0.5,2\n1.5,0\n");
+  const Table table = read_table(dir / "d.csv", mlp(1, 3), TableOptions().task(Task::Classification));
+  EXPECT_EQ(table.preprocessing.classes, (std::vector<std::string>{"0", "1", "2"}));
+  EXPECT_TRUE(torch::equal(std::get<0>(table.train.targets().sort()), torch::tensor({0, 2}, torch::kLong)));
+  spit(dir / "e.csv", "x,label\n0.5,2\n1.5,3\n");
+  EXPECT_THROW_MSG(read_table(dir / "e.csv", mlp(1, 3), TableOptions().task(Task::Classification)),
+                   "e.csv:3: column 2 (\"label\"): 3 is not an integer class label in [0, 3) (the network has 3 outputs)");
+  spit(dir / "f.csv", "x,label\n0.5,a\n1.5,b\n2,c\n");
+  EXPECT_THROW_MSG(read_table(dir / "f.csv", mlp(1, 2), TableOptions().task(Task::Classification)),
+                   "f.csv: column \"label\" has 3 distinct class labels but the network has 2 outputs");
+}
+
+TEST(Dataset, SaysWhatWouldFitWhenTheTaskIsForgotten) {
+  TempDir dir;
+  spit(dir / "d.csv", table_csv());
+  // Regression by default takes the last 3 columns as targets for 3 outputs.
+  EXPECT_THROW_MSG(read_table(dir / "d.csv", mlp(2, 3)),
+                   "d.csv: has 3 columns, too few for 3 target column(s) and at least one feature");
+  spit(dir / "e.csv", "f0,f1,f2,f3,label\n1,2,3,4,0\n");
+  EXPECT_THROW_MSG(read_table(dir / "e.csv", mlp(4, 3)),
+                   "e.csv: 2 feature columns (f0, f1) but the network has 4 inputs; if \"label\" holds class labels, add "
+                   "--task classification (then the other 4 columns are the features)");
+}
+
+TEST(Dataset, WorksWithTorchDataLoaders) {
+  auto [x, y] = cos_sin_data();
+  Table table = table_from_tensors(x, y, TableOptions().validation_fraction(0.2).standardize(true).seed(1));
+  EXPECT_EQ(*table.train.size(), 200u);
+  EXPECT_EQ(*table.validation.size(), 50u);
+  auto loader = torch::data::make_data_loader(table.train.map(torch::data::transforms::Stack<>()),
+                                              torch::data::DataLoaderOptions(32));
+  auto net = connex::nn::MLP(1, 2, 8, 1, NeuralNetworkOptions().hidden_activation("tanh"));
+  torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(1e-2));
+  int64_t rows = 0, batches = 0;
+  for (int epoch = 0; epoch < 3; ++epoch)
+    for (auto& batch : *loader) {
+      adam.zero_grad();
+      auto loss = torch::mse_loss(net->forward(batch.data), batch.target);
+      loss.backward();
+      adam.step();
+      rows += batch.data.size(0), ++batches;
+      EXPECT_EQ(batch.data.sizes(), torch::IntArrayRef({batch.data.size(0), 1}));
+      EXPECT_EQ(batch.target.size(1), 2);
+    }
+  EXPECT_EQ(rows, 600);
+  EXPECT_EQ(batches, 3 * 7);
+  // The training rows are standardized: mean 0, unbiased std 1.
+  EXPECT_NEAR(table.train.inputs().mean().item<double>(), 0.0, 1e-6);
+  EXPECT_NEAR(table.train.inputs().std().item<double>(), 1.0, 1e-5);
+}
+
+TEST(Dataset, CheckpointsCarryThePreprocessing) {
+  TempDir dir;
+  spit(dir / "d.csv", table_csv());
+  auto net = mlp(2, 3);
+  const Table table = read_table(dir / "d.csv", net, TableOptions().task(Task::Classification).standardize(true));
+  save(net, dir / "m.ckpt", nullptr, &table.preprocessing);
+  const Checkpoint ck = load_checkpoint(dir / "m.ckpt");
+  ASSERT_TRUE(ck.preprocessing);
+  EXPECT_EQ(ck.preprocessing->to_json(), table.preprocessing.to_json());
+  EXPECT_EQ(ck.preprocessing->mean, table.preprocessing.mean);  // bit for bit
+  EXPECT_FALSE(load_checkpoint((save(net, dir / "n.ckpt"), dir / "n.ckpt")).preprocessing);
+  // A preprocessing that does not fit is refused before anything is written.
+  Preprocessing wrong = table.preprocessing;
+  wrong.features.push_back("c"), wrong.mean.push_back(0), wrong.scale.push_back(1);
+  EXPECT_THROW_MSG(save(net, dir / "w.ckpt", nullptr, &wrong), "save(): " + dir / "w.ckpt" + ": the preprocessing: names 3 feature(s) for a network with 2 inputs");
+  EXPECT_FALSE(std::filesystem::exists(dir / "w.ckpt"));
+  // A crafted file is refused with the JSON path of the culprit.
+  const std::string bytes = slurp(dir / "m.ckpt");
+  spit(dir / "bad.ckpt", reseal_checkpoint(bytes, [](nlohmann::json& h, uint32_t&) { h["preprocessing"]["standardize"]["scale"][1] = 0; }));
+  EXPECT_THROW_MSG(load_checkpoint(dir / "bad.ckpt"), "/preprocessing/standardize/scale/1 must be a finite number > 0, got 0");
+  spit(dir / "bad.ckpt", reseal_checkpoint(bytes, [](nlohmann::json& h, uint32_t&) { h["preprocessing"]["classes"] = {"a", "a"}; }));
+  EXPECT_THROW_MSG(load_checkpoint(dir / "bad.ckpt"), "/preprocessing: names a class twice");
+  spit(dir / "bad.ckpt", reseal_checkpoint(bytes, [](nlohmann::json& h, uint32_t&) { h["preprocessing"]["task"] = 7; }));
+  EXPECT_THROW_MSG(load_checkpoint(dir / "bad.ckpt"), "/preprocessing/task must be \"regression\" or \"classification\", got 7");
+}
+
+TEST(TorchScriptExport, ChecksTheInputWithItsOwnMessage) {
+  TempDir dir;
+  auto net = mlp(3, 2);
+  net->eval();
+  export_torchscript(net, dir / "m.pt");
+  auto m = torch::jit::load(dir / "m.pt");
+  auto run = [&](const torch::Tensor& x) { return m.forward({x}).toTensor(); };
+  auto message = [&](const torch::Tensor& x) {
+    try {
+      run(x);
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message(torch::randn({5, 4})).find("connex network: expected an input of shape [batch, 3] or [3], got [5, 4]"),
+            std::string::npos) << message(torch::randn({5, 4}));
+  EXPECT_NE(message(torch::randn({2, 2, 3})).find("got [2, 2, 3]"), std::string::npos);
+  EXPECT_NE(message(torch::ones({2, 3}, torch::kComplexFloat)).find("expected a real-valued input, got a complex tensor"),
+            std::string::npos);
+  // float64, integer and bool inputs are cast to the network's float32.
+  const auto x = torch::tensor({{1.0, -2.0, 0.5}, {3.0, 0.0, 1.0}}, torch::kFloat64);
+  const auto expected = net->forward(x.to(torch::kFloat32));
+  EXPECT_TRUE(torch::allclose(run(x), expected, 1e-6, 1e-6));
+  EXPECT_TRUE(torch::allclose(run(x.to(torch::kLong)), net->forward(x.to(torch::kLong).to(torch::kFloat32)), 1e-6, 1e-6));
+  EXPECT_TRUE(torch::allclose(run(x[0]), expected[0], 1e-6, 1e-6));
+  EXPECT_TRUE(torch::allclose(run(x.gt(0)), net->forward(x.gt(0).to(torch::kFloat32)), 1e-6, 1e-6));
+  EXPECT_EQ(run(x).scalar_type(), torch::kFloat32);
+}
+
+TEST(TorchScriptExport, TakesRawRowsAndCarriesTheNames) {
+  TempDir dir;
+  spit(dir / "d.csv", table_csv());
+  auto net = mlp(2, 3, torch::kFloat64);
+  net->eval();
+  const Table table = read_table(dir / "d.csv", net, TableOptions().task(Task::Classification).standardize(true));
+  export_torchscript(net, dir / "m.pt", &table.preprocessing);
+  auto m = torch::jit::load(dir / "m.pt");
+  const auto raw = torch::tensor({{3.0, 90.0}, {11.0, 1210.0}}, torch::kFloat64);
+  const auto expected = net->forward(table.preprocessing.apply(raw));
+  EXPECT_TRUE(torch::allclose(m.forward({raw}).toTensor(), expected, 1e-12, 1e-12));
+  auto strings = [&](const char* name) {
+    std::vector<std::string> out;
+    for (const auto& v : m.attr(name).toListRef()) out.push_back(v.toStringRef());
+    return out;
+  };
+  EXPECT_EQ(strings("class_labels"), (std::vector<std::string>{"setosa", "versicolor", "virginica"}));
+  EXPECT_EQ(strings("feature_names"), (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(strings("target_names"), (std::vector<std::string>{"species"}));
+  export_torchscript(net, dir / "plain.pt");
+  EXPECT_TRUE(torch::jit::load(dir / "plain.pt").attr("class_labels").toListRef().empty());
+}
+
+TEST(Network, TypedCloneIsADeepCopyWithFrozenEntries) {
+  auto net = NeuralNetwork(readme_spec(), NeuralNetworkOptions().hidden_activation("relu").dtype(torch::kFloat64));
+  net->freeze({{0, 1}}, {4});
+  NeuralNetwork copy = connex::clone(net);  // a NeuralNetwork, no cast
+  auto x = torch::linspace(0, 1, 7, torch::kFloat64).unsqueeze(1);
+  EXPECT_TRUE(torch::equal(copy->forward(x), net->forward(x)));
+  EXPECT_TRUE(copy->is_frozen(0, 1));
+  EXPECT_FALSE(copy->is_frozen(0, 2));
+  copy->set_weight(0, 2, 5.0);
+  EXPECT_NE(net->weight(0, 2), 5.0);
+  copy->forward(x).sum().backward();
+  const auto& topo = copy->topology();
+  EXPECT_EQ(copy->weight_tensor().grad()[topo.connection_index(topo.dense_of(0), topo.dense_of(1))].item<double>(), 0.0);
+  EXPECT_EQ(copy->bias_tensor().grad()[topo.bias_index(topo.dense_of(4))].item<double>(), 0.0);
+  EXPECT_NE(copy->weight_tensor().grad()[topo.connection_index(topo.dense_of(0), topo.dense_of(2))].item<double>(), 0.0);
+  EXPECT_FALSE(net->weight_tensor().grad().defined());
+  EXPECT_THROW_MSG(connex::clone(NeuralNetwork(nullptr)), "clone(): the network is empty");
+}
+
+// optimizer_after_edit: the type, every group and its options, and the state.
+TEST(OptimizerAfterEdit, KeepsTypeGroupsOptionsAndState) {
+  using namespace torch::optim;
+  auto [x, y] = cos_sin_data(torch::kFloat64);
+  for (const std::string type : {"adam", "adamw", "sgd", "rmsprop", "adagrad"}) {
+    auto net = NeuralNetwork(readme_spec(), NeuralNetworkOptions().hidden_activation("tanh").dtype(torch::kFloat64));
+    // Two groups: weights at one learning rate, biases at another.
+    std::vector<OptimizerParamGroup> groups;
+    auto options = [&](double lr) -> std::unique_ptr<OptimizerOptions> {
+      if (type == "adam") return std::make_unique<AdamOptions>(AdamOptions(lr).betas({0.8, 0.95}).weight_decay(1e-3));
+      if (type == "adamw") return std::make_unique<AdamWOptions>(AdamWOptions(lr).amsgrad(true));
+      if (type == "sgd") return std::make_unique<SGDOptions>(SGDOptions(lr).momentum(0.7).nesterov(true));
+      if (type == "rmsprop") return std::make_unique<RMSpropOptions>(RMSpropOptions(lr).momentum(0.5).centered(true));
+      return std::make_unique<AdagradOptions>(AdagradOptions(lr).lr_decay(0.01));
+    };
+    groups.emplace_back(std::vector<torch::Tensor>{net->weight_tensor()}, options(0.02));
+    groups.emplace_back(std::vector<torch::Tensor>{net->bias_tensor()}, options(0.005));
+    auto optimizer = make_optimizer(type, std::move(groups));
+    for (int step = 0; step < 3; ++step) {
+      optimizer->zero_grad();
+      torch::mse_loss(net->forward(x), y).backward();
+      optimizer->step();
+    }
+    auto r = connex::edit(net).remove_connections({{8, 11}}).add_hidden_neurons({100}).add_connections({{0, 100}, {100, 11}}).build(4);
+    auto next = optimizer_after_edit(*optimizer, net, r);
+    EXPECT_EQ(optimizer_type_name(*next), type);
+    ASSERT_EQ(next->param_groups().size(), 2u) << type;
+    for (size_t g = 0; g < 2; ++g)
+      EXPECT_EQ(optimizer_options_to_json(next->param_groups()[g].options()),
+                optimizer_options_to_json(optimizer->param_groups()[g].options())) << type;
+    EXPECT_TRUE(next->param_groups()[0].params()[0].is_same(r.network->weight_tensor()));
+    EXPECT_TRUE(next->param_groups()[1].params()[0].is_same(r.network->bias_tensor()));
+    // The state equals what transfer_optimizer_state gives an optimizer built by hand with the same options.
+    std::vector<OptimizerParamGroup> by_hand;
+    by_hand.emplace_back(std::vector<torch::Tensor>{r.network->weight_tensor()}, options(0.02));
+    by_hand.emplace_back(std::vector<torch::Tensor>{r.network->bias_tensor()}, options(0.005));
+    auto manual = make_optimizer(type, std::move(by_hand));
+    transfer_optimizer_state(*optimizer, net, *manual, r);
+    for (const auto& p : r.network->parameters()) {
+      const auto key = c10::guts::to_string(p.unsafeGetTensorImpl());
+      ASSERT_EQ(next->state().count(key), manual->state().count(key)) << type;
+      if (!next->state().count(key)) continue;
+      const auto a = state_fields(*next->state().at(key)), b = state_fields(*manual->state().at(key));
+      EXPECT_EQ(a.step, b.step);
+      for (size_t f = 0; f < a.tensors.size(); ++f)
+        EXPECT_TRUE(a.tensors[f].second.defined() ? torch::equal(a.tensors[f].second, b.tensors[f].second)
+                                                  : !b.tensors[f].second.defined()) << type << " " << a.tensors[f].first;
+    }
+  }
+}
+
+TEST(OptimizerAfterEdit, RestoredFromACheckpointWithItsLearningRate) {
+  TempDir dir;
+  auto [x, y] = cos_sin_data();
+  auto net = NeuralNetwork(readme_spec(), NeuralNetworkOptions().hidden_activation("relu"));
+  torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(0.01).betas({0.85, 0.99}));
+  for (int step = 0; step < 2; ++step) {
+    adam.zero_grad();
+    torch::mse_loss(net->forward(x), y).backward();
+    adam.step();
+  }
+  save(net, dir / "m.ckpt", &adam);
+  const Checkpoint ck = load_checkpoint(dir / "m.ckpt");
+  auto restored = restore_optimizer(ck, dir / "m.ckpt");
+  EXPECT_EQ(optimizer_type_name(*restored), "adam");
+  EXPECT_EQ(restored->param_groups()[0].options().get_lr(), 0.01);
+  EXPECT_EQ(optimizer_options_to_json(restored->param_groups()[0].options()), optimizer_options_to_json(adam.param_groups()[0].options()));
+  // One more step from the restored optimizer equals one more step of the original.
+  NeuralNetwork resumed = ck.network;
+  auto step = [&](NeuralNetwork& n, torch::optim::Optimizer& o) {
+    o.zero_grad();
+    torch::mse_loss(n->forward(x), y).backward();
+    o.step();
+  };
+  step(net, adam);
+  step(resumed, *restored);
+  EXPECT_TRUE(torch::equal(net->weight_tensor(), resumed->weight_tensor()));
+  save(net, dir / "plain.ckpt");
+  EXPECT_THROW_MSG(restore_optimizer(load_checkpoint(dir / "plain.ckpt"), "plain.ckpt"), "restore_optimizer(): plain.ckpt holds no optimizer state");
+}
