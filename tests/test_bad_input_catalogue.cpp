@@ -15,7 +15,8 @@
 //               | outgoing connection, no inputs, no outputs, a repeated neuron    | JSON path, the id kind
 //               | id, mixed id kinds, an input / output / edge id of the other     |
 //               | kind, an edge or adjacency key naming a neuron missing from the  |
-//               | neurons list, a malformed JSON graph                              |
+//               | neurons list, a malformed JSON graph, a string id with a control |
+//               | character, invalid UTF-8 or a noncharacter                         |
 //   options     | dropout p outside [0, 1] or NaN, dropout of an unknown neuron,   | the option, the value,
 //               | unknown activation, non-element-wise activation, non-floating   | the neuron
 //               | dtype, bad topo_sort, non-positive prebuilt sizes, to(int)       |
@@ -202,6 +203,15 @@ std::vector<Case> make_catalogue() {
       {"input neuron 0 is listed twice"});
   add("graph", "MixedIdKinds", none, lib([](World&) { GraphSpec::from_edges({{0, "a"}}, {0}, {"a"}); }),
       {"neuron \"a\" is a string but neuron 0 is an integer"});
+  add("graph", "IdWithANulByte", none, lib([](World&) { GraphSpec::from_edges({{"a", std::string("b\0c", 3)}}, {"a"}, {std::string("b\0c", 3)}); }),
+      {"GraphSpec: neuron \"b\\x00c\" contains the control character U+0000 at offset 1; string ids must be printable UTF-8 text"});
+  add("graph", "IdNotUtf8", file("bad.json", "{\"graph\": {\"edges\": [[\"a\", \"b\\u0000\"]], \"inputs\": [\"a\"], \"outputs\": [\"b\\u0000\"]}}"),
+      lib([](World& w) { load_config(w.dir / "bad.json"); }), {"bad.json", "contains the control character U+0000"});
+  add("edit", "AddedIdWithAnEscape", none, lib([](World&) {
+        NeuralNetwork named(GraphSpec::from_edges({{"a", "b"}}, {"a"}, {"b"}));
+        connex::edit(named).add_hidden_neurons({"\x1b[2J"}).build();
+      }),
+      {"contains the control character U+001B at offset 0"});
   add("graph", "JsonEdgeNotAPair", none,
       lib([](World&) { GraphSpec::from_json(nlohmann::json::parse(R"({"edges":[[0]],"inputs":[0],"outputs":[1]})"), "g.json"); }),
       {"g.json", "/edges/0 must be a pair [from, to]"});
@@ -311,6 +321,9 @@ std::vector<Case> make_catalogue() {
   add("config", "FutureVersion", none, config(R"({"version":2,"graph":{}})"), {"my.json: /version is 2; this connex reads version 1"});
   add("config", "InvalidJsonFile", file("broken.json", "{\"graph\": [1, 2"),
       lib([](World& w) { load_config(w.dir / "broken.json"); }), {"load_config():", "broken.json is not valid JSON"});
+  // Nested 100,000 deep, it crashed the message's dump() (exit 139 in the program).
+  add("config", "NestedTooDeeply", file("deep.json", "{\"options\": {\"seed\": " + std::string(100000, '[') + std::string(100000, ']') + "}}"),
+      lib([](World& w) { load_config(w.dir / "deep.json"); }), {"load_config():", "deep.json nests JSON deeper than 256 levels (at byte"});
   add("config", "EdgeNamesAnUnlistedNeuron", none,
       config(R"({"graph":{"neurons":[0,1,2],"edges":[[0,1],[1,2],[1,20]],"inputs":[0],"outputs":[2]}})"),
       {"my.json: /graph/edges/2/1: edge 1 -> 20 names neuron 20, which is not in the neurons list"});
@@ -332,6 +345,7 @@ std::vector<Case> make_catalogue() {
       {"d.csv:3: column 2 (\"x2\"): \"abc\" is not a number"});
   add("csv", "NanCell", file("d.csv", "x1,x2,y\n1,2,3\n4,5,nan\n"), csv("d.csv"), {"d.csv:3: column 3 (\"y\"): nan is not a finite number"});
   add("csv", "Overflow", file("d.csv", "x\n1e400\n"), csv("d.csv"), {"d.csv:2: column 1 (\"x\"): \"1e400\" is not a number"});
+  add("csv", "UnclosedQuote", file("d.csv", "x1,x2,y\n1,\"2,3\n4,5,6\n"), csv("d.csv"), {"d.csv:2: column 2: the quoted cell is never closed"});
   add("csv", "Empty", file("d.csv", ""), csv("d.csv"), {"d.csv: the file is empty"});
   add("csv", "HeaderOnly", file("d.csv", "x,y\n"), csv("d.csv"), {"d.csv: the file has a header but no data rows"});
   add("csv", "RepeatedColumn", file("d.csv", "a,a\n1,2\n"), csv("d.csv"), {"d.csv:1: the header names column \"a\" twice"});
@@ -467,13 +481,29 @@ std::vector<Case> make_catalogue() {
   // -------------------------------------------------------------------- cli
 #ifdef CONNEX_CLI
   add("cli", "NegativeEpochs", none, cli("train net.json --epochs -3 --out out"), {"--epochs: must be an integer >= 0, got \"-3\""});
-  add("cli", "ZeroLearningRate", none, cli("train net.json --lr 0 --out out"), {"--lr: must be a number > 0, got \"0\""});
+  add("cli", "ZeroLearningRate", none, cli("train net.json --lr 0 --out out"), {"--lr: must be a number in (0, 1000000], got \"0\""});
+  add("cli", "HugeLearningRate", none, cli("train net.json --lr 1e39 --out out"), {"--lr: must be a number in (0, 1000000], got \"1e39\""});
+  add("cli", "NegativeSeed", none, cli("train net.json --seed -1 --out out"),
+      {"--seed: must be an integer in [0, 18446744073709551615], got \"-1\""});
+  add("cli", "SeedBeyond64Bits", none, cli("train net.json --seed 18446744073709551616 --out out"),
+      {"--seed: must be an integer in [0, 18446744073709551615], got \"18446744073709551616\""});
+  add("cli", "SeedInExponentForm", none, cli("edit good.ckpt --seed 1e20 --out out"),
+      {"--seed: must be an integer in [0, 18446744073709551615], got \"1e20\""});
+  add("cli", "PruneAfterTheLastEpoch", none, cli("train net.json --epochs 3 --prune-at-epoch 5 --prune-fraction 0.5 --out out"),
+      {"train: --prune-at-epoch 5 is outside this run's epochs 1 to 3"});
   add("cli", "ValidationSplitOutOfRange", none, cli("train net.json --val-split 2 --out out"), {"--val-split: must be a number in [0, 0.9], got \"2\""});
   add("cli", "UnknownOptimizer", none, cli("train net.json --optimizer lbfgs --out out"), {"--optimizer: lbfgs not in {adam,adamw,sgd}"});
   add("cli", "UnknownDevice", none, cli("train net.json --device tpu --out out"), {"--device must be cpu or cuda, got \"tpu\""});
   add("cli", "NonNumericEpochs", none, cli("train net.json --epochs many --out out"), {"--epochs: must be an integer >= 0, got \"many\""});
   add("cli", "UnknownFlag", none, cli("train net.json --epocs 3 --out out"), {"--epocs"});
   add("cli", "ZeroThreads", none, cli("--threads 0 train net.json --out out"), {"--threads: must be an integer in [1, 1024], got \"0\""});
+  // 1000 threads on a few cores took 30 s to start.
+  // Finite, but its squared error is not: training used to end in "lower --lr".
+  add("cli", "CellTooLargeToTrainOn", file("big.csv", "x,y1,y2\n0,1,0\n1e308,0.88,0.48\n"),
+      cli("train net.json --data big.csv --epochs 1 --out out"),
+      {"big.csv:3: column 1 (\"x\"): 1e+308 is too large to train on in Double"});
+  add("cli", "MoreThreadsThanTheMachineCanUse", none, cli("--threads 1000 train net.json --epochs 1 --out out"),
+      {"--threads 1000: this machine has", "give at most"});
   add("cli", "BadCsvCell", file("bad.csv", "x,y1,y2\n0,1,0\n1,abc,2\n"), cli("train net.json --data bad.csv --epochs 1 --out out"),
       {"bad.csv:3: column 2 (\"y1\"): \"abc\" is not a number"});
   add("cli", "EdgeNotFromTo", none, cli("edit good.ckpt --add-connection 1-6 --out out"),

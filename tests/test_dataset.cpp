@@ -323,3 +323,43 @@ TEST(OptimizerAfterEdit, RestoredFromACheckpointWithItsLearningRate) {
   save(net, dir / "plain.ckpt");
   EXPECT_THROW_MSG(restore_optimizer(load_checkpoint(dir / "plain.ckpt"), "plain.ckpt"), "restore_optimizer(): plain.ckpt holds no optimizer state");
 }
+
+TEST(OptimizerAfterEdit, AParameterLeftOutStaysOut) {
+  auto net = NeuralNetwork(readme_spec(), NeuralNetworkOptions().hidden_activation("relu"));
+  torch::optim::Adam weights_only({net->weight_tensor()}, torch::optim::AdamOptions(0.01));
+  auto r = connex::edit(net).remove_connections({{8, 11}}).build();
+  auto next = optimizer_after_edit(weights_only, net, r);
+  ASSERT_EQ(next->param_groups().size(), 1u);
+  ASSERT_EQ(next->param_groups()[0].params().size(), 1u);
+  EXPECT_TRUE(next->param_groups()[0].params()[0].is_same(r.network->weight_tensor()));
+}
+
+TEST(Dataset, ColumnsThatAreNotFeaturesMayHoldAnything) {
+  TempDir dir;
+  spit(dir / "d.csv", "id,name,a,b,kind\n1,Braund,0.5,2,x\n2,Cumings,1.5,3,y\n");
+  const Table table = read_table(dir / "d.csv", mlp(2, 2),
+                                 TableOptions().task(Task::Classification).features({"a", "b"}).targets({"kind"}));
+  EXPECT_EQ(table.train.inputs().size(1), 2);
+  EXPECT_EQ(table.preprocessing.classes, (std::vector<std::string>{"x", "y"}));
+  // A stray word among integer labels, or an empty label, is named, not made a class.
+  spit(dir / "e.csv", "a,b,label\n1,2,0\n3,4,1\n5,6,?\n7,8,1\n");
+  EXPECT_THROW_MSG(read_table(dir / "e.csv", mlp(2, 12), TableOptions().task(Task::Classification)),
+                   "e.csv:4: column 3 (\"label\"): \"?\" is not a class label like the others (integer output indices)");
+  spit(dir / "f.csv", "a,b,label\n1,2,x\n3,4,\n");
+  EXPECT_THROW_MSG(read_table(dir / "f.csv", mlp(2, 2), TableOptions().task(Task::Classification)),
+                   "f.csv:3: column 3 (\"label\"): the class label is empty");
+  // The table's inputs take the network's dtype unless told otherwise.
+  spit(dir / "g.csv", "a,b,y\n1,2,3\n");
+  EXPECT_EQ(read_table(dir / "g.csv", mlp(2, 1, torch::kFloat64)).train.inputs().scalar_type(), torch::kFloat64);
+}
+
+TEST(Dataset, TensorsWithAFittedPreprocessingAreCheckedLikeFiles) {
+  Preprocessing fitted;
+  fitted.task = Task::Classification, fitted.features = {"x0"}, fitted.targets = {"label"}, fitted.classes = {"a", "b"};
+  const auto x = torch::randn({4, 1}, torch::kFloat64);
+  EXPECT_THROW_MSG(table_from_tensors(x, torch::tensor({0, 1, 2, 0}, torch::kLong), {}, fitted),
+                   "table_from_tensors(): class labels must be in [0, 2) (the preprocessing's classes), got [0, 2]");
+  EXPECT_THROW_MSG(table_from_tensors(x, torch::tensor({0, 1, 1, 0}, torch::kLong), TableOptions().task(Task::Regression), fitted),
+                   "table_from_tensors(): the model was trained for classification, not regression");
+  EXPECT_THROW_MSG(fitted.apply(torch::zeros({3, 2})), "Preprocessing::apply(): expected raw rows [rows, 1] (x0), got [3, 2]");
+}

@@ -1,6 +1,8 @@
 // Files: JSON configs, checkpoints, weighted-graph exports, TorchScript.
 #include <filesystem>
 #include <fstream>
+#include <set>
+#include <sstream>
 
 #include <torch/script.h>
 
@@ -769,4 +771,52 @@ TEST(GraphExport, ImportRejectsFloatShapes) {
   json["graph"]["operation_parameters"]["adaptive_activation.a"]["shape"] = {1e308, 1};
   EXPECT_THROW_MSG(from_node_link_json(json, "g.json"),
                    "g.json: /graph/operation_parameters/adaptive_activation.a/shape must be an array of integers, got [1e+308,1]");
+}
+
+// Ids with quotes, backslashes, markup, DOT syntax and non-ASCII text are
+// written and read back unchanged by every format's own parser; ids that no
+// format can carry (control characters, invalid UTF-8, noncharacters) are
+// refused when the graph is built.
+TEST(GraphExport, AwkwardIdsSurviveEveryFormatsParser) {
+  const std::vector<NeuronId> awkward{"in", "say \"hi\"", "back\\slash", "<b>&amp;</b>", "a; injected [label=PWNED]",
+                                      "x -> y", "über naïve 中文", "tab\u00a0nbsp", "'single'", "out"};
+  std::vector<Edge> edges;
+  for (size_t i = 0; i + 1 < awkward.size(); ++i) edges.emplace_back(awkward[i], awkward[i + 1]);
+  NeuralNetwork net(GraphSpec(awkward, edges, {"in"}, {"out"}));
+  TempDir dir;
+  spit(dir / "g.dot", to_dot(net));
+  spit(dir / "g.graphml", to_graphml(net));
+  spit(dir / "g.json", to_node_link_json(net).dump());
+  // Graphviz: exactly these nodes, none injected.
+  const int dot = std::system(("dot -Tplain " + dir / "g.dot" + " > " + dir / "g.plain 2> " + dir / "dot.err").c_str());
+  if (dot != 0 && slurp(dir / "dot.err").empty()) GTEST_SKIP() << "Graphviz's dot is not installed";
+  ASSERT_EQ(dot, 0) << slurp(dir / "dot.err");
+  std::istringstream plain(slurp(dir / "g.plain"));
+  int nodes = 0;
+  for (std::string line; std::getline(plain, line);) nodes += line.rfind("node ", 0) == 0;
+  EXPECT_EQ(nodes, static_cast<int>(awkward.size())) << slurp(dir / "g.plain");
+  // C++ round trip.
+  EXPECT_EQ(import_graph_json(dir / "g.json")->spec().neurons(), net->spec().neurons());
+  // An XML parser and networkx.
+  const std::string cmd = "/usr/bin/python3 " CONNEX_SOURCE_DIR "/tests/python/check_ids.py " + dir.path + " > " + (dir / "ids.json");
+  const int status = std::system(cmd.c_str());
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  if (code == 77 || code == 127) GTEST_SKIP() << "python3 with networkx is not installed";
+  ASSERT_EQ(code, 0);
+  const auto seen = nlohmann::json::parse(slurp(dir / "ids.json"));
+  std::set<std::string> expected;
+  for (const auto& id : awkward) expected.insert(id.as_string());
+  for (const char* reader : {"graphml", "node_link"})
+    EXPECT_EQ(seen.at(reader).get<std::set<std::string>>(), expected) << reader;
+
+  for (const auto& [id, problem] : std::vector<std::pair<std::string, std::string>>{
+           {std::string("a\0b", 3), "neuron \"a\\x00b\" contains the control character U+0000 at offset 1"},
+           {"esc\x1b[31m", "neuron \"esc\\x1b[31m\" contains the control character U+001B at offset 3"},
+           {"line\nbreak", "contains the control character U+000A at offset 4"},
+           {"c1\xc2\x85", "contains the control character U+0085 at offset 2"},
+           {"bad\xff", "is not valid UTF-8 (byte 0xff at offset 3)"},
+           {"nonchar\xef\xbf\xbe", "contains the noncharacter U+FFFE at offset 7"}}) {
+    EXPECT_THROW_MSG(GraphSpec::from_edges({{"in", id}, {id, "out"}}, {"in"}, {"out"}), problem);
+    EXPECT_THROW_MSG(connex::edit(net).add_hidden_neurons({id}).build(), "string ids must be printable UTF-8 text");
+  }
 }

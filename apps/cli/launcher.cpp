@@ -1,20 +1,22 @@
 #include "launcher.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/socket.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
-#include <string>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <thread>
 #include <vector>
+
+#include <c10/util/Logging.h>
 
 extern char** environ;
 
@@ -22,23 +24,7 @@ namespace connex::cli {
 
 namespace {
 
-// A port the kernel considers free now (bound to port 0, then released). Rank
-// 0 binds it again a moment later; a clash is reported by rank 0 as such.
-int free_loopback_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = 0;
-  socklen_t length = sizeof(address);
-  int port = -1;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0)
-    port = ntohs(address.sin_port);
-  ::close(fd);
-  return port;
-}
+constexpr const char* kRendezvousVariable = "CONNEX_LOCAL_RENDEZVOUS";
 
 std::string describe(int status) {
   if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
@@ -52,14 +38,58 @@ int exit_code(int status) {
   return 1;
 }
 
+// The signal that asked the launcher to stop (SIGINT, SIGTERM or SIGHUP), or 0.
+volatile sig_atomic_t g_stop_signal = 0;
+
+void record_stop_signal(int signal) {
+  if (g_stop_signal == 0) g_stop_signal = signal;
+}
+
+// Starts one worker. The child asks the kernel for SIGTERM when the launcher
+// dies (even by SIGKILL), so no worker outlives it; if the launcher is already
+// gone by then, the child stops at once. Only async-signal-safe calls between
+// fork and exec.
+pid_t start_worker(const char* path, char* const argv[], char* const envp[]) {
+  const pid_t launcher = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid != 0) return pid;  // the launcher, or -1
+  if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || ::getppid() != launcher) ::_exit(128 + SIGTERM);
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+  ::execve(path, argv, envp);
+  ::_exit(127);
+}
+
+std::string error_file(const std::string& directory, int rank) { return directory + "/error." + std::to_string(rank); }
+
+// A directory only this user can enter ($TMPDIR or /tmp), or empty.
+std::string make_private_directory() {
+  const char* base = std::getenv("TMPDIR");
+  std::string pattern = std::string(base && *base ? base : "/tmp") + "/connex-rendezvous-XXXXXX";
+  return ::mkdtemp(pattern.data()) ? pattern : std::string();  // mkdtemp: mode 0700
+}
+
 }  // namespace
 
-int launch_local_workers(int argc, char** argv, int nproc, int grace_seconds) {
-  const int port = free_loopback_port();
-  if (port < 0) {
-    std::fprintf(stderr, "connex: --nproc: no free TCP port on 127.0.0.1 for the rendezvous\n");
-    return 1;
+std::optional<std::string> local_rendezvous_directory() {
+  const char* directory = std::getenv(kRendezvousVariable);
+  if (!directory || !*directory) return std::nullopt;
+  return std::string(directory);
+}
+
+void report_error(const std::string& rank_tag, const std::string& message) {
+  const char* rank = std::getenv("RANK");
+  if (auto directory = local_rendezvous_directory(); directory && rank) {
+    std::ofstream out(error_file(*directory, std::atoi(rank)));
+    if (out << message << std::flush) return;
   }
+  std::fprintf(stderr, "connex: %s%s\n", rank_tag.c_str(), message.c_str());
+}
+
+void silence_torch_logging() { FLAGS_minloglevel = google::GLOG_FATAL; }
+
+int launch_local_workers(int argc, char** argv, int nproc, int grace_seconds) {
   std::vector<std::string> args;
   for (int i = 0; i < argc; ++i) {
     const std::string a = argv[i];
@@ -78,15 +108,37 @@ int launch_local_workers(int argc, char** argv, int nproc, int grace_seconds) {
   }
   self[n] = '\0';
 
+  // The rendezvous: a FileStore in a directory of our own, no network port.
+  const std::string directory = make_private_directory();
+  if (directory.empty()) {
+    std::fprintf(stderr, "connex: --nproc: could not create a private directory in %s: %s\n",
+                 std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp", std::strerror(errno));
+    return 1;
+  }
+  struct RemoveDirectory {
+    const std::string& path;
+    ~RemoveDirectory() {
+      std::error_code ignored;
+      std::filesystem::remove_all(path, ignored);
+    }
+  } remove_directory{directory};
+
   std::vector<std::string> base_env;
   for (char** e = environ; *e; ++e) {
     const std::string entry = *e;
     const std::string key = entry.substr(0, entry.find('='));
     if (key == "RANK" || key == "WORLD_SIZE" || key == "LOCAL_RANK" || key == "LOCAL_WORLD_SIZE" ||
-        key == "MASTER_ADDR" || key == "MASTER_PORT")
+        key == "MASTER_ADDR" || key == "MASTER_PORT" || key == kRendezvousVariable)
       continue;
     base_env.push_back(entry);
   }
+
+  // Ctrl-C, `kill PID` or a closed terminal reach the launcher: the workers
+  // get the same signal (below), then SIGKILL if they linger.
+  struct sigaction action {};
+  action.sa_handler = record_stop_signal;
+  sigemptyset(&action.sa_mask);
+  for (const int signal : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(signal, &action, nullptr);
 
   std::vector<pid_t> pids(nproc, -1);
   for (int rank = 0; rank < nproc; ++rank) {
@@ -95,15 +147,15 @@ int launch_local_workers(int argc, char** argv, int nproc, int grace_seconds) {
     env.push_back("LOCAL_RANK=" + std::to_string(rank));
     env.push_back("WORLD_SIZE=" + std::to_string(nproc));
     env.push_back("LOCAL_WORLD_SIZE=" + std::to_string(nproc));
-    env.push_back("MASTER_ADDR=127.0.0.1");
-    env.push_back("MASTER_PORT=" + std::to_string(port));
+    env.push_back(std::string(kRendezvousVariable) + "=" + directory);
     std::vector<char*> argv_c, env_c;
     for (auto& a : args) argv_c.push_back(a.data());
     argv_c.push_back(nullptr);
     for (auto& e : env) env_c.push_back(e.data());
     env_c.push_back(nullptr);
-    if (posix_spawn(&pids[rank], self, nullptr, nullptr, argv_c.data(), env_c.data()) != 0) {
-      std::fprintf(stderr, "connex: --nproc: could not start worker %d\n", rank);
+    pids[rank] = start_worker(self, argv_c.data(), env_c.data());
+    if (pids[rank] < 0) {
+      std::fprintf(stderr, "connex: --nproc: could not start worker %d: %s\n", rank, std::strerror(errno));
       for (int r = 0; r < rank; ++r) ::kill(pids[r], SIGTERM);
       for (int r = 0; r < rank; ++r) ::waitpid(pids[r], nullptr, 0);
       return 1;
@@ -111,21 +163,28 @@ int launch_local_workers(int argc, char** argv, int nproc, int grace_seconds) {
   }
 
   int result = 0, running = nproc;
-  bool failed = false;
+  bool failed = false, terminated = false, killed = false;
+  std::vector<int> statuses(nproc, 0);
+  std::vector<bool> report(nproc, false);  // failed by itself, not stopped by the launcher
   auto deadline = std::chrono::steady_clock::time_point::max();
-  bool terminated = false;
+  auto stop_all = [&](int signal) {
+    for (int r = 0; r < nproc; ++r)
+      if (pids[r] > 0) ::kill(pids[r], signal);
+  };
+  // Polls, so that a signal or the grace period is noticed within 50 ms.
   while (running > 0) {
     int status = 0;
-    const pid_t pid = ::waitpid(-1, &status, failed ? WNOHANG : 0);
+    const pid_t pid = ::waitpid(-1, &status, WNOHANG);
     if (pid > 0) {
       int rank = 0;
       while (rank < nproc && pids[rank] != pid) ++rank;
       if (rank == nproc) continue;
       pids[rank] = -1;
       --running;
+      statuses[rank] = status;
       const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
       if (!ok && !terminated) {
-        std::fprintf(stderr, "connex: worker rank %d of %d %s\n", rank, nproc, describe(status).c_str());
+        report[rank] = true;
         if (!failed) {
           failed = true;
           result = exit_code(status);
@@ -135,19 +194,48 @@ int launch_local_workers(int argc, char** argv, int nproc, int grace_seconds) {
       continue;
     }
     if (pid < 0 && errno != EINTR) break;
-    if (failed && !terminated && std::chrono::steady_clock::now() >= deadline) {
-      for (int r = 0; r < nproc; ++r)
-        if (pids[r] > 0) {
-          std::fprintf(stderr, "connex: stopping worker rank %d (still running %d s after the first failure)\n", r, grace_seconds);
-          ::kill(pids[r], SIGTERM);
-        }
+    const auto now = std::chrono::steady_clock::now();
+    if (g_stop_signal != 0 && !terminated) {
+      std::fprintf(stderr, "connex: --nproc: stopping the workers (the launcher got %s)\n", strsignal(g_stop_signal));
+      stop_all(g_stop_signal);
+      result = 128 + g_stop_signal;
       terminated = true;
-      deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    } else if (terminated && std::chrono::steady_clock::now() >= deadline) {
+      deadline = now + std::chrono::seconds(5);
+    } else if (failed && !terminated && now >= deadline) {
       for (int r = 0; r < nproc; ++r)
-        if (pids[r] > 0) ::kill(pids[r], SIGKILL);
+        if (pids[r] > 0)
+          std::fprintf(stderr, "connex: stopping worker rank %d (still running %d s after the first failure)\n", r, grace_seconds);
+      stop_all(SIGTERM);
+      terminated = true;
+      deadline = now + std::chrono::seconds(5);
+    } else if (terminated && !killed && now >= deadline) {
+      stop_all(SIGKILL);
+      killed = true;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+
+  // Each failure once: a message every rank gave (e.g. a bad input file, which
+  // every rank reads) without a rank; others with the first rank that gave it.
+  std::vector<std::string> messages(nproc);
+  for (int r = 0; r < nproc; ++r) {
+    if (!report[r]) continue;
+    std::ifstream in(error_file(directory, r));
+    std::getline(in, messages[r]);
+    if (messages[r].empty()) messages[r] = "worker rank " + std::to_string(r) + " of " + std::to_string(nproc) + " " + describe(statuses[r]);
+  }
+  for (int r = 0; r < nproc; ++r) {
+    if (!report[r]) continue;
+    bool seen = false, everywhere = true;
+    for (int q = 0; q < nproc; ++q) {
+      seen |= q < r && report[q] && messages[q] == messages[r];
+      everywhere &= report[q] && messages[q] == messages[r];
+    }
+    if (seen) continue;
+    if (everywhere || messages[r].rfind("worker rank ", 0) == 0)
+      std::fprintf(stderr, "connex: %s\n", messages[r].c_str());
+    else
+      std::fprintf(stderr, "connex: [rank %d] %s\n", r, messages[r].c_str());
   }
   return result;
 }

@@ -1,17 +1,24 @@
 // connex: the command line. Subcommands train, prune, edit, export, inspect
 // and bench; every failure is one line on stderr and a non-zero exit, and
 // files are only ever written whole (temporary file + rename).
+#include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
+#include <sys/file.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
+#include <cstring>
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 #include <thread>
 
 #include <CLI/CLI.hpp>
@@ -38,6 +45,8 @@ constexpr const char* kReadmeConfig = R"({
 })";
 
 bool is_checkpoint(const std::string& path) {
+  std::error_code ignored;  // a FIFO would block fopen; the loader then says what the file is
+  if (!fs::is_regular_file(path, ignored)) return false;
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) return false;
   char magic[8] = {};
@@ -70,15 +79,23 @@ Edge parse_edge(const std::string& text, const NeuralNetwork& network, const std
 // run_program's result for a program killed at its time limit.
 constexpr int kTimedOut = -1;
 
-// Runs a program found on PATH with these arguments, without a shell; its exit
-// status, 127 when it cannot be started, or kTimedOut when it was still
-// running after `limit` seconds (> 0) and was killed.
-int run_program(const std::vector<std::string>& args, double limit = 0) {
+// Runs a program found on PATH with these arguments, without a shell, its
+// stdout discarded and its stderr written to `stderr_file`; its exit status,
+// 127 when it is not found, or kTimedOut when it was still running after
+// `limit` seconds (> 0) and was killed.
+int run_program(const std::vector<std::string>& args, double limit, const std::string& stderr_file) {
   std::vector<char*> argv;
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 2, stderr_file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0600);
   pid_t pid = 0;
-  if (posix_spawnp(&pid, argv[0], nullptr, nullptr, argv.data(), environ) != 0) return 127;
+  const int spawned = posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (spawned == ENOENT) return 127;
+  if (spawned != 0) fail("cannot run {}: {}", args[0], std::strerror(spawned));
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(limit);
   int status = 0;
   for (;;) {
@@ -134,7 +151,7 @@ struct DataArgs {
 CLI::Validator number_in(double low, double high, bool integer, bool low_open = false) {
   std::string what = integer ? "an integer" : "a number";
   if (high == HUGE_VAL) what += low_open ? fmt::format(" > {}", low) : fmt::format(" >= {}", low);
-  else what += fmt::format(" in [{}, {}]", low, high);
+  else what += fmt::format(" in {}{}, {}]", low_open ? "(" : "[", low, high);
   return CLI::Validator(
       [=](std::string& text) -> std::string {
         char* end = nullptr;
@@ -148,28 +165,47 @@ CLI::Validator number_in(double low, double high, bool integer, bool low_open = 
       what);
 }
 
+// A seed: a whole number in [0, 2^64), written in decimal digits (CLI11
+// would wrap "-1" and saturate "1e20" or "2^64" silently).
+CLI::Validator seed_check() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        const bool digits = !text.empty() && text.size() <= 20 && text.find_first_not_of("0123456789") == std::string::npos;
+        errno = 0;
+        if (digits) std::strtoull(text.c_str(), nullptr, 10);
+        if (!digits || errno == ERANGE) return fmt::format("must be an integer in [0, 18446744073709551615], got \"{}\"", text);
+        return std::string();
+      },
+      "an integer in [0, 2^64)");
+}
+
 using connex::apps::CoreShare;
 
 struct TrainArgs {
   int epochs = 1000;
-  int64_t batch_size = 0;
+  // Unset: a resumed checkpoint's own, else 0 (full batch, no validation, seed 0).
+  std::optional<int64_t> batch_size;
   std::optional<double> lr;
-  double val_split = 0.0;
+  std::optional<double> val_split;
   std::optional<std::string> optimizer;
   std::string device = "cpu";
-  uint64_t seed = 0;
+  std::optional<uint64_t> seed;
   int prune_at_epoch = 0, checkpoint_every = 0;
   double prune_fraction = 0.0;
   void add_to(CLI::App* cmd, int default_epochs) {
     epochs = default_epochs;
     cmd->add_option("--epochs", epochs, "epochs")->check(number_in(0, HUGE_VAL, true))->capture_default_str();
-    cmd->add_option("--batch-size", batch_size, "mini-batch size (0: full batch)")->check(number_in(0, HUGE_VAL, true));
-    cmd->add_option("--lr", lr, "learning rate (default: the checkpoint optimizer's, else 0.001)")->check(number_in(0, HUGE_VAL, false, true));
+    cmd->add_option("--batch-size", batch_size, "mini-batch size (0: full batch; default: a resumed run's, else 0)")
+        ->check(number_in(0, 9.0e15, true));
+    // Above 1e6 no optimizer does anything useful, and float32 state overflows near 3.4e38.
+    cmd->add_option("--lr", lr, "learning rate (default: the checkpoint optimizer's, else 0.001)")->check(number_in(0, 1e6, false, true));
     cmd->add_option("--optimizer", optimizer, "adam, adamw or sgd (momentum 0.9); default: the checkpoint's, else adam")
         ->check(CLI::IsMember({"adam", "adamw", "sgd"}));
-    cmd->add_option("--seed", seed, "seed for the split, shuffling and new parameters");
+    cmd->add_option("--seed", seed, "seed for the split, shuffling and new parameters (default: a resumed run's, else 0)")
+        ->check(seed_check());
     cmd->add_option("--device", device, "cpu or cuda");
-    cmd->add_option("--val-split", val_split, "fraction of rows held out for validation")->check(number_in(0, 0.9, false));
+    cmd->add_option("--val-split", val_split, "fraction of rows held out for validation (default: a resumed run's, else 0)")
+        ->check(number_in(0, 0.9, false));
   }
 };
 
@@ -193,7 +229,7 @@ std::unique_ptr<torch::optim::Optimizer> choose_optimizer(const Checkpoint& ck, 
   const std::string type = t.optimizer.value_or("adam");
   const double lr = t.lr.value_or(1e-3);
   if (ck.optimizer) spdlog::info("{} holds {} state; starting {} fresh (--optimizer), learning rate {}", path, ck.optimizer->type, type, lr);
-  return make_optimizer(type, net, lr);
+  return fresh_optimizer(type, net, lr);
 }
 
 // A checkpoint's preprocessing still fits an edited network only if its
@@ -215,12 +251,13 @@ struct DistributedArgs {
   std::optional<std::string> master_addr;
   double timeout = 60;
   void add_to(CLI::App* cmd) {
-    cmd->add_option("--nproc", nproc, "run N local worker processes, data parallel (Gloo on loopback)")->check(number_in(1, 256, true));
+    cmd->add_option("--nproc", nproc, "run N local worker processes, data parallel (no rendezvous port; Gloo on loopback)")->check(number_in(1, 256, true));
     cmd->add_option("--rank", rank, "this process's rank in a multi-process run (default: $RANK)")->check(number_in(0, HUGE_VAL, true));
     cmd->add_option("--world-size", world_size, "number of processes in the run (default: $WORLD_SIZE, else 1)")->check(number_in(1, 1 << 20, true));
     cmd->add_option("--master-addr", master_addr, "address of rank 0's rendezvous store (default: $MASTER_ADDR, else 127.0.0.1)");
     cmd->add_option("--master-port", master_port, "port of rank 0's rendezvous store (default: $MASTER_PORT, else 29500)")->check(number_in(1, 65535, true));
-    cmd->add_option("--dist-timeout", timeout, "seconds to wait for other ranks before giving up")->check(number_in(0, HUGE_VAL, false, true));
+    // Checked before the conversion to milliseconds (1e300 would overflow, 1e-9 round to 0).
+    cmd->add_option("--dist-timeout", timeout, "seconds to wait for other ranks before giving up (default 60)")->check(number_in(0.001, 1e6, false));
   }
   // "[rank R] " for log lines and errors in a multi-process run, else empty.
   std::string rank_tag() const {
@@ -241,11 +278,105 @@ struct DistributedArgs {
     if (world_size) options.world_size(*world_size);
     if (master_addr) options.master_addr(*master_addr);
     if (master_port) options.master_port(*master_port);
-    options.timeout(std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000)));
+    // A worker of --nproc: the launcher's private FileStore, Gloo on loopback, no port.
+    if (auto directory = local_rendezvous_directory()) options.file_store(*directory + "/store").gloo_address("127.0.0.1");
+    options.timeout(std::chrono::milliseconds(std::llround(timeout * 1000)));
     options.device(device);
     return options;
   }
 #endif
+};
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+// Turns SIGINT and SIGTERM into a stop request for train() while alive; a
+// second signal ends the process at once, as without a handler.
+class StopOnSignals {
+ public:
+  explicit StopOnSignals(bool active) : active_(active) {
+    if (!active_) return;
+    struct sigaction action {};
+    action.sa_handler = [](int signal) { g_stop_signal = signal; };
+    action.sa_flags = SA_RESETHAND;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, &old_int_);
+    sigaction(SIGTERM, &action, &old_term_);
+  }
+  ~StopOnSignals() {
+    if (!active_) return;
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+
+ private:
+  bool active_;
+  struct sigaction old_int_ {}, old_term_ {};
+};
+
+int group_size(const DistributedArgs& dist) {
+  const char* env = std::getenv("WORLD_SIZE");
+  return dist.world_size.value_or(env ? static_cast<int>(parse_integer(env).value_or(1)) : 1);
+}
+
+// --out must take a directory of files: found out before training, not
+// after. Directories made for the check are removed again, so a run that
+// fails later leaves nothing behind.
+void check_writable_directory(const std::string& out) {
+  std::error_code error;
+  if (fs::exists(out, error) && !fs::is_directory(out, error)) fail("--out {} exists and is not a directory", out);
+  std::vector<fs::path> made;  // deepest first
+  for (fs::path p = fs::absolute(out, error); !p.empty() && !fs::exists(p, error) && p != p.parent_path(); p = p.parent_path())
+    made.push_back(p);
+  auto remove_made = [&] {
+    for (const auto& p : made) fs::remove(p, error);
+  };
+  fs::create_directories(out, error);
+  if (error) {
+    remove_made();
+    fail("--out {}: cannot create the directory: {}", out, error.message());
+  }
+  for (const char* name : {"model.ckpt", "metrics.csv", "metrics.json", "config.json"})
+    if (fs::is_directory(fs::path(out) / name, error)) fail("--out {}: {} is a directory", out, name);
+  std::string probe = (fs::path(out) / ".connex-probe-XXXXXX").string();
+  const int fd = ::mkstemp(probe.data());
+  const int saved_errno = errno;
+  if (fd >= 0) {
+    ::close(fd);
+    ::unlink(probe.c_str());
+  }
+  remove_made();
+  if (fd < 0) fail("--out {}: cannot write there: {}", out, std::strerror(saved_errno));
+}
+
+// Holds --out for one run: an exclusive lock on the directory itself, so
+// that two runs never mix their files. A directory it made and that stayed
+// empty (the run failed before writing) is removed again.
+class OutLock {
+ public:
+  explicit OutLock(const std::string& out) : out_(out) {
+    if (out.empty()) return;
+    std::error_code error;
+    made_ = fs::create_directories(out, error);
+    fd_ = ::open(out.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd_ < 0) fail("--out {}: cannot open the directory: {}", out, std::strerror(errno));
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      ::close(fd_);
+      fd_ = -1;
+      fail("--out {}: another connex run is writing there; give each run its own --out", out);
+    }
+  }
+  ~OutLock() {
+    if (fd_ >= 0) ::close(fd_);
+    std::error_code error;
+    if (made_ && fs::is_empty(out_, error)) fs::remove(out_, error);
+  }
+  OutLock(const OutLock&) = delete;
+  OutLock& operator=(const OutLock&) = delete;
+
+ private:
+  std::string out_;
+  int fd_ = -1;
+  bool made_ = false;
 };
 
 void log_data(const Table& data) {
@@ -265,11 +396,26 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   Checkpoint ck = open_network(config);
   NeuralNetwork net = ck.network;
   spdlog::info("cores: {}", cores.apply(net));
+  // A checkpoint written by `train` resumes where it stopped, with its data settings unless flags say otherwise.
+  Progress progress;
+  if (!ck.training.is_null()) progress = Progress::from_json(ck.training, config);
+  progress.seed = t.seed.value_or(progress.seed);
+  progress.batch_size = t.batch_size.value_or(progress.batch_size);
+  progress.val_split = t.val_split.value_or(progress.val_split);
+  if (t.batch_size && progress.batch > 0) {  // the stopped epoch's position means nothing with other batches
+    spdlog::info("--batch-size: the run stopped mid-epoch; epoch {} starts over", progress.epoch + 1);
+    progress.batch = 0, progress.batch_loss = 0;
+  }
+  const int last_epoch = progress.epoch + t.epochs;
+  if (t.prune_at_epoch > 0 && (t.prune_at_epoch <= progress.epoch || t.prune_at_epoch > last_epoch))
+    fail("train: --prune-at-epoch {} is outside this run's epochs {} to {}", t.prune_at_epoch, progress.epoch + 1, last_epoch);
   // Checks sizes before anything runs; a checkpoint's preprocessing is applied, not fitted anew.
-  Table data = load_dataset(d.options(net, t.val_split, t.seed), net, ck.preprocessing, "train");
-  // Saved with the model: the CSV's; the toy set has none to keep.
-  const std::optional<Preprocessing> preprocessing = d.data.empty() ? ck.preprocessing : std::optional<Preprocessing>(data.preprocessing);
-  if (!out.empty() && fs::exists(out) && !fs::is_directory(out)) fail("--out {} exists and is not a directory", out);
+  Table data = load_dataset(d.options(net, progress.val_split, progress.seed), net, ck.preprocessing, "train");
+  // Saved with the model: the data's (the toy set's only when it standardizes, so that a model trained on
+  // raw toy data can go on to a CSV).
+  const std::optional<Preprocessing> preprocessing =
+      d.data.empty() && !data.preprocessing.standardizes() ? ck.preprocessing : std::optional<Preprocessing>(data.preprocessing);
+  if (!out.empty()) check_writable_directory(out);
 
   int rank = 0;
 #if defined(CONNEX_WITH_DISTRIBUTED)
@@ -285,8 +431,9 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
     group = std::make_unique<distributed::Group>(group_options);
     data_parallel = std::make_unique<distributed::DataParallel>(*group);
     rank = group->rank();
-    spdlog::info("rank {} of {} joined ({} through {}:{})", group->rank(), group->world_size(), group->backend(),
-                 group_options.master_addr(), group_options.master_port());
+    spdlog::info("rank {} of {} joined ({} through {})", group->rank(), group->world_size(), group->backend(),
+                 group_options.file_store().empty() ? fmt::format("{}:{}", group_options.master_addr(), group_options.master_port())
+                                                    : std::string("the launcher's private file store"));
   }
 #else
   if (dist.nproc > 1 || dist.world_size.value_or(1) > 1)
@@ -296,7 +443,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
 
   // Dropout draws from torch's generator: reproducible by --seed, and
   // different on each rank so the ranks' shares get independent masks.
-  torch::manual_seed(t.seed + 7919 * static_cast<uint64_t>(rank));
+  torch::manual_seed(progress.seed + 7919 * static_cast<uint64_t>(rank));
   net->to(device);
 #if defined(CONNEX_WITH_DISTRIBUTED)
   if (data_parallel) data_parallel->broadcast_parameters(net);
@@ -307,7 +454,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
     log_data(data);
   }
   TrainOptions options;
-  options.epochs = t.epochs, options.batch_size = t.batch_size, options.seed = t.seed, options.device = device;
+  options.epochs = t.epochs, options.batch_size = progress.batch_size, options.seed = progress.seed, options.device = device;
   options.task = data.preprocessing.task, options.preprocessing = preprocessing;
   options.prune_at_epoch = t.prune_at_epoch, options.prune_fraction = t.prune_fraction;
   options.checkpoint_every = t.checkpoint_every, options.out = out;
@@ -317,7 +464,27 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   if (data_parallel) data_parallel->check_replicas_identical(net, optimizer.get(), "train: start");
 #endif
   const auto start = std::chrono::steady_clock::now();
-  auto result = train(net, optimizer, data, options);
+  const OutLock out_lock(reporter ? out : std::string());
+  // SIGINT/SIGTERM: finish the step, write the files, say so, exit non-zero.
+  // (Data-parallel workers are stopped by their launcher.)
+  StopOnSignals stop_on_signals(rank == 0 && group_size(dist) == 1);
+  options.stop = &g_stop_signal;
+  TrainResult result;
+  try {
+    result = train(net, optimizer, data, options, progress);
+  } catch (const Stopped& stopped) {
+    if (!out.empty()) {
+      net->to(torch::kCPU);
+      write_run(out, net, *optimizer, stopped.progress, preprocessing);
+    }
+    const auto& p = stopped.progress;
+    const std::string where = p.batch > 0 ? fmt::format("in epoch {} after {} batch(es)", p.epoch + 1, p.batch)
+                                          : fmt::format("after epoch {}", p.epoch);
+    fail("train: stopped by {} {}{}", strsignal(stopped.signal), where,
+         out.empty() ? std::string("; nothing written (no --out)")
+                     : fmt::format("; wrote {}/model.ckpt (resume: connex train {}/model.ckpt --epochs {})", out, out,
+                                   last_epoch - p.epoch));
+  }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 #if defined(CONNEX_WITH_DISTRIBUTED)
   if (data_parallel) {
@@ -329,11 +496,11 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   spdlog::info("{} steps in {:.3f} s: {:.1f} steps/s", result.steps, seconds, result.steps / std::max(seconds, 1e-9));
   auto [loss, metric] = evaluate(net, result.train_x, result.train_y, options.task);
   spdlog::info("final training loss {:.6f}{}", loss, options.task == Task::Classification ? fmt::format(", accuracy {:.4f}", metric) : "");
-  if (!result.history.empty() && !std::isnan(result.history.back().val_metric))
-    spdlog::info("validation {} {:.6f}", options.task == Task::Classification ? "accuracy" : "mse", result.history.back().val_metric);
+  if (!progress.history.empty() && !std::isnan(progress.history.back().val_metric))
+    spdlog::info("validation {} {:.6f}", options.task == Task::Classification ? "accuracy" : "mse", progress.history.back().val_metric);
   if (!out.empty()) {
     net->to(torch::kCPU);
-    write_run(out, net, *optimizer, result.history, preprocessing);
+    write_run(out, net, *optimizer, progress, preprocessing);
     spdlog::info("wrote {}/model.ckpt, metrics.csv, metrics.json, config.json", out);
   }
   return 0;
@@ -348,11 +515,14 @@ int cmd_prune(const std::string& path, std::optional<double> threshold, std::opt
   spdlog::info("cores: {}", cores.apply(net));
   // Data only when asked for: --data reports the loss before and after, and
   // training on needs some (the toy set when the network fits it).
+  if (d.standardize && !(ck.preprocessing && ck.preprocessing->standardizes()))
+    fail("prune: --standardize would fit new statistics for a model trained without them; the checkpoint's preprocessing is used");
   std::optional<Table> data;
-  if (!d.data.empty() || t.epochs > 0) data = load_dataset(d.options(net, t.val_split, t.seed), net, ck.preprocessing, "prune");
+  const uint64_t seed = t.seed.value_or(0);
+  if (!d.data.empty() || t.epochs > 0) data = load_dataset(d.options(net, t.val_split.value_or(0), seed), net, ck.preprocessing, "prune");
   const std::vector<Edge> weak = weakest_connections(net, threshold, fraction);
   auto optimizer = choose_optimizer(ck, net, t, path);
-  auto result = edit(net).remove_connections(weak).build(t.seed);
+  auto result = edit(net).remove_connections(weak).build(seed);
   NeuralNetwork pruned = result.network;
   auto next = optimizer_after_edit(*optimizer, net, result);
   spdlog::info("cores: {}", cores.apply(pruned));  // the pruned network may take the other path (and pool)
@@ -376,11 +546,12 @@ int cmd_prune(const std::string& path, std::optional<double> threshold, std::opt
     report("after pruning");
     if (t.epochs > 0) {
       TrainOptions options;
-      options.epochs = t.epochs, options.batch_size = t.batch_size, options.seed = t.seed, options.task = task;
-      train(pruned, next, *data, options);
+      options.epochs = t.epochs, options.batch_size = t.batch_size.value_or(0), options.seed = seed, options.task = task;
+      Progress fresh;
+      train(pruned, next, *data, options, fresh);
       report(fmt::format("after {} more epochs", t.epochs).c_str());
     }
-    if (!d.data.empty()) preprocessing = data->preprocessing;
+    if (!d.data.empty() || data->preprocessing.standardizes()) preprocessing = data->preprocessing;
   }
   if (!out.empty()) {
     save(pruned, out, next.get(), preprocessing ? &*preprocessing : nullptr);
@@ -430,7 +601,35 @@ int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out)
   return 0;
 }
 
+// dot's stderr in a few words: its lines joined, control bytes escaped, cut.
+std::string dot_failure(const std::string& messages, int status) {
+  std::string lines;
+  std::istringstream in(messages);
+  for (std::string line; std::getline(in, line);)
+    if (line.find_first_not_of(" \t\r") != std::string::npos) lines += (lines.empty() ? "" : "; ") + line;
+  const std::string exit = status == 128 ? "killed by a signal" : fmt::format("exit status {}", status);
+  return lines.empty() ? exit : fmt::format("{}: {}", exit, printable(lines, 200));
+}
+
+// dot reports a full disk as "gvwrite_no_z problem 8192"; say what it means.
+std::string full_disk_note(const std::string& scratch, const std::string& out) {
+  struct statvfs fs_info {};
+  if (::statvfs(scratch.c_str(), &fs_info) != 0 || fs_info.f_bavail > 0) return "";
+  return fmt::format("; the file system that would hold {} is full", out);
+}
+
+// At most the first 64 KiB of a small log file ("" when unreadable).
+std::string slurp_bounded(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string text(64 * 1024, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(std::max<std::streamsize>(0, in.gcount())));
+  return text;
+}
+
 int cmd_export(const std::string& path, const std::string& format, const std::string& out, double dot_seconds) {
+  // Up front: a directory would only fail at the rename, after all the work.
+  if (fs::is_directory(out)) fail("export: --out {} is a directory; give the path of the file to write", out);
   const Checkpoint ck = open_network(path);
   const NeuralNetwork& net = ck.network;
   if (format == "torchscript") {
@@ -444,19 +643,20 @@ int cmd_export(const std::string& path, const std::string& format, const std::st
     // pixels, and dot gets a time limit: a full drawing of a thousand neurons
     // took minutes and gave an unreadable image at Graphviz's size limit.
     const DotDrawing drawing = draw_dot(net);
-    const std::string dot_file = out + ".dot.tmp", png_tmp = out + ".tmp.png";
+    // dot's files (input, image, messages) live in a directory of this run's
+    // own (mode 0700, removed on every path): no name in it can be planted or
+    // shared with a concurrent export. The image then reaches `out` by the
+    // same exclusive temporary + rename as every other file.
+    const PrivateDirectory scratch(out, "export");
+    const std::string dot_file = scratch / "graph.dot", png_file = scratch / "graph.png", log = scratch / "dot.stderr";
     write_file_atomically(dot_file, drawing.dot, "export");
-    const int status = run_program({"dot", "-Tpng", "-o", png_tmp, dot_file}, dot_seconds);
-    fs::remove(dot_file);
+    const int status = run_program({"dot", "-Tpng", "-o", png_file, dot_file}, dot_seconds, log);
     if (status == 127) fail("export --format png needs Graphviz's dot, which is not installed");
-    if (status != 0) {
-      fs::remove(png_tmp);
-      if (status == kTimedOut)
-        fail("export: dot did not finish drawing {} ({}) within {:g} s and was stopped; raise --timeout, or use --format dot or json",
-             out, drawing.description, dot_seconds);
-      fail("export: dot failed to draw {}", out);
-    }
-    fs::rename(png_tmp, out);
+    if (status == kTimedOut)
+      fail("export: dot did not finish drawing {} ({}) within {:g} s and was stopped; raise --timeout, or use --format dot or json",
+           out, drawing.description, dot_seconds);
+    if (status != 0) fail("export: dot failed to draw {} ({}){}", out, dot_failure(slurp_bounded(log), status), full_disk_note(scratch.path(), out));
+    write_file_atomically(out, read_file(png_file, "export"), "export");
     if (drawing.summary)
       std::printf("wrote %s: %s (%s; use --format dot or json for the whole graph)\n", out.c_str(),
                   drawing.description.c_str(), drawing.reason.c_str());
@@ -563,7 +763,7 @@ int main(int argc, char** argv) {
   edit_cmd->add_option("--add-output", edit_args.add_output, "new output neuron (comes last)")->allow_extra_args(false);
   edit_cmd->add_option("--remove-neuron", edit_args.remove_neuron, "neuron to remove")->allow_extra_args(false);
   edit_cmd->add_option("--dropout", edit_args.dropout, "dropout p for every hidden neuron")->check(number_in(0, 1, false));
-  edit_cmd->add_option("--seed", edit_args.seed, "seed for new parameters");
+  edit_cmd->add_option("--seed", edit_args.seed, "seed for new parameters")->check(seed_check());
   edit_cmd->add_option("--out", out, "write the edited checkpoint here")->required();
 
   auto* export_cmd = app.add_subcommand("export", "write a network as TorchScript, JSON, GraphML, DOT or PNG");
@@ -600,9 +800,21 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "connex: %s (see connex --help)\n", e.what());
     return 2;
   }
+  // torch's and OpenBLAS's pools start a thread each per --threads: 1000 of
+  // them on 2 cores took 30 s to start and only wait for each other.
+  const int cores_here = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (threads > 4 * cores_here) {
+    std::fprintf(stderr, "connex: --threads %d: this machine has %d core(s); give at most %d (threads beyond the cores only wait for each other)\n",
+                 threads, cores_here, 4 * cores_here);
+    return 2;
+  }
   if (*train_cmd && dist.nproc > 1) {
     if (dist.rank || dist.world_size) {
       std::fprintf(stderr, "connex: --nproc launches local workers itself; don't combine it with --rank or --world-size\n");
+      return 2;
+    }
+    if (dist.master_addr || dist.master_port) {
+      std::fprintf(stderr, "connex: --nproc workers meet through a private file, not a port; --master-addr and --master-port are for runs with --rank and --world-size\n");
       return 2;
     }
     // Workers that see a failed peer stop within a few heartbeats; give them that, then stop them.
@@ -616,6 +828,7 @@ int main(int argc, char** argv) {
   cores.apply_default();
   const std::string rank_tag = *train_cmd ? dist.rank_tag() : "";
   spdlog::set_pattern("[%H:%M:%S] " + rank_tag + "%v");
+  if (!rank_tag.empty()) silence_torch_logging();  // c10d's socket warnings; failures get connex's one line
   try {
     if (*train_cmd) return cmd_train(config, data, train_args, dist, out, cores);
     if (*prune_cmd) return cmd_prune(path, threshold, fraction, data, prune_train, out, cores);
@@ -624,7 +837,7 @@ int main(int argc, char** argv) {
     if (*inspect_cmd) return cmd_inspect(path);
     if (*bench_cmd) return cmd_bench(bench_cmd->remaining());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "connex: %s%s\n", rank_tag.c_str(), e.what());
+    report_error(rank_tag, e.what());  // a --nproc worker's goes to the launcher, which prints it once
     return 1;
   }
   return 0;

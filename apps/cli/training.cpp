@@ -21,15 +21,19 @@ Table load_dataset(const DataOptions& options, const NeuralNetwork& network, con
   if (n_in != 1 || n_out != 2)
     fail("{}: the built-in toy data has 1 feature and 2 targets (cos x, sin x), but the network has {} inputs and {} outputs; give --data",
          command, n_in, n_out);
+  const std::vector<std::string> features{"x"}, targets{"cos_x", "sin_x"};
+  if (fitted && (fitted->features != features || fitted->targets != targets))
+    fail("{}: the model was trained on the columns {} of a CSV, not on the toy set; give --data", command,
+         fmt::join(fitted->features, ", "));
   const auto x = torch::linspace(0, 2 * M_PI, 250).unsqueeze(1);
-  Table table = table_from_tensors(x, torch::cat({torch::cos(x), torch::sin(x)}, 1), options.table);
-  table.preprocessing.features = {"x"};
-  table.preprocessing.targets = {"cos_x", "sin_x"};
+  Table table = table_from_tensors(x, torch::cat({torch::cos(x), torch::sin(x)}, 1), options.table, fitted);
+  table.preprocessing.features = features;
+  table.preprocessing.targets = targets;
   table.source = "toy (cos x, sin x)";
   return table;
 }
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name, NeuralNetwork& network, double lr) {
+std::unique_ptr<torch::optim::Optimizer> fresh_optimizer(const std::string& name, NeuralNetwork& network, double lr) {
   if (name == "adam") return std::make_unique<torch::optim::Adam>(network->parameters(), torch::optim::AdamOptions(lr));
   if (name == "adamw") return std::make_unique<torch::optim::AdamW>(network->parameters(), torch::optim::AdamWOptions(lr));
   if (name == "sgd") return std::make_unique<torch::optim::SGD>(network->parameters(), torch::optim::SGDOptions(lr).momentum(0.9));
@@ -74,26 +78,114 @@ std::vector<Edge> weakest_connections(const NeuralNetwork& network, std::optiona
 }
 
 void write_run(const std::string& out, const NeuralNetwork& network, const torch::optim::Optimizer& optimizer,
-               const std::vector<EpochMetrics>& history, const std::optional<Preprocessing>& preprocessing) {
+               const Progress& progress, const std::optional<Preprocessing>& preprocessing) {
   namespace fs = std::filesystem;
   fs::create_directories(out);
-  save(network, (fs::path(out) / "model.ckpt").string(), &optimizer, preprocessing ? &*preprocessing : nullptr);
-  write_file_atomically((fs::path(out) / "metrics.csv").string(), metrics_csv(history), "train");
-  write_file_atomically((fs::path(out) / "metrics.json").string(), metrics_json(history).dump(1) + "\n", "train");
+  // model.ckpt is the record (it holds the epoch and the whole history) and
+  // is written last: after a failed write the other files may be one
+  // checkpoint ahead of it, never behind, and each of their rows names its epoch.
+  write_file_atomically((fs::path(out) / "metrics.csv").string(), metrics_csv(progress.history), "train");
+  write_file_atomically((fs::path(out) / "metrics.json").string(), metrics_json(progress.history).dump(1) + "\n", "train");
   try {
     save_config(network, (fs::path(out) / "config.json").string());
   } catch (const Error& e) {
     spdlog::warn("config.json not written: {}", e.what());
   }
+  save(network, (fs::path(out) / "model.ckpt").string(), &optimizer, preprocessing ? &*preprocessing : nullptr,
+       progress.to_json());
+}
+
+namespace {
+
+nlohmann::json state_json(const torch::Tensor& state) {
+  if (!state.defined()) return nullptr;
+  const auto bytes = state.contiguous();
+  const auto* data = bytes.data_ptr<uint8_t>();
+  return std::vector<uint8_t>(data, data + bytes.numel());
+}
+
+torch::Tensor state_from_json(const nlohmann::json& json, const std::string& where, const char* key) {
+  if (!json.contains(key) || json.at(key).is_null()) return {};
+  const auto& v = json.at(key);
+  if (!v.is_array()) fail("{}: /training/{} must be an array of bytes", where, key);
+  auto state = torch::empty({static_cast<int64_t>(v.size())}, torch::kUInt8);
+  auto* data = state.data_ptr<uint8_t>();
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (!v[i].is_number_unsigned() || v[i].get<uint64_t>() > 255) fail("{}: /training/{}/{} must be a byte", where, key, i);
+    data[i] = static_cast<uint8_t>(v[i].get<uint64_t>());
+  }
+  return state;
+}
+
+// Restores a generator's state; a state of another size or form is the file's fault.
+void set_generator_state(at::Generator& generator, const torch::Tensor& state, const std::string& where, const char* what) {
+  try {
+    generator.set_state(state);
+  } catch (const std::exception&) {
+    fail("{}: /training/{} is not a generator state", where, what);
+  }
+}
+
+}  // namespace
+
+nlohmann::json Progress::to_json() const {
+  nlohmann::json out{{"epoch", epoch},          {"batch", batch}, {"batch_loss", batch_loss}, {"steps", steps},
+                     {"seconds", seconds},      {"seed", seed},   {"batch_size", batch_size}, {"val_split", val_split},
+                     {"history", metrics_json(history)}};
+  out["shuffle_state"] = state_json(shuffle_state);
+  out["dropout_state"] = state_json(dropout_state);
+  return out;
+}
+
+Progress Progress::from_json(const nlohmann::json& json, const std::string& where) {
+  Progress p;
+  auto number = [&](const char* key, double low) {
+    const auto& v = json.contains(key) ? json.at(key) : nlohmann::json();
+    if (!v.is_number() || !(v.get<double>() >= low) || !std::isfinite(v.get<double>()))
+      fail("{}: /training/{} must be a finite number >= {}, got {}", where, key, low, v.is_primitive() ? v.dump().substr(0, 40) : v.type_name());
+    return v;
+  };
+  p.epoch = number("epoch", 0).get<int>();
+  p.batch = number("batch", 0).get<int64_t>();
+  p.batch_loss = number("batch_loss", -HUGE_VAL).get<double>();
+  p.steps = number("steps", 0).get<int64_t>();
+  p.seconds = number("seconds", 0).get<double>();
+  p.seed = number("seed", 0).get<uint64_t>();
+  p.batch_size = number("batch_size", 0).get<int64_t>();
+  p.val_split = number("val_split", 0).get<double>();
+  p.shuffle_state = state_from_json(json, where, "shuffle_state");
+  p.dropout_state = state_from_json(json, where, "dropout_state");
+  const auto& history = json.contains("history") ? json.at("history") : nlohmann::json();
+  if (!history.is_array()) fail("{}: /training/history must be an array", where);
+  for (size_t i = 0; i < history.size(); ++i) {
+    const auto& row = history[i];
+    auto value = [&](const char* key) -> double {
+      if (!row.is_object() || !row.contains(key)) fail("{}: /training/history/{} lacks \"{}\"", where, i, key);
+      const auto& v = row.at(key);
+      if (v.is_null()) return NAN;
+      if (!v.is_number()) fail("{}: /training/history/{}/{} must be a number or null", where, i, key);
+      return v.get<double>();
+    };
+    p.history.push_back({static_cast<int>(value("epoch")), value("train_loss"), value("val_loss"), value("val_metric"),
+                         value("seconds")});
+  }
+  return p;
 }
 
 TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimizer>& optimizer, const Table& data,
-                  const TrainOptions& options) {
+                  const TrainOptions& options, Progress& progress) {
   TrainResult result;
   const int64_t n_val = data.validation.inputs().size(0), n = data.train.inputs().size(0) + n_val;
-  // The shuffles go on from the generator that drew the table's split.
+  // The shuffles go on from the generator that drew the table's split, or
+  // from where a stopped run left it.
   auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
   torch::randperm(n, generator, torch::kLong);
+  const std::string where = "the checkpoint's progress";
+  if (progress.shuffle_state.defined()) set_generator_state(generator, progress.shuffle_state, where, "shuffle_state");
+  if (progress.dropout_state.defined()) {
+    auto dropout = at::detail::getDefaultCPUGenerator();
+    set_generator_state(dropout, progress.dropout_state, where, "dropout_state");
+  }
   const auto dtype = network->weight_tensor().scalar_type();
   auto prepare = [&](const torch::Tensor& t) {
     return (t.is_floating_point() ? t.to(dtype) : t).to(options.device);
@@ -104,6 +196,9 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
   result.train_y = prepare(data.train.targets());
   const int64_t n_train = n - n_val;
   const int64_t batch = options.batch_size > 0 ? std::min(options.batch_size, n_train) : n_train;
+  const int64_t batches = (n_train + batch - 1) / batch;
+  if (progress.batch >= batches)
+    fail("train: the checkpoint stopped after batch {} of an epoch, but this data has {} batches per epoch", progress.batch, batches);
   const bool metric_is_accuracy = options.task == Task::Classification;
 
   // Data parallel: every rank draws the same permutation (same seed) and
@@ -121,14 +216,18 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
          std::min(batch, last_batch), ranks);
   const bool reporter = rank == 0;
 
+  const int first_epoch = progress.epoch + 1, last_epoch = progress.epoch + options.epochs;
   apps::ProgressBar bar(reporter ? options.epochs : 0, "train");
   const auto start = std::chrono::steady_clock::now();
+  const double seconds_before = progress.seconds;
+  auto elapsed = [&] { return seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
   network->train();
-  for (int epoch = 1; epoch <= options.epochs; ++epoch) {
+  for (int epoch = first_epoch; epoch <= last_epoch; ++epoch) {
+    const auto epoch_start = generator.get_state();
     const auto perm = batch < n_train ? torch::randperm(n_train, generator, torch::kLong).to(options.device) : torch::Tensor();
-    double total = 0;
-    for (int64_t b = 0; b < n_train; b += batch) {
-      const int64_t size = std::min(batch, n_train - b);
+    double total = progress.batch_loss;
+    for (int64_t k = progress.batch; k < batches; ++k) {
+      const int64_t b = k * batch, size = std::min(batch, n_train - b);
       const int64_t first = b + size * rank / ranks, share = b + size * (rank + 1) / ranks - first;
       auto xb = result.train_x, yb = result.train_y;
       if (perm.defined() || ranks > 1) {
@@ -147,9 +246,16 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
         loss.backward();
       }
       optimizer->step();
-      ++result.steps;
+      ++result.steps, ++progress.steps;
       total += loss.item<double>() * static_cast<double>(share);
+      if (options.stop && *options.stop && k + 1 < batches) {  // mid-epoch: remember where
+        progress.batch = k + 1, progress.batch_loss = total, progress.shuffle_state = epoch_start;
+        progress.dropout_state = at::detail::getDefaultCPUGenerator().get_state();
+        progress.seconds = elapsed();
+        throw Stopped{static_cast<int>(*options.stop), progress};
+      }
     }
+    progress.batch = 0, progress.batch_loss = 0;
 #if defined(CONNEX_WITH_DISTRIBUTED)
     if (dp) {  // the epoch's loss over every rank's rows: one small all-reduce per epoch
       auto sum = torch::tensor({total}, torch::kFloat64);
@@ -160,16 +266,26 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
     EpochMetrics m;
     m.epoch = epoch;
     m.train_loss = total / static_cast<double>(n_train);
-    if (n_val > 0 && reporter) std::tie(m.val_loss, m.val_metric) = evaluate(network, result.val_x, result.val_y, options.task);
-    m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    result.history.push_back(m);
     if (!std::isfinite(m.train_loss)) fail("train: the loss became {} at epoch {}; lower --lr", m.train_loss, epoch);
+    // A step can leave infinite weights after a finite loss: nothing non-finite is ever written.
+    for (const auto& p : network->named_parameters())
+      if (!torch::isfinite(p.value()).all().item<bool>())
+        fail("train: parameter \"{}\" became non-finite (inf or nan) at epoch {}; lower --lr{}", p.key(), epoch,
+             options.out.empty() ? "" : " (files already in --out are kept as they were)");
+    if (n_val > 0 && reporter) std::tie(m.val_loss, m.val_metric) = evaluate(network, result.val_x, result.val_y, options.task);
+    m.seconds = elapsed();
+    progress.history.push_back(m);
+    progress.epoch = epoch;
+    progress.seconds = m.seconds;
+    progress.shuffle_state = generator.get_state();
+    progress.dropout_state = at::detail::getDefaultCPUGenerator().get_state();
     std::string extra;
     if (n_val > 0) extra = metric_is_accuracy ? fmt::format("val acc {:.4f}", m.val_metric) : fmt::format("val mse {:.6f}", m.val_metric);
-    if (reporter) bar.update(epoch, m.train_loss, extra);
-    if (reporter && !bar.is_tty() && (epoch == 1 || epoch == options.epochs || epoch % std::max(1, options.epochs / 10) == 0))
-      spdlog::info("epoch {:>5}/{}  loss {:.6f}  {}  {:.1f} epochs/s", epoch, options.epochs, m.train_loss, extra,
-                   epoch / std::max(m.seconds, 1e-9));
+    const int done = epoch - first_epoch + 1;
+    if (reporter) bar.update(done, m.train_loss, extra);
+    if (reporter && !bar.is_tty() && (done == 1 || epoch == last_epoch || done % std::max(1, options.epochs / 10) == 0))
+      spdlog::info("epoch {:>5}/{}  loss {:.6f}  {}  {:.1f} epochs/s", epoch, last_epoch, m.train_loss, extra,
+                   done / std::max(m.seconds - seconds_before, 1e-9));
 
     if (epoch == options.prune_at_epoch && options.prune_fraction > 0) {
       // Decided on rank 0 (every rank holds the same weights anyway) and
@@ -194,7 +310,8 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
 #endif
     }
     if (reporter && options.checkpoint_every > 0 && epoch % options.checkpoint_every == 0 && !options.out.empty())
-      write_run(options.out, network, *optimizer, result.history, options.preprocessing);
+      write_run(options.out, network, *optimizer, progress, options.preprocessing);
+    if (options.stop && *options.stop && epoch < last_epoch) throw Stopped{static_cast<int>(*options.stop), progress};
   }
   return result;
 }

@@ -2,6 +2,7 @@
 // The command line's data and training loop: datasets from CSV or the
 // built-in toy set, a mini-batch trainer with validation, metrics and a
 // progress display.
+#include <csignal>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -45,6 +46,8 @@ struct TrainOptions {
   // Write `out` (see write_run) every this many epochs; 0: only the caller writes.
   int checkpoint_every = 0;
   std::string out;
+  // Set (by a signal handler) to a signal number to stop after the current step.
+  const volatile std::sig_atomic_t* stop = nullptr;
   // Called with the network whenever training replaces it (after a prune):
   // an edit can move it between the fused kernel and per-batch levels, and
   // with them the thread pool that should get the cores.
@@ -61,29 +64,60 @@ struct EpochMetrics {
   double train_loss = 0, val_loss = NAN, val_metric = NAN, seconds = 0;
 };
 
+// Where a training run stands. Every checkpoint the CLI writes holds it, so a
+// resumed run (same data) goes on exactly as the uninterrupted run would have,
+// bit for bit: same epochs, same shuffles, same dropout masks.
+struct Progress {
+  int epoch = 0;            // epochs completed
+  int64_t batch = 0;        // batches of epoch + 1 already taken (a run stopped mid-epoch)
+  double batch_loss = 0;    // their loss, summed over rows
+  int64_t steps = 0;        // optimizer steps taken in all
+  double seconds = 0;       // training time in all
+  // The run's data settings; a resumed run keeps them unless a flag says otherwise.
+  uint64_t seed = 0;
+  int64_t batch_size = 0;
+  double val_split = 0;
+  torch::Tensor shuffle_state;  // the shuffle generator at the start of epoch + 1
+  torch::Tensor dropout_state;  // torch's default CPU generator (dropout masks)
+  std::vector<EpochMetrics> history;
+
+  nlohmann::json to_json() const;
+  // Checks every field; `where` names the file.
+  static Progress from_json(const nlohmann::json& json, const std::string& where);
+};
+
+// Thrown by train() when a stop was asked for (a signal): the run stopped
+// after a whole step and, with --out, wrote its files.
+struct Stopped {
+  int signal;
+  Progress progress;
+};
+
 // A fresh optimizer of the CLI's kinds (adam, adamw, sgd with momentum 0.9).
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name, NeuralNetwork& network, double lr);
+std::unique_ptr<torch::optim::Optimizer> fresh_optimizer(const std::string& name, NeuralNetwork& network, double lr);
 
 // Loss and metric (MSE, or accuracy for classification) on a whole set, eval mode.
 std::pair<double, double> evaluate(NeuralNetwork& network, const torch::Tensor& x, const torch::Tensor& y, Task task);
 torch::Tensor loss_of(const NeuralNetwork& network, const torch::Tensor& out, const torch::Tensor& y, Task task);
 
 struct TrainResult {
-  std::vector<EpochMetrics> history;
   torch::Tensor train_x, train_y, val_x, val_y;
-  int64_t steps = 0;  // optimizer steps taken
+  int64_t steps = 0;  // optimizer steps taken by this call
 };
 
-// Trains with the given optimizer, reports each epoch. A prune step replaces
-// both `network` and `optimizer` (same type and options, state carried).
+// Trains `options.epochs` more epochs from where `progress` stands (finishing
+// an epoch stopped midway first) and reports each. A prune step replaces both
+// `network` and `optimizer` (same type and options, state carried). The
+// parameters are checked after every epoch: non-finite ones stop the run
+// before anything is written. A stop request throws Stopped.
 TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimizer>& optimizer, const Table& data,
-                  const TrainOptions& options);
+                  const TrainOptions& options, Progress& progress);
 
 // Writes every file of a training run into the directory `out`, each
-// atomically: model.ckpt (with optimizer state and preprocessing),
+// atomically: model.ckpt (with optimizer state, preprocessing and progress),
 // metrics.csv, metrics.json, config.json.
 void write_run(const std::string& out, const NeuralNetwork& network, const torch::optim::Optimizer& optimizer,
-               const std::vector<EpochMetrics>& history, const std::optional<Preprocessing>& preprocessing);
+               const Progress& progress, const std::optional<Preprocessing>& preprocessing);
 
 nlohmann::json metrics_json(const std::vector<EpochMetrics>& history);
 std::string metrics_csv(const std::vector<EpochMetrics>& history);

@@ -10,6 +10,7 @@
 #include "connex/config.h"
 #include "connex/error.h"
 #include "connex/file_io.h"
+#include "json_input.h"
 
 namespace connex {
 
@@ -144,7 +145,7 @@ struct TensorData {
     try {
       // Checked before converting: a float such as 1e308 does not convert to an integer.
       if (!entry.is_object() || !entry.contains("shape") || !entry.contains("dtype") || !entry.contains("offset") || !entry.contains("nbytes"))
-        fail("load(): {}: {} must be {{\"dtype\", \"shape\", \"offset\", \"nbytes\"}}, got {}", path, what, entry.dump());
+        fail("load(): {}: {} must be {{\"dtype\", \"shape\", \"offset\", \"nbytes\"}}, got {}", path, what, detail::excerpt(entry));
       const json& shape_json = entry.at("shape");
       if (!shape_json.is_array() || !std::all_of(shape_json.begin(), shape_json.end(), [](const json& v) { return v.is_number_integer(); }) ||
           !entry.at("offset").is_number_unsigned() || !entry.at("nbytes").is_number_unsigned() || !entry.at("dtype").is_string())
@@ -245,7 +246,7 @@ SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const
     SavedOptimizer::Group out{group.at("options"), {}};
     for (const auto& name : group.at("parameters")) {
       if (!name.is_string() || !parameters.contains(name.get<std::string>()))
-        fail("load(): {}/parameters names {}, which is not a parameter of the network", where, name.dump());
+        fail("load(): {}/parameters names {}, which is not a parameter of the network", where, detail::excerpt(name));
       if (!grouped.insert(name.get<std::string>()).second)
         fail("load(): {}/parameters names \"{}\" a second time", where, name.get<std::string>());
       out.parameters.push_back(name.get<std::string>());
@@ -285,8 +286,12 @@ SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const
 }  // namespace
 
 void save(const NeuralNetwork& network, const std::string& path, const torch::optim::Optimizer* optimizer,
-          const Preprocessing* preprocessing) {
+          const Preprocessing* preprocessing, const nlohmann::json& training) {
   json header;
+  if (!training.is_null()) {
+    if (!training.is_object()) fail("save(): {}: the training record must be a JSON object, got {}", path, training.type_name());
+    header["training"] = training;
+  }
   if (preprocessing) {
     preprocessing->check_fits(network, "save(): " + path + ": the preprocessing");
     header["preprocessing"] = preprocessing->to_json();
@@ -327,12 +332,7 @@ Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
     fail("load(): {} has checkpoint format version {}; this connex reads version {}{}", path, version, kCheckpointVersion,
          version == 1 ? " (version 1 held optimizer state in torch's pickle format, which connex no longer reads)" : "");
 
-  json header;
-  try {
-    header = json::parse(file.begin() + kPrefix, file.begin() + kPrefix + header_size);
-  } catch (const std::exception& e) {
-    fail("load(): {} has an unreadable header: {}", path, e.what());
-  }
+  const json header = detail::parse_json(std::string_view(file).substr(kPrefix, header_size), "load(): " + path + "'s header");
   if (!header.is_object() || !header.contains("config") || !header.contains("tensors") || !header.at("tensors").is_array())
     fail("load(): {} has a header without \"config\" and \"tensors\"", path);
   const size_t data_begin = kPrefix + header_size, data_size = file.size() - 8 - data_begin;
@@ -344,7 +344,7 @@ Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
   std::map<std::string, const json*> saved;
   for (const auto& entry : header.at("tensors")) {
     if (!entry.is_object() || !entry.contains("name") || !entry.at("name").is_string())
-      fail("load(): {} has a malformed tensor entry {}", path, entry.dump());
+      fail("load(): {} has a malformed tensor entry {}", path, detail::excerpt(entry));
     if (!saved.emplace(entry.at("name").get<std::string>(), &entry).second)
       fail("load(): {} holds tensor \"{}\" twice", path, entry.at("name").get<std::string>());
   }
@@ -362,6 +362,10 @@ Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
 
   if (header.contains("optimizer") && !header.at("optimizer").is_null())
     checkpoint.optimizer = read_optimizer(header.at("optimizer"), checkpoint.network, data, path);
+  if (header.contains("training")) {
+    if (!header.at("training").is_object()) fail("load(): {}: /training must be an object", path);
+    checkpoint.training = header.at("training");
+  }
   if (header.contains("preprocessing"))
     checkpoint.preprocessing = Preprocessing::from_json(header.at("preprocessing"), "load(): " + path + ": /preprocessing",
                                                         checkpoint.network);

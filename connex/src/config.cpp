@@ -6,6 +6,7 @@
 #include "connex/error.h"
 #include "connex/file_io.h"
 #include "connex/prebuilt.h"
+#include "json_input.h"
 
 namespace connex {
 
@@ -32,7 +33,7 @@ int64_t positive_int(const json& obj, const std::string& key, const std::string&
   if (!obj.contains(key)) fail("{}: required key \"{}\" is missing in {}", source, key, path);
   const auto& v = obj.at(key);
   if (!v.is_number_integer() || v.get<int64_t>() < 0)
-    fail("{}: {}/{} must be a non-negative integer, got {}", source, path, key, v.dump());
+    fail("{}: {}/{} must be a non-negative integer, got {}", source, path, key, detail::excerpt(v));
   return v.get<int64_t>();
 }
 
@@ -62,7 +63,7 @@ DropoutSpec dropout_from_json(const json& v, const std::string& source, const st
     for (size_t i = 0; i < list.size(); ++i) {
       const std::string here = fmt::format("{}/neurons/{}", path, i);
       if (!list[i].is_array() || list[i].size() != 2 || !list[i][1].is_number())
-        fail("{}: {} must be a pair [neuron, p], got {}", source, here, list[i].dump());
+        fail("{}: {} must be a pair [neuron, p], got {}", source, here, detail::excerpt(list[i]));
       spec.per_neuron.emplace_back(id_from_json(list[i][0], source, here + "/0"), list[i][1].get<double>());
     }
   }
@@ -124,13 +125,13 @@ NeuralNetworkOptions options_from_json(const json& json_options, const std::stri
   }
   if (json_options.contains("seed")) {
     const auto& v = json_options.at("seed");
-    if (!v.is_number_unsigned()) fail("{}: /options/seed must be a non-negative integer, got {}", source, v.dump());
+    if (!v.is_number_unsigned()) fail("{}: /options/seed must be a non-negative integer, got {}", source, detail::excerpt(v));
     options.seed(v.get<uint64_t>());
   }
   auto flag = [&](const char* key, const std::function<void(bool)>& set) {
     if (!json_options.contains(key)) return;
     const auto& v = json_options.at(key);
-    if (!v.is_boolean()) fail("{}: /options/{} must be true or false, got {}", source, key, v.dump());
+    if (!v.is_boolean()) fail("{}: /options/{} must be true or false, got {}", source, key, detail::excerpt(v));
     set(v.get<bool>());
   };
   flag("use_topo_norm", [&](bool v) { options.use_topo_norm(v); });
@@ -142,7 +143,7 @@ NeuralNetworkOptions options_from_json(const json& json_options, const std::stri
     bool found = false;
     for (const auto& [name, dtype] : dtype_names())
       if (v.is_string() && v.get<std::string>() == name) options.dtype(dtype), found = true;
-    if (!found) fail("{}: /options/dtype must be one of float32, float64, float16, bfloat16, got {}", source, v.dump());
+    if (!found) fail("{}: /options/dtype must be one of float32, float64, float16, bfloat16, got {}", source, detail::excerpt(v));
   }
   return options;
 }
@@ -159,7 +160,7 @@ GraphSpec graph_from_config(const json& graph, const std::string& source) {
   } catch (const Error& e) {
     fail("{}: /graph: {}", source, e.what());
   }
-  fail("{}: /graph/prebuilt must be \"MLP\" or \"DenseMLP\", got {}", source, kind.dump());
+  fail("{}: /graph/prebuilt must be \"MLP\" or \"DenseMLP\", got {}", source, detail::excerpt(kind));
 }
 
 json network_config(const NeuralNetwork& network, const char* context) {
@@ -174,9 +175,9 @@ json network_config(const NeuralNetwork& network, const char* context) {
 NeuralNetwork network_from_config(const json& config, const std::string& source) {
   if (!config.is_object()) fail("{}: the top level must be an object, got {}", source, config.type_name());
   if (config.contains("format") && config.at("format") != "connex-network")
-    fail("{}: /format is {}, not \"connex-network\"", source, config.at("format").dump());
+    fail("{}: /format is {}, not \"connex-network\"", source, detail::excerpt(config.at("format")));
   if (config.contains("version") && config.at("version") != kConfigVersion)
-    fail("{}: /version is {}; this connex reads version {}", source, config.at("version").dump(), kConfigVersion);
+    fail("{}: /version is {}; this connex reads version {}", source, detail::excerpt(config.at("version")), kConfigVersion);
   if (!config.contains("graph")) fail("{}: required key \"graph\" is missing", source);
   for (auto it = config.begin(); it != config.end(); ++it)
     if (it.key() != "format" && it.key() != "version" && it.key() != "graph" && it.key() != "options")
@@ -191,13 +192,7 @@ NeuralNetwork network_from_config(const json& config, const std::string& source)
 }
 
 NeuralNetwork load_config(const std::string& path) {
-  const std::string text = read_file(path, "load_config()");
-  json config;
-  try {
-    config = json::parse(text);
-  } catch (const json::parse_error& e) {
-    fail("load_config(): {} is not valid JSON: {}", path, e.what());
-  }
+  const json config = detail::parse_json(read_file(path, "load_config()"), "load_config(): " + path);
   return network_from_config(config, path);
 }
 

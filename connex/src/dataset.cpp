@@ -4,32 +4,34 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <set>
 
 #include <torch/torch.h>
 
 #include "connex/error.h"
 #include "connex/file_io.h"
+#include "json_input.h"
 
 namespace connex {
 
 namespace {
 
-std::string join(const std::vector<std::string>& names) { return fmt::format("{}", fmt::join(names, ", ")); }
+// Names for a message: the first ten, then how many there are (a header of
+// 10^6 columns was listed whole), each with control bytes escaped and cut.
+std::string join(const std::vector<std::string>& names) {
+  constexpr size_t kShown = 10;
+  std::string out;
+  for (size_t i = 0; i < names.size() && i < kShown; ++i) out += (i ? ", " : "") + printable(names[i], 40);
+  if (names.size() > kShown) out += fmt::format(", … ({} in all)", names.size());
+  return out;
+}
 
 // Integer labels name their class by index: "0", "1", ...
 std::vector<std::string> index_classes(int64_t n) {
   std::vector<std::string> classes;
   for (int64_t i = 0; i < n; ++i) classes.push_back(std::to_string(i));
   return classes;
-}
-
-std::optional<double> number(const std::string& cell) {
-  char* stop = nullptr;
-  errno = 0;
-  const double v = cell.empty() ? NAN : std::strtod(cell.c_str(), &stop);
-  if (cell.empty() || stop != cell.c_str() + cell.size() || !std::isfinite(v)) return std::nullopt;
-  return v;
 }
 
 struct Columns {
@@ -53,11 +55,17 @@ Columns choose_columns(const std::vector<std::string>& columns, const std::strin
   Columns c;
   const auto& target_names = !options.targets().empty() || !fitted ? options.targets() : fitted->targets;
   const auto& feature_names = !options.features().empty() || !fitted ? options.features() : fitted->features;
+  // What the user most likely forgot, when the default columns do not fit.
+  std::string hint;
+  const bool default_columns = options.targets().empty() && options.features().empty() && !fitted;
+  if (default_columns && task == Task::Regression && n_cols - 1 == n_in)
+    hint = fmt::format("; if \"{}\" holds class labels, add --task classification (then the other {} columns are the features)",
+                       columns.back(), n_in);
   for (const auto& name : target_names) c.targets.push_back(index(name));
   if (c.targets.empty()) {
     const int64_t want = task == Task::Classification ? 1 : n_out;
     if (want >= n_cols)
-      fail("{}: has {} columns, too few for {} target column(s) and at least one feature", source, n_cols, want);
+      fail("{}: has {} columns, too few for {} target column(s) and at least one feature{}", source, n_cols, want, hint);
     for (int64_t j = n_cols - want; j < n_cols; ++j) c.targets.push_back(j);
   }
   for (const auto& name : feature_names) c.features.push_back(index(name));
@@ -68,12 +76,6 @@ Columns choose_columns(const std::vector<std::string>& columns, const std::strin
     if (std::find(c.targets.begin(), c.targets.end(), j) != c.targets.end())
       fail("{}: column \"{}\" is named both as a feature and as a target", source, columns[j]);
 
-  // What the user most likely forgot, when the default columns do not fit.
-  std::string hint;
-  const bool default_columns = options.targets().empty() && options.features().empty() && !fitted;
-  if (default_columns && task == Task::Regression && n_cols - 1 == n_in)
-    hint = fmt::format("; if \"{}\" holds class labels, add --task classification (then the other {} columns are the features)",
-                       columns.back(), n_in);
   if (static_cast<int64_t>(c.features.size()) != n_in)
     fail("{}: {} feature columns ({}) but the network has {} inputs{}", source, c.features.size(), join(names(c.features)), n_in,
          hint);
@@ -106,21 +108,32 @@ Task task_of(const TableOptions& options, const std::optional<Preprocessing>& fi
 std::pair<torch::Tensor, std::vector<std::string>> class_labels(const CsvTable& csv, int64_t j, int64_t n_out,
                                                                 const std::optional<Preprocessing>& fitted) {
   const int64_t rows = static_cast<int64_t>(csv.rows.size());
-  const bool text = !csv.text[j].empty();
+  const bool text = csv.is_text(j);
   auto cell = [&](int64_t i) { return text ? csv.text[j][i] : fmt::format("{}", csv.rows[i][j]); };
-  auto value = [&](int64_t i) { return text ? number(csv.text[j][i]) : std::optional<double>(csv.rows[i][j]); };
-  bool numeric = true;
-  for (int64_t i = 0; i < rows && numeric; ++i) numeric = value(i).has_value();
-  if (fitted) numeric = fitted->classes == index_classes(static_cast<int64_t>(fitted->classes.size()));
+  auto where = [&](int64_t i) { return fmt::format("{}:{}: column {} (\"{}\")", csv.source, csv.row_lines[i], j + 1, csv.columns[j]); };
+  int64_t numbers = 0;
+  for (int64_t i = 0; i < rows; ++i) {
+    if (text && csv.text[j][i].empty()) fail("{}: the class label is empty", where(i));
+    numbers += csv.try_number(i, j).has_value();
+  }
+  // A column of numbers with a stray word (or the reverse) is a data error, not a new class.
+  if (numbers > 0 && numbers < rows) {
+    const bool want_number = 2 * numbers >= rows;
+    int64_t i = 0;
+    while (csv.try_number(i, j).has_value() == want_number) ++i;
+    fail("{}: \"{}\" is not a class label like the others ({})", where(i), cell(i),
+         want_number ? "integer output indices" : "names");
+  }
+  const bool numeric = fitted ? fitted->classes == index_classes(static_cast<int64_t>(fitted->classes.size())) : numbers == rows;
 
   auto y = torch::empty({rows}, torch::kLong);
   auto ya = y.accessor<int64_t, 1>();
   if (numeric) {  // integer labels are output indices
+    const int64_t classes = fitted ? static_cast<int64_t>(fitted->classes.size()) : n_out;
     for (int64_t i = 0; i < rows; ++i) {
-      const auto v = value(i);
-      if (!v || *v != std::floor(*v) || *v < 0 || *v >= static_cast<double>(n_out))
-        fail("{}:{}: column {} (\"{}\"): {} is not an integer class label in [0, {}) (the network has {} outputs)", csv.source,
-             csv.row_lines[i], j + 1, csv.columns[j], cell(i), n_out, n_out);
+      const auto v = csv.try_number(i, j);
+      if (!v || *v != std::floor(*v) || *v < 0 || *v >= static_cast<double>(classes))
+        fail("{}: {} is not an integer class label in [0, {}) (the network has {} outputs)", where(i), cell(i), classes, n_out);
       ya[i] = static_cast<int64_t>(*v);
     }
     return {y, fitted ? fitted->classes : index_classes(n_out)};
@@ -138,20 +151,40 @@ std::pair<torch::Tensor, std::vector<std::string>> class_labels(const CsvTable& 
   for (int64_t i = 0; i < rows; ++i) {
     const auto it = std::find(classes.begin(), classes.end(), csv.text[j][i]);
     if (it == classes.end())
-      fail("{}:{}: column {} (\"{}\"): \"{}\" is not one of the classes the model was trained on ({})", csv.source, csv.row_lines[i],
-           j + 1, csv.columns[j], csv.text[j][i], join(classes));
+      fail("{}: \"{}\" is not one of the classes the model was trained on ({})", where(i), csv.text[j][i], join(classes));
     ya[i] = it - classes.begin();
   }
   return {y, classes};
 }
 
-torch::Tensor numeric_columns(const CsvTable& csv, const std::vector<int64_t>& columns, const std::string& hint = "") {
+// The largest |value| a cell may hold to be trained on in `dtype`: squared
+// errors and sums of squares must stay finite, so the square root of the
+// dtype's largest value (float32: 1.8e19, float64: 1.3e154). Beyond it,
+// training ended in a non-finite loss blamed on the learning rate.
+double largest_trainable(torch::Dtype dtype) {
+  switch (dtype) {
+    case torch::kFloat64: return std::sqrt(std::numeric_limits<double>::max());
+    case torch::kFloat16: return std::sqrt(65504.0);
+    default: return std::sqrt(static_cast<double>(std::numeric_limits<float>::max()));  // float32, bfloat16
+  }
+}
+
+// `limit`: the largest |cell| (largest_trainable); `in` says for what ("to train on in Float").
+torch::Tensor numeric_columns(const CsvTable& csv, const std::vector<int64_t>& columns, double limit, const std::string& in,
+                              const std::string& hint = "") {
   const int64_t rows = static_cast<int64_t>(csv.rows.size()), n = static_cast<int64_t>(columns.size());
   auto x = torch::empty({rows, n}, torch::kFloat64);
   auto xa = x.accessor<double, 2>();
   try {
     for (int64_t i = 0; i < rows; ++i)
-      for (int64_t k = 0; k < n; ++k) xa[i][k] = csv.number(i, columns[k]);
+      for (int64_t k = 0; k < n; ++k) {
+        const double v = csv.number(i, columns[k]);
+        if (std::abs(v) > limit)
+          fail("{}:{}: column {} (\"{}\"): {} is too large {} (|value| must stay below {:.2g}, so that squared "
+               "errors stay finite); rescale the column",
+               csv.source, csv.row_lines[i], columns[k] + 1, printable(csv.columns[columns[k]]), v, in, limit);
+        xa[i][k] = v;
+      }
   } catch (const Error& e) {
     if (hint.empty()) throw;
     throw Error(e.what() + hint);
@@ -166,6 +199,7 @@ Table make_table(torch::Tensor raw, torch::Tensor targets, const TableOptions& o
   const int64_t rows = raw.size(0);
   auto [train_rows, validation_rows] = split_rows(rows, options.validation_fraction(), options.seed());
   if (fit && options.standardize()) {
+    if (train_rows.numel() == 0) fail("{}: no training rows to fit the standardization on", source);
     // A constant column (or a single row) has no spread: leave its scale alone.
     const auto train = raw.index_select(0, train_rows);
     auto std = train.std(0, /*unbiased=*/true);
@@ -174,8 +208,9 @@ Table make_table(torch::Tensor raw, torch::Tensor targets, const TableOptions& o
     preprocessing.mean.assign(mean.data_ptr<double>(), mean.data_ptr<double>() + mean.numel());
     preprocessing.scale.assign(std.data_ptr<double>(), std.data_ptr<double>() + std.numel());
   }
-  const auto inputs = preprocessing.apply(raw).to(options.dtype());
-  if (targets.is_floating_point()) targets = targets.to(options.dtype());
+  const auto dtype = options.dtype().value_or(torch::kFloat32);
+  const auto inputs = preprocessing.apply(raw).to(dtype);
+  if (targets.is_floating_point()) targets = targets.to(dtype);
   Table table;
   table.train = TableDataset(inputs.index_select(0, train_rows), targets.index_select(0, train_rows));
   table.validation = TableDataset(inputs.index_select(0, validation_rows), targets.index_select(0, validation_rows));
@@ -187,11 +222,11 @@ Table make_table(torch::Tensor raw, torch::Tensor targets, const TableOptions& o
 std::vector<double> numbers(const nlohmann::json& json, const std::string& where, const char* key, size_t size, bool positive) {
   const auto& v = json.at(key);
   std::vector<double> out;
-  if (!v.is_array() || v.size() != size) fail("{}/{} must be an array of {} numbers, got {}", where, key, size, v.dump().substr(0, 80));
+  if (!v.is_array() || v.size() != size) fail("{}/{} must be an array of {} numbers, got {}", where, key, size, detail::excerpt(v));
   for (size_t k = 0; k < size; ++k) {
     const double x = v[k].is_number() ? v[k].get<double>() : NAN;
     if (!std::isfinite(x) || (positive && !(x > 0)))
-      fail("{}/{}/{} must be a finite number{}, got {}", where, key, k, positive ? " > 0" : "", v[k].dump().substr(0, 80));
+      fail("{}/{}/{} must be a finite number{}, got {}", where, key, k, positive ? " > 0" : "", detail::excerpt(v[k]));
     out.push_back(x);
   }
   return out;
@@ -203,7 +238,7 @@ std::vector<std::string> strings(const nlohmann::json& json, const std::string& 
   if (!v.is_array()) fail("{}/{} must be an array of strings", where, key);
   std::vector<std::string> out;
   for (size_t k = 0; k < v.size(); ++k) {
-    if (!v[k].is_string()) fail("{}/{}/{} must be a string, got {}", where, key, k, v[k].dump().substr(0, 80));
+    if (!v[k].is_string()) fail("{}/{}/{} must be a string, got {}", where, key, k, detail::excerpt(v[k]));
     out.push_back(v[k].get<std::string>());
   }
   return out;
@@ -214,6 +249,9 @@ std::vector<std::string> strings(const nlohmann::json& json, const std::string& 
 const char* task_name(Task task) { return task == Task::Classification ? "classification" : "regression"; }
 
 torch::Tensor Preprocessing::apply(const torch::Tensor& raw) const {
+  if (raw.dim() != 2 || raw.size(1) != static_cast<int64_t>(features.size()))
+    fail("Preprocessing::apply(): expected raw rows [rows, {}] ({}), got [{}]", features.size(), join(features),
+         fmt::join(raw.sizes(), ", "));
   if (!standardizes()) return raw;
   const auto options = torch::TensorOptions(raw.scalar_type()).device(raw.device());
   return (raw - torch::tensor(mean, torch::kFloat64).to(options)) / torch::tensor(scale, torch::kFloat64).to(options);
@@ -227,7 +265,7 @@ nlohmann::json Preprocessing::to_json() const {
 }
 
 Preprocessing Preprocessing::from_json(const nlohmann::json& json, const std::string& where, const NeuralNetwork& network) {
-  if (!json.is_object()) fail("{} must be an object, got {}", where, json.dump().substr(0, 80));
+  if (!json.is_object()) fail("{} must be an object, got {}", where, detail::excerpt(json));
   for (const auto& item : json.items())
     if (item.key() != "task" && item.key() != "features" && item.key() != "targets" && item.key() != "standardize" &&
         item.key() != "classes")
@@ -235,7 +273,7 @@ Preprocessing Preprocessing::from_json(const nlohmann::json& json, const std::st
   Preprocessing p;
   const auto task = json.value("task", nlohmann::json());
   if (task == "classification") p.task = Task::Classification;
-  else if (task != "regression") fail("{}/task must be \"regression\" or \"classification\", got {}", where, task.dump().substr(0, 80));
+  else if (task != "regression") fail("{}/task must be \"regression\" or \"classification\", got {}", where, detail::excerpt(task));
   p.features = strings(json, where, "features");
   p.targets = strings(json, where, "targets");
   p.classes = strings(json, where, "classes");
@@ -297,8 +335,17 @@ std::pair<torch::Tensor, torch::Tensor> split_rows(int64_t rows, double validati
   return {order.narrow(0, held, rows - held), order.narrow(0, 0, held)};
 }
 
-Table table_from_csv(const CsvTable& csv, const NeuralNetwork& network, const TableOptions& options,
+Table table_from_csv(const CsvTable& csv, const NeuralNetwork& network, const TableOptions& given,
                      const std::optional<Preprocessing>& fitted) {
+  for (size_t i = 0; i < csv.rows.size(); ++i)
+    if (csv.rows[i].size() != csv.columns.size())
+      fail("{}: row {} has {} cells for {} columns", csv.source, i, csv.rows[i].size(), csv.columns.size());
+  for (size_t j = 0; j < csv.columns.size(); ++j)
+    if (csv.is_text(j) && csv.text[j].size() != csv.rows.size())
+      fail("{}: text column \"{}\" has {} cells for {} rows", csv.source, csv.columns[j], csv.text[j].size(), csv.rows.size());
+  if (csv.row_lines.size() != csv.rows.size()) fail("{}: {} line numbers for {} rows", csv.source, csv.row_lines.size(), csv.rows.size());
+  TableOptions options = given;
+  if (!options.dtype()) options.dtype(network->weight_tensor().scalar_type());
   const Task task = task_of(options, fitted, csv.source);
   const int64_t n_out = network->num_outputs();
   const Columns c = choose_columns(csv.columns, csv.source, network->num_inputs(), n_out, task, options, fitted);
@@ -312,22 +359,30 @@ Table table_from_csv(const CsvTable& csv, const NeuralNetwork& network, const Ta
   else {
     // Text in the default target column is most likely a class label.
     const bool guessed = !fitted && !options.task() && c.targets.size() == 1;
-    y = numeric_columns(csv, c.targets,
+    const auto dtype = *options.dtype();
+    y = numeric_columns(csv, c.targets, largest_trainable(dtype), fmt::format("to train on in {}", c10::toString(dtype)),
                         guessed ? fmt::format("; if \"{}\" holds class labels, add --task classification", csv.columns[c.targets[0]]) : "");
   }
-  return make_table(numeric_columns(csv, c.features), y, options, std::move(p), !fitted, csv.source);
+  // Standardized features are scaled in float64 first, then in range.
+  const bool standardized = fitted ? fitted->standardizes() : options.standardize();
+  const auto feature_dtype = standardized ? torch::kFloat64 : *options.dtype();
+  return make_table(numeric_columns(csv, c.features, largest_trainable(feature_dtype),
+                                    standardized ? "to standardize" : fmt::format("to train on in {}", c10::toString(feature_dtype))),
+                    y, options, std::move(p), !fitted, csv.source);
 }
 
 Table read_table(const std::string& path, const NeuralNetwork& network, const TableOptions& options,
                  const std::optional<Preprocessing>& fitted) {
   const std::string text = read_file(path, "read_table()");
-  // Target columns are read as text: class labels may be names, and a
-  // regression's text cell gets a message that suggests the task.
+  // Only the features must be numbers: the other columns are read as text
+  // (class labels may be names, unused columns may hold anything, and a
+  // regression's text cell gets a message that suggests the task).
   const auto columns = csv_columns(text, path);
   const Columns c = choose_columns(columns, path, network->num_inputs(), network->num_outputs(), task_of(options, fitted, path),
                                    options, fitted);
   std::vector<std::string> text_columns;
-  for (int64_t j : c.targets) text_columns.push_back(columns[j]);
+  for (size_t j = 0; j < columns.size(); ++j)
+    if (std::find(c.features.begin(), c.features.end(), static_cast<int64_t>(j)) == c.features.end()) text_columns.push_back(columns[j]);
   return table_from_csv(parse_csv(text, path, text_columns), network, options, fitted);
 }
 
@@ -336,10 +391,10 @@ Table table_from_tensors(const torch::Tensor& inputs, const torch::Tensor& targe
   if (inputs.dim() != 2 || !inputs.is_floating_point())
     fail("table_from_tensors(): expected floating inputs [rows, features], got {} [{}]", c10::toString(inputs.scalar_type()),
          fmt::join(inputs.sizes(), ", "));
-  const Task task = fitted ? fitted->task : options.task().value_or(Task::Regression);
+  const Task task = task_of(options, fitted, "table_from_tensors()");
   const bool labels = task == Task::Classification;
-  if (targets.size(0) != inputs.size(0) || (labels ? targets.dim() != 1 || targets.scalar_type() != torch::kLong
-                                                   : targets.dim() != 2 || !targets.is_floating_point()))
+  if (targets.dim() < 1 || targets.size(0) != inputs.size(0) ||
+      (labels ? targets.dim() != 1 || targets.scalar_type() != torch::kLong : targets.dim() != 2 || !targets.is_floating_point()))
     fail("table_from_tensors(): expected {} targets [{}] for {} rows, got {} [{}]", labels ? "int64" : "floating",
          labels ? "rows" : "rows, outputs", inputs.size(0), c10::toString(targets.scalar_type()), fmt::join(targets.sizes(), ", "));
   Preprocessing p = fitted.value_or(Preprocessing{});
@@ -356,8 +411,12 @@ Table table_from_tensors(const torch::Tensor& inputs, const torch::Tensor& targe
     }
   } else if (static_cast<int64_t>(fitted->features.size()) != inputs.size(1)) {
     fail("table_from_tensors(): {} feature columns, but the preprocessing names {}", inputs.size(1), fitted->features.size());
+  } else if (labels && targets.numel() &&
+             (targets.min().item<int64_t>() < 0 || targets.max().item<int64_t>() >= static_cast<int64_t>(fitted->classes.size()))) {
+    fail("table_from_tensors(): class labels must be in [0, {}) (the preprocessing's classes), got [{}, {}]", fitted->classes.size(),
+         targets.min().item<int64_t>(), targets.max().item<int64_t>());
   }
-  return make_table(inputs.to(torch::kFloat64), targets, options, std::move(p), !fitted, "tensors");
+  return make_table(inputs.to(torch::kCPU, torch::kFloat64), targets.cpu(), options, std::move(p), !fitted, "tensors");
 }
 
 }  // namespace connex

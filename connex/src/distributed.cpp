@@ -30,6 +30,13 @@ std::string one_line(std::string text) {
   return text;
 }
 
+// A library exception's message for a connex error: c10::Error's what()
+// carries the C++ stack frames, what_without_backtrace() does not.
+std::string cause_of(const std::exception& e) {
+  const auto* torch_error = dynamic_cast<const c10::Error*>(&e);
+  return one_line(torch_error ? torch_error->what_without_backtrace() : e.what());
+}
+
 std::optional<int> environment_int(const char* name, int lowest, int highest) {
   const char* value = std::getenv(name);
   if (!value || !*value) return std::nullopt;
@@ -44,6 +51,12 @@ bool is_loopback(const std::string& address) {
 }
 
 std::string heartbeat_key(int rank) { return "connex/heartbeat/" + std::to_string(rank); }
+std::string joined_key(int rank) { return "connex/joined/" + std::to_string(rank); }
+
+// "rank 1", "ranks 1, 2"
+std::string ranks_text(const std::vector<int>& ranks) {
+  return fmt::format("rank{} {}", ranks.size() > 1 ? "s" : "", fmt::join(ranks, ", "));
+}
 
 }  // namespace
 
@@ -109,7 +122,7 @@ struct Group::Impl {
     try {
       start()->wait();
     } catch (const std::exception& e) {
-      const std::string cause = one_line(e.what());
+      const std::string cause = cause_of(e);
       const auto lost = lost_ranks();
       const int size = options.world_size();
       if (!lost.empty())
@@ -157,17 +170,28 @@ Group::Group(const GroupOptions& options) : impl_(std::make_unique<Impl>()) {
       store_options.port = static_cast<uint16_t>(options.master_port());
       store_options.isServer = rank == 0;
       store_options.numWorkers = static_cast<size_t>(size);
-      store_options.waitWorkers = true;
+      // Not here: TCPStore's wait for the workers gives up silently after the
+      // whole timeout, and Gloo would wait another. Gloo's rendezvous below
+      // waits for every rank, and its failure says which are missing.
+      store_options.waitWorkers = false;
       store_options.timeout = options.timeout();
       m.store = c10::make_intrusive<c10d::TCPStore>(options.master_addr(), store_options);
     }
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    fail("rank {} of {}: could not join the group at {} within {} ms: {}", rank, size, where, options.timeout().count(),
-         one_line(e.what()));
+    const std::string cause = cause_of(e);
+    if (rank == 0 && options.file_store().empty() && cause.find("errno: 98") != std::string::npos)
+      fail("rank 0 of {}: could not host the group's store on port {}: the port is in use", size, options.master_port());
+    fail("rank {} of {}: could not join the group at {} within {} ms: {}", rank, size, where, options.timeout().count(), cause);
   }
 
+  // Announced before the process group's rendezvous, so that a timeout there can name who never came.
+  try {
+    m.store->set(joined_key(rank), std::vector<uint8_t>{1});
+  } catch (const std::exception& e) {
+    fail("rank {} of {}: could not join the group at {}: {}", rank, size, where, cause_of(e));
+  }
   try {
     if (options.device().is_cuda()) {
 #ifdef CONNEX_WITH_NCCL
@@ -182,9 +206,11 @@ Group::Group(const GroupOptions& options) : impl_(std::make_unique<Impl>()) {
 #endif
     } else {
       auto gloo_options = c10d::ProcessGroupGloo::Options::create(options.timeout());
-      // The address other ranks reach this one on: an interface named as in
-      // torch (GLOO_SOCKET_IFNAME), loopback for a local run, else this host's name.
-      if (const char* interface = std::getenv("GLOO_SOCKET_IFNAME"); interface && *interface)
+      // The address other ranks reach this one on: the one given, an interface named
+      // as in torch (GLOO_SOCKET_IFNAME), loopback for a local run, else this host's name.
+      if (!options.gloo_address().empty())
+        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(options.gloo_address()));
+      else if (const char* interface = std::getenv("GLOO_SOCKET_IFNAME"); interface && *interface)
         gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(interface));
       else if (is_loopback(options.master_addr()) && options.file_store().empty())
         gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
@@ -197,8 +223,18 @@ Group::Group(const GroupOptions& options) : impl_(std::make_unique<Impl>()) {
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
+    std::vector<int> missing;
+    try {
+      for (int r = 0; r < size; ++r)
+        if (!m.store->check({joined_key(r)})) missing.push_back(r);
+    } catch (const std::exception&) {
+      // The store itself is gone (its host, rank 0, stopped): the cause says so.
+    }
+    if (!missing.empty())
+      fail("rank {} of {}: {} did not join the group at {} within {} ms", rank, size, ranks_text(missing), where,
+           options.timeout().count());
     fail("rank {} of {}: could not connect the {} process group through {}: {}", rank, size,
-         options.device().is_cuda() ? "NCCL" : "Gloo", where, one_line(e.what()));
+         options.device().is_cuda() ? "NCCL" : "Gloo", where, cause_of(e));
   }
   m.store->add(heartbeat_key(rank), 1);
   m.heartbeat = std::thread([&m] { m.beat(); });

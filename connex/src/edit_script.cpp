@@ -2,6 +2,7 @@
 
 #include "connex/config.h"
 #include "connex/error.h"
+#include "json_input.h"
 
 namespace connex {
 
@@ -86,7 +87,7 @@ EditScript EditScript::from_json(const json& in, const std::string& source) {
     const std::string path = fmt::format("/{}", i);
     const json& step = in[i];
     if (!step.is_object() || step.size() != 1)
-      fail("{}: {} must be an object with one key (the step's name), got {}", source, path, step.dump());
+      fail("{}: {} must be an object with one key (the step's name), got {}", source, path, detail::excerpt(step));
     const std::string& name = step.begin().key();
     const json& value = step.begin().value();
     const std::string here = path + "/" + name;
@@ -106,7 +107,7 @@ EditScript EditScript::from_json(const json& in, const std::string& source) {
           parsed.ids.push_back(id_from_json(value[j], source, at));
           continue;
         }
-        if (!value[j].is_array() || value[j].size() != 2) fail("{}: {} must be a pair [from, to], got {}", source, at, value[j].dump());
+        if (!value[j].is_array() || value[j].size() != 2) fail("{}: {} must be a pair [from, to], got {}", source, at, detail::excerpt(value[j]));
         parsed.edges.emplace_back(id_from_json(value[j][0], source, at + "/0"), id_from_json(value[j][1], source, at + "/1"));
       }
     }

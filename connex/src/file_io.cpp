@@ -1,6 +1,8 @@
 #include "connex/file_io.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -8,10 +10,14 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <random>
 #include <sstream>
 
 #include "connex/error.h"
+#include "json_input.h"
 
 namespace connex {
 
@@ -28,6 +34,19 @@ bool injected(testing::WriteStep step) {
   return true;
 }
 
+// 16 hex digits nobody can predict (a counter alone would let another user
+// plant a symlink at the next name).
+std::string random_suffix() {
+  static std::mutex mutex;
+  static std::mt19937_64 engine = [] {
+    std::random_device device;
+    std::seed_seq seq{device(), device(), device(), device(), static_cast<unsigned>(::getpid())};
+    return std::mt19937_64(seq);
+  }();
+  std::lock_guard<std::mutex> lock(mutex);
+  return fmt::format("{:016x}", engine());
+}
+
 }  // namespace
 
 namespace testing {
@@ -37,22 +56,77 @@ void set_write_fault(std::optional<WriteStep> step, size_t partial_bytes) {
 }
 }  // namespace testing
 
-std::string read_file(const std::string& path, const char* context) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot open {}: {}", context, path, std::strerror(errno));
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  if (in.bad()) fail("{}: cannot read {}", context, path);
-  return bytes.str();
+namespace {
+
+const char* file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a plain file";
+}
+
+}  // namespace
+
+std::string read_file(const std::string& path, const char* context, uint64_t max_bytes) {
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses
+  // anything but a regular file (a FIFO blocked forever, /dev/zero was read
+  // until memory ran out).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) fail("{}: cannot open {}: {}", context, path, std::strerror(errno));
+  struct stat info {};
+  if (::fstat(fd, &info) != 0) {
+    const std::string why = std::strerror(errno);
+    ::close(fd);
+    fail("{}: cannot read {}: {}", context, path, why);
+  }
+  if (!S_ISREG(info.st_mode)) {
+    ::close(fd);
+    fail("{}: {} is {}, not a regular file", context, path, file_kind(info.st_mode));
+  }
+  auto too_large = [&](uint64_t size) {
+    ::close(fd);
+    fail("{}: {} is {} bytes, more than the {} connex reads", context, path, size, max_bytes);
+  };
+  if (static_cast<uint64_t>(info.st_size) > max_bytes) too_large(static_cast<uint64_t>(info.st_size));
+  std::string bytes(static_cast<size_t>(info.st_size), '\0');
+  size_t done = 0;
+  char chunk[65536];
+  for (;;) {  // the size fstat gave, then whatever a growing file added
+    const bool tail = done >= bytes.size();
+    const ssize_t n = tail ? ::read(fd, chunk, sizeof chunk) : ::read(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const std::string why = std::strerror(errno);
+      ::close(fd);
+      fail("{}: cannot read {}: {}", context, path, why);
+    }
+    if (n == 0) break;
+    if (tail) {
+      if (done + static_cast<size_t>(n) > max_bytes) too_large(done + static_cast<size_t>(n));
+      bytes.append(chunk, static_cast<size_t>(n));
+    }
+    done += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  bytes.resize(done);
+  return bytes;
 }
 
 void write_file_atomically(const std::string& path, const std::string& bytes, const char* context) {
   using testing::WriteStep;
-  // Unique per call: two threads saving to one path must not share a temporary.
-  static std::atomic<uint64_t> counter{0};
-  const std::string temp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
-  const int fd = injected(WriteStep::open_temp) ? -1 : ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) fail("{}: cannot create {}: {}", context, temp, std::strerror(errno));
+  // Created exclusively under an unpredictable name: O_EXCL|O_NOFOLLOW never
+  // opens what is already there, so a file or symlink planted at the name
+  // cannot be written through; a taken name just means drawing another.
+  std::string temp;
+  int fd = -1;
+  for (int attempt = 0; fd < 0; ++attempt) {
+    temp = path + ".tmp." + std::to_string(::getpid()) + "." + random_suffix();
+    fd = injected(WriteStep::open_temp) ? -1
+                                        : ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0 && (errno != EEXIST || attempt == 100)) fail("{}: cannot create {}: {}", context, temp, std::strerror(errno));
+  }
   auto give_up = [&](const char* what, bool close_fd) {
     const std::string why = std::strerror(errno);
     if (close_fd) ::close(fd);
@@ -90,6 +164,100 @@ void write_file_atomically(const std::string& path, const std::string& bytes, co
       fail("{}: wrote {} but cannot sync its directory: {}; the new contents are in place but may not survive a power loss",
            context, path, why);
   }
+}
+
+std::string printable(std::string_view text, size_t max_bytes) {
+  std::string out;
+  size_t end = std::min(text.size(), max_bytes);
+  while (end < text.size() && end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;  // no half character
+  for (size_t i = 0; i < end; ++i) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    if (c == '\n') out += "\\n";
+    else if (c == '\t') out += "\\t";
+    else if (c == '\r') out += "\\r";
+    else if (c == 0) out += "\\0";
+    else if (c < 0x20 || c == 0x7f) out += fmt::format("\\x{:02x}", c);
+    else out += static_cast<char>(c);
+  }
+  if (end < text.size()) out += "…";
+  return out;
+}
+
+namespace detail {
+
+nlohmann::json parse_json(std::string_view text, const std::string& what) {
+  // A linear scan for depth first: the parser itself is iterative, but the
+  // value it would build could not be dumped or described safely.
+  size_t depth = 0;
+  bool in_string = false, escaped = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxJsonDepth) fail("{} nests JSON deeper than {} levels (at byte {})", what, kMaxJsonDepth, i);
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  try {
+    return nlohmann::json::parse(text.begin(), text.end());
+  } catch (const nlohmann::json::exception& e) {
+    fail("{} is not valid JSON: {}", what, printable(e.what(), 200));
+  }
+}
+
+namespace {
+
+void append_excerpt(const nlohmann::json& v, std::string& out, size_t budget, int depth) {
+  if (out.size() > budget) return;
+  if (v.is_array() || v.is_object()) {
+    const bool array = v.is_array();
+    if (depth >= 8) {
+      out += array ? "[…]" : "{…}";
+      return;
+    }
+    out += array ? '[' : '{';
+    bool first = true;
+    for (auto it = v.begin(); it != v.end() && out.size() <= budget; ++it) {
+      if (!first) out += ',';
+      first = false;
+      if (!array) out += nlohmann::json(it.key().substr(0, budget + 1)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + ":";
+      append_excerpt(*it, out, budget, depth + 1);
+    }
+    out += array ? ']' : '}';
+  } else if (v.is_string()) {
+    // Cut before dumping: a 200 MB string is never copied whole.
+    const auto& s = v.get_ref<const std::string&>();
+    out += nlohmann::json(s.substr(0, budget + 1)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  } else {
+    out += v.dump();
+  }
+}
+
+}  // namespace
+
+std::string excerpt(const nlohmann::json& value, size_t max_bytes) {
+  std::string out;
+  append_excerpt(value, out, max_bytes, 0);
+  return printable(out, max_bytes);
+}
+
+}  // namespace detail
+
+PrivateDirectory::PrivateDirectory(const std::string& beside, const char* context) {
+  std::string pattern = beside + ".tmp.XXXXXX";
+  if (!::mkdtemp(pattern.data())) fail("{}: cannot create a temporary directory beside {}: {}", context, beside, std::strerror(errno));
+  path_ = pattern;
+}
+
+PrivateDirectory::~PrivateDirectory() {
+  std::error_code ignored;  // a destructor cannot report; the directory is ours alone
+  std::filesystem::remove_all(path_, ignored);
 }
 
 uint64_t fnv1a64(const void* data, size_t size, uint64_t hash) {

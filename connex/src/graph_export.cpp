@@ -12,6 +12,7 @@
 #include "connex/error.h"
 #include "connex/file_io.h"
 #include "id_messages.h"
+#include "json_input.h"
 
 namespace connex {
 
@@ -101,9 +102,9 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
 
   auto check_id = [&](const json& v, const std::string& path) -> const json& {
     if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
-      fail("{}: {} is {}, beyond the 64-bit signed range of integer neuron ids", source, path, v.dump());
+      fail("{}: {} is {}, beyond the 64-bit signed range of integer neuron ids", source, path, detail::excerpt(v));
     if (!v.is_number_integer() && !v.is_string())
-      fail("{}: {} must be an integer or a string neuron id, got {}", source, path, v.dump());
+      fail("{}: {} must be an integer or a string neuron id, got {}", source, path, detail::excerpt(v));
     return v;
   };
   auto to_id = [](const json& v) { return v.is_number_integer() ? NeuronId(v.get<int64_t>()) : NeuronId(v.get<std::string>()); };
@@ -151,7 +152,7 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
   auto is_frozen = [&](const json& obj, const std::string& path) {
     if (!obj.contains("frozen")) return false;
     const json& flag = obj.at("frozen");
-    if (!flag.is_boolean()) fail("{}: {}/frozen must be true or false, got {}", source, path, flag.dump());
+    if (!flag.is_boolean()) fail("{}: {}/frozen must be true or false, got {}", source, path, detail::excerpt(flag));
     return flag.get<bool>();
   };
   std::vector<char> link_frozen(topo.num_connections(), 0);  // by connection index
@@ -162,8 +163,8 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
     // from_json validated every id; look each up through the spec's own labels.
     const auto& [u, v] = raw_edges[i];
     const auto& weight = need(links[i], "weight", fmt::format("/links/{}", i));
-    if (!weight.is_number()) fail("{}: /links/{}/weight must be a number, got {}", source, i, weight.dump());
-    if (!fits(weight.get<double>())) fail("{}: /links/{}/weight {} does not fit the network's dtype", source, i, weight.dump());
+    if (!weight.is_number()) fail("{}: /links/{}/weight must be a number, got {}", source, i, detail::excerpt(weight));
+    if (!fits(weight.get<double>())) fail("{}: /links/{}/weight {} does not fit the network's dtype", source, i, detail::excerpt(weight));
     const int64_t c = topo.connection_index(topo.dense_of(u), topo.dense_of(v));
     w[c] = weight.get<double>();
     link_frozen[c] = is_frozen(links[i], fmt::format("/links/{}", i)) ? 1 : 0;  // the last flag wins, as for the weight
@@ -179,8 +180,8 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
     }
     if (frozen) frozen_neurons.push_back(spec.neurons()[i]);
     const auto& bias = need(nodes[i], "bias", fmt::format("/nodes/{}", i));
-    if (!bias.is_number()) fail("{}: /nodes/{}/bias must be a number, got {}", source, i, bias.dump());
-    if (!fits(bias.get<double>())) fail("{}: /nodes/{}/bias {} does not fit the network's dtype", source, i, bias.dump());
+    if (!bias.is_number()) fail("{}: /nodes/{}/bias must be a number, got {}", source, i, detail::excerpt(bias));
+    if (!fits(bias.get<double>())) fail("{}: /nodes/{}/bias {} does not fit the network's dtype", source, i, detail::excerpt(bias));
     b[topo.bias_index(d)] = bias.get<double>();
   }
   torch::NoGradGuard no_grad;
@@ -202,7 +203,7 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
         auto values = torch::tensor(numbers, torch::kFloat64);
         const json& shape_json = it.value().at("shape");  // a float such as 1e308 does not convert to int64
         if (!shape_json.is_array() || !std::all_of(shape_json.begin(), shape_json.end(), [](const json& v) { return v.is_number_integer(); }))
-          fail("{}: {}/shape must be an array of integers, got {}", source, path, shape_json.dump());
+          fail("{}: {}/shape must be an array of integers, got {}", source, path, detail::excerpt(shape_json));
         const auto shape = shape_json.get<std::vector<int64_t>>();
         if (!target->sizes().equals(shape) || values.numel() != target->numel())
           fail("{}: {} has shape [{}] but the network needs [{}]", source, path, fmt::join(shape, ", "), fmt::join(target->sizes(), ", "));
@@ -443,12 +444,7 @@ void export_graph(const NeuralNetwork& network, const std::string& path) {
 }
 
 NeuralNetwork import_graph_json(const std::string& path) {
-  json in;
-  try {
-    in = json::parse(read_file(path, "import_graph_json()"));
-  } catch (const json::parse_error& e) {
-    fail("import_graph_json(): {} is not valid JSON: {}", path, e.what());
-  }
+  const json in = detail::parse_json(read_file(path, "import_graph_json()"), "import_graph_json(): " + path);
   return from_node_link_json(in, path);
 }
 

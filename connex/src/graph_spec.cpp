@@ -9,6 +9,7 @@
 
 #include "connex/error.h"
 #include "id_messages.h"
+#include "json_input.h"
 #include "parallel_passes.h"
 
 namespace connex {
@@ -190,6 +191,10 @@ GraphSpec::GraphSpec(std::vector<NeuronId> neurons, std::vector<std::pair<int64_
 void GraphSpec::validate(const std::string& context) {
   const char* ctx = context.c_str();
   const auto n = static_cast<int64_t>(neurons_.size());
+  for (const auto& id : neurons_)
+    if (!id.is_integer())
+      if (auto problem = id_text_problem(id.as_string()))
+        fail("{}: neuron {} {}; string ids must be printable UTF-8 text", ctx, id, *problem);
 
   // Repeated edges count once (as in networkx); keep the first of each, in order.
   EdgeCsr csr(n, edge_indices_);
@@ -316,10 +321,10 @@ nlohmann::json id_to_json(const NeuronId& id) {
 
 NeuronId id_from_json(const nlohmann::json& value, const std::string& source, const std::string& path) {
   if (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
-    fail("{}: {} is {}, beyond the 64-bit signed range of integer neuron ids", source, path, value.dump());
+    fail("{}: {} is {}, beyond the 64-bit signed range of integer neuron ids", source, path, detail::excerpt(value));
   if (value.is_number_integer()) return NeuronId(value.get<int64_t>());
   if (value.is_string()) return NeuronId(value.get<std::string>());
-  fail("{}: {} must be an integer or a string neuron id, got {}", source, path, value.dump());
+  fail("{}: {} must be an integer or a string neuron id, got {}", source, path, detail::excerpt(value));
 }
 
 namespace {
@@ -402,7 +407,7 @@ GraphSpec GraphSpec::from_json(const nlohmann::json& json, const std::string& so
     for (size_t i = 0; i < list.size(); ++i) {
       const auto& pair = list[i];
       if (!pair.is_array() || pair.size() != 2)
-        fail("{}: {} must be a pair [from, to], got {}", source, here.at(i).path, pair.dump());
+        fail("{}: {} must be a pair [from, to], got {}", source, here.at(i).path, detail::excerpt(pair));
       add_edge({id_from_json(pair[0], here.at(i).at(0)), id_from_json(pair[1], here.at(i).at(1))}, here.at(i).at(0),
                here.at(i).at(1));
     }

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "connex/error.h"
+#include "json_input.h"
 
 #include <cmath>
 #include <unordered_set>
@@ -59,25 +60,25 @@ std::unique_ptr<torch::optim::OptimizerParamState> remap_state(const torch::opti
 class OptionsReader {
  public:
   OptionsReader(const nlohmann::json& json, const std::string& where) : json_(json), where_(where) {
-    if (!json.is_object()) fail("load(): {} must be an object of optimizer options, got {}", where, json.dump());
+    if (!json.is_object()) fail("load(): {} must be an object of optimizer options, got {}", where, detail::excerpt(json));
   }
   double number(const char* key, double low, double high = HUGE_VAL, bool high_open = false) {
     const auto& value = at(key);
     const double x = value.is_number() ? value.get<double>() : NAN;
     if (!value.is_number() || !(x >= low) || !(high_open ? x < high : x <= high))
-      fail("load(): {}/{} must be a number in [{}, {}{}, got {}", where_, key, low, high, high_open ? ")" : "]", value.dump());
+      fail("load(): {}/{} must be a number in [{}, {}{}, got {}", where_, key, low, high, high_open ? ")" : "]", detail::excerpt(value));
     return x;
   }
   bool boolean(const char* key) {
     const auto& value = at(key);
-    if (!value.is_boolean()) fail("load(): {}/{} must be true or false, got {}", where_, key, value.dump());
+    if (!value.is_boolean()) fail("load(): {}/{} must be true or false, got {}", where_, key, detail::excerpt(value));
     return value.get<bool>();
   }
   std::tuple<double, double> betas() {
     const auto& value = at("betas");
     auto beta = [&](size_t i) { return value.at(i).is_number() ? value.at(i).get<double>() : NAN; };
     if (!value.is_array() || value.size() != 2 || !(beta(0) >= 0 && beta(0) < 1) || !(beta(1) >= 0 && beta(1) < 1))
-      fail("load(): {}/betas must be two numbers in [0, 1), got {}", where_, value.dump());
+      fail("load(): {}/betas must be two numbers in [0, 1), got {}", where_, detail::excerpt(value));
     return {beta(0), beta(1)};
   }
   void done() const {
@@ -184,8 +185,10 @@ std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim
     groups.emplace_back(std::move(params), old_optimizer.param_groups()[g].options().clone());
   }
   if (groups.empty()) fail("optimizer_after_edit(): the optimizer has no parameter groups");
+  // A parameter the optimizer left out on purpose stays out; only one the old network lacked joins.
+  const auto old_parameters = old_network->named_parameters();
   for (const auto& item : parameters)
-    if (!placed.count(item.key())) groups[0].params().push_back(item.value());
+    if (!placed.count(item.key()) && !old_parameters.contains(item.key())) groups[0].params().push_back(item.value());
   auto next = make_optimizer(type, std::move(groups));
   transfer_optimizer_state(old_optimizer, old_network, *next, edit);
   return next;

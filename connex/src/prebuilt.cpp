@@ -1,10 +1,16 @@
 #include "connex/prebuilt.h"
 
+#include <unistd.h>
+
+#include <new>
+
 #include "connex/error.h"
 
 namespace connex::nn {
 
 namespace {
+
+GraphSpec build_layers(const char* name, int64_t input_size, int64_t output_size, int64_t width, int64_t depth, bool dense);
 
 // Layers of consecutive integer ids; `dense` links every layer to every later one.
 GraphSpec layered_spec(const char* name, int64_t input_size, int64_t output_size, int64_t width,
@@ -12,18 +18,35 @@ GraphSpec layered_spec(const char* name, int64_t input_size, int64_t output_size
   if (input_size < 1 || output_size < 1 || depth < 0 || (depth > 0 && width < 1))
     fail("{}(): sizes must be positive (input_size={}, output_size={}, width={}, depth={})", name,
          input_size, output_size, width, depth);
-  // Count before building: a typo such as width 1e8 must be an error, not bad_alloc.
-  const double neurons = static_cast<double>(input_size) + static_cast<double>(width) * depth + output_size;
-  double connections = 0, earlier = static_cast<double>(input_size), previous = static_cast<double>(input_size);
-  for (int64_t k = 0; k <= depth; ++k) {
-    const double size = k < depth ? static_cast<double>(width) : static_cast<double>(output_size);
-    connections += size * (dense ? earlier : previous);
-    earlier += size, previous = size;
-  }
+  // Count before building, in closed form (a loop over a depth near int64's
+  // maximum never ends): a typo such as width 1e8 must be an error, not
+  // bad_alloc or an hour of work. Doubles cannot overflow here.
+  const double in = static_cast<double>(input_size), out = static_cast<double>(output_size);
+  const double w = static_cast<double>(width), d = static_cast<double>(depth);
+  const double neurons = in + w * d + out;
+  const double connections = depth == 0 ? in * out
+                             : dense    ? d * w * in + w * w * d * (d - 1) / 2 + out * (in + d * w)
+                                        : in * w + (d - 1) * w * w + w * out;
   constexpr double kLimit = 2e9;
   if (neurons > kLimit || connections > kLimit)
     fail("{}(): {:.3g} neurons and {:.3g} connections is more than connex builds (limit {:.0e} each)", name, neurons,
          connections, kLimit);
+  // Under the limit, memory decides: the edge list, the graph's indexes and
+  // the compiled topology take about this much per connection and neuron.
+  constexpr double kBytesPerConnection = 256, kBytesPerNeuron = 512;
+  const double needed = connections * kBytesPerConnection + neurons * kBytesPerNeuron;
+  const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+  if (memory > 0 && needed > memory)
+    fail("{}(): {:.3g} neurons and {:.3g} connections need about {:.3g} GB of memory to build; this machine has {:.3g} GB", name,
+         neurons, connections, needed / 1e9, memory / 1e9);
+  try {
+    return build_layers(name, input_size, output_size, width, depth, dense);
+  } catch (const std::bad_alloc&) {
+    fail("{}(): out of memory building {:.3g} neurons and {:.3g} connections", name, neurons, connections);
+  }
+}
+
+GraphSpec build_layers(const char* name, int64_t input_size, int64_t output_size, int64_t width, int64_t depth, bool dense) {
   std::vector<std::vector<NeuronId>> layers;
   int64_t next = 0;
   auto layer = [&](int64_t size) {

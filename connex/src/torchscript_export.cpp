@@ -65,16 +65,18 @@ void write_input_checks(Script& s, const NeuralNetwork& network, const Preproces
   c << "    assert (x.dim() == 1 or x.dim() == 2) and x.size(-1) == " << n
     << ", \"connex network: expected an input of shape [batch, " << n << "] or [" << n << "], got \" + str(x.size())\n"
     << "    assert not x.is_complex(), \"connex network: expected a real-valued input, got a complex tensor\"\n"
-    // (a dtype is no value for the C++ script compiler: an empty buffer carries it)
-    << fmt::format("    x = x.to({}.dtype)\n", s.buffer("input_dtype", torch::empty({0}, torch::TensorOptions(dtype))))
     << "    single = x.dim() == 1\n"
     << "    if single:\n"
     << "        x = x.unsqueeze(0)\n";
+  // Standardized in float64, as training did, then cast (raw values may not fit a narrow dtype).
+  // (A dtype is no value for the C++ script compiler: empty buffers carry them.)
   if (preprocessing && preprocessing->standardizes()) {
     const auto options = torch::TensorOptions(torch::kFloat64);
-    c << fmt::format("    x = (x - {}) / {}\n", s.buffer("feature_mean", torch::tensor(preprocessing->mean, options).to(dtype)),
-                     s.buffer("feature_scale", torch::tensor(preprocessing->scale, options).to(dtype)));
+    c << fmt::format("    x = (x.to({}.dtype) - {}) / {}\n", s.buffer("raw_dtype", torch::empty({0}, options)),
+                     s.buffer("feature_mean", torch::tensor(preprocessing->mean, options)),
+                     s.buffer("feature_scale", torch::tensor(preprocessing->scale, options)));
   }
+  c << fmt::format("    x = x.to({}.dtype)\n", s.buffer("input_dtype", torch::empty({0}, torch::TensorOptions(dtype))));
 }
 
 Script build_script(const NeuralNetwork& network, const Preprocessing* preprocessing) {

@@ -48,14 +48,17 @@ struct Checkpoint {
   NeuralNetwork network{nullptr};
   std::optional<SavedOptimizer> optimizer;          // empty when none was saved
   std::optional<Preprocessing> preprocessing;       // the data preprocessing the network was trained with, if saved
+  nlohmann::json training;  // a training loop's own progress record (an object), null when none was saved
 };
 
 // Throws (before touching `path`) when the network has an option that cannot
 // be written down, such as a custom callable activation, or the optimizer is
 // of a type connex does not know or holds a parameter that is not the network's,
 // or the preprocessing does not fit the network's inputs and outputs.
+// `training`: where a training loop stands (epoch, history, generator states,
+// ...), an object stored as given so that the loop can resume exactly.
 void save(const NeuralNetwork& network, const std::string& path, const torch::optim::Optimizer* optimizer = nullptr,
-          const Preprocessing* preprocessing = nullptr);
+          const Preprocessing* preprocessing = nullptr, const nlohmann::json& training = nullptr);
 Checkpoint load_checkpoint(const std::string& path);
 // The same from the file's bytes in memory (load_checkpoint reads the file and
 // calls this); `source` names the bytes in messages. Sizes the header declares

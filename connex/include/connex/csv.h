@@ -2,6 +2,7 @@
 // A strict numeric CSV reader for training data: a header row of column
 // names, then rows of numbers. Errors name the file, line and column:
 //   data.csv:7: column 3 ("petal_width"): "abc" is not a number
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,12 +16,16 @@ struct CsvTable {
   std::string source;
   int64_t column_index(const std::string& name) const;  // -1 when absent
   // A cell as a number; a text column's cell is parsed now, with the same
-  // rules and message as a number column's.
+  // rules and message as a number column's. try_number: empty when it is none.
   double number(size_t row, size_t column) const;
+  std::optional<double> try_number(size_t row, size_t column) const;
+  bool is_text(size_t column) const;  // kept as text (text[column] holds its cells)
 };
 
-// Parses text (comma-separated; blank lines skipped; quotes around header
-// names allowed). Rejects NaN/inf cells, short or long rows, empty tables.
+// Parses text: comma-separated, RFC 4180 quoting (a quoted cell may hold
+// commas, line breaks and "" for a quote; "1.5" is a number), lines ending in
+// \n, \r\n or \r, blank lines skipped, spaces around cells dropped.
+// Rejects NaN/inf cells, short or long rows, empty tables.
 // The columns named in `text_columns` (class labels) are kept as text, unparsed.
 CsvTable parse_csv(const std::string& text, const std::string& source = "csv",
                    const std::vector<std::string>& text_columns = {});

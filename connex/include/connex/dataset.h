@@ -75,10 +75,13 @@ struct TableOptions {
   TORCH_ARG(std::vector<std::string>, targets) = {};
   TORCH_ARG(std::vector<std::string>, features) = {};  // empty: every non-target column
   TORCH_ARG(std::optional<Task>, task) = std::nullopt;  // default: the fitted preprocessing's, else regression
-  TORCH_ARG(bool, standardize) = false;             // z-score each feature (training rows' statistics)
+  // z-score each feature with the training rows' mean and unbiased standard
+  // deviation (ddof 1, as torch.std; sklearn's StandardScaler uses ddof 0).
+  TORCH_ARG(bool, standardize) = false;
   TORCH_ARG(double, validation_fraction) = 0.0;     // rows held out, in [0, 1)
   TORCH_ARG(uint64_t, seed) = 0;                    // decides which rows are held out
-  TORCH_ARG(torch::Dtype, dtype) = torch::kFloat32;  // of the inputs (and regression targets)
+  // Of the inputs (and regression targets); default: the network's (float32 for table_from_tensors).
+  TORCH_ARG(std::optional<torch::Dtype>, dtype) = std::nullopt;
 };
 
 struct Table {

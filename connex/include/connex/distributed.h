@@ -46,6 +46,11 @@ struct GroupOptions {
   TORCH_ARG(int, master_port) = 29500;
   // Non-empty: rendezvous through this file (on a file system every rank sees) instead of TCP.
   TORCH_ARG(std::string, file_store) = "";
+  // Gloo: the address this rank's connections listen on (e.g. "127.0.0.1" when
+  // every rank runs on this machine); it wins over GLOO_SOCKET_IFNAME. Empty: that
+  // variable's interface when set, else 127.0.0.1 for a loopback master_addr over
+  // TCP, else the address of this host's name.
+  TORCH_ARG(std::string, gloo_address) = "";
   // How long joining and each collective may wait for the other ranks.
   TORCH_ARG(std::chrono::milliseconds, timeout) = std::chrono::seconds(60);
   // Heartbeat period; a rank silent for 4 periods counts as lost.

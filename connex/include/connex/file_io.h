@@ -4,16 +4,42 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace connex {
 
-// Whole file as bytes; throws connex::Error naming the file.
-std::string read_file(const std::string& path, const char* context);
+// Whole file as bytes; throws connex::Error naming the file. Refuses what is
+// not a regular file (a FIFO, a device, a directory) without blocking, and a
+// file larger than `max_bytes`, before reading it.
+constexpr uint64_t kMaxReadBytes = uint64_t{4} << 30;  // 4 GiB
+std::string read_file(const std::string& path, const char* context, uint64_t max_bytes = kMaxReadBytes);
 // Writes to a temporary file beside `path` (unique per call), flushes and
 // fsyncs it, renames it over `path`, then fsyncs the directory: an error or a
 // crash before the rename leaves the previous file intact (a SIGKILL may leave
 // a stray `path.tmp.*` behind); after it, `path` holds the new bytes whole.
 void write_file_atomically(const std::string& path, const std::string& bytes, const char* context);
+
+// `text` made safe for a one-line message: control bytes escaped (\n, \t,
+// \r, \0, \xNN), cut after `max_bytes` (at a UTF-8 boundary) with "…", so
+// an error never echoes a 200 MB cell or a raw NUL.
+std::string printable(std::string_view text, size_t max_bytes = 80);
+
+// A new directory beside `path` (`path.tmp.XXXXXX`, mode 0700, made by
+// mkdtemp), for a program that writes files of its own (Graphviz's dot):
+// nobody else can plant a name in it. Removed with all it holds when
+// destroyed, on every path.
+class PrivateDirectory {
+ public:
+  PrivateDirectory(const std::string& beside, const char* context);
+  ~PrivateDirectory();
+  PrivateDirectory(const PrivateDirectory&) = delete;
+  PrivateDirectory& operator=(const PrivateDirectory&) = delete;
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
 
 // FNV-1a, 64 bit: any single changed byte changes it.
 uint64_t fnv1a64(const void* data, size_t size, uint64_t seed = 0xcbf29ce484222325ull);

@@ -47,6 +47,11 @@ class NeuronId {
 };
 
 const char* kind_name(NeuronId::Kind kind);
+// Why a string id is not acceptable text, or nothing when it is: ids must be
+// valid UTF-8 without control characters (U+0000-U+001F, U+007F-U+009F) or
+// the noncharacters U+FFFE and U+FFFF, so that every export format (DOT,
+// GraphML, node-link JSON) writes and reads them back unchanged.
+std::optional<std::string> id_text_problem(const std::string& text);
 
 // A directed connection from `first` to `second`.
 using Edge = std::pair<NeuronId, NeuronId>;

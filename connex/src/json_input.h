@@ -1,0 +1,25 @@
+#pragma once
+// JSON from files and other untrusted sources, and JSON values in messages.
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+namespace connex::detail {
+
+// Deeper nesting than any connex file needs; bounded so that nothing
+// recursive (nlohmann's dump(), a message) ever meets 100,000 levels.
+constexpr size_t kMaxJsonDepth = 256;
+
+// Parses untrusted JSON text. Refuses nesting deeper than kMaxJsonDepth
+// before parsing ("WHAT nests JSON deeper than 256 levels (at byte N)") and
+// a syntax error ("WHAT is not valid JSON: ..."), as connex::Error.
+nlohmann::json parse_json(std::string_view text, const std::string& what);
+
+// `value` as JSON text for a one-line message: at most about `max_bytes`
+// (cut with "…"), nested values past a few levels elided, control bytes
+// escaped; never copies a long string or array whole.
+std::string excerpt(const nlohmann::json& value, size_t max_bytes = 80);
+
+}  // namespace connex::detail

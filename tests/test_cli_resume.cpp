@@ -1,0 +1,156 @@
+// `connex train` as a long run lives: stopped by a signal, resumed exactly,
+// refusing an --out it could not write before it starts, and never writing
+// non-finite parameters.
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
+
+#include "cli_util.h"
+
+using namespace connex;
+using namespace connex::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+// The README-sized regression net with dropout, so that resuming must also restore the dropout generator.
+const char* kDropoutNet = R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 1, "width": 6, "depth": 2},
+                              "options": {"hidden_activation": "tanh", "dropout_p": 0.2}})";
+
+void expect_same_parameters(const std::string& a, const std::string& b) {
+  auto x = load(a), y = load(b);
+  for (const auto& p : x->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), *y->named_parameters().find(p.key()))) << p.key();
+}
+
+// Epoch and training-loss columns of a metrics.csv.
+std::vector<std::pair<double, double>> losses(const std::string& csv) {
+  const auto epochs = column(csv, 0), loss = column(csv, 1);
+  std::vector<std::pair<double, double>> out;
+  for (size_t i = 0; i < epochs.size(); ++i) out.emplace_back(epochs[i], loss[i]);
+  return out;
+}
+
+// Starts `connex ARGS...` in `dir` without a shell in between (so that a
+// signal reaches connex itself), stdout and stderr into out.txt and err.txt.
+pid_t spawn_connex(const TempDir& dir, const std::vector<std::string>& args) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    if (chdir(dir.path.c_str()) != 0) _exit(127);
+    if (!freopen((dir / "err.txt").c_str(), "w", stderr) || !freopen((dir / "out.txt").c_str(), "w", stdout)) _exit(127);
+    std::vector<char*> argv{const_cast<char*>(CONNEX_CLI)};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(CONNEX_CLI, argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+// Waits until the run logs its first epoch.
+void wait_for_training(const TempDir& dir) {
+  for (int i = 0; i < 600 && slurp(dir / "out.txt").find("epoch     1/") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+}
+
+}  // namespace
+
+TEST(CliResume, ARunResumedAtAnEpochEqualsTheUninterruptedRunBitForBit) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 60);
+  spit(dir / "net.json", kDropoutNet);
+  const std::string data = " --data d.csv --lr 0.01 ";
+  for (const std::string batches : {"", "--batch-size 16 --val-split 0.2 --seed 5"}) {
+    SCOPED_TRACE(batches.empty() ? "full batch" : batches);
+    ASSERT_EQ(connex_cli("train net.json" + data + batches + " --epochs 6 --out full", dir).code, 0);
+    ASSERT_EQ(connex_cli("train net.json" + data + batches + " --epochs 3 --out half", dir).code, 0);
+    // The data settings come back from the checkpoint: no --batch-size, --seed or --val-split here.
+    auto r = connex_cli("train half/model.ckpt" + data + "--epochs 3 --out resumed", dir);
+    ASSERT_EQ(r.code, 0) << r.err;
+    expect_same_parameters(dir / "full/model.ckpt", dir / "resumed/model.ckpt");
+    // One history, numbered on: epochs 1..6, the same losses.
+    EXPECT_EQ(losses(slurp(dir / "resumed/metrics.csv")), losses(slurp(dir / "full/metrics.csv")));
+    EXPECT_EQ(nlohmann::json::parse(slurp(dir / "resumed/metrics.json")).size(), 6u);
+    EXPECT_EQ(load_checkpoint(dir / "resumed/model.ckpt").training.at("epoch"), 6);
+    for (const char* d : {"full", "half", "resumed"}) fs::remove_all(dir / d);
+  }
+}
+
+TEST(CliResume, SigtermStopsAfterAStepWritesTheRunAndResumesExactly) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 64);
+  spit(dir / "net.json", kDropoutNet);
+  const std::string args = "train net.json --data d.csv --lr 0.01 --batch-size 4 --seed 2";
+  const int epochs = 1500;
+  const pid_t pid = spawn_connex(dir, {"train", "net.json", "--data", "d.csv", "--lr", "0.01", "--batch-size", "4", "--seed", "2",
+                                       "--epochs", std::to_string(epochs), "--out", "stopped"});
+  wait_for_training(dir);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  const std::string err = slurp(dir / "err.txt");
+  ASSERT_TRUE(WIFEXITED(status)) << err;
+  EXPECT_NE(WEXITSTATUS(status), 0);
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+  EXPECT_NE(err.find("connex: train: stopped by Terminated "), std::string::npos) << err;
+  EXPECT_NE(err.find("wrote stopped/model.ckpt (resume: connex train stopped/model.ckpt --epochs "), std::string::npos) << err;
+  for (const auto& entry : fs::directory_iterator(dir / "stopped"))
+    EXPECT_EQ(entry.path().filename().string().find(".tmp"), std::string::npos) << entry.path();
+  const auto progress = load_checkpoint(dir / "stopped/model.ckpt").training;
+  const int done = progress.at("epoch").get<int>();
+  ASSERT_LT(done, epochs) << "the run ended before the signal came";
+
+  // Resumed for the epochs left (a partly done epoch is finished first), it equals the run never stopped.
+  auto r = connex_cli("train stopped/model.ckpt --data d.csv --epochs " + std::to_string(epochs - done) + " --out resumed", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_EQ(connex_cli(args + " --epochs " + std::to_string(epochs) + " --out full", dir).code, 0);
+  expect_same_parameters(dir / "full/model.ckpt", dir / "resumed/model.ckpt");
+  EXPECT_EQ(losses(slurp(dir / "resumed/metrics.csv")), losses(slurp(dir / "full/metrics.csv")));
+  RecordProperty("stopped_at", fmt::format("epoch {} + {} batches", done, progress.at("batch").get<int64_t>()));
+}
+
+TEST(CliResume, AnUnwritableOutIsRefusedBeforeTraining) {
+  TempDir dir;
+  spit(dir / "file.txt", "x");
+  fs::create_directories(dir / "taken/model.ckpt");
+  const auto start = std::chrono::steady_clock::now();
+  for (const auto& [out, message] : std::vector<std::pair<std::string, std::string>>{
+           {"file.txt/sub", "--out file.txt/sub: cannot create the directory: Not a directory"},
+           {"file.txt", "--out file.txt exists and is not a directory"},
+           {"taken", "--out taken: model.ckpt is a directory"},
+           {"/proc/connex", "--out /proc/connex: cannot create the directory"}}) {
+    auto r = connex_cli("train --epochs 100000 --out " + out, dir);
+    EXPECT_NE(r.code, 0) << out;
+    EXPECT_NE(r.err.find("connex: " + message), std::string::npos) << r.err;
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(60)) << "100,000 epochs ran before the check";
+  EXPECT_EQ(slurp(dir / "file.txt"), "x");
+  EXPECT_FALSE(fs::exists(dir / "taken/metrics.csv"));
+}
+
+TEST(CliResume, NonFiniteParametersStopTheRunAndKeepTheLastFiniteCheckpoint) {
+  TempDir dir;
+  auto r = connex_cli("train --optimizer sgd --lr 1e6 --epochs 200 --checkpoint-every 1 --out run", dir);
+  EXPECT_NE(r.code, 0);
+  EXPECT_TRUE(r.err.find("became non-finite") != std::string::npos || r.err.find("the loss became") != std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  if (fs::exists(dir / "run/model.ckpt"))
+    for (const auto& p : load(dir / "run/model.ckpt")->parameters()) EXPECT_TRUE(torch::isfinite(p).all().item<bool>());
+}
+
+TEST(CliResume, TwoRunsNeverShareAnOut) {
+  TempDir dir;
+  const pid_t pid = spawn_connex(dir, {"train", "--epochs", "100000", "--out", "run"});
+  wait_for_training(dir);
+  auto r = connex_cli("train --epochs 1 --out run", dir);
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("connex: --out run: another connex run is writing there; give each run its own --out"), std::string::npos) << r.err;
+  // The first run's files are its own, and whole.
+  EXPECT_EQ(load_checkpoint(dir / "run/model.ckpt").training.at("epoch").get<size_t>(),
+            nlohmann::json::parse(slurp(dir / "run/metrics.json")).size());
+}
