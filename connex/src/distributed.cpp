@@ -17,6 +17,7 @@
 #include "connex/error.h"
 #include "connex/file_io.h"
 #include "connex/optimizer_state.h"
+#include "json_input.h"
 
 namespace connex::distributed {
 
@@ -387,7 +388,8 @@ uint64_t DataParallel::check_replicas_identical(const NeuralNetwork& network, co
 EditResult DataParallel::apply_edit(const NeuralNetwork& network, const EditScript& script, uint64_t seed) {
   const std::string bytes =
       group_.broadcast_bytes(group_.rank() == 0 ? script.to_json().dump() : std::string(), 0, "apply_edit()");
-  const EditScript agreed = EditScript::from_json(nlohmann::json::parse(bytes), "apply_edit(): rank 0's edit script");
+  const std::string what = "apply_edit(): rank 0's edit script";
+  const EditScript agreed = EditScript::from_json(detail::parse_json(bytes, what), what);
   EditResult result = agreed.build(network, seed);
   check_replicas_identical(result.network, nullptr, "apply_edit()");
   return result;
