@@ -85,7 +85,7 @@ void write_run(const std::string& out, const NeuralNetwork& network, const torch
   // is written last: after a failed write the other files may be one
   // checkpoint ahead of it, never behind, and each of their rows names its epoch.
   write_file_atomically((fs::path(out) / "metrics.csv").string(), metrics_csv(progress.history), "train");
-  write_file_atomically((fs::path(out) / "metrics.json").string(), metrics_json(progress.history).dump(1) + "\n", "train");
+  write_file_atomically((fs::path(out) / "metrics.json").string(), metrics_json(progress.history), "train");
   try {
     save_config(network, (fs::path(out) / "config.json").string());
   } catch (const Error& e) {
@@ -131,7 +131,7 @@ void set_generator_state(at::Generator& generator, const torch::Tensor& state, c
 nlohmann::json Progress::to_json() const {
   nlohmann::json out{{"epoch", epoch},          {"batch", batch}, {"batch_loss", batch_loss}, {"steps", steps},
                      {"seconds", seconds},      {"seed", seed},   {"batch_size", batch_size}, {"val_split", val_split},
-                     {"history", metrics_json(history)}};
+                     {"history", metrics_csv(history)}};
   out["shuffle_state"] = state_json(shuffle_state);
   out["dropout_state"] = state_json(dropout_state);
   return out;
@@ -155,20 +155,25 @@ Progress Progress::from_json(const nlohmann::json& json, const std::string& wher
   p.val_split = number("val_split", 0).get<double>();
   p.shuffle_state = state_from_json(json, where, "shuffle_state");
   p.dropout_state = state_from_json(json, where, "dropout_state");
+  // The history as metrics.csv holds it: one string, not a JSON value per number.
   const auto& history = json.contains("history") ? json.at("history") : nlohmann::json();
-  if (!history.is_array()) fail("{}: /training/history must be an array", where);
-  for (size_t i = 0; i < history.size(); ++i) {
-    const auto& row = history[i];
-    auto value = [&](const char* key) -> double {
-      if (!row.is_object() || !row.contains(key)) fail("{}: /training/history/{} lacks \"{}\"", where, i, key);
-      const auto& v = row.at(key);
-      if (v.is_null()) return NAN;
-      if (!v.is_number()) fail("{}: /training/history/{}/{} must be a number or null", where, i, key);
-      return v.get<double>();
-    };
-    p.history.push_back({static_cast<int>(value("epoch")), value("train_loss"), value("val_loss"), value("val_metric"),
-                         value("seconds")});
+  if (!history.is_string()) fail("{}: /training/history must be the text of a metrics.csv", where);
+  const auto columns = {"epoch", "train_loss", "val_loss", "val_metric", "seconds"};
+  const std::string text = history.get<std::string>();
+  if (text.find('\n') + 1 < text.size()) {  // rows after the header
+    const CsvTable table = parse_csv(text, where + ": /training/history", std::vector<std::string>(columns.begin(), columns.end()));
+    if (table.columns != std::vector<std::string>(columns.begin(), columns.end()))
+      fail("{}: /training/history must have the columns epoch,train_loss,val_loss,val_metric,seconds", where);
+    for (size_t i = 0; i < table.rows.size(); ++i) {
+      auto value = [&](size_t j) { return table.text[j][i].empty() ? NAN : table.number(i, j); };
+      const double epoch = value(0);
+      if (!(epoch == static_cast<double>(p.history.size() + 1)))
+        fail("{}: /training/history row {} is epoch {}, expected {}", where, i + 1, epoch, p.history.size() + 1);
+      p.history.push_back({static_cast<int>(epoch), value(1), value(2), value(3), value(4)});
+    }
   }
+  if (static_cast<int>(p.history.size()) != p.epoch)
+    fail("{}: /training/history has {} epochs for a run at epoch {}", where, p.history.size(), p.epoch);
   return p;
 }
 
@@ -316,15 +321,16 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
   return result;
 }
 
-nlohmann::json metrics_json(const std::vector<EpochMetrics>& history) {
-  auto out = nlohmann::json::array();
-  for (const auto& m : history) {
-    nlohmann::json row{{"epoch", m.epoch}, {"train_loss", m.train_loss}, {"seconds", m.seconds}};
-    row["val_loss"] = std::isnan(m.val_loss) ? nlohmann::json() : nlohmann::json(m.val_loss);
-    row["val_metric"] = std::isnan(m.val_metric) ? nlohmann::json() : nlohmann::json(m.val_metric);
-    out.push_back(row);
+// Written as text row by row: a DOM of a long history costs ~10x its text.
+std::string metrics_json(const std::vector<EpochMetrics>& history) {
+  std::string out = "[";
+  auto value = [](double v) { return std::isfinite(v) ? fmt::format("{}", v) : std::string("null"); };
+  for (size_t i = 0; i < history.size(); ++i) {
+    const auto& m = history[i];
+    out += fmt::format("{}\n {{\"epoch\": {}, \"train_loss\": {}, \"val_loss\": {}, \"val_metric\": {}, \"seconds\": {}}}",
+                       i ? "," : "", m.epoch, value(m.train_loss), value(m.val_loss), value(m.val_metric), value(m.seconds));
   }
-  return out;
+  return out + "\n]\n";
 }
 
 std::string metrics_csv(const std::vector<EpochMetrics>& history) {

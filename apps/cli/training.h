@@ -119,7 +119,7 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
 void write_run(const std::string& out, const NeuralNetwork& network, const torch::optim::Optimizer& optimizer,
                const Progress& progress, const std::optional<Preprocessing>& preprocessing);
 
-nlohmann::json metrics_json(const std::vector<EpochMetrics>& history);
+std::string metrics_json(const std::vector<EpochMetrics>& history);
 std::string metrics_csv(const std::vector<EpochMetrics>& history);
 
 }  // namespace connex::cli
