@@ -330,10 +330,11 @@ void check_writable_directory(const std::string& out) {
   auto remove_made = [&] {
     for (const auto& p : made) fs::remove(p, error);
   };
-  fs::create_directories(out, error);
-  if (error) {
+  std::error_code create_error;
+  fs::create_directories(out, create_error);
+  if (create_error || !fs::is_directory(out, error)) {
     remove_made();
-    fail("--out {}: cannot create the directory: {}", out, error.message());
+    fail("--out {}: cannot create the directory: {}", out, create_error ? create_error.message() : "it vanished while being made");
   }
   for (const char* name : {"model.ckpt", "metrics.csv", "metrics.json", "config.json"})
     if (fs::is_directory(fs::path(out) / name, error)) fail("--out {}: {} is a directory", out, name);
@@ -415,7 +416,6 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   // raw toy data can go on to a CSV).
   const std::optional<Preprocessing> preprocessing =
       d.data.empty() && !data.preprocessing.standardizes() ? ck.preprocessing : std::optional<Preprocessing>(data.preprocessing);
-  if (!out.empty()) check_writable_directory(out);
 
   int rank = 0;
 #if defined(CONNEX_WITH_DISTRIBUTED)
@@ -440,6 +440,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
     fail("train: this connex was built without distributed support (CONNEX_WITH_DISTRIBUTED; needs libgloo-dev)");
 #endif
   const bool reporter = rank == 0;
+  if (!out.empty() && reporter) check_writable_directory(out);  // only rank 0 writes --out
 
   // Dropout draws from torch's generator: reproducible by --seed, and
   // different on each rank so the ranks' shares get independent masks.
