@@ -1,6 +1,13 @@
 #pragma once
 // Helpers for the tests that run the built `connex` program.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
 
 #include <filesystem>
 #include <fstream>
@@ -25,6 +32,49 @@ inline Run connex_cli(const std::string& args, const TempDir& dir) {
   std::filesystem::remove(dir / ".stdout");
   std::filesystem::remove(dir / ".stderr");
   return r;
+}
+
+// Starts `connex ARGS` without a shell (so that a signal reaches connex
+// itself), with extra environment entries and in `dir` when given: stdout
+// into `out`, stderr into `err` (into `out` too when `err` is empty).
+inline pid_t spawn_connex(const std::vector<std::string>& args, const std::string& out, const std::string& err = "",
+                          const std::vector<std::string>& env_extra = {}, const std::string& dir = "") {
+  std::vector<std::string> argv_s{CONNEX_CLI};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<std::string> env_s;
+  for (char** e = environ; *e; ++e) env_s.emplace_back(*e);
+  env_s.insert(env_s.end(), env_extra.begin(), env_extra.end());
+  std::vector<char*> argv, envp;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  for (auto& e : env_s) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  if (!dir.empty()) posix_spawn_file_actions_addchdir_np(&actions, dir.c_str());
+  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (err.empty())
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  else
+    posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = -1;
+  EXPECT_EQ(posix_spawn(&pid, CONNEX_CLI, &actions, nullptr, argv.data(), envp.data()), 0);
+  posix_spawn_file_actions_destroy(&actions);
+  return pid;
+}
+
+// Exit code (128 + signal for a killed process), or -1 when still running
+// after `limit` (then it is killed and reaped).
+inline int wait_for(pid_t pid, std::chrono::seconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  int status = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+  return -1;
 }
 
 inline std::vector<double> column(const std::string& csv, size_t index) {

@@ -32,22 +32,6 @@ std::vector<std::pair<double, double>> losses(const std::string& csv) {
   return out;
 }
 
-// Starts `connex ARGS...` in `dir` without a shell in between (so that a
-// signal reaches connex itself), stdout and stderr into out.txt and err.txt.
-pid_t spawn_connex(const TempDir& dir, const std::vector<std::string>& args) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    if (chdir(dir.path.c_str()) != 0) _exit(127);
-    if (!freopen((dir / "err.txt").c_str(), "w", stderr) || !freopen((dir / "out.txt").c_str(), "w", stdout)) _exit(127);
-    std::vector<char*> argv{const_cast<char*>(CONNEX_CLI)};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(CONNEX_CLI, argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
 // Waits until the run logs its first epoch.
 void wait_for_training(const TempDir& dir) {
   for (int i = 0; i < 600 && slurp(dir / "out.txt").find("epoch     1/") == std::string::npos; ++i)
@@ -83,8 +67,9 @@ TEST(CliResume, SigtermStopsAfterAStepWritesTheRunAndResumesExactly) {
   spit(dir / "net.json", kDropoutNet);
   const std::string args = "train net.json --data d.csv --lr 0.01 --batch-size 4 --seed 2";
   const int epochs = 1500;
-  const pid_t pid = spawn_connex(dir, {"train", "net.json", "--data", "d.csv", "--lr", "0.01", "--batch-size", "4", "--seed", "2",
-                                       "--epochs", std::to_string(epochs), "--out", "stopped"});
+  const pid_t pid = spawn_connex({"train", "net.json", "--data", "d.csv", "--lr", "0.01", "--batch-size", "4", "--seed", "2",
+                                  "--epochs", std::to_string(epochs), "--out", "stopped"},
+                                 dir / "out.txt", dir / "err.txt", {}, dir.path);
   wait_for_training(dir);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   kill(pid, SIGTERM);
@@ -142,7 +127,7 @@ TEST(CliResume, NonFiniteParametersStopTheRunAndKeepTheLastFiniteCheckpoint) {
 
 TEST(CliResume, TwoRunsNeverShareAnOut) {
   TempDir dir;
-  const pid_t pid = spawn_connex(dir, {"train", "--epochs", "100000", "--out", "run"});
+  const pid_t pid = spawn_connex({"train", "--epochs", "100000", "--out", "run"}, dir / "out.txt", dir / "err.txt", {}, dir.path);
   wait_for_training(dir);
   auto r = connex_cli("train --epochs 1 --out run", dir);
   kill(pid, SIGTERM);

@@ -253,52 +253,12 @@ TEST(Distributed, BroadcastBytesAndAnInvalidEditFailOnEveryRankAlike) {
 }
 
 #if defined(CONNEX_CLI)
+#include "cli_util.h"
 
 namespace {
 
-struct Process {
-  pid_t pid = -1;
-  std::string log;
-};
-
-// Starts `connex ARGS` with extra environment entries; stdout+stderr go to `log`.
-Process start_connex(const std::vector<std::string>& args, const std::vector<std::string>& env_extra, const std::string& log) {
-  std::vector<std::string> argv_s{CONNEX_CLI};
-  argv_s.insert(argv_s.end(), args.begin(), args.end());
-  std::vector<std::string> env_s;
-  for (char** e = environ; *e; ++e) env_s.emplace_back(*e);
-  env_s.insert(env_s.end(), env_extra.begin(), env_extra.end());
-  std::vector<char*> argv, envp;
-  for (auto& a : argv_s) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  for (auto& e : env_s) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  Process p;
-  p.log = log;
-  EXPECT_EQ(posix_spawn(&p.pid, CONNEX_CLI, &actions, nullptr, argv.data(), envp.data()), 0);
-  posix_spawn_file_actions_destroy(&actions);
-  return p;
-}
-
-// Exit code, or -1 when still running after `limit` (then it is killed).
-int wait_for(const Process& p, std::chrono::seconds limit) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  int status = 0;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (waitpid(p.pid, &status, WNOHANG) == p.pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  kill(p.pid, SIGKILL);
-  waitpid(p.pid, &status, 0);
-  return -1;
-}
-
 int run_connex(const std::vector<std::string>& args, const std::string& log) {
-  return wait_for(start_connex(args, {}, log), std::chrono::seconds(300));
+  return wait_for(spawn_connex(args, log), std::chrono::seconds(300));
 }
 
 // A port nobody listens on now, for a rendezvous started by the test itself.
@@ -375,15 +335,15 @@ TEST(DistributedCli, AKilledRankStopsTheOtherWithItsNameAndTheCheckpointSurvives
   auto env = [&](int rank) {
     return std::vector<std::string>{"RANK=" + std::to_string(rank), "WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + port};
   };
-  Process rank0 = start_connex(args, env(0), dir / "rank0.log");
-  Process rank1 = start_connex(args, env(1), dir / "rank1.log");
+  const pid_t rank0 = spawn_connex(args, dir / "rank0.log", "", env(0));
+  const pid_t rank1 = spawn_connex(args, dir / "rank1.log", "", env(1));
   // Let it write a checkpoint or two, then kill rank 1 without warning.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   while (!fs::exists(dir / "run/model.ckpt") && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   ASSERT_TRUE(fs::exists(dir / "run/model.ckpt")) << slurp(dir / "rank0.log");
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  kill(rank1.pid, SIGKILL);
+  kill(rank1, SIGKILL);
   const auto killed = std::chrono::steady_clock::now();
   EXPECT_EQ(wait_for(rank1, std::chrono::seconds(10)), 128 + SIGKILL);
   const int code = wait_for(rank0, std::chrono::seconds(30));  // the --dist-timeout

@@ -100,47 +100,6 @@ TEST(DistributedHardening, ABusyPortIsNamed) {
 
 namespace {
 
-// Starts `connex ARGS` with extra environment entries; stdout goes to `log`,
-// stderr to `err` (to `log` too when `err` is empty).
-pid_t start_connex(const std::vector<std::string>& args, const std::vector<std::string>& env_extra, const std::string& log,
-                   const std::string& err = "") {
-  std::vector<std::string> argv_s{CONNEX_CLI};
-  argv_s.insert(argv_s.end(), args.begin(), args.end());
-  std::vector<std::string> env_s;
-  for (char** e = environ; *e; ++e) env_s.emplace_back(*e);
-  env_s.insert(env_s.end(), env_extra.begin(), env_extra.end());
-  std::vector<char*> argv, envp;
-  for (auto& a : argv_s) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  for (auto& e : env_s) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (err.empty())
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  else
-    posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid = -1;
-  EXPECT_EQ(posix_spawn(&pid, CONNEX_CLI, &actions, nullptr, argv.data(), envp.data()), 0);
-  posix_spawn_file_actions_destroy(&actions);
-  return pid;
-}
-
-// Exit code (128 + signal for a killed process), or -1 when still running
-// after `limit` (then it is killed and reaped).
-int wait_for(pid_t pid, std::chrono::seconds limit) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  int status = 0;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    std::this_thread::sleep_for(20ms);
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, &status, 0);
-  return -1;
-}
-
 // /proc/PID/stat's state and parent; state '\0' when there is no such process.
 std::pair<char, pid_t> state_and_parent(pid_t pid) {
   const std::string stat = slurp("/proc/" + std::to_string(pid) + "/stat");
@@ -187,9 +146,9 @@ void write_data_and_config(const TempDir& dir) {
 struct LongRun {
   explicit LongRun(const TempDir& dir) : dir(dir) {
     write_data_and_config(dir);
-    launcher = start_connex({"train", dir / "net.json", "--data", dir / "data.csv", "--epochs", "1000000", "--batch-size", "20",
+    launcher = spawn_connex({"train", dir / "net.json", "--data", dir / "data.csv", "--epochs", "1000000", "--batch-size", "20",
                              "--checkpoint-every", "2", "--nproc", "2", "--out", dir / "run"},
-                            {"TMPDIR=" + dir.path}, dir / "run.log");
+                            dir / "run.log", "", {"TMPDIR=" + dir.path});
     eventually([&] { return (children_of(launcher).size() == 2 && fs::exists(dir / "run/model.ckpt")) || !alive(launcher); }, 120s);
     workers = children_of(launcher);
   }
@@ -310,8 +269,8 @@ TEST(DistributedHardening, ALocalRunListensOnNoRendezvousPortAndCleansUpItsPriva
     EXPECT_FALSE(fs::exists(rendezvous));  // removed when stopped by a signal
   }
   // ... and after a run that ends by itself.
-  const pid_t short_run = start_connex({"train", dir / "net.json", "--data", dir / "data.csv", "--epochs", "2", "--nproc", "2"},
-                                       {"TMPDIR=" + dir.path}, dir / "short.log");
+  const pid_t short_run = spawn_connex({"train", dir / "net.json", "--data", dir / "data.csv", "--epochs", "2", "--nproc", "2"},
+                                       dir / "short.log", "", {"TMPDIR=" + dir.path});
   EXPECT_EQ(wait_for(short_run, 120s), 0) << slurp(dir / "short.log");
   for (const auto& entry : fs::directory_iterator(dir.path))
     EXPECT_EQ(entry.path().filename().string().rfind("connex-rendezvous-", 0), std::string::npos) << entry.path();
@@ -337,7 +296,7 @@ struct Outcome {
 };
 Outcome run_connex(const TempDir& dir, const std::vector<std::string>& args, const std::vector<std::string>& env = {}) {
   const auto start = std::chrono::steady_clock::now();
-  const int code = wait_for(start_connex(args, env, dir / "out.log", dir / "err.log"), 120s);
+  const int code = wait_for(spawn_connex(args, dir / "out.log", dir / "err.log", env), 120s);
   return {code, slurp(dir / "err.log"), seconds_since(start)};
 }
 

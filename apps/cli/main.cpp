@@ -318,66 +318,60 @@ int group_size(const DistributedArgs& dist) {
   return dist.world_size.value_or(env ? static_cast<int>(parse_integer(env).value_or(1)) : 1);
 }
 
-// --out must take a directory of files: found out before training, not
-// after. Directories made for the check are removed again, so a run that
-// fails later leaves nothing behind.
-void check_writable_directory(const std::string& out) {
-  std::error_code error;
-  if (fs::exists(out, error) && !fs::is_directory(out, error)) fail("--out {} exists and is not a directory", out);
-  std::vector<fs::path> made;  // deepest first
-  for (fs::path p = fs::absolute(out, error); !p.empty() && !fs::exists(p, error) && p != p.parent_path(); p = p.parent_path())
-    made.push_back(p);
-  auto remove_made = [&] {
-    for (const auto& p : made) fs::remove(p, error);
-  };
-  std::error_code create_error;
-  fs::create_directories(out, create_error);
-  if (create_error || !fs::is_directory(out, error)) {
-    remove_made();
-    fail("--out {}: cannot create the directory: {}", out, create_error ? create_error.message() : "it vanished while being made");
-  }
-  for (const char* name : {"model.ckpt", "metrics.csv", "metrics.json", "config.json"})
-    if (fs::is_directory(fs::path(out) / name, error)) fail("--out {}: {} is a directory", out, name);
-  std::string probe = (fs::path(out) / ".connex-probe-XXXXXX").string();
-  const int fd = ::mkstemp(probe.data());
-  const int saved_errno = errno;
-  if (fd >= 0) {
-    ::close(fd);
-    ::unlink(probe.c_str());
-  }
-  remove_made();
-  if (fd < 0) fail("--out {}: cannot write there: {}", out, std::strerror(saved_errno));
-}
-
-// Holds --out for one run: an exclusive lock on the directory itself, so
-// that two runs never mix their files. A directory it made and that stayed
-// empty (the run failed before writing) is removed again.
+// Holds --out for one run, taken before training so that a directory that
+// cannot take the run's files is found out then, not after: it makes the
+// directory, checks that the files can be written there, and keeps an
+// exclusive lock on it, so that two runs never mix their files. Directories
+// it made that stayed empty (the run failed before writing) are removed again.
 class OutLock {
  public:
-  explicit OutLock(const std::string& out) : out_(out) {
+  explicit OutLock(const std::string& out) {
     if (out.empty()) return;
     std::error_code error;
-    made_ = fs::create_directories(out, error);
-    fd_ = ::open(out.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd_ < 0) fail("--out {}: cannot open the directory: {}", out, std::strerror(errno));
-    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-      ::close(fd_);
-      fd_ = -1;
-      fail("--out {}: another connex run is writing there; give each run its own --out", out);
+    if (fs::exists(out, error) && !fs::is_directory(out, error)) fail("--out {} exists and is not a directory", out);
+    for (fs::path p = fs::absolute(out, error); !p.empty() && !fs::exists(p, error) && p != p.parent_path(); p = p.parent_path())
+      made_.push_back(p);
+    std::error_code create_error;
+    fs::create_directories(out, create_error);
+    if (create_error || !fs::is_directory(out, error)) {
+      remove_made();
+      fail("--out {}: cannot create the directory: {}", out, create_error ? create_error.message() : "it vanished while being made");
+    }
+    try {
+      for (const char* name : {"model.ckpt", "metrics.csv", "metrics.json", "config.json"})
+        if (fs::is_directory(fs::path(out) / name, error)) fail("--out {}: {} is a directory", out, name);
+      std::string probe = (fs::path(out) / ".connex-probe-XXXXXX").string();
+      const int probe_fd = ::mkstemp(probe.data());
+      if (probe_fd < 0) fail("--out {}: cannot write there: {}", out, std::strerror(errno));
+      ::close(probe_fd);
+      ::unlink(probe.c_str());
+      fd_ = ::open(out.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      if (fd_ < 0) fail("--out {}: cannot open the directory: {}", out, std::strerror(errno));
+      if (::flock(fd_, LOCK_EX | LOCK_NB) != 0)
+        fail("--out {}: another connex run is writing there; give each run its own --out", out);
+    } catch (...) {
+      release();
+      throw;
     }
   }
-  ~OutLock() {
-    if (fd_ >= 0) ::close(fd_);
-    std::error_code error;
-    if (made_ && fs::is_empty(out_, error)) fs::remove(out_, error);
-  }
+  ~OutLock() { release(); }
   OutLock(const OutLock&) = delete;
   OutLock& operator=(const OutLock&) = delete;
 
  private:
-  std::string out_;
+  void remove_made() {
+    std::error_code error;
+    for (const auto& p : made_)  // deepest first; a directory the run wrote into is not empty
+      if (fs::is_empty(p, error)) fs::remove(p, error);
+  }
+  void release() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+    remove_made();
+  }
+
   int fd_ = -1;
-  bool made_ = false;
+  std::vector<fs::path> made_;
 };
 
 void log_data(const Table& data) {
@@ -440,7 +434,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
     fail("train: this connex was built without distributed support (CONNEX_WITH_DISTRIBUTED; needs libgloo-dev)");
 #endif
   const bool reporter = rank == 0;
-  if (!out.empty() && reporter) check_writable_directory(out);  // only rank 0 writes --out
+  const OutLock out_lock(reporter ? out : std::string());  // only rank 0 writes --out
 
   // Dropout draws from torch's generator: reproducible by --seed, and
   // different on each rank so the ranks' shares get independent masks.
@@ -465,7 +459,6 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   if (data_parallel) data_parallel->check_replicas_identical(net, optimizer.get(), "train: start");
 #endif
   const auto start = std::chrono::steady_clock::now();
-  const OutLock out_lock(reporter ? out : std::string());
   // SIGINT/SIGTERM: finish the step, write the files, say so, exit non-zero.
   // (Data-parallel workers are stopped by their launcher.)
   StopOnSignals stop_on_signals(rank == 0 && group_size(dist) == 1);
