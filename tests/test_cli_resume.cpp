@@ -80,7 +80,10 @@ TEST(CliResume, SigtermStopsAfterAStepWritesTheRunAndResumesExactly) {
   EXPECT_NE(WEXITSTATUS(status), 0);
   EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
   EXPECT_NE(err.find("connex: train: stopped by Terminated "), std::string::npos) << err;
-  EXPECT_NE(err.find("wrote stopped/model.ckpt (resume: connex train stopped/model.ckpt --epochs "), std::string::npos) << err;
+  EXPECT_NE(err.find("wrote stopped/model.ckpt (resume: connex train stopped/model.ckpt --data d.csv --epochs "), std::string::npos) << err;
+  EXPECT_NE(err.find(" --out stopped)"), std::string::npos) << err;
+  const auto described = connex_cli("inspect stopped/model.ckpt", dir);
+  EXPECT_NE(described.out.find("; seed 2, batch size 4, validation split 0 (a resumed run keeps these)"), std::string::npos) << described.out;
   for (const auto& entry : fs::directory_iterator(dir / "stopped"))
     EXPECT_EQ(entry.path().filename().string().find(".tmp"), std::string::npos) << entry.path();
   const auto progress = load_checkpoint(dir / "stopped/model.ckpt").training;

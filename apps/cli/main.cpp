@@ -476,8 +476,8 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
                                           : fmt::format("after epoch {}", p.epoch);
     fail("train: stopped by {} {}{}", strsignal(stopped.signal), where,
          out.empty() ? std::string("; nothing written (no --out)")
-                     : fmt::format("; wrote {}/model.ckpt (resume: connex train {}/model.ckpt --epochs {})", out, out,
-                                   last_epoch - p.epoch));
+                     : fmt::format("; wrote {}/model.ckpt (resume: connex train {}/model.ckpt{} --epochs {} --out {})", out, out,
+                                   d.data.empty() ? "" : " --data " + d.data, last_epoch - p.epoch, out));
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 #if defined(CONNEX_WITH_DISTRIBUTED)
@@ -492,6 +492,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   spdlog::info("final training loss {:.6f}{}", loss, options.task == Task::Classification ? fmt::format(", accuracy {:.4f}", metric) : "");
   if (!progress.history.empty() && !std::isnan(progress.history.back().val_metric))
     spdlog::info("validation {} {:.6f}", options.task == Task::Classification ? "accuracy" : "mse", progress.history.back().val_metric);
+  if (out.empty()) spdlog::warn("no --out: the trained network was not saved");
   if (!out.empty()) {
     net->to(torch::kCPU);
     write_run(out, net, *optimizer, progress, preprocessing);
@@ -693,7 +694,15 @@ int cmd_inspect(const std::string& path) {
     dropped += n.dropout_p > 0;
   }
   std::printf("dropout: %d neurons with p > 0 (max %.3g)\n", dropped, max_p);
-  if (ck.optimizer) std::printf("optimizer state: %s\n", ck.optimizer->type.c_str());
+  if (ck.optimizer)
+    std::printf("optimizer state: %s, learning rate %s\n", ck.optimizer->type.c_str(),
+                ck.optimizer->groups.empty() ? "?" : ck.optimizer->groups[0].options.at("lr").dump().c_str());
+  if (!ck.training.is_null()) {
+    const Progress p = Progress::from_json(ck.training, path);
+    std::printf("training: %d epoch(s) done%s; seed %llu, batch size %lld, validation split %g (a resumed run keeps these)\n",
+                p.epoch, p.batch > 0 ? fmt::format(", {} batch(es) of epoch {}", p.batch, p.epoch + 1).c_str() : "",
+                static_cast<unsigned long long>(p.seed), static_cast<long long>(p.batch_size), p.val_split);
+  }
   if (const auto& p = ck.preprocessing) {
     const std::string classes = p->task == Task::Classification ? fmt::format(" ({})", fmt::join(p->classes, ", ")) : "";
     std::printf("preprocessing: %s of %s%s from %s%s\n", task_name(p->task), fmt::format("{}", fmt::join(p->targets, ", ")).c_str(),
