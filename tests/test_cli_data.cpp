@@ -85,6 +85,17 @@ TEST(CliPrune, NeedsDataOnlyForTheLossAndReportsAccuracy) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("after pruning (15 validation rows)"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("accuracy: "), std::string::npos) << r.out;
+  r = connex_cli("prune run/model.ckpt --fraction 0.3 --data d.csv", dir);
+  EXPECT_NE(r.out.find("after pruning (all 60 rows; --val-split holds some out)"), std::string::npos) << r.out;
+
+  // A run trained with a split is measured on the rows it held out: the loss
+  // before pruning is its last validation loss.
+  ASSERT_EQ(connex_cli("train net.json --data d.csv --task classification --epochs 5 --val-split 0.25 --seed 3 --out split", dir).code, 0);
+  r = connex_cli("prune split --fraction 0.3 --data d.csv", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const double val_loss = column(slurp(dir / "split/metrics.csv"), 2).back();
+  EXPECT_NE(r.out.find(fmt::format("loss: {:.6f} -> ", val_loss)), std::string::npos) << r.out << val_loss;
+  EXPECT_NE(r.out.find("after pruning (15 validation rows)"), std::string::npos) << r.out;
 
   r = connex_cli("prune run/model.ckpt --fraction 0.3 --epochs 2 --out z.ckpt", dir);
   EXPECT_NE(r.code, 0);

@@ -2,6 +2,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <set>
 
 #include "cli_util.h"
 
@@ -93,4 +94,42 @@ TEST(CliExport, DotPastItsTimeLimitIsStopped) {
   EXPECT_LT(seconds, 30);  // not the fake dot's 60 s
   EXPECT_FALSE(fs::exists(dir / "g.png"));
   EXPECT_EQ(std::distance(fs::directory_iterator(dir.path), fs::directory_iterator()), 1);  // bin/ only
+}
+
+// The issue: on a full disk the only words were Graphviz's "gvwrite_no_z
+// problem 8192" and "dot failed to draw". A file-size limit makes every write
+// past 20 KiB fail as a full disk does (without the SIGXFSZ that would kill):
+// the message says what happened, and nothing is left behind.
+TEST(CliExport, PngThatCannotBeWrittenSaysWhyAndLeavesNothing) {
+  if (!have_dot()) GTEST_SKIP() << "Graphviz's dot is not installed";
+  TempDir dir;
+  spit(dir / "m.json", R"({"graph": {"prebuilt": "MLP", "input_size": 4, "output_size": 3, "width": 8, "depth": 3}})");
+  const std::string cmd = "cd '" + dir.path + "' && ulimit -f 40 && trap '' XFSZ && " CONNEX_CLI
+                          " export m.json --format png --out g.png > out.txt 2> err.txt";
+  const int status = std::system(("bash -c \"" + cmd + "\"").c_str());
+  EXPECT_EQ(WIFEXITED(status) ? WEXITSTATUS(status) : -1, 1);
+  EXPECT_EQ(slurp(dir / "err.txt"),
+            "connex: export: dot failed to draw g.png (exit status 1: Error: gvwrite_no_z problem 8192); Graphviz could "
+            "not write the image (a full disk or a file-size limit)\n");
+  std::set<std::string> left;
+  for (const auto& e : fs::directory_iterator(dir.path)) left.insert(e.path().filename().string());
+  EXPECT_EQ(left, (std::set<std::string>{"m.json", "out.txt", "err.txt"}));
+}
+
+// A real full file system, where the test may mount one (root with
+// CAP_SYS_ADMIN): 48 KiB of tmpfs hold dot's input but not the image.
+TEST(CliExport, PngOnAFullFileSystemSaysItIsFull) {
+  if (!have_dot()) GTEST_SKIP() << "Graphviz's dot is not installed";
+  TempDir dir;
+  spit(dir / "m.json", R"({"graph": {"prebuilt": "MLP", "input_size": 4, "output_size": 3, "width": 8, "depth": 3}})");
+  fs::create_directory(dir / "small");
+  const std::string mount = "mount -t tmpfs -o size=48k tmpfs '" + (dir / "small") + "' 2> /dev/null";
+  if (std::system(mount.c_str()) != 0) GTEST_SKIP() << "cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN)";
+  auto r = connex_cli("export m.json --format png --out small/g.png", dir);
+  std::set<std::string> left;
+  for (const auto& e : fs::directory_iterator(dir / "small")) left.insert(e.path().filename().string());
+  EXPECT_EQ(std::system(("umount '" + (dir / "small") + "'").c_str()), 0);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "connex: export: dot failed to draw small/g.png (exit status 1); the file system that would hold small/g.png is full\n");
+  EXPECT_TRUE(left.empty()) << *left.begin();
 }

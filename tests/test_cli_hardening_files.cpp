@@ -87,7 +87,8 @@ TEST(CliHardeningFiles, DotFailureIsOneLineWithDotsOwnWords) {
   PathFirst path(dir / "bin");
   auto r = connex_cli("export net.json --format png --out g.png", dir);
   EXPECT_EQ(r.code, 1);
-  EXPECT_EQ(r.err, "connex: export: dot failed to draw g.png (exit status 1: Error: gvwrite_no_z problem 8192; then\\x1b[31m this)\n");
+  EXPECT_EQ(r.err, "connex: export: dot failed to draw g.png (exit status 1: Error: gvwrite_no_z problem 8192; then\\x1b[31m this); Graphviz could not write the image "
+            "(a full disk or a file-size limit)\n");
   EXPECT_EQ(names_in(dir.path), (std::vector<std::string>{"bin", "net.json"})) << "dot's files were left behind";
 }
 

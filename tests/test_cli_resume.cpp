@@ -80,7 +80,7 @@ TEST(CliResume, SigtermStopsAfterAStepWritesTheRunAndResumesExactly) {
   EXPECT_NE(WEXITSTATUS(status), 0);
   EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
   EXPECT_NE(err.find("connex: train: stopped by Terminated "), std::string::npos) << err;
-  EXPECT_NE(err.find("wrote stopped/model.ckpt (resume: connex train stopped/model.ckpt --data d.csv --epochs "), std::string::npos) << err;
+  EXPECT_NE(err.find("wrote stopped/model.ckpt (resume: connex train stopped --epochs "), std::string::npos) << err;
   EXPECT_NE(err.find(" --out stopped)"), std::string::npos) << err;
   const auto described = connex_cli("inspect stopped/model.ckpt", dir);
   EXPECT_NE(described.out.find("; seed 2, batch size 4, validation split 0 (a resumed run keeps these)"), std::string::npos) << described.out;
@@ -90,9 +90,12 @@ TEST(CliResume, SigtermStopsAfterAStepWritesTheRunAndResumesExactly) {
   const int done = progress.at("epoch").get<int>();
   ASSERT_LT(done, epochs) << "the run ended before the signal came";
 
-  // Resumed for the epochs left (a partly done epoch is finished first), it equals the run never stopped.
-  auto r = connex_cli("train stopped/model.ckpt --data d.csv --epochs " + std::to_string(epochs - done) + " --out resumed", dir);
+  // Resumed as the message says (the checkpoint knows its CSV) for the epochs
+  // left (a partly done epoch is finished first), it equals the run never stopped.
+  auto r = connex_cli("train stopped --epochs " + std::to_string(epochs - done) + " --out resumed", dir);
   ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("] data: " + (fs::path(dir.path) / "d.csv").lexically_normal().string() +
+                       " (the checkpoint's; --data names another)\n"), std::string::npos) << r.out;
   ASSERT_EQ(connex_cli(args + " --epochs " + std::to_string(epochs) + " --out full", dir).code, 0);
   expect_same_parameters(dir / "full/model.ckpt", dir / "resumed/model.ckpt");
   EXPECT_EQ(losses(slurp(dir / "resumed/metrics.csv")), losses(slurp(dir / "full/metrics.csv")));
@@ -141,4 +144,64 @@ TEST(CliResume, TwoRunsNeverShareAnOut) {
   // The first run's files are its own, and whole.
   EXPECT_EQ(load_checkpoint(dir / "run/model.ckpt").training.at("epoch").get<size_t>(),
             nlohmann::json::parse(slurp(dir / "run/metrics.json")).size());
+}
+
+// A run directory is a set with model.ckpt as its record (written last). Its
+// loader (any command given the directory) finds the files that a write
+// stopped before model.ckpt left ahead of it, and says which.
+TEST(CliResume, ADirectoryLoaderFindsFilesOutOfStepWithModelCkpt) {
+  TempDir dir;
+  ASSERT_EQ(connex_cli("train --epochs 3 --out run", dir).code, 0);
+  auto r = connex_cli("inspect run", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  EXPECT_NE(r.out.find("training: 3 epoch(s) done"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("run directory: every file goes with model.ckpt\n"), std::string::npos) << r.out;
+  // As a full disk after metrics.csv and config.json but before model.ckpt leaves it.
+  ASSERT_EQ(connex_cli("train --epochs 4 --out ahead", dir).code, 0);
+  fs::copy_file(dir / "ahead/metrics.csv", dir / "run/metrics.csv", fs::copy_options::overwrite_existing);
+  spit(dir / "run/config.json", "{}\n");
+  r = connex_cli("inspect run", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("run directory: 2 out of step (see the warning)\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("] run: metrics.csv (it ends at epoch 4) does not go with model.ckpt (epoch 3): a write stopped "
+                       "before model.ckpt; model.ckpt is the record, and train --out run rewrites them all\n"),
+            std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("] run: config.json does not go with model.ckpt (epoch 3)"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("metrics.json"), std::string::npos) << r.out;
+  // Training on from the directory rewrites the whole set at epoch 5.
+  r = connex_cli("train run --epochs 2 --out run", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = connex_cli("inspect run", dir);
+  EXPECT_EQ(r.out.find("does not go with"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("training: 5 epoch(s) done"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("run directory: every file goes with model.ckpt\n"), std::string::npos) << r.out;
+  // A directory that is not a run says so.
+  fs::create_directory(dir / "empty");
+  r = connex_cli("inspect empty", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "connex: empty: a directory without model.ckpt; give a checkpoint or config file, or a train --out directory\n");
+}
+
+// The checkpoint records its CSV: a resumed run without --data finds it, says
+// when it changed since, and names it when it is gone.
+TEST(CliResume, AResumedRunFindsItsCsvAndNoticesAChange) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 40);
+  spit(dir / "net.json", kDropoutNet);
+  ASSERT_EQ(connex_cli("train net.json --data d.csv --epochs 2 --out run", dir).code, 0);
+  auto r = connex_cli("train run --epochs 1 --out run", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out.find("changed since"), std::string::npos) << r.out;
+  write_regression_csv(dir / "d.csv", 41);
+  r = connex_cli("train run --epochs 1 --out run", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string csv = (fs::path(dir.path) / "d.csv").lexically_normal().string();
+  EXPECT_NE(r.out.find("] " + csv + " changed since the checkpoint was written (it has "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(" then): a resumed run differs from an uninterrupted one\n"), std::string::npos) << r.out;
+  fs::remove(dir / "d.csv");
+  r = connex_cli("train run --epochs 1 --out run", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "connex: train: run was trained on " + csv + ", which is gone; give --data\n");
+  EXPECT_EQ(load_checkpoint(dir / "run/model.ckpt").training.at("epoch"), 4);  // unchanged by the refused run
 }

@@ -59,6 +59,16 @@ bool is_checkpoint(const std::string& path) {
 Checkpoint open_network(const std::string& path) {
   if (path.empty()) return {network_from_config(nlohmann::json::parse(kReadmeConfig), "embedded README config"), std::nullopt};
   if (!fs::exists(path)) fail("{}: no such file", path);
+  if (fs::is_directory(path)) {  // a training run's --out
+    const std::string model = (fs::path(path) / "model.ckpt").string();
+    if (!fs::exists(model)) fail("{}: a directory without model.ckpt; give a checkpoint or config file, or a train --out directory", path);
+    Checkpoint ck = load_checkpoint(model);
+    const int epoch = ck.training.is_null() ? 0 : Progress::from_json(ck.training, model).epoch;
+    for (const auto& file : run_files_out_of_step(path, ck))
+      spdlog::warn("{}: {} does not go with model.ckpt (epoch {}): a write stopped before model.ckpt; model.ckpt is the "
+                   "record, and train --out {} rewrites them all", path, file, epoch, path);
+    return ck;
+  }
   if (is_checkpoint(path)) return load_checkpoint(path);
   return {load_config(path), std::nullopt};
 }
@@ -404,12 +414,25 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   const int last_epoch = progress.epoch + t.epochs;
   if (t.prune_at_epoch > 0 && (t.prune_at_epoch <= progress.epoch || t.prune_at_epoch > last_epoch))
     fail("train: --prune-at-epoch {} is outside this run's epochs {} to {}", t.prune_at_epoch, progress.epoch + 1, last_epoch);
+  // A resumed run goes on with the checkpoint's CSV unless --data names another.
+  DataArgs data_args = d;
+  if (d.data.empty() && !progress.data.empty()) {
+    const std::string changed = progress.data_changed();
+    if (changed == "it is gone")
+      fail("train: {} was trained on {}, which is gone; give --data", config, progress.data);
+    data_args.data = progress.data;
+    spdlog::info("data: {} (the checkpoint's; --data names another)", progress.data);
+  }
+  if (!data_args.data.empty() && data_args.data == progress.data && !progress.data_changed().empty())
+    spdlog::warn("{} changed since the checkpoint was written ({}): a resumed run differs from an uninterrupted one",
+                 progress.data, progress.data_changed());
+  progress.set_data(data_args.data);
   // Checks sizes before anything runs; a checkpoint's preprocessing is applied, not fitted anew.
-  Table data = load_dataset(d.options(net, progress.val_split, progress.seed), net, ck.preprocessing, "train");
+  Table data = load_dataset(data_args.options(net, progress.val_split, progress.seed), net, ck.preprocessing, "train");
   // Saved with the model: the data's (the toy set's only when it standardizes, so that a model trained on
   // raw toy data can go on to a CSV).
   const std::optional<Preprocessing> preprocessing =
-      d.data.empty() && !data.preprocessing.standardizes() ? ck.preprocessing : std::optional<Preprocessing>(data.preprocessing);
+      data_args.data.empty() && !data.preprocessing.standardizes() ? ck.preprocessing : std::optional<Preprocessing>(data.preprocessing);
 
   int rank = 0;
 #if defined(CONNEX_WITH_DISTRIBUTED)
@@ -476,8 +499,8 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
                                           : fmt::format("after epoch {}", p.epoch);
     fail("train: stopped by {} {}{}", strsignal(stopped.signal), where,
          out.empty() ? std::string("; nothing written (no --out)")
-                     : fmt::format("; wrote {}/model.ckpt (resume: connex train {}/model.ckpt{} --epochs {} --out {})", out, out,
-                                   d.data.empty() ? "" : " --data " + d.data, last_epoch - p.epoch, out));
+                     : fmt::format("; wrote {}/model.ckpt (resume: connex train {} --epochs {} --out {})", out, out,
+                                   last_epoch - p.epoch, out));
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 #if defined(CONNEX_WITH_DISTRIBUTED)
@@ -512,9 +535,12 @@ int cmd_prune(const std::string& path, std::optional<double> threshold, std::opt
   // training on needs some (the toy set when the network fits it).
   if (d.standardize && !(ck.preprocessing && ck.preprocessing->standardizes()))
     fail("prune: --standardize would fit new statistics for a model trained without them; the checkpoint's preprocessing is used");
+  // A trained checkpoint's split: the loss is then measured on the rows it held out.
+  const Progress trained = ck.training.is_null() ? Progress{} : Progress::from_json(ck.training, path);
   std::optional<Table> data;
-  const uint64_t seed = t.seed.value_or(0);
-  if (!d.data.empty() || t.epochs > 0) data = load_dataset(d.options(net, t.val_split.value_or(0), seed), net, ck.preprocessing, "prune");
+  const uint64_t seed = t.seed.value_or(trained.seed);
+  if (!d.data.empty() || t.epochs > 0)
+    data = load_dataset(d.options(net, t.val_split.value_or(trained.val_split), seed), net, ck.preprocessing, "prune");
   const std::vector<Edge> weak = weakest_connections(net, threshold, fraction);
   auto optimizer = choose_optimizer(ck, net, t, path);
   auto result = edit(net).remove_connections(weak).build(seed);
@@ -530,7 +556,7 @@ int cmd_prune(const std::string& path, std::optional<double> threshold, std::opt
     const auto& rows = held_out ? data->validation : data->train;
     const Task task = data->preprocessing.task;
     const std::string on = held_out ? fmt::format("{} validation rows", rows.inputs().size(0))
-                                    : fmt::format("{} rows", rows.inputs().size(0));
+                                    : fmt::format("all {} rows; --val-split holds some out", rows.inputs().size(0));
     auto report = [&](const char* when) {
       auto [loss_before, metric_before] = evaluate(net, rows.inputs(), rows.targets(), task);
       auto [loss_after, metric_after] = evaluate(pruned, rows.inputs(), rows.targets(), task);
@@ -606,11 +632,13 @@ std::string dot_failure(const std::string& messages, int status) {
   return lines.empty() ? exit : fmt::format("{}: {}", exit, printable(lines, 200));
 }
 
-// dot reports a full disk as "gvwrite_no_z problem 8192"; say what it means.
-std::string full_disk_note(const std::string& scratch, const std::string& out) {
+// dot reports any failed write as "gvwrite_no_z problem 8192"; say what it means.
+std::string write_failure_note(const std::string& scratch, const std::string& out, const std::string& messages) {
   struct statvfs fs_info {};
-  if (::statvfs(scratch.c_str(), &fs_info) != 0 || fs_info.f_bavail > 0) return "";
-  return fmt::format("; the file system that would hold {} is full", out);
+  if (::statvfs(scratch.c_str(), &fs_info) == 0 && fs_info.f_bavail == 0)
+    return fmt::format("; the file system that would hold {} is full", out);
+  if (messages.find("gvwrite") != std::string::npos) return "; Graphviz could not write the image (a full disk or a file-size limit)";
+  return "";
 }
 
 // At most the first 64 KiB of a small log file ("" when unreadable).
@@ -650,7 +678,10 @@ int cmd_export(const std::string& path, const std::string& format, const std::st
     if (status == kTimedOut)
       fail("export: dot did not finish drawing {} ({}) within {:g} s and was stopped; raise --timeout, or use --format dot or json",
            out, drawing.description, dot_seconds);
-    if (status != 0) fail("export: dot failed to draw {} ({}){}", out, dot_failure(slurp_bounded(log), status), full_disk_note(scratch.path(), out));
+    if (status != 0) {
+      const std::string messages = slurp_bounded(log);
+      fail("export: dot failed to draw {} ({}){}", out, dot_failure(messages, status), write_failure_note(scratch.path(), out, messages));
+    }
     write_file_atomically(out, read_file(png_file, "export"), "export");
     if (drawing.summary)
       std::printf("wrote %s: %s (%s; use --format dot or json for the whole graph)\n", out.c_str(),
@@ -702,6 +733,11 @@ int cmd_inspect(const std::string& path) {
     std::printf("training: %d epoch(s) done%s; seed %llu, batch size %lld, validation split %g (a resumed run keeps these)\n",
                 p.epoch, p.batch > 0 ? fmt::format(", {} batch(es) of epoch {}", p.batch, p.epoch + 1).c_str() : "",
                 static_cast<unsigned long long>(p.seed), static_cast<long long>(p.batch_size), p.val_split);
+  }
+  if (fs::is_directory(path)) {
+    const auto stale = run_files_out_of_step(path, ck);
+    std::printf("run directory: %s\n", stale.empty() ? "every file goes with model.ckpt"
+                                                       : fmt::format("{} out of step (see the warning)", stale.size()).c_str());
   }
   if (const auto& p = ck.preprocessing) {
     const std::string classes = p->task == Task::Classification ? fmt::format(" ({})", fmt::join(p->classes, ", ")) : "";

@@ -1,5 +1,7 @@
 #include "training.h"
 
+#include <sys/stat.h>
+
 #include <chrono>
 #include <filesystem>
 #include <cmath>
@@ -95,6 +97,42 @@ void write_run(const std::string& out, const NeuralNetwork& network, const torch
        progress.to_json());
 }
 
+std::vector<std::string> run_files_out_of_step(const std::string& dir, const Checkpoint& checkpoint) {
+  namespace fs = std::filesystem;
+  const auto model = fs::path(dir) / "model.ckpt";
+  const Progress progress = checkpoint.training.is_null() ? Progress{} : Progress::from_json(checkpoint.training, model.string());
+  std::string config;
+  try {
+    config = network_config(checkpoint.network, "train").dump(2) + "\n";
+  } catch (const Error&) {
+    // No JSON form (write_run warned and wrote none): any config.json is another write's.
+  }
+  const std::pair<const char*, std::string> expected[] = {
+      {"metrics.csv", metrics_csv(progress.history)}, {"metrics.json", metrics_json(progress.history)}, {"config.json", config}};
+  std::vector<std::string> stale;
+  for (const auto& [name, text] : expected) {
+    const auto path = fs::path(dir) / name;
+    std::error_code ec;
+    if (!fs::exists(path, ec)) continue;  // never written, or removed by the user: nothing to mislead
+    std::string found;
+    try {
+      found = read_file(path.string(), "train", 64 * text.size() + (1 << 20));
+    } catch (const Error&) {
+      found.clear();  // unreadable or far too large: not this checkpoint's
+    }
+    if (found == text && !text.empty()) continue;
+    std::string where;
+    if (std::string(name) == "metrics.csv") {  // its last row names the epoch it was written at
+      const size_t end = found.find_last_not_of('\n');
+      const size_t start = end == std::string::npos ? 0 : found.rfind('\n', end) + 1;
+      const auto epoch = parse_integer(found.substr(start, found.find(',', start) - start));
+      if (epoch) where = fmt::format(" (it ends at epoch {})", *epoch);
+    }
+    stale.push_back(fmt::format("{}{}", name, where));
+  }
+  return stale;
+}
+
 namespace {
 
 nlohmann::json state_json(const torch::Tensor& state) {
@@ -132,6 +170,7 @@ nlohmann::json Progress::to_json() const {
   nlohmann::json out{{"epoch", epoch},          {"batch", batch}, {"batch_loss", batch_loss}, {"steps", steps},
                      {"seconds", seconds},      {"seed", seed},   {"batch_size", batch_size}, {"val_split", val_split},
                      {"history", metrics_csv(history)}};
+  if (!data.empty()) out["data"] = {{"path", data}, {"bytes", data_bytes}, {"modified", data_modified}};
   out["shuffle_state"] = state_json(shuffle_state);
   out["dropout_state"] = state_json(dropout_state);
   return out;
@@ -153,6 +192,15 @@ Progress Progress::from_json(const nlohmann::json& json, const std::string& wher
   p.seed = number("seed", 0).get<uint64_t>();
   p.batch_size = number("batch_size", 0).get<int64_t>();
   p.val_split = number("val_split", 0).get<double>();
+  if (json.contains("data")) {  // absent in checkpoints of the toy set and of earlier versions
+    const auto& d = json.at("data");
+    if (!d.is_object() || !d.contains("path") || !d.at("path").is_string() || !d.contains("bytes") ||
+        !d.at("bytes").is_number_integer() || !d.contains("modified") || !d.at("modified").is_number_integer())
+      fail("{}: /training/data must be {{\"path\": \"...\", \"bytes\": N, \"modified\": N}}", where);
+    p.data = d.at("path").get<std::string>();
+    p.data_bytes = d.at("bytes").get<int64_t>();
+    p.data_modified = d.at("modified").get<int64_t>();
+  }
   p.shuffle_state = state_from_json(json, where, "shuffle_state");
   p.dropout_state = state_from_json(json, where, "dropout_state");
   // The history as metrics.csv holds it: one string, not a JSON value per number.
@@ -175,6 +223,31 @@ Progress Progress::from_json(const nlohmann::json& json, const std::string& wher
   if (static_cast<int>(p.history.size()) != p.epoch)
     fail("{}: /training/history has {} epochs for a run at epoch {}", where, p.history.size(), p.epoch);
   return p;
+}
+
+namespace {
+
+// Size and modification time (ns since the epoch) of a file; {-1, -1} when it cannot be read.
+std::pair<int64_t, int64_t> file_stamp(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return {-1, -1};
+  return {static_cast<int64_t>(st.st_size), static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+}
+
+}  // namespace
+
+void Progress::set_data(const std::string& path) {
+  data = path.empty() ? std::string() : std::filesystem::absolute(path).lexically_normal().string();
+  std::tie(data_bytes, data_modified) = data.empty() ? std::pair<int64_t, int64_t>{0, 0} : file_stamp(data);
+}
+
+std::string Progress::data_changed() const {
+  if (data.empty()) return "";
+  const auto [bytes, modified] = file_stamp(data);
+  if (bytes < 0) return "it is gone";
+  if (bytes != data_bytes) return fmt::format("it has {} bytes now, {} then", bytes, data_bytes);
+  if (modified != data_modified) return "it was modified since";
+  return "";
 }
 
 TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimizer>& optimizer, const Table& data,

@@ -77,6 +77,10 @@ struct Progress {
   uint64_t seed = 0;
   int64_t batch_size = 0;
   double val_split = 0;
+  // The CSV trained on (absolute; empty: the toy set) and its size and
+  // modification time then, so that a resumed run finds it and notices a change.
+  std::string data;
+  int64_t data_bytes = 0, data_modified = 0;
   torch::Tensor shuffle_state;  // the shuffle generator at the start of epoch + 1
   torch::Tensor dropout_state;  // torch's default CPU generator (dropout masks)
   std::vector<EpochMetrics> history;
@@ -84,6 +88,10 @@ struct Progress {
   nlohmann::json to_json() const;
   // Checks every field; `where` names the file.
   static Progress from_json(const nlohmann::json& json, const std::string& where);
+  // Records `path` (a CSV; "" for the toy set) as the run's data.
+  void set_data(const std::string& path);
+  // Why the recorded CSV is not as it was ("" when it is, or none is recorded).
+  std::string data_changed() const;
 };
 
 // Thrown by train() when a stop was asked for (a signal): the run stopped
@@ -118,6 +126,14 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
 // metrics.csv, metrics.json, config.json.
 void write_run(const std::string& out, const NeuralNetwork& network, const torch::optim::Optimizer& optimizer,
                const Progress& progress, const std::optional<Preprocessing>& preprocessing);
+
+// The companions of `dir`/model.ckpt in a run directory (metrics.csv,
+// metrics.json, config.json) that are not what that checkpoint's write put
+// there, each named with the epoch it shows where it can. model.ckpt is the
+// record and write_run writes it last, so after a write that failed midway
+// (a full disk) the others may be a checkpoint ahead; the --out lock keeps two
+// runs from mixing. Empty when the set is whole.
+std::vector<std::string> run_files_out_of_step(const std::string& dir, const Checkpoint& checkpoint);
 
 std::string metrics_json(const std::vector<EpochMetrics>& history);
 std::string metrics_csv(const std::vector<EpochMetrics>& history);
