@@ -62,7 +62,8 @@ struct LinearStackImpl : torch::nn::Module {
     int64_t reads = in;
     for (size_t k = 0; k <= widths.size(); ++k) {
       const int64_t size = k < widths.size() ? widths[k] : out;
-      layers.push_back(register_module("layer" + std::to_string(k), torch::nn::Linear(dense ? reads : (k ? widths[k - 1] : in), size)));
+      layers.push_back(register_module("layer" + std::to_string(k),
+                                       torch::nn::Linear(dense ? reads : (k ? widths[k - 1] : in), size)));
       reads += size;
     }
   }

@@ -94,7 +94,8 @@ struct Row {
 
 void print(const std::vector<Row>& rows) {
   fmt::print("\n| workload | connex | reference | ratio | note |\n| --- | --- | --- | --- | --- |\n");
-  for (const auto& r : rows) fmt::print("| {} | {} | {} | {} | {} |\n", r.workload, r.connex, r.reference, r.ratio, r.note);
+  for (const auto& r : rows)
+    fmt::print("| {} | {} | {} | {} | {} |\n", r.workload, r.connex, r.reference, r.ratio, r.note);
 }
 
 }  // namespace
@@ -115,15 +116,17 @@ int main(int argc, char** argv) {
   cores.apply_default();
   auto share_cores = [&](const connex::NeuralNetwork& net) {
     cores.apply(net);
-    return fmt::format("; torch {} / BLAS {} thread(s)", torch::get_num_threads(), connex::apps::CoreShare::blas_threads());
+    return fmt::format("; torch {} / BLAS {} thread(s)", torch::get_num_threads(),
+                       connex::apps::CoreShare::blas_threads());
   };
   torch::manual_seed(0);
   const int reps = quick ? 10 : 50;
   auto wanted = [&](const std::string& name) { return only.empty() || name.find(only) != std::string::npos; };
-  fmt::print("connex_bench: {} core(s) (the fused kernel reaches {} thread(s)), {}, {} repetitions, torch {}\n", threads,
-             connex::fused_kernel_threads(),
-             connex::apps::CoreShare::blas_has_own_pool() ? "OpenBLAS with its own pool" : "the BLAS follows torch's pool", reps,
-             TORCH_VERSION);
+  fmt::print(
+      "connex_bench: {} core(s) (the fused kernel reaches {} thread(s)), {}, {} repetitions, torch {}\n", threads,
+      connex::fused_kernel_threads(),
+      connex::apps::CoreShare::blas_has_own_pool() ? "OpenBLAS with its own pool" : "the BLAS follows torch's pool",
+      reps, TORCH_VERSION);
 
   std::vector<Row> rows;
   auto x250 = torch::linspace(0, 2 * M_PI, 250).unsqueeze(1);
@@ -133,30 +136,42 @@ int main(int argc, char** argv) {
   if (wanted("mlp")) {
     auto net = connex::nn::MLP(1, 2, 128, 4, relu);
     const auto pools = share_cores(net);
-    auto [a, b] = paired_median_seconds(train_step(net, x250, y250),
-                                        train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>(4, 128), false), x250, y250), 5, reps);
-    rows.push_back({"1. MLP(1,2,128,4) train step, batch 250", fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b), "vs Linear layers" + pools});
+    auto [a, b] = paired_median_seconds(
+        train_step(net, x250, y250),
+        train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>(4, 128), false), x250, y250), 5, reps);
+    rows.push_back({"1. MLP(1,2,128,4) train step, batch 250", fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b),
+                    "vs Linear layers" + pools});
   }
   if (wanted("dense")) {
     auto net = connex::nn::DenseMLP(1, 2, 128, 4, relu);
     const auto pools = share_cores(net);
-    auto [a, b] = paired_median_seconds(train_step(net, x250, y250),
-                                        train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>(4, 128), true), x250, y250), 5, reps);
-    rows.push_back({"2. DenseMLP(1,2,128,4) train step, batch 250", fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b),
-                    "vs concatenating Linear layers" + pools});
+    auto [a, b] = paired_median_seconds(
+        train_step(net, x250, y250),
+        train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>(4, 128), true), x250, y250), 5, reps);
+    rows.push_back({"2. DenseMLP(1,2,128,4) train step, batch 250", fmt_time(a), fmt_time(b),
+                    fmt::format("{:.2f}", a / b), "vs concatenating Linear layers" + pools});
   }
   if (wanted("readme")) {
-    connex::NeuralNetwork net(
-        connex::GraphSpec::from_adjacency({{0, {1, 2, 3}}, {1, {4}}, {2, {4, 5}}, {4, {6}}, {5, {7}}, {6, {8, 9}},
-                                           {7, {10}}, {8, {11}}, {9, {11}}, {10, {11}}},
-                                          {0}, {3, 11}),
-        relu);
+    connex::NeuralNetwork net(connex::GraphSpec::from_adjacency({{0, {1, 2, 3}},
+                                                                 {1, {4}},
+                                                                 {2, {4, 5}},
+                                                                 {4, {6}},
+                                                                 {5, {7}},
+                                                                 {6, {8, 9}},
+                                                                 {7, {10}},
+                                                                 {8, {11}},
+                                                                 {9, {11}},
+                                                                 {10, {11}}},
+                                                                {0}, {3, 11}),
+                              relu);
     const auto pools = share_cores(net);
     // The nearest plain network: Linear layers as wide as the README net's batches.
-    auto [a, b] = paired_median_seconds(train_step(net, x250, y250),
-                                        train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>{3, 2, 2, 3}, false), x250, y250),
-                                        20, reps * 10);
-    rows.push_back({"3. README net (12 neurons) train step, batch 250", fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b), "vs Linear 1-3-2-2-3-2" + pools});
+    auto [a, b] = paired_median_seconds(
+        train_step(net, x250, y250),
+        train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>{3, 2, 2, 3}, false), x250, y250), 20,
+        reps * 10);
+    rows.push_back({"3. README net (12 neurons) train step, batch 250", fmt_time(a), fmt_time(b),
+                    fmt::format("{:.2f}", a / b), "vs Linear 1-3-2-2-3-2" + pools});
   }
 
   if (wanted("sparse") || wanted("plasticity")) {
@@ -193,14 +208,18 @@ int main(int argc, char** argv) {
     if (wanted("sparse")) {
       for (size_t k = 0; k < sparse.size(); ++k) {
         const int64_t conns = sparse[k].net->num_connections();
-        rows.push_back({fmt::format("4. sparse DAG {}k neurons / {}k connections, depth {}, batch 64", sparse[k].neurons / 1000,
-                                    conns / 1000, sparse[k].net->topology().depth()),
+        rows.push_back({fmt::format("4. sparse DAG {}k neurons / {}k connections, depth {}, batch 64",
+                                    sparse[k].neurons / 1000, conns / 1000, sparse[k].net->topology().depth()),
                         fmt_time(times[k]), "", "",
-                        fmt::format("{:.2e} connection·samples/s; peak RSS {:.0f} MiB", conns * 64 / times[k], sparse[k].peak_mib) + pools});
+                        fmt::format("{:.2e} connection·samples/s; peak RSS {:.0f} MiB", conns * 64 / times[k],
+                                    sparse[k].peak_mib) +
+                            pools});
       }
       if (sparse.size() == 2)
-        rows.push_back({"4. sparse DAG: time ratio 1M vs 100k connections (timed in turn)", "", "", fmt::format("{:.2f}", times[1] / times[0]),
-                        fmt::format("{:.1f}× the connections", double(sparse[1].net->num_connections()) / sparse[0].net->num_connections())});
+        rows.push_back({"4. sparse DAG: time ratio 1M vs 100k connections (timed in turn)", "", "",
+                        fmt::format("{:.2f}", times[1] / times[0]),
+                        fmt::format("{:.1f}× the connections",
+                                    double(sparse[1].net->num_connections()) / sparse[0].net->num_connections())});
     }
 
     if (wanted("plasticity")) {
@@ -211,7 +230,8 @@ int main(int argc, char** argv) {
       std::mt19937_64 rng(2);
       std::vector<connex::Edge> doomed;
       const auto& edges = dag.spec.edges();
-      for (int64_t k = 0; k < conns / 100; ++k) doomed.push_back(edges[std::uniform_int_distribution<size_t>(0, edges.size() - 1)(rng)]);
+      for (int64_t k = 0; k < conns / 100; ++k)
+        doomed.push_back(edges[std::uniform_int_distribution<size_t>(0, edges.size() - 1)(rng)]);
       std::sort(doomed.begin(), doomed.end());
       doomed.erase(std::unique(doomed.begin(), doomed.end()), doomed.end());
       std::vector<connex::NeuronId> fresh;
@@ -230,11 +250,16 @@ int main(int argc, char** argv) {
           wires.emplace_back(id, v);
         }
       }
-      const auto [edit_t, step_t] = paired_median_seconds([&] {
-        connex::edit(net).remove_connections(doomed).add_hidden_neurons(fresh).add_connections(wires).build(1);
-      }, step, 1, quick ? 3 : 15, 60.0);
-      rows.push_back({fmt::format("5. plasticity on {}k connections: remove {} connections, add 100 neurons × 10 connections", conns / 1000, doomed.size()),
-                      fmt_time(edit_t), fmt_time(step_t), fmt::format("{:.2f} train steps", edit_t / step_t), "one train step (timed in turn with the edit) is the reference" + pools});
+      const auto [edit_t, step_t] = paired_median_seconds(
+          [&] {
+            connex::edit(net).remove_connections(doomed).add_hidden_neurons(fresh).add_connections(wires).build(1);
+          },
+          step, 1, quick ? 3 : 15, 60.0);
+      rows.push_back(
+          {fmt::format("5. plasticity on {}k connections: remove {} connections, add 100 neurons × 10 connections",
+                       conns / 1000, doomed.size()),
+           fmt_time(edit_t), fmt_time(step_t), fmt::format("{:.2f} train steps", edit_t / step_t),
+           "one train step (timed in turn with the edit) is the reference" + pools});
     }
   }
   if (wanted("technique")) {
@@ -251,9 +276,10 @@ int main(int argc, char** argv) {
         {"adaptive activations", connex::NeuralNetworkOptions(relu).use_adaptive_activations(true)},
     };
     for (const auto& [name, options] : variants) {
-      const auto [t, t_plain] = paired_median_seconds(train_step(connex::nn::DenseMLP(1, 2, 32, 3, options), x250, y250), plain_step, 3, quick ? 5 : 20);
-      rows.push_back({fmt::format("6. {} on DenseMLP(1,2,32,3) train step, batch 250", name), fmt_time(t), fmt_time(t_plain),
-                      fmt::format("{:.2f}", t / t_plain), "vs the same network without it" + pools});
+      const auto [t, t_plain] = paired_median_seconds(
+          train_step(connex::nn::DenseMLP(1, 2, 32, 3, options), x250, y250), plain_step, 3, quick ? 5 : 20);
+      rows.push_back({fmt::format("6. {} on DenseMLP(1,2,32,3) train step, batch 250", name), fmt_time(t),
+                      fmt_time(t_plain), fmt::format("{:.2f}", t / t_plain), "vs the same network without it" + pools});
     }
   }
   print(rows);

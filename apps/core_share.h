@@ -59,8 +59,9 @@ struct CoreShare {
     set_blas_threads(fused ? 1 : threads);
     // The threads the fused kernel reaches, measured: fewer than torch's in a
     // build without OpenMP, where ATen's parallel loops run serially.
-    return fmt::format("{} torch thread(s), {} BLAS thread(s) ({})", fused ? threads : 1, blas_threads(),
-                       fused ? fmt::format("fused kernel on {} thread(s)", fused_kernel_threads()) : "per-batch levels");
+    return fmt::format(
+        "{} torch thread(s), {} BLAS thread(s) ({})", fused ? threads : 1, blas_threads(),
+        fused ? fmt::format("fused kernel on {} thread(s)", fused_kernel_threads()) : "per-batch levels");
   }
 };
 

@@ -12,7 +12,9 @@ namespace connex::apps {
 class ProgressBar {
  public:
   explicit ProgressBar(int total, std::string label = "train")
-      : total_(total), label_(std::move(label)), tty_(isatty(fileno(stdout)) != 0),
+      : total_(total),
+        label_(std::move(label)),
+        tty_(isatty(fileno(stdout)) != 0),
         start_(std::chrono::steady_clock::now()) {}
 
   bool is_tty() const { return tty_; }
@@ -28,8 +30,8 @@ class ProgressBar {
     const int width = 30, filled = total_ ? width * done / total_ : width;
     std::string bar(filled, '#');
     bar.resize(width, '.');
-    std::printf("\r%s [%s] %d/%d loss %.6f %s  %.0f it/s  ETA %.1fs ", label_.c_str(), bar.c_str(), done,
-                total_, loss, extra.c_str(), rate, eta);
+    std::printf("\r%s [%s] %d/%d loss %.6f %s  %.0f it/s  ETA %.1fs ", label_.c_str(), bar.c_str(), done, total_, loss,
+                extra.c_str(), rate, eta);
     if (done >= total_) std::printf("\n");
     std::fflush(stdout);
   }

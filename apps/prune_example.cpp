@@ -23,7 +23,8 @@ double train(connex::NeuralNetwork& net, torch::optim::Optimizer& optimizer, con
     loss.backward();
     optimizer.step();
     bar.update(epoch, loss.item<double>());
-    if (!bar.is_tty() && epoch % 100 == 0) spdlog::info("{} epoch {:4d}  loss {:.6f}", label, epoch, loss.item<double>());
+    if (!bar.is_tty() && epoch % 100 == 0)
+      spdlog::info("{} epoch {:4d}  loss {:.6f}", label, epoch, loss.item<double>());
   }
   torch::NoGradGuard no_grad;
   return torch::mse_loss(net->forward(x), y).item<double>();

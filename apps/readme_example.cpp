@@ -36,11 +36,18 @@ int main() {
   // add synchronisation, so one thread is the fast choice here.
   torch::set_num_threads(1);
 
-  connex::NeuralNetwork network(
-      connex::GraphSpec::from_adjacency({{0, {1, 2, 3}}, {1, {4}}, {2, {4, 5}}, {4, {6}}, {5, {7}},
-                                         {6, {8, 9}}, {7, {10}}, {8, {11}}, {9, {11}}, {10, {11}}},
-                                        /*inputs=*/{0}, /*outputs=*/{3, 11}),
-      connex::NeuralNetworkOptions().hidden_activation("relu"));
+  connex::NeuralNetwork network(connex::GraphSpec::from_adjacency({{0, {1, 2, 3}},
+                                                                   {1, {4}},
+                                                                   {2, {4, 5}},
+                                                                   {4, {6}},
+                                                                   {5, {7}},
+                                                                   {6, {8, 9}},
+                                                                   {7, {10}},
+                                                                   {8, {11}},
+                                                                   {9, {11}},
+                                                                   {10, {11}}},
+                                                                  /*inputs=*/{0}, /*outputs=*/{3, 11}),
+                                connex::NeuralNetworkOptions().hidden_activation("relu"));
   spdlog::info("{}", c10::str(*network));
 
   auto x = torch::linspace(0, 2 * M_PI, 250).unsqueeze(1);

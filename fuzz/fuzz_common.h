@@ -18,14 +18,14 @@
 
 #include "connex/connex.h"
 
-#define FUZZ_CHECK(cond, ...)                                                         \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
+#define FUZZ_CHECK(cond, ...)                                                                \
+  do {                                                                                       \
+    if (!(cond)) {                                                                           \
       std::fprintf(stderr, "FUZZ_CHECK failed at %s:%d: %s\n  ", __FILE__, __LINE__, #cond); \
-      std::fprintf(stderr, __VA_ARGS__);                                              \
-      std::fprintf(stderr, "\n");                                                     \
-      std::abort();                                                                  \
-    }                                                                                \
+      std::fprintf(stderr, __VA_ARGS__);                                                     \
+      std::fprintf(stderr, "\n");                                                            \
+      std::abort();                                                                          \
+    }                                                                                        \
   } while (0)
 
 namespace connex_fuzz {
@@ -112,9 +112,12 @@ inline bool within_caps(const json& graph, const json& options) {
 
 inline double dtype_max(torch::Dtype dtype) {
   switch (dtype) {
-    case torch::kFloat64: return 1.7976931348623157e308;
-    case torch::kFloat16: return 65504.0;
-    default: return 3.4028234663852886e38;  // float32, bfloat16
+    case torch::kFloat64:
+      return 1.7976931348623157e308;
+    case torch::kFloat16:
+      return 65504.0;
+    default:
+      return 3.4028234663852886e38;  // float32, bfloat16
   }
 }
 
@@ -139,11 +142,16 @@ inline double eval_value_bound(const connex::NeuralNetwork& net) {
     const std::string name = net->operations()[k]->name();
     double p = 0;
     for (const auto& t : net->operation_parameters(k).parameters()) p = std::max(p, max_abs(t));
-    if (name == "topo_norm") norm = true, p_norm = p;
-    else if (name == "topo_self_attention") topo_att = true, p_topo = p;
-    else if (name == "neuron_self_attention") neuron_att = true, p_neuron = p;
-    else if (name == "adaptive_activation") adaptive = true, p_adaptive = p;
-    else return INFINITY;  // unknown operation: no claim
+    if (name == "topo_norm")
+      norm = true, p_norm = p;
+    else if (name == "topo_self_attention")
+      topo_att = true, p_topo = p;
+    else if (name == "neuron_self_attention")
+      neuron_att = true, p_neuron = p;
+    else if (name == "adaptive_activation")
+      adaptive = true, p_adaptive = p;
+    else
+      return INFINITY;  // unknown operation: no claim
   }
   auto weights = net->weight_tensor().detach().to(torch::kFloat64).abs().contiguous();
   auto biases = net->bias_tensor().detach().to(torch::kFloat64).abs().contiguous();
@@ -188,9 +196,12 @@ inline double eval_value_bound(const connex::NeuralNetwork& net) {
   double out = 0;
   for (int64_t d : topo.output_ids()) out = std::max(out, bound[d]);
   const std::string transform = net->options().output_transformation().name();
-  if (transform == "log_softmax") out = 2 * out + std::log(static_cast<double>(topo.output_ids().size()) + 1) + 1;
-  else if (transform == "softmax") out = 1;
-  else if (transform != "identity") return INFINITY;
+  if (transform == "log_softmax")
+    out = 2 * out + std::log(static_cast<double>(topo.output_ids().size()) + 1) + 1;
+  else if (transform == "softmax")
+    out = 1;
+  else if (transform != "identity")
+    return INFINITY;
   return std::max(worst, out);
 }
 
@@ -207,19 +218,21 @@ inline void check_forward(connex::NeuralNetwork& net, const char* what, bool sin
   constexpr int64_t kBatch = 3;
   auto x = torch::linspace(-1.0, 1.0, kBatch * n_in, torch::kFloat64).view({kBatch, n_in}).to(dtype);
   auto y = net->forward(x);
-  FUZZ_CHECK(y.dim() == 2 && y.size(0) == kBatch && y.size(1) == n_out, "%s: forward gave shape %s for %lld outputs", what,
-             c10::str(y.sizes()).c_str(), static_cast<long long>(n_out));
-  FUZZ_CHECK(y.scalar_type() == dtype, "%s: forward gave dtype %s, network dtype %s", what, c10::toString(y.scalar_type()),
-             c10::toString(dtype));
+  FUZZ_CHECK(y.dim() == 2 && y.size(0) == kBatch && y.size(1) == n_out, "%s: forward gave shape %s for %lld outputs",
+             what, c10::str(y.sizes()).c_str(), static_cast<long long>(n_out));
+  FUZZ_CHECK(y.scalar_type() == dtype, "%s: forward gave dtype %s, network dtype %s", what,
+             c10::toString(y.scalar_type()), c10::toString(dtype));
   bool finite = torch::isfinite(y).all().item<bool>();
   if (single) {
     auto y1 = net->forward(x[0]);
-    FUZZ_CHECK(y1.dim() == 1 && y1.size(0) == n_out, "%s: single-sample forward gave shape %s", what, c10::str(y1.sizes()).c_str());
+    FUZZ_CHECK(y1.dim() == 1 && y1.size(0) == n_out, "%s: single-sample forward gave shape %s", what,
+               c10::str(y1.sizes()).c_str());
     finite = finite && torch::isfinite(y1).all().item<bool>();
   }
   if (!finite) {
     const double bound = eval_value_bound(net);
-    FUZZ_CHECK(bound > dtype_max(dtype) * 1e-4, "%s: non-finite output although every value is bounded by %g", what, bound);
+    FUZZ_CHECK(bound > dtype_max(dtype) * 1e-4, "%s: non-finite output although every value is bounded by %g", what,
+               bound);
   }
   if (was_training) net->train();
 }

@@ -53,8 +53,16 @@ struct Reader {
 };
 
 connex::GraphSpec readme_spec() {
-  return connex::GraphSpec::from_adjacency({{0, {1, 2, 3}}, {1, {4}}, {2, {4, 5}}, {4, {6}}, {5, {7}}, {6, {8, 9}},
-                                            {7, {10}}, {8, {11}}, {9, {11}}, {10, {11}}},
+  return connex::GraphSpec::from_adjacency({{0, {1, 2, 3}},
+                                            {1, {4}},
+                                            {2, {4, 5}},
+                                            {4, {6}},
+                                            {5, {7}},
+                                            {6, {8, 9}},
+                                            {7, {10}},
+                                            {8, {11}},
+                                            {9, {11}},
+                                            {10, {11}}},
                                            {0}, {3, 11});
 }
 
@@ -120,8 +128,8 @@ void check_carried(const NeuralNetwork& before, const NeuralNetwork& after,
     if (it == weights.end()) continue;
     FUZZ_CHECK(bits_equal(it->second, c.weight), "%s: weight %s changed from %.17g to %.17g", what,
                connex::edge_str({c.from, c.to}).c_str(), it->second, c.weight);
-    FUZZ_CHECK(bits_equal(after->weight(c.from, c.to), c.weight), "%s: weight(%s) disagrees with weighted_graph()", what,
-               connex::edge_str({c.from, c.to}).c_str());
+    FUZZ_CHECK(bits_equal(after->weight(c.from, c.to), c.weight), "%s: weight(%s) disagrees with weighted_graph()",
+               what, connex::edge_str({c.from, c.to}).c_str());
   }
   for (const auto& n : new_graph.neurons) {
     if (fresh_neurons.count(n.id)) continue;
@@ -129,7 +137,8 @@ void check_carried(const NeuralNetwork& before, const NeuralNetwork& after,
     if (it == biases.end() || !it->second || !n.bias) continue;  // new, or an input (no bias)
     FUZZ_CHECK(bits_equal(*it->second, *n.bias), "%s: bias of %s changed from %.17g to %.17g", what, n.id.str().c_str(),
                *it->second, *n.bias);
-    FUZZ_CHECK(bits_equal(after->bias(n.id), *n.bias), "%s: bias(%s) disagrees with weighted_graph()", what, n.id.str().c_str());
+    FUZZ_CHECK(bits_equal(after->bias(n.id), *n.bias), "%s: bias(%s) disagrees with weighted_graph()", what,
+               n.id.str().c_str());
   }
 }
 
@@ -148,7 +157,8 @@ void check_no_shared_storage(const NeuralNetwork& a, const NeuralNetwork& b, con
   for (const auto& p : a->parameters())
     if (p.numel() > 0) storages.insert(p.storage().data());
   for (const auto& p : b->parameters())
-    if (p.numel() > 0) FUZZ_CHECK(!storages.count(p.storage().data()), "%s: the edited network shares a parameter's storage", what);
+    if (p.numel() > 0)
+      FUZZ_CHECK(!storages.count(p.storage().data()), "%s: the edited network shares a parameter's storage", what);
 }
 
 // ------------------------------------------------------------- decoding
@@ -167,13 +177,20 @@ struct Decoder {
     }
     if (b < 240) return strings ? NeuronId(int64_t{b}) : NeuronId("w" + std::to_string(b % 4));  // the wrong kind
     switch (b % 8) {
-      case 0: return NeuronId(std::numeric_limits<int64_t>::min());
-      case 1: return NeuronId(std::numeric_limits<int64_t>::max());
-      case 2: return NeuronId(int64_t{-1});
-      case 3: return NeuronId(std::string());
-      case 4: return NeuronId("0");
-      case 5: return NeuronId(std::string("n\0x", 3));
-      default: return strings ? NeuronId("n0") : NeuronId(0);
+      case 0:
+        return NeuronId(std::numeric_limits<int64_t>::min());
+      case 1:
+        return NeuronId(std::numeric_limits<int64_t>::max());
+      case 2:
+        return NeuronId(int64_t{-1});
+      case 3:
+        return NeuronId(std::string());
+      case 4:
+        return NeuronId("0");
+      case 5:
+        return NeuronId(std::string("n\0x", 3));
+      default:
+        return strings ? NeuronId("n0") : NeuronId(0);
     }
   }
   std::vector<NeuronId> ids(int max) {
@@ -220,12 +237,24 @@ struct Decoder {
   }
 };
 
-enum Kind { AddEdges, AddAdjacency, RemoveEdges, RemoveAdjacency, AddInputs, AddHidden, AddOutputs, RemoveNeurons, Dropout, kKinds };
+enum Kind {
+  AddEdges,
+  AddAdjacency,
+  RemoveEdges,
+  RemoveAdjacency,
+  AddInputs,
+  AddHidden,
+  AddOutputs,
+  RemoveNeurons,
+  Dropout,
+  kKinds
+};
 
 const char* kind_name(int k) {
-  static const char* names[] = {"add_connections", "add_connections(adjacency)", "remove_connections",
-                                "remove_connections(adjacency)", "add_input_neurons", "add_hidden_neurons",
-                                "add_output_neurons", "remove_neurons", "set_dropout_p"};
+  static const char* names[] = {
+      "add_connections",   "add_connections(adjacency)", "remove_connections", "remove_connections(adjacency)",
+      "add_input_neurons", "add_hidden_neurons",         "add_output_neurons", "remove_neurons",
+      "set_dropout_p"};
   return names[k];
 }
 
@@ -253,27 +282,60 @@ Edit decode(Decoder& dec, const NeuralNetwork& current) {
   e.seed = dec.in.byte();
   const auto& existing = current->spec().edges();
   switch (e.kind) {
-    case AddEdges: case RemoveEdges: e.edges = dec.edges(existing); break;
-    case AddAdjacency: case RemoveAdjacency: e.adjacency = dec.adjacency(existing); break;
-    case AddInputs: case AddOutputs: e.ids = dec.ids(2); break;
-    case AddHidden: e.ids = dec.ids(3); break;
-    case RemoveNeurons: e.ids = dec.ids(2); break;
-    case Dropout: e.dropout = dec.dropout(); break;
+    case AddEdges:
+    case RemoveEdges:
+      e.edges = dec.edges(existing);
+      break;
+    case AddAdjacency:
+    case RemoveAdjacency:
+      e.adjacency = dec.adjacency(existing);
+      break;
+    case AddInputs:
+    case AddOutputs:
+      e.ids = dec.ids(2);
+      break;
+    case AddHidden:
+      e.ids = dec.ids(3);
+      break;
+    case RemoveNeurons:
+      e.ids = dec.ids(2);
+      break;
+    case Dropout:
+      e.dropout = dec.dropout();
+      break;
   }
   return e;
 }
 
 void apply(connex::NetworkEditor& editor, const Edit& e) {
   switch (e.kind) {
-    case AddEdges: editor.add_connections(e.edges); break;
-    case AddAdjacency: editor.add_connections(e.adjacency); break;
-    case RemoveEdges: editor.remove_connections(e.edges); break;
-    case RemoveAdjacency: editor.remove_connections(e.adjacency); break;
-    case AddInputs: editor.add_input_neurons(e.ids); break;
-    case AddHidden: editor.add_hidden_neurons(e.ids); break;
-    case AddOutputs: editor.add_output_neurons(e.ids); break;
-    case RemoveNeurons: editor.remove_neurons(e.ids); break;
-    case Dropout: editor.set_dropout_p(e.dropout); break;
+    case AddEdges:
+      editor.add_connections(e.edges);
+      break;
+    case AddAdjacency:
+      editor.add_connections(e.adjacency);
+      break;
+    case RemoveEdges:
+      editor.remove_connections(e.edges);
+      break;
+    case RemoveAdjacency:
+      editor.remove_connections(e.adjacency);
+      break;
+    case AddInputs:
+      editor.add_input_neurons(e.ids);
+      break;
+    case AddHidden:
+      editor.add_hidden_neurons(e.ids);
+      break;
+    case AddOutputs:
+      editor.add_output_neurons(e.ids);
+      break;
+    case RemoveNeurons:
+      editor.remove_neurons(e.ids);
+      break;
+    case Dropout:
+      editor.set_dropout_p(e.dropout);
+      break;
   }
 }
 
@@ -283,38 +345,49 @@ NeuralNetwork apply_free(const NeuralNetwork& net, const Edit& e) {
   NeuralNetwork next{nullptr};
   const auto& spec = net->spec();
   switch (e.kind) {
-    case AddEdges: case AddAdjacency: {
-      next = e.kind == AddEdges ? connex::add_connections(net, e.edges, e.seed) : connex::add_connections(net, e.adjacency, e.seed);
+    case AddEdges:
+    case AddAdjacency: {
+      next = e.kind == AddEdges ? connex::add_connections(net, e.edges, e.seed)
+                                : connex::add_connections(net, e.adjacency, e.seed);
       const auto added = e.kind == AddEdges ? e.edges : edges_of(e.adjacency);
       std::unordered_set<Edge, EdgeHash> all(spec.edges().begin(), spec.edges().end());
       all.insert(added.begin(), added.end());
-      FUZZ_CHECK(next->num_connections() == static_cast<int64_t>(all.size()), "%s: %lld connections, expected %zu", what,
-                 static_cast<long long>(next->num_connections()), all.size());
+      FUZZ_CHECK(next->num_connections() == static_cast<int64_t>(all.size()), "%s: %lld connections, expected %zu",
+                 what, static_cast<long long>(next->num_connections()), all.size());
       for (const auto& edge : added) next->weight(edge.first, edge.second);  // throws (a finding) if absent
       break;
     }
-    case RemoveEdges: case RemoveAdjacency: {
-      next = e.kind == RemoveEdges ? connex::remove_connections(net, e.edges) : connex::remove_connections(net, e.adjacency);
+    case RemoveEdges:
+    case RemoveAdjacency: {
+      next = e.kind == RemoveEdges ? connex::remove_connections(net, e.edges)
+                                   : connex::remove_connections(net, e.adjacency);
       const auto removed = e.kind == RemoveEdges ? e.edges : edges_of(e.adjacency);
       std::unordered_set<Edge, EdgeHash> gone(removed.begin(), removed.end());
       FUZZ_CHECK(next->num_connections() == net->num_connections() - static_cast<int64_t>(gone.size()),
-                 "%s: %lld connections left of %lld after removing %zu", what, static_cast<long long>(next->num_connections()),
-                 static_cast<long long>(net->num_connections()), gone.size());
-      for (const auto& edge : next->spec().edges()) FUZZ_CHECK(!gone.count(edge), "%s: a removed connection survived", what);
+                 "%s: %lld connections left of %lld after removing %zu", what,
+                 static_cast<long long>(next->num_connections()), static_cast<long long>(net->num_connections()),
+                 gone.size());
+      for (const auto& edge : next->spec().edges())
+        FUZZ_CHECK(!gone.count(edge), "%s: a removed connection survived", what);
       break;
     }
-    case AddInputs: case AddHidden: case AddOutputs: {
-      next = e.kind == AddInputs    ? connex::add_input_neurons(net, e.ids, e.seed)
+    case AddInputs:
+    case AddHidden:
+    case AddOutputs: {
+      next = e.kind == AddInputs   ? connex::add_input_neurons(net, e.ids, e.seed)
              : e.kind == AddHidden ? connex::add_hidden_neurons(net, e.ids, e.seed)
-                                    : connex::add_output_neurons(net, e.ids, e.seed);
-      const connex::Role role = e.kind == AddInputs ? connex::Role::Input : e.kind == AddHidden ? connex::Role::Hidden : connex::Role::Output;
+                                   : connex::add_output_neurons(net, e.ids, e.seed);
+      const connex::Role role = e.kind == AddInputs   ? connex::Role::Input
+                                : e.kind == AddHidden ? connex::Role::Hidden
+                                                      : connex::Role::Output;
       for (const auto& id : e.ids)
-        FUZZ_CHECK(next->spec().contains(id) && next->spec().role(id) == role, "%s: %s missing or of the wrong role", what,
-                   id.str().c_str());
+        FUZZ_CHECK(next->spec().contains(id) && next->spec().role(id) == role, "%s: %s missing or of the wrong role",
+                   what, id.str().c_str());
       FUZZ_CHECK(next->num_connections() == net->num_connections(), "%s: connections changed", what);
       if (e.kind == AddInputs)
-        FUZZ_CHECK(std::equal(spec.inputs().begin(), spec.inputs().end(), next->input_neurons().end() - spec.inputs().size()),
-                   "%s: the existing inputs are not last", what);
+        FUZZ_CHECK(
+            std::equal(spec.inputs().begin(), spec.inputs().end(), next->input_neurons().end() - spec.inputs().size()),
+            "%s: the existing inputs are not last", what);
       if (e.kind == AddOutputs)
         FUZZ_CHECK(std::equal(spec.outputs().begin(), spec.outputs().end(), next->output_neurons().begin()),
                    "%s: the existing outputs are not first", what);
@@ -334,8 +407,9 @@ NeuralNetwork apply_free(const NeuralNetwork& net, const Edit& e) {
             FUZZ_CHECK(remap[i] == -1, "%s: removed %s kept position %lld in %s", what, old_list[i].str().c_str(),
                        static_cast<long long>(remap[i]), list);
           } else {
-            FUZZ_CHECK(remap[i] >= 0 && remap[i] < static_cast<int64_t>(new_list.size()) && new_list[remap[i]] == old_list[i],
-                       "%s: %s's position in %s is wrong", what, old_list[i].str().c_str(), list);
+            FUZZ_CHECK(
+                remap[i] >= 0 && remap[i] < static_cast<int64_t>(new_list.size()) && new_list[remap[i]] == old_list[i],
+                "%s: %s's position in %s is wrong", what, old_list[i].str().c_str(), list);
           }
         }
       };
@@ -411,8 +485,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // that it is still bit-identical, so an edit that wrote into its original
   // would be caught by the next input too. (Building costs more than most edits.)
   static std::map<std::tuple<int, int, int>, std::pair<NeuralNetwork, Snapshot>> cache;
-  const auto key = std::make_tuple(which % 4 < 2 ? 0 : which % 4, seed, (flags & ~(32 | 2 | 4)) | (flags & 2 && which & 4 ? 2 : 0) |
-                                                                    (flags & 4 && which & 8 ? 4 : 0));
+  const auto key =
+      std::make_tuple(which % 4 < 2 ? 0 : which % 4, seed,
+                      (flags & ~(32 | 2 | 4)) | (flags & 2 && which & 4 ? 2 : 0) | (flags & 4 && which & 8 ? 4 : 0));
   auto cached = cache.find(key);
   if (cached == cache.end()) {
     if (cache.size() >= 4096) cache.clear();
@@ -478,7 +553,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       auto pa = a->network->named_parameters(), pb = b->network->named_parameters();
       for (const auto& p : pa) {
         const auto* q = pb.find(p.key());
-        FUZZ_CHECK(q && same_bits(p.value(), *q), "rejected %s changed the editor's %s", kind_name(e.kind), p.key().c_str());
+        FUZZ_CHECK(q && same_bits(p.value(), *q), "rejected %s changed the editor's %s", kind_name(e.kind),
+                   p.key().c_str());
       }
     }
   }

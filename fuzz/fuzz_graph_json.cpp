@@ -17,8 +17,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // Count nodes and links as a GraphSpec's neurons and edges.
     json as_spec = json::object();
     if (in.contains("nodes") && in.at("nodes").is_array()) as_spec["neurons"] = in.at("nodes");
-    if (in.contains("links") && in.at("links").is_array()) as_spec["edges"] = in.at("links");
-    else if (in.contains("edges") && in.at("edges").is_array()) as_spec["edges"] = in.at("edges");
+    if (in.contains("links") && in.at("links").is_array())
+      as_spec["edges"] = in.at("links");
+    else if (in.contains("edges") && in.at("edges").is_array())
+      as_spec["edges"] = in.at("edges");
     static const json null_options;
     const json* options = &null_options;
     if (in.contains("graph") && in.at("graph").is_object() && in.at("graph").contains("options"))
@@ -48,8 +50,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     FUZZ_CHECK(q && q->sizes().equals(p.value().sizes()), "export/import lost parameter %s", p.key().c_str());
     // Values travel as JSON doubles: exact for every floating dtype.
     auto x = p.value().detach().to(torch::kFloat64).contiguous(), y = q->detach().to(torch::kFloat64).contiguous();
-    FUZZ_CHECK(x.numel() == 0 || std::memcmp(x.data_ptr<double>(), y.data_ptr<double>(), x.numel() * sizeof(double)) == 0,
-               "export/import changed values of %s", p.key().c_str());
+    FUZZ_CHECK(
+        x.numel() == 0 || std::memcmp(x.data_ptr<double>(), y.data_ptr<double>(), x.numel() * sizeof(double)) == 0,
+        "export/import changed values of %s", p.key().c_str());
   }
 
   guarded("forward", [&] { check_forward(net, "from_node_link_json"); });

@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ccache pkg-config
   libtorch-dev libopenblas0-pthread
   libfmt-dev libspdlog-dev nlohmann-json3-dev libgtest-dev libcli11-dev libgloo-dev
-  graphviz python3-torch python3-networkx
+  graphviz python3-torch python3-networkx clang-format
 )
 missing=()
 for p in "${packages[@]}"; do

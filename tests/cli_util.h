@@ -23,7 +23,6 @@ struct Run {
   std::string out, err;
 };
 
-
 // Runs `connex ARGS` in `dir`, capturing stdout and stderr.
 inline Run connex_cli(const std::string& args, const TempDir& dir) {
   const std::string cmd = "cd '" + dir.path + "' && " CONNEX_CLI " " + args + " > .stdout 2> .stderr";
@@ -120,6 +119,8 @@ inline bool convert_sklearn(const std::string& from, const std::string& to) {
   return true;
 }
 
-inline bool empty_or_missing(const std::string& dir) { return !std::filesystem::exists(dir) || std::filesystem::is_empty(dir); }
+inline bool empty_or_missing(const std::string& dir) {
+  return !std::filesystem::exists(dir) || std::filesystem::is_empty(dir);
+}
 
 }  // namespace connex::testing

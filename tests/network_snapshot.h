@@ -66,7 +66,8 @@ class StateSnapshot {
  public:
   explicit StateSnapshot(const NeuralNetwork& net) {
     for (const auto& p : net->named_parameters()) tensors_[p.key()] = p.value().detach().to(torch::kCPU).clone();
-    for (const auto& b : net->named_buffers()) tensors_["buffer:" + b.key()] = b.value().detach().to(torch::kCPU).clone();
+    for (const auto& b : net->named_buffers())
+      tensors_["buffer:" + b.key()] = b.value().detach().to(torch::kCPU).clone();
     structure_ = describe(net);
   }
   // Adds a gtest failure for every difference; returns whether there was none.
@@ -126,8 +127,8 @@ class StateSnapshot {
 // ------------------------------------------------------ random edit sequences
 
 struct RandomEditPlan {
-  int edits = 0;                   // editor calls made
-  std::map<std::string, int> kinds;  // how many of each kind
+  int edits = 0;                         // editor calls made
+  std::map<std::string, int> kinds;      // how many of each kind
   int64_t neurons = 0, connections = 0;  // what build() must give
 };
 
@@ -147,7 +148,9 @@ inline RandomEditPlan random_edit_sequence(const NeuralNetwork& net, NetworkEdit
   std::set<std::pair<NeuronId, NeuronId>> edges(spec.edges().begin(), spec.edges().end());
   int next_id = 1000;
   auto new_id = [&] { return strings ? NeuronId("new" + std::to_string(next_id++)) : NeuronId(next_id++); };
-  auto pick = [&](const std::vector<NeuronId>& v) { return v[std::uniform_int_distribution<size_t>(0, v.size() - 1)(rng)]; };
+  auto pick = [&](const std::vector<NeuronId>& v) {
+    return v[std::uniform_int_distribution<size_t>(0, v.size() - 1)(rng)];
+  };
   // Whether `to` is reachable from `from` over the current edges.
   auto reaches = [&](const NeuronId& from, const NeuronId& to) {
     std::set<NeuronId> seen{from};

@@ -61,8 +61,10 @@ void for_each_surviving_operation_entry(const NeuralNetwork& before, const Neura
         for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
           const int64_t o = old_of[d][rem % sizes[d]];
           rem /= sizes[d];
-          if (o < 0) found = false;
-          else old_flat += o * old_strides[d];
+          if (o < 0)
+            found = false;
+          else
+            old_flat += o * old_strides[d];
         }
         if (found) visit(operation, name, flat, nv[flat], ov[old_flat]);
       }

@@ -65,8 +65,12 @@ const auto kDouble = torch::TensorOptions().dtype(torch::kFloat64);
 struct World {
   World() {
     torch::manual_seed(0);
-    net = NeuralNetwork(readme_spec(), NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("relu")
-                                           .use_adaptive_activations(true).dropout_p(0.1).seed(3));
+    net = NeuralNetwork(readme_spec(), NeuralNetworkOptions()
+                                           .dtype(torch::kFloat64)
+                                           .hidden_activation("relu")
+                                           .use_adaptive_activations(true)
+                                           .dropout_p(0.1)
+                                           .seed(3));
     net->freeze({{8, 11}});
     adam = std::make_unique<torch::optim::Adam>(net->parameters(), torch::optim::AdamOptions(1e-2));
     auto [x, y] = cos_sin_data(torch::kFloat64);
@@ -131,8 +135,9 @@ std::function<void(World&)> file(const std::string& name, const std::string& con
 }
 
 NeuralNetwork custom_callable_network() {
-  return NeuralNetwork(GraphSpec::from_edges({{0, 1}, {1, 2}}, {0}, {2}),
-                       NeuralNetworkOptions().hidden_activation(TensorFunction([](const torch::Tensor& z) { return z; }, "mine")));
+  return NeuralNetwork(
+      GraphSpec::from_edges({{0, 1}, {1, 2}}, {0}, {2}),
+      NeuralNetworkOptions().hidden_activation(TensorFunction([](const torch::Tensor& z) { return z; }, "mine")));
 }
 
 torch::Tensor zeros(std::vector<int64_t> shape, torch::Dtype dtype = torch::kFloat64) {
@@ -145,8 +150,8 @@ torch::Tensor zeros(std::vector<int64_t> shape, torch::Dtype dtype = torch::kFlo
 Act cli(const std::string& args) {
   return [args](World& w) -> std::string {
     TempDir logs;
-    const std::string cmd = "cd '" + w.dir.path + "' && " CONNEX_CLI " " + args + " > '" + (logs / "out.txt") + "' 2> '" +
-                            (logs / "err.txt") + "'";
+    const std::string cmd = "cd '" + w.dir.path + "' && " CONNEX_CLI " " + args + " > '" + (logs / "out.txt") +
+                            "' 2> '" + (logs / "err.txt") + "'";
     const int status = std::system(cmd.c_str());
     const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     const std::string err = slurp(logs / "err.txt");
@@ -167,77 +172,122 @@ std::vector<Case> make_catalogue() {
   const std::function<void(World&)> none;
 
   // ------------------------------------------------------------------ graph
-  add("graph", "Cycle", none, lib([](World&) { GraphSpec::from_edges({{0, 3}, {3, 5}, {5, 7}, {7, 3}, {7, 9}}, {0}, {9}); }),
+  add("graph", "Cycle", none, lib([](World&) {
+        GraphSpec::from_edges({{0, 3}, {3, 5}, {5, 7}, {7, 3}, {7, 9}}, {0}, {9});
+      }),
       {"the graph has the cycle 3 -> 5 -> 7 -> 3"});
-  add("graph", "SelfLoop", none, lib([](World&) { GraphSpec::from_edges({{0, 1}, {1, 1}, {1, 2}}, {0}, {2}); }),
+  add("graph", "SelfLoop", none, lib([](World&) {
+        GraphSpec::from_edges({{0, 1}, {1, 1}, {1, 2}}, {0}, {2});
+      }),
       {"the graph has the cycle 1 -> 1"});
-  add("graph", "UnknownInput", none, lib([](World&) { GraphSpec::from_edges({{0, 1}}, {0, 7}, {1}); }),
+  add("graph", "UnknownInput", none, lib([](World&) {
+        GraphSpec::from_edges({{0, 1}}, {0, 7}, {1});
+      }),
       {"input neuron 7 is not a neuron of the graph"});
-  add("graph", "UnknownOutput", none, lib([](World&) { GraphSpec::from_edges({{0, 1}}, {0}, {9}); }),
+  add("graph", "UnknownOutput", none, lib([](World&) {
+        GraphSpec::from_edges({{0, 1}}, {0}, {9});
+      }),
       {"output neuron 9 is not a neuron of the graph"});
-  add("graph", "OutputOfTheOtherIdKind", none, lib([](World&) { GraphSpec::from_edges({{0, 1}}, {0}, {"x"}); }),
+  add("graph", "OutputOfTheOtherIdKind", none, lib([](World&) {
+        GraphSpec::from_edges({{0, 1}}, {0}, {"x"});
+      }),
       {"GraphSpec: output neuron \"x\" is a string id, but this graph's ids are integers"});
-  add("graph", "InputOfTheOtherIdKind", none, lib([](World&) { GraphSpec::from_edges({{"a", "b"}}, {0}, {"b"}); }),
+  add("graph", "InputOfTheOtherIdKind", none, lib([](World&) {
+        GraphSpec::from_edges({{"a", "b"}}, {0}, {"b"});
+      }),
       {"GraphSpec: input neuron 0 is an integer id, but this graph's ids are strings"});
   // With a neuron list, a typo in an edge is an error, not a new neuron.
-  add("graph", "EdgeNamesAnUnlistedNeuron", none,
-      lib([](World&) { GraphSpec::from_edges({{"n1", "n2"}, {"n1", "n2OO1"}}, {"n1"}, {"n2"}, {"n1", "n2", "n2001"}); }),
+  add("graph", "EdgeNamesAnUnlistedNeuron", none, lib([](World&) {
+        GraphSpec::from_edges({{"n1", "n2"}, {"n1", "n2OO1"}}, {"n1"}, {"n2"}, {"n1", "n2", "n2001"});
+      }),
       {"GraphSpec: edge \"n1\" -> \"n2OO1\" names neuron \"n2OO1\", which is not in the neurons list"});
-  add("graph", "EdgeOfTheOtherIdKind", none,
-      lib([](World&) { GraphSpec::from_edges({{"a", "b"}, {0, "b"}}, {"a"}, {"b"}, {"a", "b"}); }),
+  add("graph", "EdgeOfTheOtherIdKind", none, lib([](World&) {
+        GraphSpec::from_edges({{"a", "b"}, {0, "b"}}, {"a"}, {"b"}, {"a", "b"});
+      }),
       {"GraphSpec: edge 0 -> \"b\" names neuron 0, an integer id, but this graph's ids are strings"});
-  add("graph", "AdjacencyKeyNotListed", none,
-      lib([](World&) { GraphSpec::from_adjacency({{0, {1}}, {5, {}}}, {0}, {1}, {0, 1}); }),
+  add("graph", "AdjacencyKeyNotListed", none, lib([](World&) {
+        GraphSpec::from_adjacency({{0, {1}}, {5, {}}}, {0}, {1}, {0, 1});
+      }),
       {"GraphSpec: adjacency key 5 is not in the neurons list"});
-  add("graph", "BothInputAndOutput", none, lib([](World&) { GraphSpec::from_edges({{0, 1}}, {0, 2}, {1, 2}, {0, 1, 2}); }),
+  add("graph", "BothInputAndOutput", none, lib([](World&) {
+        GraphSpec::from_edges({{0, 1}}, {0, 2}, {1, 2}, {0, 1, 2});
+      }),
       {"neuron 2 is both an input and an output neuron"});
-  add("graph", "InputWithIncomingEdge", none, lib([](World&) { GraphSpec::from_edges({{0, 1}, {1, 2}, {3, 0}}, {0, 3}, {2}); }),
+  add("graph", "InputWithIncomingEdge", none, lib([](World&) {
+        GraphSpec::from_edges({{0, 1}, {1, 2}, {3, 0}}, {0, 3}, {2});
+      }),
       {"input neuron 0 has the incoming connection 3 -> 0"});
-  add("graph", "OutputWithOutgoingEdge", none, lib([](World&) { GraphSpec::from_edges({{0, 1}, {1, 2}, {2, 4}}, {0}, {2, 4}); }),
+  add("graph", "OutputWithOutgoingEdge", none, lib([](World&) {
+        GraphSpec::from_edges({{0, 1}, {1, 2}, {2, 4}}, {0}, {2, 4});
+      }),
       {"output neuron 2 has the outgoing connection 2 -> 4"});
-  add("graph", "NoInputs", none, lib([](World&) { GraphSpec::from_edges({{0, 1}}, {}, {1}); }), {"no input neurons given"});
-  add("graph", "NoOutputs", none, lib([](World&) { GraphSpec::from_edges({{0, 1}}, {0}, {}); }), {"no output neurons given"});
-  add("graph", "RepeatedNeuronId", none, lib([](World&) { GraphSpec::from_edges({{0, 1}}, {0}, {1}, {0, 1, 0}); }),
+  add("graph", "NoInputs", none, lib([](World&) {
+        GraphSpec::from_edges({{0, 1}}, {}, {1});
+      }),
+      {"no input neurons given"});
+  add("graph", "NoOutputs", none, lib([](World&) {
+        GraphSpec::from_edges({{0, 1}}, {0}, {});
+      }),
+      {"no output neurons given"});
+  add("graph", "RepeatedNeuronId", none, lib([](World&) {
+        GraphSpec::from_edges({{0, 1}}, {0}, {1}, {0, 1, 0});
+      }),
       {"neuron 0 is listed twice in the neuron list"});
-  add("graph", "RepeatedInput", none, lib([](World&) { GraphSpec::from_edges({{0, 2}, {1, 2}}, {0, 1, 0}, {2}); }),
+  add("graph", "RepeatedInput", none, lib([](World&) {
+        GraphSpec::from_edges({{0, 2}, {1, 2}}, {0, 1, 0}, {2});
+      }),
       {"input neuron 0 is listed twice"});
-  add("graph", "MixedIdKinds", none, lib([](World&) { GraphSpec::from_edges({{0, "a"}}, {0}, {"a"}); }),
+  add("graph", "MixedIdKinds", none, lib([](World&) {
+        GraphSpec::from_edges({{0, "a"}}, {0}, {"a"});
+      }),
       {"neuron \"a\" is a string but neuron 0 is an integer"});
-  add("graph", "IdWithANulByte", none, lib([](World&) { GraphSpec::from_edges({{"a", std::string("b\0c", 3)}}, {"a"}, {std::string("b\0c", 3)}); }),
-      {"GraphSpec: neuron \"b\\x00c\" contains the control character U+0000 at offset 1; string ids must be printable UTF-8 text"});
-  add("graph", "IdNotUtf8", file("bad.json", "{\"graph\": {\"edges\": [[\"a\", \"b\\u0000\"]], \"inputs\": [\"a\"], \"outputs\": [\"b\\u0000\"]}}"),
+  add("graph", "IdWithANulByte", none, lib([](World&) {
+        GraphSpec::from_edges({{"a", std::string("b\0c", 3)}}, {"a"}, {std::string("b\0c", 3)});
+      }),
+      {"GraphSpec: neuron \"b\\x00c\" contains the control character U+0000 at offset 1; string ids must be printable "
+       "UTF-8 text"});
+  add("graph", "IdNotUtf8",
+      file("bad.json",
+           "{\"graph\": {\"edges\": [[\"a\", \"b\\u0000\"]], \"inputs\": [\"a\"], \"outputs\": [\"b\\u0000\"]}}"),
       lib([](World& w) { load_config(w.dir / "bad.json"); }), {"bad.json", "contains the control character U+0000"});
   add("edit", "AddedIdWithAnEscape", none, lib([](World&) {
         NeuralNetwork named(GraphSpec::from_edges({{"a", "b"}}, {"a"}, {"b"}));
         connex::edit(named).add_hidden_neurons({"\x1b[2J"}).build();
       }),
       {"contains the control character U+001B at offset 0"});
-  add("graph", "JsonEdgeNotAPair", none,
-      lib([](World&) { GraphSpec::from_json(nlohmann::json::parse(R"({"edges":[[0]],"inputs":[0],"outputs":[1]})"), "g.json"); }),
+  add("graph", "JsonEdgeNotAPair", none, lib([](World&) {
+        GraphSpec::from_json(nlohmann::json::parse(R"({"edges":[[0]],"inputs":[0],"outputs":[1]})"), "g.json");
+      }),
       {"g.json", "/edges/0 must be a pair [from, to]"});
 
   // ---------------------------------------------------------------- options
   auto readme_with = [](NeuralNetworkOptions o) { return [o](World&) { NeuralNetwork(readme_spec(), o); }; };
   add("options", "DropoutAboveOne", none, lib(readme_with(NeuralNetworkOptions().dropout_p(1.5))),
       {"dropout_p for hidden neurons is 1.5; it must lie in [0, 1]"});
-  add("options", "DropoutNanForANeuron", none, lib(readme_with(NeuralNetworkOptions().dropout_p(DropoutSpec({{4, std::nan("")}})))),
+  add("options", "DropoutNanForANeuron", none,
+      lib(readme_with(NeuralNetworkOptions().dropout_p(DropoutSpec({{4, std::nan("")}})))),
       {"dropout_p of neuron 4 is nan"});
-  add("options", "DropoutOfUnknownNeuron", none, lib(readme_with(NeuralNetworkOptions().dropout_p(DropoutSpec({{40, 0.1}})))),
+  add("options", "DropoutOfUnknownNeuron", none,
+      lib(readme_with(NeuralNetworkOptions().dropout_p(DropoutSpec({{40, 0.1}})))),
       {"dropout_p names neuron 40, which is not in the graph"});
-  add("options", "UnknownActivation", none, lib([](World&) { NeuralNetwork(readme_spec(), NeuralNetworkOptions().hidden_activation("swish")); }),
+  add("options", "UnknownActivation", none,
+      lib([](World&) { NeuralNetwork(readme_spec(), NeuralNetworkOptions().hidden_activation("swish")); }),
       {"unknown built-in \"swish\""});
-  add("options", "NonElementwiseActivation", none, lib(readme_with(NeuralNetworkOptions().hidden_activation("softmax"))),
+  add("options", "NonElementwiseActivation", none,
+      lib(readme_with(NeuralNetworkOptions().hidden_activation("softmax"))),
       {"hidden_activation \"softmax\" is not element-wise"});
   add("options", "IntegerDtype", none, lib(readme_with(NeuralNetworkOptions().dtype(torch::kInt64))),
       {"dtype Long is not a floating-point type"});
-  add("options", "TopoSortViolatesAnEdge", none,
-      lib([](World&) {
-        NeuralNetwork(GraphSpec::from_edges({{0, 1}, {1, 2}}, {0}, {2}), NeuralNetworkOptions().topo_sort(std::vector<NeuronId>{1, 0, 2}));
+  add("options", "TopoSortViolatesAnEdge", none, lib([](World&) {
+        NeuralNetwork(GraphSpec::from_edges({{0, 1}, {1, 2}}, {0}, {2}),
+                      NeuralNetworkOptions().topo_sort(std::vector<NeuronId>{1, 0, 2}));
       }),
       {"topo_sort places", "0 -> 1"});
-  add("options", "TopoSortMissingANeuron", none, lib(readme_with(NeuralNetworkOptions().topo_sort(std::vector<NeuronId>{0, 1}))),
+  add("options", "TopoSortMissingANeuron", none,
+      lib(readme_with(NeuralNetworkOptions().topo_sort(std::vector<NeuronId>{0, 1}))),
       {"topo_sort is not a permutation of the neurons: neuron"});
-  add("options", "PrebuiltZeroWidth", none, lib([](World&) { nn::MLP(1, 2, 0, 2); }), {"MLP(): sizes must be positive", "width=0"});
+  add("options", "PrebuiltZeroWidth", none, lib([](World&) { nn::MLP(1, 2, 0, 2); }),
+      {"MLP(): sizes must be positive", "width=0"});
   if (!torch::cuda::is_available())
     add("options", "NetworkToCudaWithoutCuda", none, lib([](World& w) { w.net->to(torch::kCUDA); }),
         {"NeuralNetwork::to(): device cuda", "CUDA is not available"});
@@ -245,15 +295,22 @@ std::vector<Case> make_catalogue() {
       {"NeuralNetwork::to(): dtype Int is not a floating-point type"});
 
   // ---------------------------------------------------------------- forward
-  add("forward", "WrongWidth", none, lib([](World& w) { w.net->forward(zeros({4, 3})); }),
+  add("forward", "WrongWidth", none, lib([](World& w) {
+        w.net->forward(zeros({4, 3}));
+      }),
       {"expected input of shape [batch, 1] or [1], got [4, 3]"});
   add("forward", "WrongRank", none, lib([](World& w) { w.net->forward(zeros({2, 1, 1})); }), {"got [2, 1, 1]"});
   add("forward", "Scalar", none, lib([](World& w) { w.net->forward(torch::tensor(1.0, kDouble)); }), {"got []"});
-  add("forward", "WrongDtype", none, lib([](World& w) { w.net->forward(zeros({4, 1}, torch::kFloat32)); }),
+  add("forward", "WrongDtype", none, lib([](World& w) {
+        w.net->forward(zeros({4, 1}, torch::kFloat32));
+      }),
       {"expected input of dtype Double, got Float"});
-  add("forward", "IntegerInput", none, lib([](World& w) { w.net->forward(zeros({4, 1}, torch::kLong)); }),
+  add("forward", "IntegerInput", none, lib([](World& w) {
+        w.net->forward(zeros({4, 1}, torch::kLong));
+      }),
       {"expected input of dtype Double, got Long"});
-  add("forward", "Undefined", none, lib([](World& w) { w.net->forward(torch::Tensor()); }), {"the input tensor is undefined"});
+  add("forward", "Undefined", none, lib([](World& w) { w.net->forward(torch::Tensor()); }),
+      {"the input tensor is undefined"});
 
   // ----------------------------------------------------------------- access
   add("access", "WeightOfMissingConnection", none, lib([](World& w) { w.net->weight(0, 11); }),
@@ -262,33 +319,53 @@ std::vector<Case> make_catalogue() {
       {"NeuralNetwork::set_weight(): neuron 42 is not in the network"});
   add("access", "SetBiasOfInput", none, lib([](World& w) { w.net->set_bias(0, 1.0); }),
       {"NeuralNetwork::set_bias(): neuron 0 is an input and has no bias"});
-  add("access", "FreezeWithOneBadLabel", none, lib([](World& w) { w.net->freeze({{1, 4}, {0, 11}}, {4}); }),
+  add("access", "FreezeWithOneBadLabel", none, lib([](World& w) {
+        w.net->freeze({{1, 4}, {0, 11}}, {4});
+      }),
       {"NeuralNetwork::freeze(): there is no connection 0 -> 11"});
   add("access", "DropoutOfUnknownNeuron", none, lib([](World& w) { w.net->dropout_p("z"); }),
       {"NeuralNetwork::dropout_p(): neuron \"z\" is not in the network"});
 
   // ------------------------------------------------------------------- edit
-  add("edit", "Cycle", none, lib([](World& w) { add_connections(w.net, {{8, 2}}); }),
+  add("edit", "Cycle", none, lib([](World& w) {
+        add_connections(w.net, {{8, 2}});
+      }),
       {"add_connections(): edge 8 -> 2 would create the cycle 2 -> 4 -> 6 -> 8 -> 2"});
-  add("edit", "SelfLoop", none, lib([](World& w) { add_connections(w.net, {{5, 5}}); }),
+  add("edit", "SelfLoop", none, lib([](World& w) {
+        add_connections(w.net, {{5, 5}});
+      }),
       {"edge 5 -> 5 would create the cycle 5 -> 5"});
-  add("edit", "TwoEdgesCloseACycle", none, lib([](World& w) { edit(w.net).add_connections({{7, 1}}).add_connections({{1, 5}}).build(); }),
+  add("edit", "TwoEdgesCloseACycle", none, lib([](World& w) {
+        edit(w.net).add_connections({{7, 1}}).add_connections({{1, 5}}).build();
+      }),
       {"would create the cycle 1 -> 5 -> 7 -> 1"});
-  add("edit", "UnknownNeuron", none, lib([](World& w) { add_connections(w.net, {{1, 42}}); }),
+  add("edit", "UnknownNeuron", none, lib([](World& w) {
+        add_connections(w.net, {{1, 42}});
+      }),
       {"add_connections(): edge 1 -> 42 names neuron 42, which is not in the network"});
-  add("edit", "ConnectionIntoInput", none, lib([](World& w) { add_connections(w.net, {{4, 0}}); }),
+  add("edit", "ConnectionIntoInput", none, lib([](World& w) {
+        add_connections(w.net, {{4, 0}});
+      }),
       {"edge 4 -> 0 would enter input neuron 0"});
-  add("edit", "ConnectionOutOfOutput", none, lib([](World& w) { add_connections(w.net, {{3, 4}}); }),
+  add("edit", "ConnectionOutOfOutput", none, lib([](World& w) {
+        add_connections(w.net, {{3, 4}});
+      }),
       {"edge 3 -> 4 would leave output neuron 3"});
-  add("edit", "RemoveMissingConnection", none, lib([](World& w) { remove_connections(w.net, {{0, 11}}); }),
+  add("edit", "RemoveMissingConnection", none, lib([](World& w) {
+        remove_connections(w.net, {{0, 11}});
+      }),
       {"remove_connections(): there is no connection 0 -> 11"});
   add("edit", "RemoveTheOnlyInput", none, lib([](World& w) { remove_neurons(w.net, {0}); }),
       {"remove_neurons(): removing [0] would leave the network without input neurons"});
-  add("edit", "RemoveEveryOutput", none, lib([](World& w) { remove_neurons(w.net, {3, 11}); }),
+  add("edit", "RemoveEveryOutput", none, lib([](World& w) {
+        remove_neurons(w.net, {3, 11});
+      }),
       {"removing [3, 11] would leave the network without output neurons"});
   add("edit", "RemoveUnknownNeuron", none, lib([](World& w) { remove_neurons(w.net, {42}); }),
       {"remove_neurons(): neuron 42 is not in the network"});
-  add("edit", "RemoveANeuronTwice", none, lib([](World& w) { remove_neurons(w.net, {4, 4}); }),
+  add("edit", "RemoveANeuronTwice", none, lib([](World& w) {
+        remove_neurons(w.net, {4, 4});
+      }),
       {"remove_neurons(): neuron 4 is listed twice"});
   add("edit", "AddExistingNeuron", none, lib([](World& w) { add_hidden_neurons(w.net, {4}); }),
       {"add_hidden_neurons(): neuron 4 already exists"});
@@ -296,9 +373,12 @@ std::vector<Case> make_catalogue() {
       {"add_output_neurons(): neuron \"x\" is a string but the network's neuron ids are integers"});
   add("edit", "DropoutOutOfRange", none, lib([](World& w) { set_dropout_p(w.net, 2.0); }),
       {"set_dropout_p(): dropout_p for hidden neurons is 2"});
-  add("edit", "DropoutOfUnknownNeuron", none, lib([](World& w) { set_dropout_p(w.net, DropoutSpec({{42, 0.1}})); }),
+  add("edit", "DropoutOfUnknownNeuron", none, lib([](World& w) {
+        set_dropout_p(w.net, DropoutSpec({{42, 0.1}}));
+      }),
       {"set_dropout_p(): neuron 42 is not in the network"});
-  add("edit", "ReaddRemovedNeuron", none, lib([](World& w) { edit(w.net).remove_neurons({4}).add_hidden_neurons({4}).build(); }),
+  add("edit", "ReaddRemovedNeuron", none,
+      lib([](World& w) { edit(w.net).remove_neurons({4}).add_hidden_neurons({4}).build(); }),
       {"add_hidden_neurons(): neuron 4 was removed earlier in this edit"});
 
   // ----------------------------------------------------------------- config
@@ -318,38 +398,49 @@ std::vector<Case> make_catalogue() {
       {"my.json: /options/activation is not an option"});
   add("config", "BadDtypeName", none, config("{" + graph + R"(,"options":{"dtype":"int8"}})"),
       {"my.json: /options/dtype must be one of float32"});
-  add("config", "FutureVersion", none, config(R"({"version":2,"graph":{}})"), {"my.json: /version is 2; this connex reads version 1"});
+  add("config", "FutureVersion", none, config(R"({"version":2,"graph":{}})"),
+      {"my.json: /version is 2; this connex reads version 1"});
   add("config", "InvalidJsonFile", file("broken.json", "{\"graph\": [1, 2"),
       lib([](World& w) { load_config(w.dir / "broken.json"); }), {"load_config():", "broken.json is not valid JSON"});
   // Nested 100,000 deep, it crashed the message's dump() (exit 139 in the program).
-  add("config", "NestedTooDeeply", file("deep.json", "{\"options\": {\"seed\": " + std::string(100000, '[') + std::string(100000, ']') + "}}"),
-      lib([](World& w) { load_config(w.dir / "deep.json"); }), {"load_config():", "deep.json nests JSON deeper than 256 levels (at byte"});
+  add("config", "NestedTooDeeply",
+      file("deep.json", "{\"options\": {\"seed\": " + std::string(100000, '[') + std::string(100000, ']') + "}}"),
+      lib([](World& w) { load_config(w.dir / "deep.json"); }),
+      {"load_config():", "deep.json nests JSON deeper than 256 levels (at byte"});
   add("config", "EdgeNamesAnUnlistedNeuron", none,
       config(R"({"graph":{"neurons":[0,1,2],"edges":[[0,1],[1,2],[1,20]],"inputs":[0],"outputs":[2]}})"),
       {"my.json: /graph/edges/2/1: edge 1 -> 20 names neuron 20, which is not in the neurons list"});
   add("config", "AdjacencyNamesAnUnlistedNeuron", none,
       config(R"({"graph":{"neurons":[0,1,2],"adjacency":{"0":[1],"1":[2,20]},"inputs":[0],"outputs":[2]}})"),
       {"my.json: /graph/adjacency/1/1: edge 1 -> 20 names neuron 20, which is not in the neurons list"});
-  add("config", "CycleInAFile", file("cyclic.json", R"({"graph":{"edges":[[0,1],[1,2],[2,1],[2,3]],"inputs":[0],"outputs":[3]}})"),
+  add("config", "CycleInAFile",
+      file("cyclic.json", R"({"graph":{"edges":[[0,1],[1,2],[2,1],[2,3]],"inputs":[0],"outputs":[3]}})"),
       lib([](World& w) { load_config(w.dir / "cyclic.json"); }), {"cyclic.json: the graph has the cycle 1 -> 2 -> 1"});
   add("config", "MissingFile", none, lib([](World& w) { load_config(w.dir / "nothing.json"); }),
       {"load_config(): cannot open", "nothing.json"});
-  add("config", "SaveCustomCallableOverAFile", none, lib([](World& w) { save_config(custom_callable_network(), w.dir / "net.json"); }),
+  add("config", "SaveCustomCallableOverAFile", none,
+      lib([](World& w) { save_config(custom_callable_network(), w.dir / "net.json"); }),
       {"save_config(): hidden_activation \"mine\" is a custom callable"});
 
   // -------------------------------------------------------------------- csv
   auto csv = [](const std::string& name) { return lib([name](World& w) { read_csv(w.dir / name); }); };
   add("csv", "RaggedRow", file("d.csv", "x1,x2,y\n1,2,3\n4,5\n"), csv("d.csv"), {"d.csv:3: expected 3 columns, got 2"});
-  add("csv", "LongRow", file("d.csv", "x1,x2,y\n1,2,3\n\n4,5,6,7\n"), csv("d.csv"), {"d.csv:4: expected 3 columns, got 4"});
+  add("csv", "LongRow", file("d.csv", "x1,x2,y\n1,2,3\n\n4,5,6,7\n"), csv("d.csv"),
+      {"d.csv:4: expected 3 columns, got 4"});
   add("csv", "NonNumericCell", file("d.csv", "x1,x2,y\n1,2,3\n4,abc,6\n"), csv("d.csv"),
       {"d.csv:3: column 2 (\"x2\"): \"abc\" is not a number"});
-  add("csv", "NanCell", file("d.csv", "x1,x2,y\n1,2,3\n4,5,nan\n"), csv("d.csv"), {"d.csv:3: column 3 (\"y\"): nan is not a finite number"});
-  add("csv", "Overflow", file("d.csv", "x\n1e400\n"), csv("d.csv"), {"d.csv:2: column 1 (\"x\"): \"1e400\" is not a number"});
-  add("csv", "UnclosedQuote", file("d.csv", "x1,x2,y\n1,\"2,3\n4,5,6\n"), csv("d.csv"), {"d.csv:2: column 2: the quoted cell is never closed"});
+  add("csv", "NanCell", file("d.csv", "x1,x2,y\n1,2,3\n4,5,nan\n"), csv("d.csv"),
+      {"d.csv:3: column 3 (\"y\"): nan is not a finite number"});
+  add("csv", "Overflow", file("d.csv", "x\n1e400\n"), csv("d.csv"),
+      {"d.csv:2: column 1 (\"x\"): \"1e400\" is not a number"});
+  add("csv", "UnclosedQuote", file("d.csv", "x1,x2,y\n1,\"2,3\n4,5,6\n"), csv("d.csv"),
+      {"d.csv:2: column 2: the quoted cell is never closed"});
   add("csv", "Empty", file("d.csv", ""), csv("d.csv"), {"d.csv: the file is empty"});
   add("csv", "HeaderOnly", file("d.csv", "x,y\n"), csv("d.csv"), {"d.csv: the file has a header but no data rows"});
-  add("csv", "RepeatedColumn", file("d.csv", "a,a\n1,2\n"), csv("d.csv"), {"d.csv:1: the header names column \"a\" twice"});
-  add("csv", "EmptyColumnName", file("d.csv", "a,,b\n1,2,3\n"), csv("d.csv"), {"d.csv:1: the header has an empty column name (column 2)"});
+  add("csv", "RepeatedColumn", file("d.csv", "a,a\n1,2\n"), csv("d.csv"),
+      {"d.csv:1: the header names column \"a\" twice"});
+  add("csv", "EmptyColumnName", file("d.csv", "a,,b\n1,2,3\n"), csv("d.csv"),
+      {"d.csv:1: the header has an empty column name (column 2)"});
   add("csv", "MissingFile", none, csv("nothing.csv"), {"read_csv(): cannot open", "nothing.csv"});
 
   // ------------------------------------------------------------------ table
@@ -360,67 +451,105 @@ std::vector<Case> make_catalogue() {
   add("table", "TooFewFeatureColumns", file("d.csv", "y1,y2\n1,2\n"), table("d.csv"),
       {"d.csv: has 2 columns, too few for 2 target column(s) and at least one feature"});
   add("table", "ForgottenClassificationTask", file("d.csv", "x,kind\n1,cat\n2,dog\n"),
-      table("d.csv", TableOptions().targets({"kind"})), {"d.csv: 1 target columns (kind) but the network has 2 outputs"});
+      table("d.csv", TableOptions().targets({"kind"})),
+      {"d.csv: 1 target columns (kind) but the network has 2 outputs"});
   add("table", "TextInARegressionTarget", file("d.csv", "x,y1,y2\n1,2,cat\n"), table("d.csv"),
       {"d.csv:2: column 3 (\"y2\"): \"cat\" is not a number"});
   add("table", "MoreClassesThanOutputs", file("d.csv", "x,kind\n1,a\n2,b\n3,c\n"),
-      table("d.csv", TableOptions().task(Task::Classification)), {"d.csv: column \"kind\" has 3 distinct class labels but the network has 2 outputs"});
-  add("table", "ValidationTakesEveryRow", file("d.csv", "x,y1,y2\n1,2,3\n"), table("d.csv", TableOptions().validation_fraction(0.5)),
+      table("d.csv", TableOptions().task(Task::Classification)),
+      {"d.csv: column \"kind\" has 3 distinct class labels but the network has 2 outputs"});
+  add("table", "ValidationTakesEveryRow", file("d.csv", "x,y1,y2\n1,2,3\n"),
+      table("d.csv", TableOptions().validation_fraction(0.5)),
       {"split_rows(): a validation fraction of 0.5 leaves no training rows (1 rows in all)"});
   add("table", "UnknownClassOfAFittedModel", file("d.csv", "x,kind\n1,a\n2,zebra\n"), lib([](World& w) {
         Preprocessing fitted;
-        fitted.task = Task::Classification, fitted.features = {"x"}, fitted.targets = {"kind"}, fitted.classes = {"a", "b"};
+        fitted.task = Task::Classification, fitted.features = {"x"}, fitted.targets = {"kind"},
+        fitted.classes = {"a", "b"};
         read_table(w.dir / "d.csv", w.net, {}, fitted);
-      }), {"d.csv:3: column 2 (\"kind\"): \"zebra\" is not one of the classes the model was trained on (a, b)"});
+      }),
+      {"d.csv:3: column 2 (\"kind\"): \"zebra\" is not one of the classes the model was trained on (a, b)"});
 
   // ------------------------------------------------------------- checkpoint
   auto load_file = [](const std::string& name) { return lib([name](World& w) { load(w.dir / name); }); };
-  add("checkpoint", "TruncatedHalf", file("bad.ckpt", [](World& w) { auto g = w.good(); return g.substr(0, g.size() / 2); }),
+  add("checkpoint", "TruncatedHalf",
+      file("bad.ckpt",
+           [](World& w) {
+             auto g = w.good();
+             return g.substr(0, g.size() / 2);
+           }),
       load_file("bad.ckpt"), {"bad.ckpt is truncated: its header claims"});
-  add("checkpoint", "TruncatedTail", file("bad.ckpt", [](World& w) { auto g = w.good(); return g.substr(0, g.size() - 16); }),
+  add("checkpoint", "TruncatedTail",
+      file("bad.ckpt",
+           [](World& w) {
+             auto g = w.good();
+             return g.substr(0, g.size() - 16);
+           }),
       load_file("bad.ckpt"), {"bad.ckpt is corrupted: its checksum does not match"});
-  add("checkpoint", "TruncatedInTheHeader", file("bad.ckpt", [](World& w) { return w.good().substr(0, 25); }), load_file("bad.ckpt"),
-      {"bad.ckpt is truncated"});
-  add("checkpoint", "FlippedByte", file("bad.ckpt", [](World& w) { auto g = w.good(); g[g.size() - 100] ^= 0x01; return g; }),
+  add("checkpoint", "TruncatedInTheHeader", file("bad.ckpt", [](World& w) { return w.good().substr(0, 25); }),
+      load_file("bad.ckpt"), {"bad.ckpt is truncated"});
+  add("checkpoint", "FlippedByte",
+      file("bad.ckpt",
+           [](World& w) {
+             auto g = w.good();
+             g[g.size() - 100] ^= 0x01;
+             return g;
+           }),
       load_file("bad.ckpt"), {"bad.ckpt is corrupted: its checksum does not match"});
-  add("checkpoint", "WrongMagic", file("bad.ckpt", [](World& w) { auto g = w.good(); g[7] = 'X'; return g; }), load_file("bad.ckpt"),
-      {"bad.ckpt is not a connex checkpoint"});
-  add("checkpoint", "FormatVersion", file("bad.ckpt", [](World& w) { return reseal_checkpoint(w.good(), [](nlohmann::json&, uint32_t& v) { v = 99; }); }),
+  add("checkpoint", "WrongMagic",
+      file("bad.ckpt",
+           [](World& w) {
+             auto g = w.good();
+             g[7] = 'X';
+             return g;
+           }),
+      load_file("bad.ckpt"), {"bad.ckpt is not a connex checkpoint"});
+  add("checkpoint", "FormatVersion",
+      file("bad.ckpt",
+           [](World& w) { return reseal_checkpoint(w.good(), [](nlohmann::json&, uint32_t& v) { v = 99; }); }),
       load_file("bad.ckpt"), {"bad.ckpt has checkpoint format version 99; this connex reads version 2"});
   add("checkpoint", "ShapeMismatch",
-      file("bad.ckpt", [](World& w) {
-        return reseal_checkpoint(w.good(), [](nlohmann::json& h, uint32_t&) {
-          for (auto& t : h["tensors"])
-            if (t["name"] == "weight") t["shape"] = {3};
-        });
-      }),
-      load_file("bad.ckpt"), {"bad.ckpt: tensor \"weight\" has shape [3] in the file but the network's structure needs [14]"});
+      file("bad.ckpt",
+           [](World& w) {
+             return reseal_checkpoint(w.good(), [](nlohmann::json& h, uint32_t&) {
+               for (auto& t : h["tensors"])
+                 if (t["name"] == "weight") t["shape"] = {3};
+             });
+           }),
+      load_file("bad.ckpt"),
+      {"bad.ckpt: tensor \"weight\" has shape [3] in the file but the network's structure needs [14]"});
   add("checkpoint", "MissingTensor",
-      file("bad.ckpt", [](World& w) {
-        return reseal_checkpoint(w.good(), [](nlohmann::json& h, uint32_t&) {
-          auto& t = h["tensors"];
-          for (size_t i = 0; i < t.size(); ++i)
-            if (t[i]["name"] == "bias") t.erase(i);
-        });
-      }),
+      file("bad.ckpt",
+           [](World& w) {
+             return reseal_checkpoint(w.good(), [](nlohmann::json& h, uint32_t&) {
+               auto& t = h["tensors"];
+               for (size_t i = 0; i < t.size(); ++i)
+                 if (t[i]["name"] == "bias") t.erase(i);
+             });
+           }),
       load_file("bad.ckpt"), {"bad.ckpt lacks tensor \"bias\""});
   add("checkpoint", "ExtraTensor",
-      file("bad.ckpt", [](World& w) {
-        return reseal_checkpoint(w.good(), [](nlohmann::json& h, uint32_t&) {
-          auto extra = h["tensors"][0];
-          extra["name"] = "stowaway";
-          h["tensors"].push_back(extra);
-        });
-      }),
+      file("bad.ckpt",
+           [](World& w) {
+             return reseal_checkpoint(w.good(), [](nlohmann::json& h, uint32_t&) {
+               auto extra = h["tensors"][0];
+               extra["name"] = "stowaway";
+               h["tensors"].push_back(extra);
+             });
+           }),
       load_file("bad.ckpt"), {"bad.ckpt holds tensor \"stowaway\", which its network's structure does not have"});
   add("checkpoint", "BadConfigInside",
-      file("bad.ckpt", [](World& w) { return reseal_checkpoint(w.good(), [](nlohmann::json& h, uint32_t&) { h["config"]["options"]["seed"] = "zero"; }); }),
+      file("bad.ckpt",
+           [](World& w) {
+             return reseal_checkpoint(w.good(),
+                                      [](nlohmann::json& h, uint32_t&) { h["config"]["options"]["seed"] = "zero"; });
+           }),
       load_file("bad.ckpt"), {"bad.ckpt: /options/seed must be a non-negative integer"});
   add("checkpoint", "EmptyFile", file("bad.ckpt", ""), load_file("bad.ckpt"), {"bad.ckpt is not a connex checkpoint"});
   add("checkpoint", "MissingFile", none, load_file("nothing.ckpt"), {"load(): cannot open", "nothing.ckpt"});
   auto other_network_checkpoint = [](bool same_parameter_list) {
     return [same_parameter_list](World& w) {
-      auto other = nn::MLP(1, 2, 5, 1, NeuralNetworkOptions().dtype(torch::kFloat64).use_adaptive_activations(same_parameter_list));
+      auto other = nn::MLP(1, 2, 5, 1,
+                           NeuralNetworkOptions().dtype(torch::kFloat64).use_adaptive_activations(same_parameter_list));
       torch::optim::Adam other_adam(other->parameters());
       other->forward(torch::ones({2, 1}, kDouble)).sum().backward();
       other_adam.step();
@@ -434,12 +563,12 @@ std::vector<Case> make_catalogue() {
     load_optimizer_state(grafted, *w.adam, "graft.ckpt", w.net);
   });
   add("checkpoint", "OptimizerStateOfAnotherNetwork", other_network_checkpoint(true), graft,
-      {"the optimizer state in graft.ckpt has a float64 exp_avg of shape [15] for parameter \"weight\", which is float64 of shape [14]; "
+      {"the optimizer state in graft.ckpt has a float64 exp_avg of shape [15] for parameter \"weight\", which is "
+       "float64 of shape [14]; "
        "it belongs to another network"});
   add("checkpoint", "OptimizerStateWithOtherParameters", other_network_checkpoint(false), graft,
       {"group 0 of the optimizer holds parameters [", "] but the one in graft.ckpt holds ["});
-  add("checkpoint", "OptimizerStateOfAnotherType", none,
-      lib([](World& w) {
+  add("checkpoint", "OptimizerStateOfAnotherType", none, lib([](World& w) {
         auto checkpoint = load_checkpoint(w.dir / "good.ckpt");
         torch::optim::SGD sgd(w.net->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
         load_optimizer_state(checkpoint, sgd, "good.ckpt");
@@ -451,52 +580,70 @@ std::vector<Case> make_catalogue() {
   auto with_preprocessing = [](std::function<void(nlohmann::json&)> change) {
     return file("bad.ckpt", [change](World& w) {
       return reseal_checkpoint(w.good(), [change](nlohmann::json& h, uint32_t&) {
-        h["preprocessing"] = {{"task", "regression"}, {"features", {"x"}}, {"targets", {"y1", "y2"}},
+        h["preprocessing"] = {{"task", "regression"},
+                              {"features", {"x"}},
+                              {"targets", {"y1", "y2"}},
                               {"standardize", {{"mean", {0.5}}, {"scale", {2.0}}}}};
         change(h["preprocessing"]);
       });
     });
   };
-  add("checkpoint", "PreprocessingWithAZeroScale", with_preprocessing([](nlohmann::json& p) { p["standardize"]["scale"][0] = 0; }),
-      load_file("bad.ckpt"), {"bad.ckpt: /preprocessing/standardize/scale/0 must be a finite number > 0, got 0"});
-  add("checkpoint", "PreprocessingStatisticsOfAnotherWidth", with_preprocessing([](nlohmann::json& p) { p["features"] = {"x", "z"}; }),
+  add("checkpoint", "PreprocessingWithAZeroScale",
+      with_preprocessing([](nlohmann::json& p) { p["standardize"]["scale"][0] = 0; }), load_file("bad.ckpt"),
+      {"bad.ckpt: /preprocessing/standardize/scale/0 must be a finite number > 0, got 0"});
+  add("checkpoint", "PreprocessingStatisticsOfAnotherWidth", with_preprocessing([](nlohmann::json& p) {
+        p["features"] = {"x", "z"};
+      }),
       load_file("bad.ckpt"), {"bad.ckpt: /preprocessing/standardize/mean must be an array of 2 numbers"});
   add("checkpoint", "PreprocessingForOtherInputs", with_preprocessing([](nlohmann::json& p) {
         p.erase("standardize");
         p["features"] = {"x", "z"};
-      }), load_file("bad.ckpt"), {"bad.ckpt: /preprocessing: names 2 feature(s) for a network with 1 inputs"});
+      }),
+      load_file("bad.ckpt"), {"bad.ckpt: /preprocessing: names 2 feature(s) for a network with 1 inputs"});
   add("checkpoint", "PreprocessingWithAnUnknownKey", with_preprocessing([](nlohmann::json& p) { p["scaler"] = 1; }),
       load_file("bad.ckpt"), {"bad.ckpt: /preprocessing has an unknown key \"scaler\""});
   add("checkpoint", "SavePreprocessingThatDoesNotFit", none, lib([](World& w) {
         Preprocessing p;
         p.features = {"a", "b"}, p.targets = {"y1", "y2"};
         save(w.net, w.dir / "good.ckpt", nullptr, &p);
-      }), {"the preprocessing: names 2 feature(s) for a network with 1 inputs"});
+      }),
+      {"the preprocessing: names 2 feature(s) for a network with 1 inputs"});
   add("checkpoint", "RestoreWithoutAnOptimizer", none, lib([](World& w) {
         restore_optimizer(Checkpoint{w.net, std::nullopt, std::nullopt}, "plain.ckpt");
-      }), {"restore_optimizer(): plain.ckpt holds no optimizer state"});
-  add("checkpoint", "SaveIntoAMissingDirectory", none, lib([](World& w) { save(w.net, w.dir / "no/such/dir/net.ckpt"); }),
+      }),
+      {"restore_optimizer(): plain.ckpt holds no optimizer state"});
+  add("checkpoint", "SaveIntoAMissingDirectory", none,
+      lib([](World& w) { save(w.net, w.dir / "no/such/dir/net.ckpt"); }),
       {"save(): cannot create", "no/such/dir/net.ckpt"});
 
   // -------------------------------------------------------------------- cli
 #ifdef CONNEX_CLI
-  add("cli", "NegativeEpochs", none, cli("train net.json --epochs -3 --out out"), {"--epochs: must be an integer >= 0, got \"-3\""});
-  add("cli", "ZeroLearningRate", none, cli("train net.json --lr 0 --out out"), {"--lr: must be a number in (0, 1000000], got \"0\""});
-  add("cli", "HugeLearningRate", none, cli("train net.json --lr 1e39 --out out"), {"--lr: must be a number in (0, 1000000], got \"1e39\""});
+  add("cli", "NegativeEpochs", none, cli("train net.json --epochs -3 --out out"),
+      {"--epochs: must be an integer >= 0, got \"-3\""});
+  add("cli", "ZeroLearningRate", none, cli("train net.json --lr 0 --out out"),
+      {"--lr: must be a number in (0, 1000000], got \"0\""});
+  add("cli", "HugeLearningRate", none, cli("train net.json --lr 1e39 --out out"),
+      {"--lr: must be a number in (0, 1000000], got \"1e39\""});
   add("cli", "NegativeSeed", none, cli("train net.json --seed -1 --out out"),
       {"--seed: must be an integer in [0, 18446744073709551615], got \"-1\""});
   add("cli", "SeedBeyond64Bits", none, cli("train net.json --seed 18446744073709551616 --out out"),
       {"--seed: must be an integer in [0, 18446744073709551615], got \"18446744073709551616\""});
   add("cli", "SeedInExponentForm", none, cli("edit good.ckpt --seed 1e20 --out out"),
       {"--seed: must be an integer in [0, 18446744073709551615], got \"1e20\""});
-  add("cli", "PruneAfterTheLastEpoch", none, cli("train net.json --epochs 3 --prune-at-epoch 5 --prune-fraction 0.5 --out out"),
+  add("cli", "PruneAfterTheLastEpoch", none,
+      cli("train net.json --epochs 3 --prune-at-epoch 5 --prune-fraction 0.5 --out out"),
       {"train: --prune-at-epoch 5 is outside this run's epochs 1 to 3"});
-  add("cli", "ValidationSplitOutOfRange", none, cli("train net.json --val-split 2 --out out"), {"--val-split: must be a number in [0, 0.9], got \"2\""});
-  add("cli", "UnknownOptimizer", none, cli("train net.json --optimizer lbfgs --out out"), {"--optimizer: lbfgs not in {adam,adamw,sgd}"});
-  add("cli", "UnknownDevice", none, cli("train net.json --device tpu --out out"), {"--device must be cpu or cuda, got \"tpu\""});
-  add("cli", "NonNumericEpochs", none, cli("train net.json --epochs many --out out"), {"--epochs: must be an integer >= 0, got \"many\""});
+  add("cli", "ValidationSplitOutOfRange", none, cli("train net.json --val-split 2 --out out"),
+      {"--val-split: must be a number in [0, 0.9], got \"2\""});
+  add("cli", "UnknownOptimizer", none, cli("train net.json --optimizer lbfgs --out out"),
+      {"--optimizer: lbfgs not in {adam,adamw,sgd}"});
+  add("cli", "UnknownDevice", none, cli("train net.json --device tpu --out out"),
+      {"--device must be cpu or cuda, got \"tpu\""});
+  add("cli", "NonNumericEpochs", none, cli("train net.json --epochs many --out out"),
+      {"--epochs: must be an integer >= 0, got \"many\""});
   add("cli", "UnknownFlag", none, cli("train net.json --epocs 3 --out out"), {"--epocs"});
-  add("cli", "ZeroThreads", none, cli("--threads 0 train net.json --out out"), {"--threads: must be an integer in [1, 1024], got \"0\""});
+  add("cli", "ZeroThreads", none, cli("--threads 0 train net.json --out out"),
+      {"--threads: must be an integer in [1, 1024], got \"0\""});
   // 1000 threads on a few cores took 30 s to start.
   // Finite, but its squared error is not: training used to end in "lower --lr".
   add("cli", "CellTooLargeToTrainOn", file("big.csv", "x,y1,y2\n0,1,0\n1e308,0.88,0.48\n"),
@@ -504,16 +651,25 @@ std::vector<Case> make_catalogue() {
       {"big.csv:3: column 1 (\"x\"): 1e+308 is too large to train on in Double"});
   add("cli", "MoreThreadsThanTheMachineCanUse", none, cli("--threads 1000 train net.json --epochs 1 --out out"),
       {"--threads 1000: this machine has", "give at most"});
-  add("cli", "BadCsvCell", file("bad.csv", "x,y1,y2\n0,1,0\n1,abc,2\n"), cli("train net.json --data bad.csv --epochs 1 --out out"),
+  add("cli", "BadCsvCell", file("bad.csv", "x,y1,y2\n0,1,0\n1,abc,2\n"),
+      cli("train net.json --data bad.csv --epochs 1 --out out"),
       {"bad.csv:3: column 2 (\"y1\"): \"abc\" is not a number"});
   add("cli", "EdgeNotFromTo", none, cli("edit good.ckpt --add-connection 1-6 --out out"),
       {"--add-connection: \"1-6\" is not of the form FROM:TO"});
   add("cli", "EditMakesACycle", none, cli("edit good.ckpt --add-connection 8:2 --out out"),
       {"add_connections(): edge 8 -> 2 would create the cycle 2 -> 4 -> 6 -> 8 -> 2"});
-  add("cli", "DropoutOutOfRange", none, cli("edit good.ckpt --dropout 1.5 --out out"), {"--dropout: must be a number in [0, 1], got \"1.5\""});
-  add("cli", "PruneWithoutACriterion", none, cli("prune good.ckpt --out out"), {"give exactly one of --threshold and --fraction"});
+  add("cli", "DropoutOutOfRange", none, cli("edit good.ckpt --dropout 1.5 --out out"),
+      {"--dropout: must be a number in [0, 1], got \"1.5\""});
+  add("cli", "PruneWithoutACriterion", none, cli("prune good.ckpt --out out"),
+      {"give exactly one of --threshold and --fraction"});
   add("cli", "UnknownExportFormat", none, cli("export good.ckpt --format pdf --out out"), {"--format: pdf not in"});
-  add("cli", "CorruptedCheckpoint", file("bad.ckpt", [](World& w) { auto g = w.good(); g[g.size() / 2] ^= 0x01; return g; }),
+  add("cli", "CorruptedCheckpoint",
+      file("bad.ckpt",
+           [](World& w) {
+             auto g = w.good();
+             g[g.size() / 2] ^= 0x01;
+             return g;
+           }),
       cli("export bad.ckpt --format json --out out"), {"bad.ckpt is corrupted"});
 #endif
   return c;
@@ -554,8 +710,10 @@ TEST_P(Catalogue, RejectedWithTheCulpritNamedAndNothingChanged) {
   const auto files_now = files_under(w.dir.path);
   for (const auto& [name, bytes] : files) {
     auto it = files_now.find(name);
-    if (it == files_now.end()) ADD_FAILURE() << name << " disappeared";
-    else EXPECT_TRUE(it->second == bytes) << name << " changed";
+    if (it == files_now.end())
+      ADD_FAILURE() << name << " disappeared";
+    else
+      EXPECT_TRUE(it->second == bytes) << name << " changed";
   }
   for (const auto& [name, bytes] : files_now)
     if (!files.count(name)) ADD_FAILURE() << name << " appeared";

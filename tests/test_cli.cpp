@@ -16,7 +16,8 @@ TEST(Cli, TrainOnToyDataWritesCheckpointMetricsAndConfig) {
   TempDir dir;
   auto r = connex_cli("train --epochs 300 --out run", dir);
   ASSERT_EQ(r.code, 0) << r.err;
-  for (const char* f : {"model.ckpt", "metrics.csv", "metrics.json", "config.json"}) EXPECT_TRUE(fs::exists(dir / ("run/" + std::string(f)))) << f;
+  for (const char* f : {"model.ckpt", "metrics.csv", "metrics.json", "config.json"})
+    EXPECT_TRUE(fs::exists(dir / ("run/" + std::string(f)))) << f;
   auto losses = column(slurp(dir / "run/metrics.csv"), 1);
   ASSERT_EQ(losses.size(), 300u);
   EXPECT_LT(losses.back(), losses.front());
@@ -30,7 +31,8 @@ TEST(Cli, TrainOnCsvWithValidation) {
   TempDir dir;
   write_regression_csv(dir / "data.csv");
   spit(dir / "net.json", kMlp21);
-  auto r = connex_cli("train net.json --data data.csv --epochs 200 --lr 0.01 --val-split 0.25 --batch-size 32 --out run", dir);
+  auto r = connex_cli(
+      "train net.json --data data.csv --epochs 200 --lr 0.01 --val-split 0.25 --batch-size 32 --out run", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   auto val = column(slurp(dir / "run/metrics.csv"), 3);
   EXPECT_LT(val.back(), val.front() / 10);
@@ -39,7 +41,8 @@ TEST(Cli, TrainOnCsvWithValidation) {
 TEST(Cli, ResumeCarriesOptimizerAndEditsThenTrainsOn) {
   TempDir dir;
   ASSERT_EQ(connex_cli("train --epochs 100 --out a", dir).code, 0);
-  auto r = connex_cli("edit a/model.ckpt --add-connection 1:6 --add-connection 2:11 --remove-neuron 9 --out edited.ckpt", dir);
+  auto r = connex_cli(
+      "edit a/model.ckpt --add-connection 1:6 --add-connection 2:11 --remove-neuron 9 --out edited.ckpt", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("optimizer state carried"), std::string::npos);
   auto edited = load(dir / "edited.ckpt");
@@ -94,13 +97,17 @@ TEST(Cli, ClassifiesARealDataSetLikeAPlainMlp) {
     GTEST_SKIP() << "iris.csv from python3-sklearn was not fetched (scripts/fetch-datasets.sh)";
   spit(dir / "mlp.json", R"({"graph": {"prebuilt": "MLP", "input_size": 4, "output_size": 3, "width": 16, "depth": 1},
                               "options": {"hidden_activation": "relu"}})");
-  spit(dir / "dag.json", R"({"graph": {"prebuilt": "DenseMLP", "input_size": 4, "output_size": 3, "width": 6, "depth": 3},
+  spit(dir / "dag.json",
+       R"({"graph": {"prebuilt": "DenseMLP", "input_size": 4, "output_size": 3, "width": 6, "depth": 3},
                               "options": {"hidden_activation": "tanh", "output_transformation": "softmax"}})");
   double accuracy[2];
   int k = 0;
   for (const char* config : {"mlp.json", "dag.json"}) {
-    auto r = connex_cli(std::string("train ") + config + " --data iris.csv --task classification --standardize --val-split 0.3 "
-                        "--epochs 300 --lr 0.01 --seed 1 --out run_" + config, dir);
+    auto r = connex_cli(std::string("train ") + config +
+                            " --data iris.csv --task classification --standardize --val-split 0.3 "
+                            "--epochs 300 --lr 0.01 --seed 1 --out run_" +
+                            config,
+                        dir);
     ASSERT_EQ(r.code, 0) << r.err;
     accuracy[k++] = column(slurp(dir / ("run_" + std::string(config) + "/metrics.csv")), 3).back();
   }
@@ -157,8 +164,10 @@ TEST_F(CliBadInput, UnknownColumn) {
 }
 TEST_F(CliBadInput, LabelThatIsNotAClass) {
   spit(dir / "d.csv", "x1,x2,label\n1,2,0\n4,5,1.5\n");
-  spit(dir / "net.json", R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 2, "width": 4, "depth": 1}})");
-  expect_failure("train net.json --data d.csv --task classification", "d.csv:3: column 3 (\"label\"): 1.5 is not an integer class label in [0, 2)");
+  spit(dir / "net.json",
+       R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 2, "width": 4, "depth": 1}})");
+  expect_failure("train net.json --data d.csv --task classification",
+                 "d.csv:3: column 3 (\"label\"): 1.5 is not an integer class label in [0, 2)");
 }
 TEST_F(CliBadInput, UnknownSubcommand) { expect_failure("trian", "unknown subcommand \"trian\""); }
 TEST_F(CliBadInput, UnknownOption) { expect_failure("train --epocs 3", "--epocs"); }
@@ -172,7 +181,8 @@ TEST_F(CliBadInput, BadConfigNamesThePath) {
 }
 TEST_F(CliBadInput, InvalidEdit) {
   ASSERT_EQ(connex_cli("train --epochs 2 --out run", dir).code, 0);
-  expect_failure("edit run/model.ckpt --add-connection 8:2", "add_connections(): edge 8 -> 2 would create the cycle 2 -> 4 -> 6 -> 8 -> 2");
+  expect_failure("edit run/model.ckpt --add-connection 8:2",
+                 "add_connections(): edge 8 -> 2 would create the cycle 2 -> 4 -> 6 -> 8 -> 2");
   expect_failure("edit run/model.ckpt --remove-neuron x", "--remove-neuron: \"x\" is not an integer neuron id");
 }
 
@@ -184,8 +194,10 @@ TEST_F(CliBadInput, NanThreshold) {
 }
 TEST_F(CliBadInput, ColumnAsFeatureAndTarget) {
   write_regression_csv(dir / "d.csv", 10);
-  spit(dir / "net.json", R"({"graph": {"prebuilt": "MLP", "input_size": 1, "output_size": 1, "width": 2, "depth": 1}})");
-  expect_failure("train net.json --data d.csv --features y --target y", "column \"y\" is named both as a feature and as a target");
+  spit(dir / "net.json",
+       R"({"graph": {"prebuilt": "MLP", "input_size": 1, "output_size": 1, "width": 2, "depth": 1}})");
+  expect_failure("train net.json --data d.csv --features y --target y",
+                 "column \"y\" is named both as a feature and as a target");
 }
 // Torch's pool gets the cores for the fused kernel, OpenBLAS's for per-batch
 // levels; the other pool gets one thread.
@@ -201,14 +213,17 @@ TEST(Cli, GivesTheCoresToThePoolTheNetworkUses) {
   ASSERT_EQ(fused.code, 0) << fused.err;
   EXPECT_NE((fused.out + fused.err).find(to_fused), std::string::npos) << fused.out << fused.err;
   // 2-100-100-1: 10,300 connections in complete levels, which run as matrix products.
-  spit(dir / "mlp.json", R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 1, "width": 100, "depth": 2}})");
+  spit(dir / "mlp.json",
+       R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 1, "width": 100, "depth": 2}})");
   auto dense = connex_cli("--threads 2 train mlp.json --data data.csv --epochs 1", dir);
   ASSERT_EQ(dense.code, 0) << dense.err;
-  EXPECT_NE((dense.out + dense.err).find("cores: 1 torch thread(s), 2 BLAS thread(s) (per-batch levels)"), std::string::npos)
+  EXPECT_NE((dense.out + dense.err).find("cores: 1 torch thread(s), 2 BLAS thread(s) (per-batch levels)"),
+            std::string::npos)
       << dense.out << dense.err;
   // Pruning 95% leaves 515 connections, which run on the fused kernel: the
   // cores move to torch's pool mid-run (train) and before training on (prune).
-  auto pruned = connex_cli("--threads 2 train mlp.json --data data.csv --epochs 2 --prune-at-epoch 1 --prune-fraction 0.95", dir);
+  auto pruned =
+      connex_cli("--threads 2 train mlp.json --data data.csv --epochs 2 --prune-at-epoch 1 --prune-fraction 0.95", dir);
   ASSERT_EQ(pruned.code, 0) << pruned.err;
   const std::string log = pruned.out + pruned.err;
   const auto dense_at = log.find("(per-batch levels)"), fused_at = log.find(to_fused);
@@ -230,7 +245,8 @@ TEST(Cli, PngPathIsNeverAShellCommand) {
 TEST(Cli, StandardizeASingleRow) {
   TempDir dir;
   spit(dir / "one.csv", "x,y\n1,2\n");
-  spit(dir / "net.json", R"({"graph": {"prebuilt": "MLP", "input_size": 1, "output_size": 1, "width": 2, "depth": 1}})");
+  spit(dir / "net.json",
+       R"({"graph": {"prebuilt": "MLP", "input_size": 1, "output_size": 1, "width": 2, "depth": 1}})");
   auto r = connex_cli("train net.json --data one.csv --standardize --epochs 3 --out run", dir);
   EXPECT_EQ(r.code, 0) << r.err;
 }

@@ -66,7 +66,8 @@ TEST(CliOptimizer, SavedOptionsAreKeptUnlessAFlagSaysOtherwise) {
   // Another --optimizer starts fresh, at --lr or the default.
   r = connex_cli("train a/model.ckpt --epochs 1 --optimizer sgd --out s", dir);
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.out.find("holds adam state; starting sgd fresh (--optimizer), learning rate 0.001"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("holds adam state; starting sgd fresh (--optimizer), learning rate 0.001"), std::string::npos)
+      << r.out;
   EXPECT_EQ(load_checkpoint(dir / "s/model.ckpt").optimizer->type, "sgd");
 }
 
@@ -74,7 +75,10 @@ TEST(CliPrune, NeedsDataOnlyForTheLossAndReportsAccuracy) {
   TempDir dir;
   write_classes_csv(dir / "d.csv");
   spit(dir / "net.json", kMlp23);
-  ASSERT_EQ(connex_cli("train net.json --data d.csv --task classification --standardize --epochs 30 --lr 0.05 --out run", dir).code, 0);
+  ASSERT_EQ(
+      connex_cli("train net.json --data d.csv --task classification --standardize --epochs 30 --lr 0.05 --out run", dir)
+          .code,
+      0);
   auto r = connex_cli("prune run/model.ckpt --fraction 0.3 --out x.ckpt", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("connections: 40 -> 28 (removed 12)"), std::string::npos) << r.out;
@@ -90,7 +94,11 @@ TEST(CliPrune, NeedsDataOnlyForTheLossAndReportsAccuracy) {
 
   // A run trained with a split is measured on the rows it held out: the loss
   // before pruning is its last validation loss.
-  ASSERT_EQ(connex_cli("train net.json --data d.csv --task classification --epochs 5 --val-split 0.25 --seed 3 --out split", dir).code, 0);
+  ASSERT_EQ(
+      connex_cli("train net.json --data d.csv --task classification --epochs 5 --val-split 0.25 --seed 3 --out split",
+                 dir)
+          .code,
+      0);
   r = connex_cli("prune split --fraction 0.3 --data d.csv", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   const double val_loss = column(slurp(dir / "split/metrics.csv"), 2).back();
@@ -110,11 +118,15 @@ TEST(CliPreprocessing, TravelsWithTheModelIntoLaterRunsAndTorchScript) {
   TempDir dir;
   write_classes_csv(dir / "d.csv");
   spit(dir / "net.json", kMlp23);
-  auto r = connex_cli("train net.json --data d.csv --task classification --standardize --val-split 0.25 --seed 3 "
-                      "--epochs 40 --lr 0.05 --out run", dir);
+  auto r = connex_cli(
+      "train net.json --data d.csv --task classification --standardize --val-split 0.25 --seed 3 "
+      "--epochs 40 --lr 0.05 --out run",
+      dir);
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.out.find("45 training rows, 15 validation rows, features width,height, targets kind, classes large,medium,small, standardized"),
-            std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("45 training rows, 15 validation rows, features width,height, targets kind, classes "
+                       "large,medium,small, standardized"),
+            std::string::npos)
+      << r.out;
   const Checkpoint ck = load_checkpoint(dir / "run/model.ckpt");
   ASSERT_TRUE(ck.preprocessing);
   // The statistics are the training rows' (the same split read through the library), not all rows'.
@@ -122,7 +134,8 @@ TEST(CliPreprocessing, TravelsWithTheModelIntoLaterRunsAndTorchScript) {
   const Preprocessing expected = read_table(dir / "d.csv", ck.network, options).preprocessing;
   EXPECT_EQ(ck.preprocessing->mean, expected.mean);
   EXPECT_EQ(ck.preprocessing->scale, expected.scale);
-  EXPECT_NE(ck.preprocessing->mean, read_table(dir / "d.csv", ck.network, TableOptions(options).validation_fraction(0)).preprocessing.mean);
+  EXPECT_NE(ck.preprocessing->mean,
+            read_table(dir / "d.csv", ck.network, TableOptions(options).validation_fraction(0)).preprocessing.mean);
   EXPECT_EQ(ck.preprocessing->classes, (std::vector<std::string>{"large", "medium", "small"}));
 
   // A later run on the same checkpoint applies them (another seed would fit other statistics).
@@ -140,31 +153,42 @@ TEST(CliPreprocessing, TravelsWithTheModelIntoLaterRunsAndTorchScript) {
   const auto raw = torch::tensor({{1.0, 300.0}, {9.0, 120.0}}, torch::kFloat64);
   auto net = ck.network;
   net->eval();
-  EXPECT_TRUE(torch::allclose(m.forward({raw}).toTensor(), net->forward(ck.preprocessing->apply(raw).to(torch::kFloat32)), 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(m.forward({raw}).toTensor(),
+                              net->forward(ck.preprocessing->apply(raw).to(torch::kFloat32)), 1e-5, 1e-5));
   EXPECT_EQ(m.attr("class_labels").toListRef().size(), 3u);
   EXPECT_EQ(m.attr("class_labels").toListRef()[2].toStringRef(), "small");
 
   r = connex_cli("inspect run/model.ckpt", dir);
   EXPECT_NE(r.out.find("preprocessing: classification of kind (large, medium, small) from width, height, standardized"),
-            std::string::npos) << r.out;
+            std::string::npos)
+      << r.out;
 }
 
 TEST(CliData, AForgottenTaskSaysWhatWouldFit) {
   TempDir dir;
   write_classes_csv(dir / "d.csv");
-  spit(dir / "net.json", R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 1, "width": 4, "depth": 1}})");
+  spit(dir / "net.json",
+       R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 1, "width": 4, "depth": 1}})");
   auto r = connex_cli("train net.json --data d.csv --epochs 1", dir);
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("d.csv:2: column 3 (\"kind\")"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("is not a number; if \"kind\" holds class labels, add --task classification"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("is not a number; if \"kind\" holds class labels, add --task classification"), std::string::npos)
+      << r.err;
   spit(dir / "net3.json", kMlp23);
   r = connex_cli("train net3.json --data d.csv --epochs 1", dir);
   EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.err.find("d.csv: has 3 columns, too few for 3 target column(s) and at least one feature"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("d.csv: has 3 columns, too few for 3 target column(s) and at least one feature"),
+            std::string::npos)
+      << r.err;
   spit(dir / "n.csv", "a,b,label\n1,2,0\n3,4,1\n");
-  spit(dir / "net4.json", R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 2, "width": 4, "depth": 1}})");
+  spit(dir / "net4.json",
+       R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 2, "width": 4, "depth": 1}})");
   r = connex_cli("train net4.json --data n.csv --epochs 1", dir);
-  EXPECT_NE(r.err.find("n.csv: 1 feature columns (a) but the network has 2 inputs; if \"label\" holds class labels, add --task "
-                       "classification (then the other 2 columns are the features)"), std::string::npos) << r.err;
+  EXPECT_NE(
+      r.err.find(
+          "n.csv: 1 feature columns (a) but the network has 2 inputs; if \"label\" holds class labels, add --task "
+          "classification (then the other 2 columns are the features)"),
+      std::string::npos)
+      << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
 }

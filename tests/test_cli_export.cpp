@@ -46,7 +46,8 @@ struct PathFirst {
 TEST(CliExport, PngOfALargeNetworkIsASummaryOfBoundedSize) {
   if (!have_dot()) GTEST_SKIP() << "Graphviz's dot is not installed";
   TempDir dir;
-  spit(dir / "big.json", R"({"graph": {"prebuilt": "MLP", "input_size": 4, "output_size": 3, "width": 256, "depth": 4}})");
+  spit(dir / "big.json",
+       R"({"graph": {"prebuilt": "MLP", "input_size": 4, "output_size": 3, "width": 256, "depth": 4}})");
   const auto start = std::chrono::steady_clock::now();
   auto r = connex_cli("export big.json --format png --out g.png", dir);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -88,9 +89,10 @@ TEST(CliExport, DotPastItsTimeLimitIsStopped) {
   auto r = connex_cli("export " CONNEX_SOURCE_DIR "/configs/readme.json --format png --out g.png --timeout 1", dir);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_EQ(r.code, 1);
-  EXPECT_EQ(r.err,
-            "connex: export: dot did not finish drawing g.png (all 12 neurons, 14 connections) within 1 s and was stopped; "
-            "raise --timeout, or use --format dot or json\n");
+  EXPECT_EQ(
+      r.err,
+      "connex: export: dot did not finish drawing g.png (all 12 neurons, 14 connections) within 1 s and was stopped; "
+      "raise --timeout, or use --format dot or json\n");
   EXPECT_LT(seconds, 30);  // not the fake dot's 60 s
   EXPECT_FALSE(fs::exists(dir / "g.png"));
   EXPECT_EQ(std::distance(fs::directory_iterator(dir.path), fs::directory_iterator()), 1);  // bin/ only
@@ -104,13 +106,15 @@ TEST(CliExport, PngThatCannotBeWrittenSaysWhyAndLeavesNothing) {
   if (!have_dot()) GTEST_SKIP() << "Graphviz's dot is not installed";
   TempDir dir;
   spit(dir / "m.json", R"({"graph": {"prebuilt": "MLP", "input_size": 4, "output_size": 3, "width": 8, "depth": 3}})");
-  const std::string cmd = "cd '" + dir.path + "' && ulimit -f 40 && trap '' XFSZ && " CONNEX_CLI
+  const std::string cmd = "cd '" + dir.path +
+                          "' && ulimit -f 40 && trap '' XFSZ && " CONNEX_CLI
                           " export m.json --format png --out g.png > out.txt 2> err.txt";
   const int status = std::system(("bash -c \"" + cmd + "\"").c_str());
   EXPECT_EQ(WIFEXITED(status) ? WEXITSTATUS(status) : -1, 1);
-  EXPECT_EQ(slurp(dir / "err.txt"),
-            "connex: export: dot failed to draw g.png (exit status 1: Error: gvwrite_no_z problem 8192); Graphviz could "
-            "not write the image (a full disk or a file-size limit)\n");
+  EXPECT_EQ(
+      slurp(dir / "err.txt"),
+      "connex: export: dot failed to draw g.png (exit status 1: Error: gvwrite_no_z problem 8192); Graphviz could "
+      "not write the image (a full disk or a file-size limit)\n");
   std::set<std::string> left;
   for (const auto& e : fs::directory_iterator(dir.path)) left.insert(e.path().filename().string());
   EXPECT_EQ(left, (std::set<std::string>{"m.json", "out.txt", "err.txt"}));
@@ -124,12 +128,15 @@ TEST(CliExport, PngOnAFullFileSystemSaysItIsFull) {
   spit(dir / "m.json", R"({"graph": {"prebuilt": "MLP", "input_size": 4, "output_size": 3, "width": 8, "depth": 3}})");
   fs::create_directory(dir / "small");
   const std::string mount = "mount -t tmpfs -o size=48k tmpfs '" + (dir / "small") + "' 2> /dev/null";
-  if (std::system(mount.c_str()) != 0) GTEST_SKIP() << "cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN)";
+  if (std::system(mount.c_str()) != 0)
+    GTEST_SKIP() << "cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN)";
   auto r = connex_cli("export m.json --format png --out small/g.png", dir);
   std::set<std::string> left;
   for (const auto& e : fs::directory_iterator(dir / "small")) left.insert(e.path().filename().string());
   EXPECT_EQ(std::system(("umount '" + (dir / "small") + "'").c_str()), 0);
   EXPECT_EQ(r.code, 1);
-  EXPECT_EQ(r.err, "connex: export: dot failed to draw small/g.png (exit status 1); the file system that would hold small/g.png is full\n");
+  EXPECT_EQ(r.err,
+            "connex: export: dot failed to draw small/g.png (exit status 1); the file system that would hold "
+            "small/g.png is full\n");
   EXPECT_TRUE(left.empty()) << *left.begin();
 }

@@ -51,7 +51,8 @@ TEST(CliHardeningFiles, PngExportNeverWritesThroughPlantedSymlinks) {
   EXPECT_EQ(slurp(dir / "victim"), "precious");
   EXPECT_FALSE(fs::is_symlink(dir / "g.png"));
   EXPECT_TRUE(is_png(slurp(dir / "g.png")));
-  EXPECT_EQ(names_in(dir.path), (std::vector<std::string>{"g.png", "g.png.dot.tmp", "g.png.tmp.png", "net.json", "victim"}))
+  EXPECT_EQ(names_in(dir.path),
+            (std::vector<std::string>{"g.png", "g.png.dot.tmp", "g.png.tmp.png", "net.json", "victim"}))
       << "a temporary was left behind, or a planted link was replaced";
 }
 
@@ -82,12 +83,15 @@ TEST(CliHardeningFiles, DotFailureIsOneLineWithDotsOwnWords) {
   TempDir dir;
   spit(dir / "net.json", kMlp21);
   fs::create_directory(dir / "bin");
-  spit(dir / "bin/dot", "#!/bin/sh\necho 'Error: gvwrite_no_z problem 8192' >&2\nprintf 'then\\033[31m this\\n' >&2\nexit 1\n");
+  spit(dir / "bin/dot",
+       "#!/bin/sh\necho 'Error: gvwrite_no_z problem 8192' >&2\nprintf 'then\\033[31m this\\n' >&2\nexit 1\n");
   fs::permissions(dir / "bin/dot", fs::perms::owner_all);
   PathFirst path(dir / "bin");
   auto r = connex_cli("export net.json --format png --out g.png", dir);
   EXPECT_EQ(r.code, 1);
-  EXPECT_EQ(r.err, "connex: export: dot failed to draw g.png (exit status 1: Error: gvwrite_no_z problem 8192; then\\x1b[31m this); Graphviz could not write the image "
+  EXPECT_EQ(r.err,
+            "connex: export: dot failed to draw g.png (exit status 1: Error: gvwrite_no_z problem 8192; then\\x1b[31m "
+            "this); Graphviz could not write the image "
             "(a full disk or a file-size limit)\n");
   EXPECT_EQ(names_in(dir.path), (std::vector<std::string>{"bin", "net.json"})) << "dot's files were left behind";
 }

@@ -21,7 +21,8 @@ const char* kDropoutNet = R"({"graph": {"prebuilt": "MLP", "input_size": 2, "out
 
 void expect_same_parameters(const std::string& a, const std::string& b) {
   auto x = load(a), y = load(b);
-  for (const auto& p : x->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), *y->named_parameters().find(p.key()))) << p.key();
+  for (const auto& p : x->named_parameters())
+    EXPECT_TRUE(torch::equal(p.value(), *y->named_parameters().find(p.key()))) << p.key();
 }
 
 // Epoch and training-loss columns of a metrics.csv.
@@ -67,8 +68,8 @@ TEST(CliResume, SigtermStopsAfterAStepWritesTheRunAndResumesExactly) {
   spit(dir / "net.json", kDropoutNet);
   const std::string args = "train net.json --data d.csv --lr 0.01 --batch-size 4 --seed 2";
   const int epochs = 1500;
-  const pid_t pid = spawn_connex({"train", "net.json", "--data", "d.csv", "--lr", "0.01", "--batch-size", "4", "--seed", "2",
-                                  "--epochs", std::to_string(epochs), "--out", "stopped"},
+  const pid_t pid = spawn_connex({"train", "net.json", "--data", "d.csv", "--lr", "0.01", "--batch-size", "4", "--seed",
+                                  "2", "--epochs", std::to_string(epochs), "--out", "stopped"},
                                  dir / "out.txt", dir / "err.txt", {}, dir.path);
   wait_for_training(dir);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
@@ -83,7 +84,9 @@ TEST(CliResume, SigtermStopsAfterAStepWritesTheRunAndResumesExactly) {
   EXPECT_NE(err.find("wrote stopped/model.ckpt (resume: connex train stopped --epochs "), std::string::npos) << err;
   EXPECT_NE(err.find(" --out stopped)"), std::string::npos) << err;
   const auto described = connex_cli("inspect stopped/model.ckpt", dir);
-  EXPECT_NE(described.out.find("; seed 2, batch size 4, validation split 0 (a resumed run keeps these)"), std::string::npos) << described.out;
+  EXPECT_NE(described.out.find("; seed 2, batch size 4, validation split 0 (a resumed run keeps these)"),
+            std::string::npos)
+      << described.out;
   for (const auto& entry : fs::directory_iterator(dir / "stopped"))
     EXPECT_EQ(entry.path().filename().string().find(".tmp"), std::string::npos) << entry.path();
   const auto progress = load_checkpoint(dir / "stopped/model.ckpt").training;
@@ -95,7 +98,9 @@ TEST(CliResume, SigtermStopsAfterAStepWritesTheRunAndResumesExactly) {
   auto r = connex_cli("train stopped --epochs " + std::to_string(epochs - done) + " --out resumed", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("] data: " + (fs::path(dir.path) / "d.csv").lexically_normal().string() +
-                       " (the checkpoint's; --data names another)\n"), std::string::npos) << r.out;
+                       " (the checkpoint's; --data names another)\n"),
+            std::string::npos)
+      << r.out;
   ASSERT_EQ(connex_cli(args + " --epochs " + std::to_string(epochs) + " --out full", dir).code, 0);
   expect_same_parameters(dir / "full/model.ckpt", dir / "resumed/model.ckpt");
   EXPECT_EQ(losses(slurp(dir / "resumed/metrics.csv")), losses(slurp(dir / "full/metrics.csv")));
@@ -116,7 +121,8 @@ TEST(CliResume, AnUnwritableOutIsRefusedBeforeTraining) {
     EXPECT_NE(r.code, 0) << out;
     EXPECT_NE(r.err.find("connex: " + message), std::string::npos) << r.err;
   }
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(60)) << "100,000 epochs ran before the check";
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(60))
+      << "100,000 epochs ran before the check";
   EXPECT_EQ(slurp(dir / "file.txt"), "x");
   EXPECT_FALSE(fs::exists(dir / "taken/metrics.csv"));
 }
@@ -125,7 +131,9 @@ TEST(CliResume, NonFiniteParametersStopTheRunAndKeepTheLastFiniteCheckpoint) {
   TempDir dir;
   auto r = connex_cli("train --optimizer sgd --lr 1e6 --epochs 200 --checkpoint-every 1 --out run", dir);
   EXPECT_NE(r.code, 0);
-  EXPECT_TRUE(r.err.find("became non-finite") != std::string::npos || r.err.find("the loss became") != std::string::npos) << r.err;
+  EXPECT_TRUE(r.err.find("became non-finite") != std::string::npos ||
+              r.err.find("the loss became") != std::string::npos)
+      << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   if (fs::exists(dir / "run/model.ckpt"))
     for (const auto& p : load(dir / "run/model.ckpt")->parameters()) EXPECT_TRUE(torch::isfinite(p).all().item<bool>());
@@ -133,14 +141,17 @@ TEST(CliResume, NonFiniteParametersStopTheRunAndKeepTheLastFiniteCheckpoint) {
 
 TEST(CliResume, TwoRunsNeverShareAnOut) {
   TempDir dir;
-  const pid_t pid = spawn_connex({"train", "--epochs", "100000", "--out", "run"}, dir / "out.txt", dir / "err.txt", {}, dir.path);
+  const pid_t pid =
+      spawn_connex({"train", "--epochs", "100000", "--out", "run"}, dir / "out.txt", dir / "err.txt", {}, dir.path);
   wait_for_training(dir);
   auto r = connex_cli("train --epochs 1 --out run", dir);
   kill(pid, SIGTERM);
   int status = 0;
   waitpid(pid, &status, 0);
   EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.err.find("connex: --out run: another connex run is writing there; give each run its own --out"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("connex: --out run: another connex run is writing there; give each run its own --out"),
+            std::string::npos)
+      << r.err;
   // The first run's files are its own, and whole.
   EXPECT_EQ(load_checkpoint(dir / "run/model.ckpt").training.at("epoch").get<size_t>(),
             nlohmann::json::parse(slurp(dir / "run/metrics.json")).size());
@@ -166,7 +177,8 @@ TEST(CliResume, ADirectoryLoaderFindsFilesOutOfStepWithModelCkpt) {
   EXPECT_NE(r.out.find("run directory: 2 out of step (see the warning)\n"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("] run: metrics.csv (it ends at epoch 4) does not go with model.ckpt (epoch 3): a write stopped "
                        "before model.ckpt; model.ckpt is the record, and train --out run rewrites them all\n"),
-            std::string::npos) << r.out;
+            std::string::npos)
+      << r.out;
   EXPECT_NE(r.out.find("] run: config.json does not go with model.ckpt (epoch 3)"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("metrics.json"), std::string::npos) << r.out;
   // Training on from the directory rewrites the whole set at epoch 5.
@@ -180,7 +192,9 @@ TEST(CliResume, ADirectoryLoaderFindsFilesOutOfStepWithModelCkpt) {
   fs::create_directory(dir / "empty");
   r = connex_cli("inspect empty", dir);
   EXPECT_EQ(r.code, 1);
-  EXPECT_EQ(r.err, "connex: empty: a directory without model.ckpt; give a checkpoint or config file, or a train --out directory\n");
+  EXPECT_EQ(
+      r.err,
+      "connex: empty: a directory without model.ckpt; give a checkpoint or config file, or a train --out directory\n");
 }
 
 // The checkpoint records its CSV: a resumed run without --data finds it, says

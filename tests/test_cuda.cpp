@@ -13,8 +13,12 @@ TEST(Cuda, ForwardAndGradientsMatchCpu) {
   for (int trial = 0; trial < 30; ++trial) {
     auto spec = random_dag(rng, {4, 30, 0.3});
     for (auto kernel : {LevelKernel::DenseView, LevelKernel::DenseScatter, LevelKernel::EdgeList}) {
-      NeuralNetwork cpu(spec, NeuralNetworkOptions().dtype(torch::kFloat64).seed(trial).force_kernel(kernel)
-                                  .hidden_activation("tanh").dropout_p(0.2));
+      NeuralNetwork cpu(spec, NeuralNetworkOptions()
+                                  .dtype(torch::kFloat64)
+                                  .seed(trial)
+                                  .force_kernel(kernel)
+                                  .hidden_activation("tanh")
+                                  .dropout_p(0.2));
       auto gpu = std::dynamic_pointer_cast<NeuralNetworkImpl>(cpu->clone(torch::Device(torch::kCUDA)));
       cpu->eval(), gpu->eval();
       auto x = torch::randn({8, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
@@ -47,8 +51,13 @@ TEST(Cuda, TechniquesAndEditsMatchCpu) {
   std::mt19937_64 rng(6);
   for (int trial = 0; trial < 10; ++trial) {
     auto spec = random_dag(rng, {4, 14, 0.35});
-    NeuralNetwork cpu(spec, NeuralNetworkOptions().dtype(torch::kFloat64).seed(trial).hidden_activation("tanh")
-                                .use_topo_norm(true).use_topo_self_attention(true).use_neuron_self_attention(true)
+    NeuralNetwork cpu(spec, NeuralNetworkOptions()
+                                .dtype(torch::kFloat64)
+                                .seed(trial)
+                                .hidden_activation("tanh")
+                                .use_topo_norm(true)
+                                .use_topo_self_attention(true)
+                                .use_neuron_self_attention(true)
                                 .use_adaptive_activations(true));
     auto gpu = std::dynamic_pointer_cast<NeuralNetworkImpl>(cpu->clone(torch::Device(torch::kCUDA)));
     auto x = torch::randn({6, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
@@ -58,10 +67,14 @@ TEST(Cuda, TechniquesAndEditsMatchCpu) {
     y_gpu.sum().backward();
     auto a = cpu->named_parameters(), b = gpu->named_parameters();
     for (const auto& p : a)
-      if (p.value().grad().defined()) ASSERT_TRUE(torch::allclose(p.value().grad(), b[p.key()].grad().cpu(), 1e-8, 1e-8)) << p.key();
+      if (p.value().grad().defined())
+        ASSERT_TRUE(torch::allclose(p.value().grad(), b[p.key()].grad().cpu(), 1e-8, 1e-8)) << p.key();
     // An edit of a CUDA network stays on CUDA and keeps its values.
     NeuralNetwork on_gpu(gpu);
-    auto edited = edit(on_gpu).add_hidden_neurons({spec.id_kind() == NeuronId::Kind::String ? NeuronId("z") : NeuronId(99)}).build(1).network;
+    auto edited = edit(on_gpu)
+                      .add_hidden_neurons({spec.id_kind() == NeuronId::Kind::String ? NeuronId("z") : NeuronId(99)})
+                      .build(1)
+                      .network;
     EXPECT_TRUE(edited->weight_tensor().is_cuda());
     EXPECT_TRUE(torch::allclose(edited->forward(x.cuda()).cpu(), y_cpu, 1e-9, 1e-9));
   }

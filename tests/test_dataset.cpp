@@ -28,7 +28,12 @@ TEST(Dataset, StandardizesWithTheTrainingRowsStatisticsOnly) {
   TempDir dir;
   spit(dir / "d.csv", table_csv());
   auto net = mlp(2, 3);
-  const auto options = TableOptions().task(Task::Classification).standardize(true).validation_fraction(0.25).seed(5).dtype(torch::kFloat64);
+  const auto options = TableOptions()
+                           .task(Task::Classification)
+                           .standardize(true)
+                           .validation_fraction(0.25)
+                           .seed(5)
+                           .dtype(torch::kFloat64);
   const Table table = read_table(dir / "d.csv", net, options);
   auto [train_rows, validation_rows] = split_rows(12, 0.25, 5);
   ASSERT_EQ(table.train.inputs().size(0), 9);
@@ -43,7 +48,8 @@ TEST(Dataset, StandardizesWithTheTrainingRowsStatisticsOnly) {
   }
   const double mean_a = sum_a / 9, mean_b = sum_b / 9;
   double var_a = 0, var_b = 0;
-  for (int k = 0; k < 9; ++k) var_a += (as[k] - mean_a) * (as[k] - mean_a), var_b += (bs[k] - mean_b) * (bs[k] - mean_b);
+  for (int k = 0; k < 9; ++k)
+    var_a += (as[k] - mean_a) * (as[k] - mean_a), var_b += (bs[k] - mean_b) * (bs[k] - mean_b);
   const auto& p = table.preprocessing;
   EXPECT_NEAR(p.mean[0], mean_a, 1e-12);
   EXPECT_NEAR(p.mean[1], mean_b, 1e-9);
@@ -85,11 +91,13 @@ TEST(Dataset, FittedPreprocessingIsAppliedNotFittedAgain) {
             static_cast<float>((1 - fitted.mean[0]) / fitted.scale[0]));
   spit(dir / "g.csv", "a,b,species\n1,2,daisy\n");
   EXPECT_THROW_MSG(read_table(dir / "g.csv", net, {}, fitted),
-                   "g.csv:2: column 3 (\"species\"): \"daisy\" is not one of the classes the model was trained on (setosa, versicolor, virginica)");
+                   "g.csv:2: column 3 (\"species\"): \"daisy\" is not one of the classes the model was trained on "
+                   "(setosa, versicolor, virginica)");
   EXPECT_THROW_MSG(read_table(dir / "g.csv", net, TableOptions().task(Task::Regression), fitted),
                    "g.csv: the model was trained for classification, not regression");
   spit(dir / "h.csv", "a,c,species\n1,2,setosa\n");
-  EXPECT_THROW_MSG(read_table(dir / "h.csv", net, {}, fitted), "h.csv: unknown column \"b\"; the columns are a, c, species");
+  EXPECT_THROW_MSG(read_table(dir / "h.csv", net, {}, fitted),
+                   "h.csv: unknown column \"b\"; the columns are a, c, species");
 }
 
 TEST(Dataset, IntegerLabelsAreOutputIndices) {
@@ -99,8 +107,9 @@ TEST(Dataset, IntegerLabelsAreOutputIndices) {
   EXPECT_EQ(table.preprocessing.classes, (std::vector<std::string>{"0", "1", "2"}));
   EXPECT_TRUE(torch::equal(std::get<0>(table.train.targets().sort()), torch::tensor({0, 2}, torch::kLong)));
   spit(dir / "e.csv", "x,label\n0.5,2\n1.5,3\n");
-  EXPECT_THROW_MSG(read_table(dir / "e.csv", mlp(1, 3), TableOptions().task(Task::Classification)),
-                   "e.csv:3: column 2 (\"label\"): 3 is not an integer class label in [0, 3) (the network has 3 outputs)");
+  EXPECT_THROW_MSG(
+      read_table(dir / "e.csv", mlp(1, 3), TableOptions().task(Task::Classification)),
+      "e.csv:3: column 2 (\"label\"): 3 is not an integer class label in [0, 3) (the network has 3 outputs)");
   spit(dir / "f.csv", "x,label\n0.5,a\n1.5,b\n2,c\n");
   EXPECT_THROW_MSG(read_table(dir / "f.csv", mlp(1, 2), TableOptions().task(Task::Classification)),
                    "f.csv: column \"label\" has 3 distinct class labels but the network has 2 outputs");
@@ -113,9 +122,10 @@ TEST(Dataset, SaysWhatWouldFitWhenTheTaskIsForgotten) {
   EXPECT_THROW_MSG(read_table(dir / "d.csv", mlp(2, 3)),
                    "d.csv: has 3 columns, too few for 3 target column(s) and at least one feature");
   spit(dir / "e.csv", "f0,f1,f2,f3,label\n1,2,3,4,0\n");
-  EXPECT_THROW_MSG(read_table(dir / "e.csv", mlp(4, 3)),
-                   "e.csv: 2 feature columns (f0, f1) but the network has 4 inputs; if \"label\" holds class labels, add "
-                   "--task classification (then the other 4 columns are the features)");
+  EXPECT_THROW_MSG(
+      read_table(dir / "e.csv", mlp(4, 3)),
+      "e.csv: 2 feature columns (f0, f1) but the network has 4 inputs; if \"label\" holds class labels, add "
+      "--task classification (then the other 4 columns are the features)");
 }
 
 TEST(Dataset, WorksWithTorchDataLoaders) {
@@ -159,16 +169,24 @@ TEST(Dataset, CheckpointsCarryThePreprocessing) {
   // A preprocessing that does not fit is refused before anything is written.
   Preprocessing wrong = table.preprocessing;
   wrong.features.push_back("c"), wrong.mean.push_back(0), wrong.scale.push_back(1);
-  EXPECT_THROW_MSG(save(net, dir / "w.ckpt", nullptr, &wrong), "save(): " + dir / "w.ckpt" + ": the preprocessing: names 3 feature(s) for a network with 2 inputs");
+  EXPECT_THROW_MSG(save(net, dir / "w.ckpt", nullptr, &wrong),
+                   "save(): " + dir / "w.ckpt" + ": the preprocessing: names 3 feature(s) for a network with 2 inputs");
   EXPECT_FALSE(std::filesystem::exists(dir / "w.ckpt"));
   // A crafted file is refused with the JSON path of the culprit.
   const std::string bytes = slurp(dir / "m.ckpt");
-  spit(dir / "bad.ckpt", reseal_checkpoint(bytes, [](nlohmann::json& h, uint32_t&) { h["preprocessing"]["standardize"]["scale"][1] = 0; }));
-  EXPECT_THROW_MSG(load_checkpoint(dir / "bad.ckpt"), "/preprocessing/standardize/scale/1 must be a finite number > 0, got 0");
-  spit(dir / "bad.ckpt", reseal_checkpoint(bytes, [](nlohmann::json& h, uint32_t&) { h["preprocessing"]["classes"] = {"a", "a"}; }));
+  spit(dir / "bad.ckpt", reseal_checkpoint(bytes, [](nlohmann::json& h, uint32_t&) {
+         h["preprocessing"]["standardize"]["scale"][1] = 0;
+       }));
+  EXPECT_THROW_MSG(load_checkpoint(dir / "bad.ckpt"),
+                   "/preprocessing/standardize/scale/1 must be a finite number > 0, got 0");
+  spit(dir / "bad.ckpt", reseal_checkpoint(bytes, [](nlohmann::json& h, uint32_t&) {
+         h["preprocessing"]["classes"] = {"a", "a"};
+       }));
   EXPECT_THROW_MSG(load_checkpoint(dir / "bad.ckpt"), "/preprocessing: names a class twice");
-  spit(dir / "bad.ckpt", reseal_checkpoint(bytes, [](nlohmann::json& h, uint32_t&) { h["preprocessing"]["task"] = 7; }));
-  EXPECT_THROW_MSG(load_checkpoint(dir / "bad.ckpt"), "/preprocessing/task must be \"regression\" or \"classification\", got 7");
+  spit(dir / "bad.ckpt",
+       reseal_checkpoint(bytes, [](nlohmann::json& h, uint32_t&) { h["preprocessing"]["task"] = 7; }));
+  EXPECT_THROW_MSG(load_checkpoint(dir / "bad.ckpt"),
+                   "/preprocessing/task must be \"regression\" or \"classification\", got 7");
 }
 
 TEST(TorchScriptExport, ChecksTheInputWithItsOwnMessage) {
@@ -186,16 +204,20 @@ TEST(TorchScriptExport, ChecksTheInputWithItsOwnMessage) {
     }
     return std::string("no error");
   };
-  EXPECT_NE(message(torch::randn({5, 4})).find("connex network: expected an input of shape [batch, 3] or [3], got [5, 4]"),
-            std::string::npos) << message(torch::randn({5, 4}));
+  EXPECT_NE(
+      message(torch::randn({5, 4})).find("connex network: expected an input of shape [batch, 3] or [3], got [5, 4]"),
+      std::string::npos)
+      << message(torch::randn({5, 4}));
   EXPECT_NE(message(torch::randn({2, 2, 3})).find("got [2, 2, 3]"), std::string::npos);
-  EXPECT_NE(message(torch::ones({2, 3}, torch::kComplexFloat)).find("expected a real-valued input, got a complex tensor"),
-            std::string::npos);
+  EXPECT_NE(
+      message(torch::ones({2, 3}, torch::kComplexFloat)).find("expected a real-valued input, got a complex tensor"),
+      std::string::npos);
   // float64, integer and bool inputs are cast to the network's float32.
   const auto x = torch::tensor({{1.0, -2.0, 0.5}, {3.0, 0.0, 1.0}}, torch::kFloat64);
   const auto expected = net->forward(x.to(torch::kFloat32));
   EXPECT_TRUE(torch::allclose(run(x), expected, 1e-6, 1e-6));
-  EXPECT_TRUE(torch::allclose(run(x.to(torch::kLong)), net->forward(x.to(torch::kLong).to(torch::kFloat32)), 1e-6, 1e-6));
+  EXPECT_TRUE(
+      torch::allclose(run(x.to(torch::kLong)), net->forward(x.to(torch::kLong).to(torch::kFloat32)), 1e-6, 1e-6));
   EXPECT_TRUE(torch::allclose(run(x[0]), expected[0], 1e-6, 1e-6));
   EXPECT_TRUE(torch::allclose(run(x.gt(0)), net->forward(x.gt(0).to(torch::kFloat32)), 1e-6, 1e-6));
   EXPECT_EQ(run(x).scalar_type(), torch::kFloat32);
@@ -236,9 +258,11 @@ TEST(Network, TypedCloneIsADeepCopyWithFrozenEntries) {
   EXPECT_NE(net->weight(0, 2), 5.0);
   copy->forward(x).sum().backward();
   const auto& topo = copy->topology();
-  EXPECT_EQ(copy->weight_tensor().grad()[topo.connection_index(topo.dense_of(0), topo.dense_of(1))].item<double>(), 0.0);
+  EXPECT_EQ(copy->weight_tensor().grad()[topo.connection_index(topo.dense_of(0), topo.dense_of(1))].item<double>(),
+            0.0);
   EXPECT_EQ(copy->bias_tensor().grad()[topo.bias_index(topo.dense_of(4))].item<double>(), 0.0);
-  EXPECT_NE(copy->weight_tensor().grad()[topo.connection_index(topo.dense_of(0), topo.dense_of(2))].item<double>(), 0.0);
+  EXPECT_NE(copy->weight_tensor().grad()[topo.connection_index(topo.dense_of(0), topo.dense_of(2))].item<double>(),
+            0.0);
   EXPECT_FALSE(net->weight_tensor().grad().defined());
   EXPECT_THROW_MSG(connex::clone(NeuralNetwork(nullptr)), "clone(): the network is empty");
 }
@@ -266,13 +290,18 @@ TEST(OptimizerAfterEdit, KeepsTypeGroupsOptionsAndState) {
       torch::mse_loss(net->forward(x), y).backward();
       optimizer->step();
     }
-    auto r = connex::edit(net).remove_connections({{8, 11}}).add_hidden_neurons({100}).add_connections({{0, 100}, {100, 11}}).build(4);
+    auto r = connex::edit(net)
+                 .remove_connections({{8, 11}})
+                 .add_hidden_neurons({100})
+                 .add_connections({{0, 100}, {100, 11}})
+                 .build(4);
     auto next = optimizer_after_edit(*optimizer, net, r);
     EXPECT_EQ(optimizer_type_name(*next), type);
     ASSERT_EQ(next->param_groups().size(), 2u) << type;
     for (size_t g = 0; g < 2; ++g)
       EXPECT_EQ(optimizer_options_to_json(next->param_groups()[g].options()),
-                optimizer_options_to_json(optimizer->param_groups()[g].options())) << type;
+                optimizer_options_to_json(optimizer->param_groups()[g].options()))
+          << type;
     EXPECT_TRUE(next->param_groups()[0].params()[0].is_same(r.network->weight_tensor()));
     EXPECT_TRUE(next->param_groups()[1].params()[0].is_same(r.network->bias_tensor()));
     // The state equals what transfer_optimizer_state gives an optimizer built by hand with the same options.
@@ -289,7 +318,8 @@ TEST(OptimizerAfterEdit, KeepsTypeGroupsOptionsAndState) {
       EXPECT_EQ(a.step, b.step);
       for (size_t f = 0; f < a.tensors.size(); ++f)
         EXPECT_TRUE(a.tensors[f].second.defined() ? torch::equal(a.tensors[f].second, b.tensors[f].second)
-                                                  : !b.tensors[f].second.defined()) << type << " " << a.tensors[f].first;
+                                                  : !b.tensors[f].second.defined())
+            << type << " " << a.tensors[f].first;
     }
   }
 }
@@ -309,7 +339,8 @@ TEST(OptimizerAfterEdit, RestoredFromACheckpointWithItsLearningRate) {
   auto restored = restore_optimizer(ck, dir / "m.ckpt");
   EXPECT_EQ(optimizer_type_name(*restored), "adam");
   EXPECT_EQ(restored->param_groups()[0].options().get_lr(), 0.01);
-  EXPECT_EQ(optimizer_options_to_json(restored->param_groups()[0].options()), optimizer_options_to_json(adam.param_groups()[0].options()));
+  EXPECT_EQ(optimizer_options_to_json(restored->param_groups()[0].options()),
+            optimizer_options_to_json(adam.param_groups()[0].options()));
   // One more step from the restored optimizer equals one more step of the original.
   NeuralNetwork resumed = ck.network;
   auto step = [&](NeuralNetwork& n, torch::optim::Optimizer& o) {
@@ -321,7 +352,8 @@ TEST(OptimizerAfterEdit, RestoredFromACheckpointWithItsLearningRate) {
   step(resumed, *restored);
   EXPECT_TRUE(torch::equal(net->weight_tensor(), resumed->weight_tensor()));
   save(net, dir / "plain.ckpt");
-  EXPECT_THROW_MSG(restore_optimizer(load_checkpoint(dir / "plain.ckpt"), "plain.ckpt"), "restore_optimizer(): plain.ckpt holds no optimizer state");
+  EXPECT_THROW_MSG(restore_optimizer(load_checkpoint(dir / "plain.ckpt"), "plain.ckpt"),
+                   "restore_optimizer(): plain.ckpt holds no optimizer state");
 }
 
 TEST(OptimizerAfterEdit, AParameterLeftOutStaysOut) {
@@ -343,8 +375,9 @@ TEST(Dataset, ColumnsThatAreNotFeaturesMayHoldAnything) {
   EXPECT_EQ(table.preprocessing.classes, (std::vector<std::string>{"x", "y"}));
   // A stray word among integer labels, or an empty label, is named, not made a class.
   spit(dir / "e.csv", "a,b,label\n1,2,0\n3,4,1\n5,6,?\n7,8,1\n");
-  EXPECT_THROW_MSG(read_table(dir / "e.csv", mlp(2, 12), TableOptions().task(Task::Classification)),
-                   "e.csv:4: column 3 (\"label\"): \"?\" is not a class label like the others (integer output indices)");
+  EXPECT_THROW_MSG(
+      read_table(dir / "e.csv", mlp(2, 12), TableOptions().task(Task::Classification)),
+      "e.csv:4: column 3 (\"label\"): \"?\" is not a class label like the others (integer output indices)");
   spit(dir / "f.csv", "a,b,label\n1,2,x\n3,4,\n");
   EXPECT_THROW_MSG(read_table(dir / "f.csv", mlp(2, 2), TableOptions().task(Task::Classification)),
                    "f.csv:3: column 3 (\"label\"): the class label is empty");
@@ -359,7 +392,9 @@ TEST(Dataset, TensorsWithAFittedPreprocessingAreCheckedLikeFiles) {
   const auto x = torch::randn({4, 1}, torch::kFloat64);
   EXPECT_THROW_MSG(table_from_tensors(x, torch::tensor({0, 1, 2, 0}, torch::kLong), {}, fitted),
                    "table_from_tensors(): class labels must be in [0, 2) (the preprocessing's classes), got [0, 2]");
-  EXPECT_THROW_MSG(table_from_tensors(x, torch::tensor({0, 1, 1, 0}, torch::kLong), TableOptions().task(Task::Regression), fitted),
-                   "table_from_tensors(): the model was trained for classification, not regression");
-  EXPECT_THROW_MSG(fitted.apply(torch::zeros({3, 2})), "Preprocessing::apply(): expected raw rows [rows, 1] (x0), got [3, 2]");
+  EXPECT_THROW_MSG(
+      table_from_tensors(x, torch::tensor({0, 1, 1, 0}, torch::kLong), TableOptions().task(Task::Regression), fitted),
+      "table_from_tensors(): the model was trained for classification, not regression");
+  EXPECT_THROW_MSG(fitted.apply(torch::zeros({3, 2})),
+                   "Preprocessing::apply(): expected raw rows [rows, 1] (x0), got [3, 2]");
 }

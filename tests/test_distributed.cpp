@@ -76,7 +76,8 @@ TEST(EditScript, BadJsonNamesThePath) {
                    "s.json: /0/remove_neurons/0 must be an integer or a string neuron id");
   EXPECT_THROW_MSG(EditScript::from_json(nlohmann::json::parse(R"([{"set_dropout_p": "high"}])"), "s.json"),
                    "s.json: /0/set_dropout_p must be a number or an object");
-  EXPECT_THROW_MSG(EditScript::from_json(nlohmann::json::parse(R"([{"add_input_neurons": [1], "add_output_neurons": [2]}])"), "s.json"),
+  EXPECT_THROW_MSG(EditScript::from_json(
+                       nlohmann::json::parse(R"([{"add_input_neurons": [1], "add_output_neurons": [2]}])"), "s.json"),
                    "s.json: /0 must be an object with one key");
 }
 
@@ -99,7 +100,8 @@ using distributed::GroupOptions;
 
 // Runs `body(rank)` on `world` threads, each with its own Group joined
 // through a FileStore; rethrows the first failure.
-void run_ranks(int world, const std::function<void(Group&, int)>& body, std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+void run_ranks(int world, const std::function<void(Group&, int)>& body,
+               std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
   TempDir dir;
   std::vector<std::thread> threads;
   std::vector<std::exception_ptr> errors(world);
@@ -139,7 +141,8 @@ TEST(Distributed, JoiningWithoutTheOtherRanksTimesOutNamingTheAddress) {
 }
 
 TEST(Distributed, EnvironmentLikeTorchrun) {
-  setenv("RANK", "3", 1), setenv("WORLD_SIZE", "4", 1), setenv("MASTER_ADDR", "10.0.0.7", 1), setenv("MASTER_PORT", "29999", 1);
+  setenv("RANK", "3", 1), setenv("WORLD_SIZE", "4", 1), setenv("MASTER_ADDR", "10.0.0.7", 1),
+      setenv("MASTER_PORT", "29999", 1);
   auto options = GroupOptions::from_environment();
   EXPECT_EQ(options.rank(), 3);
   EXPECT_EQ(options.world_size(), 4);
@@ -171,13 +174,15 @@ TEST(Distributed, BroadcastAverageAndChecksum) {
       torch::NoGradGuard no_grad;
       net->weight_tensor()[0] += 1e-12;
     }
-    EXPECT_THROW_MSG(dp.check_replicas_identical(net, nullptr, "drift check"), "drift check: replicas differ: rank 1 has a checksum");
+    EXPECT_THROW_MSG(dp.check_replicas_identical(net, nullptr, "drift check"),
+                     "drift check: replicas differ: rank 1 has a checksum");
   });
 }
 
 TEST(Distributed, ChecksumCoversOptimizerState) {
   NeuralNetwork net = small_net(2);
-  torch::optim::Adam a(net->parameters(), torch::optim::AdamOptions(0.01)), b(net->parameters(), torch::optim::AdamOptions(0.01));
+  torch::optim::Adam a(net->parameters(), torch::optim::AdamOptions(0.01)),
+      b(net->parameters(), torch::optim::AdamOptions(0.01));
   auto [x, y] = cos_sin_data(torch::kFloat64);
   auto step = [&](torch::optim::Optimizer& opt) {
     opt.zero_grad();
@@ -200,11 +205,13 @@ TEST(Distributed, TwoReplicasTrainLikeOneProcessAndStayIdenticalThroughAnEdit) {
     script.remove_connections({{0, 3}}).add_hidden_neurons({12}).add_connections({{1, 12}, {12, 11}});
     return script;
   };
-  auto train = [&](NeuralNetwork& net, const torch::Tensor& xs, const torch::Tensor& ys, DataParallel* dp, double scale) {
+  auto train = [&](NeuralNetwork& net, const torch::Tensor& xs, const torch::Tensor& ys, DataParallel* dp,
+                   double scale) {
     auto optimizer = std::make_unique<torch::optim::Adam>(net->parameters(), torch::optim::AdamOptions(0.01));
     for (int s = 0; s < steps; ++s) {
       if (s == edit_at) {
-        EditResult edited = dp ? dp->apply_edit(net, dp->group().rank() == 0 ? prune(net) : EditScript(), 5) : prune(net).build(net, 5);
+        EditResult edited =
+            dp ? dp->apply_edit(net, dp->group().rank() == 0 ? prune(net) : EditScript(), 5) : prune(net).build(net, 5);
         auto next = std::make_unique<torch::optim::Adam>(edited.network->parameters(), torch::optim::AdamOptions(0.01));
         transfer_optimizer_state(*optimizer, net, *next, edited);
         net = edited.network;
@@ -227,7 +234,8 @@ TEST(Distributed, TwoReplicasTrainLikeOneProcessAndStayIdenticalThroughAnEdit) {
     DataParallel dp(group);
     NeuralNetwork net = small_net(rank == 0 ? 4 : 99);  // rank 1 starts elsewhere: the broadcast fixes it
     dp.broadcast_parameters(net);
-    auto xs = x.narrow(0, rank * half, rank == 0 ? half : n - half), ys = y.narrow(0, rank * half, rank == 0 ? half : n - half);
+    auto xs = x.narrow(0, rank * half, rank == 0 ? half : n - half),
+         ys = y.narrow(0, rank * half, rank == 0 ? half : n - half);
     auto optimizer = train(net, xs, ys, &dp, static_cast<double>(xs.size(0)) * 2 / n);
     dp.check_replicas_identical(net, optimizer.get(), "end");
     replicas[rank] = net;
@@ -242,7 +250,8 @@ TEST(Distributed, TwoReplicasTrainLikeOneProcessAndStayIdenticalThroughAnEdit) {
 
 TEST(Distributed, BroadcastBytesAndAnInvalidEditFailOnEveryRankAlike) {
   run_ranks(3, [](Group& group, int rank) {
-    EXPECT_EQ(group.broadcast_bytes(rank == 2 ? std::string("from two\0!", 10) : "", 2, "test"), std::string("from two\0!", 10));
+    EXPECT_EQ(group.broadcast_bytes(rank == 2 ? std::string("from two\0!", 10) : "", 2, "test"),
+              std::string("from two\0!", 10));
     DataParallel dp(group);
     NeuralNetwork net = small_net(1);
     EditScript bad;
@@ -300,8 +309,9 @@ double max_difference(const NeuralNetwork& a, const NeuralNetwork& b) {
 TEST(DistributedCli, TwoProcessesEqualOneWithTheWholeBatchAlsoThroughAPrune) {
   TempDir dir;
   write_data_and_config(dir);
-  const std::vector<std::string> common{"train", dir / "net.json", "--data", dir / "data.csv", "--epochs", "12",
-                                        "--batch-size", "40", "--lr", "0.01", "--seed", "2"};
+  const std::vector<std::string> common{
+      "train", dir / "net.json", "--data", dir / "data.csv", "--epochs", "12", "--batch-size",
+      "40",    "--lr",           "0.01",   "--seed",         "2"};
   auto with = [&](std::vector<std::string> extra) {
     auto args = common;
     args.insert(args.end(), extra.begin(), extra.end());
@@ -314,9 +324,13 @@ TEST(DistributedCli, TwoProcessesEqualOneWithTheWholeBatchAlsoThroughAPrune) {
   EXPECT_LE(max_difference(load(dir / "one/model.ckpt"), load(dir / "two/model.ckpt")), 1e-6);
 
   // An edit in the middle: pruned on rank 0, applied on both, optimizer state carried.
-  ASSERT_EQ(run_connex(with({"--out", dir / "one_p", "--prune-at-epoch", "6", "--prune-fraction", "0.3"}), dir / "1p.log"), 0)
+  ASSERT_EQ(
+      run_connex(with({"--out", dir / "one_p", "--prune-at-epoch", "6", "--prune-fraction", "0.3"}), dir / "1p.log"), 0)
       << slurp(dir / "1p.log");
-  ASSERT_EQ(run_connex(with({"--out", dir / "two_p", "--prune-at-epoch", "6", "--prune-fraction", "0.3", "--nproc", "2"}), dir / "2p.log"), 0)
+  ASSERT_EQ(
+      run_connex(with({"--out", dir / "two_p", "--prune-at-epoch", "6", "--prune-fraction", "0.3", "--nproc", "2"}),
+                 dir / "2p.log"),
+      0)
       << slurp(dir / "2p.log");
   const auto one = load(dir / "one_p/model.ckpt"), two = load(dir / "two_p/model.ckpt");
   const int64_t all = load(dir / "one/model.ckpt")->num_connections();
@@ -329,11 +343,12 @@ TEST(DistributedCli, AKilledRankStopsTheOtherWithItsNameAndTheCheckpointSurvives
   TempDir dir;
   write_data_and_config(dir);
   const std::string port = std::to_string(unused_port());
-  const std::vector<std::string> args{"train", dir / "net.json", "--data", dir / "data.csv", "--epochs", "1000000",
-                                      "--batch-size", "20", "--checkpoint-every", "5", "--out", dir / "run",
-                                      "--dist-timeout", "30"};
+  const std::vector<std::string> args{
+      "train", dir / "net.json",     "--data", dir / "data.csv", "--epochs",  "1000000",        "--batch-size",
+      "20",    "--checkpoint-every", "5",      "--out",          dir / "run", "--dist-timeout", "30"};
   auto env = [&](int rank) {
-    return std::vector<std::string>{"RANK=" + std::to_string(rank), "WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + port};
+    return std::vector<std::string>{"RANK=" + std::to_string(rank), "WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1",
+                                    "MASTER_PORT=" + port};
   };
   const pid_t rank0 = spawn_connex(args, dir / "rank0.log", "", env(0));
   const pid_t rank1 = spawn_connex(args, dir / "rank1.log", "", env(1));
@@ -364,10 +379,12 @@ TEST(DistributedCli, NprocRejectsExplicitRanksAndTinyBatches) {
   EXPECT_EQ(run_connex({"train", "--nproc", "2", "--rank", "0", "--epochs", "1"}, dir / "a.log"), 2);
   EXPECT_NE(slurp(dir / "a.log").find("don't combine it with --rank or --world-size"), std::string::npos);
   // 200 rows in batches of 3: the last batch has 2 rows, fewer than 3 ranks.
-  EXPECT_EQ(run_connex({"train", dir / "net.json", "--data", dir / "data.csv", "--epochs", "1", "--batch-size", "3", "--nproc", "3"},
+  EXPECT_EQ(run_connex({"train", dir / "net.json", "--data", dir / "data.csv", "--epochs", "1", "--batch-size", "3",
+                        "--nproc", "3"},
                        dir / "b.log"),
             1);
-  EXPECT_NE(slurp(dir / "b.log").find("a batch of 2 rows cannot be shared by 3 ranks"), std::string::npos) << slurp(dir / "b.log");
+  EXPECT_NE(slurp(dir / "b.log").find("a batch of 2 rows cannot be shared by 3 ranks"), std::string::npos)
+      << slurp(dir / "b.log");
 }
 
 #endif  // CONNEX_CLI

@@ -81,7 +81,8 @@ TEST(DistributedHardening, AJoinWaitsTheTimeoutOnceAndNamesWhoNeverCame) {
     Group(GroupOptions().rank(0).world_size(2).master_port(port).timeout(1500ms));
     ADD_FAILURE() << "rank 0 joined alone";
   } catch (const Error& e) {
-    EXPECT_EQ(std::string(e.what()), fmt::format("rank 0 of 2: rank 1 did not join the group at 127.0.0.1:{} within 1500 ms", port));
+    EXPECT_EQ(std::string(e.what()),
+              fmt::format("rank 0 of 2: rank 1 did not join the group at 127.0.0.1:{} within 1500 ms", port));
   }
 }
 
@@ -91,7 +92,8 @@ TEST(DistributedHardening, ABusyPortIsNamed) {
     distributed::Group(distributed::GroupOptions().rank(0).world_size(2).master_port(busy.port).timeout(1500ms));
     ADD_FAILURE() << "hosted the store on a busy port";
   } catch (const Error& e) {
-    EXPECT_EQ(std::string(e.what()), fmt::format("rank 0 of 2: could not host the group's store on port {}: the port is in use", busy.port));
+    EXPECT_EQ(std::string(e.what()),
+              fmt::format("rank 0 of 2: could not host the group's store on port {}: the port is in use", busy.port));
   }
 }
 
@@ -146,10 +148,12 @@ void write_data_and_config(const TempDir& dir) {
 struct LongRun {
   explicit LongRun(const TempDir& dir) : dir(dir) {
     write_data_and_config(dir);
-    launcher = spawn_connex({"train", dir / "net.json", "--data", dir / "data.csv", "--epochs", "1000000", "--batch-size", "20",
-                             "--checkpoint-every", "2", "--nproc", "2", "--out", dir / "run"},
+    launcher = spawn_connex({"train", dir / "net.json", "--data", dir / "data.csv", "--epochs", "1000000",
+                             "--batch-size", "20", "--checkpoint-every", "2", "--nproc", "2", "--out", dir / "run"},
                             dir / "run.log", "", {"TMPDIR=" + dir.path});
-    eventually([&] { return (children_of(launcher).size() == 2 && fs::exists(dir / "run/model.ckpt")) || !alive(launcher); }, 120s);
+    eventually(
+        [&] { return (children_of(launcher).size() == 2 && fs::exists(dir / "run/model.ckpt")) || !alive(launcher); },
+        120s);
     workers = children_of(launcher);
   }
   ~LongRun() {
@@ -180,7 +184,8 @@ TEST(DistributedHardening, SigtermToTheLauncherStopsEveryWorker) {
   run.launcher = -1;
   EXPECT_EQ(code, 128 + SIGTERM) << run.log();
   EXPECT_TRUE(run.workers_gone(10s)) << run.log();
-  EXPECT_NE(run.log().find("connex: --nproc: stopping the workers (the launcher got Terminated)\n"), std::string::npos) << run.log();
+  EXPECT_NE(run.log().find("connex: --nproc: stopping the workers (the launcher got Terminated)\n"), std::string::npos)
+      << run.log();
 }
 
 TEST(DistributedHardening, WorkersDieWithAKilledLauncher) {
@@ -253,7 +258,8 @@ TEST(DistributedHardening, ALocalRunListensOnNoRendezvousPortAndCleansUpItsPriva
       rendezvous = environment_of(worker, "CONNEX_LOCAL_RENDEZVOUS");
       // Gloo's own connections listen on loopback only; nothing on a public address.
       const auto addresses = listening_addresses(worker);
-      for (const auto& address : addresses) EXPECT_TRUE(is_loopback(address)) << "worker " << worker << " listens on " << address;
+      for (const auto& address : addresses)
+        EXPECT_TRUE(is_loopback(address)) << "worker " << worker << " listens on " << address;
     }
     ASSERT_EQ(fs::path(rendezvous).parent_path(), fs::path(dir.path));
     EXPECT_EQ(fs::path(rendezvous).filename().string().rfind("connex-rendezvous-", 0), 0u) << rendezvous;
@@ -262,15 +268,17 @@ TEST(DistributedHardening, ALocalRunListensOnNoRendezvousPortAndCleansUpItsPriva
     EXPECT_TRUE(S_ISDIR(info.st_mode));
     EXPECT_EQ(info.st_mode & 07777, 0700u);
     EXPECT_EQ(info.st_uid, getuid());
-    EXPECT_NE(run.log().find("joined (gloo through the launcher's private file store)"), std::string::npos) << run.log();
+    EXPECT_NE(run.log().find("joined (gloo through the launcher's private file store)"), std::string::npos)
+        << run.log();
     ASSERT_EQ(kill(run.launcher, SIGTERM), 0);
     EXPECT_EQ(wait_for(run.launcher, 30s), 128 + SIGTERM);
     run.launcher = -1;
     EXPECT_FALSE(fs::exists(rendezvous));  // removed when stopped by a signal
   }
   // ... and after a run that ends by itself.
-  const pid_t short_run = spawn_connex({"train", dir / "net.json", "--data", dir / "data.csv", "--epochs", "2", "--nproc", "2"},
-                                       dir / "short.log", "", {"TMPDIR=" + dir.path});
+  const pid_t short_run =
+      spawn_connex({"train", dir / "net.json", "--data", dir / "data.csv", "--epochs", "2", "--nproc", "2"},
+                   dir / "short.log", "", {"TMPDIR=" + dir.path});
   EXPECT_EQ(wait_for(short_run, 120s), 0) << slurp(dir / "short.log");
   for (const auto& entry : fs::directory_iterator(dir.path))
     EXPECT_EQ(entry.path().filename().string().rfind("connex-rendezvous-", 0), std::string::npos) << entry.path();
@@ -280,8 +288,10 @@ TEST(DistributedHardening, NprocRejectsARendezvousAddress) {
   TempDir dir;
   const auto r = connex_cli("train --nproc 2 --master-port 29500 --epochs 1", dir);
   EXPECT_EQ(r.code, 2);
-  EXPECT_EQ(r.err, "connex: --nproc workers meet through a private file, not a port; --master-addr and --master-port are for runs "
-                   "with --rank and --world-size\n");
+  EXPECT_EQ(
+      r.err,
+      "connex: --nproc workers meet through a private file, not a port; --master-addr and --master-port are for runs "
+      "with --rank and --world-size\n");
 }
 
 // ------------------------------------------------------ what the user reads
@@ -301,7 +311,8 @@ Outcome run_connex(const TempDir& dir, const std::vector<std::string>& args, con
 }
 
 std::vector<std::string> rank_env(int rank, int port) {
-  return {"RANK=" + std::to_string(rank), "WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(port)};
+  return {"RANK=" + std::to_string(rank), "WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1",
+          "MASTER_PORT=" + std::to_string(port)};
 }
 
 }  // namespace
@@ -312,7 +323,9 @@ TEST(DistributedHardening, RankZeroAloneWaitsDistTimeoutOnceAndSaysWhoIsMissingI
   const auto r = run_connex(dir, {"train", "--epochs", "1", "--dist-timeout", "4"}, rank_env(0, port));
   EXPECT_EQ(r.code, 1);
   // One line, no C++ stack frames, no glog lines.
-  EXPECT_EQ(r.err, fmt::format("connex: [rank 0] rank 0 of 2: rank 1 did not join the group at 127.0.0.1:{} within 4000 ms\n", port));
+  EXPECT_EQ(r.err,
+            fmt::format("connex: [rank 0] rank 0 of 2: rank 1 did not join the group at 127.0.0.1:{} within 4000 ms\n",
+                        port));
   EXPECT_GE(r.seconds, 4);
   EXPECT_LT(r.seconds, 8) << "waited twice the timeout";  // it did: TCPStore's wait, then Gloo's
 }
@@ -322,7 +335,10 @@ TEST(DistributedHardening, ABusyMasterPortIsOneLine) {
   BusyPort busy;
   const auto r = run_connex(dir, {"train", "--epochs", "1", "--dist-timeout", "2"}, rank_env(0, busy.port));
   EXPECT_EQ(r.code, 1);
-  EXPECT_EQ(r.err, fmt::format("connex: [rank 0] rank 0 of 2: could not host the group's store on port {}: the port is in use\n", busy.port));
+  EXPECT_EQ(
+      r.err,
+      fmt::format("connex: [rank 0] rank 0 of 2: could not host the group's store on port {}: the port is in use\n",
+                  busy.port));
 }
 
 TEST(DistributedHardening, AnInputErrorUnderNprocIsReportedOnceAsWithoutIt) {
@@ -341,9 +357,13 @@ TEST(DistributedHardening, DistTimeoutIsRangeCheckedBeforeTheConversionToMillise
   for (const char* bad : {"1e300", "1e-9", "0", "-1", "inf", "nan"}) {
     const auto r = connex_cli(std::string("train --epochs 1 --dist-timeout ") + bad, dir);
     EXPECT_EQ(r.code, 2) << bad;
-    EXPECT_EQ(r.err, fmt::format("connex: --dist-timeout: must be a number in [0.001, 1000000], got \"{}\" (see connex --help)\n", bad));
+    EXPECT_EQ(
+        r.err,
+        fmt::format("connex: --dist-timeout: must be a number in [0.001, 1000000], got \"{}\" (see connex --help)\n",
+                    bad));
   }
-  EXPECT_EQ(connex_cli("train --epochs 1 --dist-timeout 0.001", dir).code, 0);  // a single process: no group to wait for
+  EXPECT_EQ(connex_cli("train --epochs 1 --dist-timeout 0.001", dir).code,
+            0);  // a single process: no group to wait for
 }
 
 #endif  // CONNEX_CLI

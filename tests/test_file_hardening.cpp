@@ -139,15 +139,19 @@ std::string reseal_text(const std::string& file, const std::function<std::string
 
 TEST(JsonDepth, ConfigNestedTooDeeplyIsRefusedAtParse) {
   TempDir dir;
-  spit(dir / "deep.json", R"({"graph": {"edges": [[0, 1]], "inputs": [0], "outputs": [1]}, "options": {"seed": )" + nested(100000) + "}}");
+  spit(dir / "deep.json",
+       R"({"graph": {"edges": [[0, 1]], "inputs": [0], "outputs": [1]}, "options": {"seed": )" + nested(100000) + "}}");
   EXPECT_THROW_MSG(load_config(dir / "deep.json"),
                    "load_config(): " + (dir / "deep.json") + " nests JSON deeper than 256 levels (at byte 336)");
   // 256 levels are still JSON connex reads (and then refuses as a seed).
-  spit(dir / "ok.json", R"({"graph": {"edges": [[0, 1]], "inputs": [0], "outputs": [1]}, "options": {"seed": )" + nested(254) + "}}");
-  EXPECT_THROW_MSG(load_config(dir / "ok.json"), "/options/seed must be a non-negative integer, got [[[[[[[[[…]]]]]]]]]");
+  spit(dir / "ok.json",
+       R"({"graph": {"edges": [[0, 1]], "inputs": [0], "outputs": [1]}, "options": {"seed": )" + nested(254) + "}}");
+  EXPECT_THROW_MSG(load_config(dir / "ok.json"),
+                   "/options/seed must be a non-negative integer, got [[[[[[[[[…]]]]]]]]]");
   // Brackets inside strings are not nesting.
-  spit(dir / "str.json", R"({"graph": {"edges": [["a", "b"]], "inputs": ["a"], "outputs": ["b"]}, "options": {"hidden_activation": ")" +
-                             std::string(1000, '[') + "\"}}");
+  spit(dir / "str.json",
+       R"({"graph": {"edges": [["a", "b"]], "inputs": ["a"], "outputs": ["b"]}, "options": {"hidden_activation": ")" +
+           std::string(1000, '[') + "\"}}");
   EXPECT_THROW_MSG(load_config(dir / "str.json"), "/options/hidden_activation");
 }
 
@@ -165,7 +169,8 @@ TEST(JsonDepth, CheckpointWithADeepTensorEntryIsRefusedAtParse) {
     const size_t at = header.find("\"tensors\":[");
     return header.insert(at + 11, nested(100000) + ",");
   });
-  EXPECT_THROW_MSG(parse_checkpoint(bad, "deep.ckpt"), "load(): deep.ckpt's header nests JSON deeper than 256 levels (at byte");
+  EXPECT_THROW_MSG(parse_checkpoint(bad, "deep.ckpt"),
+                   "load(): deep.ckpt's header nests JSON deeper than 256 levels (at byte");
 }
 
 // Programs build JSON too: a message about a deep or huge value is cut.
@@ -178,13 +183,15 @@ TEST(JsonDepth, MessagesShowAnExcerptOfADeepOrHugeValue) {
   }
   nlohmann::json config = nlohmann::json::parse(R"({"graph": {"edges": [[0, 1]], "inputs": [0], "outputs": [1]}})");
   config["options"]["seed"] = std::move(deep);
-  EXPECT_THROW_MSG(network_from_config(config, "mine"), "mine: /options/seed must be a non-negative integer, got [[[[[[[[[…]]]]]]]]]");
+  EXPECT_THROW_MSG(network_from_config(config, "mine"),
+                   "mine: /options/seed must be a non-negative integer, got [[[[[[[[[…]]]]]]]]]");
   config["options"]["seed"] = std::string(20000000, 'x');
   try {
     network_from_config(config, "mine");
     ADD_FAILURE() << "accepted";
   } catch (const Error& e) {
-    EXPECT_EQ(std::string(e.what()), "mine: /options/seed must be a non-negative integer, got \"" + std::string(79, 'x') + "…");
+    EXPECT_EQ(std::string(e.what()),
+              "mine: /options/seed must be a non-negative integer, got \"" + std::string(79, 'x') + "…");
   }
   config["options"]["seed"] = std::vector<int>(1000000, 7);
   EXPECT_THROW_MSG(network_from_config(config, "mine"), "got [7,7,7,7,");
@@ -200,13 +207,15 @@ TEST(ReadFile, RefusesWhatIsNotARegularFile) {
   EXPECT_THROW_MSG(read_csv(dir.path), "read_csv(): " + dir.path + " is a directory, not a regular file");
   ASSERT_EQ(::mkfifo((dir / "fifo").c_str(), 0600), 0);
   EXPECT_THROW_MSG(load_config(dir / "fifo"), "load_config(): " + (dir / "fifo") + " is a FIFO, not a regular file");
-  EXPECT_THROW_MSG(read_file(dir / "missing", "load()"), "load(): cannot open " + (dir / "missing") + ": No such file or directory");
+  EXPECT_THROW_MSG(read_file(dir / "missing", "load()"),
+                   "load(): cannot open " + (dir / "missing") + ": No such file or directory");
 }
 
 TEST(ReadFile, RefusesAFileLargerThanItsBound) {
   TempDir dir;
   spit(dir / "f", "0123456789A");
-  EXPECT_THROW_MSG(read_file(dir / "f", "test", 10), "test: " + (dir / "f") + " is 11 bytes, more than the 10 connex reads");
+  EXPECT_THROW_MSG(read_file(dir / "f", "test", 10),
+                   "test: " + (dir / "f") + " is 11 bytes, more than the 10 connex reads");
   EXPECT_EQ(read_file(dir / "f", "test", 11), "0123456789A");
   EXPECT_EQ(read_file(dir / "f", "test"), "0123456789A");
 }
@@ -219,13 +228,15 @@ TEST(PrebuiltSizes, AreCheckedByArithmeticBeforeAnyLoopOrAllocation) {
   EXPECT_THROW_MSG(nn::dense_mlp_spec(1, 1, std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::max()),
                    "more than connex builds");
   EXPECT_THROW_MSG(network_from_config(nlohmann::json::parse(R"({"graph": {"prebuilt": "DenseMLP", "input_size": 1,
-                       "output_size": 1, "width": 1, "depth": 9223372036854775807}})"), "big.json"),
+                       "output_size": 1, "width": 1, "depth": 9223372036854775807}})"),
+                                       "big.json"),
                    "big.json: /graph: DenseMLP(): 9.22e+18 neurons");
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 5.0);
   // Under the count limit, memory decides: 1.9e9 connections need hundreds of GB.
   const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
   if (memory > 400e9) GTEST_SKIP() << "this machine could build it";
-  EXPECT_THROW_MSG(nn::mlp_spec(1, 1, 30800, 3), "MLP(): 9.24e+04 neurons and 1.9e+09 connections need about 486 GB of memory to build");
+  EXPECT_THROW_MSG(nn::mlp_spec(1, 1, 30800, 3),
+                   "MLP(): 9.24e+04 neurons and 1.9e+09 connections need about 486 GB of memory to build");
 }
 
 // The duplicate check compared each header name with every earlier one: 10^5 columns took 14 s.
@@ -246,18 +257,21 @@ TEST(CsvHeader, WideHeaderIsCheckedInLinearTime) {
 // ------------------------------------------------------------------- CSV
 
 TEST(CsvQuoting, QuotedCellsFollowRfc4180) {
-  const auto t = parse_csv("a,\"b, the second\",name\n\"1.5\", \"2\" ,\"Smith, J.\"\n3,4,\"say \"\"hi\"\"\nthen\"\n5,6,x\n", "q.csv",
-                           {"name"});
+  const auto t =
+      parse_csv("a,\"b, the second\",name\n\"1.5\", \"2\" ,\"Smith, J.\"\n3,4,\"say \"\"hi\"\"\nthen\"\n5,6,x\n",
+                "q.csv", {"name"});
   EXPECT_EQ(t.columns, (std::vector<std::string>{"a", "b, the second", "name"}));
   ASSERT_EQ(t.rows.size(), 3u);
   EXPECT_EQ(t.rows[0][0], 1.5);
   EXPECT_EQ(t.rows[0][1], 2.0);
   EXPECT_EQ(t.text[2], (std::vector<std::string>{"Smith, J.", "say \"hi\"\nthen", "x"}));
   EXPECT_EQ(t.row_lines, (std::vector<int64_t>{2, 3, 5}));  // a line break inside a cell still counts
-  EXPECT_THROW_MSG(parse_csv("a,y\n\"1,5\",2\n", "q.csv"),
-                   "q.csv:2: column 1 (\"a\"): \"1,5\" is not a number (write decimals with a point: connex reads 1.5, not 1,5)");
+  EXPECT_THROW_MSG(
+      parse_csv("a,y\n\"1,5\",2\n", "q.csv"),
+      "q.csv:2: column 1 (\"a\"): \"1,5\" is not a number (write decimals with a point: connex reads 1.5, not 1,5)");
   EXPECT_THROW_MSG(parse_csv("a,y\n1,\"2\n3,4\n", "q.csv"), "q.csv:2: column 2: the quoted cell is never closed");
-  EXPECT_THROW_MSG(parse_csv("a,y\n1,\"2\"x\n", "q.csv"), "q.csv:2: column 2: text after the closing quote of a quoted cell");
+  EXPECT_THROW_MSG(parse_csv("a,y\n1,\"2\"x\n", "q.csv"),
+                   "q.csv:2: column 2: text after the closing quote of a quoted cell");
 }
 
 TEST(CsvLines, CarriageReturnOnlyAndCrLfLineEnds) {
@@ -291,19 +305,23 @@ TEST(CsvMessages, WideHeadersAreListedShort) {
   for (int j = 0; j < 1000; ++j) header += "c" + std::to_string(j) + ",", row += "1,";
   const auto csv = parse_csv(header + "y\n" + row + "2\n", "wide.csv");
   EXPECT_THROW_MSG(table_from_csv(csv, nn::MLP(2, 1, 4, 1)),
-                   "wide.csv: 1000 feature columns (c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, … (1000 in all)) but the network has 2 inputs");
+                   "wide.csv: 1000 feature columns (c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, … (1000 in all)) but the "
+                   "network has 2 inputs");
 }
 
 // A finite 1e308 overflowed the loss, and training blamed the learning rate.
 TEST(CsvValues, CellsTooLargeToTrainOnAreNamed) {
   const auto csv = parse_csv("x1,x2,y\n0,1,2\n1e308,1,2\n", "big.csv");
-  EXPECT_THROW_MSG(table_from_csv(csv, nn::MLP(2, 1, 4, 1)),
-                   "big.csv:3: column 1 (\"x1\"): 1e+308 is too large to train on in Float (|value| must stay below 1.8e+19");
-  EXPECT_THROW_MSG(table_from_csv(csv, nn::MLP(2, 1, 4, 1, NeuralNetworkOptions().dtype(torch::kFloat64))),
-                   "big.csv:3: column 1 (\"x1\"): 1e+308 is too large to train on in Double (|value| must stay below 1.3e+154");
+  EXPECT_THROW_MSG(
+      table_from_csv(csv, nn::MLP(2, 1, 4, 1)),
+      "big.csv:3: column 1 (\"x1\"): 1e+308 is too large to train on in Float (|value| must stay below 1.8e+19");
+  EXPECT_THROW_MSG(
+      table_from_csv(csv, nn::MLP(2, 1, 4, 1, NeuralNetworkOptions().dtype(torch::kFloat64))),
+      "big.csv:3: column 1 (\"x1\"): 1e+308 is too large to train on in Double (|value| must stay below 1.3e+154");
   EXPECT_THROW_MSG(table_from_csv(csv, nn::MLP(2, 1, 4, 1), TableOptions().standardize(true)),
                    "1e+308 is too large to standardize");
   const auto target = parse_csv("x1,x2,y\n0,1,2e20\n", "t.csv");
-  EXPECT_THROW_MSG(table_from_csv(target, nn::MLP(2, 1, 4, 1)), "t.csv:2: column 3 (\"y\"): 2e+20 is too large to train on in Float");
+  EXPECT_THROW_MSG(table_from_csv(target, nn::MLP(2, 1, 4, 1)),
+                   "t.csv:2: column 3 (\"y\"): 2e+20 is too large to train on in Float");
   EXPECT_NO_THROW(table_from_csv(parse_csv("x1,x2,y\n0,1e18,2\n", "ok.csv"), nn::MLP(2, 1, 4, 1)));
 }

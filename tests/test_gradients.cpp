@@ -30,7 +30,8 @@ TEST(Gradients, EveryKernelPathMatchesFiniteDifferences) {
   for (auto kernel : {LevelKernel::DenseView, LevelKernel::DenseScatter, LevelKernel::EdgeList}) {
     for (int trial = 0; trial < 15; ++trial) {
       auto spec = random_dag(rng, {5, 20, 0.4});
-      NeuralNetwork net(spec, NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("tanh").force_kernel(kernel));
+      NeuralNetwork net(spec,
+                        NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("tanh").force_kernel(kernel));
       auto x = torch::randn({4, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
       ASSERT_LE(max_gradient_error(net, x), 1e-6) << kernel_name(kernel);
     }
@@ -71,7 +72,8 @@ TEST(Gradients, FusedKernelPassesGradientToTheInput) {
   NeuralNetwork net(readme_spec(), NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("tanh").fused(true));
   auto x = torch::randn({4, 1}, torch::kFloat64).requires_grad_(true);
   net->forward(x).sum().backward();
-  NeuralNetwork ref(readme_spec(), NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("tanh").fused(false));
+  NeuralNetwork ref(readme_spec(),
+                    NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("tanh").fused(false));
   auto x2 = x.detach().clone().requires_grad_(true);
   ref->forward(x2).sum().backward();
   EXPECT_TRUE(torch::allclose(x.grad(), x2.grad(), 1e-12, 1e-12));
@@ -83,7 +85,8 @@ TEST(Gradients, DropoutInTrainingLeavesTheFusedKernel) {
   EXPECT_FALSE(net->uses_fused_kernel());
   net->eval();
   EXPECT_TRUE(net->uses_fused_kernel());
-  EXPECT_THROW_MSG(NeuralNetwork(readme_spec(), NeuralNetworkOptions().fused(true).use_topo_norm(true)), "fused(true) needs");
+  EXPECT_THROW_MSG(NeuralNetwork(readme_spec(), NeuralNetworkOptions().fused(true).use_topo_norm(true)),
+                   "fused(true) needs");
 }
 
 // Graphs of each shape the planner tells apart, in double.
@@ -179,7 +182,8 @@ TEST(Gradients, FusedKernelAgreesWhenALevelIsSplitBetweenThreads) {
   std::vector<NeuronId> inputs, outputs{3008, 3009};
   for (int i = 0; i < 8; ++i) inputs.emplace_back(i);
   const auto spec = GraphSpec::from_edges(edges, inputs, outputs);
-  for (auto [dtype, act, tolerance] : {std::tuple{torch::kFloat64, "tanh", 1e-10}, std::tuple{torch::kFloat32, "identity", 1e-4}}) {
+  for (auto [dtype, act, tolerance] :
+       {std::tuple{torch::kFloat64, "tanh", 1e-10}, std::tuple{torch::kFloat32, "identity", 1e-4}}) {
     SCOPED_TRACE(act);
     auto options = NeuralNetworkOptions().dtype(dtype).hidden_activation(act).seed(3);
     NeuralNetwork fused(spec, NeuralNetworkOptions(options).fused(true));

@@ -12,8 +12,17 @@ namespace {
 
 GraphSpec letters_graph() {
   // The A..I graph of the core issue.
-  return GraphSpec::from_edges({{"A", "C"}, {"B", "C"}, {"B", "D"}, {"A", "D"}, {"C", "E"}, {"C", "F"},
-                                {"D", "F"}, {"E", "G"}, {"F", "G"}, {"G", "H"}, {"G", "I"}},
+  return GraphSpec::from_edges({{"A", "C"},
+                                {"B", "C"},
+                                {"B", "D"},
+                                {"A", "D"},
+                                {"C", "E"},
+                                {"C", "F"},
+                                {"D", "F"},
+                                {"E", "G"},
+                                {"F", "G"},
+                                {"G", "H"},
+                                {"G", "I"}},
                                {"A", "B"}, {"H", "I"});
 }
 
@@ -59,7 +68,8 @@ TEST(GraphSpec, NeuronListIsCompleteSoAnEdgeNamingAnotherIdIsAnError) {
   EXPECT_THROW_MSG(GraphSpec::from_adjacency({{"a", {"b"}}, {0, {}}}, {"a"}, {"b"}, {"a", "b"}),
                    "GraphSpec: adjacency key 0 is an integer id, but this graph's ids are strings");
   // Without a list, the edges name the neurons, in order of first appearance.
-  EXPECT_EQ(GraphSpec::from_edges({{"b", "c"}, {"a", "c"}}, {"a", "b"}, {"c"}).neurons(), (std::vector<NeuronId>{"b", "c", "a"}));
+  EXPECT_EQ(GraphSpec::from_edges({{"b", "c"}, {"a", "c"}}, {"a", "b"}, {"c"}).neurons(),
+            (std::vector<NeuronId>{"b", "c", "a"}));
 }
 
 // Inputs and outputs never add a neuron, and an id of the other kind than
@@ -69,46 +79,59 @@ TEST(GraphSpec, InputsAndOutputsOfTheOtherIdKindSaySo) {
                    "GraphSpec: input neuron 0 is an integer id, but this graph's ids are strings");
   EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}}, {0}, {"1"}),
                    "GraphSpec: output neuron \"1\" is a string id, but this graph's ids are integers");
-  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}}, {0}, {1}, {0, 1, 2, "3"}) ,
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}}, {0}, {1}, {0, 1, 2, "3"}),
                    "neuron \"3\" is a string but neuron 0 is an integer");
   // An isolated input must be listed: naming it as an input is not enough.
-  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}}, {0, 5}, {1}), "GraphSpec: input neuron 5 is not a neuron of the graph");
+  EXPECT_THROW_MSG(GraphSpec::from_edges({{0, 1}}, {0, 5}, {1}),
+                   "GraphSpec: input neuron 5 is not a neuron of the graph");
   EXPECT_EQ(GraphSpec::from_edges({{0, 1}}, {0, 5}, {1}, {0, 1, 5}).role(5), Role::Input);
 }
 
 TEST(GraphSpec, FromJsonNeuronListIsCompleteAndErrorsNameTheEdge) {
   using nlohmann::json;
-  EXPECT_THROW_MSG(GraphSpec::from_json(json::parse(
-                       R"({"neurons":["n1","n2","n2001"],"edges":[["n1","n2"],["n1","n2OO1"]],"inputs":["n1"],"outputs":["n2"]})"), "g.json"),
-                   "g.json: /edges/1/1: edge \"n1\" -> \"n2OO1\" names neuron \"n2OO1\", which is not in the neurons list");
-  EXPECT_THROW_MSG(GraphSpec::from_json(json::parse(
-                       R"({"neurons":[0,1,2],"edges":[[0,1],["1",2]],"inputs":[0],"outputs":[2]})"), "g.json", "/graph"),
-                   "g.json: /graph/edges/1/0: edge \"1\" -> 2 names neuron \"1\", a string id, but this graph's ids are integers");
-  EXPECT_THROW_MSG(GraphSpec::from_json(json::parse(
-                       R"({"neurons":[0,1,2],"adjacency":{"0":[1],"1":[2],"5":[]},"inputs":[0],"outputs":[2]})"), "g.json"),
-                   "g.json: /adjacency/5: adjacency key 5 is not in the neurons list");
-  EXPECT_THROW_MSG(GraphSpec::from_json(json::parse(
-                       R"({"neurons":[0,1,2],"adjacency":{"0":[1,7],"1":[2]},"inputs":[0],"outputs":[2]})"), "g.json"),
-                   "g.json: /adjacency/0/1: edge 0 -> 7 names neuron 7, which is not in the neurons list");
-  EXPECT_THROW_MSG(GraphSpec::from_json(json::parse(R"({"neurons":[0,1,0],"edges":[[0,1]],"inputs":[0],"outputs":[1]})"), "g.json"),
-                   "g.json: neuron 0 is listed twice in the neuron list");
+  EXPECT_THROW_MSG(
+      GraphSpec::from_json(
+          json::parse(
+              R"({"neurons":["n1","n2","n2001"],"edges":[["n1","n2"],["n1","n2OO1"]],"inputs":["n1"],"outputs":["n2"]})"),
+          "g.json"),
+      "g.json: /edges/1/1: edge \"n1\" -> \"n2OO1\" names neuron \"n2OO1\", which is not in the neurons list");
+  EXPECT_THROW_MSG(
+      GraphSpec::from_json(json::parse(R"({"neurons":[0,1,2],"edges":[[0,1],["1",2]],"inputs":[0],"outputs":[2]})"),
+                           "g.json", "/graph"),
+      "g.json: /graph/edges/1/0: edge \"1\" -> 2 names neuron \"1\", a string id, but this graph's ids are integers");
+  EXPECT_THROW_MSG(
+      GraphSpec::from_json(
+          json::parse(R"({"neurons":[0,1,2],"adjacency":{"0":[1],"1":[2],"5":[]},"inputs":[0],"outputs":[2]})"),
+          "g.json"),
+      "g.json: /adjacency/5: adjacency key 5 is not in the neurons list");
+  EXPECT_THROW_MSG(
+      GraphSpec::from_json(
+          json::parse(R"({"neurons":[0,1,2],"adjacency":{"0":[1,7],"1":[2]},"inputs":[0],"outputs":[2]})"), "g.json"),
+      "g.json: /adjacency/0/1: edge 0 -> 7 names neuron 7, which is not in the neurons list");
+  EXPECT_THROW_MSG(
+      GraphSpec::from_json(json::parse(R"({"neurons":[0,1,0],"edges":[[0,1]],"inputs":[0],"outputs":[1]})"), "g.json"),
+      "g.json: neuron 0 is listed twice in the neuron list");
   // The list's kind decides the adjacency keys' kind, so string inputs in an
   // integer graph are named as such.
-  EXPECT_THROW_MSG(GraphSpec::from_json(json::parse(
-                       R"({"neurons":[0,1],"adjacency":{"0":[1]},"inputs":["0"],"outputs":[1]})"), "g.json"),
-                   "g.json: input neuron \"0\" is a string id, but this graph's ids are integers");
+  EXPECT_THROW_MSG(
+      GraphSpec::from_json(json::parse(R"({"neurons":[0,1],"adjacency":{"0":[1]},"inputs":["0"],"outputs":[1]})"),
+                           "g.json"),
+      "g.json: input neuron \"0\" is a string id, but this graph's ids are integers");
   // A complete list keeps its order and isolated neurons; no list (or an empty one): the edges name the neurons.
-  auto listed = GraphSpec::from_json(json::parse(R"({"neurons":[3,2,1,0],"adjacency":{"0":[1],"1":[2]},"inputs":[0],"outputs":[2]})"));
+  auto listed = GraphSpec::from_json(
+      json::parse(R"({"neurons":[3,2,1,0],"adjacency":{"0":[1],"1":[2]},"inputs":[0],"outputs":[2]})"));
   EXPECT_EQ(listed.neurons(), (std::vector<NeuronId>{3, 2, 1, 0}));
   EXPECT_EQ(listed.edges(), (std::vector<Edge>{{0, 1}, {1, 2}}));
-  auto unlisted = GraphSpec::from_json(json::parse(R"({"neurons":[],"edges":[[1,2],[0,1]],"inputs":[0],"outputs":[2]})"));
+  auto unlisted =
+      GraphSpec::from_json(json::parse(R"({"neurons":[],"edges":[[1,2],[0,1]],"inputs":[0],"outputs":[2]})"));
   EXPECT_EQ(unlisted.neurons(), (std::vector<NeuronId>{1, 2, 0}));
 }
 
 // The batch the validation hands the compile: inputs 0; any other neuron one
 // more than its latest predecessor, and at least 1 (the isolated hidden 4).
 TEST(GraphSpec, IndexAdjacencyGivesEachNeuronItsTopologicalBatch) {
-  const auto spec = GraphSpec::from_edges({{0, 2}, {2, 3}, {1, 3}, {3, 5}, {4, 5}, {1, 6}}, {0, 1}, {5, 6}, {0, 1, 2, 3, 4, 5, 6});
+  const auto spec =
+      GraphSpec::from_edges({{0, 2}, {2, 3}, {1, 3}, {3, 5}, {4, 5}, {1, 6}}, {0, 1}, {5, 6}, {0, 1, 2, 3, 4, 5, 6});
   const auto& batch = spec.index_adjacency().batch;
   const std::vector<int64_t> expected{0, 0, 1, 2, 1, 3, 1};
   for (int id = 0; id <= 6; ++id) EXPECT_EQ(batch[spec.index_of(id)], expected[id]) << "neuron " << id;
@@ -232,15 +255,15 @@ TEST(GraphSpec, RejectsMixedIdKinds) {
 }
 
 TEST(GraphSpec, FromJsonEdgesAndAdjacency) {
-  auto edges = GraphSpec::from_json(nlohmann::json::parse(
-      R"({"neurons":[0,1,2,9],"edges":[[0,1],[1,2]],"inputs":[0],"outputs":[2]})"));
+  auto edges = GraphSpec::from_json(
+      nlohmann::json::parse(R"({"neurons":[0,1,2,9],"edges":[[0,1],[1,2]],"inputs":[0],"outputs":[2]})"));
   EXPECT_EQ(edges.num_neurons(), 4u);
-  auto adjacency = GraphSpec::from_json(nlohmann::json::parse(
-      R"({"adjacency":{"0":[1,2],"1":[2]},"inputs":[0],"outputs":[2]})"));
+  auto adjacency =
+      GraphSpec::from_json(nlohmann::json::parse(R"({"adjacency":{"0":[1,2],"1":[2]},"inputs":[0],"outputs":[2]})"));
   EXPECT_EQ(adjacency.edges().size(), 3u);
   EXPECT_TRUE(adjacency.neurons()[0].is_integer());
-  auto strings = GraphSpec::from_json(nlohmann::json::parse(
-      R"({"adjacency":{"a":["b"]},"inputs":["a"],"outputs":["b"]})"));
+  auto strings =
+      GraphSpec::from_json(nlohmann::json::parse(R"({"adjacency":{"a":["b"]},"inputs":["a"],"outputs":["b"]})"));
   EXPECT_EQ(strings.neurons()[1], NeuronId("b"));
   auto round_trip = GraphSpec::from_json(edges.to_json());
   EXPECT_EQ(round_trip.neurons(), edges.neurons());
@@ -326,8 +349,7 @@ TEST(Topology, InvariantsOverRandomGraphs) {
       ASSERT_EQ(topo->level_of(d), deepest + 1);
     }
     for (const auto& level : topo->levels())
-      for (int64_t d = level.begin; d < level.end; ++d)
-        ASSERT_EQ(topo->role(d) == Role::Output, d >= level.hidden_end);
+      for (int64_t d = level.begin; d < level.end; ++d) ASSERT_EQ(topo->role(d) == Role::Output, d >= level.hidden_end);
   }
 }
 

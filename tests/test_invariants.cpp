@@ -79,10 +79,15 @@ TEST(Invariants, RandomEditSequencesOnEveryTechniqueCombination) {
     // the gradient-checked sample (every 20th) meets them all.
     const int mask = (trial + trial / 16) % 16;
     ++combinations[mask];
-    NeuralNetwork net(spec, NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation(activations[trial % 4]).seed(trial)
+    NeuralNetwork net(spec, NeuralNetworkOptions()
+                                .dtype(torch::kFloat64)
+                                .hidden_activation(activations[trial % 4])
+                                .seed(trial)
                                 .dropout_p(trial % 7 == 0 ? 0.2 : 0.0)
-                                .use_topo_norm(mask & 1).use_topo_self_attention(mask & 2)
-                                .use_neuron_self_attention(mask & 4).use_adaptive_activations(mask & 8));
+                                .use_topo_norm(mask & 1)
+                                .use_topo_self_attention(mask & 2)
+                                .use_neuron_self_attention(mask & 4)
+                                .use_adaptive_activations(mask & 8));
     perturb(net, trial);
     net->eval();
     const StateSnapshot original(net);
@@ -135,8 +140,8 @@ TEST(Invariants, RandomEditSequencesOnEveryTechniqueCombination) {
   for (const auto& [kind, count] : kinds) by_kind += " " + kind + "=" + std::to_string(count);
   std::cout << "invariants: " << cases << " cases, " << edits << " edits (" << by_kind.substr(1) << "), "
             << survivors_compared << " surviving weights/biases and " << technique_entries_compared
-            << " technique entries compared bit for bit, " << fd_checked << " gradient checks (" << fd_refined << " needing h = 1e-5), "
-            << seconds_since(start) << " s\n";
+            << " technique entries compared bit for bit, " << fd_checked << " gradient checks (" << fd_refined
+            << " needing h = 1e-5), " << seconds_since(start) << " s\n";
   RecordProperty("cases", cases);
   RecordProperty("edits", edits);
 }
@@ -155,8 +160,13 @@ struct TrainingRun {
 TrainingRun train_from_seed(bool dropout_and_techniques) {
   torch::manual_seed(123);  // dropout draws from torch's global generator
   const bool t = dropout_and_techniques;
-  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().seed(7).hidden_activation("tanh").dropout_p(t ? 0.2 : 0.0)
-                                       .use_topo_norm(t).use_topo_self_attention(t).use_neuron_self_attention(t)
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions()
+                                       .seed(7)
+                                       .hidden_activation("tanh")
+                                       .dropout_p(t ? 0.2 : 0.0)
+                                       .use_topo_norm(t)
+                                       .use_topo_self_attention(t)
+                                       .use_neuron_self_attention(t)
                                        .use_adaptive_activations(t));
   TrainingRun run;
   run.fused = net->uses_fused_kernel();
@@ -172,7 +182,8 @@ TrainingRun train_from_seed(bool dropout_and_techniques) {
     }
   };
   steps(15);
-  auto result = edit(net).add_hidden_neurons({100}).add_connections({{2, 100}, {100, 11}}).remove_connections({{9, 11}}).build(5);
+  auto result =
+      edit(net).add_hidden_neurons({100}).add_connections({{2, 100}, {100, 11}}).remove_connections({{9, 11}}).build(5);
   auto next = std::make_unique<torch::optim::Adam>(result.network->parameters(), torch::optim::AdamOptions(1e-2));
   transfer_optimizer_state(*adam, net, *next, result);
   net = result.network;
@@ -256,8 +267,10 @@ TEST(Invariants, LargeGraphPassesAgreeAcrossThreadCounts) {
     expect_same_layout(one.before, many.before);
     expect_same_layout(one.after, many.after);
     for (const auto& name : {"weight", "bias"}) {
-      EXPECT_TRUE(torch::equal(one.edit.parameters.moved.at(name).new_index, many.edit.parameters.moved.at(name).new_index));
-      EXPECT_TRUE(torch::equal(one.edit.parameters.moved.at(name).old_index, many.edit.parameters.moved.at(name).old_index));
+      EXPECT_TRUE(
+          torch::equal(one.edit.parameters.moved.at(name).new_index, many.edit.parameters.moved.at(name).new_index));
+      EXPECT_TRUE(
+          torch::equal(one.edit.parameters.moved.at(name).old_index, many.edit.parameters.moved.at(name).old_index));
     }
   }
 
@@ -322,11 +335,16 @@ struct WriteFaultGuard {
 
 const char* step_name(WriteStep step) {
   switch (step) {
-    case WriteStep::open_temp: return "open_temp";
-    case WriteStep::write: return "write";
-    case WriteStep::fsync_file: return "fsync_file";
-    case WriteStep::rename: return "rename";
-    case WriteStep::fsync_dir: return "fsync_dir";
+    case WriteStep::open_temp:
+      return "open_temp";
+    case WriteStep::write:
+      return "write";
+    case WriteStep::fsync_file:
+      return "fsync_file";
+    case WriteStep::rename:
+      return "rename";
+    case WriteStep::fsync_dir:
+      return "fsync_dir";
   }
   return "?";
 }
@@ -343,7 +361,8 @@ TEST(SaveFailure, AtEveryStepThePreviousCheckpointSurvivesWhole) {
   save(previous, path);
   const std::string good = slurp(path);
   int checked = 0;
-  for (auto step : {WriteStep::open_temp, WriteStep::write, WriteStep::fsync_file, WriteStep::rename, WriteStep::fsync_dir}) {
+  for (auto step :
+       {WriteStep::open_temp, WriteStep::write, WriteStep::fsync_file, WriteStep::rename, WriteStep::fsync_dir}) {
     for (size_t partial : {size_t{0}, next_bytes.size() / 2, next_bytes.size()}) {
       if (step != WriteStep::write && partial > 0) continue;
       SCOPED_TRACE(std::string(step_name(step)) + ", " + std::to_string(partial) + " bytes written");
@@ -438,7 +457,8 @@ TEST(SaveFailure, SigkillAtRandomMomentsLeavesACompleteCheckpoint) {
     ++kills;
     const std::string now = slurp(path);
     const bool is_a = now == a_bytes, is_b = now == b_bytes;
-    EXPECT_TRUE(is_a || is_b) << "kill " << k << ": the checkpoint is neither complete version (" << now.size() << " bytes)";
+    EXPECT_TRUE(is_a || is_b) << "kill " << k << ": the checkpoint is neither complete version (" << now.size()
+                              << " bytes)";
     found_a += is_a, found_b += is_b;
     const auto load_start = Clock::now();
     auto loaded = load(path);
@@ -465,15 +485,24 @@ TEST(SaveFailure, SigkillAtRandomMomentsLeavesACompleteCheckpoint) {
 // one const original (while others run eval forwards on it) and all get the
 // same network as a serial edit.
 TEST(Concurrency, EditsOfOneConstOriginalFromFourThreadsAgree) {
-  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().dtype(torch::kFloat64).dropout_p(0.1).use_topo_norm(true)
-                                       .use_adaptive_activations(true).seed(4));
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions()
+                                       .dtype(torch::kFloat64)
+                                       .dropout_p(0.1)
+                                       .use_topo_norm(true)
+                                       .use_adaptive_activations(true)
+                                       .seed(4));
   perturb(net, 4);
   net->eval();
   const NeuralNetwork original = net;
   const StateSnapshot snapshot_before(original);
   auto make_edit = [&] {
-    return edit(original).add_hidden_neurons({100}).add_connections({{1, 100}, {100, 11}}).remove_neurons({9})
-        .set_dropout_p(0.2).build(5).network;
+    return edit(original)
+        .add_hidden_neurons({100})
+        .add_connections({{1, 100}, {100, 11}})
+        .remove_neurons({9})
+        .set_dropout_p(0.2)
+        .build(5)
+        .network;
   };
   const auto reference = make_edit();
   const auto x = torch::randn({8, 1}, torch::kFloat64);

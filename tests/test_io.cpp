@@ -17,8 +17,6 @@ namespace {
 
 const auto kDouble = NeuralNetworkOptions().dtype(torch::kFloat64);
 
-
-
 // Rewrites a checkpoint file's header through `change` and re-seals it with a valid checksum.
 void reseal(const std::string& path, const std::function<void(nlohmann::json&, uint32_t&)>& change) {
   spit(path, reseal_checkpoint(slurp(path), change));
@@ -26,7 +24,9 @@ void reseal(const std::string& path, const std::function<void(nlohmann::json&, u
 
 NeuralNetwork random_network(std::mt19937_64& rng, int trial, const std::string& act = "tanh") {
   auto spec = random_dag(rng, {4, 16, 0.3, trial % 3 == 0});
-  return NeuralNetwork(spec, NeuralNetworkOptions(kDouble).hidden_activation(act).seed(trial)
+  return NeuralNetwork(spec, NeuralNetworkOptions(kDouble)
+                                 .hidden_activation(act)
+                                 .seed(trial)
                                  .output_transformation(trial % 4 == 1 ? "softmax" : "identity")
                                  .dropout_p(trial % 5 == 0 ? 0.2 : 0.0));
 }
@@ -62,7 +62,12 @@ TEST(Config, RoundTripOverRandomNetworksAndEdits) {
   TempDir dir;
   for (int trial = 0; trial < 40; ++trial) {
     auto net = random_network(rng, trial);
-    if (trial % 2) net = edit(net).add_hidden_neurons({trial % 3 == 0 ? NeuronId("extra") : NeuronId(999)}).set_dropout_p(DropoutSpec({{net->input_neurons()[0], 0.3}})).build(5).network;
+    if (trial % 2)
+      net = edit(net)
+                .add_hidden_neurons({trial % 3 == 0 ? NeuronId("extra") : NeuronId(999)})
+                .set_dropout_p(DropoutSpec({{net->input_neurons()[0], 0.3}}))
+                .build(5)
+                .network;
     save_config(net, dir / "net.json");
     auto back = load_config(dir / "net.json");
     EXPECT_EQ(back->spec().neurons(), net->spec().neurons());
@@ -78,22 +83,36 @@ TEST(Config, RoundTripOverRandomNetworksAndEdits) {
 TEST(Config, ErrorsNameTheJsonPath) {
   auto bad = [](const std::string& text) { return network_from_config(nlohmann::json::parse(text), "my.json"); };
   EXPECT_THROW_MSG(bad(R"({"options":{}})"), "my.json: required key \"graph\" is missing");
-  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"outputs":[1]}})"), "my.json: required key \"inputs\" is missing in /graph");
-  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,true]],"inputs":[0],"outputs":[1]}})"), "my.json: /graph/edges/0/1 must be an integer or a string neuron id, got true");
-  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"hidden_activation":"swish"}})"),
-                   "my.json: /options/hidden_activation: TensorFunction: unknown built-in \"swish\"");
-  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"seed":"7"}})"), "my.json: /options/seed must be a non-negative integer, got \"7\"");
-  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"dropout_p":"high"}})"), "/options/dropout_p must be a number or an object");
-  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"dropout_p":{"neurons":[[1]]}}})"), "/options/dropout_p/neurons/0 must be a pair [neuron, p]");
-  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"dtype":"int8"}})"), "/options/dtype must be one of float32");
-  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"activation":"relu"}})"), "my.json: /options/activation is not an option");
-  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1],[1,2],[2,1]],"inputs":[0],"outputs":[3]}})"), "my.json: output neuron 3 is not a neuron of the graph");
-  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1],[1,2],[2,1],[2,3]],"inputs":[0],"outputs":[3]}})"), "my.json: the graph has the cycle 1 -> 2 -> 1");
-  EXPECT_THROW_MSG(bad(R"({"graph":{"prebuilt":"ResNet","input_size":1,"output_size":1,"width":2,"depth":1}})"), "/graph/prebuilt must be \"MLP\" or \"DenseMLP\"");
-  EXPECT_THROW_MSG(bad(R"({"graph":{"prebuilt":"MLP","input_size":-1,"output_size":1,"width":2,"depth":1}})"), "/graph/input_size must be a non-negative integer");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"outputs":[1]}})"),
+                   "my.json: required key \"inputs\" is missing in /graph");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,true]],"inputs":[0],"outputs":[1]}})"),
+                   "my.json: /graph/edges/0/1 must be an integer or a string neuron id, got true");
+  EXPECT_THROW_MSG(
+      bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"hidden_activation":"swish"}})"),
+      "my.json: /options/hidden_activation: TensorFunction: unknown built-in \"swish\"");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"seed":"7"}})"),
+                   "my.json: /options/seed must be a non-negative integer, got \"7\"");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"dropout_p":"high"}})"),
+                   "/options/dropout_p must be a number or an object");
+  EXPECT_THROW_MSG(
+      bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"dropout_p":{"neurons":[[1]]}}})"),
+      "/options/dropout_p/neurons/0 must be a pair [neuron, p]");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"dtype":"int8"}})"),
+                   "/options/dtype must be one of float32");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"activation":"relu"}})"),
+                   "my.json: /options/activation is not an option");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1],[1,2],[2,1]],"inputs":[0],"outputs":[3]}})"),
+                   "my.json: output neuron 3 is not a neuron of the graph");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1],[1,2],[2,1],[2,3]],"inputs":[0],"outputs":[3]}})"),
+                   "my.json: the graph has the cycle 1 -> 2 -> 1");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"prebuilt":"ResNet","input_size":1,"output_size":1,"width":2,"depth":1}})"),
+                   "/graph/prebuilt must be \"MLP\" or \"DenseMLP\"");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"prebuilt":"MLP","input_size":-1,"output_size":1,"width":2,"depth":1}})"),
+                   "/graph/input_size must be a non-negative integer");
   EXPECT_THROW_MSG(bad(R"({"version":2,"graph":{}})"), "my.json: /version is 2; this connex reads version 1");
-  EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"dropout_p":{"neurons":[[5,0.1]]}}})"),
-                   "my.json: NeuralNetwork(): dropout_p names neuron 5");
+  EXPECT_THROW_MSG(
+      bad(R"({"graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]},"options":{"dropout_p":{"neurons":[[5,0.1]]}}})"),
+      "my.json: NeuralNetwork(): dropout_p names neuron 5");
 }
 
 TEST(Config, FileErrors) {
@@ -101,8 +120,9 @@ TEST(Config, FileErrors) {
   EXPECT_THROW_MSG(load_config(dir / "missing.json"), "load_config(): cannot open " + (dir / "missing.json"));
   spit(dir / "broken.json", "{\"graph\": [1, 2");
   EXPECT_THROW_MSG(load_config(dir / "broken.json"), "is not valid JSON");
-  NeuralNetwork custom(GraphSpec::from_edges({{0, 1}}, {0}, {1}),
-                       NeuralNetworkOptions().hidden_activation(TensorFunction([](const torch::Tensor& z) { return z; }, "mine")));
+  NeuralNetwork custom(
+      GraphSpec::from_edges({{0, 1}}, {0}, {1}),
+      NeuralNetworkOptions().hidden_activation(TensorFunction([](const torch::Tensor& z) { return z; }, "mine")));
   spit(dir / "keep.json", "previous");
   EXPECT_THROW_MSG(save_config(custom, dir / "keep.json"),
                    "save_config(): hidden_activation \"mine\" is a custom callable; only built-ins");
@@ -128,7 +148,8 @@ TEST(Checkpoint, RoundTripIsBitIdenticalAcrossRandomNetworksAndEdits) {
     auto x = inputs_for(net);
     EXPECT_TRUE(torch::equal(eval_forward(back, x), eval_forward(net, x)));
     EXPECT_TRUE(torch::equal(back->weight_tensor(), net->weight_tensor()));
-    if (trial % 7 == 0 && net->num_connections() > 0) EXPECT_TRUE(back->is_frozen(net->spec().edges().front().first, net->spec().edges().front().second));
+    if (trial % 7 == 0 && net->num_connections() > 0)
+      EXPECT_TRUE(back->is_frozen(net->spec().edges().front().first, net->spec().edges().front().second));
   }
 }
 
@@ -153,7 +174,11 @@ TEST(Checkpoint, OptimizerStateResumesTrainingExactly) {
   load_optimizer_state(checkpoint, resumed);
   for (int i = 0; i < 10; ++i) step(checkpoint.network, resumed);
   EXPECT_TRUE(torch::equal(checkpoint.network->weight_tensor(), reference->weight_tensor()));
-  EXPECT_THROW_MSG(load_optimizer_state(load_checkpoint([&] { save(net, dir / "plain.ckpt"); return dir / "plain.ckpt"; }()), resumed),
+  EXPECT_THROW_MSG(load_optimizer_state(load_checkpoint([&] {
+                                          save(net, dir / "plain.ckpt");
+                                          return dir / "plain.ckpt";
+                                        }()),
+                                        resumed),
                    "holds no optimizer state");
 }
 
@@ -226,8 +251,9 @@ TEST_F(BadCheckpoint, ForeignFile) {
 }
 
 TEST_F(BadCheckpoint, FailedSaveLeavesTheDestinationUnchanged) {
-  NeuralNetwork custom(GraphSpec::from_edges({{0, 1}}, {0}, {1}),
-                       NeuralNetworkOptions().hidden_activation(TensorFunction([](const torch::Tensor& z) { return z; }, "mine")));
+  NeuralNetwork custom(
+      GraphSpec::from_edges({{0, 1}}, {0}, {1}),
+      NeuralNetworkOptions().hidden_activation(TensorFunction([](const torch::Tensor& z) { return z; }, "mine")));
   EXPECT_THROW_MSG(save(custom, path), "save(): hidden_activation \"mine\" is a custom callable");
   EXPECT_EQ(slurp(path), good);
   EXPECT_THROW_MSG(save(net, dir / "no/such/dir/net.ckpt"), "save(): cannot create");
@@ -272,10 +298,12 @@ TEST(GraphExport, GraphmlAndDotDescribeEveryConnection) {
 TEST(GraphExport, ImportErrorsNameTheProblem) {
   auto bad = [](const std::string& text) { return from_node_link_json(nlohmann::json::parse(text), "g.json"); };
   EXPECT_THROW_MSG(bad(R"({"nodes":[],"links":[]})"), "g.json: required key \"graph\" is missing");
-  EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":0,"target":1}]})"),
-                   "g.json: required key \"weight\" is missing in /links/0");
-  EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0},{"id":1,"bias":"x"}],"links":[{"source":0,"target":1,"weight":1}]})"),
-                   "g.json: /nodes/1/bias must be a number");
+  EXPECT_THROW_MSG(
+      bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":0,"target":1}]})"),
+      "g.json: required key \"weight\" is missing in /links/0");
+  EXPECT_THROW_MSG(
+      bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0},{"id":1,"bias":"x"}],"links":[{"source":0,"target":1,"weight":1}]})"),
+      "g.json: /nodes/1/bias must be a number");
 }
 
 TEST(GraphExport, ImportRejectsLinksToMissingNodesAndBadFrozenFlags) {
@@ -283,8 +311,9 @@ TEST(GraphExport, ImportRejectsLinksToMissingNodesAndBadFrozenFlags) {
   const std::string head = R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0},{"id":1,"bias":0}],)";
   EXPECT_THROW_MSG(bad(head + R"("links":[{"source":0,"target":1,"weight":1},{"source":0,"target":9,"weight":1}]})"),
                    "g.json: /links/1/target: edge 0 -> 9 names neuron 9, which is not in /nodes");
-  EXPECT_THROW_MSG(bad(head + R"("links":[{"source":"0","target":1,"weight":1}]})"),
-                   "g.json: /links/0/source: edge \"0\" -> 1 names neuron \"0\", a string id, but this graph's ids are integers");
+  EXPECT_THROW_MSG(
+      bad(head + R"("links":[{"source":"0","target":1,"weight":1}]})"),
+      "g.json: /links/0/source: edge \"0\" -> 1 names neuron \"0\", a string id, but this graph's ids are integers");
   EXPECT_THROW_MSG(bad(head + R"("links":[{"source":0,"target":1,"weight":1,"frozen":"yes"}]})"),
                    "g.json: /links/0/frozen must be true or false, got \"yes\"");
   EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0,"frozen":true},{"id":1,"bias":0}],)"
@@ -336,14 +365,18 @@ TEST(GraphExport, FrozenFlagsSurviveTheNodeLinkJson) {
     const auto wg = back->weight_tensor().grad(), bg = back->bias_tensor().grad();
     for (const auto& c : b.connections) {
       const double g = wg[topo.connection_index(topo.dense_of(c.from), topo.dense_of(c.to))].item<double>();
-      if (c.frozen) EXPECT_EQ(g, 0.0) << edge_str({c.from, c.to});
-      else EXPECT_NE(g, 0.0) << edge_str({c.from, c.to});
+      if (c.frozen)
+        EXPECT_EQ(g, 0.0) << edge_str({c.from, c.to});
+      else
+        EXPECT_NE(g, 0.0) << edge_str({c.from, c.to});
     }
     for (const auto& n : b.neurons) {
       if (n.role == Role::Input) continue;
       const double g = bg[topo.bias_index(topo.dense_of(n.id))].item<double>();
-      if (n.frozen) EXPECT_EQ(g, 0.0) << n.id.str();
-      else EXPECT_NE(g, 0.0) << n.id.str();
+      if (n.frozen)
+        EXPECT_EQ(g, 0.0) << n.id.str();
+      else
+        EXPECT_NE(g, 0.0) << n.id.str();
     }
   }
 
@@ -363,7 +396,8 @@ TEST(GraphExport, FrozenFlagsSurviveTheNodeLinkJson) {
 
   // networkx reads the flags from both files.
   export_graph(net, dir / "g.graphml");
-  const std::string cmd = "/usr/bin/python3 " CONNEX_SOURCE_DIR "/tests/python/check_frozen.py " + dir.path + " > " + (dir / "seen.txt");
+  const std::string cmd =
+      "/usr/bin/python3 " CONNEX_SOURCE_DIR "/tests/python/check_frozen.py " + dir.path + " > " + (dir / "seen.txt");
   const int status = std::system(cmd.c_str());
   const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   if (code == 77 || code == 127) GTEST_SKIP() << "python3 with networkx is not installed";
@@ -376,8 +410,9 @@ TEST(GraphExport, FrozenFlagsSurviveTheNodeLinkJson) {
 // are checked by hand on a small network with a low threshold.
 TEST(GraphExport, SummaryDrawingCountsNeuronsAndConnectionsPerLevel) {
   // Levels: 0 = {0, 1}; 1 = {2, 3, 4 (output)}; 2 = {5}; 3 = {6 (output)}.
-  NeuralNetwork net(GraphSpec::from_edges({{0, 2}, {1, 2}, {0, 3}, {1, 4}, {2, 5}, {3, 5}, {0, 5}, {5, 6}, {1, 6}}, {0, 1}, {4, 6}),
-                    NeuralNetworkOptions(kDouble).seed(2));
+  NeuralNetwork net(
+      GraphSpec::from_edges({{0, 2}, {1, 2}, {0, 3}, {1, 4}, {2, 5}, {3, 5}, {0, 5}, {5, 6}, {1, 6}}, {0, 1}, {4, 6}),
+      NeuralNetworkOptions(kDouble).seed(2));
   net->set_weight(0, 2, 0.5);
   net->set_weight(1, 2, -0.25);
   net->set_weight(0, 3, 1.0);
@@ -395,19 +430,24 @@ TEST(GraphExport, SummaryDrawingCountsNeuronsAndConnectionsPerLevel) {
   EXPECT_NE(dot.find("label=\"7 neurons, 9 connections, depth 3: one box per level\""), std::string::npos) << dot;
   EXPECT_NE(dot.find("b0 [fillcolor=\"#e0f0ff\", label=\"level 0\\n2 inputs\"]"), std::string::npos) << dot;
   EXPECT_NE(dot.find("b1 [fillcolor=\"#f4f4f4\", label=\"level 1\\n2 hidden\\n1 output\"]"), std::string::npos) << dot;
-  EXPECT_NE(dot.find("b2 [fillcolor=\"#f4f4f4\", label=\"level 2\\n1 hidden\\n1 frozen bias\"]"), std::string::npos) << dot;
+  EXPECT_NE(dot.find("b2 [fillcolor=\"#f4f4f4\", label=\"level 2\\n1 hidden\\n1 frozen bias\"]"), std::string::npos)
+      << dot;
   EXPECT_NE(dot.find("b3 [fillcolor=\"#ffe8cc\", label=\"level 3\\n1 output\"]"), std::string::npos) << dot;
   // 0->2, 1->2, 0->3, 1->4: four connections, mean |w| (0.5 + 0.25 + 1 + |w(1,4)|) / 4.
   const double mean01 = (0.5 + 0.25 + 1.0 + std::abs(net->weight(1, 4))) / 4;
   EXPECT_NE(dot.find("b0 -> b1 [penwidth="), std::string::npos) << dot;
   EXPECT_NE(dot.find(fmt::format("label=\"4 connections\\nmean |w| {:.3g}\"", mean01)), std::string::npos) << dot;
   EXPECT_NE(dot.find("b0 -> b2 "), std::string::npos) << dot;  // 0 -> 5
-  EXPECT_NE(dot.find(fmt::format("label=\"1 connection\\nmean |w| {:.3g}\"", std::abs(net->weight(0, 5)))), std::string::npos) << dot;
+  EXPECT_NE(dot.find(fmt::format("label=\"1 connection\\nmean |w| {:.3g}\"", std::abs(net->weight(0, 5)))),
+            std::string::npos)
+      << dot;
   EXPECT_NE(dot.find("b1 -> b2 "), std::string::npos) << dot;  // 2 -> 5, 3 -> 5
   EXPECT_NE(dot.find("b0 -> b3 "), std::string::npos) << dot;  // 1 -> 6
   // 5 -> 6: its only connection is frozen, so the arrow is dashed.
-  EXPECT_NE(dot.find(fmt::format("label=\"1 connection\\nmean |w| {:.3g}\\n1 frozen\", style=dashed]", std::abs(net->weight(5, 6)))),
-            std::string::npos) << dot;
+  EXPECT_NE(dot.find(fmt::format("label=\"1 connection\\nmean |w| {:.3g}\\n1 frozen\", style=dashed]",
+                                 std::abs(net->weight(5, 6)))),
+            std::string::npos)
+      << dot;
   EXPECT_EQ(dot.find("b1 -> b3"), std::string::npos) << dot;
 
   // Below both thresholds, every neuron is drawn (and the drawing bounded).
@@ -419,7 +459,8 @@ TEST(GraphExport, SummaryDrawingCountsNeuronsAndConnectionsPerLevel) {
 
   // Over max_boxes levels, consecutive levels share a box.
   EXPECT_NE(to_summary_dot(net, 2).find("label=\"levels 0-1\\n2 inputs\\n2 hidden\\n1 output\\n4 connections within\""),
-            std::string::npos) << to_summary_dot(net, 2);
+            std::string::npos)
+      << to_summary_dot(net, 2);
   EXPECT_THROW_MSG(to_summary_dot(net, 0), "to_summary_dot(): max_boxes must be at least 1, got 0");
 
   // Graphviz draws it.
@@ -443,9 +484,17 @@ TEST(TorchScript, LoadedModuleMatchesTheNetwork) {
     std::optional<LevelKernel> kernel;
     if (trial % 4 == 1) kernel = LevelKernel::EdgeList;
     if (trial % 4 == 2) kernel = LevelKernel::DenseScatter;
-    NeuralNetwork net(spec, NeuralNetworkOptions().hidden_activation(acts[trial % 6]).output_transformation(transforms[trial % 3])
-                                .dtype(trial % 2 ? torch::kFloat64 : torch::kFloat32).dropout_p(0.3).force_kernel(kernel));
-    if (trial % 5 == 0) net = edit(net).add_hidden_neurons({spec.id_kind() == NeuronId::Kind::String ? NeuronId("t") : NeuronId(777)}).build(1).network;
+    NeuralNetwork net(spec, NeuralNetworkOptions()
+                                .hidden_activation(acts[trial % 6])
+                                .output_transformation(transforms[trial % 3])
+                                .dtype(trial % 2 ? torch::kFloat64 : torch::kFloat32)
+                                .dropout_p(0.3)
+                                .force_kernel(kernel));
+    if (trial % 5 == 0)
+      net = edit(net)
+                .add_hidden_neurons({spec.id_kind() == NeuronId::Kind::String ? NeuronId("t") : NeuronId(777)})
+                .build(1)
+                .network;
     export_torchscript(net, dir / "m.pt");
     auto module = torch::jit::load(dir / "m.pt");
     auto x = inputs_for(net, 7);
@@ -457,8 +506,9 @@ TEST(TorchScript, LoadedModuleMatchesTheNetwork) {
 }
 
 TEST(TorchScript, CustomCallableIsRefusedByName) {
-  NeuralNetwork net(GraphSpec::from_edges({{0, 1}, {1, 2}}, {0}, {2}),
-                    NeuralNetworkOptions().hidden_activation(TensorFunction([](const torch::Tensor& z) { return z; }, "mine")));
+  NeuralNetwork net(
+      GraphSpec::from_edges({{0, 1}, {1, 2}}, {0}, {2}),
+      NeuralNetworkOptions().hidden_activation(TensorFunction([](const torch::Tensor& z) { return z; }, "mine")));
   TempDir dir;
   EXPECT_THROW_MSG(export_torchscript(net, dir / "m.pt"),
                    "export_torchscript(): hidden_activation \"mine\" is a custom callable and cannot be exported");
@@ -467,8 +517,16 @@ TEST(TorchScript, CustomCallableIsRefusedByName) {
 
 TEST(Export, PythonReproducesOutputs) {
   TempDir dir;
-  NeuralNetwork net(GraphSpec::from_adjacency({{0, {1, 2, 3}}, {1, {4}}, {2, {4, 5}}, {4, {6}}, {5, {7}}, {6, {8, 9}},
-                                               {7, {10}}, {8, {11}}, {9, {11}}, {10, {11}}},
+  NeuralNetwork net(GraphSpec::from_adjacency({{0, {1, 2, 3}},
+                                               {1, {4}},
+                                               {2, {4, 5}},
+                                               {4, {6}},
+                                               {5, {7}},
+                                               {6, {8, 9}},
+                                               {7, {10}},
+                                               {8, {11}},
+                                               {9, {11}},
+                                               {10, {11}}},
                                               {0}, {3, 11}),
                     NeuralNetworkOptions(kDouble).hidden_activation("gelu").output_transformation("softmax"));
   net = add_connections(net, {{1, 6}, {2, 11}}, 3);
@@ -513,9 +571,10 @@ TEST_F(BadCheckpoint, OptimizerStateOfAnotherNetwork) {
   auto checkpoint = load_checkpoint(path);
   checkpoint.optimizer = donor.optimizer;
   torch::optim::Adam adam(checkpoint.network->parameters());
-  EXPECT_THROW_MSG(load_optimizer_state(checkpoint, adam, "graft.ckpt"),
-                   "the optimizer state in graft.ckpt has a float64 exp_avg of shape [10] for parameter \"weight\", which is "
-                   "float64 of shape [6]; it belongs to another network");
+  EXPECT_THROW_MSG(
+      load_optimizer_state(checkpoint, adam, "graft.ckpt"),
+      "the optimizer state in graft.ckpt has a float64 exp_avg of shape [10] for parameter \"weight\", which is "
+      "float64 of shape [6]; it belongs to another network");
   EXPECT_TRUE(adam.state().empty());
 }
 
@@ -555,8 +614,11 @@ TEST_F(BadOptimizerState, NegativeLearningRate) {
                   "/optimizer/groups/0/options/lr must be a number in [0, inf], got -1");
 }
 TEST_F(BadOptimizerState, BetaOutOfRange) {
-  expect_rejected([](auto& o) { o["groups"][0]["options"]["betas"] = {0.9, 1.0}; },
-                  "/optimizer/groups/0/options/betas must be two numbers in [0, 1), got [0.9,1.0]");
+  expect_rejected(
+      [](auto& o) {
+        o["groups"][0]["options"]["betas"] = {0.9, 1.0};
+      },
+      "/optimizer/groups/0/options/betas must be two numbers in [0, 1), got [0.9,1.0]");
 }
 TEST_F(BadOptimizerState, UnknownParameter) {
   expect_rejected([](auto& o) { o["groups"][0]["parameters"].push_back("gamma"); },
@@ -571,31 +633,41 @@ TEST_F(BadOptimizerState, StateOfAnUngroupedParameter) {
                   "/optimizer/state/bias is the state of a parameter that no optimizer group holds");
 }
 TEST_F(BadOptimizerState, UnknownField) {
-  expect_rejected([](auto& o) { o["state"]["weight"]["tensors"]["momentum_buffer"] = o["state"]["weight"]["tensors"]["exp_avg"]; },
-                  "/optimizer/state/weight/tensors/momentum_buffer is not a field of the adam state (exp_avg, exp_avg_sq, max_exp_avg_sq)");
+  expect_rejected(
+      [](auto& o) { o["state"]["weight"]["tensors"]["momentum_buffer"] = o["state"]["weight"]["tensors"]["exp_avg"]; },
+      "/optimizer/state/weight/tensors/momentum_buffer is not a field of the adam state (exp_avg, exp_avg_sq, "
+      "max_exp_avg_sq)");
 }
 TEST_F(BadOptimizerState, FieldTheStepReadsIsMissing) {
-  expect_rejected([](auto& o) { o["state"]["weight"]["tensors"].erase("exp_avg_sq"); },
-                  "/optimizer/state/weight/tensors lacks \"exp_avg_sq\", which adam's step reads under this group's options");
+  expect_rejected(
+      [](auto& o) { o["state"]["weight"]["tensors"].erase("exp_avg_sq"); },
+      "/optimizer/state/weight/tensors lacks \"exp_avg_sq\", which adam's step reads under this group's options");
   // max_exp_avg_sq is read only with amsgrad: absent in this file, it becomes required by turning amsgrad on.
-  expect_rejected([](auto& o) { o["groups"][0]["options"]["amsgrad"] = true; },
-                  "/optimizer/state/bias/tensors lacks \"max_exp_avg_sq\", which adam's step reads under this group's options");
+  expect_rejected(
+      [](auto& o) { o["groups"][0]["options"]["amsgrad"] = true; },
+      "/optimizer/state/bias/tensors lacks \"max_exp_avg_sq\", which adam's step reads under this group's options");
 }
 TEST_F(BadOptimizerState, AdagradStateMissingForAParameter) {
   torch::optim::Adagrad adagrad(net->parameters(), torch::optim::AdagradOptions(0.1));
   save(net, path, &adagrad);
-  spit(path, reseal_checkpoint(slurp(path), [](nlohmann::json& h, uint32_t&) { h["optimizer"]["state"].erase("bias"); }));
-  EXPECT_THROW_MSG(load_checkpoint(path), "/optimizer/state lacks the state of parameter \"bias\" (adagrad keeps one for every parameter)");
+  spit(path,
+       reseal_checkpoint(slurp(path), [](nlohmann::json& h, uint32_t&) { h["optimizer"]["state"].erase("bias"); }));
+  EXPECT_THROW_MSG(load_checkpoint(path),
+                   "/optimizer/state lacks the state of parameter \"bias\" (adagrad keeps one for every parameter)");
 }
 TEST_F(BadOptimizerState, StepNotAnInteger) {
-  expect_rejected([](auto& o) { o["state"]["weight"]["step"] = 1.5; }, "/optimizer/state/weight/step must be a non-negative integer");
-  expect_rejected([](auto& o) { o["state"]["weight"]["step"] = -1; }, "/optimizer/state/weight/step must be a non-negative integer");
+  expect_rejected([](auto& o) { o["state"]["weight"]["step"] = 1.5; },
+                  "/optimizer/state/weight/step must be a non-negative integer");
+  expect_rejected([](auto& o) { o["state"]["weight"]["step"] = -1; },
+                  "/optimizer/state/weight/step must be a non-negative integer");
 }
 TEST_F(BadOptimizerState, TensorOfTheWrongShapeOrDtype) {
   expect_rejected([](auto& o) { o["state"]["weight"]["tensors"]["exp_avg"]["shape"] = {3}; },
-                  "optimizer state /optimizer/state/weight/tensors/exp_avg has shape [3] in the file but the network's structure needs [6]");
-  expect_rejected([](auto& o) { o["state"]["bias"]["tensors"]["exp_avg_sq"]["dtype"] = "float32"; },
-                  "optimizer state /optimizer/state/bias/tensors/exp_avg_sq is float32 in the file but the config says float64");
+                  "optimizer state /optimizer/state/weight/tensors/exp_avg has shape [3] in the file but the network's "
+                  "structure needs [6]");
+  expect_rejected(
+      [](auto& o) { o["state"]["bias"]["tensors"]["exp_avg_sq"]["dtype"] = "float32"; },
+      "optimizer state /optimizer/state/bias/tensors/exp_avg_sq is float32 in the file but the config says float64");
 }
 TEST_F(BadOptimizerState, TensorBeyondTheData) {
   expect_rejected([](auto& o) { o["state"]["weight"]["tensors"]["exp_avg"]["offset"] = 1u << 30; },
@@ -603,22 +675,29 @@ TEST_F(BadOptimizerState, TensorBeyondTheData) {
 }
 TEST_F(BadOptimizerState, VersionOneRefused) {
   spit(path, reseal_checkpoint(good, [](nlohmann::json&, uint32_t& version) { version = 1; }));
-  EXPECT_THROW_MSG(load(path), "has checkpoint format version 1; this connex reads version 2 (version 1 held optimizer state in "
-                               "torch's pickle format");
+  EXPECT_THROW_MSG(load(path),
+                   "has checkpoint format version 1; this connex reads version 2 (version 1 held optimizer state in "
+                   "torch's pickle format");
 }
 TEST_F(BadOptimizerState, AnotherTypeOrGroupingIsRefusedAndLeavesTheOptimizerAlone) {
   auto checkpoint = load_checkpoint(path);
   torch::optim::SGD sgd(checkpoint.network->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
-  EXPECT_THROW_MSG(load_optimizer_state(checkpoint, sgd, "net.ckpt"), "net.ckpt holds adam state, but the optimizer is sgd");
+  EXPECT_THROW_MSG(load_optimizer_state(checkpoint, sgd, "net.ckpt"),
+                   "net.ckpt holds adam state, but the optimizer is sgd");
   // Two groups where the file has one; then one group without the bias.
-  std::vector<torch::optim::OptimizerParamGroup> groups{{{checkpoint.network->weight_tensor()}}, {{checkpoint.network->bias_tensor()}}};
+  std::vector<torch::optim::OptimizerParamGroup> groups{{{checkpoint.network->weight_tensor()}},
+                                                        {{checkpoint.network->bias_tensor()}}};
   torch::optim::Adam two(groups, torch::optim::AdamOptions(0.5));
-  EXPECT_THROW_MSG(load_optimizer_state(checkpoint, two, "net.ckpt"), "net.ckpt holds 1 parameter group(s), but the optimizer has 2");
-  torch::optim::Adam partial(std::vector<torch::Tensor>{checkpoint.network->weight_tensor()}, torch::optim::AdamOptions(0.5));
+  EXPECT_THROW_MSG(load_optimizer_state(checkpoint, two, "net.ckpt"),
+                   "net.ckpt holds 1 parameter group(s), but the optimizer has 2");
+  torch::optim::Adam partial(std::vector<torch::Tensor>{checkpoint.network->weight_tensor()},
+                             torch::optim::AdamOptions(0.5));
   EXPECT_THROW_MSG(load_optimizer_state(checkpoint, partial, "net.ckpt"),
                    "group 0 of the optimizer holds parameters [weight] but the one in net.ckpt holds [weight, bias]");
-  torch::optim::Adam foreign(std::vector<torch::Tensor>{torch::zeros({6}, torch::kFloat64)}, torch::optim::AdamOptions(0.5));
-  EXPECT_THROW_MSG(load_optimizer_state(checkpoint, foreign, "net.ckpt"), "holds a parameter of shape [6] that is not one of the network");
+  torch::optim::Adam foreign(std::vector<torch::Tensor>{torch::zeros({6}, torch::kFloat64)},
+                             torch::optim::AdamOptions(0.5));
+  EXPECT_THROW_MSG(load_optimizer_state(checkpoint, foreign, "net.ckpt"),
+                   "holds a parameter of shape [6] that is not one of the network");
   EXPECT_TRUE(partial.state().empty());
   EXPECT_DOUBLE_EQ(partial.param_groups()[0].options().get_lr(), 0.5);
 }
@@ -631,7 +710,8 @@ TEST(Checkpoint, SaveRefusesAForeignParameterAndLeavesTheFile) {
   torch::Tensor stranger = torch::zeros({2}, torch::requires_grad());
   torch::optim::SGD sgd(std::vector<torch::Tensor>{net->weight_tensor(), stranger}, 0.1);
   EXPECT_THROW_MSG(save(net, dir / "net.ckpt", &sgd),
-                   "cannot save the optimizer for " + (dir / "net.ckpt") + ": its group 0 holds a parameter of shape [2] that is not one of the network's");
+                   "cannot save the optimizer for " + (dir / "net.ckpt") +
+                       ": its group 0 holds a parameter of shape [2] that is not one of the network's");
   EXPECT_EQ(slurp(dir / "net.ckpt"), before);
 }
 
@@ -644,11 +724,30 @@ TEST(Checkpoint, OptimizerStateRoundTripsForEveryKnownType) {
   auto [x, y] = cos_sin_data(torch::kFloat64);
   using Factory = std::function<std::unique_ptr<Optimizer>(std::vector<torch::Tensor>, bool)>;
   const std::vector<std::pair<std::string, Factory>> kinds = {
-      {"adam", [](auto p, bool tuned) { return std::make_unique<Adam>(p, tuned ? AdamOptions(0.02).betas({0.8, 0.99}).eps(1e-6).weight_decay(0.01).amsgrad(true) : AdamOptions()); }},
-      {"adamw", [](auto p, bool tuned) { return std::make_unique<AdamW>(p, tuned ? AdamWOptions(0.02).weight_decay(0.1) : AdamWOptions()); }},
-      {"sgd", [](auto p, bool tuned) { return std::make_unique<SGD>(p, tuned ? SGDOptions(0.05).momentum(0.9).nesterov(true) : SGDOptions(1)); }},
-      {"rmsprop", [](auto p, bool tuned) { return std::make_unique<RMSprop>(p, tuned ? RMSpropOptions(0.01).momentum(0.5).centered(true) : RMSpropOptions()); }},
-      {"adagrad", [](auto p, bool tuned) { return std::make_unique<Adagrad>(p, tuned ? AdagradOptions(0.05).lr_decay(0.01).initial_accumulator_value(0.1) : AdagradOptions()); }},
+      {"adam",
+       [](auto p, bool tuned) {
+         return std::make_unique<Adam>(
+             p,
+             tuned ? AdamOptions(0.02).betas({0.8, 0.99}).eps(1e-6).weight_decay(0.01).amsgrad(true) : AdamOptions());
+       }},
+      {"adamw",
+       [](auto p, bool tuned) {
+         return std::make_unique<AdamW>(p, tuned ? AdamWOptions(0.02).weight_decay(0.1) : AdamWOptions());
+       }},
+      {"sgd",
+       [](auto p, bool tuned) {
+         return std::make_unique<SGD>(p, tuned ? SGDOptions(0.05).momentum(0.9).nesterov(true) : SGDOptions(1));
+       }},
+      {"rmsprop",
+       [](auto p, bool tuned) {
+         return std::make_unique<RMSprop>(p,
+                                          tuned ? RMSpropOptions(0.01).momentum(0.5).centered(true) : RMSpropOptions());
+       }},
+      {"adagrad",
+       [](auto p, bool tuned) {
+         return std::make_unique<Adagrad>(
+             p, tuned ? AdagradOptions(0.05).lr_decay(0.01).initial_accumulator_value(0.1) : AdagradOptions());
+       }},
   };
   for (const auto& [type, make] : kinds) {
     SCOPED_TRACE(type);
@@ -676,14 +775,17 @@ TEST(Checkpoint, OptimizerStateRoundTripsForEveryKnownType) {
 
 TEST(GraphExport, ImportNamesNodeLinkPathsAndRejectsOverflow) {
   auto bad = [](const std::string& text) { return from_node_link_json(nlohmann::json::parse(text), "g.json"); };
-  EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":true,"target":1,"weight":1}]})"),
-                   "g.json: /links/0/source must be an integer or a string neuron id, got true");
+  EXPECT_THROW_MSG(
+      bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":true,"target":1,"weight":1}]})"),
+      "g.json: /links/0/source must be an integer or a string neuron id, got true");
   EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0},{"id":1.5,"bias":0}],"links":[]})"),
                    "g.json: /nodes/1/id must be an integer or a string neuron id, got 1.5");
-  EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":0,"target":1,"weight":1e300}]})"),
-                   "g.json: /links/0/weight 1e+300 does not fit the network's dtype");
-  EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1],"operation_parameters":{"weight":{"shape":[1],"values":[5]}}},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":0,"target":1,"weight":1}]})"),
-                   "/graph/operation_parameters/weight names no operation parameter");
+  EXPECT_THROW_MSG(
+      bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":0,"target":1,"weight":1e300}]})"),
+      "g.json: /links/0/weight 1e+300 does not fit the network's dtype");
+  EXPECT_THROW_MSG(
+      bad(R"({"graph":{"inputs":[0],"outputs":[1],"operation_parameters":{"weight":{"shape":[1],"values":[5]}}},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":0,"target":1,"weight":1}]})"),
+      "/graph/operation_parameters/weight names no operation parameter");
 }
 
 // Found by fuzz_checkpoint (fuzz/): a few header bytes can declare a huge
@@ -705,11 +807,18 @@ TEST(Checkpoint, HugeDeclaredSizeRejected) {
     return slurp(path);
   };
   // MLP(1, 1, 2000, 3): 8,004,000 connections and 6,001 biases, in a file of a few hundred bytes.
-  std::string bytes = with_graph({{"prebuilt", "MLP"}, {"input_size", 1}, {"output_size", 1}, {"width", 2000}, {"depth", 3}}, {});
-  EXPECT_THROW_MSG(load(path), "declares a prebuilt network of 8010001 parameter values (64080008 bytes) but the file holds only");
+  std::string bytes =
+      with_graph({{"prebuilt", "MLP"}, {"input_size", 1}, {"output_size", 1}, {"width", 2000}, {"depth", 3}}, {});
+  EXPECT_THROW_MSG(load(path),
+                   "declares a prebuilt network of 8010001 parameter values (64080008 bytes) but the file holds only");
   EXPECT_THROW_MSG(parse_checkpoint(bytes, "mem.ckpt"), "mem.ckpt: its config declares a prebuilt network");
   // Sizes at the top of the int64 range: no overflow, no loop over the depth.
-  with_graph({{"prebuilt", "DenseMLP"}, {"input_size", INT64_MAX}, {"output_size", INT64_MAX}, {"width", INT64_MAX}, {"depth", INT64_MAX}}, {});
+  with_graph({{"prebuilt", "DenseMLP"},
+              {"input_size", INT64_MAX},
+              {"output_size", INT64_MAX},
+              {"width", INT64_MAX},
+              {"depth", INT64_MAX}},
+             {});
   EXPECT_THROW_MSG(load(path), "declares a prebuilt network of");
   // 40 inputs all feeding 40 outputs: 1,600 connections, but neuron self-attention needs 3·40·(40² + 40) more values.
   nlohmann::json edges = nlohmann::json::array(), inputs = nlohmann::json::array(), outputs = nlohmann::json::array();
@@ -719,11 +828,16 @@ TEST(Checkpoint, HugeDeclaredSizeRejected) {
   with_graph({{"edges", edges}, {"inputs", inputs}, {"outputs", outputs}}, {{"use_neuron_self_attention", true}});
   EXPECT_THROW_MSG(load(path), "declares a network with attention of 198440 parameter values");
   // Valid checkpoints of attention networks still load, bit for bit.
-  auto tech = NeuralNetwork(readme_spec(), NeuralNetworkOptions().use_topo_self_attention(true).use_neuron_self_attention(true)
-                                               .use_topo_norm(true).use_adaptive_activations(true).seed(4));
+  auto tech = NeuralNetwork(readme_spec(), NeuralNetworkOptions()
+                                               .use_topo_self_attention(true)
+                                               .use_neuron_self_attention(true)
+                                               .use_topo_norm(true)
+                                               .use_adaptive_activations(true)
+                                               .seed(4));
   save(tech, path);
   auto loaded = parse_checkpoint(slurp(path), "mem.ckpt").network;
-  for (const auto& p : tech->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), loaded->named_parameters()[p.key()])) << p.key();
+  for (const auto& p : tech->named_parameters())
+    EXPECT_TRUE(torch::equal(p.value(), loaded->named_parameters()[p.key()])) << p.key();
 }
 
 // Found by fuzz_graph_json (fuzz/): operation parameter values were not
@@ -731,19 +845,25 @@ TEST(Checkpoint, HugeDeclaredSizeRejected) {
 // weights and biases were checked against float's max, which rounds up to inf.
 TEST(GraphExport, ImportRejectsValuesBeyondTheDtype) {
   auto bad = [](const std::string& text) { return from_node_link_json(nlohmann::json::parse(text), "g.json"); };
-  EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1],"options":{"dtype":"bfloat16"}},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":0,"target":1,"weight":3.4e38}]})"),
-                   "g.json: /links/0/weight 3.4e+38 does not fit the network's dtype");
-  EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1],"options":{"dtype":"bfloat16"}},"nodes":[{"id":0},{"id":1,"bias":-3.4e38}],"links":[]})"),
-                   "g.json: /nodes/1/bias -3.4e+38 does not fit the network's dtype");
-  auto ok = bad(R"({"graph":{"inputs":[0],"outputs":[1],"options":{"dtype":"bfloat16"}},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":0,"target":1,"weight":3.3895313892515355e38}]})");
+  EXPECT_THROW_MSG(
+      bad(R"({"graph":{"inputs":[0],"outputs":[1],"options":{"dtype":"bfloat16"}},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":0,"target":1,"weight":3.4e38}]})"),
+      "g.json: /links/0/weight 3.4e+38 does not fit the network's dtype");
+  EXPECT_THROW_MSG(
+      bad(R"({"graph":{"inputs":[0],"outputs":[1],"options":{"dtype":"bfloat16"}},"nodes":[{"id":0},{"id":1,"bias":-3.4e38}],"links":[]})"),
+      "g.json: /nodes/1/bias -3.4e+38 does not fit the network's dtype");
+  auto ok = bad(
+      R"({"graph":{"inputs":[0],"outputs":[1],"options":{"dtype":"bfloat16"}},"nodes":[{"id":0},{"id":1,"bias":0}],"links":[{"source":0,"target":1,"weight":3.3895313892515355e38}]})");
   EXPECT_TRUE(torch::isfinite(ok->weight_tensor()).all().item<bool>());
-  auto half = NeuralNetwork(GraphSpec::from_edges({{0, 1}, {1, 2}}, {0}, {2}), NeuralNetworkOptions().dtype(torch::kFloat16).use_topo_norm(true));
+  auto half = NeuralNetwork(GraphSpec::from_edges({{0, 1}, {1, 2}}, {0}, {2}),
+                            NeuralNetworkOptions().dtype(torch::kFloat16).use_topo_norm(true));
   auto json = to_node_link_json(half);
   json["graph"]["operation_parameters"]["topo_norm.level1_beta"]["values"][0] = 1e300;
-  EXPECT_THROW_MSG(from_node_link_json(json, "g.json"),
-                   "g.json: /graph/operation_parameters/topo_norm.level1_beta/values/0 1e+300 does not fit the network's dtype");
+  EXPECT_THROW_MSG(
+      from_node_link_json(json, "g.json"),
+      "g.json: /graph/operation_parameters/topo_norm.level1_beta/values/0 1e+300 does not fit the network's dtype");
   json["graph"]["operation_parameters"]["topo_norm.level1_beta"]["values"][0] = 65504.0;
-  EXPECT_EQ(from_node_link_json(json, "g.json")->named_parameters()["topo_norm.level1_beta"][0].item<double>(), 65504.0);
+  EXPECT_EQ(from_node_link_json(json, "g.json")->named_parameters()["topo_norm.level1_beta"][0].item<double>(),
+            65504.0);
 }
 
 // Found by fuzz_graph_json and fuzz_checkpoint (fuzz/): a float where an
@@ -769,8 +889,9 @@ TEST(GraphExport, ImportRejectsFloatShapes) {
   auto net = NeuralNetwork(readme_spec(), NeuralNetworkOptions().use_adaptive_activations(true));
   auto json = to_node_link_json(net);
   json["graph"]["operation_parameters"]["adaptive_activation.a"]["shape"] = {1e308, 1};
-  EXPECT_THROW_MSG(from_node_link_json(json, "g.json"),
-                   "g.json: /graph/operation_parameters/adaptive_activation.a/shape must be an array of integers, got [1e+308,1]");
+  EXPECT_THROW_MSG(
+      from_node_link_json(json, "g.json"),
+      "g.json: /graph/operation_parameters/adaptive_activation.a/shape must be an array of integers, got [1e+308,1]");
 }
 
 // Ids with quotes, backslashes, markup, DOT syntax and non-ASCII text are
@@ -778,8 +899,9 @@ TEST(GraphExport, ImportRejectsFloatShapes) {
 // format can carry (control characters, invalid UTF-8, noncharacters) are
 // refused when the graph is built.
 TEST(GraphExport, AwkwardIdsSurviveEveryFormatsParser) {
-  const std::vector<NeuronId> awkward{"in", "say \"hi\"", "back\\slash", "<b>&amp;</b>", "a; injected [label=PWNED]",
-                                      "x -> y", "über naïve 中文", "tab\u00a0nbsp", "'single'", "out"};
+  const std::vector<NeuronId> awkward{
+      "in",     "say \"hi\"",      "back\\slash",   "<b>&amp;</b>", "a; injected [label=PWNED]",
+      "x -> y", "über naïve 中文", "tab\u00a0nbsp", "'single'",     "out"};
   std::vector<Edge> edges;
   for (size_t i = 0; i + 1 < awkward.size(); ++i) edges.emplace_back(awkward[i], awkward[i + 1]);
   NeuralNetwork net(GraphSpec(awkward, edges, {"in"}, {"out"}));
@@ -798,7 +920,8 @@ TEST(GraphExport, AwkwardIdsSurviveEveryFormatsParser) {
   // C++ round trip.
   EXPECT_EQ(import_graph_json(dir / "g.json")->spec().neurons(), net->spec().neurons());
   // An XML parser and networkx.
-  const std::string cmd = "/usr/bin/python3 " CONNEX_SOURCE_DIR "/tests/python/check_ids.py " + dir.path + " > " + (dir / "ids.json");
+  const std::string cmd =
+      "/usr/bin/python3 " CONNEX_SOURCE_DIR "/tests/python/check_ids.py " + dir.path + " > " + (dir / "ids.json");
   const int status = std::system(cmd.c_str());
   const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   if (code == 77 || code == 127) GTEST_SKIP() << "python3 with networkx is not installed";

@@ -14,7 +14,6 @@ namespace {
 
 const auto kDouble = NeuralNetworkOptions().dtype(torch::kFloat64);
 
-
 std::vector<double> to_vector(const torch::Tensor& t) {
   auto c = t.to(torch::kFloat64).contiguous();
   return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
@@ -62,8 +61,8 @@ TEST(NeuralNetwork, ReadmeGraphWithWeightsSetByLabel) {
 
 TEST(NeuralNetwork, RandomGraphsMatchScalarReferenceForEveryActivationAndKernel) {
   std::mt19937_64 rng(42);
-  const std::vector<std::optional<LevelKernel>> kernels = {
-      std::nullopt, LevelKernel::DenseView, LevelKernel::DenseScatter, LevelKernel::EdgeList};
+  const std::vector<std::optional<LevelKernel>> kernels = {std::nullopt, LevelKernel::DenseView,
+                                                           LevelKernel::DenseScatter, LevelKernel::EdgeList};
   for (int trial = 0; trial < 60; ++trial) {
     auto spec = random_dag(rng, {4, 18, 0.3, trial % 3 == 0});
     const std::string act = std::vector<std::string>{"relu", "gelu", "silu", "tanh", "sigmoid", "identity"}[trial % 6];
@@ -177,9 +176,10 @@ TEST(NeuralNetwork, TrainableActivationModule) {
 }
 
 TEST(NeuralNetwork, CallableActivationAndSoftmaxOutput) {
-  NeuralNetwork net(readme_spec(), NeuralNetworkOptions(kDouble)
-                                       .hidden_activation(TensorFunction([](const torch::Tensor& z) { return z * z; }, "square"))
-                                       .output_transformation("softmax"));
+  NeuralNetwork net(readme_spec(),
+                    NeuralNetworkOptions(kDouble)
+                        .hidden_activation(TensorFunction([](const torch::Tensor& z) { return z * z; }, "square"))
+                        .output_transformation("softmax"));
   auto y = net->forward(torch::randn({6, 1}, torch::kFloat64));
   EXPECT_TRUE(torch::allclose(y.sum(1), torch::ones({6}, torch::kFloat64)));
   auto raw = reference_forward(net, {0.5}, [](double z) { return z * z; });
@@ -335,7 +335,8 @@ TEST(NeuralNetwork, Float16OnCpuSaysWhy) {
 }
 
 TEST(Prebuilt, HugeSizesAreAnErrorNotBadAlloc) {
-  EXPECT_THROW_MSG(nn::DenseMLP(1, 1, 100000000, 3), "DenseMLP(): 3e+08 neurons and 3e+16 connections is more than connex builds");
+  EXPECT_THROW_MSG(nn::DenseMLP(1, 1, 100000000, 3),
+                   "DenseMLP(): 3e+08 neurons and 3e+16 connections is more than connex builds");
 }
 
 // forward() in eval mode on one shared network from several threads, both execution paths.

@@ -10,7 +10,6 @@ namespace {
 
 const auto kDouble = NeuralNetworkOptions().dtype(torch::kFloat64);
 
-
 }  // namespace
 
 TEST(Plasticity, ReadmeSequenceKeepsWeightsAndTrainingContinues) {
@@ -121,7 +120,8 @@ class InvalidEdit : public ::testing::Test {
 };
 
 TEST_F(InvalidEdit, UnknownNeuron) {
-  EXPECT_THROW_MSG(add_connections(net, {{1, 42}}), "add_connections(): edge 1 -> 42 names neuron 42, which is not in the network");
+  EXPECT_THROW_MSG(add_connections(net, {{1, 42}}),
+                   "add_connections(): edge 1 -> 42 names neuron 42, which is not in the network");
   EXPECT_THROW_MSG(remove_neurons(net, {42}), "remove_neurons(): neuron 42 is not in the network");
   EXPECT_THROW_MSG(set_dropout_p(net, DropoutSpec({{42, 0.1}})), "set_dropout_p(): neuron 42 is not in the network");
 }
@@ -135,16 +135,19 @@ TEST_F(InvalidEdit, ConnectionOutOfOutput) {
 }
 
 TEST_F(InvalidEdit, Cycle) {
-  EXPECT_THROW_MSG(add_connections(net, {{8, 2}}), "add_connections(): edge 8 -> 2 would create the cycle 2 -> 4 -> 6 -> 8 -> 2");
+  EXPECT_THROW_MSG(add_connections(net, {{8, 2}}),
+                   "add_connections(): edge 8 -> 2 would create the cycle 2 -> 4 -> 6 -> 8 -> 2");
   EXPECT_THROW_MSG(add_connections(net, {{5, 5}}), "add_connections(): edge 5 -> 5 would create the cycle 5 -> 5");
   // Two edges that close a cycle only together.
-  EXPECT_THROW_MSG(edit(net).add_connections({{7, 1}}).add_connections({{1, 5}}).build(), "would create the cycle 1 -> 5 -> 7 -> 1");
+  EXPECT_THROW_MSG(edit(net).add_connections({{7, 1}}).add_connections({{1, 5}}).build(),
+                   "would create the cycle 1 -> 5 -> 7 -> 1");
 }
 
 TEST_F(InvalidEdit, NeuronThatExists) {
   EXPECT_THROW_MSG(add_hidden_neurons(net, {4}), "add_hidden_neurons(): neuron 4 already exists");
   EXPECT_THROW_MSG(add_input_neurons(net, {20, 20}), "add_input_neurons(): neuron 20 already exists");
-  EXPECT_THROW_MSG(add_output_neurons(net, {"x"}), "add_output_neurons(): neuron \"x\" is a string but the network's neuron ids are integers");
+  EXPECT_THROW_MSG(add_output_neurons(net, {"x"}),
+                   "add_output_neurons(): neuron \"x\" is a string but the network's neuron ids are integers");
 }
 
 TEST_F(InvalidEdit, RemovingAConnectionThatDoesNotExist) {
@@ -153,7 +156,8 @@ TEST_F(InvalidEdit, RemovingAConnectionThatDoesNotExist) {
 }
 
 TEST_F(InvalidEdit, RemovingEveryInputOrOutput) {
-  EXPECT_THROW_MSG(remove_neurons(net, {0}), "remove_neurons(): removing [0] would leave the network without input neurons");
+  EXPECT_THROW_MSG(remove_neurons(net, {0}),
+                   "remove_neurons(): removing [0] would leave the network without input neurons");
   EXPECT_THROW_MSG(remove_neurons(net, {3, 11}), "would leave the network without output neurons");
 }
 
@@ -176,9 +180,13 @@ TEST(Plasticity, RandomEditSequencesKeepEverySurvivingParameter) {
     auto spec = random_dag(rng, {4, 14, 0.3, trial % 4 == 0});
     // Every fifth network runs all four techniques, whose parameters must survive too.
     const bool techniques = trial % 5 == 0;
-    NeuralNetwork net(spec, NeuralNetworkOptions(kDouble).hidden_activation(trial % 2 ? "tanh" : "gelu").seed(trial)
-                                .use_topo_norm(techniques).use_topo_self_attention(techniques)
-                                .use_neuron_self_attention(techniques).use_adaptive_activations(techniques));
+    NeuralNetwork net(spec, NeuralNetworkOptions(kDouble)
+                                .hidden_activation(trial % 2 ? "tanh" : "gelu")
+                                .seed(trial)
+                                .use_topo_norm(techniques)
+                                .use_topo_self_attention(techniques)
+                                .use_neuron_self_attention(techniques)
+                                .use_adaptive_activations(techniques));
     auto x = torch::randn({3, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
     const auto before = snapshot(net);
     const auto y_before = net->forward(x);
@@ -274,15 +282,18 @@ TEST(OptimizerContinuity, SurvivorsKeepMomentsNewEntriesStartAtZero) {
   const auto& t_new = result.network->topology();
   auto at = [](const Topology& t, int u, int v) { return t.connection_index(t.dense_of(u), t.dense_of(v)); };
   EXPECT_EQ(new_state.exp_avg()[at(t_new, 0, 1)].item<float>(), old_state.exp_avg()[at(t_old, 0, 1)].item<float>());
-  EXPECT_EQ(new_state.exp_avg_sq()[at(t_new, 6, 8)].item<float>(), old_state.exp_avg_sq()[at(t_old, 6, 8)].item<float>());
+  EXPECT_EQ(new_state.exp_avg_sq()[at(t_new, 6, 8)].item<float>(),
+            old_state.exp_avg_sq()[at(t_old, 6, 8)].item<float>());
   EXPECT_EQ(new_state.exp_avg()[at(t_new, 1, 6)].item<float>(), 0.0f);
-  EXPECT_THROW_MSG(transfer_optimizer_state(adam, net, *std::make_unique<torch::optim::SGD>(result.network->parameters(), 0.1), result),
+  EXPECT_THROW_MSG(transfer_optimizer_state(
+                       adam, net, *std::make_unique<torch::optim::SGD>(result.network->parameters(), 0.1), result),
                    "the optimizers differ in type");
 }
 
 // Regression found by review: dropout entries follow neurons added and removed in one batch.
 TEST(Plasticity, DropoutOfANeuronAddedAndRemovedInOneBatch) {
   NeuralNetwork net(readme_spec());
-  auto result = edit(net).add_hidden_neurons({100}).set_dropout_p(DropoutSpec({{100, 0.5}})).remove_neurons({100}).build();
+  auto result =
+      edit(net).add_hidden_neurons({100}).set_dropout_p(DropoutSpec({{100, 0.5}})).remove_neurons({100}).build();
   EXPECT_EQ(result.network->num_neurons(), 12);
 }

@@ -14,14 +14,17 @@ struct Flags {
 };
 
 NeuralNetworkOptions with(Flags f, NeuralNetworkOptions o = NeuralNetworkOptions().dtype(torch::kFloat64)) {
-  return o.use_topo_norm(f.norm).use_topo_self_attention(f.topo_attention).use_neuron_self_attention(f.neuron_attention)
+  return o.use_topo_norm(f.norm)
+      .use_topo_self_attention(f.topo_attention)
+      .use_neuron_self_attention(f.neuron_attention)
       .use_adaptive_activations(f.adaptive);
 }
 
 // Parameters by full name, as nested vectors of doubles.
 struct Params {
   explicit Params(const NeuralNetwork& net) {
-    for (const auto& p : net->named_parameters()) tensors[p.key()] = p.value().detach().to(torch::kFloat64).contiguous();
+    for (const auto& p : net->named_parameters())
+      tensors[p.key()] = p.value().detach().to(torch::kFloat64).contiguous();
   }
   double at(const std::string& name, std::vector<int64_t> index) const {
     auto t = tensors.at(name);
@@ -52,7 +55,8 @@ std::vector<double> reference(const NeuralNetwork& net, const std::vector<double
         for (double& v : s) v = (v - mean) / std::sqrt(var + 1e-5);
       }
       for (size_t i = 0; i < L; ++i)
-        s[i] = p.at("topo_norm." + lv + "gamma", {int64_t(i), 0}) * s[i] + p.at("topo_norm." + lv + "beta", {int64_t(i), 0});
+        s[i] = p.at("topo_norm." + lv + "gamma", {int64_t(i), 0}) * s[i] +
+               p.at("topo_norm." + lv + "beta", {int64_t(i), 0});
     }
     if (f.topo_attention && L > 0) {
       const std::string a = "topo_self_attention." + lv;
@@ -80,7 +84,8 @@ std::vector<double> reference(const NeuralNetwork& net, const std::vector<double
       std::vector<size_t> slots;  // this neuron's inputs, as slots
       std::vector<double> w;
       for (int64_t c = topo.in_offsets()[d]; c < topo.in_offsets()[d + 1]; ++c) {
-        slots.push_back(std::find(level.sources.begin(), level.sources.end(), topo.conn_source()[c]) - level.sources.begin());
+        slots.push_back(std::find(level.sources.begin(), level.sources.end(), topo.conn_source()[c]) -
+                        level.sources.begin());
         w.push_back(net->weight(topo.label(topo.conn_source()[c]), topo.label(d)));
       }
       std::vector<double> in = s;
@@ -129,7 +134,8 @@ void perturb(NeuralNetwork& net, uint64_t seed) {
   torch::NoGradGuard g;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   for (auto& p : net->named_parameters())
-    if (p.key().find('.') != std::string::npos) p.value().add_(torch::randn(p.value().sizes(), gen, torch::kFloat64).to(p.value().dtype()) * 0.3);
+    if (p.key().find('.') != std::string::npos)
+      p.value().add_(torch::randn(p.value().sizes(), gen, torch::kFloat64).to(p.value().dtype()) * 0.3);
 }
 
 GraphSpec small_graph() {
@@ -161,7 +167,8 @@ TEST(Techniques, ValuesMatchAScalarReference) {
       for (auto x : std::vector<std::vector<double>>{{0.3, -1.2}, {2.0, 0.5}, {-0.7, -0.1}}) {
         auto expected = reference(net, x, flags, scalar_activation(act));
         auto got = net->forward(torch::tensor(x, torch::kFloat64));
-        for (size_t k = 0; k < expected.size(); ++k) EXPECT_NEAR(got[k].item<double>(), expected[k], 1e-12) << name << " " << act;
+        for (size_t k = 0; k < expected.size(); ++k)
+          EXPECT_NEAR(got[k].item<double>(), expected[k], 1e-12) << name << " " << act;
       }
     }
   }
@@ -178,9 +185,11 @@ TEST(Techniques, RandomGraphsMatchTheReferenceOnEveryKernel) {
     NeuralNetwork net(spec, with(flags).hidden_activation("gelu").seed(trial).force_kernel(kernel));
     perturb(net, trial);
     auto x = torch::randn({static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
-    auto expected = reference(net, std::vector<double>(x.data_ptr<double>(), x.data_ptr<double>() + x.numel()), flags, gelu_exact);
+    auto expected =
+        reference(net, std::vector<double>(x.data_ptr<double>(), x.data_ptr<double>() + x.numel()), flags, gelu_exact);
     auto got = net->forward(x);
-    for (size_t k = 0; k < expected.size(); ++k) ASSERT_NEAR(got[k].item<double>(), expected[k], 1e-10) << "trial " << trial;
+    for (size_t k = 0; k < expected.size(); ++k)
+      ASSERT_NEAR(got[k].item<double>(), expected[k], 1e-10) << "trial " << trial;
   }
 }
 
@@ -203,8 +212,16 @@ TEST(Techniques, GradientsMatchFiniteDifferences) {
 TEST(Techniques, EachTrainsTheReadmeExample) {
   auto [x, y] = cos_sin_data();
   for (const auto& [name, flags] : kEach) {
-    NeuralNetwork net(GraphSpec::from_adjacency({{0, {1, 2, 3}}, {1, {4}}, {2, {4, 5}}, {4, {6}}, {5, {7}}, {6, {8, 9}},
-                                                 {7, {10}}, {8, {11}}, {9, {11}}, {10, {11}}},
+    NeuralNetwork net(GraphSpec::from_adjacency({{0, {1, 2, 3}},
+                                                 {1, {4}},
+                                                 {2, {4, 5}},
+                                                 {4, {6}},
+                                                 {5, {7}},
+                                                 {6, {8, 9}},
+                                                 {7, {10}},
+                                                 {8, {11}},
+                                                 {9, {11}},
+                                                 {10, {11}}},
                                                 {0}, {3, 11}),
                       with(flags, NeuralNetworkOptions()).hidden_activation("relu"));
     auto [first, last] = train(net, x, y, 300, 1e-2);
@@ -216,7 +233,8 @@ TEST(Techniques, EachTrainsTheReadmeExample) {
 TEST(Techniques, AllFourSurviveAnEditBitForBit) {
   NeuralNetwork net(small_graph(), with({true, true, true, true}).seed(1));
   perturb(net, 2);
-  auto result = edit(net).add_hidden_neurons({6}).add_connections({{0, 6}, {6, 5}, {2, 5}}).remove_connections({{1, 5}}).build(4);
+  auto result =
+      edit(net).add_hidden_neurons({6}).add_connections({{0, 6}, {6, 5}, {2, 5}}).remove_connections({{1, 5}}).build(4);
   auto& after = result.network;
   const int64_t compared = expect_operation_parameters_survive(net, after);
   EXPECT_GT(compared, 50);
@@ -255,7 +273,8 @@ TEST(Techniques, CheckpointConfigAndGraphRoundTrips) {
   EXPECT_TRUE(network_config(back)["options"]["use_neuron_self_attention"].get<bool>());
   auto from_graph = from_node_link_json(to_node_link_json(net));
   EXPECT_TRUE(torch::equal(from_graph->forward(x), net->forward(x)));
-  EXPECT_EQ(net->weighted_graph().operation_parameters.size(), 4u /*norm*/ + 12 /*topo attn*/ + 12 /*neuron attn*/ + 2 /*adaptive*/);
+  EXPECT_EQ(net->weighted_graph().operation_parameters.size(),
+            4u /*norm*/ + 12 /*topo attn*/ + 12 /*neuron attn*/ + 2 /*adaptive*/);
 }
 
 TEST(Techniques, TorchScriptExportMatches) {
@@ -265,15 +284,20 @@ TEST(Techniques, TorchScriptExportMatches) {
     const Flags flags = kEach[trial % kEach.size()].second;
     std::optional<LevelKernel> kernel;
     if (trial % 3 == 1) kernel = LevelKernel::EdgeList;
-    NeuralNetwork net(spec, with(flags).hidden_activation(trial % 2 ? "silu" : "tanh").seed(trial).force_kernel(kernel)
+    NeuralNetwork net(spec, with(flags)
+                                .hidden_activation(trial % 2 ? "silu" : "tanh")
+                                .seed(trial)
+                                .force_kernel(kernel)
                                 .dtype(trial % 4 < 2 ? torch::kFloat64 : torch::kFloat32));
     perturb(net, trial);
     const std::string path = ::testing::TempDir() + "/techniques.pt";
     export_torchscript(net, path);
     auto module = torch::jit::load(path);
-    auto x = torch::randn({5, static_cast<int64_t>(spec.inputs().size())}, torch::TensorOptions().dtype(net->options().dtype()));
+    auto x = torch::randn({5, static_cast<int64_t>(spec.inputs().size())},
+                          torch::TensorOptions().dtype(net->options().dtype()));
     net->eval();
-    EXPECT_TRUE(torch::allclose(module.forward({x}).toTensor(), net->forward(x), 1e-6, 1e-6)) << kEach[trial % kEach.size()].first;
+    EXPECT_TRUE(torch::allclose(module.forward({x}).toTensor(), net->forward(x), 1e-6, 1e-6))
+        << kEach[trial % kEach.size()].first;
   }
 }
 
@@ -300,7 +324,8 @@ class NeuronGain : public BatchOperation {
 
 TEST(UserOperation, TrainsAndSurvivesEdits) {
   auto gain = std::make_shared<NeuronGain>();
-  NeuralNetwork net(small_graph(), NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("tanh").operations({gain}));
+  NeuralNetwork net(small_graph(),
+                    NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("tanh").operations({gain}));
   EXPECT_EQ(net->num_parameters(), 7 + 4 + 4);
   {
     torch::NoGradGuard g;
@@ -314,13 +339,17 @@ TEST(UserOperation, TrainsAndSurvivesEdits) {
   EXPECT_NEAR(net->forward(x)[0].item<double>(), o4, 1e-12);
   EXPECT_LE(max_gradient_error(net, torch::randn({3, 2}, torch::kFloat64)), 1e-6);
 
-  auto edited = edit(net).add_hidden_neurons({9}).add_connections({{0, 9}, {9, 4}}).remove_neurons({2}).build(1).network;
+  auto edited =
+      edit(net).add_hidden_neurons({9}).add_connections({{0, 9}, {9, 4}}).remove_neurons({2}).build(1).network;
   auto g = edited->named_parameters()["gain.g"];
   const auto& t = edited->topology();
   EXPECT_EQ(g[t.bias_index(t.dense_of(3))].item<double>(), 3.0);
   EXPECT_EQ(g[t.bias_index(t.dense_of(5))].item<double>(), -1.0);
   EXPECT_EQ(g[t.bias_index(t.dense_of(9))].item<double>(), 1.0);  // new: its initial value
-  EXPECT_THROW_MSG(save(net, ::testing::TempDir() + "/gain.ckpt"), "user-defined operation \"gain\" cannot be written down");
-  EXPECT_THROW_MSG(export_torchscript(net, ::testing::TempDir() + "/gain.pt"), "user-defined operation \"gain\" has no TorchScript form");
-  EXPECT_THROW_MSG(NeuralNetwork(small_graph(), NeuralNetworkOptions().operations({gain, gain})), "two operations are named \"gain\"");
+  EXPECT_THROW_MSG(save(net, ::testing::TempDir() + "/gain.ckpt"),
+                   "user-defined operation \"gain\" cannot be written down");
+  EXPECT_THROW_MSG(export_torchscript(net, ::testing::TempDir() + "/gain.pt"),
+                   "user-defined operation \"gain\" has no TorchScript form");
+  EXPECT_THROW_MSG(NeuralNetwork(small_graph(), NeuralNetworkOptions().operations({gain, gain})),
+                   "two operations are named \"gain\"");
 }

@@ -21,21 +21,29 @@
 namespace connex::testing {
 
 // EXPECT that `statement` throws connex::Error whose message contains `needle`.
-#define EXPECT_THROW_MSG(statement, needle)                                              \
-  do {                                                                                   \
-    try {                                                                                \
-      statement;                                                                         \
-      ADD_FAILURE() << "expected connex::Error containing: " << (needle);                \
-    } catch (const connex::Error& e) {                                                   \
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)                   \
-          << "message: " << e.what() << "\nexpected to contain: " << (needle);          \
-    }                                                                                    \
+#define EXPECT_THROW_MSG(statement, needle)                                    \
+  do {                                                                         \
+    try {                                                                      \
+      statement;                                                               \
+      ADD_FAILURE() << "expected connex::Error containing: " << (needle);      \
+    } catch (const connex::Error& e) {                                         \
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)         \
+          << "message: " << e.what() << "\nexpected to contain: " << (needle); \
+    }                                                                          \
   } while (0)
 
 // The 12-neuron network of Connex's README.
 inline GraphSpec readme_spec() {
-  return GraphSpec::from_adjacency({{0, {1, 2, 3}}, {1, {4}}, {2, {4, 5}}, {4, {6}}, {5, {7}}, {6, {8, 9}},
-                                    {7, {10}}, {8, {11}}, {9, {11}}, {10, {11}}},
+  return GraphSpec::from_adjacency({{0, {1, 2, 3}},
+                                    {1, {4}},
+                                    {2, {4, 5}},
+                                    {4, {6}},
+                                    {5, {7}},
+                                    {6, {8, 9}},
+                                    {7, {10}},
+                                    {8, {11}},
+                                    {9, {11}},
+                                    {10, {11}}},
                                    {0}, {3, 11});
 }
 
@@ -57,7 +65,8 @@ inline std::string slurp(const std::string& path) {
 inline void spit(const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
 
 // A checkpoint's bytes with the header rewritten through `change`, re-sealed with a valid checksum.
-inline std::string reseal_checkpoint(const std::string& file, const std::function<void(nlohmann::json&, uint32_t&)>& change) {
+inline std::string reseal_checkpoint(const std::string& file,
+                                     const std::function<void(nlohmann::json&, uint32_t&)>& change) {
   uint32_t version;
   uint64_t header_size;
   std::memcpy(&version, file.data() + 8, 4);
@@ -92,9 +101,7 @@ inline GraphSpec random_dag(std::mt19937_64& rng, const RandomDagOptions& opt = 
   std::vector<int> label(n);
   for (int i = 0; i < n; ++i) label[i] = i;
   std::shuffle(label.begin(), label.end(), rng);
-  auto id = [&](int pos) {
-    return opt.string_ids ? NeuronId("n" + std::to_string(label[pos])) : NeuronId(label[pos]);
-  };
+  auto id = [&](int pos) { return opt.string_ids ? NeuronId("n" + std::to_string(label[pos])) : NeuronId(label[pos]); };
   // Inputs take the first positions, outputs the last: edges from lower to
   // higher positions never enter an input or leave an output.
   std::bernoulli_distribution edge(opt.edge_probability);
@@ -119,13 +126,11 @@ inline std::pair<torch::Tensor, torch::Tensor> cos_sin_data(torch::Dtype dtype =
   return {x.to(dtype), y.to(dtype)};
 }
 
-inline double mse(const torch::Tensor& a, const torch::Tensor& b) {
-  return torch::mse_loss(a, b).item<double>();
-}
+inline double mse(const torch::Tensor& a, const torch::Tensor& b) { return torch::mse_loss(a, b).item<double>(); }
 
 // Trains full-batch with Adam; returns {first loss, last loss}.
-inline std::pair<double, double> train(NeuralNetwork& net, const torch::Tensor& x,
-                                       const torch::Tensor& y, int epochs, double lr = 1e-3) {
+inline std::pair<double, double> train(NeuralNetwork& net, const torch::Tensor& x, const torch::Tensor& y, int epochs,
+                                       double lr = 1e-3) {
   torch::optim::Adam optimizer(net->parameters(), torch::optim::AdamOptions(lr));
   double first = 0, last = 0;
   for (int e = 0; e < epochs; ++e) {
@@ -142,8 +147,7 @@ inline std::pair<double, double> train(NeuralNetwork& net, const torch::Tensor& 
 // Largest relative difference between backprop gradients and central
 // differences of L = sum(forward(x) * r), over every parameter (sampled up to
 // `max_checks` entries per tensor). The network must be double.
-inline double max_gradient_error(NeuralNetwork& net, const torch::Tensor& x, int max_checks = 64,
-                                 double h = 1e-6) {
+inline double max_gradient_error(NeuralNetwork& net, const torch::Tensor& x, int max_checks = 64, double h = 1e-6) {
   torch::manual_seed(1);
   auto r = torch::randn_like(net->forward(x));
   auto loss_of = [&] { return (net->forward(x) * r).sum(); };
@@ -177,11 +181,11 @@ inline double max_gradient_error(NeuralNetwork& net, const torch::Tensor& x, int
 // `before` equals the old entry exactly. Returns the number of entries compared.
 inline int64_t expect_operation_parameters_survive(const NeuralNetwork& before, const NeuralNetwork& after) {
   int64_t compared = 0;
-  for_each_surviving_operation_entry(before, after, [&](const std::string& operation, const std::string& name, int64_t,
-                                                        double now, double was) {
-    EXPECT_EQ(now, was) << operation << "." << name;
-    ++compared;
-  });
+  for_each_surviving_operation_entry(
+      before, after, [&](const std::string& operation, const std::string& name, int64_t, double now, double was) {
+        EXPECT_EQ(now, was) << operation << "." << name;
+        ++compared;
+      });
   return compared;
 }
 

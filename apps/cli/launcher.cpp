@@ -204,7 +204,8 @@ int launch_local_workers(int argc, char** argv, int nproc, int grace_seconds) {
     } else if (failed && !terminated && now >= deadline) {
       for (int r = 0; r < nproc; ++r)
         if (pids[r] > 0)
-          std::fprintf(stderr, "connex: stopping worker rank %d (still running %d s after the first failure)\n", r, grace_seconds);
+          std::fprintf(stderr, "connex: stopping worker rank %d (still running %d s after the first failure)\n", r,
+                       grace_seconds);
       stop_all(SIGTERM);
       terminated = true;
       deadline = now + std::chrono::seconds(5);
@@ -222,7 +223,8 @@ int launch_local_workers(int argc, char** argv, int nproc, int grace_seconds) {
     if (!report[r]) continue;
     std::ifstream in(error_file(directory, r));
     std::getline(in, messages[r]);
-    if (messages[r].empty()) messages[r] = "worker rank " + std::to_string(r) + " of " + std::to_string(nproc) + " " + describe(statuses[r]);
+    if (messages[r].empty())
+      messages[r] = "worker rank " + std::to_string(r) + " of " + std::to_string(nproc) + " " + describe(statuses[r]);
   }
   for (int r = 0; r < nproc; ++r) {
     if (!report[r]) continue;

@@ -57,16 +57,20 @@ bool is_checkpoint(const std::string& path) {
 
 // A checkpoint or a JSON config; empty path: the embedded README network.
 Checkpoint open_network(const std::string& path) {
-  if (path.empty()) return {network_from_config(nlohmann::json::parse(kReadmeConfig), "embedded README config"), std::nullopt};
+  if (path.empty())
+    return {network_from_config(nlohmann::json::parse(kReadmeConfig), "embedded README config"), std::nullopt};
   if (!fs::exists(path)) fail("{}: no such file", path);
   if (fs::is_directory(path)) {  // a training run's --out
     const std::string model = (fs::path(path) / "model.ckpt").string();
-    if (!fs::exists(model)) fail("{}: a directory without model.ckpt; give a checkpoint or config file, or a train --out directory", path);
+    if (!fs::exists(model))
+      fail("{}: a directory without model.ckpt; give a checkpoint or config file, or a train --out directory", path);
     Checkpoint ck = load_checkpoint(model);
     const int epoch = ck.training.is_null() ? 0 : Progress::from_json(ck.training, model).epoch;
     for (const auto& file : run_files_out_of_step(path, ck))
-      spdlog::warn("{}: {} does not go with model.ckpt (epoch {}): a write stopped before model.ckpt; model.ckpt is the "
-                   "record, and train --out {} rewrites them all", path, file, epoch, path);
+      spdlog::warn(
+          "{}: {} does not go with model.ckpt (epoch {}): a write stopped before model.ckpt; model.ckpt is the "
+          "record, and train --out {} rewrites them all",
+          path, file, epoch, path);
     return ck;
   }
   if (is_checkpoint(path)) return load_checkpoint(path);
@@ -115,7 +119,8 @@ int run_program(const std::vector<std::string>& args, double limit, const std::s
     if (done == pid) break;
     if (std::chrono::steady_clock::now() >= deadline) {
       ::kill(pid, SIGKILL);
-      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
       return kTimedOut;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -141,15 +146,23 @@ struct DataArgs {
   void add_to(CLI::App* cmd) {
     cmd->add_option("--data", data, "CSV file with a header row (default: built-in cos/sin toy data)");
     cmd->add_option("--target", targets, "target column(s) (default: the checkpoint's, else the last column(s))");
-    cmd->add_option("--features", features, "feature columns (default: the checkpoint's, else every non-target column)");
-    cmd->add_option("--task", task, "regression (MSE) or classification (softmax + cross-entropy); default: the checkpoint's, else regression")
+    cmd->add_option("--features", features,
+                    "feature columns (default: the checkpoint's, else every non-target column)");
+    cmd->add_option(
+           "--task", task,
+           "regression (MSE) or classification (softmax + cross-entropy); default: the checkpoint's, else regression")
         ->check(CLI::IsMember({"regression", "classification"}));
-    cmd->add_flag("--standardize", standardize, "z-score every feature column (training rows' statistics, saved with the model)");
+    cmd->add_flag("--standardize", standardize,
+                  "z-score every feature column (training rows' statistics, saved with the model)");
   }
   DataOptions options(const NeuralNetwork& network, double val_split, uint64_t seed) const {
     DataOptions o;
     o.path = data;
-    o.table.targets(targets).features(features).standardize(standardize).validation_fraction(val_split).seed(seed)
+    o.table.targets(targets)
+        .features(features)
+        .standardize(standardize)
+        .validation_fraction(val_split)
+        .seed(seed)
         .dtype(network->weight_tensor().scalar_type());
     if (task) o.table.task(*task == "classification" ? Task::Classification : Task::Regression);
     return o;
@@ -160,8 +173,10 @@ struct DataArgs {
 // double range in their messages; these say what is wanted.)
 CLI::Validator number_in(double low, double high, bool integer, bool low_open = false) {
   std::string what = integer ? "an integer" : "a number";
-  if (high == HUGE_VAL) what += low_open ? fmt::format(" > {}", low) : fmt::format(" >= {}", low);
-  else what += fmt::format(" in {}{}, {}]", low_open ? "(" : "[", low, high);
+  if (high == HUGE_VAL)
+    what += low_open ? fmt::format(" > {}", low) : fmt::format(" >= {}", low);
+  else
+    what += fmt::format(" in {}{}, {}]", low_open ? "(" : "[", low, high);
   return CLI::Validator(
       [=](std::string& text) -> std::string {
         char* end = nullptr;
@@ -180,10 +195,12 @@ CLI::Validator number_in(double low, double high, bool integer, bool low_open = 
 CLI::Validator seed_check() {
   return CLI::Validator(
       [](std::string& text) -> std::string {
-        const bool digits = !text.empty() && text.size() <= 20 && text.find_first_not_of("0123456789") == std::string::npos;
+        const bool digits =
+            !text.empty() && text.size() <= 20 && text.find_first_not_of("0123456789") == std::string::npos;
         errno = 0;
         if (digits) std::strtoull(text.c_str(), nullptr, 10);
-        if (!digits || errno == ERANGE) return fmt::format("must be an integer in [0, 18446744073709551615], got \"{}\"", text);
+        if (!digits || errno == ERANGE)
+          return fmt::format("must be an integer in [0, 18446744073709551615], got \"{}\"", text);
         return std::string();
       },
       "an integer in [0, 2^64)");
@@ -208,13 +225,16 @@ struct TrainArgs {
     cmd->add_option("--batch-size", batch_size, "mini-batch size (0: full batch; default: a resumed run's, else 0)")
         ->check(number_in(0, 9.0e15, true));
     // Above 1e6 no optimizer does anything useful, and float32 state overflows near 3.4e38.
-    cmd->add_option("--lr", lr, "learning rate (default: the checkpoint optimizer's, else 0.001)")->check(number_in(0, 1e6, false, true));
+    cmd->add_option("--lr", lr, "learning rate (default: the checkpoint optimizer's, else 0.001)")
+        ->check(number_in(0, 1e6, false, true));
     cmd->add_option("--optimizer", optimizer, "adam, adamw or sgd (momentum 0.9); default: the checkpoint's, else adam")
         ->check(CLI::IsMember({"adam", "adamw", "sgd"}));
-    cmd->add_option("--seed", seed, "seed for the split, shuffling and new parameters (default: a resumed run's, else 0)")
+    cmd->add_option("--seed", seed,
+                    "seed for the split, shuffling and new parameters (default: a resumed run's, else 0)")
         ->check(seed_check());
     cmd->add_option("--device", device, "cpu or cuda");
-    cmd->add_option("--val-split", val_split, "fraction of rows held out for validation (default: a resumed run's, else 0)")
+    cmd->add_option("--val-split", val_split,
+                    "fraction of rows held out for validation (default: a resumed run's, else 0)")
         ->check(number_in(0, 0.9, false));
   }
 };
@@ -230,7 +250,8 @@ std::unique_ptr<torch::optim::Optimizer> choose_optimizer(const Checkpoint& ck, 
     const double saved = optimizer->param_groups()[0].options().get_lr();
     if (t.lr) {
       for (auto& group : optimizer->param_groups()) group.options().set_lr(*t.lr);
-      spdlog::info("resumed {} state from {}; learning rate {} (--lr; the checkpoint had {})", ck.optimizer->type, path, *t.lr, saved);
+      spdlog::info("resumed {} state from {}; learning rate {} (--lr; the checkpoint had {})", ck.optimizer->type, path,
+                   *t.lr, saved);
     } else {
       spdlog::info("resumed {} state from {}; learning rate {} (saved)", ck.optimizer->type, path, saved);
     }
@@ -238,7 +259,9 @@ std::unique_ptr<torch::optim::Optimizer> choose_optimizer(const Checkpoint& ck, 
   }
   const std::string type = t.optimizer.value_or("adam");
   const double lr = t.lr.value_or(1e-3);
-  if (ck.optimizer) spdlog::info("{} holds {} state; starting {} fresh (--optimizer), learning rate {}", path, ck.optimizer->type, type, lr);
+  if (ck.optimizer)
+    spdlog::info("{} holds {} state; starting {} fresh (--optimizer), learning rate {}", path, ck.optimizer->type, type,
+                 lr);
   return fresh_optimizer(type, net, lr);
 }
 
@@ -246,10 +269,12 @@ std::unique_ptr<torch::optim::Optimizer> choose_optimizer(const Checkpoint& ck, 
 // inputs and outputs are the same neurons in the same order.
 std::optional<Preprocessing> preprocessing_after_edit(const Checkpoint& ck, const NeuralNetwork& edited) {
   if (!ck.preprocessing) return std::nullopt;
-  if (edited->input_neurons() == ck.network->input_neurons() && edited->output_neurons() == ck.network->output_neurons())
+  if (edited->input_neurons() == ck.network->input_neurons() &&
+      edited->output_neurons() == ck.network->output_neurons())
     return ck.preprocessing;
-  spdlog::warn("the edit changed the inputs or outputs: the saved preprocessing (features {}) no longer applies and is dropped",
-               fmt::join(ck.preprocessing->features, ","));
+  spdlog::warn(
+      "the edit changed the inputs or outputs: the saved preprocessing (features {}) no longer applies and is dropped",
+      fmt::join(ck.preprocessing->features, ","));
   return std::nullopt;
 }
 
@@ -261,13 +286,21 @@ struct DistributedArgs {
   std::optional<std::string> master_addr;
   double timeout = 60;
   void add_to(CLI::App* cmd) {
-    cmd->add_option("--nproc", nproc, "run N local worker processes, data parallel (no rendezvous port; Gloo on loopback)")->check(number_in(1, 256, true));
-    cmd->add_option("--rank", rank, "this process's rank in a multi-process run (default: $RANK)")->check(number_in(0, HUGE_VAL, true));
-    cmd->add_option("--world-size", world_size, "number of processes in the run (default: $WORLD_SIZE, else 1)")->check(number_in(1, 1 << 20, true));
-    cmd->add_option("--master-addr", master_addr, "address of rank 0's rendezvous store (default: $MASTER_ADDR, else 127.0.0.1)");
-    cmd->add_option("--master-port", master_port, "port of rank 0's rendezvous store (default: $MASTER_PORT, else 29500)")->check(number_in(1, 65535, true));
+    cmd->add_option("--nproc", nproc,
+                    "run N local worker processes, data parallel (no rendezvous port; Gloo on loopback)")
+        ->check(number_in(1, 256, true));
+    cmd->add_option("--rank", rank, "this process's rank in a multi-process run (default: $RANK)")
+        ->check(number_in(0, HUGE_VAL, true));
+    cmd->add_option("--world-size", world_size, "number of processes in the run (default: $WORLD_SIZE, else 1)")
+        ->check(number_in(1, 1 << 20, true));
+    cmd->add_option("--master-addr", master_addr,
+                    "address of rank 0's rendezvous store (default: $MASTER_ADDR, else 127.0.0.1)");
+    cmd->add_option("--master-port", master_port,
+                    "port of rank 0's rendezvous store (default: $MASTER_PORT, else 29500)")
+        ->check(number_in(1, 65535, true));
     // Checked before the conversion to milliseconds (1e300 would overflow, 1e-9 round to 0).
-    cmd->add_option("--dist-timeout", timeout, "seconds to wait for other ranks before giving up (default 60)")->check(number_in(0.001, 1e6, false));
+    cmd->add_option("--dist-timeout", timeout, "seconds to wait for other ranks before giving up (default 60)")
+        ->check(number_in(0.001, 1e6, false));
   }
   // "[rank R] " for log lines and errors in a multi-process run, else empty.
   std::string rank_tag() const {
@@ -289,7 +322,8 @@ struct DistributedArgs {
     if (master_addr) options.master_addr(*master_addr);
     if (master_port) options.master_port(*master_port);
     // A worker of --nproc: the launcher's private FileStore, Gloo on loopback, no port.
-    if (auto directory = local_rendezvous_directory()) options.file_store(*directory + "/store").gloo_address("127.0.0.1");
+    if (auto directory = local_rendezvous_directory())
+      options.file_store(*directory + "/store").gloo_address("127.0.0.1");
     options.timeout(std::chrono::milliseconds(std::llround(timeout * 1000)));
     options.device(device);
     return options;
@@ -320,7 +354,8 @@ class StopOnSignals {
 
  private:
   bool active_;
-  struct sigaction old_int_ {}, old_term_ {};
+  struct sigaction old_int_ {
+  }, old_term_{};
 };
 
 int group_size(const DistributedArgs& dist) {
@@ -339,13 +374,15 @@ class OutLock {
     if (out.empty()) return;
     std::error_code error;
     if (fs::exists(out, error) && !fs::is_directory(out, error)) fail("--out {} exists and is not a directory", out);
-    for (fs::path p = fs::absolute(out, error); !p.empty() && !fs::exists(p, error) && p != p.parent_path(); p = p.parent_path())
+    for (fs::path p = fs::absolute(out, error); !p.empty() && !fs::exists(p, error) && p != p.parent_path();
+         p = p.parent_path())
       made_.push_back(p);
     std::error_code create_error;
     fs::create_directories(out, create_error);
     if (create_error || !fs::is_directory(out, error)) {
       remove_made();
-      fail("--out {}: cannot create the directory: {}", out, create_error ? create_error.message() : "it vanished while being made");
+      fail("--out {}: cannot create the directory: {}", out,
+           create_error ? create_error.message() : "it vanished while being made");
     }
     try {
       for (const char* name : {"model.ckpt", "metrics.csv", "metrics.json", "config.json"})
@@ -386,8 +423,9 @@ class OutLock {
 
 void log_data(const Table& data) {
   const auto& p = data.preprocessing;
-  spdlog::info("data: {} ({} training rows, {} validation rows, features {}, targets {}{}{})", data.source, data.train.inputs().size(0),
-               data.validation.inputs().size(0), fmt::join(p.features, ","), fmt::join(p.targets, ","),
+  spdlog::info("data: {} ({} training rows, {} validation rows, features {}, targets {}{}{})", data.source,
+               data.train.inputs().size(0), data.validation.inputs().size(0), fmt::join(p.features, ","),
+               fmt::join(p.targets, ","),
                p.task == Task::Classification ? fmt::format(", classes {}", fmt::join(p.classes, ",")) : "",
                p.standardizes() ? ", standardized" : "");
 }
@@ -413,13 +451,13 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   }
   const int last_epoch = progress.epoch + t.epochs;
   if (t.prune_at_epoch > 0 && (t.prune_at_epoch <= progress.epoch || t.prune_at_epoch > last_epoch))
-    fail("train: --prune-at-epoch {} is outside this run's epochs {} to {}", t.prune_at_epoch, progress.epoch + 1, last_epoch);
+    fail("train: --prune-at-epoch {} is outside this run's epochs {} to {}", t.prune_at_epoch, progress.epoch + 1,
+         last_epoch);
   // A resumed run goes on with the checkpoint's CSV unless --data names another.
   DataArgs data_args = d;
   if (d.data.empty() && !progress.data.empty()) {
     const std::string changed = progress.data_changed();
-    if (changed == "it is gone")
-      fail("train: {} was trained on {}, which is gone; give --data", config, progress.data);
+    if (changed == "it is gone") fail("train: {} was trained on {}, which is gone; give --data", config, progress.data);
     data_args.data = progress.data;
     spdlog::info("data: {} (the checkpoint's; --data names another)", progress.data);
   }
@@ -431,8 +469,9 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   Table data = load_dataset(data_args.options(net, progress.val_split, progress.seed), net, ck.preprocessing, "train");
   // Saved with the model: the data's (the toy set's only when it standardizes, so that a model trained on
   // raw toy data can go on to a CSV).
-  const std::optional<Preprocessing> preprocessing =
-      data_args.data.empty() && !data.preprocessing.standardizes() ? ck.preprocessing : std::optional<Preprocessing>(data.preprocessing);
+  const std::optional<Preprocessing> preprocessing = data_args.data.empty() && !data.preprocessing.standardizes()
+                                                         ? ck.preprocessing
+                                                         : std::optional<Preprocessing>(data.preprocessing);
 
   int rank = 0;
 #if defined(CONNEX_WITH_DISTRIBUTED)
@@ -449,8 +488,9 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
     data_parallel = std::make_unique<distributed::DataParallel>(*group);
     rank = group->rank();
     spdlog::info("rank {} of {} joined ({} through {})", group->rank(), group->world_size(), group->backend(),
-                 group_options.file_store().empty() ? fmt::format("{}:{}", group_options.master_addr(), group_options.master_port())
-                                                    : std::string("the launcher's private file store"));
+                 group_options.file_store().empty()
+                     ? fmt::format("{}:{}", group_options.master_addr(), group_options.master_port())
+                     : std::string("the launcher's private file store"));
   }
 #else
   if (dist.nproc > 1 || dist.world_size.value_or(1) > 1)
@@ -472,11 +512,14 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
     log_data(data);
   }
   TrainOptions options;
-  options.epochs = t.epochs, options.batch_size = progress.batch_size, options.seed = progress.seed, options.device = device;
+  options.epochs = t.epochs, options.batch_size = progress.batch_size, options.seed = progress.seed,
+  options.device = device;
   options.task = data.preprocessing.task, options.preprocessing = preprocessing;
   options.prune_at_epoch = t.prune_at_epoch, options.prune_fraction = t.prune_fraction;
   options.checkpoint_every = t.checkpoint_every, options.out = out;
-  options.on_network_replaced = [&cores](const NeuralNetwork& pruned) { spdlog::info("cores: {}", cores.apply(pruned)); };
+  options.on_network_replaced = [&cores](const NeuralNetwork& pruned) {
+    spdlog::info("cores: {}", cores.apply(pruned));
+  };
 #if defined(CONNEX_WITH_DISTRIBUTED)
   options.data_parallel = data_parallel.get();
   if (data_parallel) data_parallel->check_replicas_identical(net, optimizer.get(), "train: start");
@@ -512,9 +555,11 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   if (!reporter) return 0;
   spdlog::info("{} steps in {:.3f} s: {:.1f} steps/s", result.steps, seconds, result.steps / std::max(seconds, 1e-9));
   auto [loss, metric] = evaluate(net, result.train_x, result.train_y, options.task);
-  spdlog::info("final training loss {:.6f}{}", loss, options.task == Task::Classification ? fmt::format(", accuracy {:.4f}", metric) : "");
+  spdlog::info("final training loss {:.6f}{}", loss,
+               options.task == Task::Classification ? fmt::format(", accuracy {:.4f}", metric) : "");
   if (!progress.history.empty() && !std::isnan(progress.history.back().val_metric))
-    spdlog::info("validation {} {:.6f}", options.task == Task::Classification ? "accuracy" : "mse", progress.history.back().val_metric);
+    spdlog::info("validation {} {:.6f}", options.task == Task::Classification ? "accuracy" : "mse",
+                 progress.history.back().val_metric);
   if (out.empty()) spdlog::warn("no --out: the trained network was not saved");
   if (!out.empty()) {
     net->to(torch::kCPU);
@@ -524,17 +569,20 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   return 0;
 }
 
-int cmd_prune(const std::string& path, std::optional<double> threshold, std::optional<double> fraction, const DataArgs& d,
-              const TrainArgs& t, const std::string& out, const CoreShare& cores) {
+int cmd_prune(const std::string& path, std::optional<double> threshold, std::optional<double> fraction,
+              const DataArgs& d, const TrainArgs& t, const std::string& out, const CoreShare& cores) {
   if (threshold.has_value() == fraction.has_value()) fail("prune: give exactly one of --threshold and --fraction");
-  if (threshold && !(*threshold >= 0 && std::isfinite(*threshold))) fail("prune: --threshold must be a finite number >= 0, got {}", *threshold);
+  if (threshold && !(*threshold >= 0 && std::isfinite(*threshold)))
+    fail("prune: --threshold must be a finite number >= 0, got {}", *threshold);
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
   spdlog::info("cores: {}", cores.apply(net));
   // Data only when asked for: --data reports the loss before and after, and
   // training on needs some (the toy set when the network fits it).
   if (d.standardize && !(ck.preprocessing && ck.preprocessing->standardizes()))
-    fail("prune: --standardize would fit new statistics for a model trained without them; the checkpoint's preprocessing is used");
+    fail(
+        "prune: --standardize would fit new statistics for a model trained without them; the checkpoint's "
+        "preprocessing is used");
   // A trained checkpoint's split: the loss is then measured on the rows it held out.
   const Progress trained = ck.training.is_null() ? Progress{} : Progress::from_json(ck.training, path);
   std::optional<Table> data;
@@ -567,7 +615,8 @@ int cmd_prune(const std::string& path, std::optional<double> threshold, std::opt
     report("after pruning");
     if (t.epochs > 0) {
       TrainOptions options;
-      options.epochs = t.epochs, options.batch_size = t.batch_size.value_or(0), options.seed = seed, options.task = task;
+      options.epochs = t.epochs, options.batch_size = t.batch_size.value_or(0), options.seed = seed,
+      options.task = task;
       Progress fresh;
       train(pruned, next, *data, options, fresh);
       report(fmt::format("after {} more epochs", t.epochs).c_str());
@@ -617,7 +666,8 @@ int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out)
   save(result.network, out, next.get(), preprocessing ? &*preprocessing : nullptr);
   std::printf("%s\nwrote %s%s\n", c10::str(*result.network).c_str(), out.c_str(),
               next ? fmt::format(" (optimizer state carried: {}, learning rate {})", ck.optimizer->type,
-                                 next->param_groups()[0].options().get_lr()).c_str()
+                                 next->param_groups()[0].options().get_lr())
+                         .c_str()
                    : "");
   return 0;
 }
@@ -637,7 +687,8 @@ std::string write_failure_note(const std::string& scratch, const std::string& ou
   struct statvfs fs_info {};
   if (::statvfs(scratch.c_str(), &fs_info) == 0 && fs_info.f_bavail == 0)
     return fmt::format("; the file system that would hold {} is full", out);
-  if (messages.find("gvwrite") != std::string::npos) return "; Graphviz could not write the image (a full disk or a file-size limit)";
+  if (messages.find("gvwrite") != std::string::npos)
+    return "; Graphviz could not write the image (a full disk or a file-size limit)";
   return "";
 }
 
@@ -659,7 +710,9 @@ int cmd_export(const std::string& path, const std::string& format, const std::st
     // A deployed model takes raw rows: the preprocessing goes inside it.
     export_torchscript(net, out, ck.preprocessing ? &*ck.preprocessing : nullptr);
   } else if (format == "json" || format == "graphml" || format == "dot") {
-    const std::string text = format == "json" ? to_node_link_json(net).dump(1) + "\n" : format == "graphml" ? to_graphml(net) : to_dot(net);
+    const std::string text = format == "json"      ? to_node_link_json(net).dump(1) + "\n"
+                             : format == "graphml" ? to_graphml(net)
+                                                   : to_dot(net);
     write_file_atomically(out, text, "export");
   } else {  // png through Graphviz, run directly (no shell: the paths are the user's)
     // A large network is drawn as a summary, every drawing is bounded in
@@ -676,11 +729,14 @@ int cmd_export(const std::string& path, const std::string& format, const std::st
     const int status = run_program({"dot", "-Tpng", "-o", png_file, dot_file}, dot_seconds, log);
     if (status == 127) fail("export --format png needs Graphviz's dot, which is not installed");
     if (status == kTimedOut)
-      fail("export: dot did not finish drawing {} ({}) within {:g} s and was stopped; raise --timeout, or use --format dot or json",
-           out, drawing.description, dot_seconds);
+      fail(
+          "export: dot did not finish drawing {} ({}) within {:g} s and was stopped; raise --timeout, or use --format "
+          "dot or json",
+          out, drawing.description, dot_seconds);
     if (status != 0) {
       const std::string messages = slurp_bounded(log);
-      fail("export: dot failed to draw {} ({}){}", out, dot_failure(messages, status), write_failure_note(scratch.path(), out, messages));
+      fail("export: dot failed to draw {} ({}){}", out, dot_failure(messages, status),
+           write_failure_note(scratch.path(), out, messages));
     }
     write_file_atomically(out, read_file(png_file, "export"), "export");
     if (drawing.summary)
@@ -699,8 +755,10 @@ int cmd_inspect(const std::string& path) {
   NeuralNetwork net = ck.network;
   const auto& topo = net->topology();
   std::printf("%s\n", c10::str(*net).c_str());
-  std::printf("inputs  (%lld): %s\n", static_cast<long long>(net->num_inputs()), join_ids(net->input_neurons()).c_str());
-  std::printf("outputs (%lld): %s\n", static_cast<long long>(net->num_outputs()), join_ids(net->output_neurons()).c_str());
+  std::printf("inputs  (%lld): %s\n", static_cast<long long>(net->num_inputs()),
+              join_ids(net->input_neurons()).c_str());
+  std::printf("outputs (%lld): %s\n", static_cast<long long>(net->num_outputs()),
+              join_ids(net->output_neurons()).c_str());
   const auto hidden = net->hidden_neurons();
   std::printf("hidden  (%zu)%s\n", hidden.size(), hidden.size() <= 40 ? (": " + join_ids(hidden)).c_str() : "");
   std::printf("connections: %lld\ndepth: %lld\nparameters: %lld\n", static_cast<long long>(net->num_connections()),
@@ -730,19 +788,23 @@ int cmd_inspect(const std::string& path) {
                 ck.optimizer->groups.empty() ? "?" : ck.optimizer->groups[0].options.at("lr").dump().c_str());
   if (!ck.training.is_null()) {
     const Progress p = Progress::from_json(ck.training, path);
-    std::printf("training: %d epoch(s) done%s; seed %llu, batch size %lld, validation split %g (a resumed run keeps these)\n",
-                p.epoch, p.batch > 0 ? fmt::format(", {} batch(es) of epoch {}", p.batch, p.epoch + 1).c_str() : "",
-                static_cast<unsigned long long>(p.seed), static_cast<long long>(p.batch_size), p.val_split);
+    std::printf(
+        "training: %d epoch(s) done%s; seed %llu, batch size %lld, validation split %g (a resumed run keeps these)\n",
+        p.epoch, p.batch > 0 ? fmt::format(", {} batch(es) of epoch {}", p.batch, p.epoch + 1).c_str() : "",
+        static_cast<unsigned long long>(p.seed), static_cast<long long>(p.batch_size), p.val_split);
   }
   if (fs::is_directory(path)) {
     const auto stale = run_files_out_of_step(path, ck);
-    std::printf("run directory: %s\n", stale.empty() ? "every file goes with model.ckpt"
-                                                       : fmt::format("{} out of step (see the warning)", stale.size()).c_str());
+    std::printf("run directory: %s\n", stale.empty()
+                                           ? "every file goes with model.ckpt"
+                                           : fmt::format("{} out of step (see the warning)", stale.size()).c_str());
   }
   if (const auto& p = ck.preprocessing) {
-    const std::string classes = p->task == Task::Classification ? fmt::format(" ({})", fmt::join(p->classes, ", ")) : "";
-    std::printf("preprocessing: %s of %s%s from %s%s\n", task_name(p->task), fmt::format("{}", fmt::join(p->targets, ", ")).c_str(),
-                classes.c_str(), fmt::format("{}", fmt::join(p->features, ", ")).c_str(), p->standardizes() ? ", standardized" : "");
+    const std::string classes =
+        p->task == Task::Classification ? fmt::format(" ({})", fmt::join(p->classes, ", ")) : "";
+    std::printf("preprocessing: %s of %s%s from %s%s\n", task_name(p->task),
+                fmt::format("{}", fmt::join(p->targets, ", ")).c_str(), classes.c_str(),
+                fmt::format("{}", fmt::join(p->features, ", ")).c_str(), p->standardizes() ? ", standardized" : "");
   }
   return 0;
 }
@@ -765,7 +827,8 @@ int main(int argc, char** argv) {
   CLI::App app{"connex: train, prune, edit, export and inspect DAG neural networks"};
   app.require_subcommand(1);
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  app.add_option("--threads", threads, "cores to use (default: all; local workers share them)")->check(number_in(1, 1024, true));
+  app.add_option("--threads", threads, "cores to use (default: all; local workers share them)")
+      ->check(number_in(1, 1024, true));
 
   std::string config, path, out, format;
   DataArgs data;
@@ -780,15 +843,21 @@ int main(int argc, char** argv) {
   train_args.add_to(train_cmd, 1000);
   DistributedArgs dist;
   dist.add_to(train_cmd);
-  train_cmd->add_option("--prune-at-epoch", train_args.prune_at_epoch, "prune after this epoch (with --prune-fraction)")->check(number_in(0, HUGE_VAL, true));
-  train_cmd->add_option("--prune-fraction", train_args.prune_fraction, "fraction of connections to prune, weakest |w| first")->check(number_in(0, 1, false));
-  train_cmd->add_option("--checkpoint-every", train_args.checkpoint_every, "write --out every this many epochs (rank 0)")->check(number_in(0, HUGE_VAL, true));
+  train_cmd->add_option("--prune-at-epoch", train_args.prune_at_epoch, "prune after this epoch (with --prune-fraction)")
+      ->check(number_in(0, HUGE_VAL, true));
+  train_cmd
+      ->add_option("--prune-fraction", train_args.prune_fraction, "fraction of connections to prune, weakest |w| first")
+      ->check(number_in(0, 1, false));
+  train_cmd
+      ->add_option("--checkpoint-every", train_args.checkpoint_every, "write --out every this many epochs (rank 0)")
+      ->check(number_in(0, HUGE_VAL, true));
   train_cmd->add_option("--out", out, "directory for model.ckpt, metrics.csv, metrics.json, config.json");
 
   auto* prune_cmd = app.add_subcommand("prune", "remove the weakest connections by |w|, optionally train on");
   prune_cmd->add_option("checkpoint", path, "checkpoint or config")->required();
   prune_cmd->add_option("--threshold", threshold, "remove connections with |w| below this");
-  prune_cmd->add_option("--fraction", fraction, "remove this fraction of connections, weakest first")->check(number_in(0, 1, false));
+  prune_cmd->add_option("--fraction", fraction, "remove this fraction of connections, weakest first")
+      ->check(number_in(0, 1, false));
   data.add_to(prune_cmd);
   prune_train.add_to(prune_cmd, 0);
   prune_cmd->add_option("--out", out, "write the pruned checkpoint here");
@@ -801,17 +870,20 @@ int main(int argc, char** argv) {
   edit_cmd->add_option("--add-hidden", edit_args.add_hidden, "new hidden neuron")->allow_extra_args(false);
   edit_cmd->add_option("--add-output", edit_args.add_output, "new output neuron (comes last)")->allow_extra_args(false);
   edit_cmd->add_option("--remove-neuron", edit_args.remove_neuron, "neuron to remove")->allow_extra_args(false);
-  edit_cmd->add_option("--dropout", edit_args.dropout, "dropout p for every hidden neuron")->check(number_in(0, 1, false));
+  edit_cmd->add_option("--dropout", edit_args.dropout, "dropout p for every hidden neuron")
+      ->check(number_in(0, 1, false));
   edit_cmd->add_option("--seed", edit_args.seed, "seed for new parameters")->check(seed_check());
   edit_cmd->add_option("--out", out, "write the edited checkpoint here")->required();
 
   auto* export_cmd = app.add_subcommand("export", "write a network as TorchScript, JSON, GraphML, DOT or PNG");
   export_cmd->add_option("checkpoint", path, "checkpoint or config")->required();
-  export_cmd->add_option("--format", format, "torchscript, json, graphml, dot or png")->required()
+  export_cmd->add_option("--format", format, "torchscript, json, graphml, dot or png")
+      ->required()
       ->check(CLI::IsMember({"torchscript", "json", "graphml", "dot", "png"}));
   export_cmd->add_option("--out", out, "output file")->required();
   double dot_seconds = 60;
-  export_cmd->add_option("--timeout", dot_seconds, "png: seconds Graphviz may take (default 60)")->check(number_in(0, 86400, false, true));
+  export_cmd->add_option("--timeout", dot_seconds, "png: seconds Graphviz may take (default 60)")
+      ->check(number_in(0, 86400, false, true));
 
   auto* inspect_cmd = app.add_subcommand("inspect", "describe a checkpoint or config");
   inspect_cmd->add_option("file", path, "checkpoint or config")->required();
@@ -825,7 +897,9 @@ int main(int argc, char** argv) {
     bool known = false;
     for (const auto* sub : app.get_subcommands([](CLI::App*) { return true; })) known |= sub->get_name() == first;
     if (!known) {
-      std::fprintf(stderr, "connex: unknown subcommand \"%s\"; the subcommands are train, prune, edit, export, inspect, bench\n", first.c_str());
+      std::fprintf(
+          stderr, "connex: unknown subcommand \"%s\"; the subcommands are train, prune, edit, export, inspect, bench\n",
+          first.c_str());
       return 2;
     }
   }
@@ -843,17 +917,22 @@ int main(int argc, char** argv) {
   // them on 2 cores took 30 s to start and only wait for each other.
   const int cores_here = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   if (threads > 4 * cores_here) {
-    std::fprintf(stderr, "connex: --threads %d: this machine has %d core(s); give at most %d (threads beyond the cores only wait for each other)\n",
+    std::fprintf(stderr,
+                 "connex: --threads %d: this machine has %d core(s); give at most %d (threads beyond the cores only "
+                 "wait for each other)\n",
                  threads, cores_here, 4 * cores_here);
     return 2;
   }
   if (*train_cmd && dist.nproc > 1) {
     if (dist.rank || dist.world_size) {
-      std::fprintf(stderr, "connex: --nproc launches local workers itself; don't combine it with --rank or --world-size\n");
+      std::fprintf(stderr,
+                   "connex: --nproc launches local workers itself; don't combine it with --rank or --world-size\n");
       return 2;
     }
     if (dist.master_addr || dist.master_port) {
-      std::fprintf(stderr, "connex: --nproc workers meet through a private file, not a port; --master-addr and --master-port are for runs with --rank and --world-size\n");
+      std::fprintf(stderr,
+                   "connex: --nproc workers meet through a private file, not a port; --master-addr and --master-port "
+                   "are for runs with --rank and --world-size\n");
       return 2;
     }
     // Workers that see a failed peer stop within a few heartbeats; give them that, then stop them.

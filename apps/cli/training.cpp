@@ -21,8 +21,10 @@ Table load_dataset(const DataOptions& options, const NeuralNetwork& network, con
   if (options.table.task() == Task::Classification || (fitted && fitted->task == Task::Classification))
     fail("{}: classification needs --data FILE.csv (the built-in toy set is a regression)", command);
   if (n_in != 1 || n_out != 2)
-    fail("{}: the built-in toy data has 1 feature and 2 targets (cos x, sin x), but the network has {} inputs and {} outputs; give --data",
-         command, n_in, n_out);
+    fail(
+        "{}: the built-in toy data has 1 feature and 2 targets (cos x, sin x), but the network has {} inputs and {} "
+        "outputs; give --data",
+        command, n_in, n_out);
   const std::vector<std::string> features{"x"}, targets{"cos_x", "sin_x"};
   if (fitted && (fitted->features != features || fitted->targets != targets))
     fail("{}: the model was trained on the columns {} of a CSV, not on the toy set; give --data", command,
@@ -37,8 +39,10 @@ Table load_dataset(const DataOptions& options, const NeuralNetwork& network, con
 
 std::unique_ptr<torch::optim::Optimizer> fresh_optimizer(const std::string& name, NeuralNetwork& network, double lr) {
   if (name == "adam") return std::make_unique<torch::optim::Adam>(network->parameters(), torch::optim::AdamOptions(lr));
-  if (name == "adamw") return std::make_unique<torch::optim::AdamW>(network->parameters(), torch::optim::AdamWOptions(lr));
-  if (name == "sgd") return std::make_unique<torch::optim::SGD>(network->parameters(), torch::optim::SGDOptions(lr).momentum(0.9));
+  if (name == "adamw")
+    return std::make_unique<torch::optim::AdamW>(network->parameters(), torch::optim::AdamWOptions(lr));
+  if (name == "sgd")
+    return std::make_unique<torch::optim::SGD>(network->parameters(), torch::optim::SGDOptions(lr).momentum(0.9));
   fail("--optimizer must be adam, adamw or sgd, got \"{}\"", name);
 }
 
@@ -67,7 +71,8 @@ std::vector<Edge> weakest_connections(const NeuralNetwork& network, std::optiona
   const auto graph = network->weighted_graph();
   std::vector<std::pair<double, Edge>> by_strength;
   for (const auto& c : graph.connections) by_strength.push_back({std::abs(c.weight), {c.from, c.to}});
-  std::stable_sort(by_strength.begin(), by_strength.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::stable_sort(by_strength.begin(), by_strength.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
   std::vector<Edge> weak;
   if (threshold) {
     for (const auto& [w, e] : by_strength)
@@ -100,15 +105,17 @@ void write_run(const std::string& out, const NeuralNetwork& network, const torch
 std::vector<std::string> run_files_out_of_step(const std::string& dir, const Checkpoint& checkpoint) {
   namespace fs = std::filesystem;
   const auto model = fs::path(dir) / "model.ckpt";
-  const Progress progress = checkpoint.training.is_null() ? Progress{} : Progress::from_json(checkpoint.training, model.string());
+  const Progress progress =
+      checkpoint.training.is_null() ? Progress{} : Progress::from_json(checkpoint.training, model.string());
   std::string config;
   try {
     config = network_config(checkpoint.network, "train").dump(2) + "\n";
   } catch (const Error&) {
     // No JSON form (write_run warned and wrote none): any config.json is another write's.
   }
-  const std::pair<const char*, std::string> expected[] = {
-      {"metrics.csv", metrics_csv(progress.history)}, {"metrics.json", metrics_json(progress.history)}, {"config.json", config}};
+  const std::pair<const char*, std::string> expected[] = {{"metrics.csv", metrics_csv(progress.history)},
+                                                          {"metrics.json", metrics_json(progress.history)},
+                                                          {"config.json", config}};
   std::vector<std::string> stale;
   for (const auto& [name, text] : expected) {
     const auto path = fs::path(dir) / name;
@@ -149,14 +156,16 @@ torch::Tensor state_from_json(const nlohmann::json& json, const std::string& whe
   auto state = torch::empty({static_cast<int64_t>(v.size())}, torch::kUInt8);
   auto* data = state.data_ptr<uint8_t>();
   for (size_t i = 0; i < v.size(); ++i) {
-    if (!v[i].is_number_unsigned() || v[i].get<uint64_t>() > 255) fail("{}: /training/{}/{} must be a byte", where, key, i);
+    if (!v[i].is_number_unsigned() || v[i].get<uint64_t>() > 255)
+      fail("{}: /training/{}/{} must be a byte", where, key, i);
     data[i] = static_cast<uint8_t>(v[i].get<uint64_t>());
   }
   return state;
 }
 
 // Restores a generator's state; a state of another size or form is the file's fault.
-void set_generator_state(at::Generator& generator, const torch::Tensor& state, const std::string& where, const char* what) {
+void set_generator_state(at::Generator& generator, const torch::Tensor& state, const std::string& where,
+                         const char* what) {
   try {
     generator.set_state(state);
   } catch (const std::exception&) {
@@ -167,9 +176,9 @@ void set_generator_state(at::Generator& generator, const torch::Tensor& state, c
 }  // namespace
 
 nlohmann::json Progress::to_json() const {
-  nlohmann::json out{{"epoch", epoch},          {"batch", batch}, {"batch_loss", batch_loss}, {"steps", steps},
-                     {"seconds", seconds},      {"seed", seed},   {"batch_size", batch_size}, {"val_split", val_split},
-                     {"history", metrics_csv(history)}};
+  nlohmann::json out{{"epoch", epoch},           {"batch", batch},         {"batch_loss", batch_loss},
+                     {"steps", steps},           {"seconds", seconds},     {"seed", seed},
+                     {"batch_size", batch_size}, {"val_split", val_split}, {"history", metrics_csv(history)}};
   if (!data.empty()) out["data"] = {{"path", data}, {"bytes", data_bytes}, {"modified", data_modified}};
   out["shuffle_state"] = state_json(shuffle_state);
   out["dropout_state"] = state_json(dropout_state);
@@ -181,7 +190,8 @@ Progress Progress::from_json(const nlohmann::json& json, const std::string& wher
   auto number = [&](const char* key, double low) {
     const auto& v = json.contains(key) ? json.at(key) : nlohmann::json();
     if (!v.is_number() || !(v.get<double>() >= low) || !std::isfinite(v.get<double>()))
-      fail("{}: /training/{} must be a finite number >= {}, got {}", where, key, low, v.is_primitive() ? v.dump().substr(0, 40) : v.type_name());
+      fail("{}: /training/{} must be a finite number >= {}, got {}", where, key, low,
+           v.is_primitive() ? v.dump().substr(0, 40) : v.type_name());
     return v;
   };
   p.epoch = number("epoch", 0).get<int>();
@@ -209,7 +219,8 @@ Progress Progress::from_json(const nlohmann::json& json, const std::string& wher
   const auto columns = {"epoch", "train_loss", "val_loss", "val_metric", "seconds"};
   const std::string text = history.get<std::string>();
   if (text.find('\n') + 1 < text.size()) {  // rows after the header
-    const CsvTable table = parse_csv(text, where + ": /training/history", std::vector<std::string>(columns.begin(), columns.end()));
+    const CsvTable table =
+        parse_csv(text, where + ": /training/history", std::vector<std::string>(columns.begin(), columns.end()));
     if (table.columns != std::vector<std::string>(columns.begin(), columns.end()))
       fail("{}: /training/history must have the columns epoch,train_loss,val_loss,val_metric,seconds", where);
     for (size_t i = 0; i < table.rows.size(); ++i) {
@@ -265,9 +276,7 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
     set_generator_state(dropout, progress.dropout_state, where, "dropout_state");
   }
   const auto dtype = network->weight_tensor().scalar_type();
-  auto prepare = [&](const torch::Tensor& t) {
-    return (t.is_floating_point() ? t.to(dtype) : t).to(options.device);
-  };
+  auto prepare = [&](const torch::Tensor& t) { return (t.is_floating_point() ? t.to(dtype) : t).to(options.device); };
   result.val_x = prepare(data.validation.inputs());
   result.val_y = prepare(data.validation.targets());
   result.train_x = prepare(data.train.inputs());
@@ -276,7 +285,8 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
   const int64_t batch = options.batch_size > 0 ? std::min(options.batch_size, n_train) : n_train;
   const int64_t batches = (n_train + batch - 1) / batch;
   if (progress.batch >= batches)
-    fail("train: the checkpoint stopped after batch {} of an epoch, but this data has {} batches per epoch", progress.batch, batches);
+    fail("train: the checkpoint stopped after batch {} of an epoch, but this data has {} batches per epoch",
+         progress.batch, batches);
   const bool metric_is_accuracy = options.task == Task::Classification;
 
   // Data parallel: every rank draws the same permutation (same seed) and
@@ -298,19 +308,23 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
   apps::ProgressBar bar(reporter ? options.epochs : 0, "train");
   const auto start = std::chrono::steady_clock::now();
   const double seconds_before = progress.seconds;
-  auto elapsed = [&] { return seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+  auto elapsed = [&] {
+    return seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
   network->train();
   for (int epoch = first_epoch; epoch <= last_epoch; ++epoch) {
     const auto epoch_start = generator.get_state();
-    const auto perm = batch < n_train ? torch::randperm(n_train, generator, torch::kLong).to(options.device) : torch::Tensor();
+    const auto perm =
+        batch < n_train ? torch::randperm(n_train, generator, torch::kLong).to(options.device) : torch::Tensor();
     double total = progress.batch_loss;
     for (int64_t k = progress.batch; k < batches; ++k) {
       const int64_t b = k * batch, size = std::min(batch, n_train - b);
       const int64_t first = b + size * rank / ranks, share = b + size * (rank + 1) / ranks - first;
       auto xb = result.train_x, yb = result.train_y;
       if (perm.defined() || ranks > 1) {
-        auto idx = perm.defined() ? perm.narrow(0, first, share)
-                                  : torch::arange(first, first + share, torch::TensorOptions(torch::kLong).device(options.device));
+        auto idx = perm.defined()
+                       ? perm.narrow(0, first, share)
+                       : torch::arange(first, first + share, torch::TensorOptions(torch::kLong).device(options.device));
         xb = xb.index_select(0, idx), yb = yb.index_select(0, idx);
       }
       optimizer->zero_grad();
@@ -350,7 +364,8 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
       if (!torch::isfinite(p.value()).all().item<bool>())
         fail("train: parameter \"{}\" became non-finite (inf or nan) at epoch {}; lower --lr{}", p.key(), epoch,
              options.out.empty() ? "" : " (files already in --out are kept as they were)");
-    if (n_val > 0 && reporter) std::tie(m.val_loss, m.val_metric) = evaluate(network, result.val_x, result.val_y, options.task);
+    if (n_val > 0 && reporter)
+      std::tie(m.val_loss, m.val_metric) = evaluate(network, result.val_x, result.val_y, options.task);
     m.seconds = elapsed();
     progress.history.push_back(m);
     progress.epoch = epoch;
@@ -358,7 +373,9 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
     progress.shuffle_state = generator.get_state();
     progress.dropout_state = at::detail::getDefaultCPUGenerator().get_state();
     std::string extra;
-    if (n_val > 0) extra = metric_is_accuracy ? fmt::format("val acc {:.4f}", m.val_metric) : fmt::format("val mse {:.6f}", m.val_metric);
+    if (n_val > 0)
+      extra = metric_is_accuracy ? fmt::format("val acc {:.4f}", m.val_metric)
+                                 : fmt::format("val mse {:.6f}", m.val_metric);
     const int done = epoch - first_epoch + 1;
     if (reporter) bar.update(done, m.train_loss, extra);
     if (reporter && !bar.is_tty() && (done == 1 || epoch == last_epoch || done % std::max(1, options.epochs / 10) == 0))
@@ -400,8 +417,9 @@ std::string metrics_json(const std::vector<EpochMetrics>& history) {
   auto value = [](double v) { return std::isfinite(v) ? fmt::format("{}", v) : std::string("null"); };
   for (size_t i = 0; i < history.size(); ++i) {
     const auto& m = history[i];
-    out += fmt::format("{}\n {{\"epoch\": {}, \"train_loss\": {}, \"val_loss\": {}, \"val_metric\": {}, \"seconds\": {}}}",
-                       i ? "," : "", m.epoch, value(m.train_loss), value(m.val_loss), value(m.val_metric), value(m.seconds));
+    out += fmt::format(
+        "{}\n {{\"epoch\": {}, \"train_loss\": {}, \"val_loss\": {}, \"val_metric\": {}, \"seconds\": {}}}",
+        i ? "," : "", m.epoch, value(m.train_loss), value(m.val_loss), value(m.val_metric), value(m.seconds));
   }
   return out + "\n]\n";
 }
@@ -411,7 +429,8 @@ std::string metrics_csv(const std::vector<EpochMetrics>& history) {
   out << "epoch,train_loss,val_loss,val_metric,seconds\n";
   auto cell = [](double v) { return std::isnan(v) ? std::string() : fmt::format("{}", v); };
   for (const auto& m : history)
-    out << m.epoch << "," << cell(m.train_loss) << "," << cell(m.val_loss) << "," << cell(m.val_metric) << "," << cell(m.seconds) << "\n";
+    out << m.epoch << "," << cell(m.train_loss) << "," << cell(m.val_loss) << "," << cell(m.val_metric) << ","
+        << cell(m.seconds) << "\n";
   return out.str();
 }
 

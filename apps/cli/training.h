@@ -68,11 +68,11 @@ struct EpochMetrics {
 // resumed run (same data) goes on exactly as the uninterrupted run would have,
 // bit for bit: same epochs, same shuffles, same dropout masks.
 struct Progress {
-  int epoch = 0;            // epochs completed
-  int64_t batch = 0;        // batches of epoch + 1 already taken (a run stopped mid-epoch)
-  double batch_loss = 0;    // their loss, summed over rows
-  int64_t steps = 0;        // optimizer steps taken in all
-  double seconds = 0;       // training time in all
+  int epoch = 0;          // epochs completed
+  int64_t batch = 0;      // batches of epoch + 1 already taken (a run stopped mid-epoch)
+  double batch_loss = 0;  // their loss, summed over rows
+  int64_t steps = 0;      // optimizer steps taken in all
+  double seconds = 0;     // training time in all
   // The run's data settings; a resumed run keeps them unless a flag says otherwise.
   uint64_t seed = 0;
   int64_t batch_size = 0;

@@ -42,11 +42,16 @@ T get(const std::string& in, size_t offset) {
 
 const char* dtype_name(torch::Dtype dtype) {
   switch (dtype) {
-    case torch::kFloat32: return "float32";
-    case torch::kFloat64: return "float64";
-    case torch::kFloat16: return "float16";
-    case torch::kBFloat16: return "bfloat16";
-    default: return nullptr;
+    case torch::kFloat32:
+      return "float32";
+    case torch::kFloat64:
+      return "float64";
+    case torch::kFloat16:
+      return "float16";
+    case torch::kBFloat16:
+      return "bfloat16";
+    default:
+      return nullptr;
   }
 }
 
@@ -86,15 +91,19 @@ void check_declared_size(const json& config, size_t data_size, const std::string
   const double element = static_cast<double>(element_size(config));
   auto too_big = [&](double values, const char* what) {
     if (values * element > static_cast<double>(data_size))
-      fail("load(): {}: its config declares {} of {:.0f} parameter values ({:.0f} bytes) but the file holds only {} bytes "
-           "of tensor data", path, what, values, values * element, data_size);
+      fail(
+          "load(): {}: its config declares {} of {:.0f} parameter values ({:.0f} bytes) but the file holds only {} "
+          "bytes "
+          "of tensor data",
+          path, what, values, values * element, data_size);
   };
   if (graph.contains("prebuilt")) {
     // Layers of input_size, depth x width, output_size neurons; MLP links consecutive layers, DenseMLP every pair.
     double size[4];
     const char* keys[4] = {"input_size", "output_size", "width", "depth"};
     for (int k = 0; k < 4; ++k) {
-      if (!graph.contains(keys[k]) || !graph.at(keys[k]).is_number_integer() || graph.at(keys[k]).get<int64_t>() < 0) return;
+      if (!graph.contains(keys[k]) || !graph.at(keys[k]).is_number_integer() || graph.at(keys[k]).get<int64_t>() < 0)
+        return;
       size[k] = static_cast<double>(graph.at(keys[k]).get<int64_t>());
     }
     const double in = size[0], out = size[1], width = size[2], depth = size[3];
@@ -126,7 +135,8 @@ void check_declared_size(const json& config, size_t data_size, const std::string
 json write_tensor(const torch::Tensor& tensor, std::string& data, const std::string& name) {
   auto cpu = tensor.detach().to(torch::kCPU).contiguous();
   const char* dtype = dtype_name(cpu.scalar_type());
-  if (!dtype) fail("save(): tensor \"{}\" has dtype {}, which a checkpoint cannot hold", name, c10::toString(cpu.scalar_type()));
+  if (!dtype)
+    fail("save(): tensor \"{}\" has dtype {}, which a checkpoint cannot hold", name, c10::toString(cpu.scalar_type()));
   const size_t nbytes = cpu.numel() * cpu.element_size();
   json entry = {{"dtype", dtype}, {"shape", cpu.sizes().vec()}, {"offset", data.size()}, {"nbytes", nbytes}};
   data.append(static_cast<const char*>(cpu.data_ptr()), nbytes);
@@ -144,13 +154,20 @@ struct TensorData {
   torch::Tensor read(const json& entry, const torch::Tensor& like, const std::string& what) const {
     try {
       // Checked before converting: a float such as 1e308 does not convert to an integer.
-      if (!entry.is_object() || !entry.contains("shape") || !entry.contains("dtype") || !entry.contains("offset") || !entry.contains("nbytes"))
-        fail("load(): {}: {} must be {{\"dtype\", \"shape\", \"offset\", \"nbytes\"}}, got {}", path, what, detail::excerpt(entry));
+      if (!entry.is_object() || !entry.contains("shape") || !entry.contains("dtype") || !entry.contains("offset") ||
+          !entry.contains("nbytes"))
+        fail("load(): {}: {} must be {{\"dtype\", \"shape\", \"offset\", \"nbytes\"}}, got {}", path, what,
+             detail::excerpt(entry));
       const json& shape_json = entry.at("shape");
-      if (!shape_json.is_array() || !std::all_of(shape_json.begin(), shape_json.end(), [](const json& v) { return v.is_number_integer(); }) ||
-          !entry.at("offset").is_number_unsigned() || !entry.at("nbytes").is_number_unsigned() || !entry.at("dtype").is_string())
-        fail("load(): {}: {} is malformed: its shape must be an array of integers, its dtype a string and its offset and "
-             "nbytes non-negative integers", path, what);
+      if (!shape_json.is_array() ||
+          !std::all_of(shape_json.begin(), shape_json.end(), [](const json& v) { return v.is_number_integer(); }) ||
+          !entry.at("offset").is_number_unsigned() || !entry.at("nbytes").is_number_unsigned() ||
+          !entry.at("dtype").is_string())
+        fail(
+            "load(): {}: {} is malformed: its shape must be an array of integers, its dtype a string and its offset "
+            "and "
+            "nbytes non-negative integers",
+            path, what);
       const auto shape = shape_json.get<std::vector<int64_t>>();
       const auto dtype = entry.at("dtype").get<std::string>();
       const auto offset = entry.at("offset").get<uint64_t>(), nbytes = entry.at("nbytes").get<uint64_t>();
@@ -158,8 +175,10 @@ struct TensorData {
         fail("load(): {}: {} has shape [{}] in the file but the network's structure needs [{}]", path, what,
              fmt::join(shape, ", "), fmt::join(like.sizes(), ", "));
       if (dtype != dtype_name(like.scalar_type()))
-        fail("load(): {}: {} is {} in the file but the config says {}", path, what, dtype, dtype_name(like.scalar_type()));
-      if (nbytes != static_cast<uint64_t>(like.numel() * like.element_size()) || offset > size || nbytes > size - offset)
+        fail("load(): {}: {} is {} in the file but the config says {}", path, what, dtype,
+             dtype_name(like.scalar_type()));
+      if (nbytes != static_cast<uint64_t>(like.numel() * like.element_size()) || offset > size ||
+          nbytes > size - offset)
         fail("load(): {}: {} has an inconsistent byte range", path, what);
       return torch::from_blob(const_cast<char*>(file.data() + begin + offset), like.sizes(),
                               torch::TensorOptions().dtype(like.scalar_type()));
@@ -179,12 +198,13 @@ struct TensorData {
 void check_state_complete(const SavedOptimizer& saved, const char* operation, const std::string& path) {
   std::map<std::string, std::vector<std::string>> required;  // by parameter, under its group's options
   for (const auto& group : saved.groups) {
-    const auto fields = required_state_fields(saved.type, *optimizer_options_from_json(saved.type, group.options, path));
+    const auto fields =
+        required_state_fields(saved.type, *optimizer_options_from_json(saved.type, group.options, path));
     for (const auto& name : group.parameters) {
       required[name] = fields;
       if (state_required_for_every_parameter(saved.type) && !saved.state.count(name))
-        fail("{}: {}: /optimizer/state lacks the state of parameter \"{}\" ({} keeps one for every parameter)", operation, path,
-             name, saved.type);
+        fail("{}: {}: /optimizer/state lacks the state of parameter \"{}\" ({} keeps one for every parameter)",
+             operation, path, name, saved.type);
     }
   }
   for (const auto& [name, state] : saved.state) {
@@ -192,8 +212,8 @@ void check_state_complete(const SavedOptimizer& saved, const char* operation, co
     if (needed == required.end()) continue;  // parse_checkpoint rejects state of an ungrouped parameter
     for (const auto& [field, tensor] : state.tensors)
       if (!tensor.defined() && std::find(needed->second.begin(), needed->second.end(), field) != needed->second.end())
-        fail("{}: {}: /optimizer/state/{}/tensors lacks \"{}\", which {}'s step reads under this group's options", operation,
-             path, name, field, saved.type);
+        fail("{}: {}: /optimizer/state/{}/tensors lacks \"{}\", which {}'s step reads under this group's options",
+             operation, path, name, field, saved.type);
   }
 }
 
@@ -201,7 +221,8 @@ json write_optimizer(const NeuralNetwork& network, const torch::optim::Optimizer
                      const std::string& path) {
   const std::string type = optimizer_type_name(optimizer);
   if (type == "other")
-    fail("save(): cannot save the optimizer for {}: connex saves the state of Adam, AdamW, SGD, RMSprop and Adagrad", path);
+    fail("save(): cannot save the optimizer for {}: connex saves the state of Adam, AdamW, SGD, RMSprop and Adagrad",
+         path);
   const auto names = group_parameter_names(optimizer, network, "save(): cannot save the optimizer for " + path);
   json groups = json::array(), state = json::object();
   for (size_t g = 0; g < names.size(); ++g) {
@@ -222,9 +243,10 @@ json write_optimizer(const NeuralNetwork& network, const torch::optim::Optimizer
   return {{"type", type}, {"groups", groups}, {"state", state}};
 }
 
-SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const TensorData& data, const std::string& path) {
-  if (!o.is_object() || !o.contains("type") || !o.at("type").is_string() || !o.contains("groups") || !o.at("groups").is_array() ||
-      !o.contains("state") || !o.at("state").is_object())
+SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const TensorData& data,
+                              const std::string& path) {
+  if (!o.is_object() || !o.contains("type") || !o.at("type").is_string() || !o.contains("groups") ||
+      !o.at("groups").is_array() || !o.contains("state") || !o.at("state").is_object())
     fail("load(): {}: /optimizer must be {{\"type\": \"...\", \"groups\": [...], \"state\": {{...}}}}", path);
   SavedOptimizer saved;
   saved.type = o.at("type").get<std::string>();
@@ -232,7 +254,8 @@ SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const
     try {
       return state_tensor_names(saved.type);
     } catch (const Error&) {
-      fail("load(): {}: /optimizer/type \"{}\" is not an optimizer connex knows (adam, adamw, sgd, rmsprop, adagrad)", path, saved.type);
+      fail("load(): {}: /optimizer/type \"{}\" is not an optimizer connex knows (adam, adamw, sgd, rmsprop, adagrad)",
+           path, saved.type);
     }
   }();
   const auto parameters = network->named_parameters();
@@ -240,7 +263,8 @@ SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const
   for (size_t g = 0; g < o.at("groups").size(); ++g) {
     const json& group = o.at("groups").at(g);
     const std::string where = fmt::format("{}: /optimizer/groups/{}", path, g);
-    if (!group.is_object() || !group.contains("options") || !group.contains("parameters") || !group.at("parameters").is_array())
+    if (!group.is_object() || !group.contains("options") || !group.contains("parameters") ||
+        !group.at("parameters").is_array())
       fail("load(): {} must be {{\"options\": {{...}}, \"parameters\": [names]}}", where);
     optimizer_options_from_json(saved.type, group.at("options"), where + "/options");  // checks every option
     SavedOptimizer::Group out{group.at("options"), {}};
@@ -255,13 +279,15 @@ SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const
   }
   for (const auto& [name, entry] : o.at("state").items()) {
     const std::string where = fmt::format("/optimizer/state/{}", name);
-    if (!grouped.count(name)) fail("load(): {}: {} is the state of a parameter that no optimizer group holds", path, where);
+    if (!grouped.count(name))
+      fail("load(): {}: {} is the state of a parameter that no optimizer group holds", path, where);
     if (!entry.is_object() || !entry.contains("tensors") || !entry.at("tensors").is_object())
       fail("load(): {}: {} must be {{\"step\": n, \"tensors\": {{...}}}}", path, where);
     OptimizerStateFields fields;
     fields.type = saved.type;
     if (state_has_step(saved.type)) {
-      if (!entry.contains("step") || !entry.at("step").is_number_unsigned() || entry.at("step").get<uint64_t>() > uint64_t{1} << 62)
+      if (!entry.contains("step") || !entry.at("step").is_number_unsigned() ||
+          entry.at("step").get<uint64_t>() > uint64_t{1} << 62)
         fail("load(): {}: {}/step must be a non-negative integer", path, where);
       fields.step = entry.at("step").get<int64_t>();
     } else if (entry.contains("step")) {
@@ -270,11 +296,14 @@ SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const
     const torch::Tensor& parameter = parameters[name];
     for (const auto& [field, tensor_entry] : entry.at("tensors").items())
       if (std::find(field_names.begin(), field_names.end(), field) == field_names.end())
-        fail("load(): {}: {}/tensors/{} is not a field of the {} state ({})", path, where, field, saved.type, fmt::join(field_names, ", "));
+        fail("load(): {}: {}/tensors/{} is not a field of the {} state ({})", path, where, field, saved.type,
+             fmt::join(field_names, ", "));
     for (const auto& field : field_names) {
       torch::Tensor value;
       if (entry.at("tensors").contains(field))
-        value = data.read(entry.at("tensors").at(field), parameter.detach(), fmt::format("optimizer state {}/tensors/{}", where, field)).clone();
+        value = data.read(entry.at("tensors").at(field), parameter.detach(),
+                          fmt::format("optimizer state {}/tensors/{}", where, field))
+                    .clone();
       fields.tensors.emplace_back(field, value);
     }
     saved.state.emplace(name, std::move(fields));
@@ -289,7 +318,8 @@ void save(const NeuralNetwork& network, const std::string& path, const torch::op
           const Preprocessing* preprocessing, const nlohmann::json& training) {
   json header;
   if (!training.is_null()) {
-    if (!training.is_object()) fail("save(): {}: the training record must be a JSON object, got {}", path, training.type_name());
+    if (!training.is_object())
+      fail("save(): {}: the training record must be a JSON object, got {}", path, training.type_name());
     header["training"] = training;
   }
   if (preprocessing) {
@@ -329,11 +359,15 @@ Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
     fail("load(): {} is corrupted: its checksum does not match its contents (truncated or changed bytes)", path);
   const uint32_t version = get<uint32_t>(file, 8);
   if (version != kCheckpointVersion)
-    fail("load(): {} has checkpoint format version {}; this connex reads version {}{}", path, version, kCheckpointVersion,
-         version == 1 ? " (version 1 held optimizer state in torch's pickle format, which connex no longer reads)" : "");
+    fail(
+        "load(): {} has checkpoint format version {}; this connex reads version {}{}", path, version,
+        kCheckpointVersion,
+        version == 1 ? " (version 1 held optimizer state in torch's pickle format, which connex no longer reads)" : "");
 
-  const json header = detail::parse_json(std::string_view(file).substr(kPrefix, header_size), "load(): " + path + "'s header");
-  if (!header.is_object() || !header.contains("config") || !header.contains("tensors") || !header.at("tensors").is_array())
+  const json header =
+      detail::parse_json(std::string_view(file).substr(kPrefix, header_size), "load(): " + path + "'s header");
+  if (!header.is_object() || !header.contains("config") || !header.contains("tensors") ||
+      !header.at("tensors").is_array())
     fail("load(): {} has a header without \"config\" and \"tensors\"", path);
   const size_t data_begin = kPrefix + header_size, data_size = file.size() - 8 - data_begin;
   check_declared_size(header.at("config"), data_size, path);
@@ -367,8 +401,8 @@ Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
     checkpoint.training = header.at("training");
   }
   if (header.contains("preprocessing"))
-    checkpoint.preprocessing = Preprocessing::from_json(header.at("preprocessing"), "load(): " + path + ": /preprocessing",
-                                                        checkpoint.network);
+    checkpoint.preprocessing = Preprocessing::from_json(header.at("preprocessing"),
+                                                        "load(): " + path + ": /preprocessing", checkpoint.network);
   return checkpoint;
 }
 
@@ -379,7 +413,8 @@ void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer&
   if (!checkpoint.optimizer) fail("load_optimizer_state(): {} holds no optimizer state", path);
   const SavedOptimizer& saved = *checkpoint.optimizer;
   const std::string type = optimizer_type_name(optimizer);
-  if (type != saved.type) fail("load_optimizer_state(): {} holds {} state, but the optimizer is {}", path, saved.type, type);
+  if (type != saved.type)
+    fail("load_optimizer_state(): {} holds {} state, but the optimizer is {}", path, saved.type, type);
   if (optimizer.param_groups().size() != saved.groups.size())
     fail("load_optimizer_state(): {} holds {} parameter group(s), but the optimizer has {}", path, saved.groups.size(),
          optimizer.param_groups().size());
@@ -393,7 +428,10 @@ void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer&
   for (size_t g = 0; g < saved.groups.size(); ++g) {
     const auto& group = optimizer.param_groups()[g];
     const std::vector<std::string>& held = names[g];
-    auto sorted = [](std::vector<std::string> v) { std::sort(v.begin(), v.end()); return v; };
+    auto sorted = [](std::vector<std::string> v) {
+      std::sort(v.begin(), v.end());
+      return v;
+    };
     if (sorted(held) != sorted(saved.groups[g].parameters))
       fail("load_optimizer_state(): group {} of the optimizer holds parameters [{}] but the one in {} holds [{}]", g,
            fmt::join(held, ", "), path, fmt::join(saved.groups[g].parameters, ", "));
@@ -406,9 +444,12 @@ void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer&
         if (!field.second.defined()) continue;
         // parse_checkpoint checked these against the saved network; a grafted state is checked here.
         if (!field.second.sizes().equals(p.sizes()) || field.second.scalar_type() != p.scalar_type())
-          fail("load_optimizer_state(): the optimizer state in {} has a {} {} of shape [{}] for parameter \"{}\", which is {} "
-               "of shape [{}]; it belongs to another network", path, dtype_text(field.second.scalar_type()), field.first,
-               fmt::join(field.second.sizes(), ", "), held[i], dtype_text(p.scalar_type()), fmt::join(p.sizes(), ", "));
+          fail(
+              "load_optimizer_state(): the optimizer state in {} has a {} {} of shape [{}] for parameter \"{}\", which "
+              "is {} "
+              "of shape [{}]; it belongs to another network",
+              path, dtype_text(field.second.scalar_type()), field.first, fmt::join(field.second.sizes(), ", "), held[i],
+              dtype_text(p.scalar_type()), fmt::join(p.sizes(), ", "));
         field.second = field.second.to(p.device(), p.scalar_type(), false, /*copy=*/true);
       }
       states.emplace_back(c10::guts::to_string(p.unsafeGetTensorImpl()), make_param_state(fields));
@@ -431,7 +472,9 @@ std::unique_ptr<torch::optim::Optimizer> restore_optimizer(const Checkpoint& che
     std::vector<torch::Tensor> params;
     for (const auto& name : saved.groups[g].parameters) {
       const auto* p = parameters.find(name);
-      if (!p) fail("restore_optimizer(): group {} in {} holds parameter \"{}\", which the network does not have", g, path, name);
+      if (!p)
+        fail("restore_optimizer(): group {} in {} holds parameter \"{}\", which the network does not have", g, path,
+             name);
       params.push_back(*p);
     }
     groups.emplace_back(std::move(params), optimizer_options_from_json(saved.type, saved.groups[g].options, path));

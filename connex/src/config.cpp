@@ -17,8 +17,10 @@ using nlohmann::json;
 constexpr int kConfigVersion = 1;
 
 const std::vector<std::pair<std::string, torch::Dtype>>& dtype_names() {
-  static const std::vector<std::pair<std::string, torch::Dtype>> names = {
-      {"float32", torch::kFloat32}, {"float64", torch::kFloat64}, {"float16", torch::kFloat16}, {"bfloat16", torch::kBFloat16}};
+  static const std::vector<std::pair<std::string, torch::Dtype>> names = {{"float32", torch::kFloat32},
+                                                                          {"float64", torch::kFloat64},
+                                                                          {"float16", torch::kFloat16},
+                                                                          {"bfloat16", torch::kBFloat16}};
   return names;
 }
 
@@ -54,7 +56,8 @@ DropoutSpec dropout_from_json(const json& v, const std::string& source, const st
     if (it.key() != "hidden" && it.key() != "neurons")
       fail("{}: {}/{} is not a key of dropout_p (\"hidden\", \"neurons\")", source, path, it.key());
   if (v.contains("hidden")) {
-    if (!v.at("hidden").is_number()) fail("{}: {}/hidden must be a number, got {}", source, path, v.at("hidden").type_name());
+    if (!v.at("hidden").is_number())
+      fail("{}: {}/hidden must be a number, got {}", source, path, v.at("hidden").type_name());
     spec.hidden = v.at("hidden").get<double>();
   }
   if (v.contains("neurons")) {
@@ -95,9 +98,16 @@ json options_to_json(const NeuralNetworkOptions& options, const char* context) {
 NeuralNetworkOptions options_from_json(const json& json_options, const std::string& source) {
   NeuralNetworkOptions options;
   if (!json_options.is_object()) fail("{}: /options must be an object, got {}", source, json_options.type_name());
-  static const std::set<std::string> known = {"hidden_activation", "output_transformation", "dropout_p",
-                                              "topo_sort", "seed", "dtype", "use_topo_norm", "use_topo_self_attention",
-                                              "use_neuron_self_attention", "use_adaptive_activations"};
+  static const std::set<std::string> known = {"hidden_activation",
+                                              "output_transformation",
+                                              "dropout_p",
+                                              "topo_sort",
+                                              "seed",
+                                              "dtype",
+                                              "use_topo_norm",
+                                              "use_topo_self_attention",
+                                              "use_neuron_self_attention",
+                                              "use_adaptive_activations"};
   for (auto it = json_options.begin(); it != json_options.end(); ++it)
     if (!known.count(it.key()))
       fail("{}: /options/{} is not an option; the options are {}", source, it.key(), fmt::join(known, ", "));
@@ -115,17 +125,20 @@ NeuralNetworkOptions options_from_json(const json& json_options, const std::stri
   if (auto f = function("hidden_activation")) options.hidden_activation(*f);
   if (auto f = function("output_transformation")) options.output_transformation(*f);
 
-  if (json_options.contains("dropout_p")) options.dropout_p(dropout_from_json(json_options.at("dropout_p"), source, "/options/dropout_p"));
+  if (json_options.contains("dropout_p"))
+    options.dropout_p(dropout_from_json(json_options.at("dropout_p"), source, "/options/dropout_p"));
   if (json_options.contains("topo_sort")) {
     const auto& v = json_options.at("topo_sort");
     if (!v.is_array()) fail("{}: /options/topo_sort must be an array, got {}", source, v.type_name());
     std::vector<NeuronId> order;
-    for (size_t i = 0; i < v.size(); ++i) order.push_back(id_from_json(v[i], source, fmt::format("/options/topo_sort/{}", i)));
+    for (size_t i = 0; i < v.size(); ++i)
+      order.push_back(id_from_json(v[i], source, fmt::format("/options/topo_sort/{}", i)));
     options.topo_sort(order);
   }
   if (json_options.contains("seed")) {
     const auto& v = json_options.at("seed");
-    if (!v.is_number_unsigned()) fail("{}: /options/seed must be a non-negative integer, got {}", source, detail::excerpt(v));
+    if (!v.is_number_unsigned())
+      fail("{}: /options/seed must be a non-negative integer, got {}", source, detail::excerpt(v));
     options.seed(v.get<uint64_t>());
   }
   auto flag = [&](const char* key, const std::function<void(bool)>& set) {
@@ -143,7 +156,8 @@ NeuralNetworkOptions options_from_json(const json& json_options, const std::stri
     bool found = false;
     for (const auto& [name, dtype] : dtype_names())
       if (v.is_string() && v.get<std::string>() == name) options.dtype(dtype), found = true;
-    if (!found) fail("{}: /options/dtype must be one of float32, float64, float16, bfloat16, got {}", source, detail::excerpt(v));
+    if (!found)
+      fail("{}: /options/dtype must be one of float32, float64, float16, bfloat16, got {}", source, detail::excerpt(v));
   }
   return options;
 }
@@ -152,8 +166,10 @@ GraphSpec graph_from_config(const json& graph, const std::string& source) {
   if (!graph.is_object()) fail("{}: /graph must be an object, got {}", source, graph.type_name());
   if (!graph.contains("prebuilt")) return GraphSpec::from_json(graph, source, "/graph");
   const auto& kind = graph.at("prebuilt");
-  const int64_t in = positive_int(graph, "input_size", source, "/graph"), out = positive_int(graph, "output_size", source, "/graph");
-  const int64_t width = positive_int(graph, "width", source, "/graph"), depth = positive_int(graph, "depth", source, "/graph");
+  const int64_t in = positive_int(graph, "input_size", source, "/graph"),
+                out = positive_int(graph, "output_size", source, "/graph");
+  const int64_t width = positive_int(graph, "width", source, "/graph"),
+                depth = positive_int(graph, "depth", source, "/graph");
   try {
     if (kind == "MLP") return nn::mlp_spec(in, out, width, depth);
     if (kind == "DenseMLP") return nn::dense_mlp_spec(in, out, width, depth);
@@ -177,13 +193,15 @@ NeuralNetwork network_from_config(const json& config, const std::string& source)
   if (config.contains("format") && config.at("format") != "connex-network")
     fail("{}: /format is {}, not \"connex-network\"", source, detail::excerpt(config.at("format")));
   if (config.contains("version") && config.at("version") != kConfigVersion)
-    fail("{}: /version is {}; this connex reads version {}", source, detail::excerpt(config.at("version")), kConfigVersion);
+    fail("{}: /version is {}; this connex reads version {}", source, detail::excerpt(config.at("version")),
+         kConfigVersion);
   if (!config.contains("graph")) fail("{}: required key \"graph\" is missing", source);
   for (auto it = config.begin(); it != config.end(); ++it)
     if (it.key() != "format" && it.key() != "version" && it.key() != "graph" && it.key() != "options")
       fail("{}: /{} is not a key of a network config (format, version, graph, options)", source, it.key());
   GraphSpec spec = graph_from_config(config.at("graph"), source);
-  NeuralNetworkOptions options = config.contains("options") ? options_from_json(config.at("options"), source) : NeuralNetworkOptions();
+  NeuralNetworkOptions options =
+      config.contains("options") ? options_from_json(config.at("options"), source) : NeuralNetworkOptions();
   try {
     return NeuralNetwork(spec, options);
   } catch (const Error& e) {

@@ -39,8 +39,8 @@ bool next_record(std::string_view text, size_t& pos, int64_t& line_no, const std
       for (;;) {
         const size_t quote = text.find('"', pos);
         if (quote == std::string_view::npos)
-          fail("{}:{}: column {}: the quoted cell is never closed (a quote inside a quoted cell is written \"\")", source, opened,
-               cells.size() + 1);
+          fail("{}:{}: column {}: the quoted cell is never closed (a quote inside a quoted cell is written \"\")",
+               source, opened, cells.size() + 1);
         for (size_t i = pos; i < quote; ++i)  // line breaks inside the cell still count as lines
           line_no += text[i] == '\n' || (text[i] == '\r' && (i + 1 >= text.size() || text[i + 1] != '\n'));
         cell.append(text.substr(pos, quote - pos));
@@ -54,8 +54,10 @@ bool next_record(std::string_view text, size_t& pos, int64_t& line_no, const std
       }
       while (pos < text.size() && is_space(text[pos])) ++pos;
       if (pos < text.size() && text[pos] != ',' && text[pos] != '\n' && text[pos] != '\r')
-        fail("{}:{}: column {}: text after the closing quote of a quoted cell (a quote inside a quoted cell is written \"\")",
-             source, line_no, cells.size() + 1);
+        fail(
+            "{}:{}: column {}: text after the closing quote of a quoted cell (a quote inside a quoted cell is written "
+            "\"\")",
+            source, line_no, cells.size() + 1);
       cells.push_back(std::move(cell));
     } else {
       size_t end = text.find_first_of(",\r\n", pos);
@@ -91,7 +93,8 @@ int64_t CsvTable::column_index(const std::string& name) const {
 namespace {
 
 // The header row's column names; `pos` moves past it and `line_no` counts the lines read.
-std::vector<std::string> read_header(const std::string& text, const std::string& source, size_t& pos, int64_t& line_no) {
+std::vector<std::string> read_header(const std::string& text, const std::string& source, size_t& pos,
+                                     int64_t& line_no) {
   // A UTF-8 byte-order mark (spreadsheets write one) is not part of the first column's name.
   pos = text.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;
   std::vector<std::string> cells;
@@ -102,7 +105,8 @@ std::vector<std::string> read_header(const std::string& text, const std::string&
     std::vector<std::string> columns;
     std::unordered_set<std::string> seen;  // a linear search per name was quadratic: 10^5 columns took 14 s
     for (auto& c : cells) {
-      if (c.empty()) fail("{}:{}: the header has an empty column name (column {})", source, first_line, columns.size() + 1);
+      if (c.empty())
+        fail("{}:{}: the header has an empty column name (column {})", source, first_line, columns.size() + 1);
       if (!seen.insert(c).second) fail("{}:{}: the header names column \"{}\" twice", source, first_line, printable(c));
       columns.push_back(std::move(c));
     }
@@ -119,14 +123,17 @@ Cell read_cell(const std::string& cell, double& v) {
   errno = 0;
   v = cell.empty() ? 0.0 : std::strtod(cell.c_str(), &stop);
   // ERANGE on underflow still yields a usable (subnormal or zero) value; on overflow it is ±HUGE_VAL.
-  if (cell.empty() || stop != cell.c_str() + cell.size() || (errno == ERANGE && std::abs(v) == HUGE_VAL)) return Cell::NotANumber;
+  if (cell.empty() || stop != cell.c_str() + cell.size() || (errno == ERANGE && std::abs(v) == HUGE_VAL))
+    return Cell::NotANumber;
   return std::isfinite(v) ? Cell::Number : Cell::NotFinite;
 }
 
 // "1,5": a number written with a decimal comma (a quoted cell may hold one).
 bool decimal_comma(const std::string& cell) {
   const size_t comma = cell.find(',');
-  if (comma == std::string::npos || comma == 0 || comma + 1 == cell.size() || cell.find(',', comma + 1) != std::string::npos) return false;
+  if (comma == std::string::npos || comma == 0 || comma + 1 == cell.size() ||
+      cell.find(',', comma + 1) != std::string::npos)
+    return false;
   double v = 0;
   std::string point = cell;
   point[comma] = '.';
@@ -134,15 +141,17 @@ bool decimal_comma(const std::string& cell) {
 }
 
 // A cell as a finite number, or the error naming file, line and column.
-double parse_number(const std::string& cell, const std::string& source, int64_t line_no, size_t j, const std::string& column) {
+double parse_number(const std::string& cell, const std::string& source, int64_t line_no, size_t j,
+                    const std::string& column) {
   double v = 0;
   const Cell kind = read_cell(cell, v);
   // Cells are quoted and cut in messages: a NUL cut the message short, a 200 MB cell was echoed whole.
   if (kind == Cell::NotANumber)
-    fail("{}:{}: column {} (\"{}\"): \"{}\" is not a number{}", source, line_no, j + 1, printable(column), printable(cell),
-         decimal_comma(cell) ? " (write decimals with a point: connex reads 1.5, not 1,5)" : "");
+    fail("{}:{}: column {} (\"{}\"): \"{}\" is not a number{}", source, line_no, j + 1, printable(column),
+         printable(cell), decimal_comma(cell) ? " (write decimals with a point: connex reads 1.5, not 1,5)" : "");
   if (kind == Cell::NotFinite)
-    fail("{}:{}: column {} (\"{}\"): {} is not a finite number", source, line_no, j + 1, printable(column), printable(cell));
+    fail("{}:{}: column {} (\"{}\"): {} is not a finite number", source, line_no, j + 1, printable(column),
+         printable(cell));
   return v;
 }
 

@@ -59,13 +59,15 @@ Columns choose_columns(const std::vector<std::string>& columns, const std::strin
   std::string hint;
   const bool default_columns = options.targets().empty() && options.features().empty() && !fitted;
   if (default_columns && task == Task::Regression && n_cols - 1 == n_in)
-    hint = fmt::format("; if \"{}\" holds class labels, add --task classification (then the other {} columns are the features)",
-                       columns.back(), n_in);
+    hint = fmt::format(
+        "; if \"{}\" holds class labels, add --task classification (then the other {} columns are the features)",
+        columns.back(), n_in);
   for (const auto& name : target_names) c.targets.push_back(index(name));
   if (c.targets.empty()) {
     const int64_t want = task == Task::Classification ? 1 : n_out;
     if (want >= n_cols)
-      fail("{}: has {} columns, too few for {} target column(s) and at least one feature{}", source, n_cols, want, hint);
+      fail("{}: has {} columns, too few for {} target column(s) and at least one feature{}", source, n_cols, want,
+           hint);
     for (int64_t j = n_cols - want; j < n_cols; ++j) c.targets.push_back(j);
   }
   for (const auto& name : feature_names) c.features.push_back(index(name));
@@ -77,13 +79,14 @@ Columns choose_columns(const std::vector<std::string>& columns, const std::strin
       fail("{}: column \"{}\" is named both as a feature and as a target", source, columns[j]);
 
   if (static_cast<int64_t>(c.features.size()) != n_in)
-    fail("{}: {} feature columns ({}) but the network has {} inputs{}", source, c.features.size(), join(names(c.features)), n_in,
-         hint);
+    fail("{}: {} feature columns ({}) but the network has {} inputs{}", source, c.features.size(),
+         join(names(c.features)), n_in, hint);
   if (task == Task::Classification && c.targets.size() != 1)
-    fail("{}: classification takes one label column, {} were named ({})", source, c.targets.size(), join(names(c.targets)));
+    fail("{}: classification takes one label column, {} were named ({})", source, c.targets.size(),
+         join(names(c.targets)));
   if (task == Task::Regression && static_cast<int64_t>(c.targets.size()) != n_out)
-    fail("{}: {} target columns ({}) but the network has {} outputs{}", source, c.targets.size(), join(names(c.targets)), n_out,
-         hint);
+    fail("{}: {} target columns ({}) but the network has {} outputs{}", source, c.targets.size(),
+         join(names(c.targets)), n_out, hint);
   if (fitted) {
     if (names(c.features) != fitted->features)
       fail("{}: the features ({}) differ from those the model was trained on ({})", source, join(names(c.features)),
@@ -110,7 +113,9 @@ std::pair<torch::Tensor, std::vector<std::string>> class_labels(const CsvTable& 
   const int64_t rows = static_cast<int64_t>(csv.rows.size());
   const bool text = csv.is_text(j);
   auto cell = [&](int64_t i) { return text ? csv.text[j][i] : fmt::format("{}", csv.rows[i][j]); };
-  auto where = [&](int64_t i) { return fmt::format("{}:{}: column {} (\"{}\")", csv.source, csv.row_lines[i], j + 1, csv.columns[j]); };
+  auto where = [&](int64_t i) {
+    return fmt::format("{}:{}: column {} (\"{}\")", csv.source, csv.row_lines[i], j + 1, csv.columns[j]);
+  };
   int64_t numbers = 0;
   for (int64_t i = 0; i < rows; ++i) {
     if (text && csv.text[j][i].empty()) fail("{}: the class label is empty", where(i));
@@ -124,7 +129,8 @@ std::pair<torch::Tensor, std::vector<std::string>> class_labels(const CsvTable& 
     fail("{}: \"{}\" is not a class label like the others ({})", where(i), cell(i),
          want_number ? "integer output indices" : "names");
   }
-  const bool numeric = fitted ? fitted->classes == index_classes(static_cast<int64_t>(fitted->classes.size())) : numbers == rows;
+  const bool numeric =
+      fitted ? fitted->classes == index_classes(static_cast<int64_t>(fitted->classes.size())) : numbers == rows;
 
   auto y = torch::empty({rows}, torch::kLong);
   auto ya = y.accessor<int64_t, 1>();
@@ -133,7 +139,8 @@ std::pair<torch::Tensor, std::vector<std::string>> class_labels(const CsvTable& 
     for (int64_t i = 0; i < rows; ++i) {
       const auto v = csv.try_number(i, j);
       if (!v || *v != std::floor(*v) || *v < 0 || *v >= static_cast<double>(classes))
-        fail("{}: {} is not an integer class label in [0, {}) (the network has {} outputs)", where(i), cell(i), classes, n_out);
+        fail("{}: {} is not an integer class label in [0, {}) (the network has {} outputs)", where(i), cell(i), classes,
+             n_out);
       ya[i] = static_cast<int64_t>(*v);
     }
     return {y, fitted ? fitted->classes : index_classes(n_out)};
@@ -151,7 +158,8 @@ std::pair<torch::Tensor, std::vector<std::string>> class_labels(const CsvTable& 
   for (int64_t i = 0; i < rows; ++i) {
     const auto it = std::find(classes.begin(), classes.end(), csv.text[j][i]);
     if (it == classes.end())
-      fail("{}: \"{}\" is not one of the classes the model was trained on ({})", where(i), csv.text[j][i], join(classes));
+      fail("{}: \"{}\" is not one of the classes the model was trained on ({})", where(i), csv.text[j][i],
+           join(classes));
     ya[i] = it - classes.begin();
   }
   return {y, classes};
@@ -163,15 +171,18 @@ std::pair<torch::Tensor, std::vector<std::string>> class_labels(const CsvTable& 
 // training ended in a non-finite loss blamed on the learning rate.
 double largest_trainable(torch::Dtype dtype) {
   switch (dtype) {
-    case torch::kFloat64: return std::sqrt(std::numeric_limits<double>::max());
-    case torch::kFloat16: return std::sqrt(65504.0);
-    default: return std::sqrt(static_cast<double>(std::numeric_limits<float>::max()));  // float32, bfloat16
+    case torch::kFloat64:
+      return std::sqrt(std::numeric_limits<double>::max());
+    case torch::kFloat16:
+      return std::sqrt(65504.0);
+    default:
+      return std::sqrt(static_cast<double>(std::numeric_limits<float>::max()));  // float32, bfloat16
   }
 }
 
 // `limit`: the largest |cell| (largest_trainable); `in` says for what ("to train on in Float").
-torch::Tensor numeric_columns(const CsvTable& csv, const std::vector<int64_t>& columns, double limit, const std::string& in,
-                              const std::string& hint = "") {
+torch::Tensor numeric_columns(const CsvTable& csv, const std::vector<int64_t>& columns, double limit,
+                              const std::string& in, const std::string& hint = "") {
   const int64_t rows = static_cast<int64_t>(csv.rows.size()), n = static_cast<int64_t>(columns.size());
   auto x = torch::empty({rows, n}, torch::kFloat64);
   auto xa = x.accessor<double, 2>();
@@ -180,9 +191,10 @@ torch::Tensor numeric_columns(const CsvTable& csv, const std::vector<int64_t>& c
       for (int64_t k = 0; k < n; ++k) {
         const double v = csv.number(i, columns[k]);
         if (std::abs(v) > limit)
-          fail("{}:{}: column {} (\"{}\"): {} is too large {} (|value| must stay below {:.2g}, so that squared "
-               "errors stay finite); rescale the column",
-               csv.source, csv.row_lines[i], columns[k] + 1, printable(csv.columns[columns[k]]), v, in, limit);
+          fail(
+              "{}:{}: column {} (\"{}\"): {} is too large {} (|value| must stay below {:.2g}, so that squared "
+              "errors stay finite); rescale the column",
+              csv.source, csv.row_lines[i], columns[k] + 1, printable(csv.columns[columns[k]]), v, in, limit);
         xa[i][k] = v;
       }
   } catch (const Error& e) {
@@ -219,10 +231,12 @@ Table make_table(torch::Tensor raw, torch::Tensor targets, const TableOptions& o
   return table;
 }
 
-std::vector<double> numbers(const nlohmann::json& json, const std::string& where, const char* key, size_t size, bool positive) {
+std::vector<double> numbers(const nlohmann::json& json, const std::string& where, const char* key, size_t size,
+                            bool positive) {
   const auto& v = json.at(key);
   std::vector<double> out;
-  if (!v.is_array() || v.size() != size) fail("{}/{} must be an array of {} numbers, got {}", where, key, size, detail::excerpt(v));
+  if (!v.is_array() || v.size() != size)
+    fail("{}/{} must be an array of {} numbers, got {}", where, key, size, detail::excerpt(v));
   for (size_t k = 0; k < size; ++k) {
     const double x = v[k].is_number() ? v[k].get<double>() : NAN;
     if (!std::isfinite(x) || (positive && !(x > 0)))
@@ -264,7 +278,8 @@ nlohmann::json Preprocessing::to_json() const {
   return out;
 }
 
-Preprocessing Preprocessing::from_json(const nlohmann::json& json, const std::string& where, const NeuralNetwork& network) {
+Preprocessing Preprocessing::from_json(const nlohmann::json& json, const std::string& where,
+                                       const NeuralNetwork& network) {
   if (!json.is_object()) fail("{} must be an object, got {}", where, detail::excerpt(json));
   for (const auto& item : json.items())
     if (item.key() != "task" && item.key() != "features" && item.key() != "targets" && item.key() != "standardize" &&
@@ -272,8 +287,10 @@ Preprocessing Preprocessing::from_json(const nlohmann::json& json, const std::st
       fail("{} has an unknown key \"{}\"", where, item.key());
   Preprocessing p;
   const auto task = json.value("task", nlohmann::json());
-  if (task == "classification") p.task = Task::Classification;
-  else if (task != "regression") fail("{}/task must be \"regression\" or \"classification\", got {}", where, detail::excerpt(task));
+  if (task == "classification")
+    p.task = Task::Classification;
+  else if (task != "regression")
+    fail("{}/task must be \"regression\" or \"classification\", got {}", where, detail::excerpt(task));
   p.features = strings(json, where, "features");
   p.targets = strings(json, where, "targets");
   p.classes = strings(json, where, "classes");
@@ -292,7 +309,8 @@ void Preprocessing::check_fits(const NeuralNetwork& network, const std::string& 
   if (static_cast<int64_t>(features.size()) != network->num_inputs())
     fail("{}: names {} feature(s) for a network with {} inputs", where, features.size(), network->num_inputs());
   if (standardizes() && (mean.size() != features.size() || scale.size() != features.size()))
-    fail("{}: the standardization has {} means and {} scales for {} features", where, mean.size(), scale.size(), features.size());
+    fail("{}: the standardization has {} means and {} scales for {} features", where, mean.size(), scale.size(),
+         features.size());
   if (task == Task::Classification) {
     if (targets.size() != 1) fail("{}: classification takes one label column, got {}", where, targets.size());
     if (classes.empty() || static_cast<int64_t>(classes.size()) > network->num_outputs())
@@ -306,7 +324,8 @@ void Preprocessing::check_fits(const NeuralNetwork& network, const std::string& 
   }
 }
 
-TableDataset::TableDataset(torch::Tensor inputs, torch::Tensor targets) : inputs_(std::move(inputs)), targets_(std::move(targets)) {
+TableDataset::TableDataset(torch::Tensor inputs, torch::Tensor targets)
+    : inputs_(std::move(inputs)), targets_(std::move(targets)) {
   if (inputs_.dim() != 2 || targets_.dim() < 1 || targets_.size(0) != inputs_.size(0))
     fail("TableDataset: expected inputs [rows, features] and targets with as many rows, got [{}] and [{}]",
          fmt::join(inputs_.sizes(), ", "), fmt::join(targets_.sizes(), ", "));
@@ -327,11 +346,11 @@ std::pair<torch::Tensor, torch::Tensor> split_rows(int64_t rows, double validati
     fail("split_rows(): the validation fraction must be in [0, 1), got {}", validation_fraction);
   auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
   const auto order = torch::randperm(rows, generator, torch::kLong);
-  const int64_t held = validation_fraction > 0
-                           ? std::max<int64_t>(1, std::llround(static_cast<double>(rows) * validation_fraction))
-                           : 0;
+  const int64_t held =
+      validation_fraction > 0 ? std::max<int64_t>(1, std::llround(static_cast<double>(rows) * validation_fraction)) : 0;
   if (held >= rows)
-    fail("split_rows(): a validation fraction of {} leaves no training rows ({} rows in all)", validation_fraction, rows);
+    fail("split_rows(): a validation fraction of {} leaves no training rows ({} rows in all)", validation_fraction,
+         rows);
   return {order.narrow(0, held, rows - held), order.narrow(0, 0, held)};
 }
 
@@ -342,8 +361,10 @@ Table table_from_csv(const CsvTable& csv, const NeuralNetwork& network, const Ta
       fail("{}: row {} has {} cells for {} columns", csv.source, i, csv.rows[i].size(), csv.columns.size());
   for (size_t j = 0; j < csv.columns.size(); ++j)
     if (csv.is_text(j) && csv.text[j].size() != csv.rows.size())
-      fail("{}: text column \"{}\" has {} cells for {} rows", csv.source, csv.columns[j], csv.text[j].size(), csv.rows.size());
-  if (csv.row_lines.size() != csv.rows.size()) fail("{}: {} line numbers for {} rows", csv.source, csv.row_lines.size(), csv.rows.size());
+      fail("{}: text column \"{}\" has {} cells for {} rows", csv.source, csv.columns[j], csv.text[j].size(),
+           csv.rows.size());
+  if (csv.row_lines.size() != csv.rows.size())
+    fail("{}: {} line numbers for {} rows", csv.source, csv.row_lines.size(), csv.rows.size());
   TableOptions options = given;
   if (!options.dtype()) options.dtype(network->weight_tensor().scalar_type());
   const Task task = task_of(options, fitted, csv.source);
@@ -355,20 +376,24 @@ Table table_from_csv(const CsvTable& csv, const NeuralNetwork& network, const Ta
   for (int64_t j : c.features) p.features.push_back(csv.columns[j]);
   for (int64_t j : c.targets) p.targets.push_back(csv.columns[j]);
   torch::Tensor y;
-  if (task == Task::Classification) std::tie(y, p.classes) = class_labels(csv, c.targets[0], n_out, fitted);
+  if (task == Task::Classification)
+    std::tie(y, p.classes) = class_labels(csv, c.targets[0], n_out, fitted);
   else {
     // Text in the default target column is most likely a class label.
     const bool guessed = !fitted && !options.task() && c.targets.size() == 1;
     const auto dtype = *options.dtype();
-    y = numeric_columns(csv, c.targets, largest_trainable(dtype), fmt::format("to train on in {}", c10::toString(dtype)),
-                        guessed ? fmt::format("; if \"{}\" holds class labels, add --task classification", csv.columns[c.targets[0]]) : "");
+    y = numeric_columns(
+        csv, c.targets, largest_trainable(dtype), fmt::format("to train on in {}", c10::toString(dtype)),
+        guessed ? fmt::format("; if \"{}\" holds class labels, add --task classification", csv.columns[c.targets[0]])
+                : "");
   }
   // Standardized features are scaled in float64 first, then in range.
   const bool standardized = fitted ? fitted->standardizes() : options.standardize();
   const auto feature_dtype = standardized ? torch::kFloat64 : *options.dtype();
-  return make_table(numeric_columns(csv, c.features, largest_trainable(feature_dtype),
-                                    standardized ? "to standardize" : fmt::format("to train on in {}", c10::toString(feature_dtype))),
-                    y, options, std::move(p), !fitted, csv.source);
+  return make_table(
+      numeric_columns(csv, c.features, largest_trainable(feature_dtype),
+                      standardized ? "to standardize" : fmt::format("to train on in {}", c10::toString(feature_dtype))),
+      y, options, std::move(p), !fitted, csv.source);
 }
 
 Table read_table(const std::string& path, const NeuralNetwork& network, const TableOptions& options,
@@ -378,25 +403,28 @@ Table read_table(const std::string& path, const NeuralNetwork& network, const Ta
   // (class labels may be names, unused columns may hold anything, and a
   // regression's text cell gets a message that suggests the task).
   const auto columns = csv_columns(text, path);
-  const Columns c = choose_columns(columns, path, network->num_inputs(), network->num_outputs(), task_of(options, fitted, path),
-                                   options, fitted);
+  const Columns c = choose_columns(columns, path, network->num_inputs(), network->num_outputs(),
+                                   task_of(options, fitted, path), options, fitted);
   std::vector<std::string> text_columns;
   for (size_t j = 0; j < columns.size(); ++j)
-    if (std::find(c.features.begin(), c.features.end(), static_cast<int64_t>(j)) == c.features.end()) text_columns.push_back(columns[j]);
+    if (std::find(c.features.begin(), c.features.end(), static_cast<int64_t>(j)) == c.features.end())
+      text_columns.push_back(columns[j]);
   return table_from_csv(parse_csv(text, path, text_columns), network, options, fitted);
 }
 
 Table table_from_tensors(const torch::Tensor& inputs, const torch::Tensor& targets, const TableOptions& options,
                          const std::optional<Preprocessing>& fitted) {
   if (inputs.dim() != 2 || !inputs.is_floating_point())
-    fail("table_from_tensors(): expected floating inputs [rows, features], got {} [{}]", c10::toString(inputs.scalar_type()),
-         fmt::join(inputs.sizes(), ", "));
+    fail("table_from_tensors(): expected floating inputs [rows, features], got {} [{}]",
+         c10::toString(inputs.scalar_type()), fmt::join(inputs.sizes(), ", "));
   const Task task = task_of(options, fitted, "table_from_tensors()");
   const bool labels = task == Task::Classification;
   if (targets.dim() < 1 || targets.size(0) != inputs.size(0) ||
-      (labels ? targets.dim() != 1 || targets.scalar_type() != torch::kLong : targets.dim() != 2 || !targets.is_floating_point()))
+      (labels ? targets.dim() != 1 || targets.scalar_type() != torch::kLong
+              : targets.dim() != 2 || !targets.is_floating_point()))
     fail("table_from_tensors(): expected {} targets [{}] for {} rows, got {} [{}]", labels ? "int64" : "floating",
-         labels ? "rows" : "rows, outputs", inputs.size(0), c10::toString(targets.scalar_type()), fmt::join(targets.sizes(), ", "));
+         labels ? "rows" : "rows, outputs", inputs.size(0), c10::toString(targets.scalar_type()),
+         fmt::join(targets.sizes(), ", "));
   Preprocessing p = fitted.value_or(Preprocessing{});
   if (!fitted) {
     p.task = task;
@@ -410,11 +438,13 @@ Table table_from_tensors(const torch::Tensor& inputs, const torch::Tensor& targe
       for (int64_t k = 0; k < targets.size(1); ++k) p.targets.push_back("y" + std::to_string(k));
     }
   } else if (static_cast<int64_t>(fitted->features.size()) != inputs.size(1)) {
-    fail("table_from_tensors(): {} feature columns, but the preprocessing names {}", inputs.size(1), fitted->features.size());
+    fail("table_from_tensors(): {} feature columns, but the preprocessing names {}", inputs.size(1),
+         fitted->features.size());
   } else if (labels && targets.numel() &&
-             (targets.min().item<int64_t>() < 0 || targets.max().item<int64_t>() >= static_cast<int64_t>(fitted->classes.size()))) {
-    fail("table_from_tensors(): class labels must be in [0, {}) (the preprocessing's classes), got [{}, {}]", fitted->classes.size(),
-         targets.min().item<int64_t>(), targets.max().item<int64_t>());
+             (targets.min().item<int64_t>() < 0 ||
+              targets.max().item<int64_t>() >= static_cast<int64_t>(fitted->classes.size()))) {
+    fail("table_from_tensors(): class labels must be in [0, {}) (the preprocessing's classes), got [{}, {}]",
+         fitted->classes.size(), targets.min().item<int64_t>(), targets.max().item<int64_t>());
   }
   return make_table(inputs.to(torch::kCPU, torch::kFloat64), targets.cpu(), options, std::move(p), !fitted, "tensors");
 }

@@ -127,11 +127,12 @@ struct Group::Impl {
       const auto lost = lost_ranks();
       const int size = options.world_size();
       if (!lost.empty())
-        fail("{}: lost rank {} of {} (no heartbeat for {} ms); rank {} stops. Cause: {}", what, fmt::join(lost, ", "), size,
-             4 * options.heartbeat_interval().count(), options.rank(), cause);
-      fail("{}: the collective failed on rank {} of {} while every other rank still sends heartbeats "
-           "(one may be stuck or calling a different collective): {}",
-           what, options.rank(), size, cause);
+        fail("{}: lost rank {} of {} (no heartbeat for {} ms); rank {} stops. Cause: {}", what, fmt::join(lost, ", "),
+             size, 4 * options.heartbeat_interval().count(), options.rank(), cause);
+      fail(
+          "{}: the collective failed on rank {} of {} while every other rank still sends heartbeats "
+          "(one may be stuck or calling a different collective): {}",
+          what, options.rank(), size, cause);
     }
   }
 
@@ -183,8 +184,10 @@ Group::Group(const GroupOptions& options) : impl_(std::make_unique<Impl>()) {
   } catch (const std::exception& e) {
     const std::string cause = cause_of(e);
     if (rank == 0 && options.file_store().empty() && cause.find("errno: 98") != std::string::npos)
-      fail("rank 0 of {}: could not host the group's store on port {}: the port is in use", size, options.master_port());
-    fail("rank {} of {}: could not join the group at {} within {} ms: {}", rank, size, where, options.timeout().count(), cause);
+      fail("rank 0 of {}: could not host the group's store on port {}: the port is in use", size,
+           options.master_port());
+    fail("rank {} of {}: could not join the group at {} within {} ms: {}", rank, size, where, options.timeout().count(),
+         cause);
   }
 
   // Announced before the process group's rendezvous, so that a timeout there can name who never came.
@@ -380,8 +383,9 @@ uint64_t DataParallel::check_replicas_identical(const NeuralNetwork& network, co
   for (int r = 1; r < size; ++r)
     if (of(r) != of(0)) differ.push_back(r);
   if (!differ.empty())
-    fail("{}: replicas differ: rank{} {} {} a checksum of {:016x}, rank 0 {:016x}", context, differ.size() > 1 ? "s" : "",
-         fmt::join(differ, ", "), differ.size() > 1 ? "have" : "has", of(differ.front()), of(0));
+    fail("{}: replicas differ: rank{} {} {} a checksum of {:016x}, rank 0 {:016x}", context,
+         differ.size() > 1 ? "s" : "", fmt::join(differ, ", "), differ.size() > 1 ? "have" : "has", of(differ.front()),
+         of(0));
   return mine;
 }
 

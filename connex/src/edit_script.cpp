@@ -10,8 +10,9 @@ namespace {
 
 using nlohmann::json;
 
-constexpr const char* kStepNames[] = {"add_connections",    "remove_connections", "add_input_neurons", "add_hidden_neurons",
-                                      "add_output_neurons", "remove_neurons",     "set_dropout_p"};
+constexpr const char* kStepNames[] = {"add_connections",    "remove_connections", "add_input_neurons",
+                                      "add_hidden_neurons", "add_output_neurons", "remove_neurons",
+                                      "set_dropout_p"};
 
 }  // namespace
 
@@ -50,13 +51,27 @@ NetworkEditor EditScript::apply(const NeuralNetwork& network) const {
   NetworkEditor editor(network);
   for (const auto& step : steps_) {
     switch (step.kind) {
-      case Kind::AddConnections: editor.add_connections(step.edges); break;
-      case Kind::RemoveConnections: editor.remove_connections(step.edges); break;
-      case Kind::AddInputs: editor.add_input_neurons(step.ids); break;
-      case Kind::AddHidden: editor.add_hidden_neurons(step.ids); break;
-      case Kind::AddOutputs: editor.add_output_neurons(step.ids); break;
-      case Kind::RemoveNeurons: editor.remove_neurons(step.ids); break;
-      case Kind::SetDropout: editor.set_dropout_p(step.dropout); break;
+      case Kind::AddConnections:
+        editor.add_connections(step.edges);
+        break;
+      case Kind::RemoveConnections:
+        editor.remove_connections(step.edges);
+        break;
+      case Kind::AddInputs:
+        editor.add_input_neurons(step.ids);
+        break;
+      case Kind::AddHidden:
+        editor.add_hidden_neurons(step.ids);
+        break;
+      case Kind::AddOutputs:
+        editor.add_output_neurons(step.ids);
+        break;
+      case Kind::RemoveNeurons:
+        editor.remove_neurons(step.ids);
+        break;
+      case Kind::SetDropout:
+        editor.set_dropout_p(step.dropout);
+        break;
     }
   }
   return editor;
@@ -94,7 +109,8 @@ EditScript EditScript::from_json(const json& in, const std::string& source) {
     int kind = -1;
     for (int k = 0; k < static_cast<int>(std::size(kStepNames)); ++k)
       if (name == kStepNames[k]) kind = k;
-    if (kind < 0) fail("{}: {}: unknown step \"{}\"; the steps are {}", source, path, name, fmt::join(kStepNames, ", "));
+    if (kind < 0)
+      fail("{}: {}: unknown step \"{}\"; the steps are {}", source, path, name, fmt::join(kStepNames, ", "));
     Step parsed{static_cast<Kind>(kind), {}, {}, {}};
     if (parsed.kind == Kind::SetDropout) {
       parsed.dropout = dropout_from_json(value, source, here);
@@ -107,8 +123,10 @@ EditScript EditScript::from_json(const json& in, const std::string& source) {
           parsed.ids.push_back(id_from_json(value[j], source, at));
           continue;
         }
-        if (!value[j].is_array() || value[j].size() != 2) fail("{}: {} must be a pair [from, to], got {}", source, at, detail::excerpt(value[j]));
-        parsed.edges.emplace_back(id_from_json(value[j][0], source, at + "/0"), id_from_json(value[j][1], source, at + "/1"));
+        if (!value[j].is_array() || value[j].size() != 2)
+          fail("{}: {} must be a pair [from, to], got {}", source, at, detail::excerpt(value[j]));
+        parsed.edges.emplace_back(id_from_json(value[j][0], source, at + "/0"),
+                                  id_from_json(value[j][1], source, at + "/1"));
       }
     }
     script.steps_.push_back(std::move(parsed));

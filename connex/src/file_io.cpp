@@ -123,9 +123,11 @@ void write_file_atomically(const std::string& path, const std::string& bytes, co
   int fd = -1;
   for (int attempt = 0; fd < 0; ++attempt) {
     temp = path + ".tmp." + std::to_string(::getpid()) + "." + random_suffix();
-    fd = injected(WriteStep::open_temp) ? -1
-                                        : ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-    if (fd < 0 && (errno != EEXIST || attempt == 100)) fail("{}: cannot create {}: {}", context, temp, std::strerror(errno));
+    fd = injected(WriteStep::open_temp)
+             ? -1
+             : ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0 && (errno != EEXIST || attempt == 100))
+      fail("{}: cannot create {}: {}", context, temp, std::strerror(errno));
   }
   auto give_up = [&](const char* what, bool close_fd) {
     const std::string why = std::strerror(errno);
@@ -161,23 +163,32 @@ void write_file_atomically(const std::string& path, const std::string& bytes, co
     const std::string why = std::strerror(errno);
     ::close(dir_fd);
     if (!synced)
-      fail("{}: wrote {} but cannot sync its directory: {}; the new contents are in place but may not survive a power loss",
-           context, path, why);
+      fail(
+          "{}: wrote {} but cannot sync its directory: {}; the new contents are in place but may not survive a power "
+          "loss",
+          context, path, why);
   }
 }
 
 std::string printable(std::string_view text, size_t max_bytes) {
   std::string out;
   size_t end = std::min(text.size(), max_bytes);
-  while (end < text.size() && end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;  // no half character
+  while (end < text.size() && end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80)
+    --end;  // no half character
   for (size_t i = 0; i < end; ++i) {
     const unsigned char c = static_cast<unsigned char>(text[i]);
-    if (c == '\n') out += "\\n";
-    else if (c == '\t') out += "\\t";
-    else if (c == '\r') out += "\\r";
-    else if (c == 0) out += "\\0";
-    else if (c < 0x20 || c == 0x7f) out += fmt::format("\\x{:02x}", c);
-    else out += static_cast<char>(c);
+    if (c == '\n')
+      out += "\\n";
+    else if (c == '\t')
+      out += "\\t";
+    else if (c == '\r')
+      out += "\\r";
+    else if (c == 0)
+      out += "\\0";
+    else if (c < 0x20 || c == 0x7f)
+      out += fmt::format("\\x{:02x}", c);
+    else
+      out += static_cast<char>(c);
   }
   if (end < text.size()) out += "…";
   return out;
@@ -193,9 +204,12 @@ nlohmann::json parse_json(std::string_view text, const std::string& what) {
   for (size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
     if (in_string) {
-      if (escaped) escaped = false;
-      else if (c == '\\') escaped = true;
-      else if (c == '"') in_string = false;
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
     } else if (c == '"') {
       in_string = true;
     } else if (c == '[' || c == '{') {
@@ -226,7 +240,10 @@ void append_excerpt(const nlohmann::json& v, std::string& out, size_t budget, in
     for (auto it = v.begin(); it != v.end() && out.size() <= budget; ++it) {
       if (!first) out += ',';
       first = false;
-      if (!array) out += nlohmann::json(it.key().substr(0, budget + 1)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + ":";
+      if (!array)
+        out += nlohmann::json(it.key().substr(0, budget + 1))
+                   .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) +
+               ":";
       append_excerpt(*it, out, budget, depth + 1);
     }
     out += array ? ']' : '}';
@@ -251,7 +268,8 @@ std::string excerpt(const nlohmann::json& value, size_t max_bytes) {
 
 PrivateDirectory::PrivateDirectory(const std::string& beside, const char* context) {
   std::string pattern = beside + ".tmp.XXXXXX";
-  if (!::mkdtemp(pattern.data())) fail("{}: cannot create a temporary directory beside {}: {}", context, beside, std::strerror(errno));
+  if (!::mkdtemp(pattern.data()))
+    fail("{}: cannot create a temporary directory beside {}: {}", context, beside, std::strerror(errno));
   path_ = pattern;
 }
 

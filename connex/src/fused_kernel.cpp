@@ -30,12 +30,18 @@ std::optional<Act> act_of(const TensorFunction& f) {
 template <typename T>
 inline T apply(Act a, T z) {
   switch (a) {
-    case Act::Identity: return z;
-    case Act::Relu: return z > T(0) ? z : T(0);
-    case Act::Gelu: return T(0.5) * z * (T(1) + std::erf(z * T(M_SQRT1_2)));
-    case Act::Silu: return z / (T(1) + std::exp(-z));
-    case Act::Tanh: return std::tanh(z);
-    case Act::Sigmoid: return T(1) / (T(1) + std::exp(-z));
+    case Act::Identity:
+      return z;
+    case Act::Relu:
+      return z > T(0) ? z : T(0);
+    case Act::Gelu:
+      return T(0.5) * z * (T(1) + std::erf(z * T(M_SQRT1_2)));
+    case Act::Silu:
+      return z / (T(1) + std::exp(-z));
+    case Act::Tanh:
+      return std::tanh(z);
+    case Act::Sigmoid:
+      return T(1) / (T(1) + std::exp(-z));
   }
   return z;
 }
@@ -43,9 +49,12 @@ inline T apply(Act a, T z) {
 template <typename T>
 inline T derivative(Act a, T z) {
   switch (a) {
-    case Act::Identity: return T(1);
-    case Act::Relu: return z > T(0) ? T(1) : T(0);
-    case Act::Gelu: return T(0.5) * (T(1) + std::erf(z * T(M_SQRT1_2))) + z * std::exp(T(-0.5) * z * z) * T(0.3989422804014327);
+    case Act::Identity:
+      return T(1);
+    case Act::Relu:
+      return z > T(0) ? T(1) : T(0);
+    case Act::Gelu:
+      return T(0.5) * (T(1) + std::erf(z * T(M_SQRT1_2))) + z * std::exp(T(-0.5) * z * z) * T(0.3989422804014327);
     case Act::Silu: {
       const T s = T(1) / (T(1) + std::exp(-z));
       return s * (T(1) + z * (T(1) - s));
@@ -65,15 +74,21 @@ inline T derivative(Act a, T z) {
 // Activations whose derivative follows from their output: the kernel then
 // keeps no pre-activations for backward (one [neurons, batch] array less to
 // write and read back).
-bool derivative_from_output(Act a) { return a == Act::Identity || a == Act::Relu || a == Act::Tanh || a == Act::Sigmoid; }
+bool derivative_from_output(Act a) {
+  return a == Act::Identity || a == Act::Relu || a == Act::Tanh || a == Act::Sigmoid;
+}
 
 template <typename T>
 inline T derivative_at_output(Act a, T y) {
   switch (a) {
-    case Act::Relu: return y > T(0) ? T(1) : T(0);
-    case Act::Tanh: return T(1) - y * y;
-    case Act::Sigmoid: return y * (T(1) - y);
-    default: return T(1);
+    case Act::Relu:
+      return y > T(0) ? T(1) : T(0);
+    case Act::Tanh:
+      return T(1) - y * y;
+    case Act::Sigmoid:
+      return y * (T(1) - y);
+    default:
+      return T(1);
   }
 }
 
@@ -97,8 +112,9 @@ struct Layout {
 // one-byte tensor whose deleter drops the shared_ptr.
 torch::Tensor hold(std::shared_ptr<const Layout> layout) {
   auto* holder = new std::shared_ptr<const Layout>(std::move(layout));
-  return torch::from_blob(holder, {1}, [](void* p) { delete static_cast<std::shared_ptr<const Layout>*>(p); },
-                          torch::TensorOptions().dtype(torch::kUInt8));
+  return torch::from_blob(
+      holder, {1}, [](void* p) { delete static_cast<std::shared_ptr<const Layout>*>(p); },
+      torch::TensorOptions().dtype(torch::kUInt8));
 }
 const Layout& held(const torch::Tensor& t) { return **static_cast<std::shared_ptr<const Layout>*>(t.data_ptr()); }
 
@@ -110,7 +126,8 @@ torch::Tensor scratch_tensor(const Layout& layout, at::IntArrayRef shape, const 
   std::shared_ptr<ScratchMemory> pool = layout.scratch;
   const ScratchMemory::Block block = pool->take(bytes);
   try {
-    return torch::from_blob(block.data, shape, [pool, block](void*) { pool->give_back(block); }, options);
+    return torch::from_blob(
+        block.data, shape, [pool, block](void*) { pool->give_back(block); }, options);
   } catch (...) {
     pool->give_back(block);
     throw;
@@ -186,8 +203,8 @@ void run_forward(const Topology& topo, Act act, const T* w, const T* b, T* V, T*
 // the gradient with respect to that neuron's pre-activation once its
 // consumers are done. Z is null when the derivative follows from the output.
 template <typename T>
-void run_backward(const Layout& layout, Act act, const T* w_out, const T* V, const T* Z, T* G, T* gw_out, T* gb,
-                  T* gx, int64_t B) {
+void run_backward(const Layout& layout, Act act, const T* w_out, const T* V, const T* Z, T* G, T* gw_out, T* gb, T* gx,
+                  int64_t B) {
   T* const GZ = G;  // rows of finished neurons: pre-activation gradients
   const Topology& topo = *layout.topology;
   const int64_t* tgt = topo.out_targets().data();
@@ -265,7 +282,8 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
     const auto& outputs = topo.output_ids();
     const int64_t n_out = static_cast<int64_t>(outputs.size());
     auto V = scratch_tensor(layout, {N, B}, x.options());
-    auto Z = derivative_from_output(static_cast<Act>(act)) ? torch::Tensor() : scratch_tensor(layout, {N - n_in, B}, x.options());
+    auto Z = derivative_from_output(static_cast<Act>(act)) ? torch::Tensor()
+                                                           : scratch_tensor(layout, {N - n_in, B}, x.options());
     auto y = torch::empty({B, n_out}, x.options());
     auto w = weight.contiguous(), b = bias.contiguous();
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "connex_fused_forward", [&] {
@@ -296,8 +314,10 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
     const int64_t n_out = static_cast<int64_t>(outputs.size());
     const auto gy = grads[0].contiguous();  // [batch, outputs]
     auto G = scratch_tensor(layout, {N, B}, V.options());
-    auto gw = torch::empty_like(w), gb = torch::empty({N - n_in}, V.options()), gx = torch::empty({B, n_in}, V.options());
-    auto w_out = scratch_tensor(layout, {w.numel()}, w.options()), gw_out = scratch_tensor(layout, {w.numel()}, w.options());
+    auto gw = torch::empty_like(w), gb = torch::empty({N - n_in}, V.options()),
+         gx = torch::empty({B, n_in}, V.options());
+    auto w_out = scratch_tensor(layout, {w.numel()}, w.options()),
+         gw_out = scratch_tensor(layout, {w.numel()}, w.options());
     const int64_t* out_conn = topo.out_connections().data();
     AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "connex_fused_backward", [&] {
       const scalar_t* gyp = gy.data_ptr<scalar_t>();
@@ -309,8 +329,8 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
       at::parallel_for(0, w.numel(), 1 << 14, [&](int64_t first, int64_t last) {
         for (int64_t k = first; k < last; ++k) wo[k] = wp[out_conn[k]];
       });
-      run_backward<scalar_t>(layout, act, wo, V.data_ptr<scalar_t>(), Z.defined() ? Z.data_ptr<scalar_t>() : nullptr, Gp,
-                             gw_out.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), B);
+      run_backward<scalar_t>(layout, act, wo, V.data_ptr<scalar_t>(), Z.defined() ? Z.data_ptr<scalar_t>() : nullptr,
+                             Gp, gw_out.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), B);
       const scalar_t* go = gw_out.data_ptr<scalar_t>();
       scalar_t* gp = gw.data_ptr<scalar_t>();
       at::parallel_for(0, w.numel(), 1 << 14, [&](int64_t first, int64_t last) {

@@ -20,16 +20,24 @@ namespace {
 
 using nlohmann::json;
 
-
 std::string xml_escape(const std::string& text) {
   std::string out;
   for (char c : text) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -90,7 +98,8 @@ json to_node_link_json(const NeuralNetwork& network) {
 
 NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
   auto need = [&](const json& obj, const char* key, const std::string& path) -> const json& {
-    if (!obj.is_object() || !obj.contains(key)) fail("{}: required key \"{}\" is missing in {}", source, key, path.empty() ? "the top level" : path);
+    if (!obj.is_object() || !obj.contains(key))
+      fail("{}: required key \"{}\" is missing in {}", source, key, path.empty() ? "the top level" : path);
     return obj.at(key);
   };
   const json& graph = need(in, "graph", "");
@@ -107,14 +116,17 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
       fail("{}: {} must be an integer or a string neuron id, got {}", source, path, detail::excerpt(v));
     return v;
   };
-  auto to_id = [](const json& v) { return v.is_number_integer() ? NeuronId(v.get<int64_t>()) : NeuronId(v.get<std::string>()); };
+  auto to_id = [](const json& v) {
+    return v.is_number_integer() ? NeuronId(v.get<int64_t>()) : NeuronId(v.get<std::string>());
+  };
   json spec_json;
   spec_json["inputs"] = need(graph, "inputs", "/graph");
   spec_json["outputs"] = need(graph, "outputs", "/graph");
   spec_json["neurons"] = json::array();
   std::unordered_set<NeuronId, NeuronIdHash> node_ids;
   for (size_t i = 0; i < nodes.size(); ++i) {
-    spec_json["neurons"].push_back(check_id(need(nodes[i], "id", fmt::format("/nodes/{}", i)), fmt::format("/nodes/{}/id", i)));
+    spec_json["neurons"].push_back(
+        check_id(need(nodes[i], "id", fmt::format("/nodes/{}", i)), fmt::format("/nodes/{}/id", i)));
     node_ids.insert(to_id(spec_json["neurons"].back()));
   }
   // Every link joins two nodes (networkx writes them all); an id missing from
@@ -127,20 +139,24 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
     const json& from = check_id(need(links[i], "source", path), path + "/source");
     const json& to = check_id(need(links[i], "target", path), path + "/target");
     raw_edges.emplace_back(to_id(from), to_id(to));
-    for (const auto& [id, end] : {std::pair{raw_edges.back().first, "/source"}, std::pair{raw_edges.back().second, "/target"}})
+    for (const auto& [id, end] :
+         {std::pair{raw_edges.back().first, "/source"}, std::pair{raw_edges.back().second, "/target"}})
       if (!node_ids.count(id))
-        fail("{}: {}{}: {}", source, path, end, unlisted_endpoint(raw_edges.back(), id, nodes.empty() ? id.kind() : kind, "/nodes"));
+        fail("{}: {}{}: {}", source, path, end,
+             unlisted_endpoint(raw_edges.back(), id, nodes.empty() ? id.kind() : kind, "/nodes"));
     spec_json["edges"].push_back({from, to});
   }
   GraphSpec spec = GraphSpec::from_json(spec_json, source, "/graph");
-  NeuralNetworkOptions options = graph.contains("options") ? options_from_json(graph.at("options"), source) : NeuralNetworkOptions();
+  NeuralNetworkOptions options =
+      graph.contains("options") ? options_from_json(graph.at("options"), source) : NeuralNetworkOptions();
   NeuralNetwork network(spec, options);
 
   // A value must be finite in the network's dtype (1e300 would load as inf in float32).
-  const double max_value = network->options().dtype() == torch::kFloat64 ? std::numeric_limits<double>::max()
-                         : network->options().dtype() == torch::kFloat16 ? 65504.0
-                         : network->options().dtype() == torch::kBFloat16 ? 3.3895313892515355e38  // float's max rounds up to inf
-                                                                          : static_cast<double>(std::numeric_limits<float>::max());
+  const double max_value = network->options().dtype() == torch::kFloat64   ? std::numeric_limits<double>::max()
+                           : network->options().dtype() == torch::kFloat16 ? 65504.0
+                           : network->options().dtype() == torch::kBFloat16
+                               ? 3.3895313892515355e38  // float's max rounds up to inf
+                               : static_cast<double>(std::numeric_limits<float>::max());
   auto fits = [&](double v) { return std::isfinite(v) && std::abs(v) <= max_value; };
   // Values: set through the flat tensors (one write per tensor, not per value).
   const Topology& topo = network->topology();
@@ -164,7 +180,8 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
     const auto& [u, v] = raw_edges[i];
     const auto& weight = need(links[i], "weight", fmt::format("/links/{}", i));
     if (!weight.is_number()) fail("{}: /links/{}/weight must be a number, got {}", source, i, detail::excerpt(weight));
-    if (!fits(weight.get<double>())) fail("{}: /links/{}/weight {} does not fit the network's dtype", source, i, detail::excerpt(weight));
+    if (!fits(weight.get<double>()))
+      fail("{}: /links/{}/weight {} does not fit the network's dtype", source, i, detail::excerpt(weight));
     const int64_t c = topo.connection_index(topo.dense_of(u), topo.dense_of(v));
     w[c] = weight.get<double>();
     link_frozen[c] = is_frozen(links[i], fmt::format("/links/{}", i)) ? 1 : 0;  // the last flag wins, as for the weight
@@ -175,13 +192,15 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
     const int64_t d = topo.dense_of(spec.neurons()[i]);  // nodes are the spec's neuron list, in order
     const bool frozen = is_frozen(nodes[i], fmt::format("/nodes/{}", i));
     if (topo.role(d) == Role::Input) {
-      if (frozen) fail("{}: /nodes/{}/frozen is true, but input neuron {} has no bias to freeze", source, i, spec.neurons()[i]);
+      if (frozen)
+        fail("{}: /nodes/{}/frozen is true, but input neuron {} has no bias to freeze", source, i, spec.neurons()[i]);
       continue;
     }
     if (frozen) frozen_neurons.push_back(spec.neurons()[i]);
     const auto& bias = need(nodes[i], "bias", fmt::format("/nodes/{}", i));
     if (!bias.is_number()) fail("{}: /nodes/{}/bias must be a number, got {}", source, i, detail::excerpt(bias));
-    if (!fits(bias.get<double>())) fail("{}: /nodes/{}/bias {} does not fit the network's dtype", source, i, detail::excerpt(bias));
+    if (!fits(bias.get<double>()))
+      fail("{}: /nodes/{}/bias {} does not fit the network's dtype", source, i, detail::excerpt(bias));
     b[topo.bias_index(d)] = bias.get<double>();
   }
   torch::NoGradGuard no_grad;
@@ -199,14 +218,17 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
       try {
         const auto numbers = it.value().at("values").get<std::vector<double>>();
         for (size_t k = 0; k < numbers.size(); ++k)  // as for weights and biases: 1e300 would load as inf in float32
-          if (!fits(numbers[k])) fail("{}: {}/values/{} {} does not fit the network's dtype", source, path, k, numbers[k]);
+          if (!fits(numbers[k]))
+            fail("{}: {}/values/{} {} does not fit the network's dtype", source, path, k, numbers[k]);
         auto values = torch::tensor(numbers, torch::kFloat64);
         const json& shape_json = it.value().at("shape");  // a float such as 1e308 does not convert to int64
-        if (!shape_json.is_array() || !std::all_of(shape_json.begin(), shape_json.end(), [](const json& v) { return v.is_number_integer(); }))
+        if (!shape_json.is_array() ||
+            !std::all_of(shape_json.begin(), shape_json.end(), [](const json& v) { return v.is_number_integer(); }))
           fail("{}: {}/shape must be an array of integers, got {}", source, path, detail::excerpt(shape_json));
         const auto shape = shape_json.get<std::vector<int64_t>>();
         if (!target->sizes().equals(shape) || values.numel() != target->numel())
-          fail("{}: {} has shape [{}] but the network needs [{}]", source, path, fmt::join(shape, ", "), fmt::join(target->sizes(), ", "));
+          fail("{}: {} has shape [{}] but the network needs [{}]", source, path, fmt::join(shape, ", "),
+               fmt::join(target->sizes(), ", "));
         target->copy_(values.view(shape));
       } catch (const Error&) {
         throw;
@@ -279,8 +301,9 @@ std::string full_dot(const NeuralNetwork& network, const std::string& graph_attr
     const char* fill = n.role == Role::Input ? "#e0f0ff" : n.role == Role::Output ? "#ffe8cc" : "#f4f4f4";
     std::string label = n.id.plain();
     if (n.bias) label += fmt::format("\nb={:.3g}", *n.bias);
-    out << "  " << dot_quote(n.id.plain()) << " [shape=" << shape << ", style=" << (n.frozen ? "\"filled,dashed\"" : "filled")
-        << ", fillcolor=\"" << fill << "\", label=" << dot_quote(label) << "];\n";
+    out << "  " << dot_quote(n.id.plain()) << " [shape=" << shape
+        << ", style=" << (n.frozen ? "\"filled,dashed\"" : "filled") << ", fillcolor=\"" << fill
+        << "\", label=" << dot_quote(label) << "];\n";
   }
   // Inputs on the left, outputs on the right.
   out << "  { rank=source;";
@@ -290,9 +313,10 @@ std::string full_dot(const NeuralNetwork& network, const std::string& graph_attr
   out << " }\n";
   for (const auto& c : g.connections) {
     const double strength = std::abs(c.weight) / max_abs;
-    out << "  " << dot_quote(c.from.plain()) << " -> " << dot_quote(c.to.plain()) << " [penwidth="
-        << fmt::format("{:.2f}", 0.3 + 3.7 * strength) << ", color=\"" << (c.weight >= 0 ? "#1f5fbf" : "#c0392b")
-        << "\", tooltip=\"" << fmt::format("{:.6g}", c.weight) << "\"" << (c.frozen ? ", style=dashed" : "") << "];\n";
+    out << "  " << dot_quote(c.from.plain()) << " -> " << dot_quote(c.to.plain())
+        << " [penwidth=" << fmt::format("{:.2f}", 0.3 + 3.7 * strength) << ", color=\""
+        << (c.weight >= 0 ? "#1f5fbf" : "#c0392b") << "\", tooltip=\"" << fmt::format("{:.6g}", c.weight) << "\""
+        << (c.frozen ? ", style=dashed" : "") << "];\n";
   }
   out << "}\n";
   return out.str();
@@ -333,9 +357,15 @@ Summary summary_dot(const NeuralNetwork& network, int64_t max_boxes, const std::
   for (int64_t d = 0; d < topo.num_neurons(); ++d) {
     Box& b = box[box_of(d)];
     switch (topo.role(d)) {
-      case Role::Input: ++b.inputs; continue;
-      case Role::Hidden: ++b.hidden; break;
-      case Role::Output: ++b.outputs; break;
+      case Role::Input:
+        ++b.inputs;
+        continue;
+      case Role::Hidden:
+        ++b.hidden;
+        break;
+      case Role::Output:
+        ++b.outputs;
+        break;
     }
     b.frozen_biases += bm[topo.bias_index(d)] == 0.0;
   }
@@ -359,10 +389,11 @@ Summary summary_dot(const NeuralNetwork& network, int64_t max_boxes, const std::
 
   auto plural = [](int64_t n, const char* one, const char* many) { return grouped(n) + " " + (n == 1 ? one : many); };
   std::ostringstream out;
-  out << "digraph connex_summary {\n  rankdir=LR;\n" << graph_attributes
-      << "  labelloc=t;\n  fontname=\"Helvetica\";\n  label=" << dot_quote(fmt::format("{}, {}, depth {}: one box per {}", plural(topo.num_neurons(), "neuron", "neurons"),
-                                                           plural(topo.num_connections(), "connection", "connections"), topo.depth(),
-                                                           summary.per_box == 1 ? std::string("level") : grouped(summary.per_box) + " levels"))
+  out << "digraph connex_summary {\n  rankdir=LR;\n"
+      << graph_attributes << "  labelloc=t;\n  fontname=\"Helvetica\";\n  label="
+      << dot_quote(fmt::format("{}, {}, depth {}: one box per {}", plural(topo.num_neurons(), "neuron", "neurons"),
+                               plural(topo.num_connections(), "connection", "connections"), topo.depth(),
+                               summary.per_box == 1 ? std::string("level") : grouped(summary.per_box) + " levels"))
       << ";\n  node [shape=box, style=filled, fontname=\"Helvetica\", fontsize=10];\n"
       << "  edge [fontname=\"Helvetica\", fontsize=9];\n";
   for (int64_t k = 0; k < boxes; ++k) {
@@ -375,7 +406,9 @@ Summary summary_dot(const NeuralNetwork& network, int64_t max_boxes, const std::
     if (b.frozen_biases) label += "\n" + plural(b.frozen_biases, "frozen bias", "frozen biases");
     if (b.inner) label += "\n" + plural(b.inner, "connection", "connections") + " within";
     if (b.inner_frozen) label += fmt::format(" ({} frozen)", grouped(b.inner_frozen));
-    const char* fill = b.hidden == 0 && b.outputs == 0 ? "#e0f0ff" : b.hidden == 0 && b.inputs == 0 ? "#ffe8cc" : "#f4f4f4";
+    const char* fill = b.hidden == 0 && b.outputs == 0  ? "#e0f0ff"
+                       : b.hidden == 0 && b.inputs == 0 ? "#ffe8cc"
+                                                        : "#f4f4f4";
     out << "  b" << k << " [fillcolor=\"" << fill << "\", label=" << dot_quote(label) << "];\n";
   }
   for (int64_t from = 0; from < boxes; ++from)
@@ -389,8 +422,9 @@ Summary summary_dot(const NeuralNetwork& network, int64_t max_boxes, const std::
       const double mean_abs = a.sum_abs / a.count;
       std::string label = plural(a.count, "connection", "connections") + fmt::format("\nmean |w| {:.3g}", mean_abs);
       if (a.frozen) label += fmt::format("\n{} frozen", grouped(a.frozen));
-      out << "  b" << from << " -> b" << to << " [penwidth=" << fmt::format("{:.2f}", 0.5 + 3.5 * mean_abs / max_mean_abs)
-          << ", color=\"" << (a.sum >= 0 ? "#1f5fbf" : "#c0392b") << "\", label=" << dot_quote(label)
+      out << "  b" << from << " -> b" << to
+          << " [penwidth=" << fmt::format("{:.2f}", 0.5 + 3.5 * mean_abs / max_mean_abs) << ", color=\""
+          << (a.sum >= 0 ? "#1f5fbf" : "#c0392b") << "\", label=" << dot_quote(label)
           << (a.frozen == a.count ? ", style=dashed" : "") << "];\n";
     }
   out << "}\n";
@@ -422,8 +456,8 @@ DotDrawing draw_dot(const NeuralNetwork& network, const DotOptions& options) {
   drawing.description = fmt::format("summary of {} neurons, {} connections in {} levels", grouped(neurons),
                                     grouped(connections), grouped(summary.levels));
   if (summary.per_box > 1) drawing.description += fmt::format(" ({} per box)", grouped(summary.per_box));
-  drawing.reason = fmt::format("full drawings above {} neurons or {} connections are unreadable", grouped(options.max_neurons),
-                               grouped(options.max_connections));
+  drawing.reason = fmt::format("full drawings above {} neurons or {} connections are unreadable",
+                               grouped(options.max_neurons), grouped(options.max_connections));
   return drawing;
 }
 

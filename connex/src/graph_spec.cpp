@@ -16,9 +16,12 @@ namespace connex {
 
 const char* role_name(Role role) {
   switch (role) {
-    case Role::Input: return "input";
-    case Role::Hidden: return "hidden";
-    case Role::Output: return "output";
+    case Role::Input:
+      return "input";
+    case Role::Hidden:
+      return "hidden";
+    case Role::Output:
+      return "output";
   }
   return "?";
 }
@@ -136,15 +139,14 @@ std::optional<std::vector<int64_t>> find_cycle(const EdgeCsr& csr,
 
 }  // namespace
 
-std::optional<std::vector<int64_t>> find_cycle(
-    int64_t num_nodes, const std::vector<std::pair<int64_t, int64_t>>& edges) {
+std::optional<std::vector<int64_t>> find_cycle(int64_t num_nodes,
+                                               const std::vector<std::pair<int64_t, int64_t>>& edges) {
   std::vector<int64_t> batch(num_nodes, 0);
   return find_cycle(EdgeCsr(num_nodes, edges), edges, batch);
 }
 
-GraphSpec::GraphSpec(std::vector<NeuronId> neurons, std::vector<Edge> edges,
-                     std::vector<NeuronId> inputs, std::vector<NeuronId> outputs,
-                     const std::string& context)
+GraphSpec::GraphSpec(std::vector<NeuronId> neurons, std::vector<Edge> edges, std::vector<NeuronId> inputs,
+                     std::vector<NeuronId> outputs, const std::string& context)
     : inputs_(std::move(inputs)), outputs_(std::move(outputs)) {
   const char* ctx = context.c_str();
   index_.reserve(neurons.size() + edges.size() / 4);
@@ -176,7 +178,9 @@ GraphSpec::GraphSpec(std::vector<NeuronId> neurons, std::vector<Edge> edges,
 
 GraphSpec::GraphSpec(std::vector<NeuronId> neurons, std::vector<std::pair<int64_t, int64_t>> edge_indices,
                      std::vector<NeuronId> inputs, std::vector<NeuronId> outputs, const std::string& context)
-    : neurons_(std::move(neurons)), edge_indices_(std::move(edge_indices)), inputs_(std::move(inputs)),
+    : neurons_(std::move(neurons)),
+      edge_indices_(std::move(edge_indices)),
+      inputs_(std::move(inputs)),
       outputs_(std::move(outputs)) {
   index_.reserve(neurons_.size());
   for (size_t i = 0; i < neurons_.size(); ++i)
@@ -214,8 +218,8 @@ void GraphSpec::validate(const std::string& context) {
     id_kind_ = neurons_.front().kind();
     for (const auto& id : neurons_)
       if (id.kind() != id_kind_)
-        fail("{}: neuron {} is {} but neuron {} is {}; all neuron ids of a graph must be of one kind",
-             ctx, id, kind_name(id.kind()), neurons_.front(), kind_name(id_kind_));
+        fail("{}: neuron {} is {} but neuron {} is {}; all neuron ids of a graph must be of one kind", ctx, id,
+             kind_name(id.kind()), neurons_.front(), kind_name(id_kind_));
   }
 
   auto check_list = [&](const std::vector<NeuronId>& list, const char* what) {
@@ -223,7 +227,8 @@ void GraphSpec::validate(const std::string& context) {
     std::unordered_set<NeuronId, NeuronIdHash> seen;
     for (const auto& id : list) {
       if (!contains(id)) {
-        if (!neurons_.empty() && id.kind() != id_kind_) fail("{}: {} neuron {} {}", ctx, what, id, kind_clash(id, id_kind_));
+        if (!neurons_.empty() && id.kind() != id_kind_)
+          fail("{}: {} neuron {} {}", ctx, what, id, kind_clash(id, id_kind_));
         fail("{}: {} neuron {} is not a neuron of the graph", ctx, what, id);
       }
       if (!seen.insert(id).second) fail("{}: {} neuron {} is listed twice", ctx, what, id);
@@ -242,11 +247,11 @@ void GraphSpec::validate(const std::string& context) {
 
   for (const auto& [u, v] : edge_indices_) {
     if (roles_[v] == Role::Input)
-      fail("{}: input neuron {} has the incoming connection {}; inputs take only the input values",
-           ctx, neurons_[v], edge_str({neurons_[u], neurons_[v]}));
+      fail("{}: input neuron {} has the incoming connection {}; inputs take only the input values", ctx, neurons_[v],
+           edge_str({neurons_[u], neurons_[v]}));
     if (roles_[u] == Role::Output)
-      fail("{}: output neuron {} has the outgoing connection {}; outputs feed no other neuron", ctx,
-           neurons_[u], edge_str({neurons_[u], neurons_[v]}));
+      fail("{}: output neuron {} has the outgoing connection {}; outputs feed no other neuron", ctx, neurons_[u],
+           edge_str({neurons_[u], neurons_[v]}));
   }
   auto adjacency = std::make_shared<IndexAdjacency>();
   adjacency->batch.resize(n);
@@ -344,7 +349,8 @@ NeuronId id_from_json(const nlohmann::json& value, const JsonPlace& place) {
 std::vector<NeuronId> ids_from_json(const nlohmann::json& json, const std::string& key, bool required,
                                     const JsonPlace& place) {
   if (!json.contains(key)) {
-    if (required) fail("{}: required key \"{}\" is missing{}", place.source, key, place.path.empty() ? "" : " in " + place.path);
+    if (required)
+      fail("{}: required key \"{}\" is missing{}", place.source, key, place.path.empty() ? "" : " in " + place.path);
     return {};
   }
   const auto& list = json.at(key);
@@ -417,8 +423,10 @@ GraphSpec GraphSpec::from_json(const nlohmann::json& json, const std::string& so
     if (!map.is_object()) fail("{}: {} must be an object, got {}", source, here.path, map.type_name());
     // The kind of the keys follows the ids written elsewhere: the neuron list
     // when given (it is the whole graph), else the inputs, else the outputs.
-    const NeuronId* witness = !neurons.empty() ? &neurons.front() : !inputs.empty() ? &inputs.front()
-                            : !outputs.empty() ? &outputs.front() : nullptr;
+    const NeuronId* witness = !neurons.empty()   ? &neurons.front()
+                              : !inputs.empty()  ? &inputs.front()
+                              : !outputs.empty() ? &outputs.front()
+                                                 : nullptr;
     const bool integer_graph = witness == nullptr || witness->is_integer();
     // JSON objects are unordered (nlohmann keeps keys sorted as text); order
     // integer keys by value so "10" follows "9". List "neurons" to fix any order.
@@ -430,13 +438,13 @@ GraphSpec GraphSpec::from_json(const nlohmann::json& json, const std::string& so
     }
     std::vector<size_t> order(entries.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return entries[a].first < entries[b].first; });
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return entries[a].first < entries[b].first; });
     std::unordered_set<NeuronId, NeuronIdHash> named(neurons.begin(), neurons.end());
     for (size_t k : order) {
       const auto& [from, list] = entries[k];
       const auto list_place = here.at(keys[k]);
-      if (!list->is_array())
-        fail("{}: {} must be an array, got {}", source, list_place.path, list->type_name());
+      if (!list->is_array()) fail("{}: {} must be an array, got {}", source, list_place.path, list->type_name());
       if (named.insert(from).second) {
         if (given) fail("{}: {}: adjacency key {} is not in the neurons list", source, list_place.path, from);
         neurons.push_back(from);
@@ -445,7 +453,8 @@ GraphSpec GraphSpec::from_json(const nlohmann::json& json, const std::string& so
         add_edge({from, id_from_json((*list)[i], list_place.at(i))}, list_place, list_place.at(i));
     }
   }
-  if (given) return GraphSpec(std::move(neurons), std::move(edge_indices), std::move(inputs), std::move(outputs), source);
+  if (given)
+    return GraphSpec(std::move(neurons), std::move(edge_indices), std::move(inputs), std::move(outputs), source);
   // No list: the adjacency keys, then the ids only edges name, in order of
   // first appearance. The constructor takes a non-empty list as complete, so
   // complete it; with no keys either, the constructor names them itself.

@@ -27,9 +27,7 @@ void check_probability(double p, const std::string& what) {
     fail("NeuralNetwork(): dropout_p {} is {}; it must lie in [0, 1]", what, p);
 }
 
-torch::Tensor index_tensor(const std::vector<int64_t>& values) {
-  return torch::tensor(values, torch::kLong);
-}
+torch::Tensor index_tensor(const std::vector<int64_t>& values) { return torch::tensor(values, torch::kLong); }
 
 std::string shape_str(at::IntArrayRef sizes) { return fmt::format("[{}]", fmt::join(sizes, ", ")); }
 
@@ -40,16 +38,15 @@ std::string shape_str(at::IntArrayRef sizes) { return fmt::format("[{}]", fmt::j
 NeuralNetworkImpl::NeuralNetworkImpl(GraphSpec spec, NeuralNetworkOptions options)
     : NeuralNetworkImpl(Topology::compile(std::move(spec), compile_options(options)), options) {}
 
-NeuralNetworkImpl::NeuralNetworkImpl(std::shared_ptr<const Topology> topology,
-                                     NeuralNetworkOptions options)
+NeuralNetworkImpl::NeuralNetworkImpl(std::shared_ptr<const Topology> topology, NeuralNetworkOptions options)
     : options_(std::move(options)), topology_(std::move(topology)) {
   if (!options_.hidden_activation().is_elementwise())
-    fail("NeuralNetwork(): hidden_activation \"{}\" is not element-wise; use it as "
-         "output_transformation instead",
-         options_.hidden_activation().name());
+    fail(
+        "NeuralNetwork(): hidden_activation \"{}\" is not element-wise; use it as "
+        "output_transformation instead",
+        options_.hidden_activation().name());
   const auto dtype = options_.dtype();
-  if (dtype != torch::kFloat32 && dtype != torch::kFloat64 && dtype != torch::kFloat16 &&
-      dtype != torch::kBFloat16)
+  if (dtype != torch::kFloat32 && dtype != torch::kFloat64 && dtype != torch::kFloat16 && dtype != torch::kBFloat16)
     fail("NeuralNetwork(): dtype {} is not a floating-point type", c10::toString(dtype));
 
   // The operation pipeline: techniques in Connex's order, then the user's.
@@ -93,15 +90,19 @@ NeuralNetworkImpl::NeuralNetworkImpl(std::shared_ptr<const Topology> topology,
   // networks) or levels are sparse; layered dense networks keep BLAS matmuls.
   // Structure and options only; the dtype is checked at each forward, since
   // to(dtype) may change it.
-  const bool fused_eligible = operations_.empty() && fused_supports(options_.hidden_activation()) && !options_.force_kernel();
+  const bool fused_eligible =
+      operations_.empty() && fused_supports(options_.hidden_activation()) && !options_.force_kernel();
   int64_t dense_connections = 0;
   for (const auto& level : topology_->levels())
     if (level.kernel == LevelKernel::DenseView) dense_connections += level.num_connections();
   const bool small = topology_->num_connections() <= 4096;
-  const bool fused_preferred = options_.fused() ? *options_.fused() : (small || dense_connections * 2 < topology_->num_connections());
+  const bool fused_preferred =
+      options_.fused() ? *options_.fused() : (small || dense_connections * 2 < topology_->num_connections());
   const bool fused_dtype = options_.dtype() == torch::kFloat32 || options_.dtype() == torch::kFloat64;
   if (options_.fused() && *options_.fused() && !(fused_eligible && fused_dtype))
-    fail("NeuralNetwork(): fused(true) needs a built-in activation other than softmax, float32 or float64, no operations and no forced kernel");
+    fail(
+        "NeuralNetwork(): fused(true) needs a built-in activation other than softmax, float32 or float64, no "
+        "operations and no forced kernel");
   // Made here, not on first use, so concurrent forward() calls share it safely.
   if (fused_eligible && fused_preferred)
     fused_plan_ = std::make_shared<FusedPlan>(make_fused_plan(topology_, options_.hidden_activation()));
@@ -176,10 +177,10 @@ void NeuralNetworkImpl::reset() {
       scale[d - level.begin] = p < 1.0 ? 1.0 / (1.0 - p) : 0.0;  // inverted dropout
     }
     if (any_dropout) {
-      t.keep_prob = register_buffer(prefix + "keep_prob",
-                                    torch::tensor(keep, torch::kFloat64).to(float_options).unsqueeze(1));
-      t.keep_scale = register_buffer(prefix + "keep_scale",
-                                     torch::tensor(scale, torch::kFloat64).to(float_options).unsqueeze(1));
+      t.keep_prob =
+          register_buffer(prefix + "keep_prob", torch::tensor(keep, torch::kFloat64).to(float_options).unsqueeze(1));
+      t.keep_scale =
+          register_buffer(prefix + "keep_scale", torch::tensor(scale, torch::kFloat64).to(float_options).unsqueeze(1));
     }
   }
   output_gather_ = register_gather(topo.output_gather(), "output_gather");
@@ -188,22 +189,20 @@ void NeuralNetworkImpl::reset() {
   level_prefixes_.clear();
   for (size_t l = 0; l < topo.levels().size(); ++l) level_prefixes_.push_back("level" + std::to_string(l) + "_");
   for (const auto& op : operations_)
-    operation_modules_.push_back(register_module(op->name(), OperationModule(op->build(topo, options_.dtype(), generator))));
+    operation_modules_.push_back(
+        register_module(op->name(), OperationModule(op->build(topo, options_.dtype(), generator))));
 
   if (auto m = options_.hidden_activation().module_ptr()) register_module("hidden_activation", m);
-  if (auto m = options_.output_transformation().module_ptr())
-    register_module("output_transformation", m);
+  if (auto m = options_.output_transformation().module_ptr()) register_module("output_transformation", m);
   if (frozen_) install_freeze_hooks();
 }
 
-NeuralNetworkImpl::GatherTensors NeuralNetworkImpl::register_gather(const GatherPlan& plan,
-                                                                   const std::string& prefix) {
+NeuralNetworkImpl::GatherTensors NeuralNetworkImpl::register_gather(const GatherPlan& plan, const std::string& prefix) {
   GatherTensors t;
   for (size_t k = 0; k < plan.segments.size(); ++k) {
     const Segment& seg = plan.segments[k];
     t.segment_index.push_back(seg.contiguous() ? torch::Tensor()
-                                               : register_buffer(prefix + std::to_string(k),
-                                                                 index_tensor(seg.local)));
+                                               : register_buffer(prefix + std::to_string(k), index_tensor(seg.local)));
   }
   if (!plan.order.empty()) t.order = register_buffer(prefix + "_order", index_tensor(plan.order));
   return t;
@@ -216,10 +215,13 @@ void NeuralNetworkImpl::to(torch::Dtype dtype, bool non_blocking) { to(weight_.d
 // Torch would throw c10::Error (with a C++ backtrace) from deep inside Module::to().
 static void check_device(const torch::Device& device) {
   if (device.is_cuda() && !torch::cuda::is_available())
-    fail("NeuralNetwork::to(): device {} is not available: CUDA is not available (no GPU, or this LibTorch was built without CUDA)",
-         device.str());
+    fail(
+        "NeuralNetwork::to(): device {} is not available: CUDA is not available (no GPU, or this LibTorch was built "
+        "without CUDA)",
+        device.str());
   if (device.is_cuda() && device.has_index() && device.index() >= static_cast<int>(torch::cuda::device_count()))
-    fail("NeuralNetwork::to(): device {} does not exist: there are {} CUDA devices", device.str(), torch::cuda::device_count());
+    fail("NeuralNetwork::to(): device {} does not exist: there are {} CUDA devices", device.str(),
+         torch::cuda::device_count());
 }
 
 void NeuralNetworkImpl::to(torch::Device device, bool non_blocking) {
@@ -228,7 +230,8 @@ void NeuralNetworkImpl::to(torch::Device device, bool non_blocking) {
 }
 
 void NeuralNetworkImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
-  if (!c10::isFloatingType(dtype)) fail("NeuralNetwork::to(): dtype {} is not a floating-point type", c10::toString(dtype));
+  if (!c10::isFloatingType(dtype))
+    fail("NeuralNetwork::to(): dtype {} is not a floating-point type", c10::toString(dtype));
   check_device(device);
   torch::NoGradGuard no_grad;
   auto cast = [&](torch::Tensor& t) {
@@ -255,17 +258,17 @@ void NeuralNetworkImpl::check_input(const torch::Tensor& x) const {
   const int64_t n_in = num_inputs();
   if (!x.defined()) fail("NeuralNetwork::forward(): the input tensor is undefined");
   if ((x.dim() != 1 && x.dim() != 2) || x.size(-1) != n_in)
-    fail("NeuralNetwork::forward(): expected input of shape [batch, {}] or [{}], got {}", n_in,
-         n_in, shape_str(x.sizes()));
+    fail("NeuralNetwork::forward(): expected input of shape [batch, {}] or [{}], got {}", n_in, n_in,
+         shape_str(x.sizes()));
   if (x.scalar_type() != weight_.scalar_type())
-    fail("NeuralNetwork::forward(): expected input of dtype {}, got {}",
-         c10::toString(weight_.scalar_type()), c10::toString(x.scalar_type()));
+    fail("NeuralNetwork::forward(): expected input of dtype {}, got {}", c10::toString(weight_.scalar_type()),
+         c10::toString(x.scalar_type()));
   if (weight_.scalar_type() == torch::kHalf && weight_.device().is_cpu())
-    fail("NeuralNetwork::forward(): float16 does not run on the CPU in LibTorch 1.13; use bfloat16, float32 or "
-         "float64, or move the network to CUDA");
+    fail(
+        "NeuralNetwork::forward(): float16 does not run on the CPU in LibTorch 1.13; use bfloat16, float32 or "
+        "float64, or move the network to CUDA");
   if (x.device() != weight_.device())
-    fail("NeuralNetwork::forward(): expected input on device {}, got {}", weight_.device().str(),
-         x.device().str());
+    fail("NeuralNetwork::forward(): expected input on device {}, got {}", weight_.device().str(), x.device().str());
 }
 
 torch::Tensor NeuralNetworkImpl::gather(const GatherPlan& plan, const GatherTensors& tensors,
@@ -286,8 +289,7 @@ torch::Tensor NeuralNetworkImpl::gather(const GatherPlan& plan, const GatherTens
   return tensors.order.defined() ? values.index_select(0, tensors.order) : values;
 }
 
-torch::Tensor NeuralNetworkImpl::apply_dropout(const torch::Tensor& values,
-                                               const LevelTensors& level) const {
+torch::Tensor NeuralNetworkImpl::apply_dropout(const torch::Tensor& values, const LevelTensors& level) const {
   if (!is_training() || !level.keep_prob.defined()) return values;
   auto mask = torch::bernoulli(level.keep_prob.expand(values.sizes())) * level.keep_scale;
   return values * mask;
@@ -322,7 +324,8 @@ torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x) {
   return options_.output_transformation()(out);
 }
 
-torch::Tensor NeuralNetworkImpl::dense_weights(const Level& level, const LevelTensors& t, const torch::Tensor& w) const {
+torch::Tensor NeuralNetworkImpl::dense_weights(const Level& level, const LevelTensors& t,
+                                               const torch::Tensor& w) const {
   const int64_t size = level.size(), width = static_cast<int64_t>(level.sources.size());
   if (level.kernel == LevelKernel::DenseView) return w.view({size, width});
   torch::Tensor index = t.scatter_pos;
@@ -359,7 +362,8 @@ torch::Tensor NeuralNetworkImpl::run_level(size_t l, const torch::Tensor& gather
         if (auto r = operations_[k]->replace_affine(contexts[k], sources, dense_weights(level, t, w), bias)) z = *r;
     if (!z.defined()) {
       if (level.kernel == LevelKernel::EdgeList)
-        z = bias.expand({size, batch}).index_add(0, t.edge_target, sources.index_select(0, t.edge_source) * w.unsqueeze(1));
+        z = bias.expand({size, batch})
+                .index_add(0, t.edge_target, sources.index_select(0, t.edge_source) * w.unsqueeze(1));
       else
         z = torch::addmm(bias, dense_weights(level, t, w), sources);
     }
@@ -382,10 +386,9 @@ torch::Tensor NeuralNetworkImpl::run_level(size_t l, const torch::Tensor& gather
 
 void NeuralNetworkImpl::pretty_print(std::ostream& stream) const {
   const auto& topo = *topology_;
-  stream << "connex::NeuralNetwork(neurons=" << topo.num_neurons()
-         << ", inputs=" << topo.num_inputs() << ", hidden=" << hidden_neurons().size()
-         << ", outputs=" << num_outputs() << ", connections=" << topo.num_connections()
-         << ", depth=" << topo.depth()
+  stream << "connex::NeuralNetwork(neurons=" << topo.num_neurons() << ", inputs=" << topo.num_inputs()
+         << ", hidden=" << hidden_neurons().size() << ", outputs=" << num_outputs()
+         << ", connections=" << topo.num_connections() << ", depth=" << topo.depth()
          << ", hidden_activation=" << options_.hidden_activation().name()
          << ", output_transformation=" << options_.output_transformation().name()
          << ", dtype=" << c10::toString(options_.dtype());
@@ -421,8 +424,7 @@ int64_t NeuralNetworkImpl::num_parameters() const {
   return total;
 }
 
-int64_t NeuralNetworkImpl::connection_or_throw(const NeuronId& from, const NeuronId& to,
-                                               const char* context) const {
+int64_t NeuralNetworkImpl::connection_or_throw(const NeuronId& from, const NeuronId& to, const char* context) const {
   const auto& topo = *topology_;
   int64_t c = topo.connection_index(topo.require(from, context), topo.require(to, context));
   if (c < 0) fail("{}: there is no connection {}", context, edge_str({from, to}));
@@ -458,12 +460,10 @@ double NeuralNetworkImpl::dropout_p(const NeuronId& neuron) const {
   return dropout_[topology_->require(neuron, "NeuralNetwork::dropout_p()")];
 }
 
-void NeuralNetworkImpl::freeze(const std::vector<Edge>& connections,
-                               const std::vector<NeuronId>& neurons) {
+void NeuralNetworkImpl::freeze(const std::vector<Edge>& connections, const std::vector<NeuronId>& neurons) {
   // Resolve every label first, so a bad one changes nothing.
   std::vector<int64_t> conns, biases;
-  for (const auto& [from, to] : connections)
-    conns.push_back(connection_or_throw(from, to, "NeuralNetwork::freeze()"));
+  for (const auto& [from, to] : connections) conns.push_back(connection_or_throw(from, to, "NeuralNetwork::freeze()"));
   for (const auto& id : neurons) biases.push_back(bias_or_throw(id, "NeuralNetwork::freeze()"));
   torch::NoGradGuard no_grad;
   for (int64_t c : conns) weight_grad_mask_[c].fill_(0);
@@ -530,8 +530,9 @@ WeightedGraph NeuralNetworkImpl::weighted_graph() const {
   for (size_t k = 0; k < operations_.size(); ++k)
     for (const auto& p : operation_modules_[k]->named_parameters()) {
       auto values = p.value().detach().to(torch::kCPU, torch::kFloat64).contiguous();
-      graph.operation_parameters.push_back({operations_[k]->name() + "." + p.key(), values.sizes().vec(),
-                                            std::vector<double>(values.data_ptr<double>(), values.data_ptr<double>() + values.numel())});
+      graph.operation_parameters.push_back(
+          {operations_[k]->name() + "." + p.key(), values.sizes().vec(),
+           std::vector<double>(values.data_ptr<double>(), values.data_ptr<double>() + values.numel())});
     }
   return graph;
 }

@@ -46,9 +46,10 @@ std::unique_ptr<torch::optim::OptimizerParamState> remap_state(const torch::opti
   try {
     fields = state_fields(state);
   } catch (const Error&) {
-    fail("transfer_optimizer_state(): the state of parameter \"{}\" is of an optimizer connex does not know "
-         "(Adam, AdamW, SGD, RMSprop and Adagrad are supported)",
-         name);
+    fail(
+        "transfer_optimizer_state(): the state of parameter \"{}\" is of an optimizer connex does not know "
+        "(Adam, AdamW, SGD, RMSprop and Adagrad are supported)",
+        name);
   }
   for (auto& field : fields.tensors) field.second = remap_tensor(field.second, parameter, moved, keyed);
   return make_param_state(fields);
@@ -60,13 +61,15 @@ std::unique_ptr<torch::optim::OptimizerParamState> remap_state(const torch::opti
 class OptionsReader {
  public:
   OptionsReader(const nlohmann::json& json, const std::string& where) : json_(json), where_(where) {
-    if (!json.is_object()) fail("load(): {} must be an object of optimizer options, got {}", where, detail::excerpt(json));
+    if (!json.is_object())
+      fail("load(): {} must be an object of optimizer options, got {}", where, detail::excerpt(json));
   }
   double number(const char* key, double low, double high = HUGE_VAL, bool high_open = false) {
     const auto& value = at(key);
     const double x = value.is_number() ? value.get<double>() : NAN;
     if (!value.is_number() || !(x >= low) || !(high_open ? x < high : x <= high))
-      fail("load(): {}/{} must be a number in [{}, {}{}, got {}", where_, key, low, high, high_open ? ")" : "]", detail::excerpt(value));
+      fail("load(): {}/{} must be a number in [{}, {}{}, got {}", where_, key, low, high, high_open ? ")" : "]",
+           detail::excerpt(value));
     return x;
   }
   bool boolean(const char* key) {
@@ -121,7 +124,8 @@ void transfer_optimizer_state(const torch::optim::Optimizer& old_optimizer, cons
   std::unordered_map<std::string, const DimKeys*> old_keys, new_keys;
   auto collect = [](const NeuralNetworkImpl& net, std::unordered_map<std::string, const DimKeys*>& into) {
     for (size_t k = 0; k < net.operations().size(); ++k)
-      for (const auto& [name, keys] : net.operation_parameters(k).keys()) into[net.operations()[k]->name() + "." + name] = &keys;
+      for (const auto& [name, keys] : net.operation_parameters(k).keys())
+        into[net.operations()[k]->name() + "." + name] = &keys;
   };
   collect(*old_network, old_keys);
   collect(*edit.network, new_keys);
@@ -141,7 +145,8 @@ void transfer_optimizer_state(const torch::optim::Optimizer& old_optimizer, cons
     auto moved = edit.parameters.moved.find(item.key());
     const ParameterRemap::Moved* remap = moved == edit.parameters.moved.end() ? nullptr : &moved->second;
     std::optional<KeyedPair> keyed;
-    if (old_keys.count(item.key()) && new_keys.count(item.key())) keyed = KeyedPair{old_keys[item.key()], new_keys[item.key()]};
+    if (old_keys.count(item.key()) && new_keys.count(item.key()))
+      keyed = KeyedPair{old_keys[item.key()], new_keys[item.key()]};
     if (!remap && !keyed && !old->second.sizes().equals(item.value().sizes()))
       fail("transfer_optimizer_state(): parameter \"{}\" changed shape but the edit did not say how", item.key());
     states.emplace_back(key, remap_state(*state->second, item.value(), remap, item.key(), keyed ? &*keyed : nullptr));
@@ -162,15 +167,19 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& type,
   if (type == "adam") return std::make_unique<Adam>(std::move(groups), dynamic_cast<const AdamOptions&>(first));
   if (type == "adamw") return std::make_unique<AdamW>(std::move(groups), dynamic_cast<const AdamWOptions&>(first));
   if (type == "sgd") return std::make_unique<SGD>(std::move(groups), dynamic_cast<const SGDOptions&>(first));
-  if (type == "rmsprop") return std::make_unique<RMSprop>(std::move(groups), dynamic_cast<const RMSpropOptions&>(first));
+  if (type == "rmsprop")
+    return std::make_unique<RMSprop>(std::move(groups), dynamic_cast<const RMSpropOptions&>(first));
   return std::make_unique<Adagrad>(std::move(groups), dynamic_cast<const AdagradOptions&>(first));
 }
 
 std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim::Optimizer& old_optimizer,
-                                                              const NeuralNetwork& old_network, const EditResult& edit) {
+                                                              const NeuralNetwork& old_network,
+                                                              const EditResult& edit) {
   const std::string type = optimizer_type_name(old_optimizer);
   if (type == "other")
-    fail("optimizer_after_edit(): the optimizer is of a type connex does not know (Adam, AdamW, SGD, RMSprop and Adagrad are)");
+    fail(
+        "optimizer_after_edit(): the optimizer is of a type connex does not know (Adam, AdamW, SGD, RMSprop and "
+        "Adagrad are)");
   const auto names = group_parameter_names(old_optimizer, old_network, "optimizer_after_edit()");
   const auto parameters = edit.network->named_parameters();
   std::unordered_set<std::string> placed;
@@ -201,21 +210,27 @@ namespace connex {
 std::vector<std::vector<std::string>> group_parameter_names(const torch::optim::Optimizer& optimizer,
                                                             const NeuralNetwork& network, const std::string& context) {
   std::unordered_map<const void*, std::string> by_tensor;
-  for (const auto& item : network->named_parameters()) by_tensor.emplace(item.value().unsafeGetTensorImpl(), item.key());
+  for (const auto& item : network->named_parameters())
+    by_tensor.emplace(item.value().unsafeGetTensorImpl(), item.key());
   std::vector<std::vector<std::string>> names(optimizer.param_groups().size());
   for (size_t g = 0; g < names.size(); ++g)
     for (const auto& p : optimizer.param_groups()[g].params()) {
       auto name = by_tensor.find(p.unsafeGetTensorImpl());
       if (name == by_tensor.end())
-        fail("{}: its group {} holds a parameter of shape [{}] that is not one of the network's (build the optimizer over "
-             "the network's parameters)", context, g, fmt::join(p.sizes(), ", "));
+        fail(
+            "{}: its group {} holds a parameter of shape [{}] that is not one of the network's (build the optimizer "
+            "over "
+            "the network's parameters)",
+            context, g, fmt::join(p.sizes(), ", "));
       names[g].push_back(name->second);
     }
   return names;
 }
 
 // Each optimizer's defaults are options of its own kind.
-std::string optimizer_type_name(const torch::optim::Optimizer& optimizer) { return optimizer_type_of(optimizer.defaults()); }
+std::string optimizer_type_name(const torch::optim::Optimizer& optimizer) {
+  return optimizer_type_of(optimizer.defaults());
+}
 
 const std::vector<std::string>& state_tensor_names(const std::string& type) {
   static const std::vector<std::string> adam{"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}, sgd{"momentum_buffer"},
@@ -240,16 +255,22 @@ OptimizerStateFields state_fields(const torch::optim::OptimizerParamState& state
     f.step = s.step();
     f.tensors = {{"exp_avg", s.exp_avg()}, {"exp_avg_sq", s.exp_avg_sq()}, {"max_exp_avg_sq", s.max_exp_avg_sq()}};
   };
-  if (auto* s = dynamic_cast<const AdamParamState*>(&state)) adam_like(*s, "adam");
-  else if (auto* s = dynamic_cast<const AdamWParamState*>(&state)) adam_like(*s, "adamw");
-  else if (auto* s = dynamic_cast<const SGDParamState*>(&state)) f.type = "sgd", f.tensors = {{"momentum_buffer", s->momentum_buffer()}};
+  if (auto* s = dynamic_cast<const AdamParamState*>(&state))
+    adam_like(*s, "adam");
+  else if (auto* s = dynamic_cast<const AdamWParamState*>(&state))
+    adam_like(*s, "adamw");
+  else if (auto* s = dynamic_cast<const SGDParamState*>(&state))
+    f.type = "sgd", f.tensors = {{"momentum_buffer", s->momentum_buffer()}};
   else if (auto* s = dynamic_cast<const RMSpropParamState*>(&state)) {
     f.type = "rmsprop", f.step = s->step();
-    f.tensors = {{"square_avg", s->square_avg()}, {"momentum_buffer", s->momentum_buffer()}, {"grad_avg", s->grad_avg()}};
+    f.tensors = {
+        {"square_avg", s->square_avg()}, {"momentum_buffer", s->momentum_buffer()}, {"grad_avg", s->grad_avg()}};
   } else if (auto* s = dynamic_cast<const AdagradParamState*>(&state)) {
     f.type = "adagrad", f.step = s->step(), f.tensors = {{"sum", s->sum()}};
   } else {
-    fail("optimizer state: a parameter's state is of an optimizer connex does not know (Adam, AdamW, SGD, RMSprop and Adagrad are)");
+    fail(
+        "optimizer state: a parameter's state is of an optimizer connex does not know (Adam, AdamW, SGD, RMSprop and "
+        "Adagrad are)");
   }
   return f;
 }
@@ -260,7 +281,8 @@ std::unique_ptr<torch::optim::OptimizerParamState> make_param_state(const Optimi
   if (f.tensors.size() != names.size() || f.step.has_value() != state_has_step(f.type))
     fail("optimizer state: the fields do not match a {} state", f.type);
   for (size_t i = 0; i < names.size(); ++i)
-    if (f.tensors[i].first != names[i]) fail("optimizer state: field {} of a {} state must be {}, got {}", i, f.type, names[i], f.tensors[i].first);
+    if (f.tensors[i].first != names[i])
+      fail("optimizer state: field {} of a {} state must be {}, got {}", i, f.type, names[i], f.tensors[i].first);
   auto t = [&](size_t i) { return f.tensors[i].second; };
   auto adam_like = [&](auto state) {
     state->step(*f.step).exp_avg(t(0)).exp_avg_sq(t(1)).max_exp_avg_sq(t(2));
@@ -312,24 +334,38 @@ bool state_required_for_every_parameter(const std::string& type) { return type =
 nlohmann::json optimizer_options_to_json(const torch::optim::OptimizerOptions& options) {
   using namespace torch::optim;
   auto adam_like = [](const auto& o) {
-    return nlohmann::json{{"lr", o.lr()}, {"betas", {std::get<0>(o.betas()), std::get<1>(o.betas())}}, {"eps", o.eps()},
-                          {"weight_decay", o.weight_decay()}, {"amsgrad", o.amsgrad()}};
+    return nlohmann::json{{"lr", o.lr()},
+                          {"betas", {std::get<0>(o.betas()), std::get<1>(o.betas())}},
+                          {"eps", o.eps()},
+                          {"weight_decay", o.weight_decay()},
+                          {"amsgrad", o.amsgrad()}};
   };
   if (auto* o = dynamic_cast<const AdamOptions*>(&options)) return adam_like(*o);
   if (auto* o = dynamic_cast<const AdamWOptions*>(&options)) return adam_like(*o);
   if (auto* o = dynamic_cast<const SGDOptions*>(&options))
-    return {{"lr", o->lr()}, {"momentum", o->momentum()}, {"dampening", o->dampening()}, {"weight_decay", o->weight_decay()},
+    return {{"lr", o->lr()},
+            {"momentum", o->momentum()},
+            {"dampening", o->dampening()},
+            {"weight_decay", o->weight_decay()},
             {"nesterov", o->nesterov()}};
   if (auto* o = dynamic_cast<const RMSpropOptions*>(&options))
-    return {{"lr", o->lr()}, {"alpha", o->alpha()}, {"eps", o->eps()}, {"weight_decay", o->weight_decay()},
-            {"momentum", o->momentum()}, {"centered", o->centered()}};
+    return {{"lr", o->lr()},
+            {"alpha", o->alpha()},
+            {"eps", o->eps()},
+            {"weight_decay", o->weight_decay()},
+            {"momentum", o->momentum()},
+            {"centered", o->centered()}};
   if (auto* o = dynamic_cast<const AdagradOptions*>(&options))
-    return {{"lr", o->lr()}, {"lr_decay", o->lr_decay()}, {"weight_decay", o->weight_decay()},
-            {"initial_accumulator_value", o->initial_accumulator_value()}, {"eps", o->eps()}};
+    return {{"lr", o->lr()},
+            {"lr_decay", o->lr_decay()},
+            {"weight_decay", o->weight_decay()},
+            {"initial_accumulator_value", o->initial_accumulator_value()},
+            {"eps", o->eps()}};
   fail("optimizer options: of an optimizer connex does not know (Adam, AdamW, SGD, RMSprop and Adagrad are)");
 }
 
-std::unique_ptr<torch::optim::OptimizerOptions> optimizer_options_from_json(const std::string& type, const nlohmann::json& json,
+std::unique_ptr<torch::optim::OptimizerOptions> optimizer_options_from_json(const std::string& type,
+                                                                            const nlohmann::json& json,
                                                                             const std::string& where) {
   using namespace torch::optim;
   state_tensor_names(type);  // rejects an unknown type
@@ -337,24 +373,40 @@ std::unique_ptr<torch::optim::OptimizerOptions> optimizer_options_from_json(cons
   std::unique_ptr<OptimizerOptions> out;
   // The ranges torch's optimizer constructors enforce.
   auto adam_like = [&](auto options) {
-    options->lr(r.number("lr", 0)).betas(r.betas()).eps(r.number("eps", 0)).weight_decay(r.number("weight_decay", 0)).amsgrad(r.boolean("amsgrad"));
+    options->lr(r.number("lr", 0))
+        .betas(r.betas())
+        .eps(r.number("eps", 0))
+        .weight_decay(r.number("weight_decay", 0))
+        .amsgrad(r.boolean("amsgrad"));
     return std::unique_ptr<OptimizerOptions>(std::move(options));
   };
-  if (type == "adam") out = adam_like(std::make_unique<AdamOptions>());
-  else if (type == "adamw") out = adam_like(std::make_unique<AdamWOptions>());
+  if (type == "adam")
+    out = adam_like(std::make_unique<AdamOptions>());
+  else if (type == "adamw")
+    out = adam_like(std::make_unique<AdamWOptions>());
   else if (type == "sgd") {
     auto o = std::make_unique<SGDOptions>(r.number("lr", 0));
-    o->momentum(r.number("momentum", 0)).dampening(r.number("dampening", -HUGE_VAL)).weight_decay(r.number("weight_decay", 0)).nesterov(r.boolean("nesterov"));
+    o->momentum(r.number("momentum", 0))
+        .dampening(r.number("dampening", -HUGE_VAL))
+        .weight_decay(r.number("weight_decay", 0))
+        .nesterov(r.boolean("nesterov"));
     if (o->nesterov() && (o->momentum() <= 0 || o->dampening() != 0))
       fail("load(): {}: Nesterov momentum needs a momentum above 0 and zero dampening", where);
     out = std::move(o);
   } else if (type == "rmsprop") {
     auto o = std::make_unique<RMSpropOptions>(r.number("lr", 0));
-    o->alpha(r.number("alpha", 0)).eps(r.number("eps", 0)).weight_decay(r.number("weight_decay", 0)).momentum(r.number("momentum", 0)).centered(r.boolean("centered"));
+    o->alpha(r.number("alpha", 0))
+        .eps(r.number("eps", 0))
+        .weight_decay(r.number("weight_decay", 0))
+        .momentum(r.number("momentum", 0))
+        .centered(r.boolean("centered"));
     out = std::move(o);
   } else {
     auto o = std::make_unique<AdagradOptions>(r.number("lr", 0));
-    o->lr_decay(r.number("lr_decay", 0)).weight_decay(r.number("weight_decay", 0)).initial_accumulator_value(r.number("initial_accumulator_value", 0)).eps(r.number("eps", 0));
+    o->lr_decay(r.number("lr_decay", 0))
+        .weight_decay(r.number("weight_decay", 0))
+        .initial_accumulator_value(r.number("initial_accumulator_value", 0))
+        .eps(r.number("eps", 0));
     out = std::move(o);
   }
   r.done();

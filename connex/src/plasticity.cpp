@@ -55,9 +55,7 @@ int64_t NetworkEditor::base_dense(const NeuronId& id) const {
   return base_->dense_of(id);
 }
 
-bool NetworkEditor::exists(const NeuronId& id) const {
-  return added_roles_.count(id) || base_dense(id) >= 0;
-}
+bool NetworkEditor::exists(const NeuronId& id) const { return added_roles_.count(id) || base_dense(id) >= 0; }
 
 Role NetworkEditor::role_of(const NeuronId& id) const {
   auto it = added_roles_.find(id);
@@ -68,13 +66,14 @@ NetworkEditor& NetworkEditor::add_connections(const std::vector<Edge>& edges) {
   // Check every edge before recording any, so a failed call leaves the editor as it was.
   for (const auto& edge : edges) {
     for (const auto* id : {&edge.first, &edge.second})
-      if (!exists(*id)) fail("add_connections(): edge {} names neuron {}, which is not in the network", edge_str(edge), *id);
+      if (!exists(*id))
+        fail("add_connections(): edge {} names neuron {}, which is not in the network", edge_str(edge), *id);
     if (role_of(edge.second) == Role::Input)
-      fail("add_connections(): edge {} would enter input neuron {}; inputs take only the input values",
-           edge_str(edge), edge.second);
+      fail("add_connections(): edge {} would enter input neuron {}; inputs take only the input values", edge_str(edge),
+           edge.second);
     if (role_of(edge.first) == Role::Output)
-      fail("add_connections(): edge {} would leave output neuron {}; outputs feed no other neuron",
-           edge_str(edge), edge.first);
+      fail("add_connections(): edge {} would leave output neuron {}; outputs feed no other neuron", edge_str(edge),
+           edge.first);
     if (edge.first == edge.second)
       fail("add_connections(): edge {} would create the cycle {}", edge_str(edge), edge_str(edge));
   }
@@ -287,7 +286,8 @@ EditResult NetworkEditor::build(uint64_t seed) const {
     };
     const auto& old_edges = old_spec.edge_indices();
     parallel_compact(
-        static_cast<int64_t>(old_edges.size()), [&](int64_t e) { return kept(old_edges[e].first, old_edges[e].second); },
+        static_cast<int64_t>(old_edges.size()),
+        [&](int64_t e) { return kept(old_edges[e].first, old_edges[e].second); },
         [&](int64_t count) {
           g.edges.reserve(count + added_edges_.size());
           g.edges.resize(count);

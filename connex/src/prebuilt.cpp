@@ -10,14 +10,15 @@ namespace connex::nn {
 
 namespace {
 
-GraphSpec build_layers(const char* name, int64_t input_size, int64_t output_size, int64_t width, int64_t depth, bool dense);
+GraphSpec build_layers(const char* name, int64_t input_size, int64_t output_size, int64_t width, int64_t depth,
+                       bool dense);
 
 // Layers of consecutive integer ids; `dense` links every layer to every later one.
-GraphSpec layered_spec(const char* name, int64_t input_size, int64_t output_size, int64_t width,
-                       int64_t depth, bool dense) {
+GraphSpec layered_spec(const char* name, int64_t input_size, int64_t output_size, int64_t width, int64_t depth,
+                       bool dense) {
   if (input_size < 1 || output_size < 1 || depth < 0 || (depth > 0 && width < 1))
-    fail("{}(): sizes must be positive (input_size={}, output_size={}, width={}, depth={})", name,
-         input_size, output_size, width, depth);
+    fail("{}(): sizes must be positive (input_size={}, output_size={}, width={}, depth={})", name, input_size,
+         output_size, width, depth);
   // Count before building, in closed form (a loop over a depth near int64's
   // maximum never ends): a typo such as width 1e8 must be an error, not
   // bad_alloc or an hour of work. Doubles cannot overflow here.
@@ -37,8 +38,10 @@ GraphSpec layered_spec(const char* name, int64_t input_size, int64_t output_size
   const double needed = connections * kBytesPerConnection + neurons * kBytesPerNeuron;
   const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
   if (memory > 0 && needed > memory)
-    fail("{}(): {:.3g} neurons and {:.3g} connections need about {:.3g} GB of memory to build; this machine has {:.3g} GB", name,
-         neurons, connections, needed / 1e9, memory / 1e9);
+    fail(
+        "{}(): {:.3g} neurons and {:.3g} connections need about {:.3g} GB of memory to build; this machine has {:.3g} "
+        "GB",
+        name, neurons, connections, needed / 1e9, memory / 1e9);
   try {
     return build_layers(name, input_size, output_size, width, depth, dense);
   } catch (const std::bad_alloc&) {
@@ -46,7 +49,8 @@ GraphSpec layered_spec(const char* name, int64_t input_size, int64_t output_size
   }
 }
 
-GraphSpec build_layers(const char* name, int64_t input_size, int64_t output_size, int64_t width, int64_t depth, bool dense) {
+GraphSpec build_layers(const char* name, int64_t input_size, int64_t output_size, int64_t width, int64_t depth,
+                       bool dense) {
   std::vector<std::vector<NeuronId>> layers;
   int64_t next = 0;
   auto layer = [&](int64_t size) {
@@ -78,8 +82,7 @@ GraphSpec dense_mlp_spec(int64_t input_size, int64_t output_size, int64_t width,
   return layered_spec("DenseMLP", input_size, output_size, width, depth, true);
 }
 
-NeuralNetwork MLP(int64_t input_size, int64_t output_size, int64_t width, int64_t depth,
-                  NeuralNetworkOptions options) {
+NeuralNetwork MLP(int64_t input_size, int64_t output_size, int64_t width, int64_t depth, NeuralNetworkOptions options) {
   return NeuralNetwork(mlp_spec(input_size, output_size, width, depth), std::move(options));
 }
 

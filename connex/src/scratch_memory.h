@@ -25,8 +25,7 @@ class ScratchMemory {
   // At most `keep` free blocks and `max_bytes` of them are held; the rest go
   // back to the system (the smallest first), so one large-batch call leaves
   // at most this much behind for the network's lifetime.
-  explicit ScratchMemory(size_t keep = 6, size_t max_bytes = size_t(256) << 20)
-      : keep_(keep), max_bytes_(max_bytes) {
+  explicit ScratchMemory(size_t keep = 6, size_t max_bytes = size_t(256) << 20) : keep_(keep), max_bytes_(max_bytes) {
     free_.reserve(keep_ + 1);  // give_back() runs in deleters: it must not need to allocate
   }
   ~ScratchMemory();

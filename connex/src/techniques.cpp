@@ -20,9 +20,12 @@ torch::Tensor uniform(std::vector<int64_t> shape, int64_t fan_in, torch::Dtype d
 
 double lowest_value(torch::ScalarType dtype) {
   switch (dtype) {
-    case torch::kDouble: return std::numeric_limits<double>::lowest();
-    case torch::kHalf: return -65504.0;
-    default: return static_cast<double>(std::numeric_limits<float>::lowest());
+    case torch::kDouble:
+      return std::numeric_limits<double>::lowest();
+    case torch::kHalf:
+      return -65504.0;
+    default:
+      return static_cast<double>(std::numeric_limits<float>::lowest());
   }
 }
 
@@ -36,7 +39,8 @@ std::vector<NeuronId> source_labels(const Topology& topology, const Level& level
 
 std::vector<NeuronId> neuron_labels(const Topology& topology, const Level& level, bool hidden_only) {
   std::vector<NeuronId> labels;
-  for (int64_t d = level.begin; d < (hidden_only ? level.hidden_end : level.end); ++d) labels.push_back(topology.label(d));
+  for (int64_t d = level.begin; d < (hidden_only ? level.hidden_end : level.end); ++d)
+    labels.push_back(topology.label(d));
   return labels;
 }
 
@@ -118,13 +122,15 @@ OperationParameters NeuronSelfAttention::build(const Topology& topology, torch::
 }
 
 std::optional<torch::Tensor> NeuronSelfAttention::replace_affine(const LevelContext& ctx, const torch::Tensor& s,
-                                                                 const torch::Tensor& weights, const torch::Tensor& bias) const {
+                                                                 const torch::Tensor& weights,
+                                                                 const torch::Tensor& bias) const {
   const int64_t L = s.size(0), n = weights.size(0), B = s.size(1);
   if (L == 0) return bias.expand({n, B});
   // The mask of each neuron's incoming connections, [n, L], from the plan
   // (a weight can be exactly zero while its connection exists).
   std::vector<int64_t> pos;
-  for (size_t c = 0; c < ctx.plan.edge_source.size(); ++c) pos.push_back(ctx.plan.edge_target[c] * L + ctx.plan.edge_source[c]);
+  for (size_t c = 0; c < ctx.plan.edge_source.size(); ++c)
+    pos.push_back(ctx.plan.edge_target[c] * L + ctx.plan.edge_source[c]);
   auto mask = torch::zeros({n * L}, torch::TensorOptions().dtype(torch::kBool).device(s.device()))
                   .index_fill_(0, torch::tensor(pos, torch::kLong).to(s.device()), true)
                   .view({n, L});
@@ -133,7 +139,8 @@ std::optional<torch::Tensor> NeuronSelfAttention::replace_affine(const LevelCont
   auto x = s.t().unsqueeze(1).expand({B, n, L});
   auto project = [&](const char* m) {
     // [B, n, L] = einsum("nij,bnj->bni") + bias
-    return torch::einsum("nij,bnj->bni", {ctx.param(std::string(m) + "_weight"), x}) + ctx.param(std::string(m) + "_bias");
+    return torch::einsum("nij,bnj->bni", {ctx.param(std::string(m) + "_weight"), x}) +
+           ctx.param(std::string(m) + "_bias");
   };
   auto q = project("query"), k = project("key"), v = project("value");
   auto scores = q.unsqueeze(3) * k.unsqueeze(2) / torch::sqrt(fan_in).view({1, n, 1, 1});  // [B, n, L, L]

@@ -10,7 +10,7 @@
 namespace connex {
 
 const std::vector<std::string>& TensorFunction::builtin_names() {
-  static const std::vector<std::string> names = {"identity", "relu",    "gelu",       "silu",
+  static const std::vector<std::string> names = {"identity", "relu",    "gelu",    "silu",
                                                  "tanh",     "sigmoid", "softmax", "log_softmax"};
   return names;
 }
@@ -20,16 +20,14 @@ TensorFunction::TensorFunction(const char* name) : TensorFunction(std::string(na
 TensorFunction::TensorFunction(const std::string& name) : name_(name) {
   const auto& names = builtin_names();
   if (std::find(names.begin(), names.end(), name) == names.end())
-    fail("TensorFunction: unknown built-in \"{}\"; the built-ins are {}", name,
-         fmt::join(names, ", "));
+    fail("TensorFunction: unknown built-in \"{}\"; the built-ins are {}", name, fmt::join(names, ", "));
 }
 
 TensorFunction::TensorFunction(Fn fn, std::string name) : name_(std::move(name)), fn_(std::move(fn)) {
   if (!fn_) fail("TensorFunction: the callable \"{}\" is empty", name_);
 }
 
-TensorFunction::TensorFunction(torch::nn::AnyModule module, const std::string& type_name,
-                               std::string name)
+TensorFunction::TensorFunction(torch::nn::AnyModule module, const std::string& type_name, std::string name)
     : name_(name.empty() ? type_name : std::move(name)), module_(std::move(module)) {}
 
 bool TensorFunction::is_elementwise() const {

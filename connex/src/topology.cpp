@@ -12,10 +12,14 @@ namespace connex {
 
 const char* kernel_name(LevelKernel kernel) {
   switch (kernel) {
-    case LevelKernel::BiasOnly: return "bias-only";
-    case LevelKernel::DenseView: return "dense-view";
-    case LevelKernel::DenseScatter: return "dense-scatter";
-    case LevelKernel::EdgeList: return "edge-list";
+    case LevelKernel::BiasOnly:
+      return "bias-only";
+    case LevelKernel::DenseView:
+      return "dense-view";
+    case LevelKernel::DenseScatter:
+      return "dense-scatter";
+    case LevelKernel::EdgeList:
+      return "edge-list";
   }
   return "?";
 }
@@ -24,8 +28,7 @@ namespace {
 
 // Rank of each spec neuron: its position in the user's topo sort (validated
 // here) or in the spec's neuron list.
-std::vector<int64_t> neuron_ranks(const GraphSpec& spec,
-                                  const std::optional<std::vector<NeuronId>>& topo_sort) {
+std::vector<int64_t> neuron_ranks(const GraphSpec& spec, const std::optional<std::vector<NeuronId>>& topo_sort) {
   const int64_t n = static_cast<int64_t>(spec.num_neurons());
   std::vector<int64_t> rank(n);
   if (!topo_sort) {
@@ -42,8 +45,7 @@ std::vector<int64_t> neuron_ranks(const GraphSpec& spec,
   }
   for (int64_t i = 0; i < n; ++i)
     if (rank[i] < 0)
-      fail("NeuralNetwork(): topo_sort is not a permutation of the neurons: neuron {} is missing",
-           spec.neurons()[i]);
+      fail("NeuralNetwork(): topo_sort is not a permutation of the neurons: neuron {} is missing", spec.neurons()[i]);
   for (const auto& [u, v] : spec.edge_indices())
     if (rank[u] > rank[v])
       fail("NeuralNetwork(): topo_sort places {} before {}, which violates the edge {}", spec.neurons()[v],
@@ -53,8 +55,7 @@ std::vector<int64_t> neuron_ranks(const GraphSpec& spec,
 
 }  // namespace
 
-std::shared_ptr<const Topology> Topology::compile(GraphSpec spec_in,
-                                                  const CompileOptions& options) {
+std::shared_ptr<const Topology> Topology::compile(GraphSpec spec_in, const CompileOptions& options) {
   std::shared_ptr<Topology> topo(new Topology(std::move(spec_in)));
   const GraphSpec& spec = topo->spec_;
   const int64_t n = static_cast<int64_t>(spec.num_neurons());
@@ -118,7 +119,8 @@ std::shared_ptr<const Topology> Topology::compile(GraphSpec spec_in,
   const int64_t parts = counting_sort_parts(m, n);
   std::vector<int64_t> part_begin(parts + 1, n);
   for (int64_t p = 0; p < parts; ++p)
-    part_begin[p] = std::lower_bound(topo->out_offsets_.begin(), topo->out_offsets_.end() - 1, m * p / parts) - topo->out_offsets_.begin();
+    part_begin[p] = std::lower_bound(topo->out_offsets_.begin(), topo->out_offsets_.end() - 1, m * p / parts) -
+                    topo->out_offsets_.begin();
   topo->conn_source_.resize(m);
   topo->conn_target_.resize(m);
   topo->out_connections_.resize(m);
@@ -141,7 +143,8 @@ std::shared_ptr<const Topology> Topology::compile(GraphSpec spec_in,
   // less per connection.
   at::parallel_for(0, n, 1 << 12, [&](int64_t first, int64_t last) {
     for (int64_t dv = first; dv < last; ++dv)
-      std::fill(topo->conn_target_.begin() + topo->in_offsets_[dv], topo->conn_target_.begin() + topo->in_offsets_[dv + 1], dv);
+      std::fill(topo->conn_target_.begin() + topo->in_offsets_[dv],
+                topo->conn_target_.begin() + topo->in_offsets_[dv + 1], dv);
   });
 
   // Level table.

@@ -49,9 +49,11 @@ std::string gather_expr(Script& s, const GatherPlan& plan, const std::string& pr
       parts.push_back(fmt::format("{}.index_select(0, {})", piece,
                                   s.buffer(prefix + std::to_string(k), torch::tensor(seg.local, torch::kLong))));
   }
-  std::string values = parts.size() == 1 ? parts[0] : "torch.cat([" + fmt::format("{}", fmt::join(parts, ", ")) + "], 0)";
+  std::string values =
+      parts.size() == 1 ? parts[0] : "torch.cat([" + fmt::format("{}", fmt::join(parts, ", ")) + "], 0)";
   if (!plan.order.empty())
-    values = fmt::format("{}.index_select(0, {})", values, s.buffer(prefix + "order", torch::tensor(plan.order, torch::kLong)));
+    values = fmt::format("{}.index_select(0, {})", values,
+                         s.buffer(prefix + "order", torch::tensor(plan.order, torch::kLong)));
   return values;
 }
 
@@ -91,13 +93,23 @@ Script build_script(const NeuralNetwork& network, const Preprocessing* preproces
   for (size_t k = 0; k < network->operations().size(); ++k) {
     const std::string& name = network->operations()[k]->name();
     const auto* params = &network->operation_parameters(k);
-    if (name == "topo_norm") norm = true, norm_p = params;
-    else if (name == "topo_self_attention") topo_attention = true, topo_p = params;
-    else if (name == "neuron_self_attention") neuron_attention = true, neuron_p = params;
-    else if (name == "adaptive_activation") adaptive = true, adaptive_p = params;
-    else fail("export_torchscript(): user-defined operation \"{}\" has no TorchScript form; only the built-in techniques can be exported", name);
+    if (name == "topo_norm")
+      norm = true, norm_p = params;
+    else if (name == "topo_self_attention")
+      topo_attention = true, topo_p = params;
+    else if (name == "neuron_self_attention")
+      neuron_attention = true, neuron_p = params;
+    else if (name == "adaptive_activation")
+      adaptive = true, adaptive_p = params;
+    else
+      fail(
+          "export_torchscript(): user-defined operation \"{}\" has no TorchScript form; only the built-in techniques "
+          "can be exported",
+          name);
   }
-  auto op_tensor = [](const OperationModuleImpl* m, const std::string& name) { return m->get(name).detach().to(torch::kCPU).clone(); };
+  auto op_tensor = [](const OperationModuleImpl* m, const std::string& name) {
+    return m->get(name).detach().to(torch::kCPU).clone();
+  };
   // Validate both functions before writing any code.
   scripted(options.hidden_activation(), "hidden_activation", "z");
   scripted(options.output_transformation(), "output_transformation", "y");
@@ -130,7 +142,8 @@ Script build_script(const NeuralNetwork& network, const Preprocessing* preproces
           c << fmt::format("    {} = torch.addmm({}, {}, s)\n", m[0],
                            s.buffer(L + "ta_" + m + "_b", op_tensor(topo_p, P + m + "_bias").unsqueeze(1)),
                            s.buffer(L + "ta_" + m + "_w", op_tensor(topo_p, P + m + "_weight")));
-        c << fmt::format("    a = torch.softmax(q.t().unsqueeze(2) * k.t().unsqueeze(1) / {}, 2)\n", std::sqrt(static_cast<double>(width)))
+        c << fmt::format("    a = torch.softmax(q.t().unsqueeze(2) * k.t().unsqueeze(1) / {}, 2)\n",
+                         std::sqrt(static_cast<double>(width)))
           << "    s = s + torch.bmm(a, v.t().unsqueeze(2)).squeeze(2).t()\n";
       }
       // Dense weights of the batch, for the matmul kernels and neuron attention.
@@ -140,7 +153,9 @@ Script build_script(const NeuralNetwork& network, const Preprocessing* preproces
       dense.index_put_({torch::tensor(pos, torch::kLong)}, w);
       dense = dense.view({size, width});
       if (neuron_attention) {
-        auto outside = torch::ones({size * width}, torch::kBool).index_fill_(0, torch::tensor(pos, torch::kLong), false).view({1, size, 1, width});
+        auto outside = torch::ones({size * width}, torch::kBool)
+                           .index_fill_(0, torch::tensor(pos, torch::kLong), false)
+                           .view({1, size, 1, width});
         auto fan_in = (~outside).sum(3).clamp_min(1).to(w.scalar_type()).sqrt().view({1, size, 1, 1});
         c << fmt::format("    xn = s.t().unsqueeze(1).expand([batch, {}, {}])\n", size, width);
         for (const char* m : {"query", "key", "value"})
@@ -148,7 +163,8 @@ Script build_script(const NeuralNetwork& network, const Preprocessing* preproces
                            s.buffer(L + "na_" + m + "_w", op_tensor(neuron_p, P + m + "_weight")),
                            s.buffer(L + "na_" + m + "_b", op_tensor(neuron_p, P + m + "_bias")));
         const std::string mask = s.buffer(L + "na_outside", outside);
-        c << fmt::format("    e = (q.unsqueeze(3) * k.unsqueeze(2) / {}).masked_fill({}, {})\n", s.buffer(L + "na_scale", fan_in), mask,
+        c << fmt::format("    e = (q.unsqueeze(3) * k.unsqueeze(2) / {}).masked_fill({}, {})\n",
+                         s.buffer(L + "na_scale", fan_in), mask,
                          w.scalar_type() == torch::kDouble ? "-1.7976931348623157e+308" : "-3.4028234663852886e+38")
           << fmt::format("    a = torch.softmax(e, 3).masked_fill({}, 0.0)\n", mask)
           << "    xn = xn + torch.matmul(a, v.unsqueeze(3)).squeeze(3)\n"
@@ -177,8 +193,8 @@ Script build_script(const NeuralNetwork& network, const Preprocessing* preproces
     else if (hidden == 0)
       c << fmt::format("    p{} = z\n", l);
     else
-      c << fmt::format("    p{} = torch.cat([{}, z.narrow(0, {}, {})], 0)\n", l, activate(fmt::format("z.narrow(0, 0, {})", hidden)),
-                       hidden, size - hidden);
+      c << fmt::format("    p{} = torch.cat([{}, z.narrow(0, {}, {})], 0)\n", l,
+                       activate(fmt::format("z.narrow(0, 0, {})", hidden)), hidden, size - hidden);
   }
   c << fmt::format("    y = {}.t()\n", gather_expr(s, topo.output_gather(), "out_g"))
     << fmt::format("    y = {}\n", scripted(options.output_transformation(), "output_transformation", "y"))

@@ -22,8 +22,16 @@ namespace readme_doctest {
 
 // The README's network (its Example section).
 inline connex::GraphSpec readme_spec() {
-  return connex::GraphSpec::from_adjacency({{0, {1, 2, 3}}, {1, {4}}, {2, {4, 5}}, {4, {6}}, {5, {7}},
-                                            {6, {8, 9}}, {7, {10}}, {8, {11}}, {9, {11}}, {10, {11}}},
+  return connex::GraphSpec::from_adjacency({{0, {1, 2, 3}},
+                                            {1, {4}},
+                                            {2, {4, 5}},
+                                            {4, {6}},
+                                            {5, {7}},
+                                            {6, {8, 9}},
+                                            {7, {10}},
+                                            {8, {11}},
+                                            {9, {11}},
+                                            {10, {11}}},
                                            {0}, {3, 11});
 }
 inline connex::NeuralNetwork readme_network() {
@@ -37,8 +45,10 @@ void check_main_result(Main main) {
   static char name[] = "readme_doctest";
   static char* argv[] = {name, nullptr};
   auto call = [&] {
-    if constexpr (std::is_invocable_v<Main>) return main();
-    else return main(1, argv);
+    if constexpr (std::is_invocable_v<Main>)
+      return main();
+    else
+      return main(1, argv);
   };
   if constexpr (std::is_void_v<decltype(call())>) {
     call();

@@ -54,11 +54,11 @@ TORCH_MODULE(OperationModule);
 
 // What an operation sees while running one batch.
 struct LevelContext {
-  int64_t level;                  // 1..depth
-  const Level& plan;              // the batch: neurons, sources, connections
+  int64_t level;      // 1..depth
+  const Level& plan;  // the batch: neurons, sources, connections
   const Topology& topology;
   const OperationModuleImpl& params;
-  std::string prefix;             // "level3_": the batch's parameter name prefix
+  std::string prefix;  // "level3_": the batch's parameter name prefix
   const torch::Tensor& param(const std::string& name) const { return params.get(prefix + name); }
 };
 
@@ -77,7 +77,8 @@ class BatchOperation {
   // the batch's dense weights [neurons, sources] and biases [neurons, 1]; at
   // most one operation of a network may replace the affine step.
   virtual std::optional<torch::Tensor> replace_affine(const LevelContext&, const torch::Tensor& /*sources*/,
-                                                      const torch::Tensor& /*weights*/, const torch::Tensor& /*bias*/) const {
+                                                      const torch::Tensor& /*weights*/,
+                                                      const torch::Tensor& /*bias*/) const {
     return std::nullopt;
   }
   // z: [neurons, batch] -> same shape (outputs included).

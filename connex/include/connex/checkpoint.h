@@ -46,8 +46,8 @@ struct SavedOptimizer {
 
 struct Checkpoint {
   NeuralNetwork network{nullptr};
-  std::optional<SavedOptimizer> optimizer;          // empty when none was saved
-  std::optional<Preprocessing> preprocessing;       // the data preprocessing the network was trained with, if saved
+  std::optional<SavedOptimizer> optimizer;     // empty when none was saved
+  std::optional<Preprocessing> preprocessing;  // the data preprocessing the network was trained with, if saved
   nlohmann::json training;  // a training loop's own progress record (an object), null when none was saved
 };
 
@@ -71,13 +71,14 @@ NeuralNetwork load(const std::string& path);
 // same structure will do, on any device), and each of its groups must hold the
 // parameters of the saved group. All or nothing: on an error the optimizer is
 // unchanged.
-void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer& optimizer, const std::string& path = "checkpoint",
-                          const NeuralNetwork& network = nullptr);
+void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer& optimizer,
+                          const std::string& path = "checkpoint", const NeuralNetwork& network = nullptr);
 // The saved optimizer itself: a new one of the saved type, with the saved
 // parameter groups and their options (learning rate, betas, ...), over the
 // parameters of `network` (by default checkpoint.network), holding the saved
 // state. Throws when the checkpoint holds no optimizer.
-std::unique_ptr<torch::optim::Optimizer> restore_optimizer(const Checkpoint& checkpoint, const std::string& path = "checkpoint",
+std::unique_ptr<torch::optim::Optimizer> restore_optimizer(const Checkpoint& checkpoint,
+                                                           const std::string& path = "checkpoint",
                                                            const NeuralNetwork& network = nullptr);
 
 }  // namespace connex

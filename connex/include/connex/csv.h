@@ -10,9 +10,9 @@ namespace connex {
 
 struct CsvTable {
   std::vector<std::string> columns;
-  std::vector<std::vector<double>> rows;  // rows[i][j]: row i, column j (NaN in a text column)
+  std::vector<std::vector<double>> rows;       // rows[i][j]: row i, column j (NaN in a text column)
   std::vector<std::vector<std::string>> text;  // text[j]: every cell of a text column j; empty otherwise
-  std::vector<int64_t> row_lines;         // the file line of each row, for messages
+  std::vector<int64_t> row_lines;              // the file line of each row, for messages
   std::string source;
   int64_t column_index(const std::string& name) const;  // -1 when absent
   // A cell as a number; a text column's cell is parsed now, with the same

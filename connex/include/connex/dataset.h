@@ -73,13 +73,13 @@ struct TableOptions {
   // Target columns; empty: the last column for classification, the last
   // num_outputs columns for regression.
   TORCH_ARG(std::vector<std::string>, targets) = {};
-  TORCH_ARG(std::vector<std::string>, features) = {};  // empty: every non-target column
+  TORCH_ARG(std::vector<std::string>, features) = {};   // empty: every non-target column
   TORCH_ARG(std::optional<Task>, task) = std::nullopt;  // default: the fitted preprocessing's, else regression
   // z-score each feature with the training rows' mean and unbiased standard
   // deviation (ddof 1, as torch.std; sklearn's StandardScaler uses ddof 0).
   TORCH_ARG(bool, standardize) = false;
-  TORCH_ARG(double, validation_fraction) = 0.0;     // rows held out, in [0, 1)
-  TORCH_ARG(uint64_t, seed) = 0;                    // decides which rows are held out
+  TORCH_ARG(double, validation_fraction) = 0.0;  // rows held out, in [0, 1)
+  TORCH_ARG(uint64_t, seed) = 0;                 // decides which rows are held out
   // Of the inputs (and regression targets); default: the network's (float32 for table_from_tensors).
   TORCH_ARG(std::optional<torch::Dtype>, dtype) = std::nullopt;
 };

@@ -46,9 +46,9 @@ class EditScript {
   enum class Kind { AddConnections, RemoveConnections, AddInputs, AddHidden, AddOutputs, RemoveNeurons, SetDropout };
   struct Step {
     Kind kind;
-    std::vector<Edge> edges;      // connection steps
-    std::vector<NeuronId> ids;    // neuron steps
-    DropoutSpec dropout;          // set_dropout_p
+    std::vector<Edge> edges;    // connection steps
+    std::vector<NeuronId> ids;  // neuron steps
+    DropoutSpec dropout;        // set_dropout_p
   };
   static const char* name_of(Kind kind);
   std::vector<Step> steps_;

@@ -43,8 +43,7 @@ class GraphSpec {
   // Each key names a neuron, even with no successors; with a non-empty
   // `neurons` list every key and successor must be in it, as for edges.
   static GraphSpec from_adjacency(const Adjacency& adjacency, std::vector<NeuronId> inputs,
-                                  std::vector<NeuronId> outputs,
-                                  std::vector<NeuronId> neurons = {});
+                                  std::vector<NeuronId> outputs, std::vector<NeuronId> neurons = {});
   // {"neurons":[...], "edges":[[u,v],...] | "adjacency":{"u":[v,...]}, "inputs":[...], "outputs":[...]}.
   // "neurons" is optional; a non-empty one is the complete list, as above.
   // Adjacency keys are JSON strings; in an integer graph they must spell integers.

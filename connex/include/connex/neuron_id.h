@@ -19,10 +19,10 @@ class NeuronId {
   enum class Kind { Integer, String };
 
   NeuronId() : value_(int64_t{0}) {}
-  NeuronId(int value) : value_(int64_t{value}) {}            // NOLINT: implicit by design
-  NeuronId(long value) : value_(int64_t{value}) {}           // NOLINT
-  NeuronId(long long value) : value_(int64_t{value}) {}      // NOLINT
-  NeuronId(std::string value) : value_(std::move(value)) {}  // NOLINT
+  NeuronId(int value) : value_(int64_t{value}) {}              // NOLINT: implicit by design
+  NeuronId(long value) : value_(int64_t{value}) {}             // NOLINT
+  NeuronId(long long value) : value_(int64_t{value}) {}        // NOLINT
+  NeuronId(std::string value) : value_(std::move(value)) {}    // NOLINT
   NeuronId(const char* value) : value_(std::string(value)) {}  // NOLINT
 
   Kind kind() const { return value_.index() == 0 ? Kind::Integer : Kind::String; }
@@ -62,9 +62,7 @@ struct NeuronIdHash {
   size_t operator()(const NeuronId& id) const { return id.hash(); }
 };
 struct EdgeHash {
-  size_t operator()(const Edge& e) const {
-    return e.first.hash() * 1000003u ^ e.second.hash();
-  }
+  size_t operator()(const Edge& e) const { return e.first.hash() * 1000003u ^ e.second.hash(); }
 };
 
 // The whole of `text` as a base-10 integer, or nullopt ("12" yes; "12a", "", "x" no).

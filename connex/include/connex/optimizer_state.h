@@ -88,7 +88,8 @@ bool state_required_for_every_parameter(const std::string& type);
 // options_from_json checks every key and value and names the culprit by
 // `where` (a file and JSON path); it returns a fresh options object of `type`.
 nlohmann::json optimizer_options_to_json(const torch::optim::OptimizerOptions& options);
-std::unique_ptr<torch::optim::OptimizerOptions> optimizer_options_from_json(const std::string& type, const nlohmann::json& json,
+std::unique_ptr<torch::optim::OptimizerOptions> optimizer_options_from_json(const std::string& type,
+                                                                            const nlohmann::json& json,
                                                                             const std::string& where);
 
 }  // namespace connex

@@ -103,8 +103,7 @@ NeuralNetwork add_input_neurons(const NeuralNetwork& network, const std::vector<
 NeuralNetwork add_hidden_neurons(const NeuralNetwork& network, const std::vector<NeuronId>& ids, uint64_t seed = 0);
 NeuralNetwork add_output_neurons(const NeuralNetwork& network, const std::vector<NeuronId>& ids, uint64_t seed = 0);
 // Returns the new network and where the remaining neurons' positions went.
-std::pair<NeuralNetwork, PositionRemap> remove_neurons(const NeuralNetwork& network,
-                                                       const std::vector<NeuronId>& ids);
+std::pair<NeuralNetwork, PositionRemap> remove_neurons(const NeuralNetwork& network, const std::vector<NeuronId>& ids);
 NeuralNetwork set_dropout_p(const NeuralNetwork& network, const DropoutSpec& dropout);
 
 }  // namespace connex

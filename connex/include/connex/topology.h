@@ -25,9 +25,9 @@ namespace connex {
 // A run of values read from one level's output ("piece"; piece 0 is the input).
 struct Segment {
   int64_t level = 0;
-  int64_t begin = 0, end = 0;   // local positions [begin, end) when contiguous
-  std::vector<int64_t> local;   // explicit local positions otherwise
-  bool whole = false;           // the run is the entire level
+  int64_t begin = 0, end = 0;  // local positions [begin, end) when contiguous
+  std::vector<int64_t> local;  // explicit local positions otherwise
+  bool whole = false;          // the run is the entire level
   bool contiguous() const { return local.empty(); }
   int64_t size() const { return contiguous() ? end - begin : static_cast<int64_t>(local.size()); }
 };
@@ -50,8 +50,8 @@ enum class LevelKernel {
 const char* kernel_name(LevelKernel kernel);
 
 struct Level {
-  int64_t begin = 0, end = 0;   // dense ids of the batch
-  int64_t hidden_end = 0;       // [begin, hidden_end) hidden, [hidden_end, end) outputs
+  int64_t begin = 0, end = 0;  // dense ids of the batch
+  int64_t hidden_end = 0;      // [begin, hidden_end) hidden, [hidden_end, end) outputs
   int64_t conn_begin = 0, conn_end = 0;
   std::vector<int64_t> sources;  // distinct source dense ids, ascending
   GatherPlan gather;             // assembles `sources`
@@ -75,8 +75,7 @@ struct CompileOptions {
 class Topology {
  public:
   // The topology keeps the spec: pass an rvalue to hand it over without a copy.
-  static std::shared_ptr<const Topology> compile(GraphSpec spec,
-                                                 const CompileOptions& options = {});
+  static std::shared_ptr<const Topology> compile(GraphSpec spec, const CompileOptions& options = {});
 
   const GraphSpec& spec() const { return spec_; }
   int64_t num_neurons() const { return static_cast<int64_t>(index_of_dense_.size()); }

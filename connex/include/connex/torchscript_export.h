@@ -21,7 +21,8 @@ struct Preprocessing;  // connex/dataset.h
 //
 // Throws, naming the option, when an activation or transformation is a
 // custom callable or module (only built-ins can be scripted). Atomic write.
-void export_torchscript(const NeuralNetwork& network, const std::string& path, const Preprocessing* preprocessing = nullptr);
+void export_torchscript(const NeuralNetwork& network, const std::string& path,
+                        const Preprocessing* preprocessing = nullptr);
 // The TorchScript source of the forward method (for inspection and tests).
 std::string torchscript_source(const NeuralNetwork& network, const Preprocessing* preprocessing = nullptr);
 

@@ -17,7 +17,7 @@ struct WeightedGraph {
     Role role = Role::Hidden;
     std::optional<double> bias;  // inputs have none
     double dropout_p = 0.0;
-    int64_t level = 0;  // topological batch; inputs are 0
+    int64_t level = 0;    // topological batch; inputs are 0
     bool frozen = false;  // the bias is frozen (NeuralNetwork::freeze); never for inputs
   };
   struct Connection {

@@ -11,7 +11,8 @@ int main() {
                             connex::NeuralNetworkOptions().hidden_activation("relu").seed(1));
   auto [edited, positions] = connex::remove_neurons(net, {"h"});
   auto y = edited->forward(torch::ones({3, 1}));
-  if (y.sizes() != torch::IntArrayRef({3, 1}) || !torch::isfinite(y).all().item<bool>() || positions.neurons.size() != 3) {
+  if (y.sizes() != torch::IntArrayRef({3, 1}) || !torch::isfinite(y).all().item<bool>() ||
+      positions.neurons.size() != 3) {
     std::cerr << "consumer: unexpected result " << y << "\n";
     return 1;
   }
