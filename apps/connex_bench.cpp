@@ -16,6 +16,7 @@
 #include <torch/torch.h>
 
 #include "bench_workloads.h"
+#include "examples.h"
 #include "core_share.h"
 #include "connex/connex.h"
 
@@ -111,7 +112,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   // Each workload gets the cores as the `connex` CLI would give them to its
   // connex network (core_share.h): torch's pool for the fused kernel,
-  // OpenBLAS's for per-batch levels; its reference runs under the same setting.
+  // OpenBLAS's for per-level path; its reference runs under the same setting.
   const connex::apps::CoreShare cores{threads};
   cores.apply_default();
   auto share_cores = [&](const connex::NeuralNetwork& net) {
@@ -129,8 +130,7 @@ int main(int argc, char** argv) {
       reps, TORCH_VERSION);
 
   std::vector<Row> rows;
-  auto x250 = torch::linspace(0, 2 * M_PI, 250).unsqueeze(1);
-  auto y250 = torch::cat({torch::cos(x250), torch::sin(x250)}, 1);
+  const auto [x250, y250] = connex::apps::toy_data(250);
   const auto relu = connex::NeuralNetworkOptions().hidden_activation("relu");
 
   if (wanted("mlp")) {
@@ -152,18 +152,7 @@ int main(int argc, char** argv) {
                     fmt::format("{:.2f}", a / b), "vs concatenating Linear layers" + pools});
   }
   if (wanted("readme")) {
-    connex::NeuralNetwork net(connex::GraphSpec::from_adjacency({{0, {1, 2, 3}},
-                                                                 {1, {4}},
-                                                                 {2, {4, 5}},
-                                                                 {4, {6}},
-                                                                 {5, {7}},
-                                                                 {6, {8, 9}},
-                                                                 {7, {10}},
-                                                                 {8, {11}},
-                                                                 {9, {11}},
-                                                                 {10, {11}}},
-                                                                {0}, {3, 11}),
-                              relu);
+    connex::NeuralNetwork net(connex::apps::readme_graph(), relu);
     const auto pools = share_cores(net);
     // The nearest plain network: Linear layers as wide as the README net's batches.
     auto [a, b] = paired_median_seconds(

@@ -6,7 +6,7 @@
 // fight over the cores (BENCHMARKS.md: a dense MLP ran 33 steps/s with both
 // at 2 threads, 103 with torch at 1 and OpenBLAS at 2). So one pool gets the
 // cores and the other one thread, by where the network spends its time: the
-// fused kernel works in torch's pool, per-batch levels in matrix products.
+// fused kernel works in torch's pool, per-level path in matrix products.
 // Other BLAS libraries share torch's pool or follow its setting (MKL,
 // OpenBLAS's OpenMP build); then torch simply gets the cores.
 //
@@ -59,9 +59,8 @@ struct CoreShare {
     set_blas_threads(fused ? 1 : threads);
     // The threads the fused kernel reaches, measured: fewer than torch's in a
     // build without OpenMP, where ATen's parallel loops run serially.
-    return fmt::format(
-        "{} torch thread(s), {} BLAS thread(s) ({})", fused ? threads : 1, blas_threads(),
-        fused ? fmt::format("fused kernel on {} thread(s)", fused_kernel_threads()) : "per-batch levels");
+    return fmt::format("{} torch thread(s), {} BLAS thread(s) ({})", fused ? threads : 1, blas_threads(),
+                       fused ? fmt::format("fused kernel on {} thread(s)", fused_kernel_threads()) : "per-level path");
   }
 };
 

@@ -10,27 +10,9 @@
 #include <spdlog/spdlog.h>
 
 #include "connex/connex.h"
-#include "progress_bar.h"
+#include "examples.h"
 
-namespace {
-
-double train(connex::NeuralNetwork& net, torch::optim::Optimizer& optimizer, const torch::Tensor& x,
-             const torch::Tensor& y, int epochs, const char* label) {
-  connex::apps::ProgressBar bar(epochs, label);
-  for (int epoch = 1; epoch <= epochs; ++epoch) {
-    optimizer.zero_grad();
-    auto loss = torch::mse_loss(net->forward(x), y);
-    loss.backward();
-    optimizer.step();
-    bar.update(epoch, loss.item<double>());
-    if (!bar.is_tty() && epoch % 100 == 0)
-      spdlog::info("{} epoch {:4d}  loss {:.6f}", label, epoch, loss.item<double>());
-  }
-  torch::NoGradGuard no_grad;
-  return torch::mse_loss(net->forward(x), y).item<double>();
-}
-
-}  // namespace
+using connex::apps::train_full_batch;
 
 int main(int argc, char** argv) {
   const double threshold = argc > 1 ? std::atof(argv[1]) : 0.05;
@@ -38,11 +20,10 @@ int main(int argc, char** argv) {
   // Dense 128-wide layers: the matmuls are big enough for both cores.
   torch::set_num_threads(2);
 
-  auto x = torch::linspace(0, 2 * M_PI, 250).unsqueeze(1);
-  auto y = torch::cat({torch::cos(x), torch::sin(x)}, 1);
+  const auto [x, y] = connex::apps::toy_data();
   auto network = connex::nn::DenseMLP(1, 2, 128, 4, connex::NeuralNetworkOptions().hidden_activation("relu"));
   torch::optim::Adam optimizer(network->parameters(), torch::optim::AdamOptions(1e-3));
-  const double trained = train(network, optimizer, x, y, epochs, "train");
+  const double trained = train_full_batch(network, optimizer, x, y, epochs, "train", 100);
   spdlog::info("trained:  {} connections, loss {:.6f}", network->num_connections(), trained);
 
   std::vector<connex::Edge> weak;
@@ -58,7 +39,7 @@ int main(int argc, char** argv) {
   }();
   spdlog::info("pruned:   {} connections (removed {} with |w| < {}), loss {:.6f}", pruned->num_connections(),
                weak.size(), threshold, after_prune);
-  const double retrained = train(pruned, next, x, y, epochs, "retrain");
+  const double retrained = train_full_batch(pruned, next, x, y, epochs, "retrain", 100);
   spdlog::info("retrained: {} connections, loss {:.6f}", pruned->num_connections(), retrained);
   // Self-check: the edit removed exactly the weak connections, and training went on from it.
   const bool ok = pruned->num_connections() == network->num_connections() - static_cast<int64_t>(weak.size()) &&

@@ -8,54 +8,23 @@
 #include <spdlog/spdlog.h>
 
 #include "connex/connex.h"
-#include "progress_bar.h"
+#include "examples.h"
 
-namespace {
-
-double train(connex::NeuralNetwork& net, torch::optim::Optimizer& optimizer, const torch::Tensor& x,
-             const torch::Tensor& y, int epochs, const char* label) {
-  connex::apps::ProgressBar bar(epochs, label);
-  double loss_value = 0.0;
-  for (int epoch = 1; epoch <= epochs; ++epoch) {
-    optimizer.zero_grad();
-    auto loss = torch::mse_loss(net->forward(x), y);
-    loss.backward();
-    optimizer.step();
-    loss_value = loss.item<double>();
-    bar.update(epoch, loss_value);
-    if (epoch == 1 || epoch % 100 == 0) spdlog::debug("{} epoch {:4d}  loss {:.6f}", label, epoch, loss_value);
-    if (!bar.is_tty() && epoch % 250 == 0) spdlog::info("{} epoch {:4d}  loss {:.6f}", label, epoch, loss_value);
-  }
-  return torch::mse_loss(net->forward(x), y).item<double>();
-}
-
-}  // namespace
+using connex::apps::train_full_batch;
 
 int main() {
   // A 12-neuron network is all per-op overhead: extra intra-op threads only
   // add synchronisation, so one thread is the fast choice here.
   torch::set_num_threads(1);
 
-  connex::NeuralNetwork network(connex::GraphSpec::from_adjacency({{0, {1, 2, 3}},
-                                                                   {1, {4}},
-                                                                   {2, {4, 5}},
-                                                                   {4, {6}},
-                                                                   {5, {7}},
-                                                                   {6, {8, 9}},
-                                                                   {7, {10}},
-                                                                   {8, {11}},
-                                                                   {9, {11}},
-                                                                   {10, {11}}},
-                                                                  /*inputs=*/{0}, /*outputs=*/{3, 11}),
-                                connex::NeuralNetworkOptions().hidden_activation("relu"));
+  connex::NeuralNetwork network(connex::apps::readme_graph(), connex::NeuralNetworkOptions().hidden_activation("relu"));
   spdlog::info("{}", c10::str(*network));
 
-  auto x = torch::linspace(0, 2 * M_PI, 250).unsqueeze(1);
-  auto y = torch::cat({torch::cos(x), torch::sin(x)}, 1);
+  const auto [x, y] = connex::apps::toy_data();
 
   torch::optim::Adam optimizer(network->parameters(), torch::optim::AdamOptions(1e-3));
   const double before = torch::mse_loss(network->forward(x), y).item<double>();
-  const double after = train(network, optimizer, x, y, 1000, "train");
+  const double after = train_full_batch(network, optimizer, x, y, 1000, "train", 250);
   spdlog::info("loss {:.6f} -> {:.6f} after 1000 epochs", before, after);
 
   // Plasticity: one batch of edits, one rebuild.
@@ -77,7 +46,7 @@ int main() {
   torch::optim::Adam next(edited->parameters(), torch::optim::AdamOptions(1e-3));
   connex::transfer_optimizer_state(optimizer, network, next, edit);
   const double after_edit = torch::mse_loss(edited->forward(x), y).item<double>();
-  const double final_loss = train(edited, next, x, y, 1000, "train after edit");
+  const double final_loss = train_full_batch(edited, next, x, y, 1000, "train after edit", 250);
   spdlog::info("loss {:.6f} -> {:.6f} after 1000 more epochs", after_edit, final_loss);
   return changed == 0 && final_loss < after_edit ? 0 : 1;
 }

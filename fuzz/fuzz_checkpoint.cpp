@@ -24,7 +24,7 @@
 #include <cstring>
 #include <filesystem>
 
-#include "connex/file_io.h"
+#include "file_io.h"
 #include "fuzz_common.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

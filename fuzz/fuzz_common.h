@@ -67,7 +67,7 @@ inline bool parse_json(const uint8_t* data, size_t size, json& out) {
 // larger than these caps, so that one input cannot allocate gigabytes: a
 // prebuilt MLP with width 1e4 is a legal request, just not a useful fuzz
 // input. With either attention technique on, parameters grow as L² (topo) or
-// n·L² (neuron) per batch, so the caps are smaller.
+// n·L² (neuron) per level, so the caps are smaller.
 constexpr double kMaxNeurons = 256, kMaxConnections = 4096;
 constexpr double kMaxNeuronsAttention = 48, kMaxConnectionsAttention = 512;
 

@@ -30,6 +30,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "../apps/readme_network.h"
 #include "../tests/operation_entries.h"
 #include "fuzz_common.h"
 
@@ -52,19 +53,7 @@ struct Reader {
   bool empty() const { return n == 0; }
 };
 
-connex::GraphSpec readme_spec() {
-  return connex::GraphSpec::from_adjacency({{0, {1, 2, 3}},
-                                            {1, {4}},
-                                            {2, {4, 5}},
-                                            {4, {6}},
-                                            {5, {7}},
-                                            {6, {8, 9}},
-                                            {7, {10}},
-                                            {8, {11}},
-                                            {9, {11}},
-                                            {10, {11}}},
-                                           {0}, {3, 11});
-}
+connex::GraphSpec readme_spec() { return connex::apps::readme_graph(); }
 
 // A small random DAG: 4-12 neurons, 1-2 inputs, 1-2 outputs, edges forward in a hidden order.
 connex::GraphSpec random_spec(uint8_t seed, bool strings) {

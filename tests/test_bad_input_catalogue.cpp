@@ -50,7 +50,7 @@
 #include <filesystem>
 #include <functional>
 
-#include "connex/file_io.h"
+#include "file_io.h"
 #include "network_snapshot.h"
 
 using namespace connex;

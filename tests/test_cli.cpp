@@ -86,7 +86,7 @@ TEST(Cli, ExportEveryFormatAndInspect) {
   auto r = connex_cli("inspect run/model.ckpt", dir);
   ASSERT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("connections: 14\ndepth: 5\nparameters: 25"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("batch sizes: 3 2 2 3 1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("level sizes: 3 2 2 3 1"), std::string::npos) << r.out;
   r = connex_cli("inspect " CONNEX_SOURCE_DIR "/configs/letters.json", dir);
   EXPECT_NE(r.out.find("dropout: 5 neurons with p > 0 (max 0.1)"), std::string::npos) << r.out;
 }
@@ -199,7 +199,7 @@ TEST_F(CliBadInput, ColumnAsFeatureAndTarget) {
   expect_failure("train net.json --data d.csv --features y --target y",
                  "column \"y\" is named both as a feature and as a target");
 }
-// Torch's pool gets the cores for the fused kernel, OpenBLAS's for per-batch
+// Torch's pool gets the cores for the fused kernel, OpenBLAS's for per-level
 // levels; the other pool gets one thread.
 TEST(Cli, GivesTheCoresToThePoolTheNetworkUses) {
 #ifdef CONNEX_OPENMP
@@ -217,7 +217,7 @@ TEST(Cli, GivesTheCoresToThePoolTheNetworkUses) {
        R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 1, "width": 100, "depth": 2}})");
   auto dense = connex_cli("--threads 2 train mlp.json --data data.csv --epochs 1", dir);
   ASSERT_EQ(dense.code, 0) << dense.err;
-  EXPECT_NE((dense.out + dense.err).find("cores: 1 torch thread(s), 2 BLAS thread(s) (per-batch levels)"),
+  EXPECT_NE((dense.out + dense.err).find("cores: 1 torch thread(s), 2 BLAS thread(s) (per-level path)"),
             std::string::npos)
       << dense.out << dense.err;
   // Pruning 95% leaves 515 connections, which run on the fused kernel: the
@@ -226,7 +226,7 @@ TEST(Cli, GivesTheCoresToThePoolTheNetworkUses) {
       connex_cli("--threads 2 train mlp.json --data data.csv --epochs 2 --prune-at-epoch 1 --prune-fraction 0.95", dir);
   ASSERT_EQ(pruned.code, 0) << pruned.err;
   const std::string log = pruned.out + pruned.err;
-  const auto dense_at = log.find("(per-batch levels)"), fused_at = log.find(to_fused);
+  const auto dense_at = log.find("(per-level path)"), fused_at = log.find(to_fused);
   EXPECT_NE(dense_at, std::string::npos) << log;
   EXPECT_NE(fused_at, std::string::npos) << log;
   EXPECT_LT(dense_at, fused_at) << log;

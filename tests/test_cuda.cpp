@@ -16,7 +16,7 @@ TEST(Cuda, ForwardAndGradientsMatchCpu) {
       NeuralNetwork cpu(spec, NeuralNetworkOptions()
                                   .dtype(torch::kFloat64)
                                   .seed(trial)
-                                  .force_kernel(kernel)
+                                  .execution(ExecutionOptions().force_kernel(kernel))
                                   .hidden_activation("tanh")
                                   .dropout_p(0.2));
       auto gpu = std::dynamic_pointer_cast<NeuralNetworkImpl>(cpu->clone(torch::Device(torch::kCUDA)));

@@ -11,11 +11,12 @@
 #include <functional>
 #include <set>
 
-#include "connex/file_io.h"
+#include "file_io.h"
 #include "test_util.h"
 
 using namespace connex;
 using namespace connex::testing;
+using namespace connex::fault_injection;
 namespace fs = std::filesystem;
 
 namespace {

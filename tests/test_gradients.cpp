@@ -30,8 +30,10 @@ TEST(Gradients, EveryKernelPathMatchesFiniteDifferences) {
   for (auto kernel : {LevelKernel::DenseView, LevelKernel::DenseScatter, LevelKernel::EdgeList}) {
     for (int trial = 0; trial < 15; ++trial) {
       auto spec = random_dag(rng, {5, 20, 0.4});
-      NeuralNetwork net(spec,
-                        NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("tanh").force_kernel(kernel));
+      NeuralNetwork net(spec, NeuralNetworkOptions()
+                                  .dtype(torch::kFloat64)
+                                  .hidden_activation("tanh")
+                                  .execution(ExecutionOptions().force_kernel(kernel)));
       auto x = torch::randn({4, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
       ASSERT_LE(max_gradient_error(net, x), 1e-6) << kernel_name(kernel);
     }
@@ -50,8 +52,8 @@ TEST(Gradients, FusedKernelAndBatchPathAgreeAndMatchFiniteDifferences) {
     auto spec = random_dag(rng, {4, 24, 0.3, trial % 2 == 1});
     const auto& act = activations[trial % activations.size()];
     auto options = NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation(act).seed(trial);
-    NeuralNetwork fused(spec, NeuralNetworkOptions(options).fused(true));
-    NeuralNetwork levels(spec, NeuralNetworkOptions(options).fused(false));
+    NeuralNetwork fused(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(true)));
+    NeuralNetwork levels(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false)));
     ASSERT_TRUE(fused->uses_fused_kernel());
     ASSERT_FALSE(levels->uses_fused_kernel());
     auto x = torch::randn({5, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
@@ -69,11 +71,16 @@ TEST(Gradients, FusedKernelAndBatchPathAgreeAndMatchFiniteDifferences) {
 }
 
 TEST(Gradients, FusedKernelPassesGradientToTheInput) {
-  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("tanh").fused(true));
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions()
+                                       .dtype(torch::kFloat64)
+                                       .hidden_activation("tanh")
+                                       .execution(ExecutionOptions().fused(true)));
   auto x = torch::randn({4, 1}, torch::kFloat64).requires_grad_(true);
   net->forward(x).sum().backward();
-  NeuralNetwork ref(readme_spec(),
-                    NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("tanh").fused(false));
+  NeuralNetwork ref(readme_spec(), NeuralNetworkOptions()
+                                       .dtype(torch::kFloat64)
+                                       .hidden_activation("tanh")
+                                       .execution(ExecutionOptions().fused(false)));
   auto x2 = x.detach().clone().requires_grad_(true);
   ref->forward(x2).sum().backward();
   EXPECT_TRUE(torch::allclose(x.grad(), x2.grad(), 1e-12, 1e-12));
@@ -85,7 +92,8 @@ TEST(Gradients, DropoutInTrainingLeavesTheFusedKernel) {
   EXPECT_FALSE(net->uses_fused_kernel());
   net->eval();
   EXPECT_TRUE(net->uses_fused_kernel());
-  EXPECT_THROW_MSG(NeuralNetwork(readme_spec(), NeuralNetworkOptions().fused(true).use_topo_norm(true)),
+  EXPECT_THROW_MSG(NeuralNetwork(readme_spec(),
+                                 NeuralNetworkOptions().execution(ExecutionOptions().fused(true)).use_topo_norm(true)),
                    "fused(true) needs");
 }
 
@@ -133,10 +141,14 @@ TEST(Gradients, EveryKernelPathAgreesOnGraphsOfEveryShape) {
     const auto& act = activations[shape_index++ % activations.size()];
     auto options = NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation(act).seed(shape_index);
     std::vector<std::pair<std::string, NeuralNetwork>> paths;
-    paths.emplace_back("fused", NeuralNetwork(spec, NeuralNetworkOptions(options).fused(true)));
-    paths.emplace_back("planner's per-batch choice", NeuralNetwork(spec, NeuralNetworkOptions(options).fused(false)));
+    paths.emplace_back("fused",
+                       NeuralNetwork(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(true))));
+    paths.emplace_back("planner's per-level choice",
+                       NeuralNetwork(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false))));
     for (auto kernel : {LevelKernel::DenseView, LevelKernel::DenseScatter, LevelKernel::EdgeList})
-      paths.emplace_back(kernel_name(kernel), NeuralNetwork(spec, NeuralNetworkOptions(options).force_kernel(kernel)));
+      paths.emplace_back(
+          kernel_name(kernel),
+          NeuralNetwork(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().force_kernel(kernel))));
     ASSERT_TRUE(paths[0].second->uses_fused_kernel());
     // Batches below, at and past the fused kernel's eight-wide inner loops.
     for (int64_t batch : {1, 8, 13, 64}) {
@@ -149,7 +161,7 @@ TEST(Gradients, EveryKernelPathAgreesOnGraphsOfEveryShape) {
         auto y = net->forward(xi);
         if (!r.defined()) r = torch::randn_like(y);
         (y * r).sum().backward();
-        // A parameter no output depends on may have no gradient at all on the per-batch path.
+        // A parameter no output depends on may have no gradient at all on the per-level path.
         auto grad = [](const torch::Tensor& p) { return p.grad().defined() ? p.grad() : torch::zeros_like(p); };
         auto gw = grad(net->weight_tensor()), gb = grad(net->bias_tensor()), gx = grad(xi);
         if (!y_ref.defined()) {
@@ -167,7 +179,7 @@ TEST(Gradients, EveryKernelPathAgreesOnGraphsOfEveryShape) {
 }
 
 // A level wide enough that the fused kernel splits it between threads, in
-// forward and in backward, against the per-batch path; float32 with the
+// forward and in backward, against the per-level path; float32 with the
 // identity activation (derivative from the output) as well as double.
 TEST(Gradients, FusedKernelAgreesWhenALevelIsSplitBetweenThreads) {
   const int previous = torch::get_num_threads();
@@ -186,8 +198,8 @@ TEST(Gradients, FusedKernelAgreesWhenALevelIsSplitBetweenThreads) {
        {std::tuple{torch::kFloat64, "tanh", 1e-10}, std::tuple{torch::kFloat32, "identity", 1e-4}}) {
     SCOPED_TRACE(act);
     auto options = NeuralNetworkOptions().dtype(dtype).hidden_activation(act).seed(3);
-    NeuralNetwork fused(spec, NeuralNetworkOptions(options).fused(true));
-    NeuralNetwork levels(spec, NeuralNetworkOptions(options).fused(false));
+    NeuralNetwork fused(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(true)));
+    NeuralNetwork levels(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false)));
     ASSERT_TRUE(fused->uses_fused_kernel());
     auto x = torch::randn({16, 8}, dtype);
     auto xf = x.clone().requires_grad_(true), xl = x.clone().requires_grad_(true);
@@ -234,7 +246,8 @@ TEST(Gradients, FusedKernelRunsOnTorchsIntraOpThreads) {
 }
 
 TEST(Gradients, FusedKernelBackwardOnAnEmptyBatch) {
-  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().dtype(torch::kFloat64).fused(true));
+  NeuralNetwork net(readme_spec(),
+                    NeuralNetworkOptions().dtype(torch::kFloat64).execution(ExecutionOptions().fused(true)));
   auto x = torch::zeros({0, 1}, torch::kFloat64).requires_grad_(true);
   auto y = net->forward(x);
   EXPECT_EQ(y.sizes(), (std::vector<int64_t>{0, 2}));

@@ -18,11 +18,12 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
-#include "connex/file_io.h"
+#include "file_io.h"
 #include "network_snapshot.h"
 
 using namespace connex;
 using namespace connex::testing;
+using namespace connex::fault_injection;
 namespace fs = std::filesystem;
 
 namespace {

@@ -6,7 +6,7 @@
 
 #include <torch/script.h>
 
-#include "connex/file_io.h"
+#include "file_io.h"
 #include "test_util.h"
 
 using namespace connex;
@@ -51,7 +51,7 @@ TEST(Config, ShippedConfigsLoad) {
   EXPECT_EQ(readme->num_connections(), 14);
   EXPECT_EQ(readme->options().hidden_activation().name(), "relu");
   auto letters = load_config(dir + "letters.json");
-  EXPECT_EQ(letters->topological_batches().size(), 4u);
+  EXPECT_EQ(letters->topological_levels().size(), 4u);
   EXPECT_DOUBLE_EQ(letters->dropout_p("C"), 0.1);
   EXPECT_EQ(load_config(dir + "mlp.json")->num_connections(), 128 + 3 * 128 * 128 + 256);
   EXPECT_EQ(load_config(dir + "dense_mlp.json")->num_connections(), 99842);
@@ -489,7 +489,7 @@ TEST(TorchScript, LoadedModuleMatchesTheNetwork) {
                                 .output_transformation(transforms[trial % 3])
                                 .dtype(trial % 2 ? torch::kFloat64 : torch::kFloat32)
                                 .dropout_p(0.3)
-                                .force_kernel(kernel));
+                                .execution(ExecutionOptions().force_kernel(kernel)));
     if (trial % 5 == 0)
       net = edit(net)
                 .add_hidden_neurons({spec.id_kind() == NeuronId::Kind::String ? NeuronId("t") : NeuronId(777)})
@@ -517,17 +517,7 @@ TEST(TorchScript, CustomCallableIsRefusedByName) {
 
 TEST(Export, PythonReproducesOutputs) {
   TempDir dir;
-  NeuralNetwork net(GraphSpec::from_adjacency({{0, {1, 2, 3}},
-                                               {1, {4}},
-                                               {2, {4, 5}},
-                                               {4, {6}},
-                                               {5, {7}},
-                                               {6, {8, 9}},
-                                               {7, {10}},
-                                               {8, {11}},
-                                               {9, {11}},
-                                               {10, {11}}},
-                                              {0}, {3, 11}),
+  NeuralNetwork net(readme_spec(),
                     NeuralNetworkOptions(kDouble).hidden_activation("gelu").output_transformation("softmax"));
   net = add_connections(net, {{1, 6}, {2, 11}}, 3);
   export_torchscript(net, dir / "model.pt");
@@ -790,7 +780,7 @@ TEST(GraphExport, ImportNamesNodeLinkPathsAndRejectsOverflow) {
 
 // Found by fuzz_checkpoint (fuzz/): a few header bytes can declare a huge
 // structure (a prebuilt network is four numbers; attention parameters grow as
-// n·L² per batch), which the loader used to build before comparing it with
+// n·L² per level), which the loader used to build before comparing it with
 // the tensor bytes present. It now rejects it first.
 TEST(Checkpoint, HugeDeclaredSizeRejected) {
   TempDir dir;

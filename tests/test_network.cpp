@@ -69,7 +69,8 @@ TEST(NeuralNetwork, RandomGraphsMatchScalarReferenceForEveryActivationAndKernel)
     auto x = torch::randn({5, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
     torch::Tensor first;
     for (const auto& kernel : kernels) {
-      NeuralNetwork net(spec, NeuralNetworkOptions(kDouble).hidden_activation(act).seed(trial).force_kernel(kernel));
+      NeuralNetwork net(spec, NeuralNetworkOptions(kDouble).hidden_activation(act).seed(trial).execution(
+                                  ExecutionOptions().force_kernel(kernel)));
       auto y = net->forward(x);
       if (!first.defined()) {
         first = y;
@@ -276,7 +277,7 @@ TEST(NeuralNetwork, InspectionAndPrettyPrint) {
   EXPECT_EQ(net->hidden_neurons(), (std::vector<NeuronId>{1, 2, 4, 5, 6, 7, 8, 9, 10}));
   EXPECT_EQ(net->num_connections(), 14);
   EXPECT_EQ(net->num_parameters(), 14 + 11);
-  auto batches = net->topological_batches();
+  auto batches = net->topological_levels();
   EXPECT_EQ(batches, (std::vector<std::vector<NeuronId>>{{1, 2, 3}, {4, 5}, {6, 7}, {8, 9, 10}, {11}}));
   std::ostringstream s;
   s << *net;
@@ -302,7 +303,7 @@ TEST(Prebuilt, ConnectionCounts) {
   EXPECT_EQ(nn::DenseMLP(1, 2, 128, 4)->num_connections(), 99842);
   EXPECT_EQ(nn::MLP(1, 2, 128, 4)->num_connections(), 128 + 3 * 128 * 128 + 256);
   auto mlp = nn::MLP(3, 2, 5, 2);
-  EXPECT_EQ(mlp->topological_batches().size(), 3u);
+  EXPECT_EQ(mlp->topological_levels().size(), 3u);
   EXPECT_EQ(mlp->num_parameters(), (3 * 5 + 5 * 5 + 5 * 2) + (5 + 5 + 2));
   EXPECT_THROW_MSG(nn::MLP(0, 2, 5, 2), "MLP(): sizes must be positive");
 }
@@ -322,7 +323,7 @@ TEST(Prebuilt, MlpMatchesLinearLayers) {
 TEST(NeuralNetwork, TopoSortOptionIsHonoured) {
   auto spec = GraphSpec::from_edges({{0, 1}, {0, 2}, {1, 3}, {2, 3}}, {0}, {3});
   NeuralNetwork sorted(spec, NeuralNetworkOptions().topo_sort(std::vector<NeuronId>{0, 2, 1, 3}));
-  EXPECT_EQ(sorted->topological_batches()[0], (std::vector<NeuronId>{2, 1}));
+  EXPECT_EQ(sorted->topological_levels()[0], (std::vector<NeuronId>{2, 1}));
   EXPECT_THROW_MSG(NeuralNetwork(spec, NeuralNetworkOptions().topo_sort(std::vector<NeuronId>{5, 0, 1, 2})),
                    "topo_sort names neuron 5, which is not in the graph");
   EXPECT_THROW_MSG(NeuralNetwork(spec, NeuralNetworkOptions().topo_sort(std::vector<NeuronId>{3, 2, 1, 0})),
@@ -342,7 +343,8 @@ TEST(Prebuilt, HugeSizesAreAnErrorNotBadAlloc) {
 // forward() in eval mode on one shared network from several threads, both execution paths.
 TEST(NeuralNetwork, ConcurrentEvalForwardOnASharedNetwork) {
   for (bool fused : {true, false}) {
-    auto net = nn::DenseMLP(3, 2, 16, 3, NeuralNetworkOptions().dtype(torch::kFloat64).fused(fused));
+    auto net = nn::DenseMLP(3, 2, 16, 3,
+                            NeuralNetworkOptions().dtype(torch::kFloat64).execution(ExecutionOptions().fused(fused)));
     net->eval();
     auto x = torch::randn({32, 3}, torch::kFloat64);
     torch::Tensor expected;
@@ -359,12 +361,13 @@ TEST(NeuralNetwork, ConcurrentEvalForwardOnASharedNetwork) {
           if (!torch::equal(net->forward(x), expected)) ++mismatches;
       });
     for (auto& t : threads) t.join();
-    EXPECT_EQ(mismatches.load(), 0) << (fused ? "fused" : "per-batch");
+    EXPECT_EQ(mismatches.load(), 0) << (fused ? "fused" : "per-level");
   }
 }
 
 TEST(NeuralNetwork, ToDtypeCastsOnlyFloatingTensors) {
-  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().hidden_activation("tanh").fused(false));
+  NeuralNetwork net(readme_spec(),
+                    NeuralNetworkOptions().hidden_activation("tanh").execution(ExecutionOptions().fused(false)));
   auto x = torch::randn({4, 1});
   auto y = net->forward(x);
   net->to(torch::kFloat64);
@@ -379,7 +382,7 @@ TEST(NeuralNetwork, ToDtypeCastsOnlyFloatingTensors) {
 }
 
 TEST(NeuralNetwork, FusedKernelFollowsDtypeRoundTrips) {
-  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().fused(true));
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().execution(ExecutionOptions().fused(true)));
   ASSERT_TRUE(net->uses_fused_kernel());
   net->to(torch::kFloat16);
   EXPECT_FALSE(net->uses_fused_kernel());

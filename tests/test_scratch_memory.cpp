@@ -93,8 +93,11 @@ TEST(ScratchMemory, BlocksComeBackFromOtherThreads) {
 // by the autograd graph while the second runs, so each needs its own block.
 // Gradients must equal those of the two passes taken one at a time.
 TEST(ScratchMemory, FusedForwardsHeldTogetherGetTheirOwnBlocks) {
-  NeuralNetwork net(readme_spec(),
-                    NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("gelu").fused(true).seed(4));
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions()
+                                       .dtype(torch::kFloat64)
+                                       .hidden_activation("gelu")
+                                       .execution(ExecutionOptions().fused(true))
+                                       .seed(4));
   ASSERT_TRUE(net->uses_fused_kernel());
   auto x1 = torch::randn({7, 1}, torch::kFloat64), x2 = torch::randn({7, 1}, torch::kFloat64);
   auto y1 = net->forward(x1);

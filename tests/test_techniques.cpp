@@ -1,4 +1,4 @@
-// The optional techniques and the per-batch operation interface.
+// The optional techniques and the per-level operation interface.
 #include <torch/script.h>
 
 #include "reference_eval.h"
@@ -182,7 +182,8 @@ TEST(Techniques, RandomGraphsMatchTheReferenceOnEveryKernel) {
     std::optional<LevelKernel> kernel;
     if (trial % 3 == 1) kernel = LevelKernel::EdgeList;
     if (trial % 3 == 2) kernel = LevelKernel::DenseScatter;
-    NeuralNetwork net(spec, with(flags).hidden_activation("gelu").seed(trial).force_kernel(kernel));
+    NeuralNetwork net(
+        spec, with(flags).hidden_activation("gelu").seed(trial).execution(ExecutionOptions().force_kernel(kernel)));
     perturb(net, trial);
     auto x = torch::randn({static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
     auto expected =
@@ -212,18 +213,7 @@ TEST(Techniques, GradientsMatchFiniteDifferences) {
 TEST(Techniques, EachTrainsTheReadmeExample) {
   auto [x, y] = cos_sin_data();
   for (const auto& [name, flags] : kEach) {
-    NeuralNetwork net(GraphSpec::from_adjacency({{0, {1, 2, 3}},
-                                                 {1, {4}},
-                                                 {2, {4, 5}},
-                                                 {4, {6}},
-                                                 {5, {7}},
-                                                 {6, {8, 9}},
-                                                 {7, {10}},
-                                                 {8, {11}},
-                                                 {9, {11}},
-                                                 {10, {11}}},
-                                                {0}, {3, 11}),
-                      with(flags, NeuralNetworkOptions()).hidden_activation("relu"));
+    NeuralNetwork net(readme_spec(), with(flags, NeuralNetworkOptions()).hidden_activation("relu"));
     auto [first, last] = train(net, x, y, 300, 1e-2);
     RecordProperty(name + "_loss", fmt::format("{:.4f} -> {:.4f}", first, last));
     EXPECT_LT(last, first * 0.8) << name << ": " << first << " -> " << last;
@@ -287,7 +277,7 @@ TEST(Techniques, TorchScriptExportMatches) {
     NeuralNetwork net(spec, with(flags)
                                 .hidden_activation(trial % 2 ? "silu" : "tanh")
                                 .seed(trial)
-                                .force_kernel(kernel)
+                                .execution(ExecutionOptions().force_kernel(kernel))
                                 .dtype(trial % 4 < 2 ? torch::kFloat64 : torch::kFloat32));
     perturb(net, trial);
     const std::string path = ::testing::TempDir() + "/techniques.pt";
@@ -307,7 +297,7 @@ namespace {
 
 // A per-neuron gain on the pre-activation: z -> g ⊙ z, one g per non-input
 // neuron, keyed by neuron so it survives edits.
-class NeuronGain : public BatchOperation {
+class NeuronGain : public LevelOperation {
  public:
   std::string name() const override { return "gain"; }
   OperationParameters build(const Topology& topology, torch::Dtype dtype, at::Generator&) const override {
@@ -317,6 +307,16 @@ class NeuronGain : public BatchOperation {
   }
   torch::Tensor on_preactivation(const LevelContext& ctx, const torch::Tensor& z) const override {
     return ctx.params.get("g").narrow(0, ctx.topology.bias_index(ctx.plan.begin), z.size(0)) * z;
+  }
+};
+
+// The same gain with its TorchScript form: exported with the network.
+class ScriptedGain : public NeuronGain {
+ public:
+  bool scriptable() const override { return true; }
+  void script_on_preactivation(ScriptWriter& script, const LevelContext& ctx) const override {
+    const auto g = ctx.params.get("g").narrow(0, ctx.topology.bias_index(ctx.plan.begin), ctx.plan.size());
+    script.line(fmt::format("z = {} * z", script.buffer("gain", g)));
   }
 };
 
@@ -352,4 +352,28 @@ TEST(UserOperation, TrainsAndSurvivesEdits) {
                    "user-defined operation \"gain\" has no TorchScript form");
   EXPECT_THROW_MSG(NeuralNetwork(small_graph(), NeuralNetworkOptions().operations({gain, gain})),
                    "two operations are named \"gain\"");
+}
+
+// A user operation that writes its own TorchScript form is exported, and the
+// loaded module computes what the network does (eval mode, double).
+TEST(UserOperation, WithAScriptFormIsExported) {
+  NeuralNetwork net(small_graph(), NeuralNetworkOptions()
+                                       .dtype(torch::kFloat64)
+                                       .hidden_activation("tanh")
+                                       .use_adaptive_activations(true)
+                                       .operations({std::make_shared<ScriptedGain>()}));
+  {
+    torch::NoGradGuard g;
+    net->named_parameters()["gain.g"].copy_(torch::tensor({{2.0}, {3.0}, {0.5}, {-1.0}}, torch::kFloat64));
+    net->named_parameters()["adaptive_activation.b"].mul_(1.5);
+  }
+  const std::string path = ::testing::TempDir() + "/scripted_gain.pt";
+  export_torchscript(net, path);
+  auto module = torch::jit::load(path);
+  net->eval();
+  const auto x = torch::randn({5, 2}, torch::kFloat64);
+  const auto expected = net->forward(x);
+  const auto got = module.forward({x}).toTensor();
+  EXPECT_LE((got - expected).abs().max().item<double>(), 1e-12);
+  EXPECT_NE(torchscript_source(net).find("z = self.L1_gain * z"), std::string::npos) << torchscript_source(net);
 }

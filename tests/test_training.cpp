@@ -23,18 +23,7 @@ TEST(Training, ReadmeExampleLearnsDownToItsFloor) {
   EXPECT_NEAR(floor, 0.251, 1e-3);
   auto [x, y] = cos_sin_data();
   for (uint64_t seed = 0; seed < 4; ++seed) {
-    NeuralNetwork net(GraphSpec::from_adjacency({{0, {1, 2, 3}},
-                                                 {1, {4}},
-                                                 {2, {4, 5}},
-                                                 {4, {6}},
-                                                 {5, {7}},
-                                                 {6, {8, 9}},
-                                                 {7, {10}},
-                                                 {8, {11}},
-                                                 {9, {11}},
-                                                 {10, {11}}},
-                                                {0}, {3, 11}),
-                      NeuralNetworkOptions().hidden_activation("relu").seed(seed));
+    NeuralNetwork net(readme_spec(), NeuralNetworkOptions().hidden_activation("relu").seed(seed));
     auto [first, last] = train(net, x, y, 1000);
     EXPECT_LE(last * 1.5, first) << "seed " << seed << ": loss " << first << " -> " << last;
     EXPECT_GE(last, floor - 1e-4) << "seed " << seed;

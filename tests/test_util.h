@@ -16,7 +16,8 @@
 #include "operation_entries.h"
 
 #include "connex/connex.h"
-#include "connex/file_io.h"
+#include "../apps/readme_network.h"
+#include "file_io.h"
 
 namespace connex::testing {
 
@@ -33,19 +34,7 @@ namespace connex::testing {
   } while (0)
 
 // The 12-neuron network of Connex's README.
-inline GraphSpec readme_spec() {
-  return GraphSpec::from_adjacency({{0, {1, 2, 3}},
-                                    {1, {4}},
-                                    {2, {4, 5}},
-                                    {4, {6}},
-                                    {5, {7}},
-                                    {6, {8, 9}},
-                                    {7, {10}},
-                                    {8, {11}},
-                                    {9, {11}},
-                                    {10, {11}}},
-                                   {0}, {3, 11});
-}
+inline GraphSpec readme_spec() { return apps::readme_graph(); }
 
 // A fresh temporary directory, removed with everything in it at scope exit.
 struct TempDir {

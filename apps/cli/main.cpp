@@ -24,9 +24,10 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
-#include "connex/file_io.h"
+#include "file_io.h"
 #include "../core_share.h"
 #include "launcher.h"
+#include "../examples.h"
 #include "training.h"
 
 namespace fs = std::filesystem;
@@ -34,15 +35,6 @@ using namespace connex;
 using namespace connex::cli;
 
 namespace {
-
-// The README network, used by `connex train` without a config.
-constexpr const char* kReadmeConfig = R"({
-  "format": "connex-network", "version": 1,
-  "graph": {"adjacency": {"0": [1, 2, 3], "1": [4], "2": [4, 5], "4": [6], "5": [7], "6": [8, 9],
-                          "7": [10], "8": [11], "9": [11], "10": [11]},
-            "inputs": [0], "outputs": [3, 11]},
-  "options": {"hidden_activation": "relu"}
-})";
 
 bool is_checkpoint(const std::string& path) {
   std::error_code ignored;  // a FIFO would block fopen; the loader then says what the file is
@@ -58,7 +50,7 @@ bool is_checkpoint(const std::string& path) {
 // A checkpoint or a JSON config; empty path: the embedded README network.
 Checkpoint open_network(const std::string& path) {
   if (path.empty())
-    return {network_from_config(nlohmann::json::parse(kReadmeConfig), "embedded README config"), std::nullopt};
+    return {network_from_config(nlohmann::json::parse(apps::kReadmeConfig), "embedded README config"), std::nullopt};
   if (!fs::exists(path)) fail("{}: no such file", path);
   if (fs::is_directory(path)) {  // a training run's --out
     const std::string model = (fs::path(path) / "model.ckpt").string();
@@ -227,8 +219,8 @@ struct TrainArgs {
     // Above 1e6 no optimizer does anything useful, and float32 state overflows near 3.4e38.
     cmd->add_option("--lr", lr, "learning rate (default: the checkpoint optimizer's, else 0.001)")
         ->check(number_in(0, 1e6, false, true));
-    cmd->add_option("--optimizer", optimizer, "adam, adamw or sgd (momentum 0.9); default: the checkpoint's, else adam")
-        ->check(CLI::IsMember({"adam", "adamw", "sgd"}));
+    cmd->add_option("--optimizer", optimizer, describe_optimizer_choices() + "; default: the checkpoint's, else adam")
+        ->check(CLI::IsMember(optimizer_choices()));
     cmd->add_option("--seed", seed,
                     "seed for the split, shuffling and new parameters (default: a resumed run's, else 0)")
         ->check(seed_check());
@@ -430,16 +422,14 @@ void log_data(const Table& data) {
                p.standardizes() ? ", standardized" : "");
 }
 
-int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, const DistributedArgs& dist,
-              const std::string& out, const CoreShare& cores) {
-  auto device = parse_device(t.device);
+void check_train_flags(const TrainArgs& t, const std::string& out) {
   if (t.prune_at_epoch > 0 && !(t.prune_fraction > 0))
     fail("train: --prune-at-epoch {} needs --prune-fraction (in (0, 1))", t.prune_at_epoch);
   if (t.checkpoint_every > 0 && out.empty()) fail("train: --checkpoint-every needs --out");
-  Checkpoint ck = open_network(config);
-  NeuralNetwork net = ck.network;
-  spdlog::info("cores: {}", cores.apply(net));
-  // A checkpoint written by `train` resumes where it stopped, with its data settings unless flags say otherwise.
+}
+
+// A checkpoint written by `train` resumes where it stopped, with its data settings unless flags say otherwise.
+Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::string& config) {
   Progress progress;
   if (!ck.training.is_null()) progress = Progress::from_json(ck.training, config);
   progress.seed = t.seed.value_or(progress.seed);
@@ -447,13 +437,14 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   progress.val_split = t.val_split.value_or(progress.val_split);
   if (t.batch_size && progress.batch > 0) {  // the stopped epoch's position means nothing with other batches
     spdlog::info("--batch-size: the run stopped mid-epoch; epoch {} starts over", progress.epoch + 1);
-    progress.batch = 0, progress.batch_loss = 0;
+    progress.batch = 0;
+    progress.batch_loss = 0;
   }
-  const int last_epoch = progress.epoch + t.epochs;
-  if (t.prune_at_epoch > 0 && (t.prune_at_epoch <= progress.epoch || t.prune_at_epoch > last_epoch))
-    fail("train: --prune-at-epoch {} is outside this run's epochs {} to {}", t.prune_at_epoch, progress.epoch + 1,
-         last_epoch);
-  // A resumed run goes on with the checkpoint's CSV unless --data names another.
+  return progress;
+}
+
+// A resumed run goes on with the checkpoint's CSV unless --data names another.
+DataArgs resumed_data_args(const DataArgs& d, Progress& progress, const std::string& config) {
   DataArgs data_args = d;
   if (d.data.empty() && !progress.data.empty()) {
     const std::string changed = progress.data_changed();
@@ -465,18 +456,22 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
     spdlog::warn("{} changed since the checkpoint was written ({}): a resumed run differs from an uninterrupted one",
                  progress.data, progress.data_changed());
   progress.set_data(data_args.data);
-  // Checks sizes before anything runs; a checkpoint's preprocessing is applied, not fitted anew.
-  Table data = load_dataset(data_args.options(net, progress.val_split, progress.seed), net, ck.preprocessing, "train");
-  // Saved with the model: the data's (the toy set's only when it standardizes, so that a model trained on
-  // raw toy data can go on to a CSV).
-  const std::optional<Preprocessing> preprocessing = data_args.data.empty() && !data.preprocessing.standardizes()
-                                                         ? ck.preprocessing
-                                                         : std::optional<Preprocessing>(data.preprocessing);
+  return data_args;
+}
 
-  int rank = 0;
+// This process's place in a data-parallel run; rank 0 with no group when it runs alone.
+struct Replicas {
 #if defined(CONNEX_WITH_DISTRIBUTED)
   std::unique_ptr<distributed::Group> group;
   std::unique_ptr<distributed::DataParallel> data_parallel;
+#endif
+  int rank = 0;
+};
+
+// Joins the group when the run has more than one rank; a CUDA device becomes this local rank's GPU.
+Replicas join_replicas(const DistributedArgs& dist, torch::Device& device) {
+  Replicas replicas;
+#if defined(CONNEX_WITH_DISTRIBUTED)
   auto group_options = dist.group_options(device);
   if (group_options.world_size() > 1) {
     if (device.is_cuda()) {  // one GPU per local rank
@@ -484,54 +479,50 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
       device = torch::Device(torch::kCUDA, local ? static_cast<int>(parse_integer(local).value_or(0)) : 0);
       group_options.device(device);
     }
-    group = std::make_unique<distributed::Group>(group_options);
-    data_parallel = std::make_unique<distributed::DataParallel>(*group);
-    rank = group->rank();
-    spdlog::info("rank {} of {} joined ({} through {})", group->rank(), group->world_size(), group->backend(),
+    replicas.group = std::make_unique<distributed::Group>(group_options);
+    replicas.data_parallel = std::make_unique<distributed::DataParallel>(*replicas.group);
+    replicas.rank = replicas.group->rank();
+    spdlog::info("rank {} of {} joined ({} through {})", replicas.group->rank(), replicas.group->world_size(),
+                 replicas.group->backend(),
                  group_options.file_store().empty()
                      ? fmt::format("{}:{}", group_options.master_addr(), group_options.master_port())
                      : std::string("the launcher's private file store"));
   }
 #else
+  (void)device;
   if (dist.nproc > 1 || dist.world_size.value_or(1) > 1)
     fail("train: this connex was built without distributed support (CONNEX_WITH_DISTRIBUTED; needs libgloo-dev)");
 #endif
-  const bool reporter = rank == 0;
-  const OutLock out_lock(reporter ? out : std::string());  // only rank 0 writes --out
+  return replicas;
+}
 
-  // Dropout draws from torch's generator: reproducible by --seed, and
-  // different on each rank so the ranks' shares get independent masks.
-  torch::manual_seed(progress.seed + 7919 * static_cast<uint64_t>(rank));
-  net->to(device);
-#if defined(CONNEX_WITH_DISTRIBUTED)
-  if (data_parallel) data_parallel->broadcast_parameters(net);
-#endif
-  auto optimizer = choose_optimizer(ck, net, t, config);
-  if (reporter) {
-    spdlog::info("{}", c10::str(*net));
-    log_data(data);
-  }
+TrainOptions train_options(const TrainArgs& t, const Progress& progress, torch::Device device, const Table& data,
+                           const std::optional<Preprocessing>& preprocessing, const std::string& out,
+                           const CoreShare& cores) {
   TrainOptions options;
-  options.epochs = t.epochs, options.batch_size = progress.batch_size, options.seed = progress.seed,
+  options.epochs = t.epochs;
+  options.batch_size = progress.batch_size;
+  options.seed = progress.seed;
   options.device = device;
-  options.task = data.preprocessing.task, options.preprocessing = preprocessing;
-  options.prune_at_epoch = t.prune_at_epoch, options.prune_fraction = t.prune_fraction;
-  options.checkpoint_every = t.checkpoint_every, options.out = out;
+  options.task = data.preprocessing.task;
+  options.preprocessing = preprocessing;
+  options.prune_at_epoch = t.prune_at_epoch;
+  options.prune_fraction = t.prune_fraction;
+  options.checkpoint_every = t.checkpoint_every;
+  options.out = out;
   options.on_network_replaced = [&cores](const NeuralNetwork& pruned) {
     spdlog::info("cores: {}", cores.apply(pruned));
   };
-#if defined(CONNEX_WITH_DISTRIBUTED)
-  options.data_parallel = data_parallel.get();
-  if (data_parallel) data_parallel->check_replicas_identical(net, optimizer.get(), "train: start");
-#endif
-  const auto start = std::chrono::steady_clock::now();
-  // SIGINT/SIGTERM: finish the step, write the files, say so, exit non-zero.
-  // (Data-parallel workers are stopped by their launcher.)
-  StopOnSignals stop_on_signals(rank == 0 && group_size(dist) == 1);
-  options.stop = &g_stop_signal;
-  TrainResult result;
+  return options;
+}
+
+// Trains; a stop by signal writes --out as far as the run got, then fails with how to resume.
+TrainResult train_until_done_or_stopped(NeuralNetwork& net, std::unique_ptr<torch::optim::Optimizer>& optimizer,
+                                        const Table& data, const TrainOptions& options, Progress& progress,
+                                        const std::optional<Preprocessing>& preprocessing, const std::string& out,
+                                        int last_epoch) {
   try {
-    result = train(net, optimizer, data, options, progress);
+    return train(net, optimizer, data, options, progress);
   } catch (const Stopped& stopped) {
     if (!out.empty()) {
       net->to(torch::kCPU);
@@ -545,27 +536,85 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
                      : fmt::format("; wrote {}/model.ckpt (resume: connex train {} --epochs {} --out {})", out, out,
                                    last_epoch - p.epoch, out));
   }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-#if defined(CONNEX_WITH_DISTRIBUTED)
-  if (data_parallel) {
-    const uint64_t sum = data_parallel->check_replicas_identical(net, optimizer.get(), "train: end");
-    spdlog::info("replicas identical on all {} ranks (checksum {:016x})", group->world_size(), sum);
-  }
-#endif
-  if (!reporter) return 0;
+}
+
+// Rank 0's summary of the run, then its files.
+void report_and_write_run(NeuralNetwork& net, const torch::optim::Optimizer& optimizer, const TrainResult& result,
+                          double seconds, Task task, const Progress& progress,
+                          const std::optional<Preprocessing>& preprocessing, const std::string& out) {
   spdlog::info("{} steps in {:.3f} s: {:.1f} steps/s", result.steps, seconds, result.steps / std::max(seconds, 1e-9));
-  auto [loss, metric] = evaluate(net, result.train_x, result.train_y, options.task);
+  auto [loss, metric] = evaluate(net, result.train_x, result.train_y, task);
   spdlog::info("final training loss {:.6f}{}", loss,
-               options.task == Task::Classification ? fmt::format(", accuracy {:.4f}", metric) : "");
+               task == Task::Classification ? fmt::format(", accuracy {:.4f}", metric) : "");
   if (!progress.history.empty() && !std::isnan(progress.history.back().val_metric))
-    spdlog::info("validation {} {:.6f}", options.task == Task::Classification ? "accuracy" : "mse",
+    spdlog::info("validation {} {:.6f}", task == Task::Classification ? "accuracy" : "mse",
                  progress.history.back().val_metric);
   if (out.empty()) spdlog::warn("no --out: the trained network was not saved");
   if (!out.empty()) {
     net->to(torch::kCPU);
-    write_run(out, net, *optimizer, progress, preprocessing);
+    write_run(out, net, optimizer, progress, preprocessing);
     spdlog::info("wrote {}/model.ckpt, metrics.csv, metrics.json, config.json", out);
   }
+}
+
+int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, const DistributedArgs& dist,
+              const std::string& out, const CoreShare& cores) {
+  auto device = parse_device(t.device);
+  check_train_flags(t, out);
+  Checkpoint ck = open_network(config);
+  NeuralNetwork net = ck.network;
+  spdlog::info("cores: {}", cores.apply(net));
+  Progress progress = resumed_progress(ck, t, config);
+  const int last_epoch = progress.epoch + t.epochs;
+  if (t.prune_at_epoch > 0 && (t.prune_at_epoch <= progress.epoch || t.prune_at_epoch > last_epoch))
+    fail("train: --prune-at-epoch {} is outside this run's epochs {} to {}", t.prune_at_epoch, progress.epoch + 1,
+         last_epoch);
+  const DataArgs data_args = resumed_data_args(d, progress, config);
+  // Checks sizes before anything runs; a checkpoint's preprocessing is applied, not fitted anew.
+  Table data = load_dataset(data_args.options(net, progress.val_split, progress.seed), net, ck.preprocessing, "train");
+  // Saved with the model: the data's (the toy set's only when it standardizes, so that a model trained on
+  // raw toy data can go on to a CSV).
+  const std::optional<Preprocessing> preprocessing = data_args.data.empty() && !data.preprocessing.standardizes()
+                                                         ? ck.preprocessing
+                                                         : std::optional<Preprocessing>(data.preprocessing);
+
+  const Replicas replicas = join_replicas(dist, device);
+  const bool reporter = replicas.rank == 0;
+  const OutLock out_lock(reporter ? out : std::string());  // only rank 0 writes --out
+
+  // Dropout draws from torch's generator: reproducible by --seed, and
+  // different on each rank so the ranks' shares get independent masks.
+  torch::manual_seed(progress.seed + 7919 * static_cast<uint64_t>(replicas.rank));
+  net->to(device);
+#if defined(CONNEX_WITH_DISTRIBUTED)
+  if (replicas.data_parallel) replicas.data_parallel->broadcast_parameters(net);
+#endif
+  auto optimizer = choose_optimizer(ck, net, t, config);
+  if (reporter) {
+    spdlog::info("{}", c10::str(*net));
+    log_data(data);
+  }
+  TrainOptions options = train_options(t, progress, device, data, preprocessing, out, cores);
+#if defined(CONNEX_WITH_DISTRIBUTED)
+  options.data_parallel = replicas.data_parallel.get();
+  if (replicas.data_parallel) replicas.data_parallel->check_replicas_identical(net, optimizer.get(), "train: start");
+#endif
+  const auto start = std::chrono::steady_clock::now();
+  // SIGINT/SIGTERM: finish the step, write the files, say so, exit non-zero.
+  // (Data-parallel workers are stopped by their launcher.)
+  StopOnSignals stop_on_signals(replicas.rank == 0 && group_size(dist) == 1);
+  options.stop = &g_stop_signal;
+  const TrainResult result =
+      train_until_done_or_stopped(net, optimizer, data, options, progress, preprocessing, out, last_epoch);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+#if defined(CONNEX_WITH_DISTRIBUTED)
+  if (replicas.data_parallel) {
+    const uint64_t sum = replicas.data_parallel->check_replicas_identical(net, optimizer.get(), "train: end");
+    spdlog::info("replicas identical on all {} ranks (checksum {:016x})", replicas.group->world_size(), sum);
+  }
+#endif
+  if (!reporter) return 0;
+  report_and_write_run(net, *optimizer, result, seconds, options.task, progress, preprocessing, out);
   return 0;
 }
 
@@ -615,7 +664,9 @@ int cmd_prune(const std::string& path, std::optional<double> threshold, std::opt
     report("after pruning");
     if (t.epochs > 0) {
       TrainOptions options;
-      options.epochs = t.epochs, options.batch_size = t.batch_size.value_or(0), options.seed = seed,
+      options.epochs = t.epochs;
+      options.batch_size = t.batch_size.value_or(0);
+      options.seed = seed;
       options.task = task;
       Progress fresh;
       train(pruned, next, *data, options, fresh);
@@ -717,7 +768,7 @@ int cmd_export(const std::string& path, const std::string& format, const std::st
   } else {  // png through Graphviz, run directly (no shell: the paths are the user's)
     // A large network is drawn as a summary, every drawing is bounded in
     // pixels, and dot gets a time limit: a full drawing of a thousand neurons
-    // took minutes and gave an unreadable image at Graphviz's size limit.
+    // takes minutes and is unreadable at Graphviz's size limit.
     const DotDrawing drawing = draw_dot(net);
     // dot's files (input, image, messages) live in a directory of this run's
     // own (mode 0700, removed on every path): no name in it can be planted or
@@ -769,10 +820,10 @@ int cmd_inspect(const std::string& path) {
     sizes += (l > 1 ? " " : "") + std::to_string(topo.levels()[l].size());
     ++kernels[kernel_name(topo.levels()[l].kernel)];
   }
-  std::printf("batch sizes: %s\n", sizes.c_str());
+  std::printf("level sizes: %s\n", sizes.c_str());
   std::string kernel_text;
   for (const auto& [k, n] : kernels) kernel_text += fmt::format("{}{} × {}", kernel_text.empty() ? "" : ", ", n, k);
-  std::printf("batch kernels: %s\n", kernel_text.c_str());
+  std::printf("level kernels: %s\n", kernel_text.c_str());
   std::string ops;
   for (const auto& op : net->operations()) ops += (ops.empty() ? "" : ", ") + op->name();
   std::printf("techniques: %s\n", ops.empty() ? "none" : ops.c_str());
@@ -821,6 +872,144 @@ int cmd_bench(const std::vector<std::string>& args) {
   fail("bench: cannot run {}", bench.string());
 }
 
+// Every subcommand's arguments; train and prune share the data flags, and the commands share `path` and --out.
+struct Commands {
+  std::string config, path, out, format;
+  DataArgs data;
+  TrainArgs train_args, prune_train;
+  DistributedArgs dist;
+  std::optional<double> threshold, fraction;
+  EditArgs edit_args;
+  double dot_seconds = 60;
+  CLI::App *train = nullptr, *prune = nullptr, *edit = nullptr, *export_ = nullptr, *inspect = nullptr,
+           *bench = nullptr;
+};
+
+void add_train_command(CLI::App& app, Commands& c) {
+  c.train = app.add_subcommand("train", "train a network from a JSON config or checkpoint");
+  c.train->add_option("config", c.config, "JSON config or checkpoint (default: the README network)");
+  c.data.add_to(c.train);
+  c.train_args.add_to(c.train, 1000);
+  c.dist.add_to(c.train);
+  c.train->add_option("--prune-at-epoch", c.train_args.prune_at_epoch, "prune after this epoch (with --prune-fraction)")
+      ->check(number_in(0, HUGE_VAL, true));
+  c.train
+      ->add_option("--prune-fraction", c.train_args.prune_fraction,
+                   "fraction of connections to prune, weakest |w| first")
+      ->check(number_in(0, 1, false));
+  c.train
+      ->add_option("--checkpoint-every", c.train_args.checkpoint_every, "write --out every this many epochs (rank 0)")
+      ->check(number_in(0, HUGE_VAL, true));
+  c.train->add_option("--out", c.out, "directory for model.ckpt, metrics.csv, metrics.json, config.json");
+}
+
+void add_prune_command(CLI::App& app, Commands& c) {
+  c.prune = app.add_subcommand("prune", "remove the weakest connections by |w|, optionally train on");
+  c.prune->add_option("checkpoint", c.path, "checkpoint or config")->required();
+  c.prune->add_option("--threshold", c.threshold, "remove connections with |w| below this");
+  c.prune->add_option("--fraction", c.fraction, "remove this fraction of connections, weakest first")
+      ->check(number_in(0, 1, false));
+  c.data.add_to(c.prune);
+  c.prune_train.add_to(c.prune, 0);
+  c.prune->add_option("--out", c.out, "write the pruned checkpoint here");
+}
+
+void add_edit_command(CLI::App& app, Commands& c) {
+  auto& a = c.edit_args;
+  c.edit = app.add_subcommand("edit", "add and remove neurons and connections");
+  c.edit->add_option("checkpoint", c.path, "checkpoint or config")->required();
+  c.edit->add_option("--add-connection", a.add_connection, "FROM:TO")->allow_extra_args(false);
+  c.edit->add_option("--remove-connection", a.remove_connection, "FROM:TO")->allow_extra_args(false);
+  c.edit->add_option("--add-input", a.add_input, "new input neuron (comes first)")->allow_extra_args(false);
+  c.edit->add_option("--add-hidden", a.add_hidden, "new hidden neuron")->allow_extra_args(false);
+  c.edit->add_option("--add-output", a.add_output, "new output neuron (comes last)")->allow_extra_args(false);
+  c.edit->add_option("--remove-neuron", a.remove_neuron, "neuron to remove")->allow_extra_args(false);
+  c.edit->add_option("--dropout", a.dropout, "dropout p for every hidden neuron")->check(number_in(0, 1, false));
+  c.edit->add_option("--seed", a.seed, "seed for new parameters")->check(seed_check());
+  c.edit->add_option("--out", c.out, "write the edited checkpoint here")->required();
+}
+
+void add_export_command(CLI::App& app, Commands& c) {
+  c.export_ = app.add_subcommand("export", "write a network as TorchScript, JSON, GraphML, DOT or PNG");
+  c.export_->add_option("checkpoint", c.path, "checkpoint or config")->required();
+  c.export_->add_option("--format", c.format, "torchscript, json, graphml, dot or png")
+      ->required()
+      ->check(CLI::IsMember({"torchscript", "json", "graphml", "dot", "png"}));
+  c.export_->add_option("--out", c.out, "output file")->required();
+  c.export_->add_option("--timeout", c.dot_seconds, "png: seconds Graphviz may take (default 60)")
+      ->check(number_in(0, 86400, false, true));
+}
+
+void add_inspect_command(CLI::App& app, Commands& c) {
+  c.inspect = app.add_subcommand("inspect", "describe a checkpoint or config");
+  c.inspect->add_option("file", c.path, "checkpoint or config")->required();
+}
+
+void add_bench_command(CLI::App& app, Commands& c) {
+  c.bench = app.add_subcommand("bench", "run the benchmark program (options pass through)");
+  c.bench->allow_extras();
+  c.bench->prefix_command();
+}
+
+// True (after saying so) when the first argument names no subcommand.
+bool unknown_subcommand(CLI::App& app, int argc, char** argv) {
+  if (argc <= 1 || argv[1][0] == '-') return false;
+  const std::string first = argv[1];
+  bool known = false;
+  for (const auto* sub : app.get_subcommands([](CLI::App*) { return true; })) known |= sub->get_name() == first;
+  if (!known)
+    std::fprintf(stderr,
+                 "connex: unknown subcommand \"%s\"; the subcommands are train, prune, edit, export, inspect, bench\n",
+                 first.c_str());
+  return !known;
+}
+
+// torch's and OpenBLAS's pools start a thread each per --threads: far more
+// threads than cores are slow to start and only wait for each other.
+bool too_many_threads(int threads) {
+  const int cores_here = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (threads <= 4 * cores_here) return false;
+  std::fprintf(stderr,
+               "connex: --threads %d: this machine has %d core(s); give at most %d (threads beyond the cores only "
+               "wait for each other)\n",
+               threads, cores_here, 4 * cores_here);
+  return true;
+}
+
+// True (after saying so) when --nproc comes with flags for a run whose ranks meet by port.
+bool nproc_conflicts(const DistributedArgs& dist) {
+  if (dist.rank || dist.world_size) {
+    std::fprintf(stderr,
+                 "connex: --nproc launches local workers itself; don't combine it with --rank or --world-size\n");
+    return true;
+  }
+  if (dist.master_addr || dist.master_port) {
+    std::fprintf(stderr,
+                 "connex: --nproc workers meet through a private file, not a port; --master-addr and --master-port "
+                 "are for runs with --rank and --world-size\n");
+    return true;
+  }
+  return false;
+}
+
+// Local workers share the cores unless --threads says otherwise.
+int threads_for_this_process(const CLI::App& app, int threads) {
+  const char* local_world = std::getenv("LOCAL_WORLD_SIZE");
+  if (app.get_option("--threads")->count() == 0 && local_world)
+    threads = std::max(1, threads / static_cast<int>(std::max<int64_t>(1, parse_integer(local_world).value_or(1))));
+  return threads;
+}
+
+int run_command(const Commands& c, const CoreShare& cores) {
+  if (*c.train) return cmd_train(c.config, c.data, c.train_args, c.dist, c.out, cores);
+  if (*c.prune) return cmd_prune(c.path, c.threshold, c.fraction, c.data, c.prune_train, c.out, cores);
+  if (*c.edit) return cmd_edit(c.path, c.edit_args, c.out);
+  if (*c.export_) return cmd_export(c.path, c.format, c.out, c.dot_seconds);
+  if (*c.inspect) return cmd_inspect(c.path);
+  if (*c.bench) return cmd_bench(c.bench->remaining());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -829,80 +1018,15 @@ int main(int argc, char** argv) {
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   app.add_option("--threads", threads, "cores to use (default: all; local workers share them)")
       ->check(number_in(1, 1024, true));
+  Commands c;
+  add_train_command(app, c);
+  add_prune_command(app, c);
+  add_edit_command(app, c);
+  add_export_command(app, c);
+  add_inspect_command(app, c);
+  add_bench_command(app, c);
 
-  std::string config, path, out, format;
-  DataArgs data;
-  TrainArgs train_args, prune_train;
-  std::optional<double> threshold, fraction;
-  EditArgs edit_args;
-  std::vector<std::string> bench_args;
-
-  auto* train_cmd = app.add_subcommand("train", "train a network from a JSON config or checkpoint");
-  train_cmd->add_option("config", config, "JSON config or checkpoint (default: the README network)");
-  data.add_to(train_cmd);
-  train_args.add_to(train_cmd, 1000);
-  DistributedArgs dist;
-  dist.add_to(train_cmd);
-  train_cmd->add_option("--prune-at-epoch", train_args.prune_at_epoch, "prune after this epoch (with --prune-fraction)")
-      ->check(number_in(0, HUGE_VAL, true));
-  train_cmd
-      ->add_option("--prune-fraction", train_args.prune_fraction, "fraction of connections to prune, weakest |w| first")
-      ->check(number_in(0, 1, false));
-  train_cmd
-      ->add_option("--checkpoint-every", train_args.checkpoint_every, "write --out every this many epochs (rank 0)")
-      ->check(number_in(0, HUGE_VAL, true));
-  train_cmd->add_option("--out", out, "directory for model.ckpt, metrics.csv, metrics.json, config.json");
-
-  auto* prune_cmd = app.add_subcommand("prune", "remove the weakest connections by |w|, optionally train on");
-  prune_cmd->add_option("checkpoint", path, "checkpoint or config")->required();
-  prune_cmd->add_option("--threshold", threshold, "remove connections with |w| below this");
-  prune_cmd->add_option("--fraction", fraction, "remove this fraction of connections, weakest first")
-      ->check(number_in(0, 1, false));
-  data.add_to(prune_cmd);
-  prune_train.add_to(prune_cmd, 0);
-  prune_cmd->add_option("--out", out, "write the pruned checkpoint here");
-
-  auto* edit_cmd = app.add_subcommand("edit", "add and remove neurons and connections");
-  edit_cmd->add_option("checkpoint", path, "checkpoint or config")->required();
-  edit_cmd->add_option("--add-connection", edit_args.add_connection, "FROM:TO")->allow_extra_args(false);
-  edit_cmd->add_option("--remove-connection", edit_args.remove_connection, "FROM:TO")->allow_extra_args(false);
-  edit_cmd->add_option("--add-input", edit_args.add_input, "new input neuron (comes first)")->allow_extra_args(false);
-  edit_cmd->add_option("--add-hidden", edit_args.add_hidden, "new hidden neuron")->allow_extra_args(false);
-  edit_cmd->add_option("--add-output", edit_args.add_output, "new output neuron (comes last)")->allow_extra_args(false);
-  edit_cmd->add_option("--remove-neuron", edit_args.remove_neuron, "neuron to remove")->allow_extra_args(false);
-  edit_cmd->add_option("--dropout", edit_args.dropout, "dropout p for every hidden neuron")
-      ->check(number_in(0, 1, false));
-  edit_cmd->add_option("--seed", edit_args.seed, "seed for new parameters")->check(seed_check());
-  edit_cmd->add_option("--out", out, "write the edited checkpoint here")->required();
-
-  auto* export_cmd = app.add_subcommand("export", "write a network as TorchScript, JSON, GraphML, DOT or PNG");
-  export_cmd->add_option("checkpoint", path, "checkpoint or config")->required();
-  export_cmd->add_option("--format", format, "torchscript, json, graphml, dot or png")
-      ->required()
-      ->check(CLI::IsMember({"torchscript", "json", "graphml", "dot", "png"}));
-  export_cmd->add_option("--out", out, "output file")->required();
-  double dot_seconds = 60;
-  export_cmd->add_option("--timeout", dot_seconds, "png: seconds Graphviz may take (default 60)")
-      ->check(number_in(0, 86400, false, true));
-
-  auto* inspect_cmd = app.add_subcommand("inspect", "describe a checkpoint or config");
-  inspect_cmd->add_option("file", path, "checkpoint or config")->required();
-
-  auto* bench_cmd = app.add_subcommand("bench", "run the benchmark program (options pass through)");
-  bench_cmd->allow_extras();
-  bench_cmd->prefix_command();
-
-  if (argc > 1 && argv[1][0] != '-') {
-    const std::string first = argv[1];
-    bool known = false;
-    for (const auto* sub : app.get_subcommands([](CLI::App*) { return true; })) known |= sub->get_name() == first;
-    if (!known) {
-      std::fprintf(
-          stderr, "connex: unknown subcommand \"%s\"; the subcommands are train, prune, edit, export, inspect, bench\n",
-          first.c_str());
-      return 2;
-    }
-  }
+  if (unknown_subcommand(app, argc, argv)) return 2;
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -913,50 +1037,21 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "connex: %s (see connex --help)\n", e.what());
     return 2;
   }
-  // torch's and OpenBLAS's pools start a thread each per --threads: 1000 of
-  // them on 2 cores took 30 s to start and only wait for each other.
-  const int cores_here = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  if (threads > 4 * cores_here) {
-    std::fprintf(stderr,
-                 "connex: --threads %d: this machine has %d core(s); give at most %d (threads beyond the cores only "
-                 "wait for each other)\n",
-                 threads, cores_here, 4 * cores_here);
-    return 2;
-  }
-  if (*train_cmd && dist.nproc > 1) {
-    if (dist.rank || dist.world_size) {
-      std::fprintf(stderr,
-                   "connex: --nproc launches local workers itself; don't combine it with --rank or --world-size\n");
-      return 2;
-    }
-    if (dist.master_addr || dist.master_port) {
-      std::fprintf(stderr,
-                   "connex: --nproc workers meet through a private file, not a port; --master-addr and --master-port "
-                   "are for runs with --rank and --world-size\n");
-      return 2;
-    }
+  if (too_many_threads(threads)) return 2;
+  if (*c.train && c.dist.nproc > 1) {
+    if (nproc_conflicts(c.dist)) return 2;
     // Workers that see a failed peer stop within a few heartbeats; give them that, then stop them.
-    return launch_local_workers(argc, argv, dist.nproc, 10);
+    return launch_local_workers(argc, argv, c.dist.nproc, 10);
   }
-  // Local workers share the cores unless --threads says otherwise.
-  const char* local_world = std::getenv("LOCAL_WORLD_SIZE");
-  if (app.get_option("--threads")->count() == 0 && local_world)
-    threads = std::max(1, threads / static_cast<int>(std::max<int64_t>(1, parse_integer(local_world).value_or(1))));
-  const CoreShare cores{threads};
+  const CoreShare cores{threads_for_this_process(app, threads)};
   cores.apply_default();
-  const std::string rank_tag = *train_cmd ? dist.rank_tag() : "";
+  const std::string rank_tag = *c.train ? c.dist.rank_tag() : "";
   spdlog::set_pattern("[%H:%M:%S] " + rank_tag + "%v");
   if (!rank_tag.empty()) silence_torch_logging();  // c10d's socket warnings; failures get connex's one line
   try {
-    if (*train_cmd) return cmd_train(config, data, train_args, dist, out, cores);
-    if (*prune_cmd) return cmd_prune(path, threshold, fraction, data, prune_train, out, cores);
-    if (*edit_cmd) return cmd_edit(path, edit_args, out);
-    if (*export_cmd) return cmd_export(path, format, out, dot_seconds);
-    if (*inspect_cmd) return cmd_inspect(path);
-    if (*bench_cmd) return cmd_bench(bench_cmd->remaining());
+    return run_command(c, cores);
   } catch (const std::exception& e) {
     report_error(rank_tag, e.what());  // a --nproc worker's goes to the launcher, which prints it once
     return 1;
   }
-  return 0;
 }

@@ -9,8 +9,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include "../examples.h"
 #include "../progress_bar.h"
-#include "connex/file_io.h"
+#include "file_io.h"
 
 namespace connex::cli {
 
@@ -29,29 +30,74 @@ Table load_dataset(const DataOptions& options, const NeuralNetwork& network, con
   if (fitted && (fitted->features != features || fitted->targets != targets))
     fail("{}: the model was trained on the columns {} of a CSV, not on the toy set; give --data", command,
          fmt::join(fitted->features, ", "));
-  const auto x = torch::linspace(0, 2 * M_PI, 250).unsqueeze(1);
-  Table table = table_from_tensors(x, torch::cat({torch::cos(x), torch::sin(x)}, 1), options.table, fitted);
+  const auto [x, y] = apps::toy_data();
+  Table table = table_from_tensors(x, y, options.table, fitted);
   table.preprocessing.features = features;
   table.preprocessing.targets = targets;
   table.source = "toy (cos x, sin x)";
   return table;
 }
 
+namespace {
+
+// The CLI's optimizers: the library makes them and knows their kinds; the CLI
+// chooses which it offers and their options.
+struct OptimizerChoice {
+  const char* name;  // the library's kind name
+  const char* note;  // after the name in --help
+  std::unique_ptr<torch::optim::OptimizerOptions> (*options)(double lr);
+};
+
+const std::vector<OptimizerChoice>& optimizer_choice_table() {
+  using Options = std::unique_ptr<torch::optim::OptimizerOptions>;
+  static const std::vector<OptimizerChoice> choices{
+      {"adam", "", [](double lr) -> Options { return std::make_unique<torch::optim::AdamOptions>(lr); }},
+      {"adamw", "", [](double lr) -> Options { return std::make_unique<torch::optim::AdamWOptions>(lr); }},
+      {"sgd", " (momentum 0.9)", [](double lr) -> Options {
+         return std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(lr).momentum(0.9));
+       }}};
+  return choices;
+}
+
+// The choices as "a, b or c", each as `item` writes it.
+template <typename Item>
+std::string choice_list(Item item) {
+  const auto& choices = optimizer_choice_table();
+  std::string out;
+  for (size_t i = 0; i < choices.size(); ++i)
+    out += (i == 0 ? "" : i + 1 == choices.size() ? " or " : ", ") + item(choices[i]);
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::string> optimizer_choices() {
+  std::vector<std::string> names;
+  for (const auto& choice : optimizer_choice_table()) names.push_back(choice.name);
+  return names;
+}
+
+std::string describe_optimizer_choices() {
+  return choice_list([](const OptimizerChoice& c) { return std::string(c.name) + c.note; });
+}
+
 std::unique_ptr<torch::optim::Optimizer> fresh_optimizer(const std::string& name, NeuralNetwork& network, double lr) {
-  if (name == "adam") return std::make_unique<torch::optim::Adam>(network->parameters(), torch::optim::AdamOptions(lr));
-  if (name == "adamw")
-    return std::make_unique<torch::optim::AdamW>(network->parameters(), torch::optim::AdamWOptions(lr));
-  if (name == "sgd")
-    return std::make_unique<torch::optim::SGD>(network->parameters(), torch::optim::SGDOptions(lr).momentum(0.9));
-  fail("--optimizer must be adam, adamw or sgd, got \"{}\"", name);
+  for (const auto& choice : optimizer_choice_table())
+    if (name == choice.name) {
+      std::vector<torch::optim::OptimizerParamGroup> groups;
+      groups.emplace_back(network->parameters(), choice.options(lr));
+      return make_optimizer(name, std::move(groups));
+    }
+  fail("--optimizer must be {}, got \"{}\"", choice_list([](const OptimizerChoice& c) { return std::string(c.name); }),
+       name);
 }
 
 torch::Tensor loss_of(const NeuralNetwork& network, const torch::Tensor& out, const torch::Tensor& y, Task task) {
   if (task == Task::Regression) return torch::mse_loss(out, y);
   // The outputs are logits, probabilities or log-probabilities, by the network's transformation.
-  const auto& t = network->options().output_transformation().name();
-  if (t == "softmax") return torch::nll_loss(torch::log(out.clamp_min(1e-12)), y);
-  if (t == "log_softmax") return torch::nll_loss(out, y);
+  const auto& t = network->options().output_transformation();
+  if (t.is_softmax()) return torch::nll_loss(torch::log(out.clamp_min(1e-12)), y);
+  if (t.is_log_softmax()) return torch::nll_loss(out, y);
   return torch::cross_entropy_loss(out, y);
 }
 
@@ -261,154 +307,268 @@ std::string Progress::data_changed() const {
   return "";
 }
 
-TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimizer>& optimizer, const Table& data,
-                  const TrainOptions& options, Progress& progress) {
-  TrainResult result;
-  const int64_t n_val = data.validation.inputs().size(0), n = data.train.inputs().size(0) + n_val;
-  // The shuffles go on from the generator that drew the table's split, or
-  // from where a stopped run left it.
+namespace {
+
+#if defined(CONNEX_WITH_DISTRIBUTED)
+// Data parallel: every rank draws the same permutation (same seed) and takes
+// its contiguous share of each batch; gradients are averaged over the ranks
+// and only rank 0 reports and writes. Without a group: rank 0 of 1.
+class Replicas {
+ public:
+  explicit Replicas(const TrainOptions& options) : dp_(options.data_parallel) {
+    if (dp_) {
+      rank_ = dp_->group().rank();
+      ranks_ = dp_->group().world_size();
+    }
+  }
+  int rank() const { return rank_; }
+  int ranks() const { return ranks_; }
+  void average_gradients(NeuralNetwork& network) const { dp_->average_gradients(network); }
+  // The sum over every rank: one small all-reduce.
+  double sum(double value, const char* what) const {
+    if (!dp_) return value;
+    auto sum = torch::tensor({value}, torch::kFloat64);
+    dp_->group().all_reduce_sum(sum, what);
+    return sum.item<double>();
+  }
+  // Rank 0's script, applied on every rank.
+  EditResult apply_edit(const NeuralNetwork& network, const EditScript& script, uint64_t seed) const {
+    return dp_ ? dp_->apply_edit(network, script, seed) : script.build(network, seed);
+  }
+  void check_identical(const NeuralNetwork& network, const torch::optim::Optimizer* optimizer,
+                       const char* context) const {
+    if (dp_) dp_->check_replicas_identical(network, optimizer, context);
+  }
+
+ private:
+  distributed::DataParallel* dp_;
+  int rank_ = 0, ranks_ = 1;
+};
+#else
+// One process: rank 0 of 1, with nothing to share.
+class Replicas {
+ public:
+  explicit Replicas(const TrainOptions&) {}
+  int rank() const { return 0; }
+  int ranks() const { return 1; }
+  void average_gradients(NeuralNetwork&) const {}
+  double sum(double value, const char*) const { return value; }
+  EditResult apply_edit(const NeuralNetwork& network, const EditScript& script, uint64_t seed) const {
+    return script.build(network, seed);
+  }
+  void check_identical(const NeuralNetwork&, const torch::optim::Optimizer*, const char*) const {}
+};
+#endif
+
+// The shuffle generator, going on from the one that drew the table's split of
+// `rows` rows, or from where a stopped run left it; torch's default generator
+// (dropout masks) likewise.
+at::Generator restore_generators(const TrainOptions& options, const Progress& progress, int64_t rows) {
   auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
-  torch::randperm(n, generator, torch::kLong);
+  torch::randperm(rows, generator, torch::kLong);
   const std::string where = "the checkpoint's progress";
   if (progress.shuffle_state.defined()) set_generator_state(generator, progress.shuffle_state, where, "shuffle_state");
   if (progress.dropout_state.defined()) {
     auto dropout = at::detail::getDefaultCPUGenerator();
     set_generator_state(dropout, progress.dropout_state, where, "dropout_state");
   }
-  const auto dtype = network->weight_tensor().scalar_type();
-  auto prepare = [&](const torch::Tensor& t) { return (t.is_floating_point() ? t.to(dtype) : t).to(options.device); };
-  result.val_x = prepare(data.validation.inputs());
-  result.val_y = prepare(data.validation.targets());
-  result.train_x = prepare(data.train.inputs());
-  result.train_y = prepare(data.train.targets());
-  const int64_t n_train = n - n_val;
-  const int64_t batch = options.batch_size > 0 ? std::min(options.batch_size, n_train) : n_train;
-  const int64_t batches = (n_train + batch - 1) / batch;
-  if (progress.batch >= batches)
+  return generator;
+}
+
+// An epoch's `count` batches of `size` of the `rows` training rows (the last may be smaller).
+struct Batches {
+  int64_t rows = 0, size = 0, count = 0;
+};
+
+Batches plan_batches(int64_t rows, const TrainOptions& options, const Progress& progress, int ranks) {
+  Batches b;
+  b.rows = rows;
+  b.size = options.batch_size > 0 ? std::min(options.batch_size, rows) : rows;
+  b.count = (rows + b.size - 1) / b.size;
+  if (progress.batch >= b.count)
     fail("train: the checkpoint stopped after batch {} of an epoch, but this data has {} batches per epoch",
-         progress.batch, batches);
-  const bool metric_is_accuracy = options.task == Task::Classification;
-
-  // Data parallel: every rank draws the same permutation (same seed) and
-  // takes its contiguous share of each batch. Each rank's mean loss is scaled
-  // by share * ranks / batch, so that the average of the ranks' gradients is
-  // the gradient of the whole batch's mean loss, for any split.
-  int rank = 0, ranks = 1;
-#if defined(CONNEX_WITH_DISTRIBUTED)
-  auto* dp = options.data_parallel;
-  if (dp) rank = dp->group().rank(), ranks = dp->group().world_size();
-#endif
-  const int64_t last_batch = n_train % batch == 0 ? batch : n_train % batch;
-  if (std::min(batch, last_batch) < ranks)
+         progress.batch, b.count);
+  const int64_t last = rows % b.size == 0 ? b.size : rows % b.size;
+  if (std::min(b.size, last) < ranks)
     fail("train: a batch of {} rows cannot be shared by {} ranks; use a larger --batch-size or fewer processes",
-         std::min(batch, last_batch), ranks);
-  const bool reporter = rank == 0;
+         std::min(b.size, last), ranks);
+  return b;
+}
 
-  const int first_epoch = progress.epoch + 1, last_epoch = progress.epoch + options.epochs;
-  apps::ProgressBar bar(reporter ? options.epochs : 0, "train");
-  const auto start = std::chrono::steady_clock::now();
-  const double seconds_before = progress.seconds;
-  auto elapsed = [&] {
-    return seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  };
-  network->train();
-  for (int epoch = first_epoch; epoch <= last_epoch; ++epoch) {
-    const auto epoch_start = generator.get_state();
-    const auto perm =
-        batch < n_train ? torch::randperm(n_train, generator, torch::kLong).to(options.device) : torch::Tensor();
-    double total = progress.batch_loss;
-    for (int64_t k = progress.batch; k < batches; ++k) {
-      const int64_t b = k * batch, size = std::min(batch, n_train - b);
-      const int64_t first = b + size * rank / ranks, share = b + size * (rank + 1) / ranks - first;
-      auto xb = result.train_x, yb = result.train_y;
-      if (perm.defined() || ranks > 1) {
-        auto idx = perm.defined()
-                       ? perm.narrow(0, first, share)
-                       : torch::arange(first, first + share, torch::TensorOptions(torch::kLong).device(options.device));
-        xb = xb.index_select(0, idx), yb = yb.index_select(0, idx);
-      }
-      optimizer->zero_grad();
-      auto loss = loss_of(network, network->forward(xb), yb, options.task);
-      if (ranks > 1) {
-        (loss * (static_cast<double>(share) * ranks / static_cast<double>(size))).backward();
-#if defined(CONNEX_WITH_DISTRIBUTED)
-        dp->average_gradients(network);
-#endif
-      } else {
-        loss.backward();
-      }
-      optimizer->step();
-      ++result.steps, ++progress.steps;
-      total += loss.item<double>() * static_cast<double>(share);
-      if (options.stop && *options.stop && k + 1 < batches) {  // mid-epoch: remember where
-        progress.batch = k + 1, progress.batch_loss = total, progress.shuffle_state = epoch_start;
-        progress.dropout_state = at::detail::getDefaultCPUGenerator().get_state();
-        progress.seconds = elapsed();
-        throw Stopped{static_cast<int>(*options.stop), progress};
+// One call of train(): its steps, over the state they share.
+class Trainer {
+ public:
+  // Restores the generators, moves the data to the device, plans the batches.
+  Trainer(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimizer>& optimizer, const Table& data,
+          const TrainOptions& options, Progress& progress)
+      : network_(network),
+        optimizer_(optimizer),
+        options_(options),
+        progress_(progress),
+        replicas_(options),
+        n_val_(data.validation.inputs().size(0)),
+        generator_(restore_generators(options, progress, data.train.inputs().size(0) + n_val_)),
+        first_epoch_(progress.epoch + 1),
+        last_epoch_(progress.epoch + options.epochs),
+        seconds_before_(progress.seconds) {
+    const auto dtype = network->weight_tensor().scalar_type();
+    auto prepare = [&](const torch::Tensor& t) { return (t.is_floating_point() ? t.to(dtype) : t).to(options.device); };
+    result_.val_x = prepare(data.validation.inputs());
+    result_.val_y = prepare(data.validation.targets());
+    result_.train_x = prepare(data.train.inputs());
+    result_.train_y = prepare(data.train.targets());
+    batches_ = plan_batches(data.train.inputs().size(0), options, progress, replicas_.ranks());
+  }
+
+  TrainResult run() {
+    bar_.emplace(reporter() ? options_.epochs : 0, "train");
+    start_ = std::chrono::steady_clock::now();
+    network_->train();
+    for (int epoch = first_epoch_; epoch <= last_epoch_; ++epoch) {
+      const EpochMetrics m = record_epoch(epoch, train_epoch());
+      report(epoch, m);
+      if (epoch == options_.prune_at_epoch && options_.prune_fraction > 0) prune(epoch);
+      if (reporter() && options_.checkpoint_every > 0 && epoch % options_.checkpoint_every == 0 &&
+          !options_.out.empty())
+        write_run(options_.out, network_, *optimizer_, progress_, options_.preprocessing);
+      if (stop_requested() && epoch < last_epoch_) throw Stopped{static_cast<int>(*options_.stop), progress_};
+    }
+    return result_;
+  }
+
+ private:
+  bool reporter() const { return replicas_.rank() == 0; }
+  bool stop_requested() const { return options_.stop && *options_.stop; }
+  double elapsed() const {
+    return seconds_before_ + std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+  // The rest of the epoch (all of it unless a stopped run left it midway); its
+  // loss summed over every rank's rows. A stop request throws Stopped between batches.
+  double train_epoch() {
+    const auto epoch_start = generator_.get_state();
+    const auto perm = batches_.size < batches_.rows
+                          ? torch::randperm(batches_.rows, generator_, torch::kLong).to(options_.device)
+                          : torch::Tensor();
+    double total = progress_.batch_loss;
+    for (int64_t k = progress_.batch; k < batches_.count; ++k) {
+      total += step(perm, k);
+      if (stop_requested() && k + 1 < batches_.count) {  // mid-epoch: remember where
+        progress_.batch = k + 1;
+        progress_.batch_loss = total;
+        progress_.shuffle_state = epoch_start;
+        progress_.dropout_state = at::detail::getDefaultCPUGenerator().get_state();
+        progress_.seconds = elapsed();
+        throw Stopped{static_cast<int>(*options_.stop), progress_};
       }
     }
-    progress.batch = 0, progress.batch_loss = 0;
-#if defined(CONNEX_WITH_DISTRIBUTED)
-    if (dp) {  // the epoch's loss over every rank's rows: one small all-reduce per epoch
-      auto sum = torch::tensor({total}, torch::kFloat64);
-      dp->group().all_reduce_sum(sum, "train: epoch loss");
-      total = sum.item<double>();
+    progress_.batch = 0;
+    progress_.batch_loss = 0;
+    return replicas_.sum(total, "train: epoch loss");
+  }
+
+  // One optimizer step on batch k (this rank's share of it); its loss summed over the share's rows.
+  double step(const torch::Tensor& perm, int64_t k) {
+    const int rank = replicas_.rank(), ranks = replicas_.ranks();
+    const int64_t b = k * batches_.size, size = std::min(batches_.size, batches_.rows - b);
+    const int64_t first = b + size * rank / ranks, share = b + size * (rank + 1) / ranks - first;
+    auto xb = result_.train_x, yb = result_.train_y;
+    if (perm.defined() || ranks > 1) {
+      auto idx = perm.defined()
+                     ? perm.narrow(0, first, share)
+                     : torch::arange(first, first + share, torch::TensorOptions(torch::kLong).device(options_.device));
+      xb = xb.index_select(0, idx);
+      yb = yb.index_select(0, idx);
     }
-#endif
+    optimizer_->zero_grad();
+    auto loss = loss_of(network_, network_->forward(xb), yb, options_.task);
+    if (ranks > 1) {
+      // Scaled by share * ranks / size, so that the average of the ranks'
+      // gradients is the gradient of the whole batch's mean loss, for any split.
+      (loss * (static_cast<double>(share) * ranks / static_cast<double>(size))).backward();
+      replicas_.average_gradients(network_);
+    } else {
+      loss.backward();
+    }
+    optimizer_->step();
+    ++result_.steps, ++progress_.steps;
+    return loss.item<double>() * static_cast<double>(share);
+  }
+
+  // Checks the epoch's loss and parameters, validates, and records the epoch in the progress.
+  EpochMetrics record_epoch(int epoch, double total) {
     EpochMetrics m;
     m.epoch = epoch;
-    m.train_loss = total / static_cast<double>(n_train);
+    m.train_loss = total / static_cast<double>(batches_.rows);
     if (!std::isfinite(m.train_loss)) fail("train: the loss became {} at epoch {}; lower --lr", m.train_loss, epoch);
     // A step can leave infinite weights after a finite loss: nothing non-finite is ever written.
-    for (const auto& p : network->named_parameters())
+    for (const auto& p : network_->named_parameters())
       if (!torch::isfinite(p.value()).all().item<bool>())
         fail("train: parameter \"{}\" became non-finite (inf or nan) at epoch {}; lower --lr{}", p.key(), epoch,
-             options.out.empty() ? "" : " (files already in --out are kept as they were)");
-    if (n_val > 0 && reporter)
-      std::tie(m.val_loss, m.val_metric) = evaluate(network, result.val_x, result.val_y, options.task);
+             options_.out.empty() ? "" : " (files already in --out are kept as they were)");
+    if (n_val_ > 0 && reporter())
+      std::tie(m.val_loss, m.val_metric) = evaluate(network_, result_.val_x, result_.val_y, options_.task);
     m.seconds = elapsed();
-    progress.history.push_back(m);
-    progress.epoch = epoch;
-    progress.seconds = m.seconds;
-    progress.shuffle_state = generator.get_state();
-    progress.dropout_state = at::detail::getDefaultCPUGenerator().get_state();
-    std::string extra;
-    if (n_val > 0)
-      extra = metric_is_accuracy ? fmt::format("val acc {:.4f}", m.val_metric)
-                                 : fmt::format("val mse {:.6f}", m.val_metric);
-    const int done = epoch - first_epoch + 1;
-    if (reporter) bar.update(done, m.train_loss, extra);
-    if (reporter && !bar.is_tty() && (done == 1 || epoch == last_epoch || done % std::max(1, options.epochs / 10) == 0))
-      spdlog::info("epoch {:>5}/{}  loss {:.6f}  {}  {:.1f} epochs/s", epoch, last_epoch, m.train_loss, extra,
-                   done / std::max(m.seconds - seconds_before, 1e-9));
-
-    if (epoch == options.prune_at_epoch && options.prune_fraction > 0) {
-      // Decided on rank 0 (every rank holds the same weights anyway) and
-      // applied on every rank; the optimizer state follows the survivors.
-      EditScript prune;
-      if (reporter) prune.remove_connections(weakest_connections(network, std::nullopt, options.prune_fraction));
-#if defined(CONNEX_WITH_DISTRIBUTED)
-      EditResult edited = dp ? dp->apply_edit(network, prune, options.seed) : prune.build(network, options.seed);
-#else
-      EditResult edited = prune.build(network, options.seed);
-#endif
-      auto next = optimizer_after_edit(*optimizer, network, edited);
-      if (reporter)
-        spdlog::info("epoch {}: pruned {} of {} connections (|w| smallest first)", epoch,
-                     network->num_connections() - edited.network->num_connections(), network->num_connections());
-      network = edited.network;
-      optimizer = std::move(next);
-      network->train();
-      if (options.on_network_replaced) options.on_network_replaced(network);
-#if defined(CONNEX_WITH_DISTRIBUTED)
-      if (dp) dp->check_replicas_identical(network, optimizer.get(), "train: after pruning");
-#endif
-    }
-    if (reporter && options.checkpoint_every > 0 && epoch % options.checkpoint_every == 0 && !options.out.empty())
-      write_run(options.out, network, *optimizer, progress, options.preprocessing);
-    if (options.stop && *options.stop && epoch < last_epoch) throw Stopped{static_cast<int>(*options.stop), progress};
+    progress_.history.push_back(m);
+    progress_.epoch = epoch;
+    progress_.seconds = m.seconds;
+    progress_.shuffle_state = generator_.get_state();
+    progress_.dropout_state = at::detail::getDefaultCPUGenerator().get_state();
+    return m;
   }
-  return result;
+
+  void report(int epoch, const EpochMetrics& m) {
+    std::string extra;
+    if (n_val_ > 0)
+      extra = options_.task == Task::Classification ? fmt::format("val acc {:.4f}", m.val_metric)
+                                                    : fmt::format("val mse {:.6f}", m.val_metric);
+    const int done = epoch - first_epoch_ + 1;
+    if (reporter()) bar_->update(done, m.train_loss, extra);
+    if (reporter() && !bar_->is_tty() &&
+        (done == 1 || epoch == last_epoch_ || done % std::max(1, options_.epochs / 10) == 0))
+      spdlog::info("epoch {:>5}/{}  loss {:.6f}  {}  {:.1f} epochs/s", epoch, last_epoch_, m.train_loss, extra,
+                   done / std::max(m.seconds - seconds_before_, 1e-9));
+  }
+
+  // Replaces the network and the optimizer. Decided on rank 0 (every rank
+  // holds the same weights anyway) and applied on every rank; the optimizer
+  // state follows the survivors.
+  void prune(int epoch) {
+    EditScript prune;
+    if (reporter()) prune.remove_connections(weakest_connections(network_, std::nullopt, options_.prune_fraction));
+    EditResult edited = replicas_.apply_edit(network_, prune, options_.seed);
+    auto next = optimizer_after_edit(*optimizer_, network_, edited);
+    if (reporter())
+      spdlog::info("epoch {}: pruned {} of {} connections (|w| smallest first)", epoch,
+                   network_->num_connections() - edited.network->num_connections(), network_->num_connections());
+    network_ = edited.network;
+    optimizer_ = std::move(next);
+    network_->train();
+    if (options_.on_network_replaced) options_.on_network_replaced(network_);
+    replicas_.check_identical(network_, optimizer_.get(), "train: after pruning");
+  }
+
+  NeuralNetwork& network_;
+  std::unique_ptr<torch::optim::Optimizer>& optimizer_;
+  const TrainOptions& options_;
+  Progress& progress_;
+  const Replicas replicas_;
+  const int64_t n_val_;
+  at::Generator generator_;
+  const int first_epoch_, last_epoch_;
+  const double seconds_before_;
+  std::optional<apps::ProgressBar> bar_;
+  Batches batches_;
+  TrainResult result_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace
+
+TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimizer>& optimizer, const Table& data,
+                  const TrainOptions& options, Progress& progress) {
+  Trainer trainer(network, optimizer, data, options, progress);
+  return trainer.run();
 }
 
 // Written as text row by row: a DOM of a long history costs ~10x its text.

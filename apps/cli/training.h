@@ -49,7 +49,7 @@ struct TrainOptions {
   // Set (by a signal handler) to a signal number to stop after the current step.
   const volatile std::sig_atomic_t* stop = nullptr;
   // Called with the network whenever training replaces it (after a prune):
-  // an edit can move it between the fused kernel and per-batch levels, and
+  // an edit can move it between the fused kernel and per-level path, and
   // with them the thread pool that should get the cores.
   std::function<void(const NeuralNetwork&)> on_network_replaced;
 #if defined(CONNEX_WITH_DISTRIBUTED)
@@ -101,7 +101,11 @@ struct Stopped {
   Progress progress;
 };
 
-// A fresh optimizer of the CLI's kinds (adam, adamw, sgd with momentum 0.9).
+// The optimizers the CLI offers, a choice among the library's kinds: their
+// names, for --optimizer's check, and "adam, adamw or sgd (momentum 0.9)".
+std::vector<std::string> optimizer_choices();
+std::string describe_optimizer_choices();
+// A fresh optimizer of one of them, made by the library (make_optimizer).
 std::unique_ptr<torch::optim::Optimizer> fresh_optimizer(const std::string& name, NeuralNetwork& network, double lr);
 
 // Loss and metric (MSE, or accuracy for classification) on a whole set, eval mode.

@@ -8,9 +8,14 @@
 #include <torch/torch.h>
 
 #include "connex/config.h"
+#include "builtin_operations.h"
+#include "config_codec.h"
+#include "prebuilt_size.h"
 #include "connex/error.h"
-#include "connex/file_io.h"
+#include "dtype.h"
+#include "file_io.h"
 #include "json_input.h"
+#include "optimizer_kinds.h"
 
 namespace connex {
 
@@ -24,7 +29,7 @@ constexpr size_t kPrefix = 8 + 4 + 8;  // magic, version, header length
 // Buffers rebuilt from the structure are not saved; the rest (gradient masks,
 // a module activation's buffers) are state.
 bool is_derived_buffer(const std::string& name) {
-  return name.rfind("level", 0) == 0 || name.rfind("output_gather", 0) == 0;
+  return has_level_prefix(name) || name.rfind("output_gather", 0) == 0;
 }
 
 template <typename T>
@@ -40,19 +45,10 @@ T get(const std::string& in, size_t offset) {
   return value;
 }
 
+// dtype.h's name; null for a dtype a checkpoint cannot hold.
 const char* dtype_name(torch::Dtype dtype) {
-  switch (dtype) {
-    case torch::kFloat32:
-      return "float32";
-    case torch::kFloat64:
-      return "float64";
-    case torch::kFloat16:
-      return "float16";
-    case torch::kBFloat16:
-      return "bfloat16";
-    default:
-      return nullptr;
-  }
+  const DtypeInfo* info = find_dtype(dtype);
+  return info ? info->name : nullptr;
 }
 
 std::string dtype_text(torch::Dtype dtype) { return dtype_name(dtype) ? dtype_name(dtype) : c10::toString(dtype); }
@@ -68,8 +64,7 @@ std::vector<std::pair<std::string, torch::Tensor>> state_tensors(const NeuralNet
 size_t element_size(const json& config) {
   if (config.contains("options") && config.at("options").is_object() && config.at("options").contains("dtype")) {
     const auto& dtype = config.at("options").at("dtype");
-    if (dtype == "float64") return 8;
-    if (dtype == "float16" || dtype == "bfloat16") return 2;
+    if (const DtypeInfo* info = dtype.is_string() ? find_dtype(dtype.get<std::string>()) : nullptr) return info->size;
   }
   return 4;
 }
@@ -82,7 +77,7 @@ bool option_on(const json& config, const char* key) {
 
 // A checkpoint must hold every parameter its config's structure needs. A few
 // header bytes can declare a huge structure (a prebuilt MLP is four numbers;
-// attention parameters grow as L² or n·L² per batch), so before building
+// attention parameters grow as L² or n·L² per level), so before building
 // anything, compare a lower bound of the parameter bytes with the tensor bytes
 // present. Malformed configs pass through: network_from_config names the error.
 void check_declared_size(const json& config, size_t data_size, const std::string& path) {
@@ -108,26 +103,23 @@ void check_declared_size(const json& config, size_t data_size, const std::string
     }
     const double in = size[0], out = size[1], width = size[2], depth = size[3];
     if (depth > 0 && width < 1) return;  // rejected by the builder
-    double connections;
-    if (graph.at("prebuilt") == "MLP")
-      connections = depth == 0 ? in * out : in * width + (depth - 1) * width * width + width * out;
-    else if (graph.at("prebuilt") == "DenseMLP")
-      connections = depth * width * in + width * width * depth * (depth - 1) / 2 + out * (in + depth * width);
-    else
-      return;
-    too_big(connections + width * depth + out, "a prebuilt network");
+    if (graph.at("prebuilt") != "MLP" && graph.at("prebuilt") != "DenseMLP") return;
+    const auto layered = nn::layered_size(in, out, width, depth, graph.at("prebuilt") == "DenseMLP");
+    too_big(layered.connections + layered.neurons - in,
+            "a prebuilt network");  // a weight per connection, a bias per neuron
   }
   if (!option_on(config, "use_topo_self_attention") && !option_on(config, "use_neuron_self_attention")) return;
-  // Attention parameters (techniques.h): 3 (L² + L) per batch, or 3 n (L² + L)
-  // per batch of n neurons; the graph itself is now known to be small.
+  // Attention grows as L² or n·L² per level; each technique counts its own
+  // parameters. The graph itself is now known to be small.
+  std::vector<LevelOperationPtr> operations;
+  try {
+    operations = builtin_operations(options_from_json(config.at("options"), path));
+  } catch (const Error&) {
+    return;
+  }
   const auto topology = Topology::compile(graph_from_config(graph, path));
   double values = static_cast<double>(topology->num_connections() + topology->num_biases());
-  for (size_t l = 1; l < topology->levels().size(); ++l) {
-    const Level& level = topology->levels()[l];
-    const double L = static_cast<double>(level.sources.size()), n = static_cast<double>(level.size());
-    if (option_on(config, "use_topo_self_attention")) values += 3 * (L * L + L);
-    if (option_on(config, "use_neuron_self_attention")) values += 3 * n * (L * L + L);
-  }
+  for (const auto& op : operations) values += op->parameter_count(*topology).value_or(0);
   too_big(values, "a network with attention");
 }
 
@@ -198,8 +190,8 @@ struct TensorData {
 void check_state_complete(const SavedOptimizer& saved, const char* operation, const std::string& path) {
   std::map<std::string, std::vector<std::string>> required;  // by parameter, under its group's options
   for (const auto& group : saved.groups) {
-    const auto fields =
-        required_state_fields(saved.type, *optimizer_options_from_json(saved.type, group.options, path));
+    const auto fields = required_state_fields(
+        saved.type, *optimizer_options_from_json(saved.type, group.options, fmt::format("{}: {}", operation, path)));
     for (const auto& name : group.parameters) {
       required[name] = fields;
       if (state_required_for_every_parameter(saved.type) && !saved.state.count(name))
@@ -221,8 +213,8 @@ json write_optimizer(const NeuralNetwork& network, const torch::optim::Optimizer
                      const std::string& path) {
   const std::string type = optimizer_type_name(optimizer);
   if (type == "other")
-    fail("save(): cannot save the optimizer for {}: connex saves the state of Adam, AdamW, SGD, RMSprop and Adagrad",
-         path);
+    fail("save(): cannot save the optimizer for {}: connex saves the state of {}", path,
+         list_optimizer_kinds(OptimizerNaming::kTitle));
   const auto names = group_parameter_names(optimizer, network, "save(): cannot save the optimizer for " + path);
   json groups = json::array(), state = json::object();
   for (size_t g = 0; g < names.size(); ++g) {
@@ -243,6 +235,67 @@ json write_optimizer(const NeuralNetwork& network, const torch::optim::Optimizer
   return {{"type", type}, {"groups", groups}, {"state", state}};
 }
 
+// The state fields of a saved optimizer type; an unknown type is an error that lists the known ones.
+const std::vector<std::string>& saved_state_fields(const std::string& type, const std::string& path) {
+  try {
+    return state_tensor_names(type);
+  } catch (const Error&) {
+    fail("load(): {}: /optimizer/type \"{}\" is not an optimizer connex knows ({})", path, type,
+         list_optimizer_kinds(OptimizerNaming::kName, ", "));
+  }
+}
+
+// One /optimizer/groups entry; `grouped` collects the parameters the groups name, each at most once.
+SavedOptimizer::Group read_optimizer_group(const json& group, const std::string& type, const std::string& where,
+                                           const torch::OrderedDict<std::string, torch::Tensor>& parameters,
+                                           std::unordered_set<std::string>& grouped) {
+  if (!group.is_object() || !group.contains("options") || !group.contains("parameters") ||
+      !group.at("parameters").is_array())
+    fail("load(): {} must be {{\"options\": {{...}}, \"parameters\": [names]}}", where);
+  optimizer_options_from_json(type, group.at("options"),
+                              "load(): " + where + "/options");  // checks every option
+  SavedOptimizer::Group out{group.at("options"), {}};
+  for (const auto& name : group.at("parameters")) {
+    if (!name.is_string() || !parameters.contains(name.get<std::string>()))
+      fail("load(): {}/parameters names {}, which is not a parameter of the network", where, detail::excerpt(name));
+    if (!grouped.insert(name.get<std::string>()).second)
+      fail("load(): {}/parameters names \"{}\" a second time", where, name.get<std::string>());
+    out.parameters.push_back(name.get<std::string>());
+  }
+  return out;
+}
+
+// One parameter's /optimizer/state entry: its step count where the type keeps one, and its tensors.
+OptimizerStateFields read_parameter_state(const json& entry, const std::string& type,
+                                          const std::vector<std::string>& field_names, const torch::Tensor& parameter,
+                                          const TensorData& data, const std::string& path, const std::string& where) {
+  if (!entry.is_object() || !entry.contains("tensors") || !entry.at("tensors").is_object())
+    fail("load(): {}: {} must be {{\"step\": n, \"tensors\": {{...}}}}", path, where);
+  OptimizerStateFields fields;
+  fields.type = type;
+  if (state_has_step(type)) {
+    if (!entry.contains("step") || !entry.at("step").is_number_unsigned() ||
+        entry.at("step").get<uint64_t>() > uint64_t{1} << 62)
+      fail("load(): {}: {}/step must be a non-negative integer", path, where);
+    fields.step = entry.at("step").get<int64_t>();
+  } else if (entry.contains("step")) {
+    fail("load(): {}: {}/step: a {} state counts no steps", path, where, type);
+  }
+  for (const auto& [field, tensor_entry] : entry.at("tensors").items())
+    if (std::find(field_names.begin(), field_names.end(), field) == field_names.end())
+      fail("load(): {}: {}/tensors/{} is not a field of the {} state ({})", path, where, field, type,
+           fmt::join(field_names, ", "));
+  for (const auto& field : field_names) {
+    torch::Tensor value;
+    if (entry.at("tensors").contains(field))
+      value = data.read(entry.at("tensors").at(field), parameter.detach(),
+                        fmt::format("optimizer state {}/tensors/{}", where, field))
+                  .clone();
+    fields.tensors.emplace_back(field, value);
+  }
+  return fields;
+}
+
 SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const TensorData& data,
                               const std::string& path) {
   if (!o.is_object() || !o.contains("type") || !o.at("type").is_string() || !o.contains("groups") ||
@@ -250,63 +303,18 @@ SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const
     fail("load(): {}: /optimizer must be {{\"type\": \"...\", \"groups\": [...], \"state\": {{...}}}}", path);
   SavedOptimizer saved;
   saved.type = o.at("type").get<std::string>();
-  const auto& field_names = [&]() -> const std::vector<std::string>& {
-    try {
-      return state_tensor_names(saved.type);
-    } catch (const Error&) {
-      fail("load(): {}: /optimizer/type \"{}\" is not an optimizer connex knows (adam, adamw, sgd, rmsprop, adagrad)",
-           path, saved.type);
-    }
-  }();
+  const auto& field_names = saved_state_fields(saved.type, path);
   const auto parameters = network->named_parameters();
   std::unordered_set<std::string> grouped;
-  for (size_t g = 0; g < o.at("groups").size(); ++g) {
-    const json& group = o.at("groups").at(g);
-    const std::string where = fmt::format("{}: /optimizer/groups/{}", path, g);
-    if (!group.is_object() || !group.contains("options") || !group.contains("parameters") ||
-        !group.at("parameters").is_array())
-      fail("load(): {} must be {{\"options\": {{...}}, \"parameters\": [names]}}", where);
-    optimizer_options_from_json(saved.type, group.at("options"), where + "/options");  // checks every option
-    SavedOptimizer::Group out{group.at("options"), {}};
-    for (const auto& name : group.at("parameters")) {
-      if (!name.is_string() || !parameters.contains(name.get<std::string>()))
-        fail("load(): {}/parameters names {}, which is not a parameter of the network", where, detail::excerpt(name));
-      if (!grouped.insert(name.get<std::string>()).second)
-        fail("load(): {}/parameters names \"{}\" a second time", where, name.get<std::string>());
-      out.parameters.push_back(name.get<std::string>());
-    }
-    saved.groups.push_back(std::move(out));
-  }
+  for (size_t g = 0; g < o.at("groups").size(); ++g)
+    saved.groups.push_back(read_optimizer_group(o.at("groups").at(g), saved.type,
+                                                fmt::format("{}: /optimizer/groups/{}", path, g), parameters, grouped));
   for (const auto& [name, entry] : o.at("state").items()) {
     const std::string where = fmt::format("/optimizer/state/{}", name);
     if (!grouped.count(name))
       fail("load(): {}: {} is the state of a parameter that no optimizer group holds", path, where);
-    if (!entry.is_object() || !entry.contains("tensors") || !entry.at("tensors").is_object())
-      fail("load(): {}: {} must be {{\"step\": n, \"tensors\": {{...}}}}", path, where);
-    OptimizerStateFields fields;
-    fields.type = saved.type;
-    if (state_has_step(saved.type)) {
-      if (!entry.contains("step") || !entry.at("step").is_number_unsigned() ||
-          entry.at("step").get<uint64_t>() > uint64_t{1} << 62)
-        fail("load(): {}: {}/step must be a non-negative integer", path, where);
-      fields.step = entry.at("step").get<int64_t>();
-    } else if (entry.contains("step")) {
-      fail("load(): {}: {}/step: a {} state counts no steps", path, where, saved.type);
-    }
-    const torch::Tensor& parameter = parameters[name];
-    for (const auto& [field, tensor_entry] : entry.at("tensors").items())
-      if (std::find(field_names.begin(), field_names.end(), field) == field_names.end())
-        fail("load(): {}: {}/tensors/{} is not a field of the {} state ({})", path, where, field, saved.type,
-             fmt::join(field_names, ", "));
-    for (const auto& field : field_names) {
-      torch::Tensor value;
-      if (entry.at("tensors").contains(field))
-        value = data.read(entry.at("tensors").at(field), parameter.detach(),
-                          fmt::format("optimizer state {}/tensors/{}", where, field))
-                    .clone();
-      fields.tensors.emplace_back(field, value);
-    }
-    saved.state.emplace(name, std::move(fields));
+    saved.state.emplace(name,
+                        read_parameter_state(entry, saved.type, field_names, parameters[name], data, path, where));
   }
   check_state_complete(saved, "load()", path);
   return saved;
@@ -454,7 +462,8 @@ void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer&
       }
       states.emplace_back(c10::guts::to_string(p.unsafeGetTensorImpl()), make_param_state(fields));
     }
-    options.push_back(optimizer_options_from_json(saved.type, saved.groups[g].options, path));
+    options.push_back(
+        optimizer_options_from_json(saved.type, saved.groups[g].options, "load_optimizer_state(): " + path));
   }
   optimizer.state().clear();
   for (auto& [key, state] : states) optimizer.state()[key] = std::move(state);
@@ -477,7 +486,8 @@ std::unique_ptr<torch::optim::Optimizer> restore_optimizer(const Checkpoint& che
              name);
       params.push_back(*p);
     }
-    groups.emplace_back(std::move(params), optimizer_options_from_json(saved.type, saved.groups[g].options, path));
+    groups.emplace_back(std::move(params), optimizer_options_from_json(saved.type, saved.groups[g].options,
+                                                                       "restore_optimizer(): " + path));
   }
   if (groups.empty()) fail("restore_optimizer(): {} holds an optimizer without parameter groups", path);
   auto optimizer = make_optimizer(saved.type, std::move(groups));

@@ -1,10 +1,12 @@
 #include "connex/config.h"
 
-#include <functional>
+#include <optional>
 #include <set>
 
+#include "config_codec.h"
 #include "connex/error.h"
-#include "connex/file_io.h"
+#include "dtype.h"
+#include "file_io.h"
 #include "connex/prebuilt.h"
 #include "json_input.h"
 
@@ -16,14 +18,6 @@ using nlohmann::json;
 
 constexpr int kConfigVersion = 1;
 
-const std::vector<std::pair<std::string, torch::Dtype>>& dtype_names() {
-  static const std::vector<std::pair<std::string, torch::Dtype>> names = {{"float32", torch::kFloat32},
-                                                                          {"float64", torch::kFloat64},
-                                                                          {"float16", torch::kFloat16},
-                                                                          {"bfloat16", torch::kBFloat16}};
-  return names;
-}
-
 std::string builtin_name(const TensorFunction& f, const char* what, const char* context) {
   if (!f.is_builtin())
     fail("{}: {} \"{}\" is a {}; only built-ins ({}) can be written down", context, what, f.name(),
@@ -31,7 +25,7 @@ std::string builtin_name(const TensorFunction& f, const char* what, const char* 
   return f.name();
 }
 
-int64_t positive_int(const json& obj, const std::string& key, const std::string& source, const std::string& path) {
+int64_t non_negative_int(const json& obj, const std::string& key, const std::string& source, const std::string& path) {
   if (!obj.contains(key)) fail("{}: required key \"{}\" is missing in {}", source, key, path);
   const auto& v = obj.at(key);
   if (!v.is_number_integer() || v.get<int64_t>() < 0)
@@ -90,14 +84,13 @@ json options_to_json(const NeuralNetworkOptions& options, const char* context) {
   if (!options.operations().empty())
     fail("{}: user-defined operation \"{}\" cannot be written down; only the built-in techniques can", context,
          options.operations().front()->name());
-  for (const auto& [name, dtype] : dtype_names())
-    if (dtype == options.dtype()) out["dtype"] = name;
+  if (const DtypeInfo* dtype = find_dtype(options.dtype())) out["dtype"] = dtype->name;
   return out;
 }
 
-NeuralNetworkOptions options_from_json(const json& json_options, const std::string& source) {
-  NeuralNetworkOptions options;
-  if (!json_options.is_object()) fail("{}: /options must be an object, got {}", source, json_options.type_name());
+namespace {
+
+void check_option_keys(const json& json_options, const std::string& source) {
   static const std::set<std::string> known = {"hidden_activation",
                                               "output_transformation",
                                               "dropout_p",
@@ -111,54 +104,63 @@ NeuralNetworkOptions options_from_json(const json& json_options, const std::stri
   for (auto it = json_options.begin(); it != json_options.end(); ++it)
     if (!known.count(it.key()))
       fail("{}: /options/{} is not an option; the options are {}", source, it.key(), fmt::join(known, ", "));
+}
 
-  auto function = [&](const char* key) -> std::optional<TensorFunction> {
-    if (!json_options.contains(key)) return std::nullopt;
-    const auto& v = json_options.at(key);
-    if (!v.is_string()) fail("{}: /options/{} must be a string, got {}", source, key, v.type_name());
-    try {
-      return TensorFunction(v.get<std::string>());
-    } catch (const Error& e) {
-      fail("{}: /options/{}: {}", source, key, e.what());
-    }
-  };
-  if (auto f = function("hidden_activation")) options.hidden_activation(*f);
-  if (auto f = function("output_transformation")) options.output_transformation(*f);
+std::optional<TensorFunction> function_option(const json& json_options, const char* key, const std::string& source) {
+  if (!json_options.contains(key)) return std::nullopt;
+  const auto& v = json_options.at(key);
+  if (!v.is_string()) fail("{}: /options/{} must be a string, got {}", source, key, v.type_name());
+  try {
+    return TensorFunction(v.get<std::string>());
+  } catch (const Error& e) {
+    fail("{}: /options/{}: {}", source, key, e.what());
+  }
+}
 
+std::vector<NeuronId> topo_sort_from_json(const json& v, const std::string& source) {
+  if (!v.is_array()) fail("{}: /options/topo_sort must be an array, got {}", source, v.type_name());
+  std::vector<NeuronId> order;
+  for (size_t i = 0; i < v.size(); ++i)
+    order.push_back(id_from_json(v[i], source, fmt::format("/options/topo_sort/{}", i)));
+  return order;
+}
+
+uint64_t seed_from_json(const json& v, const std::string& source) {
+  if (!v.is_number_unsigned())
+    fail("{}: /options/seed must be a non-negative integer, got {}", source, detail::excerpt(v));
+  return v.get<uint64_t>();
+}
+
+std::optional<bool> flag_option(const json& json_options, const char* key, const std::string& source) {
+  if (!json_options.contains(key)) return std::nullopt;
+  const auto& v = json_options.at(key);
+  if (!v.is_boolean()) fail("{}: /options/{} must be true or false, got {}", source, key, detail::excerpt(v));
+  return v.get<bool>();
+}
+
+c10::ScalarType dtype_from_json(const json& v, const std::string& source) {
+  const DtypeInfo* dtype = v.is_string() ? find_dtype(v.get<std::string>()) : nullptr;
+  if (!dtype) fail("{}: /options/dtype must be one of {}, got {}", source, dtype_names(), detail::excerpt(v));
+  return dtype->type;
+}
+
+}  // namespace
+
+NeuralNetworkOptions options_from_json(const json& json_options, const std::string& source) {
+  NeuralNetworkOptions options;
+  if (!json_options.is_object()) fail("{}: /options must be an object, got {}", source, json_options.type_name());
+  check_option_keys(json_options, source);
+  if (auto f = function_option(json_options, "hidden_activation", source)) options.hidden_activation(*f);
+  if (auto f = function_option(json_options, "output_transformation", source)) options.output_transformation(*f);
   if (json_options.contains("dropout_p"))
     options.dropout_p(dropout_from_json(json_options.at("dropout_p"), source, "/options/dropout_p"));
-  if (json_options.contains("topo_sort")) {
-    const auto& v = json_options.at("topo_sort");
-    if (!v.is_array()) fail("{}: /options/topo_sort must be an array, got {}", source, v.type_name());
-    std::vector<NeuronId> order;
-    for (size_t i = 0; i < v.size(); ++i)
-      order.push_back(id_from_json(v[i], source, fmt::format("/options/topo_sort/{}", i)));
-    options.topo_sort(order);
-  }
-  if (json_options.contains("seed")) {
-    const auto& v = json_options.at("seed");
-    if (!v.is_number_unsigned())
-      fail("{}: /options/seed must be a non-negative integer, got {}", source, detail::excerpt(v));
-    options.seed(v.get<uint64_t>());
-  }
-  auto flag = [&](const char* key, const std::function<void(bool)>& set) {
-    if (!json_options.contains(key)) return;
-    const auto& v = json_options.at(key);
-    if (!v.is_boolean()) fail("{}: /options/{} must be true or false, got {}", source, key, detail::excerpt(v));
-    set(v.get<bool>());
-  };
-  flag("use_topo_norm", [&](bool v) { options.use_topo_norm(v); });
-  flag("use_topo_self_attention", [&](bool v) { options.use_topo_self_attention(v); });
-  flag("use_neuron_self_attention", [&](bool v) { options.use_neuron_self_attention(v); });
-  flag("use_adaptive_activations", [&](bool v) { options.use_adaptive_activations(v); });
-  if (json_options.contains("dtype")) {
-    const auto& v = json_options.at("dtype");
-    bool found = false;
-    for (const auto& [name, dtype] : dtype_names())
-      if (v.is_string() && v.get<std::string>() == name) options.dtype(dtype), found = true;
-    if (!found)
-      fail("{}: /options/dtype must be one of float32, float64, float16, bfloat16, got {}", source, detail::excerpt(v));
-  }
+  if (json_options.contains("topo_sort")) options.topo_sort(topo_sort_from_json(json_options.at("topo_sort"), source));
+  if (json_options.contains("seed")) options.seed(seed_from_json(json_options.at("seed"), source));
+  if (auto v = flag_option(json_options, "use_topo_norm", source)) options.use_topo_norm(*v);
+  if (auto v = flag_option(json_options, "use_topo_self_attention", source)) options.use_topo_self_attention(*v);
+  if (auto v = flag_option(json_options, "use_neuron_self_attention", source)) options.use_neuron_self_attention(*v);
+  if (auto v = flag_option(json_options, "use_adaptive_activations", source)) options.use_adaptive_activations(*v);
+  if (json_options.contains("dtype")) options.dtype(dtype_from_json(json_options.at("dtype"), source));
   return options;
 }
 
@@ -166,10 +168,10 @@ GraphSpec graph_from_config(const json& graph, const std::string& source) {
   if (!graph.is_object()) fail("{}: /graph must be an object, got {}", source, graph.type_name());
   if (!graph.contains("prebuilt")) return GraphSpec::from_json(graph, source, "/graph");
   const auto& kind = graph.at("prebuilt");
-  const int64_t in = positive_int(graph, "input_size", source, "/graph"),
-                out = positive_int(graph, "output_size", source, "/graph");
-  const int64_t width = positive_int(graph, "width", source, "/graph"),
-                depth = positive_int(graph, "depth", source, "/graph");
+  const int64_t in = non_negative_int(graph, "input_size", source, "/graph"),
+                out = non_negative_int(graph, "output_size", source, "/graph");
+  const int64_t width = non_negative_int(graph, "width", source, "/graph"),
+                depth = non_negative_int(graph, "depth", source, "/graph");
   try {
     if (kind == "MLP") return nn::mlp_spec(in, out, width, depth);
     if (kind == "DenseMLP") return nn::dense_mlp_spec(in, out, width, depth);

@@ -10,7 +10,8 @@
 #include <torch/torch.h>
 
 #include "connex/error.h"
-#include "connex/file_io.h"
+#include "file_io.h"
+#include "dtype.h"
 #include "json_input.h"
 
 namespace connex {
@@ -167,17 +168,11 @@ std::pair<torch::Tensor, std::vector<std::string>> class_labels(const CsvTable& 
 
 // The largest |value| a cell may hold to be trained on in `dtype`: squared
 // errors and sums of squares must stay finite, so the square root of the
-// dtype's largest value (float32: 1.8e19, float64: 1.3e154). Beyond it,
-// training ended in a non-finite loss blamed on the learning rate.
+// dtype's largest value (float32: 1.8e19, float64: 1.3e154). Beyond it, a
+// non-finite loss would look like a learning-rate problem.
 double largest_trainable(torch::Dtype dtype) {
-  switch (dtype) {
-    case torch::kFloat64:
-      return std::sqrt(std::numeric_limits<double>::max());
-    case torch::kFloat16:
-      return std::sqrt(65504.0);
-    default:
-      return std::sqrt(static_cast<double>(std::numeric_limits<float>::max()));  // float32, bfloat16
-  }
+  const DtypeInfo* info = find_dtype(dtype);
+  return std::sqrt(info ? info->max : static_cast<double>(std::numeric_limits<float>::max()));
 }
 
 // `limit`: the largest |cell| (largest_trainable); `in` says for what ("to train on in Float").

@@ -15,7 +15,7 @@
 #endif
 
 #include "connex/error.h"
-#include "connex/file_io.h"
+#include "file_io.h"
 #include "connex/optimizer_state.h"
 #include "json_input.h"
 
@@ -57,6 +57,133 @@ std::string joined_key(int rank) { return "connex/joined/" + std::to_string(rank
 // "rank 1", "ranks 1, 2"
 std::string ranks_text(const std::vector<int>& ranks) {
   return fmt::format("rank{} {}", ranks.size() > 1 ? "s" : "", fmt::join(ranks, ", "));
+}
+
+// ------------------------------------------------------- Group's set-up steps
+
+void check_group_options(const GroupOptions& options) {
+  const int rank = options.rank(), size = options.world_size();
+  if (size < 1) fail("Group: world_size must be at least 1, got {}", size);
+  if (rank < 0 || rank >= size) fail("Group: rank {} is outside [0, {}) (world_size {})", rank, size, size);
+  if (options.timeout().count() <= 0) fail("Group: timeout must be positive, got {} ms", options.timeout().count());
+  if (options.heartbeat_interval().count() <= 0)
+    fail("Group: heartbeat_interval must be positive, got {} ms", options.heartbeat_interval().count());
+}
+
+// Where the group meets, for errors: "host:port" or "file PATH".
+std::string store_address(const GroupOptions& options) {
+  return options.file_store().empty() ? fmt::format("{}:{}", options.master_addr(), options.master_port())
+                                      : "file " + options.file_store();
+}
+
+c10::intrusive_ptr<c10d::Store> make_tcp_store(const GroupOptions& options) {
+  if (options.master_port() < 1 || options.master_port() > 65535)
+    fail("Group: master_port must be in [1, 65535], got {}", options.master_port());
+  c10d::TCPStoreOptions store_options;
+  store_options.port = static_cast<uint16_t>(options.master_port());
+  store_options.isServer = options.rank() == 0;
+  store_options.numWorkers = static_cast<size_t>(options.world_size());
+  // Not here: TCPStore's wait for the workers gives up silently after the
+  // whole timeout, and Gloo would wait another. Gloo's rendezvous below
+  // waits for every rank, and its failure says which are missing.
+  store_options.waitWorkers = false;
+  store_options.timeout = options.timeout();
+  return c10::make_intrusive<c10d::TCPStore>(options.master_addr(), store_options);
+}
+
+// The group's key-value store: a shared file, or TCP hosted by rank 0.
+c10::intrusive_ptr<c10d::Store> connect_store(const GroupOptions& options, const std::string& where) {
+  const int rank = options.rank(), size = options.world_size();
+  try {
+    if (options.file_store().empty()) return make_tcp_store(options);
+    auto store = c10::make_intrusive<c10d::FileStore>(options.file_store(), size);
+    store->setTimeout(options.timeout());
+    return store;
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    const std::string cause = cause_of(e);
+    if (rank == 0 && options.file_store().empty() && cause.find("errno: 98") != std::string::npos)
+      fail("rank 0 of {}: could not host the group's store on port {}: the port is in use", size,
+           options.master_port());
+    fail("rank {} of {}: could not join the group at {} within {} ms: {}", rank, size, where, options.timeout().count(),
+         cause);
+  }
+}
+
+// Announced before the process group's rendezvous, so that a timeout there can name who never came.
+void announce_joined(c10d::Store& store, const GroupOptions& options, const std::string& where) {
+  try {
+    store.set(joined_key(options.rank()), std::vector<uint8_t>{1});
+  } catch (const std::exception& e) {
+    fail("rank {} of {}: could not join the group at {}: {}", options.rank(), options.world_size(), where, cause_of(e));
+  }
+}
+
+struct ConnectedBackend {
+  c10::intrusive_ptr<CollectiveGroup> process_group;
+  std::string name;
+  torch::Device device = torch::kCPU;
+};
+
+ConnectedBackend make_nccl_group(const c10::intrusive_ptr<c10d::Store>& store, const GroupOptions& options) {
+#ifdef CONNEX_WITH_NCCL
+  auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
+  nccl_options->timeout = options.timeout();
+  return {c10::make_intrusive<c10d::ProcessGroupNCCL>(store, options.rank(), options.world_size(), nccl_options),
+          "nccl", options.device()};
+#else
+  (void)store;
+  fail("Group: device {} needs the NCCL backend, but this LibTorch has no CUDA; train on the CPU (Gloo)",
+       options.device().str());
+#endif
+}
+
+ConnectedBackend make_gloo_group(const c10::intrusive_ptr<c10d::Store>& store, const GroupOptions& options) {
+  auto gloo_options = c10d::ProcessGroupGloo::Options::create(options.timeout());
+  // The address other ranks reach this one on: the one given, an interface named
+  // as in torch (GLOO_SOCKET_IFNAME), loopback for a local run, else this host's name.
+  if (!options.gloo_address().empty())
+    gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(options.gloo_address()));
+  else if (const char* interface = std::getenv("GLOO_SOCKET_IFNAME"); interface && *interface)
+    gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(interface));
+  else if (is_loopback(options.master_addr()) && options.file_store().empty())
+    gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+  else
+    gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+  gloo_options->threads = 2;
+  return {c10::make_intrusive<c10d::ProcessGroupGloo>(store, options.rank(), options.world_size(), gloo_options),
+          "gloo", torch::kCPU};
+}
+
+// A failed rendezvous: names the ranks that never announced themselves, else gives the cause.
+[[noreturn]] void fail_rendezvous(c10d::Store& store, const GroupOptions& options, const std::string& where,
+                                  const std::exception& e) {
+  const int rank = options.rank(), size = options.world_size();
+  std::vector<int> missing;
+  try {
+    for (int r = 0; r < size; ++r)
+      if (!store.check({joined_key(r)})) missing.push_back(r);
+  } catch (const std::exception&) {
+    // The store itself is gone (its host, rank 0, stopped): the cause says so.
+  }
+  if (!missing.empty())
+    fail("rank {} of {}: {} did not join the group at {} within {} ms", rank, size, ranks_text(missing), where,
+         options.timeout().count());
+  fail("rank {} of {}: could not connect the {} process group through {}: {}", rank, size,
+       options.device().is_cuda() ? "NCCL" : "Gloo", where, cause_of(e));
+}
+
+// The process group's rendezvous: NCCL for a CUDA device, else Gloo.
+ConnectedBackend connect_process_group(const c10::intrusive_ptr<c10d::Store>& store, const GroupOptions& options,
+                                       const std::string& where) {
+  try {
+    return options.device().is_cuda() ? make_nccl_group(store, options) : make_gloo_group(store, options);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail_rendezvous(*store, options, where, e);
+  }
 }
 
 }  // namespace
@@ -152,95 +279,15 @@ struct Group::Impl {
 Group::Group(const GroupOptions& options) : impl_(std::make_unique<Impl>()) {
   auto& m = *impl_;
   m.options = options;
-  const int rank = options.rank(), size = options.world_size();
-  if (size < 1) fail("Group: world_size must be at least 1, got {}", size);
-  if (rank < 0 || rank >= size) fail("Group: rank {} is outside [0, {}) (world_size {})", rank, size, size);
-  if (options.timeout().count() <= 0) fail("Group: timeout must be positive, got {} ms", options.timeout().count());
-  if (options.heartbeat_interval().count() <= 0)
-    fail("Group: heartbeat_interval must be positive, got {} ms", options.heartbeat_interval().count());
-  const std::string where = options.file_store().empty()
-                                ? fmt::format("{}:{}", options.master_addr(), options.master_port())
-                                : "file " + options.file_store();
-  try {
-    if (!options.file_store().empty()) {
-      m.store = c10::make_intrusive<c10d::FileStore>(options.file_store(), size);
-      m.store->setTimeout(options.timeout());
-    } else {
-      if (options.master_port() < 1 || options.master_port() > 65535)
-        fail("Group: master_port must be in [1, 65535], got {}", options.master_port());
-      c10d::TCPStoreOptions store_options;
-      store_options.port = static_cast<uint16_t>(options.master_port());
-      store_options.isServer = rank == 0;
-      store_options.numWorkers = static_cast<size_t>(size);
-      // Not here: TCPStore's wait for the workers gives up silently after the
-      // whole timeout, and Gloo would wait another. Gloo's rendezvous below
-      // waits for every rank, and its failure says which are missing.
-      store_options.waitWorkers = false;
-      store_options.timeout = options.timeout();
-      m.store = c10::make_intrusive<c10d::TCPStore>(options.master_addr(), store_options);
-    }
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    const std::string cause = cause_of(e);
-    if (rank == 0 && options.file_store().empty() && cause.find("errno: 98") != std::string::npos)
-      fail("rank 0 of {}: could not host the group's store on port {}: the port is in use", size,
-           options.master_port());
-    fail("rank {} of {}: could not join the group at {} within {} ms: {}", rank, size, where, options.timeout().count(),
-         cause);
-  }
-
-  // Announced before the process group's rendezvous, so that a timeout there can name who never came.
-  try {
-    m.store->set(joined_key(rank), std::vector<uint8_t>{1});
-  } catch (const std::exception& e) {
-    fail("rank {} of {}: could not join the group at {}: {}", rank, size, where, cause_of(e));
-  }
-  try {
-    if (options.device().is_cuda()) {
-#ifdef CONNEX_WITH_NCCL
-      auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
-      nccl_options->timeout = options.timeout();
-      m.process_group = c10::make_intrusive<c10d::ProcessGroupNCCL>(m.store, rank, size, nccl_options);
-      m.backend = "nccl";
-      m.device = options.device();
-#else
-      fail("Group: device {} needs the NCCL backend, but this LibTorch has no CUDA; train on the CPU (Gloo)",
-           options.device().str());
-#endif
-    } else {
-      auto gloo_options = c10d::ProcessGroupGloo::Options::create(options.timeout());
-      // The address other ranks reach this one on: the one given, an interface named
-      // as in torch (GLOO_SOCKET_IFNAME), loopback for a local run, else this host's name.
-      if (!options.gloo_address().empty())
-        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(options.gloo_address()));
-      else if (const char* interface = std::getenv("GLOO_SOCKET_IFNAME"); interface && *interface)
-        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(interface));
-      else if (is_loopback(options.master_addr()) && options.file_store().empty())
-        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
-      else
-        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-      gloo_options->threads = 2;
-      m.process_group = c10::make_intrusive<c10d::ProcessGroupGloo>(m.store, rank, size, gloo_options);
-      m.backend = "gloo";
-    }
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    std::vector<int> missing;
-    try {
-      for (int r = 0; r < size; ++r)
-        if (!m.store->check({joined_key(r)})) missing.push_back(r);
-    } catch (const std::exception&) {
-      // The store itself is gone (its host, rank 0, stopped): the cause says so.
-    }
-    if (!missing.empty())
-      fail("rank {} of {}: {} did not join the group at {} within {} ms", rank, size, ranks_text(missing), where,
-           options.timeout().count());
-    fail("rank {} of {}: could not connect the {} process group through {}: {}", rank, size,
-         options.device().is_cuda() ? "NCCL" : "Gloo", where, cause_of(e));
-  }
-  m.store->add(heartbeat_key(rank), 1);
+  check_group_options(options);
+  const std::string where = store_address(options);
+  m.store = connect_store(options, where);
+  announce_joined(*m.store, options, where);
+  auto backend = connect_process_group(m.store, options, where);
+  m.process_group = std::move(backend.process_group);
+  m.backend = std::move(backend.name);
+  m.device = backend.device;
+  m.store->add(heartbeat_key(options.rank()), 1);
   m.heartbeat = std::thread([&m] { m.beat(); });
 }
 

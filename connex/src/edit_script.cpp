@@ -1,6 +1,6 @@
 #include "connex/edit_script.h"
 
-#include "connex/config.h"
+#include "config_codec.h"
 #include "connex/error.h"
 #include "json_input.h"
 

@@ -1,4 +1,4 @@
-#include "connex/file_io.h"
+#include "file_io.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -28,7 +28,7 @@ std::atomic<int> g_fault_step{-1};
 std::atomic<size_t> g_fault_partial{0};
 
 // True (with errno = EIO) when the test hook says this step fails.
-bool injected(testing::WriteStep step) {
+bool injected(fault_injection::WriteStep step) {
   if (g_fault_step.load(std::memory_order_relaxed) != static_cast<int>(step)) return false;
   errno = EIO;
   return true;
@@ -49,12 +49,12 @@ std::string random_suffix() {
 
 }  // namespace
 
-namespace testing {
+namespace fault_injection {
 void set_write_fault(std::optional<WriteStep> step, size_t partial_bytes) {
   g_fault_partial.store(partial_bytes);
   g_fault_step.store(step ? static_cast<int>(*step) : -1);
 }
-}  // namespace testing
+}  // namespace fault_injection
 
 namespace {
 
@@ -115,7 +115,7 @@ std::string read_file(const std::string& path, const char* context, uint64_t max
 }
 
 void write_file_atomically(const std::string& path, const std::string& bytes, const char* context) {
-  using testing::WriteStep;
+  using fault_injection::WriteStep;
   // Created exclusively under an unpredictable name: O_EXCL|O_NOFOLLOW never
   // opens what is already there, so a file or symlink planted at the name
   // cannot be written through; a taken name just means drawing another.

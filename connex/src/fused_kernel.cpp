@@ -1,4 +1,4 @@
-#include "connex/fused_kernel.h"
+#include "fused_plan.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
+#include "activation.h"
 #include "connex/error.h"
 #include "scratch_memory.h"
 
@@ -13,18 +14,13 @@ namespace connex {
 
 namespace {
 
-enum class Act { Identity, Relu, Gelu, Silu, Tanh, Sigmoid };
+using Act = Activation;
 
+// The built-in's kind when the kernel has its math (activation.h's `fused`).
 std::optional<Act> act_of(const TensorFunction& f) {
-  if (!f.is_builtin()) return std::nullopt;
-  const auto& n = f.name();
-  if (n == "identity") return Act::Identity;
-  if (n == "relu") return Act::Relu;
-  if (n == "gelu") return Act::Gelu;
-  if (n == "silu") return Act::Silu;
-  if (n == "tanh") return Act::Tanh;
-  if (n == "sigmoid") return Act::Sigmoid;
-  return std::nullopt;
+  const ActivationInfo* a = f.is_builtin() ? find_activation(f.name()) : nullptr;
+  if (!a || !a->fused) return std::nullopt;
+  return a->kind;
 }
 
 template <typename T>
@@ -42,8 +38,9 @@ inline T apply(Act a, T z) {
       return std::tanh(z);
     case Act::Sigmoid:
       return T(1) / (T(1) + std::exp(-z));
+    default:  // not fused
+      return z;
   }
-  return z;
 }
 
 template <typename T>
@@ -67,16 +64,15 @@ inline T derivative(Act a, T z) {
       const T s = T(1) / (T(1) + std::exp(-z));
       return s * (T(1) - s);
     }
+    default:  // not fused
+      return T(1);
   }
-  return T(1);
 }
 
-// Activations whose derivative follows from their output: the kernel then
-// keeps no pre-activations for backward (one [neurons, batch] array less to
-// write and read back).
-bool derivative_from_output(Act a) {
-  return a == Act::Identity || a == Act::Relu || a == Act::Tanh || a == Act::Sigmoid;
-}
+// Where the derivative follows from the output (activation.h), the kernel
+// keeps no pre-activations for backward: one [neurons, batch] array less to
+// write and read back.
+bool derivative_from_output(Act a) { return activation_info(a).derivative_from_output; }
 
 template <typename T>
 inline T derivative_at_output(Act a, T y) {
@@ -137,9 +133,8 @@ torch::Tensor scratch_tensor(const Layout& layout, at::IntArrayRef shape, const 
 // Rows are read at random places (a connection's source row in forward, its
 // consumer's gradient row in backward), so each read would wait on memory;
 // asking for the row a few connections ahead keeps several misses in flight.
-// Measured on the 1M-connection sparse benchmark: 2x the throughput at 8
-// ahead; with both cores working, 16 gained another 5-8% there and cost
-// nothing at 100k connections, while 24 slowed the 100k backward by 12%.
+// The distance is tuned on the sparse benchmarks (BENCHMARKS.md): far enough
+// for large graphs, short enough not to evict rows of small ones.
 constexpr int64_t kPrefetchAhead = 16;
 
 template <typename T>
@@ -202,6 +197,7 @@ void run_forward(const Topology& topo, Act act, const T* w, const T* b, T* V, T*
 // input gradient; each non-input row becomes, in place,
 // the gradient with respect to that neuron's pre-activation once its
 // consumers are done. Z is null when the derivative follows from the output.
+// Kept in one piece: it is the backward hot loop, and source_pass stays a local lambda so it inlines into both passes.
 template <typename T>
 void run_backward(const Layout& layout, Act act, const T* w_out, const T* V, const T* Z, T* G, T* gw_out, T* gb, T* gx,
                   int64_t B) {
@@ -357,7 +353,7 @@ bool fused_supports(const TensorFunction& activation) { return act_of(activation
 
 FusedPlan make_fused_plan(const std::shared_ptr<const Topology>& topology, const TensorFunction& activation) {
   auto act = act_of(activation);
-  if (!act) fail("fused_forward(): activation \"{}\" is not a built-in the fused kernel knows", activation.name());
+  if (!act) fail("make_fused_plan(): activation \"{}\" is not a built-in the fused kernel knows", activation.name());
   auto layout = std::make_shared<Layout>();
   layout->topology = topology;
   return {hold(std::move(layout)), static_cast<int64_t>(*act)};

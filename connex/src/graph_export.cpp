@@ -2,15 +2,16 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <sstream>
 #include <unordered_set>
 
 #include <torch/torch.h>
 
 #include "connex/config.h"
+#include "config_codec.h"
 #include "connex/error.h"
-#include "connex/file_io.h"
+#include "dtype.h"
+#include "file_io.h"
 #include "id_messages.h"
 #include "json_input.h"
 
@@ -96,81 +97,82 @@ json to_node_link_json(const NeuralNetwork& network) {
   return out;
 }
 
-NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
-  auto need = [&](const json& obj, const char* key, const std::string& path) -> const json& {
+namespace {
+
+// Reads the parts of a networkx node-link document; its messages name the
+// document (`source`) and the place in it.
+struct NodeLinkReader {
+  const std::string& source;
+
+  const json& need(const json& obj, const char* key, const std::string& path) const {
     if (!obj.is_object() || !obj.contains(key))
       fail("{}: required key \"{}\" is missing in {}", source, key, path.empty() ? "the top level" : path);
     return obj.at(key);
-  };
-  const json& graph = need(in, "graph", "");
-  const json& nodes = need(in, "nodes", "");
-  // networkx writes "links" (2.x) or "edges" (3.4+).
-  const json& links = in.contains("links") ? in.at("links") : need(in, "edges", "");
-  if (!nodes.is_array()) fail("{}: /nodes must be an array", source);
-  if (!links.is_array()) fail("{}: /links must be an array", source);
-
-  auto check_id = [&](const json& v, const std::string& path) -> const json& {
+  }
+  const json& check_id(const json& v, const std::string& path) const {
     if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
       fail("{}: {} is {}, beyond the 64-bit signed range of integer neuron ids", source, path, detail::excerpt(v));
     if (!v.is_number_integer() && !v.is_string())
       fail("{}: {} must be an integer or a string neuron id, got {}", source, path, detail::excerpt(v));
     return v;
-  };
-  auto to_id = [](const json& v) {
+  }
+  static NeuronId to_id(const json& v) {
     return v.is_number_integer() ? NeuronId(v.get<int64_t>()) : NeuronId(v.get<std::string>());
-  };
+  }
+  // "frozen": optional, true or false; absent means not frozen.
+  bool is_frozen(const json& obj, const std::string& path) const {
+    if (!obj.contains("frozen")) return false;
+    const json& flag = obj.at("frozen");
+    if (!flag.is_boolean()) fail("{}: {}/frozen must be true or false, got {}", source, path, detail::excerpt(flag));
+    return flag.get<bool>();
+  }
+};
+
+// A value must be finite in the network's dtype (1e300 would load as inf in float32).
+bool fits(double v, double max_value) { return std::isfinite(v) && std::abs(v) <= max_value; }
+
+// The graph's structure; `raw_edges` receives the links in file order, repeats included.
+GraphSpec read_structure(const NodeLinkReader& r, const json& graph, const json& nodes, const json& links,
+                         std::vector<Edge>& raw_edges) {
   json spec_json;
-  spec_json["inputs"] = need(graph, "inputs", "/graph");
-  spec_json["outputs"] = need(graph, "outputs", "/graph");
+  spec_json["inputs"] = r.need(graph, "inputs", "/graph");
+  spec_json["outputs"] = r.need(graph, "outputs", "/graph");
   spec_json["neurons"] = json::array();
   std::unordered_set<NeuronId, NeuronIdHash> node_ids;
   for (size_t i = 0; i < nodes.size(); ++i) {
     spec_json["neurons"].push_back(
-        check_id(need(nodes[i], "id", fmt::format("/nodes/{}", i)), fmt::format("/nodes/{}/id", i)));
-    node_ids.insert(to_id(spec_json["neurons"].back()));
+        r.check_id(r.need(nodes[i], "id", fmt::format("/nodes/{}", i)), fmt::format("/nodes/{}/id", i)));
+    node_ids.insert(r.to_id(spec_json["neurons"].back()));
   }
   // Every link joins two nodes (networkx writes them all); an id missing from
   // /nodes is an error here, named by its place in /links.
-  const NeuronId::Kind kind = nodes.empty() ? NeuronId::Kind::Integer : to_id(spec_json["neurons"].front()).kind();
+  const NeuronId::Kind kind = nodes.empty() ? NeuronId::Kind::Integer : r.to_id(spec_json["neurons"].front()).kind();
   spec_json["edges"] = json::array();
-  std::vector<Edge> raw_edges;  // in file order, repeats included
   for (size_t i = 0; i < links.size(); ++i) {
     const std::string path = fmt::format("/links/{}", i);
-    const json& from = check_id(need(links[i], "source", path), path + "/source");
-    const json& to = check_id(need(links[i], "target", path), path + "/target");
-    raw_edges.emplace_back(to_id(from), to_id(to));
+    const json& from = r.check_id(r.need(links[i], "source", path), path + "/source");
+    const json& to = r.check_id(r.need(links[i], "target", path), path + "/target");
+    raw_edges.emplace_back(r.to_id(from), r.to_id(to));
     for (const auto& [id, end] :
          {std::pair{raw_edges.back().first, "/source"}, std::pair{raw_edges.back().second, "/target"}})
       if (!node_ids.count(id))
-        fail("{}: {}{}: {}", source, path, end,
+        fail("{}: {}{}: {}", r.source, path, end,
              unlisted_endpoint(raw_edges.back(), id, nodes.empty() ? id.kind() : kind, "/nodes"));
     spec_json["edges"].push_back({from, to});
   }
-  GraphSpec spec = GraphSpec::from_json(spec_json, source, "/graph");
-  NeuralNetworkOptions options =
-      graph.contains("options") ? options_from_json(graph.at("options"), source) : NeuralNetworkOptions();
-  NeuralNetwork network(spec, options);
+  return GraphSpec::from_json(spec_json, r.source, "/graph");
+}
 
-  // A value must be finite in the network's dtype (1e300 would load as inf in float32).
-  const double max_value = network->options().dtype() == torch::kFloat64   ? std::numeric_limits<double>::max()
-                           : network->options().dtype() == torch::kFloat16 ? 65504.0
-                           : network->options().dtype() == torch::kBFloat16
-                               ? 3.3895313892515355e38  // float's max rounds up to inf
-                               : static_cast<double>(std::numeric_limits<float>::max());
-  auto fits = [&](double v) { return std::isfinite(v) && std::abs(v) <= max_value; };
+// The weights and biases of the links and nodes, and which of them are frozen.
+void read_values(const NodeLinkReader& r, NeuralNetwork& network, const GraphSpec& spec, const json& nodes,
+                 const json& links, const std::vector<Edge>& raw_edges) {
+  const double max_value = find_dtype(network->options().dtype())->max;
   // Values: set through the flat tensors (one write per tensor, not per value).
   const Topology& topo = network->topology();
   auto weights = network->weight_tensor().detach().to(torch::kFloat64).contiguous();
   auto biases = network->bias_tensor().detach().to(torch::kFloat64).contiguous();
   double* w = weights.data_ptr<double>();
   double* b = biases.data_ptr<double>();
-  // "frozen": optional, true or false; absent means not frozen.
-  auto is_frozen = [&](const json& obj, const std::string& path) {
-    if (!obj.contains("frozen")) return false;
-    const json& flag = obj.at("frozen");
-    if (!flag.is_boolean()) fail("{}: {}/frozen must be true or false, got {}", source, path, detail::excerpt(flag));
-    return flag.get<bool>();
-  };
   std::vector<char> link_frozen(topo.num_connections(), 0);  // by connection index
   std::vector<Edge> frozen_connections;
   std::vector<NeuronId> frozen_neurons;
@@ -178,65 +180,90 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
   for (size_t i = 0; i < links.size(); ++i) {
     // from_json validated every id; look each up through the spec's own labels.
     const auto& [u, v] = raw_edges[i];
-    const auto& weight = need(links[i], "weight", fmt::format("/links/{}", i));
-    if (!weight.is_number()) fail("{}: /links/{}/weight must be a number, got {}", source, i, detail::excerpt(weight));
-    if (!fits(weight.get<double>()))
-      fail("{}: /links/{}/weight {} does not fit the network's dtype", source, i, detail::excerpt(weight));
+    const auto& weight = r.need(links[i], "weight", fmt::format("/links/{}", i));
+    if (!weight.is_number())
+      fail("{}: /links/{}/weight must be a number, got {}", r.source, i, detail::excerpt(weight));
+    if (!fits(weight.get<double>(), max_value))
+      fail("{}: /links/{}/weight {} does not fit the network's dtype", r.source, i, detail::excerpt(weight));
     const int64_t c = topo.connection_index(topo.dense_of(u), topo.dense_of(v));
     w[c] = weight.get<double>();
-    link_frozen[c] = is_frozen(links[i], fmt::format("/links/{}", i)) ? 1 : 0;  // the last flag wins, as for the weight
+    link_frozen[c] =
+        r.is_frozen(links[i], fmt::format("/links/{}", i)) ? 1 : 0;  // the last flag wins, as for the weight
   }
   for (const auto& [u, v] : spec.edges())
     if (link_frozen[topo.connection_index(topo.dense_of(u), topo.dense_of(v))]) frozen_connections.emplace_back(u, v);
   for (size_t i = 0; i < nodes.size(); ++i) {
     const int64_t d = topo.dense_of(spec.neurons()[i]);  // nodes are the spec's neuron list, in order
-    const bool frozen = is_frozen(nodes[i], fmt::format("/nodes/{}", i));
+    const bool frozen = r.is_frozen(nodes[i], fmt::format("/nodes/{}", i));
     if (topo.role(d) == Role::Input) {
       if (frozen)
-        fail("{}: /nodes/{}/frozen is true, but input neuron {} has no bias to freeze", source, i, spec.neurons()[i]);
+        fail("{}: /nodes/{}/frozen is true, but input neuron {} has no bias to freeze", r.source, i, spec.neurons()[i]);
       continue;
     }
     if (frozen) frozen_neurons.push_back(spec.neurons()[i]);
-    const auto& bias = need(nodes[i], "bias", fmt::format("/nodes/{}", i));
-    if (!bias.is_number()) fail("{}: /nodes/{}/bias must be a number, got {}", source, i, detail::excerpt(bias));
-    if (!fits(bias.get<double>()))
-      fail("{}: /nodes/{}/bias {} does not fit the network's dtype", source, i, detail::excerpt(bias));
+    const auto& bias = r.need(nodes[i], "bias", fmt::format("/nodes/{}", i));
+    if (!bias.is_number()) fail("{}: /nodes/{}/bias must be a number, got {}", r.source, i, detail::excerpt(bias));
+    if (!fits(bias.get<double>(), max_value))
+      fail("{}: /nodes/{}/bias {} does not fit the network's dtype", r.source, i, detail::excerpt(bias));
     b[topo.bias_index(d)] = bias.get<double>();
   }
   torch::NoGradGuard no_grad;
   network->weight_tensor().copy_(weights);
   network->bias_tensor().copy_(biases);
   if (!frozen_connections.empty() || !frozen_neurons.empty()) network->freeze(frozen_connections, frozen_neurons);
-  if (graph.contains("operation_parameters")) {
-    const auto& saved = graph.at("operation_parameters");
-    if (!saved.is_object()) fail("{}: /graph/operation_parameters must be an object", source);
-    auto named = network->named_parameters();
-    for (auto it = saved.begin(); it != saved.end(); ++it) {
-      const std::string path = "/graph/operation_parameters/" + it.key();
-      auto* target = it.key().find('.') == std::string::npos ? nullptr : named.find(it.key());
-      if (!target) fail("{}: {} names no operation parameter of this network", source, path);
-      try {
-        const auto numbers = it.value().at("values").get<std::vector<double>>();
-        for (size_t k = 0; k < numbers.size(); ++k)  // as for weights and biases: 1e300 would load as inf in float32
-          if (!fits(numbers[k]))
-            fail("{}: {}/values/{} {} does not fit the network's dtype", source, path, k, numbers[k]);
-        auto values = torch::tensor(numbers, torch::kFloat64);
-        const json& shape_json = it.value().at("shape");  // a float such as 1e308 does not convert to int64
-        if (!shape_json.is_array() ||
-            !std::all_of(shape_json.begin(), shape_json.end(), [](const json& v) { return v.is_number_integer(); }))
-          fail("{}: {}/shape must be an array of integers, got {}", source, path, detail::excerpt(shape_json));
-        const auto shape = shape_json.get<std::vector<int64_t>>();
-        if (!target->sizes().equals(shape) || values.numel() != target->numel())
-          fail("{}: {} has shape [{}] but the network needs [{}]", source, path, fmt::join(shape, ", "),
-               fmt::join(target->sizes(), ", "));
-        target->copy_(values.view(shape));
-      } catch (const Error&) {
-        throw;
-      } catch (const std::exception& e) {
-        fail("{}: {} is malformed: {}", source, path, e.what());
-      }
+}
+
+// /graph/operation_parameters: the techniques' parameters, by their names in the network.
+void read_operation_parameters(const NodeLinkReader& r, NeuralNetwork& network, const json& saved) {
+  const std::string& source = r.source;
+  if (!saved.is_object()) fail("{}: /graph/operation_parameters must be an object", source);
+  const double max_value = find_dtype(network->options().dtype())->max;
+  torch::NoGradGuard no_grad;
+  auto named = network->named_parameters();
+  for (auto it = saved.begin(); it != saved.end(); ++it) {
+    const std::string path = "/graph/operation_parameters/" + it.key();
+    auto* target = it.key().find('.') == std::string::npos ? nullptr : named.find(it.key());
+    if (!target) fail("{}: {} names no operation parameter of this network", source, path);
+    try {
+      const auto numbers = it.value().at("values").get<std::vector<double>>();
+      for (size_t k = 0; k < numbers.size(); ++k)  // as for weights and biases: 1e300 would load as inf in float32
+        if (!fits(numbers[k], max_value))
+          fail("{}: {}/values/{} {} does not fit the network's dtype", source, path, k, numbers[k]);
+      auto values = torch::tensor(numbers, torch::kFloat64);
+      const json& shape_json = it.value().at("shape");  // a float such as 1e308 does not convert to int64
+      if (!shape_json.is_array() ||
+          !std::all_of(shape_json.begin(), shape_json.end(), [](const json& v) { return v.is_number_integer(); }))
+        fail("{}: {}/shape must be an array of integers, got {}", source, path, detail::excerpt(shape_json));
+      const auto shape = shape_json.get<std::vector<int64_t>>();
+      if (!target->sizes().equals(shape) || values.numel() != target->numel())
+        fail("{}: {} has shape [{}] but the network needs [{}]", source, path, fmt::join(shape, ", "),
+             fmt::join(target->sizes(), ", "));
+      target->copy_(values.view(shape));
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      fail("{}: {} is malformed: {}", source, path, e.what());
     }
   }
+}
+
+}  // namespace
+
+NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
+  const NodeLinkReader r{source};
+  const json& graph = r.need(in, "graph", "");
+  const json& nodes = r.need(in, "nodes", "");
+  // networkx writes "links" (2.x) or "edges" (3.4+).
+  const json& links = in.contains("links") ? in.at("links") : r.need(in, "edges", "");
+  if (!nodes.is_array()) fail("{}: /nodes must be an array", source);
+  if (!links.is_array()) fail("{}: /links must be an array", source);
+  std::vector<Edge> raw_edges;
+  GraphSpec spec = read_structure(r, graph, nodes, links, raw_edges);
+  NeuralNetworkOptions options =
+      graph.contains("options") ? options_from_json(graph.at("options"), source) : NeuralNetworkOptions();
+  NeuralNetwork network(spec, options);
+  read_values(r, network, spec, nodes, links, raw_edges);
+  if (graph.contains("operation_parameters")) read_operation_parameters(r, network, graph.at("operation_parameters"));
   return network;
 }
 
@@ -327,35 +354,31 @@ struct Summary {
   int64_t levels = 0, per_box = 1;
 };
 
-// Works on the topology and the flat tensors, not weighted_graph(): a network
-// worth summarising may have millions of connections.
-Summary summary_dot(const NeuralNetwork& network, int64_t max_boxes, const std::string& graph_attributes) {
-  if (max_boxes < 1) fail("to_summary_dot(): max_boxes must be at least 1, got {}", max_boxes);
-  const Topology& topo = network->topology();
-  Summary summary;
-  summary.levels = topo.depth() + 1;
-  summary.per_box = (summary.levels + max_boxes - 1) / max_boxes;
-  const int64_t boxes = (summary.levels + summary.per_box - 1) / summary.per_box;
-  auto box_of = [&](int64_t dense) { return topo.level_of(dense) / summary.per_box; };
+// The neurons and inner connections of one box: a run of `per_box` consecutive levels.
+struct SummaryBox {
+  int64_t inputs = 0, hidden = 0, outputs = 0, frozen_biases = 0, inner = 0, inner_frozen = 0;
+};
 
-  struct Box {
-    int64_t inputs = 0, hidden = 0, outputs = 0, frozen_biases = 0, inner = 0, inner_frozen = 0;
-  };
-  struct Arrow {
-    int64_t count = 0, frozen = 0;
-    double sum = 0, sum_abs = 0;
-  };
-  std::vector<Box> box(boxes);
-  std::vector<Arrow> arrow(boxes * boxes);  // [from * boxes + to]
-  auto cpu = [](const torch::Tensor& t) { return t.detach().to(torch::kCPU, torch::kFloat64).contiguous(); };
-  const auto buffers = network->named_buffers();
-  const auto weights = cpu(network->weight_tensor()), biases_mask = cpu(*buffers.find("bias_grad_mask"));
-  const auto weights_mask = cpu(*buffers.find("weight_grad_mask"));
-  const double* w = weights.data_ptr<double>();
-  const double* wm = weights_mask.data_ptr<double>();
-  const double* bm = biases_mask.data_ptr<double>();
+// The connections from one box to another.
+struct SummaryArrow {
+  int64_t count = 0, frozen = 0;
+  double sum = 0, sum_abs = 0;
+};
+
+struct SummaryCounts {
+  int64_t boxes = 0, per_box = 1;
+  std::vector<SummaryBox> box;
+  std::vector<SummaryArrow> arrow;  // [from * boxes + to]
+  double max_mean_abs = 1e-12;
+};
+
+torch::Tensor cpu_float64(const torch::Tensor& t) { return t.detach().to(torch::kCPU, torch::kFloat64).contiguous(); }
+
+int64_t box_of(const Topology& topo, int64_t dense, int64_t per_box) { return topo.level_of(dense) / per_box; }
+
+void count_neurons(const Topology& topo, const double* bias_mask, SummaryCounts& counts) {
   for (int64_t d = 0; d < topo.num_neurons(); ++d) {
-    Box& b = box[box_of(d)];
+    SummaryBox& b = counts.box[box_of(topo, d, counts.per_box)];
     switch (topo.role(d)) {
       case Role::Input:
         ++b.inputs;
@@ -367,38 +390,65 @@ Summary summary_dot(const NeuralNetwork& network, int64_t max_boxes, const std::
         ++b.outputs;
         break;
     }
-    b.frozen_biases += bm[topo.bias_index(d)] == 0.0;
+    b.frozen_biases += bias_mask[topo.bias_index(d)] == 0.0;
   }
+}
+
+void count_connections(const Topology& topo, const double* w, const double* weight_mask, SummaryCounts& counts) {
   for (int64_t c = 0; c < topo.num_connections(); ++c) {
-    const int64_t from = box_of(topo.conn_source()[c]), to = box_of(topo.conn_target()[c]);
-    const bool frozen = wm[c] == 0.0;
+    const int64_t from = box_of(topo, topo.conn_source()[c], counts.per_box);
+    const int64_t to = box_of(topo, topo.conn_target()[c], counts.per_box);
+    const bool frozen = weight_mask[c] == 0.0;
     if (from == to) {
-      ++box[from].inner;
-      box[from].inner_frozen += frozen;
+      ++counts.box[from].inner;
+      counts.box[from].inner_frozen += frozen;
       continue;
     }
-    Arrow& a = arrow[from * boxes + to];
+    SummaryArrow& a = counts.arrow[from * counts.boxes + to];
     ++a.count;
     a.frozen += frozen;
     a.sum += w[c];
     a.sum_abs += std::abs(w[c]);
   }
-  double max_mean_abs = 1e-12;
-  for (const auto& a : arrow)
-    if (a.count) max_mean_abs = std::max(max_mean_abs, a.sum_abs / a.count);
+  for (const auto& a : counts.arrow)
+    if (a.count) counts.max_mean_abs = std::max(counts.max_mean_abs, a.sum_abs / a.count);
+}
 
-  auto plural = [](int64_t n, const char* one, const char* many) { return grouped(n) + " " + (n == 1 ? one : many); };
-  std::ostringstream out;
+// Works on the topology and the flat tensors, not weighted_graph(): a network
+// worth summarising may have millions of connections.
+SummaryCounts count_boxes_and_arrows(const NeuralNetwork& network, int64_t boxes, int64_t per_box) {
+  const Topology& topo = network->topology();
+  SummaryCounts counts;
+  counts.boxes = boxes;
+  counts.per_box = per_box;
+  counts.box.resize(boxes);
+  counts.arrow.resize(boxes * boxes);
+  const auto buffers = network->named_buffers();
+  const auto weights = cpu_float64(network->weight_tensor()),
+             biases_mask = cpu_float64(*buffers.find("bias_grad_mask"));
+  const auto weights_mask = cpu_float64(*buffers.find("weight_grad_mask"));
+  count_neurons(topo, biases_mask.data_ptr<double>(), counts);
+  count_connections(topo, weights.data_ptr<double>(), weights_mask.data_ptr<double>(), counts);
+  return counts;
+}
+
+std::string plural(int64_t n, const char* one, const char* many) { return grouped(n) + " " + (n == 1 ? one : many); }
+
+void write_summary_header(std::ostringstream& out, const Topology& topo, int64_t per_box,
+                          const std::string& graph_attributes) {
   out << "digraph connex_summary {\n  rankdir=LR;\n"
       << graph_attributes << "  labelloc=t;\n  fontname=\"Helvetica\";\n  label="
       << dot_quote(fmt::format("{}, {}, depth {}: one box per {}", plural(topo.num_neurons(), "neuron", "neurons"),
                                plural(topo.num_connections(), "connection", "connections"), topo.depth(),
-                               summary.per_box == 1 ? std::string("level") : grouped(summary.per_box) + " levels"))
+                               per_box == 1 ? std::string("level") : grouped(per_box) + " levels"))
       << ";\n  node [shape=box, style=filled, fontname=\"Helvetica\", fontsize=10];\n"
       << "  edge [fontname=\"Helvetica\", fontsize=9];\n";
-  for (int64_t k = 0; k < boxes; ++k) {
-    const Box& b = box[k];
-    const int64_t first = k * summary.per_box, last = std::min(summary.levels, first + summary.per_box) - 1;
+}
+
+void write_box_nodes(std::ostringstream& out, const SummaryCounts& counts, int64_t levels) {
+  for (int64_t k = 0; k < counts.boxes; ++k) {
+    const SummaryBox& b = counts.box[k];
+    const int64_t first = k * counts.per_box, last = std::min(levels, first + counts.per_box) - 1;
     std::string label = first == last ? fmt::format("level {}", first) : fmt::format("levels {}-{}", first, last);
     if (b.inputs) label += "\n" + plural(b.inputs, "input", "inputs");
     if (b.hidden) label += "\n" + grouped(b.hidden) + " hidden";
@@ -411,9 +461,12 @@ Summary summary_dot(const NeuralNetwork& network, int64_t max_boxes, const std::
                                                         : "#f4f4f4";
     out << "  b" << k << " [fillcolor=\"" << fill << "\", label=" << dot_quote(label) << "];\n";
   }
-  for (int64_t from = 0; from < boxes; ++from)
-    for (int64_t to = 0; to < boxes; ++to) {
-      const Arrow& a = arrow[from * boxes + to];
+}
+
+void write_box_arrows(std::ostringstream& out, const SummaryCounts& counts) {
+  for (int64_t from = 0; from < counts.boxes; ++from)
+    for (int64_t to = 0; to < counts.boxes; ++to) {
+      const SummaryArrow& a = counts.arrow[from * counts.boxes + to];
       if (a.count == 0) {
         // Keep the boxes in level order even where no connection joins them.
         if (to == from + 1) out << "  b" << from << " -> b" << to << " [style=invis];\n";
@@ -423,10 +476,24 @@ Summary summary_dot(const NeuralNetwork& network, int64_t max_boxes, const std::
       std::string label = plural(a.count, "connection", "connections") + fmt::format("\nmean |w| {:.3g}", mean_abs);
       if (a.frozen) label += fmt::format("\n{} frozen", grouped(a.frozen));
       out << "  b" << from << " -> b" << to
-          << " [penwidth=" << fmt::format("{:.2f}", 0.5 + 3.5 * mean_abs / max_mean_abs) << ", color=\""
+          << " [penwidth=" << fmt::format("{:.2f}", 0.5 + 3.5 * mean_abs / counts.max_mean_abs) << ", color=\""
           << (a.sum >= 0 ? "#1f5fbf" : "#c0392b") << "\", label=" << dot_quote(label)
           << (a.frozen == a.count ? ", style=dashed" : "") << "];\n";
     }
+}
+
+Summary summary_dot(const NeuralNetwork& network, int64_t max_boxes, const std::string& graph_attributes) {
+  if (max_boxes < 1) fail("to_summary_dot(): max_boxes must be at least 1, got {}", max_boxes);
+  const Topology& topo = network->topology();
+  Summary summary;
+  summary.levels = topo.depth() + 1;
+  summary.per_box = (summary.levels + max_boxes - 1) / max_boxes;
+  const int64_t boxes = (summary.levels + summary.per_box - 1) / summary.per_box;
+  const SummaryCounts counts = count_boxes_and_arrows(network, boxes, summary.per_box);
+  std::ostringstream out;
+  write_summary_header(out, topo, summary.per_box, graph_attributes);
+  write_box_nodes(out, counts, summary.levels);
+  write_box_arrows(out, counts);
   out << "}\n";
   summary.dot = out.str();
   return summary;

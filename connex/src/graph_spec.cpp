@@ -7,7 +7,9 @@
 #include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
+#include "config_codec.h"
 #include "connex/error.h"
+#include "cycles.h"
 #include "id_messages.h"
 #include "json_input.h"
 #include "parallel_passes.h"
@@ -80,9 +82,9 @@ struct EdgeCsr {
 // On success, `batch` (given with each node's least batch) ends with each
 // node's longest-path batch: Kahn's algorithm takes a node once all its
 // predecessors are done, so its batch is final then and can be pushed on.
-std::optional<std::vector<int64_t>> find_cycle(const EdgeCsr& csr,
-                                               const std::vector<std::pair<int64_t, int64_t>>& edges,
-                                               std::vector<int64_t>& batch) {
+std::optional<std::vector<int64_t>> levels_or_cycle(const EdgeCsr& csr,
+                                                    const std::vector<std::pair<int64_t, int64_t>>& edges,
+                                                    std::vector<int64_t>& batch) {
   // Kahn's algorithm peels off every node not on or behind a cycle; any node
   // left has a predecessor that is also left, so walking predecessors from it
   // must revisit a node, and the walk between the two visits is a cycle.
@@ -137,12 +139,106 @@ std::optional<std::vector<int64_t>> find_cycle(const EdgeCsr& csr,
   return cycle;
 }
 
+using NeuronIndex = std::unordered_map<NeuronId, int64_t, NeuronIdHash>;
+
+void check_string_ids(const std::vector<NeuronId>& neurons, const char* ctx) {
+  for (const auto& id : neurons)
+    if (!id.is_integer())
+      if (auto problem = id_text_problem(id.as_string()))
+        fail("{}: neuron {} {}; string ids must be printable UTF-8 text", ctx, id, *problem);
+}
+
+// Repeated edges count once (as in networkx); keep the first of each, in order.
+// Returns the edges grouped by source, each node's targets ascending.
+EdgeCsr drop_repeated_edges(int64_t n, std::vector<std::pair<int64_t, int64_t>>& edge_indices) {
+  EdgeCsr csr(n, edge_indices);
+  if (!csr.sort_targets_and_find_repeat()) return csr;
+  std::unordered_set<uint64_t> seen;
+  seen.reserve(edge_indices.size());
+  std::vector<std::pair<int64_t, int64_t>> unique;
+  for (const auto& [u, v] : edge_indices)
+    if (seen.insert(static_cast<uint64_t>(u) * static_cast<uint64_t>(n) + static_cast<uint64_t>(v)).second)
+      unique.emplace_back(u, v);
+  edge_indices = std::move(unique);
+  csr = EdgeCsr(n, edge_indices);
+  csr.sort_targets_and_find_repeat();  // kept as index_adjacency(): ascending per node
+  return csr;
+}
+
+// The kind of the first neuron id, once every other id is checked to share it.
+NeuronId::Kind common_id_kind(const std::vector<NeuronId>& neurons, const char* ctx) {
+  const NeuronId::Kind kind = neurons.front().kind();
+  for (const auto& id : neurons)
+    if (id.kind() != kind)
+      fail("{}: neuron {} is {} but neuron {} is {}; all neuron ids of a graph must be of one kind", ctx, id,
+           kind_name(id.kind()), neurons.front(), kind_name(kind));
+  return kind;
+}
+
+// `kind` is the graph's id kind, absent when the graph has no neurons.
+void check_end_list(const std::vector<NeuronId>& list, const char* what, const NeuronIndex& index,
+                    std::optional<NeuronId::Kind> kind, const char* ctx) {
+  if (list.empty()) fail("{}: no {} neurons given; a network needs at least one", ctx, what);
+  std::unordered_set<NeuronId, NeuronIdHash> seen;
+  for (const auto& id : list) {
+    if (index.count(id) == 0) {
+      if (kind && id.kind() != *kind) fail("{}: {} neuron {} {}", ctx, what, id, kind_clash(id, *kind));
+      fail("{}: {} neuron {} is not a neuron of the graph", ctx, what, id);
+    }
+    if (!seen.insert(id).second) fail("{}: {} neuron {} is listed twice", ctx, what, id);
+  }
+}
+
+std::vector<Role> assign_roles(size_t num_neurons, const NeuronIndex& index, const std::vector<NeuronId>& inputs,
+                               const std::vector<NeuronId>& outputs, const char* ctx) {
+  std::vector<Role> roles(num_neurons, Role::Hidden);
+  for (const auto& id : inputs) roles[index.at(id)] = Role::Input;
+  for (const auto& id : outputs) {
+    auto& role = roles[index.at(id)];
+    if (role == Role::Input) fail("{}: neuron {} is both an input and an output neuron", ctx, id);
+    role = Role::Output;
+  }
+  return roles;
+}
+
+void check_edge_directions(const std::vector<std::pair<int64_t, int64_t>>& edge_indices, const std::vector<Role>& roles,
+                           const std::vector<NeuronId>& neurons, const char* ctx) {
+  for (const auto& [u, v] : edge_indices) {
+    if (roles[v] == Role::Input)
+      fail("{}: input neuron {} has the incoming connection {}; inputs take only the input values", ctx, neurons[v],
+           edge_str({neurons[u], neurons[v]}));
+    if (roles[u] == Role::Output)
+      fail("{}: output neuron {} has the outgoing connection {}; outputs feed no other neuron", ctx, neurons[u],
+           edge_str({neurons[u], neurons[v]}));
+  }
+}
+
+// The levels of an acyclic graph with its edges by source (taken from `csr`);
+// fails naming a cycle otherwise.
+std::shared_ptr<GraphSpec::IndexAdjacency> levels_or_fail(EdgeCsr& csr,
+                                                          const std::vector<std::pair<int64_t, int64_t>>& edge_indices,
+                                                          const std::vector<Role>& roles,
+                                                          const std::vector<NeuronId>& neurons, const char* ctx) {
+  const auto n = static_cast<int64_t>(neurons.size());
+  auto adjacency = std::make_shared<GraphSpec::IndexAdjacency>();
+  adjacency->batch.resize(n);
+  for (int64_t i = 0; i < n; ++i) adjacency->batch[i] = roles[i] == Role::Input ? 0 : 1;
+  if (auto cycle = levels_or_cycle(csr, edge_indices, adjacency->batch)) {
+    std::string text;
+    for (size_t i = 0; i < cycle->size(); ++i) text += (i ? " -> " : "") + neurons[(*cycle)[i]].str();
+    fail("{}: the graph has the cycle {}; a network must be acyclic", ctx, text);
+  }
+  adjacency->offsets = std::move(csr.offsets);
+  adjacency->targets = std::move(csr.targets);
+  return adjacency;
+}
+
 }  // namespace
 
 std::optional<std::vector<int64_t>> find_cycle(int64_t num_nodes,
                                                const std::vector<std::pair<int64_t, int64_t>>& edges) {
   std::vector<int64_t> batch(num_nodes, 0);
-  return find_cycle(EdgeCsr(num_nodes, edges), edges, batch);
+  return levels_or_cycle(EdgeCsr(num_nodes, edges), edges, batch);
 }
 
 GraphSpec::GraphSpec(std::vector<NeuronId> neurons, std::vector<Edge> edges, std::vector<NeuronId> inputs,
@@ -195,75 +291,15 @@ GraphSpec::GraphSpec(std::vector<NeuronId> neurons, std::vector<std::pair<int64_
 void GraphSpec::validate(const std::string& context) {
   const char* ctx = context.c_str();
   const auto n = static_cast<int64_t>(neurons_.size());
-  for (const auto& id : neurons_)
-    if (!id.is_integer())
-      if (auto problem = id_text_problem(id.as_string()))
-        fail("{}: neuron {} {}; string ids must be printable UTF-8 text", ctx, id, *problem);
-
-  // Repeated edges count once (as in networkx); keep the first of each, in order.
-  EdgeCsr csr(n, edge_indices_);
-  if (csr.sort_targets_and_find_repeat()) {
-    std::unordered_set<uint64_t> seen;
-    seen.reserve(edge_indices_.size());
-    std::vector<std::pair<int64_t, int64_t>> unique;
-    for (const auto& [u, v] : edge_indices_)
-      if (seen.insert(static_cast<uint64_t>(u) * static_cast<uint64_t>(n) + static_cast<uint64_t>(v)).second)
-        unique.emplace_back(u, v);
-    edge_indices_ = std::move(unique);
-    csr = EdgeCsr(n, edge_indices_);
-    csr.sort_targets_and_find_repeat();  // kept as index_adjacency(): ascending per node
-  }
-
-  if (!neurons_.empty()) {
-    id_kind_ = neurons_.front().kind();
-    for (const auto& id : neurons_)
-      if (id.kind() != id_kind_)
-        fail("{}: neuron {} is {} but neuron {} is {}; all neuron ids of a graph must be of one kind", ctx, id,
-             kind_name(id.kind()), neurons_.front(), kind_name(id_kind_));
-  }
-
-  auto check_list = [&](const std::vector<NeuronId>& list, const char* what) {
-    if (list.empty()) fail("{}: no {} neurons given; a network needs at least one", ctx, what);
-    std::unordered_set<NeuronId, NeuronIdHash> seen;
-    for (const auto& id : list) {
-      if (!contains(id)) {
-        if (!neurons_.empty() && id.kind() != id_kind_)
-          fail("{}: {} neuron {} {}", ctx, what, id, kind_clash(id, id_kind_));
-        fail("{}: {} neuron {} is not a neuron of the graph", ctx, what, id);
-      }
-      if (!seen.insert(id).second) fail("{}: {} neuron {} is listed twice", ctx, what, id);
-    }
-  };
-  check_list(inputs_, "input");
-  check_list(outputs_, "output");
-
-  roles_.assign(neurons_.size(), Role::Hidden);
-  for (const auto& id : inputs_) roles_[index_.at(id)] = Role::Input;
-  for (const auto& id : outputs_) {
-    auto& role = roles_[index_.at(id)];
-    if (role == Role::Input) fail("{}: neuron {} is both an input and an output neuron", ctx, id);
-    role = Role::Output;
-  }
-
-  for (const auto& [u, v] : edge_indices_) {
-    if (roles_[v] == Role::Input)
-      fail("{}: input neuron {} has the incoming connection {}; inputs take only the input values", ctx, neurons_[v],
-           edge_str({neurons_[u], neurons_[v]}));
-    if (roles_[u] == Role::Output)
-      fail("{}: output neuron {} has the outgoing connection {}; outputs feed no other neuron", ctx, neurons_[u],
-           edge_str({neurons_[u], neurons_[v]}));
-  }
-  auto adjacency = std::make_shared<IndexAdjacency>();
-  adjacency->batch.resize(n);
-  for (int64_t i = 0; i < n; ++i) adjacency->batch[i] = roles_[i] == Role::Input ? 0 : 1;
-  if (auto cycle = find_cycle(csr, edge_indices_, adjacency->batch)) {
-    std::string text;
-    for (size_t i = 0; i < cycle->size(); ++i) text += (i ? " -> " : "") + neurons_[(*cycle)[i]].str();
-    fail("{}: the graph has the cycle {}; a network must be acyclic", ctx, text);
-  }
-  adjacency->offsets = std::move(csr.offsets);
-  adjacency->targets = std::move(csr.targets);
-  adjacency_ = std::move(adjacency);
+  check_string_ids(neurons_, ctx);
+  EdgeCsr csr = drop_repeated_edges(n, edge_indices_);
+  std::optional<NeuronId::Kind> kind;  // none for a graph without neurons
+  if (!neurons_.empty()) kind = id_kind_ = common_id_kind(neurons_, ctx);
+  check_end_list(inputs_, "input", index_, kind, ctx);
+  check_end_list(outputs_, "output", index_, kind, ctx);
+  roles_ = assign_roles(neurons_.size(), index_, inputs_, outputs_, ctx);
+  check_edge_directions(edge_indices_, roles_, neurons_, ctx);
+  adjacency_ = levels_or_fail(csr, edge_indices_, roles_, neurons_, ctx);
 }
 
 const std::vector<Edge>& GraphSpec::LazyEdges::get(const GraphSpec& spec) const {
@@ -370,6 +406,116 @@ NeuronId key_to_id(const std::string& key, bool integer_graph, const JsonPlace& 
   return NeuronId(*value);
 }
 
+// A JSON graph's edges: as ids without a neuron list; with one, as positions
+// in it (a non-empty "neurons" is the whole graph, as in the constructor),
+// resolved here so the message for an id it lacks can name where the edge
+// sits, and no label is looked up twice.
+class JsonEdges {
+ public:
+  JsonEdges(const std::vector<NeuronId>& neurons, const std::string& source)
+      : neurons_(neurons), source_(source), given_(!neurons.empty()) {
+    if (!given_) return;
+    listed_.reserve(neurons.size());
+    for (size_t i = 0; i < neurons.size(); ++i)
+      if (!listed_.emplace(neurons[i], static_cast<int64_t>(i)).second)
+        fail("{}: neuron {} is listed twice in the neuron list", source, neurons[i]);
+  }
+
+  bool given() const { return given_; }
+
+  void add(Edge edge, const JsonPlace& from_at, const JsonPlace& to_at) {
+    if (!given_) return edges.push_back(std::move(edge));
+    const int64_t u = position(edge, edge.first, from_at);
+    edge_indices.emplace_back(u, position(edge, edge.second, to_at));
+  }
+
+  std::vector<Edge> edges;                                // without a neuron list
+  std::vector<std::pair<int64_t, int64_t>> edge_indices;  // with one
+
+ private:
+  int64_t position(const Edge& edge, const NeuronId& id, const JsonPlace& at) const {
+    auto it = listed_.find(id);
+    if (it == listed_.end())
+      fail("{}: {}: {}", source_, at.path, unlisted_endpoint(edge, id, neurons_.front().kind(), "the neurons list"));
+    return it->second;
+  }
+
+  const std::vector<NeuronId>& neurons_;
+  const std::string& source_;
+  const bool given_;
+  std::unordered_map<NeuronId, int64_t, NeuronIdHash> listed_;
+};
+
+void read_edge_list(const nlohmann::json& list, const JsonPlace& here, JsonEdges& edges) {
+  if (!list.is_array()) fail("{}: {} must be an array, got {}", here.source, here.path, list.type_name());
+  for (size_t i = 0; i < list.size(); ++i) {
+    const auto& pair = list[i];
+    if (!pair.is_array() || pair.size() != 2)
+      fail("{}: {} must be a pair [from, to], got {}", here.source, here.at(i).path, detail::excerpt(pair));
+    edges.add({id_from_json(pair[0], here.at(i).at(0)), id_from_json(pair[1], here.at(i).at(1))}, here.at(i).at(0),
+              here.at(i).at(1));
+  }
+}
+
+// The kind of the keys follows the ids written elsewhere: the neuron list
+// when given (it is the whole graph), else the inputs, else the outputs.
+bool integer_adjacency_keys(const std::vector<NeuronId>& neurons, const std::vector<NeuronId>& inputs,
+                            const std::vector<NeuronId>& outputs) {
+  const NeuronId* witness = !neurons.empty()   ? &neurons.front()
+                            : !inputs.empty()  ? &inputs.front()
+                            : !outputs.empty() ? &outputs.front()
+                                               : nullptr;
+  return witness == nullptr || witness->is_integer();
+}
+
+struct AdjacencyEntry {
+  NeuronId from;
+  const nlohmann::json* successors;
+  std::string key;
+};
+
+// JSON objects are unordered (nlohmann keeps keys sorted as text); order
+// integer keys by value so "10" follows "9". List "neurons" to fix any order.
+std::vector<AdjacencyEntry> entries_in_id_order(const nlohmann::json& map, bool integer_graph, const JsonPlace& here) {
+  std::vector<AdjacencyEntry> entries;
+  for (auto it = map.begin(); it != map.end(); ++it)
+    entries.push_back({key_to_id(it.key(), integer_graph, here), &it.value(), it.key()});
+  std::stable_sort(entries.begin(), entries.end(),
+                   [](const AdjacencyEntry& a, const AdjacencyEntry& b) { return a.from < b.from; });
+  return entries;
+}
+
+// Without a neuron list, a key not yet named is appended to `neurons`.
+void read_adjacency(const nlohmann::json& map, const JsonPlace& here, const std::vector<NeuronId>& inputs,
+                    const std::vector<NeuronId>& outputs, std::vector<NeuronId>& neurons, JsonEdges& edges) {
+  if (!map.is_object()) fail("{}: {} must be an object, got {}", here.source, here.path, map.type_name());
+  const auto entries = entries_in_id_order(map, integer_adjacency_keys(neurons, inputs, outputs), here);
+  std::unordered_set<NeuronId, NeuronIdHash> named(neurons.begin(), neurons.end());
+  for (const auto& [from, list, key] : entries) {
+    const auto list_place = here.at(key);
+    if (!list->is_array()) fail("{}: {} must be an array, got {}", here.source, list_place.path, list->type_name());
+    if (named.insert(from).second) {
+      if (edges.given())
+        fail("{}: {}: adjacency key {} is not in the neurons list", here.source, list_place.path, from);
+      neurons.push_back(from);
+    }
+    for (size_t i = 0; i < list->size(); ++i)
+      edges.add({from, id_from_json((*list)[i], list_place.at(i))}, list_place, list_place.at(i));
+  }
+}
+
+// No list: the adjacency keys, then the ids only edges name, in order of
+// first appearance. The constructor takes a non-empty list as complete, so
+// complete it; with no keys either, the constructor names them itself.
+void complete_neuron_list(std::vector<NeuronId>& neurons, const std::vector<Edge>& edges) {
+  if (neurons.empty()) return;
+  std::unordered_set<NeuronId, NeuronIdHash> named(neurons.begin(), neurons.end());
+  for (const auto& [u, v] : edges) {
+    if (named.insert(u).second) neurons.push_back(u);
+    if (named.insert(v).second) neurons.push_back(v);
+  }
+}
+
 }  // namespace
 
 GraphSpec GraphSpec::from_json(const nlohmann::json& json, const std::string& source, const std::string& path) {
@@ -382,90 +528,16 @@ GraphSpec GraphSpec::from_json(const nlohmann::json& json, const std::string& so
   bool has_edges = json.contains("edges"), has_adjacency = json.contains("adjacency");
   if (has_edges && has_adjacency)
     fail("{}: give either \"edges\" or \"adjacency\"{}, not both", source, path.empty() ? "" : " in " + path);
-  // A non-empty "neurons" is the whole graph (as in the constructor). Its
-  // edges are resolved to positions here, so the message for an id it lacks
-  // can name where the edge sits, and no label is looked up twice.
-  const bool given = !neurons.empty();
-  std::unordered_map<NeuronId, int64_t, NeuronIdHash> listed;
-  if (given) {
-    listed.reserve(neurons.size());
-    for (size_t i = 0; i < neurons.size(); ++i)
-      if (!listed.emplace(neurons[i], static_cast<int64_t>(i)).second)
-        fail("{}: neuron {} is listed twice in the neuron list", source, neurons[i]);
-  }
-  auto position = [&](const Edge& edge, const NeuronId& id, const JsonPlace& at) {
-    auto it = listed.find(id);
-    if (it == listed.end())
-      fail("{}: {}: {}", source, at.path, unlisted_endpoint(edge, id, neurons.front().kind(), "the neurons list"));
-    return it->second;
-  };
-  std::vector<Edge> edges;                                // without a neuron list
-  std::vector<std::pair<int64_t, int64_t>> edge_indices;  // with one
-  auto add_edge = [&](Edge edge, const JsonPlace& from_at, const JsonPlace& to_at) {
-    if (!given) return edges.push_back(std::move(edge));
-    const int64_t u = position(edge, edge.first, from_at);
-    edge_indices.emplace_back(u, position(edge, edge.second, to_at));
-  };
-  if (has_edges) {
-    const auto& list = json.at("edges");
-    const auto here = place.at("edges");
-    if (!list.is_array()) fail("{}: {} must be an array, got {}", source, here.path, list.type_name());
-    for (size_t i = 0; i < list.size(); ++i) {
-      const auto& pair = list[i];
-      if (!pair.is_array() || pair.size() != 2)
-        fail("{}: {} must be a pair [from, to], got {}", source, here.at(i).path, detail::excerpt(pair));
-      add_edge({id_from_json(pair[0], here.at(i).at(0)), id_from_json(pair[1], here.at(i).at(1))}, here.at(i).at(0),
-               here.at(i).at(1));
-    }
-  } else if (has_adjacency) {
-    const auto& map = json.at("adjacency");
-    const auto here = place.at("adjacency");
-    if (!map.is_object()) fail("{}: {} must be an object, got {}", source, here.path, map.type_name());
-    // The kind of the keys follows the ids written elsewhere: the neuron list
-    // when given (it is the whole graph), else the inputs, else the outputs.
-    const NeuronId* witness = !neurons.empty()   ? &neurons.front()
-                              : !inputs.empty()  ? &inputs.front()
-                              : !outputs.empty() ? &outputs.front()
-                                                 : nullptr;
-    const bool integer_graph = witness == nullptr || witness->is_integer();
-    // JSON objects are unordered (nlohmann keeps keys sorted as text); order
-    // integer keys by value so "10" follows "9". List "neurons" to fix any order.
-    std::vector<std::pair<NeuronId, const nlohmann::json*>> entries;
-    std::vector<std::string> keys;
-    for (auto it = map.begin(); it != map.end(); ++it) {
-      entries.emplace_back(key_to_id(it.key(), integer_graph, here), &it.value());
-      keys.push_back(it.key());
-    }
-    std::vector<size_t> order(entries.size());
-    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::stable_sort(order.begin(), order.end(),
-                     [&](size_t a, size_t b) { return entries[a].first < entries[b].first; });
-    std::unordered_set<NeuronId, NeuronIdHash> named(neurons.begin(), neurons.end());
-    for (size_t k : order) {
-      const auto& [from, list] = entries[k];
-      const auto list_place = here.at(keys[k]);
-      if (!list->is_array()) fail("{}: {} must be an array, got {}", source, list_place.path, list->type_name());
-      if (named.insert(from).second) {
-        if (given) fail("{}: {}: adjacency key {} is not in the neurons list", source, list_place.path, from);
-        neurons.push_back(from);
-      }
-      for (size_t i = 0; i < list->size(); ++i)
-        add_edge({from, id_from_json((*list)[i], list_place.at(i))}, list_place, list_place.at(i));
-    }
-  }
-  if (given)
-    return GraphSpec(std::move(neurons), std::move(edge_indices), std::move(inputs), std::move(outputs), source);
-  // No list: the adjacency keys, then the ids only edges name, in order of
-  // first appearance. The constructor takes a non-empty list as complete, so
-  // complete it; with no keys either, the constructor names them itself.
-  if (!neurons.empty()) {
-    std::unordered_set<NeuronId, NeuronIdHash> named(neurons.begin(), neurons.end());
-    for (const auto& [u, v] : edges) {
-      if (named.insert(u).second) neurons.push_back(u);
-      if (named.insert(v).second) neurons.push_back(v);
-    }
-  }
-  return GraphSpec(std::move(neurons), std::move(edges), std::move(inputs), std::move(outputs), source);
+  JsonEdges collected(neurons, source);
+  if (has_edges)
+    read_edge_list(json.at("edges"), place.at("edges"), collected);
+  else if (has_adjacency)
+    read_adjacency(json.at("adjacency"), place.at("adjacency"), inputs, outputs, neurons, collected);
+  if (collected.given())
+    return GraphSpec(std::move(neurons), std::move(collected.edge_indices), std::move(inputs), std::move(outputs),
+                     source);
+  complete_neuron_list(neurons, collected.edges);
+  return GraphSpec(std::move(neurons), std::move(collected.edges), std::move(inputs), std::move(outputs), source);
 }
 
 nlohmann::json GraphSpec::to_json() const {

@@ -7,8 +7,9 @@
 #include <torch/torch.h>
 
 #include "connex/error.h"
-#include "connex/fused_kernel.h"
-#include "connex/techniques.h"
+#include "fused_plan.h"
+#include "builtin_operations.h"
+#include "dtype.h"
 
 namespace connex {
 
@@ -17,8 +18,9 @@ namespace {
 CompileOptions compile_options(const NeuralNetworkOptions& options) {
   CompileOptions compile;
   compile.topo_sort = options.topo_sort();
-  compile.dense_threshold = options.dense_threshold();
-  compile.force_kernel = options.force_kernel();
+  compile.dense_threshold = options.execution().dense_threshold();
+  compile.force_kernel = options.execution().force_kernel();
+  compile.context = "NeuralNetwork()";
   return compile;
 }
 
@@ -31,6 +33,116 @@ torch::Tensor index_tensor(const std::vector<int64_t>& values) { return torch::t
 
 std::string shape_str(at::IntArrayRef sizes) { return fmt::format("[{}]", fmt::join(sizes, ", ")); }
 
+void check_options(const NeuralNetworkOptions& options) {
+  if (!options.hidden_activation().is_elementwise())
+    fail(
+        "NeuralNetwork(): hidden_activation \"{}\" is not element-wise; use it as "
+        "output_transformation instead",
+        options.hidden_activation().name());
+  const auto dtype = options.dtype();
+  if (!find_dtype(dtype)) fail("NeuralNetwork(): dtype {} is not a floating-point type", c10::toString(dtype));
+}
+
+// Initialisation as torch::nn::Linear does it, per neuron: weights and bias
+// uniform in ±1/sqrt(fan-in). This keeps each pre-activation's variance
+// independent of fan-in, which matters here because fan-in varies from
+// neuron to neuron; Connex's N(0, 0.1²) makes wide neurons saturate and
+// narrow ones nearly silent. A neuron without inputs is a constant; its bias
+// is drawn as for fan-in 1 (not 0, which would sit on ReLU's kink).
+// Returns (weight, bias) in float64.
+std::pair<torch::Tensor, torch::Tensor> initial_parameters(const Topology& topo, at::Generator& generator) {
+  // Uniform draws in double (weights, then biases), scaled in place per
+  // neuron: the same values as scaling with tensor ops, without their four
+  // temporaries (a large part of an edit's rebuild of a large network).
+  auto weight = torch::rand({topo.num_connections()}, generator, torch::kFloat64);
+  auto bias = torch::rand({topo.num_biases()}, generator, torch::kFloat64);
+  double* w = weight.data_ptr<double>();
+  double* b = bias.data_ptr<double>();
+  for (int64_t d = topo.num_inputs(); d < topo.num_neurons(); ++d) {
+    const int64_t fan_in = topo.in_offsets()[d + 1] - topo.in_offsets()[d];
+    const double bound = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(fan_in, 1)));
+    for (int64_t c = topo.in_offsets()[d]; c < topo.in_offsets()[d + 1]; ++c) w[c] = (w[c] * 2 - 1) * bound;
+    b[topo.bias_index(d)] = (b[topo.bias_index(d)] * 2 - 1) * bound;
+  }
+  return {weight, bias};
+}
+
+// to[new_index] = from[old_index] for the remap's pairs; the whole tensor when there are none.
+void copy_entries(torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved* pairs, const char* name) {
+  if (pairs) {
+    to.index_copy_(0, pairs->new_index, from.index_select(0, pairs->old_index));
+    return;
+  }
+  if (!to.sizes().equals(from.sizes()))
+    fail("NeuralNetwork::adopt_parameters(): expected {} of shape {} (the remap does not move it), got {}", name,
+         shape_str(to.sizes()), shape_str(from.sizes()));
+  to.copy_(from);
+}
+
+// The operation pipeline: techniques in Connex's order, then the user's.
+std::vector<LevelOperationPtr> operation_pipeline(const NeuralNetworkOptions& options) {
+  std::vector<LevelOperationPtr> operations = builtin_operations(options);
+  for (const auto& op : options.operations()) {
+    if (!op) fail("NeuralNetwork(): options().operations() holds a null operation");
+    operations.push_back(op);
+  }
+  std::set<std::string> names;
+  int affine = 0, activation = 0;
+  for (const auto& op : operations) {
+    if (!names.insert(op->name()).second) fail("NeuralNetwork(): two operations are named \"{}\"", op->name());
+    if (op->name().empty() || op->name().find('.') != std::string::npos)
+      fail("NeuralNetwork(): operation name \"{}\" must be non-empty and without dots", op->name());
+    affine += op->replaces_affine();
+    activation += op->replaces_activation();
+  }
+  if (affine > 1) fail("NeuralNetwork(): more than one operation replaces the affine step");
+  if (activation > 1) fail("NeuralNetwork(): more than one operation replaces the activation");
+  return operations;
+}
+
+// Dropout per dense id; validation names the neuron.
+std::vector<double> resolve_dropout(const Topology& topo, const DropoutSpec& dropout) {
+  check_probability(dropout.hidden, "for hidden neurons");
+  std::vector<double> resolved(topo.num_neurons(), 0.0);
+  for (int64_t d = 0; d < topo.num_neurons(); ++d)
+    if (topo.role(d) == Role::Hidden) resolved[d] = dropout.hidden;
+  for (const auto& [id, p] : dropout.per_neuron) {
+    int64_t d = topo.dense_of(id);
+    if (d < 0) fail("NeuralNetwork(): dropout_p names neuron {}, which is not in the graph", id);
+    check_probability(p, "of neuron " + id.str());
+    resolved[d] = p;
+  }
+  return resolved;
+}
+
+// The planner's whole-network choice. The fused kernel runs the network as
+// one autograd function: it wins where per-op overhead dominates (small
+// networks) or levels are sparse; layered dense networks keep BLAS matmuls.
+// Structure and options only; the dtype is checked at each forward, since
+// to(dtype) may change it. Null when the network keeps the per-level path.
+std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const Topology>& topology,
+                                                   const NeuralNetworkOptions& options,
+                                                   const std::vector<LevelOperationPtr>& operations) {
+  const bool fused_eligible =
+      operations.empty() && fused_supports(options.hidden_activation()) && !options.execution().force_kernel();
+  int64_t dense_connections = 0;
+  for (const auto& level : topology->levels())
+    if (level.kernel == LevelKernel::DenseView) dense_connections += level.num_connections();
+  const bool small = topology->num_connections() <= 4096;
+  const bool fused_preferred = options.execution().fused()
+                                   ? *options.execution().fused()
+                                   : (small || dense_connections * 2 < topology->num_connections());
+  const bool fused_dtype = options.dtype() == torch::kFloat32 || options.dtype() == torch::kFloat64;
+  if (options.execution().fused() && *options.execution().fused() && !(fused_eligible && fused_dtype))
+    fail(
+        "NeuralNetwork(): fused(true) needs a built-in activation other than softmax, float32 or float64, no "
+        "operations and no forced kernel");
+  // Made here, not on first use, so concurrent forward() calls share it safely.
+  if (fused_eligible && fused_preferred)
+    return std::make_shared<FusedPlan>(make_fused_plan(topology, options.hidden_activation()));
+  return nullptr;
+}
+
 }  // namespace
 
 // `options` is passed on by copy: with a move, the compiler may move it out
@@ -40,72 +152,10 @@ NeuralNetworkImpl::NeuralNetworkImpl(GraphSpec spec, NeuralNetworkOptions option
 
 NeuralNetworkImpl::NeuralNetworkImpl(std::shared_ptr<const Topology> topology, NeuralNetworkOptions options)
     : options_(std::move(options)), topology_(std::move(topology)) {
-  if (!options_.hidden_activation().is_elementwise())
-    fail(
-        "NeuralNetwork(): hidden_activation \"{}\" is not element-wise; use it as "
-        "output_transformation instead",
-        options_.hidden_activation().name());
-  const auto dtype = options_.dtype();
-  if (dtype != torch::kFloat32 && dtype != torch::kFloat64 && dtype != torch::kFloat16 && dtype != torch::kBFloat16)
-    fail("NeuralNetwork(): dtype {} is not a floating-point type", c10::toString(dtype));
-
-  // The operation pipeline: techniques in Connex's order, then the user's.
-  if (options_.use_topo_norm()) operations_.push_back(std::make_shared<TopoNorm>());
-  if (options_.use_topo_self_attention()) operations_.push_back(std::make_shared<TopoSelfAttention>());
-  if (options_.use_neuron_self_attention()) operations_.push_back(std::make_shared<NeuronSelfAttention>());
-  if (options_.use_adaptive_activations()) operations_.push_back(std::make_shared<AdaptiveActivation>());
-  for (const auto& op : options_.operations()) {
-    if (!op) fail("NeuralNetwork(): options().operations() holds a null operation");
-    operations_.push_back(op);
-  }
-  {
-    std::set<std::string> names;
-    int affine = 0, activation = 0;
-    for (const auto& op : operations_) {
-      if (!names.insert(op->name()).second) fail("NeuralNetwork(): two operations are named \"{}\"", op->name());
-      if (op->name().empty() || op->name().find('.') != std::string::npos)
-        fail("NeuralNetwork(): operation name \"{}\" must be non-empty and without dots", op->name());
-      affine += op->replaces_affine();
-      activation += op->replaces_activation();
-    }
-    if (affine > 1) fail("NeuralNetwork(): more than one operation replaces the affine step");
-    if (activation > 1) fail("NeuralNetwork(): more than one operation replaces the activation");
-  }
-
-  // Resolve dropout per dense id; validation names the neuron.
-  const auto& topo = *topology_;
-  const auto& dropout = options_.dropout_p();
-  check_probability(dropout.hidden, "for hidden neurons");
-  dropout_.assign(topo.num_neurons(), 0.0);
-  for (int64_t d = 0; d < topo.num_neurons(); ++d)
-    if (topo.role(d) == Role::Hidden) dropout_[d] = dropout.hidden;
-  for (const auto& [id, p] : dropout.per_neuron) {
-    int64_t d = topo.dense_of(id);
-    if (d < 0) fail("NeuralNetwork(): dropout_p names neuron {}, which is not in the graph", id);
-    check_probability(p, "of neuron " + id.str());
-    dropout_[d] = p;
-  }
-  // The planner's whole-network choice. The fused kernel runs the network as
-  // one autograd function: it wins where per-op overhead dominates (small
-  // networks) or levels are sparse; layered dense networks keep BLAS matmuls.
-  // Structure and options only; the dtype is checked at each forward, since
-  // to(dtype) may change it.
-  const bool fused_eligible =
-      operations_.empty() && fused_supports(options_.hidden_activation()) && !options_.force_kernel();
-  int64_t dense_connections = 0;
-  for (const auto& level : topology_->levels())
-    if (level.kernel == LevelKernel::DenseView) dense_connections += level.num_connections();
-  const bool small = topology_->num_connections() <= 4096;
-  const bool fused_preferred =
-      options_.fused() ? *options_.fused() : (small || dense_connections * 2 < topology_->num_connections());
-  const bool fused_dtype = options_.dtype() == torch::kFloat32 || options_.dtype() == torch::kFloat64;
-  if (options_.fused() && *options_.fused() && !(fused_eligible && fused_dtype))
-    fail(
-        "NeuralNetwork(): fused(true) needs a built-in activation other than softmax, float32 or float64, no "
-        "operations and no forced kernel");
-  // Made here, not on first use, so concurrent forward() calls share it safely.
-  if (fused_eligible && fused_preferred)
-    fused_plan_ = std::make_shared<FusedPlan>(make_fused_plan(topology_, options_.hidden_activation()));
+  check_options(options_);
+  operations_ = operation_pipeline(options_);
+  dropout_ = resolve_dropout(*topology_, options_.dropout_p());
+  fused_plan_ = plan_fused_kernel(topology_, options_, operations_);
   reset();
 }
 
@@ -124,70 +174,20 @@ NeuralNetworkImpl::NeuralNetworkImpl(const NeuralNetworkImpl& other)
 void NeuralNetworkImpl::reset() {
   const Topology& topo = *topology_;
   const auto float_options = torch::TensorOptions().dtype(options_.dtype());
-
-  // Initialisation as torch::nn::Linear does it, per neuron: weights and bias
-  // uniform in ±1/sqrt(fan-in). This keeps each pre-activation's variance
-  // independent of fan-in, which matters here because fan-in varies from
-  // neuron to neuron; Connex's N(0, 0.1²) makes wide neurons saturate and
-  // narrow ones nearly silent. A neuron without inputs is a constant; its bias
-  // is drawn as for fan-in 1 (not 0, which would sit on ReLU's kink).
   auto generator = at::make_generator<at::CPUGeneratorImpl>(options_.seed());
-  // Uniform draws in double (weights, then biases), scaled in place per
-  // neuron, then one cast to the dtype: the same values as scaling with
-  // tensor ops, without their four temporaries (a measurable part of an
-  // edit's rebuild at 1M connections).
-  auto weight = torch::rand({topo.num_connections()}, generator, torch::kFloat64);
-  auto bias = torch::rand({topo.num_biases()}, generator, torch::kFloat64);
-  double* w = weight.data_ptr<double>();
-  double* b = bias.data_ptr<double>();
-  for (int64_t d = topo.num_inputs(); d < topo.num_neurons(); ++d) {
-    const int64_t fan_in = topo.in_offsets()[d + 1] - topo.in_offsets()[d];
-    const double bound = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(fan_in, 1)));
-    for (int64_t c = topo.in_offsets()[d]; c < topo.in_offsets()[d + 1]; ++c) w[c] = (w[c] * 2 - 1) * bound;
-    b[topo.bias_index(d)] = (b[topo.bias_index(d)] * 2 - 1) * bound;
-  }
+  auto [weight, bias] = initial_parameters(topo, generator);
   weight_ = register_parameter("weight", weight.to(float_options));
   bias_ = register_parameter("bias", bias.to(float_options));
   weight_grad_mask_ = register_buffer("weight_grad_mask", torch::ones({topo.num_connections()}, float_options));
   bias_grad_mask_ = register_buffer("bias_grad_mask", torch::ones({topo.num_biases()}, float_options));
 
-  levels_.assign(topo.levels().size(), LevelTensors{});
-  for (size_t l = 0; l < topo.levels().size(); ++l) {
-    const Level& level = topo.levels()[l];
-    LevelTensors& t = levels_[l];
-    const std::string prefix = "level" + std::to_string(l) + "_";
-    if (l > 0) {
-      t.gather = register_gather(level.gather, prefix + "gather");
-      if (level.kernel == LevelKernel::EdgeList) {
-        t.edge_source = register_buffer(prefix + "edge_source", index_tensor(level.edge_source));
-        t.edge_target = register_buffer(prefix + "edge_target", index_tensor(level.edge_target));
-      } else if (level.kernel == LevelKernel::DenseScatter) {
-        std::vector<int64_t> pos(level.edge_source.size());
-        const int64_t width = static_cast<int64_t>(level.sources.size());
-        for (size_t k = 0; k < pos.size(); ++k) pos[k] = level.edge_target[k] * width + level.edge_source[k];
-        t.scatter_pos = register_buffer(prefix + "scatter_pos", index_tensor(pos));
-      }
-    }
-    bool any_dropout = false;
-    std::vector<double> keep(level.size()), scale(level.size());
-    for (int64_t d = level.begin; d < level.end; ++d) {
-      const double p = dropout_[d];
-      any_dropout |= p > 0.0;
-      keep[d - level.begin] = 1.0 - p;
-      scale[d - level.begin] = p < 1.0 ? 1.0 / (1.0 - p) : 0.0;  // inverted dropout
-    }
-    if (any_dropout) {
-      t.keep_prob =
-          register_buffer(prefix + "keep_prob", torch::tensor(keep, torch::kFloat64).to(float_options).unsqueeze(1));
-      t.keep_scale =
-          register_buffer(prefix + "keep_scale", torch::tensor(scale, torch::kFloat64).to(float_options).unsqueeze(1));
-    }
-  }
+  levels_.clear();
+  for (size_t l = 0; l < topo.levels().size(); ++l) levels_.push_back(register_level(l));
   output_gather_ = register_gather(topo.output_gather(), "output_gather");
 
   operation_modules_.clear();
   level_prefixes_.clear();
-  for (size_t l = 0; l < topo.levels().size(); ++l) level_prefixes_.push_back("level" + std::to_string(l) + "_");
+  for (size_t l = 0; l < topo.levels().size(); ++l) level_prefixes_.push_back(level_prefix(l));
   for (const auto& op : operations_)
     operation_modules_.push_back(
         register_module(op->name(), OperationModule(op->build(topo, options_.dtype(), generator))));
@@ -195,6 +195,68 @@ void NeuralNetworkImpl::reset() {
   if (auto m = options_.hidden_activation().module_ptr()) register_module("hidden_activation", m);
   if (auto m = options_.output_transformation().module_ptr()) register_module("output_transformation", m);
   if (frozen_) install_freeze_hooks();
+}
+
+NeuralNetworkImpl::LevelTensors NeuralNetworkImpl::register_level(size_t l) {
+  const Level& level = topology_->levels()[l];
+  const std::string prefix = level_prefix(l);
+  LevelTensors t;
+  if (l > 0) {
+    t.gather = register_gather(level.gather, prefix + "gather");
+    if (level.kernel == LevelKernel::EdgeList) {
+      t.edge_source = register_buffer(prefix + "edge_source", index_tensor(level.edge_source));
+      t.edge_target = register_buffer(prefix + "edge_target", index_tensor(level.edge_target));
+    } else if (level.kernel == LevelKernel::DenseScatter) {
+      t.scatter_pos = register_buffer(prefix + "scatter_pos", index_tensor(level.dense_positions()));
+    }
+  }
+  bool any_dropout = false;
+  std::vector<double> keep(level.size()), scale(level.size());
+  for (int64_t d = level.begin; d < level.end; ++d) {
+    const double p = dropout_[d];
+    any_dropout |= p > 0.0;
+    keep[d - level.begin] = 1.0 - p;
+    scale[d - level.begin] = p < 1.0 ? 1.0 / (1.0 - p) : 0.0;  // inverted dropout
+  }
+  if (any_dropout) {
+    const auto float_options = torch::TensorOptions().dtype(options_.dtype());
+    t.keep_prob =
+        register_buffer(prefix + "keep_prob", torch::tensor(keep, torch::kFloat64).to(float_options).unsqueeze(1));
+    t.keep_scale =
+        register_buffer(prefix + "keep_scale", torch::tensor(scale, torch::kFloat64).to(float_options).unsqueeze(1));
+  }
+  return t;
+}
+
+void NeuralNetworkImpl::adopt_parameters(const NeuralNetworkImpl& from, const ParameterRemap& remap) {
+  auto pairs = [&](const std::string& name) -> const ParameterRemap::Moved* {
+    auto it = remap.moved.find(name);
+    return it == remap.moved.end() ? nullptr : &it->second;
+  };
+  const ParameterRemap::Moved* weight_pairs = pairs("weight");
+  const ParameterRemap::Moved* bias_pairs = pairs("bias");
+  {
+    torch::NoGradGuard no_grad;
+    copy_entries(weight_, from.weight_, weight_pairs, "weight");
+    copy_entries(bias_, from.bias_, bias_pairs, "bias");
+    // A fresh mask is all ones; so is an old one where nothing was frozen,
+    // and then there is nothing to move (a gather and scatter as long as the
+    // network, saved).
+    if (!from.weight_grad_mask_.eq(1).all().item<bool>())
+      copy_entries(weight_grad_mask_, from.weight_grad_mask_, weight_pairs, "weight_grad_mask");
+    if (!from.bias_grad_mask_.eq(1).all().item<bool>())
+      copy_entries(bias_grad_mask_, from.bias_grad_mask_, bias_pairs, "bias_grad_mask");
+    if (from.frozen_ && !frozen_) {
+      frozen_ = true;
+      install_freeze_hooks();
+    }
+  }
+  // Operation (technique) parameters: entry by entry, by their keys.
+  for (size_t k = 0; k < operations_.size(); ++k)
+    for (size_t j = 0; j < from.operations_.size(); ++j)
+      if (from.operations_[j]->name() == operations_[k]->name())
+        transfer_operation_parameters(*from.operation_modules_[j], *operation_modules_[k]);
+  train(from.is_training());
 }
 
 NeuralNetworkImpl::GatherTensors NeuralNetworkImpl::register_gather(const GatherPlan& plan, const std::string& prefix) {
@@ -250,7 +312,7 @@ bool NeuralNetworkImpl::uses_fused_kernel() const {
   if (dtype != torch::kFloat32 && dtype != torch::kFloat64) return false;
   if (is_training())
     for (const auto& level : levels_)
-      if (level.keep_prob.defined()) return false;  // dropout runs on the per-batch path
+      if (level.keep_prob.defined()) return false;  // dropout runs on the per-level path
   return true;
 }
 
@@ -329,11 +391,8 @@ torch::Tensor NeuralNetworkImpl::dense_weights(const Level& level, const LevelTe
   const int64_t size = level.size(), width = static_cast<int64_t>(level.sources.size());
   if (level.kernel == LevelKernel::DenseView) return w.view({size, width});
   torch::Tensor index = t.scatter_pos;
-  if (!index.defined()) {  // an edge-list level whose affine step an operation replaces
-    std::vector<int64_t> pos(level.edge_source.size());
-    for (size_t k = 0; k < pos.size(); ++k) pos[k] = level.edge_target[k] * width + level.edge_source[k];
-    index = torch::tensor(pos, torch::kLong).to(w.device());
-  }
+  if (!index.defined())  // an edge-list level whose affine step an operation replaces
+    index = index_tensor(level.dense_positions()).to(w.device());
   return torch::zeros({size * width}, w.options()).scatter(0, index, w).view({size, width});
 }
 
@@ -407,7 +466,7 @@ std::vector<NeuronId> NeuralNetworkImpl::hidden_neurons() const {
   return hidden;
 }
 
-std::vector<std::vector<NeuronId>> NeuralNetworkImpl::topological_batches() const {
+std::vector<std::vector<NeuronId>> NeuralNetworkImpl::topological_levels() const {
   std::vector<std::vector<NeuronId>> batches;
   const auto& topo = *topology_;
   for (size_t l = 1; l < topo.levels().size(); ++l) {

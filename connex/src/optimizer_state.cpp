@@ -4,7 +4,9 @@
 
 #include "connex/error.h"
 #include "json_input.h"
+#include "optimizer_kinds.h"
 
+#include <algorithm>
 #include <cmath>
 #include <unordered_set>
 
@@ -47,9 +49,9 @@ std::unique_ptr<torch::optim::OptimizerParamState> remap_state(const torch::opti
     fields = state_fields(state);
   } catch (const Error&) {
     fail(
-        "transfer_optimizer_state(): the state of parameter \"{}\" is of an optimizer connex does not know "
-        "(Adam, AdamW, SGD, RMSprop and Adagrad are supported)",
-        name);
+        "transfer_optimizer_state(): the state of parameter \"{}\" is of an optimizer connex does not know ({} are "
+        "supported)",
+        name, list_optimizer_kinds(OptimizerNaming::kTitle));
   }
   for (auto& field : fields.tensors) field.second = remap_tensor(field.second, parameter, moved, keyed);
   return make_param_state(fields);
@@ -61,37 +63,36 @@ std::unique_ptr<torch::optim::OptimizerParamState> remap_state(const torch::opti
 class OptionsReader {
  public:
   OptionsReader(const nlohmann::json& json, const std::string& where) : json_(json), where_(where) {
-    if (!json.is_object())
-      fail("load(): {} must be an object of optimizer options, got {}", where, detail::excerpt(json));
+    if (!json.is_object()) fail("{} must be an object of optimizer options, got {}", where, detail::excerpt(json));
   }
   double number(const char* key, double low, double high = HUGE_VAL, bool high_open = false) {
     const auto& value = at(key);
     const double x = value.is_number() ? value.get<double>() : NAN;
     if (!value.is_number() || !(x >= low) || !(high_open ? x < high : x <= high))
-      fail("load(): {}/{} must be a number in [{}, {}{}, got {}", where_, key, low, high, high_open ? ")" : "]",
+      fail("{}/{} must be a number in [{}, {}{}, got {}", where_, key, low, high, high_open ? ")" : "]",
            detail::excerpt(value));
     return x;
   }
   bool boolean(const char* key) {
     const auto& value = at(key);
-    if (!value.is_boolean()) fail("load(): {}/{} must be true or false, got {}", where_, key, detail::excerpt(value));
+    if (!value.is_boolean()) fail("{}/{} must be true or false, got {}", where_, key, detail::excerpt(value));
     return value.get<bool>();
   }
   std::tuple<double, double> betas() {
     const auto& value = at("betas");
     auto beta = [&](size_t i) { return value.at(i).is_number() ? value.at(i).get<double>() : NAN; };
     if (!value.is_array() || value.size() != 2 || !(beta(0) >= 0 && beta(0) < 1) || !(beta(1) >= 0 && beta(1) < 1))
-      fail("load(): {}/betas must be two numbers in [0, 1), got {}", where_, detail::excerpt(value));
+      fail("{}/betas must be two numbers in [0, 1), got {}", where_, detail::excerpt(value));
     return {beta(0), beta(1)};
   }
   void done() const {
     for (const auto& item : json_.items())
-      if (!read_.count(item.key())) fail("load(): {} has an unknown optimizer option \"{}\"", where_, item.key());
+      if (!read_.count(item.key())) fail("{} has an unknown optimizer option \"{}\"", where_, item.key());
   }
 
  private:
   const nlohmann::json& at(const char* key) {
-    if (!json_.contains(key)) fail("load(): {} lacks the optimizer option \"{}\"", where_, key);
+    if (!json_.contains(key)) fail("{} lacks the optimizer option \"{}\"", where_, key);
     read_.insert(key);
     return json_.at(key);
   }
@@ -100,15 +101,246 @@ class OptionsReader {
   std::unordered_set<std::string> read_;
 };
 
-// The type name of an options object ("adam", ...), "other" when unknown.
-std::string optimizer_type_of(const torch::optim::OptimizerOptions& options) {
-  using namespace torch::optim;
-  if (dynamic_cast<const AdamOptions*>(&options)) return "adam";
-  if (dynamic_cast<const AdamWOptions*>(&options)) return "adamw";
-  if (dynamic_cast<const SGDOptions*>(&options)) return "sgd";
-  if (dynamic_cast<const RMSpropOptions*>(&options)) return "rmsprop";
-  if (dynamic_cast<const AdagradOptions*>(&options)) return "adagrad";
-  return "other";
+// ------------------------------------------------------------- optimizer kinds
+
+namespace optim = torch::optim;
+
+// A parameter state's step (absent when the kind counts none) and its tensors, in the kind's field order.
+struct StateValues {
+  std::optional<int64_t> step;
+  std::vector<torch::Tensor> tensors;
+};
+
+// One optimizer connex knows: how to recognise it, make it, and write and
+// read its options and per-parameter state. Every per-type decision of this
+// file and of the checkpoint is a lookup in optimizer_kinds().
+struct OptimizerKind {
+  const char* name = "";                   // in checkpoints, the CLI and optimizer_type_name: "adam"
+  const char* title = "";                  // in messages: "Adam"
+  std::vector<std::string> state_tensors;  // a parameter state's tensor fields, in a fixed order
+  bool has_step = true;                    // whether the state counts steps
+  bool state_for_every_parameter = false;  // kept for every parameter from the start, so none may be missing
+  bool (*is_options)(const optim::OptimizerOptions&) = nullptr;
+  bool (*is_state)(const optim::OptimizerParamState&) = nullptr;
+  // `defaults` are options of this kind.
+  std::unique_ptr<optim::Optimizer> (*make)(std::vector<optim::OptimizerParamGroup> groups,
+                                            const optim::OptimizerOptions& defaults) = nullptr;
+  nlohmann::json (*options_to_json)(const optim::OptimizerOptions&) = nullptr;
+  // Reads every option (in the ranges torch's constructors enforce); `where` names them in messages.
+  std::unique_ptr<optim::OptimizerOptions> (*options_from_json)(OptionsReader& reader,
+                                                                const std::string& where) = nullptr;
+  // The state fields step() reads under these options.
+  std::vector<std::string> (*required_fields)(const optim::OptimizerOptions&) = nullptr;
+  StateValues (*read_state)(const optim::OptimizerParamState&) = nullptr;
+  std::unique_ptr<optim::OptimizerParamState> (*make_state)(const StateValues&) = nullptr;
+};
+
+template <typename T, typename Base>
+bool is_a(const Base& x) {
+  return dynamic_cast<const T*>(&x) != nullptr;
+}
+
+template <typename Optimizer, typename Options>
+std::unique_ptr<optim::Optimizer> make_of(std::vector<optim::OptimizerParamGroup> groups,
+                                          const optim::OptimizerOptions& defaults) {
+  return std::make_unique<Optimizer>(std::move(groups), dynamic_cast<const Options&>(defaults));
+}
+
+// Adam and AdamW: the same options and state, in different types.
+template <typename Optimizer, typename Options, typename State>
+OptimizerKind adam_like(const char* name, const char* title) {
+  OptimizerKind kind;
+  kind.name = name;
+  kind.title = title;
+  kind.state_tensors = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
+  kind.is_options = is_a<Options, optim::OptimizerOptions>;
+  kind.is_state = is_a<State, optim::OptimizerParamState>;
+  kind.make = make_of<Optimizer, Options>;
+  kind.options_to_json = [](const optim::OptimizerOptions& options) -> nlohmann::json {
+    const auto& o = dynamic_cast<const Options&>(options);
+    return {{"lr", o.lr()},
+            {"betas", {std::get<0>(o.betas()), std::get<1>(o.betas())}},
+            {"eps", o.eps()},
+            {"weight_decay", o.weight_decay()},
+            {"amsgrad", o.amsgrad()}};
+  };
+  kind.options_from_json = [](OptionsReader& r, const std::string&) -> std::unique_ptr<optim::OptimizerOptions> {
+    auto o = std::make_unique<Options>();
+    o->lr(r.number("lr", 0))
+        .betas(r.betas())
+        .eps(r.number("eps", 0))
+        .weight_decay(r.number("weight_decay", 0))
+        .amsgrad(r.boolean("amsgrad"));
+    return o;
+  };
+  kind.required_fields = [](const optim::OptimizerOptions& options) -> std::vector<std::string> {
+    if (dynamic_cast<const Options&>(options).amsgrad()) return {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
+    return {"exp_avg", "exp_avg_sq"};
+  };
+  kind.read_state = [](const optim::OptimizerParamState& state) {
+    const auto& s = dynamic_cast<const State&>(state);
+    return StateValues{s.step(), {s.exp_avg(), s.exp_avg_sq(), s.max_exp_avg_sq()}};
+  };
+  kind.make_state = [](const StateValues& v) -> std::unique_ptr<optim::OptimizerParamState> {
+    auto s = std::make_unique<State>();
+    s->step(*v.step).exp_avg(v.tensors[0]).exp_avg_sq(v.tensors[1]).max_exp_avg_sq(v.tensors[2]);
+    return s;
+  };
+  return kind;
+}
+
+OptimizerKind sgd() {
+  OptimizerKind kind;
+  kind.name = "sgd";
+  kind.title = "SGD";
+  kind.state_tensors = {"momentum_buffer"};
+  kind.has_step = false;
+  kind.is_options = is_a<optim::SGDOptions, optim::OptimizerOptions>;
+  kind.is_state = is_a<optim::SGDParamState, optim::OptimizerParamState>;
+  kind.make = make_of<optim::SGD, optim::SGDOptions>;
+  kind.options_to_json = [](const optim::OptimizerOptions& options) -> nlohmann::json {
+    const auto& o = dynamic_cast<const optim::SGDOptions&>(options);
+    return {{"lr", o.lr()},
+            {"momentum", o.momentum()},
+            {"dampening", o.dampening()},
+            {"weight_decay", o.weight_decay()},
+            {"nesterov", o.nesterov()}};
+  };
+  kind.options_from_json = [](OptionsReader& r, const std::string& where) -> std::unique_ptr<optim::OptimizerOptions> {
+    auto o = std::make_unique<optim::SGDOptions>(r.number("lr", 0));
+    o->momentum(r.number("momentum", 0))
+        .dampening(r.number("dampening", -HUGE_VAL))
+        .weight_decay(r.number("weight_decay", 0))
+        .nesterov(r.boolean("nesterov"));
+    if (o->nesterov() && (o->momentum() <= 0 || o->dampening() != 0))
+      fail("{}: Nesterov momentum needs a momentum above 0 and zero dampening", where);
+    return o;
+  };
+  kind.required_fields = [](const optim::OptimizerOptions& options) -> std::vector<std::string> {
+    if (dynamic_cast<const optim::SGDOptions&>(options).momentum() != 0) return {"momentum_buffer"};
+    return {};
+  };
+  kind.read_state = [](const optim::OptimizerParamState& state) {
+    return StateValues{std::nullopt, {dynamic_cast<const optim::SGDParamState&>(state).momentum_buffer()}};
+  };
+  kind.make_state = [](const StateValues& v) -> std::unique_ptr<optim::OptimizerParamState> {
+    auto s = std::make_unique<optim::SGDParamState>();
+    s->momentum_buffer(v.tensors[0]);
+    return s;
+  };
+  return kind;
+}
+
+OptimizerKind rmsprop() {
+  OptimizerKind kind;
+  kind.name = "rmsprop";
+  kind.title = "RMSprop";
+  kind.state_tensors = {"square_avg", "momentum_buffer", "grad_avg"};
+  kind.is_options = is_a<optim::RMSpropOptions, optim::OptimizerOptions>;
+  kind.is_state = is_a<optim::RMSpropParamState, optim::OptimizerParamState>;
+  kind.make = make_of<optim::RMSprop, optim::RMSpropOptions>;
+  kind.options_to_json = [](const optim::OptimizerOptions& options) -> nlohmann::json {
+    const auto& o = dynamic_cast<const optim::RMSpropOptions&>(options);
+    return {{"lr", o.lr()},
+            {"alpha", o.alpha()},
+            {"eps", o.eps()},
+            {"weight_decay", o.weight_decay()},
+            {"momentum", o.momentum()},
+            {"centered", o.centered()}};
+  };
+  kind.options_from_json = [](OptionsReader& r, const std::string&) -> std::unique_ptr<optim::OptimizerOptions> {
+    auto o = std::make_unique<optim::RMSpropOptions>(r.number("lr", 0));
+    o->alpha(r.number("alpha", 0))
+        .eps(r.number("eps", 0))
+        .weight_decay(r.number("weight_decay", 0))
+        .momentum(r.number("momentum", 0))
+        .centered(r.boolean("centered"));
+    return o;
+  };
+  kind.required_fields = [](const optim::OptimizerOptions& options) {
+    const auto& o = dynamic_cast<const optim::RMSpropOptions&>(options);
+    std::vector<std::string> fields{"square_avg"};
+    if (o.momentum() > 0) fields.push_back("momentum_buffer");
+    if (o.centered()) fields.push_back("grad_avg");
+    return fields;
+  };
+  kind.read_state = [](const optim::OptimizerParamState& state) {
+    const auto& s = dynamic_cast<const optim::RMSpropParamState&>(state);
+    return StateValues{s.step(), {s.square_avg(), s.momentum_buffer(), s.grad_avg()}};
+  };
+  kind.make_state = [](const StateValues& v) -> std::unique_ptr<optim::OptimizerParamState> {
+    auto s = std::make_unique<optim::RMSpropParamState>();
+    s->step(*v.step).square_avg(v.tensors[0]).momentum_buffer(v.tensors[1]).grad_avg(v.tensors[2]);
+    return s;
+  };
+  return kind;
+}
+
+OptimizerKind adagrad() {
+  OptimizerKind kind;
+  kind.name = "adagrad";
+  kind.title = "Adagrad";
+  kind.state_tensors = {"sum"};
+  kind.state_for_every_parameter = true;
+  kind.is_options = is_a<optim::AdagradOptions, optim::OptimizerOptions>;
+  kind.is_state = is_a<optim::AdagradParamState, optim::OptimizerParamState>;
+  kind.make = make_of<optim::Adagrad, optim::AdagradOptions>;
+  kind.options_to_json = [](const optim::OptimizerOptions& options) -> nlohmann::json {
+    const auto& o = dynamic_cast<const optim::AdagradOptions&>(options);
+    return {{"lr", o.lr()},
+            {"lr_decay", o.lr_decay()},
+            {"weight_decay", o.weight_decay()},
+            {"initial_accumulator_value", o.initial_accumulator_value()},
+            {"eps", o.eps()}};
+  };
+  kind.options_from_json = [](OptionsReader& r, const std::string&) -> std::unique_ptr<optim::OptimizerOptions> {
+    auto o = std::make_unique<optim::AdagradOptions>(r.number("lr", 0));
+    o->lr_decay(r.number("lr_decay", 0))
+        .weight_decay(r.number("weight_decay", 0))
+        .initial_accumulator_value(r.number("initial_accumulator_value", 0))
+        .eps(r.number("eps", 0));
+    return o;
+  };
+  kind.required_fields = [](const optim::OptimizerOptions&) -> std::vector<std::string> { return {"sum"}; };
+  kind.read_state = [](const optim::OptimizerParamState& state) {
+    const auto& s = dynamic_cast<const optim::AdagradParamState&>(state);
+    return StateValues{s.step(), {s.sum()}};
+  };
+  kind.make_state = [](const StateValues& v) -> std::unique_ptr<optim::OptimizerParamState> {
+    auto s = std::make_unique<optim::AdagradParamState>();
+    s->step(*v.step).sum(v.tensors[0]);
+    return s;
+  };
+  return kind;
+}
+
+// The table: every optimizer connex knows, in the order messages list them.
+const std::vector<OptimizerKind>& optimizer_kinds() {
+  static const std::vector<OptimizerKind> kinds{
+      adam_like<optim::Adam, optim::AdamOptions, optim::AdamParamState>("adam", "Adam"),
+      adam_like<optim::AdamW, optim::AdamWOptions, optim::AdamWParamState>("adamw", "AdamW"), sgd(), rmsprop(),
+      adagrad()};
+  return kinds;
+}
+
+// The kind named `type`; null when connex knows none.
+const OptimizerKind* find_kind(const std::string& type) {
+  for (const auto& kind : optimizer_kinds())
+    if (type == kind.name) return &kind;
+  return nullptr;
+}
+
+const OptimizerKind& kind_named(const std::string& type) {
+  if (const auto* kind = find_kind(type)) return *kind;
+  fail("optimizer state: unknown optimizer type \"{}\" ({} are known)", type,
+       list_optimizer_kinds(OptimizerNaming::kName));
+}
+
+// The kind whose options these are (each optimizer's defaults are options of its own kind); null when unknown.
+const OptimizerKind* kind_of(const optim::OptimizerOptions& options) {
+  for (const auto& kind : optimizer_kinds())
+    if (kind.is_options(options)) return &kind;
+  return nullptr;
 }
 
 }  // namespace
@@ -156,20 +388,13 @@ void transfer_optimizer_state(const torch::optim::Optimizer& old_optimizer, cons
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& type,
                                                         std::vector<torch::optim::OptimizerParamGroup> groups) {
-  using namespace torch::optim;
-  state_tensor_names(type);  // rejects an unknown type
+  const OptimizerKind& kind = kind_named(type);
   if (groups.empty() || !groups[0].has_options()) fail("make_optimizer(): expected at least one group with options");
   for (size_t g = 0; g < groups.size(); ++g)
-    if (!groups[g].has_options() || optimizer_type_of(groups[g].options()) != type)
+    if (!groups[g].has_options() || !kind.is_options(groups[g].options()))
       fail("make_optimizer(): group {} needs {} options", g, type);
   const auto defaults = groups[0].options().clone();
-  const auto& first = *defaults;
-  if (type == "adam") return std::make_unique<Adam>(std::move(groups), dynamic_cast<const AdamOptions&>(first));
-  if (type == "adamw") return std::make_unique<AdamW>(std::move(groups), dynamic_cast<const AdamWOptions&>(first));
-  if (type == "sgd") return std::make_unique<SGD>(std::move(groups), dynamic_cast<const SGDOptions&>(first));
-  if (type == "rmsprop")
-    return std::make_unique<RMSprop>(std::move(groups), dynamic_cast<const RMSpropOptions&>(first));
-  return std::make_unique<Adagrad>(std::move(groups), dynamic_cast<const AdagradOptions&>(first));
+  return kind.make(std::move(groups), *defaults);
 }
 
 std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim::Optimizer& old_optimizer,
@@ -177,9 +402,8 @@ std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim
                                                               const EditResult& edit) {
   const std::string type = optimizer_type_name(old_optimizer);
   if (type == "other")
-    fail(
-        "optimizer_after_edit(): the optimizer is of a type connex does not know (Adam, AdamW, SGD, RMSprop and "
-        "Adagrad are)");
+    fail("optimizer_after_edit(): the optimizer is of a type connex does not know ({} are)",
+         list_optimizer_kinds(OptimizerNaming::kTitle));
   const auto names = group_parameter_names(old_optimizer, old_network, "optimizer_after_edit()");
   const auto parameters = edit.network->named_parameters();
   std::unordered_set<std::string> placed;
@@ -203,10 +427,6 @@ std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim
   return next;
 }
 
-}  // namespace connex
-
-namespace connex {
-
 std::vector<std::vector<std::string>> group_parameter_names(const torch::optim::Optimizer& optimizer,
                                                             const NeuralNetwork& network, const std::string& context) {
   std::unordered_map<const void*, std::string> by_tensor;
@@ -227,190 +447,78 @@ std::vector<std::vector<std::string>> group_parameter_names(const torch::optim::
   return names;
 }
 
-// Each optimizer's defaults are options of its own kind.
+std::string list_optimizer_kinds(OptimizerNaming naming, const char* last_separator) {
+  const auto& kinds = optimizer_kinds();
+  std::string out;
+  for (size_t i = 0; i < kinds.size(); ++i) {
+    if (i > 0) out += i + 1 == kinds.size() ? last_separator : ", ";
+    out += naming == OptimizerNaming::kTitle ? kinds[i].title : kinds[i].name;
+  }
+  return out;
+}
+
 std::string optimizer_type_name(const torch::optim::Optimizer& optimizer) {
-  return optimizer_type_of(optimizer.defaults());
+  const auto* kind = kind_of(optimizer.defaults());
+  return kind ? kind->name : "other";
 }
 
-const std::vector<std::string>& state_tensor_names(const std::string& type) {
-  static const std::vector<std::string> adam{"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}, sgd{"momentum_buffer"},
-      rmsprop{"square_avg", "momentum_buffer", "grad_avg"}, adagrad{"sum"};
-  if (type == "adam" || type == "adamw") return adam;
-  if (type == "sgd") return sgd;
-  if (type == "rmsprop") return rmsprop;
-  if (type == "adagrad") return adagrad;
-  fail("optimizer state: unknown optimizer type \"{}\" (adam, adamw, sgd, rmsprop and adagrad are known)", type);
-}
+const std::vector<std::string>& state_tensor_names(const std::string& type) { return kind_named(type).state_tensors; }
 
-bool state_has_step(const std::string& type) {
-  state_tensor_names(type);  // throws for an unknown type
-  return type != "sgd";
-}
+bool state_has_step(const std::string& type) { return kind_named(type).has_step; }
 
 OptimizerStateFields state_fields(const torch::optim::OptimizerParamState& state) {
-  using namespace torch::optim;
+  const auto& kinds = optimizer_kinds();
+  const auto kind = std::find_if(kinds.begin(), kinds.end(), [&](const auto& k) { return k.is_state(state); });
+  if (kind == kinds.end())
+    fail("optimizer state: a parameter's state is of an optimizer connex does not know ({} are)",
+         list_optimizer_kinds(OptimizerNaming::kTitle));
+  StateValues values = kind->read_state(state);
   OptimizerStateFields f;
-  auto adam_like = [&](const auto& s, const char* type) {
-    f.type = type;
-    f.step = s.step();
-    f.tensors = {{"exp_avg", s.exp_avg()}, {"exp_avg_sq", s.exp_avg_sq()}, {"max_exp_avg_sq", s.max_exp_avg_sq()}};
-  };
-  if (auto* s = dynamic_cast<const AdamParamState*>(&state))
-    adam_like(*s, "adam");
-  else if (auto* s = dynamic_cast<const AdamWParamState*>(&state))
-    adam_like(*s, "adamw");
-  else if (auto* s = dynamic_cast<const SGDParamState*>(&state))
-    f.type = "sgd", f.tensors = {{"momentum_buffer", s->momentum_buffer()}};
-  else if (auto* s = dynamic_cast<const RMSpropParamState*>(&state)) {
-    f.type = "rmsprop", f.step = s->step();
-    f.tensors = {
-        {"square_avg", s->square_avg()}, {"momentum_buffer", s->momentum_buffer()}, {"grad_avg", s->grad_avg()}};
-  } else if (auto* s = dynamic_cast<const AdagradParamState*>(&state)) {
-    f.type = "adagrad", f.step = s->step(), f.tensors = {{"sum", s->sum()}};
-  } else {
-    fail(
-        "optimizer state: a parameter's state is of an optimizer connex does not know (Adam, AdamW, SGD, RMSprop and "
-        "Adagrad are)");
-  }
+  f.type = kind->name;
+  f.step = values.step;
+  for (size_t i = 0; i < values.tensors.size(); ++i) f.tensors.emplace_back(kind->state_tensors[i], values.tensors[i]);
   return f;
 }
 
 std::unique_ptr<torch::optim::OptimizerParamState> make_param_state(const OptimizerStateFields& f) {
-  using namespace torch::optim;
-  const auto& names = state_tensor_names(f.type);
-  if (f.tensors.size() != names.size() || f.step.has_value() != state_has_step(f.type))
+  const OptimizerKind& kind = kind_named(f.type);
+  const auto& names = kind.state_tensors;
+  if (f.tensors.size() != names.size() || f.step.has_value() != kind.has_step)
     fail("optimizer state: the fields do not match a {} state", f.type);
-  for (size_t i = 0; i < names.size(); ++i)
+  StateValues values{f.step, {}};
+  for (size_t i = 0; i < names.size(); ++i) {
     if (f.tensors[i].first != names[i])
       fail("optimizer state: field {} of a {} state must be {}, got {}", i, f.type, names[i], f.tensors[i].first);
-  auto t = [&](size_t i) { return f.tensors[i].second; };
-  auto adam_like = [&](auto state) {
-    state->step(*f.step).exp_avg(t(0)).exp_avg_sq(t(1)).max_exp_avg_sq(t(2));
-    return std::unique_ptr<OptimizerParamState>(std::move(state));
-  };
-  if (f.type == "adam") return adam_like(std::make_unique<AdamParamState>());
-  if (f.type == "adamw") return adam_like(std::make_unique<AdamWParamState>());
-  if (f.type == "sgd") {
-    auto state = std::make_unique<SGDParamState>();
-    state->momentum_buffer(t(0));
-    return state;
+    values.tensors.push_back(f.tensors[i].second);
   }
-  if (f.type == "rmsprop") {
-    auto state = std::make_unique<RMSpropParamState>();
-    state->step(*f.step).square_avg(t(0)).momentum_buffer(t(1)).grad_avg(t(2));
-    return state;
-  }
-  auto state = std::make_unique<AdagradParamState>();
-  state->step(*f.step).sum(t(0));
-  return state;
+  return kind.make_state(values);
 }
 
 std::vector<std::string> required_state_fields(const std::string& type, const torch::optim::OptimizerOptions& options) {
-  using namespace torch::optim;
-  if (type == "adam" || type == "adamw") {
-    const bool amsgrad = type == "adam" ? dynamic_cast<const AdamOptions&>(options).amsgrad()
-                                        : dynamic_cast<const AdamWOptions&>(options).amsgrad();
-    if (amsgrad) return {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
-    return {"exp_avg", "exp_avg_sq"};
-  }
-  if (type == "sgd") {
-    if (dynamic_cast<const SGDOptions&>(options).momentum() != 0) return {"momentum_buffer"};
-    return {};
-  }
-  if (type == "rmsprop") {
-    const auto& o = dynamic_cast<const RMSpropOptions&>(options);
-    std::vector<std::string> fields{"square_avg"};
-    if (o.momentum() > 0) fields.push_back("momentum_buffer");
-    if (o.centered()) fields.push_back("grad_avg");
-    return fields;
-  }
-  if (type == "adagrad") return {"sum"};
-  state_tensor_names(type);  // throws: unknown type
-  return {};
+  return kind_named(type).required_fields(options);
 }
 
-bool state_required_for_every_parameter(const std::string& type) { return type == "adagrad"; }
+bool state_required_for_every_parameter(const std::string& type) {
+  const auto* kind = find_kind(type);
+  return kind && kind->state_for_every_parameter;
+}
 
 nlohmann::json optimizer_options_to_json(const torch::optim::OptimizerOptions& options) {
-  using namespace torch::optim;
-  auto adam_like = [](const auto& o) {
-    return nlohmann::json{{"lr", o.lr()},
-                          {"betas", {std::get<0>(o.betas()), std::get<1>(o.betas())}},
-                          {"eps", o.eps()},
-                          {"weight_decay", o.weight_decay()},
-                          {"amsgrad", o.amsgrad()}};
-  };
-  if (auto* o = dynamic_cast<const AdamOptions*>(&options)) return adam_like(*o);
-  if (auto* o = dynamic_cast<const AdamWOptions*>(&options)) return adam_like(*o);
-  if (auto* o = dynamic_cast<const SGDOptions*>(&options))
-    return {{"lr", o->lr()},
-            {"momentum", o->momentum()},
-            {"dampening", o->dampening()},
-            {"weight_decay", o->weight_decay()},
-            {"nesterov", o->nesterov()}};
-  if (auto* o = dynamic_cast<const RMSpropOptions*>(&options))
-    return {{"lr", o->lr()},
-            {"alpha", o->alpha()},
-            {"eps", o->eps()},
-            {"weight_decay", o->weight_decay()},
-            {"momentum", o->momentum()},
-            {"centered", o->centered()}};
-  if (auto* o = dynamic_cast<const AdagradOptions*>(&options))
-    return {{"lr", o->lr()},
-            {"lr_decay", o->lr_decay()},
-            {"weight_decay", o->weight_decay()},
-            {"initial_accumulator_value", o->initial_accumulator_value()},
-            {"eps", o->eps()}};
-  fail("optimizer options: of an optimizer connex does not know (Adam, AdamW, SGD, RMSprop and Adagrad are)");
+  const auto* kind = kind_of(options);
+  if (!kind)
+    fail("optimizer options: of an optimizer connex does not know ({} are)",
+         list_optimizer_kinds(OptimizerNaming::kTitle));
+  return kind->options_to_json(options);
 }
 
 std::unique_ptr<torch::optim::OptimizerOptions> optimizer_options_from_json(const std::string& type,
                                                                             const nlohmann::json& json,
                                                                             const std::string& where) {
-  using namespace torch::optim;
-  state_tensor_names(type);  // rejects an unknown type
-  OptionsReader r(json, where);
-  std::unique_ptr<OptimizerOptions> out;
-  // The ranges torch's optimizer constructors enforce.
-  auto adam_like = [&](auto options) {
-    options->lr(r.number("lr", 0))
-        .betas(r.betas())
-        .eps(r.number("eps", 0))
-        .weight_decay(r.number("weight_decay", 0))
-        .amsgrad(r.boolean("amsgrad"));
-    return std::unique_ptr<OptimizerOptions>(std::move(options));
-  };
-  if (type == "adam")
-    out = adam_like(std::make_unique<AdamOptions>());
-  else if (type == "adamw")
-    out = adam_like(std::make_unique<AdamWOptions>());
-  else if (type == "sgd") {
-    auto o = std::make_unique<SGDOptions>(r.number("lr", 0));
-    o->momentum(r.number("momentum", 0))
-        .dampening(r.number("dampening", -HUGE_VAL))
-        .weight_decay(r.number("weight_decay", 0))
-        .nesterov(r.boolean("nesterov"));
-    if (o->nesterov() && (o->momentum() <= 0 || o->dampening() != 0))
-      fail("load(): {}: Nesterov momentum needs a momentum above 0 and zero dampening", where);
-    out = std::move(o);
-  } else if (type == "rmsprop") {
-    auto o = std::make_unique<RMSpropOptions>(r.number("lr", 0));
-    o->alpha(r.number("alpha", 0))
-        .eps(r.number("eps", 0))
-        .weight_decay(r.number("weight_decay", 0))
-        .momentum(r.number("momentum", 0))
-        .centered(r.boolean("centered"));
-    out = std::move(o);
-  } else {
-    auto o = std::make_unique<AdagradOptions>(r.number("lr", 0));
-    o->lr_decay(r.number("lr_decay", 0))
-        .weight_decay(r.number("weight_decay", 0))
-        .initial_accumulator_value(r.number("initial_accumulator_value", 0))
-        .eps(r.number("eps", 0));
-    out = std::move(o);
-  }
-  r.done();
-  return out;
+  const OptimizerKind& kind = kind_named(type);
+  OptionsReader reader(json, where);
+  auto options = kind.options_from_json(reader, where);
+  reader.done();
+  return options;
 }
 
 }  // namespace connex

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "connex/error.h"
+#include "cycles.h"
 #include "parallel_passes.h"
 
 namespace connex {
@@ -37,6 +38,113 @@ ParameterRemap::Moved kept_pairs(const std::vector<int64_t>& old_of_new, const t
       },
       [&](int64_t i, int64_t slot) { to_new[slot] = i, to_old[slot] = old_of_new[i]; });
   return {new_index.to(device), old_index.to(device)};
+}
+
+// The base connections that survive the edit, as (new source, new target)
+// positions in the base's edge order, with room for `added` more.
+std::vector<std::pair<int64_t, int64_t>> surviving_edges(const Topology& base,
+                                                         const std::unordered_set<int64_t>& removed_connections,
+                                                         const std::vector<int64_t>& new_index_of_old, size_t added) {
+  // Removed connections as old spec positions, grouped by source, each
+  // source's lost targets sorted: a search per edge of a source that lost
+  // some (a pruning edit can take half of every source's connections). The
+  // survivors are then filtered on torch's threads.
+  const int64_t old_n = static_cast<int64_t>(new_index_of_old.size());
+  std::vector<int64_t> lost_begin(old_n + 1, 0), lost_target(removed_connections.size());
+  for (int64_t c : removed_connections) ++lost_begin[base.spec_index_at(base.conn_source()[c]) + 1];
+  std::partial_sum(lost_begin.begin(), lost_begin.end(), lost_begin.begin());
+  {
+    std::vector<int64_t> fill(lost_begin.begin(), lost_begin.end() - 1);
+    for (int64_t c : removed_connections)
+      lost_target[fill[base.spec_index_at(base.conn_source()[c])]++] = base.spec_index_at(base.conn_target()[c]);
+  }
+  at::parallel_for(0, old_n, 1 << 12, [&](int64_t first, int64_t last) {
+    for (int64_t u = first; u < last; ++u)
+      std::sort(lost_target.begin() + lost_begin[u], lost_target.begin() + lost_begin[u + 1]);
+  });
+  // A byte per neuron says all the filter needs of most edges, and stays in
+  // cache where the index arrays would not: 0 removed, 1 kept, 2 kept but
+  // lost some connection.
+  std::vector<uint8_t> state(old_n);
+  for (int64_t i = 0; i < old_n; ++i)
+    state[i] = new_index_of_old[i] < 0 ? 0 : lost_begin[i + 1] > lost_begin[i] ? 2 : 1;
+  auto kept = [&](int64_t u, int64_t v) {
+    if (state[u] == 0 || state[v] == 0) return false;
+    if (state[u] == 1) return true;
+    return !std::binary_search(lost_target.begin() + lost_begin[u], lost_target.begin() + lost_begin[u + 1], v);
+  };
+  const auto& old_edges = base.spec().edge_indices();
+  std::vector<std::pair<int64_t, int64_t>> edges;
+  parallel_compact(
+      static_cast<int64_t>(old_edges.size()), [&](int64_t e) { return kept(old_edges[e].first, old_edges[e].second); },
+      [&](int64_t count) {
+        edges.reserve(count + added);
+        edges.resize(count);
+      },
+      [&](int64_t e, int64_t slot) {
+        edges[slot] = {new_index_of_old[old_edges[e].first], new_index_of_old[old_edges[e].second]};
+      });
+  return edges;
+}
+
+// Names the added edge that closes a cycle in the graph (neurons, edges), if
+// one does; edges from first_added on are the added ones.
+void fail_on_added_cycle(const std::vector<NeuronId>& neurons, const std::vector<std::pair<int64_t, int64_t>>& edges,
+                         size_t first_added) {
+  if (edges.size() == first_added) return;
+  if (auto cycle = find_cycle(static_cast<int64_t>(neurons.size()), edges)) {
+    std::set<std::pair<int64_t, int64_t>> added(edges.begin() + first_added, edges.end());
+    std::string path;
+    Edge culprit;
+    for (size_t k = 0; k < cycle->size(); ++k) {
+      path += (k ? " -> " : "") + neurons[(*cycle)[k]].str();
+      if (k + 1 < cycle->size() && added.count({(*cycle)[k], (*cycle)[k + 1]}))
+        culprit = {neurons[(*cycle)[k]], neurons[(*cycle)[k + 1]]};
+    }
+    fail("add_connections(): edge {} would create the cycle {}", edge_str(culprit), path);
+  }
+}
+
+// Which entries of the base network's weight and bias each entry of the new
+// one (`topo`) takes. Parameters move by neuron: the old dense id of each new
+// neuron (found through spec positions, since index_graph() kept the old
+// neuron order, rather than by label lookups), then each connection by (old
+// source, old target).
+ParameterRemap parameter_remap(const Topology& base, const Topology& topo, const std::vector<int64_t>& new_index_of_old,
+                               const torch::Device& device) {
+  std::vector<int64_t> old_dense(topo.num_neurons(), -1);
+  for (int64_t i = 0; i < static_cast<int64_t>(new_index_of_old.size()); ++i)
+    if (new_index_of_old[i] >= 0) old_dense[topo.dense_at(new_index_of_old[i])] = base.dense_at(i);
+  // Each new connection's old index (or -1), looked up on torch's intra-op
+  // threads (a binary search per connection), then compacted into the
+  // (new, old) index pairs.
+  std::vector<int64_t> old_of_new(topo.num_connections());
+  at::parallel_for(0, topo.num_connections(), 1 << 15, [&](int64_t first, int64_t last) {
+    for (int64_t c = first; c < last; ++c) {
+      const int64_t u = old_dense[topo.conn_source()[c]], v = old_dense[topo.conn_target()[c]];
+      old_of_new[c] = u < 0 || v < 0 ? -1 : base.connection_index(u, v);
+    }
+  });
+  std::vector<int64_t> old_of_new_bias(topo.num_biases(), -1);
+  for (int64_t d = topo.num_inputs(); d < topo.num_neurons(); ++d)
+    if (old_dense[d] >= 0) old_of_new_bias[topo.bias_index(d)] = base.bias_index(old_dense[d]);
+  ParameterRemap remap;
+  remap.moved["weight"] = kept_pairs(old_of_new, device);
+  remap.moved["bias"] = kept_pairs(old_of_new_bias, device);
+  return remap;
+}
+
+// Where each of `before` sits in `after` (-1: gone).
+std::vector<int64_t> where_each_went(const std::vector<NeuronId>& before, const std::vector<NeuronId>& after) {
+  std::unordered_map<NeuronId, int64_t, NeuronIdHash> where;
+  for (size_t i = 0; i < after.size(); ++i) where.emplace(after[i], static_cast<int64_t>(i));
+  std::vector<int64_t> positions;
+  positions.reserve(before.size());
+  for (const auto& id : before) {
+    auto it = where.find(id);
+    positions.push_back(it == where.end() ? -1 : it->second);
+  }
+  return positions;
 }
 
 }  // namespace
@@ -223,108 +331,64 @@ NetworkEditor& NetworkEditor::set_dropout_p(const DropoutSpec& dropout) {
   return *this;
 }
 
+// The new graph, in index space: surviving neurons in their old order, then
+// the new ones; surviving edges in their old order, then the added ones
+// (from first_added on).
+struct NetworkEditor::IndexGraph {
+  std::vector<NeuronId> neurons;
+  std::vector<std::pair<int64_t, int64_t>> edges;
+  size_t first_added = 0;
+  std::vector<int64_t> new_index_of_old;  // by old spec position; -1: removed
+};
+
 EditResult NetworkEditor::build(uint64_t seed) const {
-  const Topology& base = *base_;
-  const GraphSpec& old_spec = base.spec();
-
-  // The new graph, in index space: surviving neurons in their old order, then
-  // the new ones; surviving edges in their old order, then the added ones
-  // (from first_added on).
-  struct IndexGraph {
-    std::vector<NeuronId> neurons;
-    std::vector<std::pair<int64_t, int64_t>> edges;
-    size_t first_added = 0;
-    std::vector<int64_t> new_index_of_old;  // by old spec position; -1: removed
-  };
-  auto index_graph = [&] {
-    IndexGraph g;
-    const int64_t old_n = static_cast<int64_t>(old_spec.num_neurons());
-    std::vector<int64_t>& new_index_of_old = g.new_index_of_old;
-    new_index_of_old.assign(old_n, -1);
-    g.neurons.reserve(old_n + added_neurons_.size());
-    for (int64_t i = 0; i < old_n; ++i)
-      if (removed_neurons_.empty() || !removed_neurons_.count(old_spec.neurons()[i])) {
-        new_index_of_old[i] = static_cast<int64_t>(g.neurons.size());
-        g.neurons.push_back(old_spec.neurons()[i]);
-      }
-    std::unordered_map<NeuronId, int64_t, NeuronIdHash> added_index;
-    for (const auto& id : added_neurons_) {
-      added_index.emplace(id, static_cast<int64_t>(g.neurons.size()));
-      g.neurons.push_back(id);
-    }
-    auto new_index = [&](const NeuronId& id) {
-      auto it = added_index.find(id);
-      return it != added_index.end() ? it->second : new_index_of_old[old_spec.index_of(id)];
-    };
-
-    // Removed connections as old spec positions, grouped by source, each
-    // source's lost targets sorted: a search per edge of a source that lost
-    // some (a pruning edit can take half of every source's connections). The
-    // survivors are then filtered on torch's threads.
-    std::vector<int64_t> lost_begin(old_n + 1, 0), lost_target(removed_connections_.size());
-    for (int64_t c : removed_connections_) ++lost_begin[base.spec_index_at(base.conn_source()[c]) + 1];
-    std::partial_sum(lost_begin.begin(), lost_begin.end(), lost_begin.begin());
-    {
-      std::vector<int64_t> fill(lost_begin.begin(), lost_begin.end() - 1);
-      for (int64_t c : removed_connections_)
-        lost_target[fill[base.spec_index_at(base.conn_source()[c])]++] = base.spec_index_at(base.conn_target()[c]);
-    }
-    at::parallel_for(0, old_n, 1 << 12, [&](int64_t first, int64_t last) {
-      for (int64_t u = first; u < last; ++u)
-        std::sort(lost_target.begin() + lost_begin[u], lost_target.begin() + lost_begin[u + 1]);
-    });
-    // A byte per neuron says all the filter needs of most edges, and stays in
-    // cache where the index arrays would not: 0 removed, 1 kept, 2 kept but
-    // lost some connection.
-    std::vector<uint8_t> state(old_n);
-    for (int64_t i = 0; i < old_n; ++i)
-      state[i] = new_index_of_old[i] < 0 ? 0 : lost_begin[i + 1] > lost_begin[i] ? 2 : 1;
-    auto kept = [&](int64_t u, int64_t v) {
-      if (state[u] == 0 || state[v] == 0) return false;
-      if (state[u] == 1) return true;
-      return !std::binary_search(lost_target.begin() + lost_begin[u], lost_target.begin() + lost_begin[u + 1], v);
-    };
-    const auto& old_edges = old_spec.edge_indices();
-    parallel_compact(
-        static_cast<int64_t>(old_edges.size()),
-        [&](int64_t e) { return kept(old_edges[e].first, old_edges[e].second); },
-        [&](int64_t count) {
-          g.edges.reserve(count + added_edges_.size());
-          g.edges.resize(count);
-        },
-        [&](int64_t e, int64_t slot) {
-          g.edges[slot] = {new_index_of_old[old_edges[e].first], new_index_of_old[old_edges[e].second]};
-        });
-    g.first_added = g.edges.size();
-    // added_edges_ keeps the order of first addition; the set says which are still wanted.
-    std::unordered_set<Edge, EdgeHash> taken;
-    for (const auto& edge : added_edges_)
-      if (added_edge_set_.count(edge) && taken.insert(edge).second)
-        g.edges.emplace_back(new_index(edge.first), new_index(edge.second));
-    return g;
-  };
-
-  // The base was acyclic and removals cannot close a cycle, so any cycle runs
-  // through an added edge: name it. GraphSpec checks for cycles anyway, so
-  // this runs only once it has refused the graph (on a rebuilt copy: the
-  // first went into the spec).
-  auto fail_on_added_cycle = [](const IndexGraph& g) {
-    if (g.edges.size() == g.first_added) return;
-    if (auto cycle = find_cycle(static_cast<int64_t>(g.neurons.size()), g.edges)) {
-      std::set<std::pair<int64_t, int64_t>> added(g.edges.begin() + g.first_added, g.edges.end());
-      std::string path;
-      Edge culprit;
-      for (size_t k = 0; k < cycle->size(); ++k) {
-        path += (k ? " -> " : "") + g.neurons[(*cycle)[k]].str();
-        if (k + 1 < cycle->size() && added.count({(*cycle)[k], (*cycle)[k + 1]}))
-          culprit = {g.neurons[(*cycle)[k]], g.neurons[(*cycle)[k + 1]]};
-      }
-      fail("add_connections(): edge {} would create the cycle {}", edge_str(culprit), path);
-    }
-  };
   IndexGraph graph = index_graph();
+  NeuralNetworkOptions options = edited_options(seed);
+  NeuralNetwork result(checked_spec(graph), options);
+  const auto device = network_->weight_tensor().device();
+  result->to(device);
+  EditResult out{result, {}, parameter_remap(*base_, result->topology(), graph.new_index_of_old, device)};
+  result->adopt_parameters(*network_, out.parameters);
+  out.positions.inputs = where_each_went(base_->spec().inputs(), result->spec().inputs());
+  out.positions.outputs = where_each_went(base_->spec().outputs(), result->spec().outputs());
+  out.positions.neurons = graph.new_index_of_old;  // the new spec lists neurons in index_graph()'s order
+  return out;
+}
 
-  // Dropout entries of removed neurons go with them.
+NetworkEditor::IndexGraph NetworkEditor::index_graph() const {
+  const GraphSpec& old_spec = base_->spec();
+  const int64_t old_n = static_cast<int64_t>(old_spec.num_neurons());
+  IndexGraph g;
+  g.new_index_of_old.assign(old_n, -1);
+  g.neurons.reserve(old_n + added_neurons_.size());
+  for (int64_t i = 0; i < old_n; ++i)
+    if (removed_neurons_.empty() || !removed_neurons_.count(old_spec.neurons()[i])) {
+      g.new_index_of_old[i] = static_cast<int64_t>(g.neurons.size());
+      g.neurons.push_back(old_spec.neurons()[i]);
+    }
+  std::unordered_map<NeuronId, int64_t, NeuronIdHash> added_index;
+  for (const auto& id : added_neurons_) {
+    added_index.emplace(id, static_cast<int64_t>(g.neurons.size()));
+    g.neurons.push_back(id);
+  }
+  auto new_index = [&](const NeuronId& id) {
+    auto it = added_index.find(id);
+    return it != added_index.end() ? it->second : g.new_index_of_old[old_spec.index_of(id)];
+  };
+
+  g.edges = surviving_edges(*base_, removed_connections_, g.new_index_of_old, added_edges_.size());
+  g.first_added = g.edges.size();
+  // added_edges_ keeps the order of first addition; the set says which are still wanted.
+  std::unordered_set<Edge, EdgeHash> taken;
+  for (const auto& edge : added_edges_)
+    if (added_edge_set_.count(edge) && taken.insert(edge).second)
+      g.edges.emplace_back(new_index(edge.first), new_index(edge.second));
+  return g;
+}
+
+// The base network's options with this edit's dropout and `seed`; dropout
+// entries of removed neurons go with them.
+NeuralNetworkOptions NetworkEditor::edited_options(uint64_t seed) const {
   NeuralNetworkOptions options = network_->options();
   DropoutSpec dropout = dropout_;
   dropout.per_neuron.erase(std::remove_if(dropout.per_neuron.begin(), dropout.per_neuron.end(),
@@ -344,87 +408,21 @@ EditResult NetworkEditor::build(uint64_t seed) const {
       options.topo_sort(order);
     }
   }
+  return options;
+}
 
-  std::optional<GraphSpec> checked;
+// The validated spec of the edited graph. The base was acyclic and removals
+// cannot close a cycle, so any cycle runs through an added edge: when
+// GraphSpec refuses the graph, name that edge (on a rebuilt copy: the first
+// went into the spec).
+GraphSpec NetworkEditor::checked_spec(IndexGraph& graph) const {
   try {
-    checked.emplace(std::move(graph.neurons), std::move(graph.edges), inputs_, outputs_, "edit");
+    return GraphSpec(std::move(graph.neurons), std::move(graph.edges), inputs_, outputs_, "edit");
   } catch (const Error&) {
-    fail_on_added_cycle(index_graph());
+    const IndexGraph again = index_graph();
+    fail_on_added_cycle(again.neurons, again.edges, again.first_added);
     throw;
   }
-  NeuralNetwork result(std::move(*checked), options);
-  NeuralNetworkImpl& fresh = *result;
-  const NeuralNetworkImpl& old = *network_;
-  const Topology& topo = fresh.topology();
-  const auto device = old.weight_tensor().device();
-  result->to(device);
-
-  // Parameters move by neuron: the old dense id of each new neuron (found
-  // through spec positions, since index_graph() kept the old neuron order,
-  // rather than by label lookups), then each connection by (old source, old
-  // target).
-  std::vector<int64_t> old_dense(topo.num_neurons(), -1);
-  for (int64_t i = 0; i < static_cast<int64_t>(graph.new_index_of_old.size()); ++i)
-    if (graph.new_index_of_old[i] >= 0) old_dense[topo.dense_at(graph.new_index_of_old[i])] = base.dense_at(i);
-  // Each new connection's old index (or -1), looked up on torch's intra-op
-  // threads (a binary search per connection: 10 ms for a million on one
-  // core), then compacted into the (new, old) index pairs.
-  std::vector<int64_t> old_of_new(topo.num_connections());
-  at::parallel_for(0, topo.num_connections(), 1 << 15, [&](int64_t first, int64_t last) {
-    for (int64_t c = first; c < last; ++c) {
-      const int64_t u = old_dense[topo.conn_source()[c]], v = old_dense[topo.conn_target()[c]];
-      old_of_new[c] = u < 0 || v < 0 ? -1 : base.connection_index(u, v);
-    }
-  });
-  std::vector<int64_t> old_of_new_bias(topo.num_biases(), -1);
-  for (int64_t d = topo.num_inputs(); d < topo.num_neurons(); ++d)
-    if (old_dense[d] >= 0) old_of_new_bias[topo.bias_index(d)] = base.bias_index(old_dense[d]);
-
-  EditResult out{result, {}, {}};
-  out.parameters.moved["weight"] = kept_pairs(old_of_new, device);
-  out.parameters.moved["bias"] = kept_pairs(old_of_new_bias, device);
-  {
-    torch::NoGradGuard no_grad;
-    auto move = [&](torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved& m) {
-      to.index_copy_(0, m.new_index, from.index_select(0, m.old_index));
-    };
-    move(fresh.weight_, old.weight_, out.parameters.moved["weight"]);
-    move(fresh.bias_, old.bias_, out.parameters.moved["bias"]);
-    // A fresh mask is all ones; so is an old one where nothing was frozen,
-    // and then there is nothing to move (a 1M-element gather and scatter less).
-    auto move_mask = [&](torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved& m) {
-      if (!from.eq(1).all().item<bool>()) move(to, from, m);
-    };
-    move_mask(fresh.weight_grad_mask_, old.weight_grad_mask_, out.parameters.moved["weight"]);
-    move_mask(fresh.bias_grad_mask_, old.bias_grad_mask_, out.parameters.moved["bias"]);
-    if (old.frozen_ && !fresh.frozen_) {
-      fresh.frozen_ = true;
-      fresh.install_freeze_hooks();
-    }
-  }
-  // Operation (technique) parameters: entry by entry, by their keys.
-  for (size_t k = 0; k < fresh.operations().size(); ++k)
-    for (size_t j = 0; j < old.operations().size(); ++j)
-      if (old.operations()[j]->name() == fresh.operations()[k]->name())
-        transfer_operation_parameters(old.operation_parameters(j), fresh.operation_parameters(k));
-  fresh.train(old.is_training());
-
-  // Positions: where each old input, output and neuron went.
-  auto remap = [](const std::vector<NeuronId>& before, const std::vector<NeuronId>& after) {
-    std::unordered_map<NeuronId, int64_t, NeuronIdHash> where;
-    for (size_t i = 0; i < after.size(); ++i) where.emplace(after[i], static_cast<int64_t>(i));
-    std::vector<int64_t> positions;
-    positions.reserve(before.size());
-    for (const auto& id : before) {
-      auto it = where.find(id);
-      positions.push_back(it == where.end() ? -1 : it->second);
-    }
-    return positions;
-  };
-  out.positions.inputs = remap(old_spec.inputs(), fresh.spec().inputs());
-  out.positions.outputs = remap(old_spec.outputs(), fresh.spec().outputs());
-  out.positions.neurons = graph.new_index_of_old;  // the new spec lists neurons in index_graph()'s order
-  return out;
 }
 
 // --------------------------------------------------------- one-edit helpers

@@ -5,6 +5,7 @@
 #include <new>
 
 #include "connex/error.h"
+#include "prebuilt_size.h"
 
 namespace connex::nn {
 
@@ -12,6 +13,18 @@ namespace {
 
 GraphSpec build_layers(const char* name, int64_t input_size, int64_t output_size, int64_t width, int64_t depth,
                        bool dense);
+
+}  // namespace
+
+LayeredSize layered_size(double in, double out, double width, double depth, bool dense) {
+  if (depth == 0) return {in + out, in * out};
+  const double connections =
+      dense ? depth * width * in + width * width * depth * (depth - 1) / 2 + out * (in + depth * width)
+            : in * width + (depth - 1) * width * width + width * out;
+  return {in + width * depth + out, connections};
+}
+
+namespace {
 
 // Layers of consecutive integer ids; `dense` links every layer to every later one.
 GraphSpec layered_spec(const char* name, int64_t input_size, int64_t output_size, int64_t width, int64_t depth,
@@ -22,12 +35,8 @@ GraphSpec layered_spec(const char* name, int64_t input_size, int64_t output_size
   // Count before building, in closed form (a loop over a depth near int64's
   // maximum never ends): a typo such as width 1e8 must be an error, not
   // bad_alloc or an hour of work. Doubles cannot overflow here.
-  const double in = static_cast<double>(input_size), out = static_cast<double>(output_size);
-  const double w = static_cast<double>(width), d = static_cast<double>(depth);
-  const double neurons = in + w * d + out;
-  const double connections = depth == 0 ? in * out
-                             : dense    ? d * w * in + w * w * d * (d - 1) / 2 + out * (in + d * w)
-                                        : in * w + (d - 1) * w * w + w * out;
+  const auto [neurons, connections] = layered_size(static_cast<double>(input_size), static_cast<double>(output_size),
+                                                   static_cast<double>(width), static_cast<double>(depth), dense);
   constexpr double kLimit = 2e9;
   if (neurons > kLimit || connections > kLimit)
     fail("{}(): {:.3g} neurons and {:.3g} connections is more than connex builds (limit {:.0e} each)", name, neurons,

@@ -4,9 +4,8 @@
 // The kernel needs a few [neurons, batch] arrays per step (values, perhaps
 // pre-activations, gradients): 25 MB each for a 100k-neuron net at batch 64.
 // Taken from malloc, blocks that large come from mmap and go back to the
-// system when freed, so every step faults every page in again. Measured on
-// the 1M-connection benchmark (2-core VM): a quarter of the train step, and
-// most of its run-to-run spread. Blocks here are kept once freed (up to a
+// system when freed, so every step faults every page in again, a large share
+// of a big network's train step (BENCHMARKS.md). Blocks here are kept once freed (up to a
 // count and a byte bound per pool) and handed out again; those of 2 MiB or more are asked to be backed by transparent
 // huge pages, since the kernel reads their rows at random and 4 KiB pages
 // would cost a TLB miss on most of those reads.

@@ -1,15 +1,15 @@
 #include "connex/techniques.h"
 
 #include <cmath>
-#include <limits>
 
 #include <torch/torch.h>
+
+#include "builtin_operations.h"
+#include "dtype.h"
 
 namespace connex {
 
 namespace {
-
-std::string level_prefix(size_t l) { return "level" + std::to_string(l) + "_"; }
 
 // Uniform in ±1/sqrt(fan_in), as torch::nn::Linear draws.
 torch::Tensor uniform(std::vector<int64_t> shape, int64_t fan_in, torch::Dtype dtype, at::Generator& gen) {
@@ -18,31 +18,23 @@ torch::Tensor uniform(std::vector<int64_t> shape, int64_t fan_in, torch::Dtype d
   return torch::empty(shape, torch::kFloat64).uniform_(-bound, bound, gen).to(dtype);
 }
 
-double lowest_value(torch::ScalarType dtype) {
-  switch (dtype) {
-    case torch::kDouble:
-      return std::numeric_limits<double>::lowest();
-    case torch::kHalf:
-      return -65504.0;
-    default:
-      return static_cast<double>(std::numeric_limits<float>::lowest());
-  }
-}
+// A network's dtype is one of dtype.h's (the network checks it when built).
+double lowest_value(torch::ScalarType dtype) { return -find_dtype(dtype)->max; }
 
-}  // namespace
-
+// The labels of a level's sources and neurons: the keys of its parameters.
 std::vector<NeuronId> source_labels(const Topology& topology, const Level& level) {
   std::vector<NeuronId> labels;
   for (int64_t d : level.sources) labels.push_back(topology.label(d));
   return labels;
 }
 
-std::vector<NeuronId> neuron_labels(const Topology& topology, const Level& level, bool hidden_only) {
+std::vector<NeuronId> neuron_labels(const Topology& topology, const Level& level) {
   std::vector<NeuronId> labels;
-  for (int64_t d = level.begin; d < (hidden_only ? level.hidden_end : level.end); ++d)
-    labels.push_back(topology.label(d));
+  for (int64_t d = level.begin; d < level.end; ++d) labels.push_back(topology.label(d));
   return labels;
 }
+
+}  // namespace
 
 // ------------------------------------------------------------------ norm
 
@@ -67,6 +59,21 @@ torch::Tensor TopoNorm::on_inputs(const LevelContext& ctx, const torch::Tensor& 
     normed = (s - mean) / torch::sqrt(var + 1e-5);
   }
   return ctx.param("gamma") * normed + ctx.param("beta");
+}
+
+std::optional<double> TopoNorm::parameter_count(const Topology& topology) const {
+  double values = 0;
+  for (size_t l = 1; l < topology.levels().size(); ++l) values += 2.0 * topology.levels()[l].sources.size();
+  return values;
+}
+
+void TopoNorm::script_on_inputs(ScriptWriter& script, const LevelContext& ctx) const {
+  if (ctx.plan.sources.size() > 1) {
+    script.line("m = s.mean(0, True)");
+    script.line("s = (s - m) / torch.sqrt((s - m).pow(2).mean(0, True) + 1e-05)");
+  }
+  script.line(fmt::format("s = {} * s + {}", script.buffer("norm_gamma", ctx.param("gamma")),
+                          script.buffer("norm_beta", ctx.param("beta"))));
 }
 
 // ------------------------------------------------------------- attention
@@ -111,6 +118,36 @@ torch::Tensor TopoSelfAttention::on_inputs(const LevelContext& ctx, const torch:
   return s + out.t();
 }
 
+namespace {
+
+// Three L×L projections and their biases per level (L: its sources), and n
+// times that for neuron attention's n neurons.
+double attention_values(const Topology& topology, bool per_neuron) {
+  double values = 0;
+  for (size_t l = 1; l < topology.levels().size(); ++l) {
+    const Level& level = topology.levels()[l];
+    const double L = static_cast<double>(level.sources.size());
+    values += 3 * (L * L + L) * (per_neuron ? static_cast<double>(level.size()) : 1.0);
+  }
+  return values;
+}
+
+}  // namespace
+
+std::optional<double> TopoSelfAttention::parameter_count(const Topology& topology) const {
+  return attention_values(topology, false);
+}
+
+void TopoSelfAttention::script_on_inputs(ScriptWriter& script, const LevelContext& ctx) const {
+  for (const std::string m : {"query", "key", "value"})
+    script.line(fmt::format("{} = torch.addmm({}, {}, s)", m[0],
+                            script.buffer("ta_" + m + "_b", ctx.param(m + "_bias").unsqueeze(1)),
+                            script.buffer("ta_" + m + "_w", ctx.param(m + "_weight"))));
+  script.line(fmt::format("a = torch.softmax(q.t().unsqueeze(2) * k.t().unsqueeze(1) / {}, 2)",
+                          std::sqrt(static_cast<double>(ctx.plan.sources.size()))));
+  script.line("s = s + torch.bmm(a, v.t().unsqueeze(2)).squeeze(2).t()");
+}
+
 OperationParameters NeuronSelfAttention::build(const Topology& topology, torch::Dtype dtype, at::Generator& gen) const {
   OperationParameters params;
   for (size_t l = 1; l < topology.levels().size(); ++l) {
@@ -128,9 +165,7 @@ std::optional<torch::Tensor> NeuronSelfAttention::replace_affine(const LevelCont
   if (L == 0) return bias.expand({n, B});
   // The mask of each neuron's incoming connections, [n, L], from the plan
   // (a weight can be exactly zero while its connection exists).
-  std::vector<int64_t> pos;
-  for (size_t c = 0; c < ctx.plan.edge_source.size(); ++c)
-    pos.push_back(ctx.plan.edge_target[c] * L + ctx.plan.edge_source[c]);
+  const std::vector<int64_t> pos = ctx.plan.dense_positions();
   auto mask = torch::zeros({n * L}, torch::TensorOptions().dtype(torch::kBool).device(s.device()))
                   .index_fill_(0, torch::tensor(pos, torch::kLong).to(s.device()), true)
                   .view({n, L});
@@ -154,6 +189,31 @@ std::optional<torch::Tensor> NeuronSelfAttention::replace_affine(const LevelCont
   return (attended * weights.unsqueeze(0)).sum(2).t() + bias;
 }
 
+std::optional<double> NeuronSelfAttention::parameter_count(const Topology& topology) const {
+  return attention_values(topology, true);
+}
+
+void NeuronSelfAttention::script_replace_affine(ScriptWriter& script, const LevelContext& ctx,
+                                                const torch::Tensor& weights, const std::string& bias) const {
+  const int64_t size = weights.size(0), width = weights.size(1);
+  const std::vector<int64_t> pos = ctx.plan.dense_positions();
+  auto outside = torch::ones({size * width}, torch::kBool)
+                     .index_fill_(0, torch::tensor(pos, torch::kLong), false)
+                     .view({1, size, 1, width});
+  auto fan_in = (~outside).sum(3).clamp_min(1).to(weights.scalar_type()).sqrt().view({1, size, 1, 1});
+  script.line(fmt::format("xn = s.t().unsqueeze(1).expand([batch, {}, {}])", size, width));
+  for (const std::string m : {"query", "key", "value"})
+    script.line(fmt::format("{} = torch.einsum(\"nij,bnj->bni\", [{}, xn]) + {}", m[0],
+                            script.buffer("na_" + m + "_w", ctx.param(m + "_weight")),
+                            script.buffer("na_" + m + "_b", ctx.param(m + "_bias"))));
+  const std::string mask = script.buffer("na_outside", outside);
+  script.line(fmt::format("e = (q.unsqueeze(3) * k.unsqueeze(2) / {}).masked_fill({}, {})",
+                          script.buffer("na_scale", fan_in), mask, lowest_value(weights.scalar_type())));
+  script.line(fmt::format("a = torch.softmax(e, 3).masked_fill({}, 0.0)", mask));
+  script.line("xn = xn + torch.matmul(a, v.unsqueeze(3)).squeeze(3)");
+  script.line(fmt::format("z = (xn * {}.unsqueeze(0)).sum(2).t() + {}", script.buffer("W", weights), bias));
+}
+
 // ---------------------------------------------------------- adaptive act.
 
 OperationParameters AdaptiveActivation::build(const Topology& topology, torch::Dtype dtype, at::Generator&) const {
@@ -172,6 +232,28 @@ std::optional<torch::Tensor> AdaptiveActivation::replace_activation(const LevelC
                                                                     const TensorFunction& activation) const {
   const int64_t first = ctx.topology.bias_index(ctx.plan.begin), hidden = z.size(0);
   return ctx.params.get("a").narrow(0, first, hidden) * activation(ctx.params.get("b").narrow(0, first, hidden) * z);
+}
+
+std::optional<double> AdaptiveActivation::parameter_count(const Topology& topology) const {
+  return 2.0 * static_cast<double>(topology.num_neurons() - topology.num_inputs());
+}
+
+std::string AdaptiveActivation::script_replace_activation(
+    ScriptWriter& script, const LevelContext& ctx, const std::string& z_hidden,
+    const std::function<std::string(const std::string&)>& activation) const {
+  const int64_t first = ctx.topology.bias_index(ctx.plan.begin), hidden = ctx.plan.hidden_end - ctx.plan.begin;
+  const std::string a = script.buffer("ad_a", ctx.params.get("a").narrow(0, first, hidden));
+  const std::string b = script.buffer("ad_b", ctx.params.get("b").narrow(0, first, hidden));
+  return a + " * " + activation("(" + b + " * " + z_hidden + ")");
+}
+
+std::vector<LevelOperationPtr> builtin_operations(const NeuralNetworkOptions& options) {
+  std::vector<LevelOperationPtr> operations;
+  if (options.use_topo_norm()) operations.push_back(std::make_shared<TopoNorm>());
+  if (options.use_topo_self_attention()) operations.push_back(std::make_shared<TopoSelfAttention>());
+  if (options.use_neuron_self_attention()) operations.push_back(std::make_shared<NeuronSelfAttention>());
+  if (options.use_adaptive_activations()) operations.push_back(std::make_shared<AdaptiveActivation>());
+  return operations;
 }
 
 }  // namespace connex

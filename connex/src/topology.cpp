@@ -28,7 +28,8 @@ namespace {
 
 // Rank of each spec neuron: its position in the user's topo sort (validated
 // here) or in the spec's neuron list.
-std::vector<int64_t> neuron_ranks(const GraphSpec& spec, const std::optional<std::vector<NeuronId>>& topo_sort) {
+std::vector<int64_t> neuron_ranks(const GraphSpec& spec, const std::optional<std::vector<NeuronId>>& topo_sort,
+                                  const char* context) {
   const int64_t n = static_cast<int64_t>(spec.num_neurons());
   std::vector<int64_t> rank(n);
   if (!topo_sort) {
@@ -39,103 +40,152 @@ std::vector<int64_t> neuron_ranks(const GraphSpec& spec, const std::optional<std
   for (size_t pos = 0; pos < topo_sort->size(); ++pos) {
     const auto& id = (*topo_sort)[pos];
     int64_t index = spec.index_of(id);
-    if (index < 0) fail("NeuralNetwork(): topo_sort names neuron {}, which is not in the graph", id);
-    if (rank[index] >= 0) fail("NeuralNetwork(): topo_sort lists neuron {} twice", id);
+    if (index < 0) fail("{}: topo_sort names neuron {}, which is not in the graph", context, id);
+    if (rank[index] >= 0) fail("{}: topo_sort lists neuron {} twice", context, id);
     rank[index] = static_cast<int64_t>(pos);
   }
   for (int64_t i = 0; i < n; ++i)
     if (rank[i] < 0)
-      fail("NeuralNetwork(): topo_sort is not a permutation of the neurons: neuron {} is missing", spec.neurons()[i]);
+      fail("{}: topo_sort is not a permutation of the neurons: neuron {} is missing", context, spec.neurons()[i]);
   for (const auto& [u, v] : spec.edge_indices())
     if (rank[u] > rank[v])
-      fail("NeuralNetwork(): topo_sort places {} before {}, which violates the edge {}", spec.neurons()[v],
+      fail("{}: topo_sort places {} before {}, which violates the edge {}", context, spec.neurons()[v],
            spec.neurons()[u], edge_str({spec.neurons()[u], spec.neurons()[v]}));
   return rank;
 }
 
+// The kernel of a level of `size` neurons reading `width` sources through `conns` connections.
+LevelKernel choose_kernel(int64_t conns, int64_t size, int64_t width, const CompileOptions& options) {
+  const double cells = static_cast<double>(size) * static_cast<double>(width);
+  if (conns == 0) return LevelKernel::BiasOnly;
+  if (options.force_kernel) {
+    if (*options.force_kernel == LevelKernel::DenseView && conns != static_cast<int64_t>(cells))
+      return LevelKernel::DenseScatter;  // a view exists only for complete levels
+    return *options.force_kernel;
+  }
+  if (conns == static_cast<int64_t>(cells)) return LevelKernel::DenseView;
+  if (conns >= options.dense_threshold * cells) return LevelKernel::DenseScatter;
+  return LevelKernel::EdgeList;
+}
+
 }  // namespace
+
+std::string level_prefix(size_t l) { return "level" + std::to_string(l) + "_"; }
+
+bool has_level_prefix(const std::string& name) {
+  if (name.rfind("level", 0) != 0) return false;
+  size_t k = 5;
+  while (k < name.size() && name[k] >= '0' && name[k] <= '9') ++k;
+  return k > 5 && k < name.size() && name[k] == '_';
+}
+
+std::vector<int64_t> Level::dense_positions() const {
+  const int64_t width = static_cast<int64_t>(sources.size());
+  std::vector<int64_t> positions(edge_source.size());
+  for (size_t k = 0; k < positions.size(); ++k) positions[k] = edge_target[k] * width + edge_source[k];
+  return positions;
+}
 
 std::shared_ptr<const Topology> Topology::compile(GraphSpec spec_in, const CompileOptions& options) {
   std::shared_ptr<Topology> topo(new Topology(std::move(spec_in)));
   const GraphSpec& spec = topo->spec_;
-  const int64_t n = static_cast<int64_t>(spec.num_neurons());
-  const std::vector<int64_t> rank = neuron_ranks(spec, options.topo_sort);
-
   // Level = longest path from a source; inputs are level 0, any other neuron
   // at least level 1 (an isolated hidden neuron still computes act(bias)).
   // The spec's validation computed it in its cycle check.
-  const auto& adjacency = spec.index_adjacency();
-  const std::vector<int64_t>& out_offsets = adjacency.offsets;
-  const std::vector<int64_t>& out_targets = adjacency.targets;
-  const std::vector<int64_t>& level = adjacency.batch;
-  const int64_t depth = n ? *std::max_element(level.begin(), level.end()) : 0;
+  const std::vector<int64_t>& level = spec.index_adjacency().batch;
+  const int64_t depth = level.empty() ? 0 : *std::max_element(level.begin(), level.end());
 
-  // Dense order: inputs in input order, then by (level, hidden before output,
-  // rank). Kept as index_of_dense_: each dense id's spec position, through
-  // which the topology also reads its labels.
-  std::vector<int64_t>& order = topo->index_of_dense_;
+  topo->order_neurons(neuron_ranks(spec, options.topo_sort, options.context), depth);
+  topo->sort_connections();
+  topo->lay_out_levels(depth);
+  // Levels are independent here, so large graphs split them between torch's
+  // intra-op threads, each with its own scratch `stamp` and `position`.
+  const int64_t n = topo->num_neurons();
+  const int64_t level_grain = topo->num_connections() >= (int64_t(1) << 16) ? 1 : depth + 1;
+  at::parallel_for(1, depth + 1, level_grain, [&](int64_t first_level, int64_t last_level) {
+    std::vector<int64_t> stamp(n, -1), position(n, 0);
+    for (int64_t l = first_level; l < last_level; ++l) topo->plan_level(l, options, stamp, position);
+  });
+
+  for (const auto& id : spec.outputs()) topo->output_ids_.push_back(topo->dense_of_index_[spec.index_of(id)]);
+  topo->output_gather_ = topo->plan_gather(topo->output_ids_);
+  return topo;
+}
+
+// Dense order: inputs in input order, then by (level, hidden before output,
+// rank). Kept as index_of_dense_: each dense id's spec position, through
+// which the topology also reads its labels.
+void Topology::order_neurons(const std::vector<int64_t>& rank, int64_t depth) {
+  const GraphSpec& spec = spec_;
+  const std::vector<int64_t>& level = spec.index_adjacency().batch;
+  const int64_t n = static_cast<int64_t>(spec.num_neurons());
+  std::vector<int64_t>& order = index_of_dense_;
   order.reserve(n);
   for (const auto& id : spec.inputs()) order.push_back(spec.index_of(id));
   // A counting sort on the key (level, output?) over the neurons taken in
   // rank order (rank is a permutation) keeps rank order within each key.
-  {
-    std::vector<int64_t> by_rank(n);
-    for (int64_t i = 0; i < n; ++i) by_rank[rank[i]] = i;
-    auto key = [&](int64_t i) { return 2 * level[i] + (spec.role_at(i) == Role::Output ? 1 : 0); };
-    std::vector<int64_t> start(2 * (depth + 1) + 1, 0);
-    for (int64_t i = 0; i < n; ++i)
-      if (level[i] > 0) ++start[key(i) + 1];
-    std::partial_sum(start.begin(), start.end(), start.begin());
-    std::vector<int64_t> rest(start.back());
-    for (int64_t i : by_rank)
-      if (level[i] > 0) rest[start[key(i)]++] = i;
-    order.insert(order.end(), rest.begin(), rest.end());
-  }
+  std::vector<int64_t> by_rank(n);
+  for (int64_t i = 0; i < n; ++i) by_rank[rank[i]] = i;
+  auto key = [&](int64_t i) { return 2 * level[i] + (spec.role_at(i) == Role::Output ? 1 : 0); };
+  std::vector<int64_t> start(2 * (depth + 1) + 1, 0);
+  for (int64_t i = 0; i < n; ++i)
+    if (level[i] > 0) ++start[key(i) + 1];
+  std::partial_sum(start.begin(), start.end(), start.begin());
+  std::vector<int64_t> rest(start.back());
+  for (int64_t i : by_rank)
+    if (level[i] > 0) rest[start[key(i)]++] = i;
+  order.insert(order.end(), rest.begin(), rest.end());
 
-  std::vector<int64_t>& dense_of_index = topo->dense_of_index_;
-  dense_of_index.resize(n);
-  topo->num_inputs_ = static_cast<int64_t>(spec.inputs().size());
-  topo->roles_.resize(n);
-  topo->level_of_.resize(n);
+  dense_of_index_.resize(n);
+  num_inputs_ = static_cast<int64_t>(spec.inputs().size());
+  roles_.resize(n);
+  level_of_.resize(n);
   for (int64_t d = 0; d < n; ++d) {
     int64_t i = order[d];
-    dense_of_index[i] = d;
-    topo->roles_[d] = spec.role_at(i);
-    topo->level_of_[d] = level[i];
+    dense_of_index_[i] = d;
+    roles_[d] = spec.role_at(i);
+    level_of_[d] = level[i];
   }
+}
 
-  // Connections sorted by (target, source) through a counting sort on target,
-  // and the same connections grouped by source, for backward passes that
-  // gather gradients per source instead of scattering them. One sweep writes
-  // both: it visits sources in ascending dense order (each source's
-  // connections in the spec's successor order), so each target's run fills
-  // in ascending source order without a comparison sort.
-  //
-  // Large graphs split the sweep between threads by ranges of sources.
+// Connections sorted by (target, source) through a counting sort on target,
+// and the same connections grouped by source, for backward passes that
+// gather gradients per source instead of scattering them. One sweep writes
+// both: it visits sources in ascending dense order (each source's
+// connections in the spec's successor order), so each target's run fills
+// in ascending source order without a comparison sort.
+//
+// Large graphs split the sweep between threads by ranges of sources.
+void Topology::sort_connections() {
+  const auto& adjacency = spec_.index_adjacency();
+  const std::vector<int64_t>& out_offsets = adjacency.offsets;
+  const std::vector<int64_t>& out_targets = adjacency.targets;
+  const std::vector<int64_t>& order = index_of_dense_;
+  const int64_t n = num_neurons();
   const int64_t m = static_cast<int64_t>(out_targets.size());
-  topo->out_offsets_.assign(n + 1, 0);
+  out_offsets_.assign(n + 1, 0);
   for (int64_t du = 0; du < n; ++du)
-    topo->out_offsets_[du + 1] = topo->out_offsets_[du] + out_offsets[order[du] + 1] - out_offsets[order[du]];
+    out_offsets_[du + 1] = out_offsets_[du] + out_offsets[order[du] + 1] - out_offsets[order[du]];
   const int64_t parts = counting_sort_parts(m, n);
   std::vector<int64_t> part_begin(parts + 1, n);
   for (int64_t p = 0; p < parts; ++p)
-    part_begin[p] = std::lower_bound(topo->out_offsets_.begin(), topo->out_offsets_.end() - 1, m * p / parts) -
-                    topo->out_offsets_.begin();
-  topo->conn_source_.resize(m);
-  topo->conn_target_.resize(m);
-  topo->out_connections_.resize(m);
-  topo->out_targets_.resize(m);
-  topo->in_offsets_ = counting_sort_in_parts(parts, n, [&](int64_t p, auto&& slot_of) {
+    part_begin[p] =
+        std::lower_bound(out_offsets_.begin(), out_offsets_.end() - 1, m * p / parts) - out_offsets_.begin();
+  conn_source_.resize(m);
+  conn_target_.resize(m);
+  out_connections_.resize(m);
+  out_targets_.resize(m);
+  in_offsets_ = counting_sort_in_parts(parts, n, [&](int64_t p, auto&& slot_of) {
     for (int64_t du = part_begin[p]; du < part_begin[p + 1]; ++du) {
       const int64_t u = order[du];
-      int64_t k_out = topo->out_offsets_[du];
+      int64_t k_out = out_offsets_[du];
       for (int64_t k = out_offsets[u]; k < out_offsets[u + 1]; ++k, ++k_out) {
-        const int64_t dv = dense_of_index[out_targets[k]];
+        const int64_t dv = dense_of_index_[out_targets[k]];
         const int64_t c = slot_of(dv);
         if (c < 0) continue;  // counting pass
-        topo->conn_source_[c] = du;
-        topo->out_connections_[k_out] = c;
-        topo->out_targets_[k_out] = dv;
+        conn_source_[c] = du;
+        out_connections_[k_out] = c;
+        out_targets_[k_out] = dv;
       }
     }
   });
@@ -143,79 +193,57 @@ std::shared_ptr<const Topology> Topology::compile(GraphSpec spec_in, const Compi
   // less per connection.
   at::parallel_for(0, n, 1 << 12, [&](int64_t first, int64_t last) {
     for (int64_t dv = first; dv < last; ++dv)
-      std::fill(topo->conn_target_.begin() + topo->in_offsets_[dv],
-                topo->conn_target_.begin() + topo->in_offsets_[dv + 1], dv);
+      std::fill(conn_target_.begin() + in_offsets_[dv], conn_target_.begin() + in_offsets_[dv + 1], dv);
   });
+}
 
-  // Level table.
-  topo->levels_.resize(depth + 1);
-  {
-    int64_t d = 0;
-    for (int64_t l = 0; l <= depth; ++l) {
-      Level& lv = topo->levels_[l];
-      lv.begin = d;
-      while (d < n && topo->level_of_[d] == l) ++d;
-      lv.end = d;
-      lv.hidden_end = lv.begin;
-      while (lv.hidden_end < lv.end && topo->roles_[lv.hidden_end] != Role::Output) ++lv.hidden_end;
-      lv.conn_begin = topo->in_offsets_[lv.begin];
-      lv.conn_end = topo->in_offsets_[lv.end];
-    }
+// The level table: each level's dense ids, its hidden prefix and its connections.
+void Topology::lay_out_levels(int64_t depth) {
+  const int64_t n = num_neurons();
+  levels_.resize(depth + 1);
+  int64_t d = 0;
+  for (int64_t l = 0; l <= depth; ++l) {
+    Level& lv = levels_[l];
+    lv.begin = d;
+    while (d < n && level_of_[d] == l) ++d;
+    lv.end = d;
+    lv.hidden_end = lv.begin;
+    while (lv.hidden_end < lv.end && roles_[lv.hidden_end] != Role::Output) ++lv.hidden_end;
+    lv.conn_begin = in_offsets_[lv.begin];
+    lv.conn_end = in_offsets_[lv.end];
   }
+}
 
-  // Per-level sources and kernel. Levels are independent here, so large
-  // graphs split them between torch's intra-op threads, each with its own
-  // `stamp` (marks sources already seen in this level) and `position`.
-  const int64_t level_grain = m >= (int64_t(1) << 16) ? 1 : depth + 1;
-  at::parallel_for(1, depth + 1, level_grain, [&](int64_t first_level, int64_t last_level) {
-    std::vector<int64_t> stamp(n, -1), position(n, 0);
-    for (int64_t l = first_level; l < last_level; ++l) {
-      Level& lv = topo->levels_[l];
-      for (int64_t c = lv.conn_begin; c < lv.conn_end; ++c) {
-        int64_t s = topo->conn_source_[c];
-        if (stamp[s] != l) stamp[s] = l, lv.sources.push_back(s);
-      }
-      // Ascending: read off the stamps where the ids below the level are few
-      // against the sources (25 of the 80 ms of compiling the 1M-connection
-      // benchmark net went to this sort), else sort (deep, narrow graphs: a
-      // scan per level would be quadratic there).
-      if (lv.begin <= 16 * static_cast<int64_t>(lv.sources.size())) {
-        lv.sources.clear();
-        for (int64_t s = 0; s < lv.begin; ++s)
-          if (stamp[s] == l) lv.sources.push_back(s);
-      } else {
-        std::sort(lv.sources.begin(), lv.sources.end());
-      }
-      for (size_t k = 0; k < lv.sources.size(); ++k) position[lv.sources[k]] = static_cast<int64_t>(k);
-      lv.gather = topo->plan_gather(lv.sources);
-
-      const int64_t conns = lv.num_connections();
-      const double cells = static_cast<double>(lv.size()) * static_cast<double>(lv.sources.size());
-      if (conns == 0) {
-        lv.kernel = LevelKernel::BiasOnly;
-      } else if (options.force_kernel) {
-        lv.kernel = *options.force_kernel;
-        if (lv.kernel == LevelKernel::DenseView && conns != static_cast<int64_t>(cells))
-          lv.kernel = LevelKernel::DenseScatter;  // a view exists only for complete levels
-      } else if (conns == static_cast<int64_t>(cells)) {
-        lv.kernel = LevelKernel::DenseView;
-      } else if (conns >= options.dense_threshold * cells) {
-        lv.kernel = LevelKernel::DenseScatter;
-      } else {
-        lv.kernel = LevelKernel::EdgeList;
-      }
-      lv.edge_source.resize(conns);
-      lv.edge_target.resize(conns);
-      for (int64_t c = lv.conn_begin; c < lv.conn_end; ++c) {
-        lv.edge_source[c - lv.conn_begin] = position[topo->conn_source_[c]];
-        lv.edge_target[c - lv.conn_begin] = topo->conn_target_[c] - lv.begin;
-      }
-    }
-  });
-
-  for (const auto& id : spec.outputs()) topo->output_ids_.push_back(dense_of_index[spec.index_of(id)]);
-  topo->output_gather_ = topo->plan_gather(topo->output_ids_);
-  return topo;
+// Level l's sources, gather plan, kernel and per-connection positions.
+// `stamp` marks the sources already seen in this level; `position` is
+// scratch; both are the calling thread's.
+void Topology::plan_level(int64_t l, const CompileOptions& options, std::vector<int64_t>& stamp,
+                          std::vector<int64_t>& position) {
+  Level& lv = levels_[l];
+  for (int64_t c = lv.conn_begin; c < lv.conn_end; ++c) {
+    int64_t s = conn_source_[c];
+    if (stamp[s] != l) stamp[s] = l, lv.sources.push_back(s);
+  }
+  // Ascending: read off the stamps where the ids below the level are few
+  // against the sources (most of compiling a large, wide network went to
+  // this sort), else sort (deep, narrow graphs: a scan per level would be
+  // quadratic there).
+  if (lv.begin <= 16 * static_cast<int64_t>(lv.sources.size())) {
+    lv.sources.clear();
+    for (int64_t s = 0; s < lv.begin; ++s)
+      if (stamp[s] == l) lv.sources.push_back(s);
+  } else {
+    std::sort(lv.sources.begin(), lv.sources.end());
+  }
+  for (size_t k = 0; k < lv.sources.size(); ++k) position[lv.sources[k]] = static_cast<int64_t>(k);
+  lv.gather = plan_gather(lv.sources);
+  lv.kernel = choose_kernel(lv.num_connections(), lv.size(), static_cast<int64_t>(lv.sources.size()), options);
+  lv.edge_source.resize(lv.num_connections());
+  lv.edge_target.resize(lv.num_connections());
+  for (int64_t c = lv.conn_begin; c < lv.conn_end; ++c) {
+    lv.edge_source[c - lv.conn_begin] = position[conn_source_[c]];
+    lv.edge_target[c - lv.conn_begin] = conn_target_[c] - lv.begin;
+  }
 }
 
 GatherPlan Topology::plan_gather(const std::vector<int64_t>& dense_ids) const {

@@ -21,7 +21,7 @@ fail() { echo "check_install: $*" >&2; exit 1; }
 
 cmake --install "$build" --prefix "$prefix" >/dev/null
 
-# Headers: the test-only file_io.h stays out, and every connex header an
+# Headers: the internal ones (connex/src, e.g. file_io.h) stay out, and every connex header an
 # installed header includes is installed.
 [[ -d "$prefix/include/connex" ]] || fail "no include/connex in the prefix"
 [[ ! -e "$prefix/include/connex/file_io.h" ]] || fail "file_io.h (test-only) is installed"

@@ -18,22 +18,12 @@
 #include <type_traits>
 #include <vector>
 
+#include "../../apps/readme_network.h"
+
 namespace readme_doctest {
 
 // The README's network (its Example section).
-inline connex::GraphSpec readme_spec() {
-  return connex::GraphSpec::from_adjacency({{0, {1, 2, 3}},
-                                            {1, {4}},
-                                            {2, {4, 5}},
-                                            {4, {6}},
-                                            {5, {7}},
-                                            {6, {8, 9}},
-                                            {7, {10}},
-                                            {8, {11}},
-                                            {9, {11}},
-                                            {10, {11}}},
-                                           {0}, {3, 11});
-}
+inline connex::GraphSpec readme_spec() { return connex::apps::readme_graph(); }
 inline connex::NeuralNetwork readme_network() {
   return connex::NeuralNetwork(readme_spec(), connex::NeuralNetworkOptions().hidden_activation("relu"));
 }

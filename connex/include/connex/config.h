@@ -31,12 +31,4 @@ NeuralNetwork load_config(const std::string& path);
 // Written atomically (temporary file + rename).
 void save_config(const NeuralNetwork& network, const std::string& path);
 
-// Parts, for the checkpoint and exporters.
-nlohmann::json options_to_json(const NeuralNetworkOptions& options, const char* context);
-NeuralNetworkOptions options_from_json(const nlohmann::json& json, const std::string& source);
-GraphSpec graph_from_config(const nlohmann::json& graph, const std::string& source);
-// dropout_p as a number (every hidden neuron) or {"hidden": p, "neurons": [[id, p], ...]}.
-nlohmann::json dropout_to_json(const DropoutSpec& dropout);
-DropoutSpec dropout_from_json(const nlohmann::json& json, const std::string& source, const std::string& path);
-
 }  // namespace connex

@@ -73,7 +73,7 @@ class GraphSpec {
 
   // The edges as successor lists over positions in neurons() (the targets
   // of u are targets[offsets[u] .. offsets[u + 1]), ascending) and the
-  // topological batch of each position: 0 for inputs, else one more than
+  // level of each position: 0 for inputs, else one more than
   // the largest batch among its predecessors, and at least 1 (the longest
   // path from a source). The validation makes both in its repeat and cycle
   // checks and keeps them for Topology::compile; copies of the spec share them.
@@ -116,15 +116,5 @@ class GraphSpec {
   std::vector<Role> roles_;
   std::shared_ptr<const IndexAdjacency> adjacency_;
 };
-
-// One directed cycle of the graph over `num_nodes` nodes (0..n-1) and `edges`,
-// as a closed node path [a, b, ..., a], or nullopt for a DAG. O(V + E).
-std::optional<std::vector<int64_t>> find_cycle(int64_t num_nodes,
-                                               const std::vector<std::pair<int64_t, int64_t>>& edges);
-
-// A neuron id in JSON: a number for integer ids, a string otherwise. The
-// reader names `source` and the JSON `path` when the value is neither.
-nlohmann::json id_to_json(const NeuronId& id);
-NeuronId id_from_json(const nlohmann::json& value, const std::string& source, const std::string& path);
 
 }  // namespace connex

@@ -6,10 +6,10 @@
 //       connex::NeuralNetworkOptions().hidden_activation("relu"));
 //   torch::Tensor y = net->forward(x);  // x: [batch, inputs] -> [batch, outputs]
 //
-// The module holds only what varies by training: one flat `weight` tensor (one
-// entry per connection, in the Topology's (target, source) order), one flat
-// `bias` tensor (one per non-input neuron), and the index buffers of each
-// topological batch. Structure lives in an immutable, shared Topology.
+// The module holds the trained values: one flat `weight` tensor (one entry per
+// connection, in the Topology's (target, source) order) and one flat `bias`
+// tensor (one per non-input neuron), plus index buffers derived from the
+// structure, which lives in an immutable, shared Topology.
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -21,6 +21,7 @@
 
 #include "connex/graph_spec.h"
 #include "connex/options.h"
+#include "connex/parameter_remap.h"
 #include "connex/topology.h"
 #include "connex/weighted_graph.h"
 
@@ -41,6 +42,15 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
 
   // Re-creates parameters (from options().seed()) and buffers.
   void reset() override;
+
+  // Takes over `from`'s trained state, for a network built from an edited copy
+  // of its graph: the weight and bias entries that `remap` pairs (a parameter
+  // it does not list is copied whole, and must have the same shape), the
+  // gradient masks by the same pairs (an all-ones mask has nothing to move),
+  // the frozen flag with its hooks, the parameters of each operation of the
+  // same name, by key, and the training mode. The index pairs, `from` and
+  // this network must all be on this network's device.
+  void adopt_parameters(const NeuralNetworkImpl& from, const ParameterRemap& remap);
 
   // x: [batch, num_inputs] -> [batch, num_outputs], or [num_inputs] -> [num_outputs].
   torch::Tensor forward(const torch::Tensor& x);
@@ -65,8 +75,8 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   const std::vector<NeuronId>& input_neurons() const { return spec().inputs(); }
   const std::vector<NeuronId>& output_neurons() const { return spec().outputs(); }
   std::vector<NeuronId> hidden_neurons() const;
-  // The batches of non-input neurons, in execution order.
-  std::vector<std::vector<NeuronId>> topological_batches() const;
+  // The levels of non-input neurons, by label, in execution order.
+  std::vector<std::vector<NeuronId>> topological_levels() const;
   int64_t num_neurons() const { return topology_->num_neurons(); }
   int64_t num_inputs() const { return topology_->num_inputs(); }
   int64_t num_outputs() const { return static_cast<int64_t>(output_neurons().size()); }
@@ -97,15 +107,14 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
 
   WeightedGraph weighted_graph() const;
 
-  // The per-batch operations in pipeline order (techniques first, then the
+  // The per-level operations in pipeline order (techniques first, then the
   // user's), and each one's parameter module.
-  const std::vector<BatchOperationPtr>& operations() const { return operations_; }
+  const std::vector<LevelOperationPtr>& operations() const { return operations_; }
   const OperationModuleImpl& operation_parameters(size_t k) const { return *operation_modules_[k]; }
   OperationModuleImpl& operation_parameters(size_t k) { return *operation_modules_[k]; }
 
  private:
-  friend class NetworkEditor;
-  // Per-batch tensors; each is also a registered buffer, so .to(device) moves it.
+  // Per-level tensors; each is also a registered buffer, so .to(device) moves it.
   struct GatherTensors {
     std::vector<torch::Tensor> segment_index;  // undefined for contiguous segments
     torch::Tensor order;
@@ -123,6 +132,8 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   torch::Tensor dense_weights(const Level& level, const LevelTensors& t, const torch::Tensor& w) const;
   torch::Tensor run_level(size_t l, const torch::Tensor& sources, int64_t batch) const;
   GatherTensors register_gather(const GatherPlan& plan, const std::string& prefix);
+  // Registers level l's index and dropout buffers (part of reset()).
+  LevelTensors register_level(size_t l);
   void install_freeze_hooks();
   int64_t connection_or_throw(const NeuronId& from, const NeuronId& to, const char* context) const;
   int64_t bias_or_throw(const NeuronId& neuron, const char* context) const;
@@ -138,7 +149,7 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   std::shared_ptr<const FusedPlan> fused_plan_;
   std::vector<LevelTensors> levels_;  // index 0: the input level (dropout only)
   GatherTensors output_gather_;
-  std::vector<BatchOperationPtr> operations_;
+  std::vector<LevelOperationPtr> operations_;
   std::vector<OperationModule> operation_modules_;
   std::vector<std::string> level_prefixes_;
 };

@@ -49,47 +49,23 @@ std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& type,
                                                         std::vector<torch::optim::OptimizerParamGroup> groups);
 
-// The names (as in network->named_parameters()) of the parameters of each of
-// the optimizer's groups. A parameter that is not the network's throws,
-// naming `context` and the group.
-std::vector<std::vector<std::string>> group_parameter_names(const torch::optim::Optimizer& optimizer,
-                                                            const NeuralNetwork& network, const std::string& context);
-
 // "adam", "adamw", "sgd", "rmsprop", "adagrad", or "other" for an optimizer
 // connex does not know (which it can neither save nor carry across edits).
 std::string optimizer_type_name(const torch::optim::Optimizer& optimizer);
 
 // One parameter's state as named fields. `tensors` lists every field of the
-// type in a fixed order (state_tensor_names); a field the optimizer does not
-// use (Adam's max_exp_avg_sq without amsgrad, SGD's momentum buffer without
-// momentum) is an undefined tensor.
+// type in a fixed order; a field the optimizer does not use (Adam's
+// max_exp_avg_sq without amsgrad, SGD's momentum buffer without momentum) is
+// an undefined tensor.
 struct OptimizerStateFields {
   std::string type;             // as optimizer_type_name
   std::optional<int64_t> step;  // absent for SGD, which counts no steps
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
 };
-// The tensor field names of a type, e.g. {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"} for "adam".
-const std::vector<std::string>& state_tensor_names(const std::string& type);
-// Whether a type's state has a step counter.
-bool state_has_step(const std::string& type);
 OptimizerStateFields state_fields(const torch::optim::OptimizerParamState& state);
-// The inverse; the fields must be those of fields.type (throws connex::Error otherwise).
-std::unique_ptr<torch::optim::OptimizerParamState> make_param_state(const OptimizerStateFields& fields);
 
-// The state fields torch's step() reads for a parameter that has state, under
-// its group's options (Adam's max_exp_avg_sq only with amsgrad, SGD's
-// momentum buffer only with momentum, ...); a state lacking one would make
-// step() throw or dereference nothing. And whether the optimizer keeps a state
-// for every parameter from the start (Adagrad), so none may be missing.
-std::vector<std::string> required_state_fields(const std::string& type, const torch::optim::OptimizerOptions& options);
-bool state_required_for_every_parameter(const std::string& type);
-
-// A parameter group's options (learning rate, betas, ...) as JSON, and back.
-// options_from_json checks every key and value and names the culprit by
-// `where` (a file and JSON path); it returns a fresh options object of `type`.
+// A parameter group's options (learning rate, betas, ...) as JSON, as a
+// checkpoint holds them.
 nlohmann::json optimizer_options_to_json(const torch::optim::OptimizerOptions& options);
-std::unique_ptr<torch::optim::OptimizerOptions> optimizer_options_from_json(const std::string& type,
-                                                                            const nlohmann::json& json,
-                                                                            const std::string& where);
 
 }  // namespace connex

@@ -9,7 +9,7 @@
 #include <torch/arg.h>
 #include <torch/types.h>
 
-#include "connex/batch_operation.h"
+#include "connex/level_operation.h"
 #include "connex/neuron_id.h"
 #include "connex/tensor_function.h"
 #include "connex/topology.h"
@@ -27,13 +27,26 @@ struct DropoutSpec {
   std::vector<std::pair<NeuronId, double>> per_neuron;
 };
 
+// How a network executes: which kernels run its levels. Every path computes
+// the same function (the tests compare them); the network chooses well on its
+// own, so these are for benchmarks and for comparing paths.
+struct ExecutionOptions {
+  // Levels at least this dense (connections / (size × sources)) use a matmul.
+  TORCH_ARG(double, dense_threshold) = 0.1;
+  // One kernel for every level that has connections.
+  TORCH_ARG(std::optional<LevelKernel>, force_kernel) = std::nullopt;
+  // The fused whole-network CPU kernel (fused_kernel.h): nullopt lets the
+  // network choose; true/false force it where it applies.
+  TORCH_ARG(std::optional<bool>, fused) = std::nullopt;
+};
+
 struct NeuralNetworkOptions {
   // Applied element-wise to hidden neurons: a built-in name, a callable, or a trainable module.
   TORCH_ARG(TensorFunction, hidden_activation) = TensorFunction("gelu");
   // Applied to the whole output vector [batch, outputs].
   TORCH_ARG(TensorFunction, output_transformation) = TensorFunction("identity");
   TORCH_ARG(DropoutSpec, dropout_p) = DropoutSpec(0.0);
-  // A topological order of all neurons; only decides ties within a batch.
+  // A topological order of all neurons; only decides ties within a level.
   TORCH_ARG(std::optional<std::vector<NeuronId>>, topo_sort) = std::nullopt;
   // Seeds parameter initialisation (not dropout, which draws from torch's generator).
   TORCH_ARG(uint64_t, seed) = 0;
@@ -43,14 +56,10 @@ struct NeuralNetworkOptions {
   TORCH_ARG(bool, use_topo_self_attention) = false;
   TORCH_ARG(bool, use_neuron_self_attention) = false;
   TORCH_ARG(bool, use_adaptive_activations) = false;
-  // User-defined per-batch operations, run after the built-in ones at each stage.
-  TORCH_ARG(std::vector<BatchOperationPtr>, operations) = {};
-  // Execution layout; tests force a kernel to compare paths.
-  TORCH_ARG(double, dense_threshold) = 0.1;
-  TORCH_ARG(std::optional<LevelKernel>, force_kernel) = std::nullopt;
-  // The fused whole-network CPU kernel (fused_kernel.h): nullopt lets the
-  // network choose; true/false force it where it applies (see README).
-  TORCH_ARG(std::optional<bool>, fused) = std::nullopt;
+  // User-defined per-level operations, run after the built-in ones at each stage.
+  TORCH_ARG(std::vector<LevelOperationPtr>, operations) = {};
+  // Which kernels run the network (see ExecutionOptions).
+  TORCH_ARG(ExecutionOptions, execution) = {};
 };
 
 }  // namespace connex

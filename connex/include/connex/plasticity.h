@@ -22,6 +22,7 @@
 #include "connex/graph_spec.h"
 #include "connex/neural_network.h"
 #include "connex/options.h"
+#include "connex/parameter_remap.h"
 
 namespace connex {
 
@@ -29,16 +30,6 @@ namespace connex {
 // old network's input_neurons(), output_neurons() and spec().neurons().
 struct PositionRemap {
   std::vector<int64_t> inputs, outputs, neurons;
-};
-
-// For each parameter of the new network (by name, as named_parameters()
-// gives it), which entries came from which entries of the old one. Parameters
-// not listed under `moved` were copied whole (same name, same shape).
-struct ParameterRemap {
-  struct Moved {
-    torch::Tensor new_index, old_index;  // int64, same length: new[new_index[k]] = old[old_index[k]]
-  };
-  std::unordered_map<std::string, Moved> moved;
 };
 
 struct EditResult {
@@ -71,6 +62,12 @@ class NetworkEditor {
   EditResult build(uint64_t seed = 0) const;
 
  private:
+  // The steps of build(), in order (plasticity.cpp).
+  struct IndexGraph;  // the edited graph over neuron positions
+  IndexGraph index_graph() const;
+  NeuralNetworkOptions edited_options(uint64_t seed) const;
+  GraphSpec checked_spec(IndexGraph& graph) const;
+
   // The neuron's dense id in the base network; -1 if it is not there or this edit removed it.
   int64_t base_dense(const NeuronId& id) const;
   bool exists(const NeuronId& id) const;

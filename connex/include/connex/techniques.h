@@ -1,7 +1,7 @@
 #pragma once
-// The four optional techniques of Connex, as BatchOperations. Switch them on
+// The four optional techniques of Connex, as LevelOperations. Switch them on
 // with NeuralNetworkOptions().use_topo_norm(true) etc.; they cost nothing when
-// off. For batch l with collective inputs s (the distinct source values, in
+// off. For level l with collective inputs s (the distinct source values, in
 // id order, L of them) and neurons n:
 //
 // - TopoNorm: per sample, s <- (s - mean(s)) / sqrt(var(s) + 1e-5) (skipped
@@ -14,53 +14,64 @@
 // - NeuronSelfAttention: the same per neuron, with the neuron's own Wq, Wk,
 //   Wv (n×L×L) and biases (n×L), keys masked to the neuron's incoming
 //   connections, scaled by 1/sqrt(fan-in); then z_n = Σ_i w_ni s'_ni + b_n.
-//   Memory grows as batch × n × L² per batch: 250 samples × 128 neurons ×
+//   Memory grows as batch × n × L² per level: 250 samples × 128 neurons ×
 //   128² inputs × 4 bytes ≈ 2 GiB of attention weights for one dense
-//   128-wide layer (kept for backward), so it fits networks whose batches
+//   128-wide layer (kept for backward), so it fits networks whose levels
 //   read at most a few dozen inputs.
 // - AdaptiveActivation: σ(z) -> a·σ(b·z) per hidden neuron, a = b = 1 at
 //   start (Jagtap et al. 2020).
 //
-// Per-level parameters carry across an edit to the batch at the same depth,
+// Per-level parameters carry across an edit to the level at the same depth,
 // entry by entry wherever the same source (and neuron) still exist.
-#include "connex/batch_operation.h"
+#include "connex/level_operation.h"
 
 namespace connex {
 
-class TopoNorm : public BatchOperation {
+class TopoNorm : public LevelOperation {
  public:
   std::string name() const override { return "topo_norm"; }
   OperationParameters build(const Topology& topology, torch::Dtype dtype, at::Generator& generator) const override;
   torch::Tensor on_inputs(const LevelContext& ctx, const torch::Tensor& sources) const override;
+  std::optional<double> parameter_count(const Topology& topology) const override;
+  bool scriptable() const override { return true; }
+  void script_on_inputs(ScriptWriter& script, const LevelContext& ctx) const override;
 };
 
-class TopoSelfAttention : public BatchOperation {
+class TopoSelfAttention : public LevelOperation {
  public:
   std::string name() const override { return "topo_self_attention"; }
   OperationParameters build(const Topology& topology, torch::Dtype dtype, at::Generator& generator) const override;
   torch::Tensor on_inputs(const LevelContext& ctx, const torch::Tensor& sources) const override;
+  std::optional<double> parameter_count(const Topology& topology) const override;
+  bool scriptable() const override { return true; }
+  void script_on_inputs(ScriptWriter& script, const LevelContext& ctx) const override;
 };
 
-class NeuronSelfAttention : public BatchOperation {
+class NeuronSelfAttention : public LevelOperation {
  public:
   std::string name() const override { return "neuron_self_attention"; }
   OperationParameters build(const Topology& topology, torch::Dtype dtype, at::Generator& generator) const override;
   std::optional<torch::Tensor> replace_affine(const LevelContext& ctx, const torch::Tensor& sources,
                                               const torch::Tensor& weights, const torch::Tensor& bias) const override;
   bool replaces_affine() const override { return true; }
+  std::optional<double> parameter_count(const Topology& topology) const override;
+  bool scriptable() const override { return true; }
+  void script_replace_affine(ScriptWriter& script, const LevelContext& ctx, const torch::Tensor& weights,
+                             const std::string& bias) const override;
 };
 
-class AdaptiveActivation : public BatchOperation {
+class AdaptiveActivation : public LevelOperation {
  public:
   std::string name() const override { return "adaptive_activation"; }
   OperationParameters build(const Topology& topology, torch::Dtype dtype, at::Generator& generator) const override;
   std::optional<torch::Tensor> replace_activation(const LevelContext& ctx, const torch::Tensor& z,
                                                   const TensorFunction& activation) const override;
   bool replaces_activation() const override { return true; }
+  std::optional<double> parameter_count(const Topology& topology) const override;
+  bool scriptable() const override { return true; }
+  std::string script_replace_activation(
+      ScriptWriter& script, const LevelContext& ctx, const std::string& z_hidden,
+      const std::function<std::string(const std::string&)>& activation) const override;
 };
-
-// The labels of a batch's sources and neurons (keys for parameters).
-std::vector<NeuronId> source_labels(const Topology& topology, const Level& level);
-std::vector<NeuronId> neuron_labels(const Topology& topology, const Level& level, bool hidden_only = false);
 
 }  // namespace connex

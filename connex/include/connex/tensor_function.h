@@ -35,7 +35,10 @@ class TensorFunction {
   const std::string& name() const { return name_; }
   bool is_builtin() const { return !fn_ && module_.is_empty(); }
   bool is_module() const { return !module_.is_empty(); }
-  bool is_identity() const { return is_builtin() && name_ == "identity"; }
+  // Whether it is the built-in softmax or log_softmax: its outputs are then
+  // probabilities or log-probabilities rather than logits.
+  bool is_softmax() const;
+  bool is_log_softmax() const;
   // Whether it maps each element on its own (required of hidden activations).
   bool is_elementwise() const;
 

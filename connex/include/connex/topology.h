@@ -2,7 +2,7 @@
 // Topology: the pure "compile" of a GraphSpec into dense integer layouts.
 //
 // Neurons are renumbered by level (longest path from an input), so each
-// topological batch is one contiguous range of dense ids: inputs first, in
+// level is one contiguous range of dense ids: inputs first, in
 // input order (level 0), then level 1, 2, ... Within a level, hidden neurons
 // come before outputs (so the activation applies to one prefix) and ties
 // follow the user's topo_sort, or else the spec's neuron order.
@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -40,7 +41,7 @@ struct GatherPlan {
   int64_t size = 0;
 };
 
-// How one topological batch computes its pre-activations.
+// How one level computes its pre-activations.
 enum class LevelKernel {
   BiasOnly,      // no incoming connections at all
   DenseView,     // every neuron reads every source: weights are a view, one matmul
@@ -60,7 +61,15 @@ struct Level {
   std::vector<int64_t> edge_target;  // per connection: dense id - begin
   int64_t size() const { return end - begin; }
   int64_t num_connections() const { return conn_end - conn_begin; }
+  // Each connection's position in the level's row-major [size, sources] weight matrix.
+  std::vector<int64_t> dense_positions() const;
 };
+
+// The start of the name of every per-level parameter and buffer ("level3_"):
+// the network's index buffers, the techniques' parameters, the exports' names.
+std::string level_prefix(size_t l);
+// Whether `name` starts with some level_prefix().
+bool has_level_prefix(const std::string& name);
 
 struct CompileOptions {
   // A user topological order: must be a permutation of the neurons that
@@ -70,6 +79,8 @@ struct CompileOptions {
   double dense_threshold = 0.1;
   // Force one kernel for every level that has connections (tests compare paths).
   std::optional<LevelKernel> force_kernel;
+  // Starts every error message: the operation the user called.
+  const char* context = "Topology::compile()";
 };
 
 class Topology {
@@ -81,7 +92,7 @@ class Topology {
   int64_t num_neurons() const { return static_cast<int64_t>(index_of_dense_.size()); }
   int64_t num_inputs() const { return num_inputs_; }
   int64_t num_connections() const { return static_cast<int64_t>(conn_source_.size()); }
-  // Levels 1..depth are the topological batches; levels()[0] is the input level.
+  // Levels 1..depth run in order; levels()[0] is the input level.
   const std::vector<Level>& levels() const { return levels_; }
   int64_t depth() const { return static_cast<int64_t>(levels_.size()) - 1; }
 
@@ -124,6 +135,12 @@ class Topology {
 
  private:
   explicit Topology(GraphSpec spec) : spec_(std::move(spec)) {}
+  // The steps of compile(), in order (topology.cpp).
+  void order_neurons(const std::vector<int64_t>& rank, int64_t depth);
+  void sort_connections();
+  void lay_out_levels(int64_t depth);
+  void plan_level(int64_t l, const CompileOptions& options, std::vector<int64_t>& stamp,
+                  std::vector<int64_t>& position);
 
   GraphSpec spec_;
   int64_t num_inputs_ = 0;

@@ -3,7 +3,7 @@
 // inference (eval mode: dropout off) that torch::jit::load in C++ and
 // torch.jit.load in Python run without connex. The forward takes [batch,
 // inputs] or [inputs], like NeuralNetwork::forward. Weights are baked in as
-// buffers in the layout each batch runs fastest with; the file is not for
+// buffers in the layout each level runs fastest with; the file is not for
 // further training (train the connex network, export again).
 #include <string>
 

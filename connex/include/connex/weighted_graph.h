@@ -17,7 +17,7 @@ struct WeightedGraph {
     Role role = Role::Hidden;
     std::optional<double> bias;  // inputs have none
     double dropout_p = 0.0;
-    int64_t level = 0;    // topological batch; inputs are 0
+    int64_t level = 0;    // inputs are 0, else one more than the deepest predecessor
     bool frozen = false;  // the bias is frozen (NeuralNetwork::freeze); never for inputs
   };
   struct Connection {
@@ -28,13 +28,13 @@ struct WeightedGraph {
   std::vector<Neuron> neurons;          // in the graph's neuron order
   std::vector<Connection> connections;  // in the graph's edge order
   std::vector<NeuronId> inputs, outputs;
-  // Parameters of per-batch operations (techniques), by full name ("topo_norm.level1_gamma").
-  struct Tensor {
+  // A parameter of a per-level operation (a technique), by full name ("topo_norm.level1_gamma").
+  struct OperationParameter {
     std::string name;
     std::vector<int64_t> shape;
     std::vector<double> values;  // row-major
   };
-  std::vector<Tensor> operation_parameters;
+  std::vector<OperationParameter> operation_parameters;
 };
 
 }  // namespace connex

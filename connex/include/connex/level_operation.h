@@ -1,20 +1,25 @@
 #pragma once
-// The per-batch operation interface: connex's optional techniques (topo
+// The per-level operation interface: connex's optional techniques (topo
 // norm, topo self-attention, neuron self-attention, adaptive activations)
 // are instances of it, and users write their own the same way.
 //
-// A network runs each topological batch as
+// A network runs each level as
 //   gather sources -> on_inputs (each op) -> affine (or an op's replace_affine)
 //   -> on_preactivation (each op) -> activation (or an op's replace_activation)
 //   -> dropout
 // For each compiled topology an operation declares its parameters in
 // build(), each dimension of each tensor keyed by neuron labels (or fixed).
 // That is all an edit needs to carry them: an entry survives wherever every
-// one of its keys survives, under the same parameter name.
+// one of its keys survives, under the same parameter name. An operation that
+// also writes its stages as TorchScript (the script_* methods) is exported
+// with the network.
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/nn/cloneable.h>
@@ -26,7 +31,7 @@
 namespace connex {
 
 // One parameter of an operation. dim_keys[k], when set, names what each
-// index of dimension k stands for (e.g. the source neurons of a batch).
+// index of dimension k stands for (e.g. the source neurons of a level).
 struct KeyedParameter {
   torch::Tensor value;
   std::vector<std::optional<std::vector<NeuronId>>> dim_keys;
@@ -52,19 +57,43 @@ class OperationModuleImpl : public torch::nn::Cloneable<OperationModuleImpl> {
 };
 TORCH_MODULE(OperationModule);
 
-// What an operation sees while running one batch.
+// What an operation sees while running one level.
 struct LevelContext {
   int64_t level;      // 1..depth
-  const Level& plan;  // the batch: neurons, sources, connections
+  const Level& plan;  // the level: neurons, sources, connections
   const Topology& topology;
   const OperationModuleImpl& params;
-  std::string prefix;  // "level3_": the batch's parameter name prefix
+  std::string prefix;  // "level3_": the level's parameter name prefix
   const torch::Tensor& param(const std::string& name) const { return params.get(prefix + name); }
 };
 
-class BatchOperation {
+// The TorchScript forward being written by export_torchscript(). Within one
+// level's code, `s` holds the level's sources ([sources, batch]), `z` its
+// pre-activations ([neurons, batch]) and `batch` the batch size; an
+// operation's lines rewrite them as its stages rewrite the tensors.
+class ScriptWriter {
  public:
-  virtual ~BatchOperation() = default;
+  // Appends one statement to the forward's body.
+  void line(const std::string& code) { code_ << "    " << code << "\n"; }
+  // Makes a copy of `value` (on the CPU) a buffer of the exported module,
+  // named with the current level's prefix; returns the expression reading it.
+  std::string buffer(const std::string& name, const torch::Tensor& value);
+
+  // For the exporter: the prefix of the level being written, and the result.
+  void set_prefix(std::string prefix) { prefix_ = std::move(prefix); }
+  std::ostream& stream() { return code_; }
+  std::string source() const { return code_.str(); }
+  const std::vector<std::pair<std::string, torch::Tensor>>& buffers() const { return buffers_; }
+
+ private:
+  std::ostringstream code_;
+  std::string prefix_;
+  std::vector<std::pair<std::string, torch::Tensor>> buffers_;
+};
+
+class LevelOperation {
+ public:
+  virtual ~LevelOperation() = default;
   // A unique name; the child module of the network is registered under it.
   virtual std::string name() const = 0;
   // Declares this operation's parameters for a topology, drawing random
@@ -73,8 +102,8 @@ class BatchOperation {
 
   // sources: [collective inputs, batch] -> same shape.
   virtual torch::Tensor on_inputs(const LevelContext&, const torch::Tensor& sources) const { return sources; }
-  // Computes the batch's pre-activations [neurons, batch] from the sources and
-  // the batch's dense weights [neurons, sources] and biases [neurons, 1]; at
+  // Computes the level's pre-activations [neurons, batch] from the sources and
+  // the level's dense weights [neurons, sources] and biases [neurons, 1]; at
   // most one operation of a network may replace the affine step.
   virtual std::optional<torch::Tensor> replace_affine(const LevelContext&, const torch::Tensor& /*sources*/,
                                                       const torch::Tensor& /*weights*/,
@@ -90,9 +119,33 @@ class BatchOperation {
   }
   virtual bool replaces_affine() const { return false; }
   virtual bool replaces_activation() const { return false; }
+
+  // How many parameter values build() declares for `topology`, worked out
+  // without building them (a checkpoint checks its size before allocating);
+  // nullopt when the operation cannot say.
+  virtual std::optional<double> parameter_count(const Topology& /*topology*/) const { return std::nullopt; }
+
+  // TorchScript forms of the stages, for export_torchscript(): an operation
+  // that returns true from scriptable() writes each stage it overrides.
+  virtual bool scriptable() const { return false; }
+  // Rewrites `s`.
+  virtual void script_on_inputs(ScriptWriter&, const LevelContext&) const {}
+  // Sets `z` from `s`, the level's dense weights [neurons, sources] and the
+  // expression of its bias buffer [neurons, 1].
+  virtual void script_replace_affine(ScriptWriter&, const LevelContext&, const torch::Tensor& /*weights*/,
+                                     const std::string& /*bias*/) const {}
+  // Rewrites `z`.
+  virtual void script_on_preactivation(ScriptWriter&, const LevelContext&) const {}
+  // The expression of the activated hidden rows, from the expression of their
+  // pre-activations; `activation` writes the network's activation of an expression.
+  virtual std::string script_replace_activation(
+      ScriptWriter&, const LevelContext&, const std::string& z_hidden,
+      const std::function<std::string(const std::string&)>& activation) const {
+    return activation(z_hidden);
+  }
 };
 
-using BatchOperationPtr = std::shared_ptr<const BatchOperation>;
+using LevelOperationPtr = std::shared_ptr<const LevelOperation>;
 
 using DimKeys = std::vector<std::optional<std::vector<NeuronId>>>;
 

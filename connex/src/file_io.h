@@ -1,5 +1,7 @@
 #pragma once
-// Small file helpers shared by the loaders and writers. Not installed: no public header may include it.
+// Small file helpers shared by the loaders and writers, and by connex's own
+// programs and tests (through the connex_internal target). Internal: no public
+// header may include it.
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -44,7 +46,7 @@ class PrivateDirectory {
 // FNV-1a, 64 bit: any single changed byte changes it.
 uint64_t fnv1a64(const void* data, size_t size, uint64_t seed = 0xcbf29ce484222325ull);
 
-namespace testing {
+namespace fault_injection {
 
 // TEST-ONLY fault injection for write_file_atomically(). While set, every
 // write fails at `step` as if that system call had failed with EIO (for
@@ -53,5 +55,5 @@ namespace testing {
 enum class WriteStep { open_temp, write, fsync_file, rename, fsync_dir };
 void set_write_fault(std::optional<WriteStep> step, size_t partial_bytes = 0);
 
-}  // namespace testing
+}  // namespace fault_injection
 }  // namespace connex

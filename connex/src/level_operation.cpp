@@ -1,4 +1,4 @@
-#include "connex/batch_operation.h"
+#include "connex/level_operation.h"
 
 #include <torch/torch.h>
 
@@ -8,7 +8,7 @@ namespace connex {
 
 OperationModuleImpl::OperationModuleImpl(const OperationParameters& declared) {
   for (const auto& [name, p] : declared) {
-    if (name.find('.') != std::string::npos) fail("BatchOperation: parameter name \"{}\" contains a dot", name);
+    if (name.find('.') != std::string::npos) fail("LevelOperation: parameter name \"{}\" contains a dot", name);
     keys_[name] = p.dim_keys;
     shapes_[name] = {p.value.sizes().vec(), p.value.scalar_type()};
   }
@@ -23,9 +23,14 @@ void OperationModuleImpl::reset() {
     tensors_[name] = register_parameter(name, torch::zeros(shape.first, torch::TensorOptions().dtype(shape.second)));
 }
 
+std::string ScriptWriter::buffer(const std::string& name, const torch::Tensor& value) {
+  buffers_.emplace_back(prefix_ + name, value.detach().to(torch::kCPU).clone());
+  return "self." + prefix_ + name;
+}
+
 const torch::Tensor& OperationModuleImpl::get(const std::string& name) const {
   auto it = tensors_.find(name);
-  if (it == tensors_.end()) fail("BatchOperation: no parameter \"{}\"", name);
+  if (it == tensors_.end()) fail("LevelOperation: no parameter \"{}\"", name);
   return it->second;
 }
 

@@ -1,0 +1,31 @@
+#pragma once
+// The fused CPU kernel's plan and entry points (connex/fused_kernel.h says
+// what the kernel is). Internal: the network makes the plan and calls it.
+#include <memory>
+
+#include <torch/types.h>
+
+#include "connex/fused_kernel.h"
+#include "connex/tensor_function.h"
+#include "connex/topology.h"
+
+namespace connex {
+
+// Built-in element-wise activations the fused kernel differentiates itself.
+bool fused_supports(const TensorFunction& activation);
+
+// What the kernel needs besides the tensors, made once per network: the
+// topology with the kernel's connection layout (kept alive by the autograd
+// graph through a tensor that owns a reference), and the activation.
+struct FusedPlan {
+  torch::Tensor layout_holder;
+  int64_t activation = 0;
+};
+FusedPlan make_fused_plan(const std::shared_ptr<const Topology>& topology, const TensorFunction& activation);
+
+// x: [batch, inputs] -> [batch, outputs] (output order), differentiable
+// with respect to x, weight and bias.
+torch::Tensor fused_forward(const FusedPlan& plan, const torch::Tensor& x, const torch::Tensor& weight,
+                            const torch::Tensor& bias);
+
+}  // namespace connex

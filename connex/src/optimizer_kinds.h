@@ -1,0 +1,52 @@
+#pragma once
+// The optimizer-state codec the checkpoint reads and writes with. Internal:
+// users save and load whole optimizers (connex/checkpoint.h). Every function
+// here looks its type up in the one table of optimizer kinds
+// (optimizer_state.cpp); an unknown type name throws connex::Error.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/optim/optimizer.h>
+
+#include "connex/optimizer_state.h"
+
+namespace connex {
+
+// The optimizers connex knows, for messages: by name ("adam, adamw, sgd,
+// rmsprop and adagrad") or by title ("Adam, AdamW, ..."); `last_separator`
+// joins the last two.
+enum class OptimizerNaming { kName, kTitle };
+std::string list_optimizer_kinds(OptimizerNaming naming, const char* last_separator = " and ");
+
+// The names (as in network->named_parameters()) of the parameters of each of
+// the optimizer's groups. A parameter that is not the network's throws,
+// naming `context` and the group.
+std::vector<std::vector<std::string>> group_parameter_names(const torch::optim::Optimizer& optimizer,
+                                                            const NeuralNetwork& network, const std::string& context);
+
+// The tensor field names of a type, e.g. {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"} for "adam".
+const std::vector<std::string>& state_tensor_names(const std::string& type);
+// Whether a type's state has a step counter.
+bool state_has_step(const std::string& type);
+// The inverse of state_fields; the fields must be those of fields.type.
+std::unique_ptr<torch::optim::OptimizerParamState> make_param_state(const OptimizerStateFields& fields);
+
+// The state fields torch's step() reads for a parameter that has state, under
+// its group's options (Adam's max_exp_avg_sq only with amsgrad, SGD's
+// momentum buffer only with momentum, ...); a state lacking one would make
+// step() throw or dereference nothing. And whether the optimizer keeps a state
+// for every parameter from the start (Adagrad), so none may be missing (false
+// for an unknown type).
+std::vector<std::string> required_state_fields(const std::string& type, const torch::optim::OptimizerOptions& options);
+bool state_required_for_every_parameter(const std::string& type);
+
+// The inverse of optimizer_options_to_json: checks every key and value and
+// names the culprit by `where` (a file and JSON path); returns a fresh options
+// object of `type`.
+std::unique_ptr<torch::optim::OptimizerOptions> optimizer_options_from_json(const std::string& type,
+                                                                            const nlohmann::json& json,
+                                                                            const std::string& where);
+
+}  // namespace connex
