@@ -192,3 +192,21 @@ TEST(CliData, AForgottenTaskSaysWhatWouldFit) {
       << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
 }
+
+// prune's scope, floor and dead-neuron flags go to the library's prune().
+TEST(CliPrune, ScopeFloorAndDeadNeurons) {
+  TempDir dir;
+  ASSERT_EQ(connex_cli("train --epochs 20 --out run", dir).code, 0);
+  auto r = connex_cli("prune run --fraction 0.6 --scope neuron --keep-min 1 --remove-dead --out p.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("connections: 14 -> "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("dead neurons removed: "), std::string::npos) << r.out;
+  const NeuralNetwork pruned = load(dir / "p.ckpt");
+  const GraphQueries q(pruned);
+  for (const auto& id : pruned->spec().neurons())
+    if (q.role(id) != Role::Input) EXPECT_GE(q.in_degree(id), 1) << id.str();
+  EXPECT_TRUE(dead_neurons(pruned).empty());
+  r = connex_cli("prune run --fraction 0.5 --scope layer", dir);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--scope"), std::string::npos) << r.err;
+}

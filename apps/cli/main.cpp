@@ -618,8 +618,24 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   return 0;
 }
 
-int cmd_prune(const std::string& path, std::optional<double> threshold, std::optional<double> fraction,
-              const DataArgs& d, const TrainArgs& t, const std::string& out, const CoreShare& cores) {
+// How `prune` chooses: the library's PruneOptions from the flags.
+struct PruneArgs {
+  std::optional<double> threshold, fraction;
+  std::string scope = "global";
+  int64_t keep_min = 0;
+  bool protect_outputs = false, remove_dead = false;
+  PruneOptions options() const {
+    const PruneScope s = scope == "neuron"  ? PruneScope::PerNeuron
+                         : scope == "level" ? PruneScope::PerLevel
+                                            : PruneScope::Global;
+    return PruneOptions().threshold(threshold).fraction(fraction).scope(s).keep_min(keep_min).protect_outputs(
+        protect_outputs);
+  }
+};
+
+int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, const TrainArgs& t,
+              const std::string& out, const CoreShare& cores) {
+  const std::optional<double> threshold = p.threshold, fraction = p.fraction;
   if (threshold.has_value() == fraction.has_value()) fail("prune: give exactly one of --threshold and --fraction");
   if (threshold && !(*threshold >= 0 && std::isfinite(*threshold)))
     fail("prune: --threshold must be a finite number >= 0, got {}", *threshold);
@@ -638,14 +654,22 @@ int cmd_prune(const std::string& path, std::optional<double> threshold, std::opt
   const uint64_t seed = t.seed.value_or(trained.seed);
   if (!d.data.empty() || t.epochs > 0)
     data = load_dataset(d.options(net, t.val_split.value_or(trained.val_split), seed), net, ck.preprocessing, "prune");
-  const std::vector<Edge> weak = weakest_connections(net, threshold, fraction);
+  const std::vector<Edge> weak = connections_to_prune(net, p.options());
   auto optimizer = choose_optimizer(ck, net, t, path);
   auto result = edit(net).remove_connections(weak).build(seed);
   NeuralNetwork pruned = result.network;
   auto next = optimizer_after_edit(*optimizer, net, result);
-  spdlog::info("cores: {}", cores.apply(pruned));  // the pruned network may take the other path (and pool)
   std::printf("connections: %lld -> %lld (removed %zu)\n", static_cast<long long>(net->num_connections()),
               static_cast<long long>(pruned->num_connections()), weak.size());
+  if (p.remove_dead) {  // neurons the pruning cut off from every input or output
+    const auto dead = dead_neurons(pruned);
+    auto cleaned = remove_dead_neurons(pruned);
+    next = optimizer_after_edit(*next, pruned, cleaned);
+    std::printf("dead neurons removed: %zu (%lld connections left)\n", dead.size(),
+                static_cast<long long>(cleaned.network->num_connections()));
+    pruned = cleaned.network;
+  }
+  spdlog::info("cores: {}", cores.apply(pruned));  // the pruned network may take the other path (and pool)
   std::optional<Preprocessing> preprocessing = ck.preprocessing;
   if (data) {
     // Measured on the validation rows when there are some, else on every row.
@@ -878,7 +902,7 @@ struct Commands {
   DataArgs data;
   TrainArgs train_args, prune_train;
   DistributedArgs dist;
-  std::optional<double> threshold, fraction;
+  PruneArgs prune_args;
   EditArgs edit_args;
   double dot_seconds = 60;
   CLI::App *train = nullptr, *prune = nullptr, *edit = nullptr, *export_ = nullptr, *inspect = nullptr,
@@ -906,9 +930,18 @@ void add_train_command(CLI::App& app, Commands& c) {
 void add_prune_command(CLI::App& app, Commands& c) {
   c.prune = app.add_subcommand("prune", "remove the weakest connections by |w|, optionally train on");
   c.prune->add_option("checkpoint", c.path, "checkpoint or config")->required();
-  c.prune->add_option("--threshold", c.threshold, "remove connections with |w| below this");
-  c.prune->add_option("--fraction", c.fraction, "remove this fraction of connections, weakest first")
+  c.prune->add_option("--threshold", c.prune_args.threshold, "remove connections with |w| below this");
+  c.prune->add_option("--fraction", c.prune_args.fraction, "remove this fraction of connections, weakest first")
       ->check(number_in(0, 1, false));
+  c.prune
+      ->add_option("--scope", c.prune_args.scope,
+                   "which connections compete: global, neuron (into each neuron) or level")
+      ->check(CLI::IsMember({"global", "neuron", "level"}));
+  c.prune->add_option("--keep-min", c.prune_args.keep_min, "every neuron keeps at least this many incoming connections")
+      ->check(number_in(0, HUGE_VAL, true));
+  c.prune->add_flag("--protect-outputs", c.prune_args.protect_outputs, "never prune connections into outputs");
+  c.prune->add_flag("--remove-dead", c.prune_args.remove_dead,
+                    "then remove hidden neurons that no input reaches or that reach no output");
   c.data.add_to(c.prune);
   c.prune_train.add_to(c.prune, 0);
   c.prune->add_option("--out", c.out, "write the pruned checkpoint here");
@@ -1002,7 +1035,7 @@ int threads_for_this_process(const CLI::App& app, int threads) {
 
 int run_command(const Commands& c, const CoreShare& cores) {
   if (*c.train) return cmd_train(c.config, c.data, c.train_args, c.dist, c.out, cores);
-  if (*c.prune) return cmd_prune(c.path, c.threshold, c.fraction, c.data, c.prune_train, c.out, cores);
+  if (*c.prune) return cmd_prune(c.path, c.prune_args, c.data, c.prune_train, c.out, cores);
   if (*c.edit) return cmd_edit(c.path, c.edit_args, c.out);
   if (*c.export_) return cmd_export(c.path, c.format, c.out, c.dot_seconds);
   if (*c.inspect) return cmd_inspect(c.path);

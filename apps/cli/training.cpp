@@ -112,24 +112,6 @@ std::pair<double, double> evaluate(NeuralNetwork& network, const torch::Tensor& 
   return {loss, metric};
 }
 
-std::vector<Edge> weakest_connections(const NeuralNetwork& network, std::optional<double> threshold,
-                                      std::optional<double> fraction) {
-  const auto graph = network->weighted_graph();
-  std::vector<std::pair<double, Edge>> by_strength;
-  for (const auto& c : graph.connections) by_strength.push_back({std::abs(c.weight), {c.from, c.to}});
-  std::stable_sort(by_strength.begin(), by_strength.end(),
-                   [](const auto& a, const auto& b) { return a.first < b.first; });
-  std::vector<Edge> weak;
-  if (threshold) {
-    for (const auto& [w, e] : by_strength)
-      if (w < *threshold) weak.push_back(e);
-  } else if (fraction) {
-    const auto count = static_cast<size_t>(std::llround(*fraction * static_cast<double>(by_strength.size())));
-    for (size_t i = 0; i < count; ++i) weak.push_back(by_strength[i].second);
-  }
-  return weak;
-}
-
 void write_run(const std::string& out, const NeuralNetwork& network, const torch::optim::Optimizer& optimizer,
                const Progress& progress, const std::optional<Preprocessing>& preprocessing) {
   namespace fs = std::filesystem;
@@ -535,7 +517,8 @@ class Trainer {
   // state follows the survivors.
   void prune(int epoch) {
     EditScript prune;
-    if (reporter()) prune.remove_connections(weakest_connections(network_, std::nullopt, options_.prune_fraction));
+    if (reporter())
+      prune.remove_connections(connections_to_prune(network_, PruneOptions().fraction(options_.prune_fraction)));
     EditResult edited = replicas_.apply_edit(network_, prune, options_.seed);
     auto next = optimizer_after_edit(*optimizer_, network_, edited);
     if (reporter())

@@ -27,11 +27,6 @@ struct DataOptions {
 Table load_dataset(const DataOptions& options, const NeuralNetwork& network, const std::optional<Preprocessing>& fitted,
                    const std::string& command);
 
-// The connections with the smallest |w|: those below `threshold`, or the
-// weakest `fraction` of all (exactly one of the two is given).
-std::vector<Edge> weakest_connections(const NeuralNetwork& network, std::optional<double> threshold,
-                                      std::optional<double> fraction);
-
 struct TrainOptions {
   int epochs = 1000;
   int64_t batch_size = 0;  // 0: full batch

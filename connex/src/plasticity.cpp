@@ -147,6 +147,30 @@ std::vector<int64_t> where_each_went(const std::vector<NeuronId>& before, const 
   return positions;
 }
 
+// The entries of a parameter the remap moved (came from the old network).
+std::vector<uint8_t> moved_entries(const ParameterRemap& remap, const char* name, int64_t size) {
+  std::vector<uint8_t> moved(size, 0);
+  const auto index = remap.moved.at(name).new_index.to(torch::kCPU);
+  const int64_t* i = index.data_ptr<int64_t>();
+  for (int64_t k = 0; k < index.numel(); ++k) moved[i[k]] = 1;
+  return moved;
+}
+
+// Sets to 0 every new connection (one the remap did not move) into an old
+// neuron (one whose bias it moved; inputs are never targets).
+void zero_connections_into_old_neurons(NeuralNetworkImpl& network, const ParameterRemap& remap) {
+  const Topology& topo = network.topology();
+  const auto old_connection = moved_entries(remap, "weight", topo.num_connections());
+  const auto old_bias = moved_entries(remap, "bias", topo.num_biases());
+  std::vector<int64_t> zeroed;
+  for (int64_t c = 0; c < topo.num_connections(); ++c)
+    if (!old_connection[c] && old_bias[topo.bias_index(topo.conn_target()[c])]) zeroed.push_back(c);
+  if (zeroed.empty()) return;
+  torch::NoGradGuard no_grad;
+  const auto& weight = network.weight_tensor();
+  weight.index_fill_(0, torch::tensor(zeroed, torch::kLong).to(weight.device()), 0.0);
+}
+
 }  // namespace
 
 NetworkEditor::NetworkEditor(const NeuralNetwork& network)
@@ -341,6 +365,11 @@ struct NetworkEditor::IndexGraph {
   std::vector<int64_t> new_index_of_old;  // by old spec position; -1: removed
 };
 
+NetworkEditor& NetworkEditor::function_preserving(bool on) {
+  function_preserving_ = on;
+  return *this;
+}
+
 EditResult NetworkEditor::build(uint64_t seed) const {
   IndexGraph graph = index_graph();
   NeuralNetworkOptions options = edited_options(seed);
@@ -349,6 +378,7 @@ EditResult NetworkEditor::build(uint64_t seed) const {
   result->to(device);
   EditResult out{result, {}, parameter_remap(*base_, result->topology(), graph.new_index_of_old, device)};
   result->adopt_parameters(*network_, out.parameters);
+  if (function_preserving_) zero_connections_into_old_neurons(*result, out.parameters);
   out.positions.inputs = where_each_went(base_->spec().inputs(), result->spec().inputs());
   out.positions.outputs = where_each_went(base_->spec().outputs(), result->spec().outputs());
   out.positions.neurons = graph.new_index_of_old;  // the new spec lists neurons in index_graph()'s order
@@ -423,6 +453,22 @@ GraphSpec NetworkEditor::checked_spec(IndexGraph& graph) const {
     fail_on_added_cycle(again.neurons, again.edges, again.first_added);
     throw;
   }
+}
+
+EditResult as_edit(const NeuralNetwork& before, const NeuralNetwork& after) {
+  if (before.is_empty() || after.is_empty()) fail("as_edit(): expected two networks, got an empty holder");
+  const GraphSpec& old_spec = before->spec();
+  std::vector<int64_t> new_index_of_old(old_spec.num_neurons());
+  for (size_t i = 0; i < old_spec.num_neurons(); ++i)
+    new_index_of_old[i] = after->spec().index_of(old_spec.neurons()[i]);
+  EditResult out{
+      after,
+      {},
+      parameter_remap(before->topology(), after->topology(), new_index_of_old, after->weight_tensor().device())};
+  out.positions.inputs = where_each_went(old_spec.inputs(), after->spec().inputs());
+  out.positions.outputs = where_each_went(old_spec.outputs(), after->spec().outputs());
+  out.positions.neurons = std::move(new_index_of_old);
+  return out;
 }
 
 // --------------------------------------------------------- one-edit helpers

@@ -7,6 +7,7 @@
 #include "connex/optimizer_state.h"
 #include "connex/options.h"
 #include "connex/plasticity.h"
+#include "connex/structure.h"
 #include "connex/prebuilt.h"
 #include "connex/tensor_function.h"
 #include "connex/topology.h"

@@ -57,6 +57,11 @@ class NetworkEditor {
   // A number sets every hidden neuron (inputs and outputs to 0); a map changes
   // only the neurons it names.
   NetworkEditor& set_dropout_p(const DropoutSpec& dropout);
+  // Growth that keeps the function: every new connection into a neuron that
+  // existed before the edit starts at weight 0, so each old output stays
+  // exactly as it was (new neurons read their inputs with drawn weights and
+  // start to matter once training moves their outgoing ones).
+  NetworkEditor& function_preserving(bool on = true);
 
   // Validates the whole (acyclicity), rebuilds once, moves parameters.
   EditResult build(uint64_t seed = 0) const;
@@ -87,6 +92,7 @@ class NetworkEditor {
   std::unordered_set<int64_t> removed_connections_;
   std::vector<NeuronId> inputs_, outputs_;
   DropoutSpec dropout_;
+  bool function_preserving_ = false;
 };
 
 // Starts a batch of edits on `network` (which is never modified).
@@ -102,5 +108,11 @@ NeuralNetwork add_output_neurons(const NeuralNetwork& network, const std::vector
 // Returns the new network and where the remaining neurons' positions went.
 std::pair<NeuralNetwork, PositionRemap> remove_neurons(const NeuralNetwork& network, const std::vector<NeuronId>& ids);
 NeuralNetwork set_dropout_p(const NeuralNetwork& network, const DropoutSpec& dropout);
+
+// What an edit from `before` to `after` would have returned, matching
+// neurons and connections by label: for networks made by the free functions
+// above (or any two networks), so that optimizer_after_edit() and
+// transfer_optimizer_state() can carry an optimizer from one to the other.
+EditResult as_edit(const NeuralNetwork& before, const NeuralNetwork& after);
 
 }  // namespace connex

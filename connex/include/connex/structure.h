@@ -1,0 +1,73 @@
+#pragma once
+// Structure learning on a network's graph: queries by label, dead-neuron
+// removal and magnitude pruning with a scope and a floor. Every edit returns
+// an EditResult, so optimizer_after_edit() carries the optimizer on (same
+// type, options and state), and the network's other parameters stay as trained.
+//
+//   auto result = connex::prune(net, connex::PruneOptions().fraction(0.5).scope(connex::PruneScope::PerNeuron));
+//   auto next = connex::optimizer_after_edit(*optimizer, net, result);
+//   net = connex::remove_dead_neurons(result.network).network;
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include <torch/arg.h>
+
+#include "connex/neural_network.h"
+#include "connex/plasticity.h"
+
+namespace connex {
+
+// Neighbours and degrees by label. The constructor indexes the outgoing
+// connections once, O(neurons + connections); each query then costs the size
+// of its answer. Unknown labels throw, naming the query and the neuron.
+class GraphQueries {
+ public:
+  explicit GraphQueries(const NeuralNetwork& network);
+  // In connection order (the topology's (target, source) order).
+  std::vector<NeuronId> successors(const NeuronId& id) const;
+  std::vector<NeuronId> predecessors(const NeuronId& id) const;
+  int64_t in_degree(const NeuronId& id) const;
+  int64_t out_degree(const NeuronId& id) const;
+  Role role(const NeuronId& id) const;
+
+ private:
+  int64_t dense(const NeuronId& id, const char* query) const;
+  std::shared_ptr<const Topology> topology_;
+  std::vector<int64_t> out_offsets_, out_targets_;  // by source dense id: its targets' dense ids
+};
+
+// Hidden neurons that cannot change any output: no input reaches them, or
+// they reach no output. In the order of spec().neurons(). O(neurons + connections).
+std::vector<NeuronId> dead_neurons(const NeuralNetwork& network);
+// Removes every dead neuron (and its connections) in one edit; an edit that
+// changes nothing when there are none. The outputs stay exactly as they were.
+EditResult remove_dead_neurons(const NeuralNetwork& network);
+
+// Which connections compete with each other for survival.
+enum class PruneScope {
+  Global,     // all of them
+  PerNeuron,  // the connections into each neuron: each keeps its strongest share
+  PerLevel,   // the connections into each level
+};
+
+struct PruneOptions {
+  // Remove this fraction of each scope's candidates, weakest |w| first...
+  TORCH_ARG(std::optional<double>, fraction) = std::nullopt;
+  // ...or every candidate with |w| below this (give exactly one).
+  TORCH_ARG(std::optional<double>, threshold) = std::nullopt;
+  TORCH_ARG(PruneScope, scope) = PruneScope::Global;
+  // Every hidden and output neuron keeps at least this many incoming
+  // connections (fewer only if it had fewer): a connection whose removal
+  // would break the floor is kept.
+  TORCH_ARG(int64_t, keep_min) = 0;
+  // Never prune the connections into output neurons.
+  TORCH_ARG(bool, protect_outputs) = false;
+};
+
+// The connections prune() would remove, weakest first (ties in connection order).
+std::vector<Edge> connections_to_prune(const NeuralNetwork& network, const PruneOptions& options);
+EditResult prune(const NeuralNetwork& network, const PruneOptions& options);
+
+}  // namespace connex

@@ -1,0 +1,214 @@
+#include "connex/structure.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include <torch/torch.h>
+
+#include "connex/error.h"
+
+namespace connex {
+
+GraphQueries::GraphQueries(const NeuralNetwork& network) : topology_(network->topology_ptr()) {
+  const Topology& t = *topology_;
+  out_offsets_.assign(t.num_neurons() + 1, 0);
+  for (int64_t source : t.conn_source()) ++out_offsets_[source + 1];
+  std::partial_sum(out_offsets_.begin(), out_offsets_.end(), out_offsets_.begin());
+  out_targets_.resize(t.num_connections());
+  std::vector<int64_t> fill(out_offsets_.begin(), out_offsets_.end() - 1);
+  for (int64_t c = 0; c < t.num_connections(); ++c) out_targets_[fill[t.conn_source()[c]]++] = t.conn_target()[c];
+}
+
+int64_t GraphQueries::dense(const NeuronId& id, const char* query) const {
+  const int64_t d = topology_->dense_of(id);
+  if (d < 0) fail("GraphQueries::{}(): neuron {} is not in the network", query, id);
+  return d;
+}
+
+std::vector<NeuronId> GraphQueries::successors(const NeuronId& id) const {
+  const int64_t d = dense(id, "successors");
+  std::vector<NeuronId> out;
+  for (int64_t k = out_offsets_[d]; k < out_offsets_[d + 1]; ++k) out.push_back(topology_->label(out_targets_[k]));
+  return out;
+}
+
+std::vector<NeuronId> GraphQueries::predecessors(const NeuronId& id) const {
+  const int64_t d = dense(id, "predecessors");
+  const Topology& t = *topology_;
+  std::vector<NeuronId> out;
+  for (int64_t c = t.in_offsets()[d]; c < t.in_offsets()[d + 1]; ++c) out.push_back(t.label(t.conn_source()[c]));
+  return out;
+}
+
+int64_t GraphQueries::in_degree(const NeuronId& id) const {
+  const int64_t d = dense(id, "in_degree");
+  return topology_->in_offsets()[d + 1] - topology_->in_offsets()[d];
+}
+
+int64_t GraphQueries::out_degree(const NeuronId& id) const {
+  const int64_t d = dense(id, "out_degree");
+  return out_offsets_[d + 1] - out_offsets_[d];
+}
+
+Role GraphQueries::role(const NeuronId& id) const { return topology_->role(dense(id, "role")); }
+
+// ------------------------------------------------------------ dead neurons
+
+namespace {
+
+// Which neurons the inputs reach and which reach an output. Dense ids run
+// level by level and every connection goes to a later level, so one pass
+// forward and one backward settle both.
+struct Reach {
+  std::vector<uint8_t> reached, reaching;
+};
+
+Reach reach(const Topology& t) {
+  const int64_t n = t.num_neurons();
+  Reach r{std::vector<uint8_t>(n, 0), std::vector<uint8_t>(n, 0)};
+  for (int64_t d = 0; d < t.num_inputs(); ++d) r.reached[d] = 1;
+  for (int64_t d = t.num_inputs(); d < n; ++d)
+    for (int64_t c = t.in_offsets()[d]; c < t.in_offsets()[d + 1] && !r.reached[d]; ++c)
+      r.reached[d] = r.reached[t.conn_source()[c]];
+  for (int64_t d = n - 1; d >= 0; --d) {
+    if (t.role(d) == Role::Output) r.reaching[d] = 1;
+    if (!r.reaching[d]) continue;
+    for (int64_t c = t.in_offsets()[d]; c < t.in_offsets()[d + 1]; ++c) r.reaching[t.conn_source()[c]] = 1;
+  }
+  return r;
+}
+
+// A neuron no input reaches has a constant value; it is dead when that
+// constant can be folded into its successors' biases, which per-level
+// operations (techniques) forbid.
+bool is_dead(const Topology& t, const Reach& r, int64_t d, bool foldable) {
+  return t.role(d) == Role::Hidden && (!r.reaching[d] || (!r.reached[d] && foldable));
+}
+
+// The eval-mode value of every neuron no input reaches (0 elsewhere), in double.
+std::vector<double> constant_values(const NeuralNetwork& network, const Reach& r) {
+  const Topology& t = network->topology();
+  const auto w = network->weight_tensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  const auto b = network->bias_tensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  const double *weight = w.data_ptr<double>(), *bias = b.data_ptr<double>();
+  const auto dtype = network->weight_tensor().scalar_type();
+  std::vector<double> value(t.num_neurons(), 0.0);
+  torch::NoGradGuard no_grad;
+  for (int64_t d = t.num_inputs(); d < t.num_neurons(); ++d) {
+    if (r.reached[d] || t.role(d) != Role::Hidden) continue;
+    double z = bias[t.bias_index(d)];
+    for (int64_t c = t.in_offsets()[d]; c < t.in_offsets()[d + 1]; ++c) z += weight[c] * value[t.conn_source()[c]];
+    value[d] = network->options().hidden_activation()(torch::full({1}, z, dtype)).item<double>();
+  }
+  return value;
+}
+
+}  // namespace
+
+std::vector<NeuronId> dead_neurons(const NeuralNetwork& network) {
+  const Topology& t = network->topology();
+  const Reach r = reach(t);
+  const bool foldable = network->operations().empty();
+  std::vector<NeuronId> dead;
+  for (size_t i = 0; i < network->spec().num_neurons(); ++i) {
+    const int64_t d = t.dense_at(static_cast<int64_t>(i));
+    if (is_dead(t, r, d, foldable)) dead.push_back(t.label(d));
+  }
+  return dead;
+}
+
+EditResult remove_dead_neurons(const NeuralNetwork& network) {
+  const Topology& t = network->topology();
+  const Reach r = reach(t);
+  const bool foldable = network->operations().empty();
+  EditResult result = edit(network).remove_neurons(dead_neurons(network)).build();
+  // What the removed constant neurons fed into each surviving neuron moves into its bias.
+  const auto value = constant_values(network, r);
+  const auto w = network->weight_tensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  const double* weight = w.data_ptr<double>();
+  for (int64_t d = t.num_inputs(); d < t.num_neurons(); ++d) {
+    if (is_dead(t, r, d, foldable)) continue;
+    double fed = 0;
+    for (int64_t c = t.in_offsets()[d]; c < t.in_offsets()[d + 1]; ++c) {
+      const int64_t source = t.conn_source()[c];
+      if (is_dead(t, r, source, foldable)) fed += weight[c] * value[source];
+    }
+    if (fed != 0) result.network->set_bias(t.label(d), result.network->bias(t.label(d)) + fed);
+  }
+  return result;
+}
+
+// ----------------------------------------------------------------- pruning
+
+namespace {
+
+void check_prune_options(const PruneOptions& options) {
+  if (options.fraction().has_value() == options.threshold().has_value())
+    fail("prune(): expected exactly one of fraction and threshold, got {}", options.fraction() ? "both" : "neither");
+  if (options.fraction() && !(*options.fraction() >= 0 && *options.fraction() <= 1))
+    fail("prune(): expected a fraction in [0, 1], got {}", *options.fraction());
+  if (options.threshold() && !(*options.threshold() >= 0 && std::isfinite(*options.threshold())))
+    fail("prune(): expected a finite threshold >= 0, got {}", *options.threshold());
+  if (options.keep_min() < 0) fail("prune(): expected keep_min >= 0, got {}", options.keep_min());
+}
+
+// The scope group of each connection: 0 for all, its target, or its target's level.
+std::vector<int64_t> scope_groups(const Topology& t, PruneScope scope) {
+  std::vector<int64_t> group(t.num_connections(), 0);
+  if (scope == PruneScope::Global) return group;
+  std::vector<int64_t> level_of(t.num_neurons(), 0);
+  for (size_t l = 0; l < t.levels().size(); ++l)
+    for (int64_t d = t.levels()[l].begin; d < t.levels()[l].end; ++d) level_of[d] = static_cast<int64_t>(l);
+  for (int64_t c = 0; c < t.num_connections(); ++c)
+    group[c] = scope == PruneScope::PerNeuron ? t.conn_target()[c] : level_of[t.conn_target()[c]];
+  return group;
+}
+
+}  // namespace
+
+std::vector<Edge> connections_to_prune(const NeuralNetwork& network, const PruneOptions& options) {
+  check_prune_options(options);
+  const Topology& t = network->topology();
+  const auto w = network->weight_tensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  const double* weight = w.data_ptr<double>();
+  const auto group = scope_groups(t, options.scope());
+  // The candidates of each group, weakest first (ties in connection order).
+  std::vector<int64_t> order;
+  for (int64_t c = 0; c < t.num_connections(); ++c)
+    if (!(options.protect_outputs() && t.role(t.conn_target()[c]) == Role::Output)) order.push_back(c);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return group[a] != group[b] ? group[a] < group[b] : std::abs(weight[a]) < std::abs(weight[b]);
+  });
+  std::vector<int64_t> chosen;
+  for (size_t first = 0; first < order.size();) {
+    size_t last = first;
+    while (last < order.size() && group[order[last]] == group[order[first]]) ++last;
+    const size_t count = last - first;
+    const size_t take = options.fraction()
+                            ? static_cast<size_t>(std::llround(*options.fraction() * static_cast<double>(count)))
+                            : count;
+    for (size_t k = first; k < first + take; ++k)
+      if (!options.threshold() || std::abs(weight[order[k]]) < *options.threshold()) chosen.push_back(order[k]);
+    first = last;
+  }
+  // Weakest first across groups, then the floor: a neuron keeps keep_min inputs.
+  std::stable_sort(chosen.begin(), chosen.end(),
+                   [&](int64_t a, int64_t b) { return std::abs(weight[a]) < std::abs(weight[b]); });
+  std::vector<int64_t> remaining(t.num_neurons());
+  for (int64_t d = 0; d < t.num_neurons(); ++d) remaining[d] = t.in_offsets()[d + 1] - t.in_offsets()[d];
+  std::vector<Edge> edges;
+  for (int64_t c : chosen) {
+    const int64_t target = t.conn_target()[c];
+    if (remaining[target] <= options.keep_min()) continue;
+    --remaining[target];
+    edges.emplace_back(t.label(t.conn_source()[c]), t.label(target));
+  }
+  return edges;
+}
+
+EditResult prune(const NeuralNetwork& network, const PruneOptions& options) {
+  return edit(network).remove_connections(connections_to_prune(network, options)).build();
+}
+
+}  // namespace connex

@@ -1,0 +1,220 @@
+// Structure learning: label queries, dead-neuron removal, pruning scopes and
+// floors, function-preserving growth, and edits by the free functions carried
+// into an optimizer (as_edit).
+#include <random>
+
+#include "test_util.h"
+
+using namespace connex;
+using namespace connex::testing;
+
+namespace {
+
+// The ids of `network` among `wanted`, in its spec's neuron order.
+std::vector<NeuronId> in_spec_order(const NeuralNetwork& network, const std::vector<NeuronId>& wanted) {
+  std::vector<NeuronId> out;
+  for (const auto& id : network->spec().neurons())
+    if (std::find(wanted.begin(), wanted.end(), id) != wanted.end()) out.push_back(id);
+  return out;
+}
+
+const auto kTanh64 = NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("tanh");
+
+// Inputs 0, 1; hidden 2, 3; output 4; weights set by hand.
+NeuralNetwork hand_network() {
+  NeuralNetwork net(GraphSpec::from_adjacency({{0, {2, 3}}, {1, {2, 3}}, {2, {4}}, {3, {4}}}, {0, 1}, {4}), kTanh64);
+  const std::vector<std::tuple<int, int, double>> weights = {{0, 2, 0.1},  {1, 2, -0.5}, {0, 3, 0.2},
+                                                             {1, 3, -0.9}, {2, 4, 0.05}, {3, 4, 0.3}};
+  for (const auto& [from, to, w] : weights) net->set_weight(from, to, w);
+  return net;
+}
+
+std::vector<Edge> edges(std::initializer_list<std::pair<int, int>> list) {
+  std::vector<Edge> out;
+  for (const auto& [a, b] : list) out.emplace_back(a, b);
+  return out;
+}
+
+}  // namespace
+
+TEST(GraphQueries, AnswerByLabel) {
+  NeuralNetwork net(readme_spec());
+  const GraphQueries q(net);
+  EXPECT_EQ(q.successors(0), (std::vector<NeuronId>{1, 2, 3}));
+  EXPECT_EQ(q.predecessors(11), (std::vector<NeuronId>{8, 9, 10}));
+  EXPECT_EQ(q.predecessors(0), std::vector<NeuronId>{});
+  EXPECT_EQ(q.successors(3), std::vector<NeuronId>{});
+  EXPECT_EQ(q.in_degree(4), 2);
+  EXPECT_EQ(q.out_degree(6), 2);
+  EXPECT_EQ(q.out_degree(11), 0);
+  EXPECT_EQ(q.role(3), Role::Output);
+  EXPECT_EQ(q.role(0), Role::Input);
+  EXPECT_EQ(q.role(5), Role::Hidden);
+  EXPECT_THROW_MSG(q.successors(99), "GraphQueries::successors(): neuron 99 is not in the network");
+  EXPECT_THROW_MSG(q.in_degree(NeuronId("a")), "GraphQueries::in_degree(): neuron \"a\" is not in the network");
+}
+
+TEST(GraphQueries, DegreesSumToTheConnectionsOnRandomGraphs) {
+  std::mt19937_64 rng(5);
+  for (int trial = 0; trial < 50; ++trial) {
+    NeuralNetwork net(random_dag(rng));
+    const GraphQueries q(net);
+    int64_t in = 0, out = 0;
+    for (const auto& id : net->spec().neurons()) {
+      in += q.in_degree(id);
+      out += q.out_degree(id);
+      for (const auto& s : q.successors(id)) {
+        const auto p = q.predecessors(s);
+        EXPECT_NE(std::find(p.begin(), p.end(), id), p.end());
+      }
+    }
+    EXPECT_EQ(in, net->num_connections());
+    EXPECT_EQ(out, net->num_connections());
+  }
+}
+
+// 2 reaches no output; 3 is reached from no input but feeds the output (its
+// constant folds into 5's bias); 4 hangs off 3 and reaches nothing.
+TEST(DeadNeurons, AreFoundAndRemovedWithTheOutputsUnchanged) {
+  NeuralNetwork net(GraphSpec::from_adjacency({{0, {1, 2}}, {1, {5}}, {3, {5, 4}}}, {0}, {5}), kTanh64);
+  EXPECT_EQ(dead_neurons(net), in_spec_order(net, {2, 3, 4}));
+  const auto x = torch::randn({7, 1}, torch::kFloat64);
+  const auto before = net->forward(x);
+  EditResult result = remove_dead_neurons(net);
+  EXPECT_EQ(result.network->spec().neurons(), in_spec_order(net, {0, 1, 5}));
+  EXPECT_LE((result.network->forward(x) - before).abs().max().item<double>(), 1e-12);
+  // By hand: 5's bias took w35 · tanh(b3).
+  EXPECT_NEAR(result.network->bias(5), net->bias(5) + net->weight(3, 5) * std::tanh(net->bias(3)), 1e-15);
+  EXPECT_EQ(result.network->weight(0, 1), net->weight(0, 1));
+  EXPECT_TRUE(dead_neurons(result.network).empty());
+
+  // With a technique the constant would pass through it: 3 stays.
+  NeuralNetwork adaptive(net->spec(), NeuralNetworkOptions(kTanh64).use_adaptive_activations(true));
+  EXPECT_EQ(dead_neurons(adaptive), in_spec_order(net, {2, 4}));
+}
+
+TEST(DeadNeurons, RemovalKeepsEveryOutputOnRandomGraphs) {
+  std::mt19937_64 rng(11);
+  int removed = 0;
+  for (int trial = 0; trial < 200; ++trial) {
+    RandomDagOptions options;
+    options.edge_probability = 0.2;
+    NeuralNetwork net(random_dag(rng, options), NeuralNetworkOptions(kTanh64).seed(trial));
+    const auto x = torch::randn({5, net->num_inputs()}, torch::kFloat64);
+    const auto before = net->forward(x);
+    const auto dead = dead_neurons(net);
+    EditResult result = remove_dead_neurons(net);
+    removed += static_cast<int>(dead.size());
+    EXPECT_EQ(result.network->num_neurons(), net->num_neurons() - static_cast<int64_t>(dead.size()));
+    EXPECT_LE((result.network->forward(x) - before).abs().max().item<double>(), 1e-12) << "trial " << trial;
+    EXPECT_TRUE(dead_neurons(result.network).empty()) << "trial " << trial;
+  }
+  EXPECT_GT(removed, 100);  // the graphs did have dead neurons
+}
+
+TEST(Prune, ScopesChooseTheWeakestOfEachGroup) {
+  auto net = hand_network();
+  auto pruned = [&](const PruneOptions& o) { return connections_to_prune(net, o); };
+  EXPECT_EQ(pruned(PruneOptions().fraction(0.5)), edges({{2, 4}, {0, 2}, {0, 3}}));
+  EXPECT_EQ(pruned(PruneOptions().fraction(0.5).scope(PruneScope::PerNeuron)), edges({{2, 4}, {0, 2}, {0, 3}}));
+  EXPECT_EQ(pruned(PruneOptions().fraction(0.2).scope(PruneScope::PerNeuron)), edges({}));  // round(0.4) = 0 of 2
+  EXPECT_EQ(pruned(PruneOptions().fraction(0.5).scope(PruneScope::PerLevel)), edges({{2, 4}, {0, 2}, {0, 3}}));
+  // Level 1: 3 of its 4; level 2: round(1.5) = both.
+  EXPECT_EQ(pruned(PruneOptions().fraction(0.75).scope(PruneScope::PerLevel)),
+            edges({{2, 4}, {0, 2}, {0, 3}, {3, 4}, {1, 2}}));
+  EXPECT_EQ(pruned(PruneOptions().fraction(0.5).protect_outputs(true)), edges({{0, 2}, {0, 3}}));
+  EXPECT_EQ(pruned(PruneOptions().threshold(0.25)), edges({{2, 4}, {0, 2}, {0, 3}}));
+  // A floor of one input each: 3 -> 4 and 1 -> 2 stay although below the threshold.
+  EXPECT_EQ(pruned(PruneOptions().threshold(0.6).keep_min(1)), edges({{2, 4}, {0, 2}, {0, 3}}));
+  EXPECT_EQ(pruned(PruneOptions().threshold(0.6)), edges({{2, 4}, {0, 2}, {0, 3}, {3, 4}, {1, 2}}));
+}
+
+TEST(Prune, RejectsBadOptionsByName) {
+  auto net = hand_network();
+  EXPECT_THROW_MSG(prune(net, PruneOptions()), "prune(): expected exactly one of fraction and threshold, got neither");
+  EXPECT_THROW_MSG(prune(net, PruneOptions().fraction(0.5).threshold(0.1)),
+                   "prune(): expected exactly one of fraction and threshold, got both");
+  EXPECT_THROW_MSG(prune(net, PruneOptions().fraction(1.5)), "prune(): expected a fraction in [0, 1], got 1.5");
+  EXPECT_THROW_MSG(prune(net, PruneOptions().threshold(-1)), "prune(): expected a finite threshold >= 0, got -1");
+  EXPECT_THROW_MSG(prune(net, PruneOptions().fraction(0.1).keep_min(-2)), "prune(): expected keep_min >= 0, got -2");
+  EXPECT_EQ(net->num_connections(), 6);
+}
+
+// The pruned network keeps every surviving weight, and the optimizer goes on
+// with its type, learning rate and state.
+TEST(Prune, ResultCarriesTheOptimizer) {
+  auto net = hand_network();
+  torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(0.03));
+  const auto x = torch::randn({8, 2}, torch::kFloat64), y = torch::randn({8, 1}, torch::kFloat64);
+  for (int i = 0; i < 3; ++i) {
+    adam.zero_grad();
+    torch::mse_loss(net->forward(x), y).backward();
+    adam.step();
+  }
+  EditResult result = prune(net, PruneOptions().fraction(0.5).scope(PruneScope::PerNeuron));
+  EXPECT_EQ(result.network->num_connections(), 3);
+  EXPECT_EQ(result.network->weight(1, 2), net->weight(1, 2));
+  EXPECT_EQ(result.network->weight(3, 4), net->weight(3, 4));
+  auto next = optimizer_after_edit(adam, net, result);
+  EXPECT_EQ(next->param_groups()[0].options().get_lr(), 0.03);
+  EXPECT_EQ(next->state().size(), 2u);  // weight and bias both have moments
+}
+
+// New connections into old neurons start at 0: the fused kernel sums each
+// row in connection order, and an added 0·v changes no partial sum.
+TEST(Growth, FunctionPreservingKeepsTheOutputsBitForBit) {
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().hidden_activation("relu").seed(3));
+  ASSERT_TRUE(net->uses_fused_kernel());
+  const auto x = torch::randn({16, 1});
+  const auto before = net->forward(x);
+  EditResult grown = edit(net)
+                         .add_hidden_neurons({20, 21})
+                         .add_connections({{0, 20}, {20, 21}, {21, 11}, {20, 3}, {1, 6}})
+                         .function_preserving()
+                         .build(7);
+  EXPECT_TRUE(torch::equal(grown.network->forward(x), before));
+  EXPECT_EQ(grown.network->weight(21, 11), 0.0);
+  EXPECT_EQ(grown.network->weight(20, 3), 0.0);
+  EXPECT_EQ(grown.network->weight(1, 6), 0.0);
+  EXPECT_NE(grown.network->weight(0, 20), 0.0);  // into new neurons: drawn from the seed
+  EXPECT_NE(grown.network->weight(20, 21), 0.0);
+  // Without the option the new connections are drawn from the seed.
+  EditResult drawn = edit(net).add_hidden_neurons({20}).add_connections({{0, 20}, {20, 3}}).build(7);
+  EXPECT_NE(drawn.network->weight(20, 3), 0.0);
+}
+
+TEST(Growth, FunctionPreservingOnRandomGraphsInDouble) {
+  std::mt19937_64 rng(21);
+  for (int trial = 0; trial < 100; ++trial) {
+    NeuralNetwork net(random_dag(rng), NeuralNetworkOptions(kTanh64).seed(trial));
+    const auto x = torch::randn({4, net->num_inputs()}, torch::kFloat64);
+    const auto before = net->forward(x);
+    // A new neuron between an input and every hidden or output neuron.
+    auto editor = edit(net).add_hidden_neurons({1000}).add_connections({{net->input_neurons()[0], 1000}});
+    for (const auto& id : net->spec().neurons())
+      if (net->spec().role(id) != Role::Input) editor.add_connections({{1000, id}});
+    auto grown = editor.function_preserving().build(trial).network;
+    EXPECT_LE((grown->forward(x) - before).abs().max().item<double>(), 1e-12) << "trial " << trial;
+  }
+}
+
+// A free function's result, turned into an EditResult by label, carries an
+// optimizer exactly as the editor's own result does.
+TEST(AsEdit, MatchesTheEditorsRemap) {
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().seed(2));
+  const auto by_editor = edit(net).add_connections({{1, 6}, {2, 11}}).remove_neurons({9}).build(1);
+  const auto by_label = as_edit(net, by_editor.network);
+  for (const char* name : {"weight", "bias"}) {
+    EXPECT_TRUE(
+        torch::equal(by_label.parameters.moved.at(name).new_index, by_editor.parameters.moved.at(name).new_index));
+    EXPECT_TRUE(
+        torch::equal(by_label.parameters.moved.at(name).old_index, by_editor.parameters.moved.at(name).old_index));
+  }
+  EXPECT_EQ(by_label.positions.inputs, by_editor.positions.inputs);
+  EXPECT_EQ(by_label.positions.outputs, by_editor.positions.outputs);
+  const NeuralNetwork added = add_connections(net, {{1, 6}});
+  torch::optim::SGD sgd(net->parameters(), torch::optim::SGDOptions(0.2).momentum(0.5));
+  auto next = optimizer_after_edit(sgd, net, as_edit(net, added));
+  EXPECT_EQ(next->param_groups()[0].options().get_lr(), 0.2);
+  EXPECT_THROW_MSG(as_edit(net, NeuralNetwork(nullptr)), "as_edit(): expected two networks, got an empty holder");
+}
