@@ -256,7 +256,7 @@ void run_backward(const Layout& layout, Act act, const T* w_out, const T* V, con
   at::parallel_for(0, n_in, 16, [&](int64_t first, int64_t last) {
     for (int64_t d = first; d < last; ++d) {
       T* g = G + d * B;
-      if (topo.role(d) != Role::Output) std::fill(g, g + B, T(0));  // output rows hold the seed
+      std::fill(g, g + B, T(0));  // an input is never an output: no seed to keep
       source_pass(d, g);
       for (int64_t j = 0; j < B; ++j) gx[j * n_in + d] = g[j];
     }
