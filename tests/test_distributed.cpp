@@ -15,6 +15,7 @@
 #include <functional>
 #include <thread>
 
+#include "net_util.h"
 #include "test_util.h"
 
 using namespace connex;
@@ -268,19 +269,6 @@ namespace {
 
 int run_connex(const std::vector<std::string>& args, const std::string& log) {
   return wait_for(spawn_connex(args, log), std::chrono::seconds(300));
-}
-
-// A port nobody listens on now, for a rendezvous started by the test itself.
-int unused_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
 }
 
 // A 2 -> 1 regression in float64, so that two ranks' summation order stays far below 1e-6.

@@ -18,6 +18,7 @@
 #include <sstream>
 #include <thread>
 
+#include "net_util.h"
 #include "test_util.h"
 
 #if defined(CONNEX_WITH_DISTRIBUTED)
@@ -45,19 +46,6 @@ struct BusyPort {
   ~BusyPort() { close(fd); }
   int fd = -1, port = 0;
 };
-
-// A port nobody listens on now.
-int unused_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
