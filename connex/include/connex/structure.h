@@ -4,9 +4,12 @@
 // an EditResult, so optimizer_after_edit() carries the optimizer on (same
 // type, options and state), and the network's other parameters stay as trained.
 //
-//   auto result = connex::prune(net, connex::PruneOptions().fraction(0.5).scope(connex::PruneScope::PerNeuron));
-//   auto next = connex::optimizer_after_edit(*optimizer, net, result);
-//   net = connex::remove_dead_neurons(result.network).network;
+//   auto pruned = connex::prune(net, connex::PruneOptions().fraction(0.5).scope(connex::PruneScope::PerNeuron));
+//   auto optimizer2 = connex::optimizer_after_edit(*optimizer, net, pruned);   // optimizer_state.h
+//   auto cleaned = connex::remove_dead_neurons(pruned.network);
+//   auto optimizer3 = connex::optimizer_after_edit(*optimizer2, pruned.network, cleaned);
+//   net = cleaned.network;  // trained on with optimizer3
+// A GraphQueries describes the graph it was made from: make a new one after an edit.
 #include <cstdint>
 #include <memory>
 #include <optional>
