@@ -1,7 +1,8 @@
 #pragma once
 // Workloads shared by the benchmark program: random sparse DAGs and the
-// plain-Linear reference networks connex is measured against.
-#include <random>
+// plain-torch reference networks connex is measured against.
+#include <algorithm>
+#include <string>
 #include <vector>
 
 #include <torch/torch.h>
@@ -10,51 +11,52 @@
 
 namespace connex::bench {
 
-// A random sparse DAG: `neurons` neurons in `depth` layers after an input
-// layer (1% inputs, 1% outputs in the last layer), each non-input neuron with
-// `fan_in` distinct sources: one from the previous layer (so the depth is
-// exact) and the rest uniformly from all earlier layers.
-struct SparseDag {
-  GraphSpec spec;
-  std::vector<int64_t> layer_of;  // by integer id
-};
-
-inline SparseDag random_sparse_dag(int64_t neurons, int64_t fan_in, int64_t depth, uint64_t seed) {
-  std::mt19937_64 rng(seed);
+// The random sparse DAG of workloads 4, 5, 9 and 10: `neurons` neurons (1%
+// inputs, 1% outputs), `connections` connections, `depth` levels after the inputs.
+inline nn::RandomDagOptions sparse_dag_options(int64_t neurons, int64_t connections, int64_t depth, uint64_t seed) {
   const int64_t n_in = std::max<int64_t>(1, neurons / 100), n_out = std::max<int64_t>(1, neurons / 100);
-  const int64_t n_hidden = neurons - n_in - n_out;
-  std::vector<int64_t> layer_begin;  // ids are consecutive by layer
-  layer_begin.push_back(0);
-  layer_begin.push_back(n_in);
-  for (int64_t l = 1; l < depth; ++l) layer_begin.push_back(n_in + n_hidden * l / (depth - 1));
-  layer_begin.push_back(neurons);  // last layer: the outputs
-  std::vector<int64_t> layer_of(neurons);
-  for (size_t l = 0; l + 1 < layer_begin.size(); ++l)
-    for (int64_t i = layer_begin[l]; i < layer_begin[l + 1]; ++i) layer_of[i] = static_cast<int64_t>(l);
-
-  std::vector<Edge> edges;
-  edges.reserve(neurons * fan_in);
-  std::vector<int64_t> picked;
-  for (int64_t v = n_in; v < neurons; ++v) {
-    const int64_t l = layer_of[v];
-    const int64_t prev_begin = layer_begin[l - 1], prev_end = layer_begin[l];
-    // Sources: never an output (they sit in the last layer, which nobody reads).
-    const int64_t pool = std::min(prev_end, neurons - n_out);
-    picked.clear();
-    picked.push_back(std::uniform_int_distribution<int64_t>(prev_begin, prev_end - 1)(rng));
-    const int64_t want = std::min<int64_t>(fan_in, pool);
-    while (static_cast<int64_t>(picked.size()) < want) {
-      int64_t u = std::uniform_int_distribution<int64_t>(0, pool - 1)(rng);
-      if (std::find(picked.begin(), picked.end(), u) == picked.end()) picked.push_back(u);
-    }
-    for (int64_t u : picked) edges.emplace_back(u, v);
-  }
-  std::vector<NeuronId> all, inputs, outputs;
-  for (int64_t i = 0; i < neurons; ++i) all.emplace_back(i);
-  for (int64_t i = 0; i < n_in; ++i) inputs.emplace_back(i);
-  for (int64_t i = neurons - n_out; i < neurons; ++i) outputs.emplace_back(i);
-  return {GraphSpec(std::move(all), std::move(edges), std::move(inputs), std::move(outputs)), std::move(layer_of)};
+  return nn::RandomDagOptions()
+      .inputs(n_in)
+      .hidden(neurons - n_in - n_out)
+      .outputs(n_out)
+      .connections(connections)
+      .depth(depth)
+      .seed(seed);
 }
+
+// The masked-dense equivalent of a sparse layered network (what users write
+// instead of connex): Linear layers whose weights are multiplied by a fixed
+// 0/1 mask in every forward, the mask holding exactly `spec`'s connections.
+struct MaskedLinearStackImpl : torch::nn::Module {
+  // `spec` from nn::sparse_layered_spec(sizes, ...): integer ids, consecutive by layer.
+  MaskedLinearStackImpl(const std::vector<int64_t>& sizes, const GraphSpec& spec) {
+    std::vector<int64_t> first{0};  // each layer's first id
+    for (int64_t n : sizes) first.push_back(first.back() + n);
+    std::vector<torch::Tensor> mask;
+    for (size_t k = 0; k + 1 < sizes.size(); ++k) {
+      layers.push_back(register_module("layer" + std::to_string(k), torch::nn::Linear(sizes[k], sizes[k + 1])));
+      mask.push_back(torch::zeros({sizes[k + 1], sizes[k]}));
+    }
+    for (const auto& [from, to] : spec.edges()) {
+      const int64_t u = from.as_integer(), v = to.as_integer();
+      const auto k = std::upper_bound(first.begin(), first.end(), u) - first.begin() - 1;
+      TORCH_CHECK(first[k + 1] <= v && v < first[k + 2], "MaskedLinearStack: expected a layered spec, got edge ", u,
+                  " -> ", v);
+      mask[k].accessor<float, 2>()[v - first[k + 1]][u - first[k]] = 1;
+    }
+    for (size_t k = 0; k < mask.size(); ++k) masks.push_back(register_buffer("mask" + std::to_string(k), mask[k]));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    for (size_t k = 0; k < layers.size(); ++k) {
+      x = torch::nn::functional::linear(x, layers[k]->weight * masks[k], layers[k]->bias);
+      if (k + 1 < layers.size()) x = torch::relu(x);
+    }
+    return x;
+  }
+  std::vector<torch::nn::Linear> layers;
+  std::vector<torch::Tensor> masks;
+};
+TORCH_MODULE(MaskedLinearStack);
 
 // Plain Linear layers: the reference for MLP(in, out, width, depth).
 struct LinearStackImpl : torch::nn::Module {

@@ -4,15 +4,23 @@
 // connex and its reference are timed in turn, call by call.
 //
 //   connex_bench [--quick] [--threads N] [--only NAME]
+//
+// NAME (a part of it will do): mlp, dense, readme, sparse, plasticity,
+// technique, sparse layered, rewire 1M, structure 1M, generators.
+
+#include <malloc.h>
 
 #include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <functional>
+#include <optional>
+#include <random>
 #include <thread>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <torch/torch.h>
 
 #include "bench_workloads.h"
@@ -49,14 +57,21 @@ double median_seconds(const std::function<void()>& fn, int warmup, int reps, dou
 // Medians of two closures timed alternately, call by call. This machine's
 // speed drifts by tens of percent over seconds (a shared VM); timed in turn,
 // both sides see the same drift, so their ratio holds when absolute times move.
+// `before_a` and `before_b`, when given, run untimed before each call of their side.
 std::pair<double, double> paired_median_seconds(const std::function<void()>& a, const std::function<void()>& b,
-                                                int warmup, int reps, double budget_s = 40.0) {
-  for (int i = 0; i < warmup; ++i) a(), b();
+                                                int warmup, int reps, double budget_s = 40.0,
+                                                const std::function<void()>& before_a = {},
+                                                const std::function<void()>& before_b = {}) {
+  auto timed = [](const std::function<void()>& before, const std::function<void()>& fn) {
+    if (before) before();
+    return seconds_of(fn);
+  };
+  for (int i = 0; i < warmup; ++i) timed(before_a, a), timed(before_b, b);
   std::vector<double> ta, tb;
   const auto start = Clock::now();
   for (int i = 0; i < reps; ++i) {
-    ta.push_back(seconds_of(a));
-    tb.push_back(seconds_of(b));
+    ta.push_back(timed(before_a, a));
+    tb.push_back(timed(before_b, b));
     if (std::chrono::duration<double>(Clock::now() - start).count() > budget_s && ta.size() >= 3) break;
   }
   return {median_of(ta), median_of(tb)};
@@ -99,6 +114,379 @@ void print(const std::vector<Row>& rows) {
     fmt::print("| {} | {} | {} | {} | {} |\n", r.workload, r.connex, r.reference, r.ratio, r.note);
 }
 
+// Gives the cores to the pool `net` uses (core_share.h); the note's suffix naming the setting.
+std::string share_cores(const connex::apps::CoreShare& cores, const connex::NeuralNetwork& net) {
+  cores.apply(net);
+  return fmt::format("; torch {} / BLAS {} thread(s)", torch::get_num_threads(),
+                     connex::apps::CoreShare::blas_threads());
+}
+
+// What the workloads in functions of their own need from the run.
+struct Run {
+  bool quick;
+  int reps;
+  connex::apps::CoreShare cores;
+  std::vector<Row>& rows;
+  torch::Tensor x250, y250;  // toy data (workloads 1, 2, 3 and 6)
+};
+
+const auto kRelu = connex::NeuralNetworkOptions().hidden_activation("relu");
+
+// One classification step (forward, cross-entropy, backward, Adam) as a closure.
+template <typename Net>
+std::function<void()> classify_step(Net net, torch::Tensor x, torch::Tensor labels) {
+  auto optimizer = std::make_shared<torch::optim::Adam>(net->parameters(), torch::optim::AdamOptions(1e-3));
+  return [=]() mutable {
+    optimizer->zero_grad();
+    torch::nn::functional::cross_entropy(net->forward(x), labels).backward();
+    optimizer->step();
+  };
+}
+
+// A connex network trained as a 10-class classifier, which a Rewirer may rewire.
+struct Classifier {
+  connex::NeuralNetwork net;
+  std::shared_ptr<torch::optim::Optimizer> optimizer;
+  torch::Tensor x, labels;
+
+  Classifier(connex::NeuralNetwork network, int64_t batch)
+      : net(std::move(network)),
+        optimizer(std::make_shared<torch::optim::Adam>(net->parameters(), torch::optim::AdamOptions(1e-3))),
+        x(torch::randn({batch, net->num_inputs()})),
+        labels(torch::randint(net->num_outputs(), {batch}, torch::kLong)) {}
+  // A train step; with a trace, through the traced forward (RigL reads it).
+  void step(connex::LevelTrace* trace = nullptr) {
+    optimizer->zero_grad();
+    const auto out = trace ? net->forward(x, *trace) : net->forward(x);
+    torch::nn::functional::cross_entropy(out, labels).backward();
+    optimizer->step();
+  }
+  // Rewires the network and carries the optimizer on (survivors keep their moments).
+  void rewire(connex::Rewirer& rewirer, int64_t at_step, const connex::LevelTrace* trace) {
+    auto r = rewirer.rewire(net, at_step, trace);
+    optimizer = connex::optimizer_after_edit(*optimizer, net, r);
+    net = r.network;
+  }
+};
+
+connex::GraphSpec layered_spec(const std::vector<int64_t>& sizes, double density) {
+  return connex::nn::sparse_layered_spec(sizes, connex::nn::SparseLayersOptions()
+                                                    .density(density)
+                                                    .distribution(connex::nn::DensityDistribution::ErdosRenyi)
+                                                    .seed(1));
+}
+
+// The density of `sizes` that gives about `connections` connections.
+double density_for(const std::vector<int64_t>& sizes, double connections) {
+  double dense = 0;
+  for (size_t k = 0; k + 1 < sizes.size(); ++k) dense += static_cast<double>(sizes[k] * sizes[k + 1]);
+  return connections / dense;
+}
+
+std::string sizes_str(const std::vector<int64_t>& sizes) { return fmt::format("{}", fmt::join(sizes, "-")); }
+
+// 1, 2. MLP and DenseMLP against Linear layers (plain and concatenating).
+void mlps(Run& run, bool dense) {
+  auto net = dense ? connex::nn::DenseMLP(1, 2, 128, 4, kRelu) : connex::nn::MLP(1, 2, 128, 4, kRelu);
+  const auto pools = share_cores(run.cores, net);
+  auto [a, b] = paired_median_seconds(
+      train_step(net, run.x250, run.y250),
+      train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>(4, 128), dense), run.x250, run.y250), 5,
+      run.reps);
+  run.rows.push_back(
+      {dense ? "2. DenseMLP(1,2,128,4) train step, batch 250" : "1. MLP(1,2,128,4) train step, batch 250", fmt_time(a),
+       fmt_time(b), fmt::format("{:.2f}", a / b),
+       (dense ? "vs concatenating Linear layers" : "vs Linear layers") + pools});
+}
+
+// 3. The README's 12-neuron network.
+void readme_net(Run& run) {
+  connex::NeuralNetwork net(connex::apps::readme_graph(), kRelu);
+  const auto pools = share_cores(run.cores, net);
+  // The nearest plain network: Linear layers as wide as the README net's batches.
+  auto [a, b] = paired_median_seconds(
+      train_step(net, run.x250, run.y250),
+      train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>{3, 2, 2, 3}, false), run.x250, run.y250), 20,
+      run.reps * 10);
+  run.rows.push_back({"3. README net (12 neurons) train step, batch 250", fmt_time(a), fmt_time(b),
+                      fmt::format("{:.2f}", a / b), "vs Linear 1-3-2-2-3-2" + pools});
+}
+
+// Workload 4's sparse DAGs, built and trained twice, with their step times.
+struct SparseDags {
+  struct Dag {
+    int64_t neurons;
+    connex::NeuralNetwork net;
+    std::function<void()> step;
+    double peak_mib;
+  };
+  std::vector<Dag> dags;  // 10k neurons, then (without --quick) 100k
+  std::vector<double> times;
+  std::string pools;
+};
+
+SparseDags sparse_dags(Run& run) {
+  // Both sizes are built first, then timed step by step in turn, so that
+  // their ratio (the growth goal) sees one machine state, not two.
+  SparseDags s;
+  for (int64_t neurons : {10000, 100000}) {
+    if (run.quick && neurons > 10000) break;
+    reset_peak_memory();
+    connex::NeuralNetwork net(
+        connex::nn::random_dag_spec(connex::bench::sparse_dag_options(neurons, neurons * 10, 30, 1)), kRelu);
+    s.pools = share_cores(run.cores, net);
+    auto step = train_step(net, torch::randn({64, net->num_inputs()}), torch::randn({64, net->num_outputs()}));
+    for (int i = 0; i < 2; ++i) step();
+    // The process's peak while this network was built and trained (the
+    // 1M figure includes the 100k network, kept for the paired timing).
+    s.dags.push_back({neurons, net, step, peak_memory_mib()});
+  }
+  if (s.dags.size() == 2) {
+    const auto [small, large] = paired_median_seconds(s.dags[0].step, s.dags[1].step, 1, 20);
+    s.times = {small, large};
+  } else {
+    s.times = {median_seconds(s.dags[0].step, 1, 5)};
+  }
+  return s;
+}
+
+// 4. The sparse DAGs' throughput and growth.
+void sparse_dag_rows(Run& run, const SparseDags& s) {
+  for (size_t k = 0; k < s.dags.size(); ++k) {
+    const int64_t conns = s.dags[k].net->num_connections();
+    run.rows.push_back(
+        {fmt::format("4. sparse DAG {}k neurons / {}k connections, depth {}, batch 64", s.dags[k].neurons / 1000,
+                     conns / 1000, s.dags[k].net->topology().depth()),
+         fmt_time(s.times[k]), "", "",
+         fmt::format("{:.2e} connection·samples/s; peak RSS {:.0f} MiB", conns * 64 / s.times[k], s.dags[k].peak_mib) +
+             s.pools});
+  }
+  if (s.dags.size() == 2)
+    run.rows.push_back({"4. sparse DAG: time ratio 1M vs 100k connections (timed in turn)", "", "",
+                        fmt::format("{:.2f}", s.times[1] / s.times[0]),
+                        fmt::format("{:.1f}× the connections",
+                                    double(s.dags[1].net->num_connections()) / s.dags[0].net->num_connections())});
+}
+
+// 5. On the largest network built: remove 1% of the connections; add 100 hidden neurons with 10 connections each.
+void plasticity(Run& run, const SparseDags& s) {
+  const auto& [neurons, net, step, peak] = s.dags.back();
+  (void)peak;
+  const int64_t conns = net->num_connections();
+  std::mt19937_64 rng(2);
+  std::vector<connex::Edge> doomed;
+  const auto& edges = net->spec().edges();
+  const auto& t = net->topology();
+  auto level = [&](int64_t id) { return t.level_of(t.dense_of(connex::NeuronId(id))); };
+  for (int64_t k = 0; k < conns / 100; ++k)
+    doomed.push_back(edges[std::uniform_int_distribution<size_t>(0, edges.size() - 1)(rng)]);
+  std::sort(doomed.begin(), doomed.end());
+  doomed.erase(std::unique(doomed.begin(), doomed.end()), doomed.end());
+  std::vector<connex::NeuronId> fresh;
+  std::vector<connex::Edge> wires;
+  const int64_t n_out = net->num_outputs();
+  for (int64_t h = 0; h < 100; ++h) {
+    connex::NeuronId id(neurons + h);
+    fresh.push_back(id);
+    for (int k = 0; k < 5; ++k) {
+      // From a neuron in the first half of the levels, to one in the second half: never a cycle.
+      int64_t u = std::uniform_int_distribution<int64_t>(0, neurons / 2 - 1)(rng);
+      int64_t v = std::uniform_int_distribution<int64_t>(neurons / 2, neurons - n_out - 1)(rng);
+      if (level(u) >= 15) u = 0;
+      if (level(v) <= 15) v = neurons - 1;
+      wires.emplace_back(u, id);
+      wires.emplace_back(id, v);
+    }
+  }
+  const auto [edit_t, step_t] = paired_median_seconds(
+      [&] { connex::edit(net).remove_connections(doomed).add_hidden_neurons(fresh).add_connections(wires).build(1); },
+      step, 1, run.quick ? 3 : 15, 60.0);
+  run.rows.push_back(
+      {fmt::format("5. plasticity on {}k connections: remove {} connections, add 100 neurons × 10 connections",
+                   conns / 1000, doomed.size()),
+       fmt_time(edit_t), fmt_time(step_t), fmt::format("{:.2f} train steps", edit_t / step_t),
+       "one train step (timed in turn with the edit) is the reference" + s.pools});
+}
+
+// 6. Each technique's cost: the same network and data, train step with / without.
+void techniques(Run& run) {
+  // Both run with the plain network's cores (it takes the fused kernel; a
+  // thread count changed between calls would rebuild torch's thread pool).
+  auto plain = connex::nn::DenseMLP(1, 2, 32, 3, kRelu);
+  const auto pools = share_cores(run.cores, plain);
+  auto plain_step = train_step(plain, run.x250, run.y250);
+  const std::vector<std::pair<std::string, connex::NeuralNetworkOptions>> variants = {
+      {"topo norm", connex::NeuralNetworkOptions(kRelu).use_topo_norm(true)},
+      {"topo self-attention", connex::NeuralNetworkOptions(kRelu).use_topo_self_attention(true)},
+      {"neuron self-attention", connex::NeuralNetworkOptions(kRelu).use_neuron_self_attention(true)},
+      {"adaptive activations", connex::NeuralNetworkOptions(kRelu).use_adaptive_activations(true)},
+  };
+  for (const auto& [name, options] : variants) {
+    const auto [t, t_plain] = paired_median_seconds(
+        train_step(connex::nn::DenseMLP(1, 2, 32, 3, options), run.x250, run.y250), plain_step, 3, run.quick ? 5 : 20);
+    run.rows.push_back({fmt::format("6. {} on DenseMLP(1,2,32,3) train step, batch 250", name), fmt_time(t),
+                        fmt_time(t_plain), fmt::format("{:.2f}", t / t_plain),
+                        "vs the same network without it" + pools});
+  }
+}
+
+// The cores as CoreShare gives them to a network of matrix products (the
+// per-level path): the masked-dense reference's own setting. Returns the note's suffix.
+std::string share_cores_for_matmuls(const connex::apps::CoreShare& cores) {
+  const bool own_pool = connex::apps::CoreShare::blas_has_own_pool();
+  torch::set_num_threads(own_pool ? 1 : cores.threads);
+  if (own_pool) connex::apps::CoreShare::set_blas_threads(cores.threads);
+  return fmt::format("; the reference: torch {} / BLAS {}", torch::get_num_threads(),
+                     connex::apps::CoreShare::blas_threads());
+}
+
+// 7. Sparse layered networks against the masked-dense Linear layers users write instead.
+void sparse_layered(Run& run) {
+  const std::vector<int64_t> sizes{256, 1024, 1024, 10};
+  for (double density : {0.01, 0.03, 0.1, 0.3}) {
+    auto spec = layered_spec(sizes, density);
+    connex::bench::MaskedLinearStack masked(sizes, spec);
+    Classifier c(connex::NeuralNetwork(std::move(spec), kRelu), 128);
+    const auto reference_pools = share_cores_for_matmuls(run.cores);
+    const auto pools = share_cores(run.cores, c.net) + reference_pools;
+    // Each side runs with its own best thread setting, switched untimed
+    // before each call. Warmed up (and glibc told to keep freed memory, see
+    // main()), or the masked-dense step's multi-MB tensors are mmapped and faulted in anew each time.
+    const auto [a, b] =
+        paired_median_seconds([&] { c.step(); }, classify_step(masked, c.x, c.labels), 5, run.reps, 40.0,
+                              [&] { run.cores.apply(c.net); }, [&] { share_cores_for_matmuls(run.cores); });
+    run.rows.push_back({fmt::format("7. sparse layered {} at {:g}% (ER, {}k connections) train step, batch 128",
+                                    sizes_str(sizes), density * 100, c.net->num_connections() / 1000),
+                        fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b),
+                        "vs masked-dense Linear layers, same connections; cross-entropy, Adam; glibc keeps freed "
+                        "memory" +
+                            pools});
+  }
+}
+
+// 7. Training at 10% with SET or RigL rewiring every 100 steps, against plain steps.
+void sparse_layered_rewiring(Run& run) {
+  const std::vector<int64_t> sizes{256, 1024, 1024, 10};
+  for (auto method : {connex::RewireMethod::SET, connex::RewireMethod::RigL}) {
+    const bool rigl = method == connex::RewireMethod::RigL;
+    Classifier c(connex::NeuralNetwork(layered_spec(sizes, 0.1), kRelu), 128);
+    const auto pools = share_cores(run.cores, c.net);
+    connex::Rewirer rewirer(c.net, connex::RewireOptions().method(method).drop_fraction(0.3));
+    int64_t at_step = 0;
+    // The rewiring step (traced for RigL), rewire(), optimizer_after_edit and
+    // the rewired network's first step, which pays for anything a new network builds.
+    auto rewiring = [&] {
+      connex::LevelTrace trace;
+      c.step(rigl ? &trace : nullptr);
+      c.rewire(rewirer, at_step += 100, rigl ? &trace : nullptr);
+      c.step();
+    };
+    const auto [e, p] = paired_median_seconds(
+        rewiring, [&] { c.step(); }, 2, run.quick ? 5 : 20);
+    const double period = (98 * p + e) / 100;  // 100 steps, two of them in the rewiring
+    const std::string name = connex::rewire_method_name(method);
+    run.rows.push_back(
+        {fmt::format("7. {} every 100 steps at 10%, drop 30%: train step amortised", name), fmt_time(period),
+         fmt_time(p), fmt::format("{:.2f}", period / p),
+         "(98 plain steps + the rewiring's 2 steps and rewiring) / 100, vs the plain connex step" + pools});
+    run.rows.push_back(
+        {fmt::format("7. {} rewiring alone at 10%{}", name, rigl ? ", its traced step included" : ""),
+         fmt_time(e - 2 * p), fmt_time(p), fmt::format("{:.2f} train steps", (e - 2 * p) / p),
+         "rewire() + optimizer_after_edit" + std::string(rigl ? " + the traced step's extra" : "") + pools});
+  }
+}
+
+// 8. One SET and one RigL rewiring (drop and grow 30%) of a ~1M-connection
+// layered network, with optimizer_after_edit, in train steps of that network.
+void rewire_1m(Run& run) {
+  const std::vector<int64_t> sizes{1000, 2000, 2000, 1000, 10};
+  const double target = run.quick ? 1e5 : 1e6;
+  Classifier c(connex::NeuralNetwork(layered_spec(sizes, density_for(sizes, target)), kRelu), 64);
+  const auto pools = share_cores(run.cores, c.net);
+  const int64_t conns = c.net->num_connections();
+  connex::LevelTrace trace;  // RigL's: one traced step; rewire() only reads it
+  c.step(&trace);
+  const int reps = run.quick ? 3 : 5;
+  for (auto method : {connex::RewireMethod::SET, connex::RewireMethod::RigL}) {
+    connex::Rewirer rewirer(c.net, connex::RewireOptions().method(method).drop_fraction(0.3));
+    // The rewired network is dropped: every call rewires the same network.
+    auto rewiring = [&] {
+      auto r = rewirer.rewire(c.net, 100, &trace);
+      connex::optimizer_after_edit(*c.optimizer, c.net, r);
+    };
+    const auto [r, p] = paired_median_seconds(
+        rewiring, [&] { c.step(); }, 1, reps, 60.0);
+    run.rows.push_back({fmt::format("8. {} rewiring of {} ({}k connections), drop and grow 30%",
+                                    connex::rewire_method_name(method), sizes_str(sizes), conns / 1000),
+                        fmt_time(r), fmt_time(p), fmt::format("{:.2f} train steps", r / p),
+                        "rewire() + optimizer_after_edit, vs one train step (batch 64, timed in turn)" + pools});
+  }
+  const auto [traced, p] = paired_median_seconds(
+      [&] {
+        connex::LevelTrace t;
+        c.step(&t);
+      },
+      [&] { c.step(); }, 1, reps, 60.0);
+  run.rows.push_back({fmt::format("8. traced train step (RigL's) of {}k connections", conns / 1000), fmt_time(traced),
+                      fmt_time(p), fmt::format("{:.2f}", traced / p), "vs the plain train step" + pools});
+}
+
+// 9. prune() and remove_dead_neurons() on workload 4's DAG, in train steps.
+void structure_1m(Run& run) {
+  const int64_t neurons = run.quick ? 10000 : 100000;
+  connex::NeuralNetwork net(
+      connex::nn::random_dag_spec(connex::bench::sparse_dag_options(neurons, neurons * 10, 30, 1)), kRelu);
+  const auto pools = share_cores(run.cores, net);
+  auto step = train_step(net, torch::randn({64, net->num_inputs()}), torch::randn({64, net->num_outputs()}));
+  const auto options = connex::PruneOptions().fraction(0.1);
+  const auto pruned = connex::prune(net, options).network;
+  const auto dead = connex::dead_neurons(pruned).size();
+  const int reps = run.quick ? 3 : 5;
+  const auto [t_prune, p1] = paired_median_seconds([&] { connex::prune(net, options); }, step, 1, reps, 60.0);
+  const auto [t_dead, p2] = paired_median_seconds([&] { connex::remove_dead_neurons(pruned); }, step, 1, reps, 60.0);
+  const int64_t conns = net->num_connections();
+  run.rows.push_back({fmt::format("9. prune 10% (global magnitude) of the sparse DAG's {}k connections", conns / 1000),
+                      fmt_time(t_prune), fmt_time(p1), fmt::format("{:.2f} train steps", t_prune / p1),
+                      "vs one train step of workload 4's network (batch 64, timed in turn)" + pools});
+  run.rows.push_back({fmt::format("9. remove_dead_neurons after that prune ({} dead)", dead), fmt_time(t_dead),
+                      fmt_time(p2), fmt::format("{:.2f} train steps", t_dead / p2),
+                      "vs one train step of the unpruned network" + pools});
+}
+
+// Medians of making a spec and of building a network from one (a fresh spec each time).
+std::pair<double, double> make_and_build(const std::function<connex::GraphSpec()>& make, int reps) {
+  std::vector<double> made, built;
+  for (int i = 0; i < reps; ++i) {
+    std::optional<connex::GraphSpec> spec;
+    made.push_back(seconds_of([&] { spec.emplace(make()); }));
+    connex::NeuralNetwork net{nullptr};
+    built.push_back(seconds_of([&] { net = connex::NeuralNetwork(std::move(*spec), kRelu); }));
+  }
+  return {median_of(made), median_of(built)};
+}
+
+// 10. The generators making ~1M connections, and building a network from what they make.
+void generators(Run& run) {
+  const std::vector<int64_t> sizes{1000, 2000, 2000, 1000, 10};
+  const int64_t neurons = run.quick ? 10000 : 100000;
+  const double density = density_for(sizes, run.quick ? 1e5 : 1e6);
+  const auto dag = connex::bench::sparse_dag_options(neurons, neurons * 10, 30, 1);
+  const std::vector<std::pair<std::string, std::function<connex::GraphSpec()>>> makers = {
+      {fmt::format("sparse_layered_spec {} at {:.2f}%", sizes_str(sizes), density * 100),
+       [&] { return layered_spec(sizes, density); }},
+      {fmt::format("random_dag_spec {}k neurons, depth 30", neurons / 1000),
+       [&] { return connex::nn::random_dag_spec(dag); }},
+  };
+  for (const auto& [name, make] : makers) {
+    const double conns = static_cast<double>(make().edges().size());
+    const auto [made, built] = make_and_build(make, run.quick ? 3 : 5);
+    run.rows.push_back({fmt::format("10. {}: {:.0f}k connections", name, conns / 1000), fmt_time(made), "", "",
+                        fmt::format("{:.1f}M connections/s", conns / made / 1e6)});
+    run.rows.push_back({fmt::format("10. NeuralNetwork from that spec"), fmt_time(built), "", "",
+                        fmt::format("{:.1f}M connections/s", conns / built / 1e6)});
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -106,20 +494,23 @@ int main(int argc, char** argv) {
   bool quick = false;
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   std::string only;
-  app.add_flag("--quick", quick, "fewer repetitions and no 1M-connection workloads");
+  app.add_flag("--quick", quick, "fewer repetitions; ~100k instead of ~1M connections");
   app.add_option("--threads", threads, "intra-op threads (default: all cores)");
   app.add_option("--only", only, "run only workloads whose name contains this");
   CLI11_PARSE(app, argc, argv);
+  // glibc serves large blocks from its heap and keeps what is freed: by
+  // default, early in a process, it mmaps each multi-MB tensor of the
+  // masked-dense reference (7) and unmaps it on free, so every step faults
+  // them in anew and the reference looks several times slower than it runs
+  // once warm. For the whole run, so every workload sees the same allocator.
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   // Each workload gets the cores as the `connex` CLI would give them to its
   // connex network (core_share.h): torch's pool for the fused kernel,
-  // OpenBLAS's for per-level path; its reference runs under the same setting.
+  // OpenBLAS's for per-level path; its reference runs under the same setting
+  // (but for 7's masked-dense reference, which gets its own: sparse_layered()).
   const connex::apps::CoreShare cores{threads};
   cores.apply_default();
-  auto share_cores = [&](const connex::NeuralNetwork& net) {
-    cores.apply(net);
-    return fmt::format("; torch {} / BLAS {} thread(s)", torch::get_num_threads(),
-                       connex::apps::CoreShare::blas_threads());
-  };
   torch::manual_seed(0);
   const int reps = quick ? 10 : 50;
   auto wanted = [&](const std::string& name) { return only.empty() || name.find(only) != std::string::npos; };
@@ -131,146 +522,20 @@ int main(int argc, char** argv) {
 
   std::vector<Row> rows;
   const auto [x250, y250] = connex::apps::toy_data(250);
-  const auto relu = connex::NeuralNetworkOptions().hidden_activation("relu");
-
-  if (wanted("mlp")) {
-    auto net = connex::nn::MLP(1, 2, 128, 4, relu);
-    const auto pools = share_cores(net);
-    auto [a, b] = paired_median_seconds(
-        train_step(net, x250, y250),
-        train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>(4, 128), false), x250, y250), 5, reps);
-    rows.push_back({"1. MLP(1,2,128,4) train step, batch 250", fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b),
-                    "vs Linear layers" + pools});
-  }
-  if (wanted("dense")) {
-    auto net = connex::nn::DenseMLP(1, 2, 128, 4, relu);
-    const auto pools = share_cores(net);
-    auto [a, b] = paired_median_seconds(
-        train_step(net, x250, y250),
-        train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>(4, 128), true), x250, y250), 5, reps);
-    rows.push_back({"2. DenseMLP(1,2,128,4) train step, batch 250", fmt_time(a), fmt_time(b),
-                    fmt::format("{:.2f}", a / b), "vs concatenating Linear layers" + pools});
-  }
-  if (wanted("readme")) {
-    connex::NeuralNetwork net(connex::apps::readme_graph(), relu);
-    const auto pools = share_cores(net);
-    // The nearest plain network: Linear layers as wide as the README net's batches.
-    auto [a, b] = paired_median_seconds(
-        train_step(net, x250, y250),
-        train_step(connex::bench::LinearStack(1, 2, std::vector<int64_t>{3, 2, 2, 3}, false), x250, y250), 20,
-        reps * 10);
-    rows.push_back({"3. README net (12 neurons) train step, batch 250", fmt_time(a), fmt_time(b),
-                    fmt::format("{:.2f}", a / b), "vs Linear 1-3-2-2-3-2" + pools});
-  }
-
+  Run run{quick, reps, cores, rows, x250, y250};
+  if (wanted("mlp")) mlps(run, false);
+  if (wanted("dense")) mlps(run, true);
+  if (wanted("readme")) readme_net(run);
   if (wanted("sparse") || wanted("plasticity")) {
-    // Both sizes are built first, then timed step by step in turn, so that
-    // their ratio (the growth goal) sees one machine state, not two.
-    struct Sparse {
-      int64_t neurons;
-      connex::bench::SparseDag dag;
-      connex::NeuralNetwork net;
-      std::function<void()> step;
-      double peak_mib;
-    };
-    std::vector<Sparse> sparse;
-    std::string pools;
-    for (int64_t neurons : {10000, 100000}) {
-      if (quick && neurons > 10000) break;
-      reset_peak_memory();
-      auto dag = connex::bench::random_sparse_dag(neurons, 10, 30, 1);
-      connex::NeuralNetwork net(dag.spec, relu);
-      pools = share_cores(net);
-      auto step = train_step(net, torch::randn({64, net->num_inputs()}), torch::randn({64, net->num_outputs()}));
-      for (int i = 0; i < 2; ++i) step();
-      // The process's peak while this network was built and trained (the
-      // 1M figure includes the 100k network, kept for the paired timing).
-      sparse.push_back({neurons, std::move(dag), net, step, peak_memory_mib()});
-    }
-    std::vector<double> times;
-    if (sparse.size() == 2) {
-      const auto [small, large] = paired_median_seconds(sparse[0].step, sparse[1].step, 1, 20);
-      times = {small, large};
-    } else {
-      times = {median_seconds(sparse[0].step, 1, 5)};
-    }
-    if (wanted("sparse")) {
-      for (size_t k = 0; k < sparse.size(); ++k) {
-        const int64_t conns = sparse[k].net->num_connections();
-        rows.push_back({fmt::format("4. sparse DAG {}k neurons / {}k connections, depth {}, batch 64",
-                                    sparse[k].neurons / 1000, conns / 1000, sparse[k].net->topology().depth()),
-                        fmt_time(times[k]), "", "",
-                        fmt::format("{:.2e} connection·samples/s; peak RSS {:.0f} MiB", conns * 64 / times[k],
-                                    sparse[k].peak_mib) +
-                            pools});
-      }
-      if (sparse.size() == 2)
-        rows.push_back({"4. sparse DAG: time ratio 1M vs 100k connections (timed in turn)", "", "",
-                        fmt::format("{:.2f}", times[1] / times[0]),
-                        fmt::format("{:.1f}× the connections",
-                                    double(sparse[1].net->num_connections()) / sparse[0].net->num_connections())});
-    }
-
-    if (wanted("plasticity")) {
-      // On the largest network built: remove 1% of the connections; add 100 hidden neurons with 10 connections each.
-      auto& [neurons, dag, net, step, peak] = sparse.back();
-      (void)peak;
-      const int64_t conns = net->num_connections();
-      std::mt19937_64 rng(2);
-      std::vector<connex::Edge> doomed;
-      const auto& edges = dag.spec.edges();
-      for (int64_t k = 0; k < conns / 100; ++k)
-        doomed.push_back(edges[std::uniform_int_distribution<size_t>(0, edges.size() - 1)(rng)]);
-      std::sort(doomed.begin(), doomed.end());
-      doomed.erase(std::unique(doomed.begin(), doomed.end()), doomed.end());
-      std::vector<connex::NeuronId> fresh;
-      std::vector<connex::Edge> wires;
-      const int64_t n_out = net->num_outputs();
-      for (int64_t h = 0; h < 100; ++h) {
-        connex::NeuronId id(neurons + h);
-        fresh.push_back(id);
-        for (int k = 0; k < 5; ++k) {
-          // From a neuron in the first half of the layers, to one in the second half: never a cycle.
-          int64_t u = std::uniform_int_distribution<int64_t>(0, neurons / 2 - 1)(rng);
-          int64_t v = std::uniform_int_distribution<int64_t>(neurons / 2, neurons - n_out - 1)(rng);
-          if (dag.layer_of[u] >= 15) u = 0;
-          if (dag.layer_of[v] <= 15) v = neurons - 1;
-          wires.emplace_back(u, id);
-          wires.emplace_back(id, v);
-        }
-      }
-      const auto [edit_t, step_t] = paired_median_seconds(
-          [&] {
-            connex::edit(net).remove_connections(doomed).add_hidden_neurons(fresh).add_connections(wires).build(1);
-          },
-          step, 1, quick ? 3 : 15, 60.0);
-      rows.push_back(
-          {fmt::format("5. plasticity on {}k connections: remove {} connections, add 100 neurons × 10 connections",
-                       conns / 1000, doomed.size()),
-           fmt_time(edit_t), fmt_time(step_t), fmt::format("{:.2f} train steps", edit_t / step_t),
-           "one train step (timed in turn with the edit) is the reference" + pools});
-    }
+    const auto dags = sparse_dags(run);
+    if (wanted("sparse")) sparse_dag_rows(run, dags);
+    if (wanted("plasticity")) plasticity(run, dags);
   }
-  if (wanted("technique")) {
-    // Each technique's cost: the same network and data, train step with / without.
-    // Both run with the plain network's cores (it takes the fused kernel; a
-    // thread count changed between calls would rebuild torch's thread pool).
-    auto plain = connex::nn::DenseMLP(1, 2, 32, 3, relu);
-    const auto pools = share_cores(plain);
-    auto plain_step = train_step(plain, x250, y250);
-    const std::vector<std::pair<std::string, connex::NeuralNetworkOptions>> variants = {
-        {"topo norm", connex::NeuralNetworkOptions(relu).use_topo_norm(true)},
-        {"topo self-attention", connex::NeuralNetworkOptions(relu).use_topo_self_attention(true)},
-        {"neuron self-attention", connex::NeuralNetworkOptions(relu).use_neuron_self_attention(true)},
-        {"adaptive activations", connex::NeuralNetworkOptions(relu).use_adaptive_activations(true)},
-    };
-    for (const auto& [name, options] : variants) {
-      const auto [t, t_plain] = paired_median_seconds(
-          train_step(connex::nn::DenseMLP(1, 2, 32, 3, options), x250, y250), plain_step, 3, quick ? 5 : 20);
-      rows.push_back({fmt::format("6. {} on DenseMLP(1,2,32,3) train step, batch 250", name), fmt_time(t),
-                      fmt_time(t_plain), fmt::format("{:.2f}", t / t_plain), "vs the same network without it" + pools});
-    }
-  }
+  if (wanted("technique")) techniques(run);
+  if (wanted("sparse layered")) sparse_layered(run), sparse_layered_rewiring(run);
+  if (wanted("rewire 1M")) rewire_1m(run);
+  if (wanted("structure 1M")) structure_1m(run);
+  if (wanted("generators")) generators(run);
   print(rows);
   return 0;
 }

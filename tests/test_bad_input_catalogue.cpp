@@ -28,7 +28,8 @@
 //               | a removed neuron, a neuron listed twice, two edges closing a cycle|
 //   config      | wrong-typed field, missing field, unknown key, bad dtype name,  | the file and JSON path
 //               | bad version, invalid JSON, missing file, cycle in a config file, |
-//               | saving a custom callable over an existing config                 |
+//               | saving a custom callable over an existing config, a SparseMLP    |
+//               | density outside (0, 1] or missing, unknown distribution, bad seed|
 //   csv         | ragged row, non-numeric cell, NaN cell, overflow, empty file,    | the file, line, column
 //               | header only, repeated / empty column name, missing file          |
 //   table       | columns that do not fit the network, text in a regression target,| the file, line, column,
@@ -421,6 +422,17 @@ std::vector<Case> make_catalogue() {
   add("config", "SaveCustomCallableOverAFile", none,
       lib([](World& w) { save_config(custom_callable_network(), w.dir / "net.json"); }),
       {"save_config(): hidden_activation \"mine\" is a custom callable"});
+  const std::string sparse_mlp =
+      R"({"graph":{"prebuilt":"SparseMLP","input_size":2,"output_size":1,"width":4,"depth":2)";
+  add("config", "SparseMLPDensityOutOfRange", none, config(sparse_mlp + R"(,"density":1.5}})"),
+      {"my.json: /graph/density must be a number in (0, 1], got 1.5"});
+  add("config", "SparseMLPDensityMissing", none, config(sparse_mlp + "}}"),
+      {"my.json: required key \"density\" is missing in /graph"});
+  add("config", "SparseMLPUnknownDistribution", none,
+      config(sparse_mlp + R"(,"density":0.5,"distribution":"normal"}})"),
+      {"my.json: /graph/distribution must be \"uniform\", \"erdos_renyi\", \"er\" or \"erk\", got \"normal\""});
+  add("config", "SparseMLPNegativeSeed", none, config(sparse_mlp + R"(,"density":0.5,"seed":-4}})"),
+      {"my.json: /graph/seed must be a non-negative integer, got -4"});
 
   // -------------------------------------------------------------------- csv
   auto csv = [](const std::string& name) { return lib([name](World& w) { read_csv(w.dir / name); }); };

@@ -106,7 +106,7 @@ TEST(Config, ErrorsNameTheJsonPath) {
   EXPECT_THROW_MSG(bad(R"({"graph":{"edges":[[0,1],[1,2],[2,1],[2,3]],"inputs":[0],"outputs":[3]}})"),
                    "my.json: the graph has the cycle 1 -> 2 -> 1");
   EXPECT_THROW_MSG(bad(R"({"graph":{"prebuilt":"ResNet","input_size":1,"output_size":1,"width":2,"depth":1}})"),
-                   "/graph/prebuilt must be \"MLP\" or \"DenseMLP\"");
+                   "/graph/prebuilt must be \"MLP\", \"DenseMLP\" or \"SparseMLP\"");
   EXPECT_THROW_MSG(bad(R"({"graph":{"prebuilt":"MLP","input_size":-1,"output_size":1,"width":2,"depth":1}})"),
                    "/graph/input_size must be a non-negative integer");
   EXPECT_THROW_MSG(bad(R"({"version":2,"graph":{}})"), "my.json: /version is 2; this connex reads version 1");
@@ -802,6 +802,16 @@ TEST(Checkpoint, HugeDeclaredSizeRejected) {
   EXPECT_THROW_MSG(load(path),
                    "declares a prebuilt network of 8010001 parameter values (64080008 bytes) but the file holds only");
   EXPECT_THROW_MSG(parse_checkpoint(bytes, "mem.ckpt"), "mem.ckpt: its config declares a prebuilt network");
+  // SparseMLP at 10 %: at least 800,400 - 4 connections and the same 6,001 biases.
+  with_graph({{"prebuilt", "SparseMLP"},
+              {"input_size", 1},
+              {"output_size", 1},
+              {"width", 2000},
+              {"depth", 3},
+              {"density", 0.1}},
+             {});
+  EXPECT_THROW_MSG(load(path),
+                   "declares a prebuilt network of 806397 parameter values (6451176 bytes) but the file holds only");
   // Sizes at the top of the int64 range: no overflow, no loop over the depth.
   with_graph({{"prebuilt", "DenseMLP"},
               {"input_size", INT64_MAX},
@@ -932,4 +942,56 @@ TEST(GraphExport, AwkwardIdsSurviveEveryFormatsParser) {
     EXPECT_THROW_MSG(GraphSpec::from_edges({{"in", id}, {id, "out"}}, {"in"}, {"out"}), problem);
     EXPECT_THROW_MSG(connex::edit(net).add_hidden_neurons({id}).build(), "string ids must be printable UTF-8 text");
   }
+}
+
+TEST(Config, SparseMLPPrebuiltForm) {
+  auto from = [](const std::string& graph) {
+    return network_from_config(nlohmann::json::parse(R"({"graph":{"prebuilt":"SparseMLP",)" + graph + "}}"), "my.json");
+  };
+  // {input_size, width x depth, output_size} through nn::sparse_layered_spec, Erdős–Rényi and seed 0 by default.
+  auto net = from(R"("input_size":4,"output_size":2,"width":16,"depth":2,"density":0.3)");
+  const std::vector<int64_t> sizes{4, 16, 16, 2};
+  EXPECT_THROW_MSG(from(R"("input_size":4,"output_size":2,"width":16,"depth":2,"density":0.3,"dnesity":1)"),
+                   "my.json: /graph/dnesity is not a key of a prebuilt \"SparseMLP\" graph (it takes prebuilt, "
+                   "input_size, output_size, width, depth, density, distribution, seed)");
+  EXPECT_THROW_MSG(network_from_config(nlohmann::json::parse(R"({"graph":{"prebuilt":"MLP","input_size":4,
+                       "output_size":2,"width":16,"depth":2,"density":0.3}})"),
+                                       "my.json"),
+                   "my.json: /graph/density is not a key of a prebuilt \"MLP\" graph (it takes prebuilt, input_size, "
+                   "output_size, width, depth)");
+  EXPECT_EQ(net->spec().edge_indices(),
+            nn::sparse_layered_spec(sizes, nn::SparseLayersOptions().density(0.3)).edge_indices());
+  auto uniform =
+      from(R"("input_size":4,"output_size":2,"width":16,"depth":2,"density":0.3,"distribution":"uniform","seed":7)");
+  const auto options = nn::SparseLayersOptions().density(0.3).distribution(nn::DensityDistribution::Uniform).seed(7);
+  EXPECT_EQ(uniform->spec().edge_indices(), nn::sparse_layered_spec(sizes, options).edge_indices());
+  const auto counts = nn::sparse_layer_connections(sizes, options);
+  EXPECT_EQ(uniform->num_connections(), std::accumulate(counts.begin(), counts.end(), int64_t{0}));
+  EXPECT_EQ(
+      from(R"("input_size":3,"output_size":1,"width":5,"depth":0,"density":1,"distribution":"er")")->num_connections(),
+      3);
+
+  const std::string sizes_json = R"("input_size":4,"output_size":2,"width":16,"depth":2)";
+  EXPECT_THROW_MSG(from(sizes_json), "my.json: required key \"density\" is missing in /graph");
+  EXPECT_THROW_MSG(from(sizes_json + R"(,"density":1.5)"),
+                   "my.json: /graph/density must be a number in (0, 1], got 1.5");
+  EXPECT_THROW_MSG(from(sizes_json + R"(,"density":0)"), "my.json: /graph/density must be a number in (0, 1], got 0");
+  EXPECT_THROW_MSG(from(sizes_json + R"(,"density":"0.1")"),
+                   "my.json: /graph/density must be a number in (0, 1], got \"0.1\"");
+  EXPECT_THROW_MSG(
+      from(sizes_json + R"(,"density":0.1,"distribution":"gaussian")"),
+      "my.json: /graph/distribution must be \"uniform\", \"erdos_renyi\", \"er\" or \"erk\", got \"gaussian\"");
+  EXPECT_THROW_MSG(from(sizes_json + R"(,"density":0.1,"distribution":2)"), "my.json: /graph/distribution must be");
+  EXPECT_THROW_MSG(from(sizes_json + R"(,"density":0.1,"seed":-1)"),
+                   "my.json: /graph/seed must be a non-negative integer, got -1");
+  EXPECT_THROW_MSG(from(R"("input_size":0,"output_size":2,"width":16,"depth":2,"density":0.1)"),
+                   "my.json: /graph: sparse_layered_spec(): expected layer sizes >= 1, got sizes[0] = 0");
+  EXPECT_THROW_MSG(from(R"("input_size":1,"output_size":2,"width":0,"depth":9223372036854775807,"density":0.1)"),
+                   "my.json: /graph: sparse_layered_spec(): expected layer sizes >= 1, got sizes[1] = 0");
+  EXPECT_THROW_MSG(
+      from(R"("input_size":1,"output_size":2,"width":3,"depth":9223372036854775807,"density":0.1)"),
+      "my.json: /graph/depth 9223372036854775807 x /graph/width 3 is more hidden neurons than connex builds");
+  EXPECT_THROW_MSG(
+      from(R"("input_size":1,"output_size":1,"width":100000,"depth":3,"density":0.5)"),
+      "my.json: /graph: sparse_layered_spec(): 3e+05 neurons and 1e+10 connections is more than connex builds");
 }

@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -163,19 +164,20 @@ struct DataArgs {
 
 // Number checks for options. (CLI11's own range checks print the whole
 // double range in their messages; these say what is wanted.)
-CLI::Validator number_in(double low, double high, bool integer, bool low_open = false) {
+CLI::Validator number_in(double low, double high, bool integer, bool low_open = false, bool high_open = false) {
   std::string what = integer ? "an integer" : "a number";
   if (high == HUGE_VAL)
     what += low_open ? fmt::format(" > {}", low) : fmt::format(" >= {}", low);
   else
-    what += fmt::format(" in {}{}, {}]", low_open ? "(" : "[", low, high);
+    what += fmt::format(" in {}{}, {}{}", low_open ? "(" : "[", low, high, high_open ? ")" : "]");
   return CLI::Validator(
       [=](std::string& text) -> std::string {
         char* end = nullptr;
         errno = 0;
         const double v = std::strtod(text.c_str(), &end);
         const bool parsed = !text.empty() && end && *end == '\0' && errno == 0 && std::isfinite(v);
-        if (!parsed || (integer && v != std::floor(v)) || v < low || (low_open && v == low) || v > high)
+        if (!parsed || (integer && v != std::floor(v)) || v < low || (low_open && v == low) || v > high ||
+            (high_open && v == high))
           return fmt::format("must be {}, got \"{}\"", what, text);
         return std::string();
       },
@@ -211,6 +213,11 @@ struct TrainArgs {
   std::optional<uint64_t> seed;
   int prune_at_epoch = 0, checkpoint_every = 0;
   double prune_fraction = 0.0;
+  // Sparse training (train only): a new run's network at --density, and --rewire's settings (unset: the record's).
+  std::optional<double> density;
+  std::optional<std::string> init_density, rewire;
+  std::optional<int64_t> rewire_every;
+  std::optional<double> drop_fraction, rewire_end;
   void add_to(CLI::App* cmd, int default_epochs) {
     epochs = default_epochs;
     cmd->add_option("--epochs", epochs, "epochs")->check(number_in(0, HUGE_VAL, true))->capture_default_str();
@@ -426,9 +433,96 @@ void check_train_flags(const TrainArgs& t, const std::string& out) {
   if (t.prune_at_epoch > 0 && !(t.prune_fraction > 0))
     fail("train: --prune-at-epoch {} needs --prune-fraction (in (0, 1))", t.prune_at_epoch);
   if (t.checkpoint_every > 0 && out.empty()) fail("train: --checkpoint-every needs --out");
+  if (t.init_density && !t.density) fail("train: --init-density needs --density");
 }
 
-// A checkpoint written by `train` resumes where it stopped, with its data settings unless flags say otherwise.
+// train --density: a new run's network, a sparse layered one of the config's
+// layer sizes (its graph made "prebuilt": "SparseMLP"), drawn with the run's seed.
+NeuralNetwork sparse_network(const std::string& config, const TrainArgs& t) {
+  const std::string needs = "train: --density needs a config with \"prebuilt\": \"MLP\" or \"SparseMLP\", got ";
+  if (config.empty()) fail("{}the built-in README network (an explicit graph)", needs);
+  std::error_code error;
+  if (fs::is_directory(config, error) || is_checkpoint(config))
+    fail(
+        "train: --density draws the network of a new run from a config; {} is a checkpoint (a resumed run keeps its "
+        "network)",
+        config);
+  if (!fs::exists(config, error)) fail("{}: no such file", config);
+  auto json = nlohmann::json::parse(read_file(config, "train"), nullptr, false);
+  if (!json.is_object() || !json.contains("graph") || !json.at("graph").is_object())
+    load_config(config);  // says what is wrong with it
+  auto& graph = json.at("graph");
+  const auto kind = graph.contains("prebuilt") ? graph.at("prebuilt") : nlohmann::json();
+  if (kind != "MLP" && kind != "SparseMLP")
+    fail("{}{}", needs, kind.is_null() ? std::string("an explicit graph") : "\"prebuilt\": " + kind.dump());
+  graph["prebuilt"] = "SparseMLP";
+  graph["density"] = *t.density;
+  graph["seed"] = t.seed.value_or(0);
+  if (t.init_density) graph["distribution"] = *t.init_density;
+  NeuralNetwork net = network_from_config(json, config);
+  spdlog::info("--density {}: a sparse layered network of {} connections ({}, seed {})", *t.density,
+               net->num_connections(), graph.value("distribution", "er"), t.seed.value_or(0));
+  return net;
+}
+
+std::string rewire_needs_one_process(int ranks) {
+  return fmt::format(
+      "train: --rewire needs a single process, got {} ranks (data-parallel ranks would have to rewire identically)",
+      ranks);
+}
+
+// The run's rewiring: the checkpoint's record, each setting replaced by its
+// flag. Returns the share of the run's steps to end at when the end is set
+// anew: by --rewire-end, or by --rewire naming another method than the record's.
+// Whether some level lacks a connection from a level that feeds it: without
+// one, a rewiring has nowhere to grow and moves nothing.
+bool has_room_to_grow(const NeuralNetwork& net) {
+  const Topology& t = net->topology();
+  std::vector<std::set<int64_t>> feeds(t.levels().size());
+  for (int64_t c = 0; c < t.num_connections(); ++c)
+    feeds[t.level_of(t.conn_target()[c])].insert(t.level_of(t.conn_source()[c]));
+  double candidates = 0;
+  for (size_t l = 0; l < feeds.size(); ++l)
+    for (int64_t h : feeds[l])
+      candidates += static_cast<double>(t.levels()[h].size()) * static_cast<double>(t.levels()[l].size());
+  return candidates > static_cast<double>(t.num_connections());
+}
+
+std::optional<double> plan_rewiring(const TrainArgs& t, RewireSettings& r, const NeuralNetwork& net, int ranks) {
+  const std::string recorded = r.method;
+  if (t.rewire) r.method = *t.rewire == "none" ? "" : *t.rewire;
+  if (!r.active()) {
+    if (t.rewire_every || t.drop_fraction || t.rewire_end)
+      fail("train: {} needs --rewire set or rigl", t.rewire_every    ? "--rewire-every"
+                                                   : t.drop_fraction ? "--drop-fraction"
+                                                                     : "--rewire-end");
+    r = {};
+    return std::nullopt;
+  }
+  r.every = t.rewire_every.value_or(r.every);
+  r.drop_fraction = t.drop_fraction.value_or(r.drop_fraction);
+  if (ranks > 1) fail("{}", rewire_needs_one_process(ranks));
+  if (r.method == "rigl" && !net->operations().empty())
+    fail(
+        "train: --rewire rigl needs a network without per-level techniques (they change what a connection's gradient "
+        "is), got {}; use --rewire set",
+        net->operations().front()->name());
+  if (!has_room_to_grow(net))
+    spdlog::warn(
+        "train: --rewire {}: every level already reads every neuron of the levels that feed it, so a rewiring "
+        "moves nothing; start sparse with --density",
+        r.method);
+  if (t.rewire_end) return t.rewire_end;
+  if (r.method == recorded) return std::nullopt;
+  // Both methods stop at 0.75 of the run by default: a rewiring late in the
+  // run leaves its new connections barely trained, one after the last step
+  // leaves them at 0.
+  r.end_step = 0;
+  return 0.75;
+}
+
+// A checkpoint written by `train` resumes where it stopped, with its data settings unless flags say otherwise;
+// --prune-at-epoch must fall within the epochs this run adds.
 Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::string& config) {
   Progress progress;
   if (!ck.training.is_null()) progress = Progress::from_json(ck.training, config);
@@ -440,6 +534,10 @@ Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::s
     progress.batch = 0;
     progress.batch_loss = 0;
   }
+  const int last_epoch = progress.epoch + t.epochs;
+  if (t.prune_at_epoch > 0 && (t.prune_at_epoch <= progress.epoch || t.prune_at_epoch > last_epoch))
+    fail("train: --prune-at-epoch {} is outside this run's epochs {} to {}", t.prune_at_epoch, progress.epoch + 1,
+         last_epoch);
   return progress;
 }
 
@@ -510,8 +608,11 @@ TrainOptions train_options(const TrainArgs& t, const Progress& progress, torch::
   options.prune_fraction = t.prune_fraction;
   options.checkpoint_every = t.checkpoint_every;
   options.out = out;
-  options.on_network_replaced = [&cores](const NeuralNetwork& pruned) {
-    spdlog::info("cores: {}", cores.apply(pruned));
+  // Said when it changes: a rewiring, every few steps, keeps the network's size.
+  options.on_network_replaced = [&cores, said = std::string()](const NeuralNetwork& edited) mutable {
+    std::string share = cores.apply(edited);
+    if (share != said) spdlog::info("cores: {}", share);
+    said = std::move(share);
   };
   return options;
 }
@@ -561,14 +662,13 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
               const std::string& out, const CoreShare& cores) {
   auto device = parse_device(t.device);
   check_train_flags(t, out);
-  Checkpoint ck = open_network(config);
+  Checkpoint ck =
+      t.density ? Checkpoint{sparse_network(config, t), std::nullopt, std::nullopt, {}} : open_network(config);
   NeuralNetwork net = ck.network;
   spdlog::info("cores: {}", cores.apply(net));
   Progress progress = resumed_progress(ck, t, config);
+  const auto rewire_end = plan_rewiring(t, progress.rewire, net, dist.nproc > 1 ? dist.nproc : group_size(dist));
   const int last_epoch = progress.epoch + t.epochs;
-  if (t.prune_at_epoch > 0 && (t.prune_at_epoch <= progress.epoch || t.prune_at_epoch > last_epoch))
-    fail("train: --prune-at-epoch {} is outside this run's epochs {} to {}", t.prune_at_epoch, progress.epoch + 1,
-         last_epoch);
   const DataArgs data_args = resumed_data_args(d, progress, config);
   // Checks sizes before anything runs; a checkpoint's preprocessing is applied, not fitted anew.
   Table data = load_dataset(data_args.options(net, progress.val_split, progress.seed), net, ck.preprocessing, "train");
@@ -595,6 +695,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
     log_data(data);
   }
   TrainOptions options = train_options(t, progress, device, data, preprocessing, out, cores);
+  options.rewire_end = rewire_end;
 #if defined(CONNEX_WITH_DISTRIBUTED)
   options.data_parallel = replicas.data_parallel.get();
   if (replicas.data_parallel) replicas.data_parallel->check_replicas_identical(net, optimizer.get(), "train: start");
@@ -624,6 +725,7 @@ struct PruneArgs {
   std::string scope = "global";
   int64_t keep_min = 0;
   bool protect_outputs = false, remove_dead = false;
+  std::string score = "magnitude";  // or activation, gradient: measured on data
   PruneOptions options() const {
     const PruneScope s = scope == "neuron"  ? PruneScope::PerNeuron
                          : scope == "level" ? PruneScope::PerLevel
@@ -633,10 +735,72 @@ struct PruneArgs {
   }
 };
 
+// The rows prune measures on: the validation rows when there are some, else every row; and their description.
+std::pair<const TableDataset&, std::string> measured_rows(const Table& data) {
+  const bool held_out = data.validation.inputs().size(0) > 0;
+  const auto& rows = held_out ? data.validation : data.train;
+  return {rows, held_out ? fmt::format("{} validation rows", rows.inputs().size(0))
+                         : fmt::format("all {} rows; --val-split holds some out", rows.inputs().size(0))};
+}
+
+// prune --score activation|gradient: each connection's score on the measured
+// rows (undefined for magnitude: PruneOptions' own |w|), in eval mode.
+torch::Tensor connection_scores(NeuralNetwork& net, const std::string& score, const Table& data) {
+  if (score == "magnitude") return {};
+  const auto [rows, on] = measured_rows(data);
+  const bool was_training = net->is_training();
+  net->eval();
+  torch::Tensor scores;
+  if (score == "activation") {
+    LevelTrace trace;
+    net->forward(rows.inputs(), trace);
+    scores = activation_scores(net, trace);
+  } else {
+    net->zero_grad();
+    loss_of(net, net->forward(rows.inputs()), rows.targets(), data.preprocessing.task).backward();
+    scores = gradient_scores(net);
+    net->zero_grad();
+  }
+  net->train(was_training);
+  std::printf("scores: %s (%s) on %s\n", score.c_str(), score == "activation" ? "|w a|" : "|w dL/dw|", on.c_str());
+  return scores.detach();
+}
+
+// prune --data: the loss (and accuracy) before and after pruning on the
+// measured rows; with --epochs, trains the pruned network on and reports again.
+void report_pruning(NeuralNetwork& net, NeuralNetwork& pruned, std::unique_ptr<torch::optim::Optimizer>& next,
+                    const Table& data, const TrainArgs& t, uint64_t seed) {
+  // Measured on the validation rows when there are some, else on every row.
+  const auto measured = measured_rows(data);
+  const auto& rows = measured.first;
+  const std::string& on = measured.second;
+  const Task task = data.preprocessing.task;
+  auto report = [&](const char* when) {
+    auto [loss_before, metric_before] = evaluate(net, rows.inputs(), rows.targets(), task);
+    auto [loss_after, metric_after] = evaluate(pruned, rows.inputs(), rows.targets(), task);
+    std::printf("loss: %.6f -> %.6f %s (%s)\n", loss_before, loss_after, when, on.c_str());
+    if (task == Task::Classification)
+      std::printf("accuracy: %.4f -> %.4f %s (%s)\n", metric_before, metric_after, when, on.c_str());
+  };
+  report("after pruning");
+  if (t.epochs > 0) {
+    TrainOptions options;
+    options.epochs = t.epochs;
+    options.batch_size = t.batch_size.value_or(0);
+    options.seed = seed;
+    options.task = task;
+    Progress fresh;
+    train(pruned, next, data, options, fresh);
+    report(fmt::format("after {} more epochs", t.epochs).c_str());
+  }
+}
+
 int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, const TrainArgs& t,
               const std::string& out, const CoreShare& cores) {
   const std::optional<double> threshold = p.threshold, fraction = p.fraction;
   if (threshold.has_value() == fraction.has_value()) fail("prune: give exactly one of --threshold and --fraction");
+  if (p.score != "magnitude" && d.data.empty())
+    fail("prune: --score {} needs --data (it scores the connections on the checkpoint's validation rows)", p.score);
   if (threshold && !(*threshold >= 0 && std::isfinite(*threshold)))
     fail("prune: --threshold must be a finite number >= 0, got {}", *threshold);
   Checkpoint ck = open_network(path);
@@ -654,7 +818,8 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   const uint64_t seed = t.seed.value_or(trained.seed);
   if (!d.data.empty() || t.epochs > 0)
     data = load_dataset(d.options(net, t.val_split.value_or(trained.val_split), seed), net, ck.preprocessing, "prune");
-  const std::vector<Edge> weak = connections_to_prune(net, p.options());
+  const std::vector<Edge> weak =
+      connections_to_prune(net, p.options().scores(data ? connection_scores(net, p.score, *data) : torch::Tensor()));
   auto optimizer = choose_optimizer(ck, net, t, path);
   auto result = edit(net).remove_connections(weak).build(seed);
   NeuralNetwork pruned = result.network;
@@ -672,30 +837,7 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   spdlog::info("cores: {}", cores.apply(pruned));  // the pruned network may take the other path (and pool)
   std::optional<Preprocessing> preprocessing = ck.preprocessing;
   if (data) {
-    // Measured on the validation rows when there are some, else on every row.
-    const bool held_out = data->validation.inputs().size(0) > 0;
-    const auto& rows = held_out ? data->validation : data->train;
-    const Task task = data->preprocessing.task;
-    const std::string on = held_out ? fmt::format("{} validation rows", rows.inputs().size(0))
-                                    : fmt::format("all {} rows; --val-split holds some out", rows.inputs().size(0));
-    auto report = [&](const char* when) {
-      auto [loss_before, metric_before] = evaluate(net, rows.inputs(), rows.targets(), task);
-      auto [loss_after, metric_after] = evaluate(pruned, rows.inputs(), rows.targets(), task);
-      std::printf("loss: %.6f -> %.6f %s (%s)\n", loss_before, loss_after, when, on.c_str());
-      if (task == Task::Classification)
-        std::printf("accuracy: %.4f -> %.4f %s (%s)\n", metric_before, metric_after, when, on.c_str());
-    };
-    report("after pruning");
-    if (t.epochs > 0) {
-      TrainOptions options;
-      options.epochs = t.epochs;
-      options.batch_size = t.batch_size.value_or(0);
-      options.seed = seed;
-      options.task = task;
-      Progress fresh;
-      train(pruned, next, *data, options, fresh);
-      report(fmt::format("after {} more epochs", t.epochs).c_str());
-    }
+    report_pruning(net, pruned, next, *data, t, seed);
     if (!d.data.empty() || data->preprocessing.standardizes()) preprocessing = data->preprocessing;
   }
   if (!out.empty()) {
@@ -825,6 +967,18 @@ int cmd_export(const std::string& path, const std::string& format, const std::st
   return 0;
 }
 
+// inspect: a run's record, the settings a resumed run keeps.
+void print_training_record(const Progress& p) {
+  std::printf(
+      "training: %d epoch(s) done%s; seed %llu, batch size %lld, validation split %g (a resumed run keeps these)\n",
+      p.epoch, p.batch > 0 ? fmt::format(", {} batch(es) of epoch {}", p.batch, p.epoch + 1).c_str() : "",
+      static_cast<unsigned long long>(p.seed), static_cast<long long>(p.batch_size), p.val_split);
+  if (p.rewire.active())
+    std::printf("rewiring: %s after every %lld steps, drop fraction %g, %s (a resumed run keeps these)\n",
+                p.rewire.method.c_str(), static_cast<long long>(p.rewire.every), p.rewire.drop_fraction,
+                p.rewire.end_step > 0 ? fmt::format("none from step {}", p.rewire.end_step).c_str() : "no decay");
+}
+
 int cmd_inspect(const std::string& path) {
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
@@ -861,13 +1015,7 @@ int cmd_inspect(const std::string& path) {
   if (ck.optimizer)
     std::printf("optimizer state: %s, learning rate %s\n", ck.optimizer->type.c_str(),
                 ck.optimizer->groups.empty() ? "?" : ck.optimizer->groups[0].options.at("lr").dump().c_str());
-  if (!ck.training.is_null()) {
-    const Progress p = Progress::from_json(ck.training, path);
-    std::printf(
-        "training: %d epoch(s) done%s; seed %llu, batch size %lld, validation split %g (a resumed run keeps these)\n",
-        p.epoch, p.batch > 0 ? fmt::format(", {} batch(es) of epoch {}", p.batch, p.epoch + 1).c_str() : "",
-        static_cast<unsigned long long>(p.seed), static_cast<long long>(p.batch_size), p.val_split);
-  }
+  if (!ck.training.is_null()) print_training_record(Progress::from_json(ck.training, path));
   if (fs::is_directory(path)) {
     const auto stale = run_files_out_of_step(path, ck);
     std::printf("run directory: %s\n", stale.empty()
@@ -909,6 +1057,30 @@ struct Commands {
            *bench = nullptr;
 };
 
+void add_sparse_training_flags(CLI::App* train, TrainArgs& t) {
+  train
+      ->add_option("--density", t.density,
+                   "start from a sparse layered network of the config's layer sizes at this density "
+                   "(\"prebuilt\": \"MLP\" or \"SparseMLP\" configs; seeded by --seed)")
+      ->check(number_in(0, 1, false, true));
+  train->add_option("--init-density", t.init_density, "how --density is shared among the layer pairs (default er)")
+      ->check(CLI::IsMember({"uniform", "er", "erk"}));
+  train
+      ->add_option("--rewire", t.rewire,
+                   "rewire while training: set (grow at random), rigl (grow by gradient) or none; default: a resumed "
+                   "run's")
+      ->check(CLI::IsMember({"set", "rigl", "none"}));
+  train->add_option("--rewire-every", t.rewire_every, "rewire after every N optimizer steps (default 100)")
+      ->check(number_in(1, 9.0e15, true));
+  train->add_option("--drop-fraction", t.drop_fraction, "share of each level's connections replaced (default 0.3)")
+      ->check(number_in(0, 1, false, false, true));
+  train
+      ->add_option("--rewire-end", t.rewire_end,
+                   "stop rewiring (the share decays to 0 by a cosine) at this fraction of the run's steps (default "
+                   "0.75)")
+      ->check(number_in(0, 1, false, true));
+}
+
 void add_train_command(CLI::App& app, Commands& c) {
   c.train = app.add_subcommand("train", "train a network from a JSON config or checkpoint");
   c.train->add_option("config", c.config, "JSON config or checkpoint (default: the README network)");
@@ -925,6 +1097,7 @@ void add_train_command(CLI::App& app, Commands& c) {
       ->add_option("--checkpoint-every", c.train_args.checkpoint_every, "write --out every this many epochs (rank 0)")
       ->check(number_in(0, HUGE_VAL, true));
   c.train->add_option("--out", c.out, "directory for model.ckpt, metrics.csv, metrics.json, config.json");
+  add_sparse_training_flags(c.train, c.train_args);
 }
 
 void add_prune_command(CLI::App& app, Commands& c) {
@@ -940,6 +1113,11 @@ void add_prune_command(CLI::App& app, Commands& c) {
   c.prune->add_option("--keep-min", c.prune_args.keep_min, "every neuron keeps at least this many incoming connections")
       ->check(number_in(0, HUGE_VAL, true));
   c.prune->add_flag("--protect-outputs", c.prune_args.protect_outputs, "never prune connections into outputs");
+  c.prune
+      ->add_option("--score", c.prune_args.score,
+                   "what makes a connection weak: magnitude |w| (default), activation |w a| or gradient |w dL/dw| "
+                   "(these two on --data's validation rows)")
+      ->check(CLI::IsMember({"magnitude", "activation", "gradient"}));
   c.prune->add_flag("--remove-dead", c.prune_args.remove_dead,
                     "then remove hidden neurons that no input reaches or that reach no output");
   c.data.add_to(c.prune);
@@ -1073,6 +1251,10 @@ int main(int argc, char** argv) {
   if (too_many_threads(threads)) return 2;
   if (*c.train && c.dist.nproc > 1) {
     if (nproc_conflicts(c.dist)) return 2;
+    if (c.train_args.rewire.value_or("none") != "none") {
+      report_error("", rewire_needs_one_process(c.dist.nproc));
+      return 1;
+    }
     // Workers that see a failed peer stop within a few heartbeats; give them that, then stop them.
     return launch_local_workers(argc, argv, c.dist.nproc, 10);
   }

@@ -201,6 +201,27 @@ void set_generator_state(at::Generator& generator, const torch::Tensor& state, c
   }
 }
 
+// A run's rewiring settings (absent in runs without --rewire).
+RewireSettings rewire_from_json(const nlohmann::json& json, const std::string& where) {
+  const char* expected =
+      "{\"method\": \"set\" or \"rigl\", \"every\": N >= 1, \"drop_fraction\": in [0, 1), \"end_step\": N >= 0}";
+  auto integer = [&](const char* key, int64_t low) {
+    if (!json.contains(key) || !json.at(key).is_number_integer() || json.at(key).get<int64_t>() < low)
+      fail("{}: /training/rewire must be {}", where, expected);
+    return json.at(key).get<int64_t>();
+  };
+  if (!json.is_object() || !json.contains("method") || (json.at("method") != "set" && json.at("method") != "rigl") ||
+      !json.contains("drop_fraction") || !json.at("drop_fraction").is_number())
+    fail("{}: /training/rewire must be {}", where, expected);
+  RewireSettings r;
+  r.method = json.at("method").get<std::string>();
+  r.every = integer("every", 1);
+  r.end_step = integer("end_step", 0);
+  r.drop_fraction = json.at("drop_fraction").get<double>();
+  if (!(r.drop_fraction >= 0 && r.drop_fraction < 1)) fail("{}: /training/rewire must be {}", where, expected);
+  return r;
+}
+
 }  // namespace
 
 nlohmann::json Progress::to_json() const {
@@ -210,6 +231,11 @@ nlohmann::json Progress::to_json() const {
   if (!data.empty()) out["data"] = {{"path", data}, {"bytes", data_bytes}, {"modified", data_modified}};
   out["shuffle_state"] = state_json(shuffle_state);
   out["dropout_state"] = state_json(dropout_state);
+  if (rewire.active())
+    out["rewire"] = {{"method", rewire.method},
+                     {"every", rewire.every},
+                     {"drop_fraction", rewire.drop_fraction},
+                     {"end_step", rewire.end_step}};
   return out;
 }
 
@@ -241,6 +267,7 @@ Progress Progress::from_json(const nlohmann::json& json, const std::string& wher
   }
   p.shuffle_state = state_from_json(json, where, "shuffle_state");
   p.dropout_state = state_from_json(json, where, "dropout_state");
+  if (json.contains("rewire")) p.rewire = rewire_from_json(json.at("rewire"), where);
   // The history as metrics.csv holds it: one string, not a JSON value per number.
   const auto& history = json.contains("history") ? json.at("history") : nlohmann::json();
   if (!history.is_string()) fail("{}: /training/history must be the text of a metrics.csv", where);
@@ -400,6 +427,7 @@ class Trainer {
     result_.train_x = prepare(data.train.inputs());
     result_.train_y = prepare(data.train.targets());
     batches_ = plan_batches(data.train.inputs().size(0), options, progress, replicas_.ranks());
+    plan_rewiring();
   }
 
   TrainResult run() {
@@ -449,8 +477,12 @@ class Trainer {
     return replicas_.sum(total, "train: epoch loss");
   }
 
-  // One optimizer step on batch k (this rank's share of it); its loss summed over the share's rows.
-  double step(const torch::Tensor& perm, int64_t k) {
+  // This rank's share of batch k: its rows, and how many of the batch's `size` rows they are.
+  struct Share {
+    torch::Tensor x, y;
+    int64_t rows, size;
+  };
+  Share share_of_batch(const torch::Tensor& perm, int64_t k) const {
     const int rank = replicas_.rank(), ranks = replicas_.ranks();
     const int64_t b = k * batches_.size, size = std::min(batches_.size, batches_.rows - b);
     const int64_t first = b + size * rank / ranks, share = b + size * (rank + 1) / ranks - first;
@@ -462,19 +494,63 @@ class Trainer {
       xb = xb.index_select(0, idx);
       yb = yb.index_select(0, idx);
     }
+    return {xb, yb, share, size};
+  }
+
+  // One optimizer step on batch k (this rank's share of it); its loss summed
+  // over the share's rows. Then the rewiring due after it, if any.
+  double step(const torch::Tensor& perm, int64_t k) {
+    const Share s = share_of_batch(perm, k);
+    const int64_t next = progress_.steps + 1;
+    const bool rewire = rewirer_ && next % progress_.rewire.every == 0 && rewirer_->drop_fraction(next) > 0;
+    // RigL reads the step's per-level values and gradients; every other step keeps the fused kernel.
+    std::optional<LevelTrace> trace;
     optimizer_->zero_grad();
-    auto loss = loss_of(network_, network_->forward(xb), yb, options_.task);
+    const bool traced = rewire && rewirer_->options().method() == RewireMethod::RigL;
+    auto out = traced ? network_->forward(s.x, trace.emplace()) : network_->forward(s.x);
+    auto loss = loss_of(network_, out, s.y, options_.task);
+    const int ranks = replicas_.ranks();
     if (ranks > 1) {
       // Scaled by share * ranks / size, so that the average of the ranks'
       // gradients is the gradient of the whole batch's mean loss, for any split.
-      (loss * (static_cast<double>(share) * ranks / static_cast<double>(size))).backward();
+      (loss * (static_cast<double>(s.rows) * ranks / static_cast<double>(s.size))).backward();
       replicas_.average_gradients(network_);
     } else {
       loss.backward();
     }
     optimizer_->step();
     ++result_.steps, ++progress_.steps;
-    return loss.item<double>() * static_cast<double>(share);
+    const double total = loss.item<double>() * static_cast<double>(s.rows);
+    if (rewire) rewire_after(next, trace ? &*trace : nullptr);
+    return total;
+  }
+
+  // The Rewirer of progress_.rewire, made once per call from the network it
+  // starts with; sets the end step first when options_.rewire_end asks.
+  void plan_rewiring() {
+    RewireSettings& r = progress_.rewire;
+    if (!r.active()) return;
+    if (options_.rewire_end) {
+      const int64_t total = progress_.steps + options_.epochs * batches_.count - progress_.batch;
+      r.end_step = std::max<int64_t>(1, std::llround(*options_.rewire_end * static_cast<double>(total)));
+    }
+    rewirer_.emplace(network_, RewireOptions()
+                                   .method(rewire_method_from_name(r.method))
+                                   .drop_fraction(r.drop_fraction)
+                                   .end_step(r.end_step)
+                                   .seed(options_.seed));
+  }
+
+  // Rewires after optimizer step `step`; the optimizer's state follows the surviving connections.
+  void rewire_after(int64_t step, const LevelTrace* trace) {
+    EditResult edited = rewirer_->rewire(network_, step, trace);
+    auto next = optimizer_after_edit(*optimizer_, network_, edited);
+    const RewireReport& r = rewirer_->last_report();
+    if (reporter())
+      spdlog::info("rewire step {} ({}, drop {:.2f}): {} connections, {} dropped, {} grown, {} after", step,
+                   progress_.rewire.method, rewirer_->drop_fraction(step), r.connections_before, r.dropped, r.grown,
+                   r.connections_after);
+    replace_network(edited.network, std::move(next), "train: after rewiring");
   }
 
   // Checks the epoch's loss and parameters, validates, and records the epoch in the progress.
@@ -524,11 +600,16 @@ class Trainer {
     if (reporter())
       spdlog::info("epoch {}: pruned {} of {} connections (|w| smallest first)", epoch,
                    network_->num_connections() - edited.network->num_connections(), network_->num_connections());
-    network_ = edited.network;
-    optimizer_ = std::move(next);
+    replace_network(edited.network, std::move(next), "train: after pruning");
+  }
+
+  void replace_network(const NeuralNetwork& network, std::unique_ptr<torch::optim::Optimizer> optimizer,
+                       const char* context) {
+    network_ = network;
+    optimizer_ = std::move(optimizer);
     network_->train();
     if (options_.on_network_replaced) options_.on_network_replaced(network_);
-    replicas_.check_identical(network_, optimizer_.get(), "train: after pruning");
+    replicas_.check_identical(network_, optimizer_.get(), context);
   }
 
   NeuralNetwork& network_;
@@ -542,6 +623,7 @@ class Trainer {
   const double seconds_before_;
   std::optional<apps::ProgressBar> bar_;
   Batches batches_;
+  std::optional<Rewirer> rewirer_;
   TrainResult result_;
   std::chrono::steady_clock::time_point start_;
 };

@@ -27,6 +27,17 @@ struct DataOptions {
 Table load_dataset(const DataOptions& options, const NeuralNetwork& network, const std::optional<Preprocessing>& fitted,
                    const std::string& command);
 
+// Dynamic sparse training (train --rewire): a checkpoint's record keeps it,
+// so that a resumed run rewires as the uninterrupted run would.
+struct RewireSettings {
+  std::string method;          // "set" or "rigl"; empty: no rewiring
+  int64_t every = 100;         // rewire after every this many optimizer steps of the run
+  double drop_fraction = 0.3;  // the share of each level's connections replaced (before any decay)
+  int64_t end_step = 0;        // the step from which the share is 0 (RigL's T_end); 0: no decay
+
+  bool active() const { return !method.empty(); }
+};
+
 struct TrainOptions {
   int epochs = 1000;
   int64_t batch_size = 0;  // 0: full batch
@@ -47,6 +58,9 @@ struct TrainOptions {
   // an edit can move it between the fused kernel and per-level path, and
   // with them the thread pool that should get the cores.
   std::function<void(const NeuralNetwork&)> on_network_replaced;
+  // Set the rewiring's end_step (Progress::rewire) to this share of the run's
+  // steps, those already taken and those this call takes; unset: as recorded.
+  std::optional<double> rewire_end;
 #if defined(CONNEX_WITH_DISTRIBUTED)
   // Data parallel: each batch is split over the group's ranks, gradients are
   // averaged, only rank 0 reports and writes. Null: one process.
@@ -78,6 +92,7 @@ struct Progress {
   int64_t data_bytes = 0, data_modified = 0;
   torch::Tensor shuffle_state;  // the shuffle generator at the start of epoch + 1
   torch::Tensor dropout_state;  // torch's default CPU generator (dropout masks)
+  RewireSettings rewire;
   std::vector<EpochMetrics> history;
 
   nlohmann::json to_json() const;
@@ -113,8 +128,9 @@ struct TrainResult {
 };
 
 // Trains `options.epochs` more epochs from where `progress` stands (finishing
-// an epoch stopped midway first) and reports each. A prune step replaces both
-// `network` and `optimizer` (same type and options, state carried). The
+// an epoch stopped midway first) and reports each. A prune step, and each
+// rewiring of `progress.rewire`, replaces both `network` and `optimizer`
+// (same type and options, state carried). The
 // parameters are checked after every epoch: non-finite ones stop the run
 // before anything is written. A stop request throws Stopped.
 TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimizer>& optimizer, const Table& data,

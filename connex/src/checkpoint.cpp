@@ -103,10 +103,16 @@ void check_declared_size(const json& config, size_t data_size, const std::string
     }
     const double in = size[0], out = size[1], width = size[2], depth = size[3];
     if (depth > 0 && width < 1) return;  // rejected by the builder
-    if (graph.at("prebuilt") != "MLP" && graph.at("prebuilt") != "DenseMLP") return;
-    const auto layered = nn::layered_size(in, out, width, depth, graph.at("prebuilt") == "DenseMLP");
-    too_big(layered.connections + layered.neurons - in,
-            "a prebuilt network");  // a weight per connection, a bias per neuron
+    const auto& kind = graph.at("prebuilt");
+    if (kind != "MLP" && kind != "DenseMLP" && kind != "SparseMLP") return;
+    const auto layered = nn::layered_size(in, out, width, depth, kind == "DenseMLP");
+    double connections = layered.connections;
+    if (kind == "SparseMLP") {
+      // The generator's total is the density's share of the MLP's, within one per layer pair.
+      if (!graph.contains("density") || !graph.at("density").is_number()) return;
+      connections = std::max(0.0, graph.at("density").get<double>() * connections - (depth + 1));
+    }
+    too_big(connections + layered.neurons - in, "a prebuilt network");  // a weight per connection, a bias per neuron
   }
   if (!option_on(config, "use_topo_self_attention") && !option_on(config, "use_neuron_self_attention")) return;
   // Attention grows as L² or n·L² per level; each technique counts its own

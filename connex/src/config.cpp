@@ -5,8 +5,10 @@
 
 #include "config_codec.h"
 #include "connex/error.h"
+#include "prebuilt_size.h"
 #include "dtype.h"
 #include "file_io.h"
+#include "connex/generators.h"
 #include "connex/prebuilt.h"
 #include "json_input.h"
 
@@ -164,6 +166,60 @@ NeuralNetworkOptions options_from_json(const json& json_options, const std::stri
   return options;
 }
 
+namespace {
+
+// The options of {"prebuilt": "SparseMLP", ..., "density", "distribution", "seed"}.
+nn::SparseLayersOptions sparse_options_from_config(const json& graph, const std::string& source) {
+  nn::SparseLayersOptions options;
+  if (!graph.contains("density")) fail("{}: required key \"density\" is missing in /graph", source);
+  const auto& density = graph.at("density");
+  if (!density.is_number() || !(density.get<double>() > 0 && density.get<double>() <= 1))
+    fail("{}: /graph/density must be a number in (0, 1], got {}", source, detail::excerpt(density));
+  options.density(density.get<double>());
+  if (graph.contains("distribution")) {
+    const auto& name = graph.at("distribution");
+    if (!name.is_string() || (name != "uniform" && name != "erdos_renyi" && name != "er" && name != "erk"))
+      fail("{}: /graph/distribution must be \"uniform\", \"erdos_renyi\", \"er\" or \"erk\", got {}", source,
+           detail::excerpt(name));
+    options.distribution(nn::distribution_from_name(name.get<std::string>()));
+  }
+  if (graph.contains("seed")) {
+    if (!graph.at("seed").is_number_unsigned())
+      fail("{}: /graph/seed must be a non-negative integer, got {}", source, detail::excerpt(graph.at("seed")));
+    options.seed(graph.at("seed").get<uint64_t>());
+  }
+  return options;
+}
+
+// An MLP's layer sizes, {in, width x depth, out}. The list is made before the generator
+// checks the network's size, so a depth past connex's neuron limit (2e9, where the list
+// itself would take gigabytes) is refused first; empty hidden layers are listed once, for
+// the generator to name.
+std::vector<int64_t> sparse_mlp_sizes(int64_t in, int64_t out, int64_t width, int64_t depth,
+                                      const std::string& source) {
+  if (width > 0 && static_cast<double>(depth) * static_cast<double>(width) > nn::kBuildLimit)
+    fail("{}: /graph/depth {} x /graph/width {} is more hidden neurons than connex builds (limit {:.0e})", source,
+         depth, width, nn::kBuildLimit);
+  std::vector<int64_t> sizes{in};
+  sizes.insert(sizes.end(), width > 0 ? depth : std::min<int64_t>(depth, 1), width);
+  sizes.push_back(out);
+  return sizes;
+}
+
+// A key the prebuilt form does not read is a typo (or a "density" on an MLP): refused, not ignored.
+void check_prebuilt_keys(const json& graph, bool sparse, const std::string& source) {
+  static const std::set<std::string> layered = {"prebuilt", "input_size", "output_size", "width", "depth"};
+  static const std::set<std::string> extra = {"density", "distribution", "seed"};
+  for (const auto& item : graph.items())
+    if (!layered.count(item.key()) && !(sparse && extra.count(item.key())))
+      fail(
+          "{}: /graph/{} is not a key of a prebuilt {} graph (it takes prebuilt, input_size, output_size, width, "
+          "depth{})",
+          source, item.key(), detail::excerpt(graph.at("prebuilt")), sparse ? ", density, distribution, seed" : "");
+}
+
+}  // namespace
+
 GraphSpec graph_from_config(const json& graph, const std::string& source) {
   if (!graph.is_object()) fail("{}: /graph must be an object, got {}", source, graph.type_name());
   if (!graph.contains("prebuilt")) return GraphSpec::from_json(graph, source, "/graph");
@@ -172,13 +228,21 @@ GraphSpec graph_from_config(const json& graph, const std::string& source) {
                 out = non_negative_int(graph, "output_size", source, "/graph");
   const int64_t width = non_negative_int(graph, "width", source, "/graph"),
                 depth = non_negative_int(graph, "depth", source, "/graph");
+  check_prebuilt_keys(graph, kind == "SparseMLP", source);
+  std::optional<nn::SparseLayersOptions> sparse;
+  std::vector<int64_t> sizes;
+  if (kind == "SparseMLP") {
+    sparse = sparse_options_from_config(graph, source);
+    sizes = sparse_mlp_sizes(in, out, width, depth, source);
+  }
   try {
     if (kind == "MLP") return nn::mlp_spec(in, out, width, depth);
     if (kind == "DenseMLP") return nn::dense_mlp_spec(in, out, width, depth);
+    if (sparse) return nn::sparse_layered_spec(sizes, *sparse);
   } catch (const Error& e) {
     fail("{}: /graph: {}", source, e.what());
   }
-  fail("{}: /graph/prebuilt must be \"MLP\" or \"DenseMLP\", got {}", source, detail::excerpt(kind));
+  fail("{}: /graph/prebuilt must be \"MLP\", \"DenseMLP\" or \"SparseMLP\", got {}", source, detail::excerpt(kind));
 }
 
 json network_config(const NeuralNetwork& network, const char* context) {

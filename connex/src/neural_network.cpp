@@ -359,29 +359,40 @@ torch::Tensor NeuralNetworkImpl::apply_dropout(const torch::Tensor& values, cons
 
 torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x) {
   check_input(x);
-  const Topology& topo = *topology_;
-  const bool single = x.dim() == 1;
-  const int64_t batch = single ? 1 : x.size(0);
-
   if (uses_fused_kernel()) {
+    const bool single = x.dim() == 1;
     auto out = fused_forward(*fused_plan_, single ? x.unsqueeze(0) : x, weight_, bias_);  // [batch, outputs]
     return options_.output_transformation()(single ? out.squeeze(0) : out);
   }
+  return forward_levels(x, nullptr);
+}
+
+torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x, LevelTrace& trace) {
+  check_input(x);
+  return forward_levels(x, &trace);
+}
+
+torch::Tensor NeuralNetworkImpl::forward_levels(const torch::Tensor& x, LevelTrace* trace) {
+  const Topology& topo = *topology_;
+  const bool single = x.dim() == 1;
+  const int64_t batch = single ? 1 : x.size(0);
 
   // Values are kept neuron-major, [neurons, batch]: gathering whole rows along
   // the leading dimension is the fast direction, and each level is its own
   // tensor ("piece") so autograd never copies a growing shared buffer.
   std::vector<torch::Tensor> pieces(topo.levels().size());
   pieces[0] = apply_dropout((single ? x.unsqueeze(1) : x.t()).contiguous(), levels_[0]);
+  if (trace) trace->preactivations.assign(pieces.size(), torch::Tensor());
 
   for (size_t l = 1; l < topo.levels().size(); ++l) {
     const Level& level = topo.levels()[l];
     const LevelTensors& t = levels_[l];
     auto sources = level.kernel == LevelKernel::BiasOnly ? torch::Tensor() : gather(level.gather, t.gather, pieces);
-    pieces[l] = apply_dropout(run_level(l, sources, batch), t);
+    pieces[l] = apply_dropout(run_level(l, sources, batch, trace ? &trace->preactivations[l] : nullptr), t);
   }
 
   auto out = gather(topo.output_gather(), output_gather_, pieces);  // [outputs, batch]
+  if (trace) trace->values = pieces;
   out = single ? out.squeeze(1) : out.t();
   return options_.output_transformation()(out);
 }
@@ -399,7 +410,8 @@ torch::Tensor NeuralNetworkImpl::dense_weights(const Level& level, const LevelTe
 // One batch: on_inputs -> affine (or an operation's replace_affine) ->
 // on_preactivation -> activation (or replace_activation). Without
 // operations this is just the level's kernel and the activation.
-torch::Tensor NeuralNetworkImpl::run_level(size_t l, const torch::Tensor& gathered, int64_t batch) const {
+torch::Tensor NeuralNetworkImpl::run_level(size_t l, const torch::Tensor& gathered, int64_t batch,
+                                           torch::Tensor* preactivation) const {
   const Topology& topo = *topology_;
   const Level& level = topo.levels()[l];
   const LevelTensors& t = levels_[l];
@@ -426,6 +438,10 @@ torch::Tensor NeuralNetworkImpl::run_level(size_t l, const torch::Tensor& gather
       else
         z = torch::addmm(bias, dense_weights(level, t, w), sources);
     }
+  }
+  if (preactivation) {
+    if (z.requires_grad()) z.retain_grad();
+    *preactivation = z;
   }
   for (size_t k = 0; k < operations_.size(); ++k) z = operations_[k]->on_preactivation(contexts[k], z);
 

@@ -10,6 +10,7 @@
 
 #include "connex/error.h"
 #include "cycles.h"
+#include "edit_build.h"
 #include "parallel_passes.h"
 
 namespace connex {
@@ -40,10 +41,10 @@ ParameterRemap::Moved kept_pairs(const std::vector<int64_t>& old_of_new, const t
   return {new_index.to(device), old_index.to(device)};
 }
 
-// The base connections that survive the edit, as (new source, new target)
-// positions in the base's edge order, with room for `added` more.
+}  // namespace
+
 std::vector<std::pair<int64_t, int64_t>> surviving_edges(const Topology& base,
-                                                         const std::unordered_set<int64_t>& removed_connections,
+                                                         const std::vector<int64_t>& removed_connections,
                                                          const std::vector<int64_t>& new_index_of_old, size_t added) {
   // Removed connections as old spec positions, grouped by source, each
   // source's lost targets sorted: a search per edge of a source that lost
@@ -86,6 +87,8 @@ std::vector<std::pair<int64_t, int64_t>> surviving_edges(const Topology& base,
       });
   return edges;
 }
+
+namespace {
 
 // Names the added edge that closes a cycle in the graph (neurons, edges), if
 // one does; edges from first_added on are the added ones.
@@ -355,15 +358,7 @@ NetworkEditor& NetworkEditor::set_dropout_p(const DropoutSpec& dropout) {
   return *this;
 }
 
-// The new graph, in index space: surviving neurons in their old order, then
-// the new ones; surviving edges in their old order, then the added ones
-// (from first_added on).
-struct NetworkEditor::IndexGraph {
-  std::vector<NeuronId> neurons;
-  std::vector<std::pair<int64_t, int64_t>> edges;
-  size_t first_added = 0;
-  std::vector<int64_t> new_index_of_old;  // by old spec position; -1: removed
-};
+struct NetworkEditor::IndexGraph : EditGraph {};
 
 NetworkEditor& NetworkEditor::function_preserving(bool on) {
   function_preserving_ = on;
@@ -373,15 +368,23 @@ NetworkEditor& NetworkEditor::function_preserving(bool on) {
 EditResult NetworkEditor::build(uint64_t seed) const {
   IndexGraph graph = index_graph();
   NeuralNetworkOptions options = edited_options(seed);
-  NeuralNetwork result(checked_spec(graph), options);
-  const auto device = network_->weight_tensor().device();
+  GraphSpec spec = checked_spec(graph);
+  return build_edited(network_, std::move(spec), std::move(options), std::move(graph.new_index_of_old),
+                      function_preserving_);
+}
+
+EditResult build_edited(const NeuralNetwork& base, GraphSpec spec, NeuralNetworkOptions options,
+                        std::vector<int64_t> new_index_of_old, bool function_preserving) {
+  NeuralNetwork result(std::move(spec), options);
+  const auto device = base->weight_tensor().device();
   result->to(device);
-  EditResult out{result, {}, parameter_remap(*base_, result->topology(), graph.new_index_of_old, device)};
-  result->adopt_parameters(*network_, out.parameters);
-  if (function_preserving_) zero_connections_into_old_neurons(*result, out.parameters);
-  out.positions.inputs = where_each_went(base_->spec().inputs(), result->spec().inputs());
-  out.positions.outputs = where_each_went(base_->spec().outputs(), result->spec().outputs());
-  out.positions.neurons = graph.new_index_of_old;  // the new spec lists neurons in index_graph()'s order
+  const Topology& old = base->topology();
+  EditResult out{result, {}, parameter_remap(old, result->topology(), new_index_of_old, device)};
+  result->adopt_parameters(*base, out.parameters);
+  if (function_preserving) zero_connections_into_old_neurons(*result, out.parameters);
+  out.positions.inputs = where_each_went(old.spec().inputs(), result->spec().inputs());
+  out.positions.outputs = where_each_went(old.spec().outputs(), result->spec().outputs());
+  out.positions.neurons = std::move(new_index_of_old);  // the new spec lists neurons in the graph's order
   return out;
 }
 
@@ -406,7 +409,8 @@ NetworkEditor::IndexGraph NetworkEditor::index_graph() const {
     return it != added_index.end() ? it->second : g.new_index_of_old[old_spec.index_of(id)];
   };
 
-  g.edges = surviving_edges(*base_, removed_connections_, g.new_index_of_old, added_edges_.size());
+  g.edges = surviving_edges(*base_, {removed_connections_.begin(), removed_connections_.end()}, g.new_index_of_old,
+                            added_edges_.size());
   g.first_added = g.edges.size();
   // added_edges_ keeps the order of first addition; the set says which are still wanted.
   std::unordered_set<Edge, EdgeHash> taken;
@@ -419,8 +423,13 @@ NetworkEditor::IndexGraph NetworkEditor::index_graph() const {
 // The base network's options with this edit's dropout and `seed`; dropout
 // entries of removed neurons go with them.
 NeuralNetworkOptions NetworkEditor::edited_options(uint64_t seed) const {
-  NeuralNetworkOptions options = network_->options();
-  DropoutSpec dropout = dropout_;
+  return connex::edited_options(network_->options(), dropout_, seed, !added_neurons_.empty() || !added_edges_.empty(),
+                                [&](const NeuronId& id) { return exists(id); });
+}
+
+NeuralNetworkOptions edited_options(const NeuralNetworkOptions& base, DropoutSpec dropout, uint64_t seed, bool adds,
+                                    const std::function<bool(const NeuronId&)>& exists) {
+  NeuralNetworkOptions options = base;
   dropout.per_neuron.erase(std::remove_if(dropout.per_neuron.begin(), dropout.per_neuron.end(),
                                           [&](const auto& entry) { return !exists(entry.first); }),
                            dropout.per_neuron.end());
@@ -428,13 +437,14 @@ NeuralNetworkOptions NetworkEditor::edited_options(uint64_t seed) const {
   options.hidden_activation(options.hidden_activation().deep_copy());
   options.output_transformation(options.output_transformation().deep_copy());
   if (options.topo_sort()) {
-    // Keep the user's order for survivors; new neurons have no place in it, so drop it.
-    if (!added_neurons_.empty() || !added_edges_.empty()) {
+    // Keep the user's order for survivors (a topo_sort lists every base
+    // neuron); new neurons have no place in it, so drop it.
+    if (adds) {
       options.topo_sort(std::nullopt);
     } else {
       std::vector<NeuronId> order;
       for (const auto& id : *options.topo_sort())
-        if (!removed_neurons_.count(id)) order.push_back(id);
+        if (exists(id)) order.push_back(id);
       options.topo_sort(order);
     }
   }

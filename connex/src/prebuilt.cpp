@@ -16,6 +16,27 @@ GraphSpec build_layers(const char* name, int64_t input_size, int64_t output_size
 
 }  // namespace
 
+void check_neuron_count(const std::string& context, double neurons) {
+  if (neurons > kBuildLimit)
+    fail("{}: {:.3g} neurons is more than connex builds (limit {:.0e})", context, neurons, kBuildLimit);
+}
+
+void check_buildable(const std::string& context, double neurons, double connections) {
+  if (neurons > kBuildLimit || connections > kBuildLimit)
+    fail("{}: {:.3g} neurons and {:.3g} connections is more than connex builds (limit {:.0e} each)", context, neurons,
+         connections, kBuildLimit);
+  // Under the limit, memory decides: the edge list, the graph's indexes and
+  // the compiled topology take about this much per connection and neuron.
+  constexpr double kBytesPerConnection = 256, kBytesPerNeuron = 512;
+  const double needed = connections * kBytesPerConnection + neurons * kBytesPerNeuron;
+  const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+  if (memory > 0 && needed > memory)
+    fail(
+        "{}: {:.3g} neurons and {:.3g} connections need about {:.3g} GB of memory to build; this machine has {:.3g} "
+        "GB",
+        context, neurons, connections, needed / 1e9, memory / 1e9);
+}
+
 LayeredSize layered_size(double in, double out, double width, double depth, bool dense) {
   if (depth == 0) return {in + out, in * out};
   const double connections =
@@ -32,25 +53,10 @@ GraphSpec layered_spec(const char* name, int64_t input_size, int64_t output_size
   if (input_size < 1 || output_size < 1 || depth < 0 || (depth > 0 && width < 1))
     fail("{}(): sizes must be positive (input_size={}, output_size={}, width={}, depth={})", name, input_size,
          output_size, width, depth);
-  // Count before building, in closed form (a loop over a depth near int64's
-  // maximum never ends): a typo such as width 1e8 must be an error, not
-  // bad_alloc or an hour of work. Doubles cannot overflow here.
+  // Counted in closed form (a loop over a depth near int64's maximum never ends).
   const auto [neurons, connections] = layered_size(static_cast<double>(input_size), static_cast<double>(output_size),
                                                    static_cast<double>(width), static_cast<double>(depth), dense);
-  constexpr double kLimit = 2e9;
-  if (neurons > kLimit || connections > kLimit)
-    fail("{}(): {:.3g} neurons and {:.3g} connections is more than connex builds (limit {:.0e} each)", name, neurons,
-         connections, kLimit);
-  // Under the limit, memory decides: the edge list, the graph's indexes and
-  // the compiled topology take about this much per connection and neuron.
-  constexpr double kBytesPerConnection = 256, kBytesPerNeuron = 512;
-  const double needed = connections * kBytesPerConnection + neurons * kBytesPerNeuron;
-  const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
-  if (memory > 0 && needed > memory)
-    fail(
-        "{}(): {:.3g} neurons and {:.3g} connections need about {:.3g} GB of memory to build; this machine has {:.3g} "
-        "GB",
-        name, neurons, connections, needed / 1e9, memory / 1e9);
+  check_buildable(std::string(name) + "()", neurons, connections);
   try {
     return build_layers(name, input_size, output_size, width, depth, dense);
   } catch (const std::bad_alloc&) {

@@ -153,6 +153,19 @@ void check_prune_options(const PruneOptions& options) {
   if (options.keep_min() < 0) fail("prune(): expected keep_min >= 0, got {}", options.keep_min());
 }
 
+// |w|, or the user's scores: one finite number >= 0 per connection.
+torch::Tensor strength(const NeuralNetwork& network, const PruneOptions& options) {
+  const auto& scores = options.scores();
+  if (!scores.defined()) return network->weight_tensor().detach().abs().to(torch::kCPU, torch::kFloat64).contiguous();
+  if (scores.dim() != 1 || scores.size(0) != network->num_connections())
+    fail("prune(): expected scores of shape [{}] (one per connection), got {}", network->num_connections(),
+         c10::str(scores.sizes()));
+  auto s = scores.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  if (!torch::isfinite(s).all().item<bool>() || (s < 0).any().item<bool>())
+    fail("prune(): expected finite scores >= 0, got {}", (s < 0).any().item<bool>() ? "a negative one" : "NaN or inf");
+  return s;
+}
+
 // The scope group of each connection: 0 for all, its target, or its target's level.
 std::vector<int64_t> scope_groups(const Topology& t, PruneScope scope) {
   std::vector<int64_t> group(t.num_connections(), 0);
@@ -170,15 +183,15 @@ std::vector<int64_t> scope_groups(const Topology& t, PruneScope scope) {
 std::vector<Edge> connections_to_prune(const NeuralNetwork& network, const PruneOptions& options) {
   check_prune_options(options);
   const Topology& t = network->topology();
-  const auto w = network->weight_tensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
-  const double* weight = w.data_ptr<double>();
+  const auto s = strength(network, options);
+  const double* score = s.data_ptr<double>();
   const auto group = scope_groups(t, options.scope());
   // The candidates of each group, weakest first (ties in connection order).
   std::vector<int64_t> order;
   for (int64_t c = 0; c < t.num_connections(); ++c)
     if (!(options.protect_outputs() && t.role(t.conn_target()[c]) == Role::Output)) order.push_back(c);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return group[a] != group[b] ? group[a] < group[b] : std::abs(weight[a]) < std::abs(weight[b]);
+    return group[a] != group[b] ? group[a] < group[b] : score[a] < score[b];
   });
   std::vector<int64_t> chosen;
   for (size_t first = 0; first < order.size();) {
@@ -189,12 +202,11 @@ std::vector<Edge> connections_to_prune(const NeuralNetwork& network, const Prune
                             ? static_cast<size_t>(std::llround(*options.fraction() * static_cast<double>(count)))
                             : count;
     for (size_t k = first; k < first + take; ++k)
-      if (!options.threshold() || std::abs(weight[order[k]]) < *options.threshold()) chosen.push_back(order[k]);
+      if (!options.threshold() || score[order[k]] < *options.threshold()) chosen.push_back(order[k]);
     first = last;
   }
   // Weakest first across groups, then the floor: a neuron keeps keep_min inputs.
-  std::stable_sort(chosen.begin(), chosen.end(),
-                   [&](int64_t a, int64_t b) { return std::abs(weight[a]) < std::abs(weight[b]); });
+  std::stable_sort(chosen.begin(), chosen.end(), [&](int64_t a, int64_t b) { return score[a] < score[b]; });
   std::vector<int64_t> remaining(t.num_neurons());
   for (int64_t d = 0; d < t.num_neurons(); ++d) remaining[d] = t.in_offsets()[d + 1] - t.in_offsets()[d];
   std::vector<Edge> edges;
@@ -205,6 +217,31 @@ std::vector<Edge> connections_to_prune(const NeuralNetwork& network, const Prune
     edges.emplace_back(t.label(t.conn_source()[c]), t.label(target));
   }
   return edges;
+}
+
+torch::Tensor activation_scores(const NeuralNetwork& network, const LevelTrace& trace) {
+  const Topology& t = network->topology();
+  if (trace.values.size() != t.levels().size())
+    fail("activation_scores(): expected a trace of this network's {} levels, got {}", t.levels().size(),
+         trace.values.size());
+  // The mean |value| of every neuron, then |w| times its source's.
+  std::vector<torch::Tensor> means;
+  for (size_t l = 0; l < trace.values.size(); ++l) {
+    const auto& v = trace.values[l];
+    if (!v.defined() || v.dim() != 2 || v.size(0) != t.levels()[l].size())
+      fail("activation_scores(): level {} of the trace does not match this network's level of {} neurons", l,
+           t.levels()[l].size());
+    means.push_back(v.detach().abs().mean(1).to(torch::kCPU, torch::kFloat64));
+  }
+  auto mean = torch::cat(means);
+  auto source = torch::tensor(t.conn_source(), torch::kInt64);
+  return network->weight_tensor().detach().abs().to(torch::kCPU, torch::kFloat64) * mean.index_select(0, source);
+}
+
+torch::Tensor gradient_scores(const NeuralNetwork& network) {
+  const auto& grad = network->weight_tensor().grad();
+  if (!grad.defined()) fail("gradient_scores(): the weights have no gradient; call loss.backward() first");
+  return (network->weight_tensor().detach() * grad).abs().to(torch::kCPU, torch::kFloat64);
 }
 
 EditResult prune(const NeuralNetwork& network, const PruneOptions& options) {

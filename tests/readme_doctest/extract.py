@@ -27,7 +27,8 @@ import sys
 COMMENT = re.compile(r"<!--\s*doctest\b(?P<flags>[^:>]*?)(?::(?P<context>.*?))?\s*-->\s*$", re.S)
 FLAG = re.compile(r"^(compile-only|if=\w+)$")
 HOISTED = re.compile(r"^(class|struct|enum|union|template)\b")
-FUNCTION = re.compile(r"^(?!(?:if|for|while|switch|return|else|do)\b)[\w:<>,*& ]+?\b\w+\s*\([^=;]*\)\s*(const\s*)?(->\s*[\w:<>]+\s*)?\{\s*$")
+# Column 0 only: an indented "if (x) {" inside a loop is a statement.
+FUNCTION = re.compile(r"^(?=\w)(?!(?:if|for|while|switch|return|else|do)\b)[\w:<>,*& ]+?\b\w+\s*\([^=;]*\)\s*(const\s*)?(->\s*[\w:<>]+\s*)?\{\s*$")
 DEFAULTS = ("  auto network = readme_network(); auto net = readme_network(); auto spec = readme_spec();\n"
             "  torch::optim::Adam adam(network->parameters());")
 RESET = "#line RESET"  # placeholder, numbered once the file is assembled

@@ -8,6 +8,8 @@
 #include "connex/options.h"
 #include "connex/plasticity.h"
 #include "connex/structure.h"
+#include "connex/generators.h"
+#include "connex/sparse_training.h"
 #include "connex/prebuilt.h"
 #include "connex/tensor_function.h"
 #include "connex/topology.h"

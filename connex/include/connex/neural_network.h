@@ -29,6 +29,18 @@ namespace connex {
 
 struct FusedPlan;
 
+// What one forward pass computed at each level, for methods that score
+// connections by values and gradients (RigL's growth, pruning by |w·a| or
+// |w·grad|). Level l's rows are its neurons, dense ids level.begin onward.
+struct LevelTrace {
+  // Per level (0: the inputs), [level size, batch]: the values later levels read (after dropout).
+  std::vector<torch::Tensor> values;
+  // Per level (0: undefined), [level size, batch]: the affine step's output
+  // (before any operation's on_preactivation); after loss.backward() its
+  // grad() is dL/dz, when the network's parameters require gradients.
+  std::vector<torch::Tensor> preactivations;
+};
+
 class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
  public:
   // The spec is taken by value: pass an rvalue to hand it over without a copy.
@@ -54,6 +66,10 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
 
   // x: [batch, num_inputs] -> [batch, num_outputs], or [num_inputs] -> [num_outputs].
   torch::Tensor forward(const torch::Tensor& x);
+  // The same on the per-level path (never the fused kernel: it keeps no
+  // per-level values), filling `trace`, which holds the autograd graph until
+  // it is dropped.
+  torch::Tensor forward(const torch::Tensor& x, LevelTrace& trace);
 
   void pretty_print(std::ostream& stream) const override;
 
@@ -130,7 +146,9 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
                        const std::vector<torch::Tensor>& pieces) const;
   torch::Tensor apply_dropout(const torch::Tensor& values, const LevelTensors& level) const;
   torch::Tensor dense_weights(const Level& level, const LevelTensors& t, const torch::Tensor& w) const;
-  torch::Tensor run_level(size_t l, const torch::Tensor& sources, int64_t batch) const;
+  torch::Tensor forward_levels(const torch::Tensor& x, LevelTrace* trace);
+  // `preactivation`, when given, receives the affine step's output.
+  torch::Tensor run_level(size_t l, const torch::Tensor& sources, int64_t batch, torch::Tensor* preactivation) const;
   GatherTensors register_gather(const GatherPlan& plan, const std::string& prefix);
   // Registers level l's index and dropout buffers (part of reset()).
   LevelTensors register_level(size_t l);

@@ -67,7 +67,19 @@ struct PruneOptions {
   TORCH_ARG(int64_t, keep_min) = 0;
   // Never prune the connections into output neurons.
   TORCH_ARG(bool, protect_outputs) = false;
+  // What "weak" means: one score per connection, in weight_tensor()'s order
+  // (activation_scores(), gradient_scores() or the user's own); undefined: |w|.
+  // The threshold, when given, applies to these scores.
+  TORCH_ARG(torch::Tensor, scores) = {};
 };
+
+// |w| times the mean |value| of the connection's source over the batch of a
+// trace (a forward pass of this network): how much each connection moves its
+// target on that data, |w·a|.
+torch::Tensor activation_scores(const NeuralNetwork& network, const LevelTrace& trace);
+// |w · dL/dw|, from weight_tensor().grad() after loss.backward(): the
+// first-order change of the loss when the connection is removed.
+torch::Tensor gradient_scores(const NeuralNetwork& network);
 
 // The connections prune() would remove, weakest first (ties in connection order).
 std::vector<Edge> connections_to_prune(const NeuralNetwork& network, const PruneOptions& options);

@@ -1,0 +1,110 @@
+#pragma once
+// Dynamic sparse training: SET and RigL rewire a sparse network while it
+// trains, keeping the number of connections into each level. connex holds
+// only the live connections, so a network at 5 % density costs about 5 % of
+// the dense arithmetic, unlike masks over dense weights.
+//
+//   connex::Rewirer rewirer(net, connex::RewireOptions().method(connex::RewireMethod::RigL).end_step(7500));
+//   for (int64_t step = 0; step < 10000; ++step) {
+//     connex::LevelTrace trace;                      // RigL reads the step's values and gradients
+//     auto loss = loss_fn(net->forward(x, trace), y);
+//     optimizer->zero_grad(); loss.backward(); optimizer->step();
+//     if (step % 100 == 0 && rewirer.drop_fraction(step) > 0) {
+//       auto r = rewirer.rewire(net, step, &trace);
+//       optimizer = connex::optimizer_after_edit(*optimizer, net, r);  // survivors keep their moments
+//       net = r.network;
+//     }
+//   }
+//
+// A rewiring drops, in each group (the non-input neurons of one level of the
+// network the Rewirer was made for), the share drop_fraction(step) of its
+// connections with the smallest |w| (never a neuron's last incoming one: no
+// neuron is left reading nothing), and grows as many new ones into the same
+// group. New connections come only from the levels that already fed the group
+// when the Rewirer was made (for a layered network: the layer before), never
+// one that existed before this rewiring, and start at weight 0 with zero
+// optimizer moments, so the network's function is unchanged by the growth.
+// The groups keep their order, so the graph stays acyclic.
+#include <cstdint>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <torch/arg.h>
+
+#include "connex/neural_network.h"
+#include "connex/plasticity.h"
+
+namespace connex {
+
+enum class RewireMethod {
+  SET,   // grow at random (Mocanu et al. 2018)
+  RigL,  // grow where |dL/dw| of the absent connections is largest (Evci et al. 2020)
+};
+const char* rewire_method_name(RewireMethod method);
+// "set" or "rigl"; anything else throws, naming it.
+RewireMethod rewire_method_from_name(const std::string& name);
+
+struct RewireOptions {
+  TORCH_ARG(RewireMethod, method) = RewireMethod::SET;
+  // SET's zeta, RigL's alpha: the share of each group's connections replaced, in [0, 1).
+  TORCH_ARG(double, drop_fraction) = 0.3;
+  // RigL's T_end: the share decays as alpha/2 * (1 + cos(pi * step / end_step))
+  // and is 0 from end_step on. 0: no decay (SET's schedule, for either method).
+  TORCH_ARG(int64_t, end_step) = 0;
+  // SET's random growth: each rewiring draws from (seed, step) alone, so a
+  // resumed run rewires exactly as an uninterrupted one.
+  TORCH_ARG(uint64_t, seed) = 0;
+};
+
+// What one rewiring did.
+struct RewireReport {
+  int64_t connections_before = 0, connections_after = 0;
+  int64_t dropped = 0, grown = 0;
+};
+
+class Rewirer {
+ public:
+  // Fixes the groups and the levels each group may grow from. RigL needs a
+  // network without per-level operations (they change what a connection's
+  // gradient is); any network can use SET.
+  explicit Rewirer(const NeuralNetwork& network, RewireOptions options = {});
+
+  // The share of each group's connections the rewiring at `step` replaces.
+  double drop_fraction(int64_t step) const;
+
+  // Rewires `network` (which must hold the neurons the Rewirer was made for;
+  // it is never modified). RigL needs the trace of a forward pass of
+  // `network` after loss.backward(); SET ignores it. A share that rounds to
+  // no connection in a group leaves that group as it is.
+  EditResult rewire(const NeuralNetwork& network, int64_t step, const LevelTrace* trace = nullptr);
+
+  const RewireOptions& options() const { return options_; }
+  const RewireReport& last_report() const { return report_; }
+  // The levels of the network it was made for, the inputs' (group 0) included.
+  int64_t num_groups() const { return static_cast<int64_t>(group_sources_.size()); }
+
+ private:
+  struct Plan;  // what a rewiring removes and adds (sparse_training.cpp)
+  void drop(const NeuralNetwork& network, double share, Plan& plan) const;
+  void grow_random(const NeuralNetwork& network, Plan& plan);
+  void grow_by_gradient(const NeuralNetwork& network, const LevelTrace& trace, Plan& plan) const;
+
+  RewireOptions options_;
+  std::unordered_map<NeuronId, int64_t, NeuronIdHash> group_;  // neuron -> its level when the Rewirer was made
+  std::vector<std::vector<NeuronId>> members_;                 // group -> its neurons
+  std::vector<std::vector<int64_t>> group_sources_;            // group -> the groups that fed it
+  std::mt19937_64 random_;
+  RewireReport report_;
+};
+
+// dL/dw of connections the network does not have, as if each were there with
+// weight 0: the sum over the batch of the source's value times the target's
+// pre-activation gradient, read from `trace` (a forward pass after
+// loss.backward()). Each edge must run from a lower level to a higher one
+// (so adding it would not change the levels) and must not exist.
+std::vector<double> absent_connection_gradients(const NeuralNetwork& network, const LevelTrace& trace,
+                                                const std::vector<Edge>& edges);
+
+}  // namespace connex

@@ -1,0 +1,351 @@
+#include "connex/sparse_training.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <set>
+#include <tuple>
+#include <unordered_set>
+
+#include <torch/torch.h>
+
+#include "connex/error.h"
+#include "edit_build.h"
+
+namespace connex {
+
+const char* rewire_method_name(RewireMethod method) { return method == RewireMethod::SET ? "set" : "rigl"; }
+
+RewireMethod rewire_method_from_name(const std::string& name) {
+  if (name == "set") return RewireMethod::SET;
+  if (name == "rigl") return RewireMethod::RigL;
+  fail("rewire method: expected \"set\" or \"rigl\", got \"{}\"", name);
+}
+
+// One group's part of a rewiring, in dense ids of the network being rewired.
+// A candidate pair's key is source position * |targets| + target position.
+struct GroupPlan {
+  std::vector<int64_t> targets;            // the group's neurons
+  std::vector<int64_t> sources;            // every neuron of the groups it may grow from
+  std::vector<int64_t> source_group_ends;  // sources is one run per source group; these are the runs' ends
+  // The candidate pairs connected now: a bit per key while that is small,
+  // else found in the topology (a binary search among the target's sources).
+  bool bitmap = false;
+  std::vector<uint64_t> connected_bits;
+  int64_t connected = 0;  // how many candidate pairs are connected now
+  int64_t quota = 0;      // how many connections it drops and grows
+
+  int64_t width() const { return static_cast<int64_t>(targets.size()); }
+  int64_t candidates() const { return static_cast<int64_t>(sources.size()) * width(); }
+  bool is_connected(const Topology& t, int64_t key) const {
+    if (bitmap) return connected_bits[key >> 6] >> (key & 63) & 1;
+    return t.connection_index(sources[key / width()], targets[key % width()]) >= 0;
+  }
+};
+
+struct Rewirer::Plan {
+  std::vector<GroupPlan> groups;                  // by group; group 0 (the inputs) is empty
+  std::vector<int64_t> drop;                      // connection indices
+  std::vector<std::pair<int64_t, int64_t>> grow;  // (source, target) dense ids
+  std::vector<int64_t> dropped_into;              // by dense id
+};
+
+namespace {
+
+// Groups with at most this many candidate pairs keep a bitmap of them (4 MiB).
+constexpr int64_t kBitmapLimit = int64_t{1} << 25;
+
+// Records which of the group's candidate pairs are connected now. `position`
+// (dense id -> -1) is returned as it came.
+void mark_connected(const Topology& t, GroupPlan& group, std::vector<int64_t>& position) {
+  for (size_t s = 0; s < group.sources.size(); ++s) position[group.sources[s]] = static_cast<int64_t>(s);
+  const int64_t width = group.width();
+  group.bitmap = group.candidates() <= kBitmapLimit;
+  if (group.bitmap) group.connected_bits.assign((group.candidates() + 63) / 64, 0);
+  for (int64_t k = 0; k < width; ++k)
+    for (int64_t c = t.in_offsets()[group.targets[k]]; c < t.in_offsets()[group.targets[k] + 1]; ++c) {
+      const int64_t s = position[t.conn_source()[c]];
+      if (s < 0) continue;
+      ++group.connected;
+      if (group.bitmap) group.connected_bits[(s * width + k) >> 6] |= uint64_t{1} << ((s * width + k) & 63);
+    }
+  for (int64_t s : group.sources) position[s] = -1;
+}
+
+// The rewired network, built in positions rather than labels: the base's
+// edges less the dropped connections, then the grown pairs, over the same
+// neurons, grown connections at 0 (what the editor's function-preserving
+// edit gives).
+EditResult build_rewired(const NeuralNetwork& network, const std::vector<int64_t>& drop,
+                         const std::vector<std::pair<int64_t, int64_t>>& grow) {
+  const Topology& t = network->topology();
+  const GraphSpec& spec = network->spec();
+  std::vector<int64_t> same(spec.num_neurons());
+  std::iota(same.begin(), same.end(), 0);
+  auto edges = surviving_edges(t, drop, same, grow.size());
+  for (const auto& [source, target] : grow) edges.emplace_back(t.spec_index_at(source), t.spec_index_at(target));
+  GraphSpec rewired(spec.neurons(), std::move(edges), spec.inputs(), spec.outputs(), "Rewirer::rewire()");
+  auto options = edited_options(network->options(), network->options().dropout_p(), 0, !grow.empty(),
+                                [](const NeuronId&) { return true; });
+  return build_edited(network, std::move(rewired), std::move(options), std::move(same), true);
+}
+
+// An unbiased draw in [0, bound), the same with every standard library.
+uint64_t draw(std::mt19937_64& random, uint64_t bound) {
+  const uint64_t threshold = (0 - bound) % bound;  // 2^64 mod bound: the draws to reject
+  for (;;) {
+    const uint64_t r = random();
+    if (r >= threshold) return r % bound;
+  }
+}
+
+// The trace's values and pre-activation gradients as [neurons, batch]
+// matrices in dense-id order (level 0's gradient rows are zero).
+std::pair<torch::Tensor, torch::Tensor> traced_matrices(const Topology& t, const LevelTrace& trace,
+                                                        const char* context) {
+  const size_t levels = t.levels().size();
+  if (trace.values.size() != levels || trace.preactivations.size() != levels)
+    fail("{}: expected a trace of this network's {} levels, got {}", context, levels, trace.values.size());
+  std::vector<torch::Tensor> values, grads;
+  bool any_gradient = false;
+  for (size_t l = 0; l < levels; ++l) {
+    const auto& v = trace.values[l];
+    if (!v.defined() || v.dim() != 2 || v.size(0) != t.levels()[l].size())
+      fail("{}: level {} of the trace does not match this network's level of {} neurons", context, l,
+           t.levels()[l].size());
+    values.push_back(v.detach());
+    const auto& z = trace.preactivations[l];
+    // A level the loss does not depend on gets no gradient: it is zero.
+    const bool has = l > 0 && z.defined() && z.grad().defined();
+    any_gradient = any_gradient || has;
+    grads.push_back(has ? z.grad().detach() : torch::zeros_like(values.back()));
+  }
+  if (!any_gradient)
+    fail("{}: the trace has no gradient; call loss.backward() on the traced forward's loss first", context);
+  return {torch::cat(values), torch::cat(grads)};
+}
+
+}  // namespace
+
+Rewirer::Rewirer(const NeuralNetwork& network, RewireOptions options) : options_(options), random_(options.seed()) {
+  if (!(options.drop_fraction() >= 0 && options.drop_fraction() < 1))
+    fail("Rewirer(): expected drop_fraction in [0, 1), got {}", options.drop_fraction());
+  if (options.end_step() < 0) fail("Rewirer(): expected end_step >= 0, got {}", options.end_step());
+  if (options.method() == RewireMethod::RigL && !network->operations().empty())
+    fail(
+        "Rewirer(): RigL expected a network without per-level operations (they change what a connection's "
+        "gradient is), got {}",
+        network->operations().front()->name());
+  const Topology& t = network->topology();
+  const size_t levels = t.levels().size();
+  members_.assign(levels, {});
+  std::vector<std::set<int64_t>> feeds(levels);
+  for (int64_t d = 0; d < t.num_neurons(); ++d) {
+    group_.emplace(t.label(d), t.level_of(d));
+    members_[t.level_of(d)].push_back(t.label(d));
+  }
+  for (int64_t c = 0; c < t.num_connections(); ++c)
+    feeds[t.level_of(t.conn_target()[c])].insert(t.level_of(t.conn_source()[c]));
+  for (const auto& f : feeds) group_sources_.emplace_back(f.begin(), f.end());
+}
+
+double Rewirer::drop_fraction(int64_t step) const {
+  if (options_.end_step() == 0) return options_.drop_fraction();
+  if (step >= options_.end_step()) return 0;
+  return options_.drop_fraction() / 2 *
+         (1 + std::cos(M_PI * static_cast<double>(step) / static_cast<double>(options_.end_step())));
+}
+
+EditResult Rewirer::rewire(const NeuralNetwork& network, int64_t step, const LevelTrace* trace) {
+  if (options_.method() == RewireMethod::RigL && !trace)
+    fail("Rewirer::rewire(): RigL expected the trace of a forward pass after loss.backward(), got none");
+  const Topology& t = network->topology();
+  if (t.num_neurons() != static_cast<int64_t>(group_.size()))
+    fail("Rewirer::rewire(): expected the network's {} neurons the Rewirer was made for, got {}", group_.size(),
+         t.num_neurons());
+  // Each group's targets, its candidate sources and which of those pairs are connected now.
+  Plan plan;
+  plan.groups.resize(members_.size());
+  plan.dropped_into.assign(t.num_neurons(), 0);
+  std::vector<int64_t> position(t.num_neurons(), -1);  // dense id -> its place in the group's sources
+  for (size_t g = 1; g < members_.size(); ++g) {
+    GroupPlan& group = plan.groups[g];
+    for (const auto& id : members_[g]) group.targets.push_back(t.require(id, "Rewirer::rewire()"));
+    for (int64_t h : group_sources_[g]) {
+      for (const auto& id : members_[h]) group.sources.push_back(t.require(id, "Rewirer::rewire()"));
+      group.source_group_ends.push_back(static_cast<int64_t>(group.sources.size()));
+    }
+    mark_connected(t, group, position);
+  }
+  drop(network, drop_fraction(step), plan);
+  if (options_.method() == RewireMethod::SET) {
+    // Drawn from (seed, step) alone, so a rewiring does not depend on the
+    // ones before it: a resumed run rewires as the uninterrupted one would.
+    random_.seed(options_.seed() ^ (0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(step + 1)));
+    grow_random(network, plan);
+  } else
+    grow_by_gradient(network, *trace, plan);
+
+  report_ = {};
+  report_.connections_before = network->num_connections();
+  report_.dropped = static_cast<int64_t>(plan.drop.size());
+  report_.grown = static_cast<int64_t>(plan.grow.size());
+  auto result = build_rewired(network, plan.drop, plan.grow);
+  report_.connections_after = result.network->num_connections();
+  return result;
+}
+
+// Each group drops its weakest share (smallest |w|, ties by connection index),
+// at most as many as it has absent candidates to grow back, and never a
+// neuron's last incoming connection: a neuron that kept none would fall to
+// level 1 and leave its group's place in the order.
+void Rewirer::drop(const NeuralNetwork& network, double share, Plan& plan) const {
+  const Topology& t = network->topology();
+  const auto w = network->weight_tensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  const double* weight = w.data_ptr<double>();
+  auto weaker = [&](int64_t a, int64_t b) {
+    return std::abs(weight[a]) != std::abs(weight[b]) ? std::abs(weight[a]) < std::abs(weight[b]) : a < b;
+  };
+  for (size_t g = 1; g < plan.groups.size(); ++g) {
+    GroupPlan& group = plan.groups[g];
+    std::vector<int64_t> connections;
+    for (int64_t d : group.targets)
+      for (int64_t c = t.in_offsets()[d]; c < t.in_offsets()[d + 1]; ++c) connections.push_back(c);
+    const int64_t absent = group.candidates() - group.connected;
+    const int64_t wanted = std::min<int64_t>(std::llround(share * static_cast<double>(connections.size())), absent);
+    group.quota = 0;
+    if (wanted <= 0) continue;
+    // The connections weakest first, sorted a chunk at a time (the chunk
+    // selected from the rest): the walk sees them in the full sort's order,
+    // and usually stops within the first chunk.
+    const size_t count = connections.size();
+    size_t begin = 0, chunk = static_cast<size_t>(wanted) + static_cast<size_t>(wanted) / 8 + 64;
+    while (group.quota < wanted && begin < count) {
+      const size_t end = std::min(count, begin + chunk);
+      auto first = connections.begin() + begin, last = connections.begin() + end;
+      if (end < count) std::nth_element(first, last, connections.end(), weaker);
+      std::sort(first, last, weaker);
+      for (auto it = first; it != last && group.quota < wanted; ++it) {
+        const int64_t c = *it, target = t.conn_target()[c];
+        if (t.in_offsets()[target + 1] - t.in_offsets()[target] - plan.dropped_into[target] <= 1) continue;
+        ++plan.dropped_into[target];
+        ++group.quota;
+        plan.drop.push_back(c);
+      }
+      begin = end;
+      chunk *= 2;
+    }
+  }
+}
+
+// SET: each group's quota drawn uniformly among its absent candidate pairs.
+void Rewirer::grow_random(const NeuralNetwork& network, Plan& plan) {
+  const Topology& t = network->topology();
+  for (size_t g = 1; g < plan.groups.size(); ++g) {
+    const GroupPlan& group = plan.groups[g];
+    if (group.quota <= 0) continue;
+    const int64_t width = group.width(), candidates = group.candidates();
+    const int64_t absent = candidates - group.connected;
+    std::vector<int64_t> chosen;
+    if (absent < candidates / 4) {
+      // Nearly full: list the absent pairs and take a random quota of them.
+      for (int64_t key = 0; key < candidates; ++key)
+        if (!group.is_connected(t, key)) chosen.push_back(key);
+      for (int64_t k = 0; k < group.quota; ++k)
+        std::swap(chosen[k], chosen[k + static_cast<int64_t>(draw(random_, chosen.size() - k))]);
+      chosen.resize(group.quota);
+    } else {
+      // At least a quarter absent: rejection takes at most four draws per pair
+      // on average. With a bitmap, a copy of it marks the chosen pairs too.
+      std::vector<uint64_t> marked = group.bitmap ? group.connected_bits : std::vector<uint64_t>{};
+      std::unordered_set<int64_t> taken;
+      while (static_cast<int64_t>(chosen.size()) < group.quota) {
+        const auto key = static_cast<int64_t>(draw(random_, candidates));
+        bool fresh;
+        if (group.bitmap) {
+          uint64_t& word = marked[key >> 6];
+          const uint64_t bit = uint64_t{1} << (key & 63);
+          fresh = !(word & bit);
+          word |= bit;
+        } else {
+          fresh = !group.is_connected(t, key) && taken.insert(key).second;
+        }
+        if (fresh) chosen.push_back(key);
+      }
+    }
+    for (int64_t key : chosen) plan.grow.emplace_back(group.sources[key / width], group.targets[key % width]);
+  }
+}
+
+// RigL: per group and source group, one [sources, targets] block of
+// |values · gradientsᵀ| (the gradient each absent pair would have), the
+// connected pairs excluded; the group grows its quota of the largest.
+void Rewirer::grow_by_gradient(const NeuralNetwork& network, const LevelTrace& trace, Plan& plan) const {
+  const Topology& t = network->topology();
+  const auto [values, grads] = traced_matrices(t, trace, "Rewirer::rewire()");
+  std::vector<int64_t> position(t.num_neurons(), -1);  // dense id -> its place in the group's sources
+  for (size_t g = 1; g < plan.groups.size(); ++g) {
+    const GroupPlan& group = plan.groups[g];
+    if (group.quota <= 0) continue;
+    const int64_t width = group.width();
+    for (size_t s = 0; s < group.sources.size(); ++s) position[group.sources[s]] = static_cast<int64_t>(s);
+    const auto target_grads = grads.index_select(0, torch::tensor(group.targets).to(grads.device()));
+    std::vector<std::tuple<double, int64_t>> best;  // (score, key), the quota largest of each block
+    int64_t begin = 0;
+    for (int64_t end : group.source_group_ends) {
+      std::vector<int64_t> rows(group.sources.begin() + begin, group.sources.begin() + end);
+      auto block = torch::mm(values.index_select(0, torch::tensor(rows).to(values.device())), target_grads.t())
+                       .abs()
+                       .to(torch::kCPU, torch::kFloat64)
+                       .contiguous();
+      double* score = block.data_ptr<double>();
+      // The block's connected pairs, read off each target's incoming connections.
+      for (int64_t k = 0; k < width; ++k)
+        for (int64_t c = t.in_offsets()[group.targets[k]]; c < t.in_offsets()[group.targets[k] + 1]; ++c) {
+          const int64_t s = position[t.conn_source()[c]];
+          if (s >= begin && s < end) score[(s - begin) * width + k] = -1;
+        }
+      const int64_t keep = std::min<int64_t>(group.quota, block.numel());
+      auto top = std::get<1>(block.view({-1}).topk(keep));
+      const int64_t* index = top.data_ptr<int64_t>();
+      for (int64_t k = 0; k < keep; ++k)
+        if (score[index[k]] >= 0) best.emplace_back(score[index[k]], index[k] + begin * width);
+      begin = end;
+    }
+    // Largest first; equal scores in candidate order, so a rewiring is reproducible.
+    std::sort(best.begin(), best.end(), [](const auto& a, const auto& b) {
+      return std::get<0>(a) != std::get<0>(b) ? std::get<0>(a) > std::get<0>(b) : std::get<1>(a) < std::get<1>(b);
+    });
+    best.resize(std::min<size_t>(best.size(), group.quota));
+    for (const auto& [score, key] : best)
+      plan.grow.emplace_back(group.sources[key / width], group.targets[key % width]);
+    for (int64_t s : group.sources) position[s] = -1;
+  }
+}
+
+std::vector<double> absent_connection_gradients(const NeuralNetwork& network, const LevelTrace& trace,
+                                                const std::vector<Edge>& edges) {
+  constexpr const char* context = "absent_connection_gradients()";
+  const Topology& t = network->topology();
+  const auto [values, grads] = traced_matrices(t, trace, context);
+  std::vector<int64_t> sources, targets;
+  for (const auto& [from, to] : edges) {
+    const int64_t s = t.require(from, context), d = t.require(to, context);
+    if (t.connection_index(s, d) >= 0) fail("{}: connection {} exists", context, edge_str({from, to}));
+    if (t.level_of(s) >= t.level_of(d))
+      fail("{}: connection {} would not run from a lower level to a higher one (levels {} and {})", context,
+           edge_str({from, to}), t.level_of(s), t.level_of(d));
+    sources.push_back(s);
+    targets.push_back(d);
+  }
+  if (edges.empty()) return {};
+  auto index = [&](const std::vector<int64_t>& ids) { return torch::tensor(ids).to(values.device()); };
+  auto products = (values.index_select(0, index(sources)).to(torch::kFloat64) *
+                   grads.index_select(0, index(targets)).to(torch::kFloat64))
+                      .sum(1)
+                      .to(torch::kCPU)
+                      .contiguous();
+  return {products.data_ptr<double>(), products.data_ptr<double>() + products.numel()};
+}
+
+}  // namespace connex

@@ -1,0 +1,261 @@
+// `connex train --density/--rewire` (sparse and dynamic sparse training) and
+// `connex prune --score`: the counts they promise, exact resumption, and the
+// refusals, each one line with nothing written.
+#include <signal.h>
+
+#include <array>
+#include <chrono>
+#include <map>
+#include <numeric>
+#include <regex>
+#include <set>
+#include <thread>
+
+#include "cli_util.h"
+
+using namespace connex;
+using namespace connex::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+// 2-16-16-1 with tanh: small enough to train in a blink, sparse enough to rewire.
+const char* kMlp = R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 1, "width": 16, "depth": 2},
+                       "options": {"hidden_activation": "tanh"}})";
+const std::vector<int64_t> kSizes{2, 16, 16, 1};
+
+int64_t expected_connections(double density, nn::DensityDistribution distribution) {
+  const auto per_pair =
+      nn::sparse_layer_connections(kSizes, nn::SparseLayersOptions().density(density).distribution(distribution));
+  return std::accumulate(per_pair.begin(), per_pair.end(), int64_t{0});
+}
+
+// Every "rewire step ..." line of a run's log: {step, before, dropped, grown, after}.
+std::vector<std::array<int64_t, 5>> rewirings(const std::string& log) {
+  static const std::regex line(
+      R"(rewire step (\d+) \((set|rigl), drop [0-9.]+\): (\d+) connections, (\d+) dropped, (\d+) grown, (\d+) after)");
+  std::vector<std::array<int64_t, 5>> out;
+  for (std::sregex_iterator it(log.begin(), log.end(), line), end; it != end; ++it)
+    out.push_back(
+        {std::stoll((*it)[1]), std::stoll((*it)[3]), std::stoll((*it)[4]), std::stoll((*it)[5]), std::stoll((*it)[6])});
+  return out;
+}
+
+std::set<std::pair<std::string, std::string>> edges_of(const NeuralNetwork& net) {
+  std::set<std::pair<std::string, std::string>> edges;
+  for (const auto& c : net->weighted_graph().connections) edges.emplace(c.from.str(), c.to.str());
+  return edges;
+}
+
+void expect_same_model(const std::string& a, const std::string& b) {
+  auto x = load(a), y = load(b);
+  EXPECT_EQ(edges_of(x), edges_of(y));
+  for (const auto& p : x->named_parameters())
+    EXPECT_TRUE(torch::equal(p.value(), *y->named_parameters().find(p.key()))) << p.key();
+}
+
+}  // namespace
+
+TEST(CliSparse, DensityDrawsTheExpectedConnectionsAndTrains) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 64);
+  spit(dir / "net.json", kMlp);
+  auto r = connex_cli("train net.json --data d.csv --density 0.2 --epochs 30 --lr 0.01 --out run", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const int64_t er = expected_connections(0.2, nn::DensityDistribution::ErdosRenyi);
+  EXPECT_EQ(load(dir / "run/model.ckpt")->num_connections(), er);
+  const auto losses = column(slurp(dir / "run/metrics.csv"), 1);
+  ASSERT_EQ(losses.size(), 30u);
+  EXPECT_LT(losses.back(), losses.front());
+  // The graph is the generator's, seeded by --seed; a SparseMLP config's density and distribution give way to the
+  // flags.
+  spit(dir / "sparse.json",
+       R"({"graph": {"prebuilt": "SparseMLP", "input_size": 2, "output_size": 1, "width": 16, "depth": 2,
+                     "density": 0.9, "distribution": "erk", "seed": 11}})");
+  r = connex_cli("train sparse.json --data d.csv --density 0.3 --init-density uniform --seed 4 --epochs 1 --out u",
+                 dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto drawn = NeuralNetwork(nn::sparse_layered_spec(
+      kSizes, nn::SparseLayersOptions().density(0.3).distribution(nn::DensityDistribution::Uniform).seed(4)));
+  EXPECT_EQ(edges_of(load(dir / "u/model.ckpt")), edges_of(drawn));
+  EXPECT_EQ(drawn->num_connections(), expected_connections(0.3, nn::DensityDistribution::Uniform));
+}
+
+TEST(CliSparse, SetAndRiglLogOneLinePerRewiringAndKeepTheConnectionCount) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 64);
+  spit(dir / "net.json", kMlp);
+  const int64_t connections = expected_connections(0.25, nn::DensityDistribution::ErdosRenyi);
+  // 64 rows in batches of 8: 8 steps an epoch, 40 in all, a rewiring after every 10th.
+  const std::string run = "train net.json --data d.csv --density 0.25 --batch-size 8 --epochs 5 --rewire-every 10 ";
+  for (const std::string method : {"set", "rigl"}) {
+    SCOPED_TRACE(method);
+    auto r = connex_cli(run + "--rewire " + method + " --drop-fraction 0.4 --out " + method, dir);
+    ASSERT_EQ(r.code, 0) << r.err;
+    const auto lines = rewirings(r.out + r.err);
+    // The share reaches 0 at 0.75 of the 40 steps, so step 30 and on keep their connections.
+    const std::vector<int64_t> steps{10, 20};
+    ASSERT_EQ(lines.size(), steps.size()) << r.out;
+    for (size_t i = 0; i < lines.size(); ++i) {
+      EXPECT_EQ(lines[i][0], steps[i]);
+      EXPECT_EQ(lines[i][1], connections);
+      EXPECT_GT(lines[i][2], 0);
+      EXPECT_EQ(lines[i][2], lines[i][3]);
+      EXPECT_EQ(lines[i][4], connections);
+    }
+    EXPECT_EQ(load(dir / (method + "/model.ckpt"))->num_connections(), connections);
+    const auto record = load_checkpoint(dir / (method + "/model.ckpt")).training.at("rewire");
+    EXPECT_EQ(record.at("method"), method);
+    EXPECT_EQ(record.at("every"), 10);
+    EXPECT_EQ(record.at("end_step"), 30);
+    const auto described = connex_cli("inspect " + method, dir).out;
+    EXPECT_NE(described.find("rewiring: " + method + " after every 10 steps, drop fraction 0.4, none from step 30"),
+              std::string::npos)
+        << described;
+  }
+  EXPECT_NE(edges_of(load(dir / "set/model.ckpt")), edges_of(load(dir / "rigl/model.ckpt")));
+}
+
+TEST(CliSparse, AResumedRewiringRunEqualsTheUninterruptedRun) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 60);
+  spit(dir / "net.json", kMlp);
+  // 48 training rows in batches of 16: 3 steps an epoch, a rewiring after every 2nd step of the run.
+  const std::string common =
+      "train net.json --data d.csv --density 0.3 --lr 0.01 --batch-size 16 --val-split 0.2 --seed 5 "
+      "--rewire-every 2 ";
+  // Rewiring ends at step 9 in both runs: half of the full run's 18 steps, all of the first part's 9.
+  for (const std::string flags : {"--rewire set", "--rewire rigl"}) {
+    SCOPED_TRACE(flags);
+    ASSERT_EQ(connex_cli(common + flags + " --rewire-end 0.5 --epochs 6 --out full", dir).code, 0);
+    ASSERT_EQ(connex_cli(common + flags + " --rewire-end 1 --epochs 3 --out half", dir).code, 0);
+    // The rewiring comes back from the checkpoint's record (no --rewire flags here), with its end.
+    auto r = connex_cli("train half --epochs 3 --out half", dir);
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(rewirings(r.out).size(), 0u) << r.out;
+    EXPECT_EQ(load_checkpoint(dir / "half/model.ckpt").training.at("rewire").at("end_step"), 9);
+    expect_same_model(dir / "full/model.ckpt", dir / "half/model.ckpt");
+    EXPECT_EQ(column(slurp(dir / "half/metrics.csv"), 1), column(slurp(dir / "full/metrics.csv"), 1));
+    for (const char* d : {"full", "half"}) fs::remove_all(dir / d);
+  }
+  // A flag overrides the record: --rewire none trains on without rewiring.
+  ASSERT_EQ(connex_cli(common + "--rewire set --epochs 1 --out run", dir).code, 0);
+  auto r = connex_cli("train run --epochs 2 --rewire none --out run", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(rewirings(r.out).empty()) << r.out;
+  EXPECT_FALSE(load_checkpoint(dir / "run/model.ckpt").training.contains("rewire"));
+}
+
+// RigL's schedule is fixed in steps when the run starts: a run stopped by a
+// signal and resumed as its message says rewires on exactly as the run never stopped.
+TEST(CliSparse, ARiglRunStoppedBySigtermResumesExactly) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 64);
+  spit(dir / "net.json", kMlp);
+  const int epochs = 400;  // 16 steps an epoch; RigL rewires until step 4,800 (0.75 of the run)
+  const std::vector<std::string> args{
+      "train",    "net.json", "--data",         "d.csv", "--density",    "0.3",
+      "--lr",     "0.01",     "--seed",         "2",     "--batch-size", "4",
+      "--rewire", "rigl",     "--rewire-every", "50",    "--epochs",     std::to_string(epochs)};
+  auto with_out = [&](const std::string& out) {
+    auto a = args;
+    a.insert(a.end(), {"--out", out});
+    return a;
+  };
+  const pid_t pid = spawn_connex(with_out("stopped"), dir / "out.txt", dir / "err.txt", {}, dir.path);
+  for (int i = 0; i < 600 && slurp(dir / "out.txt").find("epoch     1/") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  kill(pid, SIGTERM);
+  ASSERT_EQ(wait_for(pid, std::chrono::seconds(60)), 1) << slurp(dir / "err.txt");
+  const int done = load_checkpoint(dir / "stopped/model.ckpt").training.at("epoch").get<int>();
+  ASSERT_LT(done, epochs) << "the run ended before the signal came";
+  auto r = connex_cli("train stopped --epochs " + std::to_string(epochs - done) + " --out resumed", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  if (done < 280) EXPECT_FALSE(rewirings(r.out).empty()) << r.out;
+  std::string full;
+  for (const auto& a : with_out("full")) full += a + " ";
+  ASSERT_EQ(connex_cli(full, dir).code, 0);
+  expect_same_model(dir / "full/model.ckpt", dir / "resumed/model.ckpt");
+  EXPECT_EQ(load_checkpoint(dir / "resumed/model.ckpt").training.at("rewire").at("end_step"), 4800);
+  RecordProperty("stopped_at_epoch", done);
+}
+
+TEST(CliSparse, RefusalsAreOneLineAndWriteNothing) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 32);
+  spit(dir / "net.json", kMlp);
+  spit(dir / "dense.json",
+       R"({"graph": {"prebuilt": "DenseMLP", "input_size": 2, "output_size": 1, "width": 4, "depth": 2}})");
+  spit(dir / "explicit.json", R"({"graph": {"edges": [[0, 1], [1, 2]], "inputs": [0], "outputs": [2]}})");
+  spit(dir / "norm.json",
+       R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 1, "width": 8, "depth": 2},
+           "options": {"use_topo_norm": true}})");
+  ASSERT_EQ(connex_cli("train net.json --data d.csv --epochs 1 --out ck", dir).code, 0);
+  const std::string needs = "train: --density needs a config with \"prebuilt\": \"MLP\" or \"SparseMLP\", got ";
+  for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
+           {"explicit.json --density 0.5", needs + "an explicit graph"},
+           {"dense.json --density 0.5", needs + "\"prebuilt\": \"DenseMLP\""},
+           {"--density 0.5", needs + "the built-in README network (an explicit graph)"},
+           {"ck --density 0.5", "train: --density draws the network of a new run from a config; ck is a checkpoint"},
+           {"net.json --init-density erk", "train: --init-density needs --density"},
+           {"net.json --rewire-every 5", "train: --rewire-every needs --rewire set or rigl"},
+           {"net.json --drop-fraction 0.2", "train: --drop-fraction needs --rewire set or rigl"},
+           {"net.json --rewire none --rewire-end 0.5", "train: --rewire-end needs --rewire set or rigl"},
+           {"net.json --rewire set --drop-fraction 1", "must be a number in [0, 1), got \"1\""},
+           {"net.json --density 0", "must be a number in (0, 1], got \"0\""},
+           {"net.json --rewire set --nproc 2", "train: --rewire needs a single process, got 2 ranks"},
+           {"net.json --rewire set --world-size 2 --rank 0", "train: --rewire needs a single process, got 2 ranks"},
+           {"norm.json --rewire rigl",
+            "train: --rewire rigl needs a network without per-level techniques (they change what a connection's "
+            "gradient is), got "}}) {
+    SCOPED_TRACE(args);
+    auto r = connex_cli("train " + args + " --data d.csv --epochs 1 --out run", dir);
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.err.find(message), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_TRUE(empty_or_missing(dir / "run")) << args;
+  }
+  // SET has no such limit.
+  auto r = connex_cli("train norm.json --data d.csv --rewire set --rewire-every 1 --epochs 1 --out run", dir);
+  EXPECT_EQ(r.code, 0) << r.err;
+  // A dense network has nowhere to grow: said once, up front.
+  EXPECT_NE((r.out + r.err)
+                .find("train: --rewire set: every level already reads every neuron of the levels that feed it, so "
+                      "a rewiring moves nothing; start sparse with --density"),
+            std::string::npos)
+      << r.err;
+  // prune --score activation|gradient measures on data.
+  r = connex_cli("prune ck --score gradient --fraction 0.5 --out p.ckpt", dir);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("prune: --score gradient needs --data"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir / "p.ckpt"));
+}
+
+TEST(CliSparse, PruneScoresByActivationOrGradient) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 80);
+  spit(dir / "net.json", kMlp);
+  ASSERT_EQ(connex_cli("train net.json --data d.csv --epochs 40 --lr 0.01 --val-split 0.25 --out run", dir).code, 0);
+  const int64_t all = load(dir / "run/model.ckpt")->num_connections();
+  std::map<std::string, std::set<std::pair<std::string, std::string>>> kept;
+  std::string removed_line;
+  for (const std::string score : {"magnitude", "activation", "gradient"}) {
+    SCOPED_TRACE(score);
+    auto r = connex_cli("prune run --data d.csv --fraction 0.4 --score " + score + " --out " + score + ".ckpt", dir);
+    ASSERT_EQ(r.code, 0) << r.err;
+    const size_t at = r.out.find("connections: ");
+    ASSERT_NE(at, std::string::npos) << r.out;
+    const std::string line = r.out.substr(at, r.out.find('\n', at) - at);
+    if (removed_line.empty()) removed_line = line;
+    EXPECT_EQ(line, removed_line);  // the same number, whatever the score
+    if (score != "magnitude") EXPECT_NE(r.out.find("scores: " + score + " ("), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("loss: "), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("(20 validation rows)"), std::string::npos) << r.out;
+    const auto pruned = load(dir / (score + ".ckpt"));
+    EXPECT_EQ(pruned->num_connections(), all - std::llround(0.4 * static_cast<double>(all)));
+    kept[score] = edges_of(pruned);
+  }
+  EXPECT_NE(kept["activation"], kept["magnitude"]);
+  EXPECT_NE(kept["gradient"], kept["magnitude"]);
+}

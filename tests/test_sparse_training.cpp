@@ -1,0 +1,450 @@
+// Dynamic sparse training (SET, RigL) and pruning by data: the gradient of
+// absent connections against explicit zero-weight ones, the rewiring
+// invariants over many rewirings, the schedule, and bad input.
+#include <map>
+#include <random>
+#include <set>
+
+#include <torch/torch.h>
+
+#include "test_util.h"
+
+using namespace connex;
+using namespace connex::testing;
+
+namespace {
+
+const auto kTanh64 = NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("tanh");
+
+// A traced forward, a squared-error loss and its backward.
+LevelTrace traced_backward(NeuralNetwork& net, const torch::Tensor& x, const torch::Tensor& y) {
+  LevelTrace trace;
+  net->zero_grad();
+  (net->forward(x, trace) - y).pow(2).sum().backward();
+  return trace;
+}
+
+// Every pair (source, target) that is not a connection and runs from a lower level to a higher one.
+std::vector<Edge> absent_forward_pairs(const NeuralNetwork& net) {
+  const Topology& t = net->topology();
+  std::vector<Edge> out;
+  for (int64_t s = 0; s < t.num_neurons(); ++s)
+    for (int64_t d = 0; d < t.num_neurons(); ++d)
+      if (t.level_of(s) < t.level_of(d) && t.role(s) != Role::Output && t.connection_index(s, d) < 0)
+        out.emplace_back(t.label(s), t.label(d));
+  return out;
+}
+
+// A layered network 6-12-12-3 keeping about `density` of its connections.
+NeuralNetwork sparse_layered(double density, uint64_t seed, NeuralNetworkOptions options = kTanh64) {
+  NeuralNetwork dense(nn::mlp_spec(6, 3, 12, 2), options.seed(seed));
+  torch::manual_seed(seed);
+  auto random_scores = torch::rand({dense->num_connections()}, torch::kFloat64);
+  return prune(dense,
+               PruneOptions().fraction(1 - density).scope(PruneScope::PerLevel).keep_min(1).scores(random_scores))
+      .network;
+}
+
+std::map<Edge, double> weights_by_label(const NeuralNetwork& net) {
+  std::map<Edge, double> out;
+  for (const auto& [from, to] : net->spec().edges()) out[{from, to}] = net->weight(from, to);
+  return out;
+}
+
+// The Adam moments of every connection, by label.
+std::map<Edge, std::pair<double, double>> moments_by_label(const NeuralNetwork& net,
+                                                           const torch::optim::Optimizer& optimizer) {
+  const auto& state = optimizer.state().at(c10::guts::to_string(net->weight_tensor().unsafeGetTensorImpl()));
+  const auto& adam = static_cast<const torch::optim::AdamParamState&>(*state);
+  const auto m = adam.exp_avg().contiguous(), v = adam.exp_avg_sq().contiguous();
+  std::map<Edge, std::pair<double, double>> out;
+  const Topology& t = net->topology();
+  for (int64_t c = 0; c < t.num_connections(); ++c)
+    out[{t.label(t.conn_source()[c]), t.label(t.conn_target()[c])}] = {m.data_ptr<double>()[c],
+                                                                       v.data_ptr<double>()[c]};
+  return out;
+}
+
+// Connections into each level of `reference`'s levels (by label), for a network with the same neurons.
+std::vector<int64_t> per_group_counts(const NeuralNetwork& reference, const NeuralNetwork& net) {
+  std::vector<int64_t> counts(reference->topology().levels().size(), 0);
+  for (const auto& [from, to] : net->spec().edges())
+    ++counts[reference->topology().level_of(reference->topology().dense_of(to))];
+  return counts;
+}
+
+// What the first rewiring with `share` drops, by the rule walked over a full
+// sort: in each level, its connections by (|w|, connection index), skipping
+// a neuron's last input, until min(round(share * count), absent pairs) are taken.
+std::set<Edge> weakest_walk(const NeuralNetwork& net, double share) {
+  const Topology& t = net->topology();
+  const auto w = net->weight_tensor().detach().to(torch::kFloat64).contiguous();
+  const double* weight = w.data_ptr<double>();
+  const size_t levels = t.levels().size();
+  std::vector<std::set<int64_t>> feeds(levels);
+  std::vector<std::vector<int64_t>> into(levels);
+  for (int64_t c = 0; c < t.num_connections(); ++c) {
+    feeds[t.level_of(t.conn_target()[c])].insert(t.level_of(t.conn_source()[c]));
+    into[t.level_of(t.conn_target()[c])].push_back(c);
+  }
+  std::vector<int64_t> dropped_into(t.num_neurons(), 0);
+  std::set<Edge> out;
+  for (size_t l = 1; l < levels; ++l) {
+    int64_t sources = 0;
+    for (int64_t h : feeds[l]) sources += t.levels()[h].size();
+    const int64_t count = static_cast<int64_t>(into[l].size());
+    const int64_t wanted = std::min<int64_t>(std::llround(share * count), sources * t.levels()[l].size() - count);
+    std::sort(into[l].begin(), into[l].end(), [&](int64_t a, int64_t b) {
+      return std::abs(weight[a]) != std::abs(weight[b]) ? std::abs(weight[a]) < std::abs(weight[b]) : a < b;
+    });
+    int64_t taken = 0;
+    for (int64_t c : into[l]) {
+      if (taken >= wanted) break;
+      const int64_t target = t.conn_target()[c];
+      if (t.in_offsets()[target + 1] - t.in_offsets()[target] - dropped_into[target] <= 1) continue;
+      ++dropped_into[target];
+      ++taken;
+      out.emplace(t.label(t.conn_source()[c]), t.label(target));
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(SparseTraining, AbsentGradientEqualsAZeroWeightConnectionOnRandomDags) {
+  std::mt19937_64 rng(11);
+  int compared = 0;
+  for (int trial = 0; trial < 30; ++trial) {
+    NeuralNetwork net(random_dag(rng), NeuralNetworkOptions(kTanh64).seed(trial));
+    auto x = torch::randn({7, net->num_inputs()}, torch::kFloat64);
+    auto y = torch::randn({7, net->num_outputs()}, torch::kFloat64);
+    auto trace = traced_backward(net, x, y);
+    auto candidates = absent_forward_pairs(net);
+    if (candidates.empty()) continue;
+    std::shuffle(candidates.begin(), candidates.end(), rng);
+    candidates.resize(std::min<size_t>(candidates.size(), 4));
+    const auto gradients = absent_connection_gradients(net, trace, candidates);
+    ASSERT_EQ(gradients.size(), candidates.size());
+    for (size_t k = 0; k < candidates.size(); ++k) {
+      // The same connection made explicitly, at weight 0: the function is unchanged, its gradient is the answer.
+      auto explicit_net = edit(net).add_connections({candidates[k]}).function_preserving().build().network;
+      ASSERT_EQ(explicit_net->weight(candidates[k].first, candidates[k].second), 0.0);
+      explicit_net->zero_grad();
+      (explicit_net->forward(x) - y).pow(2).sum().backward();
+      const Topology& t = explicit_net->topology();
+      const int64_t c = t.connection_index(t.dense_of(candidates[k].first), t.dense_of(candidates[k].second));
+      EXPECT_NEAR(gradients[k], explicit_net->weight_tensor().grad()[c].item<double>(), 1e-10)
+          << edge_str(candidates[k]) << " in trial " << trial;
+      ++compared;
+    }
+  }
+  EXPECT_GT(compared, 60);
+}
+
+TEST(SparseTraining, RigLGrowsTheLargestAbsentGradients) {
+  auto net = sparse_layered(0.3, 4);
+  auto x = torch::randn({16, 6}, torch::kFloat64), y = torch::randn({16, 3}, torch::kFloat64);
+  auto trace = traced_backward(net, x, y);
+  Rewirer rewirer(net, RewireOptions().method(RewireMethod::RigL).drop_fraction(0.25));
+  auto result = rewirer.rewire(net, 0, &trace);
+  const auto before = weights_by_label(net), after = weights_by_label(result.network);
+  std::vector<Edge> grown;
+  for (const auto& [edge, w] : after)
+    if (!before.count(edge)) grown.push_back(edge);
+  ASSERT_EQ(static_cast<int64_t>(grown.size()), rewirer.last_report().grown);
+  ASSERT_GT(grown.size(), 0u);
+  // Within each target layer, every grown pair's |gradient| is at least every pair left out.
+  const Topology& t = net->topology();
+  for (int64_t level = 1; level <= t.depth(); ++level) {
+    std::vector<Edge> grown_here, left_here;
+    for (const auto& e : grown)
+      if (t.level_of(t.dense_of(e.second)) == level) grown_here.push_back(e);
+    for (const auto& e : absent_forward_pairs(net))
+      if (t.level_of(t.dense_of(e.second)) == level && t.level_of(t.dense_of(e.first)) == level - 1 &&
+          std::find(grown.begin(), grown.end(), e) == grown.end())
+        left_here.push_back(e);
+    if (grown_here.empty() || left_here.empty()) continue;
+    auto g = absent_connection_gradients(net, trace, grown_here),
+         l = absent_connection_gradients(net, trace, left_here);
+    double smallest_grown = 1e300, largest_left = 0;
+    for (double v : g) smallest_grown = std::min(smallest_grown, std::abs(v));
+    for (double v : l) largest_left = std::max(largest_left, std::abs(v));
+    EXPECT_GE(smallest_grown, largest_left) << "level " << level;
+  }
+}
+
+// A rewiring is the editor's function-preserving edit that removes the
+// dropped connections and adds the grown ones (read off the two edge sets,
+// the grown in the rewired network's order): the same spec edges in the same
+// order, bit-equal parameters, the same remap and positions; the dropped are
+// the ones the rule picks from a full sort. Low densities
+// and large shares make many neurons keep their last input, so the weakest
+// connections are walked past the first chunk the drop sorts.
+TEST(SparseTraining, RewiringEqualsTheEditorsEdit) {
+  struct Case {
+    std::vector<int64_t> sizes;
+    double density, share;
+  };
+  const std::vector<Case> cases{
+      {{6, 12, 12, 3}, 0.4, 0.3}, {{20, 300, 300, 4}, 0.075, 0.6}, {{30, 80, 60, 50, 5}, 0.2, 0.45}};
+  for (auto method : {RewireMethod::SET, RewireMethod::RigL}) {
+    for (uint64_t seed = 0; seed < 3; ++seed) {
+      for (const auto& c : cases) {
+        SCOPED_TRACE(::testing::Message() << rewire_method_name(method) << " seed " << seed << " sizes "
+                                          << c.sizes.size() << "/" << c.sizes[1]);
+        NeuralNetwork net(nn::sparse_layered_spec(c.sizes, nn::SparseLayersOptions().density(c.density).seed(seed)),
+                          NeuralNetworkOptions(kTanh64).seed(seed));
+        torch::manual_seed(seed);
+        auto x = torch::randn({8, c.sizes.front()}, torch::kFloat64),
+             y = torch::randn({8, c.sizes.back()}, torch::kFloat64);
+        auto trace = traced_backward(net, x, y);
+        Rewirer rewirer(net, RewireOptions().method(method).drop_fraction(c.share).seed(seed));
+        auto result = rewirer.rewire(net, 3, &trace);
+
+        const auto& old_edges = net->spec().edges();
+        const auto& new_edges = result.network->spec().edges();
+        std::set<Edge> before(old_edges.begin(), old_edges.end()), after(new_edges.begin(), new_edges.end());
+        std::vector<Edge> dropped, grown;
+        for (const auto& e : old_edges)
+          if (!after.count(e)) dropped.push_back(e);
+        for (const auto& e : new_edges)
+          if (!before.count(e)) grown.push_back(e);
+        ASSERT_EQ(static_cast<int64_t>(dropped.size()), rewirer.last_report().dropped);
+        ASSERT_EQ(static_cast<int64_t>(grown.size()), rewirer.last_report().grown);
+        EXPECT_EQ(std::set<Edge>(dropped.begin(), dropped.end()), weakest_walk(net, c.share));
+        auto expected = edit(net).remove_connections(dropped).add_connections(grown).function_preserving().build();
+
+        EXPECT_EQ(result.network->spec().neurons(), expected.network->spec().neurons());
+        EXPECT_EQ(result.network->spec().edge_indices(), expected.network->spec().edge_indices());
+        EXPECT_TRUE(torch::equal(result.network->weight_tensor(), expected.network->weight_tensor()));
+        EXPECT_TRUE(torch::equal(result.network->bias_tensor(), expected.network->bias_tensor()));
+        for (const char* name : {"weight", "bias"}) {
+          const auto &got = result.parameters.moved.at(name), &want = expected.parameters.moved.at(name);
+          EXPECT_TRUE(torch::equal(got.new_index, want.new_index)) << name;
+          EXPECT_TRUE(torch::equal(got.old_index, want.old_index)) << name;
+        }
+        EXPECT_EQ(result.positions.inputs, expected.positions.inputs);
+        EXPECT_EQ(result.positions.outputs, expected.positions.outputs);
+        EXPECT_EQ(result.positions.neurons, expected.positions.neurons);
+      }
+    }
+  }
+}
+
+// The invariants of a rewiring, over many rewirings of both methods while
+// Adam trains: the connections into each level stay as many, every
+// connection goes from a lower level to a higher one, survivors keep their
+// weights and moments bit for bit, new connections start at 0 with zero moments.
+TEST(SparseTraining, RewiringInvariantsOverManyRewirings) {
+  for (auto method : {RewireMethod::SET, RewireMethod::RigL}) {
+    for (uint64_t seed = 0; seed < 3; ++seed) {
+      auto net = sparse_layered(0.25, seed);
+      const auto reference = net;
+      const auto counts = per_group_counts(reference, net);
+      std::unique_ptr<torch::optim::Optimizer> adam =
+          std::make_unique<torch::optim::Adam>(net->parameters(), torch::optim::AdamOptions(0.01));
+      Rewirer rewirer(net, RewireOptions().method(method).drop_fraction(0.3).end_step(60).seed(seed));
+      torch::manual_seed(seed);
+      auto x = torch::randn({32, 6}, torch::kFloat64), y = torch::randn({32, 3}, torch::kFloat64);
+      for (int64_t step = 0; step < 60; ++step) {
+        auto trace = traced_backward(net, x, y);
+        adam->step();
+        if (step % 3 != 0) continue;
+        const auto weights = weights_by_label(net);
+        const auto moments = moments_by_label(net, *adam);
+        auto result = rewirer.rewire(net, step, &trace);
+        auto next = optimizer_after_edit(*adam, net, result);
+        const auto& report = rewirer.last_report();
+        EXPECT_EQ(report.dropped, report.grown);
+        EXPECT_EQ(report.connections_before, report.connections_after);
+        EXPECT_EQ(per_group_counts(reference, result.network), counts) << "step " << step;
+        const auto new_moments = moments_by_label(result.network, *next);
+        int64_t kept = 0, grown = 0;
+        for (const auto& [edge, w] : weights_by_label(result.network)) {
+          const Topology& t = reference->topology();
+          EXPECT_LT(t.level_of(t.dense_of(edge.first)), t.level_of(t.dense_of(edge.second)));
+          auto old = weights.find(edge);
+          if (old != weights.end()) {
+            ++kept;
+            EXPECT_EQ(w, old->second);
+            EXPECT_EQ(new_moments.at(edge), moments.at(edge));
+          } else {
+            ++grown;
+            EXPECT_EQ(w, 0.0);
+            EXPECT_EQ(new_moments.at(edge), std::make_pair(0.0, 0.0));
+          }
+        }
+        EXPECT_EQ(grown, report.grown);
+        EXPECT_EQ(kept + grown, result.network->num_connections());
+        net = result.network;
+        adam = std::move(next);
+      }
+    }
+  }
+}
+
+TEST(SparseTraining, GrowthAloneKeepsTheFunctionExactly) {
+  auto net = sparse_layered(0.3, 2);
+  auto x = torch::randn({9, 6}, torch::kFloat64), y = torch::randn({9, 3}, torch::kFloat64);
+  auto trace = traced_backward(net, x, y);
+  // A network whose dropped connections already have weight 0: the rewiring moves nothing.
+  Rewirer rewirer(net, RewireOptions().method(RewireMethod::RigL).drop_fraction(0.2));
+  auto first = rewirer.rewire(net, 0, &trace);
+  auto zeroed = clone(net);
+  {
+    torch::NoGradGuard no_grad;
+    const auto after = weights_by_label(first.network);
+    for (const auto& [from, to] : net->spec().edges())
+      if (!after.count({from, to})) zeroed->set_weight(from, to, 0.0);
+  }
+  auto again = Rewirer(zeroed, RewireOptions().method(RewireMethod::RigL).drop_fraction(0.2));
+  auto trace2 = traced_backward(zeroed, x, y);
+  auto second = again.rewire(zeroed, 0, &trace2);
+  EXPECT_TRUE(torch::equal(second.network->forward(x), zeroed->forward(x)));
+}
+
+TEST(SparseTraining, NoNeuronLosesItsLastInput) {
+  // Neuron 4 reads only 0, at the smallest |w| of its level; 5 reads 0 and 1.
+  NeuralNetwork net(
+      GraphSpec::from_adjacency({{0, {4, 5}}, {1, {5}}, {2, {}}, {3, {}}, {4, {6}}, {5, {6}}}, {0, 1, 2, 3}, {6}),
+      kTanh64);
+  net->set_weight(0, 4, 1e-6);
+  net->set_weight(0, 5, 0.5);
+  net->set_weight(1, 5, 0.7);
+  Rewirer set(net, RewireOptions().drop_fraction(0.6));
+  auto result = set.rewire(net, 0);
+  // Level 1 wants round(0.6 * 3) = 2 dropped, but 0 -> 4 and then 1 -> 5 are
+  // the last inputs of their neurons: only 0 -> 5 goes. Level 2 has no absent
+  // pair to grow (4 and 5 both feed 6), so it drops nothing.
+  EXPECT_EQ(set.last_report().dropped, 1);
+  EXPECT_EQ(set.last_report().grown, 1);
+  EXPECT_FALSE(GraphQueries(result.network).successors(0) == GraphQueries(net).successors(0) &&
+               GraphQueries(result.network).in_degree(5) == 2);
+  EXPECT_GE(GraphQueries(result.network).in_degree(4), 1);
+  EXPECT_GE(GraphQueries(result.network).in_degree(5), 1);
+}
+
+TEST(SparseTraining, SetIsReproducibleAndDrawsDifferentlyPerSeed) {
+  auto net = sparse_layered(0.3, 1);
+  auto run = [&](uint64_t seed) {
+    Rewirer rewirer(net, RewireOptions().seed(seed));
+    return rewirer.rewire(net, 0).network->spec().edges();
+  };
+  EXPECT_EQ(run(5), run(5));
+  EXPECT_NE(run(5), run(6));
+}
+
+TEST(SparseTraining, DropFractionFollowsTheCosineSchedule) {
+  auto net = sparse_layered(0.3, 1);
+  Rewirer rigl(net, RewireOptions().method(RewireMethod::RigL).drop_fraction(0.3).end_step(100));
+  EXPECT_DOUBLE_EQ(rigl.drop_fraction(0), 0.3);
+  EXPECT_NEAR(rigl.drop_fraction(25), 0.15 * (1 + std::sqrt(0.5)), 1e-15);
+  EXPECT_NEAR(rigl.drop_fraction(50), 0.15, 1e-15);
+  EXPECT_EQ(rigl.drop_fraction(100), 0.0);
+  EXPECT_EQ(rigl.drop_fraction(1000), 0.0);
+  Rewirer set(net, RewireOptions().drop_fraction(0.3));
+  EXPECT_EQ(set.drop_fraction(12345), 0.3);
+  EXPECT_EQ(set.num_groups(), 4);
+}
+
+TEST(SparseTraining, BadInputNamesTheCulpritAndChangesNothing) {
+  auto net = sparse_layered(0.3, 1);
+  const auto edges = net->spec().edges();
+  EXPECT_THROW_MSG(Rewirer(net, RewireOptions().drop_fraction(1)),
+                   "Rewirer(): expected drop_fraction in [0, 1), got 1");
+  EXPECT_THROW_MSG(Rewirer(net, RewireOptions().end_step(-1)), "Rewirer(): expected end_step >= 0, got -1");
+  EXPECT_THROW_MSG(rewire_method_from_name("sett"), "rewire method: expected \"set\" or \"rigl\", got \"sett\"");
+  NeuralNetwork normed(nn::mlp_spec(2, 1, 3, 1), NeuralNetworkOptions().use_topo_norm(true));
+  EXPECT_THROW_MSG(Rewirer(normed, RewireOptions().method(RewireMethod::RigL)),
+                   "Rewirer(): RigL expected a network without per-level operations");
+  Rewirer rigl(net, RewireOptions().method(RewireMethod::RigL));
+  EXPECT_THROW_MSG(rigl.rewire(net, 0), "Rewirer::rewire(): RigL expected the trace of a forward pass");
+  LevelTrace untrained;
+  net->forward(torch::randn({4, 6}, torch::kFloat64), untrained);
+  EXPECT_THROW_MSG(
+      rigl.rewire(net, 0, &untrained),
+      "Rewirer::rewire(): the trace has no gradient; call loss.backward() on the traced forward's loss first");
+  NeuralNetwork other(nn::mlp_spec(2, 1, 3, 1));
+  EXPECT_THROW_MSG(rigl.rewire(other, 0, &untrained), "Rewirer::rewire(): expected the network's 33 neurons");
+  auto trace = traced_backward(net, torch::randn({4, 6}, torch::kFloat64), torch::randn({4, 3}, torch::kFloat64));
+  EXPECT_THROW_MSG(absent_connection_gradients(net, trace, {edges.front()}),
+                   "absent_connection_gradients(): connection " + edge_str(edges.front()) + " exists");
+  EXPECT_THROW_MSG(absent_connection_gradients(net, trace, {{NeuronId(7), NeuronId(6)}}),
+                   "absent_connection_gradients(): connection 7 -> 6 would not run from a lower level to a higher "
+                   "one (levels 1 and 1)");
+  EXPECT_THROW_MSG(absent_connection_gradients(other, trace, {{NeuronId(0), NeuronId(2)}}),
+                   "absent_connection_gradients(): expected a trace of this network's 3 levels, got 4");
+  EXPECT_EQ(net->spec().edges(), edges);
+}
+
+// ------------------------------------------------------- pruning by data
+
+TEST(PruneByData, ActivationScoresAreWeightTimesMeanAbsoluteSource) {
+  NeuralNetwork net(GraphSpec::from_adjacency({{0, {2}}, {1, {2, 3}}, {2, {3}}}, {0, 1}, {3}), kTanh64);
+  net->set_weight(0, 2, 0.5);
+  net->set_weight(1, 2, -2.0);
+  net->set_weight(1, 3, 0.4);
+  net->set_weight(2, 3, 3.0);
+  net->set_bias(2, 0.1);
+  auto x = torch::tensor({{1.0, -2.0}, {-3.0, 4.0}}, torch::kFloat64);
+  LevelTrace trace;
+  net->forward(x, trace);
+  const double h1 = std::tanh(0.5 * 1 - 2.0 * -2 + 0.1), h2 = std::tanh(0.5 * -3 - 2.0 * 4 + 0.1);
+  const double mean0 = 2, mean1 = 3, mean2 = (std::abs(h1) + std::abs(h2)) / 2;
+  auto scores = activation_scores(net, trace);
+  const Topology& t = net->topology();
+  auto at = [&](int from, int to) {
+    return scores[t.connection_index(t.dense_of(from), t.dense_of(to))].item<double>();
+  };
+  EXPECT_NEAR(at(0, 2), 0.5 * mean0, 1e-15);
+  EXPECT_NEAR(at(1, 2), 2.0 * mean1, 1e-15);
+  EXPECT_NEAR(at(1, 3), 0.4 * mean1, 1e-15);
+  EXPECT_NEAR(at(2, 3), 3.0 * mean2, 1e-15);
+  // Ranked by |w·a|, 0 -> 2 is the weakest (1.0 against 1.2), though 1 -> 3 has the smaller |w|.
+  EXPECT_EQ(connections_to_prune(net, PruneOptions().fraction(0.25).scores(scores)), (std::vector<Edge>{{0, 2}}));
+  EXPECT_EQ(connections_to_prune(net, PruneOptions().fraction(0.25)), (std::vector<Edge>{{1, 3}}));
+}
+
+TEST(PruneByData, GradientScoresAreWeightTimesGradient) {
+  auto net = sparse_layered(0.5, 3);
+  EXPECT_THROW_MSG(gradient_scores(net), "gradient_scores(): the weights have no gradient; call loss.backward() first");
+  auto trace = traced_backward(net, torch::randn({5, 6}, torch::kFloat64), torch::randn({5, 3}, torch::kFloat64));
+  auto scores = gradient_scores(net);
+  EXPECT_TRUE(torch::equal(scores, (net->weight_tensor().detach() * net->weight_tensor().grad()).abs()));
+  auto pruned = prune(net, PruneOptions().threshold(1e-3).scores(scores));
+  EXPECT_EQ(pruned.network->num_connections(), net->num_connections() - (scores < 1e-3).sum().item<int64_t>());
+}
+
+TEST(PruneByData, BadScoresAreRefused) {
+  auto net = sparse_layered(0.5, 3);
+  const int64_t n = net->num_connections();
+  EXPECT_THROW_MSG(prune(net, PruneOptions().fraction(0.5).scores(torch::ones({n + 1}))),
+                   "prune(): expected scores of shape [" + std::to_string(n) + "] (one per connection), got [" +
+                       std::to_string(n + 1) + "]");
+  EXPECT_THROW_MSG(prune(net, PruneOptions().fraction(0.5).scores(-torch::ones({n}))),
+                   "prune(): expected finite scores >= 0, got a negative one");
+  auto nan = torch::ones({n});
+  nan[3] = std::nan("");
+  EXPECT_THROW_MSG(prune(net, PruneOptions().fraction(0.5).scores(nan)),
+                   "prune(): expected finite scores >= 0, got NaN or inf");
+  LevelTrace wrong;
+  EXPECT_THROW_MSG(activation_scores(net, wrong),
+                   "activation_scores(): expected a trace of this network's 4 levels, got 0");
+}
+
+TEST(LevelTrace, ValuesAndGradientsMatchTheForward) {
+  NeuralNetwork net(readme_spec(), kTanh64);
+  auto x = torch::randn({5, net->num_inputs()}, torch::kFloat64);
+  LevelTrace trace;
+  auto y = net->forward(x, trace);
+  EXPECT_TRUE(torch::allclose(y, net->forward(x), 1e-14, 1e-14));
+  ASSERT_EQ(trace.values.size(), net->topology().levels().size());
+  EXPECT_FALSE(trace.preactivations[0].defined());
+  EXPECT_TRUE(torch::equal(trace.values[0], x.t()));
+  y.sum().backward();
+  for (size_t l = 1; l < trace.values.size(); ++l) {
+    EXPECT_EQ(trace.values[l].size(0), net->topology().levels()[l].size());
+    EXPECT_TRUE(trace.preactivations[l].grad().defined()) << "level " << l;
+  }
+}
