@@ -1,23 +1,36 @@
 #!/usr/bin/env bash
 # The README's dynamic sparse training table: dense MLP against a static
 # sparse network, SET and RigL at several densities, validation accuracy as
-# mean ± std over seeds, on the 8×8 digit images (scripts/fetch-datasets.sh).
-#   scripts/sparse-results.sh [BUILD_DIR] [SEEDS] [EPOCHS]
+# mean ± std over seeds, on a real table (scripts/fetch-datasets.sh).
+#   scripts/sparse-results.sh [BUILD_DIR] [SEEDS] [EPOCHS] [digits|breast_cancer]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
 seeds=${2:-5}
 epochs=${3:-30}
+set_name=${4:-digits}
 connex="$build/apps/connex"
-data="$build/datasets/digits.csv"
+case "$set_name" in
+  # file, inputs, classes, hidden width, batch, rewire every, description, features (raw or --standardize)
+  digits) spec=(digits.csv 64 10 256 64 100 "digits (1,797 images 8×8, 10 classes)" raw) ;;
+  breast_cancer) spec=(breast_cancer.csv 30 2 128 32 50 "breast cancer (569 × 30, 2 classes)" --standardize) ;;
+  *) echo "sparse-results: expected digits or breast_cancer, got $set_name" >&2; exit 2 ;;
+esac
 bash scripts/fetch-datasets.sh "$build/datasets" >/dev/null
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cat >"$work/mlp.json" <<'JSON'
-{"graph": {"prebuilt": "MLP", "input_size": 64, "output_size": 10, "width": 256, "depth": 2},
+data="$build/datasets/${spec[0]}"
+if [ "$set_name" = breast_cancer ]; then
+  # sklearn's first line is "rows,features,class names": the CLI wants a header row.
+  { for i in $(seq 0 $(( spec[1] - 1 ))); do printf 'f%d,' "$i"; done; echo label; tail -n +2 "$data"; } >"$work/data.csv"
+  data="$work/data.csv"
+fi
+cat >"$work/mlp.json" <<JSON
+{"graph": {"prebuilt": "MLP", "input_size": ${spec[1]}, "output_size": ${spec[2]}, "width": ${spec[3]}, "depth": 2},
  "options": {"hidden_activation": "relu"}}
 JSON
-common=(--data "$data" --task classification --val-split 0.3 --batch-size 64 --lr 0.003)
+common=(--data "$data" --task classification --val-split 0.3 --batch-size "${spec[4]}" --lr 0.003)
+[ "${spec[7]}" = --standardize ] && common+=(--standardize)
 
 # One run: prints its validation accuracy.
 run() {
@@ -38,13 +51,14 @@ row() {  # label, then the flags of the run
 
 echo "| density | connections | static sparse | SET | RigL |"
 echo "| --- | --- | --- | --- | --- |"
-echo "| 100 % (dense MLP) | 84,480 | $(row dense) | | |"
+echo "| 100 % (dense MLP) | $(( spec[1] * spec[3] + spec[3] * spec[3] + spec[3] * spec[2] )) | $(row dense) | | |"
 for d in 0.2 0.1 0.05 0.02; do
   conns=$("$connex" --threads 1 train "$work/mlp.json" "${common[@]}" --epochs 0 --density "$d" --seed 1 2>&1 |
             sed -n "s/.*network of \([0-9]*\) connections.*/\1/p" | head -1)
   echo "| $(awk -v d="$d" 'BEGIN{printf "%g %%", 100*d}') | ${conns:-?} | $(row static --density "$d") |" \
-       "$(row set --density "$d" --rewire set) | $(row rigl --density "$d" --rewire rigl) |"
+       "$(row set --density "$d" --rewire set --rewire-every "${spec[5]}") |" \
+       "$(row rigl --density "$d" --rewire rigl --rewire-every "${spec[5]}") |"
 done
 echo
-echo "digits (1,797 images 8×8, 10 classes), 70/30 split, MLP 64-256-256-10 relu, Adam 0.003, batch 64,"
-echo "$epochs epochs, $seeds seeds; rewiring every 100 steps, drop fraction 0.3 decaying by a cosine to 0 at 75 % of the run."
+echo "${spec[6]}, 70/30 split, MLP ${spec[1]}-${spec[3]}-${spec[3]}-${spec[2]} relu, Adam 0.003, batch ${spec[4]},"
+echo "$epochs epochs, $seeds seeds; rewiring every ${spec[5]} steps, drop fraction 0.3 decaying by a cosine to 0 at 75 % of the run."

@@ -33,7 +33,7 @@ int64_t expected_connections(double density, nn::DensityDistribution distributio
 // Every "rewire step ..." line of a run's log: {step, before, dropped, grown, after}.
 std::vector<std::array<int64_t, 5>> rewirings(const std::string& log) {
   static const std::regex line(
-      R"(rewire step (\d+) \((set|rigl), drop [0-9.]+\): (\d+) connections, (\d+) dropped, (\d+) grown, (\d+) after)");
+      R"(rewire step (\d+) \((set|rigl), drop [0-9.e-]+\): (\d+) connections, (\d+) dropped, (\d+) grown, (\d+) after)");
   std::vector<std::array<int64_t, 5>> out;
   for (std::sregex_iterator it(log.begin(), log.end(), line), end; it != end; ++it)
     out.push_back(

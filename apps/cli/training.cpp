@@ -547,7 +547,7 @@ class Trainer {
     auto next = optimizer_after_edit(*optimizer_, network_, edited);
     const RewireReport& r = rewirer_->last_report();
     if (reporter())
-      spdlog::info("rewire step {} ({}, drop {:.2f}): {} connections, {} dropped, {} grown, {} after", step,
+      spdlog::info("rewire step {} ({}, drop {:.3g}): {} connections, {} dropped, {} grown, {} after", step,
                    progress_.rewire.method, rewirer_->drop_fraction(step), r.connections_before, r.dropped, r.grown,
                    r.connections_after);
     replace_network(edited.network, std::move(next), "train: after rewiring");
