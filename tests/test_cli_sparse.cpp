@@ -192,6 +192,10 @@ TEST(CliSparse, RefusalsAreOneLineAndWriteNothing) {
        R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 1, "width": 8, "depth": 2},
            "options": {"use_topo_norm": true}})");
   ASSERT_EQ(connex_cli("train net.json --data d.csv --epochs 1 --out ck", dir).code, 0);
+  ASSERT_EQ(
+      connex_cli("train net.json --data d.csv --density 0.5 --rewire set --rewire-every 1 --epochs 2 --out ck2", dir)
+          .code,
+      0);
   const std::string needs = "train: --density needs a config with \"prebuilt\": \"MLP\" or \"SparseMLP\", got ";
   for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
            {"explicit.json --density 0.5", needs + "an explicit graph"},
@@ -206,6 +210,9 @@ TEST(CliSparse, RefusalsAreOneLineAndWriteNothing) {
            {"net.json --density 0", "must be a number in (0, 1], got \"0\""},
            {"net.json --rewire set --nproc 2", "train: --rewire needs a single process, got 2 ranks"},
            {"net.json --rewire set --world-size 2 --rank 0", "train: --rewire needs a single process, got 2 ranks"},
+           {"ck2 --rewire-end 1 --world-size 2 --rank 0",
+            "train: the checkpoint's run rewires (set, from its record) and rewiring needs a single process, got 2 "
+            "ranks; add --rewire none to train it data parallel"},
            {"norm.json --rewire rigl",
             "train: --rewire rigl needs a network without per-level techniques (they change what a connection's "
             "gradient is), got "}}) {
@@ -225,6 +232,19 @@ TEST(CliSparse, RefusalsAreOneLineAndWriteNothing) {
                       "a rewiring moves nothing; start sparse with --density"),
             std::string::npos)
       << r.err;
+  // A schedule that cannot rewire in this run is said up front: 3 full-batch steps, every 100, none from step 2.
+  r = connex_cli("train net.json --data d.csv --density 0.5 --rewire rigl --epochs 3", dir);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE((r.out + r.err)
+                .find("train: --rewire rigl will not rewire in this run (steps 1 to 3; every 100 steps, "
+                      "drop fraction 0.3, none from step 2): lower --rewire-every, train in mini-batches "
+                      "with --batch-size, or give --rewire-end"),
+            std::string::npos)
+      << r.out + r.err;
+  // A pruning that leaves an output without inputs says so.
+  r = connex_cli("prune ck --fraction 1", dir);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE((r.out + r.err).find("prune: 1 of 1 outputs ("), std::string::npos) << r.out + r.err;
   // prune --score activation|gradient measures on data.
   r = connex_cli("prune ck --score gradient --fraction 0.5 --out p.ckpt", dir);
   EXPECT_NE(r.code, 0);
@@ -249,7 +269,9 @@ TEST(CliSparse, PruneScoresByActivationOrGradient) {
     const std::string line = r.out.substr(at, r.out.find('\n', at) - at);
     if (removed_line.empty()) removed_line = line;
     EXPECT_EQ(line, removed_line);  // the same number, whatever the score
+    // Scored on the training rows, measured on the validation rows they did not see.
     if (score != "magnitude") EXPECT_NE(r.out.find("scores: " + score + " ("), std::string::npos) << r.out;
+    if (score != "magnitude") EXPECT_NE(r.out.find(" training rows\n"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("loss: "), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("(20 validation rows)"), std::string::npos) << r.out;
     const auto pruned = load(dir / (score + ".ckpt"));

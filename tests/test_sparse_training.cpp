@@ -375,6 +375,22 @@ TEST(SparseTraining, BadInputNamesTheCulpritAndChangesNothing) {
                    "one (levels 1 and 1)");
   EXPECT_THROW_MSG(absent_connection_gradients(other, trace, {{NeuronId(0), NeuronId(2)}}),
                    "absent_connection_gradients(): expected a trace of this network's 3 levels, got 4");
+  EXPECT_THROW_MSG(rigl.drop_fraction(-5), "Rewirer::drop_fraction(): expected a step >= 0, got -5");
+  EXPECT_THROW_MSG(rigl.rewire(net, -1, &trace), "Rewirer::rewire(): expected a step >= 0, got -1");
+  // A trace of an edited network has the same shapes but another meaning.
+  auto edited = edit(net).remove_connections({edges.front()}).build().network;
+  ASSERT_EQ(edited->topology().levels().size(), net->topology().levels().size());
+  EXPECT_THROW_MSG(absent_connection_gradients(edited, trace, {}),
+                   "absent_connection_gradients(): the trace was made by another network");
+  EXPECT_THROW_MSG(activation_scores(edited, trace), "activation_scores(): the trace was made by another network");
+  LevelTrace without_gradients;
+  {
+    torch::NoGradGuard no_grad;
+    net->forward(torch::randn({4, 6}, torch::kFloat64), without_gradients);
+  }
+  EXPECT_THROW_MSG(rigl.rewire(net, 0, &without_gradients),
+                   "Rewirer::rewire(): the trace was made without gradients (under torch::NoGradGuard, or with every "
+                   "parameter frozen)");
   EXPECT_EQ(net->spec().edges(), edges);
 }
 

@@ -26,6 +26,7 @@
 #include <spdlog/spdlog.h>
 
 #include "file_io.h"
+#include "prebuilt_size.h"
 #include "../core_share.h"
 #include "launcher.h"
 #include "../examples.h"
@@ -460,8 +461,17 @@ NeuralNetwork sparse_network(const std::string& config, const TrainArgs& t) {
   graph["seed"] = t.seed.value_or(0);
   if (t.init_density) graph["distribution"] = *t.init_density;
   NeuralNetwork net = network_from_config(json, config);
-  spdlog::info("--density {}: a sparse layered network of {} connections ({}, seed {})", *t.density,
-               net->num_connections(), graph.value("distribution", "er"), t.seed.value_or(0));
+  // The share of a dense MLP's connections, and what the one-connection-per-neuron floor made of it.
+  const auto dense = nn::layered_size(graph.at("input_size").get<double>(), graph.at("output_size").get<double>(),
+                                      graph.at("width").get<double>(), graph.at("depth").get<double>(), false);
+  const auto asked = static_cast<int64_t>(std::llround(*t.density * dense.connections));
+  const std::string raised =
+      net->num_connections() > asked + graph.at("depth").get<int64_t>() + 1
+          ? fmt::format("; {} asked for {}, raised so that no neuron starts without inputs or outputs", *t.density,
+                        asked)
+          : "";
+  spdlog::info("--density {}: a sparse layered network of {} connections ({}, seed {}{})", *t.density,
+               net->num_connections(), graph.value("distribution", "er"), t.seed.value_or(0), raised);
   return net;
 }
 
@@ -488,7 +498,8 @@ bool has_room_to_grow(const NeuralNetwork& net) {
   return candidates > static_cast<double>(t.num_connections());
 }
 
-std::optional<double> plan_rewiring(const TrainArgs& t, RewireSettings& r, const NeuralNetwork& net, int ranks) {
+std::optional<double> plan_rewiring(const TrainArgs& t, RewireSettings& r, const NeuralNetwork& net, int ranks,
+                                    int64_t steps_done) {
   const std::string recorded = r.method;
   if (t.rewire) r.method = *t.rewire == "none" ? "" : *t.rewire;
   if (!r.active()) {
@@ -501,7 +512,15 @@ std::optional<double> plan_rewiring(const TrainArgs& t, RewireSettings& r, const
   }
   r.every = t.rewire_every.value_or(r.every);
   r.drop_fraction = t.drop_fraction.value_or(r.drop_fraction);
-  if (ranks > 1) fail("{}", rewire_needs_one_process(ranks));
+  // A recorded schedule that has ended rewires no more: such a run may go data parallel.
+  const bool ended = !t.rewire && !t.rewire_end && r.end_step > 0 && steps_done >= r.end_step;
+  if (ranks > 1 && !ended) {
+    if (t.rewire) fail("{}", rewire_needs_one_process(ranks));
+    fail(
+        "train: the checkpoint's run rewires ({}, from its record) and rewiring needs a single process, got {} ranks; "
+        "add --rewire none to train it data parallel",
+        r.method, ranks);
+  }
   if (r.method == "rigl" && !net->operations().empty())
     fail(
         "train: --rewire rigl needs a network without per-level techniques (they change what a connection's gradient "
@@ -667,7 +686,8 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   NeuralNetwork net = ck.network;
   spdlog::info("cores: {}", cores.apply(net));
   Progress progress = resumed_progress(ck, t, config);
-  const auto rewire_end = plan_rewiring(t, progress.rewire, net, dist.nproc > 1 ? dist.nproc : group_size(dist));
+  const auto rewire_end =
+      plan_rewiring(t, progress.rewire, net, dist.nproc > 1 ? dist.nproc : group_size(dist), progress.steps);
   const int last_epoch = progress.epoch + t.epochs;
   const DataArgs data_args = resumed_data_args(d, progress, config);
   // Checks sizes before anything runs; a checkpoint's preprocessing is applied, not fitted anew.
@@ -743,11 +763,13 @@ std::pair<const TableDataset&, std::string> measured_rows(const Table& data) {
                          : fmt::format("all {} rows; --val-split holds some out", rows.inputs().size(0))};
 }
 
-// prune --score activation|gradient: each connection's score on the measured
-// rows (undefined for magnitude: PruneOptions' own |w|), in eval mode.
+// prune --score activation|gradient: each connection's score on the training
+// rows (undefined for magnitude: PruneOptions' own |w|), in eval mode; the
+// loss is then measured on rows the scores did not see (the validation rows).
 torch::Tensor connection_scores(NeuralNetwork& net, const std::string& score, const Table& data) {
   if (score == "magnitude") return {};
-  const auto [rows, on] = measured_rows(data);
+  const auto& rows = data.train;
+  const std::string on = fmt::format("{} training rows", rows.inputs().size(0));
   const bool was_training = net->is_training();
   net->eval();
   torch::Tensor scores;
@@ -795,12 +817,30 @@ void report_pruning(NeuralNetwork& net, NeuralNetwork& pruned, std::unique_ptr<t
   }
 }
 
+// A pruning that leaves an output reached from no input has made it a
+// constant: said, since a threshold on scores of unknown scale can do that.
+void warn_about_cut_outputs(const NeuralNetwork& pruned) {
+  const Topology& t = pruned->topology();
+  std::vector<uint8_t> reached(t.num_neurons(), 0);
+  for (int64_t d = 0; d < t.num_inputs(); ++d) reached[d] = 1;
+  for (int64_t c = 0, d = t.num_inputs(); d < t.num_neurons(); ++d)  // dense ids are in level order
+    for (c = t.in_offsets()[d]; c < t.in_offsets()[d + 1]; ++c) reached[d] |= reached[t.conn_source()[c]];
+  std::vector<std::string> cut;
+  for (int64_t d : t.output_ids())
+    if (!reached[d]) cut.push_back(t.label(d).str());
+  if (cut.empty()) return;
+  spdlog::warn(
+      "prune: {} of {} outputs ({}{}) no longer depend on any input: their values are constants; a smaller "
+      "--fraction or --threshold, --protect-outputs or --keep-min helps",
+      cut.size(), t.output_ids().size(), cut.front(), cut.size() > 1 ? ", ..." : "");
+}
+
 int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, const TrainArgs& t,
               const std::string& out, const CoreShare& cores) {
   const std::optional<double> threshold = p.threshold, fraction = p.fraction;
   if (threshold.has_value() == fraction.has_value()) fail("prune: give exactly one of --threshold and --fraction");
   if (p.score != "magnitude" && d.data.empty())
-    fail("prune: --score {} needs --data (it scores the connections on the checkpoint's validation rows)", p.score);
+    fail("prune: --score {} needs --data (it scores the connections on the checkpoint's training rows)", p.score);
   if (threshold && !(*threshold >= 0 && std::isfinite(*threshold)))
     fail("prune: --threshold must be a finite number >= 0, got {}", *threshold);
   Checkpoint ck = open_network(path);
@@ -826,6 +866,7 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   auto next = optimizer_after_edit(*optimizer, net, result);
   std::printf("connections: %lld -> %lld (removed %zu)\n", static_cast<long long>(net->num_connections()),
               static_cast<long long>(pruned->num_connections()), weak.size());
+  warn_about_cut_outputs(pruned);
   if (p.remove_dead) {  // neurons the pruning cut off from every input or output
     const auto dead = dead_neurons(pruned);
     auto cleaned = remove_dead_neurons(pruned);

@@ -539,6 +539,35 @@ class Trainer {
                                    .drop_fraction(r.drop_fraction)
                                    .end_step(r.end_step)
                                    .seed(options_.seed));
+    say_planned_rewirings();
+  }
+
+  // One line on what this call's steps will rewire, and a warning when that
+  // is nothing (full batches, a resumed run past the end, a zero share).
+  void say_planned_rewirings() const {
+    const RewireSettings& r = progress_.rewire;
+    const int64_t first = progress_.steps + 1,
+                  last = progress_.steps + options_.epochs * batches_.count - progress_.batch;
+    int64_t planned = 0;
+    for (int64_t s = (first + r.every - 1) / r.every * r.every; s <= last; s += r.every)
+      planned += rewirer_->drop_fraction(s) > 0;
+    const std::string end = r.end_step > 0 ? fmt::format("none from step {}", r.end_step) : "no decay";
+    if (r.end_step > 0 && first > r.end_step) {
+      spdlog::info(
+          "rewiring: {} ended at step {}, before this run's steps {} to {} (--rewire-end F sets a new end at F of "
+          "all the steps)",
+          r.method, r.end_step, first, last);
+      return;
+    }
+    if (planned > 0) {
+      spdlog::info("rewiring: {} every {} steps, drop fraction {:.3g}, {}: {} rewiring(s) in steps {} to {}", r.method,
+                   r.every, r.drop_fraction, end, planned, first, last);
+      return;
+    }
+    spdlog::warn(
+        "train: --rewire {} will not rewire in this run (steps {} to {}; every {} steps, drop fraction {:.3g}, {}): "
+        "lower --rewire-every, train in mini-batches with --batch-size, or give --rewire-end",
+        r.method, first, last, r.every, r.drop_fraction, end);
   }
 
   // Rewires after optimizer step `step`; the optimizer's state follows the surviving connections.

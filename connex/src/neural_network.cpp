@@ -8,6 +8,7 @@
 
 #include "connex/error.h"
 #include "fused_plan.h"
+#include "trace_check.h"
 #include "builtin_operations.h"
 #include "dtype.h"
 
@@ -372,6 +373,24 @@ torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x, LevelTrace& tra
   return forward_levels(x, &trace);
 }
 
+void check_trace(const NeuralNetworkImpl& network, const LevelTrace& trace, const char* context) {
+  const Topology& t = network.topology();
+  const size_t levels = t.levels().size();
+  if (trace.values.size() != levels)
+    fail("{}: expected a trace of this network's {} levels, got {}", context, levels, trace.values.size());
+  for (size_t l = 0; l < levels; ++l) {
+    const auto& v = trace.values[l];
+    if (!v.defined() || v.dim() != 2 || v.size(0) != t.levels()[l].size())
+      fail("{}: level {} of the trace does not match this network's level of {} neurons", context, l,
+           t.levels()[l].size());
+  }
+  if (trace.topology.get() != &t)
+    fail(
+        "{}: the trace was made by another network (an edited one keeps the shapes, not the meaning); fill it "
+        "with this network's forward(x, trace)",
+        context);
+}
+
 torch::Tensor NeuralNetworkImpl::forward_levels(const torch::Tensor& x, LevelTrace* trace) {
   const Topology& topo = *topology_;
   const bool single = x.dim() == 1;
@@ -382,7 +401,10 @@ torch::Tensor NeuralNetworkImpl::forward_levels(const torch::Tensor& x, LevelTra
   // tensor ("piece") so autograd never copies a growing shared buffer.
   std::vector<torch::Tensor> pieces(topo.levels().size());
   pieces[0] = apply_dropout((single ? x.unsqueeze(1) : x.t()).contiguous(), levels_[0]);
-  if (trace) trace->preactivations.assign(pieces.size(), torch::Tensor());
+  if (trace) {
+    trace->preactivations.assign(pieces.size(), torch::Tensor());
+    trace->topology = topology_;
+  }
 
   for (size_t l = 1; l < topo.levels().size(); ++l) {
     const Level& level = topo.levels()[l];

@@ -11,6 +11,7 @@
 
 #include "connex/error.h"
 #include "edit_build.h"
+#include "trace_check.h"
 
 namespace connex {
 
@@ -101,25 +102,23 @@ uint64_t draw(std::mt19937_64& random, uint64_t bound) {
 
 // The trace's values and pre-activation gradients as [neurons, batch]
 // matrices in dense-id order (level 0's gradient rows are zero).
-std::pair<torch::Tensor, torch::Tensor> traced_matrices(const Topology& t, const LevelTrace& trace,
+std::pair<torch::Tensor, torch::Tensor> traced_matrices(const NeuralNetwork& network, const LevelTrace& trace,
                                                         const char* context) {
-  const size_t levels = t.levels().size();
-  if (trace.values.size() != levels || trace.preactivations.size() != levels)
-    fail("{}: expected a trace of this network's {} levels, got {}", context, levels, trace.values.size());
+  check_trace(*network, trace, context);
   std::vector<torch::Tensor> values, grads;
-  bool any_gradient = false;
-  for (size_t l = 0; l < levels; ++l) {
-    const auto& v = trace.values[l];
-    if (!v.defined() || v.dim() != 2 || v.size(0) != t.levels()[l].size())
-      fail("{}: level {} of the trace does not match this network's level of {} neurons", context, l,
-           t.levels()[l].size());
-    values.push_back(v.detach());
-    const auto& z = trace.preactivations[l];
+  bool any_gradient = false, recorded = false;
+  for (size_t l = 0; l < trace.values.size(); ++l) {
+    values.push_back(trace.values[l].detach());
+    const auto z = l < trace.preactivations.size() ? trace.preactivations[l] : torch::Tensor();
+    recorded = recorded || (l > 0 && z.defined() && z.requires_grad());
     // A level the loss does not depend on gets no gradient: it is zero.
     const bool has = l > 0 && z.defined() && z.grad().defined();
     any_gradient = any_gradient || has;
     grads.push_back(has ? z.grad().detach() : torch::zeros_like(values.back()));
   }
+  if (!recorded)
+    fail("{}: the trace was made without gradients (under torch::NoGradGuard, or with every parameter frozen)",
+         context);
   if (!any_gradient)
     fail("{}: the trace has no gradient; call loss.backward() on the traced forward's loss first", context);
   return {torch::cat(values), torch::cat(grads)};
@@ -150,6 +149,7 @@ Rewirer::Rewirer(const NeuralNetwork& network, RewireOptions options) : options_
 }
 
 double Rewirer::drop_fraction(int64_t step) const {
+  if (step < 0) fail("Rewirer::drop_fraction(): expected a step >= 0, got {}", step);
   if (options_.end_step() == 0) return options_.drop_fraction();
   if (step >= options_.end_step()) return 0;
   return options_.drop_fraction() / 2 *
@@ -157,6 +157,7 @@ double Rewirer::drop_fraction(int64_t step) const {
 }
 
 EditResult Rewirer::rewire(const NeuralNetwork& network, int64_t step, const LevelTrace* trace) {
+  if (step < 0) fail("Rewirer::rewire(): expected a step >= 0, got {}", step);
   if (options_.method() == RewireMethod::RigL && !trace)
     fail("Rewirer::rewire(): RigL expected the trace of a forward pass after loss.backward(), got none");
   const Topology& t = network->topology();
@@ -282,7 +283,7 @@ void Rewirer::grow_random(const NeuralNetwork& network, Plan& plan) {
 // connected pairs excluded; the group grows its quota of the largest.
 void Rewirer::grow_by_gradient(const NeuralNetwork& network, const LevelTrace& trace, Plan& plan) const {
   const Topology& t = network->topology();
-  const auto [values, grads] = traced_matrices(t, trace, "Rewirer::rewire()");
+  const auto [values, grads] = traced_matrices(network, trace, "Rewirer::rewire()");
   std::vector<int64_t> position(t.num_neurons(), -1);  // dense id -> its place in the group's sources
   for (size_t g = 1; g < plan.groups.size(); ++g) {
     const GroupPlan& group = plan.groups[g];
@@ -327,7 +328,7 @@ std::vector<double> absent_connection_gradients(const NeuralNetwork& network, co
                                                 const std::vector<Edge>& edges) {
   constexpr const char* context = "absent_connection_gradients()";
   const Topology& t = network->topology();
-  const auto [values, grads] = traced_matrices(t, trace, context);
+  const auto [values, grads] = traced_matrices(network, trace, context);
   std::vector<int64_t> sources, targets;
   for (const auto& [from, to] : edges) {
     const int64_t s = t.require(from, context), d = t.require(to, context);

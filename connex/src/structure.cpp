@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "connex/error.h"
+#include "trace_check.h"
 
 namespace connex {
 
@@ -221,18 +222,10 @@ std::vector<Edge> connections_to_prune(const NeuralNetwork& network, const Prune
 
 torch::Tensor activation_scores(const NeuralNetwork& network, const LevelTrace& trace) {
   const Topology& t = network->topology();
-  if (trace.values.size() != t.levels().size())
-    fail("activation_scores(): expected a trace of this network's {} levels, got {}", t.levels().size(),
-         trace.values.size());
+  check_trace(*network, trace, "activation_scores()");
   // The mean |value| of every neuron, then |w| times its source's.
   std::vector<torch::Tensor> means;
-  for (size_t l = 0; l < trace.values.size(); ++l) {
-    const auto& v = trace.values[l];
-    if (!v.defined() || v.dim() != 2 || v.size(0) != t.levels()[l].size())
-      fail("activation_scores(): level {} of the trace does not match this network's level of {} neurons", l,
-           t.levels()[l].size());
-    means.push_back(v.detach().abs().mean(1).to(torch::kCPU, torch::kFloat64));
-  }
+  for (const auto& v : trace.values) means.push_back(v.detach().abs().mean(1).to(torch::kCPU, torch::kFloat64));
   auto mean = torch::cat(means);
   auto source = torch::tensor(t.conn_source(), torch::kInt64);
   return network->weight_tensor().detach().abs().to(torch::kCPU, torch::kFloat64) * mean.index_select(0, source);

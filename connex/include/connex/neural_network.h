@@ -39,6 +39,9 @@ struct LevelTrace {
   // (before any operation's on_preactivation); after loss.backward() its
   // grad() is dL/dz, when the network's parameters require gradients.
   std::vector<torch::Tensor> preactivations;
+  // The compiled graph of the network that made it: readers refuse a trace
+  // of another network (an edited one would match in shape but not in meaning).
+  std::shared_ptr<const Topology> topology;
 };
 
 class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {

@@ -6,14 +6,14 @@
 //
 //   connex::Rewirer rewirer(net, connex::RewireOptions().method(connex::RewireMethod::RigL).end_step(7500));
 //   for (int64_t step = 0; step < 10000; ++step) {
-//     connex::LevelTrace trace;                      // RigL reads the step's values and gradients
-//     auto loss = loss_fn(net->forward(x, trace), y);
+//     const bool rewiring = step % 100 == 0 && rewirer.drop_fraction(step) > 0;
+//     connex::LevelTrace trace;  // RigL reads the step's values and gradients; other steps keep the fused kernel
+//     auto loss = loss_fn(rewiring ? net->forward(x, trace) : net->forward(x), y);
 //     optimizer->zero_grad(); loss.backward(); optimizer->step();
-//     if (step % 100 == 0 && rewirer.drop_fraction(step) > 0) {
-//       auto r = rewirer.rewire(net, step, &trace);
-//       optimizer = connex::optimizer_after_edit(*optimizer, net, r);  // survivors keep their moments
-//       net = r.network;
-//     }
+//     if (!rewiring) continue;
+//     auto r = rewirer.rewire(net, step, &trace);
+//     optimizer = connex::optimizer_after_edit(*optimizer, net, r);  // survivors keep their moments
+//     net = r.network;
 //   }
 //
 // A rewiring drops, in each group (the non-input neurons of one level of the
@@ -51,7 +51,8 @@ struct RewireOptions {
   // SET's zeta, RigL's alpha: the share of each group's connections replaced, in [0, 1).
   TORCH_ARG(double, drop_fraction) = 0.3;
   // RigL's T_end: the share decays as alpha/2 * (1 + cos(pi * step / end_step))
-  // and is 0 from end_step on. 0: no decay (SET's schedule, for either method).
+  // and is 0 from end_step on. 0: no decay (SET's schedule, for either method;
+  // the connex program's --rewire-end defaults to 0.75 of the run for both).
   TORCH_ARG(int64_t, end_step) = 0;
   // SET's random growth: each rewiring draws from (seed, step) alone, so a
   // resumed run rewires exactly as an uninterrupted one.
@@ -99,8 +100,8 @@ class Rewirer {
   RewireReport report_;
 };
 
-// dL/dw of connections the network does not have, as if each were there with
-// weight 0: the sum over the batch of the source's value times the target's
+// dL/dw (signed) of connections the network does not have, as if each were
+// there with weight 0: the sum over the batch of the source's value times the target's
 // pre-activation gradient, read from `trace` (a forward pass after
 // loss.backward()). Each edge must run from a lower level to a higher one
 // (so adding it would not change the levels) and must not exist.
