@@ -177,11 +177,18 @@ nn::SparseLayersOptions sparse_options_from_config(const json& graph, const std:
     fail("{}: /graph/density must be a number in (0, 1], got {}", source, detail::excerpt(density));
   options.density(density.get<double>());
   if (graph.contains("distribution")) {
+    // The names are generators.h's (distribution_from_name); the message names the config's path.
     const auto& name = graph.at("distribution");
-    if (!name.is_string() || (name != "uniform" && name != "erdos_renyi" && name != "er" && name != "erk"))
+    auto refuse = [&] {
       fail("{}: /graph/distribution must be \"uniform\", \"erdos_renyi\", \"er\" or \"erk\", got {}", source,
            detail::excerpt(name));
-    options.distribution(nn::distribution_from_name(name.get<std::string>()));
+    };
+    if (!name.is_string()) refuse();
+    try {
+      options.distribution(nn::distribution_from_name(name.get<std::string>()));
+    } catch (const Error&) {
+      refuse();
+    }
   }
   if (graph.contains("seed")) {
     if (!graph.at("seed").is_number_unsigned())

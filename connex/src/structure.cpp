@@ -171,11 +171,8 @@ torch::Tensor strength(const NeuralNetwork& network, const PruneOptions& options
 std::vector<int64_t> scope_groups(const Topology& t, PruneScope scope) {
   std::vector<int64_t> group(t.num_connections(), 0);
   if (scope == PruneScope::Global) return group;
-  std::vector<int64_t> level_of(t.num_neurons(), 0);
-  for (size_t l = 0; l < t.levels().size(); ++l)
-    for (int64_t d = t.levels()[l].begin; d < t.levels()[l].end; ++d) level_of[d] = static_cast<int64_t>(l);
   for (int64_t c = 0; c < t.num_connections(); ++c)
-    group[c] = scope == PruneScope::PerNeuron ? t.conn_target()[c] : level_of[t.conn_target()[c]];
+    group[c] = scope == PruneScope::PerNeuron ? t.conn_target()[c] : t.level_of(t.conn_target()[c]);
   return group;
 }
 
