@@ -26,6 +26,8 @@
 //               | input / out of an output, missing connection, removing every     | neuron
 //               | input or output, existing or wrong-kind id, bad dropout, re-adding|
 //               | a removed neuron, a neuron listed twice, two edges closing a cycle|
+//               | a topology patch adding an existing connection or removing one   |
+//               | twice                                                            |
 //   config      | wrong-typed field, missing field, unknown key, bad dtype name,  | the file and JSON path
 //               | bad version, invalid JSON, missing file, cycle in a config file, |
 //               | saving a custom callable over an existing config, a SparseMLP    |
@@ -328,6 +330,19 @@ std::vector<Case> make_catalogue() {
       {"NeuralNetwork::dropout_p(): neuron \"z\" is not in the network"});
 
   // ------------------------------------------------------------------- edit
+  add("edit", "PatchAddsAnExistingConnection", none, lib([](World& w) {
+        const Topology& t = w.net->topology();
+        std::vector<int64_t> old_connection;
+        t.with_connections({}, {{t.dense_of(1), t.dense_of(4)}}, {}, old_connection);
+      }),
+      {"Topology::with_connections(): an added connection exists already or is given twice"});
+  add("edit", "PatchRemovesAConnectionTwice", none, lib([](World& w) {
+        const Topology& t = w.net->topology();
+        const int64_t c = t.connection_index(t.dense_of(1), t.dense_of(4));
+        std::vector<int64_t> old_connection;
+        t.with_connections({c, c}, {}, {}, old_connection);
+      }),
+      {"Topology::with_connections(): connection 1 -> 4 is removed twice"});
   add("edit", "Cycle", none, lib([](World& w) {
         add_connections(w.net, {{8, 2}});
       }),

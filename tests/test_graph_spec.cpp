@@ -1,4 +1,5 @@
 // GraphSpec validation (one test per broken rule) and the compiled Topology.
+#include <set>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -351,6 +352,144 @@ TEST(Topology, InvariantsOverRandomGraphs) {
     for (const auto& level : topo->levels())
       for (int64_t d = level.begin; d < level.end; ++d) ASSERT_EQ(topo->role(d) == Role::Output, d >= level.hidden_end);
   }
+}
+
+// Every field of two topologies, the spec's edges as a set.
+void expect_same_topology(const Topology& got, const Topology& want) {
+  ASSERT_EQ(got.num_neurons(), want.num_neurons());
+  ASSERT_EQ(got.num_inputs(), want.num_inputs());
+  for (int64_t d = 0; d < want.num_neurons(); ++d) {
+    ASSERT_EQ(got.label(d), want.label(d));
+    ASSERT_EQ(got.role(d), want.role(d));
+    ASSERT_EQ(got.level_of(d), want.level_of(d));
+  }
+  EXPECT_EQ(got.conn_source(), want.conn_source());
+  EXPECT_EQ(got.conn_target(), want.conn_target());
+  EXPECT_EQ(got.in_offsets(), want.in_offsets());
+  EXPECT_EQ(got.out_offsets(), want.out_offsets());
+  EXPECT_EQ(got.out_connections(), want.out_connections());
+  EXPECT_EQ(got.out_targets(), want.out_targets());
+  EXPECT_EQ(got.output_ids(), want.output_ids());
+  auto same_gather = [](const GatherPlan& a, const GatherPlan& b) {
+    ASSERT_EQ(a.size, b.size);
+    ASSERT_EQ(a.order, b.order);
+    ASSERT_EQ(a.segments.size(), b.segments.size());
+    for (size_t k = 0; k < a.segments.size(); ++k) {
+      EXPECT_EQ(a.segments[k].level, b.segments[k].level);
+      EXPECT_EQ(a.segments[k].begin, b.segments[k].begin);
+      EXPECT_EQ(a.segments[k].end, b.segments[k].end);
+      EXPECT_EQ(a.segments[k].local, b.segments[k].local);
+      EXPECT_EQ(a.segments[k].whole, b.segments[k].whole);
+    }
+  };
+  same_gather(got.output_gather(), want.output_gather());
+  ASSERT_EQ(got.levels().size(), want.levels().size());
+  for (size_t l = 0; l < want.levels().size(); ++l) {
+    const Level &a = got.levels()[l], &b = want.levels()[l];
+    EXPECT_EQ(a.begin, b.begin);
+    EXPECT_EQ(a.end, b.end);
+    EXPECT_EQ(a.hidden_end, b.hidden_end);
+    EXPECT_EQ(a.conn_begin, b.conn_begin);
+    EXPECT_EQ(a.conn_end, b.conn_end);
+    EXPECT_EQ(a.sources, b.sources);
+    EXPECT_EQ(a.kernel, b.kernel);
+    EXPECT_EQ(a.edge_source, b.edge_source);
+    EXPECT_EQ(a.edge_target, b.edge_target);
+    same_gather(a.gather, b.gather);
+  }
+  const GraphSpec &gs = got.spec(), &ws = want.spec();
+  EXPECT_EQ(gs.neurons(), ws.neurons());
+  EXPECT_EQ(gs.inputs(), ws.inputs());
+  EXPECT_EQ(gs.outputs(), ws.outputs());
+  EXPECT_EQ(std::set<Edge>(gs.edges().begin(), gs.edges().end()), std::set<Edge>(ws.edges().begin(), ws.edges().end()));
+  EXPECT_EQ(gs.index_adjacency().offsets, ws.index_adjacency().offsets);
+  EXPECT_EQ(gs.index_adjacency().targets, ws.index_adjacency().targets);
+  EXPECT_EQ(gs.index_adjacency().batch, ws.index_adjacency().batch);
+  // The patched spec lists its edges as its adjacency does.
+  std::vector<std::pair<int64_t, int64_t>> listed;
+  const auto& adjacency = gs.index_adjacency();
+  for (size_t u = 0; u + 1 < adjacency.offsets.size(); ++u)
+    for (int64_t e = adjacency.offsets[u]; e < adjacency.offsets[u + 1]; ++e)
+      listed.emplace_back(static_cast<int64_t>(u), adjacency.targets[e]);
+  EXPECT_EQ(gs.edge_indices(), listed);
+}
+
+// A topology patched with removed and added connections is the one compiled
+// from the edited graph, field for field, whenever no neuron changes level,
+// and is refused (none) whenever one would. Both cases occur many times.
+TEST(Topology, PatchedEqualsCompiledOverRandomEdits) {
+  std::mt19937_64 rng(11);
+  int patched = 0, refused = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    SCOPED_TRACE(::testing::Message() << "trial " << trial);
+    auto spec = random_dag(rng, {4, 40, 0.25, trial % 2 == 1});
+    auto base = Topology::compile(spec);
+    const int64_t n = base->num_neurons(), m = base->num_connections();
+    // Remove a random share; add random absent pairs that run up the levels.
+    std::vector<int64_t> removed;
+    const double share = std::uniform_real_distribution<double>(0, 0.5)(rng);
+    for (int64_t c = 0; c < m; ++c)
+      if (std::bernoulli_distribution(share)(rng)) removed.push_back(c);
+    std::shuffle(removed.begin(), removed.end(), rng);
+    std::set<std::pair<int64_t, int64_t>> chosen;
+    std::vector<std::pair<int64_t, int64_t>> added;
+    for (int k = 0; k < 40; ++k) {
+      const int64_t s = std::uniform_int_distribution<int64_t>(0, n - 1)(rng);
+      const int64_t t = std::uniform_int_distribution<int64_t>(0, n - 1)(rng);
+      if (base->role(s) == Role::Output || base->role(t) == Role::Input) continue;
+      if (base->level_of(s) >= base->level_of(t) || base->connection_index(s, t) >= 0) continue;
+      if (chosen.insert({s, t}).second) added.emplace_back(s, t);
+    }
+    std::set<int64_t> gone(removed.begin(), removed.end());
+    std::vector<Edge> edges;
+    for (int64_t c = 0; c < m; ++c)
+      if (!gone.count(c)) edges.emplace_back(base->label(base->conn_source()[c]), base->label(base->conn_target()[c]));
+    for (const auto& [s, t] : added) edges.emplace_back(base->label(s), base->label(t));
+    auto want = Topology::compile(GraphSpec(spec.neurons(), edges, spec.inputs(), spec.outputs()));
+    bool levels_kept = true;
+    for (int64_t d = 0; d < n; ++d) levels_kept &= want->level_of(want->dense_of(base->label(d))) == base->level_of(d);
+
+    std::vector<int64_t> old_connection;
+    auto got = base->with_connections(removed, added, {}, old_connection);
+    ASSERT_EQ(got != nullptr, levels_kept);
+    if (!got) {
+      ++refused;
+      continue;
+    }
+    ++patched;
+    expect_same_topology(*got, *want);
+    ASSERT_EQ(static_cast<int64_t>(old_connection.size()), got->num_connections());
+    for (int64_t c = 0; c < got->num_connections(); ++c) {
+      const int64_t was = base->connection_index(got->conn_source()[c], got->conn_target()[c]);
+      EXPECT_EQ(old_connection[c], gone.count(was) ? -1 : was);
+    }
+  }
+  EXPECT_GT(patched, 100);
+  EXPECT_GT(refused, 20);
+}
+
+// Bad patches are refused with a message naming the culprit.
+TEST(Topology, PatchRefusesBadConnections) {
+  auto base = Topology::compile(letters_graph());
+  const int64_t m = base->num_connections();
+  const int64_t a = base->dense_of(NeuronId("A")), c = base->dense_of(NeuronId("C"));
+  const int64_t e = base->dense_of(NeuronId("E"));
+  const int64_t ac = base->connection_index(a, c);
+  std::vector<int64_t> old_connection;
+  EXPECT_THROW_MSG(base->with_connections({m}, {}, {}, old_connection),
+                   fmt::format("expected connection indices in [0, {}), got {}", m, m));
+  EXPECT_THROW_MSG(base->with_connections({ac, ac}, {}, {}, old_connection),
+                   "Topology::with_connections(): connection \"A\" -> \"C\" is removed twice");
+  EXPECT_THROW_MSG(base->with_connections({}, {{a, c}}, {}, old_connection),
+                   "an added connection exists already or is given twice");
+  EXPECT_THROW_MSG(base->with_connections({ac}, {{a, c}}, {}, old_connection),
+                   "an added connection exists already or is given twice");
+  EXPECT_THROW_MSG(base->with_connections({}, {{a, e}, {a, e}}, {}, old_connection),
+                   "an added connection exists already or is given twice");
+  EXPECT_THROW_MSG(base->with_connections({}, {{e, a}}, {}, old_connection), "would leave an output or enter an input");
+  EXPECT_THROW_MSG(
+      base->with_connections({}, {{a, -1}}, {}, old_connection),
+      fmt::format("expected an added connection between dense ids in [0, {}), got ({}, -1)", base->num_neurons(), a));
 }
 
 // Regressions found by review.

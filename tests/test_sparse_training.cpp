@@ -175,26 +175,33 @@ TEST(SparseTraining, RigLGrowsTheLargestAbsentGradients) {
 }
 
 // A rewiring is the editor's function-preserving edit that removes the
-// dropped connections and adds the grown ones (read off the two edge sets,
-// the grown in the rewired network's order): the same spec edges in the same
-// order, bit-equal parameters, the same remap and positions; the dropped are
-// the ones the rule picks from a full sort. Low densities
-// and large shares make many neurons keep their last input, so the weakest
-// connections are walked past the first chunk the drop sorts.
+// dropped connections and adds the grown ones (read off the two edge sets):
+// the same spec edges (a patched topology lists them by source), the same
+// connection order, bit-equal parameters, the same remap and positions; the
+// dropped are the ones the rule picks from a full sort. Low densities and
+// large shares make many neurons keep their last input. Random DAGs, where a
+// drop can move a neuron to another level, take the compiled path as well
+// as the patched one.
 TEST(SparseTraining, RewiringEqualsTheEditorsEdit) {
   struct Case {
     std::vector<int64_t> sizes;
     double density, share;
   };
-  const std::vector<Case> cases{
-      {{6, 12, 12, 3}, 0.4, 0.3}, {{20, 300, 300, 4}, 0.075, 0.6}, {{30, 80, 60, 50, 5}, 0.2, 0.45}};
+  const std::vector<Case> cases{{{6, 12, 12, 3}, 0.4, 0.3},
+                                {{20, 300, 300, 4}, 0.075, 0.6},
+                                {{30, 80, 60, 50, 5}, 0.2, 0.45},
+                                {{6, 0, 0, 3}, 0, 0.4}};  // a random DAG
   for (auto method : {RewireMethod::SET, RewireMethod::RigL}) {
     for (uint64_t seed = 0; seed < 3; ++seed) {
       for (const auto& c : cases) {
         SCOPED_TRACE(::testing::Message() << rewire_method_name(method) << " seed " << seed << " sizes "
                                           << c.sizes.size() << "/" << c.sizes[1]);
-        NeuralNetwork net(nn::sparse_layered_spec(c.sizes, nn::SparseLayersOptions().density(c.density).seed(seed)),
-                          NeuralNetworkOptions(kTanh64).seed(seed));
+        NeuralNetwork net(
+            c.density > 0
+                ? nn::sparse_layered_spec(c.sizes, nn::SparseLayersOptions().density(c.density).seed(seed))
+                : nn::random_dag_spec(
+                      nn::RandomDagOptions().inputs(6).hidden(60).outputs(3).connections(400).depth(6).seed(seed)),
+            NeuralNetworkOptions(kTanh64).seed(seed));
         torch::manual_seed(seed);
         auto x = torch::randn({8, c.sizes.front()}, torch::kFloat64),
              y = torch::randn({8, c.sizes.back()}, torch::kFloat64);
@@ -216,7 +223,11 @@ TEST(SparseTraining, RewiringEqualsTheEditorsEdit) {
         auto expected = edit(net).remove_connections(dropped).add_connections(grown).function_preserving().build();
 
         EXPECT_EQ(result.network->spec().neurons(), expected.network->spec().neurons());
-        EXPECT_EQ(result.network->spec().edge_indices(), expected.network->spec().edge_indices());
+        EXPECT_EQ(std::set<Edge>(new_edges.begin(), new_edges.end()),
+                  std::set<Edge>(expected.network->spec().edges().begin(), expected.network->spec().edges().end()));
+        EXPECT_EQ(result.network->topology().conn_source(), expected.network->topology().conn_source());
+        EXPECT_EQ(result.network->topology().conn_target(), expected.network->topology().conn_target());
+        EXPECT_EQ(result.network->topology().out_connections(), expected.network->topology().out_connections());
         EXPECT_TRUE(torch::equal(result.network->weight_tensor(), expected.network->weight_tensor()));
         EXPECT_TRUE(torch::equal(result.network->bias_tensor(), expected.network->bias_tensor()));
         for (const char* name : {"weight", "bias"}) {
@@ -228,6 +239,31 @@ TEST(SparseTraining, RewiringEqualsTheEditorsEdit) {
         EXPECT_EQ(result.positions.outputs, expected.positions.outputs);
         EXPECT_EQ(result.positions.neurons, expected.positions.neurons);
       }
+    }
+  }
+}
+
+// The drop keys a float network's connections differently from a double
+// one's (bits and index packed in 64 bits); both drop what the walk drops,
+// also where many magnitudes tie (weights rounded to quarters, zeros
+// included) and ties go by connection index.
+TEST(SparseTraining, DropMatchesTheWalkInFloatAndDoubleWithTies) {
+  for (auto dtype : {torch::kFloat32, torch::kFloat64}) {
+    for (uint64_t seed = 0; seed < 4; ++seed) {
+      SCOPED_TRACE(::testing::Message() << "dtype " << dtype << " seed " << seed);
+      auto net = sparse_layered(0.5, seed, NeuralNetworkOptions(kTanh64).dtype(dtype));
+      {
+        torch::NoGradGuard no_grad;
+        net->weight_tensor().mul_(4).round_().div_(4);
+      }
+      Rewirer rewirer(net, RewireOptions().drop_fraction(0.4).seed(seed));
+      auto result = rewirer.rewire(net, 0);
+      const auto& new_edges = result.network->spec().edges();
+      std::set<Edge> after(new_edges.begin(), new_edges.end()), dropped;
+      for (const auto& e : net->spec().edges())
+        if (!after.count(e)) dropped.insert(e);
+      EXPECT_EQ(dropped, weakest_walk(net, 0.4));
+      EXPECT_GT(rewirer.last_report().dropped, 10);
     }
   }
 }

@@ -2,8 +2,12 @@
 // The second half of an edit, from the edited graph over neuron positions to
 // the EditResult, shared by NetworkEditor::build() and Rewirer::rewire().
 // Internal (plasticity.cpp).
+//
+// An edit that moves no neuron to another level may patch the base's
+// topology instead of compiling the edited graph (build_patched()).
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -42,5 +46,15 @@ NeuralNetworkOptions edited_options(const NeuralNetworkOptions& base, DropoutSpe
 // every new connection into an old neuron; positions from new_index_of_old.
 EditResult build_edited(const NeuralNetwork& base, GraphSpec spec, NeuralNetworkOptions options,
                         std::vector<int64_t> new_index_of_old, bool function_preserving);
+
+// The same for a topology patched from the base's
+// (Topology::with_connections(), which gave `old_connection`): every neuron
+// keeps its position and its bias.
+EditResult build_patched(const NeuralNetwork& base, std::shared_ptr<const Topology> topology,
+                         NeuralNetworkOptions options, const std::vector<int64_t>& old_connection,
+                         bool function_preserving);
+
+// The compile options a network's options ask for (neural_network.cpp).
+CompileOptions compile_options(const NeuralNetworkOptions& options);
 
 }  // namespace connex

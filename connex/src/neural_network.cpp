@@ -7,14 +7,13 @@
 #include <torch/torch.h>
 
 #include "connex/error.h"
+#include "edit_build.h"
 #include "fused_plan.h"
 #include "trace_check.h"
 #include "builtin_operations.h"
 #include "dtype.h"
 
 namespace connex {
-
-namespace {
 
 CompileOptions compile_options(const NeuralNetworkOptions& options) {
   CompileOptions compile;
@@ -24,6 +23,8 @@ CompileOptions compile_options(const NeuralNetworkOptions& options) {
   compile.context = "NeuralNetwork()";
   return compile;
 }
+
+namespace {
 
 void check_probability(double p, const std::string& what) {
   if (!(p >= 0.0 && p <= 1.0))  // also rejects NaN

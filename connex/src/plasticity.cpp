@@ -373,19 +373,48 @@ EditResult NetworkEditor::build(uint64_t seed) const {
                       function_preserving_);
 }
 
-EditResult build_edited(const NeuralNetwork& base, GraphSpec spec, NeuralNetworkOptions options,
-                        std::vector<int64_t> new_index_of_old, bool function_preserving) {
-  NeuralNetwork result(std::move(spec), options);
-  const auto device = base->weight_tensor().device();
-  result->to(device);
+namespace {
+
+// The EditResult of `result`, made from `base` with `remap`: the result
+// adopts every parameter the remap moves.
+EditResult finish_edit(const NeuralNetwork& base, NeuralNetwork result, ParameterRemap remap,
+                       std::vector<int64_t> new_index_of_old, bool function_preserving) {
   const Topology& old = base->topology();
-  EditResult out{result, {}, parameter_remap(old, result->topology(), new_index_of_old, device)};
+  EditResult out{result, {}, std::move(remap)};
   result->adopt_parameters(*base, out.parameters);
   if (function_preserving) zero_connections_into_old_neurons(*result, out.parameters);
   out.positions.inputs = where_each_went(old.spec().inputs(), result->spec().inputs());
   out.positions.outputs = where_each_went(old.spec().outputs(), result->spec().outputs());
   out.positions.neurons = std::move(new_index_of_old);  // the new spec lists neurons in the graph's order
   return out;
+}
+
+}  // namespace
+
+EditResult build_edited(const NeuralNetwork& base, GraphSpec spec, NeuralNetworkOptions options,
+                        std::vector<int64_t> new_index_of_old, bool function_preserving) {
+  NeuralNetwork result(std::move(spec), options);
+  const auto device = base->weight_tensor().device();
+  result->to(device);
+  auto remap = parameter_remap(base->topology(), result->topology(), new_index_of_old, device);
+  return finish_edit(base, result, std::move(remap), std::move(new_index_of_old), function_preserving);
+}
+
+EditResult build_patched(const NeuralNetwork& base, std::shared_ptr<const Topology> topology,
+                         NeuralNetworkOptions options, const std::vector<int64_t>& old_connection,
+                         bool function_preserving) {
+  NeuralNetwork result(std::move(topology), options);
+  const auto device = base->weight_tensor().device();
+  result->to(device);
+  // Neurons keep their dense ids, so biases stay where they were.
+  std::vector<int64_t> same_bias(result->topology().num_biases());
+  std::iota(same_bias.begin(), same_bias.end(), 0);
+  ParameterRemap remap;
+  remap.moved["weight"] = kept_pairs(old_connection, device);
+  remap.moved["bias"] = kept_pairs(same_bias, device);
+  std::vector<int64_t> same(base->spec().num_neurons());
+  std::iota(same.begin(), same.end(), 0);
+  return finish_edit(base, result, std::move(remap), std::move(same), function_preserving);
 }
 
 NetworkEditor::IndexGraph NetworkEditor::index_graph() const {

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
 #include <numeric>
 #include <set>
 #include <tuple>
@@ -48,7 +51,6 @@ struct Rewirer::Plan {
   std::vector<GroupPlan> groups;                  // by group; group 0 (the inputs) is empty
   std::vector<int64_t> drop;                      // connection indices
   std::vector<std::pair<int64_t, int64_t>> grow;  // (source, target) dense ids
-  std::vector<int64_t> dropped_into;              // by dense id
 };
 
 namespace {
@@ -81,13 +83,23 @@ EditResult build_rewired(const NeuralNetwork& network, const std::vector<int64_t
                          const std::vector<std::pair<int64_t, int64_t>>& grow) {
   const Topology& t = network->topology();
   const GraphSpec& spec = network->spec();
+  auto options = edited_options(network->options(), network->options().dropout_p(), 0, !grow.empty(),
+                                [](const NeuronId&) { return true; });
+  // Usually no neuron changes level (always in a layered network): then the
+  // topology is patched, in a few passes over the connections. A topo_sort
+  // ordered the base's neurons in a way the edited network would not keep.
+  if (!network->options().topo_sort()) {
+    auto compile = compile_options(options);
+    compile.context = "Rewirer::rewire()";
+    std::vector<int64_t> old_connection;
+    if (auto patched = t.with_connections(drop, grow, compile, old_connection))
+      return build_patched(network, std::move(patched), std::move(options), old_connection, true);
+  }
   std::vector<int64_t> same(spec.num_neurons());
   std::iota(same.begin(), same.end(), 0);
   auto edges = surviving_edges(t, drop, same, grow.size());
   for (const auto& [source, target] : grow) edges.emplace_back(t.spec_index_at(source), t.spec_index_at(target));
   GraphSpec rewired(spec.neurons(), std::move(edges), spec.inputs(), spec.outputs(), "Rewirer::rewire()");
-  auto options = edited_options(network->options(), network->options().dropout_p(), 0, !grow.empty(),
-                                [](const NeuronId&) { return true; });
   return build_edited(network, std::move(rewired), std::move(options), std::move(same), true);
 }
 
@@ -122,6 +134,135 @@ std::pair<torch::Tensor, torch::Tensor> traced_matrices(const NeuralNetwork& net
   if (!any_gradient)
     fail("{}: the trace has no gradient; call loss.backward() on the traced forward's loss first", context);
   return {torch::cat(values), torch::cat(grads)};
+}
+
+// A candidate's score and key; larger scores first, equal ones by key.
+using Scored = std::pair<double, int64_t>;
+bool before(const Scored& a, const Scored& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; }
+
+// Keeps the `count` of `best` that come first in that order (in no particular order).
+void keep_largest(std::vector<Scored>& best, int64_t count) {
+  if (static_cast<int64_t>(best.size()) <= count) return;
+  std::nth_element(best.begin(), best.begin() + count, best.end(), before);
+  best.resize(count);
+}
+
+// |a · b| as a contiguous CPU tensor. On the CPU the rows are split among
+// torch's threads: the product may run where BLAS has one thread.
+torch::Tensor absolute_products(const torch::Tensor& a, const torch::Tensor& b) {
+  if (!a.is_cpu()) return torch::mm(a, b).abs_().cpu().contiguous();
+  auto out = torch::empty({a.size(0), b.size(1)}, a.options());
+  at::parallel_for(0, a.size(0), 64, [&](int64_t first, int64_t last) {
+    auto part = out.slice(0, first, last);
+    torch::mm_out(part, a.slice(0, first, last), b);
+    part.abs_();
+  });
+  return out;
+}
+
+// Appends to `best` the `count` largest non-negative, non-NaN scores of
+// score[0, size) (key: first_key + position) in linear time: a histogram of
+// the scores' top bits (a non-negative float's bits order as its values do;
+// a float's top 12 are its exponent and 3 mantissa bits, an eighth of an
+// octave) finds the bucket where the count is reached; only that bucket is
+// ordered.
+template <typename Scalar>
+void append_largest(const Scalar* score, int64_t size, int64_t first_key, int64_t count, std::vector<Scored>& best) {
+  using Bits = std::conditional_t<sizeof(Scalar) == 4, uint32_t, uint64_t>;
+  constexpr int bucket_bits = sizeof(Scalar) == 4 ? 12 : 16;
+  constexpr int shift = static_cast<int>(sizeof(Bits)) * 8 - bucket_bits;
+  constexpr int64_t buckets = int64_t{1} << bucket_bits;
+  auto bits_at = [&](int64_t i) {
+    Bits bits;
+    std::memcpy(&bits, score + i, sizeof bits);
+    return bits;
+  };
+  Bits limit;  // +infinity: anything above is negative or NaN
+  const Scalar infinity = std::numeric_limits<Scalar>::infinity();
+  std::memcpy(&limit, &infinity, sizeof limit);
+  constexpr int64_t kChunk = int64_t{1} << 18;
+  const int64_t chunks = (size + kChunk - 1) / kChunk;
+  std::vector<std::vector<uint32_t>> histograms(chunks);  // a chunk's counts fit 32 bits
+  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t h = first; h < last; ++h) {
+      histograms[h].assign(buckets, 0);
+      uint32_t* histogram = histograms[h].data();
+      for (int64_t i = h * kChunk; i < std::min(size, (h + 1) * kChunk); ++i) {
+        const Bits bits = bits_at(i);
+        if (bits <= limit) ++histogram[bits >> shift];
+      }
+    }
+  });
+  int64_t above = 0, bucket = buckets - 1;
+  for (; bucket >= 0; --bucket) {
+    int64_t here = 0;
+    for (const auto& histogram : histograms) here += histogram[bucket];
+    if (above + here >= count) break;
+    above += here;
+  }
+  // Chunk by chunk, in order: every score above the bucket, and the bucket's to be ordered.
+  std::vector<std::vector<Scored>> taken(chunks), boundary(chunks);
+  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t h = first; h < last; ++h)
+      for (int64_t i = h * kChunk; i < std::min(size, (h + 1) * kChunk); ++i) {
+        const Bits bits = bits_at(i);
+        if (bits > limit) continue;
+        const auto b = static_cast<int64_t>(bits >> shift);
+        if (b > bucket) taken[h].emplace_back(static_cast<double>(score[i]), first_key + i);
+        if (b == bucket) boundary[h].emplace_back(static_cast<double>(score[i]), first_key + i);
+      }
+  });
+  std::vector<Scored> rest;
+  for (int64_t h = 0; h < chunks; ++h) {
+    best.insert(best.end(), taken[h].begin(), taken[h].end());
+    rest.insert(rest.end(), boundary[h].begin(), boundary[h].end());
+  }
+  keep_largest(rest, count - above);
+  best.insert(best.end(), rest.begin(), rest.end());
+}
+
+// The connection index in a weakness key.
+int64_t index_of_key(uint64_t key) { return static_cast<int64_t>(key & 0xffffffffu); }
+int64_t index_of_key(const std::pair<uint64_t, int64_t>& key) { return key.second; }
+
+// Each group's connections to drop, and its quota set to their number:
+// the weakest of all but each target's strongest connection, at most the
+// share and the group's absent candidates. key(c) orders connections as the
+// walk does (|w|, then index). Groups run on torch's threads.
+template <typename KeyOf>
+std::vector<std::vector<int64_t>> select_weakest(const Topology& t, double share, std::vector<GroupPlan>& groups,
+                                                 const KeyOf& key) {
+  using Key = decltype(key(0));
+  std::vector<std::vector<int64_t>> dropped(groups.size());
+  at::parallel_for(1, static_cast<int64_t>(groups.size()), 1, [&](int64_t first, int64_t last) {
+    for (int64_t g = first; g < last; ++g) {
+      GroupPlan& group = groups[g];
+      group.quota = 0;
+      std::vector<Key> eligible;
+      int64_t count = 0;
+      for (int64_t d : group.targets) count += t.in_offsets()[d + 1] - t.in_offsets()[d];
+      eligible.reserve(count);
+      for (int64_t d : group.targets) {
+        const int64_t begin = t.in_offsets()[d], end = t.in_offsets()[d + 1];
+        if (end - begin <= 1) continue;
+        const size_t first_key = eligible.size();
+        for (int64_t c = begin; c < end; ++c) eligible.push_back(key(c));
+        // The strongest goes last and is taken back out.
+        auto strongest = std::max_element(eligible.begin() + first_key, eligible.end());
+        std::iter_swap(strongest, eligible.end() - 1);
+        eligible.pop_back();
+      }
+      const int64_t absent = group.candidates() - group.connected;
+      const int64_t wanted = std::min({static_cast<int64_t>(std::llround(share * static_cast<double>(count))), absent,
+                                       static_cast<int64_t>(eligible.size())});
+      if (wanted <= 0) continue;
+      std::nth_element(eligible.begin(), eligible.begin() + (wanted - 1), eligible.end());
+      dropped[g].reserve(wanted);
+      for (int64_t k = 0; k < wanted; ++k) dropped[g].push_back(index_of_key(eligible[k]));
+      group.quota = wanted;
+    }
+  });
+  return dropped;
 }
 
 }  // namespace
@@ -167,13 +308,15 @@ EditResult Rewirer::rewire(const NeuralNetwork& network, int64_t step, const Lev
   // Each group's targets, its candidate sources and which of those pairs are connected now.
   Plan plan;
   plan.groups.resize(members_.size());
-  plan.dropped_into.assign(t.num_neurons(), 0);
   std::vector<int64_t> position(t.num_neurons(), -1);  // dense id -> its place in the group's sources
   for (size_t g = 1; g < members_.size(); ++g) {
     GroupPlan& group = plan.groups[g];
     for (const auto& id : members_[g]) group.targets.push_back(t.require(id, "Rewirer::rewire()"));
     for (int64_t h : group_sources_[g]) {
-      for (const auto& id : members_[h]) group.sources.push_back(t.require(id, "Rewirer::rewire()"));
+      for (const auto& id : members_[h]) {
+        const int64_t d = t.require(id, "Rewirer::rewire()");
+        if (t.role(d) != Role::Output) group.sources.push_back(d);  // an output feeds nothing
+      }
       group.source_group_ends.push_back(static_cast<int64_t>(group.sources.size()));
     }
     mark_connected(t, group, position);
@@ -199,44 +342,33 @@ EditResult Rewirer::rewire(const NeuralNetwork& network, int64_t step, const Lev
 // Each group drops its weakest share (smallest |w|, ties by connection index),
 // at most as many as it has absent candidates to grow back, and never a
 // neuron's last incoming connection: a neuron that kept none would fall to
-// level 1 and leave its group's place in the order.
+// level 1 and leave its group's place in the order. Walking the connections
+// weakest first and skipping a neuron's last one drops exactly the weakest
+// of all but each neuron's strongest connection, so that is what is selected
+// (in linear time, groups on torch's threads).
 void Rewirer::drop(const NeuralNetwork& network, double share, Plan& plan) const {
-  const Topology& t = network->topology();
-  const auto w = network->weight_tensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
-  const double* weight = w.data_ptr<double>();
-  auto weaker = [&](int64_t a, int64_t b) {
-    return std::abs(weight[a]) != std::abs(weight[b]) ? std::abs(weight[a]) < std::abs(weight[b]) : a < b;
-  };
-  for (size_t g = 1; g < plan.groups.size(); ++g) {
-    GroupPlan& group = plan.groups[g];
-    std::vector<int64_t> connections;
-    for (int64_t d : group.targets)
-      for (int64_t c = t.in_offsets()[d]; c < t.in_offsets()[d + 1]; ++c) connections.push_back(c);
-    const int64_t absent = group.candidates() - group.connected;
-    const int64_t wanted = std::min<int64_t>(std::llround(share * static_cast<double>(connections.size())), absent);
-    group.quota = 0;
-    if (wanted <= 0) continue;
-    // The connections weakest first, sorted a chunk at a time (the chunk
-    // selected from the rest): the walk sees them in the full sort's order,
-    // and usually stops within the first chunk.
-    const size_t count = connections.size();
-    size_t begin = 0, chunk = static_cast<size_t>(wanted) + static_cast<size_t>(wanted) / 8 + 64;
-    while (group.quota < wanted && begin < count) {
-      const size_t end = std::min(count, begin + chunk);
-      auto first = connections.begin() + begin, last = connections.begin() + end;
-      if (end < count) std::nth_element(first, last, connections.end(), weaker);
-      std::sort(first, last, weaker);
-      for (auto it = first; it != last && group.quota < wanted; ++it) {
-        const int64_t c = *it, target = t.conn_target()[c];
-        if (t.in_offsets()[target + 1] - t.in_offsets()[target] - plan.dropped_into[target] <= 1) continue;
-        ++plan.dropped_into[target];
-        ++group.quota;
-        plan.drop.push_back(c);
-      }
-      begin = end;
-      chunk *= 2;
-    }
-  }
+  const auto w = network->weight_tensor().detach().cpu().contiguous();
+  std::vector<std::vector<int64_t>> dropped;
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "Rewirer::drop", [&] {
+    const scalar_t* weight = w.data_ptr<scalar_t>();
+    // A float's key packs its bits and the index into 64 bits (connex builds
+    // fewer than 2^32 connections); a double's is a pair.
+    if (std::is_same<scalar_t, float>::value && w.numel() < (int64_t{1} << 32))
+      dropped = select_weakest(network->topology(), share, plan.groups, [weight](int64_t c) {
+        const float magnitude = std::abs(static_cast<float>(weight[c]));
+        uint32_t bits;
+        std::memcpy(&bits, &magnitude, sizeof bits);
+        return uint64_t{bits} << 32 | static_cast<uint64_t>(c);
+      });
+    else
+      dropped = select_weakest(network->topology(), share, plan.groups, [weight](int64_t c) {
+        const double magnitude = std::abs(static_cast<double>(weight[c]));
+        uint64_t bits;
+        std::memcpy(&bits, &magnitude, sizeof bits);
+        return std::make_pair(bits, c);
+      });
+  });
+  for (const auto& list : dropped) plan.drop.insert(plan.drop.end(), list.begin(), list.end());
 }
 
 // SET: each group's quota drawn uniformly among its absent candidate pairs.
@@ -280,7 +412,8 @@ void Rewirer::grow_random(const NeuralNetwork& network, Plan& plan) {
 
 // RigL: per group and source group, one [sources, targets] block of
 // |values · gradientsᵀ| (the gradient each absent pair would have), the
-// connected pairs excluded; the group grows its quota of the largest.
+// connected pairs excluded; the group grows its quota of the largest
+// (equal scores in candidate order, so a rewiring is reproducible).
 void Rewirer::grow_by_gradient(const NeuralNetwork& network, const LevelTrace& trace, Plan& plan) const {
   const Topology& t = network->topology();
   const auto [values, grads] = traced_matrices(network, trace, "Rewirer::rewire()");
@@ -290,34 +423,27 @@ void Rewirer::grow_by_gradient(const NeuralNetwork& network, const LevelTrace& t
     if (group.quota <= 0) continue;
     const int64_t width = group.width();
     for (size_t s = 0; s < group.sources.size(); ++s) position[group.sources[s]] = static_cast<int64_t>(s);
-    const auto target_grads = grads.index_select(0, torch::tensor(group.targets).to(grads.device()));
-    std::vector<std::tuple<double, int64_t>> best;  // (score, key), the quota largest of each block
+    const auto target_grads = grads.index_select(0, torch::tensor(group.targets).to(grads.device())).t();
+    std::vector<Scored> best;  // the quota largest of each block
     int64_t begin = 0;
     for (int64_t end : group.source_group_ends) {
       std::vector<int64_t> rows(group.sources.begin() + begin, group.sources.begin() + end);
-      auto block = torch::mm(values.index_select(0, torch::tensor(rows).to(values.device())), target_grads.t())
-                       .abs()
-                       .to(torch::kCPU, torch::kFloat64)
-                       .contiguous();
-      double* score = block.data_ptr<double>();
+      auto block = absolute_products(values.index_select(0, torch::tensor(rows).to(values.device())), target_grads);
       // The block's connected pairs, read off each target's incoming connections.
-      for (int64_t k = 0; k < width; ++k)
-        for (int64_t c = t.in_offsets()[group.targets[k]]; c < t.in_offsets()[group.targets[k] + 1]; ++c) {
-          const int64_t s = position[t.conn_source()[c]];
-          if (s >= begin && s < end) score[(s - begin) * width + k] = -1;
-        }
-      const int64_t keep = std::min<int64_t>(group.quota, block.numel());
-      auto top = std::get<1>(block.view({-1}).topk(keep));
-      const int64_t* index = top.data_ptr<int64_t>();
-      for (int64_t k = 0; k < keep; ++k)
-        if (score[index[k]] >= 0) best.emplace_back(score[index[k]], index[k] + begin * width);
+      AT_DISPATCH_FLOATING_TYPES(block.scalar_type(), "grow_by_gradient", [&] {
+        scalar_t* score = block.data_ptr<scalar_t>();
+        at::parallel_for(0, width, 256, [&](int64_t first, int64_t last) {
+          for (int64_t k = first; k < last; ++k)
+            for (int64_t c = t.in_offsets()[group.targets[k]]; c < t.in_offsets()[group.targets[k] + 1]; ++c) {
+              const int64_t s = position[t.conn_source()[c]];
+              if (s >= begin && s < end) score[(s - begin) * width + k] = -1;
+            }
+        });
+        append_largest(score, block.numel(), begin * width, group.quota, best);
+      });
       begin = end;
     }
-    // Largest first; equal scores in candidate order, so a rewiring is reproducible.
-    std::sort(best.begin(), best.end(), [](const auto& a, const auto& b) {
-      return std::get<0>(a) != std::get<0>(b) ? std::get<0>(a) > std::get<0>(b) : std::get<1>(a) < std::get<1>(b);
-    });
-    best.resize(std::min<size_t>(best.size(), group.quota));
+    keep_largest(best, group.quota);
     for (const auto& [score, key] : best)
       plan.grow.emplace_back(group.sources[key / width], group.targets[key % width]);
     for (int64_t s : group.sources) position[s] = -1;

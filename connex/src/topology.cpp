@@ -98,14 +98,7 @@ std::shared_ptr<const Topology> Topology::compile(GraphSpec spec_in, const Compi
   topo->order_neurons(neuron_ranks(spec, options.topo_sort, options.context), depth);
   topo->sort_connections();
   topo->lay_out_levels(depth);
-  // Levels are independent here, so large graphs split them between torch's
-  // intra-op threads, each with its own scratch `stamp` and `position`.
-  const int64_t n = topo->num_neurons();
-  const int64_t level_grain = topo->num_connections() >= (int64_t(1) << 16) ? 1 : depth + 1;
-  at::parallel_for(1, depth + 1, level_grain, [&](int64_t first_level, int64_t last_level) {
-    std::vector<int64_t> stamp(n, -1), position(n, 0);
-    for (int64_t l = first_level; l < last_level; ++l) topo->plan_level(l, options, stamp, position);
-  });
+  topo->plan_levels(options);
 
   for (const auto& id : spec.outputs()) topo->output_ids_.push_back(topo->dense_of_index_[spec.index_of(id)]);
   topo->output_gather_ = topo->plan_gather(topo->output_ids_);
@@ -212,6 +205,18 @@ void Topology::lay_out_levels(int64_t depth) {
     lv.conn_begin = in_offsets_[lv.begin];
     lv.conn_end = in_offsets_[lv.end];
   }
+}
+
+// Every level's plan. Levels are independent here, so large graphs split
+// them between torch's intra-op threads, each with its own scratch `stamp`
+// and `position`.
+void Topology::plan_levels(const CompileOptions& options) {
+  const int64_t n = num_neurons(), depth = this->depth();
+  const int64_t level_grain = num_connections() >= (int64_t(1) << 16) ? 1 : depth + 1;
+  at::parallel_for(1, depth + 1, level_grain, [&](int64_t first_level, int64_t last_level) {
+    std::vector<int64_t> stamp(n, -1), position(n, 0);
+    for (int64_t l = first_level; l < last_level; ++l) plan_level(l, options, stamp, position);
+  });
 }
 
 // Level l's sources, gather plan, kernel and per-connection positions.

@@ -83,6 +83,11 @@ class GraphSpec {
   const IndexAdjacency& index_adjacency() const { return *adjacency_; }
 
  private:
+  // Topology::with_connections() makes the spec of a graph it patched and
+  // checked itself: the same neurons, new edges.
+  friend class Topology;
+  GraphSpec() = default;
+
   std::vector<NeuronId> neurons_;
   void validate(const std::string& context);
 

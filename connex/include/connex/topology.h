@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "connex/graph_spec.h"
@@ -133,6 +134,19 @@ class Topology {
   // Builds a gather plan for arbitrary dense ids (any order, no duplicates).
   GatherPlan plan_gather(const std::vector<int64_t>& dense_ids) const;
 
+  // This topology less the connections `removed` (indices, each once) plus
+  // `added` ((source, target) dense ids, each absent here and given once),
+  // patched in O(neurons + connections) rather than compiled: or none when
+  // some neuron would change level (compile the edited spec then; so too
+  // when the neurons were ordered by a topo_sort). Neurons keep their dense
+  // ids and spec positions; the spec lists edges by source, each source's
+  // targets in spec order. `old_connection` receives, per new connection,
+  // its index here or -1 for an added one.
+  std::shared_ptr<const Topology> with_connections(const std::vector<int64_t>& removed,
+                                                   const std::vector<std::pair<int64_t, int64_t>>& added,
+                                                   const CompileOptions& options,
+                                                   std::vector<int64_t>& old_connection) const;
+
  private:
   explicit Topology(GraphSpec spec) : spec_(std::move(spec)) {}
   // The steps of compile(), in order (topology.cpp).
@@ -141,6 +155,12 @@ class Topology {
   void lay_out_levels(int64_t depth);
   void plan_level(int64_t l, const CompileOptions& options, std::vector<int64_t>& stamp,
                   std::vector<int64_t>& position);
+  void plan_levels(const CompileOptions& options);
+  // with_connections()'s steps (topology_patch.cpp): the connections, then the spec.
+  bool patch_connections(const Topology& base, const std::vector<uint8_t>& gone,
+                         const std::vector<std::pair<int64_t, int64_t>>& added, std::vector<int64_t>& old_connection,
+                         const char* context);
+  void patch_spec(const Topology& base);
 
   GraphSpec spec_;
   int64_t num_inputs_ = 0;
