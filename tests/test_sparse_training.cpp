@@ -361,6 +361,21 @@ TEST(SparseTraining, NoNeuronLosesItsLastInput) {
   EXPECT_GE(GraphQueries(result.network).in_degree(5), 1);
 }
 
+// An output below the last level sits in a level that feeds the next one,
+// but it feeds nothing: no rewiring grows a connection out of it.
+TEST(SparseTraining, NothingGrowsOutOfAnOutput) {
+  // Level 1: hidden 2, 6, 7 and output 3; level 2: 4 and 8, read from 2 and 6.
+  const auto spec = GraphSpec::from_adjacency(
+      {{0, {2, 3, 6}}, {1, {6, 7}}, {2, {4, 8}}, {6, {8}}, {7, {}}, {4, {5}}, {8, {5}}}, {0, 1}, {3, 5});
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    NeuralNetwork net(spec, NeuralNetworkOptions(kTanh64).seed(seed));
+    Rewirer rewirer(net, RewireOptions().drop_fraction(0.5).seed(seed));
+    auto result = rewirer.rewire(net, 0);
+    EXPECT_EQ(GraphQueries(result.network).out_degree(3), 0) << "seed " << seed;
+    EXPECT_EQ(result.network->num_connections(), net->num_connections());
+  }
+}
+
 TEST(SparseTraining, SetIsReproducibleAndDrawsDifferentlyPerSeed) {
   auto net = sparse_layered(0.3, 1);
   auto run = [&](uint64_t seed) {
