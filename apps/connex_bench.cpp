@@ -6,9 +6,12 @@
 //   connex_bench [--quick] [--threads N] [--only NAME]
 //
 // NAME (a part of it will do): mlp, dense, readme, sparse, plasticity,
-// technique, sparse layered, rewire 1M, structure 1M, generators.
+// technique, sparse layered, rewire 1M, structure 1M, generators, shared cores.
 
 #include <malloc.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -489,6 +492,53 @@ void generators(Run& run) {
 
 }  // namespace
 
+// 11. Thread settings on shared cores. A train step at 1 thread and at the
+// default (all cores), each given out as the CLI gives a network its cores
+// (core_share.h), timed in turn, with 0, 1 and 2 of the machine's cores
+// kept busy by child processes this benchmark starts (each spins until
+// killed): for the fused kernel (a 100k-connection sparse DAG, workload 4's
+// smaller one) and the per-level path (an MLP 16-256-256-256-4). The
+// default should never be more than 10 % slower than the better of the two.
+void shared_cores(Run& run) {
+  struct Case {
+    std::string name;
+    connex::NeuralNetwork net;
+  };
+  std::vector<Case> cases;
+  cases.push_back({"fused kernel, sparse DAG 10k neurons / 100k connections",
+                   connex::NeuralNetwork(
+                       connex::nn::random_dag_spec(connex::bench::sparse_dag_options(10000, 100000, 30, 1)), kRelu)});
+  cases.push_back({"per-level path, MLP 16-256-256-256-4", connex::nn::MLP(16, 4, 256, 3, kRelu)});
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const connex::apps::CoreShare one{1}, all{cores};
+  for (auto& c : cases) {
+    auto step = train_step(c.net, torch::randn({64, c.net->num_inputs()}), torch::randn({64, c.net->num_outputs()}));
+    for (int busy = 0; busy <= std::min(2, cores); ++busy) {
+      std::vector<pid_t> spinners;
+      for (int k = 0; k < busy; ++k) {
+        const pid_t pid = fork();
+        if (pid == 0)
+          for (volatile uint64_t spin = 0;; spin = spin + 1) {
+          }
+        spinners.push_back(pid);
+      }
+      // The default's steps are measured as the CLI measures them.
+      auto measured_step = [&] {
+        const auto started = std::chrono::steady_clock::now();
+        step();
+        all.after_step(c.net, std::chrono::steady_clock::now() - started, 64);
+      };
+      const auto [t1, tn] = paired_median_seconds(
+          step, measured_step, 3, run.quick ? 10 : 100, 30.0, [&] { one.apply(c.net); }, [&] { all.apply(c.net); });
+      for (pid_t pid : spinners) kill(pid, SIGKILL), waitpid(pid, nullptr, 0);
+      run.rows.push_back({fmt::format("11. {}, batch 64, {} core(s) kept busy", c.name, busy), fmt_time(tn),
+                          fmt_time(t1), fmt::format("{:.2f}", tn / std::min(t1, tn)),
+                          fmt::format("the default ({} threads) vs 1 thread; ratio: the default / the faster", cores)});
+    }
+  }
+  run.cores.apply_default();
+}
+
 int main(int argc, char** argv) {
   CLI::App app{"connex benchmarks: connex against plain torch references, ratios from one run"};
   bool quick = false;
@@ -536,6 +586,7 @@ int main(int argc, char** argv) {
   if (wanted("rewire 1M")) rewire_1m(run);
   if (wanted("structure 1M")) structure_1m(run);
   if (wanted("generators")) generators(run);
+  if (wanted("shared cores")) shared_cores(run);
   print(rows);
   return 0;
 }

@@ -1,19 +1,25 @@
 #pragma once
-// How a process shares its cores. With Debian's OpenBLAS (pthreads build)
-// there are two thread pools: torch's intra-op pool (OpenMP) and OpenBLAS's
-// own, each one thread per core by default, and OpenMP's workers spin after
-// every parallel region: when a training step uses both pools in turn they
-// fight over the cores (BENCHMARKS.md: a dense MLP ran 33 steps/s with both
-// at 2 threads, 103 with torch at 1 and OpenBLAS at 2). So one pool gets the
-// cores and the other one thread, by where the network spends its time: the
-// fused kernel works in torch's pool, per-level path in matrix products.
+// How a process shares its cores. There are up to three thread pools:
+// torch's intra-op pool (OpenMP), OpenBLAS's own (Debian's pthreads build)
+// and the fused kernel's (fused_kernel.h). Two pools busy in turn fight over
+// the cores (BENCHMARKS.md: a dense MLP ran 33 steps/s with torch and
+// OpenBLAS both at 2 threads, 103 with torch at 1), so one pool gets the
+// cores and the others one thread, by where the network spends its time:
+// the fused kernel in its own pool, the per-level path in matrix products.
+// torch's pool never gets them for a fused network: its parallel regions
+// end waiting for every thread, which on a machine where other processes
+// hold cores slowed training several times over (BENCHMARKS.md, workload
+// 11), while the kernel's pool runs serially when sharing does not pay.
 // Other BLAS libraries share torch's pool or follow its setting (MKL,
-// OpenBLAS's OpenMP build); then torch simply gets the cores.
+// OpenBLAS's OpenMP build); then torch gets the cores a per-level network
+// would give the BLAS.
 //
 // Used by the `connex` CLI and by connex_bench, so that the benchmark
 // measures what the CLI runs.
 #include <dlfcn.h>
 
+#include <chrono>
+#include <memory>
 #include <string>
 
 #include <fmt/format.h>
@@ -21,11 +27,18 @@
 
 #include "connex/fused_kernel.h"
 #include "connex/neural_network.h"
+#include "work_share.h"
 
 namespace connex::apps {
 
 struct CoreShare {
   int threads = 1;  // the cores this process may use
+  // For a per-level network: whether OpenBLAS gets `threads` or 1. Its
+  // pool, too, ends each product waiting for every thread, and collapsed
+  // where other processes held cores (BENCHMARKS.md, workload 11); so the
+  // train steps are measured, as the kernel's pool measures its levels.
+  // Shared by copies.
+  std::shared_ptr<ShareChooser> blas_choice = std::make_shared<ShareChooser>();
 
   // OpenBLAS with a pthreads pool of its own (openblas_get_parallel() == 1).
   static bool blas_has_own_pool() {
@@ -47,20 +60,32 @@ struct CoreShare {
   void apply_default() const {
     torch::set_num_threads(threads);
     if (blas_has_own_pool()) set_blas_threads(1);
+    set_fused_kernel_threads(threads);
   }
   // Gives the cores to the pool `net` uses; returns the choice, for the log.
   std::string apply(const NeuralNetwork& net) const {
-    if (!blas_has_own_pool()) {
-      torch::set_num_threads(threads);
-      return fmt::format("{} torch thread(s); the BLAS shares or follows torch's pool", threads);
-    }
     const bool fused = net->uses_fused_kernel();
-    torch::set_num_threads(fused ? threads : 1);
-    set_blas_threads(fused ? 1 : threads);
-    // The threads the fused kernel reaches, measured: fewer than torch's in a
-    // build without OpenMP, where ATen's parallel loops run serially.
-    return fmt::format("{} torch thread(s), {} BLAS thread(s) ({})", fused ? threads : 1, blas_threads(),
-                       fused ? fmt::format("fused kernel on {} thread(s)", fused_kernel_threads()) : "per-level path");
+    set_fused_kernel_threads(fused ? threads : 1);
+    if (!blas_has_own_pool()) {
+      torch::set_num_threads(fused ? 1 : threads);
+      return fmt::format(
+          "{} torch thread(s); the BLAS shares or follows torch's pool ({})", fused ? 1 : threads,
+          fused ? fmt::format("fused kernel on {} thread(s)", fused_kernel_threads()) : "per-level path");
+    }
+    torch::set_num_threads(1);
+    set_blas_threads(fused ? 1 : blas_choice->shared() ? threads : 1);
+    return fmt::format("1 torch thread(s), {} BLAS thread(s) ({})", fused ? 1 : threads,
+                       fused         ? fmt::format("fused kernel on {} thread(s)", fused_kernel_threads())
+                       : threads > 1 ? "per-level path; 1 while sharing them does not pay"
+                                     : "per-level path");
+  }
+  // After a train step of `net` (`took`, `rows` samples): a per-level
+  // network's BLAS threads for the next step, as its measurements say.
+  void after_step(const NeuralNetwork& net, std::chrono::steady_clock::duration took, int64_t rows) const {
+    if (threads <= 1 || net->uses_fused_kernel() || !blas_has_own_pool()) return;
+    const bool shared = blas_choice->shared();
+    blas_choice->record(took, rows);
+    if (blas_choice->shared() != shared) set_blas_threads(blas_choice->shared() ? threads : 1);
   }
 };
 

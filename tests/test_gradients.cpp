@@ -229,18 +229,19 @@ TEST(Gradients, FusedKernelAgreesWhenALevelIsSplitBetweenThreads) {
   torch::set_num_threads(previous);
 }
 
-// The fused kernel's levels run on torch's intra-op threads only when connex
-// is compiled with OpenMP (ATen's parallel_for is serial otherwise); a build
-// that loses the flag shows here rather than as a slower benchmark.
-TEST(Gradients, FusedKernelRunsOnTorchsIntraOpThreads) {
+// The fused kernel takes torch's intra-op thread count unless told its own
+// (its pool: tests/test_work_share.cpp shows the threads running).
+TEST(Gradients, FusedKernelThreadsFollowTorchUnlessSet) {
   const int previous = torch::get_num_threads();
   torch::set_num_threads(2);
-#ifdef CONNEX_OPENMP
   EXPECT_EQ(fused_kernel_threads(), 2);
-#else
-  EXPECT_EQ(fused_kernel_threads(), 1);
-#endif
   torch::set_num_threads(1);
+  EXPECT_EQ(fused_kernel_threads(), 1);
+  set_fused_kernel_threads(3);
+  EXPECT_EQ(fused_kernel_threads(), 3);
+  EXPECT_THROW_MSG(set_fused_kernel_threads(-1), "set_fused_kernel_threads(): expected 0 to 1024 threads, got -1");
+  EXPECT_EQ(fused_kernel_threads(), 3);
+  set_fused_kernel_threads(0);
   EXPECT_EQ(fused_kernel_threads(), 1);
   torch::set_num_threads(previous);
 }

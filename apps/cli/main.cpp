@@ -633,6 +633,9 @@ TrainOptions train_options(const TrainArgs& t, const Progress& progress, torch::
     if (share != said) spdlog::info("cores: {}", share);
     said = std::move(share);
   };
+  options.after_step = [&cores](const NeuralNetwork& net, std::chrono::steady_clock::duration took, int64_t rows) {
+    cores.after_step(net, took, rows);
+  };
   return options;
 }
 

@@ -500,6 +500,7 @@ class Trainer {
   // One optimizer step on batch k (this rank's share of it); its loss summed
   // over the share's rows. Then the rewiring due after it, if any.
   double step(const torch::Tensor& perm, int64_t k) {
+    const auto started = std::chrono::steady_clock::now();
     const Share s = share_of_batch(perm, k);
     const int64_t next = progress_.steps + 1;
     const bool rewire = rewirer_ && next % progress_.rewire.every == 0 && rewirer_->drop_fraction(next) > 0;
@@ -521,6 +522,7 @@ class Trainer {
     optimizer_->step();
     ++result_.steps, ++progress_.steps;
     const double total = loss.item<double>() * static_cast<double>(s.rows);
+    if (options_.after_step) options_.after_step(network_, std::chrono::steady_clock::now() - started, s.rows);
     if (rewire) rewire_after(next, trace ? &*trace : nullptr);
     return total;
   }

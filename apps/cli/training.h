@@ -2,6 +2,7 @@
 // The command line's data and training loop: datasets from CSV or the
 // built-in toy set, a mini-batch trainer with validation, metrics and a
 // progress display.
+#include <chrono>
 #include <csignal>
 #include <functional>
 #include <memory>
@@ -58,6 +59,9 @@ struct TrainOptions {
   // an edit can move it between the fused kernel and per-level path, and
   // with them the thread pool that should get the cores.
   std::function<void(const NeuralNetwork&)> on_network_replaced;
+  // Called after every optimizer step with the network, the step's wall
+  // time and its rows (the CLI measures how its cores are shared).
+  std::function<void(const NeuralNetwork&, std::chrono::steady_clock::duration, int64_t)> after_step;
   // Set the rewiring's end_step (Progress::rewire) to this share of the run's
   // steps, those already taken and those this call takes; unset: as recorded.
   std::optional<double> rewire_end;

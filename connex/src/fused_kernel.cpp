@@ -9,6 +9,7 @@
 #include "activation.h"
 #include "connex/error.h"
 #include "scratch_memory.h"
+#include "work_share.h"
 
 namespace connex {
 
@@ -176,7 +177,7 @@ void run_forward(const Topology& topo, Act act, const T* w, const T* b, T* V, T*
   const int64_t n_in = topo.num_inputs(), num_conn = topo.num_connections();
   for (size_t l = 1; l < topo.levels().size(); ++l) {
     const Level& level = topo.levels()[l];
-    at::parallel_for(level.begin, level.end, grain_for(level, B), [&](int64_t first, int64_t last) {
+    share_work(level.begin, level.end, grain_for(level, B), [&](int64_t first, int64_t last) {
       for (int64_t d = first; d < last; ++d) {
         T* out = V + d * B;
         T* z = Z ? Z + (d - n_in) * B : out;
@@ -233,7 +234,7 @@ void run_backward(const Layout& layout, Act act, const T* w_out, const T* V, con
   };
   for (size_t l = topo.levels().size() - 1; l >= 1; --l) {
     const Level& level = topo.levels()[l];
-    at::parallel_for(level.begin, level.end, grain_for(level, B), [&](int64_t first, int64_t last) {
+    share_work(level.begin, level.end, grain_for(level, B), [&](int64_t first, int64_t last) {
       for (int64_t d = first; d < last; ++d) {
         T* __restrict g = G + d * B;
         if (topo.role(d) != Role::Output) std::fill(g, g + B, T(0));  // output rows hold the seed
@@ -253,7 +254,7 @@ void run_backward(const Layout& layout, Act act, const T* w_out, const T* V, con
   }
   // Inputs: their rows of G (zero) collect the gradient, which goes out as
   // column d of gx, [batch, inputs] like the input itself.
-  at::parallel_for(0, n_in, 16, [&](int64_t first, int64_t last) {
+  share_work(0, n_in, 16, [&](int64_t first, int64_t last) {
     for (int64_t d = first; d < last; ++d) {
       T* g = G + d * B;
       std::fill(g, g + B, T(0));  // an input is never an output: no seed to keep
@@ -322,14 +323,14 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
         for (int64_t k = 0; k < B; ++k) Gp[outputs[j] * B + k] = gyp[k * n_out + j];
       const scalar_t* wp = w.data_ptr<scalar_t>();
       scalar_t* wo = w_out.data_ptr<scalar_t>();
-      at::parallel_for(0, w.numel(), 1 << 14, [&](int64_t first, int64_t last) {
+      share_work(0, w.numel(), 1 << 14, [&](int64_t first, int64_t last) {
         for (int64_t k = first; k < last; ++k) wo[k] = wp[out_conn[k]];
       });
       run_backward<scalar_t>(layout, act, wo, V.data_ptr<scalar_t>(), Z.defined() ? Z.data_ptr<scalar_t>() : nullptr,
                              Gp, gw_out.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), B);
       const scalar_t* go = gw_out.data_ptr<scalar_t>();
       scalar_t* gp = gw.data_ptr<scalar_t>();
-      at::parallel_for(0, w.numel(), 1 << 14, [&](int64_t first, int64_t last) {
+      share_work(0, w.numel(), 1 << 14, [&](int64_t first, int64_t last) {
         for (int64_t k = first; k < last; ++k) gp[out_conn[k]] = go[k];
       });
     });
@@ -339,15 +340,12 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
 
 }  // namespace
 
-int fused_kernel_threads() {
-  const int64_t asked = std::max(1, at::get_num_threads());
-  std::vector<uint8_t> ran(static_cast<size_t>(asked), 0);
-  at::parallel_for(0, asked, 1, [&](int64_t, int64_t) {
-    const int id = at::get_thread_num();
-    if (id >= 0 && id < asked) ran[id] = 1;
-  });
-  return static_cast<int>(std::count(ran.begin(), ran.end(), uint8_t(1)));
+void set_fused_kernel_threads(int threads) {
+  if (threads < 0 || threads > 1024) fail("set_fused_kernel_threads(): expected 0 to 1024 threads, got {}", threads);
+  set_share_work_threads(threads);
 }
+
+int fused_kernel_threads() { return share_work_threads(); }
 
 bool fused_supports(const TensorFunction& activation) { return act_of(activation).has_value(); }
 

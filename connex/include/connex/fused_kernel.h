@@ -11,10 +11,15 @@
 // connex/src/fused_plan.h.
 namespace connex {
 
-// How many threads one fused level runs on: torch's intra-op thread count
-// (torch::set_num_threads) when connex was compiled with OpenMP (the
-// CONNEX_OPENMP build option, on with GCC), else 1. Found by running a
-// parallel loop, so it reports what the kernel gets, not what was asked.
+// The threads the fused kernel shares each level among, from a pool of its
+// own (not torch's OpenMP pool). 0, the default, follows torch's intra-op
+// setting (torch::set_num_threads); n > 0 sets it apart, so that torch's
+// own operations (the loss, the optimizer) can run on one thread while the
+// kernel runs on n. That is what the `connex` CLI does: on a machine where
+// other processes hold cores, torch's parallel regions wait for every
+// thread at their end and slowed training many times over, while the
+// kernel's pool measures and runs serially while sharing does not pay.
+void set_fused_kernel_threads(int threads);
 int fused_kernel_threads();
 
 }  // namespace connex

@@ -1,0 +1,64 @@
+#pragma once
+// share_work(): a parallel loop for the fused kernel that stays fast when
+// other processes hold cores. at::parallel_for (OpenMP) gives each thread a
+// fixed share and ends with a barrier, so a region lasts until its slowest
+// thread has run: when another process holds a worker's core, every region
+// waits for the scheduler to hand that core back (a kernel with a region per
+// level then ran 10-60x slower on two threads than on one, BENCHMARKS.md).
+// Here the range goes out in small chunks that whichever thread is running
+// claims, and the caller, which works too, waits only for chunks already
+// claimed: a worker that has not woken up costs nothing, one that lost its
+// core costs at most the chunk it holds. Internal.
+#include <chrono>
+#include <cstdint>
+#include <functional>
+
+namespace connex {
+
+// Calls body(first, last) on disjoint subranges covering [begin, end), at
+// least `grain` long (but the last), on up to share_work_threads() threads
+// (the caller and pool workers). Serial when the range is at most one grain,
+// one thread is asked for, the call is nested in another share_work(),
+// another thread is using the pool, or the pool's ShareChooser found serial
+// regions cheaper lately. The first exception a body throws is rethrown here
+// once every claimed chunk has finished; chunks not yet claimed are then
+// skipped.
+void share_work(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& body);
+
+// The threads share_work() uses: set_share_work_threads(n) with n > 0, else
+// (0, the start) torch's intra-op setting.
+void set_share_work_threads(int threads);
+int share_work_threads();
+
+// How many pool workers exist (they start on first use, up to threads - 1).
+int share_work_workers();
+
+// Whether to share a region at all. A worker whose core another process
+// holds can still claim a chunk and be preempted with it; the caller then
+// waits a scheduler time slice (milliseconds) for work of microseconds, and
+// the workers' wake-ups take the caller's core: with fewer free cores than
+// threads, one thread is faster. Nothing says so in advance, so the pool
+// measures: regions go in windows of kWindow, each window shared or serial,
+// its cost the caller's wall time per index. The cheaper way runs; every
+// period windows one window tries the other, the period doubling (up to
+// kMaxPeriod) while the choice is confirmed; a window half as dear again as
+// the last of its way (the load changed) brings the try forward. Sharing
+// wins ties within 5 %, as on an idle machine.
+class ShareChooser {
+ public:
+  using Clock = std::chrono::steady_clock;
+  static constexpr int64_t kWindow = 64;     // regions a window (a fused train step has about two a level)
+  static constexpr int64_t kMaxPeriod = 64;  // windows at most between two tries of the other way
+
+  bool shared() const { return shared_; }
+  // One region's wall time and size, run the way shared() said.
+  void record(Clock::duration took, int64_t indices);
+
+ private:
+  bool shared_ = true, chosen_ = true, trying_ = false;
+  int64_t regions_ = 0, indices_ = 0, left_ = 1, period_ = 1;
+  Clock::duration took_{};
+  double cost_[2] = {0, 0};  // seconds per index: [serial, shared]
+};
+
+}  // namespace connex

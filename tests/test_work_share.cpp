@@ -1,0 +1,188 @@
+// share_work(), the fused kernel's parallel loop: it covers its range
+// exactly once in chunks of at least the grain, runs on torch's thread
+// count, runs nested and concurrent calls serially, passes the first
+// exception on, and does not wait for a worker that has not started.
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <stdexcept>
+#include <thread>
+
+#include "../connex/src/work_share.h"
+#include "test_util.h"
+
+using namespace connex;
+
+namespace {
+
+// Runs `f` with torch at `threads` intra-op threads, then restores the setting.
+template <typename F>
+void with_threads(int threads, F f) {
+  const int previous = torch::get_num_threads();
+  torch::set_num_threads(threads);
+  f();
+  torch::set_num_threads(previous);
+}
+
+}  // namespace
+
+TEST(WorkShare, CoversEveryIndexOnceInChunksOfAtLeastTheGrain) {
+  std::mt19937_64 rng(3);
+  with_threads(2, [&] {
+    for (int trial = 0; trial < 300; ++trial) {
+      const int64_t begin = std::uniform_int_distribution<int64_t>(-50, 50)(rng);
+      const int64_t size = std::uniform_int_distribution<int64_t>(0, 5000)(rng);
+      const int64_t grain = std::uniform_int_distribution<int64_t>(1, 700)(rng);
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(size));
+      std::atomic<int64_t> short_chunks{0};
+      share_work(begin, begin + size, grain, [&](int64_t first, int64_t last) {
+        ASSERT_LT(first, last);
+        if (last - first < grain && last != begin + size) ++short_chunks;
+        for (int64_t i = first; i < last; ++i) ++hits[static_cast<size_t>(i - begin)];
+      });
+      for (int64_t i = 0; i < size; ++i) ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << "trial " << trial;
+      EXPECT_EQ(short_chunks.load(), 0);
+    }
+  });
+}
+
+TEST(WorkShare, RunsOnTwoThreadsWhenAskedAndOneOtherwise) {
+  // Chunks that sleep leave a worker time to wake and claim some; on a busy
+  // machine (tests run in parallel) it may take a few tries.
+  auto threads_seen = [] {
+    size_t most = 0;
+    for (int attempt = 0; attempt < 10 && most < 2; ++attempt) {
+      std::mutex mutex;
+      std::set<std::thread::id> ids;
+      share_work(0, 64, 1, [&](int64_t, int64_t) {
+        {
+          std::lock_guard<std::mutex> lock(mutex);
+          ids.insert(std::this_thread::get_id());
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      });
+      most = std::max(most, ids.size());
+    }
+    return most;
+  };
+  with_threads(2, [&] { EXPECT_EQ(threads_seen(), 2u); });
+  with_threads(1, [&] { EXPECT_EQ(threads_seen(), 1u); });
+  EXPECT_GE(share_work_workers(), 1);
+}
+
+TEST(WorkShare, NestedCallsRunSeriallyInTheirChunk) {
+  with_threads(2, [&] {
+    std::atomic<int64_t> total{0};
+    share_work(0, 8, 1, [&](int64_t first, int64_t last) {
+      for (int64_t i = first; i < last; ++i) {
+        const auto outer = std::this_thread::get_id();
+        share_work(0, 1000, 1, [&](int64_t a, int64_t b) {
+          EXPECT_EQ(std::this_thread::get_id(), outer);
+          total += b - a;
+        });
+      }
+    });
+    EXPECT_EQ(total.load(), 8000);
+  });
+}
+
+TEST(WorkShare, ConcurrentCallersEachCoverTheirRange) {
+  with_threads(2, [&] {
+    std::vector<std::thread> callers;
+    std::vector<int64_t> sums(4, 0);
+    for (int c = 0; c < 4; ++c)
+      callers.emplace_back([&, c] {
+        for (int round = 0; round < 50; ++round) {
+          std::atomic<int64_t> sum{0};
+          share_work(0, 10000, 16, [&](int64_t first, int64_t last) {
+            for (int64_t i = first; i < last; ++i) sum += i;
+          });
+          sums[c] += sum.load();
+        }
+      });
+    for (auto& t : callers) t.join();
+    for (int64_t s : sums) EXPECT_EQ(s, 50 * (9999LL * 10000 / 2));
+  });
+}
+
+TEST(WorkShare, PassesTheFirstExceptionOnAfterClaimedChunksFinish) {
+  with_threads(2, [&] {
+    std::atomic<int> running{0}, finished{0};
+    try {
+      share_work(0, 100, 1, [&](int64_t first, int64_t last) {
+        ++running;
+        if (first <= 10 && 10 < last) throw std::runtime_error("chunk at 10 failed");
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+        ++finished;
+        --running;
+      });
+      ADD_FAILURE() << "expected the body's exception";
+    } catch (const std::runtime_error& e) {
+      EXPECT_STREQ(e.what(), "chunk at 10 failed");
+    }
+    EXPECT_EQ(running.load(), 1);  // only the throwing chunk never finished
+  });
+}
+
+// A worker kept from its chunks (here: busy in a long first chunk) does not
+// hold the caller back beyond that chunk: the caller takes all the rest.
+TEST(WorkShare, TheCallerTakesTheChunksAWorkerDoesNotClaim) {
+  with_threads(2, [&] {
+    std::mutex mutex;
+    std::map<std::thread::id, int64_t> done_by;
+    const auto caller = std::this_thread::get_id();
+    share_work(0, 40, 1, [&](int64_t first, int64_t last) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::this_thread::get_id() == caller ? 1 : 50));
+      std::lock_guard<std::mutex> lock(mutex);
+      done_by[std::this_thread::get_id()] += last - first;
+    });
+    int64_t total = 0;
+    for (const auto& [id, count] : done_by) total += count;
+    EXPECT_EQ(total, 40);
+    EXPECT_GE(done_by[caller], 35);  // the worker held at most one chunk of 40 / 8
+  });
+}
+
+// The chooser, fed windows of made-up costs: it starts shared, tries serial
+// after the first window and keeps the cheaper way, tries the other way
+// again after 1, 2, 4 ... windows while its choice holds, and follows a
+// change of load within one try.
+TEST(WorkShare, ChooserKeepsTheCheaperWayAndFollowsAChange) {
+  using Ms = std::chrono::milliseconds;
+  ShareChooser chooser;
+  // A window's regions, each `cost` long (per index: cost / 10) the way
+  // the chooser says now; returns that way.
+  auto window = [&](int serial_ms, int shared_ms) {
+    const bool shared = chooser.shared();
+    for (int64_t r = 0; r < ShareChooser::kWindow; ++r) chooser.record(Ms(shared ? shared_ms : serial_ms), 10);
+    return shared;
+  };
+  // Sharing is slow (a busy machine): after trying serial once, it stays serial.
+  EXPECT_TRUE(window(1, 3));
+  EXPECT_FALSE(window(1, 3));  // the try
+  std::vector<bool> ways;
+  for (int k = 0; k < 20; ++k) ways.push_back(window(1, 3));
+  // Tries of sharing after 1, 2, 4, 8 windows of serial (each confirming serial).
+  const std::vector<bool> expected{false, true,  false, false, true,  false, false, false, false, true,
+                                   false, false, false, false, false, false, false, false, true,  false};
+  EXPECT_EQ(ways, expected);
+  // The load goes: the next try of sharing finds it cheaper and keeps it.
+  int windows = 0;
+  while (!window(1, 1) && windows < 40) ++windows;  // up to the next try (16 windows away at most)
+  EXPECT_LE(windows, 16);
+  EXPECT_TRUE(window(1, 1));
+  // Sharing within 5 % of serial keeps winning: only the tries run serial.
+  int shared = 0;
+  for (int k = 0; k < 40; ++k) shared += window(100, 104) ? 1 : 0;
+  EXPECT_GE(shared, 34);  // the jump from the costs above brings one try forward
+  // Load arrives while sharing: the first dearer window brings the try of
+  // serial forward to the next window, which then stays.
+  while (!window(100, 104)) {
+  }
+  EXPECT_TRUE(window(100, 400));
+  EXPECT_FALSE(window(100, 400));
+  EXPECT_FALSE(window(100, 400));
+}
