@@ -18,7 +18,9 @@
 // measures what the CLI runs.
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <memory>
 #include <string>
 
@@ -46,8 +48,18 @@ struct CoreShare {
     auto get = reinterpret_cast<GetParallel>(::dlsym(RTLD_DEFAULT, "openblas_get_parallel"));
     return get && get() == 1;
   }
+  // A positive OPENBLAS_NUM_THREADS the user set caps what connex gives
+  // OpenBLAS (it would otherwise override the variable unseen); 0: none.
+  static int blas_limit() {
+    const char* text = std::getenv("OPENBLAS_NUM_THREADS");
+    if (!text) return 0;
+    char* end = nullptr;
+    const long n = std::strtol(text, &end, 10);
+    return end != text && *end == '\0' && n > 0 && n < 1024 ? static_cast<int>(n) : 0;
+  }
   static void set_blas_threads(int n) {
     using SetThreads = void (*)(int);
+    if (const int limit = blas_limit()) n = std::min(n, limit);
     if (auto set = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(n);
   }
   // 0 where the BLAS is not OpenBLAS.
@@ -74,10 +86,11 @@ struct CoreShare {
     }
     torch::set_num_threads(1);
     set_blas_threads(fused ? 1 : blas_choice->shared() ? threads : 1);
-    return fmt::format("1 torch thread(s), {} BLAS thread(s) ({})", fused ? 1 : threads,
-                       fused         ? fmt::format("fused kernel on {} thread(s)", fused_kernel_threads())
-                       : threads > 1 ? "per-level path; 1 while sharing them does not pay"
-                                     : "per-level path");
+    const int blas = fused ? 1 : blas_limit() ? std::min(threads, blas_limit()) : threads;
+    return fmt::format("1 torch thread(s), {} BLAS thread(s) ({})", blas,
+                       fused      ? fmt::format("fused kernel on {} thread(s)", fused_kernel_threads())
+                       : blas > 1 ? "per-level path; 1 while sharing them does not pay"
+                                  : "per-level path");
   }
   // After a train step of `net` (`took`, `rows` samples): a per-level
   // network's BLAS threads for the next step, as its measurements say.

@@ -232,6 +232,20 @@ TEST(Cli, GivesTheCoresToThePoolTheNetworkUses) {
   EXPECT_NE((prune.out + prune.err).find(to_fused), std::string::npos) << prune.out << prune.err;
 }
 
+// A user's OPENBLAS_NUM_THREADS caps the BLAS threads connex gives out.
+TEST(Cli, OpenBlasNumThreadsCapsTheBlasThreads) {
+  TempDir dir;
+  write_regression_csv(dir / "data.csv", 50);
+  spit(dir / "mlp.json",
+       R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 1, "width": 100, "depth": 2}})");
+  const std::string log = dir / "log.txt";
+  const pid_t pid = spawn_connex({"--threads", "2", "train", "mlp.json", "--data", "data.csv", "--epochs", "1"}, log,
+                                 "", {"OPENBLAS_NUM_THREADS=1"}, dir.path);
+  ASSERT_EQ(wait_for(pid, std::chrono::seconds(120)), 0) << slurp(log);
+  EXPECT_NE(slurp(log).find("cores: 1 torch thread(s), 1 BLAS thread(s) (per-level path)"), std::string::npos)
+      << slurp(log);
+}
+
 TEST(Cli, PngPathIsNeverAShellCommand) {
   TempDir dir;
   ASSERT_EQ(connex_cli("train --epochs 2 --out run", dir).code, 0);
