@@ -29,26 +29,8 @@ void with_threads(int threads, F f) {
 
 }  // namespace
 
-TEST(WorkShare, CoversEveryIndexOnceInChunksOfAtLeastTheGrain) {
-  std::mt19937_64 rng(3);
-  with_threads(2, [&] {
-    for (int trial = 0; trial < 300; ++trial) {
-      const int64_t begin = std::uniform_int_distribution<int64_t>(-50, 50)(rng);
-      const int64_t size = std::uniform_int_distribution<int64_t>(0, 5000)(rng);
-      const int64_t grain = std::uniform_int_distribution<int64_t>(1, 700)(rng);
-      std::vector<std::atomic<int>> hits(static_cast<size_t>(size));
-      std::atomic<int64_t> short_chunks{0};
-      share_work(begin, begin + size, grain, [&](int64_t first, int64_t last) {
-        ASSERT_LT(first, last);
-        if (last - first < grain && last != begin + size) ++short_chunks;
-        for (int64_t i = first; i < last; ++i) ++hits[static_cast<size_t>(i - begin)];
-      });
-      for (int64_t i = 0; i < size; ++i) ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << "trial " << trial;
-      EXPECT_EQ(short_chunks.load(), 0);
-    }
-  });
-}
-
+// First in the file: the pool's chooser is the process's, and the regions
+// of later tests may have sent it serial.
 TEST(WorkShare, RunsOnTwoThreadsWhenAskedAndOneOtherwise) {
   // Chunks that sleep leave a worker time to wake and claim some; on a busy
   // machine (tests run in parallel) it may take a few tries.
@@ -71,6 +53,26 @@ TEST(WorkShare, RunsOnTwoThreadsWhenAskedAndOneOtherwise) {
   with_threads(2, [&] { EXPECT_EQ(threads_seen(), 2u); });
   with_threads(1, [&] { EXPECT_EQ(threads_seen(), 1u); });
   EXPECT_GE(share_work_workers(), 1);
+}
+
+TEST(WorkShare, CoversEveryIndexOnceInChunksOfAtLeastTheGrain) {
+  std::mt19937_64 rng(3);
+  with_threads(2, [&] {
+    for (int trial = 0; trial < 300; ++trial) {
+      const int64_t begin = std::uniform_int_distribution<int64_t>(-50, 50)(rng);
+      const int64_t size = std::uniform_int_distribution<int64_t>(0, 5000)(rng);
+      const int64_t grain = std::uniform_int_distribution<int64_t>(1, 700)(rng);
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(size));
+      std::atomic<int64_t> short_chunks{0};
+      share_work(begin, begin + size, grain, [&](int64_t first, int64_t last) {
+        ASSERT_LT(first, last);
+        if (last - first < grain && last != begin + size) ++short_chunks;
+        for (int64_t i = first; i < last; ++i) ++hits[static_cast<size_t>(i - begin)];
+      });
+      for (int64_t i = 0; i < size; ++i) ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << "trial " << trial;
+      EXPECT_EQ(short_chunks.load(), 0);
+    }
+  });
 }
 
 TEST(WorkShare, NestedCallsRunSeriallyInTheirChunk) {
@@ -185,4 +187,29 @@ TEST(WorkShare, ChooserKeepsTheCheaperWayAndFollowsAChange) {
   EXPECT_TRUE(window(100, 400));
   EXPECT_FALSE(window(100, 400));
   EXPECT_FALSE(window(100, 400));
+}
+
+// Windows fall across train steps as they may: a try of serial that holds
+// only cheap regions of one kind must not read as serial being cheaper.
+// Each kind is compared with itself.
+TEST(WorkShare, ChooserComparesEachKindOfRegionWithItself) {
+  using Ms = std::chrono::milliseconds;
+  ShareChooser chooser;
+  // Kind 1: 10 indices, 1 ms shared, 2 ms serial. Kind 2: 1000 indices, 1 ms either way.
+  auto window = [&](bool both_kinds) {
+    const bool shared = chooser.shared();
+    for (int64_t r = 0; r < ShareChooser::kWindow; ++r) {
+      const uint64_t kind = both_kinds && r % 2 == 0 ? 1 : 2;
+      chooser.record(Ms(kind == 1 && !shared ? 2 : 1), kind == 1 ? 10 : 1000, kind);
+    }
+    return shared;
+  };
+  EXPECT_TRUE(window(true));
+  EXPECT_FALSE(window(false));  // the try: kind 2 alone, 1 µs an index against the shared window's 2
+  EXPECT_TRUE(chooser.shared());
+  // Both kinds timed both ways: sharing saves kind 1 half its time, so it stays.
+  for (int k = 0; k < 10; ++k) window(true);
+  int shared = 0;
+  for (int k = 0; k < 20; ++k) shared += window(true) ? 1 : 0;
+  EXPECT_GE(shared, 17);
 }

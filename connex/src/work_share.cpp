@@ -118,7 +118,8 @@ class Pool {
     } else {
       job.work();
     }
-    chooser_.record(ShareChooser::Clock::now() - start, job.end - job.begin);
+    chooser_.record(ShareChooser::Clock::now() - start, job.end - job.begin,
+                    static_cast<uint64_t>(job.end - job.begin) * 1000003u + static_cast<uint64_t>(job.chunk));
     return true;
   }
 
@@ -180,21 +181,49 @@ Pool& Pool::get() {
 
 }  // namespace
 
-void ShareChooser::record(Clock::duration took, int64_t indices) {
-  took_ += took;
-  indices_ += indices;
-  if (++regions_ < kWindow) return;
-  const double before = cost_[shared_];
-  cost_[shared_] = std::chrono::duration<double>(took_).count() / static_cast<double>(std::max<int64_t>(1, indices_));
+void ShareChooser::record(Clock::duration took, int64_t indices, uint64_t kind) {
+  if (regions_++ >= kWarmUp) {
+    const double seconds = std::chrono::duration<double>(took).count();
+    Kind& k = kinds_[kind];
+    k.took[shared_] += seconds;
+    k.indices[shared_] += indices;
+    took_ += seconds;
+    indices_ += indices;
+  }
+  if (regions_ < kWindow) return;
+  decide();
+}
+
+double ShareChooser::cost_of(bool shared) const {
+  double total = 0;
+  for (const auto& [key, k] : kinds_) {
+    if (k.weight == 0) continue;
+    if (k.cost[shared] == 0) return 0;  // a kind not yet timed this way
+    total += k.cost[shared] * static_cast<double>(k.weight);
+  }
+  return total;
+}
+
+void ShareChooser::decide() {
+  // The window's kinds: their cost this way and their weight; kinds absent
+  // from it weigh nothing, and too many kinds are forgotten.
+  if (kinds_.size() > 4096) kinds_.clear();
+  for (auto& [key, k] : kinds_) {
+    k.weight = k.indices[shared_];
+    if (k.weight > 0) k.cost[shared_] = k.took[shared_] / static_cast<double>(k.weight);
+    k.took[shared_] = 0;
+    k.indices[shared_] = 0;
+  }
+  const double before = last_[shared_];
+  last_[shared_] = took_ / static_cast<double>(std::max<int64_t>(1, indices_));
   regions_ = indices_ = 0;
-  took_ = {};
+  took_ = 0;
   // The way in use got half as dear again (the load changed): try the other now.
-  if (!trying_ && before > 0 && cost_[shared_] > before * 1.5) left_ = 1, period_ = 1;
+  if (!trying_ && before > 0 && last_[shared_] > before * 1.5) left_ = 1, period_ = 1;
   if (trying_) {
-    // Both ways measured: keep the cheaper, sharing when within noise (an
-    // idle machine gains from it).
     trying_ = false;
-    const bool best = cost_[1] <= cost_[0] * 1.05;
+    const double serial = cost_of(false), shared = cost_of(true);
+    const bool best = serial == 0 || shared == 0 || shared <= serial * 1.05;
     period_ = best == chosen_ ? std::min(period_ * 2, kMaxPeriod) : 1;
     chosen_ = shared_ = best;
     left_ = period_;

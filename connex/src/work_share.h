@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 
 namespace connex {
 
@@ -33,32 +34,49 @@ int share_work_threads();
 // How many pool workers exist (they start on first use, up to threads - 1).
 int share_work_workers();
 
-// Whether to share a region at all. A worker whose core another process
+// Whether to share regions at all. A worker whose core another process
 // holds can still claim a chunk and be preempted with it; the caller then
 // waits a scheduler time slice (milliseconds) for work of microseconds, and
 // the workers' wake-ups take the caller's core: with fewer free cores than
 // threads, one thread is faster. Nothing says so in advance, so the pool
-// measures: regions go in windows of kWindow, each window shared or serial,
-// its cost the caller's wall time per index. The cheaper way runs; every
-// period windows one window tries the other, the period doubling (up to
-// kMaxPeriod) while the choice is confirmed; a window half as dear again as
-// the last of its way (the load changed) brings the try forward. Sharing
-// wins ties within 5 %, as on an idle machine.
+// measures: its regions go in windows, each window all shared or all
+// serial (so that the workers stay awake through a shared one), and each
+// kind of region (its size and grain: one level's pass, say) is timed per
+// index in each way. A window's cost in a way is what its kinds, weighted by
+// their indices in the last window, cost that way: like is compared with
+// like however the windows fall across train steps. The cheaper way runs;
+// every period windows one window tries the other, the period doubling (up
+// to kMaxPeriod) while the choice is confirmed; a window half as dear again
+// as the last of its way (the load changed) brings the try forward. Sharing
+// wins ties within 5 %, as on an idle machine. The CLI uses one over its
+// train steps, for OpenBLAS's threads (apps/core_share.h).
 class ShareChooser {
  public:
   using Clock = std::chrono::steady_clock;
   static constexpr int64_t kWindow = 64;     // regions a window (a fused train step has about two a level)
+  static constexpr int64_t kWarmUp = 2;      // a window's first regions, not timed (workers waking or idling)
   static constexpr int64_t kMaxPeriod = 64;  // windows at most between two tries of the other way
 
   bool shared() const { return shared_; }
-  // One region's wall time and size, run the way shared() said.
-  void record(Clock::duration took, int64_t indices);
+  // One region's wall time and size, of kind `kind`, run the way shared() said.
+  void record(Clock::duration took, int64_t indices, uint64_t kind = 0);
 
  private:
+  struct Kind {
+    double took[2] = {0, 0};      // this window's seconds, [serial, shared]
+    int64_t indices[2] = {0, 0};  // and indices
+    double cost[2] = {0, 0};      // seconds per index in the last window of each way (0: none yet)
+    int64_t weight = 0;           // indices in the last window
+  };
+  double cost_of(bool shared) const;  // the last window's kinds at this way's costs; 0: unknown
+  void decide();
+
   bool shared_ = true, chosen_ = true, trying_ = false;
-  int64_t regions_ = 0, indices_ = 0, left_ = 1, period_ = 1;
-  Clock::duration took_{};
-  double cost_[2] = {0, 0};  // seconds per index: [serial, shared]
+  int64_t regions_ = 0, left_ = 1, period_ = 1;
+  double last_[2] = {0, 0};  // seconds per index of the last window of each way, all kinds together
+  double took_ = 0;
+  int64_t indices_ = 0;
+  std::map<uint64_t, Kind> kinds_;
 };
 
 }  // namespace connex
