@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #include <pthread.h>
@@ -103,8 +104,8 @@ class Pool {
     std::unique_lock<std::mutex> lock(run_mutex_, std::try_to_lock);
     if (!lock.owns_lock()) return false;
     const auto start = ShareChooser::Clock::now();
-    if (chooser_.shared()) {
-      grow(job.helpers);
+    if (chooser_.shared() && grow(job.helpers)) {
+      helpers_.store(job.helpers);
       job_.store(&job);
       generation_.fetch_add(1);
       if (sleeping_.load() > 0) {
@@ -124,14 +125,25 @@ class Pool {
   }
 
   int workers() const { return workers_.load(); }
+  void reset_chooser() {
+    std::lock_guard<std::mutex> lock(run_mutex_);
+    chooser_ = ShareChooser();
+  }
 
  private:
-  void grow(int count) {
-    while (workers_.load() < count) {
-      const int index = workers_.load();
-      std::thread([this, index] { loop(index); }).detach();
-      workers_.store(index + 1);
+  // Starts workers up to `count`; false when the system refuses a thread
+  // (the job then runs serially).
+  bool grow(int count) {
+    try {
+      while (workers_.load() < count) {
+        const int index = workers_.load();
+        std::thread([this, index] { loop(index); }).detach();
+        workers_.store(index + 1);
+      }
+    } catch (const std::system_error&) {
+      return false;
     }
+    return true;
   }
 
   void loop(int index) {
@@ -148,6 +160,9 @@ class Pool {
         sleeping_.fetch_sub(1);
       }
       seen = generation_.load();
+      // A worker the job does not want (torch's thread count went down)
+      // stays out of it, so the caller never waits on it.
+      if (index >= helpers_.load()) continue;
       inside_.fetch_add(1);
       if (Job* job = job_.load(); job && index < job->helpers) job->work();
       inside_.fetch_sub(1);
@@ -163,6 +178,7 @@ class Pool {
   std::atomic<int> inside_{0};    // workers looking at job_
   std::atomic<int> sleeping_{0};  // workers waiting on wake_
   std::atomic<int> workers_{0};
+  std::atomic<int> helpers_{0};  // the current job's helpers: a hint to the others
 };
 
 // Never destroyed: detached workers may be waiting on it at exit. A forked
@@ -261,6 +277,8 @@ void share_work(int64_t begin, int64_t end, int64_t grain, const std::function<v
 }
 
 int share_work_workers() { return Pool::get().workers(); }
+
+void reset_share_chooser() { Pool::get().reset_chooser(); }
 
 namespace {
 std::atomic<int> configured_threads{0};  // 0: torch's intra-op setting

@@ -33,6 +33,8 @@ int share_work_threads();
 
 // How many pool workers exist (they start on first use, up to threads - 1).
 int share_work_workers();
+// Forgets what the pool's chooser measured, so it starts shared again (for tests).
+void reset_share_chooser();
 
 // Whether to share regions at all. A worker whose core another process
 // holds can still claim a chunk and be preempted with it; the caller then
