@@ -281,3 +281,32 @@ TEST(CliSparse, PruneScoresByActivationOrGradient) {
   EXPECT_NE(kept["activation"], kept["magnitude"]);
   EXPECT_NE(kept["gradient"], kept["magnitude"]);
 }
+
+// A checkpoint whose rewiring record is broken (an unknown method, a method
+// that is not a string, a share out of range) is refused in one line naming
+// the file and the record, and the run writes nothing.
+TEST(CliSparse, ABrokenRewiringRecordIsRefused) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 64);
+  spit(dir / "net.json", kMlp);
+  ASSERT_EQ(
+      connex_cli("train net.json --data d.csv --density 0.25 --batch-size 8 --epochs 1 --rewire set --rewire-every "
+                 "4 --out run",
+                 dir)
+          .code,
+      0);
+  const std::string good = slurp(dir / "run/model.ckpt");
+  const std::vector<std::function<void(nlohmann::json&)>> breaks{
+      [](nlohmann::json& r) { r["method"] = "random"; }, [](nlohmann::json& r) { r["method"] = 3; },
+      [](nlohmann::json& r) { r["drop_fraction"] = 1.5; }, [](nlohmann::json& r) { r.erase("every"); }};
+  for (size_t k = 0; k < breaks.size(); ++k) {
+    SCOPED_TRACE(k);
+    spit(dir / "bad.ckpt",
+         reseal_checkpoint(good, [&](nlohmann::json& header, uint32_t&) { breaks[k](header["training"]["rewire"]); }));
+    auto r = connex_cli("train bad.ckpt --data d.csv --epochs 1 --out again", dir);
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.err.find("bad.ckpt: /training/rewire must be {\"method\": \"set\" or \"rigl\""), std::string::npos)
+        << r.err;
+    EXPECT_FALSE(std::filesystem::exists(dir / "again"));
+  }
+}

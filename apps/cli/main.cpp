@@ -521,7 +521,7 @@ std::optional<double> plan_rewiring(const TrainArgs& t, RewireSettings& r, const
         "add --rewire none to train it data parallel",
         r.method, ranks);
   }
-  if (r.method == "rigl" && !net->operations().empty())
+  if (rewire_method_from_name(r.method) == RewireMethod::RigL && !net->operations().empty())
     fail(
         "train: --rewire rigl needs a network without per-level techniques (they change what a connection's gradient "
         "is), got {}; use --rewire set",

@@ -210,8 +210,18 @@ RewireSettings rewire_from_json(const nlohmann::json& json, const std::string& w
       fail("{}: /training/rewire must be {}", where, expected);
     return json.at(key).get<int64_t>();
   };
-  if (!json.is_object() || !json.contains("method") || (json.at("method") != "set" && json.at("method") != "rigl") ||
-      !json.contains("drop_fraction") || !json.at("drop_fraction").is_number())
+  // The method's names are the library's (rewire_method_from_name).
+  auto known_method = [&] {
+    if (!json.at("method").is_string()) return false;
+    try {
+      rewire_method_from_name(json.at("method").get<std::string>());
+      return true;
+    } catch (const Error&) {
+      return false;
+    }
+  };
+  if (!json.is_object() || !json.contains("method") || !known_method() || !json.contains("drop_fraction") ||
+      !json.at("drop_fraction").is_number())
     fail("{}: /training/rewire must be {}", where, expected);
   RewireSettings r;
   r.method = json.at("method").get<std::string>();
