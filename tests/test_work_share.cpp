@@ -35,7 +35,7 @@ TEST(WorkShare, RunsOnTwoThreadsWhenAskedAndOneOtherwise) {
   // machine (tests run in parallel) it may take a few tries.
   auto threads_seen = [] {
     size_t most = 0;
-    for (int attempt = 0; attempt < 10 && most < 2; ++attempt) {
+    for (int attempt = 0; attempt < 30 && most < 2; ++attempt) {
       std::mutex mutex;
       std::set<std::thread::id> ids;
       share_work(0, 64, 1, [&](int64_t, int64_t) {
@@ -43,7 +43,7 @@ TEST(WorkShare, RunsOnTwoThreadsWhenAskedAndOneOtherwise) {
           std::lock_guard<std::mutex> lock(mutex);
           ids.insert(std::this_thread::get_id());
         }
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
       });
       most = std::max(most, ids.size());
     }

@@ -148,7 +148,7 @@ class Pool {
 
   void loop(int index) {
     in_region = true;
-    uint64_t seen = generation_.load();
+    uint64_t seen = 0;  // so that a worker started for a job joins that job
     for (;;) {
       const auto idle_since = ShareChooser::Clock::now();
       for (int polls = 1; generation_.load() == seen; ++polls) {
