@@ -43,10 +43,14 @@ struct CoreShare {
   std::shared_ptr<ShareChooser> blas_choice = std::make_shared<ShareChooser>();
 
   // OpenBLAS with a pthreads pool of its own (openblas_get_parallel() == 1).
+  // Looked up once: after_step() asks on every train step.
   static bool blas_has_own_pool() {
-    using GetParallel = int (*)();
-    auto get = reinterpret_cast<GetParallel>(::dlsym(RTLD_DEFAULT, "openblas_get_parallel"));
-    return get && get() == 1;
+    static const bool own = [] {
+      using GetParallel = int (*)();
+      auto get = reinterpret_cast<GetParallel>(::dlsym(RTLD_DEFAULT, "openblas_get_parallel"));
+      return get && get() == 1;
+    }();
+    return own;
   }
   // A positive OPENBLAS_NUM_THREADS the user set caps what connex gives
   // OpenBLAS (it would otherwise override the variable unseen); 0: none.
