@@ -6,7 +6,7 @@
 //   connex_bench [--quick] [--threads N] [--only NAME]
 //
 // NAME (a part of it will do): mlp, dense, readme, sparse, plasticity,
-// technique, sparse layered, rewire 1M, structure 1M, generators, shared cores.
+// technique, sparse layered, rewire 1M, structure 1M, generators, shared cores, ham.
 
 #include <malloc.h>
 #include <signal.h>
@@ -30,6 +30,7 @@
 #include "examples.h"
 #include "core_share.h"
 #include "connex/connex.h"
+#include "connex/ham/ham.h"
 
 namespace {
 
@@ -539,6 +540,202 @@ void shared_cores(Run& run) {
   run.cores.apply_default();
 }
 
+namespace {
+
+// 12. HAMs (connex::ham): energy descent and training, against the same
+// update written out in torch; the graph synapse against a dense one.
+constexpr double kHamBeta = 2.0;  // the memory layer's softmax(β)
+constexpr double kHamDt = 0.1;    // descent step (τ = 1)
+
+// The only parameter of `synapse` in `ham` (a linear() without bias, a bias()).
+torch::Tensor sole_parameter(const connex::ham::HAM& ham, const std::string& synapse) {
+  const auto parameters = ham->synapse(synapse).synapse->parameters();
+  if (parameters.size() != 1)
+    throw std::runtime_error(
+        fmt::format("connex_bench: synapse {} has {} parameters, 1 expected", synapse, parameters.size()));
+  return parameters[0];
+}
+
+// The largest |a − b| relative to the largest |b|, the worst over the pairs.
+double relative_diff(const std::vector<std::pair<torch::Tensor, torch::Tensor>>& pairs) {
+  double worst = 0;
+  for (const auto& [a, b] : pairs) {
+    const double diff = (a.detach() - b.detach()).abs().max().item<double>();
+    worst = std::max(worst, diff / std::max(b.detach().abs().max().item<double>(), 1e-30));
+  }
+  return worst;
+}
+
+// "same WHAT (…)", or a loud DIFFERENT (on stderr too): a ratio of two
+// different computations means nothing. `relative`: from relative_diff().
+std::string agreement(const std::string& what, double relative) {
+  const bool same = relative <= 1e-4;
+  if (!same)
+    fmt::print(stderr, "connex_bench: 12. {} DIFFER from the reference's: relative |Δ| {:.2e}\n", what, relative);
+  return fmt::format("{} {} (max |Δ| {:.0e} of the largest value)", same ? "same" : "DIFFERENT", what, relative);
+}
+
+// The reference: `steps` descent steps of workload 12's HAM (below) written
+// out in torch, x ← x − dt (x + ∂E/∂g), with the closed-form gradients
+//   g_img = x_img, g_mem = softmax(β x_mem), ∂E/∂g_img = −g_mem Wᵀ, ∂E/∂g_mem = −g_img W − b.
+// Returns the image and memory states.
+std::pair<torch::Tensor, torch::Tensor> reference_descent(torch::Tensor x_img, torch::Tensor x_mem,
+                                                          const torch::Tensor& W, const torch::Tensor& b,
+                                                          int64_t steps) {
+  for (int64_t s = 0; s < steps; ++s) {
+    const auto g_mem = torch::softmax(x_mem * kHamBeta, -1);
+    const auto d_img = torch::addmm(x_img, g_mem, W.t(), 1, -1);  // x + ∂E/∂g
+    const auto d_mem = torch::addmm(x_mem - b, x_img, W, 1, -1);
+    x_img = torch::add(x_img, d_img, -kHamDt);
+    x_mem = torch::add(x_mem, d_mem, -kHamDt);
+  }
+  return {x_img, x_mem};
+}
+
+// The HAM of 12 (a, b): an image layer (identity Lagrangian) and a memory
+// layer (softmax(β)) joined by linear(), with a bias() on the memory.
+connex::ham::HAM memory_ham(int64_t image, int64_t memory) {
+  connex::ham::HAM ham;
+  ham->add_layer("image", {image}, connex::ham::identity())
+      .add_layer("memory", {memory}, connex::ham::softmax(kHamBeta))
+      .add_synapse("store", connex::ham::linear(), {"image", "memory"})
+      .add_synapse("bias", connex::ham::bias(), {"memory"});
+  torch::NoGradGuard no_grad;
+  sole_parameter(ham, "store").copy_(torch::randn({image, memory}) / std::sqrt(static_cast<double>(image)));
+  sole_parameter(ham, "bias").copy_(torch::randn({memory}) * 0.1);
+  return ham;
+}
+
+// The cores as for a network of matrix products (a HAM's time goes to its
+// synapses' products), for connex and the reference alike. The note's suffix.
+std::string share_cores_for_ham(const connex::apps::CoreShare& cores) {
+  share_cores_for_matmuls(cores);
+  return fmt::format("; torch {} / BLAS {} thread(s), both sides", torch::get_num_threads(),
+                     connex::apps::CoreShare::blas_threads());
+}
+
+// 12 (a, b). Descent (inference) and a train step through the descent.
+void ham_memory(Run& run, const std::string& pools) {
+  const int64_t image = run.quick ? 64 : 784, memory = run.quick ? 256 : 2000, batch = run.quick ? 32 : 64;
+  const int reps = run.quick ? 5 : 30;
+  const double budget_s = run.quick ? 2.0 : 5.0;
+  auto ham = memory_ham(image, memory);
+  const auto W = sole_parameter(ham, "store"), b = sole_parameter(ham, "bias");
+  const auto sizes = fmt::format("image {} (identity) × memory {} (softmax β={:g}), linear + bias, batch {}", image,
+                                 memory, kHamBeta, batch);
+
+  // (a) 10 descent steps without grad.
+  {
+    const int64_t steps = 10;
+    auto x = ham->init_states(batch);
+    x["image"] = torch::randn({batch, image});
+    const auto options = connex::ham::DescentOptions().steps(steps).dt(kHamDt);
+    const auto W_ref = W.detach().clone(), b_ref = b.detach().clone();
+    torch::NoGradGuard no_grad;
+    const auto settled = ham->descend(x, options).states;
+    const auto [img, mem] = reference_descent(x.at("image"), x.at("memory"), W_ref, b_ref, steps);
+    const double diff = relative_diff({{settled.at("image"), img}, {settled.at("memory"), mem}});
+    const auto [a, r] = paired_median_seconds(
+        [&] { ham->descend(x, options); },
+        [&] { reference_descent(x.at("image"), x.at("memory"), W_ref, b_ref, steps); }, 2, reps, budget_s);
+    run.rows.push_back({fmt::format("12. HAM descend, 10 steps (no grad): {}", sizes), fmt_time(a), fmt_time(r),
+                        fmt::format("{:.2f}", a / r),
+                        "vs the same steps in torch (closed-form gradients, addmm per layer); " +
+                            agreement("final states", diff) + pools});
+  }
+
+  // (b) A train step: 5 descent steps from a noisy image, MSE to the clean one, backward, Adam.
+  {
+    const int64_t steps = 5;
+    const auto clean = torch::randn({batch, image});
+    auto x = ham->init_states(batch);
+    x["image"] = clean + 0.5 * torch::randn({batch, image});
+    const auto options = connex::ham::DescentOptions().steps(steps).dt(kHamDt);
+    const auto W_ref = W.detach().clone().requires_grad_(), b_ref = b.detach().clone().requires_grad_();
+    auto connex_loss = [&] { return torch::mse_loss(ham->descend(x, options).states.at("image"), clean); };
+    auto reference_loss = [&] {
+      return torch::mse_loss(reference_descent(x.at("image"), x.at("memory"), W_ref, b_ref, steps).first, clean);
+    };
+    // The same loss and gradients, from the same parameters.
+    const auto loss = connex_loss(), loss_ref = reference_loss();
+    loss.backward();
+    loss_ref.backward();
+    const double diff = relative_diff({{loss, loss_ref}, {W.grad(), W_ref.grad()}, {b.grad(), b_ref.grad()}});
+    torch::optim::Adam adam(ham->parameters(), torch::optim::AdamOptions(1e-3));
+    torch::optim::Adam adam_ref(std::vector<torch::Tensor>{W_ref, b_ref}, torch::optim::AdamOptions(1e-3));
+    const auto [a, r] = paired_median_seconds(
+        [&] {
+          adam.zero_grad();
+          connex_loss().backward();
+          adam.step();
+        },
+        [&] {
+          adam_ref.zero_grad();
+          reference_loss().backward();
+          adam_ref.step();
+        },
+        2, reps, budget_s);
+    run.rows.push_back(
+        {fmt::format("12. HAM train step (descend 5 steps, MSE, backward, Adam): {}", sizes), fmt_time(a), fmt_time(r),
+         fmt::format("{:.2f}", a / r),
+         "vs the same in torch, parameters as tensors; " + agreement("loss and gradients", diff) + pools});
+  }
+}
+
+// 12 (c). The graph synapse against a dense linear() over one layer of n
+// neurons joined to itself (tanh), at 1% and 10% of the n(n−1)/2 pairs: one
+// descent step each, the same energy.
+void ham_graph(Run& run, const std::string& pools) {
+  const int64_t n = run.quick ? 500 : 2000, batch = run.quick ? 32 : 64;
+  const int reps = run.quick ? 5 : 30;
+  const double budget_s = run.quick ? 2.0 : 3.0;
+  for (double density : {0.01, 0.1}) {
+    const auto pairs = (torch::rand({n, n}) < density).triu(1).nonzero();  // [m, 2], i < j
+    const int64_t m = pairs.size(0);
+    std::vector<std::pair<connex::NeuronId, connex::NeuronId>> connections;
+    connections.reserve(m);
+    const auto at = pairs.accessor<int64_t, 2>();
+    for (int64_t k = 0; k < m; ++k) connections.emplace_back(at[k][0], at[k][1]);
+    const auto w = torch::randn({m}) / std::sqrt(density * n);
+    connex::ham::HAM sparse, dense;
+    sparse->add_layer("h", {n}, connex::ham::tanh())
+        .add_synapse("lateral", connex::ham::graph(std::move(connections), w.clone()), {"h"});
+    dense->add_layer("h", {n}, connex::ham::tanh()).add_synapse("lateral", connex::ham::linear(), {"h"});
+    {
+      // Over one layer, −½ gᵀ W g is −Σ w_ij g_i g_j when W holds 2 w_ij at (i, j) and 0 elsewhere.
+      torch::NoGradGuard no_grad;
+      auto W = sole_parameter(dense, "lateral");
+      W.zero_();
+      W.index_put_({pairs.select(1, 0), pairs.select(1, 1)}, 2 * w);
+    }
+    auto x = sparse->init_states(batch);
+    x["h"] = torch::randn({batch, n});
+    const auto options = connex::ham::DescentOptions().steps(1).dt(kHamDt);
+    torch::NoGradGuard no_grad;
+    const auto check = connex::ham::DescentOptions().steps(3).dt(kHamDt);
+    const auto x_sparse = sparse->descend(x, check).states.at("h"), x_dense = dense->descend(x, check).states.at("h");
+    const auto same = agreement("states after 3 steps", relative_diff({{x_sparse, x_dense}}));
+    const auto [g, d] = paired_median_seconds([&] { sparse->descend(x, options); }, [&] { dense->descend(x, options); },
+                                              2, reps, budget_s);
+    run.rows.push_back(
+        {fmt::format("12. HAM graph synapse, one descent step: 1 layer of {} (tanh) joined to itself, "
+                     "{:g}% of pairs ({}k connections), batch {}",
+                     n, density * 100, m / 1000, batch),
+         fmt_time(g), fmt_time(d), fmt::format("{:.2f}", g / d),
+         "vs a dense linear() synapse over the layer, same energy; ratio graph / dense; " + same + pools});
+  }
+}
+
+// 12. The HAM workloads, under one setting of the cores.
+void ham_workloads(Run& run) {
+  const auto pools = share_cores_for_ham(run.cores);
+  ham_memory(run, pools);
+  ham_graph(run, pools);
+  run.cores.apply_default();
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   CLI::App app{"connex benchmarks: connex against plain torch references, ratios from one run"};
   bool quick = false;
@@ -587,6 +784,7 @@ int main(int argc, char** argv) {
   if (wanted("structure 1M")) structure_1m(run);
   if (wanted("generators")) generators(run);
   if (wanted("shared cores")) shared_cores(run);
+  if (wanted("ham")) ham_workloads(run);
   print(rows);
   return 0;
 }

@@ -16,14 +16,18 @@
 #include "file_io.h"
 #include "json_input.h"
 #include "optimizer_kinds.h"
+#include "tensor_file.h"
 
 namespace connex {
+
+using detail::TensorData;
+using detail::write_tensor;
 
 namespace {
 
 using nlohmann::json;
 
-constexpr char kMagic[8] = {'C', 'O', 'N', 'N', 'E', 'X', 'C', 'K'};
+constexpr char kMagic[9] = "CONNEXCK";
 constexpr size_t kPrefix = 8 + 4 + 8;  // magic, version, header length
 
 // Buffers rebuilt from the structure are not saved; the rest (gradient masks,
@@ -128,65 +132,6 @@ void check_declared_size(const json& config, size_t data_size, const std::string
   for (const auto& op : operations) values += op->parameter_count(*topology).value_or(0);
   too_big(values, "a network with attention");
 }
-
-// Appends a tensor's bytes to `data` and returns its table entry (without a name).
-json write_tensor(const torch::Tensor& tensor, std::string& data, const std::string& name) {
-  auto cpu = tensor.detach().to(torch::kCPU).contiguous();
-  const char* dtype = dtype_name(cpu.scalar_type());
-  if (!dtype)
-    fail("save(): tensor \"{}\" has dtype {}, which a checkpoint cannot hold", name, c10::toString(cpu.scalar_type()));
-  const size_t nbytes = cpu.numel() * cpu.element_size();
-  json entry = {{"dtype", dtype}, {"shape", cpu.sizes().vec()}, {"offset", data.size()}, {"nbytes", nbytes}};
-  data.append(static_cast<const char*>(cpu.data_ptr()), nbytes);
-  return entry;
-}
-
-// The tensor bytes of a checkpoint and how to read a table entry from them.
-struct TensorData {
-  const std::string& file;
-  size_t begin, size;
-  const std::string& path;
-
-  // A view of the entry's bytes, which must have exactly `like`'s shape and
-  // dtype; `what` names the entry in messages. The view lives as long as `file`.
-  torch::Tensor read(const json& entry, const torch::Tensor& like, const std::string& what) const {
-    try {
-      // Checked before converting: a float such as 1e308 does not convert to an integer.
-      if (!entry.is_object() || !entry.contains("shape") || !entry.contains("dtype") || !entry.contains("offset") ||
-          !entry.contains("nbytes"))
-        fail("load(): {}: {} must be {{\"dtype\", \"shape\", \"offset\", \"nbytes\"}}, got {}", path, what,
-             detail::excerpt(entry));
-      const json& shape_json = entry.at("shape");
-      if (!shape_json.is_array() ||
-          !std::all_of(shape_json.begin(), shape_json.end(), [](const json& v) { return v.is_number_integer(); }) ||
-          !entry.at("offset").is_number_unsigned() || !entry.at("nbytes").is_number_unsigned() ||
-          !entry.at("dtype").is_string())
-        fail(
-            "load(): {}: {} is malformed: its shape must be an array of integers, its dtype a string and its offset "
-            "and "
-            "nbytes non-negative integers",
-            path, what);
-      const auto shape = shape_json.get<std::vector<int64_t>>();
-      const auto dtype = entry.at("dtype").get<std::string>();
-      const auto offset = entry.at("offset").get<uint64_t>(), nbytes = entry.at("nbytes").get<uint64_t>();
-      if (!like.sizes().equals(shape))
-        fail("load(): {}: {} has shape [{}] in the file but the network's structure needs [{}]", path, what,
-             fmt::join(shape, ", "), fmt::join(like.sizes(), ", "));
-      if (dtype != dtype_name(like.scalar_type()))
-        fail("load(): {}: {} is {} in the file but the config says {}", path, what, dtype,
-             dtype_name(like.scalar_type()));
-      if (nbytes != static_cast<uint64_t>(like.numel() * like.element_size()) || offset > size ||
-          nbytes > size - offset)
-        fail("load(): {}: {} has an inconsistent byte range", path, what);
-      return torch::from_blob(const_cast<char*>(file.data() + begin + offset), like.sizes(),
-                              torch::TensorOptions().dtype(like.scalar_type()));
-    } catch (const Error&) {
-      throw;
-    } catch (const std::exception& e) {
-      fail("load(): {}: {} is malformed: {}", path, what, e.what());
-    }
-  }
-};
 
 // Throws unless torch's step() can run on the saved state: every field it
 // reads under a group's options is there, and an optimizer that keeps a state
@@ -328,6 +273,108 @@ SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const
 
 }  // namespace
 
+namespace detail {
+
+std::string pack_tensor_file(const char (&magic)[9], uint32_t version, const json& header, const std::string& data) {
+  const std::string header_text = header.dump();
+  std::string file(magic, 8);
+  put<uint32_t>(file, version);
+  put<uint64_t>(file, header_text.size());
+  file += header_text;
+  file += data;
+  put<uint64_t>(file, fnv1a64(file.data(), file.size()));
+  return file;
+}
+
+TensorFile unpack_tensor_file(const std::string& file, const char (&magic)[9], const std::string& path,
+                              const char* context, const char* what) {
+  if (file.size() < 8 || std::memcmp(file.data(), magic, 8) != 0)
+    fail("{}: {} is not {} (it does not start with \"{}\")", context, path, what, magic);
+  if (file.size() < kPrefix + 8) fail("{}: {} is truncated ({} bytes)", context, path, file.size());
+  const uint64_t header_size = get<uint64_t>(file, 12);
+  if (header_size > file.size() - kPrefix - 8)
+    fail("{}: {} is truncated: its header claims {} bytes but the file has {}", context, path, header_size,
+         file.size());
+  const uint64_t stored = get<uint64_t>(file, file.size() - 8);
+  if (stored != fnv1a64(file.data(), file.size() - 8))
+    fail("{}: {} is corrupted: its checksum does not match its contents (truncated or changed bytes)", context, path);
+  const size_t data_begin = kPrefix + header_size;
+  return {get<uint32_t>(file, 8), std::string_view(file).substr(kPrefix, header_size), data_begin,
+          file.size() - 8 - data_begin};
+}
+
+json write_tensor(const torch::Tensor& tensor, std::string& data, const std::string& name, const char* context) {
+  auto cpu = tensor.detach().to(torch::kCPU).contiguous();
+  const char* dtype = dtype_name(cpu.scalar_type());
+  if (!dtype)
+    fail("{}: tensor \"{}\" has dtype {}, which a checkpoint cannot hold", context, name,
+         c10::toString(cpu.scalar_type()));
+  const size_t nbytes = cpu.numel() * cpu.element_size();
+  json entry = {{"dtype", dtype}, {"shape", cpu.sizes().vec()}, {"offset", data.size()}, {"nbytes", nbytes}};
+  data.append(static_cast<const char*>(cpu.data_ptr()), nbytes);
+  return entry;
+}
+
+torch::Tensor TensorData::read(const json& entry, const torch::Tensor& like, const std::string& what) const {
+  try {
+    // Checked before converting: a float such as 1e308 does not convert to an integer.
+    if (!entry.is_object() || !entry.contains("shape") || !entry.contains("dtype") || !entry.contains("offset") ||
+        !entry.contains("nbytes"))
+      fail("{}: {}: {} must be {{\"dtype\", \"shape\", \"offset\", \"nbytes\"}}, got {}", context, path, what,
+           detail::excerpt(entry));
+    const json& shape_json = entry.at("shape");
+    if (!shape_json.is_array() ||
+        !std::all_of(shape_json.begin(), shape_json.end(), [](const json& v) { return v.is_number_integer(); }) ||
+        !entry.at("offset").is_number_unsigned() || !entry.at("nbytes").is_number_unsigned() ||
+        !entry.at("dtype").is_string())
+      fail(
+          "{}: {}: {} is malformed: its shape must be an array of integers, its dtype a string and its offset "
+          "and "
+          "nbytes non-negative integers",
+          context, path, what);
+    const auto shape = shape_json.get<std::vector<int64_t>>();
+    const auto dtype = entry.at("dtype").get<std::string>();
+    const auto offset = entry.at("offset").get<uint64_t>(), nbytes = entry.at("nbytes").get<uint64_t>();
+    if (!like.sizes().equals(shape))
+      fail("{}: {}: {} has shape [{}] in the file but {} needs [{}]", context, path, what, fmt::join(shape, ", "),
+           structure, fmt::join(like.sizes(), ", "));
+    if (dtype != dtype_name(like.scalar_type()))
+      fail("{}: {}: {} is {} in the file but {} says {}", context, path, what, dtype, dtype_source,
+           dtype_name(like.scalar_type()));
+    if (nbytes != static_cast<uint64_t>(like.numel() * like.element_size()) || offset > size || nbytes > size - offset)
+      fail("{}: {}: {} has an inconsistent byte range", context, path, what);
+    return torch::from_blob(const_cast<char*>(file.data() + begin + offset), like.sizes(),
+                            torch::TensorOptions().dtype(like.scalar_type()));
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail("{}: {}: {} is malformed: {}", context, path, what, e.what());
+  }
+}
+
+void read_tensor_table(const json& table, const TensorData& data,
+                       const std::vector<std::pair<std::string, torch::Tensor>>& expected, const std::string& where,
+                       const char* structure) {
+  std::map<std::string, const json*> saved;
+  for (const auto& entry : table) {
+    if (!entry.is_object() || !entry.contains("name") || !entry.at("name").is_string())
+      fail("{} has a malformed tensor entry {}", where, detail::excerpt(entry));
+    if (!saved.emplace(entry.at("name").get<std::string>(), &entry).second)
+      fail("{} holds tensor \"{}\" twice", where, entry.at("name").get<std::string>());
+  }
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, tensor] : expected) {
+    auto it = saved.find(name);
+    if (it == saved.end()) fail("{} lacks tensor \"{}\" that {} needs", where, name, structure);
+    torch::Tensor into = tensor;
+    into.copy_(data.read(*it->second, tensor, fmt::format("tensor \"{}\"", name)));
+    saved.erase(it);
+  }
+  if (!saved.empty()) fail("{} holds tensor \"{}\", which {} does not have", where, saved.begin()->first, structure);
+}
+
+}  // namespace detail
+
 void save(const NeuralNetwork& network, const std::string& path, const torch::optim::Optimizer* optimizer,
           const Preprocessing* preprocessing, const nlohmann::json& training) {
   json header;
@@ -349,64 +396,34 @@ void save(const NeuralNetwork& network, const std::string& path, const torch::op
     header["tensors"].push_back(std::move(entry));
   }
   if (optimizer) header["optimizer"] = write_optimizer(network, *optimizer, data, path);
-  const std::string header_text = header.dump();
-  std::string file(kMagic, 8);
-  put<uint32_t>(file, kCheckpointVersion);
-  put<uint64_t>(file, header_text.size());
-  file += header_text;
-  file += data;
-  put<uint64_t>(file, fnv1a64(file.data(), file.size()));
-  write_file_atomically(path, file, "save()");
+  write_file_atomically(path, detail::pack_tensor_file(kMagic, kCheckpointVersion, header, data), "save()");
 }
 
 Checkpoint load_checkpoint(const std::string& path) { return parse_checkpoint(read_file(path, "load()"), path); }
 
 Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
-  if (file.size() < 8 || std::memcmp(file.data(), kMagic, 8) != 0)
-    fail("load(): {} is not a connex checkpoint (it does not start with \"CONNEXCK\")", path);
-  if (file.size() < kPrefix + 8) fail("load(): {} is truncated ({} bytes)", path, file.size());
-  const uint64_t header_size = get<uint64_t>(file, 12);
-  if (header_size > file.size() - kPrefix - 8)
-    fail("load(): {} is truncated: its header claims {} bytes but the file has {}", path, header_size, file.size());
-  const uint64_t stored = get<uint64_t>(file, file.size() - 8);
-  if (stored != fnv1a64(file.data(), file.size() - 8))
-    fail("load(): {} is corrupted: its checksum does not match its contents (truncated or changed bytes)", path);
-  const uint32_t version = get<uint32_t>(file, 8);
+  const auto packed = detail::unpack_tensor_file(file, kMagic, path, "load()", "a connex checkpoint");
+  const uint32_t version = packed.version;
   if (version != kCheckpointVersion)
     fail(
         "load(): {} has checkpoint format version {}; this connex reads version {}{}", path, version,
         kCheckpointVersion,
         version == 1 ? " (version 1 held optimizer state in torch's pickle format, which connex no longer reads)" : "");
 
-  const json header =
-      detail::parse_json(std::string_view(file).substr(kPrefix, header_size), "load(): " + path + "'s header");
+  const json header = detail::parse_json(packed.header, "load(): " + path + "'s header");
   if (!header.is_object() || !header.contains("config") || !header.contains("tensors") ||
       !header.at("tensors").is_array())
     fail("load(): {} has a header without \"config\" and \"tensors\"", path);
-  const size_t data_begin = kPrefix + header_size, data_size = file.size() - 8 - data_begin;
+  const size_t data_begin = packed.data_begin, data_size = packed.data_size;
   check_declared_size(header.at("config"), data_size, path);
 
   Checkpoint checkpoint;
   checkpoint.network = network_from_config(header.at("config"), path);
-  auto expected = state_tensors(checkpoint.network);
-  std::map<std::string, const json*> saved;
-  for (const auto& entry : header.at("tensors")) {
-    if (!entry.is_object() || !entry.contains("name") || !entry.at("name").is_string())
-      fail("load(): {} has a malformed tensor entry {}", path, detail::excerpt(entry));
-    if (!saved.emplace(entry.at("name").get<std::string>(), &entry).second)
-      fail("load(): {} holds tensor \"{}\" twice", path, entry.at("name").get<std::string>());
-  }
   const TensorData data{file, data_begin, data_size, path};
   torch::NoGradGuard no_grad;
-  for (auto& [name, tensor] : expected) {
-    auto it = saved.find(name);
-    if (it == saved.end()) fail("load(): {} lacks tensor \"{}\" that its network's structure needs", path, name);
-    tensor.copy_(data.read(*it->second, tensor, fmt::format("tensor \"{}\"", name)));
-    saved.erase(it);
-  }
+  detail::read_tensor_table(header.at("tensors"), data, state_tensors(checkpoint.network), "load(): " + path,
+                            "its network's structure");
   checkpoint.network->sync_frozen();
-  if (!saved.empty())
-    fail("load(): {} holds tensor \"{}\", which its network's structure does not have", path, saved.begin()->first);
 
   if (header.contains("optimizer") && !header.at("optimizer").is_null())
     checkpoint.optimizer = read_optimizer(header.at("optimizer"), checkpoint.network, data, path);

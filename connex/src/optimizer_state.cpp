@@ -35,8 +35,9 @@ torch::Tensor remap_tensor(const torch::Tensor& old_state, const torch::Tensor& 
     return fresh;
   }
   if (!moved) return old_state.clone();
+  // Index pairs count flattened entries (the same as rows for a 1-D parameter).
   auto fresh = torch::zeros_like(new_parameter, old_state.options());
-  fresh.index_copy_(0, moved->new_index, old_state.index_select(0, moved->old_index));
+  fresh.view(-1).index_copy_(0, moved->new_index, old_state.reshape(-1).index_select(0, moved->old_index));
   return fresh;
 }
 
@@ -345,47 +346,6 @@ const OptimizerKind* kind_of(const optim::OptimizerOptions& options) {
 
 }  // namespace
 
-void transfer_optimizer_state(const torch::optim::Optimizer& old_optimizer, const NeuralNetwork& old_network,
-                              torch::optim::Optimizer& new_optimizer, const EditResult& edit) {
-  if (typeid(old_optimizer) != typeid(new_optimizer))
-    fail("transfer_optimizer_state(): the optimizers differ in type ({} and {})", typeid(old_optimizer).name(),
-         typeid(new_optimizer).name());
-  std::unordered_map<std::string, torch::Tensor> old_parameters;
-  for (const auto& item : old_network->named_parameters()) old_parameters.emplace(item.key(), item.value());
-  // Keys of operation parameters, by full name, in both networks.
-  std::unordered_map<std::string, const DimKeys*> old_keys, new_keys;
-  auto collect = [](const NeuralNetworkImpl& net, std::unordered_map<std::string, const DimKeys*>& into) {
-    for (size_t k = 0; k < net.operations().size(); ++k)
-      for (const auto& [name, keys] : net.operation_parameters(k).keys())
-        into[net.operations()[k]->name() + "." + name] = &keys;
-  };
-  collect(*old_network, old_keys);
-  collect(*edit.network, new_keys);
-  std::unordered_set<std::string> in_new_optimizer;
-  for (const auto& group : new_optimizer.param_groups())
-    for (const auto& p : group.params()) in_new_optimizer.insert(state_key(p));
-
-  // Build every new state first, then install: a failure leaves the new optimizer untouched.
-  std::vector<std::pair<std::string, std::unique_ptr<torch::optim::OptimizerParamState>>> states;
-  for (const auto& item : edit.network->named_parameters()) {
-    const std::string key = state_key(item.value());
-    if (!in_new_optimizer.count(key)) continue;
-    auto old = old_parameters.find(item.key());
-    if (old == old_parameters.end()) continue;
-    auto state = old_optimizer.state().find(state_key(old->second));
-    if (state == old_optimizer.state().end()) continue;  // the old optimizer never stepped it
-    auto moved = edit.parameters.moved.find(item.key());
-    const ParameterRemap::Moved* remap = moved == edit.parameters.moved.end() ? nullptr : &moved->second;
-    std::optional<KeyedPair> keyed;
-    if (old_keys.count(item.key()) && new_keys.count(item.key()))
-      keyed = KeyedPair{old_keys[item.key()], new_keys[item.key()]};
-    if (!remap && !keyed && !old->second.sizes().equals(item.value().sizes()))
-      fail("transfer_optimizer_state(): parameter \"{}\" changed shape but the edit did not say how", item.key());
-    states.emplace_back(key, remap_state(*state->second, item.value(), remap, item.key(), keyed ? &*keyed : nullptr));
-  }
-  for (auto& [key, state] : states) new_optimizer.state()[key] = std::move(state);
-}
-
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& type,
                                                         std::vector<torch::optim::OptimizerParamGroup> groups) {
   const OptimizerKind& kind = kind_named(type);
@@ -397,15 +357,66 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& type,
   return kind.make(std::move(groups), *defaults);
 }
 
-std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim::Optimizer& old_optimizer,
-                                                              const NeuralNetwork& old_network,
-                                                              const EditResult& edit) {
+namespace {
+
+using KeysByName = std::unordered_map<std::string, const DimKeys*>;
+
+// Operation parameters' keys, by full name.
+KeysByName operation_keys(const NeuralNetworkImpl& net) {
+  KeysByName keys;
+  for (size_t k = 0; k < net.operations().size(); ++k)
+    for (const auto& [name, dim_keys] : net.operation_parameters(k).keys())
+      keys[net.operations()[k]->name() + "." + name] = &dim_keys;
+  return keys;
+}
+
+// transfer_optimizer_state for any module: `remap` pairs moved entries, and
+// parameters keyed in both modules move by key.
+void transfer_state(const torch::optim::Optimizer& old_optimizer, const torch::nn::Module& old_module,
+                    torch::optim::Optimizer& new_optimizer, const torch::nn::Module& new_module,
+                    const ParameterRemap& remap, const KeysByName& old_keys, const KeysByName& new_keys) {
+  if (typeid(old_optimizer) != typeid(new_optimizer))
+    fail("transfer_optimizer_state(): the optimizers differ in type ({} and {})", typeid(old_optimizer).name(),
+         typeid(new_optimizer).name());
+  std::unordered_map<std::string, torch::Tensor> old_parameters;
+  for (const auto& item : old_module.named_parameters()) old_parameters.emplace(item.key(), item.value());
+  std::unordered_set<std::string> in_new_optimizer;
+  for (const auto& group : new_optimizer.param_groups())
+    for (const auto& p : group.params()) in_new_optimizer.insert(state_key(p));
+
+  // Build every new state first, then install: a failure leaves the new optimizer untouched.
+  std::vector<std::pair<std::string, std::unique_ptr<torch::optim::OptimizerParamState>>> states;
+  for (const auto& item : new_module.named_parameters()) {
+    const std::string key = state_key(item.value());
+    if (!in_new_optimizer.count(key)) continue;
+    auto old = old_parameters.find(item.key());
+    if (old == old_parameters.end()) continue;
+    auto state = old_optimizer.state().find(state_key(old->second));
+    if (state == old_optimizer.state().end()) continue;  // the old optimizer never stepped it
+    auto moved = remap.moved.find(item.key());
+    const ParameterRemap::Moved* pairs = moved == remap.moved.end() ? nullptr : &moved->second;
+    std::optional<KeyedPair> keyed;
+    auto from = old_keys.find(item.key()), to = new_keys.find(item.key());
+    if (from != old_keys.end() && to != new_keys.end()) keyed = KeyedPair{from->second, to->second};
+    if (!pairs && !keyed && !old->second.sizes().equals(item.value().sizes()))
+      fail("transfer_optimizer_state(): parameter \"{}\" changed shape but the edit did not say how", item.key());
+    states.emplace_back(key, remap_state(*state->second, item.value(), pairs, item.key(), keyed ? &*keyed : nullptr));
+  }
+  for (auto& [key, state] : states) new_optimizer.state()[key] = std::move(state);
+}
+
+// optimizer_after_edit for any module; `context` starts the messages.
+std::unique_ptr<torch::optim::Optimizer> after_edit(const torch::optim::Optimizer& old_optimizer,
+                                                    const torch::nn::Module& old_module,
+                                                    const torch::nn::Module& new_module, const ParameterRemap& remap,
+                                                    const KeysByName& old_keys, const KeysByName& new_keys,
+                                                    const char* context) {
   const std::string type = optimizer_type_name(old_optimizer);
   if (type == "other")
-    fail("optimizer_after_edit(): the optimizer is of a type connex does not know ({} are)",
+    fail("{}: the optimizer is of a type connex does not know ({} are)", context,
          list_optimizer_kinds(OptimizerNaming::kTitle));
-  const auto names = group_parameter_names(old_optimizer, old_network, "optimizer_after_edit()");
-  const auto parameters = edit.network->named_parameters();
+  const auto names = group_parameter_names(old_optimizer, old_module, context);
+  const auto parameters = new_module.named_parameters();
   std::unordered_set<std::string> placed;
   std::vector<torch::optim::OptimizerParamGroup> groups;
   for (size_t g = 0; g < names.size(); ++g) {
@@ -417,21 +428,48 @@ std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim
       }
     groups.emplace_back(std::move(params), old_optimizer.param_groups()[g].options().clone());
   }
-  if (groups.empty()) fail("optimizer_after_edit(): the optimizer has no parameter groups");
-  // A parameter the optimizer left out on purpose stays out; only one the old network lacked joins.
-  const auto old_parameters = old_network->named_parameters();
+  if (groups.empty()) fail("{}: the optimizer has no parameter groups", context);
+  // A parameter the optimizer left out on purpose stays out; only one the old module lacked joins.
+  const auto old_parameters = old_module.named_parameters();
   for (const auto& item : parameters)
     if (!placed.count(item.key()) && !old_parameters.contains(item.key())) groups[0].params().push_back(item.value());
   auto next = make_optimizer(type, std::move(groups));
-  transfer_optimizer_state(old_optimizer, old_network, *next, edit);
+  transfer_state(old_optimizer, old_module, *next, new_module, remap, old_keys, new_keys);
   return next;
+}
+
+}  // namespace
+
+void transfer_optimizer_state(const torch::optim::Optimizer& old_optimizer, const NeuralNetwork& old_network,
+                              torch::optim::Optimizer& new_optimizer, const EditResult& edit) {
+  transfer_state(old_optimizer, *old_network, new_optimizer, *edit.network, edit.parameters,
+                 operation_keys(*old_network), operation_keys(*edit.network));
+}
+
+std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim::Optimizer& old_optimizer,
+                                                              const NeuralNetwork& old_network,
+                                                              const EditResult& edit) {
+  return after_edit(old_optimizer, *old_network, *edit.network, edit.parameters, operation_keys(*old_network),
+                    operation_keys(*edit.network), "optimizer_after_edit()");
+}
+
+std::unique_ptr<torch::optim::Optimizer> optimizer_after_module_edit(const torch::optim::Optimizer& old_optimizer,
+                                                                     const torch::nn::Module& old_module,
+                                                                     const torch::nn::Module& new_module,
+                                                                     const ParameterRemap& remap, const char* context) {
+  return after_edit(old_optimizer, old_module, new_module, remap, {}, {}, context);
 }
 
 std::vector<std::vector<std::string>> group_parameter_names(const torch::optim::Optimizer& optimizer,
                                                             const NeuralNetwork& network, const std::string& context) {
+  return group_parameter_names(optimizer, *network, context);
+}
+
+std::vector<std::vector<std::string>> group_parameter_names(const torch::optim::Optimizer& optimizer,
+                                                            const torch::nn::Module& module,
+                                                            const std::string& context) {
   std::unordered_map<const void*, std::string> by_tensor;
-  for (const auto& item : network->named_parameters())
-    by_tensor.emplace(item.value().unsafeGetTensorImpl(), item.key());
+  for (const auto& item : module.named_parameters()) by_tensor.emplace(item.value().unsafeGetTensorImpl(), item.key());
   std::vector<std::vector<std::string>> names(optimizer.param_groups().size());
   for (size_t g = 0; g < names.size(); ++g)
     for (const auto& p : optimizer.param_groups()[g].params()) {

@@ -1,0 +1,123 @@
+#pragma once
+// HAM: a hypergraph of neuron layers joined by hypersynapses, whose states
+// evolve by descending one energy (a modern Hopfield network, an associative
+// memory). Unlike connex::NeuralNetwork nothing fires in order: every layer's
+// state x moves at once, τ dx/dt = −∂E/∂g, so synapses may form cycles.
+//
+//   connex::ham::HAM ham;
+//   ham->add_layer("image", {64}, connex::ham::identity())
+//       .add_layer("memory", {200}, connex::ham::softmax(4.0))
+//       .add_synapse("store", connex::ham::linear(), {"image", "memory"});
+//   auto x = ham->init_states(batch);
+//   x["image"] = corrupted;                                   // [batch, 64]
+//   auto settled = ham->descend(x, connex::ham::DescentOptions().steps(20).dt(0.1),
+//                               {{"image", visible}}).states;  // visible pixels held
+//
+// E = Σ_layers (⟨x, g⟩ − L(x)) + Σ_synapses E_s(g...), per sample. A descent
+// step is x ← x − (dt/τ)(x + Σ_s ∂E_s/∂g) for every layer that is not held;
+// it dispatches a few ops per layer and synapse, never one per neuron.
+// Training backpropagates through the unrolled steps; without grad mode (or
+// without trainable parameters and states) the steps keep no graph.
+#include <map>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include <torch/arg.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+#include "connex/ham/lagrangian.h"
+#include "connex/ham/synapse.h"
+#include "connex/neuron_id.h"
+
+namespace connex::ham {
+
+// Layer states (or activations, or gradients) by layer name, each [batch, *shape].
+using States = std::map<std::string, torch::Tensor>;
+// Layers held fixed during a descent: by name, a bool mask broadcastable to
+// [batch, *shape] (true: held), or an undefined tensor to hold the whole layer.
+using Clamps = std::map<std::string, torch::Tensor>;
+
+struct Layer {
+  std::string name;
+  std::vector<int64_t> shape;  // per sample
+  Lagrangian lagrangian;
+  double tau;                     // time constant, > 0
+  std::vector<NeuronId> neurons;  // a 1-D layer's neuron labels (default 0..n−1); empty for other shapes
+};
+
+struct SynapseConnection {
+  std::string name;
+  Synapse synapse;
+  std::vector<std::string> layers;  // the layers it joins, in the order its energy takes them
+};
+
+struct DescentOptions {
+  TORCH_ARG(int64_t, steps) = 10;  // ≥ 0
+  TORCH_ARG(double, dt) = 0.1;     // > 0
+  // Record the energy before the first step and after each ([steps + 1, batch]); costs one energy per step.
+  TORCH_ARG(bool, record_energy) = false;
+};
+
+struct Descent {
+  States states;         // after the last step
+  torch::Tensor energy;  // [steps + 1, batch] when recorded, else undefined
+};
+
+class HAMImpl : public torch::nn::Module {
+ public:
+  HAMImpl();
+  // A layer of per-sample shape `shape`. Names (of layers and synapses
+  // alike) are unique, non-empty, and made of letters, digits, '_' and '-'.
+  HAMImpl& add_layer(const std::string& name, std::vector<int64_t> shape, Lagrangian lagrangian, double tau = 1.0);
+  // A 1-D layer whose neurons carry these labels (graph synapses and neuron
+  // edits address them; a 1-D layer added by add_layer() has labels 0..n−1).
+  HAMImpl& add_labelled_layer(const std::string& name, std::vector<NeuronId> neurons, Lagrangian lagrangian,
+                              double tau = 1.0);
+  // Joins `layers` (existing, in the order the synapse's energy takes them).
+  HAMImpl& add_synapse(const std::string& name, Synapse synapse, std::vector<std::string> layers);
+
+  const std::vector<Layer>& layers() const { return layers_; }
+  const std::vector<SynapseConnection>& synapses() const { return synapses_; }
+  const Layer& layer(const std::string& name) const;
+  const SynapseConnection& synapse(const std::string& name) const;
+
+  // Zero states for `batch` samples, with the parameters' dtype and device
+  // (float on the CPU when there are none) unless `options` says otherwise.
+  States init_states(int64_t batch, std::optional<torch::TensorOptions> options = std::nullopt) const;
+  States activations(const States& x);
+  // Total energy per sample, [batch].
+  torch::Tensor energy(const States& x);
+  // Each layer's and synapse's term by name, [batch] each; they sum to energy().
+  std::map<std::string, torch::Tensor> energy_parts(const States& x);
+  // ∂E/∂g for every layer, by autograd through energy() (the descent uses the
+  // equal closed form x + Σ_s ∂E_s/∂g instead).
+  States dEdg(const States& x);
+  // `options.steps()` steps of x ← x − (dt/τ) ∂E/∂g from `x`, holding `clamps`.
+  Descent descend(const States& x, const DescentOptions& options = {}, const Clamps& clamps = {});
+
+  // A deep copy: same structure, copied parameters (custom Lagrangians and
+  // synapses must implement fresh()).
+  std::shared_ptr<torch::nn::Module> clone(const c10::optional<torch::Device>& device = c10::nullopt) const override;
+  void pretty_print(std::ostream& stream) const override;
+
+ private:
+  // Checks the states cover every layer with the right shapes, no NaN; `operation` starts the message.
+  std::vector<torch::Tensor> ordered(const States& x, const char* operation) const;
+  std::vector<torch::Tensor> activations_of(const std::vector<torch::Tensor>& x);
+  void add_layer_checked(Layer layer);
+  void check_new_name(const std::string& name, const char* operation) const;
+  std::string layer_list() const;  // "a, b, c", for messages
+
+  std::vector<Layer> layers_;
+  std::vector<SynapseConnection> synapses_;
+  std::vector<std::vector<size_t>> synapse_layers_;                     // per synapse, its layers' positions in layers_
+  std::shared_ptr<torch::nn::Module> layer_modules_, synapse_modules_;  // "layers" and "synapses"
+};
+TORCH_MODULE(HAM);
+
+}  // namespace connex::ham

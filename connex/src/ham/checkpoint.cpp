@@ -1,0 +1,223 @@
+#include "connex/ham/checkpoint.h"
+
+#include <map>
+
+#include <torch/torch.h>
+
+#include "connex/error.h"
+#include "dtype.h"
+#include "file_io.h"
+#include "json_input.h"
+#include "tensor_file.h"
+
+namespace connex::ham {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr char kMagic[9] = "CONNEXHM";
+
+json id_json(const NeuronId& id) { return id.is_integer() ? json(id.as_integer()) : json(id.as_string()); }
+
+// Index buffers a graph synapse rebuilds from its labels are not saved.
+bool is_derived_buffer(const HAMImpl& ham, const std::string& name) {
+  for (const auto& s : ham.synapses())
+    if (s.synapse->connection_labels() && name.rfind("synapses." + s.name + ".", 0) == 0) return true;
+  return false;
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> state_tensors(const HAMImpl& ham) {
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& p : ham.named_parameters()) tensors.emplace_back(p.key(), p.value());
+  for (const auto& b : ham.named_buffers())
+    if (!is_derived_buffer(ham, b.key())) tensors.emplace_back(b.key(), b.value());
+  return tensors;
+}
+
+const json& member(const json& object, const char* key, const std::string& where) {
+  if (!object.is_object() || !object.contains(key)) fail("{}: expected a member \"{}\"", where, key);
+  return object.at(key);
+}
+
+std::vector<int64_t> shape_of(const json& j, const std::string& where) {
+  if (!j.is_array() || j.empty())
+    fail("{}: expected a shape (an array of positive integers), got {}", where, detail::excerpt(j));
+  std::vector<int64_t> shape;
+  for (const auto& d : j) {
+    if (!d.is_number_integer() || d.get<int64_t>() < 1)
+      fail("{}: expected a shape (an array of positive integers), got {}", where, detail::excerpt(j));
+    shape.push_back(d.get<int64_t>());
+  }
+  return shape;
+}
+
+// An upper bound on the entries the structure's parameters and probes take,
+// so that a crafted header cannot make the loader allocate more than the file could hold.
+double structure_entries(const json& structure, const std::string& where) {
+  std::map<std::string, std::vector<int64_t>> shapes;
+  double entries = 0;
+  auto count = [](const std::vector<int64_t>& s) {
+    double n = 1;
+    for (auto d : s) n *= static_cast<double>(d);
+    return n;
+  };
+  for (const auto& l : member(structure, "layers", where)) {
+    if (!l.is_object() || !l.contains("name") || !l.at("name").is_string()) continue;
+    std::vector<int64_t> shape;
+    if (l.contains("neurons") && l.at("neurons").is_array())
+      shape = {static_cast<int64_t>(l.at("neurons").size())};
+    else if (l.contains("shape"))
+      shape = shape_of(l.at("shape"), where + "/layers/" + l.at("name").get<std::string>() + "/shape");
+    shapes[l.at("name").get<std::string>()] = shape;
+    entries += count(shape);
+  }
+  for (const auto& s : member(structure, "synapses", where)) {
+    if (!s.is_object() || !s.contains("layers") || !s.at("layers").is_array() || !s.contains("synapse")) continue;
+    double product = 1, sum = 0;
+    for (const auto& name : s.at("layers")) {
+      if (!name.is_string() || !shapes.count(name.get<std::string>())) continue;
+      const double n = count(shapes[name.get<std::string>()]);
+      product *= n;
+      sum += n;
+    }
+    const auto& kind = s.at("synapse").value("kind", "");
+    // linear: n₁·n₂ (n² for one layer); attention, conv2d: bounded by the same; bias: n; graph: its labels.
+    entries += kind == "graph" ? 0 : (s.at("layers").size() == 1 ? product * product : product) + sum;
+  }
+  return entries;
+}
+
+}  // namespace
+
+json structure_json(const HAM& ham) {
+  json layers = json::array(), synapses = json::array();
+  for (const auto& l : ham->layers()) {
+    json lagrangian = l.lagrangian->to_json();
+    if (lagrangian.is_null())
+      fail("ham::save(): layer \"{}\"'s Lagrangian cannot be written down (a callable or a custom module)", l.name);
+    json entry = {{"name", l.name}, {"lagrangian", lagrangian}, {"tau", l.tau}};
+    if (l.shape.size() == 1) {
+      json neurons = json::array();
+      for (const auto& id : l.neurons) neurons.push_back(id_json(id));
+      entry["neurons"] = std::move(neurons);
+    } else {
+      entry["shape"] = l.shape;
+    }
+    layers.push_back(std::move(entry));
+  }
+  for (const auto& s : ham->synapses()) {
+    json synapse = s.synapse->to_json();
+    if (synapse.is_null()) fail("ham::save(): synapse \"{}\" cannot be written down (a custom module)", s.name);
+    synapses.push_back({{"name", s.name}, {"layers", s.layers}, {"synapse", std::move(synapse)}});
+  }
+  return {{"layers", std::move(layers)}, {"synapses", std::move(synapses)}};
+}
+
+HAM from_structure_json(const json& structure, const std::string& where) {
+  HAM ham;
+  const auto& layers = member(structure, "layers", where);
+  const auto& synapses = member(structure, "synapses", where);
+  if (!layers.is_array() || !synapses.is_array()) fail("{}: \"layers\" and \"synapses\" must be arrays", where);
+  for (size_t k = 0; k < layers.size(); ++k) {
+    const std::string at = fmt::format("{}/layers/{}", where, k);
+    const auto& l = layers[k];
+    const auto& name = member(l, "name", at);
+    const auto& tau = member(l, "tau", at);
+    if (!name.is_string() || !tau.is_number()) fail("{}: expected a string \"name\" and a number \"tau\"", at);
+    auto lagrangian = lagrangian_from_json(member(l, "lagrangian", at), at + "/lagrangian");
+    try {
+      if (l.contains("neurons")) {
+        const auto& list = l.at("neurons");
+        if (!list.is_array()) fail("{}/neurons: expected an array of neuron labels", at);
+        std::vector<NeuronId> neurons;
+        for (const auto& id : list) {
+          if (id.is_number_integer())
+            neurons.emplace_back(id.get<int64_t>());
+          else if (id.is_string())
+            neurons.emplace_back(id.get<std::string>());
+          else
+            fail("{}/neurons: expected integer or string labels, got {}", at, detail::excerpt(id));
+        }
+        ham->add_labelled_layer(name.get<std::string>(), std::move(neurons), lagrangian, tau.get<double>());
+      } else {
+        ham->add_layer(name.get<std::string>(), shape_of(member(l, "shape", at), at + "/shape"), lagrangian,
+                       tau.get<double>());
+      }
+    } catch (const Error& e) {
+      if (std::string_view(e.what()).rfind(at, 0) == 0) throw;
+      fail("{}: {}", at, e.what());
+    }
+  }
+  for (size_t k = 0; k < synapses.size(); ++k) {
+    const std::string at = fmt::format("{}/synapses/{}", where, k);
+    const auto& s = synapses[k];
+    const auto& name = member(s, "name", at);
+    const auto& joined = member(s, "layers", at);
+    if (!name.is_string() || !joined.is_array()) fail("{}: expected a string \"name\" and an array \"layers\"", at);
+    std::vector<std::string> names;
+    for (const auto& n : joined) {
+      if (!n.is_string()) fail("{}/layers: expected layer names, got {}", at, detail::excerpt(n));
+      names.push_back(n.get<std::string>());
+    }
+    auto synapse = synapse_from_json(member(s, "synapse", at), at + "/synapse");
+    try {
+      ham->add_synapse(name.get<std::string>(), synapse, std::move(names));
+    } catch (const Error& e) {
+      fail("{}: {}", at, e.what());
+    }
+  }
+  return ham;
+}
+
+void save(const HAM& ham, const std::string& path) {
+  if (!ham) fail("ham::save(): expected a HAM, got an empty holder");
+  json header = {{"structure", structure_json(ham)}, {"tensors", json::array()}};
+  std::string dtype = "float32";
+  for (const auto& p : ham->parameters()) {
+    const DtypeInfo* info = find_dtype(p.scalar_type());
+    if (!info)
+      fail("ham::save(): {}: a parameter has dtype {}, which a checkpoint cannot hold", path,
+           c10::toString(p.scalar_type()));
+    dtype = info->name;
+    break;
+  }
+  header["dtype"] = dtype;
+  std::string data;
+  for (const auto& [name, tensor] : state_tensors(*ham)) {
+    json entry = detail::write_tensor(tensor, data, name, "ham::save()");
+    entry["name"] = name;
+    header["tensors"].push_back(std::move(entry));
+  }
+  write_file_atomically(path, detail::pack_tensor_file(kMagic, kCheckpointVersion, header, data), "ham::save()");
+}
+
+HAM load(const std::string& path) { return parse_checkpoint(read_file(path, "ham::load()"), path); }
+
+HAM parse_checkpoint(const std::string& file, const std::string& path) {
+  const char* context = "ham::load()";
+  const auto packed = detail::unpack_tensor_file(file, kMagic, path, context, "a connex HAM checkpoint");
+  if (packed.version != kCheckpointVersion)
+    fail("{}: {} has HAM checkpoint format version {}; this connex reads version {}", context, path, packed.version,
+         kCheckpointVersion);
+  const json header = detail::parse_json(packed.header, fmt::format("{}: {}'s header", context, path));
+  const std::string where = fmt::format("{}: {}", context, path);
+  if (!header.is_object() || !header.contains("structure") || !header.contains("tensors") ||
+      !header.at("tensors").is_array() || !header.contains("dtype") || !header.at("dtype").is_string())
+    fail("{} has a header without \"structure\", \"tensors\" and \"dtype\"", where);
+  const DtypeInfo* dtype = find_dtype(header.at("dtype").get<std::string>());
+  if (!dtype) fail("{}: unknown dtype {}", where, detail::excerpt(header.at("dtype")));
+  const double entries = structure_entries(header.at("structure"), where + ": /structure");
+  if (entries * static_cast<double>(dtype->size) > static_cast<double>(packed.data_size) + (64 << 20))
+    fail("{}: its structure needs about {:.0f} values but the file holds {} bytes of tensors", where, entries,
+         packed.data_size);
+
+  HAM ham = from_structure_json(header.at("structure"), where + ": /structure");
+  ham->to(dtype->type);
+  const detail::TensorData data{file,    packed.data_begin,     packed.data_size,    path,
+                                context, "the HAM's structure", "the header's dtype"};
+  detail::read_tensor_table(header.at("tensors"), data, state_tensors(*ham), where, "its HAM's structure");
+  return ham;
+}
+
+}  // namespace connex::ham

@@ -1,0 +1,323 @@
+#include "connex/ham/edit.h"
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <torch/torch.h>
+
+#include "connex/error.h"
+#include "connex/level_operation.h"
+#include "optimizer_kinds.h"
+
+namespace connex::ham {
+
+using Connections = std::vector<std::pair<NeuronId, NeuronId>>;
+
+struct Editor::Step {
+  enum class Kind { add_neurons, remove_neurons, add_connections, remove_connections } kind;
+  std::string target;  // a layer or a synapse
+  std::vector<NeuronId> neurons;
+  Connections connections;
+  torch::Tensor weights;
+};
+
+namespace {
+
+// The structure an edit works on: neuron lists and graph connections, by name.
+struct Draft {
+  std::map<std::string, std::vector<NeuronId>> neurons;  // 1-D layers
+  std::map<std::string, Connections> connections;        // graph synapses
+  // Weights the user gave to new connections, by synapse and label.
+  std::map<std::string, std::map<std::pair<NeuronId, NeuronId>, double>> given;
+};
+
+// A one-layer graph synapse does not orient its connections.
+std::pair<NeuronId, NeuronId> canonical(const std::pair<NeuronId, NeuronId>& c, bool one_layer) {
+  if (one_layer && c.second < c.first) return {c.second, c.first};
+  return c;
+}
+
+const char* step_name(Editor::Step const& step);
+
+}  // namespace
+
+Editor::Editor(HAM ham) : ham_(std::move(ham)) {
+  if (!ham_) fail("ham::edit(): expected a HAM, got an empty holder");
+}
+
+Editor& Editor::add_neurons(const std::string& layer, std::vector<NeuronId> neurons) {
+  steps_.push_back(std::make_shared<Step>(Step{Step::Kind::add_neurons, layer, std::move(neurons), {}, {}}));
+  return *this;
+}
+Editor& Editor::remove_neurons(const std::string& layer, std::vector<NeuronId> neurons) {
+  steps_.push_back(std::make_shared<Step>(Step{Step::Kind::remove_neurons, layer, std::move(neurons), {}, {}}));
+  return *this;
+}
+Editor& Editor::add_connections(const std::string& synapse, Connections connections, torch::Tensor weights) {
+  steps_.push_back(std::make_shared<Step>(
+      Step{Step::Kind::add_connections, synapse, {}, std::move(connections), std::move(weights)}));
+  return *this;
+}
+Editor& Editor::remove_connections(const std::string& synapse, Connections connections) {
+  steps_.push_back(
+      std::make_shared<Step>(Step{Step::Kind::remove_connections, synapse, {}, std::move(connections), {}}));
+  return *this;
+}
+
+namespace {
+
+const char* step_name(Editor::Step const& step) {
+  switch (step.kind) {
+    case Editor::Step::Kind::add_neurons:
+      return "add_neurons";
+    case Editor::Step::Kind::remove_neurons:
+      return "remove_neurons";
+    case Editor::Step::Kind::add_connections:
+      return "add_connections";
+    case Editor::Step::Kind::remove_connections:
+      return "remove_connections";
+  }
+  return "";
+}
+
+bool joins(const SynapseConnection& s, const std::string& layer) {
+  return std::find(s.layers.begin(), s.layers.end(), layer) != s.layers.end();
+}
+
+void apply(const HAMImpl& ham, Draft& draft, const Editor::Step& step, size_t index) {
+  const std::string where = fmt::format("ham::edit(): step {} ({} \"{}\")", index + 1, step_name(step), step.target);
+  using Kind = Editor::Step::Kind;
+  if (step.kind == Kind::add_neurons || step.kind == Kind::remove_neurons) {
+    bool known = false;
+    for (const auto& l : ham.layers()) known = known || l.name == step.target;
+    if (!known) fail("{}: there is no layer \"{}\"", where, step.target);
+    auto it = draft.neurons.find(step.target);
+    if (it == draft.neurons.end())
+      fail("{}: only the neurons of a 1-D layer can be edited; layer \"{}\" is [{}]", where, step.target,
+           fmt::join(ham.layer(step.target).shape, ", "));
+    for (const auto& s : ham.synapses())
+      if (joins(s, step.target) && s.synapse->neuron_dims().empty() && !s.synapse->connection_labels())
+        fail(
+            "{}: synapse \"{}\" joins layer \"{}\" and cannot follow neuron edits (it has no neuron-indexed "
+            "parameters)",
+            where, s.name, step.target);
+    auto& neurons = it->second;
+    std::unordered_set<NeuronId, NeuronIdHash> present(neurons.begin(), neurons.end()), listed;
+    for (const auto& id : step.neurons) {
+      if (!listed.insert(id).second) fail("{}: neuron {} is listed twice", where, id);
+      if (step.kind == Kind::add_neurons && present.count(id))
+        fail("{}: layer \"{}\" already has neuron {}", where, step.target, id);
+      if (step.kind == Kind::remove_neurons && !present.count(id))
+        fail("{}: layer \"{}\" has no neuron {}", where, step.target, id);
+      if (step.kind == Kind::add_neurons && !id.is_integer())
+        if (auto problem = id_text_problem(id.as_string())) fail("{}: neuron {}: {}", where, id, *problem);
+    }
+    if (step.kind == Kind::add_neurons) {
+      neurons.insert(neurons.end(), step.neurons.begin(), step.neurons.end());
+      return;
+    }
+    if (listed.size() == neurons.size()) fail("{}: it would leave layer \"{}\" without neurons", where, step.target);
+    neurons.erase(std::remove_if(neurons.begin(), neurons.end(), [&](const NeuronId& id) { return listed.count(id); }),
+                  neurons.end());
+    // A removed neuron takes its graph connections with it.
+    for (const auto& s : ham.synapses()) {
+      if (!s.synapse->connection_labels()) continue;
+      auto& list = draft.connections[s.name];
+      auto gone = [&](const std::pair<NeuronId, NeuronId>& c) {
+        return (s.layers[0] == step.target && listed.count(c.first)) ||
+               (s.layers.back() == step.target && listed.count(c.second));
+      };
+      list.erase(std::remove_if(list.begin(), list.end(), gone), list.end());
+    }
+    return;
+  }
+  const SynapseConnection* synapse = nullptr;
+  for (const auto& s : ham.synapses())
+    if (s.name == step.target) synapse = &s;
+  if (!synapse) fail("{}: there is no synapse \"{}\"", where, step.target);
+  if (!synapse->synapse->connection_labels())
+    fail("{}: synapse \"{}\" is not a graph synapse; only a graph synapse has single connections", where, step.target);
+  const bool one_layer = synapse->layers.size() == 1;
+  auto& list = draft.connections[step.target];
+  std::unordered_map<NeuronId, std::unordered_set<NeuronId, NeuronIdHash>, NeuronIdHash> present;
+  for (const auto& c : list) {
+    auto k = canonical(c, one_layer);
+    present[k.first].insert(k.second);
+  }
+  auto has = [&](const std::pair<NeuronId, NeuronId>& k) {
+    auto it = present.find(k.first);
+    return it != present.end() && it->second.count(k.second);
+  };
+  std::set<std::pair<NeuronId, NeuronId>> listed;
+  for (const auto& c : step.connections) {
+    const auto k = canonical(c, one_layer);
+    if (!listed.insert(k).second) fail("{}: connection ({}, {}) is listed twice", where, c.first, c.second);
+  }
+  if (step.kind == Kind::add_connections) {
+    const auto& first = draft.neurons.at(synapse->layers[0]);
+    const auto& second = draft.neurons.at(synapse->layers.back());
+    const std::unordered_set<NeuronId, NeuronIdHash> in_first(first.begin(), first.end()),
+        in_second(second.begin(), second.end());
+    if (step.weights.defined() &&
+        (step.weights.dim() != 1 || step.weights.size(0) != static_cast<int64_t>(step.connections.size()) ||
+         !step.weights.is_floating_point()))
+      fail("{}: expected one floating-point weight per connection ([{}]), got {} [{}]", where, step.connections.size(),
+           c10::toString(step.weights.scalar_type()), fmt::join(step.weights.sizes(), ", "));
+    auto weights = step.weights.defined() ? step.weights.detach().to(torch::kCPU, torch::kDouble) : torch::Tensor();
+    for (size_t k = 0; k < step.connections.size(); ++k) {
+      const auto& c = step.connections[k];
+      if (!in_first.count(c.first))
+        fail("{}: connection ({}, {}) names neuron {}, which layer \"{}\" does not have", where, c.first, c.second,
+             c.first, synapse->layers[0]);
+      if (!in_second.count(c.second))
+        fail("{}: connection ({}, {}) names neuron {}, which layer \"{}\" does not have", where, c.first, c.second,
+             c.second, synapse->layers.back());
+      if (has(canonical(c, one_layer)))
+        fail("{}: synapse \"{}\" already has connection ({}, {})", where, step.target, c.first, c.second);
+      if (weights.defined()) {
+        const double w = weights[k].item<double>();
+        if (!std::isfinite(w)) fail("{}: the weight of connection ({}, {}) is {}", where, c.first, c.second, w);
+        draft.given[step.target][canonical(c, one_layer)] = w;
+      }
+    }
+    list.insert(list.end(), step.connections.begin(), step.connections.end());
+    return;
+  }
+  for (const auto& c : step.connections)
+    if (!has(canonical(c, one_layer)))
+      fail("{}: synapse \"{}\" has no connection ({}, {})", where, step.target, c.first, c.second);
+  list.erase(
+      std::remove_if(list.begin(), list.end(),
+                     [&](const std::pair<NeuronId, NeuronId>& c) { return listed.count(canonical(c, one_layer)); }),
+      list.end());
+}
+
+// For each entry of `to` (flattened), the entry of `from` with the same keys, or −1.
+torch::Tensor keyed_sources(const torch::Tensor& from, const DimKeys& from_keys, const torch::Tensor& to,
+                            const DimKeys& to_keys) {
+  auto index = torch::arange(from.numel(), torch::kLong).view(from.sizes());
+  auto sources = torch::full(to.sizes(), -1, torch::kLong);
+  if (copy_keyed(index, from_keys, sources, to_keys) < 0)
+    fail("ham::edit(): a parameter shaped [{}] cannot follow the edit to [{}]", fmt::join(from.sizes(), ", "),
+         fmt::join(to.sizes(), ", "));
+  return sources.view(-1);
+}
+
+}  // namespace
+
+EditResult Editor::build() const {
+  const HAMImpl& old = *ham_;
+  Draft draft;
+  for (const auto& l : old.layers())
+    if (l.shape.size() == 1) draft.neurons[l.name] = l.neurons;
+  for (const auto& s : old.synapses())
+    if (const auto* labels = s.synapse->connection_labels()) draft.connections[s.name] = *labels;
+  for (size_t k = 0; k < steps_.size(); ++k) apply(old, draft, *steps_[k], k);
+
+  torch::NoGradGuard no_grad;
+  auto next = std::make_shared<HAMImpl>();
+  for (const auto& l : old.layers()) {
+    if (l.shape.size() == 1)
+      next->add_labelled_layer(l.name, draft.neurons.at(l.name), l.lagrangian->fresh(), l.tau);
+    else
+      next->add_layer(l.name, l.shape, l.lagrangian->fresh(), l.tau);
+  }
+  for (const auto& s : old.synapses()) {
+    auto labels = draft.connections.find(s.name);
+    next->add_synapse(s.name, labels != draft.connections.end() ? graph(labels->second) : s.synapse->fresh(), s.layers);
+  }
+
+  // Each parameter's keys: the neuron labels of the layers its dims follow.
+  auto keys_of = [](const HAMImpl& ham) {
+    std::unordered_map<std::string, DimKeys> keys;
+    auto labels = [&](const std::string& layer) -> std::optional<std::vector<NeuronId>> {
+      const auto& l = ham.layer(layer);
+      if (l.shape.size() != 1) return std::nullopt;
+      return l.neurons;
+    };
+    for (const auto& l : ham.layers())
+      for (const auto& [name, dim] : l.lagrangian->neuron_dims()) {
+        DimKeys k(static_cast<size_t>(dim) + 1);
+        k[dim] = labels(l.name);
+        keys["layers." + l.name + "." + name] = k;
+      }
+    for (const auto& s : ham.synapses())
+      for (const auto& [name, dims] : s.synapse->neuron_dims()) {
+        DimKeys k;
+        for (auto slot : dims) k.push_back(slot < 0 ? std::nullopt : labels(s.layers[slot]));
+        keys["synapses." + s.name + "." + name] = k;
+      }
+    return keys;
+  };
+  const auto old_keys = keys_of(old), new_keys = keys_of(*next);
+  std::unordered_map<std::string, const SynapseConnection*> graphs;  // by weight name
+  for (const auto& s : next->synapses())
+    if (s.synapse->connection_labels()) graphs["synapses." + s.name + ".weight"] = &s;
+
+  EditResult result;
+  const auto old_parameters = old.named_parameters();
+  for (auto& item : next->named_parameters()) {
+    const auto& from = old_parameters[item.key()];
+    auto to = item.value();
+    to.set_data(to.to(from.device(), from.scalar_type()));
+    to.set_requires_grad(from.requires_grad());
+    torch::Tensor sources;  // per new entry, its old entry or −1
+    auto graph_it = graphs.find(item.key());
+    if (graph_it != graphs.end()) {
+      const auto& s = *graph_it->second;
+      const bool one_layer = s.layers.size() == 1;
+      const auto& old_labels = *old.synapse(s.name).synapse->connection_labels();
+      const auto& new_labels = *s.synapse->connection_labels();
+      std::map<std::pair<NeuronId, NeuronId>, int64_t> old_at;
+      for (size_t c = 0; c < old_labels.size(); ++c) old_at[canonical(old_labels[c], one_layer)] = c;
+      const auto given = draft.given.find(s.name);
+      sources = torch::full({static_cast<int64_t>(new_labels.size())}, -1, torch::kLong);
+      auto* src = sources.data_ptr<int64_t>();
+      to.zero_();  // a new connection starts at 0 unless given
+      for (size_t c = 0; c < new_labels.size(); ++c) {
+        const auto k = canonical(new_labels[c], one_layer);
+        auto it = old_at.find(k);
+        if (it != old_at.end()) {
+          src[c] = it->second;
+        } else if (given != draft.given.end() && given->second.count(k)) {
+          to[c] = given->second.at(k);
+        }
+      }
+    } else if (new_keys.count(item.key()) &&
+               !(new_keys.at(item.key()) == old_keys.at(item.key()) && from.sizes().equals(to.sizes()))) {
+      sources = keyed_sources(from, old_keys.at(item.key()), to, new_keys.at(item.key()));
+    } else {
+      to.copy_(from);
+      continue;
+    }
+    auto kept = (sources >= 0).nonzero().view(-1);
+    ParameterRemap::Moved moved{kept.to(to.device()), sources.index_select(0, kept).to(from.device())};
+    to.view(-1).index_copy_(0, moved.new_index, from.reshape(-1).index_select(0, moved.old_index));
+    result.parameters.moved.emplace(item.key(), std::move(moved));
+  }
+  // Index buffers were rebuilt by the synapses; other buffers carry over.
+  const auto old_buffers = old.named_buffers();
+  for (auto& item : next->named_buffers()) {
+    const auto* from = old_buffers.find(item.key());
+    if (!from) continue;
+    if (from->is_floating_point() && from->sizes().equals(item.value().sizes()))
+      item.value().set_data(from->clone());
+    else
+      item.value().set_data(item.value().to(from->device()));
+  }
+  next->train(old.is_training());
+  result.ham = HAM(next);
+  return result;
+}
+
+std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim::Optimizer& old_optimizer,
+                                                              const HAM& old_ham, const EditResult& edit) {
+  if (!old_ham || !edit.ham) fail("ham::optimizer_after_edit(): expected two HAMs, got an empty holder");
+  return optimizer_after_module_edit(old_optimizer, *old_ham, *edit.ham, edit.parameters,
+                                     "ham::optimizer_after_edit()");
+}
+
+}  // namespace connex::ham

@@ -1,0 +1,412 @@
+#include "connex/ham/ham.h"
+
+#include <cmath>
+#include <unordered_set>
+
+#include <torch/torch.h>
+
+#include "connex/error.h"
+
+namespace connex::ham {
+
+namespace {
+
+std::string shape_str(c10::IntArrayRef shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+
+bool any_nan(const torch::Tensor& t) { return t.is_floating_point() && torch::isnan(t).any().item<bool>(); }
+
+// The first parameter's dtype and device, to place a new part like the rest.
+std::optional<torch::TensorOptions> placement(const torch::nn::Module& module) {
+  for (const auto& p : module.parameters()) return p.options();
+  return std::nullopt;
+}
+
+// Probes run on zeros of two samples, in the part's own dtype.
+torch::Tensor probe(const std::vector<int64_t>& shape, const torch::nn::Module& part) {
+  std::vector<int64_t> sizes{2};
+  sizes.insert(sizes.end(), shape.begin(), shape.end());
+  auto options = placement(part).value_or(torch::TensorOptions().dtype(torch::get_default_dtype()));
+  return torch::zeros(sizes, options.requires_grad(false));
+}
+
+}  // namespace
+
+HAMImpl::HAMImpl()
+    : layer_modules_(register_module("layers", std::make_shared<torch::nn::Module>())),
+      synapse_modules_(register_module("synapses", std::make_shared<torch::nn::Module>())) {}
+
+void HAMImpl::check_new_name(const std::string& name, const char* operation) const {
+  if (name.empty()) fail("{}: expected a non-empty name", operation);
+  for (char c : name)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-')
+      fail("{}: name \"{}\" may hold only letters, digits, '_' and '-'", operation, name);
+  for (const auto& l : layers_)
+    if (l.name == name) fail("{}: name \"{}\" is taken by a layer", operation, name);
+  for (const auto& s : synapses_)
+    if (s.name == name) fail("{}: name \"{}\" is taken by a synapse", operation, name);
+}
+
+HAMImpl& HAMImpl::add_layer(const std::string& name, std::vector<int64_t> shape, Lagrangian lagrangian, double tau) {
+  std::vector<NeuronId> neurons;
+  if (shape.size() == 1 && shape[0] > 0)
+    for (int64_t i = 0; i < shape[0]; ++i) neurons.emplace_back(i);
+  add_layer_checked({name, std::move(shape), std::move(lagrangian), tau, std::move(neurons)});
+  return *this;
+}
+
+HAMImpl& HAMImpl::add_labelled_layer(const std::string& name, std::vector<NeuronId> neurons, Lagrangian lagrangian,
+                                     double tau) {
+  std::unordered_set<NeuronId, NeuronIdHash> seen;
+  for (const auto& id : neurons) {
+    if (!seen.insert(id).second) fail("add_layer(): layer \"{}\": neuron {} is listed twice", name, id);
+    if (!id.is_integer())
+      if (auto problem = id_text_problem(id.as_string()))
+        fail("add_layer(): layer \"{}\": neuron {}: {}", name, id, *problem);
+  }
+  std::vector<int64_t> shape{static_cast<int64_t>(neurons.size())};
+  add_layer_checked({name, std::move(shape), std::move(lagrangian), tau, std::move(neurons)});
+  return *this;
+}
+
+void HAMImpl::add_layer_checked(Layer layer) {
+  check_new_name(layer.name, "add_layer()");
+  const std::string& name = layer.name;
+  if (!layer.lagrangian) fail("add_layer(): layer \"{}\": expected a Lagrangian, got none", name);
+  if (!(layer.tau > 0) || !std::isfinite(layer.tau))
+    fail("add_layer(): layer \"{}\": expected a finite τ > 0, got {}", name, layer.tau);
+  if (layer.shape.empty()) fail("add_layer(): layer \"{}\": expected a per-sample shape of at least one dim", name);
+  for (auto d : layer.shape)
+    if (d < 1) fail("add_layer(): layer \"{}\": expected every dim ≥ 1, got {}", name, shape_str(layer.shape));
+  for (const auto& l : layers_)
+    if (l.lagrangian == layer.lagrangian)
+      fail("add_layer(): layer \"{}\": its Lagrangian is already layer \"{}\"'s (give each layer its own)", name,
+           l.name);
+  layer.lagrangian->attach(layer.shape, name);
+  if (auto where = placement(*this)) layer.lagrangian->to(where->device(), where->dtype().toScalarType());
+  {
+    torch::NoGradGuard no_grad;
+    auto x = probe(layer.shape, *layer.lagrangian);
+    torch::Tensor g, l;
+    try {
+      g = layer.lagrangian->activation(x);
+      l = layer.lagrangian->value(x);
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      fail("add_layer(): layer \"{}\": its Lagrangian fails on a state {}: {}", name, shape_str(x.sizes()),
+           std::string(e.what()).substr(0, std::string(e.what()).find('\n')));
+    }
+    if (!g.defined() || !g.sizes().equals(x.sizes()))
+      fail("add_layer(): layer \"{}\": its Lagrangian's activation is {} for a state {}; expected the same shape", name,
+           g.defined() ? shape_str(g.sizes()) : "undefined", shape_str(x.sizes()));
+    if (!l.defined() || !l.sizes().equals({2}))
+      fail("add_layer(): layer \"{}\": its Lagrangian's value is {} for a state {}; expected one per sample [2]", name,
+           l.defined() ? shape_str(l.sizes()) : "undefined", shape_str(x.sizes()));
+  }
+  layer_modules_->register_module(name, layer.lagrangian);
+  layers_.push_back(std::move(layer));
+}
+
+HAMImpl& HAMImpl::add_synapse(const std::string& name, Synapse synapse, std::vector<std::string> layers) {
+  check_new_name(name, "add_synapse()");
+  if (!synapse) fail("add_synapse(): synapse \"{}\": expected a synapse, got none", name);
+  for (const auto& s : synapses_)
+    if (s.synapse == synapse)
+      fail("add_synapse(): synapse \"{}\": this synapse object is already synapse \"{}\" (give each its own)", name,
+           s.name);
+  if (layers.empty()) fail("add_synapse(): synapse \"{}\": expected at least one layer", name);
+  std::vector<size_t> positions;
+  std::vector<LayerView> views;
+  for (const auto& layer_name : layers) {
+    size_t at = 0;
+    while (at < layers_.size() && layers_[at].name != layer_name) ++at;
+    if (at == layers_.size())
+      fail("add_synapse(): synapse \"{}\": there is no layer \"{}\" (the layers: {})", name, layer_name, layer_list());
+    for (auto p : positions)
+      if (p == at) fail("add_synapse(): synapse \"{}\": layer \"{}\" is listed twice", name, layer_name);
+    positions.push_back(at);
+    const Layer& l = layers_[at];
+    views.push_back({l.name, l.shape, l.shape.size() == 1 ? &l.neurons : nullptr});
+  }
+  synapse->attach(views, name);
+  if (auto where = placement(*this)) synapse->to(where->device(), where->dtype().toScalarType());
+  {
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> g;
+    for (const auto& v : views) g.push_back(probe(v.shape, *synapse));
+    torch::Tensor e;
+    std::vector<torch::Tensor> d;
+    try {
+      e = synapse->energy(g);
+      d = synapse->gradients(g);
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& ex) {
+      fail("add_synapse(): synapse \"{}\": its energy fails on layers {}: {}", name, fmt::join(layers, ", "),
+           std::string(ex.what()).substr(0, std::string(ex.what()).find('\n')));
+    }
+    if (!e.defined() || !e.sizes().equals({2}))
+      fail("add_synapse(): synapse \"{}\": its energy is {} for 2 samples; expected one per sample [2]", name,
+           e.defined() ? shape_str(e.sizes()) : "undefined");
+    if (d.size() != g.size())
+      fail("add_synapse(): synapse \"{}\": it gives {} gradients for {} layers", name, d.size(), g.size());
+    for (size_t k = 0; k < g.size(); ++k)
+      if (!d[k].defined() || !d[k].sizes().equals(g[k].sizes()))
+        fail("add_synapse(): synapse \"{}\": its gradient for layer \"{}\" is {}; expected {}", name, layers[k],
+             d[k].defined() ? shape_str(d[k].sizes()) : "undefined", shape_str(g[k].sizes()));
+  }
+  synapse_modules_->register_module(name, synapse);
+  synapses_.push_back({name, std::move(synapse), std::move(layers)});
+  synapse_layers_.push_back(std::move(positions));
+  return *this;
+}
+
+std::string HAMImpl::layer_list() const {
+  std::string names;
+  for (const auto& l : layers_) names += (names.empty() ? "" : ", ") + l.name;
+  return names.empty() ? "none" : names;
+}
+
+const Layer& HAMImpl::layer(const std::string& name) const {
+  for (const auto& l : layers_)
+    if (l.name == name) return l;
+  fail("HAM::layer(): there is no layer \"{}\"", name);
+}
+
+const SynapseConnection& HAMImpl::synapse(const std::string& name) const {
+  for (const auto& s : synapses_)
+    if (s.name == name) return s;
+  fail("HAM::synapse(): there is no synapse \"{}\"", name);
+}
+
+States HAMImpl::init_states(int64_t batch, std::optional<torch::TensorOptions> options) const {
+  if (batch < 1) fail("init_states(): expected a batch ≥ 1, got {}", batch);
+  const auto where = options ? *options : placement(*this).value_or(torch::TensorOptions());
+  States x;
+  for (const auto& l : layers_) {
+    std::vector<int64_t> sizes{batch};
+    sizes.insert(sizes.end(), l.shape.begin(), l.shape.end());
+    x[l.name] = torch::zeros(sizes, where.requires_grad(false));
+  }
+  return x;
+}
+
+std::vector<torch::Tensor> HAMImpl::ordered(const States& x, const char* operation) const {
+  if (layers_.empty()) fail("{}: the HAM has no layers", operation);
+  for (const auto& [name, t] : x) {
+    bool known = false;
+    for (const auto& l : layers_) known = known || l.name == name;
+    if (!known) fail("{}: state \"{}\" names no layer of the HAM (its layers: {})", operation, name, layer_list());
+  }
+  std::vector<torch::Tensor> out;
+  int64_t batch = -1;
+  for (const auto& l : layers_) {
+    auto it = x.find(l.name);
+    if (it == x.end() || !it->second.defined())
+      fail("{}: no state for layer \"{}\" (init_states(batch) makes one for every layer)", operation, l.name);
+    const auto& t = it->second;
+    const bool shaped =
+        t.dim() == static_cast<int64_t>(l.shape.size()) + 1 && t.sizes().slice(1).equals(c10::IntArrayRef(l.shape));
+    if (!shaped)
+      fail("{}: layer \"{}\" has per-sample shape {}, so its state must be [batch, {}], got {}", operation, l.name,
+           shape_str(l.shape), fmt::join(l.shape, ", "), shape_str(t.sizes()));
+    if (!t.is_floating_point())
+      fail("{}: layer \"{}\"'s state must be floating-point, got {}", operation, l.name,
+           c10::toString(t.scalar_type()));
+    if (batch >= 0 && t.size(0) != batch)
+      fail("{}: layer \"{}\"'s state has batch {}, but layer \"{}\"'s has {}", operation, l.name, t.size(0),
+           layers_[0].name, batch);
+    batch = t.size(0);
+    if (any_nan(t)) fail("{}: layer \"{}\"'s state holds NaN", operation, l.name);
+    out.push_back(t);
+  }
+  return out;
+}
+
+std::vector<torch::Tensor> HAMImpl::activations_of(const std::vector<torch::Tensor>& x) {
+  std::vector<torch::Tensor> g;
+  g.reserve(x.size());
+  for (size_t l = 0; l < x.size(); ++l) g.push_back(layers_[l].lagrangian->activation(x[l]));
+  return g;
+}
+
+States HAMImpl::activations(const States& x) {
+  const auto xs = ordered(x, "activations()");
+  const auto gs = activations_of(xs);
+  States out;
+  for (size_t l = 0; l < gs.size(); ++l) out[layers_[l].name] = gs[l];
+  return out;
+}
+
+namespace {
+
+// Σ x·g − L(x) per sample.
+torch::Tensor layer_energy(LagrangianImpl& lagrangian, const torch::Tensor& x, const torch::Tensor& g) {
+  return (x * g).reshape({x.size(0), -1}).sum(1) - lagrangian.value(x);
+}
+
+}  // namespace
+
+std::map<std::string, torch::Tensor> HAMImpl::energy_parts(const States& x) {
+  const auto xs = ordered(x, "energy()");
+  const auto gs = activations_of(xs);
+  std::map<std::string, torch::Tensor> parts;
+  for (size_t l = 0; l < xs.size(); ++l) parts[layers_[l].name] = layer_energy(*layers_[l].lagrangian, xs[l], gs[l]);
+  for (size_t s = 0; s < synapses_.size(); ++s) {
+    std::vector<torch::Tensor> g;
+    for (auto l : synapse_layers_[s]) g.push_back(gs[l]);
+    parts[synapses_[s].name] = synapses_[s].synapse->energy(g);
+  }
+  return parts;
+}
+
+torch::Tensor HAMImpl::energy(const States& x) {
+  torch::Tensor total;
+  for (auto& [name, e] : energy_parts(x)) total = total.defined() ? total + e : e;
+  return total;
+}
+
+States HAMImpl::dEdg(const States& x) {
+  const auto xs = ordered(x, "dEdg()");
+  const bool keep_graph = torch::GradMode::is_enabled();
+  torch::AutoGradMode enable(true);
+  auto gs = activations_of(xs);
+  // g is an independent variable here: the layer term ⟨x, g⟩ − L(x) holds x fixed.
+  for (auto& g : gs)
+    if (!keep_graph || !g.requires_grad()) g = g.detach().requires_grad_(true);
+  torch::Tensor total;
+  auto add = [&](const torch::Tensor& e) { total = total.defined() ? total + e.sum() : e.sum(); };
+  for (size_t l = 0; l < xs.size(); ++l) add(layer_energy(*layers_[l].lagrangian, xs[l], gs[l]));
+  for (size_t s = 0; s < synapses_.size(); ++s) {
+    std::vector<torch::Tensor> g;
+    for (auto l : synapse_layers_[s]) g.push_back(gs[l]);
+    add(synapses_[s].synapse->energy(g));
+  }
+  const auto grads = torch::autograd::grad({total}, gs, {}, keep_graph, keep_graph, /*allow_unused=*/true);
+  States out;
+  for (size_t l = 0; l < gs.size(); ++l) out[layers_[l].name] = grads[l].defined() ? grads[l] : xs[l];
+  return out;
+}
+
+Descent HAMImpl::descend(const States& x, const DescentOptions& options, const Clamps& clamps) {
+  if (options.steps() < 0) fail("descend(): expected steps ≥ 0, got {}", options.steps());
+  if (!(options.dt() > 0) || !std::isfinite(options.dt()))
+    fail("descend(): expected a finite dt > 0, got {}", options.dt());
+  auto xs = ordered(x, "descend()");
+  // Per layer: held whole, held where a mask says, or free.
+  std::vector<bool> held(layers_.size(), false);
+  std::vector<torch::Tensor> masks(layers_.size());
+  for (const auto& [name, mask] : clamps) {
+    size_t l = 0;
+    while (l < layers_.size() && layers_[l].name != name) ++l;
+    if (l == layers_.size())
+      fail("descend(): clamp \"{}\" names no layer of the HAM (its layers: {})", name, layer_list());
+    if (!mask.defined()) {
+      held[l] = true;
+      continue;
+    }
+    if (mask.scalar_type() != torch::kBool)
+      fail("descend(): clamp \"{}\": expected a bool mask, got {}", name, c10::toString(mask.scalar_type()));
+    std::vector<int64_t> joint;
+    try {
+      joint = at::infer_size(mask.sizes(), xs[l].sizes());
+    } catch (const std::exception&) {
+    }
+    if (!c10::IntArrayRef(joint).equals(xs[l].sizes()))
+      fail("descend(): clamp \"{}\": its mask {} does not broadcast to the state {}", name, shape_str(mask.sizes()),
+           shape_str(xs[l].sizes()));
+    masks[l] = mask.to(xs[l].device());
+  }
+  // The steps keep an autograd graph only when something upstream wants gradients.
+  bool keep_graph = false;
+  if (torch::GradMode::is_enabled()) {
+    for (const auto& p : parameters()) keep_graph = keep_graph || p.requires_grad();
+    for (const auto& t : xs) keep_graph = keep_graph || t.requires_grad();
+  }
+  std::optional<torch::NoGradGuard> no_grad;
+  if (!keep_graph) no_grad.emplace();
+
+  std::vector<torch::Tensor> energies;
+  auto record = [&] {
+    if (!options.record_energy()) return;
+    torch::NoGradGuard record_only;
+    States now;
+    for (size_t l = 0; l < xs.size(); ++l) now[layers_[l].name] = xs[l];
+    energies.push_back(energy(now));
+  };
+  record();
+  const size_t n = layers_.size();
+  std::vector<torch::Tensor> drive(n);  // Σ_s ∂E_s/∂g per layer
+  for (int64_t step = 0; step < options.steps(); ++step) {
+    const auto gs = activations_of(xs);
+    std::fill(drive.begin(), drive.end(), torch::Tensor());
+    for (size_t s = 0; s < synapses_.size(); ++s) {
+      const auto& joined = synapse_layers_[s];
+      std::vector<torch::Tensor> g;
+      for (auto l : joined) g.push_back(gs[l]);
+      auto d = synapses_[s].synapse->gradients(g);
+      for (size_t k = 0; k < joined.size(); ++k)
+        if (!held[joined[k]]) drive[joined[k]] = drive[joined[k]].defined() ? drive[joined[k]] + d[k] : d[k];
+    }
+    for (size_t l = 0; l < n; ++l) {
+      if (held[l]) continue;
+      // x − (dt/τ)(x + drive) = (1 − c)x − c·drive
+      const double c = options.dt() / layers_[l].tau;
+      auto next = drive[l].defined() ? torch::add(xs[l] * (1 - c), drive[l], -c) : xs[l] * (1 - c);
+      xs[l] = masks[l].defined() ? torch::where(masks[l], xs[l], next) : next;
+    }
+    record();
+  }
+  for (size_t l = 0; l < n; ++l)
+    if (!held[l] && any_nan(xs[l]))
+      fail("descend(): layer \"{}\"'s state became NaN (dt {} may be too large for τ {})", layers_[l].name,
+           options.dt(), layers_[l].tau);
+  Descent result;
+  for (size_t l = 0; l < n; ++l) result.states[layers_[l].name] = xs[l];
+  if (options.record_energy()) result.energy = torch::stack(energies);
+  return result;
+}
+
+std::shared_ptr<torch::nn::Module> HAMImpl::clone(const c10::optional<torch::Device>& device) const {
+  torch::NoGradGuard no_grad;
+  auto copy = std::make_shared<HAMImpl>();
+  for (const auto& l : layers_) {
+    if (l.shape.size() == 1)
+      copy->add_labelled_layer(l.name, l.neurons, l.lagrangian->fresh(), l.tau);
+    else
+      copy->add_layer(l.name, l.shape, l.lagrangian->fresh(), l.tau);
+  }
+  for (const auto& s : synapses_) copy->add_synapse(s.name, s.synapse->fresh(), s.layers);
+  const auto parameters = named_parameters(), buffers = named_buffers();
+  for (auto& p : copy->named_parameters()) {
+    const auto& from = parameters[p.key()];
+    p.value().set_data(device ? from.clone().to(*device) : from.clone());
+    p.value().set_requires_grad(from.requires_grad());
+  }
+  for (auto& b : copy->named_buffers()) {
+    const auto& from = buffers[b.key()];
+    b.value().set_data(device ? from.clone().to(*device) : from.clone());
+  }
+  copy->train(is_training());
+  return copy;
+}
+
+void HAMImpl::pretty_print(std::ostream& stream) const {
+  stream << "connex::ham::HAM(layers=[";
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (l) stream << ", ";
+    stream << layers_[l].name << " " << shape_str(layers_[l].shape) << " ";
+    layers_[l].lagrangian->pretty_print(stream);
+    if (layers_[l].tau != 1.0) stream << " tau=" << layers_[l].tau;
+  }
+  stream << "], synapses=[";
+  for (size_t s = 0; s < synapses_.size(); ++s) {
+    if (s) stream << ", ";
+    stream << synapses_[s].name << " ";
+    synapses_[s].synapse->pretty_print(stream);
+    stream << " (" << fmt::format("{}", fmt::join(synapses_[s].layers, ", ")) << ")";
+  }
+  stream << "])";
+}
+
+}  // namespace connex::ham

@@ -1,0 +1,281 @@
+#include "connex/ham/lagrangian.h"
+
+#include <cmath>
+
+#include <torch/torch.h>
+
+#include "connex/error.h"
+#include "ham/describe.h"
+#include "json_input.h"
+
+namespace connex::ham {
+
+namespace {
+
+using nlohmann::json;
+
+// Sums every per-sample entry: [batch, ...] -> [batch].
+torch::Tensor per_sample(const torch::Tensor& t) { return t.reshape({t.size(0), -1}).sum(1); }
+
+// The built-in Lagrangians, one class: each kind is a formula and its closed-form gradient.
+class BuiltinLagrangian : public LagrangianImpl {
+ public:
+  enum class Kind { identity, repu, exponential, rexp, tanh, sigmoid, softmax, layernorm, spherical_norm };
+  struct Spec {
+    Kind kind;
+    double a = 1.0;  // β, n, γ or ε, by kind
+    double b = 0.0;  // δ (layernorm), ε (layernorm)
+    double c = 0.0;
+    int64_t dim = -1;
+  };
+  explicit BuiltinLagrangian(Spec spec) : spec_(spec), dim_(spec.dim < 0 ? spec.dim : spec.dim + 1) {}
+
+  void attach(const std::vector<int64_t>& shape, const std::string& layer) override {
+    const int64_t rank = static_cast<int64_t>(shape.size());
+    if (spec_.kind == Kind::softmax) {
+      if (spec_.dim < -rank || spec_.dim >= rank)
+        fail("add_layer(): layer \"{}\": softmax's dim {} is out of range for a per-sample shape of {} dims", layer,
+             spec_.dim, rank);
+      dim_ = (spec_.dim < 0 ? spec_.dim + rank : spec_.dim) + 1;  // past the batch dim
+    }
+    if ((spec_.kind == Kind::layernorm || spec_.kind == Kind::spherical_norm) && rank == 0)
+      fail("add_layer(): layer \"{}\": {} needs at least one per-sample dim", layer, kind_name());
+    if (spec_.kind == Kind::layernorm) {
+      gamma_ = register_parameter("gamma", torch::full({}, spec_.a));
+      delta_ = register_parameter("delta", torch::full({shape.back()}, spec_.b));
+    }
+  }
+
+  torch::Tensor value(const torch::Tensor& x) override {
+    const double beta = spec_.a;
+    switch (spec_.kind) {
+      case Kind::identity:
+        return 0.5 * per_sample(x * x);
+      case Kind::repu:
+        return per_sample(torch::relu(x).pow(spec_.a)) / spec_.a;
+      case Kind::exponential:
+        return per_sample(torch::exp(beta * x)) / beta;
+      case Kind::rexp: {
+        auto bx = torch::relu(beta * x);  // 0 where x ≤ 0, where the formula is 0 too
+        return per_sample(torch::exp(bx) - bx - 1) / beta;
+      }
+      case Kind::tanh: {
+        // log cosh(y) = |y| + log1p(exp(−2|y|)) − log 2, stable for large |y|.
+        auto y = (beta * x).abs();
+        return per_sample(y + torch::log1p(torch::exp(-2 * y)) - std::log(2.0)) / beta;
+      }
+      case Kind::sigmoid:
+        return per_sample(torch::softplus(beta * x)) / beta;
+      case Kind::softmax:
+        return per_sample(torch::logsumexp(beta * x, dim_)) / beta;
+      case Kind::layernorm: {
+        check_attached();
+        const int64_t d = x.size(-1);
+        auto centred = x - x.mean(-1, true);
+        auto y = torch::sqrt(centred.pow(2).mean(-1) + spec_.c);
+        return per_sample(d * gamma_ * y) + per_sample(delta_ * x);
+      }
+      case Kind::spherical_norm:
+        return per_sample(torch::sqrt(x.pow(2).sum(-1) + spec_.a));
+    }
+    return {};
+  }
+
+  torch::Tensor activation(const torch::Tensor& x) override {
+    const double beta = spec_.a;
+    switch (spec_.kind) {
+      case Kind::identity:
+        return x;
+      case Kind::repu:
+        return torch::relu(x).pow(spec_.a - 1);
+      case Kind::exponential:
+        return torch::exp(beta * x);
+      case Kind::rexp:
+        return torch::expm1(torch::relu(beta * x));
+      case Kind::tanh:
+        return torch::tanh(beta * x);
+      case Kind::sigmoid:
+        return torch::sigmoid(beta * x);
+      case Kind::softmax:
+        return torch::softmax(beta * x, dim_);
+      case Kind::layernorm: {
+        check_attached();
+        auto centred = x - x.mean(-1, true);
+        return gamma_ * centred * torch::rsqrt(centred.pow(2).mean(-1, true) + spec_.c) + delta_;
+      }
+      case Kind::spherical_norm:
+        return x * torch::rsqrt(x.pow(2).sum(-1, true) + spec_.a);
+    }
+    return {};
+  }
+
+  std::shared_ptr<LagrangianImpl> fresh() const override { return std::make_shared<BuiltinLagrangian>(spec_); }
+
+  json to_json() const override {
+    json j = {{"kind", kind_name()}};
+    switch (spec_.kind) {
+      case Kind::identity:
+        break;
+      case Kind::repu:
+        j["n"] = spec_.a;
+        break;
+      case Kind::softmax:
+        j["dim"] = spec_.dim;
+        [[fallthrough]];
+      case Kind::exponential:
+      case Kind::rexp:
+      case Kind::tanh:
+      case Kind::sigmoid:
+        j["beta"] = spec_.a;
+        break;
+      case Kind::layernorm:
+        j["gamma"] = spec_.a;
+        j["delta"] = spec_.b;
+        j["eps"] = spec_.c;
+        break;
+      case Kind::spherical_norm:
+        j["eps"] = spec_.a;
+        break;
+    }
+    return j;
+  }
+
+  std::vector<std::pair<std::string, int64_t>> neuron_dims() const override {
+    if (spec_.kind == Kind::layernorm) return {{"delta", 0}};
+    return {};
+  }
+  // layernorm's L is D·γ·(a norm) + linear: convex for γ ≥ 0, which training may break; the rest always are.
+  bool convex() const override { return spec_.kind != Kind::layernorm || gamma_.item<double>() >= 0; }
+
+  void pretty_print(std::ostream& stream) const override { stream << describe(to_json()); }
+
+  const char* kind_name() const {
+    static const char* names[] = {"identity", "repu",    "exponential", "rexp",          "tanh",
+                                  "sigmoid",  "softmax", "layernorm",   "spherical_norm"};
+    return names[static_cast<int>(spec_.kind)];
+  }
+
+ private:
+  void check_attached() const {
+    if (!delta_.defined()) fail("layernorm: its δ is sized by the layer it belongs to; add it to a layer first");
+  }
+
+  Spec spec_;
+  int64_t dim_;  // softmax's dim in [batch, *shape]
+  torch::Tensor gamma_, delta_;
+};
+
+void check_positive(double value, const char* what, const char* name) {
+  if (!(value > 0) || !std::isfinite(value)) fail("{}(): expected a finite {} > 0, got {}", name, what, value);
+}
+
+Lagrangian make(BuiltinLagrangian::Spec spec) { return std::make_shared<BuiltinLagrangian>(spec); }
+
+class CallableLagrangian : public LagrangianImpl {
+ public:
+  CallableLagrangian(std::function<torch::Tensor(const torch::Tensor&)> value, bool convex)
+      : value_(std::move(value)), convex_(convex) {}
+  torch::Tensor value(const torch::Tensor& x) override { return value_(x); }
+  std::shared_ptr<LagrangianImpl> fresh() const override {
+    return std::make_shared<CallableLagrangian>(value_, convex_);
+  }
+  bool convex() const override { return convex_; }
+  void pretty_print(std::ostream& stream) const override { stream << "lagrangian(callable)"; }
+
+ private:
+  std::function<torch::Tensor(const torch::Tensor&)> value_;
+  bool convex_;
+};
+
+}  // namespace
+
+torch::Tensor LagrangianImpl::activation(const torch::Tensor& x) {
+  const bool keep_graph = torch::GradMode::is_enabled();
+  torch::AutoGradMode enable(true);
+  // A leaf that needs no graph upstream is differentiated on a detached copy.
+  auto input = x.requires_grad() ? x : x.detach().requires_grad_(true);
+  auto l = value(input);
+  if (!l.requires_grad()) return torch::zeros_like(x);  // constant in x
+  return torch::autograd::grad({l.sum()}, {input}, {}, keep_graph, keep_graph, /*allow_unused=*/true)[0];
+}
+
+void LagrangianImpl::attach(const std::vector<int64_t>&, const std::string&) {}
+
+std::shared_ptr<LagrangianImpl> LagrangianImpl::fresh() const {
+  fail("{}: this Lagrangian does not implement fresh(), which cloning, editing and loading a HAM need", name());
+}
+
+Lagrangian identity() { return make({BuiltinLagrangian::Kind::identity}); }
+Lagrangian repu(double n) {
+  if (!(n >= 1) || !std::isfinite(n)) fail("repu(): expected a finite power n ≥ 1, got {}", n);
+  return make({BuiltinLagrangian::Kind::repu, n});
+}
+Lagrangian relu() { return repu(2.0); }
+Lagrangian exponential(double beta) {
+  check_positive(beta, "β", "exponential");
+  return make({BuiltinLagrangian::Kind::exponential, beta});
+}
+Lagrangian rexp(double beta) {
+  check_positive(beta, "β", "rexp");
+  return make({BuiltinLagrangian::Kind::rexp, beta});
+}
+Lagrangian tanh(double beta) {
+  check_positive(beta, "β", "tanh");
+  return make({BuiltinLagrangian::Kind::tanh, beta});
+}
+Lagrangian sigmoid(double beta) {
+  check_positive(beta, "β", "sigmoid");
+  return make({BuiltinLagrangian::Kind::sigmoid, beta});
+}
+Lagrangian softmax(double beta, int64_t dim) {
+  check_positive(beta, "β", "softmax");
+  BuiltinLagrangian::Spec spec{BuiltinLagrangian::Kind::softmax, beta};
+  spec.dim = dim;
+  return make(spec);
+}
+Lagrangian layernorm(double gamma, double delta, double eps) {
+  if (!std::isfinite(gamma) || !std::isfinite(delta))
+    fail("layernorm(): expected finite γ and δ, got {} and {}", gamma, delta);
+  check_positive(eps, "ε", "layernorm");
+  return make({BuiltinLagrangian::Kind::layernorm, gamma, delta, eps});
+}
+Lagrangian spherical_norm(double eps) {
+  check_positive(eps, "ε", "spherical_norm");
+  return make({BuiltinLagrangian::Kind::spherical_norm, eps});
+}
+Lagrangian lagrangian(std::function<torch::Tensor(const torch::Tensor&)> value, bool convex) {
+  if (!value) fail("lagrangian(): expected a callable, got an empty std::function");
+  return std::make_shared<CallableLagrangian>(std::move(value), convex);
+}
+
+Lagrangian lagrangian_from_json(const json& j, const std::string& where) {
+  if (!j.is_object() || !j.contains("kind") || !j.at("kind").is_string())
+    fail("{}: expected a Lagrangian {{\"kind\": ...}}, got {}", where, detail::excerpt(j));
+  const std::string kind = j.at("kind").get<std::string>();
+  auto number = [&](const char* key) {
+    if (!j.contains(key) || !j.at(key).is_number()) fail("{}: {} needs a number \"{}\"", where, kind, key);
+    return j.at(key).get<double>();
+  };
+  try {
+    if (kind == "identity") return identity();
+    if (kind == "repu") return repu(number("n"));
+    if (kind == "exponential") return exponential(number("beta"));
+    if (kind == "rexp") return rexp(number("beta"));
+    if (kind == "tanh") return tanh(number("beta"));
+    if (kind == "sigmoid") return sigmoid(number("beta"));
+    if (kind == "softmax") {
+      if (!j.contains("dim") || !j.at("dim").is_number_integer()) fail("{}: softmax needs an integer \"dim\"", where);
+      return softmax(number("beta"), j.at("dim").get<int64_t>());
+    }
+    if (kind == "layernorm") return layernorm(number("gamma"), number("delta"), number("eps"));
+    if (kind == "spherical_norm") return spherical_norm(number("eps"));
+  } catch (const Error& e) {
+    fail("{}: {}", where, e.what());
+  }
+  fail(
+      "{}: unknown Lagrangian \"{}\" (expected identity, repu, exponential, rexp, tanh, sigmoid, softmax, layernorm "
+      "or spherical_norm)",
+      where, kind);
+}
+
+}  // namespace connex::ham

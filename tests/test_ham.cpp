@@ -1,0 +1,686 @@
+// connex::ham: Lagrangians against autograd, synapses' closed forms, energy
+// descent, clamping, training through the descent, edits, checkpoints, errors.
+#include <random>
+
+#include "connex/ham/checkpoint.h"
+#include "connex/ham/edit.h"
+#include "connex/ham/ham.h"
+#include "test_util.h"
+
+namespace connex::testing {
+namespace {
+
+namespace H = connex::ham;
+using Pairs = std::vector<std::pair<NeuronId, NeuronId>>;
+
+struct DoubleDefault {
+  DoubleDefault() { torch::set_default_dtype(caffe2::TypeMeta::Make<double>()); }
+  ~DoubleDefault() { torch::set_default_dtype(caffe2::TypeMeta::Make<float>()); }
+};
+
+torch::Tensor autograd_of(H::LagrangianImpl& l, const torch::Tensor& x) {
+  auto leaf = x.detach().requires_grad_(true);
+  return torch::autograd::grad({l.value(leaf).sum()}, {leaf})[0];
+}
+
+std::vector<std::pair<std::string, H::Lagrangian>> builtin_lagrangians() {
+  return {{"identity", H::identity()},
+          {"relu", H::relu()},
+          {"repu3", H::repu(3)},
+          {"exponential", H::exponential(0.7)},
+          {"rexp", H::rexp(1.5)},
+          {"tanh", H::tanh(2.0)},
+          {"sigmoid", H::sigmoid(1.5)},
+          {"softmax", H::softmax(2.0)},
+          {"softmax_dim0", H::softmax(0.5, 0)},
+          {"layernorm", H::layernorm(1.3, 0.2)},
+          {"spherical_norm", H::spherical_norm()}};
+}
+
+TEST(HamLagrangian, ActivationEqualsAutogradAndLayerEnergyGradientIsTheState) {
+  DoubleDefault dd;
+  torch::manual_seed(1);
+  for (auto& [name, l] : builtin_lagrangians()) {
+    l->attach({3, 4}, name);
+    l->to(torch::kDouble);
+    for (int trial = 0; trial < 5; ++trial) {
+      auto x = torch::randn({6, 3, 4}, torch::kDouble) * 1.5;
+      EXPECT_TRUE(torch::allclose(l->activation(x), autograd_of(*l, x), 1e-9, 1e-11)) << name;
+      // ∂E/∂g = x, through x: ∂E/∂x = (∂g/∂x)ᵀ x.
+      auto leaf = x.clone().requires_grad_(true);
+      auto g = l->activation(leaf);
+      auto e = ((leaf * g).reshape({6, -1}).sum(1) - l->value(leaf)).sum();
+      auto de_dx = torch::autograd::grad({e}, {leaf}, {}, true)[0];
+      auto jt_x = torch::autograd::grad({g}, {leaf}, {x})[0];
+      EXPECT_TRUE(torch::allclose(de_dx, jt_x, 1e-9, 1e-11)) << name;
+    }
+  }
+}
+
+TEST(HamLagrangian, ValuesMatchTheirFormulas) {
+  DoubleDefault dd;
+  auto x = torch::tensor({{-1.0, 0.5, 2.0}});
+  EXPECT_NEAR(H::identity()->value(x).item<double>(), 0.5 * (1 + 0.25 + 4), 1e-12);
+  EXPECT_NEAR(H::relu()->value(x).item<double>(), 0.5 * (0.25 + 4), 1e-12);
+  EXPECT_NEAR(H::tanh(2.0)->value(x).item<double>(),
+              (std::log(std::cosh(-2.0)) + std::log(std::cosh(1.0)) + std::log(std::cosh(4.0))) / 2, 1e-12);
+  EXPECT_NEAR(H::softmax(2.0)->value(x).item<double>(), std::log(std::exp(-2.0) + std::exp(1.0) + std::exp(4.0)) / 2,
+              1e-12);
+  EXPECT_NEAR(H::rexp(1.0)->value(x).item<double>(), (std::exp(0.5) - 1.5) + (std::exp(2.0) - 3), 1e-12);
+  // log cosh stays finite where cosh overflows.
+  EXPECT_NEAR(H::tanh(1.0)->value(torch::tensor({{1000.0}})).item<double>(), 1000 - std::log(2.0), 1e-9);
+}
+
+TEST(HamLagrangian, CallableLagrangianDifferentiatesByAutograd) {
+  DoubleDefault dd;
+  auto quartic = H::lagrangian([](const torch::Tensor& x) { return x.pow(4).sum(1) / 4; }, true);
+  auto x = torch::randn({4, 5});
+  EXPECT_TRUE(torch::allclose(quartic->activation(x), x.pow(3)));
+}
+
+// Synapses' closed-form gradients against autograd of their energy.
+void expect_gradients_match(H::SynapseImpl& s, const std::vector<torch::Tensor>& g, const std::string& what) {
+  std::vector<torch::Tensor> leaves;
+  for (const auto& t : g) leaves.push_back(t.detach().requires_grad_(true));
+  auto expected = torch::autograd::grad({s.energy(leaves).sum()}, leaves, {}, false, false, true);
+  auto got = s.gradients(g);
+  ASSERT_EQ(got.size(), g.size());
+  for (size_t k = 0; k < g.size(); ++k) {
+    auto e = expected[k].defined() ? expected[k] : torch::zeros_like(g[k]);
+    EXPECT_TRUE(torch::allclose(got[k], e, 1e-9, 1e-11)) << what << " layer " << k;
+  }
+}
+
+TEST(HamSynapse, ClosedFormGradientsEqualAutograd) {
+  DoubleDefault dd;
+  torch::manual_seed(2);
+  H::HAM ham;
+  ham->add_layer("a", {5}, H::tanh())
+      .add_layer("b", {2, 3}, H::sigmoid())
+      .add_layer("img", {2, 7, 6}, H::identity())
+      .add_layer("maps", {3, 4, 3}, H::identity())
+      .add_layer("tokens", {4, 6}, H::identity())
+      .add_labelled_layer("n", {"x", "y", "z"}, H::tanh())
+      .add_synapse("ab", H::linear(true), {"a", "b"})
+      .add_synapse("aa", H::linear(true), {"a"})
+      .add_synapse("bias", H::bias(), {"b"})
+      .add_synapse("conv", H::conv2d({3, 2}, {2, 2}, {1, 0}), {"img", "maps"})
+      .add_synapse("att", H::attention(2, 3), {"tokens"})
+      .add_synapse("loops", H::graph({{0, 1}, {1, 2}, {2, 0}, {3, 3}, {4, 1}}), {"a"})
+      .add_synapse("across", H::graph({{0, "x"}, {0, "y"}, {4, "z"}}), {"a", "n"});
+  for (auto& p : ham->parameters()) torch::NoGradGuard(), p.data().normal_();
+  auto x = ham->init_states(3);
+  for (auto& [name, t] : x) t.normal_();
+  auto g = ham->activations(x);
+  for (const auto& s : ham->synapses()) {
+    std::vector<torch::Tensor> gs;
+    for (const auto& l : s.layers) gs.push_back(g[l]);
+    expect_gradients_match(*s.synapse, gs, s.name);
+  }
+}
+
+TEST(HamSynapse, GraphEqualsDenseWithTheSameEntries) {
+  DoubleDefault dd;
+  torch::manual_seed(3);
+  const int64_t n = 12;
+  std::mt19937 rng(4);
+  Pairs one, two;
+  std::set<std::pair<int, int>> seen;
+  while (one.size() < 30) {
+    int i = rng() % n, j = rng() % n;  // self-loops and cycles included
+    if (seen.count({i, j}) || seen.count({j, i})) continue;
+    seen.insert({i, j});
+    one.push_back({i, j});
+  }
+  for (int k = 0; k < 25; ++k) two.push_back({int(rng() % n), int(k)});
+  auto w1 = torch::randn({30}), w2 = torch::randn({25});
+  auto dense1 = torch::zeros({n, n}), dense2 = torch::zeros({n, 25});
+  for (int c = 0; c < 30; ++c) dense1[one[c].first.as_integer()][one[c].second.as_integer()] += w1[c];
+  for (int c = 0; c < 25; ++c) dense2[two[c].first.as_integer()][two[c].second.as_integer()] += w2[c];
+
+  auto build = [&](bool graph) {
+    H::HAM ham;
+    ham->add_layer("a", {n}, H::tanh()).add_layer("b", {25}, H::softmax(2.0));
+    ham->add_synapse("one", graph ? H::graph(one, w1) : H::linear(), {"a"});
+    ham->add_synapse("two", graph ? H::graph(two, w2) : H::linear(), {"a", "b"});
+    if (!graph) {
+      torch::NoGradGuard no_grad;
+      ham->synapse("one").synapse->named_parameters()["weight"].copy_(2 * dense1);  // linear is −½ gᵀWg
+      ham->synapse("two").synapse->named_parameters()["weight"].copy_(dense2);
+    }
+    return ham;
+  };
+  auto sparse = build(true), dense = build(false);
+  auto x = sparse->init_states(4);
+  for (auto& [name, t] : x) t.normal_();
+  auto es = sparse->energy_parts(x), ed = dense->energy_parts(x);
+  for (const auto& name : {"one", "two"}) EXPECT_TRUE(torch::allclose(es[name], ed[name], 1e-10, 1e-12)) << name;
+  auto g = sparse->activations(x);
+  auto by_hand = -((g["a"].mm(dense1)) * g["a"]).sum(1);
+  EXPECT_TRUE(torch::allclose(es["one"], by_hand, 1e-10, 1e-12));
+  auto opts = H::DescentOptions().steps(7).dt(0.2);
+  auto xs = sparse->descend(x, opts).states, xd = dense->descend(x, opts).states;
+  for (const auto& name : {"a", "b"}) EXPECT_TRUE(torch::allclose(xs[name], xd[name], 1e-10, 1e-12)) << name;
+}
+
+// A random HAM of convex layers: 2-4 layers, random synapses of every kind, graph synapses with cycles and self-loops.
+H::HAM random_ham(std::mt19937& rng) {
+  H::HAM ham;
+  const int layers = 2 + rng() % 3;
+  auto pick = [&]() -> H::Lagrangian {
+    switch (rng() % 9) {
+      case 0:
+        return H::identity();
+      case 1:
+        return H::relu();
+      case 2:
+        return H::tanh(0.5 + (rng() % 3) * 0.5);
+      case 3:
+        return H::sigmoid(1.0);
+      case 4:
+        return H::softmax(1.0 + rng() % 3);
+      case 5:
+        return H::rexp(0.5);
+      case 6:
+        return H::exponential(0.3);
+      // ε bounds these two's curvature near x = 0, so that dt = 0.02 is small enough.
+      case 7:
+        return H::layernorm(1.0, 0.1, 0.1);
+      default:
+        return H::spherical_norm(0.1);
+    }
+  };
+  std::vector<int64_t> sizes;
+  for (int l = 0; l < layers; ++l) {
+    sizes.push_back(2 + rng() % 6);
+    ham->add_layer("l" + std::to_string(l), {sizes.back()}, pick(), 0.5 + (rng() % 4) * 0.5);
+  }
+  const int synapses = 1 + rng() % 5;
+  for (int s = 0; s < synapses; ++s) {
+    const int a = rng() % layers, b = rng() % layers;
+    const std::string name = "s" + std::to_string(s), la = "l" + std::to_string(a), lb = "l" + std::to_string(b);
+    switch (rng() % 4) {
+      case 0:
+        ham->add_synapse(name, H::linear(rng() % 2),
+                         a == b ? std::vector<std::string>{la} : std::vector<std::string>{la, lb});
+        break;
+      case 1:
+        ham->add_synapse(name, H::bias(), {la});
+        break;
+      default: {
+        Pairs c;
+        std::set<std::pair<int, int>> seen;
+        const int count = 1 + rng() % 12;
+        for (int k = 0; k < count; ++k) {
+          int i = rng() % sizes[a], j = rng() % sizes[b];
+          if (seen.count({i, j}) || (a == b && seen.count({j, i}))) continue;
+          seen.insert({i, j});
+          c.push_back({i, j});
+        }
+        ham->add_synapse(name, H::graph(c), a == b ? std::vector<std::string>{la} : std::vector<std::string>{la, lb});
+      }
+    }
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& p : ham->named_parameters())
+    if (p.key().rfind("synapses.", 0) == 0)
+      p.value().mul_(0.5).add_(p.key().find("bias") != std::string::npos ? 0.1 : 0.0);
+  return ham;
+}
+
+TEST(HamDescent, EnergyNeverIncreasesOnRandomConvexHams) {
+  DoubleDefault dd;
+  torch::manual_seed(5);
+  std::mt19937 rng(6);
+  int graphs_with_cycles = 0;
+  for (int trial = 0; trial < 220; ++trial) {
+    auto ham = random_ham(rng);
+    for (const auto& s : ham->synapses())
+      if (s.synapse->connection_labels() && s.layers.size() == 1) ++graphs_with_cycles;
+    auto x = ham->init_states(3);
+    for (auto& [name, t] : x) t.normal_();
+    torch::NoGradGuard no_grad;
+    auto e = ham->descend(x, H::DescentOptions().steps(25).dt(0.02).record_energy(true)).energy;
+    auto rise = (e.slice(0, 1) - e.slice(0, 0, -1)).max().item<double>();
+    ASSERT_LE(rise, 1e-10 * (1 + e.abs().max().item<double>())) << "trial " << trial << ": " << *ham;
+  }
+  EXPECT_GT(graphs_with_cycles, 20);
+}
+
+TEST(HamDescent, StepIsMinusDtOverTauTimesAutogradDEdg) {
+  DoubleDefault dd;
+  torch::manual_seed(7);
+  std::mt19937 rng(8);
+  for (int trial = 0; trial < 20; ++trial) {
+    auto ham = random_ham(rng);
+    auto x = ham->init_states(2);
+    for (auto& [name, t] : x) t.normal_();
+    auto d = ham->dEdg(x);
+    auto next = ham->descend(x, H::DescentOptions().steps(1).dt(0.3)).states;
+    for (const auto& l : ham->layers())
+      EXPECT_TRUE(torch::allclose(next[l.name], x[l.name] - 0.3 / l.tau * d[l.name], 1e-10, 1e-12)) << l.name;
+  }
+}
+
+TEST(HamDescent, ClampedLayersAndEntriesNeverMove) {
+  torch::manual_seed(9);
+  H::HAM ham;
+  ham->add_layer("v", {8}, H::identity()).add_layer("h", {6}, H::softmax(3.0)).add_layer("c", {4}, H::tanh());
+  ham->add_synapse("vh", H::linear(), {"v", "h"}).add_synapse("hc", H::linear(), {"h", "c"});
+  auto x = ham->init_states(5);
+  for (auto& [name, t] : x) t.normal_();
+  auto mask = torch::rand({5, 8}) < 0.5;
+  auto out = ham->descend(x, H::DescentOptions().steps(30), {{"v", mask}, {"c", {}}}).states;
+  EXPECT_TRUE(torch::equal(out["c"], x["c"]));
+  EXPECT_TRUE(torch::equal(out["v"].masked_select(mask), x["v"].masked_select(mask)));
+  EXPECT_FALSE(torch::equal(out["v"].masked_select(~mask), x["v"].masked_select(~mask)));
+  EXPECT_FALSE(torch::equal(out["h"], x["h"]));
+  // A mask shared by the batch broadcasts.
+  auto row = torch::tensor({true, false, true, false, true, false, true, false});
+  auto shared = ham->descend(x, {}, {{"v", row}}).states;
+  EXPECT_TRUE(
+      torch::equal(shared["v"].index({torch::indexing::Slice(), row}), x["v"].index({torch::indexing::Slice(), row})));
+}
+
+TEST(HamDescent, InferenceKeepsNoGraphTrainingDoes) {
+  torch::manual_seed(10);
+  H::HAM ham;
+  ham->add_layer("a", {4}, H::tanh()).add_layer("b", {3}, H::softmax());
+  ham->add_synapse("ab", H::linear(), {"a", "b"}).add_synapse("att", H::linear(), {"a"});
+  auto x = ham->init_states(2);
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& [name, t] : ham->descend(x).states) EXPECT_FALSE(t.requires_grad()) << name;
+  }
+  for (const auto& [name, t] : ham->descend(x).states) EXPECT_TRUE(t.requires_grad()) << name;
+  for (auto& p : ham->parameters()) p.requires_grad_(false);
+  for (const auto& [name, t] : ham->descend(x).states) EXPECT_FALSE(t.requires_grad()) << name;
+}
+
+TEST(HamTraining, GradientsThroughTheDescentMatchFiniteDifferences) {
+  DoubleDefault dd;
+  torch::manual_seed(11);
+  H::HAM ham;
+  ham->add_layer("in", {5}, H::identity())
+      .add_layer("hid", {4}, H::layernorm(1.2, 0.1))
+      .add_layer("tok", {2, 3}, H::tanh())
+      .add_layer("out", {3}, H::softmax(1.5));
+  ham->add_synapse("ih", H::linear(true), {"in", "hid"})
+      .add_synapse("ho", H::linear(), {"hid", "out"})
+      .add_synapse("lat", H::graph({{0, 1}, {1, 2}, {2, 0}, {3, 3}}), {"hid"})
+      .add_synapse("att", H::attention(2, 2), {"tok"})
+      .add_synapse("to", H::linear(), {"tok", "out"})
+      .add_synapse("bo", H::bias(), {"out"});
+  auto x = ham->init_states(3);
+  for (auto& [name, t] : x) t.normal_();
+  auto target = torch::randn({3, 3});
+  auto loss = [&] {
+    auto s = ham->descend(x, H::DescentOptions().steps(5).dt(0.2), {{"in", {}}}).states;
+    return (ham->activations(s)["out"] * target).sum() + s["hid"].pow(2).sum() * 0.1;
+  };
+  auto value = loss();
+  ham->zero_grad();
+  value.backward();
+  const double eps = 1e-6;
+  for (auto& p : ham->named_parameters()) {
+    auto flat = p.value().data().view(-1);
+    auto grad = p.value().grad().view(-1);
+    for (int64_t k = 0; k < std::min<int64_t>(flat.numel(), 6); ++k) {
+      torch::NoGradGuard no_grad;
+      const double keep = flat[k].item<double>();
+      flat[k] = keep + eps;
+      const double up = loss().item<double>();
+      flat[k] = keep - eps;
+      const double down = loss().item<double>();
+      flat[k] = keep;
+      EXPECT_NEAR(grad[k].item<double>(), (up - down) / (2 * eps), 1e-6 * (1 + std::abs(grad[k].item<double>())))
+          << p.key() << "[" << k << "]";
+    }
+  }
+}
+
+TEST(HamTraining, SameSeedGivesBitIdenticalRuns) {
+  auto run = [] {
+    torch::manual_seed(12);
+    H::HAM ham;
+    ham->add_layer("in", {6}, H::identity()).add_layer("hid", {5}, H::relu()).add_layer("out", {3}, H::softmax());
+    ham->add_synapse("ih", H::linear(), {"in", "hid"})
+        .add_synapse("ho", H::linear(), {"hid", "out"})
+        .add_synapse("lat", H::graph({{0, 1}, {2, 3}, {4, 4}}), {"hid"});
+    torch::optim::Adam adam(ham->parameters(), 0.01);
+    auto x = ham->init_states(4);
+    x["in"] = torch::randn({4, 6});
+    for (int step = 0; step < 3; ++step) {
+      auto s = ham->descend(x, H::DescentOptions().steps(4), {{"in", {}}}).states;
+      auto l = s["out"].pow(2).sum();
+      adam.zero_grad();
+      l.backward();
+      adam.step();
+    }
+    std::vector<torch::Tensor> out;
+    for (const auto& p : ham->parameters()) out.push_back(p.detach().clone());
+    return out;
+  };
+  auto a = run(), b = run();
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t k = 0; k < a.size(); ++k) EXPECT_TRUE(torch::equal(a[k], b[k]));
+}
+
+// ------------------------------------------------------------------- edits
+
+H::HAM editable_ham() {
+  H::HAM ham;
+  ham->add_labelled_layer("a", {"p", "q", "r", "s"}, H::tanh())
+      .add_layer("b", {3}, H::layernorm(1.0, 0.3))
+      .add_synapse("ab", H::linear(true), {"a", "b"})
+      .add_synapse("aa", H::linear(), {"a"})
+      .add_synapse("lat", H::graph({{"p", "q"}, {"q", "r"}, {"r", "p"}, {"s", "s"}}), {"a"})
+      .add_synapse("across", H::graph({{"p", 0}, {"s", 2}}), {"a", "b"})
+      .add_synapse("bb", H::bias(), {"b"});
+  return ham;
+}
+
+TEST(HamEdit, SurvivingEntriesAreBitIdenticalByLabel) {
+  torch::manual_seed(13);
+  auto ham = editable_ham();
+  for (auto& p : ham->parameters()) torch::NoGradGuard(), p.data().normal_();
+  auto r = H::edit(ham)
+               .remove_neurons("a", {"q"})
+               .add_neurons("a", {"t"})
+               .add_neurons("b", {7})
+               .add_connections("lat", {{"t", "p"}, {"r", "s"}}, torch::tensor({0.5, -0.25}))
+               .add_connections("across", {{"t", 7}})
+               .remove_connections("lat", {{"p", "r"}})  // given as (r, p): directions do not matter
+               .build();
+  auto& e = *r.ham;
+  EXPECT_EQ(e.layer("a").neurons, (std::vector<NeuronId>{"p", "r", "s", "t"}));
+  EXPECT_EQ(e.layer("b").neurons, (std::vector<NeuronId>{0, 1, 2, 7}));
+  auto old_p = ham->named_parameters(), new_p = e.named_parameters();
+  // a: old p q r s -> new p r s t; b: old 0 1 2 -> new 0 1 2 7.
+  const std::vector<int> a_old{0, 2, 3}, a_new{0, 1, 2};
+  auto W = old_p["synapses.ab.weight"], W2 = new_p["synapses.ab.weight"];
+  for (size_t i = 0; i < a_old.size(); ++i)
+    for (int j = 0; j < 3; ++j) EXPECT_EQ(W2[a_new[i]][j].item<float>(), W[a_old[i]][j].item<float>());
+  auto A = old_p["synapses.aa.weight"], A2 = new_p["synapses.aa.weight"];
+  for (size_t i = 0; i < 3; ++i)
+    for (size_t j = 0; j < 3; ++j) EXPECT_EQ(A2[a_new[i]][a_new[j]].item<float>(), A[a_old[i]][a_old[j]].item<float>());
+  EXPECT_TRUE(torch::equal(new_p["synapses.ab.bias"].slice(0, 0, 3), old_p["synapses.ab.bias"]));
+  EXPECT_TRUE(torch::equal(new_p["synapses.bb.bias"].slice(0, 0, 3), old_p["synapses.bb.bias"]));
+  EXPECT_TRUE(torch::equal(new_p["layers.b.delta"].slice(0, 0, 3), old_p["layers.b.delta"]));
+  EXPECT_TRUE(torch::equal(new_p["layers.b.gamma"], old_p["layers.b.gamma"]));
+  // lat: old (p,q) (q,r) (r,p) (s,s) -> (s,s) survives, then (t,p) = 0.5, (r,s) = −0.25.
+  EXPECT_EQ(*e.synapse("lat").synapse->connection_labels(), (Pairs{{"s", "s"}, {"t", "p"}, {"r", "s"}}));
+  auto L = new_p["synapses.lat.weight"];
+  EXPECT_EQ(L[0].item<float>(), old_p["synapses.lat.weight"][3].item<float>());
+  EXPECT_EQ(L[1].item<float>(), 0.5f);
+  EXPECT_EQ(L[2].item<float>(), -0.25f);
+  auto C = new_p["synapses.across.weight"];
+  EXPECT_TRUE(torch::equal(C.slice(0, 0, 2), old_p["synapses.across.weight"]));
+  EXPECT_EQ(C[2].item<float>(), 0.0f);  // new connections start at 0
+  // The original is untouched.
+  EXPECT_EQ(ham->layer("a").neurons.size(), 4u);
+  EXPECT_EQ(ham->synapse("lat").synapse->connection_labels()->size(), 4u);
+}
+
+TEST(HamEdit, AddingZeroConnectionsKeepsTheEnergy) {
+  DoubleDefault dd;
+  torch::manual_seed(14);
+  auto ham = editable_ham();
+  auto r = H::edit(ham).add_connections("lat", {{"p", "s"}, {"q", "q"}}).build();
+  auto x = ham->init_states(3);
+  for (auto& [name, t] : x) t.normal_();
+  EXPECT_TRUE(torch::equal(ham->energy(x), r.ham->energy(x)));
+}
+
+TEST(HamEdit, OptimizerStateFollowsTheLabels) {
+  torch::manual_seed(15);
+  auto ham = editable_ham();
+  torch::optim::Adam adam(ham->parameters(), torch::optim::AdamOptions(0.003));
+  auto x = ham->init_states(4);
+  for (auto& [name, t] : x) t.normal_();
+  for (int step = 0; step < 2; ++step) {
+    adam.zero_grad();
+    ham->descend(x, H::DescentOptions().steps(3)).states.at("b").pow(2).sum().backward();
+    adam.step();
+  }
+  auto r = H::edit(ham).remove_neurons("a", {"p"}).remove_connections("lat", {{"q", "r"}}).build();
+  auto next = H::optimizer_after_edit(adam, ham, r);
+  EXPECT_DOUBLE_EQ(static_cast<torch::optim::AdamOptions&>(next->param_groups()[0].options()).lr(), 0.003);
+  auto state_of = [](torch::optim::Optimizer& o, const torch::Tensor& p) -> torch::optim::AdamParamState& {
+    return static_cast<torch::optim::AdamParamState&>(*o.state().at(c10::guts::to_string(p.unsafeGetTensorImpl())));
+  };
+  auto oldW = ham->named_parameters()["synapses.ab.weight"], newW = r.ham->named_parameters()["synapses.ab.weight"];
+  auto& o = state_of(adam, oldW);
+  auto& n = state_of(*next, newW);
+  EXPECT_EQ(n.step(), o.step());
+  EXPECT_TRUE(torch::equal(n.exp_avg(), o.exp_avg().slice(0, 1)));  // rows q r s
+  auto oldL = ham->named_parameters()["synapses.lat.weight"], newL = r.ham->named_parameters()["synapses.lat.weight"];
+  // lat: (p,q) (q,r) (r,p) (s,s) -> only (s,s) survives (p is gone, (q,r) removed).
+  ASSERT_EQ(newL.numel(), 1);
+  EXPECT_EQ(state_of(*next, newL).exp_avg_sq()[0].item<float>(), state_of(adam, oldL).exp_avg_sq()[3].item<float>());
+  // The carried optimizer steps.
+  next->zero_grad();
+  r.ham->descend(x.count("a") ? H::States{{"a", x["a"].slice(1, 1)}, {"b", x["b"]}} : x, H::DescentOptions().steps(2))
+      .states.at("b")
+      .pow(2)
+      .sum()
+      .backward();
+  next->step();
+}
+
+TEST(HamEdit, BadStepsAreRefusedNamingThemAndNothingChanges) {
+  auto ham = editable_ham();
+  auto before = ham->named_parameters()["synapses.ab.weight"].clone();
+  EXPECT_THROW_MSG(H::edit(ham).remove_neurons("a", {"zz"}).build(),
+                   "ham::edit(): step 1 (remove_neurons \"a\"): layer \"a\" has no neuron \"zz\"");
+  EXPECT_THROW_MSG(H::edit(ham).add_neurons("a", {"p"}).build(), "layer \"a\" already has neuron \"p\"");
+  EXPECT_THROW_MSG(H::edit(ham).add_neurons("nope", {1}).build(), "there is no layer \"nope\"");
+  EXPECT_THROW_MSG(H::edit(ham).remove_neurons("b", {0, 1, 2}).build(), "would leave layer \"b\" without neurons");
+  EXPECT_THROW_MSG(H::edit(ham).add_connections("lat", {{"q", "p"}}).build(),
+                   "synapse \"lat\" already has connection (\"q\", \"p\")");
+  EXPECT_THROW_MSG(H::edit(ham).add_connections("ab", {{"q", 0}}).build(), "synapse \"ab\" is not a graph synapse");
+  EXPECT_THROW_MSG(H::edit(ham).add_connections("across", {{"q", 9}}).build(),
+                   "names neuron 9, which layer \"b\" does not have");
+  EXPECT_THROW_MSG(H::edit(ham).remove_connections("lat", {{"p", "s"}}).build(),
+                   "synapse \"lat\" has no connection (\"p\", \"s\")");
+  EXPECT_THROW_MSG(H::edit(ham).add_connections("lat", {{"p", "s"}}, torch::ones({2})).build(),
+                   "expected one floating-point weight per connection ([1])");
+  EXPECT_THROW_MSG(H::edit(ham).add_neurons("a", {"u"}).remove_neurons("a", {"u", "u"}).build(),
+                   "step 2 (remove_neurons \"a\"): neuron \"u\" is listed twice");
+  H::HAM conv;
+  conv->add_layer("img", {1, 4, 4}, H::identity()).add_layer("tok", {3}, H::identity());
+  conv->add_layer("toks", {2, 3}, H::identity()).add_synapse("att", H::attention(1, 2), {"toks"});
+  struct Square : H::SynapseImpl {
+    torch::Tensor energy(const std::vector<torch::Tensor>& g) override { return -(g[0] * g[0]).sum(1); }
+    void attach(const std::vector<H::LayerView>&, const std::string&) override {}
+  };
+  conv->add_synapse("sq", std::make_shared<Square>(), {"tok"});
+  EXPECT_THROW_MSG(H::edit(conv).add_neurons("img", {9}).build(), "only the neurons of a 1-D layer can be edited");
+  EXPECT_THROW_MSG(H::edit(conv).add_neurons("tok", {9}).build(),
+                   "synapse \"sq\" joins layer \"tok\" and cannot follow neuron edits");
+  EXPECT_TRUE(torch::equal(before, ham->named_parameters()["synapses.ab.weight"]));
+  EXPECT_EQ(ham->layer("a").neurons.size(), 4u);
+}
+
+// ------------------------------------------------------------------ errors
+
+TEST(HamErrors, BadStructureIsRefusedNamingTheCulpritAndNothingChanges) {
+  H::HAM ham;
+  ham->add_layer("a", {4}, H::tanh())
+      .add_layer("img", {1, 6, 6}, H::identity())
+      .add_layer("m", {2, 3, 3}, H::identity());
+  EXPECT_THROW_MSG(ham->add_layer("b", {3}, H::tanh(), 0.0),
+                   "add_layer(): layer \"b\": expected a finite τ > 0, got 0");
+  EXPECT_THROW_MSG(ham->add_layer("b", {3}, H::tanh(), -1.0), "expected a finite τ > 0, got -1");
+  EXPECT_THROW_MSG(ham->add_layer("a", {3}, H::tanh()), "add_layer(): name \"a\" is taken by a layer");
+  EXPECT_THROW_MSG(ham->add_layer("b.c", {3}, H::tanh()), "name \"b.c\" may hold only letters, digits");
+  EXPECT_THROW_MSG(ham->add_layer("b", {0}, H::tanh()), "expected every dim ≥ 1, got [0]");
+  EXPECT_THROW_MSG(ham->add_layer("b", {3}, H::softmax(1.0, 2)), "softmax's dim 2 is out of range");
+  EXPECT_THROW_MSG(
+      ham->add_layer("b", {3}, H::lagrangian([](const torch::Tensor& x) { return x.sum(); })),
+      "add_layer(): layer \"b\": its Lagrangian's value is [] for a state [2, 3]; expected one per sample [2]");
+  struct Wrong : H::LagrangianImpl {
+    torch::Tensor value(const torch::Tensor& x) override { return x.sum(1); }
+    torch::Tensor activation(const torch::Tensor& x) override { return x.sum(1); }
+  };
+  EXPECT_THROW_MSG(
+      ham->add_layer("b", {3}, std::make_shared<Wrong>()),
+      "add_layer(): layer \"b\": its Lagrangian's activation is [2] for a state [2, 3]; expected the same shape");
+  EXPECT_THROW_MSG(ham->add_synapse("s", H::linear(), {"a", "zz"}),
+                   "add_synapse(): synapse \"s\": there is no layer \"zz\"");
+  EXPECT_THROW_MSG(ham->add_synapse("s", H::linear(), {"a", "a"}), "layer \"a\" is listed twice");
+  EXPECT_THROW_MSG(ham->add_synapse("s", H::conv2d({3, 3}), {"img", "m"}),
+                   "add_synapse(): synapse \"s\": the convolution of layer \"img\" [1, 6, 6] is [2, 4, 4], but layer "
+                   "\"m\" is [2, 3, 3]");
+  EXPECT_THROW_MSG(ham->add_synapse("s", H::attention(1, 2), {"a"}),
+                   "a attention synapse needs layers shaped [tokens, dim]");
+  EXPECT_THROW_MSG(ham->add_synapse("s", H::graph({{0, 9}}), {"a"}),
+                   "connection (0, 9) names neuron 9, which layer \"a\" does not have");
+  EXPECT_THROW_MSG(ham->add_synapse("s", H::graph({{0, 1}, {1, 0}}), {"a"}),
+                   "connection (1, 0) is listed twice (directions do not matter within one layer)");
+  EXPECT_THROW_MSG(ham->add_synapse("s", H::graph({{0, 1}}), {"img"}), "a graph synapse joins 1-D layers");
+  EXPECT_THROW_MSG(ham->add_synapse("s", H::bias(), {"a", "img"}), "a bias synapse joins 1 layer, got 2");
+  EXPECT_EQ(ham->layers().size(), 3u);
+  EXPECT_TRUE(ham->synapses().empty());
+  EXPECT_EQ(ham->parameters().size(), 0u);
+  EXPECT_THROW_MSG(H::repu(0.5), "repu(): expected a finite power n ≥ 1, got 0.5");
+  EXPECT_THROW_MSG(H::tanh(0), "tanh(): expected a finite β > 0, got 0");
+  EXPECT_THROW_MSG(H::conv2d({3}), "conv2d(): expected the kernel as two integers ≥ 1, got [3]");
+}
+
+TEST(HamErrors, BadStatesAndOptionsAreRefused) {
+  H::HAM ham;
+  ham->add_layer("a", {4}, H::tanh()).add_layer("b", {2}, H::softmax()).add_synapse("ab", H::linear(), {"a", "b"});
+  auto x = ham->init_states(3);
+  auto with = [&](const std::string& name, torch::Tensor t) {
+    auto y = x;
+    y[name] = std::move(t);
+    return y;
+  };
+  EXPECT_THROW_MSG(ham->descend(with("zz", torch::zeros({3, 1}))), "descend(): state \"zz\" names no layer of the HAM");
+  EXPECT_THROW_MSG(ham->descend({{"a", x["a"]}}), "descend(): no state for layer \"b\"");
+  EXPECT_THROW_MSG(ham->descend(with("a", torch::zeros({3, 5}))),
+                   "descend(): layer \"a\" has per-sample shape [4], so its state must be [batch, 4], got [3, 5]");
+  EXPECT_THROW_MSG(ham->energy(with("b", torch::zeros({2, 2}))),
+                   "energy(): layer \"b\"'s state has batch 2, but layer \"a\"'s has 3");
+  EXPECT_THROW_MSG(ham->descend(with("a", torch::full({3, 4}, NAN))), "descend(): layer \"a\"'s state holds NaN");
+  EXPECT_THROW_MSG(ham->descend(x, H::DescentOptions().dt(0)), "descend(): expected a finite dt > 0, got 0");
+  EXPECT_THROW_MSG(ham->descend(x, H::DescentOptions().steps(-1)), "descend(): expected steps ≥ 0, got -1");
+  EXPECT_THROW_MSG(ham->descend(x, {}, {{"q", {}}}), "descend(): clamp \"q\" names no layer of the HAM");
+  EXPECT_THROW_MSG(ham->descend(x, {}, {{"a", torch::ones({3, 3}, torch::kBool)}}),
+                   "descend(): clamp \"a\": its mask [3, 3] does not broadcast to the state [3, 4]");
+  EXPECT_THROW_MSG(ham->descend(x, {}, {{"a", torch::ones({3, 4})}}),
+                   "descend(): clamp \"a\": expected a bool mask, got Float");
+  EXPECT_THROW_MSG(ham->init_states(0), "init_states(): expected a batch ≥ 1, got 0");
+  // A step far too large for τ blows the state up; the message says so.
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : ham->parameters()) p.fill_(1e30);
+  }
+  auto big = with("a", torch::ones({3, 4}));
+  EXPECT_THROW_MSG(ham->descend(big, H::DescentOptions().steps(50).dt(3.0)), "descend(): layer \"");
+}
+
+// ------------------------------------------------------------- checkpoints
+
+TEST(HamCheckpoint, RoundTripsBitIdentically) {
+  TempDir dir;
+  for (bool as_double : {false, true}) {
+    torch::manual_seed(16);
+    auto ham = editable_ham();
+    ham->add_layer("img", {1, 5, 5}, H::identity()).add_layer("maps", {2, 3, 3}, H::relu(), 2.0);
+    ham->add_layer("tok", {3, 4}, H::spherical_norm()).add_synapse("conv", H::conv2d({3, 3}), {"img", "maps"});
+    ham->add_synapse("att", H::attention(2, 3, 0.7), {"tok"});
+    if (as_double) ham->to(torch::kDouble);
+    const auto path = dir / "ham.ckpt";
+    H::save(ham, path);
+    auto back = H::load(path);
+    std::ostringstream a, b;
+    a << *ham;
+    b << *back;
+    EXPECT_EQ(a.str(), b.str());
+    EXPECT_EQ(H::structure_json(ham), H::structure_json(back));
+    auto p = ham->named_parameters(), q = back->named_parameters();
+    ASSERT_EQ(p.size(), q.size());
+    for (const auto& item : p) EXPECT_TRUE(torch::equal(item.value(), q[item.key()])) << item.key();
+    auto x = ham->init_states(2);
+    for (auto& [name, t] : x) t.normal_();
+    EXPECT_TRUE(torch::equal(ham->descend(x).states["maps"], back->descend(x).states["maps"]));
+  }
+}
+
+TEST(HamCheckpoint, BadFilesAreRefusedNamingTheFileAndNothingIsWritten) {
+  TempDir dir;
+  auto ham = editable_ham();
+  const auto path = dir / "ham.ckpt";
+  H::save(ham, path);
+  const std::string good = slurp(path);
+  EXPECT_THROW_MSG(H::load(dir / "missing.ckpt"), "missing.ckpt");
+  spit(dir / "bad.ckpt", good.substr(0, good.size() - 9));
+  EXPECT_THROW_MSG(H::load(dir / "bad.ckpt"), "bad.ckpt is corrupted: its checksum does not match");
+  spit(dir / "bad.ckpt", good.substr(0, 10));
+  EXPECT_THROW_MSG(H::load(dir / "bad.ckpt"), "ham::load(): " + (dir / "bad.ckpt") + " is truncated");
+  std::string flipped = good;
+  flipped[flipped.size() / 2] ^= 1;
+  spit(dir / "bad.ckpt", flipped);
+  EXPECT_THROW_MSG(H::load(dir / "bad.ckpt"), "is corrupted");
+  // A network checkpoint is not a HAM checkpoint.
+  save(NeuralNetwork(readme_spec()), dir / "net.ckpt");
+  EXPECT_THROW_MSG(H::load(dir / "net.ckpt"), "is not a connex HAM checkpoint (it does not start with \"CONNEXHM\")");
+  // A custom Lagrangian cannot be written down: refused before the file is touched.
+  H::HAM custom;
+  custom->add_layer("a", {2}, H::lagrangian([](const torch::Tensor& x) { return x.pow(2).sum(1); }));
+  EXPECT_THROW_MSG(H::save(custom, path), "ham::save(): layer \"a\"'s Lagrangian cannot be written down");
+  EXPECT_EQ(slurp(path), good);
+  // A header whose structure claims far more parameters than the file holds.
+  auto huge = reseal_checkpoint(good, [](nlohmann::json& h, uint32_t&) {
+    h["structure"]["layers"][0]["neurons"] = nlohmann::json::array();
+    for (int i = 0; i < 100000; ++i) h["structure"]["layers"][0]["neurons"].push_back(i);
+  });
+  spit(dir / "bad.ckpt", huge);
+  EXPECT_THROW_MSG(H::load(dir / "bad.ckpt"), "values but the file holds");
+}
+
+TEST(Ham, CloneIsDeepAndPrintsExactly) {
+  torch::manual_seed(17);
+  auto ham = editable_ham();
+  auto copy = std::dynamic_pointer_cast<H::HAMImpl>(ham->clone());
+  ASSERT_TRUE(copy);
+  auto p = ham->named_parameters(), q = copy->named_parameters();
+  for (const auto& item : p) {
+    EXPECT_TRUE(torch::equal(item.value(), q[item.key()])) << item.key();
+    EXPECT_NE(item.value().data_ptr(), q[item.key()].data_ptr()) << item.key();
+  }
+  std::ostringstream s;
+  s << *ham;
+  EXPECT_EQ(s.str().rfind("connex::ham::HAM(layers=[a [4] ", 0), 0u) << s.str();
+}
+
+TEST(HamCuda, DescentAndTrainingMatchTheCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  DoubleDefault dd;
+  torch::manual_seed(18);
+  auto ham = editable_ham();
+  ham->add_layer("img", {1, 6, 6}, H::identity()).add_layer("maps", {2, 4, 4}, H::tanh());
+  ham->add_synapse("conv", H::conv2d({3, 3}), {"img", "maps"});
+  auto gpu = std::dynamic_pointer_cast<H::HAMImpl>(ham->clone(torch::Device(torch::kCUDA)));
+  auto x = ham->init_states(3);
+  for (auto& [name, t] : x) t.normal_();
+  H::States xg;
+  for (const auto& [name, t] : x) xg[name] = t.cuda();
+  auto opts = H::DescentOptions().steps(6).dt(0.1);
+  auto a = ham->descend(x, opts).states, b = gpu->descend(xg, opts).states;
+  for (const auto& [name, t] : a) EXPECT_TRUE(torch::allclose(t, b[name].cpu(), 1e-9, 1e-11)) << name;
+  a["maps"].sum().backward();
+  b["maps"].sum().backward();
+  auto p = ham->named_parameters(), q = gpu->named_parameters();
+  for (const auto& item : p)
+    EXPECT_TRUE(torch::allclose(item.value().grad(), q[item.key()].grad().cpu(), 1e-9, 1e-11)) << item.key();
+  // An edit keeps the HAM on its device.
+  auto edited = H::edit(H::HAM(gpu)).add_neurons("a", {"t"}).add_connections("lat", {{"t", "p"}}).build();
+  for (const auto& t : edited.ham->parameters()) EXPECT_TRUE(t.is_cuda());
+  for (const auto& t : edited.ham->buffers()) EXPECT_TRUE(t.is_cuda());
+}
+
+}  // namespace
+}  // namespace connex::testing
