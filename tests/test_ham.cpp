@@ -119,6 +119,67 @@ TEST(HamSynapse, ClosedFormGradientsEqualAutograd) {
   }
 }
 
+TEST(HamSynapse, AttentionGradientIsMultiHeadAttention) {
+  DoubleDefault dd;
+  torch::manual_seed(21);
+  // Queries from one layer, keys from another: ∂E/∂g_q = −Σ_h softmax(β Q_h K_hᵀ) K_h W_Q,hᵀ, attention whose values
+  // are the keys mapped back.
+  const int64_t heads = 3, head_dim = 2;
+  const double beta = 0.8;
+  H::HAM ham;
+  ham->add_layer("q", {4, 5}, H::identity()).add_layer("k", {6, 3}, H::identity());
+  ham->add_synapse("att", H::attention(heads, head_dim, beta), {"q", "k"});
+  auto params = ham->synapse("att").synapse->named_parameters();
+  auto wq = params["query"], wk = params["key"];
+  auto gq = torch::randn({2, 4, 5}), gk = torch::randn({2, 6, 3});
+  auto by_hand = torch::zeros_like(gq);
+  for (int64_t h = 0; h < heads; ++h) {
+    auto q = gq.matmul(wq[h]), k = gk.matmul(wk[h]);  // [2, 4, hd], [2, 6, hd]
+    auto a = torch::softmax(beta * q.matmul(k.transpose(1, 2)), -1);
+    by_hand -= a.matmul(k).matmul(wq[h].t());
+  }
+  auto d = ham->synapse("att").synapse->gradients({gq, gk});
+  EXPECT_TRUE(torch::allclose(d[0], by_hand, 1e-10, 1e-12));
+}
+
+// A trainable Lagrangian of the user's own: a learnt gain a, L = Σ softplus(a·x)/a.
+struct GainLagrangian : H::LagrangianImpl {
+  GainLagrangian() { gain = register_parameter("gain", torch::ones({}) * 1.5); }
+  torch::Tensor value(const torch::Tensor& x) override { return (torch::softplus(gain * x) / gain).sum(1); }
+  std::shared_ptr<H::LagrangianImpl> fresh() const override { return std::make_shared<GainLagrangian>(); }
+  bool convex() const override { return true; }
+  torch::Tensor gain;
+};
+
+TEST(HamLagrangian, CustomTrainableModuleTrainsThroughTheDescent) {
+  DoubleDefault dd;
+  torch::manual_seed(22);
+  H::HAM ham;
+  ham->add_layer("in", {3}, H::identity())
+      .add_layer("out", {4}, std::make_shared<GainLagrangian>())
+      .add_layer("top", {2}, H::identity());
+  ham->add_synapse("io", H::linear(), {"in", "out"}).add_synapse("ot", H::linear(), {"out", "top"});
+  auto x = ham->init_states(2);
+  x["in"] = torch::randn({2, 3});
+  // "top" moves by g_out, which the gain shapes.
+  auto loss = [&] { return ham->descend(x, H::DescentOptions().steps(4), {{"in", {}}}).states["top"].pow(2).sum(); };
+  auto l = loss();
+  l.backward();
+  auto gain = ham->named_parameters()["layers.out.gain"];
+  ASSERT_TRUE(gain.grad().defined());
+  const double eps = 1e-6, keep = gain.item<double>();
+  torch::NoGradGuard no_grad;
+  gain.fill_(keep + eps);
+  const double up = loss().item<double>();
+  gain.fill_(keep - eps);
+  const double down = loss().item<double>();
+  gain.fill_(keep);
+  EXPECT_NEAR(gain.grad().item<double>(), (up - down) / (2 * eps), 1e-6);
+  // Its activation is autograd's gradient of its value, and clone() copies its parameter through fresh().
+  auto copy = std::dynamic_pointer_cast<H::HAMImpl>(ham->clone());
+  EXPECT_TRUE(torch::equal(copy->named_parameters()["layers.out.gain"], gain));
+}
+
 TEST(HamSynapse, GraphEqualsDenseWithTheSameEntries) {
   DoubleDefault dd;
   torch::manual_seed(3);
