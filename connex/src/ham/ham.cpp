@@ -13,7 +13,22 @@ namespace {
 
 std::string shape_str(c10::IntArrayRef shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
 
-bool any_nan(const torch::Tensor& t) { return t.is_floating_point() && torch::isnan(t).any().item<bool>(); }
+// On the CPU a plain loop (no op dispatched: a descent checks every state twice).
+template <typename T>
+bool any_nan_in(const torch::Tensor& t) {
+  const T* p = t.data_ptr<T>();
+  bool found = false;
+  for (int64_t i = 0, n = t.numel(); i < n; ++i) found |= std::isnan(p[i]);
+  return found;
+}
+bool any_nan(const torch::Tensor& t) {
+  if (!t.is_floating_point()) return false;
+  if (t.device().is_cpu() && t.is_contiguous()) {
+    if (t.scalar_type() == torch::kFloat) return any_nan_in<float>(t);
+    if (t.scalar_type() == torch::kDouble) return any_nan_in<double>(t);
+  }
+  return torch::isnan(t).any().item<bool>();
+}
 
 // The first parameter's dtype and device, to place a new part like the rest.
 std::optional<torch::TensorOptions> placement(const torch::nn::Module& module) {
@@ -138,7 +153,7 @@ HAMImpl& HAMImpl::add_synapse(const std::string& name, Synapse synapse, std::vec
     std::vector<torch::Tensor> d;
     try {
       e = synapse->energy(g);
-      d = synapse->gradients(g);
+      d = synapse->currents(g);
     } catch (const Error&) {
       throw;
     } catch (const std::exception& ex) {
@@ -149,10 +164,10 @@ HAMImpl& HAMImpl::add_synapse(const std::string& name, Synapse synapse, std::vec
       fail("add_synapse(): synapse \"{}\": its energy is {} for 2 samples; expected one per sample [2]", name,
            e.defined() ? shape_str(e.sizes()) : "undefined");
     if (d.size() != g.size())
-      fail("add_synapse(): synapse \"{}\": it gives {} gradients for {} layers", name, d.size(), g.size());
+      fail("add_synapse(): synapse \"{}\": it gives {} currents for {} layers", name, d.size(), g.size());
     for (size_t k = 0; k < g.size(); ++k)
       if (!d[k].defined() || !d[k].sizes().equals(g[k].sizes()))
-        fail("add_synapse(): synapse \"{}\": its gradient for layer \"{}\" is {}; expected {}", name, layers[k],
+        fail("add_synapse(): synapse \"{}\": its current for layer \"{}\" is {}; expected {}", name, layers[k],
              d[k].defined() ? shape_str(d[k].sizes()) : "undefined", shape_str(g[k].sizes()));
   }
   synapse_modules_->register_module(name, synapse);
@@ -336,23 +351,25 @@ Descent HAMImpl::descend(const States& x, const DescentOptions& options, const C
   };
   record();
   const size_t n = layers_.size();
-  std::vector<torch::Tensor> drive(n);  // Σ_s ∂E_s/∂g per layer
+  std::vector<torch::Tensor> current(n);  // −Σ_s ∂E_s/∂g per layer
   for (int64_t step = 0; step < options.steps(); ++step) {
     const auto gs = activations_of(xs);
-    std::fill(drive.begin(), drive.end(), torch::Tensor());
+    std::fill(current.begin(), current.end(), torch::Tensor());
     for (size_t s = 0; s < synapses_.size(); ++s) {
       const auto& joined = synapse_layers_[s];
       std::vector<torch::Tensor> g;
       for (auto l : joined) g.push_back(gs[l]);
-      auto d = synapses_[s].synapse->gradients(g);
-      for (size_t k = 0; k < joined.size(); ++k)
-        if (!held[joined[k]]) drive[joined[k]] = drive[joined[k]].defined() ? drive[joined[k]] + d[k] : d[k];
+      auto d = synapses_[s].synapse->currents(g);
+      for (size_t k = 0; k < joined.size(); ++k) {
+        auto& into = current[joined[k]];
+        if (!held[joined[k]]) into = into.defined() ? into + d[k] : d[k];
+      }
     }
     for (size_t l = 0; l < n; ++l) {
       if (held[l]) continue;
-      // x − (dt/τ)(x + drive) = (1 − c)x − c·drive
+      // x − (dt/τ)(x + ∂E_s/∂g) = x + c·(current − x): one lerp.
       const double c = options.dt() / layers_[l].tau;
-      auto next = drive[l].defined() ? torch::add(xs[l] * (1 - c), drive[l], -c) : xs[l] * (1 - c);
+      auto next = current[l].defined() ? torch::lerp(xs[l], current[l], c) : xs[l] * (1 - c);
       xs[l] = masks[l].defined() ? torch::where(masks[l], xs[l], next) : next;
     }
     record();

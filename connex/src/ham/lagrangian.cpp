@@ -83,21 +83,22 @@ class BuiltinLagrangian : public LagrangianImpl {
 
   torch::Tensor activation(const torch::Tensor& x) override {
     const double beta = spec_.a;
+    const auto bx = [&] { return beta == 1.0 ? x : beta * x; };  // β = 1 costs no op
     switch (spec_.kind) {
       case Kind::identity:
         return x;
       case Kind::repu:
         return torch::relu(x).pow(spec_.a - 1);
       case Kind::exponential:
-        return torch::exp(beta * x);
+        return torch::exp(bx());
       case Kind::rexp:
-        return torch::expm1(torch::relu(beta * x));
+        return torch::expm1(torch::relu(bx()));
       case Kind::tanh:
-        return torch::tanh(beta * x);
+        return torch::tanh(bx());
       case Kind::sigmoid:
-        return torch::sigmoid(beta * x);
+        return torch::sigmoid(bx());
       case Kind::softmax:
-        return torch::softmax(beta * x, dim_);
+        return torch::softmax(bx(), dim_);
       case Kind::layernorm: {
         check_attached();
         auto centred = x - x.mean(-1, true);

@@ -49,8 +49,18 @@ NeuronId id_from_json(const json& j, const std::string& where) {
   fail("{}: expected a neuron label (an integer or a string), got {}", where, detail::excerpt(j));
 }
 
+// A synapse whose currents (−∂E/∂g) are written in closed form; its gradients are their negation.
+class ClosedFormSynapse : public SynapseImpl {
+ public:
+  std::vector<torch::Tensor> gradients(const std::vector<torch::Tensor>& g) override {
+    auto d = currents(g);
+    for (auto& t : d) t = -t;
+    return d;
+  }
+};
+
 // ------------------------------------------------------------------ linear
-class LinearSynapse : public SynapseImpl {
+class LinearSynapse : public ClosedFormSynapse {
  public:
   explicit LinearSynapse(bool bias) : bias_(bias) {}
   void attach(const std::vector<LayerView>& layers, const std::string& synapse) override {
@@ -68,15 +78,16 @@ class LinearSynapse : public SynapseImpl {
     if (bias_) e = e + g2.mv(b_);
     return -e;
   }
-  std::vector<torch::Tensor> gradients(const std::vector<torch::Tensor>& g) override {
+  std::vector<torch::Tensor> currents(const std::vector<torch::Tensor>& g) override {
     auto g1 = flat(g[0]), g2 = flat(g.back());
     if (!pair_) {
-      auto d = g1.mm(weight_ + weight_.t());  // one product: n² adds against batch·n² multiply-adds
-      d = bias_ ? -(0.5 * d + b_) : -0.5 * d;
-      return {d.view(g[0].sizes())};
+      // ½ (W + Wᵀ) g in one product: n² adds against batch·n² multiply-adds.
+      auto symmetric = torch::add(weight_, weight_.t()).mul_(0.5);
+      auto c = bias_ ? torch::addmm(b_, g1, symmetric) : g1.mm(symmetric);
+      return {c.view(g[0].sizes())};
     }
-    auto d2 = bias_ ? -torch::addmm(b_, g1, weight_) : -g1.mm(weight_);
-    return {-g2.mm(weight_.t()).view(g[0].sizes()), d2.view(g[1].sizes())};
+    auto c2 = bias_ ? torch::addmm(b_, g1, weight_) : g1.mm(weight_);
+    return {g2.mm(weight_.t()).view(g[0].sizes()), c2.view(g[1].sizes())};
   }
   std::shared_ptr<SynapseImpl> fresh() const override { return std::make_shared<LinearSynapse>(bias_); }
   json to_json() const override { return {{"kind", "linear"}, {"bias", bias_}}; }
@@ -93,14 +104,14 @@ class LinearSynapse : public SynapseImpl {
 };
 
 // -------------------------------------------------------------------- bias
-class BiasSynapse : public SynapseImpl {
+class BiasSynapse : public ClosedFormSynapse {
  public:
   void attach(const std::vector<LayerView>& layers, const std::string& synapse) override {
     expect_layers(layers, 1, 1, synapse, "bias");
     b_ = register_parameter("bias", torch::zeros(layers[0].shape));
   }
   torch::Tensor energy(const std::vector<torch::Tensor>& g) override { return -flat(g[0] * b_).sum(1); }
-  std::vector<torch::Tensor> gradients(const std::vector<torch::Tensor>& g) override { return {(-b_).expand_as(g[0])}; }
+  std::vector<torch::Tensor> currents(const std::vector<torch::Tensor>& g) override { return {b_.expand_as(g[0])}; }
   std::shared_ptr<SynapseImpl> fresh() const override { return std::make_shared<BiasSynapse>(); }
   json to_json() const override { return {{"kind", "bias"}}; }
   std::vector<std::pair<std::string, std::vector<int64_t>>> neuron_dims() const override { return {{"bias", {0}}}; }
@@ -111,7 +122,7 @@ class BiasSynapse : public SynapseImpl {
 };
 
 // ------------------------------------------------------------------ conv2d
-class Conv2dSynapse : public SynapseImpl {
+class Conv2dSynapse : public ClosedFormSynapse {
  public:
   Conv2dSynapse(std::vector<int64_t> kernel, std::vector<int64_t> stride, std::vector<int64_t> padding)
       : kernel_(std::move(kernel)), stride_(std::move(stride)), padding_(std::move(padding)) {}
@@ -138,9 +149,9 @@ class Conv2dSynapse : public SynapseImpl {
   torch::Tensor energy(const std::vector<torch::Tensor>& g) override {
     return -flat(g[1] * torch::conv2d(g[0], weight_, {}, stride_, padding_)).sum(1);
   }
-  std::vector<torch::Tensor> gradients(const std::vector<torch::Tensor>& g) override {
-    return {-torch::conv_transpose2d(g[1], weight_, {}, stride_, padding_, output_padding_),
-            -torch::conv2d(g[0], weight_, {}, stride_, padding_)};
+  std::vector<torch::Tensor> currents(const std::vector<torch::Tensor>& g) override {
+    return {torch::conv_transpose2d(g[1], weight_, {}, stride_, padding_, output_padding_),
+            torch::conv2d(g[0], weight_, {}, stride_, padding_)};
   }
   std::shared_ptr<SynapseImpl> fresh() const override {
     return std::make_shared<Conv2dSynapse>(kernel_, stride_, padding_);
@@ -311,7 +322,7 @@ class SparseProduct : public torch::autograd::Function<SparseProduct> {
   }
 };
 
-class GraphSynapse : public SynapseImpl {
+class GraphSynapse : public ClosedFormSynapse {
  public:
   GraphSynapse(std::vector<std::pair<NeuronId, NeuronId>> connections, torch::Tensor weights)
       : labels_(std::move(connections)), initial_(std::move(weights)) {}
@@ -350,7 +361,7 @@ class GraphSynapse : public SynapseImpl {
     }
     source_ = register_buffer("source", source);
     target_ = register_buffer("target", target);
-    // ∂E/∂g₁ = −M g₂ and ∂E/∂g₂ = −Mᵀ g₁, with M[i][j] = w_ij; over one layer M is symmetric.
+    // The currents are M g₂ and Mᵀ g₁, with M[i][j] = w_ij; over one layer M is symmetric.
     const int64_t n1 = static_cast<int64_t>(layers[0].neurons->size());
     const int64_t n2 = static_cast<int64_t>(layers.back().neurons->size());
     std::vector<int64_t> rows(s, s + count), cols(t, t + count), conns(count);
@@ -363,8 +374,8 @@ class GraphSynapse : public SynapseImpl {
     register_pattern("m", make_pattern(rows, cols, conns, n1, n2), matrix_);
     if (!one_layer_) register_pattern("t", make_pattern(cols, rows, conns, n2, n1), transposed_);
     const SparsePattern* t_of_m = one_layer_ ? &matrix_ : &transposed_;
-    first_ = {&matrix_, t_of_m, source_, target_, one_layer_, -1.0};
-    second_ = {&transposed_, &matrix_, target_, source_, false, -1.0};
+    first_ = {&matrix_, t_of_m, source_, target_, one_layer_, 1.0};
+    second_ = {&transposed_, &matrix_, target_, source_, false, 1.0};
     torch::Tensor weight;
     if (initial_.defined()) {
       if (initial_.dim() != 1 || initial_.size(0) != count || !initial_.is_floating_point())
@@ -385,7 +396,7 @@ class GraphSynapse : public SynapseImpl {
     auto a = flat(g[0]).index_select(1, source_), b = flat(g.back()).index_select(1, target_);
     return -(a * b * weight_).sum(1);
   }
-  std::vector<torch::Tensor> gradients(const std::vector<torch::Tensor>& g) override {
+  std::vector<torch::Tensor> currents(const std::vector<torch::Tensor>& g) override {
     if (one_layer_) return {SparseProduct::apply(weight_, flat(g[0]), &first_).view(g[0].sizes())};
     return {SparseProduct::apply(weight_, flat(g[1]), &first_).view(g[0].sizes()),
             SparseProduct::apply(weight_, flat(g[0]), &second_).view(g[1].sizes())};
@@ -424,7 +435,7 @@ class GraphSynapse : public SynapseImpl {
   bool one_layer_ = false;
   torch::Tensor source_, target_, weight_;
   SparsePattern matrix_, transposed_;   // M and (for two layers) Mᵀ
-  ProductOperands first_{}, second_{};  // −M g₂ for the first layer, −Mᵀ g₁ for the second
+  ProductOperands first_{}, second_{};  // M g₂ for the first layer, Mᵀ g₁ for the second
 };
 
 std::vector<int64_t> pair_of(const std::vector<int64_t>& v, const char* what, int64_t low) {
@@ -447,6 +458,12 @@ std::vector<torch::Tensor> SynapseImpl::gradients(const std::vector<torch::Tenso
   for (size_t k = 0; k < g.size(); ++k)
     if (!grads[k].defined()) grads[k] = torch::zeros_like(g[k]);
   return grads;
+}
+
+std::vector<torch::Tensor> SynapseImpl::currents(const std::vector<torch::Tensor>& g) {
+  auto d = gradients(g);
+  for (auto& t : d) t = -t;
+  return d;
 }
 
 std::shared_ptr<SynapseImpl> SynapseImpl::fresh() const {

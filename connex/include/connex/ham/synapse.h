@@ -38,6 +38,10 @@ class SynapseImpl : public torch::nn::Module {
   // ∂E/∂g_k for each joined layer, shaped like g_k. The default asks autograd
   // (keeping the graph when grad mode is on, so training sees it).
   virtual std::vector<torch::Tensor> gradients(const std::vector<torch::Tensor>& g);
+  // −∂E/∂g_k, the input each joined layer receives: what the descent sums.
+  // The default negates gradients(); the built-in synapses write it
+  // directly (one op fewer per layer and step).
+  virtual std::vector<torch::Tensor> currents(const std::vector<torch::Tensor>& g);
   // Called once when the synapse joins `layers`: checks their number and
   // shapes and sizes the parameters; throws connex::Error naming `synapse`.
   virtual void attach(const std::vector<LayerView>& layers, const std::string& synapse) = 0;
