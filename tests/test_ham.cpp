@@ -670,6 +670,40 @@ TEST(HamCheckpoint, RoundTripsBitIdentically) {
   }
 }
 
+TEST(HamCheckpoint, OptimizerStateResumesTrainingExactly) {
+  TempDir dir;
+  torch::manual_seed(23);
+  auto ham = editable_ham();
+  torch::optim::Adam adam(ham->parameters(), torch::optim::AdamOptions(0.01).betas({0.8, 0.95}));
+  auto x = ham->init_states(3);
+  for (auto& [name, t] : x) t.normal_();
+  auto step = [&](H::HAM& h, torch::optim::Optimizer& o) {
+    o.zero_grad();
+    h->descend(x, H::DescentOptions().steps(3)).states.at("b").pow(2).sum().backward();
+    o.step();
+  };
+  step(ham, adam);
+  step(ham, adam);
+  const auto path = dir / "ham.ckpt";
+  H::save(ham, path, &adam);
+  auto checkpoint = H::load_checkpoint(path);
+  ASSERT_TRUE(checkpoint.optimizer.has_value());
+  auto restored = H::restore_optimizer(checkpoint, path);
+  EXPECT_DOUBLE_EQ(static_cast<torch::optim::AdamOptions&>(restored->param_groups()[0].options()).lr(), 0.01);
+  step(ham, adam);
+  step(checkpoint.ham, *restored);
+  auto p = ham->named_parameters(), q = checkpoint.ham->named_parameters();
+  for (const auto& item : p) EXPECT_TRUE(torch::equal(item.value(), q[item.key()])) << item.key();
+  // Without an optimizer there is none to restore; one over another module's parameters is refused, file untouched.
+  H::save(ham, dir / "plain.ckpt");
+  EXPECT_THROW_MSG(H::restore_optimizer(H::load_checkpoint(dir / "plain.ckpt"), "plain.ckpt"),
+                   "ham::restore_optimizer(): plain.ckpt holds no optimizer state");
+  const std::string before = slurp(path);
+  torch::optim::SGD stranger({torch::zeros({2}, torch::requires_grad())}, 0.1);
+  EXPECT_THROW_MSG(H::save(ham, path, &stranger), "ham::save(): cannot save the optimizer for");
+  EXPECT_EQ(slurp(path), before);
+}
+
 TEST(HamCheckpoint, BadFilesAreRefusedNamingTheFileAndNothingIsWritten) {
   TempDir dir;
   auto ham = editable_ham();

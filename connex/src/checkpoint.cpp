@@ -16,6 +16,7 @@
 #include "file_io.h"
 #include "json_input.h"
 #include "optimizer_kinds.h"
+#include "saved_optimizer.h"
 #include "tensor_file.h"
 
 namespace connex {
@@ -160,13 +161,18 @@ void check_state_complete(const SavedOptimizer& saved, const char* operation, co
   }
 }
 
-json write_optimizer(const NeuralNetwork& network, const torch::optim::Optimizer& optimizer, std::string& data,
-                     const std::string& path) {
+}  // namespace
+
+namespace detail {
+
+json write_optimizer(const torch::nn::Module& module, const torch::optim::Optimizer& optimizer, std::string& data,
+                     const std::string& path, const char* context) {
   const std::string type = optimizer_type_name(optimizer);
   if (type == "other")
-    fail("save(): cannot save the optimizer for {}: connex saves the state of {}", path,
+    fail("{}: cannot save the optimizer for {}: connex saves the state of {}", context, path,
          list_optimizer_kinds(OptimizerNaming::kTitle));
-  const auto names = group_parameter_names(optimizer, network, "save(): cannot save the optimizer for " + path);
+  const auto names =
+      group_parameter_names(optimizer, module, fmt::format("{}: cannot save the optimizer for {}", context, path));
   json groups = json::array(), state = json::object();
   for (size_t g = 0; g < names.size(); ++g) {
     const auto& group = optimizer.param_groups()[g];
@@ -178,7 +184,7 @@ json write_optimizer(const NeuralNetwork& network, const torch::optim::Optimizer
       json entry = {{"tensors", json::object()}};
       if (fields.step) entry["step"] = *fields.step;
       for (const auto& [field, tensor] : fields.tensors)
-        if (tensor.defined()) entry["tensors"][field] = write_tensor(tensor, data, name + "." + field);
+        if (tensor.defined()) entry["tensors"][field] = write_tensor(tensor, data, name + "." + field, context);
       state[name] = entry;
     }
     groups.push_back({{"options", optimizer_options_to_json(group.options())}, {"parameters", names[g]}});
@@ -186,12 +192,17 @@ json write_optimizer(const NeuralNetwork& network, const torch::optim::Optimizer
   return {{"type", type}, {"groups", groups}, {"state", state}};
 }
 
+}  // namespace detail
+
+namespace {
+
 // The state fields of a saved optimizer type; an unknown type is an error that lists the known ones.
-const std::vector<std::string>& saved_state_fields(const std::string& type, const std::string& path) {
+const std::vector<std::string>& saved_state_fields(const std::string& type, const std::string& path,
+                                                   const char* context) {
   try {
     return state_tensor_names(type);
   } catch (const Error&) {
-    fail("load(): {}: /optimizer/type \"{}\" is not an optimizer connex knows ({})", path, type,
+    fail("{}: {}: /optimizer/type \"{}\" is not an optimizer connex knows ({})", context, path, type,
          list_optimizer_kinds(OptimizerNaming::kName, ", "));
   }
 }
@@ -199,18 +210,20 @@ const std::vector<std::string>& saved_state_fields(const std::string& type, cons
 // One /optimizer/groups entry; `grouped` collects the parameters the groups name, each at most once.
 SavedOptimizer::Group read_optimizer_group(const json& group, const std::string& type, const std::string& where,
                                            const torch::OrderedDict<std::string, torch::Tensor>& parameters,
-                                           std::unordered_set<std::string>& grouped) {
+                                           std::unordered_set<std::string>& grouped, const char* context,
+                                           const char* owner) {
   if (!group.is_object() || !group.contains("options") || !group.contains("parameters") ||
       !group.at("parameters").is_array())
-    fail("load(): {} must be {{\"options\": {{...}}, \"parameters\": [names]}}", where);
+    fail("{}: {} must be {{\"options\": {{...}}, \"parameters\": [names]}}", context, where);
   optimizer_options_from_json(type, group.at("options"),
-                              "load(): " + where + "/options");  // checks every option
+                              fmt::format("{}: {}/options", context, where));  // checks every option
   SavedOptimizer::Group out{group.at("options"), {}};
   for (const auto& name : group.at("parameters")) {
     if (!name.is_string() || !parameters.contains(name.get<std::string>()))
-      fail("load(): {}/parameters names {}, which is not a parameter of the network", where, detail::excerpt(name));
+      fail("{}: {}/parameters names {}, which is not a parameter of the {}", context, where, detail::excerpt(name),
+           owner);
     if (!grouped.insert(name.get<std::string>()).second)
-      fail("load(): {}/parameters names \"{}\" a second time", where, name.get<std::string>());
+      fail("{}: {}/parameters names \"{}\" a second time", context, where, name.get<std::string>());
     out.parameters.push_back(name.get<std::string>());
   }
   return out;
@@ -219,22 +232,23 @@ SavedOptimizer::Group read_optimizer_group(const json& group, const std::string&
 // One parameter's /optimizer/state entry: its step count where the type keeps one, and its tensors.
 OptimizerStateFields read_parameter_state(const json& entry, const std::string& type,
                                           const std::vector<std::string>& field_names, const torch::Tensor& parameter,
-                                          const TensorData& data, const std::string& path, const std::string& where) {
+                                          const TensorData& data, const std::string& path, const std::string& where,
+                                          const char* context) {
   if (!entry.is_object() || !entry.contains("tensors") || !entry.at("tensors").is_object())
-    fail("load(): {}: {} must be {{\"step\": n, \"tensors\": {{...}}}}", path, where);
+    fail("{}: {}: {} must be {{\"step\": n, \"tensors\": {{...}}}}", context, path, where);
   OptimizerStateFields fields;
   fields.type = type;
   if (state_has_step(type)) {
     if (!entry.contains("step") || !entry.at("step").is_number_unsigned() ||
         entry.at("step").get<uint64_t>() > uint64_t{1} << 62)
-      fail("load(): {}: {}/step must be a non-negative integer", path, where);
+      fail("{}: {}: {}/step must be a non-negative integer", context, path, where);
     fields.step = entry.at("step").get<int64_t>();
   } else if (entry.contains("step")) {
-    fail("load(): {}: {}/step: a {} state counts no steps", path, where, type);
+    fail("{}: {}: {}/step: a {} state counts no steps", context, path, where, type);
   }
   for (const auto& [field, tensor_entry] : entry.at("tensors").items())
     if (std::find(field_names.begin(), field_names.end(), field) == field_names.end())
-      fail("load(): {}: {}/tensors/{} is not a field of the {} state ({})", path, where, field, type,
+      fail("{}: {}: {}/tensors/{} is not a field of the {} state ({})", context, path, where, field, type,
            fmt::join(field_names, ", "));
   for (const auto& field : field_names) {
     torch::Tensor value;
@@ -247,31 +261,36 @@ OptimizerStateFields read_parameter_state(const json& entry, const std::string& 
   return fields;
 }
 
-SavedOptimizer read_optimizer(const json& o, const NeuralNetwork& network, const TensorData& data,
-                              const std::string& path) {
+}  // namespace
+
+namespace detail {
+
+SavedOptimizer read_optimizer(const json& o, const torch::nn::Module& module, const TensorData& data,
+                              const std::string& path, const char* context, const char* owner) {
   if (!o.is_object() || !o.contains("type") || !o.at("type").is_string() || !o.contains("groups") ||
       !o.at("groups").is_array() || !o.contains("state") || !o.at("state").is_object())
-    fail("load(): {}: /optimizer must be {{\"type\": \"...\", \"groups\": [...], \"state\": {{...}}}}", path);
+    fail("{}: {}: /optimizer must be {{\"type\": \"...\", \"groups\": [...], \"state\": {{...}}}}", context, path);
   SavedOptimizer saved;
   saved.type = o.at("type").get<std::string>();
-  const auto& field_names = saved_state_fields(saved.type, path);
-  const auto parameters = network->named_parameters();
+  const auto& field_names = saved_state_fields(saved.type, path, context);
+  const auto parameters = module.named_parameters();
   std::unordered_set<std::string> grouped;
   for (size_t g = 0; g < o.at("groups").size(); ++g)
     saved.groups.push_back(read_optimizer_group(o.at("groups").at(g), saved.type,
-                                                fmt::format("{}: /optimizer/groups/{}", path, g), parameters, grouped));
+                                                fmt::format("{}: /optimizer/groups/{}", path, g), parameters, grouped,
+                                                context, owner));
   for (const auto& [name, entry] : o.at("state").items()) {
     const std::string where = fmt::format("/optimizer/state/{}", name);
     if (!grouped.count(name))
-      fail("load(): {}: {} is the state of a parameter that no optimizer group holds", path, where);
-    saved.state.emplace(name,
-                        read_parameter_state(entry, saved.type, field_names, parameters[name], data, path, where));
+      fail("{}: {}: {} is the state of a parameter that no optimizer group holds", context, path, where);
+    saved.state.emplace(
+        name, read_parameter_state(entry, saved.type, field_names, parameters[name], data, path, where, context));
   }
-  check_state_complete(saved, "load()", path);
+  check_state_complete(saved, context, path);
   return saved;
 }
 
-}  // namespace
+}  // namespace detail
 
 namespace detail {
 
@@ -395,7 +414,7 @@ void save(const NeuralNetwork& network, const std::string& path, const torch::op
     entry["name"] = name;
     header["tensors"].push_back(std::move(entry));
   }
-  if (optimizer) header["optimizer"] = write_optimizer(network, *optimizer, data, path);
+  if (optimizer) header["optimizer"] = detail::write_optimizer(*network, *optimizer, data, path, "save()");
   write_file_atomically(path, detail::pack_tensor_file(kMagic, kCheckpointVersion, header, data), "save()");
 }
 
@@ -426,7 +445,8 @@ Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
   checkpoint.network->sync_frozen();
 
   if (header.contains("optimizer") && !header.at("optimizer").is_null())
-    checkpoint.optimizer = read_optimizer(header.at("optimizer"), checkpoint.network, data, path);
+    checkpoint.optimizer =
+        detail::read_optimizer(header.at("optimizer"), *checkpoint.network, data, path, "load()", "network");
   if (header.contains("training")) {
     if (!header.at("training").is_object()) fail("load(): {}: /training must be an object", path);
     checkpoint.training = header.at("training");
@@ -442,16 +462,30 @@ NeuralNetwork load(const std::string& path) { return load_checkpoint(path).netwo
 void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer& optimizer, const std::string& path,
                           const NeuralNetwork& network) {
   if (!checkpoint.optimizer) fail("load_optimizer_state(): {} holds no optimizer state", path);
-  const SavedOptimizer& saved = *checkpoint.optimizer;
+  detail::load_saved_optimizer(*checkpoint.optimizer, optimizer, path,
+                               network.is_empty() ? *checkpoint.network : *network, "load_optimizer_state()",
+                               "network");
+}
+
+std::unique_ptr<torch::optim::Optimizer> restore_optimizer(const Checkpoint& checkpoint, const std::string& path,
+                                                           const NeuralNetwork& network) {
+  if (!checkpoint.optimizer) fail("restore_optimizer(): {} holds no optimizer state", path);
+  return detail::restore_saved_optimizer(*checkpoint.optimizer, path,
+                                         network.is_empty() ? *checkpoint.network : *network, "restore_optimizer()",
+                                         "network");
+}
+
+namespace detail {
+
+void load_saved_optimizer(const SavedOptimizer& saved, torch::optim::Optimizer& optimizer, const std::string& path,
+                          const torch::nn::Module& module, const char* context, const char* owner) {
   const std::string type = optimizer_type_name(optimizer);
-  if (type != saved.type)
-    fail("load_optimizer_state(): {} holds {} state, but the optimizer is {}", path, saved.type, type);
+  if (type != saved.type) fail("{}: {} holds {} state, but the optimizer is {}", context, path, saved.type, type);
   if (optimizer.param_groups().size() != saved.groups.size())
-    fail("load_optimizer_state(): {} holds {} parameter group(s), but the optimizer has {}", path, saved.groups.size(),
+    fail("{}: {} holds {} parameter group(s), but the optimizer has {}", context, path, saved.groups.size(),
          optimizer.param_groups().size());
-  check_state_complete(saved, "load_optimizer_state()", path);
-  const auto names = group_parameter_names(optimizer, network.is_empty() ? checkpoint.network : network,
-                                           "load_optimizer_state(): " + path);
+  check_state_complete(saved, context, path);
+  const auto names = group_parameter_names(optimizer, module, fmt::format("{}: {}", context, path));
 
   // Build everything first, then install: an error leaves the optimizer as it was.
   std::vector<std::unique_ptr<torch::optim::OptimizerOptions>> options;
@@ -464,7 +498,7 @@ void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer&
       return v;
     };
     if (sorted(held) != sorted(saved.groups[g].parameters))
-      fail("load_optimizer_state(): group {} of the optimizer holds parameters [{}] but the one in {} holds [{}]", g,
+      fail("{}: group {} of the optimizer holds parameters [{}] but the one in {} holds [{}]", context, g,
            fmt::join(held, ", "), path, fmt::join(saved.groups[g].parameters, ", "));
     for (size_t i = 0; i < held.size(); ++i) {
       const torch::Tensor& p = group.params()[i];
@@ -476,46 +510,43 @@ void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer&
         // parse_checkpoint checked these against the saved network; a grafted state is checked here.
         if (!field.second.sizes().equals(p.sizes()) || field.second.scalar_type() != p.scalar_type())
           fail(
-              "load_optimizer_state(): the optimizer state in {} has a {} {} of shape [{}] for parameter \"{}\", which "
-              "is {} "
-              "of shape [{}]; it belongs to another network",
-              path, dtype_text(field.second.scalar_type()), field.first, fmt::join(field.second.sizes(), ", "), held[i],
-              dtype_text(p.scalar_type()), fmt::join(p.sizes(), ", "));
+              "{}: the optimizer state in {} has a {} {} of shape [{}] for parameter \"{}\", which is {} of shape "
+              "[{}]; it belongs to another {}",
+              context, path, dtype_text(field.second.scalar_type()), field.first, fmt::join(field.second.sizes(), ", "),
+              held[i], dtype_text(p.scalar_type()), fmt::join(p.sizes(), ", "), owner);
         field.second = field.second.to(p.device(), p.scalar_type(), false, /*copy=*/true);
       }
       states.emplace_back(c10::guts::to_string(p.unsafeGetTensorImpl()), make_param_state(fields));
     }
     options.push_back(
-        optimizer_options_from_json(saved.type, saved.groups[g].options, "load_optimizer_state(): " + path));
+        optimizer_options_from_json(saved.type, saved.groups[g].options, fmt::format("{}: {}", context, path)));
   }
   optimizer.state().clear();
   for (auto& [key, state] : states) optimizer.state()[key] = std::move(state);
   for (size_t g = 0; g < options.size(); ++g) optimizer.param_groups()[g].set_options(std::move(options[g]));
 }
 
-std::unique_ptr<torch::optim::Optimizer> restore_optimizer(const Checkpoint& checkpoint, const std::string& path,
-                                                           const NeuralNetwork& network) {
-  if (!checkpoint.optimizer) fail("restore_optimizer(): {} holds no optimizer state", path);
-  const SavedOptimizer& saved = *checkpoint.optimizer;
-  const NeuralNetwork& net = network.is_empty() ? checkpoint.network : network;
-  const auto parameters = net->named_parameters();
+std::unique_ptr<torch::optim::Optimizer> restore_saved_optimizer(const SavedOptimizer& saved, const std::string& path,
+                                                                 const torch::nn::Module& module, const char* context,
+                                                                 const char* owner) {
+  const auto parameters = module.named_parameters();
   std::vector<torch::optim::OptimizerParamGroup> groups;
   for (size_t g = 0; g < saved.groups.size(); ++g) {
     std::vector<torch::Tensor> params;
     for (const auto& name : saved.groups[g].parameters) {
       const auto* p = parameters.find(name);
       if (!p)
-        fail("restore_optimizer(): group {} in {} holds parameter \"{}\", which the network does not have", g, path,
-             name);
+        fail("{}: group {} in {} holds parameter \"{}\", which the {} does not have", context, g, path, name, owner);
       params.push_back(*p);
     }
     groups.emplace_back(std::move(params), optimizer_options_from_json(saved.type, saved.groups[g].options,
-                                                                       "restore_optimizer(): " + path));
+                                                                       fmt::format("{}: {}", context, path)));
   }
-  if (groups.empty()) fail("restore_optimizer(): {} holds an optimizer without parameter groups", path);
+  if (groups.empty()) fail("{}: {} holds an optimizer without parameter groups", context, path);
   auto optimizer = make_optimizer(saved.type, std::move(groups));
-  load_optimizer_state(checkpoint, *optimizer, path, net);
+  load_saved_optimizer(saved, *optimizer, path, module, context, owner);
   return optimizer;
 }
 
+}  // namespace detail
 }  // namespace connex

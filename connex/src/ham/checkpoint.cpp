@@ -8,6 +8,7 @@
 #include "dtype.h"
 #include "file_io.h"
 #include "json_input.h"
+#include "saved_optimizer.h"
 #include "tensor_file.h"
 
 namespace connex::ham {
@@ -170,7 +171,7 @@ HAM from_structure_json(const json& structure, const std::string& where) {
   return ham;
 }
 
-void save(const HAM& ham, const std::string& path) {
+void save(const HAM& ham, const std::string& path, const torch::optim::Optimizer* optimizer) {
   if (!ham) fail("ham::save(): expected a HAM, got an empty holder");
   json header = {{"structure", structure_json(ham)}, {"tensors", json::array()}};
   std::string dtype = "float32";
@@ -189,12 +190,22 @@ void save(const HAM& ham, const std::string& path) {
     entry["name"] = name;
     header["tensors"].push_back(std::move(entry));
   }
+  if (optimizer) header["optimizer"] = detail::write_optimizer(*ham, *optimizer, data, path, "ham::save()");
   write_file_atomically(path, detail::pack_tensor_file(kMagic, kCheckpointVersion, header, data), "ham::save()");
 }
 
-HAM load(const std::string& path) { return parse_checkpoint(read_file(path, "ham::load()"), path); }
+Checkpoint load_checkpoint(const std::string& path) { return parse_checkpoint(read_file(path, "ham::load()"), path); }
 
-HAM parse_checkpoint(const std::string& file, const std::string& path) {
+HAM load(const std::string& path) { return load_checkpoint(path).ham; }
+
+std::unique_ptr<torch::optim::Optimizer> restore_optimizer(const Checkpoint& checkpoint, const std::string& path,
+                                                           const HAM& ham) {
+  if (!checkpoint.optimizer) fail("ham::restore_optimizer(): {} holds no optimizer state", path);
+  return detail::restore_saved_optimizer(*checkpoint.optimizer, path, ham ? *ham : *checkpoint.ham,
+                                         "ham::restore_optimizer()", "HAM");
+}
+
+Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
   const char* context = "ham::load()";
   const auto packed = detail::unpack_tensor_file(file, kMagic, path, context, "a connex HAM checkpoint");
   if (packed.version != kCheckpointVersion)
@@ -217,7 +228,10 @@ HAM parse_checkpoint(const std::string& file, const std::string& path) {
   const detail::TensorData data{file,    packed.data_begin,     packed.data_size,    path,
                                 context, "the HAM's structure", "the header's dtype"};
   detail::read_tensor_table(header.at("tensors"), data, state_tensors(*ham), where, "its HAM's structure");
-  return ham;
+  Checkpoint checkpoint{ham, std::nullopt};
+  if (header.contains("optimizer") && !header.at("optimizer").is_null())
+    checkpoint.optimizer = detail::read_optimizer(header.at("optimizer"), *ham, data, path, context, "HAM");
+  return checkpoint;
 }
 
 }  // namespace connex::ham
