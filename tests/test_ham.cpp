@@ -27,6 +27,7 @@ std::vector<std::pair<std::string, H::Lagrangian>> builtin_lagrangians() {
   return {{"identity", H::identity()},
           {"relu", H::relu()},
           {"repu3", H::repu(3)},
+          {"repu1", H::repu(1)},
           {"exponential", H::exponential(0.7)},
           {"rexp", H::rexp(1.5)},
           {"tanh", H::tanh(2.0)},
@@ -51,7 +52,8 @@ TEST(HamLagrangian, ActivationEqualsAutogradAndLayerEnergyGradientIsTheState) {
       auto g = l->activation(leaf);
       auto e = ((leaf * g).reshape({6, -1}).sum(1) - l->value(leaf)).sum();
       auto de_dx = torch::autograd::grad({e}, {leaf}, {}, true)[0];
-      auto jt_x = torch::autograd::grad({g}, {leaf}, {x})[0];
+      // repu(1)'s step function is flat wherever it is differentiable: its Jacobian is 0.
+      auto jt_x = g.requires_grad() ? torch::autograd::grad({g}, {leaf}, {x})[0] : torch::zeros_like(x);
       EXPECT_TRUE(torch::allclose(de_dx, jt_x, 1e-9, 1e-11)) << name;
     }
   }
@@ -606,7 +608,51 @@ TEST(HamErrors, BadStructureIsRefusedNamingTheCulpritAndNothingChanges) {
   EXPECT_EQ(ham->parameters().size(), 0u);
   EXPECT_THROW_MSG(H::repu(0.5), "repu(): expected a finite power n ≥ 1, got 0.5");
   EXPECT_THROW_MSG(H::tanh(0), "tanh(): expected a finite β > 0, got 0");
-  EXPECT_THROW_MSG(H::conv2d({3}), "conv2d(): expected the kernel as two integers ≥ 1, got [3]");
+  EXPECT_THROW_MSG(H::conv2d({3}), "conv2d(): expected the kernel as two integers in [1, 1048576], got [3]");
+}
+
+TEST(HamErrors, APartRefusedOnceJoinsOnTheRightTry) {
+  H::HAM ham;
+  ham->add_layer("img", {1, 6, 6}, H::identity()).add_layer("m", {2, 3, 3}, H::identity());
+  ham->add_layer("ok", {2, 4, 4}, H::identity()).add_layer("a", {3}, H::tanh());
+  auto conv = H::conv2d({3, 3});
+  EXPECT_THROW_MSG(ham->add_synapse("c", conv, {"img", "m"}), "the convolution of layer \"img\"");
+  ham->add_synapse("c", conv, {"img", "ok"});
+  auto lateral = H::graph({{0, 1}, {1, 2}}, torch::tensor({0.5, 0.25}));
+  EXPECT_THROW_MSG(ham->add_synapse("g", lateral, {"a", "img"}), "a graph synapse joins 1-D layers");
+  ham->add_synapse("g", lateral, {"a"});
+  EXPECT_TRUE(torch::allclose(ham->synapse("g").synapse->named_parameters()["weight"], torch::tensor({0.5f, 0.25f})));
+  auto x = ham->init_states(2);
+  for (auto& [name, t] : x) t.normal_();
+  EXPECT_EQ(ham->descend(x).states["ok"].sizes(), (std::vector<int64_t>{2, 2, 4, 4}));
+}
+
+// A Lagrangian with one gain per neuron that does not say its gains follow the neurons.
+struct GainPerNeuron : H::LagrangianImpl {
+  void attach(const std::vector<int64_t>& shape, const std::string&) override {
+    gain = register_parameter("gain", torch::ones(shape));
+  }
+  torch::Tensor value(const torch::Tensor& x) override { return (0.5 * gain * x * x).sum(1); }
+  std::shared_ptr<H::LagrangianImpl> fresh() const override { return std::make_shared<GainPerNeuron>(); }
+  torch::Tensor gain;
+};
+
+TEST(HamEdit, AParameterThatCannotFollowTheNeuronsIsRefused) {
+  H::HAM ham;
+  ham->add_layer("a", {1}, std::make_shared<GainPerNeuron>()).add_synapse("b", H::bias(), {"a"});
+  EXPECT_THROW_MSG(H::edit(ham).add_neurons("a", {1}).build(),
+                   "ham::edit(): parameter \"layers.a.gain\" would change from [1] to [2], but its owner does not say");
+  EXPECT_EQ(ham->layer("a").neurons.size(), 1u);
+}
+
+TEST(HamErrors, BuiltInDescriptionsAreReadWithOnePrefix) {
+  EXPECT_THROW_MSG(H::lagrangian_from_json({{"kind", "tanh"}}, "here"), "here: tanh needs a number \"beta\"");
+  try {
+    H::lagrangian_from_json({{"kind", "tanh"}}, "here");
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).find("here: here"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW_MSG(H::conv2d({3, int64_t{1} << 40}), "conv2d(): expected the kernel as two integers in [1, 1048576]");
 }
 
 TEST(HamErrors, BadStatesAndOptionsAreRefused) {
@@ -734,6 +780,38 @@ TEST(HamCheckpoint, BadFilesAreRefusedNamingTheFileAndNothingIsWritten) {
   });
   spit(dir / "bad.ckpt", huge);
   EXPECT_THROW_MSG(H::load(dir / "bad.ckpt"), "values but the file holds");
+}
+
+TEST(HamCheckpoint, SizesAreCheckedAgainstTheFileBothWays) {
+  TempDir dir;
+  // A big layer with few parameters loads (the bound counts what each synapse really holds).
+  H::HAM big;
+  big->add_layer("a", {5000}, H::identity()).add_synapse("b", H::bias(), {"a"});
+  H::save(big, dir / "big.ckpt");
+  EXPECT_EQ(H::load(dir / "big.ckpt")->layer("a").shape[0], 5000);
+  // Crafted headers: huge attention weights, a synapse that is not an object.
+  H::HAM small;
+  small->add_layer("t", {2, 4}, H::identity()).add_synapse("att", H::attention(1, 2), {"t"});
+  small->add_synapse("b", H::bias(), {"t"});
+  H::save(small, dir / "small.ckpt");
+  const std::string good = slurp(dir / "small.ckpt");
+  spit(dir / "bad.ckpt", reseal_checkpoint(good, [](nlohmann::json& h, uint32_t&) {
+         h["structure"]["synapses"][0]["synapse"]["heads"] = 4096;
+         h["structure"]["synapses"][0]["synapse"]["head_dim"] = 4096;
+       }));
+  EXPECT_THROW_MSG(H::load(dir / "bad.ckpt"), "parameter values but the file holds");
+  spit(dir / "bad.ckpt", reseal_checkpoint(good, [](nlohmann::json& h, uint32_t&) {
+         h["structure"]["synapses"][0]["synapse"] = "linear";
+       }));
+  EXPECT_THROW_MSG(H::load(dir / "bad.ckpt"), "expected a synapse {\"kind\": ...}, got \"linear\"");
+  spit(dir / "bad.ckpt", reseal_checkpoint(good, [](nlohmann::json& h, uint32_t&) {
+         h["structure"]["layers"][0]["shape"] = {1 << 20, 1 << 10};
+       }));
+  EXPECT_THROW_MSG(H::load(dir / "bad.ckpt"), "has a layer of 1073741824 entries per sample");
+  // Mixed dtypes cannot be written down as one.
+  small->synapse("att").synapse->to(torch::kDouble);
+  EXPECT_THROW_MSG(H::save(small, dir / "mixed.ckpt"), "cast the HAM to one dtype first");
+  EXPECT_FALSE(std::filesystem::exists(dir / "mixed.ckpt"));
 }
 
 TEST(Ham, CloneIsDeepAndPrintsExactly) {

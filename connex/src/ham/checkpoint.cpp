@@ -1,5 +1,6 @@
 #include "connex/ham/checkpoint.h"
 
+#include <algorithm>
 #include <map>
 
 #include <torch/torch.h>
@@ -53,15 +54,26 @@ std::vector<int64_t> shape_of(const json& j, const std::string& where) {
   return shape;
 }
 
-// An upper bound on the entries the structure's parameters and probes take,
-// so that a crafted header cannot make the loader allocate more than the file could hold.
-double structure_entries(const json& structure, const std::string& where) {
+// The entries the structure's parameters take (as the synapses and
+// Lagrangians size them) and its largest layer, read from the JSON before
+// anything is built, so that a crafted header cannot make the loader
+// allocate more than the file holds. A malformed part counts 0 here:
+// building it is refused anyway.
+struct StructureSize {
+  double parameters = 0;  // entries
+  double largest_layer = 0;
+};
+
+StructureSize structure_size(const json& structure, const std::string& where) {
+  StructureSize size;
   std::map<std::string, std::vector<int64_t>> shapes;
-  double entries = 0;
   auto count = [](const std::vector<int64_t>& s) {
     double n = 1;
     for (auto d : s) n *= static_cast<double>(d);
     return n;
+  };
+  auto integer = [](const json& j, const char* key) {
+    return j.contains(key) && j.at(key).is_number_integer() ? static_cast<double>(j.at(key).get<int64_t>()) : 0.0;
   };
   for (const auto& l : member(structure, "layers", where)) {
     if (!l.is_object() || !l.contains("name") || !l.at("name").is_string()) continue;
@@ -71,22 +83,41 @@ double structure_entries(const json& structure, const std::string& where) {
     else if (l.contains("shape"))
       shape = shape_of(l.at("shape"), where + "/layers/" + l.at("name").get<std::string>() + "/shape");
     shapes[l.at("name").get<std::string>()] = shape;
-    entries += count(shape);
+    size.largest_layer = std::max(size.largest_layer, count(shape));
+    if (l.contains("lagrangian") && l.at("lagrangian").is_object() &&
+        l.at("lagrangian").value("kind", json()) == "layernorm" && !shape.empty())
+      size.parameters += 1 + static_cast<double>(shape.back());
   }
   for (const auto& s : member(structure, "synapses", where)) {
-    if (!s.is_object() || !s.contains("layers") || !s.at("layers").is_array() || !s.contains("synapse")) continue;
-    double product = 1, sum = 0;
-    for (const auto& name : s.at("layers")) {
-      if (!name.is_string() || !shapes.count(name.get<std::string>())) continue;
-      const double n = count(shapes[name.get<std::string>()]);
-      product *= n;
-      sum += n;
+    if (!s.is_object() || !s.contains("layers") || !s.at("layers").is_array() || !s.contains("synapse") ||
+        !s.at("synapse").is_object())
+      continue;
+    std::vector<std::vector<int64_t>> joined;
+    for (const auto& name : s.at("layers"))
+      if (name.is_string() && shapes.count(name.get<std::string>())) joined.push_back(shapes[name.get<std::string>()]);
+    const auto& synapse = s.at("synapse");
+    if (joined.empty() || !synapse.contains("kind") || !synapse.at("kind").is_string()) continue;
+    const std::string kind = synapse.at("kind").get<std::string>();
+    const double n1 = count(joined.front()), n2 = count(joined.back());
+    if (kind == "linear") {
+      size.parameters += n1 * n2 + n2;
+    } else if (kind == "bias") {
+      size.parameters += n1;
+    } else if (kind == "conv2d") {
+      const auto& k = synapse.contains("kernel") ? synapse.at("kernel") : json();
+      const double kernel = k.is_array() && k.size() == 2 && k[0].is_number_integer() && k[1].is_number_integer()
+                                ? static_cast<double>(k[0].get<int64_t>()) * static_cast<double>(k[1].get<int64_t>())
+                                : 0.0;
+      if (joined.size() == 2 && joined[0].size() == 3 && joined[1].size() == 3)
+        size.parameters += static_cast<double>(joined[1][0]) * static_cast<double>(joined[0][0]) * kernel;
+    } else if (kind == "attention") {
+      const double dims = static_cast<double>(joined.front().back()) + static_cast<double>(joined.back().back());
+      size.parameters += integer(synapse, "heads") * integer(synapse, "head_dim") * dims;
+    } else if (kind == "graph" && synapse.contains("connections") && synapse.at("connections").is_array()) {
+      size.parameters += static_cast<double>(synapse.at("connections").size());
     }
-    const auto& kind = s.at("synapse").value("kind", "");
-    // linear: n₁·n₂ (n² for one layer); attention, conv2d: bounded by the same; bias: n; graph: its labels.
-    entries += kind == "graph" ? 0 : (s.at("layers").size() == 1 ? product * product : product) + sum;
   }
-  return entries;
+  return size;
 }
 
 }  // namespace
@@ -174,14 +205,21 @@ HAM from_structure_json(const json& structure, const std::string& where) {
 void save(const HAM& ham, const std::string& path, const torch::optim::Optimizer* optimizer) {
   if (!ham) fail("ham::save(): expected a HAM, got an empty holder");
   json header = {{"structure", structure_json(ham)}, {"tensors", json::array()}};
-  std::string dtype = "float32";
-  for (const auto& p : ham->parameters()) {
-    const DtypeInfo* info = find_dtype(p.scalar_type());
+  // One dtype for every floating-point tensor: load() builds the HAM and casts it to that one.
+  std::string dtype = "float32", first;
+  for (const auto& [name, tensor] : state_tensors(*ham)) {
+    if (!tensor.is_floating_point()) continue;
+    const DtypeInfo* info = find_dtype(tensor.scalar_type());
     if (!info)
-      fail("ham::save(): {}: a parameter has dtype {}, which a checkpoint cannot hold", path,
-           c10::toString(p.scalar_type()));
-    dtype = info->name;
-    break;
+      fail("ham::save(): {}: tensor \"{}\" has dtype {}, which a checkpoint cannot hold", path, name,
+           c10::toString(tensor.scalar_type()));
+    if (first.empty()) {
+      first = name;
+      dtype = info->name;
+    } else if (dtype != info->name) {
+      fail("ham::save(): {}: tensor \"{}\" is {} but \"{}\" is {}; cast the HAM to one dtype first (ham->to(...))",
+           path, name, info->name, first, dtype);
+    }
   }
   header["dtype"] = dtype;
   std::string data;
@@ -201,6 +239,7 @@ HAM load(const std::string& path) { return load_checkpoint(path).ham; }
 std::unique_ptr<torch::optim::Optimizer> restore_optimizer(const Checkpoint& checkpoint, const std::string& path,
                                                            const HAM& ham) {
   if (!checkpoint.optimizer) fail("ham::restore_optimizer(): {} holds no optimizer state", path);
+  if (!ham && !checkpoint.ham) fail("ham::restore_optimizer(): {}: expected a HAM, got none", path);
   return detail::restore_saved_optimizer(*checkpoint.optimizer, path, ham ? *ham : *checkpoint.ham,
                                          "ham::restore_optimizer()", "HAM");
 }
@@ -218,10 +257,14 @@ Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
     fail("{} has a header without \"structure\", \"tensors\" and \"dtype\"", where);
   const DtypeInfo* dtype = find_dtype(header.at("dtype").get<std::string>());
   if (!dtype) fail("{}: unknown dtype {}", where, detail::excerpt(header.at("dtype")));
-  const double entries = structure_entries(header.at("structure"), where + ": /structure");
-  if (entries * static_cast<double>(dtype->size) > static_cast<double>(packed.data_size) + (64 << 20))
-    fail("{}: its structure needs about {:.0f} values but the file holds {} bytes of tensors", where, entries,
-         packed.data_size);
+  // Parameters must fit the tensor bytes present; a layer's probes take two samples of it.
+  const StructureSize size = structure_size(header.at("structure"), where + ": /structure");
+  if (size.largest_layer > static_cast<double>(int64_t{1} << 28))
+    fail("{}: its structure has a layer of {:.0f} entries per sample (at most {} can be loaded)", where,
+         size.largest_layer, int64_t{1} << 28);
+  if (size.parameters * static_cast<double>(dtype->size) > static_cast<double>(packed.data_size) + 1024)
+    fail("{}: its structure needs {:.0f} parameter values but the file holds {} bytes of tensors", where,
+         size.parameters, packed.data_size);
 
   HAM ham = from_structure_json(header.at("structure"), where + ": /structure");
   ham->to(dtype->type);

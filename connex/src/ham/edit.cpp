@@ -83,6 +83,13 @@ const char* step_name(Editor::Step const& step) {
   return "";
 }
 
+// connex's own graph synapse, which an edit can rebuild with other connections.
+bool is_graph(const Synapse& synapse) {
+  if (!synapse->connection_labels()) return false;
+  const auto description = synapse->to_json();
+  return description.is_object() && description.value("kind", std::string()) == "graph";
+}
+
 bool joins(const SynapseConnection& s, const std::string& layer) {
   return std::find(s.layers.begin(), s.layers.end(), layer) != s.layers.end();
 }
@@ -99,7 +106,7 @@ void apply(const HAMImpl& ham, Draft& draft, const Editor::Step& step, size_t in
       fail("{}: only the neurons of a 1-D layer can be edited; layer \"{}\" is [{}]", where, step.target,
            fmt::join(ham.layer(step.target).shape, ", "));
     for (const auto& s : ham.synapses())
-      if (joins(s, step.target) && s.synapse->neuron_dims().empty() && !s.synapse->connection_labels())
+      if (joins(s, step.target) && s.synapse->neuron_dims().empty() && !is_graph(s.synapse))
         fail(
             "{}: synapse \"{}\" joins layer \"{}\" and cannot follow neuron edits (it has no neuron-indexed "
             "parameters)",
@@ -124,7 +131,7 @@ void apply(const HAMImpl& ham, Draft& draft, const Editor::Step& step, size_t in
                   neurons.end());
     // A removed neuron takes its graph connections with it.
     for (const auto& s : ham.synapses()) {
-      if (!s.synapse->connection_labels()) continue;
+      if (!is_graph(s.synapse)) continue;
       auto& list = draft.connections[s.name];
       auto gone = [&](const std::pair<NeuronId, NeuronId>& c) {
         return (s.layers[0] == step.target && listed.count(c.first)) ||
@@ -138,7 +145,7 @@ void apply(const HAMImpl& ham, Draft& draft, const Editor::Step& step, size_t in
   for (const auto& s : ham.synapses())
     if (s.name == step.target) synapse = &s;
   if (!synapse) fail("{}: there is no synapse \"{}\"", where, step.target);
-  if (!synapse->synapse->connection_labels())
+  if (!is_graph(synapse->synapse))
     fail("{}: synapse \"{}\" is not a graph synapse; only a graph synapse has single connections", where, step.target);
   const bool one_layer = synapse->layers.size() == 1;
   auto& list = draft.connections[step.target];
@@ -214,7 +221,7 @@ EditResult Editor::build() const {
   for (const auto& l : old.layers())
     if (l.shape.size() == 1) draft.neurons[l.name] = l.neurons;
   for (const auto& s : old.synapses())
-    if (const auto* labels = s.synapse->connection_labels()) draft.connections[s.name] = *labels;
+    if (is_graph(s.synapse)) draft.connections[s.name] = *s.synapse->connection_labels();
   for (size_t k = 0; k < steps_.size(); ++k) apply(old, draft, *steps_[k], k);
 
   torch::NoGradGuard no_grad;
@@ -255,7 +262,7 @@ EditResult Editor::build() const {
   const auto old_keys = keys_of(old), new_keys = keys_of(*next);
   std::unordered_map<std::string, const SynapseConnection*> graphs;  // by weight name
   for (const auto& s : next->synapses())
-    if (s.synapse->connection_labels()) graphs["synapses." + s.name + ".weight"] = &s;
+    if (is_graph(s.synapse)) graphs["synapses." + s.name + ".weight"] = &s;
 
   EditResult result;
   const auto old_parameters = old.named_parameters();
@@ -290,6 +297,11 @@ EditResult Editor::build() const {
                !(new_keys.at(item.key()) == old_keys.at(item.key()) && from.sizes().equals(to.sizes()))) {
       sources = keyed_sources(from, old_keys.at(item.key()), to, new_keys.at(item.key()));
     } else {
+      if (!from.sizes().equals(to.sizes()))
+        fail(
+            "ham::edit(): parameter \"{}\" would change from [{}] to [{}], but its owner does not say how its entries "
+            "follow the neurons (neuron_dims())",
+            item.key(), fmt::join(from.sizes(), ", "), fmt::join(to.sizes(), ", "));
       to.copy_(from);
       continue;
     }

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "connex/error.h"
+#include "ham/attach.h"
 #include "ham/describe.h"
 #include "json_input.h"
 
@@ -41,8 +42,8 @@ class BuiltinLagrangian : public LagrangianImpl {
     if ((spec_.kind == Kind::layernorm || spec_.kind == Kind::spherical_norm) && rank == 0)
       fail("add_layer(): layer \"{}\": {} needs at least one per-sample dim", layer, kind_name());
     if (spec_.kind == Kind::layernorm) {
-      gamma_ = register_parameter("gamma", torch::full({}, spec_.a));
-      delta_ = register_parameter("delta", torch::full({shape.back()}, spec_.b));
+      gamma_ = attach_parameter(*this, "gamma", torch::full({}, spec_.a));
+      delta_ = attach_parameter(*this, "delta", torch::full({shape.back()}, spec_.b));
     }
   }
 
@@ -88,7 +89,8 @@ class BuiltinLagrangian : public LagrangianImpl {
       case Kind::identity:
         return x;
       case Kind::repu:
-        return torch::relu(x).pow(spec_.a - 1);
+        // n = 1: the step function (torch's 0⁰ is 1, which would give 1 for x ≤ 0).
+        return spec_.a == 1.0 ? (x > 0).to(x.scalar_type()) : torch::relu(x).pow(spec_.a - 1);
       case Kind::exponential:
         return torch::exp(bx());
       case Kind::rexp:
@@ -271,6 +273,7 @@ Lagrangian lagrangian_from_json(const json& j, const std::string& where) {
     if (kind == "layernorm") return layernorm(number("gamma"), number("delta"), number("eps"));
     if (kind == "spherical_norm") return spherical_norm(number("eps"));
   } catch (const Error& e) {
+    if (std::string_view(e.what()).rfind(where, 0) == 0) throw;
     fail("{}: {}", where, e.what());
   }
   fail(

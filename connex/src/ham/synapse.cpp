@@ -10,6 +10,7 @@
 #include <torch/version.h>
 
 #include "connex/error.h"
+#include "ham/attach.h"
 #include "ham/describe.h"
 #include "json_input.h"
 
@@ -67,9 +68,9 @@ class LinearSynapse : public ClosedFormSynapse {
     expect_layers(layers, 1, 2, synapse, "linear");
     pair_ = layers.size() == 2;
     const int64_t n1 = numel(layers[0].shape), n2 = numel(layers.back().shape);
-    weight_ =
-        register_parameter("weight", torch::randn({n1, n2}) / std::sqrt(static_cast<double>(std::max<int64_t>(n1, 1))));
-    if (bias_) b_ = register_parameter("bias", torch::zeros({n2}));
+    weight_ = attach_parameter(*this, "weight",
+                               torch::randn({n1, n2}) / std::sqrt(static_cast<double>(std::max<int64_t>(n1, 1))));
+    if (bias_) b_ = attach_parameter(*this, "bias", torch::zeros({n2}));
   }
   torch::Tensor energy(const std::vector<torch::Tensor>& g) override {
     auto g1 = flat(g[0]), g2 = flat(g.back());
@@ -108,7 +109,7 @@ class BiasSynapse : public ClosedFormSynapse {
  public:
   void attach(const std::vector<LayerView>& layers, const std::string& synapse) override {
     expect_layers(layers, 1, 1, synapse, "bias");
-    b_ = register_parameter("bias", torch::zeros(layers[0].shape));
+    b_ = attach_parameter(*this, "bias", torch::zeros(layers[0].shape));
   }
   torch::Tensor energy(const std::vector<torch::Tensor>& g) override { return -flat(g[0] * b_).sum(1); }
   std::vector<torch::Tensor> currents(const std::vector<torch::Tensor>& g) override { return {b_.expand_as(g[0])}; }
@@ -130,21 +131,23 @@ class Conv2dSynapse : public ClosedFormSynapse {
     expect_layers(layers, 2, 2, synapse, "conv2d");
     for (const auto& l : layers) expect_rank(l, 3, synapse, "conv2d", "[channels, height, width]");
     const auto &in = layers[0].shape, &out = layers[1].shape;
-    std::vector<int64_t> expected{out[0]};
+    std::vector<int64_t> expected{out[0]}, output_padding;
     for (int d = 0; d < 2; ++d) {
       const int64_t span = in[d + 1] + 2 * padding_[d] - kernel_[d];
       if (span < 0)
         fail("add_synapse(): synapse \"{}\": its {}×{} kernel does not fit layer \"{}\" [{}] with padding {}", synapse,
              kernel_[0], kernel_[1], layers[0].name, fmt::join(in, ", "), padding_[d]);
       expected.push_back(span / stride_[d] + 1);
-      output_padding_.push_back(in[d + 1] - ((expected.back() - 1) * stride_[d] - 2 * padding_[d] + kernel_[d]));
+      output_padding.push_back(in[d + 1] - ((expected.back() - 1) * stride_[d] - 2 * padding_[d] + kernel_[d]));
     }
     if (expected != out)
       fail("add_synapse(): synapse \"{}\": the convolution of layer \"{}\" [{}] is [{}], but layer \"{}\" is [{}]",
            synapse, layers[0].name, fmt::join(in, ", "), fmt::join(expected, ", "), layers[1].name,
            fmt::join(out, ", "));
+    output_padding_ = output_padding;
     const double fan_in = static_cast<double>(in[0] * kernel_[0] * kernel_[1]);
-    weight_ = register_parameter("weight", torch::randn({out[0], in[0], kernel_[0], kernel_[1]}) / std::sqrt(fan_in));
+    weight_ =
+        attach_parameter(*this, "weight", torch::randn({out[0], in[0], kernel_[0], kernel_[1]}) / std::sqrt(fan_in));
   }
   torch::Tensor energy(const std::vector<torch::Tensor>& g) override {
     return -flat(g[1] * torch::conv2d(g[0], weight_, {}, stride_, padding_)).sum(1);
@@ -175,8 +178,8 @@ class AttentionSynapse : public SynapseImpl {
     expect_layers(layers, 1, 2, synapse, "attention");
     for (const auto& l : layers) expect_rank(l, 2, synapse, "attention", "[tokens, dim]");
     const int64_t dq = layers[0].shape[1], dk = layers.back().shape[1];
-    query_ = register_parameter("query", torch::randn({heads_, dq, head_dim_}) / std::sqrt(double(dq)));
-    key_ = register_parameter("key", torch::randn({heads_, dk, head_dim_}) / std::sqrt(double(dk)));
+    query_ = attach_parameter(*this, "query", torch::randn({heads_, dq, head_dim_}) / std::sqrt(double(dq)));
+    key_ = attach_parameter(*this, "key", torch::randn({heads_, dk, head_dim_}) / std::sqrt(double(dk)));
   }
   torch::Tensor energy(const std::vector<torch::Tensor>& g) override {
     auto q = torch::einsum("bnd,hdy->bhny", {g[0], query_});
@@ -335,6 +338,10 @@ class GraphSynapse : public ClosedFormSynapse {
             "add_synapse(): synapse \"{}\": a graph synapse joins 1-D layers of labelled neurons, but layer \"{}\" is "
             "[{}]",
             synapse, l.name, fmt::join(l.shape, ", "));
+    const auto count = static_cast<int64_t>(labels_.size());
+    if (initial_.defined() && (initial_.dim() != 1 || initial_.size(0) != count || !initial_.is_floating_point()))
+      fail("add_synapse(): synapse \"{}\": expected one floating-point weight per connection ([{}]), got {} [{}]",
+           synapse, count, c10::toString(initial_.scalar_type()), fmt::join(initial_.sizes(), ", "));
     one_layer_ = layers.size() == 1;
     auto positions = [](const std::vector<NeuronId>& neurons) {
       std::unordered_map<NeuronId, int64_t, NeuronIdHash> at;
@@ -342,7 +349,6 @@ class GraphSynapse : public ClosedFormSynapse {
       return at;
     };
     const auto first = positions(*layers[0].neurons), second = positions(*layers.back().neurons);
-    const auto count = static_cast<int64_t>(labels_.size());
     auto source = torch::empty({count}, torch::kLong), target = torch::empty({count}, torch::kLong);
     auto* s = source.data_ptr<int64_t>();
     auto* t = target.data_ptr<int64_t>();
@@ -359,8 +365,8 @@ class GraphSynapse : public ClosedFormSynapse {
       s[c] = a->second;
       t[c] = b->second;
     }
-    source_ = register_buffer("source", source);
-    target_ = register_buffer("target", target);
+    source_ = attach_buffer(*this, "source", source);
+    target_ = attach_buffer(*this, "target", target);
     // The currents are M g₂ and Mᵀ g₁, with M[i][j] = w_ij; over one layer M is symmetric.
     const int64_t n1 = static_cast<int64_t>(layers[0].neurons->size());
     const int64_t n2 = static_cast<int64_t>(layers.back().neurons->size());
@@ -378,9 +384,6 @@ class GraphSynapse : public ClosedFormSynapse {
     second_ = {&transposed_, &matrix_, target_, source_, false, 1.0};
     torch::Tensor weight;
     if (initial_.defined()) {
-      if (initial_.dim() != 1 || initial_.size(0) != count || !initial_.is_floating_point())
-        fail("add_synapse(): synapse \"{}\": expected one floating-point weight per connection ([{}]), got {} [{}]",
-             synapse, count, c10::toString(initial_.scalar_type()), fmt::join(initial_.sizes(), ", "));
       weight = initial_.detach().to(torch::kCPU).to(torch::get_default_dtype()).clone();
     } else {
       const double neurons =
@@ -388,8 +391,7 @@ class GraphSynapse : public ClosedFormSynapse {
       const double per_neuron = neurons > 0 ? 2.0 * count / neurons : 1.0;
       weight = torch::randn({count}) / std::sqrt(std::max(1.0, per_neuron));
     }
-    initial_ = torch::Tensor();  // the parameter holds the values now
-    weight_ = register_parameter("weight", weight);
+    weight_ = attach_parameter(*this, "weight", weight);
   }
 
   torch::Tensor energy(const std::vector<torch::Tensor>& g) override {
@@ -423,13 +425,13 @@ class GraphSynapse : public ClosedFormSynapse {
 
  private:
   std::vector<std::pair<NeuronId, NeuronId>> labels_;
-  torch::Tensor initial_;  // the given weights, until attached
+  torch::Tensor initial_;  // the given weights (kept: a refused add_synapse may attach again)
   void register_pattern(const std::string& prefix, SparsePattern pattern, SparsePattern& into) {
     into = pattern;
-    into.crow = register_buffer(prefix + "_crow", pattern.crow);
-    into.col = register_buffer(prefix + "_col", pattern.col);
-    into.slot = register_buffer(prefix + "_slot", pattern.slot);
-    into.conn = register_buffer(prefix + "_conn", pattern.conn);
+    into.crow = attach_buffer(*this, prefix + "_crow", pattern.crow);
+    into.col = attach_buffer(*this, prefix + "_col", pattern.col);
+    into.slot = attach_buffer(*this, prefix + "_slot", pattern.slot);
+    into.conn = attach_buffer(*this, prefix + "_conn", pattern.conn);
   }
 
   bool one_layer_ = false;
@@ -439,8 +441,9 @@ class GraphSynapse : public ClosedFormSynapse {
 };
 
 std::vector<int64_t> pair_of(const std::vector<int64_t>& v, const char* what, int64_t low) {
-  if (v.size() != 2 || v[0] < low || v[1] < low)
-    fail("conv2d(): expected {} as two integers ≥ {}, got [{}]", what, low, fmt::join(v, ", "));
+  constexpr int64_t high = int64_t{1} << 20;  // far beyond any real kernel; keeps the shape arithmetic exact
+  if (v.size() != 2 || v[0] < low || v[1] < low || v[0] > high || v[1] > high)
+    fail("conv2d(): expected {} as two integers in [{}, {}], got [{}]", what, low, high, fmt::join(v, ", "));
   return v;
 }
 
