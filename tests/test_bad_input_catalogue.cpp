@@ -45,6 +45,11 @@
 //   cli         | bad flag values (range, choice, form), unknown flag, bad CSV,    | the flag / file / line
 //               | invalid edit, corrupted checkpoint, prune without a criterion   |
 //
+// connex::ham (associative memories) keeps its own catalogue in
+// tests/test_ham.cpp (HamErrors.*, HamEdit.BadSteps…, HamCheckpoint.*): bad
+// layers, synapses, states, clamps, edit steps and files, each asserting its
+// message and that the HAM and files are unchanged.
+//
 // Accepted by design, so not in the table: a repeated edge (counts once, as in
 // networkx), NaN or inf in forward() inputs (they propagate; a check would cost
 // a device sync per call), add_connections of an existing connection (ignored).
