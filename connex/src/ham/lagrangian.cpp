@@ -214,22 +214,20 @@ Lagrangian repu(double n) {
   return make({BuiltinLagrangian::Kind::repu, n});
 }
 Lagrangian relu() { return repu(2.0); }
-Lagrangian exponential(double beta) {
-  check_positive(beta, "β", "exponential");
-  return make({BuiltinLagrangian::Kind::exponential, beta});
+namespace {
+
+// The four Lagrangians that take only a gain β, named by their factory in messages.
+Lagrangian with_gain(BuiltinLagrangian::Kind kind, double beta, const char* factory) {
+  check_positive(beta, "β", factory);
+  return make({kind, beta});
 }
-Lagrangian rexp(double beta) {
-  check_positive(beta, "β", "rexp");
-  return make({BuiltinLagrangian::Kind::rexp, beta});
-}
-Lagrangian tanh(double beta) {
-  check_positive(beta, "β", "tanh");
-  return make({BuiltinLagrangian::Kind::tanh, beta});
-}
-Lagrangian sigmoid(double beta) {
-  check_positive(beta, "β", "sigmoid");
-  return make({BuiltinLagrangian::Kind::sigmoid, beta});
-}
+
+}  // namespace
+
+Lagrangian exponential(double beta) { return with_gain(BuiltinLagrangian::Kind::exponential, beta, "exponential"); }
+Lagrangian rexp(double beta) { return with_gain(BuiltinLagrangian::Kind::rexp, beta, "rexp"); }
+Lagrangian tanh(double beta) { return with_gain(BuiltinLagrangian::Kind::tanh, beta, "tanh"); }
+Lagrangian sigmoid(double beta) { return with_gain(BuiltinLagrangian::Kind::sigmoid, beta, "sigmoid"); }
 Lagrangian softmax(double beta, int64_t dim) {
   check_positive(beta, "β", "softmax");
   BuiltinLagrangian::Spec spec{BuiltinLagrangian::Kind::softmax, beta};
