@@ -356,47 +356,7 @@ TEST(Topology, InvariantsOverRandomGraphs) {
 
 // Every field of two topologies, the spec's edges as a set.
 void expect_same_topology(const Topology& got, const Topology& want) {
-  ASSERT_EQ(got.num_neurons(), want.num_neurons());
-  ASSERT_EQ(got.num_inputs(), want.num_inputs());
-  for (int64_t d = 0; d < want.num_neurons(); ++d) {
-    ASSERT_EQ(got.label(d), want.label(d));
-    ASSERT_EQ(got.role(d), want.role(d));
-    ASSERT_EQ(got.level_of(d), want.level_of(d));
-  }
-  EXPECT_EQ(got.conn_source(), want.conn_source());
-  EXPECT_EQ(got.conn_target(), want.conn_target());
-  EXPECT_EQ(got.in_offsets(), want.in_offsets());
-  EXPECT_EQ(got.out_offsets(), want.out_offsets());
-  EXPECT_EQ(got.out_connections(), want.out_connections());
-  EXPECT_EQ(got.out_targets(), want.out_targets());
-  EXPECT_EQ(got.output_ids(), want.output_ids());
-  auto same_gather = [](const GatherPlan& a, const GatherPlan& b) {
-    ASSERT_EQ(a.size, b.size);
-    ASSERT_EQ(a.order, b.order);
-    ASSERT_EQ(a.segments.size(), b.segments.size());
-    for (size_t k = 0; k < a.segments.size(); ++k) {
-      EXPECT_EQ(a.segments[k].level, b.segments[k].level);
-      EXPECT_EQ(a.segments[k].begin, b.segments[k].begin);
-      EXPECT_EQ(a.segments[k].end, b.segments[k].end);
-      EXPECT_EQ(a.segments[k].local, b.segments[k].local);
-      EXPECT_EQ(a.segments[k].whole, b.segments[k].whole);
-    }
-  };
-  same_gather(got.output_gather(), want.output_gather());
-  ASSERT_EQ(got.levels().size(), want.levels().size());
-  for (size_t l = 0; l < want.levels().size(); ++l) {
-    const Level &a = got.levels()[l], &b = want.levels()[l];
-    EXPECT_EQ(a.begin, b.begin);
-    EXPECT_EQ(a.end, b.end);
-    EXPECT_EQ(a.hidden_end, b.hidden_end);
-    EXPECT_EQ(a.conn_begin, b.conn_begin);
-    EXPECT_EQ(a.conn_end, b.conn_end);
-    EXPECT_EQ(a.sources, b.sources);
-    EXPECT_EQ(a.kernel, b.kernel);
-    EXPECT_EQ(a.edge_source, b.edge_source);
-    EXPECT_EQ(a.edge_target, b.edge_target);
-    same_gather(a.gather, b.gather);
-  }
+  connex::testing::expect_same_compiled_fields(got, want);
   const GraphSpec &gs = got.spec(), &ws = want.spec();
   EXPECT_EQ(gs.neurons(), ws.neurons());
   EXPECT_EQ(gs.inputs(), ws.inputs());
