@@ -169,14 +169,7 @@ TEST(HamLagrangian, CustomTrainableModuleTrainsThroughTheDescent) {
   l.backward();
   auto gain = ham->named_parameters()["layers.out.gain"];
   ASSERT_TRUE(gain.grad().defined());
-  const double eps = 1e-6, keep = gain.item<double>();
-  torch::NoGradGuard no_grad;
-  gain.fill_(keep + eps);
-  const double up = loss().item<double>();
-  gain.fill_(keep - eps);
-  const double down = loss().item<double>();
-  gain.fill_(keep);
-  EXPECT_NEAR(gain.grad().item<double>(), (up - down) / (2 * eps), 1e-6);
+  EXPECT_NEAR(gain.grad().item<double>(), central_difference(gain.data().view(-1), 0, loss), 1e-6);
   // Its activation is autograd's gradient of its value, and clone() copies its parameter through fresh().
   auto copy = std::dynamic_pointer_cast<H::HAMImpl>(ham->clone());
   EXPECT_TRUE(torch::equal(copy->named_parameters()["layers.out.gain"], gain));
@@ -389,14 +382,8 @@ TEST(HamTraining, GradientsThroughTheDescentMatchFiniteDifferences) {
     auto flat = p.value().data().view(-1);
     auto grad = p.value().grad().view(-1);
     for (int64_t k = 0; k < std::min<int64_t>(flat.numel(), 6); ++k) {
-      torch::NoGradGuard no_grad;
-      const double keep = flat[k].item<double>();
-      flat[k] = keep + eps;
-      const double up = loss().item<double>();
-      flat[k] = keep - eps;
-      const double down = loss().item<double>();
-      flat[k] = keep;
-      EXPECT_NEAR(grad[k].item<double>(), (up - down) / (2 * eps), 1e-6 * (1 + std::abs(grad[k].item<double>())))
+      EXPECT_NEAR(grad[k].item<double>(), central_difference(flat, k, loss, eps),
+                  1e-6 * (1 + std::abs(grad[k].item<double>())))
           << p.key() << "[" << k << "]";
     }
   }

@@ -182,6 +182,20 @@ inline std::pair<double, double> train(NeuralNetwork& net, const torch::Tensor& 
 }
 
 // Largest relative difference between backprop gradients and central
+// (loss(entry + h) − loss(entry − h)) / 2h for entry i of `flat` (a flat view
+// of a double parameter's data); the entry is restored.
+inline double central_difference(torch::Tensor flat, int64_t i, const std::function<torch::Tensor()>& loss,
+                                 double h = 1e-6) {
+  torch::NoGradGuard no_grad;
+  const double orig = flat[i].item<double>();
+  flat[i] = orig + h;
+  const double up = loss().item<double>();
+  flat[i] = orig - h;
+  const double down = loss().item<double>();
+  flat[i] = orig;
+  return (up - down) / (2 * h);
+}
+
 // differences of L = sum(forward(x) * r), over every parameter (sampled up to
 // `max_checks` entries per tensor). The network must be double.
 inline double max_gradient_error(NeuralNetwork& net, const torch::Tensor& x, int max_checks = 64, double h = 1e-6) {
@@ -198,14 +212,7 @@ inline double max_gradient_error(NeuralNetwork& net, const torch::Tensor& x, int
     const int64_t n = flat.numel();
     const int64_t step = std::max<int64_t>(1, n / max_checks);
     for (int64_t i = 0; i < n; i += step) {
-      torch::NoGradGuard no_grad;
-      const double orig = flat[i].item<double>();
-      flat[i] = orig + h;
-      const double up = loss_of().item<double>();
-      flat[i] = orig - h;
-      const double down = loss_of().item<double>();
-      flat[i] = orig;
-      const double numeric = (up - down) / (2 * h);
+      const double numeric = central_difference(flat, i, loss_of, h);
       const double analytic = grad.view(-1)[i].item<double>();
       const double err = std::abs(numeric - analytic) / std::max({1e-3, std::abs(numeric), std::abs(analytic)});
       worst = std::max(worst, err);

@@ -18,25 +18,11 @@
 #include "file_io.h"
 #include "connex/optimizer_state.h"
 #include "json_input.h"
+#include "messages.h"
 
 namespace connex::distributed {
 
 namespace {
-
-// Library messages can span lines; a connex error is one line.
-std::string one_line(std::string text) {
-  for (auto& c : text)
-    if (c == '\n' || c == '\r') c = ' ';
-  if (text.size() > 300) text = text.substr(0, 300) + "...";
-  return text;
-}
-
-// A library exception's message for a connex error: c10::Error's what()
-// carries the C++ stack frames, what_without_backtrace() does not.
-std::string cause_of(const std::exception& e) {
-  const auto* torch_error = dynamic_cast<const c10::Error*>(&e);
-  return one_line(torch_error ? torch_error->what_without_backtrace() : e.what());
-}
 
 std::optional<int> environment_int(const char* name, int lowest, int highest) {
   const char* value = std::getenv(name);

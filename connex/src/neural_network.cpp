@@ -9,6 +9,7 @@
 #include "connex/error.h"
 #include "edit_build.h"
 #include "fused_plan.h"
+#include "messages.h"
 #include "trace_check.h"
 #include "builtin_operations.h"
 #include "dtype.h"
@@ -32,8 +33,6 @@ void check_probability(double p, const std::string& what) {
 }
 
 torch::Tensor index_tensor(const std::vector<int64_t>& values) { return torch::tensor(values, torch::kLong); }
-
-std::string shape_str(at::IntArrayRef sizes) { return fmt::format("[{}]", fmt::join(sizes, ", ")); }
 
 void check_options(const NeuralNetworkOptions& options) {
   if (!options.hidden_activation().is_elementwise())

@@ -5,9 +5,11 @@
 
 #include <torch/torch.h>
 
+#include "config_codec.h"
 #include "connex/error.h"
 #include "dtype.h"
 #include "file_io.h"
+#include "ham/describe.h"
 #include "json_input.h"
 #include "saved_optimizer.h"
 #include "tensor_file.h"
@@ -20,12 +22,10 @@ using nlohmann::json;
 
 constexpr char kMagic[9] = "CONNEXHM";
 
-json id_json(const NeuronId& id) { return id.is_integer() ? json(id.as_integer()) : json(id.as_string()); }
-
 // Index buffers a graph synapse rebuilds from its labels are not saved.
 bool is_derived_buffer(const HAMImpl& ham, const std::string& name) {
   for (const auto& s : ham.synapses())
-    if (s.synapse->connection_labels() && name.rfind("synapses." + s.name + ".", 0) == 0) return true;
+    if (is_graph_synapse(*s.synapse) && name.rfind("synapses." + s.name + ".", 0) == 0) return true;
   return false;
 }
 
@@ -131,7 +131,7 @@ json structure_json(const HAM& ham) {
     json entry = {{"name", l.name}, {"lagrangian", lagrangian}, {"tau", l.tau}};
     if (l.shape.size() == 1) {
       json neurons = json::array();
-      for (const auto& id : l.neurons) neurons.push_back(id_json(id));
+      for (const auto& id : l.neurons) neurons.push_back(id_to_json(id));
       entry["neurons"] = std::move(neurons);
     } else {
       entry["shape"] = l.shape;
@@ -163,22 +163,15 @@ HAM from_structure_json(const json& structure, const std::string& where) {
         const auto& list = l.at("neurons");
         if (!list.is_array()) fail("{}/neurons: expected an array of neuron labels", at);
         std::vector<NeuronId> neurons;
-        for (const auto& id : list) {
-          if (id.is_number_integer())
-            neurons.emplace_back(id.get<int64_t>());
-          else if (id.is_string())
-            neurons.emplace_back(id.get<std::string>());
-          else
-            fail("{}/neurons: expected integer or string labels, got {}", at, detail::excerpt(id));
-        }
+        for (size_t i = 0; i < list.size(); ++i)
+          neurons.push_back(id_from_json(list[i], at, fmt::format("/neurons/{}", i)));
         ham->add_labelled_layer(name.get<std::string>(), std::move(neurons), lagrangian, tau.get<double>());
       } else {
         ham->add_layer(name.get<std::string>(), shape_of(member(l, "shape", at), at + "/shape"), lagrangian,
                        tau.get<double>());
       }
     } catch (const Error& e) {
-      if (std::string_view(e.what()).rfind(at, 0) == 0) throw;
-      fail("{}: {}", at, e.what());
+      fail_under(at, e);
     }
   }
   for (size_t k = 0; k < synapses.size(); ++k) {
@@ -206,8 +199,9 @@ void save(const HAM& ham, const std::string& path, const torch::optim::Optimizer
   if (!ham) fail("ham::save(): expected a HAM, got an empty holder");
   json header = {{"structure", structure_json(ham)}, {"tensors", json::array()}};
   // One dtype for every floating-point tensor: load() builds the HAM and casts it to that one.
+  const auto tensors = state_tensors(*ham);
   std::string dtype = "float32", first;
-  for (const auto& [name, tensor] : state_tensors(*ham)) {
+  for (const auto& [name, tensor] : tensors) {
     if (!tensor.is_floating_point()) continue;
     const DtypeInfo* info = find_dtype(tensor.scalar_type());
     if (!info)
@@ -223,7 +217,7 @@ void save(const HAM& ham, const std::string& path, const torch::optim::Optimizer
   }
   header["dtype"] = dtype;
   std::string data;
-  for (const auto& [name, tensor] : state_tensors(*ham)) {
+  for (const auto& [name, tensor] : tensors) {
     json entry = detail::write_tensor(tensor, data, name, "ham::save()");
     entry["name"] = name;
     header["tensors"].push_back(std::move(entry));

@@ -1,9 +1,15 @@
 #pragma once
-// How a built-in Lagrangian or synapse prints: its JSON description as
-// "kind(key=value, ...)", so pretty_print and checkpoints name the same things.
+// A built-in Lagrangian's or synapse's description: how it prints (its JSON
+// description as "kind(key=value, ...)", so pretty_print and checkpoints name
+// the same things), how a reader names where a description went wrong, and
+// which synapse is connex's graph synapse. Internal.
 #include <string>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
+
+#include "connex/error.h"
+#include "connex/ham/synapse.h"
 
 namespace connex::ham {
 
@@ -14,5 +20,17 @@ inline std::string describe(const nlohmann::json& description) {
     if (key != "kind") text += (first ? "" : ", ") + key + "=" + value.dump(), first = false;
   return text + ")";
 }
+
+// Rethrows a reader's error under `where` (a file and JSON path), unless its
+// message already starts there.
+[[noreturn]] inline void fail_under(const std::string& where, const Error& e) {
+  if (std::string_view(e.what()).rfind(where, 0) == 0) throw e;
+  fail("{}: {}", where, e.what());
+}
+
+// Whether `synapse` is connex's graph synapse (graph()), which an edit
+// rebuilds with other connections; a custom synapse may list connection
+// labels too, but only its own code knows how to rebuild it.
+bool is_graph_synapse(const SynapseImpl& synapse);
 
 }  // namespace connex::ham

@@ -10,6 +10,7 @@
 
 #include "connex/error.h"
 #include "connex/level_operation.h"
+#include "ham/describe.h"
 #include "optimizer_kinds.h"
 
 namespace connex::ham {
@@ -39,8 +40,6 @@ std::pair<NeuronId, NeuronId> canonical(const std::pair<NeuronId, NeuronId>& c, 
   if (one_layer && c.second < c.first) return {c.second, c.first};
   return c;
 }
-
-const char* step_name(Editor::Step const& step);
 
 }  // namespace
 
@@ -83,13 +82,6 @@ const char* step_name(Editor::Step const& step) {
   return "";
 }
 
-// connex's own graph synapse, which an edit can rebuild with other connections.
-bool is_graph(const Synapse& synapse) {
-  if (!synapse->connection_labels()) return false;
-  const auto description = synapse->to_json();
-  return description.is_object() && description.value("kind", std::string()) == "graph";
-}
-
 bool joins(const SynapseConnection& s, const std::string& layer) {
   return std::find(s.layers.begin(), s.layers.end(), layer) != s.layers.end();
 }
@@ -106,7 +98,7 @@ void apply(const HAMImpl& ham, Draft& draft, const Editor::Step& step, size_t in
       fail("{}: only the neurons of a 1-D layer can be edited; layer \"{}\" is [{}]", where, step.target,
            fmt::join(ham.layer(step.target).shape, ", "));
     for (const auto& s : ham.synapses())
-      if (joins(s, step.target) && s.synapse->neuron_dims().empty() && !is_graph(s.synapse))
+      if (joins(s, step.target) && s.synapse->neuron_dims().empty() && !is_graph_synapse(*s.synapse))
         fail(
             "{}: synapse \"{}\" joins layer \"{}\" and cannot follow neuron edits (it has no neuron-indexed "
             "parameters)",
@@ -131,7 +123,7 @@ void apply(const HAMImpl& ham, Draft& draft, const Editor::Step& step, size_t in
                   neurons.end());
     // A removed neuron takes its graph connections with it.
     for (const auto& s : ham.synapses()) {
-      if (!is_graph(s.synapse)) continue;
+      if (!is_graph_synapse(*s.synapse)) continue;
       auto& list = draft.connections[s.name];
       auto gone = [&](const std::pair<NeuronId, NeuronId>& c) {
         return (s.layers[0] == step.target && listed.count(c.first)) ||
@@ -145,7 +137,7 @@ void apply(const HAMImpl& ham, Draft& draft, const Editor::Step& step, size_t in
   for (const auto& s : ham.synapses())
     if (s.name == step.target) synapse = &s;
   if (!synapse) fail("{}: there is no synapse \"{}\"", where, step.target);
-  if (!is_graph(synapse->synapse))
+  if (!is_graph_synapse(*synapse->synapse))
     fail("{}: synapse \"{}\" is not a graph synapse; only a graph synapse has single connections", where, step.target);
   const bool one_layer = synapse->layers.size() == 1;
   auto& list = draft.connections[step.target];
@@ -221,7 +213,7 @@ EditResult Editor::build() const {
   for (const auto& l : old.layers())
     if (l.shape.size() == 1) draft.neurons[l.name] = l.neurons;
   for (const auto& s : old.synapses())
-    if (is_graph(s.synapse)) draft.connections[s.name] = *s.synapse->connection_labels();
+    if (is_graph_synapse(*s.synapse)) draft.connections[s.name] = *s.synapse->connection_labels();
   for (size_t k = 0; k < steps_.size(); ++k) apply(old, draft, *steps_[k], k);
 
   torch::NoGradGuard no_grad;
@@ -262,7 +254,7 @@ EditResult Editor::build() const {
   const auto old_keys = keys_of(old), new_keys = keys_of(*next);
   std::unordered_map<std::string, const SynapseConnection*> graphs;  // by weight name
   for (const auto& s : next->synapses())
-    if (is_graph(s.synapse)) graphs["synapses." + s.name + ".weight"] = &s;
+    if (is_graph_synapse(*s.synapse)) graphs["synapses." + s.name + ".weight"] = &s;
 
   EditResult result;
   const auto old_parameters = old.named_parameters();

@@ -6,12 +6,11 @@
 #include <torch/torch.h>
 
 #include "connex/error.h"
+#include "messages.h"
 
 namespace connex::ham {
 
 namespace {
-
-std::string shape_str(c10::IntArrayRef shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
 
 // On the CPU a plain loop (no op dispatched: a descent checks every state twice).
 template <typename T>
@@ -109,7 +108,7 @@ void HAMImpl::add_layer_checked(Layer layer) {
       throw;
     } catch (const std::exception& e) {
       fail("add_layer(): layer \"{}\": its Lagrangian fails on a state {}: {}", name, shape_str(x.sizes()),
-           std::string(e.what()).substr(0, std::string(e.what()).find('\n')));
+           cause_of(e));
     }
     if (!g.defined() || !g.sizes().equals(x.sizes()))
       fail("add_layer(): layer \"{}\": its Lagrangian's activation is {} for a state {}; expected the same shape", name,
@@ -133,8 +132,7 @@ HAMImpl& HAMImpl::add_synapse(const std::string& name, Synapse synapse, std::vec
   std::vector<size_t> positions;
   std::vector<LayerView> views;
   for (const auto& layer_name : layers) {
-    size_t at = 0;
-    while (at < layers_.size() && layers_[at].name != layer_name) ++at;
+    const size_t at = find_layer(layer_name);
     if (at == layers_.size())
       fail("add_synapse(): synapse \"{}\": there is no layer \"{}\" (the layers: {})", name, layer_name, layer_list());
     for (auto p : positions)
@@ -158,7 +156,7 @@ HAMImpl& HAMImpl::add_synapse(const std::string& name, Synapse synapse, std::vec
       throw;
     } catch (const std::exception& ex) {
       fail("add_synapse(): synapse \"{}\": its energy fails on layers {}: {}", name, fmt::join(layers, ", "),
-           std::string(ex.what()).substr(0, std::string(ex.what()).find('\n')));
+           cause_of(ex));
     }
     if (!e.defined() || !e.sizes().equals({2}))
       fail("add_synapse(): synapse \"{}\": its energy is {} for 2 samples; expected one per sample [2]", name,
@@ -182,10 +180,16 @@ std::string HAMImpl::layer_list() const {
   return names.empty() ? "none" : names;
 }
 
+size_t HAMImpl::find_layer(const std::string& name) const {
+  size_t at = 0;
+  while (at < layers_.size() && layers_[at].name != name) ++at;
+  return at;
+}
+
 const Layer& HAMImpl::layer(const std::string& name) const {
-  for (const auto& l : layers_)
-    if (l.name == name) return l;
-  fail("HAM::layer(): there is no layer \"{}\"", name);
+  const size_t at = find_layer(name);
+  if (at == layers_.size()) fail("HAM::layer(): there is no layer \"{}\"", name);
+  return layers_[at];
 }
 
 const SynapseConnection& HAMImpl::synapse(const std::string& name) const {
@@ -209,9 +213,8 @@ States HAMImpl::init_states(int64_t batch, std::optional<torch::TensorOptions> o
 std::vector<torch::Tensor> HAMImpl::ordered(const States& x, const char* operation) const {
   if (layers_.empty()) fail("{}: the HAM has no layers", operation);
   for (const auto& [name, t] : x) {
-    bool known = false;
-    for (const auto& l : layers_) known = known || l.name == name;
-    if (!known) fail("{}: state \"{}\" names no layer of the HAM (its layers: {})", operation, name, layer_list());
+    if (find_layer(name) == layers_.size())
+      fail("{}: state \"{}\" names no layer of the HAM (its layers: {})", operation, name, layer_list());
   }
   std::vector<torch::Tensor> out;
   int64_t batch = -1;
@@ -262,24 +265,36 @@ torch::Tensor layer_energy(LagrangianImpl& lagrangian, const torch::Tensor& x, c
 
 }  // namespace
 
+std::vector<torch::Tensor> HAMImpl::joined(size_t s, const std::vector<torch::Tensor>& g) const {
+  std::vector<torch::Tensor> out;
+  for (auto l : synapse_layers_[s]) out.push_back(g[l]);
+  return out;
+}
+
+std::vector<torch::Tensor> HAMImpl::energy_terms(const std::vector<torch::Tensor>& xs,
+                                                 const std::vector<torch::Tensor>& gs) {
+  std::vector<torch::Tensor> terms;
+  for (size_t l = 0; l < xs.size(); ++l) terms.push_back(layer_energy(*layers_[l].lagrangian, xs[l], gs[l]));
+  for (size_t s = 0; s < synapses_.size(); ++s) terms.push_back(synapses_[s].synapse->energy(joined(s, gs)));
+  return terms;
+}
+
 std::map<std::string, torch::Tensor> HAMImpl::energy_parts(const States& x) {
   const auto xs = ordered(x, "energy()");
-  const auto gs = activations_of(xs);
+  const auto terms = energy_terms(xs, activations_of(xs));
   std::map<std::string, torch::Tensor> parts;
-  for (size_t l = 0; l < xs.size(); ++l) parts[layers_[l].name] = layer_energy(*layers_[l].lagrangian, xs[l], gs[l]);
-  for (size_t s = 0; s < synapses_.size(); ++s) {
-    std::vector<torch::Tensor> g;
-    for (auto l : synapse_layers_[s]) g.push_back(gs[l]);
-    parts[synapses_[s].name] = synapses_[s].synapse->energy(g);
-  }
+  for (size_t l = 0; l < layers_.size(); ++l) parts[layers_[l].name] = terms[l];
+  for (size_t s = 0; s < synapses_.size(); ++s) parts[synapses_[s].name] = terms[layers_.size() + s];
   return parts;
 }
 
-torch::Tensor HAMImpl::energy(const States& x) {
+torch::Tensor HAMImpl::total_energy(const std::vector<torch::Tensor>& xs) {
   torch::Tensor total;
-  for (auto& [name, e] : energy_parts(x)) total = total.defined() ? total + e : e;
+  for (const auto& e : energy_terms(xs, activations_of(xs))) total = total.defined() ? total + e : e;
   return total;
 }
+
+torch::Tensor HAMImpl::energy(const States& x) { return total_energy(ordered(x, "energy()")); }
 
 States HAMImpl::dEdg(const States& x) {
   const auto xs = ordered(x, "dEdg()");
@@ -290,13 +305,7 @@ States HAMImpl::dEdg(const States& x) {
   for (auto& g : gs)
     if (!keep_graph || !g.requires_grad()) g = g.detach().requires_grad_(true);
   torch::Tensor total;
-  auto add = [&](const torch::Tensor& e) { total = total.defined() ? total + e.sum() : e.sum(); };
-  for (size_t l = 0; l < xs.size(); ++l) add(layer_energy(*layers_[l].lagrangian, xs[l], gs[l]));
-  for (size_t s = 0; s < synapses_.size(); ++s) {
-    std::vector<torch::Tensor> g;
-    for (auto l : synapse_layers_[s]) g.push_back(gs[l]);
-    add(synapses_[s].synapse->energy(g));
-  }
+  for (const auto& e : energy_terms(xs, gs)) total = total.defined() ? total + e.sum() : e.sum();
   const auto grads = torch::autograd::grad({total}, gs, {}, keep_graph, keep_graph, /*allow_unused=*/true);
   States out;
   for (size_t l = 0; l < gs.size(); ++l) out[layers_[l].name] = grads[l].defined() ? grads[l] : xs[l];
@@ -312,8 +321,7 @@ Descent HAMImpl::descend(const States& x, const DescentOptions& options, const C
   std::vector<bool> held(layers_.size(), false);
   std::vector<torch::Tensor> masks(layers_.size());
   for (const auto& [name, mask] : clamps) {
-    size_t l = 0;
-    while (l < layers_.size() && layers_[l].name != name) ++l;
+    const size_t l = find_layer(name);
     if (l == layers_.size())
       fail("descend(): clamp \"{}\" names no layer of the HAM (its layers: {})", name, layer_list());
     if (!mask.defined()) {
@@ -345,9 +353,7 @@ Descent HAMImpl::descend(const States& x, const DescentOptions& options, const C
   auto record = [&] {
     if (!options.record_energy()) return;
     torch::NoGradGuard record_only;
-    States now;
-    for (size_t l = 0; l < xs.size(); ++l) now[layers_[l].name] = xs[l];
-    energies.push_back(energy(now));
+    energies.push_back(total_energy(xs));
   };
   record();
   const size_t n = layers_.size();
@@ -356,13 +362,10 @@ Descent HAMImpl::descend(const States& x, const DescentOptions& options, const C
     const auto gs = activations_of(xs);
     std::fill(current.begin(), current.end(), torch::Tensor());
     for (size_t s = 0; s < synapses_.size(); ++s) {
-      const auto& joined = synapse_layers_[s];
-      std::vector<torch::Tensor> g;
-      for (auto l : joined) g.push_back(gs[l]);
-      auto d = synapses_[s].synapse->currents(g);
-      for (size_t k = 0; k < joined.size(); ++k) {
-        auto& into = current[joined[k]];
-        if (!held[joined[k]]) into = into.defined() ? into + d[k] : d[k];
+      const auto d = synapses_[s].synapse->currents(joined(s, gs));
+      for (size_t k = 0; k < d.size(); ++k) {
+        const size_t l = synapse_layers_[s][k];
+        if (!held[l]) current[l] = current[l].defined() ? current[l] + d[k] : d[k];
       }
     }
     for (size_t l = 0; l < n; ++l) {

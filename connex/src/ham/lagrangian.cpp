@@ -24,9 +24,9 @@ class BuiltinLagrangian : public LagrangianImpl {
   enum class Kind { identity, repu, exponential, rexp, tanh, sigmoid, softmax, layernorm, spherical_norm };
   struct Spec {
     Kind kind;
-    double a = 1.0;  // β, n, γ or ε, by kind
-    double b = 0.0;  // δ (layernorm), ε (layernorm)
-    double c = 0.0;
+    double a = 1.0;  // β, n, γ (layernorm) or ε (spherical_norm), by kind
+    double b = 0.0;  // δ (layernorm)
+    double c = 0.0;  // ε (layernorm)
     int64_t dim = -1;
   };
   explicit BuiltinLagrangian(Spec spec) : spec_(spec), dim_(spec.dim < 0 ? spec.dim : spec.dim + 1) {}
@@ -37,7 +37,6 @@ class BuiltinLagrangian : public LagrangianImpl {
       if (spec_.dim < -rank || spec_.dim >= rank)
         fail("add_layer(): layer \"{}\": softmax's dim {} is out of range for a per-sample shape of {} dims", layer,
              spec_.dim, rank);
-      dim_ = (spec_.dim < 0 ? spec_.dim + rank : spec_.dim) + 1;  // past the batch dim
     }
     if ((spec_.kind == Kind::layernorm || spec_.kind == Kind::spherical_norm) && rank == 0)
       fail("add_layer(): layer \"{}\": {} needs at least one per-sample dim", layer, kind_name());
@@ -271,8 +270,7 @@ Lagrangian lagrangian_from_json(const json& j, const std::string& where) {
     if (kind == "layernorm") return layernorm(number("gamma"), number("delta"), number("eps"));
     if (kind == "spherical_norm") return spherical_norm(number("eps"));
   } catch (const Error& e) {
-    if (std::string_view(e.what()).rfind(where, 0) == 0) throw;
-    fail("{}: {}", where, e.what());
+    fail_under(where, e);
   }
   fail(
       "{}: unknown Lagrangian \"{}\" (expected identity, repu, exponential, rexp, tanh, sigmoid, softmax, layernorm "

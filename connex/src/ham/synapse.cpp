@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include "config_codec.h"
 #include "connex/error.h"
 #include "ham/attach.h"
 #include "ham/describe.h"
@@ -40,14 +41,6 @@ void expect_rank(const LayerView& layer, size_t rank, const std::string& synapse
   if (layer.shape.size() != rank)
     fail("add_synapse(): synapse \"{}\": a {} synapse needs layers shaped {}, but layer \"{}\" is [{}]", synapse, kind,
          shape, layer.name, fmt::join(layer.shape, ", "));
-}
-
-json id_json(const NeuronId& id) { return id.is_integer() ? json(id.as_integer()) : json(id.as_string()); }
-
-NeuronId id_from_json(const json& j, const std::string& where) {
-  if (j.is_number_integer()) return NeuronId(j.get<int64_t>());
-  if (j.is_string()) return NeuronId(j.get<std::string>());
-  fail("{}: expected a neuron label (an integer or a string), got {}", where, detail::excerpt(j));
 }
 
 // A synapse whose currents (−∂E/∂g) are written in closed form; its gradients are their negation.
@@ -255,11 +248,10 @@ void make_first_csr_silently() {
 #endif
 }
 
-// [batch, rows] = scale · (M(w) gᵀ)ᵀ for g [batch, cols].
-torch::Tensor sparse_times(const SparsePattern& p, const torch::Tensor& weight, const torch::Tensor& g, double scale) {
+// [batch, rows] = (M(w) gᵀ)ᵀ for g [batch, cols].
+torch::Tensor sparse_times(const SparsePattern& p, const torch::Tensor& weight, const torch::Tensor& g) {
   if (p.col.numel() == 0) return torch::zeros({g.size(0), p.rows}, g.options());
-  auto values =
-      torch::zeros({p.col.size(0)}, weight.options()).index_add_(0, p.slot, weight.index_select(0, p.conn) * scale);
+  auto values = torch::zeros({p.col.size(0)}, weight.options()).index_add_(0, p.slot, weight.index_select(0, p.conn));
   static std::once_flag once;
   std::call_once(once, make_first_csr_silently);
   auto m = at::_sparse_csr_tensor_unsafe(p.crow, p.col, values, {p.rows, p.cols},
@@ -275,10 +267,9 @@ struct ProductOperands {
   const SparsePattern* transposed;
   torch::Tensor row_of, col_of;
   bool symmetric;
-  double scale;
 };
 
-// scale · M(w) g as an autograd function of w and g: backward is a sparse
+// M(w) g as an autograd function of w and g: backward is a sparse
 // product by Mᵀ for g and a per-connection gather for w, so training keeps
 // the O(connections) cost.
 class SparseProduct : public torch::autograd::Function<SparseProduct> {
@@ -295,9 +286,8 @@ class SparseProduct : public torch::autograd::Function<SparseProduct> {
     ctx->saved_data["row_of"] = op->row_of;
     ctx->saved_data["col_of"] = op->col_of;
     ctx->saved_data["symmetric"] = op->symmetric;
-    ctx->saved_data["scale"] = op->scale;
     ctx->save_for_backward({weight, g});
-    return sparse_times(*op->matrix, weight, g, op->scale);
+    return sparse_times(*op->matrix, weight, g);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -305,21 +295,19 @@ class SparseProduct : public torch::autograd::Function<SparseProduct> {
     const auto saved = ctx->get_saved_variables();
     const auto &weight = saved[0], &g = saved[1];
     const auto& d = ctx->saved_data;
-    const double scale = d.at("scale").toDouble();
     torch::Tensor grad_weight, grad_g;
     if (ctx->needs_input_grad(1)) {
       const SparsePattern t{d.at("t_crow").toTensor(), d.at("t_col").toTensor(), d.at("t_slot").toTensor(),
                             d.at("t_conn").toTensor(), d.at("t_rows").toInt(),   d.at("t_cols").toInt()};
-      grad_g = sparse_times(t, weight, grad[0], scale);
+      grad_g = sparse_times(t, weight, grad[0]);
     }
     if (ctx->needs_input_grad(0)) {
-      // ∂/∂w_c of Σ_b,i go[b,i] (M g)[b,i] = scale · Σ_b go[b,row_c] g[b,col_c] (and the mirrored term).
+      // ∂/∂w_c of Σ_b,i go[b,i] (M g)[b,i] = Σ_b go[b,row_c] g[b,col_c] (and the mirrored term).
       auto go = grad[0].t().contiguous(), gt = g.t().contiguous();
       const auto &row = d.at("row_of").toTensor(), &col = d.at("col_of").toTensor();
       grad_weight = (go.index_select(0, row) * gt.index_select(0, col)).sum(1);
       if (d.at("symmetric").toBool())
         grad_weight = grad_weight + (go.index_select(0, col) * gt.index_select(0, row)).sum(1);
-      grad_weight = grad_weight * scale;
     }
     return {grad_weight, grad_g, torch::Tensor()};
   }
@@ -380,8 +368,8 @@ class GraphSynapse : public ClosedFormSynapse {
     register_pattern("m", make_pattern(rows, cols, conns, n1, n2), matrix_);
     if (!one_layer_) register_pattern("t", make_pattern(cols, rows, conns, n2, n1), transposed_);
     const SparsePattern* t_of_m = one_layer_ ? &matrix_ : &transposed_;
-    first_ = {&matrix_, t_of_m, source_, target_, one_layer_, 1.0};
-    second_ = {&transposed_, &matrix_, target_, source_, false, 1.0};
+    first_ = {&matrix_, t_of_m, source_, target_, one_layer_};
+    second_ = {&transposed_, &matrix_, target_, source_, false};
     torch::Tensor weight;
     if (initial_.defined()) {
       weight = initial_.detach().to(torch::kCPU).to(torch::get_default_dtype()).clone();
@@ -408,7 +396,7 @@ class GraphSynapse : public ClosedFormSynapse {
   }
   json to_json() const override {
     json connections = json::array();
-    for (const auto& [i, j] : labels_) connections.push_back({id_json(i), id_json(j)});
+    for (const auto& [i, j] : labels_) connections.push_back({id_to_json(i), id_to_json(j)});
     return {{"kind", "graph"}, {"connections", std::move(connections)}};
   }
   const std::vector<std::pair<NeuronId, NeuronId>>* connection_labels() const override { return &labels_; }
@@ -473,6 +461,8 @@ std::shared_ptr<SynapseImpl> SynapseImpl::fresh() const {
   fail("{}: this synapse does not implement fresh(), which cloning, editing and loading a HAM need", name());
 }
 
+bool is_graph_synapse(const SynapseImpl& synapse) { return dynamic_cast<const GraphSynapse*>(&synapse) != nullptr; }
+
 Synapse linear(bool bias) { return std::make_shared<LinearSynapse>(bias); }
 Synapse bias() { return std::make_shared<BiasSynapse>(); }
 Synapse conv2d(std::vector<int64_t> kernel, std::vector<int64_t> stride, std::vector<int64_t> padding) {
@@ -526,15 +516,15 @@ Synapse synapse_from_json(const json& j, const std::string& where) {
       std::vector<std::pair<NeuronId, NeuronId>> connections;
       size_t k = 0;
       for (const auto& c : j.at("connections")) {
-        const std::string at = fmt::format("{}/connections/{}", where, k++);
-        if (!c.is_array() || c.size() != 2) fail("{}: expected a pair [i, j], got {}", at, detail::excerpt(c));
-        connections.emplace_back(id_from_json(c[0], at), id_from_json(c[1], at));
+        const std::string at = fmt::format("/connections/{}", k++);
+        if (!c.is_array() || c.size() != 2)
+          fail("{}: {}: expected a pair [i, j], got {}", where, at, detail::excerpt(c));
+        connections.emplace_back(id_from_json(c[0], where, at + "/0"), id_from_json(c[1], where, at + "/1"));
       }
       return graph(std::move(connections));
     }
   } catch (const Error& e) {
-    if (std::string_view(e.what()).rfind(where, 0) == 0) throw;
-    fail("{}: {}", where, e.what());
+    fail_under(where, e);
   }
   fail("{}: unknown synapse \"{}\" (expected linear, bias, conv2d, attention or graph)", where, kind);
 }

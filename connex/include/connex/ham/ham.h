@@ -109,6 +109,12 @@ class HAMImpl : public torch::nn::Module {
   // Checks the states cover every layer with the right shapes, no NaN; `operation` starts the message.
   std::vector<torch::Tensor> ordered(const States& x, const char* operation) const;
   std::vector<torch::Tensor> activations_of(const std::vector<torch::Tensor>& x);
+  // The activations of synapse `s`'s layers, in the order its energy takes them.
+  std::vector<torch::Tensor> joined(size_t s, const std::vector<torch::Tensor>& g) const;
+  // Each layer's energy term, then each synapse's, [batch] each.
+  std::vector<torch::Tensor> energy_terms(const std::vector<torch::Tensor>& x, const std::vector<torch::Tensor>& g);
+  torch::Tensor total_energy(const std::vector<torch::Tensor>& x);  // their sum, [batch]
+  size_t find_layer(const std::string& name) const;                 // its position in layers_, or layers_.size()
   void add_layer_checked(Layer layer);
   void check_new_name(const std::string& name, const char* operation) const;
   std::string layer_list() const;  // "a, b, c", for messages

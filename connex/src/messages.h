@@ -1,0 +1,31 @@
+#pragma once
+// Pieces of connex's one-line error messages that several layers write:
+// a tensor's shape, and the cause a library exception gives. Internal.
+#include <exception>
+#include <string>
+
+#include <c10/util/ArrayRef.h>
+#include <c10/util/Exception.h>
+#include <fmt/format.h>
+
+namespace connex {
+
+// "[2, 3]"
+inline std::string shape_str(c10::IntArrayRef shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+
+// Library messages can span lines; a connex error is one line.
+inline std::string one_line(std::string text) {
+  for (auto& c : text)
+    if (c == '\n' || c == '\r') c = ' ';
+  if (text.size() > 300) text = text.substr(0, 300) + "...";
+  return text;
+}
+
+// A library exception's message for a connex error: c10::Error's what()
+// carries the C++ stack frames, what_without_backtrace() does not.
+inline std::string cause_of(const std::exception& e) {
+  const auto* torch_error = dynamic_cast<const c10::Error*>(&e);
+  return one_line(torch_error ? torch_error->what_without_backtrace() : e.what());
+}
+
+}  // namespace connex
