@@ -368,6 +368,27 @@ void sparse_layered(Run& run) {
   }
 }
 
+// 7. The planner's crossover: the same network on the fused kernel and on
+// the per-level path (forced each way), each under its own core share.
+void kernel_crossover(Run& run) {
+  const std::vector<int64_t> sizes{256, 1024, 1024, 10};
+  auto forced = [](bool fused) {
+    return connex::NeuralNetworkOptions(kRelu).execution(connex::ExecutionOptions().fused(fused));
+  };
+  for (double density : {0.1, 0.2, 0.3, 0.4}) {
+    Classifier fused(connex::NeuralNetwork(layered_spec(sizes, density), forced(true)), 128);
+    Classifier levels(connex::NeuralNetwork(layered_spec(sizes, density), forced(false)), 128);
+    const auto pools = share_cores(run.cores, fused.net) + " / per-level" + share_cores(run.cores, levels.net);
+    const auto [a, b] =
+        paired_median_seconds([&] { fused.step(); }, [&] { levels.step(); }, 5, run.reps, 40.0,
+                              [&] { run.cores.apply(fused.net); }, [&] { run.cores.apply(levels.net); });
+    run.rows.push_back(
+        {fmt::format("7. fused kernel vs per-level path at {:g}%, same network, batch 128", density * 100), fmt_time(a),
+         fmt_time(b), fmt::format("{:.2f}", a / b),
+         "each forced; the planner takes the per-level path from 25% (kMatmulDensity)" + pools});
+  }
+}
+
 // 7. Training at 10% with SET or RigL rewiring every 100 steps, against plain steps.
 void sparse_layered_rewiring(Run& run) {
   const std::vector<int64_t> sizes{256, 1024, 1024, 10};
@@ -779,7 +800,7 @@ int main(int argc, char** argv) {
     if (wanted("plasticity")) plasticity(run, dags);
   }
   if (wanted("technique")) techniques(run);
-  if (wanted("sparse layered")) sparse_layered(run), sparse_layered_rewiring(run);
+  if (wanted("sparse layered")) sparse_layered(run), kernel_crossover(run), sparse_layered_rewiring(run);
   if (wanted("rewire 1M")) rewire_1m(run);
   if (wanted("structure 1M")) structure_1m(run);
   if (wanted("generators")) generators(run);

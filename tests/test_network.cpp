@@ -208,6 +208,65 @@ TEST(NeuralNetwork, RejectsBadOptions) {
                    "topo_sort is not a permutation");
 }
 
+TEST(NeuralNetwork, GivenParametersAreTakenOverAndCloned) {
+  const auto options = NeuralNetworkOptions(kDouble).hidden_activation("relu");
+  NeuralNetwork drawn(readme_spec(), options);
+  const auto topology = drawn->topology_ptr();
+  const int64_t m = topology->num_connections(), b = topology->num_biases();
+  auto weight = torch::linspace(-1, 1, m, torch::kFloat64), bias = torch::linspace(0.5, -0.5, b, torch::kFloat64);
+  NeuralNetwork given(topology, options, weight, bias);
+  // Taken over, not copied; and the function is that of those values.
+  EXPECT_EQ(given->weight_tensor().data_ptr(), weight.data_ptr());
+  EXPECT_EQ(given->bias_tensor().data_ptr(), bias.data_ptr());
+  EXPECT_TRUE(given->weight_tensor().requires_grad());
+  const auto& t = given->topology();
+  EXPECT_DOUBLE_EQ(given->weight(t.label(t.conn_source()[3]), t.label(t.conn_target()[3])), weight[3].item<double>());
+  for (double x : {-1.0, 0.3, 2.0}) {
+    auto expected = reference_forward(given, {x}, scalar_activation("relu"));
+    auto got = to_vector(given->forward(torch::tensor({x}, torch::kFloat64)));
+    EXPECT_NEAR(got[0], expected[0], 1e-12);
+    EXPECT_NEAR(got[1], expected[1], 1e-12);
+  }
+  // A clone holds the same values in storage of its own.
+  auto copy = clone(given);
+  EXPECT_TRUE(copy->weight_tensor().equal(weight));
+  EXPECT_TRUE(copy->bias_tensor().equal(bias));
+  EXPECT_NE(copy->weight_tensor().data_ptr(), weight.data_ptr());
+
+  EXPECT_THROW_MSG(NeuralNetwork(topology, kDouble, torch::zeros({m + 1}, torch::kFloat64), bias),
+                   fmt::format("NeuralNetwork(): expected weight of shape [{}], got [{}]", m, m + 1));
+  EXPECT_THROW_MSG(NeuralNetwork(topology, kDouble, weight, torch::zeros({b, 1}, torch::kFloat64)),
+                   fmt::format("NeuralNetwork(): expected bias of shape [{}], got [{}, 1]", b, b));
+  EXPECT_THROW_MSG(NeuralNetwork(topology, kDouble, weight.to(torch::kFloat32), bias),
+                   "NeuralNetwork(): expected weight of dtype Double (options().dtype()), got Float");
+  EXPECT_THROW_MSG(NeuralNetwork(topology, kDouble, torch::Tensor(), bias),
+                   "NeuralNetwork(): expected a weight tensor, got an undefined one");
+}
+
+TEST(NeuralNetwork, AdoptParametersRefusesAnIndexOutOfRange) {
+  NeuralNetwork from(readme_spec(), kDouble);
+  NeuralNetwork to(readme_spec(), NeuralNetworkOptions(kDouble).seed(7));
+  const auto before = to->weight_tensor().clone();
+  const int64_t m = from->num_connections();
+  ParameterRemap remap;
+  remap.moved["weight"] = {torch::tensor({int64_t{0}, m}, torch::kLong), torch::tensor({0, 1}, torch::kLong)};
+  EXPECT_THROW_MSG(to->adopt_parameters(*from, remap),
+                   fmt::format("NeuralNetwork::adopt_parameters(): a remap index is out of range (expected new "
+                               "indices in [0, {}) and old ones in [0, {}))",
+                               m, m));
+  remap.moved["weight"] = {torch::tensor({0, 1}, torch::kLong), torch::tensor({0}, torch::kLong)};
+  EXPECT_THROW_MSG(to->adopt_parameters(*from, remap),
+                   "NeuralNetwork::adopt_parameters(): expected as many new as old indices in a remap, got 2 and 1");
+  EXPECT_TRUE(to->weight_tensor().equal(before));
+  // In range, the pairs move: new[1] = old[0], new[m - 1] = old[2].
+  remap.moved["weight"] = {torch::tensor({int64_t{1}, m - 1}, torch::kLong), torch::tensor({0, 2}, torch::kLong)};
+  remap.moved["bias"] = {torch::tensor({0}, torch::kLong), torch::tensor({0}, torch::kLong)};
+  to->adopt_parameters(*from, remap);
+  EXPECT_EQ(to->weight_tensor()[1].item<double>(), from->weight_tensor()[0].item<double>());
+  EXPECT_EQ(to->weight_tensor()[m - 1].item<double>(), from->weight_tensor()[2].item<double>());
+  EXPECT_EQ(to->weight_tensor()[0].item<double>(), before[0].item<double>());
+}
+
 TEST(NeuralNetwork, DropoutOnlyInTrainingWithInvertedScaling) {
   auto net = nn::MLP(4, 1, 2000, 1, NeuralNetworkOptions(kDouble).hidden_activation("identity").dropout_p(0.5));
   EXPECT_DOUBLE_EQ(net->dropout_p(10), 0.5);

@@ -49,10 +49,9 @@ EditResult build_edited(const NeuralNetwork& base, GraphSpec spec, NeuralNetwork
 
 // The same for a topology patched from the base's
 // (Topology::with_connections(), which gave `old_connection`): every neuron
-// keeps its position and its bias.
+// keeps its position and its bias, and every new connection starts at 0.
 EditResult build_patched(const NeuralNetwork& base, std::shared_ptr<const Topology> topology,
-                         NeuralNetworkOptions options, const std::vector<int64_t>& old_connection,
-                         bool function_preserving);
+                         NeuralNetworkOptions options, const std::vector<int64_t>& old_connection);
 
 // The compile options a network's options ask for (neural_network.cpp).
 CompileOptions compile_options(const NeuralNetworkOptions& options);

@@ -4,7 +4,6 @@
 #include <atomic>
 #include <unordered_set>
 
-#include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
 #include "config_codec.h"
@@ -37,7 +36,7 @@ struct EdgeCsr {
   std::vector<int64_t> offsets, targets, indegree;
 
   // A counting sort of the edges by source, keeping their order within each
-  // source; large graphs split the edges between torch's threads.
+  // source; large graphs split the edges between connex's threads.
   EdgeCsr(int64_t num_nodes, const std::vector<std::pair<int64_t, int64_t>>& edges)
       : targets(edges.size()), indegree(num_nodes, 0) {
     const int64_t m = static_cast<int64_t>(edges.size());
@@ -61,20 +60,20 @@ struct EdgeCsr {
   // Sorts each node's targets (index_adjacency() promises them ascending) and
   // tells whether some edge is given twice: short per-node sorts instead of
   // one sort of every edge. Nodes are independent, so large graphs split them
-  // between torch's intra-op threads.
+  // between connex's threads (share_work).
   bool sort_targets_and_find_repeat() {
     std::atomic<bool> repeat{false};
     const int64_t num_nodes = static_cast<int64_t>(offsets.size()) - 1;
-    at::parallel_for(0, num_nodes, std::max<int64_t>(1, num_nodes * (1 << 16) / std::max<int64_t>(1, targets.size())),
-                     [&](int64_t first_node, int64_t last_node) {
-                       bool found = false;
-                       for (int64_t n = first_node; n < last_node; ++n) {
-                         auto first = targets.begin() + offsets[n], last = targets.begin() + offsets[n + 1];
-                         std::sort(first, last);
-                         found = found || std::adjacent_find(first, last) != last;
-                       }
-                       if (found) repeat = true;
-                     });
+    share_work(0, num_nodes, std::max<int64_t>(1, num_nodes * (1 << 16) / std::max<int64_t>(1, targets.size())),
+               [&](int64_t first_node, int64_t last_node) {
+                 bool found = false;
+                 for (int64_t n = first_node; n < last_node; ++n) {
+                   auto first = targets.begin() + offsets[n], last = targets.begin() + offsets[n + 1];
+                   std::sort(first, last);
+                   found = found || std::adjacent_find(first, last) != last;
+                 }
+                 if (found) repeat = true;
+               });
     return repeat;
   }
 };

@@ -1,7 +1,9 @@
 #include "connex/neural_network.h"
 
+#include <atomic>
 #include <cmath>
 #include <set>
+#include <utility>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
@@ -10,9 +12,11 @@
 #include "edit_build.h"
 #include "fused_plan.h"
 #include "messages.h"
+#include "remap_copy.h"
 #include "trace_check.h"
 #include "builtin_operations.h"
 #include "dtype.h"
+#include "work_share.h"
 
 namespace connex {
 
@@ -71,7 +75,7 @@ std::pair<torch::Tensor, torch::Tensor> initial_parameters(const Topology& topo,
 // to[new_index] = from[old_index] for the remap's pairs; the whole tensor when there are none.
 void copy_entries(torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved* pairs, const char* name) {
   if (pairs) {
-    to.index_copy_(0, pairs->new_index, from.index_select(0, pairs->old_index));
+    copy_moved_entries(to, from, *pairs, "NeuralNetwork::adopt_parameters()");
     return;
   }
   if (!to.sizes().equals(from.sizes()))
@@ -126,9 +130,18 @@ std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const T
                                                    const std::vector<LevelOperationPtr>& operations) {
   const bool fused_eligible =
       operations.empty() && fused_supports(options.hidden_activation()) && !options.execution().force_kernel();
+  // Connections in levels that run faster as one matmul than in the fused
+  // kernel's loops: complete levels, and scattered ones at least
+  // kMatmulDensity dense (on a layered network, BENCHMARKS.md, the per-level
+  // path won by 10-15 % at 30 % density and lost at 20 %).
+  constexpr double kMatmulDensity = 0.25;
   int64_t dense_connections = 0;
-  for (const auto& level : topology->levels())
-    if (level.kernel == LevelKernel::DenseView) dense_connections += level.num_connections();
+  for (const auto& level : topology->levels()) {
+    const double cells = static_cast<double>(level.size()) * static_cast<double>(level.sources.size());
+    if (level.kernel == LevelKernel::DenseView ||
+        (level.kernel == LevelKernel::DenseScatter && level.num_connections() >= kMatmulDensity * cells))
+      dense_connections += level.num_connections();
+  }
   const bool small = topology->num_connections() <= 4096;
   const bool fused_preferred = options.execution().fused()
                                    ? *options.execution().fused()
@@ -146,6 +159,48 @@ std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const T
 
 }  // namespace
 
+void copy_moved_entries(const torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved& moved,
+                        const char* context) {
+  const auto& new_index = moved.new_index;
+  const auto& old_index = moved.old_index;
+  if (new_index.numel() != old_index.numel())
+    fail("{}: expected as many new as old indices in a remap, got {} and {}", context, new_index.numel(),
+         old_index.numel());
+  auto cpu_long = [](const torch::Tensor& t) {
+    return t.is_cpu() && t.scalar_type() == torch::kLong && t.is_contiguous();
+  };
+  const bool direct = to.is_cpu() && from.is_cpu() && to.is_contiguous() && from.is_contiguous() &&
+                      to.scalar_type() == from.scalar_type() &&
+                      (to.scalar_type() == torch::kFloat || to.scalar_type() == torch::kDouble) &&
+                      cpu_long(new_index) && cpu_long(old_index);
+  if (!direct) {
+    torch::NoGradGuard no_grad;
+    to.view(-1).index_copy_(0, new_index, from.reshape(-1).index_select(0, old_index));
+    return;
+  }
+  const int64_t pairs = new_index.numel(), to_size = to.numel(), from_size = from.numel();
+  const int64_t* to_entry = new_index.data_ptr<int64_t>();
+  const int64_t* from_entry = old_index.data_ptr<int64_t>();
+  // Checked before anything moves: a refused remap leaves `to` as it was.
+  std::atomic<bool> out_of_range{false};
+  share_work(0, pairs, int64_t{1} << 16, [&](int64_t first, int64_t last) {
+    bool bad = false;
+    for (int64_t k = first; k < last; ++k)
+      bad |= to_entry[k] < 0 || to_entry[k] >= to_size || from_entry[k] < 0 || from_entry[k] >= from_size;
+    if (bad) out_of_range = true;
+  });
+  if (out_of_range)
+    fail("{}: a remap index is out of range (expected new indices in [0, {}) and old ones in [0, {}))", context,
+         to_size, from_size);
+  AT_DISPATCH_FLOATING_TYPES(to.scalar_type(), "copy_moved_entries", [&] {
+    scalar_t* out = to.data_ptr<scalar_t>();
+    const scalar_t* in = from.data_ptr<scalar_t>();
+    share_work(0, pairs, int64_t{1} << 15, [&](int64_t first, int64_t last) {
+      for (int64_t k = first; k < last; ++k) out[to_entry[k]] = in[from_entry[k]];
+    });
+  });
+}
+
 // `options` is passed on by copy: with a move, the compiler may move it out
 // before compile_options() reads it (argument order is unspecified).
 NeuralNetworkImpl::NeuralNetworkImpl(GraphSpec spec, NeuralNetworkOptions options)
@@ -158,6 +213,32 @@ NeuralNetworkImpl::NeuralNetworkImpl(std::shared_ptr<const Topology> topology, N
   dropout_ = resolve_dropout(*topology_, options_.dropout_p());
   fused_plan_ = plan_fused_kernel(topology_, options_, operations_);
   reset();
+}
+
+NeuralNetworkImpl::NeuralNetworkImpl(std::shared_ptr<const Topology> topology, NeuralNetworkOptions options,
+                                     torch::Tensor weight, torch::Tensor bias)
+    : options_(std::move(options)), topology_(std::move(topology)) {
+  check_options(options_);
+  auto check = [&](const torch::Tensor& t, const char* name, int64_t size) {
+    if (!t.defined()) fail("NeuralNetwork(): expected a {} tensor, got an undefined one", name);
+    if (t.dim() != 1 || t.size(0) != size)
+      fail("NeuralNetwork(): expected {} of shape [{}], got {}", name, size, shape_str(t.sizes()));
+    if (t.scalar_type() != options_.dtype())
+      fail("NeuralNetwork(): expected {} of dtype {} (options().dtype()), got {}", name,
+           c10::toString(options_.dtype()), c10::toString(t.scalar_type()));
+    if (t.device() != bias.device() || t.device() != weight.device())
+      fail("NeuralNetwork(): expected weight and bias on one device, got {} and {}", weight.device().str(),
+           bias.device().str());
+  };
+  check(weight, "weight", topology_->num_connections());
+  check(bias, "bias", topology_->num_biases());
+  operations_ = operation_pipeline(options_);
+  dropout_ = resolve_dropout(*topology_, options_.dropout_p());
+  fused_plan_ = plan_fused_kernel(topology_, options_, operations_);
+  given_weight_ = weight.detach();
+  given_bias_ = bias.detach();
+  reset();
+  if (!weight_.is_cpu()) to(weight_.device());  // the buffers follow the parameters
 }
 
 NeuralNetworkImpl::NeuralNetworkImpl(const NeuralNetworkImpl& other)
@@ -176,9 +257,15 @@ void NeuralNetworkImpl::reset() {
   const Topology& topo = *topology_;
   const auto float_options = torch::TensorOptions().dtype(options_.dtype());
   auto generator = at::make_generator<at::CPUGeneratorImpl>(options_.seed());
-  auto [weight, bias] = initial_parameters(topo, generator);
-  weight_ = register_parameter("weight", weight.to(float_options));
-  bias_ = register_parameter("bias", bias.to(float_options));
+  if (given_weight_.defined()) {
+    // Taken once: a later reset() draws.
+    weight_ = register_parameter("weight", std::exchange(given_weight_, {}));
+    bias_ = register_parameter("bias", std::exchange(given_bias_, {}));
+  } else {
+    auto [weight, bias] = initial_parameters(topo, generator);
+    weight_ = register_parameter("weight", weight.to(float_options));
+    bias_ = register_parameter("bias", bias.to(float_options));
+  }
   weight_grad_mask_ = register_buffer("weight_grad_mask", torch::ones({topo.num_connections()}, float_options));
   bias_grad_mask_ = register_buffer("bias_grad_mask", torch::ones({topo.num_biases()}, float_options));
 

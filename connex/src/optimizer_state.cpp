@@ -10,6 +10,7 @@
 #include <cmath>
 #include <unordered_set>
 
+#include "remap_copy.h"
 namespace connex {
 
 namespace {
@@ -37,7 +38,7 @@ torch::Tensor remap_tensor(const torch::Tensor& old_state, const torch::Tensor& 
   if (!moved) return old_state.clone();
   // Index pairs count flattened entries (the same as rows for a 1-D parameter).
   auto fresh = torch::zeros_like(new_parameter, old_state.options());
-  fresh.view(-1).index_copy_(0, moved->new_index, old_state.reshape(-1).index_select(0, moved->old_index));
+  copy_moved_entries(fresh, old_state.contiguous(), *moved, "transfer_optimizer_state()");
   return fresh;
 }
 

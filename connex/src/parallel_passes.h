@@ -1,14 +1,16 @@
 #pragma once
-// Order-keeping passes over large index ranges, split between torch's
-// intra-op threads: a filter and a stable counting sort. Validating, compiling
-// and editing a graph of a million connections is a handful of such passes;
-// run on one core each, they cost more than several training steps.
+// Order-keeping passes over large index ranges, split between connex's
+// threads (share_work(): all the cores training uses, even where torch's own
+// pool is kept at one thread beside the fused kernel): a filter and a stable
+// counting sort. Validating, compiling and editing a graph of a million
+// connections is a handful of such passes; run on one core each, they cost
+// more than several training steps.
 #include <algorithm>
 #include <cstdint>
 #include <numeric>
 #include <vector>
 
-#include <ATen/Parallel.h>
+#include "work_share.h"
 
 namespace connex {
 
@@ -22,7 +24,7 @@ void parallel_compact(int64_t n, const Keep& keep, const Allocate& allocate, con
   constexpr int64_t kChunk = int64_t(1) << 15;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<int64_t> start(chunks + 1, 0);
-  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+  share_work(0, chunks, 1, [&](int64_t first, int64_t last) {
     for (int64_t k = first; k < last; ++k) {
       int64_t count = 0;
       for (int64_t i = k * kChunk, end = std::min(n, (k + 1) * kChunk); i < end; ++i) count += keep(i) ? 1 : 0;
@@ -31,7 +33,7 @@ void parallel_compact(int64_t n, const Keep& keep, const Allocate& allocate, con
   });
   std::partial_sum(start.begin(), start.end(), start.begin());
   allocate(start.back());
-  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+  share_work(0, chunks, 1, [&](int64_t first, int64_t last) {
     for (int64_t k = first; k < last; ++k) {
       int64_t slot = start[k];
       for (int64_t i = k * kChunk, end = std::min(n, (k + 1) * kChunk); i < end; ++i)
@@ -46,20 +48,21 @@ void parallel_compact(int64_t n, const Keep& keep, const Allocate& allocate, con
 // num_keys entries.
 inline int64_t counting_sort_parts(int64_t items, int64_t num_keys) {
   if (items < (int64_t(1) << 16)) return 1;
-  return std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), 8, items / std::max<int64_t>(num_keys, 1)}));
+  return std::max<int64_t>(
+      1, std::min<int64_t>({static_cast<int64_t>(share_work_threads()), 8, items / std::max<int64_t>(num_keys, 1)}));
 }
 
 // A stable counting sort of items given in `parts` (consecutive runs, in
 // order). walk(part, slot_of) must call slot_of(key) once for each item of
 // the part, in order, with its key in [0, num_keys); it is called twice per
-// part, on torch's threads. In the first call slot_of counts and returns -1
+// part, on connex's threads. In the first call slot_of counts and returns -1
 // (the walk should write nothing); in the second it returns the item's
 // position in key order, ties kept in item order. Returns the offsets:
 // key k's items sit at [offsets[k], offsets[k + 1]).
 template <typename Walk>
 std::vector<int64_t> counting_sort_in_parts(int64_t parts, int64_t num_keys, const Walk& walk) {
   std::vector<std::vector<int64_t>> next(parts, std::vector<int64_t>(num_keys, 0));
-  at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
+  share_work(0, parts, 1, [&](int64_t first, int64_t last) {
     for (int64_t p = first; p < last; ++p) {
       int64_t* count = next[p].data();
       walk(p, [count](int64_t key) -> int64_t { return ++count[key], -1; });
@@ -76,7 +79,7 @@ std::vector<int64_t> counting_sort_in_parts(int64_t parts, int64_t num_keys, con
     }
     offsets[k + 1] = at;
   }
-  at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
+  share_work(0, parts, 1, [&](int64_t first, int64_t last) {
     for (int64_t p = first; p < last; ++p) {
       int64_t* slot = next[p].data();
       walk(p, [slot](int64_t key) -> int64_t { return slot[key]++; });

@@ -1,7 +1,5 @@
 #include "connex/plasticity.h"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <optional>
 #include <set>
@@ -49,7 +47,7 @@ std::vector<std::pair<int64_t, int64_t>> surviving_edges(const Topology& base,
   // Removed connections as old spec positions, grouped by source, each
   // source's lost targets sorted: a search per edge of a source that lost
   // some (a pruning edit can take half of every source's connections). The
-  // survivors are then filtered on torch's threads.
+  // survivors are then filtered on connex's threads.
   const int64_t old_n = static_cast<int64_t>(new_index_of_old.size());
   std::vector<int64_t> lost_begin(old_n + 1, 0), lost_target(removed_connections.size());
   for (int64_t c : removed_connections) ++lost_begin[base.spec_index_at(base.conn_source()[c]) + 1];
@@ -59,7 +57,7 @@ std::vector<std::pair<int64_t, int64_t>> surviving_edges(const Topology& base,
     for (int64_t c : removed_connections)
       lost_target[fill[base.spec_index_at(base.conn_source()[c])]++] = base.spec_index_at(base.conn_target()[c]);
   }
-  at::parallel_for(0, old_n, 1 << 12, [&](int64_t first, int64_t last) {
+  share_work(0, old_n, 1 << 12, [&](int64_t first, int64_t last) {
     for (int64_t u = first; u < last; ++u)
       std::sort(lost_target.begin() + lost_begin[u], lost_target.begin() + lost_begin[u + 1]);
   });
@@ -118,11 +116,11 @@ ParameterRemap parameter_remap(const Topology& base, const Topology& topo, const
   std::vector<int64_t> old_dense(topo.num_neurons(), -1);
   for (int64_t i = 0; i < static_cast<int64_t>(new_index_of_old.size()); ++i)
     if (new_index_of_old[i] >= 0) old_dense[topo.dense_at(new_index_of_old[i])] = base.dense_at(i);
-  // Each new connection's old index (or -1), looked up on torch's intra-op
+  // Each new connection's old index (or -1), looked up on connex's
   // threads (a binary search per connection), then compacted into the
   // (new, old) index pairs.
   std::vector<int64_t> old_of_new(topo.num_connections());
-  at::parallel_for(0, topo.num_connections(), 1 << 15, [&](int64_t first, int64_t last) {
+  share_work(0, topo.num_connections(), 1 << 15, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
       const int64_t u = old_dense[topo.conn_source()[c]], v = old_dense[topo.conn_target()[c]];
       old_of_new[c] = u < 0 || v < 0 ? -1 : base.connection_index(u, v);
@@ -235,7 +233,7 @@ NetworkEditor& NetworkEditor::remove_connections(const std::vector<Edge>& edges)
   // is the one named. Nothing is recorded before every edge passed.
   const int64_t count = static_cast<int64_t>(edges.size());
   std::vector<int64_t> source(count), target(count), connection(count);
-  at::parallel_for(0, count, 1024, [&](int64_t first, int64_t last) {
+  share_work(0, count, 1024, [&](int64_t first, int64_t last) {
     for (int64_t i = first; i < last; ++i) {
       source[i] = base_dense(edges[i].first), target[i] = base_dense(edges[i].second);
       connection[i] = source[i] >= 0 && target[i] >= 0 ? base_->connection_index(source[i], target[i]) : -1;
@@ -401,20 +399,22 @@ EditResult build_edited(const NeuralNetwork& base, GraphSpec spec, NeuralNetwork
 }
 
 EditResult build_patched(const NeuralNetwork& base, std::shared_ptr<const Topology> topology,
-                         NeuralNetworkOptions options, const std::vector<int64_t>& old_connection,
-                         bool function_preserving) {
-  NeuralNetwork result(std::move(topology), options);
-  const auto device = base->weight_tensor().device();
-  result->to(device);
-  // Neurons keep their dense ids, so biases stay where they were.
-  std::vector<int64_t> same_bias(result->topology().num_biases());
-  std::iota(same_bias.begin(), same_bias.end(), 0);
+                         NeuralNetworkOptions options, const std::vector<int64_t>& old_connection) {
+  // Built straight from zeros rather than from drawn parameters that would
+  // all be overwritten: the survivors then move in, and new connections stay
+  // at 0. Neurons keep their dense ids, so each bias stays where it was.
+  const auto& old_weight = base->weight_tensor();
+  NeuralNetwork result(std::move(topology), std::move(options),
+                       torch::zeros({static_cast<int64_t>(old_connection.size())}, old_weight.options()),
+                       torch::zeros_like(base->bias_tensor()));
   ParameterRemap remap;
-  remap.moved["weight"] = kept_pairs(old_connection, device);
-  remap.moved["bias"] = kept_pairs(same_bias, device);
+  remap.moved["weight"] = kept_pairs(old_connection, old_weight.device());
+  std::vector<int64_t> same_bias(base->topology().num_biases());
+  std::iota(same_bias.begin(), same_bias.end(), 0);
+  remap.moved["bias"] = kept_pairs(same_bias, old_weight.device());
   std::vector<int64_t> same(base->spec().num_neurons());
   std::iota(same.begin(), same.end(), 0);
-  return finish_edit(base, result, std::move(remap), std::move(same), function_preserving);
+  return finish_edit(base, result, std::move(remap), std::move(same), false);
 }
 
 NetworkEditor::IndexGraph NetworkEditor::index_graph() const {

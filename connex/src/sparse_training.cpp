@@ -15,6 +15,7 @@
 #include "connex/error.h"
 #include "edit_build.h"
 #include "trace_check.h"
+#include "work_share.h"
 
 namespace connex {
 
@@ -93,7 +94,7 @@ EditResult build_rewired(const NeuralNetwork& network, const std::vector<int64_t
     compile.context = "Rewirer::rewire()";
     std::vector<int64_t> old_connection;
     if (auto patched = t.with_connections(drop, grow, compile, old_connection))
-      return build_patched(network, std::move(patched), std::move(options), old_connection, true);
+      return build_patched(network, std::move(patched), std::move(options), old_connection);
   }
   std::vector<int64_t> same(spec.num_neurons());
   std::iota(same.begin(), same.end(), 0);
@@ -148,11 +149,11 @@ void keep_largest(std::vector<Scored>& best, int64_t count) {
 }
 
 // |a · b| as a contiguous CPU tensor. On the CPU the rows are split among
-// torch's threads: the product may run where BLAS has one thread.
+// connex's threads: the product may run where BLAS has one thread.
 torch::Tensor absolute_products(const torch::Tensor& a, const torch::Tensor& b) {
   if (!a.is_cpu()) return torch::mm(a, b).abs_().cpu().contiguous();
   auto out = torch::empty({a.size(0), b.size(1)}, a.options());
-  at::parallel_for(0, a.size(0), 64, [&](int64_t first, int64_t last) {
+  share_work(0, a.size(0), 64, [&](int64_t first, int64_t last) {
     auto part = out.slice(0, first, last);
     torch::mm_out(part, a.slice(0, first, last), b);
     part.abs_();
@@ -183,7 +184,7 @@ void append_largest(const Scalar* score, int64_t size, int64_t first_key, int64_
   constexpr int64_t kChunk = int64_t{1} << 18;
   const int64_t chunks = (size + kChunk - 1) / kChunk;
   std::vector<std::vector<uint32_t>> histograms(chunks);  // a chunk's counts fit 32 bits
-  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+  share_work(0, chunks, 1, [&](int64_t first, int64_t last) {
     for (int64_t h = first; h < last; ++h) {
       histograms[h].assign(buckets, 0);
       uint32_t* histogram = histograms[h].data();
@@ -202,7 +203,7 @@ void append_largest(const Scalar* score, int64_t size, int64_t first_key, int64_
   }
   // Chunk by chunk, in order: every score above the bucket, and the bucket's to be ordered.
   std::vector<std::vector<Scored>> taken(chunks), boundary(chunks);
-  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+  share_work(0, chunks, 1, [&](int64_t first, int64_t last) {
     for (int64_t h = first; h < last; ++h)
       for (int64_t i = h * kChunk; i < std::min(size, (h + 1) * kChunk); ++i) {
         const Bits bits = bits_at(i);
@@ -228,13 +229,14 @@ int64_t index_of_key(const std::pair<uint64_t, int64_t>& key) { return key.secon
 // Each group's connections to drop, and its quota set to their number:
 // the weakest of all but each target's strongest connection, at most the
 // share and the group's absent candidates. key(c) orders connections as the
-// walk does (|w|, then index). Groups run on torch's threads.
+// walk does (|w|, then index). Groups run on connex's threads (share_work).
 template <typename KeyOf>
 std::vector<std::vector<int64_t>> select_weakest(const Topology& t, double share, std::vector<GroupPlan>& groups,
                                                  const KeyOf& key) {
   using Key = decltype(key(0));
   std::vector<std::vector<int64_t>> dropped(groups.size());
-  at::parallel_for(1, static_cast<int64_t>(groups.size()), 1, [&](int64_t first, int64_t last) {
+  std::vector<uint8_t> marked(t.num_connections(), 0);  // groups own disjoint connections
+  share_work(1, static_cast<int64_t>(groups.size()), 1, [&](int64_t first, int64_t last) {
     for (int64_t g = first; g < last; ++g) {
       GroupPlan& group = groups[g];
       group.quota = 0;
@@ -257,8 +259,13 @@ std::vector<std::vector<int64_t>> select_weakest(const Topology& t, double share
                                        static_cast<int64_t>(eligible.size())});
       if (wanted <= 0) continue;
       std::nth_element(eligible.begin(), eligible.begin() + (wanted - 1), eligible.end());
+      // Listed in ascending index (marked, then read off the group's runs):
+      // the topology's patch then reads each dropped connection in order.
+      for (int64_t k = 0; k < wanted; ++k) marked[index_of_key(eligible[k])] = 1;
       dropped[g].reserve(wanted);
-      for (int64_t k = 0; k < wanted; ++k) dropped[g].push_back(index_of_key(eligible[k]));
+      for (int64_t d : group.targets)
+        for (int64_t c = t.in_offsets()[d]; c < t.in_offsets()[d + 1]; ++c)
+          if (marked[c]) dropped[g].push_back(c);
       group.quota = wanted;
     }
   });
@@ -345,7 +352,7 @@ EditResult Rewirer::rewire(const NeuralNetwork& network, int64_t step, const Lev
 // level 1 and leave its group's place in the order. Walking the connections
 // weakest first and skipping a neuron's last one drops exactly the weakest
 // of all but each neuron's strongest connection, so that is what is selected
-// (in linear time, groups on torch's threads).
+// (in linear time, groups on connex's threads).
 void Rewirer::drop(const NeuralNetwork& network, double share, Plan& plan) const {
   const auto w = network->weight_tensor().detach().cpu().contiguous();
   std::vector<std::vector<int64_t>> dropped;
@@ -432,7 +439,7 @@ void Rewirer::grow_by_gradient(const NeuralNetwork& network, const LevelTrace& t
       // The block's connected pairs, read off each target's incoming connections.
       AT_DISPATCH_FLOATING_TYPES(block.scalar_type(), "grow_by_gradient", [&] {
         scalar_t* score = block.data_ptr<scalar_t>();
-        at::parallel_for(0, width, 256, [&](int64_t first, int64_t last) {
+        share_work(0, width, 256, [&](int64_t first, int64_t last) {
           for (int64_t k = first; k < last; ++k)
             for (int64_t c = t.in_offsets()[group.targets[k]]; c < t.in_offsets()[group.targets[k] + 1]; ++c) {
               const int64_t s = position[t.conn_source()[c]];

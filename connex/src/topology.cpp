@@ -3,8 +3,6 @@
 #include <algorithm>
 #include <numeric>
 
-#include <ATen/Parallel.h>
-
 #include "connex/error.h"
 #include "parallel_passes.h"
 
@@ -184,7 +182,7 @@ void Topology::sort_connections() {
   });
   // Targets in order, rather than scattered with the sources: a cache miss
   // less per connection.
-  at::parallel_for(0, n, 1 << 12, [&](int64_t first, int64_t last) {
+  share_work(0, n, 1 << 12, [&](int64_t first, int64_t last) {
     for (int64_t dv = first; dv < last; ++dv)
       std::fill(conn_target_.begin() + in_offsets_[dv], conn_target_.begin() + in_offsets_[dv + 1], dv);
   });
@@ -208,12 +206,12 @@ void Topology::lay_out_levels(int64_t depth) {
 }
 
 // Every level's plan. Levels are independent here, so large graphs split
-// them between torch's intra-op threads, each with its own scratch `stamp`
+// them between connex's threads (share_work), each with its own scratch `stamp`
 // and `position`.
 void Topology::plan_levels(const CompileOptions& options) {
   const int64_t n = num_neurons(), depth = this->depth();
   const int64_t level_grain = num_connections() >= (int64_t(1) << 16) ? 1 : depth + 1;
-  at::parallel_for(1, depth + 1, level_grain, [&](int64_t first_level, int64_t last_level) {
+  share_work(1, depth + 1, level_grain, [&](int64_t first_level, int64_t last_level) {
     std::vector<int64_t> stamp(n, -1), position(n, 0);
     for (int64_t l = first_level; l < last_level; ++l) plan_level(l, options, stamp, position);
   });

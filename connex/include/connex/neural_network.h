@@ -50,6 +50,12 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   explicit NeuralNetworkImpl(GraphSpec spec, NeuralNetworkOptions options = {});
   // From an already compiled topology (the editor's path; options must match it).
   NeuralNetworkImpl(std::shared_ptr<const Topology> topology, NeuralNetworkOptions options);
+  // The same with these parameters instead of drawn ones: `weight` one entry
+  // per connection in the topology's order, `bias` one per non-input neuron
+  // (bias_index()), both of options().dtype(); the network takes the tensors
+  // over (no copy). Techniques' parameters are drawn as usual.
+  NeuralNetworkImpl(std::shared_ptr<const Topology> topology, NeuralNetworkOptions options, torch::Tensor weight,
+                    torch::Tensor bias);
   // Copies structure and options; a module-valued activation is deep-cloned so
   // that clone() never shares parameters with the original.
   NeuralNetworkImpl(const NeuralNetworkImpl& other);
@@ -163,6 +169,7 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   std::shared_ptr<const Topology> topology_;
   std::vector<double> dropout_;  // resolved, per dense id
   torch::Tensor weight_, bias_;
+  torch::Tensor given_weight_, given_bias_;  // the constructor's, for its reset() only
   torch::Tensor weight_grad_mask_, bias_grad_mask_;
   bool frozen_ = false;
   // Set when structure and options allow the fused kernel and the planner

@@ -156,11 +156,11 @@ class Topology {
   void plan_level(int64_t l, const CompileOptions& options, std::vector<int64_t>& stamp,
                   std::vector<int64_t>& position);
   void plan_levels(const CompileOptions& options);
-  // with_connections()'s steps (topology_patch.cpp): the connections, then the spec.
-  bool patch_connections(const Topology& base, const std::vector<uint8_t>& gone,
-                         const std::vector<std::pair<int64_t, int64_t>>& added, std::vector<int64_t>& old_connection,
-                         const char* context);
-  void patch_spec(const Topology& base);
+  // with_connections()'s steps (topology_patch.cpp): the incoming runs, then
+  // the outgoing ones with the spec. A Patch is what they share.
+  struct Patch;  // topology_patch.cpp
+  bool patch_incoming(const Topology& base, Patch& patch, std::vector<int64_t>& old_connection, const char* context);
+  void patch_outgoing(const Topology& base, const Patch& patch);
 
   GraphSpec spec_;
   int64_t num_inputs_ = 0;
