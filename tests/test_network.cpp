@@ -241,6 +241,8 @@ TEST(NeuralNetwork, GivenParametersAreTakenOverAndCloned) {
                    "NeuralNetwork(): expected weight of dtype Double (options().dtype()), got Float");
   EXPECT_THROW_MSG(NeuralNetwork(topology, kDouble, torch::Tensor(), bias),
                    "NeuralNetwork(): expected a weight tensor, got an undefined one");
+  EXPECT_THROW_MSG(NeuralNetwork(topology, kDouble, weight, torch::Tensor()),
+                   "NeuralNetwork(): expected a bias tensor, got an undefined one");
 }
 
 TEST(NeuralNetwork, AdoptParametersRefusesAnIndexOutOfRange) {
@@ -257,6 +259,11 @@ TEST(NeuralNetwork, AdoptParametersRefusesAnIndexOutOfRange) {
   remap.moved["weight"] = {torch::tensor({0, 1}, torch::kLong), torch::tensor({0}, torch::kLong)};
   EXPECT_THROW_MSG(to->adopt_parameters(*from, remap),
                    "NeuralNetwork::adopt_parameters(): expected as many new as old indices in a remap, got 2 and 1");
+  // A bad bias remap refuses the whole adoption: the weight does not move either.
+  remap.moved["weight"] = {torch::tensor({int64_t{1}}, torch::kLong), torch::tensor({int64_t{0}}, torch::kLong)};
+  remap.moved["bias"] = {torch::tensor({int64_t{-1}}, torch::kLong), torch::tensor({int64_t{0}}, torch::kLong)};
+  EXPECT_THROW_MSG(to->adopt_parameters(*from, remap),
+                   "NeuralNetwork::adopt_parameters(): a remap index is out of range");
   EXPECT_TRUE(to->weight_tensor().equal(before));
   // In range, the pairs move: new[1] = old[0], new[m - 1] = old[2].
   remap.moved["weight"] = {torch::tensor({int64_t{1}, m - 1}, torch::kLong), torch::tensor({0, 2}, torch::kLong)};

@@ -72,15 +72,19 @@ std::pair<torch::Tensor, torch::Tensor> initial_parameters(const Topology& topo,
   return {weight, bias};
 }
 
-// to[new_index] = from[old_index] for the remap's pairs; the whole tensor when there are none.
-void copy_entries(torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved* pairs, const char* name) {
-  if (pairs) {
-    copy_moved_entries(to, from, *pairs, "NeuralNetwork::adopt_parameters()");
-    return;
-  }
+// Throws unless copy_entries(to, from, pairs) can move every entry it names.
+void check_entries(const torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved* pairs,
+                   const char* name) {
+  if (pairs) return check_moved_entries(to.numel(), from.numel(), *pairs, "NeuralNetwork::adopt_parameters()");
   if (!to.sizes().equals(from.sizes()))
     fail("NeuralNetwork::adopt_parameters(): expected {} of shape {} (the remap does not move it), got {}", name,
          shape_str(to.sizes()), shape_str(from.sizes()));
+}
+
+// to[new_index] = from[old_index] for the remap's pairs; the whole tensor when there are none.
+void copy_entries(torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved* pairs, const char* name) {
+  if (pairs) return copy_moved_entries(to, from, *pairs, "NeuralNetwork::adopt_parameters()");
+  check_entries(to, from, pairs, name);
   to.copy_(from);
 }
 
@@ -159,13 +163,42 @@ std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const T
 
 }  // namespace
 
-void copy_moved_entries(const torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved& moved,
-                        const char* context) {
+void check_moved_entries(int64_t to_size, int64_t from_size, const ParameterRemap::Moved& moved, const char* context) {
   const auto& new_index = moved.new_index;
   const auto& old_index = moved.old_index;
   if (new_index.numel() != old_index.numel())
     fail("{}: expected as many new as old indices in a remap, got {} and {}", context, new_index.numel(),
          old_index.numel());
+  auto cpu_long = [](const torch::Tensor& t) {
+    return t.is_cpu() && t.scalar_type() == torch::kLong && t.is_contiguous();
+  };
+  bool out_of_range = false;
+  if (new_index.numel() == 0) return;
+  if (cpu_long(new_index) && cpu_long(old_index)) {
+    const int64_t* to_entry = new_index.data_ptr<int64_t>();
+    const int64_t* from_entry = old_index.data_ptr<int64_t>();
+    std::atomic<bool> bad_chunk{false};
+    share_work(0, new_index.numel(), int64_t{1} << 16, [&](int64_t first, int64_t last) {
+      bool bad = false;
+      for (int64_t k = first; k < last; ++k)
+        bad |= to_entry[k] < 0 || to_entry[k] >= to_size || from_entry[k] < 0 || from_entry[k] >= from_size;
+      if (bad) bad_chunk = true;
+    });
+    out_of_range = bad_chunk;
+  } else {
+    out_of_range = new_index.min().item<int64_t>() < 0 || new_index.max().item<int64_t>() >= to_size ||
+                   old_index.min().item<int64_t>() < 0 || old_index.max().item<int64_t>() >= from_size;
+  }
+  if (out_of_range)
+    fail("{}: a remap index is out of range (expected new indices in [0, {}) and old ones in [0, {}))", context,
+         to_size, from_size);
+}
+
+void copy_moved_entries(const torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved& moved,
+                        const char* context) {
+  check_moved_entries(to.numel(), from.numel(), moved, context);
+  const auto& new_index = moved.new_index;
+  const auto& old_index = moved.old_index;
   auto cpu_long = [](const torch::Tensor& t) {
     return t.is_cpu() && t.scalar_type() == torch::kLong && t.is_contiguous();
   };
@@ -178,20 +211,9 @@ void copy_moved_entries(const torch::Tensor& to, const torch::Tensor& from, cons
     to.view(-1).index_copy_(0, new_index, from.reshape(-1).index_select(0, old_index));
     return;
   }
-  const int64_t pairs = new_index.numel(), to_size = to.numel(), from_size = from.numel();
+  const int64_t pairs = new_index.numel();
   const int64_t* to_entry = new_index.data_ptr<int64_t>();
   const int64_t* from_entry = old_index.data_ptr<int64_t>();
-  // Checked before anything moves: a refused remap leaves `to` as it was.
-  std::atomic<bool> out_of_range{false};
-  share_work(0, pairs, int64_t{1} << 16, [&](int64_t first, int64_t last) {
-    bool bad = false;
-    for (int64_t k = first; k < last; ++k)
-      bad |= to_entry[k] < 0 || to_entry[k] >= to_size || from_entry[k] < 0 || from_entry[k] >= from_size;
-    if (bad) out_of_range = true;
-  });
-  if (out_of_range)
-    fail("{}: a remap index is out of range (expected new indices in [0, {}) and old ones in [0, {}))", context,
-         to_size, from_size);
   AT_DISPATCH_FLOATING_TYPES(to.scalar_type(), "copy_moved_entries", [&] {
     scalar_t* out = to.data_ptr<scalar_t>();
     const scalar_t* in = from.data_ptr<scalar_t>();
@@ -226,12 +248,12 @@ NeuralNetworkImpl::NeuralNetworkImpl(std::shared_ptr<const Topology> topology, N
     if (t.scalar_type() != options_.dtype())
       fail("NeuralNetwork(): expected {} of dtype {} (options().dtype()), got {}", name,
            c10::toString(options_.dtype()), c10::toString(t.scalar_type()));
-    if (t.device() != bias.device() || t.device() != weight.device())
-      fail("NeuralNetwork(): expected weight and bias on one device, got {} and {}", weight.device().str(),
-           bias.device().str());
   };
   check(weight, "weight", topology_->num_connections());
   check(bias, "bias", topology_->num_biases());
+  if (weight.device() != bias.device())
+    fail("NeuralNetwork(): expected weight and bias on one device, got {} and {}", weight.device().str(),
+         bias.device().str());
   operations_ = operation_pipeline(options_);
   dropout_ = resolve_dropout(*topology_, options_.dropout_p());
   fused_plan_ = plan_fused_kernel(topology_, options_, operations_);
@@ -323,6 +345,9 @@ void NeuralNetworkImpl::adopt_parameters(const NeuralNetworkImpl& from, const Pa
   };
   const ParameterRemap::Moved* weight_pairs = pairs("weight");
   const ParameterRemap::Moved* bias_pairs = pairs("bias");
+  // Both checked before either moves: a refused remap changes nothing.
+  check_entries(weight_, from.weight_, weight_pairs, "weight");
+  check_entries(bias_, from.bias_, bias_pairs, "bias");
   {
     torch::NoGradGuard no_grad;
     copy_entries(weight_, from.weight_, weight_pairs, "weight");
