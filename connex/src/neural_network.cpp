@@ -81,10 +81,37 @@ void check_entries(const torch::Tensor& to, const torch::Tensor& from, const Par
          shape_str(to.sizes()), shape_str(from.sizes()));
 }
 
-// to[new_index] = from[old_index] for the remap's pairs; the whole tensor when there are none.
-void copy_entries(torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved* pairs, const char* name) {
-  if (pairs) return copy_moved_entries(to, from, *pairs, "NeuralNetwork::adopt_parameters()");
-  check_entries(to, from, pairs, name);
+bool is_cpu_index(const torch::Tensor& t) { return t.is_cpu() && t.scalar_type() == torch::kLong && t.is_contiguous(); }
+
+// copy_moved_entries() once its pairs passed check_moved_entries().
+void move_checked_entries(const torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved& moved) {
+  const auto& new_index = moved.new_index;
+  const auto& old_index = moved.old_index;
+  const bool direct = to.is_cpu() && from.is_cpu() && to.is_contiguous() && from.is_contiguous() &&
+                      to.scalar_type() == from.scalar_type() &&
+                      (to.scalar_type() == torch::kFloat || to.scalar_type() == torch::kDouble) &&
+                      is_cpu_index(new_index) && is_cpu_index(old_index);
+  if (!direct) {
+    torch::NoGradGuard no_grad;
+    to.view(-1).index_copy_(0, new_index, from.reshape(-1).index_select(0, old_index));
+    return;
+  }
+  const int64_t pairs = new_index.numel();
+  const int64_t* to_entry = new_index.data_ptr<int64_t>();
+  const int64_t* from_entry = old_index.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(to.scalar_type(), "copy_moved_entries", [&] {
+    scalar_t* out = to.data_ptr<scalar_t>();
+    const scalar_t* in = from.data_ptr<scalar_t>();
+    share_work(0, pairs, int64_t{1} << 15, [&](int64_t first, int64_t last) {
+      for (int64_t k = first; k < last; ++k) out[to_entry[k]] = in[from_entry[k]];
+    });
+  });
+}
+
+// to[new_index] = from[old_index] for the remap's pairs; the whole tensor when
+// there are none. check_entries() has passed for the same sizes.
+void copy_entries(torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved* pairs) {
+  if (pairs) return move_checked_entries(to, from, *pairs);
   to.copy_(from);
 }
 
@@ -169,12 +196,9 @@ void check_moved_entries(int64_t to_size, int64_t from_size, const ParameterRema
   if (new_index.numel() != old_index.numel())
     fail("{}: expected as many new as old indices in a remap, got {} and {}", context, new_index.numel(),
          old_index.numel());
-  auto cpu_long = [](const torch::Tensor& t) {
-    return t.is_cpu() && t.scalar_type() == torch::kLong && t.is_contiguous();
-  };
-  bool out_of_range = false;
   if (new_index.numel() == 0) return;
-  if (cpu_long(new_index) && cpu_long(old_index)) {
+  bool out_of_range = false;
+  if (is_cpu_index(new_index) && is_cpu_index(old_index)) {
     const int64_t* to_entry = new_index.data_ptr<int64_t>();
     const int64_t* from_entry = old_index.data_ptr<int64_t>();
     std::atomic<bool> bad_chunk{false};
@@ -197,30 +221,7 @@ void check_moved_entries(int64_t to_size, int64_t from_size, const ParameterRema
 void copy_moved_entries(const torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved& moved,
                         const char* context) {
   check_moved_entries(to.numel(), from.numel(), moved, context);
-  const auto& new_index = moved.new_index;
-  const auto& old_index = moved.old_index;
-  auto cpu_long = [](const torch::Tensor& t) {
-    return t.is_cpu() && t.scalar_type() == torch::kLong && t.is_contiguous();
-  };
-  const bool direct = to.is_cpu() && from.is_cpu() && to.is_contiguous() && from.is_contiguous() &&
-                      to.scalar_type() == from.scalar_type() &&
-                      (to.scalar_type() == torch::kFloat || to.scalar_type() == torch::kDouble) &&
-                      cpu_long(new_index) && cpu_long(old_index);
-  if (!direct) {
-    torch::NoGradGuard no_grad;
-    to.view(-1).index_copy_(0, new_index, from.reshape(-1).index_select(0, old_index));
-    return;
-  }
-  const int64_t pairs = new_index.numel();
-  const int64_t* to_entry = new_index.data_ptr<int64_t>();
-  const int64_t* from_entry = old_index.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES(to.scalar_type(), "copy_moved_entries", [&] {
-    scalar_t* out = to.data_ptr<scalar_t>();
-    const scalar_t* in = from.data_ptr<scalar_t>();
-    share_work(0, pairs, int64_t{1} << 15, [&](int64_t first, int64_t last) {
-      for (int64_t k = first; k < last; ++k) out[to_entry[k]] = in[from_entry[k]];
-    });
-  });
+  move_checked_entries(to, from, moved);
 }
 
 // `options` is passed on by copy: with a move, the compiler may move it out
@@ -231,10 +232,7 @@ NeuralNetworkImpl::NeuralNetworkImpl(GraphSpec spec, NeuralNetworkOptions option
 NeuralNetworkImpl::NeuralNetworkImpl(std::shared_ptr<const Topology> topology, NeuralNetworkOptions options)
     : options_(std::move(options)), topology_(std::move(topology)) {
   check_options(options_);
-  operations_ = operation_pipeline(options_);
-  dropout_ = resolve_dropout(*topology_, options_.dropout_p());
-  fused_plan_ = plan_fused_kernel(topology_, options_, operations_);
-  reset();
+  set_up({}, {});
 }
 
 NeuralNetworkImpl::NeuralNetworkImpl(std::shared_ptr<const Topology> topology, NeuralNetworkOptions options,
@@ -254,13 +252,17 @@ NeuralNetworkImpl::NeuralNetworkImpl(std::shared_ptr<const Topology> topology, N
   if (weight.device() != bias.device())
     fail("NeuralNetwork(): expected weight and bias on one device, got {} and {}", weight.device().str(),
          bias.device().str());
+  set_up(weight.detach(), bias.detach());
+}
+
+void NeuralNetworkImpl::set_up(torch::Tensor weight, torch::Tensor bias) {
   operations_ = operation_pipeline(options_);
   dropout_ = resolve_dropout(*topology_, options_.dropout_p());
   fused_plan_ = plan_fused_kernel(topology_, options_, operations_);
-  given_weight_ = weight.detach();
-  given_bias_ = bias.detach();
+  given_weight_ = std::move(weight);
+  given_bias_ = std::move(bias);
   reset();
-  if (!weight_.is_cpu()) to(weight_.device());  // the buffers follow the parameters
+  if (!weight_.is_cpu()) to(weight_.device());  // the buffers follow given parameters
 }
 
 NeuralNetworkImpl::NeuralNetworkImpl(const NeuralNetworkImpl& other)
@@ -350,15 +352,14 @@ void NeuralNetworkImpl::adopt_parameters(const NeuralNetworkImpl& from, const Pa
   check_entries(bias_, from.bias_, bias_pairs, "bias");
   {
     torch::NoGradGuard no_grad;
-    copy_entries(weight_, from.weight_, weight_pairs, "weight");
-    copy_entries(bias_, from.bias_, bias_pairs, "bias");
+    copy_entries(weight_, from.weight_, weight_pairs);
+    copy_entries(bias_, from.bias_, bias_pairs);
     // A fresh mask is all ones; so is an old one where nothing was frozen,
     // and then there is nothing to move (a gather and scatter as long as the
     // network, saved).
     if (!from.weight_grad_mask_.eq(1).all().item<bool>())
-      copy_entries(weight_grad_mask_, from.weight_grad_mask_, weight_pairs, "weight_grad_mask");
-    if (!from.bias_grad_mask_.eq(1).all().item<bool>())
-      copy_entries(bias_grad_mask_, from.bias_grad_mask_, bias_pairs, "bias_grad_mask");
+      copy_entries(weight_grad_mask_, from.weight_grad_mask_, weight_pairs);
+    if (!from.bias_grad_mask_.eq(1).all().item<bool>()) copy_entries(bias_grad_mask_, from.bias_grad_mask_, bias_pairs);
     if (from.frozen_ && !frozen_) {
       frozen_ = true;
       install_freeze_hooks();

@@ -150,6 +150,9 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
     torch::Tensor keep_prob, keep_scale;  // dropout, [size, 1]; undefined when p = 0 throughout
   };
 
+  // The constructors' common part: the pipeline, dropout and fused plan,
+  // then reset(), which takes `weight` and `bias` when they are defined.
+  void set_up(torch::Tensor weight, torch::Tensor bias);
   void check_input(const torch::Tensor& x) const;
   torch::Tensor gather(const GatherPlan& plan, const GatherTensors& tensors,
                        const std::vector<torch::Tensor>& pieces) const;

@@ -9,22 +9,23 @@
 
 namespace connex::ham {
 
-inline torch::Tensor attach_parameter(torch::nn::Module& module, const std::string& name, const torch::Tensor& value) {
-  auto existing = module.named_parameters(/*recurse=*/false);
-  if (auto* p = existing.find(name)) {
-    p->set_data(value);
-    return *p;
+// `value` under `name`, as a parameter (or else a buffer) of `module`.
+inline torch::Tensor attach_entry(torch::nn::Module& module, const std::string& name, const torch::Tensor& value,
+                                  bool parameter) {
+  auto existing = parameter ? module.named_parameters(/*recurse=*/false) : module.named_buffers(/*recurse=*/false);
+  if (auto* entry = existing.find(name)) {
+    entry->set_data(value);
+    return *entry;
   }
-  return module.register_parameter(name, value);
+  return parameter ? module.register_parameter(name, value) : module.register_buffer(name, value);
+}
+
+inline torch::Tensor attach_parameter(torch::nn::Module& module, const std::string& name, const torch::Tensor& value) {
+  return attach_entry(module, name, value, true);
 }
 
 inline torch::Tensor attach_buffer(torch::nn::Module& module, const std::string& name, const torch::Tensor& value) {
-  auto existing = module.named_buffers(/*recurse=*/false);
-  if (auto* b = existing.find(name)) {
-    b->set_data(value);
-    return *b;
-  }
-  return module.register_buffer(name, value);
+  return attach_entry(module, name, value, false);
 }
 
 }  // namespace connex::ham

@@ -10,6 +10,7 @@
 
 #include "connex/error.h"
 #include "connex/ham/synapse.h"
+#include "json_input.h"
 
 namespace connex::ham {
 
@@ -19,6 +20,14 @@ inline std::string describe(const nlohmann::json& description) {
   for (const auto& [key, value] : description.items())
     if (key != "kind") text += (first ? "" : ", ") + key + "=" + value.dump(), first = false;
   return text + ")";
+}
+
+// The "kind" of a built-in part's description; throws, naming `where` and
+// `what` ("a Lagrangian", "a synapse"), unless it is an object with a string "kind".
+inline std::string kind_of(const nlohmann::json& description, const char* what, const std::string& where) {
+  if (!description.is_object() || !description.contains("kind") || !description.at("kind").is_string())
+    fail("{}: expected {} {{\"kind\": ...}}, got {}", where, what, detail::excerpt(description));
+  return description.at("kind").get<std::string>();
 }
 
 // Rethrows a reader's error under `where` (a file and JSON path), unless its

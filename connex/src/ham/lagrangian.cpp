@@ -249,9 +249,7 @@ Lagrangian lagrangian(std::function<torch::Tensor(const torch::Tensor&)> value, 
 }
 
 Lagrangian lagrangian_from_json(const json& j, const std::string& where) {
-  if (!j.is_object() || !j.contains("kind") || !j.at("kind").is_string())
-    fail("{}: expected a Lagrangian {{\"kind\": ...}}, got {}", where, detail::excerpt(j));
-  const std::string kind = j.at("kind").get<std::string>();
+  const std::string kind = kind_of(j, "a Lagrangian", where);
   auto number = [&](const char* key) {
     if (!j.contains(key) || !j.at(key).is_number()) fail("{}: {} needs a number \"{}\"", where, kind, key);
     return j.at(key).get<double>();

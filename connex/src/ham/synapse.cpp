@@ -479,9 +479,7 @@ Synapse graph(std::vector<std::pair<NeuronId, NeuronId>> connections, torch::Ten
 }
 
 Synapse synapse_from_json(const json& j, const std::string& where) {
-  if (!j.is_object() || !j.contains("kind") || !j.at("kind").is_string())
-    fail("{}: expected a synapse {{\"kind\": ...}}, got {}", where, detail::excerpt(j));
-  const std::string kind = j.at("kind").get<std::string>();
+  const std::string kind = kind_of(j, "a synapse", where);
   auto integers = [&](const char* key) {
     if (!j.contains(key) || !j.at(key).is_array()) fail("{}: {} needs an array \"{}\"", where, kind, key);
     std::vector<int64_t> v;
