@@ -1,11 +1,13 @@
 #include "connex/techniques.h"
 
 #include <cmath>
+#include <numeric>
 
 #include <torch/torch.h>
 
 #include "builtin_operations.h"
 #include "dtype.h"
+#include "scalar_attention.h"
 
 namespace connex {
 
@@ -50,13 +52,97 @@ OperationParameters TopoNorm::build(const Topology& topology, torch::Dtype dtype
   return params;
 }
 
+namespace {
+
+constexpr double kNormEpsilon = 1e-5;
+
+// TopoNorm's normalisation and scaling as one autograd node, for the CPU:
+// per sample b (a column of s), x = (s - mean) / sqrt(var + eps) and
+// y = gamma ⊙ x + beta. Nine torch operations and their backward nodes per
+// level cost more than the arithmetic on a small network.
+class TopoNormFunction : public torch::autograd::Function<TopoNormFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& s_in,
+                               const torch::Tensor& gamma_in, const torch::Tensor& beta_in) {
+    auto s = s_in.contiguous(), gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
+    const int64_t L = s.size(0), B = s.size(1);
+    auto normed = torch::empty_like(s), y = torch::empty_like(s), rstd = torch::empty({B}, s.options());
+    AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "connex_topo_norm_forward", [&] {
+      const scalar_t *sp = s.data_ptr<scalar_t>(), *gp = gamma.data_ptr<scalar_t>(), *bp = beta.data_ptr<scalar_t>();
+      scalar_t *xp = normed.data_ptr<scalar_t>(), *yp = y.data_ptr<scalar_t>(), *rp = rstd.data_ptr<scalar_t>();
+      std::vector<scalar_t> mean(B, 0), var(B, 0);
+      for (int64_t i = 0; i < L; ++i)
+        for (int64_t b = 0; b < B; ++b) mean[b] += sp[i * B + b];
+      for (int64_t b = 0; b < B; ++b) mean[b] /= static_cast<scalar_t>(L);
+      for (int64_t i = 0; i < L; ++i)
+        for (int64_t b = 0; b < B; ++b) {
+          const scalar_t d = sp[i * B + b] - mean[b];
+          var[b] += d * d;
+        }
+      for (int64_t b = 0; b < B; ++b)
+        rp[b] = scalar_t(1) / std::sqrt(var[b] / static_cast<scalar_t>(L) + static_cast<scalar_t>(kNormEpsilon));
+      for (int64_t i = 0; i < L; ++i)
+        for (int64_t b = 0; b < B; ++b) {
+          const scalar_t x = (sp[i * B + b] - mean[b]) * rp[b];
+          xp[i * B + b] = x;
+          yp[i * B + b] = gp[i] * x + bp[i];
+        }
+    });
+    ctx->save_for_backward({normed, gamma, rstd});
+    return y;
+  }
+
+  // With g = dy ⊙ gamma: ds = rstd (g - mean_i(g) - x mean_i(g ⊙ x)) per
+  // sample; dgamma = Σ_b dy ⊙ x, dbeta = Σ_b dy.
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &normed = saved[0], &gamma = saved[1], &rstd = saved[2];
+    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    const auto dy = grads[0].contiguous();
+    const int64_t L = normed.size(0), B = normed.size(1);
+    auto ds = torch::empty_like(normed), dgamma = torch::zeros_like(gamma), dbeta = torch::zeros_like(gamma);
+    AT_DISPATCH_FLOATING_TYPES(normed.scalar_type(), "connex_topo_norm_backward", [&] {
+      const scalar_t *xp = normed.data_ptr<scalar_t>(), *gp = gamma.data_ptr<scalar_t>(),
+                     *rp = rstd.data_ptr<scalar_t>(), *dyp = dy.data_ptr<scalar_t>();
+      scalar_t *dsp = ds.data_ptr<scalar_t>(), *dgp = dgamma.data_ptr<scalar_t>(), *dbp = dbeta.data_ptr<scalar_t>();
+      std::vector<scalar_t> g_mean(B, 0), gx_mean(B, 0);
+      for (int64_t i = 0; i < L; ++i) {
+        scalar_t dg = 0, db = 0;
+        for (int64_t b = 0; b < B; ++b) {
+          const scalar_t d = dyp[i * B + b], x = xp[i * B + b], g = d * gp[i];
+          dg += d * x;
+          db += d;
+          g_mean[b] += g;
+          gx_mean[b] += g * x;
+        }
+        dgp[i] = dg;
+        dbp[i] = db;
+      }
+      const scalar_t inv_L = scalar_t(1) / static_cast<scalar_t>(L);
+      for (int64_t i = 0; i < L; ++i)
+        for (int64_t b = 0; b < B; ++b) {
+          const scalar_t x = xp[i * B + b], g = dyp[i * B + b] * gp[i];
+          dsp[i * B + b] = rp[b] * (g - g_mean[b] * inv_L - x * gx_mean[b] * inv_L);
+        }
+    });
+    return {ds, dgamma, dbeta};
+  }
+};
+
+}  // namespace
+
 torch::Tensor TopoNorm::on_inputs(const LevelContext& ctx, const torch::Tensor& s) const {
   if (s.size(0) == 0) return s;
+  const auto type = s.scalar_type();
+  if (s.size(0) > 1 && s.device().is_cpu() && (type == torch::kFloat32 || type == torch::kFloat64))
+    return TopoNormFunction::apply(s, ctx.param("gamma"), ctx.param("beta"));
+  // The same in torch operations: other devices and dtypes, and a single source (not normalised).
   torch::Tensor normed = s;
   if (s.size(0) > 1) {
     auto mean = s.mean(0, true);
     auto var = (s - mean).pow(2).mean(0, true);
-    normed = (s - mean) / torch::sqrt(var + 1e-5);
+    normed = (s - mean) / torch::sqrt(var + kNormEpsilon);
   }
   return ctx.param("gamma") * normed + ctx.param("beta");
 }
@@ -70,7 +156,7 @@ std::optional<double> TopoNorm::parameter_count(const Topology& topology) const 
 void TopoNorm::script_on_inputs(ScriptWriter& script, const LevelContext& ctx) const {
   if (ctx.plan.sources.size() > 1) {
     script.line("m = s.mean(0, True)");
-    script.line("s = (s - m) / torch.sqrt((s - m).pow(2).mean(0, True) + 1e-05)");
+    script.line(fmt::format("s = (s - m) / torch.sqrt((s - m).pow(2).mean(0, True) + {})", kNormEpsilon));
   }
   script.line(fmt::format("s = {} * s + {}", script.buffer("norm_gamma", ctx.param("gamma")),
                           script.buffer("norm_beta", ctx.param("beta"))));
@@ -107,15 +193,16 @@ OperationParameters TopoSelfAttention::build(const Topology& topology, torch::Dt
 torch::Tensor TopoSelfAttention::on_inputs(const LevelContext& ctx, const torch::Tensor& s) const {
   const int64_t L = s.size(0);
   if (L == 0) return s;
-  // s: [L, B]. Projections per sample: q[b] = Wq s[:, b] + bq -> [L, B].
-  auto q = torch::addmm(ctx.param("query_bias").unsqueeze(1), ctx.param("query_weight"), s);
-  auto k = torch::addmm(ctx.param("key_bias").unsqueeze(1), ctx.param("key_weight"), s);
-  auto v = torch::addmm(ctx.param("value_bias").unsqueeze(1), ctx.param("value_weight"), s);
-  // scores[b, i, j] = q[i, b] k[j, b] / sqrt(L)
-  auto qt = q.t().unsqueeze(2), kt = k.t().unsqueeze(1);
-  auto attention = torch::softmax(qt * kt / std::sqrt(static_cast<double>(L)), 2);
-  auto out = torch::bmm(attention, v.t().unsqueeze(2)).squeeze(2);  // [B, L]
-  return s + out.t();
+  // s: [L, B]. Projections per sample: q[:, b] = Wq s[:, b] + bq, one matrix product for the batch.
+  auto project = [&](const std::string& m) {
+    return torch::addmm(ctx.param(m + "_bias").unsqueeze(1), ctx.param(m + "_weight"), s).unsqueeze(0);
+  };
+  AttentionKeys keys;
+  keys.offsets = {0, L};
+  keys.positions.resize(L);
+  std::iota(keys.positions.begin(), keys.positions.end(), 0);
+  keys.scale = {1.0 / std::sqrt(static_cast<double>(L))};
+  return s + scalar_attention(project("query"), project("key"), project("value"), keys).squeeze(0);
 }
 
 namespace {
@@ -163,30 +250,29 @@ std::optional<torch::Tensor> NeuronSelfAttention::replace_affine(const LevelCont
                                                                  const torch::Tensor& bias) const {
   const int64_t L = s.size(0), n = weights.size(0), B = s.size(1);
   if (L == 0) return bias.expand({n, B});
-  // The mask of each neuron's incoming connections, [n, L], from the plan
-  // (a weight can be exactly zero while its connection exists).
-  const std::vector<int64_t> pos = ctx.plan.dense_positions();
-  auto mask = torch::zeros({n * L}, torch::TensorOptions().dtype(torch::kBool).device(s.device()))
-                  .index_fill_(0, torch::tensor(pos, torch::kLong).to(s.device()), true)
-                  .view({n, L});
-  auto fan_in = mask.sum(1).clamp_min(1).to(s.scalar_type());  // [n]
-  // x[b, n, i] = s[i, b] for every neuron; projections per neuron.
-  auto x = s.t().unsqueeze(1).expand({B, n, L});
-  auto project = [&](const char* m) {
-    // [B, n, L] = einsum("nij,bnj->bni") + bias
-    return torch::einsum("nij,bnj->bni", {ctx.param(std::string(m) + "_weight"), x}) +
-           ctx.param(std::string(m) + "_bias");
+  // Each neuron attends over its incoming connections' slots, taken from
+  // the plan (a weight can be exactly zero while its connection exists).
+  AttentionKeys keys;
+  keys.offsets.assign(n + 1, 0);
+  for (int64_t target : ctx.plan.edge_target) ++keys.offsets[target + 1];
+  for (int64_t r = 0; r < n; ++r) keys.offsets[r + 1] += keys.offsets[r];
+  keys.positions.resize(ctx.plan.edge_source.size());
+  std::vector<int64_t> next(keys.offsets.begin(), keys.offsets.end() - 1);
+  for (size_t c = 0; c < ctx.plan.edge_source.size(); ++c)
+    keys.positions[next[ctx.plan.edge_target[c]]++] = ctx.plan.edge_source[c];
+  keys.scale.resize(n);
+  for (int64_t r = 0; r < n; ++r)
+    keys.scale[r] = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(keys.offsets[r + 1] - keys.offsets[r], 1)));
+  // Slots outside a neuron's connections meet a zero weight below: no query there.
+  keys.queries_are_keys = true;
+  // Projections of every neuron at once: [n·L, L] × [L, B], viewed [n, L, B].
+  auto project = [&](const std::string& m) {
+    return torch::addmm(ctx.param(m + "_bias").reshape({n * L, 1}), ctx.param(m + "_weight").reshape({n * L, L}), s)
+        .view({n, L, B});
   };
-  auto q = project("query"), k = project("key"), v = project("value");
-  auto scores = q.unsqueeze(3) * k.unsqueeze(2) / torch::sqrt(fan_in).view({1, n, 1, 1});  // [B, n, L, L]
-  // The dtype's lowest finite value, not -inf: a neuron without inputs then
-  // gets a finite (uniform) row, zeroed below, and no NaN reaches backward.
-  scores = scores.masked_fill(~mask.view({1, n, 1, L}), lowest_value(s.scalar_type()));
-  auto attention = torch::softmax(scores, 3);
-  attention = attention.masked_fill(~mask.view({1, n, 1, L}), 0.0);
-  auto attended = x + torch::matmul(attention, v.unsqueeze(3)).squeeze(3);  // [B, n, L]
-  // z[n, b] = Σ_i w[n, i] attended[b, n, i] + bias[n]
-  return (attended * weights.unsqueeze(0)).sum(2).t() + bias;
+  auto attended = scalar_attention(project("query"), project("key"), project("value"), keys);  // [n, L, B]
+  // z[n, b] = Σ_i w[n, i] (s[i, b] + attended[n, i, b]) + bias[n]
+  return torch::addmm(bias, weights, s) + torch::bmm(weights.unsqueeze(1), attended).squeeze(1);
 }
 
 std::optional<double> NeuronSelfAttention::parameter_count(const Topology& topology) const {

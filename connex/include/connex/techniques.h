@@ -14,10 +14,13 @@
 // - NeuronSelfAttention: the same per neuron, with the neuron's own Wq, Wk,
 //   Wv (n×L×L) and biases (n×L), keys masked to the neuron's incoming
 //   connections, scaled by 1/sqrt(fan-in); then z_n = Σ_i w_ni s'_ni + b_n.
-//   Memory grows as batch × n × L² per level: 250 samples × 128 neurons ×
-//   128² inputs × 4 bytes ≈ 2 GiB of attention weights for one dense
-//   128-wide layer (kept for backward), so it fits networks whose levels
-//   read at most a few dozen inputs.
+//   On the CPU (float32, float64) both attentions run one kernel that
+//   recomputes the attention weights in backward: neuron attention keeps
+//   5 × batch × n × L values per level (q, k, v, the output, a softmax
+//   normaliser), queries only at the neuron's own inputs (the others meet
+//   a zero weight). Elsewhere the same formula runs as torch operations,
+//   which keep the batch × n × L² attention weights (250 samples × 128
+//   neurons × 128² inputs × 4 bytes ≈ 2 GiB for one dense 128-wide layer).
 // - AdaptiveActivation: σ(z) -> a·σ(b·z) per hidden neuron, a = b = 1 at
 //   start (Jagtap et al. 2020).
 //

@@ -1,0 +1,357 @@
+#include "scalar_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "dtype.h"
+#include "work_share.h"
+
+namespace connex {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// exp(x) for float in a form the compiler vectorises: 2^n · p(r), with
+// n = round(x / ln 2) taken from the low mantissa bits of x / ln 2 + 1.5·2^23,
+// r = x - n·ln 2 (ln 2 in two parts, so r is exact) and p Cephes' degree-6
+// polynomial for exp on [-ln 2 / 2, ln 2 / 2]: within 2 ulp of std::exp.
+// Clamped to [-87, 88], where 2^n stays a normal float.
+inline float exp_vectorisable(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  constexpr float kShift = 12582912.0f;  // 1.5·2^23, bits 0x4B400000
+  const float shifted = x * 1.44269504088896341f + kShift;
+  const float n = shifted - kShift;
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits;
+  std::memcpy(&bits, &shifted, sizeof bits);
+  bits = (bits - 0x4B400000 + 127) * (1 << 23);
+  float power;
+  std::memcpy(&power, &bits, sizeof power);
+  return p * power;
+}
+
+inline float exp_of(float x) { return exp_vectorisable(x); }
+inline double exp_of(double x) { return std::exp(x); }
+
+// One call's tensors as pointers. Element (g, i, b) of a [groups, L, batch]
+// tensor is at (g·L + i)·B + b, so a position's samples are contiguous: the
+// passes vectorise over samples, with no sums across lanes. The unit of work
+// is one group and a chunk of up to kChunk samples.
+constexpr int64_t kChunk = 16;
+
+template <typename T>
+struct Pass {
+  int64_t L = 0, B = 0;
+  const int64_t* offsets = nullptr;
+  const int64_t* positions = nullptr;
+  const double* scale = nullptr;
+  bool queries_are_keys = false;
+  const T *q = nullptr, *k = nullptr, *v = nullptr;
+  T *o = nullptr, *inv_sum = nullptr;  // written by forward, read by backward
+  const T* go = nullptr;
+  T *gq = nullptr, *gk = nullptr, *gv = nullptr;
+
+  int64_t chunks() const { return (B + kChunk - 1) / kChunk; }
+  int64_t row(int64_t g, int64_t i) const { return (g * L + i) * B; }
+};
+
+// One unit: group g, samples [b0, b0 + nb).
+struct Unit {
+  int64_t g, b0, nb;
+  const int64_t* keys;
+  int64_t num_keys, num_queries;
+  int64_t query(int64_t c, bool queries_are_keys) const { return queries_are_keys ? keys[c] : c; }
+};
+
+template <typename T>
+Unit unit_of(const Pass<T>& a, int64_t u) {
+  Unit unit;
+  unit.g = u / a.chunks();
+  unit.b0 = (u % a.chunks()) * kChunk;
+  unit.nb = std::min(kChunk, a.B - unit.b0);
+  unit.keys = a.positions + a.offsets[unit.g];
+  unit.num_keys = a.offsets[unit.g + 1] - a.offsets[unit.g];
+  unit.num_queries = a.queries_are_keys ? unit.num_keys : a.L;
+  return unit;
+}
+
+// Per sample, the largest and smallest key: a query's largest score t·k_j is
+// the float product of t and one of them, so no pass over the scores finds it.
+template <typename T>
+void key_range(const Pass<T>& a, const Unit& u, T* k_max, T* k_min) {
+  for (int64_t b = 0; b < u.nb; ++b) {
+    k_max[b] = -std::numeric_limits<T>::infinity();
+    k_min[b] = std::numeric_limits<T>::infinity();
+  }
+  for (int64_t c = 0; c < u.num_keys; ++c) {
+    const T* kr = a.k + a.row(u.g, u.keys[c]) + u.b0;
+#pragma omp simd
+    for (int64_t b = 0; b < u.nb; ++b) {
+      k_max[b] = std::max(k_max[b], kr[b]);
+      k_min[b] = std::min(k_min[b], kr[b]);
+    }
+  }
+}
+
+// A query's scale·q and largest score, per sample.
+template <typename T>
+inline void query_scores(const Pass<T>& a, const Unit& u, int64_t i, const T* k_max, const T* k_min, T* t, T* m) {
+  const T scale = static_cast<T>(a.scale[u.g]);
+  const T* qr = a.q + a.row(u.g, i) + u.b0;
+#pragma omp simd
+  for (int64_t b = 0; b < u.nb; ++b) {
+    t[b] = scale * qr[b];
+    m[b] = t[b] >= 0 ? t[b] * k_max[b] : t[b] * k_min[b];
+  }
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void forward_units(const Pass<T>& a, int64_t first, int64_t last) {
+  T k_max[kChunk], k_min[kChunk], t[kChunk], m[kChunk], sum[kChunk], acc[kChunk];
+  for (int64_t index = first; index < last; ++index) {
+    const Unit u = unit_of(a, index);
+    if (u.num_keys == 0) continue;  // o stays 0
+    key_range(a, u, k_max, k_min);
+    for (int64_t c = 0; c < u.num_queries; ++c) {
+      const int64_t i = u.query(c, a.queries_are_keys);
+      query_scores(a, u, i, k_max, k_min, t, m);
+      for (int64_t b = 0; b < u.nb; ++b) sum[b] = acc[b] = 0;
+      for (int64_t j = 0; j < u.num_keys; ++j) {
+        const T* kr = a.k + a.row(u.g, u.keys[j]) + u.b0;
+        const T* vr = a.v + a.row(u.g, u.keys[j]) + u.b0;
+#pragma omp simd
+        for (int64_t b = 0; b < u.nb; ++b) {
+          const T e = exp_of(t[b] * kr[b] - m[b]);
+          sum[b] += e;
+          acc[b] += e * vr[b];
+        }
+      }
+      T* orow = a.o + a.row(u.g, i) + u.b0;
+      T* srow = a.inv_sum + a.row(u.g, i) + u.b0;
+#pragma omp simd
+      for (int64_t b = 0; b < u.nb; ++b) {
+        srow[b] = T(1) / sum[b];
+        orow[b] = acc[b] * srow[b];
+      }
+    }
+  }
+}
+
+// With a_ij the weights and o_i = Σ_j a_ij v_j: ∂o_i/∂score_ij =
+// a_ij (v_j - o_i), so for an upstream gradient g_i and t_i = scale·q_i
+//   dq_i = scale·g_i (Σ_j a_ij k_j v_j - o_i Σ_j a_ij k_j),
+//   dk_j = Σ_i a_ij g_i t_i (v_j - o_i),   dv_j = Σ_i a_ij g_i.
+// The weights are recomputed from the scores, the largest score and 1/Σ.
+template <typename T>
+__attribute__((always_inline)) inline void backward_units(const Pass<T>& a, int64_t first, int64_t last) {
+  T k_max[kChunk], k_min[kChunk], t[kChunk], m[kChunk], gt[kChunk], ak[kChunk], akv[kChunk];
+  for (int64_t index = first; index < last; ++index) {
+    const Unit u = unit_of(a, index);
+    if (u.num_keys == 0) continue;  // all three gradients stay 0
+    key_range(a, u, k_max, k_min);
+    const T scale = static_cast<T>(a.scale[u.g]);
+    for (int64_t c = 0; c < u.num_queries; ++c) {
+      const int64_t i = u.query(c, a.queries_are_keys);
+      const T* gi = a.go + a.row(u.g, i) + u.b0;
+      bool flows = false;  // a position whose output nothing reads (a zero weight) sends nothing back
+      for (int64_t b = 0; b < u.nb; ++b) flows |= gi[b] != 0;
+      if (!flows) continue;
+      query_scores(a, u, i, k_max, k_min, t, m);
+      const T* oi = a.o + a.row(u.g, i) + u.b0;
+      const T* inv = a.inv_sum + a.row(u.g, i) + u.b0;
+      for (int64_t b = 0; b < u.nb; ++b) {
+        gt[b] = gi[b] * t[b];
+        ak[b] = akv[b] = 0;
+      }
+      for (int64_t j = 0; j < u.num_keys; ++j) {
+        const int64_t r = a.row(u.g, u.keys[j]) + u.b0;
+        const T* kr = a.k + r;
+        const T* vr = a.v + r;
+        T* gkr = a.gk + r;
+        T* gvr = a.gv + r;
+#pragma omp simd
+        for (int64_t b = 0; b < u.nb; ++b) {
+          const T w = exp_of(t[b] * kr[b] - m[b]) * inv[b];
+          const T wk = w * kr[b];
+          ak[b] += wk;
+          akv[b] += wk * vr[b];
+          gvr[b] += w * gi[b];
+          gkr[b] += w * (vr[b] - oi[b]) * gt[b];
+        }
+      }
+      T* gq = a.gq + a.row(u.g, i) + u.b0;
+#pragma omp simd
+      for (int64_t b = 0; b < u.nb; ++b) gq[b] = scale * gi[b] * (akv[b] - oi[b] * ak[b]);
+    }
+  }
+}
+
+// The float passes again for AVX2 with FMA and for AVX-512, chosen at load
+// time by what the processor has (8 and 16 lanes to SSE2's 4).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define CONNEX_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CONNEX_VECTOR_CLONES
+#endif
+
+CONNEX_VECTOR_CLONES void forward_float(const Pass<float>& a, int64_t first, int64_t last) {
+  forward_units(a, first, last);
+}
+CONNEX_VECTOR_CLONES void backward_float(const Pass<float>& a, int64_t first, int64_t last) {
+  backward_units(a, first, last);
+}
+void forward_pass(const Pass<float>& a, int64_t first, int64_t last) { forward_float(a, first, last); }
+void backward_pass(const Pass<float>& a, int64_t first, int64_t last) { backward_float(a, first, last); }
+void forward_pass(const Pass<double>& a, int64_t first, int64_t last) { forward_units(a, first, last); }
+void backward_pass(const Pass<double>& a, int64_t first, int64_t last) { backward_units(a, first, last); }
+
+template <typename T>
+Pass<T> pass_of(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& offsets,
+                const torch::Tensor& positions, const torch::Tensor& scale, bool queries_are_keys) {
+  Pass<T> a;
+  a.L = q.size(1);
+  a.B = q.size(2);
+  a.offsets = offsets.data_ptr<int64_t>();
+  a.positions = positions.data_ptr<int64_t>();
+  a.scale = scale.data_ptr<double>();
+  a.queries_are_keys = queries_are_keys;
+  a.q = q.data_ptr<T>();
+  a.k = k.data_ptr<T>();
+  a.v = v.data_ptr<T>();
+  return a;
+}
+
+template <typename T>
+void run_units(const Pass<T>& a, int64_t groups, int64_t num_keys, void (*pass)(const Pass<T>&, int64_t, int64_t)) {
+  // Chunks of about 64k scores: a unit has (keys) × (queries) × kChunk of them.
+  const double keys = static_cast<double>(num_keys) / static_cast<double>(std::max<int64_t>(groups, 1));
+  const double per_unit = std::max(1.0, keys * (a.queries_are_keys ? keys : static_cast<double>(a.L)) * kChunk);
+  share_work(0, groups * a.chunks(), std::max<int64_t>(1, static_cast<int64_t>(65536.0 / per_unit)),
+             [&](int64_t first, int64_t last) { pass(a, first, last); });
+}
+
+// Backward with create_graph: the gradients of the torch formula, which
+// are differentiable again (a gradient penalty, Hessian-vector products).
+variable_list differentiable_backward(const variable_list& saved, bool queries_are_keys, const torch::Tensor& go) {
+  AttentionKeys keys;
+  const auto& offsets = saved[5];
+  const auto& positions = saved[6];
+  const auto& scale = saved[7];
+  keys.offsets.assign(offsets.data_ptr<int64_t>(), offsets.data_ptr<int64_t>() + offsets.numel());
+  keys.positions.assign(positions.data_ptr<int64_t>(), positions.data_ptr<int64_t>() + positions.numel());
+  keys.scale.assign(scale.data_ptr<double>(), scale.data_ptr<double>() + scale.numel());
+  keys.queries_are_keys = queries_are_keys;
+  variable_list inputs, result(7);
+  for (int k = 0; k < 3; ++k)
+    if (saved[k].requires_grad()) inputs.push_back(saved[k]);
+  if (inputs.empty()) return result;
+  const auto o = scalar_attention_reference(saved[0], saved[1], saved[2], keys);
+  const auto grads = torch::autograd::grad({o}, inputs, {go}, /*retain_graph=*/true, /*create_graph=*/true,
+                                           /*allow_unused=*/true);
+  for (int k = 0, next = 0; k < 3; ++k)
+    if (saved[k].requires_grad()) result[k] = grads[next++];
+  return result;
+}
+
+class ScalarAttention : public torch::autograd::Function<ScalarAttention> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& q_in, const torch::Tensor& k_in,
+                               const torch::Tensor& v_in, const torch::Tensor& offsets, const torch::Tensor& positions,
+                               const torch::Tensor& scale, bool queries_are_keys) {
+    auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+    auto o = torch::zeros_like(q), inv_sum = torch::zeros_like(q);
+    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "connex_scalar_attention_forward", [&] {
+      Pass<scalar_t> a = pass_of<scalar_t>(q, k, v, offsets, positions, scale, queries_are_keys);
+      a.o = o.data_ptr<scalar_t>();
+      a.inv_sum = inv_sum.data_ptr<scalar_t>();
+      run_units<scalar_t>(a, q.size(0), positions.numel(), forward_pass);
+    });
+    ctx->save_for_backward({q, k, v, o, inv_sum, offsets, positions, scale});
+    ctx->saved_data["queries_are_keys"] = queries_are_keys;
+    return o;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &q = saved[0], &k = saved[1], &v = saved[2], &o = saved[3], &inv_sum = saved[4];
+    const auto &offsets = saved[5], &positions = saved[6], &scale = saved[7];
+    const bool queries_are_keys = ctx->saved_data["queries_are_keys"].toBool();
+    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor(), {}, {}, {}, {}};
+    if (torch::GradMode::is_enabled()) return differentiable_backward(saved, queries_are_keys, grads[0]);
+    const auto go = grads[0].contiguous();
+    auto gq = torch::zeros_like(q), gk = torch::zeros_like(k), gv = torch::zeros_like(v);
+    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "connex_scalar_attention_backward", [&] {
+      Pass<scalar_t> a = pass_of<scalar_t>(q, k, v, offsets, positions, scale, queries_are_keys);
+      a.o = const_cast<scalar_t*>(o.data_ptr<scalar_t>());
+      a.inv_sum = const_cast<scalar_t*>(inv_sum.data_ptr<scalar_t>());
+      a.go = go.data_ptr<scalar_t>();
+      a.gq = gq.data_ptr<scalar_t>();
+      a.gk = gk.data_ptr<scalar_t>();
+      a.gv = gv.data_ptr<scalar_t>();
+      run_units<scalar_t>(a, q.size(0), positions.numel(), backward_pass);
+    });
+    return {gq, gk, gv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// The keys as a [groups, L] mask.
+torch::Tensor key_mask(const AttentionKeys& keys, int64_t L, const torch::TensorOptions& options) {
+  const int64_t groups = static_cast<int64_t>(keys.scale.size());
+  std::vector<int64_t> flat;
+  flat.reserve(keys.positions.size());
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t c = keys.offsets[g]; c < keys.offsets[g + 1]; ++c) flat.push_back(g * L + keys.positions[c]);
+  return torch::zeros({groups * L}, options.dtype(torch::kBool))
+      .index_fill_(0, torch::tensor(flat, torch::kLong).to(options.device()), true)
+      .view({groups, L});
+}
+
+torch::Tensor long_tensor(const std::vector<int64_t>& values) {
+  return torch::from_blob(const_cast<int64_t*>(values.data()), {static_cast<int64_t>(values.size())}, torch::kLong)
+      .clone();
+}
+
+}  // namespace
+
+torch::Tensor scalar_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const AttentionKeys& keys) {
+  const auto type = q.scalar_type();
+  if (!q.device().is_cpu() || (type != torch::kFloat32 && type != torch::kFloat64))
+    return scalar_attention_reference(q, k, v, keys);
+  auto scale = torch::from_blob(const_cast<double*>(keys.scale.data()), {static_cast<int64_t>(keys.scale.size())},
+                                torch::kFloat64)
+                   .clone();
+  return ScalarAttention::apply(q, k, v, long_tensor(keys.offsets), long_tensor(keys.positions), scale,
+                                keys.queries_are_keys);
+}
+
+torch::Tensor scalar_attention_reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                         const AttentionKeys& keys) {
+  const int64_t groups = q.size(0), L = q.size(1);
+  const auto mask = key_mask(keys, L, q.options());  // [groups, L]
+  const auto scale = torch::tensor(keys.scale, q.options().dtype(torch::kFloat64)).to(q.scalar_type());
+  // scores[g, b, i, j] = scale_g q[g, i, b] k[g, j, b]
+  auto qt = q.permute({0, 2, 1}).unsqueeze(3), kt = k.permute({0, 2, 1}).unsqueeze(2);
+  auto scores = qt * kt * scale.view({groups, 1, 1, 1});
+  // The dtype's lowest finite value, not -inf: a group without keys then
+  // gets a finite (uniform) row, zeroed below, and no NaN reaches backward.
+  const auto outside = ~mask.view({groups, 1, 1, L});
+  scores = scores.masked_fill(outside, -find_dtype(q.scalar_type())->max);
+  auto attention = torch::softmax(scores, 3).masked_fill(outside, 0.0);
+  auto o = torch::matmul(attention, v.permute({0, 2, 1}).unsqueeze(3)).squeeze(3).permute({0, 2, 1});  // [g, L, b]
+  if (keys.queries_are_keys) o = o.masked_fill(~mask.unsqueeze(2), 0.0);
+  return o;
+}
+
+}  // namespace connex

@@ -1,0 +1,41 @@
+#pragma once
+// Softmax attention over sequences of scalars: the core that both attention
+// techniques share (techniques.h). For group g (a level, or one neuron of
+// it), sample b and position i of the group's L-long sequence:
+//
+//   o[g, i, b] = Σ_{j ∈ keys(g)} softmax_j(scale_g · q[g, i, b] · k[g, j, b]) · v[g, j, b]
+//
+// and 0 where keys(g) is empty. Internal.
+#include <cstdint>
+#include <vector>
+
+#include <torch/torch.h>
+
+namespace connex {
+
+// Which positions each group attends to, in CSR form.
+struct AttentionKeys {
+  std::vector<int64_t> offsets;  // [groups + 1]: group g's keys are positions[offsets[g], offsets[g + 1])
+  std::vector<int64_t> positions;
+  std::vector<double> scale;  // [groups]: the scores' factor
+  // When set, only the keys are queries too: o is 0 at every other position
+  // (neuron attention, whose other positions meet a zero weight).
+  bool queries_are_keys = false;
+};
+
+// q, k, v: [groups, L, batch]; returns o, [groups, L, batch]. On CPU in
+// float or double this is one autograd node: it keeps q, k, v, o and one
+// softmax normaliser per row for backward (5 values per group, position and
+// sample, where the plain formula keeps L per row: the attention weights)
+// and recomputes the weights there, without allocating anything L² long.
+// A backward that must be differentiable again (create_graph) takes the
+// torch formula's gradients. Elsewhere (CUDA, half precision) it runs
+// scalar_attention_reference().
+torch::Tensor scalar_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const AttentionKeys& keys);
+
+// The same in torch operations, materialising the [groups, batch, L, L] weights.
+torch::Tensor scalar_attention_reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                         const AttentionKeys& keys);
+
+}  // namespace connex
