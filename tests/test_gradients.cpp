@@ -45,28 +45,47 @@ TEST(Gradients, DenseMlpMatchesFiniteDifferences) {
   EXPECT_LE(max_gradient_error(net, torch::randn({5, 2}, torch::kFloat64)), 1e-6);
 }
 
+// Every second run of the activations with adaptive activations on (a·σ(b·z)
+// per hidden neuron), which the fused kernel applies itself and the
+// per-level path as an operation.
 TEST(Gradients, FusedKernelAndBatchPathAgreeAndMatchFiniteDifferences) {
   std::mt19937_64 rng(31);
   const std::vector<std::string> activations = {"relu", "gelu", "silu", "tanh", "sigmoid", "identity"};
-  for (int trial = 0; trial < 60; ++trial) {
+  for (int trial = 0; trial < 72; ++trial) {
     auto spec = random_dag(rng, {4, 24, 0.3, trial % 2 == 1});
     const auto& act = activations[trial % activations.size()];
-    auto options = NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation(act).seed(trial);
+    const bool adaptive = (trial / activations.size()) % 2 == 1;
+    auto options = NeuralNetworkOptions()
+                       .dtype(torch::kFloat64)
+                       .hidden_activation(act)
+                       .seed(trial)
+                       .use_adaptive_activations(adaptive);
     NeuralNetwork fused(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(true)));
     NeuralNetwork levels(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false)));
     ASSERT_TRUE(fused->uses_fused_kernel());
     ASSERT_FALSE(levels->uses_fused_kernel());
+    if (adaptive) {  // (a, b) away from (1, 1), a of both signs, the same in both networks
+      torch::NoGradGuard no_grad;
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(trial);
+      for (const char* name : {"adaptive_activation.a", "adaptive_activation.b"}) {
+        auto values = torch::randn(fused->named_parameters()[name].sizes(), gen, torch::kFloat64);
+        fused->named_parameters()[name].copy_(values);
+        levels->named_parameters()[name].copy_(values);
+      }
+    }
     auto x = torch::randn({5, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
     auto y_fused = fused->forward(x), y_levels = levels->forward(x);
-    ASSERT_TRUE(torch::allclose(y_fused, y_levels, 1e-12, 1e-12)) << act;
+    ASSERT_TRUE(torch::allclose(y_fused, y_levels, 1e-12, 1e-12)) << act << " trial " << trial;
     auto r = torch::randn_like(y_fused);
     (y_fused * r).sum().backward();
     (y_levels * r).sum().backward();
     // A parameter no output depends on may have no gradient at all on the batch path.
     auto grad = [](const torch::Tensor& p) { return p.grad().defined() ? p.grad() : torch::zeros_like(p); };
-    ASSERT_TRUE(torch::allclose(grad(fused->weight_tensor()), grad(levels->weight_tensor()), 1e-10, 1e-10)) << act;
-    ASSERT_TRUE(torch::allclose(grad(fused->bias_tensor()), grad(levels->bias_tensor()), 1e-10, 1e-10)) << act;
-    if (trial % 3 == 0) ASSERT_LE(max_gradient_error(fused, x), 1e-6) << act;
+    auto on_levels = levels->named_parameters();
+    for (const auto& p : fused->named_parameters())
+      ASSERT_TRUE(torch::allclose(grad(p.value()), grad(on_levels[p.key()]), 1e-10, 1e-10))
+          << p.key() << " " << act << " trial " << trial;
+    if (trial % 3 == 0) ASSERT_LE(max_gradient_error(fused, x), 1e-6) << act << " trial " << trial;
   }
 }
 
@@ -92,9 +111,12 @@ TEST(Gradients, DropoutInTrainingLeavesTheFusedKernel) {
   EXPECT_FALSE(net->uses_fused_kernel());
   net->eval();
   EXPECT_TRUE(net->uses_fused_kernel());
-  EXPECT_THROW_MSG(NeuralNetwork(readme_spec(),
-                                 NeuralNetworkOptions().execution(ExecutionOptions().fused(true)).use_topo_norm(true)),
-                   "fused(true) needs");
+  EXPECT_THROW_MSG(NeuralNetwork(readme_spec(), NeuralNetworkOptions()
+                                                    .execution(ExecutionOptions().fused(true))
+                                                    .use_adaptive_activations(true)
+                                                    .use_topo_norm(true)),
+                   "NeuralNetwork(): fused(true) needs a built-in activation other than softmax, float32 or float64, "
+                   "no operations but adaptive activations, and no forced kernel");
 }
 
 // Graphs of each shape the planner tells apart, in double.

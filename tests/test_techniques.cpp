@@ -249,7 +249,9 @@ std::vector<torch::Tensor> attention_and_gradients(
 TEST(Techniques, AttentionKernelMatchesTheTorchFormula) {
   std::mt19937_64 rng(5);
   for (int trial = 0; trial < 40; ++trial) {
-    const int64_t groups = 1 + trial % 5, L = 1 + (trial * 7) % 13, B = 1 + trial % 4;
+    // Batches on both sides of the kernel's 16-sample chunks.
+    const int64_t groups = 1 + trial % 5, L = 1 + (trial * 7) % 13,
+                  B = std::vector<int64_t>{1, 3, 16, 17, 33}[(trial / 2) % 5];
     const auto keys = random_keys(rng, groups, L, trial % 2 == 1);
     for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
       auto q = torch::randn({groups, L, B}, torch::kFloat64) * 2, k = torch::randn({groups, L, B}, torch::kFloat64) * 2,
@@ -303,15 +305,60 @@ TEST(Techniques, AttentionKernelIsDifferentiableTwice) {
     auto q0 = torch::randn({3, 6, 4}, torch::kFloat64), k0 = torch::randn({3, 6, 4}, torch::kFloat64),
          v0 = torch::randn({3, 6, 4}, torch::kFloat64), r = torch::randn({3, 6, 4}, torch::kFloat64);
     auto second = [&](bool kernel) {
-      auto q = q0.clone().requires_grad_(), k = k0.clone().requires_grad_(), v = v0.clone().requires_grad_();
+      // q as a non-contiguous view of its leaf
+      auto q_leaf = q0.transpose(1, 2).clone().requires_grad_(), k = k0.clone().requires_grad_(),
+           v = v0.clone().requires_grad_();
+      auto q = q_leaf.transpose(1, 2);
       auto o = kernel ? scalar_attention(q, k, v, keys) : scalar_attention_reference(q, k, v, keys);
       auto g = torch::autograd::grad({(o * r).sum()}, {q, k, v}, {}, true, true);
       (g[0].pow(2).sum() + (g[1] * g[2]).sum()).backward();
-      return std::vector<torch::Tensor>{q.grad(), k.grad(), v.grad()};
+      return std::vector<torch::Tensor>{q_leaf.grad().transpose(1, 2), k.grad(), v.grad()};
     };
     auto got = second(true), want = second(false);
     for (int t = 0; t < 3; ++t)
       ASSERT_LE((got[t] - want[t]).abs().max().item<double>(), 1e-12) << "input " << t << " trial " << trial;
+  }
+}
+
+// Second derivatives through each technique on the per-level path (a
+// gradient penalty |∂(Σ y ⊙ r)/∂x|²), against central differences of the
+// penalty in a few parameters.
+TEST(Techniques, SecondDerivativesMatchFiniteDifferences) {
+  for (const auto& [name, flags] : kEach) {
+    if (flags.adaptive) continue;  // adaptive activations run in the fused kernel, which is differentiable once
+    auto net = nn::DenseMLP(2, 2, 4, 2, with(flags).hidden_activation("tanh").seed(4));
+    perturb(net, 4);
+    auto x = torch::randn({3, 2}, torch::kFloat64), r = torch::randn({3, 2}, torch::kFloat64);
+    auto penalty = [&] {
+      auto xi = x.clone().requires_grad_();
+      auto g = torch::autograd::grad({(net->forward(xi) * r).sum()}, {xi}, {}, true, true)[0];
+      return g.pow(2).sum();
+    };
+    net->zero_grad();
+    penalty().backward();
+    int checked = 0;
+    for (auto& p : net->named_parameters()) {
+      auto flat = p.value().data().view(-1);
+      for (int64_t e = 0; e < flat.numel(); e += std::max<int64_t>(1, flat.numel() / 3)) {
+        const double h = 1e-5, old = flat[e].item<double>();
+        double at[2];
+        for (int side = 0; side < 2; ++side) {
+          flat[e] = old + (side ? -h : h);
+          torch::NoGradGuard no_grad_outside;  // the penalty turns grad mode on for itself
+          at[side] = [&] {
+            torch::AutoGradMode on(true);
+            return penalty().item<double>();
+          }();
+        }
+        flat[e] = old;
+        const double numeric = (at[0] - at[1]) / (2 * h);
+        const auto grad = p.value().grad();
+        const double analytic = grad.defined() ? grad.view(-1)[e].item<double>() : 0.0;
+        ASSERT_NEAR(analytic, numeric, 1e-6 * (1 + std::abs(numeric))) << name << " " << p.key() << "[" << e << "]";
+        ++checked;
+      }
+    }
+    EXPECT_GT(checked, 10) << name;
   }
 }
 

@@ -170,8 +170,11 @@ inline void weighted_sum(T* __restrict z, T bias, const T* w, const int64_t* src
 
 // Z (pre-activations of the non-input neurons) is null when the derivative
 // follows from the output; the sums are then formed in V's row itself.
+// sa and sb (null, or one entry per non-input neuron): a hidden neuron's
+// value is sa·act(sb·z) (adaptive activations; Z is then kept).
 template <typename T>
-void run_forward(const Topology& topo, Act act, const T* w, const T* b, T* V, T* Z, int64_t B) {
+void run_forward(const Topology& topo, Act act, const T* w, const T* b, const T* sa, const T* sb, T* V, T* Z,
+                 int64_t B) {
   const int64_t* src = topo.conn_source().data();
   const int64_t* in = topo.in_offsets().data();
   const int64_t n_in = topo.num_inputs(), num_conn = topo.num_connections();
@@ -182,9 +185,12 @@ void run_forward(const Topology& topo, Act act, const T* w, const T* b, T* V, T*
         T* out = V + d * B;
         T* z = Z ? Z + (d - n_in) * B : out;
         weighted_sum(z, b[d - n_in], w, src, in[d], in[d + 1], V, B, num_conn);
-        if (topo.role(d) == Role::Hidden)
+        if (topo.role(d) == Role::Hidden && sa) {
+          const T a = sa[d - n_in], s = sb[d - n_in];
+          for (int64_t k = 0; k < B; ++k) out[k] = a * apply(act, s * z[k]);
+        } else if (topo.role(d) == Role::Hidden) {
           for (int64_t k = 0; k < B; ++k) out[k] = apply(act, z[k]);
-        else if (Z)
+        } else if (Z)
           for (int64_t k = 0; k < B; ++k) out[k] = z[k];
       }
     });
@@ -198,10 +204,12 @@ void run_forward(const Topology& topo, Act act, const T* w, const T* b, T* V, T*
 // input gradient; each non-input row becomes, in place,
 // the gradient with respect to that neuron's pre-activation once its
 // consumers are done. Z is null when the derivative follows from the output.
+// With sa and sb (see run_forward), gsa and gsb receive their gradients
+// (zero for outputs, whose entries are unused).
 // Kept in one piece: it is the backward hot loop, and source_pass stays a local lambda so it inlines into both passes.
 template <typename T>
-void run_backward(const Layout& layout, Act act, const T* w_out, const T* V, const T* Z, T* G, T* gw_out, T* gb, T* gx,
-                  int64_t B) {
+void run_backward(const Layout& layout, Act act, const T* w_out, const T* V, const T* Z, const T* sa, const T* sb, T* G,
+                  T* gw_out, T* gb, T* gsa, T* gsb, T* gx, int64_t B) {
   T* const GZ = G;  // rows of finished neurons: pre-activation gradients
   const Topology& topo = *layout.topology;
   const int64_t* tgt = topo.out_targets().data();
@@ -239,7 +247,21 @@ void run_backward(const Layout& layout, Act act, const T* w_out, const T* V, con
         T* __restrict g = G + d * B;
         if (topo.role(d) != Role::Output) std::fill(g, g + B, T(0));  // output rows hold the seed
         source_pass(d, g);
-        if (topo.role(d) == Role::Hidden) {
+        if (topo.role(d) == Role::Hidden && sa) {
+          // v = a·act(s·z): dv/da = act(s·z), dv/ds = a·act'(s·z)·z, dv/dz = a·act'(s·z)·s.
+          const T* __restrict z = Z + (d - n_in) * B;
+          const T a = sa[d - n_in], s = sb[d - n_in];
+          T da = 0, ds = 0;
+          for (int64_t j = 0; j < B; ++j) {
+            const T u = s * z[j], gv = g[j];
+            da += gv * apply(act, u);
+            const T gu = gv * a * derivative(act, u);
+            ds += gu * z[j];
+            g[j] = gu * s;
+          }
+          gsa[d - n_in] = da;
+          gsb[d - n_in] = ds;
+        } else if (topo.role(d) == Role::Hidden) {
           if (Z) {
             const T* __restrict z = Z + (d - n_in) * B;
             for (int64_t j = 0; j < B; ++j) g[j] *= derivative(act, z[j]);
@@ -272,29 +294,34 @@ void run_backward(const Layout& layout, Act act, const T* w_out, const T* V, con
 class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor weight,
-                               torch::Tensor bias, torch::Tensor layout_holder, int64_t act) {
+                               torch::Tensor bias, torch::Tensor scale_a, torch::Tensor scale_b,
+                               torch::Tensor layout_holder, int64_t act) {
     const Layout& layout = held(layout_holder);
     const Topology& topo = *layout.topology;
     const int64_t B = x.size(0), N = topo.num_neurons(), n_in = topo.num_inputs();
     const auto& outputs = topo.output_ids();
     const int64_t n_out = static_cast<int64_t>(outputs.size());
     auto V = scratch_tensor(layout, {N, B}, x.options());
-    auto Z = derivative_from_output(static_cast<Act>(act)) ? torch::Tensor()
-                                                           : scratch_tensor(layout, {N - n_in, B}, x.options());
+    const bool scaled = scale_a.numel() > 0;
+    auto Z = derivative_from_output(static_cast<Act>(act)) && !scaled
+                 ? torch::Tensor()
+                 : scratch_tensor(layout, {N - n_in, B}, x.options());
     auto y = torch::empty({B, n_out}, x.options());
     auto w = weight.contiguous(), b = bias.contiguous();
+    auto sa = scaled ? scale_a.contiguous() : torch::Tensor(), sb = scaled ? scale_b.contiguous() : torch::Tensor();
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "connex_fused_forward", [&] {
       const scalar_t* xp = x.data_ptr<scalar_t>();
       scalar_t* vp = V.data_ptr<scalar_t>();
       for (int64_t i = 0; i < n_in; ++i)
         for (int64_t k = 0; k < B; ++k) vp[i * B + k] = xp[k * n_in + i];
-      run_forward<scalar_t>(topo, static_cast<Act>(act), w.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), vp,
+      run_forward<scalar_t>(topo, static_cast<Act>(act), w.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
+                            scaled ? sa.data_ptr<scalar_t>() : nullptr, scaled ? sb.data_ptr<scalar_t>() : nullptr, vp,
                             Z.defined() ? Z.data_ptr<scalar_t>() : nullptr, B);
       scalar_t* yp = y.data_ptr<scalar_t>();
       for (int64_t j = 0; j < n_out; ++j)
         for (int64_t k = 0; k < B; ++k) yp[k * n_out + j] = vp[outputs[j] * B + k];
     });
-    ctx->save_for_backward({w, V, Z, layout_holder});
+    ctx->save_for_backward({w, V, Z, layout_holder, sa, sb});
     ctx->saved_data["act"] = act;
     return y;
   }
@@ -304,6 +331,8 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
     auto saved = ctx->get_saved_variables();
     const auto &w = saved[0], &V = saved[1], &Z = saved[2];
     const Layout& layout = held(saved[3]);
+    const auto &sa = saved[4], &sb = saved[5];
+    const bool scaled = sa.defined() && sa.numel() > 0;
     const Topology& topo = *layout.topology;
     const Act act = static_cast<Act>(ctx->saved_data["act"].toInt());
     const int64_t B = V.size(1), N = topo.num_neurons(), n_in = topo.num_inputs();
@@ -313,6 +342,7 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
     auto G = scratch_tensor(layout, {N, B}, V.options());
     auto gw = torch::empty_like(w), gb = torch::empty({N - n_in}, V.options()),
          gx = torch::empty({B, n_in}, V.options());
+    auto gsa = scaled ? torch::zeros_like(sa) : torch::Tensor(), gsb = scaled ? torch::zeros_like(sb) : torch::Tensor();
     auto w_out = scratch_tensor(layout, {w.numel()}, w.options()),
          gw_out = scratch_tensor(layout, {w.numel()}, w.options());
     const int64_t* out_conn = topo.out_connections().data();
@@ -327,14 +357,17 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
         for (int64_t k = first; k < last; ++k) wo[k] = wp[out_conn[k]];
       });
       run_backward<scalar_t>(layout, act, wo, V.data_ptr<scalar_t>(), Z.defined() ? Z.data_ptr<scalar_t>() : nullptr,
-                             Gp, gw_out.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), B);
+                             scaled ? sa.data_ptr<scalar_t>() : nullptr, scaled ? sb.data_ptr<scalar_t>() : nullptr, Gp,
+                             gw_out.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(),
+                             scaled ? gsa.data_ptr<scalar_t>() : nullptr, scaled ? gsb.data_ptr<scalar_t>() : nullptr,
+                             gx.data_ptr<scalar_t>(), B);
       const scalar_t* go = gw_out.data_ptr<scalar_t>();
       scalar_t* gp = gw.data_ptr<scalar_t>();
       share_work(0, w.numel(), 1 << 14, [&](int64_t first, int64_t last) {
         for (int64_t k = first; k < last; ++k) gp[out_conn[k]] = go[k];
       });
     });
-    return {gx, gw, gb, torch::Tensor(), torch::Tensor()};
+    return {gx, gw, gb, gsa, gsb, torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -358,8 +391,13 @@ FusedPlan make_fused_plan(const std::shared_ptr<const Topology>& topology, const
 }
 
 torch::Tensor fused_forward(const FusedPlan& plan, const torch::Tensor& x, const torch::Tensor& weight,
-                            const torch::Tensor& bias) {
-  return FusedNetwork::apply(x.contiguous(), weight, bias, plan.layout_holder, plan.activation);
+                            const torch::Tensor& bias, const torch::Tensor& scale_a, const torch::Tensor& scale_b) {
+  // Autograd records every tensor input's device: none is left undefined.
+  if (!scale_a.defined()) {
+    const auto none = torch::empty({0}, weight.options());
+    return FusedNetwork::apply(x.contiguous(), weight, bias, none, none, plan.layout_holder, plan.activation);
+  }
+  return FusedNetwork::apply(x.contiguous(), weight, bias, scale_a, scale_b, plan.layout_holder, plan.activation);
 }
 
 }  // namespace connex

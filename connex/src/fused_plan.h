@@ -24,8 +24,11 @@ struct FusedPlan {
 FusedPlan make_fused_plan(const std::shared_ptr<const Topology>& topology, const TensorFunction& activation);
 
 // x: [batch, inputs] -> [batch, outputs] (output order), differentiable
-// with respect to x, weight and bias.
+// with respect to x, weight and bias. With scale_a and scale_b defined
+// ([non-input neurons, 1], bias order) a hidden neuron's value is
+// a·σ(b·z) (adaptive activations), differentiable with respect to them too.
 torch::Tensor fused_forward(const FusedPlan& plan, const torch::Tensor& x, const torch::Tensor& weight,
-                            const torch::Tensor& bias);
+                            const torch::Tensor& bias, const torch::Tensor& scale_a = {},
+                            const torch::Tensor& scale_b = {});
 
 }  // namespace connex

@@ -159,8 +159,11 @@ std::vector<double> resolve_dropout(const Topology& topo, const DropoutSpec& dro
 std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const Topology>& topology,
                                                    const NeuralNetworkOptions& options,
                                                    const std::vector<LevelOperationPtr>& operations) {
+  // The kernel applies one activation scaling (adaptive activations) itself; any other operation needs the levels.
+  const bool operations_fuse =
+      operations.empty() || (operations.size() == 1 && operations[0]->fused_activation_scales().has_value());
   const bool fused_eligible =
-      operations.empty() && fused_supports(options.hidden_activation()) && !options.execution().force_kernel();
+      operations_fuse && fused_supports(options.hidden_activation()) && !options.execution().force_kernel();
   // Connections in levels that run faster as one matmul than in the fused
   // kernel's loops: complete levels, and scattered ones at least
   // kMatmulDensity dense (on a layered network, BENCHMARKS.md, the per-level
@@ -181,7 +184,7 @@ std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const T
   if (options.execution().fused() && *options.execution().fused() && !(fused_eligible && fused_dtype))
     fail(
         "NeuralNetwork(): fused(true) needs a built-in activation other than softmax, float32 or float64, no "
-        "operations and no forced kernel");
+        "operations but adaptive activations, and no forced kernel");
   // Made here, not on first use, so concurrent forward() calls share it safely.
   if (fused_eligible && fused_preferred)
     return std::make_shared<FusedPlan>(make_fused_plan(topology, options.hidden_activation()));
@@ -475,7 +478,14 @@ torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x) {
   check_input(x);
   if (uses_fused_kernel()) {
     const bool single = x.dim() == 1;
-    auto out = fused_forward(*fused_plan_, single ? x.unsqueeze(0) : x, weight_, bias_);  // [batch, outputs]
+    torch::Tensor scale_a, scale_b;  // an activation scaling the kernel applies (the planner allows one)
+    for (size_t k = 0; k < operations_.size(); ++k)
+      if (auto names = operations_[k]->fused_activation_scales()) {
+        scale_a = operation_modules_[k]->get(names->first);
+        scale_b = operation_modules_[k]->get(names->second);
+      }
+    auto out = fused_forward(*fused_plan_, single ? x.unsqueeze(0) : x, weight_, bias_, scale_a,
+                             scale_b);  // [batch, outputs]
     return options_.output_transformation()(single ? out.squeeze(0) : out);
   }
   return forward_levels(x, nullptr);

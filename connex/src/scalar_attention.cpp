@@ -89,7 +89,7 @@ Unit unit_of(const Pass<T>& a, int64_t u) {
 // Per sample, the largest and smallest key: a query's largest score t·k_j is
 // the float product of t and one of them, so no pass over the scores finds it.
 template <typename T>
-void key_range(const Pass<T>& a, const Unit& u, T* k_max, T* k_min) {
+__attribute__((always_inline)) inline void key_range(const Pass<T>& a, const Unit& u, T* k_max, T* k_min) {
   for (int64_t b = 0; b < u.nb; ++b) {
     k_max[b] = -std::numeric_limits<T>::infinity();
     k_min[b] = std::numeric_limits<T>::infinity();
@@ -106,7 +106,8 @@ void key_range(const Pass<T>& a, const Unit& u, T* k_max, T* k_min) {
 
 // A query's scale·q and largest score, per sample.
 template <typename T>
-inline void query_scores(const Pass<T>& a, const Unit& u, int64_t i, const T* k_max, const T* k_min, T* t, T* m) {
+__attribute__((always_inline)) inline void query_scores(const Pass<T>& a, const Unit& u, int64_t i, const T* k_max,
+                                                        const T* k_min, T* t, T* m) {
   const T scale = static_cast<T>(a.scale[u.g]);
   const T* qr = a.q + a.row(u.g, i) + u.b0;
 #pragma omp simd
@@ -269,7 +270,12 @@ class ScalarAttention : public torch::autograd::Function<ScalarAttention> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& q_in, const torch::Tensor& k_in,
                                const torch::Tensor& v_in, const torch::Tensor& offsets, const torch::Tensor& positions,
                                const torch::Tensor& scale, bool queries_are_keys) {
+    const int64_t groups = q_in.size(0), L = q_in.size(1);
+    TORCH_INTERNAL_ASSERT(offsets.numel() == groups + 1 && scale.numel() == groups &&
+                          offsets.data_ptr<int64_t>()[groups] == positions.numel());
     auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+    for (int64_t c = 0; c < positions.numel(); ++c)
+      TORCH_INTERNAL_ASSERT(positions.data_ptr<int64_t>()[c] >= 0 && positions.data_ptr<int64_t>()[c] < L);
     auto o = torch::zeros_like(q), inv_sum = torch::zeros_like(q);
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "connex_scalar_attention_forward", [&] {
       Pass<scalar_t> a = pass_of<scalar_t>(q, k, v, offsets, positions, scale, queries_are_keys);
@@ -277,15 +283,17 @@ class ScalarAttention : public torch::autograd::Function<ScalarAttention> {
       a.inv_sum = inv_sum.data_ptr<scalar_t>();
       run_units<scalar_t>(a, q.size(0), positions.numel(), forward_pass);
     });
-    ctx->save_for_backward({q, k, v, o, inv_sum, offsets, positions, scale});
+    // The inputs as given: a contiguous copy made here (grad mode is off)
+    // would not lead back to them when backward must be differentiable.
+    ctx->save_for_backward({q_in, k_in, v_in, o, inv_sum, offsets, positions, scale});
     ctx->saved_data["queries_are_keys"] = queries_are_keys;
     return o;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const auto &q = saved[0], &k = saved[1], &v = saved[2], &o = saved[3], &inv_sum = saved[4];
-    const auto &offsets = saved[5], &positions = saved[6], &scale = saved[7];
+    const auto q = saved[0].contiguous(), k = saved[1].contiguous(), v = saved[2].contiguous();
+    const auto &o = saved[3], &inv_sum = saved[4], &offsets = saved[5], &positions = saved[6], &scale = saved[7];
     const bool queries_are_keys = ctx->saved_data["queries_are_keys"].toBool();
     if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor(), {}, {}, {}, {}};
     if (torch::GradMode::is_enabled()) return differentiable_backward(saved, queries_are_keys, grads[0]);

@@ -56,6 +56,18 @@ namespace {
 
 constexpr double kNormEpsilon = 1e-5;
 
+// TopoNorm in torch operations: other devices and dtypes, a single source
+// (not normalised), and a backward that must be differentiable again.
+torch::Tensor topo_norm_formula(const torch::Tensor& s, const torch::Tensor& gamma, const torch::Tensor& beta) {
+  torch::Tensor normed = s;
+  if (s.size(0) > 1) {
+    auto mean = s.mean(0, true);
+    auto var = (s - mean).pow(2).mean(0, true);
+    normed = (s - mean) / torch::sqrt(var + kNormEpsilon);
+  }
+  return gamma * normed + beta;
+}
+
 // TopoNorm's normalisation and scaling as one autograd node, for the CPU:
 // per sample b (a column of s), x = (s - mean) / sqrt(var + eps) and
 // y = gamma ⊙ x + beta. Nine torch operations and their backward nodes per
@@ -88,7 +100,7 @@ class TopoNormFunction : public torch::autograd::Function<TopoNormFunction> {
           yp[i * B + b] = gp[i] * x + bp[i];
         }
     });
-    ctx->save_for_backward({normed, gamma, rstd});
+    ctx->save_for_backward({normed, gamma, rstd, s_in, gamma_in, beta_in});
     return y;
   }
 
@@ -99,6 +111,18 @@ class TopoNormFunction : public torch::autograd::Function<TopoNormFunction> {
     const auto saved = ctx->get_saved_variables();
     const auto &normed = saved[0], &gamma = saved[1], &rstd = saved[2];
     if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    if (torch::GradMode::is_enabled()) {  // create_graph: the formula's gradients, differentiable again
+      torch::autograd::variable_list inputs, result(3);
+      for (int k = 3; k < 6; ++k)
+        if (saved[k].requires_grad()) inputs.push_back(saved[k]);
+      if (inputs.empty()) return result;
+      const auto y = topo_norm_formula(saved[3], saved[4], saved[5]);
+      const auto g = torch::autograd::grad({y}, inputs, {grads[0]}, /*retain_graph=*/true, /*create_graph=*/true,
+                                           /*allow_unused=*/true);
+      for (int k = 3, next = 0; k < 6; ++k)
+        if (saved[k].requires_grad()) result[k - 3] = g[next++];
+      return result;
+    }
     const auto dy = grads[0].contiguous();
     const int64_t L = normed.size(0), B = normed.size(1);
     auto ds = torch::empty_like(normed), dgamma = torch::zeros_like(gamma), dbeta = torch::zeros_like(gamma);
@@ -137,14 +161,7 @@ torch::Tensor TopoNorm::on_inputs(const LevelContext& ctx, const torch::Tensor& 
   const auto type = s.scalar_type();
   if (s.size(0) > 1 && s.device().is_cpu() && (type == torch::kFloat32 || type == torch::kFloat64))
     return TopoNormFunction::apply(s, ctx.param("gamma"), ctx.param("beta"));
-  // The same in torch operations: other devices and dtypes, and a single source (not normalised).
-  torch::Tensor normed = s;
-  if (s.size(0) > 1) {
-    auto mean = s.mean(0, true);
-    auto var = (s - mean).pow(2).mean(0, true);
-    normed = (s - mean) / torch::sqrt(var + kNormEpsilon);
-  }
-  return ctx.param("gamma") * normed + ctx.param("beta");
+  return topo_norm_formula(s, ctx.param("gamma"), ctx.param("beta"));
 }
 
 std::optional<double> TopoNorm::parameter_count(const Topology& topology) const {

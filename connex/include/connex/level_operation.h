@@ -120,6 +120,12 @@ class LevelOperation {
   virtual bool replaces_affine() const { return false; }
   virtual bool replaces_activation() const { return false; }
 
+  // An operation whose only stage is replace_activation() with a·σ(b·z) per
+  // hidden neuron returns the names of its (a, b) parameters ([non-input
+  // neurons, 1], in bias order): the fused CPU kernel then applies it
+  // itself. nullopt (the default): the network takes the per-level path.
+  virtual std::optional<std::pair<std::string, std::string>> fused_activation_scales() const { return std::nullopt; }
+
   // How many parameter values build() declares for `topology`, worked out
   // without building them (a checkpoint checks its size before allocating);
   // nullopt when the operation cannot say.

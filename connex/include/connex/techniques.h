@@ -18,9 +18,10 @@
 //   recomputes the attention weights in backward: neuron attention keeps
 //   5 × batch × n × L values per level (q, k, v, the output, a softmax
 //   normaliser), queries only at the neuron's own inputs (the others meet
-//   a zero weight). Elsewhere the same formula runs as torch operations,
-//   which keep the batch × n × L² attention weights (250 samples × 128
-//   neurons × 128² inputs × 4 bytes ≈ 2 GiB for one dense 128-wide layer).
+//   a zero weight). Elsewhere, and for a backward with create_graph, the
+//   same formula runs as torch operations, which keep the batch × n × L²
+//   attention weights (250 samples × 128 neurons × 128² inputs × 4 bytes
+//   ≈ 2 GiB for one dense 128-wide layer).
 // - AdaptiveActivation: σ(z) -> a·σ(b·z) per hidden neuron, a = b = 1 at
 //   start (Jagtap et al. 2020).
 //
@@ -70,6 +71,9 @@ class AdaptiveActivation : public LevelOperation {
   std::optional<torch::Tensor> replace_activation(const LevelContext& ctx, const torch::Tensor& z,
                                                   const TensorFunction& activation) const override;
   bool replaces_activation() const override { return true; }
+  std::optional<std::pair<std::string, std::string>> fused_activation_scales() const override {
+    return std::pair<std::string, std::string>{"a", "b"};
+  }
   std::optional<double> parameter_count(const Topology& topology) const override;
   bool scriptable() const override { return true; }
   std::string script_replace_activation(
