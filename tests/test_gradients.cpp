@@ -89,6 +89,29 @@ TEST(Gradients, FusedKernelAndBatchPathAgreeAndMatchFiniteDifferences) {
   }
 }
 
+// Second derivatives: the fused kernel refuses them by name (its gradients
+// would be constants); the per-level path gives them.
+TEST(Gradients, FusedKernelRefusesASecondDerivative) {
+  for (bool adaptive : {false, true}) {
+    auto options =
+        NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("tanh").use_adaptive_activations(adaptive);
+    NeuralNetwork fused(readme_spec(), options);
+    ASSERT_TRUE(fused->uses_fused_kernel());
+    auto x = torch::randn({3, 1}, torch::kFloat64).requires_grad_(true);
+    const auto before = fused->weight_tensor().clone();
+    EXPECT_THROW_MSG(torch::autograd::grad({fused->forward(x).sum()}, {x}, {}, true, true),
+                     "NeuralNetwork: the fused kernel's gradients cannot be differentiated again (a backward with "
+                     "create_graph); build the network with "
+                     "NeuralNetworkOptions().execution(ExecutionOptions().fused(false))");
+    EXPECT_TRUE(torch::equal(fused->weight_tensor(), before));
+    NeuralNetwork levels(readme_spec(), NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false)));
+    auto g = torch::autograd::grad({levels->forward(x).sum()}, {x}, {}, true, true)[0];
+    g.pow(2).sum().backward();
+    EXPECT_TRUE(levels->weight_tensor().grad().defined());
+    EXPECT_GT(levels->weight_tensor().grad().abs().sum().item<double>(), 0.0);
+  }
+}
+
 TEST(Gradients, FusedKernelPassesGradientToTheInput) {
   NeuralNetwork net(readme_spec(), NeuralNetworkOptions()
                                        .dtype(torch::kFloat64)

@@ -328,6 +328,13 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    // Grad mode is on in backward only for create_graph. The kernel's
+    // gradients would come back as constants: second derivatives silently
+    // missing, so it refuses.
+    if (torch::GradMode::is_enabled())
+      fail(
+          "NeuralNetwork: the fused kernel's gradients cannot be differentiated again (a backward with "
+          "create_graph); build the network with NeuralNetworkOptions().execution(ExecutionOptions().fused(false))");
     auto saved = ctx->get_saved_variables();
     const auto &w = saved[0], &V = saved[1], &Z = saved[2];
     const Layout& layout = held(saved[3]);
