@@ -38,6 +38,12 @@ inline const DtypeInfo* find_dtype(const std::string& name) {
   return nullptr;
 }
 
+// The dtypes connex's own CPU kernels (the fused network, the techniques')
+// compute in: float32 and float64.
+inline bool kernel_dtype(c10::ScalarType type) {
+  return type == c10::ScalarType::Float || type == c10::ScalarType::Double;
+}
+
 // "float32, float64, float16, bfloat16", for messages.
 inline std::string dtype_names() {
   std::string names;

@@ -339,7 +339,7 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
     const auto &w = saved[0], &V = saved[1], &Z = saved[2];
     const Layout& layout = held(saved[3]);
     const auto &sa = saved[4], &sb = saved[5];
-    const bool scaled = sa.defined() && sa.numel() > 0;
+    const bool scaled = sa.defined();  // saved only when scaled
     const Topology& topo = *layout.topology;
     const Act act = static_cast<Act>(ctx->saved_data["act"].toInt());
     const int64_t B = V.size(1), N = topo.num_neurons(), n_in = topo.num_inputs();
@@ -399,12 +399,10 @@ FusedPlan make_fused_plan(const std::shared_ptr<const Topology>& topology, const
 
 torch::Tensor fused_forward(const FusedPlan& plan, const torch::Tensor& x, const torch::Tensor& weight,
                             const torch::Tensor& bias, const torch::Tensor& scale_a, const torch::Tensor& scale_b) {
-  // Autograd records every tensor input's device: none is left undefined.
-  if (!scale_a.defined()) {
-    const auto none = torch::empty({0}, weight.options());
-    return FusedNetwork::apply(x.contiguous(), weight, bias, none, none, plan.layout_holder, plan.activation);
-  }
-  return FusedNetwork::apply(x.contiguous(), weight, bias, scale_a, scale_b, plan.layout_holder, plan.activation);
+  // Autograd records every tensor input's device: no scaling is an empty tensor, not an undefined one.
+  const auto none = scale_a.defined() ? torch::Tensor() : torch::empty({0}, weight.options());
+  return FusedNetwork::apply(x.contiguous(), weight, bias, scale_a.defined() ? scale_a : none,
+                             scale_b.defined() ? scale_b : none, plan.layout_holder, plan.activation);
 }
 
 }  // namespace connex

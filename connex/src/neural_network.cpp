@@ -180,7 +180,7 @@ std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const T
   const bool fused_preferred = options.execution().fused()
                                    ? *options.execution().fused()
                                    : (small || dense_connections * 2 < topology->num_connections());
-  const bool fused_dtype = options.dtype() == torch::kFloat32 || options.dtype() == torch::kFloat64;
+  const bool fused_dtype = kernel_dtype(options.dtype());
   if (options.execution().fused() && *options.execution().fused() && !(fused_eligible && fused_dtype))
     fail(
         "NeuralNetwork(): fused(true) needs a built-in activation other than softmax, float32 or float64, no "
@@ -425,8 +425,7 @@ void NeuralNetworkImpl::to(torch::Device device, torch::Dtype dtype, bool non_bl
 
 bool NeuralNetworkImpl::uses_fused_kernel() const {
   if (!fused_plan_ || !weight_.device().is_cpu()) return false;
-  const auto dtype = weight_.scalar_type();
-  if (dtype != torch::kFloat32 && dtype != torch::kFloat64) return false;
+  if (!kernel_dtype(weight_.scalar_type())) return false;
   if (is_training())
     for (const auto& level : levels_)
       if (level.keep_prob.defined()) return false;  // dropout runs on the per-level path

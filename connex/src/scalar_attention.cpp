@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "dtype.h"
+#include "formula_gradients.h"
 #include "work_share.h"
 
 namespace connex {
@@ -242,8 +243,7 @@ void run_units(const Pass<T>& a, int64_t groups, int64_t num_keys, void (*pass)(
              [&](int64_t first, int64_t last) { pass(a, first, last); });
 }
 
-// Backward with create_graph: the gradients of the torch formula, which
-// are differentiable again (a gradient penalty, Hessian-vector products).
+// Backward with create_graph: the torch formula's gradients (formula_gradients.h).
 variable_list differentiable_backward(const variable_list& saved, bool queries_are_keys, const torch::Tensor& go) {
   AttentionKeys keys;
   const auto& offsets = saved[5];
@@ -253,15 +253,10 @@ variable_list differentiable_backward(const variable_list& saved, bool queries_a
   keys.positions.assign(positions.data_ptr<int64_t>(), positions.data_ptr<int64_t>() + positions.numel());
   keys.scale.assign(scale.data_ptr<double>(), scale.data_ptr<double>() + scale.numel());
   keys.queries_are_keys = queries_are_keys;
-  variable_list inputs, result(7);
-  for (int k = 0; k < 3; ++k)
-    if (saved[k].requires_grad()) inputs.push_back(saved[k]);
-  if (inputs.empty()) return result;
-  const auto o = scalar_attention_reference(saved[0], saved[1], saved[2], keys);
-  const auto grads = torch::autograd::grad({o}, inputs, {go}, /*retain_graph=*/true, /*create_graph=*/true,
-                                           /*allow_unused=*/true);
-  for (int k = 0, next = 0; k < 3; ++k)
-    if (saved[k].requires_grad()) result[k] = grads[next++];
+  auto result = formula_gradients(
+      {saved[0], saved[1], saved[2]},
+      [&](const variable_list& qkv) { return scalar_attention_reference(qkv[0], qkv[1], qkv[2], keys); }, go);
+  result.resize(7);  // nothing for the keys' tensors
   return result;
 }
 
@@ -334,9 +329,7 @@ torch::Tensor long_tensor(const std::vector<int64_t>& values) {
 
 torch::Tensor scalar_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const AttentionKeys& keys) {
-  const auto type = q.scalar_type();
-  if (!q.device().is_cpu() || (type != torch::kFloat32 && type != torch::kFloat64))
-    return scalar_attention_reference(q, k, v, keys);
+  if (!q.device().is_cpu() || !kernel_dtype(q.scalar_type())) return scalar_attention_reference(q, k, v, keys);
   auto scale = torch::from_blob(const_cast<double*>(keys.scale.data()), {static_cast<int64_t>(keys.scale.size())},
                                 torch::kFloat64)
                    .clone();

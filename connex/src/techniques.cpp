@@ -7,6 +7,7 @@
 
 #include "builtin_operations.h"
 #include "dtype.h"
+#include "formula_gradients.h"
 #include "scalar_attention.h"
 
 namespace connex {
@@ -111,18 +112,10 @@ class TopoNormFunction : public torch::autograd::Function<TopoNormFunction> {
     const auto saved = ctx->get_saved_variables();
     const auto &normed = saved[0], &gamma = saved[1], &rstd = saved[2];
     if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
-    if (torch::GradMode::is_enabled()) {  // create_graph: the formula's gradients, differentiable again
-      torch::autograd::variable_list inputs, result(3);
-      for (int k = 3; k < 6; ++k)
-        if (saved[k].requires_grad()) inputs.push_back(saved[k]);
-      if (inputs.empty()) return result;
-      const auto y = topo_norm_formula(saved[3], saved[4], saved[5]);
-      const auto g = torch::autograd::grad({y}, inputs, {grads[0]}, /*retain_graph=*/true, /*create_graph=*/true,
-                                           /*allow_unused=*/true);
-      for (int k = 3, next = 0; k < 6; ++k)
-        if (saved[k].requires_grad()) result[k - 3] = g[next++];
-      return result;
-    }
+    if (torch::GradMode::is_enabled())  // create_graph: the formula's gradients (formula_gradients.h)
+      return formula_gradients(
+          {saved[3], saved[4], saved[5]},
+          [](const torch::autograd::variable_list& in) { return topo_norm_formula(in[0], in[1], in[2]); }, grads[0]);
     const auto dy = grads[0].contiguous();
     const int64_t L = normed.size(0), B = normed.size(1);
     auto ds = torch::empty_like(normed), dgamma = torch::zeros_like(gamma), dbeta = torch::zeros_like(gamma);
@@ -158,8 +151,7 @@ class TopoNormFunction : public torch::autograd::Function<TopoNormFunction> {
 
 torch::Tensor TopoNorm::on_inputs(const LevelContext& ctx, const torch::Tensor& s) const {
   if (s.size(0) == 0) return s;
-  const auto type = s.scalar_type();
-  if (s.size(0) > 1 && s.device().is_cpu() && (type == torch::kFloat32 || type == torch::kFloat64))
+  if (s.size(0) > 1 && s.device().is_cpu() && kernel_dtype(s.scalar_type()))
     return TopoNormFunction::apply(s, ctx.param("gamma"), ctx.param("beta"));
   return topo_norm_formula(s, ctx.param("gamma"), ctx.param("beta"));
 }
@@ -269,14 +261,12 @@ std::optional<torch::Tensor> NeuronSelfAttention::replace_affine(const LevelCont
   if (L == 0) return bias.expand({n, B});
   // Each neuron attends over its incoming connections' slots, taken from
   // the plan (a weight can be exactly zero while its connection exists).
+  // The level's connections run by target (the topology's incoming runs),
+  // so its edge sources are already the keys, neuron by neuron.
   AttentionKeys keys;
-  keys.offsets.assign(n + 1, 0);
-  for (int64_t target : ctx.plan.edge_target) ++keys.offsets[target + 1];
-  for (int64_t r = 0; r < n; ++r) keys.offsets[r + 1] += keys.offsets[r];
-  keys.positions.resize(ctx.plan.edge_source.size());
-  std::vector<int64_t> next(keys.offsets.begin(), keys.offsets.end() - 1);
-  for (size_t c = 0; c < ctx.plan.edge_source.size(); ++c)
-    keys.positions[next[ctx.plan.edge_target[c]]++] = ctx.plan.edge_source[c];
+  const auto& in = ctx.topology.in_offsets();
+  for (int64_t d = ctx.plan.begin; d <= ctx.plan.end; ++d) keys.offsets.push_back(in[d] - ctx.plan.conn_begin);
+  keys.positions = ctx.plan.edge_source;
   keys.scale.resize(n);
   for (int64_t r = 0; r < n; ++r)
     keys.scale[r] = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(keys.offsets[r + 1] - keys.offsets[r], 1)));
