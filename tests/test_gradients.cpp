@@ -89,6 +89,31 @@ TEST(Gradients, FusedKernelAndBatchPathAgreeAndMatchFiniteDifferences) {
   }
 }
 
+// An operation that names activation scales but does not replace the
+// activation keeps the per-level path (which would not scale), so both
+// paths compute the same function.
+TEST(Gradients, ScalesWithoutAReplacedActivationKeepThePerLevelPath) {
+  struct NamesScalesOnly : LevelOperation {
+    std::string name() const override { return "names_scales_only"; }
+    OperationParameters build(const Topology& t, torch::Dtype dtype, at::Generator&) const override {
+      std::vector<NeuronId> rows;
+      for (int64_t d = t.num_inputs(); d < t.num_neurons(); ++d) rows.push_back(t.label(d));
+      const int64_t n = static_cast<int64_t>(rows.size());
+      return {{"a", {torch::full({n, 1}, 2.0, dtype), {rows, std::nullopt}}},
+              {"b", {torch::full({n, 1}, 3.0, dtype), {rows, std::nullopt}}}};
+    }
+    std::optional<std::pair<std::string, std::string>> fused_activation_scales() const override {
+      return std::pair<std::string, std::string>{"a", "b"};
+    }
+  };
+  auto options = NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("tanh").seed(3);
+  NeuralNetwork plain(readme_spec(), options);
+  NeuralNetwork with_op(readme_spec(), NeuralNetworkOptions(options).operations({std::make_shared<NamesScalesOnly>()}));
+  EXPECT_FALSE(with_op->uses_fused_kernel());
+  auto x = torch::randn({4, 1}, torch::kFloat64);
+  EXPECT_TRUE(torch::allclose(with_op->forward(x), plain->forward(x), 1e-12, 1e-12));
+}
+
 // Second derivatives: the fused kernel refuses them by name (its gradients
 // would be constants); the per-level path gives them.
 TEST(Gradients, FusedKernelRefusesASecondDerivative) {

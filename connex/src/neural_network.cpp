@@ -159,9 +159,10 @@ std::vector<double> resolve_dropout(const Topology& topo, const DropoutSpec& dro
 std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const Topology>& topology,
                                                    const NeuralNetworkOptions& options,
                                                    const std::vector<LevelOperationPtr>& operations) {
-  // The kernel applies one activation scaling (adaptive activations) itself; any other operation needs the levels.
-  const bool operations_fuse =
-      operations.empty() || (operations.size() == 1 && operations[0]->fused_activation_scales().has_value());
+  // The kernel applies one activation scaling (adaptive activations) itself; any other operation needs the levels,
+  // and so does one that declares scales without replacing the activation (the per-level path would not scale).
+  const bool operations_fuse = operations.empty() || (operations.size() == 1 && operations[0]->replaces_activation() &&
+                                                      operations[0]->fused_activation_scales().has_value());
   const bool fused_eligible =
       operations_fuse && fused_supports(options.hidden_activation()) && !options.execution().force_kernel();
   // Connections in levels that run faster as one matmul than in the fused
