@@ -1,4 +1,6 @@
 // Backpropagated gradients against central finite differences, in double.
+#include <array>
+
 #include "test_util.h"
 
 using namespace connex;
@@ -73,7 +75,9 @@ TEST(Gradients, FusedKernelAndBatchPathAgreeAndMatchFiniteDifferences) {
         levels->named_parameters()[name].copy_(values);
       }
     }
-    auto x = torch::randn({5, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
+    // Batches below, past and well past the kernel's eight-double lanes (the scalar tail, both, several lanes).
+    const int64_t batch = std::array<int64_t, 3>{5, 13, 37}[(trial / 12) % 3];
+    auto x = torch::randn({batch, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
     auto y_fused = fused->forward(x), y_levels = levels->forward(x);
     ASSERT_TRUE(torch::allclose(y_fused, y_levels, 1e-12, 1e-12)) << act << " trial " << trial;
     auto r = torch::randn_like(y_fused);
@@ -87,6 +91,59 @@ TEST(Gradients, FusedKernelAndBatchPathAgreeAndMatchFiniteDifferences) {
           << p.key() << " " << act << " trial " << trial;
     if (trial % 3 == 0) ASSERT_LE(max_gradient_error(fused, x), 1e-6) << act << " trial " << trial;
   }
+}
+
+// The kernel runs its batch loops in 64-byte lanes (16 floats) with a
+// scalar tail, four connections a pass: float32 networks at batch sizes
+// around 16, random in- and out-degrees, with and without adaptive
+// activations, against the per-level path in float64 on the same parameters.
+TEST(Gradients, FusedKernelLanesAgreeInFloat32) {
+  std::mt19937_64 rng(5);
+  int trial = 0;
+  for (const char* act : {"relu", "tanh", "identity"})
+    for (bool adaptive : {false, true}) {
+      SCOPED_TRACE(std::string(act) + (adaptive ? ", adaptive" : ""));
+      auto spec = random_dag(rng, {20, 40, 0.4});
+      auto options = NeuralNetworkOptions()
+                         .dtype(torch::kFloat32)
+                         .hidden_activation(act)
+                         .seed(++trial)
+                         .use_adaptive_activations(adaptive);
+      NeuralNetwork fused(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(true)));
+      NeuralNetwork reference(
+          spec, NeuralNetworkOptions(options).dtype(torch::kFloat64).execution(ExecutionOptions().fused(false)));
+      ASSERT_TRUE(fused->uses_fused_kernel());
+      {
+        torch::NoGradGuard no_grad;
+        auto on_reference = reference->named_parameters();
+        for (auto& p : fused->named_parameters()) {
+          if (p.key().rfind("adaptive_activation.", 0) == 0) p.value().copy_(torch::randn_like(p.value()));
+          on_reference[p.key()].copy_(p.value());
+        }
+      }
+      for (int64_t batch : {1, 15, 16, 17, 40}) {
+        SCOPED_TRACE("batch " + std::to_string(batch));
+        auto x = torch::randn({batch, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
+        auto xf = x.to(torch::kFloat32).requires_grad_(true), xr = x.clone().requires_grad_(true);
+        fused->zero_grad();
+        reference->zero_grad();
+        auto y = fused->forward(xf), y_ref = reference->forward(xr);
+        auto r = torch::randn_like(y_ref);
+        (y * r.to(torch::kFloat32)).sum().backward();
+        (y_ref * r).sum().backward();
+        auto close = [](const torch::Tensor& a, const torch::Tensor& b) {
+          return torch::allclose(a.to(torch::kFloat64), b, 1e-4, 1e-4);
+        };
+        EXPECT_TRUE(close(y, y_ref));
+        EXPECT_TRUE(close(xf.grad(), xr.grad()));
+        auto on_reference = reference->named_parameters();
+        for (const auto& p : fused->named_parameters()) {
+          const auto& q = on_reference[p.key()];
+          const auto g = p.value().grad().defined() ? p.value().grad() : torch::zeros_like(p.value());
+          EXPECT_TRUE(close(g, q.grad().defined() ? q.grad() : torch::zeros_like(q))) << p.key();
+        }
+      }
+    }
 }
 
 // An operation that names activation scales but does not replace the
@@ -220,7 +277,7 @@ TEST(Gradients, EveryKernelPathAgreesOnGraphsOfEveryShape) {
           kernel_name(kernel),
           NeuralNetwork(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().force_kernel(kernel))));
     ASSERT_TRUE(paths[0].second->uses_fused_kernel());
-    // Batches below, at and past the fused kernel's eight-wide inner loops.
+    // Batches below, at and past the fused kernel's lanes of eight doubles.
     for (int64_t batch : {1, 8, 13, 64}) {
       SCOPED_TRACE(shape + ", " + act + ", batch " + std::to_string(batch));
       auto x = torch::randn({batch, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);

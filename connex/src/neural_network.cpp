@@ -167,9 +167,10 @@ std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const T
       operations_fuse && fused_supports(options.hidden_activation()) && !options.execution().force_kernel();
   // Connections in levels that run faster as one matmul than in the fused
   // kernel's loops: complete levels, and scattered ones at least
-  // kMatmulDensity dense (on a layered network, BENCHMARKS.md, the per-level
-  // path won by 10-15 % at 30 % density and lost at 20 %).
-  constexpr double kMatmulDensity = 0.25;
+  // kMatmulDensity dense (on a layered network, BENCHMARKS.md: since the
+  // kernel's loops are vectorised, the per-level path wins at 40 % density
+  // and loses at 30 %).
+  constexpr double kMatmulDensity = 0.35;
   int64_t dense_connections = 0;
   for (const auto& level : topology->levels()) {
     const double cells = static_cast<double>(level.size()) * static_cast<double>(level.sources.size());

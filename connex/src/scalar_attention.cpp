@@ -7,6 +7,7 @@
 
 #include "dtype.h"
 #include "formula_gradients.h"
+#include "vector_clones.h"
 #include "work_share.h"
 
 namespace connex {
@@ -199,13 +200,7 @@ __attribute__((always_inline)) inline void backward_units(const Pass<T>& a, int6
   }
 }
 
-// The float passes again for AVX2 with FMA and for AVX-512, chosen at load
-// time by what the processor has (8 and 16 lanes to SSE2's 4).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define CONNEX_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CONNEX_VECTOR_CLONES
-#endif
+// The float passes again for AVX2 with FMA and for AVX-512 (vector_clones.h).
 
 CONNEX_VECTOR_CLONES void forward_float(const Pass<float>& a, int64_t first, int64_t last) {
   forward_units(a, first, last);
