@@ -113,14 +113,7 @@ TEST(Gradients, FusedKernelLanesAgreeInFloat32) {
       NeuralNetwork reference(
           spec, NeuralNetworkOptions(options).dtype(torch::kFloat64).execution(ExecutionOptions().fused(false)));
       ASSERT_TRUE(fused->uses_fused_kernel());
-      {
-        torch::NoGradGuard no_grad;
-        auto on_reference = reference->named_parameters();
-        for (auto& p : fused->named_parameters()) {
-          if (p.key().rfind("adaptive_activation.", 0) == 0) p.value().copy_(torch::randn_like(p.value()));
-          on_reference[p.key()].copy_(p.value());
-        }
-      }
+      copy_parameters_with_random_scales(fused, reference);
       for (int64_t batch : {1, 15, 16, 17, 40}) {
         SCOPED_TRACE("batch " + std::to_string(batch));
         auto x = torch::randn({batch, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);

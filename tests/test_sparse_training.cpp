@@ -500,6 +500,75 @@ TEST(PruneByData, BadScoresAreRefused) {
                    "activation_scores(): expected a trace of this network's 4 levels, got 0");
 }
 
+// A network on the fused kernel fills the trace from the kernel (values and
+// pre-activations copied out, dL/dz from its backward), the same trace as
+// the per-level path's, on random graphs, with and without adaptive
+// activations; RigL's scores read from either agree.
+TEST(LevelTrace, TheFusedKernelFillsTheSameTraceAsThePerLevelPath) {
+  std::mt19937_64 rng(12);
+  const std::vector<std::string> activations = {"relu", "tanh", "gelu", "identity"};
+  for (int trial = 0; trial < 16; ++trial) {
+    SCOPED_TRACE("trial " + std::to_string(trial));
+    auto spec = random_dag(rng, {6, 30, 0.3});
+    auto options = NeuralNetworkOptions()
+                       .dtype(torch::kFloat64)
+                       .hidden_activation(activations[trial % activations.size()])
+                       .seed(trial)
+                       .output_transformation(trial % 3 == 2 ? "softmax" : "identity")
+                       .use_adaptive_activations(trial % 8 >= 4);
+    NeuralNetwork fused(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(true)));
+    NeuralNetwork levels(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false)));
+    ASSERT_TRUE(fused->uses_fused_kernel());
+    ASSERT_FALSE(levels->uses_fused_kernel());
+    copy_parameters_with_random_scales(fused, levels);
+    const int64_t batch = trial % 2 ? 13 : 3;
+    auto x = torch::randn({batch, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
+    auto y = torch::randn({batch, static_cast<int64_t>(spec.outputs().size())}, torch::kFloat64);
+    auto a = traced_backward(fused, x, y), b = traced_backward(levels, x, y);
+    ASSERT_EQ(a.values.size(), b.values.size());
+    ASSERT_EQ(a.preactivations.size(), b.preactivations.size());
+    EXPECT_TRUE(torch::equal(a.values[0], b.values[0]));
+    EXPECT_FALSE(a.preactivations[0].defined());
+    auto grad = [](const torch::Tensor& z) { return z.grad().defined() ? z.grad() : torch::zeros_like(z); };
+    for (size_t l = 1; l < a.values.size(); ++l) {
+      EXPECT_TRUE(torch::allclose(a.values[l], b.values[l], 1e-12, 1e-12)) << "level " << l;
+      EXPECT_TRUE(torch::allclose(a.preactivations[l], b.preactivations[l], 1e-12, 1e-12)) << "level " << l;
+      EXPECT_TRUE(torch::allclose(grad(a.preactivations[l]), grad(b.preactivations[l]), 1e-10, 1e-10)) << "level " << l;
+    }
+    EXPECT_TRUE(torch::allclose(fused->weight_tensor().grad(), levels->weight_tensor().grad(), 1e-10, 1e-10));
+    const auto pairs = absent_forward_pairs(fused);
+    const auto from_fused = absent_connection_gradients(fused, a, pairs),
+               from_levels = absent_connection_gradients(levels, b, pairs);
+    ASSERT_EQ(from_fused.size(), from_levels.size());
+    for (size_t k = 0; k < from_fused.size(); ++k)
+      EXPECT_NEAR(from_fused[k], from_levels[k], 1e-10) << edge_str(pairs[k]);
+    // Only the adaptive scales train: the trace is recorded on both paths and
+    // scores alike, but for connections into level 1, whose pre-activations
+    // autograd does not record on the per-level path (zero there), while the
+    // kernel gives their gradient.
+    if (trial % 8 >= 4 && fused->topology().levels().size() >= 3) {  // a hidden level before another
+      fused->weight_tensor().requires_grad_(false), fused->bias_tensor().requires_grad_(false);
+      levels->weight_tensor().requires_grad_(false), levels->bias_tensor().requires_grad_(false);
+      auto c = traced_backward(fused, x, y), d = traced_backward(levels, x, y);
+      const auto scaled_fused = absent_connection_gradients(fused, c, pairs),
+                 scaled_levels = absent_connection_gradients(levels, d, pairs);
+      const Topology& t = fused->topology();
+      for (size_t k = 0; k < scaled_fused.size(); ++k)
+        if (t.level_of(t.dense_of(pairs[k].second)) > 1)
+          EXPECT_NEAR(scaled_fused[k], scaled_levels[k], 1e-10) << edge_str(pairs[k]);
+    }
+    // Under NoGradGuard both paths make a trace that readers refuse alike.
+    LevelTrace unrecorded;
+    {
+      torch::NoGradGuard no_grad;
+      fused->forward(x, unrecorded);
+    }
+    EXPECT_THROW_MSG(absent_connection_gradients(fused, unrecorded, pairs),
+                     "absent_connection_gradients(): the trace was made without gradients (under "
+                     "torch::NoGradGuard, or with every parameter frozen)");
+  }
+}
+
 TEST(LevelTrace, ValuesAndGradientsMatchTheForward) {
   NeuralNetwork net(readme_spec(), kTanh64);
   auto x = torch::randn({5, net->num_inputs()}, torch::kFloat64);

@@ -157,6 +157,18 @@ inline GraphSpec random_dag(std::mt19937_64& rng, const RandomDagOptions& opt = 
 }
 
 // The toy regression set of Connex's README: 250 points x in [0, 2π], y = (cos x, sin x).
+// Copies `from`'s parameters into `to` (same names, any dtype), after
+// drawing `from`'s adaptive-activation scales at random (away from their
+// initial 1, of both signs), so that two paths are compared off the identity.
+inline void copy_parameters_with_random_scales(NeuralNetwork& from, NeuralNetwork& to) {
+  torch::NoGradGuard no_grad;
+  auto into = to->named_parameters();
+  for (auto& p : from->named_parameters()) {
+    if (p.key().rfind("adaptive_activation.", 0) == 0) p.value().copy_(torch::randn_like(p.value()));
+    into[p.key()].copy_(p.value());
+  }
+}
+
 inline std::pair<torch::Tensor, torch::Tensor> cos_sin_data(torch::Dtype dtype = torch::kFloat32) {
   auto x = torch::linspace(0, 2 * M_PI, 250, torch::kFloat64).unsqueeze(1);
   auto y = torch::cat({torch::cos(x), torch::sin(x)}, 1);

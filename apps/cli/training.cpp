@@ -514,7 +514,7 @@ class Trainer {
     const Share s = share_of_batch(perm, k);
     const int64_t next = progress_.steps + 1;
     const bool rewire = rewirer_ && next % progress_.rewire.every == 0 && rewirer_->drop_fraction(next) > 0;
-    // RigL reads the step's per-level values and gradients; every other step keeps the fused kernel.
+    // RigL reads the step's per-level values and gradients (the traced forward copies them out).
     std::optional<LevelTrace> trace;
     optimizer_->zero_grad();
     const bool traced = rewire && rewirer_->options().method() == RewireMethod::RigL;

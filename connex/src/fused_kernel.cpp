@@ -9,6 +9,7 @@
 
 #include "activation.h"
 #include "connex/error.h"
+#include "connex/neural_network.h"
 #include "scratch_memory.h"
 #include "vector_clones.h"
 #include "work_share.h"
@@ -408,26 +409,28 @@ __attribute__((always_inline)) inline void input_rows(const Pass<T>& p, int64_t 
   }
 }
 
+// Which rows a pass runs.
+enum class Part { Forward, Backward, Inputs };
+
 // The row loops again for AVX2 with FMA and for AVX-512, chosen at load
 // time (vector_clones.h): the rows are loops over the batch, 2-4x as many
 // lanes as the SSE2 baseline.
-CONNEX_VECTOR_CLONES void forward_rows_of(const Pass<float>& p, int64_t first, int64_t last) {
-  forward_rows(p, first, last);
+template <typename T>
+__attribute__((always_inline)) inline void run_rows(Part part, const Pass<T>& p, int64_t first, int64_t last) {
+  switch (part) {
+    case Part::Forward:
+      return forward_rows(p, first, last);
+    case Part::Backward:
+      return backward_rows(p, first, last);
+    case Part::Inputs:
+      return input_rows(p, first, last);
+  }
 }
-CONNEX_VECTOR_CLONES void forward_rows_of(const Pass<double>& p, int64_t first, int64_t last) {
-  forward_rows(p, first, last);
+CONNEX_VECTOR_CLONES void rows_of(Part part, const Pass<float>& p, int64_t first, int64_t last) {
+  run_rows(part, p, first, last);
 }
-CONNEX_VECTOR_CLONES void backward_rows_of(const Pass<float>& p, int64_t first, int64_t last) {
-  backward_rows(p, first, last);
-}
-CONNEX_VECTOR_CLONES void backward_rows_of(const Pass<double>& p, int64_t first, int64_t last) {
-  backward_rows(p, first, last);
-}
-CONNEX_VECTOR_CLONES void input_rows_of(const Pass<float>& p, int64_t first, int64_t last) {
-  input_rows(p, first, last);
-}
-CONNEX_VECTOR_CLONES void input_rows_of(const Pass<double>& p, int64_t first, int64_t last) {
-  input_rows(p, first, last);
+CONNEX_VECTOR_CLONES void rows_of(Part part, const Pass<double>& p, int64_t first, int64_t last) {
+  run_rows(part, p, first, last);
 }
 
 template <typename T>
@@ -435,7 +438,7 @@ void run_forward(const Pass<T>& p) {
   const auto& levels = p.topo->levels();
   for (size_t l = 1; l < levels.size(); ++l)
     share_work(levels[l].begin, levels[l].end, grain_for(levels[l], p.B),
-               [&](int64_t first, int64_t last) { forward_rows_of(p, first, last); });
+               [&](int64_t first, int64_t last) { rows_of(Part::Forward, p, first, last); });
 }
 
 // Backward over the connections in out_connections() order: p.w holds the
@@ -451,8 +454,8 @@ void run_backward(const Pass<T>& p) {
   const auto& levels = p.topo->levels();
   for (size_t l = levels.size() - 1; l >= 1; --l)
     share_work(levels[l].begin, levels[l].end, grain_for(levels[l], p.B),
-               [&](int64_t first, int64_t last) { backward_rows_of(p, first, last); });
-  share_work(0, p.topo->num_inputs(), 16, [&](int64_t first, int64_t last) { input_rows_of(p, first, last); });
+               [&](int64_t first, int64_t last) { rows_of(Part::Backward, p, first, last); });
+  share_work(0, p.topo->num_inputs(), 16, [&](int64_t first, int64_t last) { rows_of(Part::Inputs, p, first, last); });
 }
 
 // The whole network as one autograd node. It takes x as [batch, inputs] and
@@ -462,9 +465,14 @@ void run_backward(const Pass<T>& p) {
 // of a training step.
 class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
  public:
+  // traced_z (one leaf per level after the inputs, [level size, batch];
+  // empty when not traced) receive the pre-activations, traced_values (null
+  // when not traced) each level's values: LevelTrace's. Backward returns
+  // dL/dz as traced_z's gradients.
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor weight,
                                torch::Tensor bias, torch::Tensor scale_a, torch::Tensor scale_b,
-                               torch::Tensor layout_holder, int64_t act) {
+                               at::TensorList traced_z, torch::Tensor layout_holder, int64_t act,
+                               std::vector<torch::Tensor>* traced_values) {
     const Layout& layout = held(layout_holder);
     const Topology& topo = *layout.topology;
     const int64_t B = x.size(0), N = topo.num_neurons(), n_in = topo.num_inputs();
@@ -472,7 +480,8 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
     const int64_t n_out = static_cast<int64_t>(outputs.size());
     auto V = scratch_tensor(layout, {N, B}, x.options());
     const bool scaled = scale_a.numel() > 0;
-    auto Z = derivative_from_output(static_cast<Act>(act)) && !scaled
+    const bool traced = traced_values != nullptr;
+    auto Z = derivative_from_output(static_cast<Act>(act)) && !scaled && !traced
                  ? torch::Tensor()
                  : scratch_tensor(layout, {N - n_in, B}, x.options());
     auto y = torch::empty({B, n_out}, x.options());
@@ -494,12 +503,24 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
       p.Z = Z.defined() ? Z.data_ptr<scalar_t>() : nullptr;
       p.B = B;
       run_forward(p);
+      if (traced) {  // each level's rows, contiguous in V and Z
+        const auto& levels = topo.levels();
+        traced_values->resize(levels.size());
+        for (size_t l = 0; l < levels.size(); ++l) {
+          const int64_t begin = levels[l].begin, rows = levels[l].end - levels[l].begin;
+          (*traced_values)[l] = V.narrow(0, begin, rows).clone();
+          if (l > 0)
+            std::memcpy(traced_z[l - 1].data_ptr<scalar_t>(), Z.data_ptr<scalar_t>() + (begin - n_in) * B,
+                        sizeof(scalar_t) * rows * B);
+        }
+      }
       scalar_t* yp = y.data_ptr<scalar_t>();
       for (int64_t j = 0; j < n_out; ++j)
         for (int64_t k = 0; k < B; ++k) yp[k * n_out + j] = vp[outputs[j] * B + k];
     });
     ctx->save_for_backward({w, V, Z, layout_holder, sa, sb});
     ctx->saved_data["act"] = act;
+    ctx->saved_data["traced"] = static_cast<int64_t>(traced_z.size());
     return y;
   }
 
@@ -562,7 +583,14 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
         for (int64_t k = first; k < last; ++k) gp[out_conn[k]] = go[k];
       });
     });
-    return {gx, gw, gb, gsa, gsb, torch::Tensor(), torch::Tensor()};
+    torch::autograd::variable_list result{gx, gw, gb, gsa, gsb};
+    if (ctx->saved_data["traced"].toInt() > 0)  // dL/dz: each level's rows of G, which backward left as such
+      for (size_t l = 1; l < topo.levels().size(); ++l) {
+        const Level& level = topo.levels()[l];
+        result.push_back(G.narrow(0, level.begin, level.end - level.begin).clone());
+      }
+    result.resize(result.size() + 3);  // nothing for the layout, the activation and the values
+    return result;
   }
 };
 
@@ -586,11 +614,33 @@ FusedPlan make_fused_plan(const std::shared_ptr<const Topology>& topology, const
 }
 
 torch::Tensor fused_forward(const FusedPlan& plan, const torch::Tensor& x, const torch::Tensor& weight,
-                            const torch::Tensor& bias, const torch::Tensor& scale_a, const torch::Tensor& scale_b) {
+                            const torch::Tensor& bias, const torch::Tensor& scale_a, const torch::Tensor& scale_b,
+                            LevelTrace* trace) {
   // Autograd records every tensor input's device: no scaling is an empty tensor, not an undefined one.
   const auto none = scale_a.defined() ? torch::Tensor() : torch::empty({0}, weight.options());
-  return FusedNetwork::apply(x.contiguous(), weight, bias, scale_a.defined() ? scale_a : none,
-                             scale_b.defined() ? scale_b : none, plan.layout_holder, plan.activation);
+  std::vector<torch::Tensor> traced_z;
+  if (trace) {
+    const Topology& topo = *held(plan.layout_holder).topology;
+    // As on the per-level path, the pre-activations take part in autograd only where it records.
+    const bool gradients =
+        torch::GradMode::is_enabled() &&
+        (x.requires_grad() || weight.requires_grad() || bias.requires_grad() ||
+         (scale_a.defined() && scale_a.requires_grad()) || (scale_b.defined() && scale_b.requires_grad()));
+    for (size_t l = 1; l < topo.levels().size(); ++l)
+      traced_z.push_back(
+          torch::empty({topo.levels()[l].size(), x.size(0)}, weight.options()).requires_grad_(gradients));
+  }
+  std::vector<torch::Tensor> values;
+  auto y = FusedNetwork::apply(x.contiguous(), weight, bias, scale_a.defined() ? scale_a : none,
+                               scale_b.defined() ? scale_b : none, at::TensorList(traced_z), plan.layout_holder,
+                               plan.activation, trace ? &values : nullptr);
+  if (trace) {
+    trace->values = std::move(values);
+    trace->preactivations.assign(1, torch::Tensor());
+    trace->preactivations.insert(trace->preactivations.end(), traced_z.begin(), traced_z.end());
+    trace->topology = held(plan.layout_holder).topology;
+  }
+  return y;
 }
 
 }  // namespace connex

@@ -11,6 +11,8 @@
 
 namespace connex {
 
+struct LevelTrace;
+
 // Built-in element-wise activations the fused kernel differentiates itself.
 bool fused_supports(const TensorFunction& activation);
 
@@ -27,8 +29,11 @@ FusedPlan make_fused_plan(const std::shared_ptr<const Topology>& topology, const
 // with respect to x, weight and bias. With scale_a and scale_b defined
 // ([non-input neurons, 1], bias order) a hidden neuron's value is
 // a·σ(b·z) (adaptive activations), differentiable with respect to them too.
+// With a trace, fills it as the per-level path does: each level's values
+// and pre-activations are copied out, the pre-activations as leaves whose
+// grad() the kernel's backward fills with dL/dz (when autograd records).
 torch::Tensor fused_forward(const FusedPlan& plan, const torch::Tensor& x, const torch::Tensor& weight,
                             const torch::Tensor& bias, const torch::Tensor& scale_a = {},
-                            const torch::Tensor& scale_b = {});
+                            const torch::Tensor& scale_b = {}, LevelTrace* trace = nullptr);
 
 }  // namespace connex

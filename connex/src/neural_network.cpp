@@ -475,7 +475,13 @@ torch::Tensor NeuralNetworkImpl::apply_dropout(const torch::Tensor& values, cons
   return values * mask;
 }
 
-torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x) {
+torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x) { return forward_fused_or_levels(x, nullptr); }
+
+torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x, LevelTrace& trace) {
+  return forward_fused_or_levels(x, &trace);
+}
+
+torch::Tensor NeuralNetworkImpl::forward_fused_or_levels(const torch::Tensor& x, LevelTrace* trace) {
   check_input(x);
   if (uses_fused_kernel()) {
     const bool single = x.dim() == 1;
@@ -485,16 +491,11 @@ torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x) {
         scale_a = operation_modules_[k]->get(names->first);
         scale_b = operation_modules_[k]->get(names->second);
       }
-    auto out = fused_forward(*fused_plan_, single ? x.unsqueeze(0) : x, weight_, bias_, scale_a,
-                             scale_b);  // [batch, outputs]
+    auto out = fused_forward(*fused_plan_, single ? x.unsqueeze(0) : x, weight_, bias_, scale_a, scale_b,
+                             trace);  // [batch, outputs]
     return options_.output_transformation()(single ? out.squeeze(0) : out);
   }
-  return forward_levels(x, nullptr);
-}
-
-torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x, LevelTrace& trace) {
-  check_input(x);
-  return forward_levels(x, &trace);
+  return forward_levels(x, trace);
 }
 
 void check_trace(const NeuralNetworkImpl& network, const LevelTrace& trace, const char* context) {

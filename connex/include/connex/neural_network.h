@@ -37,7 +37,7 @@ struct LevelTrace {
   std::vector<torch::Tensor> values;
   // Per level (0: undefined), [level size, batch]: the affine step's output
   // (before any operation's on_preactivation); after loss.backward() its
-  // grad() is dL/dz, when the network's parameters require gradients.
+  // grad() is dL/dz, when autograd records (a parameter or the input requires gradients).
   std::vector<torch::Tensor> preactivations;
   // The compiled graph of the network that made it: readers refuse a trace
   // of another network (an edited one would match in shape but not in meaning).
@@ -75,9 +75,10 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
 
   // x: [batch, num_inputs] -> [batch, num_outputs], or [num_inputs] -> [num_outputs].
   torch::Tensor forward(const torch::Tensor& x);
-  // The same on the per-level path (never the fused kernel: it keeps no
-  // per-level values), filling `trace`, which holds the autograd graph until
-  // it is dropped.
+  // The same, filling `trace`. On the per-level path the trace's tensors are
+  // the graph's own (it holds the autograd graph until dropped); on the
+  // fused kernel they are copies (values without autograd history, the
+  // pre-activations leaves whose grad() the kernel's backward fills).
   torch::Tensor forward(const torch::Tensor& x, LevelTrace& trace);
 
   void pretty_print(std::ostream& stream) const override;
@@ -158,6 +159,7 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
                        const std::vector<torch::Tensor>& pieces) const;
   torch::Tensor apply_dropout(const torch::Tensor& values, const LevelTensors& level) const;
   torch::Tensor dense_weights(const Level& level, const LevelTensors& t, const torch::Tensor& w) const;
+  torch::Tensor forward_fused_or_levels(const torch::Tensor& x, LevelTrace* trace);
   torch::Tensor forward_levels(const torch::Tensor& x, LevelTrace* trace);
   // `preactivation`, when given, receives the affine step's output.
   torch::Tensor run_level(size_t l, const torch::Tensor& sources, int64_t batch, torch::Tensor* preactivation) const;
