@@ -519,8 +519,9 @@ void generators(Run& run) {
 // (core_share.h), timed in turn, with 0, 1 and 2 of the machine's cores
 // kept busy by child processes this benchmark starts (each spins until
 // killed): for the fused kernel (a 100k-connection sparse DAG, workload 4's
-// smaller one) and the per-level path (an MLP 16-256-256-256-4). The
-// default should never be more than 10 % slower than the better of the two.
+// smaller one), the per-level path and the dense path (an MLP
+// 16-256-256-256-4). The default should never be more than 10 % slower than
+// the better of the two.
 void shared_cores(Run& run) {
   struct Case {
     std::string name;
@@ -530,7 +531,11 @@ void shared_cores(Run& run) {
   cases.push_back({"fused kernel, sparse DAG 10k neurons / 100k connections",
                    connex::NeuralNetwork(
                        connex::nn::random_dag_spec(connex::bench::sparse_dag_options(10000, 100000, 30, 1)), kRelu)});
-  cases.push_back({"per-level path, MLP 16-256-256-256-4", connex::nn::MLP(16, 4, 256, 3, kRelu)});
+  cases.push_back(
+      {"per-level path, MLP 16-256-256-256-4",
+       connex::nn::MLP(16, 4, 256, 3,
+                       connex::NeuralNetworkOptions(kRelu).execution(connex::ExecutionOptions().dense_path(false)))});
+  cases.push_back({"dense path, MLP 16-256-256-256-4", connex::nn::MLP(16, 4, 256, 3, kRelu)});
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const connex::apps::CoreShare one{1}, all{cores};
   for (auto& c : cases) {

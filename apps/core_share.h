@@ -81,20 +81,20 @@ struct CoreShare {
   // Gives the cores to the pool `net` uses; returns the choice, for the log.
   std::string apply(const NeuralNetwork& net) const {
     const bool fused = net->uses_fused_kernel();
+    const std::string path = net->uses_dense_path() ? "dense path" : "per-level path";  // both run on the BLAS
     set_fused_kernel_threads(fused ? threads : 1);
     if (!blas_has_own_pool()) {
       torch::set_num_threads(fused ? 1 : threads);
-      return fmt::format(
-          "{} torch thread(s); the BLAS shares or follows torch's pool ({})", fused ? 1 : threads,
-          fused ? fmt::format("fused kernel on {} thread(s)", fused_kernel_threads()) : "per-level path");
+      return fmt::format("{} torch thread(s); the BLAS shares or follows torch's pool ({})", fused ? 1 : threads,
+                         fused ? fmt::format("fused kernel on {} thread(s)", fused_kernel_threads()) : path);
     }
     torch::set_num_threads(1);
     set_blas_threads(fused ? 1 : blas_choice->shared() ? threads : 1);
     const int blas = fused ? 1 : blas_limit() ? std::min(threads, blas_limit()) : threads;
     return fmt::format("1 torch thread(s), {} BLAS thread(s) ({})", blas,
                        fused      ? fmt::format("fused kernel on {} thread(s)", fused_kernel_threads())
-                       : blas > 1 ? "per-level path; 1 while sharing them does not pay"
-                                  : "per-level path");
+                       : blas > 1 ? path + "; 1 while sharing them does not pay"
+                                  : path);
   }
   // After a train step of `net` (`took`, `rows` samples): a per-level
   // network's BLAS threads for the next step, as its measurements say.

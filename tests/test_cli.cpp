@@ -200,7 +200,7 @@ TEST_F(CliBadInput, ColumnAsFeatureAndTarget) {
                  "column \"y\" is named both as a feature and as a target");
 }
 // The fused kernel's pool gets the cores for a fused network, OpenBLAS's for
-// the per-level path; the other pools (torch's always) get one thread.
+// the dense and per-level paths; the other pools (torch's always) get one thread.
 TEST(Cli, GivesTheCoresToThePoolTheNetworkUses) {
   const std::string to_fused = "cores: 1 torch thread(s), 1 BLAS thread(s) (fused kernel on 2 thread(s))";
   TempDir dir;
@@ -208,13 +208,13 @@ TEST(Cli, GivesTheCoresToThePoolTheNetworkUses) {
   auto fused = connex_cli("--threads 2 train --epochs 1", dir);
   ASSERT_EQ(fused.code, 0) << fused.err;
   EXPECT_NE((fused.out + fused.err).find(to_fused), std::string::npos) << fused.out << fused.err;
-  // 2-100-100-1: 10,300 connections in complete levels, which run as matrix products.
+  // 2-100-100-1: 10,300 connections in complete levels, which run as matrix products (the dense path).
   spit(dir / "mlp.json",
        R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 1, "width": 100, "depth": 2}})");
   auto dense = connex_cli("--threads 2 train mlp.json --data data.csv --epochs 1", dir);
   ASSERT_EQ(dense.code, 0) << dense.err;
   EXPECT_NE((dense.out + dense.err)
-                .find("cores: 1 torch thread(s), 2 BLAS thread(s) (per-level path; 1 while sharing them does not pay)"),
+                .find("cores: 1 torch thread(s), 2 BLAS thread(s) (dense path; 1 while sharing them does not pay)"),
             std::string::npos)
       << dense.out << dense.err;
   // Pruning 95% leaves 515 connections, which run on the fused kernel: the
@@ -223,7 +223,7 @@ TEST(Cli, GivesTheCoresToThePoolTheNetworkUses) {
       connex_cli("--threads 2 train mlp.json --data data.csv --epochs 2 --prune-at-epoch 1 --prune-fraction 0.95", dir);
   ASSERT_EQ(pruned.code, 0) << pruned.err;
   const std::string log = pruned.out + pruned.err;
-  const auto dense_at = log.find("(per-level path"), fused_at = log.find(to_fused);
+  const auto dense_at = log.find("(dense path"), fused_at = log.find(to_fused);
   EXPECT_NE(dense_at, std::string::npos) << log;
   EXPECT_NE(fused_at, std::string::npos) << log;
   EXPECT_LT(dense_at, fused_at) << log;
@@ -242,7 +242,7 @@ TEST(Cli, OpenBlasNumThreadsCapsTheBlasThreads) {
   const pid_t pid = spawn_connex({"--threads", "2", "train", "mlp.json", "--data", "data.csv", "--epochs", "1"}, log,
                                  "", {"OPENBLAS_NUM_THREADS=1"}, dir.path);
   ASSERT_EQ(wait_for(pid, std::chrono::seconds(120)), 0) << slurp(log);
-  EXPECT_NE(slurp(log).find("cores: 1 torch thread(s), 1 BLAS thread(s) (per-level path)"), std::string::npos)
+  EXPECT_NE(slurp(log).find("cores: 1 torch thread(s), 1 BLAS thread(s) (dense path)"), std::string::npos)
       << slurp(log);
 }
 

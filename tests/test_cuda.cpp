@@ -79,3 +79,37 @@ TEST(Cuda, TechniquesAndEditsMatchCpu) {
     EXPECT_TRUE(torch::allclose(edited->forward(x.cuda()).cpu(), y_cpu, 1e-9, 1e-9));
   }
 }
+
+TEST(Cuda, DensePathMatchesCpu) {
+  REQUIRE_CUDA();
+  for (const char* act : {"relu", "gelu", "tanh"}) {
+    auto cpu = nn::DenseMLP(3, 2, 16, 3,
+                            NeuralNetworkOptions()
+                                .dtype(torch::kFloat64)
+                                .hidden_activation(act)
+                                .execution(ExecutionOptions().fused(false)));
+    auto gpu = std::dynamic_pointer_cast<NeuralNetworkImpl>(cpu->clone(torch::Device(torch::kCUDA)));
+    ASSERT_TRUE(cpu->uses_dense_path());
+    ASSERT_TRUE(gpu->uses_dense_path());
+    auto x = torch::randn({32, 3}, torch::kFloat64);
+    auto y_cpu = cpu->forward(x), y_gpu = gpu->forward(x.cuda());
+    ASSERT_TRUE(torch::allclose(y_cpu, y_gpu.cpu(), 1e-10, 1e-10));
+    y_cpu.pow(2).sum().backward();
+    y_gpu.pow(2).sum().backward();
+    EXPECT_TRUE(torch::allclose(cpu->weight_tensor().grad(), gpu->weight_tensor().grad().cpu(), 1e-10, 1e-10));
+    EXPECT_TRUE(torch::allclose(cpu->bias_tensor().grad(), gpu->bias_tensor().grad().cpu(), 1e-10, 1e-10));
+  }
+}
+
+// Topo norm inside the dense path runs CPU loops: on CUDA the network takes the per-level path.
+TEST(Cuda, TopoNormLeavesTheDensePathOnTheGpu) {
+  REQUIRE_CUDA();
+  auto cpu = nn::MLP(
+      2, 2, 8, 2,
+      NeuralNetworkOptions().dtype(torch::kFloat64).use_topo_norm(true).execution(ExecutionOptions().fused(false)));
+  auto gpu = std::dynamic_pointer_cast<NeuralNetworkImpl>(cpu->clone(torch::Device(torch::kCUDA)));
+  ASSERT_TRUE(cpu->uses_dense_path());
+  EXPECT_FALSE(gpu->uses_dense_path());
+  auto x = torch::randn({5, 2}, torch::kFloat64);
+  EXPECT_TRUE(torch::allclose(cpu->forward(x), gpu->forward(x.cuda()).cpu(), 1e-10, 1e-10));
+}

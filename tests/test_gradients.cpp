@@ -265,6 +265,9 @@ TEST(Gradients, EveryKernelPathAgreesOnGraphsOfEveryShape) {
                        NeuralNetwork(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(true))));
     paths.emplace_back("planner's per-level choice",
                        NeuralNetwork(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false))));
+    paths.emplace_back("per-level path, no dense path",
+                       NeuralNetwork(spec, NeuralNetworkOptions(options).execution(
+                                               ExecutionOptions().fused(false).dense_path(false))));
     for (auto kernel : {LevelKernel::DenseView, LevelKernel::DenseScatter, LevelKernel::EdgeList})
       paths.emplace_back(
           kernel_name(kernel),
@@ -376,4 +379,228 @@ TEST(Gradients, FusedKernelBackwardOnAnEmptyBatch) {
   EXPECT_EQ(x.grad().sizes(), x.sizes());
   EXPECT_EQ(net->weight_tensor().grad().abs().sum().item<double>(), 0.0);
   EXPECT_EQ(net->bias_tensor().grad().abs().sum().item<double>(), 0.0);
+}
+
+// ------------------------------------------------------------ dense path
+
+// MLP- and DenseMLP-shaped networks (one with a single input: a level of
+// one source, which topo norm does not standardise), and one whose first
+// level mixes hidden neurons with an output, its outputs listed out of dense
+// order.
+std::vector<std::pair<std::string, GraphSpec>> dense_path_graphs() {
+  std::vector<std::pair<std::string, GraphSpec>> graphs;
+  graphs.emplace_back("mlp", nn::mlp_spec(3, 2, 7, 3));
+  graphs.emplace_back("dense mlp", nn::dense_mlp_spec(2, 3, 5, 3));
+  graphs.emplace_back("dense mlp, one input", nn::dense_mlp_spec(1, 2, 4, 2));
+  // inputs 0, 1; hidden 2-5 and output 7 read both inputs; output 6 reads 2-5.
+  std::vector<Edge> edges;
+  for (int v : {2, 3, 4, 5, 7})
+    for (int u : {0, 1}) edges.emplace_back(u, v);
+  for (int u : {2, 3, 4, 5}) edges.emplace_back(u, 6);
+  std::vector<NeuronId> ids;
+  for (int i = 0; i < 8; ++i) ids.emplace_back(i);
+  graphs.emplace_back("mixed level, outputs out of order", GraphSpec(ids, edges, {0, 1}, {6, 7}));
+  return graphs;
+}
+
+// Values and gradients (of x, weight, bias and topo norm's gamma and beta)
+// equal the per-level path's in double for every element-wise activation,
+// with and without topo norm (run inside the path), and match finite
+// differences.
+TEST(Gradients, DensePathAgreesWithThePerLevelPathAndFiniteDifferences) {
+  const std::vector<std::string> activations = {"relu", "gelu", "silu", "tanh", "sigmoid", "identity"};
+  int trial = 0;
+  for (bool norm : {false, true})
+    for (const auto& [shape, spec] : dense_path_graphs())
+      for (const auto& act : activations) {
+        SCOPED_TRACE(shape + ", " + act + (norm ? ", topo norm" : ""));
+        auto options =
+            NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation(act).seed(++trial).use_topo_norm(norm);
+        NeuralNetwork dense(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false)));
+        NeuralNetwork levels(
+            spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false).dense_path(false)));
+        ASSERT_TRUE(dense->uses_dense_path());
+        ASSERT_FALSE(levels->uses_dense_path());
+        {  // gamma and beta away from (1, 0), the same in both networks
+          torch::NoGradGuard no_grad;
+          auto into = levels->named_parameters();
+          for (auto& p : dense->named_parameters()) {
+            if (p.key().find("topo_norm") != std::string::npos) p.value().copy_(torch::randn_like(p.value()));
+            into[p.key()].copy_(p.value());
+          }
+        }
+        for (int64_t batch : {1, 9}) {
+          auto x = torch::randn({batch, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
+          auto xd = x.clone().requires_grad_(true), xl = x.clone().requires_grad_(true);
+          dense->zero_grad(), levels->zero_grad();
+          auto yd = dense->forward(xd), yl = levels->forward(xl);
+          ASSERT_TRUE(torch::allclose(yd, yl, 1e-12, 1e-12));
+          auto r = torch::randn_like(yd);
+          (yd * r).sum().backward();
+          (yl * r).sum().backward();
+          EXPECT_TRUE(torch::allclose(xd.grad(), xl.grad(), 1e-12, 1e-12));
+          auto on_levels = levels->named_parameters();
+          for (const auto& p : dense->named_parameters())
+            EXPECT_TRUE(torch::allclose(p.value().grad(), on_levels[p.key()].grad(), 1e-11, 1e-11)) << p.key();
+        }
+        EXPECT_LE(
+            max_gradient_error(dense, torch::randn({5, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64)),
+            1e-6);
+      }
+}
+
+// A single sample, and float32 against the per-level path in float64.
+TEST(Gradients, DensePathInFloat32AndOnASingleSample) {
+  for (const auto& [shape, spec] : dense_path_graphs()) {
+    SCOPED_TRACE(shape);
+    auto options = NeuralNetworkOptions().hidden_activation("gelu").seed(3);
+    NeuralNetwork dense(spec, options);
+    NeuralNetwork levels(
+        spec, NeuralNetworkOptions(options).dtype(torch::kFloat64).execution(ExecutionOptions().dense_path(false)));
+    copy_parameters_with_random_scales(dense, levels);
+    ASSERT_TRUE(dense->uses_dense_path() || dense->uses_fused_kernel());
+    NeuralNetwork forced(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false)));
+    copy_parameters_with_random_scales(dense, forced);
+    ASSERT_TRUE(forced->uses_dense_path());
+    auto x = torch::randn({64, static_cast<int64_t>(spec.inputs().size())});
+    auto y = forced->forward(x), y_ref = levels->forward(x.to(torch::kFloat64));
+    EXPECT_TRUE(torch::allclose(y.to(torch::kFloat64), y_ref, 1e-5, 1e-5));
+    y.sum().backward();
+    y_ref.sum().backward();
+    EXPECT_TRUE(torch::allclose(forced->weight_tensor().grad().to(torch::kFloat64), levels->weight_tensor().grad(),
+                                1e-4, 1e-4));
+    auto one = forced->forward(x[0]);
+    EXPECT_EQ(one.dim(), 1);
+    EXPECT_TRUE(torch::allclose(one, y[0], 1e-6, 1e-6));
+  }
+}
+
+// create_graph: the dense path's gradients are differentiable again, as the
+// per-level path's (a gradient penalty on the input).
+TEST(Gradients, DensePathGivesSecondDerivatives) {
+  for (const char* act : {"tanh", "relu", "gelu", "sigmoid"}) {
+    SCOPED_TRACE(act);
+    auto options = NeuralNetworkOptions()
+                       .dtype(torch::kFloat64)
+                       .hidden_activation(act)
+                       .seed(5)
+                       .use_topo_norm(std::string(act) == "gelu" || std::string(act) == "sigmoid");
+    auto dense = nn::DenseMLP(2, 2, 6, 2, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false)));
+    auto levels = nn::DenseMLP(
+        2, 2, 6, 2, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false).dense_path(false)));
+    ASSERT_TRUE(dense->uses_dense_path());
+    auto x = torch::randn({4, 2}, torch::kFloat64);
+    for (auto* net : {&dense, &levels}) {
+      auto xi = x.clone().requires_grad_(true);
+      auto g = torch::autograd::grad({(*net)->forward(xi).pow(2).sum()}, {xi}, {}, true, true)[0];
+      g.pow(2).sum().backward();
+    }
+    EXPECT_GT(dense->weight_tensor().grad().abs().sum().item<double>(), 0.0);
+    EXPECT_TRUE(torch::allclose(dense->weight_tensor().grad(), levels->weight_tensor().grad(), 1e-10, 1e-10));
+    EXPECT_TRUE(torch::allclose(dense->bias_tensor().grad(), levels->bias_tensor().grad(), 1e-10, 1e-10));
+  }
+}
+
+// When the dense path runs and when it does not.
+TEST(Gradients, DensePathIsTakenWhereItApplies) {
+  auto mlp = nn::MLP(1, 2, 128, 4);  // too many connections for the fused kernel's small-network rule
+  EXPECT_FALSE(mlp->uses_fused_kernel());
+  EXPECT_TRUE(mlp->uses_dense_path());
+  // Dropout runs on the per-level path while training.
+  auto with_dropout = nn::MLP(1, 2, 128, 2, NeuralNetworkOptions().dropout_p(0.1));
+  EXPECT_FALSE(with_dropout->uses_dense_path());
+  with_dropout->eval();
+  EXPECT_TRUE(with_dropout->uses_dense_path());
+  // A custom activation, a technique, bfloat16 on the CPU: the per-level path.
+  auto custom = nn::MLP(
+      1, 2, 128, 2, NeuralNetworkOptions().hidden_activation(TensorFunction([](const torch::Tensor& z) { return z; })));
+  EXPECT_FALSE(custom->uses_dense_path());
+  auto attention = nn::MLP(1, 2, 128, 2, NeuralNetworkOptions().use_topo_self_attention(true));
+  EXPECT_FALSE(attention->uses_dense_path());
+  auto normed_and_adaptive =
+      nn::MLP(1, 2, 128, 2, NeuralNetworkOptions().use_topo_norm(true).use_adaptive_activations(true));
+  EXPECT_FALSE(normed_and_adaptive->uses_dense_path());
+  EXPECT_TRUE(nn::MLP(1, 2, 128, 2, NeuralNetworkOptions().use_topo_norm(true))->uses_dense_path());
+  auto half = nn::MLP(1, 2, 128, 2, NeuralNetworkOptions().dtype(torch::kBFloat16));
+  EXPECT_FALSE(half->uses_dense_path());
+  // A sparse graph has no dense path; asking for one names what it needs.
+  std::mt19937_64 rng(3);
+  EXPECT_THROW_MSG(NeuralNetwork(random_dag(rng, {4, 20, 0.3}),
+                                 NeuralNetworkOptions().execution(ExecutionOptions().dense_path(true))),
+                   "NeuralNetwork(): dense_path(true) needs every level complete (each neuron reading all of the "
+                   "level's sources, one run of neurons), a built-in element-wise activation and no operation but topo "
+                   "norm");
+  // dense_path(true) takes the path where the fused kernel would run, and
+  // refuses the options that exclude it.
+  auto small = nn::DenseMLP(1, 2, 8, 2, NeuralNetworkOptions().execution(ExecutionOptions().dense_path(true)));
+  EXPECT_FALSE(small->uses_fused_kernel());
+  EXPECT_TRUE(small->uses_dense_path());
+  EXPECT_THROW_MSG(
+      nn::DenseMLP(1, 2, 8, 2, NeuralNetworkOptions().execution(ExecutionOptions().dense_path(true).fused(true))),
+      "NeuralNetwork(): fused(true) and dense_path(true) exclude each other");
+  EXPECT_THROW_MSG(nn::DenseMLP(1, 2, 8, 2,
+                                NeuralNetworkOptions().execution(
+                                    ExecutionOptions().dense_path(true).force_kernel(LevelKernel::DenseView))),
+                   "NeuralNetwork(): dense_path(true) and force_kernel() exclude each other");
+  EXPECT_FALSE(
+      nn::MLP(1, 2, 128, 2, NeuralNetworkOptions().execution(ExecutionOptions().force_kernel(LevelKernel::DenseView)))
+          ->uses_dense_path());
+  // An empty batch gives an empty output and zero gradients.
+  auto none = mlp->forward(torch::zeros({0, 1}));
+  EXPECT_EQ(none.size(0), 0);
+  EXPECT_EQ(none.size(1), 2);
+  none.sum().backward();
+  EXPECT_EQ(mlp->weight_tensor().grad().abs().sum().item<double>(), 0.0);
+  mlp->zero_grad();
+  // A traced forward takes the per-level path and fills the trace.
+  LevelTrace trace;
+  auto y = mlp->forward(torch::randn({3, 1}), trace);
+  y.sum().backward();
+  ASSERT_EQ(trace.preactivations.size(), mlp->topology().levels().size());
+  EXPECT_TRUE(trace.preactivations[1].grad().defined());
+}
+
+// Without gradients (NoGradGuard), with only some parameters asking for
+// them, and two backwards through one graph (retain_graph).
+TEST(Gradients, DensePathUnderNoGradPartialGradientsAndRetainedGraphs) {
+  auto options = NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("silu").use_topo_norm(true);
+  auto dense = nn::DenseMLP(2, 2, 5, 2, NeuralNetworkOptions(options).execution(ExecutionOptions().dense_path(true)));
+  auto levels = nn::DenseMLP(
+      2, 2, 5, 2, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false).dense_path(false)));
+  ASSERT_TRUE(dense->uses_dense_path());
+  auto x = torch::randn({7, 2}, torch::kFloat64);
+  {
+    torch::NoGradGuard no_grad;
+    auto y = dense->forward(x);
+    EXPECT_FALSE(y.requires_grad());
+    EXPECT_TRUE(torch::allclose(y, levels->forward(x), 1e-12, 1e-12));
+  }
+  dense->weight_tensor().requires_grad_(false);
+  levels->weight_tensor().requires_grad_(false);
+  auto yd = dense->forward(x), yl = levels->forward(x);
+  yd.sum().backward({}, /*retain_graph=*/true);
+  yd.sum().backward();
+  yl.sum().backward({}, true);
+  yl.sum().backward();
+  EXPECT_FALSE(dense->weight_tensor().grad().defined());
+  auto on_levels = levels->named_parameters();
+  for (const auto& p : dense->named_parameters()) {
+    if (!p.value().requires_grad()) continue;
+    EXPECT_TRUE(torch::allclose(p.value().grad(), on_levels[p.key()].grad(), 1e-11, 1e-11)) << p.key();
+  }
+}
+
+// Frozen connections keep a zero gradient on the dense path (the hooks act on
+// the flat gradient, whichever path made it).
+TEST(Gradients, DensePathKeepsFrozenConnectionsFrozen) {
+  auto net = nn::MLP(2, 1, 4, 2, NeuralNetworkOptions().dtype(torch::kFloat64));
+  ASSERT_TRUE(net->uses_dense_path() || net->uses_fused_kernel());
+  NeuralNetwork dense(net->spec(), NeuralNetworkOptions(net->options()).execution(ExecutionOptions().fused(false)));
+  ASSERT_TRUE(dense->uses_dense_path());
+  const auto& t = dense->topology();
+  const Edge frozen{t.label(t.conn_source()[5]), t.label(t.conn_target()[5])};
+  dense->freeze({frozen});
+  dense->forward(torch::randn({6, 2}, torch::kFloat64)).sum().backward();
+  EXPECT_EQ(dense->weight_tensor().grad()[5].item<double>(), 0.0);
+  EXPECT_GT(dense->weight_tensor().grad().abs().sum().item<double>(), 0.0);
 }

@@ -1,7 +1,8 @@
 #pragma once
 // The built-in activations, one row each: TensorFunction, the fused kernel,
-// the TorchScript export and the config all read this table, so a new
-// built-in is one row here (plus its math in fused_kernel.cpp if it is fused).
+// the dense path, the TorchScript export and the config all read this table,
+// so a new built-in is one row here (plus its math in fused_kernel.cpp if it
+// is fused).
 #include <string>
 #include <vector>
 
@@ -24,6 +25,11 @@ struct ActivationInfo {
   // Its derivative follows from its output, so the fused kernel keeps no
   // pre-activations for backward.
   bool derivative_from_output;
+  // Element-wise ones (null for the others): applied in place, and
+  // grad ⊙ σ'(z) from σ(z) when derivative_from_output, else from z (the
+  // dense path's backward).
+  void (*apply_in_place)(torch::Tensor&);
+  torch::Tensor (*derivative)(const torch::Tensor& grad, const torch::Tensor& output_or_input);
 };
 
 // Every built-in, in the order messages list them.

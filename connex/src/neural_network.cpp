@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "connex/error.h"
+#include "dense_path.h"
 #include "edit_build.h"
 #include "fused_plan.h"
 #include "messages.h"
@@ -179,9 +180,13 @@ std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const T
       dense_connections += level.num_connections();
   }
   const bool small = topology->num_connections() <= 4096;
+  // dense_path(true) asks for the dense path instead.
+  const bool dense_wanted = options.execution().dense_path().value_or(false);
+  if (dense_wanted && options.execution().fused().value_or(false))
+    fail("NeuralNetwork(): fused(true) and dense_path(true) exclude each other");
   const bool fused_preferred = options.execution().fused()
                                    ? *options.execution().fused()
-                                   : (small || dense_connections * 2 < topology->num_connections());
+                                   : !dense_wanted && (small || dense_connections * 2 < topology->num_connections());
   const bool fused_dtype = kernel_dtype(options.dtype());
   if (options.execution().fused() && *options.execution().fused() && !(fused_eligible && fused_dtype))
     fail(
@@ -191,6 +196,23 @@ std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const T
   if (fused_eligible && fused_preferred)
     return std::make_shared<FusedPlan>(make_fused_plan(topology, options.hidden_activation()));
   return nullptr;
+}
+
+// The dense path's plan, or null where it does not apply or the options refuse it.
+std::shared_ptr<const DensePlan> plan_dense(const Topology& topology, const NeuralNetworkOptions& options,
+                                            const std::vector<LevelOperationPtr>& operations) {
+  const auto wanted = options.execution().dense_path();
+  if (wanted && !*wanted) return nullptr;
+  if (options.execution().force_kernel()) {  // the per-level kernels are what is asked for
+    if (wanted) fail("NeuralNetwork(): dense_path(true) and force_kernel() exclude each other");
+    return nullptr;
+  }
+  auto plan = plan_dense_path(topology, options.hidden_activation(), operations);
+  if (wanted && !plan)
+    fail(
+        "NeuralNetwork(): dense_path(true) needs every level complete (each neuron reading all of the level's "
+        "sources, one run of neurons), a built-in element-wise activation and no operation but topo norm");
+  return plan;
 }
 
 }  // namespace
@@ -264,6 +286,7 @@ void NeuralNetworkImpl::set_up(torch::Tensor weight, torch::Tensor bias) {
   operations_ = operation_pipeline(options_);
   dropout_ = resolve_dropout(*topology_, options_.dropout_p());
   fused_plan_ = plan_fused_kernel(topology_, options_, operations_);
+  dense_plan_ = plan_dense(*topology_, options_, operations_);
   given_weight_ = std::move(weight);
   given_bias_ = std::move(bias);
   reset();
@@ -277,6 +300,7 @@ NeuralNetworkImpl::NeuralNetworkImpl(const NeuralNetworkImpl& other)
       dropout_(other.dropout_),
       frozen_(other.frozen_),
       fused_plan_(other.fused_plan_),
+      dense_plan_(other.dense_plan_),
       operations_(other.operations_) {
   options_.hidden_activation(other.options_.hidden_activation().deep_copy());
   options_.output_transformation(other.options_.output_transformation().deep_copy());
@@ -434,6 +458,17 @@ bool NeuralNetworkImpl::uses_fused_kernel() const {
   return true;
 }
 
+bool NeuralNetworkImpl::uses_dense_path() const {
+  if (!dense_plan_ || uses_fused_kernel()) return false;
+  const bool cpu = weight_.device().is_cpu();
+  if (dense_plan_->norm && !cpu) return false;  // topo norm inside the path runs its CPU loops
+  if (cpu ? !kernel_dtype(weight_.scalar_type()) : !weight_.is_floating_point()) return false;
+  if (is_training())
+    for (const auto& level : levels_)
+      if (level.keep_prob.defined()) return false;  // dropout runs on the per-level path
+  return true;
+}
+
 void NeuralNetworkImpl::check_input(const torch::Tensor& x) const {
   const int64_t n_in = num_inputs();
   if (!x.defined()) fail("NeuralNetwork::forward(): the input tensor is undefined");
@@ -483,19 +518,28 @@ torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x, LevelTrace& tra
 
 torch::Tensor NeuralNetworkImpl::forward_fused_or_levels(const torch::Tensor& x, LevelTrace* trace) {
   check_input(x);
+  const bool single = x.dim() == 1;
+  torch::Tensor out;  // [batch, outputs]
   if (uses_fused_kernel()) {
-    const bool single = x.dim() == 1;
     torch::Tensor scale_a, scale_b;  // an activation scaling the kernel applies (the planner allows one)
     for (size_t k = 0; k < operations_.size(); ++k)
       if (auto names = operations_[k]->fused_activation_scales()) {
         scale_a = operation_modules_[k]->get(names->first);
         scale_b = operation_modules_[k]->get(names->second);
       }
-    auto out = fused_forward(*fused_plan_, single ? x.unsqueeze(0) : x, weight_, bias_, scale_a, scale_b,
-                             trace);  // [batch, outputs]
-    return options_.output_transformation()(single ? out.squeeze(0) : out);
+    out = fused_forward(*fused_plan_, single ? x.unsqueeze(0) : x, weight_, bias_, scale_a, scale_b, trace);
+  } else if (!trace && uses_dense_path()) {
+    std::vector<torch::Tensor> gammas, betas;  // topo norm's, when the path runs it
+    if (dense_plan_->norm)
+      for (size_t l = 1; l < levels_.size(); ++l) {
+        gammas.push_back(operation_modules_[0]->get(level_prefixes_[l] + "gamma"));
+        betas.push_back(operation_modules_[0]->get(level_prefixes_[l] + "beta"));
+      }
+    out = dense_forward(*dense_plan_, single ? x.unsqueeze(0) : x, weight_, bias_, gammas, betas);
+  } else {
+    return forward_levels(x, trace);
   }
-  return forward_levels(x, trace);
+  return options_.output_transformation()(single ? out.squeeze(0) : out);
 }
 
 void check_trace(const NeuralNetworkImpl& network, const LevelTrace& trace, const char* context) {

@@ -28,6 +28,7 @@
 namespace connex {
 
 struct FusedPlan;
+struct DensePlan;
 
 // What one forward pass computed at each level, for methods that score
 // connections by values and gradients (RigL's growth, pruning by |w·a| or
@@ -92,6 +93,11 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   // Whether forward() would take the fused whole-network kernel right now
   // (it depends on device, dtype, training mode and dropout).
   bool uses_fused_kernel() const;
+  // Whether forward() would take the dense path (options.h) right now: not
+  // on the fused kernel, float32/float64 on the CPU (any floating dtype on
+  // other devices; with topo norm, the CPU only), no dropout while training.
+  // A traced forward takes the per-level path.
+  bool uses_dense_path() const;
 
   // ---- structure
   const GraphSpec& spec() const { return topology_->spec(); }
@@ -180,6 +186,8 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   // Set when structure and options allow the fused kernel and the planner
   // prefers it; forward() then also needs a CPU float32/float64 network.
   std::shared_ptr<const FusedPlan> fused_plan_;
+  // Set when the structure allows the dense path and the options do not refuse it.
+  std::shared_ptr<const DensePlan> dense_plan_;
   std::vector<LevelTensors> levels_;  // index 0: the input level (dropout only)
   GatherTensors output_gather_;
   std::vector<LevelOperationPtr> operations_;

@@ -38,6 +38,14 @@ struct ExecutionOptions {
   // The fused whole-network CPU kernel (fused_kernel.h): nullopt lets the
   // network choose; true/false force it where it applies.
   TORCH_ARG(std::optional<bool>, fused) = std::nullopt;
+  // The dense path (an MLP-like network whose levels are all complete, as
+  // one autograd function of one matmul per level; topo norm, if it is the
+  // only operation, inside it): nullopt takes it where it applies and the
+  // fused kernel does not run; false never takes it; true takes it instead
+  // of the fused kernel, and throws where the structure, activation or
+  // operations do not allow it. At run time, dropout while training and
+  // dtypes the path does not run (see uses_dense_path()) still fall back.
+  TORCH_ARG(std::optional<bool>, dense_path) = std::nullopt;
 };
 
 struct NeuralNetworkOptions {

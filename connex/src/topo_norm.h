@@ -1,0 +1,25 @@
+#pragma once
+// Topo norm's math (techniques.h), shared by its autograd node on the
+// per-level path and by the dense path, which applies it itself. Internal.
+#include <torch/types.h>
+
+namespace connex {
+
+// s: [L, batch] -> gamma ⊙ standardise(s) + beta (gamma, beta [L, 1]);
+// standardised per sample (a column) when L > 1. In torch operations:
+// other devices and dtypes, and gradients that are differentiable again.
+torch::Tensor topo_norm_formula(const torch::Tensor& s, const torch::Tensor& gamma, const torch::Tensor& beta);
+
+// The same on contiguous CPU float32/float64 tensors with L > 1: writes
+// normed = (s - mean) * rstd, rstd = 1 / sqrt(var + eps) per sample ([batch])
+// and y = gamma ⊙ normed + beta.
+void topo_norm_forward(const torch::Tensor& s, const torch::Tensor& gamma, const torch::Tensor& beta,
+                       torch::Tensor& normed, torch::Tensor& y, torch::Tensor& rstd);
+
+// Its backward from dy = dL/dy: with g = dy ⊙ gamma, ds = rstd (g - mean_i(g)
+// - normed mean_i(g ⊙ normed)) per sample; dgamma = Σ_b dy ⊙ normed,
+// dbeta = Σ_b dy. Writes ds, dgamma and dbeta (allocated by the caller).
+void topo_norm_backward(const torch::Tensor& dy, const torch::Tensor& normed, const torch::Tensor& gamma,
+                        const torch::Tensor& rstd, torch::Tensor& ds, torch::Tensor& dgamma, torch::Tensor& dbeta);
+
+}  // namespace connex
