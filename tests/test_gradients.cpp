@@ -523,15 +523,19 @@ TEST(Gradients, DensePathIsTakenWhereItApplies) {
   EXPECT_TRUE(nn::MLP(1, 2, 128, 2, NeuralNetworkOptions().use_topo_norm(true))->uses_dense_path());
   auto half = nn::MLP(1, 2, 128, 2, NeuralNetworkOptions().dtype(torch::kBFloat16));
   EXPECT_FALSE(half->uses_dense_path());
-  // A sparse graph has no dense path; asking for one names what it needs.
+  // dense_path(true) takes the path where the fused kernel would run, is a
+  // preference where the structure does not allow it (a sparse graph, an
+  // edit that makes a level incomplete), and refuses the options that exclude it.
   std::mt19937_64 rng(3);
-  EXPECT_THROW_MSG(NeuralNetwork(random_dag(rng, {4, 20, 0.3}),
-                                 NeuralNetworkOptions().execution(ExecutionOptions().dense_path(true))),
-                   "NeuralNetwork(): dense_path(true) needs every level complete (each neuron reading all of the "
-                   "level's sources, one run of neurons), a built-in element-wise activation and no operation but topo "
-                   "norm");
-  // dense_path(true) takes the path where the fused kernel would run, and
-  // refuses the options that exclude it.
+  NeuralNetwork sparse(random_dag(rng, {4, 20, 0.3}),
+                       NeuralNetworkOptions().execution(ExecutionOptions().dense_path(true)));
+  EXPECT_FALSE(sparse->uses_dense_path());
+  auto forced = nn::MLP(2, 1, 8, 2, NeuralNetworkOptions().execution(ExecutionOptions().dense_path(true)));
+  ASSERT_TRUE(forced->uses_dense_path());
+  const auto& ft = forced->topology();
+  auto edited = connex::remove_connections(forced, {{ft.label(ft.conn_source()[0]), ft.label(ft.conn_target()[0])}});
+  EXPECT_FALSE(edited->uses_dense_path());
+  EXPECT_TRUE(edited->uses_fused_kernel());
   auto small = nn::DenseMLP(1, 2, 8, 2, NeuralNetworkOptions().execution(ExecutionOptions().dense_path(true)));
   EXPECT_FALSE(small->uses_fused_kernel());
   EXPECT_TRUE(small->uses_dense_path());

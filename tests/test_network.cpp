@@ -406,11 +406,16 @@ TEST(Prebuilt, HugeSizesAreAnErrorNotBadAlloc) {
                    "DenseMLP(): 3e+08 neurons and 3e+16 connections is more than connex builds");
 }
 
-// forward() in eval mode on one shared network from several threads, both execution paths.
+// forward() in eval mode on one shared network from several threads, on each execution path.
 TEST(NeuralNetwork, ConcurrentEvalForwardOnASharedNetwork) {
-  for (bool fused : {true, false}) {
-    auto net = nn::DenseMLP(3, 2, 16, 3,
-                            NeuralNetworkOptions().dtype(torch::kFloat64).execution(ExecutionOptions().fused(fused)));
+  const std::vector<std::pair<std::string, ExecutionOptions>> paths = {
+      {"fused", ExecutionOptions().fused(true)},
+      {"dense", ExecutionOptions().dense_path(true)},
+      {"per-level", ExecutionOptions().fused(false).dense_path(false)}};
+  for (const auto& [path, execution] : paths) {
+    auto net = nn::DenseMLP(3, 2, 16, 3, NeuralNetworkOptions().dtype(torch::kFloat64).execution(execution));
+    ASSERT_EQ(net->uses_fused_kernel(), path == "fused");
+    ASSERT_EQ(net->uses_dense_path(), path == "dense");
     net->eval();
     auto x = torch::randn({32, 3}, torch::kFloat64);
     torch::Tensor expected;
@@ -427,7 +432,7 @@ TEST(NeuralNetwork, ConcurrentEvalForwardOnASharedNetwork) {
           if (!torch::equal(net->forward(x), expected)) ++mismatches;
       });
     for (auto& t : threads) t.join();
-    EXPECT_EQ(mismatches.load(), 0) << (fused ? "fused" : "per-level");
+    EXPECT_EQ(mismatches.load(), 0) << path;
   }
 }
 

@@ -180,10 +180,11 @@ std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const T
       dense_connections += level.num_connections();
   }
   const bool small = topology->num_connections() <= 4096;
-  // dense_path(true) asks for the dense path instead.
-  const bool dense_wanted = options.execution().dense_path().value_or(false);
-  if (dense_wanted && options.execution().fused().value_or(false))
+  // dense_path(true) asks for the dense path instead, where the structure allows it.
+  const bool dense_asked = options.execution().dense_path().value_or(false);
+  if (dense_asked && options.execution().fused().value_or(false))
     fail("NeuralNetwork(): fused(true) and dense_path(true) exclude each other");
+  const bool dense_wanted = dense_asked && plan_dense_path(*topology, options.hidden_activation(), operations);
   const bool fused_preferred = options.execution().fused()
                                    ? *options.execution().fused()
                                    : !dense_wanted && (small || dense_connections * 2 < topology->num_connections());
@@ -207,12 +208,9 @@ std::shared_ptr<const DensePlan> plan_dense(const Topology& topology, const Neur
     if (wanted) fail("NeuralNetwork(): dense_path(true) and force_kernel() exclude each other");
     return nullptr;
   }
-  auto plan = plan_dense_path(topology, options.hidden_activation(), operations);
-  if (wanted && !plan)
-    fail(
-        "NeuralNetwork(): dense_path(true) needs every level complete (each neuron reading all of the level's "
-        "sources, one run of neurons), a built-in element-wise activation and no operation but topo norm");
-  return plan;
+  // dense_path(true) is a preference: a network it does not fit (an edit may
+  // make one) takes the planner's other paths, as uses_dense_path() says.
+  return plan_dense_path(topology, options.hidden_activation(), operations);
 }
 
 }  // namespace

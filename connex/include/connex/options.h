@@ -41,10 +41,11 @@ struct ExecutionOptions {
   // The dense path (an MLP-like network whose levels are all complete, as
   // one autograd function of one matmul per level; topo norm, if it is the
   // only operation, inside it): nullopt takes it where it applies and the
-  // fused kernel does not run; false never takes it; true takes it instead
-  // of the fused kernel, and throws where the structure, activation or
-  // operations do not allow it. At run time, dropout while training and
-  // dtypes the path does not run (see uses_dense_path()) still fall back.
+  // fused kernel does not run; false never takes it; true takes it where it
+  // applies even instead of the fused kernel (a small network's second
+  // derivatives), and throws with fused(true) or force_kernel(). A network
+  // it does not fit (or an edit that makes one) runs as with nullopt;
+  // uses_dense_path() tells.
   TORCH_ARG(std::optional<bool>, dense_path) = std::nullopt;
 };
 
