@@ -240,6 +240,28 @@ std::vector<torch::Tensor> attention_and_gradients(
   return {o.detach(), q.grad(), k.grad(), v.grad()};
 }
 
+// The kernel's gradients of Σ o ⊙ r (double) against central differences,
+// entry by entry; `context` names the case in a failure.
+void expect_central_differences(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                const torch::Tensor& r, const AttentionKeys& keys, const std::string& context) {
+  auto f = [&](const auto& a, const auto& b, const auto& c) { return scalar_attention(a, b, c, keys); };
+  auto got = attention_and_gradients(f, q, k, v, r);
+  const std::vector<torch::Tensor> inputs{q, k, v};
+  for (int which = 0; which < 3; ++which) {
+    for (int64_t e = 0; e < q.numel(); ++e) {
+      const double h = 1e-6;
+      auto at = [&](double delta) {
+        auto moved = inputs;
+        moved[which] = inputs[which].clone();
+        moved[which].view({-1})[e] += delta;
+        return (f(moved[0], moved[1], moved[2]) * r).sum().item<double>();
+      };
+      ASSERT_NEAR(got[1 + which].view({-1})[e].item<double>(), (at(h) - at(-h)) / (2 * h), 1e-7)
+          << "input " << which << " entry " << e << " " << context;
+    }
+  }
+}
+
 }  // namespace
 
 // The kernel both attention techniques run on the CPU, against the same
@@ -249,7 +271,7 @@ std::vector<torch::Tensor> attention_and_gradients(
 TEST(Techniques, AttentionKernelMatchesTheTorchFormula) {
   std::mt19937_64 rng(5);
   for (int trial = 0; trial < 40; ++trial) {
-    // Batches on both sides of the kernel's 16-sample chunks.
+    // Batches within one of the kernel's 64-sample chunks (more in the test below).
     const int64_t groups = 1 + trial % 5, L = 1 + (trial * 7) % 13,
                   B = std::vector<int64_t>{1, 3, 16, 17, 33}[(trial / 2) % 5];
     const auto keys = random_keys(rng, groups, L, trial % 2 == 1);
@@ -276,23 +298,85 @@ TEST(Techniques, AttentionKernelMatchesTheTorchFormula) {
     const auto keys = random_keys(rng, groups, L, trial % 2 == 1);
     auto q = torch::randn({groups, L, B}, torch::kFloat64), k = torch::randn({groups, L, B}, torch::kFloat64),
          v = torch::randn({groups, L, B}, torch::kFloat64), r = torch::randn({groups, L, B}, torch::kFloat64);
-    auto f = [&](const auto& a, const auto& b, const auto& c) { return scalar_attention(a, b, c, keys); };
-    auto got = attention_and_gradients(f, q, k, v, r);
-    std::vector<torch::Tensor> inputs{q, k, v};
-    for (int which = 0; which < 3; ++which) {
-      for (int64_t e = 0; e < groups * L * B; ++e) {
-        const double h = 1e-6;
-        auto at = [&](double delta) {
-          auto moved = inputs;
-          moved[which] = inputs[which].clone();
-          moved[which].view({-1})[e] += delta;
-          return (f(moved[0], moved[1], moved[2]) * r).sum().item<double>();
-        };
-        const double numeric = (at(h) - at(-h)) / (2 * h);
-        ASSERT_NEAR(got[1 + which].view({-1})[e].item<double>(), numeric, 1e-7)
-            << "input " << which << " entry " << e << " trial " << trial;
+    expect_central_differences(q, k, v, r, keys, "trial " + std::to_string(trial));
+  }
+}
+
+// Sequences long enough for the kernel's moment expansion (scalar_attention.cpp),
+// with scores spread from |s| ≈ 0.01 (a low degree) through the caps on
+// the expansion's range (3.5 in double, 5 in float) to 30 (the exact sums),
+// so that units mix expanded queries with exact ones; batches of one to
+// three 64-sample chunks, keys far from 0, and a group without keys: values
+// and gradients against the torch formula, both ways of summing taken (the
+// kernel's counts), and central differences where it expands.
+TEST(Techniques, AttentionKernelAgreesAcrossScoreRanges) {
+  std::mt19937_64 rng(11);
+  const auto before = attention_path_counts();
+  for (double spread : {0.01, 0.3, 1.0, 2.2, 3.8, 5.5, 20.0}) {
+    for (int trial = 0; trial < 4; ++trial) {
+      const int64_t groups = 4, L = std::vector<int64_t>{24, 40, 97, 33}[trial],
+                    B = std::vector<int64_t>{37, 64, 65, 150}[trial];
+      const auto keys = random_keys(rng, groups, L, trial % 2 == 1);  // group 3 without keys
+      // q in [-spread, spread], k in [-0.5, 1.5] (+ 30 in one trial in two): |s| up to about spread.
+      auto q = (torch::rand({groups, L, B}, torch::kFloat64) * 2 - 1) * spread,
+           k = torch::rand({groups, L, B}, torch::kFloat64) * 2 - 0.5 + (trial % 2) * 30.0,
+           v = torch::randn({groups, L, B}, torch::kFloat64), r = torch::randn({groups, L, B}, torch::kFloat64);
+      q.select(2, 0).mul_(0.01);     // in the first chunk one sample far below the others
+      q.select(2, B - 1).mul_(1.5);  // and in the last one far above
+      for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
+        auto got = attention_and_gradients(
+            [&](const auto& a, const auto& b, const auto& c) { return scalar_attention(a, b, c, keys); }, q.to(dtype),
+            k.to(dtype), v.to(dtype), r.to(dtype));
+        // The formula in double on the inputs as the kernel sees them (float
+        // keys near 30 are rounded by 2e-6, which moves dq by more than the
+        // kernel's own error).
+        auto exactly = [&](const torch::Tensor& t) { return t.to(dtype).to(torch::kFloat64); };
+        auto want = attention_and_gradients(
+            [&](const auto& a, const auto& b, const auto& c) { return scalar_attention_reference(a, b, c, keys); },
+            exactly(q), exactly(k), exactly(v), exactly(r));
+        const double tolerance = dtype == torch::kFloat64 ? 1e-12 : 5e-6;
+        const char* names[] = {"o", "dq", "dk", "dv"};
+        for (int t = 0; t < 4; ++t)
+          ASSERT_LE((got[t].to(torch::kFloat64) - want[t]).abs().max().item<double>(),
+                    tolerance * (1 + want[t].abs().max().item<double>()))
+              << names[t] << " spread " << spread << " L " << L << " B " << B << " " << c10::toString(dtype);
       }
     }
+  }
+  const auto after = attention_path_counts();
+  EXPECT_GT(after.expanded - before.expanded, 0);
+  EXPECT_GT(after.exact - before.exact, 0);
+  // Keys equal within each sample (the keys' spread 0) or nearly (1e-9),
+  // against queries of 1e6 and 1e8: finite, and the formula's values. The
+  // formula takes the keys less 5 (the same softmax, o and gradients), or
+  // rounding q·k near 5e8 would cost it more than the kernel's error.
+  for (double spread : {0.0, 1e-9}) {
+    const int64_t groups = 1, L = 40, B = 20;
+    const auto keys = random_keys(rng, groups, L, false);
+    auto q = torch::randn({groups, L, B}, torch::kFloat64) * (spread == 0 ? 1e6 : 1e8),
+         k = 5 + torch::rand({groups, L, B}, torch::kFloat64) * spread,
+         v = torch::randn({groups, L, B}, torch::kFloat64), r = torch::randn({groups, L, B}, torch::kFloat64);
+    auto got = attention_and_gradients(
+        [&](const auto& a, const auto& b, const auto& c) { return scalar_attention(a, b, c, keys); }, q, k, v, r);
+    auto want = attention_and_gradients(
+        [&](const auto& a, const auto& b, const auto& c) { return scalar_attention_reference(a, b - 5, c, keys); }, q,
+        k, v, r);
+    for (int t = 0; t < 4; ++t) {
+      ASSERT_TRUE(got[t].isfinite().all().item<bool>()) << t << " spread " << spread;
+      ASSERT_LE((got[t] - want[t]).abs().max().item<double>(), 1e-9 * (1 + want[t].abs().max().item<double>()))
+          << t << " spread " << spread;
+    }
+  }
+  // Central differences where the expansion sums (L = 24 in double expands).
+  for (double spread : {0.2, 1.0}) {
+    const int64_t groups = 1, L = 24, B = 2;
+    const auto keys = random_keys(rng, groups, L, false);
+    auto q = (torch::rand({groups, L, B}, torch::kFloat64) * 2 - 1) * spread,
+         k = torch::rand({groups, L, B}, torch::kFloat64) * 2 - 1, v = torch::randn({groups, L, B}, torch::kFloat64),
+         r = torch::randn({groups, L, B}, torch::kFloat64);
+    const auto expanded_before = attention_path_counts().expanded;
+    expect_central_differences(q, k, v, r, keys, "spread " + std::to_string(spread));
+    ASSERT_GT(attention_path_counts().expanded, expanded_before) << "spread " << spread;
   }
 }
 

@@ -139,15 +139,9 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
       const DenseStep& s = plan.steps[k];
       auto sources = values.narrow(0, s.source_begin, s.width);
       if (plan.norm) {
-        const auto gamma = gammas[k].contiguous(), beta = betas[k].contiguous();
-        Tensor normed = sources, rstd, y;
-        if (s.width > 1) {
-          normed = torch::empty_like(sources), y = torch::empty_like(sources);
-          rstd = torch::empty({batch}, sources.options());
-          topo_norm_forward(sources, gamma, beta, normed, y, rstd);
-        } else {
-          y = torch::addcmul(beta, gamma, sources);  // one source is not standardised
-        }
+        auto normed = torch::empty_like(sources), y = torch::empty_like(sources);
+        auto rstd = torch::empty({batch}, sources.options());
+        topo_norm_forward(sources, gammas[k].contiguous(), betas[k].contiguous(), normed, y, rstd);
         saved.insert(saved.end(), {normed, rstd, y});
         sources = y;
       }
@@ -220,15 +214,9 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
       }
       const auto dy = torch::mm(w.t(), gl);  // dL/d(normed sources)
       const auto &normed = saved[at], &rstd = saved[at + 1], &gamma = saved[kFixedSaved + k];
-      Tensor ds;
-      if (s.width > 1) {
-        ds = torch::empty_like(dy);
-        result[3 + k] = torch::empty_like(gamma), result[3 + norm_levels + k] = torch::empty_like(gamma);
-        topo_norm_backward(dy, normed, gamma.contiguous(), rstd, ds, result[3 + k], result[3 + norm_levels + k]);
-      } else {
-        ds = dy * gamma;
-        result[3 + k] = (dy * normed).sum(1, true), result[3 + norm_levels + k] = dy.sum(1, true);
-      }
+      auto ds = torch::empty_like(dy);
+      result[3 + k] = torch::empty_like(gamma), result[3 + norm_levels + k] = torch::empty_like(gamma);
+      topo_norm_backward(dy, normed, gamma.contiguous(), rstd, ds, result[3 + k], result[3 + norm_levels + k]);
       if (from < end) g.narrow(0, from, end - from).add_(ds.narrow(0, from - s.source_begin, end - from));
     }
     if (need_x) result[0] = g.narrow(0, 0, plan.inputs).t().contiguous();

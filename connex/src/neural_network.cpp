@@ -157,9 +157,10 @@ std::vector<double> resolve_dropout(const Topology& topo, const DropoutSpec& dro
 // networks) or levels are sparse; layered dense networks keep BLAS matmuls.
 // Structure and options only; the dtype is checked at each forward, since
 // to(dtype) may change it. Null when the network keeps the per-level path.
+// dense_fits: whether the dense path has a plan for this network.
 std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const Topology>& topology,
                                                    const NeuralNetworkOptions& options,
-                                                   const std::vector<LevelOperationPtr>& operations) {
+                                                   const std::vector<LevelOperationPtr>& operations, bool dense_fits) {
   // The kernel applies one activation scaling (adaptive activations) itself; any other operation needs the levels,
   // and so does one that declares scales without replacing the activation (the per-level path would not scale).
   const bool operations_fuse = operations.empty() || (operations.size() == 1 && operations[0]->replaces_activation() &&
@@ -184,7 +185,7 @@ std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const T
   const bool dense_asked = options.execution().dense_path().value_or(false);
   if (dense_asked && options.execution().fused().value_or(false))
     fail("NeuralNetwork(): fused(true) and dense_path(true) exclude each other");
-  const bool dense_wanted = dense_asked && plan_dense_path(*topology, options.hidden_activation(), operations);
+  const bool dense_wanted = dense_asked && dense_fits;
   const bool fused_preferred = options.execution().fused()
                                    ? *options.execution().fused()
                                    : !dense_wanted && (small || dense_connections * 2 < topology->num_connections());
@@ -283,8 +284,8 @@ NeuralNetworkImpl::NeuralNetworkImpl(std::shared_ptr<const Topology> topology, N
 void NeuralNetworkImpl::set_up(torch::Tensor weight, torch::Tensor bias) {
   operations_ = operation_pipeline(options_);
   dropout_ = resolve_dropout(*topology_, options_.dropout_p());
-  fused_plan_ = plan_fused_kernel(topology_, options_, operations_);
   dense_plan_ = plan_dense(*topology_, options_, operations_);
+  fused_plan_ = plan_fused_kernel(topology_, options_, operations_, dense_plan_ != nullptr);
   given_weight_ = std::move(weight);
   given_bias_ = std::move(bias);
   reset();
@@ -447,13 +448,22 @@ void NeuralNetworkImpl::to(torch::Device device, torch::Dtype dtype, bool non_bl
 
 // ------------------------------------------------------------------ forward
 
+namespace {
+
+// Whether dropout acts in this forward (it runs on the per-level path).
+template <typename Levels>
+bool dropout_acts(bool training, const Levels& levels) {
+  if (training)
+    for (const auto& level : levels)
+      if (level.keep_prob.defined()) return true;
+  return false;
+}
+
+}  // namespace
+
 bool NeuralNetworkImpl::uses_fused_kernel() const {
   if (!fused_plan_ || !weight_.device().is_cpu()) return false;
-  if (!kernel_dtype(weight_.scalar_type())) return false;
-  if (is_training())
-    for (const auto& level : levels_)
-      if (level.keep_prob.defined()) return false;  // dropout runs on the per-level path
-  return true;
+  return kernel_dtype(weight_.scalar_type()) && !dropout_acts(is_training(), levels_);
 }
 
 bool NeuralNetworkImpl::uses_dense_path() const {
@@ -461,10 +471,7 @@ bool NeuralNetworkImpl::uses_dense_path() const {
   const bool cpu = weight_.device().is_cpu();
   if (dense_plan_->norm && !cpu) return false;  // topo norm inside the path runs its CPU loops
   if (cpu ? !kernel_dtype(weight_.scalar_type()) : !weight_.is_floating_point()) return false;
-  if (is_training())
-    for (const auto& level : levels_)
-      if (level.keep_prob.defined()) return false;  // dropout runs on the per-level path
-  return true;
+  return !dropout_acts(is_training(), levels_);
 }
 
 void NeuralNetworkImpl::check_input(const torch::Tensor& x) const {

@@ -28,11 +28,23 @@ struct AttentionKeys {
 // softmax normaliser per row for backward (5 values per group, position and
 // sample, where the plain formula keeps L per row: the attention weights)
 // and recomputes the weights there, without allocating anything L² long.
+// Where a query's scores span a few units at most (|q·k| scaled; usual at
+// initialisation), its sums are a Taylor expansion of exp in moments of the
+// keys that all queries share, to within a quarter ulp: work (queries + keys)
+// times the degree instead of queries × keys exponentials.
 // A backward that must be differentiable again (create_graph) takes the
 // torch formula's gradients. Elsewhere (CUDA, half precision) it runs
 // scalar_attention_reference().
 torch::Tensor scalar_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const AttentionKeys& keys);
+
+// How many query rows (one query of a group over a chunk of samples) the
+// kernel's forward has summed by the expansion and exactly, since the
+// process started: for tests.
+struct AttentionPathCounts {
+  int64_t expanded = 0, exact = 0;
+};
+AttentionPathCounts attention_path_counts();
 
 // The same in torch operations, materialising the [groups, batch, L, L] weights.
 torch::Tensor scalar_attention_reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

@@ -76,15 +76,20 @@ void norm_forward_rows(const T* __restrict s, const T* __restrict gamma, const T
   std::vector<T> mean_v(B, 0), var_v(B, 0);
   T* __restrict mean = mean_v.data();
   T* __restrict var = var_v.data();
-  for (int64_t i = 0; i < L; ++i)
-    for (int64_t b = 0; b < B; ++b) mean[b] += s[i * B + b];
-  for (int64_t b = 0; b < B; ++b) mean[b] /= static_cast<T>(L);
-  for (int64_t i = 0; i < L; ++i)
-    for (int64_t b = 0; b < B; ++b) {
-      const T d = s[i * B + b] - mean[b];
-      var[b] += d * d;
-    }
-  for (int64_t b = 0; b < B; ++b) rstd[b] = T(1) / std::sqrt(var[b] / static_cast<T>(L) + static_cast<T>(kNormEpsilon));
+  if (L == 1) {  // one source is not standardised: normed = s
+    for (int64_t b = 0; b < B; ++b) rstd[b] = 1;
+  } else {
+    for (int64_t i = 0; i < L; ++i)
+      for (int64_t b = 0; b < B; ++b) mean[b] += s[i * B + b];
+    for (int64_t b = 0; b < B; ++b) mean[b] /= static_cast<T>(L);
+    for (int64_t i = 0; i < L; ++i)
+      for (int64_t b = 0; b < B; ++b) {
+        const T d = s[i * B + b] - mean[b];
+        var[b] += d * d;
+      }
+    for (int64_t b = 0; b < B; ++b)
+      rstd[b] = T(1) / std::sqrt(var[b] / static_cast<T>(L) + static_cast<T>(kNormEpsilon));
+  }
   for (int64_t i = 0; i < L; ++i) {
     const T g = gamma[i], sh = beta[i];
     for (int64_t b = 0; b < B; ++b) {
@@ -126,6 +131,10 @@ void norm_backward_rows(const T* __restrict dy, const T* __restrict normed, cons
     for (int64_t j = 0; j < kParts; ++j) dg_sum += dg[j], db_sum += db[j];
     dgamma[i] = dg_sum;
     dbeta[i] = db_sum;
+  }
+  if (L == 1) {  // not standardised: ds = dy ⊙ gamma
+    for (int64_t b = 0; b < B; ++b) ds[b] = dy[b] * gamma[0];
+    return;
   }
   const T inv_L = T(1) / static_cast<T>(L);
   for (int64_t b = 0; b < B; ++b) g_mean[b] *= inv_L, gx_mean[b] *= inv_L;
@@ -193,7 +202,7 @@ class TopoNormFunction : public torch::autograd::Function<TopoNormFunction> {
 
 torch::Tensor TopoNorm::on_inputs(const LevelContext& ctx, const torch::Tensor& s) const {
   if (s.size(0) == 0) return s;
-  if (s.size(0) > 1 && s.device().is_cpu() && kernel_dtype(s.scalar_type()))
+  if (s.device().is_cpu() && kernel_dtype(s.scalar_type()))
     return TopoNormFunction::apply(s, ctx.param("gamma"), ctx.param("beta"));
   return topo_norm_formula(s, ctx.param("gamma"), ctx.param("beta"));
 }

@@ -10,15 +10,16 @@ namespace connex {
 // other devices and dtypes, and gradients that are differentiable again.
 torch::Tensor topo_norm_formula(const torch::Tensor& s, const torch::Tensor& gamma, const torch::Tensor& beta);
 
-// The same on contiguous CPU float32/float64 tensors with L > 1: writes
+// The same on contiguous CPU float32/float64 tensors: writes
 // normed = (s - mean) * rstd, rstd = 1 / sqrt(var + eps) per sample ([batch])
-// and y = gamma ⊙ normed + beta.
+// and y = gamma ⊙ normed + beta; with L = 1, normed = s and rstd = 1.
 void topo_norm_forward(const torch::Tensor& s, const torch::Tensor& gamma, const torch::Tensor& beta,
                        torch::Tensor& normed, torch::Tensor& y, torch::Tensor& rstd);
 
 // Its backward from dy = dL/dy: with g = dy ⊙ gamma, ds = rstd (g - mean_i(g)
-// - normed mean_i(g ⊙ normed)) per sample; dgamma = Σ_b dy ⊙ normed,
-// dbeta = Σ_b dy. Writes ds, dgamma and dbeta (allocated by the caller).
+// - normed mean_i(g ⊙ normed)) per sample (ds = g with L = 1);
+// dgamma = Σ_b dy ⊙ normed, dbeta = Σ_b dy. Writes ds, dgamma and dbeta
+// (allocated by the caller).
 void topo_norm_backward(const torch::Tensor& dy, const torch::Tensor& normed, const torch::Tensor& gamma,
                         const torch::Tensor& rstd, torch::Tensor& ds, torch::Tensor& dgamma, torch::Tensor& dbeta);
 

@@ -15,7 +15,9 @@
 //   Wv (n×L×L) and biases (n×L), keys masked to the neuron's incoming
 //   connections, scaled by 1/sqrt(fan-in); then z_n = Σ_i w_ni s'_ni + b_n.
 //   On the CPU (float32, float64) both attentions run one kernel that
-//   recomputes the attention weights in backward: neuron attention keeps
+//   recomputes the attention weights in backward (or, where the scores are
+//   small, expands exp in moments of the keys, exact to the dtype's
+//   rounding, L·degree work instead of L² exponentials): neuron attention keeps
 //   5 × batch × n × L values per level (q, k, v, the output, a softmax
 //   normaliser), queries only at the neuron's own inputs (the others meet
 //   a zero weight). Elsewhere, and for a backward with create_graph, the
