@@ -311,6 +311,7 @@ TEST(Techniques, AttentionKernelMatchesTheTorchFormula) {
 // kernel's counts), and central differences where it expands.
 TEST(Techniques, AttentionKernelAgreesAcrossScoreRanges) {
   std::mt19937_64 rng(11);
+  torch::manual_seed(11);
   const auto before = attention_path_counts();
   for (double spread : {0.01, 0.3, 1.0, 2.2, 3.8, 5.5, 20.0}) {
     for (int trial = 0; trial < 4; ++trial) {
@@ -367,9 +368,29 @@ TEST(Techniques, AttentionKernelAgreesAcrossScoreRanges) {
           << t << " spread " << spread;
     }
   }
-  // Central differences where the expansion sums (L = 24 in double expands).
+  // Scores in the thousands on keys near 20, summed exactly in float32: the
+  // weights come from t·(k_j - the top key), not t·k_j less the top score
+  // (which lost 4 digits here: 4e-5 of o's largest value).
+  {
+    const int64_t groups = 2, L = 88, B = 129;
+    const auto keys = random_keys(rng, groups, L, false);
+    auto q = torch::randn({groups, L, B}, torch::kFloat64) * 40, k = torch::randn({groups, L, B}, torch::kFloat64) + 20,
+         v = torch::randn({groups, L, B}, torch::kFloat64), r = torch::randn({groups, L, B}, torch::kFloat64);
+    auto as_float = [](const torch::Tensor& t) { return t.to(torch::kFloat32).to(torch::kFloat64); };
+    auto got = attention_and_gradients(
+        [&](const auto& a, const auto& b, const auto& c) { return scalar_attention(a, b, c, keys); },
+        q.to(torch::kFloat32), k.to(torch::kFloat32), v.to(torch::kFloat32), r.to(torch::kFloat32));
+    auto want = attention_and_gradients(
+        [&](const auto& a, const auto& b, const auto& c) { return scalar_attention_reference(a, b - 20, c, keys); },
+        as_float(q), as_float(k), as_float(v), as_float(r));
+    for (int t = 0; t < 4; ++t)
+      ASSERT_LE((got[t].to(torch::kFloat64) - want[t]).abs().max().item<double>(),
+                1e-5 * (1 + want[t].abs().max().item<double>()))
+          << t;
+  }
+  // Central differences where the expansion sums (in double from about 20 keys).
   for (double spread : {0.2, 1.0}) {
-    const int64_t groups = 1, L = 24, B = 2;
+    const int64_t groups = 1, L = 40, B = 2;
     const auto keys = random_keys(rng, groups, L, false);
     auto q = (torch::rand({groups, L, B}, torch::kFloat64) * 2 - 1) * spread,
          k = torch::rand({groups, L, B}, torch::kFloat64) * 2 - 1, v = torch::randn({groups, L, B}, torch::kFloat64),

@@ -94,7 +94,7 @@ Unit unit_of(const Pass<T>& a, int64_t u) {
 }
 
 // Per sample, the largest and smallest key: a query's largest score t·k_j is
-// the float product of t and one of them, so no pass over the scores finds it.
+// at one of them, so no pass over the scores finds it.
 template <typename T>
 __attribute__((always_inline)) inline void key_range(const Pass<T>& a, const Unit& u, T* k_max, T* k_min) {
   for (int64_t b = 0; b < u.nb; ++b) {
@@ -111,16 +111,18 @@ __attribute__((always_inline)) inline void key_range(const Pass<T>& a, const Uni
   }
 }
 
-// A query's scale·q and largest score, per sample.
+// A query's scale·q and the key of its largest score, per sample. A score
+// less the largest is then t·(k_j - that key): rounded relative to itself,
+// not to t·k_j (keys near 20 against t near 60 lost 4 digits of the weights).
 template <typename T>
 __attribute__((always_inline)) inline void query_scores(const Pass<T>& a, const Unit& u, int64_t i, const T* k_max,
-                                                        const T* k_min, T* t, T* m) {
+                                                        const T* k_min, T* t, T* k_top) {
   const T scale = static_cast<T>(a.scale[u.g]);
   const T* qr = a.q + a.row(u.g, i) + u.b0;
 #pragma omp simd
   for (int64_t b = 0; b < u.nb; ++b) {
     t[b] = scale * qr[b];
-    m[b] = t[b] >= 0 ? t[b] * k_max[b] : t[b] * k_min[b];
+    k_top[b] = t[b] >= 0 ? k_max[b] : k_min[b];
   }
 }
 
@@ -323,15 +325,15 @@ __attribute__((always_inline)) inline void key_moments(const Pass<T>& a, const U
 template <typename T>
 __attribute__((always_inline)) inline void forward_exact(const Pass<T>& a, const Unit& u, int64_t i, const T* k_max,
                                                          const T* k_min) {
-  T t[kChunk], m[kChunk], sum[kChunk], acc[kChunk];
-  query_scores(a, u, i, k_max, k_min, t, m);
+  T t[kChunk], k_top[kChunk], sum[kChunk], acc[kChunk];
+  query_scores(a, u, i, k_max, k_min, t, k_top);
   for (int64_t b = 0; b < u.nb; ++b) sum[b] = acc[b] = 0;
   for (int64_t j = 0; j < u.num_keys; ++j) {
     const T* kr = a.k + a.row(u.g, u.keys[j]) + u.b0;
     const T* vr = a.v + a.row(u.g, u.keys[j]) + u.b0;
 #pragma omp simd
     for (int64_t b = 0; b < u.nb; ++b) {
-      const T e = exp_of(t[b] * kr[b] - m[b]);
+      const T e = exp_of(t[b] * (kr[b] - k_top[b]));
       sum[b] += e;
       acc[b] += e * vr[b];
     }
@@ -396,12 +398,12 @@ __attribute__((always_inline)) inline void forward_unit(const Pass<T>& a, const 
 template <typename T>
 __attribute__((always_inline)) inline void backward_exact(const Pass<T>& a, const Unit& u, int64_t i, const T* k_max,
                                                           const T* k_min, const T* k_mid) {
-  T t[kChunk], m[kChunk], gt[kChunk], ak[kChunk], akv[kChunk];
+  T t[kChunk], k_top[kChunk], gt[kChunk], ak[kChunk], akv[kChunk];
   const T* gi = a.go + a.row(u.g, i) + u.b0;
   bool flows = false;  // a position whose output nothing reads (a zero weight) sends nothing back
   for (int64_t b = 0; b < u.nb; ++b) flows |= gi[b] != 0;
   if (!flows) return;
-  query_scores(a, u, i, k_max, k_min, t, m);
+  query_scores(a, u, i, k_max, k_min, t, k_top);
   const T* oi = a.o + a.row(u.g, i) + u.b0;
   const T* inv = a.inv_sum + a.row(u.g, i) + u.b0;
   for (int64_t b = 0; b < u.nb; ++b) {
@@ -416,7 +418,7 @@ __attribute__((always_inline)) inline void backward_exact(const Pass<T>& a, cons
     T* gvr = a.gv + r;
 #pragma omp simd
     for (int64_t b = 0; b < u.nb; ++b) {
-      const T w = exp_of(t[b] * kr[b] - m[b]) * inv[b];
+      const T w = exp_of(t[b] * (kr[b] - k_top[b])) * inv[b];
       const T wk = w * (kr[b] - k_mid[b]);
       ak[b] += wk;
       akv[b] += wk * vr[b];
