@@ -240,6 +240,17 @@ std::vector<torch::Tensor> attention_and_gradients(
   return {o.detach(), q.grad(), k.grad(), v.grad()};
 }
 
+// o, dq, dk and dv of `got` each within tolerance · (1 + its largest value)
+// of `want` (double); `context` names the case in a failure.
+void expect_attention_agrees(const std::vector<torch::Tensor>& got, const std::vector<torch::Tensor>& want,
+                             double tolerance, const std::string& context) {
+  const char* names[] = {"o", "dq", "dk", "dv"};
+  for (int t = 0; t < 4; ++t)
+    ASSERT_LE((got[t].to(torch::kFloat64) - want[t]).abs().max().item<double>(),
+              tolerance * (1 + want[t].abs().max().item<double>()))
+        << names[t] << " " << context;
+}
+
 // The kernel's gradients of Σ o ⊙ r (double) against central differences,
 // entry by entry; `context` names the case in a failure.
 void expect_central_differences(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -284,12 +295,8 @@ TEST(Techniques, AttentionKernelMatchesTheTorchFormula) {
       auto want = attention_and_gradients(
           [&](const auto& a, const auto& b, const auto& c) { return scalar_attention_reference(a, b, c, keys); }, q, k,
           v, r);
-      const double tolerance = dtype == torch::kFloat64 ? 1e-12 : 2e-5;
-      const char* names[] = {"o", "dq", "dk", "dv"};
-      for (int t = 0; t < 4; ++t)
-        ASSERT_LE((got[t].to(torch::kFloat64) - want[t]).abs().max().item<double>(),
-                  tolerance * (1 + want[t].abs().max().item<double>()))
-            << names[t] << " trial " << trial << " " << c10::toString(dtype);
+      ASSERT_NO_FATAL_FAILURE(expect_attention_agrees(got, want, dtype == torch::kFloat64 ? 1e-12 : 2e-5,
+                                                      "trial " + std::to_string(trial) + " " + c10::toString(dtype)));
     }
   }
   // Central differences of Σ o ⊙ r, entry by entry.
@@ -335,12 +342,9 @@ TEST(Techniques, AttentionKernelAgreesAcrossScoreRanges) {
         auto want = attention_and_gradients(
             [&](const auto& a, const auto& b, const auto& c) { return scalar_attention_reference(a, b, c, keys); },
             exactly(q), exactly(k), exactly(v), exactly(r));
-        const double tolerance = dtype == torch::kFloat64 ? 1e-12 : 5e-6;
-        const char* names[] = {"o", "dq", "dk", "dv"};
-        for (int t = 0; t < 4; ++t)
-          ASSERT_LE((got[t].to(torch::kFloat64) - want[t]).abs().max().item<double>(),
-                    tolerance * (1 + want[t].abs().max().item<double>()))
-              << names[t] << " spread " << spread << " L " << L << " B " << B << " " << c10::toString(dtype);
+        ASSERT_NO_FATAL_FAILURE(expect_attention_agrees(got, want, dtype == torch::kFloat64 ? 1e-12 : 5e-6,
+                                                        "spread " + std::to_string(spread) + " L " + std::to_string(L) +
+                                                            " B " + std::to_string(B) + " " + c10::toString(dtype)));
       }
     }
   }
@@ -362,11 +366,8 @@ TEST(Techniques, AttentionKernelAgreesAcrossScoreRanges) {
     auto want = attention_and_gradients(
         [&](const auto& a, const auto& b, const auto& c) { return scalar_attention_reference(a, b - 5, c, keys); }, q,
         k, v, r);
-    for (int t = 0; t < 4; ++t) {
-      ASSERT_TRUE(got[t].isfinite().all().item<bool>()) << t << " spread " << spread;
-      ASSERT_LE((got[t] - want[t]).abs().max().item<double>(), 1e-9 * (1 + want[t].abs().max().item<double>()))
-          << t << " spread " << spread;
-    }
+    for (int t = 0; t < 4; ++t) ASSERT_TRUE(got[t].isfinite().all().item<bool>()) << t << " spread " << spread;
+    ASSERT_NO_FATAL_FAILURE(expect_attention_agrees(got, want, 1e-9, "spread " + std::to_string(spread)));
   }
   // Scores in the thousands on keys near 20, summed exactly in float32: the
   // weights come from t·(k_j - the top key), not t·k_j less the top score
@@ -383,10 +384,7 @@ TEST(Techniques, AttentionKernelAgreesAcrossScoreRanges) {
     auto want = attention_and_gradients(
         [&](const auto& a, const auto& b, const auto& c) { return scalar_attention_reference(a, b - 20, c, keys); },
         as_float(q), as_float(k), as_float(v), as_float(r));
-    for (int t = 0; t < 4; ++t)
-      ASSERT_LE((got[t].to(torch::kFloat64) - want[t]).abs().max().item<double>(),
-                1e-5 * (1 + want[t].abs().max().item<double>()))
-          << t;
+    ASSERT_NO_FATAL_FAILURE(expect_attention_agrees(got, want, 1e-5, "scores in the thousands"));
   }
   // Central differences where the expansion sums (in double from about 20 keys).
   for (double spread : {0.2, 1.0}) {
