@@ -27,7 +27,8 @@
 //               | input or output, existing or wrong-kind id, bad dropout, re-adding|
 //               | a removed neuron, a neuron listed twice, two edges closing a cycle|
 //               | a topology patch adding an existing connection or removing one   |
-//               | twice                                                            |
+//               | twice, function-preserving growth that a norm or attention over  |
+//               | a level would see                                                |
 //   config      | wrong-typed field, missing field, unknown key, bad dtype name,  | the file and JSON path
 //               | bad version, invalid JSON, missing file, cycle in a config file, |
 //               | saving a custom callable over an existing config, a SparseMLP    |
@@ -401,6 +402,13 @@ std::vector<Case> make_catalogue() {
   add("edit", "ReaddRemovedNeuron", none,
       lib([](World& w) { edit(w.net).remove_neurons({4}).add_hidden_neurons({4}).build(); }),
       {"add_hidden_neurons(): neuron 4 was removed earlier in this edit"});
+
+  add("edit", "FunctionPreservingNewLevelInput", none, lib([](World&) {
+        NeuralNetwork normed(readme_spec(), NeuralNetworkOptions().use_topo_norm(true));
+        edit(normed).add_connections({{1, 6}}).function_preserving().build();
+      }),
+      {"function_preserving(): level 3 would read neuron 1 besides its old inputs, and topo_norm reads a level's "
+       "inputs together"});
 
   // ----------------------------------------------------------------- config
   auto config = [](std::string text) {

@@ -354,6 +354,39 @@ TEST(Topology, InvariantsOverRandomGraphs) {
   }
 }
 
+// Each level's sources are the distinct sources of its connections,
+// ascending, and each connection's edge_source / edge_target point at its
+// source and target; both ways of listing the sources (reading stamps below
+// a wide level, sorting those of a narrow one deep in a chain) are taken.
+TEST(Topology, LevelPlansOverWideAndDeepGraphs) {
+  std::mt19937_64 rng(11);
+  std::vector<GraphSpec> specs;
+  for (int trial = 0; trial < 100; ++trial)
+    specs.push_back(random_dag(rng, {3, 60, 0.1 + 0.004 * trial, trial % 2 == 1}));
+  // A chain of 200 with a side input into its end: levels of one connection far above most ids.
+  std::vector<Edge> chain;
+  for (int i = 0; i < 200; ++i) chain.emplace_back(i, i + 1);
+  chain.emplace_back(500, 200);
+  specs.push_back(GraphSpec::from_edges(chain, {0, 500}, {200}));
+  int scanned = 0, sorted = 0;
+  for (const auto& spec : specs) {
+    auto topo = Topology::compile(spec);
+    for (size_t l = 1; l < topo->levels().size(); ++l) {
+      const Level& level = topo->levels()[l];
+      std::set<int64_t> distinct(topo->conn_source().begin() + level.conn_begin,
+                                 topo->conn_source().begin() + level.conn_end);
+      ASSERT_EQ(level.sources, std::vector<int64_t>(distinct.begin(), distinct.end())) << "level " << l;
+      for (int64_t c = level.conn_begin; c < level.conn_end; ++c) {
+        ASSERT_EQ(level.sources[level.edge_source[c - level.conn_begin]], topo->conn_source()[c]);
+        ASSERT_EQ(level.begin + level.edge_target[c - level.conn_begin], topo->conn_target()[c]);
+      }
+      (level.begin <= 16 * level.num_connections() ? scanned : sorted)++;
+    }
+  }
+  EXPECT_GT(scanned, 100);
+  EXPECT_GT(sorted, 100);
+}
+
 // Every field of two topologies, the spec's edges as a set.
 void expect_same_topology(const Topology& got, const Topology& want) {
   connex::testing::expect_same_compiled_fields(got, want);

@@ -247,8 +247,9 @@ TEST(SparseTraining, RewiringEqualsTheEditorsEdit) {
 // one's (bits and index packed in 64 bits); both drop what the walk drops,
 // also where many magnitudes tie (weights rounded to quarters, zeros
 // included) and ties go by connection index.
-TEST(SparseTraining, DropMatchesTheWalkInFloatAndDoubleWithTies) {
-  for (auto dtype : {torch::kFloat32, torch::kFloat64}) {
+TEST(SparseTraining, DropMatchesTheWalkInEveryFloatWithTies) {
+  // bfloat16 holds the rounded quarters exactly; its magnitudes rank as floats.
+  for (auto dtype : {torch::kFloat32, torch::kFloat64, torch::kBFloat16}) {
     for (uint64_t seed = 0; seed < 4; ++seed) {
       SCOPED_TRACE(::testing::Message() << "dtype " << dtype << " seed " << seed);
       auto net = sparse_layered(0.5, seed, NeuralNetworkOptions(kTanh64).dtype(dtype));
@@ -266,6 +267,19 @@ TEST(SparseTraining, DropMatchesTheWalkInFloatAndDoubleWithTies) {
       EXPECT_GT(rewirer.last_report().dropped, 10);
     }
   }
+}
+
+// RigL on a bfloat16 network scores the absent pairs as floats and keeps
+// each layer's connection count.
+TEST(SparseTraining, RigLRunsInBFloat16) {
+  auto net = sparse_layered(0.3, 4, NeuralNetworkOptions(kTanh64).dtype(torch::kBFloat16));
+  auto x = torch::randn({16, 6}, torch::kBFloat16), y = torch::randn({16, 3}, torch::kBFloat16);
+  auto trace = traced_backward(net, x, y);
+  Rewirer rewirer(net, RewireOptions().method(RewireMethod::RigL).drop_fraction(0.25));
+  auto result = rewirer.rewire(net, 0, &trace);
+  EXPECT_GT(rewirer.last_report().grown, 0);
+  EXPECT_EQ(result.network->num_connections(), net->num_connections());
+  EXPECT_EQ(result.network->weight_tensor().scalar_type(), torch::kBFloat16);
 }
 
 // The invariants of a rewiring, over many rewirings of both methods while

@@ -198,6 +198,53 @@ TEST(Growth, FunctionPreservingOnRandomGraphsInDouble) {
   }
 }
 
+// A norm or an attention over a level reads all of its inputs, so a new
+// input (weight 0 or not) or a neuron moved to another level changes old
+// outputs; neuron attention's keys are a neuron's connections, so a new
+// connection into an old neuron does too. A function-preserving edit
+// refuses each, names the culprit and leaves the network as it was; growth
+// that avoids them stays exact. README graph levels: 1 {1, 2, 3},
+// 2 {4, 5}, 3 {6, 7}, 4 {8, 9, 10}, 5 {11}; level 3 reads 4 and 5.
+TEST(Growth, FunctionPreservingUnderOperationsThatReadAWholeLevel) {
+  const std::vector<std::pair<std::string, NeuralNetworkOptions>> variants = {
+      {"topo_norm", NeuralNetworkOptions(kTanh64).use_topo_norm(true)},
+      {"topo_self_attention", NeuralNetworkOptions(kTanh64).use_topo_self_attention(true)},
+      {"neuron_self_attention", NeuralNetworkOptions(kTanh64).use_neuron_self_attention(true)},
+  };
+  torch::manual_seed(4);
+  const auto x = torch::randn({8, 1}, torch::kFloat64);
+  for (const auto& [name, options] : variants) {
+    SCOPED_TRACE(name);
+    const bool by_connection = name == "neuron_self_attention";
+    NeuralNetwork net(readme_spec(), NeuralNetworkOptions(options).seed(5));
+    const auto before = net->forward(x);
+    // The new neuron 20 reads input 0 and feeds nothing; 4 already feeds level 3.
+    auto kept = edit(net).add_hidden_neurons({20}).add_connections({{0, 20}});
+    if (!by_connection) kept.add_connections({{4, 7}});
+    auto grown = kept.function_preserving().build(1).network;
+    EXPECT_LE((grown->forward(x) - before).abs().max().item<double>(), 1e-12);
+
+    auto refused = [&](std::vector<Edge> added, const std::string& level_message) {
+      EXPECT_THROW_MSG(
+          edit(net).add_connections(added).function_preserving().build(1),
+          by_connection
+              ? "function_preserving(): connection " + edge_str(added[0]) + " would enter old neuron " +
+                    added[0].second.str() + ", and neuron_self_attention attends over a neuron's connections"
+              : "function_preserving(): " + level_message + ", and " + name + " reads a level's inputs together");
+      EXPECT_NO_THROW(edit(net).add_connections(added).build(1));  // without the promise it builds
+    };
+    refused({{1, 6}}, "level 3 would read neuron 1 besides its old inputs");
+    refused({{8, 10}}, "neuron 10 would move from level 4 to level 5");
+    if (by_connection) refused({{4, 7}}, "");
+    EXPECT_TRUE(torch::equal(net->forward(x), before));  // refused edits change nothing
+  }
+  // Adaptive activations act per neuron: any growth keeps the function.
+  NeuralNetwork adaptive(readme_spec(), NeuralNetworkOptions(kTanh64).use_adaptive_activations(true).seed(5));
+  const auto before = adaptive->forward(x);
+  auto grown = edit(adaptive).add_connections({{1, 6}, {8, 10}}).function_preserving().build(1).network;
+  EXPECT_LE((grown->forward(x) - before).abs().max().item<double>(), 1e-12);
+}
+
 // A free function's result, turned into an EditResult by label, carries an
 // optimizer exactly as the editor's own result does.
 TEST(AsEdit, MatchesTheEditorsRemap) {

@@ -157,6 +157,60 @@ std::vector<uint8_t> moved_entries(const ParameterRemap& remap, const char* name
   return moved;
 }
 
+// A function-preserving edit of a network with an operation that reads a
+// whole level (a norm, an attention) keeps old outputs only where every old
+// neuron stays in its level and no old level gains an input, and with one
+// that reads a neuron's connections (neuron attention) only where no old
+// neuron gains one: throws naming the first neuron, input or connection that
+// breaks this (the base stays as it was).
+void check_function_kept(const NeuralNetworkImpl& base, const EditResult& edited) {
+  const auto& operations = base.operations();
+  auto first = [&](bool (LevelOperation::*asks)() const) {
+    auto it = std::find_if(operations.begin(), operations.end(), [&](const auto& op) { return ((*op).*asks)(); });
+    return it == operations.end() ? nullptr : it->get();
+  };
+  const Topology& old = base.topology();
+  const Topology& topo = edited.network->topology();
+  if (const LevelOperation* connection_reader = first(&LevelOperation::reads_connection_set)) {
+    const auto old_connection = moved_entries(edited.parameters, "weight", topo.num_connections());
+    const auto old_bias = moved_entries(edited.parameters, "bias", topo.num_biases());
+    for (int64_t c = 0; c < topo.num_connections(); ++c)
+      if (!old_connection[c] && old_bias[topo.bias_index(topo.conn_target()[c])])
+        fail(
+            "function_preserving(): connection {} would enter old neuron {}, and {} attends over a neuron's "
+            "connections",
+            edge_str({topo.label(topo.conn_source()[c]), topo.label(topo.conn_target()[c])}),
+            topo.label(topo.conn_target()[c]), connection_reader->name());
+  }
+  const LevelOperation* level_reader = first(&LevelOperation::reads_whole_level);
+  if (!level_reader) return;
+  auto new_dense = [&](int64_t old_dense) {
+    const int64_t moved = edited.positions.neurons[old.spec_index_at(old_dense)];
+    return moved < 0 ? int64_t{-1} : topo.dense_at(moved);
+  };
+  const std::string why = fmt::format("{} reads a level's inputs together", level_reader->name());
+  for (int64_t d = old.num_inputs(); d < old.num_neurons(); ++d) {
+    const int64_t moved = new_dense(d);
+    if (moved >= 0 && topo.level_of(moved) != old.level_of(d))
+      fail("function_preserving(): neuron {} would move from level {} to level {}, and {}", old.label(d),
+           old.level_of(d), topo.level_of(moved), why);
+  }
+  for (int64_t l = 1; l <= old.depth() && l <= topo.depth(); ++l) {
+    const Level& before = old.levels()[l];
+    bool kept_neuron = false;
+    for (int64_t d = before.begin; d < before.end && !kept_neuron; ++d) kept_neuron = new_dense(d) >= 0;
+    if (!kept_neuron) continue;
+    std::vector<int64_t> had;
+    for (int64_t s : before.sources)
+      if (const int64_t moved = new_dense(s); moved >= 0) had.push_back(moved);
+    std::sort(had.begin(), had.end());
+    for (int64_t s : topo.levels()[l].sources)
+      if (!std::binary_search(had.begin(), had.end(), s))
+        fail("function_preserving(): level {} would read neuron {} besides its old inputs, and {}", l, topo.label(s),
+             why);
+  }
+}
+
 // Sets to 0 every new connection (one the remap did not move) into an old
 // neuron (one whose bias it moved; inputs are never targets).
 void zero_connections_into_old_neurons(NeuralNetworkImpl& network, const ParameterRemap& remap) {
@@ -367,8 +421,10 @@ EditResult NetworkEditor::build(uint64_t seed) const {
   IndexGraph graph = index_graph();
   NeuralNetworkOptions options = edited_options(seed);
   GraphSpec spec = checked_spec(graph);
-  return build_edited(network_, std::move(spec), std::move(options), std::move(graph.new_index_of_old),
-                      function_preserving_);
+  EditResult result = build_edited(network_, std::move(spec), std::move(options), std::move(graph.new_index_of_old),
+                                   function_preserving_);
+  if (function_preserving_) check_function_kept(*network_, result);
+  return result;
 }
 
 namespace {

@@ -354,7 +354,9 @@ EditResult Rewirer::rewire(const NeuralNetwork& network, int64_t step, const Lev
 // of all but each neuron's strongest connection, so that is what is selected
 // (in linear time, groups on connex's threads).
 void Rewirer::drop(const NeuralNetwork& network, double share, Plan& plan) const {
-  const auto w = network->weight_tensor().detach().cpu().contiguous();
+  auto w = network->weight_tensor().detach().cpu().contiguous();
+  // bfloat16 and float16 magnitudes order as their float values do.
+  if (w.scalar_type() != torch::kFloat && w.scalar_type() != torch::kDouble) w = w.to(torch::kFloat);
   std::vector<std::vector<int64_t>> dropped;
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "Rewirer::drop", [&] {
     const scalar_t* weight = w.data_ptr<scalar_t>();
@@ -436,6 +438,8 @@ void Rewirer::grow_by_gradient(const NeuralNetwork& network, const LevelTrace& t
     for (int64_t end : group.source_group_ends) {
       std::vector<int64_t> rows(group.sources.begin() + begin, group.sources.begin() + end);
       auto block = absolute_products(values.index_select(0, torch::tensor(rows).to(values.device())), target_grads);
+      if (block.scalar_type() != torch::kFloat && block.scalar_type() != torch::kDouble)
+        block = block.to(torch::kFloat);
       // The block's connected pairs, read off each target's incoming connections.
       AT_DISPATCH_FLOATING_TYPES(block.scalar_type(), "grow_by_gradient", [&] {
         scalar_t* score = block.data_ptr<scalar_t>();

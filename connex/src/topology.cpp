@@ -1,6 +1,7 @@
 #include "connex/topology.h"
 
 #include <algorithm>
+#include <mutex>
 #include <numeric>
 
 #include "connex/error.h"
@@ -211,9 +212,22 @@ void Topology::lay_out_levels(int64_t depth) {
 void Topology::plan_levels(const CompileOptions& options) {
   const int64_t n = num_neurons(), depth = this->depth();
   const int64_t level_grain = num_connections() >= (int64_t(1) << 16) ? 1 : depth + 1;
+  // A chunk is often one level: scratch made per chunk would be filled once
+  // per level (a pass over all neurons each). Chunks take a scratch pair
+  // another finished with instead; stamps are level numbers, distinct
+  // across the chunks.
+  std::mutex scratch_lock;
+  std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> free_scratch;
   share_work(1, depth + 1, level_grain, [&](int64_t first_level, int64_t last_level) {
-    std::vector<int64_t> stamp(n, -1), position(n, 0);
-    for (int64_t l = first_level; l < last_level; ++l) plan_level(l, options, stamp, position);
+    std::pair<std::vector<int64_t>, std::vector<int64_t>> scratch;
+    {
+      std::lock_guard<std::mutex> hold(scratch_lock);
+      if (!free_scratch.empty()) scratch = std::move(free_scratch.back()), free_scratch.pop_back();
+    }
+    if (scratch.first.empty()) scratch = {std::vector<int64_t>(n, -1), std::vector<int64_t>(n, 0)};
+    for (int64_t l = first_level; l < last_level; ++l) plan_level(l, options, scratch.first, scratch.second);
+    std::lock_guard<std::mutex> hold(scratch_lock);
+    free_scratch.push_back(std::move(scratch));
   });
 }
 
@@ -223,19 +237,30 @@ void Topology::plan_levels(const CompileOptions& options) {
 void Topology::plan_level(int64_t l, const CompileOptions& options, std::vector<int64_t>& stamp,
                           std::vector<int64_t>& position) {
   Level& lv = levels_[l];
-  for (int64_t c = lv.conn_begin; c < lv.conn_end; ++c) {
-    int64_t s = conn_source_[c];
-    if (stamp[s] != l) stamp[s] = l, lv.sources.push_back(s);
-  }
   // Ascending: read off the stamps where the ids below the level are few
-  // against the sources (most of compiling a large, wide network went to
-  // this sort), else sort (deep, narrow graphs: a scan per level would be
-  // quadratic there).
-  if (lv.begin <= 16 * static_cast<int64_t>(lv.sources.size())) {
-    lv.sources.clear();
-    for (int64_t s = 0; s < lv.begin; ++s)
-      if (stamp[s] == l) lv.sources.push_back(s);
+  // against the connections (most of compiling a large, wide network went to
+  // this sort), else gather the distinct sources and sort them (deep, narrow
+  // graphs: a scan per level would be quadratic there). The scan is linear
+  // in the connections either way, and branch-free: whether an id below a
+  // wide level is a source is a coin toss the processor cannot predict.
+  if (lv.begin <= 16 * lv.num_connections()) {
+    for (int64_t c = lv.conn_begin; c < lv.conn_end; ++c) stamp[conn_source_[c]] = l;
+    const int64_t* seen = stamp.data();
+    int64_t count = 0;
+    for (int64_t s = 0; s < lv.begin; ++s) count += seen[s] == l;
+    lv.sources.resize(count + 1);
+    int64_t* out = lv.sources.data();
+    int64_t k = 0;
+    for (int64_t s = 0; s < lv.begin; ++s) {
+      out[k] = s;
+      k += seen[s] == l;
+    }
+    lv.sources.resize(count);
   } else {
+    for (int64_t c = lv.conn_begin; c < lv.conn_end; ++c) {
+      const int64_t s = conn_source_[c];
+      if (stamp[s] != l) stamp[s] = l, lv.sources.push_back(s);
+    }
     std::sort(lv.sources.begin(), lv.sources.end());
   }
   for (size_t k = 0; k < lv.sources.size(); ++k) position[lv.sources[k]] = static_cast<int64_t>(k);

@@ -119,6 +119,16 @@ class LevelOperation {
   }
   virtual bool replaces_affine() const { return false; }
   virtual bool replaces_activation() const { return false; }
+  // Whether a neuron's result depends on more of its level's collective
+  // inputs than the ones it is connected to (a norm or an attention over the
+  // level). A function-preserving edit then refuses to give an old level a
+  // new input or to move an old neuron to another level, which would change
+  // old outputs however small the new weights.
+  virtual bool reads_whole_level() const { return false; }
+  // Whether a neuron's result depends on which connections it has, not only
+  // on their weights (an attention over its own inputs). A function-
+  // preserving edit then refuses a new connection into an old neuron.
+  virtual bool reads_connection_set() const { return false; }
 
   // An operation whose only stage is replace_activation() with a·σ(b·z) per
   // hidden neuron returns the names of its (a, b) parameters ([non-input

@@ -45,7 +45,8 @@ class GraphQueries {
 // they reach no output. In the order of spec().neurons(). O(neurons + connections).
 std::vector<NeuronId> dead_neurons(const NeuralNetwork& network);
 // Removes every dead neuron (and its connections) in one edit; an edit that
-// changes nothing when there are none. The outputs stay exactly as they were.
+// changes nothing when there are none. The outputs stay as they were (in
+// float32 within a rounding of each bias that takes a folded constant).
 EditResult remove_dead_neurons(const NeuralNetwork& network);
 
 // Which connections compete with each other for survival.

@@ -5,7 +5,8 @@
 // id order, L of them) and neurons n:
 //
 // - TopoNorm: per sample, s <- (s - mean(s)) / sqrt(var(s) + 1e-5) (skipped
-//   when L = 1), then s <- gamma ⊙ s + beta, one (gamma, beta) per slot
+//   when L = 1; when L = 2 it gives ±1 whatever the values, and passes
+//   almost no gradient), then s <- gamma ⊙ s + beta, one (gamma, beta) per slot
 //   (initialised 1, 0). Parameters "level<l>_gamma", "level<l>_beta", keyed
 //   by source neuron.
 // - TopoSelfAttention: single-head attention over s as a sequence of
@@ -25,7 +26,15 @@
 //   attention weights (250 samples × 128 neurons × 128² inputs × 4 bytes
 //   ≈ 2 GiB for one dense 128-wide layer).
 // - AdaptiveActivation: σ(z) -> a·σ(b·z) per hidden neuron, a = b = 1 at
-//   start (Jagtap et al. 2020).
+//   start (Jagtap et al. 2020). "a" and "b" are [non-input neurons, 1] in
+//   bias order, the layout the fused kernel reads; outputs' entries stay 1.
+//
+// Topo norm and both attentions read a level's collective inputs together
+// (reads_whole_level()): a neuron depends on inputs of its level it has no
+// connection to (in neuron attention through the projections, which read
+// all L), and a function-preserving edit keeps every old level's inputs.
+// Neuron attention's keys are a neuron's connections, so such an edit also
+// adds none into an old neuron (reads_connection_set()).
 //
 // Per-level parameters carry across an edit to the level at the same depth,
 // entry by entry wherever the same source (and neuron) still exist.
@@ -36,6 +45,7 @@ namespace connex {
 class TopoNorm : public LevelOperation {
  public:
   std::string name() const override { return "topo_norm"; }
+  bool reads_whole_level() const override { return true; }
   OperationParameters build(const Topology& topology, torch::Dtype dtype, at::Generator& generator) const override;
   torch::Tensor on_inputs(const LevelContext& ctx, const torch::Tensor& sources) const override;
   std::optional<double> parameter_count(const Topology& topology) const override;
@@ -46,6 +56,7 @@ class TopoNorm : public LevelOperation {
 class TopoSelfAttention : public LevelOperation {
  public:
   std::string name() const override { return "topo_self_attention"; }
+  bool reads_whole_level() const override { return true; }
   OperationParameters build(const Topology& topology, torch::Dtype dtype, at::Generator& generator) const override;
   torch::Tensor on_inputs(const LevelContext& ctx, const torch::Tensor& sources) const override;
   std::optional<double> parameter_count(const Topology& topology) const override;
@@ -56,6 +67,8 @@ class TopoSelfAttention : public LevelOperation {
 class NeuronSelfAttention : public LevelOperation {
  public:
   std::string name() const override { return "neuron_self_attention"; }
+  bool reads_whole_level() const override { return true; }
+  bool reads_connection_set() const override { return true; }
   OperationParameters build(const Topology& topology, torch::Dtype dtype, at::Generator& generator) const override;
   std::optional<torch::Tensor> replace_affine(const LevelContext& ctx, const torch::Tensor& sources,
                                               const torch::Tensor& weights, const torch::Tensor& bias) const override;
