@@ -380,7 +380,7 @@ TEST(Topology, LevelPlansOverWideAndDeepGraphs) {
         ASSERT_EQ(level.sources[level.edge_source[c - level.conn_begin]], topo->conn_source()[c]);
         ASSERT_EQ(level.begin + level.edge_target[c - level.conn_begin], topo->conn_target()[c]);
       }
-      (level.begin <= 16 * level.num_connections() ? scanned : sorted)++;
+      (level.begin <= 16 * static_cast<int64_t>(level.sources.size()) ? scanned : sorted)++;
     }
   }
   EXPECT_GT(scanned, 100);

@@ -582,7 +582,22 @@ class ScriptedGain : public NeuronGain {
   }
 };
 
+// A gain whose forward asks for a parameter it never declared.
+class MisspeltGain : public NeuronGain {
+ public:
+  torch::Tensor on_preactivation(const LevelContext& ctx, const torch::Tensor& z) const override {
+    return ctx.params.get("gg") * z;
+  }
+};
+
 }  // namespace
+
+// A user operation reading a parameter it did not declare is told which it did.
+TEST(UserOperation, MisspeltParameterNamesTheDeclaredOnes) {
+  NeuralNetwork net(small_graph(), NeuralNetworkOptions().operations({std::make_shared<MisspeltGain>()}));
+  EXPECT_THROW_MSG(net->forward(torch::zeros({1, 2})),
+                   "LevelOperation: no parameter \"gg\"; the operation declared \"g\"");
+}
 
 TEST(UserOperation, TrainsAndSurvivesEdits) {
   auto gain = std::make_shared<NeuronGain>();

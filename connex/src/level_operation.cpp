@@ -30,7 +30,21 @@ std::string ScriptWriter::buffer(const std::string& name, const torch::Tensor& v
 
 const torch::Tensor& OperationModuleImpl::get(const std::string& name) const {
   auto it = tensors_.find(name);
-  if (it == tensors_.end()) fail("LevelOperation: no parameter \"{}\"", name);
+  if (it == tensors_.end()) {
+    // Name what the operation did declare, so a misspelt name or a wrong
+    // level prefix shows at once.
+    std::string held;
+    int listed = 0;
+    for (const auto& entry : tensors_) {
+      if (listed == 6) {
+        held += fmt::format(", … ({} in all)", tensors_.size());
+        break;
+      }
+      held += (listed++ ? ", \"" : "\"") + entry.first + "\"";
+    }
+    fail("LevelOperation: no parameter \"{}\"; the operation declared {}", name,
+         held.empty() ? std::string("none") : held);
+  }
   return it->second;
 }
 

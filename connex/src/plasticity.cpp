@@ -157,6 +157,18 @@ std::vector<uint8_t> moved_entries(const ParameterRemap& remap, const char* name
   return moved;
 }
 
+// The connections of an edited network (`topo`) that are new (the remap did
+// not move them) and enter an old neuron (one whose bias it moved; inputs
+// are never targets), ascending.
+std::vector<int64_t> connections_into_old_neurons(const Topology& topo, const ParameterRemap& remap) {
+  const auto old_connection = moved_entries(remap, "weight", topo.num_connections());
+  const auto old_bias = moved_entries(remap, "bias", topo.num_biases());
+  std::vector<int64_t> found;
+  for (int64_t c = 0; c < topo.num_connections(); ++c)
+    if (!old_connection[c] && old_bias[topo.bias_index(topo.conn_target()[c])]) found.push_back(c);
+  return found;
+}
+
 // A function-preserving edit of a network with an operation that reads a
 // whole level (a norm, an attention) keeps old outputs only where every old
 // neuron stays in its level and no old level gains an input, and with one
@@ -172,15 +184,15 @@ void check_function_kept(const NeuralNetworkImpl& base, const EditResult& edited
   const Topology& old = base.topology();
   const Topology& topo = edited.network->topology();
   if (const LevelOperation* connection_reader = first(&LevelOperation::reads_connection_set)) {
-    const auto old_connection = moved_entries(edited.parameters, "weight", topo.num_connections());
-    const auto old_bias = moved_entries(edited.parameters, "bias", topo.num_biases());
-    for (int64_t c = 0; c < topo.num_connections(); ++c)
-      if (!old_connection[c] && old_bias[topo.bias_index(topo.conn_target()[c])])
-        fail(
-            "function_preserving(): connection {} would enter old neuron {}, and {} attends over a neuron's "
-            "connections",
-            edge_str({topo.label(topo.conn_source()[c]), topo.label(topo.conn_target()[c])}),
-            topo.label(topo.conn_target()[c]), connection_reader->name());
+    const std::vector<int64_t> entering = connections_into_old_neurons(topo, edited.parameters);
+    if (!entering.empty()) {
+      const int64_t c = entering.front();
+      fail(
+          "function_preserving(): connection {} would enter old neuron {}, and {} attends over a neuron's "
+          "connections",
+          edge_str({topo.label(topo.conn_source()[c]), topo.label(topo.conn_target()[c])}),
+          topo.label(topo.conn_target()[c]), connection_reader->name());
+    }
   }
   const LevelOperation* level_reader = first(&LevelOperation::reads_whole_level);
   if (!level_reader) return;
@@ -211,15 +223,9 @@ void check_function_kept(const NeuralNetworkImpl& base, const EditResult& edited
   }
 }
 
-// Sets to 0 every new connection (one the remap did not move) into an old
-// neuron (one whose bias it moved; inputs are never targets).
+// Sets to 0 every new connection into an old neuron (connections_into_old_neurons()).
 void zero_connections_into_old_neurons(NeuralNetworkImpl& network, const ParameterRemap& remap) {
-  const Topology& topo = network.topology();
-  const auto old_connection = moved_entries(remap, "weight", topo.num_connections());
-  const auto old_bias = moved_entries(remap, "bias", topo.num_biases());
-  std::vector<int64_t> zeroed;
-  for (int64_t c = 0; c < topo.num_connections(); ++c)
-    if (!old_connection[c] && old_bias[topo.bias_index(topo.conn_target()[c])]) zeroed.push_back(c);
+  const std::vector<int64_t> zeroed = connections_into_old_neurons(network.topology(), remap);
   if (zeroed.empty()) return;
   torch::NoGradGuard no_grad;
   const auto& weight = network.weight_tensor();

@@ -76,6 +76,13 @@ void mark_connected(const Topology& t, GroupPlan& group, std::vector<int64_t>& p
   for (int64_t s : group.sources) position[s] = -1;
 }
 
+// `t` where its dtype is float32 or float64, else in float32: bfloat16 and
+// float16 values rank as their float values do, and the ranking loops are
+// written for the two.
+torch::Tensor ranked_as_float(torch::Tensor t) {
+  return t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kDouble ? t : t.to(torch::kFloat);
+}
+
 // The rewired network, built in positions rather than labels: the base's
 // edges less the dropped connections, then the grown pairs, over the same
 // neurons, grown connections at 0 (what the editor's function-preserving
@@ -354,9 +361,7 @@ EditResult Rewirer::rewire(const NeuralNetwork& network, int64_t step, const Lev
 // of all but each neuron's strongest connection, so that is what is selected
 // (in linear time, groups on connex's threads).
 void Rewirer::drop(const NeuralNetwork& network, double share, Plan& plan) const {
-  auto w = network->weight_tensor().detach().cpu().contiguous();
-  // bfloat16 and float16 magnitudes order as their float values do.
-  if (w.scalar_type() != torch::kFloat && w.scalar_type() != torch::kDouble) w = w.to(torch::kFloat);
+  const auto w = ranked_as_float(network->weight_tensor().detach().cpu().contiguous());
   std::vector<std::vector<int64_t>> dropped;
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "Rewirer::drop", [&] {
     const scalar_t* weight = w.data_ptr<scalar_t>();
@@ -437,9 +442,8 @@ void Rewirer::grow_by_gradient(const NeuralNetwork& network, const LevelTrace& t
     int64_t begin = 0;
     for (int64_t end : group.source_group_ends) {
       std::vector<int64_t> rows(group.sources.begin() + begin, group.sources.begin() + end);
-      auto block = absolute_products(values.index_select(0, torch::tensor(rows).to(values.device())), target_grads);
-      if (block.scalar_type() != torch::kFloat && block.scalar_type() != torch::kDouble)
-        block = block.to(torch::kFloat);
+      auto block = ranked_as_float(
+          absolute_products(values.index_select(0, torch::tensor(rows).to(values.device())), target_grads));
       // The block's connected pairs, read off each target's incoming connections.
       AT_DISPATCH_FLOATING_TYPES(block.scalar_type(), "grow_by_gradient", [&] {
         scalar_t* score = block.data_ptr<scalar_t>();

@@ -207,15 +207,15 @@ void Topology::lay_out_levels(int64_t depth) {
 }
 
 // Every level's plan. Levels are independent here, so large graphs split
-// them between connex's threads (share_work), each with its own scratch `stamp`
-// and `position`.
+// them between connex's threads (share_work); each chunk of levels holds a
+// scratch `stamp` and `position` of its own while it runs.
 void Topology::plan_levels(const CompileOptions& options) {
   const int64_t n = num_neurons(), depth = this->depth();
   const int64_t level_grain = num_connections() >= (int64_t(1) << 16) ? 1 : depth + 1;
   // A chunk is often one level: scratch made per chunk would be filled once
   // per level (a pass over all neurons each). Chunks take a scratch pair
-  // another finished with instead; stamps are level numbers, distinct
-  // across the chunks.
+  // another finished with instead; a level stamps only its own number l
+  // (or ~l, negative), so stamps left by other levels never look like its own.
   std::mutex scratch_lock;
   std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> free_scratch;
   share_work(1, depth + 1, level_grain, [&](int64_t first_level, int64_t last_level) {
@@ -232,38 +232,46 @@ void Topology::plan_levels(const CompileOptions& options) {
 }
 
 // Level l's sources, gather plan, kernel and per-connection positions.
-// `stamp` marks the sources already seen in this level; `position` is
-// scratch; both are the calling thread's.
+// `stamp` marks the sources seen in this level (entries set to l, or to ~l,
+// never a level, once gathered; no other level writes l); `position` is
+// scratch; both belong to the calling chunk.
 void Topology::plan_level(int64_t l, const CompileOptions& options, std::vector<int64_t>& stamp,
                           std::vector<int64_t>& position) {
   Level& lv = levels_[l];
+  // Stamping counts the distinct sources without a branch.
+  int64_t distinct = 0;
+  for (int64_t c = lv.conn_begin; c < lv.conn_end; ++c) {
+    int64_t& seen = stamp[conn_source_[c]];
+    distinct += seen != l;
+    seen = l;
+  }
   // Ascending: read off the stamps where the ids below the level are few
-  // against the connections (most of compiling a large, wide network went to
-  // this sort), else gather the distinct sources and sort them (deep, narrow
-  // graphs: a scan per level would be quadratic there). The scan is linear
-  // in the connections either way, and branch-free: whether an id below a
-  // wide level is a source is a coin toss the processor cannot predict.
-  if (lv.begin <= 16 * lv.num_connections()) {
-    for (int64_t c = lv.conn_begin; c < lv.conn_end; ++c) stamp[conn_source_[c]] = l;
+  // against the sources (most of compiling a large, wide network went to
+  // this sort), else gather the sources and sort them (deep, narrow graphs:
+  // a scan per level would be quadratic there). The scan is branch-free:
+  // whether an id below a wide level is a source is a coin toss the
+  // processor cannot predict.
+  lv.sources.resize(distinct + 1);
+  int64_t* out = lv.sources.data();
+  int64_t k = 0;
+  if (lv.begin <= 16 * distinct) {
     const int64_t* seen = stamp.data();
-    int64_t count = 0;
-    for (int64_t s = 0; s < lv.begin; ++s) count += seen[s] == l;
-    lv.sources.resize(count + 1);
-    int64_t* out = lv.sources.data();
-    int64_t k = 0;
     for (int64_t s = 0; s < lv.begin; ++s) {
       out[k] = s;
       k += seen[s] == l;
     }
-    lv.sources.resize(count);
   } else {
+    // Each source once: its stamp moves from l to ~l (negative, never a level) when taken.
     for (int64_t c = lv.conn_begin; c < lv.conn_end; ++c) {
-      const int64_t s = conn_source_[c];
-      if (stamp[s] != l) stamp[s] = l, lv.sources.push_back(s);
+      int64_t& seen = stamp[conn_source_[c]];
+      out[k] = conn_source_[c];
+      k += seen == l;
+      seen = ~l;
     }
-    std::sort(lv.sources.begin(), lv.sources.end());
+    std::sort(out, out + k);
   }
-  for (size_t k = 0; k < lv.sources.size(); ++k) position[lv.sources[k]] = static_cast<int64_t>(k);
+  lv.sources.resize(distinct);
+  for (size_t i = 0; i < lv.sources.size(); ++i) position[lv.sources[i]] = static_cast<int64_t>(i);
   lv.gather = plan_gather(lv.sources);
   lv.kernel = choose_kernel(lv.num_connections(), lv.size(), static_cast<int64_t>(lv.sources.size()), options);
   lv.edge_source.resize(lv.num_connections());

@@ -62,6 +62,9 @@ class ShareChooser {
   bool shared() const { return shared_; }
   // One region's wall time and size, of kind `kind`, run the way shared() said.
   void record(Clock::duration took, int64_t indices, uint64_t kind = 0);
+  // Regions until the next window that tries the other way (0: this one
+  // does); a benchmark times the settled choice between two tries.
+  int64_t regions_until_try() const { return trying_ ? 0 : (left_ - 1) * kWindow + (kWindow - regions_); }
 
  private:
   struct Kind {

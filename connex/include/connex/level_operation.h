@@ -119,6 +119,9 @@ class LevelOperation {
   }
   virtual bool replaces_affine() const { return false; }
   virtual bool replaces_activation() const { return false; }
+  // Both questions default to false: an operation of your own that reads a
+  // level's inputs together, or masks by connections, should say so.
+  //
   // Whether a neuron's result depends on more of its level's collective
   // inputs than the ones it is connected to (a norm or an attention over the
   // level). A function-preserving edit then refuses to give an old level a

@@ -60,7 +60,13 @@ class NetworkEditor {
   // Growth that keeps the function: every new connection into a neuron that
   // existed before the edit starts at weight 0, so each old output stays
   // exactly as it was (new neurons read their inputs with drawn weights and
-  // start to matter once training moves their outgoing ones).
+  // start to matter once training moves their outgoing ones), except that
+  // adding an output changes the old ones through a softmax over the
+  // outputs. With an operation that reads a whole level (topo norm, the
+  // attentions), build() refuses an edit that gives an old level a new input
+  // or moves an old neuron to another level (even where a removal in the
+  // same edit moves it), and with neuron attention one that adds a
+  // connection into an old neuron.
   NetworkEditor& function_preserving(bool on = true);
 
   // Validates the whole (acyclicity), rebuilds once, moves parameters.

@@ -32,9 +32,10 @@
 // Topo norm and both attentions read a level's collective inputs together
 // (reads_whole_level()): a neuron depends on inputs of its level it has no
 // connection to (in neuron attention through the projections, which read
-// all L), and a function-preserving edit keeps every old level's inputs.
-// Neuron attention's keys are a neuron's connections, so such an edit also
-// adds none into an old neuron (reads_connection_set()).
+// all L), so build() refuses a function-preserving edit that gives an old
+// level a new input or moves an old neuron to another level. Neuron
+// attention's keys are a neuron's connections, so it also refuses one that
+// adds a connection into an old neuron (reads_connection_set()).
 //
 // Per-level parameters carry across an edit to the level at the same depth,
 // entry by entry wherever the same source (and neuron) still exist.
