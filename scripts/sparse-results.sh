@@ -20,11 +20,6 @@ bash scripts/fetch-datasets.sh "$build/datasets" >/dev/null
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 data="$build/datasets/${spec[0]}"
-if [ "$set_name" = breast_cancer ]; then
-  # sklearn's first line is "rows,features,class names": the CLI wants a header row.
-  { for i in $(seq 0 $(( spec[1] - 1 ))); do printf 'f%d,' "$i"; done; echo label; tail -n +2 "$data"; } >"$work/data.csv"
-  data="$work/data.csv"
-fi
 cat >"$work/mlp.json" <<JSON
 {"graph": {"prebuilt": "MLP", "input_size": ${spec[1]}, "output_size": ${spec[2]}, "width": ${spec[3]}, "depth": 2},
  "options": {"hidden_activation": "relu"}}

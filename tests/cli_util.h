@@ -106,16 +106,12 @@ inline void write_regression_csv(const std::string& path, int rows = 200) {
 inline const char* kMlp21 = R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 1, "width": 8, "depth": 1},
                          "options": {"hidden_activation": "tanh"}})";
 
-// sklearn's CSV form ("n,features,class names" then rows) -> a CSV with a header.
-inline bool convert_sklearn(const std::string& from, const std::string& to) {
+// Copies a table scripts/fetch-datasets.sh wrote (header f0,...,label) to
+// `to`; false when it was not fetched.
+inline bool copy_dataset(const std::string& from, const std::string& to) {
   std::ifstream in(from);
   if (!in) return false;
-  std::string first;
-  std::getline(in, first);
-  const int features = std::stoi(first.substr(first.find(',') + 1));
-  std::ofstream out(to);
-  for (int f = 0; f < features; ++f) out << "f" << f << ",";
-  out << "label\n" << in.rdbuf();
+  std::ofstream(to) << in.rdbuf();
   return true;
 }
 

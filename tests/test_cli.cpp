@@ -93,7 +93,7 @@ TEST(Cli, ExportEveryFormatAndInspect) {
 
 TEST(Cli, ClassifiesARealDataSetLikeAPlainMlp) {
   TempDir dir;
-  if (!convert_sklearn(CONNEX_BINARY_DIR "/datasets/iris.csv", dir / "iris.csv"))
+  if (!copy_dataset(CONNEX_BINARY_DIR "/datasets/iris.csv", dir / "iris.csv"))
     GTEST_SKIP() << "iris.csv from python3-sklearn was not fetched (scripts/fetch-datasets.sh)";
   spit(dir / "mlp.json", R"({"graph": {"prebuilt": "MLP", "input_size": 4, "output_size": 3, "width": 16, "depth": 1},
                               "options": {"hidden_activation": "relu"}})");

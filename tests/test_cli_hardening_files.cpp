@@ -134,3 +134,81 @@ TEST(CliHardeningFiles, FifoAsConfigOrDataIsRefusedWithoutBlocking) {
     EXPECT_NE(err.find("fifo is a FIFO, not a regular file"), std::string::npos) << args << ": " << err;
   }
 }
+
+// `export net.ckpt --out net.ckpt` put a DOT drawing where the checkpoint
+// was; `prune RUN --out RUN/model.ckpt` replaced a run's record behind its
+// other files. Both are refused up front, every file unchanged; prune and
+// edit may still replace a checkpoint file they read (the write is atomic).
+TEST(CliHardeningFiles, AnOutputThatWouldDestroyTheInputIsRefused) {
+  TempDir dir;
+  spit(dir / "net.json", kMlp21);
+  write_regression_csv(dir / "d.csv", 16);
+  ASSERT_EQ(connex_cli("train net.json --data d.csv --epochs 1 --out run", dir).code, 0);
+  ASSERT_EQ(connex_cli("prune run --fraction 0.1 --out net.ckpt", dir).code, 0);
+  const auto before = names_in(dir.path), run_files = names_in(dir / "run");
+  const std::string run_model = slurp(dir / "run/model.ckpt"), ckpt = slurp(dir / "net.ckpt"),
+                    config = slurp(dir / "net.json");
+  for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
+           {"export net.ckpt --format dot --out net.ckpt", "export: --out net.ckpt is the network it reads"},
+           {"export net.json --format json --out ./net.json", "export: --out ./net.json is the network it reads"},
+           {"export run --format dot --out run/model.ckpt",
+            "export: --out run/model.ckpt is the model.ckpt of the training run run it reads"},
+           {"prune run --fraction 0.5 --out run/model.ckpt",
+            "prune: --out run/model.ckpt is the model.ckpt of the training run run it reads; a run's files are "
+            "rewritten together, by train --out only: write elsewhere"},
+           {"prune run --fraction 0.5 --out run/metrics.csv",
+            "prune: --out run/metrics.csv is the metrics.csv of the training run run it reads"},
+           {"edit run --add-hidden 7 --out run/model.ckpt",
+            "edit: --out run/model.ckpt is the model.ckpt of the training run run it reads"},
+           {"prune run --fraction 0.5 --out run", "prune: --out run is a directory; give the path of the file"}}) {
+    SCOPED_TRACE(args);
+    auto r = connex_cli(args, dir);
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.err.find(message), std::string::npos) << r.err;
+    EXPECT_EQ(lines(r.err), 1u) << r.err;
+    EXPECT_EQ(names_in(dir.path), before);
+    EXPECT_EQ(names_in(dir / "run"), run_files);
+    EXPECT_EQ(slurp(dir / "run/model.ckpt"), run_model);
+    EXPECT_EQ(slurp(dir / "net.ckpt"), ckpt);
+    EXPECT_EQ(slurp(dir / "net.json"), config);
+  }
+  // A checkpoint file pruned in place, as asked.
+  auto r = connex_cli("prune net.ckpt --fraction 0.5 --out net.ckpt", dir);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(slurp(dir / "net.ckpt"), ckpt);
+  // Beside a run's files, an export is fine.
+  EXPECT_EQ(connex_cli("export run --format dot --out run/net.dot", dir).code, 0);
+}
+
+TEST(CliHardeningFiles, AnOutputInAMissingDirectoryNamesTheDirectory) {
+  TempDir dir;
+  spit(dir / "net.json", kMlp21);
+  auto r = connex_cli("export net.json --format json --out nodir/g.json", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "connex: export: cannot write nodir/g.json: its directory nodir does not exist\n");
+  EXPECT_EQ(names_in(dir.path), (std::vector<std::string>{"net.json"}));
+}
+
+// What export --format json writes, the other commands read back; --threads
+// may follow the command; a misspelt prebuilt kind is named as such; a CSV
+// whose first line is not its header (sklearn's "rows,features,classes")
+// is told by its first row's width, not by the network's inputs.
+TEST(CliHardeningFiles, NewUsersCommonSlipsGetTheRightAnswer) {
+  TempDir dir;
+  spit(dir / "net.json", kMlp21);
+  ASSERT_EQ(connex_cli("export net.json --format json --out g.json", dir).code, 0);
+  auto r = connex_cli("inspect g.json --threads 1", dir);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("connections: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("level connections: "), std::string::npos) << r.out;
+  spit(dir / "typo.json",
+       R"({"graph": {"prebuilt": "SparseMlp", "input_size": 2, "output_size": 1, "width": 4, "depth": 1,
+                     "density": 0.5}})");
+  r = connex_cli("inspect typo.json", dir);
+  EXPECT_EQ(r.err,
+            "connex: typo.json: /graph/prebuilt must be \"MLP\", \"DenseMLP\" or \"SparseMLP\", got \"SparseMlp\"\n");
+  spit(dir / "sk.csv", "3,2,class_0,class_1\n0.5,1.5,0\n1.0,2.0,1\n-1.0,0.0,0\n");
+  r = connex_cli("train net.json --data sk.csv --task classification --epochs 1", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "connex: sk.csv:2: expected 4 columns, got 3\n");
+}

@@ -208,6 +208,9 @@ TEST(CliSparse, RefusalsAreOneLineAndWriteNothing) {
            {"net.json --rewire none --rewire-end 0.5", "train: --rewire-end needs --rewire set or rigl"},
            {"net.json --rewire set --drop-fraction 1", "must be a number in [0, 1), got \"1\""},
            {"net.json --density 0", "must be a number in (0, 1], got \"0\""},
+           {"net.json --prune-scope neuron", "train: --prune-scope needs --prune-at-epoch"},
+           {"net.json --prune-keep-min 2", "train: --prune-keep-min needs --prune-at-epoch"},
+           {"net.json --prune-at-epoch 1 --prune-fraction 0.5 --prune-scope layer", "--prune-scope: layer not in"},
            {"net.json --rewire set --nproc 2", "train: --rewire needs a single process, got 2 ranks"},
            {"net.json --rewire set --world-size 2 --rank 0", "train: --rewire needs a single process, got 2 ranks"},
            {"ck2 --rewire-end 1 --world-size 2 --rank 0",
@@ -309,4 +312,73 @@ TEST(CliSparse, ABrokenRewiringRecordIsRefused) {
         << r.err;
     EXPECT_FALSE(std::filesystem::exists(dir / "again"));
   }
+}
+
+// train --prune-at-epoch takes prune's scope and floor, and says when its
+// pruning has left an output constant (a global |w| cut took every connection
+// into the outputs of a new user's sparse network, silently).
+TEST(CliSparse, PruningWhileTrainingKeepsAFloorOrSaysItCutAnOutput) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 32);
+  spit(dir / "net.json", kMlp);
+  const std::string run = "train net.json --data d.csv --epochs 2 --prune-at-epoch 1 --prune-fraction 0.99 ";
+  auto r = connex_cli(run + "--out cut", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE((r.out + r.err).find("train: 1 of 1 outputs ("), std::string::npos) << r.out + r.err;
+  EXPECT_NE((r.out + r.err).find("--prune-keep-min 1"), std::string::npos) << r.out + r.err;
+  // With a floor of one incoming connection, every neuron keeps an input.
+  r = connex_cli(run + "--prune-keep-min 1 --out kept", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ((r.out + r.err).find("no longer depend on any input"), std::string::npos) << r.out + r.err;
+  const NeuralNetwork kept = load(dir / "kept/model.ckpt");
+  const Topology& t = kept->topology();
+  for (int64_t d = t.num_inputs(); d < t.num_neurons(); ++d) EXPECT_GE(t.in_offsets()[d + 1] - t.in_offsets()[d], 1);
+  // The 1 % the fraction spares (3 connections) may add to the 33 the floor keeps.
+  EXPECT_GE(kept->num_connections(), 16 + 16 + 1);
+  EXPECT_LE(kept->num_connections(), 16 + 16 + 1 + 3);
+  // Per neuron: each keeps its strongest 1 % (at least one, by the floor).
+  r = connex_cli(run + "--prune-scope neuron --prune-keep-min 1 --out scoped", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(load(dir / "scoped/model.ckpt")->num_connections(), 16 + 16 + 1);
+}
+
+// prune --keep-min above what a fraction leaves says what it held back.
+TEST(CliSparse, AFloorThatKeepsEverythingIsSaid) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 32);
+  spit(dir / "net.json", kMlp);
+  ASSERT_EQ(connex_cli("train net.json --data d.csv --epochs 1 --out ck", dir).code, 0);
+  const std::string before = slurp(dir / "ck/model.ckpt");
+  auto r = connex_cli("prune ck --fraction 0.5 --keep-min 1000 --out p.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const int64_t half = (2 * 16 + 16 * 16 + 16) / 2;
+  EXPECT_NE((r.out + r.err)
+                .find(fmt::format("prune: --keep-min 1000 kept {} of the {} connections --fraction chose: nothing is "
+                                  "removed",
+                                  half, half)),
+            std::string::npos)
+      << r.out + r.err;
+  EXPECT_EQ(slurp(dir / "ck/model.ckpt"), before);
+}
+
+// The distribution names a config takes, the flag takes too; the cores line
+// is said once when rewiring keeps the network on the same path.
+TEST(CliSparse, InitDensityTakesTheLibrarysNamesAndCoresAreSaidOnce) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 64);
+  spit(dir / "net.json", kMlp);
+  auto r = connex_cli(
+      "train net.json --data d.csv --density 0.25 --init-density erdos_renyi --rewire set --rewire-every 4 "
+      "--batch-size 8 --epochs 2",
+      dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string log = r.out + r.err;
+  EXPECT_EQ(rewirings(log).size(), 2u) << log;
+  size_t said = 0;
+  for (size_t at = log.find("] cores: "); at != std::string::npos; at = log.find("] cores: ", at + 1)) ++said;
+  EXPECT_EQ(said, 1u) << log;
+  r = connex_cli("train net.json --data d.csv --density 0.25 --init-density erdos --epochs 1", dir);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--init-density: must be uniform, er (or erdos_renyi) or erk, got \"erdos\""), std::string::npos)
+      << r.err;
 }

@@ -256,7 +256,9 @@ TEST_F(BadCheckpoint, FailedSaveLeavesTheDestinationUnchanged) {
       NeuralNetworkOptions().hidden_activation(TensorFunction([](const torch::Tensor& z) { return z; }, "mine")));
   EXPECT_THROW_MSG(save(custom, path), "save(): hidden_activation \"mine\" is a custom callable");
   EXPECT_EQ(slurp(path), good);
-  EXPECT_THROW_MSG(save(net, dir / "no/such/dir/net.ckpt"), "save(): cannot create");
+  EXPECT_THROW_MSG(save(net, dir / "no/such/dir/net.ckpt"), "save(): cannot write " + (dir / "no/such/dir/net.ckpt") +
+                                                                ": its directory " + (dir / "no/such/dir") +
+                                                                " does not exist");
   EXPECT_EQ(fs::directory_iterator(dir.path)->path().filename(), "net.ckpt");  // no temporary left behind
 }
 

@@ -26,6 +26,7 @@
 #include <spdlog/spdlog.h>
 
 #include "file_io.h"
+#include "json_input.h"
 #include "prebuilt_size.h"
 #include "../core_share.h"
 #include "launcher.h"
@@ -38,6 +39,11 @@ using namespace connex::cli;
 
 namespace {
 
+// --scope's (and --prune-scope's) names, which CLI::IsMember has checked.
+PruneScope prune_scope_from_name(const std::string& scope) {
+  return scope == "neuron" ? PruneScope::PerNeuron : scope == "level" ? PruneScope::PerLevel : PruneScope::Global;
+}
+
 bool is_checkpoint(const std::string& path) {
   std::error_code ignored;  // a FIFO would block fopen; the loader then says what the file is
   if (!fs::is_regular_file(path, ignored)) return false;
@@ -49,7 +55,35 @@ bool is_checkpoint(const std::string& path) {
   return n == 8 && std::string(magic, 8) == "CONNEXCK";
 }
 
-// A checkpoint or a JSON config; empty path: the embedded README network.
+// A SparseMLP `graph` (a config's, valid) built as `net`: where the floor
+// of one connection into every hidden and output neuron and out of every
+// hidden one raised its density's count, "; D asked for N, raised ...", else "".
+std::string sparse_floor_note(const NeuralNetwork& net, const nlohmann::json& graph) {
+  const double density = graph.value("density", nn::SparseLayersOptions().density());
+  const auto dense = nn::layered_size(graph.at("input_size").get<double>(), graph.at("output_size").get<double>(),
+                                      graph.at("width").get<double>(), graph.at("depth").get<double>(), false);
+  const auto asked = static_cast<int64_t>(std::llround(density * dense.connections));
+  if (net->num_connections() <= asked + graph.at("depth").get<int64_t>() + 1) return "";  // rounding per layer pair
+  return fmt::format(
+      "; {} asked for {}, raised so that every hidden neuron starts with inputs and outputs and every output with "
+      "inputs",
+      density, asked);
+}
+
+// A JSON file: a network config, or the node-link graph export --format json
+// writes (an object with "nodes" and "links"). Read as load_config() reads.
+NeuralNetwork network_from_json_file(const std::string& path) {
+  const auto doc = connex::detail::parse_json(read_file(path, "load_config()"), "load_config(): " + path);
+  if (doc.is_object() && doc.contains("nodes") && doc.contains("links")) return from_node_link_json(doc, path);
+  NeuralNetwork net = network_from_config(doc, path);
+  const auto& graph = doc.at("graph");
+  if (graph.value("prebuilt", "") == "SparseMLP")
+    if (const std::string note = sparse_floor_note(net, graph); !note.empty())
+      spdlog::info("{}: a sparse layered network of {} connections{}", path, net->num_connections(), note);
+  return net;
+}
+
+// A checkpoint, a JSON config or a node-link graph; empty path: the embedded README network.
 Checkpoint open_network(const std::string& path) {
   if (path.empty())
     return {network_from_config(nlohmann::json::parse(apps::kReadmeConfig), "embedded README config"), std::nullopt};
@@ -68,7 +102,33 @@ Checkpoint open_network(const std::string& path) {
     return ck;
   }
   if (is_checkpoint(path)) return load_checkpoint(path);
-  return {load_config(path), std::nullopt};
+  return {network_from_json_file(path), std::nullopt};
+}
+
+// Up front, before any work: `command`'s --out (when given) must be a file
+// path, no file of the training run directory `in` it reads (train --out
+// alone rewrites a run, all its files together), and, unless the command
+// writes a network that may replace its input (prune, edit: the write is
+// atomic), not the file `in` itself (export would put a drawing or a
+// script where the network was).
+void check_out(const std::string& command, const std::string& in, const std::string& out, bool may_replace_input) {
+  if (out.empty()) return;
+  std::error_code ec;
+  if (fs::is_directory(out, ec)) fail("{}: --out {} is a directory; give the path of the file to write", command, out);
+  if (in.empty()) return;
+  if (fs::is_directory(in, ec)) {
+    const fs::path run = fs::weakly_canonical(in, ec), target = fs::weakly_canonical(out, ec);
+    if (ec || target.parent_path() != run) return;
+    for (const char* name : kRunFiles)
+      if (target.filename() == name)
+        fail(
+            "{}: --out {} is the {} of the training run {} it reads; a run's files are rewritten together, by train "
+            "--out only: write elsewhere",
+            command, out, name, in);
+    return;
+  }
+  if (!may_replace_input && fs::exists(out, ec) && fs::equivalent(in, out, ec))
+    fail("{}: --out {} is the network it reads; give another path", command, out);
 }
 
 NeuronId parse_id(const std::string& text, const NeuralNetwork& network, const std::string& what) {
@@ -214,6 +274,8 @@ struct TrainArgs {
   std::optional<uint64_t> seed;
   int prune_at_epoch = 0, checkpoint_every = 0;
   double prune_fraction = 0.0;
+  std::optional<std::string> prune_scope;  // train's --prune-at-epoch: as prune's --scope and --keep-min
+  std::optional<int64_t> prune_keep_min;
   // Sparse training (train only): a new run's network at --density, and --rewire's settings (unset: the record's).
   std::optional<double> density;
   std::optional<std::string> init_density, rewire;
@@ -433,6 +495,8 @@ void log_data(const Table& data) {
 void check_train_flags(const TrainArgs& t, const std::string& out) {
   if (t.prune_at_epoch > 0 && !(t.prune_fraction > 0))
     fail("train: --prune-at-epoch {} needs --prune-fraction (in (0, 1))", t.prune_at_epoch);
+  if ((t.prune_scope || t.prune_keep_min) && t.prune_at_epoch == 0)
+    fail("train: --{} needs --prune-at-epoch", t.prune_scope ? "prune-scope" : "prune-keep-min");
   if (t.checkpoint_every > 0 && out.empty()) fail("train: --checkpoint-every needs --out");
   if (t.init_density && !t.density) fail("train: --init-density needs --density");
 }
@@ -449,7 +513,13 @@ NeuralNetwork sparse_network(const std::string& config, const TrainArgs& t) {
         "network)",
         config);
   if (!fs::exists(config, error)) fail("{}: no such file", config);
-  auto json = nlohmann::json::parse(read_file(config, "train"), nullptr, false);
+  nlohmann::json json;
+  try {
+    json = connex::detail::parse_json(read_file(config, "train"), config);
+  } catch (const Error&) {
+    load_config(config);  // says what is wrong with it
+    throw;
+  }
   if (!json.is_object() || !json.contains("graph") || !json.at("graph").is_object())
     load_config(config);  // says what is wrong with it
   auto& graph = json.at("graph");
@@ -461,17 +531,9 @@ NeuralNetwork sparse_network(const std::string& config, const TrainArgs& t) {
   graph["seed"] = t.seed.value_or(0);
   if (t.init_density) graph["distribution"] = *t.init_density;
   NeuralNetwork net = network_from_config(json, config);
-  // The share of a dense MLP's connections, and what the one-connection-per-neuron floor made of it.
-  const auto dense = nn::layered_size(graph.at("input_size").get<double>(), graph.at("output_size").get<double>(),
-                                      graph.at("width").get<double>(), graph.at("depth").get<double>(), false);
-  const auto asked = static_cast<int64_t>(std::llround(*t.density * dense.connections));
-  const std::string raised =
-      net->num_connections() > asked + graph.at("depth").get<int64_t>() + 1
-          ? fmt::format("; {} asked for {}, raised so that no neuron starts without inputs or outputs", *t.density,
-                        asked)
-          : "";
   spdlog::info("--density {}: a sparse layered network of {} connections ({}, seed {}{})", *t.density,
-               net->num_connections(), graph.value("distribution", "er"), t.seed.value_or(0), raised);
+               net->num_connections(), graph.value("distribution", "er"), t.seed.value_or(0),
+               sparse_floor_note(net, graph));
   return net;
 }
 
@@ -567,7 +629,7 @@ DataArgs resumed_data_args(const DataArgs& d, Progress& progress, const std::str
     const std::string changed = progress.data_changed();
     if (changed == "it is gone") fail("train: {} was trained on {}, which is gone; give --data", config, progress.data);
     data_args.data = progress.data;
-    spdlog::info("data: {} (the checkpoint's; --data names another)", progress.data);
+    spdlog::info("data: {} (the one the checkpoint was trained on; give --data to train on another)", progress.data);
   }
   if (!data_args.data.empty() && data_args.data == progress.data && !progress.data_changed().empty())
     spdlog::warn("{} changed since the checkpoint was written ({}): a resumed run differs from an uninterrupted one",
@@ -615,7 +677,7 @@ Replicas join_replicas(const DistributedArgs& dist, torch::Device& device) {
 
 TrainOptions train_options(const TrainArgs& t, const Progress& progress, torch::Device device, const Table& data,
                            const std::optional<Preprocessing>& preprocessing, const std::string& out,
-                           const CoreShare& cores) {
+                           const CoreShare& cores, std::string cores_said) {
   TrainOptions options;
   options.epochs = t.epochs;
   options.batch_size = progress.batch_size;
@@ -624,11 +686,15 @@ TrainOptions train_options(const TrainArgs& t, const Progress& progress, torch::
   options.task = data.preprocessing.task;
   options.preprocessing = preprocessing;
   options.prune_at_epoch = t.prune_at_epoch;
-  options.prune_fraction = t.prune_fraction;
+  if (t.prune_fraction > 0)
+    options.prune = PruneOptions()
+                        .fraction(t.prune_fraction)
+                        .scope(prune_scope_from_name(t.prune_scope.value_or("global")))
+                        .keep_min(t.prune_keep_min.value_or(0));
   options.checkpoint_every = t.checkpoint_every;
   options.out = out;
   // Said when it changes: a rewiring, every few steps, keeps the network's size.
-  options.on_network_replaced = [&cores, said = std::string()](const NeuralNetwork& edited) mutable {
+  options.on_network_replaced = [&cores, said = std::move(cores_said)](const NeuralNetwork& edited) mutable {
     std::string share = cores.apply(edited);
     if (share != said) spdlog::info("cores: {}", share);
     said = std::move(share);
@@ -687,7 +753,8 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   Checkpoint ck =
       t.density ? Checkpoint{sparse_network(config, t), std::nullopt, std::nullopt, {}} : open_network(config);
   NeuralNetwork net = ck.network;
-  spdlog::info("cores: {}", cores.apply(net));
+  const std::string cores_said = cores.apply(net);
+  spdlog::info("cores: {}", cores_said);
   Progress progress = resumed_progress(ck, t, config);
   const auto rewire_end =
       plan_rewiring(t, progress.rewire, net, dist.nproc > 1 ? dist.nproc : group_size(dist), progress.steps);
@@ -717,7 +784,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
     spdlog::info("{}", c10::str(*net));
     log_data(data);
   }
-  TrainOptions options = train_options(t, progress, device, data, preprocessing, out, cores);
+  TrainOptions options = train_options(t, progress, device, data, preprocessing, out, cores, cores_said);
   options.rewire_end = rewire_end;
 #if defined(CONNEX_WITH_DISTRIBUTED)
   options.data_parallel = replicas.data_parallel.get();
@@ -750,11 +817,12 @@ struct PruneArgs {
   bool protect_outputs = false, remove_dead = false;
   std::string score = "magnitude";  // or activation, gradient: measured on data
   PruneOptions options() const {
-    const PruneScope s = scope == "neuron"  ? PruneScope::PerNeuron
-                         : scope == "level" ? PruneScope::PerLevel
-                                            : PruneScope::Global;
-    return PruneOptions().threshold(threshold).fraction(fraction).scope(s).keep_min(keep_min).protect_outputs(
-        protect_outputs);
+    return PruneOptions()
+        .threshold(threshold)
+        .fraction(fraction)
+        .scope(prune_scope_from_name(scope))
+        .keep_min(keep_min)
+        .protect_outputs(protect_outputs);
   }
 };
 
@@ -820,24 +888,6 @@ void report_pruning(NeuralNetwork& net, NeuralNetwork& pruned, std::unique_ptr<t
   }
 }
 
-// A pruning that leaves an output reached from no input has made it a
-// constant: said, since a threshold on scores of unknown scale can do that.
-void warn_about_cut_outputs(const NeuralNetwork& pruned) {
-  const Topology& t = pruned->topology();
-  std::vector<uint8_t> reached(t.num_neurons(), 0);
-  for (int64_t d = 0; d < t.num_inputs(); ++d) reached[d] = 1;
-  for (int64_t c = 0, d = t.num_inputs(); d < t.num_neurons(); ++d)  // dense ids are in level order
-    for (c = t.in_offsets()[d]; c < t.in_offsets()[d + 1]; ++c) reached[d] |= reached[t.conn_source()[c]];
-  std::vector<std::string> cut;
-  for (int64_t d : t.output_ids())
-    if (!reached[d]) cut.push_back(t.label(d).str());
-  if (cut.empty()) return;
-  spdlog::warn(
-      "prune: {} of {} outputs ({}{}) no longer depend on any input: their values are constants; a smaller "
-      "--fraction or --threshold, --protect-outputs or --keep-min helps",
-      cut.size(), t.output_ids().size(), cut.front(), cut.size() > 1 ? ", ..." : "");
-}
-
 int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, const TrainArgs& t,
               const std::string& out, const CoreShare& cores) {
   const std::optional<double> threshold = p.threshold, fraction = p.fraction;
@@ -846,6 +896,7 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
     fail("prune: --score {} needs --data (it scores the connections on the checkpoint's training rows)", p.score);
   if (threshold && !(*threshold >= 0 && std::isfinite(*threshold)))
     fail("prune: --threshold must be a finite number >= 0, got {}", *threshold);
+  check_out("prune", path, out, true);
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
   spdlog::info("cores: {}", cores.apply(net));
@@ -861,15 +912,27 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   const uint64_t seed = t.seed.value_or(trained.seed);
   if (!d.data.empty() || t.epochs > 0)
     data = load_dataset(d.options(net, t.val_split.value_or(trained.val_split), seed), net, ck.preprocessing, "prune");
-  const std::vector<Edge> weak =
-      connections_to_prune(net, p.options().scores(data ? connection_scores(net, p.score, *data) : torch::Tensor()));
+  const PruneOptions options = p.options().scores(data ? connection_scores(net, p.score, *data) : torch::Tensor());
+  const std::vector<Edge> weak = connections_to_prune(net, options);
+  if (p.keep_min > 0) {  // what the floor held back, so that a floor above every fan-in is not a silent no-op
+    const size_t unfloored = connections_to_prune(net, PruneOptions(options).keep_min(0)).size();
+    if (unfloored > weak.size()) {
+      const std::string kept = fmt::format("prune: --keep-min {} kept {} of the {} connections {} chose{}", p.keep_min,
+                                           unfloored - weak.size(), unfloored, threshold ? "--threshold" : "--fraction",
+                                           weak.empty() ? ": nothing is removed" : "");
+      if (weak.empty())
+        spdlog::warn("{}", kept);
+      else
+        spdlog::info("{}", kept);
+    }
+  }
   auto optimizer = choose_optimizer(ck, net, t, path);
   auto result = edit(net).remove_connections(weak).build(seed);
   NeuralNetwork pruned = result.network;
   auto next = optimizer_after_edit(*optimizer, net, result);
   std::printf("connections: %lld -> %lld (removed %zu)\n", static_cast<long long>(net->num_connections()),
               static_cast<long long>(pruned->num_connections()), weak.size());
-  warn_about_cut_outputs(pruned);
+  warn_about_cut_outputs(pruned, "prune", "a smaller --fraction or --threshold, --protect-outputs or --keep-min helps");
   if (p.remove_dead) {  // neurons the pruning cut off from every input or output
     const auto dead = dead_neurons(pruned);
     auto cleaned = remove_dead_neurons(pruned);
@@ -898,6 +961,7 @@ struct EditArgs {
 };
 
 int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out) {
+  check_out("edit", path, out, true);
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
   auto ids = [&](const std::vector<std::string>& texts, const char* what) {
@@ -964,7 +1028,7 @@ std::string slurp_bounded(const std::string& path) {
 
 int cmd_export(const std::string& path, const std::string& format, const std::string& out, double dot_seconds) {
   // Up front: a directory would only fail at the rename, after all the work.
-  if (fs::is_directory(out)) fail("export: --out {} is a directory; give the path of the file to write", out);
+  check_out("export", path, out, false);
   const Checkpoint ck = open_network(path);
   const NeuralNetwork& net = ck.network;
   if (format == "torchscript") {
@@ -1043,6 +1107,10 @@ int cmd_inspect(const std::string& path) {
     ++kernels[kernel_name(topo.levels()[l].kernel)];
   }
   std::printf("level sizes: %s\n", sizes.c_str());
+  std::string connections;  // into each level: what rewiring keeps
+  for (size_t l = 1; l < topo.levels().size(); ++l)
+    connections += (l > 1 ? " " : "") + std::to_string(topo.levels()[l].num_connections());
+  std::printf("level connections: %s\n", connections.c_str());
   std::string kernel_text;
   for (const auto& [k, n] : kernels) kernel_text += fmt::format("{}{} × {}", kernel_text.empty() ? "" : ", ", n, k);
   std::printf("level kernels: %s\n", kernel_text.c_str());
@@ -1107,8 +1175,19 @@ void add_sparse_training_flags(CLI::App* train, TrainArgs& t) {
                    "start from a sparse layered network of the config's layer sizes at this density "
                    "(\"prebuilt\": \"MLP\" or \"SparseMLP\" configs; seeded by --seed)")
       ->check(number_in(0, 1, false, true));
+  // The library's names (distribution_from_name), so the flag takes what a config does.
+  const CLI::Validator distribution(
+      [](std::string& name) -> std::string {
+        try {
+          nn::distribution_from_name(name);
+          return "";
+        } catch (const Error&) {
+          return fmt::format("must be uniform, er (or erdos_renyi) or erk, got \"{}\"", printable(name, 40));
+        }
+      },
+      "uniform|er|erdos_renyi|erk");
   train->add_option("--init-density", t.init_density, "how --density is shared among the layer pairs (default er)")
-      ->check(CLI::IsMember({"uniform", "er", "erk"}));
+      ->check(distribution);
   train
       ->add_option("--rewire", t.rewire,
                    "rewire while training: set (grow at random), rigl (grow by gradient) or none; default: a resumed "
@@ -1137,6 +1216,14 @@ void add_train_command(CLI::App& app, Commands& c) {
       ->add_option("--prune-fraction", c.train_args.prune_fraction,
                    "fraction of connections to prune, weakest |w| first")
       ->check(number_in(0, 1, false));
+  c.train
+      ->add_option("--prune-scope", c.train_args.prune_scope,
+                   "which connections compete at --prune-at-epoch: global (default), neuron or level")
+      ->check(CLI::IsMember({"global", "neuron", "level"}));
+  c.train
+      ->add_option("--prune-keep-min", c.train_args.prune_keep_min,
+                   "at --prune-at-epoch every neuron keeps at least this many incoming connections (default 0)")
+      ->check(number_in(0, HUGE_VAL, true));
   c.train
       ->add_option("--checkpoint-every", c.train_args.checkpoint_every, "write --out every this many epochs (rank 0)")
       ->check(number_in(0, HUGE_VAL, true));
@@ -1280,6 +1367,10 @@ int main(int argc, char** argv) {
   add_export_command(app, c);
   add_inspect_command(app, c);
   add_bench_command(app, c);
+  // `connex train cfg.json --threads 1` as well as `connex --threads 1 train
+  // cfg.json`: the commands pass --threads up (bench passes its options on to
+  // the benchmark program instead).
+  for (CLI::App* command : {c.train, c.prune, c.edit, c.export_, c.inspect}) command->fallthrough();
 
   if (unknown_subcommand(app, argc, argv)) return 2;
   try {

@@ -112,6 +112,20 @@ std::pair<double, double> evaluate(NeuralNetwork& network, const torch::Tensor& 
   return {loss, metric};
 }
 
+void warn_about_cut_outputs(const NeuralNetwork& pruned, const std::string& command, const std::string& remedy) {
+  const Topology& t = pruned->topology();
+  std::vector<uint8_t> reached(t.num_neurons(), 0);
+  for (int64_t d = 0; d < t.num_inputs(); ++d) reached[d] = 1;
+  for (int64_t c = 0, d = t.num_inputs(); d < t.num_neurons(); ++d)  // dense ids are in level order
+    for (c = t.in_offsets()[d]; c < t.in_offsets()[d + 1]; ++c) reached[d] |= reached[t.conn_source()[c]];
+  std::vector<std::string> cut;
+  for (int64_t d : t.output_ids())
+    if (!reached[d]) cut.push_back(t.label(d).str());
+  if (cut.empty()) return;
+  spdlog::warn("{}: {} of {} outputs ({}{}) no longer depend on any input: their values are constants; {}", command,
+               cut.size(), t.output_ids().size(), cut.front(), cut.size() > 1 ? ", ..." : "", remedy);
+}
+
 void write_run(const std::string& out, const NeuralNetwork& network, const torch::optim::Optimizer& optimizer,
                const Progress& progress, const std::optional<Preprocessing>& preprocessing) {
   namespace fs = std::filesystem;
@@ -447,7 +461,7 @@ class Trainer {
     for (int epoch = first_epoch_; epoch <= last_epoch_; ++epoch) {
       const EpochMetrics m = record_epoch(epoch, train_epoch());
       report(epoch, m);
-      if (epoch == options_.prune_at_epoch && options_.prune_fraction > 0) prune(epoch);
+      if (epoch == options_.prune_at_epoch && options_.prune.fraction()) prune(epoch);
       if (reporter() && options_.checkpoint_every > 0 && epoch % options_.checkpoint_every == 0 &&
           !options_.out.empty())
         write_run(options_.out, network_, *optimizer_, progress_, options_.preprocessing);
@@ -634,13 +648,15 @@ class Trainer {
   // state follows the survivors.
   void prune(int epoch) {
     EditScript prune;
-    if (reporter())
-      prune.remove_connections(connections_to_prune(network_, PruneOptions().fraction(options_.prune_fraction)));
+    if (reporter()) prune.remove_connections(connections_to_prune(network_, options_.prune));
     EditResult edited = replicas_.apply_edit(network_, prune, options_.seed);
     auto next = optimizer_after_edit(*optimizer_, network_, edited);
-    if (reporter())
+    if (reporter()) {
       spdlog::info("epoch {}: pruned {} of {} connections (|w| smallest first)", epoch,
                    network_->num_connections() - edited.network->num_connections(), network_->num_connections());
+      warn_about_cut_outputs(edited.network, "train",
+                             "a smaller --prune-fraction, --prune-keep-min 1 or --prune-scope neuron helps");
+    }
     replace_network(edited.network, std::move(next), "train: after pruning");
   }
 

@@ -46,10 +46,11 @@ struct TrainOptions {
   torch::Device device = torch::kCPU;
   Task task = Task::Regression;
   std::optional<Preprocessing> preprocessing;  // saved with every checkpoint
-  // Prune this fraction of connections (weakest |w| first) after this epoch;
-  // the optimizer state moves with the surviving parameters.
+  // Prune (prune.fraction of the connections, weakest |w| first, in its
+  // scope and above its floor) after this epoch; the optimizer state moves
+  // with the surviving parameters.
   int prune_at_epoch = 0;
-  double prune_fraction = 0.0;
+  PruneOptions prune;
   // Write `out` (see write_run) every this many epochs; 0: only the caller writes.
   int checkpoint_every = 0;
   std::string out;
@@ -145,6 +146,12 @@ TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimize
 // metrics.csv, metrics.json, config.json.
 void write_run(const std::string& out, const NeuralNetwork& network, const torch::optim::Optimizer& optimizer,
                const Progress& progress, const std::optional<Preprocessing>& preprocessing);
+// A pruning that leaves an output reached from no input has made it a
+// constant: `command` warns, suggesting `remedy`.
+void warn_about_cut_outputs(const NeuralNetwork& pruned, const std::string& command, const std::string& remedy);
+
+// The files write_run() writes into a run directory, model.ckpt (the record) last.
+inline constexpr const char* kRunFiles[] = {"metrics.csv", "metrics.json", "config.json", "model.ckpt"};
 
 // The companions of `dir`/model.ckpt in a run directory (metrics.csv,
 // metrics.json, config.json) that are not what that checkpoint's write put

@@ -231,6 +231,9 @@ GraphSpec graph_from_config(const json& graph, const std::string& source) {
   if (!graph.is_object()) fail("{}: /graph must be an object, got {}", source, graph.type_name());
   if (!graph.contains("prebuilt")) return GraphSpec::from_json(graph, source, "/graph");
   const auto& kind = graph.at("prebuilt");
+  // The kind first: a misspelt one would otherwise be reported as its keys.
+  if (kind != "MLP" && kind != "DenseMLP" && kind != "SparseMLP")
+    fail("{}: /graph/prebuilt must be \"MLP\", \"DenseMLP\" or \"SparseMLP\", got {}", source, detail::excerpt(kind));
   const int64_t in = non_negative_int(graph, "input_size", source, "/graph"),
                 out = non_negative_int(graph, "output_size", source, "/graph");
   const int64_t width = non_negative_int(graph, "width", source, "/graph"),
@@ -245,11 +248,10 @@ GraphSpec graph_from_config(const json& graph, const std::string& source) {
   try {
     if (kind == "MLP") return nn::mlp_spec(in, out, width, depth);
     if (kind == "DenseMLP") return nn::dense_mlp_spec(in, out, width, depth);
-    if (sparse) return nn::sparse_layered_spec(sizes, *sparse);
+    return nn::sparse_layered_spec(sizes, *sparse);
   } catch (const Error& e) {
     fail("{}: /graph: {}", source, e.what());
   }
-  fail("{}: /graph/prebuilt must be \"MLP\", \"DenseMLP\" or \"SparseMLP\", got {}", source, detail::excerpt(kind));
 }
 
 json network_config(const NeuralNetwork& network, const char* context) {
@@ -268,6 +270,9 @@ NeuralNetwork network_from_config(const json& config, const std::string& source)
   if (config.contains("version") && config.at("version") != kConfigVersion)
     fail("{}: /version is {}; this connex reads version {}", source, detail::excerpt(config.at("version")),
          kConfigVersion);
+  if (config.contains("nodes") && (config.contains("links") || config.contains("edges")))
+    fail("{}: a node-link graph (as export_graph() writes), not a network config; import_graph_json() reads it",
+         source);
   if (!config.contains("graph")) fail("{}: required key \"graph\" is missing", source);
   for (auto it = config.begin(); it != config.end(); ++it)
     if (it.key() != "format" && it.key() != "version" && it.key() != "graph" && it.key() != "options")

@@ -115,6 +115,11 @@ std::vector<std::string> read_header(const std::string& text, const std::string&
   fail("{}: the file is empty (no header row)", source);
 }
 
+// Every record has the header's width.
+void check_width(const std::string& source, int64_t line, size_t columns, size_t cells) {
+  if (cells != columns) fail("{}:{}: expected {} columns, got {}", source, line, columns, cells);
+}
+
 enum class Cell { Number, NotANumber, NotFinite };
 
 // What a cell holds; the value in `v` when it is a finite number.
@@ -173,7 +178,18 @@ std::optional<double> CsvTable::try_number(size_t row, size_t column) const {
 std::vector<std::string> csv_columns(const std::string& text, const std::string& source) {
   size_t pos = 0;
   int64_t line_no = 0;
-  return read_header(text, source, pos, line_no);
+  auto columns = read_header(text, source, pos, line_no);
+  // The first record too: a first line that is not a header (sklearn's
+  // "rows,features,class names") shows here, not as columns that do not fit.
+  std::vector<std::string> cells;
+  int64_t first_line = 0;
+  bool blank = false;
+  while (next_record(text, pos, line_no, source, cells, first_line, blank))
+    if (!blank) {
+      check_width(source, first_line, columns.size(), cells.size());
+      break;
+    }
+  return columns;
 }
 
 CsvTable parse_csv(const std::string& text, const std::string& source, const std::vector<std::string>& text_columns) {
@@ -196,8 +212,7 @@ CsvTable parse_csv(const std::string& text, const std::string& source, const std
   bool blank = false;
   while (next_record(text, pos, line_no, source, cells, first_line, blank)) {
     if (blank) continue;
-    if (cells.size() != table.columns.size())
-      fail("{}:{}: expected {} columns, got {}", source, first_line, table.columns.size(), cells.size());
+    check_width(source, first_line, table.columns.size(), cells.size());
     std::vector<double> row(cells.size());
     for (size_t j = 0; j < cells.size(); ++j) {
       if (as_text[j]) {

@@ -126,8 +126,13 @@ void write_file_atomically(const std::string& path, const std::string& bytes, co
     fd = injected(WriteStep::open_temp)
              ? -1
              : ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-    if (fd < 0 && (errno != EEXIST || attempt == 100))
+    if (fd < 0 && (errno != EEXIST || attempt == 100)) {
+      // The temporary's name means nothing to the user: the file and its folder do.
+      if (errno == ENOENT || errno == ENOTDIR)
+        fail("{}: cannot write {}: its directory {} does not exist", context, path,
+             std::filesystem::path(path).parent_path().string());
       fail("{}: cannot create {}: {}", context, temp, std::strerror(errno));
+    }
   }
   auto give_up = [&](const char* what, bool close_fd) {
     const std::string why = std::strerror(errno);

@@ -29,7 +29,8 @@ struct CsvTable {
 // The columns named in `text_columns` (class labels) are kept as text, unparsed.
 CsvTable parse_csv(const std::string& text, const std::string& source = "csv",
                    const std::vector<std::string>& text_columns = {});
-// The header row's column names alone.
+// The header row's column names, read without parsing the rows; the first
+// record is checked to have as many cells.
 std::vector<std::string> csv_columns(const std::string& text, const std::string& source = "csv");
 CsvTable read_csv(const std::string& path);
 
