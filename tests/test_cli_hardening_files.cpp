@@ -149,18 +149,27 @@ TEST(CliHardeningFiles, AnOutputThatWouldDestroyTheInputIsRefused) {
   const std::string run_model = slurp(dir / "run/model.ckpt"), ckpt = slurp(dir / "net.ckpt"),
                     config = slurp(dir / "net.json");
   for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
-           {"export net.ckpt --format dot --out net.ckpt", "export: --out net.ckpt is the network it reads"},
-           {"export net.json --format json --out ./net.json", "export: --out ./net.json is the network it reads"},
+           {"export net.ckpt --format dot --out net.ckpt", "export: --out net.ckpt is the file it reads"},
+           {"export net.json --format json --out ./net.json", "export: --out ./net.json is the file it reads"},
+           {"edit net.json --add-hidden 7 --out net.json", "edit: --out net.json is the file it reads"},
            {"export run --format dot --out run/model.ckpt",
-            "export: --out run/model.ckpt is the model.ckpt of the training run run it reads"},
+            "export: --out run/model.ckpt is the model.ckpt of the run directory run"},
            {"prune run --fraction 0.5 --out run/model.ckpt",
-            "prune: --out run/model.ckpt is the model.ckpt of the training run run it reads; a run's files are "
-            "rewritten together, by train --out only: write elsewhere"},
-           {"prune run --fraction 0.5 --out run/metrics.csv",
-            "prune: --out run/metrics.csv is the metrics.csv of the training run run it reads"},
+            "prune: --out run/model.ckpt is the model.ckpt of the run directory run; a run's files are rewritten "
+            "together, by train --out only: write elsewhere"},
+           {"prune run/model.ckpt --fraction 0.5 --out run/model.ckpt",
+            "prune: --out run/model.ckpt is the model.ckpt of the run directory run"},
+           {"export run/model.ckpt --format dot --out run/config.json",
+            "export: --out run/config.json is the config.json of the run directory run"},
+           {"prune net.ckpt --fraction 0.5 --out run/metrics.csv",
+            "prune: --out run/metrics.csv is the metrics.csv of the run directory run"},
            {"edit run --add-hidden 7 --out run/model.ckpt",
-            "edit: --out run/model.ckpt is the model.ckpt of the training run run it reads"},
-           {"prune run --fraction 0.5 --out run", "prune: --out run is a directory; give the path of the file"}}) {
+            "edit: --out run/model.ckpt is the model.ckpt of the run directory run"},
+           {"prune run --fraction 0.5 --out run", "prune: --out run is a directory; give the path of the file"},
+           {"prune run --fraction 0.5 --out nodir/p.ckpt",
+            "prune: cannot write nodir/p.ckpt: its directory nodir does not exist"},
+           {"edit run --add-hidden 7 --out net.json/p.ckpt",
+            "edit: cannot write net.json/p.ckpt: net.json is not a directory"}}) {
     SCOPED_TRACE(args);
     auto r = connex_cli(args, dir);
     EXPECT_EQ(r.code, 1);
@@ -186,6 +195,8 @@ TEST(CliHardeningFiles, AnOutputInAMissingDirectoryNamesTheDirectory) {
   auto r = connex_cli("export net.json --format json --out nodir/g.json", dir);
   EXPECT_EQ(r.code, 1);
   EXPECT_EQ(r.err, "connex: export: cannot write nodir/g.json: its directory nodir does not exist\n");
+  r = connex_cli("export net.json --format png --out nodir/g.png", dir);
+  EXPECT_EQ(r.err, "connex: export: cannot write nodir/g.png: its directory nodir does not exist\n");
   EXPECT_EQ(names_in(dir.path), (std::vector<std::string>{"net.json"}));
 }
 
@@ -201,6 +212,15 @@ TEST(CliHardeningFiles, NewUsersCommonSlipsGetTheRightAnswer) {
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("connections: "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("level connections: "), std::string::npos) << r.out;
+  spit(dir / "sparse.json",
+       R"({"graph": {"prebuilt": "SparseMLP", "input_size": 2, "output_size": 1, "width": 8, "depth": 1,
+                     "density": 0.01}})");
+  r = connex_cli("inspect sparse.json", dir);
+  EXPECT_NE((r.out + r.err)
+                .find("sparse.json: a sparse layered network of 16 connections; 0.01 asked for 0, raised so that "
+                      "every hidden neuron starts with inputs and outputs and every output with inputs"),
+            std::string::npos)
+      << r.out + r.err;
   spit(dir / "typo.json",
        R"({"graph": {"prebuilt": "SparseMlp", "input_size": 2, "output_size": 1, "width": 4, "depth": 1,
                      "density": 0.5}})");

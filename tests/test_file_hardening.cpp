@@ -98,8 +98,13 @@ TEST(PrivateDirectory, IsMadeExclusivelyAndRemovedWithItsFiles) {
   }
   EXPECT_FALSE(fs::exists(made));
   EXPECT_TRUE(names_in(dir.path).empty());
-  EXPECT_THROW_MSG(PrivateDirectory(dir / "missing/g.png", "export"),
-                   "export: cannot create a temporary directory beside " + (dir / "missing/g.png"));
+  EXPECT_THROW_MSG(
+      PrivateDirectory(dir / "missing/g.png", "export"),
+      "export: cannot write " + (dir / "missing/g.png") + ": its directory " + (dir / "missing") + " does not exist");
+  spit(dir / "afile", "x");
+  EXPECT_THROW_MSG(write_file_atomically(dir / "afile/g.json", "{}", "export"),
+                   "export: cannot write " + (dir / "afile/g.json") + ": " + (dir / "afile") + " is not a directory");
+  EXPECT_EQ(slurp(dir / "afile"), "x");
 }
 
 TEST(Printable, EscapesControlBytesAndCutsLongValues) {

@@ -77,7 +77,7 @@ NeuralNetwork network_from_json_file(const std::string& path) {
   if (doc.is_object() && doc.contains("nodes") && doc.contains("links")) return from_node_link_json(doc, path);
   NeuralNetwork net = network_from_config(doc, path);
   const auto& graph = doc.at("graph");
-  if (graph.value("prebuilt", "") == "SparseMLP")
+  if (graph.contains("prebuilt") && graph.at("prebuilt") == "SparseMLP")
     if (const std::string note = sparse_floor_note(net, graph); !note.empty())
       spdlog::info("{}: a sparse layered network of {} connections{}", path, net->num_connections(), note);
   return net;
@@ -105,30 +105,33 @@ Checkpoint open_network(const std::string& path) {
   return {network_from_json_file(path), std::nullopt};
 }
 
-// Up front, before any work: `command`'s --out (when given) must be a file
-// path, no file of the training run directory `in` it reads (train --out
-// alone rewrites a run, all its files together), and, unless the command
-// writes a network that may replace its input (prune, edit: the write is
-// atomic), not the file `in` itself (export would put a drawing or a
-// script where the network was).
-void check_out(const std::string& command, const std::string& in, const std::string& out, bool may_replace_input) {
+// Up front, before any work: `command`'s --out (when given) must name a
+// file in an existing directory; never one of the files of a run directory
+// (one holding model.ckpt: train --out alone rewrites a run, all its files
+// together); and not the file `in` it reads, unless that is a checkpoint
+// file the command may replace (prune, edit: the write is atomic). Export
+// would put a drawing where the network was, edit a checkpoint in place of
+// a hand-written config.
+void check_out(const std::string& command, const std::string& in, const std::string& out, bool may_replace_checkpoint) {
   if (out.empty()) return;
   std::error_code ec;
   if (fs::is_directory(out, ec)) fail("{}: --out {} is a directory; give the path of the file to write", command, out);
-  if (in.empty()) return;
-  if (fs::is_directory(in, ec)) {
-    const fs::path run = fs::weakly_canonical(in, ec), target = fs::weakly_canonical(out, ec);
-    if (ec || target.parent_path() != run) return;
+  const fs::path parent = fs::path(out).parent_path();
+  if (!parent.empty() && !fs::is_directory(parent, ec))
+    fail("{}: cannot write {}: {}", command, out,
+         fs::exists(parent, ec) ? parent.string() + " is not a directory"
+                                : "its directory " + parent.string() + " does not exist");
+  const fs::path dir = parent.empty() ? fs::path(".") : parent;
+  if (fs::exists(dir / "model.ckpt", ec))
     for (const char* name : kRunFiles)
-      if (target.filename() == name)
+      if (fs::path(out).filename() == name)
         fail(
-            "{}: --out {} is the {} of the training run {} it reads; a run's files are rewritten together, by train "
-            "--out only: write elsewhere",
-            command, out, name, in);
-    return;
-  }
-  if (!may_replace_input && fs::exists(out, ec) && fs::equivalent(in, out, ec))
-    fail("{}: --out {} is the network it reads; give another path", command, out);
+            "{}: --out {} is the {} of the run directory {}; a run's files are rewritten together, by train --out "
+            "only: write elsewhere",
+            command, out, name, dir.string());
+  if (in.empty() || !fs::exists(out, ec) || !fs::equivalent(in, out, ec)) return;
+  if (!may_replace_checkpoint || !is_checkpoint(in))
+    fail("{}: --out {} is the file it reads; give another path", command, out);
 }
 
 NeuronId parse_id(const std::string& text, const NeuralNetwork& network, const std::string& what) {
@@ -494,7 +497,8 @@ void log_data(const Table& data) {
 
 void check_train_flags(const TrainArgs& t, const std::string& out) {
   if (t.prune_at_epoch > 0 && !(t.prune_fraction > 0))
-    fail("train: --prune-at-epoch {} needs --prune-fraction (in (0, 1))", t.prune_at_epoch);
+    fail("train: --prune-at-epoch {} needs --prune-fraction (in (0, 1])", t.prune_at_epoch);
+  if (t.prune_fraction > 0 && t.prune_at_epoch == 0) fail("train: --prune-fraction needs --prune-at-epoch (>= 1)");
   if ((t.prune_scope || t.prune_keep_min) && t.prune_at_epoch == 0)
     fail("train: --{} needs --prune-at-epoch", t.prune_scope ? "prune-scope" : "prune-keep-min");
   if (t.checkpoint_every > 0 && out.empty()) fail("train: --checkpoint-every needs --out");
@@ -899,7 +903,8 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   check_out("prune", path, out, true);
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
-  spdlog::info("cores: {}", cores.apply(net));
+  const std::string cores_said = cores.apply(net);
+  spdlog::info("cores: {}", cores_said);
   // Data only when asked for: --data reports the loss before and after, and
   // training on needs some (the toy set when the network fits it).
   if (d.standardize && !(ck.preprocessing && ck.preprocessing->standardizes()))
@@ -941,7 +946,8 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
                 static_cast<long long>(cleaned.network->num_connections()));
     pruned = cleaned.network;
   }
-  spdlog::info("cores: {}", cores.apply(pruned));  // the pruned network may take the other path (and pool)
+  // The pruned network may take the other path (and pool).
+  if (const std::string share = cores.apply(pruned); share != cores_said) spdlog::info("cores: {}", share);
   std::optional<Preprocessing> preprocessing = ck.preprocessing;
   if (data) {
     report_pruning(net, pruned, next, *data, t, seed);

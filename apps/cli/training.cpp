@@ -654,8 +654,7 @@ class Trainer {
     if (reporter()) {
       spdlog::info("epoch {}: pruned {} of {} connections (|w| smallest first)", epoch,
                    network_->num_connections() - edited.network->num_connections(), network_->num_connections());
-      warn_about_cut_outputs(edited.network, "train",
-                             "a smaller --prune-fraction, --prune-keep-min 1 or --prune-scope neuron helps");
+      warn_about_cut_outputs(edited.network, "train", "a smaller --prune-fraction or --prune-keep-min 1 helps");
     }
     replace_network(edited.network, std::move(next), "train: after pruning");
   }

@@ -34,6 +34,17 @@ bool injected(fault_injection::WriteStep step) {
   return true;
 }
 
+// After a create beside `path` failed with errno: where the reason is that
+// its directory is missing (or is a file), says so in the user's terms (a
+// temporary's name means nothing to them).
+void fail_on_missing_directory(const std::string& path, const char* context) {
+  if (errno != ENOENT && errno != ENOTDIR) return;
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  std::error_code ec;
+  if (std::filesystem::exists(dir, ec)) fail("{}: cannot write {}: {} is not a directory", context, path, dir);
+  fail("{}: cannot write {}: its directory {} does not exist", context, path, dir);
+}
+
 // 16 hex digits nobody can predict (a counter alone would let another user
 // plant a symlink at the next name).
 std::string random_suffix() {
@@ -127,10 +138,7 @@ void write_file_atomically(const std::string& path, const std::string& bytes, co
              ? -1
              : ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0 && (errno != EEXIST || attempt == 100)) {
-      // The temporary's name means nothing to the user: the file and its folder do.
-      if (errno == ENOENT || errno == ENOTDIR)
-        fail("{}: cannot write {}: its directory {} does not exist", context, path,
-             std::filesystem::path(path).parent_path().string());
+      fail_on_missing_directory(path, context);
       fail("{}: cannot create {}: {}", context, temp, std::strerror(errno));
     }
   }
@@ -273,8 +281,10 @@ std::string excerpt(const nlohmann::json& value, size_t max_bytes) {
 
 PrivateDirectory::PrivateDirectory(const std::string& beside, const char* context) {
   std::string pattern = beside + ".tmp.XXXXXX";
-  if (!::mkdtemp(pattern.data()))
+  if (!::mkdtemp(pattern.data())) {
+    fail_on_missing_directory(beside, context);
     fail("{}: cannot create a temporary directory beside {}: {}", context, beside, std::strerror(errno));
+  }
   path_ = pattern;
 }
 
