@@ -212,6 +212,12 @@ TEST(CliHardeningFiles, NewUsersCommonSlipsGetTheRightAnswer) {
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("connections: "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("level connections: "), std::string::npos) << r.out;
+  // networkx 3.4 on names the links "edges": read as well.
+  std::string graph = slurp(dir / "g.json");
+  graph.replace(graph.find("\"links\""), 7, "\"edges\"");
+  spit(dir / "g34.json", graph);
+  const auto links = connex_cli("inspect g.json", dir).out;
+  EXPECT_EQ(connex_cli("inspect g34.json", dir).out, links);
   spit(dir / "sparse.json",
        R"({"graph": {"prebuilt": "SparseMLP", "input_size": 2, "output_size": 1, "width": 8, "depth": 1,
                      "density": 0.01}})");

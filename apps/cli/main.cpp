@@ -70,11 +70,15 @@ std::string sparse_floor_note(const NeuralNetwork& net, const nlohmann::json& gr
       density, asked);
 }
 
-// A JSON file: a network config, or the node-link graph export --format json
-// writes (an object with "nodes" and "links"). Read as load_config() reads.
+// A JSON file's document, read (and refused) as load_config() reads it.
+nlohmann::json read_json_file(const std::string& path) {
+  return connex::detail::parse_json(read_file(path, "load_config()"), "load_config(): " + path);
+}
+
+// A JSON file: a network config, or the node-link graph export --format json writes.
 NeuralNetwork network_from_json_file(const std::string& path) {
-  const auto doc = connex::detail::parse_json(read_file(path, "load_config()"), "load_config(): " + path);
-  if (doc.is_object() && doc.contains("nodes") && doc.contains("links")) return from_node_link_json(doc, path);
+  const auto doc = read_json_file(path);
+  if (connex::detail::is_node_link_graph(doc)) return from_node_link_json(doc, path);
   NeuralNetwork net = network_from_config(doc, path);
   const auto& graph = doc.at("graph");
   if (graph.contains("prebuilt") && graph.at("prebuilt") == "SparseMLP")
@@ -517,13 +521,7 @@ NeuralNetwork sparse_network(const std::string& config, const TrainArgs& t) {
         "network)",
         config);
   if (!fs::exists(config, error)) fail("{}: no such file", config);
-  nlohmann::json json;
-  try {
-    json = connex::detail::parse_json(read_file(config, "train"), config);
-  } catch (const Error&) {
-    load_config(config);  // says what is wrong with it
-    throw;
-  }
+  auto json = read_json_file(config);
   if (!json.is_object() || !json.contains("graph") || !json.at("graph").is_object())
     load_config(config);  // says what is wrong with it
   auto& graph = json.at("graph");

@@ -270,7 +270,7 @@ NeuralNetwork network_from_config(const json& config, const std::string& source)
   if (config.contains("version") && config.at("version") != kConfigVersion)
     fail("{}: /version is {}; this connex reads version {}", source, detail::excerpt(config.at("version")),
          kConfigVersion);
-  if (config.contains("nodes") && (config.contains("links") || config.contains("edges")))
+  if (detail::is_node_link_graph(config))
     fail("{}: a node-link graph (as export_graph() writes), not a network config; import_graph_json() reads it",
          source);
   if (!config.contains("graph")) fail("{}: required key \"graph\" is missing", source);

@@ -22,4 +22,10 @@ nlohmann::json parse_json(std::string_view text, const std::string& what);
 // escaped; never copies a long string or array whole.
 std::string excerpt(const nlohmann::json& value, size_t max_bytes = 80);
 
+// Whether `doc` is a node-link graph, as export_graph() and networkx write
+// it: "nodes", and "links" (or "edges", networkx 3.4 on) at the top.
+inline bool is_node_link_graph(const nlohmann::json& doc) {
+  return doc.is_object() && doc.contains("nodes") && (doc.contains("links") || doc.contains("edges"));
+}
+
 }  // namespace connex::detail
