@@ -11,10 +11,10 @@ bash scripts/build.sh
 out=${1:-runs/readme}
 connex=./build/apps/connex
 mkdir -p "$out"
-$connex train --epochs 1000 --out "$out/trained"
+$connex train --epochs 1000 --out "$out/trained" --overwrite
 $connex edit "$out/trained/model.ckpt" --add-connection 1:6 --add-connection 2:11 --remove-neuron 9 --seed 1 \
   --out "$out/edited.ckpt"
-$connex train "$out/edited.ckpt" --epochs 1000 --out "$out/retrained"
+$connex train "$out/edited.ckpt" --epochs 1000 --out "$out/retrained" --overwrite
 $connex export "$out/retrained/model.ckpt" --format png --out "$out/network.png"
 $connex export "$out/retrained/model.ckpt" --format torchscript --out "$out/network.pt"
 $connex inspect "$out/retrained/model.ckpt"

@@ -169,7 +169,11 @@ TEST(CliHardeningFiles, AnOutputThatWouldDestroyTheInputIsRefused) {
            {"prune run --fraction 0.5 --out nodir/p.ckpt",
             "prune: cannot write nodir/p.ckpt: its directory nodir does not exist"},
            {"edit run --add-hidden 7 --out net.json/p.ckpt",
-            "edit: cannot write net.json/p.ckpt: net.json is not a directory"}}) {
+            "edit: cannot write net.json/p.ckpt: net.json is not a directory"},
+           {"train net.json --data d.csv --epochs 1 --out run",
+            "train: --out run holds another run (metrics.csv, metrics.json, config.json, model.ckpt); resume it with "
+            "connex train run --out run, write elsewhere, or pass --overwrite to replace it"},
+           {"train net.ckpt --data d.csv --epochs 1 --out ./run", "train: --out ./run holds another run"}}) {
     SCOPED_TRACE(args);
     auto r = connex_cli(args, dir);
     EXPECT_EQ(r.code, 1);
@@ -187,6 +191,40 @@ TEST(CliHardeningFiles, AnOutputThatWouldDestroyTheInputIsRefused) {
   EXPECT_NE(slurp(dir / "net.ckpt"), ckpt);
   // Beside a run's files, an export is fine.
   EXPECT_EQ(connex_cli("export run --format dot --out run/net.dot", dir).code, 0);
+  // The run resumed in place, named either way, needs no flag; another run's
+  // network replaces it only with --overwrite.
+  EXPECT_EQ(connex_cli("train run --epochs 1 --out run", dir).code, 0);
+  EXPECT_EQ(connex_cli("train run/model.ckpt --epochs 1 --out run/", dir).code, 0);
+  r = connex_cli("train net.ckpt --data d.csv --epochs 1 --out run --overwrite", dir);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(slurp(dir / "run/model.ckpt"), run_model);
+}
+
+// A checkpoint reached through a symlink is replaced where the link points:
+// the link stays (an atomic rename over it used to put a plain file there).
+TEST(CliHardeningFiles, EditingThroughASymlinkKeepsTheLink) {
+  TempDir dir;
+  spit(dir / "net.json", kMlp21);
+  fs::create_directories(dir / "store");
+  ASSERT_EQ(connex_cli("edit net.json --add-hidden 100 --out store/net.ckpt", dir).code, 0);
+  fs::create_symlink("store/net.ckpt", dir / "link.ckpt");
+  const std::string before = slurp(dir / "store/net.ckpt");
+  auto r = connex_cli("edit link.ckpt --add-hidden 101 --out link.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::is_symlink(dir / "link.ckpt"));
+  EXPECT_NE(slurp(dir / "store/net.ckpt"), before);
+  EXPECT_EQ(names_in(dir / "store"), (std::vector<std::string>{"net.ckpt"}));
+}
+
+// connex --threads N bench runs the benchmark on N cores unless its own
+// options say otherwise (a workload name that matches none: no work).
+TEST(CliHardeningFiles, BenchTakesConnexsThreads) {
+  TempDir dir;
+  auto r = connex_cli("--threads 1 bench --only no-such-workload", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("connex_bench: 1 core(s)"), std::string::npos) << r.out;
+  r = connex_cli("--threads 1 bench --threads 2 --only no-such-workload", dir);
+  EXPECT_NE(r.out.find("connex_bench: 2 core(s)"), std::string::npos) << r.out;
 }
 
 TEST(CliHardeningFiles, AnOutputInAMissingDirectoryNamesTheDirectory) {

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -288,6 +289,7 @@ struct TrainArgs {
   std::optional<std::string> init_density, rewire;
   std::optional<int64_t> rewire_every;
   std::optional<double> drop_fraction, rewire_end;
+  bool overwrite = false;  // train only: --out may replace another run
   void add_to(CLI::App* cmd, int default_epochs) {
     epochs = default_epochs;
     cmd->add_option("--epochs", epochs, "epochs")->check(number_in(0, HUGE_VAL, true))->capture_default_str();
@@ -507,6 +509,26 @@ void check_train_flags(const TrainArgs& t, const std::string& out) {
     fail("train: --{} needs --prune-at-epoch", t.prune_scope ? "prune-scope" : "prune-keep-min");
   if (t.checkpoint_every > 0 && out.empty()) fail("train: --checkpoint-every needs --out");
   if (t.init_density && !t.density) fail("train: --init-density needs --density");
+}
+
+// Up front: train --out writes all of a run's files, so a directory holding
+// another run's (not the one being resumed) is replaced only with --overwrite;
+// a typo or a reused name would otherwise lose a finished run without a word.
+void check_train_out(const std::string& config, const std::string& out, bool overwrite) {
+  std::error_code ec;
+  if (out.empty() || overwrite || !fs::is_directory(out, ec)) return;
+  std::vector<std::string> held;
+  for (const char* name : kRunFiles)
+    if (fs::is_regular_file(fs::path(out) / name, ec)) held.emplace_back(name);
+  if (held.empty()) return;
+  const fs::path model = fs::path(out) / "model.ckpt";
+  if (!config.empty() &&
+      (fs::equivalent(config, out, ec) || (fs::exists(model, ec) && fs::equivalent(config, model, ec))))
+    return;  // resuming that run in place
+  fail(
+      "train: --out {} holds another run ({}); resume it with connex train {} --out {}, write elsewhere, or pass "
+      "--overwrite to replace it",
+      out, fmt::join(held, ", "), out, out);
 }
 
 // train --density: a new run's network, a sparse layered one of the config's
@@ -752,6 +774,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
               const std::string& out, const CoreShare& cores) {
   auto device = parse_device(t.device);
   check_train_flags(t, out);
+  check_train_out(config, out, t.overwrite);
   Checkpoint ck =
       t.density ? Checkpoint{sparse_network(config, t), std::nullopt, std::nullopt, {}} : open_network(config);
   NeuralNetwork net = ck.network;
@@ -1148,11 +1171,16 @@ int cmd_inspect(const std::string& path) {
   return 0;
 }
 
-int cmd_bench(const std::vector<std::string>& args) {
+// `threads`: connex's own --threads (given before `bench`), passed on unless
+// the benchmark's options name their own.
+int cmd_bench(std::vector<std::string> args, std::optional<int> threads) {
   // The benchmark program sits beside this one.
   const fs::path self = fs::read_symlink("/proc/self/exe");
   const fs::path bench = self.parent_path() / "connex_bench";
   if (!fs::exists(bench)) fail("bench: {} is missing; build the connex_bench target", bench.string());
+  const bool own = std::any_of(args.begin(), args.end(),
+                               [](const std::string& a) { return a == "--threads" || a.rfind("--threads=", 0) == 0; });
+  if (threads && !own) args.insert(args.begin(), {"--threads", std::to_string(*threads)});
   std::vector<char*> argv{const_cast<char*>(bench.c_str())};
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
@@ -1169,6 +1197,7 @@ struct Commands {
   PruneArgs prune_args;
   EditArgs edit_args;
   double dot_seconds = 60;
+  std::optional<int> bench_threads;  // connex --threads N bench: N, for the benchmark
   CLI::App *train = nullptr, *prune = nullptr, *edit = nullptr, *export_ = nullptr, *inspect = nullptr,
            *bench = nullptr;
 };
@@ -1232,6 +1261,8 @@ void add_train_command(CLI::App& app, Commands& c) {
       ->add_option("--checkpoint-every", c.train_args.checkpoint_every, "write --out every this many epochs (rank 0)")
       ->check(number_in(0, HUGE_VAL, true));
   c.train->add_option("--out", c.out, "directory for model.ckpt, metrics.csv, metrics.json, config.json");
+  c.train->add_flag("--overwrite", c.train_args.overwrite,
+                    "let --out replace another run's files (resuming a run in place needs no flag)");
   add_sparse_training_flags(c.train, c.train_args);
 }
 
@@ -1352,7 +1383,7 @@ int run_command(const Commands& c, const CoreShare& cores) {
   if (*c.edit) return cmd_edit(c.path, c.edit_args, c.out);
   if (*c.export_) return cmd_export(c.path, c.format, c.out, c.dot_seconds);
   if (*c.inspect) return cmd_inspect(c.path);
-  if (*c.bench) return cmd_bench(c.bench->remaining());
+  if (*c.bench) return cmd_bench(c.bench->remaining(), c.bench_threads);
   return 0;
 }
 
@@ -1388,6 +1419,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (too_many_threads(threads)) return 2;
+  if (*c.bench && app.get_option("--threads")->count() > 0) c.bench_threads = threads;
   if (*c.train && c.dist.nproc > 1) {
     if (nproc_conflicts(c.dist)) return 2;
     if (c.train_args.rewire.value_or("none") != "none") {

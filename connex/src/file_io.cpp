@@ -125,8 +125,17 @@ std::string read_file(const std::string& path, const char* context, uint64_t max
   return bytes;
 }
 
-void write_file_atomically(const std::string& path, const std::string& bytes, const char* context) {
+void write_file_atomically(const std::string& path_given, const std::string& bytes, const char* context) {
   using fault_injection::WriteStep;
+  // A symlink stays a link: the file it points to is replaced (the rename
+  // would otherwise put a plain file in the link's place). Messages keep
+  // naming what the caller gave.
+  std::string path = path_given;
+  std::error_code link_error;
+  if (std::filesystem::is_symlink(path, link_error)) {
+    const auto resolved = std::filesystem::weakly_canonical(path, link_error);
+    if (!link_error) path = resolved.string();
+  }
   // Created exclusively under an unpredictable name: O_EXCL|O_NOFOLLOW never
   // opens what is already there, so a file or symlink planted at the name
   // cannot be written through; a taken name just means drawing another.
@@ -146,7 +155,7 @@ void write_file_atomically(const std::string& path, const std::string& bytes, co
     const std::string why = std::strerror(errno);
     if (close_fd) ::close(fd);
     ::unlink(temp.c_str());
-    fail("{}: cannot {} {}: {}", context, what, path, why);
+    fail("{}: cannot {} {}: {}", context, what, path_given, why);
   };
   const bool write_fault = injected(WriteStep::write);
   const size_t limit = write_fault ? std::min(bytes.size(), g_fault_partial.load()) : bytes.size();
@@ -179,7 +188,7 @@ void write_file_atomically(const std::string& path, const std::string& bytes, co
       fail(
           "{}: wrote {} but cannot sync its directory: {}; the new contents are in place but may not survive a power "
           "loss",
-          context, path, why);
+          context, path_given, why);
   }
 }
 
