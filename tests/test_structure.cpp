@@ -129,6 +129,86 @@ TEST(Prune, ScopesChooseTheWeakestOfEachGroup) {
   EXPECT_EQ(pruned(PruneOptions().threshold(0.6)), edges({{2, 4}, {0, 2}, {0, 3}, {3, 4}, {1, 2}}));
 }
 
+// connections_to_prune as first written: every group stable-sorted, its
+// share taken, the whole choice stable-sorted by score, then the floor.
+std::vector<Edge> prune_reference(const NeuralNetwork& net, const PruneOptions& o) {
+  const Topology& t = net->topology();
+  const auto s = o.scores().defined() ? o.scores().to(torch::kFloat64).contiguous()
+                                      : net->weight_tensor().detach().abs().to(torch::kFloat64).contiguous();
+  const double* score = s.data_ptr<double>();
+  auto group = [&](int64_t c) {
+    const int64_t target = t.conn_target()[c];
+    return o.scope() == PruneScope::Global ? 0 : o.scope() == PruneScope::PerNeuron ? target : t.level_of(target);
+  };
+  std::vector<int64_t> order;
+  for (int64_t c = 0; c < t.num_connections(); ++c)
+    if (!(o.protect_outputs() && t.role(t.conn_target()[c]) == Role::Output)) order.push_back(c);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return group(a) != group(b) ? group(a) < group(b) : score[a] < score[b];
+  });
+  std::vector<int64_t> chosen;
+  for (size_t first = 0; first < order.size();) {
+    size_t last = first;
+    while (last < order.size() && group(order[last]) == group(order[first])) ++last;
+    const size_t count = last - first;
+    const size_t take = o.fraction() ? static_cast<size_t>(std::llround(*o.fraction() * double(count))) : count;
+    for (size_t k = first; k < first + take; ++k)
+      if (!o.threshold() || score[order[k]] < *o.threshold()) chosen.push_back(order[k]);
+    first = last;
+  }
+  std::stable_sort(chosen.begin(), chosen.end(), [&](int64_t a, int64_t b) { return score[a] < score[b]; });
+  std::vector<int64_t> remaining(t.num_neurons());
+  for (int64_t d = 0; d < t.num_neurons(); ++d) remaining[d] = t.in_offsets()[d + 1] - t.in_offsets()[d];
+  std::vector<Edge> edges;
+  for (int64_t c : chosen)
+    if (remaining[t.conn_target()[c]] > o.keep_min()) {
+      --remaining[t.conn_target()[c]];
+      edges.emplace_back(t.label(t.conn_source()[c]), t.label(t.conn_target()[c]));
+    }
+  return edges;
+}
+
+// The selection that replaced the sorts chooses the same connections in the
+// same order, ties (scores of five values) included, over every scope.
+TEST(Prune, SelectionMatchesSortingOnRandomGraphs) {
+  std::mt19937_64 rng(5);
+  const PruneScope scopes[] = {PruneScope::Global, PruneScope::PerNeuron, PruneScope::PerLevel};
+  int64_t compared = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    RandomDagOptions options;
+    options.edge_probability = 0.3;
+    NeuralNetwork net(random_dag(rng, options), NeuralNetworkOptions(kTanh64).seed(trial));
+    const auto ties = torch::floor(torch::rand({net->num_connections()}, torch::kFloat64) * 5) / 5;
+    PruneOptions o;
+    o.scope(scopes[trial % 3]).protect_outputs(trial % 4 == 0).keep_min(trial % 5 == 0 ? 1 : 0);
+    if (trial % 2) o.scores(ties);
+    if (trial % 7 == 3)
+      o.threshold(0.5);
+    else
+      o.fraction(std::uniform_real_distribution<double>(0, 1)(rng));
+    const auto got = connections_to_prune(net, o);
+    EXPECT_EQ(got, prune_reference(net, o)) << "trial " << trial;
+    compared += static_cast<int64_t>(got.size());
+  }
+  EXPECT_GT(compared, 1000);
+}
+
+// A diverged (NaN) weight ranks as the strongest: chosen after every number.
+TEST(Prune, ANanWeightRanksAsTheStrongest) {
+  auto net = hand_network();
+  {
+    torch::NoGradGuard no_grad;
+    net->weight_tensor()[0] = std::nan("");
+  }
+  const Topology& t = net->topology();
+  const Edge nan_edge{t.label(t.conn_source()[0]), t.label(t.conn_target()[0])};
+  auto half = connections_to_prune(net, PruneOptions().fraction(0.5));
+  EXPECT_EQ(std::count(half.begin(), half.end(), nan_edge), 0);
+  auto all = connections_to_prune(net, PruneOptions().fraction(1.0));
+  ASSERT_EQ(all.size(), 6u);
+  EXPECT_EQ(all.back(), nan_edge);
+}
+
 TEST(Prune, RejectsBadOptionsByName) {
   auto net = hand_network();
   EXPECT_THROW_MSG(prune(net, PruneOptions()), "prune(): expected exactly one of fraction and threshold, got neither");

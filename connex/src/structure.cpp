@@ -184,27 +184,37 @@ std::vector<Edge> connections_to_prune(const NeuralNetwork& network, const Prune
   const auto s = strength(network, options);
   const double* score = s.data_ptr<double>();
   const auto group = scope_groups(t, options.scope());
-  // The candidates of each group, weakest first (ties in connection order).
-  std::vector<int64_t> order;
-  for (int64_t c = 0; c < t.num_connections(); ++c)
-    if (!(options.protect_outputs() && t.role(t.conn_target()[c]) == Role::Output)) order.push_back(c);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return group[a] != group[b] ? group[a] < group[b] : score[a] < score[b];
-  });
-  std::vector<int64_t> chosen;
-  for (size_t first = 0; first < order.size();) {
-    size_t last = first;
-    while (last < order.size() && group[order[last]] == group[order[first]]) ++last;
-    const size_t count = last - first;
-    const size_t take = options.fraction()
-                            ? static_cast<size_t>(std::llround(*options.fraction() * static_cast<double>(count)))
-                            : count;
-    for (size_t k = first; k < first + take; ++k)
-      if (!options.threshold() || score[order[k]] < *options.threshold()) chosen.push_back(order[k]);
+  // Weakest first, ties in connection order: a strict order, so a selection
+  // gives what a stable sort would. A NaN |w| (a diverged weight) ranks as
+  // the strongest, never before a number.
+  auto key = [&](int64_t c) { return std::isnan(score[c]) ? HUGE_VAL : score[c]; };
+  auto weaker = [&](int64_t a, int64_t b) {
+    const double ka = key(a), kb = key(b);
+    return ka != kb ? ka < kb : a < b;
+  };
+  // Connections are ordered by target and targets by level, so every
+  // scope's groups are runs of connection indices. Each group's weakest
+  // share is selected (linear time), not the whole group sorted.
+  std::vector<int64_t> chosen, candidates;
+  for (int64_t first = 0; first < t.num_connections();) {
+    int64_t last = first;
+    candidates.clear();
+    for (; last < t.num_connections() && group[last] == group[first]; ++last)
+      if (!(options.protect_outputs() && t.role(t.conn_target()[last]) == Role::Output)) candidates.push_back(last);
+    const size_t take =
+        options.fraction()
+            ? static_cast<size_t>(std::llround(*options.fraction() * static_cast<double>(candidates.size())))
+            : candidates.size();
+    if (take < candidates.size())
+      std::nth_element(candidates.begin(), candidates.begin() + static_cast<std::ptrdiff_t>(take), candidates.end(),
+                       weaker);
+    for (size_t k = 0; k < take; ++k)
+      if (!options.threshold() || key(candidates[k]) < *options.threshold()) chosen.push_back(candidates[k]);
     first = last;
   }
-  // Weakest first across groups, then the floor: a neuron keeps keep_min inputs.
-  std::stable_sort(chosen.begin(), chosen.end(), [&](int64_t a, int64_t b) { return score[a] < score[b]; });
+  // Weakest first across groups (a group's index range precedes the next's,
+  // so ties stay in group order), then the floor: a neuron keeps keep_min inputs.
+  std::sort(chosen.begin(), chosen.end(), weaker);
   std::vector<int64_t> remaining(t.num_neurons());
   for (int64_t d = 0; d < t.num_neurons(); ++d) remaining[d] = t.in_offsets()[d + 1] - t.in_offsets()[d];
   std::vector<Edge> edges;
