@@ -124,8 +124,8 @@ TEST(Dataset, SaysWhatWouldFitWhenTheTaskIsForgotten) {
   spit(dir / "e.csv", "f0,f1,f2,f3,label\n1,2,3,4,0\n");
   EXPECT_THROW_MSG(
       read_table(dir / "e.csv", mlp(4, 3)),
-      "e.csv: 2 feature columns (f0, f1) but the network has 4 inputs; if \"label\" holds class labels, add "
-      "--task classification (then the other 4 columns are the features)");
+      "e.csv: 2 feature columns (f0, f1) but the network has 4 inputs; if \"label\" holds class labels, set the task "
+      "to classification (then the other 4 columns are the features)");
 }
 
 TEST(Dataset, WorksWithTorchDataLoaders) {

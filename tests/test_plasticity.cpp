@@ -287,7 +287,92 @@ TEST(OptimizerContinuity, SurvivorsKeepMomentsNewEntriesStartAtZero) {
   EXPECT_EQ(new_state.exp_avg()[at(t_new, 1, 6)].item<float>(), 0.0f);
   EXPECT_THROW_MSG(transfer_optimizer_state(
                        adam, net, *std::make_unique<torch::optim::SGD>(result.network->parameters(), 0.1), result),
-                   "the optimizers differ in type");
+                   "the optimizers differ in type (adam and sgd)");
+  // The slips a new user made once `net = result.network` ran: the edited
+  // network given as the old one, a new optimizer over the old network.
+  // Each used to move nothing without a word.
+  torch::optim::Adam fresh(result.network->parameters(), torch::optim::AdamOptions(1e-2));
+  EXPECT_THROW_MSG(transfer_optimizer_state(adam, result.network, fresh, result),
+                   "transfer_optimizer_state(): the old optimizer's group 0 holds a parameter of shape [14] that is "
+                   "not one of the old network's; pass the network the optimizer was built over (the one before the "
+                   "edit)");
+  torch::optim::Adam over_old(net->parameters(), torch::optim::AdamOptions(1e-2));
+  EXPECT_THROW_MSG(transfer_optimizer_state(adam, net, over_old, result),
+                   "the new optimizer's group 0 holds a parameter of shape [14] that is not one of the edited "
+                   "network's; build it over edit.network's parameters");
+  EXPECT_TRUE(fresh.state().empty());
+  EXPECT_TRUE(over_old.state().empty());
+  EXPECT_THROW_MSG(optimizer_after_edit(adam, result.network, result),
+                   "optimizer_after_edit(): the optimizer's group 0 holds a parameter of shape [14] that is not one of "
+                   "the old network's; pass the network the optimizer was built over");
+}
+
+// follow_edit moves the optimizer itself: a scheduler holding it goes on
+// with its count, and the state equals what optimizer_after_edit carries.
+TEST(Plasticity, FollowEditKeepsTheOptimizerAndItsScheduler) {
+  NeuralNetwork net(readme_spec());
+  torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(0.1));
+  torch::optim::StepLR schedule(adam, 2, 0.5);
+  const auto x = torch::randn({8, 1}), y = torch::randn({8, 2});
+  auto train = [&](NeuralNetwork n) {
+    adam.zero_grad();
+    torch::mse_loss(n->forward(x), y).backward();
+    adam.step();
+    schedule.step();
+  };
+  for (int i = 0; i < 3; ++i) train(net);
+  auto result = edit(net).add_connections({{1, 6}}).remove_neurons({9}).build();
+  const auto expected = optimizer_after_edit(adam, net, result);
+  // A refusal changes nothing.
+  EXPECT_THROW_MSG(follow_edit(adam, result.network, result),
+                   "follow_edit(): the optimizer's group 0 holds a parameter of shape");
+  EXPECT_TRUE(adam.param_groups()[0].params()[0].is_same(net->parameters()[0]));
+  follow_edit(adam, net, result);
+  ASSERT_EQ(adam.param_groups()[0].params().size(), result.network->parameters().size());
+  for (size_t k = 0; k < result.network->parameters().size(); ++k)
+    EXPECT_TRUE(adam.param_groups()[0].params()[k].is_same(result.network->parameters()[k]));
+  auto key = [](const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); };
+  for (const auto& p : result.network->parameters()) {
+    const auto& got = static_cast<torch::optim::AdamParamState&>(*adam.state().at(key(p)));
+    const auto& want = static_cast<torch::optim::AdamParamState&>(*expected->state().at(key(p)));
+    EXPECT_EQ(got.step(), want.step());
+    EXPECT_TRUE(torch::equal(got.exp_avg(), want.exp_avg()));
+    EXPECT_TRUE(torch::equal(got.exp_avg_sq(), want.exp_avg_sq()));
+  }
+  EXPECT_EQ(adam.state().size(), result.network->parameters().size());
+  // LibTorch's StepLR(2) halves the rate at its third step and its fifth.
+  EXPECT_DOUBLE_EQ(static_cast<torch::optim::AdamOptions&>(adam.param_groups()[0].options()).lr(), 0.05);
+  train(result.network);
+  EXPECT_DOUBLE_EQ(static_cast<torch::optim::AdamOptions&>(adam.param_groups()[0].options()).lr(), 0.05);
+  train(result.network);
+  EXPECT_DOUBLE_EQ(static_cast<torch::optim::AdamOptions&>(adam.param_groups()[0].options()).lr(), 0.025);
+}
+
+// A parameter of another module trained beside the network (a head) may
+// share the optimizers: it keeps its state as it is, the network's move.
+TEST(Plasticity, TransferKeepsTheStateOfAHeadTrainedBeside) {
+  NeuralNetwork net(readme_spec());
+  torch::nn::Linear head(2, 1);
+  std::vector<torch::Tensor> params = net->parameters();
+  for (const auto& p : head->parameters()) params.push_back(p);
+  torch::optim::Adam adam(params, torch::optim::AdamOptions(1e-2));
+  const auto x = torch::randn({8, 1}), y = torch::randn({8, 1});
+  for (int i = 0; i < 3; ++i) {
+    adam.zero_grad();
+    torch::mse_loss(head->forward(net->forward(x)), y).backward();
+    adam.step();
+  }
+  auto result = edit(net).add_connections({{1, 6}}).build();
+  std::vector<torch::Tensor> next_params = result.network->parameters();
+  for (const auto& p : head->parameters()) next_params.push_back(p);
+  torch::optim::Adam next(next_params, torch::optim::AdamOptions(1e-2));
+  transfer_optimizer_state(adam, net, next, result);
+  auto key = [](const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); };
+  const auto& old_head = static_cast<torch::optim::AdamParamState&>(*adam.state().at(key(head->weight)));
+  const auto& new_head = static_cast<torch::optim::AdamParamState&>(*next.state().at(key(head->weight)));
+  EXPECT_EQ(new_head.step(), 3);
+  EXPECT_TRUE(torch::equal(new_head.exp_avg(), old_head.exp_avg()));
+  EXPECT_EQ(next.state().size(), adam.state().size());
 }
 
 // Regression found by review: dropout entries follow neurons added and removed in one batch.

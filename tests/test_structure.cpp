@@ -93,6 +93,16 @@ TEST(DeadNeurons, AreFoundAndRemovedWithTheOutputsUnchanged) {
   EXPECT_EQ(dead_neurons(adaptive), in_spec_order(net, {2, 4}));
 }
 
+// Outputs no input reaches, in the user's output order: one never connected,
+// then one whose only path a removal cut.
+TEST(ConstantOutputs, AreTheOutputsNoInputReaches) {
+  NeuralNetwork net(GraphSpec::from_adjacency({{0, {2}}, {2, {3}}, {1, {4}}, {5, {}}}, {0, 1}, {5, 3, 4}), kTanh64);
+  EXPECT_EQ(constant_outputs(net), std::vector<NeuronId>{NeuronId(5)});
+  const auto cut = edit(net).remove_connections({Edge(0, 2)}).build().network;
+  EXPECT_EQ(constant_outputs(cut), (std::vector<NeuronId>{NeuronId(5), NeuronId(3)}));
+  EXPECT_TRUE(constant_outputs(edit(net).add_connections({Edge(1, 5)}).build().network).empty());
+}
+
 TEST(DeadNeurons, RemovalKeepsEveryOutputOnRandomGraphs) {
   std::mt19937_64 rng(11);
   int removed = 0;

@@ -113,17 +113,10 @@ std::pair<double, double> evaluate(NeuralNetwork& network, const torch::Tensor& 
 }
 
 void warn_about_cut_outputs(const NeuralNetwork& pruned, const std::string& command, const std::string& remedy) {
-  const Topology& t = pruned->topology();
-  std::vector<uint8_t> reached(t.num_neurons(), 0);
-  for (int64_t d = 0; d < t.num_inputs(); ++d) reached[d] = 1;
-  for (int64_t c = 0, d = t.num_inputs(); d < t.num_neurons(); ++d)  // dense ids are in level order
-    for (c = t.in_offsets()[d]; c < t.in_offsets()[d + 1]; ++c) reached[d] |= reached[t.conn_source()[c]];
-  std::vector<std::string> cut;
-  for (int64_t d : t.output_ids())
-    if (!reached[d]) cut.push_back(t.label(d).str());
+  const auto cut = constant_outputs(pruned);
   if (cut.empty()) return;
   spdlog::warn("{}: {} of {} outputs ({}{}) no longer depend on any input: their values are constants; {}", command,
-               cut.size(), t.output_ids().size(), cut.front(), cut.size() > 1 ? ", ..." : "", remedy);
+               cut.size(), pruned->num_outputs(), cut.front().str(), cut.size() > 1 ? ", ..." : "", remedy);
 }
 
 void write_run(const std::string& out, const NeuralNetwork& network, const torch::optim::Optimizer& optimizer,

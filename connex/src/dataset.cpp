@@ -61,7 +61,7 @@ Columns choose_columns(const std::vector<std::string>& columns, const std::strin
   const bool default_columns = options.targets().empty() && options.features().empty() && !fitted;
   if (default_columns && task == Task::Regression && n_cols - 1 == n_in)
     hint = fmt::format(
-        "; if \"{}\" holds class labels, add --task classification (then the other {} columns are the features)",
+        "; if \"{}\" holds class labels, set the task to classification (then the other {} columns are the features)",
         columns.back(), n_in);
   for (const auto& name : target_names) c.targets.push_back(index(name));
   if (c.targets.empty()) {
@@ -379,8 +379,9 @@ Table table_from_csv(const CsvTable& csv, const NeuralNetwork& network, const Ta
     const auto dtype = *options.dtype();
     y = numeric_columns(
         csv, c.targets, largest_trainable(dtype), fmt::format("to train on in {}", c10::toString(dtype)),
-        guessed ? fmt::format("; if \"{}\" holds class labels, add --task classification", csv.columns[c.targets[0]])
-                : "");
+        guessed
+            ? fmt::format("; if \"{}\" holds class labels, set the task to classification", csv.columns[c.targets[0]])
+            : "");
   }
   // Standardized features are scaled in float64 first, then in range.
   const bool standardized = fitted ? fitted->standardizes() : options.standardize();

@@ -371,14 +371,50 @@ KeysByName operation_keys(const NeuralNetworkImpl& net) {
   return keys;
 }
 
+// The optimizer's type as connex names it ("adam"), else as C++ does.
+std::string type_of(const torch::optim::Optimizer& optimizer) {
+  const std::string name = optimizer_type_name(optimizer);
+  return name == "other" ? typeid(optimizer).name() : name;
+}
+
+// Fails when `optimizer` holds a parameter that is not one of `module`'s
+// (`all`), or holds parameters and none of them is (an optimizer over the
+// other network of an edit, an easy slip once `net = edit.network` ran,
+// would otherwise match nothing and move no state).
+void check_holds(const torch::optim::Optimizer& optimizer, const torch::nn::Module& module, bool all,
+                 const char* context, const char* which, const char* remedy) {
+  std::unordered_set<const void*> held;
+  for (const auto& p : module.parameters()) held.insert(p.unsafeGetTensorImpl());
+  const torch::Tensor* foreign = nullptr;
+  size_t foreign_group = 0;
+  bool any = false;
+  for (size_t g = 0; g < optimizer.param_groups().size(); ++g)
+    for (const auto& p : optimizer.param_groups()[g].params()) {
+      const bool ours = held.count(p.unsafeGetTensorImpl()) > 0;
+      any = any || ours;
+      if (!ours && !foreign) foreign = &p, foreign_group = g;
+    }
+  if (foreign && (all || !any))
+    fail("{}: {}'s group {} holds a parameter of shape [{}] that is not one of {}", context, which, foreign_group,
+         fmt::join(foreign->sizes(), ", "), remedy);
+}
+
+constexpr const char* kOldRemedy =
+    "the old network's; pass the network the optimizer was built over (the one before the edit)";
+
 // transfer_optimizer_state for any module: `remap` pairs moved entries, and
 // parameters keyed in both modules move by key.
 void transfer_state(const torch::optim::Optimizer& old_optimizer, const torch::nn::Module& old_module,
                     torch::optim::Optimizer& new_optimizer, const torch::nn::Module& new_module,
                     const ParameterRemap& remap, const KeysByName& old_keys, const KeysByName& new_keys) {
+  const char* context = "transfer_optimizer_state()";
   if (typeid(old_optimizer) != typeid(new_optimizer))
-    fail("transfer_optimizer_state(): the optimizers differ in type ({} and {})", typeid(old_optimizer).name(),
-         typeid(new_optimizer).name());
+    fail("{}: the optimizers differ in type ({} and {})", context, type_of(old_optimizer), type_of(new_optimizer));
+  // Parameters of other modules may share the optimizers (see below); one
+  // optimizer holding nothing of its network is the slip.
+  check_holds(old_optimizer, old_module, false, context, "the old optimizer", kOldRemedy);
+  check_holds(new_optimizer, new_module, false, context, "the new optimizer",
+              "the edited network's; build it over edit.network's parameters");
   std::unordered_map<std::string, torch::Tensor> old_parameters;
   for (const auto& item : old_module.named_parameters()) old_parameters.emplace(item.key(), item.value());
   std::unordered_set<std::string> in_new_optimizer;
@@ -403,6 +439,15 @@ void transfer_state(const torch::optim::Optimizer& old_optimizer, const torch::n
       fail("transfer_optimizer_state(): parameter \"{}\" changed shape but the edit did not say how", item.key());
     states.emplace_back(key, remap_state(*state->second, item.value(), pairs, item.key(), keyed ? &*keyed : nullptr));
   }
+  // A parameter of another module that both optimizers hold (a head trained
+  // beside the network) keeps its state as it is.
+  std::unordered_set<std::string> of_new_module;
+  for (const auto& p : new_module.parameters()) of_new_module.insert(state_key(p));
+  for (const auto& key : in_new_optimizer) {
+    if (of_new_module.count(key)) continue;
+    auto state = old_optimizer.state().find(key);
+    if (state != old_optimizer.state().end()) states.emplace_back(key, state->second->clone());
+  }
   for (auto& [key, state] : states) new_optimizer.state()[key] = std::move(state);
 }
 
@@ -416,6 +461,7 @@ std::unique_ptr<torch::optim::Optimizer> after_edit(const torch::optim::Optimize
   if (type == "other")
     fail("{}: the optimizer is of a type connex does not know ({} are)", context,
          list_optimizer_kinds(OptimizerNaming::kTitle));
+  check_holds(old_optimizer, old_module, true, context, "the optimizer", kOldRemedy);
   const auto names = group_parameter_names(old_optimizer, old_module, context);
   const auto parameters = new_module.named_parameters();
   std::unordered_set<std::string> placed;
@@ -452,6 +498,16 @@ std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim
                                                               const EditResult& edit) {
   return after_edit(old_optimizer, *old_network, *edit.network, edit.parameters, operation_keys(*old_network),
                     operation_keys(*edit.network), "optimizer_after_edit()");
+}
+
+void follow_edit(torch::optim::Optimizer& optimizer, const NeuralNetwork& old_network, const EditResult& edit) {
+  auto next = after_edit(optimizer, *old_network, *edit.network, edit.parameters, operation_keys(*old_network),
+                         operation_keys(*edit.network), "follow_edit()");
+  // after_edit made one group per group of `optimizer`, in order. Past this
+  // point nothing throws: the parameters and the state are swapped in.
+  for (size_t g = 0; g < optimizer.param_groups().size(); ++g)
+    optimizer.param_groups()[g].params() = next->param_groups()[g].params();
+  optimizer.state() = std::move(next->state());
 }
 
 std::unique_ptr<torch::optim::Optimizer> optimizer_after_module_edit(const torch::optim::Optimizer& old_optimizer,

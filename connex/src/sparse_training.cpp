@@ -1,6 +1,7 @@
 #include "connex/sparse_training.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -22,8 +23,11 @@ namespace connex {
 const char* rewire_method_name(RewireMethod method) { return method == RewireMethod::SET ? "set" : "rigl"; }
 
 RewireMethod rewire_method_from_name(const std::string& name) {
-  if (name == "set") return RewireMethod::SET;
-  if (name == "rigl") return RewireMethod::RigL;
+  // Either case: "RigL" and "SET" are the enum's (and the papers') spelling.
+  std::string lower = name;
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (lower == "set") return RewireMethod::SET;
+  if (lower == "rigl") return RewireMethod::RigL;
   fail("rewire method: expected \"set\" or \"rigl\", got \"{}\"", name);
 }
 
@@ -235,12 +239,32 @@ int64_t index_of_key(const std::pair<uint64_t, int64_t>& key) { return key.secon
 
 // Each group's connections to drop, and its quota set to their number:
 // the weakest of all but each target's strongest connection, at most the
-// share and the group's absent candidates. key(c) orders connections as the
-// walk does (|w|, then index). Groups run on connex's threads (share_work).
+// share and the group's absent candidates. Never dropped either: the
+// connections `frozen` marks (null: none), and each hidden neuron's strongest
+// outgoing one. key(c) orders connections as the walk does (|w|, then
+// index). Groups run on connex's threads (share_work).
 template <typename KeyOf>
 std::vector<std::vector<int64_t>> select_weakest(const Topology& t, double share, std::vector<GroupPlan>& groups,
-                                                 const KeyOf& key) {
+                                                 const uint8_t* frozen, const KeyOf& key) {
   using Key = decltype(key(0));
+  // One pass in connection order finds each hidden neuron's strongest
+  // outgoing connection: a neuron that lost its last one would reach no
+  // output (dead, its incoming connections wasted on nothing).
+  std::vector<uint8_t> kept(t.num_connections(), 0);
+  {
+    std::vector<Key> best(t.num_neurons());
+    std::vector<int64_t> best_at(t.num_neurons(), -1);
+    for (int64_t c = 0; c < t.num_connections(); ++c) {
+      const int64_t s = t.conn_source()[c];
+      if (t.role(s) != Role::Hidden) continue;
+      const Key k = key(c);
+      if (best_at[s] < 0 || best[s] < k) best[s] = k, best_at[s] = c;
+    }
+    for (int64_t c : best_at)
+      if (c >= 0) kept[c] = 1;
+    if (frozen)
+      for (int64_t c = 0; c < t.num_connections(); ++c) kept[c] |= frozen[c];
+  }
   std::vector<std::vector<int64_t>> dropped(groups.size());
   std::vector<uint8_t> marked(t.num_connections(), 0);  // groups own disjoint connections
   share_work(1, static_cast<int64_t>(groups.size()), 1, [&](int64_t first, int64_t last) {
@@ -254,12 +278,12 @@ std::vector<std::vector<int64_t>> select_weakest(const Topology& t, double share
       for (int64_t d : group.targets) {
         const int64_t begin = t.in_offsets()[d], end = t.in_offsets()[d + 1];
         if (end - begin <= 1) continue;
-        const size_t first_key = eligible.size();
-        for (int64_t c = begin; c < end; ++c) eligible.push_back(key(c));
-        // The strongest goes last and is taken back out.
-        auto strongest = std::max_element(eligible.begin() + first_key, eligible.end());
-        std::iter_swap(strongest, eligible.end() - 1);
-        eligible.pop_back();
+        // The strongest incoming connection stays.
+        int64_t strongest = begin;
+        for (int64_t c = begin + 1; c < end; ++c)
+          if (key(strongest) < key(c)) strongest = c;
+        for (int64_t c = begin; c < end; ++c)
+          if (c != strongest && !kept[c]) eligible.push_back(key(c));
       }
       const int64_t absent = group.candidates() - group.connected;
       const int64_t wanted = std::min({static_cast<int64_t>(std::llround(share * static_cast<double>(count))), absent,
@@ -356,26 +380,33 @@ EditResult Rewirer::rewire(const NeuralNetwork& network, int64_t step, const Lev
 // Each group drops its weakest share (smallest |w|, ties by connection index),
 // at most as many as it has absent candidates to grow back, and never a
 // neuron's last incoming connection: a neuron that kept none would fall to
-// level 1 and leave its group's place in the order. Walking the connections
+// level 1 and leave its group's place in the order. Nor a hidden neuron's
+// strongest outgoing one, nor a frozen one (select_weakest). Walking the connections
 // weakest first and skipping a neuron's last one drops exactly the weakest
 // of all but each neuron's strongest connection, so that is what is selected
 // (in linear time, groups on connex's threads).
 void Rewirer::drop(const NeuralNetwork& network, double share, Plan& plan) const {
   const auto w = ranked_as_float(network->weight_tensor().detach().cpu().contiguous());
+  // Frozen connections (a zero gradient mask) hold the user's weights.
+  torch::Tensor frozen;
+  const auto buffers = network->named_buffers(false);
+  if (const auto* mask = buffers.find("weight_grad_mask"))
+    if ((*mask == 0).any().item<bool>()) frozen = (*mask == 0).to(torch::kCPU, torch::kUInt8).contiguous();
+  const uint8_t* frozen_at = frozen.defined() ? frozen.data_ptr<uint8_t>() : nullptr;
   std::vector<std::vector<int64_t>> dropped;
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "Rewirer::drop", [&] {
     const scalar_t* weight = w.data_ptr<scalar_t>();
     // A float's key packs its bits and the index into 64 bits (connex builds
     // fewer than 2^32 connections); a double's is a pair.
     if (std::is_same<scalar_t, float>::value && w.numel() < (int64_t{1} << 32))
-      dropped = select_weakest(network->topology(), share, plan.groups, [weight](int64_t c) {
+      dropped = select_weakest(network->topology(), share, plan.groups, frozen_at, [weight](int64_t c) {
         const float magnitude = std::abs(static_cast<float>(weight[c]));
         uint32_t bits;
         std::memcpy(&bits, &magnitude, sizeof bits);
         return uint64_t{bits} << 32 | static_cast<uint64_t>(c);
       });
     else
-      dropped = select_weakest(network->topology(), share, plan.groups, [weight](int64_t c) {
+      dropped = select_weakest(network->topology(), share, plan.groups, frozen_at, [weight](int64_t c) {
         const double magnitude = std::abs(static_cast<double>(weight[c]));
         uint64_t bits;
         std::memcpy(&bits, &magnitude, sizeof bits);

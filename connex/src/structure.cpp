@@ -107,23 +107,39 @@ std::vector<double> constant_values(const NeuralNetwork& network, const Reach& r
 
 }  // namespace
 
-std::vector<NeuronId> dead_neurons(const NeuralNetwork& network) {
-  const Topology& t = network->topology();
-  const Reach r = reach(t);
-  const bool foldable = network->operations().empty();
+namespace {
+
+// The dead neurons' labels, in spec order.
+std::vector<NeuronId> dead_labels(const Topology& t, const Reach& r, bool foldable) {
   std::vector<NeuronId> dead;
-  for (size_t i = 0; i < network->spec().num_neurons(); ++i) {
-    const int64_t d = t.dense_at(static_cast<int64_t>(i));
+  for (int64_t i = 0; i < static_cast<int64_t>(t.spec().num_neurons()); ++i) {
+    const int64_t d = t.dense_at(i);
     if (is_dead(t, r, d, foldable)) dead.push_back(t.label(d));
   }
   return dead;
+}
+
+}  // namespace
+
+std::vector<NeuronId> dead_neurons(const NeuralNetwork& network) {
+  const Topology& t = network->topology();
+  return dead_labels(t, reach(t), network->operations().empty());
+}
+
+std::vector<NeuronId> constant_outputs(const NeuralNetwork& network) {
+  const Topology& t = network->topology();
+  const Reach r = reach(t);
+  std::vector<NeuronId> constant;
+  for (int64_t d : t.output_ids())
+    if (!r.reached[d]) constant.push_back(t.label(d));
+  return constant;
 }
 
 EditResult remove_dead_neurons(const NeuralNetwork& network) {
   const Topology& t = network->topology();
   const Reach r = reach(t);
   const bool foldable = network->operations().empty();
-  EditResult result = edit(network).remove_neurons(dead_neurons(network)).build();
+  EditResult result = edit(network).remove_neurons(dead_labels(t, r, foldable)).build();
   // What the removed constant neurons fed into each surviving neuron moves into its bias.
   const auto value = constant_values(network, r);
   const auto w = network->weight_tensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();

@@ -43,6 +43,18 @@ void transfer_optimizer_state(const torch::optim::Optimizer& old_optimizer, cons
 std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim::Optimizer& old_optimizer,
                                                               const NeuralNetwork& old_network, const EditResult& edit);
 
+// optimizer_after_edit in place: `optimizer` itself goes on over the edited
+// network (its groups take the new parameters, its state moves), so whatever
+// holds a reference to it, such as a learning-rate scheduler
+// (torch::optim::StepLR), keeps working, and its group options stay the same
+// objects. Refuses, changing nothing, what optimizer_after_edit refuses.
+//
+//   torch::optim::StepLR schedule(adam, 30, 0.5);
+//   auto r = connex::edit(net).remove_connections(weak).build();
+//   connex::follow_edit(adam, net, r);  // adam, and the schedule, go on
+//   net = r.network;
+void follow_edit(torch::optim::Optimizer& optimizer, const NeuralNetwork& old_network, const EditResult& edit);
+
 // A new optimizer of a known type ("adam", "adamw", "sgd", "rmsprop",
 // "adagrad") over these groups, each with options of that type; the first
 // group's options become the defaults.

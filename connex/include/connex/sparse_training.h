@@ -1,6 +1,6 @@
 #pragma once
 // Dynamic sparse training: SET and RigL rewire a sparse network while it
-// trains, keeping the number of connections into each level. connex holds
+// trains, keeping the number of connections into each level it started with. connex holds
 // only the live connections, so a network at 5 % density costs about 5 % of
 // the dense arithmetic, unlike masks over dense weights.
 //
@@ -17,14 +17,19 @@
 //   }
 //
 // A rewiring drops, in each group (the non-input neurons of one level of the
-// network the Rewirer was made for), the share drop_fraction(step) of its
-// connections with the smallest |w| (never a neuron's last incoming one: no
-// neuron is left reading nothing), and grows as many new ones into the same
-// group. New connections come only from the levels that already fed the group
-// when the Rewirer was made (for a layered network: the layer before), never
-// one that existed before this rewiring, and start at weight 0 with zero
-// optimizer moments, so the network's function is unchanged by the growth.
-// The groups keep their order, so the graph stays acyclic.
+// network the Rewirer was made for: its levels then, not the rewired
+// network's, in which a neuron may have moved), the share drop_fraction(step)
+// of its connections with the smallest |w|, and grows as many new ones into
+// the same group. Never dropped: a neuron's strongest incoming connection (no
+// neuron is left reading nothing), a hidden neuron's strongest outgoing one
+// (none is left reaching nothing, dead), and frozen connections. A group drops
+// no more than it has absent pairs to grow back: a nearly full group rewires
+// fewer (last_report() says how many), a complete one none. New connections
+// come only from the levels that already fed the group when the Rewirer was
+// made (for a layered network: the layer before), never one that existed
+// before this rewiring, and start at weight 0 with zero optimizer moments, so
+// the network's function is unchanged by the growth. The groups keep their
+// order, so the graph stays acyclic; each keeps its number of connections.
 #include <cstdint>
 #include <random>
 #include <string>
@@ -43,7 +48,7 @@ enum class RewireMethod {
   RigL,  // grow where |dL/dw| of the absent connections is largest (Evci et al. 2020)
 };
 const char* rewire_method_name(RewireMethod method);
-// "set" or "rigl"; anything else throws, naming it.
+// "set" or "rigl" (either case); anything else throws, naming it.
 RewireMethod rewire_method_from_name(const std::string& name);
 
 struct RewireOptions {

@@ -44,6 +44,9 @@ class GraphQueries {
 // Hidden neurons that cannot change any output: no input reaches them, or
 // they reach no output. In the order of spec().neurons(). O(neurons + connections).
 std::vector<NeuronId> dead_neurons(const NeuralNetwork& network);
+// Outputs that no input reaches: their values are constants (what a pruning
+// that cut all their paths leaves). In the user's output order; O(neurons + connections).
+std::vector<NeuronId> constant_outputs(const NeuralNetwork& network);
 // Removes every dead neuron (and its connections) in one edit; an edit that
 // changes nothing when there are none. The outputs stay as they were (in
 // float32 within a rounding of each bias that takes a folded constant).
@@ -57,7 +60,8 @@ enum class PruneScope {
 };
 
 struct PruneOptions {
-  // Remove this fraction of each scope's candidates, weakest |w| first...
+  // Remove this fraction of each scope's candidates, weakest |w| first (ties
+  // in weight_tensor() order; a NaN |w| counts as the strongest)...
   TORCH_ARG(std::optional<double>, fraction) = std::nullopt;
   // ...or every candidate with |w| below this (give exactly one).
   TORCH_ARG(std::optional<double>, threshold) = std::nullopt;
