@@ -278,12 +278,22 @@ std::vector<std::vector<int64_t>> select_weakest(const Topology& t, double share
       for (int64_t d : group.targets) {
         const int64_t begin = t.in_offsets()[d], end = t.in_offsets()[d + 1];
         if (end - begin <= 1) continue;
-        // The strongest incoming connection stays.
-        int64_t strongest = begin;
-        for (int64_t c = begin + 1; c < end; ++c)
-          if (key(strongest) < key(c)) strongest = c;
-        for (int64_t c = begin; c < end; ++c)
-          if (c != strongest && !kept[c]) eligible.push_back(key(c));
+        // The strongest incoming connection stays: taken back out when it
+        // went in (a kept one stays anyway).
+        Key strongest = key(begin);
+        int64_t strongest_at = -1;  // its place in `eligible`, if there
+        for (int64_t c = begin; c < end; ++c) {
+          const Key k = key(c);
+          const bool strongest_so_far = c == begin || strongest < k;
+          if (strongest_so_far) strongest = k, strongest_at = -1;
+          if (kept[c]) continue;
+          if (strongest_so_far) strongest_at = static_cast<int64_t>(eligible.size());
+          eligible.push_back(k);
+        }
+        if (strongest_at >= 0) {
+          std::swap(eligible[strongest_at], eligible.back());
+          eligible.pop_back();
+        }
       }
       const int64_t absent = group.candidates() - group.connected;
       const int64_t wanted = std::min({static_cast<int64_t>(std::llround(share * static_cast<double>(count))), absent,
