@@ -172,7 +172,7 @@ TEST(CliData, AForgottenTaskSaysWhatWouldFit) {
   auto r = connex_cli("train net.json --data d.csv --epochs 1", dir);
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("d.csv:2: column 3 (\"kind\")"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("is not a number; if \"kind\" holds class labels, set the task to classification"),
+  EXPECT_NE(r.err.find("is not a number; if \"kind\" holds class labels, add --task classification"),
             std::string::npos)
       << r.err;
   spit(dir / "net3.json", kMlp23);
@@ -187,8 +187,8 @@ TEST(CliData, AForgottenTaskSaysWhatWouldFit) {
   r = connex_cli("train net4.json --data n.csv --epochs 1", dir);
   EXPECT_NE(
       r.err.find(
-          "n.csv: 1 feature columns (a) but the network has 2 inputs; if \"label\" holds class labels, set the task "
-          "to classification (then the other 2 columns are the features)"),
+          "n.csv: 1 feature columns (a) but the network has 2 inputs; if \"label\" holds class labels, add --task "
+          "classification (then the other 2 columns are the features)"),
       std::string::npos)
       << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;

@@ -214,6 +214,39 @@ TEST(CliHardeningFiles, EditingThroughASymlinkKeepsTheLink) {
   EXPECT_TRUE(fs::is_symlink(dir / "link.ckpt"));
   EXPECT_NE(slurp(dir / "store/net.ckpt"), before);
   EXPECT_EQ(names_in(dir / "store"), (std::vector<std::string>{"net.ckpt"}));
+  // A dangling link: its target is created, the link stays.
+  fs::create_symlink("store/new.ckpt", dir / "dangling.ckpt");
+  r = connex_cli("edit net.json --add-hidden 102 --out dangling.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::is_symlink(dir / "dangling.ckpt"));
+  EXPECT_TRUE(fs::is_regular_file(dir / "store/new.ckpt"));
+  // A link to a run's model.ckpt is that file: refused as the run's own.
+  write_regression_csv(dir / "d.csv", 16);
+  ASSERT_EQ(connex_cli("train net.json --data d.csv --epochs 1 --out run", dir).code, 0);
+  fs::create_symlink("run/model.ckpt", dir / "alias.ckpt");
+  const std::string run_model = slurp(dir / "run/model.ckpt");
+  r = connex_cli("edit net.json --add-hidden 103 --out alias.ckpt", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("edit: --out alias.ckpt is the model.ckpt of the run directory"), std::string::npos) << r.err;
+  EXPECT_EQ(slurp(dir / "run/model.ckpt"), run_model);
+  EXPECT_TRUE(fs::is_symlink(dir / "alias.ckpt"));
+}
+
+// Files of a run that stopped before its model.ckpt: no run to resume, so
+// the refusal offers only --overwrite or another directory.
+TEST(CliHardeningFiles, TrainOverARunWithoutItsCheckpointSaysSo) {
+  TempDir dir;
+  spit(dir / "net.json", kMlp21);
+  write_regression_csv(dir / "d.csv", 16);
+  fs::create_directories(dir / "half");
+  spit(dir / "half/metrics.csv", "epoch,loss\n");
+  auto r = connex_cli("train net.json --data d.csv --epochs 1 --out half", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err,
+            "connex: train: --out half holds files a run writes (metrics.csv) but no model.ckpt; write elsewhere, or "
+            "pass --overwrite to replace them\n");
+  EXPECT_EQ(slurp(dir / "half/metrics.csv"), "epoch,loss\n");
+  EXPECT_EQ(connex_cli("train net.json --data d.csv --epochs 1 --out half --overwrite", dir).code, 0);
 }
 
 // connex --threads N bench runs the benchmark on N cores unless its own

@@ -323,15 +323,18 @@ TEST(Plasticity, FollowEditKeepsTheOptimizerAndItsScheduler) {
   for (int i = 0; i < 3; ++i) train(net);
   auto result = edit(net).add_connections({{1, 6}}).remove_neurons({9}).build();
   const auto expected = optimizer_after_edit(adam, net, result);
+  auto key = [](const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); };
   // A refusal changes nothing.
   EXPECT_THROW_MSG(follow_edit(adam, result.network, result),
                    "follow_edit(): the optimizer's group 0 holds a parameter of shape");
   EXPECT_TRUE(adam.param_groups()[0].params()[0].is_same(net->parameters()[0]));
+  EXPECT_EQ(adam.param_groups()[0].params().size(), net->parameters().size());
+  EXPECT_EQ(adam.state().size(), net->parameters().size());
+  EXPECT_TRUE(adam.state().count(key(net->weight_tensor())));
   follow_edit(adam, net, result);
   ASSERT_EQ(adam.param_groups()[0].params().size(), result.network->parameters().size());
   for (size_t k = 0; k < result.network->parameters().size(); ++k)
     EXPECT_TRUE(adam.param_groups()[0].params()[k].is_same(result.network->parameters()[k]));
-  auto key = [](const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); };
   for (const auto& p : result.network->parameters()) {
     const auto& got = static_cast<torch::optim::AdamParamState&>(*adam.state().at(key(p)));
     const auto& want = static_cast<torch::optim::AdamParamState&>(*expected->state().at(key(p)));
@@ -373,6 +376,14 @@ TEST(Plasticity, TransferKeepsTheStateOfAHeadTrainedBeside) {
   EXPECT_EQ(new_head.step(), 3);
   EXPECT_TRUE(torch::equal(new_head.exp_avg(), old_head.exp_avg()));
   EXPECT_EQ(next.state().size(), adam.state().size());
+  // Copies: stepping the new optimizer leaves the old one's moments alone.
+  const auto kept = old_head.exp_avg().clone();
+  next.zero_grad();
+  torch::mse_loss(head->forward(result.network->forward(x)), y).backward();
+  next.step();
+  EXPECT_FALSE(torch::equal(new_head.exp_avg(), kept));
+  EXPECT_TRUE(torch::equal(old_head.exp_avg(), kept));
+  EXPECT_EQ(old_head.step(), 3);
 }
 
 // Regression found by review: dropout entries follow neurons added and removed in one batch.

@@ -126,10 +126,13 @@ void check_out(const std::string& command, const std::string& in, const std::str
     fail("{}: cannot write {}: {}", command, out,
          fs::exists(parent, ec) ? parent.string() + " is not a directory"
                                 : "its directory " + parent.string() + " does not exist");
-  const fs::path dir = parent.empty() ? fs::path(".") : parent;
+  // Where the write lands: through a symlink, the file it points to (the
+  // library's atomic writes keep the link and replace its target).
+  const fs::path lands = fs::is_symlink(out, ec) ? fs::weakly_canonical(out, ec) : fs::path(out);
+  const fs::path dir = lands.parent_path().empty() ? fs::path(".") : lands.parent_path();
   if (fs::exists(dir / "model.ckpt", ec))
     for (const char* name : kRunFiles)
-      if (fs::path(out).filename() == name)
+      if (lands.filename() == name)
         fail(
             "{}: --out {} is the {} of the run directory {}; a run's files are rewritten together, by train --out "
             "only: write elsewhere",
@@ -525,10 +528,15 @@ void check_train_out(const std::string& config, const std::string& out, bool ove
   if (!config.empty() &&
       (fs::equivalent(config, out, ec) || (fs::exists(model, ec) && fs::equivalent(config, model, ec))))
     return;  // resuming that run in place
+  if (fs::is_regular_file(model, ec))
+    fail(
+        "train: --out {} holds another run ({}); resume it with connex train {} --out {}, write elsewhere, or pass "
+        "--overwrite to replace it",
+        out, fmt::join(held, ", "), out, out);
   fail(
-      "train: --out {} holds another run ({}); resume it with connex train {} --out {}, write elsewhere, or pass "
-      "--overwrite to replace it",
-      out, fmt::join(held, ", "), out, out);
+      "train: --out {} holds files a run writes ({}) but no model.ckpt; write elsewhere, or pass --overwrite to "
+      "replace them",
+      out, fmt::join(held, ", "));
 }
 
 // train --density: a new run's network, a sparse layered one of the config's

@@ -17,7 +17,18 @@ namespace connex::cli {
 
 Table load_dataset(const DataOptions& options, const NeuralNetwork& network, const std::optional<Preprocessing>& fitted,
                    const std::string& command) {
-  if (!options.path.empty()) return read_table(options.path, network, options.table, fitted);
+  if (!options.path.empty()) {
+    try {
+      return read_table(options.path, network, options.table, fitted);
+    } catch (const Error& e) {
+      // The library's hint in the program's terms: the flag that sets the task.
+      std::string message = e.what();
+      const std::string hint = "set the task to classification";
+      const auto at = message.find(hint);
+      if (at == std::string::npos) throw;
+      fail("{}", message.replace(at, hint.size(), "add --task classification"));
+    }
+  }
   const int64_t n_in = network->num_inputs(), n_out = network->num_outputs();
   if (options.table.task() == Task::Classification || (fitted && fitted->task == Task::Classification))
     fail("{}: classification needs --data FILE.csv (the built-in toy set is a regression)", command);
@@ -231,7 +242,8 @@ RewireSettings rewire_from_json(const nlohmann::json& json, const std::string& w
       !json.at("drop_fraction").is_number())
     fail("{}: /training/rewire must be {}", where, expected);
   RewireSettings r;
-  r.method = json.at("method").get<std::string>();
+  // The canonical name ("set", "rigl"), which the CLI compares with --rewire.
+  r.method = rewire_method_name(rewire_method_from_name(json.at("method").get<std::string>()));
   r.every = integer("every", 1);
   r.end_step = integer("end_step", 0);
   r.drop_fraction = json.at("drop_fraction").get<double>();

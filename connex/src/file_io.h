@@ -19,6 +19,8 @@ std::string read_file(const std::string& path, const char* context, uint64_t max
 // fsyncs it, renames it over `path`, then fsyncs the directory: an error or a
 // crash before the rename leaves the previous file intact (a SIGKILL may leave
 // a stray `path.tmp.*` behind); after it, `path` holds the new bytes whole.
+// When `path` is a symlink, all this happens where it points (beside and over
+// its target, created if the link dangles): the link stays.
 void write_file_atomically(const std::string& path, const std::string& bytes, const char* context);
 
 // `text` made safe for a one-line message: control bytes escaped (\n, \t,

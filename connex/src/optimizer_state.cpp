@@ -443,10 +443,16 @@ void transfer_state(const torch::optim::Optimizer& old_optimizer, const torch::n
   // beside the network) keeps its state as it is.
   std::unordered_set<std::string> of_new_module;
   for (const auto& p : new_module.parameters()) of_new_module.insert(state_key(p));
-  for (const auto& key : in_new_optimizer) {
+  std::unordered_map<std::string, torch::Tensor> held_by_new;
+  for (const auto& group : new_optimizer.param_groups())
+    for (const auto& p : group.params()) held_by_new.emplace(state_key(p), p);
+  for (const auto& [key, parameter] : held_by_new) {
     if (of_new_module.count(key)) continue;
     auto state = old_optimizer.state().find(key);
-    if (state != old_optimizer.state().end()) states.emplace_back(key, state->second->clone());
+    // Copied, field by field: a state object's clone() shares its tensors,
+    // and each optimizer steps its own in place.
+    if (state != old_optimizer.state().end())
+      states.emplace_back(key, remap_state(*state->second, parameter, nullptr, "(another module's)", nullptr));
   }
   for (auto& [key, state] : states) new_optimizer.state()[key] = std::move(state);
 }
@@ -506,8 +512,8 @@ void follow_edit(torch::optim::Optimizer& optimizer, const NeuralNetwork& old_ne
   // after_edit made one group per group of `optimizer`, in order. Past this
   // point nothing throws: the parameters and the state are swapped in.
   for (size_t g = 0; g < optimizer.param_groups().size(); ++g)
-    optimizer.param_groups()[g].params() = next->param_groups()[g].params();
-  optimizer.state() = std::move(next->state());
+    std::swap(optimizer.param_groups()[g].params(), next->param_groups()[g].params());
+  std::swap(optimizer.state(), next->state());
 }
 
 std::unique_ptr<torch::optim::Optimizer> optimizer_after_module_edit(const torch::optim::Optimizer& old_optimizer,
