@@ -172,8 +172,7 @@ TEST(CliData, AForgottenTaskSaysWhatWouldFit) {
   auto r = connex_cli("train net.json --data d.csv --epochs 1", dir);
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("d.csv:2: column 3 (\"kind\")"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("is not a number; if \"kind\" holds class labels, add --task classification"),
-            std::string::npos)
+  EXPECT_NE(r.err.find("is not a number; if \"kind\" holds class labels, add --task classification"), std::string::npos)
       << r.err;
   spit(dir / "net3.json", kMlp23);
   r = connex_cli("train net3.json --data d.csv --epochs 1", dir);
