@@ -210,3 +210,50 @@ TEST(CliPrune, ScopeFloorAndDeadNeurons) {
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("--scope"), std::string::npos) << r.err;
 }
+
+// Frozen connections are no candidates unless --include-frozen, and the
+// output says so; the cut-output warning suggests only flags not given.
+TEST(CliPrune, KeepsFrozenConnectionsAndSaysSo) {
+  TempDir dir;
+  ASSERT_EQ(connex_cli("train --epochs 20 --out run", dir).code, 0);
+  NeuralNetwork net = load(dir / "run/model.ckpt");
+  auto graph = net->weighted_graph();
+  std::sort(graph.connections.begin(), graph.connections.end(),
+            [](const auto& a, const auto& b) { return std::abs(a.weight) < std::abs(b.weight); });
+  const std::vector<Edge> weakest = {{graph.connections[0].from, graph.connections[0].to},
+                                     {graph.connections[1].from, graph.connections[1].to}};
+  net->freeze(weakest);
+  save(net, dir / "frozen.ckpt");
+  auto r = connex_cli("inspect frozen.ckpt", dir);
+  EXPECT_NE(r.out.find("frozen: 2 connections, 0 biases\n"), std::string::npos) << r.out;
+  r = connex_cli("prune frozen.ckpt --fraction 0.5 --out p.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("connections: 14 -> 8 (removed 6; the 2 frozen ones were no candidates, --include-frozen "
+                       "makes them ones)"),
+            std::string::npos)
+      << r.out;
+  const NeuralNetwork pruned = load(dir / "p.ckpt");
+  for (const auto& [from, to] : weakest) {
+    EXPECT_TRUE(pruned->is_frozen(from, to)) << edge_str({from, to});
+    EXPECT_EQ(pruned->weight(from, to), net->weight(from, to));
+  }
+  // Training on holds them exactly, though the checkpoint's Adam moments
+  // (from before they were frozen) would move them.
+  r = connex_cli("prune frozen.ckpt --fraction 0.5 --epochs 5 --out trained.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = connex_cli("train frozen.ckpt --epochs 5 --out run2", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* file : {"trained.ckpt", "run2/model.ckpt"}) {
+    const NeuralNetwork trained = load(dir / file);
+    for (const auto& [from, to] : weakest) EXPECT_EQ(trained->weight(from, to), net->weight(from, to)) << file;
+  }
+  r = connex_cli("prune frozen.ckpt --fraction 0.5 --include-frozen --out q.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("connections: 14 -> 7 (removed 7)\n"), std::string::npos) << r.out;
+  r = connex_cli("prune frozen.ckpt --threshold 1000 --protect-outputs --include-frozen", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(
+      (r.out + r.err).find("their values are constants; a smaller --fraction or --threshold or --keep-min 1 helps"),
+      std::string::npos)
+      << r.out + r.err;
+}

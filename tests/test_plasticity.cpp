@@ -293,6 +293,11 @@ TEST(OptimizerContinuity, SurvivorsKeepMomentsNewEntriesStartAtZero) {
   // Each used to move nothing without a word.
   torch::optim::Adam fresh(result.network->parameters(), torch::optim::AdamOptions(1e-2));
   EXPECT_THROW_MSG(transfer_optimizer_state(adam, result.network, fresh, result),
+                   "transfer_optimizer_state(): the edit was made from another network (12 neurons and 14 "
+                   "connections, where this one has 11 and");
+  NeuralNetwork twin(readme_spec());  // the same structure, other parameters
+  torch::optim::Adam over_twin(twin->parameters(), torch::optim::AdamOptions(1e-2));
+  EXPECT_THROW_MSG(transfer_optimizer_state(over_twin, net, fresh, result),
                    "transfer_optimizer_state(): the old optimizer's group 0 holds a parameter of shape [14] that is "
                    "not one of the old network's; pass the network the optimizer was built over (the one before the "
                    "edit)");
@@ -302,7 +307,7 @@ TEST(OptimizerContinuity, SurvivorsKeepMomentsNewEntriesStartAtZero) {
                    "network's; build it over edit.network's parameters");
   EXPECT_TRUE(fresh.state().empty());
   EXPECT_TRUE(over_old.state().empty());
-  EXPECT_THROW_MSG(optimizer_after_edit(adam, result.network, result),
+  EXPECT_THROW_MSG(optimizer_after_edit(over_twin, net, result),
                    "optimizer_after_edit(): the optimizer's group 0 holds a parameter of shape [14] that is not one of "
                    "the old network's; pass the network the optimizer was built over");
 }
@@ -325,8 +330,7 @@ TEST(Plasticity, FollowEditKeepsTheOptimizerAndItsScheduler) {
   const auto expected = optimizer_after_edit(adam, net, result);
   auto key = [](const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); };
   // A refusal changes nothing.
-  EXPECT_THROW_MSG(follow_edit(adam, result.network, result),
-                   "follow_edit(): the optimizer's group 0 holds a parameter of shape");
+  EXPECT_THROW_MSG(follow_edit(adam, result.network, result), "follow_edit(): the edit was made from another network");
   EXPECT_TRUE(adam.param_groups()[0].params()[0].is_same(net->parameters()[0]));
   EXPECT_EQ(adam.param_groups()[0].params().size(), net->parameters().size());
   EXPECT_EQ(adam.state().size(), net->parameters().size());
@@ -384,6 +388,88 @@ TEST(Plasticity, TransferKeepsTheStateOfAHeadTrainedBeside) {
   EXPECT_FALSE(torch::equal(new_head.exp_avg(), kept));
   EXPECT_TRUE(torch::equal(old_head.exp_avg(), kept));
   EXPECT_EQ(old_head.step(), 3);
+}
+
+// An edit carries the structure it started from: giving the plumbing any
+// other old network (the edited one, or an edit applied a second time) is
+// refused, changing nothing; a clone of the base is the same structure.
+TEST(Plasticity, OptimizerPlumbingChecksWhereTheEditStarted) {
+  NeuralNetwork net(readme_spec());
+  torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(1e-2));
+  const auto x = torch::randn({8, 1}), y = torch::randn({8, 2});
+  for (int i = 0; i < 3; ++i) {
+    adam.zero_grad();
+    torch::mse_loss(net->forward(x), y).backward();
+    adam.step();
+  }
+  auto grown = edit(net).add_hidden_neurons({100}).add_connections({{0, 100}, {100, 11}}).build();
+  follow_edit(adam, net, grown);
+  auto key = [](const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); };
+  const auto moments = [&] {
+    return static_cast<torch::optim::AdamParamState&>(*adam.state().at(key(grown.network->weight_tensor())))
+        .exp_avg()
+        .clone();
+  };
+  const auto before = moments();
+  EXPECT_THROW_MSG(follow_edit(adam, grown.network, grown),
+                   "follow_edit(): the edit was made from another network (12 neurons and 14 connections, where this "
+                   "one has 13 and 16); pass the network the edit started from, as it was before the edit");
+  EXPECT_TRUE(torch::equal(moments(), before));
+  EXPECT_TRUE(adam.param_groups()[0].params()[0].is_same(grown.network->parameters()[0]));
+  // An edit of another network of another structure.
+  auto other = edit(net).remove_connections({{8, 11}}).build().network;
+  auto of_other = edit(other).remove_connections({{9, 11}}).build();
+  EXPECT_THROW_MSG(optimizer_after_edit(adam, grown.network, of_other),
+                   "optimizer_after_edit(): the edit was made from another network (12 neurons and 13 connections, "
+                   "where this one has 13 and 16)");
+  // A clone's edit: the same structure, so its remap applies.
+  auto of_twin = edit(clone(grown.network)).remove_connections({{8, 11}}).build();
+  auto next = optimizer_after_edit(adam, grown.network, of_twin);
+  EXPECT_EQ(next->state().size(), grown.network->parameters().size());
+}
+
+// An optimizer that also holds another module's parameters (a head): the
+// plumbing keeps them in their groups, with their state and options.
+TEST(Plasticity, FollowEditKeepsAHeadInItsGroup) {
+  NeuralNetwork net(readme_spec());
+  torch::nn::Linear head(2, 1);
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(head->parameters(), std::make_unique<torch::optim::AdamOptions>(0.05));
+  groups.emplace_back(net->parameters(), std::make_unique<torch::optim::AdamOptions>(0.01));
+  torch::optim::Adam adam(std::move(groups));
+  torch::optim::StepLR schedule(adam, 1, 0.5);
+  const auto x = torch::randn({8, 1}), y = torch::randn({8, 1});
+  for (int i = 0; i < 3; ++i) {
+    adam.zero_grad();
+    torch::mse_loss(head->forward(net->forward(x)), y).backward();
+    adam.step();
+  }
+  auto key = [](const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); };
+  auto head_state = [&] { return static_cast<torch::optim::AdamParamState&>(*adam.state().at(key(head->weight))); };
+  const auto head_moments = head_state().exp_avg().clone();
+  auto result = edit(net).add_connections({{1, 6}}).build();
+  const auto copy = optimizer_after_edit(adam, net, result);
+  ASSERT_EQ(copy->param_groups().size(), 2u);
+  EXPECT_TRUE(copy->param_groups()[0].params()[0].is_same(head->weight));
+  follow_edit(adam, net, result);
+  ASSERT_EQ(adam.param_groups()[0].params().size(), 2u);
+  EXPECT_TRUE(adam.param_groups()[0].params()[0].is_same(head->weight));
+  EXPECT_TRUE(adam.param_groups()[0].params()[1].is_same(head->bias));
+  EXPECT_TRUE(adam.param_groups()[1].params()[0].is_same(result.network->parameters()[0]));
+  EXPECT_EQ(head_state().step(), 3);
+  EXPECT_TRUE(torch::equal(head_state().exp_avg(), head_moments));
+  EXPECT_DOUBLE_EQ(static_cast<torch::optim::AdamOptions&>(adam.param_groups()[0].options()).lr(), 0.05);
+  schedule.step();  // LibTorch's StepLR(1) halves the rates from its second step
+  schedule.step();
+  EXPECT_DOUBLE_EQ(static_cast<torch::optim::AdamOptions&>(adam.param_groups()[0].options()).lr(), 0.025);
+  EXPECT_DOUBLE_EQ(static_cast<torch::optim::AdamOptions&>(adam.param_groups()[1].options()).lr(), 0.005);
+  // An optimizer that already holds some of the edited network is a slip.
+  std::vector<torch::Tensor> mixed = net->parameters();
+  mixed.push_back(result.network->bias_tensor());
+  torch::optim::Adam both(mixed, torch::optim::AdamOptions(1e-2));
+  EXPECT_THROW_MSG(optimizer_after_edit(both, net, result),
+                   "optimizer_after_edit(): the optimizer's group 0 holds a parameter of the edited network already; "
+                   "build it over the network before the edit");
 }
 
 // Regression found by review: dropout entries follow neurons added and removed in one batch.

@@ -219,6 +219,22 @@ TEST(Prune, ANanWeightRanksAsTheStrongest) {
   EXPECT_EQ(all.back(), nan_edge);
 }
 
+// A frozen connection holds a weight the user fixed: it is no candidate, and
+// a fraction counts the others only; keep_frozen(false) makes it one again.
+TEST(Prune, KeepsFrozenConnectionsUnlessTold) {
+  auto net = hand_network();
+  net->freeze(edges({{2, 4}, {0, 2}}));  // the two weakest
+  auto pruned = [&](const PruneOptions& o) { return connections_to_prune(net, o); };
+  EXPECT_EQ(pruned(PruneOptions().fraction(0.5)), edges({{0, 3}, {3, 4}}));  // 2 of the 4 others
+  EXPECT_EQ(pruned(PruneOptions().threshold(0.25)), edges({{0, 3}}));
+  EXPECT_EQ(pruned(PruneOptions().fraction(0.5).keep_frozen(false)), edges({{2, 4}, {0, 2}, {0, 3}}));
+  const auto result = prune(net, PruneOptions().fraction(1.0));
+  EXPECT_EQ(result.network->num_connections(), 2);
+  EXPECT_TRUE(result.network->is_frozen(2, 4));
+  EXPECT_TRUE(result.network->is_frozen(0, 2));
+  EXPECT_EQ(result.network->weight(2, 4), 0.05);
+}
+
 TEST(Prune, RejectsBadOptionsByName) {
   auto net = hand_network();
   EXPECT_THROW_MSG(prune(net, PruneOptions()), "prune(): expected exactly one of fraction and threshold, got neither");

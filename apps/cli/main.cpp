@@ -128,7 +128,7 @@ void check_out(const std::string& command, const std::string& in, const std::str
                                 : "its directory " + parent.string() + " does not exist");
   // Where the write lands: through a symlink, the file it points to (the
   // library's atomic writes keep the link and replace its target).
-  const fs::path lands = fs::is_symlink(out, ec) ? fs::weakly_canonical(out, ec) : fs::path(out);
+  const fs::path lands = write_destination(out);
   const fs::path dir = lands.parent_path().empty() ? fs::path(".") : lands.parent_path();
   if (fs::exists(dir / "model.ckpt", ec))
     for (const char* name : kRunFiles)
@@ -847,7 +847,7 @@ struct PruneArgs {
   std::optional<double> threshold, fraction;
   std::string scope = "global";
   int64_t keep_min = 0;
-  bool protect_outputs = false, remove_dead = false;
+  bool protect_outputs = false, remove_dead = false, include_frozen = false;
   std::string score = "magnitude";  // or activation, gradient: measured on data
   PruneOptions options() const {
     return PruneOptions()
@@ -855,7 +855,8 @@ struct PruneArgs {
         .fraction(fraction)
         .scope(prune_scope_from_name(scope))
         .keep_min(keep_min)
-        .protect_outputs(protect_outputs);
+        .protect_outputs(protect_outputs)
+        .keep_frozen(!include_frozen);
   }
 };
 
@@ -964,15 +965,27 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   auto result = edit(net).remove_connections(weak).build(seed);
   NeuralNetwork pruned = result.network;
   auto next = optimizer_after_edit(*optimizer, net, result);
-  std::printf("connections: %lld -> %lld (removed %zu)\n", static_cast<long long>(net->num_connections()),
-              static_cast<long long>(pruned->num_connections()), weak.size());
-  warn_about_cut_outputs(pruned, "prune", "a smaller --fraction or --threshold, --protect-outputs or --keep-min helps");
+  const int64_t frozen = p.include_frozen ? 0 : frozen_count(net);
+  const std::string frozen_note =
+      frozen > 0 ? fmt::format("; the {} frozen ones were no candidates, --include-frozen makes them ones", frozen)
+                 : "";
+  std::printf("connections: %lld -> %lld (removed %zu%s)\n", static_cast<long long>(net->num_connections()),
+              static_cast<long long>(pruned->num_connections()), weak.size(), frozen_note.c_str());
+  std::vector<std::string> remedies{"a smaller --fraction or --threshold"};
+  if (!p.protect_outputs) remedies.push_back("--protect-outputs");
+  if (p.keep_min == 0) remedies.push_back("--keep-min 1");
+  const std::string last = remedies.back();
+  remedies.pop_back();
+  warn_about_cut_outputs(
+      pruned, "prune", (remedies.empty() ? last : fmt::format("{} or {}", fmt::join(remedies, ", "), last)) + " helps");
   if (p.remove_dead) {  // neurons the pruning cut off from every input or output
     const auto dead = dead_neurons(pruned);
     auto cleaned = remove_dead_neurons(pruned);
     next = optimizer_after_edit(*next, pruned, cleaned);
-    std::printf("dead neurons removed: %zu (%lld connections left)\n", dead.size(),
-                static_cast<long long>(cleaned.network->num_connections()));
+    const int64_t frozen_gone = frozen_count(pruned) - frozen_count(cleaned.network);
+    std::printf("dead neurons removed: %zu (%lld connections left%s)\n", dead.size(),
+                static_cast<long long>(cleaned.network->num_connections()),
+                frozen_gone > 0 ? fmt::format("; {} frozen connections went with them", frozen_gone).c_str() : "");
     pruned = cleaned.network;
   }
   // The pruned network may take the other path (and pool).
@@ -1159,6 +1172,8 @@ int cmd_inspect(const std::string& path) {
     dropped += n.dropout_p > 0;
   }
   std::printf("dropout: %d neurons with p > 0 (max %.3g)\n", dropped, max_p);
+  std::printf("frozen: %lld connections, %lld biases\n", static_cast<long long>(frozen_count(net)),
+              static_cast<long long>(net->frozen_biases().sum().item<int64_t>()));
   if (ck.optimizer)
     std::printf("optimizer state: %s, learning rate %s\n", ck.optimizer->type.c_str(),
                 ck.optimizer->groups.empty() ? "?" : ck.optimizer->groups[0].options.at("lr").dump().c_str());
@@ -1287,10 +1302,12 @@ void add_prune_command(CLI::App& app, Commands& c) {
   c.prune->add_option("--keep-min", c.prune_args.keep_min, "every neuron keeps at least this many incoming connections")
       ->check(number_in(0, HUGE_VAL, true));
   c.prune->add_flag("--protect-outputs", c.prune_args.protect_outputs, "never prune connections into outputs");
+  c.prune->add_flag("--include-frozen", c.prune_args.include_frozen,
+                    "prune frozen connections too (by default they are kept)");
   c.prune
       ->add_option("--score", c.prune_args.score,
                    "what makes a connection weak: magnitude |w| (default), activation |w a| or gradient |w dL/dw| "
-                   "(these two on --data's validation rows)")
+                   "(these two on --data's training rows)")
       ->check(CLI::IsMember({"magnitude", "activation", "gradient"}));
   c.prune->add_flag("--remove-dead", c.prune_args.remove_dead,
                     "then remove hidden neurons that no input reaches or that reach no output");

@@ -126,9 +126,14 @@ std::pair<double, double> evaluate(NeuralNetwork& network, const torch::Tensor& 
 void warn_about_cut_outputs(const NeuralNetwork& pruned, const std::string& command, const std::string& remedy) {
   const auto cut = constant_outputs(pruned);
   if (cut.empty()) return;
+  std::vector<std::string> named;
+  for (size_t k = 0; k < cut.size() && k < 5; ++k) named.push_back(cut[k].str());
   spdlog::warn("{}: {} of {} outputs ({}{}) no longer depend on any input: their values are constants; {}", command,
-               cut.size(), pruned->num_outputs(), cut.front().str(), cut.size() > 1 ? ", ..." : "", remedy);
+               cut.size(), pruned->num_outputs(), fmt::join(named, ", "), cut.size() > named.size() ? ", ..." : "",
+               remedy);
 }
+
+int64_t frozen_count(const NeuralNetwork& network) { return network->frozen_connections().sum().item<int64_t>(); }
 
 void write_run(const std::string& out, const NeuralNetwork& network, const torch::optim::Optimizer& optimizer,
                const Progress& progress, const std::optional<Preprocessing>& preprocessing) {
@@ -457,6 +462,7 @@ class Trainer {
     result_.train_y = prepare(data.train.targets());
     batches_ = plan_batches(data.train.inputs().size(0), options, progress, replicas_.ranks());
     plan_rewiring();
+    remember_frozen();
   }
 
   TrainResult run() {
@@ -549,6 +555,7 @@ class Trainer {
       loss.backward();
     }
     optimizer_->step();
+    hold_frozen();
     ++result_.steps, ++progress_.steps;
     const double total = loss.item<double>() * static_cast<double>(s.rows);
     if (options_.after_step) options_.after_step(network_, std::chrono::steady_clock::now() - started, s.rows);
@@ -657,17 +664,44 @@ class Trainer {
     EditResult edited = replicas_.apply_edit(network_, prune, options_.seed);
     auto next = optimizer_after_edit(*optimizer_, network_, edited);
     if (reporter()) {
-      spdlog::info("epoch {}: pruned {} of {} connections (|w| smallest first)", epoch,
-                   network_->num_connections() - edited.network->num_connections(), network_->num_connections());
-      warn_about_cut_outputs(edited.network, "train", "a smaller --prune-fraction or --prune-keep-min 1 helps");
+      const int64_t frozen = frozen_count(network_);
+      spdlog::info("epoch {}: pruned {} of {} connections (|w| smallest first{})", epoch,
+                   network_->num_connections() - edited.network->num_connections(), network_->num_connections(),
+                   frozen > 0 ? fmt::format("; the {} frozen ones were no candidates", frozen) : "");
+      warn_about_cut_outputs(edited.network, "train",
+                             options_.prune.keep_min() > 0 ? "a smaller --prune-fraction helps"
+                                                           : "a smaller --prune-fraction or --prune-keep-min 1 helps");
     }
     replace_network(edited.network, std::move(next), "train: after pruning");
+  }
+
+  // Frozen entries keep their values exactly: a zero gradient alone does
+  // not stop an optimizer's carried moments or weight decay from moving them.
+  struct Frozen {
+    torch::Tensor index, values;  // positions in the flat tensor, their values when training began
+  };
+  static Frozen frozen_of(const torch::Tensor& mask, const torch::Tensor& parameter) {
+    if (!mask.any().item<bool>()) return {};
+    auto index = mask.nonzero().view(-1).to(parameter.device());
+    return {index, parameter.detach().index_select(0, index).clone()};
+  }
+  void remember_frozen() {
+    frozen_weights_ = frozen_of(network_->frozen_connections(), network_->weight_tensor());
+    frozen_biases_ = frozen_of(network_->frozen_biases(), network_->bias_tensor());
+  }
+  void hold_frozen() {
+    torch::NoGradGuard no_grad;
+    if (frozen_weights_.index.defined())
+      network_->weight_tensor().index_copy_(0, frozen_weights_.index, frozen_weights_.values);
+    if (frozen_biases_.index.defined())
+      network_->bias_tensor().index_copy_(0, frozen_biases_.index, frozen_biases_.values);
   }
 
   void replace_network(const NeuralNetwork& network, std::unique_ptr<torch::optim::Optimizer> optimizer,
                        const char* context) {
     network_ = network;
     optimizer_ = std::move(optimizer);
+    remember_frozen();
     network_->train();
     if (options_.on_network_replaced) options_.on_network_replaced(network_);
     replicas_.check_identical(network_, optimizer_.get(), context);
@@ -685,6 +719,7 @@ class Trainer {
   std::optional<apps::ProgressBar> bar_;
   Batches batches_;
   std::optional<Rewirer> rewirer_;
+  Frozen frozen_weights_, frozen_biases_;
   TrainResult result_;
   std::chrono::steady_clock::time_point start_;
 };

@@ -125,20 +125,24 @@ std::string read_file(const std::string& path, const char* context, uint64_t max
   return bytes;
 }
 
-void write_file_atomically(const std::string& path_given, const std::string& bytes, const char* context) {
-  using fault_injection::WriteStep;
-  // A symlink stays a link: the file it points to is written, or created
-  // when the link dangles (the rename would otherwise put a plain file in
-  // the link's place). Messages name what the caller gave, but for a
-  // missing directory, which is the target's.
-  std::filesystem::path resolved = path_given;
+std::string write_destination(const std::string& path) {
+  std::filesystem::path resolved = path;
   std::error_code link_error;
   for (int hops = 0; hops < 40 && std::filesystem::is_symlink(resolved, link_error); ++hops) {
     const auto target = std::filesystem::read_symlink(resolved, link_error);
     if (link_error) break;
     resolved = target.is_absolute() ? target : resolved.parent_path() / target;
   }
-  const std::string path = resolved.string();
+  return resolved.string();
+}
+
+void write_file_atomically(const std::string& path_given, const std::string& bytes, const char* context) {
+  using fault_injection::WriteStep;
+  // A symlink stays a link: the file it points to is written, or created
+  // when the link dangles (the rename would otherwise put a plain file in
+  // the link's place). Messages name what the caller gave, but for a
+  // missing directory, which is the target's.
+  const std::string path = write_destination(path_given);
   // Created exclusively under an unpredictable name: O_EXCL|O_NOFOLLOW never
   // opens what is already there, so a file or symlink planted at the name
   // cannot be written through; a taken name just means drawing another.

@@ -22,6 +22,9 @@ std::string read_file(const std::string& path, const char* context, uint64_t max
 // When `path` is a symlink, all this happens where it points (beside and over
 // its target, created if the link dangles): the link stays.
 void write_file_atomically(const std::string& path, const std::string& bytes, const char* context);
+// Where write_file_atomically(path) lands: `path`, or through its symlinks
+// (40 hops at most) the file the last one points to.
+std::string write_destination(const std::string& path);
 
 // `text` made safe for a one-line message: control bytes escaped (\n, \t,
 // \r, \0, \xNN), cut after `max_bytes` (at a UTF-8 boundary) with "…", so

@@ -763,6 +763,9 @@ bool NeuralNetworkImpl::is_frozen(const NeuronId& from, const NeuronId& to) cons
   return weight_grad_mask_[connection_or_throw(from, to, "NeuralNetwork::is_frozen()")].item<double>() == 0.0;
 }
 
+torch::Tensor NeuralNetworkImpl::frozen_connections() const { return (weight_grad_mask_ == 0).cpu(); }
+torch::Tensor NeuralNetworkImpl::frozen_biases() const { return (bias_grad_mask_ == 0).cpu(); }
+
 void NeuralNetworkImpl::install_freeze_hooks() {
   // The hooks hold the mask buffers by handle; .to(device) and load() update
   // those handles in place, so the hooks follow.

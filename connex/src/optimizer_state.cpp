@@ -377,26 +377,44 @@ std::string type_of(const torch::optim::Optimizer& optimizer) {
   return name == "other" ? typeid(optimizer).name() : name;
 }
 
-// Fails when `optimizer` holds a parameter that is not one of `module`'s
-// (`all`), or holds parameters and none of them is (an optimizer over the
-// other network of an edit, an easy slip once `net = edit.network` ran,
-// would otherwise match nothing and move no state).
-void check_holds(const torch::optim::Optimizer& optimizer, const torch::nn::Module& module, bool all,
-                 const char* context, const char* which, const char* remedy) {
-  std::unordered_set<const void*> held;
-  for (const auto& p : module.parameters()) held.insert(p.unsafeGetTensorImpl());
+// The optimizer's parameters, group by group, as `module` names them; a
+// parameter the module does not hold is left unnamed ("") and the first such
+// is reported in `foreign` (its group too). One walk serves every check below.
+struct HeldNames {
+  std::vector<std::vector<std::string>> names;
   const torch::Tensor* foreign = nullptr;
   size_t foreign_group = 0;
-  bool any = false;
-  for (size_t g = 0; g < optimizer.param_groups().size(); ++g)
+  bool any = false;  // whether the module holds any of them
+};
+
+HeldNames held_names(const torch::optim::Optimizer& optimizer, const torch::nn::Module& module) {
+  std::unordered_map<const void*, std::string> by_tensor;
+  for (const auto& item : module.named_parameters()) by_tensor.emplace(item.value().unsafeGetTensorImpl(), item.key());
+  HeldNames held;
+  held.names.resize(optimizer.param_groups().size());
+  for (size_t g = 0; g < held.names.size(); ++g)
     for (const auto& p : optimizer.param_groups()[g].params()) {
-      const bool ours = held.count(p.unsafeGetTensorImpl()) > 0;
-      any = any || ours;
-      if (!ours && !foreign) foreign = &p, foreign_group = g;
+      auto name = by_tensor.find(p.unsafeGetTensorImpl());
+      const bool ours = name != by_tensor.end();
+      held.any = held.any || ours;
+      if (!ours && !held.foreign) held.foreign = &p, held.foreign_group = g;
+      held.names[g].push_back(ours ? name->second : std::string());
     }
-  if (foreign && (all || !any))
-    fail("{}: {}'s group {} holds a parameter of shape [{}] that is not one of {}", context, which, foreign_group,
-         fmt::join(foreign->sizes(), ", "), remedy);
+  return held;
+}
+
+// Fails when `optimizer` holds parameters and none of them is `module`'s (an
+// optimizer over the other network of an edit, an easy slip once
+// `net = edit.network` ran, would otherwise match nothing and move no state).
+// Parameters of other modules may share an optimizer (a head trained beside
+// the network): they keep their place and their state.
+HeldNames check_holds(const torch::optim::Optimizer& optimizer, const torch::nn::Module& module, const char* context,
+                      const char* which, const char* remedy) {
+  HeldNames held = held_names(optimizer, module);
+  if (held.foreign && !held.any)
+    fail("{}: {}'s group {} holds a parameter of shape [{}] that is not one of {}", context, which, held.foreign_group,
+         fmt::join(held.foreign->sizes(), ", "), remedy);
+  return held;
 }
 
 constexpr const char* kOldRemedy =
@@ -412,20 +430,20 @@ void transfer_state(const torch::optim::Optimizer& old_optimizer, const torch::n
     fail("{}: the optimizers differ in type ({} and {})", context, type_of(old_optimizer), type_of(new_optimizer));
   // Parameters of other modules may share the optimizers (see below); one
   // optimizer holding nothing of its network is the slip.
-  check_holds(old_optimizer, old_module, false, context, "the old optimizer", kOldRemedy);
-  check_holds(new_optimizer, new_module, false, context, "the new optimizer",
+  check_holds(old_optimizer, old_module, context, "the old optimizer", kOldRemedy);
+  check_holds(new_optimizer, new_module, context, "the new optimizer",
               "the edited network's; build it over edit.network's parameters");
   std::unordered_map<std::string, torch::Tensor> old_parameters;
   for (const auto& item : old_module.named_parameters()) old_parameters.emplace(item.key(), item.value());
-  std::unordered_set<std::string> in_new_optimizer;
+  std::unordered_map<std::string, torch::Tensor> held_by_new;
   for (const auto& group : new_optimizer.param_groups())
-    for (const auto& p : group.params()) in_new_optimizer.insert(state_key(p));
+    for (const auto& p : group.params()) held_by_new.emplace(state_key(p), p);
 
   // Build every new state first, then install: a failure leaves the new optimizer untouched.
   std::vector<std::pair<std::string, std::unique_ptr<torch::optim::OptimizerParamState>>> states;
   for (const auto& item : new_module.named_parameters()) {
     const std::string key = state_key(item.value());
-    if (!in_new_optimizer.count(key)) continue;
+    if (!held_by_new.count(key)) continue;
     auto old = old_parameters.find(item.key());
     if (old == old_parameters.end()) continue;
     auto state = old_optimizer.state().find(state_key(old->second));
@@ -443,9 +461,6 @@ void transfer_state(const torch::optim::Optimizer& old_optimizer, const torch::n
   // beside the network) keeps its state as it is.
   std::unordered_set<std::string> of_new_module;
   for (const auto& p : new_module.parameters()) of_new_module.insert(state_key(p));
-  std::unordered_map<std::string, torch::Tensor> held_by_new;
-  for (const auto& group : new_optimizer.param_groups())
-    for (const auto& p : group.params()) held_by_new.emplace(state_key(p), p);
   for (const auto& [key, parameter] : held_by_new) {
     if (of_new_module.count(key)) continue;
     auto state = old_optimizer.state().find(key);
@@ -467,34 +482,71 @@ std::unique_ptr<torch::optim::Optimizer> after_edit(const torch::optim::Optimize
   if (type == "other")
     fail("{}: the optimizer is of a type connex does not know ({} are)", context,
          list_optimizer_kinds(OptimizerNaming::kTitle));
-  check_holds(old_optimizer, old_module, true, context, "the optimizer", kOldRemedy);
-  const auto names = group_parameter_names(old_optimizer, old_module, context);
+  const auto held = check_holds(old_optimizer, old_module, context, "the optimizer", kOldRemedy);
   const auto parameters = new_module.named_parameters();
+  std::unordered_set<const void*> of_new_module;
+  for (const auto& p : parameters) of_new_module.insert(p.value().unsafeGetTensorImpl());
   std::unordered_set<std::string> placed;
   std::vector<torch::optim::OptimizerParamGroup> groups;
-  for (size_t g = 0; g < names.size(); ++g) {
+  for (size_t g = 0; g < held.names.size(); ++g) {
     std::vector<torch::Tensor> params;
-    for (const auto& name : names[g])
-      if (const auto* now = parameters.find(name)) {
+    for (size_t k = 0; k < held.names[g].size(); ++k) {
+      const std::string& name = held.names[g][k];
+      if (name.empty()) {  // another module's: stays where it is
+        const auto& p = old_optimizer.param_groups()[g].params()[k];
+        if (of_new_module.count(p.unsafeGetTensorImpl()))
+          fail(
+              "{}: the optimizer's group {} holds a parameter of the edited network already; build it over the "
+              "network before the edit",
+              context, g);
+        params.push_back(p);
+      } else if (const auto* now = parameters.find(name)) {
         params.push_back(*now);
         placed.insert(name);
       }
+    }
     groups.emplace_back(std::move(params), old_optimizer.param_groups()[g].options().clone());
   }
   if (groups.empty()) fail("{}: the optimizer has no parameter groups", context);
-  // A parameter the optimizer left out on purpose stays out; only one the old module lacked joins.
+  // A parameter the optimizer left out on purpose stays out; only one the
+  // old module lacked joins, in the first group that holds some of the module.
+  size_t home = 0;
+  while (home + 1 < held.names.size() &&
+         std::all_of(held.names[home].begin(), held.names[home].end(), [](const auto& n) { return n.empty(); }))
+    ++home;
   const auto old_parameters = old_module.named_parameters();
   for (const auto& item : parameters)
-    if (!placed.count(item.key()) && !old_parameters.contains(item.key())) groups[0].params().push_back(item.value());
+    if (!placed.count(item.key()) && !old_parameters.contains(item.key()))
+      groups[home].params().push_back(item.value());
   auto next = make_optimizer(type, std::move(groups));
   transfer_state(old_optimizer, old_module, *next, new_module, remap, old_keys, new_keys);
   return next;
+}
+
+// Fails unless `edit` started from `old_network`'s structure (the same
+// compiled topology, or an equal one: a clone's). Passing the edited network
+// as the old one, or applying an edit's remap a second time, would otherwise
+// move state to the wrong entries.
+void check_edit_base(const NeuralNetwork& old_network, const EditResult& edit, const char* context) {
+  if (old_network.is_empty() || edit.network.is_empty())
+    fail("{}: expected a network and an edit's network, got an empty holder", context);
+  if (!edit.base || edit.base == old_network->topology_ptr()) return;
+  const Topology &old = old_network->topology(), &base = *edit.base;
+  bool same = old.num_neurons() == base.num_neurons() && old.conn_source() == base.conn_source() &&
+              old.conn_target() == base.conn_target();
+  for (int64_t d = 0; same && d < old.num_neurons(); ++d) same = old.label(d) == base.label(d);
+  if (!same)
+    fail(
+        "{}: the edit was made from another network ({} neurons and {} connections, where this one has {} and {}); "
+        "pass the network the edit started from, as it was before the edit",
+        context, base.num_neurons(), base.num_connections(), old.num_neurons(), old.num_connections());
 }
 
 }  // namespace
 
 void transfer_optimizer_state(const torch::optim::Optimizer& old_optimizer, const NeuralNetwork& old_network,
                               torch::optim::Optimizer& new_optimizer, const EditResult& edit) {
+  check_edit_base(old_network, edit, "transfer_optimizer_state()");
   transfer_state(old_optimizer, *old_network, new_optimizer, *edit.network, edit.parameters,
                  operation_keys(*old_network), operation_keys(*edit.network));
 }
@@ -502,11 +554,13 @@ void transfer_optimizer_state(const torch::optim::Optimizer& old_optimizer, cons
 std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim::Optimizer& old_optimizer,
                                                               const NeuralNetwork& old_network,
                                                               const EditResult& edit) {
+  check_edit_base(old_network, edit, "optimizer_after_edit()");
   return after_edit(old_optimizer, *old_network, *edit.network, edit.parameters, operation_keys(*old_network),
                     operation_keys(*edit.network), "optimizer_after_edit()");
 }
 
 void follow_edit(torch::optim::Optimizer& optimizer, const NeuralNetwork& old_network, const EditResult& edit) {
+  check_edit_base(old_network, edit, "follow_edit()");
   auto next = after_edit(optimizer, *old_network, *edit.network, edit.parameters, operation_keys(*old_network),
                          operation_keys(*edit.network), "follow_edit()");
   // after_edit made one group per group of `optimizer`, in order. Past this
@@ -531,21 +585,13 @@ std::vector<std::vector<std::string>> group_parameter_names(const torch::optim::
 std::vector<std::vector<std::string>> group_parameter_names(const torch::optim::Optimizer& optimizer,
                                                             const torch::nn::Module& module,
                                                             const std::string& context) {
-  std::unordered_map<const void*, std::string> by_tensor;
-  for (const auto& item : module.named_parameters()) by_tensor.emplace(item.value().unsafeGetTensorImpl(), item.key());
-  std::vector<std::vector<std::string>> names(optimizer.param_groups().size());
-  for (size_t g = 0; g < names.size(); ++g)
-    for (const auto& p : optimizer.param_groups()[g].params()) {
-      auto name = by_tensor.find(p.unsafeGetTensorImpl());
-      if (name == by_tensor.end())
-        fail(
-            "{}: its group {} holds a parameter of shape [{}] that is not one of the network's (build the optimizer "
-            "over "
-            "the network's parameters)",
-            context, g, fmt::join(p.sizes(), ", "));
-      names[g].push_back(name->second);
-    }
-  return names;
+  HeldNames held = held_names(optimizer, module);
+  if (held.foreign)
+    fail(
+        "{}: its group {} holds a parameter of shape [{}] that is not one of the network's (build the optimizer over "
+        "the network's parameters)",
+        context, held.foreign_group, fmt::join(held.foreign->sizes(), ", "));
+  return std::move(held.names);
 }
 
 std::string list_optimizer_kinds(OptimizerNaming naming, const char* last_separator) {

@@ -440,7 +440,7 @@ namespace {
 EditResult finish_edit(const NeuralNetwork& base, NeuralNetwork result, ParameterRemap remap,
                        std::vector<int64_t> new_index_of_old, bool function_preserving) {
   const Topology& old = base->topology();
-  EditResult out{result, {}, std::move(remap)};
+  EditResult out{result, {}, std::move(remap), base->topology_ptr()};
   result->adopt_parameters(*base, out.parameters);
   if (function_preserving) zero_connections_into_old_neurons(*result, out.parameters);
   out.positions.inputs = where_each_went(old.spec().inputs(), result->spec().inputs());
@@ -565,7 +565,8 @@ EditResult as_edit(const NeuralNetwork& before, const NeuralNetwork& after) {
   EditResult out{
       after,
       {},
-      parameter_remap(before->topology(), after->topology(), new_index_of_old, after->weight_tensor().device())};
+      parameter_remap(before->topology(), after->topology(), new_index_of_old, after->weight_tensor().device()),
+      before->topology_ptr()};
   out.positions.inputs = where_each_went(old_spec.inputs(), after->spec().inputs());
   out.positions.outputs = where_each_went(old_spec.outputs(), after->spec().outputs());
   out.positions.neurons = std::move(new_index_of_old);

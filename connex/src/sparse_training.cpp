@@ -398,10 +398,8 @@ EditResult Rewirer::rewire(const NeuralNetwork& network, int64_t step, const Lev
 void Rewirer::drop(const NeuralNetwork& network, double share, Plan& plan) const {
   const auto w = ranked_as_float(network->weight_tensor().detach().cpu().contiguous());
   // Frozen connections (a zero gradient mask) hold the user's weights.
-  torch::Tensor frozen;
-  const auto buffers = network->named_buffers(false);
-  if (const auto* mask = buffers.find("weight_grad_mask"))
-    if ((*mask == 0).any().item<bool>()) frozen = (*mask == 0).to(torch::kCPU, torch::kUInt8).contiguous();
+  torch::Tensor frozen = network->frozen_connections();
+  frozen = frozen.any().item<bool>() ? frozen.to(torch::kUInt8).contiguous() : torch::Tensor();
   const uint8_t* frozen_at = frozen.defined() ? frozen.data_ptr<uint8_t>() : nullptr;
   std::vector<std::vector<int64_t>> dropped;
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "Rewirer::drop", [&] {

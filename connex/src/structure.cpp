@@ -211,12 +211,16 @@ std::vector<Edge> connections_to_prune(const NeuralNetwork& network, const Prune
   // Connections are ordered by target and targets by level, so every
   // scope's groups are runs of connection indices. Each group's weakest
   // share is selected (linear time), not the whole group sorted.
+  torch::Tensor frozen_mask;
+  if (options.keep_frozen()) frozen_mask = network->frozen_connections().contiguous();
+  const bool* frozen = frozen_mask.defined() ? frozen_mask.data_ptr<bool>() : nullptr;
   std::vector<int64_t> chosen, candidates;
   for (int64_t first = 0; first < t.num_connections();) {
     int64_t last = first;
     candidates.clear();
     for (; last < t.num_connections() && group[last] == group[first]; ++last)
-      if (!(options.protect_outputs() && t.role(t.conn_target()[last]) == Role::Output)) candidates.push_back(last);
+      if (!(options.protect_outputs() && t.role(t.conn_target()[last]) == Role::Output) && !(frozen && frozen[last]))
+        candidates.push_back(last);
     const size_t take =
         options.fraction()
             ? static_cast<size_t>(std::llround(*options.fraction() * static_cast<double>(candidates.size())))

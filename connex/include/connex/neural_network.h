@@ -136,6 +136,10 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   // installs the freezing hooks if any entry is frozen.
   void sync_frozen();
   bool is_frozen(const NeuronId& from, const NeuronId& to) const;
+  // Which connections (biases) are frozen, in weight_tensor()'s
+  // (bias_tensor()'s) order: bool, on the CPU.
+  torch::Tensor frozen_connections() const;
+  torch::Tensor frozen_biases() const;
 
   WeightedGraph weighted_graph() const;
 

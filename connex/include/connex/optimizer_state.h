@@ -34,9 +34,11 @@ void transfer_optimizer_state(const torch::optim::Optimizer& old_optimizer, cons
 // The optimizer to go on with after an edit, in one call: a new optimizer of
 // the old one's type, with its parameter groups and each group's options, over
 // the edited network's parameters (matched by name; parameters the old
-// network lacked join the first group, parameters the old optimizer left out
-// stay out), carrying every survivor's state. The optimizer must hold only
-// this network's parameters.
+// network lacked join the first group holding some of it, parameters the old
+// optimizer left out stay out), carrying every survivor's state. Parameters
+// of other modules in the optimizer (a head trained beside the network) keep
+// their place and their state. `old_network` must be the network the edit
+// started from, as it was before it: any other structure is refused.
 //
 //   auto r = connex::edit(net).remove_connections(weak).build();
 //   auto next = connex::optimizer_after_edit(adam, net, r);  // same lr, betas, moments

@@ -36,6 +36,9 @@ struct EditResult {
   NeuralNetwork network;
   PositionRemap positions;
   ParameterRemap parameters;
+  // The structure the edit started from: the optimizer plumbing
+  // (optimizer_state.h) refuses an old network of another structure.
+  std::shared_ptr<const Topology> base;
 };
 
 class NetworkEditor {

@@ -4,7 +4,8 @@
 // an EditResult, so optimizer_after_edit() carries the optimizer on (same
 // type, options and state), and the network's other parameters stay as trained.
 //
-//   auto pruned = connex::prune(net, connex::PruneOptions().fraction(0.5).scope(connex::PruneScope::PerNeuron));
+//   auto pruned = connex::prune(
+//       net, connex::PruneOptions().fraction(0.5).scope(connex::PruneScope::PerNeuron).keep_min(1));
 //   auto optimizer2 = connex::optimizer_after_edit(*optimizer, net, pruned);   // optimizer_state.h
 //   auto cleaned = connex::remove_dead_neurons(pruned.network);
 //   auto optimizer3 = connex::optimizer_after_edit(*optimizer2, pruned.network, cleaned);
@@ -56,6 +57,7 @@ EditResult remove_dead_neurons(const NeuralNetwork& network);
 enum class PruneScope {
   Global,     // all of them
   PerNeuron,  // the connections into each neuron: each keeps its strongest share
+              // (a share of one input rounds to all of it at 0.5: keep_min(1) keeps it)
   PerLevel,   // the connections into each level
 };
 
@@ -72,6 +74,9 @@ struct PruneOptions {
   TORCH_ARG(int64_t, keep_min) = 0;
   // Never prune the connections into output neurons.
   TORCH_ARG(bool, protect_outputs) = false;
+  // Frozen connections (NeuralNetwork::freeze) hold weights the user fixed:
+  // they are not candidates (nor counted in a fraction) unless this is false.
+  TORCH_ARG(bool, keep_frozen) = true;
   // What "weak" means: one score per connection, in weight_tensor()'s order
   // (activation_scores(), gradient_scores() or the user's own); undefined: |w|.
   // The threshold, when given, applies to these scores.
