@@ -5,8 +5,9 @@
 //
 // An entry of a parameter of `after` survives when the same operation in
 // `before` has a parameter of the same name and every keyed index of the entry
-// (a neuron label per dimension, DimKeys) exists there; an unkeyed dimension
+// (a neuron label per dimension, in the same run: DimKeys) exists there; an unkeyed dimension
 // maps index to index where the old size allows.
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -40,15 +41,16 @@ void for_each_surviving_operation_entry(const NeuralNetwork& before, const Neura
       // Old position of each new index, per dimension (-1: not in the old network).
       std::vector<std::vector<int64_t>> old_of(sizes.size());
       for (size_t d = 0; d < sizes.size(); ++d) {
-        std::unordered_map<NeuronId, int64_t, NeuronIdHash> old_pos;
+        std::map<std::pair<int64_t, NeuronId>, int64_t> old_pos;  // (run, label) -> index
         if (old_keys[d])
-          for (size_t i = 0; i < old_keys[d]->size(); ++i) old_pos.emplace((*old_keys[d])[i], static_cast<int64_t>(i));
+          for (size_t i = 0; i < old_keys[d]->size(); ++i)
+            old_pos.emplace(std::make_pair(old_keys[d]->run(i), old_keys[d]->labels[i]), static_cast<int64_t>(i));
         for (int64_t i = 0; i < sizes[d]; ++i) {
           if (!new_keys[d] || !old_keys[d]) {
             old_of[d].push_back(!new_keys[d] && !old_keys[d] && i < old_t.size(static_cast<int64_t>(d)) ? i : -1);
             continue;
           }
-          auto it = old_pos.find((*new_keys[d])[i]);
+          auto it = old_pos.find({new_keys[d]->run(i), new_keys[d]->labels[i]});
           old_of[d].push_back(it == old_pos.end() ? -1 : it->second);
         }
       }

@@ -859,13 +859,12 @@ TEST(GraphExport, ImportRejectsValuesBeyondTheDtype) {
   auto half = NeuralNetwork(GraphSpec::from_edges({{0, 1}, {1, 2}}, {0}, {2}),
                             NeuralNetworkOptions().dtype(torch::kFloat16).use_topo_norm(true));
   auto json = to_node_link_json(half);
-  json["graph"]["operation_parameters"]["topo_norm.level1_beta"]["values"][0] = 1e300;
+  json["graph"]["operation_parameters"]["topo_norm.beta"]["values"][0] = 1e300;
   EXPECT_THROW_MSG(
       from_node_link_json(json, "g.json"),
-      "g.json: /graph/operation_parameters/topo_norm.level1_beta/values/0 1e+300 does not fit the network's dtype");
-  json["graph"]["operation_parameters"]["topo_norm.level1_beta"]["values"][0] = 65504.0;
-  EXPECT_EQ(from_node_link_json(json, "g.json")->named_parameters()["topo_norm.level1_beta"][0].item<double>(),
-            65504.0);
+      "g.json: /graph/operation_parameters/topo_norm.beta/values/0 1e+300 does not fit the network's dtype");
+  json["graph"]["operation_parameters"]["topo_norm.beta"]["values"][0] = 65504.0;
+  EXPECT_EQ(from_node_link_json(json, "g.json")->named_parameters()["topo_norm.beta"][0].item<double>(), 65504.0);
 }
 
 // Found by fuzz_graph_json and fuzz_checkpoint (fuzz/): a float where an
@@ -996,4 +995,51 @@ TEST(Config, SparseMLPPrebuiltForm) {
   EXPECT_THROW_MSG(
       from(R"("input_size":1,"output_size":1,"width":100000,"depth":3,"density":0.5)"),
       "my.json: /graph: sparse_layered_spec(): 3e+05 neurons and 1e+10 connections is more than connex builds");
+}
+
+// Files written before topo norm's gamma and beta were flat (one [sources, 1]
+// tensor per level, "topo_norm.level3_gamma") still load, the checkpoint's
+// Adam state included: tests/data/legacy_topo_norm was written by the connex
+// of 2026-12-02 (DenseMLP(1, 2, 4, 2) with topo norm after 6 Adam steps),
+// with each level's values and state beside it.
+TEST(Checkpoint, ReadsTopoNormSavedPerLevel) {
+  const std::string dir = CONNEX_SOURCE_DIR "/tests/data/legacy_topo_norm/";
+  const auto per_level = nlohmann::json::parse(std::ifstream(dir + "per_level.json"));
+  auto ck = load_checkpoint(dir + "model.ckpt");
+  const auto adam = restore_optimizer(ck);
+  NeuralNetwork from_json = import_graph_json(dir + "graph.json");
+  const Topology& t = ck.network->topology();
+  ASSERT_EQ(t.depth(), 3);
+  auto flat = [](const torch::Tensor& x) {
+    auto c = x.detach().to(torch::kFloat64).contiguous().view(-1);
+    return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+  };
+  for (const std::string kind : {"gamma", "beta"}) {
+    SCOPED_TRACE(kind);
+    std::vector<double> value, exp_avg, exp_avg_sq;
+    for (int64_t l = 1; l <= t.depth(); ++l) {
+      const auto& saved = per_level.at("topo_norm.level" + std::to_string(l) + "_" + kind);
+      for (const char* field : {"value", "exp_avg", "exp_avg_sq"}) {
+        auto& into = std::string(field) == "value" ? value : std::string(field) == "exp_avg" ? exp_avg : exp_avg_sq;
+        for (double v : saved.at(field)) into.push_back(v);
+      }
+      EXPECT_EQ(saved.at("step").get<int64_t>(), 6);
+    }
+    const torch::Tensor p = ck.network->named_parameters()["topo_norm." + kind];
+    EXPECT_EQ(flat(p), value);
+    EXPECT_EQ(flat(from_json->named_parameters()["topo_norm." + kind]), value);
+    const auto& state = static_cast<const torch::optim::AdamParamState&>(
+        *adam->state().at(c10::guts::to_string(p.unsafeGetTensorImpl())));
+    EXPECT_EQ(state.step(), 6);
+    EXPECT_EQ(flat(state.exp_avg()), exp_avg);
+    EXPECT_EQ(flat(state.exp_avg_sq()), exp_avg_sq);
+  }
+  const auto x = torch::randn({5, 1});
+  EXPECT_TRUE(torch::equal(ck.network->forward(x), from_json->forward(x)));
+  // Saved again, it holds the flat names.
+  TempDir out;
+  save(ck.network, out / "m.ckpt", adam.get());
+  auto again = load_checkpoint(out / "m.ckpt");
+  EXPECT_TRUE(torch::equal(again.network->forward(x), ck.network->forward(x)));
+  EXPECT_EQ(to_node_link_json(again.network)["graph"]["operation_parameters"].count("topo_norm.gamma"), 1u);
 }

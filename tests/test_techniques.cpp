@@ -55,9 +55,10 @@ std::vector<double> reference(const NeuralNetwork& net, const std::vector<double
         for (double v : s) var += (v - mean) * (v - mean) / L;
         for (double& v : s) v = (v - mean) / std::sqrt(var + 1e-5);
       }
+      int64_t row = 0;  // every level's sources in turn
+      for (int64_t k = 1; k < l; ++k) row += static_cast<int64_t>(topo.levels()[k].sources.size());
       for (size_t i = 0; i < L; ++i)
-        s[i] = p.at("topo_norm." + lv + "gamma", {int64_t(i), 0}) * s[i] +
-               p.at("topo_norm." + lv + "beta", {int64_t(i), 0});
+        s[i] = p.at("topo_norm.gamma", {row + int64_t(i), 0}) * s[i] + p.at("topo_norm.beta", {row + int64_t(i), 0});
     }
     if (f.topo_attention && L > 0) {
       const std::string a = "topo_self_attention." + lv;
@@ -519,7 +520,7 @@ TEST(Techniques, CheckpointConfigAndGraphRoundTrips) {
   auto from_graph = from_node_link_json(to_node_link_json(net));
   EXPECT_TRUE(torch::equal(from_graph->forward(x), net->forward(x)));
   EXPECT_EQ(net->weighted_graph().operation_parameters.size(),
-            4u /*norm*/ + 12 /*topo attn*/ + 12 /*neuron attn*/ + 2 /*adaptive*/);
+            2u /*norm*/ + 12 /*topo attn*/ + 12 /*neuron attn*/ + 2 /*adaptive*/);
 }
 
 TEST(Techniques, TorchScriptExportMatches) {
@@ -653,4 +654,24 @@ TEST(UserOperation, WithAScriptFormIsExported) {
   const auto got = module.forward({x}).toTensor();
   EXPECT_LE((got - expected).abs().max().item<double>(), 1e-12);
   EXPECT_NE(torchscript_source(net).find("z = self.L1_gain * z"), std::string::npos) << torchscript_source(net);
+}
+
+// A dimension that strings several runs together (topo norm's rows, every
+// level's sources in turn) matches an entry by its label within its run.
+TEST(KeyedParameters, EntriesMatchByLabelWithinTheirRun) {
+  const DimKeys from_keys = {DimKey({NeuronId("a"), NeuronId("b"), NeuronId("a")}, {1, 1, 2})};
+  const DimKeys to_keys = {DimKey({NeuronId("a"), NeuronId("a"), NeuronId("b")}, {2, 1, 3})};
+  const auto from = torch::tensor({1.0, 2.0, 3.0}, torch::kFloat64);
+  auto to = torch::full({3}, -1.0, torch::kFloat64);
+  EXPECT_EQ(copy_keyed(from, from_keys, to, to_keys), 2);
+  EXPECT_TRUE(torch::equal(to, torch::tensor({3.0, 1.0, -1.0}, torch::kFloat64)));
+  // Without runs, labels alone match (one run).
+  auto plain = torch::full({2}, -1.0, torch::kFloat64);
+  EXPECT_EQ(copy_keyed(torch::tensor({5.0, 6.0}, torch::kFloat64), {DimKey({NeuronId(1), NeuronId(2)})}, plain,
+                       {std::vector<NeuronId>{2, 7}}),
+            1);
+  EXPECT_TRUE(torch::equal(plain, torch::tensor({6.0, -1.0}, torch::kFloat64)));
+  OperationParameters bad;
+  bad["g"] = {torch::zeros({2}), {DimKey({NeuronId(1), NeuronId(2)}, {1})}};
+  EXPECT_THROW_MSG((void)OperationModule(bad), "LevelOperation: parameter \"g\"'s dimension 0 has 2 labels but 1 runs");
 }

@@ -18,6 +18,7 @@
 #include "optimizer_kinds.h"
 #include "saved_optimizer.h"
 #include "tensor_file.h"
+#include "topo_norm.h"
 
 namespace connex {
 
@@ -41,6 +42,33 @@ std::vector<std::pair<std::string, torch::Tensor>> state_tensors(const NeuralNet
   for (const auto& p : network->named_parameters()) tensors.emplace_back(p.key(), p.value());
   for (const auto& b : network->named_buffers())
     if (!is_derived_buffer(b.key())) tensors.emplace_back(b.key(), b.value());
+  return tensors;
+}
+
+// What the file holds under each name: the network's state tensors, but
+// where it holds a parameter in parts (an older file), those parts.
+std::vector<std::pair<std::string, torch::Tensor>> tensors_in_file(const NeuralNetwork& network, const json& table,
+                                                                   const std::vector<detail::ParameterPart>& parts) {
+  auto tensors = state_tensors(network);
+  std::unordered_set<std::string> held;
+  for (const auto& entry : table)
+    if (entry.is_object() && entry.contains("name") && entry.at("name").is_string())
+      held.insert(entry.at("name").get<std::string>());
+  std::unordered_set<std::string> split;
+  for (const auto& part : parts)
+    if (!held.count(part.whole) && held.count(part.name)) split.insert(part.whole);
+  if (split.empty()) return tensors;
+  std::unordered_map<std::string, torch::Tensor> whole;
+  for (auto it = tensors.begin(); it != tensors.end();)
+    if (split.count(it->first)) {
+      whole.emplace(it->first, it->second);
+      it = tensors.erase(it);
+    } else {
+      ++it;
+    }
+  for (const auto& part : parts)
+    if (split.count(part.whole))
+      tensors.emplace_back(part.name, whole.at(part.whole).narrow(0, part.first_row, part.rows));
   return tensors;
 }
 
@@ -160,13 +188,15 @@ Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
   checkpoint.network = network_from_config(header.at("config"), path);
   const TensorData data{file, data_begin, data_size, path};
   torch::NoGradGuard no_grad;
-  detail::read_tensor_table(header.at("tensors"), data, state_tensors(checkpoint.network), "load(): " + path,
+  const auto parts = topo_norm_level_parts(*checkpoint.network);
+  detail::read_tensor_table(header.at("tensors"), data,
+                            tensors_in_file(checkpoint.network, header.at("tensors"), parts), "load(): " + path,
                             "its network's structure");
   checkpoint.network->sync_frozen();
 
   if (header.contains("optimizer") && !header.at("optimizer").is_null())
     checkpoint.optimizer =
-        detail::read_optimizer(header.at("optimizer"), *checkpoint.network, data, path, "load()", "network");
+        detail::read_optimizer(header.at("optimizer"), *checkpoint.network, data, path, "load()", "network", parts);
   if (header.contains("training")) {
     if (!header.at("training").is_object()) fail("load(): {}: /training must be an object", path);
     checkpoint.training = header.at("training");

@@ -91,16 +91,26 @@ Tensor output_rows(const DensePlan& plan, const Tensor& values) {
   return values.index_select(0, output_index(plan, values.device()));
 }
 
+// Each step's first row in the norm's gamma and beta (levels in turn).
+std::vector<int64_t> norm_rows(const DensePlan& plan) {
+  std::vector<int64_t> first(plan.steps.size());
+  int64_t row = 0;
+  for (size_t k = 0; k < plan.steps.size(); ++k) first[k] = row, row += plan.steps[k].width;
+  return first;
+}
+
 // The same computation in torch operations, differentiable again (for a
-// backward with create_graph). in: x, weight, bias, then the norm's gammas and betas.
+// backward with create_graph). in: x, weight, bias, then the norm's gamma and beta.
 Tensor dense_formula(const DensePlan& plan, const variable_list& in) {
   const ActivationInfo& act = activation_info(plan.activation);
   const size_t levels = plan.steps.size();
+  const auto rows = norm_rows(plan);
   Tensor values = in[0].t();
   for (size_t k = 0; k < levels; ++k) {
     const DenseStep& s = plan.steps[k];
     auto sources = values.narrow(0, s.source_begin, s.width);
-    if (plan.norm) sources = topo_norm_formula(sources, in[3 + k], in[3 + levels + k]);
+    if (plan.norm)
+      sources = topo_norm_formula(sources, in[3].narrow(0, rows[k], s.width), in[4].narrow(0, rows[k], s.width));
     auto z = torch::addmm(level_bias(plan, s, in[2]), level_weight(s, in[1]), sources);
     if (s.hidden > 0)
       z = s.hidden == s.size
@@ -112,36 +122,39 @@ Tensor dense_formula(const DensePlan& plan, const variable_list& in) {
 }
 
 // Saved for backward: values, pre-activations, x (when it requires grad;
-// else its copy in values serves the formula), weight, bias, the gammas and
-// betas, then per level with the norm (normed, rstd, and what the level's
-// weights multiplied: gamma ⊙ normed + beta).
-constexpr size_t kFixedSaved = 5;
+// else its copy in values serves the formula), weight, bias, the norm's gamma
+// and beta (undefined without it), then per level with the norm (normed,
+// rstd, and what the level's weights multiplied: gamma ⊙ normed + beta).
+constexpr size_t kFixedSaved = 7;
 
 class DenseFunction : public torch::autograd::Function<DenseFunction> {
  public:
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& weight,
-                        const Tensor& bias, at::TensorList gammas, at::TensorList betas,
-                        const std::vector<int64_t>& code) {
+                        const Tensor& bias, at::TensorList norm, const std::vector<int64_t>& code) {
     const DensePlan plan = decode_dense_plan(code);
-    if (plan.norm && !(x.is_cpu() && gammas.size() == plan.steps.size() && betas.size() == plan.steps.size()))
-      fail("dense_forward(): topo norm expected a CPU network and a gamma and beta per level, got {} and {} on {}",
-           gammas.size(), betas.size(), x.device().str());
+    const auto rows = norm_rows(plan);
+    const int64_t norm_size = plan.steps.empty() ? 0 : rows.back() + plan.steps.back().width;
+    if (plan.norm && !(x.is_cpu() && norm.size() == 2 && norm[0].size(0) == norm_size && norm[1].size(0) == norm_size))
+      fail("dense_forward(): topo norm expected a CPU network and a gamma and beta of {} rows, got {} tensor(s) on {}",
+           norm_size, norm.size(), x.device().str());
+    const Tensor gamma_in = plan.norm ? norm[0] : Tensor(), beta_in = plan.norm ? norm[1] : Tensor();
+    const Tensor gamma = plan.norm ? gamma_in.contiguous() : Tensor(),
+                 beta = plan.norm ? beta_in.contiguous() : Tensor();
     const ActivationInfo& act = activation_info(plan.activation);
     const int64_t batch = x.size(0);
     auto values = torch::empty({plan.neurons, batch}, weight.options());
     values.narrow(0, 0, plan.inputs).copy_(x.t());
     // Pre-activations of hidden rows, for an activation whose derivative needs them.
     Tensor pre = act.derivative_from_output ? Tensor() : torch::empty({plan.neurons, batch}, weight.options());
-    variable_list saved{values, pre, x.requires_grad() ? x : Tensor(), weight, bias};
-    saved.insert(saved.end(), gammas.begin(), gammas.end());
-    saved.insert(saved.end(), betas.begin(), betas.end());
+    variable_list saved{values, pre, x.requires_grad() ? x : Tensor(), weight, bias, gamma_in, beta_in};
     for (size_t k = 0; k < plan.steps.size(); ++k) {
       const DenseStep& s = plan.steps[k];
       auto sources = values.narrow(0, s.source_begin, s.width);
       if (plan.norm) {
         auto normed = torch::empty_like(sources), y = torch::empty_like(sources);
         auto rstd = torch::empty({batch}, sources.options());
-        topo_norm_forward(sources, gammas[k].contiguous(), betas[k].contiguous(), normed, y, rstd);
+        topo_norm_forward(sources, gamma.narrow(0, rows[k], s.width), beta.narrow(0, rows[k], s.width), normed, y,
+                          rstd);
         saved.insert(saved.end(), {normed, rstd, y});
         sources = y;
       }
@@ -163,18 +176,19 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
     const auto saved = ctx->get_saved_variables();
     const auto &values = saved[0], &pre = saved[1], &weight = saved[3], &bias = saved[4];
     const DensePlan plan = decode_dense_plan(ctx->saved_data["plan"].toIntVector());
-    const size_t norm_levels = plan.norm ? plan.steps.size() : 0;
-    variable_list result(3 + 2 * norm_levels + 1);  // x, weight, bias, gammas, betas, the plan
+    variable_list result(plan.norm ? 6 : 4);  // x, weight, bias, (gamma, beta,) the plan
     if (!grads[0].defined()) return result;
     if (torch::GradMode::is_enabled()) {  // create_graph: the formula's gradients (formula_gradients.h)
-      variable_list inputs(saved.begin() + 2,
-                           saved.begin() + static_cast<std::ptrdiff_t>(kFixedSaved + 2 * norm_levels));
+      variable_list inputs(saved.begin() + 2, saved.begin() + static_cast<std::ptrdiff_t>(plan.norm ? 7 : 5));
       if (!inputs[0].defined()) inputs[0] = values.narrow(0, 0, plan.inputs).t();  // x, a constant
       auto g = formula_gradients(
           inputs, [&plan](const variable_list& in) { return dense_formula(plan, in); }, grads[0]);
       std::copy(g.begin(), g.end(), result.begin());
       return result;
     }
+    const auto rows = norm_rows(plan);
+    const Tensor gamma = plan.norm ? saved[5].contiguous() : Tensor();
+    if (plan.norm) result[3] = torch::empty_like(gamma), result[4] = torch::empty_like(gamma);
     const ActivationInfo& act = activation_info(plan.activation);
     const bool need_x = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(1), need_b = ctx->needs_input_grad(2);
     // dL/d(value) per neuron; a level's rows are complete once every later level is done.
@@ -196,7 +210,7 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
         gh.copy_(act.derivative(gh, arg.narrow(0, s.begin, s.hidden)));
       }
       // What the level's weights multiplied: its sources, or their normed form.
-      const size_t at = kFixedSaved + 2 * norm_levels + 3 * k;
+      const size_t at = kFixedSaved + 3 * k;
       const auto sources = plan.norm ? saved[at + 2] : values.narrow(0, s.source_begin, s.width);
       if (need_w) {
         auto gw_level = gw.narrow(0, s.conn_begin, s.size * s.width).view({s.size, s.width});
@@ -213,10 +227,10 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
         continue;
       }
       const auto dy = torch::mm(w.t(), gl);  // dL/d(normed sources)
-      const auto &normed = saved[at], &rstd = saved[at + 1], &gamma = saved[kFixedSaved + k];
-      auto ds = torch::empty_like(dy);
-      result[3 + k] = torch::empty_like(gamma), result[3 + norm_levels + k] = torch::empty_like(gamma);
-      topo_norm_backward(dy, normed, gamma.contiguous(), rstd, ds, result[3 + k], result[3 + norm_levels + k]);
+      const auto &normed = saved[at], &rstd = saved[at + 1];
+      auto ds = torch::empty_like(dy), dgamma = result[3].narrow(0, rows[k], s.width),
+           dbeta = result[4].narrow(0, rows[k], s.width);
+      topo_norm_backward(dy, normed, gamma.narrow(0, rows[k], s.width), rstd, ds, dgamma, dbeta);
       if (from < end) g.narrow(0, from, end - from).add_(ds.narrow(0, from - s.source_begin, end - from));
     }
     if (need_x) result[0] = g.narrow(0, 0, plan.inputs).t().contiguous();
@@ -228,9 +242,10 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
 }  // namespace
 
 torch::Tensor dense_forward(const DensePlan& plan, const torch::Tensor& x, const torch::Tensor& weight,
-                            const torch::Tensor& bias, const std::vector<torch::Tensor>& gammas,
-                            const std::vector<torch::Tensor>& betas) {
-  return DenseFunction::apply(x, weight, bias, at::TensorList(gammas), at::TensorList(betas), encode_dense_plan(plan));
+                            const torch::Tensor& bias, const torch::Tensor& gamma, const torch::Tensor& beta) {
+  std::vector<torch::Tensor> norm;  // an undefined tensor cannot be an input of an autograd function
+  if (gamma.defined()) norm = {gamma, beta};
+  return DenseFunction::apply(x, weight, bias, at::TensorList(norm), encode_dense_plan(plan));
 }
 
 }  // namespace connex

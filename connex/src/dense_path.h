@@ -50,11 +50,10 @@ std::shared_ptr<const DensePlan> plan_dense_path(const Topology& topology, const
                                                  const std::vector<LevelOperationPtr>& operations);
 
 // x: [batch, inputs] -> [batch, outputs] (output order), differentiable
-// with respect to x, weight, bias and, with the norm, each level's gamma and
-// beta ([sources, 1], levels 1..depth); twice too (a backward with
-// create_graph runs the same formula in torch operations).
+// with respect to x, weight, bias and, with the norm, its gamma and beta
+// (topo norm's layout: [Σ sources, 1], level 1's rows first); twice too (a
+// backward with create_graph runs the same formula in torch operations).
 torch::Tensor dense_forward(const DensePlan& plan, const torch::Tensor& x, const torch::Tensor& weight,
-                            const torch::Tensor& bias, const std::vector<torch::Tensor>& gammas = {},
-                            const std::vector<torch::Tensor>& betas = {});
+                            const torch::Tensor& bias, const torch::Tensor& gamma = {}, const torch::Tensor& beta = {});
 
 }  // namespace connex

@@ -14,6 +14,7 @@
 #include "file_io.h"
 #include "id_messages.h"
 #include "json_input.h"
+#include "topo_norm.h"
 
 namespace connex {
 
@@ -220,9 +221,13 @@ void read_operation_parameters(const NodeLinkReader& r, NeuralNetwork& network, 
   const double max_value = find_dtype(network->options().dtype())->max;
   torch::NoGradGuard no_grad;
   auto named = network->named_parameters();
+  std::unordered_map<std::string, torch::Tensor> parts;  // an older file's names for rows of a parameter
+  for (const auto& part : topo_norm_level_parts(*network))
+    parts.emplace(part.name, named[part.whole].narrow(0, part.first_row, part.rows));
   for (auto it = saved.begin(); it != saved.end(); ++it) {
     const std::string path = "/graph/operation_parameters/" + it.key();
     auto* target = it.key().find('.') == std::string::npos ? nullptr : named.find(it.key());
+    if (!target && parts.count(it.key())) target = &parts.at(it.key());
     if (!target) fail("{}: {} names no operation parameter of this network", source, path);
     try {
       const auto numbers = it.value().at("values").get<std::vector<double>>();

@@ -9,6 +9,10 @@ namespace connex {
 OperationModuleImpl::OperationModuleImpl(const OperationParameters& declared) {
   for (const auto& [name, p] : declared) {
     if (name.find('.') != std::string::npos) fail("LevelOperation: parameter name \"{}\" contains a dot", name);
+    for (size_t k = 0; k < p.dim_keys.size(); ++k)
+      if (const auto& key = p.dim_keys[k]; key && !key->runs.empty() && key->runs.size() != key->labels.size())
+        fail("LevelOperation: parameter \"{}\"'s dimension {} has {} labels but {} runs", name, k, key->labels.size(),
+             key->runs.size());
     keys_[name] = p.dim_keys;
     shapes_[name] = {p.value.sizes().vec(), p.value.scalar_type()};
   }
@@ -48,6 +52,16 @@ const torch::Tensor& OperationModuleImpl::get(const std::string& name) const {
   return it->second;
 }
 
+namespace {
+
+struct RunLabelHash {
+  size_t operator()(const std::pair<int64_t, NeuronId>& key) const {
+    return key.second.hash() * 1000003u ^ std::hash<int64_t>()(key.first);
+  }
+};
+
+}  // namespace
+
 int64_t copy_keyed(const torch::Tensor& from, const DimKeys& from_keys, torch::Tensor& to, const DimKeys& to_keys) {
   torch::NoGradGuard no_grad;
   if (from_keys.size() != to_keys.size() || from.dim() != to.dim()) return -1;
@@ -62,10 +76,12 @@ int64_t copy_keyed(const torch::Tensor& from, const DimKeys& from_keys, torch::T
   for (size_t k = 0; k < to_keys.size(); ++k) {
     std::vector<int64_t> ni, oi;
     if (to_keys[k] && from_keys[k]) {
-      std::unordered_map<NeuronId, int64_t, NeuronIdHash> where;
-      for (size_t i = 0; i < from_keys[k]->size(); ++i) where.emplace((*from_keys[k])[i], static_cast<int64_t>(i));
-      for (size_t i = 0; i < to_keys[k]->size(); ++i) {
-        auto it = where.find((*to_keys[k])[i]);
+      const DimKey &from_key = *from_keys[k], &to_key = *to_keys[k];
+      std::unordered_map<std::pair<int64_t, NeuronId>, int64_t, RunLabelHash> where;
+      for (size_t i = 0; i < from_key.size(); ++i)
+        where.emplace(std::make_pair(from_key.run(i), from_key.labels[i]), static_cast<int64_t>(i));
+      for (size_t i = 0; i < to_key.size(); ++i) {
+        auto it = where.find({to_key.run(i), to_key.labels[i]});
         if (it != where.end()) ni.push_back(static_cast<int64_t>(i)), oi.push_back(it->second);
       }
     } else if (!to_keys[k] && !from_keys[k] && from.size(static_cast<int64_t>(k)) == to.size(static_cast<int64_t>(k))) {

@@ -534,13 +534,9 @@ torch::Tensor NeuralNetworkImpl::forward_fused_or_levels(const torch::Tensor& x,
       }
     out = fused_forward(*fused_plan_, single ? x.unsqueeze(0) : x, weight_, bias_, scale_a, scale_b, trace);
   } else if (!trace && uses_dense_path()) {
-    std::vector<torch::Tensor> gammas, betas;  // topo norm's, when the path runs it
-    if (dense_plan_->norm)
-      for (size_t l = 1; l < levels_.size(); ++l) {
-        gammas.push_back(operation_modules_[0]->get(level_prefixes_[l] + "gamma"));
-        betas.push_back(operation_modules_[0]->get(level_prefixes_[l] + "beta"));
-      }
-    out = dense_forward(*dense_plan_, single ? x.unsqueeze(0) : x, weight_, bias_, gammas, betas);
+    torch::Tensor gamma, beta;  // topo norm's, when the path runs it
+    if (dense_plan_->norm) gamma = operation_modules_[0]->get("gamma"), beta = operation_modules_[0]->get("beta");
+    out = dense_forward(*dense_plan_, single ? x.unsqueeze(0) : x, weight_, bias_, gamma, beta);
   } else {
     return forward_levels(x, trace);
   }

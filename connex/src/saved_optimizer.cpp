@@ -159,7 +159,8 @@ OptimizerStateFields read_parameter_state(const json& entry, const std::string& 
 namespace detail {
 
 SavedOptimizer read_optimizer(const json& o, const torch::nn::Module& module, const TensorData& data,
-                              const std::string& path, const char* context, const char* owner) {
+                              const std::string& path, const char* context, const char* owner,
+                              const std::vector<ParameterPart>& parts) {
   if (!o.is_object() || !o.contains("type") || !o.at("type").is_string() || !o.contains("groups") ||
       !o.at("groups").is_array() || !o.contains("state") || !o.at("state").is_object())
     fail("{}: {}: /optimizer must be {{\"type\": \"...\", \"groups\": [...], \"state\": {{...}}}}", context, path);
@@ -167,18 +168,51 @@ SavedOptimizer read_optimizer(const json& o, const torch::nn::Module& module, co
   saved.type = o.at("type").get<std::string>();
   const auto& field_names = saved_state_fields(saved.type, path, context);
   const auto parameters = module.named_parameters();
+  std::unordered_map<std::string, const ParameterPart*> part_named;
+  for (const auto& part : parts) part_named.emplace(part.name, &part);
   std::unordered_set<std::string> grouped;
-  for (size_t g = 0; g < o.at("groups").size(); ++g)
-    saved.groups.push_back(read_optimizer_group(o.at("groups").at(g), saved.type,
-                                                fmt::format("{}: /optimizer/groups/{}", path, g), parameters, grouped,
-                                                context, owner));
+  for (size_t g = 0; g < o.at("groups").size(); ++g) {
+    json group = o.at("groups").at(g);
+    if (!part_named.empty() && group.is_object() && group.contains("parameters") && group.at("parameters").is_array()) {
+      json names = json::array();  // each part's name becomes its whole's, once
+      std::unordered_set<std::string> listed;
+      for (const auto& name : group.at("parameters")) {
+        auto part = name.is_string() ? part_named.find(name.get<std::string>()) : part_named.end();
+        const json renamed = part == part_named.end() ? name : json(part->second->whole);
+        if (!renamed.is_string() || listed.insert(renamed.get<std::string>()).second) names.push_back(renamed);
+      }
+      group["parameters"] = std::move(names);
+    }
+    saved.groups.push_back(read_optimizer_group(group, saved.type, fmt::format("{}: /optimizer/groups/{}", path, g),
+                                                parameters, grouped, context, owner));
+  }
+  std::map<std::string, OptimizerStateFields> joined;  // the parts' state, by whole parameter
   for (const auto& [name, entry] : o.at("state").items()) {
     const std::string where = fmt::format("/optimizer/state/{}", name);
-    if (!grouped.count(name))
+    auto part_it = part_named.find(name);
+    const ParameterPart* part = part_it == part_named.end() ? nullptr : part_it->second;
+    if (!grouped.count(part ? part->whole : name))
       fail("{}: {}: {} is the state of a parameter that no optimizer group holds", context, path, where);
-    saved.state.emplace(
-        name, read_parameter_state(entry, saved.type, field_names, parameters[name], data, path, where, context));
+    if (!part) {
+      saved.state.emplace(
+          name, read_parameter_state(entry, saved.type, field_names, parameters[name], data, path, where, context));
+      continue;
+    }
+    const torch::Tensor& whole = parameters[part->whole];
+    auto fields = read_parameter_state(entry, saved.type, field_names, whole.narrow(0, part->first_row, part->rows),
+                                       data, path, where, context);
+    auto [into, first] = joined.try_emplace(part->whole);
+    if (first) {
+      into->second.type = fields.type, into->second.step = fields.step;
+      for (const auto& [field, tensor] : fields.tensors)
+        into->second.tensors.emplace_back(
+            field, tensor.defined() ? torch::zeros_like(whole, tensor.options()) : torch::Tensor());
+    }
+    for (size_t f = 0; f < fields.tensors.size() && f < into->second.tensors.size(); ++f)
+      if (fields.tensors[f].second.defined() && into->second.tensors[f].second.defined())
+        into->second.tensors[f].second.narrow(0, part->first_row, part->rows).copy_(fields.tensors[f].second);
   }
+  for (auto& [name, fields] : joined) saved.state.emplace(name, std::move(fields));
   check_state_complete(saved, context, path);
   return saved;
 }

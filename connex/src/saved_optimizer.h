@@ -6,6 +6,7 @@
 // Internal.
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 #include <torch/nn/module.h>
@@ -19,9 +20,12 @@ namespace connex::detail {
 // The header's "optimizer" object; the state tensors' bytes go to `data`.
 nlohmann::json write_optimizer(const torch::nn::Module& module, const torch::optim::Optimizer& optimizer,
                                std::string& data, const std::string& path, const char* context);
-// Checks every group, option, state field and tensor against `module`.
+// Checks every group, option, state field and tensor against `module`. The
+// state of `parts` found in the file joins that of their whole parameter
+// (rows without any start at zero; the step is the first part's).
 SavedOptimizer read_optimizer(const nlohmann::json& optimizer, const torch::nn::Module& module, const TensorData& data,
-                              const std::string& path, const char* context, const char* owner);
+                              const std::string& path, const char* context, const char* owner,
+                              const std::vector<ParameterPart>& parts = {});
 // All or nothing: on an error the optimizer is unchanged.
 void load_saved_optimizer(const SavedOptimizer& saved, torch::optim::Optimizer& optimizer, const std::string& path,
                           const torch::nn::Module& module, const char* context, const char* owner);

@@ -9,6 +9,7 @@
 #include "dtype.h"
 #include "formula_gradients.h"
 #include "scalar_attention.h"
+#include "connex/neural_network.h"
 #include "topo_norm.h"
 
 namespace connex {
@@ -43,16 +44,50 @@ std::vector<NeuronId> neuron_labels(const Topology& topology, const Level& level
 // ------------------------------------------------------------------ norm
 
 OperationParameters TopoNorm::build(const Topology& topology, torch::Dtype dtype, at::Generator&) const {
+  DimKey rows;
+  for (size_t l = 1; l < topology.levels().size(); ++l)
+    for (const int64_t s : topology.levels()[l].sources) {
+      rows.labels.push_back(topology.label(s));
+      rows.runs.push_back(static_cast<int64_t>(l));
+    }
+  const int64_t n = static_cast<int64_t>(rows.size());
   OperationParameters params;
-  for (size_t l = 1; l < topology.levels().size(); ++l) {
-    const Level& level = topology.levels()[l];
-    const auto sources = source_labels(topology, level);
-    const int64_t L = static_cast<int64_t>(sources.size());
-    params[level_prefix(l) + "gamma"] = {torch::ones({L, 1}, dtype), {sources, std::nullopt}};
-    params[level_prefix(l) + "beta"] = {torch::zeros({L, 1}, dtype), {sources, std::nullopt}};
-  }
+  params["gamma"] = {torch::ones({n, 1}, dtype), {rows, std::nullopt}};
+  params["beta"] = {torch::zeros({n, 1}, dtype), {std::move(rows), std::nullopt}};
   return params;
 }
+
+int64_t topo_norm_first_row(const Topology& topology, int64_t level) {
+  int64_t row = 0;
+  for (int64_t l = 1; l < level; ++l) row += static_cast<int64_t>(topology.levels()[l].sources.size());
+  return row;
+}
+
+std::vector<detail::ParameterPart> topo_norm_level_parts(const NeuralNetworkImpl& network) {
+  std::vector<detail::ParameterPart> parts;
+  for (const auto& op : network.operations())
+    if (op->name() == "topo_norm") {
+      const Topology& t = network.topology();
+      int64_t row = 0;
+      for (size_t l = 1; l < t.levels().size(); ++l) {
+        const auto rows = static_cast<int64_t>(t.levels()[l].sources.size());
+        for (const char* name : {"gamma", "beta"})
+          parts.push_back({"topo_norm." + level_prefix(l) + name, std::string("topo_norm.") + name, row, rows});
+        row += rows;
+      }
+    }
+  return parts;
+}
+
+namespace {
+
+// The level's rows of "gamma" or "beta".
+torch::Tensor level_rows(const LevelContext& ctx, const char* name) {
+  return ctx.params.get(name).narrow(0, topo_norm_first_row(ctx.topology, ctx.level),
+                                     static_cast<int64_t>(ctx.plan.sources.size()));
+}
+
+}  // namespace
 
 constexpr double kNormEpsilon = 1e-5;
 
@@ -203,8 +238,8 @@ class TopoNormFunction : public torch::autograd::Function<TopoNormFunction> {
 torch::Tensor TopoNorm::on_inputs(const LevelContext& ctx, const torch::Tensor& s) const {
   if (s.size(0) == 0) return s;
   if (s.device().is_cpu() && kernel_dtype(s.scalar_type()))
-    return TopoNormFunction::apply(s, ctx.param("gamma"), ctx.param("beta"));
-  return topo_norm_formula(s, ctx.param("gamma"), ctx.param("beta"));
+    return TopoNormFunction::apply(s, level_rows(ctx, "gamma"), level_rows(ctx, "beta"));
+  return topo_norm_formula(s, level_rows(ctx, "gamma"), level_rows(ctx, "beta"));
 }
 
 std::optional<double> TopoNorm::parameter_count(const Topology& topology) const {
@@ -218,8 +253,8 @@ void TopoNorm::script_on_inputs(ScriptWriter& script, const LevelContext& ctx) c
     script.line("m = s.mean(0, True)");
     script.line(fmt::format("s = (s - m) / torch.sqrt((s - m).pow(2).mean(0, True) + {})", kNormEpsilon));
   }
-  script.line(fmt::format("s = {} * s + {}", script.buffer("norm_gamma", ctx.param("gamma")),
-                          script.buffer("norm_beta", ctx.param("beta"))));
+  script.line(fmt::format("s = {} * s + {}", script.buffer("norm_gamma", level_rows(ctx, "gamma")),
+                          script.buffer("norm_beta", level_rows(ctx, "beta"))));
 }
 
 // ------------------------------------------------------------- attention

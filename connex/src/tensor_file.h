@@ -45,6 +45,14 @@ struct TensorData {
   torch::Tensor read(const nlohmann::json& entry, const torch::Tensor& like, const std::string& what) const;
 };
 
+// A parameter that older files hold in parts, each under its own name: the
+// rows [first_row, first_row + rows) of the parameter `whole` (topo norm's
+// flat parameters, held per level before 2026-12).
+struct ParameterPart {
+  std::string name, whole;
+  int64_t first_row = 0, rows = 0;
+};
+
 // Fills each tensor of `expected` (by name) from the file's table (an array
 // of entries with a "name") and refuses a malformed or repeated entry, a
 // tensor the table lacks and one it holds that nobody expects. `where`

@@ -1,9 +1,25 @@
 #pragma once
 // Topo norm's math (techniques.h), shared by its autograd node on the
 // per-level path and by the dense path, which applies it itself. Internal.
+#include <vector>
+
 #include <torch/types.h>
 
+#include "tensor_file.h"
+
 namespace connex {
+
+class Topology;
+class NeuralNetworkImpl;
+
+// Where level `level`'s rows start in topo norm's "gamma" and "beta" (every
+// level's sources in turn, level 1 first); the level has sources.size() rows.
+int64_t topo_norm_first_row(const Topology& topology, int64_t level);
+
+// Files written before "gamma" and "beta" were flat name each level's rows
+// ("topo_norm.level3_gamma", [sources, 1]): those parts of this network's
+// parameters, by their old names; none without topo norm.
+std::vector<detail::ParameterPart> topo_norm_level_parts(const NeuralNetworkImpl& network);
 
 // s: [L, batch] -> gamma ⊙ standardise(s) + beta (gamma, beta [L, 1]);
 // standardised per sample (a column) when L > 1. In torch operations:

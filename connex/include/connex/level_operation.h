@@ -30,11 +30,27 @@
 
 namespace connex {
 
+// What each index of one dimension of a parameter stands for: a neuron
+// label, and, where the dimension strings several runs together (topo norm's
+// rows: every level's sources in turn), the run of each index. An entry
+// survives an edit where its label does, in the same run. A vector of labels
+// converts to it (one run).
+struct DimKey {
+  std::vector<NeuronId> labels;
+  std::vector<int64_t> runs;                                                 // empty (one run), or one per label
+  DimKey(std::vector<NeuronId> labels = {}, std::vector<int64_t> runs = {})  // NOLINT: implicit by design
+      : labels(std::move(labels)), runs(std::move(runs)) {}
+  size_t size() const { return labels.size(); }
+  int64_t run(size_t i) const { return runs.empty() ? 0 : runs[i]; }
+  friend bool operator==(const DimKey& a, const DimKey& b) { return a.labels == b.labels && a.runs == b.runs; }
+};
+using DimKeys = std::vector<std::optional<DimKey>>;
+
 // One parameter of an operation. dim_keys[k], when set, names what each
 // index of dimension k stands for (e.g. the source neurons of a level).
 struct KeyedParameter {
   torch::Tensor value;
-  std::vector<std::optional<std::vector<NeuronId>>> dim_keys;
+  DimKeys dim_keys;
 };
 
 // What an operation declares in build(): name -> parameter (names may not contain '.').
@@ -48,10 +64,10 @@ class OperationModuleImpl : public torch::nn::Cloneable<OperationModuleImpl> {
   explicit OperationModuleImpl(const OperationParameters& declared);
   void reset() override;
   const torch::Tensor& get(const std::string& name) const;
-  const std::map<std::string, std::vector<std::optional<std::vector<NeuronId>>>>& keys() const { return keys_; }
+  const std::map<std::string, DimKeys>& keys() const { return keys_; }
 
  private:
-  std::map<std::string, std::vector<std::optional<std::vector<NeuronId>>>> keys_;
+  std::map<std::string, DimKeys> keys_;
   std::map<std::string, std::pair<std::vector<int64_t>, torch::Dtype>> shapes_;
   std::map<std::string, torch::Tensor> tensors_;
 };
@@ -165,8 +181,6 @@ class LevelOperation {
 };
 
 using LevelOperationPtr = std::shared_ptr<const LevelOperation>;
-
-using DimKeys = std::vector<std::optional<std::vector<NeuronId>>>;
 
 // Copies into `to` every entry of `from` whose keys all survive in `to_keys`
 // (fixed dimensions must match in size). Returns the entries copied, or -1

@@ -7,8 +7,9 @@
 // - TopoNorm: per sample, s <- (s - mean(s)) / sqrt(var(s) + 1e-5) (skipped
 //   when L = 1; when L = 2 it gives ±1 whatever the values, and passes
 //   almost no gradient), then s <- gamma ⊙ s + beta, one (gamma, beta) per slot
-//   (initialised 1, 0). Parameters "level<l>_gamma", "level<l>_beta", keyed
-//   by source neuron.
+//   (initialised 1, 0). Parameters "gamma" and "beta", [Σ_l L_l, 1]: level
+//   1's sources, then level 2's, ..., keyed by (level, source neuron), one
+//   tensor each so an optimizer updates two tensors, not two per level.
 // - TopoSelfAttention: single-head attention over s as a sequence of
 //   scalars: q = Wq s + bq, k = Wk s + bk, v = Wv s + bv (each L×L + L),
 //   a = softmax_j(q_i k_j / sqrt(L)), s <- s + a v.

@@ -28,7 +28,7 @@ struct WeightedGraph {
   std::vector<Neuron> neurons;          // in the graph's neuron order
   std::vector<Connection> connections;  // in the graph's edge order
   std::vector<NeuronId> inputs, outputs;
-  // A parameter of a per-level operation (a technique), by full name ("topo_norm.level1_gamma").
+  // A parameter of a per-level operation (a technique), by full name ("topo_self_attention.level1_query_weight").
   struct OperationParameter {
     std::string name;
     std::vector<int64_t> shape;
