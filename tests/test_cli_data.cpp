@@ -228,8 +228,8 @@ TEST(CliPrune, KeepsFrozenConnectionsAndSaysSo) {
   EXPECT_NE(r.out.find("frozen: 2 connections, 0 biases\n"), std::string::npos) << r.out;
   r = connex_cli("prune frozen.ckpt --fraction 0.5 --out p.ckpt", dir);
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.out.find("connections: 14 -> 8 (removed 6; the 2 frozen ones were no candidates, --include-frozen "
-                       "makes them ones)"),
+  EXPECT_NE(r.out.find("connections: 14 -> 8 (removed 6; 2 frozen connections were not candidates "
+                       "(--include-frozen makes them so))"),
             std::string::npos)
       << r.out;
   const NeuralNetwork pruned = load(dir / "p.ckpt");

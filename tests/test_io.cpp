@@ -1036,6 +1036,34 @@ TEST(Checkpoint, ReadsTopoNormSavedPerLevel) {
   }
   const auto x = torch::randn({5, 1});
   EXPECT_TRUE(torch::equal(ck.network->forward(x), from_json->forward(x)));
+  // Parts listed in two groups: the whole joins the first; a repeated name is
+  // still refused; the step is level 1's whatever the key order.
+  const std::string good = slurp(dir + "model.ckpt");
+  TempDir tmp;
+  const std::string path = tmp / "split.ckpt";
+  spit(path, reseal_checkpoint(good, [](nlohmann::json& h, uint32_t&) {
+         auto& groups = h["optimizer"]["groups"];
+         auto second = groups[0];
+         groups[0]["parameters"] = {"weight", "topo_norm.level1_gamma", "topo_norm.level1_beta"};
+         second["parameters"] = {"bias", "topo_norm.level2_gamma", "topo_norm.level2_beta", "topo_norm.level3_gamma",
+                                 "topo_norm.level3_beta"};
+         groups.push_back(second);
+         h["optimizer"]["state"]["topo_norm.level2_gamma"]["step"] = 3;
+       }));
+  auto split = load_checkpoint(path);
+  const auto split_adam = restore_optimizer(split);
+  ASSERT_EQ(split_adam->param_groups().size(), 2u);
+  EXPECT_EQ(split_adam->param_groups()[0].params().size(), 3u);
+  EXPECT_EQ(split_adam->param_groups()[1].params().size(), 1u);
+  const torch::Tensor split_gamma = split.network->named_parameters()["topo_norm.gamma"];
+  EXPECT_EQ(static_cast<const torch::optim::AdamParamState&>(
+                *split_adam->state().at(c10::guts::to_string(split_gamma.unsafeGetTensorImpl())))
+                .step(),
+            6);
+  spit(path, reseal_checkpoint(good, [](nlohmann::json& h, uint32_t&) {
+         h["optimizer"]["groups"][0]["parameters"].push_back("weight");
+       }));
+  EXPECT_THROW_MSG(load_checkpoint(path), "names \"weight\" a second time");
   // Saved again, it holds the flat names.
   TempDir out;
   save(ck.network, out / "m.ckpt", adam.get());

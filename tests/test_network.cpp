@@ -460,3 +460,24 @@ TEST(NeuralNetwork, FusedKernelFollowsDtypeRoundTrips) {
   net->to(torch::kFloat64);
   EXPECT_TRUE(net->uses_fused_kernel());
 }
+
+// An empty holder is a user's slip (a default member, a moved-from network):
+// every use names it in one line, as connex::Error, whichever call reaches it.
+TEST(NeuralNetwork, AnEmptyHolderIsNamedInOneLine) {
+  const NeuralNetwork empty(nullptr);
+  const std::string message =
+      "NeuralNetwork: the holder is empty (NeuralNetwork(nullptr)); build a network from a GraphSpec or load() one";
+  EXPECT_THROW_MSG(empty->num_neurons(), message);
+  EXPECT_THROW_MSG(constant_outputs(empty), message);
+  EXPECT_THROW_MSG(prune(empty, PruneOptions().fraction(0.5)), message);
+  EXPECT_THROW_MSG(edit(empty), message);
+  EXPECT_THROW_MSG(to_node_link_json(empty), message);
+  NeuralNetwork mutable_empty(nullptr);
+  EXPECT_THROW_MSG(mutable_empty(torch::zeros({1, 1})), message);
+  EXPECT_THROW_MSG((void)*mutable_empty, message);
+  try {
+    constant_outputs(empty);
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos);
+  }
+}

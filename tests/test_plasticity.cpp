@@ -426,6 +426,11 @@ TEST(Plasticity, OptimizerPlumbingChecksWhereTheEditStarted) {
   auto of_twin = edit(clone(grown.network)).remove_connections({{8, 11}}).build();
   auto next = optimizer_after_edit(adam, grown.network, of_twin);
   EXPECT_EQ(next->state().size(), grown.network->parameters().size());
+  // Followed twice, an edit that keeps the size: the first difference is named.
+  auto swapped = edit(grown.network).remove_connections({{8, 11}}).add_connections({{0, 11}}).build();
+  follow_edit(adam, grown.network, swapped);
+  EXPECT_THROW_MSG(follow_edit(adam, swapped.network, swapped),
+                   "follow_edit(): the edit was made from another network of the same size (its connection");
 }
 
 // An optimizer that also holds another module's parameters (a head): the

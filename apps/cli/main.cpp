@@ -966,11 +966,9 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   NeuralNetwork pruned = result.network;
   auto next = optimizer_after_edit(*optimizer, net, result);
   const int64_t frozen = p.include_frozen ? 0 : frozen_count(net);
-  const std::string frozen_note =
-      frozen > 0 ? fmt::format("; the {} frozen ones were no candidates, --include-frozen makes them ones", frozen)
-                 : "";
+  const std::string frozen_said = frozen > 0 ? frozen_note(frozen) + " (--include-frozen makes them so)" : "";
   std::printf("connections: %lld -> %lld (removed %zu%s)\n", static_cast<long long>(net->num_connections()),
-              static_cast<long long>(pruned->num_connections()), weak.size(), frozen_note.c_str());
+              static_cast<long long>(pruned->num_connections()), weak.size(), frozen_said.c_str());
   std::vector<std::string> remedies{"a smaller --fraction or --threshold"};
   if (!p.protect_outputs) remedies.push_back("--protect-outputs");
   if (p.keep_min == 0) remedies.push_back("--keep-min 1");

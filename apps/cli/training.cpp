@@ -135,6 +135,12 @@ void warn_about_cut_outputs(const NeuralNetwork& pruned, const std::string& comm
 
 int64_t frozen_count(const NeuralNetwork& network) { return network->frozen_connections().sum().item<int64_t>(); }
 
+std::string frozen_note(int64_t frozen) {
+  if (frozen == 0) return "";
+  return frozen == 1 ? "; 1 frozen connection was not a candidate"
+                     : fmt::format("; {} frozen connections were not candidates", frozen);
+}
+
 void write_run(const std::string& out, const NeuralNetwork& network, const torch::optim::Optimizer& optimizer,
                const Progress& progress, const std::optional<Preprocessing>& preprocessing) {
   namespace fs = std::filesystem;
@@ -667,7 +673,7 @@ class Trainer {
       const int64_t frozen = frozen_count(network_);
       spdlog::info("epoch {}: pruned {} of {} connections (|w| smallest first{})", epoch,
                    network_->num_connections() - edited.network->num_connections(), network_->num_connections(),
-                   frozen > 0 ? fmt::format("; the {} frozen ones were no candidates", frozen) : "");
+                   frozen_note(frozen));
       warn_about_cut_outputs(edited.network, "train",
                              options_.prune.keep_min() > 0 ? "a smaller --prune-fraction helps"
                                                            : "a smaller --prune-fraction or --prune-keep-min 1 helps");

@@ -151,6 +151,8 @@ void write_run(const std::string& out, const NeuralNetwork& network, const torch
 void warn_about_cut_outputs(const NeuralNetwork& pruned, const std::string& command, const std::string& remedy);
 // How many of the network's connections are frozen (a prune keeps them unless told).
 int64_t frozen_count(const NeuralNetwork& network);
+// "; N frozen connections were not candidates" (nothing for none), for a prune's report.
+std::string frozen_note(int64_t frozen);
 
 // The files write_run() writes into a run directory, model.ckpt (the record) last.
 inline constexpr const char* kRunFiles[] = {"metrics.csv", "metrics.json", "config.json", "model.ckpt"};

@@ -327,7 +327,13 @@ void NeuralNetworkImpl::reset() {
 
   operation_modules_.clear();
   level_prefixes_.clear();
-  for (size_t l = 0; l < topo.levels().size(); ++l) level_prefixes_.push_back(level_prefix(l));
+  sources_before_.clear();
+  int64_t sources = 0;
+  for (size_t l = 0; l < topo.levels().size(); ++l) {
+    level_prefixes_.push_back(level_prefix(l));
+    sources_before_.push_back(sources);
+    if (l > 0) sources += static_cast<int64_t>(topo.levels()[l].sources.size());
+  }
   for (const auto& op : operations_)
     operation_modules_.push_back(
         register_module(op->name(), OperationModule(op->build(topo, options_.dtype(), generator))));
@@ -611,7 +617,8 @@ torch::Tensor NeuralNetworkImpl::run_level(size_t l, const torch::Tensor& gather
   auto bias = bias_.narrow(0, topo.bias_index(level.begin), size).unsqueeze(1);
   std::vector<LevelContext> contexts;
   for (size_t k = 0; k < operations_.size(); ++k)
-    contexts.push_back({static_cast<int64_t>(l), level, topo, *operation_modules_[k], level_prefixes_[l]});
+    contexts.push_back(
+        {static_cast<int64_t>(l), level, topo, *operation_modules_[k], level_prefixes_[l], sources_before_[l]});
 
   torch::Tensor z;
   if (!gathered.defined()) {
@@ -805,6 +812,12 @@ WeightedGraph NeuralNetworkImpl::weighted_graph() const {
            std::vector<double>(values.data_ptr<double>(), values.data_ptr<double>() + values.numel())});
     }
   return graph;
+}
+
+NeuralNetworkImpl& NeuralNetwork::checked() const {
+  if (is_empty())
+    fail("NeuralNetwork: the holder is empty (NeuralNetwork(nullptr)); build a network from a GraphSpec or load() one");
+  return *impl_;
 }
 
 NeuralNetwork clone(const NeuralNetwork& network, const std::optional<torch::Device>& device) {

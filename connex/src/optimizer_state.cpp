@@ -532,14 +532,20 @@ void check_edit_base(const NeuralNetwork& old_network, const EditResult& edit, c
     fail("{}: expected a network and an edit's network, got an empty holder", context);
   if (!edit.base || edit.base == old_network->topology_ptr()) return;
   const Topology &old = old_network->topology(), &base = *edit.base;
-  bool same = old.num_neurons() == base.num_neurons() && old.conn_source() == base.conn_source() &&
-              old.conn_target() == base.conn_target();
-  for (int64_t d = 0; same && d < old.num_neurons(); ++d) same = old.label(d) == base.label(d);
-  if (!same)
-    fail(
-        "{}: the edit was made from another network ({} neurons and {} connections, where this one has {} and {}); "
-        "pass the network the edit started from, as it was before the edit",
-        context, base.num_neurons(), base.num_connections(), old.num_neurons(), old.num_connections());
+  constexpr const char* kRemedy = "pass the network the edit started from, as it was before the edit";
+  if (old.num_neurons() != base.num_neurons() || old.num_connections() != base.num_connections())
+    fail("{}: the edit was made from another network ({} neurons and {} connections, where this one has {} and {}); {}",
+         context, base.num_neurons(), base.num_connections(), old.num_neurons(), old.num_connections(), kRemedy);
+  // The same size (a clone's structure passes): name the first difference.
+  for (int64_t d = 0; d < old.num_neurons(); ++d)
+    if (old.label(d) != base.label(d))
+      fail("{}: the edit was made from another network of the same size (its neuron {} is {} here); {}", context,
+           base.label(d).str(), old.label(d).str(), kRemedy);
+  for (int64_t c = 0; c < old.num_connections(); ++c)
+    if (old.conn_source()[c] != base.conn_source()[c] || old.conn_target()[c] != base.conn_target()[c])
+      fail("{}: the edit was made from another network of the same size (its connection {} is {} here); {}", context,
+           edge_str({base.label(base.conn_source()[c]), base.label(base.conn_target()[c])}),
+           edge_str({old.label(old.conn_source()[c]), old.label(old.conn_target()[c])}), kRemedy);
 }
 
 }  // namespace

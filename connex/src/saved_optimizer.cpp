@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <unordered_map>
 #include <unordered_set>
 
 #include <torch/torch.h>
@@ -171,15 +172,17 @@ SavedOptimizer read_optimizer(const json& o, const torch::nn::Module& module, co
   std::unordered_map<std::string, const ParameterPart*> part_named;
   for (const auto& part : parts) part_named.emplace(part.name, &part);
   std::unordered_set<std::string> grouped;
+  std::unordered_set<std::string> placed_wholes;  // a whole joins the first group that lists one of its parts
   for (size_t g = 0; g < o.at("groups").size(); ++g) {
     json group = o.at("groups").at(g);
     if (!part_named.empty() && group.is_object() && group.contains("parameters") && group.at("parameters").is_array()) {
-      json names = json::array();  // each part's name becomes its whole's, once
-      std::unordered_set<std::string> listed;
+      json names = json::array();
       for (const auto& name : group.at("parameters")) {
         auto part = name.is_string() ? part_named.find(name.get<std::string>()) : part_named.end();
-        const json renamed = part == part_named.end() ? name : json(part->second->whole);
-        if (!renamed.is_string() || listed.insert(renamed.get<std::string>()).second) names.push_back(renamed);
+        if (part == part_named.end())
+          names.push_back(name);
+        else if (placed_wholes.insert(part->second->whole).second)
+          names.push_back(part->second->whole);
       }
       group["parameters"] = std::move(names);
     }
@@ -187,6 +190,7 @@ SavedOptimizer read_optimizer(const json& o, const torch::nn::Module& module, co
                                                 parameters, grouped, context, owner));
   }
   std::map<std::string, OptimizerStateFields> joined;  // the parts' state, by whole parameter
+  std::map<std::string, int64_t> lowest_part;          // the first row of the part whose step `joined` holds
   for (const auto& [name, entry] : o.at("state").items()) {
     const std::string where = fmt::format("/optimizer/state/{}", name);
     auto part_it = part_named.find(name);
@@ -203,11 +207,14 @@ SavedOptimizer read_optimizer(const json& o, const torch::nn::Module& module, co
                                        data, path, where, context);
     auto [into, first] = joined.try_emplace(part->whole);
     if (first) {
-      into->second.type = fields.type, into->second.step = fields.step;
+      into->second.type = fields.type;
       for (const auto& [field, tensor] : fields.tensors)
         into->second.tensors.emplace_back(
             field, tensor.defined() ? torch::zeros_like(whole, tensor.options()) : torch::Tensor());
     }
+    // The step (one per tensor) is level 1's: the part of the lowest rows.
+    auto& lowest = lowest_part[part->whole];
+    if (first || part->first_row < lowest) lowest = part->first_row, into->second.step = fields.step;
     for (size_t f = 0; f < fields.tensors.size() && f < into->second.tensors.size(); ++f)
       if (fields.tensors[f].second.defined() && into->second.tensors[f].second.defined())
         into->second.tensors[f].second.narrow(0, part->first_row, part->rows).copy_(fields.tensors[f].second);

@@ -20,9 +20,10 @@ namespace connex::detail {
 // The header's "optimizer" object; the state tensors' bytes go to `data`.
 nlohmann::json write_optimizer(const torch::nn::Module& module, const torch::optim::Optimizer& optimizer,
                                std::string& data, const std::string& path, const char* context);
-// Checks every group, option, state field and tensor against `module`. The
-// state of `parts` found in the file joins that of their whole parameter
-// (rows without any start at zero; the step is the first part's).
+// Checks every group, option, state field and tensor against `module`.
+// Where the file names `parts`, their whole parameter takes the place of the
+// first one listed in the groups, and their state joins (rows without any
+// start at zero; the step is that of the part of the lowest rows).
 SavedOptimizer read_optimizer(const nlohmann::json& optimizer, const torch::nn::Module& module, const TensorData& data,
                               const std::string& path, const char* context, const char* owner,
                               const std::vector<ParameterPart>& parts = {});

@@ -57,12 +57,6 @@ OperationParameters TopoNorm::build(const Topology& topology, torch::Dtype dtype
   return params;
 }
 
-int64_t topo_norm_first_row(const Topology& topology, int64_t level) {
-  int64_t row = 0;
-  for (int64_t l = 1; l < level; ++l) row += static_cast<int64_t>(topology.levels()[l].sources.size());
-  return row;
-}
-
 std::vector<detail::ParameterPart> topo_norm_level_parts(const NeuralNetworkImpl& network) {
   std::vector<detail::ParameterPart> parts;
   for (const auto& op : network.operations())
@@ -83,8 +77,7 @@ namespace {
 
 // The level's rows of "gamma" or "beta".
 torch::Tensor level_rows(const LevelContext& ctx, const char* name) {
-  return ctx.params.get(name).narrow(0, topo_norm_first_row(ctx.topology, ctx.level),
-                                     static_cast<int64_t>(ctx.plan.sources.size()));
+  return ctx.params.get(name).narrow(0, ctx.sources_before, static_cast<int64_t>(ctx.plan.sources.size()));
 }
 
 }  // namespace

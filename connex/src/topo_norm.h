@@ -9,12 +9,7 @@
 
 namespace connex {
 
-class Topology;
 class NeuralNetworkImpl;
-
-// Where level `level`'s rows start in topo norm's "gamma" and "beta" (every
-// level's sources in turn, level 1 first); the level has sources.size() rows.
-int64_t topo_norm_first_row(const Topology& topology, int64_t level);
 
 // Files written before "gamma" and "beta" were flat name each level's rows
 // ("topo_norm.level3_gamma", [sources, 1]): those parts of this network's

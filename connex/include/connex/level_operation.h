@@ -80,6 +80,9 @@ struct LevelContext {
   const Topology& topology;
   const OperationModuleImpl& params;
   std::string prefix;  // "level3_": the level's parameter name prefix
+  // The collective inputs of the levels before this one: where a parameter
+  // strings every level's sources together (topo norm's), this level's start.
+  int64_t sources_before = 0;
   const torch::Tensor& param(const std::string& name) const { return params.get(prefix + name); }
 };
 

@@ -197,9 +197,34 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   std::vector<LevelOperationPtr> operations_;
   std::vector<OperationModule> operation_modules_;
   std::vector<std::string> level_prefixes_;
+  std::vector<int64_t> sources_before_;  // per level: LevelContext::sources_before
 };
 
-TORCH_MODULE(NeuralNetwork);
+// The module holder, as TORCH_MODULE(NeuralNetwork) would declare it, but
+// reaching into an empty one (NeuralNetwork(nullptr)) throws connex::Error
+// with one line, not torch's "Accessing empty ModuleHolder" and a stack.
+class NeuralNetwork : public torch::nn::ModuleHolder<NeuralNetworkImpl> {
+ public:
+  using torch::nn::ModuleHolder<NeuralNetworkImpl>::ModuleHolder;
+  using Impl = NeuralNetworkImpl;
+  NeuralNetworkImpl* operator->() { return &checked(); }
+  const NeuralNetworkImpl* operator->() const { return &checked(); }
+  NeuralNetworkImpl& operator*() { return checked(); }
+  const NeuralNetworkImpl& operator*() const { return checked(); }
+  NeuralNetworkImpl* get() { return &checked(); }
+  const NeuralNetworkImpl* get() const { return &checked(); }
+  const std::shared_ptr<NeuralNetworkImpl>& ptr() const {
+    checked();
+    return impl_;
+  }
+  template <typename... Args>
+  torch::Tensor operator()(Args&&... args) {
+    return checked().forward(std::forward<Args>(args)...);
+  }
+
+ private:
+  NeuralNetworkImpl& checked() const;
+};
 
 // A deep copy, typed (torch's Module::clone() returns a shared_ptr<Module>):
 // parameters, buffers, options, frozen entries, and a module activation with
