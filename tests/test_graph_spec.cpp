@@ -407,6 +407,23 @@ void expect_same_topology(const Topology& got, const Topology& want) {
   EXPECT_EQ(gs.edge_indices(), listed);
 }
 
+// Up to `most` distinct absent pairs (source, target) of `base` from `tries`
+// random draws, each from a non-output to a non-input of a deeper level.
+std::vector<std::pair<int64_t, int64_t>> absent_pairs_up_the_levels(const Topology& base, std::mt19937_64& rng,
+                                                                    int tries, size_t most) {
+  const int64_t n = base.num_neurons();
+  std::set<std::pair<int64_t, int64_t>> chosen;
+  std::vector<std::pair<int64_t, int64_t>> added;
+  for (int k = 0; k < tries && added.size() < most; ++k) {
+    const int64_t s = std::uniform_int_distribution<int64_t>(0, n - 1)(rng);
+    const int64_t t = std::uniform_int_distribution<int64_t>(0, n - 1)(rng);
+    if (base.role(s) == Role::Output || base.role(t) == Role::Input) continue;
+    if (base.level_of(s) >= base.level_of(t) || base.connection_index(s, t) >= 0) continue;
+    if (chosen.insert({s, t}).second) added.emplace_back(s, t);
+  }
+  return added;
+}
+
 // A topology patched with removed and added connections is the one compiled
 // from the edited graph, field for field, whenever no neuron changes level,
 // and is refused (none) whenever one would. Both cases occur many times.
@@ -424,15 +441,7 @@ TEST(Topology, PatchedEqualsCompiledOverRandomEdits) {
     for (int64_t c = 0; c < m; ++c)
       if (std::bernoulli_distribution(share)(rng)) removed.push_back(c);
     std::shuffle(removed.begin(), removed.end(), rng);
-    std::set<std::pair<int64_t, int64_t>> chosen;
-    std::vector<std::pair<int64_t, int64_t>> added;
-    for (int k = 0; k < 40; ++k) {
-      const int64_t s = std::uniform_int_distribution<int64_t>(0, n - 1)(rng);
-      const int64_t t = std::uniform_int_distribution<int64_t>(0, n - 1)(rng);
-      if (base->role(s) == Role::Output || base->role(t) == Role::Input) continue;
-      if (base->level_of(s) >= base->level_of(t) || base->connection_index(s, t) >= 0) continue;
-      if (chosen.insert({s, t}).second) added.emplace_back(s, t);
-    }
+    const auto added = absent_pairs_up_the_levels(*base, rng, 40, 40);
     std::set<int64_t> gone(removed.begin(), removed.end());
     std::vector<Edge> edges;
     for (int64_t c = 0; c < m; ++c)
@@ -459,6 +468,53 @@ TEST(Topology, PatchedEqualsCompiledOverRandomEdits) {
   }
   EXPECT_GT(patched, 100);
   EXPECT_GT(refused, 20);
+}
+
+// Large enough (over 2^16 connections) that the outgoing runs are sorted in
+// parts, one per thread: still the compiled topology, field for field. Each
+// level's sources_before counts the sources of the levels before it.
+TEST(Topology, PatchedEqualsCompiledInParts) {
+  struct RestoreThreads {
+    int previous = torch::get_num_threads();
+    ~RestoreThreads() { torch::set_num_threads(previous); }
+  } restore;
+  torch::set_num_threads(2);
+  std::mt19937_64 rng(5);
+  for (int trial = 0; trial < 3; ++trial) {
+    SCOPED_TRACE(::testing::Message() << "trial " << trial);
+    auto spec = random_dag(rng, {600, 600, 0.5, trial == 1});
+    auto base = Topology::compile(spec);
+    ASSERT_GT(base->num_connections(), int64_t{1} << 16);
+    // Each neuron keeps one connection from the level before its own, and
+    // pairs are added only up the levels: no neuron moves.
+    const int64_t n = base->num_neurons();
+    std::vector<uint8_t> held(base->num_connections(), 0);
+    for (int64_t d = base->num_inputs(); d < n; ++d)
+      for (int64_t c = base->in_offsets()[d]; c < base->in_offsets()[d + 1]; ++c)
+        if (base->level_of(base->conn_source()[c]) == base->level_of(d) - 1) {
+          held[c] = 1;
+          break;
+        }
+    std::vector<int64_t> removed;
+    for (int64_t c = 0; c < base->num_connections(); ++c)
+      if (!held[c] && std::bernoulli_distribution(0.3)(rng)) removed.push_back(c);
+    std::set<int64_t> gone(removed.begin(), removed.end());
+    const auto added = absent_pairs_up_the_levels(*base, rng, 20000, 300);
+    std::vector<Edge> edges;
+    for (int64_t c = 0; c < base->num_connections(); ++c)
+      if (!gone.count(c)) edges.emplace_back(base->label(base->conn_source()[c]), base->label(base->conn_target()[c]));
+    for (const auto& [s, t] : added) edges.emplace_back(base->label(s), base->label(t));
+    auto want = Topology::compile(GraphSpec(spec.neurons(), edges, spec.inputs(), spec.outputs()));
+    std::vector<int64_t> old_connection;
+    auto got = base->with_connections(removed, added, {}, old_connection);
+    ASSERT_TRUE(got);
+    expect_same_topology(*got, *want);
+    int64_t before = 0;
+    for (size_t l = 1; l < got->levels().size(); ++l) {
+      EXPECT_EQ(got->levels()[l].sources_before, before);
+      before += static_cast<int64_t>(got->levels()[l].sources.size());
+    }
+  }
 }
 
 // Bad patches are refused with a message naming the culprit.

@@ -518,6 +518,35 @@ TEST(HamEdit, OptimizerStateFollowsTheLabels) {
   next->step();
 }
 
+// An edit's map moves state only from the HAM it started from: following it
+// from the edited HAM, or from one with other labels, is refused, naming the
+// first difference, and the optimizer is left as it was.
+TEST(HamEdit, OptimizerAfterEditRefusesAnotherHam) {
+  auto ham = editable_ham();
+  torch::optim::Adam adam(ham->parameters(), torch::optim::AdamOptions(0.003));
+  const auto groups = adam.param_groups().size();
+  auto r = H::edit(ham).remove_neurons("a", {"p"}).build();
+  const char* remedy = "; pass the HAM the edit started from, as it was before the edit";
+  EXPECT_THROW_MSG(H::optimizer_after_edit(adam, r.ham, r),
+                   std::string("ham::optimizer_after_edit(): the edit was made from another HAM (its layer \"a\" has "
+                               "4 neurons, here 3)") +
+                       remedy);
+  auto cut = H::edit(ham).remove_connections("lat", {{"q", "r"}}).build();
+  EXPECT_THROW_MSG(H::optimizer_after_edit(adam, cut.ham, cut), "(its synapse \"lat\" has 4 connections, here 3)");
+  // The same sizes, another label: s gone, z added.
+  auto swapped = H::edit(ham).remove_neurons("a", {"s"}).add_neurons("a", {"z"}).build();
+  EXPECT_THROW_MSG(H::optimizer_after_edit(adam, swapped.ham, cut),
+                   "(its layer \"a\"'s neuron 3 is \"s\", here \"z\")");
+  EXPECT_EQ(adam.param_groups().size(), groups);
+  EXPECT_TRUE(adam.state().empty());
+  // The HAM it started from passes.
+  auto next = H::optimizer_after_edit(adam, ham, r);
+  EXPECT_EQ(next->param_groups()[0].params().size(), r.ham->parameters().size());
+  // The same HAM, changed since the edit was built, is another HAM.
+  ham->add_layer("late", {2}, H::identity());
+  EXPECT_THROW_MSG(H::optimizer_after_edit(adam, ham, r), "(its layers are a, b, here a, b, late)");
+}
+
 TEST(HamEdit, BadStepsAreRefusedNamingThemAndNothingChanges) {
   auto ham = editable_ham();
   auto before = ham->named_parameters()["synapses.ab.weight"].clone();
@@ -658,6 +687,18 @@ TEST(HamErrors, BadStatesAndOptionsAreRefused) {
   EXPECT_THROW_MSG(ham->energy(with("b", torch::zeros({2, 2}))),
                    "energy(): layer \"b\"'s state has batch 2, but layer \"a\"'s has 3");
   EXPECT_THROW_MSG(ham->descend(with("a", torch::full({3, 4}, NAN))), "descend(): layer \"a\"'s state holds NaN");
+  EXPECT_THROW_MSG(ham->energy(with("b", torch::full({3, 2}, -INFINITY))),
+                   "energy(): layer \"b\"'s state holds NaN or infinity");
+  // States of another dtype than the parameters (torch's message comes with a stack trace).
+  EXPECT_THROW_MSG(ham->descend(with("a", torch::zeros({3, 4}, torch::kDouble))),
+                   "descend(): layer \"a\"'s state is Double, but the HAM's parameters are Float (init_states() makes "
+                   "them alike)");
+  {
+    H::HAM bare;  // no parameters: the states agree among themselves
+    bare->add_layer("p", {2}, H::tanh()).add_layer("q", {2}, H::tanh());
+    EXPECT_THROW_MSG(bare->energy({{"p", torch::zeros({1, 2})}, {"q", torch::zeros({1, 2}, torch::kDouble)}}),
+                     "energy(): layer \"q\"'s state is Double, but layer \"p\"'s is Float");
+  }
   EXPECT_THROW_MSG(ham->descend(x, H::DescentOptions().dt(0)), "descend(): expected a finite dt > 0, got 0");
   EXPECT_THROW_MSG(ham->descend(x, H::DescentOptions().steps(-1)), "descend(): expected steps ≥ 0, got -1");
   EXPECT_THROW_MSG(ham->descend(x, {}, {{"q", {}}}), "descend(): clamp \"q\" names no layer of the HAM");
@@ -672,7 +713,32 @@ TEST(HamErrors, BadStatesAndOptionsAreRefused) {
     for (auto& p : ham->parameters()) p.fill_(1e30);
   }
   auto big = with("a", torch::ones({3, 4}));
-  EXPECT_THROW_MSG(ham->descend(big, H::DescentOptions().steps(50).dt(3.0)), "descend(): layer \"");
+  EXPECT_THROW_MSG(ham->descend(big, H::DescentOptions().steps(50).dt(3.0)), "may be too large for τ");
+  // A NaN weight, not the step, is what the message names then.
+  {
+    torch::NoGradGuard no_grad;
+    ham->named_parameters()["synapses.ab.weight"].fill_(NAN);
+  }
+  EXPECT_THROW_MSG(ham->descend(big),
+                   "descend(): layer \"a\"'s state became NaN or infinite: parameter \"synapses.ab.weight\" holds NaN "
+                   "or infinity");
+}
+
+// A graph synapse's given weights are finite, as an edit's are; a layer's
+// labels are of one kind, in a new layer and in an edit.
+TEST(HamErrors, NonFiniteGraphWeightsAndMixedLabelKindsAreRefused) {
+  H::HAM ham;
+  ham->add_layer("h", {3}, H::tanh());
+  EXPECT_THROW_MSG(ham->add_synapse("s", H::graph({{0, 1}, {1, 2}}, torch::tensor({0.5f, NAN})), {"h"}),
+                   "add_synapse(): synapse \"s\": the weight of connection (1, 2) is nan");
+  EXPECT_TRUE(ham->synapses().empty());
+  EXPECT_THROW_MSG(ham->add_labelled_layer("mk", {1, "a"}, H::tanh()),
+                   "add_layer(): layer \"mk\": neuron \"a\" is a string id, but its first neuron's is an integer "
+                   "(one kind per layer)");
+  EXPECT_EQ(ham->layers().size(), 1u);
+  EXPECT_THROW_MSG(H::edit(ham).add_neurons("h", {"z"}).build(),
+                   "ham::edit(): step 1 (add_neurons \"h\"): neuron \"z\" is a string id, but layer \"h\"'s ids are "
+                   "integers");
 }
 
 // ------------------------------------------------------------- checkpoints

@@ -115,6 +115,7 @@ inline void expect_same_compiled_fields(const Topology& got, const Topology& wan
     EXPECT_EQ(a.conn_begin, b.conn_begin);
     EXPECT_EQ(a.conn_end, b.conn_end);
     EXPECT_EQ(a.sources, b.sources);
+    EXPECT_EQ(a.sources_before, b.sources_before);
     EXPECT_EQ(a.kernel, b.kernel);
     EXPECT_EQ(a.edge_source, b.edge_source);
     EXPECT_EQ(a.edge_target, b.edge_target);

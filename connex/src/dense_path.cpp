@@ -31,8 +31,8 @@ std::shared_ptr<const DensePlan> plan_dense_path(const Topology& topology, const
     if (level.kernel != LevelKernel::DenseView || width == 0 || level.num_connections() != level.size() * width ||
         level.sources.back() - level.sources.front() + 1 != width)
       return nullptr;
-    plan->steps.push_back(
-        {level.begin, level.size(), level.hidden_end - level.begin, level.sources.front(), width, level.conn_begin});
+    plan->steps.push_back({level.begin, level.size(), level.hidden_end - level.begin, level.sources.front(), width,
+                           level.conn_begin, level.sources_before});
   }
   return plan;
 }
@@ -41,7 +41,7 @@ std::vector<int64_t> encode_dense_plan(const DensePlan& plan) {
   std::vector<int64_t> code{plan.neurons, plan.inputs, static_cast<int64_t>(plan.activation), plan.norm ? 1 : 0,
                             static_cast<int64_t>(plan.steps.size())};
   for (const auto& s : plan.steps)
-    code.insert(code.end(), {s.begin, s.size, s.hidden, s.source_begin, s.width, s.conn_begin});
+    code.insert(code.end(), {s.begin, s.size, s.hidden, s.source_begin, s.width, s.conn_begin, s.norm_row});
   code.insert(code.end(), plan.outputs.begin(), plan.outputs.end());
   return code;
 }
@@ -54,8 +54,8 @@ DensePlan decode_dense_plan(const std::vector<int64_t>& code) {
   plan.norm = code[3] != 0;
   const int64_t steps = code[4];
   size_t k = 5;
-  for (int64_t s = 0; s < steps; ++s, k += 6)
-    plan.steps.push_back({code[k], code[k + 1], code[k + 2], code[k + 3], code[k + 4], code[k + 5]});
+  for (int64_t s = 0; s < steps; ++s, k += 7)
+    plan.steps.push_back({code[k], code[k + 1], code[k + 2], code[k + 3], code[k + 4], code[k + 5], code[k + 6]});
   plan.outputs.assign(code.begin() + static_cast<std::ptrdiff_t>(k), code.end());
   return plan;
 }
@@ -91,26 +91,17 @@ Tensor output_rows(const DensePlan& plan, const Tensor& values) {
   return values.index_select(0, output_index(plan, values.device()));
 }
 
-// Each step's first row in the norm's gamma and beta (levels in turn).
-std::vector<int64_t> norm_rows(const DensePlan& plan) {
-  std::vector<int64_t> first(plan.steps.size());
-  int64_t row = 0;
-  for (size_t k = 0; k < plan.steps.size(); ++k) first[k] = row, row += plan.steps[k].width;
-  return first;
-}
-
 // The same computation in torch operations, differentiable again (for a
 // backward with create_graph). in: x, weight, bias, then the norm's gamma and beta.
 Tensor dense_formula(const DensePlan& plan, const variable_list& in) {
   const ActivationInfo& act = activation_info(plan.activation);
   const size_t levels = plan.steps.size();
-  const auto rows = norm_rows(plan);
   Tensor values = in[0].t();
   for (size_t k = 0; k < levels; ++k) {
     const DenseStep& s = plan.steps[k];
     auto sources = values.narrow(0, s.source_begin, s.width);
     if (plan.norm)
-      sources = topo_norm_formula(sources, in[3].narrow(0, rows[k], s.width), in[4].narrow(0, rows[k], s.width));
+      sources = topo_norm_formula(sources, in[3].narrow(0, s.norm_row, s.width), in[4].narrow(0, s.norm_row, s.width));
     auto z = torch::addmm(level_bias(plan, s, in[2]), level_weight(s, in[1]), sources);
     if (s.hidden > 0)
       z = s.hidden == s.size
@@ -132,8 +123,7 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& weight,
                         const Tensor& bias, at::TensorList norm, const std::vector<int64_t>& code) {
     const DensePlan plan = decode_dense_plan(code);
-    const auto rows = norm_rows(plan);
-    const int64_t norm_size = plan.steps.empty() ? 0 : rows.back() + plan.steps.back().width;
+    const int64_t norm_size = plan.steps.empty() ? 0 : plan.steps.back().norm_row + plan.steps.back().width;
     if (plan.norm && !(x.is_cpu() && norm.size() == 2 && norm[0].size(0) == norm_size && norm[1].size(0) == norm_size))
       fail("dense_forward(): topo norm expected a CPU network and a gamma and beta of {} rows, got {} tensor(s) on {}",
            norm_size, norm.size(), x.device().str());
@@ -153,7 +143,7 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
       if (plan.norm) {
         auto normed = torch::empty_like(sources), y = torch::empty_like(sources);
         auto rstd = torch::empty({batch}, sources.options());
-        topo_norm_forward(sources, gamma.narrow(0, rows[k], s.width), beta.narrow(0, rows[k], s.width), normed, y,
+        topo_norm_forward(sources, gamma.narrow(0, s.norm_row, s.width), beta.narrow(0, s.norm_row, s.width), normed, y,
                           rstd);
         saved.insert(saved.end(), {normed, rstd, y});
         sources = y;
@@ -186,7 +176,6 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
       std::copy(g.begin(), g.end(), result.begin());
       return result;
     }
-    const auto rows = norm_rows(plan);
     const Tensor gamma = plan.norm ? saved[5].contiguous() : Tensor();
     if (plan.norm) result[3] = torch::empty_like(gamma), result[4] = torch::empty_like(gamma);
     const ActivationInfo& act = activation_info(plan.activation);
@@ -228,9 +217,9 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
       }
       const auto dy = torch::mm(w.t(), gl);  // dL/d(normed sources)
       const auto &normed = saved[at], &rstd = saved[at + 1];
-      auto ds = torch::empty_like(dy), dgamma = result[3].narrow(0, rows[k], s.width),
-           dbeta = result[4].narrow(0, rows[k], s.width);
-      topo_norm_backward(dy, normed, gamma.narrow(0, rows[k], s.width), rstd, ds, dgamma, dbeta);
+      auto ds = torch::empty_like(dy), dgamma = result[3].narrow(0, s.norm_row, s.width),
+           dbeta = result[4].narrow(0, s.norm_row, s.width);
+      topo_norm_backward(dy, normed, gamma.narrow(0, s.norm_row, s.width), rstd, ds, dgamma, dbeta);
       if (from < end) g.narrow(0, from, end - from).add_(ds.narrow(0, from - s.source_begin, end - from));
     }
     if (need_x) result[0] = g.narrow(0, 0, plan.inputs).t().contiguous();

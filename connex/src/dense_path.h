@@ -28,6 +28,7 @@ struct DenseStep {
   int64_t hidden = 0;                   // the first `hidden` of them are activated
   int64_t source_begin = 0, width = 0;  // sources: dense ids [source_begin, source_begin + width)
   int64_t conn_begin = 0;               // weights: [size, width] row-major from here in the flat weight
+  int64_t norm_row = 0;                 // its first row in the norm's gamma and beta (Level::sources_before)
 };
 
 struct DensePlan {

@@ -327,13 +327,7 @@ void NeuralNetworkImpl::reset() {
 
   operation_modules_.clear();
   level_prefixes_.clear();
-  sources_before_.clear();
-  int64_t sources = 0;
-  for (size_t l = 0; l < topo.levels().size(); ++l) {
-    level_prefixes_.push_back(level_prefix(l));
-    sources_before_.push_back(sources);
-    if (l > 0) sources += static_cast<int64_t>(topo.levels()[l].sources.size());
-  }
+  for (size_t l = 0; l < topo.levels().size(); ++l) level_prefixes_.push_back(level_prefix(l));
   for (const auto& op : operations_)
     operation_modules_.push_back(
         register_module(op->name(), OperationModule(op->build(topo, options_.dtype(), generator))));
@@ -618,7 +612,7 @@ torch::Tensor NeuralNetworkImpl::run_level(size_t l, const torch::Tensor& gather
   std::vector<LevelContext> contexts;
   for (size_t k = 0; k < operations_.size(); ++k)
     contexts.push_back(
-        {static_cast<int64_t>(l), level, topo, *operation_modules_[k], level_prefixes_[l], sources_before_[l]});
+        {static_cast<int64_t>(l), level, topo, *operation_modules_[k], level_prefixes_[l], level.sources_before});
 
   torch::Tensor z;
   if (!gathered.defined()) {

@@ -477,12 +477,12 @@ std::unique_ptr<torch::optim::Optimizer> after_edit(const torch::optim::Optimize
                                                     const torch::nn::Module& old_module,
                                                     const torch::nn::Module& new_module, const ParameterRemap& remap,
                                                     const KeysByName& old_keys, const KeysByName& new_keys,
-                                                    const char* context) {
+                                                    const char* context, const char* remedy = kOldRemedy) {
   const std::string type = optimizer_type_name(old_optimizer);
   if (type == "other")
     fail("{}: the optimizer is of a type connex does not know ({} are)", context,
          list_optimizer_kinds(OptimizerNaming::kTitle));
-  const auto held = check_holds(old_optimizer, old_module, context, "the optimizer", kOldRemedy);
+  const auto held = check_holds(old_optimizer, old_module, context, "the optimizer", remedy);
   const auto parameters = new_module.named_parameters();
   std::unordered_set<const void*> of_new_module;
   for (const auto& p : parameters) of_new_module.insert(p.value().unsafeGetTensorImpl());
@@ -579,8 +579,9 @@ void follow_edit(torch::optim::Optimizer& optimizer, const NeuralNetwork& old_ne
 std::unique_ptr<torch::optim::Optimizer> optimizer_after_module_edit(const torch::optim::Optimizer& old_optimizer,
                                                                      const torch::nn::Module& old_module,
                                                                      const torch::nn::Module& new_module,
-                                                                     const ParameterRemap& remap, const char* context) {
-  return after_edit(old_optimizer, old_module, new_module, remap, {}, {}, context);
+                                                                     const ParameterRemap& remap, const char* context,
+                                                                     const char* remedy) {
+  return after_edit(old_optimizer, old_module, new_module, remap, {}, {}, context, remedy);
 }
 
 std::vector<std::vector<std::string>> group_parameter_names(const torch::optim::Optimizer& optimizer,

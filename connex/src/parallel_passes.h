@@ -58,9 +58,11 @@ inline int64_t counting_sort_parts(int64_t items, int64_t num_keys) {
 // part, on connex's threads. In the first call slot_of counts and returns -1
 // (the walk should write nothing); in the second it returns the item's
 // position in key order, ties kept in item order. Returns the offsets:
-// key k's items sit at [offsets[k], offsets[k + 1]).
-template <typename Walk>
-std::vector<int64_t> counting_sort_in_parts(int64_t parts, int64_t num_keys, const Walk& walk) {
+// key k's items sit at [offsets[k], offsets[k + 1]). between(offsets), when
+// given, runs once between the two calls (the walk may need what follows from
+// the offsets to place its items).
+template <typename Walk, typename Between>
+std::vector<int64_t> counting_sort_in_parts(int64_t parts, int64_t num_keys, const Walk& walk, const Between& between) {
   std::vector<std::vector<int64_t>> next(parts, std::vector<int64_t>(num_keys, 0));
   share_work(0, parts, 1, [&](int64_t first, int64_t last) {
     for (int64_t p = first; p < last; ++p) {
@@ -79,6 +81,7 @@ std::vector<int64_t> counting_sort_in_parts(int64_t parts, int64_t num_keys, con
     }
     offsets[k + 1] = at;
   }
+  between(static_cast<const std::vector<int64_t>&>(offsets));
   share_work(0, parts, 1, [&](int64_t first, int64_t last) {
     for (int64_t p = first; p < last; ++p) {
       int64_t* slot = next[p].data();
@@ -86,6 +89,11 @@ std::vector<int64_t> counting_sort_in_parts(int64_t parts, int64_t num_keys, con
     }
   });
   return offsets;
+}
+
+template <typename Walk>
+std::vector<int64_t> counting_sort_in_parts(int64_t parts, int64_t num_keys, const Walk& walk) {
+  return counting_sort_in_parts(parts, num_keys, walk, [](const std::vector<int64_t>&) {});
 }
 
 }  // namespace connex

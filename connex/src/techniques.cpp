@@ -62,12 +62,11 @@ std::vector<detail::ParameterPart> topo_norm_level_parts(const NeuralNetworkImpl
   for (const auto& op : network.operations())
     if (op->name() == "topo_norm") {
       const Topology& t = network.topology();
-      int64_t row = 0;
       for (size_t l = 1; l < t.levels().size(); ++l) {
-        const auto rows = static_cast<int64_t>(t.levels()[l].sources.size());
+        const Level& level = t.levels()[l];
         for (const char* name : {"gamma", "beta"})
-          parts.push_back({"topo_norm." + level_prefix(l) + name, std::string("topo_norm.") + name, row, rows});
-        row += rows;
+          parts.push_back({"topo_norm." + level_prefix(l) + name, std::string("topo_norm.") + name,
+                           level.sources_before, static_cast<int64_t>(level.sources.size())});
       }
     }
   return parts;

@@ -229,6 +229,8 @@ void Topology::plan_levels(const CompileOptions& options) {
     std::lock_guard<std::mutex> hold(scratch_lock);
     free_scratch.push_back(std::move(scratch));
   });
+  for (int64_t l = 2; l <= depth; ++l)
+    levels_[l].sources_before = levels_[l - 1].sources_before + static_cast<int64_t>(levels_[l - 1].sources.size());
 }
 
 // Level l's sources, gather plan, kernel and per-connection positions.

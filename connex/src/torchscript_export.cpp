@@ -95,11 +95,9 @@ struct LevelScript {
         size(level.size()),
         width(static_cast<int64_t>(level.sources.size())),
         first_bias(net->topology().bias_index(level.begin)) {
-    int64_t sources_before = 0;
-    for (size_t e = 1; e < l; ++e) sources_before += static_cast<int64_t>(net->topology().levels()[e].sources.size());
     for (size_t k = 0; k < net->operations().size(); ++k)
       contexts.push_back({static_cast<int64_t>(l), level, net->topology(), net->operation_parameters(k),
-                          level_prefix(l), sources_before});
+                          level_prefix(l), level.sources_before});
   }
   const LevelOperation& op(size_t k) const { return *network->operations()[k]; }
   size_t ops() const { return contexts.size(); }

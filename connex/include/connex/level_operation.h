@@ -81,7 +81,8 @@ struct LevelContext {
   const OperationModuleImpl& params;
   std::string prefix;  // "level3_": the level's parameter name prefix
   // The collective inputs of the levels before this one: where a parameter
-  // strings every level's sources together (topo norm's), this level's start.
+  // strings every level's sources together (topo norm's), this level's start
+  // (plan.sources_before, kept here for operations written against it).
   int64_t sources_before = 0;
   const torch::Tensor& param(const std::string& name) const { return params.get(prefix + name); }
 };

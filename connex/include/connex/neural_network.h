@@ -197,7 +197,6 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   std::vector<LevelOperationPtr> operations_;
   std::vector<OperationModule> operation_modules_;
   std::vector<std::string> level_prefixes_;
-  std::vector<int64_t> sources_before_;  // per level: LevelContext::sources_before
 };
 
 // The module holder, as TORCH_MODULE(NeuralNetwork) would declare it, but

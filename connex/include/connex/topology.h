@@ -56,6 +56,7 @@ struct Level {
   int64_t hidden_end = 0;      // [begin, hidden_end) hidden, [hidden_end, end) outputs
   int64_t conn_begin = 0, conn_end = 0;
   std::vector<int64_t> sources;  // distinct source dense ids, ascending
+  int64_t sources_before = 0;    // Σ sources of levels 1..l-1: its first row in a per-source table of all levels
   GatherPlan gather;             // assembles `sources`
   LevelKernel kernel = LevelKernel::BiasOnly;
   std::vector<int64_t> edge_source;  // per connection: position in `sources`
@@ -156,11 +157,13 @@ class Topology {
   void plan_level(int64_t l, const CompileOptions& options, std::vector<int64_t>& stamp,
                   std::vector<int64_t>& position);
   void plan_levels(const CompileOptions& options);
-  // with_connections()'s steps (topology_patch.cpp): the incoming runs, then
-  // the outgoing ones with the spec. A Patch is what they share.
+  // with_connections()'s steps (topology_patch.cpp): the incoming runs from
+  // the base's and a Patch (what was removed and added), then the outgoing
+  // ones and the spec from the incoming runs.
   struct Patch;  // topology_patch.cpp
-  bool patch_incoming(const Topology& base, Patch& patch, std::vector<int64_t>& old_connection, const char* context);
-  void patch_outgoing(const Topology& base, const Patch& patch);
+  bool patch_incoming(const Topology& base, const Patch& patch, std::vector<int64_t>& old_connection,
+                      const char* context);
+  void patch_outgoing(const Topology& base);
 
   GraphSpec spec_;
   int64_t num_inputs_ = 0;

@@ -11,6 +11,7 @@
 #include "connex/error.h"
 #include "connex/level_operation.h"
 #include "ham/describe.h"
+#include "id_messages.h"
 #include "optimizer_kinds.h"
 
 namespace connex::ham {
@@ -113,6 +114,9 @@ void apply(const HAMImpl& ham, Draft& draft, const Editor::Step& step, size_t in
         fail("{}: layer \"{}\" has no neuron {}", where, step.target, id);
       if (step.kind == Kind::add_neurons && !id.is_integer())
         if (auto problem = id_text_problem(id.as_string())) fail("{}: neuron {}: {}", where, id, *problem);
+      if (step.kind == Kind::add_neurons && !neurons.empty() && id.kind() != neurons.front().kind())
+        fail("{}: neuron {} is {} id, but layer \"{}\"'s ids are {}", where, id, kind_name(id.kind()), step.target,
+             kind_plural(neurons.front().kind()));
     }
     if (step.kind == Kind::add_neurons) {
       neurons.insert(neurons.end(), step.neurons.begin(), step.neurons.end());
@@ -314,14 +318,80 @@ EditResult Editor::build() const {
   }
   next->train(old.is_training());
   result.ham = HAM(next);
+  result.base = std::make_shared<const Structure>(Structure::of(old));
   return result;
 }
+
+Structure Structure::of(const HAMImpl& ham) {
+  Structure structure;
+  for (const auto& l : ham.layers()) structure.layers.push_back({l.name, l.shape, l.neurons});
+  for (const auto& s : ham.synapses()) {
+    const auto* connections = s.synapse->connection_labels();
+    structure.synapses.push_back(
+        {s.name, s.layers, connections ? *connections : std::vector<std::pair<NeuronId, NeuronId>>{}});
+  }
+  return structure;
+}
+
+namespace {
+
+// Where `here` (a HAM's structure) first differs from `base` (an edit's), in
+// words; empty when they agree.
+std::string first_difference(const Structure& base, const Structure& here) {
+  auto names = [](const auto& parts) {
+    std::vector<std::string> out;
+    for (const auto& part : parts) out.push_back(part.name);
+    return fmt::format("{}", fmt::join(out, ", "));
+  };
+  if (names(base.layers) != names(here.layers))
+    return fmt::format("its layers are {}, here {}", names(base.layers), names(here.layers));
+  if (names(base.synapses) != names(here.synapses))
+    return fmt::format("its synapses are {}, here {}", names(base.synapses), names(here.synapses));
+  for (size_t k = 0; k < base.layers.size(); ++k) {
+    const auto &was = base.layers[k], &is = here.layers[k];
+    if (!was.neurons.empty() && !is.neurons.empty() && was.neurons.size() != is.neurons.size())
+      return fmt::format("its layer \"{}\" has {} neurons, here {}", was.name, was.neurons.size(), is.neurons.size());
+    if (was.shape != is.shape)
+      return fmt::format("its layer \"{}\" is [{}], here [{}]", was.name, fmt::join(was.shape, ", "),
+                         fmt::join(is.shape, ", "));
+    for (size_t i = 0; i < was.neurons.size() && i < is.neurons.size(); ++i)
+      if (was.neurons[i] != is.neurons[i])
+        return fmt::format("its layer \"{}\"'s neuron {} is {}, here {}", was.name, i, was.neurons[i].str(),
+                           is.neurons[i].str());
+  }
+  for (size_t k = 0; k < base.synapses.size(); ++k) {
+    const auto &was = base.synapses[k], &is = here.synapses[k];
+    if (was.layers != is.layers)
+      return fmt::format("its synapse \"{}\" joins {}, here {}", was.name, fmt::join(was.layers, ", "),
+                         fmt::join(is.layers, ", "));
+    if (was.connections.size() != is.connections.size())
+      return fmt::format("its synapse \"{}\" has {} connections, here {}", was.name, was.connections.size(),
+                         is.connections.size());
+    for (size_t c = 0; c < was.connections.size(); ++c)
+      if (was.connections[c] != is.connections[c])
+        return fmt::format("its synapse \"{}\"'s connection {} is ({}, {}), here ({}, {})", was.name, c,
+                           was.connections[c].first.str(), was.connections[c].second.str(),
+                           is.connections[c].first.str(), is.connections[c].second.str());
+  }
+  return {};
+}
+
+}  // namespace
 
 std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim::Optimizer& old_optimizer,
                                                               const HAM& old_ham, const EditResult& edit) {
   if (!old_ham || !edit.ham) fail("ham::optimizer_after_edit(): expected two HAMs, got an empty holder");
-  return optimizer_after_module_edit(old_optimizer, *old_ham, *edit.ham, edit.parameters,
-                                     "ham::optimizer_after_edit()");
+  if (edit.base) {
+    const auto difference = first_difference(*edit.base, Structure::of(*old_ham));
+    if (!difference.empty())
+      fail(
+          "ham::optimizer_after_edit(): the edit was made from another HAM ({}); pass the HAM the edit started from, "
+          "as it was before the edit",
+          difference);
+  }
+  return optimizer_after_module_edit(
+      old_optimizer, *old_ham, *edit.ham, edit.parameters, "ham::optimizer_after_edit()",
+      "the old HAM's; pass the HAM the optimizer was built over (the one before the edit)");
 }
 
 }  // namespace connex::ham

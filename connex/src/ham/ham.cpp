@@ -14,19 +14,20 @@ namespace {
 
 // On the CPU a plain loop (no op dispatched: a descent checks every state twice).
 template <typename T>
-bool any_nan_in(const torch::Tensor& t) {
+bool any_non_finite_in(const torch::Tensor& t) {
   const T* p = t.data_ptr<T>();
   bool found = false;
-  for (int64_t i = 0, n = t.numel(); i < n; ++i) found |= std::isnan(p[i]);
+  for (int64_t i = 0, n = t.numel(); i < n; ++i) found |= !std::isfinite(p[i]);
   return found;
 }
-bool any_nan(const torch::Tensor& t) {
+// Whether `t` holds a NaN or an infinity.
+bool any_non_finite(const torch::Tensor& t) {
   if (!t.is_floating_point()) return false;
   if (t.device().is_cpu() && t.is_contiguous()) {
-    if (t.scalar_type() == torch::kFloat) return any_nan_in<float>(t);
-    if (t.scalar_type() == torch::kDouble) return any_nan_in<double>(t);
+    if (t.scalar_type() == torch::kFloat) return any_non_finite_in<float>(t);
+    if (t.scalar_type() == torch::kDouble) return any_non_finite_in<double>(t);
   }
-  return torch::isnan(t).any().item<bool>();
+  return !torch::isfinite(t).all().item<bool>();
 }
 
 // The first parameter's dtype and device, to place a new part like the rest.
@@ -73,6 +74,9 @@ HAMImpl& HAMImpl::add_labelled_layer(const std::string& name, std::vector<Neuron
   std::unordered_set<NeuronId, NeuronIdHash> seen;
   for (const auto& id : neurons) {
     if (!seen.insert(id).second) fail("add_layer(): layer \"{}\": neuron {} is listed twice", name, id);
+    if (id.kind() != neurons.front().kind())
+      fail("add_layer(): layer \"{}\": neuron {} is {} id, but its first neuron's is {} (one kind per layer)", name, id,
+           kind_name(id.kind()), kind_name(neurons.front().kind()));
     if (!id.is_integer())
       if (auto problem = id_text_problem(id.as_string()))
         fail("add_layer(): layer \"{}\": neuron {}: {}", name, id, *problem);
@@ -218,6 +222,7 @@ std::vector<torch::Tensor> HAMImpl::ordered(const States& x, const char* operati
   }
   std::vector<torch::Tensor> out;
   int64_t batch = -1;
+  const auto parameters = placement(*this);
   for (const auto& l : layers_) {
     auto it = x.find(l.name);
     if (it == x.end() || !it->second.defined())
@@ -231,11 +236,19 @@ std::vector<torch::Tensor> HAMImpl::ordered(const States& x, const char* operati
     if (!t.is_floating_point())
       fail("{}: layer \"{}\"'s state must be floating-point, got {}", operation, l.name,
            c10::toString(t.scalar_type()));
+    // Torch's own message for mixed dtypes comes with its stack trace.
+    if (parameters && t.scalar_type() != parameters->dtype())
+      fail("{}: layer \"{}\"'s state is {}, but the HAM's parameters are {} (init_states() makes them alike)",
+           operation, l.name, c10::toString(t.scalar_type()),
+           c10::toString(c10::typeMetaToScalarType(parameters->dtype())));
+    if (!out.empty() && t.scalar_type() != out.front().scalar_type())
+      fail("{}: layer \"{}\"'s state is {}, but layer \"{}\"'s is {}", operation, l.name,
+           c10::toString(t.scalar_type()), layers_[0].name, c10::toString(out.front().scalar_type()));
     if (batch >= 0 && t.size(0) != batch)
       fail("{}: layer \"{}\"'s state has batch {}, but layer \"{}\"'s has {}", operation, l.name, t.size(0),
            layers_[0].name, batch);
     batch = t.size(0);
-    if (any_nan(t)) fail("{}: layer \"{}\"'s state holds NaN", operation, l.name);
+    if (any_non_finite(t)) fail("{}: layer \"{}\"'s state holds NaN or infinity", operation, l.name);
     out.push_back(t);
   }
   return out;
@@ -378,9 +391,14 @@ Descent HAMImpl::descend(const States& x, const DescentOptions& options, const C
     record();
   }
   for (size_t l = 0; l < n; ++l)
-    if (!held[l] && any_nan(xs[l]))
-      fail("descend(): layer \"{}\"'s state became NaN (dt {} may be too large for τ {})", layers_[l].name,
+    if (!held[l] && any_non_finite(xs[l])) {
+      for (const auto& p : named_parameters())
+        if (any_non_finite(p.value().detach()))
+          fail("descend(): layer \"{}\"'s state became NaN or infinite: parameter \"{}\" holds NaN or infinity",
+               layers_[l].name, p.key());
+      fail("descend(): layer \"{}\"'s state became NaN or infinite (dt {} may be too large for τ {})", layers_[l].name,
            options.dt(), layers_[l].tau);
+    }
   Descent result;
   for (size_t l = 0; l < n; ++l) result.states[layers_[l].name] = xs[l];
   if (options.record_energy()) result.energy = torch::stack(energies);

@@ -330,6 +330,14 @@ class GraphSynapse : public ClosedFormSynapse {
     if (initial_.defined() && (initial_.dim() != 1 || initial_.size(0) != count || !initial_.is_floating_point()))
       fail("add_synapse(): synapse \"{}\": expected one floating-point weight per connection ([{}]), got {} [{}]",
            synapse, count, c10::toString(initial_.scalar_type()), fmt::join(initial_.sizes(), ", "));
+    if (initial_.defined()) {
+      const auto bad = torch::isfinite(initial_).logical_not().nonzero();
+      if (bad.numel() > 0) {
+        const int64_t k = bad[0][0].item<int64_t>();
+        fail("add_synapse(): synapse \"{}\": the weight of connection ({}, {}) is {}", synapse, labels_[k].first,
+             labels_[k].second, initial_[k].item<double>());
+      }
+    }
     one_layer_ = layers.size() == 1;
     auto positions = [](const std::vector<NeuronId>& neurons) {
       std::unordered_map<NeuronId, int64_t, NeuronIdHash> at;

@@ -32,11 +32,34 @@
 
 namespace connex::ham {
 
+// What an edit's parameter map refers to: the layers (each 1-D layer's
+// neuron labels) and the synapses (each graph synapse's connections), by
+// name, in order.
+struct Structure {
+  struct LayerPart {
+    std::string name;
+    std::vector<int64_t> shape;
+    std::vector<NeuronId> neurons;  // a 1-D layer's; empty otherwise
+  };
+  struct SynapsePart {
+    std::string name;
+    std::vector<std::string> layers;                         // joined, in order
+    std::vector<std::pair<NeuronId, NeuronId>> connections;  // a graph synapse's; empty otherwise
+  };
+  std::vector<LayerPart> layers;
+  std::vector<SynapsePart> synapses;
+  static Structure of(const HAMImpl& ham);
+};
+
 struct EditResult {
   HAM ham{nullptr};
   // For each parameter of the new HAM, which entries (flattened) came from
   // which of the old one's; parameters not listed were copied whole.
   ParameterRemap parameters;
+  // The structure of the HAM the edit started from: optimizer_after_edit()
+  // refuses a HAM of another (the optimizer's state would move by a map made
+  // for other entries), also the same HAM changed since the edit was built.
+  std::shared_ptr<const Structure> base;
 };
 
 class Editor {
