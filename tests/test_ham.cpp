@@ -536,12 +536,18 @@ TEST(HamEdit, OptimizerAfterEditRefusesAnotherHam) {
   // The same sizes, another label: s gone, z added.
   auto swapped = H::edit(ham).remove_neurons("a", {"s"}).add_neurons("a", {"z"}).build();
   EXPECT_THROW_MSG(H::optimizer_after_edit(adam, swapped.ham, cut),
-                   "(its layer \"a\"'s neuron 3 is \"s\", here \"z\")");
+                   "(its layer \"a\" has other neuron labels, as many)");
   EXPECT_EQ(adam.param_groups().size(), groups);
   EXPECT_TRUE(adam.state().empty());
   // The HAM it started from passes.
   auto next = H::optimizer_after_edit(adam, ham, r);
   EXPECT_EQ(next->param_groups()[0].params().size(), r.ham->parameters().size());
+  // An optimizer that holds the edited HAM's parameters already.
+  torch::optim::Adam both(ham->parameters(), torch::optim::AdamOptions(0.003));
+  both.add_param_group(torch::optim::OptimizerParamGroup(r.ham->parameters()));
+  EXPECT_THROW_MSG(H::optimizer_after_edit(both, ham, r),
+                   "ham::optimizer_after_edit(): the optimizer's group 1 holds a parameter of the edited HAM already; "
+                   "build it over the HAM before the edit");
   // The same HAM, changed since the edit was built, is another HAM.
   ham->add_layer("late", {2}, H::identity());
   EXPECT_THROW_MSG(H::optimizer_after_edit(adam, ham, r), "(its layers are a, b, here a, b, late)");
@@ -724,21 +730,21 @@ TEST(HamErrors, BadStatesAndOptionsAreRefused) {
                    "or infinity");
 }
 
-// A graph synapse's given weights are finite, as an edit's are; a layer's
-// labels are of one kind, in a new layer and in an edit.
-TEST(HamErrors, NonFiniteGraphWeightsAndMixedLabelKindsAreRefused) {
+// A graph synapse's given weights are finite, as an edit's are.
+TEST(HamErrors, NonFiniteGraphWeightsAreRefused) {
+  {
+    // init_states keeps the parameters' dtype where the options set only the device.
+    H::HAM typed;
+    typed->add_layer("p", {2}, H::tanh()).add_synapse("w", H::linear(), {"p"});
+    typed->to(torch::kDouble);
+    EXPECT_EQ(typed->init_states(2, torch::TensorOptions().device(torch::kCPU)).at("p").scalar_type(), torch::kDouble);
+    EXPECT_EQ(typed->init_states(2, torch::kFloat).at("p").scalar_type(), torch::kFloat);
+  }
   H::HAM ham;
   ham->add_layer("h", {3}, H::tanh());
   EXPECT_THROW_MSG(ham->add_synapse("s", H::graph({{0, 1}, {1, 2}}, torch::tensor({0.5f, NAN})), {"h"}),
                    "add_synapse(): synapse \"s\": the weight of connection (1, 2) is nan");
   EXPECT_TRUE(ham->synapses().empty());
-  EXPECT_THROW_MSG(ham->add_labelled_layer("mk", {1, "a"}, H::tanh()),
-                   "add_layer(): layer \"mk\": neuron \"a\" is a string id, but its first neuron's is an integer "
-                   "(one kind per layer)");
-  EXPECT_EQ(ham->layers().size(), 1u);
-  EXPECT_THROW_MSG(H::edit(ham).add_neurons("h", {"z"}).build(),
-                   "ham::edit(): step 1 (add_neurons \"h\"): neuron \"z\" is a string id, but layer \"h\"'s ids are "
-                   "integers");
 }
 
 // ------------------------------------------------------------- checkpoints

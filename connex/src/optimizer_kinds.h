@@ -31,13 +31,12 @@ std::vector<std::vector<std::string>> group_parameter_names(const torch::optim::
 
 // optimizer_after_edit for any module whose edit gives its moved entries as
 // (flattened) index pairs, as connex::ham's editor does; `context` starts the
-// messages, `remedy` ends the one for an optimizer over other parameters
-// ("the old HAM's; pass ...").
+// messages, which call the module `module` ("HAM").
 std::unique_ptr<torch::optim::Optimizer> optimizer_after_module_edit(const torch::optim::Optimizer& old_optimizer,
                                                                      const torch::nn::Module& old_module,
                                                                      const torch::nn::Module& new_module,
                                                                      const ParameterRemap& remap, const char* context,
-                                                                     const char* remedy);
+                                                                     const char* module);
 
 // The tensor field names of a type, e.g. {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"} for "adam".
 const std::vector<std::string>& state_tensor_names(const std::string& type);

@@ -417,8 +417,11 @@ HeldNames check_holds(const torch::optim::Optimizer& optimizer, const torch::nn:
   return held;
 }
 
-constexpr const char* kOldRemedy =
-    "the old network's; pass the network the optimizer was built over (the one before the edit)";
+// The end of the message for an optimizer over other parameters; `module`
+// names what was edited ("network", "HAM").
+std::string old_remedy(const char* module) {
+  return fmt::format("the old {0}'s; pass the {0} the optimizer was built over (the one before the edit)", module);
+}
 
 // transfer_optimizer_state for any module: `remap` pairs moved entries, and
 // parameters keyed in both modules move by key.
@@ -430,7 +433,7 @@ void transfer_state(const torch::optim::Optimizer& old_optimizer, const torch::n
     fail("{}: the optimizers differ in type ({} and {})", context, type_of(old_optimizer), type_of(new_optimizer));
   // Parameters of other modules may share the optimizers (see below); one
   // optimizer holding nothing of its network is the slip.
-  check_holds(old_optimizer, old_module, context, "the old optimizer", kOldRemedy);
+  check_holds(old_optimizer, old_module, context, "the old optimizer", old_remedy("network").c_str());
   check_holds(new_optimizer, new_module, context, "the new optimizer",
               "the edited network's; build it over edit.network's parameters");
   std::unordered_map<std::string, torch::Tensor> old_parameters;
@@ -477,12 +480,12 @@ std::unique_ptr<torch::optim::Optimizer> after_edit(const torch::optim::Optimize
                                                     const torch::nn::Module& old_module,
                                                     const torch::nn::Module& new_module, const ParameterRemap& remap,
                                                     const KeysByName& old_keys, const KeysByName& new_keys,
-                                                    const char* context, const char* remedy = kOldRemedy) {
+                                                    const char* context, const char* module = "network") {
   const std::string type = optimizer_type_name(old_optimizer);
   if (type == "other")
     fail("{}: the optimizer is of a type connex does not know ({} are)", context,
          list_optimizer_kinds(OptimizerNaming::kTitle));
-  const auto held = check_holds(old_optimizer, old_module, context, "the optimizer", remedy);
+  const auto held = check_holds(old_optimizer, old_module, context, "the optimizer", old_remedy(module).c_str());
   const auto parameters = new_module.named_parameters();
   std::unordered_set<const void*> of_new_module;
   for (const auto& p : parameters) of_new_module.insert(p.value().unsafeGetTensorImpl());
@@ -496,9 +499,9 @@ std::unique_ptr<torch::optim::Optimizer> after_edit(const torch::optim::Optimize
         const auto& p = old_optimizer.param_groups()[g].params()[k];
         if (of_new_module.count(p.unsafeGetTensorImpl()))
           fail(
-              "{}: the optimizer's group {} holds a parameter of the edited network already; build it over the "
-              "network before the edit",
-              context, g);
+              "{}: the optimizer's group {} holds a parameter of the edited {} already; build it over the {} before "
+              "the edit",
+              context, g, module, module);
         params.push_back(p);
       } else if (const auto* now = parameters.find(name)) {
         params.push_back(*now);
@@ -580,8 +583,8 @@ std::unique_ptr<torch::optim::Optimizer> optimizer_after_module_edit(const torch
                                                                      const torch::nn::Module& old_module,
                                                                      const torch::nn::Module& new_module,
                                                                      const ParameterRemap& remap, const char* context,
-                                                                     const char* remedy) {
-  return after_edit(old_optimizer, old_module, new_module, remap, {}, {}, context, remedy);
+                                                                     const char* module) {
+  return after_edit(old_optimizer, old_module, new_module, remap, {}, {}, context, module);
 }
 
 std::vector<std::vector<std::string>> group_parameter_names(const torch::optim::Optimizer& optimizer,

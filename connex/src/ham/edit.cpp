@@ -11,7 +11,6 @@
 #include "connex/error.h"
 #include "connex/level_operation.h"
 #include "ham/describe.h"
-#include "id_messages.h"
 #include "optimizer_kinds.h"
 
 namespace connex::ham {
@@ -114,9 +113,6 @@ void apply(const HAMImpl& ham, Draft& draft, const Editor::Step& step, size_t in
         fail("{}: layer \"{}\" has no neuron {}", where, step.target, id);
       if (step.kind == Kind::add_neurons && !id.is_integer())
         if (auto problem = id_text_problem(id.as_string())) fail("{}: neuron {}: {}", where, id, *problem);
-      if (step.kind == Kind::add_neurons && !neurons.empty() && id.kind() != neurons.front().kind())
-        fail("{}: neuron {} is {} id, but layer \"{}\"'s ids are {}", where, id, kind_name(id.kind()), step.target,
-             kind_plural(neurons.front().kind()));
     }
     if (step.kind == Kind::add_neurons) {
       neurons.insert(neurons.end(), step.neurons.begin(), step.neurons.end());
@@ -322,13 +318,33 @@ EditResult Editor::build() const {
   return result;
 }
 
+namespace {
+
+// Mixes a label's hash into a fingerprint (splitmix64's finaliser: every
+// input bit reaches every output bit, so order and content both count).
+uint64_t mix(uint64_t fingerprint, const NeuronId& id) {
+  uint64_t x = fingerprint ^ (NeuronIdHash()(id) + 0x9E3779B97F4A7C15ULL);
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
 Structure Structure::of(const HAMImpl& ham) {
   Structure structure;
-  for (const auto& l : ham.layers()) structure.layers.push_back({l.name, l.shape, l.neurons});
+  for (const auto& l : ham.layers()) {
+    Part part{l.name, l.shape, {}, static_cast<int64_t>(l.neurons.size()), 0};
+    for (const auto& id : l.neurons) part.fingerprint = mix(part.fingerprint, id);
+    structure.layers.push_back(std::move(part));
+  }
   for (const auto& s : ham.synapses()) {
-    const auto* connections = s.synapse->connection_labels();
-    structure.synapses.push_back(
-        {s.name, s.layers, connections ? *connections : std::vector<std::pair<NeuronId, NeuronId>>{}});
+    Part part{s.name, {}, s.layers, 0, 0};
+    if (const auto* connections = s.synapse->connection_labels()) {
+      part.labels = static_cast<int64_t>(connections->size());
+      for (const auto& [i, j] : *connections) part.fingerprint = mix(mix(part.fingerprint, i), j);
+    }
+    structure.synapses.push_back(std::move(part));
   }
   return structure;
 }
@@ -338,7 +354,7 @@ namespace {
 // Where `here` (a HAM's structure) first differs from `base` (an edit's), in
 // words; empty when they agree.
 std::string first_difference(const Structure& base, const Structure& here) {
-  auto names = [](const auto& parts) {
+  auto names = [](const std::vector<Structure::Part>& parts) {
     std::vector<std::string> out;
     for (const auto& part : parts) out.push_back(part.name);
     return fmt::format("{}", fmt::join(out, ", "));
@@ -349,29 +365,23 @@ std::string first_difference(const Structure& base, const Structure& here) {
     return fmt::format("its synapses are {}, here {}", names(base.synapses), names(here.synapses));
   for (size_t k = 0; k < base.layers.size(); ++k) {
     const auto &was = base.layers[k], &is = here.layers[k];
-    if (!was.neurons.empty() && !is.neurons.empty() && was.neurons.size() != is.neurons.size())
-      return fmt::format("its layer \"{}\" has {} neurons, here {}", was.name, was.neurons.size(), is.neurons.size());
+    if (was.labels > 0 && is.labels > 0 && was.labels != is.labels)
+      return fmt::format("its layer \"{}\" has {} neurons, here {}", was.name, was.labels, is.labels);
     if (was.shape != is.shape)
       return fmt::format("its layer \"{}\" is [{}], here [{}]", was.name, fmt::join(was.shape, ", "),
                          fmt::join(is.shape, ", "));
-    for (size_t i = 0; i < was.neurons.size() && i < is.neurons.size(); ++i)
-      if (was.neurons[i] != is.neurons[i])
-        return fmt::format("its layer \"{}\"'s neuron {} is {}, here {}", was.name, i, was.neurons[i].str(),
-                           is.neurons[i].str());
+    if (was.fingerprint != is.fingerprint)
+      return fmt::format("its layer \"{}\" has other neuron labels, as many", was.name);
   }
   for (size_t k = 0; k < base.synapses.size(); ++k) {
     const auto &was = base.synapses[k], &is = here.synapses[k];
-    if (was.layers != is.layers)
-      return fmt::format("its synapse \"{}\" joins {}, here {}", was.name, fmt::join(was.layers, ", "),
-                         fmt::join(is.layers, ", "));
-    if (was.connections.size() != is.connections.size())
-      return fmt::format("its synapse \"{}\" has {} connections, here {}", was.name, was.connections.size(),
-                         is.connections.size());
-    for (size_t c = 0; c < was.connections.size(); ++c)
-      if (was.connections[c] != is.connections[c])
-        return fmt::format("its synapse \"{}\"'s connection {} is ({}, {}), here ({}, {})", was.name, c,
-                           was.connections[c].first.str(), was.connections[c].second.str(),
-                           is.connections[c].first.str(), is.connections[c].second.str());
+    if (was.joined != is.joined)
+      return fmt::format("its synapse \"{}\" joins {}, here {}", was.name, fmt::join(was.joined, ", "),
+                         fmt::join(is.joined, ", "));
+    if (was.labels != is.labels)
+      return fmt::format("its synapse \"{}\" has {} connections, here {}", was.name, was.labels, is.labels);
+    if (was.fingerprint != is.fingerprint)
+      return fmt::format("its synapse \"{}\" has other connections, as many", was.name);
   }
   return {};
 }
@@ -389,9 +399,8 @@ std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim
           "as it was before the edit",
           difference);
   }
-  return optimizer_after_module_edit(
-      old_optimizer, *old_ham, *edit.ham, edit.parameters, "ham::optimizer_after_edit()",
-      "the old HAM's; pass the HAM the optimizer was built over (the one before the edit)");
+  return optimizer_after_module_edit(old_optimizer, *old_ham, *edit.ham, edit.parameters, "ham::optimizer_after_edit()",
+                                     "HAM");
 }
 
 }  // namespace connex::ham

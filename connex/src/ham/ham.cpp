@@ -74,9 +74,6 @@ HAMImpl& HAMImpl::add_labelled_layer(const std::string& name, std::vector<Neuron
   std::unordered_set<NeuronId, NeuronIdHash> seen;
   for (const auto& id : neurons) {
     if (!seen.insert(id).second) fail("add_layer(): layer \"{}\": neuron {} is listed twice", name, id);
-    if (id.kind() != neurons.front().kind())
-      fail("add_layer(): layer \"{}\": neuron {} is {} id, but its first neuron's is {} (one kind per layer)", name, id,
-           kind_name(id.kind()), kind_name(neurons.front().kind()));
     if (!id.is_integer())
       if (auto problem = id_text_problem(id.as_string()))
         fail("add_layer(): layer \"{}\": neuron {}: {}", name, id, *problem);
@@ -204,7 +201,11 @@ const SynapseConnection& HAMImpl::synapse(const std::string& name) const {
 
 States HAMImpl::init_states(int64_t batch, std::optional<torch::TensorOptions> options) const {
   if (batch < 1) fail("init_states(): expected a batch ≥ 1, got {}", batch);
-  const auto where = options ? *options : placement(*this).value_or(torch::TensorOptions());
+  // What `options` sets, over the parameters' dtype and device.
+  auto where = placement(*this).value_or(torch::TensorOptions());
+  if (options && options->has_dtype()) where = where.dtype(options->dtype());
+  if (options && options->has_device()) where = where.device(options->device());
+  if (options && options->has_layout()) where = where.layout(options->layout());
   States x;
   for (const auto& l : layers_) {
     std::vector<int64_t> sizes{batch};

@@ -32,22 +32,20 @@
 
 namespace connex::ham {
 
-// What an edit's parameter map refers to: the layers (each 1-D layer's
-// neuron labels) and the synapses (each graph synapse's connections), by
-// name, in order.
+// What an edit's parameter map refers to, in a few numbers per part: the
+// layers (shape; a 1-D layer's neuron labels) and the synapses (the layers
+// they join; a graph synapse's connections), by name, in order. Labels are
+// kept as a count and a fingerprint, not copied: a graph of millions of
+// connections costs an edit no second copy.
 struct Structure {
-  struct LayerPart {
+  struct Part {
     std::string name;
-    std::vector<int64_t> shape;
-    std::vector<NeuronId> neurons;  // a 1-D layer's; empty otherwise
+    std::vector<int64_t> shape;       // a layer's per-sample shape
+    std::vector<std::string> joined;  // a synapse's layers, in order
+    int64_t labels = 0;               // a 1-D layer's neurons or a graph synapse's connections
+    uint64_t fingerprint = 0;         // of those labels, in order
   };
-  struct SynapsePart {
-    std::string name;
-    std::vector<std::string> layers;                         // joined, in order
-    std::vector<std::pair<NeuronId, NeuronId>> connections;  // a graph synapse's; empty otherwise
-  };
-  std::vector<LayerPart> layers;
-  std::vector<SynapsePart> synapses;
+  std::vector<Part> layers, synapses;
   static Structure of(const HAMImpl& ham);
 };
 

@@ -87,7 +87,7 @@ class HAMImpl : public torch::nn::Module {
   const SynapseConnection& synapse(const std::string& name) const;
 
   // Zero states for `batch` samples, with the parameters' dtype and device
-  // (float on the CPU when there are none) unless `options` says otherwise.
+  // (float on the CPU when there are none) but for what `options` sets.
   States init_states(int64_t batch, std::optional<torch::TensorOptions> options = std::nullopt) const;
   States activations(const States& x);
   // Total energy per sample, [batch].
