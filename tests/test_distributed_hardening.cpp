@@ -340,6 +340,14 @@ TEST(DistributedHardening, AnInputErrorUnderNprocIsReportedOnceAsWithoutIt) {
   EXPECT_EQ(two.err, alone.err);  // every rank hit it: once, without a rank
 }
 
+// A flag given twice is refused in words, not as CLI11's count.
+TEST(DistributedHardening, AFlagGivenTwiceIsRefusedNamingIt) {
+  TempDir dir;
+  const auto r = connex_cli("train --epochs 1 --epochs 2", dir);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err, "connex: --epochs is given 2 times; give it once (see connex --help)\n");
+}
+
 TEST(DistributedHardening, DistTimeoutIsRangeCheckedBeforeTheConversionToMilliseconds) {
   TempDir dir;
   for (const char* bad : {"1e300", "1e-9", "0", "-1", "inf", "nan"}) {

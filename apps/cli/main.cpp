@@ -1400,6 +1400,17 @@ int threads_for_this_process(const CLI::App& app, int threads) {
   return threads;
 }
 
+// CLI11's message, but for a flag given twice, which it words as a count
+// ("--epochs: At Most 1 required but received 2").
+std::string parse_error_text(const CLI::ParseError& e) {
+  std::string text = e.what();
+  const std::string repeated = ": At Most 1 required but received ";
+  const auto at = text.find(repeated);
+  if (at != std::string::npos)
+    text = text.substr(0, at) + " is given " + text.substr(at + repeated.size()) + " times; give it once";
+  return text;
+}
+
 int run_command(const Commands& c, const CoreShare& cores) {
   if (*c.train) return cmd_train(c.config, c.data, c.train_args, c.dist, c.out, cores);
   if (*c.prune) return cmd_prune(c.path, c.prune_args, c.data, c.prune_train, c.out, cores);
@@ -1438,7 +1449,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "connex: %s (see connex --help)\n", e.what());
+    std::fprintf(stderr, "connex: %s (see connex --help)\n", parse_error_text(e).c_str());
     return 2;
   }
   if (too_many_threads(threads)) return 2;
