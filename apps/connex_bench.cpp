@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <optional>
@@ -375,7 +376,7 @@ void kernel_crossover(Run& run) {
   auto forced = [](bool fused) {
     return connex::NeuralNetworkOptions(kRelu).execution(connex::ExecutionOptions().fused(fused));
   };
-  for (double density : {0.1, 0.2, 0.3, 0.4}) {
+  for (double density : {0.1, 0.2, 0.3, 0.4, 0.5, 0.6}) {
     Classifier fused(connex::NeuralNetwork(layered_spec(sizes, density), forced(true)), 128);
     Classifier levels(connex::NeuralNetwork(layered_spec(sizes, density), forced(false)), 128);
     const auto pools = share_cores(run.cores, fused.net) + " / per-level" + share_cores(run.cores, levels.net);
@@ -385,7 +386,7 @@ void kernel_crossover(Run& run) {
     run.rows.push_back(
         {fmt::format("7. fused kernel vs per-level path at {:g}%, same network, batch 128", density * 100), fmt_time(a),
          fmt_time(b), fmt::format("{:.2f}", a / b),
-         "each forced; the planner takes the per-level path from 35% (kMatmulDensity)" + pools});
+         "each forced; the planner takes the per-level path from 55% (kMatmulDensity)" + pools});
   }
 }
 
@@ -778,6 +779,15 @@ void ham_workloads(Run& run) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // OpenBLAS's workers spin for 2^28 cycles (~0.1 s) after each product
+  // before they sleep, so a reference run on two BLAS threads kept the second
+  // core busy while the connex step timed next to it (7 at 10 %: 0.41 of the
+  // masked-dense step, 0.27 with the spin cut short). 2^20 cycles (~0.3 ms)
+  // outlasts the gaps between one step's products. OpenBLAS reads the
+  // setting when it loads: the program sets it and starts itself again (a
+  // value in the environment stays; if the restart fails, it runs on as is).
+  if (!std::getenv("OPENBLAS_THREAD_TIMEOUT") && ::setenv("OPENBLAS_THREAD_TIMEOUT", "20", 1) == 0)
+    ::execv("/proc/self/exe", argv);
   CLI::App app{"connex benchmarks: connex against plain torch references, ratios from one run"};
   bool quick = false;
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -803,10 +813,11 @@ int main(int argc, char** argv) {
   const int reps = quick ? 10 : 50;
   auto wanted = [&](const std::string& name) { return only.empty() || name.find(only) != std::string::npos; };
   fmt::print(
-      "connex_bench: {} core(s) (the fused kernel reaches {} thread(s)), {}, {} repetitions, torch {}\n", threads,
-      connex::fused_kernel_threads(),
+      "connex_bench: {} core(s) (the fused kernel reaches {} thread(s)), {} (OPENBLAS_THREAD_TIMEOUT={}), {} "
+      "repetitions, torch {}\n",
+      threads, connex::fused_kernel_threads(),
       connex::apps::CoreShare::blas_has_own_pool() ? "OpenBLAS with its own pool" : "the BLAS follows torch's pool",
-      reps, TORCH_VERSION);
+      std::getenv("OPENBLAS_THREAD_TIMEOUT") ? std::getenv("OPENBLAS_THREAD_TIMEOUT") : "unset", reps, TORCH_VERSION);
 
   std::vector<Row> rows;
   const auto [x250, y250] = connex::apps::toy_data(250);

@@ -75,8 +75,9 @@ TEST(Gradients, FusedKernelAndBatchPathAgreeAndMatchFiniteDifferences) {
         levels->named_parameters()[name].copy_(values);
       }
     }
-    // Batches below, past and well past the kernel's eight-double lanes (the scalar tail, both, several lanes).
-    const int64_t batch = std::array<int64_t, 3>{5, 13, 37}[(trial / 12) % 3];
+    // Batches below, past and well past the kernel's eight-double lanes (the scalar tail, both, several
+    // lanes), one of its tiles of eight vectors, and several tiles with lanes and a tail left.
+    const int64_t batch = std::array<int64_t, 6>{5, 13, 37, 64, 150, 200}[(trial / 12) % 6];
     auto x = torch::randn({batch, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
     auto y_fused = fused->forward(x), y_levels = levels->forward(x);
     ASSERT_TRUE(torch::allclose(y_fused, y_levels, 1e-12, 1e-12)) << act << " trial " << trial;
@@ -89,14 +90,16 @@ TEST(Gradients, FusedKernelAndBatchPathAgreeAndMatchFiniteDifferences) {
     for (const auto& p : fused->named_parameters())
       ASSERT_TRUE(torch::allclose(grad(p.value()), grad(on_levels[p.key()]), 1e-10, 1e-10))
           << p.key() << " " << act << " trial " << trial;
-    if (trial % 3 == 0) ASSERT_LE(max_gradient_error(fused, x), 1e-6) << act << " trial " << trial;
+    // Finite differences on batches up to 64: over more samples the summed loss leaves them a rounding
+    // error near the bound (the two paths agree to 1e-10 there, above).
+    if (trial % 3 == 0 && batch <= 64) ASSERT_LE(max_gradient_error(fused, x), 1e-6) << act << " trial " << trial;
   }
 }
 
 // The kernel runs its batch loops in 64-byte lanes (16 floats) with a
-// scalar tail, four connections a pass: float32 networks at batch sizes
-// around 16, random in- and out-degrees, with and without adaptive
-// activations, against the per-level path in float64 on the same parameters.
+// scalar tail, four connections a pass, in tiles of eight lanes held in
+// registers: float32 networks at batch sizes around 16 and past 128, random in- and out-degrees, with and without
+// adaptive activations, against the per-level path in float64 on the same parameters.
 TEST(Gradients, FusedKernelLanesAgreeInFloat32) {
   std::mt19937_64 rng(5);
   int trial = 0;
@@ -114,7 +117,7 @@ TEST(Gradients, FusedKernelLanesAgreeInFloat32) {
           spec, NeuralNetworkOptions(options).dtype(torch::kFloat64).execution(ExecutionOptions().fused(false)));
       ASSERT_TRUE(fused->uses_fused_kernel());
       copy_parameters_with_random_scales(fused, reference);
-      for (int64_t batch : {1, 15, 16, 17, 40}) {
+      for (int64_t batch : {1, 15, 16, 17, 40, 128, 300}) {
         SCOPED_TRACE("batch " + std::to_string(batch));
         auto x = torch::randn({batch, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
         auto xf = x.to(torch::kFloat32).requires_grad_(true), xr = x.clone().requires_grad_(true);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
@@ -138,8 +139,14 @@ torch::Tensor scratch_tensor(const Layout& layout, at::IntArrayRef shape, const 
 // consumer's gradient row in backward), so each read would wait on memory;
 // asking for the row a few connections ahead keeps several misses in flight.
 // The distance is tuned on the sparse benchmarks (BENCHMARKS.md): far enough
-// for large graphs, short enough not to evict rows of small ones.
+// for large graphs, short enough not to evict rows of small ones. Rows that
+// fit in a core's L2 come fast without: there the prefetches (one per cache
+// line of a row) only took load slots, 10-15 % of a train step of the
+// 256-1024-1024-10 network at batch 128 (1.2 MB of rows), while they halve
+// the backward of the 1M-connection DAG (26 MB). So a pass asks ahead only
+// when the network's rows exceed kPrefetchAbove bytes.
 constexpr int64_t kPrefetchAhead = 16;
+constexpr int64_t kPrefetchAbove = 2 << 20;
 
 template <typename T>
 __attribute__((always_inline)) inline void prefetch_row(const T* row, int64_t n) {
@@ -178,48 +185,102 @@ template <typename T>
 __attribute__((always_inline)) inline void store(T* p, const typename Lanes<T>::V& v) {
   std::memcpy(p, &v, sizeof v);
 }
-// The lanes' sum, in a fixed pairwise order (the same in every clone; the
-// AVX2 and AVX-512 clones contract products into FMAs, so their rounding differs).
+// The integer vector that picks lanes of Lanes<T>::V (__builtin_shuffle's mask).
 template <typename T>
-__attribute__((always_inline)) inline T sum_lanes(const typename Lanes<T>::V& v) {
-  T x[Lanes<T>::n];
-  std::memcpy(x, &v, sizeof v);
-  for (int64_t width = Lanes<T>::n / 2; width >= 1; width /= 2)
-    for (int64_t i = 0; i < width; ++i) x[i] += x[i + width];
-  return x[0];
+struct LaneIndex {
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
+  typedef I V __attribute__((vector_size(64)));
+};
+// A mask that adds, to each lane i of every group of `group` lanes, lane
+// i + `width` of its group (the other lanes read what they like).
+template <typename T>
+__attribute__((always_inline)) inline typename LaneIndex<T>::V across(int64_t group, int64_t width) {
+  typename LaneIndex<T>::V m{};
+  for (int64_t i = 0; i < Lanes<T>::n; ++i) m[i] = i / group * group + (i % group + width) % group;
+  return m;
+}
+// The lanes' sum, in a fixed pairwise order (lane i += lane i + w for w =
+// n/2, ..., 1; the same in every clone; the AVX2 and AVX-512 clones
+// contract products into FMAs, so their rounding differs), in registers:
+// summed through an array, the compiler spilled it to the stack and added
+// the last lanes one by one.
+template <typename T>
+__attribute__((always_inline)) inline T sum_lanes(typename Lanes<T>::V v) {
+  for (int64_t w = Lanes<T>::n / 2; w >= 1; w /= 2) v += __builtin_shuffle(v, across<T>(Lanes<T>::n, w));
+  return v[0];
+}
+// sum_lanes of four vectors into out[0..3], the same additions in the same
+// order, sharing the shuffles: the first two steps gather the four halves
+// and then quarters into one vector, the rest sum within its four groups.
+template <typename T>
+__attribute__((always_inline)) inline void sum_lanes4(typename Lanes<T>::V p0, typename Lanes<T>::V p1,
+                                                      typename Lanes<T>::V p2, typename Lanes<T>::V p3, T* out) {
+  constexpr int64_t n = Lanes<T>::n, q = n / 4;
+  typename LaneIndex<T>::V low{}, high{}, first{}, second{};  // over the lanes of two vectors, 0 .. 2n-1
+  for (int64_t i = 0; i < n / 2; ++i) {
+    low[i] = i, low[n / 2 + i] = n + i;  // both vectors' lower halves
+    high[i] = n / 2 + i, high[n / 2 + i] = n + n / 2 + i;
+  }
+  for (int64_t g = 0; g < 4; ++g)
+    for (int64_t i = 0; i < q; ++i) {  // of each half-sum, its first quarter or its second
+      first[g * q + i] = g / 2 * n + g % 2 * (n / 2) + i;
+      second[g * q + i] = first[g * q + i] + q;
+    }
+  const auto a = __builtin_shuffle(p0, p1, low) + __builtin_shuffle(p0, p1, high);
+  const auto b = __builtin_shuffle(p2, p3, low) + __builtin_shuffle(p2, p3, high);
+  auto x = __builtin_shuffle(a, b, first) + __builtin_shuffle(a, b, second);
+  for (int64_t w = q / 2; w >= 1; w /= 2) x += __builtin_shuffle(x, across<T>(q, w));
+  for (int64_t g = 0; g < 4; ++g) out[g] = x[g * q];
 }
 
-// z = bias + the weighted sum of connections [c0, c1)'s source rows, four
-// connections a pass over z so that z is loaded and stored a quarter as often.
-// The terms are added one by one in connection order, as one at a time
-// would: a connection of weight 0 (from a finite source) added or removed
-// anywhere leaves every partial sum, and so the output, bit-identical up to
-// the sign of a zero (function-preserving growth).
+// z = bias + the weighted sum of connections [c0, c1)'s source rows. The
+// terms are added one by one in connection order: a connection of weight 0
+// (from a finite source) added or removed anywhere leaves every partial sum,
+// and so the output, bit-identical up to the sign of a zero (function-
+// preserving growth).
+//
+// M vectors of z from lane k on: the sums stay in registers across the
+// connections, each connection one multiply-add per vector.
+template <int M, typename T>
+__attribute__((always_inline)) inline void weighted_tile(T* __restrict z, T bias, const T* w, const int64_t* src,
+                                                         int64_t c0, int64_t c1, const T* V, int64_t B, int64_t k,
+                                                         int64_t prefetch_end) {
+  using Vec = typename Lanes<T>::V;
+  constexpr int64_t n = Lanes<T>::n;
+  Vec acc[M];
+  for (int i = 0; i < M; ++i) acc[i] = Vec{} + bias;
+  for (int64_t c = c0; c < c1; ++c) {
+    if (c + kPrefetchAhead < prefetch_end) prefetch_row(V + src[c + kPrefetchAhead] * B, B);
+    const T wc = w[c];
+    const T* v = V + src[c] * B + k;
+    for (int i = 0; i < M; ++i) acc[i] += wc * load(v + i * n);
+  }
+  for (int i = 0; i < M; ++i) store(z + k + i * n, acc[i]);
+}
+
+// The whole row: tiles of eight vectors, then of four, two and one (each a
+// pass over the connections), then the lanes left.
 template <typename T>
 __attribute__((always_inline)) inline void weighted_sum(T* __restrict z, T bias, const T* w, const int64_t* src,
                                                         int64_t c0, int64_t c1, const T* V, int64_t B,
-                                                        int64_t num_conn) {
+                                                        int64_t prefetch_end) {
   constexpr int64_t n = Lanes<T>::n;
-  for (int64_t k = 0; k < B; ++k) z[k] = bias;
-  int64_t c = c0;
-  for (; c + 4 <= c1; c += 4) {
-    for (int64_t a = 0; a < 4; ++a)
-      if (c + a + kPrefetchAhead < num_conn) prefetch_row(V + src[c + a + kPrefetchAhead] * B, B);
-    const T w0 = w[c], w1 = w[c + 1], w2 = w[c + 2], w3 = w[c + 3];
-    const T *v0 = V + src[c] * B, *v1 = V + src[c + 1] * B, *v2 = V + src[c + 2] * B, *v3 = V + src[c + 3] * B;
-    int64_t k = 0;
-    for (; k + n <= B; k += n)
-      store(z + k, load(z + k) + w0 * load(v0 + k) + w1 * load(v1 + k) + w2 * load(v2 + k) + w3 * load(v3 + k));
-    for (; k < B; ++k) z[k] = z[k] + w0 * v0[k] + w1 * v1[k] + w2 * v2[k] + w3 * v3[k];
-  }
-  for (; c < c1; ++c) {
-    if (c + kPrefetchAhead < num_conn) prefetch_row(V + src[c + kPrefetchAhead] * B, B);
+  int64_t k = 0;
+  // The first pass over the connections asks ahead for whole rows.
+  for (; k + 8 * n <= B; k += 8 * n, prefetch_end = 0) weighted_tile<8>(z, bias, w, src, c0, c1, V, B, k, prefetch_end);
+  if (k + 4 * n <= B) weighted_tile<4>(z, bias, w, src, c0, c1, V, B, k, prefetch_end), k += 4 * n, prefetch_end = 0;
+  if (k + 2 * n <= B) weighted_tile<2>(z, bias, w, src, c0, c1, V, B, k, prefetch_end), k += 2 * n, prefetch_end = 0;
+  if (k + n <= B) weighted_tile<1>(z, bias, w, src, c0, c1, V, B, k, prefetch_end), k += n, prefetch_end = 0;
+  if (k == B) return;
+  T tail[Lanes<T>::n];
+  for (int64_t j = k; j < B; ++j) tail[j - k] = bias;
+  for (int64_t c = c0; c < c1; ++c) {
+    if (c + kPrefetchAhead < prefetch_end) prefetch_row(V + src[c + kPrefetchAhead] * B, B);
     const T wc = w[c];
-    const T* __restrict v = V + src[c] * B;
-    int64_t k = 0;
-    for (; k + n <= B; k += n) store(z + k, load(z + k) + wc * load(v + k));
-    for (; k < B; ++k) z[k] += wc * v[k];
+    const T* v = V + src[c] * B;
+    for (int64_t j = k; j < B; ++j) tail[j - k] += wc * v[j];
   }
+  for (int64_t j = k; j < B; ++j) z[j] = tail[j - k];
 }
 
 // out = act(z) over a row, the activation chosen once per row so that each
@@ -251,6 +312,7 @@ struct Pass {
   T *V, *Z;
   T *G, *gw_out, *gb, *gsa, *gsb, *gx;
   int64_t B;
+  bool prefetch;  // the rows exceed kPrefetchAbove bytes
 };
 
 template <typename T>
@@ -258,11 +320,11 @@ __attribute__((always_inline)) inline void forward_rows(const Pass<T>& p, int64_
   const Topology& topo = *p.topo;
   const int64_t* src = topo.conn_source().data();
   const int64_t* in = topo.in_offsets().data();
-  const int64_t n_in = topo.num_inputs(), num_conn = topo.num_connections(), B = p.B;
+  const int64_t n_in = topo.num_inputs(), prefetch_end = p.prefetch ? topo.num_connections() : 0, B = p.B;
   for (int64_t d = first; d < last; ++d) {
     T* out = p.V + d * B;
     T* z = p.Z ? p.Z + (d - n_in) * B : out;
-    weighted_sum(z, p.b[d - n_in], p.w, src, in[d], in[d + 1], p.V, B, num_conn);
+    weighted_sum(z, p.b[d - n_in], p.w, src, in[d], in[d + 1], p.V, B, prefetch_end);
     if (topo.role(d) == Role::Hidden && p.sa) {
       const T a = p.sa[d - n_in], s = p.sb[d - n_in];
       for (int64_t k = 0; k < B; ++k) out[k] = s * z[k];
@@ -275,32 +337,85 @@ __attribute__((always_inline)) inline void forward_rows(const Pass<T>& p, int64_
   }
 }
 
-// One pass over neuron d's outgoing connections reads each consumer's
-// pre-activation gradient row once and uses it twice: for d's value
-// gradient g, and for the connection's weight gradient (its dot with d's
-// own value row, which stays in L1). Consumers sit in later levels, so
-// their rows are final when d's level runs.
+// M vectors of the batch from lane j0 on, over all of neuron d's outgoing
+// connections: g's and v's vectors stay in registers while each consumer's
+// gradient row is read once and used twice, for d's value gradient g and for
+// the connection's weight gradient (its dot with d's value row), which the
+// first tile writes and later ones add to. Four connections a pass; g's terms
+// are added in connection order, as in forward.
+template <int M, typename T>
+__attribute__((always_inline)) inline void source_tile(const Pass<T>& p, int64_t k0, int64_t end, const T* v,
+                                                       T* __restrict g, int64_t j0, int64_t prefetch_end) {
+  using Vec = typename Lanes<T>::V;
+  constexpr int64_t n = Lanes<T>::n;
+  const int64_t* tgt = p.topo->out_targets().data();
+  const int64_t B = p.B;
+  const bool first = j0 == 0;
+  Vec gv[M], vv[M];
+  for (int i = 0; i < M; ++i) gv[i] = load(g + j0 + i * n), vv[i] = load(v + j0 + i * n);
+  int64_t k = k0;
+  for (; k + 4 <= end; k += 4) {
+    for (int64_t a = 0; a < 4; ++a)
+      if (k + a + kPrefetchAhead < prefetch_end) prefetch_row(p.G + tgt[k + a + kPrefetchAhead] * B, B);
+    const T w0 = p.w[k], w1 = p.w[k + 1], w2 = p.w[k + 2], w3 = p.w[k + 3];
+    const T *gz0 = p.G + tgt[k] * B + j0, *gz1 = p.G + tgt[k + 1] * B + j0, *gz2 = p.G + tgt[k + 2] * B + j0,
+            *gz3 = p.G + tgt[k + 3] * B + j0;
+    Vec p0 = {}, p1 = {}, p2 = {}, p3 = {};
+    for (int i = 0; i < M; ++i) {
+      const Vec a0 = load(gz0 + i * n), a1 = load(gz1 + i * n), a2 = load(gz2 + i * n), a3 = load(gz3 + i * n);
+      gv[i] = gv[i] + w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3;
+      p0 += a0 * vv[i];
+      p1 += a1 * vv[i];
+      p2 += a2 * vv[i];
+      p3 += a3 * vv[i];
+    }
+    T dot[4];
+    sum_lanes4<T>(p0, p1, p2, p3, dot);
+    for (int a = 0; a < 4; ++a) p.gw_out[k + a] = first ? dot[a] : p.gw_out[k + a] + dot[a];
+  }
+  for (; k < end; ++k) {
+    if (k + kPrefetchAhead < prefetch_end) prefetch_row(p.G + tgt[k + kPrefetchAhead] * B, B);
+    const T wc = p.w[k];
+    const T* gz = p.G + tgt[k] * B + j0;
+    Vec part = {};
+    for (int i = 0; i < M; ++i) {
+      const Vec a = load(gz + i * n);
+      gv[i] += wc * a;
+      part += a * vv[i];
+    }
+    const T dot = sum_lanes<T>(part);
+    p.gw_out[k] = first ? dot : p.gw_out[k] + dot;
+  }
+  for (int i = 0; i < M; ++i) store(g + j0 + i * n, gv[i]);
+}
+
+// Neuron d's outgoing connections (see source_tile): the batch in tiles of
+// eight vectors, then what is left in one pass that reads g and v from L1
+// (smaller tiles, one pass each over the connections, were slower at batch
+// 64 and 250).
 template <typename T>
 __attribute__((always_inline)) inline void source_pass(const Pass<T>& p, int64_t d, T* __restrict g) {
   const Topology& topo = *p.topo;
   const int64_t* tgt = topo.out_targets().data();
   const int64_t* out_off = topo.out_offsets().data();
-  const int64_t num_conn = topo.num_connections(), B = p.B;
+  const int64_t B = p.B, begin = out_off[d], end = out_off[d + 1];
+  int64_t prefetch_end = p.prefetch ? topo.num_connections() : 0;  // the first pass asks ahead for whole rows
   const T* __restrict v = p.V + d * B;
   using Vec = typename Lanes<T>::V;
   constexpr int64_t n = Lanes<T>::n;
-  const int64_t end = out_off[d + 1];
-  int64_t k = out_off[d];
-  // Four connections a pass over g and v: each is loaded once for four
-  // consumers' rows; g's terms are added in connection order, as in forward.
+  int64_t j0 = 0;
+  for (; j0 + 8 * n <= B; j0 += 8 * n, prefetch_end = 0) source_tile<8>(p, begin, end, v, g, j0, prefetch_end);
+  if (j0 == B && B > 0) return;  // an empty batch still writes zero weight gradients below
+  const bool first = j0 == 0;
+  int64_t k = begin;
   for (; k + 4 <= end; k += 4) {
     for (int64_t a = 0; a < 4; ++a)
-      if (k + a + kPrefetchAhead < num_conn) prefetch_row(p.G + tgt[k + a + kPrefetchAhead] * B, B);
+      if (k + a + kPrefetchAhead < prefetch_end) prefetch_row(p.G + tgt[k + a + kPrefetchAhead] * B, B);
     const T w0 = p.w[k], w1 = p.w[k + 1], w2 = p.w[k + 2], w3 = p.w[k + 3];
     const T *gz0 = p.G + tgt[k] * B, *gz1 = p.G + tgt[k + 1] * B, *gz2 = p.G + tgt[k + 2] * B,
             *gz3 = p.G + tgt[k + 3] * B;
     Vec p0 = {}, p1 = {}, p2 = {}, p3 = {};
-    int64_t j = 0;
+    int64_t j = j0;
     for (; j + n <= B; j += n) {
       const Vec vj = load(v + j), a0 = load(gz0 + j), a1 = load(gz1 + j), a2 = load(gz2 + j), a3 = load(gz3 + j);
       store(g + j, load(g + j) + w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3);
@@ -309,25 +424,23 @@ __attribute__((always_inline)) inline void source_pass(const Pass<T>& p, int64_t
       p2 += a2 * vj;
       p3 += a3 * vj;
     }
-    T d0 = sum_lanes<T>(p0), d1 = sum_lanes<T>(p1), d2 = sum_lanes<T>(p2), d3 = sum_lanes<T>(p3);
+    T dot[4];
+    sum_lanes4<T>(p0, p1, p2, p3, dot);
     for (; j < B; ++j) {
       g[j] = g[j] + w0 * gz0[j] + w1 * gz1[j] + w2 * gz2[j] + w3 * gz3[j];
-      d0 += gz0[j] * v[j];
-      d1 += gz1[j] * v[j];
-      d2 += gz2[j] * v[j];
-      d3 += gz3[j] * v[j];
+      dot[0] += gz0[j] * v[j];
+      dot[1] += gz1[j] * v[j];
+      dot[2] += gz2[j] * v[j];
+      dot[3] += gz3[j] * v[j];
     }
-    p.gw_out[k] = d0;
-    p.gw_out[k + 1] = d1;
-    p.gw_out[k + 2] = d2;
-    p.gw_out[k + 3] = d3;
+    for (int a = 0; a < 4; ++a) p.gw_out[k + a] = first ? dot[a] : p.gw_out[k + a] + dot[a];
   }
   for (; k < end; ++k) {
-    if (k + kPrefetchAhead < num_conn) prefetch_row(p.G + tgt[k + kPrefetchAhead] * B, B);
+    if (k + kPrefetchAhead < prefetch_end) prefetch_row(p.G + tgt[k + kPrefetchAhead] * B, B);
     const T wc = p.w[k];
     const T* __restrict gz = p.G + tgt[k] * B;
     Vec part = {};
-    int64_t j = 0;
+    int64_t j = j0;
     for (; j + n <= B; j += n) {
       const Vec gzj = load(gz + j);
       store(g + j, load(g + j) + wc * gzj);
@@ -338,7 +451,7 @@ __attribute__((always_inline)) inline void source_pass(const Pass<T>& p, int64_t
       g[j] += wc * gz[j];
       dot += gz[j] * v[j];
     }
-    p.gw_out[k] = dot;
+    p.gw_out[k] = first ? dot : p.gw_out[k] + dot;
   }
 }
 
@@ -502,6 +615,7 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
       p.V = vp;
       p.Z = Z.defined() ? Z.data_ptr<scalar_t>() : nullptr;
       p.B = B;
+      p.prefetch = N * B * static_cast<int64_t>(sizeof(scalar_t)) > kPrefetchAbove;
       run_forward(p);
       if (traced) {  // each level's rows, contiguous in V and Z
         const auto& levels = topo.levels();
@@ -576,6 +690,7 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
       p.gsb = scaled ? gsb.data_ptr<scalar_t>() : nullptr;
       p.gx = gx.data_ptr<scalar_t>();
       p.B = B;
+      p.prefetch = N * B * static_cast<int64_t>(sizeof(scalar_t)) > kPrefetchAbove;
       run_backward(p);
       const scalar_t* go = gw_out.data_ptr<scalar_t>();
       scalar_t* gp = gw.data_ptr<scalar_t>();

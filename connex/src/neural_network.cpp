@@ -170,9 +170,9 @@ std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const T
   // Connections in levels that run faster as one matmul than in the fused
   // kernel's loops: complete levels, and scattered ones at least
   // kMatmulDensity dense (on a layered network, BENCHMARKS.md: since the
-  // kernel's loops are vectorised, the per-level path wins at 40 % density
-  // and loses at 30 %).
-  constexpr double kMatmulDensity = 0.35;
+  // kernel's backward keeps its sums in registers, the per-level path ties
+  // with it at 60 % density and loses at 50 %).
+  constexpr double kMatmulDensity = 0.55;
   int64_t dense_connections = 0;
   for (const auto& level : topology->levels()) {
     const double cells = static_cast<double>(level.size()) * static_cast<double>(level.sources.size());
