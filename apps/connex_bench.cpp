@@ -786,8 +786,10 @@ int main(int argc, char** argv) {
   // outlasts the gaps between one step's products. OpenBLAS reads the
   // setting when it loads: the program sets it and starts itself again (a
   // value in the environment stays; if the restart fails, it runs on as is).
-  if (!std::getenv("OPENBLAS_THREAD_TIMEOUT") && ::setenv("OPENBLAS_THREAD_TIMEOUT", "20", 1) == 0)
+  if (!std::getenv("OPENBLAS_THREAD_TIMEOUT") && ::setenv("OPENBLAS_THREAD_TIMEOUT", "20", 1) == 0) {
     ::execv("/proc/self/exe", argv);
+    ::unsetenv("OPENBLAS_THREAD_TIMEOUT");  // not restarted: OpenBLAS keeps its default, and the banner says so
+  }
   CLI::App app{"connex benchmarks: connex against plain torch references, ratios from one run"};
   bool quick = false;
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

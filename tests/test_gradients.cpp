@@ -1,6 +1,7 @@
 // Backpropagated gradients against central finite differences, in double.
 #include <array>
 
+#include "fused_plan.h"
 #include "test_util.h"
 
 using namespace connex;
@@ -97,49 +98,52 @@ TEST(Gradients, FusedKernelAndBatchPathAgreeAndMatchFiniteDifferences) {
 }
 
 // The kernel runs its batch loops in 64-byte lanes (16 floats) with a
-// scalar tail, four connections a pass, in tiles of eight lanes held in
-// registers: float32 networks at batch sizes around 16 and past 128, random in- and out-degrees, with and without
-// adaptive activations, against the per-level path in float64 on the same parameters.
+// scalar tail, four connections a pass or (with AVX-512) in tiles of up to
+// eight vectors held in registers: float32 networks at batch sizes around 16 and past 128, random in- and out-degrees,
+// with and without adaptive activations, against the per-level path in float64 on the same parameters.
 TEST(Gradients, FusedKernelLanesAgreeInFloat32) {
   std::mt19937_64 rng(5);
   int trial = 0;
-  for (const char* act : {"relu", "tanh", "identity"})
-    for (bool adaptive : {false, true}) {
-      SCOPED_TRACE(std::string(act) + (adaptive ? ", adaptive" : ""));
-      auto spec = random_dag(rng, {20, 40, 0.4});
-      auto options = NeuralNetworkOptions()
-                         .dtype(torch::kFloat32)
-                         .hidden_activation(act)
-                         .seed(++trial)
-                         .use_adaptive_activations(adaptive);
-      NeuralNetwork fused(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(true)));
-      NeuralNetwork reference(
-          spec, NeuralNetworkOptions(options).dtype(torch::kFloat64).execution(ExecutionOptions().fused(false)));
-      ASSERT_TRUE(fused->uses_fused_kernel());
-      copy_parameters_with_random_scales(fused, reference);
-      for (int64_t batch : {1, 15, 16, 17, 40, 128, 300}) {
-        SCOPED_TRACE("batch " + std::to_string(batch));
-        auto x = torch::randn({batch, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
-        auto xf = x.to(torch::kFloat32).requires_grad_(true), xr = x.clone().requires_grad_(true);
-        fused->zero_grad();
-        reference->zero_grad();
-        auto y = fused->forward(xf), y_ref = reference->forward(xr);
-        auto r = torch::randn_like(y_ref);
-        (y * r.to(torch::kFloat32)).sum().backward();
-        (y_ref * r).sum().backward();
-        auto close = [](const torch::Tensor& a, const torch::Tensor& b) {
-          return torch::allclose(a.to(torch::kFloat64), b, 1e-4, 1e-4);
-        };
-        EXPECT_TRUE(close(y, y_ref));
-        EXPECT_TRUE(close(xf.grad(), xr.grad()));
-        auto on_reference = reference->named_parameters();
-        for (const auto& p : fused->named_parameters()) {
-          const auto& q = on_reference[p.key()];
-          const auto g = p.value().grad().defined() ? p.value().grad() : torch::zeros_like(p.value());
-          EXPECT_TRUE(close(g, q.grad().defined() ? q.grad() : torch::zeros_like(q))) << p.key();
+  for (bool tiles : {true, false})  // without the tiles: the loops other processors run
+    for (const char* act : {"relu", "tanh", "identity"})
+      for (bool adaptive : {false, true}) {
+        set_fused_kernel_tiles(tiles);
+        SCOPED_TRACE(std::string(act) + (adaptive ? ", adaptive" : "") + (tiles ? "" : ", no tiles"));
+        auto spec = random_dag(rng, {20, 40, 0.4});
+        auto options = NeuralNetworkOptions()
+                           .dtype(torch::kFloat32)
+                           .hidden_activation(act)
+                           .seed(++trial)
+                           .use_adaptive_activations(adaptive);
+        NeuralNetwork fused(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(true)));
+        NeuralNetwork reference(
+            spec, NeuralNetworkOptions(options).dtype(torch::kFloat64).execution(ExecutionOptions().fused(false)));
+        ASSERT_TRUE(fused->uses_fused_kernel());
+        copy_parameters_with_random_scales(fused, reference);
+        for (int64_t batch : {1, 15, 16, 17, 40, 64, 128, 200, 300}) {
+          SCOPED_TRACE("batch " + std::to_string(batch));
+          auto x = torch::randn({batch, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
+          auto xf = x.to(torch::kFloat32).requires_grad_(true), xr = x.clone().requires_grad_(true);
+          fused->zero_grad();
+          reference->zero_grad();
+          auto y = fused->forward(xf), y_ref = reference->forward(xr);
+          auto r = torch::randn_like(y_ref);
+          (y * r.to(torch::kFloat32)).sum().backward();
+          (y_ref * r).sum().backward();
+          auto close = [](const torch::Tensor& a, const torch::Tensor& b) {
+            return torch::allclose(a.to(torch::kFloat64), b, 1e-4, 1e-4);
+          };
+          EXPECT_TRUE(close(y, y_ref));
+          EXPECT_TRUE(close(xf.grad(), xr.grad()));
+          auto on_reference = reference->named_parameters();
+          for (const auto& p : fused->named_parameters()) {
+            const auto& q = on_reference[p.key()];
+            const auto g = p.value().grad().defined() ? p.value().grad() : torch::zeros_like(p.value());
+            EXPECT_TRUE(close(g, q.grad().defined() ? q.grad() : torch::zeros_like(q))) << p.key();
+          }
         }
       }
-    }
+  set_fused_kernel_tiles(true);
 }
 
 // An operation that names activation scales but does not replace the
@@ -320,38 +324,40 @@ TEST(Gradients, FusedKernelAgreesWhenALevelIsSplitBetweenThreads) {
   std::vector<NeuronId> inputs, outputs{3008, 3009};
   for (int i = 0; i < 8; ++i) inputs.emplace_back(i);
   const auto spec = GraphSpec::from_edges(edges, inputs, outputs);
-  for (auto [dtype, act, tolerance] :
-       {std::tuple{torch::kFloat64, "tanh", 1e-10}, std::tuple{torch::kFloat32, "identity", 1e-4}}) {
-    SCOPED_TRACE(act);
-    auto options = NeuralNetworkOptions().dtype(dtype).hidden_activation(act).seed(3);
-    NeuralNetwork fused(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(true)));
-    NeuralNetwork levels(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false)));
-    ASSERT_TRUE(fused->uses_fused_kernel());
-    auto x = torch::randn({16, 8}, dtype);
-    auto xf = x.clone().requires_grad_(true), xl = x.clone().requires_grad_(true);
-    auto yf = fused->forward(xf), yl = levels->forward(xl);
-    EXPECT_TRUE(torch::allclose(yf, yl, tolerance, tolerance));
-    auto r = torch::randn_like(yf);
-    (yf * r).sum().backward();
-    (yl * r).sum().backward();
-    EXPECT_TRUE(torch::allclose(xf.grad(), xl.grad(), tolerance, tolerance));
-    EXPECT_TRUE(torch::allclose(fused->weight_tensor().grad(), levels->weight_tensor().grad(), tolerance, tolerance));
-    EXPECT_TRUE(torch::allclose(fused->bias_tensor().grad(), levels->bias_tensor().grad(), tolerance, tolerance));
+  // Batch 200: the rows (3010 × 200 values) exceed the 2 MiB from which the kernel prefetches them.
+  for (int64_t batch : {16, 200})
+    for (auto [dtype, act, tolerance] :
+         {std::tuple{torch::kFloat64, "tanh", 1e-10}, std::tuple{torch::kFloat32, "identity", 1e-4}}) {
+      SCOPED_TRACE(std::string(act) + ", batch " + std::to_string(batch));
+      auto options = NeuralNetworkOptions().dtype(dtype).hidden_activation(act).seed(3);
+      NeuralNetwork fused(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(true)));
+      NeuralNetwork levels(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false)));
+      ASSERT_TRUE(fused->uses_fused_kernel());
+      auto x = torch::randn({batch, 8}, dtype);
+      auto xf = x.clone().requires_grad_(true), xl = x.clone().requires_grad_(true);
+      auto yf = fused->forward(xf), yl = levels->forward(xl);
+      EXPECT_TRUE(torch::allclose(yf, yl, tolerance, tolerance));
+      auto r = torch::randn_like(yf);
+      (yf * r).sum().backward();
+      (yl * r).sum().backward();
+      EXPECT_TRUE(torch::allclose(xf.grad(), xl.grad(), tolerance, tolerance));
+      EXPECT_TRUE(torch::allclose(fused->weight_tensor().grad(), levels->weight_tensor().grad(), tolerance, tolerance));
+      EXPECT_TRUE(torch::allclose(fused->bias_tensor().grad(), levels->bias_tensor().grad(), tolerance, tolerance));
 
-    // Each row is summed by one thread in a fixed order, so the split
-    // changes no bit: one thread gives the same values and gradients.
-    const auto weight_grad = fused->weight_tensor().grad().clone(), bias_grad = fused->bias_tensor().grad().clone();
-    torch::set_num_threads(1);
-    auto x1 = x.clone().requires_grad_(true);
-    auto y1 = fused->forward(x1);
-    fused->zero_grad();
-    (y1 * r).sum().backward();
-    torch::set_num_threads(2);
-    EXPECT_TRUE(torch::equal(y1, yf));
-    EXPECT_TRUE(torch::equal(x1.grad(), xf.grad()));
-    EXPECT_TRUE(torch::equal(fused->weight_tensor().grad(), weight_grad));
-    EXPECT_TRUE(torch::equal(fused->bias_tensor().grad(), bias_grad));
-  }
+      // Each row is summed by one thread in a fixed order, so the split
+      // changes no bit: one thread gives the same values and gradients.
+      const auto weight_grad = fused->weight_tensor().grad().clone(), bias_grad = fused->bias_tensor().grad().clone();
+      torch::set_num_threads(1);
+      auto x1 = x.clone().requires_grad_(true);
+      auto y1 = fused->forward(x1);
+      fused->zero_grad();
+      (y1 * r).sum().backward();
+      torch::set_num_threads(2);
+      EXPECT_TRUE(torch::equal(y1, yf));
+      EXPECT_TRUE(torch::equal(x1.grad(), xf.grad()));
+      EXPECT_TRUE(torch::equal(fused->weight_tensor().grad(), weight_grad));
+      EXPECT_TRUE(torch::equal(fused->bias_tensor().grad(), bias_grad));
+    }
   torch::set_num_threads(previous);
 }
 

@@ -1,6 +1,7 @@
 #include "fused_plan.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -185,6 +186,7 @@ template <typename T>
 __attribute__((always_inline)) inline void store(T* p, const typename Lanes<T>::V& v) {
   std::memcpy(p, &v, sizeof v);
 }
+#if defined(__GNUC__) && !defined(__clang__)
 // The integer vector that picks lanes of Lanes<T>::V (__builtin_shuffle's mask).
 template <typename T>
 struct LaneIndex {
@@ -232,6 +234,44 @@ __attribute__((always_inline)) inline void sum_lanes4(typename Lanes<T>::V p0, t
   for (int64_t w = q / 2; w >= 1; w /= 2) x += __builtin_shuffle(x, across<T>(q, w));
   for (int64_t g = 0; g < 4; ++g) out[g] = x[g * q];
 }
+#else
+// Other compilers (clang: the fuzzers' build) have no __builtin_shuffle
+// with computed masks; the same additions through an array.
+template <typename T>
+__attribute__((always_inline)) inline T sum_lanes(const typename Lanes<T>::V& v) {
+  T x[Lanes<T>::n];
+  std::memcpy(x, &v, sizeof v);
+  for (int64_t width = Lanes<T>::n / 2; width >= 1; width /= 2)
+    for (int64_t i = 0; i < width; ++i) x[i] += x[i + width];
+  return x[0];
+}
+template <typename T>
+__attribute__((always_inline)) inline void sum_lanes4(typename Lanes<T>::V p0, typename Lanes<T>::V p1,
+                                                      typename Lanes<T>::V p2, typename Lanes<T>::V p3, T* out) {
+  out[0] = sum_lanes<T>(p0), out[1] = sum_lanes<T>(p1), out[2] = sum_lanes<T>(p2), out[3] = sum_lanes<T>(p3);
+}
+#endif
+
+// Every lane x (a -0.0 stays -0.0, which 0 + x would not keep).
+template <typename T>
+__attribute__((always_inline)) inline typename Lanes<T>::V broadcast(T x) {
+  typename Lanes<T>::V v;
+  for (int64_t i = 0; i < Lanes<T>::n; ++i) v[i] = x;
+  return v;
+}
+
+// Whether the processor has AVX-512's 32 vector registers, where a tile of
+// eight 64-byte vectors stays in registers. In the AVX2 and SSE2 clones the
+// same tile spills to the stack (the forward ran three times slower), so
+// there the kernel keeps its loops of four connections a pass over the row.
+inline bool wide_registers() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  static const bool wide = __builtin_cpu_supports("avx512f");
+  return wide;
+#else
+  return false;
+#endif
+}
 
 // z = bias + the weighted sum of connections [c0, c1)'s source rows. The
 // terms are added one by one in connection order: a connection of weight 0
@@ -248,7 +288,7 @@ __attribute__((always_inline)) inline void weighted_tile(T* __restrict z, T bias
   using Vec = typename Lanes<T>::V;
   constexpr int64_t n = Lanes<T>::n;
   Vec acc[M];
-  for (int i = 0; i < M; ++i) acc[i] = Vec{} + bias;
+  for (int i = 0; i < M; ++i) acc[i] = broadcast<T>(bias);
   for (int64_t c = c0; c < c1; ++c) {
     if (c + kPrefetchAhead < prefetch_end) prefetch_row(V + src[c + kPrefetchAhead] * B, B);
     const T wc = w[c];
@@ -258,12 +298,42 @@ __attribute__((always_inline)) inline void weighted_tile(T* __restrict z, T bias
   for (int i = 0; i < M; ++i) store(z + k + i * n, acc[i]);
 }
 
-// The whole row: tiles of eight vectors, then of four, two and one (each a
-// pass over the connections), then the lanes left.
+// Without the registers for tiles: four connections a pass over z, so that z
+// is loaded and stored a quarter as often, each term added in turn.
+template <typename T>
+__attribute__((always_inline)) inline void weighted_four(T* __restrict z, T bias, const T* w, const int64_t* src,
+                                                         int64_t c0, int64_t c1, const T* V, int64_t B,
+                                                         int64_t prefetch_end) {
+  constexpr int64_t n = Lanes<T>::n;
+  for (int64_t k = 0; k < B; ++k) z[k] = bias;
+  int64_t c = c0;
+  for (; c + 4 <= c1; c += 4) {
+    for (int64_t a = 0; a < 4; ++a)
+      if (c + a + kPrefetchAhead < prefetch_end) prefetch_row(V + src[c + a + kPrefetchAhead] * B, B);
+    const T w0 = w[c], w1 = w[c + 1], w2 = w[c + 2], w3 = w[c + 3];
+    const T *v0 = V + src[c] * B, *v1 = V + src[c + 1] * B, *v2 = V + src[c + 2] * B, *v3 = V + src[c + 3] * B;
+    int64_t k = 0;
+    for (; k + n <= B; k += n)
+      store(z + k, load(z + k) + w0 * load(v0 + k) + w1 * load(v1 + k) + w2 * load(v2 + k) + w3 * load(v3 + k));
+    for (; k < B; ++k) z[k] = z[k] + w0 * v0[k] + w1 * v1[k] + w2 * v2[k] + w3 * v3[k];
+  }
+  for (; c < c1; ++c) {
+    if (c + kPrefetchAhead < prefetch_end) prefetch_row(V + src[c + kPrefetchAhead] * B, B);
+    const T wc = w[c];
+    const T* __restrict v = V + src[c] * B;
+    int64_t k = 0;
+    for (; k + n <= B; k += n) store(z + k, load(z + k) + wc * load(v + k));
+    for (; k < B; ++k) z[k] += wc * v[k];
+  }
+}
+
+// The whole row: with wide registers, tiles of eight vectors, then of four,
+// two and one (each a pass over the connections), then the lanes left.
 template <typename T>
 __attribute__((always_inline)) inline void weighted_sum(T* __restrict z, T bias, const T* w, const int64_t* src,
                                                         int64_t c0, int64_t c1, const T* V, int64_t B,
-                                                        int64_t prefetch_end) {
+                                                        int64_t prefetch_end, bool tiles) {
+  if (!tiles) return weighted_four(z, bias, w, src, c0, c1, V, B, prefetch_end);
   constexpr int64_t n = Lanes<T>::n;
   int64_t k = 0;
   // The first pass over the connections asks ahead for whole rows.
@@ -313,6 +383,7 @@ struct Pass {
   T *G, *gw_out, *gb, *gsa, *gsb, *gx;
   int64_t B;
   bool prefetch;  // the rows exceed kPrefetchAbove bytes
+  bool tiles;     // fused_kernel_tiles()
 };
 
 template <typename T>
@@ -324,7 +395,7 @@ __attribute__((always_inline)) inline void forward_rows(const Pass<T>& p, int64_
   for (int64_t d = first; d < last; ++d) {
     T* out = p.V + d * B;
     T* z = p.Z ? p.Z + (d - n_in) * B : out;
-    weighted_sum(z, p.b[d - n_in], p.w, src, in[d], in[d + 1], p.V, B, prefetch_end);
+    weighted_sum(z, p.b[d - n_in], p.w, src, in[d], in[d + 1], p.V, B, prefetch_end, p.tiles);
     if (topo.role(d) == Role::Hidden && p.sa) {
       const T a = p.sa[d - n_in], s = p.sb[d - n_in];
       for (int64_t k = 0; k < B; ++k) out[k] = s * z[k];
@@ -389,10 +460,10 @@ __attribute__((always_inline)) inline void source_tile(const Pass<T>& p, int64_t
   for (int i = 0; i < M; ++i) store(g + j0 + i * n, gv[i]);
 }
 
-// Neuron d's outgoing connections (see source_tile): the batch in tiles of
-// eight vectors, then what is left in one pass that reads g and v from L1
-// (smaller tiles, one pass each over the connections, were slower at batch
-// 64 and 250).
+// Neuron d's outgoing connections (see source_tile): with wide registers,
+// the batch in tiles of eight vectors, then what is left (all of it without)
+// in one pass that reads g and v from L1 (smaller tiles, one pass each over
+// the connections, were slower at batch 64 and 250).
 template <typename T>
 __attribute__((always_inline)) inline void source_pass(const Pass<T>& p, int64_t d, T* __restrict g) {
   const Topology& topo = *p.topo;
@@ -404,7 +475,8 @@ __attribute__((always_inline)) inline void source_pass(const Pass<T>& p, int64_t
   using Vec = typename Lanes<T>::V;
   constexpr int64_t n = Lanes<T>::n;
   int64_t j0 = 0;
-  for (; j0 + 8 * n <= B; j0 += 8 * n, prefetch_end = 0) source_tile<8>(p, begin, end, v, g, j0, prefetch_end);
+  for (; p.tiles && j0 + 8 * n <= B; j0 += 8 * n, prefetch_end = 0)
+    source_tile<8>(p, begin, end, v, g, j0, prefetch_end);
   if (j0 == B && B > 0) return;  // an empty batch still writes zero weight gradients below
   const bool first = j0 == 0;
   int64_t k = begin;
@@ -616,6 +688,7 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
       p.Z = Z.defined() ? Z.data_ptr<scalar_t>() : nullptr;
       p.B = B;
       p.prefetch = N * B * static_cast<int64_t>(sizeof(scalar_t)) > kPrefetchAbove;
+      p.tiles = fused_kernel_tiles();
       run_forward(p);
       if (traced) {  // each level's rows, contiguous in V and Z
         const auto& levels = topo.levels();
@@ -691,6 +764,7 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
       p.gx = gx.data_ptr<scalar_t>();
       p.B = B;
       p.prefetch = N * B * static_cast<int64_t>(sizeof(scalar_t)) > kPrefetchAbove;
+      p.tiles = fused_kernel_tiles();
       run_backward(p);
       const scalar_t* go = gw_out.data_ptr<scalar_t>();
       scalar_t* gp = gw.data_ptr<scalar_t>();
@@ -710,6 +784,12 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
 };
 
 }  // namespace
+
+namespace {
+std::atomic<bool> tiles_allowed{true};
+}  // namespace
+bool fused_kernel_tiles() { return wide_registers() && tiles_allowed.load(std::memory_order_relaxed); }
+void set_fused_kernel_tiles(bool allowed) { tiles_allowed.store(allowed, std::memory_order_relaxed); }
 
 void set_fused_kernel_threads(int threads) {
   if (threads < 0 || threads > 1024) fail("set_fused_kernel_threads(): expected 0 to 1024 threads, got {}", threads);

@@ -16,6 +16,13 @@ struct LevelTrace;
 // Built-in element-wise activations the fused kernel differentiates itself.
 bool fused_supports(const TensorFunction& activation);
 
+// Whether the kernel runs its register tiles here (the processor has
+// AVX-512's 32 vector registers), which make it faster per connection.
+// set_fused_kernel_tiles(false) makes it take the loops it takes elsewhere
+// (so tests run both on one machine); true restores the processor's choice.
+bool fused_kernel_tiles();
+void set_fused_kernel_tiles(bool allowed);
+
 // What the kernel needs besides the tensors, made once per network: the
 // topology with the kernel's connection layout (kept alive by the autograd
 // graph through a tensor that owns a reference), and the activation.

@@ -169,10 +169,11 @@ std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const T
       operations_fuse && fused_supports(options.hidden_activation()) && !options.execution().force_kernel();
   // Connections in levels that run faster as one matmul than in the fused
   // kernel's loops: complete levels, and scattered ones at least
-  // kMatmulDensity dense (on a layered network, BENCHMARKS.md: since the
-  // kernel's backward keeps its sums in registers, the per-level path ties
-  // with it at 60 % density and loses at 50 %).
-  constexpr double kMatmulDensity = 0.55;
+  // kMatmulDensity dense (on a layered network, BENCHMARKS.md: with the
+  // kernel's register tiles, the per-level path ties with it at 60 % density
+  // and loses at 50 %; the kernel's loops without them were measured to
+  // lose at 40 % and win at 30 %).
+  const double kMatmulDensity = fused_kernel_tiles() ? 0.55 : 0.35;
   int64_t dense_connections = 0;
   for (const auto& level : topology->levels()) {
     const double cells = static_cast<double>(level.size()) * static_cast<double>(level.sources.size());
