@@ -187,52 +187,63 @@ __attribute__((always_inline)) inline void store(T* p, const typename Lanes<T>::
   std::memcpy(p, &v, sizeof v);
 }
 #if defined(__GNUC__) && !defined(__clang__)
-// The integer vector that picks lanes of Lanes<T>::V (__builtin_shuffle's mask).
+// The lanes' sum in a fixed pairwise order, the same in every clone: lane i
+// += lane i + w for w = n/2, ..., 1 (the AVX2 and AVX-512 clones contract
+// products into FMAs, so their rounding differs). Done in registers: summed
+// through an array, GCC spilled it to the stack and added the last lanes one
+// by one; and on 16-byte pieces, which every clone shuffles in one
+// instruction (shuffles of whole 64-byte vectors went through general
+// registers in the AVX2 clone). The first two steps add halves: 64 bytes to 16.
 template <typename T>
-struct LaneIndex {
+struct Narrow {
+  typedef T V32 __attribute__((vector_size(32)));
+  typedef T V16 __attribute__((vector_size(16)));
   typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
-  typedef I V __attribute__((vector_size(64)));
+  typedef I Mask __attribute__((vector_size(16)));  // __builtin_shuffle's lane picks for V16
 };
-// A mask that adds, to each lane i of every group of `group` lanes, lane
-// i + `width` of its group (the other lanes read what they like).
 template <typename T>
-__attribute__((always_inline)) inline typename LaneIndex<T>::V across(int64_t group, int64_t width) {
-  typename LaneIndex<T>::V m{};
-  for (int64_t i = 0; i < Lanes<T>::n; ++i) m[i] = i / group * group + (i % group + width) % group;
-  return m;
+__attribute__((always_inline)) inline typename Narrow<T>::V16 to_16_bytes(const typename Lanes<T>::V& v) {
+  typename Narrow<T>::V32 a, b;
+  std::memcpy(&a, &v, 32);
+  std::memcpy(&b, reinterpret_cast<const char*>(&v) + 32, 32);
+  const typename Narrow<T>::V32 s = a + b;
+  typename Narrow<T>::V16 c, d;
+  std::memcpy(&c, &s, 16);
+  std::memcpy(&d, reinterpret_cast<const char*>(&s) + 16, 16);
+  return c + d;
 }
-// The lanes' sum, in a fixed pairwise order (lane i += lane i + w for w =
-// n/2, ..., 1; the same in every clone; the AVX2 and AVX-512 clones
-// contract products into FMAs, so their rounding differs), in registers:
-// summed through an array, the compiler spilled it to the stack and added
-// the last lanes one by one.
 template <typename T>
-__attribute__((always_inline)) inline T sum_lanes(typename Lanes<T>::V v) {
-  for (int64_t w = Lanes<T>::n / 2; w >= 1; w /= 2) v += __builtin_shuffle(v, across<T>(Lanes<T>::n, w));
-  return v[0];
+__attribute__((always_inline)) inline T sum_lanes(const typename Lanes<T>::V& v) {
+  using M = typename Narrow<T>::Mask;
+  auto q = to_16_bytes<T>(v);
+  if constexpr (sizeof(T) == 4) {
+    q += __builtin_shuffle(q, M{2, 3, 0, 1});
+    q += __builtin_shuffle(q, M{1, 0, 3, 2});
+    return q[0];
+  } else {
+    return q[0] + q[1];
+  }
 }
 // sum_lanes of four vectors into out[0..3], the same additions in the same
-// order, sharing the shuffles: the first two steps gather the four halves
-// and then quarters into one vector, the rest sum within its four groups.
+// order, the last steps shared: the four 16-byte pieces are transposed as
+// they are summed.
 template <typename T>
-__attribute__((always_inline)) inline void sum_lanes4(typename Lanes<T>::V p0, typename Lanes<T>::V p1,
-                                                      typename Lanes<T>::V p2, typename Lanes<T>::V p3, T* out) {
-  constexpr int64_t n = Lanes<T>::n, q = n / 4;
-  typename LaneIndex<T>::V low{}, high{}, first{}, second{};  // over the lanes of two vectors, 0 .. 2n-1
-  for (int64_t i = 0; i < n / 2; ++i) {
-    low[i] = i, low[n / 2 + i] = n + i;  // both vectors' lower halves
-    high[i] = n / 2 + i, high[n / 2 + i] = n + n / 2 + i;
+__attribute__((always_inline)) inline void sum_lanes4(const typename Lanes<T>::V& p0, const typename Lanes<T>::V& p1,
+                                                      const typename Lanes<T>::V& p2, const typename Lanes<T>::V& p3,
+                                                      T* out) {
+  using M = typename Narrow<T>::Mask;
+  const auto q0 = to_16_bytes<T>(p0), q1 = to_16_bytes<T>(p1), q2 = to_16_bytes<T>(p2), q3 = to_16_bytes<T>(p3);
+  if constexpr (sizeof(T) == 4) {
+    const auto a = __builtin_shuffle(q0, q1, M{0, 1, 4, 5}) + __builtin_shuffle(q0, q1, M{2, 3, 6, 7});
+    const auto b = __builtin_shuffle(q2, q3, M{0, 1, 4, 5}) + __builtin_shuffle(q2, q3, M{2, 3, 6, 7});
+    const auto r = __builtin_shuffle(a, b, M{0, 2, 4, 6}) + __builtin_shuffle(a, b, M{1, 3, 5, 7});
+    std::memcpy(out, &r, 16);
+  } else {
+    const auto a = __builtin_shuffle(q0, q1, M{0, 2}) + __builtin_shuffle(q0, q1, M{1, 3});
+    const auto b = __builtin_shuffle(q2, q3, M{0, 2}) + __builtin_shuffle(q2, q3, M{1, 3});
+    std::memcpy(out, &a, 16);
+    std::memcpy(out + 2, &b, 16);
   }
-  for (int64_t g = 0; g < 4; ++g)
-    for (int64_t i = 0; i < q; ++i) {  // of each half-sum, its first quarter or its second
-      first[g * q + i] = g / 2 * n + g % 2 * (n / 2) + i;
-      second[g * q + i] = first[g * q + i] + q;
-    }
-  const auto a = __builtin_shuffle(p0, p1, low) + __builtin_shuffle(p0, p1, high);
-  const auto b = __builtin_shuffle(p2, p3, low) + __builtin_shuffle(p2, p3, high);
-  auto x = __builtin_shuffle(a, b, first) + __builtin_shuffle(a, b, second);
-  for (int64_t w = q / 2; w >= 1; w /= 2) x += __builtin_shuffle(x, across<T>(q, w));
-  for (int64_t g = 0; g < 4; ++g) out[g] = x[g * q];
 }
 #else
 // Other compilers (clang: the fuzzers' build) have no __builtin_shuffle
