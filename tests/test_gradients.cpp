@@ -452,9 +452,11 @@ TEST(Gradients, DensePathAgreesWithThePerLevelPathAndFiniteDifferences) {
           for (const auto& p : dense->named_parameters())
             EXPECT_TRUE(torch::allclose(p.value().grad(), on_levels[p.key()].grad(), 1e-11, 1e-11)) << p.key();
         }
-        EXPECT_LE(
-            max_gradient_error(dense, torch::randn({5, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64)),
-            1e-6);
+        // A step of 1e-5: at 1e-6 the loss's rounding alone left the per-level
+        // path too up to 1.3e-6 on these networks; at 1e-5 both are near 1e-8.
+        EXPECT_LE(max_gradient_error(
+                      dense, torch::randn({5, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64), 64, 1e-5),
+                  1e-6);
       }
 }
 

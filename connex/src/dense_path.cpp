@@ -114,9 +114,17 @@ Tensor dense_formula(const DensePlan& plan, const variable_list& in) {
 
 // Saved for backward: values, pre-activations, x (when it requires grad;
 // else its copy in values serves the formula), weight, bias, the norm's gamma
-// and beta (undefined without it), then per level with the norm (normed,
-// rstd, and what the level's weights multiplied: gamma ⊙ normed + beta).
+// and beta (undefined without it), then with the norm every level's normed
+// sources (level k's rows from its norm_row), rstd ([levels, batch]) and what
+// the levels' weights multiplied (gamma ⊙ normed + beta, rows as normed's):
+// three tensors rather than three per level, since on a small network each
+// tensor costs more than its arithmetic.
 constexpr size_t kFixedSaved = 7;
+
+template <typename T>
+T* row(const Tensor& t, int64_t r) {
+  return t.data_ptr<T>() + r * t.size(-1);
+}
 
 class DenseFunction : public torch::autograd::Function<DenseFunction> {
  public:
@@ -137,16 +145,24 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
     // Pre-activations of hidden rows, for an activation whose derivative needs them.
     Tensor pre = act.derivative_from_output ? Tensor() : torch::empty({plan.neurons, batch}, weight.options());
     variable_list saved{values, pre, x.requires_grad() ? x : Tensor(), weight, bias, gamma_in, beta_in};
+    Tensor normed, rstd, scaled;
+    if (plan.norm) {
+      normed = torch::empty({norm_size, batch}, weight.options());
+      scaled = torch::empty_like(normed);
+      rstd = torch::empty({static_cast<int64_t>(plan.steps.size()), batch}, weight.options());
+      saved.insert(saved.end(), {normed, rstd, scaled});
+    }
     for (size_t k = 0; k < plan.steps.size(); ++k) {
       const DenseStep& s = plan.steps[k];
       auto sources = values.narrow(0, s.source_begin, s.width);
       if (plan.norm) {
-        auto normed = torch::empty_like(sources), y = torch::empty_like(sources);
-        auto rstd = torch::empty({batch}, sources.options());
-        topo_norm_forward(sources, gamma.narrow(0, s.norm_row, s.width), beta.narrow(0, s.norm_row, s.width), normed, y,
-                          rstd);
-        saved.insert(saved.end(), {normed, rstd, y});
-        sources = y;
+        AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "connex_topo_norm_forward", [&] {
+          topo_norm_forward_rows(row<scalar_t>(values, s.source_begin), row<scalar_t>(gamma, s.norm_row),
+                                 row<scalar_t>(beta, s.norm_row), row<scalar_t>(normed, s.norm_row),
+                                 row<scalar_t>(scaled, s.norm_row), row<scalar_t>(rstd, static_cast<int64_t>(k)),
+                                 s.width, batch);
+        });
+        sources = scaled.narrow(0, s.norm_row, s.width);
       }
       auto out = values.narrow(0, s.begin, s.size);
       at::addmm_out(out, level_bias(plan, s, bias), level_weight(s, weight), sources);
@@ -188,6 +204,12 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
     else
       g.index_copy_(0, output_index(plan, g.device()), grad_out);
     Tensor gw = need_w ? torch::empty_like(weight) : Tensor(), gb = need_b ? torch::empty_like(bias) : Tensor();
+    Tensor dy_rows;  // with the norm: dL/d(a level's normed sources), one level at a time
+    if (plan.norm) {
+      int64_t widest = 0;
+      for (const DenseStep& s : plan.steps) widest = std::max(widest, s.width);
+      dy_rows = torch::empty({widest, values.size(1)}, values.options());
+    }
     // Sources below `first_needed` need no gradient (the inputs, unless x wants one).
     const int64_t first_needed = need_x ? 0 : plan.inputs;
     for (size_t k = plan.steps.size(); k-- > 0;) {
@@ -199,8 +221,8 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
         gh.copy_(act.derivative(gh, arg.narrow(0, s.begin, s.hidden)));
       }
       // What the level's weights multiplied: its sources, or their normed form.
-      const size_t at = kFixedSaved + 3 * k;
-      const auto sources = plan.norm ? saved[at + 2] : values.narrow(0, s.source_begin, s.width);
+      const auto sources =
+          plan.norm ? saved[kFixedSaved + 2].narrow(0, s.norm_row, s.width) : values.narrow(0, s.source_begin, s.width);
       if (need_w) {
         auto gw_level = gw.narrow(0, s.conn_begin, s.size * s.width).view({s.size, s.width});
         at::mm_out(gw_level, gl, sources.t());
@@ -215,12 +237,17 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
         if (from < end) g.narrow(0, from, end - from).addmm_(w.narrow(1, from - s.source_begin, end - from).t(), gl);
         continue;
       }
-      const auto dy = torch::mm(w.t(), gl);  // dL/d(normed sources)
-      const auto &normed = saved[at], &rstd = saved[at + 1];
-      auto ds = torch::empty_like(dy), dgamma = result[3].narrow(0, s.norm_row, s.width),
-           dbeta = result[4].narrow(0, s.norm_row, s.width);
-      topo_norm_backward(dy, normed, gamma.narrow(0, s.norm_row, s.width), rstd, ds, dgamma, dbeta);
-      if (from < end) g.narrow(0, from, end - from).add_(ds.narrow(0, from - s.source_begin, end - from));
+      auto dy = dy_rows.narrow(0, 0, s.width);
+      at::mm_out(dy, w.t(), gl);
+      // The sources' gradient goes straight into g's rows (those of inputs
+      // that need none too: no one reads them).
+      const auto &normed = saved[kFixedSaved], &rstd = saved[kFixedSaved + 1];
+      AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "connex_topo_norm_backward", [&] {
+        topo_norm_backward_rows(row<scalar_t>(dy, 0), row<scalar_t>(normed, s.norm_row),
+                                row<scalar_t>(gamma, s.norm_row), row<scalar_t>(rstd, static_cast<int64_t>(k)),
+                                row<scalar_t>(g, s.source_begin), true, row<scalar_t>(result[3], s.norm_row),
+                                row<scalar_t>(result[4], s.norm_row), s.width, values.size(1));
+      });
     }
     if (need_x) result[0] = g.narrow(0, 0, plan.inputs).t().contiguous();
     result[1] = gw, result[2] = gb;

@@ -34,4 +34,18 @@ void topo_norm_forward(const torch::Tensor& s, const torch::Tensor& gamma, const
 void topo_norm_backward(const torch::Tensor& dy, const torch::Tensor& normed, const torch::Tensor& gamma,
                         const torch::Tensor& rstd, torch::Tensor& ds, torch::Tensor& dgamma, torch::Tensor& dbeta);
 
+// The loops of both on raw rows, for a caller that lays several levels out
+// in one tensor: s, normed, y, dy and ds [L, B] row-major, gamma, beta,
+// dgamma and dbeta [L], rstd [B]. ds is written, or added to with `add` (a
+// caller's own gradient rows). Compiled for each instruction set
+// (vector_clones.h).
+void topo_norm_forward_rows(const float* s, const float* gamma, const float* beta, float* normed, float* y, float* rstd,
+                            int64_t L, int64_t B);
+void topo_norm_forward_rows(const double* s, const double* gamma, const double* beta, double* normed, double* y,
+                            double* rstd, int64_t L, int64_t B);
+void topo_norm_backward_rows(const float* dy, const float* normed, const float* gamma, const float* rstd, float* ds,
+                             bool add, float* dgamma, float* dbeta, int64_t L, int64_t B);
+void topo_norm_backward_rows(const double* dy, const double* normed, const double* gamma, const double* rstd,
+                             double* ds, bool add, double* dgamma, double* dbeta, int64_t L, int64_t B);
+
 }  // namespace connex
