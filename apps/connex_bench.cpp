@@ -386,7 +386,9 @@ void kernel_crossover(Run& run) {
     run.rows.push_back(
         {fmt::format("7. fused kernel vs per-level path at {:g}%, same network, batch 128", density * 100), fmt_time(a),
          fmt_time(b), fmt::format("{:.2f}", a / b),
-         "each forced; the planner takes the per-level path from 55% (kMatmulDensity)" + pools});
+         "each forced; the planner takes the per-level path from 55% with AVX-512, 45% AVX2, 35% SSE2 "
+         "(kMatmulDensity)" +
+             pools});
   }
 }
 

@@ -3,9 +3,31 @@
 
 #include "fused_plan.h"
 #include "test_util.h"
+#include "vector_clones.h"
 
 using namespace connex;
 using namespace connex::testing;
+
+namespace {
+
+// The fused kernel's vector widths this processor runs, widest first: tests
+// run each (an AVX-512 machine runs all three instruction sets' code).
+std::vector<int> kernel_widths() {
+  std::vector<int> widths;
+  for (int bytes : {64, 32, 16})
+    if (bytes <= widest_vector_bytes()) widths.push_back(bytes);
+  return widths;
+}
+
+// Runs the kernel in `bytes`-wide vectors for a scope, the processor's own after it.
+struct KernelWidth {
+  explicit KernelWidth(int bytes) { set_fused_kernel_lanes(bytes); }
+  ~KernelWidth() { set_fused_kernel_lanes(0); }
+  KernelWidth(const KernelWidth&) = delete;
+  KernelWidth& operator=(const KernelWidth&) = delete;
+};
+
+}  // namespace
 
 TEST(Gradients, RandomDagsEveryActivationMatchFiniteDifferences) {
   std::mt19937_64 rng(2024);
@@ -54,7 +76,9 @@ TEST(Gradients, DenseMlpMatchesFiniteDifferences) {
 TEST(Gradients, FusedKernelAndBatchPathAgreeAndMatchFiniteDifferences) {
   std::mt19937_64 rng(31);
   const std::vector<std::string> activations = {"relu", "gelu", "silu", "tanh", "sigmoid", "identity"};
+  const std::vector<int> widths = kernel_widths();
   for (int trial = 0; trial < 72; ++trial) {
+    const KernelWidth width(widths[static_cast<size_t>(trial / 5) % widths.size()]);
     auto spec = random_dag(rng, {4, 24, 0.3, trial % 2 == 1});
     const auto& act = activations[trial % activations.size()];
     const bool adaptive = (trial / activations.size()) % 2 == 1;
@@ -97,18 +121,21 @@ TEST(Gradients, FusedKernelAndBatchPathAgreeAndMatchFiniteDifferences) {
   }
 }
 
-// The kernel runs its batch loops in 64-byte lanes (16 floats) with a
-// scalar tail, four connections a pass or (with AVX-512) in tiles of up to
-// eight vectors held in registers: float32 networks at batch sizes around 16 and past 128, random in- and out-degrees,
-// with and without adaptive activations, against the per-level path in float64 on the same parameters.
+// The kernel runs its batch loops in vectors of 64, 32 or 16 bytes (16, 8
+// or 4 floats; each instruction set's registers) with a scalar tail, its
+// sums in tiles of up to eight vectors held in registers: float32 networks
+// at batch sizes around one vector's and past eight, random in- and
+// out-degrees, with and without adaptive activations, against the per-level
+// path in float64 on the same parameters, in every width the processor runs.
 TEST(Gradients, FusedKernelLanesAgreeInFloat32) {
   std::mt19937_64 rng(5);
   int trial = 0;
-  for (bool tiles : {true, false})  // without the tiles: the loops other processors run
+  for (int bytes : kernel_widths())
     for (const char* act : {"relu", "tanh", "identity"})
       for (bool adaptive : {false, true}) {
-        set_fused_kernel_tiles(tiles);
-        SCOPED_TRACE(std::string(act) + (adaptive ? ", adaptive" : "") + (tiles ? "" : ", no tiles"));
+        const KernelWidth width(bytes);
+        SCOPED_TRACE(std::string(act) + (adaptive ? ", adaptive" : "") + ", " + std::to_string(bytes) +
+                     "-byte vectors");
         auto spec = random_dag(rng, {20, 40, 0.4});
         auto options = NeuralNetworkOptions()
                            .dtype(torch::kFloat32)
@@ -120,7 +147,7 @@ TEST(Gradients, FusedKernelLanesAgreeInFloat32) {
             spec, NeuralNetworkOptions(options).dtype(torch::kFloat64).execution(ExecutionOptions().fused(false)));
         ASSERT_TRUE(fused->uses_fused_kernel());
         copy_parameters_with_random_scales(fused, reference);
-        for (int64_t batch : {1, 15, 16, 17, 40, 64, 128, 200, 300}) {
+        for (int64_t batch : {1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40, 64, 128, 200, 300}) {
           SCOPED_TRACE("batch " + std::to_string(batch));
           auto x = torch::randn({batch, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
           auto xf = x.to(torch::kFloat32).requires_grad_(true), xr = x.clone().requires_grad_(true);
@@ -143,7 +170,15 @@ TEST(Gradients, FusedKernelLanesAgreeInFloat32) {
           }
         }
       }
-  set_fused_kernel_tiles(true);
+}
+
+// Only the widths the kernel has, and none wider than the processor's.
+TEST(Gradients, KernelWidthRefusesWhatItCannotRun) {
+  EXPECT_THROW_MSG(set_fused_kernel_lanes(24), "set_fused_kernel_lanes(): expected 0, 16, 32 or 64 bytes, got 24");
+  EXPECT_EQ(fused_kernel_lanes(), widest_vector_bytes());
+  if (widest_vector_bytes() < 64)
+    EXPECT_THROW_MSG(set_fused_kernel_lanes(64), "set_fused_kernel_lanes(): this processor's vectors are at most");
+  EXPECT_EQ(fused_kernel_lanes(), widest_vector_bytes());
 }
 
 // An operation that names activation scales but does not replace the
@@ -326,38 +361,41 @@ TEST(Gradients, FusedKernelAgreesWhenALevelIsSplitBetweenThreads) {
   const auto spec = GraphSpec::from_edges(edges, inputs, outputs);
   // Batch 200: the rows (3010 × 200 values) exceed the 2 MiB from which the kernel prefetches them.
   for (int64_t batch : {16, 200})
-    for (auto [dtype, act, tolerance] :
-         {std::tuple{torch::kFloat64, "tanh", 1e-10}, std::tuple{torch::kFloat32, "identity", 1e-4}}) {
-      SCOPED_TRACE(std::string(act) + ", batch " + std::to_string(batch));
-      auto options = NeuralNetworkOptions().dtype(dtype).hidden_activation(act).seed(3);
-      NeuralNetwork fused(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(true)));
-      NeuralNetwork levels(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false)));
-      ASSERT_TRUE(fused->uses_fused_kernel());
-      auto x = torch::randn({batch, 8}, dtype);
-      auto xf = x.clone().requires_grad_(true), xl = x.clone().requires_grad_(true);
-      auto yf = fused->forward(xf), yl = levels->forward(xl);
-      EXPECT_TRUE(torch::allclose(yf, yl, tolerance, tolerance));
-      auto r = torch::randn_like(yf);
-      (yf * r).sum().backward();
-      (yl * r).sum().backward();
-      EXPECT_TRUE(torch::allclose(xf.grad(), xl.grad(), tolerance, tolerance));
-      EXPECT_TRUE(torch::allclose(fused->weight_tensor().grad(), levels->weight_tensor().grad(), tolerance, tolerance));
-      EXPECT_TRUE(torch::allclose(fused->bias_tensor().grad(), levels->bias_tensor().grad(), tolerance, tolerance));
+    for (int bytes : kernel_widths())
+      for (auto [dtype, act, tolerance] :
+           {std::tuple{torch::kFloat64, "tanh", 1e-10}, std::tuple{torch::kFloat32, "identity", 1e-4}}) {
+        const KernelWidth width(bytes);
+        SCOPED_TRACE(std::string(act) + ", batch " + std::to_string(batch) + ", " + std::to_string(bytes) + " bytes");
+        auto options = NeuralNetworkOptions().dtype(dtype).hidden_activation(act).seed(3);
+        NeuralNetwork fused(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(true)));
+        NeuralNetwork levels(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false)));
+        ASSERT_TRUE(fused->uses_fused_kernel());
+        auto x = torch::randn({batch, 8}, dtype);
+        auto xf = x.clone().requires_grad_(true), xl = x.clone().requires_grad_(true);
+        auto yf = fused->forward(xf), yl = levels->forward(xl);
+        EXPECT_TRUE(torch::allclose(yf, yl, tolerance, tolerance));
+        auto r = torch::randn_like(yf);
+        (yf * r).sum().backward();
+        (yl * r).sum().backward();
+        EXPECT_TRUE(torch::allclose(xf.grad(), xl.grad(), tolerance, tolerance));
+        EXPECT_TRUE(
+            torch::allclose(fused->weight_tensor().grad(), levels->weight_tensor().grad(), tolerance, tolerance));
+        EXPECT_TRUE(torch::allclose(fused->bias_tensor().grad(), levels->bias_tensor().grad(), tolerance, tolerance));
 
-      // Each row is summed by one thread in a fixed order, so the split
-      // changes no bit: one thread gives the same values and gradients.
-      const auto weight_grad = fused->weight_tensor().grad().clone(), bias_grad = fused->bias_tensor().grad().clone();
-      torch::set_num_threads(1);
-      auto x1 = x.clone().requires_grad_(true);
-      auto y1 = fused->forward(x1);
-      fused->zero_grad();
-      (y1 * r).sum().backward();
-      torch::set_num_threads(2);
-      EXPECT_TRUE(torch::equal(y1, yf));
-      EXPECT_TRUE(torch::equal(x1.grad(), xf.grad()));
-      EXPECT_TRUE(torch::equal(fused->weight_tensor().grad(), weight_grad));
-      EXPECT_TRUE(torch::equal(fused->bias_tensor().grad(), bias_grad));
-    }
+        // Each row is summed by one thread in a fixed order, so the split
+        // changes no bit: one thread gives the same values and gradients.
+        const auto weight_grad = fused->weight_tensor().grad().clone(), bias_grad = fused->bias_tensor().grad().clone();
+        torch::set_num_threads(1);
+        auto x1 = x.clone().requires_grad_(true);
+        auto y1 = fused->forward(x1);
+        fused->zero_grad();
+        (y1 * r).sum().backward();
+        torch::set_num_threads(2);
+        EXPECT_TRUE(torch::equal(y1, yf));
+        EXPECT_TRUE(torch::equal(x1.grad(), xf.grad()));
+        EXPECT_TRUE(torch::equal(fused->weight_tensor().grad(), weight_grad));
+        EXPECT_TRUE(torch::equal(fused->bias_tensor().grad(), bias_grad));
+      }
   torch::set_num_threads(previous);
 }
 

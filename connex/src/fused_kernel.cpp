@@ -166,56 +166,64 @@ __attribute__((always_inline)) inline T sum_of(const T* __restrict x, int64_t n)
   return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
 }
 
-// 64 bytes of T (16 floats, 8 doubles) as one GCC vector: one AVX-512
-// register, two AVX2 or four SSE2 ones in the clones (vector_clones.h). The
-// batch loops below are written on it, so each clone's code is fixed rather
-// than left to the auto-vectoriser (which split an 8-way partial sum into
-// shuffles and scalar adds in the AVX-512 clone).
-template <typename T>
+// W bytes of T as one GCC vector, W the register width of the instruction
+// set a row function is compiled for (64 with AVX-512, 32 with AVX2, 16 in
+// x86-64's SSE2 baseline: run_rows below): one register per vector. The
+// batch loops are written on it, so each instruction set's code is fixed
+// rather than left to the auto-vectoriser (which split an 8-way partial sum
+// into shuffles and scalar adds). Vectors wider than the registers, as one
+// 64-byte width for every set was, GCC lowers piecewise, and stores of them
+// went through the stack and general registers in the AVX2 code.
+template <typename T, int W>
 struct Lanes {
-  typedef T V __attribute__((vector_size(64)));
-  static constexpr int64_t n = 64 / sizeof(T);
+  typedef T V __attribute__((vector_size(W)));
+  static constexpr int64_t n = W / static_cast<int64_t>(sizeof(T));
+  __attribute__((always_inline)) static V load(const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  __attribute__((always_inline)) static void store(T* p, const V& v) { std::memcpy(p, &v, sizeof v); }
+  // Every lane x (a -0.0 stays -0.0, which 0 + x would not keep).
+  __attribute__((always_inline)) static V broadcast(T x) {
+    V v;
+    for (int64_t i = 0; i < n; ++i) v[i] = x;
+    return v;
+  }
+  // The lanes' sum in a fixed pairwise order: lane i += lane i + w for
+  // w = n/2, ..., 1. In registers: summed through an array, GCC spilled it
+  // to the stack and added the last lanes one by one; the halves are added
+  // down to 16 bytes, which every set shuffles in one instruction.
+  __attribute__((always_inline)) static T sum(const V& v);
+  // sum() of four vectors into out[0..3], the same additions in the same
+  // order, the last steps shared: the four 16-byte pieces are transposed as
+  // they are summed.
+  __attribute__((always_inline)) static void sum4(const V& p0, const V& p1, const V& p2, const V& p3, T* out);
 };
-template <typename T>
-__attribute__((always_inline)) inline typename Lanes<T>::V load(const T* p) {
-  typename Lanes<T>::V v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-template <typename T>
-__attribute__((always_inline)) inline void store(T* p, const typename Lanes<T>::V& v) {
-  std::memcpy(p, &v, sizeof v);
-}
+
 #if defined(__GNUC__) && !defined(__clang__)
-// The lanes' sum in a fixed pairwise order, the same in every clone: lane i
-// += lane i + w for w = n/2, ..., 1 (the AVX2 and AVX-512 clones contract
-// products into FMAs, so their rounding differs). Done in registers: summed
-// through an array, GCC spilled it to the stack and added the last lanes one
-// by one; and on 16-byte pieces, which every clone shuffles in one
-// instruction (shuffles of whole 64-byte vectors went through general
-// registers in the AVX2 clone). The first two steps add halves: 64 bytes to 16.
 template <typename T>
 struct Narrow {
-  typedef T V32 __attribute__((vector_size(32)));
   typedef T V16 __attribute__((vector_size(16)));
   typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
   typedef I Mask __attribute__((vector_size(16)));  // __builtin_shuffle's lane picks for V16
 };
-template <typename T>
-__attribute__((always_inline)) inline typename Narrow<T>::V16 to_16_bytes(const typename Lanes<T>::V& v) {
-  typename Narrow<T>::V32 a, b;
-  std::memcpy(&a, &v, 32);
-  std::memcpy(&b, reinterpret_cast<const char*>(&v) + 32, 32);
-  const typename Narrow<T>::V32 s = a + b;
-  typename Narrow<T>::V16 c, d;
-  std::memcpy(&c, &s, 16);
-  std::memcpy(&d, reinterpret_cast<const char*>(&s) + 16, 16);
-  return c + d;
+// A vector's halves added, then those halves', down to 16 bytes.
+template <typename T, int W>
+__attribute__((always_inline)) inline typename Narrow<T>::V16 to_16_bytes(const typename Lanes<T, W>::V& v) {
+  if constexpr (W == 16) {
+    return v;
+  } else {
+    typename Lanes<T, W / 2>::V a, b;
+    std::memcpy(&a, &v, W / 2);
+    std::memcpy(&b, reinterpret_cast<const char*>(&v) + W / 2, W / 2);
+    return to_16_bytes<T, W / 2>(a + b);
+  }
 }
-template <typename T>
-__attribute__((always_inline)) inline T sum_lanes(const typename Lanes<T>::V& v) {
+template <typename T, int W>
+inline T Lanes<T, W>::sum(const V& v) {
   using M = typename Narrow<T>::Mask;
-  auto q = to_16_bytes<T>(v);
+  auto q = to_16_bytes<T, W>(v);
   if constexpr (sizeof(T) == 4) {
     q += __builtin_shuffle(q, M{2, 3, 0, 1});
     q += __builtin_shuffle(q, M{1, 0, 3, 2});
@@ -224,15 +232,11 @@ __attribute__((always_inline)) inline T sum_lanes(const typename Lanes<T>::V& v)
     return q[0] + q[1];
   }
 }
-// sum_lanes of four vectors into out[0..3], the same additions in the same
-// order, the last steps shared: the four 16-byte pieces are transposed as
-// they are summed.
-template <typename T>
-__attribute__((always_inline)) inline void sum_lanes4(const typename Lanes<T>::V& p0, const typename Lanes<T>::V& p1,
-                                                      const typename Lanes<T>::V& p2, const typename Lanes<T>::V& p3,
-                                                      T* out) {
+template <typename T, int W>
+inline void Lanes<T, W>::sum4(const V& p0, const V& p1, const V& p2, const V& p3, T* out) {
   using M = typename Narrow<T>::Mask;
-  const auto q0 = to_16_bytes<T>(p0), q1 = to_16_bytes<T>(p1), q2 = to_16_bytes<T>(p2), q3 = to_16_bytes<T>(p3);
+  const auto q0 = to_16_bytes<T, W>(p0), q1 = to_16_bytes<T, W>(p1), q2 = to_16_bytes<T, W>(p2),
+             q3 = to_16_bytes<T, W>(p3);
   if constexpr (sizeof(T) == 4) {
     const auto a = __builtin_shuffle(q0, q1, M{0, 1, 4, 5}) + __builtin_shuffle(q0, q1, M{2, 3, 6, 7});
     const auto b = __builtin_shuffle(q2, q3, M{0, 1, 4, 5}) + __builtin_shuffle(q2, q3, M{2, 3, 6, 7});
@@ -248,41 +252,19 @@ __attribute__((always_inline)) inline void sum_lanes4(const typename Lanes<T>::V
 #else
 // Other compilers (clang: the fuzzers' build) have no __builtin_shuffle
 // with computed masks; the same additions through an array.
-template <typename T>
-__attribute__((always_inline)) inline T sum_lanes(const typename Lanes<T>::V& v) {
-  T x[Lanes<T>::n];
+template <typename T, int W>
+inline T Lanes<T, W>::sum(const V& v) {
+  T x[n];
   std::memcpy(x, &v, sizeof v);
-  for (int64_t width = Lanes<T>::n / 2; width >= 1; width /= 2)
+  for (int64_t width = n / 2; width >= 1; width /= 2)
     for (int64_t i = 0; i < width; ++i) x[i] += x[i + width];
   return x[0];
 }
-template <typename T>
-__attribute__((always_inline)) inline void sum_lanes4(typename Lanes<T>::V p0, typename Lanes<T>::V p1,
-                                                      typename Lanes<T>::V p2, typename Lanes<T>::V p3, T* out) {
-  out[0] = sum_lanes<T>(p0), out[1] = sum_lanes<T>(p1), out[2] = sum_lanes<T>(p2), out[3] = sum_lanes<T>(p3);
+template <typename T, int W>
+inline void Lanes<T, W>::sum4(const V& p0, const V& p1, const V& p2, const V& p3, T* out) {
+  out[0] = sum(p0), out[1] = sum(p1), out[2] = sum(p2), out[3] = sum(p3);
 }
 #endif
-
-// Every lane x (a -0.0 stays -0.0, which 0 + x would not keep).
-template <typename T>
-__attribute__((always_inline)) inline typename Lanes<T>::V broadcast(T x) {
-  typename Lanes<T>::V v;
-  for (int64_t i = 0; i < Lanes<T>::n; ++i) v[i] = x;
-  return v;
-}
-
-// Whether the processor has AVX-512's 32 vector registers, where a tile of
-// eight 64-byte vectors stays in registers. In the AVX2 and SSE2 clones the
-// same tile spills to the stack (the forward ran three times slower), so
-// there the kernel keeps its loops of four connections a pass over the row.
-inline bool wide_registers() {
-#if defined(__GNUC__) && defined(__x86_64__)
-  static const bool wide = __builtin_cpu_supports("avx512f");
-  return wide;
-#else
-  return false;
-#endif
-}
 
 // z = bias + the weighted sum of connections [c0, c1)'s source rows. The
 // terms are added one by one in connection order: a connection of weight 0
@@ -292,68 +274,45 @@ inline bool wide_registers() {
 //
 // M vectors of z from lane k on: the sums stay in registers across the
 // connections, each connection one multiply-add per vector.
-template <int M, typename T>
+template <int M, typename T, int W>
 __attribute__((always_inline)) inline void weighted_tile(T* __restrict z, T bias, const T* w, const int64_t* src,
                                                          int64_t c0, int64_t c1, const T* V, int64_t B, int64_t k,
                                                          int64_t prefetch_end) {
-  using Vec = typename Lanes<T>::V;
-  constexpr int64_t n = Lanes<T>::n;
+  using L = Lanes<T, W>;
+  using Vec = typename L::V;
+  constexpr int64_t n = L::n;
   Vec acc[M];
-  for (int i = 0; i < M; ++i) acc[i] = broadcast<T>(bias);
+  for (int i = 0; i < M; ++i) acc[i] = L::broadcast(bias);
   for (int64_t c = c0; c < c1; ++c) {
     if (c + kPrefetchAhead < prefetch_end) prefetch_row(V + src[c + kPrefetchAhead] * B, B);
     const T wc = w[c];
     const T* v = V + src[c] * B + k;
-    for (int i = 0; i < M; ++i) acc[i] += wc * load(v + i * n);
+    for (int i = 0; i < M; ++i) acc[i] += wc * L::load(v + i * n);
   }
-  for (int i = 0; i < M; ++i) store(z + k + i * n, acc[i]);
+  for (int i = 0; i < M; ++i) L::store(z + k + i * n, acc[i]);
 }
 
-// Without the registers for tiles: four connections a pass over z, so that z
-// is loaded and stored a quarter as often, each term added in turn.
-template <typename T>
-__attribute__((always_inline)) inline void weighted_four(T* __restrict z, T bias, const T* w, const int64_t* src,
-                                                         int64_t c0, int64_t c1, const T* V, int64_t B,
-                                                         int64_t prefetch_end) {
-  constexpr int64_t n = Lanes<T>::n;
-  for (int64_t k = 0; k < B; ++k) z[k] = bias;
-  int64_t c = c0;
-  for (; c + 4 <= c1; c += 4) {
-    for (int64_t a = 0; a < 4; ++a)
-      if (c + a + kPrefetchAhead < prefetch_end) prefetch_row(V + src[c + a + kPrefetchAhead] * B, B);
-    const T w0 = w[c], w1 = w[c + 1], w2 = w[c + 2], w3 = w[c + 3];
-    const T *v0 = V + src[c] * B, *v1 = V + src[c + 1] * B, *v2 = V + src[c + 2] * B, *v3 = V + src[c + 3] * B;
-    int64_t k = 0;
-    for (; k + n <= B; k += n)
-      store(z + k, load(z + k) + w0 * load(v0 + k) + w1 * load(v1 + k) + w2 * load(v2 + k) + w3 * load(v3 + k));
-    for (; k < B; ++k) z[k] = z[k] + w0 * v0[k] + w1 * v1[k] + w2 * v2[k] + w3 * v3[k];
-  }
-  for (; c < c1; ++c) {
-    if (c + kPrefetchAhead < prefetch_end) prefetch_row(V + src[c + kPrefetchAhead] * B, B);
-    const T wc = w[c];
-    const T* __restrict v = V + src[c] * B;
-    int64_t k = 0;
-    for (; k + n <= B; k += n) store(z + k, load(z + k) + wc * load(v + k));
-    for (; k < B; ++k) z[k] += wc * v[k];
-  }
-}
-
-// The whole row: with wide registers, tiles of eight vectors, then of four,
-// two and one (each a pass over the connections), then the lanes left.
-template <typename T>
+// The whole row: tiles of eight vectors, then of four, two and one (each a
+// pass over the connections), then the lanes left. Eight vectors of sums
+// take half the registers of AVX2 and SSE2 too (sixteen each), where the
+// tiles ran 5-15 % faster than four connections a pass over the row.
+template <typename T, int W>
 __attribute__((always_inline)) inline void weighted_sum(T* __restrict z, T bias, const T* w, const int64_t* src,
                                                         int64_t c0, int64_t c1, const T* V, int64_t B,
-                                                        int64_t prefetch_end, bool tiles) {
-  if (!tiles) return weighted_four(z, bias, w, src, c0, c1, V, B, prefetch_end);
-  constexpr int64_t n = Lanes<T>::n;
+                                                        int64_t prefetch_end) {
+  using L = Lanes<T, W>;
+  constexpr int64_t n = L::n;
   int64_t k = 0;
   // The first pass over the connections asks ahead for whole rows.
-  for (; k + 8 * n <= B; k += 8 * n, prefetch_end = 0) weighted_tile<8>(z, bias, w, src, c0, c1, V, B, k, prefetch_end);
-  if (k + 4 * n <= B) weighted_tile<4>(z, bias, w, src, c0, c1, V, B, k, prefetch_end), k += 4 * n, prefetch_end = 0;
-  if (k + 2 * n <= B) weighted_tile<2>(z, bias, w, src, c0, c1, V, B, k, prefetch_end), k += 2 * n, prefetch_end = 0;
-  if (k + n <= B) weighted_tile<1>(z, bias, w, src, c0, c1, V, B, k, prefetch_end), k += n, prefetch_end = 0;
+  for (; k + 8 * n <= B; k += 8 * n, prefetch_end = 0)
+    weighted_tile<8, T, W>(z, bias, w, src, c0, c1, V, B, k, prefetch_end);
+  if (k + 4 * n <= B)
+    weighted_tile<4, T, W>(z, bias, w, src, c0, c1, V, B, k, prefetch_end), k += 4 * n, prefetch_end = 0;
+  if (k + 2 * n <= B)
+    weighted_tile<2, T, W>(z, bias, w, src, c0, c1, V, B, k, prefetch_end), k += 2 * n, prefetch_end = 0;
+  if (k + n <= B) weighted_tile<1, T, W>(z, bias, w, src, c0, c1, V, B, k, prefetch_end), k += n, prefetch_end = 0;
   if (k == B) return;
-  T tail[Lanes<T>::n];
+  T tail[n];
   for (int64_t j = k; j < B; ++j) tail[j - k] = bias;
   for (int64_t c = c0; c < c1; ++c) {
     if (c + kPrefetchAhead < prefetch_end) prefetch_row(V + src[c + kPrefetchAhead] * B, B);
@@ -394,10 +353,10 @@ struct Pass {
   T *G, *gw_out, *gb, *gsa, *gsb, *gx;
   int64_t B;
   bool prefetch;  // the rows exceed kPrefetchAbove bytes
-  bool tiles;     // fused_kernel_tiles()
+  int lanes;      // fused_kernel_lanes(): the vectors' width in bytes
 };
 
-template <typename T>
+template <typename T, int W>
 __attribute__((always_inline)) inline void forward_rows(const Pass<T>& p, int64_t first, int64_t last) {
   const Topology& topo = *p.topo;
   const int64_t* src = topo.conn_source().data();
@@ -406,7 +365,7 @@ __attribute__((always_inline)) inline void forward_rows(const Pass<T>& p, int64_
   for (int64_t d = first; d < last; ++d) {
     T* out = p.V + d * B;
     T* z = p.Z ? p.Z + (d - n_in) * B : out;
-    weighted_sum(z, p.b[d - n_in], p.w, src, in[d], in[d + 1], p.V, B, prefetch_end, p.tiles);
+    weighted_sum<T, W>(z, p.b[d - n_in], p.w, src, in[d], in[d + 1], p.V, B, prefetch_end);
     if (topo.role(d) == Role::Hidden && p.sa) {
       const T a = p.sa[d - n_in], s = p.sb[d - n_in];
       for (int64_t k = 0; k < B; ++k) out[k] = s * z[k];
@@ -425,16 +384,17 @@ __attribute__((always_inline)) inline void forward_rows(const Pass<T>& p, int64_
 // the connection's weight gradient (its dot with d's value row), which the
 // first tile writes and later ones add to. Four connections a pass; g's terms
 // are added in connection order, as in forward.
-template <int M, typename T>
+template <int M, typename T, int W>
 __attribute__((always_inline)) inline void source_tile(const Pass<T>& p, int64_t k0, int64_t end, const T* v,
                                                        T* __restrict g, int64_t j0, int64_t prefetch_end) {
-  using Vec = typename Lanes<T>::V;
-  constexpr int64_t n = Lanes<T>::n;
+  using L = Lanes<T, W>;
+  using Vec = typename L::V;
+  constexpr int64_t n = L::n;
   const int64_t* tgt = p.topo->out_targets().data();
   const int64_t B = p.B;
   const bool first = j0 == 0;
   Vec gv[M], vv[M];
-  for (int i = 0; i < M; ++i) gv[i] = load(g + j0 + i * n), vv[i] = load(v + j0 + i * n);
+  for (int i = 0; i < M; ++i) gv[i] = L::load(g + j0 + i * n), vv[i] = L::load(v + j0 + i * n);
   int64_t k = k0;
   for (; k + 4 <= end; k += 4) {
     for (int64_t a = 0; a < 4; ++a)
@@ -444,7 +404,8 @@ __attribute__((always_inline)) inline void source_tile(const Pass<T>& p, int64_t
             *gz3 = p.G + tgt[k + 3] * B + j0;
     Vec p0 = {}, p1 = {}, p2 = {}, p3 = {};
     for (int i = 0; i < M; ++i) {
-      const Vec a0 = load(gz0 + i * n), a1 = load(gz1 + i * n), a2 = load(gz2 + i * n), a3 = load(gz3 + i * n);
+      const Vec a0 = L::load(gz0 + i * n), a1 = L::load(gz1 + i * n), a2 = L::load(gz2 + i * n),
+                a3 = L::load(gz3 + i * n);
       gv[i] = gv[i] + w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3;
       p0 += a0 * vv[i];
       p1 += a1 * vv[i];
@@ -452,7 +413,7 @@ __attribute__((always_inline)) inline void source_tile(const Pass<T>& p, int64_t
       p3 += a3 * vv[i];
     }
     T dot[4];
-    sum_lanes4<T>(p0, p1, p2, p3, dot);
+    L::sum4(p0, p1, p2, p3, dot);
     for (int a = 0; a < 4; ++a) p.gw_out[k + a] = first ? dot[a] : p.gw_out[k + a] + dot[a];
   }
   for (; k < end; ++k) {
@@ -461,21 +422,23 @@ __attribute__((always_inline)) inline void source_tile(const Pass<T>& p, int64_t
     const T* gz = p.G + tgt[k] * B + j0;
     Vec part = {};
     for (int i = 0; i < M; ++i) {
-      const Vec a = load(gz + i * n);
+      const Vec a = L::load(gz + i * n);
       gv[i] += wc * a;
       part += a * vv[i];
     }
-    const T dot = sum_lanes<T>(part);
+    const T dot = L::sum(part);
     p.gw_out[k] = first ? dot : p.gw_out[k] + dot;
   }
-  for (int i = 0; i < M; ++i) store(g + j0 + i * n, gv[i]);
+  for (int i = 0; i < M; ++i) L::store(g + j0 + i * n, gv[i]);
 }
 
-// Neuron d's outgoing connections (see source_tile): with wide registers,
-// the batch in tiles of eight vectors, then what is left (all of it without)
-// in one pass that reads g and v from L1 (smaller tiles, one pass each over
-// the connections, were slower at batch 64 and 250).
-template <typename T>
+// Neuron d's outgoing connections (see source_tile): with AVX-512's 32
+// registers, the batch in tiles of eight vectors, then what is left (all of
+// it in narrower vectors) in one pass that reads g and v from L1. Smaller
+// tiles, one pass each over the connections, were slower at batch 64 and
+// 250; with sixteen registers (AVX2, SSE2) even a tile of four vectors
+// spilled and ran 8-12 % slower than the pass.
+template <typename T, int W>
 __attribute__((always_inline)) inline void source_pass(const Pass<T>& p, int64_t d, T* __restrict g) {
   const Topology& topo = *p.topo;
   const int64_t* tgt = topo.out_targets().data();
@@ -483,11 +446,12 @@ __attribute__((always_inline)) inline void source_pass(const Pass<T>& p, int64_t
   const int64_t B = p.B, begin = out_off[d], end = out_off[d + 1];
   int64_t prefetch_end = p.prefetch ? topo.num_connections() : 0;  // the first pass asks ahead for whole rows
   const T* __restrict v = p.V + d * B;
-  using Vec = typename Lanes<T>::V;
-  constexpr int64_t n = Lanes<T>::n;
+  using L = Lanes<T, W>;
+  using Vec = typename L::V;
+  constexpr int64_t n = L::n;
   int64_t j0 = 0;
-  for (; p.tiles && j0 + 8 * n <= B; j0 += 8 * n, prefetch_end = 0)
-    source_tile<8>(p, begin, end, v, g, j0, prefetch_end);
+  if constexpr (W == 64)
+    for (; j0 + 8 * n <= B; j0 += 8 * n, prefetch_end = 0) source_tile<8, T, W>(p, begin, end, v, g, j0, prefetch_end);
   if (j0 == B && B > 0) return;  // an empty batch still writes zero weight gradients below
   const bool first = j0 == 0;
   int64_t k = begin;
@@ -500,15 +464,16 @@ __attribute__((always_inline)) inline void source_pass(const Pass<T>& p, int64_t
     Vec p0 = {}, p1 = {}, p2 = {}, p3 = {};
     int64_t j = j0;
     for (; j + n <= B; j += n) {
-      const Vec vj = load(v + j), a0 = load(gz0 + j), a1 = load(gz1 + j), a2 = load(gz2 + j), a3 = load(gz3 + j);
-      store(g + j, load(g + j) + w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3);
+      const Vec vj = L::load(v + j), a0 = L::load(gz0 + j), a1 = L::load(gz1 + j), a2 = L::load(gz2 + j),
+                a3 = L::load(gz3 + j);
+      L::store(g + j, L::load(g + j) + w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3);
       p0 += a0 * vj;
       p1 += a1 * vj;
       p2 += a2 * vj;
       p3 += a3 * vj;
     }
     T dot[4];
-    sum_lanes4<T>(p0, p1, p2, p3, dot);
+    L::sum4(p0, p1, p2, p3, dot);
     for (; j < B; ++j) {
       g[j] = g[j] + w0 * gz0[j] + w1 * gz1[j] + w2 * gz2[j] + w3 * gz3[j];
       dot[0] += gz0[j] * v[j];
@@ -525,11 +490,11 @@ __attribute__((always_inline)) inline void source_pass(const Pass<T>& p, int64_t
     Vec part = {};
     int64_t j = j0;
     for (; j + n <= B; j += n) {
-      const Vec gzj = load(gz + j);
-      store(g + j, load(g + j) + wc * gzj);
-      part += gzj * load(v + j);
+      const Vec gzj = L::load(gz + j);
+      L::store(g + j, L::load(g + j) + wc * gzj);
+      part += gzj * L::load(v + j);
     }
-    T dot = sum_lanes<T>(part);
+    T dot = L::sum(part);
     for (; j < B; ++j) {
       g[j] += wc * gz[j];
       dot += gz[j] * v[j];
@@ -538,7 +503,7 @@ __attribute__((always_inline)) inline void source_pass(const Pass<T>& p, int64_t
   }
 }
 
-template <typename T>
+template <typename T, int W>
 __attribute__((always_inline)) inline void backward_rows(const Pass<T>& p, int64_t first, int64_t last) {
   const Topology& topo = *p.topo;
   const int64_t n_in = topo.num_inputs(), B = p.B;
@@ -546,7 +511,7 @@ __attribute__((always_inline)) inline void backward_rows(const Pass<T>& p, int64
   for (int64_t d = first; d < last; ++d) {
     T* __restrict g = p.G + d * B;
     if (topo.role(d) != Role::Output) std::fill(g, g + B, T(0));  // output rows hold the seed
-    source_pass(p, d, g);
+    source_pass<T, W>(p, d, g);
     if (topo.role(d) == Role::Hidden && p.sa) {
       // v = a·act(s·z): dv/da = act(s·z), dv/ds = a·act'(s·z)·z, dv/dz = a·act'(s·z)·s.
       const T* __restrict z = p.Z + (d - n_in) * B;
@@ -554,17 +519,18 @@ __attribute__((always_inline)) inline void backward_rows(const Pass<T>& p, int64
       T da = 0, ds = 0;
       int64_t j = 0;
       if (act == Act::Relu) {  // the common case in lanes: act(u) = u·[u > 0], act'(u) = [u > 0]
-        using Vec = typename Lanes<T>::V;
+        using L = Lanes<T, W>;
+        using Vec = typename L::V;
         Vec va = {}, vs = {};
-        for (; j + Lanes<T>::n <= B; j += Lanes<T>::n) {
-          const Vec zj = load(z + j), u = s * zj, gv = load(g + j);
+        for (; j + L::n <= B; j += L::n) {
+          const Vec zj = L::load(z + j), u = s * zj, gv = L::load(g + j);
           const Vec gu = u > T(0) ? gv * a : Vec{};
           va += gv * (u > T(0) ? u : Vec{});
           vs += gu * zj;
-          store(g + j, gu * s);
+          L::store(g + j, gu * s);
         }
-        da = sum_lanes<T>(va);
-        ds = sum_lanes<T>(vs);
+        da = L::sum(va);
+        ds = L::sum(vs);
       }
       for (; j < B; ++j) {
         const T u = s * z[j], gv = g[j];
@@ -594,13 +560,13 @@ __attribute__((always_inline)) inline void backward_rows(const Pass<T>& p, int64
 
 // Inputs: their rows of G (zero) collect the gradient, which goes out as
 // column d of gx, [batch, inputs] like the input itself.
-template <typename T>
+template <typename T, int W>
 __attribute__((always_inline)) inline void input_rows(const Pass<T>& p, int64_t first, int64_t last) {
   const int64_t n_in = p.topo->num_inputs(), B = p.B;
   for (int64_t d = first; d < last; ++d) {
     T* g = p.G + d * B;
     std::fill(g, g + B, T(0));  // an input is never an output: no seed to keep
-    source_pass(p, d, g);
+    source_pass<T, W>(p, d, g);
     for (int64_t j = 0; j < B; ++j) p.gx[j * n_in + d] = g[j];
   }
 }
@@ -608,25 +574,42 @@ __attribute__((always_inline)) inline void input_rows(const Pass<T>& p, int64_t 
 // Which rows a pass runs.
 enum class Part { Forward, Backward, Inputs };
 
-// The row loops again for AVX2 with FMA and for AVX-512, chosen at load
-// time (vector_clones.h): the rows are loops over the batch, 2-4x as many
-// lanes as the SSE2 baseline.
-template <typename T>
+// The rows of a pass in vectors of W bytes.
+template <typename T, int W>
 __attribute__((always_inline)) inline void run_rows(Part part, const Pass<T>& p, int64_t first, int64_t last) {
   switch (part) {
     case Part::Forward:
-      return forward_rows(p, first, last);
+      return forward_rows<T, W>(p, first, last);
     case Part::Backward:
-      return backward_rows(p, first, last);
+      return backward_rows<T, W>(p, first, last);
     case Part::Inputs:
-      return input_rows(p, first, last);
+      return input_rows<T, W>(p, first, last);
   }
 }
-CONNEX_VECTOR_CLONES void rows_of(Part part, const Pass<float>& p, int64_t first, int64_t last) {
-  run_rows(part, p, first, last);
+// Compiled for each instruction set in its register width (vector_clones.h)
+// and chosen per pass (Pass::lanes): 2-4x as many lanes as the baseline.
+template <typename T>
+CONNEX_TARGET_AVX512 void rows_in_64_bytes(Part part, const Pass<T>& p, int64_t first, int64_t last) {
+  run_rows<T, 64>(part, p, first, last);
 }
-CONNEX_VECTOR_CLONES void rows_of(Part part, const Pass<double>& p, int64_t first, int64_t last) {
-  run_rows(part, p, first, last);
+template <typename T>
+CONNEX_TARGET_AVX2 void rows_in_32_bytes(Part part, const Pass<T>& p, int64_t first, int64_t last) {
+  run_rows<T, 32>(part, p, first, last);
+}
+template <typename T>
+void rows_in_16_bytes(Part part, const Pass<T>& p, int64_t first, int64_t last) {
+  run_rows<T, 16>(part, p, first, last);
+}
+template <typename T>
+void rows_of(Part part, const Pass<T>& p, int64_t first, int64_t last) {
+  switch (p.lanes) {
+    case 64:
+      return rows_in_64_bytes(part, p, first, last);
+    case 32:
+      return rows_in_32_bytes(part, p, first, last);
+    default:
+      return rows_in_16_bytes(part, p, first, last);
+  }
 }
 
 template <typename T>
@@ -699,7 +682,7 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
       p.Z = Z.defined() ? Z.data_ptr<scalar_t>() : nullptr;
       p.B = B;
       p.prefetch = N * B * static_cast<int64_t>(sizeof(scalar_t)) > kPrefetchAbove;
-      p.tiles = fused_kernel_tiles();
+      p.lanes = fused_kernel_lanes();
       run_forward(p);
       if (traced) {  // each level's rows, contiguous in V and Z
         const auto& levels = topo.levels();
@@ -775,7 +758,7 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
       p.gx = gx.data_ptr<scalar_t>();
       p.B = B;
       p.prefetch = N * B * static_cast<int64_t>(sizeof(scalar_t)) > kPrefetchAbove;
-      p.tiles = fused_kernel_tiles();
+      p.lanes = fused_kernel_lanes();
       run_backward(p);
       const scalar_t* go = gw_out.data_ptr<scalar_t>();
       scalar_t* gp = gw.data_ptr<scalar_t>();
@@ -797,10 +780,21 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
 }  // namespace
 
 namespace {
-std::atomic<bool> tiles_allowed{true};
+std::atomic<int> lanes_asked{0};
 }  // namespace
-bool fused_kernel_tiles() { return wide_registers() && tiles_allowed.load(std::memory_order_relaxed); }
-void set_fused_kernel_tiles(bool allowed) { tiles_allowed.store(allowed, std::memory_order_relaxed); }
+
+int fused_kernel_lanes() {
+  const int asked = lanes_asked.load(std::memory_order_relaxed);
+  return asked ? asked : widest_vector_bytes();
+}
+void set_fused_kernel_lanes(int bytes) {
+  if (bytes != 0 && bytes != 16 && bytes != 32 && bytes != 64)
+    fail("set_fused_kernel_lanes(): expected 0, 16, 32 or 64 bytes, got {}", bytes);
+  if (bytes > widest_vector_bytes())
+    fail("set_fused_kernel_lanes(): this processor's vectors are at most {} bytes, got {}", widest_vector_bytes(),
+         bytes);
+  lanes_asked.store(bytes, std::memory_order_relaxed);
+}
 
 void set_fused_kernel_threads(int threads) {
   if (threads < 0 || threads > 1024) fail("set_fused_kernel_threads(): expected 0 to 1024 threads, got {}", threads);

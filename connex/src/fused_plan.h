@@ -16,12 +16,13 @@ struct LevelTrace;
 // Built-in element-wise activations the fused kernel differentiates itself.
 bool fused_supports(const TensorFunction& activation);
 
-// Whether the kernel runs its register tiles here (the processor has
-// AVX-512's 32 vector registers), which make it faster per connection.
-// set_fused_kernel_tiles(false) makes it take the loops it takes elsewhere
-// (so tests run both on one machine); true restores the processor's choice.
-bool fused_kernel_tiles();
-void set_fused_kernel_tiles(bool allowed);
+// The width in bytes of the vectors the kernel's batch loops run in, each
+// width compiled for its instruction set: 64 with AVX-512, 32 with AVX2 and
+// FMA, else 16. set_fused_kernel_lanes(16, 32 or 64) runs a narrower width
+// than the processor's (tests run every width on one machine; wider than the
+// processor's fails), 0 restores the processor's.
+int fused_kernel_lanes();
+void set_fused_kernel_lanes(int bytes);
 
 // What the kernel needs besides the tensors, made once per network: the
 // topology with the kernel's connection layout (kept alive by the autograd

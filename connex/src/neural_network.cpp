@@ -169,11 +169,13 @@ std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const T
       operations_fuse && fused_supports(options.hidden_activation()) && !options.execution().force_kernel();
   // Connections in levels that run faster as one matmul than in the fused
   // kernel's loops: complete levels, and scattered ones at least
-  // kMatmulDensity dense (on a layered network, BENCHMARKS.md: with the
-  // kernel's register tiles, the per-level path ties with it at 60 % density
-  // and loses at 50 %; the kernel's loops without them were measured to
-  // lose at 40 % and win at 30 %).
-  const double kMatmulDensity = fused_kernel_tiles() ? 0.55 : 0.35;
+  // kMatmulDensity dense. On a layered network (BENCHMARKS.md) the kernel
+  // in AVX-512 vectors ties with the per-level path at 60 % density and wins
+  // at 50 %; in AVX2's, timed beside an AVX-512 BLAS, it wins at 40 % and
+  // loses at 50 %; in SSE2's, twice as slow, 35 % (measured before the
+  // kernel had register tiles).
+  const int lanes = fused_kernel_lanes();
+  const double kMatmulDensity = lanes >= 64 ? 0.55 : lanes >= 32 ? 0.45 : 0.35;
   int64_t dense_connections = 0;
   for (const auto& level : topology->levels()) {
     const double cells = static_cast<double>(level.size()) * static_cast<double>(level.sources.size());
