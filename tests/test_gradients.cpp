@@ -399,6 +399,36 @@ TEST(Gradients, FusedKernelAgreesWhenALevelIsSplitBetweenThreads) {
   torch::set_num_threads(previous);
 }
 
+// Past 2 MiB of weights (262,144 in double) backward gathers them into
+// outgoing order and scatters their gradients back; below, it reads and
+// writes them in place (tests above). The same values and gradients as the
+// per-level path, and for x too, in every width.
+TEST(Gradients, FusedKernelAgreesPastTheWeightsItReadsInPlace) {
+  const auto spec = nn::sparse_layered_spec({64, 1024, 1024, 10}, nn::SparseLayersOptions().density(0.27).seed(4));
+  auto options = NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("tanh").seed(5);
+  NeuralNetwork fused(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(true)));
+  NeuralNetwork levels(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false)));
+  ASSERT_TRUE(fused->uses_fused_kernel());
+  ASSERT_GT(fused->num_connections() * 8, 2 << 20);
+  auto x = torch::randn({5, 64}, torch::kFloat64);
+  auto xl = x.clone().requires_grad_(true);
+  auto yl = levels->forward(xl);
+  auto r = torch::randn_like(yl);
+  (yl * r).sum().backward();
+  for (int bytes : kernel_widths()) {
+    const KernelWidth width(bytes);
+    SCOPED_TRACE(std::to_string(bytes) + "-byte vectors");
+    fused->zero_grad();
+    auto xf = x.clone().requires_grad_(true);
+    auto yf = fused->forward(xf);
+    EXPECT_TRUE(torch::allclose(yf, yl, 1e-10, 1e-10));
+    (yf * r).sum().backward();
+    EXPECT_TRUE(torch::allclose(xf.grad(), xl.grad(), 1e-10, 1e-10));
+    EXPECT_TRUE(torch::allclose(fused->weight_tensor().grad(), levels->weight_tensor().grad(), 1e-10, 1e-10));
+    EXPECT_TRUE(torch::allclose(fused->bias_tensor().grad(), levels->bias_tensor().grad(), 1e-10, 1e-10));
+  }
+}
+
 // The fused kernel takes torch's intra-op thread count unless told its own
 // (its pool: tests/test_work_share.cpp shows the threads running).
 TEST(Gradients, FusedKernelThreadsFollowTorchUnlessSet) {
