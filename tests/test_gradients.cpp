@@ -100,8 +100,8 @@ TEST(Gradients, FusedKernelAndBatchPathAgreeAndMatchFiniteDifferences) {
         levels->named_parameters()[name].copy_(values);
       }
     }
-    // Batches below, past and well past the kernel's eight-double lanes (the scalar tail, both, several
-    // lanes), one of its tiles of eight vectors, and several tiles with lanes and a tail left.
+    // Batches below, past and well past a vector of doubles (the scalar tail, both, several vectors;
+    // 8, 4 or 2 doubles by width), a tile of eight vectors, and several tiles with vectors and a tail left.
     const int64_t batch = std::array<int64_t, 6>{5, 13, 37, 64, 150, 200}[(trial / 12) % 6];
     auto x = torch::randn({batch, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
     auto y_fused = fused->forward(x), y_levels = levels->forward(x);
@@ -298,8 +298,10 @@ std::vector<std::pair<std::string, GraphSpec>> shaped_graphs(std::mt19937_64& rn
 TEST(Gradients, EveryKernelPathAgreesOnGraphsOfEveryShape) {
   std::mt19937_64 rng(77);
   const std::vector<std::string> activations = {"tanh", "relu", "gelu", "sigmoid", "silu"};
+  const std::vector<int> widths = kernel_widths();
   int shape_index = 0;
   for (const auto& [shape, spec] : shaped_graphs(rng)) {
+    const KernelWidth width(widths[static_cast<size_t>(shape_index) % widths.size()]);
     const auto& act = activations[shape_index++ % activations.size()];
     auto options = NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation(act).seed(shape_index);
     std::vector<std::pair<std::string, NeuralNetwork>> paths;
@@ -315,7 +317,7 @@ TEST(Gradients, EveryKernelPathAgreesOnGraphsOfEveryShape) {
           kernel_name(kernel),
           NeuralNetwork(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().force_kernel(kernel))));
     ASSERT_TRUE(paths[0].second->uses_fused_kernel());
-    // Batches below, at and past the fused kernel's lanes of eight doubles.
+    // Batches below, at and past a vector of doubles in each of the fused kernel's widths.
     for (int64_t batch : {1, 8, 13, 64}) {
       SCOPED_TRACE(shape + ", " + act + ", batch " + std::to_string(batch));
       auto x = torch::randn({batch, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
@@ -350,16 +352,17 @@ TEST(Gradients, FusedKernelAgreesWhenALevelIsSplitBetweenThreads) {
   const int previous = torch::get_num_threads();
   torch::set_num_threads(2);
   std::mt19937_64 rng(9);
+  // 64 inputs: the input gradient's rows are shared out too, 16 a task.
   std::vector<Edge> edges;
-  std::uniform_int_distribution<int> input(0, 7);
-  for (int h = 8; h < 3008; ++h) {
+  std::uniform_int_distribution<int> input(0, 63);
+  for (int h = 64; h < 3064; ++h) {
     for (int k = 0; k < 4; ++k) edges.emplace_back(input(rng), h);
-    edges.emplace_back(h, 3008 + h % 2);
+    edges.emplace_back(h, 3064 + h % 2);
   }
-  std::vector<NeuronId> inputs, outputs{3008, 3009};
-  for (int i = 0; i < 8; ++i) inputs.emplace_back(i);
+  std::vector<NeuronId> inputs, outputs{3064, 3065};
+  for (int i = 0; i < 64; ++i) inputs.emplace_back(i);
   const auto spec = GraphSpec::from_edges(edges, inputs, outputs);
-  // Batch 200: the rows (3010 × 200 values) exceed the 2 MiB from which the kernel prefetches them.
+  // Batch 200: the rows (3066 × 200 values) exceed the 2 MiB from which the kernel prefetches them.
   for (int64_t batch : {16, 200})
     for (int bytes : kernel_widths())
       for (auto [dtype, act, tolerance] :
@@ -370,7 +373,7 @@ TEST(Gradients, FusedKernelAgreesWhenALevelIsSplitBetweenThreads) {
         NeuralNetwork fused(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(true)));
         NeuralNetwork levels(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false)));
         ASSERT_TRUE(fused->uses_fused_kernel());
-        auto x = torch::randn({batch, 8}, dtype);
+        auto x = torch::randn({batch, 64}, dtype);
         auto xf = x.clone().requires_grad_(true), xl = x.clone().requires_grad_(true);
         auto yf = fused->forward(xf), yl = levels->forward(xl);
         EXPECT_TRUE(torch::allclose(yf, yl, tolerance, tolerance));
@@ -447,15 +450,19 @@ TEST(Gradients, FusedKernelThreadsFollowTorchUnlessSet) {
 }
 
 TEST(Gradients, FusedKernelBackwardOnAnEmptyBatch) {
-  NeuralNetwork net(readme_spec(),
-                    NeuralNetworkOptions().dtype(torch::kFloat64).execution(ExecutionOptions().fused(true)));
-  auto x = torch::zeros({0, 1}, torch::kFloat64).requires_grad_(true);
-  auto y = net->forward(x);
-  EXPECT_EQ(y.sizes(), (std::vector<int64_t>{0, 2}));
-  y.sum().backward();
-  EXPECT_EQ(x.grad().sizes(), x.sizes());
-  EXPECT_EQ(net->weight_tensor().grad().abs().sum().item<double>(), 0.0);
-  EXPECT_EQ(net->bias_tensor().grad().abs().sum().item<double>(), 0.0);
+  for (int bytes : kernel_widths()) {
+    const KernelWidth width(bytes);
+    SCOPED_TRACE(std::to_string(bytes) + "-byte vectors");
+    NeuralNetwork net(readme_spec(),
+                      NeuralNetworkOptions().dtype(torch::kFloat64).execution(ExecutionOptions().fused(true)));
+    auto x = torch::zeros({0, 1}, torch::kFloat64).requires_grad_(true);
+    auto y = net->forward(x);
+    EXPECT_EQ(y.sizes(), (std::vector<int64_t>{0, 2}));
+    y.sum().backward();
+    EXPECT_EQ(x.grad().sizes(), x.sizes());
+    EXPECT_EQ(net->weight_tensor().grad().abs().sum().item<double>(), 0.0);
+    EXPECT_EQ(net->bias_tensor().grad().abs().sum().item<double>(), 0.0);
+  }
 }
 
 // ------------------------------------------------------------ dense path

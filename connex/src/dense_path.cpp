@@ -121,9 +121,10 @@ Tensor dense_formula(const DensePlan& plan, const variable_list& in) {
 // tensor costs more than its arithmetic.
 constexpr size_t kFixedSaved = 7;
 
+// Row r of a contiguous tensor of rows ([rows, batch], or gamma's [rows, 1]).
 template <typename T>
 T* row(const Tensor& t, int64_t r) {
-  return t.data_ptr<T>() + r * t.size(-1);
+  return t.data_ptr<T>() + r * t.stride(0);
 }
 
 class DenseFunction : public torch::autograd::Function<DenseFunction> {

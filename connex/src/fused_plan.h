@@ -20,7 +20,8 @@ bool fused_supports(const TensorFunction& activation);
 // width compiled for its instruction set: 64 with AVX-512, 32 with AVX2 and
 // FMA, else 16. set_fused_kernel_lanes(16, 32 or 64) runs a narrower width
 // than the processor's (tests run every width on one machine; wider than the
-// processor's fails), 0 restores the processor's.
+// processor's fails), 0 restores the processor's. The planner's threshold
+// follows the width (neural_network.cpp) for networks built meanwhile.
 int fused_kernel_lanes();
 void set_fused_kernel_lanes(int bytes);
 
