@@ -742,15 +742,18 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
     auto gw = torch::empty_like(w), gb = torch::empty({N - n_in}, V.options()),
          gx = ctx->needs_input_grad(0) ? torch::empty({B, n_in}, V.options()) : torch::Tensor();
     auto gsa = scaled ? torch::zeros_like(sa) : torch::Tensor(), gsb = scaled ? torch::zeros_like(sb) : torch::Tensor();
-    // Up to 2 MiB of weights, they are read, and their gradients written,
-    // where they are: a gather into outgoing order and a scatter back took
-    // 11 % of a step at 10 % density (132k connections; in place, the
-    // backward 15 % less), 10 % of the backward at 30 % (396k), while the
-    // kernel's loops hide the scattered accesses. Beyond, those accesses
-    // miss among the rows' prefetches (the 1M-connection DAG's backward took
-    // 1.7x as long), so there the two passes, which keep many misses in
-    // flight, stay.
-    const bool in_place = w.numel() * static_cast<int64_t>(w.element_size()) <= kWeightsInPlaceUpTo;
+    // Where backward runs its tiles (source_pass) over up to 2 MiB of
+    // weights, they are read, and their gradients written, where they are: a
+    // gather into outgoing order and a scatter back took 11 % of a step at
+    // 10 % density (132k connections, batch 128; in place, the backward 15 %
+    // less), 10 % of the backward at 30 % (396k), while a tile's work hides
+    // the scattered accesses. Without tiles (batch 64, narrower vectors) in
+    // place was as fast or 8 % slower, and beyond 2 MiB the accesses miss
+    // among the rows' prefetches (the 1M-connection DAG's backward took 1.7x
+    // as long): there the two passes, which keep many misses in flight, stay.
+    const int lanes = fused_kernel_lanes();
+    const bool tiles = lanes == 64 && B * static_cast<int64_t>(V.element_size()) >= 8 * 64;
+    const bool in_place = tiles && w.numel() * static_cast<int64_t>(w.element_size()) <= kWeightsInPlaceUpTo;
     auto w_out = in_place ? torch::Tensor() : scratch_tensor(layout, {w.numel()}, w.options()),
          gw_out = in_place ? torch::Tensor() : scratch_tensor(layout, {w.numel()}, w.options());
     const int64_t* out_conn = topo.out_connections().data();
@@ -783,7 +786,7 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
       p.gx = gx.defined() ? gx.data_ptr<scalar_t>() : nullptr;
       p.B = B;
       p.prefetch = N * B * static_cast<int64_t>(sizeof(scalar_t)) > kPrefetchAbove;
-      p.lanes = fused_kernel_lanes();
+      p.lanes = lanes;
       run_backward(p);
       if (!in_place) {
         const scalar_t* go = gw_out.data_ptr<scalar_t>();
