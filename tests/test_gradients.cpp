@@ -402,9 +402,9 @@ TEST(Gradients, FusedKernelAgreesWhenALevelIsSplitBetweenThreads) {
   torch::set_num_threads(previous);
 }
 
-// Past 2 MiB of weights (262,144 in double) backward gathers them into
-// outgoing order and scatters their gradients back; below, it reads and
-// writes them in place (tests above). The same values and gradients as the
+// Past 1 MiB of weights (131,072 in double) backward gathers them into
+// outgoing order and scatters their gradients back; below, with its tiles,
+// it reads and writes them in place (tests above). The same values and gradients as the
 // per-level path, and for x too, in every width.
 TEST(Gradients, FusedKernelAgreesPastTheWeightsItReadsInPlace) {
   const auto spec = nn::sparse_layered_spec({64, 1024, 1024, 10}, nn::SparseLayersOptions().density(0.27).seed(4));
@@ -412,7 +412,7 @@ TEST(Gradients, FusedKernelAgreesPastTheWeightsItReadsInPlace) {
   NeuralNetwork fused(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(true)));
   NeuralNetwork levels(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false)));
   ASSERT_TRUE(fused->uses_fused_kernel());
-  ASSERT_GT(fused->num_connections() * 8, 2 << 20);
+  ASSERT_GT(fused->num_connections() * 8, 2 << 20);  // past 2 MiB too
   auto x = torch::randn({5, 64}, torch::kFloat64);
   auto xl = x.clone().requires_grad_(true);
   auto yl = levels->forward(xl);

@@ -149,7 +149,7 @@ torch::Tensor scratch_tensor(const Layout& layout, at::IntArrayRef shape, const 
 constexpr int64_t kPrefetchAhead = 16;
 constexpr int64_t kPrefetchAbove = 2 << 20;
 // Backward reads weights in place up to this many bytes of them (see FusedNetwork::backward).
-constexpr int64_t kWeightsInPlaceUpTo = 2 << 20;
+constexpr int64_t kWeightsInPlaceUpTo = 1 << 20;
 
 template <typename T>
 __attribute__((always_inline)) inline void prefetch_row(const T* row, int64_t n) {
@@ -742,15 +742,17 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
     auto gw = torch::empty_like(w), gb = torch::empty({N - n_in}, V.options()),
          gx = ctx->needs_input_grad(0) ? torch::empty({B, n_in}, V.options()) : torch::Tensor();
     auto gsa = scaled ? torch::zeros_like(sa) : torch::Tensor(), gsb = scaled ? torch::zeros_like(sb) : torch::Tensor();
-    // Where backward runs its tiles (source_pass) over up to 2 MiB of
-    // weights, they are read, and their gradients written, where they are: a
-    // gather into outgoing order and a scatter back took 11 % of a step at
-    // 10 % density (132k connections, batch 128; in place, the backward 15 %
-    // less), 10 % of the backward at 30 % (396k), while a tile's work hides
-    // the scattered accesses. Without tiles (batch 64, narrower vectors) in
-    // place was as fast or 8 % slower, and beyond 2 MiB the accesses miss
-    // among the rows' prefetches (the 1M-connection DAG's backward took 1.7x
-    // as long): there the two passes, which keep many misses in flight, stay.
+    // Where backward runs its tiles (source_pass) over up to 1 MiB of
+    // weights (a core's L2 here), they are read, and their gradients
+    // written, where they are: a gather into outgoing order and a scatter
+    // back took 11 % of a step at 10 % density (132k connections, batch 128;
+    // in place, the backward 12-15 % less on one or two threads), while a
+    // tile's work hides the scattered accesses. Without tiles (batch 64,
+    // narrower vectors) in place was as fast or 8 % slower; at 30 % (1.6 MB)
+    // 10 % faster on one thread but 7 % slower on two; and the 1M-connection
+    // DAG's backward (4 MB) took 1.7x as long, the accesses missing among
+    // the rows' prefetches: there the two passes, which keep many misses in
+    // flight, stay.
     const int lanes = fused_kernel_lanes();
     const bool tiles = lanes == 64 && B * static_cast<int64_t>(V.element_size()) >= 8 * 64;
     const bool in_place = tiles && w.numel() * static_cast<int64_t>(w.element_size()) <= kWeightsInPlaceUpTo;
