@@ -150,6 +150,11 @@ constexpr int64_t kPrefetchAhead = 16;
 constexpr int64_t kPrefetchAbove = 2 << 20;
 // Backward reads weights in place up to this many bytes of them (see FusedNetwork::backward).
 constexpr int64_t kWeightsInPlaceUpTo = 1 << 20;
+// Backward's register tiles (source_pass): this many vectors of the batch,
+// in this width only (AVX-512's 32 registers hold them). FusedNetwork::
+// backward asks the same to know whether a batch runs them.
+constexpr int kSourceTileWidth = 64;
+constexpr int64_t kSourceTileVectors = 8;
 
 template <typename T>
 __attribute__((always_inline)) inline void prefetch_row(const T* row, int64_t n) {
@@ -360,6 +365,14 @@ struct Pass {
   int64_t B;
   bool prefetch;  // the rows exceed kPrefetchAbove bytes
   int lanes;      // fused_kernel_lanes(): the vectors' width in bytes
+
+  // Backward: outgoing connection k's place in w and gw.
+  int64_t at(int64_t k) const { return w_at ? w_at[k] : k; }
+  // Its weight gradient over one run of the batch: the first run writes it, later ones add theirs.
+  void put_weight_gradient(int64_t k, T dot, bool first) const {
+    T& slot = gw[at(k)];
+    slot = first ? dot : slot + dot;
+  }
 };
 
 template <typename T, int W>
@@ -397,7 +410,6 @@ __attribute__((always_inline)) inline void source_tile(const Pass<T>& p, int64_t
   using Vec = typename L::V;
   constexpr int64_t n = L::n;
   const int64_t* tgt = p.topo->out_targets().data();
-  const auto at = [oc = p.w_at](int64_t k) { return oc ? oc[k] : k; };
   const int64_t B = p.B;
   const bool first = j0 == 0;
   Vec gv[M], vv[M];
@@ -406,7 +418,7 @@ __attribute__((always_inline)) inline void source_tile(const Pass<T>& p, int64_t
   for (; k + 4 <= end; k += 4) {
     for (int64_t a = 0; a < 4; ++a)
       if (k + a + kPrefetchAhead < prefetch_end) prefetch_row(p.G + tgt[k + a + kPrefetchAhead] * B, B);
-    const T w0 = p.w[at(k)], w1 = p.w[at(k + 1)], w2 = p.w[at(k + 2)], w3 = p.w[at(k + 3)];
+    const T w0 = p.w[p.at(k)], w1 = p.w[p.at(k + 1)], w2 = p.w[p.at(k + 2)], w3 = p.w[p.at(k + 3)];
     const T *gz0 = p.G + tgt[k] * B + j0, *gz1 = p.G + tgt[k + 1] * B + j0, *gz2 = p.G + tgt[k + 2] * B + j0,
             *gz3 = p.G + tgt[k + 3] * B + j0;
     Vec p0 = {}, p1 = {}, p2 = {}, p3 = {};
@@ -421,11 +433,11 @@ __attribute__((always_inline)) inline void source_tile(const Pass<T>& p, int64_t
     }
     T dot[4];
     L::sum4(p0, p1, p2, p3, dot);
-    for (int a = 0; a < 4; ++a) p.gw[at(k + a)] = first ? dot[a] : p.gw[at(k + a)] + dot[a];
+    for (int a = 0; a < 4; ++a) p.put_weight_gradient(k + a, dot[a], first);
   }
   for (; k < end; ++k) {
     if (k + kPrefetchAhead < prefetch_end) prefetch_row(p.G + tgt[k + kPrefetchAhead] * B, B);
-    const T wc = p.w[at(k)];
+    const T wc = p.w[p.at(k)];
     const T* gz = p.G + tgt[k] * B + j0;
     Vec part = {};
     for (int i = 0; i < M; ++i) {
@@ -434,7 +446,7 @@ __attribute__((always_inline)) inline void source_tile(const Pass<T>& p, int64_t
       part += a * vv[i];
     }
     const T dot = L::sum(part);
-    p.gw[at(k)] = first ? dot : p.gw[at(k)] + dot;
+    p.put_weight_gradient(k, dot, first);
   }
   for (int i = 0; i < M; ++i) L::store(g + j0 + i * n, gv[i]);
 }
@@ -449,7 +461,6 @@ template <typename T, int W>
 __attribute__((always_inline)) inline void source_pass(const Pass<T>& p, int64_t d, T* __restrict g) {
   const Topology& topo = *p.topo;
   const int64_t* tgt = topo.out_targets().data();
-  const auto at = [oc = p.w_at](int64_t k) { return oc ? oc[k] : k; };
   const int64_t* out_off = topo.out_offsets().data();
   const int64_t B = p.B, begin = out_off[d], end = out_off[d + 1];
   int64_t prefetch_end = p.prefetch ? topo.num_connections() : 0;  // the first pass asks ahead for whole rows
@@ -458,15 +469,16 @@ __attribute__((always_inline)) inline void source_pass(const Pass<T>& p, int64_t
   using Vec = typename L::V;
   constexpr int64_t n = L::n;
   int64_t j0 = 0;
-  if constexpr (W == 64)
-    for (; j0 + 8 * n <= B; j0 += 8 * n, prefetch_end = 0) source_tile<8, T, W>(p, begin, end, v, g, j0, prefetch_end);
+  if constexpr (W == kSourceTileWidth)
+    for (; j0 + kSourceTileVectors * n <= B; j0 += kSourceTileVectors * n, prefetch_end = 0)
+      source_tile<kSourceTileVectors, T, W>(p, begin, end, v, g, j0, prefetch_end);
   if (j0 == B && B > 0) return;  // an empty batch still writes zero weight gradients below
   const bool first = j0 == 0;
   int64_t k = begin;
   for (; k + 4 <= end; k += 4) {
     for (int64_t a = 0; a < 4; ++a)
       if (k + a + kPrefetchAhead < prefetch_end) prefetch_row(p.G + tgt[k + a + kPrefetchAhead] * B, B);
-    const T w0 = p.w[at(k)], w1 = p.w[at(k + 1)], w2 = p.w[at(k + 2)], w3 = p.w[at(k + 3)];
+    const T w0 = p.w[p.at(k)], w1 = p.w[p.at(k + 1)], w2 = p.w[p.at(k + 2)], w3 = p.w[p.at(k + 3)];
     const T *gz0 = p.G + tgt[k] * B, *gz1 = p.G + tgt[k + 1] * B, *gz2 = p.G + tgt[k + 2] * B,
             *gz3 = p.G + tgt[k + 3] * B;
     Vec p0 = {}, p1 = {}, p2 = {}, p3 = {};
@@ -489,11 +501,11 @@ __attribute__((always_inline)) inline void source_pass(const Pass<T>& p, int64_t
       dot[2] += gz2[j] * v[j];
       dot[3] += gz3[j] * v[j];
     }
-    for (int a = 0; a < 4; ++a) p.gw[at(k + a)] = first ? dot[a] : p.gw[at(k + a)] + dot[a];
+    for (int a = 0; a < 4; ++a) p.put_weight_gradient(k + a, dot[a], first);
   }
   for (; k < end; ++k) {
     if (k + kPrefetchAhead < prefetch_end) prefetch_row(p.G + tgt[k + kPrefetchAhead] * B, B);
-    const T wc = p.w[at(k)];
+    const T wc = p.w[p.at(k)];
     const T* __restrict gz = p.G + tgt[k] * B;
     Vec part = {};
     int64_t j = j0;
@@ -507,7 +519,7 @@ __attribute__((always_inline)) inline void source_pass(const Pass<T>& p, int64_t
       g[j] += wc * gz[j];
       dot += gz[j] * v[j];
     }
-    p.gw[at(k)] = first ? dot : p.gw[at(k)] + dot;
+    p.put_weight_gradient(k, dot, first);
   }
 }
 
@@ -754,7 +766,8 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
     // the rows' prefetches: there the two passes, which keep many misses in
     // flight, stay.
     const int lanes = fused_kernel_lanes();
-    const bool tiles = lanes == 64 && B * static_cast<int64_t>(V.element_size()) >= 8 * 64;
+    const bool tiles = lanes == kSourceTileWidth &&
+                       B * static_cast<int64_t>(V.element_size()) >= kSourceTileVectors * kSourceTileWidth;
     const bool in_place = tiles && w.numel() * static_cast<int64_t>(w.element_size()) <= kWeightsInPlaceUpTo;
     auto w_out = in_place ? torch::Tensor() : scratch_tensor(layout, {w.numel()}, w.options()),
          gw_out = in_place ? torch::Tensor() : scratch_tensor(layout, {w.numel()}, w.options());
