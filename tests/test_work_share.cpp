@@ -163,30 +163,69 @@ TEST(WorkShare, ChooserKeepsTheCheaperWayAndFollowsAChange) {
     return shared;
   };
   // Sharing is slow (a busy machine): after trying serial once, it stays serial.
-  EXPECT_TRUE(window(1, 3));
-  EXPECT_FALSE(window(1, 3));  // the try
+  EXPECT_TRUE(window(100, 300));
+  EXPECT_FALSE(window(100, 300));  // the try
   std::vector<bool> ways;
-  for (int k = 0; k < 20; ++k) ways.push_back(window(1, 3));
+  for (int k = 0; k < 20; ++k) ways.push_back(window(100, 300));
   // Tries of sharing after 1, 2, 4, 8 windows of serial (each confirming serial).
   const std::vector<bool> expected{false, true,  false, false, true,  false, false, false, false, true,
                                    false, false, false, false, false, false, false, false, true,  false};
   EXPECT_EQ(ways, expected);
   // The load goes: the next try of sharing finds it cheaper and keeps it.
   int windows = 0;
-  while (!window(1, 1) && windows < 40) ++windows;  // up to the next try (16 windows away at most)
+  while (!window(100, 100) && windows < 40) ++windows;  // up to the next try (16 windows away at most)
   EXPECT_LE(windows, 16);
-  EXPECT_TRUE(window(1, 1));
+  EXPECT_TRUE(window(100, 100));
   // Sharing within 5 % of serial keeps winning: only the tries run serial.
   int shared = 0;
   for (int k = 0; k < 40; ++k) shared += window(100, 104) ? 1 : 0;
-  EXPECT_GE(shared, 34);  // the jump from the costs above brings one try forward
+  EXPECT_GE(shared, 34);  // tries of serial after 1, 2, 4 ... windows
   // Load arrives while sharing: the first dearer window brings the try of
   // serial forward to the next window, which then stays.
   while (!window(100, 104)) {
   }
-  EXPECT_TRUE(window(100, 400));
-  EXPECT_FALSE(window(100, 400));
-  EXPECT_FALSE(window(100, 400));
+  EXPECT_TRUE(window(100, 300));
+  EXPECT_FALSE(window(100, 300));
+  EXPECT_FALSE(window(100, 300));
+}
+
+// A way that collapses (30 times dearer than the other) runs only kWarmUp +
+// kEarliest regions of its window: whether it is the way in use (the other
+// is tried at once, and kept) or the way being tried (the choice stands).
+TEST(WorkShare, ChooserEndsAWindowOfACollapsedWayEarly) {
+  using Ms = std::chrono::milliseconds;
+  ShareChooser chooser;
+  // Regions the way `shared` runs in a row, each as dear as that way costs, up to `limit`.
+  auto run = [&](int serial_ms, int shared_ms, int64_t limit) {
+    const bool shared = chooser.shared();
+    int64_t regions = 0;
+    while (chooser.shared() == shared && regions < limit) {
+      chooser.record(Ms(shared ? shared_ms : serial_ms), 10);
+      ++regions;
+    }
+    return regions;
+  };
+  const int64_t early = ShareChooser::kWarmUp + ShareChooser::kEarliest;
+  const int64_t window = ShareChooser::kWindow;
+  EXPECT_EQ(run(1, 1, 1000), window);  // shares
+  EXPECT_EQ(run(1, 1, 1000), window);  // the try of serial: a tie, so sharing stays
+  EXPECT_TRUE(chooser.shared());
+  EXPECT_EQ(run(1, 30, 1000), early);  // sharing collapses: serial is tried at once
+  EXPECT_FALSE(chooser.shared());
+  EXPECT_EQ(run(1, 30, window), window);  // the try runs its window and serial is kept
+  EXPECT_FALSE(chooser.shared());
+  EXPECT_EQ(run(1, 30, 1000), window);  // one window of serial, then sharing is tried
+  EXPECT_TRUE(chooser.shared());
+  EXPECT_EQ(run(1, 30, 1000), early);  // the try of the collapsed way ends early
+  EXPECT_FALSE(chooser.shared());
+  // Twice as dear is no collapse: a window runs out.
+  ShareChooser mild;
+  for (int64_t r = 0; r < ShareChooser::kWindow; ++r) mild.record(Ms(1), 10);
+  EXPECT_FALSE(mild.shared());
+  for (int64_t r = 0; r + 1 < ShareChooser::kWindow; ++r) mild.record(Ms(2), 10);
+  EXPECT_FALSE(mild.shared());
+  mild.record(Ms(2), 10);
+  EXPECT_TRUE(mild.shared());
 }
 
 // Windows fall across train steps as they may: a try of serial that holds

@@ -205,8 +205,13 @@ void ShareChooser::record(Clock::duration took, int64_t indices, uint64_t kind) 
     k.indices[shared_] += indices;
     took_ += seconds;
     indices_ += indices;
+    if (k.cost[!shared_] > 0)
+      other_ += k.cost[!shared_] * static_cast<double>(indices);
+    else
+      other_known_ = false;
   }
-  if (regions_ < kWindow) return;
+  const bool dear = regions_ >= kWarmUp + kEarliest && other_known_ && took_ > kEndEarly * other_;
+  if (regions_ < kWindow && !dear) return;
   decide();
 }
 
@@ -232,10 +237,12 @@ void ShareChooser::decide() {
   }
   const double before = last_[shared_];
   last_[shared_] = took_ / static_cast<double>(std::max<int64_t>(1, indices_));
+  const bool ended_early = regions_ < kWindow;  // record(): kEndEarly times the other way's cost
   regions_ = indices_ = 0;
-  took_ = 0;
-  // The way in use got half as dear again (the load changed): try the other now.
-  if (!trying_ && before > 0 && last_[shared_] > before * 1.5) left_ = 1, period_ = 1;
+  took_ = other_ = 0;
+  other_known_ = true;
+  // The way in use got half as dear again (the load changed), or collapsed: try the other now.
+  if (!trying_ && ((before > 0 && last_[shared_] > before * 1.5) || ended_early)) left_ = 1, period_ = 1;
   if (trying_) {
     trying_ = false;
     const double serial = cost_of(false), shared = cost_of(true);

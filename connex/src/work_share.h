@@ -49,7 +49,12 @@ void reset_share_chooser();
 // like however the windows fall across train steps. The cheaper way runs;
 // every period windows one window tries the other, the period doubling (up
 // to kMaxPeriod) while the choice is confirmed; a window half as dear again
-// as the last of its way (the load changed) brings the try forward. Sharing
+// as the last of its way (the load changed) brings the try forward. A way
+// that collapses (a worker preempted in every region) does not run out its
+// window: once kEarliest timed regions of a window cost kEndEarly times what
+// the same regions cost the other way when last timed, the window ends there
+// and, in the chosen way, the other is tried at once; so a try of a
+// collapsing way costs a few regions, not a window of them. Sharing
 // wins ties within 5 %, as on an idle machine. The CLI uses one over its
 // train steps, for OpenBLAS's threads (apps/core_share.h).
 class ShareChooser {
@@ -58,12 +63,15 @@ class ShareChooser {
   static constexpr int64_t kWindow = 64;     // regions a window (a fused train step has about two a level)
   static constexpr int64_t kWarmUp = 2;      // a window's first regions, not timed (workers waking or idling)
   static constexpr int64_t kMaxPeriod = 64;  // windows at most between two tries of the other way
+  static constexpr int64_t kEarliest = 8;    // timed regions before a window may end early
+  static constexpr double kEndEarly = 4;     // ... when they took this many times their cost the other way
 
   bool shared() const { return shared_; }
   // One region's wall time and size, of kind `kind`, run the way shared() said.
   void record(Clock::duration took, int64_t indices, uint64_t kind = 0);
   // Regions until the next window that tries the other way (0: this one
-  // does); a benchmark times the settled choice between two tries.
+  // does; a window that ends early brings it forward); a benchmark times
+  // the settled choice between two tries.
   int64_t regions_until_try() const { return trying_ ? 0 : (left_ - 1) * kWindow + (kWindow - regions_); }
 
  private:
@@ -81,6 +89,8 @@ class ShareChooser {
   double last_[2] = {0, 0};  // seconds per index of the last window of each way, all kinds together
   double took_ = 0;
   int64_t indices_ = 0;
+  double other_ = 0;         // what this window's timed regions cost the other way when last timed
+  bool other_known_ = true;  // every timed region's kind was timed the other way
   std::map<uint64_t, Kind> kinds_;
 };
 
