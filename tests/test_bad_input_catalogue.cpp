@@ -23,7 +23,8 @@
 //   forward     | wrong width, wrong rank, a scalar, wrong dtype, undefined tensor | expected and actual
 //   access      | weight/set_weight/bias/set_bias/freeze/dropout_p by a bad label  | the connection / neuron
 //   edit        | cycle (named), self-loop, unknown neuron, connection into an     | the edge, the cycle, the
-//               | input / out of an output, missing connection, removing every     | neuron
+//               | input / out of an output, missing connection (by edge, or by an  | neuron, the index
+//               | index out of range or listed twice), removing every              |
 //               | input or output, existing or wrong-kind id, bad dropout, re-adding|
 //               | a removed neuron, a neuron listed twice, two edges closing a cycle|
 //               | a topology patch adding an existing connection or removing one   |
@@ -377,6 +378,16 @@ std::vector<Case> make_catalogue() {
         remove_connections(w.net, {{0, 11}});
       }),
       {"remove_connections(): there is no connection 0 -> 11"});
+  add("edit", "RemoveConnectionIndexOutOfRange", none, lib([](World& w) {
+        edit(w.net).remove_connections_at({0, w.net->num_connections()}).build();
+      }),
+      {"remove_connections_at(): connection index", "is out of range; the network has"});
+  add("edit", "RemoveConnectionIndexTwice", none, lib([](World& w) {
+        const Topology& t = w.net->topology();
+        const int64_t c = t.connection_index(t.dense_of(1), t.dense_of(4));
+        edit(w.net).remove_connections_at({c, c}).build();
+      }),
+      {"(1 -> 4) is listed twice"});
   add("edit", "RemoveTheOnlyInput", none, lib([](World& w) { remove_neurons(w.net, {0}); }),
       {"remove_neurons(): removing [0] would leave the network without input neurons"});
   add("edit", "RemoveEveryOutput", none, lib([](World& w) {

@@ -155,6 +155,44 @@ TEST_F(InvalidEdit, RemovingAConnectionThatDoesNotExist) {
   EXPECT_THROW_MSG(remove_connections(net, {{0, 1}, {0, 1}}), "remove_connections(): there is no connection 0 -> 1");
 }
 
+TEST_F(InvalidEdit, RemovingConnectionsByIndex) {
+  const Topology& t = net->topology();
+  const int64_t n = net->num_connections();
+  const int64_t c = t.connection_index(t.dense_of(1), t.dense_of(4));
+  EXPECT_THROW_MSG(edit(net).remove_connections_at({c, n}),
+                   fmt::format("remove_connections_at(): connection index {} is out of range; the network has {} "
+                               "connections",
+                               n, n));
+  EXPECT_THROW_MSG(edit(net).remove_connections_at({-1}), "connection index -1 is out of range");
+  EXPECT_THROW_MSG(edit(net).remove_connections_at({c, c}),
+                   fmt::format("remove_connections_at(): connection {} (1 -> 4) is listed twice", c));
+  EXPECT_THROW_MSG(edit(net).remove_connections({{1, 4}}).remove_connections_at({c}),
+                   fmt::format("remove_connections_at(): connection {} (1 -> 4) was removed earlier in this edit", c));
+  EXPECT_THROW_MSG(edit(net).remove_neurons({4}).remove_connections_at({c}),
+                   fmt::format("remove_connections_at(): connection {} (1 -> 4) touches neuron 4, which this edit "
+                               "removed",
+                               c));
+  // From tensors: a mask of the wrong shape, a float tensor, an undefined one.
+  EXPECT_THROW_MSG(edit(net).remove_connections_at(torch::zeros({n + 1}, torch::kBool)),
+                   fmt::format("remove_connections_at(): expected a bool mask of shape [{}] (one entry per "
+                               "connection), got [{}]",
+                               n, n + 1));
+  EXPECT_THROW_MSG(edit(net).remove_connections_at(torch::zeros({2})),
+                   "remove_connections_at(): expected 1-D int64 indices or a bool mask, got a 1-D Float tensor");
+  EXPECT_THROW_MSG(edit(net).remove_connections_at(torch::Tensor()),
+                   "remove_connections_at(): expected a tensor of indices or a mask, got an undefined one");
+  EXPECT_THROW_MSG(edit(net).remove_connections_at(torch::tensor({c, c})), "(1 -> 4) is listed twice");
+  // A call that fails records nothing: 1 -> 4 is still there, whichever way it was named.
+  for (int way = 0; way < 2; ++way) {
+    auto editor = edit(net);
+    if (way == 0) EXPECT_THROW(editor.remove_connections_at({c, n}), Error);
+    if (way == 1) EXPECT_THROW(editor.remove_connections({{1, 4}, {0, 11}}), Error);
+    const auto result = editor.build();
+    EXPECT_EQ(result.network->num_connections(), n);
+    EXPECT_EQ(result.network->weight(1, 4), net->weight(1, 4));
+  }
+}
+
 TEST_F(InvalidEdit, RemovingEveryInputOrOutput) {
   EXPECT_THROW_MSG(remove_neurons(net, {0}),
                    "remove_neurons(): removing [0] would leave the network without input neurons");
@@ -169,6 +207,53 @@ TEST_F(InvalidEdit, BadDropout) {
 TEST_F(InvalidEdit, ReaddingARemovedNeuronInOneBatch) {
   EXPECT_THROW_MSG(edit(net).remove_neurons({4}).add_hidden_neurons({4}).build(),
                    "add_hidden_neurons(): neuron 4 was removed earlier in this edit");
+}
+
+// Removing connections by index is removing them by edge: the same network,
+// bit for bit, over random picks; indices from a tensor or a mask name the
+// same connections; an index removed and its edge added back in one edit
+// keeps its weight.
+TEST(Plasticity, RemovingByIndexIsRemovingByEdge) {
+  torch::manual_seed(3);
+  NeuralNetwork net(
+      nn::random_dag_spec(nn::RandomDagOptions().inputs(4).hidden(60).outputs(3).connections(400).seed(7)), kDouble);
+  const Topology& t = net->topology();
+  std::mt19937_64 rng(11);
+  const auto x = torch::randn({5, net->num_inputs()}, torch::kFloat64);
+  for (int trial = 0; trial < 20; ++trial) {
+    std::vector<int64_t> indices;
+    std::vector<Edge> edges;
+    for (int64_t c = 0; c < t.num_connections(); ++c)
+      if (std::uniform_int_distribution<int>(0, 9)(rng) < trial % 10) {
+        indices.push_back(c);
+        edges.emplace_back(t.label(t.conn_source()[c]), t.label(t.conn_target()[c]));
+      }
+    std::shuffle(indices.begin(), indices.end(), rng);
+    auto by_index = edit(net).remove_connections_at(indices).build().network;
+    auto by_edge = remove_connections(net, edges);
+    EXPECT_EQ(by_index->spec().edge_indices(), by_edge->spec().edge_indices());
+    EXPECT_TRUE(torch::equal(by_index->weight_tensor(), by_edge->weight_tensor()));
+    EXPECT_TRUE(torch::equal(by_index->forward(x), by_edge->forward(x)));
+  }
+  // From tensors: int64 indices, or a mask (the weakest third here).
+  const auto weak = net->weight_tensor().detach().abs() < 0.1;
+  auto by_mask = edit(net).remove_connections_at(weak).build().network;
+  auto by_tensor = edit(net).remove_connections_at(weak.nonzero().view(-1)).build().network;
+  std::vector<int64_t> listed;
+  for (int64_t c = 0; c < t.num_connections(); ++c)
+    if (weak[c].item<bool>()) listed.push_back(c);
+  ASSERT_GT(listed.size(), 10u);
+  auto by_list = edit(net).remove_connections_at(listed).build().network;
+  EXPECT_EQ(by_mask->num_connections(), net->num_connections() - static_cast<int64_t>(listed.size()));
+  for (const auto& other : {by_tensor, by_list}) {
+    EXPECT_EQ(by_mask->spec().edge_indices(), other->spec().edge_indices());
+    EXPECT_TRUE(torch::equal(by_mask->weight_tensor(), other->weight_tensor()));
+  }
+  const int64_t c = t.num_connections() / 2;
+  const Edge edge{t.label(t.conn_source()[c]), t.label(t.conn_target()[c])};
+  const auto back = edit(net).remove_connections_at({c}).add_connections({edge}).build().network;
+  EXPECT_EQ(back->num_connections(), net->num_connections());
+  EXPECT_TRUE(torch::equal(back->weight_tensor(), net->weight_tensor()));
 }
 
 // ------------------------------------------------------- property: at scale

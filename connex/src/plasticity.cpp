@@ -72,10 +72,16 @@ std::vector<std::pair<int64_t, int64_t>> surviving_edges(const Topology& base,
     if (state[u] == 1) return true;
     return !std::binary_search(lost_target.begin() + lost_begin[u], lost_target.begin() + lost_begin[u + 1], v);
   };
+  // Decided once per edge (parallel_compact asks twice: to count, to fill).
   const auto& old_edges = base.spec().edge_indices();
+  const int64_t m = static_cast<int64_t>(old_edges.size());
+  std::vector<uint8_t> keep(m);
+  share_work(0, m, 1 << 15, [&](int64_t first, int64_t last) {
+    for (int64_t e = first; e < last; ++e) keep[e] = kept(old_edges[e].first, old_edges[e].second);
+  });
   std::vector<std::pair<int64_t, int64_t>> edges;
   parallel_compact(
-      static_cast<int64_t>(old_edges.size()), [&](int64_t e) { return kept(old_edges[e].first, old_edges[e].second); },
+      m, [&](int64_t e) { return keep[e] != 0; },
       [&](int64_t count) {
         edges.reserve(count + added);
         edges.resize(count);
@@ -274,7 +280,7 @@ NetworkEditor& NetworkEditor::add_connections(const std::vector<Edge>& edges) {
     const int64_t u = base_dense(edge.first), v = base_dense(edge.second);
     const int64_t c = u >= 0 && v >= 0 ? base_->connection_index(u, v) : -1;
     if (c >= 0) {
-      removed_connections_.erase(c);  // a base connection: kept, or restored if removed earlier in this edit
+      if (!removed_.empty()) removed_[c] = 0;  // a base connection: kept, or restored if removed earlier in this edit
     } else if (added_edge_set_.insert(edge).second) {
       added_edges_.push_back(edge);
     }
@@ -285,6 +291,38 @@ NetworkEditor& NetworkEditor::add_connections(const std::vector<Edge>& edges) {
 NetworkEditor& NetworkEditor::add_connections(const Adjacency& adjacency) {
   return add_connections(adjacency_edges(adjacency));
 }
+
+namespace {
+
+// The base connections one remove call takes, marked 2 in the editor's
+// bytes while the call checks its list: if the call throws they go back to
+// 0 (it records nothing), once it commits they are removed (1).
+class StagedRemoval {
+ public:
+  StagedRemoval(std::vector<uint8_t>& removed, int64_t connections) : removed_(removed) {
+    if (removed_.empty()) removed_.assign(connections, 0);
+  }
+  ~StagedRemoval() {
+    for (int64_t c : taken_) removed_[c] = committed_ ? 1 : 0;
+  }
+  StagedRemoval(const StagedRemoval&) = delete;
+  StagedRemoval& operator=(const StagedRemoval&) = delete;
+  // Takes connection c if it is still there; else returns its mark (1:
+  // removed earlier in the edit, 2: taken earlier in this call).
+  uint8_t take(int64_t c) {
+    const uint8_t mark = removed_[c];
+    if (mark == 0) removed_[c] = 2, taken_.push_back(c);
+    return mark;
+  }
+  void commit() { committed_ = true; }
+
+ private:
+  std::vector<uint8_t>& removed_;
+  std::vector<int64_t> taken_;
+  bool committed_ = false;
+};
+
+}  // namespace
 
 NetworkEditor& NetworkEditor::remove_connections(const std::vector<Edge>& edges) {
   // Each edge is a base connection (kept by index) or one this edit added.
@@ -300,9 +338,8 @@ NetworkEditor& NetworkEditor::remove_connections(const std::vector<Edge>& edges)
     }
   });
   std::vector<const Edge*> added;
-  std::unordered_set<int64_t> seen_base;
+  StagedRemoval staged(removed_, base_->num_connections());
   std::unordered_set<Edge, EdgeHash> seen_added;
-  seen_base.reserve(count);
   for (int64_t i = 0; i < count; ++i) {
     const Edge& edge = edges[i];
     if (source[i] < 0 && !added_roles_.count(edge.first))
@@ -310,18 +347,58 @@ NetworkEditor& NetworkEditor::remove_connections(const std::vector<Edge>& edges)
     if (target[i] < 0 && !added_roles_.count(edge.second))
       fail("remove_connections(): edge {} names neuron {}, which is not in the network", edge_str(edge), edge.second);
     const int64_t c = connection[i];
-    const bool present = c >= 0 ? !removed_connections_.count(c) && seen_base.insert(c).second
-                                : added_edge_set_.count(edge) && seen_added.insert(edge).second;
+    const bool present = c >= 0 ? staged.take(c) == 0 : added_edge_set_.count(edge) && seen_added.insert(edge).second;
     if (!present) fail("remove_connections(): there is no connection {}", edge_str(edge));
     if (c < 0) added.push_back(&edge);
   }
-  removed_connections_.insert(seen_base.begin(), seen_base.end());
+  staged.commit();
   for (const Edge* edge : added) added_edge_set_.erase(*edge);  // added earlier in this edit: just drop it
   return *this;
 }
 
 NetworkEditor& NetworkEditor::remove_connections(const Adjacency& adjacency) {
   return remove_connections(adjacency_edges(adjacency));
+}
+
+NetworkEditor& NetworkEditor::remove_connections_at(const std::vector<int64_t>& connections) {
+  const Topology& t = *base_;
+  const int64_t n = t.num_connections();
+  StagedRemoval staged(removed_, n);
+  auto edge = [&](int64_t c) { return edge_str({t.label(t.conn_source()[c]), t.label(t.conn_target()[c])}); };
+  for (int64_t c : connections) {
+    if (c < 0 || c >= n)
+      fail("remove_connections_at(): connection index {} is out of range; the network has {} connections", c, n);
+    if (!removed_neurons_.empty())
+      for (int64_t d : {t.conn_source()[c], t.conn_target()[c]})
+        if (removed_neurons_.count(t.label(d)))
+          fail("remove_connections_at(): connection {} ({}) touches neuron {}, which this edit removed", c, edge(c),
+               t.label(d));
+    if (const uint8_t mark = staged.take(c))
+      fail("remove_connections_at(): connection {} ({}) {}", c, edge(c),
+           mark == 2 ? "is listed twice" : "was removed earlier in this edit");
+  }
+  staged.commit();
+  return *this;
+}
+
+NetworkEditor& NetworkEditor::remove_connections_at(const torch::Tensor& connections) {
+  if (!connections.defined())
+    fail("remove_connections_at(): expected a tensor of indices or a mask, got an undefined one");
+  if (connections.scalar_type() == torch::kBool) {
+    const int64_t n = base_->num_connections();
+    if (connections.dim() != 1 || connections.size(0) != n)
+      fail("remove_connections_at(): expected a bool mask of shape [{}] (one entry per connection), got {}", n,
+           c10::str(connections.sizes()));
+    const auto indices = connections.to(torch::kCPU).nonzero().view(-1).contiguous();
+    const int64_t* at = indices.data_ptr<int64_t>();
+    return remove_connections_at(std::vector<int64_t>(at, at + indices.numel()));
+  }
+  if (connections.scalar_type() != torch::kLong || connections.dim() != 1)
+    fail("remove_connections_at(): expected 1-D int64 indices or a bool mask, got a {}-D {} tensor", connections.dim(),
+         c10::toString(connections.scalar_type()));
+  const auto indices = connections.to(torch::kCPU).contiguous();
+  const int64_t* at = indices.data_ptr<int64_t>();
+  return remove_connections_at(std::vector<int64_t>(at, at + indices.numel()));
 }
 
 void NetworkEditor::add_neurons(const std::vector<NeuronId>& ids, Role role, const char* context) {
@@ -500,8 +577,10 @@ NetworkEditor::IndexGraph NetworkEditor::index_graph() const {
     return it != added_index.end() ? it->second : g.new_index_of_old[old_spec.index_of(id)];
   };
 
-  g.edges = surviving_edges(*base_, {removed_connections_.begin(), removed_connections_.end()}, g.new_index_of_old,
-                            added_edges_.size());
+  std::vector<int64_t> removed;  // ascending: surviving_edges() then reads the base's arrays in order
+  for (int64_t c = 0; c < static_cast<int64_t>(removed_.size()); ++c)
+    if (removed_[c]) removed.push_back(c);
+  g.edges = surviving_edges(*base_, removed, g.new_index_of_old, added_edges_.size());
   g.first_added = g.edges.size();
   // added_edges_ keeps the order of first addition; the set says which are still wanted.
   std::unordered_set<Edge, EdgeHash> taken;

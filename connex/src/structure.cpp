@@ -183,30 +183,29 @@ torch::Tensor strength(const NeuralNetwork& network, const PruneOptions& options
   return s;
 }
 
-// The scope group of each connection: 0 for all, its target, or its target's level.
-std::vector<int64_t> scope_groups(const Topology& t, PruneScope scope) {
-  std::vector<int64_t> group(t.num_connections(), 0);
-  if (scope == PruneScope::Global) return group;
-  for (int64_t c = 0; c < t.num_connections(); ++c)
-    group[c] = scope == PruneScope::PerNeuron ? t.conn_target()[c] : t.level_of(t.conn_target()[c]);
-  return group;
-}
-
-}  // namespace
-
-std::vector<Edge> connections_to_prune(const NeuralNetwork& network, const PruneOptions& options) {
+// The connections prune() removes, as indices into the weights: weakest
+// first when `ordered` (else in any order, saving a sort where no floor
+// needs the order).
+std::vector<int64_t> connections_to_prune_at(const NeuralNetwork& network, const PruneOptions& options, bool ordered) {
   check_prune_options(options);
   const Topology& t = network->topology();
   const auto s = strength(network, options);
   const double* score = s.data_ptr<double>();
-  const auto group = scope_groups(t, options.scope());
   // Weakest first, ties in connection order: a strict order, so a selection
   // gives what a stable sort would. A NaN |w| (a diverged weight) ranks as
-  // the strongest, never before a number.
-  auto key = [&](int64_t c) { return std::isnan(score[c]) ? HUGE_VAL : score[c]; };
-  auto weaker = [&](int64_t a, int64_t b) {
-    const double ka = key(a), kb = key(b);
-    return ka != kb ? ka < kb : a < b;
+  // the strongest, never before a number. Each candidate carries its key,
+  // so the selection and the sort compare neighbours in memory rather than
+  // look up scores all over the weights.
+  struct Candidate {
+    double key;
+    int64_t c;
+    bool operator<(const Candidate& o) const { return key != o.key ? key < o.key : c < o.c; }
+  };
+  // The scope's group of a connection: all one, its target, or its target's level.
+  auto group = [&](int64_t c) -> int64_t {
+    if (options.scope() == PruneScope::Global) return 0;
+    const int64_t target = t.conn_target()[c];
+    return options.scope() == PruneScope::PerNeuron ? target : t.level_of(target);
   };
   // Connections are ordered by target and targets by level, so every
   // scope's groups are runs of connection indices. Each group's weakest
@@ -214,36 +213,47 @@ std::vector<Edge> connections_to_prune(const NeuralNetwork& network, const Prune
   torch::Tensor frozen_mask;
   if (options.keep_frozen()) frozen_mask = network->frozen_connections().contiguous();
   const bool* frozen = frozen_mask.defined() ? frozen_mask.data_ptr<bool>() : nullptr;
-  std::vector<int64_t> chosen, candidates;
+  std::vector<Candidate> chosen, candidates;
+  if (options.scope() != PruneScope::PerNeuron) candidates.reserve(t.num_connections());
   for (int64_t first = 0; first < t.num_connections();) {
+    const int64_t g = group(first);
     int64_t last = first;
     candidates.clear();
-    for (; last < t.num_connections() && group[last] == group[first]; ++last)
+    for (; last < t.num_connections() && group(last) == g; ++last)
       if (!(options.protect_outputs() && t.role(t.conn_target()[last]) == Role::Output) && !(frozen && frozen[last]))
-        candidates.push_back(last);
+        candidates.push_back({std::isnan(score[last]) ? HUGE_VAL : score[last], last});
     const size_t take =
         options.fraction()
             ? static_cast<size_t>(std::llround(*options.fraction() * static_cast<double>(candidates.size())))
             : candidates.size();
     if (take < candidates.size())
-      std::nth_element(candidates.begin(), candidates.begin() + static_cast<std::ptrdiff_t>(take), candidates.end(),
-                       weaker);
+      std::nth_element(candidates.begin(), candidates.begin() + static_cast<std::ptrdiff_t>(take), candidates.end());
     for (size_t k = 0; k < take; ++k)
-      if (!options.threshold() || key(candidates[k]) < *options.threshold()) chosen.push_back(candidates[k]);
+      if (!options.threshold() || candidates[k].key < *options.threshold()) chosen.push_back(candidates[k]);
     first = last;
   }
   // Weakest first across groups (a group's index range precedes the next's,
   // so ties stay in group order), then the floor: a neuron keeps keep_min inputs.
-  std::sort(chosen.begin(), chosen.end(), weaker);
+  if (ordered || options.keep_min() > 0) std::sort(chosen.begin(), chosen.end());
   std::vector<int64_t> remaining(t.num_neurons());
   for (int64_t d = 0; d < t.num_neurons(); ++d) remaining[d] = t.in_offsets()[d + 1] - t.in_offsets()[d];
-  std::vector<Edge> edges;
-  for (int64_t c : chosen) {
-    const int64_t target = t.conn_target()[c];
+  std::vector<int64_t> pruned;
+  for (const Candidate& candidate : chosen) {
+    const int64_t target = t.conn_target()[candidate.c];
     if (remaining[target] <= options.keep_min()) continue;
     --remaining[target];
-    edges.emplace_back(t.label(t.conn_source()[c]), t.label(target));
+    pruned.push_back(candidate.c);
   }
+  return pruned;
+}
+
+}  // namespace
+
+std::vector<Edge> connections_to_prune(const NeuralNetwork& network, const PruneOptions& options) {
+  const Topology& t = network->topology();
+  std::vector<Edge> edges;
+  for (int64_t c : connections_to_prune_at(network, options, true))
+    edges.emplace_back(t.label(t.conn_source()[c]), t.label(t.conn_target()[c]));
   return edges;
 }
 
@@ -265,7 +275,7 @@ torch::Tensor gradient_scores(const NeuralNetwork& network) {
 }
 
 EditResult prune(const NeuralNetwork& network, const PruneOptions& options) {
-  return edit(network).remove_connections(connections_to_prune(network, options)).build();
+  return edit(network).remove_connections_at(connections_to_prune_at(network, options, false)).build();
 }
 
 }  // namespace connex

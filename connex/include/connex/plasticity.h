@@ -50,6 +50,14 @@ class NetworkEditor {
   NetworkEditor& add_connections(const Adjacency& adjacency);
   NetworkEditor& remove_connections(const std::vector<Edge>& edges);
   NetworkEditor& remove_connections(const Adjacency& adjacency);
+  // Removes base connections by index: positions in the network's
+  // weight_tensor() (its topology's connection order), for a selection made
+  // on tensors, with no label looked up per connection. Each index once, in
+  // range, not removed before in this edit, between neurons it keeps.
+  NetworkEditor& remove_connections_at(const std::vector<int64_t>& connections);
+  // The same from a tensor on any device: 1-D int64 indices, or a bool mask
+  // with one entry per connection (e.g. `score < threshold`).
+  NetworkEditor& remove_connections_at(const torch::Tensor& connections);
   // New inputs come before the existing ones: [0, 1] + [2, 3] -> [2, 3, 0, 1].
   NetworkEditor& add_input_neurons(const std::vector<NeuronId>& ids);
   NetworkEditor& add_hidden_neurons(const std::vector<NeuronId>& ids);
@@ -96,9 +104,10 @@ class NetworkEditor {
   std::unordered_set<NeuronId, NeuronIdHash> removed_neurons_;
   std::vector<Edge> added_edges_;  // in order; may include later-removed ones
   std::unordered_set<Edge, EdgeHash> added_edge_set_;
-  // Base connections removed, by their index in the base topology: no label
-  // hashing per removed edge, here or at build().
-  std::unordered_set<int64_t> removed_connections_;
+  // Base connections removed: a byte per index in the base topology (empty
+  // before the first removal; 2 while a call checks its list). No hashing per
+  // removed connection, here or at build(), which reads them in order.
+  std::vector<uint8_t> removed_;
   std::vector<NeuronId> inputs_, outputs_;
   DropoutSpec dropout_;
   bool function_preserving_ = false;
