@@ -564,7 +564,9 @@ void shared_cores(Run& run) {
       // The default's choice of BLAS threads is made over windows of train
       // steps (ShareChooser): it is timed once it has tried both ways, and
       // between two tries, as most steps of a run of thousands meet it (the
-      // tries, at most one window in two early on, are left out).
+      // tries, at most one window in two early on, are left out; a way that
+      // collapses while timed is tried against the other at once, and that
+      // try is timed too, as training would meet it).
       const int reps = run.quick ? 10 : 100;
       all.apply(c.net);
       const bool blas_choice = !c.net->uses_fused_kernel() && connex::apps::CoreShare::blas_has_own_pool();

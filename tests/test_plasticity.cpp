@@ -178,7 +178,11 @@ TEST_F(InvalidEdit, RemovingConnectionsByIndex) {
                                "connection), got [{}]",
                                n, n + 1));
   EXPECT_THROW_MSG(edit(net).remove_connections_at(torch::zeros({2})),
-                   "remove_connections_at(): expected 1-D int64 indices or a bool mask, got a 1-D Float tensor");
+                   "remove_connections_at(): expected 1-D int64 indices or a bool mask, got a 1-D Float tensor "
+                   "(for a mask, compare: scores < threshold)");
+  EXPECT_THROW_MSG(edit(net).remove_connections_at(torch::ones({3}).nonzero()),
+                   "got a 2-D Long tensor (nonzero() gives [k, 1]: flatten it)");
+  EXPECT_THROW_MSG(edit(net).remove_connections_at(torch::zeros({2}, torch::kInt)), "got a 1-D Int tensor");
   EXPECT_THROW_MSG(edit(net).remove_connections_at(torch::Tensor()),
                    "remove_connections_at(): expected a tensor of indices or a mask, got an undefined one");
   EXPECT_THROW_MSG(edit(net).remove_connections_at(torch::tensor({c, c})), "(1 -> 4) is listed twice");
@@ -244,6 +248,7 @@ TEST(Plasticity, RemovingByIndexIsRemovingByEdge) {
     if (weak[c].item<bool>()) listed.push_back(c);
   ASSERT_GT(listed.size(), 10u);
   auto by_list = edit(net).remove_connections_at(listed).build().network;
+  EXPECT_EQ(edit(net).remove_connections_at({}).build().network->num_connections(), net->num_connections());
   EXPECT_EQ(by_mask->num_connections(), net->num_connections() - static_cast<int64_t>(listed.size()));
   for (const auto& other : {by_tensor, by_list}) {
     EXPECT_EQ(by_mask->spec().edge_indices(), other->spec().edge_indices());
@@ -501,6 +506,12 @@ TEST(Plasticity, OptimizerPlumbingChecksWhereTheEditStarted) {
                    "one has 13 and 16); pass the network the edit started from, as it was before the edit");
   EXPECT_TRUE(torch::equal(moments(), before));
   EXPECT_TRUE(adam.param_groups()[0].params()[0].is_same(grown.network->parameters()[0]));
+  // Followed twice with the right old network: the optimizer already follows it.
+  EXPECT_THROW_MSG(follow_edit(adam, net, grown),
+                   "follow_edit(): the optimizer already holds the edited network's parameters (it follows this edit "
+                   "already, or was built over the edit's network); pass the optimizer as it was before the edit");
+  EXPECT_THROW_MSG(optimizer_after_edit(adam, net, grown), "optimizer_after_edit(): the optimizer already holds");
+  EXPECT_TRUE(torch::equal(moments(), before));
   // An edit of another network of another structure.
   auto other = edit(net).remove_connections({{8, 11}}).build().network;
   auto of_other = edit(other).remove_connections({{9, 11}}).build();

@@ -226,6 +226,14 @@ TEST(WorkShare, ChooserEndsAWindowOfACollapsedWayEarly) {
   EXPECT_FALSE(mild.shared());
   mild.record(Ms(2), 10);
   EXPECT_TRUE(mild.shared());
+  // Regions of no indices cost nothing either way: no window ends early on them.
+  ShareChooser empty;
+  for (int64_t r = 0; r < 3 * ShareChooser::kWindow; ++r) empty.record(Ms(1), 10);
+  const bool way = empty.shared();
+  for (int64_t r = 0; r + 1 < ShareChooser::kWindow; ++r) {
+    empty.record(Ms(1), 0);
+    EXPECT_EQ(empty.shared(), way);
+  }
 }
 
 // Windows fall across train steps as they may: a try of serial that holds

@@ -485,6 +485,14 @@ std::unique_ptr<torch::optim::Optimizer> after_edit(const torch::optim::Optimize
   if (type == "other")
     fail("{}: the optimizer is of a type connex does not know ({} are)", context,
          list_optimizer_kinds(OptimizerNaming::kTitle));
+  // An optimizer that already holds the edited module (it followed this
+  // edit, or was built over the result): nothing of the old one to move.
+  if (const HeldNames held_old = held_names(old_optimizer, old_module);
+      held_old.foreign && !held_old.any && held_names(old_optimizer, new_module).any)
+    fail(
+        "{}: the optimizer already holds the edited {}'s parameters (it follows this edit already, or was built "
+        "over the edit's {}); pass the optimizer as it was before the edit",
+        context, module, module);
   const auto held = check_holds(old_optimizer, old_module, context, "the optimizer", old_remedy(module).c_str());
   const auto parameters = new_module.named_parameters();
   std::unordered_set<const void*> of_new_module;

@@ -311,7 +311,7 @@ class StagedRemoval {
   // removed earlier in the edit, 2: taken earlier in this call).
   uint8_t take(int64_t c) {
     const uint8_t mark = removed_[c];
-    if (mark == 0) removed_[c] = 2, taken_.push_back(c);
+    if (mark == 0) taken_.push_back(c), removed_[c] = 2;  // listed before marked: a bad_alloc leaves no mark
     return mark;
   }
   void commit() { committed_ = true; }
@@ -393,9 +393,15 @@ NetworkEditor& NetworkEditor::remove_connections_at(const torch::Tensor& connect
     const int64_t* at = indices.data_ptr<int64_t>();
     return remove_connections_at(std::vector<int64_t>(at, at + indices.numel()));
   }
-  if (connections.scalar_type() != torch::kLong || connections.dim() != 1)
-    fail("remove_connections_at(): expected 1-D int64 indices or a bool mask, got a {}-D {} tensor", connections.dim(),
-         c10::toString(connections.scalar_type()));
+  if (connections.scalar_type() != torch::kLong || connections.dim() != 1) {
+    // The two likeliest slips: nonzero()'s [k, 1] result, and scores where a mask was meant.
+    const char* hint = connections.scalar_type() == torch::kLong && connections.dim() == 2 && connections.size(1) == 1
+                           ? " (nonzero() gives [k, 1]: flatten it)"
+                       : connections.is_floating_point() ? " (for a mask, compare: scores < threshold)"
+                                                         : "";
+    fail("remove_connections_at(): expected 1-D int64 indices or a bool mask, got a {}-D {} tensor{}",
+         connections.dim(), c10::toString(connections.scalar_type()), hint);
+  }
   const auto indices = connections.to(torch::kCPU).contiguous();
   const int64_t* at = indices.data_ptr<int64_t>();
   return remove_connections_at(std::vector<int64_t>(at, at + indices.numel()));

@@ -210,7 +210,7 @@ void ShareChooser::record(Clock::duration took, int64_t indices, uint64_t kind) 
     else
       other_known_ = false;
   }
-  const bool dear = regions_ >= kWarmUp + kEarliest && other_known_ && took_ > kEndEarly * other_;
+  const bool dear = regions_ >= kWarmUp + kEarliest && other_known_ && other_ > 0 && took_ > kEndEarly * other_;
   if (regions_ < kWindow && !dear) return;
   decide();
 }

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <unordered_map>
 #include <unordered_set>
+#include <initializer_list>
 #include <vector>
 
 #include "connex/graph_spec.h"
@@ -55,6 +56,9 @@ class NetworkEditor {
   // on tensors, with no label looked up per connection. Each index once, in
   // range, not removed before in this edit, between neurons it keeps.
   NetworkEditor& remove_connections_at(const std::vector<int64_t>& connections);
+  NetworkEditor& remove_connections_at(std::initializer_list<int64_t> connections) {  // {} picks neither overload
+    return remove_connections_at(std::vector<int64_t>(connections));
+  }
   // The same from a tensor on any device: 1-D int64 indices, or a bool mask
   // with one entry per connection (e.g. `score < threshold`).
   NetworkEditor& remove_connections_at(const torch::Tensor& connections);
