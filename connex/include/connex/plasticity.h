@@ -55,6 +55,8 @@ class NetworkEditor {
   // weight_tensor() (its topology's connection order), for a selection made
   // on tensors, with no label looked up per connection. Each index once, in
   // range, not removed before in this edit, between neurons it keeps.
+  // Indices of an earlier network go stale after an edit (its
+  // EditResult::parameters.moved["weight"] pairs new and old indices).
   NetworkEditor& remove_connections_at(const std::vector<int64_t>& connections);
   NetworkEditor& remove_connections_at(std::initializer_list<int64_t> connections) {  // {} picks neither overload
     return remove_connections_at(std::vector<int64_t>(connections));
