@@ -245,6 +245,23 @@ TEST(SparseTraining, RewiringEqualsTheEditorsEdit) {
         EXPECT_EQ(result.network->topology().conn_source(), expected.network->topology().conn_source());
         EXPECT_EQ(result.network->topology().conn_target(), expected.network->topology().conn_target());
         EXPECT_EQ(result.network->topology().out_connections(), expected.network->topology().out_connections());
+        EXPECT_EQ(result.network->topology().out_offsets(), expected.network->topology().out_offsets());
+        EXPECT_EQ(result.network->topology().out_targets(), expected.network->topology().out_targets());
+        {
+          // The spec's index adjacency: each source's targets, as edge_indices() lists them.
+          const GraphSpec& spec = result.network->spec();
+          const auto& adjacency = spec.index_adjacency();
+          ASSERT_EQ(adjacency.offsets.size(), spec.num_neurons() + 1);
+          std::vector<std::vector<int64_t>> listed(spec.num_neurons()), held(spec.num_neurons());
+          for (const auto& [u, v] : spec.edge_indices()) listed[u].push_back(v);
+          for (size_t u = 0; u < spec.num_neurons(); ++u) {
+            held[u].assign(adjacency.targets.begin() + adjacency.offsets[u],
+                           adjacency.targets.begin() + adjacency.offsets[u + 1]);
+            std::sort(listed[u].begin(), listed[u].end());
+            std::sort(held[u].begin(), held[u].end());
+          }
+          EXPECT_EQ(held, listed);
+        }
         EXPECT_TRUE(torch::equal(result.network->weight_tensor(), expected.network->weight_tensor()));
         EXPECT_TRUE(torch::equal(result.network->bias_tensor(), expected.network->bias_tensor()));
         for (const char* name : {"weight", "bias"}) {

@@ -184,25 +184,27 @@ void append_largest(const Scalar* score, int64_t size, int64_t first_key, int64_
   constexpr int bucket_bits = sizeof(Scalar) == 4 ? 12 : 16;
   constexpr int shift = static_cast<int>(sizeof(Bits)) * 8 - bucket_bits;
   constexpr int64_t buckets = int64_t{1} << bucket_bits;
-  auto bits_at = [&](int64_t i) {
-    Bits bits;
-    std::memcpy(&bits, score + i, sizeof bits);
-    return bits;
-  };
-  Bits limit;  // +infinity: anything above is negative or NaN
+  // The passes below read the scores as bits through a local pointer and
+  // hold every bound in a local: a bound read through the closure is loaded
+  // again after each store to a count, and each pass is a few instructions a
+  // score.
+  const Bits* bits = reinterpret_cast<const Bits*>(score);
+  static_assert(sizeof(Bits) == sizeof(Scalar), "a score's bits");
+  Bits limit_bits;  // +infinity: anything above is negative or NaN
   const Scalar infinity = std::numeric_limits<Scalar>::infinity();
-  std::memcpy(&limit, &infinity, sizeof limit);
+  std::memcpy(&limit_bits, &infinity, sizeof limit_bits);
+  const Bits limit = limit_bits;
   constexpr int64_t kChunk = int64_t{1} << 18;
   const int64_t chunks = (size + kChunk - 1) / kChunk;
   std::vector<std::vector<uint32_t>> histograms(chunks);  // a chunk's counts fit 32 bits
   share_work(0, chunks, 1, [&](int64_t first, int64_t last) {
     for (int64_t h = first; h < last; ++h) {
-      histograms[h].assign(buckets, 0);
+      histograms[h].assign(buckets + 1, 0);  // the last counts what is negative or NaN
       uint32_t* histogram = histograms[h].data();
-      for (int64_t i = h * kChunk; i < std::min(size, (h + 1) * kChunk); ++i) {
-        const Bits bits = bits_at(i);
-        if (bits <= limit) ++histogram[bits >> shift];
-      }
+      const Bits* b = bits;
+      const Bits high = limit;
+      for (int64_t i = h * kChunk, end = std::min(size, (h + 1) * kChunk); i < end; ++i)
+        ++histogram[b[i] <= high ? b[i] >> shift : buckets];
     }
   });
   int64_t above = 0, bucket = buckets - 1;
@@ -212,17 +214,28 @@ void append_largest(const Scalar* score, int64_t size, int64_t first_key, int64_
     if (above + here >= count) break;
     above += here;
   }
-  // Chunk by chunk, in order: every score above the bucket, and the bucket's to be ordered.
+  // Chunk by chunk, in order: every score above the bucket, and the bucket's
+  // to be ordered (none where every score is wanted: bucket -1). Bits in
+  // [floor, limit] are in the bucket or above, above it past bucket_end.
+  const bool all = bucket < 0;
+  const Bits floor = all ? 0 : static_cast<Bits>(bucket) << shift;
+  const Bits bucket_end = all || bucket + 1 >= buckets ? limit : (static_cast<Bits>(bucket + 1) << shift) - 1;
   std::vector<std::vector<Scored>> taken(chunks), boundary(chunks);
   share_work(0, chunks, 1, [&](int64_t first, int64_t last) {
-    for (int64_t h = first; h < last; ++h)
-      for (int64_t i = h * kChunk; i < std::min(size, (h + 1) * kChunk); ++i) {
-        const Bits bits = bits_at(i);
-        if (bits > limit) continue;
-        const auto b = static_cast<int64_t>(bits >> shift);
-        if (b > bucket) taken[h].emplace_back(static_cast<double>(score[i]), first_key + i);
-        if (b == bucket) boundary[h].emplace_back(static_cast<double>(score[i]), first_key + i);
+    const Bits* b = bits;
+    const Scalar* s = score;
+    const int64_t key = first_key;
+    const Bits low = floor, high = limit, middle = bucket_end;
+    const bool every = all;
+    for (int64_t h = first; h < last; ++h) {
+      std::vector<Scored>& in_taken = taken[h];
+      std::vector<Scored>& in_boundary = boundary[h];
+      for (int64_t i = h * kChunk, end = std::min(size, (h + 1) * kChunk); i < end; ++i) {
+        const Bits v = b[i];
+        if (v < low || v > high) continue;
+        (every || v > middle ? in_taken : in_boundary).emplace_back(static_cast<double>(s[i]), key + i);
       }
+    }
   });
   std::vector<Scored> rest;
   for (int64_t h = 0; h < chunks; ++h) {
