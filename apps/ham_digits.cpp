@@ -9,7 +9,7 @@
 //  2. Classification: a HAM with the image clamped, a relu hidden layer and a softmax label layer, trained with
 //     Adam by backpropagating through its unrolled descent.
 //
-//   ham_digits [digits.csv = build/datasets/digits.csv]
+//   ham_digits [digits.csv = build/datasets/digits.csv]   (--help: usage)
 //
 // Prints a table of the figures and exits 1 when a sanity check fails, 2 when the data cannot be read, 77 (skipped)
 // when the file is missing.
@@ -111,6 +111,17 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 int main(int argc, char** argv) {
   const auto started = std::chrono::steady_clock::now();
   const std::string path = argc > 1 ? argv[1] : "build/datasets/digits.csv";
+  if (path == "--help" || path == "-h") {
+    std::printf(
+        "usage: ham_digits [digits.csv]\n\n"
+        "Associative memories (connex/ham) on the 8x8 digit images of digits.csv (default\n"
+        "build/datasets/digits.csv; scripts/fetch-datasets.sh writes it). Prints a table of retrieval\n"
+        "errors for corrupted test images (dense HAM, classic Hopfield network, trivial fill), a HAM\n"
+        "classifier's test accuracy and the sanity checks.\n"
+        "Exits 0 when every check passes, 1 when one fails, 2 when the data cannot be read, 77 when\n"
+        "the file is missing.\n");
+    return 0;
+  }
   if (!std::filesystem::exists(path)) {
     std::fprintf(stderr, "ham_digits: dataset %s not found (scripts/fetch-datasets.sh writes it)\n", path.c_str());
     return 77;  // ctest: skipped

@@ -105,9 +105,35 @@ TEST(CliPrune, NeedsDataOnlyForTheLossAndReportsAccuracy) {
   EXPECT_NE(r.out.find(fmt::format("loss: {:.6f} -> ", val_loss)), std::string::npos) << r.out << val_loss;
   EXPECT_NE(r.out.find("after pruning (15 validation rows)"), std::string::npos) << r.out;
 
-  r = connex_cli("prune run/model.ckpt --fraction 0.3 --epochs 2 --out z.ckpt", dir);
+  // Training on takes the checkpoint's CSV and batch size unless flags say otherwise.
+  ASSERT_EQ(
+      connex_cli("train net.json --data d.csv --task classification --epochs 2 --batch-size 8 --out batched", dir).code,
+      0);
+  auto after_more = [](const std::string& out) {
+    const size_t from = out.rfind('\n', out.find("after 1 more epochs")) + 1;  // the line of the loss
+    return out.substr(from, out.find("wrote") - from);
+  };
+  r = connex_cli("prune batched --fraction 0.3 --epochs 1 --out zb.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string csv = fs::absolute(dir / "d.csv").lexically_normal().string();
+  EXPECT_NE(
+      (r.out + r.err).find("data: " + csv + " (the one the checkpoint was trained on; give --data to use another)"),
+      std::string::npos)
+      << r.out + r.err;
+  const std::string with_its_batch = r.out;
+  r = connex_cli("prune batched --fraction 0.3 --epochs 1 --batch-size 8 --data d.csv --out z8.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(after_more(r.out), after_more(with_its_batch));
+  r = connex_cli("prune batched --fraction 0.3 --epochs 1 --batch-size 0 --out z0.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(after_more(r.out), after_more(with_its_batch));
+  fs::remove(dir / "d.csv");
+  r = connex_cli("prune batched --fraction 0.3 --epochs 1 --out gone.ckpt", dir);
   EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.err.find("connex: prune: classification needs --data FILE.csv"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("connex: prune: batched was trained on " + csv + ", which is gone; give --data"),
+            std::string::npos)
+      << r.err;
+  EXPECT_FALSE(fs::exists(dir / "gone.ckpt"));
   spit(dir / "reg.json", kMlp21);
   r = connex_cli("prune reg.json --fraction 0.3 --epochs 2 --out z.ckpt", dir);
   EXPECT_NE(r.err.find("connex: prune: the built-in toy data has 1 feature and 2 targets"), std::string::npos) << r.err;

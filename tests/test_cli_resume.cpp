@@ -98,7 +98,7 @@ TEST(CliResume, SigtermStopsAfterAStepWritesTheRunAndResumesExactly) {
   auto r = connex_cli("train stopped --epochs " + std::to_string(epochs - done) + " --out resumed", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("] data: " + (fs::path(dir.path) / "d.csv").lexically_normal().string() +
-                       " (the one the checkpoint was trained on; give --data to train on another)\n"),
+                       " (the one the checkpoint was trained on; give --data to use another)\n"),
             std::string::npos)
       << r.out;
   ASSERT_EQ(connex_cli(args + " --epochs " + std::to_string(epochs) + " --out full", dir).code, 0);

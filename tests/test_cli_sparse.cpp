@@ -33,11 +33,11 @@ int64_t expected_connections(double density, nn::DensityDistribution distributio
 // Every "rewire step ..." line of a run's log: {step, before, dropped, grown, after}.
 std::vector<std::array<int64_t, 5>> rewirings(const std::string& log) {
   static const std::regex line(
-      R"(rewire step (\d+) \((set|rigl), drop [0-9.e-]+\): (\d+) connections, (\d+) dropped, (\d+) grown, (\d+) after)");
+      R"(rewire step (\d+) \((set|rigl), drop fraction [0-9.e-]+\): (\d+) connections, (\d+) dropped \(([0-9.e-]+) of them\), (\d+) grown, (\d+) after)");
   std::vector<std::array<int64_t, 5>> out;
   for (std::sregex_iterator it(log.begin(), log.end(), line), end; it != end; ++it)
     out.push_back(
-        {std::stoll((*it)[1]), std::stoll((*it)[3]), std::stoll((*it)[4]), std::stoll((*it)[5]), std::stoll((*it)[6])});
+        {std::stoll((*it)[1]), std::stoll((*it)[3]), std::stoll((*it)[4]), std::stoll((*it)[6]), std::stoll((*it)[7])});
   return out;
 }
 
@@ -79,6 +79,13 @@ TEST(CliSparse, DensityDrawsTheExpectedConnectionsAndTrains) {
       kSizes, nn::SparseLayersOptions().density(0.3).distribution(nn::DensityDistribution::Uniform).seed(4)));
   EXPECT_EQ(edges_of(load(dir / "u/model.ckpt")), edges_of(drawn));
   EXPECT_EQ(drawn->num_connections(), expected_connections(0.3, nn::DensityDistribution::Uniform));
+  // Without --seed, the config's own seed draws the graph.
+  r = connex_cli("train sparse.json --data d.csv --density 0.3 --epochs 1 --out own", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE((r.out + r.err).find("(erk, seed 11"), std::string::npos) << r.out + r.err;
+  EXPECT_EQ(edges_of(load(dir / "own/model.ckpt")),
+            edges_of(NeuralNetwork(nn::sparse_layered_spec(
+                kSizes, nn::SparseLayersOptions().density(0.3).distribution(nn::DensityDistribution::ERK).seed(11)))));
 }
 
 TEST(CliSparse, SetAndRiglLogOneLinePerRewiringAndKeepTheConnectionCount) {
@@ -208,6 +215,16 @@ TEST(CliSparse, RefusalsAreOneLineAndWriteNothing) {
            {"net.json --rewire none --rewire-end 0.5", "train: --rewire-end needs --rewire set or rigl"},
            {"net.json --rewire set --drop-fraction 1", "must be a number in [0, 1), got \"1\""},
            {"net.json --density 0", "must be a number in (0, 1], got \"0\""},
+           {"net.json --density 0.5 --drop-fraction 0.2", "train: --drop-fraction needs --rewire set or rigl"},
+           {"net.json --density 0.5 --rewire none --rewire-every 5",
+            "train: --rewire-every needs --rewire set or rigl"},
+           {"net.json --prune-at-epoch 0 --prune-fraction 0.5", "--prune-at-epoch: must be an integer >= 1, got \"0\""},
+           {"net.json --prune-at-epoch 1 --prune-fraction 0",
+            "--prune-fraction: must be a number in (0, 1], got \"0\""},
+           {"net.json --prune-fraction 0.5",
+            "train: --prune-fraction needs --prune-at-epoch (the epoch after which to prune, >= 1)"},
+           {"net.json --prune-at-epoch 1",
+            "train: --prune-at-epoch 1 needs --prune-fraction (the share to prune, in (0, 1])"},
            {"net.json --prune-scope neuron", "train: --prune-scope needs --prune-at-epoch"},
            {"net.json --prune-keep-min 2", "train: --prune-keep-min needs --prune-at-epoch"},
            {"net.json --prune-at-epoch 1 --prune-fraction 0.5 --prune-scope layer", "--prune-scope: layer not in"},
@@ -249,10 +266,14 @@ TEST(CliSparse, RefusalsAreOneLineAndWriteNothing) {
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE((r.out + r.err).find("prune: 1 of 1 outputs ("), std::string::npos) << r.out + r.err;
   // prune --score activation|gradient measures on data.
-  r = connex_cli("prune ck --score gradient --fraction 0.5 --out p.ckpt", dir);
+  // (on --data, or the CSV a trained checkpoint records; a config has none).
+  r = connex_cli("prune net.json --score gradient --fraction 0.5 --out p.ckpt", dir);
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("prune: --score gradient needs --data"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(dir / "p.ckpt"));
+  r = connex_cli("prune ck --score gradient --fraction 0.5 --out p.ckpt", dir);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("scores: gradient"), std::string::npos) << r.out;
 }
 
 TEST(CliSparse, PruneScoresByActivationOrGradient) {
@@ -358,6 +379,30 @@ TEST(CliSparse, AFloorThatKeepsEverythingIsSaid) {
                                   half, half)),
             std::string::npos)
       << r.out + r.err;
+  EXPECT_EQ(slurp(dir / "ck/model.ckpt"), before);
+  // train's pruning says the same.
+  r = connex_cli("train ck --epochs 2 --prune-at-epoch 2 --prune-fraction 0.5 --prune-keep-min 1000 --out t", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE((r.out + r.err)
+                .find(fmt::format("train: epoch 2: --prune-keep-min 1000 kept {} of the {} connections "
+                                  "--prune-fraction chose: nothing is removed",
+                                  half, half)),
+            std::string::npos)
+      << r.out + r.err;
+  // A scope applies to a fraction only; without --out, nothing is saved, and it is said.
+  r = connex_cli("prune ck --threshold 0.01 --scope neuron --out s.ckpt", dir);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("prune: --scope neuron applies to --fraction (each group's weakest share); --threshold "
+                       "removes every connection below it whatever the scope"),
+            std::string::npos)
+      << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir / "s.ckpt"));
+  r = connex_cli("prune ck --fraction 0.5 --batch-size 4 --out s.ckpt", dir);
+  EXPECT_NE(r.err.find("prune: --batch-size 4 applies to training on; give --epochs N"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir / "s.ckpt"));
+  r = connex_cli("prune ck --fraction 0.5", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("no --out: the pruned network was not saved"), std::string::npos) << r.out;
   EXPECT_EQ(slurp(dir / "ck/model.ckpt"), before);
 }
 

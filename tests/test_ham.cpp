@@ -80,6 +80,21 @@ TEST(HamLagrangian, CallableLagrangianDifferentiatesByAutograd) {
   EXPECT_TRUE(torch::allclose(quartic->activation(x), x.pow(3)));
 }
 
+TEST(HamLagrangian, LayernormAnswersConvexBeforeAndAfterItJoinsALayer) {
+  auto norm = H::layernorm(0.5);
+  EXPECT_TRUE(norm->convex());  // from the initial γ: no layer has sized γ yet
+  H::HAM ham;
+  ham->add_layer("n", {3}, norm);
+  EXPECT_TRUE(norm->convex());
+  {
+    torch::NoGradGuard no_grad;
+    ham->named_parameters()["layers.n.gamma"].fill_(-0.5);  // as training might
+  }
+  EXPECT_FALSE(norm->convex());
+  EXPECT_TRUE(H::layernorm(0.5)->convex());
+  EXPECT_FALSE(H::lagrangian([](const torch::Tensor& x) { return x.sum(1); })->convex());
+}
+
 // Synapses' closed-form gradients against autograd of their energy.
 void expect_gradients_match(H::SynapseImpl& s, const std::vector<torch::Tensor>& g, const std::string& what) {
   std::vector<torch::Tensor> leaves;
@@ -336,6 +351,34 @@ TEST(HamDescent, ClampedLayersAndEntriesNeverMove) {
   auto shared = ham->descend(x, {}, {{"v", row}}).states;
   EXPECT_TRUE(
       torch::equal(shared["v"].index({torch::indexing::Slice(), row}), x["v"].index({torch::indexing::Slice(), row})));
+}
+
+TEST(HamDescent, ResultNeverSharesTheCallersTensors) {
+  torch::manual_seed(19);
+  H::HAM ham;
+  ham->add_layer("v", {4}, H::identity()).add_layer("h", {3}, H::softmax(2.0));
+  ham->add_synapse("vh", H::linear(), {"v", "h"});
+  auto x = ham->init_states(2);
+  for (auto& [name, t] : x) t.normal_();
+  const auto before = x["v"].clone();
+  auto none = ham->descend(x, H::DescentOptions().steps(0).record_energy(true));
+  for (const auto& [name, t] : x) {
+    EXPECT_TRUE(torch::equal(none.states[name], t)) << name;
+    EXPECT_NE(none.states[name].data_ptr(), t.data_ptr()) << name;
+  }
+  EXPECT_EQ(none.energy.sizes(), (std::vector<int64_t>{1, 2}));
+  none.states["v"].add_(1);
+  EXPECT_TRUE(torch::equal(x["v"], before));
+  // A layer held whole is copied too.
+  auto held = ham->descend(x, H::DescentOptions().steps(3), {{"v", {}}}).states;
+  EXPECT_TRUE(torch::equal(held["v"], x["v"]));
+  EXPECT_NE(held["v"].data_ptr(), x["v"].data_ptr());
+  // The copies keep the graph: the sum of the unmoved state has gradient 1 per entry.
+  auto leaf = x["v"].clone().requires_grad_(true);
+  auto y = x;
+  y["v"] = leaf;
+  ham->descend(y, H::DescentOptions().steps(0)).states["v"].sum().backward();
+  EXPECT_TRUE(torch::equal(leaf.grad(), torch::ones({2, 4})));
 }
 
 TEST(HamDescent, InferenceKeepsNoGraphTrainingDoes) {
@@ -618,7 +661,8 @@ TEST(HamErrors, BadStructureIsRefusedNamingTheCulpritAndNothingChanges) {
                    "add_synapse(): synapse \"s\": the convolution of layer \"img\" [1, 6, 6] is [2, 4, 4], but layer "
                    "\"m\" is [2, 3, 3]");
   EXPECT_THROW_MSG(ham->add_synapse("s", H::attention(1, 2), {"a"}),
-                   "a attention synapse needs layers shaped [tokens, dim]");
+                   "add_synapse(): synapse \"s\": an attention synapse needs layers shaped [tokens, dim], but layer "
+                   "\"a\" is [4]");
   EXPECT_THROW_MSG(ham->add_synapse("s", H::graph({{0, 9}}), {"a"}),
                    "connection (0, 9) names neuron 9, which layer \"a\" does not have");
   EXPECT_THROW_MSG(ham->add_synapse("s", H::graph({{0, 1}, {1, 0}}), {"a"}),
@@ -631,6 +675,60 @@ TEST(HamErrors, BadStructureIsRefusedNamingTheCulpritAndNothingChanges) {
   EXPECT_THROW_MSG(H::repu(0.5), "repu(): expected a finite power n ≥ 1, got 0.5");
   EXPECT_THROW_MSG(H::tanh(0), "tanh(): expected a finite β > 0, got 0");
   EXPECT_THROW_MSG(H::conv2d({3}), "conv2d(): expected the kernel as two integers in [1, 1048576], got [3]");
+}
+
+TEST(HamErrors, LayernormNeedsAFinitePositiveGamma) {
+  EXPECT_THROW_MSG(H::layernorm(-1.0), "layernorm(): expected a finite γ > 0, got -1");
+  EXPECT_THROW_MSG(H::layernorm(0.0), "layernorm(): expected a finite γ > 0, got 0");
+  EXPECT_THROW_MSG(H::layernorm(INFINITY), "layernorm(): expected a finite γ > 0, got inf");
+  EXPECT_THROW_MSG(H::layernorm(1.0, NAN), "layernorm(): expected a finite δ, got nan");
+  EXPECT_THROW_MSG(H::layernorm(1.0, 0.0, 0.0), "layernorm(): expected a finite ε > 0, got 0");
+  // A checkpoint's description goes through the same check.
+  EXPECT_THROW_MSG(
+      H::lagrangian_from_json({{"kind", "layernorm"}, {"gamma", -2.0}, {"delta", 0.0}, {"eps", 1e-5}}, "here"),
+      "here: layernorm(): expected a finite γ > 0, got -2");
+}
+
+TEST(HamErrors, TheNeuronIdsOfALayerAreOfOneKind) {
+  H::HAM ham;
+  ham->add_layer("h", {3}, H::tanh());
+  EXPECT_THROW_MSG(ham->add_labelled_layer("m", {1, "a"}, H::tanh()),
+                   "add_layer(): layer \"m\": neuron \"a\" is a string but neuron 1 is an integer; all neuron ids of "
+                   "a layer must be of one kind");
+  EXPECT_EQ(ham->layers().size(), 1u);
+  EXPECT_THROW_MSG(H::edit(ham).add_neurons("h", {3, "x"}).build(),
+                   "ham::edit(): step 1 (add_neurons \"h\"): neuron \"x\" is a string but layer \"h\"'s neuron 0 is "
+                   "an integer; all neuron ids of a layer must be of one kind");
+  EXPECT_EQ(ham->layer("h").neurons, (std::vector<NeuronId>{0, 1, 2}));
+  // Each layer is its own label space: layers of either kind share a HAM and a graph synapse.
+  ham->add_labelled_layer("s", {"x", "y"}, H::tanh()).add_synapse("g", H::graph({{0, "x"}}), {"h", "s"});
+  EXPECT_EQ(H::edit(ham).add_neurons("s", {"z"}).build().ham->layer("s").neurons,
+            (std::vector<NeuronId>{"x", "y", "z"}));
+}
+
+TEST(HamErrors, ALabelledLayerNeedsANeuron) {
+  H::HAM ham;
+  EXPECT_THROW_MSG(ham->add_labelled_layer("e", {}, H::tanh()),
+                   "add_layer(): layer \"e\": expected at least one neuron, got none");
+  EXPECT_TRUE(ham->layers().empty());
+}
+
+TEST(HamErrors, StatesOnAnotherDeviceAreRefused) {
+  // Meta tensors have a device but no data, so this runs without a GPU.
+  const auto meta = torch::TensorOptions().device(torch::kMeta);
+  H::HAM ham;
+  ham->add_layer("a", {4}, H::tanh()).add_layer("b", {2}, H::softmax()).add_synapse("ab", H::linear(), {"a", "b"});
+  auto x = ham->init_states(3);
+  x["a"] = torch::zeros({3, 4}, meta);
+  EXPECT_THROW_MSG(ham->descend(x),
+                   "descend(): layer \"a\"'s state is on meta, but the HAM's parameters are on cpu (init_states() "
+                   "makes them alike; .to() moves a state)");
+  EXPECT_THROW_MSG(ham->energy(x), "energy(): layer \"a\"'s state is on meta");
+  EXPECT_TRUE(ham->parameters()[0].device().is_cpu());
+  H::HAM bare;  // no parameters: the states agree among themselves
+  bare->add_layer("p", {2}, H::tanh()).add_layer("q", {2}, H::tanh());
+  EXPECT_THROW_MSG(bare->descend({{"p", torch::zeros({1, 2})}, {"q", torch::zeros({1, 2}, meta)}}),
+                   "descend(): layer \"q\"'s state is on meta, but layer \"p\"'s is on cpu");
 }
 
 TEST(HamErrors, APartRefusedOnceJoinsOnTheRightTry) {

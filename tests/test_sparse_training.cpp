@@ -535,6 +535,13 @@ TEST(SparseTraining, BadInputNamesTheCulpritAndChangesNothing) {
       "Rewirer::rewire(): the trace has no gradient; call loss.backward() on the traced forward's loss first");
   NeuralNetwork other(nn::mlp_spec(2, 1, 3, 1));
   EXPECT_THROW_MSG(rigl.rewire(other, 0, &untrained), "Rewirer::rewire(): expected the network's 33 neurons");
+  // The same 33 labels in another network: its roles differ.
+  NeuralNetwork same_labels(
+      nn::random_dag_spec(nn::RandomDagOptions().inputs(4).hidden(26).outputs(3).connections(80).depth(4).seed(1)));
+  ASSERT_EQ(same_labels->num_neurons(), 33);
+  EXPECT_THROW_MSG(Rewirer(net).rewire(same_labels, 0),
+                   "Rewirer::rewire(): neuron 4 was an input neuron when the Rewirer was made and is a hidden one now "
+                   "(another network with the same labels?); make a Rewirer for this network");
   auto trace = traced_backward(net, torch::randn({4, 6}, torch::kFloat64), torch::randn({4, 3}, torch::kFloat64));
   EXPECT_THROW_MSG(absent_connection_gradients(net, trace, {edges.front()}),
                    "absent_connection_gradients(): connection " + edge_str(edges.front()) + " exists");
@@ -612,6 +619,8 @@ TEST(PruneByData, BadScoresAreRefused) {
   nan[3] = std::nan("");
   EXPECT_THROW_MSG(prune(net, PruneOptions().fraction(0.5).scores(nan)),
                    "prune(): expected finite scores >= 0, got NaN or inf");
+  EXPECT_THROW_MSG(prune(net, PruneOptions().fraction(0.5).scores(torch::ones({n}, torch::kLong))),
+                   "prune(): expected floating-point scores, got Long (integer scores rank in steps; convert them)");
   LevelTrace wrong;
   EXPECT_THROW_MSG(activation_scores(net, wrong),
                    "activation_scores(): expected a trace of this network's 4 levels, got 0");

@@ -193,7 +193,7 @@ TEST(Prune, SelectionMatchesSortingOnRandomGraphs) {
     o.scope(scopes[trial % 3]).protect_outputs(trial % 4 == 0).keep_min(trial % 5 == 0 ? 1 : 0);
     if (trial % 2) o.scores(ties);
     if (trial % 7 == 3)
-      o.threshold(0.5);
+      o.threshold(0.5).scope(PruneScope::Global);  // a threshold takes no scope
     else
       o.fraction(std::uniform_real_distribution<double>(0, 1)(rng));
     const auto got = connections_to_prune(net, o);
@@ -243,6 +243,11 @@ TEST(Prune, RejectsBadOptionsByName) {
   EXPECT_THROW_MSG(prune(net, PruneOptions().fraction(1.5)), "prune(): expected a fraction in [0, 1], got 1.5");
   EXPECT_THROW_MSG(prune(net, PruneOptions().threshold(-1)), "prune(): expected a finite threshold >= 0, got -1");
   EXPECT_THROW_MSG(prune(net, PruneOptions().fraction(0.1).keep_min(-2)), "prune(): expected keep_min >= 0, got -2");
+  EXPECT_THROW_MSG(prune(net, PruneOptions().threshold(0.1).scope(PruneScope::PerNeuron)),
+                   "prune(): a scope other than Global applies to a fraction (each group's weakest share), got "
+                   "PerNeuron with a threshold, which removes every connection below it in any scope");
+  EXPECT_THROW_MSG(connections_to_prune(net, PruneOptions().threshold(0.1).scope(PruneScope::PerLevel)),
+                   "got PerLevel with a threshold");
   EXPECT_EQ(net->num_connections(), 6);
 }
 

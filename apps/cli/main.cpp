@@ -504,14 +504,26 @@ void log_data(const Table& data) {
                p.standardizes() ? ", standardized" : "");
 }
 
+// The first rewiring setting given, if any (they need a method: --rewire, or a checkpoint's record).
+const char* rewire_setting_given(const TrainArgs& t) {
+  return t.rewire_every    ? "--rewire-every"
+         : t.drop_fraction ? "--drop-fraction"
+         : t.rewire_end    ? "--rewire-end"
+                           : nullptr;
+}
+
 void check_train_flags(const TrainArgs& t, const std::string& out) {
   if (t.prune_at_epoch > 0 && !(t.prune_fraction > 0))
-    fail("train: --prune-at-epoch {} needs --prune-fraction (in (0, 1])", t.prune_at_epoch);
-  if (t.prune_fraction > 0 && t.prune_at_epoch == 0) fail("train: --prune-fraction needs --prune-at-epoch (>= 1)");
+    fail("train: --prune-at-epoch {} needs --prune-fraction (the share to prune, in (0, 1])", t.prune_at_epoch);
+  if (t.prune_fraction > 0 && t.prune_at_epoch == 0)
+    fail("train: --prune-fraction needs --prune-at-epoch (the epoch after which to prune, >= 1)");
   if ((t.prune_scope || t.prune_keep_min) && t.prune_at_epoch == 0)
     fail("train: --{} needs --prune-at-epoch", t.prune_scope ? "prune-scope" : "prune-keep-min");
   if (t.checkpoint_every > 0 && out.empty()) fail("train: --checkpoint-every needs --out");
   if (t.init_density && !t.density) fail("train: --init-density needs --density");
+  // A --density run is new, with no recorded method: said before its network is drawn.
+  if (t.density && (!t.rewire || *t.rewire == "none") && rewire_setting_given(t))
+    fail("train: {} needs --rewire set or rigl", rewire_setting_given(t));
 }
 
 // Up front: train --out writes all of a run's files, so a directory holding
@@ -560,11 +572,12 @@ NeuralNetwork sparse_network(const std::string& config, const TrainArgs& t) {
     fail("{}{}", needs, kind.is_null() ? std::string("an explicit graph") : "\"prebuilt\": " + kind.dump());
   graph["prebuilt"] = "SparseMLP";
   graph["density"] = *t.density;
-  graph["seed"] = t.seed.value_or(0);
+  // A SparseMLP config's own seed stays unless --seed replaces it.
+  if (t.seed || !graph.contains("seed")) graph["seed"] = t.seed.value_or(0);
   if (t.init_density) graph["distribution"] = *t.init_density;
-  NeuralNetwork net = network_from_config(json, config);
+  NeuralNetwork net = network_from_config(json, config);  // checks the config's seed too
   spdlog::info("--density {}: a sparse layered network of {} connections ({}, seed {}{})", *t.density,
-               net->num_connections(), graph.value("distribution", "er"), t.seed.value_or(0),
+               net->num_connections(), graph.value("distribution", "er"), graph.at("seed").dump(),
                sparse_floor_note(net, graph));
   return net;
 }
@@ -597,10 +610,7 @@ std::optional<double> plan_rewiring(const TrainArgs& t, RewireSettings& r, const
   const std::string recorded = r.method;
   if (t.rewire) r.method = *t.rewire == "none" ? "" : *t.rewire;
   if (!r.active()) {
-    if (t.rewire_every || t.drop_fraction || t.rewire_end)
-      fail("train: {} needs --rewire set or rigl", t.rewire_every    ? "--rewire-every"
-                                                   : t.drop_fraction ? "--drop-fraction"
-                                                                     : "--rewire-end");
+    if (rewire_setting_given(t)) fail("train: {} needs --rewire set or rigl", rewire_setting_given(t));
     r = {};
     return std::nullopt;
   }
@@ -654,14 +664,16 @@ Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::s
   return progress;
 }
 
-// A resumed run goes on with the checkpoint's CSV unless --data names another.
-DataArgs resumed_data_args(const DataArgs& d, Progress& progress, const std::string& config) {
+// A resumed run (or a pruned one trained on) goes on with the checkpoint's CSV unless --data names another.
+DataArgs resumed_data_args(const DataArgs& d, Progress& progress, const std::string& config,
+                           const char* command = "train") {
   DataArgs data_args = d;
   if (d.data.empty() && !progress.data.empty()) {
     const std::string changed = progress.data_changed();
-    if (changed == "it is gone") fail("train: {} was trained on {}, which is gone; give --data", config, progress.data);
+    if (changed == "it is gone")
+      fail("{}: {} was trained on {}, which is gone; give --data", command, config, progress.data);
     data_args.data = progress.data;
-    spdlog::info("data: {} (the one the checkpoint was trained on; give --data to train on another)", progress.data);
+    spdlog::info("data: {} (the one the checkpoint was trained on; give --data to use another)", progress.data);
   }
   if (!data_args.data.empty() && data_args.data == progress.data && !progress.data_changed().empty())
     spdlog::warn("{} changed since the checkpoint was written ({}): a resumed run differs from an uninterrupted one",
@@ -896,7 +908,7 @@ torch::Tensor connection_scores(NeuralNetwork& net, const std::string& score, co
 // prune --data: the loss (and accuracy) before and after pruning on the
 // measured rows; with --epochs, trains the pruned network on and reports again.
 void report_pruning(NeuralNetwork& net, NeuralNetwork& pruned, std::unique_ptr<torch::optim::Optimizer>& next,
-                    const Table& data, const TrainArgs& t, uint64_t seed) {
+                    const Table& data, const TrainArgs& t, const Progress& trained) {
   // Measured on the validation rows when there are some, else on every row.
   const auto measured = measured_rows(data);
   const auto& rows = measured.first;
@@ -913,8 +925,8 @@ void report_pruning(NeuralNetwork& net, NeuralNetwork& pruned, std::unique_ptr<t
   if (t.epochs > 0) {
     TrainOptions options;
     options.epochs = t.epochs;
-    options.batch_size = t.batch_size.value_or(0);
-    options.seed = seed;
+    options.batch_size = trained.batch_size;  // --batch-size, else the checkpoint's run's
+    options.seed = trained.seed;
     options.task = task;
     Progress fresh;
     train(pruned, next, data, options, fresh);
@@ -926,10 +938,15 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
               const std::string& out, const CoreShare& cores) {
   const std::optional<double> threshold = p.threshold, fraction = p.fraction;
   if (threshold.has_value() == fraction.has_value()) fail("prune: give exactly one of --threshold and --fraction");
-  if (p.score != "magnitude" && d.data.empty())
-    fail("prune: --score {} needs --data (it scores the connections on the checkpoint's training rows)", p.score);
   if (threshold && !(*threshold >= 0 && std::isfinite(*threshold)))
     fail("prune: --threshold must be a finite number >= 0, got {}", *threshold);
+  if (threshold && p.scope != "global")
+    fail(
+        "prune: --scope {} applies to --fraction (each group's weakest share); --threshold removes every connection "
+        "below it whatever the scope",
+        p.scope);
+  if (t.batch_size && t.epochs == 0)
+    fail("prune: --batch-size {} applies to training on; give --epochs N", *t.batch_size);
   check_out("prune", path, out, true);
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
@@ -941,26 +958,25 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
     fail(
         "prune: --standardize would fit new statistics for a model trained without them; the checkpoint's "
         "preprocessing is used");
-  // A trained checkpoint's split: the loss is then measured on the rows it held out.
-  const Progress trained = ck.training.is_null() ? Progress{} : Progress::from_json(ck.training, path);
+  // A trained checkpoint's split (the loss is then measured on the rows it
+  // held out), batch size and CSV, each unless a flag says otherwise.
+  Progress trained = ck.training.is_null() ? Progress{} : Progress::from_json(ck.training, path);
+  trained.seed = t.seed.value_or(trained.seed);
+  trained.batch_size = t.batch_size.value_or(trained.batch_size);
+  trained.val_split = t.val_split.value_or(trained.val_split);
+  const uint64_t seed = trained.seed;
+  const bool scored = p.score != "magnitude";
+  if (scored && d.data.empty() && trained.data.empty())
+    fail("prune: --score {} needs --data (it scores the connections on the checkpoint's training rows)", p.score);
   std::optional<Table> data;
-  const uint64_t seed = t.seed.value_or(trained.seed);
-  if (!d.data.empty() || t.epochs > 0)
-    data = load_dataset(d.options(net, t.val_split.value_or(trained.val_split), seed), net, ck.preprocessing, "prune");
+  if (!d.data.empty() || t.epochs > 0 || scored) {
+    const DataArgs data_args = resumed_data_args(d, trained, path, "prune");
+    data = load_dataset(data_args.options(net, trained.val_split, seed), net, ck.preprocessing, "prune");
+  }
   const PruneOptions options = p.options().scores(data ? connection_scores(net, p.score, *data) : torch::Tensor());
   const std::vector<Edge> weak = connections_to_prune(net, options);
-  if (p.keep_min > 0) {  // what the floor held back, so that a floor above every fan-in is not a silent no-op
-    const size_t unfloored = connections_to_prune(net, PruneOptions(options).keep_min(0)).size();
-    if (unfloored > weak.size()) {
-      const std::string kept = fmt::format("prune: --keep-min {} kept {} of the {} connections {} chose{}", p.keep_min,
-                                           unfloored - weak.size(), unfloored, threshold ? "--threshold" : "--fraction",
-                                           weak.empty() ? ": nothing is removed" : "");
-      if (weak.empty())
-        spdlog::warn("{}", kept);
-      else
-        spdlog::info("{}", kept);
-    }
-  }
+  // What the floor held back, so that a floor above every fan-in is not a silent no-op.
+  say_what_the_floor_kept(net, options, weak.size(), "prune", "--keep-min", threshold ? "--threshold" : "--fraction");
   auto optimizer = choose_optimizer(ck, net, t, path);
   auto result = edit(net).remove_connections(weak).build(seed);
   NeuralNetwork pruned = result.network;
@@ -990,12 +1006,14 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   if (const std::string share = cores.apply(pruned); share != cores_said) spdlog::info("cores: {}", share);
   std::optional<Preprocessing> preprocessing = ck.preprocessing;
   if (data) {
-    report_pruning(net, pruned, next, *data, t, seed);
-    if (!d.data.empty() || data->preprocessing.standardizes()) preprocessing = data->preprocessing;
+    report_pruning(net, pruned, next, *data, t, trained);
+    if (!trained.data.empty() || data->preprocessing.standardizes()) preprocessing = data->preprocessing;
   }
   if (!out.empty()) {
     save(pruned, out, next.get(), preprocessing ? &*preprocessing : nullptr);
     std::printf("wrote %s\n", out.c_str());
+  } else {
+    std::printf("no --out: the pruned network was not saved\n");
   }
   return 0;
 }
@@ -1265,11 +1283,11 @@ void add_train_command(CLI::App& app, Commands& c) {
   c.train_args.add_to(c.train, 1000);
   c.dist.add_to(c.train);
   c.train->add_option("--prune-at-epoch", c.train_args.prune_at_epoch, "prune after this epoch (with --prune-fraction)")
-      ->check(number_in(0, HUGE_VAL, true));
+      ->check(number_in(1, HUGE_VAL, true));
   c.train
       ->add_option("--prune-fraction", c.train_args.prune_fraction,
-                   "fraction of connections to prune, weakest |w| first")
-      ->check(number_in(0, 1, false));
+                   "fraction of connections to prune at --prune-at-epoch, weakest |w| first")
+      ->check(number_in(0, 1, false, true));
   c.train
       ->add_option("--prune-scope", c.train_args.prune_scope,
                    "which connections compete at --prune-at-epoch: global (default), neuron or level")

@@ -141,6 +141,20 @@ std::string frozen_note(int64_t frozen) {
                      : fmt::format("; {} frozen connections were not candidates", frozen);
 }
 
+void say_what_the_floor_kept(const NeuralNetwork& network, const PruneOptions& options, size_t chosen,
+                             const std::string& command, const std::string& floor_flag, const std::string& rule_flag) {
+  if (options.keep_min() == 0) return;
+  const size_t unfloored = connections_to_prune(network, PruneOptions(options).keep_min(0)).size();
+  if (unfloored <= chosen) return;
+  const std::string kept =
+      fmt::format("{}: {} {} kept {} of the {} connections {} chose{}", command, floor_flag, options.keep_min(),
+                  unfloored - chosen, unfloored, rule_flag, chosen == 0 ? ": nothing is removed" : "");
+  if (chosen == 0)
+    spdlog::warn("{}", kept);
+  else
+    spdlog::info("{}", kept);
+}
+
 void write_run(const std::string& out, const NeuralNetwork& network, const torch::optim::Optimizer& optimizer,
                const Progress& progress, const std::optional<Preprocessing>& preprocessing) {
   namespace fs = std::filesystem;
@@ -619,10 +633,14 @@ class Trainer {
     EditResult edited = rewirer_->rewire(network_, step, trace);
     auto next = optimizer_after_edit(*optimizer_, network_, edited);
     const RewireReport& r = rewirer_->last_report();
+    // The scheduled share, and what it came to: a nearly full level drops
+    // fewer (no more than it has absent pairs to grow back).
     if (reporter())
-      spdlog::info("rewire step {} ({}, drop {:.3g}): {} connections, {} dropped, {} grown, {} after", step,
-                   progress_.rewire.method, rewirer_->drop_fraction(step), r.connections_before, r.dropped, r.grown,
-                   r.connections_after);
+      spdlog::info(
+          "rewire step {} ({}, drop fraction {:.3g}): {} connections, {} dropped ({:.3g} of them), {} grown, {} after",
+          step, progress_.rewire.method, rewirer_->drop_fraction(step), r.connections_before, r.dropped,
+          r.connections_before > 0 ? static_cast<double>(r.dropped) / r.connections_before : 0.0, r.grown,
+          r.connections_after);
     replace_network(edited.network, std::move(next), "train: after rewiring");
   }
 
@@ -666,7 +684,12 @@ class Trainer {
   // state follows the survivors.
   void prune(int epoch) {
     EditScript prune;
-    if (reporter()) prune.remove_connections(connections_to_prune(network_, options_.prune));
+    if (reporter()) {
+      const auto weak = connections_to_prune(network_, options_.prune);
+      say_what_the_floor_kept(network_, options_.prune, weak.size(), fmt::format("train: epoch {}", epoch),
+                              "--prune-keep-min", "--prune-fraction");
+      prune.remove_connections(weak);
+    }
     EditResult edited = replicas_.apply_edit(network_, prune, options_.seed);
     auto next = optimizer_after_edit(*optimizer_, network_, edited);
     if (reporter()) {

@@ -153,6 +153,11 @@ void warn_about_cut_outputs(const NeuralNetwork& pruned, const std::string& comm
 int64_t frozen_count(const NeuralNetwork& network);
 // "; N frozen connections were not candidates" (nothing for none), for a prune's report.
 std::string frozen_note(int64_t frozen);
+// Says (spdlog) what a keep_min floor held back of what the pruning rule
+// alone chose, `chosen` being what is removed with it; nothing when it held
+// nothing back. Flags name the command's own (--keep-min, --fraction...).
+void say_what_the_floor_kept(const NeuralNetwork& network, const PruneOptions& options, size_t chosen,
+                             const std::string& command, const std::string& floor_flag, const std::string& rule_flag);
 
 // The files write_run() writes into a run directory, model.ckpt (the record) last.
 inline constexpr const char* kRunFiles[] = {"metrics.csv", "metrics.json", "config.json", "model.ckpt"};

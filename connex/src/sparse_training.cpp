@@ -340,10 +340,12 @@ Rewirer::Rewirer(const NeuralNetwork& network, RewireOptions options) : options_
   const Topology& t = network->topology();
   const size_t levels = t.levels().size();
   members_.assign(levels, {});
+  roles_.assign(levels, {});
   std::vector<std::set<int64_t>> feeds(levels);
   for (int64_t d = 0; d < t.num_neurons(); ++d) {
     group_.emplace(t.label(d), t.level_of(d));
     members_[t.level_of(d)].push_back(t.label(d));
+    roles_[t.level_of(d)].push_back(t.role(d));
   }
   for (int64_t c = 0; c < t.num_connections(); ++c)
     feeds[t.level_of(t.conn_target()[c])].insert(t.level_of(t.conn_source()[c]));
@@ -366,6 +368,17 @@ EditResult Rewirer::rewire(const NeuralNetwork& network, int64_t step, const Lev
   if (t.num_neurons() != static_cast<int64_t>(group_.size()))
     fail("Rewirer::rewire(): expected the network's {} neurons the Rewirer was made for, got {}", group_.size(),
          t.num_neurons());
+  // The same labels may name another network's neurons: its roles tell.
+  auto a_role = [](Role role) { return fmt::format("{} {}", role == Role::Hidden ? "a" : "an", role_name(role)); };
+  for (size_t g = 0; g < members_.size(); ++g)
+    for (size_t k = 0; k < members_[g].size(); ++k) {
+      const int64_t d = t.require(members_[g][k], "Rewirer::rewire()");
+      if (t.role(d) != roles_[g][k])
+        fail(
+            "Rewirer::rewire(): neuron {} was {} neuron when the Rewirer was made and is {} one now (another "
+            "network with the same labels?); make a Rewirer for this network",
+            members_[g][k], a_role(roles_[g][k]), a_role(t.role(d)));
+    }
   // Each group's targets, its candidate sources and which of those pairs are connected now.
   Plan plan;
   plan.groups.resize(members_.size());

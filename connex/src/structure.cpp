@@ -168,12 +168,22 @@ void check_prune_options(const PruneOptions& options) {
   if (options.threshold() && !(*options.threshold() >= 0 && std::isfinite(*options.threshold())))
     fail("prune(): expected a finite threshold >= 0, got {}", *options.threshold());
   if (options.keep_min() < 0) fail("prune(): expected keep_min >= 0, got {}", options.keep_min());
+  // A threshold removes every candidate below it, in whatever group: a scope
+  // with it would change nothing, silently.
+  if (options.threshold() && options.scope() != PruneScope::Global)
+    fail(
+        "prune(): a scope other than Global applies to a fraction (each group's weakest share), got {} with a "
+        "threshold, which removes every connection below it in any scope",
+        options.scope() == PruneScope::PerNeuron ? "PerNeuron" : "PerLevel");
 }
 
 // |w|, or the user's scores: one finite number >= 0 per connection.
 torch::Tensor strength(const NeuralNetwork& network, const PruneOptions& options) {
   const auto& scores = options.scores();
   if (!scores.defined()) return network->weight_tensor().detach().abs().to(torch::kCPU, torch::kFloat64).contiguous();
+  if (!torch::isFloatingType(scores.scalar_type()))
+    fail("prune(): expected floating-point scores, got {} (integer scores rank in steps; convert them)",
+         c10::toString(scores.scalar_type()));
   if (scores.dim() != 1 || scores.size(0) != network->num_connections())
     fail("prune(): expected scores of shape [{}] (one per connection), got {}", network->num_connections(),
          c10::str(scores.sizes()));

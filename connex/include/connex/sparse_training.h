@@ -100,6 +100,7 @@ class Rewirer {
   RewireOptions options_;
   std::unordered_map<NeuronId, int64_t, NeuronIdHash> group_;  // neuron -> its level when the Rewirer was made
   std::vector<std::vector<NeuronId>> members_;                 // group -> its neurons
+  std::vector<std::vector<Role>> roles_;                       // group -> its neurons' roles then
   std::vector<std::vector<int64_t>> group_sources_;            // group -> the groups that fed it
   std::mt19937_64 random_;
   RewireReport report_;

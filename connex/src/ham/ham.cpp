@@ -71,9 +71,16 @@ HAMImpl& HAMImpl::add_layer(const std::string& name, std::vector<int64_t> shape,
 
 HAMImpl& HAMImpl::add_labelled_layer(const std::string& name, std::vector<NeuronId> neurons, Lagrangian lagrangian,
                                      double tau) {
+  if (neurons.empty()) fail("add_layer(): layer \"{}\": expected at least one neuron, got none", name);
   std::unordered_set<NeuronId, NeuronIdHash> seen;
   for (const auto& id : neurons) {
     if (!seen.insert(id).second) fail("add_layer(): layer \"{}\": neuron {} is listed twice", name, id);
+    // Labels are of one kind per layer, as in a GraphSpec per graph (each layer is its own label space).
+    if (id.kind() != neurons.front().kind())
+      fail(
+          "add_layer(): layer \"{}\": neuron {} is {} but neuron {} is {}; all neuron ids of a layer must be of one "
+          "kind",
+          name, id, kind_name(id.kind()), neurons.front(), kind_name(neurons.front().kind()));
     if (!id.is_integer())
       if (auto problem = id_text_problem(id.as_string()))
         fail("add_layer(): layer \"{}\": neuron {}: {}", name, id, *problem);
@@ -245,6 +252,15 @@ std::vector<torch::Tensor> HAMImpl::ordered(const States& x, const char* operati
     if (!out.empty() && t.scalar_type() != out.front().scalar_type())
       fail("{}: layer \"{}\"'s state is {}, but layer \"{}\"'s is {}", operation, l.name,
            c10::toString(t.scalar_type()), layers_[0].name, c10::toString(out.front().scalar_type()));
+    // Likewise for devices: torch's message is a dispatcher dump.
+    if (parameters && t.device() != parameters->device())
+      fail(
+          "{}: layer \"{}\"'s state is on {}, but the HAM's parameters are on {} (init_states() makes them alike; "
+          ".to() moves a state)",
+          operation, l.name, t.device().str(), parameters->device().str());
+    if (!out.empty() && t.device() != out.front().device())
+      fail("{}: layer \"{}\"'s state is on {}, but layer \"{}\"'s is on {}", operation, l.name, t.device().str(),
+           layers_[0].name, out.front().device().str());
     if (batch >= 0 && t.size(0) != batch)
       fail("{}: layer \"{}\"'s state has batch {}, but layer \"{}\"'s has {}", operation, l.name, t.size(0),
            layers_[0].name, batch);
@@ -331,6 +347,7 @@ Descent HAMImpl::descend(const States& x, const DescentOptions& options, const C
   if (!(options.dt() > 0) || !std::isfinite(options.dt()))
     fail("descend(): expected a finite dt > 0, got {}", options.dt());
   auto xs = ordered(x, "descend()");
+  const auto given = xs;  // the caller's tensors, which the result never shares
   // Per layer: held whole, held where a mask says, or free.
   std::vector<bool> held(layers_.size(), false);
   std::vector<torch::Tensor> masks(layers_.size());
@@ -401,7 +418,8 @@ Descent HAMImpl::descend(const States& x, const DescentOptions& options, const C
            options.dt(), layers_[l].tau);
     }
   Descent result;
-  for (size_t l = 0; l < n; ++l) result.states[layers_[l].name] = xs[l];
+  // A state no step replaced (steps(0), a held layer) is copied, so that writing into the result leaves `x` alone.
+  for (size_t l = 0; l < n; ++l) result.states[layers_[l].name] = xs[l].is_same(given[l]) ? xs[l].clone() : xs[l];
   if (options.record_energy()) result.energy = torch::stack(energies);
   return result;
 }

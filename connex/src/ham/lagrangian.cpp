@@ -147,7 +147,11 @@ class BuiltinLagrangian : public LagrangianImpl {
     return {};
   }
   // layernorm's L is D·γ·(a norm) + linear: convex for γ ≥ 0, which training may break; the rest always are.
-  bool convex() const override { return spec_.kind != Kind::layernorm || gamma_.item<double>() >= 0; }
+  // Before a layer sizes γ, the initial γ answers.
+  bool convex() const override {
+    if (spec_.kind != Kind::layernorm) return true;
+    return (gamma_.defined() ? gamma_.item<double>() : spec_.a) >= 0;
+  }
 
   void pretty_print(std::ostream& stream) const override { stream << describe(to_json()); }
 
@@ -234,8 +238,9 @@ Lagrangian softmax(double beta, int64_t dim) {
   return make(spec);
 }
 Lagrangian layernorm(double gamma, double delta, double eps) {
-  if (!std::isfinite(gamma) || !std::isfinite(delta))
-    fail("layernorm(): expected finite γ and δ, got {} and {}", gamma, delta);
+  // γ < 0 makes L concave, so the descent could raise the energy; γ = 0 leaves g a constant.
+  check_positive(gamma, "γ", "layernorm");
+  if (!std::isfinite(delta)) fail("layernorm(): expected a finite δ, got {}", delta);
   check_positive(eps, "ε", "layernorm");
   return make({BuiltinLagrangian::Kind::layernorm, gamma, delta, eps});
 }

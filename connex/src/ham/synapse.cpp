@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <mutex>
 #include <unordered_map>
 #include <unordered_set>
@@ -29,18 +30,21 @@ int64_t numel(const std::vector<int64_t>& shape) {
 
 torch::Tensor flat(const torch::Tensor& g) { return g.reshape({g.size(0), -1}); }
 
+// "a graph", "an attention": the kind with its article, for messages.
+std::string a_kind(const char* kind) { return fmt::format("{} {}", std::strchr("aeiou", kind[0]) ? "an" : "a", kind); }
+
 void expect_layers(const std::vector<LayerView>& layers, size_t low, size_t high, const std::string& synapse,
                    const char* kind) {
   if (layers.size() < low || layers.size() > high)
-    fail("add_synapse(): synapse \"{}\": a {} synapse joins {} layer{}, got {}", synapse, kind,
+    fail("add_synapse(): synapse \"{}\": {} synapse joins {} layer{}, got {}", synapse, a_kind(kind),
          low == high ? fmt::format("{}", low) : fmt::format("{} or {}", low, high), high == 1 ? "" : "s",
          layers.size());
 }
 
 void expect_rank(const LayerView& layer, size_t rank, const std::string& synapse, const char* kind, const char* shape) {
   if (layer.shape.size() != rank)
-    fail("add_synapse(): synapse \"{}\": a {} synapse needs layers shaped {}, but layer \"{}\" is [{}]", synapse, kind,
-         shape, layer.name, fmt::join(layer.shape, ", "));
+    fail("add_synapse(): synapse \"{}\": {} synapse needs layers shaped {}, but layer \"{}\" is [{}]", synapse,
+         a_kind(kind), shape, layer.name, fmt::join(layer.shape, ", "));
 }
 
 // A synapse whose currents (−∂E/∂g) are written in closed form; its gradients are their negation.

@@ -58,7 +58,9 @@ struct SynapseConnection {
 
 struct DescentOptions {
   TORCH_ARG(int64_t, steps) = 10;  // ≥ 0
-  TORCH_ARG(double, dt) = 0.1;     // > 0
+  // > 0. Each step moves x a fraction dt/τ of the way to its target: keep
+  // dt/τ well below 1 (at dt ≥ τ the states can oscillate or diverge).
+  TORCH_ARG(double, dt) = 0.1;
   // Record the energy before the first step and after each ([steps + 1, batch]); costs one energy per step.
   TORCH_ARG(bool, record_energy) = false;
 };
@@ -98,6 +100,8 @@ class HAMImpl : public torch::nn::Module {
   // equal closed form x + Σ_s ∂E_s/∂g instead).
   States dEdg(const States& x);
   // `options.steps()` steps of x ← x − (dt/τ) ∂E/∂g from `x`, holding `clamps`.
+  // The states returned are new tensors, never those of `x` (not even for
+  // steps(0) or a held layer), so writing into them leaves `x` alone.
   Descent descend(const States& x, const DescentOptions& options = {}, const Clamps& clamps = {});
 
   // A deep copy: same structure, copied parameters (custom Lagrangians and
@@ -106,7 +110,8 @@ class HAMImpl : public torch::nn::Module {
   void pretty_print(std::ostream& stream) const override;
 
  private:
-  // Checks the states cover every layer with the right shapes, no NaN; `operation` starts the message.
+  // Checks the states cover every layer with the right shapes, dtype and device, no NaN; `operation` starts the
+  // message.
   std::vector<torch::Tensor> ordered(const States& x, const char* operation) const;
   std::vector<torch::Tensor> activations_of(const std::vector<torch::Tensor>& x);
   // The activations of synapse `s`'s layers, in the order its energy takes them.

@@ -67,7 +67,9 @@ Lagrangian sigmoid(double beta = 1.0);
 Lagrangian softmax(double beta = 1.0, int64_t dim = -1);
 // Layer normalisation over the last dim (size D): L = D·γ·sqrt(var(x) + ε) +
 // Σ δ·x; g = γ·(x − mean)/sqrt(var + ε) + δ. γ (a scalar) and δ (one per
-// entry of the last dim) are trainable; `gamma` and `delta` are their initial values.
+// entry of the last dim) are trainable; `gamma` and `delta` are their initial
+// values. L is convex only for γ ≥ 0, so the initial γ must be > 0 (training
+// may still move it; convex() answers from the current γ).
 Lagrangian layernorm(double gamma = 1.0, double delta = 0.0, double eps = 1e-5);
 // sqrt(Σ x² + ε) over the last dim; g = x / sqrt(Σ x² + ε).
 Lagrangian spherical_norm(double eps = 1e-5);
