@@ -199,6 +199,38 @@ TEST(SparseTraining, RigLGrowsTheLargestAbsentGradients) {
 // large shares make many neurons keep their last input. Random DAGs, where a
 // drop can move a neuron to another level, take the compiled path as well
 // as the patched one.
+// A wide level is scored a few thousand source rows at a time (at most 2^22
+// pairs), each later block counting only what beats the quota so far: the
+// grown pairs are still exactly the quota largest |A_sᵀ Δ_t| of the absent
+// ones (equal scores by source, then target), here over 1,200 × 8,000 pairs
+// scored in three blocks.
+TEST(SparseTraining, RigLScoresAWideLevelInBlocksExactly) {
+  NeuralNetwork net(nn::sparse_layered_spec({1200, 8000, 2}, nn::SparseLayersOptions().density(0.01).seed(3)), kTanh64);
+  auto x = torch::randn({8, 1200}, torch::kFloat64), y = torch::randn({8, 2}, torch::kFloat64);
+  auto trace = traced_backward(net, x, y);
+  Rewirer rewirer(net, RewireOptions().method(RewireMethod::RigL).drop_fraction(0.3));
+  auto result = rewirer.rewire(net, 0, &trace);
+  const Topology& t = net->topology();
+  // The level-1 block: scores by (source, target) in dense order, connected pairs out.
+  auto scores = torch::mm(trace.values[0], trace.preactivations[1].grad().t()).abs();
+  for (int64_t c = 0; c < t.num_connections(); ++c)
+    if (t.level_of(t.conn_target()[c]) == 1) scores[t.conn_source()[c]][t.conn_target()[c] - 1200] = -1;
+  const auto flat = scores.view(-1).contiguous();
+  const double* score = flat.data_ptr<double>();
+  std::set<Edge> grown;
+  for (const auto& e : result.network->spec().edges())
+    if (t.level_of(t.dense_of(e.second)) == 1 && t.connection_index(t.dense_of(e.first), t.dense_of(e.second)) < 0)
+      grown.insert(e);
+  ASSERT_GT(grown.size(), 10000u);
+  std::vector<int64_t> order(flat.numel());
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + grown.size(), order.end(),
+                    [&](int64_t a, int64_t b) { return score[a] != score[b] ? score[a] > score[b] : a < b; });
+  std::set<Edge> largest;
+  for (size_t k = 0; k < grown.size(); ++k) largest.emplace(t.label(order[k] / 8000), t.label(1200 + order[k] % 8000));
+  EXPECT_EQ(grown, largest);
+}
+
 TEST(SparseTraining, RewiringEqualsTheEditorsEdit) {
   struct Case {
     std::vector<int64_t> sizes;

@@ -62,6 +62,8 @@ namespace {
 
 // Groups with at most this many candidate pairs keep a bitmap of them (4 MiB).
 constexpr int64_t kBitmapLimit = int64_t{1} << 25;
+// RigL scores at most this many candidate pairs at once (16 MiB in float).
+constexpr int64_t kScoreChunk = int64_t{1} << 22;
 
 // Records which of the group's candidate pairs are connected now. `position`
 // (dense id -> -1) is returned as it came.
@@ -173,13 +175,14 @@ torch::Tensor absolute_products(const torch::Tensor& a, const torch::Tensor& b) 
 }
 
 // Appends to `best` the `count` largest non-negative, non-NaN scores of
-// score[0, size) (key: first_key + position) in linear time: a histogram of
-// the scores' top bits (a non-negative float's bits order as its values do;
-// a float's top 12 are its exponent and 3 mantissa bits, an eighth of an
-// octave) finds the bucket where the count is reached; only that bucket is
-// ordered.
+// score[0, size) (key: first_key + position) that exceed `exceeding` (when >= 0),
+// in linear time: a histogram of the scores' top bits (a non-negative
+// float's bits order as its values do; a float's top 12 are its exponent and
+// 3 mantissa bits, an eighth of an octave) finds the bucket where the count
+// is reached; only that bucket is ordered.
 template <typename Scalar>
-void append_largest(const Scalar* score, int64_t size, int64_t first_key, int64_t count, std::vector<Scored>& best) {
+void append_largest(const Scalar* score, int64_t size, int64_t first_key, int64_t count, std::vector<Scored>& best,
+                    double exceeding = -1) {
   using Bits = std::conditional_t<sizeof(Scalar) == 4, uint32_t, uint64_t>;
   constexpr int bucket_bits = sizeof(Scalar) == 4 ? 12 : 16;
   constexpr int shift = static_cast<int>(sizeof(Bits)) * 8 - bucket_bits;
@@ -194,6 +197,13 @@ void append_largest(const Scalar* score, int64_t size, int64_t first_key, int64_
   const Scalar infinity = std::numeric_limits<Scalar>::infinity();
   std::memcpy(&limit_bits, &infinity, sizeof limit_bits);
   const Bits limit = limit_bits;
+  // The least bits that count: every non-negative score, or those past `exceeding`.
+  Bits least = 0;
+  if (exceeding >= 0) {
+    const Scalar bound = static_cast<Scalar>(exceeding);
+    std::memcpy(&least, &bound, sizeof least);
+    ++least;
+  }
   constexpr int64_t kChunk = int64_t{1} << 18;
   const int64_t chunks = (size + kChunk - 1) / kChunk;
   std::vector<std::vector<uint32_t>> histograms(chunks);  // a chunk's counts fit 32 bits
@@ -202,9 +212,9 @@ void append_largest(const Scalar* score, int64_t size, int64_t first_key, int64_
       histograms[h].assign(buckets + 1, 0);  // the last counts what is negative or NaN
       uint32_t* histogram = histograms[h].data();
       const Bits* b = bits;
-      const Bits high = limit;
+      const Bits high = limit, low = least;
       for (int64_t i = h * kChunk, end = std::min(size, (h + 1) * kChunk); i < end; ++i)
-        ++histogram[b[i] <= high ? b[i] >> shift : buckets];
+        ++histogram[b[i] <= high && b[i] >= low ? b[i] >> shift : buckets];
     }
   });
   int64_t above = 0, bucket = buckets - 1;
@@ -218,7 +228,7 @@ void append_largest(const Scalar* score, int64_t size, int64_t first_key, int64_
   // to be ordered (none where every score is wanted: bucket -1). Bits in
   // [floor, limit] are in the bucket or above, above it past bucket_end.
   const bool all = bucket < 0;
-  const Bits floor = all ? 0 : static_cast<Bits>(bucket) << shift;
+  const Bits floor = all ? least : std::max(least, static_cast<Bits>(static_cast<Bits>(bucket) << shift));
   const Bits bucket_end = all || bucket + 1 >= buckets ? limit : (static_cast<Bits>(bucket + 1) << shift) - 1;
   std::vector<std::vector<Scored>> taken(chunks), boundary(chunks);
   share_work(0, chunks, 1, [&](int64_t first, int64_t last) {
@@ -496,37 +506,55 @@ void Rewirer::grow_random(const NeuralNetwork& network, Plan& plan) {
 void Rewirer::grow_by_gradient(const NeuralNetwork& network, const LevelTrace& trace, Plan& plan) const {
   const Topology& t = network->topology();
   const auto [values, grads] = traced_matrices(network, trace, "Rewirer::rewire()");
-  std::vector<int64_t> position(t.num_neurons(), -1);  // dense id -> its place in the group's sources
+  std::vector<int64_t> column(t.num_neurons(), -1);  // dense id -> its place among the group's targets
   for (size_t g = 1; g < plan.groups.size(); ++g) {
     const GroupPlan& group = plan.groups[g];
     if (group.quota <= 0) continue;
     const int64_t width = group.width();
-    for (size_t s = 0; s < group.sources.size(); ++s) position[group.sources[s]] = static_cast<int64_t>(s);
+    for (int64_t k = 0; k < width; ++k) column[group.targets[k]] = k;
     const auto target_grads = grads.index_select(0, torch::tensor(group.targets).to(grads.device())).t();
-    std::vector<Scored> best;  // the quota largest of each block
+    std::vector<Scored> best;  // the quota largest of the rows scored so far
+    // Rows of sources at a time, kScoreChunk scores at most: a level pair of
+    // 20,000 × 20,000 neurons would otherwise hold 1.6 GB of scores at once.
+    const int64_t rows_at_once = std::max<int64_t>(1, kScoreChunk / width);
+    double above = -1;  // the least score in `best` once it holds the quota
     int64_t begin = 0;
     for (int64_t end : group.source_group_ends) {
-      std::vector<int64_t> rows(group.sources.begin() + begin, group.sources.begin() + end);
-      auto block = ranked_as_float(
-          absolute_products(values.index_select(0, torch::tensor(rows).to(values.device())), target_grads));
-      // The block's connected pairs, read off each target's incoming connections.
-      AT_DISPATCH_FLOATING_TYPES(block.scalar_type(), "grow_by_gradient", [&] {
-        scalar_t* score = block.data_ptr<scalar_t>();
-        share_work(0, width, 256, [&](int64_t first, int64_t last) {
-          for (int64_t k = first; k < last; ++k)
-            for (int64_t c = t.in_offsets()[group.targets[k]]; c < t.in_offsets()[group.targets[k] + 1]; ++c) {
-              const int64_t s = position[t.conn_source()[c]];
-              if (s >= begin && s < end) score[(s - begin) * width + k] = -1;
+      for (int64_t first = begin; first < end; first += rows_at_once) {
+        const int64_t last = std::min(end, first + rows_at_once);
+        std::vector<int64_t> rows(group.sources.begin() + first, group.sources.begin() + last);
+        const size_t had = best.size();
+        auto block = ranked_as_float(
+            absolute_products(values.index_select(0, torch::tensor(rows).to(values.device())), target_grads));
+        // The rows' connected pairs, read off each source's outgoing connections.
+        AT_DISPATCH_FLOATING_TYPES(block.scalar_type(), "grow_by_gradient", [&] {
+          scalar_t* score = block.data_ptr<scalar_t>();
+          share_work(0, last - first, 64, [&](int64_t from, int64_t to) {
+            for (int64_t r = from; r < to; ++r) {
+              const int64_t s = rows[r];
+              for (int64_t o = t.out_offsets()[s]; o < t.out_offsets()[s + 1]; ++o) {
+                const int64_t k = column[t.out_targets()[o]];
+                if (k >= 0) score[r * width + k] = -1;
+              }
             }
+          });
+          append_largest(score, block.numel(), first * width, group.quota, best, above);
         });
-        append_largest(score, block.numel(), begin * width, group.quota, best);
-      });
+        // Keys grow from chunk to chunk, so once `best` holds the quota, a
+        // later score must beat the least of them to count (a tie loses).
+        if (static_cast<int64_t>(best.size()) >= group.quota && best.size() != had) {
+          keep_largest(best, group.quota);
+          above = std::min_element(best.begin(), best.end(), [](const Scored& a, const Scored& b) {
+                    return a.first < b.first;
+                  })->first;
+        }
+      }
       begin = end;
     }
     keep_largest(best, group.quota);
     for (const auto& [score, key] : best)
       plan.grow.emplace_back(group.sources[key / width], group.targets[key % width]);
-    for (int64_t s : group.sources) position[s] = -1;
+    for (int64_t d : group.targets) column[d] = -1;
   }
 }
 
