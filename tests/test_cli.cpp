@@ -51,6 +51,17 @@ TEST(Cli, ResumeCarriesOptimizerAndEditsThenTrainsOn) {
   r = connex_cli("train edited.ckpt --epochs 100 --out b", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("resumed adam state"), std::string::npos) << r.out;
+  // --function-preserving: a new neuron wired in, and a new connection into an old one, leave the outputs as they were.
+  r = connex_cli(
+      "edit a/model.ckpt --add-hidden 20 --add-connection 0:20 --add-connection 20:11 --add-connection 1:6 "
+      "--function-preserving --out same.ckpt",
+      dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto base = load(dir / "a/model.ckpt"), same = load(dir / "same.ckpt");
+  EXPECT_EQ(same->num_neurons(), base->num_neurons() + 1);
+  EXPECT_EQ(same->weight(20, 11), 0.0);
+  const auto x = torch::randn({7, base->num_inputs()});
+  EXPECT_TRUE(torch::equal(same->forward(x), base->forward(x)));
 }
 
 TEST(Cli, PruneRemovesTheRightNumberOfConnections) {

@@ -1022,6 +1022,7 @@ struct EditArgs {
   std::vector<std::string> add_connection, remove_connection, add_input, add_hidden, add_output, remove_neuron;
   std::optional<double> dropout;
   uint64_t seed = 0;
+  bool function_preserving = false;
 };
 
 int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out) {
@@ -1047,6 +1048,7 @@ int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out)
       .remove_connections(edges(a.remove_connection, "--remove-connection"))
       .remove_neurons(ids(a.remove_neuron, "--remove-neuron"));
   if (a.dropout) editor.set_dropout_p(*a.dropout);
+  editor.function_preserving(a.function_preserving);
   auto result = editor.build(a.seed);
   // The saved optimizer goes on with its own options (learning rate included).
   std::unique_ptr<torch::optim::Optimizer> next;
@@ -1344,6 +1346,8 @@ void add_edit_command(CLI::App& app, Commands& c) {
   c.edit->add_option("--remove-neuron", a.remove_neuron, "neuron to remove")->allow_extra_args(false);
   c.edit->add_option("--dropout", a.dropout, "dropout p for every hidden neuron")->check(number_in(0, 1, false));
   c.edit->add_option("--seed", a.seed, "seed for new parameters")->check(seed_check());
+  c.edit->add_flag("--function-preserving", a.function_preserving,
+                   "every new connection into an existing neuron starts at 0, so the outputs stay as they were");
   c.edit->add_option("--out", c.out, "write the edited checkpoint here")->required();
 }
 
