@@ -195,6 +195,29 @@ TEST_F(CliBadInput, InvalidEdit) {
   expect_failure("edit run/model.ckpt --add-connection 8:2",
                  "add_connections(): edge 8 -> 2 would create the cycle 2 -> 4 -> 6 -> 8 -> 2");
   expect_failure("edit run/model.ckpt --remove-neuron x", "--remove-neuron: \"x\" is not an integer neuron id");
+  expect_failure("edit run/model.ckpt --add-connection 0:1",
+                 "edit: --add-connection 0 -> 1: the network has this connection already (weight ");
+}
+
+// Files connex writes that hold no network are named, not parsed as JSON.
+TEST_F(CliBadInput, FilesThatHoldNoNetworkAreNamed) {
+  ASSERT_EQ(connex_cli("train --epochs 1 --out run", dir).code, 0);
+  ASSERT_EQ(connex_cli("export run --format torchscript --out m.pt", dir).code, 0);
+  ASSERT_EQ(connex_cli("export run --format graphml --out g.graphml", dir).code, 0);
+  ASSERT_EQ(connex_cli("export run --format dot --out g.dot", dir).code, 0);
+  spit(dir / "empty.json", "");
+  for (const auto& [file, kind] :
+       std::vector<std::pair<std::string, std::string>>{{"m.pt", "a zip archive (a TorchScript export?)"},
+                                                        {"g.graphml", "GraphML"},
+                                                        {"g.dot", "a Graphviz DOT file"},
+                                                        {"empty.json", "an empty file"}}) {
+    auto r = connex_cli("inspect " + file, dir);
+    EXPECT_NE(r.code, 0) << file;
+    EXPECT_NE(r.err.find(file + " is " + kind +
+                         "; connex reads a network from a checkpoint, a JSON config or a node-link JSON export"),
+              std::string::npos)
+        << r.err;
+  }
 }
 
 // Regressions found by review.

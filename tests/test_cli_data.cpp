@@ -140,6 +140,46 @@ TEST(CliPrune, NeedsDataOnlyForTheLossAndReportsAccuracy) {
   EXPECT_FALSE(fs::exists(dir / "z.ckpt"));
 }
 
+// An edit that leaves the inputs keeps the standardization: a removed output
+// takes its class along, a new output (last) has none.
+TEST(CliPreprocessing, AnEditOfTheOutputsKeepsTheStandardizationAndTheOtherClasses) {
+  TempDir dir;
+  write_classes_csv(dir / "d.csv");
+  spit(dir / "net.json", kMlp23);
+  ASSERT_EQ(
+      connex_cli("train net.json --data d.csv --task classification --standardize --epochs 3 --out run", dir).code, 0);
+  const auto trained = load_checkpoint(dir / "run/model.ckpt");
+  ASSERT_TRUE(trained.preprocessing);
+  const auto& classes = trained.preprocessing->classes;
+  ASSERT_EQ(classes.size(), 3u);
+  const std::string middle = fmt::format("{}", trained.network->output_neurons()[1]);
+  auto r = connex_cli("edit run --remove-neuron " + middle + " --out less.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto less = load_checkpoint(dir / "less.ckpt");
+  ASSERT_TRUE(less.preprocessing) << r.out + r.err;
+  EXPECT_EQ(less.preprocessing->mean, trained.preprocessing->mean);
+  EXPECT_EQ(less.preprocessing->scale, trained.preprocessing->scale);
+  EXPECT_EQ(less.preprocessing->classes, (std::vector<std::string>{classes[0], classes[2]}));
+  EXPECT_NE((r.out + r.err)
+                .find("the saved preprocessing keeps its features (standardized) and the classes " + classes[0] + "," +
+                      classes[2]),
+            std::string::npos)
+      << r.out + r.err;
+  r = connex_cli("edit run --add-output 99 --add-connection 0:99 --out more.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto more = load_checkpoint(dir / "more.ckpt");
+  ASSERT_TRUE(more.preprocessing) << r.out + r.err;
+  EXPECT_EQ(more.preprocessing->classes, classes);
+  EXPECT_EQ(more.preprocessing->mean, trained.preprocessing->mean);
+  // A graph export holds the network only, and says so.
+  r = connex_cli("export run --format json --out g.json", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(
+      (r.out + r.err).find("export: g.json holds the network only, not the checkpoint's preprocessing (features "),
+      std::string::npos)
+      << r.out + r.err;
+}
+
 TEST(CliPreprocessing, TravelsWithTheModelIntoLaterRunsAndTorchScript) {
   TempDir dir;
   write_classes_csv(dir / "d.csv");

@@ -58,7 +58,17 @@ TEST(CliResume, ARunResumedAtAnEpochEqualsTheUninterruptedRunBitForBit) {
     EXPECT_EQ(losses(slurp(dir / "resumed/metrics.csv")), losses(slurp(dir / "full/metrics.csv")));
     EXPECT_EQ(nlohmann::json::parse(slurp(dir / "resumed/metrics.json")).size(), 6u);
     EXPECT_EQ(load_checkpoint(dir / "resumed/model.ckpt").training.at("epoch"), 6);
-    for (const char* d : {"full", "half", "resumed"}) fs::remove_all(dir / d);
+    EXPECT_EQ((r.out + r.err).find("splits the rows anew"), std::string::npos) << r.out + r.err;
+    // Another split is said: rows the run trained on may now be validation rows.
+    r = connex_cli("train half/model.ckpt" + data + "--val-split 0.5 --epochs 1 --out resplit", dir);
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_NE((r.out + r.err)
+                  .find(fmt::format("train: --val-split 0.5 splits the rows anew (the run used seed {} and validation "
+                                    "split {:g})",
+                                    batches.empty() ? 0 : 5, batches.empty() ? 0.0 : 0.2)),
+              std::string::npos)
+        << r.out + r.err;
+    for (const char* d : {"full", "half", "resumed", "resplit"}) fs::remove_all(dir / d);
   }
 }
 

@@ -46,7 +46,8 @@ TEST(AtomicWrite, NeverWritesThroughASymlinkPlantedAtATemporaryName) {
   }
   set_write_fault(std::nullopt);
   const std::string prefix = path + ".tmp." + std::to_string(::getpid()) + ".";
-  ASSERT_NE(message.find("cannot create " + prefix), std::string::npos) << message;
+  ASSERT_NE(message.find("test: cannot write " + path + ": creating the temporary " + prefix), std::string::npos)
+      << message;
   const std::string suffix = message.substr(message.find(prefix) + prefix.size());
   const uint64_t last = std::strtoull(suffix.c_str(), nullptr, 10);  // a counter's value, if it is one
   std::vector<std::string> planted;

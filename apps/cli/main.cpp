@@ -107,6 +107,24 @@ Checkpoint open_network(const std::string& path) {
     return ck;
   }
   if (is_checkpoint(path)) return load_checkpoint(path);
+  // Files connex writes that hold no network to read back: named by their
+  // first bytes, rather than left to the JSON parser's complaint.
+  std::string head(16, '\0');
+  {
+    std::ifstream in(path, std::ios::binary);
+    in.read(head.data(), static_cast<std::streamsize>(head.size()));
+    head.resize(static_cast<size_t>(std::max<std::streamsize>(in.gcount(), 0)));
+  }
+  const std::string kind = head.empty()                       ? "an empty file"
+                           : head.rfind("PK\x03\x04", 0) == 0 ? "a zip archive (a TorchScript export?)"
+                           : head.rfind("\x89PNG", 0) == 0    ? "a PNG image"
+                           : head.rfind("CONNEXHM", 0) == 0   ? "a HAM checkpoint (connex/ham's ham::load)"
+                           : head.rfind("<?xml", 0) == 0 || head.rfind("<graphml", 0) == 0 ? "GraphML"
+                           : head.rfind("digraph", 0) == 0 || head.rfind("strict digraph", 0) == 0
+                               ? "a Graphviz DOT file"
+                               : "";
+  if (!kind.empty())
+    fail("{} is {}; connex reads a network from a checkpoint, a JSON config or a node-link JSON export", path, kind);
   return {network_from_json_file(path), std::nullopt};
 }
 
@@ -343,12 +361,49 @@ std::unique_ptr<torch::optim::Optimizer> choose_optimizer(const Checkpoint& ck, 
 // inputs and outputs are the same neurons in the same order.
 std::optional<Preprocessing> preprocessing_after_edit(const Checkpoint& ck, const NeuralNetwork& edited) {
   if (!ck.preprocessing) return std::nullopt;
-  if (edited->input_neurons() == ck.network->input_neurons() &&
-      edited->output_neurons() == ck.network->output_neurons())
+  const auto& old_outputs = ck.network->output_neurons();
+  if (edited->input_neurons() == ck.network->input_neurons() && edited->output_neurons() == old_outputs)
     return ck.preprocessing;
+  // Same inputs: the standardization stays, and each old output keeps its
+  // class (new outputs, which come last, have none) or its target column (a
+  // new output of a regression has none: then it is dropped).
+  std::string why = "the inputs changed";
+  if (edited->input_neurons() == ck.network->input_neurons()) {
+    const bool classes = ck.preprocessing->task == Task::Classification;
+    Preprocessing kept = *ck.preprocessing;
+    kept.classes.clear();
+    if (!classes) kept.targets.clear();
+    why.clear();
+    for (const auto& id : edited->output_neurons()) {
+      const auto at = std::find(old_outputs.begin(), old_outputs.end(), id);
+      const size_t k = static_cast<size_t>(at - old_outputs.begin());
+      if (classes && at != old_outputs.end() && k < ck.preprocessing->classes.size())
+        kept.classes.push_back(ck.preprocessing->classes[k]);
+      else if (classes)
+        break;  // this output and those after it have no class
+      else if (at != old_outputs.end())
+        kept.targets.push_back(ck.preprocessing->targets.at(k));
+      else {
+        why = fmt::format("output {} is new and has no target column", id);
+        break;
+      }
+    }
+    if (why.empty()) {
+      try {
+        kept.check_fits(edited, "the edited network's preprocessing");
+        spdlog::info("the edit changed the outputs: the saved preprocessing keeps its features{} and the {} {}",
+                     kept.standardizes() ? " (standardized)" : "", classes ? "classes" : "targets",
+                     fmt::join(classes ? kept.classes : kept.targets, ","));
+        return kept;
+      } catch (const Error& e) {
+        why = e.what();
+      }
+    }
+  }
   spdlog::warn(
-      "the edit changed the inputs or outputs: the saved preprocessing (features {}) no longer applies and is dropped",
-      fmt::join(ck.preprocessing->features, ","));
+      "the edit changed the inputs or outputs ({}): the saved preprocessing (features {}) no longer "
+      "applies and is dropped",
+      why, fmt::join(ck.preprocessing->features, ","));
   return std::nullopt;
 }
 
@@ -552,7 +607,7 @@ void check_train_out(const std::string& config, const std::string& out, bool ove
 }
 
 // train --density: a new run's network, a sparse layered one of the config's
-// layer sizes (its graph made "prebuilt": "SparseMLP"), drawn with the run's seed.
+// layer sizes (its graph made "prebuilt": "SparseMLP"), drawn with --seed, else a SparseMLP config's own.
 NeuralNetwork sparse_network(const std::string& config, const TrainArgs& t) {
   const std::string needs = "train: --density needs a config with \"prebuilt\": \"MLP\" or \"SparseMLP\", got ";
   if (config.empty()) fail("{}the built-in README network (an explicit graph)", needs);
@@ -649,6 +704,17 @@ std::optional<double> plan_rewiring(const TrainArgs& t, RewireSettings& r, const
 Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::string& config) {
   Progress progress;
   if (!ck.training.is_null()) progress = Progress::from_json(ck.training, config);
+  // The split follows (seed, validation share): another one puts rows the run
+  // trained on among the validation rows, and its validation figures stop comparing.
+  const bool resplit = progress.epoch > 0 &&
+                       ((t.seed && *t.seed != progress.seed) || (t.val_split && *t.val_split != progress.val_split));
+  if (resplit && std::max(t.val_split.value_or(progress.val_split), progress.val_split) > 0)
+    spdlog::warn(
+        "train: {} splits the rows anew (the run used seed {} and validation split {:g}): rows it trained on may "
+        "now be validation rows, so its validation figures no longer compare",
+        t.seed && *t.seed != progress.seed ? fmt::format("--seed {}", *t.seed)
+                                           : fmt::format("--val-split {:g}", *t.val_split),
+        progress.seed, progress.val_split);
   progress.seed = t.seed.value_or(progress.seed);
   progress.batch_size = t.batch_size.value_or(progress.batch_size);
   progress.val_split = t.val_split.value_or(progress.val_split);
@@ -676,8 +742,9 @@ DataArgs resumed_data_args(const DataArgs& d, Progress& progress, const std::str
     spdlog::info("data: {} (the one the checkpoint was trained on; give --data to use another)", progress.data);
   }
   if (!data_args.data.empty() && data_args.data == progress.data && !progress.data_changed().empty())
-    spdlog::warn("{} changed since the checkpoint was written ({}): a resumed run differs from an uninterrupted one",
-                 progress.data, progress.data_changed());
+    spdlog::warn("{} changed since the checkpoint was written ({}): {}", progress.data, progress.data_changed(),
+                 std::string(command) == "train" ? "a resumed run differs from an uninterrupted one"
+                                                 : "the figures differ from those of the run");
   progress.set_data(data_args.data);
   return data_args;
 }
@@ -1039,6 +1106,15 @@ int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out)
     for (const auto& t : texts) v.push_back(parse_edge(t, net, what));
     return v;
   };
+  // The library keeps an existing connection that is added again (an edit may
+  // restore one it removed); here, adds come before removes, so it is a mistake.
+  const Topology& t = net->topology();
+  for (const auto& [from, to] : edges(a.add_connection, "--add-connection")) {
+    const int64_t u = t.dense_of(from), v = t.dense_of(to);
+    if (u >= 0 && v >= 0 && t.connection_index(u, v) >= 0)
+      fail("edit: --add-connection {}: the network has this connection already (weight {:g})", edge_str({from, to}),
+           net->weight(from, to));
+  }
   // Neurons first, so new neurons can be wired in the same command.
   auto editor = edit(net);
   editor.add_input_neurons(ids(a.add_input, "--add-input"))
@@ -1105,6 +1181,14 @@ int cmd_export(const std::string& path, const std::string& format, const std::st
                              : format == "graphml" ? to_graphml(net)
                                                    : to_dot(net);
     write_file_atomically(out, text, "export");
+    // A graph holds the network alone: said, so a deployer does not feed it raw rows.
+    if (ck.preprocessing)
+      spdlog::warn(
+          "export: {} holds the network only, not the checkpoint's preprocessing (features {}{}{}); a model that "
+          "takes raw rows is --format torchscript, or keep the checkpoint",
+          out, fmt::join(ck.preprocessing->features, ","), ck.preprocessing->standardizes() ? ", standardized" : "",
+          ck.preprocessing->classes.empty() ? ""
+                                            : fmt::format(", classes {}", fmt::join(ck.preprocessing->classes, ",")));
   } else {  // png through Graphviz, run directly (no shell: the paths are the user's)
     // A large network is drawn as a summary, every drawing is bounded in
     // pixels, and dot gets a time limit: a full drawing of a thousand neurons
@@ -1118,7 +1202,8 @@ int cmd_export(const std::string& path, const std::string& format, const std::st
     const std::string dot_file = scratch / "graph.dot", png_file = scratch / "graph.png", log = scratch / "dot.stderr";
     write_file_atomically(dot_file, drawing.dot, "export");
     const int status = run_program({"dot", "-Tpng", "-o", png_file, dot_file}, dot_seconds, log);
-    if (status == 127) fail("export --format png needs Graphviz's dot, which is not installed");
+    if (status == 127)
+      fail("export --format png needs Graphviz's dot, which is not on PATH (Debian: apt-get install graphviz)");
     if (status == kTimedOut)
       fail(
           "export: dot did not finish drawing {} ({}) within {:g} s and was stopped; raise --timeout, or use --format "
@@ -1315,7 +1400,7 @@ void add_prune_command(CLI::App& app, Commands& c) {
       ->check(number_in(0, 1, false));
   c.prune
       ->add_option("--scope", c.prune_args.scope,
-                   "which connections compete: global, neuron (into each neuron) or level")
+                   "which connections compete for --fraction: global, neuron (into each neuron) or level")
       ->check(CLI::IsMember({"global", "neuron", "level"}));
   c.prune->add_option("--keep-min", c.prune_args.keep_min, "every neuron keeps at least this many incoming connections")
       ->check(number_in(0, HUGE_VAL, true));
@@ -1346,8 +1431,10 @@ void add_edit_command(CLI::App& app, Commands& c) {
   c.edit->add_option("--remove-neuron", a.remove_neuron, "neuron to remove")->allow_extra_args(false);
   c.edit->add_option("--dropout", a.dropout, "dropout p for every hidden neuron")->check(number_in(0, 1, false));
   c.edit->add_option("--seed", a.seed, "seed for new parameters")->check(seed_check());
-  c.edit->add_flag("--function-preserving", a.function_preserving,
-                   "every new connection into an existing neuron starts at 0, so the outputs stay as they were");
+  c.edit->add_flag(
+      "--function-preserving", a.function_preserving,
+      "every new connection into an existing neuron starts at 0, so the outputs stay as they were (but for a new "
+      "output under a softmax over the outputs)");
   c.edit->add_option("--out", c.out, "write the edited checkpoint here")->required();
 }
 

@@ -155,7 +155,8 @@ void write_file_atomically(const std::string& path_given, const std::string& byt
              : ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0 && (errno != EEXIST || attempt == 100)) {
       fail_on_missing_directory(path, context);
-      fail("{}: cannot create {}: {}", context, temp, std::strerror(errno));
+      fail("{}: cannot write {}: creating the temporary {} failed: {}", context, path_given, temp,
+           std::strerror(errno));
     }
   }
   auto give_up = [&](const char* what, bool close_fd) {

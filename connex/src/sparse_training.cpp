@@ -200,7 +200,7 @@ void append_largest(const Scalar* score, int64_t size, int64_t first_key, int64_
   // The least bits that count: every non-negative score, or those past `exceeding`.
   Bits least = 0;
   if (exceeding >= 0) {
-    const Scalar bound = static_cast<Scalar>(exceeding);
+    const Scalar bound = static_cast<Scalar>(std::fabs(exceeding));  // -0 counts as +0
     std::memcpy(&least, &bound, sizeof least);
     ++least;
   }
@@ -526,7 +526,9 @@ void Rewirer::grow_by_gradient(const NeuralNetwork& network, const LevelTrace& t
         const size_t had = best.size();
         auto block = ranked_as_float(
             absolute_products(values.index_select(0, torch::tensor(rows).to(values.device())), target_grads));
-        // The rows' connected pairs, read off each source's outgoing connections.
+        // The rows' connected pairs, read off each source's outgoing connections
+        // (a source feeding several groups has its run read once per group:
+        // O(groups fed × connections), small beside the products).
         AT_DISPATCH_FLOATING_TYPES(block.scalar_type(), "grow_by_gradient", [&] {
           scalar_t* score = block.data_ptr<scalar_t>();
           share_work(0, last - first, 64, [&](int64_t from, int64_t to) {
