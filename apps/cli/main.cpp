@@ -109,20 +109,21 @@ Checkpoint open_network(const std::string& path) {
   if (is_checkpoint(path)) return load_checkpoint(path);
   // Files connex writes that hold no network to read back: named by their
   // first bytes, rather than left to the JSON parser's complaint.
-  std::string head(16, '\0');
-  {
+  std::string kind;
+  std::error_code ec;
+  if (fs::is_regular_file(path, ec)) {  // a FIFO is left to the JSON reader, which refuses it without blocking
+    std::string head(16, '\0');
     std::ifstream in(path, std::ios::binary);
     in.read(head.data(), static_cast<std::streamsize>(head.size()));
     head.resize(static_cast<size_t>(std::max<std::streamsize>(in.gcount(), 0)));
+    kind = head.empty()                                                    ? "an empty file"
+           : head.rfind("PK\x03\x04", 0) == 0                              ? "a zip archive (a TorchScript export?)"
+           : head.rfind("\x89PNG", 0) == 0                                 ? "a PNG image"
+           : head.rfind("CONNEXHM", 0) == 0                                ? "a HAM checkpoint (connex/ham's ham::load)"
+           : head.rfind("<?xml", 0) == 0 || head.rfind("<graphml", 0) == 0 ? "GraphML"
+           : head.rfind("digraph", 0) == 0 || head.rfind("strict digraph", 0) == 0 ? "a Graphviz DOT file"
+                                                                                   : "";
   }
-  const std::string kind = head.empty()                       ? "an empty file"
-                           : head.rfind("PK\x03\x04", 0) == 0 ? "a zip archive (a TorchScript export?)"
-                           : head.rfind("\x89PNG", 0) == 0    ? "a PNG image"
-                           : head.rfind("CONNEXHM", 0) == 0   ? "a HAM checkpoint (connex/ham's ham::load)"
-                           : head.rfind("<?xml", 0) == 0 || head.rfind("<graphml", 0) == 0 ? "GraphML"
-                           : head.rfind("digraph", 0) == 0 || head.rfind("strict digraph", 0) == 0
-                               ? "a Graphviz DOT file"
-                               : "";
   if (!kind.empty())
     fail("{} is {}; connex reads a network from a checkpoint, a JSON config or a node-link JSON export", path, kind);
   return {network_from_json_file(path), std::nullopt};
