@@ -697,8 +697,8 @@ TEST(HamErrors, TheNeuronIdsOfALayerAreOfOneKind) {
                    "a layer must be of one kind");
   EXPECT_EQ(ham->layers().size(), 1u);
   EXPECT_THROW_MSG(H::edit(ham).add_neurons("h", {3, "x"}).build(),
-                   "ham::edit(): step 1 (add_neurons \"h\"): neuron \"x\" is a string but layer \"h\"'s neuron 0 is "
-                   "an integer; all neuron ids of a layer must be of one kind");
+                   "ham::edit(): step 1 (add_neurons \"h\"): neuron \"x\" is a string but neuron 0 is an integer; "
+                   "all neuron ids of a layer must be of one kind");
   EXPECT_EQ(ham->layer("h").neurons, (std::vector<NeuronId>{0, 1, 2}));
   // Each layer is its own label space: layers of either kind share a HAM and a graph synapse.
   ham->add_labelled_layer("s", {"x", "y"}, H::tanh()).add_synapse("g", H::graph({{0, "x"}}), {"h", "s"});

@@ -1110,7 +1110,8 @@ int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out)
   // The library keeps an existing connection that is added again (an edit may
   // restore one it removed); here, adds come before removes, so it is a mistake.
   const Topology& t = net->topology();
-  for (const auto& [from, to] : edges(a.add_connection, "--add-connection")) {
+  const std::vector<Edge> added = edges(a.add_connection, "--add-connection");
+  for (const auto& [from, to] : added) {
     const int64_t u = t.dense_of(from), v = t.dense_of(to);
     if (u >= 0 && v >= 0 && t.connection_index(u, v) >= 0)
       fail("edit: --add-connection {}: the network has this connection already (weight {:g})", edge_str({from, to}),
@@ -1121,7 +1122,7 @@ int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out)
   editor.add_input_neurons(ids(a.add_input, "--add-input"))
       .add_hidden_neurons(ids(a.add_hidden, "--add-hidden"))
       .add_output_neurons(ids(a.add_output, "--add-output"))
-      .add_connections(edges(a.add_connection, "--add-connection"))
+      .add_connections(added)
       .remove_connections(edges(a.remove_connection, "--remove-connection"))
       .remove_neurons(ids(a.remove_neuron, "--remove-neuron"));
   if (a.dropout) editor.set_dropout_p(*a.dropout);

@@ -168,9 +168,7 @@ EdgeCsr drop_repeated_edges(int64_t n, std::vector<std::pair<int64_t, int64_t>>&
 NeuronId::Kind common_id_kind(const std::vector<NeuronId>& neurons, const char* ctx) {
   const NeuronId::Kind kind = neurons.front().kind();
   for (const auto& id : neurons)
-    if (id.kind() != kind)
-      fail("{}: neuron {} is {} but neuron {} is {}; all neuron ids of a graph must be of one kind", ctx, id,
-           kind_name(id.kind()), neurons.front(), kind_name(kind));
+    if (id.kind() != kind) fail("{}: {}", ctx, kinds_differ(id, neurons.front(), "graph"));
   return kind;
 }
 

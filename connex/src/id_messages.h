@@ -18,6 +18,13 @@ inline std::string kind_clash(const NeuronId& id, NeuronId::Kind graph_kind) {
   return fmt::format("is {} id, but this graph's ids are {}", kind_name(id.kind()), kind_plural(graph_kind));
 }
 
+// "neuron "a" is a string but neuron 1 is an integer; all neuron ids of a
+// <whole> must be of one kind": `id` against the first id of its graph or layer.
+inline std::string kinds_differ(const NeuronId& id, const NeuronId& first, const char* whole) {
+  return fmt::format("neuron {} is {} but neuron {} is {}; all neuron ids of a {} must be of one kind", id,
+                     kind_name(id.kind()), first, kind_name(first.kind()), whole);
+}
+
 // `edge 1 -> 9 names neuron 9, which is not in <list>`, or, for an id of the
 // other kind, `edge 1 -> "9" names neuron "9", a string id, but this graph's ids are integers`.
 inline std::string unlisted_endpoint(const Edge& edge, const NeuronId& id, NeuronId::Kind graph_kind,

@@ -378,8 +378,10 @@ EditResult Rewirer::rewire(const NeuralNetwork& network, int64_t step, const Lev
   if (t.num_neurons() != static_cast<int64_t>(group_.size()))
     fail("Rewirer::rewire(): expected the network's {} neurons the Rewirer was made for, got {}", group_.size(),
          t.num_neurons());
-  // The same labels may name another network's neurons: its roles tell.
+  // Each group's neurons by dense id, looked up once. The same labels may
+  // name another network's neurons: their roles tell.
   auto a_role = [](Role role) { return fmt::format("{} {}", role == Role::Hidden ? "a" : "an", role_name(role)); };
+  std::vector<std::vector<int64_t>> dense(members_.size());
   for (size_t g = 0; g < members_.size(); ++g)
     for (size_t k = 0; k < members_[g].size(); ++k) {
       const int64_t d = t.require(members_[g][k], "Rewirer::rewire()");
@@ -388,6 +390,7 @@ EditResult Rewirer::rewire(const NeuralNetwork& network, int64_t step, const Lev
             "Rewirer::rewire(): neuron {} was {} neuron when the Rewirer was made and is {} one now (another "
             "network with the same labels?); make a Rewirer for this network",
             members_[g][k], a_role(roles_[g][k]), a_role(t.role(d)));
+      dense[g].push_back(d);
     }
   // Each group's targets, its candidate sources and which of those pairs are connected now.
   Plan plan;
@@ -395,12 +398,10 @@ EditResult Rewirer::rewire(const NeuralNetwork& network, int64_t step, const Lev
   std::vector<int64_t> position(t.num_neurons(), -1);  // dense id -> its place in the group's sources
   for (size_t g = 1; g < members_.size(); ++g) {
     GroupPlan& group = plan.groups[g];
-    for (const auto& id : members_[g]) group.targets.push_back(t.require(id, "Rewirer::rewire()"));
+    group.targets = dense[g];
     for (int64_t h : group_sources_[g]) {
-      for (const auto& id : members_[h]) {
-        const int64_t d = t.require(id, "Rewirer::rewire()");
+      for (int64_t d : dense[h])
         if (t.role(d) != Role::Output) group.sources.push_back(d);  // an output feeds nothing
-      }
       group.source_group_ends.push_back(static_cast<int64_t>(group.sources.size()));
     }
     mark_connected(t, group, position);

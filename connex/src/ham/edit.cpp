@@ -11,6 +11,7 @@
 #include "connex/error.h"
 #include "connex/level_operation.h"
 #include "ham/describe.h"
+#include "id_messages.h"
 #include "optimizer_kinds.h"
 
 namespace connex::ham {
@@ -114,8 +115,7 @@ void apply(const HAMImpl& ham, Draft& draft, const Editor::Step& step, size_t in
       if (step.kind == Kind::add_neurons && !id.is_integer())
         if (auto problem = id_text_problem(id.as_string())) fail("{}: neuron {}: {}", where, id, *problem);
       if (step.kind == Kind::add_neurons && id.kind() != neurons.front().kind())
-        fail("{}: neuron {} is {} but layer \"{}\"'s neuron {} is {}; all neuron ids of a layer must be of one kind",
-             where, id, kind_name(id.kind()), step.target, neurons.front(), kind_name(neurons.front().kind()));
+        fail("{}: {}", where, kinds_differ(id, neurons.front(), "layer"));
     }
     if (step.kind == Kind::add_neurons) {
       neurons.insert(neurons.end(), step.neurons.begin(), step.neurons.end());

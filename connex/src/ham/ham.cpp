@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include "connex/error.h"
+#include "id_messages.h"
 #include "messages.h"
 
 namespace connex::ham {
@@ -77,10 +78,7 @@ HAMImpl& HAMImpl::add_labelled_layer(const std::string& name, std::vector<Neuron
     if (!seen.insert(id).second) fail("add_layer(): layer \"{}\": neuron {} is listed twice", name, id);
     // Labels are of one kind per layer, as in a GraphSpec per graph (each layer is its own label space).
     if (id.kind() != neurons.front().kind())
-      fail(
-          "add_layer(): layer \"{}\": neuron {} is {} but neuron {} is {}; all neuron ids of a layer must be of one "
-          "kind",
-          name, id, kind_name(id.kind()), neurons.front(), kind_name(neurons.front().kind()));
+      fail("add_layer(): layer \"{}\": {}", name, kinds_differ(id, neurons.front(), "layer"));
     if (!id.is_integer())
       if (auto problem = id_text_problem(id.as_string()))
         fail("add_layer(): layer \"{}\": neuron {}: {}", name, id, *problem);
