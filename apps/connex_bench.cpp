@@ -3,10 +3,11 @@
 // machine state. Times are medians over repeated calls after a warm-up, and
 // connex and its reference are timed in turn, call by call.
 //
-//   connex_bench [--quick] [--threads N] [--only NAME]
+//   connex_bench [--quick] [--threads N] [--only NAME] [--device cpu|cuda[:N]]
 //
 // NAME (a part of it will do): mlp, dense, readme, sparse, plasticity,
 // technique, sparse layered, rewire 1M, structure 1M, generators, shared cores, ham.
+// On CUDA the GPU table runs instead: mlp, dense, sparse, technique, sparse layered.
 
 #include <malloc.h>
 #include <signal.h>
@@ -313,6 +314,16 @@ void plasticity(Run& run, const SparseDags& s) {
        "one train step (timed in turn with the edit) is the reference" + s.pools});
 }
 
+// Workload 6's variants: each technique alone on the plain network's options.
+std::vector<std::pair<std::string, connex::NeuralNetworkOptions>> technique_variants() {
+  return {
+      {"topo norm", connex::NeuralNetworkOptions(kRelu).use_topo_norm(true)},
+      {"topo self-attention", connex::NeuralNetworkOptions(kRelu).use_topo_self_attention(true)},
+      {"neuron self-attention", connex::NeuralNetworkOptions(kRelu).use_neuron_self_attention(true)},
+      {"adaptive activations", connex::NeuralNetworkOptions(kRelu).use_adaptive_activations(true)},
+  };
+}
+
 // 6. Each technique's cost: the same network and data, train step with / without.
 void techniques(Run& run) {
   // Both run with the plain network's cores (it takes the fused kernel; a
@@ -320,13 +331,7 @@ void techniques(Run& run) {
   auto plain = connex::nn::DenseMLP(1, 2, 32, 3, kRelu);
   const auto pools = share_cores(run.cores, plain);
   auto plain_step = train_step(plain, run.x250, run.y250);
-  const std::vector<std::pair<std::string, connex::NeuralNetworkOptions>> variants = {
-      {"topo norm", connex::NeuralNetworkOptions(kRelu).use_topo_norm(true)},
-      {"topo self-attention", connex::NeuralNetworkOptions(kRelu).use_topo_self_attention(true)},
-      {"neuron self-attention", connex::NeuralNetworkOptions(kRelu).use_neuron_self_attention(true)},
-      {"adaptive activations", connex::NeuralNetworkOptions(kRelu).use_adaptive_activations(true)},
-  };
-  for (const auto& [name, options] : variants) {
+  for (const auto& [name, options] : technique_variants()) {
     const auto [t, t_plain] = paired_median_seconds(
         train_step(connex::nn::DenseMLP(1, 2, 32, 3, options), run.x250, run.y250), plain_step, 3, run.quick ? 5 : 20);
     run.rows.push_back({fmt::format("6. {} on DenseMLP(1,2,32,3) train step, batch 250", name), fmt_time(t),
@@ -780,6 +785,105 @@ void ham_workloads(Run& run) {
   run.cores.apply_default();
 }
 
+// The GPU table: workloads 1, 2, 4, 6 and 7 on a CUDA device, at sizes a GPU
+// is bought for. Every timed call ends with a device synchronisation, so a
+// time is the step's, not its launch's; connex and its reference pay the same.
+struct Gpu {
+  Run& run;
+  torch::Device device;
+
+  std::function<void()> synced(std::function<void()> fn) const {
+    return [fn = std::move(fn), index = device.index()] {
+      fn();
+      torch::cuda::synchronize(index);
+    };
+  }
+  std::pair<double, double> paired(const std::function<void()>& a, const std::function<void()>& b, int reps) const {
+    return paired_median_seconds(synced(a), synced(b), 5, reps);
+  }
+  torch::Tensor randn(std::vector<int64_t> sizes) const { return torch::randn(sizes, torch::Device(device)); }
+  std::string note(const std::string& what) const { return what + "; " + device.str(); }
+};
+
+// G1, G2. MLP and DenseMLP(784, 10, 1024, 8) against Linear layers on cuBLAS.
+void gpu_mlps(const Gpu& gpu, bool dense) {
+  const int64_t batch = 1024;
+  auto net = dense ? connex::nn::DenseMLP(784, 10, 1024, 8, kRelu) : connex::nn::MLP(784, 10, 1024, 8, kRelu);
+  net->to(gpu.device);
+  connex::bench::LinearStack reference(784, 10, std::vector<int64_t>(8, 1024), dense);
+  reference->to(gpu.device);
+  const auto x = gpu.randn({batch, 784}), y = gpu.randn({batch, 10});
+  const auto [a, b] = gpu.paired(train_step(net, x, y), train_step(reference, x, y), gpu.run.reps);
+  gpu.run.rows.push_back(
+      {fmt::format("G{}. {}(784,10,1024,8) train step, batch {}", dense ? 2 : 1, dense ? "DenseMLP" : "MLP", batch),
+       fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b),
+       gpu.note(dense ? "vs concatenating Linear layers" : "vs Linear layers")});
+}
+
+// G4. The sparse DAGs of workload 4 at batch 64 and 1024.
+void gpu_sparse_dags(const Gpu& gpu) {
+  for (int64_t neurons : {10000, 100000}) {
+    if (gpu.run.quick && neurons > 10000) break;
+    connex::NeuralNetwork net(
+        connex::nn::random_dag_spec(connex::bench::sparse_dag_options(neurons, neurons * 10, 30, 1)), kRelu);
+    net->to(gpu.device);
+    for (int64_t batch : {64, 1024}) {
+      auto step =
+          gpu.synced(train_step(net, gpu.randn({batch, net->num_inputs()}), gpu.randn({batch, net->num_outputs()})));
+      const double t = median_seconds(step, 3, gpu.run.quick ? 5 : 20);
+      const int64_t conns = net->num_connections();
+      gpu.run.rows.push_back({fmt::format("G4. sparse DAG {}k neurons / {}k connections, depth {}, batch {}",
+                                          neurons / 1000, conns / 1000, net->topology().depth(), batch),
+                              fmt_time(t), "", "",
+                              gpu.note(fmt::format("{:.2e} connection·samples/s", conns * batch / t))});
+    }
+  }
+}
+
+// G6. Each technique's cost on the GPU: workload 6's network and data.
+void gpu_techniques(const Gpu& gpu) {
+  auto plain = connex::nn::DenseMLP(1, 2, 32, 3, kRelu);
+  plain->to(gpu.device);
+  const auto x = gpu.run.x250.to(gpu.device), y = gpu.run.y250.to(gpu.device);
+  auto plain_step = train_step(plain, x, y);
+  for (const auto& [name, options] : technique_variants()) {
+    auto net = connex::nn::DenseMLP(1, 2, 32, 3, options);
+    net->to(gpu.device);
+    const auto [t, t_plain] = gpu.paired(train_step(net, x, y), plain_step, gpu.run.quick ? 5 : 20);
+    gpu.run.rows.push_back({fmt::format("G6. {} on DenseMLP(1,2,32,3) train step, batch 250", name), fmt_time(t),
+                            fmt_time(t_plain), fmt::format("{:.2f}", t / t_plain),
+                            gpu.note("vs the same network without it")});
+  }
+}
+
+// G7. Workload 7's sparse layered network against its masked-dense equivalent.
+void gpu_sparse_layered(const Gpu& gpu) {
+  const std::vector<int64_t> sizes{256, 1024, 1024, 10};
+  for (double density : {0.01, 0.1, 0.3}) {
+    auto spec = layered_spec(sizes, density);
+    connex::bench::MaskedLinearStack masked(sizes, spec);
+    masked->to(gpu.device);
+    connex::NeuralNetwork net(std::move(spec), kRelu);
+    net->to(gpu.device);
+    const auto x = gpu.randn({128, 256});
+    const auto labels = torch::randint(10, {128}, torch::TensorOptions(torch::kLong).device(gpu.device));
+    const auto [a, b] = gpu.paired(classify_step(net, x, labels), classify_step(masked, x, labels), gpu.run.reps);
+    gpu.run.rows.push_back({fmt::format("G7. sparse layered {} at {:g}% ({}k connections) train step, batch 128",
+                                        sizes_str(sizes), density * 100, net->num_connections() / 1000),
+                            fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b),
+                            gpu.note("vs masked-dense Linear layers, same connections; cross-entropy, Adam")});
+  }
+}
+
+void gpu_workloads(Run& run, torch::Device device, const std::function<bool(const std::string&)>& wanted) {
+  const Gpu gpu{run, device};
+  if (wanted("mlp")) gpu_mlps(gpu, false);
+  if (wanted("dense")) gpu_mlps(gpu, true);
+  if (wanted("sparse")) gpu_sparse_dags(gpu);
+  if (wanted("technique")) gpu_techniques(gpu);
+  if (wanted("sparse layered")) gpu_sparse_layered(gpu);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -797,11 +901,34 @@ int main(int argc, char** argv) {
   CLI::App app{"connex benchmarks: connex against plain torch references, ratios from one run"};
   bool quick = false;
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  std::string only;
+  std::string only, device_name = "cpu";
   app.add_flag("--quick", quick, "fewer repetitions; ~100k instead of ~1M connections");
   app.add_option("--threads", threads, "intra-op threads (default: all cores)");
   app.add_option("--only", only, "run only workloads whose name contains this");
+  app.add_option("--device", device_name,
+                 "cpu (every workload), or cuda[:N] (the GPU table: mlp, dense, sparse, technique, sparse layered)");
   CLI11_PARSE(app, argc, argv);
+  std::optional<torch::Device> device;
+  try {
+    device.emplace(device_name);
+  } catch (const std::exception&) {
+    fmt::print(stderr, "connex_bench: --device: expected cpu, cuda or cuda:N, got \"{}\"\n", device_name);
+    return 2;
+  }
+  if (device->is_cuda() && !torch::cuda::is_available()) {
+    fmt::print(stderr, "connex_bench: --device {}: CUDA is not available to this LibTorch ({})\n", device_name,
+               TORCH_VERSION);
+    return 2;
+  }
+  if (device->is_cuda() && device->has_index() && device->index() >= static_cast<int>(torch::cuda::device_count())) {
+    fmt::print(stderr, "connex_bench: --device {}: this machine has {} CUDA device(s)\n", device_name,
+               torch::cuda::device_count());
+    return 2;
+  }
+  if (!(device->is_cpu() || device->is_cuda())) {
+    fmt::print(stderr, "connex_bench: --device: expected cpu, cuda or cuda:N, got \"{}\"\n", device_name);
+    return 2;
+  }
   // glibc serves large blocks from its heap and keeps what is freed: by
   // default, early in a process, it mmaps each multi-MB tensor of the
   // masked-dense reference (7) and unmaps it on free, so every step faults
@@ -820,14 +947,21 @@ int main(int argc, char** argv) {
   auto wanted = [&](const std::string& name) { return only.empty() || name.find(only) != std::string::npos; };
   fmt::print(
       "connex_bench: {} core(s) (the fused kernel reaches {} thread(s)), {} (OPENBLAS_THREAD_TIMEOUT={}), {} "
-      "repetitions, torch {}\n",
+      "repetitions, torch {}{}\n",
       threads, connex::fused_kernel_threads(),
       connex::apps::CoreShare::blas_has_own_pool() ? "OpenBLAS with its own pool" : "the BLAS follows torch's pool",
-      std::getenv("OPENBLAS_THREAD_TIMEOUT") ? std::getenv("OPENBLAS_THREAD_TIMEOUT") : "unset", reps, TORCH_VERSION);
+      std::getenv("OPENBLAS_THREAD_TIMEOUT") ? std::getenv("OPENBLAS_THREAD_TIMEOUT") : "unset", reps, TORCH_VERSION,
+      device->is_cuda() ? ", on " + device->str() : "");
 
   std::vector<Row> rows;
   const auto [x250, y250] = connex::apps::toy_data(250);
   Run run{quick, reps, cores, rows, x250, y250};
+  if (device->is_cuda()) {
+    if (!device->has_index()) device.emplace(torch::kCUDA, 0);
+    gpu_workloads(run, *device, wanted);
+    print(rows);
+    return 0;
+  }
   if (wanted("mlp")) mlps(run, false);
   if (wanted("dense")) mlps(run, true);
   if (wanted("readme")) readme_net(run);

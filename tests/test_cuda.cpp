@@ -1,4 +1,8 @@
 // The same module on CUDA: skipped without a GPU.
+#include "connex/ham/edit.h"
+#include "connex/ham/ham.h"
+#include "ham_util.h"
+#include "optimizer_key.h"
 #include "test_util.h"
 
 using namespace connex;
@@ -112,4 +116,82 @@ TEST(Cuda, TopoNormLeavesTheDensePathOnTheGpu) {
   EXPECT_FALSE(gpu->uses_dense_path());
   auto x = torch::randn({5, 2}, torch::kFloat64);
   EXPECT_TRUE(torch::allclose(cpu->forward(x), gpu->forward(x.cuda()).cpu(), 1e-10, 1e-10));
+}
+
+// Structure learning on CUDA: RigL, SET and pruning choose what they choose
+// on the CPU, the optimizer's moments follow the survivors, and the results
+// stay on the device.
+TEST(Cuda, StructureLearningMatchesCpu) {
+  REQUIRE_CUDA();
+  auto spec = nn::sparse_layered_spec({6, 12, 12, 3}, nn::SparseLayersOptions().density(0.4).seed(3));
+  NeuralNetwork cpu(spec, NeuralNetworkOptions().dtype(torch::kFloat64).seed(1).hidden_activation("tanh"));
+  NeuralNetwork gpu(std::dynamic_pointer_cast<NeuralNetworkImpl>(cpu->clone(torch::Device(torch::kCUDA))));
+  auto x = torch::randn({16, 6}, torch::kFloat64), y = torch::randn({16, 3}, torch::kFloat64);
+  torch::optim::Adam adam_cpu(cpu->parameters(), 1e-2), adam_gpu(gpu->parameters(), 1e-2);
+  LevelTrace trace_cpu, trace_gpu;
+  for (int step = 0; step < 3; ++step) {
+    adam_cpu.zero_grad(), adam_gpu.zero_grad();
+    torch::mse_loss(cpu->forward(x, trace_cpu), y).backward();
+    torch::mse_loss(gpu->forward(x.cuda(), trace_gpu), y.cuda()).backward();
+    if (step < 2) adam_cpu.step(), adam_gpu.step();  // the last backward is RigL's
+  }
+  auto same = [](const NeuralNetwork& a, const NeuralNetwork& b) {
+    ASSERT_EQ(a->spec().edges(), b->spec().edges());
+    ASSERT_TRUE(b->weight_tensor().is_cuda());
+    ASSERT_TRUE(torch::allclose(a->weight_tensor(), b->weight_tensor().cpu(), 1e-10, 1e-10));
+  };
+  for (auto method : {RewireMethod::RigL, RewireMethod::SET}) {
+    const auto options = RewireOptions().method(method).drop_fraction(0.3).seed(4);
+    Rewirer on_cpu(cpu, options), on_gpu(gpu, options);
+    auto r_cpu = on_cpu.rewire(cpu, 0, &trace_cpu), r_gpu = on_gpu.rewire(gpu, 0, &trace_gpu);
+    ASSERT_GT(on_cpu.last_report().grown, 0);
+    same(r_cpu.network, r_gpu.network);
+    auto next_cpu = optimizer_after_edit(adam_cpu, cpu, r_cpu), next_gpu = optimizer_after_edit(adam_gpu, gpu, r_gpu);
+    auto moment = [](const torch::optim::Optimizer& o, const NeuralNetwork& n) {
+      return static_cast<const torch::optim::AdamParamState&>(*o.state().at(optimizer_state_key(n->weight_tensor())))
+          .exp_avg();
+    };
+    ASSERT_TRUE(moment(*next_gpu, r_gpu.network).is_cuda());
+    EXPECT_TRUE(
+        torch::allclose(moment(*next_cpu, r_cpu.network), moment(*next_gpu, r_gpu.network).cpu(), 1e-10, 1e-10));
+  }
+  same(prune(cpu, PruneOptions().fraction(0.2)).network, prune(gpu, PruneOptions().fraction(0.2)).network);
+}
+
+TEST(Cuda, HamDescentTrainingAndEditsMatchCpu) {
+  REQUIRE_CUDA();
+  torch::set_default_dtype(caffe2::TypeMeta::Make<double>());
+  struct FloatAgain {
+    ~FloatAgain() { torch::set_default_dtype(caffe2::TypeMeta::Make<float>()); }
+  } float_again;
+  torch::manual_seed(18);
+  namespace H = connex::ham;
+  auto ham = editable_ham();
+  ham->add_layer("img", {1, 6, 6}, H::identity()).add_layer("maps", {2, 4, 4}, H::tanh());
+  ham->add_synapse("conv", H::conv2d({3, 3}), {"img", "maps"});
+  auto gpu = std::dynamic_pointer_cast<H::HAMImpl>(ham->clone(torch::Device(torch::kCUDA)));
+  auto x = ham->init_states(3);
+  for (auto& [name, t] : x) t.normal_();
+  H::States xg;
+  for (const auto& [name, t] : x) xg[name] = t.cuda();
+  auto opts = H::DescentOptions().steps(6).dt(0.1);
+  auto a = ham->descend(x, opts).states, b = gpu->descend(xg, opts).states;
+  for (const auto& [name, t] : a) EXPECT_TRUE(torch::allclose(t, b[name].cpu(), 1e-9, 1e-11)) << name;
+  // A loss over every layer, so that every parameter (the image's and the labelled layers' alike) has a gradient.
+  auto loss = [](const H::States& states) {
+    torch::Tensor sum = torch::zeros({}, states.begin()->second.options());
+    for (const auto& [name, t] : states) sum = sum + t.pow(2).sum();
+    return sum;
+  };
+  loss(a).backward();
+  loss(b).backward();
+  auto p = ham->named_parameters(), q = gpu->named_parameters();
+  for (const auto& item : p) {
+    ASSERT_TRUE(item.value().grad().defined() && q[item.key()].grad().defined()) << item.key();
+    EXPECT_TRUE(torch::allclose(item.value().grad(), q[item.key()].grad().cpu(), 1e-9, 1e-11)) << item.key();
+  }
+  // An edit keeps the HAM on its device.
+  auto edited = H::edit(H::HAM(gpu)).add_neurons("a", {"t"}).add_connections("lat", {{"t", "p"}}).build();
+  for (const auto& t : edited.ham->parameters()) EXPECT_TRUE(t.is_cuda());
+  for (const auto& t : edited.ham->buffers()) EXPECT_TRUE(t.is_cuda());
 }

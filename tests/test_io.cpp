@@ -7,6 +7,7 @@
 #include <torch/script.h>
 
 #include "file_io.h"
+#include "optimizer_key.h"
 #include "test_util.h"
 
 using namespace connex;
@@ -1028,8 +1029,8 @@ TEST(Checkpoint, ReadsTopoNormSavedPerLevel) {
     const torch::Tensor p = ck.network->named_parameters()["topo_norm." + kind];
     EXPECT_EQ(flat(p), value);
     EXPECT_EQ(flat(from_json->named_parameters()["topo_norm." + kind]), value);
-    const auto& state = static_cast<const torch::optim::AdamParamState&>(
-        *adam->state().at(c10::guts::to_string(p.unsafeGetTensorImpl())));
+    const auto& state =
+        static_cast<const torch::optim::AdamParamState&>(*adam->state().at(connex::optimizer_state_key(p)));
     EXPECT_EQ(state.step(), 6);
     EXPECT_EQ(flat(state.exp_avg()), exp_avg);
     EXPECT_EQ(flat(state.exp_avg_sq()), exp_avg_sq);
@@ -1057,7 +1058,7 @@ TEST(Checkpoint, ReadsTopoNormSavedPerLevel) {
   EXPECT_EQ(split_adam->param_groups()[1].params().size(), 1u);
   const torch::Tensor split_gamma = split.network->named_parameters()["topo_norm.gamma"];
   EXPECT_EQ(static_cast<const torch::optim::AdamParamState&>(
-                *split_adam->state().at(c10::guts::to_string(split_gamma.unsafeGetTensorImpl())))
+                *split_adam->state().at(connex::optimizer_state_key(split_gamma)))
                 .step(),
             6);
   spit(path, reseal_checkpoint(good, [](nlohmann::json& h, uint32_t&) {

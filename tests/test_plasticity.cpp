@@ -1,6 +1,7 @@
 // Plasticity: edits keep every surviving parameter, leave the original alone,
 // reject invalid edits with the culprit named, and carry optimizer state.
 #include "network_snapshot.h"
+#include "optimizer_key.h"
 #include "reference_eval.h"
 
 using namespace connex;
@@ -364,9 +365,10 @@ TEST(OptimizerContinuity, SurvivorsKeepMomentsNewEntriesStartAtZero) {
   auto result = edit(net).add_connections({{1, 6}}).remove_neurons({9}).build();
   torch::optim::Adam next(result.network->parameters(), torch::optim::AdamOptions(1e-2));
   transfer_optimizer_state(adam, net, next, result);
-  auto key = [](const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); };
-  auto& old_state = static_cast<torch::optim::AdamParamState&>(*adam.state().at(key(net->weight_tensor())));
-  auto& new_state = static_cast<torch::optim::AdamParamState&>(*next.state().at(key(result.network->weight_tensor())));
+  auto& old_state =
+      static_cast<torch::optim::AdamParamState&>(*adam.state().at(optimizer_state_key(net->weight_tensor())));
+  auto& new_state = static_cast<torch::optim::AdamParamState&>(
+      *next.state().at(optimizer_state_key(result.network->weight_tensor())));
   EXPECT_EQ(new_state.step(), 5);
   const auto& t_old = net->topology();
   const auto& t_new = result.network->topology();
@@ -418,20 +420,19 @@ TEST(Plasticity, FollowEditKeepsTheOptimizerAndItsScheduler) {
   for (int i = 0; i < 3; ++i) train(net);
   auto result = edit(net).add_connections({{1, 6}}).remove_neurons({9}).build();
   const auto expected = optimizer_after_edit(adam, net, result);
-  auto key = [](const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); };
   // A refusal changes nothing.
   EXPECT_THROW_MSG(follow_edit(adam, result.network, result), "follow_edit(): the edit was made from another network");
   EXPECT_TRUE(adam.param_groups()[0].params()[0].is_same(net->parameters()[0]));
   EXPECT_EQ(adam.param_groups()[0].params().size(), net->parameters().size());
   EXPECT_EQ(adam.state().size(), net->parameters().size());
-  EXPECT_TRUE(adam.state().count(key(net->weight_tensor())));
+  EXPECT_TRUE(adam.state().count(optimizer_state_key(net->weight_tensor())));
   follow_edit(adam, net, result);
   ASSERT_EQ(adam.param_groups()[0].params().size(), result.network->parameters().size());
   for (size_t k = 0; k < result.network->parameters().size(); ++k)
     EXPECT_TRUE(adam.param_groups()[0].params()[k].is_same(result.network->parameters()[k]));
   for (const auto& p : result.network->parameters()) {
-    const auto& got = static_cast<torch::optim::AdamParamState&>(*adam.state().at(key(p)));
-    const auto& want = static_cast<torch::optim::AdamParamState&>(*expected->state().at(key(p)));
+    const auto& got = static_cast<torch::optim::AdamParamState&>(*adam.state().at(optimizer_state_key(p)));
+    const auto& want = static_cast<torch::optim::AdamParamState&>(*expected->state().at(optimizer_state_key(p)));
     EXPECT_EQ(got.step(), want.step());
     EXPECT_TRUE(torch::equal(got.exp_avg(), want.exp_avg()));
     EXPECT_TRUE(torch::equal(got.exp_avg_sq(), want.exp_avg_sq()));
@@ -464,9 +465,10 @@ TEST(Plasticity, TransferKeepsTheStateOfAHeadTrainedBeside) {
   for (const auto& p : head->parameters()) next_params.push_back(p);
   torch::optim::Adam next(next_params, torch::optim::AdamOptions(1e-2));
   transfer_optimizer_state(adam, net, next, result);
-  auto key = [](const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); };
-  const auto& old_head = static_cast<torch::optim::AdamParamState&>(*adam.state().at(key(head->weight)));
-  const auto& new_head = static_cast<torch::optim::AdamParamState&>(*next.state().at(key(head->weight)));
+  const auto& old_head =
+      static_cast<torch::optim::AdamParamState&>(*adam.state().at(optimizer_state_key(head->weight)));
+  const auto& new_head =
+      static_cast<torch::optim::AdamParamState&>(*next.state().at(optimizer_state_key(head->weight)));
   EXPECT_EQ(new_head.step(), 3);
   EXPECT_TRUE(torch::equal(new_head.exp_avg(), old_head.exp_avg()));
   EXPECT_EQ(next.state().size(), adam.state().size());
@@ -494,9 +496,9 @@ TEST(Plasticity, OptimizerPlumbingChecksWhereTheEditStarted) {
   }
   auto grown = edit(net).add_hidden_neurons({100}).add_connections({{0, 100}, {100, 11}}).build();
   follow_edit(adam, net, grown);
-  auto key = [](const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); };
   const auto moments = [&] {
-    return static_cast<torch::optim::AdamParamState&>(*adam.state().at(key(grown.network->weight_tensor())))
+    return static_cast<torch::optim::AdamParamState&>(
+               *adam.state().at(optimizer_state_key(grown.network->weight_tensor())))
         .exp_avg()
         .clone();
   };
@@ -545,8 +547,9 @@ TEST(Plasticity, FollowEditKeepsAHeadInItsGroup) {
     torch::mse_loss(head->forward(net->forward(x)), y).backward();
     adam.step();
   }
-  auto key = [](const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); };
-  auto head_state = [&] { return static_cast<torch::optim::AdamParamState&>(*adam.state().at(key(head->weight))); };
+  auto head_state = [&] {
+    return static_cast<torch::optim::AdamParamState&>(*adam.state().at(optimizer_state_key(head->weight)));
+  };
   const auto head_moments = head_state().exp_avg().clone();
   auto result = edit(net).add_connections({{1, 6}}).build();
   const auto copy = optimizer_after_edit(adam, net, result);

@@ -8,6 +8,7 @@
 
 #include <torch/torch.h>
 
+#include "optimizer_key.h"
 #include "test_util.h"
 
 using namespace connex;
@@ -55,7 +56,7 @@ std::map<Edge, double> weights_by_label(const NeuralNetwork& net) {
 // The Adam moments of every connection, by label.
 std::map<Edge, std::pair<double, double>> moments_by_label(const NeuralNetwork& net,
                                                            const torch::optim::Optimizer& optimizer) {
-  const auto& state = optimizer.state().at(c10::guts::to_string(net->weight_tensor().unsafeGetTensorImpl()));
+  const auto& state = optimizer.state().at(connex::optimizer_state_key(net->weight_tensor()));
   const auto& adam = static_cast<const torch::optim::AdamParamState&>(*state);
   const auto m = adam.exp_avg().contiguous(), v = adam.exp_avg_sq().contiguous();
   std::map<Edge, std::pair<double, double>> out;

@@ -25,6 +25,7 @@
 
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
+#include <fmt/ranges.h>
 
 #include "file_io.h"
 #include "json_input.h"

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include <spdlog/spdlog.h>
+#include <fmt/ranges.h>
 
 #include "../examples.h"
 #include "../progress_bar.h"

@@ -2,6 +2,7 @@
 
 #include <optional>
 #include <set>
+#include <fmt/ranges.h>
 
 #include "config_codec.h"
 #include "connex/error.h"

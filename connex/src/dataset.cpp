@@ -8,6 +8,7 @@
 #include <set>
 
 #include <torch/torch.h>
+#include <fmt/ranges.h>
 
 #include "connex/error.h"
 #include "file_io.h"

@@ -12,6 +12,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef CONNEX_WITH_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#include <fmt/ranges.h>
 #endif
 
 #include "connex/error.h"
@@ -19,6 +20,7 @@
 #include "connex/optimizer_state.h"
 #include "json_input.h"
 #include "messages.h"
+#include "optimizer_key.h"
 
 namespace connex::distributed {
 
@@ -389,7 +391,7 @@ uint64_t DataParallel::checksum(const NeuralNetwork& network, const torch::optim
     // Every parameter's step and state tensors, in parameter order.
     for (const auto& group : optimizer->param_groups())
       for (const auto& p : group.params()) {
-        auto it = optimizer->state().find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+        auto it = optimizer->state().find(optimizer_state_key(p));
         if (it == optimizer->state().end()) continue;
         const auto fields = state_fields(*it->second);
         const int64_t step = fields.step.value_or(-1);

@@ -1,5 +1,7 @@
 #include "connex/edit_script.h"
 
+#include <fmt/ranges.h>
+
 #include "config_codec.h"
 #include "connex/error.h"
 #include "json_input.h"

@@ -6,6 +6,7 @@
 #include <unordered_set>
 
 #include <torch/torch.h>
+#include <fmt/ranges.h>
 
 #include "connex/config.h"
 #include "config_codec.h"

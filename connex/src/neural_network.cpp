@@ -7,6 +7,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include "connex/error.h"
 #include "dense_path.h"
@@ -295,8 +296,15 @@ void NeuralNetworkImpl::set_up(torch::Tensor weight, torch::Tensor bias) {
   if (!weight_.is_cpu()) to(weight_.device());  // the buffers follow given parameters
 }
 
+// LibTorch before 2.2 makes Module a virtual base of Cloneable, which the
+// most derived class initialises; from 2.2 it is a plain base of Cloneable.
+#if TORCH_VERSION_MAJOR < 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR < 2)
+#define CONNEX_MODULE_COPY torch::nn::Module(other)
+#else
+#define CONNEX_MODULE_COPY torch::nn::Cloneable<NeuralNetworkImpl>(other)
+#endif
 NeuralNetworkImpl::NeuralNetworkImpl(const NeuralNetworkImpl& other)
-    : torch::nn::Module(other),
+    : CONNEX_MODULE_COPY,
       options_(other.options_),
       topology_(other.topology_),
       dropout_(other.dropout_),

@@ -4,21 +4,18 @@
 
 #include "connex/error.h"
 #include "json_input.h"
+#include "optimizer_key.h"
 #include "optimizer_kinds.h"
 
 #include <algorithm>
 #include <cmath>
 #include <unordered_set>
+#include <fmt/ranges.h>
 
 #include "remap_copy.h"
 namespace connex {
 
 namespace {
-
-std::string state_key(const torch::Tensor& parameter) {
-  // The key torch::optim uses for a parameter's state.
-  return c10::guts::to_string(parameter.unsafeGetTensorImpl());
-}
 
 // How an operation parameter's entries correspond between two networks.
 struct KeyedPair {
@@ -438,18 +435,18 @@ void transfer_state(const torch::optim::Optimizer& old_optimizer, const torch::n
               "the edited network's; build it over edit.network's parameters");
   std::unordered_map<std::string, torch::Tensor> old_parameters;
   for (const auto& item : old_module.named_parameters()) old_parameters.emplace(item.key(), item.value());
-  std::unordered_map<std::string, torch::Tensor> held_by_new;
+  std::unordered_map<OptimizerStateKey, torch::Tensor> held_by_new;
   for (const auto& group : new_optimizer.param_groups())
-    for (const auto& p : group.params()) held_by_new.emplace(state_key(p), p);
+    for (const auto& p : group.params()) held_by_new.emplace(optimizer_state_key(p), p);
 
   // Build every new state first, then install: a failure leaves the new optimizer untouched.
-  std::vector<std::pair<std::string, std::unique_ptr<torch::optim::OptimizerParamState>>> states;
+  std::vector<std::pair<OptimizerStateKey, std::unique_ptr<torch::optim::OptimizerParamState>>> states;
   for (const auto& item : new_module.named_parameters()) {
-    const std::string key = state_key(item.value());
+    const auto key = optimizer_state_key(item.value());
     if (!held_by_new.count(key)) continue;
     auto old = old_parameters.find(item.key());
     if (old == old_parameters.end()) continue;
-    auto state = old_optimizer.state().find(state_key(old->second));
+    auto state = old_optimizer.state().find(optimizer_state_key(old->second));
     if (state == old_optimizer.state().end()) continue;  // the old optimizer never stepped it
     auto moved = remap.moved.find(item.key());
     const ParameterRemap::Moved* pairs = moved == remap.moved.end() ? nullptr : &moved->second;
@@ -462,8 +459,8 @@ void transfer_state(const torch::optim::Optimizer& old_optimizer, const torch::n
   }
   // A parameter of another module that both optimizers hold (a head trained
   // beside the network) keeps its state as it is.
-  std::unordered_set<std::string> of_new_module;
-  for (const auto& p : new_module.parameters()) of_new_module.insert(state_key(p));
+  std::unordered_set<OptimizerStateKey> of_new_module;
+  for (const auto& p : new_module.parameters()) of_new_module.insert(optimizer_state_key(p));
   for (const auto& [key, parameter] : held_by_new) {
     if (of_new_module.count(key)) continue;
     auto state = old_optimizer.state().find(key);

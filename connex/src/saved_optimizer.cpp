@@ -7,11 +7,13 @@
 #include <unordered_set>
 
 #include <torch/torch.h>
+#include <fmt/ranges.h>
 
 #include "connex/error.h"
 #include "dtype.h"
 #include "file_io.h"
 #include "json_input.h"
+#include "optimizer_key.h"
 #include "optimizer_kinds.h"
 
 namespace connex {
@@ -72,7 +74,7 @@ json write_optimizer(const torch::nn::Module& module, const torch::optim::Optimi
     const auto& group = optimizer.param_groups()[g];
     for (size_t i = 0; i < names[g].size(); ++i) {
       const std::string& name = names[g][i];
-      auto it = optimizer.state().find(c10::guts::to_string(group.params()[i].unsafeGetTensorImpl()));
+      auto it = optimizer.state().find(optimizer_state_key(group.params()[i]));
       if (it == optimizer.state().end()) continue;  // never stepped
       const auto fields = state_fields(*it->second);
       json entry = {{"tensors", json::object()}};
@@ -240,7 +242,7 @@ void load_saved_optimizer(const SavedOptimizer& saved, torch::optim::Optimizer& 
 
   // Build everything first, then install: an error leaves the optimizer as it was.
   std::vector<std::unique_ptr<torch::optim::OptimizerOptions>> options;
-  std::vector<std::pair<std::string, std::unique_ptr<torch::optim::OptimizerParamState>>> states;
+  std::vector<std::pair<OptimizerStateKey, std::unique_ptr<torch::optim::OptimizerParamState>>> states;
   for (size_t g = 0; g < saved.groups.size(); ++g) {
     const auto& group = optimizer.param_groups()[g];
     const std::vector<std::string>& held = names[g];
@@ -267,7 +269,7 @@ void load_saved_optimizer(const SavedOptimizer& saved, torch::optim::Optimizer& 
               held[i], dtype_text(p.scalar_type()), fmt::join(p.sizes(), ", "), owner);
         field.second = field.second.to(p.device(), p.scalar_type(), false, /*copy=*/true);
       }
-      states.emplace_back(c10::guts::to_string(p.unsafeGetTensorImpl()), make_param_state(fields));
+      states.emplace_back(optimizer_state_key(p), make_param_state(fields));
     }
     options.push_back(
         optimizer_options_from_json(saved.type, saved.groups[g].options, fmt::format("{}: {}", context, path)));

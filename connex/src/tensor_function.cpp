@@ -1,6 +1,7 @@
 #include "connex/tensor_function.h"
 
 #include <torch/torch.h>
+#include <fmt/ranges.h>
 
 #include "activation.h"
 #include "connex/error.h"

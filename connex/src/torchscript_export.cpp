@@ -4,6 +4,7 @@
 
 #include <torch/script.h>
 #include <torch/torch.h>
+#include <fmt/ranges.h>
 
 #include "activation.h"
 #include "connex/dataset.h"

@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include <torch/torch.h>
+#include <fmt/ranges.h>
 
 #include "connex/error.h"
 #include "connex/level_operation.h"

@@ -4,6 +4,7 @@
 #include <unordered_set>
 
 #include <torch/torch.h>
+#include <fmt/ranges.h>
 
 #include "connex/error.h"
 #include "id_messages.h"

@@ -9,6 +9,7 @@
 
 #include <torch/torch.h>
 #include <torch/version.h>
+#include <fmt/ranges.h>
 
 #include "config_codec.h"
 #include "connex/error.h"
