@@ -708,7 +708,15 @@ std::vector<Case> make_catalogue() {
   add("cli", "EdgeNotFromTo", none, cli("edit good.ckpt --add-connection 1-6 --out out"),
       {"--add-connection: \"1-6\" is not of the form FROM:TO"});
   add("cli", "EditMakesACycle", none, cli("edit good.ckpt --add-connection 8:2 --out out"),
-      {"add_connections(): edge 8 -> 2 would create the cycle 2 -> 4 -> 6 -> 8 -> 2"});
+      {"edit: --add-connection: edge 8 -> 2 would create the cycle 2 -> 4 -> 6 -> 8 -> 2"});
+  add("cli", "EditAddsAConnectionTwice", none,
+      cli("edit good.ckpt --add-connection 1:6 --add-connection 1:6 --out out"),
+      {"edit: --add-connection 1:6 is given twice"});
+  add("cli", "EditAddsANeuronTwice", none, cli("edit good.ckpt --add-hidden 20 --add-hidden 20 --out out"),
+      {"edit: --add-hidden: neuron 20 is listed twice"});
+  add("cli", "EditRemovesAConnectionTwice", none,
+      cli("edit good.ckpt --remove-connection 1:4 --remove-connection 1:4 --out out"),
+      {"edit: --remove-connection: edge 1 -> 4 is listed twice"});
   add("cli", "DropoutOutOfRange", none, cli("edit good.ckpt --dropout 1.5 --out out"),
       {"--dropout: must be a number in [0, 1], got \"1.5\""});
   add("cli", "PruneWithoutACriterion", none, cli("prune good.ckpt --out out"),

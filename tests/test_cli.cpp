@@ -193,7 +193,7 @@ TEST_F(CliBadInput, BadConfigNamesThePath) {
 TEST_F(CliBadInput, InvalidEdit) {
   ASSERT_EQ(connex_cli("train --epochs 2 --out run", dir).code, 0);
   expect_failure("edit run/model.ckpt --add-connection 8:2",
-                 "add_connections(): edge 8 -> 2 would create the cycle 2 -> 4 -> 6 -> 8 -> 2");
+                 "edit: --add-connection: edge 8 -> 2 would create the cycle 2 -> 4 -> 6 -> 8 -> 2");
   expect_failure("edit run/model.ckpt --remove-neuron x", "--remove-neuron: \"x\" is not an integer neuron id");
   expect_failure("edit run/model.ckpt --add-connection 0:1",
                  "edit: --add-connection 0 -> 1: the network has this connection already (weight ");

@@ -146,14 +146,18 @@ TEST_F(InvalidEdit, Cycle) {
 
 TEST_F(InvalidEdit, NeuronThatExists) {
   EXPECT_THROW_MSG(add_hidden_neurons(net, {4}), "add_hidden_neurons(): neuron 4 already exists");
-  EXPECT_THROW_MSG(add_input_neurons(net, {20, 20}), "add_input_neurons(): neuron 20 already exists");
+  EXPECT_THROW_MSG(add_input_neurons(net, {20, 20}), "add_input_neurons(): neuron 20 is listed twice");
   EXPECT_THROW_MSG(add_output_neurons(net, {"x"}),
                    "add_output_neurons(): neuron \"x\" is a string but the network's neuron ids are integers");
 }
 
 TEST_F(InvalidEdit, RemovingAConnectionThatDoesNotExist) {
   EXPECT_THROW_MSG(remove_connections(net, {{0, 11}}), "remove_connections(): there is no connection 0 -> 11");
-  EXPECT_THROW_MSG(remove_connections(net, {{0, 1}, {0, 1}}), "remove_connections(): there is no connection 0 -> 1");
+  EXPECT_THROW_MSG(remove_connections(net, {{0, 1}, {0, 1}}), "remove_connections(): edge 0 -> 1 is listed twice");
+  EXPECT_THROW_MSG(edit(net).remove_connections({{0, 1}}).remove_connections({{0, 1}}),
+                   "remove_connections(): edge 0 -> 1 was removed earlier in this edit");
+  EXPECT_THROW_MSG(edit(net).add_hidden_neurons({20}).add_connections({{0, 20}}).remove_connections({{0, 20}, {0, 20}}),
+                   "remove_connections(): edge 0 -> 20 is listed twice");
 }
 
 TEST_F(InvalidEdit, RemovingConnectionsByIndex) {

@@ -1094,6 +1094,21 @@ struct EditArgs {
   bool function_preserving = false;
 };
 
+// The editor's messages name its calls; the command's name the flags that made them.
+std::string edit_message_with_flags(const std::string& message) {
+  static const std::pair<std::string, std::string> calls[] = {{"add_input_neurons(): ", "--add-input: "},
+                                                              {"add_hidden_neurons(): ", "--add-hidden: "},
+                                                              {"add_output_neurons(): ", "--add-output: "},
+                                                              {"add_connections(): ", "--add-connection: "},
+                                                              {"remove_connections(): ", "--remove-connection: "},
+                                                              {"remove_neurons(): ", "--remove-neuron: "},
+                                                              {"set_dropout_p(): ", "--dropout: "},
+                                                              {"function_preserving(): ", "--function-preserving: "}};
+  for (const auto& [call, flag] : calls)
+    if (message.rfind(call, 0) == 0) return "edit: " + flag + message.substr(call.size());
+  return "edit: " + message;
+}
+
 int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out) {
   check_out("edit", path, out, true);
   Checkpoint ck = open_network(path);
@@ -1118,17 +1133,27 @@ int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out)
       fail("edit: --add-connection {}: the network has this connection already (weight {:g})", edge_str({from, to}),
            net->weight(from, to));
   }
+  // The library merges a connection added twice; given twice here, it is a slip.
+  for (size_t i = 0; i < added.size(); ++i)
+    if (std::find(added.begin(), added.begin() + i, added[i]) != added.begin() + i)
+      fail("edit: --add-connection {} is given twice", a.add_connection[i]);
   // Neurons first, so new neurons can be wired in the same command.
-  auto editor = edit(net);
-  editor.add_input_neurons(ids(a.add_input, "--add-input"))
-      .add_hidden_neurons(ids(a.add_hidden, "--add-hidden"))
-      .add_output_neurons(ids(a.add_output, "--add-output"))
-      .add_connections(added)
-      .remove_connections(edges(a.remove_connection, "--remove-connection"))
-      .remove_neurons(ids(a.remove_neuron, "--remove-neuron"));
-  if (a.dropout) editor.set_dropout_p(*a.dropout);
-  editor.function_preserving(a.function_preserving);
-  auto result = editor.build(a.seed);
+  auto result = [&] {
+    try {
+      auto editor = edit(net);
+      editor.add_input_neurons(ids(a.add_input, "--add-input"))
+          .add_hidden_neurons(ids(a.add_hidden, "--add-hidden"))
+          .add_output_neurons(ids(a.add_output, "--add-output"))
+          .add_connections(added)
+          .remove_connections(edges(a.remove_connection, "--remove-connection"))
+          .remove_neurons(ids(a.remove_neuron, "--remove-neuron"));
+      if (a.dropout) editor.set_dropout_p(*a.dropout);
+      editor.function_preserving(a.function_preserving);
+      return editor.build(a.seed);
+    } catch (const Error& e) {
+      throw Error(edit_message_with_flags(e.what()));
+    }
+  }();
   // The saved optimizer goes on with its own options (learning rate included).
   std::unique_ptr<torch::optim::Optimizer> next;
   if (ck.optimizer) next = optimizer_after_edit(*restore_optimizer(ck, path), net, result);

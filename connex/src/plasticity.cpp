@@ -347,9 +347,17 @@ NetworkEditor& NetworkEditor::remove_connections(const std::vector<Edge>& edges)
     if (target[i] < 0 && !added_roles_.count(edge.second))
       fail("remove_connections(): edge {} names neuron {}, which is not in the network", edge_str(edge), edge.second);
     const int64_t c = connection[i];
-    const bool present = c >= 0 ? staged.take(c) == 0 : added_edge_set_.count(edge) && seen_added.insert(edge).second;
-    if (!present) fail("remove_connections(): there is no connection {}", edge_str(edge));
-    if (c < 0) added.push_back(&edge);
+    if (c >= 0) {
+      if (const uint8_t mark = staged.take(c))
+        fail("remove_connections(): edge {} {}", edge_str(edge),
+             mark == 2 ? "is listed twice" : "was removed earlier in this edit");
+    } else if (!added_edge_set_.count(edge)) {
+      fail("remove_connections(): there is no connection {}", edge_str(edge));
+    } else if (!seen_added.insert(edge).second) {
+      fail("remove_connections(): edge {} is listed twice", edge_str(edge));
+    } else {
+      added.push_back(&edge);
+    }
   }
   staged.commit();
   for (const Edge* edge : added) added_edge_set_.erase(*edge);  // added earlier in this edit: just drop it
@@ -414,7 +422,8 @@ void NetworkEditor::add_neurons(const std::vector<NeuronId>& ids, Role role, con
     if (id.kind() != kind)
       fail("{}: neuron {} is {} but the network's neuron ids are {}", context, id, kind_name(id.kind()),
            kind == NeuronId::Kind::Integer ? "integers" : "strings");
-    if (exists(id) || !seen.insert(id).second) fail("{}: neuron {} already exists", context, id);
+    if (exists(id)) fail("{}: neuron {} already exists", context, id);
+    if (!seen.insert(id).second) fail("{}: neuron {} is listed twice", context, id);
     if (removed_neurons_.count(id))
       fail("{}: neuron {} was removed earlier in this edit; build() first, then add it anew", context, id);
   }
