@@ -180,6 +180,26 @@ TEST(CliPreprocessing, AnEditOfTheOutputsKeepsTheStandardizationAndTheOtherClass
       << r.out + r.err;
 }
 
+// An edited checkpoint keeps the CSV's columns but not its file name: train says so.
+TEST(CliPreprocessing, TrainingAnEditedCheckpointWithoutDataNamesTheColumns) {
+  TempDir dir;
+  std::string csv = "x,y1,y2\n";
+  for (int i = 0; i < 20; ++i) csv += fmt::format("{},{},{}\n", i * 0.1, i * 0.2, 1 - i * 0.1);
+  spit(dir / "d.csv", csv);
+  ASSERT_EQ(connex_cli("train --data d.csv --epochs 1 --out run", dir).code, 0);
+  ASSERT_EQ(connex_cli("edit run --add-hidden 50 --add-connection 0:50 --out e.ckpt", dir).code, 0);
+  const auto before = slurp(dir / "e.ckpt");
+  auto r = connex_cli("train e.ckpt --epochs 1 --out again", dir);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE((r.out + r.err)
+                .find("train: the model was trained on a CSV (features x; targets y1, y2), not on the toy set, and the "
+                      "checkpoint does not name the file (an edited one never does); give --data"),
+            std::string::npos)
+      << r.out + r.err;
+  EXPECT_EQ(slurp(dir / "e.ckpt"), before);
+  EXPECT_FALSE(std::filesystem::exists(dir / "again"));
+}
+
 TEST(CliPreprocessing, TravelsWithTheModelIntoLaterRunsAndTorchScript) {
   TempDir dir;
   write_classes_csv(dir / "d.csv");

@@ -40,8 +40,10 @@ Table load_dataset(const DataOptions& options, const NeuralNetwork& network, con
         command, n_in, n_out);
   const std::vector<std::string> features{"x"}, targets{"cos_x", "sin_x"};
   if (fitted && (fitted->features != features || fitted->targets != targets))
-    fail("{}: the model was trained on the columns {} of a CSV, not on the toy set; give --data", command,
-         fmt::join(fitted->features, ", "));
+    fail(
+        "{}: the model was trained on a CSV (features {}; targets {}), not on the toy set, and the checkpoint does not "
+        "name the file (an edited one never does); give --data",
+        command, fmt::join(fitted->features, ", "), fmt::join(fitted->targets, ", "));
   const auto [x, y] = apps::toy_data();
   Table table = table_from_tensors(x, y, options.table, fitted);
   table.preprocessing.features = features;
