@@ -722,6 +722,8 @@ std::vector<Case> make_catalogue() {
   add("cli", "PruneWithoutACriterion", none, cli("prune good.ckpt --out out"),
       {"give exactly one of --threshold and --fraction"});
   add("cli", "UnknownExportFormat", none, cli("export good.ckpt --format pdf --out out"), {"--format: pdf not in"});
+  add("cli", "ExportTimeoutWithoutPng", none, cli("export good.ckpt --format json --timeout 5 --out out"),
+      {"export: --timeout is the time Graphviz may take to draw a PNG; --format json does not run it"});
   add("cli", "CorruptedCheckpoint",
       file("bad.ckpt",
            [](World& w) {

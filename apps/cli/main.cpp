@@ -1552,7 +1552,11 @@ int run_command(const Commands& c, const CoreShare& cores) {
   if (*c.train) return cmd_train(c.config, c.data, c.train_args, c.dist, c.out, cores);
   if (*c.prune) return cmd_prune(c.path, c.prune_args, c.data, c.prune_train, c.out, cores);
   if (*c.edit) return cmd_edit(c.path, c.edit_args, c.out);
-  if (*c.export_) return cmd_export(c.path, c.format, c.out, c.dot_seconds);
+  if (*c.export_) {
+    if (c.export_->get_option("--timeout")->count() && c.format != "png")
+      fail("export: --timeout is the time Graphviz may take to draw a PNG; --format {} does not run it", c.format);
+    return cmd_export(c.path, c.format, c.out, c.dot_seconds);
+  }
   if (*c.inspect) return cmd_inspect(c.path);
   if (*c.bench) return cmd_bench(c.bench->remaining(), c.bench_threads);
   return 0;
