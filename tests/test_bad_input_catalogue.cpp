@@ -520,6 +520,21 @@ std::vector<Case> make_catalogue() {
       }),
       {"d.csv:3: column 2 (\"kind\"): \"zebra\" is not one of the classes the model was trained on (a, b)"});
 
+  auto inputs_for = [](const std::string& name, bool fitted) {
+    return lib([name, fitted](World& w) {
+      Preprocessing x;
+      x.features = {"x"}, x.targets = {"y1", "y2"};
+      read_inputs(w.dir / name, w.net, fitted ? std::optional<Preprocessing>(x) : std::nullopt);
+    });
+  };
+  add("table", "InputsWithoutPreprocessingCountEveryColumn", file("p.csv", "a,b\n1,2\n"), inputs_for("p.csv", false),
+      {"p.csv: 2 columns (a, b) but the network has 1 inputs; without the preprocessing of a model trained on a CSV, "
+       "every column is an input"});
+  add("table", "InputsMissingAFeature", file("p.csv", "y1,y2\n1,2\n"), inputs_for("p.csv", true),
+      {"p.csv: no column \"x\", a feature the model was trained on; the columns are y1, y2"});
+  add("table", "InputsWithTextInAFeature", file("p.csv", "note,x\nok,abc\n"), inputs_for("p.csv", true),
+      {"p.csv:2: column 2 (\"x\"): \"abc\" is not a number"});
+
   // ------------------------------------------------------------- checkpoint
   auto load_file = [](const std::string& name) { return lib([name](World& w) { load(w.dir / name); }); };
   add("checkpoint", "TruncatedHalf",

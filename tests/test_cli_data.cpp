@@ -29,6 +29,23 @@ void write_classes_csv(const std::string& path) {
 const char* kMlp23 = R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 3, "width": 8, "depth": 1},
                          "options": {"hidden_activation": "tanh"}})";
 
+// 20 rows of x and two targets on lines in x.
+void write_line_csv(const std::string& path) {
+  std::string csv = "x,y1,y2\n";
+  for (int i = 0; i < 20; ++i) csv += fmt::format("{},{},{}\n", i * 0.1, i * 0.2, 1 - i * 0.1);
+  spit(path, csv);
+}
+
+// d.csv and net.json in `dir`, and a standardized classifier trained on them in dir/run.
+void train_classifier(const TempDir& dir) {
+  write_classes_csv(dir / "d.csv");
+  spit(dir / "net.json", kMlp23);
+  ASSERT_EQ(
+      connex_cli("train net.json --data d.csv --task classification --standardize --epochs 30 --lr 0.05 --out run", dir)
+          .code,
+      0);
+}
+
 }  // namespace
 
 TEST(CliOptimizer, SavedOptionsAreKeptUnlessAFlagSaysOtherwise) {
@@ -73,12 +90,7 @@ TEST(CliOptimizer, SavedOptionsAreKeptUnlessAFlagSaysOtherwise) {
 
 TEST(CliPrune, NeedsDataOnlyForTheLossAndReportsAccuracy) {
   TempDir dir;
-  write_classes_csv(dir / "d.csv");
-  spit(dir / "net.json", kMlp23);
-  ASSERT_EQ(
-      connex_cli("train net.json --data d.csv --task classification --standardize --epochs 30 --lr 0.05 --out run", dir)
-          .code,
-      0);
+  ASSERT_NO_FATAL_FAILURE(train_classifier(dir));
   auto r = connex_cli("prune run/model.ckpt --fraction 0.3 --out x.ckpt", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("connections: 40 -> 28 (removed 12)"), std::string::npos) << r.out;
@@ -183,9 +195,7 @@ TEST(CliPreprocessing, AnEditOfTheOutputsKeepsTheStandardizationAndTheOtherClass
 // An edited checkpoint keeps the CSV's columns but not its file name: train says so.
 TEST(CliPreprocessing, TrainingAnEditedCheckpointWithoutDataNamesTheColumns) {
   TempDir dir;
-  std::string csv = "x,y1,y2\n";
-  for (int i = 0; i < 20; ++i) csv += fmt::format("{},{},{}\n", i * 0.1, i * 0.2, 1 - i * 0.1);
-  spit(dir / "d.csv", csv);
+  write_line_csv(dir / "d.csv");
   ASSERT_EQ(connex_cli("train --data d.csv --epochs 1 --out run", dir).code, 0);
   ASSERT_EQ(connex_cli("edit run --add-hidden 50 --add-connection 0:50 --out e.ckpt", dir).code, 0);
   const auto before = slurp(dir / "e.ckpt");
@@ -342,4 +352,74 @@ TEST(CliPrune, KeepsFrozenConnectionsAndSaysSo) {
       (r.out + r.err).find("their values are constants; a smaller --fraction or --threshold or --keep-min 1 helps"),
       std::string::npos)
       << r.out + r.err;
+}
+
+// connex predict: the saved preprocessing applied by column name, rows in
+// file order, values equal to the network's own forward pass, a score when
+// the file holds the targets, nothing written on bad input.
+TEST(CliPredict, ClassifierProbabilitiesAndLabelsInFileOrder) {
+  TempDir dir;
+  ASSERT_NO_FATAL_FAILURE(train_classifier(dir));
+  auto r = connex_cli("predict run --data d.csv --out p.csv", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto ck = load_checkpoint(dir / "run/model.ckpt");
+  const auto& classes = ck.preprocessing->classes;
+  const CsvTable data = parse_csv(slurp(dir / "d.csv"), "d.csv", {"kind"});
+  const CsvTable predicted = parse_csv(slurp(dir / "p.csv"), "p.csv", {"kind"});
+  ASSERT_EQ(predicted.columns,
+            (std::vector<std::string>{"kind", "p_" + classes[0], "p_" + classes[1], "p_" + classes[2]}));
+  ASSERT_EQ(predicted.rows.size(), data.rows.size());
+  // The expected values: the checkpoint's network on the standardized rows, in file order.
+  auto raw = torch::empty({static_cast<int64_t>(data.rows.size()), 2}, torch::kFloat64);
+  for (size_t i = 0; i < data.rows.size(); ++i) raw[i][0] = data.number(i, 0), raw[i][1] = data.number(i, 1);
+  ck.network->eval();
+  const auto probabilities =
+      torch::softmax(ck.network->forward(ck.preprocessing->apply(raw).to(torch::kFloat32)).to(torch::kFloat64), 1);
+  int64_t right = 0;
+  for (size_t i = 0; i < data.rows.size(); ++i) {
+    const auto best = probabilities[i].argmax().item<int64_t>();
+    EXPECT_EQ(predicted.text[0][i], classes[best]) << "row " << i;
+    for (int k = 0; k < 3; ++k)
+      EXPECT_NEAR(predicted.number(i, k + 1), probabilities[i][k].item<double>(), 1e-6) << "row " << i;
+    right += classes[best] == data.text[2][i];
+  }
+  EXPECT_NE(r.out.find(fmt::format("predicted 60 rows of d.csv; accuracy {:.4f} against column kind",
+                                   static_cast<double>(right) / 60)),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("wrote p.csv"), std::string::npos) << r.out;
+}
+
+TEST(CliPredict, FeaturesFoundByNameWithoutTargetsToStandardOutput) {
+  TempDir dir;
+  write_line_csv(dir / "d.csv");
+  ASSERT_EQ(connex_cli("train --data d.csv --standardize --epochs 2 --out run", dir).code, 0);
+  // Other columns first, a column the model never saw, no targets: the predictions go to stdout.
+  spit(dir / "new.csv", "note,x\nfirst,0.25\n\"a, b\",-1.5\n");
+  auto r = connex_cli("predict run/model.ckpt --data new.csv", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto ck = load_checkpoint(dir / "run/model.ckpt");
+  ck.network->eval();
+  const auto expected = ck.network->forward(
+      ck.preprocessing->apply(torch::tensor({{0.25}, {-1.5}}, torch::kFloat64)).to(torch::kFloat32));
+  const CsvTable predicted = parse_csv(r.out, "stdout");
+  ASSERT_EQ(predicted.columns, (std::vector<std::string>{"y1", "y2"}));
+  ASSERT_EQ(predicted.rows.size(), 2u);
+  for (int i = 0; i < 2; ++i)
+    for (int k = 0; k < 2; ++k) EXPECT_NEAR(predicted.number(i, k), expected[i][k].item<double>(), 1e-6);
+  EXPECT_NE(r.err.find("predicted 2 rows of new.csv"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("mse"), std::string::npos) << r.err;
+
+  // Bad input: a missing feature, the data file as --out; nothing written, nothing changed.
+  spit(dir / "other.csv", "a,b\n1,2\n");
+  r = connex_cli("predict run --data other.csv --out p.csv", dir);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("other.csv: no column \"x\", a feature the model was trained on; the columns are a, b"),
+            std::string::npos)
+      << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir / "p.csv"));
+  r = connex_cli("predict run --data new.csv --out new.csv", dir);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("predict: --out new.csv is the file it reads; give another path"), std::string::npos) << r.err;
+  EXPECT_EQ(slurp(dir / "new.csv"), "note,x\nfirst,0.25\n\"a, b\",-1.5\n");
 }

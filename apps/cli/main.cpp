@@ -1266,6 +1266,105 @@ void print_training_record(const Progress& p) {
                 p.rewire.end_step > 0 ? fmt::format("none from step {}", p.rewire.end_step).c_str() : "no decay");
 }
 
+// A CSV cell: quoted when it holds a comma, a quote or a line break (RFC 4180).
+std::string csv_cell(const std::string& text) {
+  if (text.find_first_of(",\"\r\n") == std::string::npos) return text;
+  std::string quoted = "\"";
+  for (char c : text) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return quoted + "\"";
+}
+
+// Predictions for a CSV's rows, in file order, through the preprocessing the
+// model was trained with; scored when the file holds the target columns too.
+int cmd_predict(const std::string& path, const std::string& data, const std::string& out, int64_t batch_size) {
+  check_out("predict", path, out, false);
+  check_out("predict", data, out, false);
+  const Checkpoint ck = open_network(path);
+  NeuralNetwork net = ck.network;
+  const auto& fitted = ck.preprocessing;
+  const auto columns = csv_columns(read_file(data, "predict"), data);
+  const bool has_targets =
+      fitted && std::all_of(fitted->targets.begin(), fitted->targets.end(), [&](const std::string& name) {
+        return std::find(columns.begin(), columns.end(), name) != columns.end();
+      });
+  torch::Tensor inputs, targets;
+  std::string unscored;  // why rows that hold the targets were not scored
+  if (has_targets) {
+    try {
+      // read_table's rows come in split_rows order (no rows held out, seed 0): put back in file order.
+      const Table table = read_table(data, net, TableOptions(), fitted);
+      const auto order = split_rows(table.train.inputs().size(0), 0.0, 0).first;
+      inputs = torch::empty_like(table.train.inputs()).index_copy_(0, order, table.train.inputs());
+      targets = torch::empty_like(table.train.targets()).index_copy_(0, order, table.train.targets());
+    } catch (const Error& e) {
+      unscored = e.what();
+    }
+  }
+  if (!inputs.defined()) inputs = read_inputs(data, net, fitted);
+
+  torch::NoGradGuard no_grad;
+  net->eval();
+  const int64_t rows = inputs.size(0);
+  std::vector<torch::Tensor> parts;
+  for (int64_t first = 0; first < rows; first += batch_size)
+    parts.push_back(net->forward(inputs.narrow(0, first, std::min(batch_size, rows - first))));
+  const torch::Tensor outputs = torch::cat(parts);
+
+  // The columns: a regression's targets (or the outputs' labels); a
+  // classifier's label column, then each output's probability.
+  const bool classify = fitted && fitted->task == Task::Classification;
+  std::vector<std::string> header, output_names;
+  for (int64_t k = 0; k < net->num_outputs(); ++k) {
+    const std::string label = net->output_neurons()[k].plain();
+    if (classify)
+      output_names.push_back(k < static_cast<int64_t>(fitted->classes.size()) ? fitted->classes[k] : "output " + label);
+    else
+      output_names.push_back(fitted ? fitted->targets[k] : "output " + label);
+  }
+  if (classify) {
+    header.push_back(fitted->targets[0]);
+    for (const auto& name : output_names) header.push_back("p_" + name);
+  } else {
+    header = output_names;
+  }
+  const bool as_float = outputs.scalar_type() != torch::kFloat64;  // shortest text of the value the network gave
+  auto number = [&](double v) { return as_float ? fmt::format("{}", static_cast<float>(v)) : fmt::format("{}", v); };
+  const auto values =
+      (classify ? torch::softmax(outputs.to(torch::kFloat64), 1) : outputs.to(torch::kFloat64)).contiguous();
+  const auto chosen = outputs.argmax(1).contiguous();
+  const double* v = values.data_ptr<double>();
+  const int64_t* best = chosen.data_ptr<int64_t>();
+  std::string text;
+  for (size_t j = 0; j < header.size(); ++j) text += (j ? "," : "") + csv_cell(header[j]);
+  text += "\n";
+  const int64_t n_out = values.size(1);
+  for (int64_t i = 0; i < rows; ++i) {
+    if (classify) text += csv_cell(output_names[best[i]]) + ",";
+    for (int64_t k = 0; k < n_out; ++k) text += (k ? "," : "") + number(v[i * n_out + k]);
+    text += "\n";
+  }
+  if (out.empty()) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+  } else {
+    write_file_atomically(out, text, "predict");
+  }
+  // The summary goes to stderr when the predictions take stdout.
+  std::string summary = fmt::format("predicted {} rows of {}", rows, data);
+  if (!fitted)
+    summary += fmt::format(" (no preprocessing saved: its {} columns are the inputs, as given)", columns.size());
+  if (targets.defined()) {
+    const auto [loss, metric] = evaluate(net, inputs, targets, fitted->task);
+    summary += classify ? fmt::format("; accuracy {:.4f} against column {} (cross-entropy {:.6f})", metric,
+                                      fitted->targets[0], loss)
+                        : fmt::format("; mse {:.6f} against columns {}", loss, fmt::join(fitted->targets, ","));
+  } else if (!unscored.empty()) {
+    summary += fmt::format("; not scored: {}", unscored);
+  }
+  if (!out.empty()) summary += fmt::format("\nwrote {}", out);
+  std::fprintf(out.empty() ? stderr : stdout, "%s\n", summary.c_str());
+  return 0;
+}
+
 int cmd_inspect(const std::string& path) {
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
@@ -1351,9 +1450,11 @@ struct Commands {
   PruneArgs prune_args;
   EditArgs edit_args;
   double dot_seconds = 60;
+  std::string predict_data;
+  int64_t predict_batch = 4096;
   std::optional<int> bench_threads;  // connex --threads N bench: N, for the benchmark
   CLI::App *train = nullptr, *prune = nullptr, *edit = nullptr, *export_ = nullptr, *inspect = nullptr,
-           *bench = nullptr;
+           *predict = nullptr, *bench = nullptr;
 };
 
 void add_sparse_training_flags(CLI::App* train, TrainArgs& t) {
@@ -1482,6 +1583,15 @@ void add_inspect_command(CLI::App& app, Commands& c) {
   c.inspect->add_option("file", c.path, "checkpoint or config")->required();
 }
 
+void add_predict_command(CLI::App& app, Commands& c) {
+  c.predict = app.add_subcommand("predict", "run a trained network on a CSV's rows and write its predictions");
+  c.predict->add_option("checkpoint", c.path, "checkpoint or run directory")->required();
+  c.predict->add_option("--data", c.predict_data, "CSV with the feature columns the model was trained on")->required();
+  c.predict->add_option("--out", c.out, "CSV to write (default: standard output)");
+  c.predict->add_option("--batch-size", c.predict_batch, "rows per forward pass (default 4096)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+}
+
 void add_bench_command(CLI::App& app, Commands& c) {
   c.bench = app.add_subcommand("bench", "run the benchmark program (options pass through)");
   c.bench->allow_extras();
@@ -1493,11 +1603,14 @@ bool unknown_subcommand(CLI::App& app, int argc, char** argv) {
   if (argc <= 1 || argv[1][0] == '-') return false;
   const std::string first = argv[1];
   bool known = false;
-  for (const auto* sub : app.get_subcommands([](CLI::App*) { return true; })) known |= sub->get_name() == first;
+  std::vector<std::string> names;
+  for (const auto* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+    known |= sub->get_name() == first;
+    names.push_back(sub->get_name());
+  }
   if (!known)
-    std::fprintf(stderr,
-                 "connex: unknown subcommand \"%s\"; the subcommands are train, prune, edit, export, inspect, bench\n",
-                 first.c_str());
+    std::fprintf(stderr, "connex: unknown subcommand \"%s\"; the subcommands are %s\n", first.c_str(),
+                 fmt::format("{}", fmt::join(names, ", ")).c_str());
   return !known;
 }
 
@@ -1558,6 +1671,7 @@ int run_command(const Commands& c, const CoreShare& cores) {
     return cmd_export(c.path, c.format, c.out, c.dot_seconds);
   }
   if (*c.inspect) return cmd_inspect(c.path);
+  if (*c.predict) return cmd_predict(c.path, c.predict_data, c.out, c.predict_batch);
   if (*c.bench) return cmd_bench(c.bench->remaining(), c.bench_threads);
   return 0;
 }
@@ -1565,7 +1679,7 @@ int run_command(const Commands& c, const CoreShare& cores) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"connex: train, prune, edit, export and inspect DAG neural networks"};
+  CLI::App app{"connex: train, prune, edit, export, inspect and predict with DAG neural networks"};
   app.require_subcommand(1);
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   app.add_option("--threads", threads, "cores to use (default: all; local workers share them)")
@@ -1576,11 +1690,12 @@ int main(int argc, char** argv) {
   add_edit_command(app, c);
   add_export_command(app, c);
   add_inspect_command(app, c);
+  add_predict_command(app, c);
   add_bench_command(app, c);
   // `connex train cfg.json --threads 1` as well as `connex --threads 1 train
   // cfg.json`: the commands pass --threads up (bench passes its options on to
   // the benchmark program instead).
-  for (CLI::App* command : {c.train, c.prune, c.edit, c.export_, c.inspect}) command->fallthrough();
+  for (CLI::App* command : {c.train, c.prune, c.edit, c.export_, c.inspect, c.predict}) command->fallthrough();
 
   if (unknown_subcommand(app, argc, argv)) return 2;
   try {

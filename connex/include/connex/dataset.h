@@ -97,6 +97,12 @@ struct Table {
 // targets must then agree with it or be left empty.
 Table read_table(const std::string& path, const NeuralNetwork& network, const TableOptions& options = {},
                  const std::optional<Preprocessing>& fitted = std::nullopt);
+// The network inputs of a CSV's rows, in file order, for prediction: the
+// columns `fitted` names as features (any others, targets among them, are
+// ignored) standardized as it says; without `fitted`, every column is an
+// input. [rows, inputs] in the network's dtype.
+torch::Tensor read_inputs(const std::string& path, const NeuralNetwork& network,
+                          const std::optional<Preprocessing>& fitted = std::nullopt);
 Table table_from_csv(const CsvTable& csv, const NeuralNetwork& network, const TableOptions& options = {},
                      const std::optional<Preprocessing>& fitted = std::nullopt);
 // Raw inputs [rows, features] and targets ([rows, outputs] float, or [rows]
