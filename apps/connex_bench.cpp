@@ -875,6 +875,9 @@ void gpu_sparse_layered(const Gpu& gpu) {
   }
 }
 
+// The GPU table's workload names (for --only).
+const std::vector<std::string> kGpuWorkloads = {"mlp", "dense", "sparse", "technique", "sparse layered"};
+
 void gpu_workloads(Run& run, torch::Device device, const std::function<bool(const std::string&)>& wanted) {
   const Gpu gpu{run, device};
   if (wanted("mlp")) gpu_mlps(gpu, false);
@@ -929,6 +932,7 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "connex_bench: --device: expected cpu, cuda or cuda:N, got \"{}\"\n", device_name);
     return 2;
   }
+  if (device->is_cuda() && !device->has_index()) device.emplace(torch::kCUDA, 0);  // named in every row
   // glibc serves large blocks from its heap and keeps what is freed: by
   // default, early in a process, it mmaps each multi-MB tensor of the
   // masked-dense reference (7) and unmaps it on free, so every step faults
@@ -956,8 +960,12 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   const auto [x250, y250] = connex::apps::toy_data(250);
   Run run{quick, reps, cores, rows, x250, y250};
+  if (device->is_cuda() && std::none_of(kGpuWorkloads.begin(), kGpuWorkloads.end(), wanted)) {
+    fmt::print(stderr, "connex_bench: --only {}: no workload of the GPU table ({}) matches\n", only,
+               fmt::join(kGpuWorkloads, ", "));
+    return 2;
+  }
   if (device->is_cuda()) {
-    if (!device->has_index()) device.emplace(torch::kCUDA, 0);
     gpu_workloads(run, *device, wanted);
     print(rows);
     return 0;

@@ -726,7 +726,7 @@ std::vector<Case> make_catalogue() {
       {"edit: --add-connection: edge 8 -> 2 would create the cycle 2 -> 4 -> 6 -> 8 -> 2"});
   add("cli", "EditAddsAConnectionTwice", none,
       cli("edit good.ckpt --add-connection 1:6 --add-connection 1:6 --out out"),
-      {"edit: --add-connection 1:6 is given twice"});
+      {"edit: --add-connection: edge 1 -> 6 is listed twice"});
   add("cli", "EditAddsANeuronTwice", none, cli("edit good.ckpt --add-hidden 20 --add-hidden 20 --out out"),
       {"edit: --add-hidden: neuron 20 is listed twice"});
   add("cli", "EditRemovesAConnectionTwice", none,

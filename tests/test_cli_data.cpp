@@ -203,7 +203,9 @@ TEST(CliPreprocessing, TrainingAnEditedCheckpointWithoutDataNamesTheColumns) {
   EXPECT_NE(r.code, 0);
   EXPECT_NE((r.out + r.err)
                 .find("train: the model was trained on a CSV (features x; targets y1, y2), not on the toy set, and the "
-                      "checkpoint does not name the file (an edited one never does); give --data"),
+                      "checkpoint does not name the file (only a run of train --out records it; edited and pruned "
+                      "checkpoints do "
+                      "not); give --data"),
             std::string::npos)
       << r.out + r.err;
   EXPECT_EQ(slurp(dir / "e.ckpt"), before);
@@ -388,6 +390,34 @@ TEST(CliPredict, ClassifierProbabilitiesAndLabelsInFileOrder) {
             std::string::npos)
       << r.out;
   EXPECT_NE(r.out.find("wrote p.csv"), std::string::npos) << r.out;
+}
+
+// A classifier whose outputs are probabilities already (softmax) or their
+// logarithms: the file holds those probabilities, not a second softmax of them.
+TEST(CliPredict, ProbabilitiesFollowTheOutputTransformation) {
+  TempDir dir;
+  write_classes_csv(dir / "d.csv");
+  for (const std::string transformation : {"softmax", "log_softmax"}) {
+    spit(dir / "net.json", R"({"graph": {"prebuilt": "MLP", "input_size": 2, "output_size": 3, "width": 8, "depth": 1},
+                             "options": {"hidden_activation": "tanh", "output_transformation": ")" +
+                               transformation + R"("}})");
+    ASSERT_EQ(
+        connex_cli("train net.json --data d.csv --task classification --epochs 5 --out " + transformation, dir).code,
+        0);
+    auto r = connex_cli("predict " + transformation + " --data d.csv --out p.csv", dir);
+    ASSERT_EQ(r.code, 0) << r.err;
+    auto ck = load_checkpoint(dir / (transformation + "/model.ckpt"));
+    const CsvTable data = parse_csv(slurp(dir / "d.csv"), "d.csv", {"kind"});
+    auto raw = torch::empty({static_cast<int64_t>(data.rows.size()), 2}, torch::kFloat64);
+    for (size_t i = 0; i < data.rows.size(); ++i) raw[i][0] = data.number(i, 0), raw[i][1] = data.number(i, 1);
+    ck.network->eval();
+    auto out = ck.network->forward(ck.preprocessing->apply(raw).to(torch::kFloat32)).to(torch::kFloat64);
+    if (transformation == "log_softmax") out = out.exp();
+    const CsvTable predicted = parse_csv(slurp(dir / "p.csv"), "p.csv", {"kind"});
+    for (size_t i = 0; i < data.rows.size(); ++i)
+      for (int k = 0; k < 3; ++k)
+        ASSERT_NEAR(predicted.number(i, k + 1), out[i][k].item<double>(), 1e-6) << transformation << " row " << i;
+  }
 }
 
 TEST(CliPredict, FeaturesFoundByNameWithoutTargetsToStandardOutput) {

@@ -135,6 +135,42 @@ TEST(CliHardeningFiles, FifoAsConfigOrDataIsRefusedWithoutBlocking) {
   }
 }
 
+// An --out that names a FIFO or a device was renamed over (writes are
+// atomic renames): refused, the FIFO left as it was. predict's failed write
+// to standard output is an error, and it refuses a config (never trained).
+TEST(CliHardeningFiles, AnOutputThatIsNoRegularFileIsRefused) {
+  TempDir dir;
+  spit(dir / "net.json", kMlp21);
+  write_regression_csv(dir / "d.csv", 16);
+  ASSERT_EQ(connex_cli("train net.json --data d.csv --epochs 1 --out run", dir).code, 0);
+  ASSERT_EQ(::mkfifo((dir / "fifo").c_str(), 0600), 0);
+  for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
+           {"predict run --data d.csv --out fifo",
+            "predict: --out fifo is a pipe or FIFO, not a regular file; give the path of a file to write, or leave out "
+            "--out to write to standard output"},
+           {"export run --format json --out fifo",
+            "export: --out fifo is a pipe or FIFO, not a regular file; give the path of a file to write"}}) {
+    const auto r = connex_cli(args, dir);
+    EXPECT_EQ(r.code, 1) << args;
+    EXPECT_NE(r.err.find(message), std::string::npos) << r.err;
+    EXPECT_TRUE(std::filesystem::is_fifo(dir / "fifo")) << args;
+  }
+  if (std::filesystem::is_character_file("/dev/full")) {
+    const std::string cmd = "cd '" + dir.path + "' && " CONNEX_CLI " predict run --data d.csv > /dev/full 2> .stderr";
+    const int status = std::system(cmd.c_str());
+    EXPECT_EQ(WIFEXITED(status) ? WEXITSTATUS(status) : -1, 1);
+    EXPECT_NE(slurp(dir / ".stderr").find("predict: cannot write the predictions to standard output: No space left"),
+              std::string::npos)
+        << slurp(dir / ".stderr");
+  }
+  const auto r = connex_cli("predict net.json --data d.csv", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("predict: net.json holds a network's initial weights, never trained; give a checkpoint or a "
+                       "train --out directory"),
+            std::string::npos)
+      << r.err;
+}
+
 // `export net.ckpt --out net.ckpt` put a DOT drawing where the checkpoint
 // was; `prune RUN --out RUN/model.ckpt` replaced a run's record behind its
 // other files. Both are refused up front, every file unchanged; prune and

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -24,6 +25,7 @@
 #include <thread>
 
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <fmt/ranges.h>
 
@@ -141,6 +143,16 @@ void check_out(const std::string& command, const std::string& in, const std::str
   if (out.empty()) return;
   std::error_code ec;
   if (fs::is_directory(out, ec)) fail("{}: --out {} is a directory; give the path of the file to write", command, out);
+  // A FIFO, device or socket would be replaced by a file (writes are atomic
+  // renames), and what reads it would get nothing.
+  const auto type = fs::status(out, ec).type();
+  if (type == fs::file_type::fifo || type == fs::file_type::character || type == fs::file_type::block ||
+      type == fs::file_type::socket)
+    fail("{}: --out {} is {}, not a regular file; give the path of a file to write{}", command, out,
+         type == fs::file_type::fifo     ? "a pipe or FIFO"
+         : type == fs::file_type::socket ? "a socket"
+                                         : "a device",
+         command == "predict" ? ", or leave out --out to write to standard output" : "");
   const fs::path parent = fs::path(out).parent_path();
   if (!parent.empty() && !fs::is_directory(parent, ec))
     fail("{}: cannot write {}: {}", command, out,
@@ -1136,7 +1148,7 @@ int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out)
   // The library merges a connection added twice; given twice here, it is a slip.
   for (size_t i = 0; i < added.size(); ++i)
     if (std::find(added.begin(), added.begin() + i, added[i]) != added.begin() + i)
-      fail("edit: --add-connection {} is given twice", a.add_connection[i]);
+      fail("edit: --add-connection: edge {} is listed twice", edge_str(added[i]));
   // Neurons first, so new neurons can be wired in the same command.
   auto result = [&] {
     try {
@@ -1268,7 +1280,10 @@ void print_training_record(const Progress& p) {
 
 // A CSV cell: quoted when it holds a comma, a quote or a line break (RFC 4180).
 std::string csv_cell(const std::string& text) {
-  if (text.find_first_of(",\"\r\n") == std::string::npos) return text;
+  // Also an empty cell and one with outer spaces: readers drop those spaces.
+  const bool padded = text.empty() || std::isspace(static_cast<unsigned char>(text.front())) ||
+                      std::isspace(static_cast<unsigned char>(text.back()));
+  if (!padded && text.find_first_of(",\"\r\n") == std::string::npos) return text;
   std::string quoted = "\"";
   for (char c : text) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
   return quoted + "\"";
@@ -1279,28 +1294,50 @@ std::string csv_cell(const std::string& text) {
 int cmd_predict(const std::string& path, const std::string& data, const std::string& out, int64_t batch_size) {
   check_out("predict", path, out, false);
   check_out("predict", data, out, false);
+  // The predictions take standard output: the log goes to standard error.
+  if (out.empty()) spdlog::set_default_logger(spdlog::stderr_color_mt("predict"));
+  std::error_code ec;
+  if (!fs::is_directory(path, ec) && !is_checkpoint(path))
+    fail("predict: {} holds a network's initial weights, never trained; give a checkpoint or a train --out directory",
+         path);
   const Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
   const auto& fitted = ck.preprocessing;
-  const auto columns = csv_columns(read_file(data, "predict"), data);
-  const bool has_targets =
-      fitted && std::all_of(fitted->targets.begin(), fitted->targets.end(), [&](const std::string& name) {
-        return std::find(columns.begin(), columns.end(), name) != columns.end();
-      });
+  // Read and parsed once: every column but the features stays text.
+  const std::string text_in = read_file(data, "predict");
+  const auto columns = csv_columns(text_in, data);
+  std::vector<std::string> text_columns;
+  if (fitted)
+    for (const auto& name : columns)
+      if (std::find(fitted->features.begin(), fitted->features.end(), name) == fitted->features.end())
+        text_columns.push_back(name);
+  const CsvTable csv = parse_csv(text_in, data, text_columns);
+  const bool has_targets = fitted && std::all_of(fitted->targets.begin(), fitted->targets.end(),
+                                                 [&](const std::string& name) { return csv.column_index(name) >= 0; });
   torch::Tensor inputs, targets;
   std::string unscored;  // why rows that hold the targets were not scored
   if (has_targets) {
     try {
-      // read_table's rows come in split_rows order (no rows held out, seed 0): put back in file order.
-      const Table table = read_table(data, net, TableOptions(), fitted);
-      const auto order = split_rows(table.train.inputs().size(0), 0.0, 0).first;
+      // Read as training reads them, with no rows held out; the rows come in
+      // split_rows' order for that seed: put back in file order.
+      const auto options = TableOptions().validation_fraction(0.0).seed(0);
+      const Table table = table_from_csv(csv, net, options, fitted);
+      const auto order = split_rows(table.train.inputs().size(0), options.validation_fraction(), options.seed()).first;
+      TORCH_INTERNAL_ASSERT(table.validation.inputs().size(0) == 0 && order.numel() == table.train.inputs().size(0));
       inputs = torch::empty_like(table.train.inputs()).index_copy_(0, order, table.train.inputs());
       targets = torch::empty_like(table.train.targets()).index_copy_(0, order, table.train.targets());
     } catch (const Error& e) {
       unscored = e.what();
     }
   }
-  if (!inputs.defined()) inputs = read_inputs(data, net, fitted);
+  if (!inputs.defined()) inputs = read_inputs(csv, net, fitted);
+  if (fitted && !has_targets) {
+    std::vector<std::string> missing;  // of the targets, when the file holds some of them
+    for (const auto& name : fitted->targets)
+      if (csv.column_index(name) < 0) missing.push_back(name);
+    if (missing.size() < fitted->targets.size())
+      unscored = fmt::format("the file lacks the target column(s) {}", fmt::join(missing, ", "));
+  }
 
   torch::NoGradGuard no_grad;
   net->eval();
@@ -1311,7 +1348,8 @@ int cmd_predict(const std::string& path, const std::string& data, const std::str
   const torch::Tensor outputs = torch::cat(parts);
 
   // The columns: a regression's targets (or the outputs' labels); a
-  // classifier's label column, then each output's probability.
+  // classifier's label column (the most probable output's class, or the
+  // output's label where it has none), then each output's probability.
   const bool classify = fitted && fitted->task == Task::Classification;
   std::vector<std::string> header, output_names;
   for (int64_t k = 0; k < net->num_outputs(); ++k) {
@@ -1327,10 +1365,14 @@ int cmd_predict(const std::string& path, const std::string& data, const std::str
   } else {
     header = output_names;
   }
+  // A classifier's outputs are logits, probabilities or log-probabilities, by its output transformation.
+  const auto& transformation = net->options().output_transformation();
+  torch::Tensor values = outputs.to(torch::kFloat64);
+  if (classify && !transformation.is_softmax())
+    values = transformation.is_log_softmax() ? values.exp() : torch::softmax(values, 1);
+  values = values.contiguous();
   const bool as_float = outputs.scalar_type() != torch::kFloat64;  // shortest text of the value the network gave
-  auto number = [&](double v) { return as_float ? fmt::format("{}", static_cast<float>(v)) : fmt::format("{}", v); };
-  const auto values =
-      (classify ? torch::softmax(outputs.to(torch::kFloat64), 1) : outputs.to(torch::kFloat64)).contiguous();
+  auto number = [&](double x) { return as_float ? fmt::format("{}", static_cast<float>(x)) : fmt::format("{}", x); };
   const auto chosen = outputs.argmax(1).contiguous();
   const double* v = values.data_ptr<double>();
   const int64_t* best = chosen.data_ptr<int64_t>();
@@ -1345,18 +1387,22 @@ int cmd_predict(const std::string& path, const std::string& data, const std::str
   }
   if (out.empty()) {
     std::fwrite(text.data(), 1, text.size(), stdout);
+    if (std::fflush(stdout) != 0 || std::ferror(stdout))
+      fail("predict: cannot write the predictions to standard output: {}", std::strerror(errno));
   } else {
     write_file_atomically(out, text, "predict");
   }
   // The summary goes to stderr when the predictions take stdout.
-  std::string summary = fmt::format("predicted {} rows of {}", rows, data);
+  std::string summary = fmt::format("predicted {} row{} of {}", rows, rows == 1 ? "" : "s", data);
   if (!fitted)
     summary += fmt::format(" (no preprocessing saved: its {} columns are the inputs, as given)", columns.size());
   if (targets.defined()) {
-    const auto [loss, metric] = evaluate(net, inputs, targets, fitted->task);
-    summary += classify ? fmt::format("; accuracy {:.4f} against column {} (cross-entropy {:.6f})", metric,
+    // From the outputs above (batched), as training's evaluate() scores them.
+    const double loss = loss_of(net, outputs, targets, fitted->task).item<double>();
+    const double metric = classify ? chosen.eq(targets).to(torch::kFloat64).mean().item<double>() : loss;
+    summary += classify ? fmt::format("; accuracy {:.4f} against column {} (cross-entropy {:.6g})", metric,
                                       fitted->targets[0], loss)
-                        : fmt::format("; mse {:.6f} against columns {}", loss, fmt::join(fitted->targets, ","));
+                        : fmt::format("; mse {:.6g} against columns {}", loss, fmt::join(fitted->targets, ","));
   } else if (!unscored.empty()) {
     summary += fmt::format("; not scored: {}", unscored);
   }

@@ -42,7 +42,7 @@ Table load_dataset(const DataOptions& options, const NeuralNetwork& network, con
   if (fitted && (fitted->features != features || fitted->targets != targets))
     fail(
         "{}: the model was trained on a CSV (features {}; targets {}), not on the toy set, and the checkpoint does not "
-        "name the file (an edited one never does); give --data",
+        "name the file (only a run of train --out records it; edited and pruned checkpoints do not); give --data",
         command, fmt::join(fitted->features, ", "), fmt::join(fitted->targets, ", "));
   const auto [x, y] = apps::toy_data();
   Table table = table_from_tensors(x, y, options.table, fitted);

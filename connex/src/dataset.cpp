@@ -409,38 +409,45 @@ Table read_table(const std::string& path, const NeuralNetwork& network, const Ta
   return table_from_csv(parse_csv(text, path, text_columns), network, options, fitted);
 }
 
-torch::Tensor read_inputs(const std::string& path, const NeuralNetwork& network,
+torch::Tensor read_inputs(const CsvTable& csv, const NeuralNetwork& network,
                           const std::optional<Preprocessing>& fitted) {
   if (fitted) fitted->check_fits(network, "read_inputs()");
-  const std::string text = read_file(path, "read_inputs()");
-  const auto columns = csv_columns(text, path);
+  const auto& columns = csv.columns;
   std::vector<int64_t> features;
   if (fitted) {
     for (const auto& name : fitted->features) {
-      const auto it = std::find(columns.begin(), columns.end(), name);
-      if (it == columns.end())
-        fail("{}: no column \"{}\", a feature the model was trained on; the columns are {}", path, name, join(columns));
-      features.push_back(static_cast<int64_t>(it - columns.begin()));
+      const int64_t j = csv.column_index(name);
+      if (j < 0)
+        fail("{}: no column \"{}\", a feature the model was trained on; the columns are {}", csv.source, name,
+             join(columns));
+      features.push_back(j);
     }
   } else {
     if (static_cast<int64_t>(columns.size()) != network->num_inputs())
       fail(
           "{}: {} columns ({}) but the network has {} inputs; without the preprocessing of a model trained on a "
           "CSV, every column is an input",
-          path, columns.size(), join(columns), network->num_inputs());
+          csv.source, columns.size(), join(columns), network->num_inputs());
     for (int64_t j = 0; j < static_cast<int64_t>(columns.size()); ++j) features.push_back(j);
   }
-  std::vector<std::string> text_columns;  // the columns not read: anything may stand in them
-  for (size_t j = 0; j < columns.size(); ++j)
-    if (std::find(features.begin(), features.end(), static_cast<int64_t>(j)) == features.end())
-      text_columns.push_back(columns[j]);
-  const CsvTable csv = parse_csv(text, path, text_columns);
   const auto dtype = network->weight_tensor().scalar_type();
   const bool standardized = fitted && fitted->standardizes();
   const auto raw_dtype = standardized ? torch::kFloat64 : dtype;
   const auto raw = numeric_columns(csv, features, largest_trainable(raw_dtype),
                                    standardized ? "to standardize" : fmt::format("for {}", c10::toString(raw_dtype)));
   return (fitted ? fitted->apply(raw) : raw).to(dtype);
+}
+
+torch::Tensor read_inputs(const std::string& path, const NeuralNetwork& network,
+                          const std::optional<Preprocessing>& fitted) {
+  const std::string text = read_file(path, "read_inputs()");
+  // The columns not read as inputs stay text: anything may stand in them.
+  std::vector<std::string> text_columns;
+  if (fitted)
+    for (const auto& name : csv_columns(text, path))
+      if (std::find(fitted->features.begin(), fitted->features.end(), name) == fitted->features.end())
+        text_columns.push_back(name);
+  return read_inputs(parse_csv(text, path, text_columns), network, fitted);
 }
 
 Table table_from_tensors(const torch::Tensor& inputs, const torch::Tensor& targets, const TableOptions& options,

@@ -12,8 +12,8 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef CONNEX_WITH_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
-#include <fmt/ranges.h>
 #endif
+#include <fmt/ranges.h>
 
 #include "connex/error.h"
 #include "file_io.h"

@@ -315,6 +315,7 @@ NeuralNetworkImpl::NeuralNetworkImpl(const NeuralNetworkImpl& other)
   options_.hidden_activation(other.options_.hidden_activation().deep_copy());
   options_.output_transformation(other.options_.output_transformation().deep_copy());
 }
+#undef CONNEX_MODULE_COPY
 
 void NeuralNetworkImpl::reset() {
   const Topology& topo = *topology_;

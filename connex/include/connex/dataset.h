@@ -103,6 +103,9 @@ Table read_table(const std::string& path, const NeuralNetwork& network, const Ta
 // input. [rows, inputs] in the network's dtype.
 torch::Tensor read_inputs(const std::string& path, const NeuralNetwork& network,
                           const std::optional<Preprocessing>& fitted = std::nullopt);
+// The same from a parsed CSV (parse_csv: leave the non-feature columns as text).
+torch::Tensor read_inputs(const CsvTable& csv, const NeuralNetwork& network,
+                          const std::optional<Preprocessing>& fitted = std::nullopt);
 Table table_from_csv(const CsvTable& csv, const NeuralNetwork& network, const TableOptions& options = {},
                      const std::optional<Preprocessing>& fitted = std::nullopt);
 // Raw inputs [rows, features] and targets ([rows, outputs] float, or [rows]
