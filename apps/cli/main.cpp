@@ -1,5 +1,5 @@
-// connex: the command line. Subcommands train, prune, edit, export, inspect
-// and bench; every failure is one line on stderr and a non-zero exit, and
+// connex: the command line. Subcommands train, prune, edit, export, inspect,
+// predict and bench; every failure is one line on stderr and a non-zero exit, and
 // files are only ever written whole (temporary file + rename).
 #include <fcntl.h>
 #include <signal.h>
