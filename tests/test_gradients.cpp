@@ -492,29 +492,36 @@ std::vector<std::pair<std::string, GraphSpec>> dense_path_graphs() {
   return graphs;
 }
 
-// Values and gradients (of x, weight, bias and topo norm's gamma and beta)
+// Values and gradients (of x, weight, bias and the operation's parameters)
 // equal the per-level path's in double for every element-wise activation,
-// with and without topo norm (run inside the path), and match finite
-// differences.
+// alone, with topo norm and with topo self-attention (each run inside the
+// path), and match finite differences.
 TEST(Gradients, DensePathAgreesWithThePerLevelPathAndFiniteDifferences) {
   const std::vector<std::string> activations = {"relu", "gelu", "silu", "tanh", "sigmoid", "identity"};
   int trial = 0;
-  for (bool norm : {false, true})
+  for (const std::string operation : {"", "topo_norm", "topo_self_attention"})
     for (const auto& [shape, spec] : dense_path_graphs())
       for (const auto& act : activations) {
-        SCOPED_TRACE(shape + ", " + act + (norm ? ", topo norm" : ""));
-        auto options =
-            NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation(act).seed(++trial).use_topo_norm(norm);
+        SCOPED_TRACE(shape + ", " + act + ", " + operation);
+        auto options = NeuralNetworkOptions()
+                           .dtype(torch::kFloat64)
+                           .hidden_activation(act)
+                           .seed(++trial)
+                           .use_topo_norm(operation == "topo_norm")
+                           .use_topo_self_attention(operation == "topo_self_attention");
         NeuralNetwork dense(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false)));
         NeuralNetwork levels(
             spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false).dense_path(false)));
         ASSERT_TRUE(dense->uses_dense_path());
         ASSERT_FALSE(levels->uses_dense_path());
-        {  // gamma and beta away from (1, 0), the same in both networks
+        {  // gamma and beta away from (1, 0), the same in both networks; the attention's projections in every
+           // other trial as they start (scores the kernel's expansion sums), else larger (summed exactly)
           torch::NoGradGuard no_grad;
           auto into = levels->named_parameters();
+          const bool keep = operation == "topo_self_attention" && trial % 2 == 0;
           for (auto& p : dense->named_parameters()) {
-            if (p.key().find("topo_norm") != std::string::npos) p.value().copy_(torch::randn_like(p.value()));
+            if (!operation.empty() && !keep && p.key().find(operation) != std::string::npos)
+              p.value().copy_(torch::randn_like(p.value()));
             into[p.key()].copy_(p.value());
           }
         }
@@ -575,7 +582,8 @@ TEST(Gradients, DensePathGivesSecondDerivatives) {
                        .dtype(torch::kFloat64)
                        .hidden_activation(act)
                        .seed(5)
-                       .use_topo_norm(std::string(act) == "gelu" || std::string(act) == "sigmoid");
+                       .use_topo_norm(std::string(act) == "gelu" || std::string(act) == "sigmoid")
+                       .use_topo_self_attention(std::string(act) == "tanh");
     auto dense = nn::DenseMLP(2, 2, 6, 2, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false)));
     auto levels = nn::DenseMLP(
         2, 2, 6, 2, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(false).dense_path(false)));
@@ -606,8 +614,10 @@ TEST(Gradients, DensePathIsTakenWhereItApplies) {
   auto custom = nn::MLP(
       1, 2, 128, 2, NeuralNetworkOptions().hidden_activation(TensorFunction([](const torch::Tensor& z) { return z; })));
   EXPECT_FALSE(custom->uses_dense_path());
-  auto attention = nn::MLP(1, 2, 128, 2, NeuralNetworkOptions().use_topo_self_attention(true));
-  EXPECT_FALSE(attention->uses_dense_path());
+  EXPECT_TRUE(nn::MLP(1, 2, 128, 2, NeuralNetworkOptions().use_topo_self_attention(true))->uses_dense_path());
+  auto attentions =
+      nn::MLP(1, 2, 128, 2, NeuralNetworkOptions().use_topo_self_attention(true).use_neuron_self_attention(true));
+  EXPECT_FALSE(attentions->uses_dense_path());
   auto normed_and_adaptive =
       nn::MLP(1, 2, 128, 2, NeuralNetworkOptions().use_topo_norm(true).use_adaptive_activations(true));
   EXPECT_FALSE(normed_and_adaptive->uses_dense_path());

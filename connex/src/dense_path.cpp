@@ -8,6 +8,7 @@
 
 #include "connex/techniques.h"
 #include "formula_gradients.h"
+#include "scalar_attention.h"
 #include "topo_norm.h"
 
 namespace connex {
@@ -16,14 +17,19 @@ std::shared_ptr<const DensePlan> plan_dense_path(const Topology& topology, const
                                                  const std::vector<LevelOperationPtr>& operations) {
   const ActivationInfo* info = activation.is_builtin() ? find_activation(activation.name()) : nullptr;
   if (!info || !info->elementwise || !info->apply_in_place || !info->derivative) return nullptr;
-  // TopoNorm itself, not a subclass that may compute something else.
-  const bool norm = operations.size() == 1 && typeid(*operations[0]) == typeid(TopoNorm);
-  if (!operations.empty() && !norm) return nullptr;
+  // TopoNorm or TopoSelfAttention itself, not a subclass that may compute something else.
+  auto sources = DensePlan::Sources::Plain;
+  if (operations.size() == 1 && typeid(*operations[0]) == typeid(TopoNorm))
+    sources = DensePlan::Sources::Norm;
+  else if (operations.size() == 1 && typeid(*operations[0]) == typeid(TopoSelfAttention))
+    sources = DensePlan::Sources::Attention;
+  else if (!operations.empty())
+    return nullptr;
   auto plan = std::make_shared<DensePlan>();
   plan->neurons = topology.num_neurons();
   plan->inputs = topology.num_inputs();
   plan->activation = info->kind;
-  plan->norm = norm;
+  plan->sources = sources;
   plan->outputs = topology.output_ids();
   for (size_t l = 1; l < topology.levels().size(); ++l) {
     const Level& level = topology.levels()[l];
@@ -38,10 +44,10 @@ std::shared_ptr<const DensePlan> plan_dense_path(const Topology& topology, const
 }
 
 std::vector<int64_t> encode_dense_plan(const DensePlan& plan) {
-  std::vector<int64_t> code{plan.neurons, plan.inputs, static_cast<int64_t>(plan.activation), plan.norm ? 1 : 0,
-                            static_cast<int64_t>(plan.steps.size())};
+  std::vector<int64_t> code{plan.neurons, plan.inputs, static_cast<int64_t>(plan.activation),
+                            static_cast<int64_t>(plan.sources), static_cast<int64_t>(plan.steps.size())};
   for (const auto& s : plan.steps)
-    code.insert(code.end(), {s.begin, s.size, s.hidden, s.source_begin, s.width, s.conn_begin, s.norm_row});
+    code.insert(code.end(), {s.begin, s.size, s.hidden, s.source_begin, s.width, s.conn_begin, s.source_row});
   code.insert(code.end(), plan.outputs.begin(), plan.outputs.end());
   return code;
 }
@@ -51,7 +57,7 @@ DensePlan decode_dense_plan(const std::vector<int64_t>& code) {
   plan.neurons = code[0];
   plan.inputs = code[1];
   plan.activation = static_cast<Activation>(code[2]);
-  plan.norm = code[3] != 0;
+  plan.sources = static_cast<DensePlan::Sources>(code[3]);
   const int64_t steps = code[4];
   size_t k = 5;
   for (int64_t s = 0; s < steps; ++s, k += 7)
@@ -91,8 +97,24 @@ Tensor output_rows(const DensePlan& plan, const Tensor& values) {
   return values.index_select(0, output_index(plan, values.device()));
 }
 
+// How many parameter tensors the operation on the sources has: gamma and
+// beta, or six per level (the attention's).
+size_t operation_parameter_count(const DensePlan& plan) {
+  return plan.norm() ? 2 : plan.attention() ? 6 * plan.steps.size() : 0;
+}
+
+// Level k's attention parameters start at params[6k]: query, key and value,
+// each weight then bias. The three weights (or biases) stacked, so the
+// three projections are one matrix product.
+template <typename List>
+Tensor stacked_attention(const List& params, size_t first, size_t k, bool biases) {
+  const size_t p = first + 6 * k + (biases ? 1 : 0);
+  return torch::cat({params[p], params[p + 2], params[p + 4]});
+}
+
 // The same computation in torch operations, differentiable again (for a
-// backward with create_graph). in: x, weight, bias, then the norm's gamma and beta.
+// backward with create_graph). in: x, weight, bias, then the operation's
+// parameters.
 Tensor dense_formula(const DensePlan& plan, const variable_list& in) {
   const ActivationInfo& act = activation_info(plan.activation);
   const size_t levels = plan.steps.size();
@@ -100,8 +122,13 @@ Tensor dense_formula(const DensePlan& plan, const variable_list& in) {
   for (size_t k = 0; k < levels; ++k) {
     const DenseStep& s = plan.steps[k];
     auto sources = values.narrow(0, s.source_begin, s.width);
-    if (plan.norm)
-      sources = topo_norm_formula(sources, in[3].narrow(0, s.norm_row, s.width), in[4].narrow(0, s.norm_row, s.width));
+    if (plan.norm())
+      sources =
+          topo_norm_formula(sources, in[3].narrow(0, s.source_row, s.width), in[4].narrow(0, s.source_row, s.width));
+    if (plan.attention()) {
+      const size_t p = 3 + 6 * k;
+      sources = topo_attention_formula(sources, in[p], in[p + 1], in[p + 2], in[p + 3], in[p + 4], in[p + 5]);
+    }
     auto z = torch::addmm(level_bias(plan, s, in[2]), level_weight(s, in[1]), sources);
     if (s.hidden > 0)
       z = s.hidden == s.size
@@ -113,13 +140,16 @@ Tensor dense_formula(const DensePlan& plan, const variable_list& in) {
 }
 
 // Saved for backward: values, pre-activations, x (when it requires grad;
-// else its copy in values serves the formula), weight, bias, the norm's gamma
-// and beta (undefined without it), then with the norm every level's normed
-// sources (level k's rows from its norm_row), rstd ([levels, batch]) and what
-// the levels' weights multiplied (gamma ⊙ normed + beta, rows as normed's):
-// three tensors rather than three per level, since on a small network each
-// tensor costs more than its arithmetic.
-constexpr size_t kFixedSaved = 7;
+// else its copy in values serves the formula), weight, bias, the
+// operation's parameters as given, then what the operation computed, rows
+// of all levels in one tensor each (level k's from its source_row; on a
+// small network each tensor costs more than its arithmetic):
+// - the norm: the normed sources, rstd ([levels, batch]) and gamma ⊙ normed + beta;
+// - the attention: the projections ([3 Σ sources, batch]: level k's q, k
+//   and v rows from 3·source_row), its output o, the softmax normalisers
+//   and the sources plus o.
+// The last of these is what the levels' weights multiplied.
+constexpr size_t kFixedSaved = 5;
 
 // Row r of a contiguous tensor of rows ([rows, batch], or gamma's [rows, 1]).
 template <typename T>
@@ -130,41 +160,65 @@ T* row(const Tensor& t, int64_t r) {
 class DenseFunction : public torch::autograd::Function<DenseFunction> {
  public:
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& weight,
-                        const Tensor& bias, at::TensorList norm, const std::vector<int64_t>& code) {
+                        const Tensor& bias, at::TensorList params, const std::vector<int64_t>& code) {
     const DensePlan plan = decode_dense_plan(code);
-    const int64_t norm_size = plan.steps.empty() ? 0 : plan.steps.back().norm_row + plan.steps.back().width;
-    if (plan.norm && !(x.is_cpu() && norm.size() == 2 && norm[0].size(0) == norm_size && norm[1].size(0) == norm_size))
+    const int64_t source_rows = plan.steps.empty() ? 0 : plan.steps.back().source_row + plan.steps.back().width;
+    const size_t expected = operation_parameter_count(plan);
+    if (plan.norm() &&
+        !(x.is_cpu() && params.size() == 2 && params[0].size(0) == source_rows && params[1].size(0) == source_rows))
       fail("dense_forward(): topo norm expected a CPU network and a gamma and beta of {} rows, got {} tensor(s) on {}",
-           norm_size, norm.size(), x.device().str());
-    const Tensor gamma_in = plan.norm ? norm[0] : Tensor(), beta_in = plan.norm ? norm[1] : Tensor();
-    const Tensor gamma = plan.norm ? gamma_in.contiguous() : Tensor(),
-                 beta = plan.norm ? beta_in.contiguous() : Tensor();
+           source_rows, params.size(), x.device().str());
+    if (plan.attention() && !(x.is_cpu() && params.size() == expected))
+      fail("dense_forward(): topo self-attention expected a CPU network and {} tensors, got {} tensor(s) on {}",
+           expected, params.size(), x.device().str());
+    const Tensor gamma = plan.norm() ? params[0].contiguous() : Tensor(),
+                 beta = plan.norm() ? params[1].contiguous() : Tensor();
     const ActivationInfo& act = activation_info(plan.activation);
     const int64_t batch = x.size(0);
     auto values = torch::empty({plan.neurons, batch}, weight.options());
     values.narrow(0, 0, plan.inputs).copy_(x.t());
     // Pre-activations of hidden rows, for an activation whose derivative needs them.
     Tensor pre = act.derivative_from_output ? Tensor() : torch::empty({plan.neurons, batch}, weight.options());
-    variable_list saved{values, pre, x.requires_grad() ? x : Tensor(), weight, bias, gamma_in, beta_in};
-    Tensor normed, rstd, scaled;
-    if (plan.norm) {
-      normed = torch::empty({norm_size, batch}, weight.options());
-      scaled = torch::empty_like(normed);
+    variable_list saved{values, pre, x.requires_grad() ? x : Tensor(), weight, bias};
+    saved.insert(saved.end(), params.begin(), params.end());
+    Tensor normed, rstd, proj, attended_o, inv_sum, multiplied;
+    if (plan.norm()) {
+      normed = torch::empty({source_rows, batch}, weight.options());
       rstd = torch::empty({static_cast<int64_t>(plan.steps.size()), batch}, weight.options());
-      saved.insert(saved.end(), {normed, rstd, scaled});
+      multiplied = torch::empty_like(normed);
+      saved.insert(saved.end(), {normed, rstd, multiplied});
+    }
+    if (plan.attention()) {
+      proj = torch::empty({3 * source_rows, batch}, weight.options());
+      attended_o = torch::empty({source_rows, batch}, weight.options());
+      inv_sum = torch::empty_like(attended_o);
+      multiplied = torch::empty_like(attended_o);
+      saved.insert(saved.end(), {proj, attended_o, inv_sum, multiplied});
     }
     for (size_t k = 0; k < plan.steps.size(); ++k) {
       const DenseStep& s = plan.steps[k];
       auto sources = values.narrow(0, s.source_begin, s.width);
-      if (plan.norm) {
+      if (plan.norm()) {
         AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "connex_topo_norm_forward", [&] {
-          topo_norm_forward_rows(row<scalar_t>(values, s.source_begin), row<scalar_t>(gamma, s.norm_row),
-                                 row<scalar_t>(beta, s.norm_row), row<scalar_t>(normed, s.norm_row),
-                                 row<scalar_t>(scaled, s.norm_row), row<scalar_t>(rstd, static_cast<int64_t>(k)),
+          topo_norm_forward_rows(row<scalar_t>(values, s.source_begin), row<scalar_t>(gamma, s.source_row),
+                                 row<scalar_t>(beta, s.source_row), row<scalar_t>(normed, s.source_row),
+                                 row<scalar_t>(multiplied, s.source_row), row<scalar_t>(rstd, static_cast<int64_t>(k)),
                                  s.width, batch);
         });
-        sources = scaled.narrow(0, s.norm_row, s.width);
       }
+      if (plan.attention()) {
+        const int64_t L = s.width;
+        auto p3 = proj.narrow(0, 3 * s.source_row, 3 * L);
+        at::addmm_out(p3, stacked_attention(params, 0, k, true).unsqueeze(1), stacked_attention(params, 0, k, false),
+                      sources);
+        auto o = attended_o.narrow(0, s.source_row, L).unsqueeze(0);
+        auto inv = inv_sum.narrow(0, s.source_row, L).unsqueeze(0);
+        scalar_attention_forward(p3.narrow(0, 0, L).unsqueeze(0), p3.narrow(0, L, L).unsqueeze(0),
+                                 p3.narrow(0, 2 * L, L).unsqueeze(0), topo_attention_keys(L), o, inv);
+        auto out = multiplied.narrow(0, s.source_row, L);
+        at::add_out(out, sources, o.squeeze(0));
+      }
+      if (multiplied.defined()) sources = multiplied.narrow(0, s.source_row, s.width);
       auto out = values.narrow(0, s.begin, s.size);
       at::addmm_out(out, level_bias(plan, s, bias), level_weight(s, weight), sources);
       if (s.hidden == 0) continue;
@@ -183,20 +237,22 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
     const auto saved = ctx->get_saved_variables();
     const auto &values = saved[0], &pre = saved[1], &weight = saved[3], &bias = saved[4];
     const DensePlan plan = decode_dense_plan(ctx->saved_data["plan"].toIntVector());
-    variable_list result(plan.norm ? 6 : 4);  // x, weight, bias, (gamma, beta,) the plan
+    const size_t num_params = operation_parameter_count(plan), extra = kFixedSaved + num_params;
+    variable_list result(4 + num_params);  // x, weight, bias, the operation's parameters, the plan
     if (!grads[0].defined()) return result;
     if (torch::GradMode::is_enabled()) {  // create_graph: the formula's gradients (formula_gradients.h)
-      variable_list inputs(saved.begin() + 2, saved.begin() + static_cast<std::ptrdiff_t>(plan.norm ? 7 : 5));
+      variable_list inputs(saved.begin() + 2, saved.begin() + static_cast<std::ptrdiff_t>(extra));
       if (!inputs[0].defined()) inputs[0] = values.narrow(0, 0, plan.inputs).t();  // x, a constant
       auto g = formula_gradients(
           inputs, [&plan](const variable_list& in) { return dense_formula(plan, in); }, grads[0]);
       std::copy(g.begin(), g.end(), result.begin());
       return result;
     }
-    const Tensor gamma = plan.norm ? saved[5].contiguous() : Tensor();
-    if (plan.norm) result[3] = torch::empty_like(gamma), result[4] = torch::empty_like(gamma);
+    const Tensor gamma = plan.norm() ? saved[kFixedSaved].contiguous() : Tensor();
+    if (plan.norm()) result[3] = torch::empty_like(gamma), result[4] = torch::empty_like(gamma);
     const ActivationInfo& act = activation_info(plan.activation);
     const bool need_x = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(1), need_b = ctx->needs_input_grad(2);
+    const int64_t batch = values.size(1);
     // dL/d(value) per neuron; a level's rows are complete once every later level is done.
     auto g = torch::zeros_like(values);
     const auto grad_out = grads[0].t();
@@ -205,11 +261,12 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
     else
       g.index_copy_(0, output_index(plan, g.device()), grad_out);
     Tensor gw = need_w ? torch::empty_like(weight) : Tensor(), gb = need_b ? torch::empty_like(bias) : Tensor();
-    Tensor dy_rows;  // with the norm: dL/d(a level's normed sources), one level at a time
-    if (plan.norm) {
+    // With an operation: dL/d(what the level's weights multiplied), one level at a time.
+    Tensor dy_rows;
+    if (num_params > 0) {
       int64_t widest = 0;
       for (const DenseStep& s : plan.steps) widest = std::max(widest, s.width);
-      dy_rows = torch::empty({widest, values.size(1)}, values.options());
+      dy_rows = torch::empty({widest, batch}, values.options());
     }
     // Sources below `first_needed` need no gradient (the inputs, unless x wants one).
     const int64_t first_needed = need_x ? 0 : plan.inputs;
@@ -221,12 +278,11 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
         const auto& arg = act.derivative_from_output ? values : pre;
         gh.copy_(act.derivative(gh, arg.narrow(0, s.begin, s.hidden)));
       }
-      // What the level's weights multiplied: its sources, or their normed form.
-      const auto sources =
-          plan.norm ? saved[kFixedSaved + 2].narrow(0, s.norm_row, s.width) : values.narrow(0, s.source_begin, s.width);
+      const auto sources = values.narrow(0, s.source_begin, s.width);
+      const auto multiplied = num_params > 0 ? saved.back().narrow(0, s.source_row, s.width) : sources;
       if (need_w) {
         auto gw_level = gw.narrow(0, s.conn_begin, s.size * s.width).view({s.size, s.width});
-        at::mm_out(gw_level, gl, sources.t());
+        at::mm_out(gw_level, gl, multiplied.t());
       }
       if (need_b) {
         auto gb_level = gb.narrow(0, s.begin - plan.inputs, s.size);
@@ -234,7 +290,7 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
       }
       const int64_t from = std::max(s.source_begin, first_needed), end = s.source_begin + s.width;
       const auto w = level_weight(s, weight);
-      if (!plan.norm) {
+      if (num_params == 0) {
         if (from < end) g.narrow(0, from, end - from).addmm_(w.narrow(1, from - s.source_begin, end - from).t(), gl);
         continue;
       }
@@ -242,13 +298,36 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
       at::mm_out(dy, w.t(), gl);
       // The sources' gradient goes straight into g's rows (those of inputs
       // that need none too: no one reads them).
-      const auto &normed = saved[kFixedSaved], &rstd = saved[kFixedSaved + 1];
-      AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "connex_topo_norm_backward", [&] {
-        topo_norm_backward_rows(row<scalar_t>(dy, 0), row<scalar_t>(normed, s.norm_row),
-                                row<scalar_t>(gamma, s.norm_row), row<scalar_t>(rstd, static_cast<int64_t>(k)),
-                                row<scalar_t>(g, s.source_begin), true, row<scalar_t>(result[3], s.norm_row),
-                                row<scalar_t>(result[4], s.norm_row), s.width, values.size(1));
-      });
+      if (plan.norm()) {
+        const auto &normed = saved[extra], &rstd = saved[extra + 1];
+        AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "connex_topo_norm_backward", [&] {
+          topo_norm_backward_rows(row<scalar_t>(dy, 0), row<scalar_t>(normed, s.source_row),
+                                  row<scalar_t>(gamma, s.source_row), row<scalar_t>(rstd, static_cast<int64_t>(k)),
+                                  row<scalar_t>(g, s.source_begin), true, row<scalar_t>(result[3], s.source_row),
+                                  row<scalar_t>(result[4], s.source_row), s.width, batch);
+        });
+        continue;
+      }
+      // The attention: dL/dq, dL/dk and dL/dv from dy, then the projections'
+      // gradients, and the sources' (the residual's and the projections').
+      const int64_t L = s.width;
+      const auto p3 = saved[extra].narrow(0, 3 * s.source_row, 3 * L);
+      const auto o = saved[extra + 1].narrow(0, s.source_row, L).unsqueeze(0);
+      const auto inv = saved[extra + 2].narrow(0, s.source_row, L).unsqueeze(0);
+      auto gp = torch::zeros({3 * L, batch}, values.options());
+      auto gq = gp.narrow(0, 0, L).unsqueeze(0), gk = gp.narrow(0, L, L).unsqueeze(0),
+           gv = gp.narrow(0, 2 * L, L).unsqueeze(0);
+      scalar_attention_backward(p3.narrow(0, 0, L).unsqueeze(0), p3.narrow(0, L, L).unsqueeze(0),
+                                p3.narrow(0, 2 * L, L).unsqueeze(0), o, inv, dy.unsqueeze(0), topo_attention_keys(L),
+                                gq, gk, gv);
+      const auto gw3 = torch::mm(gp, sources.t()), gb3 = gp.sum(1);
+      for (int64_t m = 0; m < 3; ++m) {
+        result[3 + 6 * k + 2 * m] = gw3.narrow(0, m * L, L);
+        result[3 + 6 * k + 2 * m + 1] = gb3.narrow(0, m * L, L);
+      }
+      auto gs = g.narrow(0, s.source_begin, L);
+      gs.add_(dy);
+      gs.addmm_(stacked_attention(saved, kFixedSaved, k, false).t(), gp);
     }
     if (need_x) result[0] = g.narrow(0, 0, plan.inputs).t().contiguous();
     result[1] = gw, result[2] = gb;
@@ -259,10 +338,8 @@ class DenseFunction : public torch::autograd::Function<DenseFunction> {
 }  // namespace
 
 torch::Tensor dense_forward(const DensePlan& plan, const torch::Tensor& x, const torch::Tensor& weight,
-                            const torch::Tensor& bias, const torch::Tensor& gamma, const torch::Tensor& beta) {
-  std::vector<torch::Tensor> norm;  // an undefined tensor cannot be an input of an autograd function
-  if (gamma.defined()) norm = {gamma, beta};
-  return DenseFunction::apply(x, weight, bias, at::TensorList(norm), encode_dense_plan(plan));
+                            const torch::Tensor& bias, const std::vector<torch::Tensor>& operation_parameters) {
+  return DenseFunction::apply(x, weight, bias, at::TensorList(operation_parameters), encode_dense_plan(plan));
 }
 
 }  // namespace connex

@@ -481,7 +481,8 @@ bool NeuralNetworkImpl::uses_fused_kernel() const {
 bool NeuralNetworkImpl::uses_dense_path() const {
   if (!dense_plan_ || uses_fused_kernel()) return false;
   const bool cpu = weight_.device().is_cpu();
-  if (dense_plan_->norm && !cpu) return false;  // topo norm inside the path runs its CPU loops
+  // Topo norm and topo self-attention inside the path run their CPU loops.
+  if (dense_plan_->sources != DensePlan::Sources::Plain && !cpu) return false;
   if (cpu ? !kernel_dtype(weight_.scalar_type()) : !weight_.is_floating_point()) return false;
   return !dropout_acts(is_training(), levels_);
 }
@@ -546,9 +547,13 @@ torch::Tensor NeuralNetworkImpl::forward_fused_or_levels(const torch::Tensor& x,
       }
     out = fused_forward(*fused_plan_, single ? x.unsqueeze(0) : x, weight_, bias_, scale_a, scale_b, trace);
   } else if (!trace && uses_dense_path()) {
-    torch::Tensor gamma, beta;  // topo norm's, when the path runs it
-    if (dense_plan_->norm) gamma = operation_modules_[0]->get("gamma"), beta = operation_modules_[0]->get("beta");
-    out = dense_forward(*dense_plan_, single ? x.unsqueeze(0) : x, weight_, bias_, gamma, beta);
+    std::vector<torch::Tensor> params;  // the operation's, when the path runs one (dense_path.h)
+    if (dense_plan_->norm()) params = {operation_modules_[0]->get("gamma"), operation_modules_[0]->get("beta")};
+    if (dense_plan_->attention())
+      for (size_t l = 1; l < topology_->levels().size(); ++l)
+        for (const char* name : {"query_weight", "query_bias", "key_weight", "key_bias", "value_weight", "value_bias"})
+          params.push_back(operation_modules_[0]->get(level_prefix(l) + name));
+    out = dense_forward(*dense_plan_, single ? x.unsqueeze(0) : x, weight_, bias_, params);
   } else {
     return forward_levels(x, trace);
   }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <vector>
 
 #include "dtype.h"
@@ -537,16 +538,33 @@ void backward_pass(const Pass<float>& a, int64_t first, int64_t last) { backward
 void forward_pass(const Pass<double>& a, int64_t first, int64_t last) { forward_units(a, first, last); }
 void backward_pass(const Pass<double>& a, int64_t first, int64_t last) { backward_units(a, first, last); }
 
+// The keys as the passes read them: pointers into an AttentionKeys or into
+// the tensors the autograd node keeps.
+struct KeysView {
+  const int64_t *offsets, *positions;
+  const double* scale;
+  int64_t groups, num_keys;
+  bool queries_are_keys;
+};
+
+KeysView view_of(const AttentionKeys& keys) {
+  return {keys.offsets.data(),
+          keys.positions.data(),
+          keys.scale.data(),
+          static_cast<int64_t>(keys.scale.size()),
+          static_cast<int64_t>(keys.positions.size()),
+          keys.queries_are_keys};
+}
+
 template <typename T>
-Pass<T> pass_of(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& offsets,
-                const torch::Tensor& positions, const torch::Tensor& scale, bool queries_are_keys) {
+Pass<T> pass_of(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const KeysView& keys) {
   Pass<T> a;
   a.L = q.size(1);
   a.B = q.size(2);
-  a.offsets = offsets.data_ptr<int64_t>();
-  a.positions = positions.data_ptr<int64_t>();
-  a.scale = scale.data_ptr<double>();
-  a.queries_are_keys = queries_are_keys;
+  a.offsets = keys.offsets;
+  a.positions = keys.positions;
+  a.scale = keys.scale;
+  a.queries_are_keys = keys.queries_are_keys;
   a.q = q.data_ptr<T>();
   a.k = k.data_ptr<T>();
   a.v = v.data_ptr<T>();
@@ -560,6 +578,33 @@ void run_units(const Pass<T>& a, int64_t groups, int64_t num_keys, void (*pass)(
   const double per_unit = std::max(1.0, keys * (a.queries_are_keys ? keys : static_cast<double>(a.L)) * kChunk);
   share_work(0, groups * a.chunks(), std::max<int64_t>(1, static_cast<int64_t>(65536.0 / per_unit)),
              [&](int64_t first, int64_t last) { pass(a, first, last); });
+}
+
+// The two passes on contiguous tensors: forward writes o and inv_sum
+// wherever a group has keys; backward adds into gq, gk and gv.
+void forward_into(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const KeysView& keys,
+                  torch::Tensor& o, torch::Tensor& inv_sum) {
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "connex_scalar_attention_forward", [&] {
+    Pass<scalar_t> a = pass_of<scalar_t>(q, k, v, keys);
+    a.o = o.data_ptr<scalar_t>();
+    a.inv_sum = inv_sum.data_ptr<scalar_t>();
+    run_units<scalar_t>(a, keys.groups, keys.num_keys, forward_pass);
+  });
+}
+
+void backward_into(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& o,
+                   const torch::Tensor& inv_sum, const torch::Tensor& go, const KeysView& keys, torch::Tensor& gq,
+                   torch::Tensor& gk, torch::Tensor& gv) {
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "connex_scalar_attention_backward", [&] {
+    Pass<scalar_t> a = pass_of<scalar_t>(q, k, v, keys);
+    a.o = const_cast<scalar_t*>(o.data_ptr<scalar_t>());
+    a.inv_sum = const_cast<scalar_t*>(inv_sum.data_ptr<scalar_t>());
+    a.go = go.data_ptr<scalar_t>();
+    a.gq = gq.data_ptr<scalar_t>();
+    a.gk = gk.data_ptr<scalar_t>();
+    a.gv = gv.data_ptr<scalar_t>();
+    run_units<scalar_t>(a, keys.groups, keys.num_keys, backward_pass);
+  });
 }
 
 // Backward with create_graph: the torch formula's gradients (formula_gradients.h).
@@ -579,6 +624,13 @@ variable_list differentiable_backward(const variable_list& saved, bool queries_a
   return result;
 }
 
+KeysView tensor_keys(const torch::Tensor& offsets, const torch::Tensor& positions, const torch::Tensor& scale,
+                     bool queries_are_keys) {
+  return {offsets.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
+          scale.data_ptr<double>(),    scale.numel(),
+          positions.numel(),           queries_are_keys};
+}
+
 class ScalarAttention : public torch::autograd::Function<ScalarAttention> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& q_in, const torch::Tensor& k_in,
@@ -591,12 +643,7 @@ class ScalarAttention : public torch::autograd::Function<ScalarAttention> {
     for (int64_t c = 0; c < positions.numel(); ++c)
       TORCH_INTERNAL_ASSERT(positions.data_ptr<int64_t>()[c] >= 0 && positions.data_ptr<int64_t>()[c] < L);
     auto o = torch::zeros_like(q), inv_sum = torch::zeros_like(q);
-    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "connex_scalar_attention_forward", [&] {
-      Pass<scalar_t> a = pass_of<scalar_t>(q, k, v, offsets, positions, scale, queries_are_keys);
-      a.o = o.data_ptr<scalar_t>();
-      a.inv_sum = inv_sum.data_ptr<scalar_t>();
-      run_units<scalar_t>(a, q.size(0), positions.numel(), forward_pass);
-    });
+    forward_into(q, k, v, tensor_keys(offsets, positions, scale, queries_are_keys), o, inv_sum);
     // The inputs as given: a contiguous copy made here (grad mode is off)
     // would not lead back to them when backward must be differentiable.
     ctx->save_for_backward({q_in, k_in, v_in, o, inv_sum, offsets, positions, scale});
@@ -613,16 +660,7 @@ class ScalarAttention : public torch::autograd::Function<ScalarAttention> {
     if (torch::GradMode::is_enabled()) return differentiable_backward(saved, queries_are_keys, grads[0]);
     const auto go = grads[0].contiguous();
     auto gq = torch::zeros_like(q), gk = torch::zeros_like(k), gv = torch::zeros_like(v);
-    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "connex_scalar_attention_backward", [&] {
-      Pass<scalar_t> a = pass_of<scalar_t>(q, k, v, offsets, positions, scale, queries_are_keys);
-      a.o = const_cast<scalar_t*>(o.data_ptr<scalar_t>());
-      a.inv_sum = const_cast<scalar_t*>(inv_sum.data_ptr<scalar_t>());
-      a.go = go.data_ptr<scalar_t>();
-      a.gq = gq.data_ptr<scalar_t>();
-      a.gk = gk.data_ptr<scalar_t>();
-      a.gv = gv.data_ptr<scalar_t>();
-      run_units<scalar_t>(a, q.size(0), positions.numel(), backward_pass);
-    });
+    backward_into(q, k, v, o, inv_sum, go, tensor_keys(offsets, positions, scale, queries_are_keys), gq, gk, gv);
     return {gq, gk, gv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
@@ -654,6 +692,39 @@ torch::Tensor scalar_attention(const torch::Tensor& q, const torch::Tensor& k, c
                    .clone();
   return ScalarAttention::apply(q, k, v, long_tensor(keys.offsets), long_tensor(keys.positions), scale,
                                 keys.queries_are_keys);
+}
+
+void scalar_attention_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              const AttentionKeys& keys, torch::Tensor& o, torch::Tensor& inv_sum) {
+  forward_into(q, k, v, view_of(keys), o, inv_sum);
+}
+
+void scalar_attention_backward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& o, const torch::Tensor& inv_sum, const torch::Tensor& go,
+                               const AttentionKeys& keys, torch::Tensor& gq, torch::Tensor& gk, torch::Tensor& gv) {
+  backward_into(q, k, v, o, inv_sum, go, view_of(keys), gq, gk, gv);
+}
+
+AttentionKeys topo_attention_keys(int64_t L) {
+  AttentionKeys keys;
+  keys.offsets = {0, L};
+  keys.positions.resize(static_cast<size_t>(L));
+  std::iota(keys.positions.begin(), keys.positions.end(), 0);
+  keys.scale = {1.0 / std::sqrt(static_cast<double>(L))};
+  return keys;
+}
+
+torch::Tensor topo_attention_formula(const torch::Tensor& s, const torch::Tensor& query_weight,
+                                     const torch::Tensor& query_bias, const torch::Tensor& key_weight,
+                                     const torch::Tensor& key_bias, const torch::Tensor& value_weight,
+                                     const torch::Tensor& value_bias) {
+  // Per sample q[:, b] = Wq s[:, b] + bq: one matrix product for the batch.
+  auto project = [&s](const torch::Tensor& weight, const torch::Tensor& bias) {
+    return torch::addmm(bias.unsqueeze(1), weight, s).unsqueeze(0);
+  };
+  return s + scalar_attention(project(query_weight, query_bias), project(key_weight, key_bias),
+                              project(value_weight, value_bias), topo_attention_keys(s.size(0)))
+                 .squeeze(0);
 }
 
 AttentionPathCounts attention_path_counts() { return {path_counts[0].load(), path_counts[1].load()}; }

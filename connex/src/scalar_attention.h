@@ -38,6 +38,27 @@ struct AttentionKeys {
 torch::Tensor scalar_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const AttentionKeys& keys);
 
+// The kernel's two passes, for a caller that is itself one autograd
+// function (the dense path). q, k, v, o, inv_sum, go and the gradients:
+// contiguous CPU float32/float64 tensors [groups, L, batch]. Forward writes
+// o and inv_sum at every query of a group with keys (the others are left
+// as they are); backward adds dL/dq, dL/dk and dL/dv into gq, gk and gv.
+void scalar_attention_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              const AttentionKeys& keys, torch::Tensor& o, torch::Tensor& inv_sum);
+void scalar_attention_backward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& o, const torch::Tensor& inv_sum, const torch::Tensor& go,
+                               const AttentionKeys& keys, torch::Tensor& gq, torch::Tensor& gk, torch::Tensor& gv);
+
+// Topo self-attention's keys for a level of L sources (one group: every
+// position, scaled by 1/sqrt(L)), and its formula (techniques.h) on the
+// level's sources s, [L, batch]: s + attention(Wq s + bq, Wk s + bk, Wv s + bv),
+// differentiable (again, too).
+AttentionKeys topo_attention_keys(int64_t L);
+torch::Tensor topo_attention_formula(const torch::Tensor& s, const torch::Tensor& query_weight,
+                                     const torch::Tensor& query_bias, const torch::Tensor& key_weight,
+                                     const torch::Tensor& key_bias, const torch::Tensor& value_weight,
+                                     const torch::Tensor& value_bias);
+
 // How many query rows (one query of a group over a chunk of samples) the
 // kernel's forward has summed by the expansion and exactly, since the
 // process started: for tests.

@@ -1,7 +1,6 @@
 #include "connex/techniques.h"
 
 #include <cmath>
-#include <numeric>
 
 #include <torch/torch.h>
 
@@ -311,18 +310,9 @@ OperationParameters TopoSelfAttention::build(const Topology& topology, torch::Dt
 }
 
 torch::Tensor TopoSelfAttention::on_inputs(const LevelContext& ctx, const torch::Tensor& s) const {
-  const int64_t L = s.size(0);
-  if (L == 0) return s;
-  // s: [L, B]. Projections per sample: q[:, b] = Wq s[:, b] + bq, one matrix product for the batch.
-  auto project = [&](const std::string& m) {
-    return torch::addmm(ctx.param(m + "_bias").unsqueeze(1), ctx.param(m + "_weight"), s).unsqueeze(0);
-  };
-  AttentionKeys keys;
-  keys.offsets = {0, L};
-  keys.positions.resize(L);
-  std::iota(keys.positions.begin(), keys.positions.end(), 0);
-  keys.scale = {1.0 / std::sqrt(static_cast<double>(L))};
-  return s + scalar_attention(project("query"), project("key"), project("value"), keys).squeeze(0);
+  if (s.size(0) == 0) return s;
+  return topo_attention_formula(s, ctx.param("query_weight"), ctx.param("query_bias"), ctx.param("key_weight"),
+                                ctx.param("key_bias"), ctx.param("value_weight"), ctx.param("value_bias"));
 }
 
 namespace {

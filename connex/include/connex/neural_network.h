@@ -95,7 +95,8 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   bool uses_fused_kernel() const;
   // Whether forward() would take the dense path (options.h) right now: not
   // on the fused kernel, float32/float64 on the CPU (any floating dtype on
-  // other devices; with topo norm, the CPU only), no dropout while training.
+  // other devices; with topo norm or topo self-attention, the CPU only), no
+  // dropout while training.
   // A traced forward stays on the fused kernel where uses_fused_kernel(),
   // and otherwise takes the per-level path rather than the dense one.
   bool uses_dense_path() const;

@@ -39,8 +39,8 @@ struct ExecutionOptions {
   // network choose; true/false force it where it applies.
   TORCH_ARG(std::optional<bool>, fused) = std::nullopt;
   // The dense path (an MLP-like network whose levels are all complete, as
-  // one autograd function of one matmul per level; topo norm, if it is the
-  // only operation, inside it): nullopt takes it where it applies and the
+  // one autograd function of one matmul per level; topo norm or topo
+  // self-attention, if it is the only operation, inside it): nullopt takes it where it applies and the
   // fused kernel does not run; false never takes it; true takes it where it
   // applies even instead of the fused kernel (a small network's second
   // derivatives), and throws with fused(true) or force_kernel(). A network
