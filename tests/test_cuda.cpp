@@ -105,17 +105,24 @@ TEST(Cuda, DensePathMatchesCpu) {
   }
 }
 
-// Topo norm inside the dense path runs CPU loops: on CUDA the network takes the per-level path.
-TEST(Cuda, TopoNormLeavesTheDensePathOnTheGpu) {
+// Topo norm and topo self-attention inside the dense path run CPU loops: on
+// CUDA the network takes the per-level path, with the same values.
+TEST(Cuda, TopoNormAndAttentionLeaveTheDensePathOnTheGpu) {
   REQUIRE_CUDA();
-  auto cpu = nn::MLP(
-      2, 2, 8, 2,
-      NeuralNetworkOptions().dtype(torch::kFloat64).use_topo_norm(true).execution(ExecutionOptions().fused(false)));
-  auto gpu = std::dynamic_pointer_cast<NeuralNetworkImpl>(cpu->clone(torch::Device(torch::kCUDA)));
-  ASSERT_TRUE(cpu->uses_dense_path());
-  EXPECT_FALSE(gpu->uses_dense_path());
-  auto x = torch::randn({5, 2}, torch::kFloat64);
-  EXPECT_TRUE(torch::allclose(cpu->forward(x), gpu->forward(x.cuda()).cpu(), 1e-10, 1e-10));
+  for (bool attention : {false, true}) {
+    SCOPED_TRACE(attention ? "topo self-attention" : "topo norm");
+    auto cpu = nn::MLP(2, 2, 8, 2,
+                       NeuralNetworkOptions()
+                           .dtype(torch::kFloat64)
+                           .use_topo_norm(!attention)
+                           .use_topo_self_attention(attention)
+                           .execution(ExecutionOptions().fused(false)));
+    auto gpu = std::dynamic_pointer_cast<NeuralNetworkImpl>(cpu->clone(torch::Device(torch::kCUDA)));
+    ASSERT_TRUE(cpu->uses_dense_path());
+    EXPECT_FALSE(gpu->uses_dense_path());
+    auto x = torch::randn({5, 2}, torch::kFloat64);
+    EXPECT_TRUE(torch::allclose(cpu->forward(x), gpu->forward(x.cuda()).cpu(), 1e-10, 1e-10));
+  }
 }
 
 // Structure learning on CUDA: RigL, SET and pruning choose what they choose
