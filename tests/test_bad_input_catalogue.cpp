@@ -717,6 +717,13 @@ std::vector<Case> make_catalogue() {
       {"big.csv:3: column 1 (\"x\"): 1e+308 is too large to train on in Double"});
   add("cli", "MoreThreadsThanTheMachineCanUse", none, cli("--threads 1000 train net.json --epochs 1 --out out"),
       {"--threads 1000: this machine has", "give at most"});
+  add("cli", "Float16OnTheCpu",
+      file("half.json",
+           R"({"graph": {"prebuilt": "MLP", "input_size": 1, "output_size": 2, "width": 4, "depth": 1},
+               "options": {"dtype": "float16"}})"),
+      cli("train half.json --epochs 1 --out out"),
+      {"train: half.json: dtype float16 does not run on the CPU in LibTorch 1.13; use bfloat16, float32 or float64, "
+       "or --device cuda"});
   add("cli", "BadCsvCell", file("bad.csv", "x,y1,y2\n0,1,0\n1,abc,2\n"),
       cli("train net.json --data bad.csv --epochs 1 --out out"),
       {"bad.csv:3: column 2 (\"y1\"): \"abc\" is not a number"});

@@ -453,3 +453,38 @@ TEST(CliPredict, FeaturesFoundByNameWithoutTargetsToStandardOutput) {
   EXPECT_NE(r.err.find("predict: --out new.csv is the file it reads; give another path"), std::string::npos) << r.err;
   EXPECT_EQ(slurp(dir / "new.csv"), "note,x\nfirst,0.25\n\"a, b\",-1.5\n");
 }
+
+// A missing file is named as such (it was refused as "never trained"); a
+// node-link JSON export, which holds trained weights but no preprocessing,
+// predicts from its raw columns with a warning that says so; a text column
+// read as an input then says why every column is one.
+TEST(CliPredict, AMissingFileAndAGraphExportAreNamed) {
+  TempDir dir;
+  write_line_csv(dir / "d.csv");
+  ASSERT_EQ(connex_cli("train --data d.csv --epochs 2 --out run", dir).code, 0);
+  auto r = connex_cli("predict nothing.ckpt --data d.csv", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("nothing.ckpt: no such file"), std::string::npos) << r.err;
+  ASSERT_EQ(connex_cli("export run --format json --out g.json", dir).code, 0);
+  spit(dir / "raw.csv", "x\n0.25\n-1.5\n");
+  r = connex_cli("predict g.json --data raw.csv", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("g.json: a node-link JSON export holds no preprocessing: every column of raw.csv goes in as it "
+                       "is, in file order"),
+            std::string::npos)
+      << r.err;
+  auto ck = load_checkpoint(dir / "run/model.ckpt");
+  ck.network->eval();
+  const auto expected = ck.network->forward(torch::tensor({{0.25}, {-1.5}}));
+  const CsvTable predicted = parse_csv(r.out, "stdout");
+  ASSERT_EQ(predicted.rows.size(), 2u);
+  for (int i = 0; i < 2; ++i)
+    for (int k = 0; k < 2; ++k) EXPECT_NEAR(predicted.number(i, k), expected[i][k].item<double>(), 1e-6);
+  spit(dir / "text.csv", "x,note\n0.25,first\n");
+  r = connex_cli("predict g.json --data text.csv", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("g.json holds no preprocessing (a graph export, or an edit that dropped it), so every column "
+                       "is read as an input"),
+            std::string::npos)
+      << r.err;
+}

@@ -165,8 +165,8 @@ TEST(CliHardeningFiles, AnOutputThatIsNoRegularFileIsRefused) {
   }
   const auto r = connex_cli("predict net.json --data d.csv", dir);
   EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.err.find("predict: net.json holds a network's initial weights, never trained; give a checkpoint or a "
-                       "train --out directory"),
+  EXPECT_NE(r.err.find("predict: net.json holds a network's initial weights, never trained; give a checkpoint, a "
+                       "train --out directory or a node-link JSON export"),
             std::string::npos)
       << r.err;
 }

@@ -879,6 +879,12 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   Checkpoint ck =
       t.density ? Checkpoint{sparse_network(config, t), std::nullopt, std::nullopt, {}} : open_network(config);
   NeuralNetwork net = ck.network;
+  // Before the banner and the data: the library would refuse it at the first forward.
+  if (net->weight_tensor().scalar_type() == torch::kHalf && device.is_cpu())
+    fail(
+        "train: {}: dtype float16 does not run on the CPU in LibTorch 1.13; use bfloat16, float32 or float64, or "
+        "--device cuda",
+        config.empty() ? std::string("the network") : config);
   const std::string cores_said = cores.apply(net);
   spdlog::info("cores: {}", cores_said);
   Progress progress = resumed_progress(ck, t, config);
@@ -1296,11 +1302,20 @@ int cmd_predict(const std::string& path, const std::string& data, const std::str
   check_out("predict", data, out, false);
   // The predictions take standard output: the log goes to standard error.
   if (out.empty()) spdlog::set_default_logger(spdlog::stderr_color_mt("predict"));
-  std::error_code ec;
-  if (!fs::is_directory(path, ec) && !is_checkpoint(path))
-    fail("predict: {} holds a network's initial weights, never trained; give a checkpoint or a train --out directory",
-         path);
+  // Names a missing file, or one that holds no network.
   const Checkpoint ck = open_network(path);
+  std::error_code ec;
+  if (!fs::is_directory(path, ec) && !is_checkpoint(path)) {  // JSON: a config, or a graph export
+    if (!connex::detail::is_node_link_graph(read_json_file(path)))
+      fail(
+          "predict: {} holds a network's initial weights, never trained; give a checkpoint, a train --out directory "
+          "or a node-link JSON export",
+          path);
+    spdlog::warn(
+        "{}: a node-link JSON export holds no preprocessing: every column of {} goes in as it is, in file order (a "
+        "network trained on standardized columns predicts from the checkpoint)",
+        path, data);
+  }
   NeuralNetwork net = ck.network;
   const auto& fitted = ck.preprocessing;
   // Read and parsed once: every column but the features stays text.
@@ -1311,7 +1326,18 @@ int cmd_predict(const std::string& path, const std::string& data, const std::str
     for (const auto& name : columns)
       if (std::find(fitted->features.begin(), fitted->features.end(), name) == fitted->features.end())
         text_columns.push_back(name);
-  const CsvTable csv = parse_csv(text_in, data, text_columns);
+  const CsvTable csv = [&] {
+    try {
+      return parse_csv(text_in, data, text_columns);
+    } catch (const Error& e) {
+      if (fitted) throw;
+      // Without the preprocessing's feature names every column is an input.
+      fail(
+          "{}; {} holds no preprocessing (a graph export, or an edit that dropped it), so every column is read as an "
+          "input",
+          e.what(), path);
+    }
+  }();
   const bool has_targets = fitted && std::all_of(fitted->targets.begin(), fitted->targets.end(),
                                                  [&](const std::string& name) { return csv.column_index(name) >= 0; });
   torch::Tensor inputs, targets;

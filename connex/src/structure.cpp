@@ -60,31 +60,60 @@ namespace {
 
 // Which neurons the inputs reach and which reach an output. Dense ids run
 // level by level and every connection goes to a later level, so one pass
-// forward and one backward settle both.
+// forward and one backward, level by level, settle both.
 struct Reach {
   std::vector<uint8_t> reached, reaching;
+  // With an operation that reads a level's inputs together: neurons that
+  // reach no output but stay, since removing them (and their connections)
+  // would take an input away from a level whose neurons do.
+  std::vector<uint8_t> holding;
 };
 
-Reach reach(const Topology& t) {
+// `whole_levels`: an operation reads each level's inputs together
+// (LevelOperation::reads_whole_level(): topo norm, the attentions), so a
+// neuron changes every neuron of each level it is an input of.
+Reach reach(const Topology& t, bool whole_levels) {
   const int64_t n = t.num_neurons();
-  Reach r{std::vector<uint8_t>(n, 0), std::vector<uint8_t>(n, 0)};
+  Reach r{std::vector<uint8_t>(n, 0), std::vector<uint8_t>(n, 0), std::vector<uint8_t>(n, 0)};
   for (int64_t d = 0; d < t.num_inputs(); ++d) r.reached[d] = 1;
   for (int64_t d = t.num_inputs(); d < n; ++d)
     for (int64_t c = t.in_offsets()[d]; c < t.in_offsets()[d + 1] && !r.reached[d]; ++c)
       r.reached[d] = r.reached[t.conn_source()[c]];
-  for (int64_t d = n - 1; d >= 0; --d) {
-    if (t.role(d) == Role::Output) r.reaching[d] = 1;
-    if (!r.reaching[d]) continue;
-    for (int64_t c = t.in_offsets()[d]; c < t.in_offsets()[d + 1]; ++c) r.reaching[t.conn_source()[c]] = 1;
+  std::vector<int64_t> readers(whole_levels ? n : 0, 0);  // per input of a level: its neurons reaching an output
+  const auto& in = t.in_offsets();
+  const auto& source = t.conn_source();
+  for (size_t l = t.levels().size(); l-- > 0;) {
+    const Level& level = t.levels()[l];
+    bool live = false;
+    for (int64_t d = level.begin; d < level.end; ++d) {
+      if (t.role(d) == Role::Output) r.reaching[d] = 1;
+      if (!r.reaching[d]) continue;
+      live = true;
+      for (int64_t c = in[d]; c < in[d + 1]; ++c) r.reaching[source[c]] = 1;
+    }
+    if (!whole_levels || !live) continue;
+    for (const int64_t s : level.sources) r.reaching[s] = 1;
+    for (int64_t d = level.begin; d < level.end; ++d)
+      if (r.reaching[d])
+        for (int64_t c = in[d]; c < in[d + 1]; ++c) ++readers[source[c]];
+    for (int64_t d = level.begin; d < level.end; ++d)
+      if (!r.reaching[d])
+        for (int64_t c = in[d]; c < in[d + 1] && !r.holding[d]; ++c) r.holding[d] = readers[source[c]] == 0;
+    for (const int64_t s : level.sources) readers[s] = 0;
   }
   return r;
+}
+
+bool reads_whole_levels(const NeuralNetwork& network) {
+  const auto& operations = network->operations();
+  return std::any_of(operations.begin(), operations.end(), [](const auto& op) { return op->reads_whole_level(); });
 }
 
 // A neuron no input reaches has a constant value; it is dead when that
 // constant can be folded into its successors' biases, which per-level
 // operations (techniques) forbid.
 bool is_dead(const Topology& t, const Reach& r, int64_t d, bool foldable) {
-  return t.role(d) == Role::Hidden && (!r.reaching[d] || (!r.reached[d] && foldable));
+  return t.role(d) == Role::Hidden && ((!r.reaching[d] && !r.holding[d]) || (!r.reached[d] && foldable));
 }
 
 // The eval-mode value of every neuron no input reaches (0 elsewhere), in double.
@@ -123,12 +152,12 @@ std::vector<NeuronId> dead_labels(const Topology& t, const Reach& r, bool foldab
 
 std::vector<NeuronId> dead_neurons(const NeuralNetwork& network) {
   const Topology& t = network->topology();
-  return dead_labels(t, reach(t), network->operations().empty());
+  return dead_labels(t, reach(t, reads_whole_levels(network)), network->operations().empty());
 }
 
 std::vector<NeuronId> constant_outputs(const NeuralNetwork& network) {
   const Topology& t = network->topology();
-  const Reach r = reach(t);
+  const Reach r = reach(t, false);
   std::vector<NeuronId> constant;
   for (int64_t d : t.output_ids())
     if (!r.reached[d]) constant.push_back(t.label(d));
@@ -137,7 +166,7 @@ std::vector<NeuronId> constant_outputs(const NeuralNetwork& network) {
 
 EditResult remove_dead_neurons(const NeuralNetwork& network) {
   const Topology& t = network->topology();
-  const Reach r = reach(t);
+  const Reach r = reach(t, reads_whole_levels(network));
   const bool foldable = network->operations().empty();
   EditResult result = edit(network).remove_neurons(dead_labels(t, r, foldable)).build();
   // What the removed constant neurons fed into each surviving neuron moves into its bias.

@@ -43,7 +43,11 @@ class GraphQueries {
 };
 
 // Hidden neurons that cannot change any output: no input reaches them, or
-// they reach no output. In the order of spec().neurons(). O(neurons + connections).
+// they reach no output. With an operation that reads a level's inputs
+// together (topo norm, either attention), an input of a level that reaches
+// an output reaches it too, and a neuron stays whose removal would take an
+// input away from such a level. In the order of spec().neurons().
+// O(neurons + connections).
 std::vector<NeuronId> dead_neurons(const NeuralNetwork& network);
 // Outputs that no input reaches: their values are constants (what a pruning
 // that cut all their paths leaves). In the user's output order; O(neurons + connections).
