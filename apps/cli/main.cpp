@@ -29,6 +29,7 @@
 #include <spdlog/spdlog.h>
 #include <fmt/ranges.h>
 
+#include "dtype.h"
 #include "file_io.h"
 #include "json_input.h"
 #include "prebuilt_size.h"
@@ -880,11 +881,9 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
       t.density ? Checkpoint{sparse_network(config, t), std::nullopt, std::nullopt, {}} : open_network(config);
   NeuralNetwork net = ck.network;
   // Before the banner and the data: the library would refuse it at the first forward.
-  if (net->weight_tensor().scalar_type() == torch::kHalf && device.is_cpu())
-    fail(
-        "train: {}: dtype float16 does not run on the CPU in LibTorch 1.13; use bfloat16, float32 or float64, or "
-        "--device cuda",
-        config.empty() ? std::string("the network") : config);
+  if (const std::string refusal = cpu_forward_refusal(net->weight_tensor().scalar_type());
+      !refusal.empty() && device.is_cpu())
+    fail("train: {}: dtype {}, or --device cuda", config.empty() ? std::string("the network") : config, refusal);
   const std::string cores_said = cores.apply(net);
   spdlog::info("cores: {}", cores_said);
   Progress progress = resumed_progress(ck, t, config);

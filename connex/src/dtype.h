@@ -44,6 +44,14 @@ inline bool kernel_dtype(c10::ScalarType type) {
   return type == c10::ScalarType::Float || type == c10::ScalarType::Double;
 }
 
+// Why a network of this dtype cannot run forward on the CPU ("" where it
+// can): LibTorch 1.13 has no float16 CPU kernels for its operations.
+inline std::string cpu_forward_refusal(c10::ScalarType type) {
+  return type == c10::ScalarType::Half
+             ? "float16 does not run on the CPU in LibTorch 1.13; use bfloat16, float32 or float64"
+             : "";
+}
+
 // "float32, float64, float16, bfloat16", for messages.
 inline std::string dtype_names() {
   std::string names;

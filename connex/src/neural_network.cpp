@@ -496,10 +496,9 @@ void NeuralNetworkImpl::check_input(const torch::Tensor& x) const {
   if (x.scalar_type() != weight_.scalar_type())
     fail("NeuralNetwork::forward(): expected input of dtype {}, got {}", c10::toString(weight_.scalar_type()),
          c10::toString(x.scalar_type()));
-  if (weight_.scalar_type() == torch::kHalf && weight_.device().is_cpu())
-    fail(
-        "NeuralNetwork::forward(): float16 does not run on the CPU in LibTorch 1.13; use bfloat16, float32 or "
-        "float64, or move the network to CUDA");
+  if (const std::string refusal = cpu_forward_refusal(weight_.scalar_type());
+      !refusal.empty() && weight_.device().is_cpu())
+    fail("NeuralNetwork::forward(): {}, or move the network to CUDA", refusal);
   if (x.device() != weight_.device())
     fail("NeuralNetwork::forward(): expected input on device {}, got {}", weight_.device().str(), x.device().str());
 }
