@@ -408,6 +408,95 @@ TEST(OptimizerContinuity, SurvivorsKeepMomentsNewEntriesStartAtZero) {
                    "the old network's; pass the network the optimizer was built over");
 }
 
+// A fresh Adagrad starts every sum at initial_accumulator_value, so a carried
+// one starts its new entries there too (they started at 0, and the first step
+// of a new connection moved it by lr·sign(g)).
+TEST(OptimizerContinuity, AdagradStartsNewEntriesAtItsInitialAccumulator) {
+  auto [x, y] = cos_sin_data();
+  for (bool techniques : {false, true}) {
+    NeuralNetwork net(readme_spec(), NeuralNetworkOptions()
+                                         .hidden_activation("relu")
+                                         .use_topo_norm(techniques)
+                                         .use_topo_self_attention(techniques)
+                                         .use_adaptive_activations(techniques));
+    const auto options = torch::optim::AdagradOptions(0.1).initial_accumulator_value(0.25);
+    torch::optim::Adagrad adagrad(net->parameters(), options);
+    for (int i = 0; i < 3; ++i) {
+      adagrad.zero_grad();
+      torch::mse_loss(net->forward(x), y).backward();
+      adagrad.step();
+    }
+    auto result = edit(net).add_hidden_neurons({20}).add_connections({{1, 6}, {0, 20}, {20, 8}}).build();
+    auto next = optimizer_after_edit(adagrad, net, result);
+    const auto& topo = result.network->topology();
+    for (const auto& p : result.network->named_parameters()) {
+      const auto& sum =
+          static_cast<torch::optim::AdagradParamState&>(*next->state().at(optimizer_state_key(p.value()))).sum();
+      // Every sum is 0.25 plus squared gradients: none below it.
+      EXPECT_TRUE((sum >= 0.25).all().item<bool>()) << p.key() << " techniques " << techniques;
+    }
+    const auto& weight_sum = static_cast<torch::optim::AdagradParamState&>(
+                                 *next->state().at(optimizer_state_key(result.network->weight_tensor())))
+                                 .sum();
+    EXPECT_EQ(weight_sum[topo.connection_index(topo.dense_of(1), topo.dense_of(6))].item<float>(), 0.25f);
+    EXPECT_EQ(weight_sum[topo.connection_index(topo.dense_of(20), topo.dense_of(8))].item<float>(), 0.25f);
+    // One step from here moves a new connection as a fresh Adagrad's first step does.
+    next->zero_grad();
+    torch::mse_loss(result.network->forward(x), y).backward();
+    const auto c = topo.connection_index(topo.dense_of(1), topo.dense_of(6));
+    const double g = result.network->weight_tensor().grad()[c].item<double>();
+    const double w = result.network->weight_tensor()[c].item<double>();
+    next->step();
+    EXPECT_NEAR(result.network->weight_tensor()[c].item<double>(), w - 0.1 * g / (std::sqrt(0.25 + g * g) + 1e-10),
+                1e-6);
+  }
+}
+
+// A new optimizer may ask for a state field the old one never kept (Adam's
+// max_exp_avg_sq once amsgrad is on, RMSprop's momentum buffer and average
+// gradient): the carried state starts it at 0, as a new optimizer would,
+// where step() used to throw torch's "Expected a proper Tensor".
+TEST(OptimizerContinuity, AFieldTheNewOptionsReadStartsAtZero) {
+  auto [x, y] = cos_sin_data();
+  auto train = [&](NeuralNetwork& net, torch::optim::Optimizer& opt, int steps) {
+    for (int i = 0; i < steps; ++i) {
+      opt.zero_grad();
+      torch::mse_loss(net->forward(x), y).backward();
+      opt.step();
+    }
+  };
+  {
+    NeuralNetwork net(readme_spec(), NeuralNetworkOptions().hidden_activation("relu"));
+    torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(1e-2));
+    train(net, adam, 3);
+    auto result = edit(net).add_connections({{1, 6}}).build();
+    torch::optim::Adam next(result.network->parameters(), torch::optim::AdamOptions(1e-2).amsgrad(true));
+    transfer_optimizer_state(adam, net, next, result);
+    const auto& state = static_cast<torch::optim::AdamParamState&>(
+        *next.state().at(optimizer_state_key(result.network->weight_tensor())));
+    ASSERT_TRUE(state.max_exp_avg_sq().defined());
+    EXPECT_EQ(state.max_exp_avg_sq().abs().sum().item<float>(), 0.0f);
+    EXPECT_NO_THROW(train(result.network, next, 2));
+    EXPECT_TRUE(torch::isfinite(result.network->weight_tensor()).all().item<bool>());
+  }
+  {
+    NeuralNetwork net(readme_spec(), NeuralNetworkOptions().hidden_activation("relu"));
+    torch::optim::RMSprop rms(net->parameters(), torch::optim::RMSpropOptions(1e-3));
+    train(net, rms, 3);
+    auto result = edit(net).add_connections({{1, 6}}).build();
+    torch::optim::RMSprop next(result.network->parameters(),
+                               torch::optim::RMSpropOptions(1e-3).momentum(0.5).centered(true));
+    transfer_optimizer_state(rms, net, next, result);
+    const auto& state = static_cast<torch::optim::RMSpropParamState&>(
+        *next.state().at(optimizer_state_key(result.network->weight_tensor())));
+    ASSERT_TRUE(state.momentum_buffer().defined());
+    ASSERT_TRUE(state.grad_avg().defined());
+    EXPECT_EQ(state.grad_avg().abs().sum().item<float>(), 0.0f);
+    EXPECT_NO_THROW(train(result.network, next, 2));
+    EXPECT_TRUE(torch::isfinite(result.network->weight_tensor()).all().item<bool>());
+  }
+}
+
 // follow_edit moves the optimizer itself: a scheduler holding it goes on
 // with its count, and the state equals what optimizer_after_edit carries.
 TEST(Plasticity, FollowEditKeepsTheOptimizerAndItsScheduler) {

@@ -53,6 +53,10 @@ std::unique_ptr<torch::optim::OptimizerParamState> make_param_state(const Optimi
 // for an unknown type).
 std::vector<std::string> required_state_fields(const std::string& type, const torch::optim::OptimizerOptions& options);
 bool state_required_for_every_parameter(const std::string& type);
+// Where a new optimizer of `type` starts a state field's entries under these
+// options: Adagrad's sum at initial_accumulator_value, every other field at 0.
+double fresh_state_value(const std::string& type, const std::string& field,
+                         const torch::optim::OptimizerOptions& options);
 
 // The inverse of optimizer_options_to_json: checks every key and value and
 // names the culprit by `where` (a file and JSON path); returns a fresh options

@@ -23,26 +23,28 @@ struct KeyedPair {
   const DimKeys* to;
 };
 
-// Remaps one state tensor shaped like its parameter: survivors move, new entries are zero.
+// Remaps one state tensor shaped like its parameter: survivors move, new
+// entries start at `fresh_value` (what a new optimizer starts them at).
 torch::Tensor remap_tensor(const torch::Tensor& old_state, const torch::Tensor& new_parameter,
-                           const ParameterRemap::Moved* moved, const KeyedPair* keyed = nullptr) {
-  if (!old_state.defined()) return old_state;
-  if (keyed) {
-    auto fresh = torch::zeros_like(new_parameter, old_state.options());
+                           const ParameterRemap::Moved* moved, const KeyedPair* keyed, double fresh_value) {
+  if (!keyed && !moved) return old_state.clone();
+  auto fresh = torch::full_like(new_parameter, fresh_value, old_state.options());
+  if (keyed)
     copy_keyed(old_state, *keyed->from, fresh, *keyed->to);
-    return fresh;
-  }
-  if (!moved) return old_state.clone();
-  // Index pairs count flattened entries (the same as rows for a 1-D parameter).
-  auto fresh = torch::zeros_like(new_parameter, old_state.options());
-  copy_moved_entries(fresh, old_state.contiguous(), *moved, "transfer_optimizer_state()");
+  else  // index pairs count flattened entries (the same as rows for a 1-D parameter)
+    copy_moved_entries(fresh, old_state.contiguous(), *moved, "transfer_optimizer_state()");
   return fresh;
 }
 
+// The state of `parameter` in a new optimizer whose group holding it has
+// `options`, from its state in the old one. A field the old state lacks but
+// the new options make step() read (Adam's max_exp_avg_sq once amsgrad is
+// on) starts as a new optimizer would start it.
 std::unique_ptr<torch::optim::OptimizerParamState> remap_state(const torch::optim::OptimizerParamState& state,
                                                                const torch::Tensor& parameter,
                                                                const ParameterRemap::Moved* moved,
-                                                               const std::string& name, const KeyedPair* keyed) {
+                                                               const std::string& name, const KeyedPair* keyed,
+                                                               const torch::optim::OptimizerOptions& options) {
   OptimizerStateFields fields;
   try {
     fields = state_fields(state);
@@ -52,7 +54,14 @@ std::unique_ptr<torch::optim::OptimizerParamState> remap_state(const torch::opti
         "supported)",
         name, list_optimizer_kinds(OptimizerNaming::kTitle));
   }
-  for (auto& field : fields.tensors) field.second = remap_tensor(field.second, parameter, moved, keyed);
+  const auto required = required_state_fields(fields.type, options);
+  for (auto& [field, tensor] : fields.tensors) {
+    const double fresh = fresh_state_value(fields.type, field, options);
+    if (tensor.defined())
+      tensor = remap_tensor(tensor, parameter, moved, keyed, fresh);
+    else if (std::find(required.begin(), required.end(), field) != required.end())
+      tensor = torch::full_like(parameter, fresh);
+  }
   return make_param_state(fields);
 }
 
@@ -130,6 +139,8 @@ struct OptimizerKind {
                                                                 const std::string& where) = nullptr;
   // The state fields step() reads under these options.
   std::vector<std::string> (*required_fields)(const optim::OptimizerOptions&) = nullptr;
+  // Where a new optimizer starts a state field under these options (none: 0).
+  double (*fresh_value)(const std::string& field, const optim::OptimizerOptions&) = nullptr;
   StateValues (*read_state)(const optim::OptimizerParamState&) = nullptr;
   std::unique_ptr<optim::OptimizerParamState> (*make_state)(const StateValues&) = nullptr;
 };
@@ -301,6 +312,9 @@ OptimizerKind adagrad() {
     return o;
   };
   kind.required_fields = [](const optim::OptimizerOptions&) -> std::vector<std::string> { return {"sum"}; };
+  kind.fresh_value = [](const std::string&, const optim::OptimizerOptions& options) {
+    return dynamic_cast<const optim::AdagradOptions&>(options).initial_accumulator_value();
+  };
   kind.read_state = [](const optim::OptimizerParamState& state) {
     const auto& s = dynamic_cast<const optim::AdagradParamState&>(state);
     return StateValues{s.step(), {s.sum()}};
@@ -436,8 +450,12 @@ void transfer_state(const torch::optim::Optimizer& old_optimizer, const torch::n
   std::unordered_map<std::string, torch::Tensor> old_parameters;
   for (const auto& item : old_module.named_parameters()) old_parameters.emplace(item.key(), item.value());
   std::unordered_map<OptimizerStateKey, torch::Tensor> held_by_new;
+  std::unordered_map<OptimizerStateKey, const torch::optim::OptimizerOptions*> options_of;  // its group's
   for (const auto& group : new_optimizer.param_groups())
-    for (const auto& p : group.params()) held_by_new.emplace(optimizer_state_key(p), p);
+    for (const auto& p : group.params()) {
+      held_by_new.emplace(optimizer_state_key(p), p);
+      options_of.emplace(optimizer_state_key(p), &group.options());
+    }
 
   // Build every new state first, then install: a failure leaves the new optimizer untouched.
   std::vector<std::pair<OptimizerStateKey, std::unique_ptr<torch::optim::OptimizerParamState>>> states;
@@ -455,7 +473,8 @@ void transfer_state(const torch::optim::Optimizer& old_optimizer, const torch::n
     if (from != old_keys.end() && to != new_keys.end()) keyed = KeyedPair{from->second, to->second};
     if (!pairs && !keyed && !old->second.sizes().equals(item.value().sizes()))
       fail("transfer_optimizer_state(): parameter \"{}\" changed shape but the edit did not say how", item.key());
-    states.emplace_back(key, remap_state(*state->second, item.value(), pairs, item.key(), keyed ? &*keyed : nullptr));
+    states.emplace_back(key, remap_state(*state->second, item.value(), pairs, item.key(), keyed ? &*keyed : nullptr,
+                                         *options_of.at(key)));
   }
   // A parameter of another module that both optimizers hold (a head trained
   // beside the network) keeps its state as it is.
@@ -467,7 +486,8 @@ void transfer_state(const torch::optim::Optimizer& old_optimizer, const torch::n
     // Copied, field by field: a state object's clone() shares its tensors,
     // and each optimizer steps its own in place.
     if (state != old_optimizer.state().end())
-      states.emplace_back(key, remap_state(*state->second, parameter, nullptr, "(another module's)", nullptr));
+      states.emplace_back(
+          key, remap_state(*state->second, parameter, nullptr, "(another module's)", nullptr, *options_of.at(key)));
   }
   for (auto& [key, state] : states) new_optimizer.state()[key] = std::move(state);
 }
@@ -658,6 +678,12 @@ std::unique_ptr<torch::optim::OptimizerParamState> make_param_state(const Optimi
 
 std::vector<std::string> required_state_fields(const std::string& type, const torch::optim::OptimizerOptions& options) {
   return kind_named(type).required_fields(options);
+}
+
+double fresh_state_value(const std::string& type, const std::string& field,
+                         const torch::optim::OptimizerOptions& options) {
+  const OptimizerKind& kind = kind_named(type);
+  return kind.fresh_value ? kind.fresh_value(field, options) : 0.0;
 }
 
 bool state_required_for_every_parameter(const std::string& type) {

@@ -209,10 +209,18 @@ SavedOptimizer read_optimizer(const json& o, const torch::nn::Module& module, co
                                        data, path, where, context);
     auto [into, first] = joined.try_emplace(part->whole);
     if (first) {
+      // Rows no part holds start where a new optimizer starts them, under the whole's group's options.
+      const auto group = std::find_if(saved.groups.begin(), saved.groups.end(), [&](const auto& g) {
+        return std::find(g.parameters.begin(), g.parameters.end(), part->whole) != g.parameters.end();
+      });
+      const auto options =
+          optimizer_options_from_json(saved.type, group->options, fmt::format("{}: {}: {}", context, path, where));
       into->second.type = fields.type;
       for (const auto& [field, tensor] : fields.tensors)
         into->second.tensors.emplace_back(
-            field, tensor.defined() ? torch::zeros_like(whole, tensor.options()) : torch::Tensor());
+            field, tensor.defined()
+                       ? torch::full_like(whole, fresh_state_value(saved.type, field, *options), tensor.options())
+                       : torch::Tensor());
     }
     // The step (one per tensor) is level 1's: the part of the lowest rows.
     auto& lowest = lowest_part[part->whole];

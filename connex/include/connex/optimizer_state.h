@@ -13,6 +13,9 @@
 // Both optimizers must be of the same type. Per-tensor counters (Adam's step)
 // carry over unchanged: new entries inside a surviving tensor share it, so
 // their bias correction is that of the tensor, not of a fresh optimizer.
+// New entries (and a field the new options read that the old state lacks)
+// start where a fresh optimizer starts them: 0, Adagrad's sum at its
+// initial_accumulator_value.
 #include <memory>
 #include <optional>
 #include <string>
