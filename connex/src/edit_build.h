@@ -56,4 +56,12 @@ EditResult build_patched(const NeuralNetwork& base, std::shared_ptr<const Topolo
 // The compile options a network's options ask for (neural_network.cpp).
 CompileOptions compile_options(const NeuralNetworkOptions& options);
 
+// An edited network's weight and bias (neural_network.cpp), of `options`:
+// the entries `*_kept` marks -1 (per connection and per non-input neuron of
+// `topo`) drawn as a new network draws them (uniform in ±1/sqrt(fan-in)) from
+// a stream of `seed`; the others left for the survivors to fill.
+std::pair<torch::Tensor, torch::Tensor> edited_parameters(const Topology& topo, const std::vector<int64_t>& weight_kept,
+                                                          const std::vector<int64_t>& bias_kept, uint64_t seed,
+                                                          const torch::TensorOptions& options);
+
 }  // namespace connex

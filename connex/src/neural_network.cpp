@@ -57,17 +57,22 @@ void check_options(const NeuralNetworkOptions& options) {
 // narrow ones nearly silent. A neuron without inputs is a constant; its bias
 // is drawn as for fan-in 1 (not 0, which would sit on ReLU's kink).
 // Returns (weight, bias) in float64.
+// The bound of a neuron's incoming weights and its bias.
+double initial_bound(const Topology& topo, int64_t dense) {
+  const int64_t fan_in = topo.in_offsets()[dense + 1] - topo.in_offsets()[dense];
+  return 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(fan_in, 1)));
+}
+
 std::pair<torch::Tensor, torch::Tensor> initial_parameters(const Topology& topo, at::Generator& generator) {
   // Uniform draws in double (weights, then biases), scaled in place per
   // neuron: the same values as scaling with tensor ops, without their four
-  // temporaries (a large part of an edit's rebuild of a large network).
+  // temporaries.
   auto weight = torch::rand({topo.num_connections()}, generator, torch::kFloat64);
   auto bias = torch::rand({topo.num_biases()}, generator, torch::kFloat64);
   double* w = weight.data_ptr<double>();
   double* b = bias.data_ptr<double>();
   for (int64_t d = topo.num_inputs(); d < topo.num_neurons(); ++d) {
-    const int64_t fan_in = topo.in_offsets()[d + 1] - topo.in_offsets()[d];
-    const double bound = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(fan_in, 1)));
+    const double bound = initial_bound(topo, d);
     for (int64_t c = topo.in_offsets()[d]; c < topo.in_offsets()[d + 1]; ++c) w[c] = (w[c] * 2 - 1) * bound;
     b[topo.bias_index(d)] = (b[topo.bias_index(d)] * 2 - 1) * bound;
   }
@@ -219,6 +224,29 @@ std::shared_ptr<const DensePlan> plan_dense(const Topology& topology, const Neur
 }
 
 }  // namespace
+
+std::pair<torch::Tensor, torch::Tensor> edited_parameters(const Topology& topo, const std::vector<int64_t>& weight_kept,
+                                                          const std::vector<int64_t>& bias_kept, uint64_t seed,
+                                                          const torch::TensorOptions& options) {
+  // Its own stream: the network's seed also draws the techniques' parameters.
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed ^ 0x9e3779b97f4a7c15ULL);
+  auto fresh = [&](const std::vector<int64_t>& kept, auto&& bound_of) {
+    std::vector<int64_t> index;
+    for (int64_t k = 0; k < static_cast<int64_t>(kept.size()); ++k)
+      if (kept[k] < 0) index.push_back(k);
+    auto out = torch::empty({static_cast<int64_t>(kept.size())}, options);
+    if (index.empty()) return out;
+    auto values = torch::rand({static_cast<int64_t>(index.size())}, generator, torch::kFloat64);
+    double* v = values.data_ptr<double>();
+    for (size_t k = 0; k < index.size(); ++k) v[k] = (v[k] * 2 - 1) * bound_of(index[k]);
+    torch::NoGradGuard no_grad;
+    out.index_put_({torch::tensor(index, torch::kLong).to(options.device())}, values.to(options));
+    return out;
+  };
+  auto weight = fresh(weight_kept, [&](int64_t c) { return initial_bound(topo, topo.conn_target()[c]); });
+  auto bias = fresh(bias_kept, [&](int64_t b) { return initial_bound(topo, b + topo.num_inputs()); });
+  return {weight, bias};
+}
 
 void check_moved_entries(int64_t to_size, int64_t from_size, const ParameterRemap::Moved& moved, const char* context) {
   const auto& new_index = moved.new_index;

@@ -112,32 +112,36 @@ void fail_on_added_cycle(const std::vector<NeuronId>& neurons, const std::vector
   }
 }
 
-// Which entries of the base network's weight and bias each entry of the new
-// one (`topo`) takes. Parameters move by neuron: the old dense id of each new
-// neuron (found through spec positions, since index_graph() kept the old
-// neuron order, rather than by label lookups), then each connection by (old
-// source, old target).
-ParameterRemap parameter_remap(const Topology& base, const Topology& topo, const std::vector<int64_t>& new_index_of_old,
-                               const torch::Device& device) {
+// Which entry of the base network's weight and bias each entry of the new
+// one (`topo`) takes, or -1 for a new one. Parameters move by neuron: the
+// old dense id of each new neuron (found through spec positions, since
+// index_graph() kept the old neuron order, rather than by label lookups),
+// then each connection by (old source, old target).
+struct KeptEntries {
+  std::vector<int64_t> weight;  // per connection of `topo`
+  std::vector<int64_t> bias;    // per bias of `topo`
+};
+KeptEntries kept_entries(const Topology& base, const Topology& topo, const std::vector<int64_t>& new_index_of_old) {
   std::vector<int64_t> old_dense(topo.num_neurons(), -1);
   for (int64_t i = 0; i < static_cast<int64_t>(new_index_of_old.size()); ++i)
     if (new_index_of_old[i] >= 0) old_dense[topo.dense_at(new_index_of_old[i])] = base.dense_at(i);
-  // Each new connection's old index (or -1), looked up on connex's
-  // threads (a binary search per connection), then compacted into the
-  // (new, old) index pairs.
-  std::vector<int64_t> old_of_new(topo.num_connections());
+  // A binary search per connection, on connex's threads.
+  KeptEntries kept{std::vector<int64_t>(topo.num_connections()), std::vector<int64_t>(topo.num_biases(), -1)};
   share_work(0, topo.num_connections(), 1 << 15, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
       const int64_t u = old_dense[topo.conn_source()[c]], v = old_dense[topo.conn_target()[c]];
-      old_of_new[c] = u < 0 || v < 0 ? -1 : base.connection_index(u, v);
+      kept.weight[c] = u < 0 || v < 0 ? -1 : base.connection_index(u, v);
     }
   });
-  std::vector<int64_t> old_of_new_bias(topo.num_biases(), -1);
   for (int64_t d = topo.num_inputs(); d < topo.num_neurons(); ++d)
-    if (old_dense[d] >= 0) old_of_new_bias[topo.bias_index(d)] = base.bias_index(old_dense[d]);
+    if (old_dense[d] >= 0) kept.bias[topo.bias_index(d)] = base.bias_index(old_dense[d]);
+  return kept;
+}
+
+ParameterRemap parameter_remap(const KeptEntries& kept, const torch::Device& device) {
   ParameterRemap remap;
-  remap.moved["weight"] = kept_pairs(old_of_new, device);
-  remap.moved["bias"] = kept_pairs(old_of_new_bias, device);
+  remap.moved["weight"] = kept_pairs(kept.weight, device);
+  remap.moved["bias"] = kept_pairs(kept.bias, device);
   return remap;
 }
 
@@ -545,11 +549,14 @@ EditResult finish_edit(const NeuralNetwork& base, NeuralNetwork result, Paramete
 
 EditResult build_edited(const NeuralNetwork& base, GraphSpec spec, NeuralNetworkOptions options,
                         std::vector<int64_t> new_index_of_old, bool function_preserving) {
-  NeuralNetwork result(std::move(spec), options);
-  const auto device = base->weight_tensor().device();
-  result->to(device);
-  auto remap = parameter_remap(base->topology(), result->topology(), new_index_of_old, device);
-  return finish_edit(base, result, std::move(remap), std::move(new_index_of_old), function_preserving);
+  // Only the new entries are drawn; the survivors move in (finish_edit()).
+  auto topology = Topology::compile(std::move(spec), compile_options(options));
+  const KeptEntries kept = kept_entries(base->topology(), *topology, new_index_of_old);
+  const auto& old_weight = base->weight_tensor();
+  auto [weight, bias] = edited_parameters(*topology, kept.weight, kept.bias, options.seed(), old_weight.options());
+  NeuralNetwork result(std::move(topology), std::move(options), std::move(weight), std::move(bias));
+  return finish_edit(base, result, parameter_remap(kept, old_weight.device()), std::move(new_index_of_old),
+                     function_preserving);
 }
 
 EditResult build_patched(const NeuralNetwork& base, std::shared_ptr<const Topology> topology,
@@ -656,11 +663,11 @@ EditResult as_edit(const NeuralNetwork& before, const NeuralNetwork& after) {
   std::vector<int64_t> new_index_of_old(old_spec.num_neurons());
   for (size_t i = 0; i < old_spec.num_neurons(); ++i)
     new_index_of_old[i] = after->spec().index_of(old_spec.neurons()[i]);
-  EditResult out{
-      after,
-      {},
-      parameter_remap(before->topology(), after->topology(), new_index_of_old, after->weight_tensor().device()),
-      before->topology_ptr()};
+  EditResult out{after,
+                 {},
+                 parameter_remap(kept_entries(before->topology(), after->topology(), new_index_of_old),
+                                 after->weight_tensor().device()),
+                 before->topology_ptr()};
   out.positions.inputs = where_each_went(old_spec.inputs(), after->spec().inputs());
   out.positions.outputs = where_each_went(old_spec.outputs(), after->spec().outputs());
   out.positions.neurons = std::move(new_index_of_old);
