@@ -137,7 +137,8 @@ struct RandomEditPlan {
 // ignored), removing connections, adding input, hidden (sometimes wired in at
 // once) and output neurons, removing neurons, and setting dropout (a number or
 // a per-neuron map). Each edit is valid against the graph as it stands after
-// the previous ones — acyclicity included — so build() must succeed.
+// the previous ones — acyclicity included, and no connection added back that
+// this edit removed (build() first for that) — so build() must succeed.
 inline RandomEditPlan random_edit_sequence(const NeuralNetwork& net, NetworkEditor& editor, std::mt19937_64& rng,
                                            int n_edits) {
   const auto& spec = net->spec();
@@ -146,6 +147,7 @@ inline RandomEditPlan random_edit_sequence(const NeuralNetwork& net, NetworkEdit
   std::map<NeuronId, Role> roles;
   for (const auto& id : live) roles[id] = spec.role(id);
   std::set<std::pair<NeuronId, NeuronId>> edges(spec.edges().begin(), spec.edges().end());
+  std::set<std::pair<NeuronId, NeuronId>> removed;  // base connections this edit removed
   int next_id = 1000;
   auto new_id = [&] { return strings ? NeuronId("new" + std::to_string(next_id++)) : NeuronId(next_id++); };
   auto pick = [&](const std::vector<NeuronId>& v) {
@@ -168,7 +170,8 @@ inline RandomEditPlan random_edit_sequence(const NeuralNetwork& net, NetworkEdit
   auto addable = [&](std::pair<NeuronId, NeuronId>& edge) {
     for (int attempt = 0; attempt < 8; ++attempt) {
       auto u = pick(live), v = pick(live);
-      if (u == v || roles[v] == Role::Input || roles[u] == Role::Output || reaches(v, u)) continue;
+      if (u == v || roles[v] == Role::Input || roles[u] == Role::Output || removed.count({u, v}) || reaches(v, u))
+        continue;
       edge = {u, v};
       return true;
     }
@@ -196,6 +199,7 @@ inline RandomEditPlan random_edit_sequence(const NeuralNetwork& net, NetworkEdit
         auto it = edges.begin();
         std::advance(it, std::uniform_int_distribution<size_t>(0, edges.size() - 1)(rng));
         editor.remove_connections({*it});
+        removed.insert(*it);
         edges.erase(it);
         ++plan.kinds["remove_connections"];
         break;

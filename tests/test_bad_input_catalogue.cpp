@@ -413,6 +413,10 @@ std::vector<Case> make_catalogue() {
   add("edit", "ReaddRemovedNeuron", none,
       lib([](World& w) { edit(w.net).remove_neurons({4}).add_hidden_neurons({4}).build(); }),
       {"add_hidden_neurons(): neuron 4 was removed earlier in this edit"});
+  add("edit", "ReaddRemovedConnection", none, lib([](World& w) {
+        edit(w.net).remove_connections({{1, 4}}).add_connections({{0, 4}, {1, 4}}).build();
+      }),
+      {"add_connections(): edge 1 -> 4 was removed earlier in this edit; build() first, then add it anew"});
 
   add("edit", "FunctionPreservingNewLevelInput", none, lib([](World&) {
         NeuralNetwork normed(readme_spec(), NeuralNetworkOptions().use_topo_norm(true));

@@ -206,11 +206,13 @@ TEST_F(CliBadInput, FilesThatHoldNoNetworkAreNamed) {
   ASSERT_EQ(connex_cli("export run --format graphml --out g.graphml", dir).code, 0);
   ASSERT_EQ(connex_cli("export run --format dot --out g.dot", dir).code, 0);
   spit(dir / "empty.json", "");
+  spit(dir / "notes.txt", "x,y\n1,2\n");  // a CSV given where the network goes
   for (const auto& [file, kind] :
        std::vector<std::pair<std::string, std::string>>{{"m.pt", "a zip archive (a TorchScript export?)"},
                                                         {"g.graphml", "GraphML"},
                                                         {"g.dot", "a Graphviz DOT file"},
-                                                        {"empty.json", "an empty file"}}) {
+                                                        {"empty.json", "an empty file"},
+                                                        {"notes.txt", "neither a connex checkpoint nor JSON"}}) {
     auto r = connex_cli("inspect " + file, dir);
     EXPECT_NE(r.code, 0) << file;
     EXPECT_NE(r.err.find(file + " is " + kind +

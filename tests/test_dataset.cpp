@@ -245,6 +245,11 @@ TEST(TorchScriptExport, TakesRawRowsAndCarriesTheNames) {
   EXPECT_EQ(strings("target_names"), (std::vector<std::string>{"species"}));
   export_torchscript(net, dir / "plain.pt");
   EXPECT_TRUE(torch::jit::load(dir / "plain.pt").attr("class_labels").toListRef().empty());
+  // An output added after training has no class: it is named, so class_labels[argmax] stays in range.
+  const auto grown = edit(net).add_output_neurons({100}).add_connections({{net->hidden_neurons()[0], 100}}).build();
+  export_torchscript(grown.network, dir / "grown.pt", &table.preprocessing);
+  m = torch::jit::load(dir / "grown.pt");
+  EXPECT_EQ(strings("class_labels"), (std::vector<std::string>{"setosa", "versicolor", "virginica", "output 100"}));
 }
 
 TEST(Network, TypedCloneIsADeepCopyWithFrozenEntries) {

@@ -704,7 +704,21 @@ TEST(Checkpoint, SaveRefusesAForeignParameterAndLeavesTheFile) {
   torch::optim::SGD sgd(std::vector<torch::Tensor>{net->weight_tensor(), stranger}, 0.1);
   EXPECT_THROW_MSG(save(net, dir / "net.ckpt", &sgd),
                    "cannot save the optimizer for " + (dir / "net.ckpt") +
-                       ": its group 0 holds a parameter of shape [2] that is not one of the network's");
+                       ": the optimizer's group 0 holds a parameter of shape [2] that is not one of the network's (a "
+                       "checkpoint keeps the optimizer state of the network's parameters only)");
+  EXPECT_EQ(slurp(dir / "net.ckpt"), before);
+  // Loading into an optimizer over another network of this structure needs that network.
+  torch::optim::SGD own(net->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+  save(net, dir / "with.ckpt", &own);
+  const Checkpoint ck = load_checkpoint(dir / "with.ckpt");
+  auto twin = nn::MLP(1, 1, 3, 1, kDouble);
+  torch::optim::SGD over_twin(twin->parameters(), 0.1);
+  EXPECT_THROW_MSG(load_optimizer_state(ck, over_twin, "with.ckpt"),
+                   "load_optimizer_state(): with.ckpt: the optimizer's group 0 holds a parameter of shape [6] that "
+                   "is not one of the network's (build the optimizer over the network's parameters; for one over "
+                   "another network of this structure, pass that network too)");
+  load_optimizer_state(ck, over_twin, "with.ckpt", twin);
+  EXPECT_DOUBLE_EQ(static_cast<torch::optim::SGDOptions&>(over_twin.param_groups()[0].options()).momentum(), 0.9);
   EXPECT_EQ(slurp(dir / "net.ckpt"), before);
 }
 

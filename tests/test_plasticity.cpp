@@ -156,6 +156,12 @@ TEST_F(InvalidEdit, RemovingAConnectionThatDoesNotExist) {
   EXPECT_THROW_MSG(remove_connections(net, {{0, 1}, {0, 1}}), "remove_connections(): edge 0 -> 1 is listed twice");
   EXPECT_THROW_MSG(edit(net).remove_connections({{0, 1}}).remove_connections({{0, 1}}),
                    "remove_connections(): edge 0 -> 1 was removed earlier in this edit");
+  // Added back in the same edit, it came back with its trained weight, unlike a re-added neuron (refused).
+  NetworkEditor editor = edit(net);
+  editor.remove_connections({{0, 1}});
+  EXPECT_THROW_MSG(editor.add_connections({{0, 2}, {0, 1}}),
+                   "add_connections(): edge 0 -> 1 was removed earlier in this edit; build() first, then add it anew");
+  EXPECT_EQ(editor.build().network->num_connections(), net->num_connections() - 1);  // the refused call added nothing
   EXPECT_THROW_MSG(edit(net).add_hidden_neurons({20}).add_connections({{0, 20}}).remove_connections({{0, 20}, {0, 20}}),
                    "remove_connections(): edge 0 -> 20 is listed twice");
 }
@@ -261,9 +267,9 @@ TEST(Plasticity, RemovingByIndexIsRemovingByEdge) {
   }
   const int64_t c = t.num_connections() / 2;
   const Edge edge{t.label(t.conn_source()[c]), t.label(t.conn_target()[c])};
-  const auto back = edit(net).remove_connections_at({c}).add_connections({edge}).build().network;
-  EXPECT_EQ(back->num_connections(), net->num_connections());
-  EXPECT_TRUE(torch::equal(back->weight_tensor(), net->weight_tensor()));
+  // Removed by index, it is removed as by its edge: adding it back in the same edit is refused.
+  EXPECT_THROW_MSG(edit(net).remove_connections_at({c}).add_connections({edge}),
+                   "add_connections(): edge " + edge_str(edge) + " was removed earlier in this edit");
 }
 
 // ------------------------------------------------------- property: at scale

@@ -582,7 +582,15 @@ TEST(SparseTraining, BadInputNamesTheCulpritAndChangesNothing) {
                    "absent_connection_gradients(): connection 7 -> 6 would not run from a lower level to a higher "
                    "one (levels 1 and 1)");
   EXPECT_THROW_MSG(absent_connection_gradients(other, trace, {{NeuronId(0), NeuronId(2)}}),
+                   "absent_connection_gradients(): the trace was made by another network");
+  LevelTrace foreign_shape = trace;  // a hand-made trace of the wrong depth is told by its shape
+  foreign_shape.topology = nullptr;
+  EXPECT_THROW_MSG(absent_connection_gradients(other, foreign_shape, {{NeuronId(0), NeuronId(2)}}),
                    "absent_connection_gradients(): expected a trace of this network's 3 levels, got 4");
+  foreign_shape.topology = nullptr;
+  EXPECT_THROW_MSG(activation_scores(net, foreign_shape),
+                   "activation_scores(): the trace holds no network's structure; fill it with this network's "
+                   "forward(x, trace)");
   EXPECT_THROW_MSG(rigl.drop_fraction(-5), "Rewirer::drop_fraction(): expected a step >= 0, got -5");
   EXPECT_THROW_MSG(rigl.rewire(net, -1, &trace), "Rewirer::rewire(): expected a step >= 0, got -1");
   // A trace of an edited network has the same shapes but another meaning.
@@ -638,6 +646,11 @@ TEST(PruneByData, GradientScoresAreWeightTimesGradient) {
   EXPECT_TRUE(torch::equal(scores, (net->weight_tensor().detach() * net->weight_tensor().grad()).abs()));
   auto pruned = prune(net, PruneOptions().threshold(1e-3).scores(scores));
   EXPECT_EQ(pruned.network->num_connections(), net->num_connections() - (scores < 1e-3).sum().item<int64_t>());
+  // zero_grad() leaves gradients of 0, which would rank nothing.
+  torch::optim::SGD(net->parameters(), 0.1).zero_grad();
+  EXPECT_THROW_MSG(gradient_scores(net),
+                   "gradient_scores(): every weight's gradient is 0, so the scores would not rank the connections "
+                   "(after zero_grad(), call loss.backward() first)");
 }
 
 TEST(PruneByData, BadScoresAreRefused) {

@@ -127,6 +127,9 @@ Checkpoint open_network(const std::string& path) {
            : head.rfind("<?xml", 0) == 0 || head.rfind("<graphml", 0) == 0 ? "GraphML"
            : head.rfind("digraph", 0) == 0 || head.rfind("strict digraph", 0) == 0 ? "a Graphviz DOT file"
                                                                                    : "";
+    // Any other file that does not open a JSON object (past a byte-order mark and blanks) holds no network.
+    const size_t first = head.find_first_not_of(" \t\r\n", head.rfind("\xEF\xBB\xBF", 0) == 0 ? 3 : 0);
+    if (kind.empty() && first != std::string::npos && head[first] != '{') kind = "neither a connex checkpoint nor JSON";
   }
   if (!kind.empty())
     fail("{} is {}; connex reads a network from a checkpoint, a JSON config or a node-link JSON export", path, kind);
@@ -1376,14 +1379,8 @@ int cmd_predict(const std::string& path, const std::string& data, const std::str
   // classifier's label column (the most probable output's class, or the
   // output's label where it has none), then each output's probability.
   const bool classify = fitted && fitted->task == Task::Classification;
-  std::vector<std::string> header, output_names;
-  for (int64_t k = 0; k < net->num_outputs(); ++k) {
-    const std::string label = net->output_neurons()[k].plain();
-    if (classify)
-      output_names.push_back(k < static_cast<int64_t>(fitted->classes.size()) ? fitted->classes[k] : "output " + label);
-    else
-      output_names.push_back(fitted ? fitted->targets[k] : "output " + label);
-  }
+  std::vector<std::string> header;
+  const std::vector<std::string> output_names = (fitted ? *fitted : Preprocessing{}).output_names(net);
   if (classify) {
     header.push_back(fitted->targets[0]);
     for (const auto& name : output_names) header.push_back("p_" + name);

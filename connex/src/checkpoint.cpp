@@ -162,7 +162,7 @@ void save(const NeuralNetwork& network, const std::string& path, const torch::op
     entry["name"] = name;
     header["tensors"].push_back(std::move(entry));
   }
-  if (optimizer) header["optimizer"] = detail::write_optimizer(*network, *optimizer, data, path, "save()");
+  if (optimizer) header["optimizer"] = detail::write_optimizer(*network, *optimizer, data, path, "save()", "network");
   write_file_atomically(path, detail::pack_tensor_file(kMagic, kCheckpointVersion, header, data), "save()");
 }
 

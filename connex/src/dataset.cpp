@@ -320,6 +320,15 @@ void Preprocessing::check_fits(const NeuralNetwork& network, const std::string& 
   }
 }
 
+std::vector<std::string> Preprocessing::output_names(const NeuralNetwork& network) const {
+  const auto& named = task == Task::Classification ? classes : targets;
+  std::vector<std::string> names;
+  for (int64_t k = 0; k < network->num_outputs(); ++k)
+    names.push_back(k < static_cast<int64_t>(named.size()) ? named[k]
+                                                           : "output " + network->output_neurons()[k].plain());
+  return names;
+}
+
 TableDataset::TableDataset(torch::Tensor inputs, torch::Tensor targets)
     : inputs_(std::move(inputs)), targets_(std::move(targets)) {
   if (inputs_.dim() != 2 || targets_.dim() < 1 || targets_.size(0) != inputs_.size(0))

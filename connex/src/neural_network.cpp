@@ -590,6 +590,12 @@ torch::Tensor NeuralNetworkImpl::forward_fused_or_levels(const torch::Tensor& x,
 void check_trace(const NeuralNetworkImpl& network, const LevelTrace& trace, const char* context) {
   const Topology& t = network.topology();
   const size_t levels = t.levels().size();
+  // Named first: another network's levels may differ in shape as well.
+  if (trace.topology && trace.topology.get() != &t)
+    fail(
+        "{}: the trace was made by another network (an edited one keeps the shapes, not the meaning); fill it "
+        "with this network's forward(x, trace)",
+        context);
   if (trace.values.size() != levels)
     fail("{}: expected a trace of this network's {} levels, got {}", context, levels, trace.values.size());
   for (size_t l = 0; l < levels; ++l) {
@@ -598,11 +604,8 @@ void check_trace(const NeuralNetworkImpl& network, const LevelTrace& trace, cons
       fail("{}: level {} of the trace does not match this network's level of {} neurons", context, l,
            t.levels()[l].size());
   }
-  if (trace.topology.get() != &t)
-    fail(
-        "{}: the trace was made by another network (an edited one keeps the shapes, not the meaning); fill it "
-        "with this network's forward(x, trace)",
-        context);
+  if (!trace.topology)
+    fail("{}: the trace holds no network's structure; fill it with this network's forward(x, trace)", context);
 }
 
 torch::Tensor NeuralNetworkImpl::forward_levels(const torch::Tensor& x, LevelTrace* trace) {

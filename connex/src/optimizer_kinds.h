@@ -20,14 +20,13 @@ namespace connex {
 enum class OptimizerNaming { kName, kTitle };
 std::string list_optimizer_kinds(OptimizerNaming naming, const char* last_separator = " and ");
 
-// The names (as in network->named_parameters()) of the parameters of each of
-// the optimizer's groups. A parameter that is not the network's throws,
-// naming `context` and the group.
+// The names (as in module.named_parameters()) of the parameters of each of
+// the optimizer's groups. A parameter that is not the module's throws,
+// naming `context` and the group, calling the module `owner` ("network"),
+// and ending with `remedy`.
 std::vector<std::vector<std::string>> group_parameter_names(const torch::optim::Optimizer& optimizer,
-                                                            const NeuralNetwork& network, const std::string& context);
-std::vector<std::vector<std::string>> group_parameter_names(const torch::optim::Optimizer& optimizer,
-                                                            const torch::nn::Module& module,
-                                                            const std::string& context);
+                                                            const torch::nn::Module& module, const std::string& context,
+                                                            const char* owner, const std::string& remedy);
 
 // optimizer_after_edit for any module whose edit gives its moved entries as
 // (flattened) index pairs, as connex::ham's editor does; `context` starts the

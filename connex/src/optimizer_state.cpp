@@ -613,19 +613,12 @@ std::unique_ptr<torch::optim::Optimizer> optimizer_after_module_edit(const torch
 }
 
 std::vector<std::vector<std::string>> group_parameter_names(const torch::optim::Optimizer& optimizer,
-                                                            const NeuralNetwork& network, const std::string& context) {
-  return group_parameter_names(optimizer, *network, context);
-}
-
-std::vector<std::vector<std::string>> group_parameter_names(const torch::optim::Optimizer& optimizer,
-                                                            const torch::nn::Module& module,
-                                                            const std::string& context) {
+                                                            const torch::nn::Module& module, const std::string& context,
+                                                            const char* owner, const std::string& remedy) {
   HeldNames held = held_names(optimizer, module);
   if (held.foreign)
-    fail(
-        "{}: its group {} holds a parameter of shape [{}] that is not one of the network's (build the optimizer over "
-        "the network's parameters)",
-        context, held.foreign_group, fmt::join(held.foreign->sizes(), ", "));
+    fail("{}: the optimizer's group {} holds a parameter of shape [{}] that is not one of the {}'s ({})", context,
+         held.foreign_group, fmt::join(held.foreign->sizes(), ", "), owner, remedy);
   return std::move(held.names);
 }
 

@@ -258,6 +258,11 @@ int64_t NetworkEditor::base_dense(const NeuronId& id) const {
   return base_->dense_of(id);
 }
 
+int64_t NetworkEditor::base_connection(const Edge& edge) const {
+  const int64_t u = base_dense(edge.first), v = base_dense(edge.second);
+  return u >= 0 && v >= 0 ? base_->connection_index(u, v) : -1;
+}
+
 bool NetworkEditor::exists(const NeuronId& id) const { return added_roles_.count(id) || base_dense(id) >= 0; }
 
 Role NetworkEditor::role_of(const NeuronId& id) const {
@@ -279,16 +284,13 @@ NetworkEditor& NetworkEditor::add_connections(const std::vector<Edge>& edges) {
            edge.first);
     if (edge.first == edge.second)
       fail("add_connections(): edge {} would create the cycle {}", edge_str(edge), edge_str(edge));
+    // As for a neuron: bringing its old weight back would not be adding it, and drawing a new one is build()'s.
+    if (const int64_t c = base_connection(edge); c >= 0 && !removed_.empty() && removed_[c])
+      fail("add_connections(): edge {} was removed earlier in this edit; build() first, then add it anew",
+           edge_str(edge));
   }
-  for (const auto& edge : edges) {
-    const int64_t u = base_dense(edge.first), v = base_dense(edge.second);
-    const int64_t c = u >= 0 && v >= 0 ? base_->connection_index(u, v) : -1;
-    if (c >= 0) {
-      if (!removed_.empty()) removed_[c] = 0;  // a base connection: kept, or restored if removed earlier in this edit
-    } else if (added_edge_set_.insert(edge).second) {
-      added_edges_.push_back(edge);
-    }
-  }
+  for (const auto& edge : edges)
+    if (base_connection(edge) < 0 && added_edge_set_.insert(edge).second) added_edges_.push_back(edge);
   return *this;
 }
 

@@ -62,13 +62,14 @@ void check_state_complete(const SavedOptimizer& saved, const char* operation, co
 namespace detail {
 
 json write_optimizer(const torch::nn::Module& module, const torch::optim::Optimizer& optimizer, std::string& data,
-                     const std::string& path, const char* context) {
+                     const std::string& path, const char* context, const char* owner) {
   const std::string type = optimizer_type_name(optimizer);
   if (type == "other")
     fail("{}: cannot save the optimizer for {}: connex saves the state of {}", context, path,
          list_optimizer_kinds(OptimizerNaming::kTitle));
-  const auto names =
-      group_parameter_names(optimizer, module, fmt::format("{}: cannot save the optimizer for {}", context, path));
+  const auto names = group_parameter_names(
+      optimizer, module, fmt::format("{}: cannot save the optimizer for {}", context, path), owner,
+      fmt::format("a checkpoint keeps the optimizer state of the {}'s parameters only", owner));
   json groups = json::array(), state = json::object();
   for (size_t g = 0; g < names.size(); ++g) {
     const auto& group = optimizer.param_groups()[g];
@@ -246,7 +247,11 @@ void load_saved_optimizer(const SavedOptimizer& saved, torch::optim::Optimizer& 
     fail("{}: {} holds {} parameter group(s), but the optimizer has {}", context, path, saved.groups.size(),
          optimizer.param_groups().size());
   check_state_complete(saved, context, path);
-  const auto names = group_parameter_names(optimizer, module, fmt::format("{}: {}", context, path));
+  const auto names = group_parameter_names(
+      optimizer, module, fmt::format("{}: {}", context, path), owner,
+      fmt::format("build the optimizer over the {0}'s parameters; for one over another {0} of this structure, pass "
+                  "that {0} too",
+                  owner));
 
   // Build everything first, then install: an error leaves the optimizer as it was.
   std::vector<std::unique_ptr<torch::optim::OptimizerOptions>> options;

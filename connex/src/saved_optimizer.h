@@ -18,8 +18,9 @@
 namespace connex::detail {
 
 // The header's "optimizer" object; the state tensors' bytes go to `data`.
+// Messages call the module `owner` ("network").
 nlohmann::json write_optimizer(const torch::nn::Module& module, const torch::optim::Optimizer& optimizer,
-                               std::string& data, const std::string& path, const char* context);
+                               std::string& data, const std::string& path, const char* context, const char* owner);
 // Checks every group, option, state field and tensor against `module`.
 // Where the file names `parts`, their whole parameter takes the place of the
 // first one listed in the groups, and their state joins (rows without any

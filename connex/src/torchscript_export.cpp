@@ -218,7 +218,10 @@ void export_torchscript(const NeuralNetwork& network, const std::string& path, c
     const Preprocessing& p = preprocessing ? *preprocessing : none;
     module.register_attribute("feature_names", strings, names(p.features));
     module.register_attribute("target_names", strings, names(p.targets));
-    module.register_attribute("class_labels", strings, names(p.classes));
+    // One per output: an output added after training is named as it has no class.
+    module.register_attribute(
+        "class_labels", strings,
+        names(p.task == Task::Classification ? p.output_names(network) : std::vector<std::string>{}));
     module.define(script.source());
     module.eval();
     module.save(bytes);

@@ -51,6 +51,10 @@ struct Preprocessing {
   static Preprocessing from_json(const nlohmann::json& json, const std::string& where, const NeuralNetwork& network);
   // Throws unless its features match the network's inputs and its classes fit the outputs.
   void check_fits(const NeuralNetwork& network, const std::string& where) const;
+  // Each output's name, in output order: its class (classification) or its
+  // target column (regression), and "output <id>" for one without (an output
+  // added after training, or no preprocessing at all).
+  std::vector<std::string> output_names(const NeuralNetwork& network) const;
 };
 
 // Rows of inputs and targets, as torch::data examples. Inputs are float32

@@ -46,7 +46,8 @@ class NetworkEditor {
  public:
   explicit NetworkEditor(const NeuralNetwork& network);
 
-  // Connections that already exist are ignored.
+  // Connections that already exist are ignored; one this edit removed is
+  // refused (build() first, then add it anew with a drawn weight).
   NetworkEditor& add_connections(const std::vector<Edge>& edges);
   NetworkEditor& add_connections(const Adjacency& adjacency);
   NetworkEditor& remove_connections(const std::vector<Edge>& edges);
@@ -98,6 +99,8 @@ class NetworkEditor {
 
   // The neuron's dense id in the base network; -1 if it is not there or this edit removed it.
   int64_t base_dense(const NeuronId& id) const;
+  // The edge's index in the base network; -1 if it is not there or an end was removed.
+  int64_t base_connection(const Edge& edge) const;
   bool exists(const NeuronId& id) const;
   Role role_of(const NeuronId& id) const;
   void add_neurons(const std::vector<NeuronId>& ids, Role role, const char* context);

@@ -222,7 +222,7 @@ void save(const HAM& ham, const std::string& path, const torch::optim::Optimizer
     entry["name"] = name;
     header["tensors"].push_back(std::move(entry));
   }
-  if (optimizer) header["optimizer"] = detail::write_optimizer(*ham, *optimizer, data, path, "ham::save()");
+  if (optimizer) header["optimizer"] = detail::write_optimizer(*ham, *optimizer, data, path, "ham::save()", "HAM");
   write_file_atomically(path, detail::pack_tensor_file(kMagic, kCheckpointVersion, header, data), "ham::save()");
 }
 
