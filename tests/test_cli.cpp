@@ -220,6 +220,10 @@ TEST_F(CliBadInput, FilesThatHoldNoNetworkAreNamed) {
               std::string::npos)
         << r.err;
   }
+  spit(dir / "list.json", "[1, 2]");  // JSON, but not a config: the config reader says so
+  auto r = connex_cli("inspect list.json", dir);
+  EXPECT_NE(r.code, 0);
+  EXPECT_EQ(r.err.find("neither a connex checkpoint"), std::string::npos) << r.err;
 }
 
 // Regressions found by review.

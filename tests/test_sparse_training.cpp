@@ -649,8 +649,17 @@ TEST(PruneByData, GradientScoresAreWeightTimesGradient) {
   // zero_grad() leaves gradients of 0, which would rank nothing.
   torch::optim::SGD(net->parameters(), 0.1).zero_grad();
   EXPECT_THROW_MSG(gradient_scores(net),
-                   "gradient_scores(): every weight's gradient is 0, so the scores would not rank the connections "
-                   "(after zero_grad(), call loss.backward() first)");
+                   "gradient_scores(): every trainable weight's gradient is 0, so the scores would not rank the "
+                   "connections (after zero_grad(), call loss.backward() first)");
+  // Frozen connections' gradients are 0 by design; with every connection frozen there is nothing to rank wrong.
+  net->freeze(net->spec().edges());
+  traced_backward(net, torch::randn({5, 6}, torch::kFloat64), torch::randn({5, 3}, torch::kFloat64));
+  EXPECT_EQ(gradient_scores(net).sum().item<double>(), 0.0);
+  // Nor with no connection at all.
+  NeuralNetwork bare(GraphSpec::from_edges({}, {0}, {1}, {0, 1}), NeuralNetworkOptions().dtype(torch::kFloat64));
+  torch::mse_loss(bare->forward(torch::randn({2, 1}, torch::kFloat64)), torch::zeros({2, 1}, torch::kFloat64))
+      .backward();
+  EXPECT_EQ(gradient_scores(bare).numel(), 0);
 }
 
 TEST(PruneByData, BadScoresAreRefused) {

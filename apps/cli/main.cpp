@@ -127,9 +127,12 @@ Checkpoint open_network(const std::string& path) {
            : head.rfind("<?xml", 0) == 0 || head.rfind("<graphml", 0) == 0 ? "GraphML"
            : head.rfind("digraph", 0) == 0 || head.rfind("strict digraph", 0) == 0 ? "a Graphviz DOT file"
                                                                                    : "";
-    // Any other file that does not open a JSON object (past a byte-order mark and blanks) holds no network.
+    // Any other file whose first character (past a byte-order mark and blanks) starts no JSON value holds
+    // no network; a JSON value other than an object is left to the config reader, which says what it expects.
     const size_t first = head.find_first_not_of(" \t\r\n", head.rfind("\xEF\xBB\xBF", 0) == 0 ? 3 : 0);
-    if (kind.empty() && first != std::string::npos && head[first] != '{') kind = "neither a connex checkpoint nor JSON";
+    const std::string json_starts = "{[\"-0123456789tfn";
+    if (kind.empty() && first != std::string::npos && json_starts.find(head[first]) == std::string::npos)
+      kind = "neither a connex checkpoint nor JSON";
   }
   if (!kind.empty())
     fail("{} is {}; connex reads a network from a checkpoint, a JSON config or a node-link JSON export", path, kind);

@@ -310,11 +310,13 @@ torch::Tensor activation_scores(const NeuralNetwork& network, const LevelTrace& 
 torch::Tensor gradient_scores(const NeuralNetwork& network) {
   const auto& grad = network->weight_tensor().grad();
   if (!grad.defined()) fail("gradient_scores(): the weights have no gradient; call loss.backward() first");
-  // LibTorch's zero_grad() fills the gradients with 0 rather than dropping them.
-  if (!grad.ne(0).any().item<bool>())
+  // LibTorch's zero_grad() fills the gradients with 0 rather than dropping
+  // them. Frozen connections' gradients are 0 by design, so only the others count.
+  const auto trainable = network->frozen_connections().logical_not().to(grad.device());
+  if (trainable.any().item<bool>() && !grad.ne(0).logical_and(trainable).any().item<bool>())
     fail(
-        "gradient_scores(): every weight's gradient is 0, so the scores would not rank the connections (after "
-        "zero_grad(), call loss.backward() first)");
+        "gradient_scores(): every trainable weight's gradient is 0, so the scores would not rank the connections "
+        "(after zero_grad(), call loss.backward() first)");
   return (network->weight_tensor().detach() * grad).abs().to(torch::kCPU, torch::kFloat64);
 }
 

@@ -94,7 +94,8 @@ struct PruneOptions {
 torch::Tensor activation_scores(const NeuralNetwork& network, const LevelTrace& trace);
 // |w · dL/dw|, from weight_tensor().grad() after loss.backward(): the
 // first-order change of the loss when the connection is removed. Refused
-// when every gradient is 0 (zero_grad() with no backward() since).
+// when every gradient of an unfrozen connection is 0 (zero_grad() with no
+// backward() since).
 torch::Tensor gradient_scores(const NeuralNetwork& network);
 
 // The connections prune() would remove, weakest first (ties in connection order).
