@@ -14,7 +14,7 @@
 // carry over unchanged: new entries inside a surviving tensor share it, so
 // their bias correction is that of the tensor, not of a fresh optimizer.
 // New entries (and a field the new options read that the old state lacks)
-// start where a fresh optimizer starts them: 0, Adagrad's sum at its
+// start where a fresh optimizer starts them: 0, Adagrad's sum at its group's
 // initial_accumulator_value.
 #include <memory>
 #include <optional>
