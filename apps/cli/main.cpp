@@ -80,10 +80,18 @@ nlohmann::json read_json_file(const std::string& path) {
   return connex::detail::parse_json(read_file(path, "load_config()"), "load_config(): " + path);
 }
 
+// What open_network() read a network from.
+enum class NetworkFile {
+  Trained,      // a checkpoint, or a train --out directory's model.ckpt
+  Config,       // a JSON config (or, for an empty path, the embedded README one): initial weights
+  GraphExport,  // the node-link JSON export writes: trained weights, no preprocessing
+};
+
 // A JSON file: a network config, or the node-link graph export --format json writes.
-NeuralNetwork network_from_json_file(const std::string& path) {
+NeuralNetwork network_from_json_file(const std::string& path, NetworkFile& kind) {
   const auto doc = read_json_file(path);
-  if (connex::detail::is_node_link_graph(doc)) return from_node_link_json(doc, path);
+  kind = connex::detail::is_node_link_graph(doc) ? NetworkFile::GraphExport : NetworkFile::Config;
+  if (kind == NetworkFile::GraphExport) return from_node_link_json(doc, path);
   NeuralNetwork net = network_from_config(doc, path);
   const auto& graph = doc.at("graph");
   if (graph.contains("prebuilt") && graph.at("prebuilt") == "SparseMLP")
@@ -92,10 +100,16 @@ NeuralNetwork network_from_json_file(const std::string& path) {
   return net;
 }
 
-// A checkpoint, a JSON config or a node-link graph; empty path: the embedded README network.
-Checkpoint open_network(const std::string& path) {
-  if (path.empty())
+// A checkpoint, a JSON config or a node-link graph; empty path: the embedded
+// README network. `source`, when given, receives which it was.
+Checkpoint open_network(const std::string& path, NetworkFile* source = nullptr) {
+  NetworkFile unasked;
+  if (!source) source = &unasked;
+  *source = NetworkFile::Trained;
+  if (path.empty()) {
+    *source = NetworkFile::Config;
     return {network_from_config(nlohmann::json::parse(apps::kReadmeConfig), "embedded README config"), std::nullopt};
+  }
   if (!fs::exists(path)) fail("{}: no such file", path);
   if (fs::is_directory(path)) {  // a training run's --out
     const std::string model = (fs::path(path) / "model.ckpt").string();
@@ -136,7 +150,7 @@ Checkpoint open_network(const std::string& path) {
   }
   if (!kind.empty())
     fail("{} is {}; connex reads a network from a checkpoint, a JSON config or a node-link JSON export", path, kind);
-  return {network_from_json_file(path), std::nullopt};
+  return {network_from_json_file(path, *source), std::nullopt};
 }
 
 // Up front, before any work: `command`'s --out (when given) must name a
@@ -1308,19 +1322,18 @@ int cmd_predict(const std::string& path, const std::string& data, const std::str
   // The predictions take standard output: the log goes to standard error.
   if (out.empty()) spdlog::set_default_logger(spdlog::stderr_color_mt("predict"));
   // Names a missing file, or one that holds no network.
-  const Checkpoint ck = open_network(path);
-  std::error_code ec;
-  if (!fs::is_directory(path, ec) && !is_checkpoint(path)) {  // JSON: a config, or a graph export
-    if (!connex::detail::is_node_link_graph(read_json_file(path)))
-      fail(
-          "predict: {} holds a network's initial weights, never trained; give a checkpoint, a train --out directory "
-          "or a node-link JSON export",
-          path);
+  NetworkFile kind;
+  const Checkpoint ck = open_network(path, &kind);
+  if (kind == NetworkFile::Config)
+    fail(
+        "predict: {} holds a network's initial weights, never trained; give a checkpoint, a train --out directory "
+        "or a node-link JSON export",
+        path);
+  if (kind == NetworkFile::GraphExport)
     spdlog::warn(
         "{}: a node-link JSON export holds no preprocessing: every column of {} goes in as it is, in file order (a "
         "network trained on standardized columns predicts from the checkpoint)",
         path, data);
-  }
   NeuralNetwork net = ck.network;
   const auto& fitted = ck.preprocessing;
   // Read and parsed once: every column but the features stays text.

@@ -56,13 +56,14 @@ void check_options(const NeuralNetworkOptions& options) {
 // neuron to neuron; Connex's N(0, 0.1²) makes wide neurons saturate and
 // narrow ones nearly silent. A neuron without inputs is a constant; its bias
 // is drawn as for fan-in 1 (not 0, which would sit on ReLU's kink).
-// Returns (weight, bias) in float64.
-// The bound of a neuron's incoming weights and its bias.
+// initial_bound() is that bound for one neuron's weights and bias (also for
+// an edit's new entries, edited_parameters()).
 double initial_bound(const Topology& topo, int64_t dense) {
   const int64_t fan_in = topo.in_offsets()[dense + 1] - topo.in_offsets()[dense];
   return 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(fan_in, 1)));
 }
 
+// Returns (weight, bias) in float64.
 std::pair<torch::Tensor, torch::Tensor> initial_parameters(const Topology& topo, at::Generator& generator) {
   // Uniform draws in double (weights, then biases), scaled in place per
   // neuron: the same values as scaling with tensor ops, without their four

@@ -272,7 +272,9 @@ Role NetworkEditor::role_of(const NeuronId& id) const {
 
 NetworkEditor& NetworkEditor::add_connections(const std::vector<Edge>& edges) {
   // Check every edge before recording any, so a failed call leaves the editor as it was.
-  for (const auto& edge : edges) {
+  std::vector<int64_t> base(edges.size());  // each edge's base_connection(), looked up once
+  for (size_t i = 0; i < edges.size(); ++i) {
+    const Edge& edge = edges[i];
     for (const auto* id : {&edge.first, &edge.second})
       if (!exists(*id))
         fail("add_connections(): edge {} names neuron {}, which is not in the network", edge_str(edge), *id);
@@ -285,12 +287,13 @@ NetworkEditor& NetworkEditor::add_connections(const std::vector<Edge>& edges) {
     if (edge.first == edge.second)
       fail("add_connections(): edge {} would create the cycle {}", edge_str(edge), edge_str(edge));
     // As for a neuron: bringing its old weight back would not be adding it, and drawing a new one is build()'s.
-    if (const int64_t c = base_connection(edge); c >= 0 && !removed_.empty() && removed_[c])
+    base[i] = base_connection(edge);
+    if (base[i] >= 0 && !removed_.empty() && removed_[base[i]])
       fail("add_connections(): edge {} was removed earlier in this edit; build() first, then add it anew",
            edge_str(edge));
   }
-  for (const auto& edge : edges)
-    if (base_connection(edge) < 0 && added_edge_set_.insert(edge).second) added_edges_.push_back(edge);
+  for (size_t i = 0; i < edges.size(); ++i)
+    if (base[i] < 0 && added_edge_set_.insert(edges[i]).second) added_edges_.push_back(edges[i]);
   return *this;
 }
 
