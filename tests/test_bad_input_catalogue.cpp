@@ -689,7 +689,7 @@ std::vector<Case> make_catalogue() {
   // -------------------------------------------------------------------- cli
 #ifdef CONNEX_CLI
   add("cli", "NegativeEpochs", none, cli("train net.json --epochs -3 --out out"),
-      {"--epochs: must be an integer >= 0, got \"-3\""});
+      {"--epochs: must be an integer in [0, 2147483647], got \"-3\""});
   add("cli", "ZeroLearningRate", none, cli("train net.json --lr 0 --out out"),
       {"--lr: must be a number in (0, 1000000], got \"0\""});
   add("cli", "HugeLearningRate", none, cli("train net.json --lr 1e39 --out out"),
@@ -710,7 +710,11 @@ std::vector<Case> make_catalogue() {
   add("cli", "UnknownDevice", none, cli("train net.json --device tpu --out out"),
       {"--device must be cpu or cuda, got \"tpu\""});
   add("cli", "NonNumericEpochs", none, cli("train net.json --epochs many --out out"),
-      {"--epochs: must be an integer >= 0, got \"many\""});
+      {"--epochs: must be an integer in [0, 2147483647], got \"many\""});
+  add("cli", "EpochsBeyondAnInt", none, cli("train net.json --epochs 3000000000 --out out"),
+      {"--epochs: must be an integer in [0, 2147483647], got \"3000000000\""});
+  add("cli", "IntegerWithAnExponent", none, cli("train net.json --epochs 1e3 --out out"),
+      {"--epochs: must be an integer in [0, 2147483647], got \"1e3\""});
   add("cli", "UnknownFlag", none, cli("train net.json --epocs 3 --out out"), {"--epocs"});
   add("cli", "ZeroThreads", none, cli("--threads 0 train net.json --out out"),
       {"--threads: must be an integer in [1, 1024], got \"0\""});

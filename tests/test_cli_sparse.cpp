@@ -54,6 +54,34 @@ void expect_same_model(const std::string& a, const std::string& b) {
     EXPECT_TRUE(torch::equal(p.value(), *y->named_parameters().find(p.key()))) << p.key();
 }
 
+// `connex <args> --out stopped`, stopped by SIGTERM once its first epoch is
+// logged and resumed into resumed/ for the epochs left, then the whole run
+// into full/: the two models must agree. `done`: the epochs before the
+// signal; `resumed_log`: the resumed run's output.
+void stop_resume_and_compare(const TempDir& dir, const std::vector<std::string>& args, int epochs, int& done,
+                             std::string& resumed_log) {
+  auto with_out = [&](const std::string& out) {
+    auto a = args;
+    a.insert(a.end(), {"--epochs", std::to_string(epochs), "--out", out});
+    return a;
+  };
+  const pid_t pid = spawn_connex(with_out("stopped"), dir / "out.txt", dir / "err.txt", {}, dir.path);
+  for (int i = 0; i < 600 && slurp(dir / "out.txt").find("epoch     1/") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  kill(pid, SIGTERM);
+  ASSERT_EQ(wait_for(pid, std::chrono::seconds(60)), 1) << slurp(dir / "err.txt");
+  done = load_checkpoint(dir / "stopped/model.ckpt").training.at("epoch").get<int>();
+  ASSERT_LT(done, epochs) << "the run ended before the signal came";
+  auto r = connex_cli("train stopped --epochs " + std::to_string(epochs - done) + " --out resumed", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  resumed_log = r.out;
+  std::string full;
+  for (const auto& a : with_out("full")) full += a + " ";
+  ASSERT_EQ(connex_cli(full, dir).code, 0);
+  expect_same_model(dir / "full/model.ckpt", dir / "resumed/model.ckpt");
+}
+
 }  // namespace
 
 TEST(CliSparse, DensityDrawsTheExpectedConnectionsAndTrains) {
@@ -160,32 +188,66 @@ TEST(CliSparse, ARiglRunStoppedBySigtermResumesExactly) {
   write_regression_csv(dir / "d.csv", 64);
   spit(dir / "net.json", kMlp);
   const int epochs = 400;  // 16 steps an epoch; RigL rewires until step 4,800 (0.75 of the run)
-  const std::vector<std::string> args{
-      "train",    "net.json", "--data",         "d.csv", "--density",    "0.3",
-      "--lr",     "0.01",     "--seed",         "2",     "--batch-size", "4",
-      "--rewire", "rigl",     "--rewire-every", "50",    "--epochs",     std::to_string(epochs)};
-  auto with_out = [&](const std::string& out) {
-    auto a = args;
-    a.insert(a.end(), {"--out", out});
-    return a;
-  };
-  const pid_t pid = spawn_connex(with_out("stopped"), dir / "out.txt", dir / "err.txt", {}, dir.path);
-  for (int i = 0; i < 600 && slurp(dir / "out.txt").find("epoch     1/") == std::string::npos; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  kill(pid, SIGTERM);
-  ASSERT_EQ(wait_for(pid, std::chrono::seconds(60)), 1) << slurp(dir / "err.txt");
-  const int done = load_checkpoint(dir / "stopped/model.ckpt").training.at("epoch").get<int>();
-  ASSERT_LT(done, epochs) << "the run ended before the signal came";
-  auto r = connex_cli("train stopped --epochs " + std::to_string(epochs - done) + " --out resumed", dir);
-  ASSERT_EQ(r.code, 0) << r.err;
-  if (done < 280) EXPECT_FALSE(rewirings(r.out).empty()) << r.out;
-  std::string full;
-  for (const auto& a : with_out("full")) full += a + " ";
-  ASSERT_EQ(connex_cli(full, dir).code, 0);
-  expect_same_model(dir / "full/model.ckpt", dir / "resumed/model.ckpt");
+  int done = -1;
+  std::string log;
+  stop_resume_and_compare(dir,
+                          {"train", "net.json", "--data", "d.csv", "--density", "0.3", "--lr", "0.01", "--seed", "2",
+                           "--batch-size", "4", "--rewire", "rigl", "--rewire-every", "50"},
+                          epochs, done, log);
+  if (HasFatalFailure()) return;
+  if (done < 280) EXPECT_FALSE(rewirings(log).empty()) << log;
   EXPECT_EQ(load_checkpoint(dir / "resumed/model.ckpt").training.at("rewire").at("end_step"), 4800);
   RecordProperty("stopped_at_epoch", done);
+}
+
+// A random DAG's neurons move level as it rewires: the run's record keeps
+// the Rewirer's groups, so a run stopped and resumed still rewires as the
+// uninterrupted one (a Rewirer made from the resumed network's levels would not).
+TEST(CliSparse, AStoppedDagRunResumesWithItsGroups) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 64);
+  save_config(
+      NeuralNetwork(
+          nn::random_dag_spec(nn::RandomDagOptions().inputs(2).hidden(40).outputs(1).connections(150).depth(6).seed(2)),
+          NeuralNetworkOptions().hidden_activation("tanh")),
+      dir / "dag.json");
+  const int epochs = 4000;  // 16 steps an epoch, a few seconds; SET rewires until step 48,000 (0.75 of the run)
+  int done = -1;
+  std::string log;
+  stop_resume_and_compare(dir,
+                          {"train", "dag.json", "--data", "d.csv", "--lr", "0.01", "--seed", "2", "--batch-size", "4",
+                           "--rewire", "set", "--rewire-every", "40"},
+                          epochs, done, log);
+  if (HasFatalFailure()) return;
+  if (done < 2900) EXPECT_FALSE(rewirings(log).empty()) << log;
+  // The run did move neurons: its groups are not the stopped network's levels.
+  const auto stopped = load_checkpoint(dir / "stopped/model.ckpt");
+  const auto groups = RewireGroups::from_json(stopped.training.at("rewire").at("groups"));
+  EXPECT_NE(groups.members, Rewirer(stopped.network).groups().members);
+  RecordProperty("stopped_at_epoch", done);
+}
+
+// Groups that no longer fit the network (it was edited since) are made anew, with a warning.
+TEST(CliSparse, SavedGroupsThatNoLongerFitAreMadeAnew) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 60);
+  spit(dir / "net.json", kMlp);
+  ASSERT_EQ(connex_cli("train net.json --data d.csv --density 0.3 --batch-size 16 --rewire set --rewire-every 2 "
+                       "--epochs 2 --out run",
+                       dir)
+                .code,
+            0);
+  // Edited by a program that keeps the run's record (connex edit starts a new one).
+  const auto ck = load_checkpoint(dir / "run/model.ckpt");
+  const auto edited = edit(ck.network).add_hidden_neurons({500}).add_connections({{0, 500}, {500, 34}}).build();
+  save(edited.network, dir / "edited.ckpt", nullptr, nullptr, ck.training);
+  auto r = connex_cli("train edited.ckpt --data d.csv --epochs 2 --rewire-end 1 --out run2", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("rewiring: the run's saved groups do not fit the network (Rewirer(): neuron 500 of the "
+                       "network is in no group); made anew from its levels"),
+            std::string::npos)
+      << r.out;
+  EXPECT_FALSE(rewirings(r.out).empty()) << r.out;
 }
 
 TEST(CliSparse, RefusalsAreOneLineAndWriteNothing) {
@@ -218,7 +280,8 @@ TEST(CliSparse, RefusalsAreOneLineAndWriteNothing) {
            {"net.json --density 0.5 --drop-fraction 0.2", "train: --drop-fraction needs --rewire set or rigl"},
            {"net.json --density 0.5 --rewire none --rewire-every 5",
             "train: --rewire-every needs --rewire set or rigl"},
-           {"net.json --prune-at-epoch 0 --prune-fraction 0.5", "--prune-at-epoch: must be an integer >= 1, got \"0\""},
+           {"net.json --prune-at-epoch 0 --prune-fraction 0.5",
+            "--prune-at-epoch: must be an integer in [1, 2147483647], got \"0\""},
            {"net.json --prune-at-epoch 1 --prune-fraction 0",
             "--prune-fraction: must be a number in (0, 1], got \"0\""},
            {"net.json --prune-fraction 0.5",

@@ -1,5 +1,6 @@
 // connex::ham: Lagrangians against autograd, synapses' closed forms, energy
 // descent, clamping, training through the descent, edits, checkpoints, errors.
+#include <functional>
 #include <random>
 
 #include "connex/ham/checkpoint.h"
@@ -605,6 +606,13 @@ TEST(HamEdit, BadStepsAreRefusedNamingThemAndNothingChanges) {
                    "expected one floating-point weight per connection ([1])");
   EXPECT_THROW_MSG(H::edit(ham).add_neurons("a", {"u"}).remove_neurons("a", {"u", "u"}).build(),
                    "step 2 (remove_neurons \"a\"): neuron \"u\" is listed twice");
+  // Parameters follow labels: what an edit removed and added back would come back with its old values.
+  EXPECT_THROW_MSG(H::edit(ham).remove_connections("lat", {{"p", "q"}}).add_connections("lat", {{"q", "p"}}).build(),
+                   "ham::edit(): step 2 (add_connections \"lat\"): connection (\"q\", \"p\") was removed earlier in "
+                   "this edit; build() first, then add it anew");
+  EXPECT_THROW_MSG(H::edit(ham).remove_neurons("a", {"q"}).add_neurons("a", {"q"}).build(),
+                   "ham::edit(): step 2 (add_neurons \"a\"): neuron \"q\" was removed earlier in this edit; build() "
+                   "first, then add it anew");
   H::HAM conv;
   conv->add_layer("img", {1, 4, 4}, H::identity()).add_layer("tok", {3}, H::identity());
   conv->add_layer("toks", {2, 3}, H::identity()).add_synapse("att", H::attention(1, 2), {"toks"});
@@ -667,6 +675,16 @@ TEST(HamErrors, BadStructureIsRefusedNamingTheCulpritAndNothingChanges) {
   EXPECT_THROW_MSG(H::conv2d({3}), "conv2d(): expected the kernel as two integers in [1, 1048576], got [3]");
 }
 
+TEST(HamErrors, LayernormsParametersMustFitFloat) {
+  EXPECT_THROW_MSG(H::layernorm(1e300),
+                   "layernorm(): expected γ and |δ| at most 3.40282e+38 (float32's largest value), got γ = 1e+300 and "
+                   "δ = 0");
+  EXPECT_THROW_MSG(H::layernorm(1.0, -1e39), "got γ = 1 and δ = -1e+39");
+  EXPECT_THROW_MSG(
+      H::lagrangian_from_json({{"kind", "layernorm"}, {"gamma", 1e300}, {"delta", 0.0}, {"eps", 1e-5}}, "here"),
+      "here: layernorm(): expected γ and |δ| at most");
+}
+
 TEST(HamErrors, LayernormNeedsAFinitePositiveGamma) {
   EXPECT_THROW_MSG(H::layernorm(-1.0), "layernorm(): expected a finite γ > 0, got -1");
   EXPECT_THROW_MSG(H::layernorm(0.0), "layernorm(): expected a finite γ > 0, got 0");
@@ -715,6 +733,9 @@ TEST(HamErrors, StatesOnAnotherDeviceAreRefused) {
                    "makes them alike; .to() moves a state)");
   EXPECT_THROW_MSG(ham->energy(x), "energy(): layer \"a\"'s state is on meta");
   EXPECT_TRUE(ham->parameters()[0].device().is_cpu());
+  auto mask = torch::ones({3, 4}, torch::TensorOptions().dtype(torch::kBool).device(torch::kMeta));
+  EXPECT_THROW_MSG(ham->descend(ham->init_states(3), {}, {{"a", mask}}),
+                   "descend(): clamp \"a\": its mask is on meta and cannot be moved to the states' device, cpu");
   H::HAM bare;  // no parameters: the states agree among themselves
   bare->add_layer("p", {2}, H::tanh()).add_layer("q", {2}, H::tanh());
   EXPECT_THROW_MSG(bare->descend({{"p", torch::zeros({1, 2})}, {"q", torch::zeros({1, 2}, meta)}}),
@@ -788,6 +809,9 @@ TEST(HamErrors, BadStatesAndOptionsAreRefused) {
                    "descend(): layer \"a\"'s state is Double, but the HAM's parameters are Float (init_states() makes "
                    "them alike)");
   {
+    auto mask = torch::ones({3, 4}, torch::TensorOptions().dtype(torch::kBool).device(torch::kMeta));
+    EXPECT_THROW_MSG(ham->descend(ham->init_states(3), {}, {{"a", mask}}),
+                     "descend(): clamp \"a\": its mask is on meta and cannot be moved to the states' device, cpu");
     H::HAM bare;  // no parameters: the states agree among themselves
     bare->add_layer("p", {2}, H::tanh()).add_layer("q", {2}, H::tanh());
     EXPECT_THROW_MSG(bare->energy({{"p", torch::zeros({1, 2})}, {"q", torch::zeros({1, 2}, torch::kDouble)}}),
@@ -895,6 +919,42 @@ TEST(HamCheckpoint, OptimizerStateResumesTrainingExactly) {
   torch::optim::SGD stranger({torch::zeros({2}, torch::requires_grad())}, 0.1);
   EXPECT_THROW_MSG(H::save(ham, path, &stranger), "ham::save(): cannot save the optimizer for");
   EXPECT_EQ(slurp(path), before);
+}
+
+TEST(HamCheckpoint, FrozenParametersStayFrozen) {
+  TempDir dir;
+  auto ham = editable_ham();
+  ham->named_parameters()["synapses.ab.weight"].requires_grad_(false);
+  H::save(ham, dir / "ham.ckpt");
+  auto back = H::load(dir / "ham.ckpt");
+  for (const auto& p : back->named_parameters())
+    EXPECT_EQ(p.value().requires_grad(), p.key() != "synapses.ab.weight") << p.key();
+  // A name that is not a parameter is refused.
+  auto bad = reseal_checkpoint(slurp(dir / "ham.ckpt"), [](nlohmann::json& h, uint32_t&) { h["frozen"] = {"nope"}; });
+  spit(dir / "bad.ckpt", bad);
+  EXPECT_THROW_MSG(H::load(dir / "bad.ckpt"), "/frozen names \"nope\", which is not a parameter of its HAM");
+}
+
+TEST(HamCheckpoint, UnknownKeysAreRefused) {
+  TempDir dir;
+  H::save(editable_ham(), dir / "ham.ckpt");
+  const std::string good = slurp(dir / "ham.ckpt");
+  auto refused = [&](const std::function<void(nlohmann::json&)>& change, const std::string& message) {
+    spit(dir / "bad.ckpt", reseal_checkpoint(good, [&](nlohmann::json& h, uint32_t&) { change(h); }));
+    EXPECT_THROW_MSG(H::load(dir / "bad.ckpt"), message);
+  };
+  refused([](nlohmann::json& h) { h["bogus"] = 1; },
+          "\"bogus\" is not a key of a HAM checkpoint's header (structure, tensors, dtype, frozen, optimizer)");
+  refused([](nlohmann::json& h) { h["structure"]["extra"] = 1; },
+          ": /structure: \"extra\" is not a key of a HAM's structure (layers, synapses)");
+  refused([](nlohmann::json& h) { h["structure"]["layers"][0]["colour"] = "red"; },
+          ": /structure/layers/0: \"colour\" is not a key of a layer (name, tau, lagrangian, neurons, shape)");
+  refused([](nlohmann::json& h) { h["structure"]["layers"][1]["lagrangian"]["betta"] = 5; },
+          "/structure/layers/1/lagrangian: \"betta\" is not a key of a Lagrangian (kind, gamma, delta, eps)");
+  refused([](nlohmann::json& h) { h["structure"]["synapses"][0]["weight"] = 1; },
+          "/structure/synapses/0: \"weight\" is not a key of a synapse entry (name, layers, synapse)");
+  refused([](nlohmann::json& h) { h["structure"]["synapses"][0]["synapse"]["bias "] = true; },
+          "/structure/synapses/0/synapse: \"bias \" is not a key of a synapse (kind, bias)");
 }
 
 TEST(HamCheckpoint, BadFilesAreRefusedNamingTheFileAndNothingIsWritten) {

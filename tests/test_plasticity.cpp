@@ -638,7 +638,7 @@ TEST(Plasticity, FollowEditKeepsAHeadInItsGroup) {
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(head->parameters(), std::make_unique<torch::optim::AdamOptions>(0.05));
   groups.emplace_back(net->parameters(), std::make_unique<torch::optim::AdamOptions>(0.01));
-  torch::optim::Adam adam(std::move(groups));
+  torch::optim::Adam adam(std::move(groups), torch::optim::AdamOptions(7e-4));
   torch::optim::StepLR schedule(adam, 1, 0.5);
   const auto x = torch::randn({8, 1}), y = torch::randn({8, 1});
   for (int i = 0; i < 3; ++i) {
@@ -654,6 +654,8 @@ TEST(Plasticity, FollowEditKeepsAHeadInItsGroup) {
   const auto copy = optimizer_after_edit(adam, net, result);
   ASSERT_EQ(copy->param_groups().size(), 2u);
   EXPECT_TRUE(copy->param_groups()[0].params()[0].is_same(head->weight));
+  // The defaults too (what a group added later without options takes), not the first group's options.
+  EXPECT_DOUBLE_EQ(static_cast<const torch::optim::AdamOptions&>(copy->defaults()).lr(), 7e-4);
   follow_edit(adam, net, result);
   ASSERT_EQ(adam.param_groups()[0].params().size(), 2u);
   EXPECT_TRUE(adam.param_groups()[0].params()[0].is_same(head->weight));

@@ -1,6 +1,7 @@
 // Dynamic sparse training (SET, RigL) and pruning by data: the gradient of
 // absent connections against explicit zero-weight ones, the rewiring
 // invariants over many rewirings, the schedule, and bad input.
+#include <functional>
 #include <map>
 #include <numeric>
 #include <random>
@@ -532,6 +533,107 @@ TEST(SparseTraining, SetIsReproducibleAndDrawsDifferentlyPerSeed) {
   };
   EXPECT_EQ(run(5), run(5));
   EXPECT_NE(run(5), run(6));
+}
+
+// A resumed run rewires as the uninterrupted one with the Rewirer's saved
+// groups: on a random DAG some neuron moves level within a few rewirings,
+// and a Rewirer made from the resumed network's levels would differ.
+TEST(SparseTraining, SavedGroupsResumeAsTheUninterruptedRun) {
+  const NeuralNetwork start(
+      nn::random_dag_spec(nn::RandomDagOptions().inputs(8).hidden(40).outputs(3).connections(300).depth(4).seed(3)),
+      kTanh64);
+  const auto options = RewireOptions().seed(11).drop_fraction(0.3);
+  // Rewirings from step `first` on; weights redrawn per step, as training would move them.
+  auto run = [&](Rewirer& rewirer, NeuralNetwork net, int64_t first, int64_t last) {
+    for (int64_t step = first; step < last; ++step) {
+      {
+        torch::NoGradGuard no_grad;
+        torch::manual_seed(static_cast<uint64_t>(step));
+        net->weight_tensor().uniform_(-1, 1);
+      }
+      net = rewirer.rewire(net, step).network;
+    }
+    return net;
+  };
+  Rewirer whole(start, options);
+  const auto uninterrupted = run(whole, start, 0, 16);
+  // Stopped at the first step after which some neuron is off its group's level.
+  Rewirer first_part(start, options);
+  NeuralNetwork middle = start;
+  int64_t stop = 0;
+  while (stop < 8 && Rewirer(middle, options).groups().members == first_part.groups().members)
+    middle = run(first_part, middle, stop, stop + 1), ++stop;
+  ASSERT_LT(stop, 8) << "no neuron moved level";
+  const auto saved = first_part.groups().to_json();
+  Rewirer resumed(middle, RewireGroups::from_json(nlohmann::json::parse(saved.dump())), options);
+  EXPECT_EQ(resumed.groups().members, first_part.groups().members);
+  EXPECT_EQ(resumed.groups().grows_from, first_part.groups().grows_from);
+  EXPECT_EQ(run(resumed, middle, stop, 16)->spec().edges(), uninterrupted->spec().edges());
+  Rewirer from_levels(middle, options);
+  EXPECT_NE(run(from_levels, middle, stop, 16)->spec().edges(), uninterrupted->spec().edges());
+}
+
+// Growth keeps the graph acyclic by running only from a group to a later
+// one; a connection added since the Rewirer was made that runs the other way
+// is refused at the next rewiring, before growth could close a cycle.
+TEST(SparseTraining, AConnectionAgainstTheGroupsIsRefused) {
+  const NeuralNetwork net(nn::sparse_layered_spec({4, 3, 3, 2}, nn::SparseLayersOptions().density(0.4).seed(1)),
+                          kTanh64);
+  Rewirer rewirer(net, RewireOptions().seed(4));
+  const auto back = add_connections(net, {{7, 5}});  // layer 2 -> layer 1: acyclic, so the edit takes it
+  const auto edges = back->spec().edges();
+  EXPECT_THROW_MSG(rewirer.rewire(back, 0),
+                   "Rewirer::rewire(): connection 7 -> 5 runs from group 2 back to group 1 (the groups are the "
+                   "levels when the Rewirer was made; growing along them could close a cycle); make a Rewirer for "
+                   "this network");
+  EXPECT_EQ(back->spec().edges(), edges);
+  // The same groups handed to a new Rewirer are refused alike; the network's own levels serve.
+  EXPECT_THROW_MSG(Rewirer(back, rewirer.groups()), "Rewirer(): connection 7 -> 5 runs from group 2 back to group 1");
+  for (int64_t step = 0; step < 20; ++step) EXPECT_NO_THROW(Rewirer(back, RewireOptions().seed(4)).rewire(back, step));
+  // Within a group, a connection added since is kept to: growth never adds one there.
+  EXPECT_NO_THROW(rewirer.rewire(add_connections(net, {{4, 5}}), 0));
+}
+
+TEST(SparseTraining, SavedGroupsThatDoNotFitAreRefused) {
+  const NeuralNetwork net(nn::sparse_layered_spec({4, 3, 3, 2}, nn::SparseLayersOptions().density(0.4).seed(1)),
+                          kTanh64);
+  const RewireGroups good = Rewirer(net).groups();
+  ASSERT_EQ(good.members.size(), 4u);
+  auto changed = [&](const std::function<void(RewireGroups&)>& change) {
+    RewireGroups g = good;
+    change(g);
+    return g;
+  };
+  EXPECT_THROW_MSG(Rewirer(net, changed([](RewireGroups& g) { g.grows_from.pop_back(); })),
+                   "Rewirer(): expected members and grows_from for each group alike, got 4 and 3 lists");
+  EXPECT_THROW_MSG(Rewirer(net, RewireGroups{}), "Rewirer(): expected members and grows_from for each group alike");
+  EXPECT_THROW_MSG(Rewirer(net, changed([](RewireGroups& g) {
+                             g.grows_from[2] = {1, 0};
+                           })),
+                   "Rewirer(): group 2 may grow only from earlier groups, in ascending order, got [1, 0]");
+  EXPECT_THROW_MSG(Rewirer(net, changed([](RewireGroups& g) { g.grows_from[1] = {1}; })),
+                   "Rewirer(): group 1 may grow only from earlier groups, in ascending order, got [1]");
+  EXPECT_THROW_MSG(Rewirer(net, changed([](RewireGroups& g) { g.members[2].push_back(g.members[1].front()); })),
+                   "Rewirer(): neuron 4 is in groups 1 and 2");
+  EXPECT_THROW_MSG(Rewirer(net, changed([](RewireGroups& g) { g.members[3].pop_back(); })),
+                   "Rewirer(): neuron 11 of the network is in no group");
+  EXPECT_THROW_MSG(Rewirer(net, changed([](RewireGroups& g) { g.members[3].push_back(99); })),
+                   "Rewirer(): neuron 99 is not in the network");
+  EXPECT_THROW_MSG(Rewirer(net, changed([](RewireGroups& g) { std::swap(g.members[0].back(), g.members[1].back()); })),
+                   "Rewirer(): group 0 holds the inputs, and only them; got hidden neuron 6 in group 0");
+  EXPECT_THROW_MSG(RewireGroups::from_json(nlohmann::json::array(), "saved"),
+                   "saved: expected {\"members\": [[neuron ids], ...], \"grows_from\": [[groups], ...]}, got []");
+  EXPECT_THROW_MSG(RewireGroups::from_json({{"members", {{0, 1.5}}}, {"grows_from", {{}}}}, "saved"),
+                   "saved: /members/0/1 must be an integer or a string neuron id, got 1.5");
+  EXPECT_THROW_MSG(RewireGroups::from_json({{"members", {1}}, {"grows_from", {{}}}}, "saved"),
+                   "saved: /members must hold one list per group, got 1");
+  EXPECT_THROW_MSG(RewireGroups::from_json({{"members", {{0}}}, {"grows_from", {{"a"}}}}, "saved"),
+                   "saved: /grows_from/0 must list group numbers, got \"a\"");
+  const auto round = RewireGroups::from_json(good.to_json());
+  EXPECT_EQ(round.members, good.members);
+  EXPECT_EQ(round.grows_from, good.grows_from);
+  EXPECT_THROW_MSG(Rewirer(net, RewireOptions().method(static_cast<RewireMethod>(7))),
+                   "Rewirer(): expected a RewireMethod (SET or RigL), got 7");
 }
 
 TEST(SparseTraining, DropFractionFollowsTheCosineSchedule) {

@@ -283,6 +283,8 @@ TEST(Prune, RejectsBadOptionsByName) {
   EXPECT_THROW_MSG(prune(net, PruneOptions().fraction(1.5)), "prune(): expected a fraction in [0, 1], got 1.5");
   EXPECT_THROW_MSG(prune(net, PruneOptions().threshold(-1)), "prune(): expected a finite threshold >= 0, got -1");
   EXPECT_THROW_MSG(prune(net, PruneOptions().fraction(0.1).keep_min(-2)), "prune(): expected keep_min >= 0, got -2");
+  EXPECT_THROW_MSG(prune(net, PruneOptions().fraction(0.1).scope(static_cast<PruneScope>(9))),
+                   "prune(): expected a PruneScope (Global, PerNeuron or PerLevel), got 9");
   EXPECT_THROW_MSG(prune(net, PruneOptions().threshold(0.1).scope(PruneScope::PerNeuron)),
                    "prune(): a scope other than Global applies to a fraction (each group's weakest share), got "
                    "PerNeuron with a threshold, which removes every connection below it in any scope");

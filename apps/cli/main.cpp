@@ -289,6 +289,9 @@ struct DataArgs {
 
 // Number checks for options. (CLI11's own range checks print the whole
 // double range in their messages; these say what is wanted.)
+// The largest value of an int flag; an int64_t flag's bound is 9e15 (below 2^53, exact in a double).
+constexpr double kIntMax = std::numeric_limits<int>::max();
+
 CLI::Validator number_in(double low, double high, bool integer, bool low_open = false, bool high_open = false) {
   std::string what = integer ? "an integer" : "a number";
   if (high == HUGE_VAL)
@@ -301,7 +304,9 @@ CLI::Validator number_in(double low, double high, bool integer, bool low_open = 
         errno = 0;
         const double v = std::strtod(text.c_str(), &end);
         const bool parsed = !text.empty() && end && *end == '\0' && errno == 0 && std::isfinite(v);
-        if (!parsed || (integer && v != std::floor(v)) || v < low || (low_open && v == low) || v > high ||
+        // An integer is its digits: CLI11 converts no exponent or fraction (1e3, 100.0).
+        const bool digits = text.find_first_not_of("+-0123456789") == std::string::npos;
+        if (!parsed || (integer && (v != std::floor(v) || !digits)) || v < low || (low_open && v == low) || v > high ||
             (high_open && v == high))
           return fmt::format("must be {}, got \"{}\"", what, text);
         return std::string();
@@ -348,7 +353,7 @@ struct TrainArgs {
   bool overwrite = false;  // train only: --out may replace another run
   void add_to(CLI::App* cmd, int default_epochs) {
     epochs = default_epochs;
-    cmd->add_option("--epochs", epochs, "epochs")->check(number_in(0, HUGE_VAL, true))->capture_default_str();
+    cmd->add_option("--epochs", epochs, "epochs")->check(number_in(0, kIntMax, true))->capture_default_str();
     cmd->add_option("--batch-size", batch_size, "mini-batch size (0: full batch; default: a resumed run's, else 0)")
         ->check(number_in(0, 9.0e15, true));
     // Above 1e6 no optimizer does anything useful, and float32 state overflows near 3.4e38.
@@ -454,7 +459,7 @@ struct DistributedArgs {
                     "run N local worker processes, data parallel (no rendezvous port; Gloo on loopback)")
         ->check(number_in(1, 256, true));
     cmd->add_option("--rank", rank, "this process's rank in a multi-process run (default: $RANK)")
-        ->check(number_in(0, HUGE_VAL, true));
+        ->check(number_in(0, kIntMax, true));
     cmd->add_option("--world-size", world_size, "number of processes in the run (default: $WORLD_SIZE, else 1)")
         ->check(number_in(1, 1 << 20, true));
     cmd->add_option("--master-addr", master_addr,
@@ -1583,7 +1588,7 @@ void add_train_command(CLI::App& app, Commands& c) {
   c.train_args.add_to(c.train, 1000);
   c.dist.add_to(c.train);
   c.train->add_option("--prune-at-epoch", c.train_args.prune_at_epoch, "prune after this epoch (with --prune-fraction)")
-      ->check(number_in(1, HUGE_VAL, true));
+      ->check(number_in(1, kIntMax, true));
   c.train
       ->add_option("--prune-fraction", c.train_args.prune_fraction,
                    "fraction of connections to prune at --prune-at-epoch, weakest |w| first")
@@ -1595,10 +1600,10 @@ void add_train_command(CLI::App& app, Commands& c) {
   c.train
       ->add_option("--prune-keep-min", c.train_args.prune_keep_min,
                    "at --prune-at-epoch every neuron keeps at least this many incoming connections (default 0)")
-      ->check(number_in(0, HUGE_VAL, true));
+      ->check(number_in(0, 9.0e15, true));
   c.train
       ->add_option("--checkpoint-every", c.train_args.checkpoint_every, "write --out every this many epochs (rank 0)")
-      ->check(number_in(0, HUGE_VAL, true));
+      ->check(number_in(0, kIntMax, true));
   c.train->add_option("--out", c.out, "directory for model.ckpt, metrics.csv, metrics.json, config.json");
   c.train->add_flag("--overwrite", c.train_args.overwrite,
                     "let --out replace another run's files (resuming a run in place needs no flag)");
@@ -1616,7 +1621,7 @@ void add_prune_command(CLI::App& app, Commands& c) {
                    "which connections compete for --fraction: global, neuron (into each neuron) or level")
       ->check(CLI::IsMember({"global", "neuron", "level"}));
   c.prune->add_option("--keep-min", c.prune_args.keep_min, "every neuron keeps at least this many incoming connections")
-      ->check(number_in(0, HUGE_VAL, true));
+      ->check(number_in(0, 9.0e15, true));
   c.prune->add_flag("--protect-outputs", c.prune_args.protect_outputs, "never prune connections into outputs");
   c.prune->add_flag("--include-frozen", c.prune_args.include_frozen,
                     "prune frozen connections too (by default they are kept)");

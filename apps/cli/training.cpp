@@ -276,6 +276,10 @@ RewireSettings rewire_from_json(const nlohmann::json& json, const std::string& w
   r.end_step = integer("end_step", 0);
   r.drop_fraction = json.at("drop_fraction").get<double>();
   if (!(r.drop_fraction >= 0 && r.drop_fraction < 1)) fail("{}: /training/rewire must be {}", where, expected);
+  if (json.contains("groups")) {  // absent in checkpoints of earlier versions
+    RewireGroups::from_json(json.at("groups"), where + ": /training/rewire/groups");
+    r.groups = json.at("groups");
+  }
   return r;
 }
 
@@ -288,11 +292,13 @@ nlohmann::json Progress::to_json() const {
   if (!data.empty()) out["data"] = {{"path", data}, {"bytes", data_bytes}, {"modified", data_modified}};
   out["shuffle_state"] = state_json(shuffle_state);
   out["dropout_state"] = state_json(dropout_state);
-  if (rewire.active())
+  if (rewire.active()) {
     out["rewire"] = {{"method", rewire.method},
                      {"every", rewire.every},
                      {"drop_fraction", rewire.drop_fraction},
                      {"end_step", rewire.end_step}};
+    if (!rewire.groups.is_null()) out["rewire"]["groups"] = rewire.groups;
+  }
   return out;
 }
 
@@ -586,8 +592,9 @@ class Trainer {
     return total;
   }
 
-  // The Rewirer of progress_.rewire, made once per call from the network it
-  // starts with; sets the end step first when options_.rewire_end asks.
+  // The Rewirer of progress_.rewire, made once per call: with the groups
+  // the run saved, else (a first run, or a network edited since) from the
+  // network's levels. Sets the end step first when options_.rewire_end asks.
   void plan_rewiring() {
     RewireSettings& r = progress_.rewire;
     if (!r.active()) return;
@@ -595,11 +602,21 @@ class Trainer {
       const int64_t total = progress_.steps + options_.epochs * batches_.count - progress_.batch;
       r.end_step = std::max<int64_t>(1, std::llround(*options_.rewire_end * static_cast<double>(total)));
     }
-    rewirer_.emplace(network_, RewireOptions()
-                                   .method(rewire_method_from_name(r.method))
-                                   .drop_fraction(r.drop_fraction)
-                                   .end_step(r.end_step)
-                                   .seed(options_.seed));
+    const auto options = RewireOptions()
+                             .method(rewire_method_from_name(r.method))
+                             .drop_fraction(r.drop_fraction)
+                             .end_step(r.end_step)
+                             .seed(options_.seed);
+    if (!r.groups.is_null()) {
+      try {
+        rewirer_.emplace(network_, RewireGroups::from_json(r.groups), options);
+      } catch (const Error& e) {
+        spdlog::warn("rewiring: the run's saved groups do not fit the network ({}); made anew from its levels",
+                     e.what());
+      }
+    }
+    if (!rewirer_) rewirer_.emplace(network_, options);
+    r.groups = rewirer_->groups().to_json();
     say_planned_rewirings();
   }
 

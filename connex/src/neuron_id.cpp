@@ -1,5 +1,7 @@
 #include "connex/neuron_id.h"
 
+#include <ostream>
+
 namespace connex {
 
 std::string NeuronId::str() const {
@@ -40,6 +42,8 @@ std::optional<std::string> id_text_problem(const std::string& text) {
   }
   return std::nullopt;
 }
+
+std::ostream& operator<<(std::ostream& out, const NeuronId& id) { return out << id.str(); }
 
 std::string NeuronId::plain() const { return is_integer() ? std::to_string(as_integer()) : as_string(); }
 

@@ -359,14 +359,16 @@ const OptimizerKind* kind_of(const optim::OptimizerOptions& options) {
 }  // namespace
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& type,
-                                                        std::vector<torch::optim::OptimizerParamGroup> groups) {
+                                                        std::vector<torch::optim::OptimizerParamGroup> groups,
+                                                        const torch::optim::OptimizerOptions* defaults) {
   const OptimizerKind& kind = kind_named(type);
   if (groups.empty() || !groups[0].has_options()) fail("make_optimizer(): expected at least one group with options");
   for (size_t g = 0; g < groups.size(); ++g)
     if (!groups[g].has_options() || !kind.is_options(groups[g].options()))
       fail("make_optimizer(): group {} needs {} options", g, type);
-  const auto defaults = groups[0].options().clone();
-  return kind.make(std::move(groups), *defaults);
+  if (defaults && !kind.is_options(*defaults)) fail("make_optimizer(): the defaults need {} options", type);
+  const auto owned = (defaults ? *defaults : groups[0].options()).clone();
+  return kind.make(std::move(groups), *owned);
 }
 
 namespace {
@@ -546,7 +548,7 @@ std::unique_ptr<torch::optim::Optimizer> after_edit(const torch::optim::Optimize
   for (const auto& item : parameters)
     if (!placed.count(item.key()) && !old_parameters.contains(item.key()))
       groups[home].params().push_back(item.value());
-  auto next = make_optimizer(type, std::move(groups));
+  auto next = make_optimizer(type, std::move(groups), &old_optimizer.defaults());
   transfer_state(old_optimizer, old_module, *next, new_module, remap, old_keys, new_keys);
   return next;
 }

@@ -1,6 +1,7 @@
 #include "connex/sparse_training.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cmath>
 #include <cstring>
@@ -14,6 +15,8 @@
 #include <torch/torch.h>
 
 #include "connex/error.h"
+#include "config_codec.h"
+#include "json_input.h"
 #include "edit_build.h"
 #include "trace_check.h"
 #include "work_share.h"
@@ -338,7 +341,71 @@ std::vector<std::vector<int64_t>> select_weakest(const Topology& t, double share
 
 }  // namespace
 
-Rewirer::Rewirer(const NeuralNetwork& network, RewireOptions options) : options_(options), random_(options.seed()) {
+namespace {
+
+// A network's groups as its levels give them: each level's neurons, and the
+// levels that feed it.
+RewireGroups level_groups(const NeuralNetwork& network) {
+  const Topology& t = network->topology();
+  const size_t levels = t.levels().size();
+  RewireGroups groups;
+  groups.members.assign(levels, {});
+  std::vector<std::set<int64_t>> feeds(levels);
+  for (int64_t d = 0; d < t.num_neurons(); ++d) groups.members[t.level_of(d)].push_back(t.label(d));
+  for (int64_t c = 0; c < t.num_connections(); ++c)
+    feeds[t.level_of(t.conn_target()[c])].insert(t.level_of(t.conn_source()[c]));
+  for (const auto& f : feeds) groups.grows_from.emplace_back(f.begin(), f.end());
+  return groups;
+}
+
+std::string list_str(const std::vector<int64_t>& values) { return fmt::format("[{}]", fmt::join(values, ", ")); }
+
+}  // namespace
+
+nlohmann::json RewireGroups::to_json() const {
+  nlohmann::json out{{"members", nlohmann::json::array()}, {"grows_from", grows_from}};
+  for (const auto& group : members) {
+    auto& ids = out["members"].emplace_back(nlohmann::json::array());
+    for (const auto& id : group) ids.push_back(id_to_json(id));
+  }
+  return out;
+}
+
+RewireGroups RewireGroups::from_json(const nlohmann::json& json, const std::string& source) {
+  const char* expected = "{\"members\": [[neuron ids], ...], \"grows_from\": [[groups], ...]}";
+  auto lists = [&](const char* key) -> const nlohmann::json& {
+    if (!json.is_object() || !json.contains(key) || !json.at(key).is_array())
+      fail("{}: expected {}, got {}", source, expected, detail::excerpt(json));
+    for (const auto& list : json.at(key))
+      if (!list.is_array()) fail("{}: /{} must hold one list per group, got {}", source, key, detail::excerpt(list));
+    return json.at(key);
+  };
+  RewireGroups groups;
+  const auto& members = lists("members");
+  for (size_t g = 0; g < members.size(); ++g) {
+    groups.members.emplace_back();
+    for (size_t k = 0; k < members[g].size(); ++k)
+      groups.members.back().push_back(id_from_json(members[g][k], source, fmt::format("/members/{}/{}", g, k)));
+  }
+  const auto& grows_from = lists("grows_from");
+  for (size_t g = 0; g < grows_from.size(); ++g) {
+    groups.grows_from.emplace_back();
+    for (const auto& h : grows_from[g]) {
+      if (!h.is_number_integer())
+        fail("{}: /grows_from/{} must list group numbers, got {}", source, g, detail::excerpt(h));
+      groups.grows_from.back().push_back(h.get<int64_t>());
+    }
+  }
+  return groups;
+}
+
+Rewirer::Rewirer(const NeuralNetwork& network, RewireOptions options)
+    : Rewirer(network, level_groups(network), options) {}
+
+Rewirer::Rewirer(const NeuralNetwork& network, RewireGroups groups, RewireOptions options)
+    : options_(options), random_(options.seed()) {
+  if (options.method() != RewireMethod::SET && options.method() != RewireMethod::RigL)
+    fail("Rewirer(): expected a RewireMethod (SET or RigL), got {}", static_cast<int>(options.method()));
   if (!(options.drop_fraction() >= 0 && options.drop_fraction() < 1))
     fail("Rewirer(): expected drop_fraction in [0, 1), got {}", options.drop_fraction());
   if (options.end_step() < 0) fail("Rewirer(): expected end_step >= 0, got {}", options.end_step());
@@ -347,19 +414,71 @@ Rewirer::Rewirer(const NeuralNetwork& network, RewireOptions options) : options_
         "Rewirer(): RigL expected a network without per-level operations (they change what a connection's "
         "gradient is), got {}",
         network->operations().front()->name());
-  const Topology& t = network->topology();
-  const size_t levels = t.levels().size();
-  members_.assign(levels, {});
-  roles_.assign(levels, {});
-  std::vector<std::set<int64_t>> feeds(levels);
-  for (int64_t d = 0; d < t.num_neurons(); ++d) {
-    group_.emplace(t.label(d), t.level_of(d));
-    members_[t.level_of(d)].push_back(t.label(d));
-    roles_[t.level_of(d)].push_back(t.role(d));
+  if (groups.members.empty() || groups.grows_from.size() != groups.members.size())
+    fail("Rewirer(): expected members and grows_from for each group alike, got {} and {} lists", groups.members.size(),
+         groups.grows_from.size());
+  for (size_t g = 0; g < groups.grows_from.size(); ++g) {
+    const auto& from = groups.grows_from[g];
+    for (size_t i = 0; i < from.size(); ++i)
+      if (from[i] < 0 || from[i] >= static_cast<int64_t>(g) || (i > 0 && from[i] <= from[i - 1]))
+        fail("Rewirer(): group {} may grow only from earlier groups, in ascending order, got {}", g, list_str(from));
   }
-  for (int64_t c = 0; c < t.num_connections(); ++c)
-    feeds[t.level_of(t.conn_target()[c])].insert(t.level_of(t.conn_source()[c]));
-  for (const auto& f : feeds) group_sources_.emplace_back(f.begin(), f.end());
+  const Topology& t = network->topology();
+  members_ = std::move(groups.members);
+  group_sources_ = std::move(groups.grows_from);
+  num_neurons_ = t.num_neurons();
+  for (const auto& group : members_) {
+    roles_.emplace_back();
+    for (const auto& id : group) roles_.back().push_back(t.role(t.require(id, "Rewirer()")));
+  }
+  dense_groups(t, "Rewirer()");
+}
+
+// Each group's neurons in dense ids, members_' order. Checks that every
+// neuron is in one group, with the role it had (the same labels may name
+// another network's neurons), the inputs alone in group 0, and that no
+// connection runs from a group to an earlier one: growth only ever adds
+// connections to later groups, so with that the graph stays acyclic.
+std::vector<std::vector<int64_t>> Rewirer::dense_groups(const Topology& t, const char* context) const {
+  auto a_role = [](Role role) { return fmt::format("{} {}", role == Role::Hidden ? "a" : "an", role_name(role)); };
+  std::vector<int64_t> group_of(t.num_neurons(), -1);
+  std::vector<std::vector<int64_t>> dense(members_.size());
+  for (size_t g = 0; g < members_.size(); ++g)
+    for (size_t k = 0; k < members_[g].size(); ++k) {
+      const int64_t d = t.require(members_[g][k], context);
+      if (t.role(d) != roles_[g][k])
+        fail(
+            "{}: neuron {} was {} neuron when the Rewirer was made and is {} one now (another network with the "
+            "same labels?); make a Rewirer for this network",
+            context, members_[g][k], a_role(roles_[g][k]), a_role(t.role(d)));
+      if (group_of[d] >= 0) fail("{}: neuron {} is in groups {} and {}", context, members_[g][k], group_of[d], g);
+      if ((g == 0) != (t.role(d) == Role::Input))
+        fail("{}: group 0 holds the inputs, and only them; got {} neuron {} in group {}", context, role_name(t.role(d)),
+             members_[g][k], g);
+      group_of[d] = static_cast<int64_t>(g);
+      dense[g].push_back(d);
+    }
+  for (int64_t d = 0; d < t.num_neurons(); ++d)
+    if (group_of[d] < 0) fail("{}: neuron {} of the network is in no group", context, t.label(d));
+  // The first connection against the order, found in parallel.
+  std::atomic<int64_t> first_bad{t.num_connections()};
+  share_work(0, t.num_connections(), 1 << 16, [&](int64_t first, int64_t last) {
+    for (int64_t c = first; c < last; ++c)
+      if (group_of[t.conn_source()[c]] > group_of[t.conn_target()[c]]) {
+        int64_t seen = first_bad.load();
+        while (c < seen && !first_bad.compare_exchange_weak(seen, c)) {
+        }
+        return;
+      }
+  });
+  if (const int64_t c = first_bad.load(); c < t.num_connections()) {
+    const int64_t u = t.conn_source()[c], v = t.conn_target()[c];
+    fail(
+        "{}: connection {} -> {} runs from group {} back to group {} (the groups are the levels when the Rewirer "
+        "was made; growing along them could close a cycle); make a Rewirer for this network",
+        context, t.label(u), t.label(v), group_of[u], group_of[v]);
+  }
+  return dense;
 }
 
 double Rewirer::drop_fraction(int64_t step) const {
@@ -375,23 +494,10 @@ EditResult Rewirer::rewire(const NeuralNetwork& network, int64_t step, const Lev
   if (options_.method() == RewireMethod::RigL && !trace)
     fail("Rewirer::rewire(): RigL expected the trace of a forward pass after loss.backward(), got none");
   const Topology& t = network->topology();
-  if (t.num_neurons() != static_cast<int64_t>(group_.size()))
-    fail("Rewirer::rewire(): expected the network's {} neurons the Rewirer was made for, got {}", group_.size(),
+  if (t.num_neurons() != num_neurons_)
+    fail("Rewirer::rewire(): expected the network's {} neurons the Rewirer was made for, got {}", num_neurons_,
          t.num_neurons());
-  // Each group's neurons by dense id, looked up once. The same labels may
-  // name another network's neurons: their roles tell.
-  auto a_role = [](Role role) { return fmt::format("{} {}", role == Role::Hidden ? "a" : "an", role_name(role)); };
-  std::vector<std::vector<int64_t>> dense(members_.size());
-  for (size_t g = 0; g < members_.size(); ++g)
-    for (size_t k = 0; k < members_[g].size(); ++k) {
-      const int64_t d = t.require(members_[g][k], "Rewirer::rewire()");
-      if (t.role(d) != roles_[g][k])
-        fail(
-            "Rewirer::rewire(): neuron {} was {} neuron when the Rewirer was made and is {} one now (another "
-            "network with the same labels?); make a Rewirer for this network",
-            members_[g][k], a_role(roles_[g][k]), a_role(t.role(d)));
-      dense[g].push_back(d);
-    }
+  const std::vector<std::vector<int64_t>> dense = dense_groups(t, "Rewirer::rewire()");
   // Each group's targets, its candidate sources and which of those pairs are connected now.
   Plan plan;
   plan.groups.resize(members_.size());

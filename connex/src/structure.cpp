@@ -197,6 +197,9 @@ void check_prune_options(const PruneOptions& options) {
   if (options.threshold() && !(*options.threshold() >= 0 && std::isfinite(*options.threshold())))
     fail("prune(): expected a finite threshold >= 0, got {}", *options.threshold());
   if (options.keep_min() < 0) fail("prune(): expected keep_min >= 0, got {}", options.keep_min());
+  const auto scope = options.scope();
+  if (scope != PruneScope::Global && scope != PruneScope::PerNeuron && scope != PruneScope::PerLevel)
+    fail("prune(): expected a PruneScope (Global, PerNeuron or PerLevel), got {}", static_cast<int>(scope));
   // A threshold removes every candidate below it, in whatever group: a scope
   // with it would change nothing, silently.
   if (options.threshold() && options.scope() != PruneScope::Global)

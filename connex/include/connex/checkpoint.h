@@ -76,7 +76,9 @@ void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer&
 // The saved optimizer itself: a new one of the saved type, with the saved
 // parameter groups and their options (learning rate, betas, ...), over the
 // parameters of `network` (by default checkpoint.network), holding the saved
-// state. Throws when the checkpoint holds no optimizer.
+// state; its defaults (what a group added later without options takes) are
+// the first group's options, as a checkpoint keeps the groups' options only.
+// Throws when the checkpoint holds no optimizer.
 std::unique_ptr<torch::optim::Optimizer> restore_optimizer(const Checkpoint& checkpoint,
                                                            const std::string& path = "checkpoint",
                                                            const NeuralNetwork& network = nullptr);

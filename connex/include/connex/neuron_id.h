@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <iosfwd>
 #include <string>
 #include <utility>
 #include <variant>
@@ -45,6 +46,9 @@ class NeuronId {
  private:
   std::variant<int64_t, std::string> value_;
 };
+
+// Prints str(): `std::cout << id`, as messages show it.
+std::ostream& operator<<(std::ostream& out, const NeuronId& id);
 
 const char* kind_name(NeuronId::Kind kind);
 // Why a string id is not acceptable text, or nothing when it is: ids must be

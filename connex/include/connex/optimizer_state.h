@@ -61,10 +61,12 @@ std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim
 void follow_edit(torch::optim::Optimizer& optimizer, const NeuralNetwork& old_network, const EditResult& edit);
 
 // A new optimizer of a known type ("adam", "adamw", "sgd", "rmsprop",
-// "adagrad") over these groups, each with options of that type; the first
-// group's options become the defaults.
+// "adagrad") over these groups, each with options of that type; its
+// defaults (what a group added later without options takes) are `defaults`,
+// options of the same type, or else the first group's.
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& type,
-                                                        std::vector<torch::optim::OptimizerParamGroup> groups);
+                                                        std::vector<torch::optim::OptimizerParamGroup> groups,
+                                                        const torch::optim::OptimizerOptions* defaults = nullptr);
 
 // "adam", "adamw", "sgd", "rmsprop", "adagrad", or "other" for an optimizer
 // connex does not know (which it can neither save nor carry across edits).

@@ -33,9 +33,9 @@
 #include <cstdint>
 #include <random>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
+#include <nlohmann/json.hpp>
 #include <torch/arg.h>
 
 #include "connex/neural_network.h"
@@ -64,6 +64,23 @@ struct RewireOptions {
   TORCH_ARG(uint64_t, seed) = 0;
 };
 
+// What a Rewirer fixes when it is made: each group's neurons (group g: the
+// neurons of level g then) and the lower groups each may grow from (those
+// that fed it then). A resumed run rewires as the uninterrupted one would
+// only with the same groups, and a neuron of a random DAG may have moved
+// level since (a layered network's never do): save them beside the
+// checkpoint (to_json, in its training record) and make the resumed Rewirer
+// from them.
+struct RewireGroups {
+  std::vector<std::vector<NeuronId>> members;    // group -> its neurons; group 0 holds the inputs
+  std::vector<std::vector<int64_t>> grows_from;  // group -> the groups it may grow from, ascending, each below it
+  // {"members": [[neuron ids], ...], "grows_from": [[groups], ...]}
+  nlohmann::json to_json() const;
+  // Checks the form; the Rewirer checks the groups against its network.
+  // `source` names the JSON in messages.
+  static RewireGroups from_json(const nlohmann::json& json, const std::string& source = "rewire groups");
+};
+
 // What one rewiring did.
 struct RewireReport {
   int64_t connections_before = 0, connections_after = 0;
@@ -76,6 +93,10 @@ class Rewirer {
   // network without per-level operations (they change what a connection's
   // gradient is); any network can use SET.
   explicit Rewirer(const NeuralNetwork& network, RewireOptions options = {});
+  // With saved groups (a resumed run's): every neuron of `network` in one
+  // group, the inputs alone in group 0, and no connection from a group to an
+  // earlier one.
+  Rewirer(const NeuralNetwork& network, RewireGroups groups, RewireOptions options = {});
 
   // The share of each group's connections the rewiring at `step` replaces.
   double drop_fraction(int64_t step) const;
@@ -88,6 +109,7 @@ class Rewirer {
 
   const RewireOptions& options() const { return options_; }
   const RewireReport& last_report() const { return report_; }
+  RewireGroups groups() const { return {members_, group_sources_}; }
   // The levels of the network it was made for, the inputs' (group 0) included.
   int64_t num_groups() const { return static_cast<int64_t>(group_sources_.size()); }
 
@@ -96,12 +118,13 @@ class Rewirer {
   void drop(const NeuralNetwork& network, double share, Plan& plan) const;
   void grow_random(const NeuralNetwork& network, Plan& plan);
   void grow_by_gradient(const NeuralNetwork& network, const LevelTrace& trace, Plan& plan) const;
+  std::vector<std::vector<int64_t>> dense_groups(const Topology& t, const char* context) const;
 
   RewireOptions options_;
-  std::unordered_map<NeuronId, int64_t, NeuronIdHash> group_;  // neuron -> its level when the Rewirer was made
-  std::vector<std::vector<NeuronId>> members_;                 // group -> its neurons
-  std::vector<std::vector<Role>> roles_;                       // group -> its neurons' roles then
-  std::vector<std::vector<int64_t>> group_sources_;            // group -> the groups that fed it
+  int64_t num_neurons_ = 0;                          // the network's when the Rewirer was made
+  std::vector<std::vector<NeuronId>> members_;       // group -> its neurons
+  std::vector<std::vector<Role>> roles_;             // group -> its neurons' roles then
+  std::vector<std::vector<int64_t>> group_sources_;  // group -> the groups that fed it
   std::mt19937_64 random_;
   RewireReport report_;
 };

@@ -151,9 +151,11 @@ HAM from_structure_json(const json& structure, const std::string& where) {
   const auto& layers = member(structure, "layers", where);
   const auto& synapses = member(structure, "synapses", where);
   if (!layers.is_array() || !synapses.is_array()) fail("{}: \"layers\" and \"synapses\" must be arrays", where);
+  only_keys(structure, {"layers", "synapses"}, "a HAM's structure", where);
   for (size_t k = 0; k < layers.size(); ++k) {
     const std::string at = fmt::format("{}/layers/{}", where, k);
     const auto& l = layers[k];
+    only_keys(l, {"name", "tau", "lagrangian", "neurons", "shape"}, "a layer", at);
     const auto& name = member(l, "name", at);
     const auto& tau = member(l, "tau", at);
     if (!name.is_string() || !tau.is_number()) fail("{}: expected a string \"name\" and a number \"tau\"", at);
@@ -177,6 +179,7 @@ HAM from_structure_json(const json& structure, const std::string& where) {
   for (size_t k = 0; k < synapses.size(); ++k) {
     const std::string at = fmt::format("{}/synapses/{}", where, k);
     const auto& s = synapses[k];
+    only_keys(s, {"name", "layers", "synapse"}, "a synapse entry", at);
     const auto& name = member(s, "name", at);
     const auto& joined = member(s, "layers", at);
     if (!name.is_string() || !joined.is_array()) fail("{}: expected a string \"name\" and an array \"layers\"", at);
@@ -222,6 +225,9 @@ void save(const HAM& ham, const std::string& path, const torch::optim::Optimizer
     entry["name"] = name;
     header["tensors"].push_back(std::move(entry));
   }
+  // Frozen parameters (requires_grad off) stay frozen.
+  for (const auto& p : ham->named_parameters())
+    if (!p.value().requires_grad()) header["frozen"].push_back(p.key());
   if (optimizer) header["optimizer"] = detail::write_optimizer(*ham, *optimizer, data, path, "ham::save()", "HAM");
   write_file_atomically(path, detail::pack_tensor_file(kMagic, kCheckpointVersion, header, data), "ham::save()");
 }
@@ -249,6 +255,7 @@ Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
   if (!header.is_object() || !header.contains("structure") || !header.contains("tensors") ||
       !header.at("tensors").is_array() || !header.contains("dtype") || !header.at("dtype").is_string())
     fail("{} has a header without \"structure\", \"tensors\" and \"dtype\"", where);
+  only_keys(header, {"structure", "tensors", "dtype", "frozen", "optimizer"}, "a HAM checkpoint's header", where);
   const DtypeInfo* dtype = find_dtype(header.at("dtype").get<std::string>());
   if (!dtype) fail("{}: unknown dtype {}", where, detail::excerpt(header.at("dtype")));
   // Parameters must fit the tensor bytes present; a layer's probes take two samples of it.
@@ -265,6 +272,16 @@ Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
   const detail::TensorData data{file,    packed.data_begin,     packed.data_size,    path,
                                 context, "the HAM's structure", "the header's dtype"};
   detail::read_tensor_table(header.at("tensors"), data, state_tensors(*ham), where, "its HAM's structure");
+  if (header.contains("frozen")) {
+    const auto& frozen = header.at("frozen");
+    const auto parameters = ham->named_parameters();
+    if (!frozen.is_array()) fail("{}: /frozen must list parameter names, got {}", where, detail::excerpt(frozen));
+    for (const auto& name : frozen) {
+      if (!name.is_string() || !parameters.contains(name.get<std::string>()))
+        fail("{}: /frozen names {}, which is not a parameter of its HAM", where, detail::excerpt(name));
+      parameters[name.get<std::string>()].requires_grad_(false);
+    }
+  }
   Checkpoint checkpoint{ham, std::nullopt};
   if (header.contains("optimizer") && !header.at("optimizer").is_null())
     checkpoint.optimizer = detail::read_optimizer(header.at("optimizer"), *ham, data, path, context, "HAM");

@@ -35,6 +35,10 @@ struct Draft {
   std::map<std::string, Connections> connections;        // graph synapses
   // Weights the user gave to new connections, by synapse and label.
   std::map<std::string, std::map<std::pair<NeuronId, NeuronId>, double>> given;
+  // What earlier steps removed: parameters follow labels, so one added back
+  // in the same edit would come back with its old values.
+  std::map<std::string, std::unordered_set<NeuronId, NeuronIdHash>> removed_neurons;
+  std::map<std::string, std::set<std::pair<NeuronId, NeuronId>>> removed_connections;  // canonical labels
 };
 
 // A one-layer graph synapse does not orient its connections.
@@ -111,6 +115,8 @@ void apply(const HAMImpl& ham, Draft& draft, const Editor::Step& step, size_t in
       if (!listed.insert(id).second) fail("{}: neuron {} is listed twice", where, id);
       if (step.kind == Kind::add_neurons && present.count(id))
         fail("{}: layer \"{}\" already has neuron {}", where, step.target, id);
+      if (step.kind == Kind::add_neurons && draft.removed_neurons[step.target].count(id))
+        fail("{}: neuron {} was removed earlier in this edit; build() first, then add it anew", where, id);
       if (step.kind == Kind::remove_neurons && !present.count(id))
         fail("{}: layer \"{}\" has no neuron {}", where, step.target, id);
       if (step.kind == Kind::add_neurons && !id.is_integer())
@@ -123,6 +129,7 @@ void apply(const HAMImpl& ham, Draft& draft, const Editor::Step& step, size_t in
       return;
     }
     if (listed.size() == neurons.size()) fail("{}: it would leave layer \"{}\" without neurons", where, step.target);
+    draft.removed_neurons[step.target].insert(listed.begin(), listed.end());
     neurons.erase(std::remove_if(neurons.begin(), neurons.end(), [&](const NeuronId& id) { return listed.count(id); }),
                   neurons.end());
     // A removed neuron takes its graph connections with it.
@@ -180,6 +187,9 @@ void apply(const HAMImpl& ham, Draft& draft, const Editor::Step& step, size_t in
              c.second, synapse->layers.back());
       if (has(canonical(c, one_layer)))
         fail("{}: synapse \"{}\" already has connection ({}, {})", where, step.target, c.first, c.second);
+      if (draft.removed_connections[step.target].count(canonical(c, one_layer)))
+        fail("{}: connection ({}, {}) was removed earlier in this edit; build() first, then add it anew", where,
+             c.first, c.second);
       if (weights.defined()) {
         const double w = weights[k].item<double>();
         if (!std::isfinite(w)) fail("{}: the weight of connection ({}, {}) is {}", where, c.first, c.second, w);
@@ -192,6 +202,7 @@ void apply(const HAMImpl& ham, Draft& draft, const Editor::Step& step, size_t in
   for (const auto& c : step.connections)
     if (!has(canonical(c, one_layer)))
       fail("{}: synapse \"{}\" has no connection ({}, {})", where, step.target, c.first, c.second);
+  draft.removed_connections[step.target].insert(listed.begin(), listed.end());
   list.erase(
       std::remove_if(list.begin(), list.end(),
                      [&](const std::pair<NeuronId, NeuronId>& c) { return listed.count(canonical(c, one_layer)); }),

@@ -368,7 +368,12 @@ Descent HAMImpl::descend(const States& x, const DescentOptions& options, const C
     if (!c10::IntArrayRef(joint).equals(xs[l].sizes()))
       fail("descend(): clamp \"{}\": its mask {} does not broadcast to the state {}", name, shape_str(mask.sizes()),
            shape_str(xs[l].sizes()));
-    masks[l] = mask.to(xs[l].device());
+    try {
+      masks[l] = mask.to(xs[l].device());
+    } catch (const c10::Error&) {
+      fail("descend(): clamp \"{}\": its mask is on {} and cannot be moved to the states' device, {}", name,
+           mask.device().str(), xs[l].device().str());
+    }
   }
   // The steps keep an autograd graph only when something upstream wants gradients.
   bool keep_graph = false;

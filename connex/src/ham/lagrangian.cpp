@@ -1,6 +1,7 @@
 #include "connex/ham/lagrangian.h"
 
 #include <cmath>
+#include <limits>
 
 #include <torch/torch.h>
 
@@ -241,6 +242,11 @@ Lagrangian layernorm(double gamma, double delta, double eps) {
   // γ < 0 makes L concave, so the descent could raise the energy; γ = 0 leaves g a constant.
   check_positive(gamma, "γ", "layernorm");
   if (!std::isfinite(delta)) fail("layernorm(): expected a finite δ, got {}", delta);
+  // Both become parameters, made in float32 before the HAM takes another dtype.
+  constexpr double kFloatMax = std::numeric_limits<float>::max();
+  if (gamma > kFloatMax || std::fabs(delta) > kFloatMax)
+    fail("layernorm(): expected γ and |δ| at most {:g} (float32's largest value), got γ = {:g} and δ = {:g}", kFloatMax,
+         gamma, delta);
   check_positive(eps, "ε", "layernorm");
   return make({BuiltinLagrangian::Kind::layernorm, gamma, delta, eps});
 }
@@ -259,6 +265,14 @@ Lagrangian lagrangian_from_json(const json& j, const std::string& where) {
     if (!j.contains(key) || !j.at(key).is_number()) fail("{}: {} needs a number \"{}\"", where, kind, key);
     return j.at(key).get<double>();
   };
+  const char* what = "a Lagrangian";
+  if (kind == "identity") only_keys(j, {"kind"}, what, where);
+  if (kind == "repu") only_keys(j, {"kind", "n"}, what, where);
+  if (kind == "exponential" || kind == "rexp" || kind == "tanh" || kind == "sigmoid")
+    only_keys(j, {"kind", "beta"}, what, where);
+  if (kind == "softmax") only_keys(j, {"kind", "beta", "dim"}, what, where);
+  if (kind == "layernorm") only_keys(j, {"kind", "gamma", "delta", "eps"}, what, where);
+  if (kind == "spherical_norm") only_keys(j, {"kind", "eps"}, what, where);
   try {
     if (kind == "identity") return identity();
     if (kind == "repu") return repu(number("n"));
