@@ -714,7 +714,11 @@ std::vector<Case> make_catalogue() {
   add("cli", "EpochsBeyondAnInt", none, cli("train net.json --epochs 3000000000 --out out"),
       {"--epochs: must be an integer in [0, 2147483647], got \"3000000000\""});
   add("cli", "IntegerWithAnExponent", none, cli("train net.json --epochs 1e3 --out out"),
-      {"--epochs: must be an integer in [0, 2147483647], got \"1e3\""});
+      {"--epochs: must be an integer in [0, 2147483647] in decimal digits without a leading 0, got \"1e3\""});
+  add("cli", "IntegerWithALeadingZero", none, cli("train net.json --epochs 010 --out out"),
+      {"--epochs: must be an integer in [0, 2147483647] in decimal digits without a leading 0, got \"010\""});
+  add("cli", "SeedWithALeadingZero", none, cli("train net.json --seed 010 --out out"),
+      {"--seed: must be an integer in [0, 18446744073709551615] without a leading 0, got \"010\""});
   add("cli", "UnknownFlag", none, cli("train net.json --epocs 3 --out out"), {"--epocs"});
   add("cli", "ZeroThreads", none, cli("--threads 0 train net.json --out out"),
       {"--threads: must be an integer in [1, 1024], got \"0\""});

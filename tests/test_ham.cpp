@@ -677,9 +677,10 @@ TEST(HamErrors, BadStructureIsRefusedNamingTheCulpritAndNothingChanges) {
 
 TEST(HamErrors, LayernormsParametersMustFitFloat) {
   EXPECT_THROW_MSG(H::layernorm(1e300),
-                   "layernorm(): expected γ and |δ| at most 3.40282e+38 (float32's largest value), got γ = 1e+300 and "
-                   "δ = 0");
+                   "layernorm(): expected γ and |δ| at most 3.40282e+38 (float32's largest value), and γ not below "
+                   "float32's smallest, got γ = 1e+300 and δ = 0");
   EXPECT_THROW_MSG(H::layernorm(1.0, -1e39), "got γ = 1 and δ = -1e+39");
+  EXPECT_THROW_MSG(H::layernorm(1e-50), "and γ not below float32's smallest, got γ = 1e-50 and δ = 0");
   EXPECT_THROW_MSG(
       H::lagrangian_from_json({{"kind", "layernorm"}, {"gamma", 1e300}, {"delta", 0.0}, {"eps", 1e-5}}, "here"),
       "here: layernorm(): expected γ and |δ| at most");

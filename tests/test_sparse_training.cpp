@@ -582,16 +582,44 @@ TEST(SparseTraining, AConnectionAgainstTheGroupsIsRefused) {
   Rewirer rewirer(net, RewireOptions().seed(4));
   const auto back = add_connections(net, {{7, 5}});  // layer 2 -> layer 1: acyclic, so the edit takes it
   const auto edges = back->spec().edges();
-  EXPECT_THROW_MSG(rewirer.rewire(back, 0),
+  rewirer.rewire(net, 0);
+  const RewireReport before = rewirer.last_report();
+  EXPECT_THROW_MSG(rewirer.rewire(back, 1),
                    "Rewirer::rewire(): connection 7 -> 5 runs from group 2 back to group 1 (the groups are the "
                    "levels when the Rewirer was made; growing along them could close a cycle); make a Rewirer for "
                    "this network");
   EXPECT_EQ(back->spec().edges(), edges);
+  EXPECT_EQ(rewirer.last_report().dropped, before.dropped);  // the refused call reported nothing
+  EXPECT_EQ(rewirer.last_report().connections_before, before.connections_before);
   // The same groups handed to a new Rewirer are refused alike; the network's own levels serve.
   EXPECT_THROW_MSG(Rewirer(back, rewirer.groups()), "Rewirer(): connection 7 -> 5 runs from group 2 back to group 1");
   for (int64_t step = 0; step < 20; ++step) EXPECT_NO_THROW(Rewirer(back, RewireOptions().seed(4)).rewire(back, step));
   // Within a group, a connection added since is kept to: growth never adds one there.
   EXPECT_NO_THROW(rewirer.rewire(add_connections(net, {{4, 5}}), 0));
+}
+
+// The check runs in parallel over chunks of connections: the first
+// connection against the order is named, wherever the chunks split.
+TEST(SparseTraining, TheFirstConnectionAgainstTheGroupsIsNamedInALargeNetwork) {
+  const NeuralNetwork net(
+      nn::sparse_layered_spec({200, 1000, 1000, 1000, 10}, nn::SparseLayersOptions().density(0.15).seed(2)));
+  ASSERT_GT(net->num_connections(), int64_t{1} << 18);
+  Rewirer rewirer(net);
+  const Topology& t = net->topology();
+  // Two connections from layer 3 back to layer 2 (neither pair is joined
+  // the other way, so the graph stays acyclic), into targets far apart.
+  auto back_pair = [&](int64_t target) {
+    for (int64_t source = 2200; source < 3200; ++source)
+      if (t.connection_index(t.dense_of(NeuronId(target)), t.dense_of(NeuronId(source))) < 0)
+        return Edge{source, target};
+    return Edge{-1, -1};
+  };
+  const Edge first = back_pair(1900), second = back_pair(1300);
+  const auto both = add_connections(net, {first, second});
+  const Topology& b = both->topology();
+  ASSERT_GT(b.connection_index(b.dense_of(second.first), b.dense_of(second.second)), int64_t{1} << 16);
+  EXPECT_THROW_MSG(rewirer.rewire(both, 0),
+                   "Rewirer::rewire(): connection " + edge_str(second) + " runs from group 3 back to group 2");
 }
 
 TEST(SparseTraining, SavedGroupsThatDoNotFitAreRefused) {
@@ -610,11 +638,13 @@ TEST(SparseTraining, SavedGroupsThatDoNotFitAreRefused) {
   EXPECT_THROW_MSG(Rewirer(net, changed([](RewireGroups& g) {
                              g.grows_from[2] = {1, 0};
                            })),
-                   "Rewirer(): group 2 may grow only from earlier groups, in ascending order, got [1, 0]");
+                   "Rewirer(): group 2 may grow only from earlier groups, in ascending order, got [1,0]");
   EXPECT_THROW_MSG(Rewirer(net, changed([](RewireGroups& g) { g.grows_from[1] = {1}; })),
                    "Rewirer(): group 1 may grow only from earlier groups, in ascending order, got [1]");
   EXPECT_THROW_MSG(Rewirer(net, changed([](RewireGroups& g) { g.members[2].push_back(g.members[1].front()); })),
                    "Rewirer(): neuron 4 is in groups 1 and 2");
+  EXPECT_THROW_MSG(Rewirer(net, changed([](RewireGroups& g) { g.members[1].push_back(g.members[1].front()); })),
+                   "Rewirer(): neuron 4 is listed twice in group 1");
   EXPECT_THROW_MSG(Rewirer(net, changed([](RewireGroups& g) { g.members[3].pop_back(); })),
                    "Rewirer(): neuron 11 of the network is in no group");
   EXPECT_THROW_MSG(Rewirer(net, changed([](RewireGroups& g) { g.members[3].push_back(99); })),
@@ -629,6 +659,11 @@ TEST(SparseTraining, SavedGroupsThatDoNotFitAreRefused) {
                    "saved: /members must hold one list per group, got 1");
   EXPECT_THROW_MSG(RewireGroups::from_json({{"members", {{0}}}, {"grows_from", {{"a"}}}}, "saved"),
                    "saved: /grows_from/0 must list group numbers, got \"a\"");
+  EXPECT_THROW_MSG(
+      RewireGroups::from_json({{"members", {{0}}}, {"grows_from", {{uint64_t{1} << 63}}}}, "saved", "/run/groups"),
+      "saved: /run/groups/grows_from/0 must list group numbers, got 9223372036854775808");
+  EXPECT_THROW_MSG(RewireGroups::from_json({{"members", {{0}}}, {"grows_from", {{}}}, {"member", 1}}, "saved"),
+                   "saved: \"member\" is not a key of rewire groups (members, grows_from)");
   const auto round = RewireGroups::from_json(good.to_json());
   EXPECT_EQ(round.members, good.members);
   EXPECT_EQ(round.grows_from, good.grows_from);

@@ -304,11 +304,16 @@ CLI::Validator number_in(double low, double high, bool integer, bool low_open = 
         errno = 0;
         const double v = std::strtod(text.c_str(), &end);
         const bool parsed = !text.empty() && end && *end == '\0' && errno == 0 && std::isfinite(v);
-        // An integer is its digits: CLI11 converts no exponent or fraction (1e3, 100.0).
-        const bool digits = text.find_first_not_of("+-0123456789") == std::string::npos;
-        if (!parsed || (integer && (v != std::floor(v) || !digits)) || v < low || (low_open && v == low) || v > high ||
+        // An integer is its decimal digits: CLI11 converts no exponent or
+        // fraction (1e3, 100.0) and reads a leading 0 as octal (010 is 8).
+        const size_t first = text.find_first_not_of("+-");
+        const bool digits = text.find_first_not_of("+-0123456789") == std::string::npos && first != std::string::npos &&
+                            (text[first] != '0' || first + 1 == text.size());
+        if (!parsed || (integer && v != std::floor(v)) || v < low || (low_open && v == low) || v > high ||
             (high_open && v == high))
           return fmt::format("must be {}, got \"{}\"", what, text);
+        if (integer && !digits)
+          return fmt::format("must be {} in decimal digits without a leading 0, got \"{}\"", what, text);
         return std::string();
       },
       what);
@@ -319,12 +324,15 @@ CLI::Validator number_in(double low, double high, bool integer, bool low_open = 
 CLI::Validator seed_check() {
   return CLI::Validator(
       [](std::string& text) -> std::string {
-        const bool digits =
-            !text.empty() && text.size() <= 20 && text.find_first_not_of("0123456789") == std::string::npos;
+        // Decimal digits, no leading 0 (CLI11 would read 010 as octal 8).
+        const bool digits = !text.empty() && text.size() <= 20 &&
+                            text.find_first_not_of("0123456789") == std::string::npos &&
+                            (text[0] != '0' || text.size() == 1);
         errno = 0;
         if (digits) std::strtoull(text.c_str(), nullptr, 10);
         if (!digits || errno == ERANGE)
-          return fmt::format("must be an integer in [0, 18446744073709551615], got \"{}\"", text);
+          return fmt::format("must be an integer in [0, 18446744073709551615]{}, got \"{}\"",
+                             text.size() > 1 && text[0] == '0' ? " without a leading 0" : "", text);
         return std::string();
       },
       "an integer in [0, 2^64)");
@@ -1678,7 +1686,7 @@ void add_predict_command(CLI::App& app, Commands& c) {
   c.predict->add_option("--data", c.predict_data, "CSV with the feature columns the model was trained on")->required();
   c.predict->add_option("--out", c.out, "CSV to write (default: standard output)");
   c.predict->add_option("--batch-size", c.predict_batch, "rows per forward pass (default 4096)")
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+      ->check(number_in(1, 1 << 30, true));
 }
 
 void add_bench_command(CLI::App& app, Commands& c) {

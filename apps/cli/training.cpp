@@ -277,7 +277,7 @@ RewireSettings rewire_from_json(const nlohmann::json& json, const std::string& w
   r.drop_fraction = json.at("drop_fraction").get<double>();
   if (!(r.drop_fraction >= 0 && r.drop_fraction < 1)) fail("{}: /training/rewire must be {}", where, expected);
   if (json.contains("groups")) {  // absent in checkpoints of earlier versions
-    RewireGroups::from_json(json.at("groups"), where + ": /training/rewire/groups");
+    RewireGroups::from_json(json.at("groups"), where, "/training/rewire/groups");
     r.groups = json.at("groups");
   }
   return r;

@@ -16,6 +16,8 @@
 #include <random>
 #include <sstream>
 
+#include <fmt/ranges.h>
+
 #include "connex/error.h"
 #include "json_input.h"
 
@@ -292,6 +294,14 @@ std::string excerpt(const nlohmann::json& value, size_t max_bytes) {
   std::string out;
   append_excerpt(value, out, max_bytes, 0);
   return printable(out, max_bytes);
+}
+
+void only_keys(const nlohmann::json& object, std::initializer_list<const char*> keys, const char* what,
+               const std::string& where) {
+  if (!object.is_object()) return;
+  for (auto it = object.begin(); it != object.end(); ++it)
+    if (std::none_of(keys.begin(), keys.end(), [&](const char* key) { return it.key() == key; }))
+      fail("{}: {} is not a key of {} ({})", where, excerpt(it.key(), 40), what, fmt::join(keys, ", "));
 }
 
 }  // namespace detail

@@ -1,6 +1,7 @@
 #pragma once
 // JSON from files and other untrusted sources, and JSON values in messages.
 #include <cstddef>
+#include <initializer_list>
 #include <string>
 #include <string_view>
 
@@ -21,6 +22,12 @@ nlohmann::json parse_json(std::string_view text, const std::string& what);
 // (cut with "…"), nested values past a few levels elided, control bytes
 // escaped; never copies a long string or array whole.
 std::string excerpt(const nlohmann::json& value, size_t max_bytes = 80);
+
+// Refuses a member of `object` that is not one of `keys` ("WHERE: \"k\" is
+// not a key of WHAT (KEYS)"): a misspelt key would otherwise be ignored,
+// its value silently replaced by nothing. A non-object passes.
+void only_keys(const nlohmann::json& object, std::initializer_list<const char*> keys, const char* what,
+               const std::string& where);
 
 // Whether `doc` is a node-link graph, as export_graph() and networkx write
 // it: "nodes", and "links" (or "edges", networkx 3.4 on) at the top.

@@ -358,8 +358,6 @@ RewireGroups level_groups(const NeuralNetwork& network) {
   return groups;
 }
 
-std::string list_str(const std::vector<int64_t>& values) { return fmt::format("[{}]", fmt::join(values, ", ")); }
-
 }  // namespace
 
 nlohmann::json RewireGroups::to_json() const {
@@ -371,28 +369,31 @@ nlohmann::json RewireGroups::to_json() const {
   return out;
 }
 
-RewireGroups RewireGroups::from_json(const nlohmann::json& json, const std::string& source) {
+RewireGroups RewireGroups::from_json(const nlohmann::json& json, const std::string& source, const std::string& path) {
   const char* expected = "{\"members\": [[neuron ids], ...], \"grows_from\": [[groups], ...]}";
+  const std::string at = path.empty() ? source : fmt::format("{}: {}", source, path);
   auto lists = [&](const char* key) -> const nlohmann::json& {
     if (!json.is_object() || !json.contains(key) || !json.at(key).is_array())
-      fail("{}: expected {}, got {}", source, expected, detail::excerpt(json));
+      fail("{}: expected {}, got {}", at, expected, detail::excerpt(json));
     for (const auto& list : json.at(key))
-      if (!list.is_array()) fail("{}: /{} must hold one list per group, got {}", source, key, detail::excerpt(list));
+      if (!list.is_array())
+        fail("{}: {}/{} must hold one list per group, got {}", source, path, key, detail::excerpt(list));
     return json.at(key);
   };
+  detail::only_keys(json, {"members", "grows_from"}, "rewire groups", at);
   RewireGroups groups;
   const auto& members = lists("members");
   for (size_t g = 0; g < members.size(); ++g) {
     groups.members.emplace_back();
     for (size_t k = 0; k < members[g].size(); ++k)
-      groups.members.back().push_back(id_from_json(members[g][k], source, fmt::format("/members/{}/{}", g, k)));
+      groups.members.back().push_back(id_from_json(members[g][k], source, fmt::format("{}/members/{}/{}", path, g, k)));
   }
   const auto& grows_from = lists("grows_from");
   for (size_t g = 0; g < grows_from.size(); ++g) {
     groups.grows_from.emplace_back();
     for (const auto& h : grows_from[g]) {
-      if (!h.is_number_integer())
-        fail("{}: /grows_from/{} must list group numbers, got {}", source, g, detail::excerpt(h));
+      if (!h.is_number_integer() || (h.is_number_unsigned() && h.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)))
+        fail("{}: {}/grows_from/{} must list group numbers, got {}", source, path, g, detail::excerpt(h));
       groups.grows_from.back().push_back(h.get<int64_t>());
     }
   }
@@ -421,7 +422,8 @@ Rewirer::Rewirer(const NeuralNetwork& network, RewireGroups groups, RewireOption
     const auto& from = groups.grows_from[g];
     for (size_t i = 0; i < from.size(); ++i)
       if (from[i] < 0 || from[i] >= static_cast<int64_t>(g) || (i > 0 && from[i] <= from[i - 1]))
-        fail("Rewirer(): group {} may grow only from earlier groups, in ascending order, got {}", g, list_str(from));
+        fail("Rewirer(): group {} may grow only from earlier groups, in ascending order, got {}", g,
+             detail::excerpt(nlohmann::json(from)));
   }
   const Topology& t = network->topology();
   members_ = std::move(groups.members);
@@ -451,6 +453,8 @@ std::vector<std::vector<int64_t>> Rewirer::dense_groups(const Topology& t, const
             "{}: neuron {} was {} neuron when the Rewirer was made and is {} one now (another network with the "
             "same labels?); make a Rewirer for this network",
             context, members_[g][k], a_role(roles_[g][k]), a_role(t.role(d)));
+      if (group_of[d] == static_cast<int64_t>(g))
+        fail("{}: neuron {} is listed twice in group {}", context, members_[g][k], g);
       if (group_of[d] >= 0) fail("{}: neuron {} is in groups {} and {}", context, members_[g][k], group_of[d], g);
       if ((g == 0) != (t.role(d) == Role::Input))
         fail("{}: group 0 holds the inputs, and only them; got {} neuron {} in group {}", context, role_name(t.role(d)),

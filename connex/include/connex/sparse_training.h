@@ -76,9 +76,11 @@ struct RewireGroups {
   std::vector<std::vector<int64_t>> grows_from;  // group -> the groups it may grow from, ascending, each below it
   // {"members": [[neuron ids], ...], "grows_from": [[groups], ...]}
   nlohmann::json to_json() const;
-  // Checks the form; the Rewirer checks the groups against its network.
-  // `source` names the JSON in messages.
-  static RewireGroups from_json(const nlohmann::json& json, const std::string& source = "rewire groups");
+  // Checks the form (unknown keys refused); the Rewirer checks the groups
+  // against its network. `source`, and the JSON pointer `path` to `json`
+  // within it, name it in messages.
+  static RewireGroups from_json(const nlohmann::json& json, const std::string& source = "rewire groups",
+                                const std::string& path = "");
 };
 
 // What one rewiring did.
@@ -95,22 +97,25 @@ class Rewirer {
   explicit Rewirer(const NeuralNetwork& network, RewireOptions options = {});
   // With saved groups (a resumed run's): every neuron of `network` in one
   // group, the inputs alone in group 0, and no connection from a group to an
-  // earlier one.
+  // earlier one. A group's connections from groups outside its grows_from
+  // (possible only in groups made by hand) may be dropped, never grown back.
   Rewirer(const NeuralNetwork& network, RewireGroups groups, RewireOptions options = {});
 
   // The share of each group's connections the rewiring at `step` replaces.
   double drop_fraction(int64_t step) const;
 
-  // Rewires `network` (which must hold the neurons the Rewirer was made for;
-  // it is never modified). RigL needs the trace of a forward pass of
-  // `network` after loss.backward(); SET ignores it. A share that rounds to
-  // no connection in a group leaves that group as it is.
+  // Rewires `network` (which must hold the neurons the Rewirer was made for,
+  // and no connection from a group back to an earlier one: one added since
+  // is refused, naming it; it is never modified). RigL needs the trace of a
+  // forward pass of `network` after loss.backward(); SET ignores it. A
+  // share that rounds to no connection in a group leaves that group as it is.
   EditResult rewire(const NeuralNetwork& network, int64_t step, const LevelTrace* trace = nullptr);
 
   const RewireOptions& options() const { return options_; }
   const RewireReport& last_report() const { return report_; }
   RewireGroups groups() const { return {members_, group_sources_}; }
-  // The levels of the network it was made for, the inputs' (group 0) included.
+  // Its groups (the levels of the network it was made for, or the groups it
+  // was given), the inputs' (group 0) included.
   int64_t num_groups() const { return static_cast<int64_t>(group_sources_.size()); }
 
  private:

@@ -151,11 +151,11 @@ HAM from_structure_json(const json& structure, const std::string& where) {
   const auto& layers = member(structure, "layers", where);
   const auto& synapses = member(structure, "synapses", where);
   if (!layers.is_array() || !synapses.is_array()) fail("{}: \"layers\" and \"synapses\" must be arrays", where);
-  only_keys(structure, {"layers", "synapses"}, "a HAM's structure", where);
+  detail::only_keys(structure, {"layers", "synapses"}, "a HAM's structure", where);
   for (size_t k = 0; k < layers.size(); ++k) {
     const std::string at = fmt::format("{}/layers/{}", where, k);
     const auto& l = layers[k];
-    only_keys(l, {"name", "tau", "lagrangian", "neurons", "shape"}, "a layer", at);
+    detail::only_keys(l, {"name", "tau", "lagrangian", "neurons", "shape"}, "a layer", at);
     const auto& name = member(l, "name", at);
     const auto& tau = member(l, "tau", at);
     if (!name.is_string() || !tau.is_number()) fail("{}: expected a string \"name\" and a number \"tau\"", at);
@@ -179,7 +179,7 @@ HAM from_structure_json(const json& structure, const std::string& where) {
   for (size_t k = 0; k < synapses.size(); ++k) {
     const std::string at = fmt::format("{}/synapses/{}", where, k);
     const auto& s = synapses[k];
-    only_keys(s, {"name", "layers", "synapse"}, "a synapse entry", at);
+    detail::only_keys(s, {"name", "layers", "synapse"}, "a synapse entry", at);
     const auto& name = member(s, "name", at);
     const auto& joined = member(s, "layers", at);
     if (!name.is_string() || !joined.is_array()) fail("{}: expected a string \"name\" and an array \"layers\"", at);
@@ -255,7 +255,8 @@ Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
   if (!header.is_object() || !header.contains("structure") || !header.contains("tensors") ||
       !header.at("tensors").is_array() || !header.contains("dtype") || !header.at("dtype").is_string())
     fail("{} has a header without \"structure\", \"tensors\" and \"dtype\"", where);
-  only_keys(header, {"structure", "tensors", "dtype", "frozen", "optimizer"}, "a HAM checkpoint's header", where);
+  detail::only_keys(header, {"structure", "tensors", "dtype", "frozen", "optimizer"}, "a HAM checkpoint's header",
+                    where);
   const DtypeInfo* dtype = find_dtype(header.at("dtype").get<std::string>());
   if (!dtype) fail("{}: unknown dtype {}", where, detail::excerpt(header.at("dtype")));
   // Parameters must fit the tensor bytes present; a layer's probes take two samples of it.

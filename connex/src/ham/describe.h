@@ -3,12 +3,9 @@
 // description as "kind(key=value, ...)", so pretty_print and checkpoints name
 // the same things), how a reader names where a description went wrong, and
 // which synapse is connex's graph synapse. Internal.
-#include <algorithm>
-#include <initializer_list>
 #include <string>
 #include <string_view>
 
-#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "connex/error.h"
@@ -31,16 +28,6 @@ inline std::string kind_of(const nlohmann::json& description, const char* what, 
   if (!description.is_object() || !description.contains("kind") || !description.at("kind").is_string())
     fail("{}: expected {} {{\"kind\": ...}}, got {}", where, what, detail::excerpt(description));
   return description.at("kind").get<std::string>();
-}
-
-// Refuses a member of `object` that is not one of `keys`: a misspelt key
-// would otherwise be ignored, its value silently replaced by nothing.
-inline void only_keys(const nlohmann::json& object, std::initializer_list<const char*> keys, const char* what,
-                      const std::string& where) {
-  if (!object.is_object()) return;
-  for (auto it = object.begin(); it != object.end(); ++it)
-    if (std::none_of(keys.begin(), keys.end(), [&](const char* key) { return it.key() == key; }))
-      fail("{}: \"{}\" is not a key of {} ({})", where, it.key(), what, fmt::join(keys, ", "));
 }
 
 // Rethrows a reader's error under `where` (a file and JSON path), unless its

@@ -370,6 +370,8 @@ Descent HAMImpl::descend(const States& x, const DescentOptions& options, const C
            shape_str(xs[l].sizes()));
     try {
       masks[l] = mask.to(xs[l].device());
+    } catch (const c10::OutOfMemoryError&) {
+      throw;
     } catch (const c10::Error&) {
       fail("descend(): clamp \"{}\": its mask is on {} and cannot be moved to the states' device, {}", name,
            mask.device().str(), xs[l].device().str());

@@ -244,9 +244,11 @@ Lagrangian layernorm(double gamma, double delta, double eps) {
   if (!std::isfinite(delta)) fail("layernorm(): expected a finite δ, got {}", delta);
   // Both become parameters, made in float32 before the HAM takes another dtype.
   constexpr double kFloatMax = std::numeric_limits<float>::max();
-  if (gamma > kFloatMax || std::fabs(delta) > kFloatMax)
-    fail("layernorm(): expected γ and |δ| at most {:g} (float32's largest value), got γ = {:g} and δ = {:g}", kFloatMax,
-         gamma, delta);
+  if (gamma > kFloatMax || static_cast<float>(gamma) == 0 || std::fabs(delta) > kFloatMax)
+    fail(
+        "layernorm(): expected γ and |δ| at most {:g} (float32's largest value), and γ not below float32's "
+        "smallest, got γ = {:g} and δ = {:g}",
+        kFloatMax, gamma, delta);
   check_positive(eps, "ε", "layernorm");
   return make({BuiltinLagrangian::Kind::layernorm, gamma, delta, eps});
 }
@@ -266,13 +268,13 @@ Lagrangian lagrangian_from_json(const json& j, const std::string& where) {
     return j.at(key).get<double>();
   };
   const char* what = "a Lagrangian";
-  if (kind == "identity") only_keys(j, {"kind"}, what, where);
-  if (kind == "repu") only_keys(j, {"kind", "n"}, what, where);
+  if (kind == "identity") detail::only_keys(j, {"kind"}, what, where);
+  if (kind == "repu") detail::only_keys(j, {"kind", "n"}, what, where);
   if (kind == "exponential" || kind == "rexp" || kind == "tanh" || kind == "sigmoid")
-    only_keys(j, {"kind", "beta"}, what, where);
-  if (kind == "softmax") only_keys(j, {"kind", "beta", "dim"}, what, where);
-  if (kind == "layernorm") only_keys(j, {"kind", "gamma", "delta", "eps"}, what, where);
-  if (kind == "spherical_norm") only_keys(j, {"kind", "eps"}, what, where);
+    detail::only_keys(j, {"kind", "beta"}, what, where);
+  if (kind == "softmax") detail::only_keys(j, {"kind", "beta", "dim"}, what, where);
+  if (kind == "layernorm") detail::only_keys(j, {"kind", "gamma", "delta", "eps"}, what, where);
+  if (kind == "spherical_norm") detail::only_keys(j, {"kind", "eps"}, what, where);
   try {
     if (kind == "identity") return identity();
     if (kind == "repu") return repu(number("n"));

@@ -507,11 +507,11 @@ Synapse synapse_from_json(const json& j, const std::string& where) {
     return j.at(key).get<int64_t>();
   };
   const char* what = "a synapse";
-  if (kind == "linear") only_keys(j, {"kind", "bias"}, what, where);
-  if (kind == "bias") only_keys(j, {"kind"}, what, where);
-  if (kind == "conv2d") only_keys(j, {"kind", "kernel", "stride", "padding"}, what, where);
-  if (kind == "attention") only_keys(j, {"kind", "heads", "head_dim", "beta"}, what, where);
-  if (kind == "graph") only_keys(j, {"kind", "connections"}, what, where);
+  if (kind == "linear") detail::only_keys(j, {"kind", "bias"}, what, where);
+  if (kind == "bias") detail::only_keys(j, {"kind"}, what, where);
+  if (kind == "conv2d") detail::only_keys(j, {"kind", "kernel", "stride", "padding"}, what, where);
+  if (kind == "attention") detail::only_keys(j, {"kind", "heads", "head_dim", "beta"}, what, where);
+  if (kind == "graph") detail::only_keys(j, {"kind", "connections"}, what, where);
   try {
     if (kind == "linear") {
       if (!j.contains("bias") || !j.at("bias").is_boolean()) fail("{}: linear needs a boolean \"bias\"", where);
