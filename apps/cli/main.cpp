@@ -20,7 +20,6 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <set>
 #include <sstream>
 #include <thread>
 
@@ -691,22 +690,20 @@ std::string rewire_needs_one_process(int ranks) {
       ranks);
 }
 
-// The run's rewiring: the checkpoint's record, each setting replaced by its
-// flag. Returns the share of the run's steps to end at when the end is set
-// anew: by --rewire-end, or by --rewire naming another method than the record's.
 // Whether some level lacks a connection from a level that feeds it: without
 // one, a rewiring has nowhere to grow and moves nothing.
 bool has_room_to_grow(const NeuralNetwork& net) {
-  const Topology& t = net->topology();
-  std::vector<std::set<int64_t>> feeds(t.levels().size());
-  for (int64_t c = 0; c < t.num_connections(); ++c)
-    feeds[t.level_of(t.conn_target()[c])].insert(t.level_of(t.conn_source()[c]));
+  const RewireGroups groups = RewireGroups::of_levels(net);
   double candidates = 0;
-  for (size_t l = 0; l < feeds.size(); ++l)
-    for (int64_t h : feeds[l])
-      candidates += static_cast<double>(t.levels()[h].size()) * static_cast<double>(t.levels()[l].size());
-  return candidates > static_cast<double>(t.num_connections());
+  for (size_t l = 0; l < groups.members.size(); ++l)
+    for (int64_t h : groups.grows_from[l])
+      candidates += static_cast<double>(groups.members[h].size()) * static_cast<double>(groups.members[l].size());
+  return candidates > static_cast<double>(net->num_connections());
 }
+
+// The run's rewiring: the checkpoint's record, each setting replaced by its
+// flag. Returns the share of the run's steps to end at when the end is set
+// anew: by --rewire-end, or by --rewire naming another method than the record's.
 
 std::optional<double> plan_rewiring(const TrainArgs& t, RewireSettings& r, const NeuralNetwork& net, int ranks,
                                     int64_t steps_done) {

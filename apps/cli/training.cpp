@@ -276,10 +276,8 @@ RewireSettings rewire_from_json(const nlohmann::json& json, const std::string& w
   r.end_step = integer("end_step", 0);
   r.drop_fraction = json.at("drop_fraction").get<double>();
   if (!(r.drop_fraction >= 0 && r.drop_fraction < 1)) fail("{}: /training/rewire must be {}", where, expected);
-  if (json.contains("groups")) {  // absent in checkpoints of earlier versions
-    RewireGroups::from_json(json.at("groups"), where, "/training/rewire/groups");
-    r.groups = json.at("groups");
-  }
+  if (json.contains("groups"))  // absent in checkpoints of earlier versions
+    r.groups = RewireGroups::from_json(json.at("groups"), where, "/training/rewire/groups");
   return r;
 }
 
@@ -297,7 +295,7 @@ nlohmann::json Progress::to_json() const {
                      {"every", rewire.every},
                      {"drop_fraction", rewire.drop_fraction},
                      {"end_step", rewire.end_step}};
-    if (!rewire.groups.is_null()) out["rewire"]["groups"] = rewire.groups;
+    if (rewire.groups) out["rewire"]["groups"] = rewire.groups->to_json();
   }
   return out;
 }
@@ -607,16 +605,16 @@ class Trainer {
                              .drop_fraction(r.drop_fraction)
                              .end_step(r.end_step)
                              .seed(options_.seed);
-    if (!r.groups.is_null()) {
+    if (r.groups) {
       try {
-        rewirer_.emplace(network_, RewireGroups::from_json(r.groups), options);
+        rewirer_.emplace(network_, *r.groups, options);
       } catch (const Error& e) {
         spdlog::warn("rewiring: the run's saved groups do not fit the network ({}); made anew from its levels",
                      e.what());
       }
     }
     if (!rewirer_) rewirer_.emplace(network_, options);
-    r.groups = rewirer_->groups().to_json();
+    r.groups = rewirer_->groups();
     say_planned_rewirings();
   }
 

@@ -35,9 +35,9 @@ struct RewireSettings {
   int64_t every = 100;         // rewire after every this many optimizer steps of the run
   double drop_fraction = 0.3;  // the share of each level's connections replaced (before any decay)
   int64_t end_step = 0;        // the step from which the share is 0 (RigL's T_end); 0: no decay
-  // The Rewirer's groups (RewireGroups::to_json), so that a resumed run
-  // rewires as the uninterrupted one; null before the first run with rewiring.
-  nlohmann::json groups;
+  // The Rewirer's groups, so that a resumed run rewires as the
+  // uninterrupted one; none before the first run with rewiring.
+  std::optional<RewireGroups> groups;
 
   bool active() const { return !method.empty(); }
 };

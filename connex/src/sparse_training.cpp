@@ -341,11 +341,7 @@ std::vector<std::vector<int64_t>> select_weakest(const Topology& t, double share
 
 }  // namespace
 
-namespace {
-
-// A network's groups as its levels give them: each level's neurons, and the
-// levels that feed it.
-RewireGroups level_groups(const NeuralNetwork& network) {
+RewireGroups RewireGroups::of_levels(const NeuralNetwork& network) {
   const Topology& t = network->topology();
   const size_t levels = t.levels().size();
   RewireGroups groups;
@@ -357,8 +353,6 @@ RewireGroups level_groups(const NeuralNetwork& network) {
   for (const auto& f : feeds) groups.grows_from.emplace_back(f.begin(), f.end());
   return groups;
 }
-
-}  // namespace
 
 nlohmann::json RewireGroups::to_json() const {
   nlohmann::json out{{"members", nlohmann::json::array()}, {"grows_from", grows_from}};
@@ -401,7 +395,7 @@ RewireGroups RewireGroups::from_json(const nlohmann::json& json, const std::stri
 }
 
 Rewirer::Rewirer(const NeuralNetwork& network, RewireOptions options)
-    : Rewirer(network, level_groups(network), options) {}
+    : Rewirer(network, RewireGroups::of_levels(network), options) {}
 
 Rewirer::Rewirer(const NeuralNetwork& network, RewireGroups groups, RewireOptions options)
     : options_(options), random_(options.seed()) {

@@ -74,6 +74,9 @@ struct RewireOptions {
 struct RewireGroups {
   std::vector<std::vector<NeuronId>> members;    // group -> its neurons; group 0 holds the inputs
   std::vector<std::vector<int64_t>> grows_from;  // group -> the groups it may grow from, ascending, each below it
+  // The groups a Rewirer made for `network` now fixes: each level's neurons,
+  // and the levels that feed it.
+  static RewireGroups of_levels(const NeuralNetwork& network);
   // {"members": [[neuron ids], ...], "grows_from": [[groups], ...]}
   nlohmann::json to_json() const;
   // Checks the form (unknown keys refused); the Rewirer checks the groups
