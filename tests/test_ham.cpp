@@ -336,6 +336,29 @@ TEST(HamDescent, StepIsMinusDtOverTauTimesAutogradDEdg) {
   }
 }
 
+// x·g and L(x) both overflow float32 past βx ≈ 88 (exponential, rexp) and
+// x^n (repu): the layer's energy is +∞ there, not ∞ − ∞ = NaN, its other
+// samples are untouched and ∂E/∂g is still the state. (A synapse that sees
+// such a g has no defined energy: −g·W·g with g = ∞.)
+TEST(HamLagrangian, AnOverflowingLayerEnergyIsInfinityNotNaN) {
+  const double inf = std::numeric_limits<double>::infinity();
+  for (auto l : {H::exponential(1.0), H::rexp(2.0), H::repu(3)}) {
+    const auto kind = l->to_json().dump();
+    H::HAM ham;
+    ham->add_layer("x", {2}, l);
+    const double big = l->to_json().at("kind") == "repu" ? 1e13 : 100.0;
+    H::States x{{"x", torch::tensor({big, 0.5, 0.25, -0.5}, torch::kFloat).view({2, 2})}};
+    const auto energy = ham->energy(x);
+    EXPECT_EQ(energy[0].item<double>(), inf) << kind;
+    // The finite sample as before: x·g − L(x) itself.
+    const auto x1 = x.at("x").narrow(0, 1, 1);
+    const auto own = (x1 * l->activation(x1)).sum() - l->value(x1).sum();
+    EXPECT_EQ(energy[1].item<float>(), own.item<float>()) << kind;
+    EXPECT_TRUE(std::isfinite(energy[1].item<double>())) << kind;
+    EXPECT_TRUE(torch::equal(ham->dEdg(x).at("x"), x.at("x"))) << kind;
+  }
+}
+
 TEST(HamDescent, ClampedLayersAndEntriesNeverMove) {
   torch::manual_seed(9);
   H::HAM ham;

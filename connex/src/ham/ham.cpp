@@ -1,6 +1,7 @@
 #include "connex/ham/ham.h"
 
 #include <cmath>
+#include <limits>
 #include <unordered_set>
 
 #include <torch/torch.h>
@@ -287,9 +288,16 @@ States HAMImpl::activations(const States& x) {
 
 namespace {
 
-// Σ x·g − L(x) per sample.
+// Σ x·g − L(x) per sample. Where both terms overflow to +∞ (an exponential's
+// g past βx ≈ 88 in float32, a repu's x^n) their difference is NaN, but the
+// energy is +∞: x·g − L(x) ≥ −L(0) for a convex L, and every built-in's
+// grows without bound there. L's term is masked, not the result, so that
+// ∂E/∂g stays x.
 torch::Tensor layer_energy(LagrangianImpl& lagrangian, const torch::Tensor& x, const torch::Tensor& g) {
-  return (x * g).reshape({x.size(0), -1}).sum(1) - lagrangian.value(x);
+  const auto xg = (x * g).reshape({x.size(0), -1}).sum(1);
+  const auto l = lagrangian.value(x);
+  const double inf = std::numeric_limits<double>::infinity();
+  return xg - l.masked_fill(xg.eq(inf).logical_and(l.eq(inf)), 0);
 }
 
 }  // namespace
