@@ -29,6 +29,7 @@
 #include <torch/torch.h>
 
 #include "bench_workloads.h"
+#include "file_io.h"
 #include "examples.h"
 #include "core_share.h"
 #include "connex/connex.h"
@@ -163,7 +164,7 @@ struct Classifier {
   // A train step; with a trace, through the traced forward (RigL reads it).
   void step(connex::LevelTrace* trace = nullptr) {
     optimizer->zero_grad();
-    const auto out = trace ? net->forward(x, *trace) : net->forward(x);
+    const auto out = trace ? net->forward_traced(x, *trace) : net->forward(x);
     torch::nn::functional::cross_entropy(out, labels).backward();
     optimizer->step();
   }
@@ -903,14 +904,34 @@ int main(int argc, char** argv) {
   }
   CLI::App app{"connex benchmarks: connex against plain torch references, ratios from one run"};
   bool quick = false;
-  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int cores_here = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int threads = cores_here;
   std::string only, device_name = "cpu";
   app.add_flag("--quick", quick, "fewer repetitions; ~100k instead of ~1M connections");
-  app.add_option("--threads", threads, "intra-op threads (default: all cores)");
+  // As connex's --threads: threads beyond 4 per core only wait for each other (and take long to start).
+  app.add_option("--threads", threads, "intra-op threads (default: all cores)")
+      ->check(CLI::Validator(
+          [cores_here](std::string& text) -> std::string {
+            const auto v = connex::parse_integer(text);
+            if (v && *v >= 1 && *v <= 4 * cores_here && text.find_first_not_of("0123456789") == std::string::npos &&
+                text[0] != '0')
+              return "";
+            return fmt::format("must be an integer in [1, {}] (4 per core of this machine), got \"{}\"", 4 * cores_here,
+                               connex::printable(text));
+          },
+          ""));
   app.add_option("--only", only, "run only workloads whose name contains this");
   app.add_option("--device", device_name,
                  "cpu (every workload), or cuda[:N] (the GPU table: mlp, dense, sparse, technique, sparse layered)");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // One line, as connex's errors (what the arguments held escaped).
+    fmt::print(stderr, "connex_bench: {} (see --help)\n", connex::printable(e.what(), 1000));
+    return 2;
+  }
   std::optional<torch::Device> device;
   try {
     device.emplace(device_name);

@@ -633,9 +633,8 @@ std::vector<Case> make_catalogue() {
     load_optimizer_state(grafted, *w.adam, "graft.ckpt", w.net);
   });
   add("checkpoint", "OptimizerStateOfAnotherNetwork", other_network_checkpoint(true), graft,
-      {"the optimizer state in graft.ckpt has a float64 exp_avg of shape [15] for parameter \"weight\", which is "
-       "float64 of shape [14]; "
-       "it belongs to another network"});
+      {"the optimizer state in graft.ckpt has exp_avg of shape [15] for parameter \"weight\", which is of shape "
+       "[14]; it belongs to another network"});
   add("checkpoint", "OptimizerStateWithOtherParameters", other_network_checkpoint(false), graft,
       {"group 0 of the optimizer holds parameters [", "] but the one in graft.ckpt holds ["});
   add("checkpoint", "OptimizerStateOfAnotherType", none, lib([](World& w) {
@@ -678,6 +677,11 @@ std::vector<Case> make_catalogue() {
         save(w.net, w.dir / "good.ckpt", nullptr, &p);
       }),
       {"the preprocessing: names 2 feature(s) for a network with 1 inputs"});
+  add("checkpoint", "PreprocessingNamesATargetTwice", with_preprocessing([](nlohmann::json& p) {
+        p.erase("standardize");
+        p["targets"] = {"y1", "y1"};
+      }),
+      load_file("bad.ckpt"), {"bad.ckpt: /preprocessing: names target column \"y1\" twice"});
   add("checkpoint", "RestoreWithoutAnOptimizer", none, lib([](World& w) {
         restore_optimizer(Checkpoint{w.net, std::nullopt, std::nullopt}, "plain.ckpt");
       }),
@@ -739,6 +743,40 @@ std::vector<Case> make_catalogue() {
   add("cli", "BadCsvCell", file("bad.csv", "x,y1,y2\n0,1,0\n1,abc,2\n"),
       cli("train net.json --data bad.csv --epochs 1 --out out"),
       {"bad.csv:3: column 2 (\"y1\"): \"abc\" is not a number"});
+  // The names and labels a run uses go into JSON (the checkpoint, the run's
+  // record), which holds UTF-8 only: refused when read, not after training.
+  add("cli", "ColumnNameNotUtf8", file("latin.csv", "x\xe9,y1,y2\n0,1,0\n0.5,0.88,0.48\n"),
+      cli("train net.json --data latin.csv --epochs 1 --out out"),
+      {"latin.csv: column 1 (\"x\\xe9\"): the name is not UTF-8 (byte 0xe9)"});
+  add("cli", "ClassLabelNotUtf8",
+      file("labels.csv",
+           "x,label\n0,a\n1,c\xff"
+           "a\n2,b\n"),
+      cli("train net.json --data labels.csv --task classification --epochs 1 --out out"),
+      {"labels.csv:3: column 2 (\"label\"): the class label \"c\\xffa\" is not UTF-8"});
+  add("cli", "DataPathNotUtf8", none, cli("train net.json --data \"$(printf 'g\\377.csv')\" --epochs 1 --out out"),
+      {"--data: expected a UTF-8 file name (runs record their paths in JSON), got \"g\\xff.csv\""});
+  // An unset shell variable: not the default network.
+  add("cli", "EmptyFileName", none, cli("export '' --format json --out out"),
+      {"checkpoint: expected a file name, got an empty string"});
+  add("cli", "PruneWritesOverItsData", none, cli("prune good.ckpt --fraction 0.3 --data data.csv --out data.csv"),
+      {"prune: --out data.csv is the file it reads; give another path"});
+  add("cli", "TrainRewritesItsData",
+      [](World& w) {
+        fs::create_directory(w.dir / "run");
+        spit(w.dir / "run/metrics.csv", "x,y1,y2\n0,1,0\n0.5,0.88,0.48\n");
+      },
+      cli("train net.json --data run/metrics.csv --epochs 1 --out run --overwrite"),
+      {"train: --data run/metrics.csv is the metrics.csv that --out run rewrites"});
+  add("cli", "FeatureNamedTwice", none, cli("train net.json --data data.csv --features x x --epochs 1 --out out"),
+      {"data.csv: column \"x\" is named twice as a feature"});
+  add("cli", "BenchWithoutThreads", none, cli("bench --threads 0"),
+      {"connex_bench: --threads: must be an integer in [1, ", "got \"0\""});
+  add("cli", "HexadecimalCell", file("hex.csv", "x,y1,y2\n0,1,0\n0x10,0.88,0.48\n"),
+      cli("train net.json --data hex.csv --epochs 1 --out out"),
+      {"hex.csv:3: column 1 (\"x\"): \"0x10\" is not a number"});
+  add("cli", "HexadecimalLearningRate", none, cli("train net.json --lr 0x10 --out out"),
+      {"--lr: must be a number in (0, 1000000], got \"0x10\""});
   add("cli", "EdgeNotFromTo", none, cli("edit good.ckpt --add-connection 1-6 --out out"),
       {"--add-connection: \"1-6\" is not of the form FROM:TO"});
   add("cli", "EditMakesACycle", none, cli("edit good.ckpt --add-connection 8:2 --out out"),

@@ -138,8 +138,8 @@ TEST(Cuda, StructureLearningMatchesCpu) {
   LevelTrace trace_cpu, trace_gpu;
   for (int step = 0; step < 3; ++step) {
     adam_cpu.zero_grad(), adam_gpu.zero_grad();
-    torch::mse_loss(cpu->forward(x, trace_cpu), y).backward();
-    torch::mse_loss(gpu->forward(x.cuda(), trace_gpu), y.cuda()).backward();
+    torch::mse_loss(cpu->forward_traced(x, trace_cpu), y).backward();
+    torch::mse_loss(gpu->forward_traced(x.cuda(), trace_gpu), y.cuda()).backward();
     if (step < 2) adam_cpu.step(), adam_gpu.step();  // the last backward is RigL's
   }
   auto same = [](const NeuralNetwork& a, const NeuralNetwork& b) {

@@ -374,7 +374,8 @@ TEST(OptimizerAfterEdit, AParameterLeftOutStaysOut) {
 
 TEST(Dataset, ColumnsThatAreNotFeaturesMayHoldAnything) {
   TempDir dir;
-  spit(dir / "d.csv", "id,name,a,b,kind\n1,Braund,0.5,2,x\n2,Cumings,1.5,3,y\n");
+  // Even a name or cell that is not UTF-8 (Latin-1 "é"): only the chosen columns' names are recorded.
+  spit(dir / "d.csv", "id,nam\xe9,a,b,kind\n1,Braund\xe9,0.5,2,x\n2,Cumings,1.5,3,y\n");
   const Table table = read_table(dir / "d.csv", mlp(2, 2),
                                  TableOptions().task(Task::Classification).features({"a", "b"}).targets({"kind"}));
   EXPECT_EQ(table.train.inputs().size(1), 2);

@@ -65,6 +65,26 @@ TEST(AtomicWrite, NeverWritesThroughASymlinkPlantedAtATemporaryName) {
   EXPECT_EQ(names_in(dir.path).size(), planted.size() + 2) << "a temporary was left behind";
 }
 
+// A replaced file keeps its mode (a new file's would have been 0644 less the
+// umask), and one its user may not write is refused as cp refuses it, left as
+// it was (root may write anything, so that half runs for other users only).
+TEST(AtomicWrite, AReplacedFileKeepsItsModeAndAReadOnlyOneIsRefused) {
+  TempDir dir;
+  const std::string path = dir / "kept.json";
+  spit(path, "old");
+  ::chmod(path.c_str(), 0600);
+  write_file_atomically(path, "new", "test");
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_EQ(slurp(path), "new");
+  ::chmod(path.c_str(), 0444);
+  if (::geteuid() == 0) GTEST_SKIP() << "root writes a read-only file";
+  EXPECT_THROW_MSG(write_file_atomically(path, "newer", "test"), "test: cannot write " + path + ": Permission denied");
+  EXPECT_EQ(slurp(path), "new");
+  EXPECT_EQ(names_in(dir.path).size(), 1u);
+}
+
 TEST(AtomicWrite, TemporaryNamesAreUnpredictable) {
   TempDir dir;
   std::set<std::string> suffixes;
@@ -116,6 +136,14 @@ TEST(Printable, EscapesControlBytesAndCutsLongValues) {
   EXPECT_EQ(printable("ab", 80), "ab");
   // Never half a UTF-8 character.
   EXPECT_EQ(printable("aé", 2), "a…");
+  // Bytes that are not UTF-8 (Latin-1, a cut or overlong sequence) are escaped, UTF-8 text is kept,
+  // and so are the characters that break a line: C1 controls (NEL) and the line and paragraph separators.
+  EXPECT_EQ(printable("caf\xe9 é \xc0\xaf \xe2\x82"), "caf\\xe9 é \\xc0\\xaf \\xe2\\x82");
+  EXPECT_EQ(printable("a\xc2\x85"
+                      "b\xe2\x80\xa8"
+                      "c\xe2\x80\xa9"
+                      "d"),
+            "a\\u0085b\\u2028c\\u2029d");
 }
 
 // ------------------------------------------------------------ nesting depth
@@ -244,6 +272,16 @@ TEST(PrebuiltSizes, AreCheckedByArithmeticBeforeAnyLoopOrAllocation) {
   if (memory > 400e9) GTEST_SKIP() << "this machine could build it";
   EXPECT_THROW_MSG(nn::mlp_spec(1, 1, 30800, 3),
                    "MLP(): 9.24e+04 neurons and 1.9e+09 connections need about 486 GB of memory to build");
+}
+
+// A chain is a level per neuron, whose tables cost more than a wide layer's
+// neurons: depth 3e7 at width 1 passed the check on a 24 GB machine and
+// would have needed ~40 GB. Now ~1.8 KB a neuron is counted.
+TEST(PrebuiltSizes, AChainCountsItsLevels) {
+  const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+  if (memory > 50e9) GTEST_SKIP() << "this machine could build it";
+  EXPECT_THROW_MSG(nn::mlp_spec(1, 1, 1, 30000000),
+                   "MLP(): 3e+07 neurons and 3e+07 connections need about 53.8 GB of memory to build");
 }
 
 // The duplicate check compared each header name with every earlier one: 10^5 columns took 14 s.

@@ -659,7 +659,7 @@ TEST(Gradients, DensePathIsTakenWhereItApplies) {
   mlp->zero_grad();
   // A traced forward takes the per-level path and fills the trace.
   LevelTrace trace;
-  auto y = mlp->forward(torch::randn({3, 1}), trace);
+  auto y = mlp->forward_traced(torch::randn({3, 1}), trace);
   y.sum().backward();
   ASSERT_EQ(trace.preactivations.size(), mlp->topology().levels().size());
   EXPECT_TRUE(trace.preactivations[1].grad().defined());

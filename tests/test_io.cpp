@@ -183,6 +183,45 @@ TEST(Checkpoint, OptimizerStateResumesTrainingExactly) {
                    "holds no optimizer state");
 }
 
+// An optimizer's state follows its parameters' dtype in a checkpoint, as
+// torch's load_state_dict makes it: a network moved to double after its
+// optimizer stepped (Adam's moments stay float32) saves a file that loads,
+// and a float checkpoint's state resumes a copy moved to double.
+TEST(Checkpoint, OptimizerStateTakesItsParametersDtype) {
+  TempDir dir;
+  auto [x, y] = cos_sin_data();
+  auto net = nn::MLP(1, 2, 3, 1);
+  torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(1e-2));
+  adam.zero_grad();
+  torch::mse_loss(net->forward(x), y).backward();
+  adam.step();
+  const auto moment = [](const torch::optim::Optimizer& opt, const torch::Tensor& p) {
+    return static_cast<const torch::optim::AdamParamState&>(*opt.state().at(optimizer_state_key(p))).exp_avg();
+  };
+  const torch::Tensor float_moment = moment(adam, net->weight_tensor()).clone();
+  net->to(torch::kFloat64);
+  ASSERT_EQ(moment(adam, net->weight_tensor()).scalar_type(), torch::kFloat32);
+  save(net, dir / "double.ckpt", &adam);
+  const auto loaded = load_checkpoint(dir / "double.ckpt");
+  auto restored = restore_optimizer(loaded, "double.ckpt");
+  const auto back = moment(*restored, loaded.network->weight_tensor());
+  EXPECT_EQ(back.scalar_type(), torch::kFloat64);
+  EXPECT_TRUE(torch::equal(back, float_moment.to(torch::kFloat64)));
+
+  auto single = nn::MLP(1, 2, 3, 1);
+  torch::optim::Adam single_adam(single->parameters(), torch::optim::AdamOptions(1e-2));
+  single_adam.zero_grad();
+  torch::mse_loss(single->forward(x), y).backward();
+  single_adam.step();
+  save(single, dir / "float.ckpt", &single_adam);
+  const auto ck = load_checkpoint(dir / "float.ckpt");
+  auto wide = clone(ck.network);
+  wide->to(torch::kFloat64);
+  auto resumed = restore_optimizer(ck, "float.ckpt", wide);
+  EXPECT_TRUE(torch::equal(moment(*resumed, wide->weight_tensor()),
+                           moment(single_adam, single->weight_tensor()).to(torch::kFloat64)));
+}
+
 class BadCheckpoint : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -566,8 +605,8 @@ TEST_F(BadCheckpoint, OptimizerStateOfAnotherNetwork) {
   torch::optim::Adam adam(checkpoint.network->parameters());
   EXPECT_THROW_MSG(
       load_optimizer_state(checkpoint, adam, "graft.ckpt"),
-      "the optimizer state in graft.ckpt has a float64 exp_avg of shape [10] for parameter \"weight\", which is "
-      "float64 of shape [6]; it belongs to another network");
+      "the optimizer state in graft.ckpt has exp_avg of shape [10] for parameter \"weight\", which is of shape [6]; "
+      "it belongs to another network");
   EXPECT_TRUE(adam.state().empty());
 }
 

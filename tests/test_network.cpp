@@ -140,6 +140,23 @@ TEST(NeuralNetwork, CloneIsIndependent) {
   EXPECT_EQ(net->weight(0, 1), before);
 }
 
+// One forward(x) (the traced one has a name of its own): a network is a
+// module torch::nn::Sequential and AnyModule hold, trained through them.
+TEST(NeuralNetwork, GoesIntoASequential) {
+  torch::manual_seed(2);
+  auto net = nn::MLP(3, 2, 8, 1);
+  torch::nn::Linear linear(4, 3);
+  torch::nn::Sequential seq(linear, net);
+  const auto x = torch::randn({5, 4});
+  EXPECT_TRUE(torch::equal(seq->forward(x), net->forward(linear->forward(x))));
+  EXPECT_EQ(seq->parameters().size(), linear->parameters().size() + net->parameters().size());
+  torch::optim::SGD sgd(seq->parameters(), 0.1);
+  const auto before = net->weight_tensor().clone();
+  seq->forward(x).pow(2).sum().backward();
+  sgd.step();
+  EXPECT_FALSE(torch::equal(net->weight_tensor(), before));
+}
+
 namespace {
 // A trainable element-wise activation: x -> a * tanh(x), one learnable a.
 struct ScaledTanhImpl : torch::nn::Cloneable<ScaledTanhImpl> {

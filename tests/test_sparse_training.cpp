@@ -23,7 +23,7 @@ const auto kTanh64 = NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activa
 LevelTrace traced_backward(NeuralNetwork& net, const torch::Tensor& x, const torch::Tensor& y) {
   LevelTrace trace;
   net->zero_grad();
-  (net->forward(x, trace) - y).pow(2).sum().backward();
+  (net->forward_traced(x, trace) - y).pow(2).sum().backward();
   return trace;
 }
 
@@ -699,7 +699,7 @@ TEST(SparseTraining, BadInputNamesTheCulpritAndChangesNothing) {
   Rewirer rigl(net, RewireOptions().method(RewireMethod::RigL));
   EXPECT_THROW_MSG(rigl.rewire(net, 0), "Rewirer::rewire(): RigL expected the trace of a forward pass");
   LevelTrace untrained;
-  net->forward(torch::randn({4, 6}, torch::kFloat64), untrained);
+  net->forward_traced(torch::randn({4, 6}, torch::kFloat64), untrained);
   EXPECT_THROW_MSG(
       rigl.rewire(net, 0, &untrained),
       "Rewirer::rewire(): the trace has no gradient; call loss.backward() on the traced forward's loss first");
@@ -727,7 +727,7 @@ TEST(SparseTraining, BadInputNamesTheCulpritAndChangesNothing) {
   foreign_shape.topology = nullptr;
   EXPECT_THROW_MSG(activation_scores(net, foreign_shape),
                    "activation_scores(): the trace holds no network's structure; fill it with this network's "
-                   "forward(x, trace)");
+                   "forward_traced(x, trace)");
   EXPECT_THROW_MSG(rigl.drop_fraction(-5), "Rewirer::drop_fraction(): expected a step >= 0, got -5");
   EXPECT_THROW_MSG(rigl.rewire(net, -1, &trace), "Rewirer::rewire(): expected a step >= 0, got -1");
   // A trace of an edited network has the same shapes but another meaning.
@@ -739,7 +739,7 @@ TEST(SparseTraining, BadInputNamesTheCulpritAndChangesNothing) {
   LevelTrace without_gradients;
   {
     torch::NoGradGuard no_grad;
-    net->forward(torch::randn({4, 6}, torch::kFloat64), without_gradients);
+    net->forward_traced(torch::randn({4, 6}, torch::kFloat64), without_gradients);
   }
   EXPECT_THROW_MSG(rigl.rewire(net, 0, &without_gradients),
                    "Rewirer::rewire(): the trace was made without gradients (under torch::NoGradGuard, or with every "
@@ -758,7 +758,7 @@ TEST(PruneByData, ActivationScoresAreWeightTimesMeanAbsoluteSource) {
   net->set_bias(2, 0.1);
   auto x = torch::tensor({{1.0, -2.0}, {-3.0, 4.0}}, torch::kFloat64);
   LevelTrace trace;
-  net->forward(x, trace);
+  net->forward_traced(x, trace);
   const double h1 = std::tanh(0.5 * 1 - 2.0 * -2 + 0.1), h2 = std::tanh(0.5 * -3 - 2.0 * 4 + 0.1);
   const double mean0 = 2, mean1 = 3, mean2 = (std::abs(h1) + std::abs(h2)) / 2;
   auto scores = activation_scores(net, trace);
@@ -879,7 +879,7 @@ TEST(LevelTrace, TheFusedKernelFillsTheSameTraceAsThePerLevelPath) {
     LevelTrace unrecorded;
     {
       torch::NoGradGuard no_grad;
-      fused->forward(x, unrecorded);
+      fused->forward_traced(x, unrecorded);
     }
     EXPECT_THROW_MSG(absent_connection_gradients(fused, unrecorded, pairs),
                      "absent_connection_gradients(): the trace was made without gradients (under "
@@ -891,7 +891,7 @@ TEST(LevelTrace, ValuesAndGradientsMatchTheForward) {
   NeuralNetwork net(readme_spec(), kTanh64);
   auto x = torch::randn({5, net->num_inputs()}, torch::kFloat64);
   LevelTrace trace;
-  auto y = net->forward(x, trace);
+  auto y = net->forward_traced(x, trace);
   EXPECT_TRUE(torch::allclose(y, net->forward(x), 1e-14, 1e-14));
   ASSERT_EQ(trace.values.size(), net->topology().levels().size());
   EXPECT_FALSE(trace.preactivations[0].defined());

@@ -554,6 +554,30 @@ TEST(Techniques, TorchScriptExportMatches) {
   }
 }
 
+// A float16 network is exported to run on a GPU; scripting computes its
+// constants on the CPU, which has no float16 sqrt (neuron self-attention's
+// scale failed with torch's error). Its script, moved to float32, computes
+// what the network moved to float32 does.
+TEST(Techniques, AFloat16NetworkWithEveryTechniqueExports) {
+  auto net = nn::DenseMLP(1, 2, 3, 2,  // fan-ins 1, 4 and 7: a scale float16 rounds
+                          NeuralNetworkOptions()
+                              .dtype(torch::kFloat16)
+                              .use_topo_norm(true)
+                              .use_topo_self_attention(true)
+                              .use_neuron_self_attention(true)
+                              .use_adaptive_activations(true)
+                              .seed(4));
+  const std::string path = ::testing::TempDir() + "/half.pt";
+  export_torchscript(net, path);
+  auto module = torch::jit::load(path);
+  module.to(torch::kFloat32);
+  net->to(torch::kFloat32);
+  net->eval();
+  const auto x = torch::randn({6, 1});
+  // The script's constants are float16's (√7 to 4e-4), the network's float32's.
+  EXPECT_TRUE(torch::allclose(module.forward({x}).toTensor(), net->forward(x), 2e-3, 2e-3));
+}
+
 // ------------------------------------------------------- a user operation
 
 namespace {

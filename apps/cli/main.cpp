@@ -36,6 +36,7 @@
 #include "launcher.h"
 #include "../examples.h"
 #include "training.h"
+#include "utf8.h"
 
 namespace fs = std::filesystem;
 using namespace connex;
@@ -189,6 +190,7 @@ void check_out(const std::string& command, const std::string& in, const std::str
             "{}: --out {} is the {} of the run directory {}; a run's files are rewritten together, by train --out "
             "only: write elsewhere",
             command, out, name, dir.string());
+  check_replaceable(out, command.c_str());  // not after the work
   if (in.empty() || !fs::exists(out, ec) || !fs::equivalent(in, out, ec)) return;
   if (!may_replace_checkpoint || !is_checkpoint(in))
     fail("{}: --out {} is the file it reads; give another path", command, out);
@@ -255,13 +257,37 @@ torch::Device parse_device(const std::string& name) {
   fail("--device must be cpu or cuda, got \"{}\"", name);
 }
 
+// A file or directory name: not empty (an unset shell variable would
+// otherwise mean "the default network").
+CLI::Validator path_check() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        return text.empty() ? "expected a file name, got an empty string" : std::string();
+      },
+      "");
+}
+
+// The same for a path a run records in JSON (--data), which holds UTF-8 only.
+CLI::Validator recorded_path_check() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        if (text.empty()) return "expected a file name, got an empty string";
+        if (first_non_utf8(text) != std::string::npos)
+          return fmt::format("expected a UTF-8 file name (runs record their paths in JSON), got \"{}\"",
+                             printable(text));
+        return std::string();
+      },
+      "");
+}
+
 struct DataArgs {
   std::string data;
   std::optional<std::string> task;
   std::vector<std::string> targets, features;
   bool standardize = false;
   void add_to(CLI::App* cmd) {
-    cmd->add_option("--data", data, "CSV file with a header row (default: built-in cos/sin toy data)");
+    cmd->add_option("--data", data, "CSV file with a header row (default: built-in cos/sin toy data)")
+        ->check(recorded_path_check());
     cmd->add_option("--target", targets, "target column(s) (default: the checkpoint's, else the last column(s))");
     cmd->add_option("--features", features,
                     "feature columns (default: the checkpoint's, else every non-target column)");
@@ -302,7 +328,8 @@ CLI::Validator number_in(double low, double high, bool integer, bool low_open = 
         char* end = nullptr;
         errno = 0;
         const double v = std::strtod(text.c_str(), &end);
-        const bool parsed = !text.empty() && end && *end == '\0' && errno == 0 && std::isfinite(v);
+        const bool parsed = !text.empty() && end && *end == '\0' && errno == 0 && std::isfinite(v) &&
+                            text.find_first_of("xX") == std::string::npos;  // strtod reads 0x10 as 16
         // An integer is its decimal digits: CLI11 converts no exponent or
         // fraction (1e3, 100.0) and reads a leading 0 as octal (010 is 8).
         const size_t first = text.find_first_not_of("+-");
@@ -633,7 +660,10 @@ void check_train_flags(const TrainArgs& t, const std::string& out) {
 // a typo or a reused name would otherwise lose a finished run without a word.
 void check_train_out(const std::string& config, const std::string& out, bool overwrite) {
   std::error_code ec;
-  if (out.empty() || overwrite || !fs::is_directory(out, ec)) return;
+  if (out.empty() || !fs::is_directory(out, ec)) return;
+  // Written after the last epoch: a file there the run may not replace is refused before the first.
+  for (const char* name : kRunFiles) check_replaceable((fs::path(out) / name).string(), "train");
+  if (overwrite) return;
   std::vector<std::string> held;
   for (const char* name : kRunFiles)
     if (fs::is_regular_file(fs::path(out) / name, ec)) held.emplace_back(name);
@@ -651,6 +681,23 @@ void check_train_out(const std::string& config, const std::string& out, bool ove
       "train: --out {} holds files a run writes ({}) but no model.ckpt; write elsewhere, or pass --overwrite to "
       "replace them",
       out, fmt::join(held, ", "));
+}
+
+// train --out rewrites every run file in it: none may be what the run reads
+// (a config or CSV kept there under a run file's name, --overwrite or not),
+// but for the model.ckpt of the run it resumes.
+void check_run_files_are_not_inputs(const std::string& out, const std::string& config, const std::string& data) {
+  if (out.empty()) return;
+  std::error_code ec;
+  for (const char* name : kRunFiles) {
+    const fs::path file = fs::path(out) / name;
+    if (!fs::is_regular_file(file, ec)) continue;
+    const bool is_data = !data.empty() && fs::equivalent(data, file, ec);
+    const bool is_config = !config.empty() && std::string(name) != "model.ckpt" && fs::equivalent(config, file, ec);
+    if (is_data || is_config)
+      fail("train: {} {} is the {} that --out {} rewrites; move it elsewhere first, or write elsewhere",
+           is_data ? "--data" : "the config", is_data ? data : config, name, out);
+  }
 }
 
 // train --density: a new run's network, a sparse layered one of the config's
@@ -921,6 +968,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
       plan_rewiring(t, progress.rewire, net, dist.nproc > 1 ? dist.nproc : group_size(dist), progress.steps);
   const int last_epoch = progress.epoch + t.epochs;
   const DataArgs data_args = resumed_data_args(d, progress, config);
+  check_run_files_are_not_inputs(out, config, data_args.data);
   // Checks sizes before anything runs; a checkpoint's preprocessing is applied, not fitted anew.
   Table data = load_dataset(data_args.options(net, progress.val_split, progress.seed), net, ck.preprocessing, "train");
   // Saved with the model: the data's (the toy set's only when it standardizes, so that a model trained on
@@ -1008,7 +1056,7 @@ torch::Tensor connection_scores(NeuralNetwork& net, const std::string& score, co
   torch::Tensor scores;
   if (score == "activation") {
     LevelTrace trace;
-    net->forward(rows.inputs(), trace);
+    net->forward_traced(rows.inputs(), trace);
     scores = activation_scores(net, trace);
   } else {
     net->zero_grad();
@@ -1087,6 +1135,7 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   std::optional<Table> data;
   if (!d.data.empty() || t.epochs > 0 || scored) {
     const DataArgs data_args = resumed_data_args(d, trained, path, "prune");
+    check_out("prune", data_args.data, out, false);  // the CSV it reads, given or the checkpoint's
     data = load_dataset(data_args.options(net, trained.val_split, seed), net, ck.preprocessing, "prune");
   }
   const PruneOptions options = p.options().scores(data ? connection_scores(net, p.score, *data) : torch::Tensor());
@@ -1588,7 +1637,8 @@ void add_sparse_training_flags(CLI::App* train, TrainArgs& t) {
 
 void add_train_command(CLI::App& app, Commands& c) {
   c.train = app.add_subcommand("train", "train a network from a JSON config or checkpoint");
-  c.train->add_option("config", c.config, "JSON config or checkpoint (default: the README network)");
+  c.train->add_option("config", c.config, "JSON config or checkpoint (default: the README network)")
+      ->check(path_check());
   c.data.add_to(c.train);
   c.train_args.add_to(c.train, 1000);
   c.dist.add_to(c.train);
@@ -1609,7 +1659,8 @@ void add_train_command(CLI::App& app, Commands& c) {
   c.train
       ->add_option("--checkpoint-every", c.train_args.checkpoint_every, "write --out every this many epochs (rank 0)")
       ->check(number_in(0, kIntMax, true));
-  c.train->add_option("--out", c.out, "directory for model.ckpt, metrics.csv, metrics.json, config.json");
+  c.train->add_option("--out", c.out, "directory for model.ckpt, metrics.csv, metrics.json, config.json")
+      ->check(path_check());
   c.train->add_flag("--overwrite", c.train_args.overwrite,
                     "let --out replace another run's files (resuming a run in place needs no flag)");
   add_sparse_training_flags(c.train, c.train_args);
@@ -1617,7 +1668,7 @@ void add_train_command(CLI::App& app, Commands& c) {
 
 void add_prune_command(CLI::App& app, Commands& c) {
   c.prune = app.add_subcommand("prune", "remove the weakest connections by |w|, optionally train on");
-  c.prune->add_option("checkpoint", c.path, "checkpoint or config")->required();
+  c.prune->add_option("checkpoint", c.path, "checkpoint or config")->required()->check(path_check());
   c.prune->add_option("--threshold", c.prune_args.threshold, "remove connections with |w| below this");
   c.prune->add_option("--fraction", c.prune_args.fraction, "remove this fraction of connections, weakest first")
       ->check(number_in(0, 1, false));
@@ -1639,13 +1690,13 @@ void add_prune_command(CLI::App& app, Commands& c) {
                     "then remove hidden neurons that no input reaches or that reach no output");
   c.data.add_to(c.prune);
   c.prune_train.add_to(c.prune, 0);
-  c.prune->add_option("--out", c.out, "write the pruned checkpoint here");
+  c.prune->add_option("--out", c.out, "write the pruned checkpoint here")->check(path_check());
 }
 
 void add_edit_command(CLI::App& app, Commands& c) {
   auto& a = c.edit_args;
   c.edit = app.add_subcommand("edit", "add and remove neurons and connections");
-  c.edit->add_option("checkpoint", c.path, "checkpoint or config")->required();
+  c.edit->add_option("checkpoint", c.path, "checkpoint or config")->required()->check(path_check());
   c.edit->add_option("--add-connection", a.add_connection, "FROM:TO")->allow_extra_args(false);
   c.edit->add_option("--remove-connection", a.remove_connection, "FROM:TO")->allow_extra_args(false);
   c.edit->add_option("--add-input", a.add_input, "new input neuron (comes first)")->allow_extra_args(false);
@@ -1658,30 +1709,32 @@ void add_edit_command(CLI::App& app, Commands& c) {
       "--function-preserving", a.function_preserving,
       "every new connection into an existing neuron starts at 0, so the outputs stay as they were (but for a new "
       "output under a softmax over the outputs)");
-  c.edit->add_option("--out", c.out, "write the edited checkpoint here")->required();
+  c.edit->add_option("--out", c.out, "write the edited checkpoint here")->required()->check(path_check());
 }
 
 void add_export_command(CLI::App& app, Commands& c) {
   c.export_ = app.add_subcommand("export", "write a network as TorchScript, JSON, GraphML, DOT or PNG");
-  c.export_->add_option("checkpoint", c.path, "checkpoint or config")->required();
+  c.export_->add_option("checkpoint", c.path, "checkpoint or config")->required()->check(path_check());
   c.export_->add_option("--format", c.format, "torchscript, json, graphml, dot or png")
       ->required()
       ->check(CLI::IsMember({"torchscript", "json", "graphml", "dot", "png"}));
-  c.export_->add_option("--out", c.out, "output file")->required();
+  c.export_->add_option("--out", c.out, "output file")->required()->check(path_check());
   c.export_->add_option("--timeout", c.dot_seconds, "png: seconds Graphviz may take (default 60)")
       ->check(number_in(0, 86400, false, true));
 }
 
 void add_inspect_command(CLI::App& app, Commands& c) {
   c.inspect = app.add_subcommand("inspect", "describe a checkpoint or config");
-  c.inspect->add_option("file", c.path, "checkpoint or config")->required();
+  c.inspect->add_option("file", c.path, "checkpoint or config")->required()->check(path_check());
 }
 
 void add_predict_command(CLI::App& app, Commands& c) {
   c.predict = app.add_subcommand("predict", "run a trained network on a CSV's rows and write its predictions");
-  c.predict->add_option("checkpoint", c.path, "checkpoint or run directory")->required();
-  c.predict->add_option("--data", c.predict_data, "CSV with the feature columns the model was trained on")->required();
-  c.predict->add_option("--out", c.out, "CSV to write (default: standard output)");
+  c.predict->add_option("checkpoint", c.path, "checkpoint or run directory")->required()->check(path_check());
+  c.predict->add_option("--data", c.predict_data, "CSV with the feature columns the model was trained on")
+      ->required()
+      ->check(path_check());
+  c.predict->add_option("--out", c.out, "CSV to write (default: standard output)")->check(path_check());
   c.predict->add_option("--batch-size", c.predict_batch, "rows per forward pass (default 4096)")
       ->check(number_in(1, 1 << 30, true));
 }
@@ -1799,7 +1852,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "connex: %s (see connex --help)\n", parse_error_text(e).c_str());
+    std::fprintf(stderr, "connex: %s (see connex --help)\n", printable(parse_error_text(e), 1000).c_str());
     return 2;
   }
   if (too_many_threads(threads)) return 2;
@@ -1818,10 +1871,16 @@ int main(int argc, char** argv) {
   const std::string rank_tag = *c.train ? c.dist.rank_tag() : "";
   spdlog::set_pattern("[%H:%M:%S] " + rank_tag + "%v");
   if (!rank_tag.empty()) silence_torch_logging();  // c10d's socket warnings; failures get connex's one line
+  // One line each, whatever the text holds (a file name with a newline);
+  // torch's own errors without their stack trace.
   try {
     return run_command(c, cores);
+  } catch (const c10::Error& e) {
+    // a --nproc worker's goes to the launcher, which prints it once
+    report_error(rank_tag, printable(e.what_without_backtrace(), 4000));
+    return 1;
   } catch (const std::exception& e) {
-    report_error(rank_tag, e.what());  // a --nproc worker's goes to the launcher, which prints it once
+    report_error(rank_tag, printable(e.what(), 4000));
     return 1;
   }
 }

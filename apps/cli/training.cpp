@@ -570,7 +570,7 @@ class Trainer {
     std::optional<LevelTrace> trace;
     optimizer_->zero_grad();
     const bool traced = rewire && rewirer_->options().method() == RewireMethod::RigL;
-    auto out = traced ? network_->forward(s.x, trace.emplace()) : network_->forward(s.x);
+    auto out = traced ? network_->forward_traced(s.x, trace.emplace()) : network_->forward(s.x);
     auto loss = loss_of(network_, out, s.y, options_.task);
     const int ranks = replicas_.ranks();
     if (ranks > 1) {

@@ -127,8 +127,11 @@ Cell read_cell(const std::string& cell, double& v) {
   char* stop = nullptr;
   errno = 0;
   v = cell.empty() ? 0.0 : std::strtod(cell.c_str(), &stop);
-  // ERANGE on underflow still yields a usable (subnormal or zero) value; on overflow it is ±HUGE_VAL.
-  if (cell.empty() || stop != cell.c_str() + cell.size() || (errno == ERANGE && std::abs(v) == HUGE_VAL))
+  // ERANGE on underflow still yields a usable (subnormal or zero) value; on
+  // overflow it is ±HUGE_VAL. strtod reads hexadecimal too (0x10 is 16),
+  // which no table means: that is text.
+  if (cell.empty() || stop != cell.c_str() + cell.size() || (errno == ERANGE && std::abs(v) == HUGE_VAL) ||
+      cell.find_first_of("xX") != std::string::npos)
     return Cell::NotANumber;
   return std::isfinite(v) ? Cell::Number : Cell::NotFinite;
 }

@@ -14,6 +14,7 @@
 #include "file_io.h"
 #include "dtype.h"
 #include "json_input.h"
+#include "utf8.h"
 
 namespace connex {
 
@@ -79,6 +80,21 @@ Columns choose_columns(const std::vector<std::string>& columns, const std::strin
   for (int64_t j : c.features)
     if (std::find(c.targets.begin(), c.targets.end(), j) != c.targets.end())
       fail("{}: column \"{}\" is named both as a feature and as a target", source, columns[j]);
+  for (const auto* list : {&c.features, &c.targets}) {
+    std::vector<bool> named(columns.size(), false);
+    for (int64_t j : *list) {
+      // A chosen column's name is recorded (JSON, UTF-8 only); the others may be anything.
+      if (const size_t bad = first_non_utf8(columns[j]); bad != std::string::npos)
+        fail(
+            "{}: column {} (\"{}\"): the name is not UTF-8 (byte 0x{:02x}); connex records the names of the columns "
+            "it uses in JSON: convert the file to UTF-8",
+            source, j + 1, printable(columns[j]), static_cast<unsigned char>(columns[j][bad]));
+      if (named[j])
+        fail("{}: column \"{}\" is named twice as a {}", source, columns[j],
+             list == &c.features ? "feature" : "target");
+      named[j] = true;
+    }
+  }
 
   if (static_cast<int64_t>(c.features.size()) != n_in)
     fail("{}: {} feature columns ({}) but the network has {} inputs{}", source, c.features.size(),
@@ -121,6 +137,9 @@ std::pair<torch::Tensor, std::vector<std::string>> class_labels(const CsvTable& 
   int64_t numbers = 0;
   for (int64_t i = 0; i < rows; ++i) {
     if (text && csv.text[j][i].empty()) fail("{}: the class label is empty", where(i));
+    if (text && first_non_utf8(csv.text[j][i]) != std::string::npos)
+      fail("{}: the class label \"{}\" is not UTF-8; connex keeps class names in JSON: convert the file to UTF-8",
+           where(i), printable(csv.text[j][i]));
     numbers += csv.try_number(i, j).has_value();
   }
   // A column of numbers with a stray word (or the reverse) is a data error, not a new class.
@@ -317,6 +336,14 @@ void Preprocessing::check_fits(const NeuralNetwork& network, const std::string& 
     if (static_cast<int64_t>(targets.size()) != network->num_outputs())
       fail("{}: names {} target(s) for a network with {} outputs", where, targets.size(), network->num_outputs());
     if (!classes.empty()) fail("{}: a regression has no classes", where);
+  }
+  std::set<std::string> features_seen, targets_seen;
+  for (const auto& name : features)
+    if (!features_seen.insert(name).second) fail("{}: names feature column \"{}\" twice", where, printable(name));
+  for (const auto& name : targets) {
+    if (!targets_seen.insert(name).second) fail("{}: names target column \"{}\" twice", where, printable(name));
+    if (features_seen.count(name))
+      fail("{}: names column \"{}\" both as a feature and as a target", where, printable(name));
   }
 }
 

@@ -20,6 +20,7 @@
 
 #include "connex/error.h"
 #include "json_input.h"
+#include "utf8.h"
 
 namespace connex {
 
@@ -138,6 +139,14 @@ std::string write_destination(const std::string& path) {
   return resolved.string();
 }
 
+void check_replaceable(const std::string& path_given, const char* context) {
+  const std::string path = write_destination(path_given);
+  struct stat existing {};
+  if (::stat(path.c_str(), &existing) == 0 && S_ISREG(existing.st_mode) && ::access(path.c_str(), W_OK) != 0 &&
+      (errno == EACCES || errno == EPERM || errno == EROFS))
+    fail("{}: cannot write {}: {}", context, path_given, std::strerror(errno));
+}
+
 void write_file_atomically(const std::string& path_given, const std::string& bytes, const char* context) {
   using fault_injection::WriteStep;
   // A symlink stays a link: the file it points to is written, or created
@@ -145,6 +154,10 @@ void write_file_atomically(const std::string& path_given, const std::string& byt
   // the link's place). Messages name what the caller gave, but for a
   // missing directory, which is the target's.
   const std::string path = write_destination(path_given);
+  check_replaceable(path_given, context);
+  // A replaced file keeps its permissions (not set-id bits, as cp without -p).
+  struct stat existing {};
+  const bool replaces = ::stat(path.c_str(), &existing) == 0 && S_ISREG(existing.st_mode);
   // Created exclusively under an unpredictable name: O_EXCL|O_NOFOLLOW never
   // opens what is already there, so a file or symlink planted at the name
   // cannot be written through; a taken name just means drawing another.
@@ -167,6 +180,7 @@ void write_file_atomically(const std::string& path_given, const std::string& byt
     ::unlink(temp.c_str());
     fail("{}: cannot {} {}: {}", context, what, path_given, why);
   };
+  if (replaces && ::fchmod(fd, existing.st_mode & 0777) != 0) give_up("write", true);
   const bool write_fault = injected(WriteStep::write);
   const size_t limit = write_fault ? std::min(bytes.size(), g_fault_partial.load()) : bytes.size();
   size_t written = 0;
@@ -204,11 +218,21 @@ void write_file_atomically(const std::string& path_given, const std::string& byt
 
 std::string printable(std::string_view text, size_t max_bytes) {
   std::string out;
-  size_t end = std::min(text.size(), max_bytes);
-  while (end < text.size() && end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80)
-    --end;  // no half character
-  for (size_t i = 0; i < end; ++i) {
+  const size_t end = std::min(text.size(), max_bytes);
+  size_t i = 0;
+  while (i < end) {
     const unsigned char c = static_cast<unsigned char>(text[i]);
+    const auto [length, code] = utf8_char_at(text, i);
+    if (length > 1) {
+      if (i + length > end) break;  // no half character
+      // C1 controls (NEL among them) and the line and paragraph separators break lines too.
+      if (code <= 0x9F || code == 0x2028 || code == 0x2029)
+        out += fmt::format("\\u{:04x}", code);
+      else
+        out.append(text.substr(i, length));
+      i += length;
+      continue;
+    }
     if (c == '\n')
       out += "\\n";
     else if (c == '\t')
@@ -217,12 +241,13 @@ std::string printable(std::string_view text, size_t max_bytes) {
       out += "\\r";
     else if (c == 0)
       out += "\\0";
-    else if (c < 0x20 || c == 0x7f)
+    else if (length == 0 || c < 0x20 || c == 0x7f)
       out += fmt::format("\\x{:02x}", c);
     else
       out += static_cast<char>(c);
+    ++i;
   }
-  if (end < text.size()) out += "…";
+  if (i < text.size()) out += "…";
   return out;
 }
 

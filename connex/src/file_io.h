@@ -21,13 +21,19 @@ std::string read_file(const std::string& path, const char* context, uint64_t max
 // a stray `path.tmp.*` behind); after it, `path` holds the new bytes whole.
 // When `path` is a symlink, all this happens where it points (beside and over
 // its target, created if the link dangles): the link stays.
+// A replaced file keeps its permissions, and one its user may not write is
+// refused (check_replaceable), as cp refuses it: the rename alone would do it.
 void write_file_atomically(const std::string& path, const std::string& bytes, const char* context);
+// Throws "<context>: cannot write <path>: Permission denied" when `path` (or
+// what its symlink points to) is a file its user may not write: for a caller
+// that checks its outputs before the work that ends in writing them.
+void check_replaceable(const std::string& path, const char* context);
 // Where write_file_atomically(path) lands: `path`, or through its symlinks
 // (40 hops at most) the file the last one points to.
 std::string write_destination(const std::string& path);
 
-// `text` made safe for a one-line message: control bytes escaped (\n, \t,
-// \r, \0, \xNN), cut after `max_bytes` (at a UTF-8 boundary) with "…", so
+// `text` made safe for a one-line message: control bytes and bytes that are
+// not UTF-8 escaped (\n, \t, \r, \0, \xNN), cut after `max_bytes` (at a UTF-8 boundary) with "…", so
 // an error never echoes a 200 MB cell or a raw NUL.
 std::string printable(std::string_view text, size_t max_bytes = 80);
 

@@ -18,7 +18,11 @@ inline std::string shape_str(c10::IntArrayRef shape) { return fmt::format("[{}]"
 inline std::string one_line(std::string text) {
   for (auto& c : text)
     if (c == '\n' || c == '\r') c = ' ';
-  if (text.size() > 300) text = text.substr(0, 300) + "...";
+  if (text.size() > 300) {
+    size_t cut = 300;
+    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;  // no half character
+    text = text.substr(0, cut) + "...";
+  }
   return text;
 }
 

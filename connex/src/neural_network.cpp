@@ -558,7 +558,7 @@ torch::Tensor NeuralNetworkImpl::apply_dropout(const torch::Tensor& values, cons
 
 torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x) { return forward_fused_or_levels(x, nullptr); }
 
-torch::Tensor NeuralNetworkImpl::forward(const torch::Tensor& x, LevelTrace& trace) {
+torch::Tensor NeuralNetworkImpl::forward_traced(const torch::Tensor& x, LevelTrace& trace) {
   return forward_fused_or_levels(x, &trace);
 }
 
@@ -595,7 +595,7 @@ void check_trace(const NeuralNetworkImpl& network, const LevelTrace& trace, cons
   if (trace.topology && trace.topology.get() != &t)
     fail(
         "{}: the trace was made by another network (an edited one keeps the shapes, not the meaning); fill it "
-        "with this network's forward(x, trace)",
+        "with this network's forward_traced(x, trace)",
         context);
   if (trace.values.size() != levels)
     fail("{}: expected a trace of this network's {} levels, got {}", context, levels, trace.values.size());
@@ -606,7 +606,7 @@ void check_trace(const NeuralNetworkImpl& network, const LevelTrace& trace, cons
            t.levels()[l].size());
   }
   if (!trace.topology)
-    fail("{}: the trace holds no network's structure; fill it with this network's forward(x, trace)", context);
+    fail("{}: the trace holds no network's structure; fill it with this network's forward_traced(x, trace)", context);
 }
 
 torch::Tensor NeuralNetworkImpl::forward_levels(const torch::Tensor& x, LevelTrace* trace) {

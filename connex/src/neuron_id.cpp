@@ -2,6 +2,8 @@
 
 #include <ostream>
 
+#include "utf8.h"
+
 namespace connex {
 
 std::string NeuronId::str() const {
@@ -14,26 +16,10 @@ std::string NeuronId::str() const {
 }
 
 std::optional<std::string> id_text_problem(const std::string& text) {
-  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
-  const size_t n = text.size();
-  for (size_t i = 0; i < n;) {
-    const unsigned char c = p[i];
-    // The length of a well-formed UTF-8 sequence starting with c (RFC 3629), 0 when none can.
-    const size_t len = c < 0x80                 ? 1
-                       : c >= 0xC2 && c <= 0xDF ? 2
-                       : c >= 0xE0 && c <= 0xEF ? 3
-                       : c >= 0xF0 && c <= 0xF4 ? 4
-                                                : 0;
-    if (len == 0 || i + len > n) return fmt::format("is not valid UTF-8 (byte 0x{:02x} at offset {})", c, i);
-    uint32_t code = len == 1 ? c : c & (0xFF >> (len + 1));
-    for (size_t k = 1; k < len; ++k) {
-      if ((p[i + k] & 0xC0) != 0x80)
-        return fmt::format("is not valid UTF-8 (byte 0x{:02x} at offset {})", p[i + k], i + k);
-      code = (code << 6) | (p[i + k] & 0x3F);
-    }
-    const uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (code < least[len] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF))
-      return fmt::format("is not valid UTF-8 (byte 0x{:02x} at offset {})", c, i);
+  for (size_t i = 0; i < text.size();) {
+    const auto [len, code] = utf8_char_at(text, i);
+    if (len == 0)  // the sequence starting here is none
+      return fmt::format("is not valid UTF-8 (byte 0x{:02x} at offset {})", static_cast<unsigned char>(text[i]), i);
     if (code < 0x20 || (code >= 0x7F && code <= 0x9F))
       return fmt::format("contains the control character U+{:04X} at offset {}", code, i);
     if (code == 0xFFFE || code == 0xFFFF)

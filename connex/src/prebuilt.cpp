@@ -26,8 +26,10 @@ void check_buildable(const std::string& context, double neurons, double connecti
     fail("{}: {:.3g} neurons and {:.3g} connections is more than connex builds (limit {:.0e} each)", context, neurons,
          connections, kBuildLimit);
   // Under the limit, memory decides: the edge list, the graph's indexes and
-  // the compiled topology take about this much per connection and neuron.
-  constexpr double kBytesPerConnection = 256, kBytesPerNeuron = 512;
+  // the compiled topology take about this much per connection and neuron. A
+  // neuron may be a level of its own (a chain), whose tables cost more: an
+  // MLP of width 1 and depth 1e6 took 1.4 GB, 1.4 KB a neuron.
+  constexpr double kBytesPerConnection = 256, kBytesPerNeuron = 1536;
   const double needed = connections * kBytesPerConnection + neurons * kBytesPerNeuron;
   const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
   if (memory > 0 && needed > memory)

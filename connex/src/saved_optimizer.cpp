@@ -10,7 +10,6 @@
 #include <fmt/ranges.h>
 
 #include "connex/error.h"
-#include "dtype.h"
 #include "file_io.h"
 #include "json_input.h"
 #include "optimizer_key.h"
@@ -24,11 +23,6 @@ using detail::write_tensor;
 namespace {
 
 using nlohmann::json;
-
-std::string dtype_text(torch::Dtype dtype) {
-  const DtypeInfo* info = find_dtype(dtype);
-  return info ? info->name : c10::toString(dtype);
-}
 
 // Throws unless torch's step() can run on the saved state: every field it
 // reads under a group's options is there, and an optimizer that keeps a state
@@ -77,11 +71,21 @@ json write_optimizer(const torch::nn::Module& module, const torch::optim::Optimi
       const std::string& name = names[g][i];
       auto it = optimizer.state().find(optimizer_state_key(group.params()[i]));
       if (it == optimizer.state().end()) continue;  // never stepped
+      const torch::Tensor& p = group.params()[i];
       const auto fields = state_fields(*it->second);
       json entry = {{"tensors", json::object()}};
       if (fields.step) entry["step"] = *fields.step;
-      for (const auto& [field, tensor] : fields.tensors)
-        if (tensor.defined()) entry["tensors"][field] = write_tensor(tensor, data, name + "." + field, context);
+      for (const auto& [field, tensor] : fields.tensors) {
+        if (!tensor.defined()) continue;
+        if (!tensor.sizes().equals(p.sizes()))
+          fail("{}: cannot save the optimizer for {}: its {} of parameter \"{}\" has shape [{}], the parameter [{}]",
+               context, path, field, name, fmt::join(tensor.sizes(), ", "), fmt::join(p.sizes(), ", "));
+        // A state follows its parameter's dtype, as torch's load_state_dict
+        // makes it (moments left in float32 by a network moved to double).
+        entry["tensors"][field] =
+            write_tensor(tensor.scalar_type() == p.scalar_type() ? tensor : tensor.to(p.scalar_type()), data,
+                         name + "." + field, context);
+      }
       state[name] = entry;
     }
     groups.push_back({{"options", optimizer_options_to_json(group.options())}, {"parameters", names[g]}});
@@ -274,12 +278,14 @@ void load_saved_optimizer(const SavedOptimizer& saved, torch::optim::Optimizer& 
       for (auto& field : fields.tensors) {
         if (!field.second.defined()) continue;
         // parse_checkpoint checked these against the saved network; a grafted state is checked here.
-        if (!field.second.sizes().equals(p.sizes()) || field.second.scalar_type() != p.scalar_type())
+        if (!field.second.sizes().equals(p.sizes()))
           fail(
-              "{}: the optimizer state in {} has a {} {} of shape [{}] for parameter \"{}\", which is {} of shape "
-              "[{}]; it belongs to another {}",
-              context, path, dtype_text(field.second.scalar_type()), field.first, fmt::join(field.second.sizes(), ", "),
-              held[i], dtype_text(p.scalar_type()), fmt::join(p.sizes(), ", "), owner);
+              "{}: the optimizer state in {} has {} of shape [{}] for parameter \"{}\", which is of shape [{}]; it "
+              "belongs to another {}",
+              context, path, field.first, fmt::join(field.second.sizes(), ", "), held[i], fmt::join(p.sizes(), ", "),
+              owner);
+        // Of the parameter's dtype and device, as torch's load_state_dict makes
+        // it: a float network's state resumes a copy moved to double.
         field.second = field.second.to(p.device(), p.scalar_type(), false, /*copy=*/true);
       }
       states.emplace_back(optimizer_state_key(p), make_param_state(fields));

@@ -394,7 +394,9 @@ void NeuronSelfAttention::script_replace_affine(ScriptWriter& script, const Leve
   auto outside = torch::ones({size * width}, torch::kBool)
                      .index_fill_(0, torch::tensor(pos, torch::kLong), false)
                      .view({1, size, 1, width});
-  auto fan_in = (~outside).sum(3).clamp_min(1).to(weights.scalar_type()).sqrt().view({1, size, 1, 1});
+  // sqrt in double: torch's CPU sqrt has no float16 kernel, and a float16 export runs on a GPU.
+  auto fan_in =
+      (~outside).sum(3).clamp_min(1).to(torch::kDouble).sqrt().to(weights.scalar_type()).view({1, size, 1, 1});
   script.line(fmt::format("xn = s.t().unsqueeze(1).expand([batch, {}, {}])", size, width));
   for (const std::string m : {"query", "key", "value"})
     script.line(fmt::format("{} = torch.einsum(\"nij,bnj->bni\", [{}, xn]) + {}", m[0],

@@ -68,9 +68,10 @@ NeuralNetwork load(const std::string& path);
 // Restores the saved state and group options into an optimizer of the saved
 // type. Parameters are matched by name: the optimizer must be built over the
 // parameters of `network` (by default checkpoint.network; any network of the
-// same structure will do, on any device), and each of its groups must hold the
-// parameters of the saved group. All or nothing: on an error the optimizer is
-// unchanged.
+// same structure will do, on any device, of any floating dtype: the state
+// takes its parameter's dtype, as torch's load_state_dict makes it, and save()
+// writes it so), and each of its groups must hold the parameters of the saved
+// group. All or nothing: on an error the optimizer is unchanged.
 void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer& optimizer,
                           const std::string& path = "checkpoint", const NeuralNetwork& network = nullptr);
 // The saved optimizer itself: a new one of the saved type, with the saved

@@ -79,8 +79,10 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   // The same, filling `trace`. On the per-level path the trace's tensors are
   // the graph's own (it holds the autograd graph until dropped); on the
   // fused kernel they are copies (values without autograd history, the
-  // pre-activations leaves whose grad() the kernel's backward fills).
-  torch::Tensor forward(const torch::Tensor& x, LevelTrace& trace);
+  // pre-activations leaves whose grad() the kernel's backward fills). A name
+  // of its own: one forward() lets torch::nn::Sequential and AnyModule hold
+  // the network.
+  torch::Tensor forward_traced(const torch::Tensor& x, LevelTrace& trace);
 
   void pretty_print(std::ostream& stream) const override;
 

@@ -8,7 +8,7 @@
 //   for (int64_t step = 0; step < 10000; ++step) {
 //     const bool rewiring = step % 100 == 0 && rewirer.drop_fraction(step) > 0;
 //     connex::LevelTrace trace;  // RigL reads the step's values and gradients (copied out: trace only when rewiring)
-//     auto loss = loss_fn(rewiring ? net->forward(x, trace) : net->forward(x), y);
+//     auto loss = loss_fn(rewiring ? net->forward_traced(x, trace) : net->forward(x), y);
 //     optimizer->zero_grad(); loss.backward(); optimizer->step();
 //     if (!rewiring) continue;
 //     auto r = rewirer.rewire(net, step, &trace);
