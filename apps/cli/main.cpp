@@ -267,11 +267,10 @@ CLI::Validator path_check() {
       "");
 }
 
-// The same for a path a run records in JSON (--data), which holds UTF-8 only.
-CLI::Validator recorded_path_check() {
+// With path_check(), for a path a run records in JSON (--data), which holds UTF-8 only.
+CLI::Validator utf8_path_check() {
   return CLI::Validator(
       [](std::string& text) -> std::string {
-        if (text.empty()) return "expected a file name, got an empty string";
         if (first_non_utf8(text) != std::string::npos)
           return fmt::format("expected a UTF-8 file name (runs record their paths in JSON), got \"{}\"",
                              printable(text));
@@ -287,7 +286,8 @@ struct DataArgs {
   bool standardize = false;
   void add_to(CLI::App* cmd) {
     cmd->add_option("--data", data, "CSV file with a header row (default: built-in cos/sin toy data)")
-        ->check(recorded_path_check());
+        ->check(path_check())
+        ->check(utf8_path_check());
     cmd->add_option("--target", targets, "target column(s) (default: the checkpoint's, else the last column(s))");
     cmd->add_option("--features", features,
                     "feature columns (default: the checkpoint's, else every non-target column)");

@@ -139,12 +139,22 @@ std::string write_destination(const std::string& path) {
   return resolved.string();
 }
 
-void check_replaceable(const std::string& path_given, const char* context) {
-  const std::string path = write_destination(path_given);
-  struct stat existing {};
-  if (::stat(path.c_str(), &existing) == 0 && S_ISREG(existing.st_mode) && ::access(path.c_str(), W_OK) != 0 &&
-      (errno == EACCES || errno == EPERM || errno == EROFS))
+namespace {
+
+// Whether `path` (a write destination, its symlinks followed) is a file a
+// write would replace, and its status then; throws when its user may not write it.
+bool replaced_file(const std::string& path, const std::string& path_given, const char* context, struct stat& existing) {
+  if (::stat(path.c_str(), &existing) != 0 || !S_ISREG(existing.st_mode)) return false;
+  if (::access(path.c_str(), W_OK) != 0 && (errno == EACCES || errno == EPERM || errno == EROFS))
     fail("{}: cannot write {}: {}", context, path_given, std::strerror(errno));
+  return true;
+}
+
+}  // namespace
+
+void check_replaceable(const std::string& path_given, const char* context) {
+  struct stat existing {};
+  replaced_file(write_destination(path_given), path_given, context, existing);
 }
 
 void write_file_atomically(const std::string& path_given, const std::string& bytes, const char* context) {
@@ -154,10 +164,9 @@ void write_file_atomically(const std::string& path_given, const std::string& byt
   // the link's place). Messages name what the caller gave, but for a
   // missing directory, which is the target's.
   const std::string path = write_destination(path_given);
-  check_replaceable(path_given, context);
   // A replaced file keeps its permissions (not set-id bits, as cp without -p).
   struct stat existing {};
-  const bool replaces = ::stat(path.c_str(), &existing) == 0 && S_ISREG(existing.st_mode);
+  const bool replaces = replaced_file(path, path_given, context, existing);
   // Created exclusively under an unpredictable name: O_EXCL|O_NOFOLLOW never
   // opens what is already there, so a file or symlink planted at the name
   // cannot be written through; a taken name just means drawing another.

@@ -33,8 +33,9 @@ void check_replaceable(const std::string& path, const char* context);
 std::string write_destination(const std::string& path);
 
 // `text` made safe for a one-line message: control bytes and bytes that are
-// not UTF-8 escaped (\n, \t, \r, \0, \xNN), cut after `max_bytes` (at a UTF-8 boundary) with "…", so
-// an error never echoes a 200 MB cell or a raw NUL.
+// not UTF-8 escaped (\n, \t, \r, \0, \xNN), as are the characters that
+// break lines (C1 controls, U+2028, U+2029: \uNNNN), cut after `max_bytes`
+// (at a UTF-8 boundary) with "…", so an error never echoes a 200 MB cell or a raw NUL.
 std::string printable(std::string_view text, size_t max_bytes = 80);
 
 // A new directory beside `path` (`path.tmp.XXXXXX`, mode 0700, made by
