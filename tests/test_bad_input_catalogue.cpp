@@ -446,6 +446,13 @@ std::vector<Case> make_catalogue() {
       {"my.json: /version is 2; this connex reads version 1"});
   add("config", "InvalidJsonFile", file("broken.json", "{\"graph\": [1, 2"),
       lib([](World& w) { load_config(w.dir / "broken.json"); }), {"load_config():", "broken.json is not valid JSON"});
+  // nlohmann keeps the last value of a key given twice: the first "seed" was silently dropped.
+  add("config", "KeyGivenTwice",
+      file("twice.json", "{" + graph + R"(,"options":{"seed":1,"hidden_activation":"tanh","seed":2}})"),
+      lib([](World& w) { load_config(w.dir / "twice.json"); }),
+      {"load_config():",
+       "twice.json gives the key \"seed\" twice in one object (JSON keeps one of the values; at "
+       "byte 109); remove one"});
   // Nested 100,000 deep, it crashed the message's dump() (exit 139 in the program).
   add("config", "NestedTooDeeply",
       file("deep.json", "{\"options\": {\"seed\": " + std::string(100000, '[') + std::string(100000, ']') + "}}"),

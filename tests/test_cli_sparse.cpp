@@ -297,8 +297,8 @@ TEST(CliSparse, RefusalsAreOneLineAndWriteNothing) {
             "train: the checkpoint's run rewires (set, from its record) and rewiring needs a single process, got 2 "
             "ranks; add --rewire none to train it data parallel"},
            {"norm.json --rewire rigl",
-            "train: --rewire rigl needs a network without per-level techniques (they change what a connection's "
-            "gradient is), got "}}) {
+            "train: --rewire rigl needs a network without per-level techniques but adaptive activations (they "
+            "change what a connection's gradient is), got "}}) {
     SCOPED_TRACE(args);
     auto r = connex_cli("train " + args + " --data d.csv --epochs 1 --out run", dir);
     EXPECT_NE(r.code, 0);

@@ -278,6 +278,9 @@ TEST(Plasticity, RandomEditSequencesKeepEverySurvivingParameter) {
   std::mt19937_64 rng(12345);
   int fd_checked = 0;
   for (int trial = 0; trial < 150; ++trial) {
+    // Inputs drawn from a seed of the trial's: LibTorch seeds its generator anew in every process, and one
+    // ctest run's draw put trial 0's finite differences (all four techniques, gelu) 1.1e-5 away.
+    torch::manual_seed(trial);
     auto spec = random_dag(rng, {4, 14, 0.3, trial % 4 == 0});
     // Every fifth network runs all four techniques, whose parameters must survive too.
     const bool techniques = trial % 5 == 0;

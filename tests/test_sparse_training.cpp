@@ -696,6 +696,16 @@ TEST(SparseTraining, BadInputNamesTheCulpritAndChangesNothing) {
   NeuralNetwork normed(nn::mlp_spec(2, 1, 3, 1), NeuralNetworkOptions().use_topo_norm(true));
   EXPECT_THROW_MSG(Rewirer(normed, RewireOptions().method(RewireMethod::RigL)),
                    "Rewirer(): RigL expected a network without per-level operations");
+  NeuralNetwork adaptive(nn::mlp_spec(2, 1, 3, 1), NeuralNetworkOptions().use_adaptive_activations(true));
+  EXPECT_NO_THROW(Rewirer(adaptive, RewireOptions().method(RewireMethod::RigL)));  // scaling leaves z and the values
+  {  // a connection added under topo norm would multiply a normed value, not the traced one
+    LevelTrace normed_trace;
+    normed->forward_traced(torch::randn({4, 2}), normed_trace).sum().backward();
+    const NeuronId first_input = normed->spec().inputs()[0], an_output = normed->spec().outputs()[0];
+    EXPECT_THROW_MSG(absent_connection_gradients(normed, normed_trace, {{first_input, an_output}}),
+                     "absent_connection_gradients() expected a network without per-level operations but adaptive "
+                     "activations (they change what a connection's gradient is), got topo_norm");
+  }
   Rewirer rigl(net, RewireOptions().method(RewireMethod::RigL));
   EXPECT_THROW_MSG(rigl.rewire(net, 0), "Rewirer::rewire(): RigL expected the trace of a forward pass");
   LevelTrace untrained;
@@ -821,7 +831,8 @@ TEST(PruneByData, BadScoresAreRefused) {
 // A network on the fused kernel fills the trace from the kernel (values and
 // pre-activations copied out, dL/dz from its backward), the same trace as
 // the per-level path's, on random graphs, with and without adaptive
-// activations; RigL's scores read from either agree.
+// activations (and topo norm, which RigL's scores refuse); RigL's scores
+// read from either agree.
 TEST(LevelTrace, TheFusedKernelFillsTheSameTraceAsThePerLevelPath) {
   std::mt19937_64 rng(12);
   const std::vector<std::string> activations = {"relu", "tanh", "gelu", "identity"};
@@ -842,6 +853,23 @@ TEST(LevelTrace, TheFusedKernelFillsTheSameTraceAsThePerLevelPath) {
     const int64_t batch = trial % 2 ? 13 : 3;
     auto x = torch::randn({batch, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
     auto y = torch::randn({batch, static_cast<int64_t>(spec.outputs().size())}, torch::kFloat64);
+    {
+      auto normed_options = NeuralNetworkOptions(options).use_topo_norm(true);
+      NeuralNetwork normed_fused(spec, NeuralNetworkOptions(normed_options).execution(ExecutionOptions().fused(true)));
+      NeuralNetwork normed_levels(spec,
+                                  NeuralNetworkOptions(normed_options).execution(ExecutionOptions().fused(false)));
+      copy_parameters_with_random_scales(normed_fused, normed_levels);
+      auto c = traced_backward(normed_fused, x, y), d = traced_backward(normed_levels, x, y);
+      for (size_t l = 1; l < c.values.size(); ++l) {
+        EXPECT_TRUE(torch::allclose(c.values[l], d.values[l], 1e-12, 1e-12)) << "topo norm, level " << l;
+        EXPECT_TRUE(torch::allclose(c.preactivations[l], d.preactivations[l], 1e-12, 1e-12))
+            << "topo norm, level " << l;
+        const auto &zc = c.preactivations[l], &zd = d.preactivations[l];
+        EXPECT_TRUE(torch::allclose(zc.grad().defined() ? zc.grad() : torch::zeros_like(zc),
+                                    zd.grad().defined() ? zd.grad() : torch::zeros_like(zd), 1e-10, 1e-10))
+            << "topo norm, level " << l;
+      }
+    }
     auto a = traced_backward(fused, x, y), b = traced_backward(levels, x, y);
     ASSERT_EQ(a.values.size(), b.values.size());
     ASSERT_EQ(a.preactivations.size(), b.preactivations.size());

@@ -424,12 +424,11 @@ TEST(Techniques, AttentionKernelIsDifferentiableTwice) {
   }
 }
 
-// Second derivatives through each technique on the per-level path (a
-// gradient penalty |∂(Σ y ⊙ r)/∂x|²), against central differences of the
-// penalty in a few parameters.
+// Second derivatives through each technique on the path the network
+// takes (a gradient penalty |∂(Σ y ⊙ r)/∂x|²), against central differences
+// of the penalty in a few parameters.
 TEST(Techniques, SecondDerivativesMatchFiniteDifferences) {
   for (const auto& [name, flags] : kEach) {
-    if (flags.adaptive) continue;  // adaptive activations run in the fused kernel, which is differentiable once
     auto net = nn::DenseMLP(2, 2, 4, 2, with(flags).hidden_activation("tanh").seed(4));
     perturb(net, 4);
     auto x = torch::randn({3, 2}, torch::kFloat64), r = torch::randn({3, 2}, torch::kFloat64);

@@ -165,7 +165,8 @@ inline void copy_parameters_with_random_scales(NeuralNetwork& from, NeuralNetwor
   torch::NoGradGuard no_grad;
   auto into = to->named_parameters();
   for (auto& p : from->named_parameters()) {
-    if (p.key().rfind("adaptive_activation.", 0) == 0) p.value().copy_(torch::randn_like(p.value()));
+    if (p.key().rfind("adaptive_activation.", 0) == 0 || p.key().rfind("topo_norm.", 0) == 0)
+      p.value().copy_(torch::randn_like(p.value()));
     into[p.key()].copy_(p.value());
   }
 }

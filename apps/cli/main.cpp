@@ -772,11 +772,12 @@ std::optional<double> plan_rewiring(const TrainArgs& t, RewireSettings& r, const
         "add --rewire none to train it data parallel",
         r.method, ranks);
   }
-  if (rewire_method_from_name(r.method) == RewireMethod::RigL && !net->operations().empty())
+  if (const LevelOperation* op = operation_changing_gradients(*net);
+      op && rewire_method_from_name(r.method) == RewireMethod::RigL)
     fail(
-        "train: --rewire rigl needs a network without per-level techniques (they change what a connection's gradient "
-        "is), got {}; use --rewire set",
-        net->operations().front()->name());
+        "train: --rewire rigl needs a network without per-level techniques but adaptive activations (they change what "
+        "a connection's gradient is), got {}; use --rewire set",
+        op->name());
   if (!has_room_to_grow(net))
     spdlog::warn(
         "train: --rewire {}: every level already reads every neuron of the levels that feed it, so a rewiring "

@@ -263,25 +263,44 @@ std::string printable(std::string_view text, size_t max_bytes) {
 namespace detail {
 
 nlohmann::json parse_json(std::string_view text, const std::string& what) {
-  // A linear scan for depth first: the parser itself is iterative, but the
-  // value it would build could not be dumped or described safely.
+  // A linear scan first. For depth: the parser itself is iterative, but the
+  // value it would build could not be dumped or described safely. For keys:
+  // an object keeps one value per key, so a key given twice (a hand-edited
+  // config) would silently lose a value; nlohmann's parse callback, which
+  // could see them, took quadratic time on large files. In valid JSON a ':'
+  // outside strings follows its key, the last string closed; an object's
+  // keys are compared as written when it closes.
   size_t depth = 0;
   bool in_string = false, escaped = false;
+  size_t string_begin = 0;
+  std::string_view last_string;
+  std::vector<std::vector<std::string_view>> keys(1);  // per open container, by depth
   for (size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
     if (in_string) {
-      if (escaped)
+      if (escaped) {
         escaped = false;
-      else if (c == '\\')
+      } else if (c == '\\') {
         escaped = true;
-      else if (c == '"')
+      } else if (c == '"') {
         in_string = false;
+        last_string = text.substr(string_begin, i - string_begin);
+      }
     } else if (c == '"') {
       in_string = true;
+      string_begin = i + 1;
+    } else if (c == ':') {
+      keys[depth].push_back(last_string);
     } else if (c == '[' || c == '{') {
       if (++depth > kMaxJsonDepth) fail("{} nests JSON deeper than {} levels (at byte {})", what, kMaxJsonDepth, i);
+      if (keys.size() == depth) keys.emplace_back();
+      keys[depth].clear();
     } else if ((c == ']' || c == '}') && depth > 0) {
-      --depth;
+      auto& names = keys[depth--];
+      std::sort(names.begin(), names.end());
+      if (const auto twice = std::adjacent_find(names.begin(), names.end()); twice != names.end())
+        fail("{} gives the key \"{}\" twice in one object (JSON keeps one of the values; at byte {}); remove one", what,
+             printable(*twice, 80), i);
     }
   }
   try {

@@ -12,7 +12,9 @@
 #include "activation.h"
 #include "connex/error.h"
 #include "connex/neural_network.h"
+#include "formula_gradients.h"
 #include "scratch_memory.h"
+#include "topo_norm.h"
 #include "vector_clones.h"
 #include "work_share.h"
 
@@ -94,19 +96,66 @@ inline T derivative_at_output(Act a, T y) {
   }
 }
 
-// Rows of a level per parallel task: enough work per task to beat the
-// scheduling cost, judged by connections × batch.
-int64_t grain_for(const Level& level, int64_t batch) {
-  const int64_t work = std::max<int64_t>(1, level.num_connections() * batch + level.size() * batch);
-  const int64_t per_row = std::max<int64_t>(1, work / std::max<int64_t>(1, level.size()));
+// Rows per parallel task: enough work per task to beat the scheduling
+// cost, judged by connections × batch.
+int64_t grain_for(int64_t connections, int64_t rows, int64_t batch) {
+  const int64_t work = std::max<int64_t>(1, connections * batch + rows * batch);
+  const int64_t per_row = std::max<int64_t>(1, work / std::max<int64_t>(1, rows));
   return std::max<int64_t>(1, 32768 / per_row);
+}
+int64_t grain_for(const Level& level, int64_t batch) { return grain_for(level.num_connections(), level.size(), batch); }
+
+// With topo norm, a level's weights multiply its sources' normed rows, one
+// row per (level, source) in topo norm's order (Level::sources_before), not
+// the sources' values: forward reads row conn_row[c] for connection c, and
+// backward runs each such row's connections as a source's, in row order.
+struct NormLayout {
+  std::vector<int64_t> conn_row;     // connection c's normed row
+  std::vector<int64_t> row_offsets;  // row r's connections: [row_offsets[r], row_offsets[r + 1]) below
+  std::vector<int64_t> row_targets;  // their target neurons, ascending within a row
+  std::vector<int64_t> row_conn;     // their connection indices
+  int64_t rows = 0;                  // Σ_l sources of level l
+  int64_t widest_scattered = 0;      // sources of the widest level whose sources are not one run of ids
+};
+
+int64_t width_of(const Level& level) { return static_cast<int64_t>(level.sources.size()); }
+bool sources_in_a_run(const Level& level) {
+  return level.sources.empty() || level.sources.back() - level.sources.front() + 1 == width_of(level);
+}
+
+NormLayout make_norm_layout(const Topology& topo) {
+  NormLayout norm;
+  const auto& levels = topo.levels();
+  norm.conn_row.resize(static_cast<size_t>(topo.num_connections()));
+  for (size_t l = 1; l < levels.size(); ++l) {
+    const Level& level = levels[l];
+    for (int64_t c = level.conn_begin; c < level.conn_end; ++c)
+      norm.conn_row[c] = level.sources_before + level.edge_source[c - level.conn_begin];
+    norm.rows = level.sources_before + width_of(level);
+    if (!sources_in_a_run(level)) norm.widest_scattered = std::max(norm.widest_scattered, width_of(level));
+  }
+  // Connections are in target order, so a counting sort by row keeps each row's targets ascending.
+  norm.row_offsets.assign(static_cast<size_t>(norm.rows) + 1, 0);
+  for (int64_t r : norm.conn_row) ++norm.row_offsets[r + 1];
+  for (int64_t r = 0; r < norm.rows; ++r) norm.row_offsets[r + 1] += norm.row_offsets[r];
+  std::vector<int64_t> next(norm.row_offsets.begin(), norm.row_offsets.end() - 1);
+  norm.row_targets.resize(norm.conn_row.size());
+  norm.row_conn.resize(norm.conn_row.size());
+  const auto& target = topo.conn_target();
+  for (int64_t c = 0; c < topo.num_connections(); ++c) {
+    const int64_t k = next[norm.conn_row[c]]++;
+    norm.row_targets[k] = target[c];
+    norm.row_conn[k] = c;
+  }
+  return norm;
 }
 
 // What the kernel reads besides the tensors, made once per network: the
-// topology (whose out_targets() backward reads in sequence) and the scratch
-// memory its steps reuse.
+// topology (whose out_targets() backward reads in sequence), topo norm's
+// rows when the network norms, and the scratch memory its steps reuse.
 struct Layout {
   std::shared_ptr<const Topology> topology;
+  std::optional<NormLayout> norm;
   std::shared_ptr<ScratchMemory> scratch = std::make_shared<ScratchMemory>();
 };
 
@@ -351,6 +400,12 @@ __attribute__((always_inline)) inline void activate(Act act, const T* z, T* out,
 // the sums are then formed in V's row itself. sa and sb (null, or one entry
 // per non-input neuron): a hidden neuron's value is sa·act(sb·z) (adaptive
 // activations; Z is then kept). Backward: see run_backward.
+//
+// The rows the weights multiply are S's: row src[c] for connection c in
+// forward; in backward, "source" d's connections are [out_off[d],
+// out_off[d + 1]) of out_tgt (their targets) and its row is S's row d. S is
+// V, with the topology's arrays, or with topo norm (norm non-null) the
+// normed rows Y (NormLayout).
 template <typename T>
 struct Pass {
   const Topology* topo;
@@ -358,10 +413,19 @@ struct Pass {
   const T *w, *b, *sa, *sb;  // forward: w in connection order
   T *V, *Z;
   T *G, *gw, *gb, *gsa, *gsb, *gx;
+  const T* S;
+  const int64_t *src, *out_off, *out_tgt;
   // Backward: where outgoing connection k's weight and gradient sit in w
-  // and gw (out_connections(), in connection order), or null when the
-  // caller put both in outgoing order.
+  // and gw (out_connections(), or NormLayout::row_conn, in connection
+  // order), or null when the caller put both in outgoing order.
   const int64_t* w_at;
+  // Topo norm: its layout, parameters and rows (topo_norm.h): normed and Y
+  // [norm rows, batch], rstd [levels after the inputs, batch]; dY, dL/dY
+  // ([norm rows, batch]), and gamma's and beta's gradients; gathered
+  // ([widest_scattered, batch]) holds a level's sources that are not one run.
+  const NormLayout* norm;
+  const T *gamma, *beta;
+  T *normed, *Y, *rstd, *dY, *ggamma, *gbeta, *gathered;
   int64_t B;
   bool prefetch;  // the rows exceed kPrefetchAbove bytes
   int lanes;      // fused_kernel_lanes(): the vectors' width in bytes
@@ -378,13 +442,12 @@ struct Pass {
 template <typename T, int W>
 __attribute__((always_inline)) inline void forward_rows(const Pass<T>& p, int64_t first, int64_t last) {
   const Topology& topo = *p.topo;
-  const int64_t* src = topo.conn_source().data();
   const int64_t* in = topo.in_offsets().data();
   const int64_t n_in = topo.num_inputs(), prefetch_end = p.prefetch ? topo.num_connections() : 0, B = p.B;
   for (int64_t d = first; d < last; ++d) {
     T* out = p.V + d * B;
     T* z = p.Z ? p.Z + (d - n_in) * B : out;
-    weighted_sum<T, W>(z, p.b[d - n_in], p.w, src, in[d], in[d + 1], p.V, B, prefetch_end);
+    weighted_sum<T, W>(z, p.b[d - n_in], p.w, p.src, in[d], in[d + 1], p.S, B, prefetch_end);
     if (topo.role(d) == Role::Hidden && p.sa) {
       const T a = p.sa[d - n_in], s = p.sb[d - n_in];
       for (int64_t k = 0; k < B; ++k) out[k] = s * z[k];
@@ -409,7 +472,7 @@ __attribute__((always_inline)) inline void source_tile(const Pass<T>& p, int64_t
   using L = Lanes<T, W>;
   using Vec = typename L::V;
   constexpr int64_t n = L::n;
-  const int64_t* tgt = p.topo->out_targets().data();
+  const int64_t* tgt = p.out_tgt;
   const int64_t B = p.B;
   const bool first = j0 == 0;
   Vec gv[M], vv[M];
@@ -459,12 +522,10 @@ __attribute__((always_inline)) inline void source_tile(const Pass<T>& p, int64_t
 // spilled and ran 8-12 % slower than the pass.
 template <typename T, int W>
 __attribute__((always_inline)) inline void source_pass(const Pass<T>& p, int64_t d, T* __restrict g) {
-  const Topology& topo = *p.topo;
-  const int64_t* tgt = topo.out_targets().data();
-  const int64_t* out_off = topo.out_offsets().data();
-  const int64_t B = p.B, begin = out_off[d], end = out_off[d + 1];
-  int64_t prefetch_end = p.prefetch ? topo.num_connections() : 0;  // the first pass asks ahead for whole rows
-  const T* __restrict v = p.V + d * B;
+  const int64_t* tgt = p.out_tgt;
+  const int64_t B = p.B, begin = p.out_off[d], end = p.out_off[d + 1];
+  int64_t prefetch_end = p.prefetch ? p.topo->num_connections() : 0;  // the first pass asks ahead for whole rows
+  const T* __restrict v = p.S + d * B;
   using L = Lanes<T, W>;
   using Vec = typename L::V;
   constexpr int64_t n = L::n;
@@ -523,58 +584,76 @@ __attribute__((always_inline)) inline void source_pass(const Pass<T>& p, int64_t
   }
 }
 
+// Neuron d's row of G from dL/d(value) to dL/dz, and its bias gradient.
 template <typename T, int W>
-__attribute__((always_inline)) inline void backward_rows(const Pass<T>& p, int64_t first, int64_t last) {
+__attribute__((always_inline)) inline void to_pre_activation(const Pass<T>& p, int64_t d) {
   const Topology& topo = *p.topo;
   const int64_t n_in = topo.num_inputs(), B = p.B;
   const Act act = p.act;
-  for (int64_t d = first; d < last; ++d) {
-    T* __restrict g = p.G + d * B;
-    if (topo.role(d) != Role::Output) std::fill(g, g + B, T(0));  // output rows hold the seed
-    source_pass<T, W>(p, d, g);
-    if (topo.role(d) == Role::Hidden && p.sa) {
-      // v = a·act(s·z): dv/da = act(s·z), dv/ds = a·act'(s·z)·z, dv/dz = a·act'(s·z)·s.
-      const T* __restrict z = p.Z + (d - n_in) * B;
-      const T a = p.sa[d - n_in], s = p.sb[d - n_in];
-      T da = 0, ds = 0;
-      int64_t j = 0;
-      if (act == Act::Relu) {  // the common case in lanes: act(u) = u·[u > 0], act'(u) = [u > 0]
-        using L = Lanes<T, W>;
-        using Vec = typename L::V;
-        Vec va = {}, vs = {};
-        for (; j + L::n <= B; j += L::n) {
-          const Vec zj = L::load(z + j), u = s * zj, gv = L::load(g + j);
-          const Vec gu = u > T(0) ? gv * a : Vec{};
-          va += gv * (u > T(0) ? u : Vec{});
-          vs += gu * zj;
-          L::store(g + j, gu * s);
-        }
-        da = L::sum(va);
-        ds = L::sum(vs);
+  T* __restrict g = p.G + d * B;
+  if (topo.role(d) == Role::Hidden && p.sa) {
+    // v = a·act(s·z): dv/da = act(s·z), dv/ds = a·act'(s·z)·z, dv/dz = a·act'(s·z)·s.
+    const T* __restrict z = p.Z + (d - n_in) * B;
+    const T a = p.sa[d - n_in], s = p.sb[d - n_in];
+    T da = 0, ds = 0;
+    int64_t j = 0;
+    if (act == Act::Relu) {  // the common case in lanes: act(u) = u·[u > 0], act'(u) = [u > 0]
+      using L = Lanes<T, W>;
+      using Vec = typename L::V;
+      Vec va = {}, vs = {};
+      for (; j + L::n <= B; j += L::n) {
+        const Vec zj = L::load(z + j), u = s * zj, gv = L::load(g + j);
+        const Vec gu = u > T(0) ? gv * a : Vec{};
+        va += gv * (u > T(0) ? u : Vec{});
+        vs += gu * zj;
+        L::store(g + j, gu * s);
       }
-      for (; j < B; ++j) {
-        const T u = s * z[j], gv = g[j];
-        da += gv * apply(act, u);
-        // relu's gradient is passed or stopped, as torch's (no Inf·0 = NaN in the lanes or here).
-        const T gu = act == Act::Relu ? (u > T(0) ? gv * a : T(0)) : gv * a * derivative(act, u);
-        ds += gu * z[j];
-        g[j] = gu * s;
-      }
-      p.gsa[d - n_in] = da;
-      p.gsb[d - n_in] = ds;
-    } else if (topo.role(d) == Role::Hidden) {
-      if (p.Z) {
-        const T* __restrict z = p.Z + (d - n_in) * B;
-        for (int64_t j = 0; j < B; ++j) g[j] *= derivative(act, z[j]);
-      } else if (act == Act::Relu) {
-        const T* __restrict y = p.V + d * B;
-        for (int64_t j = 0; j < B; ++j) g[j] = y[j] > T(0) ? g[j] : T(0);
-      } else {
-        const T* __restrict y = p.V + d * B;
-        for (int64_t j = 0; j < B; ++j) g[j] *= derivative_at_output(act, y[j]);
-      }
+      da = L::sum(va);
+      ds = L::sum(vs);
     }
-    p.gb[d - n_in] = sum_of(g, B);
+    for (; j < B; ++j) {
+      const T u = s * z[j], gv = g[j];
+      da += gv * apply(act, u);
+      // relu's gradient is passed or stopped, as torch's (no Inf·0 = NaN in the lanes or here).
+      const T gu = act == Act::Relu ? (u > T(0) ? gv * a : T(0)) : gv * a * derivative(act, u);
+      ds += gu * z[j];
+      g[j] = gu * s;
+    }
+    p.gsa[d - n_in] = da;
+    p.gsb[d - n_in] = ds;
+  } else if (topo.role(d) == Role::Hidden) {
+    if (p.Z) {
+      const T* __restrict z = p.Z + (d - n_in) * B;
+      for (int64_t j = 0; j < B; ++j) g[j] *= derivative(act, z[j]);
+    } else if (act == Act::Relu) {
+      const T* __restrict y = p.V + d * B;
+      for (int64_t j = 0; j < B; ++j) g[j] = y[j] > T(0) ? g[j] : T(0);
+    } else {
+      const T* __restrict y = p.V + d * B;
+      for (int64_t j = 0; j < B; ++j) g[j] *= derivative_at_output(act, y[j]);
+    }
+  }
+  p.gb[d - n_in] = sum_of(g, B);
+}
+
+template <typename T, int W>
+__attribute__((always_inline)) inline void backward_rows(const Pass<T>& p, int64_t first, int64_t last) {
+  for (int64_t d = first; d < last; ++d) {
+    T* __restrict g = p.G + d * p.B;
+    if (p.topo->role(d) != Role::Output) std::fill(g, g + p.B, T(0));  // output rows hold the seed
+    source_pass<T, W>(p, d, g);
+    to_pre_activation<T, W>(p, d);
+  }
+}
+
+// Topo norm's backward: rows [first, last) of dY, each a normed row's
+// connections gathered (source_pass), with their weight gradients.
+template <typename T, int W>
+__attribute__((always_inline)) inline void normed_rows(const Pass<T>& p, int64_t first, int64_t last) {
+  for (int64_t r = first; r < last; ++r) {
+    T* __restrict g = p.dY + r * p.B;
+    std::fill(g, g + p.B, T(0));
+    source_pass<T, W>(p, r, g);
   }
 }
 
@@ -584,11 +663,12 @@ __attribute__((always_inline)) inline void backward_rows(const Pass<T>& p, int64
 template <typename T, int W>
 __attribute__((always_inline)) inline void input_rows(const Pass<T>& p, int64_t first, int64_t last) {
   const int64_t n_in = p.topo->num_inputs(), B = p.B;
-  for (int64_t d = first; d < last; ++d) {
-    T* g = p.G + d * B;
-    std::fill(g, g + B, T(0));  // an input is never an output: no seed to keep
-    source_pass<T, W>(p, d, g);
-  }
+  if (!p.norm)  // with topo norm, the levels' norms have added the inputs' gradient to their rows
+    for (int64_t d = first; d < last; ++d) {
+      T* g = p.G + d * B;
+      std::fill(g, g + B, T(0));  // an input is never an output: no seed to keep
+      source_pass<T, W>(p, d, g);
+    }
   // Sample by sample, so each writes its inputs as one run: a column at a
   // time wrote one value per cache line, up to a third of a sparse step.
   if (p.gx)
@@ -596,8 +676,10 @@ __attribute__((always_inline)) inline void input_rows(const Pass<T>& p, int64_t 
       for (int64_t d = first; d < last; ++d) p.gx[j * n_in + d] = p.G[d * B + j];
 }
 
-// Which rows a pass runs.
-enum class Part { Forward, Backward, Inputs };
+// Which rows a pass runs: Backward's are neurons' (gathering their
+// outgoing connections, then to dL/dz); with topo norm, Activations' take
+// rows of G already gathered to dL/dz and Normed's are dY's.
+enum class Part { Forward, Backward, Inputs, Activations, Normed };
 
 // The rows of a pass in vectors of W bytes.
 template <typename T, int W>
@@ -609,6 +691,11 @@ __attribute__((always_inline)) inline void run_rows(Part part, const Pass<T>& p,
       return backward_rows<T, W>(p, first, last);
     case Part::Inputs:
       return input_rows<T, W>(p, first, last);
+    case Part::Activations:
+      for (int64_t d = first; d < last; ++d) to_pre_activation<T, W>(p, d);
+      return;
+    case Part::Normed:
+      return normed_rows<T, W>(p, first, last);
   }
 }
 // Compiled for each instruction set in its register width (vector_clones.h)
@@ -637,12 +724,48 @@ void rows_of(Part part, const Pass<T>& p, int64_t first, int64_t last) {
   }
 }
 
+// Topo norm over level l's sources (one thread: the mean and variance of a
+// sample span the level's rows): their rows of V, or a copy gathered
+// where they are not one run, to normed and Y.
+template <typename T>
+void norm_forward(const Pass<T>& p, const Level& level, size_t l) {
+  const int64_t L = width_of(level), r0 = level.sources_before, B = p.B;
+  if (L == 0) return;
+  const T* s = p.V + level.sources.front() * B;
+  if (!sources_in_a_run(level)) {
+    for (int64_t i = 0; i < L; ++i)
+      std::memcpy(p.gathered + i * B, p.V + level.sources[i] * B, sizeof(T) * static_cast<size_t>(B));
+    s = p.gathered;
+  }
+  topo_norm_forward_rows(s, p.gamma + r0, p.beta + r0, p.normed + r0 * B, p.Y + r0 * B,
+                         p.rstd + static_cast<int64_t>(l - 1) * B, L, B);
+}
+
+// Its backward: dY's rows of level l to the sources' rows of G (added), and
+// gamma's and beta's gradients.
+template <typename T>
+void norm_backward(const Pass<T>& p, const Level& level, size_t l) {
+  const int64_t L = width_of(level), r0 = level.sources_before, B = p.B;
+  if (L == 0) return;
+  const bool run = sources_in_a_run(level);
+  T* ds = run ? p.G + level.sources.front() * B : p.gathered;
+  topo_norm_backward_rows(p.dY + r0 * B, p.normed + r0 * B, p.gamma + r0, p.rstd + static_cast<int64_t>(l - 1) * B, ds,
+                          run, p.ggamma + r0, p.gbeta + r0, L, B);
+  if (!run)
+    for (int64_t i = 0; i < L; ++i) {
+      T* g = p.G + level.sources[i] * B;
+      for (int64_t j = 0; j < B; ++j) g[j] += ds[i * B + j];
+    }
+}
+
 template <typename T>
 void run_forward(const Pass<T>& p) {
   const auto& levels = p.topo->levels();
-  for (size_t l = 1; l < levels.size(); ++l)
+  for (size_t l = 1; l < levels.size(); ++l) {
+    if (p.norm) norm_forward(p, levels[l], l);
     share_work(levels[l].begin, levels[l].end, grain_for(levels[l], p.B),
                [&](int64_t first, int64_t last) { rows_of(Part::Forward, p, first, last); });
+  }
 }
 
 // Backward over the connections in out_connections() order, each source's
@@ -653,13 +776,75 @@ void run_forward(const Pass<T>& p) {
 // with respect to that neuron's pre-activation once its consumers are done.
 // With sa and sb (see Pass), gsa and gsb receive their gradients (zero for
 // outputs, whose entries are unused).
+//
+// With topo norm, G arrives zero but for the outputs' seed and collects
+// each neuron's dL/d(value) level by level, from the last: a level's rows
+// to dL/dz (its consumers' norms have all added theirs), then its normed
+// rows' connections into dY, then its norm into its sources' rows.
 template <typename T>
 void run_backward(const Pass<T>& p) {
   const auto& levels = p.topo->levels();
-  for (size_t l = levels.size() - 1; l >= 1; --l)
-    share_work(levels[l].begin, levels[l].end, grain_for(levels[l], p.B),
-               [&](int64_t first, int64_t last) { rows_of(Part::Backward, p, first, last); });
+  for (size_t l = levels.size() - 1; l >= 1; --l) {
+    const Level& level = levels[l];
+    if (!p.norm) {
+      share_work(level.begin, level.end, grain_for(level, p.B),
+                 [&](int64_t first, int64_t last) { rows_of(Part::Backward, p, first, last); });
+      continue;
+    }
+    share_work(level.begin, level.end, grain_for(0, level.size(), p.B),
+               [&](int64_t first, int64_t last) { rows_of(Part::Activations, p, first, last); });
+    const int64_t r0 = level.sources_before, L = width_of(level);
+    share_work(r0, r0 + L, grain_for(level.num_connections(), L, p.B),
+               [&](int64_t first, int64_t last) { rows_of(Part::Normed, p, first, last); });
+    norm_backward(p, level, l);
+  }
   share_work(0, p.topo->num_inputs(), 16, [&](int64_t first, int64_t last) { rows_of(Part::Inputs, p, first, last); });
+}
+
+// values[begin, end) of a vector as a long tensor.
+torch::Tensor index_of(const std::vector<int64_t>& values, int64_t begin, int64_t end) {
+  return torch::from_blob(const_cast<int64_t*>(values.data() + begin), {end - begin}, torch::kLong).clone();
+}
+torch::Tensor index_of(const std::vector<int64_t>& values) {
+  return index_of(values, 0, static_cast<int64_t>(values.size()));
+}
+
+// The kernel's function in torch operations, whose gradients are
+// differentiable again (a backward with create_graph, formula_gradients.h).
+// in: x, weight, bias, scale_a, scale_b, gamma, beta (empty where off).
+torch::Tensor fused_formula(const Topology& topo, Act act, const torch::autograd::variable_list& in) {
+  const auto &x = in[0], &w = in[1], &b = in[2], &sa = in[3], &sb = in[4], &gamma = in[5], &beta = in[6];
+  const ActivationInfo& info = activation_info(act);
+  const int64_t n_in = topo.num_inputs(), B = x.size(0);
+  torch::Tensor values = x.t();  // [neurons so far, batch]
+  for (size_t l = 1; l < topo.levels().size(); ++l) {
+    const Level& level = topo.levels()[l];
+    const int64_t size = level.size(), hidden = level.hidden_end - level.begin;
+    torch::Tensor z = b.narrow(0, level.begin - n_in, size).unsqueeze(1).expand({size, B});
+    if (level.num_connections() > 0) {
+      torch::Tensor rows;  // what each connection's weight multiplies
+      if (gamma.numel() > 0) {
+        const int64_t r0 = level.sources_before, L = width_of(level);
+        rows = topo_norm_formula(values.index_select(0, index_of(level.sources)), gamma.narrow(0, r0, L),
+                                 beta.narrow(0, r0, L))
+                   .index_select(0, index_of(level.edge_source));
+      } else {
+        rows = values.index_select(0, index_of(topo.conn_source(), level.conn_begin, level.conn_end));
+      }
+      const auto terms = w.narrow(0, level.conn_begin, level.num_connections()).unsqueeze(1) * rows;
+      z = z + torch::zeros({size, B}, x.options()).index_add(0, index_of(level.edge_target), terms);
+    }
+    torch::Tensor out = z;
+    if (hidden > 0) {
+      const auto zh = z.narrow(0, 0, hidden);
+      const auto h = sa.numel() > 0 ? sa.narrow(0, level.begin - n_in, hidden) *
+                                          info.apply(sb.narrow(0, level.begin - n_in, hidden) * zh)
+                                    : info.apply(zh);
+      out = hidden == size ? h : torch::cat({h, z.narrow(0, hidden, size - hidden)});
+    }
+    values = torch::cat({values, out});
+  }
+  return values.index_select(0, index_of(topo.output_ids())).t();
 }
 
 // The whole network as one autograd node. It takes x as [batch, inputs] and
@@ -672,10 +857,11 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
   // traced_z (one leaf per level after the inputs, [level size, batch];
   // empty when not traced) receive the pre-activations, traced_values (null
   // when not traced) each level's values: LevelTrace's. Backward returns
-  // dL/dz as traced_z's gradients.
+  // dL/dz as traced_z's gradients (not with create_graph, whose formula
+  // has no pre-activation leaves).
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor weight,
-                               torch::Tensor bias, torch::Tensor scale_a, torch::Tensor scale_b,
-                               at::TensorList traced_z, torch::Tensor layout_holder, int64_t act,
+                               torch::Tensor bias, torch::Tensor scale_a, torch::Tensor scale_b, torch::Tensor gamma_in,
+                               torch::Tensor beta_in, at::TensorList traced_z, torch::Tensor layout_holder, int64_t act,
                                std::vector<torch::Tensor>* traced_values) {
     const Layout& layout = held(layout_holder);
     const Topology& topo = *layout.topology;
@@ -691,6 +877,19 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
     auto y = torch::empty({B, n_out}, x.options());
     auto w = weight.contiguous(), b = bias.contiguous();
     auto sa = scaled ? scale_a.contiguous() : torch::Tensor(), sb = scaled ? scale_b.contiguous() : torch::Tensor();
+    const NormLayout* norm = layout.norm ? &*layout.norm : nullptr;
+    torch::Tensor gamma = gamma_in, beta = beta_in;
+    if (norm && !(gamma.numel() == norm->rows && beta.numel() == norm->rows))
+      fail("fused_forward(): topo norm expected a gamma and beta of {} rows, got {} and {}", norm->rows, gamma.numel(),
+           beta.numel());
+    torch::Tensor normed, Y, rstd, gathered;
+    if (norm) {
+      gamma = gamma.contiguous(), beta = beta.contiguous();
+      normed = scratch_tensor(layout, {norm->rows, B}, x.options());
+      Y = scratch_tensor(layout, {norm->rows, B}, x.options());
+      rstd = scratch_tensor(layout, {static_cast<int64_t>(topo.levels().size()) - 1, B}, x.options());
+      gathered = scratch_tensor(layout, {norm->widest_scattered, B}, x.options());
+    }
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "connex_fused_forward", [&] {
       const scalar_t* xp = x.data_ptr<scalar_t>();
       scalar_t* vp = V.data_ptr<scalar_t>();
@@ -705,8 +904,21 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
       p.sb = scaled ? sb.data_ptr<scalar_t>() : nullptr;
       p.V = vp;
       p.Z = Z.defined() ? Z.data_ptr<scalar_t>() : nullptr;
+      p.S = vp;
+      p.src = topo.conn_source().data();
+      if (norm) {
+        p.norm = norm;
+        p.gamma = gamma.data_ptr<scalar_t>();
+        p.beta = beta.data_ptr<scalar_t>();
+        p.normed = normed.data_ptr<scalar_t>();
+        p.Y = Y.data_ptr<scalar_t>();
+        p.rstd = rstd.data_ptr<scalar_t>();
+        p.gathered = gathered.data_ptr<scalar_t>();
+        p.S = p.Y;
+        p.src = norm->conn_row.data();
+      }
       p.B = B;
-      p.prefetch = N * B * static_cast<int64_t>(sizeof(scalar_t)) > kPrefetchAbove;
+      p.prefetch = std::max(N, norm ? norm->rows : 0) * B * static_cast<int64_t>(sizeof(scalar_t)) > kPrefetchAbove;
       p.lanes = fused_kernel_lanes();
       run_forward(p);
       if (traced) {  // each level's rows, contiguous in V and Z
@@ -724,7 +936,10 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
       for (int64_t j = 0; j < n_out; ++j)
         for (int64_t k = 0; k < B; ++k) yp[k * n_out + j] = vp[outputs[j] * B + k];
     });
-    ctx->save_for_backward({w, V, Z, layout_holder, sa, sb});
+    // Then the inputs as given, for a backward with create_graph (x only when it wants a gradient).
+    ctx->save_for_backward({w, V, Z, layout_holder, sa, sb, gamma, normed, Y, rstd,
+                            x.requires_grad() ? x : torch::Tensor(), weight, bias, scale_a, scale_b, gamma_in,
+                            beta_in});
     ctx->saved_data["act"] = act;
     ctx->saved_data["traced"] = static_cast<int64_t>(traced_z.size());
     return y;
@@ -732,21 +947,27 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    // Grad mode is on in backward only for create_graph. The kernel's
-    // gradients would come back as constants: second derivatives silently
-    // missing, so it refuses.
-    if (torch::GradMode::is_enabled())
-      fail(
-          "NeuralNetwork: the fused kernel's gradients cannot be differentiated again (a backward with "
-          "create_graph); build the network with NeuralNetworkOptions().execution(ExecutionOptions().fused(false))");
     auto saved = ctx->get_saved_variables();
     const auto &w = saved[0], &V = saved[1], &Z = saved[2];
     const Layout& layout = held(saved[3]);
-    const auto &sa = saved[4], &sb = saved[5];
-    const bool scaled = sa.defined();  // saved only when scaled
     const Topology& topo = *layout.topology;
     const Act act = static_cast<Act>(ctx->saved_data["act"].toInt());
-    const int64_t B = V.size(1), N = topo.num_neurons(), n_in = topo.num_inputs();
+    const int64_t n_in = topo.num_inputs();
+    // Grad mode is on in backward only for create_graph: the kernel's
+    // gradients would be constants, so the formula's are taken (the traced
+    // pre-activations then get none).
+    if (torch::GradMode::is_enabled()) {
+      torch::autograd::variable_list inputs(saved.begin() + 10, saved.end());
+      if (!inputs[0].defined()) inputs[0] = V.narrow(0, 0, n_in).t();  // x, a constant
+      auto result = formula_gradients(
+          inputs, [&](const torch::autograd::variable_list& in) { return fused_formula(topo, act, in); }, grads[0]);
+      result.resize(result.size() + static_cast<size_t>(ctx->saved_data["traced"].toInt()) + 3);
+      return result;
+    }
+    const auto &sa = saved[4], &sb = saved[5], &gamma = saved[6], &normed = saved[7], &Y = saved[8], &rstd = saved[9];
+    const bool scaled = sa.defined();  // saved only when scaled
+    const NormLayout* norm = normed.defined() ? &*layout.norm : nullptr;
+    const int64_t B = V.size(1), N = topo.num_neurons();
     const auto& outputs = topo.output_ids();
     const int64_t n_out = static_cast<int64_t>(outputs.size());
     const auto gy = grads[0].contiguous();  // [batch, outputs]
@@ -754,6 +975,11 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
     auto gw = torch::empty_like(w), gb = torch::empty({N - n_in}, V.options()),
          gx = ctx->needs_input_grad(0) ? torch::empty({B, n_in}, V.options()) : torch::Tensor();
     auto gsa = scaled ? torch::zeros_like(sa) : torch::Tensor(), gsb = scaled ? torch::zeros_like(sb) : torch::Tensor();
+    // Topo norm: rows no level has (none without sources) keep a zero gradient.
+    auto ggamma = norm ? torch::zeros_like(gamma) : torch::Tensor(),
+         gbeta = norm ? torch::zeros_like(saved[16]) : torch::Tensor();
+    auto dY = norm ? scratch_tensor(layout, {norm->rows, B}, V.options()) : torch::Tensor(),
+         gathered = norm ? scratch_tensor(layout, {norm->widest_scattered, B}, V.options()) : torch::Tensor();
     // Where backward runs its tiles (source_pass) over up to 1 MiB of
     // weights (a core's L2 here), they are read, and their gradients
     // written, where they are: a gather into outgoing order and a scatter
@@ -771,10 +997,13 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
     const bool in_place = tiles && w.numel() * static_cast<int64_t>(w.element_size()) <= kWeightsInPlaceUpTo;
     auto w_out = in_place ? torch::Tensor() : scratch_tensor(layout, {w.numel()}, w.options()),
          gw_out = in_place ? torch::Tensor() : scratch_tensor(layout, {w.numel()}, w.options());
-    const int64_t* out_conn = topo.out_connections().data();
+    const int64_t* out_conn = norm ? norm->row_conn.data() : topo.out_connections().data();
     AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "connex_fused_backward", [&] {
       const scalar_t* gyp = gy.data_ptr<scalar_t>();
       scalar_t* Gp = G.data_ptr<scalar_t>();
+      if (norm)  // G collects dL/d(value) from the levels' norms: zero but for the seed below
+        share_work(0, N, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, B)),
+                   [&](int64_t first, int64_t last) { std::fill(Gp + first * B, Gp + last * B, scalar_t(0)); });
       for (int64_t j = 0; j < n_out; ++j)
         for (int64_t k = 0; k < B; ++k) Gp[outputs[j] * B + k] = gyp[k * n_out + j];
       const scalar_t* wp = w.data_ptr<scalar_t>();
@@ -799,8 +1028,24 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
       p.gsa = scaled ? gsa.data_ptr<scalar_t>() : nullptr;
       p.gsb = scaled ? gsb.data_ptr<scalar_t>() : nullptr;
       p.gx = gx.defined() ? gx.data_ptr<scalar_t>() : nullptr;
+      p.S = p.V;
+      p.out_off = topo.out_offsets().data();
+      p.out_tgt = topo.out_targets().data();
+      if (norm) {
+        p.norm = norm;
+        p.gamma = gamma.data_ptr<scalar_t>();
+        p.normed = normed.data_ptr<scalar_t>();
+        p.rstd = rstd.data_ptr<scalar_t>();
+        p.dY = dY.data_ptr<scalar_t>();
+        p.ggamma = ggamma.data_ptr<scalar_t>();
+        p.gbeta = gbeta.data_ptr<scalar_t>();
+        p.gathered = gathered.data_ptr<scalar_t>();
+        p.S = Y.data_ptr<scalar_t>();
+        p.out_off = norm->row_offsets.data();
+        p.out_tgt = norm->row_targets.data();
+      }
       p.B = B;
-      p.prefetch = N * B * static_cast<int64_t>(sizeof(scalar_t)) > kPrefetchAbove;
+      p.prefetch = std::max(N, norm ? norm->rows : 0) * B * static_cast<int64_t>(sizeof(scalar_t)) > kPrefetchAbove;
       p.lanes = lanes;
       run_backward(p);
       if (!in_place) {
@@ -811,7 +1056,7 @@ class FusedNetwork : public torch::autograd::Function<FusedNetwork> {
         });
       }
     });
-    torch::autograd::variable_list result{gx, gw, gb, gsa, gsb};
+    torch::autograd::variable_list result{gx, gw, gb, gsa, gsb, ggamma, gbeta};
     if (ctx->saved_data["traced"].toInt() > 0)  // dL/dz: each level's rows of G, which backward left as such
       for (size_t l = 1; l < topo.levels().size(); ++l) {
         const Level& level = topo.levels()[l];
@@ -850,35 +1095,46 @@ int fused_kernel_threads() { return share_work_threads(); }
 
 bool fused_supports(const TensorFunction& activation) { return act_of(activation).has_value(); }
 
-FusedPlan make_fused_plan(const std::shared_ptr<const Topology>& topology, const TensorFunction& activation) {
+FusedPlan make_fused_plan(const std::shared_ptr<const Topology>& topology, const TensorFunction& activation,
+                          bool norm) {
   auto act = act_of(activation);
   if (!act) fail("make_fused_plan(): activation \"{}\" is not a built-in the fused kernel knows", activation.name());
   auto layout = std::make_shared<Layout>();
   layout->topology = topology;
-  return {hold(std::move(layout)), static_cast<int64_t>(*act)};
+  if (norm) {
+    layout->norm = make_norm_layout(*topology);
+    // A step holds up to eleven blocks (the norm's rows, their gradient and
+    // gathered copies besides the values): keep them all from step to step.
+    layout->scratch = std::make_shared<ScratchMemory>(12);
+  }
+  return {hold(std::move(layout)), static_cast<int64_t>(*act), norm};
 }
 
 torch::Tensor fused_forward(const FusedPlan& plan, const torch::Tensor& x, const torch::Tensor& weight,
-                            const torch::Tensor& bias, const torch::Tensor& scale_a, const torch::Tensor& scale_b,
-                            LevelTrace* trace) {
-  // Autograd records every tensor input's device: no scaling is an empty tensor, not an undefined one.
-  const auto none = scale_a.defined() ? torch::Tensor() : torch::empty({0}, weight.options());
+                            const torch::Tensor& bias, const FusedOperations& operations, LevelTrace* trace) {
+  const auto &scale_a = operations.scale_a, &scale_b = operations.scale_b;
+  if (plan.norm != operations.gamma.defined())
+    fail("fused_forward(): the plan {} topo norm, got {} gamma", plan.norm ? "has" : "has no",
+         operations.gamma.defined() ? "a" : "no");
+  // Autograd records every tensor input's device: an operation that is off is an empty tensor, not an undefined one.
+  const auto none = torch::empty({0}, weight.options());
   std::vector<torch::Tensor> traced_z;
   if (trace) {
     const Topology& topo = *held(plan.layout_holder).topology;
     // As on the per-level path, the pre-activations take part in autograd only where it records.
+    const auto wants = [](const torch::Tensor& t) { return t.defined() && t.requires_grad(); };
     const bool gradients =
-        torch::GradMode::is_enabled() &&
-        (x.requires_grad() || weight.requires_grad() || bias.requires_grad() ||
-         (scale_a.defined() && scale_a.requires_grad()) || (scale_b.defined() && scale_b.requires_grad()));
+        torch::GradMode::is_enabled() && (wants(x) || wants(weight) || wants(bias) || wants(scale_a) ||
+                                          wants(scale_b) || wants(operations.gamma) || wants(operations.beta));
     for (size_t l = 1; l < topo.levels().size(); ++l)
       traced_z.push_back(
           torch::empty({topo.levels()[l].size(), x.size(0)}, weight.options()).requires_grad_(gradients));
   }
   std::vector<torch::Tensor> values;
-  auto y = FusedNetwork::apply(x.contiguous(), weight, bias, scale_a.defined() ? scale_a : none,
-                               scale_b.defined() ? scale_b : none, at::TensorList(traced_z), plan.layout_holder,
-                               plan.activation, trace ? &values : nullptr);
+  const auto given = [&none](const torch::Tensor& t) { return t.defined() ? t : none; };
+  auto y = FusedNetwork::apply(x.contiguous(), weight, bias, given(scale_a), given(scale_b), given(operations.gamma),
+                               given(operations.beta), at::TensorList(traced_z), plan.layout_holder, plan.activation,
+                               trace ? &values : nullptr);
   if (trace) {
     trace->values = std::move(values);
     trace->preactivations.assign(1, torch::Tensor());

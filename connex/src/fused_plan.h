@@ -27,22 +27,32 @@ void set_fused_kernel_lanes(int bytes);
 
 // What the kernel needs besides the tensors, made once per network: the
 // topology with the kernel's connection layout (kept alive by the autograd
-// graph through a tensor that owns a reference), and the activation.
+// graph through a tensor that owns a reference), the activation, and
+// whether the network norms its levels' sources (topo norm, whose rows the
+// layout then holds too).
 struct FusedPlan {
   torch::Tensor layout_holder;
   int64_t activation = 0;
+  bool norm = false;
 };
-FusedPlan make_fused_plan(const std::shared_ptr<const Topology>& topology, const TensorFunction& activation);
+FusedPlan make_fused_plan(const std::shared_ptr<const Topology>& topology, const TensorFunction& activation,
+                          bool norm = false);
+
+// The operations the kernel applies itself; undefined where off.
+struct FusedOperations {
+  // Adaptive activations: a hidden neuron's value is a·σ(b·z) ([non-input neurons, 1], bias order).
+  torch::Tensor scale_a, scale_b;
+  // Topo norm's ([Σ_l sources of level l, 1], techniques.h): defined exactly when the plan norms.
+  torch::Tensor gamma, beta;
+};
 
 // x: [batch, inputs] -> [batch, outputs] (output order), differentiable
-// with respect to x, weight and bias. With scale_a and scale_b defined
-// ([non-input neurons, 1], bias order) a hidden neuron's value is
-// a·σ(b·z) (adaptive activations), differentiable with respect to them too.
-// With a trace, fills it as the per-level path does: each level's values
-// and pre-activations are copied out, the pre-activations as leaves whose
+// with respect to x, weight, bias and the operations' tensors. With a
+// trace, fills it as the per-level path does: each level's values and
+// pre-activations are copied out, the pre-activations as leaves whose
 // grad() the kernel's backward fills with dL/dz (when autograd records).
 torch::Tensor fused_forward(const FusedPlan& plan, const torch::Tensor& x, const torch::Tensor& weight,
-                            const torch::Tensor& bias, const torch::Tensor& scale_a = {},
-                            const torch::Tensor& scale_b = {}, LevelTrace* trace = nullptr);
+                            const torch::Tensor& bias, const FusedOperations& operations = {},
+                            LevelTrace* trace = nullptr);
 
 }  // namespace connex

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cmath>
 #include <set>
+#include <typeinfo>
 #include <utility>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -10,6 +11,7 @@
 #include <torch/version.h>
 
 #include "connex/error.h"
+#include "connex/techniques.h"
 #include "dense_path.h"
 #include "edit_build.h"
 #include "fused_plan.h"
@@ -168,10 +170,15 @@ std::vector<double> resolve_dropout(const Topology& topo, const DropoutSpec& dro
 std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const Topology>& topology,
                                                    const NeuralNetworkOptions& options,
                                                    const std::vector<LevelOperationPtr>& operations, bool dense_fits) {
-  // The kernel applies one activation scaling (adaptive activations) itself; any other operation needs the levels,
-  // and so does one that declares scales without replacing the activation (the per-level path would not scale).
-  const bool operations_fuse = operations.empty() || (operations.size() == 1 && operations[0]->replaces_activation() &&
-                                                      operations[0]->fused_activation_scales().has_value());
+  // The kernel applies one activation scaling (adaptive activations) and topo norm itself (TopoNorm itself, not a
+  // subclass that may compute something else); any other operation needs the levels, and so does one that declares
+  // scales without replacing the activation (the per-level path would not scale).
+  int scalings = 0, norms = 0, others = 0;
+  for (const auto& op : operations)
+    ++(typeid(*op) == typeid(TopoNorm)                                          ? norms
+       : op->replaces_activation() && op->fused_activation_scales().has_value() ? scalings
+                                                                                : others);
+  const bool operations_fuse = others == 0 && scalings <= 1 && norms <= 1;
   const bool fused_eligible =
       operations_fuse && fused_supports(options.hidden_activation()) && !options.execution().force_kernel();
   // Connections in levels that run faster as one matmul than in the fused
@@ -203,10 +210,10 @@ std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const T
   if (options.execution().fused() && *options.execution().fused() && !(fused_eligible && fused_dtype))
     fail(
         "NeuralNetwork(): fused(true) needs a built-in activation other than softmax, float32 or float64, no "
-        "operations but adaptive activations, and no forced kernel");
+        "operations but adaptive activations and topo norm, and no forced kernel");
   // Made here, not on first use, so concurrent forward() calls share it safely.
   if (fused_eligible && fused_preferred)
-    return std::make_shared<FusedPlan>(make_fused_plan(topology, options.hidden_activation()));
+    return std::make_shared<FusedPlan>(make_fused_plan(topology, options.hidden_activation(), norms == 1));
   return nullptr;
 }
 
@@ -567,13 +574,16 @@ torch::Tensor NeuralNetworkImpl::forward_fused_or_levels(const torch::Tensor& x,
   const bool single = x.dim() == 1;
   torch::Tensor out;  // [batch, outputs]
   if (uses_fused_kernel()) {
-    torch::Tensor scale_a, scale_b;  // an activation scaling the kernel applies (the planner allows one)
+    FusedOperations applied;  // what the kernel applies itself (the planner allows an activation scaling and topo norm)
     for (size_t k = 0; k < operations_.size(); ++k)
-      if (auto names = operations_[k]->fused_activation_scales()) {
-        scale_a = operation_modules_[k]->get(names->first);
-        scale_b = operation_modules_[k]->get(names->second);
+      if (fused_plan_->norm && typeid(*operations_[k]) == typeid(TopoNorm)) {
+        applied.gamma = operation_modules_[k]->get("gamma");
+        applied.beta = operation_modules_[k]->get("beta");
+      } else if (auto names = operations_[k]->fused_activation_scales()) {
+        applied.scale_a = operation_modules_[k]->get(names->first);
+        applied.scale_b = operation_modules_[k]->get(names->second);
       }
-    out = fused_forward(*fused_plan_, single ? x.unsqueeze(0) : x, weight_, bias_, scale_a, scale_b, trace);
+    out = fused_forward(*fused_plan_, single ? x.unsqueeze(0) : x, weight_, bias_, applied, trace);
   } else if (!trace && uses_dense_path()) {
     std::vector<torch::Tensor> params;  // the operation's, when the path runs one (dense_path.h)
     if (dense_plan_->norm()) params = {operation_modules_[0]->get("gamma"), operation_modules_[0]->get("beta")};

@@ -129,6 +129,14 @@ uint64_t draw(std::mt19937_64& random, uint64_t bound) {
   }
 }
 
+void require_plain_levels(const NeuralNetworkImpl& network, const char* context) {
+  if (const LevelOperation* op = operation_changing_gradients(network))
+    fail(
+        "{} expected a network without per-level operations but adaptive activations (they change what a "
+        "connection's gradient is), got {}",
+        context, op->name());
+}
+
 // The trace's values and pre-activation gradients as [neurons, batch]
 // matrices in dense-id order (level 0's gradient rows are zero).
 std::pair<torch::Tensor, torch::Tensor> traced_matrices(const NeuralNetwork& network, const LevelTrace& trace,
@@ -404,11 +412,7 @@ Rewirer::Rewirer(const NeuralNetwork& network, RewireGroups groups, RewireOption
   if (!(options.drop_fraction() >= 0 && options.drop_fraction() < 1))
     fail("Rewirer(): expected drop_fraction in [0, 1), got {}", options.drop_fraction());
   if (options.end_step() < 0) fail("Rewirer(): expected end_step >= 0, got {}", options.end_step());
-  if (options.method() == RewireMethod::RigL && !network->operations().empty())
-    fail(
-        "Rewirer(): RigL expected a network without per-level operations (they change what a connection's "
-        "gradient is), got {}",
-        network->operations().front()->name());
+  if (options.method() == RewireMethod::RigL) require_plain_levels(*network, "Rewirer(): RigL");
   if (groups.members.empty() || groups.grows_from.size() != groups.members.size())
     fail("Rewirer(): expected members and grows_from for each group alike, got {} and {} lists", groups.members.size(),
          groups.grows_from.size());
@@ -665,9 +669,17 @@ void Rewirer::grow_by_gradient(const NeuralNetwork& network, const LevelTrace& t
   }
 }
 
+// An activation scaling leaves both: the trace's z is before it, the values after.
+const LevelOperation* operation_changing_gradients(const NeuralNetworkImpl& network) {
+  for (const auto& op : network.operations())
+    if (!(op->replaces_activation() && op->fused_activation_scales())) return op.get();
+  return nullptr;
+}
+
 std::vector<double> absent_connection_gradients(const NeuralNetwork& network, const LevelTrace& trace,
                                                 const std::vector<Edge>& edges) {
   constexpr const char* context = "absent_connection_gradients()";
+  require_plain_levels(*network, context);
   const Topology& t = network->topology();
   const auto [values, grads] = traced_matrices(network, trace, context);
   std::vector<int64_t> sources, targets;

@@ -1,6 +1,7 @@
 #pragma once
 // Topo norm's math (techniques.h), shared by its autograd node on the
-// per-level path and by the dense path, which applies it itself. Internal.
+// per-level path and by the dense path and the fused kernel, which apply it
+// themselves. Internal.
 #include <vector>
 
 #include <torch/types.h>

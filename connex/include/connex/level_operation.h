@@ -156,7 +156,8 @@ class LevelOperation {
   // An operation whose only stage is replace_activation() with a·σ(b·z) per
   // hidden neuron returns the names of its (a, b) parameters ([non-input
   // neurons, 1], in bias order): the fused CPU kernel then applies it
-  // itself. nullopt (the default): the network takes the per-level path.
+  // itself. nullopt (the default): the network takes the per-level path
+  // (unless the operation is one the kernel knows, as TopoNorm).
   virtual std::optional<std::pair<std::string, std::string>> fused_activation_scales() const { return std::nullopt; }
 
   // How many parameter values build() declares for `topology`, worked out

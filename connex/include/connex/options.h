@@ -42,8 +42,8 @@ struct ExecutionOptions {
   // one autograd function of one matmul per level; topo norm or topo
   // self-attention, if it is the only operation, inside it): nullopt takes it where it applies and the
   // fused kernel does not run; false never takes it; true takes it where it
-  // applies even instead of the fused kernel (a small network's second
-  // derivatives), and throws with fused(true) or force_kernel(). A network
+  // applies even instead of the fused kernel, and throws with fused(true)
+  // or force_kernel(). A network
   // it does not fit (or an edit that makes one) runs as with nullopt;
   // uses_dense_path() tells.
   TORCH_ARG(std::optional<bool>, dense_path) = std::nullopt;

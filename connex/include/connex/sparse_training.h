@@ -95,8 +95,7 @@ struct RewireReport {
 class Rewirer {
  public:
   // Fixes the groups and the levels each group may grow from. RigL needs a
-  // network without per-level operations (they change what a connection's
-  // gradient is); any network can use SET.
+  // network without operation_changing_gradients(); any network can use SET.
   explicit Rewirer(const NeuralNetwork& network, RewireOptions options = {});
   // With saved groups (a resumed run's): every neuron of `network` in one
   // group, the inputs alone in group 0, and no connection from a group to an
@@ -141,8 +140,15 @@ class Rewirer {
 // there with weight 0: the sum over the batch of the source's value times the target's
 // pre-activation gradient, read from `trace` (a forward pass after
 // loss.backward()). Each edge must run from a lower level to a higher one
-// (so adding it would not change the levels) and must not exist.
+// (so adding it would not change the levels) and must not exist; the
+// network must have no operation_changing_gradients().
 std::vector<double> absent_connection_gradients(const NeuralNetwork& network, const LevelTrace& trace,
                                                 const std::vector<Edge>& edges);
+
+// The network's first operation that changes what a connection's gradient
+// is (what its weight multiplies, or what z is): any but an activation
+// scaling such as adaptive activations (topo norm, the attentions); null
+// when there is none.
+const LevelOperation* operation_changing_gradients(const NeuralNetworkImpl& network);
 
 }  // namespace connex
