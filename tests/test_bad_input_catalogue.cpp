@@ -453,6 +453,9 @@ std::vector<Case> make_catalogue() {
       {"load_config():",
        "twice.json gives the key \"seed\" twice in one object (JSON keeps one of the values; at "
        "byte 109); remove one"});
+  // Colons in an array are a syntax error, not keys given twice.
+  add("config", "ColonsInAnArray", file("colons.json", R"({"a":[1:2, 1:2]})"),
+      lib([](World& w) { load_config(w.dir / "colons.json"); }), {"load_config():", "colons.json is not valid JSON"});
   // Nested 100,000 deep, it crashed the message's dump() (exit 139 in the program).
   add("config", "NestedTooDeeply",
       file("deep.json", "{\"options\": {\"seed\": " + std::string(100000, '[') + std::string(100000, ']') + "}}"),
@@ -786,6 +789,14 @@ std::vector<Case> make_catalogue() {
       {"--lr: must be a number in (0, 1000000], got \"0x10\""});
   add("cli", "EdgeNotFromTo", none, cli("edit good.ckpt --add-connection 1-6 --out out"),
       {"--add-connection: \"1-6\" is not of the form FROM:TO"});
+  // The library runs adds before removes: both in one command undid the add, silently.
+  add("cli", "EditAddsAndRemovesAConnection", none,
+      cli("edit good.ckpt --add-connection 1:6 --remove-connection 1:6 --out out"),
+      {"edit: --remove-connection 1 -> 6: the same command adds it (--add-connection); give neither"});
+  add("cli", "EditAddsAndRemovesANeuron", none, cli("edit good.ckpt --add-hidden 20 --remove-neuron 20 --out out"),
+      {"edit: --remove-neuron 20: the same command adds it; give neither"});
+  add("cli", "EditWiresARemovedNeuron", none, cli("edit good.ckpt --add-connection 1:6 --remove-neuron 6 --out out"),
+      {"edit: --add-connection 1 -> 6: the same command removes neuron 6 (--remove-neuron)"});
   add("cli", "EditMakesACycle", none, cli("edit good.ckpt --add-connection 8:2 --out out"),
       {"edit: --add-connection: edge 8 -> 2 would create the cycle 2 -> 4 -> 6 -> 8 -> 2"});
   add("cli", "EditAddsAConnectionTwice", none,

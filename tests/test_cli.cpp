@@ -64,6 +64,45 @@ TEST(Cli, ResumeCarriesOptimizerAndEditsThenTrainsOn) {
   EXPECT_TRUE(torch::equal(same->forward(x), base->forward(x)));
 }
 
+// String ids may hold colons: FROM:TO splits at the one colon whose sides
+// both name neurons, the network's or the command's new ones.
+TEST(Cli, EditNamesStringIdsThatHoldColons) {
+  TempDir dir;
+  const GraphSpec spec({"in:0", "a", "a:b", "b:c", "c", "out"},
+                       {{"in:0", "a"},
+                        {"in:0", "a:b"},
+                        {"in:0", "b:c"},
+                        {"in:0", "c"},
+                        {"a", "out"},
+                        {"a:b", "out"},
+                        {"b:c", "out"},
+                        {"c", "out"}},
+                       {"in:0"}, {"out"});
+  save(NeuralNetwork(spec), dir / "net.ckpt");
+  auto r = connex_cli(
+      "edit net.ckpt --remove-connection in:0:a:b --add-hidden n:1 --add-connection in:0:n:1 "
+      "--add-connection n:1:out --out e.ckpt",
+      dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto edited = load(dir / "e.ckpt");
+  const Topology& t = edited->topology();
+  auto has = [&](const char* from, const char* to) {
+    return t.connection_index(t.dense_of(from), t.dense_of(to)) >= 0;
+  };
+  EXPECT_FALSE(has("in:0", "a:b"));
+  EXPECT_TRUE(has("in:0", "n:1"));
+  EXPECT_TRUE(has("n:1", "out"));
+  EXPECT_EQ(edited->num_connections(), 9);
+  // a:b:c is a -> b:c as well as a:b -> c: refused, naming both, and nothing written.
+  r = connex_cli("edit net.ckpt --add-connection a:b:c --out f.ckpt", dir);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--add-connection: \"a:b:c\" splits into two neurons at more than one colon (\"a\" and "
+                       "\"b:c\", \"a:b\" and \"c\")"),
+            std::string::npos)
+      << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir / "f.ckpt"));
+}
+
 TEST(Cli, PruneRemovesTheRightNumberOfConnections) {
   TempDir dir;
   ASSERT_EQ(connex_cli("train " CONNEX_SOURCE_DIR "/configs/dense_mlp.json --epochs 20 --out run", dir).code, 0);

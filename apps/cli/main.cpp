@@ -19,7 +19,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -203,9 +205,24 @@ NeuronId parse_id(const std::string& text, const NeuralNetwork& network, const s
   return NeuronId(*value);
 }
 
-Edge parse_edge(const std::string& text, const NeuralNetwork& network, const std::string& what) {
-  const size_t colon = text.find(':');
+// FROM:TO. String ids may hold colons themselves: the text splits at the
+// one colon whose two sides both name neurons (`named`: the network's, or
+// ones the same command adds); two such colons are refused as ambiguous,
+// none leaves the first colon (and the edit names the missing neuron).
+Edge parse_edge(const std::string& text, const NeuralNetwork& network, const std::string& what,
+                const std::function<bool(const NeuronId&)>& named) {
+  size_t colon = text.find(':');
   if (colon == std::string::npos) fail("{}: \"{}\" is not of the form FROM:TO", what, text);
+  if (network->spec().id_kind() == NeuronId::Kind::String && text.find(':', colon + 1) != std::string::npos) {
+    std::vector<size_t> splits;
+    for (size_t c = colon; c != std::string::npos; c = text.find(':', c + 1))
+      if (named(NeuronId(text.substr(0, c))) && named(NeuronId(text.substr(c + 1)))) splits.push_back(c);
+    if (splits.size() > 1)
+      fail("{}: \"{}\" splits into two neurons at more than one colon (\"{}\" and \"{}\", \"{}\" and \"{}\")", what,
+           text, text.substr(0, splits[0]), text.substr(splits[0] + 1), text.substr(0, splits[1]),
+           text.substr(splits[1] + 1));
+    if (splits.size() == 1) colon = splits[0];
+  }
   return {parse_id(text.substr(0, colon), network, what), parse_id(text.substr(colon + 1), network, what)};
 }
 
@@ -1215,14 +1232,21 @@ int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out)
     for (const auto& t : texts) v.push_back(parse_id(t, net, what));
     return v;
   };
+  const Topology& t = net->topology();
+  // The neurons an edge may name: the network's and those this command adds.
+  const std::vector<NeuronId> new_inputs = ids(a.add_input, "--add-input"),
+                              new_hidden = ids(a.add_hidden, "--add-hidden"),
+                              new_outputs = ids(a.add_output, "--add-output");
+  std::set<NeuronId> added_ids;
+  for (const auto* list : {&new_inputs, &new_hidden, &new_outputs}) added_ids.insert(list->begin(), list->end());
+  const auto named = [&](const NeuronId& id) { return t.dense_of(id) >= 0 || added_ids.count(id) > 0; };
   auto edges = [&](const std::vector<std::string>& texts, const char* what) {
     std::vector<Edge> v;
-    for (const auto& t : texts) v.push_back(parse_edge(t, net, what));
+    for (const auto& text : texts) v.push_back(parse_edge(text, net, what, named));
     return v;
   };
   // The library keeps an existing connection that is added again (an edit may
   // restore one it removed); here, adds come before removes, so it is a mistake.
-  const Topology& t = net->topology();
   const std::vector<Edge> added = edges(a.add_connection, "--add-connection");
   for (const auto& [from, to] : added) {
     const int64_t u = t.dense_of(from), v = t.dense_of(to);
@@ -1234,16 +1258,29 @@ int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out)
   for (size_t i = 0; i < added.size(); ++i)
     if (std::find(added.begin(), added.begin() + i, added[i]) != added.begin() + i)
       fail("edit: --add-connection: edge {} is listed twice", edge_str(added[i]));
+  // The library runs adds before removes, so removing in the same command
+  // what it adds would silently undo the add: a slip, as above.
+  const std::vector<Edge> removed = edges(a.remove_connection, "--remove-connection");
+  const std::vector<NeuronId> removed_neurons = ids(a.remove_neuron, "--remove-neuron");
+  for (const auto& e : removed)
+    if (std::find(added.begin(), added.end(), e) != added.end())
+      fail("edit: --remove-connection {}: the same command adds it (--add-connection); give neither", edge_str(e));
+  for (const auto& id : removed_neurons) {
+    if (added_ids.count(id)) fail("edit: --remove-neuron {}: the same command adds it; give neither", id);
+    for (const auto& e : added)
+      if (e.first == id || e.second == id)
+        fail("edit: --add-connection {}: the same command removes neuron {} (--remove-neuron)", edge_str(e), id);
+  }
   // Neurons first, so new neurons can be wired in the same command.
   auto result = [&] {
     try {
       auto editor = edit(net);
-      editor.add_input_neurons(ids(a.add_input, "--add-input"))
-          .add_hidden_neurons(ids(a.add_hidden, "--add-hidden"))
-          .add_output_neurons(ids(a.add_output, "--add-output"))
+      editor.add_input_neurons(new_inputs)
+          .add_hidden_neurons(new_hidden)
+          .add_output_neurons(new_outputs)
           .add_connections(added)
-          .remove_connections(edges(a.remove_connection, "--remove-connection"))
-          .remove_neurons(ids(a.remove_neuron, "--remove-neuron"));
+          .remove_connections(removed)
+          .remove_neurons(removed_neurons);
       if (a.dropout) editor.set_dropout_p(*a.dropout);
       editor.function_preserving(a.function_preserving);
       return editor.build(a.seed);

@@ -275,6 +275,7 @@ nlohmann::json parse_json(std::string_view text, const std::string& what) {
   size_t string_begin = 0;
   std::string_view last_string;
   std::vector<std::vector<std::string_view>> keys(1);  // per open container, by depth
+  std::vector<char> object(1, 0);                      // whether it is an object
   for (size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
     if (in_string) {
@@ -290,11 +291,12 @@ nlohmann::json parse_json(std::string_view text, const std::string& what) {
       in_string = true;
       string_begin = i + 1;
     } else if (c == ':') {
-      keys[depth].push_back(last_string);
+      if (object[depth]) keys[depth].push_back(last_string);  // elsewhere the parser refuses it below
     } else if (c == '[' || c == '{') {
       if (++depth > kMaxJsonDepth) fail("{} nests JSON deeper than {} levels (at byte {})", what, kMaxJsonDepth, i);
-      if (keys.size() == depth) keys.emplace_back();
+      if (keys.size() == depth) keys.emplace_back(), object.push_back(0);
       keys[depth].clear();
+      object[depth] = c == '{';
     } else if ((c == ']' || c == '}') && depth > 0) {
       auto& names = keys[depth--];
       std::sort(names.begin(), names.end());
