@@ -30,6 +30,7 @@
 #include <spdlog/spdlog.h>
 #include <fmt/ranges.h>
 
+#include "decimal.h"
 #include "dtype.h"
 #include "file_io.h"
 #include "json_input.h"
@@ -342,11 +343,9 @@ CLI::Validator number_in(double low, double high, bool integer, bool low_open = 
     what += fmt::format(" in {}{}, {}{}", low_open ? "(" : "[", low, high, high_open ? ")" : "]");
   return CLI::Validator(
       [=](std::string& text) -> std::string {
-        char* end = nullptr;
-        errno = 0;
-        const double v = std::strtod(text.c_str(), &end);
-        const bool parsed = !text.empty() && end && *end == '\0' && errno == 0 && std::isfinite(v) &&
-                            text.find_first_of("xX") == std::string::npos;  // strtod reads 0x10 as 16
+        const auto number = connex::detail::read_decimal(text);
+        const double v = number ? number->value : 0.0;
+        const bool parsed = number && number->in_range && std::isfinite(v);
         // An integer is its decimal digits: CLI11 converts no exponent or
         // fraction (1e3, 100.0) and reads a leading 0 as octal (010 is 8).
         const size_t first = text.find_first_not_of("+-");

@@ -9,6 +9,7 @@
 #include <unordered_set>
 
 #include "connex/error.h"
+#include "decimal.h"
 #include "file_io.h"
 
 namespace connex {
@@ -124,15 +125,10 @@ enum class Cell { Number, NotANumber, NotFinite };
 
 // What a cell holds; the value in `v` when it is a finite number.
 Cell read_cell(const std::string& cell, double& v) {
-  char* stop = nullptr;
-  errno = 0;
-  v = cell.empty() ? 0.0 : std::strtod(cell.c_str(), &stop);
-  // ERANGE on underflow still yields a usable (subnormal or zero) value; on
-  // overflow it is ±HUGE_VAL. strtod reads hexadecimal too (0x10 is 16),
-  // which no table means: that is text.
-  if (cell.empty() || stop != cell.c_str() + cell.size() || (errno == ERANGE && std::abs(v) == HUGE_VAL) ||
-      cell.find_first_of("xX") != std::string::npos)
-    return Cell::NotANumber;
+  const auto number = detail::read_decimal(cell);
+  v = number ? number->value : 0.0;
+  // Underflow still yields a usable (subnormal or zero) value; overflow is text.
+  if (!number || (!number->in_range && std::abs(v) == HUGE_VAL)) return Cell::NotANumber;
   return std::isfinite(v) ? Cell::Number : Cell::NotFinite;
 }
 
