@@ -904,19 +904,16 @@ int main(int argc, char** argv) {
   }
   CLI::App app{"connex benchmarks: connex against plain torch references, ratios from one run"};
   bool quick = false;
-  const int cores_here = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  int threads = cores_here;
+  const int most_threads = connex::apps::most_threads_here();
+  int threads = most_threads / 4;  // every core
   std::string only, device_name = "cpu";
   app.add_flag("--quick", quick, "fewer repetitions; ~100k instead of ~1M connections");
-  // As connex's --threads: threads beyond 4 per core only wait for each other (and take long to start).
   app.add_option("--threads", threads, "intra-op threads (default: all cores)")
       ->check(CLI::Validator(
-          [cores_here](std::string& text) -> std::string {
+          [most_threads](std::string& text) -> std::string {
             const auto v = connex::parse_integer(text);
-            if (v && *v >= 1 && *v <= 4 * cores_here && text.find_first_not_of("0123456789") == std::string::npos &&
-                text[0] != '0')
-              return "";
-            return fmt::format("must be an integer in [1, {}] (4 per core of this machine), got \"{}\"", 4 * cores_here,
+            if (v && *v >= 1 && *v <= most_threads) return "";
+            return fmt::format("must be an integer in [1, {}] (4 per core of this machine), got \"{}\"", most_threads,
                                connex::printable(text));
           },
           ""));

@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include <fmt/format.h>
 #include <torch/torch.h>
@@ -32,6 +33,11 @@
 #include "work_share.h"
 
 namespace connex::apps {
+
+// The most a --threads flag (the CLI's, the benchmark's) may ask for: the
+// pools start a thread each per --threads, and threads beyond 4 per core are
+// slow to start and only wait for each other.
+inline int most_threads_here() { return 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
 
 struct CoreShare {
   int threads = 1;  // the cores this process may use

@@ -44,8 +44,9 @@
 //               | or missing file, optimizer state of another network, saving a   |
 //               | custom callable over it, saving into a missing directory, a bad  |
 //               | or misfitting preprocessing, restoring an optimizer never saved  |
-//   cli         | bad flag values (range, choice, form), unknown flag, bad CSV,    | the flag / file / line
-//               | invalid edit, corrupted checkpoint, prune without a criterion   |
+//   cli         | bad flag values (range, choice, form), unknown flag, a flag     | the flag / file / line
+//               | given twice, bad CSV, invalid edit, corrupted checkpoint, prune |
+//               | without a criterion                                              |
 //
 // connex::ham (associative memories) keeps its own catalogue in
 // tests/test_ham.cpp (HamErrors.*, HamEdit.BadSteps…, HamCheckpoint.*): bad
@@ -254,8 +255,12 @@ std::vector<Case> make_catalogue() {
   add("graph", "IdWithANulByte", none, lib([](World&) {
         GraphSpec::from_edges({{"a", std::string("b\0c", 3)}}, {"a"}, {std::string("b\0c", 3)});
       }),
-      {"GraphSpec: neuron \"b\\x00c\" contains the control character U+0000 at offset 1; string ids must be printable "
-       "UTF-8 text"});
+      {"GraphSpec: neuron \"b\\x00c\" contains the control character U+0000 at offset 1; string ids must be non-empty, "
+       "printable UTF-8 text"});
+  add("graph", "EmptyStringId", none, lib([](World&) {
+        GraphSpec::from_edges({{"a", ""}}, {"a"}, {""});
+      }),
+      {"GraphSpec: neuron \"\" is empty; string ids must be non-empty, printable UTF-8 text"});
   add("graph", "IdNotUtf8",
       file("bad.json",
            "{\"graph\": {\"edges\": [[\"a\", \"b\\u0000\"]], \"inputs\": [\"a\"], \"outputs\": [\"b\\u0000\"]}}"),
@@ -451,8 +456,15 @@ std::vector<Case> make_catalogue() {
       file("twice.json", "{" + graph + R"(,"options":{"seed":1,"hidden_activation":"tanh","seed":2}})"),
       lib([](World& w) { load_config(w.dir / "twice.json"); }),
       {"load_config():",
-       "twice.json gives the key \"seed\" twice in one object (JSON keeps one of the values; at "
-       "byte 109); remove one"});
+       "twice.json: /options/seed is given twice (line 1); JSON keeps only one of the values: remove one"});
+  // The same key spelt with an escape is the same key.
+  add("config", "KeyGivenTwiceOnceEscaped",
+      file("escaped.json", "{" + graph + ",\n\"options\":{\"seed\":1,\n\"se\\u0065d\":2}}"),
+      lib([](World& w) { load_config(w.dir / "escaped.json"); }),
+      {"escaped.json: /options/seed is given twice (line 3)"});
+  // Invalid JSON is invalid JSON, whatever keys a scan of it would see.
+  add("config", "KeysOfInvalidJson", file("stale.json", R"({"x":{1:2,3:4}})"),
+      lib([](World& w) { load_config(w.dir / "stale.json"); }), {"load_config():", "stale.json is not valid JSON"});
   // Colons in an array are a syntax error, not keys given twice.
   add("config", "ColonsInAnArray", file("colons.json", R"({"a":[1:2, 1:2]})"),
       lib([](World& w) { load_config(w.dir / "colons.json"); }), {"load_config():", "colons.json is not valid JSON"});
@@ -497,7 +509,15 @@ std::vector<Case> make_catalogue() {
   add("csv", "NanCell", file("d.csv", "x1,x2,y\n1,2,3\n4,5,nan\n"), csv("d.csv"),
       {"d.csv:3: column 3 (\"y\"): nan is not a finite number"});
   add("csv", "Overflow", file("d.csv", "x\n1e400\n"), csv("d.csv"),
-      {"d.csv:2: column 1 (\"x\"): \"1e400\" is not a number"});
+      {"d.csv:2: column 1 (\"x\"): 1e400 is beyond the range of a double (about 1.8e308)"});
+  // strtod skips leading white space but stops at trailing: inside quotes, neither is a number.
+  add("csv", "QuotedSpaceBeforeANumber", file("d.csv", "x,y\n\" 2\",1\n"), csv("d.csv"),
+      {"d.csv:2: column 1 (\"x\"): \" 2\" is not a number"});
+  add("cli", "SpaceBeforeAFlagsNumber", none, cli("train net.json --lr ' 0.01' --out out"),
+      {"--lr: must be a number in (0, 1000000], got \" 0.01\""});
+  add("cli", "IdOutOfRange", none, cli("edit good.ckpt --add-hidden 99999999999999999999 --out out"),
+      {"--add-hidden: \"99999999999999999999\" is not an integer neuron id (this network's ids are integers: decimal "
+       "digits, no leading 0, within 64 bits)"});
   add("csv", "UnclosedQuote", file("d.csv", "x1,x2,y\n1,\"2,3\n4,5,6\n"), csv("d.csv"),
       {"d.csv:2: column 2: the quoted cell is never closed"});
   add("csv", "Empty", file("d.csv", ""), csv("d.csv"), {"d.csv: the file is empty"});
@@ -734,6 +754,8 @@ std::vector<Case> make_catalogue() {
   add("cli", "SeedWithALeadingZero", none, cli("train net.json --seed 010 --out out"),
       {"--seed: must be an integer in [0, 18446744073709551615] without a leading 0, got \"010\""});
   add("cli", "UnknownFlag", none, cli("train net.json --epocs 3 --out out"), {"--epocs"});
+  add("cli", "FlagGivenTwice", none, cli("train net.json --epochs 1 --standardize --standardize --out out"),
+      {"--standardize is given 2 times; give it once"});
   add("cli", "ZeroThreads", none, cli("--threads 0 train net.json --out out"),
       {"--threads: must be an integer in [1, 1024], got \"0\""});
   // 1000 threads on a few cores took 30 s to start.
@@ -793,6 +815,14 @@ std::vector<Case> make_catalogue() {
   add("cli", "EditAddsAndRemovesAConnection", none,
       cli("edit good.ckpt --add-connection 1:6 --remove-connection 1:6 --out out"),
       {"edit: --remove-connection 1 -> 6: the same command adds it (--add-connection); give neither"});
+  // 1 -> 4 exists: the contradiction is said, not that the add repeats it.
+  add("cli", "EditRemovesAndAddsAnExistingConnection", none,
+      cli("edit good.ckpt --remove-connection 1:4 --add-connection 1:4 --out out"),
+      {"edit: --remove-connection 1 -> 4: the same command adds it (--add-connection); give neither"});
+  // Written out unchanged, the checkpoint would only have lost its training record.
+  add("cli", "EditNothing", none, cli("edit good.ckpt --seed 3 --out out"),
+      {"edit: nothing to edit; give --add-connection, --remove-connection, --add-input, --add-hidden, --add-output, "
+       "--remove-neuron or --dropout"});
   add("cli", "EditAddsAndRemovesANeuron", none, cli("edit good.ckpt --add-hidden 20 --remove-neuron 20 --out out"),
       {"edit: --remove-neuron 20: the same command adds it; give neither"});
   add("cli", "EditWiresARemovedNeuron", none, cli("edit good.ckpt --add-connection 1:6 --remove-neuron 6 --out out"),

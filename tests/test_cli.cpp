@@ -27,6 +27,33 @@ TEST(Cli, TrainOnToyDataWritesCheckpointMetricsAndConfig) {
   EXPECT_EQ(load_checkpoint(dir / "run/model.ckpt").optimizer->type, "adam");
 }
 
+// The network is one line wherever the CLI prints it, techniques included
+// (torch's printing adds a line per submodule); a record of full-batch
+// training says so; a malformed LOCAL_WORLD_SIZE is refused, not ignored.
+TEST(Cli, PrintsTheNetworkOnOneLine) {
+  TempDir dir;
+  spit(dir / "norm.json",
+       R"({"graph": {"prebuilt": "MLP", "input_size": 1, "output_size": 2, "width": 4, "depth": 2},
+           "options": {"use_topo_norm": true}})");
+  auto r = connex_cli("train norm.json --epochs 1 --out run", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("operations=[topo_norm])\n"), std::string::npos) << r.out;
+  r = connex_cli("inspect run", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("operations=[topo_norm])\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(", batch size 0 (the full training set), "), std::string::npos) << r.out;
+  r = connex_cli("edit run --add-hidden 100 --add-connection 0:100 --out e.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out.substr(0, r.out.find('\n')).find("connex::NeuralNetwork(neurons=12, "), 0u) << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 2) << r.out;  // the network, then what was written
+  EXPECT_EQ(r.out.find("(topo_norm):"), std::string::npos) << r.out;
+  ::setenv("LOCAL_WORLD_SIZE", "+2", 1);
+  r = connex_cli("inspect run", dir);
+  ::unsetenv("LOCAL_WORLD_SIZE");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "connex: environment variable LOCAL_WORLD_SIZE=+2 is not an integer in [1, 1048576]\n");
+}
+
 TEST(Cli, TrainOnCsvWithValidation) {
   TempDir dir;
   write_regression_csv(dir / "data.csv");

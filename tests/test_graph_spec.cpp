@@ -255,6 +255,23 @@ TEST(GraphSpec, RejectsMixedIdKinds) {
                    "neuron \"a\" is a string but neuron 0 is an integer");
 }
 
+// Integer ids written as text (adjacency keys, the CLI's flags): decimal
+// digits only, so " 12", "+12" and "012" do not quietly become neuron 12.
+TEST(GraphSpec, ParseIntegerReadsDecimalDigitsOnly) {
+  EXPECT_EQ(parse_integer("12"), 12);
+  EXPECT_EQ(parse_integer("-3"), -3);
+  EXPECT_EQ(parse_integer("0"), 0);
+  EXPECT_EQ(parse_integer("9223372036854775807"), INT64_MAX);
+  EXPECT_EQ(parse_integer("-9223372036854775808"), INT64_MIN);
+  for (const char* text : {"", "-", "x", "12a", " 12", "12 ", "+12", "012", "-012", "-0", "1e3", "1.0", "0x10",
+                           "9223372036854775808", "99999999999999999999"})
+    EXPECT_EQ(parse_integer(text), std::nullopt) << text;
+  EXPECT_THROW_MSG(
+      GraphSpec::from_json(nlohmann::json::parse(R"({"adjacency":{"0":[1],"01":[2]},"inputs":[0],"outputs":[2]})"),
+                           "g.json"),
+      "g.json: /adjacency key \"01\" is not an integer, but the graph's other ids are integers");
+}
+
 TEST(GraphSpec, FromJsonEdgesAndAdjacency) {
   auto edges = GraphSpec::from_json(
       nlohmann::json::parse(R"({"neurons":[0,1,2,9],"edges":[[0,1],[1,2]],"inputs":[0],"outputs":[2]})"));
@@ -560,7 +577,8 @@ TEST(GraphSpec, CsvReaderEdgeCases) {
   EXPECT_EQ(bom.columns[0], "x");
   auto tiny = parse_csv("x\n1e-310\n", "t.csv");
   EXPECT_GT(tiny.rows[0][0], 0.0);
-  EXPECT_THROW_MSG(parse_csv("x\n1e400\n", "o.csv"), "o.csv:2: column 1 (\"x\"): \"1e400\" is not a number");
+  EXPECT_THROW_MSG(parse_csv("x\n1e400\n", "o.csv"),
+                   "o.csv:2: column 1 (\"x\"): 1e400 is beyond the range of a double");
   EXPECT_THROW_MSG(parse_csv("", "e.csv"), "e.csv: the file is empty");
   EXPECT_THROW_MSG(parse_csv("a,a\n1,2\n", "d.csv"), "d.csv:1: the header names column \"a\" twice");
 }

@@ -7,6 +7,7 @@
 #include <torch/script.h>
 
 #include "file_io.h"
+#include "json_input.h"
 #include "optimizer_key.h"
 #include "test_util.h"
 
@@ -361,6 +362,71 @@ TEST(GraphExport, ImportRejectsLinksToMissingNodesAndBadFrozenFlags) {
   EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0,"frozen":true},{"id":1,"bias":0}],)"
                        R"("links":[{"source":0,"target":1,"weight":1}]})"),
                    "g.json: /nodes/0/frozen is true, but input neuron 0 has no bias to freeze");
+}
+
+// The attributes the export writes for networkx users but derives from
+// /graph and the links: a hand-edited one that disagrees is refused, not
+// silently ignored; absent ones and the export's own read back.
+TEST(GraphExport, ImportRefusesDerivedNodeAttributesThatDisagree) {
+  auto load = [](const std::string& nodes) {
+    return from_node_link_json(
+        nlohmann::json::parse(R"({"graph":{"inputs":[0],"outputs":[2],"options":{"dropout_p":{"hidden":0.25}}},)"
+                              R"("nodes":)" +
+                              nodes +
+                              R"(,"links":[{"source":0,"target":1,"weight":1},{"source":1,"target":2,"weight":2}]})"),
+        "g.json");
+  };
+  const std::string in = R"({"id":0,"role":"input","dropout_p":0.0,"level":0})";
+  const std::string out = R"({"id":2,"bias":0,"role":"output","dropout_p":0,"level":2})";
+  auto with_hidden = [&](const std::string& hidden) { return "[" + in + "," + hidden + "," + out + "]"; };
+  EXPECT_EQ(load(with_hidden(R"({"id":1,"bias":0.5,"role":"hidden","dropout_p":0.25,"level":1})"))->bias(1), 0.5);
+  EXPECT_EQ(load(with_hidden(R"({"id":1,"bias":0.5})"))->dropout_p(1), 0.25);
+  EXPECT_THROW_MSG(load(with_hidden(R"({"id":1,"bias":0,"role":"output"})")),
+                   "g.json: /nodes/1/role is \"output\", but neuron 1's role is hidden: roles come from /graph/inputs "
+                   "and /graph/outputs");
+  EXPECT_THROW_MSG(load(with_hidden(R"({"id":1,"bias":0,"role":3})")), "g.json: /nodes/1/role is 3, but neuron 1's");
+  EXPECT_THROW_MSG(
+      load(with_hidden(R"({"id":1,"bias":0,"dropout_p":0.5})")),
+      "g.json: /nodes/1/dropout_p is 0.5, but neuron 1's dropout_p is 0.25: dropout comes from /graph/options");
+  EXPECT_THROW_MSG(load(with_hidden(R"({"id":1,"bias":0,"level":3})")),
+                   "g.json: /nodes/1/level is 3, but neuron 1's level is 1: levels follow from the links");
+  EXPECT_THROW_MSG(load(with_hidden(R"({"id":1,"bias":0,"level":1.5})")), "g.json: /nodes/1/level is 1.5, but");
+  // The export's own attributes agree, every kind of neuron and a per-neuron dropout included.
+  DropoutSpec dropout(0.1);
+  dropout.per_neuron = {{NeuronId(5), 0.3}};
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions(kDouble).dropout_p(dropout));
+  const auto back = from_node_link_json(to_node_link_json(net), "g.json");
+  EXPECT_EQ(back->dropout_p(5), 0.3);
+  EXPECT_TRUE(torch::equal(back->weight_tensor(), net->weight_tensor()));
+}
+
+// A key given twice loses one of its values in any JSON reader, so connex
+// refuses it, naming where it is as a JSON pointer and its line; invalid
+// JSON is reported as such, whatever keys a scan of it would see.
+TEST(Json, KeyGivenTwiceIsNamedByItsPath) {
+  auto refused = [](const std::string& text) {
+    try {
+      connex::detail::parse_json(text, "x.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  const std::string tail = " is given twice (line 1); JSON keeps only one of the values: remove one";
+  EXPECT_EQ(refused(R"({"seed":1,"seed":2})"), "x.json: /seed" + tail);
+  EXPECT_EQ(refused(R"({"x":[{"a":1},{"a":1,"b":{},"a":2}]})"), "x.json: /x/1/a" + tail);
+  EXPECT_EQ(refused(R"({"o":{"p":[0,[1,{"k":1,"k":2}]]}})"), "x.json: /o/p/1/1/k" + tail);
+  // Escapes are decoded, in the repeated key and in the path to it; '/' and '~' in keys are escaped as JSON pointers
+  // do.
+  EXPECT_EQ(refused(R"({"\u006fpts":{"a/b":1,"a\/b":2}})"), "x.json: /opts/a~1b" + tail);
+  EXPECT_EQ(refused(R"({"~":{"":1,"":2}})"), "x.json: /~0/" + tail);
+  EXPECT_EQ(refused("{\"a\":1,\n\"b\":2,\n\"a\":3}"),
+            "x.json: /a is given twice (line 3); JSON keeps only one of the values: remove one");
+  // Not keys: strings holding colons, braces and escaped quotes; a key once per object.
+  EXPECT_EQ(refused(R"({"a":"x:{\"a\":1}","b":{"a":1},"c":[{"a":1},{"a":2}]})"), "accepted");
+  for (const std::string& invalid :
+       {R"({"x":{1:2,3:4}})", R"({"a":1,:2})", R"([1,2]]{"a":1,"a":2})", R"({"a":1,"\q":2,"\q":3})"})
+    EXPECT_NE(refused(invalid).find("x.json is not valid JSON"), std::string::npos) << invalid;
 }
 
 // The README promises the JSON import "rebuilds the same network": frozen
@@ -993,9 +1059,11 @@ TEST(GraphExport, AwkwardIdsSurviveEveryFormatsParser) {
            {"line\nbreak", "contains the control character U+000A at offset 4"},
            {"c1\xc2\x85", "contains the control character U+0085 at offset 2"},
            {"bad\xff", "is not valid UTF-8 (byte 0xff at offset 3)"},
-           {"nonchar\xef\xbf\xbe", "contains the noncharacter U+FFFE at offset 7"}}) {
+           {"nonchar\xef\xbf\xbe", "contains the noncharacter U+FFFE at offset 7"},
+           {"", "neuron \"\" is empty; string ids must be non-empty, printable UTF-8 text"}}) {
     EXPECT_THROW_MSG(GraphSpec::from_edges({{"in", id}, {id, "out"}}, {"in"}, {"out"}), problem);
-    EXPECT_THROW_MSG(connex::edit(net).add_hidden_neurons({id}).build(), "string ids must be printable UTF-8 text");
+    EXPECT_THROW_MSG(connex::edit(net).add_hidden_neurons({id}).build(),
+                     "string ids must be non-empty, printable UTF-8 text");
   }
 }
 

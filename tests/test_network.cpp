@@ -367,6 +367,17 @@ TEST(NeuralNetwork, InspectionAndPrettyPrint) {
   EXPECT_EQ(s.str(),
             "connex::NeuralNetwork(neurons=12, inputs=1, hidden=9, outputs=2, connections=14, depth=5, "
             "hidden_activation=relu, output_transformation=identity, dtype=Float)");
+  // A technique is a submodule, which torch prints on a line of its own; pretty_print() is the network's line.
+  NeuralNetwork normed(readme_spec(), NeuralNetworkOptions().hidden_activation("relu").use_topo_norm(true));
+  std::ostringstream all, own;
+  all << *normed;
+  normed->pretty_print(own);
+  const std::string line =
+      "connex::NeuralNetwork(neurons=12, inputs=1, hidden=9, outputs=2, connections=14, depth=5, "
+      "hidden_activation=relu, output_transformation=identity, dtype=Float, operations=[topo_norm])";
+  EXPECT_EQ(own.str(), line);
+  // gamma and beta: one entry per (level, source), 1 + 2 + 2 + 2 + 3 sources.
+  EXPECT_EQ(all.str(), line + "(\n  (topo_norm): connex::OperationModule(tensors=2, values=20)\n)");
 }
 
 TEST(NeuralNetwork, WeightedGraphView) {

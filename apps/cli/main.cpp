@@ -202,7 +202,11 @@ void check_out(const std::string& command, const std::string& in, const std::str
 NeuronId parse_id(const std::string& text, const NeuralNetwork& network, const std::string& what) {
   if (network->spec().id_kind() == NeuronId::Kind::String) return NeuronId(text);
   auto value = parse_integer(text);
-  if (!value) fail("{}: \"{}\" is not an integer neuron id (this network's ids are integers)", what, text);
+  if (!value)
+    fail(
+        "{}: \"{}\" is not an integer neuron id (this network's ids are integers: decimal digits, no leading 0, "
+        "within 64 bits)",
+        what, printable(text));
   return NeuronId(*value);
 }
 
@@ -297,6 +301,18 @@ CLI::Validator utf8_path_check() {
       "");
 }
 
+// The network's own line, without the lines torch's printing adds for its submodules (techniques, activations).
+std::string one_line(const NeuralNetwork& network) {
+  std::ostringstream line;
+  network->pretty_print(line);
+  return line.str();
+}
+
+// A flag given twice is refused as an option given twice is (CLI11 counts a repeated flag by default).
+CLI::Option* add_flag_once(CLI::App* command, const std::string& name, bool& value, const std::string& help) {
+  return command->add_flag(name, value, help)->multi_option_policy(CLI::MultiOptionPolicy::Throw);
+}
+
 struct DataArgs {
   std::string data;
   std::optional<std::string> task;
@@ -313,7 +329,7 @@ struct DataArgs {
            "--task", task,
            "regression (MSE) or classification (softmax + cross-entropy); default: the checkpoint's, else regression")
         ->check(CLI::IsMember({"regression", "classification"}));
-    cmd->add_flag("--standardize", standardize,
+    add_flag_once(cmd, "--standardize", standardize,
                   "z-score every feature column (training rows' statistics, saved with the model)");
   }
   DataOptions options(const NeuralNetwork& network, double val_split, uint64_t seed) const {
@@ -345,7 +361,7 @@ CLI::Validator number_in(double low, double high, bool integer, bool low_open = 
       [=](std::string& text) -> std::string {
         const auto number = connex::detail::read_decimal(text);
         const double v = number ? number->value : 0.0;
-        const bool parsed = number && number->in_range && std::isfinite(v);
+        const bool parsed = number && !number->overflow && std::isfinite(v);
         // An integer is its decimal digits: CLI11 converts no exponent or
         // fraction (1e3, 100.0) and reads a leading 0 as octal (010 is 8).
         const size_t first = text.find_first_not_of("+-");
@@ -578,8 +594,7 @@ class StopOnSignals {
 };
 
 int group_size(const DistributedArgs& dist) {
-  const char* env = std::getenv("WORLD_SIZE");
-  return dist.world_size.value_or(env ? static_cast<int>(parse_integer(env).value_or(1)) : 1);
+  return dist.world_size.value_or(connex::detail::environment_int("WORLD_SIZE", 1, 1 << 20).value_or(1));
 }
 
 // Holds --out for one run, taken before training so that a directory that
@@ -874,8 +889,7 @@ Replicas join_replicas(const DistributedArgs& dist, torch::Device& device) {
   auto group_options = dist.group_options(device);
   if (group_options.world_size() > 1) {
     if (device.is_cuda()) {  // one GPU per local rank
-      const char* local = std::getenv("LOCAL_RANK");
-      device = torch::Device(torch::kCUDA, local ? static_cast<int>(parse_integer(local).value_or(0)) : 0);
+      device = torch::Device(torch::kCUDA, connex::detail::environment_int("LOCAL_RANK", 0, 1 << 20).value_or(0));
       group_options.device(device);
     }
     replicas.group = std::make_unique<distributed::Group>(group_options);
@@ -1007,7 +1021,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
 #endif
   auto optimizer = choose_optimizer(ck, net, t, config);
   if (reporter) {
-    spdlog::info("{}", c10::str(*net));
+    spdlog::info("{}", one_line(net));
     log_data(data);
   }
   TrainOptions options = train_options(t, progress, device, data, preprocessing, out, cores, cores_said);
@@ -1223,6 +1237,12 @@ std::string edit_message_with_flags(const std::string& message) {
 }
 
 int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out) {
+  // Written out unchanged, the network would lose its training record (an edited network starts a new one).
+  if (a.add_connection.empty() && a.remove_connection.empty() && a.add_input.empty() && a.add_hidden.empty() &&
+      a.add_output.empty() && a.remove_neuron.empty() && !a.dropout)
+    fail(
+        "edit: nothing to edit; give --add-connection, --remove-connection, --add-input, --add-hidden, --add-output, "
+        "--remove-neuron or --dropout");
   check_out("edit", path, out, true);
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
@@ -1244,9 +1264,22 @@ int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out)
     for (const auto& text : texts) v.push_back(parse_edge(text, net, what, named));
     return v;
   };
+  const std::vector<Edge> added = edges(a.add_connection, "--add-connection");
+  const std::vector<Edge> removed = edges(a.remove_connection, "--remove-connection");
+  const std::vector<NeuronId> removed_neurons = ids(a.remove_neuron, "--remove-neuron");
+  // The library runs adds before removes, so removing in the same command
+  // what it adds would silently undo the add: said first, whatever else is wrong with it.
+  for (const auto& e : removed)
+    if (std::find(added.begin(), added.end(), e) != added.end())
+      fail("edit: --remove-connection {}: the same command adds it (--add-connection); give neither", edge_str(e));
+  for (const auto& id : removed_neurons) {
+    if (added_ids.count(id)) fail("edit: --remove-neuron {}: the same command adds it; give neither", id);
+    for (const auto& e : added)
+      if (e.first == id || e.second == id)
+        fail("edit: --add-connection {}: the same command removes neuron {} (--remove-neuron)", edge_str(e), id);
+  }
   // The library keeps an existing connection that is added again (an edit may
   // restore one it removed); here, adds come before removes, so it is a mistake.
-  const std::vector<Edge> added = edges(a.add_connection, "--add-connection");
   for (const auto& [from, to] : added) {
     const int64_t u = t.dense_of(from), v = t.dense_of(to);
     if (u >= 0 && v >= 0 && t.connection_index(u, v) >= 0)
@@ -1257,19 +1290,6 @@ int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out)
   for (size_t i = 0; i < added.size(); ++i)
     if (std::find(added.begin(), added.begin() + i, added[i]) != added.begin() + i)
       fail("edit: --add-connection: edge {} is listed twice", edge_str(added[i]));
-  // The library runs adds before removes, so removing in the same command
-  // what it adds would silently undo the add: a slip, as above.
-  const std::vector<Edge> removed = edges(a.remove_connection, "--remove-connection");
-  const std::vector<NeuronId> removed_neurons = ids(a.remove_neuron, "--remove-neuron");
-  for (const auto& e : removed)
-    if (std::find(added.begin(), added.end(), e) != added.end())
-      fail("edit: --remove-connection {}: the same command adds it (--add-connection); give neither", edge_str(e));
-  for (const auto& id : removed_neurons) {
-    if (added_ids.count(id)) fail("edit: --remove-neuron {}: the same command adds it; give neither", id);
-    for (const auto& e : added)
-      if (e.first == id || e.second == id)
-        fail("edit: --add-connection {}: the same command removes neuron {} (--remove-neuron)", edge_str(e), id);
-  }
   // Neurons first, so new neurons can be wired in the same command.
   auto result = [&] {
     try {
@@ -1292,7 +1312,7 @@ int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out)
   if (ck.optimizer) next = optimizer_after_edit(*restore_optimizer(ck, path), net, result);
   const auto preprocessing = preprocessing_after_edit(ck, result.network);
   save(result.network, out, next.get(), preprocessing ? &*preprocessing : nullptr);
-  std::printf("%s\nwrote %s%s\n", c10::str(*result.network).c_str(), out.c_str(),
+  std::printf("%s\nwrote %s%s\n", one_line(result.network).c_str(), out.c_str(),
               next ? fmt::format(" (optimizer state carried: {}, learning rate {})", ck.optimizer->type,
                                  next->param_groups()[0].options().get_lr())
                          .c_str()
@@ -1390,9 +1410,10 @@ int cmd_export(const std::string& path, const std::string& format, const std::st
 // inspect: a run's record, the settings a resumed run keeps.
 void print_training_record(const Progress& p) {
   std::printf(
-      "training: %d epoch(s) done%s; seed %llu, batch size %lld, validation split %g (a resumed run keeps these)\n",
+      "training: %d epoch(s) done%s; seed %llu, batch size %s, validation split %g (a resumed run keeps these)\n",
       p.epoch, p.batch > 0 ? fmt::format(", {} batch(es) of epoch {}", p.batch, p.epoch + 1).c_str() : "",
-      static_cast<unsigned long long>(p.seed), static_cast<long long>(p.batch_size), p.val_split);
+      static_cast<unsigned long long>(p.seed),
+      p.batch_size > 0 ? std::to_string(p.batch_size).c_str() : "0 (the full training set)", p.val_split);
   if (p.rewire.active())
     std::printf("rewiring: %s after every %lld steps, drop fraction %g, %s (a resumed run keeps these)\n",
                 p.rewire.method.c_str(), static_cast<long long>(p.rewire.every), p.rewire.drop_fraction,
@@ -1549,7 +1570,7 @@ int cmd_inspect(const std::string& path) {
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
   const auto& topo = net->topology();
-  std::printf("%s\n", c10::str(*net).c_str());
+  std::printf("%s\n", one_line(net).c_str());
   std::printf("inputs  (%lld): %s\n", static_cast<long long>(net->num_inputs()),
               join_ids(net->input_neurons()).c_str());
   std::printf("outputs (%lld): %s\n", static_cast<long long>(net->num_outputs()),
@@ -1698,8 +1719,8 @@ void add_train_command(CLI::App& app, Commands& c) {
       ->check(number_in(0, kIntMax, true));
   c.train->add_option("--out", c.out, "directory for model.ckpt, metrics.csv, metrics.json, config.json")
       ->check(path_check());
-  c.train->add_flag("--overwrite", c.train_args.overwrite,
-                    "let --out replace another run's files (resuming a run in place needs no flag)");
+  add_flag_once(c.train, "--overwrite", c.train_args.overwrite,
+                "let --out replace another run's files (resuming a run in place needs no flag)");
   add_sparse_training_flags(c.train, c.train_args);
 }
 
@@ -1715,16 +1736,16 @@ void add_prune_command(CLI::App& app, Commands& c) {
       ->check(CLI::IsMember({"global", "neuron", "level"}));
   c.prune->add_option("--keep-min", c.prune_args.keep_min, "every neuron keeps at least this many incoming connections")
       ->check(number_in(0, 9.0e15, true));
-  c.prune->add_flag("--protect-outputs", c.prune_args.protect_outputs, "never prune connections into outputs");
-  c.prune->add_flag("--include-frozen", c.prune_args.include_frozen,
-                    "prune frozen connections too (by default they are kept)");
+  add_flag_once(c.prune, "--protect-outputs", c.prune_args.protect_outputs, "never prune connections into outputs");
+  add_flag_once(c.prune, "--include-frozen", c.prune_args.include_frozen,
+                "prune frozen connections too (by default they are kept)");
   c.prune
       ->add_option("--score", c.prune_args.score,
                    "what makes a connection weak: magnitude |w| (default), activation |w a| or gradient |w dL/dw| "
                    "(these two on --data's training rows)")
       ->check(CLI::IsMember({"magnitude", "activation", "gradient"}));
-  c.prune->add_flag("--remove-dead", c.prune_args.remove_dead,
-                    "then remove hidden neurons that no input reaches or that reach no output");
+  add_flag_once(c.prune, "--remove-dead", c.prune_args.remove_dead,
+                "then remove hidden neurons that no input reaches or that reach no output");
   c.data.add_to(c.prune);
   c.prune_train.add_to(c.prune, 0);
   c.prune->add_option("--out", c.out, "write the pruned checkpoint here")->check(path_check());
@@ -1742,10 +1763,10 @@ void add_edit_command(CLI::App& app, Commands& c) {
   c.edit->add_option("--remove-neuron", a.remove_neuron, "neuron to remove")->allow_extra_args(false);
   c.edit->add_option("--dropout", a.dropout, "dropout p for every hidden neuron")->check(number_in(0, 1, false));
   c.edit->add_option("--seed", a.seed, "seed for new parameters")->check(seed_check());
-  c.edit->add_flag(
-      "--function-preserving", a.function_preserving,
-      "every new connection into an existing neuron starts at 0, so the outputs stay as they were (but for a new "
-      "output under a softmax over the outputs)");
+  add_flag_once(
+      c.edit, "--function-preserving", a.function_preserving,
+      "every new connection into an existing neuron starts at 0, so what the edit adds leaves the outputs as they "
+      "were (but for a new output under a softmax over the outputs); removals still change them");
   c.edit->add_option("--out", c.out, "write the edited checkpoint here")->required()->check(path_check());
 }
 
@@ -1798,15 +1819,14 @@ bool unknown_subcommand(CLI::App& app, int argc, char** argv) {
   return !known;
 }
 
-// torch's and OpenBLAS's pools start a thread each per --threads: far more
-// threads than cores are slow to start and only wait for each other.
+// Said after parsing (not by the flag's check, whose range the help prints) with the machine's cores.
 bool too_many_threads(int threads) {
-  const int cores_here = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  if (threads <= 4 * cores_here) return false;
+  const int most = apps::most_threads_here();
+  if (threads <= most) return false;
   std::fprintf(stderr,
                "connex: --threads %d: this machine has %d core(s); give at most %d (threads beyond the cores only "
                "wait for each other)\n",
-               threads, cores_here, 4 * cores_here);
+               threads, most / 4, most);
   return true;
 }
 
@@ -1828,9 +1848,8 @@ bool nproc_conflicts(const DistributedArgs& dist) {
 
 // Local workers share the cores unless --threads says otherwise.
 int threads_for_this_process(const CLI::App& app, int threads) {
-  const char* local_world = std::getenv("LOCAL_WORLD_SIZE");
-  if (app.get_option("--threads")->count() == 0 && local_world)
-    threads = std::max(1, threads / static_cast<int>(std::max<int64_t>(1, parse_integer(local_world).value_or(1))));
+  if (app.get_option("--threads")->count() == 0)
+    threads = std::max(1, threads / connex::detail::environment_int("LOCAL_WORLD_SIZE", 1, 1 << 20).value_or(1));
   return threads;
 }
 
@@ -1903,14 +1922,14 @@ int main(int argc, char** argv) {
     // Workers that see a failed peer stop within a few heartbeats; give them that, then stop them.
     return launch_local_workers(argc, argv, c.dist.nproc, 10);
   }
-  const CoreShare cores{threads_for_this_process(app, threads)};
-  cores.apply_default();
   const std::string rank_tag = *c.train ? c.dist.rank_tag() : "";
   spdlog::set_pattern("[%H:%M:%S] " + rank_tag + "%v");
   if (!rank_tag.empty()) silence_torch_logging();  // c10d's socket warnings; failures get connex's one line
   // One line each, whatever the text holds (a file name with a newline);
   // torch's own errors without their stack trace.
   try {
+    const CoreShare cores{threads_for_this_process(app, threads)};  // may refuse LOCAL_WORLD_SIZE
+    cores.apply_default();
     return run_command(c, cores);
   } catch (const c10::Error& e) {
     // a --nproc worker's goes to the launcher, which prints it once

@@ -121,14 +121,15 @@ void check_width(const std::string& source, int64_t line, size_t columns, size_t
   if (cells != columns) fail("{}:{}: expected {} columns, got {}", source, line, columns, cells);
 }
 
-enum class Cell { Number, NotANumber, NotFinite };
+enum class Cell { Number, NotANumber, NotFinite, OutOfRange };
 
 // What a cell holds; the value in `v` when it is a finite number.
 Cell read_cell(const std::string& cell, double& v) {
   const auto number = detail::read_decimal(cell);
   v = number ? number->value : 0.0;
-  // Underflow still yields a usable (subnormal or zero) value; overflow is text.
-  if (!number || (!number->in_range && std::abs(v) == HUGE_VAL)) return Cell::NotANumber;
+  // Underflow still yields a usable (subnormal or zero) value.
+  if (!number) return Cell::NotANumber;
+  if (number->overflow) return Cell::OutOfRange;
   return std::isfinite(v) ? Cell::Number : Cell::NotFinite;
 }
 
@@ -156,6 +157,9 @@ double parse_number(const std::string& cell, const std::string& source, int64_t 
   if (kind == Cell::NotFinite)
     fail("{}:{}: column {} (\"{}\"): {} is not a finite number", source, line_no, j + 1, printable(column),
          printable(cell));
+  if (kind == Cell::OutOfRange)
+    fail("{}:{}: column {} (\"{}\"): {} is beyond the range of a double (about 1.8e308)", source, line_no, j + 1,
+         printable(column), printable(cell));
   return v;
 }
 

@@ -18,6 +18,7 @@
 #include "connex/error.h"
 #include "file_io.h"
 #include "connex/optimizer_state.h"
+#include "decimal.h"
 #include "json_input.h"
 #include "messages.h"
 #include "optimizer_key.h"
@@ -25,15 +26,6 @@
 namespace connex::distributed {
 
 namespace {
-
-std::optional<int> environment_int(const char* name, int lowest, int highest) {
-  const char* value = std::getenv(name);
-  if (!value || !*value) return std::nullopt;
-  const auto parsed = parse_integer(value);
-  if (!parsed || *parsed < lowest || *parsed > highest)
-    fail("environment variable {}={} is not an integer in [{}, {}]", name, value, lowest, highest);
-  return static_cast<int>(*parsed);
-}
 
 bool is_loopback(const std::string& address) {
   return address == "localhost" || address.rfind("127.", 0) == 0 || address == "::1";
@@ -178,10 +170,10 @@ ConnectedBackend connect_process_group(const c10::intrusive_ptr<c10d::Store>& st
 
 GroupOptions GroupOptions::from_environment() {
   GroupOptions options;
-  if (auto v = environment_int("WORLD_SIZE", 1, 1 << 20)) options.world_size(*v);
-  if (auto v = environment_int("RANK", 0, 1 << 20)) options.rank(*v);
+  if (auto v = detail::environment_int("WORLD_SIZE", 1, 1 << 20)) options.world_size(*v);
+  if (auto v = detail::environment_int("RANK", 0, 1 << 20)) options.rank(*v);
   if (const char* addr = std::getenv("MASTER_ADDR"); addr && *addr) options.master_addr(addr);
-  if (auto v = environment_int("MASTER_PORT", 1, 65535)) options.master_port(*v);
+  if (auto v = detail::environment_int("MASTER_PORT", 1, 65535)) options.master_port(*v);
   return options;
 }
 

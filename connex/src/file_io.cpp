@@ -7,12 +7,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <sstream>
 
@@ -269,13 +271,39 @@ nlohmann::json parse_json(std::string_view text, const std::string& what) {
   // config) would silently lose a value; nlohmann's parse callback, which
   // could see them, took quadratic time on large files. In valid JSON a ':'
   // outside strings follows its key, the last string closed; an object's
-  // keys are compared as written when it closes.
+  // keys are compared when it closes, decoded where they hold an escape
+  // ("se\u0065d" is "seed"). A repeat is reported only once the text parsed:
+  // in invalid JSON the scan's idea of keys means nothing.
+  struct Key {
+    std::string_view text;  // as written, between the quotes
+    size_t at = 0;          // byte of its opening quote
+    bool escaped = false;   // holds a backslash: then compared as `decoded`
+    std::string decoded;
+    std::string_view name() const { return escaped ? std::string_view(decoded) : text; }
+  };
+  struct Container {
+    bool object = false;
+    std::vector<Key> keys;
+    size_t items = 0;  // an array's commas so far: the index of its current item
+  };
   size_t depth = 0;
-  bool in_string = false, escaped = false;
-  size_t string_begin = 0;
-  std::string_view last_string;
-  std::vector<std::vector<std::string_view>> keys(1);  // per open container, by depth
-  std::vector<char> object(1, 0);                      // whether it is an object
+  bool in_string = false, escaped = false, fresh_string = false;
+  size_t string_begin = 0, string_end = 0;
+  std::vector<Container> open(1);                        // by depth; 0 is outside everything
+  std::optional<std::pair<std::string, size_t>> repeat;  // the JSON path of the first key given twice, its byte
+  // A JSON pointer (RFC 6901): '~' and '/' in a key written ~0 and ~1.
+  auto pointer_step = [](std::string_view key) {
+    std::string step = "/";
+    for (const char c : key) step += c == '~' ? "~0" : c == '/' ? "~1" : std::string(1, c);
+    return step;
+  };
+  auto path_to = [&](size_t below) {
+    std::string path;
+    for (size_t d = 1; d < below; ++d)
+      path += open[d].object ? pointer_step(open[d].keys.empty() ? "" : open[d].keys.back().name())
+                             : "/" + std::to_string(open[d].items);
+    return path;
+  };
   for (size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
     if (in_string) {
@@ -285,31 +313,60 @@ nlohmann::json parse_json(std::string_view text, const std::string& what) {
         escaped = true;
       } else if (c == '"') {
         in_string = false;
-        last_string = text.substr(string_begin, i - string_begin);
+        fresh_string = true;
+        string_end = i;
       }
-    } else if (c == '"') {
+      continue;
+    }
+    if (c == '"') {
       in_string = true;
       string_begin = i + 1;
     } else if (c == ':') {
-      if (object[depth]) keys[depth].push_back(last_string);  // elsewhere the parser refuses it below
+      if (open[depth].object && fresh_string) {  // elsewhere the parser refuses it below
+        Key key{text.substr(string_begin, string_end - string_begin), string_begin - 1};
+        key.escaped = key.text.find('\\') != std::string_view::npos;
+        if (key.escaped) try {
+            key.decoded = nlohmann::json::parse(text.substr(key.at, key.text.size() + 2)).get<std::string>();
+          } catch (const nlohmann::json::exception&) {  // a bad escape: the parser says so below
+          }
+        open[depth].keys.push_back(std::move(key));
+      }
+    } else if (c == ',') {
+      ++open[depth].items;
     } else if (c == '[' || c == '{') {
       if (++depth > kMaxJsonDepth) fail("{} nests JSON deeper than {} levels (at byte {})", what, kMaxJsonDepth, i);
-      if (keys.size() == depth) keys.emplace_back(), object.push_back(0);
-      keys[depth].clear();
-      object[depth] = c == '{';
+      if (open.size() == depth) open.emplace_back();
+      open[depth].object = c == '{';
+      open[depth].keys.clear();
+      open[depth].items = 0;
     } else if ((c == ']' || c == '}') && depth > 0) {
-      auto& names = keys[depth--];
-      std::sort(names.begin(), names.end());
-      if (const auto twice = std::adjacent_find(names.begin(), names.end()); twice != names.end())
-        fail("{} gives the key \"{}\" twice in one object (JSON keeps one of the values; at byte {}); remove one", what,
-             printable(*twice, 80), i);
+      auto& keys = open[depth].keys;
+      if (!repeat && keys.size() > 1) {
+        std::vector<const Key*> sorted;
+        for (const auto& key : keys) sorted.push_back(&key);
+        std::stable_sort(sorted.begin(), sorted.end(),
+                         [](const Key* a, const Key* b) { return a->name() < b->name(); });
+        const Key* second = nullptr;  // the earliest second mention of a key
+        for (size_t k = 1; k < sorted.size(); ++k)
+          if (sorted[k]->name() == sorted[k - 1]->name() && (!second || sorted[k]->at < second->at)) second = sorted[k];
+        if (second) repeat.emplace(path_to(depth) + pointer_step(second->name()), second->at);
+      }
+      --depth;
     }
+    if (!std::isspace(static_cast<unsigned char>(c))) fresh_string = c == '"';
   }
+  nlohmann::json doc;
   try {
-    return nlohmann::json::parse(text.begin(), text.end());
+    doc = nlohmann::json::parse(text.begin(), text.end());
   } catch (const nlohmann::json::exception& e) {
     fail("{} is not valid JSON: {}", what, printable(e.what(), 200));
   }
+  if (repeat) {
+    const auto line = 1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(repeat->second), '\n');
+    fail("{}: {} is given twice (line {}); JSON keeps only one of the values: remove one", what,
+         printable(repeat->first, 120), line);
+  }
+  return doc;
 }
 
 namespace {

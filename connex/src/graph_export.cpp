@@ -165,6 +165,35 @@ GraphSpec read_structure(const NodeLinkReader& r, const json& graph, const json&
   return GraphSpec::from_json(spec_json, r.source, "/graph");
 }
 
+// A node's "role", "dropout_p" and "level", which the export writes for
+// networkx users, follow from /graph (its inputs, outputs and options) and
+// the links: one that says otherwise was edited by hand and would be
+// silently ignored, so it is refused. Absent ones are fine.
+void check_derived_attributes(const NodeLinkReader& r, const NeuralNetworkImpl& network, int64_t d, const json& node,
+                              size_t i) {
+  const Topology& topo = network.topology();
+  const NeuronId& id = topo.label(d);
+  if (node.contains("role")) {
+    const json& role = node.at("role");
+    if (!role.is_string() || role.get<std::string>() != role_name(topo.role(d)))
+      fail("{}: /nodes/{}/role is {}, but neuron {}'s role is {}: roles come from /graph/inputs and /graph/outputs",
+           r.source, i, detail::excerpt(role), id, role_name(topo.role(d)));
+  }
+  if (node.contains("dropout_p")) {
+    const json& p = node.at("dropout_p");
+    const double expected = network.dropout_p(id);
+    if (!p.is_number() || p.get<double>() != expected)
+      fail("{}: /nodes/{}/dropout_p is {}, but neuron {}'s dropout_p is {}: dropout comes from /graph/options",
+           r.source, i, detail::excerpt(p), id, expected);
+  }
+  if (node.contains("level")) {
+    const json& level = node.at("level");
+    if (!level.is_number_integer() || level.get<int64_t>() != topo.level_of(d))
+      fail("{}: /nodes/{}/level is {}, but neuron {}'s level is {}: levels follow from the links", r.source, i,
+           detail::excerpt(level), id, topo.level_of(d));
+  }
+}
+
 // The weights and biases of the links and nodes, and which of them are frozen.
 void read_values(const NodeLinkReader& r, NeuralNetwork& network, const GraphSpec& spec, const json& nodes,
                  const json& links, const std::vector<Edge>& raw_edges) {
@@ -196,6 +225,7 @@ void read_values(const NodeLinkReader& r, NeuralNetwork& network, const GraphSpe
     if (link_frozen[topo.connection_index(topo.dense_of(u), topo.dense_of(v))]) frozen_connections.emplace_back(u, v);
   for (size_t i = 0; i < nodes.size(); ++i) {
     const int64_t d = topo.dense_of(spec.neurons()[i]);  // nodes are the spec's neuron list, in order
+    check_derived_attributes(r, *network, d, nodes[i], i);
     const bool frozen = r.is_frozen(nodes[i], fmt::format("/nodes/{}", i));
     if (topo.role(d) == Role::Input) {
       if (frozen)

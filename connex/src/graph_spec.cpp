@@ -144,7 +144,7 @@ void check_string_ids(const std::vector<NeuronId>& neurons, const char* ctx) {
   for (const auto& id : neurons)
     if (!id.is_integer())
       if (auto problem = id_text_problem(id.as_string()))
-        fail("{}: neuron {} {}; string ids must be printable UTF-8 text", ctx, id, *problem);
+        fail("{}: neuron {} {}; string ids must be non-empty, printable UTF-8 text", ctx, id, *problem);
 }
 
 // Repeated edges count once (as in networkx); keep the first of each, in order.

@@ -15,9 +15,9 @@ constexpr size_t kMaxJsonDepth = 256;
 
 // Parses untrusted JSON text. Refuses nesting deeper than kMaxJsonDepth
 // before parsing ("WHAT nests JSON deeper than 256 levels (at byte N)"), a
-// syntax error ("WHAT is not valid JSON: ...") and an object that gives a
-// key twice ("WHAT gives the key "k" twice in one object ..."), as
-// connex::Error.
+// syntax error ("WHAT is not valid JSON: ...") and, in valid JSON, an
+// object that gives a key twice, escapes decoded ("WHAT: /options/seed is
+// given twice (line 3); ..."), as connex::Error.
 nlohmann::json parse_json(std::string_view text, const std::string& what);
 
 // `value` as JSON text for a one-line message: at most about `max_bytes`

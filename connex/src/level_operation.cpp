@@ -27,6 +27,12 @@ void OperationModuleImpl::reset() {
     tensors_[name] = register_parameter(name, torch::zeros(shape.first, torch::TensorOptions().dtype(shape.second)));
 }
 
+void OperationModuleImpl::pretty_print(std::ostream& stream) const {
+  int64_t values = 0;
+  for (const auto& entry : tensors_) values += entry.second.numel();
+  stream << "connex::OperationModule(tensors=" << tensors_.size() << ", values=" << values << ")";
+}
+
 std::string ScriptWriter::buffer(const std::string& name, const torch::Tensor& value) {
   buffers_.emplace_back(prefix_ + name, value.detach().to(torch::kCPU).clone());
   return "self." + prefix_ + name;

@@ -175,9 +175,7 @@ std::shared_ptr<const FusedPlan> plan_fused_kernel(const std::shared_ptr<const T
   // scales without replacing the activation (the per-level path would not scale).
   int scalings = 0, norms = 0, others = 0;
   for (const auto& op : operations)
-    ++(typeid(*op) == typeid(TopoNorm)                                          ? norms
-       : op->replaces_activation() && op->fused_activation_scales().has_value() ? scalings
-                                                                                : others);
+    ++(typeid(*op) == typeid(TopoNorm) ? norms : op->scales_activation() ? scalings : others);
   const bool operations_fuse = others == 0 && scalings <= 1 && norms <= 1;
   const bool fused_eligible =
       operations_fuse && fused_supports(options.hidden_activation()) && !options.execution().force_kernel();

@@ -1,5 +1,6 @@
 #include "connex/neuron_id.h"
 
+#include <charconv>
 #include <ostream>
 
 #include "utf8.h"
@@ -16,6 +17,7 @@ std::string NeuronId::str() const {
 }
 
 std::optional<std::string> id_text_problem(const std::string& text) {
+  if (text.empty()) return std::string("is empty");
   for (size_t i = 0; i < text.size();) {
     const auto [len, code] = utf8_char_at(text, i);
     if (len == 0)  // the sequence starting here is none
@@ -43,14 +45,13 @@ const char* kind_name(NeuronId::Kind kind) { return kind == NeuronId::Kind::Inte
 std::string edge_str(const Edge& edge) { return edge.first.str() + " -> " + edge.second.str(); }
 
 std::optional<int64_t> parse_integer(const std::string& text) {
-  size_t used = 0;
+  // from_chars takes no white space and no '+' (stoll took both), but leading
+  // zeros: "012" (or "-0") would be 12 (0) here, 10 to C and another key in JSON.
+  const size_t digits = text.size() - (!text.empty() && text[0] == '-');
+  if (digits == 0 || (text[text.size() - digits] == '0' && text != "0")) return std::nullopt;  // "-0" too
   int64_t value = 0;
-  try {
-    value = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    return std::nullopt;
-  }
-  if (used != text.size() || text.empty()) return std::nullopt;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (error != std::errc() || end != text.data() + text.size()) return std::nullopt;
   return value;
 }
 

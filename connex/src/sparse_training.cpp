@@ -672,7 +672,7 @@ void Rewirer::grow_by_gradient(const NeuralNetwork& network, const LevelTrace& t
 // An activation scaling leaves both: the trace's z is before it, the values after.
 const LevelOperation* operation_changing_gradients(const NeuralNetworkImpl& network) {
   for (const auto& op : network.operations())
-    if (!(op->replaces_activation() && op->fused_activation_scales())) return op.get();
+    if (!op->scales_activation()) return op.get();
   return nullptr;
 }
 

@@ -65,6 +65,8 @@ class OperationModuleImpl : public torch::nn::Cloneable<OperationModuleImpl> {
   void reset() override;
   const torch::Tensor& get(const std::string& name) const;
   const std::map<std::string, DimKeys>& keys() const { return keys_; }
+  // One line: "connex::OperationModule(tensors=2, values=194)".
+  void pretty_print(std::ostream& stream) const override;
 
  private:
   std::map<std::string, DimKeys> keys_;
@@ -159,6 +161,10 @@ class LevelOperation {
   // itself. nullopt (the default): the network takes the per-level path
   // (unless the operation is one the kernel knows, as TopoNorm).
   virtual std::optional<std::pair<std::string, std::string>> fused_activation_scales() const { return std::nullopt; }
+  // Whether the operation is only such a scaling: it replaces the activation
+  // and names its (a, b). The fused kernel applies it; a trace's z is taken
+  // before it and its values after, so gradients read off a trace hold.
+  bool scales_activation() const { return replaces_activation() && fused_activation_scales().has_value(); }
 
   // How many parameter values build() declares for `topology`, worked out
   // without building them (a checkpoint checks its size before allocating);

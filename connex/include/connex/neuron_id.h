@@ -52,8 +52,9 @@ std::ostream& operator<<(std::ostream& out, const NeuronId& id);
 
 const char* kind_name(NeuronId::Kind kind);
 // Why a string id is not acceptable text, or nothing when it is: ids must be
-// valid UTF-8 without control characters (U+0000-U+001F, U+007F-U+009F) or
-// the noncharacters U+FFFE and U+FFFF, so that every export format (DOT,
+// non-empty (an empty one is an unset variable, not a name) and valid UTF-8
+// without control characters (U+0000-U+001F, U+007F-U+009F) or the
+// noncharacters U+FFFE and U+FFFF, so that every export format (DOT,
 // GraphML, node-link JSON) writes and reads them back unchanged.
 std::optional<std::string> id_text_problem(const std::string& text);
 
@@ -69,7 +70,9 @@ struct EdgeHash {
   size_t operator()(const Edge& e) const { return e.first.hash() * 1000003u ^ e.second.hash(); }
 };
 
-// The whole of `text` as a base-10 integer, or nullopt ("12" yes; "12a", "", "x" no).
+// The whole of `text` as a base-10 integer in int64_t's range: digits, an
+// optional leading '-', no leading 0 ("12", "-3", "0" yes; "12a", "", "x",
+// " 12", "+12", "012", "1e3", "99999999999999999999" no).
 std::optional<int64_t> parse_integer(const std::string& text);
 
 // "[1, 2, 3]" — for messages.

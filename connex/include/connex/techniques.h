@@ -4,9 +4,10 @@
 // off. For level l with collective inputs s (the distinct source values, in
 // id order, L of them) and neurons n:
 //
-// - TopoNorm: per sample, s <- (s - mean(s)) / sqrt(var(s) + 1e-5) (skipped
-//   when L = 1; when L = 2 it gives ±1 whatever the values, and passes
-//   almost no gradient), then s <- gamma ⊙ s + beta, one (gamma, beta) per slot
+// - TopoNorm: per sample, s <- (s - mean(s)) / sqrt(var(s) + 1e-5) (this
+//   standardisation is left out when L = 1, the affine step below is not;
+//   when L = 2 it gives ±1 whatever the values, and passes almost no
+//   gradient), then s <- gamma ⊙ s + beta, one (gamma, beta) per slot
 //   (initialised 1, 0). Parameters "gamma" and "beta", [Σ_l L_l, 1]: level
 //   1's sources, then level 2's, ..., keyed by (level, source neuron), one
 //   tensor each so an optimizer updates two tensors, not two per level.
