@@ -545,7 +545,7 @@ void shared_cores(Run& run) {
        connex::nn::MLP(16, 4, 256, 3,
                        connex::NeuralNetworkOptions(kRelu).execution(connex::ExecutionOptions().dense_path(false)))});
   cases.push_back({"dense path, MLP 16-256-256-256-4", connex::nn::MLP(16, 4, 256, 3, kRelu)});
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int cores = connex::apps::cores_here();
   const connex::apps::CoreShare one{1};
   for (auto& c : cases) {
     auto step = train_step(c.net, torch::randn({64, c.net->num_inputs()}), torch::randn({64, c.net->num_outputs()}));
@@ -905,7 +905,7 @@ int main(int argc, char** argv) {
   CLI::App app{"connex benchmarks: connex against plain torch references, ratios from one run"};
   bool quick = false;
   const int most_threads = connex::apps::most_threads_here();
-  int threads = most_threads / 4;  // every core
+  int threads = connex::apps::cores_here();
   std::string only, device_name = "cpu";
   app.add_flag("--quick", quick, "fewer repetitions; ~100k instead of ~1M connections");
   app.add_option("--threads", threads, "intra-op threads (default: all cores)")

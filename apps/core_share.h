@@ -34,10 +34,13 @@
 
 namespace connex::apps {
 
+// The cores of this machine (at least 1: the standard allows 0 for unknown).
+inline int cores_here() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+
 // The most a --threads flag (the CLI's, the benchmark's) may ask for: the
 // pools start a thread each per --threads, and threads beyond 4 per core are
 // slow to start and only wait for each other.
-inline int most_threads_here() { return 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+inline int most_threads_here() { return 4 * cores_here(); }
 
 struct CoreShare {
   int threads = 1;  // the cores this process may use

@@ -504,6 +504,9 @@ std::vector<Case> make_catalogue() {
   add("csv", "RaggedRow", file("d.csv", "x1,x2,y\n1,2,3\n4,5\n"), csv("d.csv"), {"d.csv:3: expected 3 columns, got 2"});
   add("csv", "LongRow", file("d.csv", "x1,x2,y\n1,2,3\n\n4,5,6,7\n"), csv("d.csv"),
       {"d.csv:4: expected 3 columns, got 4"});
+  add("csv", "UnquotedDecimalComma", file("d.csv", "x1,x2,y\n1,2,3\n4,-2,5,6\n"), csv("d.csv"),
+      {"d.csv:3: expected 3 columns, got 4 (if -2,5 in columns 2-3 is one number, write it with a decimal point: "
+       "-2.5)"});
   add("csv", "NonNumericCell", file("d.csv", "x1,x2,y\n1,2,3\n4,abc,6\n"), csv("d.csv"),
       {"d.csv:3: column 2 (\"x2\"): \"abc\" is not a number"});
   add("csv", "NanCell", file("d.csv", "x1,x2,y\n1,2,3\n4,5,nan\n"), csv("d.csv"),

@@ -128,6 +128,14 @@ TEST(Cli, EditNamesStringIdsThatHoldColons) {
             std::string::npos)
       << r.err;
   EXPECT_FALSE(std::filesystem::exists(dir / "f.ckpt"));
+  // No colon names two neurons: the error names the side that is missing
+  // ("a:x" after "in:0"), not the first colon's "in".
+  r = connex_cli("edit net.ckpt --remove-connection in:0:a:x --out f.ckpt", dir);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("a:x"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("neuron in "), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("\"in\""), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir / "f.ckpt"));
 }
 
 TEST(Cli, PruneRemovesTheRightNumberOfConnections) {

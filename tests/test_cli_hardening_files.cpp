@@ -117,7 +117,30 @@ TEST(CliHardeningFiles, DeeplyNestedConfigIsOneLineNotACrash) {
                               std::string(100000, '[') + std::string(100000, ']') + "}}");
   auto r = connex_cli("inspect deep.json", dir);
   EXPECT_EQ(r.code, 1);
-  EXPECT_EQ(r.err, "connex: load_config(): deep.json nests JSON deeper than 256 levels (at byte 336)\n");
+  EXPECT_EQ(r.err, "connex: deep.json nests JSON deeper than 256 levels (at byte 336)\n");
+}
+
+// The CLI reads a network file before it knows whether it is a config or a
+// node-link graph: its errors name the file, not load_config() (a node-link
+// graph's said load_config() although the library reads it elsewhere).
+TEST(CliHardeningFiles, AJsonNetworkFilesErrorsNameTheFile) {
+  TempDir dir;
+  spit(dir / "net.json", kMlp21);
+  ASSERT_EQ(connex_cli("export net.json --format json --out g.json", dir).code, 0);
+  std::string graph = slurp(dir / "g.json");
+  const size_t brace = graph.find('{');
+  ASSERT_NE(brace, std::string::npos);
+  graph.insert(brace + 1, "\"directed\": true, ");  // networkx writes it: now given twice
+  spit(dir / "twice.json", graph);
+  const std::string before = slurp(dir / "twice.json");
+  auto r = connex_cli("inspect twice.json", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err.rfind("connex: twice.json: /directed is given twice (line ", 0), 0u) << r.err;
+  EXPECT_EQ(r.err.find("load_config"), std::string::npos) << r.err;
+  EXPECT_EQ(slurp(dir / "twice.json"), before);
+  ASSERT_EQ(::mkfifo((dir / "fifo.json").c_str(), 0600), 0);
+  r = connex_cli("inspect fifo.json", dir);
+  EXPECT_EQ(r.err, "connex: network file: fifo.json is a FIFO, not a regular file\n");
 }
 
 // A FIFO as the config or as --data blocked forever.

@@ -165,6 +165,29 @@ TEST(Cuda, StructureLearningMatchesCpu) {
   same(prune(cpu, PruneOptions().fraction(0.2)).network, prune(gpu, PruneOptions().fraction(0.2)).network);
 }
 
+// A trainable activation module moves to the GPU with the network: folding
+// a dead neuron's constant ran it on a CPU tensor (torch's device error).
+struct ScaledTanhImpl : torch::nn::Cloneable<ScaledTanhImpl> {
+  ScaledTanhImpl() { reset(); }
+  void reset() override { a = register_parameter("a", torch::full({1}, 1.5, torch::kFloat64)); }
+  torch::Tensor forward(const torch::Tensor& x) { return a * torch::tanh(x); }
+  torch::Tensor a;
+};
+TORCH_MODULE(ScaledTanh);
+
+TEST(Cuda, DeadNeuronsFoldWithAnActivationModule) {
+  REQUIRE_CUDA();
+  // 3 is reached from no input and feeds the output: its constant folds into 5's bias.
+  NeuralNetwork net(GraphSpec::from_adjacency({{0, {1}}, {1, {5}}, {3, {5}}}, {0}, {5}),
+                    NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation(ScaledTanh()));
+  net->to(torch::kCUDA);
+  const auto x = torch::randn({4, 1}, torch::kFloat64).cuda();
+  const auto before = net->forward(x);
+  EditResult result = remove_dead_neurons(net);
+  EXPECT_EQ(result.network->num_neurons(), 3);
+  EXPECT_LE((result.network->forward(x) - before).abs().max().item<double>(), 1e-12);
+}
+
 TEST(Cuda, HamDescentTrainingAndEditsMatchCpu) {
   REQUIRE_CUDA();
   torch::set_default_dtype(caffe2::TypeMeta::Make<double>());

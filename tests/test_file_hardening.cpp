@@ -370,3 +370,33 @@ TEST(CsvValues, CellsTooLargeToTrainOnAreNamed) {
                    "t.csv:2: column 3 (\"y\"): 2e+20 is too large to train on in Float");
   EXPECT_NO_THROW(table_from_csv(parse_csv("x1,x2,y\n0,1e18,2\n", "ok.csv"), nn::MLP(2, 1, 4, 1)));
 }
+
+// Prediction squares nothing: it refused 1e20 in a float32 network "so that
+// squared errors stay finite". Its cells need only be in the dtype's range,
+// before standardization (raw) and after it (what the network reads).
+TEST(CsvValues, PredictionReadsCellsUpToTheDtypesRange) {
+  const auto net = nn::MLP(2, 1, 4, 1);
+  const auto csv = parse_csv("x1,x2\n0,1\n1e20,-3e38\n", "p.csv");
+  const auto x = read_inputs(csv, net);
+  ASSERT_EQ(x.scalar_type(), torch::kFloat32);
+  EXPECT_FLOAT_EQ(x[1][0].item<float>(), 1e20f);
+  EXPECT_FLOAT_EQ(x[1][1].item<float>(), -3e38f);
+  EXPECT_THROW_MSG(read_inputs(parse_csv("x1,x2\n0,1\n1,4e38\n", "q.csv"), net),
+                   "q.csv:3: column 2 (\"x2\"): 4e+38 is too large for Float (|value| must stay below 3.4e+38); "
+                   "rescale the column");
+  Preprocessing fitted;
+  fitted.features = {"x1", "x2"};
+  fitted.targets = {"y"};
+  fitted.mean = {0.0, 1.0};
+  fitted.scale = {1e-3, 2.0};
+  const auto scaled = read_inputs(parse_csv("x1,x2\n2,5\n", "s.csv"), net, fitted);
+  EXPECT_FLOAT_EQ(scaled[0][0].item<float>(), 2000.0f);
+  EXPECT_FLOAT_EQ(scaled[0][1].item<float>(), 2.0f);
+  // 1e36 is within float32, its standardized 1e39 is not.
+  EXPECT_THROW_MSG(read_inputs(parse_csv("x1,x2\n0,1\n1e36,1\n", "s.csv"), net, fitted),
+                   "s.csv:3: column 1 (\"x1\"): 1e+36 standardizes to 1e+39, beyond the range of Float (|value| "
+                   "below 3.4e+38)");
+  // In float64 the same standardized value is fine.
+  const auto net64 = nn::MLP(2, 1, 4, 1, NeuralNetworkOptions().dtype(torch::kFloat64));
+  EXPECT_DOUBLE_EQ(read_inputs(parse_csv("x1,x2\n1e36,1\n", "s.csv"), net64, fitted)[0][0].item<double>(), 1e39);
+}

@@ -639,14 +639,28 @@ TEST(HamEdit, BadStepsAreRefusedNamingThemAndNothingChanges) {
   H::HAM conv;
   conv->add_layer("img", {1, 4, 4}, H::identity()).add_layer("tok", {3}, H::identity());
   conv->add_layer("toks", {2, 3}, H::identity()).add_synapse("att", H::attention(1, 2), {"toks"});
+  // A custom synapse with a parameter it does not index by neuron cannot
+  // follow an edit; one without parameters has nothing to move.
   struct Square : H::SynapseImpl {
+    torch::Tensor scale;
+    torch::Tensor energy(const std::vector<torch::Tensor>& g) override { return -(g[0] * g[0]).sum(1) * scale; }
+    void attach(const std::vector<H::LayerView>&, const std::string&) override {
+      scale = register_parameter("scale", torch::ones({1}));
+    }
+  };
+  struct Plain : H::SynapseImpl {
     torch::Tensor energy(const std::vector<torch::Tensor>& g) override { return -(g[0] * g[0]).sum(1); }
     void attach(const std::vector<H::LayerView>&, const std::string&) override {}
+    std::shared_ptr<H::SynapseImpl> fresh() const override { return std::make_shared<Plain>(); }
   };
   conv->add_synapse("sq", std::make_shared<Square>(), {"tok"});
   EXPECT_THROW_MSG(H::edit(conv).add_neurons("img", {9}).build(), "only the neurons of a 1-D layer can be edited");
   EXPECT_THROW_MSG(H::edit(conv).add_neurons("tok", {9}).build(),
-                   "synapse \"sq\" joins layer \"tok\" and cannot follow neuron edits");
+                   "synapse \"sq\" joins layer \"tok\" and cannot follow neuron edits (it has parameters but names "
+                   "none of them in neuron_dims())");
+  H::HAM plain;
+  plain->add_layer("tok", {3}, H::identity()).add_synapse("sq", std::make_shared<Plain>(), {"tok"});
+  EXPECT_EQ(H::edit(plain).add_neurons("tok", {9}).build().ham->layer("tok").neurons.size(), 4u);
   EXPECT_TRUE(torch::equal(before, ham->named_parameters()["synapses.ab.weight"]));
   EXPECT_EQ(ham->layer("a").neurons.size(), 4u);
 }
@@ -1058,6 +1072,111 @@ TEST(Ham, CloneIsDeepAndPrintsExactly) {
   std::ostringstream s;
   s << *ham;
   EXPECT_EQ(s.str().rfind("connex::ham::HAM(layers=[a [4] ", 0), 0u) << s.str();
+}
+
+// A HAM inside a user's Cloneable module: torch's clone() of the parent
+// calls clone_ on each child, whose default did nothing (the copy kept
+// fresh weights). Cloning or loading a HAM leaves the random draws that
+// follow as they were (its parts' initial draws are overwritten anyway).
+struct HoldsAHam : torch::nn::Cloneable<HoldsAHam> {
+  H::HAM ham{nullptr};
+  HoldsAHam() { reset(); }
+  void reset() override {
+    ham = register_module("ham", H::HAM());
+    ham->add_layer("v", {3}, H::tanh()).add_layer("m", {2}, H::softmax());
+    ham->add_synapse("w", H::linear(), {"v", "m"});
+  }
+};
+
+TEST(Ham, CloneOfAParentModuleCopiesItsHamAndDrawsStayPut) {
+  torch::manual_seed(3);
+  auto parent = std::make_shared<HoldsAHam>();
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : parent->parameters()) p.uniform_(-2, 2);
+  }
+  auto copy = std::dynamic_pointer_cast<HoldsAHam>(parent->clone());
+  ASSERT_TRUE(copy);
+  const auto p = parent->named_parameters(), q = copy->named_parameters();
+  ASSERT_EQ(p.size(), q.size());
+  for (const auto& item : p) {
+    EXPECT_TRUE(torch::equal(item.value(), q[item.key()])) << item.key();
+    EXPECT_NE(item.value().data_ptr(), q[item.key()].data_ptr()) << item.key();
+  }
+  EXPECT_TRUE(torch::equal(copy->ham->named_parameters()["synapses.w.weight"],
+                           parent->ham->named_parameters()["synapses.w.weight"]));
+  TempDir dir;
+  H::save(parent->ham, dir / "h.ckpt");
+  torch::manual_seed(5);
+  const auto expected = torch::rand({4});
+  torch::manual_seed(5);
+  auto cloned = parent->ham->clone();
+  auto loaded = H::load(dir / "h.ckpt");
+  EXPECT_TRUE(torch::equal(torch::rand({4}), expected));
+}
+
+// A part joins one HAM: a second re-sized (or re-drew) the first's parameters.
+TEST(HamErrors, APartOfOneHamIsRefusedByAnother) {
+  auto store = H::linear();
+  auto act = H::tanh();
+  H::HAM a, b;
+  a->add_layer("v", {8}, act).add_layer("m", {3}, H::softmax()).add_synapse("s", store, {"v", "m"});
+  const auto weight = a->named_parameters()["synapses.s.weight"].clone();
+  b->add_layer("v", {4}, H::identity());
+  EXPECT_THROW_MSG(b->add_synapse("s", store, {"v"}),
+                   "add_synapse(): synapse \"s\": this synapse object belongs to another HAM (give each its own, or "
+                   "its fresh())");
+  EXPECT_THROW_MSG(b->add_layer("u", {4}, act),
+                   "add_layer(): layer \"u\": its Lagrangian belongs to another HAM (give each layer its own, or its "
+                   "fresh())");
+  EXPECT_EQ(b->layers().size(), 1u);
+  EXPECT_TRUE(torch::equal(a->named_parameters()["synapses.s.weight"], weight));
+  b->add_synapse("s", store->fresh(), {"v"});
+  b->add_layer("u", {4}, act->fresh());
+  EXPECT_EQ(b->named_parameters()["synapses.s.weight"].sizes(), (std::vector<int64_t>{4, 4}));
+}
+
+// States of batch 0 passed the checks and met torch's reshape error.
+TEST(HamErrors, AnEmptyBatchIsRefused) {
+  H::HAM ham;
+  ham->add_layer("a", {3}, H::tanh()).add_synapse("b", H::bias(), {"a"});
+  auto x = ham->init_states(1);
+  x["a"] = x["a"].narrow(0, 0, 0);
+  EXPECT_THROW_MSG(ham->energy(x), "energy(): layer \"a\"'s state has batch 0, expected a batch ≥ 1");
+  EXPECT_THROW_MSG(ham->descend(x), "layer \"a\"'s state has batch 0, expected a batch ≥ 1");
+}
+
+// A graph synapse's given float64 weights went through float32.
+TEST(Ham, GivenGraphWeightsKeepTheirDigits) {
+  H::HAM ham;
+  ham->add_layer("a", {2}, H::tanh()).add_synapse("c", H::bias(), {"a"});
+  ham->to(torch::kDouble);
+  ham->add_synapse("g", H::graph({{0, 1}}, torch::tensor({0.1}, torch::kDouble)), {"a"});
+  EXPECT_EQ(ham->named_parameters()["synapses.g.weight"].item<double>(), 0.1);
+  H::HAM plain;  // float32: the given weights are placed like the rest
+  plain->add_layer("a", {2}, H::tanh()).add_synapse("c", H::bias(), {"a"});
+  plain->add_synapse("g", H::graph({{0, 1}}, torch::tensor({0.1}, torch::kDouble)), {"a"});
+  EXPECT_EQ(plain->named_parameters()["synapses.g.weight"].scalar_type(), torch::kFloat);
+}
+
+// A crafted checkpoint: a layer without a shape under an attention synapse
+// crashed the size check; a huge token count asked for 32 GiB of scores.
+TEST(HamCheckpoint, CraftedAttentionShapesAreRefused) {
+  TempDir dir;
+  H::HAM small;
+  small->add_layer("t", {2, 1}, H::identity()).add_synapse("att", H::attention(1, 1), {"t"});
+  H::save(small, dir / "small.ckpt");
+  const std::string good = slurp(dir / "small.ckpt");
+  spit(dir / "bad.ckpt",
+       reseal_checkpoint(good, [](nlohmann::json& h, uint32_t&) { h["structure"]["layers"][0].erase("shape"); }));
+  EXPECT_THROW_MSG(H::load(dir / "bad.ckpt"), "expected a member \"shape\"");
+  spit(dir / "bad.ckpt", reseal_checkpoint(good, [](nlohmann::json& h, uint32_t&) {
+         h["structure"]["layers"][0]["shape"] = {65536, 1};
+       }));
+  EXPECT_THROW_MSG(H::load(dir / "bad.ckpt"),
+                   "its structure's attention synapse \"att\" scores 4294967296 token pairs per sample (at most "
+                   "268435456 can be loaded)");
+  EXPECT_EQ(H::load(dir / "small.ckpt")->layer("t").shape, (std::vector<int64_t>{2, 1}));
 }
 
 }  // namespace

@@ -713,6 +713,18 @@ TEST(SparseTraining, BadInputNamesTheCulpritAndChangesNothing) {
   EXPECT_THROW_MSG(
       rigl.rewire(net, 0, &untrained),
       "Rewirer::rewire(): the trace has no gradient; call loss.backward() on the traced forward's loss first");
+  // A NaN loss makes NaN scores, which rank nowhere: the group would grow
+  // fewer than it dropped.
+  LevelTrace nan_trace;
+  (net->forward_traced(torch::randn({4, 6}, torch::kFloat64), nan_trace).sum() * std::nan("")).backward();
+  EXPECT_THROW_MSG(rigl.rewire(net, 0, &nan_trace),
+                   "Rewirer::rewire(): RigL expected finite gradients in the trace, got NaN or infinity (a NaN loss?)");
+  // From end_step on nothing is dropped or grown: no trace is asked for.
+  Rewirer ended(net, RewireOptions().method(RewireMethod::RigL).drop_fraction(0.3).end_step(10));
+  const auto unchanged = ended.rewire(net, 10);
+  EXPECT_EQ(ended.last_report().dropped, 0);
+  EXPECT_EQ(ended.last_report().grown, 0);
+  EXPECT_EQ(weights_by_label(unchanged.network), weights_by_label(net));
   NeuralNetwork other(nn::mlp_spec(2, 1, 3, 1));
   EXPECT_THROW_MSG(rigl.rewire(other, 0, &untrained), "Rewirer::rewire(): expected the network's 33 neurons");
   // The same 33 labels in another network: its roles differ.

@@ -78,9 +78,10 @@ std::string sparse_floor_note(const NeuralNetwork& net, const nlohmann::json& gr
       density, asked);
 }
 
-// A JSON file's document, read (and refused) as load_config() reads it.
+// A network file's JSON document (a config or a node-link graph: which is
+// not known yet, so its errors name the file, not a library function).
 nlohmann::json read_json_file(const std::string& path) {
-  return connex::detail::parse_json(read_file(path, "load_config()"), "load_config(): " + path);
+  return connex::detail::parse_json(read_file(path, "network file"), path);
 }
 
 // What open_network() read a network from.
@@ -212,8 +213,9 @@ NeuronId parse_id(const std::string& text, const NeuralNetwork& network, const s
 
 // FROM:TO. String ids may hold colons themselves: the text splits at the
 // one colon whose two sides both name neurons (`named`: the network's, or
-// ones the same command adds); two such colons are refused as ambiguous,
-// none leaves the first colon (and the edit names the missing neuron).
+// ones the same command adds); two such colons are refused as ambiguous.
+// Where none does, the first colon with one side naming a neuron (else the
+// first colon), so that the edit's error names the neuron truly missing.
 Edge parse_edge(const std::string& text, const NeuralNetwork& network, const std::string& what,
                 const std::function<bool(const NeuronId&)>& named) {
   size_t colon = text.find(':');
@@ -227,6 +229,11 @@ Edge parse_edge(const std::string& text, const NeuralNetwork& network, const std
            text, text.substr(0, splits[0]), text.substr(splits[0] + 1), text.substr(0, splits[1]),
            text.substr(splits[1] + 1));
     if (splits.size() == 1) colon = splits[0];
+    for (size_t c = colon; splits.empty() && c != std::string::npos; c = text.find(':', c + 1))
+      if (named(NeuronId(text.substr(0, c))) || named(NeuronId(text.substr(c + 1)))) {
+        colon = c;
+        break;
+      }
   }
   return {parse_id(text.substr(0, colon), network, what), parse_id(text.substr(colon + 1), network, what)};
 }
@@ -1826,7 +1833,7 @@ bool too_many_threads(int threads) {
   std::fprintf(stderr,
                "connex: --threads %d: this machine has %d core(s); give at most %d (threads beyond the cores only "
                "wait for each other)\n",
-               threads, most / 4, most);
+               threads, apps::cores_here(), most);
   return true;
 }
 
@@ -1884,7 +1891,7 @@ int run_command(const Commands& c, const CoreShare& cores) {
 int main(int argc, char** argv) {
   CLI::App app{"connex: train, prune, edit, export, inspect and predict with DAG neural networks"};
   app.require_subcommand(1);
-  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int threads = apps::cores_here();
   app.add_option("--threads", threads, "cores to use (default: all; local workers share them)")
       ->check(number_in(1, 1024, true));
   Commands c;

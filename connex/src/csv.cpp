@@ -116,9 +116,26 @@ std::vector<std::string> read_header(const std::string& text, const std::string&
   fail("{}: the file is empty (no header row)", source);
 }
 
-// Every record has the header's width.
-void check_width(const std::string& source, int64_t line, size_t columns, size_t cells) {
-  if (cells != columns) fail("{}:{}: expected {} columns, got {}", source, line, columns, cells);
+// Whether `text` is decimal digits after an optional sign (`sign`) or none.
+bool digits(const std::string& text, bool sign) {
+  size_t k = sign && !text.empty() && (text[0] == '-' || text[0] == '+') ? 1 : 0;
+  if (k == text.size()) return false;
+  for (; k < text.size(); ++k)
+    if (text[k] < '0' || text[k] > '9') return false;
+  return true;
+}
+
+// Every record has the header's width. A row one cell too wide whose cells
+// include "4" then "5" most likely held 4,5 written with a decimal comma
+// and not quoted: the message says so, with that pair.
+void check_width(const std::string& source, int64_t line, size_t columns, const std::vector<std::string>& cells) {
+  if (cells.size() == columns) return;
+  std::string hint;
+  for (size_t j = 0; cells.size() == columns + 1 && j + 1 < cells.size() && hint.empty(); ++j)
+    if (digits(cells[j], true) && digits(cells[j + 1], false))
+      hint = fmt::format(" (if {0},{1} in columns {2}-{3} is one number, write it with a decimal point: {0}.{1})",
+                         printable(cells[j], 20), printable(cells[j + 1], 20), j + 1, j + 2);
+  fail("{}:{}: expected {} columns, got {}{}", source, line, columns, cells.size(), hint);
 }
 
 enum class Cell { Number, NotANumber, NotFinite, OutOfRange };
@@ -189,7 +206,7 @@ std::vector<std::string> csv_columns(const std::string& text, const std::string&
   bool blank = false;
   while (next_record(text, pos, line_no, source, cells, first_line, blank))
     if (!blank) {
-      check_width(source, first_line, columns.size(), cells.size());
+      check_width(source, first_line, columns.size(), cells);
       break;
     }
   return columns;
@@ -215,7 +232,7 @@ CsvTable parse_csv(const std::string& text, const std::string& source, const std
   bool blank = false;
   while (next_record(text, pos, line_no, source, cells, first_line, blank)) {
     if (blank) continue;
-    check_width(source, first_line, table.columns.size(), cells.size());
+    check_width(source, first_line, table.columns.size(), cells);
     std::vector<double> row(cells.size());
     for (size_t j = 0; j < cells.size(); ++j) {
       if (as_text[j]) {

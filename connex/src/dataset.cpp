@@ -195,9 +195,19 @@ double largest_trainable(torch::Dtype dtype) {
   return std::sqrt(info ? info->max : static_cast<double>(std::numeric_limits<float>::max()));
 }
 
-// `limit`: the largest |cell| (largest_trainable); `in` says for what ("to train on in Float").
+// The largest |value| a cell may hold to be predicted from in `dtype`: its
+// largest finite value.
+double largest_value(torch::Dtype dtype) {
+  const DtypeInfo* info = find_dtype(dtype);
+  return info ? info->max : static_cast<double>(std::numeric_limits<float>::max());
+}
+
+constexpr const char* kSquaresStayFinite = ", so that squared errors stay finite";
+
+// `limit`: the largest |cell|; `in` says for what ("to train on in Float"),
+// `why` why the limit (kSquaresStayFinite, or "" for a dtype's range).
 torch::Tensor numeric_columns(const CsvTable& csv, const std::vector<int64_t>& columns, double limit,
-                              const std::string& in, const std::string& hint = "") {
+                              const std::string& in, const char* why, const std::string& hint = "") {
   const int64_t rows = static_cast<int64_t>(csv.rows.size()), n = static_cast<int64_t>(columns.size());
   auto x = torch::empty({rows, n}, torch::kFloat64);
   auto xa = x.accessor<double, 2>();
@@ -207,9 +217,9 @@ torch::Tensor numeric_columns(const CsvTable& csv, const std::vector<int64_t>& c
         const double v = csv.number(i, columns[k]);
         if (std::abs(v) > limit)
           fail(
-              "{}:{}: column {} (\"{}\"): {} is too large {} (|value| must stay below {:.2g}, so that squared "
-              "errors stay finite); rescale the column",
-              csv.source, csv.row_lines[i], columns[k] + 1, printable(csv.columns[columns[k]]), v, in, limit);
+              "{}:{}: column {} (\"{}\"): {} is too large {} (|value| must stay below {:.2g}{}); rescale the "
+              "column",
+              csv.source, csv.row_lines[i], columns[k] + 1, printable(csv.columns[columns[k]]), v, in, limit, why);
         xa[i][k] = v;
       }
   } catch (const Error& e) {
@@ -414,18 +424,19 @@ Table table_from_csv(const CsvTable& csv, const NeuralNetwork& network, const Ta
     // Text in the default target column is most likely a class label.
     const bool guessed = !fitted && !options.task() && c.targets.size() == 1;
     const auto dtype = *options.dtype();
-    y = numeric_columns(
-        csv, c.targets, largest_trainable(dtype), fmt::format("to train on in {}", c10::toString(dtype)),
-        guessed
-            ? fmt::format("; if \"{}\" holds class labels, set the task to classification", csv.columns[c.targets[0]])
-            : "");
+    y = numeric_columns(csv, c.targets, largest_trainable(dtype),
+                        fmt::format("to train on in {}", c10::toString(dtype)), kSquaresStayFinite,
+                        guessed ? fmt::format("; if \"{}\" holds class labels, set the task to classification",
+                                              csv.columns[c.targets[0]])
+                                : "");
   }
   // Standardized features are scaled in float64 first, then in range.
   const bool standardized = fitted ? fitted->standardizes() : options.standardize();
   const auto feature_dtype = standardized ? torch::kFloat64 : *options.dtype();
   return make_table(
       numeric_columns(csv, c.features, largest_trainable(feature_dtype),
-                      standardized ? "to standardize" : fmt::format("to train on in {}", c10::toString(feature_dtype))),
+                      standardized ? "to standardize" : fmt::format("to train on in {}", c10::toString(feature_dtype)),
+                      kSquaresStayFinite),
       y, options, std::move(p), !fitted, csv.source);
 }
 
@@ -466,12 +477,24 @@ torch::Tensor read_inputs(const CsvTable& csv, const NeuralNetwork& network,
           csv.source, columns.size(), join(columns), network->num_inputs());
     for (int64_t j = 0; j < static_cast<int64_t>(columns.size()); ++j) features.push_back(j);
   }
+  // Prediction squares nothing: a cell need only be within the dtype's
+  // range, standardized (in float64) or not.
   const auto dtype = network->weight_tensor().scalar_type();
   const bool standardized = fitted && fitted->standardizes();
   const auto raw_dtype = standardized ? torch::kFloat64 : dtype;
-  const auto raw = numeric_columns(csv, features, largest_trainable(raw_dtype),
-                                   standardized ? "to standardize" : fmt::format("for {}", c10::toString(raw_dtype)));
-  return (fitted ? fitted->apply(raw) : raw).to(dtype);
+  const auto raw =
+      numeric_columns(csv, features, largest_value(raw_dtype), fmt::format("for {}", c10::toString(raw_dtype)), "");
+  if (!fitted) return raw.to(dtype);
+  const auto scaled = fitted->apply(raw);
+  const double limit = largest_value(dtype);
+  const auto beyond = (~(scaled.abs() <= limit)).nonzero();  // NaN too (0/0 of a hand-made zero scale)
+  if (beyond.size(0) > 0) {
+    const int64_t i = beyond[0][0].item<int64_t>(), k = beyond[0][1].item<int64_t>();
+    fail("{}:{}: column {} (\"{}\"): {} standardizes to {:.3g}, beyond the range of {} (|value| below {:.2g})",
+         csv.source, csv.row_lines[i], features[k] + 1, printable(csv.columns[features[k]]), raw[i][k].item<double>(),
+         scaled[i][k].item<double>(), c10::toString(dtype), limit);
+  }
+  return scaled.to(dtype);
 }
 
 torch::Tensor read_inputs(const std::string& path, const NeuralNetwork& network,

@@ -35,7 +35,7 @@ std::shared_ptr<const DensePlan> plan_dense_path(const Topology& topology, const
     const Level& level = topology.levels()[l];
     const auto width = static_cast<int64_t>(level.sources.size());
     if (level.kernel != LevelKernel::DenseView || width == 0 || level.num_connections() != level.size() * width ||
-        level.sources.back() - level.sources.front() + 1 != width)
+        !level.sources_in_a_run())
       return nullptr;
     plan->steps.push_back({level.begin, level.size(), level.hidden_end - level.begin, level.sources.front(), width,
                            level.conn_begin, level.sources_before});

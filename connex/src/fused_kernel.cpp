@@ -119,9 +119,6 @@ struct NormLayout {
 };
 
 int64_t width_of(const Level& level) { return static_cast<int64_t>(level.sources.size()); }
-bool sources_in_a_run(const Level& level) {
-  return level.sources.empty() || level.sources.back() - level.sources.front() + 1 == width_of(level);
-}
 
 NormLayout make_norm_layout(const Topology& topo) {
   NormLayout norm;
@@ -132,7 +129,7 @@ NormLayout make_norm_layout(const Topology& topo) {
     for (int64_t c = level.conn_begin; c < level.conn_end; ++c)
       norm.conn_row[c] = level.sources_before + level.edge_source[c - level.conn_begin];
     norm.rows = level.sources_before + width_of(level);
-    if (!sources_in_a_run(level)) norm.widest_scattered = std::max(norm.widest_scattered, width_of(level));
+    if (!level.sources_in_a_run()) norm.widest_scattered = std::max(norm.widest_scattered, width_of(level));
   }
   // Connections are in target order, so a counting sort by row keeps each row's targets ascending.
   norm.row_offsets.assign(static_cast<size_t>(norm.rows) + 1, 0);
@@ -732,7 +729,7 @@ void norm_forward(const Pass<T>& p, const Level& level, size_t l) {
   const int64_t L = width_of(level), r0 = level.sources_before, B = p.B;
   if (L == 0) return;
   const T* s = p.V + level.sources.front() * B;
-  if (!sources_in_a_run(level)) {
+  if (!level.sources_in_a_run()) {
     for (int64_t i = 0; i < L; ++i)
       std::memcpy(p.gathered + i * B, p.V + level.sources[i] * B, sizeof(T) * static_cast<size_t>(B));
     s = p.gathered;
@@ -747,7 +744,7 @@ template <typename T>
 void norm_backward(const Pass<T>& p, const Level& level, size_t l) {
   const int64_t L = width_of(level), r0 = level.sources_before, B = p.B;
   if (L == 0) return;
-  const bool run = sources_in_a_run(level);
+  const bool run = level.sources_in_a_run();
   T* ds = run ? p.G + level.sources.front() * B : p.gathered;
   topo_norm_backward_rows(p.dY + r0 * B, p.normed + r0 * B, p.gamma + r0, p.rstd + static_cast<int64_t>(l - 1) * B, ds,
                           run, p.ggamma + r0, p.gbeta + r0, L, B);
@@ -801,14 +798,6 @@ void run_backward(const Pass<T>& p) {
   share_work(0, p.topo->num_inputs(), 16, [&](int64_t first, int64_t last) { rows_of(Part::Inputs, p, first, last); });
 }
 
-// values[begin, end) of a vector as a long tensor.
-torch::Tensor index_of(const std::vector<int64_t>& values, int64_t begin, int64_t end) {
-  return torch::from_blob(const_cast<int64_t*>(values.data() + begin), {end - begin}, torch::kLong).clone();
-}
-torch::Tensor index_of(const std::vector<int64_t>& values) {
-  return index_of(values, 0, static_cast<int64_t>(values.size()));
-}
-
 // The kernel's function in torch operations, whose gradients are
 // differentiable again (a backward with create_graph, formula_gradients.h).
 // in: x, weight, bias, scale_a, scale_b, gamma, beta (empty where off).
@@ -825,14 +814,16 @@ torch::Tensor fused_formula(const Topology& topo, Act act, const torch::autograd
       torch::Tensor rows;  // what each connection's weight multiplies
       if (gamma.numel() > 0) {
         const int64_t r0 = level.sources_before, L = width_of(level);
-        rows = topo_norm_formula(values.index_select(0, index_of(level.sources)), gamma.narrow(0, r0, L),
-                                 beta.narrow(0, r0, L))
-                   .index_select(0, index_of(level.edge_source));
+        rows = topo_norm_formula(values.index_select(0, torch::tensor(level.sources, torch::kLong)),
+                                 gamma.narrow(0, r0, L), beta.narrow(0, r0, L))
+                   .index_select(0, torch::tensor(level.edge_source, torch::kLong));
       } else {
-        rows = values.index_select(0, index_of(topo.conn_source(), level.conn_begin, level.conn_end));
+        rows = values.index_select(
+            0, torch::tensor(at::ArrayRef<int64_t>(topo.conn_source()).slice(level.conn_begin, level.num_connections()),
+                             torch::kLong));
       }
       const auto terms = w.narrow(0, level.conn_begin, level.num_connections()).unsqueeze(1) * rows;
-      z = z + torch::zeros({size, B}, x.options()).index_add(0, index_of(level.edge_target), terms);
+      z = z + torch::zeros({size, B}, x.options()).index_add(0, torch::tensor(level.edge_target, torch::kLong), terms);
     }
     torch::Tensor out = z;
     if (hidden > 0) {
@@ -844,7 +835,7 @@ torch::Tensor fused_formula(const Topology& topo, Act act, const torch::autograd
     }
     values = torch::cat({values, out});
   }
-  return values.index_select(0, index_of(topo.output_ids())).t();
+  return values.index_select(0, torch::tensor(topo.output_ids(), torch::kLong)).t();
 }
 
 // The whole network as one autograd node. It takes x as [batch, inputs] and

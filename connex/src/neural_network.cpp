@@ -40,8 +40,6 @@ void check_probability(double p, const std::string& what) {
     fail("NeuralNetwork(): dropout_p {} is {}; it must lie in [0, 1]", what, p);
 }
 
-torch::Tensor index_tensor(const std::vector<int64_t>& values) { return torch::tensor(values, torch::kLong); }
-
 void check_options(const NeuralNetworkOptions& options) {
   if (!options.hidden_activation().is_elementwise())
     fail(
@@ -390,10 +388,10 @@ NeuralNetworkImpl::LevelTensors NeuralNetworkImpl::register_level(size_t l) {
   if (l > 0) {
     t.gather = register_gather(level.gather, prefix + "gather");
     if (level.kernel == LevelKernel::EdgeList) {
-      t.edge_source = register_buffer(prefix + "edge_source", index_tensor(level.edge_source));
-      t.edge_target = register_buffer(prefix + "edge_target", index_tensor(level.edge_target));
+      t.edge_source = register_buffer(prefix + "edge_source", torch::tensor(level.edge_source, torch::kLong));
+      t.edge_target = register_buffer(prefix + "edge_target", torch::tensor(level.edge_target, torch::kLong));
     } else if (level.kernel == LevelKernel::DenseScatter) {
-      t.scatter_pos = register_buffer(prefix + "scatter_pos", index_tensor(level.dense_positions()));
+      t.scatter_pos = register_buffer(prefix + "scatter_pos", torch::tensor(level.dense_positions(), torch::kLong));
     }
   }
   bool any_dropout = false;
@@ -451,10 +449,11 @@ NeuralNetworkImpl::GatherTensors NeuralNetworkImpl::register_gather(const Gather
   GatherTensors t;
   for (size_t k = 0; k < plan.segments.size(); ++k) {
     const Segment& seg = plan.segments[k];
-    t.segment_index.push_back(seg.contiguous() ? torch::Tensor()
-                                               : register_buffer(prefix + std::to_string(k), index_tensor(seg.local)));
+    t.segment_index.push_back(
+        seg.contiguous() ? torch::Tensor()
+                         : register_buffer(prefix + std::to_string(k), torch::tensor(seg.local, torch::kLong)));
   }
-  if (!plan.order.empty()) t.order = register_buffer(prefix + "_order", index_tensor(plan.order));
+  if (!plan.order.empty()) t.order = register_buffer(prefix + "_order", torch::tensor(plan.order, torch::kLong));
   return t;
 }
 
@@ -651,7 +650,7 @@ torch::Tensor NeuralNetworkImpl::dense_weights(const Level& level, const LevelTe
   if (level.kernel == LevelKernel::DenseView) return w.view({size, width});
   torch::Tensor index = t.scatter_pos;
   if (!index.defined())  // an edge-list level whose affine step an operation replaces
-    index = index_tensor(level.dense_positions()).to(w.device());
+    index = torch::tensor(level.dense_positions(), torch::kLong).to(w.device());
   return torch::zeros({size * width}, w.options()).scatter(0, index, w).view({size, width});
 }
 

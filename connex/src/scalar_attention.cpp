@@ -677,21 +677,14 @@ torch::Tensor key_mask(const AttentionKeys& keys, int64_t L, const torch::Tensor
       .view({groups, L});
 }
 
-torch::Tensor long_tensor(const std::vector<int64_t>& values) {
-  return torch::from_blob(const_cast<int64_t*>(values.data()), {static_cast<int64_t>(values.size())}, torch::kLong)
-      .clone();
-}
-
 }  // namespace
 
 torch::Tensor scalar_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const AttentionKeys& keys) {
   if (!q.device().is_cpu() || !kernel_dtype(q.scalar_type())) return scalar_attention_reference(q, k, v, keys);
-  auto scale = torch::from_blob(const_cast<double*>(keys.scale.data()), {static_cast<int64_t>(keys.scale.size())},
-                                torch::kFloat64)
-                   .clone();
-  return ScalarAttention::apply(q, k, v, long_tensor(keys.offsets), long_tensor(keys.positions), scale,
-                                keys.queries_are_keys);
+  auto scale = torch::tensor(keys.scale, torch::kFloat64);
+  return ScalarAttention::apply(q, k, v, torch::tensor(keys.offsets, torch::kLong),
+                                torch::tensor(keys.positions, torch::kLong), scale, keys.queries_are_keys);
 }
 
 void scalar_attention_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

@@ -493,8 +493,6 @@ double Rewirer::drop_fraction(int64_t step) const {
 
 EditResult Rewirer::rewire(const NeuralNetwork& network, int64_t step, const LevelTrace* trace) {
   if (step < 0) fail("Rewirer::rewire(): expected a step >= 0, got {}", step);
-  if (options_.method() == RewireMethod::RigL && !trace)
-    fail("Rewirer::rewire(): RigL expected the trace of a forward pass after loss.backward(), got none");
   const Topology& t = network->topology();
   if (t.num_neurons() != num_neurons_)
     fail("Rewirer::rewire(): expected the network's {} neurons the Rewirer was made for, got {}", num_neurons_,
@@ -518,10 +516,12 @@ EditResult Rewirer::rewire(const NeuralNetwork& network, int64_t step, const Lev
   if (options_.method() == RewireMethod::SET) {
     // Drawn from (seed, step) alone, so a rewiring does not depend on the
     // ones before it: a resumed run rewires as the uninterrupted one would.
-    random_.seed(options_.seed() ^ (0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(step + 1)));
+    random_.seed(options_.seed() ^ (0x9E3779B97F4A7C15ULL * (static_cast<uint64_t>(step) + 1)));
     grow_random(network, plan);
-  } else
+  } else if (!plan.drop.empty()) {  // nothing to grow (past end_step, say): no trace needed
+    if (!trace) fail("Rewirer::rewire(): RigL expected the trace of a forward pass after loss.backward(), got none");
     grow_by_gradient(network, *trace, plan);
+  }
 
   report_ = {};
   report_.connections_before = network->num_connections();
@@ -615,6 +615,11 @@ void Rewirer::grow_random(const NeuralNetwork& network, Plan& plan) {
 void Rewirer::grow_by_gradient(const NeuralNetwork& network, const LevelTrace& trace, Plan& plan) const {
   const Topology& t = network->topology();
   const auto [values, grads] = traced_matrices(network, trace, "Rewirer::rewire()");
+  // A NaN score ranks nowhere: a group would grow fewer than it dropped.
+  for (const auto* m : {&values, &grads})
+    if (!torch::isfinite(*m).all().item<bool>())
+      fail("Rewirer::rewire(): RigL expected finite {} in the trace, got NaN or infinity (a NaN loss?)",
+           m == &values ? "values" : "gradients");
   std::vector<int64_t> column(t.num_neurons(), -1);  // dense id -> its place among the group's targets
   for (size_t g = 1; g < plan.groups.size(); ++g) {
     const GroupPlan& group = plan.groups[g];

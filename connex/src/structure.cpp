@@ -123,13 +123,17 @@ std::vector<double> constant_values(const NeuralNetwork& network, const Reach& r
   const auto b = network->bias_tensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
   const double *weight = w.data_ptr<double>(), *bias = b.data_ptr<double>();
   const auto dtype = network->weight_tensor().scalar_type();
+  const auto device = network->weight_tensor().device();
   std::vector<double> value(t.num_neurons(), 0.0);
   torch::NoGradGuard no_grad;
   for (int64_t d = t.num_inputs(); d < t.num_neurons(); ++d) {
     if (r.reached[d] || t.role(d) != Role::Hidden) continue;
     double z = bias[t.bias_index(d)];
     for (int64_t c = t.in_offsets()[d]; c < t.in_offsets()[d + 1]; ++c) z += weight[c] * value[t.conn_source()[c]];
-    value[d] = network->options().hidden_activation()(torch::full({1}, z, dtype)).item<double>();
+    // On the weights' device: a module activation's parameters moved there with the network.
+    value[d] = network->options()
+                   .hidden_activation()(torch::full({1}, z, torch::TensorOptions().dtype(dtype).device(device)))
+                   .item<double>();
   }
   return value;
 }

@@ -28,7 +28,10 @@
 // come only from the levels that already fed the group when the Rewirer was
 // made (for a layered network: the layer before), never one that existed
 // before this rewiring, and start at weight 0 with zero optimizer moments, so
-// the network's function is unchanged by the growth. The groups keep their
+// the network's function is unchanged by the growth (unless topo norm or an
+// attention is on: a new input to a level changes what they read). RigL
+// refuses a trace whose values or gradients are not finite (a NaN loss): its
+// growth could not match its drops. The groups keep their
 // order, so the graph stays acyclic; each keeps its number of connections.
 #include <cstdint>
 #include <random>

@@ -43,7 +43,10 @@ class GraphQueries {
 };
 
 // Hidden neurons that cannot change any output: no input reaches them, or
-// they reach no output. With an operation that reads a level's inputs
+// they reach no output. One that no input reaches has a constant value,
+// folded into its successors' biases on removal; with a technique on (a
+// per-level operation) it is kept, as the constant would pass through the
+// technique. With an operation that reads a level's inputs
 // together (topo norm, either attention), an input of a level that reaches
 // an output reaches it too, and a neuron stays whose removal would take an
 // input away from such a level. In the order of spec().neurons().

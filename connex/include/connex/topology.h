@@ -63,6 +63,10 @@ struct Level {
   std::vector<int64_t> edge_target;  // per connection: dense id - begin
   int64_t size() const { return end - begin; }
   int64_t num_connections() const { return conn_end - conn_begin; }
+  // Whether `sources` are one run of consecutive ids (no sources count as one).
+  bool sources_in_a_run() const {
+    return sources.empty() || sources.back() - sources.front() + 1 == int64_t(sources.size());
+  }
   // Each connection's position in the level's row-major [size, sources] weight matrix.
   std::vector<int64_t> dense_positions() const;
 };

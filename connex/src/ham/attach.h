@@ -3,8 +3,11 @@
 // an entry an earlier, refused attach registered already is taken over, so a
 // part can join a HAM after a refused try (torch refuses a second
 // registration of a name). Internal.
+#include <mutex>
 #include <string>
 
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/Generator.h>
 #include <torch/nn/module.h>
 
 namespace connex::ham {
@@ -27,5 +30,27 @@ inline torch::Tensor attach_parameter(torch::nn::Module& module, const std::stri
 inline torch::Tensor attach_buffer(torch::nn::Module& module, const std::string& name, const torch::Tensor& value) {
   return attach_entry(module, name, value, false);
 }
+
+// Keeps the default CPU generator's state across a scope: attach() draws
+// initial values, which a clone or a load overwrites at once; without it,
+// a snapshot taken while training changed every later draw.
+class RandomStateKept {
+ public:
+  RandomStateKept() {
+    auto generator = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> hold(generator.mutex());
+    state_ = generator.get_state();
+  }
+  ~RandomStateKept() {
+    auto generator = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> hold(generator.mutex());
+    generator.set_state(state_);
+  }
+  RandomStateKept(const RandomStateKept&) = delete;
+  RandomStateKept& operator=(const RandomStateKept&) = delete;
+
+ private:
+  at::Tensor state_;
+};
 
 }  // namespace connex::ham

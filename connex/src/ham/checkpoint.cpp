@@ -9,6 +9,7 @@
 #include "connex/error.h"
 #include "dtype.h"
 #include "file_io.h"
+#include "ham/attach.h"
 #include "ham/describe.h"
 #include "json_input.h"
 #include "saved_optimizer.h"
@@ -62,6 +63,10 @@ std::vector<int64_t> shape_of(const json& j, const std::string& where) {
 struct StructureSize {
   double parameters = 0;  // entries
   double largest_layer = 0;
+  // add_synapse() probes an attention synapse with scores [2, heads, tokens, tokens]:
+  // the largest heads·tokens·tokens, and that synapse's name.
+  double largest_scores = 0;
+  std::string scored_by;
 };
 
 StructureSize structure_size(const json& structure, const std::string& where) {
@@ -82,6 +87,7 @@ StructureSize structure_size(const json& structure, const std::string& where) {
       shape = {static_cast<int64_t>(l.at("neurons").size())};
     else if (l.contains("shape"))
       shape = shape_of(l.at("shape"), where + "/layers/" + l.at("name").get<std::string>() + "/shape");
+    if (shape.empty()) continue;  // no shape: building the layer is refused
     shapes[l.at("name").get<std::string>()] = shape;
     size.largest_layer = std::max(size.largest_layer, count(shape));
     if (l.contains("lagrangian") && l.at("lagrangian").is_object() &&
@@ -113,6 +119,11 @@ StructureSize structure_size(const json& structure, const std::string& where) {
     } else if (kind == "attention") {
       const double dims = static_cast<double>(joined.front().back()) + static_cast<double>(joined.back().back());
       size.parameters += integer(synapse, "heads") * integer(synapse, "head_dim") * dims;
+      const double scores = integer(synapse, "heads") *
+                            (count(joined.front()) / static_cast<double>(joined.front().back())) *
+                            (count(joined.back()) / static_cast<double>(joined.back().back()));
+      if (scores > size.largest_scores)
+        size.largest_scores = scores, size.scored_by = detail::excerpt(s.contains("name") ? s.at("name") : json("?"));
     } else if (kind == "graph" && synapse.contains("connections") && synapse.at("connections").is_array()) {
       size.parameters += static_cast<double>(synapse.at("connections").size());
     }
@@ -264,10 +275,14 @@ Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
   if (size.largest_layer > static_cast<double>(int64_t{1} << 28))
     fail("{}: its structure has a layer of {:.0f} entries per sample (at most {} can be loaded)", where,
          size.largest_layer, int64_t{1} << 28);
+  if (size.largest_scores > static_cast<double>(int64_t{1} << 28))
+    fail("{}: its structure's attention synapse {} scores {:.0f} token pairs per sample (at most {} can be loaded)",
+         where, size.scored_by, size.largest_scores, int64_t{1} << 28);
   if (size.parameters * static_cast<double>(dtype->size) > static_cast<double>(packed.data_size) + 1024)
     fail("{}: its structure needs {:.0f} parameter values but the file holds {} bytes of tensors", where,
          size.parameters, packed.data_size);
 
+  const RandomStateKept kept;  // the parts' initial draws are overwritten by the file's tensors
   HAM ham = from_structure_json(header.at("structure"), where + ": /structure");
   ham->to(dtype->type);
   const detail::TensorData data{file,    packed.data_begin,     packed.data_size,    path,

@@ -104,10 +104,11 @@ void apply(const HAMImpl& ham, Draft& draft, const Editor::Step& step, size_t in
       fail("{}: only the neurons of a 1-D layer can be edited; layer \"{}\" is [{}]", where, step.target,
            fmt::join(ham.layer(step.target).shape, ", "));
     for (const auto& s : ham.synapses())
-      if (joins(s, step.target) && s.synapse->neuron_dims().empty() && !is_graph_synapse(*s.synapse))
+      if (joins(s, step.target) && s.synapse->neuron_dims().empty() && !is_graph_synapse(*s.synapse) &&
+          (!s.synapse->parameters().empty() || !s.synapse->buffers().empty()))
         fail(
-            "{}: synapse \"{}\" joins layer \"{}\" and cannot follow neuron edits (it has no neuron-indexed "
-            "parameters)",
+            "{}: synapse \"{}\" joins layer \"{}\" and cannot follow neuron edits (it has parameters but names "
+            "none of them in neuron_dims())",
             where, s.name, step.target);
     auto& neurons = it->second;
     std::unordered_set<NeuronId, NeuronIdHash> present(neurons.begin(), neurons.end()), listed;

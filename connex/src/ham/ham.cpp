@@ -8,6 +8,8 @@
 #include <fmt/ranges.h>
 
 #include "connex/error.h"
+#include "ham/attach.h"
+#include "ham/describe.h"
 #include "id_messages.h"
 #include "messages.h"
 
@@ -103,6 +105,9 @@ void HAMImpl::add_layer_checked(Layer layer) {
     if (l.lagrangian == layer.lagrangian)
       fail("add_layer(): layer \"{}\": its Lagrangian is already layer \"{}\"'s (give each layer its own)", name,
            l.name);
+  if (layer.lagrangian->joined())
+    fail("add_layer(): layer \"{}\": its Lagrangian belongs to another HAM (give each layer its own, or its fresh())",
+         name);
   layer.lagrangian->attach(layer.shape, name);
   if (auto where = placement(*this)) layer.lagrangian->to(where->device(), where->dtype().toScalarType());
   {
@@ -126,6 +131,7 @@ void HAMImpl::add_layer_checked(Layer layer) {
            l.defined() ? shape_str(l.sizes()) : "undefined", shape_str(x.sizes()));
   }
   layer_modules_->register_module(name, layer.lagrangian);
+  layer.lagrangian->joined_.joined = true;
   layers_.push_back(std::move(layer));
 }
 
@@ -136,6 +142,10 @@ HAMImpl& HAMImpl::add_synapse(const std::string& name, Synapse synapse, std::vec
     if (s.synapse == synapse)
       fail("add_synapse(): synapse \"{}\": this synapse object is already synapse \"{}\" (give each its own)", name,
            s.name);
+  if (synapse->joined())
+    fail(
+        "add_synapse(): synapse \"{}\": this synapse object belongs to another HAM (give each its own, or its fresh())",
+        name);
   if (layers.empty()) fail("add_synapse(): synapse \"{}\": expected at least one layer", name);
   std::vector<size_t> positions;
   std::vector<LayerView> views;
@@ -150,7 +160,12 @@ HAMImpl& HAMImpl::add_synapse(const std::string& name, Synapse synapse, std::vec
     views.push_back({l.name, l.shape, l.shape.size() == 1 ? &l.neurons : nullptr});
   }
   synapse->attach(views, name);
-  if (auto where = placement(*this)) synapse->to(where->device(), where->dtype().toScalarType());
+  // Like the rest of the HAM; a graph's given weights keep their dtype until
+  // here, and go to the default one in a HAM without parameters yet.
+  if (auto where = placement(*this))
+    synapse->to(where->device(), where->dtype().toScalarType());
+  else if (is_graph_synapse(*synapse))
+    synapse->to(c10::typeMetaToScalarType(torch::get_default_dtype()));
   {
     torch::NoGradGuard no_grad;
     std::vector<torch::Tensor> g;
@@ -177,6 +192,7 @@ HAMImpl& HAMImpl::add_synapse(const std::string& name, Synapse synapse, std::vec
              d[k].defined() ? shape_str(d[k].sizes()) : "undefined", shape_str(g[k].sizes()));
   }
   synapse_modules_->register_module(name, synapse);
+  synapse->joined_.joined = true;
   synapses_.push_back({name, std::move(synapse), std::move(layers)});
   synapse_layers_.push_back(std::move(positions));
   return *this;
@@ -241,6 +257,8 @@ std::vector<torch::Tensor> HAMImpl::ordered(const States& x, const char* operati
     if (!shaped)
       fail("{}: layer \"{}\" has per-sample shape {}, so its state must be [batch, {}], got {}", operation, l.name,
            shape_str(l.shape), fmt::join(l.shape, ", "), shape_str(t.sizes()));
+    if (t.size(0) == 0)  // torch's reshape of it is an error with a stack trace
+      fail("{}: layer \"{}\"'s state has batch 0, expected a batch ≥ 1", operation, l.name);
     if (!t.is_floating_point())
       fail("{}: layer \"{}\"'s state must be floating-point, got {}", operation, l.name,
            c10::toString(t.scalar_type()));
@@ -440,6 +458,7 @@ Descent HAMImpl::descend(const States& x, const DescentOptions& options, const C
 
 std::shared_ptr<torch::nn::Module> HAMImpl::clone(const c10::optional<torch::Device>& device) const {
   torch::NoGradGuard no_grad;
+  const RandomStateKept kept;  // the parts' initial draws are overwritten below
   auto copy = std::make_shared<HAMImpl>();
   for (const auto& l : layers_) {
     if (l.shape.size() == 1)
@@ -460,6 +479,12 @@ std::shared_ptr<torch::nn::Module> HAMImpl::clone(const c10::optional<torch::Dev
   }
   copy->train(is_training());
   return copy;
+}
+
+void HAMImpl::clone_(torch::nn::Module& other, const c10::optional<torch::Device>& device) {
+  const auto* from = dynamic_cast<const HAMImpl*>(&other);
+  if (!from) fail("HAM::clone(): a parent's clone() found {} where its HAM was", other.name());
+  *this = std::move(*std::static_pointer_cast<HAMImpl>(from->clone(device)));
 }
 
 void HAMImpl::pretty_print(std::ostream& stream) const {

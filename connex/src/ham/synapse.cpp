@@ -385,7 +385,9 @@ class GraphSynapse : public ClosedFormSynapse {
     second_ = {&transposed_, &matrix_, target_, source_, false};
     torch::Tensor weight;
     if (initial_.defined()) {
-      weight = initial_.detach().to(torch::kCPU).to(torch::get_default_dtype()).clone();
+      // In the given dtype: add_synapse() places it like the rest of the HAM
+      // (rounding a float64 weight through float32 lost its digits).
+      weight = initial_.detach().to(torch::kCPU).clone();
     } else {
       const double neurons =
           static_cast<double>(layers[0].neurons->size() + (one_layer_ ? 0 : layers[1].neurons->size()));

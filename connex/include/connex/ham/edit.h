@@ -18,8 +18,8 @@
 // removes the graph connections that touch it. A layer's neurons and a graph
 // synapse's connections keep their order; new ones follow, in the order
 // given (so do a linear synapse's rows and columns). A neuron edit is refused for
-// a layer that a synapse without neuron-indexed parameters (conv2d,
-// attention) joins.
+// a layer joined by a custom synapse that has parameters but names none of
+// them in neuron_dims() (conv2d and attention join no 1-D layer).
 #include <memory>
 #include <string>
 #include <utility>

@@ -113,6 +113,10 @@ class HAMImpl : public torch::nn::Module {
   // Checks the states cover every layer with the right shapes, dtype and device, no NaN; `operation` starts the
   // message.
   std::vector<torch::Tensor> ordered(const States& x, const char* operation) const;
+  // A Cloneable parent's clone() calls it on its children: this HAM becomes
+  // a clone of `other` (torch's default did nothing, leaving the parent's
+  // copy with freshly drawn weights).
+  void clone_(torch::nn::Module& other, const c10::optional<torch::Device>& device) override;
   std::vector<torch::Tensor> activations_of(const std::vector<torch::Tensor>& x);
   // The activations of synapse `s`'s layers, in the order its energy takes them.
   std::vector<torch::Tensor> joined(size_t s, const std::vector<torch::Tensor>& g) const;

@@ -20,7 +20,21 @@
 #include <torch/nn/module.h>
 #include <torch/types.h>
 
+namespace connex::detail {
+// Whether a HAM holds a part (Lagrangian or synapse): each joins one HAM, as
+// another would re-size its parameters under the first. Not copied with
+// the part, so a custom fresh() that copies itself makes an unjoined part.
+struct JoinedMark {
+  bool joined = false;
+  JoinedMark() = default;
+  JoinedMark(const JoinedMark&) {}
+  JoinedMark& operator=(const JoinedMark&) { return *this; }
+};
+}  // namespace connex::detail
+
 namespace connex::ham {
+
+class HAMImpl;
 
 class LagrangianImpl : public torch::nn::Module {
  public:
@@ -46,6 +60,12 @@ class LagrangianImpl : public torch::nn::Module {
   // Whether L is convex, so that the descent never raises the energy for a
   // small enough step (custom Lagrangians: false unless they say so).
   virtual bool convex() const { return false; }
+  // Whether a layer of some HAM has taken this Lagrangian.
+  bool joined() const { return joined_.joined; }
+
+ private:
+  friend class HAMImpl;
+  connex::detail::JoinedMark joined_;
 };
 using Lagrangian = std::shared_ptr<LagrangianImpl>;
 

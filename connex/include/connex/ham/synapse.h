@@ -19,6 +19,7 @@
 #include <torch/nn/module.h>
 #include <torch/types.h>
 
+#include "connex/ham/lagrangian.h"
 #include "connex/neuron_id.h"
 
 namespace connex::ham {
@@ -59,6 +60,12 @@ class SynapseImpl : public torch::nn::Module {
   virtual std::vector<std::pair<std::string, std::vector<int64_t>>> neuron_dims() const { return {}; }
   // Parameters indexed by connection labels (the graph synapse's weights).
   virtual const std::vector<std::pair<NeuronId, NeuronId>>* connection_labels() const { return nullptr; }
+  // Whether some HAM has taken this synapse.
+  bool joined() const { return joined_.joined; }
+
+ private:
+  friend class HAMImpl;
+  connex::detail::JoinedMark joined_;
 };
 using Synapse = std::shared_ptr<SynapseImpl>;
 
