@@ -167,20 +167,12 @@ TEST(Cuda, StructureLearningMatchesCpu) {
 
 // A trainable activation module moves to the GPU with the network: folding
 // a dead neuron's constant ran it on a CPU tensor (torch's device error).
-struct ScaledTanhImpl : torch::nn::Cloneable<ScaledTanhImpl> {
-  ScaledTanhImpl() { reset(); }
-  void reset() override { a = register_parameter("a", torch::full({1}, 1.5, torch::kFloat64)); }
-  torch::Tensor forward(const torch::Tensor& x) { return a * torch::tanh(x); }
-  torch::Tensor a;
-};
-TORCH_MODULE(ScaledTanh);
-
 TEST(Cuda, DeadNeuronsFoldWithAnActivationModule) {
   REQUIRE_CUDA();
   // 3 is reached from no input and feeds the output: its constant folds into 5's bias.
   NeuralNetwork net(GraphSpec::from_adjacency({{0, {1}}, {1, {5}}, {3, {5}}}, {0}, {5}),
-                    NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation(ScaledTanh()));
-  net->to(torch::kCUDA);
+                    NeuralNetworkOptions().hidden_activation(torch::nn::PReLU(torch::nn::PReLUOptions().init(0.3))));
+  net->to(torch::kCUDA, torch::kFloat64);  // the PReLU's slope too
   const auto x = torch::randn({4, 1}, torch::kFloat64).cuda();
   const auto before = net->forward(x);
   EditResult result = remove_dead_neurons(net);

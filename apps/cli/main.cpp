@@ -222,18 +222,20 @@ Edge parse_edge(const std::string& text, const NeuralNetwork& network, const std
   if (colon == std::string::npos) fail("{}: \"{}\" is not of the form FROM:TO", what, text);
   if (network->spec().id_kind() == NeuronId::Kind::String && text.find(':', colon + 1) != std::string::npos) {
     std::vector<size_t> splits;
-    for (size_t c = colon; c != std::string::npos; c = text.find(':', c + 1))
-      if (named(NeuronId(text.substr(0, c))) && named(NeuronId(text.substr(c + 1)))) splits.push_back(c);
+    size_t one_side = std::string::npos;  // the first colon with one side naming a neuron
+    for (size_t c = colon; c != std::string::npos; c = text.find(':', c + 1)) {
+      const bool from = named(NeuronId(text.substr(0, c))), to = named(NeuronId(text.substr(c + 1)));
+      if (from && to) splits.push_back(c);
+      if ((from || to) && one_side == std::string::npos) one_side = c;
+    }
     if (splits.size() > 1)
       fail("{}: \"{}\" splits into two neurons at more than one colon (\"{}\" and \"{}\", \"{}\" and \"{}\")", what,
            text, text.substr(0, splits[0]), text.substr(splits[0] + 1), text.substr(0, splits[1]),
            text.substr(splits[1] + 1));
-    if (splits.size() == 1) colon = splits[0];
-    for (size_t c = colon; splits.empty() && c != std::string::npos; c = text.find(':', c + 1))
-      if (named(NeuronId(text.substr(0, c))) || named(NeuronId(text.substr(c + 1)))) {
-        colon = c;
-        break;
-      }
+    if (splits.size() == 1)
+      colon = splits[0];
+    else if (one_side != std::string::npos)
+      colon = one_side;
   }
   return {parse_id(text.substr(0, colon), network, what), parse_id(text.substr(colon + 1), network, what)};
 }

@@ -116,28 +116,6 @@ std::vector<std::string> read_header(const std::string& text, const std::string&
   fail("{}: the file is empty (no header row)", source);
 }
 
-// Whether `text` is decimal digits after an optional sign (`sign`) or none.
-bool digits(const std::string& text, bool sign) {
-  size_t k = sign && !text.empty() && (text[0] == '-' || text[0] == '+') ? 1 : 0;
-  if (k == text.size()) return false;
-  for (; k < text.size(); ++k)
-    if (text[k] < '0' || text[k] > '9') return false;
-  return true;
-}
-
-// Every record has the header's width. A row one cell too wide whose cells
-// include "4" then "5" most likely held 4,5 written with a decimal comma
-// and not quoted: the message says so, with that pair.
-void check_width(const std::string& source, int64_t line, size_t columns, const std::vector<std::string>& cells) {
-  if (cells.size() == columns) return;
-  std::string hint;
-  for (size_t j = 0; cells.size() == columns + 1 && j + 1 < cells.size() && hint.empty(); ++j)
-    if (digits(cells[j], true) && digits(cells[j + 1], false))
-      hint = fmt::format(" (if {0},{1} in columns {2}-{3} is one number, write it with a decimal point: {0}.{1})",
-                         printable(cells[j], 20), printable(cells[j + 1], 20), j + 1, j + 2);
-  fail("{}:{}: expected {} columns, got {}{}", source, line, columns, cells.size(), hint);
-}
-
 enum class Cell { Number, NotANumber, NotFinite, OutOfRange };
 
 // What a cell holds; the value in `v` when it is a finite number.
@@ -160,6 +138,20 @@ bool decimal_comma(const std::string& cell) {
   std::string point = cell;
   point[comma] = '.';
   return read_cell(point, v) == Cell::Number;
+}
+
+// Every record has the header's width. A row one cell too wide in which
+// two neighbouring cells read as one number with a decimal comma ("4" then
+// "5": 4,5) most likely held such a number unquoted: the message says so,
+// with that pair.
+void check_width(const std::string& source, int64_t line, size_t columns, const std::vector<std::string>& cells) {
+  if (cells.size() == columns) return;
+  std::string hint;
+  for (size_t j = 0; cells.size() == columns + 1 && j + 1 < cells.size() && hint.empty(); ++j)
+    if (decimal_comma(cells[j] + "," + cells[j + 1]))
+      hint = fmt::format(" (if {0},{1} in columns {2}-{3} is one number, write it with a decimal point: {0}.{1})",
+                         printable(cells[j], 20), printable(cells[j + 1], 20), j + 1, j + 2);
+  fail("{}:{}: expected {} columns, got {}{}", source, line, columns, cells.size(), hint);
 }
 
 // A cell as a finite number, or the error naming file, line and column.

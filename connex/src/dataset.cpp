@@ -186,21 +186,18 @@ std::pair<torch::Tensor, std::vector<std::string>> class_labels(const CsvTable& 
   return {y, classes};
 }
 
-// The largest |value| a cell may hold to be trained on in `dtype`: squared
-// errors and sums of squares must stay finite, so the square root of the
-// dtype's largest value (float32: 1.8e19, float64: 1.3e154). Beyond it, a
-// non-finite loss would look like a learning-rate problem.
-double largest_trainable(torch::Dtype dtype) {
-  const DtypeInfo* info = find_dtype(dtype);
-  return std::sqrt(info ? info->max : static_cast<double>(std::numeric_limits<float>::max()));
-}
-
 // The largest |value| a cell may hold to be predicted from in `dtype`: its
 // largest finite value.
 double largest_value(torch::Dtype dtype) {
   const DtypeInfo* info = find_dtype(dtype);
   return info ? info->max : static_cast<double>(std::numeric_limits<float>::max());
 }
+
+// The largest |value| a cell may hold to be trained on in `dtype`: squared
+// errors and sums of squares must stay finite, so the square root of the
+// dtype's largest value (float32: 1.8e19, float64: 1.3e154). Beyond it, a
+// non-finite loss would look like a learning-rate problem.
+double largest_trainable(torch::Dtype dtype) { return std::sqrt(largest_value(dtype)); }
 
 constexpr const char* kSquaresStayFinite = ", so that squared errors stay finite";
 

@@ -101,13 +101,14 @@ void HAMImpl::add_layer_checked(Layer layer) {
   if (layer.shape.empty()) fail("add_layer(): layer \"{}\": expected a per-sample shape of at least one dim", name);
   for (auto d : layer.shape)
     if (d < 1) fail("add_layer(): layer \"{}\": expected every dim ≥ 1, got {}", name, shape_str(layer.shape));
-  for (const auto& l : layers_)
-    if (l.lagrangian == layer.lagrangian)
-      fail("add_layer(): layer \"{}\": its Lagrangian is already layer \"{}\"'s (give each layer its own)", name,
-           l.name);
-  if (layer.lagrangian->joined())
+  if (layer.lagrangian->joined()) {
+    for (const auto& l : layers_)
+      if (l.lagrangian == layer.lagrangian)
+        fail("add_layer(): layer \"{}\": its Lagrangian is already layer \"{}\"'s (give each layer its own)", name,
+             l.name);
     fail("add_layer(): layer \"{}\": its Lagrangian belongs to another HAM (give each layer its own, or its fresh())",
          name);
+  }
   layer.lagrangian->attach(layer.shape, name);
   if (auto where = placement(*this)) layer.lagrangian->to(where->device(), where->dtype().toScalarType());
   {
@@ -138,14 +139,15 @@ void HAMImpl::add_layer_checked(Layer layer) {
 HAMImpl& HAMImpl::add_synapse(const std::string& name, Synapse synapse, std::vector<std::string> layers) {
   check_new_name(name, "add_synapse()");
   if (!synapse) fail("add_synapse(): synapse \"{}\": expected a synapse, got none", name);
-  for (const auto& s : synapses_)
-    if (s.synapse == synapse)
-      fail("add_synapse(): synapse \"{}\": this synapse object is already synapse \"{}\" (give each its own)", name,
-           s.name);
-  if (synapse->joined())
+  if (synapse->joined()) {
+    for (const auto& s : synapses_)
+      if (s.synapse == synapse)
+        fail("add_synapse(): synapse \"{}\": this synapse object is already synapse \"{}\" (give each its own)", name,
+             s.name);
     fail(
         "add_synapse(): synapse \"{}\": this synapse object belongs to another HAM (give each its own, or its fresh())",
         name);
+  }
   if (layers.empty()) fail("add_synapse(): synapse \"{}\": expected at least one layer", name);
   std::vector<size_t> positions;
   std::vector<LayerView> views;
