@@ -1,4 +1,8 @@
 // The optional techniques and the per-level operation interface.
+#include <algorithm>
+#include <limits>
+#include <numeric>
+
 #include <torch/script.h>
 
 #include "reference_eval.h"
@@ -397,6 +401,70 @@ TEST(Techniques, AttentionKernelAgreesAcrossScoreRanges) {
     const auto expanded_before = attention_path_counts().expanded;
     expect_central_differences(q, k, v, r, keys, "spread " + std::to_string(spread));
     ASSERT_GT(attention_path_counts().expanded, expanded_before) << "spread " << spread;
+  }
+}
+
+// One sharp sample no longer makes its query rows exact: the kernel sums
+// that sample alone exactly and every other by the expansion (the counts
+// are (query, sample) pairs), in both dtypes, with the formula's values and
+// gradients. A non-finite query in one sample stays in that sample: every
+// other sample's values and gradients are finite and the formula's.
+TEST(Techniques, AttentionKernelSumsASharpSampleAlone) {
+  std::mt19937_64 rng(13);
+  torch::manual_seed(13);
+  const int64_t groups = 2, L = 40, B = 64, sharp = 9;
+  for (bool queries_are_keys : {false, true}) {
+    // 30 keys a group (a set drawn at random), enough for the cost model
+    // to expand every row.
+    AttentionKeys keys;
+    keys.offsets = {0};
+    keys.queries_are_keys = queries_are_keys;
+    for (int64_t g = 0; g < groups; ++g) {
+      std::vector<int64_t> positions(L);
+      std::iota(positions.begin(), positions.end(), 0);
+      std::shuffle(positions.begin(), positions.end(), rng);
+      positions.resize(30);
+      std::sort(positions.begin(), positions.end());
+      keys.positions.insert(keys.positions.end(), positions.begin(), positions.end());
+      keys.offsets.push_back(static_cast<int64_t>(keys.positions.size()));
+      keys.scale.push_back(0.2 + 0.4 * g);
+    }
+    const int64_t pairs = groups * (queries_are_keys ? 30 : L);
+    auto q = (torch::rand({groups, L, B}, torch::kFloat64) * 2 - 1) * 0.05,
+         k = torch::rand({groups, L, B}, torch::kFloat64) * 2 - 1, v = torch::randn({groups, L, B}, torch::kFloat64),
+         r = torch::randn({groups, L, B}, torch::kFloat64);
+    // |s| of 18 and more at that sample (past every cap), under the least cap elsewhere.
+    const auto sign = (torch::rand({groups, L}, torch::kFloat64) < 0.5).to(torch::kFloat64) * 2 - 1;
+    q.select(2, sharp).copy_(sign * (100 + 100 * torch::rand({groups, L}, torch::kFloat64)));
+    for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
+      const auto before = attention_path_counts();
+      auto got = attention_and_gradients(
+          [&](const auto& a, const auto& b, const auto& c) { return scalar_attention(a, b, c, keys); }, q.to(dtype),
+          k.to(dtype), v.to(dtype), r.to(dtype));
+      const auto after = attention_path_counts();
+      const std::string context = std::string(c10::toString(dtype)) + (queries_are_keys ? " neuron" : " topo");
+      EXPECT_EQ(after.exact - before.exact, pairs) << context;  // the sharp sample of each query row
+      EXPECT_EQ(after.expanded - before.expanded, pairs * (B - 1)) << context;
+      auto exactly = [&](const torch::Tensor& t) { return t.to(dtype).to(torch::kFloat64); };
+      auto want = attention_and_gradients(
+          [&](const auto& a, const auto& b, const auto& c) { return scalar_attention_reference(a, b, c, keys); },
+          exactly(q), exactly(k), exactly(v), exactly(r));
+      ASSERT_NO_FATAL_FAILURE(expect_attention_agrees(got, want, dtype == torch::kFloat64 ? 1e-12 : 5e-6, context));
+    }
+    for (double bad : {std::numeric_limits<double>::infinity(), std::numeric_limits<double>::quiet_NaN()}) {
+      auto q_bad = q.clone();
+      q_bad[0][keys.positions[0]][sharp] = bad;  // a query in either kind of keys
+      auto got = attention_and_gradients(
+          [&](const auto& a, const auto& b, const auto& c) { return scalar_attention(a, b, c, keys); }, q_bad, k, v, r);
+      auto want = attention_and_gradients(
+          [&](const auto& a, const auto& b, const auto& c) { return scalar_attention_reference(a, b, c, keys); }, q, k,
+          v, r);
+      const auto others = torch::arange(B) != sharp;
+      for (auto& t : got) t = t.index({torch::indexing::Slice(), torch::indexing::Slice(), others});
+      for (auto& t : want) t = t.index({torch::indexing::Slice(), torch::indexing::Slice(), others});
+      for (int t = 0; t < 4; ++t) ASSERT_TRUE(got[t].isfinite().all().item<bool>()) << t << " " << bad;
+      ASSERT_NO_FATAL_FAILURE(expect_attention_agrees(got, want, 1e-12, "a non-finite query in another sample"));
+    }
   }
 }
 

@@ -142,27 +142,31 @@ __attribute__((always_inline)) inline void query_scores(const Pass<T>& a, const 
 // |terms| for the signed ones). The powers are summed in double: for x
 // near -R their terms reach e^(2R) times the result, which costs float
 // nothing up to R = 5 and double inputs at most ~1e-13 up to their cap of
-// 3.5. A query past the cap (training sharpens attention: R of 15 and more
-// occur) takes the exact sums, one exponential per key, beside the others.
-std::atomic<int64_t> path_counts[2];  // query rows summed by the expansion, exactly (attention_path_counts())
+// 3.5. A query's sample past the cap (training sharpens attention: R of 15
+// and more occur) takes the exact sums, one exponential per key, beside the
+// others (UnitPlan).
+std::atomic<int64_t>
+    path_counts[2];  // (query, sample) pairs summed by the expansion, exactly (attention_path_counts())
 
 constexpr int kMaxTerms = 40;  // P + 2 at most: the moments go one degree beyond P
 
 // The caps, tolerances and costs per dtype. The costs are nanoseconds per
 // sample, forward and backward together, timed on the development machine
 // (AVX-512; a probe of this function at L = 97): per score of the exact
-// sums, per term per key or query of the expansion, and per expanded query.
+// sums, per term per key or query of the expansion, per expanded query, per
+// score of a sample summed alone, and per key of a sample's copies.
 template <typename T>
 struct ExpansionLimits;
 template <>
 struct ExpansionLimits<float> {
   static constexpr double kMaxRange = 5.0, kTolerance = 1.5e-8;
-  static constexpr double kScoreCost = 0.8, kTermCost = 0.85, kQueryCost = 3;
+  static constexpr double kScoreCost = 0.8, kTermCost = 0.85, kQueryCost = 3, kSampleCost = 1.3, kCopyCost = 4;
 };
 template <>
 struct ExpansionLimits<double> {
   static constexpr double kMaxRange = 3.5, kTolerance = 2.8e-17;
-  static constexpr double kScoreCost = 10, kTermCost = 2.9, kQueryCost = 25;  // std::exp is scalar
+  static constexpr double kScoreCost = 10, kTermCost = 2.9, kQueryCost = 25, kSampleCost = 10,
+                          kCopyCost = 4;  // std::exp is scalar
 };
 
 // The caps a unit chooses among for R_i, with the degree each needs.
@@ -212,22 +216,6 @@ __attribute__((always_inline)) inline void centre(const Unit& u, const T* k_max,
   }
 }
 
-// Query i's R_i over the unit's samples; NaN where a score is NaN or infinite.
-template <typename T>
-__attribute__((always_inline)) inline double query_range(const Pass<T>& a, const Unit& u, int64_t i,
-                                                         const double* half) {
-  const double scale = a.scale[u.g];
-  const T* qr = a.q + a.row(u.g, i) + u.b0;
-  double range = 0, finite = 0;
-#pragma omp simd reduction(max : range) reduction(+ : finite)
-  for (int64_t b = 0; b < u.nb; ++b) {
-    const double r = std::abs(scale * qr[b]) * half[b];
-    range = std::max(range, r);
-    finite += r * 0;  // NaN unless r is finite
-  }
-  return finite == 0 ? range : std::numeric_limits<double>::quiet_NaN();
-}
-
 // Whether the unit's keys and values are all finite.
 template <typename T>
 __attribute__((always_inline)) inline bool keys_finite(const Pass<T>& a, const Unit& u) {
@@ -242,42 +230,143 @@ __attribute__((always_inline)) inline bool keys_finite(const Pass<T>& a, const U
   return check == 0;
 }
 
-// Which queries the expansion takes (expanded[c] for the unit's c-th
-// query), and its degree; -1 where it gains nothing. The queries up to a
-// cap on R_i go to the expansion, at the degree the cap needs, the others
-// to the exact sums; of the caps (kMaxRange at most), the cheapest by
-// ExpansionLimits' costs. Non-finite keys or values keep the exact sums
-// (their infinities, NaN in a polynomial). Forward and backward decide
-// alike from the same q, k and v.
+// How a unit's queries are summed. A query row (one query over the unit's
+// samples) is either summed exactly, vectorised over the samples, or by the
+// expansion; then its samples whose R = |s| lies above the expansion's cap
+// (a few, usually: one sharp sample made a whole row exact before) are
+// summed exactly one by one, vectorised over the keys, from copies of their
+// keys and values laid out sample by sample.
 template <typename T>
-__attribute__((always_inline)) inline int expansion_degree(const Pass<T>& a, const Unit& u, const double* half,
-                                                           std::vector<uint8_t>& expanded) {
+struct UnitPlan {
+  int cap = -1, degree = -1;        // the expansion's cap (an index into kCaps) and degree; -1 when no row takes it
+  std::vector<uint8_t> level;       // [queries × nb]: a sample's least cap index (kNumCaps: none, or NaN)
+  std::vector<uint8_t> expanded;    // [queries]: 1 where the row takes the expansion
+  std::vector<int32_t> counts;      // [queries × (kNumCaps + 1)]: a row's samples at or above each cap index
+  std::vector<int64_t> samples;     // the samples that some expanded row sums exactly, ascending
+  std::vector<int64_t> slot;        // [nb]: a sample's index in samples, or -1
+  std::vector<T> kt, vt, gkt, gvt;  // [samples × keys]: their keys, values and gradients, sample by sample
+
+  const uint8_t* levels(int64_t c, int64_t nb) const { return level.data() + c * nb; }
+  // Whether expanded row c sums sample b exactly.
+  bool exact_sample(int64_t c, int64_t b, int64_t nb) const { return level[c * nb + b] > cap; }
+  int32_t exact_samples(int64_t c) const { return counts[c * (kNumCaps + 1) + cap + 1]; }
+};
+
+// The plan for a unit. Each sample's least cap by its R = |scale·q|·h; then
+// of the caps (kMaxRange at most), the cheapest by ExpansionLimits' costs,
+// each row taking the cheaper of its exact sums and the expansion with its
+// samples above the cap summed one by one. Non-finite keys or values keep
+// every row exact (their infinities are NaN in a polynomial). Forward and
+// backward plan alike from the same q, k and v.
+template <typename T>
+__attribute__((always_inline)) inline void plan_unit(const Pass<T>& a, const Unit& u, const double* half,
+                                                     UnitPlan<T>& plan) {
   using Limits = ExpansionLimits<T>;
   const auto& degrees = cap_degrees<T>();
-  expanded.assign(static_cast<size_t>(u.num_queries), 0);
-  if (!keys_finite(a, u)) return -1;
-  int64_t under[kNumCaps] = {};  // queries whose least cap is this one
-  for (int64_t c = 0; c < u.num_queries; ++c) {
-    const double r = query_range(a, u, u.query(c, a.queries_are_keys), half);
-    int cap = 0;
-    while (cap < kNumCaps && !(r <= kCaps[cap])) ++cap;  // NaN passes every cap
-    expanded[c] = static_cast<uint8_t>(cap);
-    if (cap < kNumCaps) ++under[cap];
+  const int64_t nq = u.num_queries, nb = u.nb, width = kNumCaps + 1;
+  plan.cap = plan.degree = -1;
+  plan.expanded.assign(static_cast<size_t>(nq), 0);
+  plan.samples.clear();
+  if (!keys_finite(a, u)) return;
+  plan.level.resize(static_cast<size_t>(nq * nb));
+  plan.counts.assign(static_cast<size_t>(nq * width), 0);
+  uint8_t sample_top[kChunk] = {};  // a sample's largest level over the rows
+  const double scale = a.scale[u.g];
+  for (int64_t c = 0; c < nq; ++c) {
+    const T* qr = a.q + a.row(u.g, u.query(c, a.queries_are_keys)) + u.b0;
+    uint8_t* lv = plan.level.data() + c * nb;
+#pragma omp simd
+    for (int64_t b = 0; b < nb; ++b) {
+      const double r = std::abs(scale * qr[b]) * half[b];
+      int x = 0;
+      for (int cap = 0; cap < kNumCaps; ++cap) x += !(r <= kCaps[cap]);  // NaN passes none
+      lv[b] = static_cast<uint8_t>(x);
+    }
+    // Counted level by level (a histogram's increments would wait on each other).
+    int32_t* count = plan.counts.data() + c * width;
+    count[0] = static_cast<int32_t>(nb);
+    for (int x = 1; x < width; ++x) {
+      int32_t n = 0;
+#pragma omp simd reduction(+ : n)
+      for (int64_t b = 0; b < nb; ++b) n += lv[b] >= x;
+      if (n == 0) break;  // the rest stay 0
+      count[x] = n;
+    }
+#pragma omp simd
+    for (int64_t b = 0; b < nb; ++b) sample_top[b] = std::max(sample_top[b], lv[b]);
   }
-  const double keys = static_cast<double>(u.num_keys), queries = static_cast<double>(u.num_queries);
-  double best_cost = queries * keys * Limits::kScoreCost;
-  int best_cap = -1;
-  int64_t count = 0;
+  const double keys = static_cast<double>(u.num_keys), samples = static_cast<double>(nb);
+  const double exact_row = samples * keys * Limits::kScoreCost;
+  double best_cost = static_cast<double>(nq) * exact_row;
   for (int cap = 0; cap < kNumCaps && degrees[cap] >= 0; ++cap) {
-    count += under[cap];
-    if (under[cap] == 0) continue;
-    const double expansion = static_cast<double>(count);
-    const double cost = (keys + expansion) * (degrees[cap] + 2) * Limits::kTermCost + expansion * Limits::kQueryCost +
-                        (queries - expansion) * keys * Limits::kScoreCost;
-    if (cost < best_cost) best_cost = cost, best_cap = cap;
+    const double terms = degrees[cap] + 2;
+    const double expanded_row = samples * (terms * Limits::kTermCost + Limits::kQueryCost);
+    double cost = samples * keys * terms * Limits::kTermCost, copied = 0;
+    for (int64_t c = 0; c < nq; ++c) {
+      const double above = plan.counts[c * width + cap + 1];
+      cost += std::min(exact_row, expanded_row + above * keys * Limits::kSampleCost);
+    }
+    for (int64_t b = 0; b < nb; ++b) copied += sample_top[b] > cap;
+    cost += copied * keys * Limits::kCopyCost;
+    if (cost < best_cost) best_cost = cost, plan.cap = cap;
   }
-  for (auto& e : expanded) e = e <= best_cap;
-  return best_cap < 0 ? -1 : degrees[best_cap];
+  if (plan.cap < 0) return;
+  plan.degree = degrees[plan.cap];
+  const double terms = plan.degree + 2;
+  const double expanded_row = samples * (terms * Limits::kTermCost + Limits::kQueryCost);
+  plan.slot.assign(static_cast<size_t>(nb), -1);
+  for (int64_t c = 0; c < nq; ++c) {
+    const int32_t above = plan.exact_samples(c);
+    if (exact_row <= expanded_row + above * keys * Limits::kSampleCost) continue;
+    plan.expanded[static_cast<size_t>(c)] = 1;
+    if (above == 0) continue;
+    const uint8_t* lv = plan.levels(c, nb);
+    for (int64_t b = 0; b < nb; ++b)
+      if (lv[b] > plan.cap) plan.slot[static_cast<size_t>(b)] = 0;
+  }
+  for (int64_t b = 0; b < nb; ++b)
+    if (plan.slot[static_cast<size_t>(b)] == 0) {
+      plan.slot[static_cast<size_t>(b)] = static_cast<int64_t>(plan.samples.size());
+      plan.samples.push_back(b);
+    }
+}
+
+// The copies of the keys and values of the plan's samples, and zeroed
+// gradients for them when `gradients`.
+template <typename T>
+__attribute__((always_inline)) inline void copy_samples(const Pass<T>& a, const Unit& u, UnitPlan<T>& plan,
+                                                        bool gradients) {
+  const auto n = static_cast<int64_t>(plan.samples.size());
+  if (n == 0) return;
+  const int64_t keys = u.num_keys;
+  plan.kt.resize(static_cast<size_t>(n * keys));
+  plan.vt.resize(static_cast<size_t>(n * keys));
+  for (int64_t j = 0; j < keys; ++j) {
+    const int64_t r = a.row(u.g, u.keys[j]) + u.b0;
+    for (int64_t s = 0; s < n; ++s) {
+      plan.kt[static_cast<size_t>(s * keys + j)] = a.k[r + plan.samples[static_cast<size_t>(s)]];
+      plan.vt[static_cast<size_t>(s * keys + j)] = a.v[r + plan.samples[static_cast<size_t>(s)]];
+    }
+  }
+  if (gradients) {
+    plan.gkt.assign(static_cast<size_t>(n * keys), T(0));
+    plan.gvt.assign(static_cast<size_t>(n * keys), T(0));
+  }
+}
+
+// Adds the plan's samples' key and value gradients into gk and gv.
+template <typename T>
+__attribute__((always_inline)) inline void add_sample_gradients(const Pass<T>& a, const Unit& u,
+                                                                const UnitPlan<T>& plan) {
+  const auto n = static_cast<int64_t>(plan.samples.size());
+  const int64_t keys = u.num_keys;
+  for (int64_t j = 0; j < keys; ++j) {
+    const int64_t r = a.row(u.g, u.keys[j]) + u.b0;
+    for (int64_t s = 0; s < n; ++s) {
+      a.gk[r + plan.samples[static_cast<size_t>(s)]] += plan.gkt[static_cast<size_t>(s * keys + j)];
+      a.gv[r + plan.samples[static_cast<size_t>(s)]] += plan.gvt[static_cast<size_t>(s * keys + j)];
+    }
+  }
 }
 
 // Σ_p c[p]·f[p]·x^p for p ≤ degree, per sample.
@@ -348,12 +437,35 @@ __attribute__((always_inline)) inline void forward_exact(const Pass<T>& a, const
   }
 }
 
+// Sample b of query i by the exact sums, from the plan's copies of its keys
+// and values (kt, vt: keys long): what forward_exact computes in lane b.
+template <typename T>
+__attribute__((always_inline)) inline void forward_sample(const Pass<T>& a, const Unit& u, int64_t i, int64_t b,
+                                                          const T* kt, const T* vt, T k_top_b) {
+  const int64_t r = a.row(u.g, i) + u.b0 + b;
+  const T t = static_cast<T>(a.scale[u.g]) * a.q[r];
+  T sum = 0, acc = 0;
+#pragma omp simd reduction(+ : sum, acc)
+  for (int64_t j = 0; j < u.num_keys; ++j) {
+    const T e = exp_of(t * (kt[j] - k_top_b));
+    sum += e;
+    acc += e * vt[j];
+  }
+  a.inv_sum[r] = T(1) / sum;
+  a.o[r] = acc * a.inv_sum[r];
+}
+
+// The key of a sample's largest score for query i (query_scores' k_top).
+template <typename T>
+inline T top_key(const Pass<T>& a, const Unit& u, int64_t i, int64_t b, const T* k_max, const T* k_min) {
+  return static_cast<T>(a.scale[u.g]) * a.q[a.row(u.g, i) + u.b0 + b] >= 0 ? k_max[b] : k_min[b];
+}
+
 // Forward: o_i = Σ_p s^p y_p/p! / Σ_p s^p z_p/p! for an expanded query,
 // and the normaliser as the exact sums keep it (relative to the largest
 // score, which lies |s| above t·c): e^|s| / Σ_j exp(s·λ_j).
 template <typename T>
-__attribute__((always_inline)) inline void forward_unit(const Pass<T>& a, const Unit& u,
-                                                        std::vector<uint8_t>& expanded) {
+__attribute__((always_inline)) inline void forward_unit(const Pass<T>& a, const Unit& u, UnitPlan<T>& plan) {
   if (u.num_keys == 0) return;  // o stays 0
   T k_max[kChunk], k_min[kChunk];
   double mid[kChunk], half[kChunk], inv_half[kChunk], s[kChunk], den[kChunk], num[kChunk];
@@ -361,16 +473,17 @@ __attribute__((always_inline)) inline void forward_unit(const Pass<T>& a, const 
   const double* f = inverse_factorials();
   key_range(a, u, k_max, k_min);
   centre(u, k_max, k_min, mid, half, inv_half);
-  const int degree = expansion_degree(a, u, half, expanded);
+  plan_unit(a, u, half, plan);
+  const int degree = plan.degree;
   if (degree >= 0) key_moments(a, u, mid, inv_half, degree + 1, z, y);
-  const auto taken = static_cast<int64_t>(std::count(expanded.begin(), expanded.end(), 1));
-  path_counts[0].fetch_add(taken, std::memory_order_relaxed);
-  path_counts[1].fetch_add(u.num_queries - taken, std::memory_order_relaxed);
+  copy_samples(a, u, plan, false);
+  int64_t summed_exactly = 0;
   const double scale = a.scale[u.g];
   for (int64_t c = 0; c < u.num_queries; ++c) {
     const int64_t i = u.query(c, a.queries_are_keys);
-    if (!expanded[c]) {
+    if (!plan.expanded[static_cast<size_t>(c)]) {
       forward_exact(a, u, i, k_max, k_min);
+      summed_exactly += u.nb;
       continue;
     }
     const int64_t r = a.row(u.g, i) + u.b0;
@@ -386,7 +499,16 @@ __attribute__((always_inline)) inline void forward_unit(const Pass<T>& a, const 
       orow[b] = static_cast<T>(num[b] / den[b]);
       srow[b] = static_cast<T>(exp_of(static_cast<T>(std::abs(s[b]))) / den[b]);
     }
+    if (plan.exact_samples(c) == 0) continue;
+    summed_exactly += plan.exact_samples(c);
+    for (int64_t b = 0; b < u.nb; ++b) {
+      if (!plan.exact_sample(c, b, u.nb)) continue;
+      const int64_t at = plan.slot[static_cast<size_t>(b)] * u.num_keys;
+      forward_sample(a, u, i, b, plan.kt.data() + at, plan.vt.data() + at, top_key(a, u, i, b, k_max, k_min));
+    }
   }
+  path_counts[0].fetch_add(u.num_queries * u.nb - summed_exactly, std::memory_order_relaxed);
+  path_counts[1].fetch_add(summed_exactly, std::memory_order_relaxed);
 }
 
 // With a_ij the weights and o_i = Σ_j a_ij v_j: ∂o_i/∂score_ij =
@@ -433,6 +555,31 @@ __attribute__((always_inline)) inline void backward_exact(const Pass<T>& a, cons
   for (int64_t b = 0; b < u.nb; ++b) gq[b] = scale * gi[b] * (akv[b] - oi[b] * ak[b]);
 }
 
+// Sample b of query i by the exact sums, from the plan's copies (kt, vt)
+// into its gradient copies (gkt, gvt) and dq: what backward_exact computes in lane b.
+template <typename T>
+__attribute__((always_inline)) inline void backward_sample(const Pass<T>& a, const Unit& u, int64_t i, int64_t b,
+                                                           const T* kt, const T* vt, T* gkt, T* gvt, T k_top_b,
+                                                           T k_mid_b) {
+  const int64_t r = a.row(u.g, i) + u.b0 + b;
+  const T g = a.go[r];
+  a.gq[r] = 0;
+  if (g == 0) return;
+  const T scale = static_cast<T>(a.scale[u.g]);
+  const T t = scale * a.q[r], inv = a.inv_sum[r], o = a.o[r], gt = g * t;
+  T ak = 0, akv = 0;
+#pragma omp simd reduction(+ : ak, akv)
+  for (int64_t j = 0; j < u.num_keys; ++j) {
+    const T w = exp_of(t * (kt[j] - k_top_b)) * inv;
+    const T wk = w * (kt[j] - k_mid_b);
+    ak += wk;
+    akv += wk * vt[j];
+    gvt[j] += w * g;
+    gkt[j] += w * (vt[j] - o) * gt;
+  }
+  a.gq[r] = scale * g * (akv - o * ak);
+}
+
 // Backward by the expansion, with ρ_i = 1/Σ_j exp(s_i·λ_j) recomputed from
 // the moments and a_ij = ρ_i exp(s_i·λ_j). In λ (k = c + h·λ; the c terms
 // cancel in dq):
@@ -442,43 +589,52 @@ __attribute__((always_inline)) inline void backward_exact(const Pass<T>& a, cons
 // C_p = Σ_i s_i^p ρ_i g_i t_i o_i over the expanded queries (t_i itself,
 // not s_i/h: h may be 0); the other queries add their exact terms.
 template <typename T>
-__attribute__((always_inline)) inline void backward_unit(const Pass<T>& a, const Unit& u,
-                                                         std::vector<uint8_t>& expanded) {
+__attribute__((always_inline)) inline void backward_unit(const Pass<T>& a, const Unit& u, UnitPlan<T>& plan) {
   if (u.num_keys == 0) return;  // the gradients stay 0
   T k_max[kChunk], k_min[kChunk], k_mid[kChunk];
   double mid[kChunk], half[kChunk], inv_half[kChunk], s[kChunk], den[kChunk], sk[kChunk], skv[kChunk];
-  double w[kChunk], wt[kChunk], wto[kChunk], lambda[kChunk], sa[kChunk], sb[kChunk], sc[kChunk];
+  double w[kChunk], wt[kChunk], wto[kChunk], lambda[kChunk], sa[kChunk], sb[kChunk], sc[kChunk], keep[kChunk];
   double z[kMaxTerms][kChunk], y[kMaxTerms][kChunk], A[kMaxTerms][kChunk], B[kMaxTerms][kChunk], C[kMaxTerms][kChunk];
   const double* f = inverse_factorials();
   key_range(a, u, k_max, k_min);
   centre(u, k_max, k_min, mid, half, inv_half);
   for (int64_t b = 0; b < u.nb; ++b) k_mid[b] = static_cast<T>(mid[b]);
-  const int degree = expansion_degree(a, u, half, expanded);
+  plan_unit(a, u, half, plan);
+  const int degree = plan.degree;
   if (degree >= 0) {
     key_moments(a, u, mid, inv_half, degree + 2, z, y);
     for (int p = 0; p <= degree; ++p)
       for (int64_t b = 0; b < u.nb; ++b) A[p][b] = B[p][b] = C[p][b] = 0;
   }
+  copy_samples(a, u, plan, true);
   const double scale = a.scale[u.g];
   for (int64_t c = 0; c < u.num_queries; ++c) {
     const int64_t i = u.query(c, a.queries_are_keys);
-    if (!expanded[c]) {
+    if (!plan.expanded[static_cast<size_t>(c)]) {
       backward_exact(a, u, i, k_max, k_min, k_mid);
       continue;
     }
     const int64_t r = a.row(u.g, i) + u.b0;
     const T *qr = a.q + r, *gi = a.go + r, *oi = a.o + r;
+    const bool some_exact = plan.exact_samples(c) > 0;
+    const uint8_t* lv = plan.levels(c, u.nb);
+    const int cap = plan.cap;
+    // A sample summed exactly adds nothing to the moments: s = 0 keeps its
+    // terms finite (its own s may overflow them), and its weight is 0.
 #pragma omp simd
-    for (int64_t b = 0; b < u.nb; ++b) s[b] = scale * qr[b] * half[b];
+    for (int64_t b = 0; b < u.nb; ++b) {
+      keep[b] = some_exact && lv[b] > cap ? 0.0 : 1.0;
+      s[b] = keep[b] > 0 ? scale * qr[b] * half[b] : 0.0;
+    }
     horner(z, f, degree, s, u.nb, den);
     horner(z + 1, f, degree, s, u.nb, sk);
     horner(y + 1, f, degree, s, u.nb, skv);
     T* gq = a.gq + r;
 #pragma omp simd
     for (int64_t b = 0; b < u.nb; ++b) {
-      w[b] = gi[b] / den[b];  // g_i ρ_i
+      w[b] = keep[b] > 0 ? gi[b] / den[b] : 0.0;  // g_i ρ_i
       gq[b] = static_cast<T>(scale * half[b] * w[b] * (skv[b] - oi[b] * sk[b]));
-      wt[b] = w[b] * (scale * qr[b]);
+      wt[b] = keep[b] > 0 ? w[b] * (scale * qr[b]) : 0.0;  // 0, not 0 · a non-finite query
       wto[b] = wt[b] * oi[b];
     }
     for (int p = 0; p <= degree; ++p) {
@@ -492,7 +648,15 @@ __attribute__((always_inline)) inline void backward_unit(const Pass<T>& a, const
         wto[b] *= s[b];
       }
     }
+    if (!some_exact) continue;
+    for (int64_t b = 0; b < u.nb; ++b) {
+      if (!plan.exact_sample(c, b, u.nb)) continue;
+      const int64_t at = plan.slot[static_cast<size_t>(b)] * u.num_keys;
+      backward_sample(a, u, i, b, plan.kt.data() + at, plan.vt.data() + at, plan.gkt.data() + at, plan.gvt.data() + at,
+                      top_key(a, u, i, b, k_max, k_min), k_mid[b]);
+    }
   }
+  if (!plan.samples.empty()) add_sample_gradients(a, u, plan);
   if (degree < 0) return;
   for (int64_t j = 0; j < u.num_keys; ++j) {
     const int64_t r = a.row(u.g, u.keys[j]) + u.b0;
@@ -515,14 +679,14 @@ __attribute__((always_inline)) inline void backward_unit(const Pass<T>& a, const
 
 template <typename T>
 __attribute__((always_inline)) inline void forward_units(const Pass<T>& a, int64_t first, int64_t last) {
-  std::vector<uint8_t> expanded;
-  for (int64_t index = first; index < last; ++index) forward_unit(a, unit_of(a, index), expanded);
+  UnitPlan<T> plan;
+  for (int64_t index = first; index < last; ++index) forward_unit(a, unit_of(a, index), plan);
 }
 
 template <typename T>
 __attribute__((always_inline)) inline void backward_units(const Pass<T>& a, int64_t first, int64_t last) {
-  std::vector<uint8_t> expanded;
-  for (int64_t index = first; index < last; ++index) backward_unit(a, unit_of(a, index), expanded);
+  UnitPlan<T> plan;
+  for (int64_t index = first; index < last; ++index) backward_unit(a, unit_of(a, index), plan);
 }
 
 // The float passes again for AVX2 with FMA and for AVX-512 (vector_clones.h).
@@ -581,7 +745,8 @@ void run_units(const Pass<T>& a, int64_t groups, int64_t num_keys, void (*pass)(
 }
 
 // The two passes on contiguous tensors: forward writes o and inv_sum
-// wherever a group has keys; backward adds into gq, gk and gv.
+// wherever a group has keys; backward writes gq where a query row has a
+// gradient (callers zero it) and adds into gk and gv.
 void forward_into(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const KeysView& keys,
                   torch::Tensor& o, torch::Tensor& inv_sum) {
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "connex_scalar_attention_forward", [&] {

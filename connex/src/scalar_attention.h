@@ -31,7 +31,8 @@ struct AttentionKeys {
 // Where a query's scores span a few units at most (|q·k| scaled; usual at
 // initialisation), its sums are a Taylor expansion of exp in moments of the
 // keys that all queries share, to within a quarter ulp: work (queries + keys)
-// times the degree instead of queries × keys exponentials.
+// times the degree instead of queries × keys exponentials. A sample whose
+// scores span more is summed exactly on its own.
 // A backward that must be differentiable again (create_graph) takes the
 // torch formula's gradients. Elsewhere (CUDA, half precision) it runs
 // scalar_attention_reference().
@@ -42,7 +43,8 @@ torch::Tensor scalar_attention(const torch::Tensor& q, const torch::Tensor& k, c
 // function (the dense path). q, k, v, o, inv_sum, go and the gradients:
 // contiguous CPU float32/float64 tensors [groups, L, batch]. Forward writes
 // o and inv_sum at every query of a group with keys (the others are left
-// as they are); backward adds dL/dq, dL/dk and dL/dv into gq, gk and gv.
+// as they are); backward writes dL/dq into gq where a query row has a
+// gradient (callers zero gq) and adds dL/dk and dL/dv into gk and gv.
 void scalar_attention_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                               const AttentionKeys& keys, torch::Tensor& o, torch::Tensor& inv_sum);
 void scalar_attention_backward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -59,9 +61,8 @@ torch::Tensor topo_attention_formula(const torch::Tensor& s, const torch::Tensor
                                      const torch::Tensor& key_bias, const torch::Tensor& value_weight,
                                      const torch::Tensor& value_bias);
 
-// How many query rows (one query of a group over a chunk of samples) the
-// kernel's forward has summed by the expansion and exactly, since the
-// process started: for tests.
+// How many (query, sample) pairs the kernel's forward has summed by the
+// expansion and exactly, since the process started: for tests.
 struct AttentionPathCounts {
   int64_t expanded = 0, exact = 0;
 };
