@@ -557,6 +557,20 @@ std::vector<Case> make_catalogue() {
       }),
       {"d.csv:3: column 2 (\"kind\"): \"zebra\" is not one of the classes the model was trained on (a, b)"});
 
+  add("table", "FittedStandardizationPastTheTrainingRange", file("d.csv", "x,y1,y2\n0,1,2\n1e-9,3,4\n"),
+      lib([](World& w) {
+        Preprocessing fitted;
+        fitted.task = Task::Regression, fitted.features = {"x"}, fitted.targets = {"y1", "y2"};
+        fitted.mean = {0.0}, fitted.scale = {1e-300};  // the world's network is float64
+        read_table(w.dir / "d.csv", w.net, {}, fitted);
+      }),
+      {"d.csv:3: column 1 (\"x\"): 1e-09 standardizes to 1e+291, too large to train on in Double (|value| must "
+       "stay below 1.3e+154, so that squared errors stay finite); rescale the column"});
+  add("table", "NanInTensors", none, lib([](World&) {
+        table_from_tensors(torch::tensor({1.0, std::nan("")}, torch::kFloat64).view({2, 1}), torch::zeros({2, 2}));
+      }),
+      {"table_from_tensors(): row 1, feature 0 (\"x0\"): nan is not a finite number"});
+
   auto inputs_for = [](const std::string& name, bool fitted) {
     return lib([name, fitted](World& w) {
       Preprocessing x;

@@ -196,8 +196,9 @@ TEST(CliHardeningFiles, AnOutputThatIsNoRegularFileIsRefused) {
 
 // `export net.ckpt --out net.ckpt` put a DOT drawing where the checkpoint
 // was; `prune RUN --out RUN/model.ckpt` replaced a run's record behind its
-// other files. Both are refused up front, every file unchanged; prune and
-// edit may still replace a checkpoint file they read (the write is atomic).
+// other files; `predict --out` replaced a checkpoint or a config given by a
+// slip. All are refused up front, every file unchanged; prune and edit may
+// still replace a checkpoint file (the write is atomic), predict a CSV.
 TEST(CliHardeningFiles, AnOutputThatWouldDestroyTheInputIsRefused) {
   TempDir dir;
   spit(dir / "net.json", kMlp21);
@@ -206,7 +207,7 @@ TEST(CliHardeningFiles, AnOutputThatWouldDestroyTheInputIsRefused) {
   ASSERT_EQ(connex_cli("prune run --fraction 0.1 --out net.ckpt", dir).code, 0);
   const auto before = names_in(dir.path), run_files = names_in(dir / "run");
   const std::string run_model = slurp(dir / "run/model.ckpt"), ckpt = slurp(dir / "net.ckpt"),
-                    config = slurp(dir / "net.json");
+                    config = slurp(dir / "net.json"), data = slurp(dir / "d.csv");
   for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
            {"export net.ckpt --format dot --out net.ckpt", "export: --out net.ckpt is the file it reads"},
            {"export net.json --format json --out ./net.json", "export: --out ./net.json is the file it reads"},
@@ -232,7 +233,19 @@ TEST(CliHardeningFiles, AnOutputThatWouldDestroyTheInputIsRefused) {
            {"train net.json --data d.csv --epochs 1 --out run",
             "train: --out run holds another run (metrics.csv, metrics.json, config.json, model.ckpt); resume it with "
             "connex train run --out run, write elsewhere, or pass --overwrite to replace it"},
-           {"train net.ckpt --data d.csv --epochs 1 --out ./run", "train: --out ./run holds another run"}}) {
+           {"train net.ckpt --data d.csv --epochs 1 --out ./run", "train: --out ./run holds another run"},
+           // A file of another kind than the command writes.
+           {"predict run --data d.csv --out net.ckpt",
+            "predict: --out net.ckpt is a network checkpoint; write the predictions elsewhere"},
+           {"export run --format dot --out net.ckpt",
+            "export: --out net.ckpt is a network checkpoint; write the export elsewhere"},
+           {"predict run --data d.csv --out net.json",
+            "predict: --out net.json holds JSON, not predictions; write them elsewhere, or remove that file first"},
+           {"prune run --fraction 0.1 --out net.json",
+            "prune: --out net.json exists and is not a network checkpoint (text or JSON); write the checkpoint "
+            "elsewhere, or remove that file first"},
+           {"edit run --add-hidden 7 --out d.csv",
+            "edit: --out d.csv exists and is not a network checkpoint (text or JSON)"}}) {
     SCOPED_TRACE(args);
     auto r = connex_cli(args, dir);
     EXPECT_EQ(r.code, 1);
@@ -243,9 +256,14 @@ TEST(CliHardeningFiles, AnOutputThatWouldDestroyTheInputIsRefused) {
     EXPECT_EQ(slurp(dir / "run/model.ckpt"), run_model);
     EXPECT_EQ(slurp(dir / "net.ckpt"), ckpt);
     EXPECT_EQ(slurp(dir / "net.json"), config);
+    EXPECT_EQ(slurp(dir / "d.csv"), data);
   }
+  // Predictions replace earlier predictions.
+  ASSERT_EQ(connex_cli("predict run --data d.csv --out p.csv", dir).code, 0);
+  auto r = connex_cli("predict run --data d.csv --out p.csv", dir);
+  EXPECT_EQ(r.code, 0) << r.err;
   // A checkpoint file pruned in place, as asked.
-  auto r = connex_cli("prune net.ckpt --fraction 0.5 --out net.ckpt", dir);
+  r = connex_cli("prune net.ckpt --fraction 0.5 --out net.ckpt", dir);
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(slurp(dir / "net.ckpt"), ckpt);
   // Beside a run's files, an export is fine.

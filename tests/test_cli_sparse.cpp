@@ -312,7 +312,7 @@ TEST(CliSparse, RefusalsAreOneLineAndWriteNothing) {
   // A dense network has nowhere to grow: said once, up front.
   EXPECT_NE((r.out + r.err)
                 .find("train: --rewire set: every level already reads every neuron of the levels that feed it, so "
-                      "a rewiring moves nothing; start sparse with --density"),
+                      "a rewiring moves nothing; start sparse with a --density below 1"),
             std::string::npos)
       << r.err;
   // A schedule that cannot rewire in this run is said up front: 3 full-batch steps, every 100, none from step 2.
@@ -324,6 +324,24 @@ TEST(CliSparse, RefusalsAreOneLineAndWriteNothing) {
                       "with --batch-size, or give --rewire-end"),
             std::string::npos)
       << r.out + r.err;
+  // A drop fraction of 0 is named as the reason.
+  r = connex_cli("train net.json --data d.csv --density 0.5 --rewire set --drop-fraction 0 --batch-size 4 --epochs 1",
+                 dir);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE((r.out + r.err)
+                .find("drop fraction 0, none from step 6): a drop fraction of 0 moves nothing; give --drop-fraction "
+                      "above 0"),
+            std::string::npos)
+      << r.out + r.err;
+  // A loss gone non-finite before a rewiring is named as the epoch's check
+  // names it (RigL's trace check said "NaN or infinity (a NaN loss?)").
+  r = connex_cli(
+      "train net.json --data d.csv --density 0.5 --rewire rigl --rewire-every 1 --batch-size 4 --optimizer sgd --lr "
+      "1000000 --epochs 3",
+      dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find(", where a rewiring was due; lower --lr"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   // A pruning that leaves an output without inputs says so.
   r = connex_cli("prune ck --fraction 1", dir);
   EXPECT_EQ(r.code, 0) << r.err;
@@ -459,6 +477,10 @@ TEST(CliSparse, AFloorThatKeepsEverythingIsSaid) {
                        "removes every connection below it whatever the scope"),
             std::string::npos)
       << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir / "s.ckpt"));
+  r = connex_cli("prune ck --threshold 0.01 --scope global --out s.ckpt", dir);  // named, even as the default
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("prune: --scope global applies to --fraction"), std::string::npos) << r.err;
   EXPECT_FALSE(std::filesystem::exists(dir / "s.ckpt"));
   r = connex_cli("prune ck --fraction 0.5 --batch-size 4 --out s.ckpt", dir);
   EXPECT_NE(r.err.find("prune: --batch-size 4 applies to training on; give --epochs N"), std::string::npos) << r.err;

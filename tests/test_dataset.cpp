@@ -1,6 +1,8 @@
 // Tabular data (connex/dataset.h), the preprocessing that travels with a
 // model (checkpoints, TorchScript), the exported module's input checks, the
 // typed clone and the optimizer that survives an edit with its options.
+#include <limits>
+
 #include <torch/script.h>
 
 #include "optimizer_key.h"
@@ -391,6 +393,53 @@ TEST(Dataset, ColumnsThatAreNotFeaturesMayHoldAnything) {
   // The table's inputs take the network's dtype unless told otherwise.
   spit(dir / "g.csv", "a,b,y\n1,2,3\n");
   EXPECT_EQ(read_table(dir / "g.csv", mlp(2, 1, torch::kFloat64)).train.inputs().scalar_type(), torch::kFloat64);
+}
+
+// Tensors are checked as CSV cells are: NaN, infinities and values too
+// large to train on (in float64 before standardizing, in the table's dtype
+// after) are refused naming the row, column and value; so is a standardized
+// value out of range in a table read with a fitted preprocessing.
+TEST(Dataset, TensorValuesMustBeTrainable) {
+  const auto y = torch::zeros({3, 1}, torch::kFloat64);
+  const auto nan = std::numeric_limits<double>::quiet_NaN();
+  auto x = torch::tensor({1.0, 2.0, 3.0, 4.0, 5.0, 6.0}, torch::kFloat64).view({3, 2});
+  x[2][1] = nan;
+  EXPECT_THROW_MSG(table_from_tensors(x, y),
+                   "table_from_tensors(): row 2, feature 1 (\"x1\"): nan is not a finite number");
+  x[2][1] = 2e19;  // within float64, too large to train on in float32
+  EXPECT_THROW_MSG(table_from_tensors(x, y),
+                   "table_from_tensors(): row 2, feature 1 (\"x1\"): 2e+19 is too large to train on in Float (|value| "
+                   "must stay below 1.8e+19, so that squared errors stay finite); rescale the column");
+  EXPECT_NO_THROW(table_from_tensors(x, y, TableOptions().dtype(torch::kFloat64)));
+  EXPECT_NO_THROW(table_from_tensors(x, y, TableOptions().standardize(true)));  // standardized, it is small
+  // Past what float64 squares, for the fit.
+  x[2][1] = 2e154;
+  EXPECT_THROW_MSG(table_from_tensors(x, y, TableOptions().standardize(true)),
+                   "table_from_tensors(): row 2, feature 1 (\"x1\"): 2e+154 is too large to standardize (|value| must "
+                   "stay below 1.3e+154, so that squared errors stay finite); rescale the column");
+  x[2][1] = 6;
+  auto bad_y = y.clone();
+  bad_y[1][0] = -std::numeric_limits<double>::infinity();
+  EXPECT_THROW_MSG(table_from_tensors(x, bad_y),
+                   "table_from_tensors(): row 1, target 0 (\"y0\"): -inf is not a finite number");
+  // A fitted standardization: 1e-5 standardizes to 1e+25.
+  Preprocessing fitted;
+  fitted.task = Task::Regression, fitted.features = {"a", "b"}, fitted.targets = {"y"};
+  fitted.mean = {0.0, 0.0}, fitted.scale = {1.0, 1e-30};
+  x[0][1] = 1e-5;
+  EXPECT_THROW_MSG(
+      table_from_tensors(x, y, {}, fitted),
+      "table_from_tensors(): row 0, feature 1 (\"b\"): 1e-05 standardizes to 1e+25, too large to train on "
+      "in Float (|value| must stay below 1.8e+19, so that squared errors stay finite); rescale the column");
+  EXPECT_THROW_MSG(table_from_csv(parse_csv("a,b,y\n1,0,0\n2,1e-5,0\n", "s.csv"), nn::MLP(2, 1, 4, 1), {}, fitted),
+                   "s.csv:3: column 2 (\"b\"): 1e-05 standardizes to 1e+25, too large to train on in Float (|value| "
+                   "must stay below 1.8e+19, so that squared errors stay finite); rescale the column");
+  // Target columns other than the preprocessing's are refused, not read past its names.
+  EXPECT_THROW_MSG(table_from_tensors(x, torch::zeros({3, 2}, torch::kFloat64), {}, fitted),
+                   "table_from_tensors(): 2 target columns, but the preprocessing names 1");
+  fitted.scale = {1.0, 1e-20};
+  const auto table = table_from_tensors(x, y, TableOptions().dtype(torch::kFloat64), fitted);
+  EXPECT_DOUBLE_EQ(table.train.inputs().select(1, 1).min().item<double>(), 1e15);
 }
 
 TEST(Dataset, TensorsWithAFittedPreprocessingAreCheckedLikeFiles) {

@@ -21,6 +21,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -52,15 +53,40 @@ PruneScope prune_scope_from_name(const std::string& scope) {
   return scope == "neuron" ? PruneScope::PerNeuron : scope == "level" ? PruneScope::PerLevel : PruneScope::Global;
 }
 
+// The first `n` bytes of a regular file ("" when it is empty); nullopt for
+// anything else (a FIFO would block the read) or a file that cannot be read.
+std::optional<std::string> file_head(const std::string& path, size_t n) {
+  std::error_code ignored;
+  if (!fs::is_regular_file(path, ignored)) return std::nullopt;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  std::string head(n, '\0');
+  in.read(head.data(), static_cast<std::streamsize>(n));
+  head.resize(static_cast<size_t>(std::max<std::streamsize>(in.gcount(), 0)));
+  return head;
+}
+
+// What a file holds by its first bytes, for messages: one of the kinds
+// connex reads or writes that is no JSON config, or "" for anything else.
+std::string kind_of_head(const std::string& head) {
+  return head.empty()                                                    ? "an empty file"
+         : head.rfind("CONNEXCK", 0) == 0                                ? "a network checkpoint"
+         : head.rfind("CONNEXHM", 0) == 0                                ? "a HAM checkpoint (connex/ham's ham::load)"
+         : head.rfind("PK\x03\x04", 0) == 0                              ? "a zip archive (a TorchScript export?)"
+         : head.rfind("\x89PNG", 0) == 0                                 ? "a PNG image"
+         : head.rfind("<?xml", 0) == 0 || head.rfind("<graphml", 0) == 0 ? "GraphML"
+         : head.rfind("digraph", 0) == 0 || head.rfind("strict digraph", 0) == 0 ? "a Graphviz DOT file"
+                                                                                 : "";
+}
+
+// Where a head's first character lies past a UTF-8 byte-order mark and blanks (npos: none).
+size_t first_character(const std::string& head) {
+  return head.find_first_not_of(" \t\r\n", head.rfind("\xEF\xBB\xBF", 0) == 0 ? 3 : 0);
+}
+
 bool is_checkpoint(const std::string& path) {
-  std::error_code ignored;  // a FIFO would block fopen; the loader then says what the file is
-  if (!fs::is_regular_file(path, ignored)) return false;
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) return false;
-  char magic[8] = {};
-  const size_t n = std::fread(magic, 1, 8, f);
-  std::fclose(f);
-  return n == 8 && std::string(magic, 8) == "CONNEXCK";
+  const auto head = file_head(path, 8);
+  return head && head->rfind("CONNEXCK", 0) == 0;
 }
 
 // A SparseMLP `graph` (a config's, valid) built as `net`: where the floor
@@ -132,24 +158,14 @@ Checkpoint open_network(const std::string& path, NetworkFile* source = nullptr) 
   // Files connex writes that hold no network to read back: named by their
   // first bytes, rather than left to the JSON parser's complaint.
   std::string kind;
-  std::error_code ec;
-  if (fs::is_regular_file(path, ec)) {  // a FIFO is left to the JSON reader, which refuses it without blocking
-    std::string head(16, '\0');
-    std::ifstream in(path, std::ios::binary);
-    in.read(head.data(), static_cast<std::streamsize>(head.size()));
-    head.resize(static_cast<size_t>(std::max<std::streamsize>(in.gcount(), 0)));
-    kind = head.empty()                                                    ? "an empty file"
-           : head.rfind("PK\x03\x04", 0) == 0                              ? "a zip archive (a TorchScript export?)"
-           : head.rfind("\x89PNG", 0) == 0                                 ? "a PNG image"
-           : head.rfind("CONNEXHM", 0) == 0                                ? "a HAM checkpoint (connex/ham's ham::load)"
-           : head.rfind("<?xml", 0) == 0 || head.rfind("<graphml", 0) == 0 ? "GraphML"
-           : head.rfind("digraph", 0) == 0 || head.rfind("strict digraph", 0) == 0 ? "a Graphviz DOT file"
-                                                                                   : "";
-    // Any other file whose first character (past a byte-order mark and blanks) starts no JSON value holds
-    // no network; a JSON value other than an object is left to the config reader, which says what it expects.
-    const size_t first = head.find_first_not_of(" \t\r\n", head.rfind("\xEF\xBB\xBF", 0) == 0 ? 3 : 0);
+  // A FIFO is left to the JSON reader, which refuses it without blocking.
+  if (const auto head = file_head(path, 16)) {
+    kind = kind_of_head(*head);
+    // Any other file whose first character starts no JSON value holds no network; a JSON value
+    // other than an object is left to the config reader, which says what it expects.
+    const size_t first = first_character(*head);
     const std::string json_starts = "{[\"-0123456789tfn";
-    if (kind.empty() && first != std::string::npos && json_starts.find(head[first]) == std::string::npos)
+    if (kind.empty() && first != std::string::npos && json_starts.find((*head)[first]) == std::string::npos)
       kind = "neither a connex checkpoint nor JSON";
   }
   if (!kind.empty())
@@ -195,9 +211,42 @@ void check_out(const std::string& command, const std::string& in, const std::str
             "only: write elsewhere",
             command, out, name, dir.string());
   check_replaceable(out, command.c_str());  // not after the work
-  if (in.empty() || !fs::exists(out, ec) || !fs::equivalent(in, out, ec)) return;
-  if (!may_replace_checkpoint || !is_checkpoint(in))
+  if (!in.empty() && fs::exists(out, ec) && fs::equivalent(in, out, ec) &&
+      (!may_replace_checkpoint || !is_checkpoint(in)))
     fail("{}: --out {} is the file it reads; give another path", command, out);
+}
+
+// What a command writes to --out, for check_out_kind.
+enum class Writes { Checkpoint, Predictions, Export };
+
+// An existing file of another kind is not replaced: a slip in --out must
+// not put predictions where a trained checkpoint was, or a checkpoint over
+// a config. After check_out's checks (their messages say more).
+void check_out_kind(const std::string& command, const std::string& out, Writes writes) {
+  std::error_code ec;
+  const fs::path lands = write_destination(out);
+  if (out.empty() || !fs::exists(lands, ec)) return;
+  const auto head = file_head(lands.string(), 16);
+  if (!head) fail("{}: --out {} cannot be read to see what it holds; write elsewhere", command, out);
+  if (head->empty()) return;
+  const std::string kind = kind_of_head(*head);
+  const bool checkpoint = head->rfind("CONNEXCK", 0) == 0 || head->rfind("CONNEXHM", 0) == 0;
+  if (writes == Writes::Checkpoint && head->rfind("CONNEXCK", 0) != 0)
+    fail(
+        "{}: --out {} exists and is not a network checkpoint ({}); write the checkpoint elsewhere, or remove that "
+        "file first",
+        command, out, kind.empty() ? "text or JSON" : kind);
+  if (writes != Writes::Checkpoint && checkpoint)
+    fail("{}: --out {} is {}; write the {} elsewhere", command, out, kind,
+         writes == Writes::Predictions ? "predictions" : "export");
+  if (writes != Writes::Predictions) return;
+  // JSON (a config, an export) is told from a CSV of predictions by parsing it.
+  const size_t first = first_character(*head);
+  if (first == std::string::npos || ((*head)[first] != '{' && (*head)[first] != '[')) return;
+  std::ifstream in(lands, std::ios::binary);
+  if (head->rfind("\xEF\xBB\xBF", 0) == 0) in.ignore(3);
+  if (nlohmann::json::accept(in))
+    fail("{}: --out {} holds JSON, not predictions; write them elsewhere, or remove that file first", command, out);
 }
 
 NeuronId parse_id(const std::string& text, const NeuralNetwork& network, const std::string& what) {
@@ -328,7 +377,9 @@ struct DataArgs {
   std::vector<std::string> targets, features;
   bool standardize = false;
   void add_to(CLI::App* cmd) {
-    cmd->add_option("--data", data, "CSV file with a header row (default: built-in cos/sin toy data)")
+    cmd->add_option("--data", data,
+                    "CSV file with a header row (default: the one a checkpoint was trained on, else built-in cos/sin "
+                    "toy data)")
         ->check(path_check())
         ->check(utf8_path_check());
     cmd->add_option("--target", targets, "target column(s) (default: the checkpoint's, else the last column(s))");
@@ -821,7 +872,7 @@ std::optional<double> plan_rewiring(const TrainArgs& t, RewireSettings& r, const
   if (!has_room_to_grow(net))
     spdlog::warn(
         "train: --rewire {}: every level already reads every neuron of the levels that feed it, so a rewiring "
-        "moves nothing; start sparse with --density",
+        "moves nothing; start sparse with a --density below 1",
         r.method);
   if (t.rewire_end) return t.rewire_end;
   if (r.method == recorded) return std::nullopt;
@@ -1061,7 +1112,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
 // How `prune` chooses: the library's PruneOptions from the flags.
 struct PruneArgs {
   std::optional<double> threshold, fraction;
-  std::string scope = "global";
+  std::optional<std::string> scope;  // global when not given
   int64_t keep_min = 0;
   bool protect_outputs = false, remove_dead = false, include_frozen = false;
   std::string score = "magnitude";  // or activation, gradient: measured on data
@@ -1069,7 +1120,7 @@ struct PruneArgs {
     return PruneOptions()
         .threshold(threshold)
         .fraction(fraction)
-        .scope(prune_scope_from_name(scope))
+        .scope(prune_scope_from_name(scope.value_or("global")))
         .keep_min(keep_min)
         .protect_outputs(protect_outputs)
         .keep_frozen(!include_frozen);
@@ -1144,11 +1195,11 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   if (threshold.has_value() == fraction.has_value()) fail("prune: give exactly one of --threshold and --fraction");
   if (threshold && !(*threshold >= 0 && std::isfinite(*threshold)))
     fail("prune: --threshold must be a finite number >= 0, got {}", *threshold);
-  if (threshold && p.scope != "global")
+  if (threshold && p.scope)
     fail(
         "prune: --scope {} applies to --fraction (each group's weakest share); --threshold removes every connection "
         "below it whatever the scope",
-        p.scope);
+        *p.scope);
   if (t.batch_size && t.epochs == 0)
     fail("prune: --batch-size {} applies to training on; give --epochs N", *t.batch_size);
   check_out("prune", path, out, true);
@@ -1171,13 +1222,15 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   const uint64_t seed = trained.seed;
   const bool scored = p.score != "magnitude";
   if (scored && d.data.empty() && trained.data.empty())
-    fail("prune: --score {} needs --data (it scores the connections on the checkpoint's training rows)", p.score);
-  std::optional<Table> data;
+    fail("prune: --score {} needs --data ({} records no training CSV to score the connections on)", p.score, path);
+  std::optional<DataArgs> data_args;
   if (!d.data.empty() || t.epochs > 0 || scored) {
-    const DataArgs data_args = resumed_data_args(d, trained, path, "prune");
-    check_out("prune", data_args.data, out, false);  // the CSV it reads, given or the checkpoint's
-    data = load_dataset(data_args.options(net, trained.val_split, seed), net, ck.preprocessing, "prune");
+    data_args = resumed_data_args(d, trained, path, "prune");
+    check_out("prune", data_args->data, out, false);  // the CSV it reads, given or the checkpoint's
   }
+  check_out_kind("prune", out, Writes::Checkpoint);
+  std::optional<Table> data;
+  if (data_args) data = load_dataset(data_args->options(net, trained.val_split, seed), net, ck.preprocessing, "prune");
   const PruneOptions options = p.options().scores(data ? connection_scores(net, p.score, *data) : torch::Tensor());
   const std::vector<Edge> weak = connections_to_prune(net, options);
   // What the floor held back, so that a floor above every fan-in is not a silent no-op.
@@ -1253,6 +1306,7 @@ int cmd_edit(const std::string& path, const EditArgs& a, const std::string& out)
         "edit: nothing to edit; give --add-connection, --remove-connection, --add-input, --add-hidden, --add-output, "
         "--remove-neuron or --dropout");
   check_out("edit", path, out, true);
+  check_out_kind("edit", out, Writes::Checkpoint);
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
   auto ids = [&](const std::vector<std::string>& texts, const char* what) {
@@ -1361,6 +1415,7 @@ std::string slurp_bounded(const std::string& path) {
 int cmd_export(const std::string& path, const std::string& format, const std::string& out, double dot_seconds) {
   // Up front: a directory would only fail at the rename, after all the work.
   check_out("export", path, out, false);
+  check_out_kind("export", out, Writes::Export);
   const Checkpoint ck = open_network(path);
   const NeuralNetwork& net = ck.network;
   if (format == "torchscript") {
@@ -1445,6 +1500,7 @@ std::string csv_cell(const std::string& text) {
 int cmd_predict(const std::string& path, const std::string& data, const std::string& out, int64_t batch_size) {
   check_out("predict", path, out, false);
   check_out("predict", data, out, false);
+  check_out_kind("predict", out, Writes::Predictions);
   // The predictions take standard output: the log goes to standard error.
   if (out.empty()) spdlog::set_default_logger(spdlog::stderr_color_mt("predict"));
   // Names a missing file, or one that holds no network.

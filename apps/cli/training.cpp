@@ -586,7 +586,14 @@ class Trainer {
     ++result_.steps, ++progress_.steps;
     const double total = loss.item<double>() * static_cast<double>(s.rows);
     if (options_.after_step) options_.after_step(network_, std::chrono::steady_clock::now() - started, s.rows);
-    if (rewire) rewire_after(next, trace ? &*trace : nullptr);
+    if (rewire) {
+      // A rewiring ranks the weights (RigL the step's gradients too): after
+      // a non-finite loss there is nothing to rank, and the epoch's check would come too late.
+      if (!std::isfinite(total))
+        fail("train: the loss was {} at step {}, where a rewiring was due; lower --lr{}", loss.item<double>(), next,
+             options_.out.empty() ? "" : " (files already in --out are kept as they were)");
+      rewire_after(next, trace ? &*trace : nullptr);
+    }
     return total;
   }
 
@@ -641,9 +648,10 @@ class Trainer {
       return;
     }
     spdlog::warn(
-        "train: --rewire {} will not rewire in this run (steps {} to {}; every {} steps, drop fraction {:.3g}, {}): "
-        "lower --rewire-every, train in mini-batches with --batch-size, or give --rewire-end",
-        r.method, first, last, r.every, r.drop_fraction, end);
+        "train: --rewire {} will not rewire in this run (steps {} to {}; every {} steps, drop fraction {:.3g}, {}): {}",
+        r.method, first, last, r.every, r.drop_fraction, end,
+        r.drop_fraction > 0 ? "lower --rewire-every, train in mini-batches with --batch-size, or give --rewire-end"
+                            : "a drop fraction of 0 moves nothing; give --drop-fraction above 0");
   }
 
   // Rewires after optimizer step `step`; the optimizer's state follows the surviving connections.

@@ -4,8 +4,11 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <limits>
+#include <optional>
 #include <set>
+#include <utility>
 
 #include <torch/torch.h>
 #include <fmt/ranges.h>
@@ -201,6 +204,14 @@ double largest_trainable(torch::Dtype dtype) { return std::sqrt(largest_value(dt
 
 constexpr const char* kSquaresStayFinite = ", so that squared errors stay finite";
 
+// The first entry of `values` [rows, columns] that is NaN or beyond
+// `limit` in size, as (row, column); none when every entry is within.
+std::optional<std::pair<int64_t, int64_t>> first_beyond(const torch::Tensor& values, double limit) {
+  const auto beyond = (~(values.abs() <= limit)).nonzero();
+  if (beyond.size(0) == 0) return std::nullopt;
+  return std::make_pair(beyond[0][0].item<int64_t>(), beyond[0][1].item<int64_t>());
+}
+
 // `limit`: the largest |cell|; `in` says for what ("to train on in Float"),
 // `why` why the limit (kSquaresStayFinite, or "" for a dtype's range).
 torch::Tensor numeric_columns(const CsvTable& csv, const std::vector<int64_t>& columns, double limit,
@@ -226,11 +237,44 @@ torch::Tensor numeric_columns(const CsvTable& csv, const std::vector<int64_t>& c
   return x;
 }
 
+// Names a cell of the raw rows for an error: (row, column, whether a target).
+using CellName = std::function<std::string(int64_t, int64_t, bool)>;
+
+// What a checked value is for, in messages.
+enum class Use { Train, Standardize, Standardized };
+
+// Fails at the first value of `values` (a table's features or float
+// targets) that is not finite or too large to train on in `dtype` (to
+// standardize: in float64); `raw` holds what a standardized value came from.
+void check_trainable(const torch::Tensor& values, const torch::Tensor& raw, Use use, bool targets, torch::Dtype dtype,
+                     const CellName& cell) {
+  const double limit = largest_trainable(dtype);
+  const auto at = first_beyond(values, limit);
+  if (!at) return;
+  const auto [i, k] = *at;
+  const double value = values[i][k].item<double>(), given = raw[i][k].item<double>();
+  const std::string where = cell(i, k, targets);
+  if (!std::isfinite(given)) fail("{}: {} is not a finite number", where, given);
+  if (use == Use::Standardized && !std::isfinite(value))
+    fail("{}: {} standardizes to {}; check the preprocessing's mean and scale for it", where, given, value);
+  fail("{}: {} {} too large {} (|value| must stay below {:.2g}{}); rescale the column", where, given,
+       use == Use::Standardized ? fmt::format("standardizes to {:.3g},", value) : std::string("is"),
+       use == Use::Standardize ? std::string("to standardize") : fmt::format("to train on in {}", c10::toString(dtype)),
+       limit, kSquaresStayFinite);
+}
+
 // Splits raw rows, fits the standardization on the training rows (unless
-// fitted) and applies it to all.
+// fitted) and applies it to all. Raw features must be trainable in float64
+// where they are standardized (the fit squares them), and what the network
+// gets in the table's dtype.
 Table make_table(torch::Tensor raw, torch::Tensor targets, const TableOptions& options, Preprocessing preprocessing,
-                 bool fit, std::string source) {
+                 bool fit, std::string source, const CellName& cell) {
   const int64_t rows = raw.size(0);
+  const auto dtype = options.dtype().value_or(torch::kFloat32);
+  const bool standardized = fit ? options.standardize() : preprocessing.standardizes();
+  check_trainable(raw, raw, standardized ? Use::Standardize : Use::Train, false, standardized ? torch::kFloat64 : dtype,
+                  cell);
+  if (targets.is_floating_point()) check_trainable(targets, targets, Use::Train, true, dtype, cell);
   auto [train_rows, validation_rows] = split_rows(rows, options.validation_fraction(), options.seed());
   if (fit && options.standardize()) {
     if (train_rows.numel() == 0) fail("{}: no training rows to fit the standardization on", source);
@@ -242,8 +286,9 @@ Table make_table(torch::Tensor raw, torch::Tensor targets, const TableOptions& o
     preprocessing.mean.assign(mean.data_ptr<double>(), mean.data_ptr<double>() + mean.numel());
     preprocessing.scale.assign(std.data_ptr<double>(), std.data_ptr<double>() + std.numel());
   }
-  const auto dtype = options.dtype().value_or(torch::kFloat32);
-  const auto inputs = preprocessing.apply(raw).to(dtype);
+  const auto scaled = preprocessing.apply(raw);
+  if (standardized) check_trainable(scaled, raw, Use::Standardized, false, dtype, cell);
+  const auto inputs = scaled.to(dtype);
   if (targets.is_floating_point()) targets = targets.to(dtype);
   Table table;
   table.train = TableDataset(inputs.index_select(0, train_rows), targets.index_select(0, train_rows));
@@ -430,11 +475,15 @@ Table table_from_csv(const CsvTable& csv, const NeuralNetwork& network, const Ta
   // Standardized features are scaled in float64 first, then in range.
   const bool standardized = fitted ? fitted->standardizes() : options.standardize();
   const auto feature_dtype = standardized ? torch::kFloat64 : *options.dtype();
+  const auto cell = [&](int64_t i, int64_t k, bool target) {
+    const int64_t j = target ? c.targets[k] : c.features[k];
+    return fmt::format("{}:{}: column {} (\"{}\")", csv.source, csv.row_lines[i], j + 1, printable(csv.columns[j]));
+  };
   return make_table(
       numeric_columns(csv, c.features, largest_trainable(feature_dtype),
                       standardized ? "to standardize" : fmt::format("to train on in {}", c10::toString(feature_dtype)),
                       kSquaresStayFinite),
-      y, options, std::move(p), !fitted, csv.source);
+      y, options, std::move(p), !fitted, csv.source, cell);
 }
 
 Table read_table(const std::string& path, const NeuralNetwork& network, const TableOptions& options,
@@ -484,9 +533,8 @@ torch::Tensor read_inputs(const CsvTable& csv, const NeuralNetwork& network,
   if (!fitted) return raw.to(dtype);
   const auto scaled = fitted->apply(raw);
   const double limit = largest_value(dtype);
-  const auto beyond = (~(scaled.abs() <= limit)).nonzero();  // NaN too (0/0 of a hand-made zero scale)
-  if (beyond.size(0) > 0) {
-    const int64_t i = beyond[0][0].item<int64_t>(), k = beyond[0][1].item<int64_t>();
+  if (const auto at = first_beyond(scaled, limit)) {  // NaN too (0/0 of a hand-made zero scale)
+    const auto [i, k] = *at;
     fail("{}:{}: column {} (\"{}\"): {} standardizes to {:.3g}, beyond the range of {} (|value| below {:.2g})",
          csv.source, csv.row_lines[i], features[k] + 1, printable(csv.columns[features[k]]), raw[i][k].item<double>(),
          scaled[i][k].item<double>(), c10::toString(dtype), limit);
@@ -534,13 +582,20 @@ Table table_from_tensors(const torch::Tensor& inputs, const torch::Tensor& targe
   } else if (static_cast<int64_t>(fitted->features.size()) != inputs.size(1)) {
     fail("table_from_tensors(): {} feature columns, but the preprocessing names {}", inputs.size(1),
          fitted->features.size());
+  } else if (!labels && static_cast<int64_t>(fitted->targets.size()) != targets.size(1)) {
+    fail("table_from_tensors(): {} target columns, but the preprocessing names {}", targets.size(1),
+         fitted->targets.size());
   } else if (labels && targets.numel() &&
              (targets.min().item<int64_t>() < 0 ||
               targets.max().item<int64_t>() >= static_cast<int64_t>(fitted->classes.size()))) {
     fail("table_from_tensors(): class labels must be in [0, {}) (the preprocessing's classes), got [{}, {}]",
          fitted->classes.size(), targets.min().item<int64_t>(), targets.max().item<int64_t>());
   }
-  return make_table(inputs.to(torch::kCPU, torch::kFloat64), targets.cpu(), options, std::move(p), !fitted, "tensors");
+  const auto cell = [&p](int64_t i, int64_t k, bool target) {
+    return fmt::format("table_from_tensors(): row {}, {} {} (\"{}\")", i, target ? "target" : "feature", k,
+                       printable(target ? p.targets[k] : p.features[k]));
+  };
+  return make_table(inputs.to(torch::kCPU, torch::kFloat64), targets.cpu(), options, p, !fitted, "tensors", cell);
 }
 
 }  // namespace connex

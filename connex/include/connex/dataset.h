@@ -114,7 +114,9 @@ Table table_from_csv(const CsvTable& csv, const NeuralNetwork& network, const Ta
                      const std::optional<Preprocessing>& fitted = std::nullopt);
 // Raw inputs [rows, features] and targets ([rows, outputs] float, or [rows]
 // int64 class indices), split and preprocessed as read_table does; features
-// are named "x0", "x1", ... unless `fitted` names them.
+// are named "x0", "x1", ... unless `fitted` names them. Values are checked
+// as a CSV's cells are: finite and small enough to train on (raw, and
+// after standardizing), else an error names the row and column.
 Table table_from_tensors(const torch::Tensor& inputs, const torch::Tensor& targets, const TableOptions& options = {},
                          const std::optional<Preprocessing>& fitted = std::nullopt);
 
