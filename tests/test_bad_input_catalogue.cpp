@@ -437,6 +437,9 @@ std::vector<Case> make_catalogue() {
   const std::string graph = R"("graph":{"edges":[[0,1]],"inputs":[0],"outputs":[1]})";
   add("config", "WrongTypedField", none, config("{" + graph + R"(,"options":{"seed":"7"}})"),
       {"my.json: /options/seed must be a non-negative integer, got \"7\""});
+  add("config", "SeedPastSixtyFourBits", none, config("{" + graph + R"(,"options":{"seed":1e20}})"),
+      {"my.json: /options/seed must be a non-negative integer in decimal digits, at most 18446744073709551615, got "
+       "1e+20"});
   add("config", "WrongTypedBool", none, config("{" + graph + R"(,"options":{"use_topo_norm":"yes"}})"),
       {"my.json: /options/use_topo_norm must be true or false"});
   add("config", "MissingField", none, config(R"({"graph":{"edges":[[0,1]],"outputs":[1]}})"),
@@ -498,6 +501,9 @@ std::vector<Case> make_catalogue() {
       {"my.json: /graph/distribution must be \"uniform\", \"erdos_renyi\", \"er\" or \"erk\", got \"normal\""});
   add("config", "SparseMLPNegativeSeed", none, config(sparse_mlp + R"(,"density":0.5,"seed":-4}})"),
       {"my.json: /graph/seed must be a non-negative integer, got -4"});
+  add("config", "SparseMLPSeedWithAnExponent", none, config(sparse_mlp + R"(,"density":0.5,"seed":1e3}})"),
+      {"my.json: /graph/seed must be a non-negative integer in decimal digits, at most 18446744073709551615, got "
+       "1000.0"});
 
   // -------------------------------------------------------------------- csv
   auto csv = [](const std::string& name) { return lib([name](World& w) { read_csv(w.dir / name); }); };

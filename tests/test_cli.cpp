@@ -304,7 +304,9 @@ TEST_F(CliBadInput, FilesThatHoldNoNetworkAreNamed) {
 TEST_F(CliBadInput, NonPositiveThreads) { expect_failure("--threads 0 inspect x.json", "--threads"); }
 TEST_F(CliBadInput, NanThreshold) {
   ASSERT_EQ(connex_cli("train --epochs 2 --out run", dir).code, 0);
-  expect_failure("prune run/model.ckpt --threshold nan", "--threshold must be a finite number");
+  expect_failure("prune run/model.ckpt --threshold nan", "--threshold: must be a number >= 0, got \"nan\"");
+  // Text is told as other flags tell it, not in CLI11's words ("Could not convert").
+  expect_failure("prune run/model.ckpt --threshold abc", "--threshold: must be a number >= 0, got \"abc\"");
 }
 TEST_F(CliBadInput, ColumnAsFeatureAndTarget) {
   write_regression_csv(dir / "d.csv", 10);

@@ -1792,7 +1792,8 @@ void add_train_command(CLI::App& app, Commands& c) {
 void add_prune_command(CLI::App& app, Commands& c) {
   c.prune = app.add_subcommand("prune", "remove the weakest connections by |w|, optionally train on");
   c.prune->add_option("checkpoint", c.path, "checkpoint or config")->required()->check(path_check());
-  c.prune->add_option("--threshold", c.prune_args.threshold, "remove connections with |w| below this");
+  c.prune->add_option("--threshold", c.prune_args.threshold, "remove connections with |w| below this")
+      ->check(number_in(0, HUGE_VAL, false));
   c.prune->add_option("--fraction", c.prune_args.fraction, "remove this fraction of connections, weakest first")
       ->check(number_in(0, 1, false));
   c.prune

@@ -1,5 +1,7 @@
 #include "connex/config.h"
 
+#include <cmath>
+#include <limits>
 #include <optional>
 #include <set>
 #include <fmt/ranges.h>
@@ -128,10 +130,14 @@ std::vector<NeuronId> topo_sort_from_json(const json& v, const std::string& sour
   return order;
 }
 
-uint64_t seed_from_json(const json& v, const std::string& source) {
-  if (!v.is_number_unsigned())
-    fail("{}: /options/seed must be a non-negative integer, got {}", source, detail::excerpt(v));
-  return v.get<uint64_t>();
+// A seed at `where`: an unsigned 64-bit integer. JSON reads a whole number
+// past that range (or written with an exponent) as a float: told as such.
+uint64_t seed_from_json(const json& v, const std::string& source, const char* where = "/options/seed") {
+  if (v.is_number_unsigned()) return v.get<uint64_t>();
+  if (v.is_number_float() && v.get<double>() >= 0 && std::floor(v.get<double>()) == v.get<double>())
+    fail("{}: {} must be a non-negative integer in decimal digits, at most {}, got {}", source, where,
+         std::numeric_limits<uint64_t>::max(), detail::excerpt(v));
+  fail("{}: {} must be a non-negative integer, got {}", source, where, detail::excerpt(v));
 }
 
 std::optional<bool> flag_option(const json& json_options, const char* key, const std::string& source) {
@@ -191,11 +197,7 @@ nn::SparseLayersOptions sparse_options_from_config(const json& graph, const std:
       refuse();
     }
   }
-  if (graph.contains("seed")) {
-    if (!graph.at("seed").is_number_unsigned())
-      fail("{}: /graph/seed must be a non-negative integer, got {}", source, detail::excerpt(graph.at("seed")));
-    options.seed(graph.at("seed").get<uint64_t>());
-  }
+  if (graph.contains("seed")) options.seed(seed_from_json(graph.at("seed"), source, "/graph/seed"));
   return options;
 }
 
