@@ -263,18 +263,15 @@ void check_trainable(const torch::Tensor& values, const torch::Tensor& raw, Use 
        limit, kSquaresStayFinite);
 }
 
-// Splits raw rows, fits the standardization on the training rows (unless
-// fitted) and applies it to all. Raw features must be trainable in float64
-// where they are standardized (the fit squares them), and what the network
-// gets in the table's dtype.
+// Splits raw rows (checked by the caller: trainable in float64 where they
+// are standardized, else in the table's dtype, options.dtype(), which the
+// caller sets), fits the standardization on the training rows (unless
+// fitted), applies it to all and checks what the network gets.
 Table make_table(torch::Tensor raw, torch::Tensor targets, const TableOptions& options, Preprocessing preprocessing,
                  bool fit, std::string source, const CellName& cell) {
   const int64_t rows = raw.size(0);
-  const auto dtype = options.dtype().value_or(torch::kFloat32);
+  const auto dtype = *options.dtype();
   const bool standardized = fit ? options.standardize() : preprocessing.standardizes();
-  check_trainable(raw, raw, standardized ? Use::Standardize : Use::Train, false, standardized ? torch::kFloat64 : dtype,
-                  cell);
-  if (targets.is_floating_point()) check_trainable(targets, targets, Use::Train, true, dtype, cell);
   auto [train_rows, validation_rows] = split_rows(rows, options.validation_fraction(), options.seed());
   if (fit && options.standardize()) {
     if (train_rows.numel() == 0) fail("{}: no training rows to fit the standardization on", source);
@@ -595,7 +592,15 @@ Table table_from_tensors(const torch::Tensor& inputs, const torch::Tensor& targe
     return fmt::format("table_from_tensors(): row {}, {} {} (\"{}\")", i, target ? "target" : "feature", k,
                        printable(target ? p.targets[k] : p.features[k]));
   };
-  return make_table(inputs.to(torch::kCPU, torch::kFloat64), targets.cpu(), options, p, !fitted, "tensors", cell);
+  // The checks a CSV's cells get as they are read (numeric_columns).
+  TableOptions checked = options;
+  if (!checked.dtype()) checked.dtype(torch::kFloat32);
+  const auto raw = inputs.to(torch::kCPU, torch::kFloat64), y = targets.cpu();
+  const bool standardized = fitted ? fitted->standardizes() : options.standardize();
+  check_trainable(raw, raw, standardized ? Use::Standardize : Use::Train, false,
+                  standardized ? torch::kFloat64 : *checked.dtype(), cell);
+  if (y.is_floating_point()) check_trainable(y, y, Use::Train, true, *checked.dtype(), cell);
+  return make_table(raw, y, checked, p, !fitted, "tensors", cell);
 }
 
 }  // namespace connex

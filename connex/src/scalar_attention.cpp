@@ -145,8 +145,8 @@ __attribute__((always_inline)) inline void query_scores(const Pass<T>& a, const 
 // 3.5. A query's sample past the cap (training sharpens attention: R of 15
 // and more occur) takes the exact sums, one exponential per key, beside the
 // others (UnitPlan).
-std::atomic<int64_t>
-    path_counts[2];  // (query, sample) pairs summed by the expansion, exactly (attention_path_counts())
+// (query, sample) pairs summed by the expansion, and exactly (attention_path_counts()).
+std::atomic<int64_t> path_counts[2];
 
 constexpr int kMaxTerms = 40;  // P + 2 at most: the moments go one degree beyond P
 
@@ -297,35 +297,31 @@ __attribute__((always_inline)) inline void plan_unit(const Pass<T>& a, const Uni
   }
   const double keys = static_cast<double>(u.num_keys), samples = static_cast<double>(nb);
   const double exact_row = samples * keys * Limits::kScoreCost;
+  // Row c's cost by the expansion at `cap`, its samples above the cap summed alone.
+  auto expanded_row = [&](int cap, int64_t c) {
+    return samples * ((degrees[cap] + 2) * Limits::kTermCost + Limits::kQueryCost) +
+           plan.counts[c * width + cap + 1] * keys * Limits::kSampleCost;
+  };
   double best_cost = static_cast<double>(nq) * exact_row;
   for (int cap = 0; cap < kNumCaps && degrees[cap] >= 0; ++cap) {
-    const double terms = degrees[cap] + 2;
-    const double expanded_row = samples * (terms * Limits::kTermCost + Limits::kQueryCost);
-    double cost = samples * keys * terms * Limits::kTermCost, copied = 0;
-    for (int64_t c = 0; c < nq; ++c) {
-      const double above = plan.counts[c * width + cap + 1];
-      cost += std::min(exact_row, expanded_row + above * keys * Limits::kSampleCost);
-    }
+    double cost = samples * keys * (degrees[cap] + 2) * Limits::kTermCost, copied = 0;
+    for (int64_t c = 0; c < nq; ++c) cost += std::min(exact_row, expanded_row(cap, c));
     for (int64_t b = 0; b < nb; ++b) copied += sample_top[b] > cap;
     cost += copied * keys * Limits::kCopyCost;
     if (cost < best_cost) best_cost = cost, plan.cap = cap;
   }
   if (plan.cap < 0) return;
   plan.degree = degrees[plan.cap];
-  const double terms = plan.degree + 2;
-  const double expanded_row = samples * (terms * Limits::kTermCost + Limits::kQueryCost);
-  plan.slot.assign(static_cast<size_t>(nb), -1);
+  bool alone[kChunk] = {};  // whether some expanded row sums the sample alone
   for (int64_t c = 0; c < nq; ++c) {
-    const int32_t above = plan.exact_samples(c);
-    if (exact_row <= expanded_row + above * keys * Limits::kSampleCost) continue;
+    if (exact_row <= expanded_row(plan.cap, c)) continue;
     plan.expanded[static_cast<size_t>(c)] = 1;
-    if (above == 0) continue;
-    const uint8_t* lv = plan.levels(c, nb);
-    for (int64_t b = 0; b < nb; ++b)
-      if (lv[b] > plan.cap) plan.slot[static_cast<size_t>(b)] = 0;
+    if (plan.exact_samples(c) == 0) continue;
+    for (int64_t b = 0; b < nb; ++b) alone[b] |= plan.exact_sample(c, b, nb);
   }
+  plan.slot.assign(static_cast<size_t>(nb), -1);
   for (int64_t b = 0; b < nb; ++b)
-    if (plan.slot[static_cast<size_t>(b)] == 0) {
+    if (alone[b]) {
       plan.slot[static_cast<size_t>(b)] = static_cast<int64_t>(plan.samples.size());
       plan.samples.push_back(b);
     }
@@ -438,12 +434,14 @@ __attribute__((always_inline)) inline void forward_exact(const Pass<T>& a, const
 }
 
 // Sample b of query i by the exact sums, from the plan's copies of its keys
-// and values (kt, vt: keys long): what forward_exact computes in lane b.
+// and values (kt, vt: keys long) and its largest and smallest key: what
+// forward_exact computes in lane b.
 template <typename T>
 __attribute__((always_inline)) inline void forward_sample(const Pass<T>& a, const Unit& u, int64_t i, int64_t b,
-                                                          const T* kt, const T* vt, T k_top_b) {
+                                                          const T* kt, const T* vt, T k_max_b, T k_min_b) {
   const int64_t r = a.row(u.g, i) + u.b0 + b;
   const T t = static_cast<T>(a.scale[u.g]) * a.q[r];
+  const T k_top_b = t >= 0 ? k_max_b : k_min_b;  // as query_scores
   T sum = 0, acc = 0;
 #pragma omp simd reduction(+ : sum, acc)
   for (int64_t j = 0; j < u.num_keys; ++j) {
@@ -453,12 +451,6 @@ __attribute__((always_inline)) inline void forward_sample(const Pass<T>& a, cons
   }
   a.inv_sum[r] = T(1) / sum;
   a.o[r] = acc * a.inv_sum[r];
-}
-
-// The key of a sample's largest score for query i (query_scores' k_top).
-template <typename T>
-inline T top_key(const Pass<T>& a, const Unit& u, int64_t i, int64_t b, const T* k_max, const T* k_min) {
-  return static_cast<T>(a.scale[u.g]) * a.q[a.row(u.g, i) + u.b0 + b] >= 0 ? k_max[b] : k_min[b];
 }
 
 // Forward: o_i = Σ_p s^p y_p/p! / Σ_p s^p z_p/p! for an expanded query,
@@ -504,7 +496,7 @@ __attribute__((always_inline)) inline void forward_unit(const Pass<T>& a, const 
     for (int64_t b = 0; b < u.nb; ++b) {
       if (!plan.exact_sample(c, b, u.nb)) continue;
       const int64_t at = plan.slot[static_cast<size_t>(b)] * u.num_keys;
-      forward_sample(a, u, i, b, plan.kt.data() + at, plan.vt.data() + at, top_key(a, u, i, b, k_max, k_min));
+      forward_sample(a, u, i, b, plan.kt.data() + at, plan.vt.data() + at, k_max[b], k_min[b]);
     }
   }
   path_counts[0].fetch_add(u.num_queries * u.nb - summed_exactly, std::memory_order_relaxed);
@@ -559,14 +551,15 @@ __attribute__((always_inline)) inline void backward_exact(const Pass<T>& a, cons
 // into its gradient copies (gkt, gvt) and dq: what backward_exact computes in lane b.
 template <typename T>
 __attribute__((always_inline)) inline void backward_sample(const Pass<T>& a, const Unit& u, int64_t i, int64_t b,
-                                                           const T* kt, const T* vt, T* gkt, T* gvt, T k_top_b,
-                                                           T k_mid_b) {
+                                                           const T* kt, const T* vt, T* gkt, T* gvt, T k_max_b,
+                                                           T k_min_b, T k_mid_b) {
   const int64_t r = a.row(u.g, i) + u.b0 + b;
   const T g = a.go[r];
   a.gq[r] = 0;
   if (g == 0) return;
   const T scale = static_cast<T>(a.scale[u.g]);
   const T t = scale * a.q[r], inv = a.inv_sum[r], o = a.o[r], gt = g * t;
+  const T k_top_b = t >= 0 ? k_max_b : k_min_b;  // as query_scores
   T ak = 0, akv = 0;
 #pragma omp simd reduction(+ : ak, akv)
   for (int64_t j = 0; j < u.num_keys; ++j) {
@@ -653,7 +646,7 @@ __attribute__((always_inline)) inline void backward_unit(const Pass<T>& a, const
       if (!plan.exact_sample(c, b, u.nb)) continue;
       const int64_t at = plan.slot[static_cast<size_t>(b)] * u.num_keys;
       backward_sample(a, u, i, b, plan.kt.data() + at, plan.vt.data() + at, plan.gkt.data() + at, plan.gvt.data() + at,
-                      top_key(a, u, i, b, k_max, k_min), k_mid[b]);
+                      k_max[b], k_min[b], k_mid[b]);
     }
   }
   if (!plan.samples.empty()) add_sample_gradients(a, u, plan);
