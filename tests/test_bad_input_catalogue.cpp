@@ -293,6 +293,13 @@ std::vector<Case> make_catalogue() {
       {"hidden_activation \"softmax\" is not element-wise"});
   add("options", "IntegerDtype", none, lib(readme_with(NeuralNetworkOptions().dtype(torch::kInt64))),
       {"dtype Long is not a floating-point type"});
+  add("options", "ForcedBiasOnlyKernel", none,
+      lib(readme_with(
+          NeuralNetworkOptions().execution(ExecutionOptions().fused(false).force_kernel(LevelKernel::BiasOnly)))),
+      {"NeuralNetwork(): force_kernel(BiasOnly) would ignore every connection"});
+  add("options", "NanDenseThreshold", none,
+      lib(readme_with(NeuralNetworkOptions().execution(ExecutionOptions().dense_threshold(std::nan(""))))),
+      {"NeuralNetwork(): dense_threshold must be a number, got nan"});
   add("options", "TopoSortViolatesAnEdge", none, lib([](World&) {
         NeuralNetwork(GraphSpec::from_edges({{0, 1}, {1, 2}}, {0}, {2}),
                       NeuralNetworkOptions().topo_sort(std::vector<NeuronId>{1, 0, 2}));
@@ -531,6 +538,9 @@ std::vector<Case> make_catalogue() {
       {"d.csv:2: column 2: the quoted cell is never closed"});
   add("csv", "Empty", file("d.csv", ""), csv("d.csv"), {"d.csv: the file is empty"});
   add("csv", "HeaderOnly", file("d.csv", "x,y\n"), csv("d.csv"), {"d.csv: the file has a header but no data rows"});
+  add("csv", "PathGivenAsText", none, lib([](World&) { parse_csv("iris.csv"); }),
+      {"csv: the file has a header but no data rows (parse_csv() takes a file's text; read_csv(\"iris.csv\") reads the "
+       "file)"});
   add("csv", "RepeatedColumn", file("d.csv", "a,a\n1,2\n"), csv("d.csv"),
       {"d.csv:1: the header names column \"a\" twice"});
   add("csv", "EmptyColumnName", file("d.csv", "a,,b\n1,2,3\n"), csv("d.csv"),
@@ -554,7 +564,7 @@ std::vector<Case> make_catalogue() {
       {"d.csv: column \"kind\" has 3 distinct class labels but the network has 2 outputs"});
   add("table", "ValidationTakesEveryRow", file("d.csv", "x,y1,y2\n1,2,3\n"),
       table("d.csv", TableOptions().validation_fraction(0.5)),
-      {"split_rows(): a validation fraction of 0.5 leaves no training rows (1 rows in all)"});
+      {"split_rows(): a validation fraction of 0.5 leaves no training rows (1 row in all)"});
   add("table", "UnknownClassOfAFittedModel", file("d.csv", "x,kind\n1,a\n2,zebra\n"), lib([](World& w) {
         Preprocessing fitted;
         fitted.task = Task::Classification, fitted.features = {"x"}, fitted.targets = {"kind"},

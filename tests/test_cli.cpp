@@ -7,6 +7,7 @@
 #include <torch/script.h>
 
 #include "cli_util.h"
+#include "connex/ham/checkpoint.h"
 
 using namespace connex;
 using namespace connex::testing;
@@ -176,6 +177,34 @@ TEST(Cli, ExportEveryFormatAndInspect) {
   EXPECT_NE(r.out.find("dropout: 5 neurons with p > 0 (max 0.1)"), std::string::npos) << r.out;
 }
 
+// A HAM checkpoint (connex/ham): inspect describes it; the commands that
+// read a network say that inspect does.
+TEST(Cli, InspectDescribesAHamCheckpoint) {
+  TempDir dir;
+  connex::ham::HAM memory;
+  memory->add_layer("image", {4}, connex::ham::tanh(2.0))
+      .add_layer("memory", {3}, connex::ham::softmax())
+      .add_synapse("store", connex::ham::linear(), {"image", "memory"});
+  memory->named_parameters()["synapses.store.weight"].set_requires_grad(false);
+  torch::optim::Adam adam(memory->parameters(), torch::optim::AdamOptions(0.005));
+  connex::ham::save(memory, dir / "m.ham", &adam);
+  auto r = connex_cli("inspect m.ham", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::ostringstream structure;
+  memory->pretty_print(structure);
+  EXPECT_NE(r.out.find(structure.str() + "\nlayer image: per-sample shape [4], tanh("), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("layer memory: per-sample shape [3], softmax("), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("parameters: 12 (12 frozen)\noptimizer state: adam, learning rate 0.005"), std::string::npos)
+      << r.out;
+  spit(dir / "x.csv", "a\n1\n");
+  r = connex_cli("predict m.ham --data x.csv", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("m.ham is a HAM checkpoint (connex/ham's ham::load); connex reads a network from a checkpoint, "
+                       "a JSON config or a node-link JSON export (connex inspect describes a HAM checkpoint)"),
+            std::string::npos)
+      << r.err;
+}
+
 TEST(Cli, ClassifiesARealDataSetLikeAPlainMlp) {
   TempDir dir;
   if (!copy_dataset(CONNEX_BINARY_DIR "/datasets/iris.csv", dir / "iris.csv"))
@@ -221,7 +250,7 @@ TEST_F(CliBadInput, UnreadableConfig) {
   fs::create_directory(dir / "adir");
   expect_failure("train adir", "adir");
 }
-TEST_F(CliBadInput, MissingDataFile) { expect_failure("train --data nothing.csv", "cannot open nothing.csv"); }
+TEST_F(CliBadInput, MissingDataFile) { expect_failure("train --data nothing.csv", "nothing.csv: no such file"); }
 TEST_F(CliBadInput, MalformedCsvNamesLineAndColumn) {
   spit(dir / "d.csv", "x1,x2,y\n1,2,3\n4,abc,6\n");
   spit(dir / "net.json", kMlp21);

@@ -392,6 +392,37 @@ TEST(CliPredict, ClassifierProbabilitiesAndLabelsInFileOrder) {
   EXPECT_NE(r.out.find("wrote p.csv"), std::string::npos) << r.out;
 }
 
+// Scoring squares only the targets' errors: a feature too large to train
+// on but within the dtype is predicted and scored; a target whose squared
+// error would overflow leaves the file unscored, saying why, and the
+// predictions are written all the same.
+TEST(CliPredict, ScoringChecksTheTargetsNotTheFeatures) {
+  TempDir dir;
+  ASSERT_NO_FATAL_FAILURE(train_classifier(dir));
+  spit(dir / "huge.csv", "width,height,kind\n1,120,small\n1e25,120,large\n9,1e30,large\n");
+  auto r = connex_cli("predict run --data huge.csv --out p.csv", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const CsvTable predicted = parse_csv(slurp(dir / "p.csv"), "p.csv", {"kind"});
+  ASSERT_EQ(predicted.rows.size(), 3u);
+  int right = 0;
+  for (int i = 0; i < 3; ++i) right += predicted.text[0][i] == (i == 0 ? "small" : "large");
+  EXPECT_NE(r.out.find(fmt::format("predicted 3 rows of huge.csv; accuracy {:.4f} against column kind", right / 3.0)),
+            std::string::npos)
+      << r.out;
+
+  write_line_csv(dir / "line.csv");
+  ASSERT_EQ(connex_cli("train --data line.csv --epochs 2 --out reg", dir).code, 0);
+  spit(dir / "far.csv", "x,y1,y2\n0.5,1,0\n0.5,1e30,0\n");
+  r = connex_cli("predict reg --data far.csv --out q.csv", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("predicted 2 rows of far.csv; not scored: far.csv:3: column 2 (\"y1\"): 1e+30 is too large "
+                       "to score in Float (|value| must stay below 1.8e+19, so that squared errors stay finite); "
+                       "rescale the column"),
+            std::string::npos)
+      << r.out;
+  EXPECT_EQ(parse_csv(slurp(dir / "q.csv"), "q.csv").rows.size(), 2u);
+}
+
 // A classifier whose outputs are probabilities already (softmax) or their
 // logarithms: the file holds those probabilities, not a second softmax of them.
 TEST(CliPredict, ProbabilitiesFollowTheOutputTransformation) {
@@ -465,6 +496,9 @@ TEST(CliPredict, AMissingFileAndAGraphExportAreNamed) {
   auto r = connex_cli("predict nothing.ckpt --data d.csv", dir);
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("nothing.ckpt: no such file"), std::string::npos) << r.err;
+  r = connex_cli("predict run --data nothing.csv", dir);  // the data file in the same words
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "connex: nothing.csv: no such file\n");
   ASSERT_EQ(connex_cli("export run --format json --out g.json", dir).code, 0);
   spit(dir / "raw.csv", "x\n0.25\n-1.5\n");
   r = connex_cli("predict g.json --data raw.csv", dir);

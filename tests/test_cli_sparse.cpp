@@ -491,6 +491,28 @@ TEST(CliSparse, AFloorThatKeepsEverythingIsSaid) {
   EXPECT_EQ(slurp(dir / "ck/model.ckpt"), before);
 }
 
+// A fraction per neuron is rounded neuron by neuron (halves up): with fan-ins
+// of 5 it takes 3 of each, 60 %, and says so beside what the fraction of all
+// the candidates would take (round(0.5 · 35) = 18); per level the shares
+// round to within one, and nothing is said.
+TEST(CliSparse, RoundedSharesAreSaid) {
+  TempDir dir;
+  spit(dir / "net.json",
+       R"({"graph": {"prebuilt": "MLP", "input_size": 5, "output_size": 2, "width": 5, "depth": 1}})");
+  auto r = connex_cli("prune net.json --fraction 0.5 --scope neuron", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("connections: 35 -> 14 (removed 21)"), std::string::npos) << r.out;
+  EXPECT_NE((r.out + r.err)
+                .find("prune: --scope neuron rounds --fraction 0.5 to whole connections neuron by neuron (halves up): "
+                      "21 chosen, where 0.5 of all the candidates would be 18"),
+            std::string::npos)
+      << r.out + r.err;
+  r = connex_cli("prune net.json --fraction 0.5 --scope level", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("connections: 35 -> 17 (removed 18)"), std::string::npos) << r.out;
+  EXPECT_EQ((r.out + r.err).find("rounds"), std::string::npos) << r.out + r.err;
+}
+
 // The distribution names a config takes, the flag takes too; the cores line
 // is said once when rewiring keeps the network on the same path.
 TEST(CliSparse, InitDensityTakesTheLibrarysNamesAndCoresAreSaidOnce) {

@@ -395,6 +395,42 @@ TEST(Dataset, ColumnsThatAreNotFeaturesMayHoldAnything) {
   EXPECT_EQ(read_table(dir / "g.csv", mlp(2, 1, torch::kFloat64)).train.inputs().scalar_type(), torch::kFloat64);
 }
 
+// read_targets: the columns a trained model names as targets, found by name
+// in any order among others, in file order, as training reads them (class
+// indices by the fitted classes; float values in the network's dtype); a
+// missing column, an unknown class or a value whose square overflows is named.
+TEST(Dataset, ReadTargetsTakesTheTrainedColumnsByName) {
+  const NeuralNetwork classifier = mlp(2, 3);
+  const Table table = table_from_csv(parse_csv(table_csv(), "t.csv", {"species"}), classifier,
+                                     TableOptions().task(Task::Classification));
+  ASSERT_EQ(table.preprocessing.classes, (std::vector<std::string>{"setosa", "versicolor", "virginica"}));
+  const auto csv =
+      parse_csv("species,note,b,a\nsetosa,x,1,2\nvirginica,y,3,4\nversicolor,z,5,6\n", "n.csv", {"species", "note"});
+  const auto labels = read_targets(csv, classifier, table.preprocessing);
+  EXPECT_EQ(labels.scalar_type(), torch::kLong);
+  EXPECT_TRUE(torch::equal(labels, torch::tensor({0, 2, 1}, torch::kLong)));
+  EXPECT_THROW_MSG(
+      read_targets(parse_csv("a,b,species\n1,2,oak\n", "o.csv", {"species"}), classifier, table.preprocessing),
+      "o.csv:2: column 3 (\"species\"): \"oak\" is not one of the classes the model was trained on "
+      "(setosa, versicolor, virginica)");
+  EXPECT_THROW_MSG(read_targets(parse_csv("a,b\n1,2\n", "m.csv"), classifier, table.preprocessing),
+                   "m.csv: no column \"species\", a target the model was trained on; the columns are a, b");
+
+  const NeuralNetwork regressor = mlp(1, 2, torch::kFloat64);
+  Preprocessing fitted;
+  fitted.features = {"x"};
+  fitted.targets = {"y1", "y2"};
+  const auto values = read_targets(parse_csv("y2,x,y1\n0.25,7,-1.5\n3,8,1e100\n", "r.csv"), regressor, fitted);
+  EXPECT_EQ(values.scalar_type(), torch::kFloat64);
+  EXPECT_TRUE(torch::equal(values, torch::tensor({{-1.5, 0.25}, {1e100, 3.0}}, torch::kFloat64)));
+  EXPECT_THROW_MSG(read_targets(parse_csv("x,y1,y2\n1,2,1e30\n", "f.csv"), mlp(1, 2), fitted),
+                   "f.csv:2: column 3 (\"y2\"): 1e+30 is too large to score in Float (|value| must stay below "
+                   "1.8e+19, so that squared errors stay finite); rescale the column");
+  // The preprocessing must fit the network, as for read_inputs.
+  EXPECT_THROW_MSG(read_targets(parse_csv("x,y1\n1,2\n", "g.csv"), mlp(1, 1), fitted),
+                   "read_targets(): names 2 target(s) for a network with 1 outputs");
+}
+
 // Tensors are checked as CSV cells are: NaN, infinities and values too
 // large to train on (in float64 before standardizing, in the table's dtype
 // after) are refused naming the row, column and value; so is a standardized
@@ -453,4 +489,51 @@ TEST(Dataset, TensorsWithAFittedPreprocessingAreCheckedLikeFiles) {
       "table_from_tensors(): the model was trained for classification, not regression");
   EXPECT_THROW_MSG(fitted.apply(torch::zeros({3, 2})),
                    "Preprocessing::apply(): expected raw rows [rows, 1] (x0), got [3, 2]");
+}
+
+// What a preprocessing or a table cannot hold is refused where it enters:
+// integer raw rows (standardized values would be truncated), a mean or
+// scale a checkpoint could not store (save() wrote files load() refused),
+// an integer table dtype, no rows; a table holds no autograd history.
+TEST(Dataset, PreprocessingAndTablesRefuseWhatTheyCannotHold) {
+  Preprocessing p;
+  p.features = {"a", "b"};
+  p.targets = {"y"};
+  p.mean = {1.0, 2.0};
+  p.scale = {0.5, 4.0};
+  EXPECT_TRUE(torch::equal(p.apply(torch::tensor({{2.0, 6.0}}, torch::kFloat64)),
+                           torch::tensor({{2.0, 1.0}}, torch::kFloat64)));
+  EXPECT_THROW_MSG(p.apply(torch::ones({2, 2}, torch::kLong)),
+                   "Preprocessing::apply(): expected floating-point raw rows, got Long; convert them first");
+  const NeuralNetwork net = mlp(2, 1);
+  TempDir dir;
+  for (auto [mean, scale, message] : std::vector<std::tuple<double, double, std::string>>{
+           {std::nan(""), 1.0, "the mean of feature \"b\" is nan, not a finite number"},
+           {0.0, 0.0, "the scale of feature \"b\" is 0, not a finite number > 0"},
+           {0.0, -HUGE_VAL, "the scale of feature \"b\" is -inf, not a finite number > 0"}}) {
+    Preprocessing bad = p;
+    bad.mean[1] = mean, bad.scale[1] = scale;
+    EXPECT_THROW_MSG(bad.apply(torch::ones({1, 2})), "Preprocessing::apply(): " + message);
+    EXPECT_THROW_MSG(save(net, dir / "p.ckpt", nullptr, &bad), "the preprocessing: " + message);
+    EXPECT_FALSE(std::filesystem::exists(dir / "p.ckpt"));
+    EXPECT_THROW_MSG(export_torchscript(net, dir / "p.pt", &bad),
+                     "export_torchscript(): the preprocessing: " + message);
+  }
+  p.mean.pop_back();
+  EXPECT_THROW_MSG(p.apply(torch::ones({1, 2})),
+                   "Preprocessing::apply(): the standardization has 1 means and 2 scales for 2 features");
+
+  const auto x = torch::randn({4, 2}), y = torch::randn({4, 1});
+  EXPECT_THROW_MSG(
+      table_from_tensors(x, y, TableOptions().dtype(torch::kInt)),
+      "table_from_tensors(): the table's dtype must be one of float32, float64, float16, bfloat16, got Int");
+  EXPECT_THROW_MSG(table_from_csv(parse_csv("a,b,y\n1,2,3\n", "i.csv"), net, TableOptions().dtype(torch::kLong)),
+                   "i.csv: the table's dtype must be one of float32, float64, float16, bfloat16, got Long");
+  EXPECT_THROW_MSG(table_from_tensors(torch::zeros({0, 2}), torch::zeros({0, 1})),
+                   "table_from_tensors(): expected at least one row, got none");
+  const auto leaf = x.clone().requires_grad_(true);
+  const Table table = table_from_tensors(leaf, y.clone().requires_grad_(true), TableOptions().dtype(torch::kFloat32));
+  EXPECT_FALSE(table.train.inputs().requires_grad());
+  EXPECT_FALSE(table.train.targets().requires_grad());
+  EXPECT_TRUE(torch::equal(std::get<0>(table.train.inputs().flatten().sort()), std::get<0>(x.flatten().sort())));
 }

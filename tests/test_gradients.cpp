@@ -186,6 +186,61 @@ TEST(Gradients, FusedKernelLanesAgreeInFloat32) {
       }
 }
 
+// A NaN input is NaN wherever it reaches, on the fused kernel as in torch:
+// relu(NaN) is NaN (the kernel's max(z, 0) made it 0, so a NaN row gave a
+// finite output), and relu's gradient passes at NaN (threshold_backward).
+// Against the per-level path on connection lists (a matrix product would
+// spread 0 · NaN along rows the kernel never reads), in every vector width,
+// with and without adaptive activations. The graphs have no dead neurons: a
+// level nobody reads gets no gradient on the per-level path (autograd never
+// visits it), while the kernel's 0 · act'(NaN) is NaN there.
+TEST(Gradients, FusedKernelCarriesNaNAsTorchDoes) {
+  std::mt19937_64 rng(8);
+  int trial = 0;
+  for (int bytes : kernel_widths())
+    for (const char* act : {"relu", "tanh", "identity"})
+      for (bool adaptive : {false, true}) {
+        const KernelWidth width(bytes);
+        SCOPED_TRACE(std::string(act) + (adaptive ? ", adaptive" : "") + ", " + std::to_string(bytes) +
+                     "-byte vectors");
+        auto spec = remove_dead_neurons(NeuralNetwork(random_dag(rng, {6, 30, 0.4}))).network->spec();
+        auto options = NeuralNetworkOptions()
+                           .dtype(torch::kFloat64)
+                           .hidden_activation(act)
+                           .seed(++trial)
+                           .use_adaptive_activations(adaptive);
+        NeuralNetwork fused(spec, NeuralNetworkOptions(options).execution(ExecutionOptions().fused(true)));
+        NeuralNetwork reference(spec, NeuralNetworkOptions(options).execution(
+                                          ExecutionOptions().fused(false).force_kernel(LevelKernel::EdgeList)));
+        ASSERT_TRUE(fused->uses_fused_kernel());
+        copy_parameters_with_random_scales(fused, reference);
+        for (int64_t batch : {3, 40}) {
+          auto x = torch::randn({batch, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
+          x[1][trial % x.size(1)] = std::nan("");  // one input of a row
+          x[2].fill_(std::nan(""));                // a whole row
+          auto xf = x.clone().requires_grad_(true), xr = x.clone().requires_grad_(true);
+          fused->zero_grad();
+          reference->zero_grad();
+          auto y = fused->forward(xf), y_ref = reference->forward(xr);
+          ASSERT_TRUE(y[2].isnan().any().item<bool>()) << "the NaN row reached no output";
+          EXPECT_TRUE(torch::allclose(y, y_ref, 1e-10, 1e-10, /*equal_nan=*/true)) << y << y_ref;
+          auto r = torch::randn_like(y_ref);
+          (y * r).sum().backward();
+          (y_ref * r).sum().backward();
+          EXPECT_TRUE(torch::allclose(xf.grad(), xr.grad(), 1e-10, 1e-10, true)) << xf.grad() << xr.grad();
+          auto on_reference = reference->named_parameters();
+          for (const auto& p : fused->named_parameters()) {
+            const auto& q = on_reference[p.key()];
+            const auto g = p.value().grad().defined() ? p.value().grad() : torch::zeros_like(p.value());
+            const auto g_ref = q.grad().defined() ? q.grad() : torch::zeros_like(q);
+            EXPECT_TRUE(torch::allclose(g, g_ref, 1e-10, 1e-10, true))
+                << p.key() << ": " << (g.isnan() != g_ref.isnan()).sum().item<int64_t>()
+                << " entries NaN on one path only";
+          }
+        }
+      }
+}
+
 // Only the widths the kernel has, and none wider than the processor's.
 TEST(Gradients, KernelWidthRefusesWhatItCannotRun) {
   EXPECT_THROW_MSG(set_fused_kernel_lanes(24), "set_fused_kernel_lanes(): expected 0, 16, 32 or 64 bytes, got 24");

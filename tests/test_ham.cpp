@@ -30,7 +30,7 @@ std::vector<std::pair<std::string, H::Lagrangian>> builtin_lagrangians() {
   return {{"identity", H::identity()},
           {"relu", H::relu()},
           {"repu3", H::repu(3)},
-          {"repu1", H::repu(1)},
+          {"repu1.5", H::repu(1.5)},
           {"exponential", H::exponential(0.7)},
           {"rexp", H::rexp(1.5)},
           {"tanh", H::tanh(2.0)},
@@ -55,7 +55,6 @@ TEST(HamLagrangian, ActivationEqualsAutogradAndLayerEnergyGradientIsTheState) {
       auto g = l->activation(leaf);
       auto e = ((leaf * g).reshape({6, -1}).sum(1) - l->value(leaf)).sum();
       auto de_dx = torch::autograd::grad({e}, {leaf}, {}, true)[0];
-      // repu(1)'s step function is flat wherever it is differentiable: its Jacobian is 0.
       auto jt_x = g.requires_grad() ? torch::autograd::grad({g}, {leaf}, {x})[0] : torch::zeros_like(x);
       EXPECT_TRUE(torch::allclose(de_dx, jt_x, 1e-9, 1e-11)) << name;
     }
@@ -81,6 +80,15 @@ TEST(HamLagrangian, CallableLagrangianDifferentiatesByAutograd) {
   auto quartic = H::lagrangian([](const torch::Tensor& x) { return x.pow(4).sum(1) / 4; }, true);
   auto x = torch::randn({4, 5});
   EXPECT_TRUE(torch::allclose(quartic->activation(x), x.pow(3)));
+  // A value autograd cannot trace to x would give an activation of 0 everywhere: refused, with or without grad mode.
+  auto detached = H::lagrangian([](const torch::Tensor& x) { return x.detach().pow(2).sum(1); }, true);
+  const char* untraced =
+      "LagrangianImpl::activation(): the Lagrangian's value does not depend on the state through autograd";
+  EXPECT_THROW_MSG(detached->activation(x), untraced);
+  {
+    torch::NoGradGuard no_grad;
+    EXPECT_THROW_MSG(detached->activation(x), untraced);
+  }
 }
 
 TEST(HamLagrangian, LayernormAnswersConvexBeforeAndAfterItJoinsALayer) {
@@ -707,7 +715,10 @@ TEST(HamErrors, BadStructureIsRefusedNamingTheCulpritAndNothingChanges) {
   EXPECT_EQ(ham->layers().size(), 3u);
   EXPECT_TRUE(ham->synapses().empty());
   EXPECT_EQ(ham->parameters().size(), 0u);
-  EXPECT_THROW_MSG(H::repu(0.5), "repu(): expected a finite power n ≥ 1, got 0.5");
+  EXPECT_THROW_MSG(H::repu(0.5),
+                   "repu(): expected a finite power n > 1 (at n = 1 the activation is a step, whose "
+                   "jumps can raise the energy), got 0.5");
+  EXPECT_THROW_MSG(H::repu(1), "repu(): expected a finite power n > 1");
   EXPECT_THROW_MSG(H::tanh(0), "tanh(): expected a finite β > 0, got 0");
   EXPECT_THROW_MSG(H::conv2d({3}), "conv2d(): expected the kernel as two integers in [1, 1048576], got [3]");
 }
@@ -854,6 +865,12 @@ TEST(HamErrors, BadStatesAndOptionsAreRefused) {
     bare->add_layer("p", {2}, H::tanh()).add_layer("q", {2}, H::tanh());
     EXPECT_THROW_MSG(bare->energy({{"p", torch::zeros({1, 2})}, {"q", torch::zeros({1, 2}, torch::kDouble)}}),
                      "energy(): layer \"q\"'s state is Double, but layer \"p\"'s is Float");
+    // Half has too few CPU kernels (softmax's among them): said up front, not as torch's error mid-descent.
+    H::HAM half;
+    half->add_layer("h", {3}, H::softmax()).add_synapse("w", H::linear(), {"h"});
+    half->to(torch::kHalf);
+    EXPECT_THROW_MSG(half->descend(half->init_states(2)),
+                     "descend(): layer \"h\"'s state is Half: float16 does not run on the CPU in LibTorch 1.13");
   }
   EXPECT_THROW_MSG(ham->descend(x, H::DescentOptions().dt(0)), "descend(): expected a finite dt > 0, got 0");
   EXPECT_THROW_MSG(ham->descend(x, H::DescentOptions().steps(-1)), "descend(): expected steps ≥ 0, got -1");
@@ -869,7 +886,17 @@ TEST(HamErrors, BadStatesAndOptionsAreRefused) {
     for (auto& p : ham->parameters()) p.fill_(1e30);
   }
   auto big = with("a", torch::ones({3, 4}));
-  EXPECT_THROW_MSG(ham->descend(big, H::DescentOptions().steps(50).dt(3.0)), "may be too large for τ");
+  EXPECT_THROW_MSG(ham->descend(big, H::DescentOptions().steps(50).dt(3.0)),
+                   "descend(): layer \"a\"'s state became NaN or infinite: dt/τ = 3 (dt 3, τ 1) may overshoot (keep it "
+                   "well below 1), or the energy has no lower bound");
+  // The energy it recorded, lost with the result, is told by its last finite total.
+  try {
+    ham->descend(big, H::DescentOptions().steps(50).dt(3.0).record_energy(true));
+    ADD_FAILURE() << "no error";
+  } catch (const connex::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("smaller dt only delays; the energy was "), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(" after step "), std::string::npos) << e.what();
+  }
   // A NaN weight, not the step, is what the message names then.
   {
     torch::NoGradGuard no_grad;

@@ -684,6 +684,34 @@ class MisspeltGain : public NeuronGain {
 
 }  // namespace
 
+namespace {
+
+// Steps that return the wrong shape: an input dropped, a transposed result.
+class DropsASource : public NeuronGain {
+ public:
+  torch::Tensor on_inputs(const LevelContext&, const torch::Tensor& sources) const override {
+    return sources.narrow(0, 0, sources.size(0) - 1);
+  }
+};
+class Transposes : public NeuronGain {
+ public:
+  torch::Tensor on_preactivation(const LevelContext&, const torch::Tensor& z) const override { return z.t(); }
+};
+
+}  // namespace
+
+// A step that returns the wrong shape is named with its operation and level,
+// where it returns (a torch error about mismatched products came later).
+TEST(UserOperation, AStepOfTheWrongShapeIsNamed) {
+  NeuralNetwork drops(small_graph(), NeuralNetworkOptions().operations({std::make_shared<DropsASource>()}));
+  EXPECT_THROW_MSG(drops->forward(torch::zeros({3, 2})),
+                   "NeuralNetwork::forward(): operation \"gain\"'s on_inputs at level 1 returned [1, 3]; expected "
+                   "[sources, batch] = [2, 3]");
+  NeuralNetwork transposes(small_graph(), NeuralNetworkOptions().operations({std::make_shared<Transposes>()}));
+  EXPECT_THROW_MSG(transposes->forward(torch::zeros({3, 2})),
+                   "NeuralNetwork::forward(): operation \"gain\"'s on_preactivation at level 1 returned [3, ");
+}
+
 // A user operation reading a parameter it did not declare is told which it did.
 TEST(UserOperation, MisspeltParameterNamesTheDeclaredOnes) {
   NeuralNetwork net(small_graph(), NeuralNetworkOptions().operations({std::make_shared<MisspeltGain>()}));
@@ -765,4 +793,12 @@ TEST(KeyedParameters, EntriesMatchByLabelWithinTheirRun) {
   OperationParameters bad;
   bad["g"] = {torch::zeros({2}), {DimKey({NeuronId(1), NeuronId(2)}, {1})}};
   EXPECT_THROW_MSG((void)OperationModule(bad), "LevelOperation: parameter \"g\"'s dimension 0 has 2 labels but 1 runs");
+  // A key names every index of its dimension, no more, no fewer.
+  bad["g"] = {torch::zeros({5, 1}), {DimKey({NeuronId(1)}), std::nullopt}};
+  EXPECT_THROW_MSG((void)OperationModule(bad),
+                   "LevelOperation: parameter \"g\"'s dimension 0 has 1 labels for 5 entries");
+  bad["g"] = {torch::zeros({2}), {DimKey({NeuronId(1), NeuronId(2)}), std::nullopt}};
+  EXPECT_THROW_MSG((void)OperationModule(bad), "LevelOperation: parameter \"g\" has 2 dimension keys for 1 dimensions");
+  bad["g"] = {torch::Tensor(), {}};
+  EXPECT_THROW_MSG((void)OperationModule(bad), "LevelOperation: parameter \"g\" is an undefined tensor");
 }

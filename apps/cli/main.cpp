@@ -31,6 +31,8 @@
 #include <spdlog/spdlog.h>
 #include <fmt/ranges.h>
 
+#include "connex/ham/checkpoint.h"
+#include "tensor_file.h"
 #include "decimal.h"
 #include "dtype.h"
 #include "file_io.h"
@@ -45,6 +47,9 @@
 namespace fs = std::filesystem;
 using namespace connex;
 using namespace connex::cli;
+using connex::detail::has_magic;
+using connex::detail::kHamMagic;
+using connex::detail::kNetworkMagic;
 
 namespace {
 
@@ -70,8 +75,8 @@ std::optional<std::string> file_head(const std::string& path, size_t n) {
 // connex reads or writes that is no JSON config, or "" for anything else.
 std::string kind_of_head(const std::string& head) {
   return head.empty()                                                    ? "an empty file"
-         : head.rfind("CONNEXCK", 0) == 0                                ? "a network checkpoint"
-         : head.rfind("CONNEXHM", 0) == 0                                ? "a HAM checkpoint (connex/ham's ham::load)"
+         : has_magic(head, kNetworkMagic)                                ? "a network checkpoint"
+         : has_magic(head, kHamMagic)                                    ? "a HAM checkpoint (connex/ham's ham::load)"
          : head.rfind("PK\x03\x04", 0) == 0                              ? "a zip archive (a TorchScript export?)"
          : head.rfind("\x89PNG", 0) == 0                                 ? "a PNG image"
          : head.rfind("<?xml", 0) == 0 || head.rfind("<graphml", 0) == 0 ? "GraphML"
@@ -86,7 +91,7 @@ size_t first_character(const std::string& head) {
 
 bool is_checkpoint(const std::string& path) {
   const auto head = file_head(path, 8);
-  return head && head->rfind("CONNEXCK", 0) == 0;
+  return head && has_magic(*head, kNetworkMagic);
 }
 
 // A SparseMLP `graph` (a config's, valid) built as `net`: where the floor
@@ -140,7 +145,7 @@ Checkpoint open_network(const std::string& path, NetworkFile* source = nullptr) 
     *source = NetworkFile::Config;
     return {network_from_config(nlohmann::json::parse(apps::kReadmeConfig), "embedded README config"), std::nullopt};
   }
-  if (!fs::exists(path)) fail("{}: no such file", path);
+  require_file(path);
   if (fs::is_directory(path)) {  // a training run's --out
     const std::string model = (fs::path(path) / "model.ckpt").string();
     if (!fs::exists(model))
@@ -159,8 +164,10 @@ Checkpoint open_network(const std::string& path, NetworkFile* source = nullptr) 
   // first bytes, rather than left to the JSON parser's complaint.
   std::string kind;
   // A FIFO is left to the JSON reader, which refuses it without blocking.
+  bool head_is_ham = false;
   if (const auto head = file_head(path, 16)) {
     kind = kind_of_head(*head);
+    head_is_ham = has_magic(*head, kHamMagic);
     // Any other file whose first character starts no JSON value holds no network; a JSON value
     // other than an object is left to the config reader, which says what it expects.
     const size_t first = first_character(*head);
@@ -169,7 +176,8 @@ Checkpoint open_network(const std::string& path, NetworkFile* source = nullptr) 
       kind = "neither a connex checkpoint nor JSON";
   }
   if (!kind.empty())
-    fail("{} is {}; connex reads a network from a checkpoint, a JSON config or a node-link JSON export", path, kind);
+    fail("{} is {}; connex reads a network from a checkpoint, a JSON config or a node-link JSON export{}", path, kind,
+         head_is_ham ? " (connex inspect describes a HAM checkpoint)" : "");
   return {network_from_json_file(path, *source), std::nullopt};
 }
 
@@ -230,8 +238,8 @@ void check_out_kind(const std::string& command, const std::string& out, Writes w
   if (!head) fail("{}: --out {} cannot be read to see what it holds; write elsewhere", command, out);
   if (head->empty()) return;
   const std::string kind = kind_of_head(*head);
-  const bool checkpoint = head->rfind("CONNEXCK", 0) == 0 || head->rfind("CONNEXHM", 0) == 0;
-  if (writes == Writes::Checkpoint && head->rfind("CONNEXCK", 0) != 0)
+  const bool checkpoint = has_magic(*head, kNetworkMagic) || has_magic(*head, kHamMagic);
+  if (writes == Writes::Checkpoint && !has_magic(*head, kNetworkMagic))
     fail(
         "{}: --out {} exists and is not a network checkpoint ({}); write the checkpoint elsewhere, or remove that "
         "file first",
@@ -802,7 +810,7 @@ NeuralNetwork sparse_network(const std::string& config, const TrainArgs& t) {
         "train: --density draws the network of a new run from a config; {} is a checkpoint (a resumed run keeps its "
         "network)",
         config);
-  if (!fs::exists(config, error)) fail("{}: no such file", config);
+  require_file(config);
   auto json = read_json_file(config);
   if (!json.is_object() || !json.contains("graph") || !json.at("graph").is_object())
     load_config(config);  // says what is wrong with it
@@ -1235,6 +1243,7 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   const std::vector<Edge> weak = connections_to_prune(net, options);
   // What the floor held back, so that a floor above every fan-in is not a silent no-op.
   say_what_the_floor_kept(net, options, weak.size(), "prune", "--keep-min", threshold ? "--threshold" : "--fraction");
+  say_how_the_shares_rounded(net, options, "prune", "--scope", "--fraction");
   auto optimizer = choose_optimizer(ck, net, t, path);
   auto result = edit(net).remove_connections(weak).build(seed);
   NeuralNetwork pruned = result.network;
@@ -1519,6 +1528,7 @@ int cmd_predict(const std::string& path, const std::string& data, const std::str
   NeuralNetwork net = ck.network;
   const auto& fitted = ck.preprocessing;
   // Read and parsed once: every column but the features stays text.
+  require_file(data);
   const std::string text_in = read_file(data, "predict");
   const auto columns = csv_columns(text_in, data);
   std::vector<std::string> text_columns;
@@ -1540,23 +1550,19 @@ int cmd_predict(const std::string& path, const std::string& data, const std::str
   }();
   const bool has_targets = fitted && std::all_of(fitted->targets.begin(), fitted->targets.end(),
                                                  [&](const std::string& name) { return csv.column_index(name) >= 0; });
-  torch::Tensor inputs, targets;
+  // Rows are predicted within the dtype's range; scoring squares the
+  // targets' errors, so a target beyond that leaves the rows unscored, not
+  // unpredicted.
+  const torch::Tensor inputs = read_inputs(csv, net, fitted);
+  torch::Tensor targets;
   std::string unscored;  // why rows that hold the targets were not scored
   if (has_targets) {
     try {
-      // Read as training reads them, with no rows held out; the rows come in
-      // split_rows' order for that seed: put back in file order.
-      const auto options = TableOptions().validation_fraction(0.0).seed(0);
-      const Table table = table_from_csv(csv, net, options, fitted);
-      const auto order = split_rows(table.train.inputs().size(0), options.validation_fraction(), options.seed()).first;
-      TORCH_INTERNAL_ASSERT(table.validation.inputs().size(0) == 0 && order.numel() == table.train.inputs().size(0));
-      inputs = torch::empty_like(table.train.inputs()).index_copy_(0, order, table.train.inputs());
-      targets = torch::empty_like(table.train.targets()).index_copy_(0, order, table.train.targets());
+      targets = read_targets(csv, net, *fitted);
     } catch (const Error& e) {
       unscored = e.what();
     }
   }
-  if (!inputs.defined()) inputs = read_inputs(csv, net, fitted);
   if (fitted && !has_targets) {
     std::vector<std::string> missing;  // of the targets, when the file holds some of them
     for (const auto& name : fitted->targets)
@@ -1631,7 +1637,43 @@ int cmd_predict(const std::string& path, const std::string& data, const std::str
   return 0;
 }
 
+// inspect's line for a checkpoint's optimizer state (nothing without one).
+void print_saved_optimizer(const std::optional<SavedOptimizer>& saved) {
+  if (saved)
+    std::printf("optimizer state: %s, learning rate %s\n", saved->type.c_str(),
+                saved->groups.empty() ? "?" : saved->groups[0].options.at("lr").dump().c_str());
+}
+
+// inspect of a HAM checkpoint (connex/ham): no command trains or edits one,
+// but a user who has one wants to see what it holds.
+int inspect_ham(const std::string& path) {
+  const ham::Checkpoint ck = ham::load_checkpoint(path);
+  std::ostringstream structure;
+  ck.ham->pretty_print(structure);
+  std::printf("%s\n", structure.str().c_str());
+  for (const auto& l : ck.ham->layers())
+    std::printf(
+        "layer %s: per-sample shape [%s], %s, tau %g\n", l.name.c_str(),
+        fmt::format("{}", fmt::join(l.shape, ", ")).c_str(),
+        [&] {
+          std::ostringstream lagrangian;
+          l.lagrangian->pretty_print(lagrangian);
+          return lagrangian.str();
+        }()
+            .c_str(),
+        l.tau);
+  int64_t values = 0, frozen = 0;
+  for (const auto& p : ck.ham->parameters()) {
+    values += p.numel();
+    frozen += p.requires_grad() ? 0 : p.numel();
+  }
+  std::printf("parameters: %lld (%lld frozen)\n", static_cast<long long>(values), static_cast<long long>(frozen));
+  print_saved_optimizer(ck.optimizer);
+  return 0;
+}
+
 int cmd_inspect(const std::string& path) {
+  if (const auto head = file_head(path, 8); head && has_magic(*head, kHamMagic)) return inspect_ham(path);
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
   const auto& topo = net->topology();
@@ -1670,9 +1712,7 @@ int cmd_inspect(const std::string& path) {
   std::printf("dropout: %d neurons with p > 0 (max %.3g)\n", dropped, max_p);
   std::printf("frozen: %lld connections, %lld biases\n", static_cast<long long>(frozen_count(net)),
               static_cast<long long>(net->frozen_biases().sum().item<int64_t>()));
-  if (ck.optimizer)
-    std::printf("optimizer state: %s, learning rate %s\n", ck.optimizer->type.c_str(),
-                ck.optimizer->groups.empty() ? "?" : ck.optimizer->groups[0].options.at("lr").dump().c_str());
+  print_saved_optimizer(ck.optimizer);
   if (!ck.training.is_null()) print_training_record(Progress::from_json(ck.training, path));
   if (fs::is_directory(path)) {
     const auto stale = run_files_out_of_step(path, ck);
@@ -1848,7 +1888,7 @@ void add_export_command(CLI::App& app, Commands& c) {
 }
 
 void add_inspect_command(CLI::App& app, Commands& c) {
-  c.inspect = app.add_subcommand("inspect", "describe a checkpoint or config");
+  c.inspect = app.add_subcommand("inspect", "describe a checkpoint (network or HAM) or config");
   c.inspect->add_option("file", c.path, "checkpoint or config")->required()->check(path_check());
 }
 

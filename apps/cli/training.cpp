@@ -16,9 +16,15 @@
 
 namespace connex::cli {
 
+void require_file(const std::string& path) {
+  std::error_code error;
+  if (!std::filesystem::exists(path, error)) fail("{}: no such file", path);
+}
+
 Table load_dataset(const DataOptions& options, const NeuralNetwork& network, const std::optional<Preprocessing>& fitted,
                    const std::string& command) {
   if (!options.path.empty()) {
+    require_file(options.path);
     try {
       return read_table(options.path, network, options.table, fitted);
     } catch (const Error& e) {
@@ -156,6 +162,22 @@ void say_what_the_floor_kept(const NeuralNetwork& network, const PruneOptions& o
     spdlog::warn("{}", kept);
   else
     spdlog::info("{}", kept);
+}
+
+void say_how_the_shares_rounded(const NeuralNetwork& network, const PruneOptions& options, const std::string& command,
+                                const std::string& scope_flag, const std::string& fraction_flag) {
+  if (!options.fraction() || options.scope() == PruneScope::Global) return;
+  const auto unfloored = PruneOptions(options).keep_min(0);
+  const int64_t scoped = static_cast<int64_t>(connections_to_prune(network, unfloored).size());
+  const int64_t overall =
+      static_cast<int64_t>(connections_to_prune(network, PruneOptions(unfloored).scope(PruneScope::Global)).size());
+  if (std::abs(scoped - overall) <= std::max<int64_t>(1, overall / 100)) return;
+  const char* group = options.scope() == PruneScope::PerNeuron ? "neuron" : "level";
+  spdlog::info(
+      "{}: {} {} rounds {} {} to whole connections {} by {} (halves up): {} chosen, where {} of all the candidates "
+      "would be {}",
+      command, scope_flag, group, fraction_flag, *options.fraction(), group, group, scoped, *options.fraction(),
+      overall);
 }
 
 void write_run(const std::string& out, const NeuralNetwork& network, const torch::optim::Optimizer& optimizer,
@@ -714,6 +736,8 @@ class Trainer {
       const auto weak = connections_to_prune(network_, options_.prune);
       say_what_the_floor_kept(network_, options_.prune, weak.size(), fmt::format("train: epoch {}", epoch),
                               "--prune-keep-min", "--prune-fraction");
+      say_how_the_shares_rounded(network_, options_.prune, fmt::format("train: epoch {}", epoch), "--prune-scope",
+                                 "--prune-fraction");
       prune.remove_connections(weak);
     }
     EditResult edited = replicas_.apply_edit(network_, prune, options_.seed);

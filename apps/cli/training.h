@@ -22,6 +22,9 @@ struct DataOptions {
   TableOptions table;
 };
 
+// Every command names a file it reads but cannot find one way: "PATH: no such file".
+void require_file(const std::string& path);
+
 // Loads the data and checks it against the network's inputs and outputs.
 // `fitted`: a checkpoint's preprocessing, applied instead of fitting anew.
 // `command` names the subcommand in messages.
@@ -161,6 +164,11 @@ std::string frozen_note(int64_t frozen);
 // nothing back. Flags name the command's own (--keep-min, --fraction...).
 void say_what_the_floor_kept(const NeuralNetwork& network, const PruneOptions& options, size_t chosen,
                              const std::string& command, const std::string& floor_flag, const std::string& rule_flag);
+// Says (spdlog) where a fraction per neuron or level, rounded group by group
+// (halves up: a fan-in of 5 loses 3 at 0.5), chose more or fewer than that
+// fraction of all the candidates would (by over 1 %); nothing otherwise.
+void say_how_the_shares_rounded(const NeuralNetwork& network, const PruneOptions& options, const std::string& command,
+                                const std::string& scope_flag, const std::string& fraction_flag);
 
 // The files write_run() writes into a run directory, model.ckpt (the record) last.
 inline constexpr const char* kRunFiles[] = {"metrics.csv", "metrics.json", "config.json", "model.ckpt"};

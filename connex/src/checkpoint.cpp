@@ -29,7 +29,7 @@ namespace {
 
 using nlohmann::json;
 
-constexpr char kMagic[9] = "CONNEXCK";
+constexpr const char (&kMagic)[9] = detail::kNetworkMagic;
 
 // Buffers rebuilt from the structure are not saved; the rest (gradient masks,
 // a module activation's buffers) are state.

@@ -237,7 +237,15 @@ CsvTable parse_csv(const std::string& text, const std::string& source, const std
     table.rows.push_back(std::move(row));
     table.row_lines.push_back(first_line);
   }
-  if (table.rows.empty()) fail("{}: the file has a header but no data rows", source);
+  if (table.rows.empty()) {
+    // One short line ending in .csv is more likely a path given where the text goes.
+    const bool path_like =
+        text.find('\n') == std::string::npos && text.size() > 4 && text.compare(text.size() - 4, 4, ".csv") == 0;
+    fail("{}: the file has a header but no data rows{}", source,
+         path_like
+             ? fmt::format(" (parse_csv() takes a file's text; read_csv(\"{}\") reads the file)", printable(text, 80))
+             : "");
+  }
   return table;
 }
 

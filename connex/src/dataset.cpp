@@ -180,10 +180,11 @@ std::pair<torch::Tensor, std::vector<std::string>> class_labels(const CsvTable& 
            classes.size(), n_out);
   }
   for (int64_t i = 0; i < rows; ++i) {
-    const auto it = std::find(classes.begin(), classes.end(), csv.text[j][i]);
+    // A column parsed as numbers against named classes: its cells' text (none kept).
+    const std::string label = cell(i);
+    const auto it = std::find(classes.begin(), classes.end(), label);
     if (it == classes.end())
-      fail("{}: \"{}\" is not one of the classes the model was trained on ({})", where(i), csv.text[j][i],
-           join(classes));
+      fail("{}: \"{}\" is not one of the classes the model was trained on ({})", where(i), label, join(classes));
     ya[i] = it - classes.begin();
   }
   return {y, classes};
@@ -263,6 +264,15 @@ void check_trainable(const torch::Tensor& values, const torch::Tensor& raw, Use 
        limit, kSquaresStayFinite);
 }
 
+// The dtype a table's values take: the options', else `fallback`; one a
+// network can hold (an integer dtype would truncate every value).
+torch::Dtype table_dtype(const TableOptions& options, torch::Dtype fallback, const std::string& source) {
+  const auto dtype = options.dtype().value_or(fallback);
+  if (!find_dtype(dtype))
+    fail("{}: the table's dtype must be one of {}, got {}", source, dtype_names(), c10::toString(dtype));
+  return dtype;
+}
+
 // Splits raw rows (checked by the caller: trainable in float64 where they
 // are standardized, else in the table's dtype, options.dtype(), which the
 // caller sets), fits the standardization on the training rows (unless
@@ -322,14 +332,56 @@ std::vector<std::string> strings(const nlohmann::json& json, const std::string& 
   return out;
 }
 
+// The positions of the columns a trained model names (`what`: "feature" or
+// "target"), in its order.
+std::vector<int64_t> columns_named(const CsvTable& csv, const std::vector<std::string>& names, const char* what) {
+  std::vector<int64_t> positions;
+  for (const auto& name : names) {
+    const int64_t j = csv.column_index(name);
+    if (j < 0)
+      fail("{}: no column \"{}\", a {} the model was trained on; the columns are {}", csv.source, printable(name), what,
+           join(csv.columns));
+    positions.push_back(j);
+  }
+  return positions;
+}
+
+// A regression's target columns, each cell small enough that its squared
+// error stays finite in `dtype` (`use`: "train on", "score"); float64.
+torch::Tensor float_targets(const CsvTable& csv, const std::vector<int64_t>& columns, torch::Dtype dtype,
+                            const char* use, const std::string& hint = "") {
+  return numeric_columns(csv, columns, largest_trainable(dtype), fmt::format("to {} in {}", use, c10::toString(dtype)),
+                         kSquaresStayFinite, hint);
+}
+
 }  // namespace
 
 const char* task_name(Task task) { return task == Task::Classification ? "classification" : "regression"; }
+
+void Preprocessing::check_standardization(const std::string& where) const {
+  if (!standardizes()) return;
+  if (mean.size() != features.size() || scale.size() != features.size())
+    fail("{}: the standardization has {} means and {} scales for {} features", where, mean.size(), scale.size(),
+         features.size());
+  // What a checkpoint could not hold: load() refuses it (from_json's checks).
+  for (size_t k = 0; k < features.size(); ++k) {
+    if (!std::isfinite(mean[k]))
+      fail("{}: the mean of feature \"{}\" is {}, not a finite number", where, printable(features[k]), mean[k]);
+    if (!(std::isfinite(scale[k]) && scale[k] > 0))
+      fail("{}: the scale of feature \"{}\" is {}, not a finite number > 0", where, printable(features[k]), scale[k]);
+  }
+}
 
 torch::Tensor Preprocessing::apply(const torch::Tensor& raw) const {
   if (raw.dim() != 2 || raw.size(1) != static_cast<int64_t>(features.size()))
     fail("Preprocessing::apply(): expected raw rows [rows, {}] ({}), got [{}]", features.size(), join(features),
          fmt::join(raw.sizes(), ", "));
+  // Standardized values are fractions: integer rows would hold them truncated.
+  if (!raw.is_floating_point())
+    fail(
+        "Preprocessing::apply(): expected floating-point raw rows, got {}; convert them first (raw.to(torch::kDouble))",
+        c10::toString(raw.scalar_type()));
+  check_standardization("Preprocessing::apply()");
   if (!standardizes()) return raw;
   const auto options = torch::TensorOptions(raw.scalar_type()).device(raw.device());
   return (raw - torch::tensor(mean, torch::kFloat64).to(options)) / torch::tensor(scale, torch::kFloat64).to(options);
@@ -372,9 +424,7 @@ Preprocessing Preprocessing::from_json(const nlohmann::json& json, const std::st
 void Preprocessing::check_fits(const NeuralNetwork& network, const std::string& where) const {
   if (static_cast<int64_t>(features.size()) != network->num_inputs())
     fail("{}: names {} feature(s) for a network with {} inputs", where, features.size(), network->num_inputs());
-  if (standardizes() && (mean.size() != features.size() || scale.size() != features.size()))
-    fail("{}: the standardization has {} means and {} scales for {} features", where, mean.size(), scale.size(),
-         features.size());
+  check_standardization(where);
   if (task == Task::Classification) {
     if (targets.size() != 1) fail("{}: classification takes one label column, got {}", where, targets.size());
     if (classes.empty() || static_cast<int64_t>(classes.size()) > network->num_outputs())
@@ -429,9 +479,10 @@ std::pair<torch::Tensor, torch::Tensor> split_rows(int64_t rows, double validati
   const auto order = torch::randperm(rows, generator, torch::kLong);
   const int64_t held =
       validation_fraction > 0 ? std::max<int64_t>(1, std::llround(static_cast<double>(rows) * validation_fraction)) : 0;
+  if (rows == 0) fail("split_rows(): there are no rows to split");
   if (held >= rows)
-    fail("split_rows(): a validation fraction of {} leaves no training rows ({} rows in all)", validation_fraction,
-         rows);
+    fail("split_rows(): a validation fraction of {} leaves no training rows ({} row{} in all)", validation_fraction,
+         rows, rows == 1 ? "" : "s");
   return {order.narrow(0, held, rows - held), order.narrow(0, 0, held)};
 }
 
@@ -447,7 +498,7 @@ Table table_from_csv(const CsvTable& csv, const NeuralNetwork& network, const Ta
   if (csv.row_lines.size() != csv.rows.size())
     fail("{}: {} line numbers for {} rows", csv.source, csv.row_lines.size(), csv.rows.size());
   TableOptions options = given;
-  if (!options.dtype()) options.dtype(network->weight_tensor().scalar_type());
+  options.dtype(table_dtype(options, network->weight_tensor().scalar_type(), csv.source));
   const Task task = task_of(options, fitted, csv.source);
   const int64_t n_out = network->num_outputs();
   const Columns c = choose_columns(csv.columns, csv.source, network->num_inputs(), n_out, task, options, fitted);
@@ -462,12 +513,10 @@ Table table_from_csv(const CsvTable& csv, const NeuralNetwork& network, const Ta
   else {
     // Text in the default target column is most likely a class label.
     const bool guessed = !fitted && !options.task() && c.targets.size() == 1;
-    const auto dtype = *options.dtype();
-    y = numeric_columns(csv, c.targets, largest_trainable(dtype),
-                        fmt::format("to train on in {}", c10::toString(dtype)), kSquaresStayFinite,
-                        guessed ? fmt::format("; if \"{}\" holds class labels, set the task to classification",
-                                              csv.columns[c.targets[0]])
-                                : "");
+    y = float_targets(csv, c.targets, *options.dtype(), "train on",
+                      guessed ? fmt::format("; if \"{}\" holds class labels, set the task to classification",
+                                            csv.columns[c.targets[0]])
+                              : "");
   }
   // Standardized features are scaled in float64 first, then in range.
   const bool standardized = fitted ? fitted->standardizes() : options.standardize();
@@ -505,13 +554,7 @@ torch::Tensor read_inputs(const CsvTable& csv, const NeuralNetwork& network,
   const auto& columns = csv.columns;
   std::vector<int64_t> features;
   if (fitted) {
-    for (const auto& name : fitted->features) {
-      const int64_t j = csv.column_index(name);
-      if (j < 0)
-        fail("{}: no column \"{}\", a feature the model was trained on; the columns are {}", csv.source, name,
-             join(columns));
-      features.push_back(j);
-    }
+    features = columns_named(csv, fitted->features, "feature");
   } else {
     if (static_cast<int64_t>(columns.size()) != network->num_inputs())
       fail(
@@ -539,6 +582,14 @@ torch::Tensor read_inputs(const CsvTable& csv, const NeuralNetwork& network,
   return scaled.to(dtype);
 }
 
+torch::Tensor read_targets(const CsvTable& csv, const NeuralNetwork& network, const Preprocessing& fitted) {
+  fitted.check_fits(network, "read_targets()");
+  const auto targets = columns_named(csv, fitted.targets, "target");
+  if (fitted.task == Task::Classification) return class_labels(csv, targets[0], network->num_outputs(), fitted).first;
+  const auto dtype = network->weight_tensor().scalar_type();
+  return float_targets(csv, targets, dtype, "score").to(dtype);
+}
+
 torch::Tensor read_inputs(const std::string& path, const NeuralNetwork& network,
                           const std::optional<Preprocessing>& fitted) {
   const std::string text = read_file(path, "read_inputs()");
@@ -556,6 +607,7 @@ Table table_from_tensors(const torch::Tensor& inputs, const torch::Tensor& targe
   if (inputs.dim() != 2 || !inputs.is_floating_point())
     fail("table_from_tensors(): expected floating inputs [rows, features], got {} [{}]",
          c10::toString(inputs.scalar_type()), fmt::join(inputs.sizes(), ", "));
+  if (inputs.size(0) == 0) fail("table_from_tensors(): expected at least one row, got none");
   const Task task = task_of(options, fitted, "table_from_tensors()");
   const bool labels = task == Task::Classification;
   if (targets.dim() < 1 || targets.size(0) != inputs.size(0) ||
@@ -594,8 +646,9 @@ Table table_from_tensors(const torch::Tensor& inputs, const torch::Tensor& targe
   };
   // The checks a CSV's cells get as they are read (numeric_columns).
   TableOptions checked = options;
-  if (!checked.dtype()) checked.dtype(torch::kFloat32);
-  const auto raw = inputs.to(torch::kCPU, torch::kFloat64), y = targets.cpu();
+  checked.dtype(table_dtype(options, torch::kFloat32, "table_from_tensors()"));
+  // Data, not a graph's leaves: a table holds no autograd history.
+  const auto raw = inputs.detach().to(torch::kCPU, torch::kFloat64), y = targets.detach().cpu();
   const bool standardized = fitted ? fitted->standardizes() : options.standardize();
   check_trainable(raw, raw, standardized ? Use::Standardize : Use::Train, false,
                   standardized ? torch::kFloat64 : *checked.dtype(), cell);

@@ -37,7 +37,7 @@ inline T apply(Act a, T z) {
     case Act::Identity:
       return z;
     case Act::Relu:
-      return z > T(0) ? z : T(0);
+      return z <= T(0) ? T(0) : z;  // NaN stays NaN, as torch.relu
     case Act::Gelu:
       return T(0.5) * z * (T(1) + std::erf(z * T(M_SQRT1_2)));
     case Act::Silu:
@@ -57,7 +57,7 @@ inline T derivative(Act a, T z) {
     case Act::Identity:
       return T(1);
     case Act::Relu:
-      return z > T(0) ? T(1) : T(0);
+      return z <= T(0) ? T(0) : T(1);  // passed at NaN, as threshold_backward
     case Act::Gelu:
       return T(0.5) * (T(1) + std::erf(z * T(M_SQRT1_2))) + z * std::exp(T(-0.5) * z * z) * T(0.3989422804014327);
     case Act::Silu: {
@@ -86,7 +86,7 @@ template <typename T>
 inline T derivative_at_output(Act a, T y) {
   switch (a) {
     case Act::Relu:
-      return y > T(0) ? T(1) : T(0);
+      return y <= T(0) ? T(0) : T(1);
     case Act::Tanh:
       return T(1) - y * y;
     case Act::Sigmoid:
@@ -382,7 +382,7 @@ template <typename T>
 __attribute__((always_inline)) inline void activate(Act act, const T* z, T* out, int64_t B) {  // out may be z
   switch (act) {
     case Act::Relu:
-      for (int64_t k = 0; k < B; ++k) out[k] = z[k] > T(0) ? z[k] : T(0);
+      for (int64_t k = 0; k < B; ++k) out[k] = z[k] <= T(0) ? T(0) : z[k];
       return;
     case Act::Identity:
       for (int64_t k = 0; k < B; ++k) out[k] = z[k];
@@ -600,8 +600,8 @@ __attribute__((always_inline)) inline void to_pre_activation(const Pass<T>& p, i
       Vec va = {}, vs = {};
       for (; j + L::n <= B; j += L::n) {
         const Vec zj = L::load(z + j), u = s * zj, gv = L::load(g + j);
-        const Vec gu = u > T(0) ? gv * a : Vec{};
-        va += gv * (u > T(0) ? u : Vec{});
+        const Vec gu = u <= T(0) ? Vec{} : gv * a;
+        va += gv * (u <= T(0) ? Vec{} : u);
         vs += gu * zj;
         L::store(g + j, gu * s);
       }
@@ -612,7 +612,7 @@ __attribute__((always_inline)) inline void to_pre_activation(const Pass<T>& p, i
       const T u = s * z[j], gv = g[j];
       da += gv * apply(act, u);
       // relu's gradient is passed or stopped, as torch's (no Inf·0 = NaN in the lanes or here).
-      const T gu = act == Act::Relu ? (u > T(0) ? gv * a : T(0)) : gv * a * derivative(act, u);
+      const T gu = act == Act::Relu ? (u <= T(0) ? T(0) : gv * a) : gv * a * derivative(act, u);
       ds += gu * z[j];
       g[j] = gu * s;
     }
@@ -624,7 +624,7 @@ __attribute__((always_inline)) inline void to_pre_activation(const Pass<T>& p, i
       for (int64_t j = 0; j < B; ++j) g[j] *= derivative(act, z[j]);
     } else if (act == Act::Relu) {
       const T* __restrict y = p.V + d * B;
-      for (int64_t j = 0; j < B; ++j) g[j] = y[j] > T(0) ? g[j] : T(0);
+      for (int64_t j = 0; j < B; ++j) g[j] = y[j] <= T(0) ? T(0) : g[j];
     } else {
       const T* __restrict y = p.V + d * B;
       for (int64_t j = 0; j < B; ++j) g[j] *= derivative_at_output(act, y[j]);

@@ -9,10 +9,21 @@ namespace connex {
 OperationModuleImpl::OperationModuleImpl(const OperationParameters& declared) {
   for (const auto& [name, p] : declared) {
     if (name.find('.') != std::string::npos) fail("LevelOperation: parameter name \"{}\" contains a dot", name);
-    for (size_t k = 0; k < p.dim_keys.size(); ++k)
-      if (const auto& key = p.dim_keys[k]; key && !key->runs.empty() && key->runs.size() != key->labels.size())
+    if (!p.value.defined()) fail("LevelOperation: parameter \"{}\" is an undefined tensor", name);
+    // A key names each index of its dimension: edits carry entries by it.
+    if (static_cast<int64_t>(p.dim_keys.size()) > p.value.dim())
+      fail("LevelOperation: parameter \"{}\" has {} dimension keys for {} dimensions", name, p.dim_keys.size(),
+           p.value.dim());
+    for (size_t k = 0; k < p.dim_keys.size(); ++k) {
+      const auto& key = p.dim_keys[k];
+      if (!key) continue;
+      if (static_cast<int64_t>(key->size()) != p.value.size(static_cast<int64_t>(k)))
+        fail("LevelOperation: parameter \"{}\"'s dimension {} has {} labels for {} entries", name, k, key->size(),
+             p.value.size(static_cast<int64_t>(k)));
+      if (!key->runs.empty() && key->runs.size() != key->labels.size())
         fail("LevelOperation: parameter \"{}\"'s dimension {} has {} labels but {} runs", name, k, key->labels.size(),
              key->runs.size());
+    }
     keys_[name] = p.dim_keys;
     shapes_[name] = {p.value.sizes().vec(), p.value.scalar_type()};
   }

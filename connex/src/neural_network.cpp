@@ -9,6 +9,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 #include <torch/version.h>
+#include <fmt/ranges.h>
 
 #include "connex/error.h"
 #include "connex/techniques.h"
@@ -669,16 +670,29 @@ torch::Tensor NeuralNetworkImpl::run_level(size_t l, const torch::Tensor& gather
     contexts.push_back(
         {static_cast<int64_t>(l), level, topo, *operation_modules_[k], level_prefixes_[l], level.sources_before});
 
+  // What an operation's step returns must have the shape the next step
+  // reads: said naming the operation and level, not as a torch error later.
+  auto checked = [&](size_t k, const char* step, torch::Tensor value, const char* shape, int64_t rows) {
+    if (!value.defined() || value.dim() != 2 || value.size(0) != rows || value.size(1) != batch)
+      fail("NeuralNetwork::forward(): operation \"{}\"'s {} at level {} returned {}; expected {} = [{}, {}]",
+           operations_[k]->name(), step, l,
+           value.defined() ? fmt::format("[{}]", fmt::join(value.sizes(), ", ")) : "an undefined tensor", shape, rows,
+           batch);
+    return value;
+  };
   torch::Tensor z;
   if (!gathered.defined()) {
     z = bias.expand({size, batch});
   } else {
     torch::Tensor sources = gathered;
-    for (size_t k = 0; k < operations_.size(); ++k) sources = operations_[k]->on_inputs(contexts[k], sources);
+    const int64_t width = gathered.size(0);
+    for (size_t k = 0; k < operations_.size(); ++k)
+      sources = checked(k, "on_inputs", operations_[k]->on_inputs(contexts[k], sources), "[sources, batch]", width);
     auto w = weight_.narrow(0, level.conn_begin, level.num_connections());
     for (size_t k = 0; k < operations_.size() && !z.defined(); ++k)
       if (operations_[k]->replaces_affine())
-        if (auto r = operations_[k]->replace_affine(contexts[k], sources, dense_weights(level, t, w), bias)) z = *r;
+        if (auto r = operations_[k]->replace_affine(contexts[k], sources, dense_weights(level, t, w), bias))
+          z = checked(k, "replace_affine", *r, "[neurons, batch]", size);
     if (!z.defined()) {
       if (level.kernel == LevelKernel::EdgeList)
         z = bias.expand({size, batch})
@@ -691,14 +705,16 @@ torch::Tensor NeuralNetworkImpl::run_level(size_t l, const torch::Tensor& gather
     if (z.requires_grad()) z.retain_grad();
     *preactivation = z;
   }
-  for (size_t k = 0; k < operations_.size(); ++k) z = operations_[k]->on_preactivation(contexts[k], z);
+  for (size_t k = 0; k < operations_.size(); ++k)
+    z = checked(k, "on_preactivation", operations_[k]->on_preactivation(contexts[k], z), "[neurons, batch]", size);
 
   const int64_t hidden = level.hidden_end - level.begin;
   if (hidden == 0) return z;
   auto activate = [&](const torch::Tensor& zh) {
     for (size_t k = 0; k < operations_.size(); ++k)
       if (operations_[k]->replaces_activation())
-        if (auto r = operations_[k]->replace_activation(contexts[k], zh, options_.hidden_activation())) return *r;
+        if (auto r = operations_[k]->replace_activation(contexts[k], zh, options_.hidden_activation()))
+          return checked(k, "replace_activation", *r, "[hidden, batch]", zh.size(0));
     return options_.hidden_activation()(zh);
   };
   if (hidden == size) return activate(z);

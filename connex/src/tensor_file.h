@@ -14,6 +14,12 @@
 
 namespace connex::detail {
 
+// Each kind's magic, its file's first 8 bytes (programs tell files apart by them).
+inline constexpr char kNetworkMagic[9] = "CONNEXCK";
+inline constexpr char kHamMagic[9] = "CONNEXHM";
+// Whether `head` (a file's first bytes) starts with `magic`.
+inline bool has_magic(std::string_view head, const char (&magic)[9]) { return head.substr(0, 8) == magic; }
+
 std::string pack_tensor_file(const char (&magic)[9], uint32_t version, const nlohmann::json& header,
                              const std::string& data);
 

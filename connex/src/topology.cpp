@@ -1,6 +1,7 @@
 #include "connex/topology.h"
 
 #include <algorithm>
+#include <cmath>
 #include <mutex>
 #include <numeric>
 
@@ -86,6 +87,11 @@ std::vector<int64_t> Level::dense_positions() const {
 }
 
 std::shared_ptr<const Topology> Topology::compile(GraphSpec spec_in, const CompileOptions& options) {
+  // Which kernels may run: BiasOnly forced on a level with connections would drop them.
+  if (options.force_kernel == LevelKernel::BiasOnly)
+    fail("{}: force_kernel(BiasOnly) would ignore every connection; force DenseView, DenseScatter or EdgeList",
+         options.context);
+  if (std::isnan(options.dense_threshold)) fail("{}: dense_threshold must be a number, got nan", options.context);
   std::shared_ptr<Topology> topo(new Topology(std::move(spec_in)));
   const GraphSpec& spec = topo->spec_;
   // Level = longest path from a source; inputs are level 0, any other neuron

@@ -49,12 +49,17 @@ struct Preprocessing {
   nlohmann::json to_json() const;
   // Checks every field and that it fits `network` (inputs, outputs); names the culprit by `where`.
   static Preprocessing from_json(const nlohmann::json& json, const std::string& where, const NeuralNetwork& network);
-  // Throws unless its features match the network's inputs and its classes fit the outputs.
+  // Throws unless its features match the network's inputs, its classes fit
+  // the outputs and its standardization has a finite mean and a finite
+  // positive scale per feature.
   void check_fits(const NeuralNetwork& network, const std::string& where) const;
   // Each output's name, in output order: its class (classification) or its
   // target column (regression), and "output <id>" for one without (an output
   // added after training, or no preprocessing at all).
   std::vector<std::string> output_names(const NeuralNetwork& network) const;
+
+ private:
+  void check_standardization(const std::string& where) const;
 };
 
 // Rows of inputs and targets, as torch::data examples. Inputs are float32
@@ -80,7 +85,9 @@ struct TableOptions {
   TORCH_ARG(std::vector<std::string>, features) = {};   // empty: every non-target column
   TORCH_ARG(std::optional<Task>, task) = std::nullopt;  // default: the fitted preprocessing's, else regression
   // z-score each feature with the training rows' mean and unbiased standard
-  // deviation (ddof 1, as torch.std; sklearn's StandardScaler uses ddof 0).
+  // deviation (ddof 1, as torch.std; sklearn's StandardScaler uses ddof 0);
+  // a column without spread (constant, or one training row) keeps scale 1.
+  // With a fitted preprocessing its standardization applies, whatever this says.
   TORCH_ARG(bool, standardize) = false;
   TORCH_ARG(double, validation_fraction) = 0.0;  // rows held out, in [0, 1)
   TORCH_ARG(uint64_t, seed) = 0;                 // decides which rows are held out
@@ -110,6 +117,12 @@ torch::Tensor read_inputs(const std::string& path, const NeuralNetwork& network,
 // The same from a parsed CSV (parse_csv: leave the non-feature columns as text).
 torch::Tensor read_inputs(const CsvTable& csv, const NeuralNetwork& network,
                           const std::optional<Preprocessing>& fitted = std::nullopt);
+// The targets of a CSV's rows, in file order, as a trained model reads them:
+// the columns `fitted` names as targets (any others are ignored), int64
+// class indices [rows] for classification, else [rows, outputs] in the
+// network's dtype, each small enough that its squared error stays finite.
+// With read_inputs, what scoring predictions needs.
+torch::Tensor read_targets(const CsvTable& csv, const NeuralNetwork& network, const Preprocessing& fitted);
 Table table_from_csv(const CsvTable& csv, const NeuralNetwork& network, const TableOptions& options = {},
                      const std::optional<Preprocessing>& fitted = std::nullopt);
 // Raw inputs [rows, features] and targets ([rows, outputs] float, or [rows]

@@ -21,7 +21,7 @@ namespace {
 
 using nlohmann::json;
 
-constexpr char kMagic[9] = "CONNEXHM";
+constexpr const char (&kMagic)[9] = detail::kHamMagic;
 
 // Index buffers a graph synapse rebuilds from its labels are not saved.
 bool is_derived_buffer(const HAMImpl& ham, const std::string& name) {

@@ -8,6 +8,7 @@
 #include <fmt/ranges.h>
 
 #include "connex/error.h"
+#include "dtype.h"
 #include "ham/attach.h"
 #include "ham/describe.h"
 #include "id_messages.h"
@@ -264,6 +265,9 @@ std::vector<torch::Tensor> HAMImpl::ordered(const States& x, const char* operati
     if (!t.is_floating_point())
       fail("{}: layer \"{}\"'s state must be floating-point, got {}", operation, l.name,
            c10::toString(t.scalar_type()));
+    // The one dtype the CPU has too few kernels for (softmax, among others).
+    if (const auto refusal = cpu_forward_refusal(t.scalar_type()); !refusal.empty() && t.device().is_cpu())
+      fail("{}: layer \"{}\"'s state is Half: {}", operation, l.name, refusal);
     // Torch's own message for mixed dtypes comes with its stack trace.
     if (parameters && t.scalar_type() != parameters->dtype())
       fail("{}: layer \"{}\"'s state is {}, but the HAM's parameters are {} (init_states() makes them alike)",
@@ -448,8 +452,23 @@ Descent HAMImpl::descend(const States& x, const DescentOptions& options, const C
         if (any_non_finite(p.value().detach()))
           fail("descend(): layer \"{}\"'s state became NaN or infinite: parameter \"{}\" holds NaN or infinity",
                layers_[l].name, p.key());
-      fail("descend(): layer \"{}\"'s state became NaN or infinite (dt {} may be too large for τ {})", layers_[l].name,
-           options.dt(), layers_[l].tau);
+      // Two causes: steps that overshoot (dt/τ near 1 or past it), or an
+      // energy without a lower bound, which no step size stops.
+      std::string energy;
+      if (options.record_energy()) {  // what was recorded is lost with the result: its last finite total
+        const auto totals = torch::stack(energies).sum(1);
+        const auto finite = torch::isfinite(totals).nonzero();
+        if (finite.size(0) > 0) {
+          const int64_t at = finite[-1][0].item<int64_t>();
+          energy = fmt::format("; the energy was {:.6g} {}", totals[at].item<double>(),
+                               at == 0 ? std::string("at the start") : fmt::format("after step {}", at));
+        }
+      }
+      fail(
+          "descend(): layer \"{}\"'s state became NaN or infinite: dt/τ = {:g} (dt {}, τ {}) may overshoot (keep it "
+          "well below 1), or the energy has no lower bound (a growing activation fed back through a synapse), which a "
+          "smaller dt only delays{}",
+          layers_[l].name, options.dt() / layers_[l].tau, options.dt(), layers_[l].tau, energy);
     }
   Descent result;
   // A state no step replaced (steps(0), a held layer) is copied, so that writing into the result leaves `x` alone.

@@ -89,8 +89,7 @@ class BuiltinLagrangian : public LagrangianImpl {
       case Kind::identity:
         return x;
       case Kind::repu:
-        // n = 1: the step function (torch's 0⁰ is 1, which would give 1 for x ≤ 0).
-        return spec_.a == 1.0 ? (x > 0).to(x.scalar_type()) : torch::relu(x).pow(spec_.a - 1);
+        return torch::relu(x).pow(spec_.a - 1);  // n > 1: no 0⁰
       case Kind::exponential:
         return torch::exp(bx());
       case Kind::rexp:
@@ -202,8 +201,17 @@ torch::Tensor LagrangianImpl::activation(const torch::Tensor& x) {
   // A leaf that needs no graph upstream is differentiated on a detached copy.
   auto input = x.requires_grad() ? x : x.detach().requires_grad_(true);
   auto l = value(input);
-  if (!l.requires_grad()) return torch::zeros_like(x);  // constant in x
-  return torch::autograd::grad({l.sum()}, {input}, {}, keep_graph, keep_graph, /*allow_unused=*/true)[0];
+  // A value autograd cannot trace back to x (a detach(), an item(), a tensor
+  // built anew) would make the activation 0 everywhere, without a word.
+  const auto untraced = [&] {
+    fail(
+        "LagrangianImpl::activation(): the Lagrangian's value does not depend on the state through autograd (a "
+        "detach(), item() or new tensor in value()?), so its activation would be 0 everywhere");
+  };
+  if (!l.requires_grad()) untraced();
+  auto g = torch::autograd::grad({l.sum()}, {input}, {}, keep_graph, keep_graph, /*allow_unused=*/true)[0];
+  if (!g.defined()) untraced();
+  return g;
 }
 
 void LagrangianImpl::attach(const std::vector<int64_t>&, const std::string&) {}
@@ -214,7 +222,13 @@ std::shared_ptr<LagrangianImpl> LagrangianImpl::fresh() const {
 
 Lagrangian identity() { return make({BuiltinLagrangian::Kind::identity}); }
 Lagrangian repu(double n) {
-  if (!(n >= 1) || !std::isfinite(n)) fail("repu(): expected a finite power n ≥ 1, got {}", n);
+  // n = 1 is convex but its activation a step: the energy jumps as a state
+  // crosses 0, and no step size keeps the descent from raising it.
+  if (!(n > 1) || !std::isfinite(n))
+    fail(
+        "repu(): expected a finite power n > 1 (at n = 1 the activation is a step, whose jumps can raise the energy), "
+        "got {}",
+        n);
   return make({BuiltinLagrangian::Kind::repu, n});
 }
 Lagrangian relu() { return repu(2.0); }

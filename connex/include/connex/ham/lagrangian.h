@@ -71,7 +71,8 @@ using Lagrangian = std::shared_ptr<LagrangianImpl>;
 
 // ½ Σ x²; g = x.
 Lagrangian identity();
-// Rectified power: (1/n) Σ relu(x)ⁿ; g = relu(x)ⁿ⁻¹ (n ≥ 1; relu() is n = 2).
+// Rectified power: (1/n) Σ relu(x)ⁿ; g = relu(x)ⁿ⁻¹ (n > 1, so that g is
+// continuous; relu() is n = 2).
 Lagrangian repu(double n);
 Lagrangian relu();
 // (1/β) Σ exp(βx); g = exp(βx).
