@@ -177,6 +177,17 @@ TEST(Cli, ExportEveryFormatAndInspect) {
   EXPECT_NE(r.out.find("dropout: 5 neurons with p > 0 (max 0.1)"), std::string::npos) << r.out;
 }
 
+// A bfloat16 network trains a regression: LibTorch 1.13 has no bfloat16 MSE
+// on the CPU ("mse_cpu" not implemented), so the loss is taken in float32.
+TEST(Cli, ABfloat16NetworkTrainsARegression) {
+  TempDir dir;
+  spit(dir / "bf.json", R"({"graph": {"prebuilt": "MLP", "input_size": 1, "output_size": 2, "width": 4, "depth": 1},
+                             "options": {"dtype": "bfloat16"}})");
+  auto r = connex_cli("train bf.json --epochs 2 --out run", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(load(dir / "run/model.ckpt")->weight_tensor().scalar_type(), torch::kBFloat16);
+}
+
 // A HAM checkpoint (connex/ham): inspect describes it; the commands that
 // read a network say that inspect does.
 TEST(Cli, InspectDescribesAHamCheckpoint) {

@@ -362,6 +362,41 @@ TEST(GraphExport, ImportRejectsLinksToMissingNodesAndBadFrozenFlags) {
   EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0,"frozen":true},{"id":1,"bias":0}],)"
                        R"("links":[{"source":0,"target":1,"weight":1}]})"),
                    "g.json: /nodes/0/frozen is true, but input neuron 0 has no bias to freeze");
+  EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1]},"nodes":[{"id":0,"bias":0.5},{"id":1,"bias":0}],)"
+                       R"("links":[{"source":0,"target":1,"weight":1}]})"),
+                   "g.json: /nodes/0/bias is given, but input neuron 0 has no bias (it passes its input on)");
+  // A repeated link counts once; one that says another weight or flag is refused.
+  EXPECT_EQ(
+      bad(head + R"("links":[{"source":0,"target":1,"weight":2},{"source":0,"target":1,"weight":2}]})")->weight(0, 1),
+      2.0);
+  EXPECT_THROW_MSG(bad(head + R"("links":[{"source":0,"target":1,"weight":2},{"source":0,"target":1,"weight":9}]})"),
+                   "g.json: /links/1 gives 0 -> 1 another weight than /links/0; give each connection once");
+  EXPECT_THROW_MSG(
+      bad(head + R"("links":[{"source":0,"target":1,"weight":2},{"source":0,"target":1,"weight":2,"frozen":true}]})"),
+      "g.json: /links/1 gives 0 -> 1 another frozen flag than /links/0");
+  // networkx writes "links" or "edges": a file with both says two things.
+  EXPECT_THROW_MSG(bad(head + R"("links":[{"source":0,"target":1,"weight":2}],"edges":[]})"),
+                   "g.json: has both /links and /edges (networkx writes one or the other); keep one");
+}
+
+// The techniques' trained values travel in /graph/operation_parameters: a
+// file whose options turn a technique on without them (or without one of
+// them) is refused, where the values would have started afresh.
+TEST(GraphExport, ImportNeedsTheTechniquesParameters) {
+  NeuralNetwork net(readme_spec(), NeuralNetworkOptions().use_adaptive_activations(true).seed(4));
+  auto json = to_node_link_json(net);
+  ASSERT_TRUE(json["graph"].contains("operation_parameters"));
+  EXPECT_TRUE(torch::equal(from_node_link_json(json, "g.json")->forward(torch::ones({2, 1})),
+                           net->forward(torch::ones({2, 1}))));
+  auto without_one = json;
+  without_one["graph"]["operation_parameters"].erase("adaptive_activation.b");
+  EXPECT_THROW_MSG(from_node_link_json(without_one, "g.json"),
+                   "g.json: /graph/operation_parameters has no entry \"adaptive_activation.b\", which /graph/options "
+                   "call for");
+  json["graph"].erase("operation_parameters");
+  EXPECT_THROW_MSG(from_node_link_json(json, "g.json"),
+                   "g.json: /graph/options turn on adaptive_activation, but /graph/operation_parameters, which holds "
+                   "their trained values, is missing; without it they would start afresh");
 }
 
 // The attributes the export writes for networkx users but derives from
@@ -388,8 +423,10 @@ TEST(GraphExport, ImportRefusesDerivedNodeAttributesThatDisagree) {
   EXPECT_THROW_MSG(
       load(with_hidden(R"({"id":1,"bias":0,"dropout_p":0.5})")),
       "g.json: /nodes/1/dropout_p is 0.5, but neuron 1's dropout_p is 0.25: dropout comes from /graph/options");
-  EXPECT_THROW_MSG(load(with_hidden(R"({"id":1,"bias":0,"level":3})")),
-                   "g.json: /nodes/1/level is 3, but neuron 1's level is 1: levels follow from the links");
+  EXPECT_THROW_MSG(
+      load(with_hidden(R"({"id":1,"bias":0,"level":3})")),
+      "g.json: /nodes/1/level is 3, but neuron 1's level is 1: levels follow from the links (after editing "
+      "them, leave \"level\" out)");
   EXPECT_THROW_MSG(load(with_hidden(R"({"id":1,"bias":0,"level":1.5})")), "g.json: /nodes/1/level is 1.5, but");
   // The export's own attributes agree, every kind of neuron and a per-neuron dropout included.
   DropoutSpec dropout(0.1);

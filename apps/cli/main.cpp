@@ -1651,17 +1651,12 @@ int inspect_ham(const std::string& path) {
   std::ostringstream structure;
   ck.ham->pretty_print(structure);
   std::printf("%s\n", structure.str().c_str());
-  for (const auto& l : ck.ham->layers())
-    std::printf(
-        "layer %s: per-sample shape [%s], %s, tau %g\n", l.name.c_str(),
-        fmt::format("{}", fmt::join(l.shape, ", ")).c_str(),
-        [&] {
-          std::ostringstream lagrangian;
-          l.lagrangian->pretty_print(lagrangian);
-          return lagrangian.str();
-        }()
-            .c_str(),
-        l.tau);
+  for (const auto& l : ck.ham->layers()) {
+    std::ostringstream lagrangian;
+    l.lagrangian->pretty_print(lagrangian);
+    fmt::print("layer {}: per-sample shape [{}], {}, tau {}\n", l.name, fmt::join(l.shape, ", "), lagrangian.str(),
+               l.tau);
+  }
   int64_t values = 0, frozen = 0;
   for (const auto& p : ck.ham->parameters()) {
     values += p.numel();

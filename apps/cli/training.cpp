@@ -113,7 +113,11 @@ std::unique_ptr<torch::optim::Optimizer> fresh_optimizer(const std::string& name
 }
 
 torch::Tensor loss_of(const NeuralNetwork& network, const torch::Tensor& out, const torch::Tensor& y, Task task) {
-  if (task == Task::Regression) return torch::mse_loss(out, y);
+  if (task == Task::Regression) {
+    // LibTorch 1.13 has no bfloat16 MSE on the CPU: such a network's loss is taken in float32.
+    if (out.scalar_type() == torch::kBFloat16) return torch::mse_loss(out.to(torch::kFloat), y.to(torch::kFloat));
+    return torch::mse_loss(out, y);
+  }
   // The outputs are logits, probabilities or log-probabilities, by the network's transformation.
   const auto& t = network->options().output_transformation();
   if (t.is_softmax()) return torch::nll_loss(torch::log(out.clamp_min(1e-12)), y);

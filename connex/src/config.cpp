@@ -95,7 +95,7 @@ json options_to_json(const NeuralNetworkOptions& options, const char* context) {
 
 namespace {
 
-void check_option_keys(const json& json_options, const std::string& source) {
+void check_option_keys(const json& json_options, const std::string& source, const std::string& at) {
   static const std::set<std::string> known = {"hidden_activation",
                                               "output_transformation",
                                               "dropout_p",
@@ -108,31 +108,32 @@ void check_option_keys(const json& json_options, const std::string& source) {
                                               "use_adaptive_activations"};
   for (auto it = json_options.begin(); it != json_options.end(); ++it)
     if (!known.count(it.key()))
-      fail("{}: /options/{} is not an option; the options are {}", source, it.key(), fmt::join(known, ", "));
+      fail("{}: {}/{} is not an option; the options are {}", source, at, it.key(), fmt::join(known, ", "));
 }
 
-std::optional<TensorFunction> function_option(const json& json_options, const char* key, const std::string& source) {
+std::optional<TensorFunction> function_option(const json& json_options, const char* key, const std::string& source,
+                                              const std::string& at) {
   if (!json_options.contains(key)) return std::nullopt;
   const auto& v = json_options.at(key);
-  if (!v.is_string()) fail("{}: /options/{} must be a string, got {}", source, key, v.type_name());
+  if (!v.is_string()) fail("{}: {}/{} must be a string, got {}", source, at, key, v.type_name());
   try {
     return TensorFunction(v.get<std::string>());
   } catch (const Error& e) {
-    fail("{}: /options/{}: {}", source, key, e.what());
+    fail("{}: {}/{}: {}", source, at, key, e.what());
   }
 }
 
-std::vector<NeuronId> topo_sort_from_json(const json& v, const std::string& source) {
-  if (!v.is_array()) fail("{}: /options/topo_sort must be an array, got {}", source, v.type_name());
+std::vector<NeuronId> topo_sort_from_json(const json& v, const std::string& source, const std::string& at) {
+  if (!v.is_array()) fail("{}: {}/topo_sort must be an array, got {}", source, at, v.type_name());
   std::vector<NeuronId> order;
   for (size_t i = 0; i < v.size(); ++i)
-    order.push_back(id_from_json(v[i], source, fmt::format("/options/topo_sort/{}", i)));
+    order.push_back(id_from_json(v[i], source, fmt::format("{}/topo_sort/{}", at, i)));
   return order;
 }
 
 // A seed at `where`: an unsigned 64-bit integer. JSON reads a whole number
 // past that range (or written with an exponent) as a float: told as such.
-uint64_t seed_from_json(const json& v, const std::string& source, const char* where = "/options/seed") {
+uint64_t seed_from_json(const json& v, const std::string& source, const std::string& where) {
   if (v.is_number_unsigned()) return v.get<uint64_t>();
   if (v.is_number_float() && v.get<double>() >= 0 && std::floor(v.get<double>()) == v.get<double>())
     fail("{}: {} must be a non-negative integer in decimal digits, at most {}, got {}", source, where,
@@ -140,36 +141,39 @@ uint64_t seed_from_json(const json& v, const std::string& source, const char* wh
   fail("{}: {} must be a non-negative integer, got {}", source, where, detail::excerpt(v));
 }
 
-std::optional<bool> flag_option(const json& json_options, const char* key, const std::string& source) {
+std::optional<bool> flag_option(const json& json_options, const char* key, const std::string& source,
+                                const std::string& at) {
   if (!json_options.contains(key)) return std::nullopt;
   const auto& v = json_options.at(key);
-  if (!v.is_boolean()) fail("{}: /options/{} must be true or false, got {}", source, key, detail::excerpt(v));
+  if (!v.is_boolean()) fail("{}: {}/{} must be true or false, got {}", source, at, key, detail::excerpt(v));
   return v.get<bool>();
 }
 
-c10::ScalarType dtype_from_json(const json& v, const std::string& source) {
+c10::ScalarType dtype_from_json(const json& v, const std::string& source, const std::string& at) {
   const DtypeInfo* dtype = v.is_string() ? find_dtype(v.get<std::string>()) : nullptr;
-  if (!dtype) fail("{}: /options/dtype must be one of {}, got {}", source, dtype_names(), detail::excerpt(v));
+  if (!dtype) fail("{}: {}/dtype must be one of {}, got {}", source, at, dtype_names(), detail::excerpt(v));
   return dtype->type;
 }
 
 }  // namespace
 
-NeuralNetworkOptions options_from_json(const json& json_options, const std::string& source) {
+NeuralNetworkOptions options_from_json(const json& json_options, const std::string& source, const std::string& at) {
   NeuralNetworkOptions options;
-  if (!json_options.is_object()) fail("{}: /options must be an object, got {}", source, json_options.type_name());
-  check_option_keys(json_options, source);
-  if (auto f = function_option(json_options, "hidden_activation", source)) options.hidden_activation(*f);
-  if (auto f = function_option(json_options, "output_transformation", source)) options.output_transformation(*f);
+  if (!json_options.is_object()) fail("{}: {} must be an object, got {}", source, at, json_options.type_name());
+  check_option_keys(json_options, source, at);
+  if (auto f = function_option(json_options, "hidden_activation", source, at)) options.hidden_activation(*f);
+  if (auto f = function_option(json_options, "output_transformation", source, at)) options.output_transformation(*f);
   if (json_options.contains("dropout_p"))
-    options.dropout_p(dropout_from_json(json_options.at("dropout_p"), source, "/options/dropout_p"));
-  if (json_options.contains("topo_sort")) options.topo_sort(topo_sort_from_json(json_options.at("topo_sort"), source));
-  if (json_options.contains("seed")) options.seed(seed_from_json(json_options.at("seed"), source));
-  if (auto v = flag_option(json_options, "use_topo_norm", source)) options.use_topo_norm(*v);
-  if (auto v = flag_option(json_options, "use_topo_self_attention", source)) options.use_topo_self_attention(*v);
-  if (auto v = flag_option(json_options, "use_neuron_self_attention", source)) options.use_neuron_self_attention(*v);
-  if (auto v = flag_option(json_options, "use_adaptive_activations", source)) options.use_adaptive_activations(*v);
-  if (json_options.contains("dtype")) options.dtype(dtype_from_json(json_options.at("dtype"), source));
+    options.dropout_p(dropout_from_json(json_options.at("dropout_p"), source, at + "/dropout_p"));
+  if (json_options.contains("topo_sort"))
+    options.topo_sort(topo_sort_from_json(json_options.at("topo_sort"), source, at));
+  if (json_options.contains("seed")) options.seed(seed_from_json(json_options.at("seed"), source, at + "/seed"));
+  if (auto v = flag_option(json_options, "use_topo_norm", source, at)) options.use_topo_norm(*v);
+  if (auto v = flag_option(json_options, "use_topo_self_attention", source, at)) options.use_topo_self_attention(*v);
+  if (auto v = flag_option(json_options, "use_neuron_self_attention", source, at))
+    options.use_neuron_self_attention(*v);
+  if (auto v = flag_option(json_options, "use_adaptive_activations", source, at)) options.use_adaptive_activations(*v);
+  if (json_options.contains("dtype")) options.dtype(dtype_from_json(json_options.at("dtype"), source, at));
   return options;
 }
 

@@ -16,7 +16,9 @@ nlohmann::json id_to_json(const NeuronId& id);
 NeuronId id_from_json(const nlohmann::json& value, const std::string& source, const std::string& path);
 
 nlohmann::json options_to_json(const NeuralNetworkOptions& options, const char* context);
-NeuralNetworkOptions options_from_json(const nlohmann::json& json, const std::string& source);
+// `at`: where the options stand in the file, for messages (a node-link export's are /graph/options).
+NeuralNetworkOptions options_from_json(const nlohmann::json& json, const std::string& source,
+                                       const std::string& at = "/options");
 GraphSpec graph_from_config(const nlohmann::json& graph, const std::string& source);
 // dropout_p as a number (every hidden neuron) or {"hidden": p, "neurons": [[id, p], ...]}.
 nlohmann::json dropout_to_json(const DropoutSpec& dropout);

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 #include <sstream>
+#include <unordered_map>
 #include <unordered_set>
 
 #include <torch/torch.h>
@@ -189,8 +191,10 @@ void check_derived_attributes(const NodeLinkReader& r, const NeuralNetworkImpl& 
   if (node.contains("level")) {
     const json& level = node.at("level");
     if (!level.is_number_integer() || level.get<int64_t>() != topo.level_of(d))
-      fail("{}: /nodes/{}/level is {}, but neuron {}'s level is {}: levels follow from the links", r.source, i,
-           detail::excerpt(level), id, topo.level_of(d));
+      fail(
+          "{}: /nodes/{}/level is {}, but neuron {}'s level is {}: levels follow from the links (after editing them, "
+          "leave \"level\" out)",
+          r.source, i, detail::excerpt(level), id, topo.level_of(d));
   }
 }
 
@@ -207,19 +211,28 @@ void read_values(const NodeLinkReader& r, NeuralNetwork& network, const GraphSpe
   std::vector<char> link_frozen(topo.num_connections(), 0);  // by connection index
   std::vector<Edge> frozen_connections;
   std::vector<NeuronId> frozen_neurons;
-  // Edges may repeat in the file; the last value of a repeated edge wins.
+  // A repeated link counts once (as a repeated edge does); one that says
+  // another weight or frozen flag than the first is refused.
+  std::vector<int64_t> link_of(topo.num_connections(), -1);  // by connection index: its first link in the file
   for (size_t i = 0; i < links.size(); ++i) {
     // from_json validated every id; look each up through the spec's own labels.
     const auto& [u, v] = raw_edges[i];
+    const int64_t at = topo.connection_index(topo.dense_of(u), topo.dense_of(v));
     const auto& weight = r.need(links[i], "weight", fmt::format("/links/{}", i));
     if (!weight.is_number())
       fail("{}: /links/{}/weight must be a number, got {}", r.source, i, detail::excerpt(weight));
     if (!fits(weight.get<double>(), max_value))
       fail("{}: /links/{}/weight {} does not fit the network's dtype", r.source, i, detail::excerpt(weight));
-    const int64_t c = topo.connection_index(topo.dense_of(u), topo.dense_of(v));
-    w[c] = weight.get<double>();
-    link_frozen[c] =
-        r.is_frozen(links[i], fmt::format("/links/{}", i)) ? 1 : 0;  // the last flag wins, as for the weight
+    const char frozen = r.is_frozen(links[i], fmt::format("/links/{}", i)) ? 1 : 0;
+    if (link_of[at] >= 0) {
+      if (w[at] != weight.get<double>() || link_frozen[at] != frozen)
+        fail("{}: /links/{} gives {} another {} than /links/{}; give each connection once", r.source, i,
+             edge_str({u, v}), w[at] != weight.get<double>() ? "weight" : "frozen flag", link_of[at]);
+      continue;
+    }
+    link_of[at] = static_cast<int64_t>(i);
+    w[at] = weight.get<double>();
+    link_frozen[at] = frozen;
   }
   for (const auto& [u, v] : spec.edges())
     if (link_frozen[topo.connection_index(topo.dense_of(u), topo.dense_of(v))]) frozen_connections.emplace_back(u, v);
@@ -230,6 +243,9 @@ void read_values(const NodeLinkReader& r, NeuralNetwork& network, const GraphSpe
     if (topo.role(d) == Role::Input) {
       if (frozen)
         fail("{}: /nodes/{}/frozen is true, but input neuron {} has no bias to freeze", r.source, i, spec.neurons()[i]);
+      if (nodes[i].contains("bias"))
+        fail("{}: /nodes/{}/bias is given, but input neuron {} has no bias (it passes its input on)", r.source, i,
+             spec.neurons()[i]);
       continue;
     }
     if (frozen) frozen_neurons.push_back(spec.neurons()[i]);
@@ -246,20 +262,37 @@ void read_values(const NodeLinkReader& r, NeuralNetwork& network, const GraphSpe
 }
 
 // /graph/operation_parameters: the techniques' parameters, by their names in the network.
-void read_operation_parameters(const NodeLinkReader& r, NeuralNetwork& network, const json& saved) {
+void read_operation_parameters(const NodeLinkReader& r, NeuralNetwork& network, const json* saved) {
   const std::string& source = r.source;
-  if (!saved.is_object()) fail("{}: /graph/operation_parameters must be an object", source);
+  // Every operation parameter the options call for (by its name in the
+  // network): one the file leaves out would start afresh, silently.
+  std::set<std::string> wanted;
+  for (size_t k = 0; k < network->operations().size(); ++k)
+    for (const auto& p : network->operation_parameters(k).named_parameters())
+      wanted.insert(network->operations()[k]->name() + "." + p.key());
+  if (!saved) {
+    if (!wanted.empty())
+      fail(
+          "{}: /graph/options turn on {}, but /graph/operation_parameters, which holds their trained values, is "
+          "missing; without it they would start afresh",
+          source, wanted.begin()->substr(0, wanted.begin()->find('.')));
+    return;
+  }
+  if (!saved->is_object()) fail("{}: /graph/operation_parameters must be an object", source);
   const double max_value = find_dtype(network->options().dtype())->max;
   torch::NoGradGuard no_grad;
   auto named = network->named_parameters();
   std::unordered_map<std::string, torch::Tensor> parts;  // an older file's names for rows of a parameter
   for (const auto& part : topo_norm_level_parts(*network))
     parts.emplace(part.name, named[part.whole].narrow(0, part.first_row, part.rows));
-  for (auto it = saved.begin(); it != saved.end(); ++it) {
+  std::unordered_map<std::string, std::string> whole_of;  // an older part's name -> its parameter's
+  for (const auto& part : topo_norm_level_parts(*network)) whole_of.emplace(part.name, part.whole);
+  for (auto it = saved->begin(); it != saved->end(); ++it) {
     const std::string path = "/graph/operation_parameters/" + it.key();
     auto* target = it.key().find('.') == std::string::npos ? nullptr : named.find(it.key());
     if (!target && parts.count(it.key())) target = &parts.at(it.key());
     if (!target) fail("{}: {} names no operation parameter of this network", source, path);
+    wanted.erase(whole_of.count(it.key()) ? whole_of.at(it.key()) : it.key());
     try {
       const auto numbers = it.value().at("values").get<std::vector<double>>();
       for (size_t k = 0; k < numbers.size(); ++k)  // as for weights and biases: 1e300 would load as inf in float32
@@ -281,6 +314,8 @@ void read_operation_parameters(const NodeLinkReader& r, NeuralNetwork& network, 
       fail("{}: {} is malformed: {}", source, path, e.what());
     }
   }
+  if (!wanted.empty())
+    fail("{}: /graph/operation_parameters has no entry \"{}\", which /graph/options call for", source, *wanted.begin());
 }
 
 }  // namespace
@@ -289,17 +324,21 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
   const NodeLinkReader r{source};
   const json& graph = r.need(in, "graph", "");
   const json& nodes = r.need(in, "nodes", "");
-  // networkx writes "links" (2.x) or "edges" (3.4+).
+  // networkx writes "links" (2.x) or "edges" (3.4+); a file with both would say two things.
+  if (in.contains("links") && in.contains("edges"))
+    fail("{}: has both /links and /edges (networkx writes one or the other); keep one", source);
   const json& links = in.contains("links") ? in.at("links") : r.need(in, "edges", "");
   if (!nodes.is_array()) fail("{}: /nodes must be an array", source);
   if (!links.is_array()) fail("{}: /links must be an array", source);
   std::vector<Edge> raw_edges;
   GraphSpec spec = read_structure(r, graph, nodes, links, raw_edges);
-  NeuralNetworkOptions options =
-      graph.contains("options") ? options_from_json(graph.at("options"), source) : NeuralNetworkOptions();
+  NeuralNetworkOptions options = graph.contains("options")
+                                     ? options_from_json(graph.at("options"), source, "/graph/options")
+                                     : NeuralNetworkOptions();
   NeuralNetwork network(spec, options);
   read_values(r, network, spec, nodes, links, raw_edges);
-  if (graph.contains("operation_parameters")) read_operation_parameters(r, network, graph.at("operation_parameters"));
+  read_operation_parameters(r, network,
+                            graph.contains("operation_parameters") ? &graph.at("operation_parameters") : nullptr);
   return network;
 }
 
