@@ -54,8 +54,8 @@
 // message and that the HAM and files are unchanged.
 //
 // Accepted by design, so not in the table: a repeated edge (counts once, as in
-// networkx), NaN or inf in forward() inputs (they propagate; a check would cost
-// a device sync per call), add_connections of an existing connection (ignored).
+// networkx; a node-link link repeated with another weight is refused), NaN or inf in forward() inputs (they propagate;
+// a check would cost a device sync per call), add_connections of an existing connection (ignored).
 #include <sys/wait.h>
 
 #include <filesystem>

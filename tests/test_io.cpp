@@ -374,9 +374,15 @@ TEST(GraphExport, ImportRejectsLinksToMissingNodesAndBadFrozenFlags) {
   EXPECT_THROW_MSG(
       bad(head + R"("links":[{"source":0,"target":1,"weight":2},{"source":0,"target":1,"weight":2,"frozen":true}]})"),
       "g.json: /links/1 gives 0 -> 1 another frozen flag than /links/0");
-  // networkx writes "links" or "edges": a file with both says two things.
+  // networkx writes "links" or "edges": a file with both that differ says two things.
   EXPECT_THROW_MSG(bad(head + R"("links":[{"source":0,"target":1,"weight":2}],"edges":[]})"),
-                   "g.json: has both /links and /edges (networkx writes one or the other); keep one");
+                   "g.json: has both /links and /edges, and they differ (networkx writes one or the other); keep one");
+  const std::string link = R"([{"source":0,"target":1,"weight":2}])";
+  EXPECT_EQ(bad(head + R"("links":)" + link + R"(,"edges":)" + link + "}")->weight(0, 1), 2.0);
+  // Option errors name where the options stand in this file.
+  EXPECT_THROW_MSG(bad(R"({"graph":{"inputs":[0],"outputs":[1],"options":{"dtype":"int8"}},"nodes":[{"id":0},)"
+                       R"({"id":1,"bias":0}],"links":[{"source":0,"target":1,"weight":1}]})"),
+                   "g.json: /graph/options/dtype must be one of");
 }
 
 // The techniques' trained values travel in /graph/operation_parameters: a
@@ -396,7 +402,7 @@ TEST(GraphExport, ImportNeedsTheTechniquesParameters) {
   json["graph"].erase("operation_parameters");
   EXPECT_THROW_MSG(from_node_link_json(json, "g.json"),
                    "g.json: /graph/options turn on adaptive_activation, but /graph/operation_parameters, which holds "
-                   "their trained values, is missing; without it they would start afresh");
+                   "their trained values, is missing (they would start afresh); export the trained network again");
 }
 
 // The attributes the export writes for networkx users but derives from
@@ -1195,6 +1201,20 @@ TEST(Checkpoint, ReadsTopoNormSavedPerLevel) {
   }
   const auto x = torch::randn({5, 1});
   EXPECT_TRUE(torch::equal(ck.network->forward(x), from_json->forward(x)));
+  // The node-link file's parts are each needed (a level left out would start
+  // afresh), and a whole given beside its parts is ambiguous.
+  const auto graph = nlohmann::json::parse(std::ifstream(dir + "graph.json"));
+  auto short_one = graph;
+  short_one["graph"]["operation_parameters"].erase("topo_norm.level3_gamma");
+  EXPECT_THROW_MSG(from_node_link_json(short_one, "g.json"),
+                   "g.json: /graph/operation_parameters has no entry \"topo_norm.level3_gamma\", which /graph/options "
+                   "call for");
+  auto both = graph;
+  both["graph"]["operation_parameters"]["topo_norm.gamma"] =
+      to_node_link_json(from_json)["graph"]["operation_parameters"]["topo_norm.gamma"];
+  EXPECT_THROW_MSG(
+      from_node_link_json(both, "g.json"),
+      "g.json: /graph/operation_parameters names both topo_norm.gamma and its rows topo_norm.level1_gamma");
   // Parts listed in two groups: the whole joins the first; a repeated name is
   // still refused; the step is level 1's whatever the key order.
   const std::string good = slurp(dir + "model.ckpt");

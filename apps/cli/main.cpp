@@ -1654,7 +1654,7 @@ int inspect_ham(const std::string& path) {
   for (const auto& l : ck.ham->layers()) {
     std::ostringstream lagrangian;
     l.lagrangian->pretty_print(lagrangian);
-    fmt::print("layer {}: per-sample shape [{}], {}, tau {}\n", l.name, fmt::join(l.shape, ", "), lagrangian.str(),
+    fmt::print("layer {}: per-sample shape [{}], {}, tau {:g}\n", l.name, fmt::join(l.shape, ", "), lagrangian.str(),
                l.tau);
   }
   int64_t values = 0, frozen = 0;

@@ -266,33 +266,42 @@ void read_operation_parameters(const NodeLinkReader& r, NeuralNetwork& network, 
   const std::string& source = r.source;
   // Every operation parameter the options call for (by its name in the
   // network): one the file leaves out would start afresh, silently.
-  std::set<std::string> wanted;
+  std::set<std::string> wanted, techniques;
   for (size_t k = 0; k < network->operations().size(); ++k)
-    for (const auto& p : network->operation_parameters(k).named_parameters())
+    for (const auto& p : network->operation_parameters(k).named_parameters()) {
       wanted.insert(network->operations()[k]->name() + "." + p.key());
+      techniques.insert(network->operations()[k]->name());
+    }
   if (!saved) {
     if (!wanted.empty())
       fail(
           "{}: /graph/options turn on {}, but /graph/operation_parameters, which holds their trained values, is "
-          "missing; without it they would start afresh",
-          source, wanted.begin()->substr(0, wanted.begin()->find('.')));
+          "missing (they would start afresh); export the trained network again",
+          source, fmt::join(techniques, ", "));
     return;
   }
   if (!saved->is_object()) fail("{}: /graph/operation_parameters must be an object", source);
   const double max_value = find_dtype(network->options().dtype())->max;
   torch::NoGradGuard no_grad;
   auto named = network->named_parameters();
-  std::unordered_map<std::string, torch::Tensor> parts;  // an older file's names for rows of a parameter
-  for (const auto& part : topo_norm_level_parts(*network))
+  // An older file names a parameter's rows level by level: then every part is wanted, in place of the whole.
+  std::unordered_map<std::string, torch::Tensor> parts;
+  for (const auto& part : topo_norm_level_parts(*network)) {
     parts.emplace(part.name, named[part.whole].narrow(0, part.first_row, part.rows));
-  std::unordered_map<std::string, std::string> whole_of;  // an older part's name -> its parameter's
-  for (const auto& part : topo_norm_level_parts(*network)) whole_of.emplace(part.name, part.whole);
+    if (!saved->contains(part.name)) continue;
+    if (saved->contains(part.whole))
+      fail("{}: /graph/operation_parameters names both {} and its rows {}; give one or the other", source, part.whole,
+           part.name);
+    wanted.erase(part.whole);
+  }
+  for (const auto& part : topo_norm_level_parts(*network))
+    if (!wanted.count(part.whole) && !saved->contains(part.whole)) wanted.insert(part.name);
   for (auto it = saved->begin(); it != saved->end(); ++it) {
     const std::string path = "/graph/operation_parameters/" + it.key();
     auto* target = it.key().find('.') == std::string::npos ? nullptr : named.find(it.key());
     if (!target && parts.count(it.key())) target = &parts.at(it.key());
     if (!target) fail("{}: {} names no operation parameter of this network", source, path);
-    wanted.erase(whole_of.count(it.key()) ? whole_of.at(it.key()) : it.key());
+    wanted.erase(it.key());
     try {
       const auto numbers = it.value().at("values").get<std::vector<double>>();
       for (size_t k = 0; k < numbers.size(); ++k)  // as for weights and biases: 1e300 would load as inf in float32
@@ -325,8 +334,8 @@ NeuralNetwork from_node_link_json(const json& in, const std::string& source) {
   const json& graph = r.need(in, "graph", "");
   const json& nodes = r.need(in, "nodes", "");
   // networkx writes "links" (2.x) or "edges" (3.4+); a file with both would say two things.
-  if (in.contains("links") && in.contains("edges"))
-    fail("{}: has both /links and /edges (networkx writes one or the other); keep one", source);
+  if (in.contains("links") && in.contains("edges") && in.at("links") != in.at("edges"))
+    fail("{}: has both /links and /edges, and they differ (networkx writes one or the other); keep one", source);
   const json& links = in.contains("links") ? in.at("links") : r.need(in, "edges", "");
   if (!nodes.is_array()) fail("{}: /nodes must be an array", source);
   if (!links.is_array()) fail("{}: /links must be an array", source);
