@@ -177,6 +177,22 @@ TEST(Cli, ExportEveryFormatAndInspect) {
   EXPECT_NE(r.out.find("dropout: 5 neurons with p > 0 (max 0.1)"), std::string::npos) << r.out;
 }
 
+// GraphML and DOT hold no technique parameters: said; the JSON keeps them.
+TEST(Cli, ExportSaysWhereTechniqueParametersAreLeftOut) {
+  TempDir dir;
+  spit(dir / "net.json", R"({"graph": {"prebuilt": "MLP", "input_size": 1, "output_size": 2, "width": 4, "depth": 1},
+                              "options": {"use_adaptive_activations": true}})");
+  const std::string said =
+      "export: g.graphml holds no technique parameters (adaptive_activation); --format json and "
+      "the checkpoint keep them, and only they import back";
+  auto r = connex_cli("export net.json --format graphml --out g.graphml", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE((r.out + r.err).find(said), std::string::npos) << r.out + r.err;
+  r = connex_cli("export net.json --format json --out g.json", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ((r.out + r.err).find("technique parameters"), std::string::npos) << r.out + r.err;
+}
+
 // A bfloat16 network trains a regression: LibTorch 1.13 has no bfloat16 MSE
 // on the CPU ("mse_cpu" not implemented), so the loss is taken in float32.
 TEST(Cli, ABfloat16NetworkTrainsARegression) {

@@ -1443,6 +1443,15 @@ int cmd_export(const std::string& path, const std::string& format, const std::st
           out, fmt::join(ck.preprocessing->features, ","), ck.preprocessing->standardizes() ? ", standardized" : "",
           ck.preprocessing->classes.empty() ? ""
                                             : fmt::format(", classes {}", fmt::join(ck.preprocessing->classes, ",")));
+    // GraphML and DOT describe the graph: the techniques' trained values travel in the JSON only.
+    if (format != "json" && !net->operations().empty()) {
+      std::vector<std::string> techniques;
+      for (const auto& op : net->operations()) techniques.push_back(op->name());
+      spdlog::warn(
+          "export: {} holds no technique parameters ({}); --format json and the checkpoint keep them, and only they "
+          "import back",
+          out, fmt::join(techniques, ", "));
+    }
   } else {  // png through Graphviz, run directly (no shell: the paths are the user's)
     // A large network is drawn as a summary, every drawing is bounded in
     // pixels, and dot gets a time limit: a full drawing of a thousand neurons
