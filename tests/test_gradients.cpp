@@ -28,6 +28,18 @@ struct KernelWidth {
   KernelWidth& operator=(const KernelWidth&) = delete;
 };
 
+// check(name, gradient, reference gradient) for each parameter of `net` and
+// its namesake in `reference`; a parameter without a gradient counts as zeros.
+template <typename Check>
+void for_each_gradient_pair(NeuralNetwork& net, NeuralNetwork& reference, Check check) {
+  auto on_reference = reference->named_parameters();
+  for (const auto& p : net->named_parameters()) {
+    const auto& q = on_reference[p.key()];
+    check(p.key(), p.value().grad().defined() ? p.value().grad() : torch::zeros_like(p.value()),
+          q.grad().defined() ? q.grad() : torch::zeros_like(q));
+  }
+}
+
 }  // namespace
 
 TEST(Gradients, RandomDagsEveryActivationMatchFiniteDifferences) {
@@ -175,13 +187,10 @@ TEST(Gradients, FusedKernelLanesAgreeInFloat32) {
           (y_ref * r).sum().backward();
           EXPECT_TRUE(close(y, y_ref)) << gap(y, y_ref);
           EXPECT_TRUE(close(xf.grad(), xr.grad())) << gap(xf.grad(), xr.grad());
-          auto on_reference = reference->named_parameters();
-          for (const auto& p : fused->named_parameters()) {
-            const auto& q = on_reference[p.key()];
-            const auto g = p.value().grad().defined() ? p.value().grad() : torch::zeros_like(p.value());
-            const auto g_ref = q.grad().defined() ? q.grad() : torch::zeros_like(q);
-            EXPECT_TRUE(close(g, g_ref)) << p.key() << ": " << gap(g, g_ref);
-          }
+          for_each_gradient_pair(fused, reference,
+                                 [&](const std::string& name, const torch::Tensor& g, const torch::Tensor& g_ref) {
+                                   EXPECT_TRUE(close(g, g_ref)) << name << ": " << gap(g, g_ref);
+                                 });
         }
       }
 }
@@ -228,15 +237,12 @@ TEST(Gradients, FusedKernelCarriesNaNAsTorchDoes) {
           (y * r).sum().backward();
           (y_ref * r).sum().backward();
           EXPECT_TRUE(torch::allclose(xf.grad(), xr.grad(), 1e-10, 1e-10, true)) << xf.grad() << xr.grad();
-          auto on_reference = reference->named_parameters();
-          for (const auto& p : fused->named_parameters()) {
-            const auto& q = on_reference[p.key()];
-            const auto g = p.value().grad().defined() ? p.value().grad() : torch::zeros_like(p.value());
-            const auto g_ref = q.grad().defined() ? q.grad() : torch::zeros_like(q);
-            EXPECT_TRUE(torch::allclose(g, g_ref, 1e-10, 1e-10, true))
-                << p.key() << ": " << (g.isnan() != g_ref.isnan()).sum().item<int64_t>()
-                << " entries NaN on one path only";
-          }
+          for_each_gradient_pair(fused, reference,
+                                 [](const std::string& name, const torch::Tensor& g, const torch::Tensor& g_ref) {
+                                   EXPECT_TRUE(torch::allclose(g, g_ref, 1e-10, 1e-10, true))
+                                       << name << ": " << (g.isnan() != g_ref.isnan()).sum().item<int64_t>()
+                                       << " entries NaN on one path only";
+                                 });
         }
       }
 }

@@ -1242,8 +1242,8 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   const PruneOptions options = p.options().scores(data ? connection_scores(net, p.score, *data) : torch::Tensor());
   const std::vector<Edge> weak = connections_to_prune(net, options);
   // What the floor held back, so that a floor above every fan-in is not a silent no-op.
-  say_what_the_floor_kept(net, options, weak.size(), "prune", "--keep-min", threshold ? "--threshold" : "--fraction");
-  say_how_the_shares_rounded(net, options, "prune", "--scope", "--fraction");
+  say_how_the_rule_chose(net, options, weak.size(), "prune", threshold ? "--threshold" : "--fraction", "--keep-min",
+                         "--scope");
   auto optimizer = choose_optimizer(ck, net, t, path);
   auto result = edit(net).remove_connections(weak).build(seed);
   NeuralNetwork pruned = result.network;

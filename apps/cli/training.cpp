@@ -154,34 +154,31 @@ std::string frozen_note(int64_t frozen) {
                      : fmt::format("; {} frozen connections were not candidates", frozen);
 }
 
-void say_what_the_floor_kept(const NeuralNetwork& network, const PruneOptions& options, size_t chosen,
-                             const std::string& command, const std::string& floor_flag, const std::string& rule_flag) {
-  if (options.keep_min() == 0) return;
-  const size_t unfloored = connections_to_prune(network, PruneOptions(options).keep_min(0)).size();
-  if (unfloored <= chosen) return;
-  const std::string kept =
-      fmt::format("{}: {} {} kept {} of the {} connections {} chose{}", command, floor_flag, options.keep_min(),
-                  unfloored - chosen, unfloored, rule_flag, chosen == 0 ? ": nothing is removed" : "");
-  if (chosen == 0)
-    spdlog::warn("{}", kept);
-  else
-    spdlog::info("{}", kept);
-}
-
-void say_how_the_shares_rounded(const NeuralNetwork& network, const PruneOptions& options, const std::string& command,
-                                const std::string& scope_flag, const std::string& fraction_flag) {
+void say_how_the_rule_chose(const NeuralNetwork& network, const PruneOptions& options, size_t chosen,
+                            const std::string& command, const std::string& rule_flag, const std::string& floor_flag,
+                            const std::string& scope_flag) {
+  // What the rule alone chose: one selection serves both notes.
+  const size_t unfloored =
+      options.keep_min() == 0 ? chosen : connections_to_prune(network, PruneOptions(options).keep_min(0)).size();
+  if (unfloored > chosen) {
+    const std::string kept =
+        fmt::format("{}: {} {} kept {} of the {} connections {} chose{}", command, floor_flag, options.keep_min(),
+                    unfloored - chosen, unfloored, rule_flag, chosen == 0 ? ": nothing is removed" : "");
+    if (chosen == 0)
+      spdlog::warn("{}", kept);
+    else
+      spdlog::info("{}", kept);
+  }
   if (!options.fraction() || options.scope() == PruneScope::Global) return;
-  const auto unfloored = PruneOptions(options).keep_min(0);
-  const int64_t scoped = static_cast<int64_t>(connections_to_prune(network, unfloored).size());
-  const int64_t overall =
-      static_cast<int64_t>(connections_to_prune(network, PruneOptions(unfloored).scope(PruneScope::Global)).size());
+  const int64_t scoped = static_cast<int64_t>(unfloored);
+  const int64_t overall = static_cast<int64_t>(
+      connections_to_prune(network, PruneOptions(options).keep_min(0).scope(PruneScope::Global)).size());
   if (std::abs(scoped - overall) <= std::max<int64_t>(1, overall / 100)) return;
   const char* group = options.scope() == PruneScope::PerNeuron ? "neuron" : "level";
   spdlog::info(
       "{}: {} {} rounds {} {} to whole connections {} by {} (halves up): {} chosen, where {} of all the candidates "
       "would be {}",
-      command, scope_flag, group, fraction_flag, *options.fraction(), group, group, scoped, *options.fraction(),
-      overall);
+      command, scope_flag, group, rule_flag, *options.fraction(), group, group, scoped, *options.fraction(), overall);
 }
 
 void write_run(const std::string& out, const NeuralNetwork& network, const torch::optim::Optimizer& optimizer,
@@ -738,10 +735,8 @@ class Trainer {
     EditScript prune;
     if (reporter()) {
       const auto weak = connections_to_prune(network_, options_.prune);
-      say_what_the_floor_kept(network_, options_.prune, weak.size(), fmt::format("train: epoch {}", epoch),
-                              "--prune-keep-min", "--prune-fraction");
-      say_how_the_shares_rounded(network_, options_.prune, fmt::format("train: epoch {}", epoch), "--prune-scope",
-                                 "--prune-fraction");
+      say_how_the_rule_chose(network_, options_.prune, weak.size(), fmt::format("train: epoch {}", epoch),
+                             "--prune-fraction", "--prune-keep-min", "--prune-scope");
       prune.remove_connections(weak);
     }
     EditResult edited = replicas_.apply_edit(network_, prune, options_.seed);

@@ -160,15 +160,14 @@ int64_t frozen_count(const NeuralNetwork& network);
 // "; N frozen connections were not candidates" (nothing for none), for a prune's report.
 std::string frozen_note(int64_t frozen);
 // Says (spdlog) what a keep_min floor held back of what the pruning rule
-// alone chose, `chosen` being what is removed with it; nothing when it held
-// nothing back. Flags name the command's own (--keep-min, --fraction...).
-void say_what_the_floor_kept(const NeuralNetwork& network, const PruneOptions& options, size_t chosen,
-                             const std::string& command, const std::string& floor_flag, const std::string& rule_flag);
-// Says (spdlog) where a fraction per neuron or level, rounded group by group
-// (halves up: a fan-in of 5 loses 3 at 0.5), chose more or fewer than that
-// fraction of all the candidates would (by over 1 %); nothing otherwise.
-void say_how_the_shares_rounded(const NeuralNetwork& network, const PruneOptions& options, const std::string& command,
-                                const std::string& scope_flag, const std::string& fraction_flag);
+// alone chose, `chosen` being what is removed with it, and where a fraction
+// per neuron or level, rounded group by group (halves up: a fan-in of 5
+// loses 3 at 0.5), chose over 1 % more or fewer than that fraction of all
+// the candidates would; nothing where neither happened. Flags name the
+// command's own (--fraction, --keep-min, --scope...).
+void say_how_the_rule_chose(const NeuralNetwork& network, const PruneOptions& options, size_t chosen,
+                            const std::string& command, const std::string& rule_flag, const std::string& floor_flag,
+                            const std::string& scope_flag);
 
 // The files write_run() writes into a run directory, model.ckpt (the record) last.
 inline constexpr const char* kRunFiles[] = {"metrics.csv", "metrics.json", "config.json", "model.ckpt"};

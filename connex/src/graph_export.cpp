@@ -285,8 +285,9 @@ void read_operation_parameters(const NodeLinkReader& r, NeuralNetwork& network, 
   torch::NoGradGuard no_grad;
   auto named = network->named_parameters();
   // An older file names a parameter's rows level by level: then every part is wanted, in place of the whole.
+  const auto level_parts = topo_norm_level_parts(*network);
   std::unordered_map<std::string, torch::Tensor> parts;
-  for (const auto& part : topo_norm_level_parts(*network)) {
+  for (const auto& part : level_parts) {
     parts.emplace(part.name, named[part.whole].narrow(0, part.first_row, part.rows));
     if (!saved->contains(part.name)) continue;
     if (saved->contains(part.whole))
@@ -294,7 +295,7 @@ void read_operation_parameters(const NodeLinkReader& r, NeuralNetwork& network, 
            part.name);
     wanted.erase(part.whole);
   }
-  for (const auto& part : topo_norm_level_parts(*network))
+  for (const auto& part : level_parts)
     if (!wanted.count(part.whole) && !saved->contains(part.whole)) wanted.insert(part.name);
   for (auto it = saved->begin(); it != saved->end(); ++it) {
     const std::string path = "/graph/operation_parameters/" + it.key();

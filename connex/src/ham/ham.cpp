@@ -267,7 +267,7 @@ std::vector<torch::Tensor> HAMImpl::ordered(const States& x, const char* operati
            c10::toString(t.scalar_type()));
     // The one dtype the CPU has too few kernels for (softmax, among others).
     if (const auto refusal = cpu_forward_refusal(t.scalar_type()); !refusal.empty() && t.device().is_cpu())
-      fail("{}: layer \"{}\"'s state is Half: {}", operation, l.name, refusal);
+      fail("{}: layer \"{}\"'s state is {}: {}", operation, l.name, c10::toString(t.scalar_type()), refusal);
     // Torch's own message for mixed dtypes comes with its stack trace.
     if (parameters && t.scalar_type() != parameters->dtype())
       fail("{}: layer \"{}\"'s state is {}, but the HAM's parameters are {} (init_states() makes them alike)",
