@@ -441,55 +441,114 @@ std::vector<std::pair<int64_t, int64_t>> absent_pairs_up_the_levels(const Topolo
   return added;
 }
 
-// A topology patched with removed and added connections is the one compiled
-// from the edited graph, field for field, whenever no neuron changes level,
-// and is refused (none) whenever one would. Both cases occur many times.
+// A topology patched with removed and added connections and added hidden
+// neurons is the one compiled from the edited graph, field for field, also
+// where neurons change level (up or down) or new neurons join the levels.
+// Trials of two kinds: added pairs that follow the base's dense order (and
+// new neurons fed from below and feeding above a pivot of their own, new
+// ones feeding later new ones), which the patch must take; and pairs drawn
+// in any direction, where it must decline every cyclic graph (the editor
+// then compiles, which names the cycle) and equal the compiled topology
+// wherever it patches.
 TEST(Topology, PatchedEqualsCompiledOverRandomEdits) {
   std::mt19937_64 rng(11);
-  int patched = 0, refused = 0;
-  for (int trial = 0; trial < 400; ++trial) {
+  int patched = 0, declined = 0, moved = 0, grown = 0;
+  for (int trial = 0; trial < 600; ++trial) {
     SCOPED_TRACE(::testing::Message() << "trial " << trial);
-    auto spec = random_dag(rng, {4, 40, 0.25, trial % 2 == 1});
+    const bool string_ids = trial % 2 == 1, forward = trial % 3 != 2;
+    auto spec = random_dag(rng, {4, 40, 0.25, string_ids});
     auto base = Topology::compile(spec);
     const int64_t n = base->num_neurons(), m = base->num_connections();
-    // Remove a random share; add random absent pairs that run up the levels.
+    auto draw = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
     std::vector<int64_t> removed;
     const double share = std::uniform_real_distribution<double>(0, 0.5)(rng);
     for (int64_t c = 0; c < m; ++c)
       if (std::bernoulli_distribution(share)(rng)) removed.push_back(c);
     std::shuffle(removed.begin(), removed.end(), rng);
-    const auto added = absent_pairs_up_the_levels(*base, rng, 40, 40);
+    // New neurons, each with a pivot: fed from dense ids before it, feeding ids after it.
+    const int64_t k = trial % 4 == 0 ? 0 : draw(1, 4);
+    std::vector<NeuronId> fresh;
+    std::vector<int64_t> pivot;
+    for (int64_t j = 0; j < k; ++j) {
+      fresh.push_back(string_ids ? NeuronId("new" + std::to_string(j)) : NeuronId(1000 + j));
+      pivot.push_back(draw(base->num_inputs(), n));
+    }
+    std::sort(pivot.begin(), pivot.end());
+    std::set<std::pair<int64_t, int64_t>> chosen;
+    std::vector<std::pair<int64_t, int64_t>> added;
+    auto offer = [&](int64_t s, int64_t t) {
+      if (s == t || (s < n && base->role(s) == Role::Output) || (t < n && base->role(t) == Role::Input)) return;
+      if (s < n && t < n && base->connection_index(s, t) >= 0) return;
+      if (chosen.insert({s, t}).second) added.emplace_back(s, t);
+    };
+    for (int tries = 0; tries < 30; ++tries) {
+      int64_t s = draw(0, n - 1), t = draw(0, n - 1);
+      if (forward && s > t) std::swap(s, t);
+      offer(s, t);
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      for (int e = 0; e < 3; ++e) {
+        if (forward) {
+          if (pivot[j] > 0) offer(draw(0, pivot[j] - 1), n + j);
+          if (pivot[j] < n) offer(n + j, draw(pivot[j], n - 1));
+        } else {
+          offer(draw(0, n - 1), n + j);
+          offer(n + j, draw(0, n - 1));
+        }
+      }
+      if (j > 0) offer(n + draw(0, j - 1), n + j);
+      if (!forward && j > 0) offer(n + j, n + draw(0, j - 1));
+    }
+    std::shuffle(added.begin(), added.end(), rng);
+
     std::set<int64_t> gone(removed.begin(), removed.end());
+    auto label = [&](int64_t d) { return d < n ? base->label(d) : fresh[d - n]; };
     std::vector<Edge> edges;
     for (int64_t c = 0; c < m; ++c)
       if (!gone.count(c)) edges.emplace_back(base->label(base->conn_source()[c]), base->label(base->conn_target()[c]));
-    for (const auto& [s, t] : added) edges.emplace_back(base->label(s), base->label(t));
-    auto want = Topology::compile(GraphSpec(spec.neurons(), edges, spec.inputs(), spec.outputs()));
-    bool levels_kept = true;
-    for (int64_t d = 0; d < n; ++d) levels_kept &= want->level_of(want->dense_of(base->label(d))) == base->level_of(d);
-
+    for (const auto& [s, t] : added) edges.emplace_back(label(s), label(t));
+    std::vector<NeuronId> neurons = spec.neurons();
+    neurons.insert(neurons.end(), fresh.begin(), fresh.end());
+    std::shared_ptr<const Topology> want;
+    try {
+      want = Topology::compile(GraphSpec(neurons, edges, spec.inputs(), spec.outputs()));
+    } catch (const connex::Error& e) {
+      ASSERT_FALSE(forward) << e.what();
+      EXPECT_NE(std::string(e.what()).find("cycle"), std::string::npos) << e.what();
+    }
     std::vector<int64_t> old_connection;
-    auto got = base->with_connections(removed, added, {}, old_connection);
-    ASSERT_EQ(got != nullptr, levels_kept);
+    auto got = base->with_connections(removed, added, {}, old_connection, fresh);
+    if (forward) ASSERT_TRUE(got);
+    if (!want) ASSERT_FALSE(got);
     if (!got) {
-      ++refused;
+      ++declined;
       continue;
     }
     ++patched;
+    grown += k > 0;
+    bool levels_kept = true;
+    for (int64_t d = 0; d < n; ++d) levels_kept &= want->level_of(want->dense_of(base->label(d))) == base->level_of(d);
+    moved += !levels_kept;
     expect_same_topology(*got, *want);
     ASSERT_EQ(static_cast<int64_t>(old_connection.size()), got->num_connections());
     for (int64_t c = 0; c < got->num_connections(); ++c) {
-      const int64_t was = base->connection_index(got->conn_source()[c], got->conn_target()[c]);
-      EXPECT_EQ(old_connection[c], gone.count(was) ? -1 : was);
+      const int64_t s = base->dense_of(got->label(got->conn_source()[c]));
+      const int64_t t = base->dense_of(got->label(got->conn_target()[c]));
+      const int64_t was = s < 0 || t < 0 ? -1 : base->connection_index(s, t);
+      EXPECT_EQ(old_connection[c], was < 0 || gone.count(was) ? -1 : was);
     }
   }
-  EXPECT_GT(patched, 100);
-  EXPECT_GT(refused, 20);
+  EXPECT_GT(patched, 350);
+  EXPECT_GT(declined, 50);
+  EXPECT_GT(moved, 150);
+  EXPECT_GT(grown, 200);
 }
 
 // Large enough (over 2^16 connections) that the outgoing runs are sorted in
 // parts, one per thread: still the compiled topology, field for field. Each
-// level's sources_before counts the sources of the levels before it.
+// level's sources_before counts the sources of the levels before it. In
+// the first trials no neuron moves; in the last ones neurons change level
+// and new ones join.
 TEST(Topology, PatchedEqualsCompiledInParts) {
   struct RestoreThreads {
     int previous = torch::get_num_threads();
@@ -497,16 +556,17 @@ TEST(Topology, PatchedEqualsCompiledInParts) {
   } restore;
   torch::set_num_threads(2);
   std::mt19937_64 rng(5);
-  for (int trial = 0; trial < 3; ++trial) {
+  for (int trial = 0; trial < 5; ++trial) {
     SCOPED_TRACE(::testing::Message() << "trial " << trial);
-    auto spec = random_dag(rng, {600, 600, 0.5, trial == 1});
+    const bool moving = trial >= 3;
+    auto spec = random_dag(rng, {600, 600, 0.5, trial % 2 == 1});
     auto base = Topology::compile(spec);
     ASSERT_GT(base->num_connections(), int64_t{1} << 16);
     // Each neuron keeps one connection from the level before its own, and
     // pairs are added only up the levels: no neuron moves.
     const int64_t n = base->num_neurons();
     std::vector<uint8_t> held(base->num_connections(), 0);
-    for (int64_t d = base->num_inputs(); d < n; ++d)
+    for (int64_t d = base->num_inputs(); d < n && !moving; ++d)
       for (int64_t c = base->in_offsets()[d]; c < base->in_offsets()[d + 1]; ++c)
         if (base->level_of(base->conn_source()[c]) == base->level_of(d) - 1) {
           held[c] = 1;
@@ -516,14 +576,28 @@ TEST(Topology, PatchedEqualsCompiledInParts) {
     for (int64_t c = 0; c < base->num_connections(); ++c)
       if (!held[c] && std::bernoulli_distribution(0.3)(rng)) removed.push_back(c);
     std::set<int64_t> gone(removed.begin(), removed.end());
-    const auto added = absent_pairs_up_the_levels(*base, rng, 20000, 300);
+    auto added = absent_pairs_up_the_levels(*base, rng, 20000, 300);
+    // New neurons between a neuron and a deeper one (both non-input ends kept valid).
+    std::vector<NeuronId> fresh;
+    for (int64_t j = 0; moving && j < 40; ++j) {
+      const auto [s, t] = added[j];
+      fresh.push_back(trial % 2 == 1 ? NeuronId("new" + std::to_string(j)) : NeuronId(10000 + j));
+      added.emplace_back(s, n + j);
+      added.emplace_back(n + j, t);
+    }
+    auto label = [&](int64_t d) { return d < n ? base->label(d) : fresh[d - n]; };
     std::vector<Edge> edges;
     for (int64_t c = 0; c < base->num_connections(); ++c)
       if (!gone.count(c)) edges.emplace_back(base->label(base->conn_source()[c]), base->label(base->conn_target()[c]));
-    for (const auto& [s, t] : added) edges.emplace_back(base->label(s), base->label(t));
-    auto want = Topology::compile(GraphSpec(spec.neurons(), edges, spec.inputs(), spec.outputs()));
+    for (const auto& [s, t] : added) edges.emplace_back(label(s), label(t));
+    std::vector<NeuronId> neurons = spec.neurons();
+    neurons.insert(neurons.end(), fresh.begin(), fresh.end());
+    auto want = Topology::compile(GraphSpec(neurons, edges, spec.inputs(), spec.outputs()));
+    int64_t moved = 0;
+    for (int64_t d = 0; d < n; ++d) moved += want->level_of(want->dense_of(base->label(d))) != base->level_of(d);
+    EXPECT_EQ(moved > 0, moving);
     std::vector<int64_t> old_connection;
-    auto got = base->with_connections(removed, added, {}, old_connection);
+    auto got = base->with_connections(removed, added, {}, old_connection, fresh);
     ASSERT_TRUE(got);
     expect_same_topology(*got, *want);
     int64_t before = 0;
@@ -556,6 +630,19 @@ TEST(Topology, PatchRefusesBadConnections) {
   EXPECT_THROW_MSG(
       base->with_connections({}, {{a, -1}}, {}, old_connection),
       fmt::format("expected an added connection between dense ids in [0, {}), got ({}, -1)", base->num_neurons(), a));
+  EXPECT_THROW_MSG(
+      base->with_connections({}, {}, {}, old_connection, {NeuronId(7)}),
+      "Topology::with_connections(): added neuron 7 is an integer, but the graph's neuron ids are strings");
+  EXPECT_THROW_MSG(base->with_connections({}, {}, {}, old_connection, {NeuronId("A")}),
+                   "Topology::with_connections(): added neuron \"A\" is in the graph already or is given twice");
+  EXPECT_THROW_MSG(base->with_connections({}, {}, {}, old_connection, {NeuronId("")}),
+                   "Topology::with_connections(): neuron \"\" is empty; string ids must be non-empty, printable UTF-8 "
+                   "text");
+  EXPECT_THROW_MSG(base->with_connections({}, {}, {}, old_connection, {NeuronId("X"), NeuronId("X")}),
+                   "added neuron \"X\" is in the graph already or is given twice");
+  // An added neuron's id is its dense id past the base's.
+  EXPECT_THROW_MSG(base->with_connections({}, {{a, base->num_neurons()}}, {}, old_connection),
+                   fmt::format("got ({}, {})", a, base->num_neurons()));
 }
 
 // Regressions found by review.

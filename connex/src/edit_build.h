@@ -3,8 +3,8 @@
 // the EditResult, shared by NetworkEditor::build() and Rewirer::rewire().
 // Internal (plasticity.cpp).
 //
-// An edit that moves no neuron to another level may patch the base's
-// topology instead of compiling the edited graph (build_patched()).
+// An edit that removes no neuron and adds only hidden ones may patch the
+// base's topology instead of compiling the edited graph (build_patched()).
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -48,10 +48,13 @@ EditResult build_edited(const NeuralNetwork& base, GraphSpec spec, NeuralNetwork
                         std::vector<int64_t> new_index_of_old, bool function_preserving);
 
 // The same for a topology patched from the base's
-// (Topology::with_connections(), which gave `old_connection`): every neuron
-// keeps its position and its bias, and every new connection starts at 0.
+// (Topology::with_connections(), which gave `old_connection`): the base's
+// neurons keep their spec positions (added ones follow) and their biases;
+// new entries start at 0 when `zero_new`, else are drawn from
+// options.seed() as build_edited() draws them.
 EditResult build_patched(const NeuralNetwork& base, std::shared_ptr<const Topology> topology,
-                         NeuralNetworkOptions options, const std::vector<int64_t>& old_connection);
+                         NeuralNetworkOptions options, const std::vector<int64_t>& old_connection, bool zero_new,
+                         bool function_preserving);
 
 // The compile options a network's options ask for (neural_network.cpp).
 CompileOptions compile_options(const NeuralNetworkOptions& options);

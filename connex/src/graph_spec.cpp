@@ -141,10 +141,7 @@ std::optional<std::vector<int64_t>> levels_or_cycle(const EdgeCsr& csr,
 using NeuronIndex = std::unordered_map<NeuronId, int64_t, NeuronIdHash>;
 
 void check_string_ids(const std::vector<NeuronId>& neurons, const char* ctx) {
-  for (const auto& id : neurons)
-    if (!id.is_integer())
-      if (auto problem = id_text_problem(id.as_string()))
-        fail("{}: neuron {} {}; string ids must be non-empty, printable UTF-8 text", ctx, id, *problem);
+  for (const auto& id : neurons) check_id_text(id, ctx);
 }
 
 // Repeated edges count once (as in networkx); keep the first of each, in order.

@@ -3,6 +3,7 @@
 #include <charconv>
 #include <ostream>
 
+#include "connex/error.h"
 #include "utf8.h"
 
 namespace connex {
@@ -29,6 +30,12 @@ std::optional<std::string> id_text_problem(const std::string& text) {
     i += len;
   }
   return std::nullopt;
+}
+
+void check_id_text(const NeuronId& id, const std::string& context) {
+  if (!id.is_integer())
+    if (auto problem = id_text_problem(id.as_string()))
+      fail("{}: neuron {} {}; string ids must be non-empty, printable UTF-8 text", context, id, *problem);
 }
 
 std::ostream& operator<<(std::ostream& out, const NeuronId& id) { return out << id.str(); }

@@ -1,6 +1,7 @@
 #include "connex/plasticity.h"
 
 #include <algorithm>
+#include <numeric>
 #include <optional>
 #include <set>
 
@@ -431,6 +432,7 @@ void NetworkEditor::add_neurons(const std::vector<NeuronId>& ids, Role role, con
     if (id.kind() != kind)
       fail("{}: neuron {} is {} but the network's neuron ids are {}", context, id, kind_name(id.kind()),
            kind == NeuronId::Kind::Integer ? "integers" : "strings");
+    check_id_text(id, context);
     if (exists(id)) fail("{}: neuron {} already exists", context, id);
     if (!seen.insert(id).second) fail("{}: neuron {} is listed twice", context, id);
     if (removed_neurons_.count(id))
@@ -525,13 +527,47 @@ NetworkEditor& NetworkEditor::function_preserving(bool on) {
 }
 
 EditResult NetworkEditor::build(uint64_t seed) const {
-  IndexGraph graph = index_graph();
   NeuralNetworkOptions options = edited_options(seed);
-  GraphSpec spec = checked_spec(graph);
-  EditResult result = build_edited(network_, std::move(spec), std::move(options), std::move(graph.new_index_of_old),
-                                   function_preserving_);
+  auto result = [&] {
+    std::vector<int64_t> old_connection;
+    if (auto topology = patched_topology(options, old_connection))
+      return build_patched(network_, std::move(topology), std::move(options), old_connection, false,
+                           function_preserving_);
+    IndexGraph graph = index_graph();
+    GraphSpec spec = checked_spec(graph);
+    return build_edited(network_, std::move(spec), std::move(options), std::move(graph.new_index_of_old),
+                        function_preserving_);
+  }();
   if (function_preserving_) check_function_kept(*network_, result);
   return result;
+}
+
+// This edit's topology patched from the base's (Topology::with_connections()),
+// or none where it needs a compile: it removes neurons or adds inputs or
+// outputs, or a topo_sort ordered the base (or what the patch declines).
+std::shared_ptr<const Topology> NetworkEditor::patched_topology(const NeuralNetworkOptions& options,
+                                                                std::vector<int64_t>& old_connection) const {
+  if (!removed_neurons_.empty() || network_->options().topo_sort()) return nullptr;
+  for (const auto& entry : added_roles_)
+    if (entry.second != Role::Hidden) return nullptr;
+  const Topology& base = *base_;
+  const int64_t n = base.num_neurons();
+  std::unordered_map<NeuronId, int64_t, NeuronIdHash> added_dense;
+  for (size_t j = 0; j < added_neurons_.size(); ++j) added_dense.emplace(added_neurons_[j], n + int64_t(j));
+  auto dense = [&](const NeuronId& id) {
+    auto it = added_dense.find(id);
+    return it != added_dense.end() ? it->second : base.dense_of(id);
+  };
+  std::vector<int64_t> removed;
+  for (int64_t c = 0; c < static_cast<int64_t>(removed_.size()); ++c)
+    if (removed_[c]) removed.push_back(c);
+  // added_edges_ keeps the order of first addition; the set says which are still wanted.
+  std::vector<std::pair<int64_t, int64_t>> added;
+  std::unordered_set<Edge, EdgeHash> taken;
+  for (const auto& edge : added_edges_)
+    if (added_edge_set_.count(edge) && taken.insert(edge).second)
+      added.emplace_back(dense(edge.first), dense(edge.second));
+  return base.with_connections(removed, added, compile_options(options), old_connection, added_neurons_);
 }
 
 namespace {
@@ -565,22 +601,28 @@ EditResult build_edited(const NeuralNetwork& base, GraphSpec spec, NeuralNetwork
 }
 
 EditResult build_patched(const NeuralNetwork& base, std::shared_ptr<const Topology> topology,
-                         NeuralNetworkOptions options, const std::vector<int64_t>& old_connection) {
-  // Built straight from zeros rather than from drawn parameters that would
-  // all be overwritten: the survivors then move in, and new connections stay
-  // at 0. Neurons keep their dense ids, so each bias stays where it was.
+                         NeuralNetworkOptions options, const std::vector<int64_t>& old_connection, bool zero_new,
+                         bool function_preserving) {
+  // Biases move by spec position, which no base neuron changed.
+  const Topology& old = base->topology();
+  const Topology& topo = *topology;
+  std::vector<int64_t> bias_kept(topo.num_biases(), -1);
+  for (int64_t d = topo.num_inputs(); d < topo.num_neurons(); ++d)
+    if (const int64_t u = topo.spec_index_at(d); u < old.num_neurons())
+      bias_kept[topo.bias_index(d)] = old.bias_index(old.dense_at(u));
+  // Zeros, rather than drawn entries that the survivors would overwrite.
   const auto& old_weight = base->weight_tensor();
-  NeuralNetwork result(std::move(topology), std::move(options),
-                       torch::zeros({static_cast<int64_t>(old_connection.size())}, old_weight.options()),
-                       torch::zeros_like(base->bias_tensor()));
+  auto [weight, bias] = zero_new
+                            ? std::make_pair(torch::zeros({topo.num_connections()}, old_weight.options()),
+                                             torch::zeros({topo.num_biases()}, old_weight.options()))
+                            : edited_parameters(topo, old_connection, bias_kept, options.seed(), old_weight.options());
   ParameterRemap remap;
   remap.moved["weight"] = kept_pairs(old_connection, old_weight.device());
-  std::vector<int64_t> same_bias(base->topology().num_biases());
-  std::iota(same_bias.begin(), same_bias.end(), 0);
-  remap.moved["bias"] = kept_pairs(same_bias, old_weight.device());
-  std::vector<int64_t> same(base->spec().num_neurons());
+  remap.moved["bias"] = kept_pairs(bias_kept, old_weight.device());
+  std::vector<int64_t> same(old.num_neurons());
   std::iota(same.begin(), same.end(), 0);
-  return finish_edit(base, result, std::move(remap), std::move(same), false);
+  NeuralNetwork result(std::move(topology), std::move(options), std::move(weight), std::move(bias));
+  return finish_edit(base, result, std::move(remap), std::move(same), function_preserving);
 }
 
 NetworkEditor::IndexGraph NetworkEditor::index_graph() const {

@@ -102,15 +102,15 @@ EditResult build_rewired(const NeuralNetwork& network, const std::vector<int64_t
   const GraphSpec& spec = network->spec();
   auto options = edited_options(network->options(), network->options().dropout_p(), 0, !grow.empty(),
                                 [](const NeuronId&) { return true; });
-  // Usually no neuron changes level (always in a layered network): then the
-  // topology is patched, in a few passes over the connections. A topo_sort
-  // ordered the base's neurons in a way the edited network would not keep.
+  // The topology is patched, in a few passes over the connections, unless a
+  // topo_sort ordered the base's neurons in a way the edited network would
+  // not keep.
   if (!network->options().topo_sort()) {
     auto compile = compile_options(options);
     compile.context = "Rewirer::rewire()";
     std::vector<int64_t> old_connection;
     if (auto patched = t.with_connections(drop, grow, compile, old_connection))
-      return build_patched(network, std::move(patched), std::move(options), old_connection);
+      return build_patched(network, std::move(patched), std::move(options), old_connection, true, false);
   }
   std::vector<int64_t> same(spec.num_neurons());
   std::iota(same.begin(), same.end(), 0);

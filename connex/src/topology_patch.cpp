@@ -1,13 +1,18 @@
 // Topology::with_connections(): a topology patched rather than compiled, for
-// edits that remove and add connections but move no neuron to another level
-// (a rewiring). Everything that depends on levels alone (the dense order,
-// roles, the output plan) is kept; each target's incoming run is merged
-// with its added connections, and the outgoing runs and the spec's edges
-// are a counting sort of the new incoming runs by source: a few linear
-// passes, no comparison sort.
+// edits that remove and add connections and add hidden neurons (a rewiring,
+// a pruning, a growth). Each target's incoming run is merged with its added
+// connections; the levels follow in one pass in the base's dense order.
+// Where no neuron changes level, everything that depends on levels alone
+// (the dense order, roles, the output plan) is kept; else the neurons are
+// ordered again and the runs move with them. The outgoing runs and the
+// spec's edges are a counting sort of the new incoming runs by source: a
+// few linear passes, no comparison sort but of the rare run whose sources
+// changed order.
 #include <algorithm>
 #include <atomic>
 #include <numeric>
+#include <tuple>
+#include <unordered_set>
 
 #include "connex/error.h"
 #include "connex/topology.h"
@@ -36,12 +41,27 @@ std::vector<int64_t> offsets_of(const std::vector<int64_t>& counts) {
 std::shared_ptr<const Topology> Topology::with_connections(const std::vector<int64_t>& removed,
                                                            const std::vector<std::pair<int64_t, int64_t>>& added,
                                                            const CompileOptions& options,
-                                                           std::vector<int64_t>& old_connection) const {
+                                                           std::vector<int64_t>& old_connection,
+                                                           const std::vector<NeuronId>& added_neurons) const {
   const char* context = "Topology::with_connections()";  // each layer names itself
+  if (options.topo_sort) return nullptr;
+  // The patch's ids: this topology's dense ids, then the added neurons.
   const int64_t n = num_neurons(), m = num_connections();
+  const int64_t grown = n + static_cast<int64_t>(added_neurons.size());
+  {
+    std::unordered_set<NeuronId, NeuronIdHash> seen;
+    for (const auto& id : added_neurons) {
+      if (id.kind() != spec_.id_kind())
+        fail("{}: added neuron {} is {}, but the graph's neuron ids are {}", context, id, kind_name(id.kind()),
+             spec_.id_kind() == NeuronId::Kind::Integer ? "integers" : "strings");
+      check_id_text(id, context);
+      if (spec_.contains(id) || !seen.insert(id).second)
+        fail("{}: added neuron {} is in the graph already or is given twice", context, id);
+    }
+  }
   Patch patch;
   patch.gone.assign(m, 0);
-  patch.removed_into.assign(n, 0);
+  patch.removed_into.assign(grown, 0);
   for (int64_t c : removed) {
     if (c < 0 || c >= m) fail("{}: expected connection indices in [0, {}), got {}", context, m, c);
     if (patch.gone[c])
@@ -49,12 +69,13 @@ std::shared_ptr<const Topology> Topology::with_connections(const std::vector<int
     patch.gone[c] = 1;
     ++patch.removed_into[conn_target_[c]];
   }
-  std::vector<int64_t> into_count(n, 0), from_count(n, 0);
+  std::vector<int64_t> into_count(grown, 0), from_count(grown, 0);
   for (const auto& [s, t] : added) {
-    if (s < 0 || s >= n || t < 0 || t >= n)
-      fail("{}: expected an added connection between dense ids in [0, {}), got ({}, {})", context, n, s, t);
-    if (roles_[s] == Role::Output || roles_[t] == Role::Input)
-      fail("{}: connection {} would leave an output or enter an input", context, edge_str({label(s), label(t)}));
+    if (s < 0 || s >= grown || t < 0 || t >= grown)
+      fail("{}: expected an added connection between dense ids in [0, {}), got ({}, {})", context, grown, s, t);
+    if ((s < n && roles_[s] == Role::Output) || (t < n && roles_[t] == Role::Input))
+      fail("{}: connection {} would leave an output or enter an input", context,
+           edge_str({s < n ? label(s) : added_neurons[s - n], t < n ? label(t) : added_neurons[t - n]}));
     ++into_count[t];
     ++from_count[s];
   }
@@ -69,46 +90,102 @@ std::shared_ptr<const Topology> Topology::with_connections(const std::vector<int
     fill.assign(patch.into_begin.begin(), patch.into_begin.end() - 1);
     for (int64_t k : by_source) patch.into[fill[added[k].second]++] = added[k].first;
   }
+  std::vector<int64_t> level;
+  if (!patch_levels(patch, level)) return nullptr;
+  const int64_t depth = level.empty() ? 0 : *std::max_element(level.begin(), level.end());
   std::shared_ptr<Topology> topo(new Topology(GraphSpec()));
   topo->num_inputs_ = num_inputs_;
-  topo->roles_ = roles_;
-  topo->level_of_ = level_of_;
-  topo->dense_of_index_ = dense_of_index_;
-  topo->index_of_dense_ = index_of_dense_;
-  if (!topo->patch_incoming(*this, patch, old_connection, context)) return nullptr;
-  topo->patch_outgoing(*this);
-  topo->lay_out_levels(depth());
+
+  // The spec: the same neurons, then the added ones (hidden); its edges
+  // follow from the incoming runs (patch_outgoing()).
+  GraphSpec& spec = topo->spec_;
+  spec.neurons_ = spec_.neurons_;
+  spec.inputs_ = spec_.inputs_;
+  spec.outputs_ = spec_.outputs_;
+  spec.id_kind_ = spec_.id_kind_;
+  spec.index_ = spec_.index_;
+  spec.roles_ = spec_.roles_;
+  for (const auto& id : added_neurons) {
+    spec.index_.emplace(id, static_cast<int64_t>(spec.neurons_.size()));
+    spec.neurons_.push_back(id);
+    spec.roles_.push_back(Role::Hidden);
+  }
+  auto adjacency = std::make_shared<GraphSpec::IndexAdjacency>();
+  bool moved = grown > n;
+  for (int64_t d = 0; d < n && !moved; ++d) moved = level[d] != level_of_[d];
+  if (!moved) {
+    // Every neuron keeps its dense id, and all that depends on levels alone.
+    topo->roles_ = roles_;
+    topo->level_of_ = level_of_;
+    topo->dense_of_index_ = dense_of_index_;
+    topo->index_of_dense_ = index_of_dense_;
+    adjacency->batch = spec_.index_adjacency().batch;
+  } else {
+    adjacency->batch.resize(grown);
+    for (int64_t d = 0; d < grown; ++d) adjacency->batch[d < n ? index_of_dense_[d] : d] = level[d];
+    spec.adjacency_ = adjacency;  // order_neurons() reads the levels there
+    std::vector<int64_t> rank(grown);
+    std::iota(rank.begin(), rank.end(), 0);
+    topo->order_neurons(rank, depth);
+  }
+  topo->patch_incoming(*this, patch, moved, old_connection, context);
+  topo->patch_outgoing(adjacency);
+  topo->lay_out_levels(depth);
   topo->plan_levels(options);
-  topo->output_ids_ = output_ids_;
-  topo->output_gather_ = output_gather_;
+  if (!moved) {
+    topo->output_ids_ = output_ids_;
+    topo->output_gather_ = output_gather_;
+  } else {
+    for (const auto& id : spec.outputs()) topo->output_ids_.push_back(topo->dense_of_index_[spec.index_of(id)]);
+    topo->output_gather_ = topo->plan_gather(topo->output_ids_);
+  }
   return topo;
 }
 
 // The incoming runs: each target's surviving connections merged with its
-// added ones. Fills old_connection. False when some neuron would change level (nothing else is
-// valid then).
-bool Topology::patch_incoming(const Topology& base, const Patch& patch, std::vector<int64_t>& old_connection,
-                              const char* context) {
-  const int64_t n = base.num_neurons();
+// added ones, sources ascending, in this topology's dense order. Where
+// neurons `moved` (order_neurons() ordered them), each run goes to its
+// target's new place and its sources are renumbered, then sorted again where
+// a neuron that changed level broke their order; else ids are the base's.
+// Fills old_connection.
+void Topology::patch_incoming(const Topology& base, const Patch& patch, bool moved,
+                              std::vector<int64_t>& old_connection, const char* context) {
+  const int64_t n = base.num_neurons(), grown = static_cast<int64_t>(patch.removed_into.size());
   const std::vector<uint8_t>& gone = patch.gone;
   const std::vector<int64_t>& into = patch.into;
   const std::vector<int64_t>& into_begin = patch.into_begin;
-  in_offsets_.assign(n + 1, 0);
-  for (int64_t d = 0; d < n; ++d)
-    in_offsets_[d + 1] = in_offsets_[d] + base.in_offsets_[d + 1] - base.in_offsets_[d] - patch.removed_into[d] +
-                         into_begin[d + 1] - into_begin[d];
-  const int64_t total = in_offsets_[n];
+  // Patch ids (the base's dense ids, then the added neurons) and new dense ids.
+  std::vector<int64_t> new_of_old, old_of_new;
+  if (moved) {
+    new_of_old.resize(grown);
+    old_of_new.resize(grown);
+    for (int64_t d = 0; d < grown; ++d) {
+      new_of_old[d] = dense_of_index_[d < n ? base.index_of_dense_[d] : d];
+      old_of_new[new_of_old[d]] = d;
+    }
+  }
+  auto old_id = [&](int64_t d) { return moved ? old_of_new[d] : d; };
+  in_offsets_.assign(grown + 1, 0);
+  for (int64_t d = 0; d < grown; ++d) {
+    const int64_t e = old_id(d);
+    const int64_t base_run = e < n ? base.in_offsets_[e + 1] - base.in_offsets_[e] : 0;
+    in_offsets_[d + 1] = in_offsets_[d] + base_run - patch.removed_into[e] + into_begin[e + 1] - into_begin[e];
+  }
+  const int64_t total = in_offsets_[grown];
   conn_source_.resize(total);
   conn_target_.resize(total);
   old_connection.resize(total);
-  std::atomic<bool> levels_kept{true}, repeated{false};
-  share_work(0, n, 1 << 10, [&](int64_t first, int64_t last) {
+  std::atomic<bool> repeated{false};
+  share_work(0, grown, 1 << 10, [&](int64_t first, int64_t last) {
+    std::vector<std::pair<int64_t, int64_t>> run;
     for (int64_t d = first; d < last; ++d) {
-      const int64_t c_end = base.in_offsets_[d + 1], j_end = into_begin[d + 1];
-      int64_t c = base.in_offsets_[d], j = into_begin[d], out = in_offsets_[d], deepest = -1, previous = -1;
+      const int64_t e = old_id(d);
+      const int64_t c_end = e < n ? base.in_offsets_[e + 1] : 0, j_end = into_begin[e + 1];
+      int64_t c = e < n ? base.in_offsets_[e] : 0, j = into_begin[e], out = in_offsets_[d], previous = -1;
+      bool sorted = true;
       while (c < c_end || j < j_end) {
-        const int64_t old_source = c < c_end ? base.conn_source_[c] : n;
-        const int64_t new_source = j < j_end ? into[j] : n;
+        const int64_t old_source = c < c_end ? base.conn_source_[c] : grown;
+        const int64_t new_source = j < j_end ? into[j] : grown;
         // An added pair that is here (removed or not) or given twice.
         if (old_source == new_source || new_source == previous) repeated = true;
         if (old_source <= new_source) {
@@ -123,15 +200,83 @@ bool Topology::patch_incoming(const Topology& base, const Patch& patch, std::vec
           previous = new_source;
         }
         const int64_t s = std::min(old_source, new_source);
-        conn_source_[out] = s;
+        conn_source_[out] = moved ? new_of_old[s] : s;
+        sorted &= out == in_offsets_[d] || conn_source_[out - 1] < conn_source_[out];
         conn_target_[out++] = d;
-        deepest = std::max(deepest, level_of_[s]);
       }
-      if (roles_[d] != Role::Input && std::max<int64_t>(1, deepest + 1) != level_of_[d]) levels_kept = false;
+      if (sorted) continue;
+      const int64_t begin = in_offsets_[d];
+      run.clear();
+      for (int64_t k = begin; k < out; ++k) run.emplace_back(conn_source_[k], old_connection[k]);
+      std::sort(run.begin(), run.end());
+      for (int64_t k = begin; k < out; ++k) std::tie(conn_source_[k], old_connection[k]) = run[k - begin];
     }
   });
   if (repeated) fail("{}: an added connection exists already or is given twice", context);
-  return levels_kept;
+}
+
+// Each neuron's level in the patched graph, by patch ids (this topology's
+// dense ids, then the added neurons): one pass in this dense order, which
+// every connection here follows, so each neuron's sources have theirs when
+// it is reached. An added neuron takes its level when a neuron reads it, or
+// at the end, by a search through the added neurons that feed it. False
+// where the order does not hold: an added connection from a neuron at or
+// past its target (directly or through added neurons), or a cycle among
+// added neurons.
+bool Topology::patch_levels(const Patch& patch, std::vector<int64_t>& level) const {
+  const int64_t n = num_neurons(), grown = static_cast<int64_t>(patch.removed_into.size());
+  const std::vector<int64_t>& into = patch.into;
+  const std::vector<int64_t>& into_begin = patch.into_begin;
+  constexpr int64_t kUnknown = -1, kOpen = -2;
+  level.assign(grown, kUnknown);
+  std::vector<std::pair<int64_t, int64_t>> open;  // added neurons being settled, with the next source to read
+  // Settles added neuron a (whose sources are all added ones), every base
+  // neuron it reaches back to lying before `bound`.
+  auto settle = [&](int64_t a, int64_t bound) {
+    open.emplace_back(a, into_begin[a]);
+    level[a] = kOpen;
+    while (!open.empty()) {
+      const int64_t x = open.back().first;
+      int64_t& j = open.back().second;
+      int64_t pending = -1;
+      for (; j < into_begin[x + 1]; ++j) {
+        const int64_t s = into[j];
+        if (s < n ? s >= bound : level[s] == kOpen) return false;
+        if (level[s] == kUnknown) {
+          pending = s;
+          break;
+        }
+      }
+      if (pending >= 0) {
+        level[pending] = kOpen;
+        open.emplace_back(pending, into_begin[pending]);
+        continue;
+      }
+      int64_t deepest = 0;
+      for (int64_t k = into_begin[x]; k < into_begin[x + 1]; ++k) deepest = std::max(deepest, level[into[k]]);
+      level[x] = deepest + 1;
+      open.pop_back();
+    }
+    return true;
+  };
+  for (int64_t d = 0; d < n; ++d) {
+    if (roles_[d] == Role::Input) {
+      level[d] = 0;
+      continue;
+    }
+    int64_t deepest = 0;
+    for (int64_t c = in_offsets_[d]; c < in_offsets_[d + 1]; ++c)
+      if (!patch.gone[c]) deepest = std::max(deepest, level[conn_source_[c]]);
+    for (int64_t j = into_begin[d]; j < into_begin[d + 1]; ++j) {
+      const int64_t s = into[j];
+      if (s < n ? s >= d : level[s] == kUnknown && !settle(s, d)) return false;
+      deepest = std::max(deepest, level[s]);
+    }
+    level[d] = deepest + 1;
+  }
+  for (int64_t a = n; a < grown; ++a)
+    if (level[a] == kUnknown && !settle(a, n)) return false;
+  return true;
 }
 
 // The outgoing runs and the spec: a stable counting sort of the new
@@ -143,15 +288,8 @@ bool Topology::patch_incoming(const Topology& base, const Patch& patch, std::vec
 // scattered write misses the cache: five scattered arrays took most of a
 // 1M-connection rewiring's patch). Looking survivors up through their old
 // outgoing runs instead cost a cache miss per connection.
-void Topology::patch_outgoing(const Topology& base) {
+void Topology::patch_outgoing(std::shared_ptr<GraphSpec::IndexAdjacency> adjacency) {
   const int64_t n = num_neurons(), m = num_connections();
-  const GraphSpec& old = base.spec_;
-  spec_.neurons_ = old.neurons_;
-  spec_.inputs_ = old.inputs_;
-  spec_.outputs_ = old.outputs_;
-  spec_.id_kind_ = old.id_kind_;
-  spec_.index_ = old.index_;
-  spec_.roles_ = old.roles_;
   // Parts: targets in spec order, a similar number of connections each.
   const int64_t parts = counting_sort_parts(m, n);
   std::vector<int64_t> part_begin(parts + 1, n);
@@ -165,7 +303,6 @@ void Topology::patch_outgoing(const Topology& base) {
   }
   out_connections_.resize(m);
   out_targets_.resize(m);
-  auto adjacency = std::make_shared<GraphSpec::IndexAdjacency>();
   adjacency->targets.resize(m);
   spec_.edge_indices_.resize(m);
   std::vector<int64_t> spec_offset;  // per dense id: its spec edges' start less its run's
@@ -204,7 +341,6 @@ void Topology::patch_outgoing(const Topology& base) {
       }
     }
   });
-  adjacency->batch = old.index_adjacency().batch;
   spec_.adjacency_ = std::move(adjacency);
 }
 

@@ -57,6 +57,9 @@ const char* kind_name(NeuronId::Kind kind);
 // noncharacters U+FFFE and U+FFFF, so that every export format (DOT,
 // GraphML, node-link JSON) writes and reads them back unchanged.
 std::optional<std::string> id_text_problem(const std::string& text);
+// Throws "<context>: neuron <id> <problem>; string ids must be ..." when `id`
+// is a string whose text id_text_problem() refuses.
+void check_id_text(const NeuronId& id, const std::string& context);
 
 // A directed connection from `first` to `second`.
 using Edge = std::pair<NeuronId, NeuronId>;

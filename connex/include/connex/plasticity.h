@@ -91,11 +91,14 @@ class NetworkEditor {
   EditResult build(uint64_t seed = 0) const;
 
  private:
-  // The steps of build(), in order (plasticity.cpp).
+  // The steps of build() (plasticity.cpp): patched_topology(), or else the others in order.
   struct IndexGraph;  // the edited graph over neuron positions
   IndexGraph index_graph() const;
   NeuralNetworkOptions edited_options(uint64_t seed) const;
   GraphSpec checked_spec(IndexGraph& graph) const;
+  // The base's topology patched with this edit, where no compile is needed.
+  std::shared_ptr<const Topology> patched_topology(const NeuralNetworkOptions& options,
+                                                   std::vector<int64_t>& old_connection) const;
 
   // The neuron's dense id in the base network; -1 if it is not there or this edit removed it.
   int64_t base_dense(const NeuronId& id) const;

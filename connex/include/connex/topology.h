@@ -139,18 +139,23 @@ class Topology {
   // Builds a gather plan for arbitrary dense ids (any order, no duplicates).
   GatherPlan plan_gather(const std::vector<int64_t>& dense_ids) const;
 
-  // This topology less the connections `removed` (indices, each once) plus
+  // This topology less the connections `removed` (indices, each once), plus
+  // the hidden neurons `added_neurons` (labels new to the spec, appended to
+  // its neurons; here dense id num_neurons() + j names the j-th), plus
   // `added` ((source, target) dense ids, each absent here and given once),
-  // patched in O(neurons + connections) rather than compiled: or none when
-  // some neuron would change level (compile the edited spec then; so too
-  // when the neurons were ordered by a topo_sort). Neurons keep their dense
-  // ids and spec positions; the spec lists edges by source, each source's
-  // targets in spec order. `old_connection` receives, per new connection,
-  // its index here or -1 for an added one.
+  // patched in O(neurons + connections) rather than compiled: the result is
+  // the compiled topology of the edited graph, whose spec lists edges by
+  // source. Neurons that change level move to their new level's range.
+  // Returns none where the edited graph needs a compile: an added connection
+  // runs against this dense order (from a neuron at or past its target; a
+  // cycle may close there), added neurons form a cycle, or options ask for a
+  // topo_sort (the caller must also not patch a topology a topo_sort
+  // ordered). `old_connection` receives, per new connection, its index here
+  // or -1 for an added one.
   std::shared_ptr<const Topology> with_connections(const std::vector<int64_t>& removed,
                                                    const std::vector<std::pair<int64_t, int64_t>>& added,
-                                                   const CompileOptions& options,
-                                                   std::vector<int64_t>& old_connection) const;
+                                                   const CompileOptions& options, std::vector<int64_t>& old_connection,
+                                                   const std::vector<NeuronId>& added_neurons = {}) const;
 
  private:
   explicit Topology(GraphSpec spec) : spec_(std::move(spec)) {}
@@ -161,13 +166,15 @@ class Topology {
   void plan_level(int64_t l, const CompileOptions& options, std::vector<int64_t>& stamp,
                   std::vector<int64_t>& position);
   void plan_levels(const CompileOptions& options);
-  // with_connections()'s steps (topology_patch.cpp): the incoming runs from
-  // the base's and a Patch (what was removed and added), then the outgoing
-  // ones and the spec from the incoming runs.
+  // with_connections()'s steps (topology_patch.cpp): each neuron's level
+  // from the base's incoming runs and a Patch (what was removed and added),
+  // the new runs merged from the two (renumbered where a neuron moved), then
+  // the outgoing runs and the spec's edges from the incoming runs.
   struct Patch;  // topology_patch.cpp
-  bool patch_incoming(const Topology& base, const Patch& patch, std::vector<int64_t>& old_connection,
+  bool patch_levels(const Patch& patch, std::vector<int64_t>& level) const;
+  void patch_incoming(const Topology& base, const Patch& patch, bool moved, std::vector<int64_t>& old_connection,
                       const char* context);
-  void patch_outgoing(const Topology& base);
+  void patch_outgoing(std::shared_ptr<GraphSpec::IndexAdjacency> adjacency);
 
   GraphSpec spec_;
   int64_t num_inputs_ = 0;
