@@ -10,11 +10,24 @@
 #include "connex/error.h"
 #include "cycles.h"
 #include "edit_build.h"
+#include "id_messages.h"
 #include "parallel_passes.h"
 
 namespace connex {
 
 namespace {
+
+// The edges an editor added that it still wants, once each, in the order of
+// first addition: `added` keeps that order but may hold edges a later call
+// took back, and repeats of ones added again; `wanted` says which stand.
+std::vector<const Edge*> wanted_edges(const std::vector<Edge>& added,
+                                      const std::unordered_set<Edge, EdgeHash>& wanted) {
+  std::unordered_set<Edge, EdgeHash> taken;
+  std::vector<const Edge*> edges;
+  for (const auto& edge : added)
+    if (wanted.count(edge) && taken.insert(edge).second) edges.push_back(&edge);
+  return edges;
+}
 
 std::vector<Edge> adjacency_edges(const Adjacency& adjacency) {
   std::vector<Edge> edges;
@@ -431,7 +444,7 @@ void NetworkEditor::add_neurons(const std::vector<NeuronId>& ids, Role role, con
   for (const auto& id : ids) {
     if (id.kind() != kind)
       fail("{}: neuron {} is {} but the network's neuron ids are {}", context, id, kind_name(id.kind()),
-           kind == NeuronId::Kind::Integer ? "integers" : "strings");
+           kind_plural(kind));
     check_id_text(id, context);
     if (exists(id)) fail("{}: neuron {} already exists", context, id);
     if (!seen.insert(id).second) fail("{}: neuron {} is listed twice", context, id);
@@ -561,12 +574,9 @@ std::shared_ptr<const Topology> NetworkEditor::patched_topology(const NeuralNetw
   std::vector<int64_t> removed;
   for (int64_t c = 0; c < static_cast<int64_t>(removed_.size()); ++c)
     if (removed_[c]) removed.push_back(c);
-  // added_edges_ keeps the order of first addition; the set says which are still wanted.
   std::vector<std::pair<int64_t, int64_t>> added;
-  std::unordered_set<Edge, EdgeHash> taken;
-  for (const auto& edge : added_edges_)
-    if (added_edge_set_.count(edge) && taken.insert(edge).second)
-      added.emplace_back(dense(edge.first), dense(edge.second));
+  for (const Edge* edge : wanted_edges(added_edges_, added_edge_set_))
+    added.emplace_back(dense(edge->first), dense(edge->second));
   return base.with_connections(removed, added, compile_options(options), old_connection, added_neurons_);
 }
 
@@ -651,11 +661,8 @@ NetworkEditor::IndexGraph NetworkEditor::index_graph() const {
     if (removed_[c]) removed.push_back(c);
   g.edges = surviving_edges(*base_, removed, g.new_index_of_old, added_edges_.size());
   g.first_added = g.edges.size();
-  // added_edges_ keeps the order of first addition; the set says which are still wanted.
-  std::unordered_set<Edge, EdgeHash> taken;
-  for (const auto& edge : added_edges_)
-    if (added_edge_set_.count(edge) && taken.insert(edge).second)
-      g.edges.emplace_back(new_index(edge.first), new_index(edge.second));
+  for (const Edge* edge : wanted_edges(added_edges_, added_edge_set_))
+    g.edges.emplace_back(new_index(edge->first), new_index(edge->second));
   return g;
 }
 

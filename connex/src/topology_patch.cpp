@@ -16,6 +16,7 @@
 
 #include "connex/error.h"
 #include "connex/topology.h"
+#include "id_messages.h"
 #include "parallel_passes.h"
 #include "work_share.h"
 
@@ -53,7 +54,7 @@ std::shared_ptr<const Topology> Topology::with_connections(const std::vector<int
     for (const auto& id : added_neurons) {
       if (id.kind() != spec_.id_kind())
         fail("{}: added neuron {} is {}, but the graph's neuron ids are {}", context, id, kind_name(id.kind()),
-             spec_.id_kind() == NeuronId::Kind::Integer ? "integers" : "strings");
+             kind_plural(spec_.id_kind()));
       check_id_text(id, context);
       if (spec_.contains(id) || !seen.insert(id).second)
         fail("{}: added neuron {} is in the graph already or is given twice", context, id);
@@ -230,8 +231,8 @@ bool Topology::patch_levels(const Patch& patch, std::vector<int64_t>& level) con
   constexpr int64_t kUnknown = -1, kOpen = -2;
   level.assign(grown, kUnknown);
   std::vector<std::pair<int64_t, int64_t>> open;  // added neurons being settled, with the next source to read
-  // Settles added neuron a (whose sources are all added ones), every base
-  // neuron it reaches back to lying before `bound`.
+  // Settles added neuron a (whose incoming connections are all added ones),
+  // every base neuron it reaches back to lying before `bound`.
   auto settle = [&](int64_t a, int64_t bound) {
     open.emplace_back(a, into_begin[a]);
     level[a] = kOpen;
