@@ -255,7 +255,7 @@ std::vector<Case> make_catalogue() {
   add("graph", "IdWithANulByte", none, lib([](World&) {
         GraphSpec::from_edges({{"a", std::string("b\0c", 3)}}, {"a"}, {std::string("b\0c", 3)});
       }),
-      {"GraphSpec: neuron \"b\\x00c\" contains the control character U+0000 at offset 1; string ids must be non-empty, "
+      {"GraphSpec: neuron \"b\\0c\" contains the control character U+0000 at offset 1; string ids must be non-empty, "
        "printable UTF-8 text"});
   add("graph", "EmptyStringId", none, lib([](World&) {
         GraphSpec::from_edges({{"a", ""}}, {"a"}, {""});

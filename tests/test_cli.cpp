@@ -230,6 +230,28 @@ TEST(Cli, InspectDescribesAHamCheckpoint) {
                        "a JSON config or a node-link JSON export (connex inspect describes a HAM checkpoint)"),
             std::string::npos)
       << r.err;
+  // Saved as a run directory's model.ckpt: named as such, not left to the
+  // network loader; train --out there advises no resume that would fail.
+  fs::create_directories(dir / "run");
+  fs::copy_file(dir / "m.ham", dir / "run/model.ckpt");
+  spit(dir / "run/metrics.csv", "epoch,loss\n");
+  r = connex_cli("predict run --data x.csv", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(
+      r.err.find("run/model.ckpt is a HAM checkpoint (connex/ham's ham::load); connex reads a network from a "
+                 "checkpoint, a JSON config or a node-link JSON export (connex inspect describes a HAM checkpoint)"),
+      std::string::npos)
+      << r.err;
+  spit(dir / "net.json",
+       R"({"graph": {"prebuilt": "MLP", "input_size": 1, "output_size": 1, "width": 2, "depth": 1}})");
+  r = connex_cli("train net.json --data x.csv --out run", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(
+      r.err.find("train: --out run holds files a run writes (metrics.csv, model.ckpt), but its model.ckpt is a HAM "
+                 "checkpoint (connex/ham's ham::load); write elsewhere, or pass --overwrite to replace them"),
+      std::string::npos)
+      << r.err;
+  EXPECT_EQ(slurp(dir / "run/model.ckpt"), slurp(dir / "m.ham"));
 }
 
 TEST(Cli, ClassifiesARealDataSetLikeAPlainMlp) {

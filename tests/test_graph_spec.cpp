@@ -155,28 +155,63 @@ TEST(GraphSpec, RepeatedEdgesKeepTheFirstOfEachInOrder) {
   }
 }
 
-// edges() is made on first use; threads racing to make it, and copies taken
-// meanwhile, must all see one complete list.
+// A list a spec makes on first use (`get` asks for it): threads racing to
+// make it, and copies taken meanwhile, must all see one complete list.
+template <typename Get, typename List>
+void expect_made_once_while_threads_race(const GraphSpec& spec, const Get& get, const List& expected) {
+  std::vector<const List*> seen(8);
+  std::vector<GraphSpec> copies(8, spec);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t)
+    threads.emplace_back([&, t] {
+      if (t % 2) copies[t] = spec;
+      seen[t] = &get(spec);
+    });
+  for (auto& thread : threads) thread.join();
+  for (int t = 0; t < 8; ++t) {
+    EXPECT_EQ(seen[t], seen[0]);
+    EXPECT_EQ(get(copies[t]), expected);
+  }
+  EXPECT_EQ(*seen[0], expected);
+}
+
 TEST(GraphSpec, EdgeListIsMadeOnceWhileThreadsRaceForIt) {
   std::mt19937_64 rng(5);
   for (int trial = 0; trial < 20; ++trial) {
     const GraphSpec spec = random_dag(rng, {30, 60, 0.3, trial % 2 == 1});
     std::vector<Edge> expected;
     for (const auto& [u, v] : spec.edge_indices()) expected.emplace_back(spec.neurons()[u], spec.neurons()[v]);
-    std::vector<const std::vector<Edge>*> seen(8);
-    std::vector<GraphSpec> copies(8, spec);
-    std::vector<std::thread> threads;
-    for (int t = 0; t < 8; ++t)
-      threads.emplace_back([&, t] {
-        if (t % 2) copies[t] = spec;
-        seen[t] = &spec.edges();
-      });
-    for (auto& thread : threads) thread.join();
-    for (int t = 0; t < 8; ++t) {
-      EXPECT_EQ(seen[t], seen[0]);
-      EXPECT_EQ(copies[t].edges(), expected);
-    }
-    EXPECT_EQ(*seen[0], expected);
+    expect_made_once_while_threads_race(
+        spec, [](const GraphSpec& s) -> const std::vector<Edge>& { return s.edges(); }, expected);
+  }
+}
+
+// A patched topology's spec keeps only its successor lists: edge_indices()
+// is made from them on first use, once, whichever thread asks first, and
+// copies share it. The spec reads back from its JSON as the same graph.
+TEST(GraphSpec, PatchedSpecMakesItsEdgePositionsOnceFromItsSuccessors) {
+  std::mt19937_64 rng(7);
+  for (int trial = 0; trial < 20; ++trial) {
+    auto base = Topology::compile(random_dag(rng, {30, 60, 0.3, trial % 2 == 1}));
+    std::vector<int64_t> removed;
+    for (int64_t c = 0; c < base->num_connections(); c += 3) removed.push_back(c);
+    std::vector<int64_t> old_connection;
+    const auto patched = base->with_connections(removed, {}, {}, old_connection);
+    ASSERT_TRUE(patched);
+    const GraphSpec& spec = patched->spec();
+    std::vector<std::pair<int64_t, int64_t>> expected;
+    const auto& adjacency = spec.index_adjacency();
+    for (size_t u = 0; u + 1 < adjacency.offsets.size(); ++u)
+      for (int64_t e = adjacency.offsets[u]; e < adjacency.offsets[u + 1]; ++e)
+        expected.emplace_back(static_cast<int64_t>(u), adjacency.targets[e]);
+    ASSERT_EQ(static_cast<int64_t>(expected.size()), patched->num_connections());
+    expect_made_once_while_threads_race(
+        spec, [](const GraphSpec& s) -> const auto& { return s.edge_indices(); }, expected);
+    for (size_t k = 0; k < expected.size(); ++k)
+      ASSERT_EQ(spec.edges()[k], Edge(spec.neurons()[expected[k].first], spec.neurons()[expected[k].second]));
+    const GraphSpec read_back = GraphSpec::from_json(spec.to_json());
+    EXPECT_EQ(read_back.edge_indices(), expected);
+    EXPECT_EQ(read_back.index_adjacency().targets, adjacency.targets);
   }
 }
 

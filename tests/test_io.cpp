@@ -1097,11 +1097,12 @@ TEST(GraphExport, AwkwardIdsSurviveEveryFormatsParser) {
     EXPECT_EQ(seen.at(reader).get<std::set<std::string>>(), expected) << reader;
 
   for (const auto& [id, problem] : std::vector<std::pair<std::string, std::string>>{
-           {std::string("a\0b", 3), "neuron \"a\\x00b\" contains the control character U+0000 at offset 1"},
+           {std::string("a\0b", 3), "neuron \"a\\0b\" contains the control character U+0000 at offset 1"},
            {"esc\x1b[31m", "neuron \"esc\\x1b[31m\" contains the control character U+001B at offset 3"},
            {"line\nbreak", "contains the control character U+000A at offset 4"},
            {"c1\xc2\x85", "contains the control character U+0085 at offset 2"},
-           {"bad\xff", "is not valid UTF-8 (byte 0xff at offset 3)"},
+           {"bad\xff", "neuron \"bad\\xff\" is not valid UTF-8 (byte 0xff at offset 3)"},
+           {"tab\tc1\xc2\x85", "neuron \"tab\\tc1\\u0085\" contains the control character U+0009 at offset 3"},
            {"nonchar\xef\xbf\xbe", "contains the noncharacter U+FFFE at offset 7"},
            {"", "neuron \"\" is empty; string ids must be non-empty, printable UTF-8 text"}}) {
     EXPECT_THROW_MSG(GraphSpec::from_edges({{"in", id}, {id, "out"}}, {"in"}, {"out"}), problem);

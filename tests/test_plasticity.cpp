@@ -16,6 +16,47 @@ const auto kDouble = NeuralNetworkOptions().dtype(torch::kFloat64);
 
 }  // namespace
 
+// The network's options but the seed carry over to the edited network, as
+// do its mode and device, on the patched path (connections and a hidden
+// neuron) and the compiled one (a neuron removed, its dropout with it).
+TEST(Plasticity, AnEditKeepsTheNetworksOptionsAndMode) {
+  const auto options = NeuralNetworkOptions()
+                           .hidden_activation("tanh")
+                           .output_transformation("softmax")
+                           .dtype(torch::kFloat64)
+                           .use_topo_norm(true)
+                           .dropout_p(DropoutSpec({{4, 0.2}, {9, 0.1}}))
+                           .seed(3)
+                           .execution(ExecutionOptions().fused(false).dense_path(false).dense_threshold(0.3));
+  NeuralNetwork net(readme_spec(), options);
+  net->eval();
+  const NeuronId input = net->spec().inputs()[0], output = net->spec().outputs()[0];
+  const EditResult grown = edit(net)
+                               .remove_connections({net->spec().edges()[0]})
+                               .add_hidden_neurons({50})
+                               .add_connections({{input, 50}, {50, output}})
+                               .build(7);
+  const EditResult shrunk = edit(net).remove_neurons({9}).build(8);
+  for (const EditResult* r : {&grown, &shrunk}) {
+    const NeuralNetworkOptions& got = r->network->options();
+    EXPECT_EQ(got.hidden_activation().name(), "tanh");
+    EXPECT_EQ(got.output_transformation().name(), "softmax");
+    EXPECT_EQ(got.dtype(), torch::kFloat64);
+    EXPECT_EQ(r->network->weight_tensor().scalar_type(), torch::kFloat64);
+    EXPECT_TRUE(got.use_topo_norm());
+    EXPECT_EQ(got.execution().fused(), std::optional<bool>(false));
+    EXPECT_EQ(got.execution().dense_path(), std::optional<bool>(false));
+    EXPECT_EQ(got.execution().dense_threshold(), 0.3);
+    EXPECT_FALSE(r->network->is_training());
+    EXPECT_EQ(r->network->weight_tensor().device(), net->weight_tensor().device());
+  }
+  EXPECT_EQ(grown.network->options().seed(), 7u);
+  EXPECT_EQ(shrunk.network->options().seed(), 8u);
+  using Entries = std::vector<std::pair<NeuronId, double>>;
+  EXPECT_EQ(grown.network->options().dropout_p().per_neuron, (Entries{{4, 0.2}, {9, 0.1}}));
+  EXPECT_EQ(shrunk.network->options().dropout_p().per_neuron, (Entries{{4, 0.2}}));
+}
+
 TEST(Plasticity, ReadmeSequenceKeepsWeightsAndTrainingContinues) {
   NeuralNetwork net(readme_spec(), NeuralNetworkOptions().hidden_activation("relu"));
   auto [x, y] = cos_sin_data();

@@ -94,6 +94,32 @@ bool is_checkpoint(const std::string& path) {
   return head && has_magic(*head, kNetworkMagic);
 }
 
+// What `path` holds where connex wrote it and it holds no network to read
+// back (named by its first bytes, rather than left to the JSON parser's or
+// the checkpoint loader's complaint), or "" for anything that may be one.
+std::string kind_without_network(const std::string& path) {
+  const auto head = file_head(path, 16);
+  if (!head) return "";  // a FIFO is left to the JSON reader, which refuses it without blocking
+  std::string kind = kind_of_head(*head);
+  if (has_magic(*head, kNetworkMagic)) return "";
+  // Any other file whose first character starts no JSON value holds no network; a JSON value
+  // other than an object is left to the config reader, which says what it expects.
+  const size_t first = first_character(*head);
+  const std::string json_starts = "{[\"-0123456789tfn";
+  if (kind.empty() && first != std::string::npos && json_starts.find((*head)[first]) == std::string::npos)
+    kind = "neither a connex checkpoint nor JSON";
+  return kind;
+}
+
+// Refuses a file kind_without_network() names, saying what it is.
+void refuse_without_network(const std::string& path) {
+  const std::string kind = kind_without_network(path);
+  if (kind.empty()) return;
+  const auto head = file_head(path, 8);
+  fail("{} is {}; connex reads a network from a checkpoint, a JSON config or a node-link JSON export{}", path, kind,
+       head && has_magic(*head, kHamMagic) ? " (connex inspect describes a HAM checkpoint)" : "");
+}
+
 // A SparseMLP `graph` (a config's, valid) built as `net`: where the floor
 // of one connection into every hidden and output neuron and out of every
 // hidden one raised its density's count, "; D asked for N, raised ...", else "".
@@ -150,6 +176,7 @@ Checkpoint open_network(const std::string& path, NetworkFile* source = nullptr) 
     const std::string model = (fs::path(path) / "model.ckpt").string();
     if (!fs::exists(model))
       fail("{}: a directory without model.ckpt; give a checkpoint or config file, or a train --out directory", path);
+    refuse_without_network(model);
     Checkpoint ck = load_checkpoint(model);
     const int epoch = ck.training.is_null() ? 0 : Progress::from_json(ck.training, model).epoch;
     for (const auto& file : run_files_out_of_step(path, ck))
@@ -160,24 +187,7 @@ Checkpoint open_network(const std::string& path, NetworkFile* source = nullptr) 
     return ck;
   }
   if (is_checkpoint(path)) return load_checkpoint(path);
-  // Files connex writes that hold no network to read back: named by their
-  // first bytes, rather than left to the JSON parser's complaint.
-  std::string kind;
-  // A FIFO is left to the JSON reader, which refuses it without blocking.
-  bool head_is_ham = false;
-  if (const auto head = file_head(path, 16)) {
-    kind = kind_of_head(*head);
-    head_is_ham = has_magic(*head, kHamMagic);
-    // Any other file whose first character starts no JSON value holds no network; a JSON value
-    // other than an object is left to the config reader, which says what it expects.
-    const size_t first = first_character(*head);
-    const std::string json_starts = "{[\"-0123456789tfn";
-    if (kind.empty() && first != std::string::npos && json_starts.find((*head)[first]) == std::string::npos)
-      kind = "neither a connex checkpoint nor JSON";
-  }
-  if (!kind.empty())
-    fail("{} is {}; connex reads a network from a checkpoint, a JSON config or a node-link JSON export{}", path, kind,
-         head_is_ham ? " (connex inspect describes a HAM checkpoint)" : "");
+  refuse_without_network(path);
   return {network_from_json_file(path, *source), std::nullopt};
 }
 
@@ -771,11 +781,18 @@ void check_train_out(const std::string& config, const std::string& out, bool ove
   if (!config.empty() &&
       (fs::equivalent(config, out, ec) || (fs::exists(model, ec) && fs::equivalent(config, model, ec))))
     return;  // resuming that run in place
-  if (fs::is_regular_file(model, ec))
+  if (fs::is_regular_file(model, ec) && is_checkpoint(model.string()))
     fail(
         "train: --out {} holds another run ({}); resume it with connex train {} --out {}, write elsewhere, or pass "
         "--overwrite to replace it",
         out, fmt::join(held, ", "), out, out);
+  if (fs::is_regular_file(model, ec)) {
+    const std::string kind = kind_without_network(model.string());
+    fail(
+        "train: --out {} holds files a run writes ({}), but its model.ckpt is {}; write elsewhere, or pass "
+        "--overwrite to replace them",
+        out, fmt::join(held, ", "), kind.empty() ? "not a network checkpoint" : kind);
+  }
   fail(
       "train: --out {} holds files a run writes ({}) but no model.ckpt; write elsewhere, or pass --overwrite to "
       "replace them",

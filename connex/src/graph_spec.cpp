@@ -296,16 +296,27 @@ void GraphSpec::validate(const std::string& context) {
   adjacency_ = levels_or_fail(csr, edge_indices_, roles_, neurons_, ctx);
 }
 
-const std::vector<Edge>& GraphSpec::LazyEdges::get(const GraphSpec& spec) const {
-  if (auto made = std::atomic_load(&edges_)) return *made;
-  auto list = std::make_shared<std::vector<Edge>>();
-  list->reserve(spec.edge_indices_.size());
-  for (const auto& [u, v] : spec.edge_indices_) list->emplace_back(spec.neurons_[u], spec.neurons_[v]);
-  // The first list stored stays for the spec's lifetime; a thread that lost
-  // the race returns that one, so every caller sees the same vector.
-  std::shared_ptr<const std::vector<Edge>> expected, desired = std::move(list);
-  if (std::atomic_compare_exchange_strong(&edges_, &expected, desired)) return *desired;
-  return *expected;
+const std::vector<Edge>& GraphSpec::edges() const {
+  return edges_.get([&] {
+    std::vector<Edge> list;
+    list.reserve(edge_indices().size());
+    for (const auto& [u, v] : edge_indices()) list.emplace_back(neurons_[u], neurons_[v]);
+    return list;
+  });
+}
+
+const std::vector<std::pair<int64_t, int64_t>>& GraphSpec::edge_indices() const {
+  if (!edges_by_source_ || !adjacency_) return edge_indices_;  // a moved-from spec holds neither
+  return by_source_.get([&] {
+    const IndexAdjacency& adjacency = *adjacency_;
+    const int64_t n = static_cast<int64_t>(neurons_.size());
+    std::vector<std::pair<int64_t, int64_t>> list;
+    list.reserve(adjacency.targets.size());
+    for (int64_t u = 0; u < n; ++u)
+      for (int64_t k = adjacency.offsets[u]; k < adjacency.offsets[u + 1]; ++k)
+        list.emplace_back(u, adjacency.targets[k]);
+    return list;
+  });
 }
 
 int64_t GraphSpec::index_of(const NeuronId& id) const {
@@ -539,7 +550,7 @@ nlohmann::json GraphSpec::to_json() const {
   json["neurons"] = nlohmann::json::array();
   for (const auto& id : neurons_) json["neurons"].push_back(id_to_json(id));
   json["edges"] = nlohmann::json::array();
-  for (const auto& [u, v] : edge_indices_) json["edges"].push_back({id_to_json(neurons_[u]), id_to_json(neurons_[v])});
+  for (const auto& [u, v] : edge_indices()) json["edges"].push_back({id_to_json(neurons_[u]), id_to_json(neurons_[v])});
   json["inputs"] = nlohmann::json::array();
   for (const auto& id : inputs_) json["inputs"].push_back(id_to_json(id));
   json["outputs"] = nlohmann::json::array();

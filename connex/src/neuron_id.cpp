@@ -4,17 +4,16 @@
 #include <ostream>
 
 #include "connex/error.h"
+#include "file_io.h"
 #include "utf8.h"
 
 namespace connex {
 
 std::string NeuronId::str() const {
   if (is_integer()) return std::to_string(as_integer());
-  // Control bytes shown escaped, so a message stays one line whatever the id.
-  std::string out = "\"";
-  for (const unsigned char c : as_string())
-    out += c < 0x20 || c == 0x7F ? fmt::format("\\x{:02x}", c) : std::string(1, c);
-  return out + "\"";
+  // Escaped as messages escape any text, whole: a message stays one line of
+  // valid UTF-8 whatever the id (one not yet checked, or one refused).
+  return "\"" + printable(as_string(), std::string::npos) + "\"";
 }
 
 std::optional<std::string> id_text_problem(const std::string& text) {

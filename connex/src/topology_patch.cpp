@@ -288,7 +288,10 @@ bool Topology::patch_levels(const Patch& patch, std::vector<int64_t>& level) con
 // targets and the spec's edges are then written run by run, in order (a
 // scattered write misses the cache: five scattered arrays took most of a
 // 1M-connection rewiring's patch). Looking survivors up through their old
-// outgoing runs instead cost a cache miss per connection.
+// outgoing runs instead cost a cache miss per connection, and shifting the
+// survivors of unchanged runs by their target's offset while looking up the
+// rest was no faster either. The spec keeps only the successor lists and
+// makes its edge_indices() from them when asked.
 void Topology::patch_outgoing(std::shared_ptr<GraphSpec::IndexAdjacency> adjacency) {
   const int64_t n = num_neurons(), m = num_connections();
   // Parts: targets in spec order, a similar number of connections each.
@@ -305,7 +308,6 @@ void Topology::patch_outgoing(std::shared_ptr<GraphSpec::IndexAdjacency> adjacen
   out_connections_.resize(m);
   out_targets_.resize(m);
   adjacency->targets.resize(m);
-  spec_.edge_indices_.resize(m);
   std::vector<int64_t> spec_offset;  // per dense id: its spec edges' start less its run's
   out_offsets_ = counting_sort_in_parts(
       parts, n,
@@ -329,20 +331,18 @@ void Topology::patch_outgoing(std::shared_ptr<GraphSpec::IndexAdjacency> adjacen
         spec_offset.resize(n);
         for (int64_t d = 0; d < n; ++d) spec_offset[d] = adjacency->offsets[index_of_dense_[d]] - offsets[d];
       });
-  // Targets (read through the connections) and the spec's edges, run by run.
+  // Targets (read through the connections) and the spec's successors, run by run.
   share_work(0, n, 1 << 10, [&](int64_t first, int64_t last) {
     for (int64_t s = first; s < last; ++s) {
-      const int64_t from = index_of_dense_[s];
       for (int64_t slot = out_offsets_[s], e = slot + spec_offset[s]; slot < out_offsets_[s + 1]; ++slot, ++e) {
         const int64_t d = conn_target_[out_connections_[slot]];
         out_targets_[slot] = d;
-        const int64_t u = index_of_dense_[d];
-        adjacency->targets[e] = u;
-        spec_.edge_indices_[e] = {from, u};
+        adjacency->targets[e] = index_of_dense_[d];
       }
     }
   });
   spec_.adjacency_ = std::move(adjacency);
+  spec_.edges_by_source_ = true;
 }
 
 }  // namespace connex

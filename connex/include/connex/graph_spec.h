@@ -57,9 +57,11 @@ class GraphSpec {
   // shared by copies of the spec: as label pairs the edges take ~80 bytes
   // each, and most specs (every edit builds one) are only read by index.
   // Safe to call from several threads.
-  const std::vector<Edge>& edges() const { return edges_.get(*this); }
-  // The same edges as positions in neurons().
-  const std::vector<std::pair<int64_t, int64_t>>& edge_indices() const { return edge_indices_; }
+  const std::vector<Edge>& edges() const;
+  // The same edges as positions in neurons(). A patched topology's spec
+  // (Topology::with_connections()) lists them by source and makes this list
+  // on the first call, as edges() does.
+  const std::vector<std::pair<int64_t, int64_t>>& edge_indices() const;
   const std::vector<NeuronId>& inputs() const { return inputs_; }
   const std::vector<NeuronId>& outputs() const { return outputs_; }
   NeuronId::Kind id_kind() const { return id_kind_; }
@@ -91,29 +93,42 @@ class GraphSpec {
   std::vector<NeuronId> neurons_;
   void validate(const std::string& context);
 
-  // The label-pair edge list, built once on demand. Copies share it; the
-  // copy reads the pointer atomically, as edges() may be setting it.
-  class LazyEdges {
+  // A value made once, on demand, and then shared by copies of the spec;
+  // a copy reads the pointer atomically, as get() may be setting it.
+  template <typename T>
+  class Lazy {
    public:
-    LazyEdges() = default;
-    LazyEdges(const LazyEdges& other) : edges_(std::atomic_load(&other.edges_)) {}
-    LazyEdges& operator=(const LazyEdges& other) {
-      std::atomic_store(&edges_, std::atomic_load(&other.edges_));
+    Lazy() = default;
+    Lazy(const Lazy& other) : value_(std::atomic_load(&other.value_)) {}
+    Lazy& operator=(const Lazy& other) {
+      std::atomic_store(&value_, std::atomic_load(&other.value_));
       return *this;
     }
-    // Moves take the list along with the edge indices it was made from.
-    LazyEdges(LazyEdges&& other) noexcept : edges_(std::move(other.edges_)) {}
-    LazyEdges& operator=(LazyEdges&& other) noexcept {
-      edges_ = std::move(other.edges_);
+    // Moves take the value along with what it was made from.
+    Lazy(Lazy&& other) noexcept : value_(std::move(other.value_)) {}
+    Lazy& operator=(Lazy&& other) noexcept {
+      value_ = std::move(other.value_);
       return *this;
     }
-    const std::vector<Edge>& get(const GraphSpec& spec) const;
+    // The first value stored stays; a thread that lost the race to make it
+    // returns that one, so every caller sees the same object.
+    template <typename Make>
+    const T& get(const Make& make) const {
+      if (auto made = std::atomic_load(&value_)) return *made;
+      std::shared_ptr<const T> expected, desired = std::make_shared<const T>(make());
+      if (std::atomic_compare_exchange_strong(&value_, &expected, desired)) return *desired;
+      return *expected;
+    }
 
    private:
-    mutable std::shared_ptr<const std::vector<Edge>> edges_;
+    mutable std::shared_ptr<const T> value_;
   };
-  LazyEdges edges_;
+  Lazy<std::vector<Edge>> edges_;
+  // The edge positions: given (edge_indices_), or, where edges_by_source_,
+  // made from the successor lists (by_source_).
   std::vector<std::pair<int64_t, int64_t>> edge_indices_;
+  bool edges_by_source_ = false;
+  Lazy<std::vector<std::pair<int64_t, int64_t>>> by_source_;
   std::vector<NeuronId> inputs_;
   std::vector<NeuronId> outputs_;
   NeuronId::Kind id_kind_ = NeuronId::Kind::Integer;
