@@ -252,6 +252,9 @@ TEST(Cli, InspectDescribesAHamCheckpoint) {
       std::string::npos)
       << r.err;
   EXPECT_EQ(slurp(dir / "run/model.ckpt"), slurp(dir / "m.ham"));
+  r = connex_cli("inspect run", dir);  // inspect, which the refusals name, describes it there too
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("layer memory: per-sample shape [3], softmax("), std::string::npos) << r.out;
 }
 
 TEST(Cli, ClassifiesARealDataSetLikeAPlainMlp) {

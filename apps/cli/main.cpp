@@ -791,7 +791,10 @@ void check_train_out(const std::string& config, const std::string& out, bool ove
     fail(
         "train: --out {} holds files a run writes ({}), but its model.ckpt is {}; write elsewhere, or pass "
         "--overwrite to replace them",
-        out, fmt::join(held, ", "), kind.empty() ? "not a network checkpoint" : kind);
+        out, fmt::join(held, ", "),
+        !kind.empty()                  ? kind
+        : file_head(model.string(), 8) ? "not a network checkpoint"
+                                       : "not readable");
   }
   fail(
       "train: --out {} holds files a run writes ({}) but no model.ckpt; write elsewhere, or pass --overwrite to "
@@ -1694,7 +1697,10 @@ int inspect_ham(const std::string& path) {
 }
 
 int cmd_inspect(const std::string& path) {
-  if (const auto head = file_head(path, 8); head && has_magic(*head, kHamMagic)) return inspect_ham(path);
+  std::error_code ec;
+  // A run directory's model.ckpt may be a HAM checkpoint too.
+  const std::string file = fs::is_directory(path, ec) ? (fs::path(path) / "model.ckpt").string() : path;
+  if (const auto head = file_head(file, 8); head && has_magic(*head, kHamMagic)) return inspect_ham(file);
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
   const auto& topo = net->topology();

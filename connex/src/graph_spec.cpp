@@ -296,25 +296,40 @@ void GraphSpec::validate(const std::string& context) {
   adjacency_ = levels_or_fail(csr, edge_indices_, roles_, neurons_, ctx);
 }
 
+namespace {
+
+// Calls visit(u, v) for each edge in edge_indices() order without making
+// that list: a patched spec's (`by_source`) from its successor lists.
+template <typename Visit>
+void visit_edges(bool by_source, const GraphSpec::IndexAdjacency* adjacency,
+                 const std::vector<std::pair<int64_t, int64_t>>& given, const Visit& visit) {
+  if (!by_source || !adjacency) {  // a moved-from spec holds neither
+    for (const auto& [u, v] : given) visit(u, v);
+    return;
+  }
+  for (size_t u = 0; u + 1 < adjacency->offsets.size(); ++u)
+    for (int64_t k = adjacency->offsets[u]; k < adjacency->offsets[u + 1]; ++k)
+      visit(static_cast<int64_t>(u), adjacency->targets[k]);
+}
+
+}  // namespace
+
 const std::vector<Edge>& GraphSpec::edges() const {
   return edges_.get([&] {
     std::vector<Edge> list;
-    list.reserve(edge_indices().size());
-    for (const auto& [u, v] : edge_indices()) list.emplace_back(neurons_[u], neurons_[v]);
+    list.reserve(edges_by_source_ && adjacency_ ? adjacency_->targets.size() : edge_indices_.size());
+    visit_edges(edges_by_source_, adjacency_.get(), edge_indices_,
+                [&](int64_t u, int64_t v) { list.emplace_back(neurons_[u], neurons_[v]); });
     return list;
   });
 }
 
 const std::vector<std::pair<int64_t, int64_t>>& GraphSpec::edge_indices() const {
-  if (!edges_by_source_ || !adjacency_) return edge_indices_;  // a moved-from spec holds neither
+  if (!edges_by_source_ || !adjacency_) return edge_indices_;
   return by_source_.get([&] {
-    const IndexAdjacency& adjacency = *adjacency_;
-    const int64_t n = static_cast<int64_t>(neurons_.size());
     std::vector<std::pair<int64_t, int64_t>> list;
-    list.reserve(adjacency.targets.size());
-    for (int64_t u = 0; u < n; ++u)
-      for (int64_t k = adjacency.offsets[u]; k < adjacency.offsets[u + 1]; ++k)
-        list.emplace_back(u, adjacency.targets[k]);
+    list.reserve(adjacency_->targets.size());
+    visit_edges(true, adjacency_.get(), edge_indices_, [&](int64_t u, int64_t v) { list.emplace_back(u, v); });
     return list;
   });
 }
@@ -550,7 +565,9 @@ nlohmann::json GraphSpec::to_json() const {
   json["neurons"] = nlohmann::json::array();
   for (const auto& id : neurons_) json["neurons"].push_back(id_to_json(id));
   json["edges"] = nlohmann::json::array();
-  for (const auto& [u, v] : edge_indices()) json["edges"].push_back({id_to_json(neurons_[u]), id_to_json(neurons_[v])});
+  visit_edges(edges_by_source_, adjacency_.get(), edge_indices_, [&](int64_t u, int64_t v) {
+    json["edges"].push_back({id_to_json(neurons_[u]), id_to_json(neurons_[v])});
+  });
   json["inputs"] = nlohmann::json::array();
   for (const auto& id : inputs_) json["inputs"].push_back(id_to_json(id));
   json["outputs"] = nlohmann::json::array();

@@ -5,7 +5,7 @@
 // Where no neuron changes level, everything that depends on levels alone
 // (the dense order, roles, the output plan) is kept; else the neurons are
 // ordered again and the runs move with them. The outgoing runs and the
-// spec's edges are a counting sort of the new incoming runs by source: a
+// spec's successor lists are a counting sort of the new incoming runs by source: a
 // few linear passes, no comparison sort but of the rare run whose sources
 // changed order.
 #include <algorithm>
@@ -280,12 +280,12 @@ bool Topology::patch_levels(const Patch& patch, std::vector<int64_t>& level) con
   return true;
 }
 
-// The outgoing runs and the spec: a stable counting sort of the new
-// connections by source, visiting targets in spec order, so each source's
-// run lists its targets in spec order (as compile() does, and as the spec
-// lists edges). The sort scatters one array, the connection of each slot;
-// each source's run and its edges in the spec are the same list, so the
-// targets and the spec's edges are then written run by run, in order (a
+// The outgoing runs and the spec's successor lists: a stable counting sort
+// of the new connections by source, visiting targets in spec order, so each
+// source's run lists its targets in spec order (as compile() does). The
+// sort scatters one array, the connection of each slot; each source's run
+// and its successor list are the same list, so the targets and the
+// successors are then written run by run, in order (a
 // scattered write misses the cache: five scattered arrays took most of a
 // 1M-connection rewiring's patch). Looking survivors up through their old
 // outgoing runs instead cost a cache miss per connection, and shifting the
