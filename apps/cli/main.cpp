@@ -94,30 +94,30 @@ bool is_checkpoint(const std::string& path) {
   return head && has_magic(*head, kNetworkMagic);
 }
 
-// What `path` holds where connex wrote it and it holds no network to read
-// back (named by its first bytes, rather than left to the JSON parser's or
-// the checkpoint loader's complaint), or "" for anything that may be one.
-std::string kind_without_network(const std::string& path) {
-  const auto head = file_head(path, 16);
-  if (!head) return "";  // a FIFO is left to the JSON reader, which refuses it without blocking
-  std::string kind = kind_of_head(*head);
-  if (has_magic(*head, kNetworkMagic)) return "";
+// What a file holds, by its first bytes (`head`), where connex wrote it and
+// it holds no network to read back (named here, rather than left to the
+// JSON parser's or the checkpoint loader's complaint), or "" for anything
+// that may hold one.
+std::string kind_without_network(const std::string& head) {
+  if (has_magic(head, kNetworkMagic)) return "";
+  std::string kind = kind_of_head(head);
   // Any other file whose first character starts no JSON value holds no network; a JSON value
   // other than an object is left to the config reader, which says what it expects.
-  const size_t first = first_character(*head);
+  const size_t first = first_character(head);
   const std::string json_starts = "{[\"-0123456789tfn";
-  if (kind.empty() && first != std::string::npos && json_starts.find((*head)[first]) == std::string::npos)
+  if (kind.empty() && first != std::string::npos && json_starts.find(head[first]) == std::string::npos)
     kind = "neither a connex checkpoint nor JSON";
   return kind;
 }
 
-// Refuses a file kind_without_network() names, saying what it is.
+// Refuses a file kind_without_network() names, saying what it is. A FIFO
+// (no head) is left to the JSON reader, which refuses it without blocking.
 void refuse_without_network(const std::string& path) {
-  const std::string kind = kind_without_network(path);
-  if (kind.empty()) return;
-  const auto head = file_head(path, 8);
-  fail("{} is {}; connex reads a network from a checkpoint, a JSON config or a node-link JSON export{}", path, kind,
-       head && has_magic(*head, kHamMagic) ? " (connex inspect describes a HAM checkpoint)" : "");
+  const auto head = file_head(path, 16);
+  if (!head) return;
+  if (const std::string kind = kind_without_network(*head); !kind.empty())
+    fail("{} is {}; connex reads a network from a checkpoint, a JSON config or a node-link JSON export{}", path, kind,
+         has_magic(*head, kHamMagic) ? " (connex inspect describes a HAM checkpoint)" : "");
 }
 
 // A SparseMLP `graph` (a config's, valid) built as `net`: where the floor
@@ -781,20 +781,21 @@ void check_train_out(const std::string& config, const std::string& out, bool ove
   if (!config.empty() &&
       (fs::equivalent(config, out, ec) || (fs::exists(model, ec) && fs::equivalent(config, model, ec))))
     return;  // resuming that run in place
-  if (fs::is_regular_file(model, ec) && is_checkpoint(model.string()))
-    fail(
-        "train: --out {} holds another run ({}); resume it with connex train {} --out {}, write elsewhere, or pass "
-        "--overwrite to replace it",
-        out, fmt::join(held, ", "), out, out);
   if (fs::is_regular_file(model, ec)) {
-    const std::string kind = kind_without_network(model.string());
+    const auto head = file_head(model.string(), 16);
+    if (head && has_magic(*head, kNetworkMagic))
+      fail(
+          "train: --out {} holds another run ({}); resume it with connex train {} --out {}, write elsewhere, or pass "
+          "--overwrite to replace it",
+          out, fmt::join(held, ", "), out, out);
+    const std::string kind = head ? kind_without_network(*head) : "";
     fail(
         "train: --out {} holds files a run writes ({}), but its model.ckpt is {}; write elsewhere, or pass "
         "--overwrite to replace them",
         out, fmt::join(held, ", "),
-        !kind.empty()                  ? kind
-        : file_head(model.string(), 8) ? "not a network checkpoint"
-                                       : "not readable");
+        !kind.empty() ? kind
+        : head        ? "not a network checkpoint"
+                      : "not readable");
   }
   fail(
       "train: --out {} holds files a run writes ({}) but no model.ckpt; write elsewhere, or pass --overwrite to "

@@ -29,6 +29,14 @@ std::vector<const Edge*> wanted_edges(const std::vector<Edge>& added,
   return edges;
 }
 
+// The positions `marks` sets, ascending (an editor's removed connections).
+std::vector<int64_t> marked(const std::vector<uint8_t>& marks) {
+  std::vector<int64_t> positions;
+  for (int64_t c = 0; c < static_cast<int64_t>(marks.size()); ++c)
+    if (marks[c]) positions.push_back(c);
+  return positions;
+}
+
 std::vector<Edge> adjacency_edges(const Adjacency& adjacency) {
   std::vector<Edge> edges;
   for (const auto& [from, successors] : adjacency)
@@ -571,13 +579,10 @@ std::shared_ptr<const Topology> NetworkEditor::patched_topology(const NeuralNetw
     auto it = added_dense.find(id);
     return it != added_dense.end() ? it->second : base.dense_of(id);
   };
-  std::vector<int64_t> removed;
-  for (int64_t c = 0; c < static_cast<int64_t>(removed_.size()); ++c)
-    if (removed_[c]) removed.push_back(c);
   std::vector<std::pair<int64_t, int64_t>> added;
   for (const Edge* edge : wanted_edges(added_edges_, added_edge_set_))
     added.emplace_back(dense(edge->first), dense(edge->second));
-  return base.with_connections(removed, added, compile_options(options), old_connection, added_neurons_);
+  return base.with_connections(marked(removed_), added, compile_options(options), old_connection, added_neurons_);
 }
 
 namespace {
@@ -656,10 +661,8 @@ NetworkEditor::IndexGraph NetworkEditor::index_graph() const {
     return it != added_index.end() ? it->second : g.new_index_of_old[old_spec.index_of(id)];
   };
 
-  std::vector<int64_t> removed;  // ascending: surviving_edges() then reads the base's arrays in order
-  for (int64_t c = 0; c < static_cast<int64_t>(removed_.size()); ++c)
-    if (removed_[c]) removed.push_back(c);
-  g.edges = surviving_edges(*base_, removed, g.new_index_of_old, added_edges_.size());
+  // Ascending: surviving_edges() then reads the base's arrays in order.
+  g.edges = surviving_edges(*base_, marked(removed_), g.new_index_of_old, added_edges_.size());
   g.first_added = g.edges.size();
   for (const Edge* edge : wanted_edges(added_edges_, added_edge_set_))
     g.edges.emplace_back(new_index(edge->first), new_index(edge->second));
