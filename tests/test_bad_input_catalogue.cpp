@@ -749,6 +749,18 @@ std::vector<Case> make_catalogue() {
         restore_optimizer(Checkpoint{w.net, std::nullopt, std::nullopt}, "plain.ckpt");
       }),
       {"restore_optimizer(): plain.ckpt holds no optimizer state"});
+  add("checkpoint", "OptimizerStateOntoAnotherGraphOfTheSameCounts", none, lib([](World& w) {
+        // The README network with 1 -> 5 in place of 1 -> 4: every parameter has the saved name and shape.
+        const GraphSpec readme = readme_spec();
+        std::vector<Edge> edges = readme.edges();
+        std::replace(edges.begin(), edges.end(), Edge{1, 4}, Edge{1, 5});
+        GraphSpec moved = GraphSpec::from_edges(edges, {0}, {3, 11}, readme.neurons());
+        auto other = NeuralNetwork(std::move(moved), w.net->options());
+        torch::optim::Adam adam(other->parameters());
+        load_optimizer_state(load_checkpoint(w.dir / "good.ckpt"), adam, "good.ckpt", other);
+      }),
+      {"load_optimizer_state(): the network given has connection 2 -> 4 where good.ckpt's network has 1 -> 4 "
+       "(weight 3); the optimizer state fits only a network of the same structure"});
   add("checkpoint", "SaveIntoAMissingDirectory", none,
       lib([](World& w) { save(w.net, w.dir / "no/such/dir/net.ckpt"); }),
       {"save(): cannot write ", "no/such/dir/net.ckpt: its directory ", "no/such/dir does not exist"});

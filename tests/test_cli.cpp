@@ -257,6 +257,29 @@ TEST(Cli, InspectDescribesAHamCheckpoint) {
   EXPECT_NE(r.out.find("layer memory: per-sample shape [3], softmax("), std::string::npos) << r.out;
 }
 
+// A run directory whose network checkpoint was cut short is not advised for
+// resuming (the resume would fail): the refusal gives the loader's reason.
+TEST(Cli, TrainOutNamesARunDirectorysDamagedCheckpoint) {
+  TempDir dir;
+  spit(dir / "net.json",
+       R"({"graph": {"prebuilt": "MLP", "input_size": 1, "output_size": 1, "width": 2, "depth": 1}})");
+  spit(dir / "x.csv", "a,b\n1,2\n");
+  fs::create_directories(dir / "cut");
+  connex::save(connex::nn::MLP(1, 1, 2, 1), dir / "whole.ckpt");
+  const std::string whole = slurp(dir / "whole.ckpt");
+  spit(dir / "cut/model.ckpt", whole.substr(0, whole.size() / 2));
+  spit(dir / "cut/metrics.csv", "epoch,loss\n");
+  auto r = connex_cli("train net.json --data x.csv --out cut", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("train: --out cut holds files a run writes (metrics.csv, model.ckpt), but its model.ckpt "
+                       "cannot be resumed (load(): cut/model.ckpt "),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("); write elsewhere, or pass --overwrite to replace them"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_EQ(slurp(dir / "cut/model.ckpt"), whole.substr(0, whole.size() / 2));
+}
+
 TEST(Cli, ClassifiesARealDataSetLikeAPlainMlp) {
   TempDir dir;
   if (!copy_dataset(CONNEX_BINARY_DIR "/datasets/iris.csv", dir / "iris.csv"))

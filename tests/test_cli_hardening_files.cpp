@@ -251,6 +251,7 @@ TEST(CliHardeningFiles, AnOutputThatWouldDestroyTheInputIsRefused) {
     EXPECT_EQ(r.code, 1);
     EXPECT_NE(r.err.find(message), std::string::npos) << r.err;
     EXPECT_EQ(lines(r.err), 1u) << r.err;
+    EXPECT_EQ(r.out.find("cores:"), std::string::npos) << r.out;  // refused before any work is set up
     EXPECT_EQ(names_in(dir.path), before);
     EXPECT_EQ(names_in(dir / "run"), run_files);
     EXPECT_EQ(slurp(dir / "run/model.ckpt"), run_model);

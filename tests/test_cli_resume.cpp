@@ -124,13 +124,21 @@ TEST(CliResume, AnUnwritableOutIsRefusedBeforeTraining) {
   const auto start = std::chrono::steady_clock::now();
   for (const auto& [out, message] : std::vector<std::pair<std::string, std::string>>{
            {"file.txt/sub", "--out file.txt/sub: cannot create the directory: Not a directory"},
-           {"file.txt", "--out file.txt exists and is not a directory"},
+           {"file.txt",
+            "--out file.txt exists and is not a directory; train --out takes the run's directory, where it writes "
+            "model.ckpt, metrics.csv, metrics.json and config.json"},
+           {"new/model.ckpt",
+            "--out new/model.ckpt names a checkpoint file; train --out takes the run's directory, where it writes "
+            "model.ckpt, metrics.csv, metrics.json and config.json (give the directory, such as new)"},
            {"taken", "--out taken: model.ckpt is a directory"},
            {"/proc/connex", "--out /proc/connex: cannot create the directory"}}) {
     auto r = connex_cli("train --epochs 100000 --out " + out, dir);
     EXPECT_NE(r.code, 0) << out;
-    EXPECT_NE(r.err.find("connex: " + message), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("connex: train: " + message), std::string::npos) << r.err;
+    if (out == "file.txt" || out == "new/model.ckpt")  // refused before the network is opened
+      EXPECT_EQ(r.out.find("cores:"), std::string::npos) << r.out;
   }
+  EXPECT_FALSE(fs::exists(dir / "new"));
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(60))
       << "100,000 epochs ran before the check";
   EXPECT_EQ(slurp(dir / "file.txt"), "x");
@@ -159,7 +167,7 @@ TEST(CliResume, TwoRunsNeverShareAnOut) {
   int status = 0;
   waitpid(pid, &status, 0);
   EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.err.find("connex: --out run: another connex run is writing there; give each run its own --out"),
+  EXPECT_NE(r.err.find("connex: train: --out run: another connex run is writing there; give each run its own --out"),
             std::string::npos)
       << r.err;
   // The first run's files are its own, and whole.

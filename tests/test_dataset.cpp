@@ -245,6 +245,12 @@ TEST(TorchScriptExport, TakesRawRowsAndCarriesTheNames) {
   EXPECT_EQ(strings("class_labels"), (std::vector<std::string>{"setosa", "versicolor", "virginica"}));
   EXPECT_EQ(strings("feature_names"), (std::vector<std::string>{"a", "b"}));
   EXPECT_EQ(strings("target_names"), (std::vector<std::string>{"species"}));
+  // In eval mode, as its `training` attribute says (torch.jit.freeze and Python's m.training read it).
+  ASSERT_TRUE(m.hasattr("training"));
+  EXPECT_FALSE(m.is_training());
+  m.train();
+  EXPECT_TRUE(m.is_training());
+  EXPECT_TRUE(torch::allclose(m.forward({raw}).toTensor(), expected, 1e-12, 1e-12));  // no dropout either way
   export_torchscript(net, dir / "plain.pt");
   EXPECT_TRUE(torch::jit::load(dir / "plain.pt").attr("class_labels").toListRef().empty());
   // An output added after training has no class: it is named, so class_labels[argmax] stays in range.

@@ -262,6 +262,40 @@ TEST(Distributed, BroadcastBytesAndAnInvalidEditFailOnEveryRankAlike) {
   });
 }
 
+// Replicas of other networks, or ranks out of step, meet in collectives of
+// other sizes, where gloo would abort the process: each rank is refused by
+// name before the collective runs, and the group stays usable.
+TEST(Distributed, RanksThatDisagreeAreNamedNotAborted) {
+  run_ranks(2, [](Group& group, int rank) {
+    DataParallel dp(group);
+    NeuralNetwork net = small_net(1, rank == 0 ? torch::kFloat64 : torch::kFloat32);
+    const std::string theirs = rank == 0 ? "14 elements of Float" : "14 elements of Double";
+    const std::string mine = rank == 0 ? "14 elements of Double" : "14 elements of Float";
+    EXPECT_THROW_MSG(dp.broadcast_parameters(net),
+                     fmt::format("broadcast_parameters(): rank {} of 2 sends {} where rank {} sends {}; the ranks must "
+                                 "hold replicas of one network and run with the same arguments",
+                                 1 - rank, theirs, rank, mine));
+    // One rank checks its replicas while the other averages its gradients.
+    NeuralNetwork same = small_net(1);
+    same->forward(torch::ones({2, 1}, torch::kFloat64)).sum().backward();
+    try {
+      if (rank == 0)
+        dp.average_gradients(same);
+      else
+        dp.check_replicas_identical(same, nullptr, "check");
+      ADD_FAILURE() << "rank " << rank << " ran a collective the other did not";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(rank == 0 ? "average_gradients(): rank 1 of 2 runs another collective (4 "
+                                                       "elements of Long) where rank 0 runs this one (25 elements of "
+                                                       "Double); every rank must make the same calls in the same order"
+                                                     : "check: rank 0 of 2 runs another collective"),
+                std::string::npos)
+          << e.what();
+    }
+    group.barrier("test");  // still in step after the refusals
+  });
+}
+
 #if defined(CONNEX_CLI)
 #include "cli_util.h"
 
@@ -359,6 +393,37 @@ TEST(DistributedCli, AKilledRankStopsTheOtherWithItsNameAndTheCheckpointSurvives
   EXPECT_EQ(saved->num_inputs(), 2);
   for (const auto& entry : fs::directory_iterator(dir / "run"))
     EXPECT_EQ(entry.path().string().find(".tmp"), std::string::npos) << entry.path();
+}
+
+// Ranks started by hand with other arguments would train apart (another
+// --seed: other batches, a result silently not the whole batch's) or fall
+// out of step (another --batch-size): both ranks refuse at the start, naming
+// the setting, and no run directory is written.
+TEST(DistributedCli, RanksWithOtherArgumentsAreRefusedAtTheStart) {
+  TempDir dir;
+  write_data_and_config(dir);
+  for (const auto& [flag, mine, theirs] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"--seed", "3", "4"}, {"--batch-size", "20", "25"}}) {
+    SCOPED_TRACE(flag);
+    const std::string port = std::to_string(unused_port());
+    auto args = [&](const std::string& value) {
+      return std::vector<std::string>{
+          "train", dir / "net.json", "--data", dir / "data.csv", "--epochs", "2", "--out", dir / "run", flag, value};
+    };
+    auto env = [&](int rank) {
+      return std::vector<std::string>{"RANK=" + std::to_string(rank), "WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1",
+                                      "MASTER_PORT=" + port};
+    };
+    const pid_t rank0 = spawn_connex(args(mine), dir / "rank0.log", "", env(0));
+    const pid_t rank1 = spawn_connex(args(theirs), dir / "rank1.log", "", env(1));
+    EXPECT_EQ(wait_for(rank0, std::chrono::seconds(120)), 1);
+    EXPECT_EQ(wait_for(rank1, std::chrono::seconds(120)), 1);
+    const std::string message = "train: rank 1 runs with " + flag + " " + theirs + " where rank 0 has " + mine +
+                                "; every rank of a run needs the same arguments and data";
+    for (const char* log : {"rank0.log", "rank1.log"})
+      EXPECT_NE(slurp(dir / log).find(message), std::string::npos) << slurp(dir / log);
+    EXPECT_FALSE(fs::exists(dir / "run/model.ckpt"));
+  }
 }
 
 TEST(DistributedCli, NprocRejectsExplicitRanksAndTinyBatches) {

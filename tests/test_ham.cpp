@@ -976,6 +976,27 @@ TEST(HamCheckpoint, OptimizerStateResumesTrainingExactly) {
   step(checkpoint.ham, *restored);
   auto p = ham->named_parameters(), q = checkpoint.ham->named_parameters();
   for (const auto& item : p) EXPECT_TRUE(torch::equal(item.value(), q[item.key()])) << item.key();
+  // Over the same file loaded again it restores; over a HAM whose graph
+  // synapse has other connections, as many (every parameter of the saved
+  // name and shape), it is refused naming the synapse.
+  auto again = H::load(path);
+  auto over_again = H::restore_optimizer(checkpoint, path, again);
+  auto saved = H::load_checkpoint(path);  // untouched by the steps above
+  auto from_file = H::restore_optimizer(saved, path);
+  const auto mine = again->named_parameters(), theirs = saved.ham->named_parameters();
+  ASSERT_EQ(over_again->state().size(), from_file->state().size());
+  for (const auto& item : mine) {
+    auto moment = [](const torch::optim::Optimizer& o, const torch::Tensor& p) {
+      return static_cast<const torch::optim::AdamParamState&>(*o.state().at(optimizer_state_key(p))).exp_avg();
+    };
+    if (!from_file->state().count(optimizer_state_key(theirs[item.key()]))) continue;  // never stepped
+    EXPECT_TRUE(torch::equal(moment(*over_again, item.value()), moment(*from_file, theirs[item.key()]))) << item.key();
+  }
+  auto rewired = H::edit(ham).remove_connections("lat", {{"p", "q"}}).add_connections("lat", {{"p", "s"}}).build().ham;
+  EXPECT_THROW_MSG(H::restore_optimizer(checkpoint, path, rewired),
+                   "ham::restore_optimizer(): " + path +
+                       " holds the state of another HAM than the one given (its synapse \"lat\" has other "
+                       "connections, as many); the optimizer state fits only a HAM of the same structure");
   // Without an optimizer there is none to restore; one over another module's parameters is refused, file untouched.
   H::save(ham, dir / "plain.ckpt");
   EXPECT_THROW_MSG(H::restore_optimizer(H::load_checkpoint(dir / "plain.ckpt"), "plain.ckpt"),

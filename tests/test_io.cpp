@@ -870,6 +870,74 @@ TEST(Checkpoint, SaveRefusesAForeignParameterAndLeavesTheFile) {
   EXPECT_EQ(slurp(dir / "net.ckpt"), before);
 }
 
+// The saved moments follow the saved network's weight order, so a network
+// given in its place must have that layout: the same file loaded again does;
+// a graph with the same counts but a neuron renamed, or one connection moved,
+// is refused naming it, and the optimizer is left as it was.
+TEST(Checkpoint, OptimizerStateGoesOnlyOntoTheSameStructure) {
+  TempDir dir;
+  auto [x, y] = cos_sin_data(torch::kFloat64);
+  auto net = NeuralNetwork(readme_spec(), kDouble);
+  torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(1e-2));
+  adam.zero_grad();
+  torch::mse_loss(net->forward(x), y).backward();
+  adam.step();
+  save(net, dir / "net.ckpt", &adam);
+  const Checkpoint ck = load_checkpoint(dir / "net.ckpt");
+  const auto moment = [](const torch::optim::Optimizer& opt, const torch::Tensor& p) {
+    return static_cast<const torch::optim::AdamParamState&>(*opt.state().at(optimizer_state_key(p))).exp_avg();
+  };
+
+  auto again = load(dir / "net.ckpt");
+  ASSERT_NE(&again->topology(), &ck.network->topology());
+  auto resumed = restore_optimizer(ck, "net.ckpt", again);
+  EXPECT_TRUE(torch::equal(moment(*resumed, again->weight_tensor()), moment(adam, net->weight_tensor())));
+
+  auto other = [&](GraphSpec spec) {
+    auto built = NeuralNetwork(std::move(spec), kDouble);
+    EXPECT_EQ(built->weight_tensor().sizes(), net->weight_tensor().sizes());
+    EXPECT_EQ(built->bias_tensor().sizes(), net->bias_tensor().sizes());
+    return built;
+  };
+  // The README graph with each label passed through `relabel`, and one edge replaced.
+  auto readme_with = [](std::function<NeuronId(const NeuronId&)> relabel, const Edge& was = {}, const Edge& is = {}) {
+    const GraphSpec readme = readme_spec();
+    std::vector<Edge> edges;
+    for (const auto& [from, to] : readme.edges())
+      edges.push_back(Edge{from, to} == was ? is : Edge{relabel(from), relabel(to)});
+    std::vector<NeuronId> neurons;  // in the README graph's order, so that only what is changed differs
+    for (const auto& id : readme.neurons()) neurons.push_back(relabel(id));
+    return GraphSpec::from_edges(edges, {0}, {3, relabel(11)}, neurons);
+  };
+  auto same = [](const NeuronId& id) { return id; };
+  auto renamed = other(readme_with([](const NeuronId& id) { return id == NeuronId(11) ? NeuronId(12) : id; }));
+  torch::optim::Adam untouched(renamed->parameters(), torch::optim::AdamOptions(0.5));
+  const std::string fits = "; the optimizer state fits only a network of the same structure";
+  EXPECT_THROW_MSG(load_optimizer_state(ck, untouched, "net.ckpt", renamed),
+                   "load_optimizer_state(): the network given has neuron 12 where net.ckpt's network has 11 (position "
+                   "11 of the compiled order)" +
+                       fits);
+  auto moved = other(readme_with(same, {1, 4}, {1, 5}));
+  EXPECT_THROW_MSG(load_optimizer_state(ck, untouched, "net.ckpt", moved),
+                   "load_optimizer_state(): the network given has connection 2 -> 4 where net.ckpt's network has 1 "
+                   "-> 4 (weight 3)" +
+                       fits);
+  EXPECT_TRUE(untouched.state().empty());
+  EXPECT_DOUBLE_EQ(untouched.param_groups()[0].options().get_lr(), 0.5);
+  EXPECT_THROW_MSG(restore_optimizer(ck, "net.ckpt", moved), "restore_optimizer(): the network given has connection");
+  // The same graph with output 3 a hidden neuron that leads nowhere: every
+  // label and connection in place, the roles not; and the outputs swapped.
+  auto demoted = other(GraphSpec::from_edges(readme_spec().edges(), {0}, {11}));
+  EXPECT_THROW_MSG(restore_optimizer(ck, "net.ckpt", demoted),
+                   "restore_optimizer(): neuron 3 is a hidden neuron in the network given but an output in net.ckpt's "
+                   "network" +
+                       fits);
+  auto swapped = other(GraphSpec::from_edges(readme_spec().edges(), {0}, {11, 3}));
+  EXPECT_THROW_MSG(
+      restore_optimizer(ck, "net.ckpt", swapped),
+      "restore_optimizer(): the network given lists its outputs in another order than net.ckpt's network" + fits);
+}
+
 // Every optimizer connex knows, with its options off their defaults: save
 // after some steps, load into a fresh optimizer with default options, and
 // the two trainings go on bit-identically (state, step counters and options restored).
@@ -1109,6 +1177,12 @@ TEST(GraphExport, AwkwardIdsSurviveEveryFormatsParser) {
     EXPECT_THROW_MSG(connex::edit(net).add_hidden_neurons({id}).build(),
                      "string ids must be non-empty, printable UTF-8 text");
   }
+  // A backslash and a quote typed into an id print escaped, so the id typed
+  // as h\t1 never reads like the one holding a tab, nor a quote like its end.
+  EXPECT_EQ(NeuronId("h\\t1").str(), R"("h\\t1")");
+  EXPECT_EQ(NeuronId("h\t1").str(), R"("h\t1")");
+  EXPECT_EQ(NeuronId("say \"hi\"").str(), R"("say \"hi\"")");
+  EXPECT_THROW_MSG(net->bias("h\\t1"), R"(neuron "h\\t1")");
 }
 
 TEST(Config, SparseMLPPrebuiltForm) {

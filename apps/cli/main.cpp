@@ -685,7 +685,8 @@ class OutLock {
   explicit OutLock(const std::string& out) {
     if (out.empty()) return;
     std::error_code error;
-    if (fs::exists(out, error) && !fs::is_directory(out, error)) fail("--out {} exists and is not a directory", out);
+    if (fs::exists(out, error) && !fs::is_directory(out, error))
+      fail("train: --out {} exists and is not a directory", out);
     for (fs::path p = fs::absolute(out, error); !p.empty() && !fs::exists(p, error) && p != p.parent_path();
          p = p.parent_path())
       made_.push_back(p);
@@ -693,21 +694,21 @@ class OutLock {
     fs::create_directories(out, create_error);
     if (create_error || !fs::is_directory(out, error)) {
       remove_made();
-      fail("--out {}: cannot create the directory: {}", out,
+      fail("train: --out {}: cannot create the directory: {}", out,
            create_error ? create_error.message() : "it vanished while being made");
     }
     try {
       for (const char* name : {"model.ckpt", "metrics.csv", "metrics.json", "config.json"})
-        if (fs::is_directory(fs::path(out) / name, error)) fail("--out {}: {} is a directory", out, name);
+        if (fs::is_directory(fs::path(out) / name, error)) fail("train: --out {}: {} is a directory", out, name);
       std::string probe = (fs::path(out) / ".connex-probe-XXXXXX").string();
       const int probe_fd = ::mkstemp(probe.data());
-      if (probe_fd < 0) fail("--out {}: cannot write there: {}", out, std::strerror(errno));
+      if (probe_fd < 0) fail("train: --out {}: cannot write there: {}", out, std::strerror(errno));
       ::close(probe_fd);
       ::unlink(probe.c_str());
       fd_ = ::open(out.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-      if (fd_ < 0) fail("--out {}: cannot open the directory: {}", out, std::strerror(errno));
+      if (fd_ < 0) fail("train: --out {}: cannot open the directory: {}", out, std::strerror(errno));
       if (::flock(fd_, LOCK_EX | LOCK_NB) != 0)
-        fail("--out {}: another connex run is writing there; give each run its own --out", out);
+        fail("train: --out {}: another connex run is writing there; give each run its own --out", out);
     } catch (...) {
       release();
       throw;
@@ -769,7 +770,17 @@ void check_train_flags(const TrainArgs& t, const std::string& out) {
 // a typo or a reused name would otherwise lose a finished run without a word.
 void check_train_out(const std::string& config, const std::string& out, bool overwrite) {
   std::error_code ec;
-  if (out.empty() || !fs::is_directory(out, ec)) return;
+  if (out.empty()) return;
+  const std::string takes =
+      "train --out takes the run's directory, where it writes model.ckpt, metrics.csv, "
+      "metrics.json and config.json";
+  if (fs::exists(out, ec) && !fs::is_directory(out, ec))
+    fail("train: --out {} exists and is not a directory; {}", out, takes);
+  // A new directory named like a checkpoint file is a slip for the run's directory.
+  if (!fs::exists(out, ec) && fs::path(out).extension() == ".ckpt")
+    fail("train: --out {} names a checkpoint file; {} (give the directory, such as {})", out, takes,
+         fs::path(out).has_parent_path() ? fs::path(out).parent_path().string() : std::string("run"));
+  if (!fs::is_directory(out, ec)) return;
   // Written after the last epoch: a file there the run may not replace is refused before the first.
   for (const char* name : kRunFiles) check_replaceable((fs::path(out) / name).string(), "train");
   if (overwrite) return;
@@ -783,11 +794,24 @@ void check_train_out(const std::string& config, const std::string& out, bool ove
     return;  // resuming that run in place
   if (fs::is_regular_file(model, ec)) {
     const auto head = file_head(model.string(), 16);
-    if (head && has_magic(*head, kNetworkMagic))
+    if (head && has_magic(*head, kNetworkMagic)) {
+      // Advise resuming only a run that would resume: a damaged file gets the loader's reason.
+      std::string damage;
+      try {
+        load_checkpoint(model.string());
+      } catch (const std::exception& e) {  // bad_alloc too: the file is still not a run to resume
+        damage = e.what();
+      }
+      if (!damage.empty())
+        fail(
+            "train: --out {} holds files a run writes ({}), but its model.ckpt cannot be resumed ({}); write "
+            "elsewhere, or pass --overwrite to replace them",
+            out, fmt::join(held, ", "), damage);
       fail(
           "train: --out {} holds another run ({}); resume it with connex train {} --out {}, write elsewhere, or pass "
           "--overwrite to replace it",
           out, fmt::join(held, ", "), out, out);
+    }
     const std::string kind = head ? kind_without_network(*head) : "";
     fail(
         "train: --out {} holds files a run writes ({}), but its model.ckpt is {}; write elsewhere, or pass "
@@ -1069,6 +1093,53 @@ void report_and_write_run(NeuralNetwork& net, const torch::optim::Optimizer& opt
   }
 }
 
+#if defined(CONNEX_WITH_DISTRIBUTED)
+// The ranks of one run must take the same steps over the same rows: another
+// --seed shuffles other batches (a silently different result), another
+// --batch-size or --epochs makes another number of steps, out of step from
+// then on. Compared once, at the start, through a table of one size on every
+// rank; each rank refuses naming the first setting that differs.
+void check_ranks_agree(distributed::Group& group, const Progress& progress, int last_epoch, const TrainArgs& t,
+                       const Table& data) {
+  struct Setting {
+    const char* name;
+    int64_t bits;  // an integer, or a double's bits
+    bool real;
+  };
+  auto real = [](const char* name, double value) {
+    int64_t bits;
+    std::memcpy(&bits, &value, sizeof bits);
+    return Setting{name, bits, true};
+  };
+  const torch::Tensor& x = data.train.inputs();
+  const std::vector<Setting> settings{{"--seed", static_cast<int64_t>(progress.seed), false},
+                                      {"--batch-size", progress.batch_size, false},
+                                      {"the last epoch (--epochs past the resumed ones)", last_epoch, false},
+                                      {"the optimizer steps already taken", progress.steps, false},
+                                      real("--val-split", progress.val_split),
+                                      real("--lr", t.lr.value_or(-1)),
+                                      {"training rows", x.size(0), false},
+                                      real("the training inputs' sum", x.numel() ? x.sum().item<double>() : 0.0)};
+  const int size = group.world_size(), k = static_cast<int>(settings.size());
+  auto table = torch::zeros({size, k}, torch::kLong);
+  for (int j = 0; j < k; ++j) table[group.rank()][j] = settings[j].bits;
+  group.all_reduce_sum(table, "train: the ranks' settings");
+  const auto at = table.accessor<int64_t, 2>();
+  auto show = [](const Setting& s, int64_t bits) {
+    if (!s.real) return std::to_string(bits);
+    double value;
+    std::memcpy(&value, &bits, sizeof value);
+    return value == -1 && std::string(s.name) == "--lr" ? std::string("the saved one") : fmt::format("{}", value);
+  };
+  for (int r = 1; r < size; ++r)
+    for (int j = 0; j < k; ++j)
+      if (at[r][j] != at[0][j])
+        fail(
+            "train: rank {} runs with {} {} where rank 0 has {}; every rank of a run needs the same arguments and data",
+            r, settings[j].name, show(settings[j], at[r][j]), show(settings[j], at[0][j]));
+}
+#endif
+
 int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, const DistributedArgs& dist,
               const std::string& out, const CoreShare& cores) {
   auto device = parse_device(t.device);
@@ -1106,6 +1177,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   torch::manual_seed(progress.seed + 7919 * static_cast<uint64_t>(replicas.rank));
   net->to(device);
 #if defined(CONNEX_WITH_DISTRIBUTED)
+  if (replicas.group) check_ranks_agree(*replicas.group, progress, last_epoch, t, data);
   if (replicas.data_parallel) replicas.data_parallel->broadcast_parameters(net);
 #endif
   auto optimizer = choose_optimizer(ck, net, t, config);
@@ -1235,7 +1307,6 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
   const std::string cores_said = cores.apply(net);
-  spdlog::info("cores: {}", cores_said);
   // Data only when asked for: --data reports the loss before and after, and
   // training on needs some (the toy set when the network fits it).
   if (d.standardize && !(ck.preprocessing && ck.preprocessing->standardizes()))
@@ -1258,6 +1329,7 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
     check_out("prune", data_args->data, out, false);  // the CSV it reads, given or the checkpoint's
   }
   check_out_kind("prune", out, Writes::Checkpoint);
+  spdlog::info("cores: {}", cores_said);  // after the refusals that need no work
   std::optional<Table> data;
   if (data_args) data = load_dataset(data_args->options(net, trained.val_split, seed), net, ck.preprocessing, "prune");
   const PruneOptions options = p.options().scores(data ? connection_scores(net, p.score, *data) : torch::Tensor());

@@ -483,8 +483,8 @@ Batches plan_batches(int64_t rows, const TrainOptions& options, const Progress& 
          progress.batch, b.count);
   const int64_t last = rows % b.size == 0 ? b.size : rows % b.size;
   if (std::min(b.size, last) < ranks)
-    fail("train: a batch of {} rows cannot be shared by {} ranks; use a larger --batch-size or fewer processes",
-         std::min(b.size, last), ranks);
+    fail("train: a batch of {} row{} cannot be shared by {} ranks; use a larger --batch-size or fewer processes",
+         std::min(b.size, last), std::min(b.size, last) == 1 ? "" : "s", ranks);
   return b;
 }
 

@@ -209,20 +209,62 @@ Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
 
 NeuralNetwork load(const std::string& path) { return load_checkpoint(path).network; }
 
+namespace {
+
+// The network the saved state goes onto. The state follows checkpoint.network's
+// weight and bias order, so a network given in its place must lay its
+// parameters out the same way: the same neurons in the same order and the same
+// connections, or the moments would land on other connections. Where the
+// counts differ the shapes differ too, and the optimizer's checks name them.
+const NeuralNetworkImpl& network_for_state(const Checkpoint& checkpoint, const NeuralNetwork& given,
+                                           const std::string& path, const char* context) {
+  if (!checkpoint.optimizer) fail("{}: {} holds no optimizer state", context, path);
+  if (checkpoint.network.is_empty()) {
+    if (given.is_empty()) fail("{}: {} holds no network; pass the one the optimizer state belongs to", context, path);
+    return *given;
+  }
+  if (given.is_empty()) return *checkpoint.network;
+  const Topology& saved = checkpoint.network->topology();
+  const Topology& other = given->topology();
+  if (&saved == &other || saved.num_neurons() != other.num_neurons() || saved.num_inputs() != other.num_inputs() ||
+      saved.num_connections() != other.num_connections())
+    return *given;
+  const char* fits = "the optimizer state fits only a network of the same structure";
+  for (int64_t n = 0; n < saved.num_neurons(); ++n) {
+    if (saved.label(n) != other.label(n))
+      fail("{}: the network given has neuron {} where {}'s network has {} (position {} of the compiled order); {}",
+           context, other.label(n), path, saved.label(n), n, fits);
+    if (saved.role(n) != other.role(n)) {
+      auto a = [](Role role) { return fmt::format("{} {}", role == Role::Hidden ? "a" : "an", role_name(role)); };
+      fail("{}: neuron {} is {} neuron in the network given but {} in {}'s network; {}", context, saved.label(n),
+           a(other.role(n)), a(saved.role(n)), path, fits);
+    }
+  }
+  // The outputs' order decides no parameter of connex's, but a user's operation may lay its own out by it.
+  if (saved.output_ids() != other.output_ids())
+    fail("{}: the network given lists its outputs in another order than {}'s network; {}", context, path, fits);
+  for (int64_t c = 0; c < saved.num_connections(); ++c)
+    if (saved.conn_source()[c] != other.conn_source()[c] || saved.conn_target()[c] != other.conn_target()[c])
+      fail("{}: the network given has connection {} -> {} where {}'s network has {} -> {} (weight {}); {}", context,
+           other.label(other.conn_source()[c]), other.label(other.conn_target()[c]), path,
+           saved.label(saved.conn_source()[c]), saved.label(saved.conn_target()[c]), c, fits);
+  return *given;
+}
+
+}  // namespace
+
 void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer& optimizer, const std::string& path,
                           const NeuralNetwork& network) {
-  if (!checkpoint.optimizer) fail("load_optimizer_state(): {} holds no optimizer state", path);
-  detail::load_saved_optimizer(*checkpoint.optimizer, optimizer, path,
-                               network.is_empty() ? *checkpoint.network : *network, "load_optimizer_state()",
-                               "network");
+  const char* context = "load_optimizer_state()";
+  const NeuralNetworkImpl& target = network_for_state(checkpoint, network, path, context);
+  detail::load_saved_optimizer(*checkpoint.optimizer, optimizer, path, target, context, "network");
 }
 
 std::unique_ptr<torch::optim::Optimizer> restore_optimizer(const Checkpoint& checkpoint, const std::string& path,
                                                            const NeuralNetwork& network) {
-  if (!checkpoint.optimizer) fail("restore_optimizer(): {} holds no optimizer state", path);
-  return detail::restore_saved_optimizer(*checkpoint.optimizer, path,
-                                         network.is_empty() ? *checkpoint.network : *network, "restore_optimizer()",
-                                         "network");
+  const char* context = "restore_optimizer()";
+  const NeuralNetworkImpl& target = network_for_state(checkpoint, network, path, context);
+  return detail::restore_saved_optimizer(*checkpoint.optimizer, path, target, context, "network");
 }
 
 }  // namespace connex

@@ -3,6 +3,8 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
+#include <cstring>
+#include <map>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -243,6 +245,61 @@ struct Group::Impl {
     }
   }
 
+  // Before a collective the ranks state what they are about to run (its
+  // name, element count and dtype) in a table of one size on every rank: a
+  // replica of another network, or a rank in another collective, is named
+  // here, where gloo would abort the process on a message of a length it
+  // does not expect. A small all-reduce more: before every broadcast and
+  // barrier, but before an all-reduce only when its name comes with another
+  // count than last time (the first step, after an edit), since stating each
+  // step's gradient average more than doubled a small network's step on
+  // loopback. Ranks that fall out of step in mid-training, one averaging
+  // gradients while another does something else, are not caught there.
+  std::map<std::pair<std::string, int>, int64_t> repeated;  // (name, dtype) -> count last agreed
+  void agree(const char* what, int64_t numel, torch::ScalarType dtype, bool once = false) {
+    const std::pair<std::string, int> key{what, static_cast<int>(dtype)};
+    if (once) {
+      const auto known = repeated.find(key);
+      if (known != repeated.end() && known->second == numel) return;
+    }
+    const int size = options.world_size(), me = options.rank();
+    const int64_t mine[3] = {static_cast<int64_t>(fnv1a64(what, std::strlen(what)) >> 2), numel,
+                             static_cast<int64_t>(dtype)};
+    auto table = torch::zeros({size, 3}, torch::kLong);
+    for (int k = 0; k < 3; ++k) table[me][k] = mine[k];
+    std::vector<torch::Tensor> tensors{table.to(device)};
+    run(what, [&] { return process_group->allreduce(tensors); });
+    const auto stated = tensors[0].to(torch::kCPU);
+    const auto at = stated.accessor<int64_t, 2>();
+    auto payload = [](int64_t n, int64_t type) {
+      return fmt::format("{} element{} of {}", n, n == 1 ? "" : "s",
+                         c10::toString(static_cast<torch::ScalarType>(type)));
+    };
+    for (int r = 0; r < size; ++r) {
+      if (at[r][0] != mine[0])
+        fail(
+            "{}: rank {} of {} runs another collective ({}) where rank {} runs this one ({}); every rank must make "
+            "the same calls in the same order",
+            what, r, size, payload(at[r][1], at[r][2]), me, payload(numel, mine[2]));
+      if (at[r][1] != numel || at[r][2] != mine[2])
+        fail(
+            "{}: rank {} of {} sends {} where rank {} sends {}; the ranks must hold replicas of one network and run "
+            "with the same arguments",
+            what, r, size, payload(at[r][1], at[r][2]), me, payload(numel, mine[2]));
+    }
+    if (once) repeated[key] = numel;
+  }
+
+  // An all-reduce without the statement before it (the callers make it).
+  void all_reduce(torch::Tensor& tensor, const char* what, c10d::ReduceOp op) {
+    on_device(tensor, [&](torch::Tensor& t) {
+      std::vector<torch::Tensor> tensors{t};
+      c10d::AllreduceOptions options;
+      options.reduceOp = op;
+      run(what, [&] { return process_group->allreduce(tensors, options); });
+    });
+  }
+
   // Moves a tensor to the backend's device for a collective and back.
   template <typename F>
   void on_device(torch::Tensor& tensor, F&& op) {
@@ -289,22 +346,17 @@ const c10::intrusive_ptr<CollectiveGroup>& Group::process_group() const { return
 std::vector<int> Group::lost_ranks() { return impl_->lost_ranks(); }
 
 void Group::all_reduce_sum(torch::Tensor& tensor, const char* what) {
-  impl_->on_device(tensor, [&](torch::Tensor& t) {
-    std::vector<torch::Tensor> tensors{t};
-    impl_->run(what, [&] { return impl_->process_group->allreduce(tensors); });
-  });
+  impl_->agree(what, tensor.numel(), tensor.scalar_type(), /*once=*/true);
+  impl_->all_reduce(tensor, what, c10d::ReduceOp::SUM);
 }
 
 void Group::all_reduce_max(torch::Tensor& tensor, const char* what) {
-  impl_->on_device(tensor, [&](torch::Tensor& t) {
-    std::vector<torch::Tensor> tensors{t};
-    c10d::AllreduceOptions options;
-    options.reduceOp = c10d::ReduceOp::MAX;
-    impl_->run(what, [&] { return impl_->process_group->allreduce(tensors, options); });
-  });
+  impl_->agree(what, tensor.numel(), tensor.scalar_type(), /*once=*/true);
+  impl_->all_reduce(tensor, what, c10d::ReduceOp::MAX);
 }
 
 void Group::broadcast(torch::Tensor& tensor, int root, const char* what) {
+  impl_->agree(what, tensor.numel(), tensor.scalar_type());
   impl_->on_device(tensor, [&](torch::Tensor& t) {
     std::vector<torch::Tensor> tensors{t};
     c10d::BroadcastOptions options;
@@ -323,6 +375,7 @@ std::string Group::broadcast_bytes(const std::string& bytes, int root, const cha
 }
 
 void Group::barrier(const char* what) {
+  impl_->agree(what, 0, torch::kByte);
   impl_->run(what, [&] { return impl_->process_group->barrier(); });
 }
 

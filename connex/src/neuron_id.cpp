@@ -12,8 +12,16 @@ namespace connex {
 std::string NeuronId::str() const {
   if (is_integer()) return std::to_string(as_integer());
   // Escaped as messages escape any text, whole: a message stays one line of
-  // valid UTF-8 whatever the id (one not yet checked, or one refused).
-  return "\"" + printable(as_string(), std::string::npos) + "\"";
+  // valid UTF-8 whatever the id (one not yet checked, or one refused). A
+  // backslash or quote is escaped first, so that the id typed as h\t1 and
+  // the one holding a tab (printed "h\t1") never look alike, nor a quote
+  // inside the id like its end.
+  std::string text;
+  for (char c : as_string()) {
+    if (c == '\\' || c == '"') text += '\\';
+    text += c;
+  }
+  return "\"" + printable(text, std::string::npos) + "\"";
 }
 
 std::optional<std::string> id_text_problem(const std::string& text) {

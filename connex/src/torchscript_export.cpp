@@ -222,6 +222,9 @@ void export_torchscript(const NeuralNetwork& network, const std::string& path, c
     module.register_attribute(
         "class_labels", strings,
         names(p.task == Task::Classification ? p.output_names(network) : std::vector<std::string>{}));
+    // As a scripted torch.nn.Module has: Python's m.training and torch.jit.freeze read it, and
+    // train()/eval() set it (the forward never reads it: the file is always in eval mode).
+    module.register_attribute("training", c10::BoolType::get(), false);
     module.define(script.source());
     module.eval();
     module.save(bytes);

@@ -71,7 +71,11 @@ NeuralNetwork load(const std::string& path);
 // same structure will do, on any device, of any floating dtype: the state
 // takes its parameter's dtype, as torch's load_state_dict makes it, and save()
 // writes it so), and each of its groups must hold the parameters of the saved
-// group. All or nothing: on an error the optimizer is unchanged.
+// group. The same structure: the same neurons in the same parameter order,
+// with the same roles and output order, and the same connections, as a clone
+// or a reload has; another graph with the same counts is refused, naming the
+// first neuron, role or connection that differs.
+// All or nothing: on an error the optimizer is unchanged.
 void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer& optimizer,
                           const std::string& path = "checkpoint", const NeuralNetwork& network = nullptr);
 // The saved optimizer itself: a new one of the saved type, with the saved
@@ -79,7 +83,8 @@ void load_optimizer_state(const Checkpoint& checkpoint, torch::optim::Optimizer&
 // parameters of `network` (by default checkpoint.network), holding the saved
 // state; its defaults (what a group added later without options takes) are
 // the first group's options, as a checkpoint keeps the groups' options only.
-// Throws when the checkpoint holds no optimizer.
+// Throws when the checkpoint holds no optimizer, or `network` is not of
+// checkpoint.network's structure (as load_optimizer_state says).
 std::unique_ptr<torch::optim::Optimizer> restore_optimizer(const Checkpoint& checkpoint,
                                                            const std::string& path = "checkpoint",
                                                            const NeuralNetwork& network = nullptr);

@@ -12,9 +12,16 @@
 //
 // Failure: every rank sends heartbeats through the store. When a collective
 // fails (a peer's connection closed, or the timeout passed) the error is a
-// connex::Error that names the ranks whose heartbeats stopped.
+// connex::Error that names the ranks whose heartbeats stopped. Before a
+// collective the ranks compare what they send (name, element count, dtype),
+// so replicas of different networks or ranks in different collectives are
+// refused by name rather than left to abort inside Gloo: before every
+// broadcast and barrier, and before an all-reduce whose name comes with
+// another count or dtype than last time (a training loop's repeated
+// all-reduces are compared once).
 //
-// Thread use: one Group per process; call its collectives from one thread.
+// Thread use: call a Group's collectives from one thread. Several Groups (one
+// rank each, on threads of their own) may share a process, as the tests run them.
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -113,7 +120,9 @@ class DataParallel {
   uint64_t check_replicas_identical(const NeuralNetwork& network, const torch::optim::Optimizer* optimizer,
                                     const char* context);
   // Applies rank 0's `script` on every rank (other ranks' scripts are
-  // ignored) with the same seed. Every rank gets the same network.
+  // ignored) with `seed`, which every rank must pass alike (it is not sent;
+  // another draws other new weights, refused by the closing checksum).
+  // Every rank gets the same network.
   EditResult apply_edit(const NeuralNetwork& network, const EditScript& script, uint64_t seed);
 
  private:

@@ -7,6 +7,7 @@
 
 #include "config_codec.h"
 #include "connex/error.h"
+#include "connex/ham/edit.h"
 #include "dtype.h"
 #include "file_io.h"
 #include "ham/attach.h"
@@ -251,6 +252,16 @@ std::unique_ptr<torch::optim::Optimizer> restore_optimizer(const Checkpoint& che
                                                            const HAM& ham) {
   if (!checkpoint.optimizer) fail("ham::restore_optimizer(): {} holds no optimizer state", path);
   if (!ham && !checkpoint.ham) fail("ham::restore_optimizer(): {}: expected a HAM, got none", path);
+  // The state follows the saved HAM's entries: a graph synapse of other
+  // connections, as many, would take moments that are not its own.
+  if (ham && checkpoint.ham && ham.get() != checkpoint.ham.get()) {
+    const std::string difference = Structure::first_difference(Structure::of(*checkpoint.ham), Structure::of(*ham));
+    if (!difference.empty())
+      fail(
+          "ham::restore_optimizer(): {} holds the state of another HAM than the one given ({}); the optimizer state "
+          "fits only a HAM of the same structure",
+          path, difference);
+  }
   return detail::restore_saved_optimizer(*checkpoint.optimizer, path, ham ? *ham : *checkpoint.ham,
                                          "ham::restore_optimizer()", "HAM");
 }

@@ -365,11 +365,7 @@ Structure Structure::of(const HAMImpl& ham) {
   return structure;
 }
 
-namespace {
-
-// Where `here` (a HAM's structure) first differs from `base` (an edit's), in
-// words; empty when they agree.
-std::string first_difference(const Structure& base, const Structure& here) {
+std::string Structure::first_difference(const Structure& base, const Structure& here) {
   auto names = [](const std::vector<Structure::Part>& parts) {
     std::vector<std::string> out;
     for (const auto& part : parts) out.push_back(part.name);
@@ -402,13 +398,11 @@ std::string first_difference(const Structure& base, const Structure& here) {
   return {};
 }
 
-}  // namespace
-
 std::unique_ptr<torch::optim::Optimizer> optimizer_after_edit(const torch::optim::Optimizer& old_optimizer,
                                                               const HAM& old_ham, const EditResult& edit) {
   if (!old_ham || !edit.ham) fail("ham::optimizer_after_edit(): expected two HAMs, got an empty holder");
   if (edit.base) {
-    const auto difference = first_difference(*edit.base, Structure::of(*old_ham));
+    const auto difference = Structure::first_difference(*edit.base, Structure::of(*old_ham));
     if (!difference.empty())
       fail(
           "ham::optimizer_after_edit(): the edit was made from another HAM ({}); pass the HAM the edit started from, "

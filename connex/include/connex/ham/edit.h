@@ -47,6 +47,9 @@ struct Structure {
   };
   std::vector<Part> layers, synapses;
   static Structure of(const HAMImpl& ham);
+  // Where `here` first differs from `base`, in words ("its synapse \"s\" has
+  // 4 connections, here 5": its = base's); empty when they agree.
+  static std::string first_difference(const Structure& base, const Structure& here);
 };
 
 struct EditResult {
