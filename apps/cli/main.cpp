@@ -1094,49 +1094,70 @@ void report_and_write_run(NeuralNetwork& net, const torch::optim::Optimizer& opt
 }
 
 #if defined(CONNEX_WITH_DISTRIBUTED)
-// The ranks of one run must take the same steps over the same rows: another
-// --seed shuffles other batches (a silently different result), another
-// --batch-size or --epochs makes another number of steps, out of step from
-// then on. Compared once, at the start, through a table of one size on every
-// rank; each rank refuses naming the first setting that differs.
+// The ranks of one run must take the same steps over the same rows with the
+// same optimizer: another --seed shuffles other batches, another --optimizer
+// or learning rate steps otherwise (both a result silently not the whole
+// batch's), another --batch-size, --epochs or prune schedule makes other
+// collectives, out of step from then on. Compared once, at the start,
+// through a table of one size on every rank; each rank refuses naming the
+// first setting that differs.
 void check_ranks_agree(distributed::Group& group, const Progress& progress, int last_epoch, const TrainArgs& t,
-                       const Table& data) {
+                       const Table& data, const torch::optim::Optimizer& optimizer) {
   struct Setting {
     const char* name;
-    int64_t bits;  // an integer, or a double's bits
-    bool real;
+    int64_t bits;  // an integer, a double's bits, or a hash
+    enum { Integer, Real, Hash } kind;
+    std::string shown;  // a hash's value in words, where there is one
   };
   auto real = [](const char* name, double value) {
     int64_t bits;
     std::memcpy(&bits, &value, sizeof bits);
-    return Setting{name, bits, true};
+    return Setting{name, bits, Setting::Real};
   };
-  const torch::Tensor& x = data.train.inputs();
-  const std::vector<Setting> settings{{"--seed", static_cast<int64_t>(progress.seed), false},
-                                      {"--batch-size", progress.batch_size, false},
-                                      {"the last epoch (--epochs past the resumed ones)", last_epoch, false},
-                                      {"the optimizer steps already taken", progress.steps, false},
-                                      real("--val-split", progress.val_split),
-                                      real("--lr", t.lr.value_or(-1)),
-                                      {"training rows", x.size(0), false},
-                                      real("the training inputs' sum", x.numel() ? x.sum().item<double>() : 0.0)};
+  // The rows' bytes, not a sum: a float sum's last bits depend on the thread count.
+  auto bytes_of = [](const char* name, const torch::Tensor& t) {
+    const torch::Tensor c = t.contiguous();
+    return Setting{name,
+                   static_cast<int64_t>(fnv1a64(c.data_ptr(), static_cast<size_t>(c.numel() * c.element_size())) >> 1),
+                   Setting::Hash};
+  };
+  const std::string type = optimizer_type_name(optimizer);
+  const std::vector<Setting> settings{
+      {"--seed", static_cast<int64_t>(progress.seed), Setting::Integer},
+      {"--batch-size", progress.batch_size, Setting::Integer},
+      {"the last epoch (--epochs past the resumed ones)", last_epoch, Setting::Integer},
+      {"the optimizer steps already taken", progress.steps, Setting::Integer},
+      real("--val-split", progress.val_split),
+      {"another optimizer (--optimizer)", static_cast<int64_t>(fnv1a64(type.data(), type.size()) >> 1), Setting::Hash,
+       type},
+      real("the learning rate", optimizer.param_groups()[0].options().get_lr()),
+      {"--prune-at-epoch", t.prune_at_epoch, Setting::Integer},
+      real("--prune-fraction", t.prune_fraction),
+      {"training rows", data.train.inputs().size(0), Setting::Integer},
+      bytes_of("other training inputs", data.train.inputs()),
+      bytes_of("other training targets", data.train.targets())};
   const int size = group.world_size(), k = static_cast<int>(settings.size());
   auto table = torch::zeros({size, k}, torch::kLong);
   for (int j = 0; j < k; ++j) table[group.rank()][j] = settings[j].bits;
   group.all_reduce_sum(table, "train: the ranks' settings");
   const auto at = table.accessor<int64_t, 2>();
   auto show = [](const Setting& s, int64_t bits) {
-    if (!s.real) return std::to_string(bits);
+    if (s.kind == Setting::Integer) return std::to_string(bits);
     double value;
     std::memcpy(&value, &bits, sizeof value);
-    return value == -1 && std::string(s.name) == "--lr" ? std::string("the saved one") : fmt::format("{}", value);
+    return fmt::format("{}", value);
   };
+  const char* same = "every rank of a run needs the same arguments and data";
   for (int r = 1; r < size; ++r)
-    for (int j = 0; j < k; ++j)
-      if (at[r][j] != at[0][j])
-        fail(
-            "train: rank {} runs with {} {} where rank 0 has {}; every rank of a run needs the same arguments and data",
-            r, settings[j].name, show(settings[j], at[r][j]), show(settings[j], at[0][j]));
+    for (int j = 0; j < k; ++j) {
+      if (at[r][j] == at[0][j]) continue;
+      const Setting& s = settings[j];
+      if (s.kind == Setting::Hash)  // the values themselves are not exchanged
+        fail("train: rank {} runs with {} than rank 0{}; {}", r, s.name,
+             s.shown.empty() ? std::string() : fmt::format(" (rank {}'s: {})", group.rank(), s.shown), same);
+      fail("train: rank {} runs with {} {} where rank 0 has {}; {}", r, s.name, show(s, at[r][j]), show(s, at[0][j]),
+           same);
+    }
 }
 #endif
 
@@ -1177,10 +1198,12 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   torch::manual_seed(progress.seed + 7919 * static_cast<uint64_t>(replicas.rank));
   net->to(device);
 #if defined(CONNEX_WITH_DISTRIBUTED)
-  if (replicas.group) check_ranks_agree(*replicas.group, progress, last_epoch, t, data);
   if (replicas.data_parallel) replicas.data_parallel->broadcast_parameters(net);
 #endif
   auto optimizer = choose_optimizer(ck, net, t, config);
+#if defined(CONNEX_WITH_DISTRIBUTED)
+  if (replicas.group) check_ranks_agree(*replicas.group, progress, last_epoch, t, data, *optimizer);
+#endif
   if (reporter) {
     spdlog::info("{}", one_line(net));
     log_data(data);
