@@ -272,7 +272,7 @@ TEST(Cli, TrainOutNamesARunDirectorysDamagedCheckpoint) {
   auto r = connex_cli("train net.json --data x.csv --out cut", dir);
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("train: --out cut holds files a run writes (metrics.csv, model.ckpt), but its model.ckpt "
-                       "cannot be resumed (load(): cut/model.ckpt "),
+                       "cannot be resumed (load_checkpoint(): cut/model.ckpt "),
             std::string::npos)
       << r.err;
   EXPECT_NE(r.err.find("); write elsewhere, or pass --overwrite to replace them"), std::string::npos) << r.err;

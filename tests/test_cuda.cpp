@@ -155,8 +155,7 @@ TEST(Cuda, StructureLearningMatchesCpu) {
     same(r_cpu.network, r_gpu.network);
     auto next_cpu = optimizer_after_edit(adam_cpu, cpu, r_cpu), next_gpu = optimizer_after_edit(adam_gpu, gpu, r_gpu);
     auto moment = [](const torch::optim::Optimizer& o, const NeuralNetwork& n) {
-      return static_cast<const torch::optim::AdamParamState&>(*o.state().at(optimizer_state_key(n->weight_tensor())))
-          .exp_avg();
+      return adam_state(o, n->weight_tensor()).exp_avg();
     };
     ASSERT_TRUE(moment(*next_gpu, r_gpu.network).is_cuda());
     EXPECT_TRUE(

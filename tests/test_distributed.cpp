@@ -285,14 +285,51 @@ TEST(Distributed, RanksThatDisagreeAreNamedNotAborted) {
         dp.check_replicas_identical(same, nullptr, "check");
       ADD_FAILURE() << "rank " << rank << " ran a collective the other did not";
     } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find(rank == 0 ? "average_gradients(): rank 1 of 2 runs another collective (4 "
-                                                       "elements of Long) where rank 0 runs this one (25 elements of "
+      EXPECT_NE(std::string(e.what()).find(rank == 0 ? "average_gradients(): rank 1 of 2 runs another collective (1 "
+                                                       "element of Long) where rank 0 runs this one (25 elements of "
                                                        "Double); every rank must make the same calls in the same order"
                                                      : "check: rank 0 of 2 runs another collective"),
                 std::string::npos)
           << e.what();
     }
     group.barrier("test");  // still in step after the refusals
+  });
+}
+
+// Row r of the table is rank r's; a row of another length is refused by
+// name, as is a repeated all-reduce whose count changes on every rank (the
+// first comparison after an edit) when the ranks disagree on its dtype.
+TEST(Distributed, GatherRowsAndARepeatedAllReduceComparedAgainWhenItsCountChanges) {
+  run_ranks(3, [](Group& group, int rank) {
+    const auto table = group.gather_rows({rank, 10 * rank, -rank, int64_t{1} << 62}, "rows");
+    ASSERT_EQ(table.sizes(), (std::vector<int64_t>{3, 4}));
+    EXPECT_EQ(table.scalar_type(), torch::kLong);
+    for (int r = 0; r < 3; ++r)
+      EXPECT_TRUE(torch::equal(table[r], torch::tensor({int64_t{r}, int64_t{10 * r}, int64_t{-r}, int64_t{1} << 62})));
+    EXPECT_THROW_MSG(group.gather_rows(std::vector<int64_t>(rank == 2 ? 3 : 2, 7), "short rows"),
+                     rank == 2
+                         ? "short rows: rank 0 of 3 sends 2 elements of Long where rank 2 sends 3 elements of Long"
+                         : "short rows: rank 2 of 3 sends 3 elements of Long where rank");
+    // Also when only one rank's row changes length between two calls of one name.
+    group.gather_rows({1, 2, 3}, "rows again");
+    EXPECT_THROW_MSG(group.gather_rows(std::vector<int64_t>(rank == 1 ? 5 : 3, 0), "rows again"),
+                     rank == 1 ? "rows again: rank 0 of 3 sends 3 elements of Long where rank 1 sends 5"
+                               : "rows again: rank 1 of 3 sends 5 elements of Long where rank");
+
+    // The same count again is not compared; another count on every rank is.
+    for (int step = 0; step < 3; ++step) {
+      auto g = torch::full({5}, 1.0, torch::kFloat64);
+      group.all_reduce_sum(g, "grads");
+      EXPECT_TRUE(torch::equal(g, torch::full({5}, 3.0, torch::kFloat64)));
+    }
+    auto edited = torch::ones({6}, rank == 1 ? torch::kFloat32 : torch::kFloat64);
+    EXPECT_THROW_MSG(group.all_reduce_sum(edited, "grads"),
+                     rank == 1 ? "grads: rank 0 of 3 sends 6 elements of Double where rank 1 sends 6 elements of Float"
+                               : "grads: rank 1 of 3 sends 6 elements of Float where rank");
+    auto agreed = torch::ones({6}, torch::kFloat64);
+    group.all_reduce_sum(agreed, "grads");
+    EXPECT_TRUE(torch::equal(agreed, torch::full({6}, 3.0, torch::kFloat64)));
+    group.barrier("test");
   });
 }
 

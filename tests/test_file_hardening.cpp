@@ -205,7 +205,7 @@ TEST(JsonDepth, CheckpointWithADeepTensorEntryIsRefusedAtParse) {
     return header.insert(at + 11, nested(100000) + ",");
   });
   EXPECT_THROW_MSG(parse_checkpoint(bad, "deep.ckpt"),
-                   "load(): deep.ckpt's header nests JSON deeper than 256 levels (at byte");
+                   "parse_checkpoint(): deep.ckpt's header nests JSON deeper than 256 levels (at byte");
 }
 
 // Programs build JSON too: a message about a deep or huge value is cut.

@@ -561,18 +561,16 @@ TEST(HamEdit, OptimizerStateFollowsTheLabels) {
   auto r = H::edit(ham).remove_neurons("a", {"p"}).remove_connections("lat", {{"q", "r"}}).build();
   auto next = H::optimizer_after_edit(adam, ham, r);
   EXPECT_DOUBLE_EQ(static_cast<torch::optim::AdamOptions&>(next->param_groups()[0].options()).lr(), 0.003);
-  auto state_of = [](torch::optim::Optimizer& o, const torch::Tensor& p) -> torch::optim::AdamParamState& {
-    return static_cast<torch::optim::AdamParamState&>(*o.state().at(connex::optimizer_state_key(p)));
-  };
   auto oldW = ham->named_parameters()["synapses.ab.weight"], newW = r.ham->named_parameters()["synapses.ab.weight"];
-  auto& o = state_of(adam, oldW);
-  auto& n = state_of(*next, newW);
+  auto& o = adam_state(adam, oldW);
+  auto& n = adam_state(*next, newW);
   EXPECT_EQ(n.step(), o.step());
   EXPECT_TRUE(torch::equal(n.exp_avg(), o.exp_avg().slice(0, 1)));  // rows q r s
   auto oldL = ham->named_parameters()["synapses.lat.weight"], newL = r.ham->named_parameters()["synapses.lat.weight"];
   // lat: (p,q) (q,r) (r,p) (s,s) -> only (s,s) survives (p is gone, (q,r) removed).
   ASSERT_EQ(newL.numel(), 1);
-  EXPECT_EQ(state_of(*next, newL).exp_avg_sq()[0].item<float>(), state_of(adam, oldL).exp_avg_sq()[3].item<float>());
+  EXPECT_EQ(adam_state(*next, newL).exp_avg_sq()[0].item<float>(),
+            adam_state(adam, oldL).exp_avg_sq()[3].item<float>());
   // The carried optimizer steps.
   next->zero_grad();
   r.ham->descend(x.count("a") ? H::States{{"a", x["a"].slice(1, 1)}, {"b", x["b"]}} : x, H::DescentOptions().steps(2))
@@ -685,6 +683,14 @@ TEST(HamErrors, BadStructureIsRefusedNamingTheCulpritAndNothingChanges) {
   EXPECT_THROW_MSG(ham->add_layer("b", {3}, H::tanh(), -1.0), "expected a finite τ > 0, got -1");
   EXPECT_THROW_MSG(ham->add_layer("a", {3}, H::tanh()), "add_layer(): name \"a\" is taken by a layer");
   EXPECT_THROW_MSG(ham->add_layer("b.c", {3}, H::tanh()), "name \"b.c\" may hold only letters, digits");
+  // A name's bytes are escaped: the message stays one whole line.
+  EXPECT_THROW_MSG(ham->add_layer(std::string("a\0b", 3), {3}, H::tanh()),
+                   "add_layer(): name \"a\\0b\" may hold only letters, digits, '_' and '-'");
+  EXPECT_THROW_MSG(ham->add_layer("a\nb", {3}, H::tanh()), "add_layer(): name \"a\\nb\" may hold only");
+  EXPECT_THROW_MSG(ham->layer("x\ny"), "HAM::layer(): there is no layer \"x\\ny\"");
+  EXPECT_THROW_MSG(ham->add_labelled_layer("n\nm", {"p", "p"}, H::tanh()), "add_layer(): name \"n\\nm\" may hold");
+  EXPECT_THROW_MSG(ham->add_synapse("s", H::linear(), {"a", std::string("z\0z", 3)}),
+                   "add_synapse(): synapse \"s\": there is no layer \"z\\0z\" (the layers: a, img, m)");
   EXPECT_THROW_MSG(ham->add_layer("b", {0}, H::tanh()), "expected every dim ≥ 1, got [0]");
   EXPECT_THROW_MSG(ham->add_layer("b", {3}, H::softmax(1.0, 2)), "softmax's dim 2 is out of range");
   EXPECT_THROW_MSG(
@@ -986,11 +992,10 @@ TEST(HamCheckpoint, OptimizerStateResumesTrainingExactly) {
   const auto mine = again->named_parameters(), theirs = saved.ham->named_parameters();
   ASSERT_EQ(over_again->state().size(), from_file->state().size());
   for (const auto& item : mine) {
-    auto moment = [](const torch::optim::Optimizer& o, const torch::Tensor& p) {
-      return static_cast<const torch::optim::AdamParamState&>(*o.state().at(optimizer_state_key(p))).exp_avg();
-    };
     if (!from_file->state().count(optimizer_state_key(theirs[item.key()]))) continue;  // never stepped
-    EXPECT_TRUE(torch::equal(moment(*over_again, item.value()), moment(*from_file, theirs[item.key()]))) << item.key();
+    EXPECT_TRUE(torch::equal(adam_state(*over_again, item.value()).exp_avg(),
+                             adam_state(*from_file, theirs[item.key()]).exp_avg()))
+        << item.key();
   }
   auto rewired = H::edit(ham).remove_connections("lat", {{"p", "q"}}).add_connections("lat", {{"p", "s"}}).build().ham;
   EXPECT_THROW_MSG(H::restore_optimizer(checkpoint, path, rewired),
@@ -1041,6 +1046,68 @@ TEST(HamCheckpoint, UnknownKeysAreRefused) {
           "/structure/synapses/0: \"weight\" is not a key of a synapse entry (name, layers, synapse)");
   refused([](nlohmann::json& h) { h["structure"]["synapses"][0]["synapse"]["bias "] = true; },
           "/structure/synapses/0/synapse: \"bias \" is not a key of a synapse (kind, bias)");
+}
+
+// A layer lists its neurons (1-D) or has a shape, never both; a file that
+// gives both is refused rather than read by one and not the other.
+TEST(HamCheckpoint, ALayerWithNeuronsAndAShapeIsRefused) {
+  TempDir dir;
+  H::save(editable_ham(), dir / "ham.ckpt");
+  spit(dir / "bad.ckpt", reseal_checkpoint(slurp(dir / "ham.ckpt"), [](nlohmann::json& h, uint32_t&) {
+         h["structure"]["layers"][1]["shape"] = {5};
+       }));
+  EXPECT_THROW_MSG(
+      H::load(dir / "bad.ckpt"),
+      "ham::load(): " + (dir / "bad.ckpt") +
+          ": /structure/layers/1: a layer has \"neurons\" (a 1-D layer's labels) or a \"shape\", not both");
+}
+
+// Each entry point names itself in its messages.
+TEST(HamCheckpoint, EachEntryPointNamesItself) {
+  TempDir dir;
+  H::save(editable_ham(), dir / "ham.ckpt");
+  const std::string good = slurp(dir / "ham.ckpt");
+  spit(dir / "bad.ckpt", good.substr(0, 10));
+  EXPECT_THROW_MSG(H::load(dir / "bad.ckpt"), "ham::load(): " + (dir / "bad.ckpt") + " is truncated");
+  EXPECT_THROW_MSG(H::load_checkpoint(dir / "bad.ckpt"),
+                   "ham::load_checkpoint(): " + (dir / "bad.ckpt") + " is truncated");
+  EXPECT_THROW_MSG(H::parse_checkpoint("garbage", "bytes"),
+                   "ham::parse_checkpoint(): bytes is not a connex HAM checkpoint");
+  EXPECT_THROW_MSG(H::load_checkpoint(dir / "missing.ckpt"), "ham::load_checkpoint(): cannot open");
+  EXPECT_THROW_MSG(load_checkpoint(dir / "ham.ckpt"),
+                   "load_checkpoint(): " + (dir / "ham.ckpt") + " is not a connex checkpoint");
+  EXPECT_THROW_MSG(parse_checkpoint("garbage", "bytes"), "parse_checkpoint(): bytes is not a connex checkpoint");
+  EXPECT_THROW_MSG(load(dir / "missing.ckpt"), "load(): cannot open");
+}
+
+// A HAM without parameters remembers the dtype its to() named: the graph
+// weights and states it makes later keep float64's digits, also in a clone.
+TEST(HamModule, ToWithoutParametersPlacesLaterParts) {
+  H::HAM ham;
+  ham->add_layer("t", {3}, H::tanh());
+  ASSERT_TRUE(ham->parameters().empty());
+  ham->to(torch::kDouble);
+  EXPECT_EQ(ham->init_states(2)["t"].scalar_type(), torch::kDouble);
+  ham->add_synapse("g", H::graph({{0, 1}, {1, 2}}, torch::tensor({0.1, -0.3}, torch::kDouble)), {"t"});
+  const auto w = ham->named_parameters()["synapses.g.weight"];
+  ASSERT_EQ(w.scalar_type(), torch::kDouble);
+  EXPECT_EQ(w[0].item<double>(), 0.1);
+  EXPECT_EQ(w[1].item<double>(), -0.3);
+  H::HAM bare;
+  bare->add_layer("t", {3}, H::tanh());
+  bare->to(torch::kDouble);
+  auto copy = std::dynamic_pointer_cast<H::HAMImpl>(bare->clone());
+  EXPECT_EQ(copy->init_states(1)["t"].scalar_type(), torch::kDouble);
+  // An edit and a checkpoint keep it too.
+  auto edited = H::edit(bare).build().ham;
+  EXPECT_EQ(edited->init_states(1)["t"].scalar_type(), torch::kDouble);
+  TempDir dir;
+  H::save(bare, dir / "bare.ham");
+  EXPECT_EQ(H::load(dir / "bare.ham")->init_states(1)["t"].scalar_type(), torch::kDouble);
+  // Without a to(), the default dtype as before.
+  H::HAM plain;
+  plain->add_layer("t", {3}, H::tanh());
+  EXPECT_EQ(plain->init_states(1)["t"].scalar_type(), torch::kFloat);
 }
 
 TEST(HamCheckpoint, BadFilesAreRefusedNamingTheFileAndNothingIsWritten) {

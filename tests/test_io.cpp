@@ -196,16 +196,13 @@ TEST(Checkpoint, OptimizerStateTakesItsParametersDtype) {
   adam.zero_grad();
   torch::mse_loss(net->forward(x), y).backward();
   adam.step();
-  const auto moment = [](const torch::optim::Optimizer& opt, const torch::Tensor& p) {
-    return static_cast<const torch::optim::AdamParamState&>(*opt.state().at(optimizer_state_key(p))).exp_avg();
-  };
-  const torch::Tensor float_moment = moment(adam, net->weight_tensor()).clone();
+  const torch::Tensor float_moment = adam_state(adam, net->weight_tensor()).exp_avg().clone();
   net->to(torch::kFloat64);
-  ASSERT_EQ(moment(adam, net->weight_tensor()).scalar_type(), torch::kFloat32);
+  ASSERT_EQ(adam_state(adam, net->weight_tensor()).exp_avg().scalar_type(), torch::kFloat32);
   save(net, dir / "double.ckpt", &adam);
   const auto loaded = load_checkpoint(dir / "double.ckpt");
   auto restored = restore_optimizer(loaded, "double.ckpt");
-  const auto back = moment(*restored, loaded.network->weight_tensor());
+  const auto back = adam_state(*restored, loaded.network->weight_tensor()).exp_avg();
   EXPECT_EQ(back.scalar_type(), torch::kFloat64);
   EXPECT_TRUE(torch::equal(back, float_moment.to(torch::kFloat64)));
 
@@ -219,8 +216,8 @@ TEST(Checkpoint, OptimizerStateTakesItsParametersDtype) {
   auto wide = clone(ck.network);
   wide->to(torch::kFloat64);
   auto resumed = restore_optimizer(ck, "float.ckpt", wide);
-  EXPECT_TRUE(torch::equal(moment(*resumed, wide->weight_tensor()),
-                           moment(single_adam, single->weight_tensor()).to(torch::kFloat64)));
+  EXPECT_TRUE(torch::equal(adam_state(*resumed, wide->weight_tensor()).exp_avg(),
+                           adam_state(single_adam, single->weight_tensor()).exp_avg().to(torch::kFloat64)));
 }
 
 class BadCheckpoint : public ::testing::Test {
@@ -884,14 +881,12 @@ TEST(Checkpoint, OptimizerStateGoesOnlyOntoTheSameStructure) {
   adam.step();
   save(net, dir / "net.ckpt", &adam);
   const Checkpoint ck = load_checkpoint(dir / "net.ckpt");
-  const auto moment = [](const torch::optim::Optimizer& opt, const torch::Tensor& p) {
-    return static_cast<const torch::optim::AdamParamState&>(*opt.state().at(optimizer_state_key(p))).exp_avg();
-  };
 
   auto again = load(dir / "net.ckpt");
   ASSERT_NE(&again->topology(), &ck.network->topology());
   auto resumed = restore_optimizer(ck, "net.ckpt", again);
-  EXPECT_TRUE(torch::equal(moment(*resumed, again->weight_tensor()), moment(adam, net->weight_tensor())));
+  EXPECT_TRUE(torch::equal(adam_state(*resumed, again->weight_tensor()).exp_avg(),
+                           adam_state(adam, net->weight_tensor()).exp_avg()));
 
   auto other = [&](GraphSpec spec) {
     auto built = NeuralNetwork(std::move(spec), kDouble);
@@ -1268,8 +1263,7 @@ TEST(Checkpoint, ReadsTopoNormSavedPerLevel) {
     const torch::Tensor p = ck.network->named_parameters()["topo_norm." + kind];
     EXPECT_EQ(flat(p), value);
     EXPECT_EQ(flat(from_json->named_parameters()["topo_norm." + kind]), value);
-    const auto& state =
-        static_cast<const torch::optim::AdamParamState&>(*adam->state().at(connex::optimizer_state_key(p)));
+    const auto& state = adam_state(*adam, p);
     EXPECT_EQ(state.step(), 6);
     EXPECT_EQ(flat(state.exp_avg()), exp_avg);
     EXPECT_EQ(flat(state.exp_avg_sq()), exp_avg_sq);
@@ -1310,10 +1304,7 @@ TEST(Checkpoint, ReadsTopoNormSavedPerLevel) {
   EXPECT_EQ(split_adam->param_groups()[0].params().size(), 3u);
   EXPECT_EQ(split_adam->param_groups()[1].params().size(), 1u);
   const torch::Tensor split_gamma = split.network->named_parameters()["topo_norm.gamma"];
-  EXPECT_EQ(static_cast<const torch::optim::AdamParamState&>(
-                *split_adam->state().at(connex::optimizer_state_key(split_gamma)))
-                .step(),
-            6);
+  EXPECT_EQ(adam_state(*split_adam, split_gamma).step(), 6);
   spit(path, reseal_checkpoint(good, [](nlohmann::json& h, uint32_t&) {
          h["optimizer"]["groups"][0]["parameters"].push_back("weight");
        }));

@@ -530,10 +530,8 @@ TEST(OptimizerContinuity, SurvivorsKeepMomentsNewEntriesStartAtZero) {
   auto result = edit(net).add_connections({{1, 6}}).remove_neurons({9}).build();
   torch::optim::Adam next(result.network->parameters(), torch::optim::AdamOptions(1e-2));
   transfer_optimizer_state(adam, net, next, result);
-  auto& old_state =
-      static_cast<torch::optim::AdamParamState&>(*adam.state().at(optimizer_state_key(net->weight_tensor())));
-  auto& new_state = static_cast<torch::optim::AdamParamState&>(
-      *next.state().at(optimizer_state_key(result.network->weight_tensor())));
+  auto& old_state = adam_state(adam, net->weight_tensor());
+  auto& new_state = adam_state(next, result.network->weight_tensor());
   EXPECT_EQ(new_state.step(), 5);
   const auto& t_old = net->topology();
   const auto& t_new = result.network->topology();
@@ -554,19 +552,20 @@ TEST(OptimizerContinuity, SurvivorsKeepMomentsNewEntriesStartAtZero) {
                    "connections, where this one has 11 and");
   NeuralNetwork twin(readme_spec());  // the same structure, other parameters
   torch::optim::Adam over_twin(twin->parameters(), torch::optim::AdamOptions(1e-2));
-  EXPECT_THROW_MSG(transfer_optimizer_state(over_twin, net, fresh, result),
-                   "transfer_optimizer_state(): the old optimizer's group 0 holds a parameter of shape [14] that is "
-                   "not one of the old network's; pass the network the optimizer was built over (the one before the "
-                   "edit)");
+  EXPECT_THROW_MSG(
+      transfer_optimizer_state(over_twin, net, fresh, result),
+      "transfer_optimizer_state(): none of the old optimizer's parameters (group 0 holds one of shape "
+      "[14]) is one of the old network's; pass the network the optimizer was built over (the one before the "
+      "edit)");
   torch::optim::Adam over_old(net->parameters(), torch::optim::AdamOptions(1e-2));
   EXPECT_THROW_MSG(transfer_optimizer_state(adam, net, over_old, result),
-                   "the new optimizer's group 0 holds a parameter of shape [14] that is not one of the edited "
+                   "none of the new optimizer's parameters (group 0 holds one of shape [14]) is one of the edited "
                    "network's; build it over edit.network's parameters");
   EXPECT_TRUE(fresh.state().empty());
   EXPECT_TRUE(over_old.state().empty());
   EXPECT_THROW_MSG(optimizer_after_edit(over_twin, net, result),
-                   "optimizer_after_edit(): the optimizer's group 0 holds a parameter of shape [14] that is not one of "
-                   "the old network's; pass the network the optimizer was built over");
+                   "optimizer_after_edit(): none of the optimizer's parameters (group 0 holds one of shape [14]) is "
+                   "one of the old network's; pass the network the optimizer was built over");
 }
 
 // A fresh Adagrad starts every sum at initial_accumulator_value, so a carried
@@ -633,8 +632,7 @@ TEST(OptimizerContinuity, AFieldTheNewOptionsReadStartsAtZero) {
     auto result = edit(net).add_connections({{1, 6}}).build();
     torch::optim::Adam next(result.network->parameters(), torch::optim::AdamOptions(1e-2).amsgrad(true));
     transfer_optimizer_state(adam, net, next, result);
-    const auto& state = static_cast<torch::optim::AdamParamState&>(
-        *next.state().at(optimizer_state_key(result.network->weight_tensor())));
+    const auto& state = adam_state(next, result.network->weight_tensor());
     ASSERT_TRUE(state.max_exp_avg_sq().defined());
     EXPECT_EQ(state.max_exp_avg_sq().abs().sum().item<float>(), 0.0f);
     EXPECT_NO_THROW(train(result.network, next, 2));
@@ -685,8 +683,8 @@ TEST(Plasticity, FollowEditKeepsTheOptimizerAndItsScheduler) {
   for (size_t k = 0; k < result.network->parameters().size(); ++k)
     EXPECT_TRUE(adam.param_groups()[0].params()[k].is_same(result.network->parameters()[k]));
   for (const auto& p : result.network->parameters()) {
-    const auto& got = static_cast<torch::optim::AdamParamState&>(*adam.state().at(optimizer_state_key(p)));
-    const auto& want = static_cast<torch::optim::AdamParamState&>(*expected->state().at(optimizer_state_key(p)));
+    const auto& got = adam_state(adam, p);
+    const auto& want = adam_state(*expected, p);
     EXPECT_EQ(got.step(), want.step());
     EXPECT_TRUE(torch::equal(got.exp_avg(), want.exp_avg()));
     EXPECT_TRUE(torch::equal(got.exp_avg_sq(), want.exp_avg_sq()));
@@ -719,10 +717,8 @@ TEST(Plasticity, TransferKeepsTheStateOfAHeadTrainedBeside) {
   for (const auto& p : head->parameters()) next_params.push_back(p);
   torch::optim::Adam next(next_params, torch::optim::AdamOptions(1e-2));
   transfer_optimizer_state(adam, net, next, result);
-  const auto& old_head =
-      static_cast<torch::optim::AdamParamState&>(*adam.state().at(optimizer_state_key(head->weight)));
-  const auto& new_head =
-      static_cast<torch::optim::AdamParamState&>(*next.state().at(optimizer_state_key(head->weight)));
+  const auto& old_head = adam_state(adam, head->weight);
+  const auto& new_head = adam_state(next, head->weight);
   EXPECT_EQ(new_head.step(), 3);
   EXPECT_TRUE(torch::equal(new_head.exp_avg(), old_head.exp_avg()));
   EXPECT_EQ(next.state().size(), adam.state().size());
@@ -750,12 +746,7 @@ TEST(Plasticity, OptimizerPlumbingChecksWhereTheEditStarted) {
   }
   auto grown = edit(net).add_hidden_neurons({100}).add_connections({{0, 100}, {100, 11}}).build();
   follow_edit(adam, net, grown);
-  const auto moments = [&] {
-    return static_cast<torch::optim::AdamParamState&>(
-               *adam.state().at(optimizer_state_key(grown.network->weight_tensor())))
-        .exp_avg()
-        .clone();
-  };
+  const auto moments = [&] { return adam_state(adam, grown.network->weight_tensor()).exp_avg().clone(); };
   const auto before = moments();
   EXPECT_THROW_MSG(follow_edit(adam, grown.network, grown),
                    "follow_edit(): the edit was made from another network (12 neurons and 14 connections, where this "
@@ -801,9 +792,7 @@ TEST(Plasticity, FollowEditKeepsAHeadInItsGroup) {
     torch::mse_loss(head->forward(net->forward(x)), y).backward();
     adam.step();
   }
-  auto head_state = [&] {
-    return static_cast<torch::optim::AdamParamState&>(*adam.state().at(optimizer_state_key(head->weight)));
-  };
+  auto head_state = [&] { return adam_state(adam, head->weight); };
   const auto head_moments = head_state().exp_avg().clone();
   auto result = edit(net).add_connections({{1, 6}}).build();
   const auto copy = optimizer_after_edit(adam, net, result);

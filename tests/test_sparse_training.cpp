@@ -57,8 +57,7 @@ std::map<Edge, double> weights_by_label(const NeuralNetwork& net) {
 // The Adam moments of every connection, by label.
 std::map<Edge, std::pair<double, double>> moments_by_label(const NeuralNetwork& net,
                                                            const torch::optim::Optimizer& optimizer) {
-  const auto& state = optimizer.state().at(connex::optimizer_state_key(net->weight_tensor()));
-  const auto& adam = static_cast<const torch::optim::AdamParamState&>(*state);
+  const auto& adam = adam_state(optimizer, net->weight_tensor());
   const auto m = adam.exp_avg().contiguous(), v = adam.exp_avg_sq().contiguous();
   std::map<Edge, std::pair<double, double>> out;
   const Topology& t = net->topology();
@@ -433,7 +432,7 @@ TEST(SparseTraining, RewiringInvariantsOverManyRewirings) {
 // connections (the user's fixed weights) are never dropped.
 TEST(SparseTraining, RewiringLeavesNoNeuronDeadAndKeepsFrozenConnections) {
   for (auto method : {RewireMethod::SET, RewireMethod::RigL}) {
-    NeuralNetwork net(nn::sparse_layered_spec({8, 32, 32, 4}, nn::SparseLayersOptions().density(0.06).seed(3)),
+    NeuralNetwork net(nn::sparse_layered_spec({8, 32, 32, 4}, nn::SparseLayersOptions().density(0.08).seed(3)),
                       kTanh64);
     ASSERT_TRUE(dead_neurons(net).empty());
     const auto x = torch::randn({16, 8}, torch::kFloat64), y = torch::randn({16, 4}, torch::kFloat64);
@@ -690,7 +689,8 @@ TEST(SparseTraining, BadInputNamesTheCulpritAndChangesNothing) {
   EXPECT_THROW_MSG(Rewirer(net, RewireOptions().drop_fraction(1)),
                    "Rewirer(): expected drop_fraction in [0, 1), got 1");
   EXPECT_THROW_MSG(Rewirer(net, RewireOptions().end_step(-1)), "Rewirer(): expected end_step >= 0, got -1");
-  EXPECT_THROW_MSG(rewire_method_from_name("sett"), "rewire method: expected \"set\" or \"rigl\", got \"sett\"");
+  EXPECT_THROW_MSG(rewire_method_from_name("sett"),
+                   "rewire_method_from_name(): expected \"set\" or \"rigl\", got \"sett\"");
   EXPECT_EQ(rewire_method_from_name("RigL"), RewireMethod::RigL);
   EXPECT_EQ(rewire_method_from_name("SET"), RewireMethod::SET);
   NeuralNetwork normed(nn::mlp_spec(2, 1, 3, 1), NeuralNetworkOptions().use_topo_norm(true));

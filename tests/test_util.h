@@ -18,6 +18,7 @@
 #include "connex/connex.h"
 #include "../apps/readme_network.h"
 #include "file_io.h"
+#include "optimizer_key.h"
 
 namespace connex::testing {
 
@@ -175,6 +176,11 @@ inline std::pair<torch::Tensor, torch::Tensor> cos_sin_data(torch::Dtype dtype =
   auto x = torch::linspace(0, 2 * M_PI, 250, torch::kFloat64).unsqueeze(1);
   auto y = torch::cat({torch::cos(x), torch::sin(x)}, 1);
   return {x.to(dtype), y.to(dtype)};
+}
+
+// Adam's state of parameter `p`, which must have stepped.
+inline torch::optim::AdamParamState& adam_state(const torch::optim::Optimizer& opt, const torch::Tensor& p) {
+  return static_cast<torch::optim::AdamParamState&>(*opt.state().at(optimizer_state_key(p)));
 }
 
 inline double mse(const torch::Tensor& a, const torch::Tensor& b) { return torch::mse_loss(a, b).item<double>(); }

@@ -1099,8 +1099,8 @@ void report_and_write_run(NeuralNetwork& net, const torch::optim::Optimizer& opt
 // or learning rate steps otherwise (both a result silently not the whole
 // batch's), another --batch-size, --epochs or prune schedule makes other
 // collectives, out of step from then on. Compared once, at the start,
-// through a table of one size on every rank; each rank refuses naming the
-// first setting that differs.
+// through Group::gather_rows; each rank refuses naming the first setting
+// that differs.
 void check_ranks_agree(distributed::Group& group, const Progress& progress, int last_epoch, const TrainArgs& t,
                        const Table& data, const torch::optim::Optimizer& optimizer) {
   struct Setting {
@@ -1136,11 +1136,11 @@ void check_ranks_agree(distributed::Group& group, const Progress& progress, int 
       {"training rows", data.train.inputs().size(0), Setting::Integer},
       bytes_of("other training inputs", data.train.inputs()),
       bytes_of("other training targets", data.train.targets())};
-  const int size = group.world_size(), k = static_cast<int>(settings.size());
-  auto table = torch::zeros({size, k}, torch::kLong);
-  for (int j = 0; j < k; ++j) table[group.rank()][j] = settings[j].bits;
-  group.all_reduce_sum(table, "train: the ranks' settings");
+  std::vector<int64_t> mine;
+  for (const Setting& s : settings) mine.push_back(s.bits);
+  const auto table = group.gather_rows(mine, "train: the ranks' settings");
   const auto at = table.accessor<int64_t, 2>();
+  const int size = group.world_size(), k = static_cast<int>(settings.size());
   auto show = [](const Setting& s, int64_t bits) {
     if (s.kind == Setting::Integer) return std::to_string(bits);
     double value;

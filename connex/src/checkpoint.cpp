@@ -91,17 +91,16 @@ bool option_on(const json& config, const char* key) {
 // attention parameters grow as L² or n·L² per level), so before building
 // anything, compare a lower bound of the parameter bytes with the tensor bytes
 // present. Malformed configs pass through: network_from_config names the error.
-void check_declared_size(const json& config, size_t data_size, const std::string& path) {
+void check_declared_size(const json& config, size_t data_size, const std::string& path, const char* context) {
   if (!config.is_object() || !config.contains("graph") || !config.at("graph").is_object()) return;
   const json& graph = config.at("graph");
   const double element = static_cast<double>(element_size(config));
   auto too_big = [&](double values, const char* what) {
     if (values * element > static_cast<double>(data_size))
       fail(
-          "load(): {}: its config declares {} of {:.0f} parameter values ({:.0f} bytes) but the file holds only {} "
-          "bytes "
-          "of tensor data",
-          path, what, values, values * element, data_size);
+          "{}: {}: its config declares {} of {:.0f} parameter values ({:.0f} bytes) but the file holds only {} "
+          "bytes of tensor data",
+          context, path, what, values, values * element, data_size);
   };
   if (graph.contains("prebuilt")) {
     // Layers of input_size, depth x width, output_size neurons; MLP links consecutive layers, DenseMLP every pair.
@@ -166,48 +165,60 @@ void save(const NeuralNetwork& network, const std::string& path, const torch::op
   write_file_atomically(path, detail::pack_tensor_file(kMagic, kCheckpointVersion, header, data), "save()");
 }
 
-Checkpoint load_checkpoint(const std::string& path) { return parse_checkpoint(read_file(path, "load()"), path); }
+namespace {
 
-Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
-  const auto packed = detail::unpack_tensor_file(file, kMagic, path, "load()", "a connex checkpoint");
+// The bytes of a checkpoint file; `context` (the entry point: "load()",
+// "load_checkpoint()", "parse_checkpoint()") starts every message.
+Checkpoint parse(const std::string& file, const std::string& path, const char* context) {
+  const auto packed = detail::unpack_tensor_file(file, kMagic, path, context, "a connex checkpoint");
   const uint32_t version = packed.version;
   if (version != kCheckpointVersion)
     fail(
-        "load(): {} has checkpoint format version {}; this connex reads version {}{}", path, version,
+        "{}: {} has checkpoint format version {}; this connex reads version {}{}", context, path, version,
         kCheckpointVersion,
         version == 1 ? " (version 1 held optimizer state in torch's pickle format, which connex no longer reads)" : "");
 
-  const json header = detail::parse_json(packed.header, "load(): " + path + "'s header");
+  const json header = detail::parse_json(packed.header, fmt::format("{}: {}'s header", context, path));
   if (!header.is_object() || !header.contains("config") || !header.contains("tensors") ||
       !header.at("tensors").is_array())
-    fail("load(): {} has a header without \"config\" and \"tensors\"", path);
+    fail("{}: {} has a header without \"config\" and \"tensors\"", context, path);
   const size_t data_begin = packed.data_begin, data_size = packed.data_size;
-  check_declared_size(header.at("config"), data_size, path);
+  check_declared_size(header.at("config"), data_size, path, context);
 
   Checkpoint checkpoint;
   checkpoint.network = network_from_config(header.at("config"), path);
-  const TensorData data{file, data_begin, data_size, path};
+  const TensorData data{file, data_begin, data_size, path, context};
   torch::NoGradGuard no_grad;
   const auto parts = topo_norm_level_parts(*checkpoint.network);
   detail::read_tensor_table(header.at("tensors"), data,
-                            tensors_in_file(checkpoint.network, header.at("tensors"), parts), "load(): " + path,
-                            "its network's structure");
+                            tensors_in_file(checkpoint.network, header.at("tensors"), parts),
+                            fmt::format("{}: {}", context, path), "its network's structure");
   checkpoint.network->sync_frozen();
 
   if (header.contains("optimizer") && !header.at("optimizer").is_null())
     checkpoint.optimizer =
-        detail::read_optimizer(header.at("optimizer"), *checkpoint.network, data, path, "load()", "network", parts);
+        detail::read_optimizer(header.at("optimizer"), *checkpoint.network, data, path, context, "network", parts);
   if (header.contains("training")) {
-    if (!header.at("training").is_object()) fail("load(): {}: /training must be an object", path);
+    if (!header.at("training").is_object()) fail("{}: {}: /training must be an object", context, path);
     checkpoint.training = header.at("training");
   }
   if (header.contains("preprocessing"))
-    checkpoint.preprocessing = Preprocessing::from_json(header.at("preprocessing"),
-                                                        "load(): " + path + ": /preprocessing", checkpoint.network);
+    checkpoint.preprocessing = Preprocessing::from_json(
+        header.at("preprocessing"), fmt::format("{}: {}: /preprocessing", context, path), checkpoint.network);
   return checkpoint;
 }
 
-NeuralNetwork load(const std::string& path) { return load_checkpoint(path).network; }
+}  // namespace
+
+Checkpoint load_checkpoint(const std::string& path) {
+  return parse(read_file(path, "load_checkpoint()"), path, "load_checkpoint()");
+}
+
+Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
+  return parse(file, path, "parse_checkpoint()");
+}
+
+NeuralNetwork load(const std::string& path) { return parse(read_file(path, "load()"), path, "load()").network; }
 
 namespace {
 

@@ -265,11 +265,7 @@ struct Group::Impl {
     const int size = options.world_size(), me = options.rank();
     const int64_t mine[3] = {static_cast<int64_t>(fnv1a64(what, std::strlen(what)) >> 2), numel,
                              static_cast<int64_t>(dtype)};
-    auto table = torch::zeros({size, 3}, torch::kLong);
-    for (int k = 0; k < 3; ++k) table[me][k] = mine[k];
-    std::vector<torch::Tensor> tensors{table.to(device)};
-    run(what, [&] { return process_group->allreduce(tensors); });
-    const auto stated = tensors[0].to(torch::kCPU);
+    const auto stated = rows(mine, 3, what);
     const auto at = stated.accessor<int64_t, 2>();
     auto payload = [](int64_t n, int64_t type) {
       return fmt::format("{} element{} of {}", n, n == 1 ? "" : "s",
@@ -288,6 +284,16 @@ struct Group::Impl {
             what, r, size, payload(at[r][1], at[r][2]), me, payload(numel, mine[2]));
     }
     if (once) repeated[key] = numel;
+  }
+
+  // Every rank's row of k values, unstated (the callers state it): each rank
+  // fills its own row of a table of zeros, and a sum over the ranks fills them all.
+  torch::Tensor rows(const int64_t* row, int64_t k, const char* what) {
+    auto table = torch::zeros({options.world_size(), k}, torch::kLong);
+    std::copy(row, row + k, table[options.rank()].data_ptr<int64_t>());
+    std::vector<torch::Tensor> tensors{table.to(device)};
+    run(what, [&] { return process_group->allreduce(tensors); });
+    return tensors[0].to(torch::kCPU);
   }
 
   // An all-reduce without the statement before it (the callers make it).
@@ -379,6 +385,12 @@ void Group::barrier(const char* what) {
   impl_->run(what, [&] { return impl_->process_group->barrier(); });
 }
 
+torch::Tensor Group::gather_rows(const std::vector<int64_t>& row, const char* what) {
+  // Stated every time: a rank whose row changed length must not be the only one stating it.
+  impl_->agree(what, static_cast<int64_t>(row.size()), torch::kLong);
+  return impl_->rows(row.data(), static_cast<int64_t>(row.size()), what);
+}
+
 // ------------------------------------------------------------ DataParallel
 
 void DataParallel::broadcast_parameters(NeuralNetwork& network) {
@@ -451,14 +463,10 @@ uint64_t DataParallel::checksum(const NeuralNetwork& network, const torch::optim
 uint64_t DataParallel::check_replicas_identical(const NeuralNetwork& network, const torch::optim::Optimizer* optimizer,
                                                 const char* context) {
   const uint64_t mine = checksum(network, optimizer);
-  const int size = group_.world_size(), rank = group_.rank();
-  // Every rank's checksum, as two 32-bit halves in a [size, 2] table summed over the ranks.
-  auto table = torch::zeros({size, 2}, torch::kLong);
-  table[rank][0] = static_cast<int64_t>(mine >> 32);
-  table[rank][1] = static_cast<int64_t>(mine & 0xffffffffu);
-  group_.all_reduce_sum(table, context);
-  auto at = table.accessor<int64_t, 2>();
-  auto of = [&](int r) { return (static_cast<uint64_t>(at[r][0]) << 32) | static_cast<uint64_t>(at[r][1]); };
+  const auto table = group_.gather_rows({static_cast<int64_t>(mine)}, context);
+  const auto at = table.accessor<int64_t, 2>();
+  auto of = [&](int r) { return static_cast<uint64_t>(at[r][0]); };
+  const int size = group_.world_size();
   std::vector<int> differ;
   for (int r = 1; r < size; ++r)
     if (of(r) != of(0)) differ.push_back(r);

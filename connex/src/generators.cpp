@@ -244,30 +244,48 @@ std::vector<int64_t> layer_connections(const std::vector<int64_t>& sizes, const 
     total += static_cast<double>(capacity[k]);
   }
   total *= options.density();
-  // A pair asking for more than it holds becomes dense and the rest share what is left; repeat
-  // until none does (ε only grows, so a pair once dense stays so).
-  std::vector<bool> dense(pairs, false);
-  for (bool changed = true; changed;) {
-    changed = false;
-    double rest = total, rest_weight = 0;
+  // Each pair's count within [least, capacity]: least is 0, or with no dead
+  // neurons one connection for every neuron that needs one (the larger
+  // layer's size; the first pair's inputs need none).
+  std::vector<int64_t> least(pairs, 0);
+  double least_total = 0;
+  if (options.no_dead_neurons())
     for (size_t k = 0; k < pairs; ++k) {
-      if (dense[k])
-        rest -= static_cast<double>(capacity[k]);
-      else
-        rest_weight += weight[k];
+      least[k] = k == 0 ? sizes[1] : std::max(sizes[k], sizes[k + 1]);
+      least_total += static_cast<double>(least[k]);
     }
-    for (size_t k = 0; k < pairs; ++k) {
-      if (dense[k]) continue;
-      target[k] = rest * weight[k] / rest_weight;
-      if (target[k] > static_cast<double>(capacity[k])) dense[k] = changed = true;
+  total = std::max(total, least_total);  // a target below the floors is raised to them
+  // The pairs' shares are clamp(λ·weight, least, capacity), λ such that they
+  // sum to the total (the sum grows with λ): a pair pushed to a bound stays
+  // there and the others share what is left in proportion to their weights.
+  auto share = [&](size_t k, double lambda) {
+    return std::clamp(lambda * weight[k], static_cast<double>(least[k]), static_cast<double>(capacity[k]));
+  };
+  double low = 0, high = 0;
+  for (size_t k = 0; k < pairs; ++k) high = std::max(high, static_cast<double>(capacity[k]) / weight[k]);
+  for (int i = 0; i < 200 && low < high; ++i) {
+    const double mid = 0.5 * (low + high);
+    double sum = 0;
+    for (size_t k = 0; k < pairs; ++k) sum += share(k, mid);
+    (sum < total ? low : high) = mid;
+  }
+  // The free pairs' targets again from the total they share, so that they sum to it exactly.
+  double rest = total, rest_weight = 0;
+  std::vector<bool> bound(pairs);
+  for (size_t k = 0; k < pairs; ++k) {
+    const double at = high * weight[k];
+    bound[k] = at <= static_cast<double>(least[k]) || at >= static_cast<double>(capacity[k]);
+    if (bound[k]) {
+      target[k] = share(k, high);
+      rest -= target[k];
+    } else {
+      rest_weight += weight[k];
     }
   }
   for (size_t k = 0; k < pairs; ++k)
-    if (dense[k]) target[k] = static_cast<double>(capacity[k]);
+    if (!bound[k]) target[k] = rest * weight[k] / rest_weight;
   auto counts = largest_remainder(target, capacity, std::llround(total));
-  if (options.no_dead_neurons())
-    for (size_t k = 0; k < pairs; ++k)
-      counts[k] = std::max(counts[k], k == 0 ? sizes[1] : std::max(sizes[k], sizes[k + 1]));
+  for (size_t k = 0; k < pairs; ++k) counts[k] = std::max(counts[k], least[k]);
   return counts;
 }
 
@@ -390,10 +408,13 @@ GraphSpec random_dag_spec(const RandomDagOptions& options) {
     if (b > 1) least += std::max(levels.size[b - 1], levels.size[b]);
     most += levels.size[b] * levels.start[b];
   }
-  if (options.connections() < least || options.connections() > most)
-    fail("{}: expected connections in [{}, {}] for these sizes and depth, got {}", name, least, most,
-         options.connections());
+  // The range stated is what can be built: every forward pair, up to the build limit.
+  const auto allowed = std::min(most, static_cast<int64_t>(kBuildLimit));
   const double neurons = static_cast<double>(levels.start.back() + levels.size.back());
+  if (least > allowed) check_buildable(name, neurons, static_cast<double>(least));  // the coverings alone are too many
+  if (options.connections() < least || options.connections() > allowed)
+    fail("{}: expected connections in [{}, {}] for these sizes and depth, got {}", name, least, allowed,
+         options.connections());
   const auto connections = static_cast<double>(options.connections());
   check_buildable(name, neurons, connections);
   return building(name, neurons, connections, [&] { return build_dag(options, levels, most, name); });

@@ -425,8 +425,8 @@ HeldNames check_holds(const torch::optim::Optimizer& optimizer, const torch::nn:
                       const char* which, const char* remedy) {
   HeldNames held = held_names(optimizer, module);
   if (held.foreign && !held.any)
-    fail("{}: {}'s group {} holds a parameter of shape [{}] that is not one of {}", context, which, held.foreign_group,
-         fmt::join(held.foreign->sizes(), ", "), remedy);
+    fail("{}: none of {}'s parameters (group {} holds one of shape [{}]) is one of {}", context, which,
+         held.foreign_group, fmt::join(held.foreign->sizes(), ", "), remedy);
   return held;
 }
 

@@ -31,7 +31,7 @@ RewireMethod rewire_method_from_name(const std::string& name) {
   std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
   if (lower == "set") return RewireMethod::SET;
   if (lower == "rigl") return RewireMethod::RigL;
-  fail("rewire method: expected \"set\" or \"rigl\", got \"{}\"", name);
+  fail("rewire_method_from_name(): expected \"set\" or \"rigl\", got \"{}\"", name);
 }
 
 // One group's part of a rewiring, in dense ids of the network being rewired.

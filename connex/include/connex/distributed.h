@@ -92,6 +92,10 @@ class Group {
   // Rank `root`'s bytes, on every rank (the argument is ignored elsewhere).
   std::string broadcast_bytes(const std::string& bytes, int root, const char* what);
   void barrier(const char* what);
+  // Every rank's `row` (of one length on every rank) as a [world_size,
+  // row.size()] int64 CPU tensor whose row r is rank r's: a small table of
+  // settings or checksums that each rank compares itself.
+  torch::Tensor gather_rows(const std::vector<int64_t>& row, const char* what);
 
   // The ranks other than this one whose heartbeats have stopped (waits a few
   // heartbeat periods to see). Used to explain a failed collective.

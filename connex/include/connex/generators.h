@@ -37,7 +37,8 @@ struct SparseLayersOptions {
   TORCH_ARG(DensityDistribution, distribution) = DensityDistribution::ErdosRenyi;
   // Every hidden neuron gets at least one incoming and one outgoing
   // connection, every output at least one incoming, so no neuron starts dead
-  // (these count towards the target; a target below them is raised to them).
+  // (these count towards the target: a pair raised to them takes the extra
+  // from the others, and a target below all of them is raised to them).
   TORCH_ARG(bool, no_dead_neurons) = true;
   TORCH_ARG(uint64_t, seed) = 0;
 };

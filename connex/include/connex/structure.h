@@ -74,7 +74,8 @@ struct PruneOptions {
   TORCH_ARG(std::optional<double>, fraction) = std::nullopt;
   // ...or every candidate with |w| below this (give exactly one).
   TORCH_ARG(std::optional<double>, threshold) = std::nullopt;
-  // With a fraction only: a threshold removes the same in every scope.
+  // Scopes other than Global take a fraction only (each group's weakest
+  // share); with a threshold they are refused, since it removes the same in any scope.
   TORCH_ARG(PruneScope, scope) = PruneScope::Global;
   // Every hidden and output neuron keeps at least this many incoming
   // connections (fewer only if it had fewer): a connection whose removal
@@ -85,8 +86,9 @@ struct PruneOptions {
   // Frozen connections (NeuralNetwork::freeze) hold weights the user fixed:
   // they are not candidates (nor counted in a fraction) unless this is false.
   TORCH_ARG(bool, keep_frozen) = true;
-  // What "weak" means: one floating-point score per connection, in weight_tensor()'s order
-  // (activation_scores(), gradient_scores() or the user's own); undefined: |w|.
+  // What "weak" means: one finite floating-point score >= 0 per connection, in
+  // weight_tensor()'s order (activation_scores(), gradient_scores() or the
+  // user's own; others are refused); undefined: |w|.
   // The threshold, when given, applies to these scores.
   TORCH_ARG(torch::Tensor, scores) = {};
 };

@@ -81,13 +81,15 @@ StructureSize structure_size(const json& structure, const std::string& where) {
   auto integer = [](const json& j, const char* key) {
     return j.contains(key) && j.at(key).is_number_integer() ? static_cast<double>(j.at(key).get<int64_t>()) : 0.0;
   };
-  for (const auto& l : member(structure, "layers", where)) {
+  const json& layers = member(structure, "layers", where);
+  for (size_t k = 0; layers.is_array() && k < layers.size(); ++k) {  // not an array: refused when built
+    const json& l = layers[k];
     if (!l.is_object() || !l.contains("name") || !l.at("name").is_string()) continue;
     std::vector<int64_t> shape;
     if (l.contains("neurons") && l.at("neurons").is_array())
       shape = {static_cast<int64_t>(l.at("neurons").size())};
     else if (l.contains("shape"))
-      shape = shape_of(l.at("shape"), where + "/layers/" + l.at("name").get<std::string>() + "/shape");
+      shape = shape_of(l.at("shape"), fmt::format("{}/layers/{}/shape", where, k));
     if (shape.empty()) continue;  // no shape: building the layer is refused
     shapes[l.at("name").get<std::string>()] = shape;
     size.largest_layer = std::max(size.largest_layer, count(shape));
@@ -168,6 +170,8 @@ HAM from_structure_json(const json& structure, const std::string& where) {
     const std::string at = fmt::format("{}/layers/{}", where, k);
     const auto& l = layers[k];
     detail::only_keys(l, {"name", "tau", "lagrangian", "neurons", "shape"}, "a layer", at);
+    if (l.contains("neurons") && l.contains("shape"))
+      fail("{}: a layer has \"neurons\" (a 1-D layer's labels) or a \"shape\", not both", at);
     const auto& name = member(l, "name", at);
     const auto& tau = member(l, "tau", at);
     if (!name.is_string() || !tau.is_number()) fail("{}: expected a string \"name\" and a number \"tau\"", at);
@@ -230,6 +234,11 @@ void save(const HAM& ham, const std::string& path, const torch::optim::Optimizer
            path, name, info->name, first, dtype);
     }
   }
+  // Without floating-point tensors: the dtype its to() named, if any.
+  if (const auto where = ham->part_options(); first.empty() && where && where->has_dtype()) {
+    const DtypeInfo* info = find_dtype(where->dtype().toScalarType());
+    if (info) dtype = info->name;
+  }
   header["dtype"] = dtype;
   std::string data;
   for (const auto& [name, tensor] : tensors) {
@@ -244,30 +253,10 @@ void save(const HAM& ham, const std::string& path, const torch::optim::Optimizer
   write_file_atomically(path, detail::pack_tensor_file(kMagic, kCheckpointVersion, header, data), "ham::save()");
 }
 
-Checkpoint load_checkpoint(const std::string& path) { return parse_checkpoint(read_file(path, "ham::load()"), path); }
+namespace {
 
-HAM load(const std::string& path) { return load_checkpoint(path).ham; }
-
-std::unique_ptr<torch::optim::Optimizer> restore_optimizer(const Checkpoint& checkpoint, const std::string& path,
-                                                           const HAM& ham) {
-  if (!checkpoint.optimizer) fail("ham::restore_optimizer(): {} holds no optimizer state", path);
-  if (!ham && !checkpoint.ham) fail("ham::restore_optimizer(): {}: expected a HAM, got none", path);
-  // The state follows the saved HAM's entries: a graph synapse of other
-  // connections, as many, would take moments that are not its own.
-  if (ham && checkpoint.ham && ham.get() != checkpoint.ham.get()) {
-    const std::string difference = Structure::first_difference(Structure::of(*checkpoint.ham), Structure::of(*ham));
-    if (!difference.empty())
-      fail(
-          "ham::restore_optimizer(): {} holds the state of another HAM than the one given ({}); the optimizer state "
-          "fits only a HAM of the same structure",
-          path, difference);
-  }
-  return detail::restore_saved_optimizer(*checkpoint.optimizer, path, ham ? *ham : *checkpoint.ham,
-                                         "ham::restore_optimizer()", "HAM");
-}
-
-Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
-  const char* context = "ham::load()";
+// The bytes of a HAM checkpoint; `context` (the entry point) starts every message.
+Checkpoint parse(const std::string& file, const std::string& path, const char* context) {
   const auto packed = detail::unpack_tensor_file(file, kMagic, path, context, "a connex HAM checkpoint");
   if (packed.version != kCheckpointVersion)
     fail("{}: {} has HAM checkpoint format version {}; this connex reads version {}", context, path, packed.version,
@@ -295,7 +284,8 @@ Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
 
   const RandomStateKept kept;  // the parts' initial draws are overwritten by the file's tensors
   HAM ham = from_structure_json(header.at("structure"), where + ": /structure");
-  ham->to(dtype->type);
+  // A HAM without floating-point tensors saved as float32 follows the default dtype, as a new one does.
+  if (!ham->parameters().empty() || !ham->buffers().empty() || dtype->type != torch::kFloat) ham->to(dtype->type);
   const detail::TensorData data{file,    packed.data_begin,     packed.data_size,    path,
                                 context, "the HAM's structure", "the header's dtype"};
   detail::read_tensor_table(header.at("tensors"), data, state_tensors(*ham), where, "its HAM's structure");
@@ -313,6 +303,36 @@ Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
   if (header.contains("optimizer") && !header.at("optimizer").is_null())
     checkpoint.optimizer = detail::read_optimizer(header.at("optimizer"), *ham, data, path, context, "HAM");
   return checkpoint;
+}
+
+}  // namespace
+
+Checkpoint load_checkpoint(const std::string& path) {
+  return parse(read_file(path, "ham::load_checkpoint()"), path, "ham::load_checkpoint()");
+}
+
+Checkpoint parse_checkpoint(const std::string& file, const std::string& path) {
+  return parse(file, path, "ham::parse_checkpoint()");
+}
+
+HAM load(const std::string& path) { return parse(read_file(path, "ham::load()"), path, "ham::load()").ham; }
+
+std::unique_ptr<torch::optim::Optimizer> restore_optimizer(const Checkpoint& checkpoint, const std::string& path,
+                                                           const HAM& ham) {
+  if (!checkpoint.optimizer) fail("ham::restore_optimizer(): {} holds no optimizer state", path);
+  if (!ham && !checkpoint.ham) fail("ham::restore_optimizer(): {}: expected a HAM, got none", path);
+  // The state follows the saved HAM's entries: a graph synapse of other
+  // connections, as many, would take moments that are not its own.
+  if (ham && checkpoint.ham && ham.get() != checkpoint.ham.get()) {
+    const std::string difference = Structure::first_difference(Structure::of(*checkpoint.ham), Structure::of(*ham));
+    if (!difference.empty())
+      fail(
+          "ham::restore_optimizer(): {} holds the state of another HAM than the one given ({}); the optimizer state "
+          "fits only a HAM of the same structure",
+          path, difference);
+  }
+  return detail::restore_saved_optimizer(*checkpoint.optimizer, path, ham ? *ham : *checkpoint.ham,
+                                         "ham::restore_optimizer()", "HAM");
 }
 
 }  // namespace connex::ham

@@ -14,6 +14,7 @@
 #include "ham/describe.h"
 #include "id_messages.h"
 #include "optimizer_kinds.h"
+#include "file_io.h"
 
 namespace connex::ham {
 
@@ -93,12 +94,13 @@ bool joins(const SynapseConnection& s, const std::string& layer) {
 }
 
 void apply(const HAMImpl& ham, Draft& draft, const Editor::Step& step, size_t index) {
-  const std::string where = fmt::format("ham::edit(): step {} ({} \"{}\")", index + 1, step_name(step), step.target);
+  const std::string where =
+      fmt::format("ham::edit(): step {} ({} \"{}\")", index + 1, step_name(step), printable(step.target));
   using Kind = Editor::Step::Kind;
   if (step.kind == Kind::add_neurons || step.kind == Kind::remove_neurons) {
     bool known = false;
     for (const auto& l : ham.layers()) known = known || l.name == step.target;
-    if (!known) fail("{}: there is no layer \"{}\"", where, step.target);
+    if (!known) fail("{}: there is no layer \"{}\"", where, printable(step.target));
     auto it = draft.neurons.find(step.target);
     if (it == draft.neurons.end())
       fail("{}: only the neurons of a 1-D layer can be edited; layer \"{}\" is [{}]", where, step.target,
@@ -148,7 +150,7 @@ void apply(const HAMImpl& ham, Draft& draft, const Editor::Step& step, size_t in
   const SynapseConnection* synapse = nullptr;
   for (const auto& s : ham.synapses())
     if (s.name == step.target) synapse = &s;
-  if (!synapse) fail("{}: there is no synapse \"{}\"", where, step.target);
+  if (!synapse) fail("{}: there is no synapse \"{}\"", where, printable(step.target));
   if (!is_graph_synapse(*synapse->synapse))
     fail("{}: synapse \"{}\" is not a graph synapse; only a graph synapse has single connections", where, step.target);
   const bool one_layer = synapse->layers.size() == 1;
@@ -234,6 +236,11 @@ EditResult Editor::build() const {
 
   torch::NoGradGuard no_grad;
   auto next = std::make_shared<HAMImpl>();
+  // A HAM without parameters keeps the dtype and device its to() named.
+  if (const auto where = old.part_options(); where && old.parameters().empty()) {
+    if (where->has_dtype()) next->to(where->dtype().toScalarType());
+    if (where->has_device()) next->to(where->device());
+  }
   for (const auto& l : old.layers()) {
     if (l.shape.size() == 1)
       next->add_labelled_layer(l.name, draft.neurons.at(l.name), l.lagrangian->fresh(), l.tau);

@@ -13,6 +13,7 @@
 #include "ham/describe.h"
 #include "id_messages.h"
 #include "messages.h"
+#include "file_io.h"
 
 namespace connex::ham {
 
@@ -42,6 +43,12 @@ std::optional<torch::TensorOptions> placement(const torch::nn::Module& module) {
   return std::nullopt;
 }
 
+// Moves a part to what `where` names (a dtype or device it leaves out stays).
+void move_to(torch::nn::Module& part, const torch::TensorOptions& where) {
+  if (where.has_dtype()) part.to(where.dtype().toScalarType());
+  if (where.has_device()) part.to(where.device());
+}
+
 // Probes run on zeros of two samples, in the part's own dtype.
 torch::Tensor probe(const std::vector<int64_t>& shape, const torch::nn::Module& part) {
   std::vector<int64_t> sizes{2};
@@ -60,7 +67,7 @@ void HAMImpl::check_new_name(const std::string& name, const char* operation) con
   if (name.empty()) fail("{}: expected a non-empty name", operation);
   for (char c : name)
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-')
-      fail("{}: name \"{}\" may hold only letters, digits, '_' and '-'", operation, name);
+      fail("{}: name \"{}\" may hold only letters, digits, '_' and '-'", operation, printable(name));
   for (const auto& l : layers_)
     if (l.name == name) fail("{}: name \"{}\" is taken by a layer", operation, name);
   for (const auto& s : synapses_)
@@ -77,6 +84,7 @@ HAMImpl& HAMImpl::add_layer(const std::string& name, std::vector<int64_t> shape,
 
 HAMImpl& HAMImpl::add_labelled_layer(const std::string& name, std::vector<NeuronId> neurons, Lagrangian lagrangian,
                                      double tau) {
+  check_new_name(name, "add_layer()");  // first: the messages below print it
   if (neurons.empty()) fail("add_layer(): layer \"{}\": expected at least one neuron, got none", name);
   std::unordered_set<NeuronId, NeuronIdHash> seen;
   for (const auto& id : neurons) {
@@ -111,7 +119,7 @@ void HAMImpl::add_layer_checked(Layer layer) {
          name);
   }
   layer.lagrangian->attach(layer.shape, name);
-  if (auto where = placement(*this)) layer.lagrangian->to(where->device(), where->dtype().toScalarType());
+  if (auto where = part_options()) move_to(*layer.lagrangian, *where);
   {
     torch::NoGradGuard no_grad;
     auto x = probe(layer.shape, *layer.lagrangian);
@@ -155,7 +163,8 @@ HAMImpl& HAMImpl::add_synapse(const std::string& name, Synapse synapse, std::vec
   for (const auto& layer_name : layers) {
     const size_t at = find_layer(layer_name);
     if (at == layers_.size())
-      fail("add_synapse(): synapse \"{}\": there is no layer \"{}\" (the layers: {})", name, layer_name, layer_list());
+      fail("add_synapse(): synapse \"{}\": there is no layer \"{}\" (the layers: {})", name, printable(layer_name),
+           layer_list());
     for (auto p : positions)
       if (p == at) fail("add_synapse(): synapse \"{}\": layer \"{}\" is listed twice", name, layer_name);
     positions.push_back(at);
@@ -164,10 +173,10 @@ HAMImpl& HAMImpl::add_synapse(const std::string& name, Synapse synapse, std::vec
   }
   synapse->attach(views, name);
   // Like the rest of the HAM; a graph's given weights keep their dtype until
-  // here, and go to the default one in a HAM without parameters yet.
-  if (auto where = placement(*this))
-    synapse->to(where->device(), where->dtype().toScalarType());
-  else if (is_graph_synapse(*synapse))
+  // here, and go to the default one where the HAM names none.
+  const auto where = part_options();
+  if (where) move_to(*synapse, *where);
+  if (is_graph_synapse(*synapse) && !(where && where->has_dtype()))
     synapse->to(c10::typeMetaToScalarType(torch::get_default_dtype()));
   {
     torch::NoGradGuard no_grad;
@@ -215,20 +224,44 @@ size_t HAMImpl::find_layer(const std::string& name) const {
 
 const Layer& HAMImpl::layer(const std::string& name) const {
   const size_t at = find_layer(name);
-  if (at == layers_.size()) fail("HAM::layer(): there is no layer \"{}\"", name);
+  if (at == layers_.size()) fail("HAM::layer(): there is no layer \"{}\"", printable(name));
   return layers_[at];
 }
 
 const SynapseConnection& HAMImpl::synapse(const std::string& name) const {
   for (const auto& s : synapses_)
     if (s.name == name) return s;
-  fail("HAM::synapse(): there is no synapse \"{}\"", name);
+  fail("HAM::synapse(): there is no synapse \"{}\"", printable(name));
+}
+
+std::optional<torch::TensorOptions> HAMImpl::part_options() const {
+  if (auto where = placement(*this)) return where;
+  if (!moved_dtype_ && !moved_device_) return std::nullopt;
+  torch::TensorOptions where;  // only what to() named
+  if (moved_dtype_) where = where.dtype(*moved_dtype_);
+  if (moved_device_) where = where.device(*moved_device_);
+  return where;
+}
+
+void HAMImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  torch::nn::Module::to(device, dtype, non_blocking);
+  moved_device_ = device, moved_dtype_ = dtype;
+}
+
+void HAMImpl::to(torch::Dtype dtype, bool non_blocking) {
+  torch::nn::Module::to(dtype, non_blocking);
+  moved_dtype_ = dtype;
+}
+
+void HAMImpl::to(torch::Device device, bool non_blocking) {
+  torch::nn::Module::to(device, non_blocking);
+  moved_device_ = device;
 }
 
 States HAMImpl::init_states(int64_t batch, std::optional<torch::TensorOptions> options) const {
   if (batch < 1) fail("init_states(): expected a batch ≥ 1, got {}", batch);
   // What `options` sets, over the parameters' dtype and device.
-  auto where = placement(*this).value_or(torch::TensorOptions());
+  auto where = part_options().value_or(torch::TensorOptions());
   if (options && options->has_dtype()) where = where.dtype(options->dtype());
   if (options && options->has_device()) where = where.device(options->device());
   if (options && options->has_layout()) where = where.layout(options->layout());
@@ -245,7 +278,7 @@ std::vector<torch::Tensor> HAMImpl::ordered(const States& x, const char* operati
   if (layers_.empty()) fail("{}: the HAM has no layers", operation);
   for (const auto& [name, t] : x) {
     if (find_layer(name) == layers_.size())
-      fail("{}: state \"{}\" names no layer of the HAM (its layers: {})", operation, name, layer_list());
+      fail("{}: state \"{}\" names no layer of the HAM (its layers: {})", operation, printable(name), layer_list());
   }
   std::vector<torch::Tensor> out;
   int64_t batch = -1;
@@ -385,7 +418,7 @@ Descent HAMImpl::descend(const States& x, const DescentOptions& options, const C
   for (const auto& [name, mask] : clamps) {
     const size_t l = find_layer(name);
     if (l == layers_.size())
-      fail("descend(): clamp \"{}\" names no layer of the HAM (its layers: {})", name, layer_list());
+      fail("descend(): clamp \"{}\" names no layer of the HAM (its layers: {})", printable(name), layer_list());
     if (!mask.defined()) {
       held[l] = true;
       continue;
@@ -481,6 +514,8 @@ std::shared_ptr<torch::nn::Module> HAMImpl::clone(const c10::optional<torch::Dev
   torch::NoGradGuard no_grad;
   const RandomStateKept kept;  // the parts' initial draws are overwritten below
   auto copy = std::make_shared<HAMImpl>();
+  copy->moved_dtype_ = moved_dtype_;
+  copy->moved_device_ = device ? std::optional<torch::Device>(*device) : moved_device_;
   for (const auto& l : layers_) {
     if (l.shape.size() == 1)
       copy->add_labelled_layer(l.name, l.neurons, l.lagrangian->fresh(), l.tau);

@@ -9,6 +9,7 @@
 #include "ham/attach.h"
 #include "ham/describe.h"
 #include "json_input.h"
+#include "file_io.h"
 
 namespace connex::ham {
 
@@ -308,7 +309,7 @@ Lagrangian lagrangian_from_json(const json& j, const std::string& where) {
   fail(
       "{}: unknown Lagrangian \"{}\" (expected identity, repu, exponential, rexp, tanh, sigmoid, softmax, layernorm "
       "or spherical_norm)",
-      where, kind);
+      where, printable(kind));
 }
 
 }  // namespace connex::ham

@@ -16,6 +16,7 @@
 #include "ham/attach.h"
 #include "ham/describe.h"
 #include "json_input.h"
+#include "file_io.h"
 
 namespace connex::ham {
 
@@ -545,7 +546,7 @@ Synapse synapse_from_json(const json& j, const std::string& where) {
   } catch (const Error& e) {
     fail_under(where, e);
   }
-  fail("{}: unknown synapse \"{}\" (expected linear, bias, conv2d, attention or graph)", where, kind);
+  fail("{}: unknown synapse \"{}\" (expected linear, bias, conv2d, attention or graph)", where, printable(kind));
 }
 
 }  // namespace connex::ham

@@ -89,7 +89,8 @@ class HAMImpl : public torch::nn::Module {
   const SynapseConnection& synapse(const std::string& name) const;
 
   // Zero states for `batch` samples, with the parameters' dtype and device
-  // (float on the CPU when there are none) but for what `options` sets.
+  // (while there are none, those of the last to(), else the default dtype on
+  // the CPU) but for what `options` sets.
   States init_states(int64_t batch, std::optional<torch::TensorOptions> options = std::nullopt) const;
   States activations(const States& x);
   // Total energy per sample, [batch].
@@ -108,6 +109,14 @@ class HAMImpl : public torch::nn::Module {
   // synapses must implement fresh()).
   std::shared_ptr<torch::nn::Module> clone(const c10::optional<torch::Device>& device = c10::nullopt) const override;
   void pretty_print(std::ostream& stream) const override;
+  // torch's, and a HAM without parameters yet remembers the dtype and device
+  // for the parts and states it makes (a graph synapse's weights, say).
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, bool non_blocking = false) override;
+  // Where new parts and states go: the parameters' dtype and device, else
+  // what the to() calls named (only that); none: the default dtype on the CPU.
+  std::optional<torch::TensorOptions> part_options() const;
 
  private:
   // Checks the states cover every layer with the right shapes, dtype and device, no NaN; `operation` starts the
@@ -132,6 +141,8 @@ class HAMImpl : public torch::nn::Module {
   std::vector<SynapseConnection> synapses_;
   std::vector<std::vector<size_t>> synapse_layers_;                     // per synapse, its layers' positions in layers_
   std::shared_ptr<torch::nn::Module> layer_modules_, synapse_modules_;  // "layers" and "synapses"
+  std::optional<torch::Dtype> moved_dtype_;                             // set by to()
+  std::optional<torch::Device> moved_device_;                           // set by to()
 };
 TORCH_MODULE(HAM);
 
