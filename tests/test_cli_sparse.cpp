@@ -200,6 +200,81 @@ TEST(CliSparse, ARiglRunStoppedBySigtermResumesExactly) {
   RecordProperty("stopped_at_epoch", done);
 }
 
+// Found by a new user: a prune scheduled with --prune-at-epoch was lost when
+// the stopped run was resumed with the command its message gives. The run's
+// record keeps the schedule until it has run.
+TEST(CliSparse, AStoppedRunResumedPrunesWhereTheUninterruptedOneDoes) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 64);
+  spit(dir / "net.json", kMlp);
+  const int epochs = 400;
+  int done = -1;
+  std::string log;
+  stop_resume_and_compare(dir,
+                          {"train",
+                           "net.json",
+                           "--data",
+                           "d.csv",
+                           "--density",
+                           "0.3",
+                           "--lr",
+                           "0.01",
+                           "--seed",
+                           "2",
+                           "--batch-size",
+                           "4",
+                           "--prune-at-epoch",
+                           "399",
+                           "--prune-fraction",
+                           "0.4",
+                           "--prune-scope",
+                           "neuron",
+                           "--prune-keep-min",
+                           "1"},
+                          epochs, done, log);
+  if (HasFatalFailure()) return;
+  const auto stopped = load_checkpoint(dir / "stopped/model.ckpt").training;
+  if (done < 399) {
+    EXPECT_EQ(stopped.at("prune"),
+              (nlohmann::json{{"at_epoch", 399}, {"fraction", 0.4}, {"scope", "neuron"}, {"keep_min", 1}}));
+    EXPECT_NE(log.find("prune: 0.4 of the connections (neuron scope, keep-min 1) after epoch 399, from the run's "
+                       "record"),
+              std::string::npos)
+        << log;
+  }
+  EXPECT_LT(load(dir / "resumed/model.ckpt")->num_connections(), load(dir / "stopped/model.ckpt")->num_connections());
+  // Once it has run, the record drops it.
+  EXPECT_FALSE(load_checkpoint(dir / "resumed/model.ckpt").training.contains("prune"));
+  RecordProperty("stopped_at_epoch", done);
+}
+
+// A resume with another --rewire method keeps the recorded end (only
+// --rewire-end moves it); a run of no steps fixes none, so the run that
+// continues it fixes its own.
+TEST(CliSparse, TheRecordedRewiringEndStaysAcrossAMethodChange) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 60);
+  spit(dir / "net.json", kMlp);
+  // 48 training rows in batches of 16: 3 steps an epoch; 2 epochs end rewiring at step round(0.75 * 6) = 5 (4.5 up).
+  const std::string common = "train net.json --data d.csv --density 0.3 --batch-size 16 --val-split 0.2 --seed 5 ";
+  ASSERT_EQ(connex_cli(common + "--rewire set --rewire-every 2 --epochs 2 --out run", dir).code, 0);
+  const auto end = load_checkpoint(dir / "run/model.ckpt").training.at("rewire").at("end_step").get<int64_t>();
+  auto r = connex_cli("train run --epochs 2 --rewire rigl --out run", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find(fmt::format("rewiring: rigl ended at step {}, before this run's steps 7 to 12", end)),
+            std::string::npos)
+      << r.out;
+  EXPECT_TRUE(rewirings(r.out).empty()) << r.out;
+  EXPECT_EQ(load_checkpoint(dir / "run/model.ckpt").training.at("rewire").at("end_step"), end);
+
+  ASSERT_EQ(connex_cli(common + "--rewire set --rewire-every 2 --epochs 0 --out zero", dir).code, 0);
+  EXPECT_EQ(load_checkpoint(dir / "zero/model.ckpt").training.at("rewire").at("end_step"), 0);
+  r = connex_cli("train zero --epochs 4 --out zero", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(load_checkpoint(dir / "zero/model.ckpt").training.at("rewire").at("end_step"), 9);  // 0.75 of 12 steps
+  EXPECT_FALSE(rewirings(r.out).empty()) << r.out;
+}
+
 // A random DAG's neurons move level as it rewires: the run's record keeps
 // the Rewirer's groups, so a run stopped and resumed still rewires as the
 // uninterrupted one (a Rewirer made from the resumed network's levels would not).

@@ -928,7 +928,9 @@ std::optional<double> plan_rewiring(const TrainArgs& t, RewireSettings& r, const
         "moves nothing; start sparse with a --density below 1",
         r.method);
   if (t.rewire_end) return t.rewire_end;
-  if (r.method == recorded) return std::nullopt;
+  // A recorded end stays, also for another method (--rewire-end moves it),
+  // unless the recorded run took no steps and so fixed none.
+  if (!recorded.empty() && (r.end_step > 0 || steps_done > 0)) return std::nullopt;
   // Both methods stop at 0.75 of the run by default: a rewiring late in the
   // run leaves its new connections barely trained, one after the last step
   // leaves them at 0.
@@ -965,6 +967,33 @@ Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::s
     fail("train: --prune-at-epoch {} is outside this run's epochs {} to {}", t.prune_at_epoch, progress.epoch + 1,
          last_epoch);
   return progress;
+}
+
+// The run's prune schedule: --prune-at-epoch's, else the record's while it
+// is still to come (a stopped run resumed prunes where it would have); it is
+// applied when it falls within this run's epochs and kept for a later one.
+void resume_prune_schedule(TrainArgs& t, Progress& progress) {
+  PruneSchedule& s = progress.prune;
+  if (t.prune_at_epoch > 0) {
+    s = {t.prune_at_epoch, t.prune_fraction, t.prune_scope.value_or("global"), t.prune_keep_min.value_or(0)};
+    return;
+  }
+  if (s.at_epoch <= progress.epoch) {
+    s = {};
+    return;
+  }
+  const int last_epoch = progress.epoch + t.epochs;
+  if (s.at_epoch > last_epoch) {
+    spdlog::info("prune: the run's prune at epoch {} lies past this run's last epoch {}; it stays scheduled",
+                 s.at_epoch, last_epoch);
+    return;
+  }
+  t.prune_at_epoch = s.at_epoch;
+  t.prune_fraction = s.fraction;
+  t.prune_scope = s.scope;
+  t.prune_keep_min = s.keep_min;
+  spdlog::info("prune: {:g} of the connections ({} scope{}) after epoch {}, from the run's record", s.fraction, s.scope,
+               s.keep_min > 0 ? fmt::format(", keep-min {}", s.keep_min) : "", s.at_epoch);
 }
 
 // A resumed run (or a pruned one trained on) goes on with the checkpoint's CSV unless --data names another.
@@ -1161,8 +1190,9 @@ void check_ranks_agree(distributed::Group& group, const Progress& progress, int 
 }
 #endif
 
-int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, const DistributedArgs& dist,
+int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& given, const DistributedArgs& dist,
               const std::string& out, const CoreShare& cores) {
+  TrainArgs t = given;  // a resumed run's prune schedule joins it below
   auto device = parse_device(t.device);
   check_train_flags(t, out);
   check_train_out(config, out, t.overwrite);
@@ -1176,6 +1206,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   const std::string cores_said = cores.apply(net);
   spdlog::info("cores: {}", cores_said);
   Progress progress = resumed_progress(ck, t, config);
+  resume_prune_schedule(t, progress);
   const auto rewire_end =
       plan_rewiring(t, progress.rewire, net, dist.nproc > 1 ? dist.nproc : group_size(dist), progress.steps);
   const int last_epoch = progress.epoch + t.epochs;
@@ -1616,6 +1647,9 @@ void print_training_record(const Progress& p) {
     std::printf("rewiring: %s after every %lld steps, drop fraction %g, %s (a resumed run keeps these)\n",
                 p.rewire.method.c_str(), static_cast<long long>(p.rewire.every), p.rewire.drop_fraction,
                 p.rewire.end_step > 0 ? fmt::format("none from step {}", p.rewire.end_step).c_str() : "no decay");
+  if (p.prune.at_epoch > p.epoch)
+    std::printf("prune: %g of the connections (%s scope, keep-min %lld) after epoch %d (a resumed run keeps it)\n",
+                p.prune.fraction, p.prune.scope.c_str(), static_cast<long long>(p.prune.keep_min), p.prune.at_epoch);
 }
 
 // A CSV cell: quoted when it holds a comma, a quote or a line break (RFC 4180).
@@ -1953,7 +1987,7 @@ void add_train_command(CLI::App& app, Commands& c) {
 }
 
 void add_prune_command(CLI::App& app, Commands& c) {
-  c.prune = app.add_subcommand("prune", "remove the weakest connections by |w|, optionally train on");
+  c.prune = app.add_subcommand("prune", "remove the weakest connections (by |w| or --score), optionally train on");
   c.prune->add_option("checkpoint", c.path, "checkpoint or config")->required()->check(path_check());
   c.prune->add_option("--threshold", c.prune_args.threshold, "remove connections with |w| below this")
       ->check(number_in(0, HUGE_VAL, false));
@@ -2114,7 +2148,7 @@ int main(int argc, char** argv) {
   CLI::App app{"connex: train, prune, edit, export, inspect and predict with DAG neural networks"};
   app.require_subcommand(1);
   int threads = apps::cores_here();
-  app.add_option("--threads", threads, "cores to use (default: all; local workers share them)")
+  app.add_option("--threads", threads, "cores to use (default: all; at most 4 per core; local workers share them)")
       ->check(number_in(1, 1024, true));
   Commands c;
   add_train_command(app, c);

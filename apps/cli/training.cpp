@@ -320,6 +320,11 @@ nlohmann::json Progress::to_json() const {
                      {"end_step", rewire.end_step}};
     if (rewire.groups) out["rewire"]["groups"] = rewire.groups->to_json();
   }
+  if (prune.at_epoch > epoch)  // still to come
+    out["prune"] = {{"at_epoch", prune.at_epoch},
+                    {"fraction", prune.fraction},
+                    {"scope", prune.scope},
+                    {"keep_min", prune.keep_min}};
   return out;
 }
 
@@ -352,6 +357,23 @@ Progress Progress::from_json(const nlohmann::json& json, const std::string& wher
   p.shuffle_state = state_from_json(json, where, "shuffle_state");
   p.dropout_state = state_from_json(json, where, "dropout_state");
   if (json.contains("rewire")) p.rewire = rewire_from_json(json.at("rewire"), where);
+  if (json.contains("prune")) {
+    const auto& s = json.at("prune");
+    const bool ok = s.is_object() && s.contains("at_epoch") && s.at("at_epoch").is_number_integer() &&
+                    s.at("at_epoch").get<int64_t>() >= 1 && s.at("at_epoch").get<int64_t>() <= (int64_t{1} << 30) &&
+                    s.contains("fraction") && s.at("fraction").is_number() && s.at("fraction").get<double>() > 0 &&
+                    s.at("fraction").get<double>() <= 1 && s.contains("scope") && s.at("scope").is_string() &&
+                    (s.at("scope") == "global" || s.at("scope") == "neuron" || s.at("scope") == "level") &&
+                    s.contains("keep_min") && s.at("keep_min").is_number_integer() &&
+                    s.at("keep_min").get<int64_t>() >= 0;
+    if (!ok)
+      fail(
+          "{}: /training/prune must be {{\"at_epoch\": N >= 1, \"fraction\": in (0, 1], \"scope\": \"global\", "
+          "\"neuron\" or \"level\", \"keep_min\": N >= 0}}",
+          where);
+    p.prune = {s.at("at_epoch").get<int>(), s.at("fraction").get<double>(), s.at("scope").get<std::string>(),
+               s.at("keep_min").get<int64_t>()};
+  }
   // The history as metrics.csv holds it: one string, not a JSON value per number.
   const auto& history = json.contains("history") ? json.at("history") : nlohmann::json();
   if (!history.is_string()) fail("{}: /training/history must be the text of a metrics.csv", where);
@@ -626,10 +648,10 @@ class Trainer {
   void plan_rewiring() {
     RewireSettings& r = progress_.rewire;
     if (!r.active()) return;
-    if (options_.rewire_end) {
-      const int64_t total = progress_.steps + options_.epochs * batches_.count - progress_.batch;
+    // A run of no steps fixes no end: the run that continues it does, from its own steps.
+    const int64_t total = progress_.steps + options_.epochs * batches_.count - progress_.batch;
+    if (options_.rewire_end && total > 0)
       r.end_step = std::max<int64_t>(1, std::llround(*options_.rewire_end * static_cast<double>(total)));
-    }
     const auto options = RewireOptions()
                              .method(rewire_method_from_name(r.method))
                              .drop_fraction(r.drop_fraction)

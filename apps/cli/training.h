@@ -45,6 +45,15 @@ struct RewireSettings {
   bool active() const { return !method.empty(); }
 };
 
+// train's --prune-at-epoch schedule, kept in the run's record so that a
+// stopped run, resumed, prunes where the uninterrupted one would.
+struct PruneSchedule {
+  int at_epoch = 0;  // 0: none
+  double fraction = 0;
+  std::string scope = "global";
+  int64_t keep_min = 0;
+};
+
 struct TrainOptions {
   int epochs = 1000;
   int64_t batch_size = 0;  // 0: full batch
@@ -104,6 +113,7 @@ struct Progress {
   torch::Tensor shuffle_state;  // the shuffle generator at the start of epoch + 1
   torch::Tensor dropout_state;  // torch's default CPU generator (dropout masks)
   RewireSettings rewire;
+  PruneSchedule prune;
   std::vector<EpochMetrics> history;
 
   nlohmann::json to_json() const;
