@@ -310,6 +310,7 @@ TEST(Distributed, GatherRowsAndARepeatedAllReduceComparedAgainWhenItsCountChange
                      rank == 2
                          ? "short rows: rank 0 of 3 sends 2 elements of Long where rank 2 sends 3 elements of Long"
                          : "short rows: rank 2 of 3 sends 3 elements of Long where rank");
+    EXPECT_EQ(group.gather_rows({}, "no rows").sizes(), (std::vector<int64_t>{3, 0}));
     // Also when only one rank's row changes length between two calls of one name.
     group.gather_rows({1, 2, 3}, "rows again");
     EXPECT_THROW_MSG(group.gather_rows(std::vector<int64_t>(rank == 1 ? 5 : 3, 0), "rows again"),

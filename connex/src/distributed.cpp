@@ -388,6 +388,7 @@ void Group::barrier(const char* what) {
 torch::Tensor Group::gather_rows(const std::vector<int64_t>& row, const char* what) {
   // Stated every time: a rank whose row changed length must not be the only one stating it.
   impl_->agree(what, static_cast<int64_t>(row.size()), torch::kLong);
+  if (row.empty()) return torch::zeros({world_size(), 0}, torch::kLong);  // nothing to sum
   return impl_->rows(row.data(), static_cast<int64_t>(row.size()), what);
 }
 
