@@ -33,6 +33,17 @@ inline Run connex_cli(const std::string& args, const TempDir& dir) {
   return r;
 }
 
+// `network` saved as dir/bad.ckpt with `training` as its run's record: a
+// resume refuses it with a message holding `message`, and writes nothing.
+inline void expect_record_refused(const TempDir& dir, const NeuralNetwork& network, const nlohmann::json& training,
+                                  const std::string& message) {
+  save(network, dir / "bad.ckpt", nullptr, nullptr, training);
+  const Run r = connex_cli("train bad.ckpt --epochs 1 --out bad", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find(message), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir / "bad"));
+}
+
 // Starts `connex ARGS` without a shell (so that a signal reaches connex
 // itself), with extra environment entries and in `dir` when given: stdout
 // into `out`, stderr into `err` (into `out` too when `err` is empty).

@@ -237,3 +237,65 @@ TEST(CliResume, AResumedRunFindsItsCsvAndNoticesAChange) {
   EXPECT_EQ(r.err, "connex: train: run was trained on " + csv + ", which is gone; give --data\n");
   EXPECT_EQ(load_checkpoint(dir / "run/model.ckpt").training.at("epoch"), 4);  // unchanged by the refused run
 }
+
+// The record holds the CSV's content hash: a touched file is the same data,
+// and a rewrite that kept its size and modification time is not. Export and
+// predict write no file over that CSV.
+TEST(CliResume, TheRecordedCsvIsJudgedByItsBytesAndNotWrittenOver) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 40);
+  spit(dir / "net.json", kDropoutNet);
+  ASSERT_EQ(connex_cli("train net.json --data d.csv --epochs 2 --out run", dir).code, 0);
+  const auto record = load_checkpoint(dir / "run/model.ckpt").training.at("data");
+  ASSERT_TRUE(record.contains("hash"));
+  EXPECT_EQ(record.at("hash").get<std::string>().size(), 16u);
+  const auto stamp = fs::last_write_time(dir / "d.csv");
+  fs::last_write_time(dir / "d.csv", stamp + std::chrono::hours(1));  // touched
+  auto r = connex_cli("train run --epochs 1 --out run", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out.find("changed since"), std::string::npos) << r.out;
+  // One digit changed in place, the size and time kept.
+  std::string text = slurp(dir / "d.csv");
+  const size_t digit = text.find_first_of("123456789", text.find('\n') + 1);
+  ASSERT_NE(digit, std::string::npos);
+  text[digit] = text[digit] == '9' ? '8' : static_cast<char>(text[digit] + 1);
+  const auto before = fs::last_write_time(dir / "d.csv");
+  spit(dir / "d.csv", text);
+  fs::last_write_time(dir / "d.csv", before);
+  r = connex_cli("train run --epochs 1 --out run", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string csv = (fs::path(dir.path) / "d.csv").lexically_normal().string();
+  EXPECT_NE(r.out.find(csv + " changed since the checkpoint was written (its content changed since): a resumed run "
+                             "differs from an uninterrupted one"),
+            std::string::npos)
+      << r.out;
+  // A record of an earlier version, without the hash, goes by the time.
+  auto ck = load_checkpoint(dir / "run/model.ckpt");
+  auto training = ck.training;
+  training["data"].erase("hash");
+  save(ck.network, dir / "old.ckpt", nullptr, nullptr, training);
+  fs::last_write_time(dir / "d.csv", fs::last_write_time(dir / "d.csv") + std::chrono::hours(2));
+  r = connex_cli("train old.ckpt --epochs 1 --out later", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("(it was modified since)"), std::string::npos) << r.out;
+  training["data"]["hash"] = "not hex";
+  expect_record_refused(dir, ck.network, training,
+                        "bad.ckpt: /training/data must be {\"path\": \"...\", \"bytes\": N, \"modified\": N, "
+                        "\"hash\": \"16 hex digits\"}");
+  // Export and predict refuse to write over the CSV the run trained on.
+  text = slurp(dir / "d.csv");
+  r = connex_cli("predict run --data d.csv --out d.csv", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("predict: --out d.csv is the file it reads; give another path"), std::string::npos) << r.err;
+  fs::create_directory(dir / "sub");
+  fs::create_symlink(fs::path(dir.path) / "d.csv", dir / "sub/link.csv");
+  write_regression_csv(dir / "other.csv", 5);
+  r = connex_cli("predict run --data other.csv --out sub/link.csv", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err,
+            "connex: predict: --out sub/link.csv is the CSV run was trained on (" + csv + "); write elsewhere\n");
+  r = connex_cli("export run --format json --out d.csv", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "connex: export: --out d.csv is the CSV run was trained on (" + csv + "); write elsewhere\n");
+  EXPECT_EQ(slurp(dir / "d.csv"), text);
+}

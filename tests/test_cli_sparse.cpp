@@ -261,9 +261,9 @@ TEST(CliSparse, ARecordedPruneStaysScheduledAndABadOneIsRefused) {
   training["prune"] = {{"at_epoch", 5}, {"fraction", 0.5}, {"scope", "level"}, {"keep_min", 2}};
   save(ck.network, dir / "pending.ckpt", nullptr, nullptr, training);
   auto r = connex_cli("inspect pending.ckpt", dir);
-  EXPECT_NE(
-      r.out.find("prune: 0.5 of the connections (level scope, keep-min 2) after epoch 5 (a resumed run keeps it)"),
-      std::string::npos)
+  EXPECT_NE(r.out.find("prune: 0.5 of the connections (level scope, keep-min 2) after epoch 5 (a resumed run keeps it; "
+                       "--prune-at-epoch 0 cancels it)"),
+            std::string::npos)
       << r.out;
   r = connex_cli("train pending.ckpt --epochs 2 --out later", dir);
   ASSERT_EQ(r.code, 0) << r.err;
@@ -271,15 +271,25 @@ TEST(CliSparse, ARecordedPruneStaysScheduledAndABadOneIsRefused) {
             std::string::npos)
       << r.out;
   EXPECT_EQ(load_checkpoint(dir / "later/model.ckpt").training.at("prune").at("at_epoch"), 5);
-  training["prune"]["scope"] = "everywhere";
-  save(ck.network, dir / "bad.ckpt", nullptr, nullptr, training);
-  r = connex_cli("train bad.ckpt --epochs 1 --out bad", dir);
-  EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.err.find("bad.ckpt: /training/prune must be {\"at_epoch\": N in [1, 2147483647], \"fraction\": in (0, "
-                       "1], \"scope\": \"global\", \"neuron\" or \"level\", \"keep_min\": N >= 0}, got"),
+  // --prune-at-epoch 0 cancels it, and says so.
+  r = connex_cli("train later --epochs 3 --prune-at-epoch 0 --out cancelled", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE((r.out + r.err).find("prune: --prune-at-epoch 0 cancels the run's recorded prune after epoch 5"),
             std::string::npos)
-      << r.err;
-  EXPECT_FALSE(fs::exists(dir / "bad"));
+      << r.out + r.err;
+  const auto cancelled = load_checkpoint(dir / "cancelled/model.ckpt");
+  EXPECT_FALSE(cancelled.training.contains("prune"));
+  EXPECT_EQ(cancelled.network->num_connections(), ck.network->num_connections());  // epoch 5 passed unpruned
+  // A record's scope is read in either case, as the library reads it.
+  training["prune"]["scope"] = "Level";
+  save(ck.network, dir / "upper.ckpt", nullptr, nullptr, training);
+  r = connex_cli("inspect upper.ckpt", dir);
+  EXPECT_NE(r.out.find("prune: 0.5 of the connections (level scope, keep-min 2) after epoch 5"), std::string::npos)
+      << r.out;
+  training["prune"]["scope"] = "everywhere";
+  expect_record_refused(dir, ck.network, training,
+                        "bad.ckpt: /training/prune must be {\"at_epoch\": N in [1, 2147483647], \"fraction\": in "
+                        "(0, 1], \"scope\": \"global\", \"neuron\" or \"level\", \"keep_min\": N >= 0}, got");
 }
 
 // A resume with another --rewire method keeps the recorded end (only
@@ -401,15 +411,20 @@ TEST(CliSparse, RefusalsAreOneLineAndWriteNothing) {
            {"net.json --density 0.5 --rewire none --rewire-every 5",
             "train: --rewire-every needs --rewire set or rigl"},
            {"net.json --prune-at-epoch 0 --prune-fraction 0.5",
-            "--prune-at-epoch: must be an integer in [1, 2147483647], got \"0\""},
+            "train: --prune-fraction needs --prune-at-epoch (the epoch after which to prune, >= 1); --prune-at-epoch 0 "
+            "schedules none"},
+           {"net.json --prune-at-epoch -1 --prune-fraction 0.5",
+            "--prune-at-epoch: must be an integer in [0, 2147483647], got \"-1\""},
            {"net.json --prune-at-epoch 1 --prune-fraction 0",
             "--prune-fraction: must be a number in (0, 1], got \"0\""},
            {"net.json --prune-fraction 0.5",
             "train: --prune-fraction needs --prune-at-epoch (the epoch after which to prune, >= 1)"},
            {"net.json --prune-at-epoch 1",
             "train: --prune-at-epoch 1 needs --prune-fraction (the share to prune, in (0, 1])"},
-           {"net.json --prune-scope neuron", "train: --prune-scope needs --prune-at-epoch"},
-           {"net.json --prune-keep-min 2", "train: --prune-keep-min needs --prune-at-epoch"},
+           {"net.json --prune-scope neuron",
+            "train: --prune-scope needs --prune-at-epoch (the epoch after which to prune, >= 1)"},
+           {"net.json --prune-keep-min 2",
+            "train: --prune-keep-min needs --prune-at-epoch (the epoch after which to prune, >= 1)"},
            {"net.json --prune-at-epoch 1 --prune-fraction 0.5 --prune-scope layer", "--prune-scope: layer not in"},
            {"net.json --rewire set --nproc 2", "train: --rewire needs a single process, got 2 ranks"},
            {"net.json --rewire set --world-size 2 --rank 0", "train: --rewire needs a single process, got 2 ranks"},

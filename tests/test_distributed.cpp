@@ -440,13 +440,19 @@ TEST(DistributedCli, AKilledRankStopsTheOtherWithItsNameAndTheCheckpointSurvives
 TEST(DistributedCli, RanksWithOtherArgumentsAreRefusedAtTheStart) {
   TempDir dir;
   write_data_and_config(dir);
-  for (const auto& [flag, mine, theirs] : std::vector<std::tuple<std::string, std::string, std::string>>{
-           {"--seed", "3", "4"}, {"--batch-size", "20", "25"}, {"--optimizer", "adam", "sgd"}}) {
+  for (const auto& [flag, mine, theirs] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{{"--seed", "3", "4"},
+                                                                      {"--batch-size", "20", "25"},
+                                                                      {"--optimizer", "adam", "sgd"},
+                                                                      {"--prune-scope", "neuron", "level"},
+                                                                      {"--prune-keep-min", "1", "2"}}) {
     SCOPED_TRACE(flag);
     const std::string port = std::to_string(unused_port());
     auto args = [&](const std::string& value) {
-      return std::vector<std::string>{
+      std::vector<std::string> a{
           "train", dir / "net.json", "--data", dir / "data.csv", "--epochs", "2", "--out", dir / "run", flag, value};
+      if (flag.rfind("--prune", 0) == 0) a.insert(a.end(), {"--prune-at-epoch", "1", "--prune-fraction", "0.2"});
+      return a;
     };
     auto env = [&](int rank) {
       return std::vector<std::string>{"RANK=" + std::to_string(rank), "WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1",
@@ -456,10 +462,15 @@ TEST(DistributedCli, RanksWithOtherArgumentsAreRefusedAtTheStart) {
     const pid_t rank1 = spawn_connex(args(theirs), dir / "rank1.log", "", env(1));
     EXPECT_EQ(wait_for(rank0, std::chrono::seconds(120)), 1);
     EXPECT_EQ(wait_for(rank1, std::chrono::seconds(120)), 1);
-    const std::string message = flag == "--optimizer"
-                                    ? "train: rank 1 runs with another optimizer (--optimizer) than rank 0 (rank "
-                                    : "train: rank 1 runs with " + flag + " " + theirs + " where rank 0 has " + mine +
-                                          "; every rank of a run needs the same arguments and data";
+    const std::string message =
+        flag == "--optimizer" ? "train: rank 1 runs with another optimizer (--optimizer) than rank 0 (rank "
+        : flag == "--prune-scope"
+            ? "train: rank 1 runs with another prune scope (--prune-scope or the run's record) than rank 0 (rank "
+        : flag == "--prune-keep-min"
+            ? "train: rank 1 runs with --prune-keep-min (or the run's record) 2 where rank 0 has 1; every rank of a "
+              "run needs the same arguments and data"
+            : "train: rank 1 runs with " + flag + " " + theirs + " where rank 0 has " + mine +
+                  "; every rank of a run needs the same arguments and data";
     for (const char* log : {"rank0.log", "rank1.log"})
       EXPECT_NE(slurp(dir / log).find(message), std::string::npos) << slurp(dir / log);
     EXPECT_FALSE(fs::exists(dir / "run"));  // the directory rank 0 made for it is gone again

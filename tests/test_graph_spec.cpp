@@ -428,9 +428,16 @@ TEST(Topology, LevelPlansOverWideAndDeepGraphs) {
       std::set<int64_t> distinct(topo->conn_source().begin() + level.conn_begin,
                                  topo->conn_source().begin() + level.conn_end);
       ASSERT_EQ(level.sources, std::vector<int64_t>(distinct.begin(), distinct.end())) << "level " << l;
+      // One level's edges and every level's at once agree.
+      const LevelEdges edges = topo->level_edges(l), all = topo->level_edges()[l];
+      ASSERT_EQ(edges.source, all.source);
+      ASSERT_EQ(edges.target, all.target);
+      const auto dense = topo->dense_positions(l);
       for (int64_t c = level.conn_begin; c < level.conn_end; ++c) {
-        ASSERT_EQ(level.sources[level.edge_source[c - level.conn_begin]], topo->conn_source()[c]);
-        ASSERT_EQ(level.begin + level.edge_target[c - level.conn_begin], topo->conn_target()[c]);
+        const int64_t k = c - level.conn_begin;
+        ASSERT_EQ(level.sources[edges.source[k]], topo->conn_source()[c]);
+        ASSERT_EQ(level.begin + edges.target[k], topo->conn_target()[c]);
+        ASSERT_EQ(dense[k], edges.target[k] * static_cast<int64_t>(level.sources.size()) + edges.source[k]);
       }
       (level.begin <= 16 * static_cast<int64_t>(level.sources.size()) ? scanned : sorted)++;
     }

@@ -464,6 +464,42 @@ TEST(NeuralNetwork, ConcurrentEvalForwardOnASharedNetwork) {
   }
 }
 
+// The per-level path's index tensors are made from the topology at its first
+// forward (threads may race to it) and are not module state: a network on
+// the fused kernel holds no per-connection array besides its parameters.
+TEST(NeuralNetwork, PerLevelIndicesAreMadeOnFirstUseAndAreNotState) {
+  std::mt19937_64 rng(7);
+  for (int trial = 0; trial < 20; ++trial) {
+    const auto spec = random_dag(rng, {8, 40, 0.3, trial % 2 == 1});
+    auto x = torch::randn({6, static_cast<int64_t>(spec.inputs().size())}, torch::kFloat64);
+    NeuralNetwork fused(spec, NeuralNetworkOptions(kDouble).seed(trial).execution(ExecutionOptions().fused(true)));
+    std::vector<std::string> names;
+    for (const auto& b : fused->named_buffers()) names.push_back(b.key());
+    EXPECT_EQ(names, (std::vector<std::string>{"weight_grad_mask", "bias_grad_mask"}));
+    NeuralNetwork net(
+        spec, NeuralNetworkOptions(kDouble).seed(trial).execution(ExecutionOptions().fused(false).dense_path(false)));
+    ASSERT_FALSE(net->uses_fused_kernel());
+    ASSERT_FALSE(net->uses_dense_path());
+    torch::NoGradGuard no_grad;
+    const auto expected = fused->forward(x);
+    std::vector<torch::Tensor> got(4);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t)
+      threads.emplace_back([&, t] {
+        torch::NoGradGuard g;
+        got[t] = net->forward(x);
+      });
+    for (auto& t : threads) t.join();
+    for (const auto& y : got) ASSERT_TRUE(torch::allclose(y, expected, 1e-12, 1e-12)) << "trial " << trial;
+    // A clone made after the first forward runs on as the original.
+    auto copy = std::dynamic_pointer_cast<NeuralNetworkImpl>(net->clone());
+    ASSERT_TRUE(torch::allclose(copy->forward(x), expected, 1e-12, 1e-12));
+  }
+  NeuralNetwork net(nn::MLP(2, 1, 3, 2));
+  EXPECT_THROW_MSG(net->topology().level_edges(0), "Topology::level_edges(): expected a level in [1, 3], got 0");
+  EXPECT_THROW_MSG(net->topology().level_edges(4), "Topology::level_edges(): expected a level in [1, 3], got 4");
+}
+
 TEST(NeuralNetwork, ToDtypeCastsOnlyFloatingTensors) {
   NeuralNetwork net(readme_spec(),
                     NeuralNetworkOptions().hidden_activation("tanh").execution(ExecutionOptions().fused(false)));

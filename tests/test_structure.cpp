@@ -295,6 +295,20 @@ TEST(Prune, RejectsBadOptionsByName) {
 
 // The pruned network keeps every surviving weight, and the optimizer goes on
 // with its type, learning rate and state.
+// The command line's names, read in either case; each name reads back as its scope.
+TEST(Prune, ScopeNamesReadBack) {
+  for (PruneScope scope : {PruneScope::Global, PruneScope::PerNeuron, PruneScope::PerLevel})
+    EXPECT_EQ(prune_scope_from_name(prune_scope_name(scope)), scope);
+  EXPECT_STREQ(prune_scope_name(PruneScope::PerNeuron), "neuron");
+  EXPECT_EQ(prune_scope_from_name("Level"), PruneScope::PerLevel);
+  EXPECT_EQ(prune_scope_from_name("GLOBAL"), PruneScope::Global);
+  EXPECT_THROW_MSG(prune_scope_from_name("layer"),
+                   "prune_scope_from_name(): expected \"global\", \"neuron\" or \"level\", got \"layer\"");
+  EXPECT_THROW_MSG(prune_scope_from_name("lev\nel"), "got \"lev\\nel\"");
+  EXPECT_THROW_MSG(prune_scope_name(static_cast<PruneScope>(9)),
+                   "prune_scope_name(): expected a PruneScope (Global, PerNeuron or PerLevel), got 9");
+}
+
 TEST(Prune, ResultCarriesTheOptimizer) {
   auto net = hand_network();
   torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(0.03));

@@ -53,9 +53,12 @@ using connex::detail::kNetworkMagic;
 
 namespace {
 
-// --scope's (and --prune-scope's) names, which CLI::IsMember has checked.
-PruneScope prune_scope_from_name(const std::string& scope) {
-  return scope == "neuron" ? PruneScope::PerNeuron : scope == "level" ? PruneScope::PerLevel : PruneScope::Global;
+// --scope's and --prune-scope's names: the library's.
+std::vector<std::string> prune_scope_choices() {
+  std::vector<std::string> names;
+  for (PruneScope scope : {PruneScope::Global, PruneScope::PerNeuron, PruneScope::PerLevel})
+    names.push_back(prune_scope_name(scope));
+  return names;
 }
 
 // The first `n` bytes of a regular file ("" when it is empty); nullopt for
@@ -485,7 +488,8 @@ struct TrainArgs {
   std::optional<std::string> optimizer;
   std::string device = "cpu";
   std::optional<uint64_t> seed;
-  int prune_at_epoch = 0, checkpoint_every = 0;
+  int checkpoint_every = 0;
+  std::optional<int> prune_at_epoch;  // 0: no prune (cancels a resumed run's recorded one)
   double prune_fraction = 0.0;
   std::optional<std::string> prune_scope;  // train's --prune-at-epoch: as prune's --scope and --keep-min
   std::optional<int64_t> prune_keep_min;
@@ -752,12 +756,15 @@ const char* rewire_setting_given(const TrainArgs& t) {
 }
 
 void check_train_flags(const TrainArgs& t, const std::string& out) {
-  if (t.prune_at_epoch > 0 && !(t.prune_fraction > 0))
-    fail("train: --prune-at-epoch {} needs --prune-fraction (the share to prune, in (0, 1])", t.prune_at_epoch);
-  if (t.prune_fraction > 0 && t.prune_at_epoch == 0)
-    fail("train: --prune-fraction needs --prune-at-epoch (the epoch after which to prune, >= 1)");
-  if ((t.prune_scope || t.prune_keep_min) && t.prune_at_epoch == 0)
-    fail("train: --{} needs --prune-at-epoch", t.prune_scope ? "prune-scope" : "prune-keep-min");
+  const int prune_at = t.prune_at_epoch.value_or(0);
+  if (prune_at > 0 && !(t.prune_fraction > 0))
+    fail("train: --prune-at-epoch {} needs --prune-fraction (the share to prune, in (0, 1])", prune_at);
+  if (t.prune_fraction > 0 && prune_at == 0)
+    fail("train: --prune-fraction needs --prune-at-epoch (the epoch after which to prune, >= 1){}",
+         t.prune_at_epoch ? "; --prune-at-epoch 0 schedules none" : "");
+  if ((t.prune_scope || t.prune_keep_min) && prune_at == 0)
+    fail("train: --{} needs --prune-at-epoch (the epoch after which to prune, >= 1)",
+         t.prune_scope ? "prune-scope" : "prune-keep-min");
   if (t.checkpoint_every > 0 && out.empty()) fail("train: --checkpoint-every needs --out");
   if (t.init_density && !t.density) fail("train: --init-density needs --density");
   // A --density run is new, with no recorded method: said before its network is drawn.
@@ -964,25 +971,31 @@ Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::s
     progress.batch_loss = 0;
   }
   const int last_epoch = progress.epoch + t.epochs;
-  if (t.prune_at_epoch > 0 && (t.prune_at_epoch <= progress.epoch || t.prune_at_epoch > last_epoch))
-    fail("train: --prune-at-epoch {} is outside this run's epochs {} to {}", t.prune_at_epoch, progress.epoch + 1,
-         last_epoch);
+  if (const int at = t.prune_at_epoch.value_or(0); at > 0 && (at <= progress.epoch || at > last_epoch))
+    fail("train: --prune-at-epoch {} is outside this run's epochs {} to {}", at, progress.epoch + 1, last_epoch);
   return progress;
 }
 
-// The run's prune schedule: --prune-at-epoch's, else the record's while it
-// is still to come (a stopped run resumed prunes where it would have); it is
-// applied when it falls within this run's epochs and kept for a later one.
-void resume_prune_schedule(TrainArgs& t, Progress& progress) {
+// The run's prune schedule (progress.prune, which train() applies and the
+// run's record keeps): --prune-at-epoch's, else the record's while it is
+// still to come (a stopped run resumed prunes where it would have; a
+// schedule past this run's epochs stays for a later one); --prune-at-epoch 0
+// cancels it.
+void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
   PruneSchedule& s = progress.prune;
-  if (t.prune_at_epoch > 0) {
-    if (s.at_epoch > progress.epoch && s.at_epoch != t.prune_at_epoch)
-      spdlog::info("prune: --prune-at-epoch {} replaces the run's recorded prune after epoch {}", t.prune_at_epoch,
-                   s.at_epoch);
-    s = {t.prune_at_epoch, t.prune_fraction, t.prune_scope.value_or("global"), t.prune_keep_min.value_or(0)};
+  const bool recorded = s.at_epoch > progress.epoch;
+  if (t.prune_at_epoch) {
+    const int at = *t.prune_at_epoch;
+    if (recorded && s.at_epoch != at)
+      spdlog::info("prune: --prune-at-epoch {} {} the run's recorded prune after epoch {}", at,
+                   at == 0 ? "cancels" : "replaces", s.at_epoch);
+    s = at == 0 ? PruneSchedule{}
+                : PruneSchedule{at, t.prune_fraction,
+                                t.prune_scope ? prune_scope_from_name(*t.prune_scope) : PruneScope::Global,
+                                t.prune_keep_min.value_or(0)};
     return;
   }
-  if (s.at_epoch <= progress.epoch) {
+  if (!recorded) {
     s = {};
     return;
   }
@@ -992,27 +1005,23 @@ void resume_prune_schedule(TrainArgs& t, Progress& progress) {
                  s.at_epoch, last_epoch);
     return;
   }
-  t.prune_at_epoch = s.at_epoch;
-  t.prune_fraction = s.fraction;
-  t.prune_scope = s.scope;
-  t.prune_keep_min = s.keep_min;
-  spdlog::info("prune: {:g} of the connections ({} scope{}) after epoch {}, from the run's record", s.fraction, s.scope,
-               s.keep_min > 0 ? fmt::format(", keep-min {}", s.keep_min) : "", s.at_epoch);
+  spdlog::info("prune: {:g} of the connections ({} scope{}) after epoch {}, from the run's record", s.fraction,
+               prune_scope_name(s.scope), s.keep_min > 0 ? fmt::format(", keep-min {}", s.keep_min) : "", s.at_epoch);
 }
 
 // A resumed run (or a pruned one trained on) goes on with the checkpoint's CSV unless --data names another.
 DataArgs resumed_data_args(const DataArgs& d, Progress& progress, const std::string& config,
                            const char* command = "train") {
   DataArgs data_args = d;
+  const std::string changed = progress.data_changed();  // reads the whole file: once
   if (d.data.empty() && !progress.data.empty()) {
-    const std::string changed = progress.data_changed();
     if (changed == "it is gone")
       fail("{}: {} was trained on {}, which is gone; give --data", command, config, progress.data);
     data_args.data = progress.data;
     spdlog::info("data: {} (the one the checkpoint was trained on; give --data to use another)", progress.data);
   }
-  if (!data_args.data.empty() && data_args.data == progress.data && !progress.data_changed().empty())
-    spdlog::warn("{} changed since the checkpoint was written ({}): {}", progress.data, progress.data_changed(),
+  if (!data_args.data.empty() && data_args.data == progress.data && !changed.empty())
+    spdlog::warn("{} changed since the checkpoint was written ({}): {}", progress.data, changed,
                  std::string(command) == "train" ? "a resumed run differs from an uninterrupted one"
                                                  : "the figures differ from those of the run");
   progress.set_data(data_args.data);
@@ -1065,12 +1074,6 @@ TrainOptions train_options(const TrainArgs& t, const Progress& progress, torch::
   options.device = device;
   options.task = data.preprocessing.task;
   options.preprocessing = preprocessing;
-  options.prune_at_epoch = t.prune_at_epoch;
-  if (t.prune_fraction > 0)
-    options.prune = PruneOptions()
-                        .fraction(t.prune_fraction)
-                        .scope(prune_scope_from_name(t.prune_scope.value_or("global")))
-                        .keep_min(t.prune_keep_min.value_or(0));
   options.checkpoint_every = t.checkpoint_every;
   options.out = out;
   // Said when it changes: a rewiring, every few steps, keeps the network's size.
@@ -1164,8 +1167,11 @@ void check_ranks_agree(distributed::Group& group, const Progress& progress, int 
       {"another optimizer (--optimizer)", static_cast<int64_t>(fnv1a64(type.data(), type.size()) >> 1), Setting::Hash,
        type},
       real("the learning rate", optimizer.param_groups()[0].options().get_lr()),
-      {"--prune-at-epoch", t.prune_at_epoch, Setting::Integer},
-      real("--prune-fraction", t.prune_fraction),
+      {"--prune-at-epoch (or the run's record)", progress.prune.at_epoch, Setting::Integer},
+      real("--prune-fraction (or the run's record)", progress.prune.fraction),
+      {"another prune scope (--prune-scope or the run's record)", static_cast<int64_t>(progress.prune.scope),
+       Setting::Hash, prune_scope_name(progress.prune.scope)},
+      {"--prune-keep-min (or the run's record)", progress.prune.keep_min, Setting::Integer},
       {"training rows", data.train.inputs().size(0), Setting::Integer},
       bytes_of("other training inputs", data.train.inputs()),
       bytes_of("other training targets", data.train.targets())};
@@ -1194,9 +1200,8 @@ void check_ranks_agree(distributed::Group& group, const Progress& progress, int 
 }
 #endif
 
-int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& given, const DistributedArgs& dist,
+int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, const DistributedArgs& dist,
               const std::string& out, const CoreShare& cores) {
-  TrainArgs t = given;  // a resumed run's prune schedule joins it below
   auto device = parse_device(t.device);
   check_train_flags(t, out);
   check_train_out(config, out, t.overwrite);
@@ -1572,11 +1577,25 @@ std::string slurp_bounded(const std::string& path) {
   return text;
 }
 
+// The CSV a run trained on (its record's) is what a resume of it reads:
+// export and predict write no file over it.
+void check_out_is_not_the_runs_data(const std::string& command, const Checkpoint& ck, const std::string& path,
+                                    const std::string& out) {
+  if (out.empty() || !ck.training.is_object() || !ck.training.contains("data")) return;
+  const auto& d = ck.training.at("data");
+  if (!d.is_object() || !d.contains("path") || !d.at("path").is_string()) return;
+  const std::string data = d.at("path").get<std::string>();
+  std::error_code ec;
+  if (fs::exists(out, ec) && fs::equivalent(data, out, ec))
+    fail("{}: --out {} is the CSV {} was trained on ({}); write elsewhere", command, out, path, data);
+}
+
 int cmd_export(const std::string& path, const std::string& format, const std::string& out, double dot_seconds) {
   // Up front: a directory would only fail at the rename, after all the work.
   check_out("export", path, out, false);
   check_out_kind("export", out, Writes::Export);
   const Checkpoint ck = open_network(path);
+  check_out_is_not_the_runs_data("export", ck, path, out);
   const NeuralNetwork& net = ck.network;
   if (format == "torchscript") {
     // A deployed model takes raw rows: the preprocessing goes inside it.
@@ -1653,8 +1672,10 @@ void print_training_record(const Progress& p) {
                 p.rewire.end_step > 0 ? fmt::format("none from step {}", p.rewire.end_step).c_str()
                                       : "its end fixed by the run that continues it");
   if (p.prune.at_epoch > p.epoch)
-    std::printf("prune: %g of the connections (%s scope, keep-min %lld) after epoch %d (a resumed run keeps it)\n",
-                p.prune.fraction, p.prune.scope.c_str(), static_cast<long long>(p.prune.keep_min), p.prune.at_epoch);
+    std::printf(
+        "prune: %g of the connections (%s scope, keep-min %lld) after epoch %d (a resumed run keeps it; "
+        "--prune-at-epoch 0 cancels it)\n",
+        p.prune.fraction, prune_scope_name(p.prune.scope), static_cast<long long>(p.prune.keep_min), p.prune.at_epoch);
 }
 
 // A CSV cell: quoted when it holds a comma, a quote or a line break (RFC 4180).
@@ -1679,6 +1700,7 @@ int cmd_predict(const std::string& path, const std::string& data, const std::str
   // Names a missing file, or one that holds no network.
   NetworkFile kind;
   const Checkpoint ck = open_network(path, &kind);
+  check_out_is_not_the_runs_data("predict", ck, path, out);
   if (kind == NetworkFile::Config)
     fail(
         "predict: {} holds a network's initial weights, never trained; give a checkpoint, a train --out directory "
@@ -1967,8 +1989,10 @@ void add_train_command(CLI::App& app, Commands& c) {
   c.data.add_to(c.train);
   c.train_args.add_to(c.train, 1000);
   c.dist.add_to(c.train);
-  c.train->add_option("--prune-at-epoch", c.train_args.prune_at_epoch, "prune after this epoch (with --prune-fraction)")
-      ->check(number_in(1, kIntMax, true));
+  c.train
+      ->add_option("--prune-at-epoch", c.train_args.prune_at_epoch,
+                   "prune after this epoch (with --prune-fraction); 0 cancels a resumed run's recorded prune")
+      ->check(number_in(0, kIntMax, true));
   c.train
       ->add_option("--prune-fraction", c.train_args.prune_fraction,
                    "fraction of connections to prune at --prune-at-epoch, weakest |w| first")
@@ -1976,7 +2000,7 @@ void add_train_command(CLI::App& app, Commands& c) {
   c.train
       ->add_option("--prune-scope", c.train_args.prune_scope,
                    "which connections compete at --prune-at-epoch: global (default), neuron or level")
-      ->check(CLI::IsMember({"global", "neuron", "level"}));
+      ->check(CLI::IsMember(prune_scope_choices()));
   c.train
       ->add_option("--prune-keep-min", c.train_args.prune_keep_min,
                    "at --prune-at-epoch every neuron keeps at least this many incoming connections (default 0)")
@@ -2001,7 +2025,7 @@ void add_prune_command(CLI::App& app, Commands& c) {
   c.prune
       ->add_option("--scope", c.prune_args.scope,
                    "which connections compete for --fraction: global, neuron (into each neuron) or level")
-      ->check(CLI::IsMember({"global", "neuron", "level"}));
+      ->check(CLI::IsMember(prune_scope_choices()));
   c.prune->add_option("--keep-min", c.prune_args.keep_min, "every neuron keeps at least this many incoming connections")
       ->check(number_in(0, 9.0e15, true));
   add_flag_once(c.prune, "--protect-outputs", c.prune_args.protect_outputs, "never prune connections into outputs");

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <cmath>
 #include <limits>
 #include <sstream>
@@ -175,7 +176,7 @@ void say_how_the_rule_chose(const NeuralNetwork& network, const PruneOptions& op
   const int64_t overall = static_cast<int64_t>(
       connections_to_prune(network, PruneOptions(options).keep_min(0).scope(PruneScope::Global)).size());
   if (std::abs(scoped - overall) <= std::max<int64_t>(1, overall / 100)) return;
-  const char* group = options.scope() == PruneScope::PerNeuron ? "neuron" : "level";
+  const char* group = prune_scope_name(options.scope());
   spdlog::info(
       "{}: {} {} rounds {} {} to whole connections {} by {} (halves up): {} chosen, where {} of all the candidates "
       "would be {}",
@@ -272,6 +273,19 @@ void set_generator_state(at::Generator& generator, const torch::Tensor& state, c
 }
 
 // A run's rewiring settings (absent in runs without --rewire).
+// Whether `value` is a name the library's parser (rewire_method_from_name,
+// prune_scope_from_name) reads: a record uses the library's names.
+template <typename Parse>
+bool library_name(const nlohmann::json& value, Parse parse) {
+  if (!value.is_string()) return false;
+  try {
+    parse(value.get<std::string>());
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
 RewireSettings rewire_from_json(const nlohmann::json& json, const std::string& where) {
   const char* expected =
       "{\"method\": \"set\" or \"rigl\", \"every\": N >= 1, \"drop_fraction\": in [0, 1), \"end_step\": N >= 0}";
@@ -280,18 +294,8 @@ RewireSettings rewire_from_json(const nlohmann::json& json, const std::string& w
       fail("{}: /training/rewire must be {}", where, expected);
     return json.at(key).get<int64_t>();
   };
-  // The method's names are the library's (rewire_method_from_name).
-  auto known_method = [&] {
-    if (!json.at("method").is_string()) return false;
-    try {
-      rewire_method_from_name(json.at("method").get<std::string>());
-      return true;
-    } catch (const Error&) {
-      return false;
-    }
-  };
-  if (!json.is_object() || !json.contains("method") || !known_method() || !json.contains("drop_fraction") ||
-      !json.at("drop_fraction").is_number())
+  if (!json.is_object() || !json.contains("method") || !library_name(json.at("method"), rewire_method_from_name) ||
+      !json.contains("drop_fraction") || !json.at("drop_fraction").is_number())
     fail("{}: /training/rewire must be {}", where, expected);
   RewireSettings r;
   // The canonical name ("set", "rigl"), which the CLI compares with --rewire.
@@ -307,11 +311,35 @@ RewireSettings rewire_from_json(const nlohmann::json& json, const std::string& w
 
 }  // namespace
 
+nlohmann::json PruneSchedule::to_json() const {
+  return {{"at_epoch", at_epoch}, {"fraction", fraction}, {"scope", prune_scope_name(scope)}, {"keep_min", keep_min}};
+}
+
+PruneSchedule PruneSchedule::from_json(const nlohmann::json& json, const std::string& where) {
+  const bool ok = json.is_object() && json.contains("at_epoch") && json.at("at_epoch").is_number_integer() &&
+                  json.at("at_epoch").get<int64_t>() >= 1 &&
+                  json.at("at_epoch").get<int64_t>() <= std::numeric_limits<int>::max() && json.contains("fraction") &&
+                  json.at("fraction").is_number() && json.at("fraction").get<double>() > 0 &&
+                  json.at("fraction").get<double>() <= 1 && json.contains("scope") &&
+                  library_name(json.at("scope"), prune_scope_from_name) && json.contains("keep_min") &&
+                  json.at("keep_min").is_number_integer() && json.at("keep_min").get<int64_t>() >= 0;
+  if (!ok)
+    fail(
+        "{}: /training/prune must be {{\"at_epoch\": N in [1, {}], \"fraction\": in (0, 1], \"scope\": "
+        "\"global\", \"neuron\" or \"level\", \"keep_min\": N >= 0}}, got {}",
+        where, std::numeric_limits<int>::max(), json.dump().substr(0, 120));
+  return {json.at("at_epoch").get<int>(), json.at("fraction").get<double>(),
+          prune_scope_from_name(json.at("scope").get<std::string>()), json.at("keep_min").get<int64_t>()};
+}
+
 nlohmann::json Progress::to_json() const {
   nlohmann::json out{{"epoch", epoch},           {"batch", batch},         {"batch_loss", batch_loss},
                      {"steps", steps},           {"seconds", seconds},     {"seed", seed},
                      {"batch_size", batch_size}, {"val_split", val_split}, {"history", metrics_csv(history)}};
-  if (!data.empty()) out["data"] = {{"path", data}, {"bytes", data_bytes}, {"modified", data_modified}};
+  if (!data.empty()) {
+    out["data"] = {{"path", data}, {"bytes", data_bytes}, {"modified", data_modified}};
+    if (!data_hash.empty()) out["data"]["hash"] = data_hash;
+  }
   out["shuffle_state"] = state_json(shuffle_state);
   out["dropout_state"] = state_json(dropout_state);
   if (rewire.active()) {
@@ -321,11 +349,7 @@ nlohmann::json Progress::to_json() const {
                      {"end_step", rewire.end_step}};
     if (rewire.groups) out["rewire"]["groups"] = rewire.groups->to_json();
   }
-  if (prune.at_epoch > epoch)  // still to come
-    out["prune"] = {{"at_epoch", prune.at_epoch},
-                    {"fraction", prune.fraction},
-                    {"scope", prune.scope},
-                    {"keep_min", prune.keep_min}};
+  if (prune.at_epoch > epoch) out["prune"] = prune.to_json();  // still to come
   return out;
 }
 
@@ -350,31 +374,28 @@ Progress Progress::from_json(const nlohmann::json& json, const std::string& wher
     const auto& d = json.at("data");
     if (!d.is_object() || !d.contains("path") || !d.at("path").is_string() || !d.contains("bytes") ||
         !d.at("bytes").is_number_integer() || !d.contains("modified") || !d.at("modified").is_number_integer())
-      fail("{}: /training/data must be {{\"path\": \"...\", \"bytes\": N, \"modified\": N}}", where);
+      fail(
+          "{}: /training/data must be {{\"path\": \"...\", \"bytes\": N, \"modified\": N, \"hash\": \"16 hex "
+          "digits\"}}",
+          where);
     p.data = d.at("path").get<std::string>();
     p.data_bytes = d.at("bytes").get<int64_t>();
     p.data_modified = d.at("modified").get<int64_t>();
+    if (d.contains("hash")) {  // absent in checkpoints of earlier versions
+      const auto& h = d.at("hash");
+      if (!h.is_string() || h.get<std::string>().size() != 16 ||
+          h.get<std::string>().find_first_not_of("0123456789abcdef") != std::string::npos)
+        fail(
+            "{}: /training/data must be {{\"path\": \"...\", \"bytes\": N, \"modified\": N, \"hash\": \"16 hex "
+            "digits\"}}",
+            where);
+      p.data_hash = h.get<std::string>();
+    }
   }
   p.shuffle_state = state_from_json(json, where, "shuffle_state");
   p.dropout_state = state_from_json(json, where, "dropout_state");
   if (json.contains("rewire")) p.rewire = rewire_from_json(json.at("rewire"), where);
-  if (json.contains("prune")) {
-    const auto& s = json.at("prune");
-    const bool ok =
-        s.is_object() && s.contains("at_epoch") && s.at("at_epoch").is_number_integer() &&
-        s.at("at_epoch").get<int64_t>() >= 1 && s.at("at_epoch").get<int64_t>() <= std::numeric_limits<int>::max() &&
-        s.contains("fraction") && s.at("fraction").is_number() && s.at("fraction").get<double>() > 0 &&
-        s.at("fraction").get<double>() <= 1 && s.contains("scope") && s.at("scope").is_string() &&
-        (s.at("scope") == "global" || s.at("scope") == "neuron" || s.at("scope") == "level") &&
-        s.contains("keep_min") && s.at("keep_min").is_number_integer() && s.at("keep_min").get<int64_t>() >= 0;
-    if (!ok)
-      fail(
-          "{}: /training/prune must be {{\"at_epoch\": N in [1, {}], \"fraction\": in (0, 1], \"scope\": "
-          "\"global\", \"neuron\" or \"level\", \"keep_min\": N >= 0}}, got {}",
-          where, std::numeric_limits<int>::max(), s.dump().substr(0, 120));
-    p.prune = {s.at("at_epoch").get<int>(), s.at("fraction").get<double>(), s.at("scope").get<std::string>(),
-               s.at("keep_min").get<int64_t>()};
-  }
+  if (json.contains("prune")) p.prune = PruneSchedule::from_json(json.at("prune"), where);
   // The history as metrics.csv holds it: one string, not a JSON value per number.
   const auto& history = json.contains("history") ? json.at("history") : nlohmann::json();
   if (!history.is_string()) fail("{}: /training/history must be the text of a metrics.csv", where);
@@ -407,11 +428,29 @@ std::pair<int64_t, int64_t> file_stamp(const std::string& path) {
   return {static_cast<int64_t>(st.st_size), static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
 }
 
+// FNV-1a 64 of a regular file's bytes as 16 hex digits; "" for anything
+// else (reading a FIFO would block; the data's reader refuses it) and when
+// it cannot be read.
+std::string file_hash(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return "";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  std::vector<char> chunk(1 << 16);
+  uint64_t hash = 0xcbf29ce484222325ull;
+  while (in) {
+    in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    hash = fnv1a64(chunk.data(), static_cast<size_t>(in.gcount()), hash);
+  }
+  return in.bad() ? std::string() : fmt::format("{:016x}", hash);
+}
+
 }  // namespace
 
 void Progress::set_data(const std::string& path) {
   data = path.empty() ? std::string() : std::filesystem::absolute(path).lexically_normal().string();
   std::tie(data_bytes, data_modified) = data.empty() ? std::pair<int64_t, int64_t>{0, 0} : file_stamp(data);
+  data_hash = data.empty() ? std::string() : file_hash(data);
 }
 
 std::string Progress::data_changed() const {
@@ -419,6 +458,9 @@ std::string Progress::data_changed() const {
   const auto [bytes, modified] = file_stamp(data);
   if (bytes < 0) return "it is gone";
   if (bytes != data_bytes) return fmt::format("it has {} bytes now, {} then", bytes, data_bytes);
+  // The bytes decide where the record has them: a touched or copied file is
+  // the same data, and a rewrite that kept the size and time is not.
+  if (!data_hash.empty()) return file_hash(data) == data_hash ? "" : "its content changed since";
   if (modified != data_modified) return "it was modified since";
   return "";
 }
@@ -545,7 +587,7 @@ class Trainer {
     for (int epoch = first_epoch_; epoch <= last_epoch_; ++epoch) {
       const EpochMetrics m = record_epoch(epoch, train_epoch());
       report(epoch, m);
-      if (epoch == options_.prune_at_epoch && options_.prune.fraction()) prune(epoch);
+      if (epoch == progress_.prune.at_epoch) prune(epoch);
       if (reporter() && options_.checkpoint_every > 0 && epoch % options_.checkpoint_every == 0 &&
           !options_.out.empty())
         write_run(options_.out, network_, *optimizer_, progress_, options_.preprocessing);
@@ -757,10 +799,11 @@ class Trainer {
   // state follows the survivors.
   void prune(int epoch) {
     EditScript prune;
+    const PruneOptions rule = progress_.prune.options();
     if (reporter()) {
-      const auto weak = connections_to_prune(network_, options_.prune);
-      say_how_the_rule_chose(network_, options_.prune, weak.size(), fmt::format("train: epoch {}", epoch),
-                             "--prune-fraction", "--prune-keep-min", "--prune-scope");
+      const auto weak = connections_to_prune(network_, rule);
+      say_how_the_rule_chose(network_, rule, weak.size(), fmt::format("train: epoch {}", epoch), "--prune-fraction",
+                             "--prune-keep-min", "--prune-scope");
       prune.remove_connections(weak);
     }
     EditResult edited = replicas_.apply_edit(network_, prune, options_.seed);
@@ -771,8 +814,8 @@ class Trainer {
                    network_->num_connections() - edited.network->num_connections(), network_->num_connections(),
                    frozen_note(frozen));
       warn_about_cut_outputs(edited.network, "train",
-                             options_.prune.keep_min() > 0 ? "a smaller --prune-fraction helps"
-                                                           : "a smaller --prune-fraction or --prune-keep-min 1 helps");
+                             rule.keep_min() > 0 ? "a smaller --prune-fraction helps"
+                                                 : "a smaller --prune-fraction or --prune-keep-min 1 helps");
     }
     replace_network(edited.network, std::move(next), "train: after pruning");
   }

@@ -48,10 +48,15 @@ struct RewireSettings {
 // train's --prune-at-epoch schedule, kept in the run's record so that a
 // stopped run, resumed, prunes where the uninterrupted one would.
 struct PruneSchedule {
-  int at_epoch = 0;  // 0: none
-  double fraction = 0;
-  std::string scope = "global";
-  int64_t keep_min = 0;
+  int at_epoch = 0;     // prune after this epoch; 0: none
+  double fraction = 0;  // of each scope's connections, weakest |w| first
+  PruneScope scope = PruneScope::Global;
+  int64_t keep_min = 0;  // every neuron keeps at least this many incoming connections
+
+  PruneOptions options() const { return PruneOptions().fraction(fraction).scope(scope).keep_min(keep_min); }
+  nlohmann::json to_json() const;
+  // Checks every field; `where` names the file.
+  static PruneSchedule from_json(const nlohmann::json& json, const std::string& where);
 };
 
 struct TrainOptions {
@@ -61,11 +66,6 @@ struct TrainOptions {
   torch::Device device = torch::kCPU;
   Task task = Task::Regression;
   std::optional<Preprocessing> preprocessing;  // saved with every checkpoint
-  // Prune (prune.fraction of the connections, weakest |w| first, in its
-  // scope and above its floor) after this epoch; the optimizer state moves
-  // with the surviving parameters.
-  int prune_at_epoch = 0;
-  PruneOptions prune;
   // Write `out` (see write_run) every this many epochs; 0: only the caller writes.
   int checkpoint_every = 0;
   std::string out;
@@ -106,10 +106,12 @@ struct Progress {
   uint64_t seed = 0;
   int64_t batch_size = 0;
   double val_split = 0;
-  // The CSV trained on (absolute; empty: the toy set) and its size and
-  // modification time then, so that a resumed run finds it and notices a change.
+  // The CSV trained on (absolute; empty: the toy set) and its size,
+  // modification time and content hash then, so that a resumed run finds it
+  // and notices a change (a touched file is not one).
   std::string data;
   int64_t data_bytes = 0, data_modified = 0;
+  std::string data_hash;        // FNV-1a 64 of its bytes, 16 hex digits; empty in records of earlier versions
   torch::Tensor shuffle_state;  // the shuffle generator at the start of epoch + 1
   torch::Tensor dropout_state;  // torch's default CPU generator (dropout masks)
   RewireSettings rewire;
@@ -149,9 +151,10 @@ struct TrainResult {
 };
 
 // Trains `options.epochs` more epochs from where `progress` stands (finishing
-// an epoch stopped midway first) and reports each. A prune step, and each
-// rewiring of `progress.rewire`, replaces both `network` and `optimizer`
-// (same type and options, state carried). The
+// an epoch stopped midway first) and reports each. The prune of
+// `progress.prune` (where it falls in these epochs) and each rewiring of
+// `progress.rewire` replace both `network` and `optimizer` (same type and
+// options, state carried). The
 // parameters are checked after every epoch: non-finite ones stop the run
 // before anything is written. A stop request throws Stopped.
 TrainResult train(NeuralNetwork& network, std::unique_ptr<torch::optim::Optimizer>& optimizer, const Table& data,

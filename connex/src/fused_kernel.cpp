@@ -124,10 +124,11 @@ NormLayout make_norm_layout(const Topology& topo) {
   NormLayout norm;
   const auto& levels = topo.levels();
   norm.conn_row.resize(static_cast<size_t>(topo.num_connections()));
+  const std::vector<LevelEdges> edges = topo.level_edges();
   for (size_t l = 1; l < levels.size(); ++l) {
     const Level& level = levels[l];
     for (int64_t c = level.conn_begin; c < level.conn_end; ++c)
-      norm.conn_row[c] = level.sources_before + level.edge_source[c - level.conn_begin];
+      norm.conn_row[c] = level.sources_before + edges[l].source[c - level.conn_begin];
     norm.rows = level.sources_before + width_of(level);
     if (!level.sources_in_a_run()) norm.widest_scattered = std::max(norm.widest_scattered, width_of(level));
   }
@@ -806,6 +807,7 @@ torch::Tensor fused_formula(const Topology& topo, Act act, const torch::autograd
   const ActivationInfo& info = activation_info(act);
   const int64_t n_in = topo.num_inputs(), B = x.size(0);
   torch::Tensor values = x.t();  // [neurons so far, batch]
+  const std::vector<LevelEdges> edges = topo.level_edges();
   for (size_t l = 1; l < topo.levels().size(); ++l) {
     const Level& level = topo.levels()[l];
     const int64_t size = level.size(), hidden = level.hidden_end - level.begin;
@@ -816,14 +818,14 @@ torch::Tensor fused_formula(const Topology& topo, Act act, const torch::autograd
         const int64_t r0 = level.sources_before, L = width_of(level);
         rows = topo_norm_formula(values.index_select(0, torch::tensor(level.sources, torch::kLong)),
                                  gamma.narrow(0, r0, L), beta.narrow(0, r0, L))
-                   .index_select(0, torch::tensor(level.edge_source, torch::kLong));
+                   .index_select(0, torch::tensor(edges[l].source, torch::kLong));
       } else {
         rows = values.index_select(
             0, torch::tensor(at::ArrayRef<int64_t>(topo.conn_source()).slice(level.conn_begin, level.num_connections()),
                              torch::kLong));
       }
       const auto terms = w.narrow(0, level.conn_begin, level.num_connections()).unsqueeze(1) * rows;
-      z = z + torch::zeros({size, B}, x.options()).index_add(0, torch::tensor(level.edge_target, torch::kLong), terms);
+      z = z + torch::zeros({size, B}, x.options()).index_add(0, torch::tensor(edges[l].target, torch::kLong), terms);
     }
     torch::Tensor out = z;
     if (hidden > 0) {

@@ -344,6 +344,10 @@ NeuralNetworkImpl::NeuralNetworkImpl(const NeuralNetworkImpl& other)
       frozen_(other.frozen_),
       fused_plan_(other.fused_plan_),
       dense_plan_(other.dense_plan_),
+      path_index_([&] {
+        std::lock_guard<std::mutex> hold(other.path_index_lock_.mutex);
+        return other.path_index_;
+      }()),
       operations_(other.operations_) {
   options_.hidden_activation(other.options_.hidden_activation().deep_copy());
   options_.output_transformation(other.options_.output_transformation().deep_copy());
@@ -366,9 +370,8 @@ void NeuralNetworkImpl::reset() {
   weight_grad_mask_ = register_buffer("weight_grad_mask", torch::ones({topo.num_connections()}, float_options));
   bias_grad_mask_ = register_buffer("bias_grad_mask", torch::ones({topo.num_biases()}, float_options));
 
-  levels_.clear();
-  for (size_t l = 0; l < topo.levels().size(); ++l) levels_.push_back(register_level(l));
-  output_gather_ = register_gather(topo.output_gather(), "output_gather");
+  dropout_levels_.clear();
+  for (size_t l = 0; l < topo.levels().size(); ++l) dropout_levels_.push_back(register_dropout(l));
 
   operation_modules_.clear();
   level_prefixes_.clear();
@@ -382,19 +385,10 @@ void NeuralNetworkImpl::reset() {
   if (frozen_) install_freeze_hooks();
 }
 
-NeuralNetworkImpl::LevelTensors NeuralNetworkImpl::register_level(size_t l) {
+NeuralNetworkImpl::LevelDropout NeuralNetworkImpl::register_dropout(size_t l) {
   const Level& level = topology_->levels()[l];
   const std::string prefix = level_prefix(l);
-  LevelTensors t;
-  if (l > 0) {
-    t.gather = register_gather(level.gather, prefix + "gather");
-    if (level.kernel == LevelKernel::EdgeList) {
-      t.edge_source = register_buffer(prefix + "edge_source", torch::tensor(level.edge_source, torch::kLong));
-      t.edge_target = register_buffer(prefix + "edge_target", torch::tensor(level.edge_target, torch::kLong));
-    } else if (level.kernel == LevelKernel::DenseScatter) {
-      t.scatter_pos = register_buffer(prefix + "scatter_pos", torch::tensor(level.dense_positions(), torch::kLong));
-    }
-  }
+  LevelDropout t;
   bool any_dropout = false;
   std::vector<double> keep(level.size()), scale(level.size());
   for (int64_t d = level.begin; d < level.end; ++d) {
@@ -444,18 +438,6 @@ void NeuralNetworkImpl::adopt_parameters(const NeuralNetworkImpl& from, const Pa
       if (from.operations_[j]->name() == operations_[k]->name())
         transfer_operation_parameters(*from.operation_modules_[j], *operation_modules_[k]);
   train(from.is_training());
-}
-
-NeuralNetworkImpl::GatherTensors NeuralNetworkImpl::register_gather(const GatherPlan& plan, const std::string& prefix) {
-  GatherTensors t;
-  for (size_t k = 0; k < plan.segments.size(); ++k) {
-    const Segment& seg = plan.segments[k];
-    t.segment_index.push_back(
-        seg.contiguous() ? torch::Tensor()
-                         : register_buffer(prefix + std::to_string(k), torch::tensor(seg.local, torch::kLong)));
-  }
-  if (!plan.order.empty()) t.order = register_buffer(prefix + "_order", torch::tensor(plan.order, torch::kLong));
-  return t;
 }
 
 // ------------------------------------------------------------------ dtype
@@ -509,7 +491,7 @@ bool dropout_acts(bool training, const Levels& levels) {
 
 bool NeuralNetworkImpl::uses_fused_kernel() const {
   if (!fused_plan_ || !weight_.device().is_cpu()) return false;
-  return kernel_dtype(weight_.scalar_type()) && !dropout_acts(is_training(), levels_);
+  return kernel_dtype(weight_.scalar_type()) && !dropout_acts(is_training(), dropout_levels_);
 }
 
 bool NeuralNetworkImpl::uses_dense_path() const {
@@ -518,7 +500,7 @@ bool NeuralNetworkImpl::uses_dense_path() const {
   // Topo norm and topo self-attention inside the path run their CPU loops.
   if (dense_plan_->sources != DensePlan::Sources::Plain && !cpu) return false;
   if (cpu ? !kernel_dtype(weight_.scalar_type()) : !weight_.is_floating_point()) return false;
-  return !dropout_acts(is_training(), levels_);
+  return !dropout_acts(is_training(), dropout_levels_);
 }
 
 void NeuralNetworkImpl::check_input(const torch::Tensor& x) const {
@@ -555,7 +537,37 @@ torch::Tensor NeuralNetworkImpl::gather(const GatherPlan& plan, const GatherTens
   return tensors.order.defined() ? values.index_select(0, tensors.order) : values;
 }
 
-torch::Tensor NeuralNetworkImpl::apply_dropout(const torch::Tensor& values, const LevelTensors& level) const {
+std::shared_ptr<const NeuralNetworkImpl::PathIndex> NeuralNetworkImpl::path_index(const torch::Device& device) const {
+  std::lock_guard<std::mutex> hold(path_index_lock_.mutex);
+  if (path_index_ && path_index_->device == device) return path_index_;
+  const Topology& topo = *topology_;
+  auto on_device = [&](const std::vector<int64_t>& values) { return torch::tensor(values, torch::kLong).to(device); };
+  auto gather_tensors = [&](const GatherPlan& plan) {
+    GatherTensors t;
+    for (const Segment& seg : plan.segments)
+      t.segment_index.push_back(seg.contiguous() ? torch::Tensor() : on_device(seg.local));
+    if (!plan.order.empty()) t.order = on_device(plan.order);
+    return t;
+  };
+  auto index = std::make_shared<PathIndex>(PathIndex{device, {}, gather_tensors(topo.output_gather())});
+  index->levels.resize(topo.levels().size());
+  const std::vector<LevelEdges> edges = topo.level_edges();
+  for (size_t l = 1; l < topo.levels().size(); ++l) {
+    const Level& level = topo.levels()[l];
+    LevelIndex& t = index->levels[l];
+    t.gather = gather_tensors(level.gather);
+    if (level.kernel == LevelKernel::EdgeList) {
+      t.edge_source = on_device(edges[l].source);
+      t.edge_target = on_device(edges[l].target);
+    } else if (level.kernel == LevelKernel::DenseScatter) {
+      t.scatter_pos = on_device(edges[l].dense_positions(static_cast<int64_t>(level.sources.size())));
+    }
+  }
+  path_index_ = index;
+  return index;
+}
+
+torch::Tensor NeuralNetworkImpl::apply_dropout(const torch::Tensor& values, const LevelDropout& level) const {
   if (!is_training() || !level.keep_prob.defined()) return values;
   auto mask = torch::bernoulli(level.keep_prob.expand(values.sizes())) * level.keep_scale;
   return values * mask;
@@ -625,8 +637,9 @@ torch::Tensor NeuralNetworkImpl::forward_levels(const torch::Tensor& x, LevelTra
   // Values are kept neuron-major, [neurons, batch]: gathering whole rows along
   // the leading dimension is the fast direction, and each level is its own
   // tensor ("piece") so autograd never copies a growing shared buffer.
+  const auto index = path_index(weight_.device());
   std::vector<torch::Tensor> pieces(topo.levels().size());
-  pieces[0] = apply_dropout((single ? x.unsqueeze(1) : x.t()).contiguous(), levels_[0]);
+  pieces[0] = apply_dropout((single ? x.unsqueeze(1) : x.t()).contiguous(), dropout_levels_[0]);
   if (trace) {
     trace->preactivations.assign(pieces.size(), torch::Tensor());
     trace->topology = topology_;
@@ -634,35 +647,35 @@ torch::Tensor NeuralNetworkImpl::forward_levels(const torch::Tensor& x, LevelTra
 
   for (size_t l = 1; l < topo.levels().size(); ++l) {
     const Level& level = topo.levels()[l];
-    const LevelTensors& t = levels_[l];
+    const LevelIndex& t = index->levels[l];
     auto sources = level.kernel == LevelKernel::BiasOnly ? torch::Tensor() : gather(level.gather, t.gather, pieces);
-    pieces[l] = apply_dropout(run_level(l, sources, batch, trace ? &trace->preactivations[l] : nullptr), t);
+    pieces[l] =
+        apply_dropout(run_level(l, t, sources, batch, trace ? &trace->preactivations[l] : nullptr), dropout_levels_[l]);
   }
 
-  auto out = gather(topo.output_gather(), output_gather_, pieces);  // [outputs, batch]
+  auto out = gather(topo.output_gather(), index->output, pieces);  // [outputs, batch]
   if (trace) trace->values = pieces;
   out = single ? out.squeeze(1) : out.t();
   return options_.output_transformation()(out);
 }
 
-torch::Tensor NeuralNetworkImpl::dense_weights(const Level& level, const LevelTensors& t,
-                                               const torch::Tensor& w) const {
+torch::Tensor NeuralNetworkImpl::dense_weights(size_t l, const LevelIndex& t, const torch::Tensor& w) const {
+  const Level& level = topology_->levels()[l];
   const int64_t size = level.size(), width = static_cast<int64_t>(level.sources.size());
   if (level.kernel == LevelKernel::DenseView) return w.view({size, width});
   torch::Tensor index = t.scatter_pos;
   if (!index.defined())  // an edge-list level whose affine step an operation replaces
-    index = torch::tensor(level.dense_positions(), torch::kLong).to(w.device());
+    index = torch::tensor(topology_->dense_positions(l), torch::kLong).to(w.device());
   return torch::zeros({size * width}, w.options()).scatter(0, index, w).view({size, width});
 }
 
 // One batch: on_inputs -> affine (or an operation's replace_affine) ->
 // on_preactivation -> activation (or replace_activation). Without
 // operations this is just the level's kernel and the activation.
-torch::Tensor NeuralNetworkImpl::run_level(size_t l, const torch::Tensor& gathered, int64_t batch,
+torch::Tensor NeuralNetworkImpl::run_level(size_t l, const LevelIndex& t, const torch::Tensor& gathered, int64_t batch,
                                            torch::Tensor* preactivation) const {
   const Topology& topo = *topology_;
   const Level& level = topo.levels()[l];
-  const LevelTensors& t = levels_[l];
   const int64_t size = level.size();
   auto bias = bias_.narrow(0, topo.bias_index(level.begin), size).unsqueeze(1);
   std::vector<LevelContext> contexts;
@@ -691,14 +704,14 @@ torch::Tensor NeuralNetworkImpl::run_level(size_t l, const torch::Tensor& gather
     auto w = weight_.narrow(0, level.conn_begin, level.num_connections());
     for (size_t k = 0; k < operations_.size() && !z.defined(); ++k)
       if (operations_[k]->replaces_affine())
-        if (auto r = operations_[k]->replace_affine(contexts[k], sources, dense_weights(level, t, w), bias))
+        if (auto r = operations_[k]->replace_affine(contexts[k], sources, dense_weights(l, t, w), bias))
           z = checked(k, "replace_affine", *r, "[neurons, batch]", size);
     if (!z.defined()) {
       if (level.kernel == LevelKernel::EdgeList)
         z = bias.expand({size, batch})
                 .index_add(0, t.edge_target, sources.index_select(0, t.edge_source) * w.unsqueeze(1));
       else
-        z = torch::addmm(bias, dense_weights(level, t, w), sources);
+        z = torch::addmm(bias, dense_weights(l, t, w), sources);
     }
   }
   if (preactivation) {

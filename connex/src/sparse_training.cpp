@@ -18,6 +18,7 @@
 #include "config_codec.h"
 #include "json_input.h"
 #include "edit_build.h"
+#include "file_io.h"
 #include "trace_check.h"
 #include "work_share.h"
 
@@ -31,7 +32,7 @@ RewireMethod rewire_method_from_name(const std::string& name) {
   std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
   if (lower == "set") return RewireMethod::SET;
   if (lower == "rigl") return RewireMethod::RigL;
-  fail("rewire_method_from_name(): expected \"set\" or \"rigl\", got \"{}\"", name);
+  fail("rewire_method_from_name(): expected \"set\" or \"rigl\", got \"{}\"", printable(name));
 }
 
 // One group's part of a rewiring, in dense ids of the network being rewired.

@@ -1,15 +1,37 @@
 #include "connex/structure.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <numeric>
 
 #include <torch/torch.h>
 
 #include "connex/error.h"
+#include "file_io.h"
 #include "trace_check.h"
 
 namespace connex {
+
+const char* prune_scope_name(PruneScope scope) {
+  switch (scope) {
+    case PruneScope::Global:
+      return "global";
+    case PruneScope::PerNeuron:
+      return "neuron";
+    case PruneScope::PerLevel:
+      return "level";
+  }
+  fail("prune_scope_name(): expected a PruneScope (Global, PerNeuron or PerLevel), got {}", static_cast<int>(scope));
+}
+
+PruneScope prune_scope_from_name(const std::string& name) {
+  std::string lower = name;
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  for (PruneScope scope : {PruneScope::Global, PruneScope::PerNeuron, PruneScope::PerLevel})
+    if (lower == prune_scope_name(scope)) return scope;
+  fail("prune_scope_from_name(): expected \"global\", \"neuron\" or \"level\", got \"{}\"", printable(name));
+}
 
 GraphQueries::GraphQueries(const NeuralNetwork& network) : topology_(network->topology_ptr()) {
   const Topology& t = *topology_;

@@ -367,7 +367,7 @@ std::optional<torch::Tensor> NeuronSelfAttention::replace_affine(const LevelCont
   AttentionKeys keys;
   const auto& in = ctx.topology.in_offsets();
   for (int64_t d = ctx.plan.begin; d <= ctx.plan.end; ++d) keys.offsets.push_back(in[d] - ctx.plan.conn_begin);
-  keys.positions = ctx.plan.edge_source;
+  keys.positions = ctx.topology.level_edges(ctx.level).source;
   keys.scale.resize(n);
   for (int64_t r = 0; r < n; ++r)
     keys.scale[r] = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(keys.offsets[r + 1] - keys.offsets[r], 1)));
@@ -390,7 +390,7 @@ std::optional<double> NeuronSelfAttention::parameter_count(const Topology& topol
 void NeuronSelfAttention::script_replace_affine(ScriptWriter& script, const LevelContext& ctx,
                                                 const torch::Tensor& weights, const std::string& bias) const {
   const int64_t size = weights.size(0), width = weights.size(1);
-  const std::vector<int64_t> pos = ctx.plan.dense_positions();
+  const std::vector<int64_t> pos = ctx.topology.dense_positions(ctx.level);
   auto outside = torch::ones({size * width}, torch::kBool)
                      .index_fill_(0, torch::tensor(pos, torch::kLong), false)
                      .view({1, size, 1, width});

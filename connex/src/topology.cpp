@@ -79,11 +79,40 @@ bool has_level_prefix(const std::string& name) {
   return k > 5 && k < name.size() && name[k] == '_';
 }
 
-std::vector<int64_t> Level::dense_positions() const {
-  const int64_t width = static_cast<int64_t>(sources.size());
-  std::vector<int64_t> positions(edge_source.size());
-  for (size_t k = 0; k < positions.size(); ++k) positions[k] = edge_target[k] * width + edge_source[k];
+std::vector<int64_t> LevelEdges::dense_positions(int64_t width) const {
+  std::vector<int64_t> positions(source.size());
+  for (size_t k = 0; k < positions.size(); ++k) positions[k] = target[k] * width + source[k];
   return positions;
+}
+
+LevelEdges Topology::edges_of(size_t l, std::vector<int64_t>& position) const {
+  const Level& lv = levels_[l];
+  for (size_t i = 0; i < lv.sources.size(); ++i) position[lv.sources[i]] = static_cast<int64_t>(i);
+  LevelEdges edges;
+  edges.source.resize(lv.num_connections());
+  edges.target.resize(lv.num_connections());
+  for (int64_t c = lv.conn_begin; c < lv.conn_end; ++c) {
+    edges.source[c - lv.conn_begin] = position[conn_source_[c]];
+    edges.target[c - lv.conn_begin] = conn_target_[c] - lv.begin;
+  }
+  return edges;
+}
+
+LevelEdges Topology::level_edges(size_t l) const {
+  if (l == 0 || l >= levels_.size()) fail("Topology::level_edges(): expected a level in [1, {}], got {}", depth(), l);
+  std::vector<int64_t> position(levels_[l].begin);  // sources lie below the level
+  return edges_of(l, position);
+}
+
+std::vector<LevelEdges> Topology::level_edges() const {
+  std::vector<LevelEdges> edges(levels_.size());
+  std::vector<int64_t> position(num_neurons());
+  for (size_t l = 1; l < levels_.size(); ++l) edges[l] = edges_of(l, position);
+  return edges;
+}
+
+std::vector<int64_t> Topology::dense_positions(size_t l) const {
+  return level_edges(l).dense_positions(static_cast<int64_t>(levels_[l].sources.size()));
 }
 
 std::shared_ptr<const Topology> Topology::compile(GraphSpec spec_in, const CompileOptions& options) {
@@ -214,24 +243,24 @@ void Topology::lay_out_levels(int64_t depth) {
 
 // Every level's plan. Levels are independent here, so large graphs split
 // them between connex's threads (share_work); each chunk of levels holds a
-// scratch `stamp` and `position` of its own while it runs.
+// scratch `stamp` of its own while it runs.
 void Topology::plan_levels(const CompileOptions& options) {
   const int64_t n = num_neurons(), depth = this->depth();
   const int64_t level_grain = num_connections() >= (int64_t(1) << 16) ? 1 : depth + 1;
   // A chunk is often one level: scratch made per chunk would be filled once
-  // per level (a pass over all neurons each). Chunks take a scratch pair
+  // per level (a pass over all neurons each). Chunks take a scratch stamp
   // another finished with instead; a level stamps only its own number l
   // (or ~l, negative), so stamps left by other levels never look like its own.
   std::mutex scratch_lock;
-  std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> free_scratch;
+  std::vector<std::vector<int64_t>> free_scratch;
   share_work(1, depth + 1, level_grain, [&](int64_t first_level, int64_t last_level) {
-    std::pair<std::vector<int64_t>, std::vector<int64_t>> scratch;
+    std::vector<int64_t> scratch;
     {
       std::lock_guard<std::mutex> hold(scratch_lock);
       if (!free_scratch.empty()) scratch = std::move(free_scratch.back()), free_scratch.pop_back();
     }
-    if (scratch.first.empty()) scratch = {std::vector<int64_t>(n, -1), std::vector<int64_t>(n, 0)};
-    for (int64_t l = first_level; l < last_level; ++l) plan_level(l, options, scratch.first, scratch.second);
+    if (scratch.empty()) scratch.assign(n, -1);
+    for (int64_t l = first_level; l < last_level; ++l) plan_level(l, options, scratch);
     std::lock_guard<std::mutex> hold(scratch_lock);
     free_scratch.push_back(std::move(scratch));
   });
@@ -239,12 +268,10 @@ void Topology::plan_levels(const CompileOptions& options) {
     levels_[l].sources_before = levels_[l - 1].sources_before + static_cast<int64_t>(levels_[l - 1].sources.size());
 }
 
-// Level l's sources, gather plan, kernel and per-connection positions.
-// `stamp` marks the sources seen in this level (entries set to l, or to ~l,
-// never a level, once gathered; no other level writes l); `position` is
-// scratch; both belong to the calling chunk.
-void Topology::plan_level(int64_t l, const CompileOptions& options, std::vector<int64_t>& stamp,
-                          std::vector<int64_t>& position) {
+// Level l's sources, gather plan and kernel. `stamp` marks the sources
+// seen in this level (entries set to l, or to ~l, never a level, once
+// gathered; no other level writes l); it belongs to the calling chunk.
+void Topology::plan_level(int64_t l, const CompileOptions& options, std::vector<int64_t>& stamp) {
   Level& lv = levels_[l];
   // Stamping counts the distinct sources without a branch.
   int64_t distinct = 0;
@@ -279,15 +306,8 @@ void Topology::plan_level(int64_t l, const CompileOptions& options, std::vector<
     std::sort(out, out + k);
   }
   lv.sources.resize(distinct);
-  for (size_t i = 0; i < lv.sources.size(); ++i) position[lv.sources[i]] = static_cast<int64_t>(i);
   lv.gather = plan_gather(lv.sources);
   lv.kernel = choose_kernel(lv.num_connections(), lv.size(), static_cast<int64_t>(lv.sources.size()), options);
-  lv.edge_source.resize(lv.num_connections());
-  lv.edge_target.resize(lv.num_connections());
-  for (int64_t c = lv.conn_begin; c < lv.conn_end; ++c) {
-    lv.edge_source[c - lv.conn_begin] = position[conn_source_[c]];
-    lv.edge_target[c - lv.conn_begin] = conn_target_[c] - lv.begin;
-  }
 }
 
 GatherPlan Topology::plan_gather(const std::vector<int64_t>& dense_ids) const {

@@ -117,25 +117,30 @@ void write_pre_activations(ScriptWriter& s, const LevelScript& ls, const torch::
     for (size_t k = 0; k < ls.ops(); ++k) ls.op(k).script_on_inputs(s, ls.contexts[k]);
     s.set_prefix("");
     auto w = weight.narrow(0, level.conn_begin, level.num_connections());
-    // Dense weights of the level, for the matmul kernels and operations that replace the affine step.
-    auto dense = torch::zeros({ls.size * ls.width}, w.options());
-    dense.index_put_({torch::tensor(level.dense_positions(), torch::kLong)}, w);
-    dense = dense.view({ls.size, ls.width});
+    const LevelEdges edges = ls.network->topology().level_edges(ls.l);
+    // Dense weights of the level, for the matmul kernels and operations that
+    // replace the affine step (never made for an edge-list level without one:
+    // [size, width] of a large sparse level would not fit).
+    auto dense = [&] {
+      auto d = torch::zeros({ls.size * ls.width}, w.options());
+      d.index_put_({torch::tensor(edges.dense_positions(ls.width), torch::kLong)}, w);
+      return d.view({ls.size, ls.width});
+    };
     std::optional<size_t> affine;
     for (size_t k = 0; k < ls.ops(); ++k)
       if (ls.op(k).replaces_affine()) affine = k;
     if (affine) {
       s.set_prefix(ls.L);
-      ls.op(*affine).script_replace_affine(s, ls.contexts[*affine], dense, b);
+      ls.op(*affine).script_replace_affine(s, ls.contexts[*affine], dense(), b);
       s.set_prefix("");
     } else if (level.kernel == LevelKernel::EdgeList) {
       s.line(fmt::format("z = {}.expand([{}, batch]).index_add(0, {}, s.index_select(0, {}) * {})", b, ls.size,
-                         s.buffer(ls.L + "target", torch::tensor(level.edge_target, torch::kLong)),
-                         s.buffer(ls.L + "source", torch::tensor(level.edge_source, torch::kLong)),
+                         s.buffer(ls.L + "target", torch::tensor(edges.target, torch::kLong)),
+                         s.buffer(ls.L + "source", torch::tensor(edges.source, torch::kLong)),
                          s.buffer(ls.L + "w", w.unsqueeze(1))));
     } else {
       // Inference needs no gradient through the scatter: bake the dense matrix.
-      s.line(fmt::format("z = torch.addmm({}, {}, s)", b, s.buffer(ls.L + "W", dense)));
+      s.line(fmt::format("z = torch.addmm({}, {}, s)", b, s.buffer(ls.L + "W", dense())));
     }
   }
   s.set_prefix(ls.L);

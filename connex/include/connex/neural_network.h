@@ -8,9 +8,10 @@
 //
 // The module holds the trained values: one flat `weight` tensor (one entry per
 // connection, in the Topology's (target, source) order) and one flat `bias`
-// tensor (one per non-input neuron), plus index buffers derived from the
-// structure, which lives in an immutable, shared Topology.
+// tensor (one per non-input neuron), the freeze masks and dropout's rates;
+// the structure lives in an immutable, shared Topology.
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <ostream>
 #include <vector>
@@ -86,8 +87,8 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
 
   void pretty_print(std::ostream& stream) const override;
 
-  // torch's Module::to(dtype) casts every buffer, index buffers included;
-  // these cast only floating-point tensors and record the dtype in options().
+  // torch's Module::to(dtype) casts every buffer; these cast only
+  // floating-point tensors and record the dtype in options().
   void to(torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Device device, bool non_blocking = false) override;
@@ -154,15 +155,27 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   OperationModuleImpl& operation_parameters(size_t k) { return *operation_modules_[k]; }
 
  private:
-  // Per-level tensors; each is also a registered buffer, so .to(device) moves it.
+  // Dropout's registered buffers, [size, 1]; undefined when p = 0 throughout the level.
+  struct LevelDropout {
+    torch::Tensor keep_prob, keep_scale;
+  };
+  // The per-level path's index tensors on one device, made from the topology
+  // when that path first runs there: not module state, and never made for a
+  // network on the fused kernel or the dense path (they are as long as its
+  // connections).
   struct GatherTensors {
     std::vector<torch::Tensor> segment_index;  // undefined for contiguous segments
     torch::Tensor order;
   };
-  struct LevelTensors {
+  struct LevelIndex {
     GatherTensors gather;
-    torch::Tensor edge_source, edge_target, scatter_pos;
-    torch::Tensor keep_prob, keep_scale;  // dropout, [size, 1]; undefined when p = 0 throughout
+    torch::Tensor edge_source, edge_target;  // an edge-list level's
+    torch::Tensor scatter_pos;               // a scattered dense level's
+  };
+  struct PathIndex {
+    torch::Device device;
+    std::vector<LevelIndex> levels;  // index 0: the input level (none)
+    GatherTensors output;
   };
 
   // The constructors' common part: the pipeline, dropout and fused plan,
@@ -171,15 +184,17 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   void check_input(const torch::Tensor& x) const;
   torch::Tensor gather(const GatherPlan& plan, const GatherTensors& tensors,
                        const std::vector<torch::Tensor>& pieces) const;
-  torch::Tensor apply_dropout(const torch::Tensor& values, const LevelTensors& level) const;
-  torch::Tensor dense_weights(const Level& level, const LevelTensors& t, const torch::Tensor& w) const;
+  torch::Tensor apply_dropout(const torch::Tensor& values, const LevelDropout& level) const;
+  torch::Tensor dense_weights(size_t l, const LevelIndex& index, const torch::Tensor& w) const;
+  // The index tensors on `device`, made on first use there (thread-safe).
+  std::shared_ptr<const PathIndex> path_index(const torch::Device& device) const;
   torch::Tensor forward_fused_or_levels(const torch::Tensor& x, LevelTrace* trace);
   torch::Tensor forward_levels(const torch::Tensor& x, LevelTrace* trace);
   // `preactivation`, when given, receives the affine step's output.
-  torch::Tensor run_level(size_t l, const torch::Tensor& sources, int64_t batch, torch::Tensor* preactivation) const;
-  GatherTensors register_gather(const GatherPlan& plan, const std::string& prefix);
-  // Registers level l's index and dropout buffers (part of reset()).
-  LevelTensors register_level(size_t l);
+  torch::Tensor run_level(size_t l, const LevelIndex& index, const torch::Tensor& sources, int64_t batch,
+                          torch::Tensor* preactivation) const;
+  // Registers level l's dropout buffers (part of reset()).
+  LevelDropout register_dropout(size_t l);
   void install_freeze_hooks();
   int64_t connection_or_throw(const NeuronId& from, const NeuronId& to, const char* context) const;
   int64_t bias_or_throw(const NeuronId& neuron, const char* context) const;
@@ -196,8 +211,16 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   std::shared_ptr<const FusedPlan> fused_plan_;
   // Set when the structure allows the dense path and the options do not refuse it.
   std::shared_ptr<const DensePlan> dense_plan_;
-  std::vector<LevelTensors> levels_;  // index 0: the input level (dropout only)
-  GatherTensors output_gather_;
+  std::vector<LevelDropout> dropout_levels_;  // index 0: the input level
+  // Guards path_index_; a copy of the network gets a lock of its own.
+  struct IndexLock {
+    std::mutex mutex;
+    IndexLock() = default;
+    IndexLock(const IndexLock&) {}
+    IndexLock& operator=(const IndexLock&) { return *this; }
+  };
+  mutable IndexLock path_index_lock_;
+  mutable std::shared_ptr<const PathIndex> path_index_;  // the last device's
   std::vector<LevelOperationPtr> operations_;
   std::vector<OperationModule> operation_modules_;
   std::vector<std::string> level_prefixes_;

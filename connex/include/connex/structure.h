@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include <torch/arg.h>
@@ -67,6 +68,10 @@ enum class PruneScope {
               // (a share of one input rounds to all of it at 0.5: keep_min(1) keeps it)
   PerLevel,   // the connections into each level
 };
+// "global", "neuron" or "level": the command line's and its run records' names.
+const char* prune_scope_name(PruneScope scope);
+// One of those names (either case); anything else throws, naming it.
+PruneScope prune_scope_from_name(const std::string& name);
 
 struct PruneOptions {
   // Remove this fraction of each scope's candidates, weakest |w| first (ties

@@ -59,20 +59,24 @@ struct Level {
   int64_t sources_before = 0;    // Σ sources of levels 1..l-1: its first row in a per-source table of all levels
   GatherPlan gather;             // assembles `sources`
   LevelKernel kernel = LevelKernel::BiasOnly;
-  std::vector<int64_t> edge_source;  // per connection: position in `sources`
-  std::vector<int64_t> edge_target;  // per connection: dense id - begin
   int64_t size() const { return end - begin; }
   int64_t num_connections() const { return conn_end - conn_begin; }
   // Whether `sources` are one run of consecutive ids (no sources count as one).
   bool sources_in_a_run() const {
     return sources.empty() || sources.back() - sources.front() + 1 == int64_t(sources.size());
   }
-  // Each connection's position in the level's row-major [size, sources] weight matrix.
-  std::vector<int64_t> dense_positions() const;
+};
+
+// A level's connections as the per-level path reads them, in connection order.
+struct LevelEdges {
+  std::vector<int64_t> source;  // position in the level's `sources`
+  std::vector<int64_t> target;  // dense id - the level's begin
+  // Each connection's position in the level's row-major [size, width] weight matrix.
+  std::vector<int64_t> dense_positions(int64_t width) const;
 };
 
 // The start of the name of every per-level parameter and buffer ("level3_"):
-// the network's index buffers, the techniques' parameters, the exports' names.
+// the network's dropout buffers, the techniques' parameters, the exports' names.
 std::string level_prefix(size_t l);
 // Whether `name` starts with some level_prefix().
 bool has_level_prefix(const std::string& name);
@@ -139,6 +143,15 @@ class Topology {
   // Builds a gather plan for arbitrary dense ids (any order, no duplicates).
   GatherPlan plan_gather(const std::vector<int64_t>& dense_ids) const;
 
+  // Level l's edges (l >= 1), or every level's (entry 0, the inputs', empty):
+  // made on demand, in O(connections) and a pass over the neurons below, since
+  // neither the fused kernel nor the dense path reads them, and as arrays as
+  // long as the connections they would double a large network's memory.
+  LevelEdges level_edges(size_t l) const;
+  std::vector<LevelEdges> level_edges() const;
+  // Level l's connections' positions in its dense [size, sources] weight matrix.
+  std::vector<int64_t> dense_positions(size_t l) const;
+
   // This topology less the connections `removed` (indices, each once), plus
   // the hidden neurons `added_neurons` (labels new to the spec, appended to
   // its neurons; here dense id num_neurons() + j names the j-th), plus
@@ -163,8 +176,9 @@ class Topology {
   void order_neurons(const std::vector<int64_t>& rank, int64_t depth);
   void sort_connections();
   void lay_out_levels(int64_t depth);
-  void plan_level(int64_t l, const CompileOptions& options, std::vector<int64_t>& stamp,
-                  std::vector<int64_t>& position);
+  void plan_level(int64_t l, const CompileOptions& options, std::vector<int64_t>& stamp);
+  // level_edges()'s work, with `position` scratch of at least levels_[l].begin entries.
+  LevelEdges edges_of(size_t l, std::vector<int64_t>& position) const;
   void plan_levels(const CompileOptions& options);
   // with_connections()'s steps (topology_patch.cpp): each neuron's level
   // from the base's incoming runs and a Patch (what was removed and added),

@@ -2,7 +2,7 @@
 // How built-in Lagrangians and synapses register what they size in attach():
 // an entry an earlier, refused attach registered already is taken over, so a
 // part can join a HAM after a refused try (torch refuses a second
-// registration of a name). Internal.
+// registration of a name); and how a part is placed like the rest. Internal.
 #include <mutex>
 #include <string>
 
@@ -29,6 +29,13 @@ inline torch::Tensor attach_parameter(torch::nn::Module& module, const std::stri
 
 inline torch::Tensor attach_buffer(torch::nn::Module& module, const std::string& name, const torch::Tensor& value) {
   return attach_entry(module, name, value, false);
+}
+
+// Moves a part (or a whole HAM: to() is virtual) to what `where` names; a
+// dtype or device it leaves out stays.
+inline void move_to(torch::nn::Module& part, const torch::TensorOptions& where) {
+  if (where.has_dtype()) part.to(where.dtype().toScalarType());
+  if (where.has_device()) part.to(where.device());
 }
 
 // Keeps the default CPU generator's state across a scope: attach() draws

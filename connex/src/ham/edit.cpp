@@ -11,6 +11,7 @@
 
 #include "connex/error.h"
 #include "connex/level_operation.h"
+#include "ham/attach.h"
 #include "ham/describe.h"
 #include "id_messages.h"
 #include "optimizer_kinds.h"
@@ -237,10 +238,7 @@ EditResult Editor::build() const {
   torch::NoGradGuard no_grad;
   auto next = std::make_shared<HAMImpl>();
   // A HAM without parameters keeps the dtype and device its to() named.
-  if (const auto where = old.part_options(); where && old.parameters().empty()) {
-    if (where->has_dtype()) next->to(where->dtype().toScalarType());
-    if (where->has_device()) next->to(where->device());
-  }
+  if (const auto where = old.part_options(); where && old.parameters().empty()) move_to(*next, *where);
   for (const auto& l : old.layers()) {
     if (l.shape.size() == 1)
       next->add_labelled_layer(l.name, draft.neurons.at(l.name), l.lagrangian->fresh(), l.tau);

@@ -43,12 +43,6 @@ std::optional<torch::TensorOptions> placement(const torch::nn::Module& module) {
   return std::nullopt;
 }
 
-// Moves a part to what `where` names (a dtype or device it leaves out stays).
-void move_to(torch::nn::Module& part, const torch::TensorOptions& where) {
-  if (where.has_dtype()) part.to(where.dtype().toScalarType());
-  if (where.has_device()) part.to(where.device());
-}
-
 // Probes run on zeros of two samples, in the part's own dtype.
 torch::Tensor probe(const std::vector<int64_t>& shape, const torch::nn::Module& part) {
   std::vector<int64_t> sizes{2};
