@@ -269,6 +269,14 @@ TEST(CliResume, TheRecordedCsvIsJudgedByItsBytesAndNotWrittenOver) {
                              "differs from an uninterrupted one"),
             std::string::npos)
       << r.out;
+  // Named by --data, as a relative path, the recorded CSV is checked too.
+  text[digit] = text[digit] == '9' ? '8' : static_cast<char>(text[digit] + 1);
+  spit(dir / "d.csv", text);
+  r = connex_cli("train run --data d.csv --epochs 1 --out run", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find(csv + " changed since the checkpoint was written (its content changed since)"),
+            std::string::npos)
+      << r.out;
   // A record of an earlier version, without the hash, goes by the time.
   auto ck = load_checkpoint(dir / "run/model.ckpt");
   auto training = ck.training;

@@ -495,9 +495,20 @@ TEST(NeuralNetwork, PerLevelIndicesAreMadeOnFirstUseAndAreNotState) {
     auto copy = std::dynamic_pointer_cast<NeuralNetworkImpl>(net->clone());
     ASSERT_TRUE(torch::allclose(copy->forward(x), expected, 1e-12, 1e-12));
   }
-  NeuralNetwork net(nn::MLP(2, 1, 3, 2));
-  EXPECT_THROW_MSG(net->topology().level_edges(0), "Topology::level_edges(): expected a level in [1, 3], got 0");
-  EXPECT_THROW_MSG(net->topology().level_edges(4), "Topology::level_edges(): expected a level in [1, 3], got 4");
+  // Made under inference mode, the indices still serve a training step (autograd saves them).
+  std::mt19937_64 again(8);
+  NeuralNetwork net(random_dag(again, {8, 30, 0.3, false}),
+                    NeuralNetworkOptions(kDouble).execution(ExecutionOptions().fused(false).dense_path(false)));
+  auto x = torch::randn({3, net->num_inputs()}, torch::kFloat64);
+  {
+    c10::InferenceMode inference;
+    net->forward(x);
+  }
+  net->forward(x).sum().backward();
+  EXPECT_TRUE(net->weight_tensor().grad().defined());
+  NeuralNetwork mlp(nn::MLP(2, 1, 3, 2));
+  EXPECT_THROW_MSG(mlp->topology().level_edges(0), "Topology::level_edges(): expected a level in [1, 3], got 0");
+  EXPECT_THROW_MSG(mlp->topology().level_edges(4), "Topology::level_edges(): expected a level in [1, 3], got 4");
 }
 
 TEST(NeuralNetwork, ToDtypeCastsOnlyFloatingTensors) {

@@ -1013,18 +1013,22 @@ void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
 DataArgs resumed_data_args(const DataArgs& d, Progress& progress, const std::string& config,
                            const char* command = "train") {
   DataArgs data_args = d;
-  const std::string changed = progress.data_changed();  // reads the whole file: once
   if (d.data.empty() && !progress.data.empty()) {
-    if (changed == "it is gone")
+    std::error_code ec;
+    if (!fs::exists(progress.data, ec))
       fail("{}: {} was trained on {}, which is gone; give --data", command, config, progress.data);
     data_args.data = progress.data;
     spdlog::info("data: {} (the one the checkpoint was trained on; give --data to use another)", progress.data);
   }
-  if (!data_args.data.empty() && data_args.data == progress.data && !changed.empty())
+  // The recorded CSV is hashed (read whole) only when it is the one used, and once.
+  std::optional<std::string> hash;
+  const bool same = !data_args.data.empty() && !progress.data.empty() &&
+                    fs::absolute(data_args.data).lexically_normal().string() == progress.data;
+  if (const std::string changed = same ? progress.data_changed(&hash) : ""; !changed.empty())
     spdlog::warn("{} changed since the checkpoint was written ({}): {}", progress.data, changed,
                  std::string(command) == "train" ? "a resumed run differs from an uninterrupted one"
                                                  : "the figures differ from those of the run");
-  progress.set_data(data_args.data);
+  progress.set_data(data_args.data, same ? hash : std::nullopt);
   return data_args;
 }
 

@@ -447,20 +447,25 @@ std::string file_hash(const std::string& path) {
 
 }  // namespace
 
-void Progress::set_data(const std::string& path) {
+void Progress::set_data(const std::string& path, const std::optional<std::string>& hash) {
   data = path.empty() ? std::string() : std::filesystem::absolute(path).lexically_normal().string();
   std::tie(data_bytes, data_modified) = data.empty() ? std::pair<int64_t, int64_t>{0, 0} : file_stamp(data);
-  data_hash = data.empty() ? std::string() : file_hash(data);
+  data_hash = data.empty() ? std::string() : hash ? *hash : file_hash(data);
 }
 
-std::string Progress::data_changed() const {
+std::string Progress::data_changed(std::optional<std::string>* hash) const {
   if (data.empty()) return "";
   const auto [bytes, modified] = file_stamp(data);
   if (bytes < 0) return "it is gone";
   if (bytes != data_bytes) return fmt::format("it has {} bytes now, {} then", bytes, data_bytes);
   // The bytes decide where the record has them: a touched or copied file is
   // the same data, and a rewrite that kept the size and time is not.
-  if (!data_hash.empty()) return file_hash(data) == data_hash ? "" : "its content changed since";
+  if (!data_hash.empty()) {
+    const std::string now = file_hash(data);
+    if (hash) *hash = now;
+    if (now.empty()) return "it cannot be read now";
+    return now == data_hash ? "" : "its content changed since";
+  }
   if (modified != data_modified) return "it was modified since";
   return "";
 }

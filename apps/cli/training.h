@@ -122,9 +122,12 @@ struct Progress {
   // Checks every field; `where` names the file.
   static Progress from_json(const nlohmann::json& json, const std::string& where);
   // Records `path` (a CSV; "" for the toy set) as the run's data.
-  void set_data(const std::string& path);
+  // `hash`: its file_hash, where the caller has it already (data_changed()'s).
+  void set_data(const std::string& path, const std::optional<std::string>& hash = std::nullopt);
   // Why the recorded CSV is not as it was ("" when it is, or none is recorded).
-  std::string data_changed() const;
+  // Reads the whole file when its size is unchanged and a hash is recorded;
+  // `hash` then receives the file's.
+  std::string data_changed(std::optional<std::string>* hash = nullptr) const;
 };
 
 // Thrown by train() when a stop was asked for (a signal): the run stopped

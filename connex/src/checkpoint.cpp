@@ -31,11 +31,9 @@ using nlohmann::json;
 
 constexpr const char (&kMagic)[9] = detail::kNetworkMagic;
 
-// Buffers rebuilt from the structure are not saved; the rest (gradient masks,
-// a module activation's buffers) are state.
-bool is_derived_buffer(const std::string& name) {
-  return has_level_prefix(name) || name.rfind("output_gather", 0) == 0;
-}
+// Per-level buffers (dropout's rates, made from the options) are not saved;
+// the rest (gradient masks, a module activation's buffers) are state.
+bool is_derived_buffer(const std::string& name) { return has_level_prefix(name); }
 
 std::vector<std::pair<std::string, torch::Tensor>> state_tensors(const NeuralNetwork& network) {
   std::vector<std::pair<std::string, torch::Tensor>> tensors;

@@ -344,10 +344,7 @@ NeuralNetworkImpl::NeuralNetworkImpl(const NeuralNetworkImpl& other)
       frozen_(other.frozen_),
       fused_plan_(other.fused_plan_),
       dense_plan_(other.dense_plan_),
-      path_index_([&] {
-        std::lock_guard<std::mutex> hold(other.path_index_lock_.mutex);
-        return other.path_index_;
-      }()),
+      path_index_(other.path_index_),
       operations_(other.operations_) {
   options_.hidden_activation(other.options_.hidden_activation().deep_copy());
   options_.output_transformation(other.options_.output_transformation().deep_copy());
@@ -459,6 +456,8 @@ static void check_device(const torch::Device& device) {
 void NeuralNetworkImpl::to(torch::Device device, bool non_blocking) {
   check_device(device);
   torch::nn::Module::to(device, non_blocking);
+  // Another device's index is not kept: it is as long as the connections.
+  if (const auto index = path_index_.get(); index && index->device != device) path_index_ = {};
 }
 
 void NeuralNetworkImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
@@ -472,6 +471,7 @@ void NeuralNetworkImpl::to(torch::Device device, torch::Dtype dtype, bool non_bl
   for (auto& p : parameters()) cast(p);
   for (auto& b : buffers()) cast(b);
   options_.dtype(dtype);
+  if (const auto index = path_index_.get(); index && index->device != device) path_index_ = {};
 }
 
 // ------------------------------------------------------------------ forward
@@ -538,8 +538,10 @@ torch::Tensor NeuralNetworkImpl::gather(const GatherPlan& plan, const GatherTens
 }
 
 std::shared_ptr<const NeuralNetworkImpl::PathIndex> NeuralNetworkImpl::path_index(const torch::Device& device) const {
-  std::lock_guard<std::mutex> hold(path_index_lock_.mutex);
-  if (path_index_ && path_index_->device == device) return path_index_;
+  std::lock_guard<std::mutex> hold(path_index_.mutex);
+  if (path_index_.index && path_index_.index->device == device) return path_index_.index;
+  // Made once for every later forward: never inference tensors (autograd saves them).
+  c10::InferenceMode not_inference(false);
   const Topology& topo = *topology_;
   auto on_device = [&](const std::vector<int64_t>& values) { return torch::tensor(values, torch::kLong).to(device); };
   auto gather_tensors = [&](const GatherPlan& plan) {
@@ -552,6 +554,8 @@ std::shared_ptr<const NeuralNetworkImpl::PathIndex> NeuralNetworkImpl::path_inde
   auto index = std::make_shared<PathIndex>(PathIndex{device, {}, gather_tensors(topo.output_gather())});
   index->levels.resize(topo.levels().size());
   const std::vector<LevelEdges> edges = topo.level_edges();
+  const bool replaces_affine = std::any_of(operations_.begin(), operations_.end(),
+                                           [](const LevelOperationPtr& op) { return op->replaces_affine(); });
   for (size_t l = 1; l < topo.levels().size(); ++l) {
     const Level& level = topo.levels()[l];
     LevelIndex& t = index->levels[l];
@@ -559,11 +563,13 @@ std::shared_ptr<const NeuralNetworkImpl::PathIndex> NeuralNetworkImpl::path_inde
     if (level.kernel == LevelKernel::EdgeList) {
       t.edge_source = on_device(edges[l].source);
       t.edge_target = on_device(edges[l].target);
-    } else if (level.kernel == LevelKernel::DenseScatter) {
-      t.scatter_pos = on_device(edges[l].dense_positions(static_cast<int64_t>(level.sources.size())));
     }
+    // A scattered dense level's weight matrix, and that of any level whose
+    // affine step an operation replaces (dense_weights()).
+    if (level.kernel == LevelKernel::DenseScatter || (level.kernel == LevelKernel::EdgeList && replaces_affine))
+      t.scatter_pos = on_device(edges[l].dense_positions(static_cast<int64_t>(level.sources.size())));
   }
-  path_index_ = index;
+  path_index_.index = index;
   return index;
 }
 

@@ -212,15 +212,25 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
   // Set when the structure allows the dense path and the options do not refuse it.
   std::shared_ptr<const DensePlan> dense_plan_;
   std::vector<LevelDropout> dropout_levels_;  // index 0: the input level
-  // Guards path_index_; a copy of the network gets a lock of its own.
-  struct IndexLock {
-    std::mutex mutex;
-    IndexLock() = default;
-    IndexLock(const IndexLock&) {}
-    IndexLock& operator=(const IndexLock&) { return *this; }
+  // The last device's PathIndex behind a lock of its own: a copy (clone())
+  // takes the index under the other's lock and gets a lock of its own.
+  struct PathIndexCache {
+    mutable std::mutex mutex;
+    std::shared_ptr<const PathIndex> index;
+    PathIndexCache() = default;
+    PathIndexCache(const PathIndexCache& other) : index(other.get()) {}
+    PathIndexCache& operator=(const PathIndexCache& other) {
+      auto taken = other.get();
+      std::lock_guard<std::mutex> hold(mutex);
+      index = std::move(taken);
+      return *this;
+    }
+    std::shared_ptr<const PathIndex> get() const {
+      std::lock_guard<std::mutex> hold(mutex);
+      return index;
+    }
   };
-  mutable IndexLock path_index_lock_;
-  mutable std::shared_ptr<const PathIndex> path_index_;  // the last device's
+  mutable PathIndexCache path_index_;
   std::vector<LevelOperationPtr> operations_;
   std::vector<OperationModule> operation_modules_;
   std::vector<std::string> level_prefixes_;
