@@ -1141,8 +1141,8 @@ void report_and_write_run(NeuralNetwork& net, const torch::optim::Optimizer& opt
 // collectives, out of step from then on. Compared once, at the start,
 // through Group::gather_rows; each rank refuses naming the first setting
 // that differs.
-void check_ranks_agree(distributed::Group& group, const Progress& progress, int last_epoch, const TrainArgs& t,
-                       const Table& data, const torch::optim::Optimizer& optimizer) {
+void check_ranks_agree(distributed::Group& group, const Progress& progress, int last_epoch, const Table& data,
+                       const torch::optim::Optimizer& optimizer) {
   struct Setting {
     const char* name;
     int64_t bits;  // an integer, a double's bits, or a hash
@@ -1246,7 +1246,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
 #endif
   auto optimizer = choose_optimizer(ck, net, t, config);
 #if defined(CONNEX_WITH_DISTRIBUTED)
-  if (replicas.group) check_ranks_agree(*replicas.group, progress, last_epoch, t, data, *optimizer);
+  if (replicas.group) check_ranks_agree(*replicas.group, progress, last_epoch, data, *optimizer);
 #endif
   if (reporter) {
     spdlog::info("{}", one_line(net));
