@@ -781,7 +781,7 @@ std::vector<Case> make_catalogue() {
       {"--seed: must be an integer in [0, 18446744073709551615], got \"1e20\""});
   add("cli", "PruneAfterTheLastEpoch", none,
       cli("train net.json --epochs 3 --prune-at-epoch 5 --prune-fraction 0.5 --out out"),
-      {"train: --prune-at-epoch 5 is outside this run's epochs 1 to 3"});
+      {"train: --prune-at-epoch 5 is outside this run's epochs 1 to 3; --epochs 5 reaches it"});
   add("cli", "ValidationSplitOutOfRange", none, cli("train net.json --val-split 2 --out out"),
       {"--val-split: must be a number in [0, 0.9], got \"2\""});
   add("cli", "UnknownOptimizer", none, cli("train net.json --optimizer lbfgs --out out"),

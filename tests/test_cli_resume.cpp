@@ -265,8 +265,8 @@ TEST(CliResume, TheRecordedCsvIsJudgedByItsBytesAndNotWrittenOver) {
   r = connex_cli("train run --epochs 1 --out run", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   const std::string csv = (fs::path(dir.path) / "d.csv").lexically_normal().string();
-  EXPECT_NE(r.out.find(csv + " changed since the checkpoint was written (its content changed since): a resumed run "
-                             "differs from an uninterrupted one"),
+  EXPECT_NE(r.out.find(csv + " changed since the checkpoint was written (its bytes differ from the recorded ones): a "
+                             "resumed run differs from an uninterrupted one"),
             std::string::npos)
       << r.out;
   // Named by --data, as a relative path, the recorded CSV is checked too.
@@ -274,7 +274,7 @@ TEST(CliResume, TheRecordedCsvIsJudgedByItsBytesAndNotWrittenOver) {
   spit(dir / "d.csv", text);
   r = connex_cli("train run --data d.csv --epochs 1 --out run", dir);
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.out.find(csv + " changed since the checkpoint was written (its content changed since)"),
+  EXPECT_NE(r.out.find(csv + " changed since the checkpoint was written (its bytes differ from the recorded ones)"),
             std::string::npos)
       << r.out;
   // A record of an earlier version, without the hash, goes by the time.

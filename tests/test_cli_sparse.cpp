@@ -280,6 +280,13 @@ TEST(CliSparse, ARecordedPruneStaysScheduledAndABadOneIsRefused) {
   const auto cancelled = load_checkpoint(dir / "cancelled/model.ckpt");
   EXPECT_FALSE(cancelled.training.contains("prune"));
   EXPECT_EQ(cancelled.network->num_connections(), ck.network->num_connections());  // epoch 5 passed unpruned
+  // A prune epoch the checkpoint has passed is refused, saying so.
+  r = connex_cli("train later --epochs 1 --prune-at-epoch 2 --prune-fraction 0.5 --out past", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("train: --prune-at-epoch 2 is outside this run's epochs 4 to 4 (the checkpoint has trained 3 "
+                       "epochs)"),
+            std::string::npos)
+      << r.err;
   // A record's scope is read in either case, as the library reads it.
   training["prune"]["scope"] = "Level";
   save(ck.network, dir / "upper.ckpt", nullptr, nullptr, training);

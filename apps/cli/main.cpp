@@ -972,7 +972,9 @@ Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::s
   }
   const int last_epoch = progress.epoch + t.epochs;
   if (const int at = t.prune_at_epoch.value_or(0); at > 0 && (at <= progress.epoch || at > last_epoch))
-    fail("train: --prune-at-epoch {} is outside this run's epochs {} to {}", at, progress.epoch + 1, last_epoch);
+    fail("train: --prune-at-epoch {} is outside this run's epochs {} to {}{}", at, progress.epoch + 1, last_epoch,
+         at <= progress.epoch ? fmt::format(" (the checkpoint has trained {} epochs)", progress.epoch)
+                              : fmt::format("; --epochs {} reaches it", at - progress.epoch));
   return progress;
 }
 

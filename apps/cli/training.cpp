@@ -464,7 +464,7 @@ std::string Progress::data_changed(std::optional<std::string>* hash) const {
     const std::string now = file_hash(data);
     if (hash) *hash = now;
     if (now.empty()) return "it cannot be read now";
-    return now == data_hash ? "" : "its content changed since";
+    return now == data_hash ? "" : "its bytes differ from the recorded ones";
   }
   if (modified != data_modified) return "it was modified since";
   return "";
