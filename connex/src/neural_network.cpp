@@ -669,10 +669,9 @@ torch::Tensor NeuralNetworkImpl::dense_weights(size_t l, const LevelIndex& t, co
   const Level& level = topology_->levels()[l];
   const int64_t size = level.size(), width = static_cast<int64_t>(level.sources.size());
   if (level.kernel == LevelKernel::DenseView) return w.view({size, width});
-  torch::Tensor index = t.scatter_pos;
-  if (!index.defined())  // an edge-list level whose affine step an operation replaces
-    index = torch::tensor(topology_->dense_positions(l), torch::kLong).to(w.device());
-  return torch::zeros({size * width}, w.options()).scatter(0, index, w).view({size, width});
+  // path_index() made the positions of every level that scatters (DenseScatter,
+  // and an edge-list level whose affine step an operation replaces).
+  return torch::zeros({size * width}, w.options()).scatter(0, t.scatter_pos, w).view({size, width});
 }
 
 // One batch: on_inputs -> affine (or an operation's replace_affine) ->

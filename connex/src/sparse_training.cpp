@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -18,6 +17,7 @@
 #include "config_codec.h"
 #include "json_input.h"
 #include "edit_build.h"
+#include "enum_names.h"
 #include "file_io.h"
 #include "trace_check.h"
 #include "work_share.h"
@@ -28,10 +28,7 @@ const char* rewire_method_name(RewireMethod method) { return method == RewireMet
 
 RewireMethod rewire_method_from_name(const std::string& name) {
   // Either case: "RigL" and "SET" are the enum's (and the papers') spelling.
-  std::string lower = name;
-  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
-  if (lower == "set") return RewireMethod::SET;
-  if (lower == "rigl") return RewireMethod::RigL;
+  if (auto method = enum_from_name(name, {RewireMethod::SET, RewireMethod::RigL}, rewire_method_name)) return *method;
   fail("rewire_method_from_name(): expected \"set\" or \"rigl\", got \"{}\"", printable(name));
 }
 

@@ -1,13 +1,13 @@
 #include "connex/structure.h"
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 #include <numeric>
 
 #include <torch/torch.h>
 
 #include "connex/error.h"
+#include "enum_names.h"
 #include "file_io.h"
 #include "trace_check.h"
 
@@ -26,10 +26,9 @@ const char* prune_scope_name(PruneScope scope) {
 }
 
 PruneScope prune_scope_from_name(const std::string& name) {
-  std::string lower = name;
-  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
-  for (PruneScope scope : {PruneScope::Global, PruneScope::PerNeuron, PruneScope::PerLevel})
-    if (lower == prune_scope_name(scope)) return scope;
+  if (auto scope =
+          enum_from_name(name, {PruneScope::Global, PruneScope::PerNeuron, PruneScope::PerLevel}, prune_scope_name))
+    return *scope;
   fail("prune_scope_from_name(): expected \"global\", \"neuron\" or \"level\", got \"{}\"", printable(name));
 }
 
