@@ -1002,6 +1002,26 @@ TEST(HamCheckpoint, OptimizerStateResumesTrainingExactly) {
                    "ham::restore_optimizer(): " + path +
                        " holds the state of another HAM than the one given (its synapse \"lat\" has other "
                        "connections, as many); the optimizer state fits only a HAM of the same structure");
+  // Over a HAM of the same layers and synapses whose layer has another
+  // Lagrangian: its parameters (none here, layernorm's γ and δ elsewhere) mean other things.
+  auto twin = editable_ham(H::sigmoid());
+  EXPECT_THROW_MSG(H::restore_optimizer(H::load_checkpoint(path), path, twin),
+                   "ham::restore_optimizer(): " + path +
+                       " holds the state of another HAM than the one given (its layer \"a\" has Lagrangian tanh, "
+                       "here sigmoid)");
+  // Likewise a synapse of another class, even with parameters of the same names and shapes.
+  struct Mirror : H::SynapseImpl {
+    torch::Tensor weight;
+    torch::Tensor energy(const std::vector<torch::Tensor>& g) override {
+      return -(g[0] * torch::matmul(g[0], weight.t())).sum(1);
+    }
+    void attach(const std::vector<H::LayerView>&, const std::string&) override {
+      weight = register_parameter("weight", torch::zeros({4, 4}));
+    }
+  };
+  auto mirrored = editable_ham(nullptr, std::make_shared<Mirror>());
+  EXPECT_THROW_MSG(H::restore_optimizer(H::load_checkpoint(path), path, mirrored),
+                   "(its synapse \"aa\" is a LinearSynapse, here a Mirror)");
   // Without an optimizer there is none to restore; one over another module's parameters is refused, file untouched.
   H::save(ham, dir / "plain.ckpt");
   EXPECT_THROW_MSG(H::restore_optimizer(H::load_checkpoint(dir / "plain.ckpt"), "plain.ckpt"),

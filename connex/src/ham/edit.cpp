@@ -352,15 +352,33 @@ uint64_t mix(uint64_t fingerprint, const NeuronId& id) {
 
 }  // namespace
 
+namespace {
+// A part's class, without its namespaces ("GraphSynapse"): what its parameters mean.
+std::string class_of(const torch::nn::Module& part) {
+  const std::string& name = part.name();
+  const size_t colons = name.rfind("::");
+  return colons == std::string::npos ? name : name.substr(colons + 2);
+}
+// A Lagrangian's kind as its checkpoint names it ("softmax"; one class
+// holds the built-in ones, and their to_json() is small), else its class.
+std::string lagrangian_kind(const LagrangianImpl& lagrangian) {
+  const nlohmann::json written = lagrangian.to_json();
+  if (written.is_object() && written.contains("kind") && written.at("kind").is_string())
+    return written.at("kind").get<std::string>();
+  return class_of(lagrangian);
+}
+}  // namespace
+
 Structure Structure::of(const HAMImpl& ham) {
   Structure structure;
   for (const auto& l : ham.layers()) {
-    Part part{l.name, l.shape, {}, static_cast<int64_t>(l.neurons.size()), 0};
+    Part part{l.name, l.shape, {}, static_cast<int64_t>(l.neurons.size()), 0, lagrangian_kind(*l.lagrangian)};
     for (const auto& id : l.neurons) part.fingerprint = mix(part.fingerprint, id);
     structure.layers.push_back(std::move(part));
   }
   for (const auto& s : ham.synapses()) {
-    Part part{s.name, {}, s.layers, 0, 0};
+    // Not to_json(): a graph synapse's lists every connection.
+    Part part{s.name, {}, s.layers, 0, 0, class_of(*s.synapse)};
     if (const auto* connections = s.synapse->connection_labels()) {
       part.labels = static_cast<int64_t>(connections->size());
       for (const auto& [i, j] : *connections) part.fingerprint = mix(mix(part.fingerprint, i), j);
@@ -389,6 +407,8 @@ std::string Structure::first_difference(const Structure& base, const Structure& 
                          fmt::join(is.shape, ", "));
     if (was.fingerprint != is.fingerprint)
       return fmt::format("its layer \"{}\" has other neuron labels, as many", was.name);
+    if (was.kind != is.kind)
+      return fmt::format("its layer \"{}\" has Lagrangian {}, here {}", was.name, was.kind, is.kind);
   }
   for (size_t k = 0; k < base.synapses.size(); ++k) {
     const auto &was = base.synapses[k], &is = here.synapses[k];
@@ -399,6 +419,7 @@ std::string Structure::first_difference(const Structure& base, const Structure& 
       return fmt::format("its synapse \"{}\" has {} connections, here {}", was.name, was.labels, is.labels);
     if (was.fingerprint != is.fingerprint)
       return fmt::format("its synapse \"{}\" has other connections, as many", was.name);
+    if (was.kind != is.kind) return fmt::format("its synapse \"{}\" is a {}, here a {}", was.name, was.kind, is.kind);
   }
   return {};
 }

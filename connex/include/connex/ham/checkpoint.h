@@ -34,8 +34,8 @@ HAM load(const std::string& path);
 Checkpoint parse_checkpoint(const std::string& bytes, const std::string& source = "checkpoint");
 // The saved optimizer: of the saved type, with the saved groups, options and
 // state, over the parameters of `ham` (by default checkpoint.ham; another
-// must have its structure: the same layers and neuron labels, the same
-// synapses and graph connections, in order). Throws when the checkpoint
+// must have its structure: the same layers, neuron labels and Lagrangian
+// kinds, the same synapses, of the same classes, and graph connections, in order). Throws when the checkpoint
 // holds none, or naming the first difference of structure.
 std::unique_ptr<torch::optim::Optimizer> restore_optimizer(const Checkpoint& checkpoint,
                                                            const std::string& path = "checkpoint",

@@ -44,6 +44,7 @@ struct Structure {
     std::vector<std::string> joined;  // a synapse's layers, in order
     int64_t labels = 0;               // a 1-D layer's neurons or a graph synapse's connections
     uint64_t fingerprint = 0;         // of those labels, in order
+    std::string kind;                 // a layer's Lagrangian ("softmax"), a synapse's class ("GraphSynapse")
   };
   std::vector<Part> layers, synapses;
   static Structure of(const HAMImpl& ham);
