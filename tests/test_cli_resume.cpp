@@ -307,3 +307,61 @@ TEST(CliResume, TheRecordedCsvIsJudgedByItsBytesAndNotWrittenOver) {
   EXPECT_EQ(r.err, "connex: export: --out d.csv is the CSV run was trained on (" + csv + "); write elsewhere\n");
   EXPECT_EQ(slurp(dir / "d.csv"), text);
 }
+
+// inspect names the run's CSV and whether it is as the run left it; a
+// resume without --out says up front that it keeps nothing; a recorded CSV
+// behind a link that leads nowhere is named with the link's target.
+TEST(CliResume, TheRunsDataIsShownAndAResumeWithoutOutIsWarnedOfAtTheStart) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv", 40);
+  spit(dir / "net.json", kDropoutNet);
+  ASSERT_EQ(connex_cli("train net.json --data d.csv --epochs 1 --out run", dir).code, 0);
+  const std::string csv = (fs::path(dir.path) / "d.csv").lexically_normal().string();
+  auto r = connex_cli("inspect run", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("data: " + csv + " (a resumed run trains on it unless --data names another)\n"),
+            std::string::npos)
+      << r.out;
+  spit(dir / "d.csv", slurp(dir / "d.csv") + "1,2,3\n");
+  r = connex_cli("inspect run", dir);
+  EXPECT_NE(r.out.find("data: " + csv + " (changed since the run: it has "), std::string::npos) << r.out;
+  ASSERT_EQ(connex_cli("train --epochs 1 --out toy", dir).code, 0);
+  r = connex_cli("inspect toy", dir);
+  EXPECT_NE(r.out.find("data: the built-in toy set (a resumed run trains on it unless --data names a CSV)\n"),
+            std::string::npos)
+      << r.out;
+
+  // The warning comes before the first epoch, and the run's files stay as they were.
+  const std::string ckpt = slurp(dir / "run/model.ckpt");
+  r = connex_cli("train run --data d.csv --epochs 1", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string all = r.out + r.err;
+  const size_t warned =
+      all.find("no --out: this resumed run will not be saved and run stays as it was; give --out run to save it");
+  ASSERT_NE(warned, std::string::npos) << all;
+  EXPECT_LT(warned, all.find("final training loss")) << all;
+  EXPECT_EQ(slurp(dir / "run/model.ckpt"), ckpt);
+  fs::copy_file(dir / "run/model.ckpt", dir / "copy.ckpt");
+  r = connex_cli("train copy.ckpt --data d.csv --epochs 1", dir);
+  EXPECT_NE((r.out + r.err).find("give --out DIR to save it"), std::string::npos) << r.out + r.err;
+  // A fresh run without --out is warned of at the end only, as before.
+  r = connex_cli("train net.json --data d.csv --epochs 1", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ((r.out + r.err).find("this resumed run"), std::string::npos) << r.out + r.err;
+  EXPECT_NE((r.out + r.err).find("no --out: the trained network was not saved"), std::string::npos) << r.out + r.err;
+
+  // Trained through a link whose file then goes.
+  write_regression_csv(dir / "d2.csv", 40);
+  fs::create_symlink("d2.csv", dir / "link.csv");
+  ASSERT_EQ(connex_cli("train net.json --data link.csv --epochs 1 --out linked", dir).code, 0);
+  fs::remove(dir / "d2.csv");
+  const std::string link = (fs::path(dir.path) / "link.csv").lexically_normal().string();
+  r = connex_cli("inspect linked", dir);
+  EXPECT_NE(r.out.find("data: " + link + ", a symbolic link to d2.csv, which is gone (a resumed run needs --data)"),
+            std::string::npos)
+      << r.out;
+  r = connex_cli("train linked --epochs 1 --out linked", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "connex: train: linked was trained on " + link +
+                       ", a symbolic link to d2.csv, which is gone; give --data\n");
+}

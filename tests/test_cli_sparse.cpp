@@ -262,7 +262,7 @@ TEST(CliSparse, ARecordedPruneStaysScheduledAndABadOneIsRefused) {
   save(ck.network, dir / "pending.ckpt", nullptr, nullptr, training);
   auto r = connex_cli("inspect pending.ckpt", dir);
   EXPECT_NE(r.out.find("prune: 0.5 of the connections (level scope, keep-min 2) after epoch 5 (a resumed run keeps it; "
-                       "--prune-at-epoch 0 cancels it)"),
+                       "--prune-at-epoch 0 cancels it, --prune-at-epoch N moves it)"),
             std::string::npos)
       << r.out;
   r = connex_cli("train pending.ckpt --epochs 2 --out later", dir);
@@ -280,6 +280,26 @@ TEST(CliSparse, ARecordedPruneStaysScheduledAndABadOneIsRefused) {
   const auto cancelled = load_checkpoint(dir / "cancelled/model.ckpt");
   EXPECT_FALSE(cancelled.training.contains("prune"));
   EXPECT_EQ(cancelled.network->num_connections(), ck.network->num_connections());  // epoch 5 passed unpruned
+  // --prune-at-epoch alone moves the recorded prune: its fraction stays, and its scope and floor unless given.
+  // At the run's last epoch, the log says no epoch trains the pruned network.
+  r = connex_cli("train pending.ckpt --epochs 2 --prune-at-epoch 3 --prune-keep-min 1 --out moved", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* said : {"prune: 0.5 of the connections (level scope, keep-min 1) after epoch 3: the run's recorded "
+                           "prune, moved from epoch 5",
+                           "epoch 3: pruned ",
+                           "epoch 3: this run's last, so no epoch trains the pruned network; a "
+                           "resumed run with --epochs trains it on"})
+    EXPECT_NE((r.out + r.err).find(said), std::string::npos) << said << "\n" << r.out + r.err;
+  const auto moved = load_checkpoint(dir / "moved/model.ckpt");
+  EXPECT_FALSE(moved.training.contains("prune"));
+  EXPECT_LT(moved.network->num_connections(), ck.network->num_connections());
+  // With no prune to come, --prune-fraction is needed.
+  r = connex_cli("train cancelled --epochs 2 --prune-at-epoch 7 --out again", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err,
+            "connex: train: --prune-at-epoch 7 needs --prune-fraction (the share to prune, in (0, 1]); the "
+            "checkpoint's run has no prune to come that it could move\n");
+  EXPECT_TRUE(empty_or_missing(dir / "again"));
   // A prune epoch the checkpoint has passed is refused, saying so.
   r = connex_cli("train later --epochs 1 --prune-at-epoch 2 --prune-fraction 0.5 --out past", dir);
   EXPECT_EQ(r.code, 1);

@@ -692,6 +692,8 @@ TEST(SparseTraining, BadInputNamesTheCulpritAndChangesNothing) {
   EXPECT_THROW_MSG(rewire_method_from_name("sett"),
                    "rewire_method_from_name(): expected \"set\" or \"rigl\", got \"sett\"");
   EXPECT_EQ(rewire_method_from_name("RigL"), RewireMethod::RigL);
+  ASSERT_EQ(std::size(kRewireMethods), 2u);
+  for (RewireMethod method : kRewireMethods) EXPECT_EQ(rewire_method_from_name(rewire_method_name(method)), method);
   EXPECT_EQ(rewire_method_from_name("SET"), RewireMethod::SET);
   NeuralNetwork normed(nn::mlp_spec(2, 1, 3, 1), NeuralNetworkOptions().use_topo_norm(true));
   EXPECT_THROW_MSG(Rewirer(normed, RewireOptions().method(RewireMethod::RigL)),

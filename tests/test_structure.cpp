@@ -297,8 +297,12 @@ TEST(Prune, RejectsBadOptionsByName) {
 // with its type, learning rate and state.
 // The command line's names, read in either case; each name reads back as its scope.
 TEST(Prune, ScopeNamesReadBack) {
-  for (PruneScope scope : {PruneScope::Global, PruneScope::PerNeuron, PruneScope::PerLevel})
-    EXPECT_EQ(prune_scope_from_name(prune_scope_name(scope)), scope);
+  // kPruneScopes lists every scope once, in declaration order.
+  ASSERT_EQ(std::size(kPruneScopes), 3u);
+  for (size_t k = 0; k < std::size(kPruneScopes); ++k) {
+    EXPECT_EQ(static_cast<size_t>(kPruneScopes[k]), k);
+    EXPECT_EQ(prune_scope_from_name(prune_scope_name(kPruneScopes[k])), kPruneScopes[k]);
+  }
   EXPECT_STREQ(prune_scope_name(PruneScope::PerNeuron), "neuron");
   EXPECT_EQ(prune_scope_from_name("Level"), PruneScope::PerLevel);
   EXPECT_EQ(prune_scope_from_name("GLOBAL"), PruneScope::Global);

@@ -56,8 +56,15 @@ namespace {
 // --scope's and --prune-scope's names: the library's.
 std::vector<std::string> prune_scope_choices() {
   std::vector<std::string> names;
-  for (PruneScope scope : {PruneScope::Global, PruneScope::PerNeuron, PruneScope::PerLevel})
-    names.push_back(prune_scope_name(scope));
+  for (PruneScope scope : kPruneScopes) names.push_back(prune_scope_name(scope));
+  return names;
+}
+
+// --rewire's names: the library's methods, and none.
+std::vector<std::string> rewire_choices() {
+  std::vector<std::string> names;
+  for (RewireMethod method : kRewireMethods) names.push_back(rewire_method_name(method));
+  names.push_back("none");
   return names;
 }
 
@@ -756,9 +763,8 @@ const char* rewire_setting_given(const TrainArgs& t) {
 }
 
 void check_train_flags(const TrainArgs& t, const std::string& out) {
+  // --prune-at-epoch without --prune-fraction moves a resumed run's recorded prune: resume_prune_schedule().
   const int prune_at = t.prune_at_epoch.value_or(0);
-  if (prune_at > 0 && !(t.prune_fraction > 0))
-    fail("train: --prune-at-epoch {} needs --prune-fraction (the share to prune, in (0, 1])", prune_at);
   if (t.prune_fraction > 0 && prune_at == 0)
     fail("train: --prune-fraction needs --prune-at-epoch (the epoch after which to prune, >= 1){}",
          t.prune_at_epoch ? "; --prune-at-epoch 0 schedules none" : "");
@@ -982,10 +988,24 @@ Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::s
 // run's record keeps): --prune-at-epoch's, else the record's while it is
 // still to come (a stopped run resumed prunes where it would have; a
 // schedule past this run's epochs stays for a later one); --prune-at-epoch 0
-// cancels it.
+// cancels it, and --prune-at-epoch without --prune-fraction moves it (its
+// scope and floor kept unless given).
 void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
   PruneSchedule& s = progress.prune;
   const bool recorded = s.at_epoch > progress.epoch;
+  if (t.prune_at_epoch && *t.prune_at_epoch > 0 && !(t.prune_fraction > 0)) {
+    const int at = *t.prune_at_epoch;
+    if (!recorded)
+      fail("train: --prune-at-epoch {} needs --prune-fraction (the share to prune, in (0, 1]){}", at,
+           progress.epoch > 0 ? "; the checkpoint's run has no prune to come that it could move" : "");
+    if (t.prune_scope) s.scope = prune_scope_from_name(*t.prune_scope);
+    if (t.prune_keep_min) s.keep_min = *t.prune_keep_min;
+    spdlog::info("prune: {:g} of the connections ({} scope{}) after epoch {}: the run's recorded prune{}", s.fraction,
+                 prune_scope_name(s.scope), s.keep_min > 0 ? fmt::format(", keep-min {}", s.keep_min) : "", at,
+                 at == s.at_epoch ? "" : fmt::format(", moved from epoch {}", s.at_epoch));
+    s.at_epoch = at;
+    return;
+  }
   if (t.prune_at_epoch) {
     const int at = *t.prune_at_epoch;
     if (recorded && s.at_epoch != at)
@@ -1011,6 +1031,15 @@ void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
                prune_scope_name(s.scope), s.keep_min > 0 ? fmt::format(", keep-min {}", s.keep_min) : "", s.at_epoch);
 }
 
+// Why a path that fs::exists() denies is not there: the file, or where its link points, is gone.
+std::string gone_file_said(const std::string& path) {
+  std::error_code ec;
+  if (!fs::is_symlink(fs::symlink_status(path, ec))) return "which is gone";
+  const fs::path target = fs::read_symlink(path, ec);
+  return ec ? std::string("a symbolic link that leads nowhere")
+            : fmt::format("a symbolic link to {}, which is gone", target.string());
+}
+
 // A resumed run (or a pruned one trained on) goes on with the checkpoint's CSV unless --data names another.
 DataArgs resumed_data_args(const DataArgs& d, Progress& progress, const std::string& config,
                            const char* command = "train") {
@@ -1018,7 +1047,7 @@ DataArgs resumed_data_args(const DataArgs& d, Progress& progress, const std::str
   if (d.data.empty() && !progress.data.empty()) {
     std::error_code ec;
     if (!fs::exists(progress.data, ec))
-      fail("{}: {} was trained on {}, which is gone; give --data", command, config, progress.data);
+      fail("{}: {} was trained on {}, {}; give --data", command, config, progress.data, gone_file_said(progress.data));
     data_args.data = progress.data;
     spdlog::info("data: {} (the one the checkpoint was trained on; give --data to use another)", progress.data);
   }
@@ -1253,6 +1282,10 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   if (reporter) {
     spdlog::info("{}", one_line(net));
     log_data(data);
+    // Said now, not only at the end: resuming a run without --out trains and keeps nothing.
+    if (out.empty() && !ck.training.is_null())
+      spdlog::warn("no --out: this resumed run will not be saved and {} stays as it was; give --out {} to save it",
+                   config, fs::is_directory(config) ? config : std::string("DIR"));
   }
   TrainOptions options = train_options(t, progress, device, data, preprocessing, out, cores, cores_said);
   options.rewire_end = rewire_end;
@@ -1680,8 +1713,23 @@ void print_training_record(const Progress& p) {
   if (p.prune.at_epoch > p.epoch)
     std::printf(
         "prune: %g of the connections (%s scope, keep-min %lld) after epoch %d (a resumed run keeps it; "
-        "--prune-at-epoch 0 cancels it)\n",
+        "--prune-at-epoch 0 cancels it, --prune-at-epoch N moves it)\n",
         p.prune.fraction, prune_scope_name(p.prune.scope), static_cast<long long>(p.prune.keep_min), p.prune.at_epoch);
+  if (p.data.empty()) {
+    std::printf("data: the built-in toy set (a resumed run trains on it unless --data names a CSV)\n");
+    return;
+  }
+  std::error_code ec;
+  if (!fs::exists(p.data, ec)) {
+    std::printf("data: %s, %s (a resumed run needs --data)\n", p.data.c_str(), gone_file_said(p.data).c_str());
+    return;
+  }
+  const std::string changed = p.data_changed();
+  std::printf(
+      "data: %s (%s)\n", p.data.c_str(),
+      changed.empty()
+          ? "a resumed run trains on it unless --data names another"
+          : fmt::format("changed since the run: {}; a resumed run warns, and --data names another", changed).c_str());
 }
 
 // A CSV cell: quoted when it holds a comma, a quote or a line break (RFC 4180).
@@ -1976,7 +2024,7 @@ void add_sparse_training_flags(CLI::App* train, TrainArgs& t) {
       ->add_option("--rewire", t.rewire,
                    "rewire while training: set (grow at random), rigl (grow by gradient) or none; default: a resumed "
                    "run's")
-      ->check(CLI::IsMember({"set", "rigl", "none"}));
+      ->check(CLI::IsMember(rewire_choices()));
   train->add_option("--rewire-every", t.rewire_every, "rewire after every N optimizer steps (default 100)")
       ->check(number_in(1, 9.0e15, true));
   train->add_option("--drop-fraction", t.drop_fraction, "share of each level's connections replaced (default 0.3)")
@@ -1997,7 +2045,8 @@ void add_train_command(CLI::App& app, Commands& c) {
   c.dist.add_to(c.train);
   c.train
       ->add_option("--prune-at-epoch", c.train_args.prune_at_epoch,
-                   "prune after this epoch (with --prune-fraction); 0 cancels a resumed run's recorded prune")
+                   "prune after this epoch (with --prune-fraction; without it, a resumed run's recorded prune moves "
+                   "here); 0 cancels a resumed run's recorded prune")
       ->check(number_in(0, kIntMax, true));
   c.train
       ->add_option("--prune-fraction", c.train_args.prune_fraction,

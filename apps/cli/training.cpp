@@ -821,6 +821,11 @@ class Trainer {
       warn_about_cut_outputs(edited.network, "train",
                              rule.keep_min() > 0 ? "a smaller --prune-fraction helps"
                                                  : "a smaller --prune-fraction or --prune-keep-min 1 helps");
+      if (epoch == last_epoch_)
+        spdlog::info(
+            "epoch {}: this run's last, so no epoch trains the pruned network; a resumed run with --epochs "
+            "trains it on",
+            epoch);
     }
     replace_network(edited.network, std::move(next), "train: after pruning");
   }

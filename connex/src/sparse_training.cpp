@@ -28,8 +28,9 @@ const char* rewire_method_name(RewireMethod method) { return method == RewireMet
 
 RewireMethod rewire_method_from_name(const std::string& name) {
   // Either case: "RigL" and "SET" are the enum's (and the papers') spelling.
-  if (auto method = enum_from_name(name, {RewireMethod::SET, RewireMethod::RigL}, rewire_method_name)) return *method;
-  fail("rewire_method_from_name(): expected \"set\" or \"rigl\", got \"{}\"", printable(name));
+  if (auto method = enum_from_name(name, kRewireMethods, rewire_method_name)) return *method;
+  fail("rewire_method_from_name(): expected {}, got \"{}\"", quoted_names(kRewireMethods, rewire_method_name),
+       printable(name));
 }
 
 // One group's part of a rewiring, in dense ids of the network being rewired.

@@ -13,6 +13,11 @@
 
 namespace connex {
 
+namespace {
+// What a PruneScope out of range is told it should be, as C++ spells the values.
+constexpr const char* kScopeExpected = "a PruneScope (Global, PerNeuron or PerLevel)";
+}  // namespace
+
 const char* prune_scope_name(PruneScope scope) {
   switch (scope) {
     case PruneScope::Global:
@@ -22,14 +27,13 @@ const char* prune_scope_name(PruneScope scope) {
     case PruneScope::PerLevel:
       return "level";
   }
-  fail("prune_scope_name(): expected a PruneScope (Global, PerNeuron or PerLevel), got {}", static_cast<int>(scope));
+  fail("prune_scope_name(): expected {}, got {}", kScopeExpected, static_cast<int>(scope));
 }
 
 PruneScope prune_scope_from_name(const std::string& name) {
-  if (auto scope =
-          enum_from_name(name, {PruneScope::Global, PruneScope::PerNeuron, PruneScope::PerLevel}, prune_scope_name))
-    return *scope;
-  fail("prune_scope_from_name(): expected \"global\", \"neuron\" or \"level\", got \"{}\"", printable(name));
+  if (auto scope = enum_from_name(name, kPruneScopes, prune_scope_name)) return *scope;
+  fail("prune_scope_from_name(): expected {}, got \"{}\"", quoted_names(kPruneScopes, prune_scope_name),
+       printable(name));
 }
 
 GraphQueries::GraphQueries(const NeuralNetwork& network) : topology_(network->topology_ptr()) {
@@ -223,8 +227,8 @@ void check_prune_options(const PruneOptions& options) {
     fail("prune(): expected a finite threshold >= 0, got {}", *options.threshold());
   if (options.keep_min() < 0) fail("prune(): expected keep_min >= 0, got {}", options.keep_min());
   const auto scope = options.scope();
-  if (scope != PruneScope::Global && scope != PruneScope::PerNeuron && scope != PruneScope::PerLevel)
-    fail("prune(): expected a PruneScope (Global, PerNeuron or PerLevel), got {}", static_cast<int>(scope));
+  if (std::find(std::begin(kPruneScopes), std::end(kPruneScopes), scope) == std::end(kPruneScopes))
+    fail("prune(): expected {}, got {}", kScopeExpected, static_cast<int>(scope));
   // A threshold removes every candidate below it, in whatever group: a scope
   // with it would change nothing, silently.
   if (options.threshold() && options.scope() != PruneScope::Global)

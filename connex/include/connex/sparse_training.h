@@ -50,6 +50,8 @@ enum class RewireMethod {
   SET,   // grow at random (Mocanu et al. 2018)
   RigL,  // grow where |dL/dw| of the absent connections is largest (Evci et al. 2020)
 };
+// Every method: the one list the parser and the command line's choices read.
+inline constexpr RewireMethod kRewireMethods[] = {RewireMethod::SET, RewireMethod::RigL};
 const char* rewire_method_name(RewireMethod method);
 // "set" or "rigl" (either case); anything else throws, naming it.
 RewireMethod rewire_method_from_name(const std::string& name);

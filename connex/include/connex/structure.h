@@ -68,6 +68,9 @@ enum class PruneScope {
               // (a share of one input rounds to all of it at 0.5: keep_min(1) keeps it)
   PerLevel,   // the connections into each level
 };
+// Every scope, in declaration order: the one list that names, parsers,
+// checks and the command line's choices read.
+inline constexpr PruneScope kPruneScopes[] = {PruneScope::Global, PruneScope::PerNeuron, PruneScope::PerLevel};
 // "global", "neuron" or "level": the command line's and its run records' names.
 const char* prune_scope_name(PruneScope scope);
 // One of those names (either case); anything else throws, naming it.
