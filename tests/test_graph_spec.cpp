@@ -650,6 +650,40 @@ TEST(Topology, PatchedEqualsCompiledInParts) {
   }
 }
 
+// A patched spec shares its base's label map and keeps the neurons it
+// appends in its own, folded into a whole map once they are many: along a
+// chain of patches every label is found at its position, integer labels
+// at their own positions or elsewhere alike, and an absent one is not.
+TEST(Topology, ChainedPatchesFindEveryNeuronByLabel) {
+  const std::vector<NeuronId> neurons{0, 1, 7, 3, 2, 5};  // 0, 1, 3 and 5 sit at their own positions
+  const std::vector<Edge> edges{{0, 7}, {1, 7}, {7, 3}, {3, 2}, {2, 5}, {0, 5}};
+  auto topo = Topology::compile(GraphSpec(neurons, edges, {0, 1}, {5}));
+  for (int step = 0; step < 30; ++step) {
+    SCOPED_TRACE(::testing::Message() << "step " << step);
+    const int64_t n = topo->num_neurons();
+    const NeuronId fresh = step % 2 == 0 ? NeuronId(n) : NeuronId(1000 + step);  // its own position, or not
+    std::vector<int64_t> old_connection;
+    topo = topo->with_connections({}, {{topo->dense_of(0), n}, {n, topo->dense_of(5)}}, {}, old_connection, {fresh});
+    ASSERT_TRUE(topo);
+    const GraphSpec& spec = topo->spec();
+    ASSERT_EQ(static_cast<int64_t>(spec.num_neurons()), n + 1);
+    for (size_t i = 0; i < spec.num_neurons(); ++i) {
+      EXPECT_EQ(spec.index_of(spec.neurons()[i]), static_cast<int64_t>(i)) << spec.neurons()[i];
+      EXPECT_EQ(topo->label(topo->dense_of(spec.neurons()[i])), spec.neurons()[i]);
+    }
+    EXPECT_TRUE(spec.contains(fresh));
+    EXPECT_EQ(spec.role(fresh), Role::Hidden);
+    for (const NeuronId& absent : {NeuronId(-1), NeuronId(4), NeuronId(n + 2), NeuronId(999)}) {
+      EXPECT_EQ(spec.index_of(absent), -1) << absent;
+      EXPECT_FALSE(spec.contains(absent)) << absent;
+    }
+  }
+  // The compiled graph agrees label by label.
+  const auto compiled = Topology::compile(
+      GraphSpec(topo->spec().neurons(), topo->spec().edges(), topo->spec().inputs(), topo->spec().outputs()));
+  for (const auto& id : compiled->spec().neurons()) EXPECT_EQ(compiled->dense_of(id), topo->dense_of(id)) << id;
+}
+
 // Bad patches are refused with a message naming the culprit.
 TEST(Topology, PatchRefusesBadConnections) {
   auto base = Topology::compile(letters_graph());

@@ -239,9 +239,11 @@ GraphSpec::GraphSpec(std::vector<NeuronId> neurons, std::vector<Edge> edges, std
                      std::vector<NeuronId> outputs, const std::string& context)
     : inputs_(std::move(inputs)), outputs_(std::move(outputs)) {
   const char* ctx = context.c_str();
-  index_.reserve(neurons.size() + edges.size() / 4);
+  auto index = std::make_shared<NeuronIndex>();
+  index_ = index;
+  index->reserve(neurons.size() + edges.size() / 4);
   for (auto& id : neurons) {
-    if (!index_.emplace(id, static_cast<int64_t>(neurons_.size())).second)
+    if (!index->emplace(id, static_cast<int64_t>(neurons_.size())).second)
       fail("{}: neuron {} is listed twice in the neuron list", ctx, id);
     neurons_.push_back(std::move(id));
   }
@@ -250,11 +252,11 @@ GraphSpec::GraphSpec(std::vector<NeuronId> neurons, std::vector<Edge> edges, std
   const bool listed = !neurons_.empty();
   const NeuronId::Kind listed_kind = listed ? neurons_.front().kind() : NeuronId::Kind::Integer;
   auto index_or_add = [&](const NeuronId& id, const Edge& edge) {
-    auto it = index_.find(id);
-    if (it != index_.end()) return it->second;
+    auto it = index->find(id);
+    if (it != index->end()) return it->second;
     if (listed) fail("{}: {}", ctx, unlisted_endpoint(edge, id, listed_kind, "the neurons list"));
     const auto n = static_cast<int64_t>(neurons_.size());
-    index_.emplace(id, n);
+    index->emplace(id, n);
     neurons_.push_back(id);
     return n;
   };
@@ -272,9 +274,11 @@ GraphSpec::GraphSpec(std::vector<NeuronId> neurons, std::vector<std::pair<int64_
       edge_indices_(std::move(edge_indices)),
       inputs_(std::move(inputs)),
       outputs_(std::move(outputs)) {
-  index_.reserve(neurons_.size());
+  auto index = std::make_shared<NeuronIndex>();
+  index_ = index;
+  index->reserve(neurons_.size());
   for (size_t i = 0; i < neurons_.size(); ++i)
-    if (!index_.emplace(neurons_[i], static_cast<int64_t>(i)).second)
+    if (!index->emplace(neurons_[i], static_cast<int64_t>(i)).second)
       fail("{}: neuron {} is listed twice in the neuron list", context, neurons_[i]);
   for (const auto& [u, v] : edge_indices_)
     if (u < 0 || v < 0 || u >= static_cast<int64_t>(neurons_.size()) || v >= static_cast<int64_t>(neurons_.size()))
@@ -289,9 +293,9 @@ void GraphSpec::validate(const std::string& context) {
   EdgeCsr csr = drop_repeated_edges(n, edge_indices_);
   std::optional<NeuronId::Kind> kind;  // none for a graph without neurons
   if (!neurons_.empty()) kind = id_kind_ = common_id_kind(neurons_, ctx);
-  check_end_list(inputs_, "input", index_, kind, ctx);
-  check_end_list(outputs_, "output", index_, kind, ctx);
-  roles_ = assign_roles(neurons_.size(), index_, inputs_, outputs_, ctx);
+  check_end_list(inputs_, "input", *index_, kind, ctx);  // a spec validated here has no appended neurons
+  check_end_list(outputs_, "output", *index_, kind, ctx);
+  roles_ = assign_roles(neurons_.size(), *index_, inputs_, outputs_, ctx);
   check_edge_directions(edge_indices_, roles_, neurons_, ctx);
   adjacency_ = levels_or_fail(csr, edge_indices_, roles_, neurons_, ctx);
 }
@@ -335,14 +339,24 @@ const std::vector<std::pair<int64_t, int64_t>>& GraphSpec::edge_indices() const 
 }
 
 int64_t GraphSpec::index_of(const NeuronId& id) const {
-  auto it = index_.find(id);
-  return it == index_.end() ? -1 : it->second;
+  // Integer labels often are their own positions (generated graphs): one
+  // read instead of a hash lookup, whose buckets miss the cache in a large graph.
+  if (id.is_integer()) {
+    const int64_t at = id.as_integer();
+    if (at >= 0 && at < static_cast<int64_t>(neurons_.size()) && neurons_[at] == id) return at;
+  }
+  for (const auto* index : {index_.get(), appended_index_.get()}) {
+    if (!index) continue;
+    auto it = index->find(id);
+    if (it != index->end()) return it->second;
+  }
+  return -1;
 }
 
 Role GraphSpec::role(const NeuronId& id) const {
-  auto it = index_.find(id);
-  if (it == index_.end()) fail("GraphSpec::role(): neuron {} is not in the graph", id);
-  return roles_[it->second];
+  const int64_t index = index_of(id);
+  if (index < 0) fail("GraphSpec::role(): neuron {} is not in the graph", id);
+  return roles_[index];
 }
 
 GraphSpec GraphSpec::from_edges(const std::vector<Edge>& edges, std::vector<NeuronId> inputs,

@@ -105,11 +105,25 @@ std::shared_ptr<const Topology> Topology::with_connections(const std::vector<int
   spec.outputs_ = spec_.outputs_;
   spec.id_kind_ = spec_.id_kind_;
   spec.index_ = spec_.index_;
+  spec.appended_index_ = spec_.appended_index_;
   spec.roles_ = spec_.roles_;
-  for (const auto& id : added_neurons) {
-    spec.index_.emplace(id, static_cast<int64_t>(spec.neurons_.size()));
-    spec.neurons_.push_back(id);
-    spec.roles_.push_back(Role::Hidden);
+  if (!added_neurons.empty()) {
+    // The base's map is shared; the appended neurons go into a map of their
+    // own, folded into a new whole one once they are many.
+    auto appended = std::make_shared<GraphSpec::NeuronIndex>();
+    if (spec_.appended_index_) *appended = *spec_.appended_index_;
+    for (const auto& id : added_neurons) {
+      appended->emplace(id, static_cast<int64_t>(spec.neurons_.size()));
+      spec.neurons_.push_back(id);
+      spec.roles_.push_back(Role::Hidden);
+    }
+    if (spec_.index_ && appended->size() * 8 > spec_.index_->size()) {
+      auto whole = std::make_shared<GraphSpec::NeuronIndex>(*spec_.index_);
+      whole->insert(appended->begin(), appended->end());
+      spec.index_ = std::move(whole);
+      appended.reset();
+    }
+    spec.appended_index_ = std::move(appended);
   }
   auto adjacency = std::make_shared<GraphSpec::IndexAdjacency>();
   bool moved = grown > n;
@@ -184,6 +198,17 @@ void Topology::patch_incoming(const Topology& base, const Patch& patch, bool mov
       const int64_t c_end = e < n ? base.in_offsets_[e + 1] : 0, j_end = into_begin[e + 1];
       int64_t c = e < n ? base.in_offsets_[e] : 0, j = into_begin[e], out = in_offsets_[d], previous = -1;
       bool sorted = true;
+      if (j == j_end && (e >= n || patch.removed_into[e] == 0)) {
+        // Most runs of an edit are untouched: copied and renumbered.
+        for (int64_t previous_source = -1; c < c_end; ++c, ++out) {
+          const int64_t source = moved ? new_of_old[base.conn_source_[c]] : base.conn_source_[c];
+          sorted &= previous_source < source;
+          previous_source = source;
+          old_connection[out] = c;
+          conn_source_[out] = source;
+          conn_target_[out] = d;
+        }
+      }
       while (c < c_end || j < j_end) {
         const int64_t old_source = c < c_end ? base.conn_source_[c] : grown;
         const int64_t new_source = j < j_end ? into[j] : grown;
@@ -283,11 +308,13 @@ bool Topology::patch_levels(const Patch& patch, std::vector<int64_t>& level) con
 // The outgoing runs and the spec's successor lists: a stable counting sort
 // of the new connections by source, visiting targets in spec order, so each
 // source's run lists its targets in spec order (as compile() does). The
-// sort scatters one array, the connection of each slot; each source's run
-// and its successor list are the same list, so the targets and the
-// successors are then written run by run, in order (a
-// scattered write misses the cache: five scattered arrays took most of a
-// 1M-connection rewiring's patch). Looking survivors up through their old
+// sort scatters one array, each slot's connection and target side by side
+// in one 16-byte entry; each source's run and its successor list are the
+// same list, so the runs and the successors are then written run by run, in
+// order (a scattered write misses the cache: five scattered arrays took
+// most of a 1M-connection rewiring's patch, and a second scattered array of
+// targets was slower than reading each target through its connection, which
+// the shared entry avoids). Looking survivors up through their old
 // outgoing runs instead cost a cache miss per connection, and shifting the
 // survivors of unchanged runs by their target's offset while looking up the
 // rest was no faster either. The spec keeps only the successor lists and
@@ -305,6 +332,11 @@ void Topology::patch_outgoing(std::shared_ptr<GraphSpec::IndexAdjacency> adjacen
       part_begin[p] = u;
     }
   }
+  // Each slot's connection and target, scattered together.
+  struct Placed {
+    int64_t connection, target;
+  };
+  std::unique_ptr<Placed[]> placed(new Placed[m]);  // every entry is written: left uninitialised
   out_connections_.resize(m);
   out_targets_.resize(m);
   adjacency->targets.resize(m);
@@ -318,7 +350,7 @@ void Topology::patch_outgoing(std::shared_ptr<GraphSpec::IndexAdjacency> adjacen
             const int64_t s = conn_source_[c];
             const int64_t slot = slot_of(s);
             if (slot < 0) continue;  // counting pass
-            out_connections_[slot] = c;
+            placed[slot] = {c, d};
           }
         }
       },
@@ -331,13 +363,13 @@ void Topology::patch_outgoing(std::shared_ptr<GraphSpec::IndexAdjacency> adjacen
         spec_offset.resize(n);
         for (int64_t d = 0; d < n; ++d) spec_offset[d] = adjacency->offsets[index_of_dense_[d]] - offsets[d];
       });
-  // Targets (read through the connections) and the spec's successors, run by run.
+  // The runs, and the spec's successors, run by run.
   share_work(0, n, 1 << 10, [&](int64_t first, int64_t last) {
     for (int64_t s = first; s < last; ++s) {
       for (int64_t slot = out_offsets_[s], e = slot + spec_offset[s]; slot < out_offsets_[s + 1]; ++slot, ++e) {
-        const int64_t d = conn_target_[out_connections_[slot]];
-        out_targets_[slot] = d;
-        adjacency->targets[e] = index_of_dense_[d];
+        out_connections_[slot] = placed[slot].connection;
+        out_targets_[slot] = placed[slot].target;
+        adjacency->targets[e] = index_of_dense_[placed[slot].target];
       }
     }
   });
