@@ -193,11 +193,14 @@ TEST(CliResume, ADirectoryLoaderFindsFilesOutOfStepWithModelCkpt) {
   r = connex_cli("inspect run", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("run directory: 2 out of step (see the warning)\n"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("] run: metrics.csv (it ends at epoch 4) does not go with model.ckpt (epoch 3): a write stopped "
-                       "before model.ckpt; model.ckpt is the record, and train --out run rewrites them all\n"),
-            std::string::npos)
+  EXPECT_NE(
+      r.out.find(
+          "] warning: run: metrics.csv (it ends at epoch 4) does not go with model.ckpt (epoch 3): a write stopped "
+          "before model.ckpt; model.ckpt is the record, and train --out run rewrites them all\n"),
+      std::string::npos)
       << r.out;
-  EXPECT_NE(r.out.find("] run: config.json does not go with model.ckpt (epoch 3)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("] warning: run: config.json does not go with model.ckpt (epoch 3)"), std::string::npos)
+      << r.out;
   EXPECT_EQ(r.out.find("metrics.json"), std::string::npos) << r.out;
   // Training on from the directory rewrites the whole set at epoch 5.
   r = connex_cli("train run --epochs 2 --out run", dir);
@@ -229,7 +232,8 @@ TEST(CliResume, AResumedRunFindsItsCsvAndNoticesAChange) {
   r = connex_cli("train run --epochs 1 --out run", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   const std::string csv = (fs::path(dir.path) / "d.csv").lexically_normal().string();
-  EXPECT_NE(r.out.find("] " + csv + " changed since the checkpoint was written (it has "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("] warning: " + csv + " changed since the checkpoint was written (it has "), std::string::npos)
+      << r.out;
   EXPECT_NE(r.out.find(" then): a resumed run differs from an uninterrupted one\n"), std::string::npos) << r.out;
   fs::remove(dir / "d.csv");
   r = connex_cli("train run --epochs 1 --out run", dir);
@@ -327,7 +331,8 @@ TEST(CliResume, TheRunsDataIsShownAndAResumeWithoutOutIsWarnedOfAtTheStart) {
   EXPECT_NE(r.out.find("data: " + csv + " (changed since the run: it has "), std::string::npos) << r.out;
   ASSERT_EQ(connex_cli("train --epochs 1 --out toy", dir).code, 0);
   r = connex_cli("inspect toy", dir);
-  EXPECT_NE(r.out.find("data: the built-in toy set (a resumed run trains on it unless --data names a CSV)\n"),
+  EXPECT_NE(r.out.find("data: no CSV recorded (the built-in toy set, or a run of an earlier version; a resumed run "
+                       "trains on the toy set unless --data names a CSV)\n"),
             std::string::npos)
       << r.out;
 
@@ -336,14 +341,20 @@ TEST(CliResume, TheRunsDataIsShownAndAResumeWithoutOutIsWarnedOfAtTheStart) {
   r = connex_cli("train run --data d.csv --epochs 1", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   const std::string all = r.out + r.err;
-  const size_t warned =
-      all.find("no --out: this resumed run will not be saved and run stays as it was; give --out run to save it");
+  const size_t warned = all.find(
+      "warning: no --out: this resumed run will not be saved and run stays as it was; give --out run to save it");
   ASSERT_NE(warned, std::string::npos) << all;
   EXPECT_LT(warned, all.find("final training loss")) << all;
   EXPECT_EQ(slurp(dir / "run/model.ckpt"), ckpt);
   fs::copy_file(dir / "run/model.ckpt", dir / "copy.ckpt");
   r = connex_cli("train copy.ckpt --data d.csv --epochs 1", dir);
   EXPECT_NE((r.out + r.err).find("give --out DIR to save it"), std::string::npos) << r.out + r.err;
+  r = connex_cli("train run/model.ckpt --data d.csv --epochs 1", dir);  // its directory is the run's
+  EXPECT_NE((r.out + r.err).find("give --out run to save it"), std::string::npos) << r.out + r.err;
+  // An empty value is refused by name, not filled from the next argument.
+  r = connex_cli("train run --epochs= 2 --out run", dir);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err, "connex: --epochs: got an empty value (see connex --help)\n");
   // A fresh run without --out is warned of at the end only, as before.
   r = connex_cli("train net.json --data d.csv --epochs 1", dir);
   ASSERT_EQ(r.code, 0) << r.err;
@@ -356,12 +367,22 @@ TEST(CliResume, TheRunsDataIsShownAndAResumeWithoutOutIsWarnedOfAtTheStart) {
   ASSERT_EQ(connex_cli("train net.json --data link.csv --epochs 1 --out linked", dir).code, 0);
   fs::remove(dir / "d2.csv");
   const std::string link = (fs::path(dir.path) / "link.csv").lexically_normal().string();
+  const std::string target = (fs::path(dir.path) / "d2.csv").lexically_normal().string();
   r = connex_cli("inspect linked", dir);
-  EXPECT_NE(r.out.find("data: " + link + ", a symbolic link to d2.csv, which is gone (a resumed run needs --data)"),
-            std::string::npos)
+  EXPECT_NE(
+      r.out.find("data: " + link + ", a symbolic link to " + target + ", which is gone (a resumed run needs --data)"),
+      std::string::npos)
       << r.out;
   r = connex_cli("train linked --epochs 1 --out linked", dir);
   EXPECT_EQ(r.code, 1);
-  EXPECT_EQ(r.err, "connex: train: linked was trained on " + link +
-                       ", a symbolic link to d2.csv, which is gone; give --data\n");
+  EXPECT_EQ(r.err, "connex: train: linked was trained on " + link + ", a symbolic link to " + target +
+                       ", which is gone; give --data\n");
+  // A CSV that became a directory is named so, not as a changed file.
+  fs::remove(dir / "link.csv");
+  fs::create_directory(dir / "link.csv");
+  r = connex_cli("inspect linked", dir);
+  EXPECT_NE(r.out.find("data: " + link + ", which is a directory now (a resumed run needs --data)"), std::string::npos)
+      << r.out;
+  r = connex_cli("train linked --epochs 1 --out linked", dir);
+  EXPECT_EQ(r.err, "connex: train: linked was trained on " + link + ", which is a directory now; give --data\n");
 }

@@ -286,13 +286,29 @@ TEST(CliSparse, ARecordedPruneStaysScheduledAndABadOneIsRefused) {
   ASSERT_EQ(r.code, 0) << r.err;
   for (const char* said : {"prune: 0.5 of the connections (level scope, keep-min 1) after epoch 3: the run's recorded "
                            "prune, moved from epoch 5",
-                           "epoch 3: pruned ",
-                           "epoch 3: this run's last, so no epoch trains the pruned network; a "
-                           "resumed run with --epochs trains it on"})
+                           "epoch 3: pruned ", "(|w| smallest first, level scope, keep-min 1)",
+                           "epoch 3: this run's last, so no epoch trains the pruned network (the figures above are "
+                           "from before the prune); a resumed run with --epochs trains it on"})
     EXPECT_NE((r.out + r.err).find(said), std::string::npos) << said << "\n" << r.out + r.err;
   const auto moved = load_checkpoint(dir / "moved/model.ckpt");
   EXPECT_FALSE(moved.training.contains("prune"));
   EXPECT_LT(moved.network->num_connections(), ck.network->num_connections());
+  // --prune-scope or --prune-keep-min alone change a recorded prune to come; without one they need
+  // --prune-at-epoch. A run of no epochs has none for a prune to follow.
+  r = connex_cli("train pending.ckpt --epochs 1 --prune-scope neuron --out rescoped", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE((r.out + r.err)
+                .find("prune: 0.5 of the connections (neuron scope, keep-min 2) after epoch 5: the run's recorded "
+                      "prune, changed by --prune-scope"),
+            std::string::npos)
+      << r.out + r.err;
+  EXPECT_EQ(load_checkpoint(dir / "rescoped/model.ckpt").training.at("prune").at("scope"), "neuron");
+  r = connex_cli("train cancelled --epochs 1 --prune-keep-min 1 --out again", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "connex: train: --prune-keep-min needs --prune-at-epoch (the epoch after which to prune, >= 1)\n");
+  r = connex_cli("train pending.ckpt --epochs 0 --prune-at-epoch 2 --out again", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "connex: train: --prune-at-epoch 2 has no epoch to follow: this run trains none (--epochs 0)\n");
   // With no prune to come, --prune-fraction is needed.
   r = connex_cli("train cancelled --epochs 2 --prune-at-epoch 7 --out again", dir);
   EXPECT_EQ(r.code, 1);
@@ -616,18 +632,19 @@ TEST(CliSparse, AFloorThatKeepsEverythingIsSaid) {
   auto r = connex_cli("prune ck --fraction 0.5 --keep-min 1000 --out p.ckpt", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   const int64_t half = (2 * 16 + 16 * 16 + 16) / 2;
-  EXPECT_NE((r.out + r.err)
-                .find(fmt::format("prune: --keep-min 1000 kept {} of the {} connections --fraction chose: nothing is "
-                                  "removed",
-                                  half, half)),
-            std::string::npos)
+  EXPECT_NE(
+      (r.out + r.err)
+          .find(fmt::format("prune: --keep-min 1000 kept {} of the {} connections that --fraction chose: nothing is "
+                            "removed",
+                            half, half)),
+      std::string::npos)
       << r.out + r.err;
   EXPECT_EQ(slurp(dir / "ck/model.ckpt"), before);
   // train's pruning says the same.
   r = connex_cli("train ck --epochs 2 --prune-at-epoch 2 --prune-fraction 0.5 --prune-keep-min 1000 --out t", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE((r.out + r.err)
-                .find(fmt::format("train: epoch 2: --prune-keep-min 1000 kept {} of the {} connections "
+                .find(fmt::format("train: epoch 2: --prune-keep-min 1000 kept {} of the {} connections that "
                                   "--prune-fraction chose: nothing is removed",
                                   half, half)),
             std::string::npos)

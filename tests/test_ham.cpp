@@ -1021,7 +1021,7 @@ TEST(HamCheckpoint, OptimizerStateResumesTrainingExactly) {
   };
   auto mirrored = editable_ham(nullptr, std::make_shared<Mirror>());
   EXPECT_THROW_MSG(H::restore_optimizer(H::load_checkpoint(path), path, mirrored),
-                   "(its synapse \"aa\" is a LinearSynapse, here a Mirror)");
+                   "(its synapse \"aa\" is of class LinearSynapse, here Mirror)");
   // Without an optimizer there is none to restore; one over another module's parameters is refused, file untouched.
   H::save(ham, dir / "plain.ckpt");
   EXPECT_THROW_MSG(H::restore_optimizer(H::load_checkpoint(dir / "plain.ckpt"), "plain.ckpt"),

@@ -27,6 +27,8 @@
 #include <thread>
 
 #include <CLI/CLI.hpp>
+#include <spdlog/pattern_formatter.h>
+#include <string_view>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <fmt/ranges.h>
@@ -52,6 +54,18 @@ using connex::detail::kHamMagic;
 using connex::detail::kNetworkMagic;
 
 namespace {
+
+// The log's "%*": "warning: " before a warning or an error, so that it
+// stands out among the per-epoch lines; nothing before other lines.
+class WarningMark : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+    if (msg.level < spdlog::level::warn) return;
+    const std::string_view mark = msg.level == spdlog::level::warn ? "warning: " : "error: ";
+    dest.append(mark.data(), mark.data() + mark.size());
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<WarningMark>(); }
+};
 
 // --scope's and --prune-scope's names: the library's.
 std::vector<std::string> prune_scope_choices() {
@@ -763,14 +777,12 @@ const char* rewire_setting_given(const TrainArgs& t) {
 }
 
 void check_train_flags(const TrainArgs& t, const std::string& out) {
-  // --prune-at-epoch without --prune-fraction moves a resumed run's recorded prune: resume_prune_schedule().
+  // --prune-at-epoch without --prune-fraction moves a resumed run's recorded prune, and --prune-scope or
+  // --prune-keep-min alone change it: resume_prune_schedule().
   const int prune_at = t.prune_at_epoch.value_or(0);
   if (t.prune_fraction > 0 && prune_at == 0)
     fail("train: --prune-fraction needs --prune-at-epoch (the epoch after which to prune, >= 1){}",
          t.prune_at_epoch ? "; --prune-at-epoch 0 schedules none" : "");
-  if ((t.prune_scope || t.prune_keep_min) && prune_at == 0)
-    fail("train: --{} needs --prune-at-epoch (the epoch after which to prune, >= 1)",
-         t.prune_scope ? "prune-scope" : "prune-keep-min");
   if (t.checkpoint_every > 0 && out.empty()) fail("train: --checkpoint-every needs --out");
   if (t.init_density && !t.density) fail("train: --init-density needs --density");
   // A --density run is new, with no recorded method: said before its network is drawn.
@@ -977,7 +989,14 @@ Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::s
     progress.batch_loss = 0;
   }
   const int last_epoch = progress.epoch + t.epochs;
-  if (const int at = t.prune_at_epoch.value_or(0); at > 0 && (at <= progress.epoch || at > last_epoch))
+  const int at = t.prune_at_epoch.value_or(0);
+  // Without a fraction, --prune-at-epoch moves a recorded prune to come (resume_prune_schedule()).
+  if (at > 0 && !(t.prune_fraction > 0) && !(progress.prune.at_epoch > progress.epoch))
+    fail("train: --prune-at-epoch {} needs --prune-fraction (the share to prune, in (0, 1]){}", at,
+         progress.epoch > 0 ? "; the checkpoint's run has no prune to come that it could move" : "");
+  if (at > 0 && t.epochs == 0)
+    fail("train: --prune-at-epoch {} has no epoch to follow: this run trains none (--epochs 0)", at);
+  if (at > 0 && (at <= progress.epoch || at > last_epoch))
     fail("train: --prune-at-epoch {} is outside this run's epochs {} to {}{}", at, progress.epoch + 1, last_epoch,
          at <= progress.epoch ? fmt::format(" (the checkpoint has trained {} epochs)", progress.epoch)
                               : fmt::format("; --epochs {} reaches it", at - progress.epoch));
@@ -993,17 +1012,35 @@ Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::s
 void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
   PruneSchedule& s = progress.prune;
   const bool recorded = s.at_epoch > progress.epoch;
-  if (t.prune_at_epoch && *t.prune_at_epoch > 0 && !(t.prune_fraction > 0)) {
-    const int at = *t.prune_at_epoch;
-    if (!recorded)
-      fail("train: --prune-at-epoch {} needs --prune-fraction (the share to prune, in (0, 1]){}", at,
-           progress.epoch > 0 ? "; the checkpoint's run has no prune to come that it could move" : "");
+  auto said = [](const PruneSchedule& p) {
+    return fmt::format("{:g} of the connections ({} scope{}) after epoch {}", p.fraction, prune_scope_name(p.scope),
+                       p.keep_min > 0 ? fmt::format(", keep-min {}", p.keep_min) : "", p.at_epoch);
+  };
+  if ((t.prune_scope || t.prune_keep_min) && (!t.prune_at_epoch || *t.prune_at_epoch == 0) &&
+      !(recorded && !t.prune_at_epoch))
+    fail("train: --{} needs --prune-at-epoch (the epoch after which to prune, >= 1){}",
+         t.prune_scope ? "prune-scope" : "prune-keep-min",
+         t.prune_at_epoch ? "; --prune-at-epoch 0 schedules none" : "");
+  if (!t.prune_at_epoch && (t.prune_scope || t.prune_keep_min)) {
+    // A recorded prune to come, changed in place.
     if (t.prune_scope) s.scope = prune_scope_from_name(*t.prune_scope);
     if (t.prune_keep_min) s.keep_min = *t.prune_keep_min;
-    spdlog::info("prune: {:g} of the connections ({} scope{}) after epoch {}: the run's recorded prune{}", s.fraction,
-                 prune_scope_name(s.scope), s.keep_min > 0 ? fmt::format(", keep-min {}", s.keep_min) : "", at,
-                 at == s.at_epoch ? "" : fmt::format(", moved from epoch {}", s.at_epoch));
+    spdlog::info("prune: {}: the run's recorded prune, changed by {}", said(s),
+                 t.prune_scope && t.prune_keep_min ? "--prune-scope and --prune-keep-min"
+                 : t.prune_scope                   ? "--prune-scope"
+                                                   : "--prune-keep-min");
+    if (s.at_epoch > progress.epoch + t.epochs)
+      spdlog::info("prune: it lies past this run's last epoch {}; it stays scheduled", progress.epoch + t.epochs);
+    return;
+  }
+  if (t.prune_at_epoch && *t.prune_at_epoch > 0 && !(t.prune_fraction > 0)) {
+    const int at = *t.prune_at_epoch;  // a prune to come (resumed_progress() refused the rest)
+    if (t.prune_scope) s.scope = prune_scope_from_name(*t.prune_scope);
+    if (t.prune_keep_min) s.keep_min = *t.prune_keep_min;
+    const int was = s.at_epoch;
     s.at_epoch = at;
+    spdlog::info("prune: {}: the run's recorded prune{}", said(s),
+                 at == was ? "" : fmt::format(", moved from epoch {}", was));
     return;
   }
   if (t.prune_at_epoch) {
@@ -1015,6 +1052,7 @@ void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
                 : PruneSchedule{at, t.prune_fraction,
                                 t.prune_scope ? prune_scope_from_name(*t.prune_scope) : PruneScope::Global,
                                 t.prune_keep_min.value_or(0)};
+    if (at > 0) spdlog::info("prune: {}", said(s));
     return;
   }
   if (!recorded) {
@@ -1027,17 +1065,20 @@ void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
                  s.at_epoch, last_epoch);
     return;
   }
-  spdlog::info("prune: {:g} of the connections ({} scope{}) after epoch {}, from the run's record", s.fraction,
-               prune_scope_name(s.scope), s.keep_min > 0 ? fmt::format(", keep-min {}", s.keep_min) : "", s.at_epoch);
+  spdlog::info("prune: {}, from the run's record", said(s));
 }
 
 // Why a path that fs::exists() denies is not there: the file, or where its link points, is gone.
 std::string gone_file_said(const std::string& path) {
   std::error_code ec;
   if (!fs::is_symlink(fs::symlink_status(path, ec))) return "which is gone";
-  const fs::path target = fs::read_symlink(path, ec);
-  return ec ? std::string("a symbolic link that leads nowhere")
-            : fmt::format("a symbolic link to {}, which is gone", target.string());
+  fs::path target = fs::read_symlink(path, ec);
+  if (ec) return "a symbolic link that leads nowhere";
+  if (target.is_relative()) target = (fs::path(path).parent_path() / target).lexically_normal();
+  // The target itself there: another link that leads nowhere, or a loop.
+  if (fs::exists(fs::symlink_status(target, ec)))
+    return fmt::format("a symbolic link through {} that leads nowhere", target.string());
+  return fmt::format("a symbolic link to {}, which is gone", target.string());
 }
 
 // A resumed run (or a pruned one trained on) goes on with the checkpoint's CSV unless --data names another.
@@ -1048,6 +1089,8 @@ DataArgs resumed_data_args(const DataArgs& d, Progress& progress, const std::str
     std::error_code ec;
     if (!fs::exists(progress.data, ec))
       fail("{}: {} was trained on {}, {}; give --data", command, config, progress.data, gone_file_said(progress.data));
+    if (fs::is_directory(progress.data, ec))
+      fail("{}: {} was trained on {}, which is a directory now; give --data", command, config, progress.data);
     data_args.data = progress.data;
     spdlog::info("data: {} (the one the checkpoint was trained on; give --data to use another)", progress.data);
   }
@@ -1235,6 +1278,14 @@ void check_ranks_agree(distributed::Group& group, const Progress& progress, int 
 }
 #endif
 
+// The --out that saves a resumed run: its directory (also for the directory's model.ckpt), else a new one.
+std::string resume_out_said(const std::string& config) {
+  if (fs::is_directory(config)) return config;
+  const fs::path file(config);
+  if (file.filename() == "model.ckpt") return file.has_parent_path() ? file.parent_path().string() : ".";
+  return "DIR";
+}
+
 int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, const DistributedArgs& dist,
               const std::string& out, const CoreShare& cores) {
   auto device = parse_device(t.device);
@@ -1285,7 +1336,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
     // Said now, not only at the end: resuming a run without --out trains and keeps nothing.
     if (out.empty() && !ck.training.is_null())
       spdlog::warn("no --out: this resumed run will not be saved and {} stays as it was; give --out {} to save it",
-                   config, fs::is_directory(config) ? config : std::string("DIR"));
+                   config, resume_out_said(config));
   }
   TrainOptions options = train_options(t, progress, device, data, preprocessing, out, cores, cores_said);
   options.rewire_end = rewire_end;
@@ -1716,7 +1767,9 @@ void print_training_record(const Progress& p) {
         "--prune-at-epoch 0 cancels it, --prune-at-epoch N moves it)\n",
         p.prune.fraction, prune_scope_name(p.prune.scope), static_cast<long long>(p.prune.keep_min), p.prune.at_epoch);
   if (p.data.empty()) {
-    std::printf("data: the built-in toy set (a resumed run trains on it unless --data names a CSV)\n");
+    std::printf(
+        "data: no CSV recorded (the built-in toy set, or a run of an earlier version; a resumed run trains on the "
+        "toy set unless --data names a CSV)\n");
     return;
   }
   std::error_code ec;
@@ -1724,12 +1777,19 @@ void print_training_record(const Progress& p) {
     std::printf("data: %s, %s (a resumed run needs --data)\n", p.data.c_str(), gone_file_said(p.data).c_str());
     return;
   }
+  if (fs::is_directory(p.data, ec)) {
+    std::printf("data: %s, which is a directory now (a resumed run needs --data)\n", p.data.c_str());
+    return;
+  }
+  // Hashed whole when its size is as recorded: the bytes decide.
   const std::string changed = p.data_changed();
-  std::printf(
-      "data: %s (%s)\n", p.data.c_str(),
-      changed.empty()
-          ? "a resumed run trains on it unless --data names another"
-          : fmt::format("changed since the run: {}; a resumed run warns, and --data names another", changed).c_str());
+  const std::string said =
+      changed.empty() ? "a resumed run trains on it unless --data names another"
+      : changed == Progress::kUnreadable
+          ? changed
+          : fmt::format("changed since the run: {}; a resumed run warns of it, and --data can name another CSV",
+                        changed);
+  std::printf("data: %s (%s)\n", p.data.c_str(), said.c_str());
 }
 
 // A CSV cell: quoted when it holds a comma, a quote or a line break (RFC 4180).
@@ -2248,6 +2308,17 @@ int main(int argc, char** argv) {
   for (CLI::App* command : {c.train, c.prune, c.edit, c.export_, c.inspect, c.predict}) command->fallthrough();
 
   if (unknown_subcommand(app, argc, argv)) return 2;
+  // CLI11 reads `--flag=` (an empty value) as `--flag` alone and takes the
+  // next argument as its value: `--epochs= 2` would train 2 epochs.
+  for (int k = 1; k < argc; ++k) {
+    const std::string arg = argv[k];
+    if (arg == "--") break;
+    if (arg.size() > 3 && arg.rfind("--", 0) == 0 && arg.find('=') == arg.size() - 1) {
+      std::fprintf(stderr, "connex: %s: got an empty value (see connex --help)\n",
+                   printable(arg.substr(0, arg.size() - 1), 200).c_str());
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -2270,7 +2341,11 @@ int main(int argc, char** argv) {
     return launch_local_workers(argc, argv, c.dist.nproc, 10);
   }
   const std::string rank_tag = *c.train ? c.dist.rank_tag() : "";
-  spdlog::set_pattern("[%H:%M:%S] " + rank_tag + "%v");
+  {
+    auto formatter = std::make_unique<spdlog::pattern_formatter>();
+    formatter->add_flag<WarningMark>('*').set_pattern("[%H:%M:%S] " + rank_tag + "%*%v");
+    spdlog::set_formatter(std::move(formatter));
+  }
   if (!rank_tag.empty()) silence_torch_logging();  // c10d's socket warnings; failures get connex's one line
   // One line each, whatever the text holds (a file name with a newline);
   // torch's own errors without their stack trace.

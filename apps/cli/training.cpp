@@ -164,7 +164,7 @@ void say_how_the_rule_chose(const NeuralNetwork& network, const PruneOptions& op
       options.keep_min() == 0 ? chosen : connections_to_prune(network, PruneOptions(options).keep_min(0)).size();
   if (unfloored > chosen) {
     const std::string kept =
-        fmt::format("{}: {} {} kept {} of the {} connections {} chose{}", command, floor_flag, options.keep_min(),
+        fmt::format("{}: {} {} kept {} of the {} connections that {} chose{}", command, floor_flag, options.keep_min(),
                     unfloored - chosen, unfloored, rule_flag, chosen == 0 ? ": nothing is removed" : "");
     if (chosen == 0)
       spdlog::warn("{}", kept);
@@ -463,7 +463,7 @@ std::string Progress::data_changed(std::optional<std::string>* hash) const {
   if (!data_hash.empty()) {
     const std::string now = file_hash(data);
     if (hash) *hash = now;
-    if (now.empty()) return "it cannot be read now";
+    if (now.empty()) return kUnreadable;
     return now == data_hash ? "" : "its bytes differ from the recorded ones";
   }
   if (modified != data_modified) return "it was modified since";
@@ -815,17 +815,19 @@ class Trainer {
     auto next = optimizer_after_edit(*optimizer_, network_, edited);
     if (reporter()) {
       const int64_t frozen = frozen_count(network_);
-      spdlog::info("epoch {}: pruned {} of {} connections (|w| smallest first{})", epoch,
+      spdlog::info("epoch {}: pruned {} of {} connections (|w| smallest first, {} scope{}{})", epoch,
                    network_->num_connections() - edited.network->num_connections(), network_->num_connections(),
-                   frozen_note(frozen));
+                   prune_scope_name(rule.scope()),
+                   rule.keep_min() > 0 ? fmt::format(", keep-min {}", rule.keep_min()) : "", frozen_note(frozen));
       warn_about_cut_outputs(edited.network, "train",
                              rule.keep_min() > 0 ? "a smaller --prune-fraction helps"
                                                  : "a smaller --prune-fraction or --prune-keep-min 1 helps");
       if (epoch == last_epoch_)
         spdlog::info(
-            "epoch {}: this run's last, so no epoch trains the pruned network; a resumed run with --epochs "
-            "trains it on",
-            epoch);
+            "epoch {}: this run's last, so no epoch trains the pruned network (the figures above are from before the "
+            "prune){}",
+            epoch,
+            options_.out.empty() ? "; without --out it is not saved" : "; a resumed run with --epochs trains it on");
     }
     replace_network(edited.network, std::move(next), "train: after pruning");
   }

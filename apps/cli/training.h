@@ -128,6 +128,7 @@ struct Progress {
   // Reads the whole file when its size is unchanged and a hash is recorded;
   // `hash` then receives the file's.
   std::string data_changed(std::optional<std::string>* hash = nullptr) const;
+  static constexpr const char* kUnreadable = "it cannot be read now";  // data_changed()'s for a file it cannot read
 };
 
 // Thrown by train() when a stop was asked for (a signal): the run stopped

@@ -353,9 +353,12 @@ uint64_t mix(uint64_t fingerprint, const NeuronId& id) {
 }  // namespace
 
 namespace {
-// A part's class, without its namespaces ("GraphSynapse"): what its parameters mean.
+// A part's class, without its namespaces or template arguments
+// ("GraphSynapse"): what its parameters mean. From its type, not
+// Module::name(), which a user may set and which is made on its first call.
 std::string class_of(const torch::nn::Module& part) {
-  const std::string& name = part.name();
+  std::string name = c10::demangle(typeid(part).name());
+  name = name.substr(0, name.find('<'));
   const size_t colons = name.rfind("::");
   return colons == std::string::npos ? name : name.substr(colons + 2);
 }
@@ -415,11 +418,12 @@ std::string Structure::first_difference(const Structure& base, const Structure& 
     if (was.joined != is.joined)
       return fmt::format("its synapse \"{}\" joins {}, here {}", was.name, fmt::join(was.joined, ", "),
                          fmt::join(is.joined, ", "));
+    if (was.kind != is.kind)
+      return fmt::format("its synapse \"{}\" is of class {}, here {}", was.name, was.kind, is.kind);
     if (was.labels != is.labels)
       return fmt::format("its synapse \"{}\" has {} connections, here {}", was.name, was.labels, is.labels);
     if (was.fingerprint != is.fingerprint)
       return fmt::format("its synapse \"{}\" has other connections, as many", was.name);
-    if (was.kind != is.kind) return fmt::format("its synapse \"{}\" is a {}, here a {}", was.name, was.kind, is.kind);
   }
   return {};
 }

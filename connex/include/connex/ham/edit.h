@@ -33,8 +33,9 @@
 namespace connex::ham {
 
 // What an edit's parameter map refers to, in a few numbers per part: the
-// layers (shape; a 1-D layer's neuron labels) and the synapses (the layers
-// they join; a graph synapse's connections), by name, in order. Labels are
+// layers (shape; a 1-D layer's neuron labels; the Lagrangian's kind) and
+// the synapses (the layers they join; their class; a graph synapse's
+// connections), by name, in order. Labels are
 // kept as a count and a fingerprint, not copied: a graph of millions of
 // connections costs an edit no second copy.
 struct Structure {
