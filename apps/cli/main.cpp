@@ -24,11 +24,11 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <string_view>
 #include <thread>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/pattern_formatter.h>
-#include <string_view>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <fmt/ranges.h>
@@ -1013,34 +1013,29 @@ void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
   PruneSchedule& s = progress.prune;
   const bool recorded = s.at_epoch > progress.epoch;
   auto said = [](const PruneSchedule& p) {
-    return fmt::format("{:g} of the connections ({} scope{}) after epoch {}", p.fraction, prune_scope_name(p.scope),
-                       p.keep_min > 0 ? fmt::format(", keep-min {}", p.keep_min) : "", p.at_epoch);
+    return fmt::format("{:g} of the connections ({}) after epoch {}", p.fraction, p.rule_said(), p.at_epoch);
   };
-  if ((t.prune_scope || t.prune_keep_min) && (!t.prune_at_epoch || *t.prune_at_epoch == 0) &&
-      !(recorded && !t.prune_at_epoch))
+  const bool tweaks = t.prune_scope || t.prune_keep_min;
+  if (tweaks && (t.prune_at_epoch ? *t.prune_at_epoch == 0 : !recorded))
     fail("train: --{} needs --prune-at-epoch (the epoch after which to prune, >= 1){}",
          t.prune_scope ? "prune-scope" : "prune-keep-min",
          t.prune_at_epoch ? "; --prune-at-epoch 0 schedules none" : "");
-  if (!t.prune_at_epoch && (t.prune_scope || t.prune_keep_min)) {
-    // A recorded prune to come, changed in place.
-    if (t.prune_scope) s.scope = prune_scope_from_name(*t.prune_scope);
-    if (t.prune_keep_min) s.keep_min = *t.prune_keep_min;
-    spdlog::info("prune: {}: the run's recorded prune, changed by {}", said(s),
-                 t.prune_scope && t.prune_keep_min ? "--prune-scope and --prune-keep-min"
-                 : t.prune_scope                   ? "--prune-scope"
-                                                   : "--prune-keep-min");
-    if (s.at_epoch > progress.epoch + t.epochs)
-      spdlog::info("prune: it lies past this run's last epoch {}; it stays scheduled", progress.epoch + t.epochs);
-    return;
-  }
-  if (t.prune_at_epoch && *t.prune_at_epoch > 0 && !(t.prune_fraction > 0)) {
-    const int at = *t.prune_at_epoch;  // a prune to come (resumed_progress() refused the rest)
+  // The recorded prune to come, changed by --prune-scope or --prune-keep-min
+  // alone, or moved by --prune-at-epoch without --prune-fraction
+  // (resumed_progress() refused that without a record).
+  const bool moves = t.prune_at_epoch && *t.prune_at_epoch > 0 && !(t.prune_fraction > 0);
+  if (moves || (!t.prune_at_epoch && tweaks)) {
     if (t.prune_scope) s.scope = prune_scope_from_name(*t.prune_scope);
     if (t.prune_keep_min) s.keep_min = *t.prune_keep_min;
     const int was = s.at_epoch;
-    s.at_epoch = at;
+    if (moves) s.at_epoch = *t.prune_at_epoch;
     spdlog::info("prune: {}: the run's recorded prune{}", said(s),
-                 at == was ? "" : fmt::format(", moved from epoch {}", was));
+                 moves ? (s.at_epoch == was ? "" : fmt::format(", moved from epoch {}", was))
+                 : t.prune_scope && t.prune_keep_min ? ", changed by --prune-scope and --prune-keep-min"
+                 : t.prune_scope                     ? ", changed by --prune-scope"
+                                                     : ", changed by --prune-keep-min");
+    if (s.at_epoch > progress.epoch + t.epochs)
+      spdlog::info("prune: it lies past this run's last epoch {}; it stays scheduled", progress.epoch + t.epochs);
     return;
   }
   if (t.prune_at_epoch) {
@@ -1068,9 +1063,11 @@ void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
   spdlog::info("prune: {}, from the run's record", said(s));
 }
 
-// Why a path that fs::exists() denies is not there: the file, or where its link points, is gone.
-std::string gone_file_said(const std::string& path) {
+// Why a run's recorded CSV cannot be read as one ("" when it can): the
+// file, or where its link points, is gone, or it is a directory now.
+std::string missing_data_said(const std::string& path) {
   std::error_code ec;
+  if (fs::exists(path, ec)) return fs::is_directory(path, ec) ? "which is a directory now" : "";
   if (!fs::is_symlink(fs::symlink_status(path, ec))) return "which is gone";
   fs::path target = fs::read_symlink(path, ec);
   if (ec) return "a symbolic link that leads nowhere";
@@ -1086,18 +1083,15 @@ DataArgs resumed_data_args(const DataArgs& d, Progress& progress, const std::str
                            const char* command = "train") {
   DataArgs data_args = d;
   if (d.data.empty() && !progress.data.empty()) {
-    std::error_code ec;
-    if (!fs::exists(progress.data, ec))
-      fail("{}: {} was trained on {}, {}; give --data", command, config, progress.data, gone_file_said(progress.data));
-    if (fs::is_directory(progress.data, ec))
-      fail("{}: {} was trained on {}, which is a directory now; give --data", command, config, progress.data);
+    if (const std::string missing = missing_data_said(progress.data); !missing.empty())
+      fail("{}: {} was trained on {}, {}; give --data", command, config, progress.data, missing);
     data_args.data = progress.data;
     spdlog::info("data: {} (the one the checkpoint was trained on; give --data to use another)", progress.data);
   }
   // The recorded CSV is hashed (read whole) only when it is the one used, and once.
   std::optional<std::string> hash;
-  const bool same = !data_args.data.empty() && !progress.data.empty() &&
-                    fs::absolute(data_args.data).lexically_normal().string() == progress.data;
+  const bool same =
+      !data_args.data.empty() && !progress.data.empty() && Progress::data_path(data_args.data) == progress.data;
   if (const std::string changed = same ? progress.data_changed(&hash) : ""; !changed.empty())
     spdlog::warn("{} changed since the checkpoint was written ({}): {}", progress.data, changed,
                  std::string(command) == "train" ? "a resumed run differs from an uninterrupted one"
@@ -1772,13 +1766,8 @@ void print_training_record(const Progress& p) {
         "toy set unless --data names a CSV)\n");
     return;
   }
-  std::error_code ec;
-  if (!fs::exists(p.data, ec)) {
-    std::printf("data: %s, %s (a resumed run needs --data)\n", p.data.c_str(), gone_file_said(p.data).c_str());
-    return;
-  }
-  if (fs::is_directory(p.data, ec)) {
-    std::printf("data: %s, which is a directory now (a resumed run needs --data)\n", p.data.c_str());
+  if (const std::string missing = missing_data_said(p.data); !missing.empty()) {
+    std::printf("data: %s, %s (a resumed run needs --data)\n", p.data.c_str(), missing.c_str());
     return;
   }
   // Hashed whole when its size is as recorded: the bytes decide.

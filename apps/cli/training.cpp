@@ -14,6 +14,7 @@
 
 #include "../examples.h"
 #include "../progress_bar.h"
+#include "enum_names.h"
 #include "file_io.h"
 
 namespace connex::cli {
@@ -272,7 +273,6 @@ void set_generator_state(at::Generator& generator, const torch::Tensor& state, c
   }
 }
 
-// A run's rewiring settings (absent in runs without --rewire).
 // Whether `value` is a name the library's parser (rewire_method_from_name,
 // prune_scope_from_name) reads: a record uses the library's names.
 template <typename Parse>
@@ -286,9 +286,11 @@ bool library_name(const nlohmann::json& value, Parse parse) {
   }
 }
 
+// A run's rewiring settings (absent in runs without --rewire).
 RewireSettings rewire_from_json(const nlohmann::json& json, const std::string& where) {
-  const char* expected =
-      "{\"method\": \"set\" or \"rigl\", \"every\": N >= 1, \"drop_fraction\": in [0, 1), \"end_step\": N >= 0}";
+  const std::string expected =
+      fmt::format("{{\"method\": {}, \"every\": N >= 1, \"drop_fraction\": in [0, 1), \"end_step\": N >= 0}}",
+                  quoted_names(kRewireMethods, rewire_method_name));
   auto integer = [&](const char* key, int64_t low) {
     if (!json.contains(key) || !json.at(key).is_number_integer() || json.at(key).get<int64_t>() < low)
       fail("{}: /training/rewire must be {}", where, expected);
@@ -311,6 +313,10 @@ RewireSettings rewire_from_json(const nlohmann::json& json, const std::string& w
 
 }  // namespace
 
+std::string PruneSchedule::rule_said() const {
+  return fmt::format("{} scope{}", prune_scope_name(scope), keep_min > 0 ? fmt::format(", keep-min {}", keep_min) : "");
+}
+
 nlohmann::json PruneSchedule::to_json() const {
   return {{"at_epoch", at_epoch}, {"fraction", fraction}, {"scope", prune_scope_name(scope)}, {"keep_min", keep_min}};
 }
@@ -325,9 +331,10 @@ PruneSchedule PruneSchedule::from_json(const nlohmann::json& json, const std::st
                   json.at("keep_min").is_number_integer() && json.at("keep_min").get<int64_t>() >= 0;
   if (!ok)
     fail(
-        "{}: /training/prune must be {{\"at_epoch\": N in [1, {}], \"fraction\": in (0, 1], \"scope\": "
-        "\"global\", \"neuron\" or \"level\", \"keep_min\": N >= 0}}, got {}",
-        where, std::numeric_limits<int>::max(), json.dump().substr(0, 120));
+        "{}: /training/prune must be {{\"at_epoch\": N in [1, {}], \"fraction\": in (0, 1], \"scope\": {}, "
+        "\"keep_min\": N >= 0}}, got {}",
+        where, std::numeric_limits<int>::max(), quoted_names(kPruneScopes, prune_scope_name),
+        json.dump().substr(0, 120));
   return {json.at("at_epoch").get<int>(), json.at("fraction").get<double>(),
           prune_scope_from_name(json.at("scope").get<std::string>()), json.at("keep_min").get<int64_t>()};
 }
@@ -372,8 +379,14 @@ Progress Progress::from_json(const nlohmann::json& json, const std::string& wher
   p.val_split = number("val_split", 0).get<double>();
   if (json.contains("data")) {  // absent in checkpoints of the toy set and of earlier versions
     const auto& d = json.at("data");
+    auto hex16 = [](const nlohmann::json& h) {
+      return h.is_string() && h.get<std::string>().size() == 16 &&
+             h.get<std::string>().find_first_not_of("0123456789abcdef") == std::string::npos;
+    };
+    // The hash is absent in checkpoints of earlier versions.
     if (!d.is_object() || !d.contains("path") || !d.at("path").is_string() || !d.contains("bytes") ||
-        !d.at("bytes").is_number_integer() || !d.contains("modified") || !d.at("modified").is_number_integer())
+        !d.at("bytes").is_number_integer() || !d.contains("modified") || !d.at("modified").is_number_integer() ||
+        (d.contains("hash") && !hex16(d.at("hash"))))
       fail(
           "{}: /training/data must be {{\"path\": \"...\", \"bytes\": N, \"modified\": N, \"hash\": \"16 hex "
           "digits\"}}",
@@ -381,16 +394,7 @@ Progress Progress::from_json(const nlohmann::json& json, const std::string& wher
     p.data = d.at("path").get<std::string>();
     p.data_bytes = d.at("bytes").get<int64_t>();
     p.data_modified = d.at("modified").get<int64_t>();
-    if (d.contains("hash")) {  // absent in checkpoints of earlier versions
-      const auto& h = d.at("hash");
-      if (!h.is_string() || h.get<std::string>().size() != 16 ||
-          h.get<std::string>().find_first_not_of("0123456789abcdef") != std::string::npos)
-        fail(
-            "{}: /training/data must be {{\"path\": \"...\", \"bytes\": N, \"modified\": N, \"hash\": \"16 hex "
-            "digits\"}}",
-            where);
-      p.data_hash = h.get<std::string>();
-    }
+    if (d.contains("hash")) p.data_hash = d.at("hash").get<std::string>();
   }
   p.shuffle_state = state_from_json(json, where, "shuffle_state");
   p.dropout_state = state_from_json(json, where, "dropout_state");
@@ -447,8 +451,12 @@ std::string file_hash(const std::string& path) {
 
 }  // namespace
 
+std::string Progress::data_path(const std::string& path) {
+  return path.empty() ? std::string() : std::filesystem::absolute(path).lexically_normal().string();
+}
+
 void Progress::set_data(const std::string& path, const std::optional<std::string>& hash) {
-  data = path.empty() ? std::string() : std::filesystem::absolute(path).lexically_normal().string();
+  data = data_path(path);
   std::tie(data_bytes, data_modified) = data.empty() ? std::pair<int64_t, int64_t>{0, 0} : file_stamp(data);
   data_hash = data.empty() ? std::string() : hash ? *hash : file_hash(data);
 }
@@ -815,10 +823,9 @@ class Trainer {
     auto next = optimizer_after_edit(*optimizer_, network_, edited);
     if (reporter()) {
       const int64_t frozen = frozen_count(network_);
-      spdlog::info("epoch {}: pruned {} of {} connections (|w| smallest first, {} scope{}{})", epoch,
+      spdlog::info("epoch {}: pruned {} of {} connections (|w| smallest first, {}{})", epoch,
                    network_->num_connections() - edited.network->num_connections(), network_->num_connections(),
-                   prune_scope_name(rule.scope()),
-                   rule.keep_min() > 0 ? fmt::format(", keep-min {}", rule.keep_min()) : "", frozen_note(frozen));
+                   progress_.prune.rule_said(), frozen_note(frozen));
       warn_about_cut_outputs(edited.network, "train",
                              rule.keep_min() > 0 ? "a smaller --prune-fraction helps"
                                                  : "a smaller --prune-fraction or --prune-keep-min 1 helps");

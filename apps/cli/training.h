@@ -54,6 +54,8 @@ struct PruneSchedule {
   int64_t keep_min = 0;  // every neuron keeps at least this many incoming connections
 
   PruneOptions options() const { return PruneOptions().fraction(fraction).scope(scope).keep_min(keep_min); }
+  // "level scope, keep-min 2" (the floor only when it is set), as the log says the rule.
+  std::string rule_said() const;
   nlohmann::json to_json() const;
   // Checks every field; `where` names the file.
   static PruneSchedule from_json(const nlohmann::json& json, const std::string& where);
@@ -121,6 +123,8 @@ struct Progress {
   nlohmann::json to_json() const;
   // Checks every field; `where` names the file.
   static Progress from_json(const nlohmann::json& json, const std::string& where);
+  // `path` as the record holds a CSV's: absolute, lexically normal ("" stays "").
+  static std::string data_path(const std::string& path);
   // Records `path` (a CSV; "" for the toy set) as the run's data.
   // `hash`: its file_hash, where the caller has it already (data_changed()'s).
   void set_data(const std::string& path, const std::optional<std::string>& hash = std::nullopt);

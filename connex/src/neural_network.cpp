@@ -456,8 +456,7 @@ static void check_device(const torch::Device& device) {
 void NeuralNetworkImpl::to(torch::Device device, bool non_blocking) {
   check_device(device);
   torch::nn::Module::to(device, non_blocking);
-  // Another device's index is not kept: it is as long as the connections.
-  if (const auto index = path_index_.get(); index && index->device != device) path_index_ = {};
+  path_index_.drop_unless_on(device);
 }
 
 void NeuralNetworkImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
@@ -471,7 +470,7 @@ void NeuralNetworkImpl::to(torch::Device device, torch::Dtype dtype, bool non_bl
   for (auto& p : parameters()) cast(p);
   for (auto& b : buffers()) cast(b);
   options_.dtype(dtype);
-  if (const auto index = path_index_.get(); index && index->device != device) path_index_ = {};
+  path_index_.drop_unless_on(device);
 }
 
 // ------------------------------------------------------------------ forward

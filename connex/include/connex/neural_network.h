@@ -229,6 +229,11 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
       std::lock_guard<std::mutex> hold(mutex);
       return index;
     }
+    // Another device's index is not kept: it is as long as the connections.
+    void drop_unless_on(const torch::Device& device) {
+      std::lock_guard<std::mutex> hold(mutex);
+      if (index && index->device != device) index.reset();
+    }
   };
   mutable PathIndexCache path_index_;
   std::vector<LevelOperationPtr> operations_;

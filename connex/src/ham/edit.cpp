@@ -350,9 +350,6 @@ uint64_t mix(uint64_t fingerprint, const NeuronId& id) {
   return x ^ (x >> 31);
 }
 
-}  // namespace
-
-namespace {
 // A part's class, without its namespaces or template arguments
 // ("GraphSynapse"): what its parameters mean. From its type, not
 // Module::name(), which a user may set and which is made on its first call.
@@ -362,6 +359,7 @@ std::string class_of(const torch::nn::Module& part) {
   const size_t colons = name.rfind("::");
   return colons == std::string::npos ? name : name.substr(colons + 2);
 }
+
 // A Lagrangian's kind as its checkpoint names it ("softmax"; one class
 // holds the built-in ones, and their to_json() is small), else its class.
 std::string lagrangian_kind(const LagrangianImpl& lagrangian) {
@@ -370,6 +368,7 @@ std::string lagrangian_kind(const LagrangianImpl& lagrangian) {
     return written.at("kind").get<std::string>();
   return class_of(lagrangian);
 }
+
 }  // namespace
 
 Structure Structure::of(const HAMImpl& ham) {
