@@ -351,14 +351,14 @@ std::vector<Case> make_catalogue() {
   // ------------------------------------------------------------------- edit
   add("edit", "PatchAddsAnExistingConnection", none, lib([](World& w) {
         const Topology& t = w.net->topology();
-        std::vector<int64_t> old_connection;
+        ConnectionArray old_connection;
         t.with_connections({}, {{t.dense_of(1), t.dense_of(4)}}, {}, old_connection);
       }),
       {"Topology::with_connections(): an added connection exists already or is given twice"});
   add("edit", "PatchRemovesAConnectionTwice", none, lib([](World& w) {
         const Topology& t = w.net->topology();
         const int64_t c = t.connection_index(t.dense_of(1), t.dense_of(4));
-        std::vector<int64_t> old_connection;
+        ConnectionArray old_connection;
         t.with_connections({c, c}, {}, {}, old_connection);
       }),
       {"Topology::with_connections(): connection 1 -> 4 is removed twice"});

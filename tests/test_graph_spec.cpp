@@ -195,7 +195,7 @@ TEST(GraphSpec, PatchedSpecMakesItsEdgePositionsOnceFromItsSuccessors) {
     auto base = Topology::compile(random_dag(rng, {30, 60, 0.3, trial % 2 == 1}));
     std::vector<int64_t> removed;
     for (int64_t c = 0; c < base->num_connections(); c += 3) removed.push_back(c);
-    std::vector<int64_t> old_connection;
+    ConnectionArray old_connection;
     const auto patched = base->with_connections(removed, {}, {}, old_connection);
     ASSERT_TRUE(patched);
     const GraphSpec& spec = patched->spec();
@@ -558,7 +558,7 @@ TEST(Topology, PatchedEqualsCompiledOverRandomEdits) {
       ASSERT_FALSE(forward) << e.what();
       EXPECT_NE(std::string(e.what()).find("cycle"), std::string::npos) << e.what();
     }
-    std::vector<int64_t> old_connection;
+    ConnectionArray old_connection;
     auto got = base->with_connections(removed, added, {}, old_connection, fresh);
     if (forward) ASSERT_TRUE(got);
     if (!want) ASSERT_FALSE(got);
@@ -638,7 +638,7 @@ TEST(Topology, PatchedEqualsCompiledInParts) {
     int64_t moved = 0;
     for (int64_t d = 0; d < n; ++d) moved += want->level_of(want->dense_of(base->label(d))) != base->level_of(d);
     EXPECT_EQ(moved > 0, moving);
-    std::vector<int64_t> old_connection;
+    ConnectionArray old_connection;
     auto got = base->with_connections(removed, added, {}, old_connection, fresh);
     ASSERT_TRUE(got);
     expect_same_topology(*got, *want);
@@ -662,7 +662,7 @@ TEST(Topology, ChainedPatchesFindEveryNeuronByLabel) {
     SCOPED_TRACE(::testing::Message() << "step " << step);
     const int64_t n = topo->num_neurons();
     const NeuronId fresh = step % 2 == 0 ? NeuronId(n) : NeuronId(1000 + step);  // its own position, or not
-    std::vector<int64_t> old_connection;
+    ConnectionArray old_connection;
     topo = topo->with_connections({}, {{topo->dense_of(0), n}, {n, topo->dense_of(5)}}, {}, old_connection, {fresh});
     ASSERT_TRUE(topo);
     const GraphSpec& spec = topo->spec();
@@ -691,7 +691,7 @@ TEST(Topology, PatchRefusesBadConnections) {
   const int64_t a = base->dense_of(NeuronId("A")), c = base->dense_of(NeuronId("C"));
   const int64_t e = base->dense_of(NeuronId("E"));
   const int64_t ac = base->connection_index(a, c);
-  std::vector<int64_t> old_connection;
+  ConnectionArray old_connection;
   EXPECT_THROW_MSG(base->with_connections({m}, {}, {}, old_connection),
                    fmt::format("expected connection indices in [0, {}), got {}", m, m));
   EXPECT_THROW_MSG(base->with_connections({ac, ac}, {}, {}, old_connection),

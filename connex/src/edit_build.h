@@ -53,7 +53,7 @@ EditResult build_edited(const NeuralNetwork& base, GraphSpec spec, NeuralNetwork
 // new entries start at 0 when `zero_new`, else are drawn from
 // options.seed() as build_edited() draws them.
 EditResult build_patched(const NeuralNetwork& base, std::shared_ptr<const Topology> topology,
-                         NeuralNetworkOptions options, const std::vector<int64_t>& old_connection, bool zero_new,
+                         NeuralNetworkOptions options, const ConnectionArray& old_connection, bool zero_new,
                          bool function_preserving);
 
 // The compile options a network's options ask for (neural_network.cpp).
@@ -63,8 +63,8 @@ CompileOptions compile_options(const NeuralNetworkOptions& options);
 // the entries `*_kept` marks -1 (per connection and per non-input neuron of
 // `topo`) drawn as a new network draws them (uniform in ±1/sqrt(fan-in)) from
 // a stream of `seed`; the others left for the survivors to fill.
-std::pair<torch::Tensor, torch::Tensor> edited_parameters(const Topology& topo, const std::vector<int64_t>& weight_kept,
-                                                          const std::vector<int64_t>& bias_kept, uint64_t seed,
+std::pair<torch::Tensor, torch::Tensor> edited_parameters(const Topology& topo, at::ArrayRef<int64_t> weight_kept,
+                                                          at::ArrayRef<int64_t> bias_kept, uint64_t seed,
                                                           const torch::TensorOptions& options);
 
 }  // namespace connex

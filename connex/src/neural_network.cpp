@@ -230,12 +230,12 @@ std::shared_ptr<const DensePlan> plan_dense(const Topology& topology, const Neur
 
 }  // namespace
 
-std::pair<torch::Tensor, torch::Tensor> edited_parameters(const Topology& topo, const std::vector<int64_t>& weight_kept,
-                                                          const std::vector<int64_t>& bias_kept, uint64_t seed,
+std::pair<torch::Tensor, torch::Tensor> edited_parameters(const Topology& topo, at::ArrayRef<int64_t> weight_kept,
+                                                          at::ArrayRef<int64_t> bias_kept, uint64_t seed,
                                                           const torch::TensorOptions& options) {
   // Its own stream: the network's seed also draws the techniques' parameters.
   auto generator = at::make_generator<at::CPUGeneratorImpl>(seed ^ 0x9e3779b97f4a7c15ULL);
-  auto fresh = [&](const std::vector<int64_t>& kept, auto&& bound_of) {
+  auto fresh = [&](at::ArrayRef<int64_t> kept, auto&& bound_of) {
     std::vector<int64_t> index;
     for (int64_t k = 0; k < static_cast<int64_t>(kept.size()); ++k)
       if (kept[k] < 0) index.push_back(k);

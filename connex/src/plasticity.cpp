@@ -46,7 +46,7 @@ std::vector<Edge> adjacency_edges(const Adjacency& adjacency) {
 
 // The (new index, old index) pairs of the entries of `old_of_new` that are
 // not -1, in ascending new index, written straight into the tensors.
-ParameterRemap::Moved kept_pairs(const std::vector<int64_t>& old_of_new, const torch::Device& device) {
+ParameterRemap::Moved kept_pairs(at::ArrayRef<int64_t> old_of_new, const torch::Device& device) {
   torch::Tensor new_index, old_index;
   int64_t *to_new = nullptr, *to_old = nullptr;
   parallel_compact(
@@ -550,7 +550,7 @@ NetworkEditor& NetworkEditor::function_preserving(bool on) {
 EditResult NetworkEditor::build(uint64_t seed) const {
   NeuralNetworkOptions options = edited_options(seed);
   auto result = [&] {
-    std::vector<int64_t> old_connection;
+    ConnectionArray old_connection;
     if (auto topology = patched_topology(options, old_connection))
       return build_patched(network_, std::move(topology), std::move(options), old_connection, false,
                            function_preserving_);
@@ -567,7 +567,7 @@ EditResult NetworkEditor::build(uint64_t seed) const {
 // or none where it needs a compile: it removes neurons or adds inputs or
 // outputs, or a topo_sort ordered the base (or what the patch declines).
 std::shared_ptr<const Topology> NetworkEditor::patched_topology(const NeuralNetworkOptions& options,
-                                                                std::vector<int64_t>& old_connection) const {
+                                                                ConnectionArray& old_connection) const {
   if (!removed_neurons_.empty() || network_->options().topo_sort()) return nullptr;
   for (const auto& entry : added_roles_)
     if (entry.second != Role::Hidden) return nullptr;
@@ -616,7 +616,7 @@ EditResult build_edited(const NeuralNetwork& base, GraphSpec spec, NeuralNetwork
 }
 
 EditResult build_patched(const NeuralNetwork& base, std::shared_ptr<const Topology> topology,
-                         NeuralNetworkOptions options, const std::vector<int64_t>& old_connection, bool zero_new,
+                         NeuralNetworkOptions options, const ConnectionArray& old_connection, bool zero_new,
                          bool function_preserving) {
   // Biases move by spec position, which no base neuron changed.
   const Topology& old = base->topology();

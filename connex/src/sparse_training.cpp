@@ -107,7 +107,7 @@ EditResult build_rewired(const NeuralNetwork& network, const std::vector<int64_t
   if (!network->options().topo_sort()) {
     auto compile = compile_options(options);
     compile.context = "Rewirer::rewire()";
-    std::vector<int64_t> old_connection;
+    ConnectionArray old_connection;
     if (auto patched = t.with_connections(drop, grow, compile, old_connection))
       return build_patched(network, std::move(patched), std::move(options), old_connection, true, false);
   }

@@ -335,7 +335,7 @@ torch::Tensor activation_scores(const NeuralNetwork& network, const LevelTrace& 
   std::vector<torch::Tensor> means;
   for (const auto& v : trace.values) means.push_back(v.detach().abs().mean(1).to(torch::kCPU, torch::kFloat64));
   auto mean = torch::cat(means);
-  auto source = torch::tensor(t.conn_source(), torch::kInt64);
+  auto source = torch::tensor(at::ArrayRef<int64_t>(t.conn_source()), torch::kInt64);
   return network->weight_tensor().detach().abs().to(torch::kCPU, torch::kFloat64) * mean.index_select(0, source);
 }
 

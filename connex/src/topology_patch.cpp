@@ -10,6 +10,8 @@
 // changed order.
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
+#include <memory>
 #include <numeric>
 #include <tuple>
 #include <unordered_set>
@@ -42,7 +44,7 @@ std::vector<int64_t> offsets_of(const std::vector<int64_t>& counts) {
 std::shared_ptr<const Topology> Topology::with_connections(const std::vector<int64_t>& removed,
                                                            const std::vector<std::pair<int64_t, int64_t>>& added,
                                                            const CompileOptions& options,
-                                                           std::vector<int64_t>& old_connection,
+                                                           ConnectionArray& old_connection,
                                                            const std::vector<NeuronId>& added_neurons) const {
   const char* context = "Topology::with_connections()";  // each layer names itself
   if (options.topo_sort) return nullptr;
@@ -163,8 +165,8 @@ std::shared_ptr<const Topology> Topology::with_connections(const std::vector<int
 // target's new place and its sources are renumbered, then sorted again where
 // a neuron that changed level broke their order; else ids are the base's.
 // Fills old_connection.
-void Topology::patch_incoming(const Topology& base, const Patch& patch, bool moved,
-                              std::vector<int64_t>& old_connection, const char* context) {
+void Topology::patch_incoming(const Topology& base, const Patch& patch, bool moved, ConnectionArray& old_connection,
+                              const char* context) {
   const int64_t n = base.num_neurons(), grown = static_cast<int64_t>(patch.removed_into.size());
   const std::vector<uint8_t>& gone = patch.gone;
   const std::vector<int64_t>& into = patch.into;
@@ -309,7 +311,7 @@ bool Topology::patch_levels(const Patch& patch, std::vector<int64_t>& level) con
 // of the new connections by source, visiting targets in spec order, so each
 // source's run lists its targets in spec order (as compile() does). The
 // sort scatters one array, each slot's connection and target side by side
-// in one 16-byte entry; each source's run and its successor list are the
+// in one entry; each source's run and its successor list are the
 // same list, so the runs and the successors are then written run by run, in
 // order (a scattered write misses the cache: five scattered arrays took
 // most of a 1M-connection rewiring's patch, and a second scattered array of
@@ -332,47 +334,54 @@ void Topology::patch_outgoing(std::shared_ptr<GraphSpec::IndexAdjacency> adjacen
       part_begin[p] = u;
     }
   }
-  // Each slot's connection and target, scattered together.
-  struct Placed {
-    int64_t connection, target;
-  };
-  std::unique_ptr<Placed[]> placed(new Placed[m]);  // every entry is written: left uninitialised
   out_connections_.resize(m);
   out_targets_.resize(m);
   adjacency->targets.resize(m);
-  std::vector<int64_t> spec_offset;  // per dense id: its spec edges' start less its run's
-  out_offsets_ = counting_sort_in_parts(
-      parts, n,
-      [&](int64_t p, auto&& slot_of) {
-        for (int64_t u = part_begin[p]; u < part_begin[p + 1]; ++u) {
-          const int64_t d = dense_of_index_[u];
-          for (int64_t c = in_offsets_[d]; c < in_offsets_[d + 1]; ++c) {
-            const int64_t s = conn_source_[c];
-            const int64_t slot = slot_of(s);
-            if (slot < 0) continue;  // counting pass
-            placed[slot] = {c, d};
+  // Each slot's connection and target, scattered together: in 8 bytes where
+  // both fit 32 bits (a 1M-connection rewiring's sort wrote half the memory).
+  auto sort = [&](auto index) {
+    using Index = decltype(index);
+    struct Placed {
+      Index connection, target;
+    };
+    std::unique_ptr<Placed[]> placed(new Placed[m]);  // every entry is written: left uninitialised
+    std::vector<int64_t> spec_offset;                 // per dense id: its spec edges' start less its run's
+    out_offsets_ = counting_sort_in_parts(
+        parts, n,
+        [&](int64_t p, auto&& slot_of) {
+          for (int64_t u = part_begin[p]; u < part_begin[p + 1]; ++u) {
+            const int64_t d = dense_of_index_[u];
+            for (int64_t c = in_offsets_[d]; c < in_offsets_[d + 1]; ++c) {
+              const int64_t slot = slot_of(conn_source_[c]);
+              if (slot < 0) continue;  // counting pass
+              placed[slot] = {static_cast<Index>(c), static_cast<Index>(d)};
+            }
           }
+        },
+        [&](const std::vector<int64_t>& offsets) {
+          // Between the passes: the spec's offsets, by spec position.
+          adjacency->offsets.assign(n + 1, 0);
+          for (int64_t u = 0; u < n; ++u)
+            adjacency->offsets[u + 1] =
+                adjacency->offsets[u] + offsets[dense_of_index_[u] + 1] - offsets[dense_of_index_[u]];
+          spec_offset.resize(n);
+          for (int64_t d = 0; d < n; ++d) spec_offset[d] = adjacency->offsets[index_of_dense_[d]] - offsets[d];
+        });
+    // The runs, and the spec's successors, run by run.
+    share_work(0, n, 1 << 10, [&](int64_t first, int64_t last) {
+      for (int64_t s = first; s < last; ++s) {
+        for (int64_t slot = out_offsets_[s], e = slot + spec_offset[s]; slot < out_offsets_[s + 1]; ++slot, ++e) {
+          out_connections_[slot] = placed[slot].connection;
+          out_targets_[slot] = placed[slot].target;
+          adjacency->targets[e] = index_of_dense_[placed[slot].target];
         }
-      },
-      [&](const std::vector<int64_t>& offsets) {
-        // Between the passes: the spec's offsets, by spec position.
-        adjacency->offsets.assign(n + 1, 0);
-        for (int64_t u = 0; u < n; ++u)
-          adjacency->offsets[u + 1] =
-              adjacency->offsets[u] + offsets[dense_of_index_[u] + 1] - offsets[dense_of_index_[u]];
-        spec_offset.resize(n);
-        for (int64_t d = 0; d < n; ++d) spec_offset[d] = adjacency->offsets[index_of_dense_[d]] - offsets[d];
-      });
-  // The runs, and the spec's successors, run by run.
-  share_work(0, n, 1 << 10, [&](int64_t first, int64_t last) {
-    for (int64_t s = first; s < last; ++s) {
-      for (int64_t slot = out_offsets_[s], e = slot + spec_offset[s]; slot < out_offsets_[s + 1]; ++slot, ++e) {
-        out_connections_[slot] = placed[slot].connection;
-        out_targets_[slot] = placed[slot].target;
-        adjacency->targets[e] = index_of_dense_[placed[slot].target];
       }
-    }
-  });
+    });
+  };
+  if (std::max(m, n) <= int64_t{UINT32_MAX})
+    sort(uint32_t{});
+  else
+    sort(int64_t{});
   spec_.adjacency_ = std::move(adjacency);
   spec_.edges_by_source_ = true;
 }

@@ -98,7 +98,7 @@ class NetworkEditor {
   GraphSpec checked_spec(IndexGraph& graph) const;
   // The base's topology patched with this edit, where no compile is needed.
   std::shared_ptr<const Topology> patched_topology(const NeuralNetworkOptions& options,
-                                                   std::vector<int64_t>& old_connection) const;
+                                                   ConnectionArray& old_connection) const;
 
   // The neuron's dense id in the base network; -1 if it is not there or this edit removed it.
   int64_t base_dense(const NeuronId& id) const;
