@@ -785,7 +785,7 @@ std::vector<Case> make_catalogue() {
   add("cli", "ValidationSplitOutOfRange", none, cli("train net.json --val-split 2 --out out"),
       {"--val-split: must be a number in [0, 0.9], got \"2\""});
   add("cli", "UnknownOptimizer", none, cli("train net.json --optimizer lbfgs --out out"),
-      {"--optimizer: lbfgs not in {adam,adamw,sgd}"});
+      {"--optimizer: must be one of adam, adamw or sgd, got \"lbfgs\""});
   add("cli", "UnknownDevice", none, cli("train net.json --device tpu --out out"),
       {"--device must be cpu or cuda, got \"tpu\""});
   add("cli", "NonNumericEpochs", none, cli("train net.json --epochs many --out out"),
@@ -886,7 +886,8 @@ std::vector<Case> make_catalogue() {
       {"--dropout: must be a number in [0, 1], got \"1.5\""});
   add("cli", "PruneWithoutACriterion", none, cli("prune good.ckpt --out out"),
       {"give exactly one of --threshold and --fraction"});
-  add("cli", "UnknownExportFormat", none, cli("export good.ckpt --format pdf --out out"), {"--format: pdf not in"});
+  add("cli", "UnknownExportFormat", none, cli("export good.ckpt --format pdf --out out"),
+      {"--format: must be one of torchscript, json, graphml, dot or png, got \"pdf\""});
   add("cli", "ExportTimeoutWithoutPng", none, cli("export good.ckpt --format json --timeout 5 --out out"),
       {"export: --timeout is the time Graphviz may take to draw a PNG; --format json does not run it"});
   add("cli", "CorruptedCheckpoint",

@@ -128,9 +128,9 @@ TEST(CliPrune, NeedsDataOnlyForTheLossAndReportsAccuracy) {
   r = connex_cli("prune batched --fraction 0.3 --epochs 1 --out zb.ckpt", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   const std::string csv = fs::absolute(dir / "d.csv").lexically_normal().string();
-  EXPECT_NE(
-      (r.out + r.err).find("data: " + csv + " (the one the checkpoint was trained on; give --data to use another)"),
-      std::string::npos)
+  EXPECT_NE((r.out + r.err).find("data: " + csv + " ("), std::string::npos) << r.out + r.err;
+  EXPECT_NE((r.out + r.err).find("); the one the checkpoint was trained on (give --data to use another)\n"),
+            std::string::npos)
       << r.out + r.err;
   const std::string with_its_batch = r.out;
   r = connex_cli("prune batched --fraction 0.3 --epochs 1 --batch-size 8 --data d.csv --out z8.ckpt", dir);
@@ -521,4 +521,25 @@ TEST(CliPredict, AMissingFileAndAGraphExportAreNamed) {
                        "is read as an input"),
             std::string::npos)
       << r.err;
+}
+
+// The data line names a few columns and the last of many, with their count,
+// rather than every one (a 64-pixel image table made it hundreds of characters).
+TEST(CliData, ManyColumnsAreSaidInShort) {
+  TempDir dir;
+  std::string csv;
+  for (int j = 0; j < 12; ++j) csv += fmt::format("p{},", j);
+  csv += "y\n";
+  for (int i = 0; i < 10; ++i) {
+    for (int j = 0; j < 12; ++j) csv += fmt::format("{},", (i * j) % 7);
+    csv += fmt::format("{}\n", i % 2);
+  }
+  spit(dir / "wide.csv", csv);
+  spit(dir / "net.json",
+       R"({"graph": {"prebuilt": "MLP", "input_size": 12, "output_size": 1, "width": 4, "depth": 1}})");
+  const auto r = connex_cli("train net.json --data wide.csv --epochs 1", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find(" (10 training rows, 0 validation rows, features p0,p1,p2,...,p11 (12), targets y)\n"),
+            std::string::npos)
+      << r.out;
 }

@@ -290,6 +290,13 @@ TEST(CliSparse, ARecordedPruneStaysScheduledAndABadOneIsRefused) {
                            "epoch 3: this run's last, so no epoch trains the pruned network (the figures above are "
                            "from before the prune); a resumed run with --epochs trains it on"})
     EXPECT_NE((r.out + r.err).find(said), std::string::npos) << said << "\n" << r.out + r.err;
+  // Moved past this run's epochs, it stays scheduled for a later one.
+  r = connex_cli("train pending.ckpt --epochs 1 --prune-at-epoch 9 --out postponed", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* said : {"the run's recorded prune, moved from epoch 5",
+                           "prune: it lies past this run's last epoch 2; it stays scheduled"})
+    EXPECT_NE((r.out + r.err).find(said), std::string::npos) << said << "\n" << r.out + r.err;
+  EXPECT_EQ(load_checkpoint(dir / "postponed/model.ckpt").training.at("prune").at("at_epoch"), 9);
   const auto moved = load_checkpoint(dir / "moved/model.ckpt");
   EXPECT_FALSE(moved.training.contains("prune"));
   EXPECT_LT(moved.network->num_connections(), ck.network->num_connections());
@@ -303,6 +310,18 @@ TEST(CliSparse, ARecordedPruneStaysScheduledAndABadOneIsRefused) {
             std::string::npos)
       << r.out + r.err;
   EXPECT_EQ(load_checkpoint(dir / "rescoped/model.ckpt").training.at("prune").at("scope"), "neuron");
+  // So does --prune-fraction alone, and several are named together.
+  r = connex_cli("train pending.ckpt --epochs 1 --prune-fraction 0.25 --prune-keep-min 1 --out refraction", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE((r.out + r.err)
+                .find("prune: 0.25 of the connections (level scope, keep-min 1) after epoch 5: the run's recorded "
+                      "prune, changed by --prune-fraction and --prune-keep-min"),
+            std::string::npos)
+      << r.out + r.err;
+  EXPECT_EQ(load_checkpoint(dir / "refraction/model.ckpt").training.at("prune").at("fraction"), 0.25);
+  r = connex_cli("train cancelled --epochs 1 --prune-fraction 0.25 --out again", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "connex: train: --prune-fraction needs --prune-at-epoch (the epoch after which to prune, >= 1)\n");
   r = connex_cli("train cancelled --epochs 1 --prune-keep-min 1 --out again", dir);
   EXPECT_EQ(r.code, 1);
   EXPECT_EQ(r.err, "connex: train: --prune-keep-min needs --prune-at-epoch (the epoch after which to prune, >= 1)\n");
@@ -468,7 +487,10 @@ TEST(CliSparse, RefusalsAreOneLineAndWriteNothing) {
             "train: --prune-scope needs --prune-at-epoch (the epoch after which to prune, >= 1)"},
            {"net.json --prune-keep-min 2",
             "train: --prune-keep-min needs --prune-at-epoch (the epoch after which to prune, >= 1)"},
-           {"net.json --prune-at-epoch 1 --prune-fraction 0.5 --prune-scope layer", "--prune-scope: layer not in"},
+           {"net.json --prune-at-epoch 1 --prune-fraction 0.5 --prune-scope layer",
+            "--prune-scope: must be one of global, neuron or level, got \"layer\""},
+           {"net.json --prune-at-epoch 1 --prune-fraction 0.5 --prune-scope \"\"",
+            "--prune-scope: must be one of global, neuron or level, got \"\""},
            {"net.json --rewire set --nproc 2", "train: --rewire needs a single process, got 2 ranks"},
            {"net.json --rewire set --world-size 2 --rank 0", "train: --rewire needs a single process, got 2 ranks"},
            {"ck2 --rewire-end 1 --world-size 2 --rank 0",
@@ -640,12 +662,12 @@ TEST(CliSparse, AFloorThatKeepsEverythingIsSaid) {
       std::string::npos)
       << r.out + r.err;
   EXPECT_EQ(slurp(dir / "ck/model.ckpt"), before);
-  // train's pruning says the same.
+  // train's pruning says the same, naming the prune's settings (they may be the run's record's).
   r = connex_cli("train ck --epochs 2 --prune-at-epoch 2 --prune-fraction 0.5 --prune-keep-min 1000 --out t", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE((r.out + r.err)
-                .find(fmt::format("train: epoch 2: --prune-keep-min 1000 kept {} of the {} connections that "
-                                  "--prune-fraction chose: nothing is removed",
+                .find(fmt::format("train: epoch 2: the prune's keep-min 1000 kept {} of the {} connections that "
+                                  "the prune's fraction chose: nothing is removed",
                                   half, half)),
             std::string::npos)
       << r.out + r.err;
@@ -678,7 +700,7 @@ TEST(CliSparse, RoundedSharesAreSaid) {
   TempDir dir;
   spit(dir / "net.json",
        R"({"graph": {"prebuilt": "MLP", "input_size": 5, "output_size": 2, "width": 5, "depth": 1}})");
-  auto r = connex_cli("prune net.json --fraction 0.5 --scope neuron", dir);
+  auto r = connex_cli("prune net.json --fraction 0.5 --scope Neuron", dir);  // a name in either case
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("connections: 35 -> 14 (removed 21)"), std::string::npos) << r.out;
   EXPECT_NE((r.out + r.err)

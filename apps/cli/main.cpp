@@ -408,6 +408,27 @@ std::string one_line(const NeuralNetwork& network) {
   return line.str();
 }
 
+// One of `names`, in either case as the library reads them (the value
+// becomes the name), said as number_in() says its range: CLI11's IsMember
+// printed a set, and an empty value as nothing ("--scope:  not in {...}").
+// A transform, not a check: CLI11 drops a check's change to the value.
+CLI::Validator one_of(const std::vector<std::string>& names) {
+  std::string what = "one of ";
+  for (size_t k = 0; k < names.size(); ++k) what += (k == 0 ? "" : k + 1 == names.size() ? " or " : ", ") + names[k];
+  return CLI::Validator(
+      [names, what](std::string& text) -> std::string {
+        std::string lower = text;
+        std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char ch) { return std::tolower(ch); });
+        for (const auto& name : names)
+          if (lower == name) {
+            text = name;
+            return std::string();
+          }
+        return fmt::format("must be {}, got \"{}\"", what, text);
+      },
+      what);
+}
+
 // A flag given twice is refused as an option given twice is (CLI11 counts a repeated flag by default).
 CLI::Option* add_flag_once(CLI::App* command, const std::string& name, bool& value, const std::string& help) {
   return command->add_flag(name, value, help)->multi_option_policy(CLI::MultiOptionPolicy::Throw);
@@ -415,6 +436,7 @@ CLI::Option* add_flag_once(CLI::App* command, const std::string& name, bool& val
 
 struct DataArgs {
   std::string data;
+  bool recorded = false;  // data is the checkpoint's CSV, not --data's (resumed_data_args())
   std::optional<std::string> task;
   std::vector<std::string> targets, features;
   bool standardize = false;
@@ -430,7 +452,7 @@ struct DataArgs {
     cmd->add_option(
            "--task", task,
            "regression (MSE) or classification (softmax + cross-entropy); default: the checkpoint's, else regression")
-        ->check(CLI::IsMember({"regression", "classification"}));
+        ->transform(one_of({"regression", "classification"}));
     add_flag_once(cmd, "--standardize", standardize,
                   "z-score every feature column (training rows' statistics, saved with the model)");
   }
@@ -529,7 +551,7 @@ struct TrainArgs {
     cmd->add_option("--lr", lr, "learning rate (default: the checkpoint optimizer's, else 0.001)")
         ->check(number_in(0, 1e6, false, true));
     cmd->add_option("--optimizer", optimizer, describe_optimizer_choices() + "; default: the checkpoint's, else adam")
-        ->check(CLI::IsMember(optimizer_choices()));
+        ->transform(one_of(optimizer_choices()));
     cmd->add_option("--seed", seed,
                     "seed for the split, shuffling and new parameters (default: a resumed run's, else 0)")
         ->check(seed_check());
@@ -759,13 +781,21 @@ class OutLock {
   std::vector<fs::path> made_;
 };
 
-void log_data(const Table& data) {
+// Column names as the data line lists them: the first few and the last of many, with their count.
+std::string columns_said(const std::vector<std::string>& names) {
+  if (names.size() <= 8) return fmt::format("{}", fmt::join(names, ","));
+  return fmt::format("{},...,{} ({})", fmt::join(names.begin(), names.begin() + 3, ","), names.back(), names.size());
+}
+
+// One line for the data a command reads; `recorded` when it is the checkpoint's CSV, which --data did not name.
+void log_data(const Table& data, bool recorded) {
   const auto& p = data.preprocessing;
-  spdlog::info("data: {} ({} training rows, {} validation rows, features {}, targets {}{}{})", data.source,
-               data.train.inputs().size(0), data.validation.inputs().size(0), fmt::join(p.features, ","),
-               fmt::join(p.targets, ","),
-               p.task == Task::Classification ? fmt::format(", classes {}", fmt::join(p.classes, ",")) : "",
-               p.standardizes() ? ", standardized" : "");
+  spdlog::info("data: {} ({} training rows, {} validation rows, features {}, targets {}{}{}){}", data.source,
+               data.train.inputs().size(0), data.validation.inputs().size(0), columns_said(p.features),
+               columns_said(p.targets),
+               p.task == Task::Classification ? fmt::format(", classes {}", columns_said(p.classes)) : "",
+               p.standardizes() ? ", standardized" : "",
+               recorded ? "; the one the checkpoint was trained on (give --data to use another)" : "");
 }
 
 // The first rewiring setting given, if any (they need a method: --rewire, or a checkpoint's record).
@@ -777,12 +807,12 @@ const char* rewire_setting_given(const TrainArgs& t) {
 }
 
 void check_train_flags(const TrainArgs& t, const std::string& out) {
-  // --prune-at-epoch without --prune-fraction moves a resumed run's recorded prune, and --prune-scope or
-  // --prune-keep-min alone change it: resume_prune_schedule().
-  const int prune_at = t.prune_at_epoch.value_or(0);
-  if (t.prune_fraction > 0 && prune_at == 0)
-    fail("train: --prune-fraction needs --prune-at-epoch (the epoch after which to prune, >= 1){}",
-         t.prune_at_epoch ? "; --prune-at-epoch 0 schedules none" : "");
+  // --prune-at-epoch without --prune-fraction moves a resumed run's recorded prune, and --prune-fraction,
+  // --prune-scope or --prune-keep-min alone change it: resume_prune_schedule().
+  if (t.prune_fraction > 0 && t.prune_at_epoch == 0)
+    fail(
+        "train: --prune-fraction needs --prune-at-epoch (the epoch after which to prune, >= 1); --prune-at-epoch 0 "
+        "schedules none");
   if (t.checkpoint_every > 0 && out.empty()) fail("train: --checkpoint-every needs --out");
   if (t.init_density && !t.density) fail("train: --init-density needs --density");
   // A --density run is new, with no recorded method: said before its network is drawn.
@@ -996,7 +1026,9 @@ Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::s
          progress.epoch > 0 ? "; the checkpoint's run has no prune to come that it could move" : "");
   if (at > 0 && t.epochs == 0)
     fail("train: --prune-at-epoch {} has no epoch to follow: this run trains none (--epochs 0)", at);
-  if (at > 0 && (at <= progress.epoch || at > last_epoch))
+  // A recorded prune moved past this run's epochs stays scheduled, as it would unmoved; a new one must fall within.
+  const bool moves = at > 0 && !(t.prune_fraction > 0);
+  if (at > 0 && (at <= progress.epoch || (at > last_epoch && !moves)))
     fail("train: --prune-at-epoch {} is outside this run's epochs {} to {}{}", at, progress.epoch + 1, last_epoch,
          at <= progress.epoch ? fmt::format(" (the checkpoint has trained {} epochs)", progress.epoch)
                               : fmt::format("; --epochs {} reaches it", at - progress.epoch));
@@ -1007,33 +1039,40 @@ Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::s
 // run's record keeps): --prune-at-epoch's, else the record's while it is
 // still to come (a stopped run resumed prunes where it would have; a
 // schedule past this run's epochs stays for a later one); --prune-at-epoch 0
-// cancels it, and --prune-at-epoch without --prune-fraction moves it (its
-// scope and floor kept unless given).
+// cancels it, --prune-at-epoch without --prune-fraction moves it (its scope
+// and floor kept unless given), and --prune-fraction, --prune-scope or
+// --prune-keep-min without --prune-at-epoch change it.
 void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
   PruneSchedule& s = progress.prune;
   const bool recorded = s.at_epoch > progress.epoch;
   auto said = [](const PruneSchedule& p) {
     return fmt::format("{:g} of the connections ({}) after epoch {}", p.fraction, p.rule_said(), p.at_epoch);
   };
-  const bool tweaks = t.prune_scope || t.prune_keep_min;
-  if (tweaks && (t.prune_at_epoch ? *t.prune_at_epoch == 0 : !recorded))
-    fail("train: --{} needs --prune-at-epoch (the epoch after which to prune, >= 1){}",
-         t.prune_scope ? "prune-scope" : "prune-keep-min",
+  // The settings given without --prune-at-epoch, which change the recorded prune (--prune-fraction with it
+  // schedules a new one).
+  std::vector<std::string> tweaks;
+  if (t.prune_fraction > 0 && !t.prune_at_epoch) tweaks.emplace_back("--prune-fraction");
+  if (t.prune_scope) tweaks.emplace_back("--prune-scope");
+  if (t.prune_keep_min) tweaks.emplace_back("--prune-keep-min");
+  if (!tweaks.empty() && (t.prune_at_epoch ? *t.prune_at_epoch == 0 : !recorded))
+    fail("train: {} needs --prune-at-epoch (the epoch after which to prune, >= 1){}", tweaks.front(),
          t.prune_at_epoch ? "; --prune-at-epoch 0 schedules none" : "");
-  // The recorded prune to come, changed by --prune-scope or --prune-keep-min
-  // alone, or moved by --prune-at-epoch without --prune-fraction
-  // (resumed_progress() refused that without a record).
+  // The recorded prune to come, changed by those alone, or moved by
+  // --prune-at-epoch without --prune-fraction (resumed_progress() refused
+  // that without a record).
   const bool moves = t.prune_at_epoch && *t.prune_at_epoch > 0 && !(t.prune_fraction > 0);
-  if (moves || (!t.prune_at_epoch && tweaks)) {
+  if (moves || (!t.prune_at_epoch && !tweaks.empty())) {
+    if (!t.prune_at_epoch && t.prune_fraction > 0) s.fraction = t.prune_fraction;
     if (t.prune_scope) s.scope = prune_scope_from_name(*t.prune_scope);
     if (t.prune_keep_min) s.keep_min = *t.prune_keep_min;
     const int was = s.at_epoch;
     if (moves) s.at_epoch = *t.prune_at_epoch;
+    const std::string last = tweaks.empty() ? "" : tweaks.back();
+    if (!tweaks.empty()) tweaks.pop_back();
     spdlog::info("prune: {}: the run's recorded prune{}", said(s),
-                 moves ? (s.at_epoch == was ? "" : fmt::format(", moved from epoch {}", was))
-                 : t.prune_scope && t.prune_keep_min ? ", changed by --prune-scope and --prune-keep-min"
-                 : t.prune_scope                     ? ", changed by --prune-scope"
-                                                     : ", changed by --prune-keep-min");
+                 moves            ? (s.at_epoch == was ? "" : fmt::format(", moved from epoch {}", was))
+                 : tweaks.empty() ? ", changed by " + last
+                                  : fmt::format(", changed by {} and {}", fmt::join(tweaks, ", "), last));
     if (s.at_epoch > progress.epoch + t.epochs)
       spdlog::info("prune: it lies past this run's last epoch {}; it stays scheduled", progress.epoch + t.epochs);
     return;
@@ -1086,7 +1125,7 @@ DataArgs resumed_data_args(const DataArgs& d, Progress& progress, const std::str
     if (const std::string missing = missing_data_said(progress.data); !missing.empty())
       fail("{}: {} was trained on {}, {}; give --data", command, config, progress.data, missing);
     data_args.data = progress.data;
-    spdlog::info("data: {} (the one the checkpoint was trained on; give --data to use another)", progress.data);
+    data_args.recorded = true;
   }
   // The recorded CSV is hashed (read whole) only when it is the one used, and once.
   std::optional<std::string> hash;
@@ -1326,7 +1365,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
 #endif
   if (reporter) {
     spdlog::info("{}", one_line(net));
-    log_data(data);
+    log_data(data, data_args.recorded);
     // Said now, not only at the end: resuming a run without --out trains and keeps nothing.
     if (out.empty() && !ck.training.is_null())
       spdlog::warn("no --out: this resumed run will not be saved and {} stays as it was; give --out {} to save it",
@@ -1478,7 +1517,10 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   check_out_kind("prune", out, Writes::Checkpoint);
   spdlog::info("cores: {}", cores_said);  // after the refusals that need no work
   std::optional<Table> data;
-  if (data_args) data = load_dataset(data_args->options(net, trained.val_split, seed), net, ck.preprocessing, "prune");
+  if (data_args) {
+    data = load_dataset(data_args->options(net, trained.val_split, seed), net, ck.preprocessing, "prune");
+    log_data(*data, data_args->recorded);
+  }
   const PruneOptions options = p.options().scores(data ? connection_scores(net, p.score, *data) : torch::Tensor());
   const std::vector<Edge> weak = connections_to_prune(net, options);
   // What the floor held back, so that a floor above every fan-in is not a silent no-op.
@@ -2073,7 +2115,7 @@ void add_sparse_training_flags(CLI::App* train, TrainArgs& t) {
       ->add_option("--rewire", t.rewire,
                    "rewire while training: set (grow at random), rigl (grow by gradient) or none; default: a resumed "
                    "run's")
-      ->check(CLI::IsMember(rewire_choices()));
+      ->transform(one_of(rewire_choices()));
   train->add_option("--rewire-every", t.rewire_every, "rewire after every N optimizer steps (default 100)")
       ->check(number_in(1, 9.0e15, true));
   train->add_option("--drop-fraction", t.drop_fraction, "share of each level's connections replaced (default 0.3)")
@@ -2099,12 +2141,13 @@ void add_train_command(CLI::App& app, Commands& c) {
       ->check(number_in(0, kIntMax, true));
   c.train
       ->add_option("--prune-fraction", c.train_args.prune_fraction,
-                   "fraction of connections to prune at --prune-at-epoch, weakest |w| first")
+                   "fraction of connections to prune at --prune-at-epoch, weakest |w| first; alone, as --prune-scope "
+                   "and --prune-keep-min alone, it changes a resumed run's recorded prune")
       ->check(number_in(0, 1, false, true));
   c.train
       ->add_option("--prune-scope", c.train_args.prune_scope,
-                   "which connections compete at --prune-at-epoch: global (default), neuron or level")
-      ->check(CLI::IsMember(prune_scope_choices()));
+                   "which connections compete at --prune-at-epoch, as prune's --scope (default: global)")
+      ->transform(one_of(prune_scope_choices()));
   c.train
       ->add_option("--prune-keep-min", c.train_args.prune_keep_min,
                    "at --prune-at-epoch every neuron keeps at least this many incoming connections (default 0)")
@@ -2129,7 +2172,7 @@ void add_prune_command(CLI::App& app, Commands& c) {
   c.prune
       ->add_option("--scope", c.prune_args.scope,
                    "which connections compete for --fraction: global, neuron (into each neuron) or level")
-      ->check(CLI::IsMember(prune_scope_choices()));
+      ->transform(one_of(prune_scope_choices()));
   c.prune->add_option("--keep-min", c.prune_args.keep_min, "every neuron keeps at least this many incoming connections")
       ->check(number_in(0, 9.0e15, true));
   add_flag_once(c.prune, "--protect-outputs", c.prune_args.protect_outputs, "never prune connections into outputs");
@@ -2139,7 +2182,7 @@ void add_prune_command(CLI::App& app, Commands& c) {
       ->add_option("--score", c.prune_args.score,
                    "what makes a connection weak: magnitude |w| (default), activation |w a| or gradient |w dL/dw| "
                    "(these two on --data's training rows)")
-      ->check(CLI::IsMember({"magnitude", "activation", "gradient"}));
+      ->transform(one_of({"magnitude", "activation", "gradient"}));
   add_flag_once(c.prune, "--remove-dead", c.prune_args.remove_dead,
                 "then remove hidden neurons that no input reaches or that reach no output");
   c.data.add_to(c.prune);
@@ -2169,9 +2212,9 @@ void add_edit_command(CLI::App& app, Commands& c) {
 void add_export_command(CLI::App& app, Commands& c) {
   c.export_ = app.add_subcommand("export", "write a network as TorchScript, JSON, GraphML, DOT or PNG");
   c.export_->add_option("checkpoint", c.path, "checkpoint or config")->required()->check(path_check());
-  c.export_->add_option("--format", c.format, "torchscript, json, graphml, dot or png")
+  c.export_->add_option("--format", c.format, "the file's format")
       ->required()
-      ->check(CLI::IsMember({"torchscript", "json", "graphml", "dot", "png"}));
+      ->transform(one_of({"torchscript", "json", "graphml", "dot", "png"}));
   c.export_->add_option("--out", c.out, "output file")->required()->check(path_check());
   c.export_->add_option("--timeout", c.dot_seconds, "png: seconds Graphviz may take (default 60)")
       ->check(number_in(0, 86400, false, true));

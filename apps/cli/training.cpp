@@ -815,8 +815,9 @@ class Trainer {
     const PruneOptions rule = progress_.prune.options();
     if (reporter()) {
       const auto weak = connections_to_prune(network_, rule);
-      say_how_the_rule_chose(network_, rule, weak.size(), fmt::format("train: epoch {}", epoch), "--prune-fraction",
-                             "--prune-keep-min", "--prune-scope");
+      // Named as the prune's: its settings may be the run's record's rather than this command's flags.
+      say_how_the_rule_chose(network_, rule, weak.size(), fmt::format("train: epoch {}", epoch), "the prune's fraction",
+                             "the prune's keep-min", "the prune's scope");
       prune.remove_connections(weak);
     }
     EditResult edited = replicas_.apply_edit(network_, prune, options_.seed);
