@@ -274,8 +274,9 @@ TEST(CliSparse, ARecordedPruneStaysScheduledAndABadOneIsRefused) {
   // --prune-at-epoch 0 cancels it, and says so.
   r = connex_cli("train later --epochs 3 --prune-at-epoch 0 --out cancelled", dir);
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE((r.out + r.err).find("prune: --prune-at-epoch 0 cancels the run's recorded prune after epoch 5"),
-            std::string::npos)
+  EXPECT_NE(
+      (r.out + r.err).find("prune: --prune-at-epoch 0 cancels the run's recorded prune: 0.5 of the connections ("),
+      std::string::npos)
       << r.out + r.err;
   const auto cancelled = load_checkpoint(dir / "cancelled/model.ckpt");
   EXPECT_FALSE(cancelled.training.contains("prune"));
@@ -290,6 +291,14 @@ TEST(CliSparse, ARecordedPruneStaysScheduledAndABadOneIsRefused) {
                            "epoch 3: this run's last, so no epoch trains the pruned network (the figures above are "
                            "from before the prune); a resumed run with --epochs trains it on"})
     EXPECT_NE((r.out + r.err).find(said), std::string::npos) << said << "\n" << r.out + r.err;
+  // A new prune at the recorded epoch replaces it, saying so: its scope and floor are not inherited.
+  r = connex_cli("train pending.ckpt --epochs 4 --prune-at-epoch 5 --prune-fraction 0.5 --out replaced", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE((r.out + r.err)
+                .find("prune: --prune-at-epoch 5 replaces the run's recorded prune: 0.5 of the connections (level "
+                      "scope, keep-min 2) after epoch 5"),
+            std::string::npos)
+      << r.out + r.err;
   // Moved past this run's epochs, it stays scheduled for a later one.
   r = connex_cli("train pending.ckpt --epochs 1 --prune-at-epoch 9 --out postponed", dir);
   ASSERT_EQ(r.code, 0) << r.err;

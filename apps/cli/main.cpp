@@ -995,7 +995,7 @@ std::optional<double> plan_rewiring(const TrainArgs& t, RewireSettings& r, const
 }
 
 // A checkpoint written by `train` resumes where it stopped, with its data settings unless flags say otherwise;
-// --prune-at-epoch must fall within the epochs this run adds.
+// a new --prune-at-epoch must fall within the epochs this run adds (a recorded prune may move past them).
 Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::string& config) {
   Progress progress;
   if (!ck.training.is_null()) progress = Progress::from_json(ck.training, config);
@@ -1079,13 +1079,16 @@ void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
   }
   if (t.prune_at_epoch) {
     const int at = *t.prune_at_epoch;
-    if (recorded && s.at_epoch != at)
-      spdlog::info("prune: --prune-at-epoch {} {} the run's recorded prune after epoch {}", at,
-                   at == 0 ? "cancels" : "replaces", s.at_epoch);
-    s = at == 0 ? PruneSchedule{}
+    const PruneSchedule given =
+        at == 0 ? PruneSchedule{}
                 : PruneSchedule{at, t.prune_fraction,
                                 t.prune_scope ? prune_scope_from_name(*t.prune_scope) : PruneScope::Global,
                                 t.prune_keep_min.value_or(0)};
+    // Said whenever it differs, also at the recorded epoch (its scope and floor are not inherited).
+    if (recorded && (at == 0 || said(given) != said(s)))
+      spdlog::info("prune: --prune-at-epoch {} {} the run's recorded prune: {}", at, at == 0 ? "cancels" : "replaces",
+                   said(s));
+    s = given;
     if (at > 0) spdlog::info("prune: {}", said(s));
     return;
   }
