@@ -356,7 +356,7 @@ TEST(CliResume, TheRunsDataIsShownAndAResumeWithoutOutIsWarnedOfAtTheStart) {
   // An empty value is refused by name, not filled from the next argument.
   r = connex_cli("train run --epochs= 2 --out run", dir);
   EXPECT_EQ(r.code, 2);
-  EXPECT_EQ(r.err, "connex: --epochs: got an empty value (see connex --help)\n");
+  EXPECT_EQ(r.err, "connex: --epochs: got an empty value (see connex train --help)\n");
   // A fresh run without --out is warned of at the end only, as before.
   r = connex_cli("train net.json --data d.csv --epochs 1", dir);
   ASSERT_EQ(r.code, 0) << r.err;

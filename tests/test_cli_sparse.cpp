@@ -286,7 +286,7 @@ TEST(CliSparse, ARecordedPruneStaysScheduledAndABadOneIsRefused) {
   r = connex_cli("train pending.ckpt --epochs 2 --prune-at-epoch 3 --prune-keep-min 1 --out moved", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   for (const char* said : {"prune: 0.5 of the connections (level scope, keep-min 1) after epoch 3: the run's recorded "
-                           "prune, moved from epoch 5",
+                           "prune, moved from epoch 5, changed by --prune-keep-min",
                            "epoch 3: pruned ", "(|w| smallest first, level scope, keep-min 1)",
                            "epoch 3: this run's last, so no epoch trains the pruned network (the figures above are "
                            "from before the prune); a resumed run with --epochs trains it on"})

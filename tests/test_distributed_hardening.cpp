@@ -345,7 +345,7 @@ TEST(DistributedHardening, AFlagGivenTwiceIsRefusedNamingIt) {
   TempDir dir;
   const auto r = connex_cli("train --epochs 1 --epochs 2", dir);
   EXPECT_EQ(r.code, 2);
-  EXPECT_EQ(r.err, "connex: --epochs is given 2 times; give it once (see connex --help)\n");
+  EXPECT_EQ(r.err, "connex: --epochs is given 2 times; give it once (see connex train --help)\n");
 }
 
 TEST(DistributedHardening, DistTimeoutIsRangeCheckedBeforeTheConversionToMilliseconds) {
@@ -355,8 +355,9 @@ TEST(DistributedHardening, DistTimeoutIsRangeCheckedBeforeTheConversionToMillise
     EXPECT_EQ(r.code, 2) << bad;
     EXPECT_EQ(
         r.err,
-        fmt::format("connex: --dist-timeout: must be a number in [0.001, 1000000], got \"{}\" (see connex --help)\n",
-                    bad));
+        fmt::format(
+            "connex: --dist-timeout: must be a number in [0.001, 1000000], got \"{}\" (see connex train --help)\n",
+            bad));
   }
   EXPECT_EQ(connex_cli("train --epochs 1 --dist-timeout 0.001", dir).code,
             0);  // a single process: no group to wait for

@@ -588,6 +588,12 @@ std::unique_ptr<torch::optim::Optimizer> choose_optimizer(const Checkpoint& ck, 
   return fresh_optimizer(type, net, lr);
 }
 
+// Column names as the data line lists them: the first few and the last of many, with their count.
+std::string columns_said(const std::vector<std::string>& names) {
+  if (names.size() <= 8) return fmt::format("{}", fmt::join(names, ","));
+  return fmt::format("{},...,{} ({})", fmt::join(names.begin(), names.begin() + 3, ","), names.back(), names.size());
+}
+
 // A checkpoint's preprocessing still fits an edited network only if its
 // inputs and outputs are the same neurons in the same order.
 std::optional<Preprocessing> preprocessing_after_edit(const Checkpoint& ck, const NeuralNetwork& edited) {
@@ -634,7 +640,7 @@ std::optional<Preprocessing> preprocessing_after_edit(const Checkpoint& ck, cons
   spdlog::warn(
       "the edit changed the inputs or outputs ({}): the saved preprocessing (features {}) no longer "
       "applies and is dropped",
-      why, fmt::join(ck.preprocessing->features, ","));
+      why, columns_said(ck.preprocessing->features));
   return std::nullopt;
 }
 
@@ -780,12 +786,6 @@ class OutLock {
   int fd_ = -1;
   std::vector<fs::path> made_;
 };
-
-// Column names as the data line lists them: the first few and the last of many, with their count.
-std::string columns_said(const std::vector<std::string>& names) {
-  if (names.size() <= 8) return fmt::format("{}", fmt::join(names, ","));
-  return fmt::format("{},...,{} ({})", fmt::join(names.begin(), names.begin() + 3, ","), names.back(), names.size());
-}
 
 // One line for the data a command reads; `recorded` when it is the checkpoint's CSV, which --data did not name.
 void log_data(const Table& data, bool recorded) {
@@ -1067,12 +1067,15 @@ void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
     if (t.prune_keep_min) s.keep_min = *t.prune_keep_min;
     const int was = s.at_epoch;
     if (moves) s.at_epoch = *t.prune_at_epoch;
-    const std::string last = tweaks.empty() ? "" : tweaks.back();
-    if (!tweaks.empty()) tweaks.pop_back();
-    spdlog::info("prune: {}: the run's recorded prune{}", said(s),
-                 moves            ? (s.at_epoch == was ? "" : fmt::format(", moved from epoch {}", was))
-                 : tweaks.empty() ? ", changed by " + last
-                                  : fmt::format(", changed by {} and {}", fmt::join(tweaks, ", "), last));
+    // A move may change the scope and floor too (tweaks holds them then): said as well.
+    std::string how = moves && s.at_epoch != was ? fmt::format(", moved from epoch {}", was) : "";
+    if (!tweaks.empty()) {
+      const std::string last = tweaks.back();
+      tweaks.pop_back();
+      how += tweaks.empty() ? ", changed by " + last
+                            : fmt::format(", changed by {} and {}", fmt::join(tweaks, ", "), last);
+    }
+    spdlog::info("prune: {}: the run's recorded prune{}", said(s), how);
     if (s.at_epoch > progress.epoch + t.epochs)
       spdlog::info("prune: it lies past this run's last epoch {}; it stays scheduled", progress.epoch + t.epochs);
     return;
@@ -1739,9 +1742,9 @@ int cmd_export(const std::string& path, const std::string& format, const std::st
       spdlog::warn(
           "export: {} holds the network only, not the checkpoint's preprocessing (features {}{}{}); a model that "
           "takes raw rows is --format torchscript, or keep the checkpoint",
-          out, fmt::join(ck.preprocessing->features, ","), ck.preprocessing->standardizes() ? ", standardized" : "",
+          out, columns_said(ck.preprocessing->features), ck.preprocessing->standardizes() ? ", standardized" : "",
           ck.preprocessing->classes.empty() ? ""
-                                            : fmt::format(", classes {}", fmt::join(ck.preprocessing->classes, ",")));
+                                            : fmt::format(", classes {}", columns_said(ck.preprocessing->classes)));
     // GraphML and DOT describe the graph: the techniques' trained values travel in the JSON only.
     if (format != "json" && !net->operations().empty()) {
       std::vector<std::string> techniques;
@@ -1802,9 +1805,9 @@ void print_training_record(const Progress& p) {
                                       : "its end fixed by the run that continues it");
   if (p.prune.at_epoch > p.epoch)
     std::printf(
-        "prune: %g of the connections (%s scope, keep-min %lld) after epoch %d (a resumed run keeps it; "
-        "--prune-at-epoch 0 cancels it, --prune-at-epoch N moves it)\n",
-        p.prune.fraction, prune_scope_name(p.prune.scope), static_cast<long long>(p.prune.keep_min), p.prune.at_epoch);
+        "prune: %g of the connections (%s) after epoch %d (a resumed run keeps it; --prune-at-epoch 0 cancels it, "
+        "--prune-at-epoch N moves it)\n",
+        p.prune.fraction, p.prune.rule_said().c_str(), p.prune.at_epoch);
   if (p.data.empty()) {
     std::printf(
         "data: no CSV recorded (the built-in toy set, or a run of an earlier version; a resumed run trains on the "
@@ -2323,6 +2326,15 @@ int run_command(const Commands& c, const CoreShare& cores) {
 
 }  // namespace
 
+// The help that lists the flags of the command argv names ("connex train --help"), else the program's.
+std::string help_for(CLI::App& app, int argc, char** argv) {
+  const auto commands = app.get_subcommands([](CLI::App*) { return true; });
+  for (int k = 1; k < argc; ++k)
+    for (const CLI::App* command : commands)
+      if (command->get_name() == argv[k]) return "connex " + command->get_name() + " --help";
+  return "connex --help";
+}
+
 int main(int argc, char** argv) {
   CLI::App app{"connex: train, prune, edit, export, inspect and predict with DAG neural networks"};
   app.require_subcommand(1);
@@ -2349,8 +2361,8 @@ int main(int argc, char** argv) {
     const std::string arg = argv[k];
     if (arg == "--") break;
     if (arg.size() > 3 && arg.rfind("--", 0) == 0 && arg.find('=') == arg.size() - 1) {
-      std::fprintf(stderr, "connex: %s: got an empty value (see connex --help)\n",
-                   printable(arg.substr(0, arg.size() - 1), 200).c_str());
+      std::fprintf(stderr, "connex: %s: got an empty value (see %s)\n",
+                   printable(arg.substr(0, arg.size() - 1), 200).c_str(), help_for(app, argc, argv).c_str());
       return 2;
     }
   }
@@ -2361,7 +2373,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "connex: %s (see connex --help)\n", printable(parse_error_text(e), 1000).c_str());
+    std::fprintf(stderr, "connex: %s (see %s)\n", printable(parse_error_text(e), 1000).c_str(),
+                 help_for(app, argc, argv).c_str());
     return 2;
   }
   if (too_many_threads(threads)) return 2;
