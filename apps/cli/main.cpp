@@ -37,6 +37,7 @@
 #include "tensor_file.h"
 #include "decimal.h"
 #include "dtype.h"
+#include "enum_names.h"
 #include "file_io.h"
 #include "json_input.h"
 #include "prebuilt_size.h"
@@ -413,8 +414,7 @@ std::string one_line(const NeuralNetwork& network) {
 // printed a set, and an empty value as nothing ("--scope:  not in {...}").
 // A transform, not a check: CLI11 drops a check's change to the value.
 CLI::Validator one_of(const std::vector<std::string>& names) {
-  std::string what = "one of ";
-  for (size_t k = 0; k < names.size(); ++k) what += (k == 0 ? "" : k + 1 == names.size() ? " or " : ", ") + names[k];
+  const std::string what = "one of " + listed(names, "or");
   return CLI::Validator(
       [names, what](std::string& text) -> std::string {
         std::string lower = text;
@@ -542,6 +542,8 @@ struct TrainArgs {
   std::optional<int64_t> rewire_every;
   std::optional<double> drop_fraction, rewire_end;
   bool overwrite = false;  // train only: --out may replace another run
+  // --prune-at-epoch N without --prune-fraction: moves a resumed run's recorded prune to N.
+  bool moves_prune() const { return prune_at_epoch.value_or(0) > 0 && !(prune_fraction > 0); }
   void add_to(CLI::App* cmd, int default_epochs) {
     epochs = default_epochs;
     cmd->add_option("--epochs", epochs, "epochs")->check(number_in(0, kIntMax, true))->capture_default_str();
@@ -1021,14 +1023,13 @@ Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::s
   const int last_epoch = progress.epoch + t.epochs;
   const int at = t.prune_at_epoch.value_or(0);
   // Without a fraction, --prune-at-epoch moves a recorded prune to come (resume_prune_schedule()).
-  if (at > 0 && !(t.prune_fraction > 0) && !(progress.prune.at_epoch > progress.epoch))
+  if (t.moves_prune() && !(progress.prune.at_epoch > progress.epoch))
     fail("train: --prune-at-epoch {} needs --prune-fraction (the share to prune, in (0, 1]){}", at,
          progress.epoch > 0 ? "; the checkpoint's run has no prune to come that it could move" : "");
   if (at > 0 && t.epochs == 0)
     fail("train: --prune-at-epoch {} has no epoch to follow: this run trains none (--epochs 0)", at);
   // A recorded prune moved past this run's epochs stays scheduled, as it would unmoved; a new one must fall within.
-  const bool moves = at > 0 && !(t.prune_fraction > 0);
-  if (at > 0 && (at <= progress.epoch || (at > last_epoch && !moves)))
+  if (at > 0 && (at <= progress.epoch || (at > last_epoch && !t.moves_prune())))
     fail("train: --prune-at-epoch {} is outside this run's epochs {} to {}{}", at, progress.epoch + 1, last_epoch,
          at <= progress.epoch ? fmt::format(" (the checkpoint has trained {} epochs)", progress.epoch)
                               : fmt::format("; --epochs {} reaches it", at - progress.epoch));
@@ -1045,9 +1046,6 @@ Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::s
 void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
   PruneSchedule& s = progress.prune;
   const bool recorded = s.at_epoch > progress.epoch;
-  auto said = [](const PruneSchedule& p) {
-    return fmt::format("{:g} of the connections ({}) after epoch {}", p.fraction, p.rule_said(), p.at_epoch);
-  };
   // The settings given without --prune-at-epoch, which change the recorded prune (--prune-fraction with it
   // schedules a new one).
   std::vector<std::string> tweaks;
@@ -1060,7 +1058,7 @@ void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
   // The recorded prune to come, changed by those alone, or moved by
   // --prune-at-epoch without --prune-fraction (resumed_progress() refused
   // that without a record).
-  const bool moves = t.prune_at_epoch && *t.prune_at_epoch > 0 && !(t.prune_fraction > 0);
+  const bool moves = t.moves_prune();
   if (moves || (!t.prune_at_epoch && !tweaks.empty())) {
     if (!t.prune_at_epoch && t.prune_fraction > 0) s.fraction = t.prune_fraction;
     if (t.prune_scope) s.scope = prune_scope_from_name(*t.prune_scope);
@@ -1069,13 +1067,8 @@ void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
     if (moves) s.at_epoch = *t.prune_at_epoch;
     // A move may change the scope and floor too (tweaks holds them then): said as well.
     std::string how = moves && s.at_epoch != was ? fmt::format(", moved from epoch {}", was) : "";
-    if (!tweaks.empty()) {
-      const std::string last = tweaks.back();
-      tweaks.pop_back();
-      how += tweaks.empty() ? ", changed by " + last
-                            : fmt::format(", changed by {} and {}", fmt::join(tweaks, ", "), last);
-    }
-    spdlog::info("prune: {}: the run's recorded prune{}", said(s), how);
+    if (!tweaks.empty()) how += ", changed by " + listed(tweaks, "and");
+    spdlog::info("prune: {}: the run's recorded prune{}", s.said(), how);
     if (s.at_epoch > progress.epoch + t.epochs)
       spdlog::info("prune: it lies past this run's last epoch {}; it stays scheduled", progress.epoch + t.epochs);
     return;
@@ -1088,11 +1081,11 @@ void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
                                 t.prune_scope ? prune_scope_from_name(*t.prune_scope) : PruneScope::Global,
                                 t.prune_keep_min.value_or(0)};
     // Said whenever it differs, also at the recorded epoch (its scope and floor are not inherited).
-    if (recorded && (at == 0 || said(given) != said(s)))
+    if (recorded && (at == 0 || given.said() != s.said()))
       spdlog::info("prune: --prune-at-epoch {} {} the run's recorded prune: {}", at, at == 0 ? "cancels" : "replaces",
-                   said(s));
+                   s.said());
     s = given;
-    if (at > 0) spdlog::info("prune: {}", said(s));
+    if (at > 0) spdlog::info("prune: {}", s.said());
     return;
   }
   if (!recorded) {
@@ -1105,7 +1098,7 @@ void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
                  s.at_epoch, last_epoch);
     return;
   }
-  spdlog::info("prune: {}, from the run's record", said(s));
+  spdlog::info("prune: {}, from the run's record", s.said());
 }
 
 // Why a run's recorded CSV cannot be read as one ("" when it can): the
@@ -1804,10 +1797,8 @@ void print_training_record(const Progress& p) {
                 p.rewire.end_step > 0 ? fmt::format("none from step {}", p.rewire.end_step).c_str()
                                       : "its end fixed by the run that continues it");
   if (p.prune.at_epoch > p.epoch)
-    std::printf(
-        "prune: %g of the connections (%s) after epoch %d (a resumed run keeps it; --prune-at-epoch 0 cancels it, "
-        "--prune-at-epoch N moves it)\n",
-        p.prune.fraction, p.prune.rule_said().c_str(), p.prune.at_epoch);
+    std::printf("prune: %s (a resumed run keeps it; --prune-at-epoch 0 cancels it, --prune-at-epoch N moves it)\n",
+                p.prune.said().c_str());
   if (p.data.empty()) {
     std::printf(
         "data: no CSV recorded (the built-in toy set, or a run of an earlier version; a resumed run trains on the "

@@ -85,11 +85,9 @@ const std::vector<OptimizerChoice>& optimizer_choice_table() {
 // The choices as "a, b or c", each as `item` writes it.
 template <typename Item>
 std::string choice_list(Item item) {
-  const auto& choices = optimizer_choice_table();
-  std::string out;
-  for (size_t i = 0; i < choices.size(); ++i)
-    out += (i == 0 ? "" : i + 1 == choices.size() ? " or " : ", ") + item(choices[i]);
-  return out;
+  std::vector<std::string> said;
+  for (const auto& choice : optimizer_choice_table()) said.push_back(item(choice));
+  return listed(said, "or");
 }
 
 }  // namespace
@@ -315,6 +313,10 @@ RewireSettings rewire_from_json(const nlohmann::json& json, const std::string& w
 
 std::string PruneSchedule::rule_said() const {
   return fmt::format("{} scope{}", prune_scope_name(scope), keep_min > 0 ? fmt::format(", keep-min {}", keep_min) : "");
+}
+
+std::string PruneSchedule::said() const {
+  return fmt::format("{:g} of the connections ({}) after epoch {}", fraction, rule_said(), at_epoch);
 }
 
 nlohmann::json PruneSchedule::to_json() const {

@@ -56,6 +56,8 @@ struct PruneSchedule {
   PruneOptions options() const { return PruneOptions().fraction(fraction).scope(scope).keep_min(keep_min); }
   // "level scope, keep-min 2" (the floor only when it is set), as the log says the rule.
   std::string rule_said() const;
+  // "0.5 of the connections (level scope, keep-min 2) after epoch 5", as the log and inspect say the schedule.
+  std::string said() const;
   nlohmann::json to_json() const;
   // Checks every field; `where` names the file.
   static PruneSchedule from_json(const nlohmann::json& json, const std::string& where);
