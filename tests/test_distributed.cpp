@@ -297,9 +297,9 @@ TEST(Distributed, RanksThatDisagreeAreNamedNotAborted) {
 }
 
 // Row r of the table is rank r's; a row of another length is refused by
-// name, as is a repeated all-reduce whose count changes on every rank (the
-// first comparison after an edit) when the ranks disagree on its dtype.
-TEST(Distributed, GatherRowsAndARepeatedAllReduceComparedAgainWhenItsCountChanges) {
+// name, as is an all-reduce's first call when the ranks disagree on its
+// dtype, while a repeated all-reduce's count may change on every rank.
+TEST(Distributed, GatherRowsAndAllReducesWhoseCountsChange) {
   run_ranks(3, [](Group& group, int rank) {
     const auto table = group.gather_rows({rank, 10 * rank, -rank, int64_t{1} << 62}, "rows");
     ASSERT_EQ(table.sizes(), (std::vector<int64_t>{3, 4}));
@@ -317,19 +317,89 @@ TEST(Distributed, GatherRowsAndARepeatedAllReduceComparedAgainWhenItsCountChange
                      rank == 1 ? "rows again: rank 0 of 3 sends 3 elements of Long where rank 1 sends 5"
                                : "rows again: rank 1 of 3 sends 5 elements of Long where rank");
 
-    // The same count again is not compared; another count on every rank is.
+    // A repeated all-reduce: another count on every rank is taken (one
+    // rank's count is test ARankLocalEditIsNamedNotAborted's); at its first
+    // call, ranks that disagree on the dtype are named.
     for (int step = 0; step < 3; ++step) {
       auto g = torch::full({5}, 1.0, torch::kFloat64);
       group.all_reduce_sum(g, "grads");
       EXPECT_TRUE(torch::equal(g, torch::full({5}, 3.0, torch::kFloat64)));
     }
     auto edited = torch::ones({6}, rank == 1 ? torch::kFloat32 : torch::kFloat64);
-    EXPECT_THROW_MSG(group.all_reduce_sum(edited, "grads"),
-                     rank == 1 ? "grads: rank 0 of 3 sends 6 elements of Double where rank 1 sends 6 elements of Float"
-                               : "grads: rank 1 of 3 sends 6 elements of Float where rank");
+    EXPECT_THROW_MSG(group.all_reduce_sum(edited, "other grads"),
+                     rank == 1
+                         ? "other grads: rank 0 of 3 sends 6 elements of Double where rank 1 sends 6 elements of Float"
+                         : "other grads: rank 1 of 3 sends 6 elements of Float where rank");
     auto agreed = torch::ones({6}, torch::kFloat64);
     group.all_reduce_sum(agreed, "grads");
     EXPECT_TRUE(torch::equal(agreed, torch::full({6}, 3.0, torch::kFloat64)));
+    // Shorter on every rank (the first message padded), then none, then
+    // longer again; each dtype that carries the statement in its message.
+    for (int64_t n : {4, 0, 9, 9})
+      for (auto dtype : {torch::kFloat64, torch::kFloat32, torch::kLong, torch::kInt}) {
+        auto t = torch::arange(n, dtype) + rank;
+        group.all_reduce_sum(t, "sized");
+        EXPECT_TRUE(torch::equal(t, 3 * torch::arange(n, dtype) + 3)) << n << " " << dtype;
+        auto m = torch::arange(n, dtype) * (rank + 1);
+        group.all_reduce_max(m, "sized");
+        EXPECT_TRUE(torch::equal(m, 3 * torch::arange(n, dtype))) << n << " " << dtype;
+      }
+    group.barrier("test");
+  });
+}
+
+// A rank that edits its replica alone (not through apply_edit) averages
+// gradients of another count than the other ranks, which have compared this
+// all-reduce before and do not compare it again: every rank is refused by
+// name in the same call, the tensors are left as they were, and the group
+// stays usable.
+TEST(Distributed, ARankLocalEditIsNamedNotAborted) {
+  run_ranks(3, [](Group& group, int rank) {
+    DataParallel dp(group);
+    NeuralNetwork net = small_net(1);
+    auto backward = [&](NeuralNetwork& n) {
+      n->zero_grad();
+      n->forward(torch::ones({2, 1}, torch::kFloat64)).sum().backward();
+    };
+    for (int step = 0; step < 2; ++step) {
+      backward(net);
+      dp.average_gradients(net);
+    }
+    NeuralNetwork mine = rank == 2 ? edit(net).remove_connections({net->spec().edges().front()}).build().network : net;
+    backward(mine);
+    const auto before = mine->weight_tensor().grad().clone();
+    EXPECT_THROW_MSG(dp.average_gradients(mine),
+                     rank == 2 ? "average_gradients(): rank 0 of 3 sends 25 elements of Double where rank 2 sends 24"
+                               : "average_gradients(): rank 2 of 3 sends 24 elements of Double where rank");
+    EXPECT_TRUE(torch::equal(mine->weight_tensor().grad(), before));
+    backward(net);
+    dp.average_gradients(net);  // the same replica again on every rank: in step
+    // The same with a tensor larger than the first message, and with a maximum.
+    for (int64_t n : {int64_t{5000}, int64_t{7000}}) {
+      auto big = torch::full({n}, double(rank), torch::kFloat64);
+      group.all_reduce_sum(big, "big");
+      EXPECT_TRUE(torch::equal(big, torch::full({n}, 3.0, torch::kFloat64)));
+      auto top = torch::full({n}, float(rank), torch::kFloat32);
+      group.all_reduce_max(top, "top");
+      EXPECT_TRUE(torch::equal(top, torch::full({n}, 2.0f, torch::kFloat32)));
+    }
+    // Two names seen before, called by different ranks at one time: named
+    // as ranks in another collective. A non-contiguous tensor is summed in place.
+    for (const char* name : {"x", "y"}) {
+      auto t = torch::arange(6, torch::kFloat64).view({2, 3}).t();
+      group.all_reduce_sum(t, name);
+      EXPECT_TRUE(torch::equal(t, 3 * torch::arange(6, torch::kFloat64).view({2, 3}).t()));
+    }
+    auto some = torch::ones({6}, torch::kFloat64);
+    EXPECT_THROW_MSG(group.all_reduce_sum(some, rank == 0 ? "x" : "y"),
+                     rank == 0
+                         ? "x: rank 1 of 3 runs another collective (6 elements of Double) where rank 0 runs this one"
+                         : "y: rank 0 of 3 runs another collective (6 elements of Double) where rank");
+    EXPECT_TRUE(torch::equal(some, torch::ones({6}, torch::kFloat64)));
+    auto odd = torch::zeros({rank == 0 ? 7001 : 7000}, torch::kFloat32);
+    EXPECT_THROW_MSG(group.all_reduce_max(odd, "top"),
+                     rank == 0 ? "top: rank 1 of 3 sends 7000 elements of Float where rank 0 sends 7001"
+                               : "top: rank 0 of 3 sends 7001 elements of Float where rank");
     group.barrier("test");
   });
 }

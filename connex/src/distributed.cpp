@@ -250,18 +250,9 @@ struct Group::Impl {
   // replica of another network, or a rank in another collective, is named
   // here, where gloo would abort the process on a message of a length it
   // does not expect. A small all-reduce more: before every broadcast and
-  // barrier, but before an all-reduce only when its name comes with another
-  // count than last time (the first step, after an edit), since stating each
-  // step's gradient average more than doubled a small network's step on
-  // loopback. Ranks that fall out of step in mid-training, one averaging
-  // gradients while another does something else, are not caught there.
-  std::map<std::pair<std::string, int>, int64_t> repeated;  // (name, dtype) -> count last agreed
-  void agree(const char* what, int64_t numel, torch::ScalarType dtype, bool once = false) {
-    const std::pair<std::string, int> key{what, static_cast<int>(dtype)};
-    if (once) {
-      const auto known = repeated.find(key);
-      if (known != repeated.end() && known->second == numel) return;
-    }
+  // barrier, and before an all-reduce the first time its name is seen
+  // (reduce() compares its later calls inside their own message).
+  void agree(const char* what, int64_t numel, torch::ScalarType dtype) {
     const int size = options.world_size(), me = options.rank();
     const int64_t mine[3] = {static_cast<int64_t>(fnv1a64(what, std::strlen(what)) >> 2), numel,
                              static_cast<int64_t>(dtype)};
@@ -283,7 +274,105 @@ struct Group::Impl {
             "with the same arguments",
             what, r, size, payload(at[r][1], at[r][2]), me, payload(numel, mine[2]));
     }
-    if (once) repeated[key] = numel;
+  }
+
+  // An all-reduce in a frame: after the first call of a name (stated apart,
+  // by agree()), its first message has a length every rank knows (the
+  // count they last agreed on, plus a header) and its header states the
+  // tensor's element count and name in 4-bit digits, reduced with the data:
+  // a sum carries each digit and its square (every rank's digit is the same
+  // exactly when W * sum(d^2) == sum(d)^2), a maximum each digit and its
+  // negation. So a rank whose count changed alone (a replica edited on one
+  // rank) is found by every rank in the same message, and then named by
+  // agree(), before gloo meets messages of other lengths; stating the count
+  // in a small all-reduce of its own every step more than doubled a small
+  // network's step on loopback. Not caught: a rank that changes the dtype
+  // alone, or runs another collective (a broadcast, or an all-reduce of
+  // another name whose last count differs) after the first call.
+  static constexpr int kDigits = 16, kHeader = 2 * kDigits;  // 12 digits of the count, 4 of the name
+  using Key = std::pair<std::string, int>;                   // (name, dtype)
+  std::map<Key, int64_t> frames;                             // the count last agreed, per key
+  // Gloo, where a digit's squares summed over the ranks stay exact.
+  bool frameable(torch::ScalarType dtype) const {
+    if (!device.is_cpu()) return false;
+    const int64_t most = int64_t{options.world_size()} * 15 * 15;
+    return dtype == torch::kFloat64 || dtype == torch::kLong ||
+           ((dtype == torch::kFloat32 || dtype == torch::kInt) && most < (int64_t{1} << 24));
+  }
+  // Otherwise stated apart: with Gloo every call; with NCCL (whose ranks
+  // wait for the timeout on a mismatch rather than abort) when the count
+  // changed on this rank, since its statement syncs the host each time.
+  void state_unframed(const Key& key, const char* what, int64_t n, torch::ScalarType dtype) {
+    if (!device.is_cpu()) {
+      const auto known = frames.find(key);
+      if (known != frames.end() && known->second == n) return;
+    }
+    agree(what, n, dtype);
+    frames[key] = n;
+  }
+
+  // Reduces `buffer`, [kHeader + n] contiguous, in place: its data from
+  // kHeader on, with the statement that reduce() writes into its head. When
+  // refused, its data may be partly reduced: callers pass a buffer of their
+  // own and copy the data out after.
+  void reduce(torch::Tensor& buffer, const char* what, c10d::ReduceOp::RedOpType op) {
+    const auto dtype = buffer.scalar_type();
+    const int64_t n = buffer.numel() - kHeader;
+    TORCH_INTERNAL_ASSERT(n >= 0, "a framed buffer holds the header");
+    auto data = buffer.narrow(0, kHeader, n);
+    const Key key{what, static_cast<int>(dtype)};
+    if (!frameable(dtype)) {
+      state_unframed(key, what, n, dtype);
+      return all_reduce(data, what, op);
+    }
+    auto known = frames.find(key);
+    if (known == frames.end()) {
+      agree(what, n, dtype);
+      known = frames.emplace(key, n).first;
+    }
+    double header[kHeader];
+    const uint64_t name = fnv1a64(what, std::strlen(what));
+    for (int i = 0; i < kDigits; ++i) {
+      const double d =
+          static_cast<double>(i < 12 ? (static_cast<uint64_t>(n) >> (4 * i)) & 15 : (name >> (4 * (i - 12))) & 15);
+      header[2 * i] = d;
+      header[2 * i + 1] = op == c10d::ReduceOp::SUM ? d * d : -d;
+    }
+    buffer.narrow(0, 0, kHeader).copy_(torch::from_blob(header, {kHeader}, torch::kFloat64));
+    // The first message: the head and the agreed count's worth of data
+    // (padded with zeros when this rank's count is smaller).
+    const int64_t frame = known->second, k = std::min(n, frame);
+    torch::Tensor first = buffer.narrow(0, 0, kHeader + k);
+    if (k < frame) first = torch::cat({first, torch::zeros({frame - k}, buffer.options())});
+    all_reduce(first, what, op);
+    const auto stated = first.narrow(0, 0, kHeader).to(torch::kCPU, torch::kFloat64).contiguous();
+    const double* s = stated.data_ptr<double>();
+    for (int i = 0; i < kDigits; ++i) {
+      const bool same = op == c10d::ReduceOp::SUM ? options.world_size() * s[2 * i + 1] == s[2 * i] * s[2 * i]
+                                                  : s[2 * i] == -s[2 * i + 1];
+      if (same) continue;
+      agree(what, n, dtype);  // every rank saw it: each names the ranks that differ
+      fail("{}: the ranks' statements of this all-reduce differ, though a comparison found them alike", what);
+    }
+    known->second = n;  // the same on every rank, as the header proved (also if what follows fails)
+    if (k < frame) buffer.narrow(0, kHeader, k).copy_(first.narrow(0, kHeader, k));
+    if (n > k) {
+      auto rest = data.narrow(0, k, n - k);
+      all_reduce(rest, what, op);
+    }
+  }
+
+  // reduce() for a tensor of any shape, left unchanged when refused.
+  void reduce_tensor(torch::Tensor& tensor, const char* what, c10d::ReduceOp::RedOpType op) {
+    const int64_t n = tensor.numel();
+    if (!frameable(tensor.scalar_type())) {
+      state_unframed({what, static_cast<int>(tensor.scalar_type())}, what, n, tensor.scalar_type());
+      return all_reduce(tensor, what, op);
+    }
+    auto buffer = torch::empty({kHeader + n}, tensor.options());
+    buffer.narrow(0, kHeader, n).copy_(tensor.reshape({-1}));
+    reduce(buffer, what, op);
+    tensor.copy_(buffer.narrow(0, kHeader, n).view(tensor.sizes()));
   }
 
   // Every rank's row of k values, unstated (the callers state it): each rank
@@ -352,13 +441,17 @@ const c10::intrusive_ptr<CollectiveGroup>& Group::process_group() const { return
 std::vector<int> Group::lost_ranks() { return impl_->lost_ranks(); }
 
 void Group::all_reduce_sum(torch::Tensor& tensor, const char* what) {
-  impl_->agree(what, tensor.numel(), tensor.scalar_type(), /*once=*/true);
-  impl_->all_reduce(tensor, what, c10d::ReduceOp::SUM);
+  impl_->reduce_tensor(tensor, what, c10d::ReduceOp::SUM);
 }
 
 void Group::all_reduce_max(torch::Tensor& tensor, const char* what) {
-  impl_->agree(what, tensor.numel(), tensor.scalar_type(), /*once=*/true);
-  impl_->all_reduce(tensor, what, c10d::ReduceOp::MAX);
+  impl_->reduce_tensor(tensor, what, c10d::ReduceOp::MAX);
+}
+
+int64_t Group::framed_header() { return Impl::kHeader; }
+
+void Group::all_reduce_sum_framed(torch::Tensor& buffer, const char* what) {
+  impl_->reduce(buffer, what, c10d::ReduceOp::SUM);
 }
 
 void Group::broadcast(torch::Tensor& tensor, int root, const char* what) {
@@ -413,25 +506,40 @@ void DataParallel::average_gradients(NeuralNetwork& network) {
   // Parameters of one dtype and device share a bucket: one all-reduce each
   // (one in all for a plain network: `weight` and `bias` plus any technique's).
   std::map<std::pair<int, std::string>, std::vector<torch::Tensor>> buckets;
-  for (auto& p : parameters) {
-    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-    buckets[{static_cast<int>(p.scalar_type()), p.device().str()}].push_back(p);
-  }
-  const double scale = 1.0 / group_.world_size();
+  for (auto& p : parameters) buckets[{static_cast<int>(p.scalar_type()), p.device().str()}].push_back(p);
+  // Each bucket packed after the room reduce() states the count in, and
+  // every gradient written only when every bucket is reduced: a refusal
+  // leaves them all as they were.
+  const int64_t head = Group::framed_header();
+  std::vector<torch::Tensor> buffers;
   for (auto& [key, members] : buckets) {
     int64_t total = 0;
     for (auto& p : members) total += p.numel();
-    auto flat = torch::empty({total}, members.front().options());
-    int64_t offset = 0;
+    auto buffer = torch::empty({head + total}, members.front().options());
+    int64_t offset = head;
     for (auto& p : members) {
-      flat.narrow(0, offset, p.numel()).copy_(p.grad().reshape(-1));
+      auto slot = buffer.narrow(0, offset, p.numel());
+      if (p.grad().defined())
+        slot.copy_(p.grad().reshape(-1));
+      else
+        slot.zero_();  // a parameter without a gradient counts as zero
       offset += p.numel();
     }
-    group_.all_reduce_sum(flat, "average_gradients()");
-    flat.mul_(scale);
-    offset = 0;
+    group_.all_reduce_sum_framed(buffer, "average_gradients()");
+    buffers.push_back(std::move(buffer));
+  }
+  const double scale = 1.0 / group_.world_size();
+  size_t b = 0;
+  for (auto& [key, members] : buckets) {
+    auto& buffer = buffers[b++];
+    buffer.mul_(scale);
+    int64_t offset = head;
     for (auto& p : members) {
-      p.mutable_grad().copy_(flat.narrow(0, offset, p.numel()).view_as(p));
+      const auto mean = buffer.narrow(0, offset, p.numel()).view_as(p);
+      if (p.grad().defined())
+        p.mutable_grad().copy_(mean);
+      else
+        p.mutable_grad() = mean.clone();
       offset += p.numel();
     }
   }

@@ -15,10 +15,10 @@
 // connex::Error that names the ranks whose heartbeats stopped. Before a
 // collective the ranks compare what they send (name, element count, dtype),
 // so replicas of different networks or ranks in different collectives are
-// refused by name rather than left to abort inside Gloo: before every
-// broadcast and barrier, and before an all-reduce whose name comes with
-// another count or dtype than last time (a training loop's repeated
-// all-reduces are compared once).
+// refused by name rather than left to abort inside Gloo. Broadcasts and
+// barriers compare every call, an all-reduce its first call of a name; its
+// later calls carry the count and name in their own message, so a replica
+// edited on one rank alone is refused on every rank, its gradients unchanged.
 //
 // Thread use: call a Group's collectives from one thread. Several Groups (one
 // rank each, on threads of their own) may share a process, as the tests run them.
@@ -102,6 +102,13 @@ class Group {
   std::vector<int> lost_ranks();
 
  private:
+  friend class DataParallel;
+  // all_reduce_sum() of a buffer's entries from framed_header() on, whose
+  // head it overwrites: no copy of the data (average_gradients() packs the
+  // gradients there). The buffer's entries are unspecified when it throws.
+  static int64_t framed_header();
+  void all_reduce_sum_framed(torch::Tensor& buffer, const char* what);
+
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
