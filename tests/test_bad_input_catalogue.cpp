@@ -787,7 +787,7 @@ std::vector<Case> make_catalogue() {
   add("cli", "UnknownOptimizer", none, cli("train net.json --optimizer lbfgs --out out"),
       {"--optimizer: must be one of adam, adamw or sgd, got \"lbfgs\""});
   add("cli", "UnknownDevice", none, cli("train net.json --device tpu --out out"),
-      {"--device must be cpu or cuda, got \"tpu\""});
+      {"--device: must be one of cpu or cuda, got \"tpu\""});
   add("cli", "NonNumericEpochs", none, cli("train net.json --epochs many --out out"),
       {"--epochs: must be an integer in [0, 2147483647], got \"many\""});
   add("cli", "EpochsBeyondAnInt", none, cli("train net.json --epochs 3000000000 --out out"),

@@ -275,6 +275,9 @@ TEST(CliResume, TheRecordedCsvIsJudgedByItsBytesAndNotWrittenOver) {
                              "resumed run differs from an uninterrupted one"),
             std::string::npos)
       << r.out;
+  EXPECT_NE(r.out.find("; the checkpoint's CSV, changed since it was trained on (give --data to use another)\n"),
+            std::string::npos)
+      << r.out;
   // Named by --data, as a relative path, the recorded CSV is checked too.
   text[digit] = text[digit] == '9' ? '8' : static_cast<char>(text[digit] + 1);
   spit(dir / "d.csv", text);
@@ -347,6 +350,7 @@ TEST(CliResume, TheRunsDataIsShownAndAResumeWithoutOutIsWarnedOfAtTheStart) {
       "warning: no --out: this resumed run will not be saved and run stays as it was; give --out run to save it");
   ASSERT_NE(warned, std::string::npos) << all;
   EXPECT_LT(warned, all.find("final training loss")) << all;
+  EXPECT_EQ(all.find("no --out", warned + 20), std::string::npos) << all;  // once: not again at the end
   EXPECT_EQ(slurp(dir / "run/model.ckpt"), ckpt);
   fs::copy_file(dir / "run/model.ckpt", dir / "copy.ckpt");
   r = connex_cli("train copy.ckpt --data d.csv --epochs 1", dir);

@@ -330,10 +330,27 @@ TEST(CliSparse, ARecordedPruneStaysScheduledAndABadOneIsRefused) {
   EXPECT_EQ(load_checkpoint(dir / "refraction/model.ckpt").training.at("prune").at("fraction"), 0.25);
   r = connex_cli("train cancelled --epochs 1 --prune-fraction 0.25 --out again", dir);
   EXPECT_EQ(r.code, 1);
-  EXPECT_EQ(r.err, "connex: train: --prune-fraction needs --prune-at-epoch (the epoch after which to prune, >= 1)\n");
+  EXPECT_EQ(r.err,
+            "connex: train: --prune-fraction needs --prune-at-epoch (the epoch after which to prune, >= 1); the "
+            "checkpoint's run has no prune to come that it could change\n");
+  EXPECT_EQ(r.out, "");  // refused before any log line
   r = connex_cli("train cancelled --epochs 1 --prune-keep-min 1 --out again", dir);
   EXPECT_EQ(r.code, 1);
-  EXPECT_EQ(r.err, "connex: train: --prune-keep-min needs --prune-at-epoch (the epoch after which to prune, >= 1)\n");
+  EXPECT_EQ(r.err,
+            "connex: train: --prune-keep-min needs --prune-at-epoch (the epoch after which to prune, >= 1); the "
+            "checkpoint's run has no prune to come that it could change\n");
+  // --prune-at-epoch 0 with no prune to come cancels nothing, and says so.
+  r = connex_cli("train cancelled --epochs 1 --prune-at-epoch 0 --out none", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("prune: --prune-at-epoch 0: no prune (the run had none to come)"), std::string::npos) << r.out;
+  // A new prune past this run's epochs is refused; with a recorded prune the
+  // message says what may lie past the run.
+  r = connex_cli("train pending.ckpt --epochs 1 --prune-at-epoch 9 --prune-fraction 0.25 --out again", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err,
+            "connex: train: --prune-at-epoch 9 is outside this run's epochs 2 to 2; --epochs 8 reaches it (without "
+            "--prune-fraction it would move the run's recorded prune, which may lie past the run, and "
+            "--prune-fraction alone changes that prune's share)\n");
   r = connex_cli("train pending.ckpt --epochs 0 --prune-at-epoch 2 --out again", dir);
   EXPECT_EQ(r.code, 1);
   EXPECT_EQ(r.err, "connex: train: --prune-at-epoch 2 has no epoch to follow: this run trains none (--epochs 0)\n");
@@ -723,7 +740,7 @@ TEST(CliSparse, RoundedSharesAreSaid) {
   EXPECT_EQ((r.out + r.err).find("rounds"), std::string::npos) << r.out + r.err;
 }
 
-// The distribution names a config takes, the flag takes too; the cores line
+// The distribution names a config takes, the flag takes too (in either case); the cores line
 // is said once when rewiring keeps the network on the same path.
 TEST(CliSparse, InitDensityTakesTheLibrarysNamesAndCoresAreSaidOnce) {
   TempDir dir;
@@ -741,6 +758,10 @@ TEST(CliSparse, InitDensityTakesTheLibrarysNamesAndCoresAreSaidOnce) {
   EXPECT_EQ(said, 1u) << log;
   r = connex_cli("train net.json --data d.csv --density 0.25 --init-density erdos --epochs 1", dir);
   EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.err.find("--init-density: must be uniform, er (or erdos_renyi) or erk, got \"erdos\""), std::string::npos)
+  EXPECT_NE(r.err.find("--init-density: must be one of uniform, er, erdos_renyi or erk, got \"erdos\""),
+            std::string::npos)
       << r.err;
+  // In either case, as the other flags that take a name (--device too).
+  r = connex_cli("train net.json --data d.csv --density 0.25 --init-density ERK --device CPU --epochs 1", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
 }

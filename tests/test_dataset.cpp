@@ -98,6 +98,11 @@ TEST(Dataset, FittedPreprocessingIsAppliedNotFittedAgain) {
                    "(setosa, versicolor, virginica)");
   EXPECT_THROW_MSG(read_table(dir / "g.csv", net, TableOptions().task(Task::Regression), fitted),
                    "g.csv: the model was trained for classification, not regression");
+  // An explicit standardize must agree with the fitted preprocessing (unset takes it).
+  EXPECT_THROW_MSG(read_table(dir / "f.csv", net, TableOptions().standardize(false), fitted),
+                   "f.csv: the model was trained on standardized features; reading them raw (standardize false) "
+                   "would change its inputs");
+  EXPECT_EQ(read_table(dir / "f.csv", net, TableOptions().standardize(true), fitted).preprocessing.mean, fitted.mean);
   spit(dir / "h.csv", "a,c,species\n1,2,setosa\n");
   EXPECT_THROW_MSG(read_table(dir / "h.csv", net, {}, fitted),
                    "h.csv: unknown column \"b\"; the columns are a, c, species");

@@ -437,6 +437,7 @@ CLI::Option* add_flag_once(CLI::App* command, const std::string& name, bool& val
 struct DataArgs {
   std::string data;
   bool recorded = false;  // data is the checkpoint's CSV, not --data's (resumed_data_args())
+  bool changed = false;   // and that CSV changed since the checkpoint was written
   std::optional<std::string> task;
   std::vector<std::string> targets, features;
   bool standardize = false;
@@ -459,13 +460,10 @@ struct DataArgs {
   DataOptions options(const NeuralNetwork& network, double val_split, uint64_t seed) const {
     DataOptions o;
     o.path = data;
-    o.table.targets(targets)
-        .features(features)
-        .standardize(standardize)
-        .validation_fraction(val_split)
-        .seed(seed)
-        .dtype(network->weight_tensor().scalar_type());
+    o.table.targets(targets).features(features).validation_fraction(val_split).seed(seed).dtype(
+        network->weight_tensor().scalar_type());
     if (task) o.table.task(*task == "classification" ? Task::Classification : Task::Regression);
+    if (standardize) o.table.standardize(true);  // unset without the flag: a checkpoint's preprocessing decides
     return o;
   }
 };
@@ -544,10 +542,11 @@ struct TrainArgs {
   bool overwrite = false;  // train only: --out may replace another run
   // --prune-at-epoch N without --prune-fraction: moves a resumed run's recorded prune to N.
   bool moves_prune() const { return prune_at_epoch.value_or(0) > 0 && !(prune_fraction > 0); }
-  void add_to(CLI::App* cmd, int default_epochs) {
+  // recorded: whose settings are the defaults ("a resumed run's").
+  void add_to(CLI::App* cmd, int default_epochs, const std::string& recorded) {
     epochs = default_epochs;
     cmd->add_option("--epochs", epochs, "epochs")->check(number_in(0, kIntMax, true))->capture_default_str();
-    cmd->add_option("--batch-size", batch_size, "mini-batch size (0: full batch; default: a resumed run's, else 0)")
+    cmd->add_option("--batch-size", batch_size, "mini-batch size (0: full batch; default: " + recorded + ", else 0)")
         ->check(number_in(0, 9.0e15, true));
     // Above 1e6 no optimizer does anything useful, and float32 state overflows near 3.4e38.
     cmd->add_option("--lr", lr, "learning rate (default: the checkpoint optimizer's, else 0.001)")
@@ -555,11 +554,11 @@ struct TrainArgs {
     cmd->add_option("--optimizer", optimizer, describe_optimizer_choices() + "; default: the checkpoint's, else adam")
         ->transform(one_of(optimizer_choices()));
     cmd->add_option("--seed", seed,
-                    "seed for the split, shuffling and new parameters (default: a resumed run's, else 0)")
+                    "seed for the split, shuffling and new parameters (default: " + recorded + ", else 0)")
         ->check(seed_check());
-    cmd->add_option("--device", device, "cpu or cuda");
+    cmd->add_option("--device", device, "where to train")->transform(one_of({"cpu", "cuda"}));
     cmd->add_option("--val-split", val_split,
-                    "fraction of rows held out for validation (default: a resumed run's, else 0)")
+                    "fraction of rows held out for validation (default: " + recorded + ", else 0)")
         ->check(number_in(0, 0.9, false));
   }
 };
@@ -789,15 +788,17 @@ class OutLock {
   std::vector<fs::path> made_;
 };
 
-// One line for the data a command reads; `recorded` when it is the checkpoint's CSV, which --data did not name.
-void log_data(const Table& data, bool recorded) {
+// One line for the data a command reads, saying whether it is the checkpoint's CSV (which --data did not name).
+void log_data(const Table& data, const DataArgs& args) {
   const auto& p = data.preprocessing;
   spdlog::info("data: {} ({} training rows, {} validation rows, features {}, targets {}{}{}){}", data.source,
                data.train.inputs().size(0), data.validation.inputs().size(0), columns_said(p.features),
                columns_said(p.targets),
                p.task == Task::Classification ? fmt::format(", classes {}", columns_said(p.classes)) : "",
                p.standardizes() ? ", standardized" : "",
-               recorded ? "; the one the checkpoint was trained on (give --data to use another)" : "");
+               !args.recorded ? ""
+               : args.changed ? "; the checkpoint's CSV, changed since it was trained on (give --data to use another)"
+                              : "; the one the checkpoint was trained on (give --data to use another)");
 }
 
 // The first rewiring setting given, if any (they need a method: --rewire, or a checkpoint's record).
@@ -1032,7 +1033,11 @@ Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::s
   if (at > 0 && (at <= progress.epoch || (at > last_epoch && !t.moves_prune())))
     fail("train: --prune-at-epoch {} is outside this run's epochs {} to {}{}", at, progress.epoch + 1, last_epoch,
          at <= progress.epoch ? fmt::format(" (the checkpoint has trained {} epochs)", progress.epoch)
-                              : fmt::format("; --epochs {} reaches it", at - progress.epoch));
+         : progress.prune.at_epoch > progress.epoch
+             ? fmt::format("; --epochs {} reaches it (without --prune-fraction it would move the run's recorded "
+                           "prune, which may lie past the run, and --prune-fraction alone changes that prune's share)",
+                           at - progress.epoch)
+             : fmt::format("; --epochs {} reaches it", at - progress.epoch));
   return progress;
 }
 
@@ -1054,7 +1059,9 @@ void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
   if (t.prune_keep_min) tweaks.emplace_back("--prune-keep-min");
   if (!tweaks.empty() && (t.prune_at_epoch ? *t.prune_at_epoch == 0 : !recorded))
     fail("train: {} needs --prune-at-epoch (the epoch after which to prune, >= 1){}", tweaks.front(),
-         t.prune_at_epoch ? "; --prune-at-epoch 0 schedules none" : "");
+         t.prune_at_epoch     ? "; --prune-at-epoch 0 schedules none"
+         : progress.epoch > 0 ? "; the checkpoint's run has no prune to come that it could change"
+                              : "");
   // The recorded prune to come, changed by those alone, or moved by
   // --prune-at-epoch without --prune-fraction (resumed_progress() refused
   // that without a record).
@@ -1084,6 +1091,8 @@ void resume_prune_schedule(const TrainArgs& t, Progress& progress) {
     if (recorded && (at == 0 || given.said() != s.said()))
       spdlog::info("prune: --prune-at-epoch {} {} the run's recorded prune: {}", at, at == 0 ? "cancels" : "replaces",
                    s.said());
+    else if (at == 0)
+      spdlog::info("prune: --prune-at-epoch 0: no prune{}", progress.epoch > 0 ? " (the run had none to come)" : "");
     s = given;
     if (at > 0) spdlog::info("prune: {}", s.said());
     return;
@@ -1130,10 +1139,12 @@ DataArgs resumed_data_args(const DataArgs& d, Progress& progress, const std::str
   std::optional<std::string> hash;
   const bool same =
       !data_args.data.empty() && !progress.data.empty() && Progress::data_path(data_args.data) == progress.data;
-  if (const std::string changed = same ? progress.data_changed(&hash) : ""; !changed.empty())
+  if (const std::string changed = same ? progress.data_changed(&hash) : ""; !changed.empty()) {
+    data_args.changed = true;
     spdlog::warn("{} changed since the checkpoint was written ({}): {}", progress.data, changed,
                  std::string(command) == "train" ? "a resumed run differs from an uninterrupted one"
                                                  : "the figures differ from those of the run");
+  }
   progress.set_data(data_args.data, same ? hash : std::nullopt);
   return data_args;
 }
@@ -1223,7 +1234,8 @@ TrainResult train_until_done_or_stopped(NeuralNetwork& net, std::unique_ptr<torc
 // Rank 0's summary of the run, then its files.
 void report_and_write_run(NeuralNetwork& net, const torch::optim::Optimizer& optimizer, const TrainResult& result,
                           double seconds, Task task, const Progress& progress,
-                          const std::optional<Preprocessing>& preprocessing, const std::string& out) {
+                          const std::optional<Preprocessing>& preprocessing, const std::string& out,
+                          bool warned_no_out) {
   spdlog::info("{} steps in {:.3f} s: {:.1f} steps/s", result.steps, seconds, result.steps / std::max(seconds, 1e-9));
   auto [loss, metric] = evaluate(net, result.train_x, result.train_y, task);
   spdlog::info("final training loss {:.6f}{}", loss,
@@ -1231,7 +1243,7 @@ void report_and_write_run(NeuralNetwork& net, const torch::optim::Optimizer& opt
   if (!progress.history.empty() && !std::isnan(progress.history.back().val_metric))
     spdlog::info("validation {} {:.6f}", task == Task::Classification ? "accuracy" : "mse",
                  progress.history.back().val_metric);
-  if (out.empty()) spdlog::warn("no --out: the trained network was not saved");
+  if (out.empty() && !warned_no_out) spdlog::warn("no --out: the trained network was not saved");
   if (!out.empty()) {
     net->to(torch::kCPU);
     write_run(out, net, optimizer, progress, preprocessing);
@@ -1331,7 +1343,6 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
       !refusal.empty() && device.is_cpu())
     fail("train: {}: dtype {}, or --device cuda", config.empty() ? std::string("the network") : config, refusal);
   const std::string cores_said = cores.apply(net);
-  spdlog::info("cores: {}", cores_said);
   Progress progress = resumed_progress(ck, t, config);
   resume_prune_schedule(t, progress);
   const auto rewire_end =
@@ -1362,11 +1373,13 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
 #if defined(CONNEX_WITH_DISTRIBUTED)
   if (replicas.group) check_ranks_agree(*replicas.group, progress, last_epoch, data, *optimizer);
 #endif
+  spdlog::info("cores: {}", cores_said);  // after the refusals: a refused run logs nothing on standard output
+  const bool warned_no_out = out.empty() && !ck.training.is_null();
   if (reporter) {
     spdlog::info("{}", one_line(net));
-    log_data(data, data_args.recorded);
+    log_data(data, data_args);
     // Said now, not only at the end: resuming a run without --out trains and keeps nothing.
-    if (out.empty() && !ck.training.is_null())
+    if (warned_no_out)
       spdlog::warn("no --out: this resumed run will not be saved and {} stays as it was; give --out {} to save it",
                    config, resume_out_said(config));
   }
@@ -1391,7 +1404,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   }
 #endif
   if (!reporter) return 0;
-  report_and_write_run(net, *optimizer, result, seconds, options.task, progress, preprocessing, out);
+  report_and_write_run(net, *optimizer, result, seconds, options.task, progress, preprocessing, out, warned_no_out);
   return 0;
 }
 
@@ -1518,7 +1531,7 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   std::optional<Table> data;
   if (data_args) {
     data = load_dataset(data_args->options(net, trained.val_split, seed), net, ck.preprocessing, "prune");
-    log_data(*data, data_args->recorded);
+    log_data(*data, *data_args);
   }
   const PruneOptions options = p.options().scores(data ? connection_scores(net, p.score, *data) : torch::Tensor());
   const std::vector<Edge> weak = connections_to_prune(net, options);
@@ -2095,19 +2108,11 @@ void add_sparse_training_flags(CLI::App* train, TrainArgs& t) {
                    "start from a sparse layered network of the config's layer sizes at this density "
                    "(\"prebuilt\": \"MLP\" or \"SparseMLP\" configs; seeded by --seed)")
       ->check(number_in(0, 1, false, true));
-  // The library's names (distribution_from_name), so the flag takes what a config does.
-  const CLI::Validator distribution(
-      [](std::string& name) -> std::string {
-        try {
-          nn::distribution_from_name(name);
-          return "";
-        } catch (const Error&) {
-          return fmt::format("must be uniform, er (or erdos_renyi) or erk, got \"{}\"", printable(name, 40));
-        }
-      },
-      "uniform|er|erdos_renyi|erk");
-  train->add_option("--init-density", t.init_density, "how --density is shared among the layer pairs (default er)")
-      ->check(distribution);
+  // The library's names (distribution_from_name; erdos_renyi is er), as a config gives them.
+  train
+      ->add_option("--init-density", t.init_density,
+                   "how --density is shared among the layer pairs (default er; erdos_renyi is er)")
+      ->transform(one_of({"uniform", "er", "erdos_renyi", "erk"}));
   train
       ->add_option("--rewire", t.rewire,
                    "rewire while training: set (grow at random), rigl (grow by gradient) or none; default: a resumed "
@@ -2129,7 +2134,7 @@ void add_train_command(CLI::App& app, Commands& c) {
   c.train->add_option("config", c.config, "JSON config or checkpoint (default: the README network)")
       ->check(path_check());
   c.data.add_to(c.train);
-  c.train_args.add_to(c.train, 1000);
+  c.train_args.add_to(c.train, 1000, "a resumed run's");
   c.dist.add_to(c.train);
   c.train
       ->add_option("--prune-at-epoch", c.train_args.prune_at_epoch,
@@ -2183,7 +2188,7 @@ void add_prune_command(CLI::App& app, Commands& c) {
   add_flag_once(c.prune, "--remove-dead", c.prune_args.remove_dead,
                 "then remove hidden neurons that no input reaches or that reach no output");
   c.data.add_to(c.prune);
-  c.prune_train.add_to(c.prune, 0);
+  c.prune_train.add_to(c.prune, 0, "a trained checkpoint's");
   c.prune->add_option("--out", c.out, "write the pruned checkpoint here")->check(path_check());
 }
 

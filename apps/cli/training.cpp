@@ -26,6 +26,10 @@ void require_file(const std::string& path) {
 
 Table load_dataset(const DataOptions& options, const NeuralNetwork& network, const std::optional<Preprocessing>& fitted,
                    const std::string& command) {
+  // The checkpoint's task is the model's: --task may only repeat it.
+  if (fitted && options.table.task() && *options.table.task() != fitted->task)
+    fail("{}: --task {}: the model was trained for {}; leave --task out to use the checkpoint's", command,
+         task_name(*options.table.task()), task_name(fitted->task));
   if (!options.path.empty()) {
     require_file(options.path);
     try {

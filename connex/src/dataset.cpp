@@ -123,8 +123,10 @@ Task task_of(const TableOptions& options, const std::optional<Preprocessing>& fi
   if (!fitted) return options.task().value_or(Task::Regression);
   if (options.task() && *options.task() != fitted->task)
     fail("{}: the model was trained for {}, not {}", source, task_name(fitted->task), task_name(*options.task()));
-  if (options.standardize() && !fitted->standardizes())
-    fail("{}: the model was trained on unstandardized features; standardizing now would change its inputs", source);
+  if (options.standardize() && *options.standardize() != fitted->standardizes())
+    fail("{}: the model was trained on {}", source,
+         fitted->standardizes() ? "standardized features; reading them raw (standardize false) would change its inputs"
+                                : "unstandardized features; standardizing now would change its inputs");
   return fitted->task;
 }
 
@@ -281,9 +283,9 @@ Table make_table(torch::Tensor raw, torch::Tensor targets, const TableOptions& o
                  bool fit, std::string source, const CellName& cell) {
   const int64_t rows = raw.size(0);
   const auto dtype = *options.dtype();
-  const bool standardized = fit ? options.standardize() : preprocessing.standardizes();
+  const bool standardized = fit ? options.standardize().value_or(false) : preprocessing.standardizes();
   auto [train_rows, validation_rows] = split_rows(rows, options.validation_fraction(), options.seed());
-  if (fit && options.standardize()) {
+  if (fit && standardized) {
     if (train_rows.numel() == 0) fail("{}: no training rows to fit the standardization on", source);
     // A constant column (or a single row) has no spread: leave its scale alone.
     const auto train = raw.index_select(0, train_rows);
@@ -519,7 +521,7 @@ Table table_from_csv(const CsvTable& csv, const NeuralNetwork& network, const Ta
                               : "");
   }
   // Standardized features are scaled in float64 first, then in range.
-  const bool standardized = fitted ? fitted->standardizes() : options.standardize();
+  const bool standardized = fitted ? fitted->standardizes() : options.standardize().value_or(false);
   const auto feature_dtype = standardized ? torch::kFloat64 : *options.dtype();
   const auto cell = [&](int64_t i, int64_t k, bool target) {
     const int64_t j = target ? c.targets[k] : c.features[k];
@@ -649,7 +651,7 @@ Table table_from_tensors(const torch::Tensor& inputs, const torch::Tensor& targe
   checked.dtype(table_dtype(options, torch::kFloat32, "table_from_tensors()"));
   // Data, not a graph's leaves: a table holds no autograd history.
   const auto raw = inputs.detach().to(torch::kCPU, torch::kFloat64), y = targets.detach().cpu();
-  const bool standardized = fitted ? fitted->standardizes() : options.standardize();
+  const bool standardized = fitted ? fitted->standardizes() : options.standardize().value_or(false);
   check_trainable(raw, raw, standardized ? Use::Standardize : Use::Train, false,
                   standardized ? torch::kFloat64 : *checked.dtype(), cell);
   if (y.is_floating_point()) check_trainable(y, y, Use::Train, true, *checked.dtype(), cell);

@@ -87,8 +87,9 @@ struct TableOptions {
   // z-score each feature with the training rows' mean and unbiased standard
   // deviation (ddof 1, as torch.std; sklearn's StandardScaler uses ddof 0);
   // a column without spread (constant, or one training row) keeps scale 1.
-  // With a fitted preprocessing its standardization applies, whatever this says.
-  TORCH_ARG(bool, standardize) = false;
+  // Unset: no. With a fitted preprocessing its standardization applies, and
+  // a value given must agree with it (true or false).
+  TORCH_ARG(std::optional<bool>, standardize) = std::nullopt;
   TORCH_ARG(double, validation_fraction) = 0.0;  // rows held out, in [0, 1)
   TORCH_ARG(uint64_t, seed) = 0;                 // decides which rows are held out
   // Of the inputs (and regression targets); default: the network's (float32 for table_from_tensors).
