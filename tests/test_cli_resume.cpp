@@ -286,6 +286,7 @@ TEST(CliResume, TheRecordedCsvIsJudgedByItsBytesAndNotWrittenOver) {
   EXPECT_NE(r.out.find(csv + " changed since the checkpoint was written (its bytes differ from the recorded ones)"),
             std::string::npos)
       << r.out;
+  EXPECT_NE(r.out.find("; the checkpoint's CSV, changed since it was trained on\n"), std::string::npos) << r.out;
   // A record of an earlier version, without the hash, goes by the time.
   auto ck = load_checkpoint(dir / "run/model.ckpt");
   auto training = ck.training;

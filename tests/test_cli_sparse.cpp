@@ -712,9 +712,15 @@ TEST(CliSparse, AFloorThatKeepsEverythingIsSaid) {
   r = connex_cli("prune ck --fraction 0.5 --batch-size 4 --out s.ckpt", dir);
   EXPECT_NE(r.err.find("prune: --batch-size 4 applies to training on; give --epochs N"), std::string::npos) << r.err;
   EXPECT_FALSE(std::filesystem::exists(dir / "s.ckpt"));
+  // So are a seed and a split that no data uses.
+  r = connex_cli("prune ck --fraction 0.5 --seed 5 --out s.ckpt", dir);
+  EXPECT_EQ(r.err, "connex: prune: --seed 5 applies to the data's split; give --data FILE.csv or --epochs N\n");
+  r = connex_cli("prune ck --fraction 0.5 --val-split 0.2 --out s.ckpt", dir);
+  EXPECT_EQ(r.err, "connex: prune: --val-split 0.2 applies to the data's split; give --data FILE.csv or --epochs N\n");
+  EXPECT_FALSE(std::filesystem::exists(dir / "s.ckpt"));
   r = connex_cli("prune ck --fraction 0.5", dir);
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.out.find("no --out: the pruned network was not saved"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("] warning: no --out: the pruned network was not saved"), std::string::npos) << r.out;
   EXPECT_EQ(slurp(dir / "ck/model.ckpt"), before);
 }
 

@@ -436,8 +436,9 @@ CLI::Option* add_flag_once(CLI::App* command, const std::string& name, bool& val
 
 struct DataArgs {
   std::string data;
-  bool recorded = false;  // data is the checkpoint's CSV, not --data's (resumed_data_args())
+  bool recorded = false;  // data is the checkpoint's CSV (resumed_data_args()), by default or named by --data
   bool changed = false;   // and that CSV changed since the checkpoint was written
+  bool named = false;     // --data gave it (resumed_data_args())
   std::optional<std::string> task;
   std::vector<std::string> targets, features;
   bool standardize = false;
@@ -542,8 +543,8 @@ struct TrainArgs {
   bool overwrite = false;  // train only: --out may replace another run
   // --prune-at-epoch N without --prune-fraction: moves a resumed run's recorded prune to N.
   bool moves_prune() const { return prune_at_epoch.value_or(0) > 0 && !(prune_fraction > 0); }
-  // recorded: whose settings are the defaults ("a resumed run's").
-  void add_to(CLI::App* cmd, int default_epochs, const std::string& recorded) {
+  // recorded: whose settings are the defaults ("a resumed run's"); seeds: what --seed draws.
+  void add_to(CLI::App* cmd, int default_epochs, const std::string& recorded, const std::string& seeds) {
     epochs = default_epochs;
     cmd->add_option("--epochs", epochs, "epochs")->check(number_in(0, kIntMax, true))->capture_default_str();
     cmd->add_option("--batch-size", batch_size, "mini-batch size (0: full batch; default: " + recorded + ", else 0)")
@@ -553,9 +554,7 @@ struct TrainArgs {
         ->check(number_in(0, 1e6, false, true));
     cmd->add_option("--optimizer", optimizer, describe_optimizer_choices() + "; default: the checkpoint's, else adam")
         ->transform(one_of(optimizer_choices()));
-    cmd->add_option("--seed", seed,
-                    "seed for the split, shuffling and new parameters (default: " + recorded + ", else 0)")
-        ->check(seed_check());
+    cmd->add_option("--seed", seed, "seed for " + seeds + " (default: " + recorded + ", else 0)")->check(seed_check());
     cmd->add_option("--device", device, "where to train")->transform(one_of({"cpu", "cuda"}));
     cmd->add_option("--val-split", val_split,
                     "fraction of rows held out for validation (default: " + recorded + ", else 0)")
@@ -788,7 +787,7 @@ class OutLock {
   std::vector<fs::path> made_;
 };
 
-// One line for the data a command reads, saying whether it is the checkpoint's CSV (which --data did not name).
+// One line for the data a command reads, saying whether it is the checkpoint's CSV.
 void log_data(const Table& data, const DataArgs& args) {
   const auto& p = data.preprocessing;
   spdlog::info("data: {} ({} training rows, {} validation rows, features {}, targets {}{}{}){}", data.source,
@@ -797,8 +796,10 @@ void log_data(const Table& data, const DataArgs& args) {
                p.task == Task::Classification ? fmt::format(", classes {}", columns_said(p.classes)) : "",
                p.standardizes() ? ", standardized" : "",
                !args.recorded ? ""
-               : args.changed ? "; the checkpoint's CSV, changed since it was trained on (give --data to use another)"
-                              : "; the one the checkpoint was trained on (give --data to use another)");
+                              : fmt::format("; {}{}",
+                                            args.changed ? "the checkpoint's CSV, changed since it was trained on"
+                                                         : "the one the checkpoint was trained on",
+                                            args.named ? "" : " (give --data to use another)"));
 }
 
 // The first rewiring setting given, if any (they need a method: --rewire, or a checkpoint's record).
@@ -1139,6 +1140,8 @@ DataArgs resumed_data_args(const DataArgs& d, Progress& progress, const std::str
   std::optional<std::string> hash;
   const bool same =
       !data_args.data.empty() && !progress.data.empty() && Progress::data_path(data_args.data) == progress.data;
+  data_args.recorded = data_args.recorded || same;
+  data_args.named = !d.data.empty();
   if (const std::string changed = same ? progress.data_changed(&hash) : ""; !changed.empty()) {
     data_args.changed = true;
     spdlog::warn("{} changed since the checkpoint was written ({}): {}", progress.data, changed,
@@ -1236,7 +1239,8 @@ void report_and_write_run(NeuralNetwork& net, const torch::optim::Optimizer& opt
                           double seconds, Task task, const Progress& progress,
                           const std::optional<Preprocessing>& preprocessing, const std::string& out,
                           bool warned_no_out) {
-  spdlog::info("{} steps in {:.3f} s: {:.1f} steps/s", result.steps, seconds, result.steps / std::max(seconds, 1e-9));
+  spdlog::info("{} step{} in {:.3f} s: {:.1f} steps/s", result.steps, result.steps == 1 ? "" : "s", seconds,
+               result.steps / std::max(seconds, 1e-9));
   auto [loss, metric] = evaluate(net, result.train_x, result.train_y, task);
   spdlog::info("final training loss {:.6f}{}", loss,
                task == Task::Classification ? fmt::format(", accuracy {:.4f}", metric) : "");
@@ -1499,8 +1503,15 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
         "prune: --scope {} applies to --fraction (each group's weakest share); --threshold removes every connection "
         "below it whatever the scope",
         *p.scope);
-  if (t.batch_size && t.epochs == 0)
-    fail("prune: --batch-size {} applies to training on; give --epochs N", *t.batch_size);
+  // Flags that would do nothing are refused (--lr and --optimizer set the saved optimizer's).
+  if (t.epochs == 0) {
+    if (t.batch_size) fail("prune: --batch-size {} applies to training on; give --epochs N", *t.batch_size);
+    if (d.data.empty() && p.score == "magnitude") {
+      if (t.seed) fail("prune: --seed {} applies to the data's split; give --data FILE.csv or --epochs N", *t.seed);
+      if (t.val_split)
+        fail("prune: --val-split {:g} applies to the data's split; give --data FILE.csv or --epochs N", *t.val_split);
+    }
+  }
   check_out("prune", path, out, true);
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
@@ -1574,7 +1585,8 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
     save(pruned, out, next.get(), preprocessing ? &*preprocessing : nullptr);
     std::printf("wrote %s\n", out.c_str());
   } else {
-    std::printf("no --out: the pruned network was not saved\n");
+    std::fflush(stdout);  // after the report's lines
+    spdlog::warn("no --out: the pruned network was not saved");
   }
   return 0;
 }
@@ -2134,7 +2146,7 @@ void add_train_command(CLI::App& app, Commands& c) {
   c.train->add_option("config", c.config, "JSON config or checkpoint (default: the README network)")
       ->check(path_check());
   c.data.add_to(c.train);
-  c.train_args.add_to(c.train, 1000, "a resumed run's");
+  c.train_args.add_to(c.train, 1000, "a resumed run's", "the split, shuffling and new parameters");
   c.dist.add_to(c.train);
   c.train
       ->add_option("--prune-at-epoch", c.train_args.prune_at_epoch,
@@ -2188,7 +2200,7 @@ void add_prune_command(CLI::App& app, Commands& c) {
   add_flag_once(c.prune, "--remove-dead", c.prune_args.remove_dead,
                 "then remove hidden neurons that no input reaches or that reach no output");
   c.data.add_to(c.prune);
-  c.prune_train.add_to(c.prune, 0, "a trained checkpoint's");
+  c.prune_train.add_to(c.prune, 0, "a trained checkpoint's", "the data's split and the shuffling of --epochs");
   c.prune->add_option("--out", c.out, "write the pruned checkpoint here")->check(path_check());
 }
 
