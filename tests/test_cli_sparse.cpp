@@ -288,8 +288,9 @@ TEST(CliSparse, ARecordedPruneStaysScheduledAndABadOneIsRefused) {
   for (const char* said : {"prune: 0.5 of the connections (level scope, keep-min 1) after epoch 3: the run's recorded "
                            "prune, moved from epoch 5, changed by --prune-keep-min",
                            "epoch 3: pruned ", "(|w| smallest first, level scope, keep-min 1)",
-                           "epoch 3: this run's last, so no epoch trains the pruned network (the figures above are "
-                           "from before the prune); a resumed run with --epochs trains it on"})
+                           "epoch 3: this run's last, so no epoch trains the pruned network (the epochs' figures are "
+                           "from before the prune, the final loss from after it); a resumed run with --epochs trains "
+                           "it on"})
     EXPECT_NE((r.out + r.err).find(said), std::string::npos) << said << "\n" << r.out + r.err;
   // A new prune at the recorded epoch replaces it, saying so: its scope and floor are not inherited.
   r = connex_cli("train pending.ckpt --epochs 4 --prune-at-epoch 5 --prune-fraction 0.5 --out replaced", dir);

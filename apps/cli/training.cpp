@@ -838,8 +838,8 @@ class Trainer {
                                                  : "a smaller --prune-fraction or --prune-keep-min 1 helps");
       if (epoch == last_epoch_)
         spdlog::info(
-            "epoch {}: this run's last, so no epoch trains the pruned network (the figures above are from before the "
-            "prune){}",
+            "epoch {}: this run's last, so no epoch trains the pruned network (the epochs' figures are from before "
+            "the prune, the final loss from after it){}",
             epoch,
             options_.out.empty() ? "; without --out it is not saved" : "; a resumed run with --epochs trains it on");
     }
