@@ -247,7 +247,12 @@ TEST(CliPreprocessing, TravelsWithTheModelIntoLaterRunsAndTorchScript) {
                        "the checkpoint's"),
             std::string::npos)
       << r.err;
-  EXPECT_EQ(r.out, "");  // refused before the cores line
+  EXPECT_EQ(r.out, "");  // refused as the checkpoint is opened, before anything is logged
+  r = connex_cli("prune run/model.ckpt --fraction 0.3 --data d.csv --task regression", dir);
+  EXPECT_EQ(r.err,
+            "connex: prune: --task regression: the model was trained for classification; leave --task out to use "
+            "the checkpoint's\n");
+  EXPECT_EQ(r.out, "");
 
   // The exported module takes raw rows and names its classes.
   ASSERT_EQ(connex_cli("export run/model.ckpt --format torchscript --out m.pt", dir).code, 0);

@@ -288,9 +288,9 @@ TEST(CliSparse, ARecordedPruneStaysScheduledAndABadOneIsRefused) {
   for (const char* said : {"prune: 0.5 of the connections (level scope, keep-min 1) after epoch 3: the run's recorded "
                            "prune, moved from epoch 5, changed by --prune-keep-min",
                            "epoch 3: pruned ", "(|w| smallest first, level scope, keep-min 1)",
-                           "epoch 3: this run's last, so no epoch trains the pruned network (the epochs' figures are "
-                           "from before the prune, the final loss from after it); a resumed run with --epochs trains "
-                           "it on"})
+                           "epoch 3: this run's last, so no epoch trains the pruned network (the epochs' figures and "
+                           "the final validation figure are from before the prune, the final training loss from after "
+                           "it); a resumed run with --epochs trains it on"})
     EXPECT_NE((r.out + r.err).find(said), std::string::npos) << said << "\n" << r.out + r.err;
   // A new prune at the recorded epoch replaces it, saying so: its scope and floor are not inherited.
   r = connex_cli("train pending.ckpt --epochs 4 --prune-at-epoch 5 --prune-fraction 0.5 --out replaced", dir);
@@ -718,6 +718,12 @@ TEST(CliSparse, AFloorThatKeepsEverythingIsSaid) {
   EXPECT_EQ(r.err, "connex: prune: --seed 5 applies to the data's split; give --data FILE.csv or --epochs N\n");
   r = connex_cli("prune ck --fraction 0.5 --val-split 0.2 --out s.ckpt", dir);
   EXPECT_EQ(r.err, "connex: prune: --val-split 0.2 applies to the data's split; give --data FILE.csv or --epochs N\n");
+  r = connex_cli("prune ck --fraction 0.5 --target y --out s.ckpt", dir);
+  EXPECT_EQ(r.err, "connex: prune: --target applies to the data; give --data FILE.csv or --epochs N\n");
+  r = connex_cli("prune ck --fraction 0.5 --device cuda --out s.ckpt", dir);  // prune's own training runs on the CPU
+  EXPECT_EQ(r.err,
+            "connex: prune: --device cuda: prune trains on on the CPU; train the pruned checkpoint with connex train "
+            "--device cuda\n");
   EXPECT_FALSE(std::filesystem::exists(dir / "s.ckpt"));
   r = connex_cli("prune ck --fraction 0.5", dir);
   ASSERT_EQ(r.code, 0) << r.err;

@@ -469,6 +469,14 @@ struct DataArgs {
   }
 };
 
+// The checkpoint's task is the model's: --task may only repeat it. Checked
+// as the network is opened, before anything is logged or read.
+void check_task_flag(const DataArgs& d, const std::optional<Preprocessing>& fitted, const char* command) {
+  if (!fitted || !d.task || *d.task == task_name(fitted->task)) return;
+  fail("{}: --task {}: the model was trained for {}; leave --task out to use the checkpoint's", command, *d.task,
+       task_name(fitted->task));
+}
+
 // Number checks for options. (CLI11's own range checks print the whole
 // double range in their messages; these say what is wanted.)
 // The largest value of an int flag; an int64_t flag's bound is 9e15 (below 2^53, exact in a double).
@@ -1342,6 +1350,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   Checkpoint ck =
       t.density ? Checkpoint{sparse_network(config, t), std::nullopt, std::nullopt, {}} : open_network(config);
   NeuralNetwork net = ck.network;
+  check_task_flag(d, ck.preprocessing, "train");
   // Before the banner and the data: the library would refuse it at the first forward.
   if (const std::string refusal = cpu_forward_refusal(net->weight_tensor().scalar_type());
       !refusal.empty() && device.is_cpu())
@@ -1377,7 +1386,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
 #if defined(CONNEX_WITH_DISTRIBUTED)
   if (replicas.group) check_ranks_agree(*replicas.group, progress, last_epoch, data, *optimizer);
 #endif
-  spdlog::info("cores: {}", cores_said);  // after the refusals: a refused run logs nothing on standard output
+  spdlog::info("cores: {}", cores_said);  // after the refusals (what the run's settings are comes first)
   const bool warned_no_out = out.empty() && !ck.training.is_null();
   if (reporter) {
     spdlog::info("{}", one_line(net));
@@ -1510,11 +1519,20 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
       if (t.seed) fail("prune: --seed {} applies to the data's split; give --data FILE.csv or --epochs N", *t.seed);
       if (t.val_split)
         fail("prune: --val-split {:g} applies to the data's split; give --data FILE.csv or --epochs N", *t.val_split);
+      const char* data_flag = d.task                ? "--task"
+                              : !d.targets.empty()  ? "--target"
+                              : !d.features.empty() ? "--features"
+                                                    : nullptr;
+      if (data_flag) fail("prune: {} applies to the data; give --data FILE.csv or --epochs N", data_flag);
     }
   }
+  if (t.device != "cpu")
+    fail("prune: --device {}: prune trains on on the CPU; train the pruned checkpoint with connex train --device {}",
+         t.device, t.device);
   check_out("prune", path, out, true);
   Checkpoint ck = open_network(path);
   NeuralNetwork net = ck.network;
+  check_task_flag(d, ck.preprocessing, "prune");
   const std::string cores_said = cores.apply(net);
   // Data only when asked for: --data reports the loss before and after, and
   // training on needs some (the toy set when the network fits it).

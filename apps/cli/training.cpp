@@ -26,10 +26,6 @@ void require_file(const std::string& path) {
 
 Table load_dataset(const DataOptions& options, const NeuralNetwork& network, const std::optional<Preprocessing>& fitted,
                    const std::string& command) {
-  // The checkpoint's task is the model's: --task may only repeat it.
-  if (fitted && options.table.task() && *options.table.task() != fitted->task)
-    fail("{}: --task {}: the model was trained for {}; leave --task out to use the checkpoint's", command,
-         task_name(*options.table.task()), task_name(fitted->task));
   if (!options.path.empty()) {
     require_file(options.path);
     try {
@@ -838,8 +834,8 @@ class Trainer {
                                                  : "a smaller --prune-fraction or --prune-keep-min 1 helps");
       if (epoch == last_epoch_)
         spdlog::info(
-            "epoch {}: this run's last, so no epoch trains the pruned network (the epochs' figures are from before "
-            "the prune, the final loss from after it){}",
+            "epoch {}: this run's last, so no epoch trains the pruned network (the epochs' figures and the final "
+            "validation figure are from before the prune, the final training loss from after it){}",
             epoch,
             options_.out.empty() ? "; without --out it is not saved" : "; a resumed run with --epochs trains it on");
     }

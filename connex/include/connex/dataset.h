@@ -105,8 +105,8 @@ struct Table {
 // Reads a CSV (header row, then numbers; class labels may be text) for
 // `network`, checking the columns against its inputs and outputs. With
 // `fitted` (a checkpoint's preprocessing) its columns, standardization and
-// classes are applied and nothing is fitted; the options' task, features and
-// targets must then agree with it or be left empty.
+// classes are applied and nothing is fitted; the options' task, features,
+// targets and standardize must then agree with it or be left unset.
 Table read_table(const std::string& path, const NeuralNetwork& network, const TableOptions& options = {},
                  const std::optional<Preprocessing>& fitted = std::nullopt);
 // The network inputs of a CSV's rows, in file order, for prediction: the
