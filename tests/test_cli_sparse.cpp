@@ -271,6 +271,13 @@ TEST(CliSparse, ARecordedPruneStaysScheduledAndABadOneIsRefused) {
             std::string::npos)
       << r.out;
   EXPECT_EQ(load_checkpoint(dir / "later/model.ckpt").training.at("prune").at("at_epoch"), 5);
+  EXPECT_LT(r.out.find("prune: the run's prune"), r.out.find("] cores: ")) << r.out;  // the set-up's lines first
+  // A run refused after its set-up has logged (the prune line) writes only its refusal.
+  spit(dir / "one_column.csv", "x\n1\n2\n");
+  r = connex_cli("train pending.ckpt --epochs 2 --data one_column.csv --out refused", dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   // --prune-at-epoch 0 cancels it, and says so.
   r = connex_cli("train later --epochs 3 --prune-at-epoch 0 --out cancelled", dir);
   ASSERT_EQ(r.code, 0) << r.err;

@@ -29,6 +29,7 @@
 
 #include <CLI/CLI.hpp>
 #include <spdlog/pattern_formatter.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <fmt/ranges.h>
@@ -1134,6 +1135,36 @@ std::string missing_data_said(const std::string& path) {
   return fmt::format("a symbolic link to {}, which is gone", target.string());
 }
 
+// Holds the log lines of a command's set-up (its settings, the data line,
+// warnings) until release(), which writes them as they came, with their
+// times: a command refused before it starts its work writes only its
+// one-line refusal (on standard error), not half of its set-up.
+class HeldLog {
+ public:
+  HeldLog() : logger_(spdlog::default_logger()), sinks_(logger_->sinks()) {
+    held_ = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(1 << 12);
+    logger_->sinks() = {held_};
+  }
+  ~HeldLog() {
+    if (held_) logger_->sinks() = sinks_;  // refused: the held lines go
+  }
+  HeldLog(const HeldLog&) = delete;
+  HeldLog& operator=(const HeldLog&) = delete;
+  void release() {
+    logger_->sinks() = sinks_;
+    for (const auto& message : held_->last_raw())
+      for (const auto& sink : sinks_)
+        if (sink->should_log(message.level)) sink->log(message);
+    logger_->flush();
+    held_.reset();
+  }
+
+ private:
+  std::shared_ptr<spdlog::logger> logger_;
+  std::vector<spdlog::sink_ptr> sinks_;
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> held_;
+};
+
 // A resumed run (or a pruned one trained on) goes on with the checkpoint's CSV unless --data names another.
 DataArgs resumed_data_args(const DataArgs& d, Progress& progress, const std::string& config,
                            const char* command = "train") {
@@ -1344,6 +1375,7 @@ std::string resume_out_said(const std::string& config) {
 
 int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, const DistributedArgs& dist,
               const std::string& out, const CoreShare& cores) {
+  HeldLog held;  // released when the run starts
   auto device = parse_device(t.device);
   check_train_flags(t, out);
   check_train_out(config, out, t.overwrite);
@@ -1386,7 +1418,8 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
 #if defined(CONNEX_WITH_DISTRIBUTED)
   if (replicas.group) check_ranks_agree(*replicas.group, progress, last_epoch, data, *optimizer);
 #endif
-  spdlog::info("cores: {}", cores_said);  // after the refusals (what the run's settings are comes first)
+  held.release();  // every refusal is behind: the set-up's lines, then the run's
+  spdlog::info("cores: {}", cores_said);
   const bool warned_no_out = out.empty() && !ck.training.is_null();
   if (reporter) {
     spdlog::info("{}", one_line(net));
