@@ -1375,7 +1375,7 @@ std::string resume_out_said(const std::string& config) {
 
 int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, const DistributedArgs& dist,
               const std::string& out, const CoreShare& cores) {
-  HeldLog held;  // released when the run starts
+  HeldLog held;  // released when the inputs are checked
   auto device = parse_device(t.device);
   check_train_flags(t, out);
   check_train_out(config, out, t.overwrite);
@@ -1403,6 +1403,8 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
                                                          ? ck.preprocessing
                                                          : std::optional<Preprocessing>(data.preprocessing);
 
+  // The inputs are checked: the set-up's lines now, before a wait for the other ranks.
+  held.release();
   const Replicas replicas = join_replicas(dist, device);
   const bool reporter = replicas.rank == 0;
   const OutLock out_lock(reporter ? out : std::string());  // only rank 0 writes --out
@@ -1418,7 +1420,6 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
 #if defined(CONNEX_WITH_DISTRIBUTED)
   if (replicas.group) check_ranks_agree(*replicas.group, progress, last_epoch, data, *optimizer);
 #endif
-  held.release();  // every refusal is behind: the set-up's lines, then the run's
   spdlog::info("cores: {}", cores_said);
   const bool warned_no_out = out.empty() && !ck.training.is_null();
   if (reporter) {
