@@ -278,6 +278,10 @@ TEST(CliSparse, ARecordedPruneStaysScheduledAndABadOneIsRefused) {
   EXPECT_EQ(r.code, 1);
   EXPECT_EQ(r.out, "");
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  r = connex_cli("prune pending.ckpt --fraction 0.5 --data one_column.csv --out p.ckpt", dir);  // prune's too
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   // --prune-at-epoch 0 cancels it, and says so.
   r = connex_cli("train later --epochs 3 --prune-at-epoch 0 --out cancelled", dir);
   ASSERT_EQ(r.code, 0) << r.err;

@@ -1537,6 +1537,7 @@ void report_pruning(NeuralNetwork& net, NeuralNetwork& pruned, std::unique_ptr<t
 
 int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, const TrainArgs& t,
               const std::string& out, const CoreShare& cores) {
+  HeldLog held;  // the set-up's lines, released when the inputs are checked
   const std::optional<double> threshold = p.threshold, fraction = p.fraction;
   if (threshold.has_value() == fraction.has_value()) fail("prune: give exactly one of --threshold and --fraction");
   if (threshold && !(*threshold >= 0 && std::isfinite(*threshold)))
@@ -1590,12 +1591,13 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
     check_out("prune", data_args->data, out, false);  // the CSV it reads, given or the checkpoint's
   }
   check_out_kind("prune", out, Writes::Checkpoint);
-  spdlog::info("cores: {}", cores_said);  // after the refusals that need no work
+  spdlog::info("cores: {}", cores_said);
   std::optional<Table> data;
   if (data_args) {
     data = load_dataset(data_args->options(net, trained.val_split, seed), net, ck.preprocessing, "prune");
     log_data(*data, *data_args);
   }
+  held.release();  // the inputs are checked; the report follows
   const PruneOptions options = p.options().scores(data ? connection_scores(net, p.score, *data) : torch::Tensor());
   const std::vector<Edge> weak = connections_to_prune(net, options);
   // What the floor held back, so that a floor above every fan-in is not a silent no-op.
