@@ -1042,12 +1042,13 @@ Progress resumed_progress(const Checkpoint& ck, const TrainArgs& t, const std::s
   // A recorded prune moved past this run's epochs stays scheduled, as it would unmoved; a new one must fall within.
   if (at > 0 && (at <= progress.epoch || (at > last_epoch && !t.moves_prune())))
     fail("train: --prune-at-epoch {} is outside this run's epochs {} to {}{}", at, progress.epoch + 1, last_epoch,
-         at <= progress.epoch ? fmt::format(" (the checkpoint has trained {} epochs)", progress.epoch)
-         : progress.prune.at_epoch > progress.epoch
-             ? fmt::format("; --epochs {} reaches it (without --prune-fraction it would move the run's recorded "
-                           "prune, which may lie past the run, and --prune-fraction alone changes that prune's share)",
-                           at - progress.epoch)
-             : fmt::format("; --epochs {} reaches it", at - progress.epoch));
+         at <= progress.epoch
+             ? fmt::format(" (the checkpoint has trained {} epochs)", progress.epoch)
+             : fmt::format("; --epochs {} reaches it{}", at - progress.epoch,
+                           progress.prune.at_epoch > progress.epoch
+                               ? " (without --prune-fraction it would move the run's recorded prune, which may lie "
+                                 "past the run, and --prune-fraction alone changes that prune's share)"
+                               : ""));
   return progress;
 }
 
@@ -1547,19 +1548,23 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
         "prune: --scope {} applies to --fraction (each group's weakest share); --threshold removes every connection "
         "below it whatever the scope",
         *p.scope);
+  // Data only when asked for: --data reports the loss before and after, a
+  // --score other than magnitude scores on it, and training on needs some
+  // (the toy set when the network fits it).
+  const bool scored = p.score != "magnitude";
+  const bool uses_data = !d.data.empty() || t.epochs > 0 || scored;
   // Flags that would do nothing are refused (--lr and --optimizer set the saved optimizer's).
-  if (t.epochs == 0) {
-    if (t.batch_size) fail("prune: --batch-size {} applies to training on; give --epochs N", *t.batch_size);
-    if (d.data.empty() && p.score == "magnitude") {
-      if (t.seed) fail("prune: --seed {} applies to the data's split; give --data FILE.csv or --epochs N", *t.seed);
-      if (t.val_split)
-        fail("prune: --val-split {:g} applies to the data's split; give --data FILE.csv or --epochs N", *t.val_split);
-      const char* data_flag = d.task                ? "--task"
-                              : !d.targets.empty()  ? "--target"
-                              : !d.features.empty() ? "--features"
-                                                    : nullptr;
-      if (data_flag) fail("prune: {} applies to the data; give --data FILE.csv or --epochs N", data_flag);
-    }
+  if (t.batch_size && t.epochs == 0)
+    fail("prune: --batch-size {} applies to training on; give --epochs N", *t.batch_size);
+  if (!uses_data) {
+    if (t.seed) fail("prune: --seed {} applies to the data's split; give --data FILE.csv or --epochs N", *t.seed);
+    if (t.val_split)
+      fail("prune: --val-split {:g} applies to the data's split; give --data FILE.csv or --epochs N", *t.val_split);
+    const char* data_flag = d.task                ? "--task"
+                            : !d.targets.empty()  ? "--target"
+                            : !d.features.empty() ? "--features"
+                                                  : nullptr;
+    if (data_flag) fail("prune: {} applies to the data; give --data FILE.csv or --epochs N", data_flag);
   }
   if (t.device != "cpu")
     fail("prune: --device {}: prune trains on on the CPU; train the pruned checkpoint with connex train --device {}",
@@ -1569,8 +1574,6 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   NeuralNetwork net = ck.network;
   check_task_flag(d, ck.preprocessing, "prune");
   const std::string cores_said = cores.apply(net);
-  // Data only when asked for: --data reports the loss before and after, and
-  // training on needs some (the toy set when the network fits it).
   if (d.standardize && !(ck.preprocessing && ck.preprocessing->standardizes()))
     fail(
         "prune: --standardize would fit new statistics for a model trained without them; the checkpoint's "
@@ -1582,11 +1585,10 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   trained.batch_size = t.batch_size.value_or(trained.batch_size);
   trained.val_split = t.val_split.value_or(trained.val_split);
   const uint64_t seed = trained.seed;
-  const bool scored = p.score != "magnitude";
   if (scored && d.data.empty() && trained.data.empty())
     fail("prune: --score {} needs --data ({} records no training CSV to score the connections on)", p.score, path);
   std::optional<DataArgs> data_args;
-  if (!d.data.empty() || t.epochs > 0 || scored) {
+  if (uses_data) {
     data_args = resumed_data_args(d, trained, path, "prune");
     check_out("prune", data_args->data, out, false);  // the CSV it reads, given or the checkpoint's
   }

@@ -302,13 +302,15 @@ struct Group::Impl {
   // Otherwise stated apart: with Gloo every call; with NCCL (whose ranks
   // wait for the timeout on a mismatch rather than abort) when the count
   // changed on this rank, since its statement syncs the host each time.
-  void state_unframed(const Key& key, const char* what, int64_t n, torch::ScalarType dtype) {
-    if (!device.is_cpu()) {
-      const auto known = frames.find(key);
-      if (known != frames.end() && known->second == n) return;
+  void reduce_unframed(torch::Tensor& data, const char* what, c10d::ReduceOp::RedOpType op) {
+    const Key key{what, static_cast<int>(data.scalar_type())};
+    const int64_t n = data.numel();
+    const auto known = frames.find(key);
+    if (device.is_cpu() || known == frames.end() || known->second != n) {
+      agree(what, n, data.scalar_type());
+      frames[key] = n;
     }
-    agree(what, n, dtype);
-    frames[key] = n;
+    all_reduce(data, what, op);
   }
 
   // Reduces `buffer`, [kHeader + n] contiguous, in place: its data from
@@ -320,11 +322,8 @@ struct Group::Impl {
     const int64_t n = buffer.numel() - kHeader;
     TORCH_INTERNAL_ASSERT(n >= 0, "a framed buffer holds the header");
     auto data = buffer.narrow(0, kHeader, n);
+    if (!frameable(dtype)) return reduce_unframed(data, what, op);
     const Key key{what, static_cast<int>(dtype)};
-    if (!frameable(dtype)) {
-      state_unframed(key, what, n, dtype);
-      return all_reduce(data, what, op);
-    }
     auto known = frames.find(key);
     if (known == frames.end()) {
       agree(what, n, dtype);
@@ -364,11 +363,8 @@ struct Group::Impl {
 
   // reduce() for a tensor of any shape, left unchanged when refused.
   void reduce_tensor(torch::Tensor& tensor, const char* what, c10d::ReduceOp::RedOpType op) {
+    if (!frameable(tensor.scalar_type())) return reduce_unframed(tensor, what, op);
     const int64_t n = tensor.numel();
-    if (!frameable(tensor.scalar_type())) {
-      state_unframed({what, static_cast<int>(tensor.scalar_type())}, what, n, tensor.scalar_type());
-      return all_reduce(tensor, what, op);
-    }
     auto buffer = torch::empty({kHeader + n}, tensor.options());
     buffer.narrow(0, kHeader, n).copy_(tensor.reshape({-1}));
     reduce(buffer, what, op);
