@@ -102,7 +102,7 @@ TEST(CliPrune, NeedsDataOnlyForTheLossAndReportsAccuracy) {
   EXPECT_NE(r.out.find("after pruning (15 validation rows)"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("accuracy: "), std::string::npos) << r.out;
   r = connex_cli("prune run/model.ckpt --fraction 0.3 --data d.csv", dir);
-  EXPECT_NE(r.out.find("after pruning (all 60 rows; --val-split holds some out)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("after pruning (all 60 rows; --val-split F would hold some out)"), std::string::npos) << r.out;
 
   // A run trained with a split is measured on the rows it held out: the loss
   // before pruning is its last validation loss.

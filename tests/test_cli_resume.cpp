@@ -362,11 +362,15 @@ TEST(CliResume, TheRunsDataIsShownAndAResumeWithoutOutIsWarnedOfAtTheStart) {
   r = connex_cli("train run --epochs= 2 --out run", dir);
   EXPECT_EQ(r.code, 2);
   EXPECT_EQ(r.err, "connex: --epochs: got an empty value (see connex train --help)\n");
-  // A fresh run without --out is warned of at the end only, as before.
+  // A fresh run without --out is warned of before its first epoch too, once.
   r = connex_cli("train net.json --data d.csv --epochs 1", dir);
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_EQ((r.out + r.err).find("this resumed run"), std::string::npos) << r.out + r.err;
-  EXPECT_NE((r.out + r.err).find("no --out: the trained network was not saved"), std::string::npos) << r.out + r.err;
+  const std::string fresh = r.out + r.err;
+  EXPECT_EQ(fresh.find("this resumed run"), std::string::npos) << fresh;
+  const size_t said = fresh.find("warning: no --out: the trained network will not be saved; give --out DIR to keep it");
+  ASSERT_NE(said, std::string::npos) << fresh;
+  EXPECT_LT(said, fresh.find("epoch     1/1")) << fresh;
+  EXPECT_EQ(fresh.find("no --out", said + 20), std::string::npos) << fresh;
 
   // Trained through a link whose file then goes.
   write_regression_csv(dir / "d2.csv", 40);

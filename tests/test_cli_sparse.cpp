@@ -726,11 +726,17 @@ TEST(CliSparse, AFloorThatKeepsEverythingIsSaid) {
   EXPECT_FALSE(std::filesystem::exists(dir / "s.ckpt"));
   // So are a seed and a split that no data uses.
   r = connex_cli("prune ck --fraction 0.5 --seed 5 --out s.ckpt", dir);
-  EXPECT_EQ(r.err, "connex: prune: --seed 5 applies to the data's split; give --data FILE.csv or --epochs N\n");
+  EXPECT_EQ(r.err,
+            "connex: prune: --seed 5 applies to the data's split; give --data FILE.csv, --epochs N or --score "
+            "activation|gradient\n");
   r = connex_cli("prune ck --fraction 0.5 --val-split 0.2 --out s.ckpt", dir);
-  EXPECT_EQ(r.err, "connex: prune: --val-split 0.2 applies to the data's split; give --data FILE.csv or --epochs N\n");
+  EXPECT_EQ(r.err,
+            "connex: prune: --val-split 0.2 applies to the data's split; give --data FILE.csv, --epochs N or --score "
+            "activation|gradient\n");
   r = connex_cli("prune ck --fraction 0.5 --target y --out s.ckpt", dir);
-  EXPECT_EQ(r.err, "connex: prune: --target applies to the data; give --data FILE.csv or --epochs N\n");
+  EXPECT_EQ(
+      r.err,
+      "connex: prune: --target applies to the data; give --data FILE.csv, --epochs N or --score activation|gradient\n");
   r = connex_cli("prune ck --fraction 0.5 --device cuda --out s.ckpt", dir);  // prune's own training runs on the CPU
   EXPECT_EQ(r.err,
             "connex: prune: --device cuda: prune trains on on the CPU; train the pruned checkpoint with connex train "

@@ -103,9 +103,22 @@ TEST(Dataset, FittedPreprocessingIsAppliedNotFittedAgain) {
                    "f.csv: the model was trained on standardized features; reading them raw (standardize false) "
                    "would change its inputs");
   EXPECT_EQ(read_table(dir / "f.csv", net, TableOptions().standardize(true), fitted).preprocessing.mean, fitted.mean);
+  // Every column the file lacks is named at once, the model's apart from the flags'.
   spit(dir / "h.csv", "a,c,species\n1,2,setosa\n");
   EXPECT_THROW_MSG(read_table(dir / "h.csv", net, {}, fitted),
-                   "h.csv: unknown column \"b\"; the columns are a, c, species");
+                   "h.csv: no column \"b\", a feature the model was trained on; the columns are a, c, species");
+  spit(dir / "i.csv", "c,kind\n1,setosa\n");
+  EXPECT_THROW_MSG(read_table(dir / "i.csv", net, {}, fitted),
+                   "i.csv: no columns \"species\", \"a\" and \"b\", features and targets the model was trained on; the "
+                   "columns are c, kind");
+  Preprocessing renamed = fitted;
+  renamed.features = {"x1", "x2"};
+  renamed.targets = {"kind"};
+  EXPECT_THROW_MSG(read_table(dir / "i.csv", net, {}, renamed),
+                   "i.csv: no columns \"x1\" and \"x2\", features the model was trained on; the columns are c, kind");
+  EXPECT_THROW_MSG(
+      read_table(dir / "i.csv", net, TableOptions().task(Task::Classification).targets({"label"}).features({"c", "z"})),
+      "i.csv: unknown columns \"label\" and \"z\"; the columns are c, kind");
 }
 
 TEST(Dataset, IntegerLabelsAreOutputIndices) {

@@ -1277,8 +1277,7 @@ TrainResult train_until_done_or_stopped(NeuralNetwork& net, std::unique_ptr<torc
 // Rank 0's summary of the run, then its files.
 void report_and_write_run(NeuralNetwork& net, const torch::optim::Optimizer& optimizer, const TrainResult& result,
                           double seconds, Task task, const Progress& progress,
-                          const std::optional<Preprocessing>& preprocessing, const std::string& out,
-                          bool warned_no_out) {
+                          const std::optional<Preprocessing>& preprocessing, const std::string& out) {
   spdlog::info("{} step{} in {:.3f} s: {:.1f} steps/s", result.steps, result.steps == 1 ? "" : "s", seconds,
                result.steps / std::max(seconds, 1e-9));
   auto [loss, metric] = evaluate(net, result.train_x, result.train_y, task);
@@ -1287,7 +1286,6 @@ void report_and_write_run(NeuralNetwork& net, const torch::optim::Optimizer& opt
   if (!progress.history.empty() && !std::isnan(progress.history.back().val_metric))
     spdlog::info("validation {} {:.6f}", task == Task::Classification ? "accuracy" : "mse",
                  progress.history.back().val_metric);
-  if (out.empty() && !warned_no_out) spdlog::warn("no --out: the trained network was not saved");
   if (!out.empty()) {
     net->to(torch::kCPU);
     write_run(out, net, optimizer, progress, preprocessing);
@@ -1422,14 +1420,15 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   if (replicas.group) check_ranks_agree(*replicas.group, progress, last_epoch, data, *optimizer);
 #endif
   spdlog::info("cores: {}", cores_said);
-  const bool warned_no_out = out.empty() && !ck.training.is_null();
   if (reporter) {
     spdlog::info("{}", one_line(net));
     log_data(data, data_args);
-    // Said now, not only at the end: resuming a run without --out trains and keeps nothing.
-    if (warned_no_out)
+    // Said before the first epoch, so that a long run can be stopped and given one.
+    if (out.empty() && !ck.training.is_null())
       spdlog::warn("no --out: this resumed run will not be saved and {} stays as it was; give --out {} to save it",
                    config, resume_out_said(config));
+    else if (out.empty())
+      spdlog::warn("no --out: the trained network will not be saved; give --out DIR to keep it");
   }
   TrainOptions options = train_options(t, progress, device, data, preprocessing, out, cores, cores_said);
   options.rewire_end = rewire_end;
@@ -1452,7 +1451,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
   }
 #endif
   if (!reporter) return 0;
-  report_and_write_run(net, *optimizer, result, seconds, options.task, progress, preprocessing, out, warned_no_out);
+  report_and_write_run(net, *optimizer, result, seconds, options.task, progress, preprocessing, out);
   return 0;
 }
 
@@ -1479,7 +1478,7 @@ std::pair<const TableDataset&, std::string> measured_rows(const Table& data) {
   const bool held_out = data.validation.inputs().size(0) > 0;
   const auto& rows = held_out ? data.validation : data.train;
   return {rows, held_out ? fmt::format("{} validation rows", rows.inputs().size(0))
-                         : fmt::format("all {} rows; --val-split holds some out", rows.inputs().size(0))};
+                         : fmt::format("all {} rows; --val-split F would hold some out", rows.inputs().size(0))};
 }
 
 // prune --score activation|gradient: each connection's score on the training
@@ -1503,7 +1502,7 @@ torch::Tensor connection_scores(NeuralNetwork& net, const std::string& score, co
     net->zero_grad();
   }
   net->train(was_training);
-  std::printf("scores: %s (%s) on %s\n", score.c_str(), score == "activation" ? "|w a|" : "|w dL/dw|", on.c_str());
+  spdlog::info("scores: {} ({}) on {}", score, score == "activation" ? "|w a|" : "|w dL/dw|", on);
   return scores.detach();
 }
 
@@ -1519,9 +1518,9 @@ void report_pruning(NeuralNetwork& net, NeuralNetwork& pruned, std::unique_ptr<t
   auto report = [&](const char* when) {
     auto [loss_before, metric_before] = evaluate(net, rows.inputs(), rows.targets(), task);
     auto [loss_after, metric_after] = evaluate(pruned, rows.inputs(), rows.targets(), task);
-    std::printf("loss: %.6f -> %.6f %s (%s)\n", loss_before, loss_after, when, on.c_str());
+    spdlog::info("loss: {:.6f} -> {:.6f} {} ({})", loss_before, loss_after, when, on);
     if (task == Task::Classification)
-      std::printf("accuracy: %.4f -> %.4f %s (%s)\n", metric_before, metric_after, when, on.c_str());
+      spdlog::info("accuracy: {:.4f} -> {:.4f} {} ({})", metric_before, metric_after, when, on);
   };
   report("after pruning");
   if (t.epochs > 0) {
@@ -1557,14 +1556,14 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   if (t.batch_size && t.epochs == 0)
     fail("prune: --batch-size {} applies to training on; give --epochs N", *t.batch_size);
   if (!uses_data) {
-    if (t.seed) fail("prune: --seed {} applies to the data's split; give --data FILE.csv or --epochs N", *t.seed);
-    if (t.val_split)
-      fail("prune: --val-split {:g} applies to the data's split; give --data FILE.csv or --epochs N", *t.val_split);
+    const char* use = "give --data FILE.csv, --epochs N or --score activation|gradient";
+    if (t.seed) fail("prune: --seed {} applies to the data's split; {}", *t.seed, use);
+    if (t.val_split) fail("prune: --val-split {:g} applies to the data's split; {}", *t.val_split, use);
     const char* data_flag = d.task                ? "--task"
                             : !d.targets.empty()  ? "--target"
                             : !d.features.empty() ? "--features"
                                                   : nullptr;
-    if (data_flag) fail("prune: {} applies to the data; give --data FILE.csv or --epochs N", data_flag);
+    if (data_flag) fail("prune: {} applies to the data; {}", data_flag, use);
   }
   if (t.device != "cpu")
     fail("prune: --device {}: prune trains on on the CPU; train the pruned checkpoint with connex train --device {}",
@@ -1611,8 +1610,8 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   auto next = optimizer_after_edit(*optimizer, net, result);
   const int64_t frozen = p.include_frozen ? 0 : frozen_count(net);
   const std::string frozen_said = frozen > 0 ? frozen_note(frozen) + " (--include-frozen makes them so)" : "";
-  std::printf("connections: %lld -> %lld (removed %zu%s)\n", static_cast<long long>(net->num_connections()),
-              static_cast<long long>(pruned->num_connections()), weak.size(), frozen_said.c_str());
+  spdlog::info("connections: {} -> {} (removed {}{})", net->num_connections(), pruned->num_connections(), weak.size(),
+               frozen_said);
   std::vector<std::string> remedies{"a smaller --fraction or --threshold"};
   if (!p.protect_outputs) remedies.push_back("--protect-outputs");
   if (p.keep_min == 0) remedies.push_back("--keep-min 1");
@@ -1625,9 +1624,8 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
     auto cleaned = remove_dead_neurons(pruned);
     next = optimizer_after_edit(*next, pruned, cleaned);
     const int64_t frozen_gone = frozen_count(pruned) - frozen_count(cleaned.network);
-    std::printf("dead neurons removed: %zu (%lld connections left%s)\n", dead.size(),
-                static_cast<long long>(cleaned.network->num_connections()),
-                frozen_gone > 0 ? fmt::format("; {} frozen connections went with them", frozen_gone).c_str() : "");
+    spdlog::info("dead neurons removed: {} ({} connections left{})", dead.size(), cleaned.network->num_connections(),
+                 frozen_gone > 0 ? fmt::format("; {} frozen connections went with them", frozen_gone) : "");
     pruned = cleaned.network;
   }
   // The pruned network may take the other path (and pool).
@@ -1639,9 +1637,8 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
   }
   if (!out.empty()) {
     save(pruned, out, next.get(), preprocessing ? &*preprocessing : nullptr);
-    std::printf("wrote %s\n", out.c_str());
+    spdlog::info("wrote {}", out);
   } else {
-    std::fflush(stdout);  // after the report's lines
     spdlog::warn("no --out: the pruned network was not saved");
   }
   return 0;

@@ -16,6 +16,7 @@
 #include "connex/error.h"
 #include "file_io.h"
 #include "dtype.h"
+#include "enum_names.h"
 #include "json_input.h"
 #include "utf8.h"
 
@@ -44,14 +45,47 @@ struct Columns {
   std::vector<int64_t> features, targets;
 };
 
+// Names a file must hold: a model's (`trained`) or the flags' (options).
+struct Wanted {
+  const std::vector<std::string>& names;
+  const char* what;  // "feature" or "target"
+  bool trained;
+};
+
+// Fails naming every wanted name the file lacks, in one message (a file
+// short of two columns used to name the first only); the flags' names first.
+void require_columns(const std::vector<std::string>& columns, const std::string& source,
+                     std::initializer_list<Wanted> wanted) {
+  for (const bool trained : {false, true}) {
+    std::vector<std::string> missing;
+    std::set<std::string> kinds;
+    for (const auto& w : wanted)
+      if (w.trained == trained)
+        for (const auto& name : w.names)
+          if (std::find(columns.begin(), columns.end(), name) == columns.end()) {
+            missing.push_back("\"" + printable(name, 40) + "\"");
+            kinds.insert(w.what);
+          }
+    if (missing.empty()) continue;
+    const bool one = missing.size() == 1;
+    if (!trained)
+      fail("{}: unknown column{} {}; the columns are {}", source, one ? "" : "s", listed(missing, "and"),
+           join(columns));
+    const std::string what = kinds.size() > 1 ? "features and targets" : std::string(*kinds.begin()) + "s";
+    if (one)
+      fail("{}: no column {}, a {} the model was trained on; the columns are {}", source, missing[0], *kinds.begin(),
+           join(columns));
+    fail("{}: no columns {}, {} the model was trained on; the columns are {}", source, listed(missing, "and"), what,
+         join(columns));
+  }
+}
+
 // Which columns are features and which targets, checked against the network's sizes.
 Columns choose_columns(const std::vector<std::string>& columns, const std::string& source, int64_t n_in, int64_t n_out,
                        Task task, const TableOptions& options, const std::optional<Preprocessing>& fitted) {
   const int64_t n_cols = static_cast<int64_t>(columns.size());
-  auto index = [&](const std::string& name) {
-    const auto it = std::find(columns.begin(), columns.end(), name);
-    if (it == columns.end()) fail("{}: unknown column \"{}\"; the columns are {}", source, name, join(columns));
-    return static_cast<int64_t>(it - columns.begin());
+  auto index = [&](const std::string& name) {  // of a name require_columns() found
+    return static_cast<int64_t>(std::find(columns.begin(), columns.end(), name) - columns.begin());
   };
   auto names = [&](const std::vector<int64_t>& idx) {
     std::vector<std::string> out;
@@ -59,8 +93,10 @@ Columns choose_columns(const std::vector<std::string>& columns, const std::strin
     return out;
   };
   Columns c;
-  const auto& target_names = !options.targets().empty() || !fitted ? options.targets() : fitted->targets;
-  const auto& feature_names = !options.features().empty() || !fitted ? options.features() : fitted->features;
+  const bool own_targets = !options.targets().empty() || !fitted, own_features = !options.features().empty() || !fitted;
+  const auto& target_names = own_targets ? options.targets() : fitted->targets;
+  const auto& feature_names = own_features ? options.features() : fitted->features;
+  require_columns(columns, source, {{target_names, "target", !own_targets}, {feature_names, "feature", !own_features}});
   // What the user most likely forgot, when the default columns do not fit.
   std::string hint;
   const bool default_columns = options.targets().empty() && options.features().empty() && !fitted;
@@ -337,14 +373,9 @@ std::vector<std::string> strings(const nlohmann::json& json, const std::string& 
 // The positions of the columns a trained model names (`what`: "feature" or
 // "target"), in its order.
 std::vector<int64_t> columns_named(const CsvTable& csv, const std::vector<std::string>& names, const char* what) {
+  require_columns(csv.columns, csv.source, {{names, what, true}});
   std::vector<int64_t> positions;
-  for (const auto& name : names) {
-    const int64_t j = csv.column_index(name);
-    if (j < 0)
-      fail("{}: no column \"{}\", a {} the model was trained on; the columns are {}", csv.source, printable(name), what,
-           join(csv.columns));
-    positions.push_back(j);
-  }
+  for (const auto& name : names) positions.push_back(csv.column_index(name));
   return positions;
 }
 
