@@ -436,6 +436,12 @@ std::vector<Case> make_catalogue() {
       }),
       {"function_preserving(): level 3 would read neuron 1 besides its old inputs, and topo_norm reads a level's "
        "inputs together"});
+  add("edit", "FunctionPreservingNewOutputUnderSoftmax", none, lib([](World&) {
+        NeuralNetwork classifier(readme_spec(), NeuralNetworkOptions().output_transformation("softmax"));
+        edit(classifier).add_output_neurons({20}).add_connections({{1, 20}}).function_preserving().build();
+      }),
+      {"function_preserving(): output neuron 20 would be new, and the output transformation softmax spans the "
+       "outputs: every old output would change"});
 
   // ----------------------------------------------------------------- config
   auto config = [](std::string text) {

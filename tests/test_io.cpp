@@ -155,6 +155,46 @@ TEST(Checkpoint, RoundTripIsBitIdenticalAcrossRandomNetworksAndEdits) {
   }
 }
 
+// torch::save/torch::load match tensors by name and shape only: an archive
+// of another graph with as many connections is refused by the graph it
+// holds, with the network unchanged; the same graph loads (also nested in a
+// Sequential), and an archive without the entry loads as torch loads it.
+TEST(Checkpoint, TorchLoadRefusesAnotherGraphOfTheSameShapes) {
+  TempDir dir;
+  const auto options = NeuralNetworkOptions(kDouble).hidden_activation("tanh");
+  NeuralNetwork a(GraphSpec::from_adjacency({{0, {2, 3}}, {1, {2}}, {2, {4}}, {3, {4}}}, {0, 1}, {4}), options);
+  NeuralNetwork b(GraphSpec::from_adjacency({{0, {2}}, {1, {2, 3}}, {2, {4}}, {3, {4}}}, {0, 1}, {4}), options);
+  ASSERT_EQ(a->weight_tensor().sizes(), b->weight_tensor().sizes());
+  const std::string path = dir / "a.pt";
+  torch::save(a, path);
+  const auto before = b->weight_tensor().clone();
+  EXPECT_THROW_MSG(torch::load(b, path),
+                   "NeuralNetwork::load(): the archive holds the parameters of another graph (5 neurons, 5 "
+                   "connections, depth 2, fingerprint ");
+  EXPECT_THROW_MSG(torch::load(b, path), ") than this network's (5 neurons, 5 connections, depth 2, fingerprint ");
+  EXPECT_TRUE(torch::equal(b->weight_tensor(), before));
+  // The labels count: the same shape under other labels is another graph.
+  NeuralNetwork renamed(GraphSpec::from_adjacency({{0, {2, 3}}, {1, {2}}, {2, {5}}, {3, {5}}}, {0, 1}, {5}), options);
+  EXPECT_THROW(torch::load(renamed, path), Error);
+
+  NeuralNetwork same(a->spec(), NeuralNetworkOptions(options).seed(9));
+  torch::load(same, path);
+  EXPECT_TRUE(torch::equal(same->weight_tensor(), a->weight_tensor()));
+  EXPECT_TRUE(torch::equal(same->bias_tensor(), a->bias_tensor()));
+
+  torch::nn::Sequential outer(a), other(b);
+  torch::save(outer, dir / "seq.pt");
+  EXPECT_THROW_MSG(torch::load(other, dir / "seq.pt"), "NeuralNetwork::load(): the archive holds the parameters of");
+
+  torch::serialize::OutputArchive bare;  // as torch::save wrote it before the entry
+  a->torch::nn::Module::save(bare);
+  bare.save_to(dir / "bare.pt");
+  torch::serialize::InputArchive in;
+  in.load_from(dir / "bare.pt");
+  b->load(in);
+  EXPECT_TRUE(torch::equal(b->weight_tensor(), a->weight_tensor()));
+}
+
 TEST(Checkpoint, OptimizerStateResumesTrainingExactly) {
   TempDir dir;
   auto [x, y] = cos_sin_data();

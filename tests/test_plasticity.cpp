@@ -556,7 +556,8 @@ TEST(OptimizerContinuity, SurvivorsKeepMomentsNewEntriesStartAtZero) {
       transfer_optimizer_state(over_twin, net, fresh, result),
       "transfer_optimizer_state(): none of the old optimizer's parameters (group 0 holds one of shape "
       "[14]) is one of the old network's; pass the network the optimizer was built over (the one before the "
-      "edit)");
+      "edit), and carry the optimizer through each edit in turn (one left behind an earlier edit still holds that "
+      "edit's old network)");
   torch::optim::Adam over_old(net->parameters(), torch::optim::AdamOptions(1e-2));
   EXPECT_THROW_MSG(transfer_optimizer_state(adam, net, over_old, result),
                    "none of the new optimizer's parameters (group 0 holds one of shape [14]) is one of the edited "

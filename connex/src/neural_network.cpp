@@ -15,6 +15,7 @@
 #include "connex/techniques.h"
 #include "dense_path.h"
 #include "edit_build.h"
+#include "file_io.h"
 #include "fused_plan.h"
 #include "messages.h"
 #include "remap_copy.h"
@@ -754,6 +755,63 @@ void NeuralNetworkImpl::pretty_print(std::ostream& stream) const {
     stream << "]";
   }
   stream << ")";
+}
+
+namespace {
+
+// The archive entry beside the tensors: what they mean (NeuralNetworkImpl::save()).
+constexpr const char* kGraphKey = "connex_graph";
+
+// The graph in one line, with an FNV-1a fingerprint of the labels in the
+// layout's order, each connection's (source, target) there, and the inputs
+// and outputs in order: what decides which entry of the flat tensors is what.
+std::string graph_stamp(const Topology& t) {
+  uint64_t h = fnv1a64(nullptr, 0);
+  auto add = [&](int64_t value) { h = fnv1a64(&value, sizeof value, h); };
+  auto add_label = [&](const NeuronId& id) {
+    if (id.is_integer()) {
+      add(0);
+      add(id.as_integer());
+    } else {
+      add(1);
+      add(static_cast<int64_t>(id.as_string().size()));
+      h = fnv1a64(id.as_string().data(), id.as_string().size(), h);
+    }
+  };
+  for (int64_t d = 0; d < t.num_neurons(); ++d) add_label(t.label(d));
+  for (int64_t d = 0; d < t.num_neurons(); ++d) {
+    add(t.in_offsets()[d + 1] - t.in_offsets()[d]);
+    for (int64_t c = t.in_offsets()[d]; c < t.in_offsets()[d + 1]; ++c) add(t.conn_source()[c]);
+  }
+  for (const auto* ends : {&t.spec().inputs(), &t.spec().outputs()}) {
+    add(static_cast<int64_t>(ends->size()));
+    for (const auto& id : *ends) add_label(id);
+  }
+  return fmt::format("{} neurons, {} connections, depth {}, fingerprint {:016x}", t.num_neurons(), t.num_connections(),
+                     t.depth(), h);
+}
+
+}  // namespace
+
+void NeuralNetworkImpl::save(torch::serialize::OutputArchive& archive) const {
+  torch::nn::Module::save(archive);
+  archive.write(kGraphKey, c10::IValue(graph_stamp(*topology_)));
+}
+
+void NeuralNetworkImpl::load(torch::serialize::InputArchive& archive) {
+  // Checked before any tensor is read. An archive without the entry (one
+  // written by torch::save before connex wrote it) loads as torch loads.
+  c10::IValue saved;
+  if (archive.try_read(kGraphKey, saved)) {
+    const std::string here = graph_stamp(*topology_);
+    if (!saved.isString() || saved.toStringRef() != here)
+      fail(
+          "NeuralNetwork::load(): the archive holds the parameters of another graph ({}) than this network's ({}); "
+          "torch::load fills tensors by name and shape only: restore a network with its graph by connex::load() "
+          "of a connex::save() checkpoint",
+          saved.isString() ? saved.toStringRef() : std::string("an unreadable entry"), here);
+  }
+  torch::nn::Module::load(archive);
 }
 
 std::vector<NeuronId> NeuralNetworkImpl::hidden_neurons() const {

@@ -433,7 +433,10 @@ HeldNames check_holds(const torch::optim::Optimizer& optimizer, const torch::nn:
 // The end of the message for an optimizer over other parameters; `module`
 // names what was edited ("network", "HAM").
 std::string old_remedy(const char* module) {
-  return fmt::format("the old {0}'s; pass the {0} the optimizer was built over (the one before the edit)", module);
+  return fmt::format(
+      "the old {0}'s; pass the {0} the optimizer was built over (the one before the edit), and carry the optimizer "
+      "through each edit in turn (one left behind an earlier edit still holds that edit's old {0})",
+      module);
 }
 
 // transfer_optimizer_state for any module: `remap` pairs moved entries, and

@@ -208,6 +208,16 @@ std::vector<int64_t> connections_into_old_neurons(const Topology& topo, const Pa
 // neuron gains one: throws naming the first neuron, input or connection that
 // breaks this (the base stays as it was).
 void check_function_kept(const NeuralNetworkImpl& base, const EditResult& edited) {
+  // A transformation over all the outputs (softmax) takes a new one into every old one's value.
+  if (const TensorFunction& over = base.options().output_transformation(); !over.is_elementwise()) {
+    const std::unordered_set<NeuronId, NeuronIdHash> old(base.output_neurons().begin(), base.output_neurons().end());
+    for (const auto& id : edited.network->output_neurons())
+      if (!old.count(id))
+        fail(
+            "function_preserving(): output neuron {} would be new, and the output transformation {} spans the "
+            "outputs: every old output would change",
+            id, over.name());
+  }
   const auto& operations = base.operations();
   auto first = [&](bool (LevelOperation::*asks)() const) {
     auto it = std::find_if(operations.begin(), operations.end(), [&](const auto& op) { return ((*op).*asks)(); });

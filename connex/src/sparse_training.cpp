@@ -494,7 +494,7 @@ EditResult Rewirer::rewire(const NeuralNetwork& network, int64_t step, const Lev
   if (step < 0) fail("Rewirer::rewire(): expected a step >= 0, got {}", step);
   const Topology& t = network->topology();
   if (t.num_neurons() != num_neurons_)
-    fail("Rewirer::rewire(): expected the network's {} neurons the Rewirer was made for, got {}", num_neurons_,
+    fail("Rewirer::rewire(): expected the network the Rewirer was made for ({} neurons), got one of {}", num_neurons_,
          t.num_neurons());
   const std::vector<std::vector<int64_t>> dense = dense_groups(t, "Rewirer::rewire()");
   // Each group's targets, its candidate sources and which of those pairs are connected now.

@@ -87,6 +87,17 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
 
   void pretty_print(std::ostream& stream) const override;
 
+  // torch::save(network, path) and torch::load(network, path) match tensors
+  // by name and shape only, so an archive of another graph with as many
+  // connections would load into this one, each weight onto another
+  // connection. save() writes what the flat tensors mean (a fingerprint of
+  // the labels in the layout's order, the connections, inputs and outputs)
+  // beside them, and load() refuses an archive whose graph differs, naming
+  // both, with nothing changed. connex::save() and connex::load() keep the
+  // graph itself (checkpoint.h).
+  void save(torch::serialize::OutputArchive& archive) const override;
+  void load(torch::serialize::InputArchive& archive) override;
+
   // torch's Module::to(dtype) casts every buffer; these cast only
   // floating-point tensors and record the dtype in options().
   void to(torch::Dtype dtype, bool non_blocking = false) override;

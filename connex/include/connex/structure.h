@@ -89,7 +89,8 @@ struct PruneOptions {
   // connections (fewer only if it had fewer): a connection whose removal
   // would break the floor is kept.
   TORCH_ARG(int64_t, keep_min) = 0;
-  // Never prune the connections into output neurons.
+  // Never prune the connections into output neurons (paths further up may
+  // still be cut: constant_outputs() tells).
   TORCH_ARG(bool, protect_outputs) = false;
   // Frozen connections (NeuralNetwork::freeze) hold weights the user fixed:
   // they are not candidates (nor counted in a fraction) unless this is false.
