@@ -109,16 +109,20 @@ TEST(Dataset, FittedPreprocessingIsAppliedNotFittedAgain) {
                    "h.csv: no column \"b\", a feature the model was trained on; the columns are a, c, species");
   spit(dir / "i.csv", "c,kind\n1,setosa\n");
   EXPECT_THROW_MSG(read_table(dir / "i.csv", net, {}, fitted),
-                   "i.csv: no columns \"species\", \"a\" and \"b\", features and targets the model was trained on; the "
-                   "columns are c, kind");
+                   "i.csv: no target column \"species\" or feature columns \"a\" and \"b\" that the model was trained "
+                   "on; the columns are c, kind");
   Preprocessing renamed = fitted;
   renamed.features = {"x1", "x2"};
   renamed.targets = {"kind"};
-  EXPECT_THROW_MSG(read_table(dir / "i.csv", net, {}, renamed),
-                   "i.csv: no columns \"x1\" and \"x2\", features the model was trained on; the columns are c, kind");
+  EXPECT_THROW_MSG(
+      read_table(dir / "i.csv", net, {}, renamed),
+      "i.csv: no feature columns \"x1\" and \"x2\" that the model was trained on; the columns are c, kind");
   EXPECT_THROW_MSG(
       read_table(dir / "i.csv", net, TableOptions().task(Task::Classification).targets({"label"}).features({"c", "z"})),
-      "i.csv: unknown columns \"label\" and \"z\"; the columns are c, kind");
+      "i.csv: unknown target column \"label\" and feature column \"z\"; the columns are c, kind");
+  EXPECT_THROW_MSG(read_table(dir / "i.csv", net, TableOptions().targets({"label"}), fitted),
+                   "i.csv: unknown column \"label\"; no feature columns \"a\" and \"b\" that the model was trained on; "
+                   "the columns are c, kind");
 }
 
 TEST(Dataset, IntegerLabelsAreOutputIndices) {

@@ -958,6 +958,55 @@ TEST(HamCheckpoint, RoundTripsBitIdentically) {
   }
 }
 
+// torch::save/torch::load fill tensors by name and shape: a HAM whose graph
+// synapse has as many connections but other ones (whose wiring buffers
+// would be overwritten under its own labels) refuses the archive, unchanged;
+// the same structure loads.
+TEST(HamCheckpoint, TorchLoadRefusesAnotherStructureOfTheSameShapes) {
+  TempDir dir;
+  auto make = [](const Pairs& connections) {
+    H::HAM ham;
+    ham->add_layer("v", {4}, H::tanh()).add_synapse("s", H::graph(connections), {"v"});
+    return ham;
+  };
+  torch::manual_seed(3);
+  H::HAM a = make({{0, 1}, {2, 3}}), b = make({{0, 2}, {1, 3}}), twin = make({{0, 1}, {2, 3}});
+  torch::save(a, dir / "a.pt");
+  const auto buffers = b->named_buffers();
+  std::map<std::string, torch::Tensor> before;
+  for (const auto& item : buffers) before[item.key()] = item.value().clone();
+  const auto weight = b->named_parameters()["synapses.s.weight"].clone();
+  EXPECT_THROW_MSG(torch::load(b, dir / "a.pt"),
+                   "HAM::load(): the archive holds the tensors of another structure (1 layers, 1 synapses, 2 graph "
+                   "connections, fingerprint ");
+  EXPECT_TRUE(torch::equal(b->named_parameters()["synapses.s.weight"], weight));
+  for (const auto& item : b->named_buffers()) EXPECT_TRUE(torch::equal(item.value(), before[item.key()])) << item.key();
+  torch::load(twin, dir / "a.pt");
+  auto x = a->init_states(3);
+  for (auto& [name, t] : x) t.normal_();
+  EXPECT_TRUE(torch::equal(twin->energy(x), a->energy(x)));
+  // Parts are matched by name, not by the order they were added in; a
+  // synapse's kind and options count (torch would reshape the weights under
+  // the other synapse's head sizes).
+  auto attend = [](int64_t heads, int64_t dim, bool layer_first) {
+    H::HAM ham;
+    if (layer_first) ham->add_layer("extra", {3}, H::tanh());
+    ham->add_layer("t", {4, 8}, H::identity());
+    if (!layer_first) ham->add_layer("extra", {3}, H::tanh());
+    ham->add_synapse("att", H::attention(heads, dim), {"t"});
+    return ham;
+  };
+  H::HAM two_by_four = attend(2, 4, true);
+  torch::save(two_by_four, dir / "att.pt");
+  H::HAM reordered = attend(2, 4, false);
+  torch::load(reordered, dir / "att.pt");
+  EXPECT_TRUE(torch::equal(reordered->named_parameters()["synapses.att.query"],
+                           two_by_four->named_parameters()["synapses.att.query"]));
+  H::HAM four_by_two = attend(4, 2, true);
+  EXPECT_THROW_MSG(torch::load(four_by_two, dir / "att.pt"),
+                   "HAM::load(): the archive holds the tensors of another structure");
+}
+
 TEST(HamCheckpoint, OptimizerStateResumesTrainingExactly) {
   TempDir dir;
   torch::manual_seed(23);

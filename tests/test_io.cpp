@@ -169,9 +169,9 @@ TEST(Checkpoint, TorchLoadRefusesAnotherGraphOfTheSameShapes) {
   torch::save(a, path);
   const auto before = b->weight_tensor().clone();
   EXPECT_THROW_MSG(torch::load(b, path),
-                   "NeuralNetwork::load(): the archive holds the parameters of another graph (5 neurons, 5 "
-                   "connections, depth 2, fingerprint ");
-  EXPECT_THROW_MSG(torch::load(b, path), ") than this network's (5 neurons, 5 connections, depth 2, fingerprint ");
+                   "NeuralNetwork::load(): the archive holds the tensors of another graph or neuron order (5 "
+                   "neurons, 5 connections, depth 2, fingerprint ");
+  EXPECT_THROW_MSG(torch::load(b, path), ") than this one (5 neurons, 5 connections, depth 2, fingerprint ");
   EXPECT_TRUE(torch::equal(b->weight_tensor(), before));
   // The labels count: the same shape under other labels is another graph.
   NeuralNetwork renamed(GraphSpec::from_adjacency({{0, {2, 3}}, {1, {2}}, {2, {5}}, {3, {5}}}, {0, 1}, {5}), options);
@@ -181,10 +181,21 @@ TEST(Checkpoint, TorchLoadRefusesAnotherGraphOfTheSameShapes) {
   torch::load(same, path);
   EXPECT_TRUE(torch::equal(same->weight_tensor(), a->weight_tensor()));
   EXPECT_TRUE(torch::equal(same->bias_tensor(), a->bias_tensor()));
+  const auto x = torch::randn({4, 2}, torch::kFloat64);
+  EXPECT_TRUE(torch::equal(same->forward(x), a->forward(x)));
+  // The operations' parameters count: the same graph with topo norm is another structure.
+  NeuralNetwork normed(a->spec(), NeuralNetworkOptions(options).use_topo_norm(true));
+  EXPECT_THROW_MSG(torch::load(normed, path), "NeuralNetwork::load(): the archive holds the tensors of another graph");
+  // Edited and compiled anew, the same graph loads: a patched layout equals the compiled one.
+  NeuralNetwork edited = edit(a).add_hidden_neurons({9}).add_connections({{0, 9}, {9, 4}}).build().network;
+  torch::save(edited, dir / "edited.pt");
+  NeuralNetwork compiled(edited->spec(), options);
+  torch::load(compiled, dir / "edited.pt");
+  EXPECT_TRUE(torch::equal(compiled->forward(x), edited->forward(x)));
 
   torch::nn::Sequential outer(a), other(b);
   torch::save(outer, dir / "seq.pt");
-  EXPECT_THROW_MSG(torch::load(other, dir / "seq.pt"), "NeuralNetwork::load(): the archive holds the parameters of");
+  EXPECT_THROW_MSG(torch::load(other, dir / "seq.pt"), "NeuralNetwork::load(): the archive holds the tensors of");
 
   torch::serialize::OutputArchive bare;  // as torch::save wrote it before the entry
   a->torch::nn::Module::save(bare);

@@ -728,7 +728,8 @@ TEST(SparseTraining, BadInputNamesTheCulpritAndChangesNothing) {
   EXPECT_EQ(ended.last_report().grown, 0);
   EXPECT_EQ(weights_by_label(unchanged.network), weights_by_label(net));
   NeuralNetwork other(nn::mlp_spec(2, 1, 3, 1));
-  EXPECT_THROW_MSG(rigl.rewire(other, 0, &untrained), "Rewirer::rewire(): expected the network's 33 neurons");
+  EXPECT_THROW_MSG(rigl.rewire(other, 0, &untrained),
+                   "Rewirer::rewire(): expected the network the Rewirer was made for (33 neurons), got one of 6");
   // The same 33 labels in another network: its roles differ.
   NeuralNetwork same_labels(
       nn::random_dag_spec(nn::RandomDagOptions().inputs(4).hidden(26).outputs(3).connections(80).depth(4).seed(1)));

@@ -52,32 +52,35 @@ struct Wanted {
   bool trained;
 };
 
-// Fails naming every wanted name the file lacks, in one message (a file
-// short of two columns used to name the first only); the flags' names first.
+// Fails naming every wanted name the file lacks, each with its role, in one
+// message (a file short of two columns used to name the first only): the
+// options' names, then the model's.
 void require_columns(const std::vector<std::string>& columns, const std::string& source,
                      std::initializer_list<Wanted> wanted) {
+  std::set<std::string> said;  // a name in both lists is named once
+  std::vector<std::string> messages;
   for (const bool trained : {false, true}) {
-    std::vector<std::string> missing;
-    std::set<std::string> kinds;
-    for (const auto& w : wanted)
-      if (w.trained == trained)
-        for (const auto& name : w.names)
-          if (std::find(columns.begin(), columns.end(), name) == columns.end()) {
-            missing.push_back("\"" + printable(name, 40) + "\"");
-            kinds.insert(w.what);
-          }
-    if (missing.empty()) continue;
-    const bool one = missing.size() == 1;
+    std::vector<std::string> parts, all;
+    std::string what;
+    for (const auto& w : wanted) {
+      if (w.trained != trained) continue;
+      std::vector<std::string> missing;
+      for (const auto& name : w.names)
+        if (std::find(columns.begin(), columns.end(), name) == columns.end() && said.insert(name).second)
+          missing.push_back("\"" + printable(name, 40) + "\"");
+      if (missing.empty()) continue;
+      parts.push_back(fmt::format("{} column{} {}", w.what, missing.size() > 1 ? "s" : "", listed(missing, "and")));
+      all.insert(all.end(), missing.begin(), missing.end());
+      what = w.what;
+    }
+    if (all.empty()) continue;
     if (!trained)
-      fail("{}: unknown column{} {}; the columns are {}", source, one ? "" : "s", listed(missing, "and"),
-           join(columns));
-    const std::string what = kinds.size() > 1 ? "features and targets" : std::string(*kinds.begin()) + "s";
-    if (one)
-      fail("{}: no column {}, a {} the model was trained on; the columns are {}", source, missing[0], *kinds.begin(),
-           join(columns));
-    fail("{}: no columns {}, {} the model was trained on; the columns are {}", source, listed(missing, "and"), what,
-         join(columns));
+      messages.push_back(all.size() == 1 ? "unknown column " + all[0] : "unknown " + listed(parts, "and"));
+    else
+      messages.push_back(all.size() == 1 ? fmt::format("no column {}, a {} the model was trained on", all[0], what)
+                                         : fmt::format("no {} that the model was trained on", listed(parts, "or")));
   }
+  if (!messages.empty()) fail("{}: {}; the columns are {}", source, fmt::join(messages, "; "), join(columns));
 }
 
 // Which columns are features and which targets, checked against the network's sizes.

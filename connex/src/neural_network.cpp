@@ -15,10 +15,10 @@
 #include "connex/techniques.h"
 #include "dense_path.h"
 #include "edit_build.h"
-#include "file_io.h"
 #include "fused_plan.h"
 #include "messages.h"
 #include "remap_copy.h"
+#include "structure_stamp.h"
 #include "trace_check.h"
 #include "builtin_operations.h"
 #include "dtype.h"
@@ -759,58 +759,37 @@ void NeuralNetworkImpl::pretty_print(std::ostream& stream) const {
 
 namespace {
 
-// The archive entry beside the tensors: what they mean (NeuralNetworkImpl::save()).
-constexpr const char* kGraphKey = "connex_graph";
-
-// The graph in one line, with an FNV-1a fingerprint of the labels in the
-// layout's order, each connection's (source, target) there, and the inputs
-// and outputs in order: what decides which entry of the flat tensors is what.
-std::string graph_stamp(const Topology& t) {
-  uint64_t h = fnv1a64(nullptr, 0);
-  auto add = [&](int64_t value) { h = fnv1a64(&value, sizeof value, h); };
-  auto add_label = [&](const NeuronId& id) {
-    if (id.is_integer()) {
-      add(0);
-      add(id.as_integer());
-    } else {
-      add(1);
-      add(static_cast<int64_t>(id.as_string().size()));
-      h = fnv1a64(id.as_string().data(), id.as_string().size(), h);
-    }
-  };
-  for (int64_t d = 0; d < t.num_neurons(); ++d) add_label(t.label(d));
+// The graph in one line, with a fingerprint of what decides which entry of
+// the tensors is what: the labels and roles in the layout's order, each
+// connection's (source, target) there, and every parameter's name and
+// shape (the operations' included). The same graph with its neurons listed
+// in another order may be laid out otherwise, and then differs too.
+std::string structure_stamp(const NeuralNetworkImpl& network) {
+  const Topology& t = network.topology();
+  Fingerprint f;
   for (int64_t d = 0; d < t.num_neurons(); ++d) {
-    add(t.in_offsets()[d + 1] - t.in_offsets()[d]);
-    for (int64_t c = t.in_offsets()[d]; c < t.in_offsets()[d + 1]; ++c) add(t.conn_source()[c]);
+    f.add(t.label(d));
+    f.add(static_cast<int64_t>(t.role(d)));
   }
-  for (const auto* ends : {&t.spec().inputs(), &t.spec().outputs()}) {
-    add(static_cast<int64_t>(ends->size()));
-    for (const auto& id : *ends) add_label(id);
+  for (int64_t d = 0; d < t.num_neurons(); ++d) {
+    f.add(t.in_offsets()[d + 1] - t.in_offsets()[d]);
+    for (int64_t c = t.in_offsets()[d]; c < t.in_offsets()[d + 1]; ++c) f.add(t.conn_source()[c]);
   }
+  f.add_parameters(network);
   return fmt::format("{} neurons, {} connections, depth {}, fingerprint {:016x}", t.num_neurons(), t.num_connections(),
-                     t.depth(), h);
+                     t.depth(), f.value());
 }
 
 }  // namespace
 
 void NeuralNetworkImpl::save(torch::serialize::OutputArchive& archive) const {
   torch::nn::Module::save(archive);
-  archive.write(kGraphKey, c10::IValue(graph_stamp(*topology_)));
+  write_structure_stamp(archive, structure_stamp(*this));
 }
 
 void NeuralNetworkImpl::load(torch::serialize::InputArchive& archive) {
-  // Checked before any tensor is read. An archive without the entry (one
-  // written by torch::save before connex wrote it) loads as torch loads.
-  c10::IValue saved;
-  if (archive.try_read(kGraphKey, saved)) {
-    const std::string here = graph_stamp(*topology_);
-    if (!saved.isString() || saved.toStringRef() != here)
-      fail(
-          "NeuralNetwork::load(): the archive holds the parameters of another graph ({}) than this network's ({}); "
-          "torch::load fills tensors by name and shape only: restore a network with its graph by connex::load() "
-          "of a connex::save() checkpoint",
-          saved.isString() ? saved.toStringRef() : std::string("an unreadable entry"), here);
-  }
+  check_structure_stamp(archive, structure_stamp(*this), "NeuralNetwork::load()", "graph or neuron order",
+                        "restore a network with its graph by connex::load() of a connex::save() checkpoint");
   torch::nn::Module::load(archive);
 }
 

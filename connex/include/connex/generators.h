@@ -38,7 +38,10 @@ struct SparseLayersOptions {
   // Every hidden neuron gets at least one incoming and one outgoing
   // connection, every output at least one incoming, so no neuron starts dead
   // (these count towards the target: a pair raised to them takes the extra
-  // from the others, and a target below all of them is raised to them).
+  // from the others, and a target below all of them is raised to them: the
+  // result can be denser than asked, which num_connections() tells).
+  // Inputs are not covered: at a low density an input may feed nothing,
+  // and the network then ignores that feature until growth reaches it.
   TORCH_ARG(bool, no_dead_neurons) = true;
   TORCH_ARG(uint64_t, seed) = 0;
 };

@@ -87,14 +87,14 @@ class NeuralNetworkImpl : public torch::nn::Cloneable<NeuralNetworkImpl> {
 
   void pretty_print(std::ostream& stream) const override;
 
-  // torch::save(network, path) and torch::load(network, path) match tensors
-  // by name and shape only, so an archive of another graph with as many
-  // connections would load into this one, each weight onto another
-  // connection. save() writes what the flat tensors mean (a fingerprint of
-  // the labels in the layout's order, the connections, inputs and outputs)
-  // beside them, and load() refuses an archive whose graph differs, naming
-  // both, with nothing changed. connex::save() and connex::load() keep the
-  // graph itself (checkpoint.h).
+  // torch::load(network, path) matches tensors by name alone, so another
+  // graph's would load into this one, each weight onto another connection.
+  // save() writes what the tensors mean beside them (a fingerprint of the
+  // labels and roles in the layout's order, the connections and every
+  // parameter's name and shape), and load() refuses an archive of another
+  // graph or neuron order, naming both, before reading any of this
+  // network's tensors. connex::save() and connex::load() keep the graph
+  // itself (checkpoint.h).
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
 

@@ -78,10 +78,11 @@ class NetworkEditor {
   // Growth that keeps the function: every new connection into a neuron that
   // existed before the edit starts at weight 0, so each old output stays
   // exactly as it was (new neurons read their inputs with drawn weights and
-  // start to matter once training moves their outgoing ones), except that
-  // adding an output changes the old ones through a softmax over the
-  // outputs. With an operation that reads a whole level (topo norm, the
-  // attentions), build() refuses an edit that gives an old level a new input
+  // start to matter once training moves their outgoing ones). build()
+  // refuses a new output under a built-in output transformation over all
+  // the outputs (softmax, log_softmax; a custom one is taken as element-wise),
+  // and, with an operation that reads a whole level (topo norm, the
+  // attentions), an edit that gives an old level a new input
   // or moves an old neuron to another level (even where a removal in the
   // same edit moves it), and with neuron attention one that adds a
   // connection into an old neuron.

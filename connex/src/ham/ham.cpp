@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <limits>
+#include <map>
 #include <unordered_set>
 
 #include <torch/torch.h>
@@ -14,6 +15,7 @@
 #include "id_messages.h"
 #include "messages.h"
 #include "file_io.h"
+#include "structure_stamp.h"
 
 namespace connex::ham {
 
@@ -535,6 +537,59 @@ void HAMImpl::clone_(torch::nn::Module& other, const c10::optional<torch::Device
   const auto* from = dynamic_cast<const HAMImpl*>(&other);
   if (!from) fail("HAM::clone(): a parent's clone() found {} where its HAM was", other.name());
   *this = std::move(*std::static_pointer_cast<HAMImpl>(from->clone(device)));
+}
+
+namespace {
+
+// The structure in one line, with a fingerprint of what gives the tensors
+// their meaning, by name (torch keys tensors by name, not by the order the
+// parts were added in): each layer's shape and neurons, each synapse's
+// joined layers and description (kind and options, a graph synapse's
+// connections in order) or, for one without, its connection labels, and
+// every parameter's name and shape.
+std::string structure_stamp(const HAMImpl& ham) {
+  Fingerprint f;
+  std::map<std::string, const Layer*> layers;
+  for (const auto& l : ham.layers()) layers.emplace(l.name, &l);
+  for (const auto& [name, l] : layers) {
+    f.add(name);
+    f.add(static_cast<int64_t>(l->shape.size()));
+    for (const int64_t size : l->shape) f.add(size);
+    f.add(static_cast<int64_t>(l->neurons.size()));
+    for (const auto& id : l->neurons) f.add(id);
+  }
+  std::map<std::string, const SynapseConnection*> synapses;
+  for (const auto& s : ham.synapses()) synapses.emplace(s.name, &s);
+  int64_t connections = 0;
+  for (const auto& [name, s] : synapses) {
+    f.add(name);
+    f.add(static_cast<int64_t>(s->layers.size()));
+    for (const auto& joined : s->layers) f.add(joined);
+    const auto* labels = s->synapse->connection_labels();
+    if (labels) connections += static_cast<int64_t>(labels->size());
+    if (const nlohmann::json description = s->synapse->to_json(); !description.is_null()) {
+      f.add(description.dump());
+    } else if (labels) {
+      f.add(static_cast<int64_t>(labels->size()));
+      for (const auto& [from, to] : *labels) f.add(from), f.add(to);
+    }
+  }
+  f.add_parameters(ham);
+  return fmt::format("{} layers, {} synapses, {} graph connections, fingerprint {:016x}", ham.layers().size(),
+                     ham.synapses().size(), connections, f.value());
+}
+
+}  // namespace
+
+void HAMImpl::save(torch::serialize::OutputArchive& archive) const {
+  torch::nn::Module::save(archive);
+  write_structure_stamp(archive, structure_stamp(*this));
+}
+
+void HAMImpl::load(torch::serialize::InputArchive& archive) {
+  check_structure_stamp(archive, structure_stamp(*this), "HAM::load()", "structure",
+                        "restore a HAM with its structure by ham::load() of a ham::save() checkpoint");
+  torch::nn::Module::load(archive);
 }
 
 void HAMImpl::pretty_print(std::ostream& stream) const {

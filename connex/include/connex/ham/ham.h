@@ -109,6 +109,13 @@ class HAMImpl : public torch::nn::Module {
   // synapses must implement fresh()).
   std::shared_ptr<torch::nn::Module> clone(const c10::optional<torch::Device>& device = c10::nullopt) const override;
   void pretty_print(std::ostream& stream) const override;
+  // torch::save/torch::load: save() writes a fingerprint of the structure the
+  // tensors belong to (layers, their neurons, synapses, a graph synapse's
+  // connections) beside them, and load() refuses an archive of another
+  // structure with nothing changed; ham::save()/ham::load() keep the
+  // structure itself (checkpoint.h).
+  void save(torch::serialize::OutputArchive& archive) const override;
+  void load(torch::serialize::InputArchive& archive) override;
   // torch's, and a HAM without parameters yet remembers the dtype and device
   // for the parts and states it makes (a graph synapse's weights, say).
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;

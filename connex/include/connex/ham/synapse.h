@@ -95,9 +95,13 @@ Synapse attention(int64_t heads, int64_t head_dim, std::optional<double> beta = 
 // synapse (i, j) and (j, i) are one connection, so listing both is refused;
 // cycles and self-loops (i, i) are allowed. Weights are flat tensors, one per
 // connection, in the given order, so it costs O(connections). `weights`
-// (optional, one per connection) sets them; otherwise they are drawn
-// N(0, 1/sqrt(connections per neuron)). "weight" holds them; the buffers
-// "source" and "target" the neurons' positions.
+// (optional, one per connection) sets them; otherwise they are drawn from a
+// normal distribution of mean 0 and standard deviation 1/sqrt(d), d = 2 ×
+// connections / the joined layers' neurons (the mean degree; at least 1).
+// "weight" holds them; the buffers "source" and "target" the neurons'
+// positions, and "m_crow", "m_col", "m_slot", "m_conn" and their "t_"
+// twins the two sparse patterns (by source and by target) derived from
+// them, which an edit or a checkpoint rebuilds.
 Synapse graph(std::vector<std::pair<NeuronId, NeuronId>> connections, torch::Tensor weights = {});
 
 // The inverse of to_json() for the built-in synapses (a graph synapse's

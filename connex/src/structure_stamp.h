@@ -1,0 +1,77 @@
+#pragma once
+// torch::save(module) and torch::load(module) match tensors by name alone
+// (torch::load takes each archived tensor, resized, in place of the
+// module's): an archive of another graph would load into this one, each
+// weight onto another connection, and a HAM's graph synapse would take the
+// other graph's wiring under its own labels. The modules whose tensors a
+// structure gives meaning to (NeuralNetwork, ham::HAM) write that
+// structure's stamp beside them and refuse an archive whose stamp differs,
+// before any of their tensors is read (a parent module reads its own
+// tensors, and its earlier children's, first). Internal.
+#include <cstdint>
+#include <string>
+
+#include <torch/nn/module.h>
+#include <torch/serialize/input-archive.h>
+#include <torch/serialize/output-archive.h>
+
+#include "connex/error.h"
+#include "connex/neuron_id.h"
+#include "file_io.h"
+
+namespace connex {
+
+// FNV-1a over values fed one by one, each with its length or kind, so that
+// no two sequences run together.
+class Fingerprint {
+ public:
+  void add(int64_t value) { hash_ = fnv1a64(&value, sizeof value, hash_); }
+  void add(const std::string& text) {
+    add(static_cast<int64_t>(text.size()));
+    hash_ = fnv1a64(text.data(), text.size(), hash_);
+  }
+  void add(const NeuronId& id) {
+    add(id.is_integer() ? 0 : 1);
+    if (id.is_integer())
+      add(id.as_integer());
+    else
+      add(id.as_string());
+  }
+  // Each parameter's name and shape, in the module's order (what torch::load fills).
+  void add_parameters(const torch::nn::Module& module) {
+    for (const auto& p : module.named_parameters()) {
+      add(p.key());
+      add(p.value().dim());
+      for (const int64_t size : p.value().sizes()) add(size);
+    }
+  }
+  uint64_t value() const { return hash_; }
+
+ private:
+  uint64_t hash_ = fnv1a64(nullptr, 0);
+};
+
+// The archive's key for the stamp.
+inline constexpr const char* kStructureStampKey = "connex_structure";
+
+inline void write_structure_stamp(torch::serialize::OutputArchive& archive, const std::string& stamp) {
+  archive.write(kStructureStampKey, c10::IValue(stamp));
+}
+
+// Refuses an archive stamped with another structure than `here`, this
+// module's; `context` ("NeuralNetwork::load()") starts the message, `what`
+// names the structure and `remedy` ends it. An archive without a stamp
+// (written before connex wrote one) passes, and torch loads it as it
+// always did.
+inline void check_structure_stamp(torch::serialize::InputArchive& archive, const std::string& here, const char* context,
+                                  const char* what, const char* remedy) {
+  c10::IValue saved;
+  if (!archive.try_read(kStructureStampKey, saved)) return;
+  if (saved.isString() && saved.toStringRef() == here) return;
+  fail(
+      "{}: the archive holds the tensors of another {} ({}) than this one ({}); torch::load fills tensors by name "
+      "alone: {}",
+      context, what, saved.isString() ? saved.toStringRef() : std::string("an unreadable stamp"), here, remedy);
+}
+
+}  // namespace connex
