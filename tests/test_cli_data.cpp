@@ -174,9 +174,28 @@ TEST(CliPreprocessing, AnEditOfTheOutputsKeepsTheStandardizationAndTheOtherClass
   EXPECT_EQ(less.preprocessing->mean, trained.preprocessing->mean);
   EXPECT_EQ(less.preprocessing->scale, trained.preprocessing->scale);
   EXPECT_EQ(less.preprocessing->classes, (std::vector<std::string>{classes[0], classes[2]}));
+  EXPECT_NE((r.out + r.err).find(" (standardized) and the classes " + classes[0] + "," + classes[2]), std::string::npos)
+      << r.out + r.err;
+  // A removed input takes its feature column and statistics along; a new input has none.
+  const auto& features = trained.preprocessing->features;
+  const std::string first = fmt::format("{}", trained.network->input_neurons()[0]);
+  r = connex_cli("edit run --remove-neuron " + first + " --out fewer.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto fewer = load_checkpoint(dir / "fewer.ckpt");
+  ASSERT_TRUE(fewer.preprocessing) << r.out + r.err;
+  EXPECT_EQ(fewer.preprocessing->features, (std::vector<std::string>{features[1]}));
+  EXPECT_EQ(fewer.preprocessing->mean, (std::vector<double>{trained.preprocessing->mean[1]}));
+  EXPECT_EQ(fewer.preprocessing->scale, (std::vector<double>{trained.preprocessing->scale[1]}));
+  EXPECT_EQ(fewer.preprocessing->classes, classes);
   EXPECT_NE((r.out + r.err)
-                .find("the saved preprocessing keeps its features (standardized) and the classes " + classes[0] + "," +
-                      classes[2]),
+                .find("the edit changed the inputs: the saved preprocessing keeps the features " + features[1] +
+                      " (standardized)"),
+            std::string::npos)
+      << r.out + r.err;
+  r = connex_cli("edit run --add-input 77 --add-connection 77:" + middle + " --out wider.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(load_checkpoint(dir / "wider.ckpt").preprocessing);
+  EXPECT_NE((r.out + r.err).find("(input 77 is new and has no feature column): the saved preprocessing"),
             std::string::npos)
       << r.out + r.err;
   r = connex_cli("edit run --add-output 99 --add-connection 0:99 --out more.ckpt", dir);

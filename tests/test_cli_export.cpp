@@ -140,3 +140,46 @@ TEST(CliExport, PngOnAFullFileSystemSaysItIsFull) {
             "small/g.png is full\n");
   EXPECT_TRUE(left.empty()) << *left.begin();
 }
+
+// What an export lacks is said where a deployer would otherwise learn it
+// from wrong predictions: a TorchScript module of untrained weights, or
+// without the preprocessing (an edit dropped it); a graph or drawing without
+// it; GraphML's node order where it is not the network's input order. A
+// removed input takes its column along, so the export keeps the others'.
+TEST(CliExport, SaysWhatTheExportLacks) {
+  TempDir dir;
+  write_regression_csv(dir / "d.csv");
+  spit(dir / "net.json", kMlp21);
+  ASSERT_EQ(connex_cli("train net.json --data d.csv --standardize --epochs 2 --out run", dir).code, 0);
+  auto r = connex_cli("export net.json --format torchscript --out cfg.pt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("] warning: export: net.json holds a network's initial weights, never trained: cfg.pt "
+                       "computes with those"),
+            std::string::npos)
+      << r.out;
+  r = connex_cli("export run --format torchscript --out run.pt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out.find("warning"), std::string::npos) << r.out;
+  ASSERT_EQ(connex_cli("edit run --add-input 70 --add-connection 70:2 --out wide.ckpt", dir).code, 0);
+  r = connex_cli("export wide.ckpt --format torchscript --out wide.pt", dir);
+  EXPECT_NE(r.out.find("] warning: export: wide.ckpt holds no preprocessing (an edit that dropped it): wide.pt takes "
+                       "its inputs as the network reads them, neither standardized nor named"),
+            std::string::npos)
+      << r.out;
+  r = connex_cli("export wide.ckpt --format graphml --out wide.graphml", dir);
+  EXPECT_NE(r.out.find("] warning: export: wide.graphml lists the inputs in node order, not the network's: input 0 is "
+                       "number 1 there, where the network has 70; --format json keeps the order and imports back"),
+            std::string::npos)
+      << r.out;
+  r = connex_cli("export run --format dot --out run.dot", dir);
+  EXPECT_NE(r.out.find("] warning: export: run.dot holds the network only, not the checkpoint's preprocessing"),
+            std::string::npos)
+      << r.out;
+  // A second value after an edit flag is refused with what to do instead.
+  r = connex_cli("edit run --add-hidden 100 --add-connection 0:100 100:2 --out e.ckpt", dir);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("; edit's --add-* and --remove-* flags take one value each: repeat a flag for more (see "
+                       "connex edit --help)"),
+            std::string::npos)
+      << r.err;
+}

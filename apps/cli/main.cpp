@@ -603,53 +603,72 @@ std::string columns_said(const std::vector<std::string>& names) {
   return fmt::format("{},...,{} ({})", fmt::join(names.begin(), names.begin() + 3, ","), names.back(), names.size());
 }
 
-// A checkpoint's preprocessing still fits an edited network only if its
-// inputs and outputs are the same neurons in the same order.
+// A checkpoint's preprocessing after an edit: a removed input takes its
+// feature column (and statistics) along, the others keep theirs; each old
+// output keeps its class (new outputs, which come last, have none) or its
+// target column. A new input, or a new output of a regression, has no
+// column: then the preprocessing is dropped, with a warning.
 std::optional<Preprocessing> preprocessing_after_edit(const Checkpoint& ck, const NeuralNetwork& edited) {
   if (!ck.preprocessing) return std::nullopt;
+  const Preprocessing& old = *ck.preprocessing;
+  const auto& old_inputs = ck.network->input_neurons();
   const auto& old_outputs = ck.network->output_neurons();
-  if (edited->input_neurons() == ck.network->input_neurons() && edited->output_neurons() == old_outputs)
-    return ck.preprocessing;
-  // Same inputs: the standardization stays, and each old output keeps its
-  // class (new outputs, which come last, have none) or its target column (a
-  // new output of a regression has none: then it is dropped).
-  std::string why = "the inputs changed";
-  if (edited->input_neurons() == ck.network->input_neurons()) {
-    const bool classes = ck.preprocessing->task == Task::Classification;
-    Preprocessing kept = *ck.preprocessing;
+  const bool inputs_kept = edited->input_neurons() == old_inputs;
+  if (inputs_kept && edited->output_neurons() == old_outputs) return ck.preprocessing;
+  Preprocessing kept = old;
+  std::string why;
+  if (!inputs_kept) {
+    kept.features.clear();
+    kept.mean.clear();
+    kept.scale.clear();
+    size_t k = 0;  // survivors keep their order, new inputs come first
+    for (const auto& id : edited->input_neurons()) {
+      const auto at = std::find(old_inputs.begin() + static_cast<std::ptrdiff_t>(k), old_inputs.end(), id);
+      if (at == old_inputs.end()) {
+        why = fmt::format("input {} is new and has no feature column", id);
+        break;
+      }
+      k = static_cast<size_t>(at - old_inputs.begin());
+      kept.features.push_back(old.features.at(k));
+      if (old.standardizes()) kept.mean.push_back(old.mean.at(k)), kept.scale.push_back(old.scale.at(k));
+      ++k;
+    }
+  }
+  const bool classes = old.task == Task::Classification;
+  if (why.empty() && edited->output_neurons() != old_outputs) {
     kept.classes.clear();
     if (!classes) kept.targets.clear();
-    why.clear();
     for (const auto& id : edited->output_neurons()) {
       const auto at = std::find(old_outputs.begin(), old_outputs.end(), id);
       const size_t k = static_cast<size_t>(at - old_outputs.begin());
-      if (classes && at != old_outputs.end() && k < ck.preprocessing->classes.size())
-        kept.classes.push_back(ck.preprocessing->classes[k]);
+      if (classes && at != old_outputs.end() && k < old.classes.size())
+        kept.classes.push_back(old.classes[k]);
       else if (classes)
         break;  // this output and those after it have no class
       else if (at != old_outputs.end())
-        kept.targets.push_back(ck.preprocessing->targets.at(k));
+        kept.targets.push_back(old.targets.at(k));
       else {
         why = fmt::format("output {} is new and has no target column", id);
         break;
       }
     }
-    if (why.empty()) {
-      try {
-        kept.check_fits(edited, "the edited network's preprocessing");
-        spdlog::info("the edit changed the outputs: the saved preprocessing keeps its features{} and the {} {}",
-                     kept.standardizes() ? " (standardized)" : "", classes ? "classes" : "targets",
-                     fmt::join(classes ? kept.classes : kept.targets, ","));
-        return kept;
-      } catch (const Error& e) {
-        why = e.what();
-      }
+  }
+  if (why.empty()) {
+    try {
+      kept.check_fits(edited, "the edited network's preprocessing");
+      spdlog::info("the edit changed the {}: the saved preprocessing keeps the features {}{} and the {} {}",
+                   inputs_kept ? "outputs" : "inputs", columns_said(kept.features),
+                   kept.standardizes() ? " (standardized)" : "", classes ? "classes" : "targets",
+                   columns_said(classes ? kept.classes : kept.targets));
+      return kept;
+    } catch (const Error& e) {
+      why = e.what();
     }
   }
   spdlog::warn(
       "the edit changed the inputs or outputs ({}): the saved preprocessing (features {}) no longer "
       "applies and is dropped",
-      why, columns_said(ck.preprocessing->features));
+      why, columns_said(old.features));
   return std::nullopt;
 }
 
@@ -1797,9 +1816,26 @@ int cmd_export(const std::string& path, const std::string& format, const std::st
   // Up front: a directory would only fail at the rename, after all the work.
   check_out("export", path, out, false);
   check_out_kind("export", out, Writes::Export);
-  const Checkpoint ck = open_network(path);
+  NetworkFile kind;
+  const Checkpoint ck = open_network(path, &kind);
   check_out_is_not_the_runs_data("export", ck, path, out);
   const NeuralNetwork& net = ck.network;
+  // What a deployer would otherwise find out from wrong predictions.
+  if (format == "torchscript") {
+    if (kind == NetworkFile::Config)
+      spdlog::warn("export: {} holds a network's initial weights, never trained: {} computes with those", path, out);
+    else if (!ck.preprocessing)
+      spdlog::warn(
+          "export: {} holds no preprocessing ({}): {} takes its inputs as the network reads them, neither "
+          "standardized nor named",
+          path, kind == NetworkFile::GraphExport ? "a node-link JSON export" : "an edit that dropped it", out);
+  } else if (ck.preprocessing) {  // a graph or drawing holds the network alone
+    spdlog::warn(
+        "export: {} holds the network only, not the checkpoint's preprocessing (features {}{}{}); a model that "
+        "takes raw rows is --format torchscript, or keep the checkpoint",
+        out, columns_said(ck.preprocessing->features), ck.preprocessing->standardizes() ? ", standardized" : "",
+        ck.preprocessing->classes.empty() ? "" : fmt::format(", classes {}", columns_said(ck.preprocessing->classes)));
+  }
   if (format == "torchscript") {
     // A deployed model takes raw rows: the preprocessing goes inside it.
     export_torchscript(net, out, ck.preprocessing ? &*ck.preprocessing : nullptr);
@@ -1808,14 +1844,21 @@ int cmd_export(const std::string& path, const std::string& format, const std::st
                              : format == "graphml" ? to_graphml(net)
                                                    : to_dot(net);
     write_file_atomically(out, text, "export");
-    // A graph holds the network alone: said, so a deployer does not feed it raw rows.
-    if (ck.preprocessing)
-      spdlog::warn(
-          "export: {} holds the network only, not the checkpoint's preprocessing (features {}{}{}); a model that "
-          "takes raw rows is --format torchscript, or keep the checkpoint",
-          out, columns_said(ck.preprocessing->features), ck.preprocessing->standardizes() ? ", standardized" : "",
-          ck.preprocessing->classes.empty() ? ""
-                                            : fmt::format(", classes {}", columns_said(ck.preprocessing->classes)));
+    // GraphML lists neurons in node order, with no input or output order of its own.
+    if (format == "graphml")
+      for (const auto& [role, order] : {std::pair<Role, std::vector<NeuronId>>{Role::Input, net->input_neurons()},
+                                        {Role::Output, net->output_neurons()}}) {
+        std::vector<NeuronId> listed;
+        for (const auto& n : net->weighted_graph().neurons)
+          if (n.role == role) listed.push_back(n.id);
+        const auto at = std::mismatch(listed.begin(), listed.end(), order.begin());
+        if (at.first != listed.end())
+          spdlog::warn(
+              "export: {} lists the {} in node order, not the network's: {} {} there, where the network has {}; "
+              "--format json keeps the order and imports back",
+              out, role == Role::Input ? "inputs" : "outputs", role == Role::Input ? "input" : "output",
+              fmt::format("{} is number {}", *at.first, at.first - listed.begin() + 1), *at.second);
+      }
     // GraphML and DOT describe the graph: the techniques' trained values travel in the JSON only.
     if (format != "json" && !net->operations().empty()) {
       std::vector<std::string> techniques;
@@ -2261,18 +2304,22 @@ void add_edit_command(CLI::App& app, Commands& c) {
   auto& a = c.edit_args;
   c.edit = app.add_subcommand("edit", "add and remove neurons and connections");
   c.edit->add_option("checkpoint", c.path, "checkpoint or config")->required()->check(path_check());
-  c.edit->add_option("--add-connection", a.add_connection, "FROM:TO")->allow_extra_args(false);
-  c.edit->add_option("--remove-connection", a.remove_connection, "FROM:TO")->allow_extra_args(false);
-  c.edit->add_option("--add-input", a.add_input, "new input neuron (comes first)")->allow_extra_args(false);
-  c.edit->add_option("--add-hidden", a.add_hidden, "new hidden neuron")->allow_extra_args(false);
-  c.edit->add_option("--add-output", a.add_output, "new output neuron (comes last)")->allow_extra_args(false);
-  c.edit->add_option("--remove-neuron", a.remove_neuron, "neuron to remove")->allow_extra_args(false);
+  // One value a flag (a second would be read as the checkpoint): repeated for more.
+  c.edit->add_option("--add-connection", a.add_connection, "FROM:TO, one a flag (repeat it for more)")
+      ->allow_extra_args(false);
+  c.edit->add_option("--remove-connection", a.remove_connection, "FROM:TO, one a flag (repeat it for more)")
+      ->allow_extra_args(false);
+  c.edit->add_option("--add-input", a.add_input, "new input neuron (comes first), one a flag")->allow_extra_args(false);
+  c.edit->add_option("--add-hidden", a.add_hidden, "new hidden neuron, one a flag")->allow_extra_args(false);
+  c.edit->add_option("--add-output", a.add_output, "new output neuron (comes last), one a flag")
+      ->allow_extra_args(false);
+  c.edit->add_option("--remove-neuron", a.remove_neuron, "neuron to remove, one a flag")->allow_extra_args(false);
   c.edit->add_option("--dropout", a.dropout, "dropout p for every hidden neuron")->check(number_in(0, 1, false));
   c.edit->add_option("--seed", a.seed, "seed for new parameters")->check(seed_check());
   add_flag_once(
       c.edit, "--function-preserving", a.function_preserving,
       "every new connection into an existing neuron starts at 0, so what the edit adds leaves the outputs as they "
-      "were (but for a new output under a softmax over the outputs); removals still change them");
+      "were (an edit it cannot keep so, such as a new output under softmax, is refused); removals still change them");
   c.edit->add_option("--out", c.out, "write the edited checkpoint here")->required()->check(path_check());
 }
 
@@ -2434,8 +2481,10 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "connex: %s (see %s)\n", printable(parse_error_text(e), 1000).c_str(),
-                 help_for(app, argc, argv).c_str());
+    std::string text = parse_error_text(e);
+    if (dynamic_cast<const CLI::ExtrasError*>(&e) && c.edit->parsed())
+      text += "; edit's --add-* and --remove-* flags take one value each: repeat a flag for more";
+    std::fprintf(stderr, "connex: %s (see %s)\n", printable(text, 1000).c_str(), help_for(app, argc, argv).c_str());
     return 2;
   }
   if (too_many_threads(threads)) return 2;
