@@ -171,6 +171,11 @@ TEST(CliExport, SaysWhatTheExportLacks) {
                        "number 1 there, where the network has 70; --format json keeps the order and imports back"),
             std::string::npos)
       << r.out;
+  r = connex_cli("export run --format graphml --out run.png", dir);
+  EXPECT_NE(r.out.find("] warning: export: run.png's extension names the png format; --format graphml writes run.png "
+                       "as asked"),
+            std::string::npos)
+      << r.out;
   r = connex_cli("export run --format dot --out run.dot", dir);
   EXPECT_NE(r.out.find("] warning: export: run.dot holds the network only, not the checkpoint's preprocessing"),
             std::string::npos)

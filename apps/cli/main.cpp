@@ -1819,6 +1819,15 @@ int cmd_export(const std::string& path, const std::string& format, const std::st
   NetworkFile kind;
   const Checkpoint ck = open_network(path, &kind);
   check_out_is_not_the_runs_data("export", ck, path, out);
+  // A name that says another format: the file is written as asked, and said.
+  static const std::pair<const char*, const char*> kExtensions[] = {
+      {".pt", "torchscript"}, {".pth", "torchscript"}, {".json", "json"}, {".graphml", "graphml"},
+      {".dot", "dot"},        {".gv", "dot"},          {".png", "png"}};
+  const std::string extension = fs::path(out).extension().string();
+  for (const auto& [ext, named] : kExtensions)
+    if (extension == ext && format != named)
+      spdlog::warn("export: {}'s extension names the {} format; --format {} writes {} as asked", out, named, format,
+                   out);
   const NeuralNetwork& net = ck.network;
   // What a deployer would otherwise find out from wrong predictions.
   if (format == "torchscript") {
