@@ -662,6 +662,14 @@ class NeuronGain : public LevelOperation {
   torch::Tensor on_preactivation(const LevelContext& ctx, const torch::Tensor& z) const override {
     return ctx.params.get("g").narrow(0, ctx.topology.bias_index(ctx.plan.begin), z.size(0)) * z;
   }
+  bool depends_on_level() const override { return false; }  // keyed by neuron
+};
+
+// The same, declared as depending on a neuron's level (the default).
+class LevelKeyedGain : public NeuronGain {
+ public:
+  std::string name() const override { return "level_gain"; }
+  bool depends_on_level() const override { return true; }
 };
 
 // The same gain with its TorchScript form: exported with the network.
@@ -710,6 +718,24 @@ TEST(UserOperation, AStepOfTheWrongShapeIsNamed) {
   NeuralNetwork transposes(small_graph(), NeuralNetworkOptions().operations({std::make_shared<Transposes>()}));
   EXPECT_THROW_MSG(transposes->forward(torch::zeros({3, 2})),
                    "NeuralNetwork::forward(): operation \"gain\"'s on_preactivation at level 1 returned [3, ");
+}
+
+// An operation's parameters may be keyed by level (a per-(level, source)
+// gain): a neuron that moves level would read other entries, drawn anew, so a
+// function-preserving edit refuses the move unless the operation says it does
+// not depend on the level (a gain keyed by neuron, whose growth stays exact).
+TEST(UserOperation, FunctionPreservingRefusesALevelMoveUnlessTheOperationIgnoresLevels) {
+  auto deepen = [](const NeuralNetwork& net) {  // output 5 moves from level 2 to 3
+    return edit(net).add_hidden_neurons({9}).add_connections({{2, 9}, {9, 5}}).function_preserving().build(1);
+  };
+  NeuralNetwork by_neuron(small_graph(),
+                          NeuralNetworkOptions().dtype(torch::kFloat64).operations({std::make_shared<NeuronGain>()}));
+  const auto x = torch::randn({4, 2}, torch::kFloat64);
+  EXPECT_TRUE(torch::allclose(deepen(by_neuron).network->forward(x), by_neuron->forward(x), 1e-12, 1e-12));
+  NeuralNetwork by_level(small_graph(), NeuralNetworkOptions().operations({std::make_shared<LevelKeyedGain>()}));
+  EXPECT_THROW_MSG(deepen(by_level),
+                   "function_preserving(): neuron 5 would move from level 2 to level 3, and level_gain depends on a "
+                   "neuron's level (LevelOperation::depends_on_level())");
 }
 
 // A user operation reading a parameter it did not declare is told which it did.

@@ -776,8 +776,11 @@ std::string structure_stamp(const NeuralNetworkImpl& network) {
     for (int64_t c = t.in_offsets()[d]; c < t.in_offsets()[d + 1]; ++c) f.add(t.conn_source()[c]);
   }
   f.add_parameters(network);
-  return fmt::format("{} neurons, {} connections, depth {}, fingerprint {:016x}", t.num_neurons(), t.num_connections(),
-                     t.depth(), f.value());
+  std::vector<std::string> operations;
+  for (const auto& op : network.operations()) operations.push_back(op->name());
+  return fmt::format(
+      "{} neurons, {} connections, depth {}, {}, fingerprint {:016x}", t.num_neurons(), t.num_connections(), t.depth(),
+      operations.empty() ? "no operations" : fmt::format("operations {}", fmt::join(operations, ", ")), f.value());
 }
 
 }  // namespace

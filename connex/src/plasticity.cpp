@@ -237,18 +237,23 @@ void check_function_kept(const NeuralNetworkImpl& base, const EditResult& edited
     }
   }
   const LevelOperation* level_reader = first(&LevelOperation::reads_whole_level);
-  if (!level_reader) return;
+  const LevelOperation* level_keyed = first(&LevelOperation::depends_on_level);
+  if (!level_reader && !level_keyed) return;
   auto new_dense = [&](int64_t old_dense) {
     const int64_t moved = edited.positions.neurons[old.spec_index_at(old_dense)];
     return moved < 0 ? int64_t{-1} : topo.dense_at(moved);
   };
-  const std::string why = fmt::format("{} reads a level's inputs together", level_reader->name());
+  const std::string why =
+      level_reader
+          ? fmt::format("{} reads a level's inputs together", level_reader->name())
+          : fmt::format("{} depends on a neuron's level (LevelOperation::depends_on_level())", level_keyed->name());
   for (int64_t d = old.num_inputs(); d < old.num_neurons(); ++d) {
     const int64_t moved = new_dense(d);
     if (moved >= 0 && topo.level_of(moved) != old.level_of(d))
       fail("function_preserving(): neuron {} would move from level {} to level {}, and {}", old.label(d),
            old.level_of(d), topo.level_of(moved), why);
   }
+  if (!level_reader) return;
   for (int64_t l = 1; l <= old.depth() && l <= topo.depth(); ++l) {
     const Level& before = old.levels()[l];
     bool kept_neuron = false;

@@ -154,6 +154,13 @@ class LevelOperation {
   // on their weights (an attention over its own inputs). A function-
   // preserving edit then refuses a new connection into an old neuron.
   virtual bool reads_connection_set() const { return false; }
+  // Whether a neuron's result depends on the level it is in (parameters
+  // keyed by level, as per-(level, source) gains are: a neuron that moves
+  // level reads other entries, drawn anew). A function-preserving edit then
+  // refuses to move an old neuron to another level. True unless an
+  // operation says otherwise (one keyed by neuron alone, such as adaptive
+  // activations), since connex cannot tell from its parameters.
+  virtual bool depends_on_level() const { return true; }
 
   // An operation whose only stage is replace_activation() with a·σ(b·z) per
   // hidden neuron returns the names of its (a, b) parameters ([non-input

@@ -85,6 +85,7 @@ class NeuronSelfAttention : public LevelOperation {
 class AdaptiveActivation : public LevelOperation {
  public:
   std::string name() const override { return "adaptive_activation"; }
+  bool depends_on_level() const override { return false; }  // keyed by neuron
   OperationParameters build(const Topology& topology, torch::Dtype dtype, at::Generator& generator) const override;
   std::optional<torch::Tensor> replace_activation(const LevelContext& ctx, const torch::Tensor& z,
                                                   const TensorFunction& activation) const override;
