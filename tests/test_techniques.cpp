@@ -774,7 +774,29 @@ TEST(UserOperation, TrainsAndSurvivesEdits) {
   EXPECT_THROW_MSG(export_torchscript(net, ::testing::TempDir() + "/gain.pt"),
                    "user-defined operation \"gain\" has no TorchScript form");
   EXPECT_THROW_MSG(NeuralNetwork(small_graph(), NeuralNetworkOptions().operations({gain, gain})),
-                   "two operations are named \"gain\"");
+                   "NeuralNetwork(): two operations are named \"gain\"");
+  // A clash with a built-in technique says so.
+  class CalledTopoNorm : public NeuronGain {
+   public:
+    std::string name() const override { return "topo_norm"; }
+  };
+  EXPECT_THROW_MSG(
+      NeuralNetwork(small_graph(),
+                    NeuralNetworkOptions().use_topo_norm(true).operations({std::make_shared<CalledTopoNorm>()})),
+      "NeuralNetwork(): two operations are named \"topo_norm\"; one is the built-in technique of that name: give "
+      "yours another");
+  // A parameter its build() declares wrongly is named with the operation.
+  class ShortKeys : public NeuronGain {
+   public:
+    OperationParameters build(const Topology& topology, torch::Dtype dtype, at::Generator& g) const override {
+      auto declared = NeuronGain::build(topology, dtype, g);
+      declared.at("g").dim_keys[0]->labels.pop_back();
+      return declared;
+    }
+  };
+  EXPECT_THROW_MSG(NeuralNetwork(small_graph(), NeuralNetworkOptions().operations({std::make_shared<ShortKeys>()})),
+                   "NeuralNetwork(): operation \"gain\": LevelOperation: parameter \"g\"'s dimension 0 has 3 labels "
+                   "for 4 entries");
 }
 
 // A user operation that writes its own TorchScript form is exported, and the

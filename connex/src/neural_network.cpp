@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <map>
 #include <set>
 #include <typeinfo>
 #include <utility>
@@ -128,14 +129,18 @@ void copy_entries(torch::Tensor& to, const torch::Tensor& from, const ParameterR
 // The operation pipeline: techniques in Connex's order, then the user's.
 std::vector<LevelOperationPtr> operation_pipeline(const NeuralNetworkOptions& options) {
   std::vector<LevelOperationPtr> operations = builtin_operations(options);
+  const size_t builtins = operations.size();
   for (const auto& op : options.operations()) {
     if (!op) fail("NeuralNetwork(): options().operations() holds a null operation");
     operations.push_back(op);
   }
-  std::set<std::string> names;
+  std::map<std::string, size_t> names;  // name -> position
   int affine = 0, activation = 0;
-  for (const auto& op : operations) {
-    if (!names.insert(op->name()).second) fail("NeuralNetwork(): two operations are named \"{}\"", op->name());
+  for (size_t k = 0; k < operations.size(); ++k) {
+    const auto& op = operations[k];
+    if (const auto [at, fresh] = names.emplace(op->name(), k); !fresh)
+      fail("NeuralNetwork(): two operations are named \"{}\"{}", op->name(),
+           at->second < builtins ? "; one is the built-in technique of that name: give yours another" : "");
     if (op->name().empty() || op->name().find('.') != std::string::npos)
       fail("NeuralNetwork(): operation name \"{}\" must be non-empty and without dots", op->name());
     affine += op->replaces_affine();
@@ -374,9 +379,16 @@ void NeuralNetworkImpl::reset() {
   operation_modules_.clear();
   level_prefixes_.clear();
   for (size_t l = 0; l < topo.levels().size(); ++l) level_prefixes_.push_back(level_prefix(l));
-  for (const auto& op : operations_)
-    operation_modules_.push_back(
-        register_module(op->name(), OperationModule(op->build(topo, options_.dtype(), generator))));
+  for (const auto& op : operations_) {
+    OperationModule declared = [&] {  // the module's checks name the parameter; this names its operation
+      try {
+        return OperationModule(op->build(topo, options_.dtype(), generator));
+      } catch (const Error& e) {
+        fail("NeuralNetwork(): operation \"{}\": {}", op->name(), e.what());
+      }
+    }();
+    operation_modules_.push_back(register_module(op->name(), std::move(declared)));
+  }
 
   if (auto m = options_.hidden_activation().module_ptr()) register_module("hidden_activation", m);
   if (auto m = options_.output_transformation().module_ptr()) register_module("output_transformation", m);
