@@ -160,10 +160,21 @@ TEST(CliExport, SaysWhatTheExportLacks) {
   r = connex_cli("export run --format torchscript --out run.pt", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out.find("warning"), std::string::npos) << r.out;
-  ASSERT_EQ(connex_cli("edit run --add-input 70 --add-connection 70:2 --out wide.ckpt", dir).code, 0);
-  r = connex_cli("export wide.ckpt --format torchscript --out wide.pt", dir);
-  EXPECT_NE(r.out.find("] warning: export: wide.ckpt holds no preprocessing (an edit that dropped it): wide.pt takes "
-                       "its inputs as the network reads them, neither standardized nor named"),
+  // A checkpoint without preprocessing never had one (the toy set), or the
+  // edit that dropped it said so: its export says nothing more. A node-link
+  // JSON holds none whatever the network was trained on.
+  ASSERT_EQ(connex_cli("train --epochs 1 --out toy", dir).code, 0);
+  r = connex_cli("export toy --format torchscript --out toy.pt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out.find("warning"), std::string::npos) << r.out;
+  r = connex_cli("edit run --add-input 70 --add-connection 70:2 --out wide.ckpt", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("(input 70 is new and has no feature column): the saved preprocessing"), std::string::npos)
+      << r.out;
+  ASSERT_EQ(connex_cli("export run --format json --out run.json", dir).code, 0);
+  r = connex_cli("export run.json --format torchscript --out fromjson.pt", dir);
+  EXPECT_NE(r.out.find("] warning: export: run.json is a node-link JSON export, which holds no preprocessing: "
+                       "fromjson.pt takes its inputs as the network reads them, neither standardized nor named"),
             std::string::npos)
       << r.out;
   r = connex_cli("export wide.ckpt --format graphml --out wide.graphml", dir);

@@ -1002,6 +1002,20 @@ TEST(HamCheckpoint, TorchLoadRefusesAnotherStructureOfTheSameShapes) {
   torch::load(reordered, dir / "att.pt");
   EXPECT_TRUE(torch::equal(reordered->named_parameters()["synapses.att.query"],
                            two_by_four->named_parameters()["synapses.att.query"]));
+  // Synapses with parameters, added in the other order, load too.
+  auto joined = [](bool linear_first) {
+    H::HAM ham;
+    ham->add_layer("v", {3}, H::tanh()).add_layer("h", {2}, H::tanh());
+    if (linear_first) ham->add_synapse("w", H::linear(), {"v", "h"});
+    ham->add_synapse("b", H::bias(), {"h"});
+    if (!linear_first) ham->add_synapse("w", H::linear(), {"v", "h"});
+    return ham;
+  };
+  H::HAM first = joined(true), second = joined(false);
+  torch::save(first, dir / "joined.pt");
+  torch::load(second, dir / "joined.pt");
+  EXPECT_TRUE(
+      torch::equal(second->named_parameters()["synapses.w.weight"], first->named_parameters()["synapses.w.weight"]));
   H::HAM four_by_two = attend(4, 2, true);
   EXPECT_THROW_MSG(torch::load(four_by_two, dir / "att.pt"),
                    "HAM::load(): the archive holds the tensors of another structure");

@@ -1833,11 +1833,11 @@ int cmd_export(const std::string& path, const std::string& format, const std::st
   if (format == "torchscript") {
     if (kind == NetworkFile::Config)
       spdlog::warn("export: {} holds a network's initial weights, never trained: {} computes with those", path, out);
-    else if (!ck.preprocessing)
+    else if (kind == NetworkFile::GraphExport)  // a checkpoint without one never had it, or its edit said so
       spdlog::warn(
-          "export: {} holds no preprocessing ({}): {} takes its inputs as the network reads them, neither "
-          "standardized nor named",
-          path, kind == NetworkFile::GraphExport ? "a node-link JSON export" : "an edit that dropped it", out);
+          "export: {} is a node-link JSON export, which holds no preprocessing: {} takes its inputs as the network "
+          "reads them, neither standardized nor named",
+          path, out);
   } else if (ck.preprocessing) {  // a graph or drawing holds the network alone
     spdlog::warn(
         "export: {} holds the network only, not the checkpoint's preprocessing (features {}{}{}); a model that "
@@ -1857,9 +1857,10 @@ int cmd_export(const std::string& path, const std::string& format, const std::st
     if (format == "graphml")
       for (const auto& [role, order] : {std::pair<Role, std::vector<NeuronId>>{Role::Input, net->input_neurons()},
                                         {Role::Output, net->output_neurons()}}) {
+        const GraphSpec& spec = net->spec();  // its neurons' order is the file's node order
         std::vector<NeuronId> listed;
-        for (const auto& n : net->weighted_graph().neurons)
-          if (n.role == role) listed.push_back(n.id);
+        for (int64_t i = 0; i < spec.num_neurons(); ++i)
+          if (spec.role_at(i) == role) listed.push_back(spec.neurons()[i]);
         const auto at = std::mismatch(listed.begin(), listed.end(), order.begin());
         if (at.first != listed.end())
           spdlog::warn(

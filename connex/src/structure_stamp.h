@@ -9,7 +9,9 @@
 // before any of their tensors is read (a parent module reads its own
 // tensors, and its earlier children's, first). Internal.
 #include <cstdint>
+#include <map>
 #include <string>
+#include <vector>
 
 #include <torch/nn/module.h>
 #include <torch/serialize/input-archive.h>
@@ -37,12 +39,15 @@ class Fingerprint {
     else
       add(id.as_string());
   }
-  // Each parameter's name and shape, in the module's order (what torch::load fills).
+  // Each parameter's name and shape, by name (what torch::load fills; the
+  // module's order follows the order its parts were added in).
   void add_parameters(const torch::nn::Module& module) {
-    for (const auto& p : module.named_parameters()) {
-      add(p.key());
-      add(p.value().dim());
-      for (const int64_t size : p.value().sizes()) add(size);
+    std::map<std::string, std::vector<int64_t>> shapes;
+    for (const auto& p : module.named_parameters()) shapes.emplace(p.key(), p.value().sizes().vec());
+    for (const auto& [name, shape] : shapes) {
+      add(name);
+      add(static_cast<int64_t>(shape.size()));
+      for (const int64_t size : shape) add(size);
     }
   }
   uint64_t value() const { return hash_; }
