@@ -1,5 +1,6 @@
 // The optional techniques and the per-level operation interface.
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <numeric>
 
@@ -321,6 +322,34 @@ TEST(Techniques, AttentionKernelMatchesTheTorchFormula) {
 // three 64-sample chunks, keys far from 0, and a group without keys: values
 // and gradients against the torch formula, both ways of summing taken (the
 // kernel's counts), and central differences where it expands.
+// The polynomial that stands for exp in the kernel's expansion, at the
+// kernel's caps and float's tolerance (scalar_attention.cpp): within the
+// tolerance relative to e^x on a fine grid, in fewer terms than Taylor's
+// series needs for the same bound (degrees 5 and 9 at R = 1/4 and 1, as an
+// economisation worked separately in Python gave; Taylor: 7 and 11).
+TEST(Techniques, ExpPolynomialIsWithinItsToleranceInFewerTermsThanTaylor) {
+  const double tolerance = 1.5e-8;
+  for (double range : {0.125, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0}) {
+    const auto c = exp_polynomial(range, tolerance);
+    ASSERT_FALSE(c.empty()) << range;
+    int taylor = 0;  // the least degree with e^R·R^(P+1)/(P+1)! under the tolerance
+    for (double bound = std::exp(range) * range; bound > tolerance;) bound *= range / (++taylor + 1);
+    EXPECT_LE(static_cast<int>(c.size()) - 1, taylor) << range;
+    if (range >= 0.25) EXPECT_LT(static_cast<int>(c.size()) - 1, taylor) << range;
+    long double worst = 0;
+    for (int i = 0; i <= 20000; ++i) {
+      const long double x = -range + 2 * range * i / 20000.0L;
+      long double p = 0;
+      for (auto k = c.rbegin(); k != c.rend(); ++k) p = p * x + *k;
+      worst = std::max(worst, std::fabs(p / std::exp(x) - 1));
+    }
+    EXPECT_LE(worst, tolerance) << range;
+  }
+  EXPECT_EQ(exp_polynomial(0.25, tolerance).size(), 6u);
+  EXPECT_EQ(exp_polynomial(1.0, tolerance).size(), 10u);
+  EXPECT_TRUE(exp_polynomial(40.0, 1e-17).empty());  // beyond 38 terms
+}
+
 TEST(Techniques, AttentionKernelAgreesAcrossScoreRanges) {
   std::mt19937_64 rng(11);
   torch::manual_seed(11);

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 #include "dtype.h"
@@ -95,21 +96,27 @@ Unit unit_of(const Pass<T>& a, int64_t u) {
 }
 
 // Per sample, the largest and smallest key: a query's largest score t·k_j is
-// at one of them, so no pass over the scores finds it.
+// at one of them, so no pass over the scores finds it. Returns whether the
+// unit's keys and values are all finite (the expansion's sums need them).
 template <typename T>
-__attribute__((always_inline)) inline void key_range(const Pass<T>& a, const Unit& u, T* k_max, T* k_min) {
+__attribute__((always_inline)) inline bool key_range(const Pass<T>& a, const Unit& u, T* k_max, T* k_min) {
   for (int64_t b = 0; b < u.nb; ++b) {
     k_max[b] = -std::numeric_limits<T>::infinity();
     k_min[b] = std::numeric_limits<T>::infinity();
   }
+  T check = 0;  // NaN once a product with 0 is
   for (int64_t c = 0; c < u.num_keys; ++c) {
-    const T* kr = a.k + a.row(u.g, u.keys[c]) + u.b0;
-#pragma omp simd
+    const int64_t r = a.row(u.g, u.keys[c]) + u.b0;
+    const T* kr = a.k + r;
+    const T* vr = a.v + r;
+#pragma omp simd reduction(+ : check)
     for (int64_t b = 0; b < u.nb; ++b) {
       k_max[b] = std::max(k_max[b], kr[b]);
       k_min[b] = std::min(k_min[b], kr[b]);
+      check += kr[b] * 0 + vr[b] * 0;
     }
   }
+  return check == 0;
 }
 
 // A query's scale·q and the key of its largest score, per sample. A score
@@ -131,24 +138,33 @@ __attribute__((always_inline)) inline void query_scores(const Pass<T>& a, const 
 // scaled by their half spread h, a key is k_j = c + h·λ_j with |λ_j| ≤ 1,
 // and a score t·k_j = t·c + s·λ_j with s = t·h. t·c is the same for every
 // key of a query, so it cancels in the softmax: query i's weights are
-// exp(s_i·λ_j) / Σ_j exp(s_i·λ_j), where |s_i·λ_j| ≤ R_i = |s_i|. With
-// exp(s·λ) = Σ_p (s·λ)^p / p! to degree P, every sum over the keys is a
+// exp(s_i·λ_j) / Σ_j exp(s_i·λ_j), where |s_i·λ_j| ≤ R_i = |s_i|. With a
+// polynomial Σ_p c_p x^p of degree P in place of e^x on [-R, R] (Taylor's
+// series economised, CapPolynomial), every sum over the keys is a
 // polynomial in s whose coefficients (moments such as Σ_j λ_j^p v_j) all
 // queries share, and every sum over the queries (dk, dv) one in λ_j: work
 // (queries + keys)·P instead of queries·keys exponentials. Every term of
-// the softmax's sums is positive, and the Taylor remainder of e^x on
-// |x| ≤ R is at most e^R·R^(P+1)/(P+1)! of e^x, so P is the least degree
-// that keeps this under a quarter ulp of the dtype (relative to the sums of
-// |terms| for the signed ones). The powers are summed in double: for x
-// near -R their terms reach e^(2R) times the result, which costs float
-// nothing up to R = 5 and double inputs at most ~1e-13 up to their cap of
-// 3.5. A query's sample past the cap (training sharpens attention: R of 15
-// and more occur) takes the exact sums, one exponential per key, beside the
-// others (UnitPlan).
+// the softmax's sums is positive, and P is the least degree whose error,
+// relative to e^x, is provably under a quarter ulp of the dtype (relative
+// to the sums of |terms| for the signed ones). The powers are summed in
+// double: for x near -R their terms reach e^(2R) times the result, which
+// costs float nothing up to R = 5 and double inputs at most ~1e-13 up to
+// their cap of 3.5. A query's sample past the cap (training sharpens
+// attention: R of 15 and more occur) takes the exact sums, one exponential
+// per key, beside the others (UnitPlan).
 // (query, sample) pairs summed by the expansion, and exactly (attention_path_counts()).
 std::atomic<int64_t> path_counts[2];
 
 constexpr int kMaxTerms = 40;  // P + 2 at most: the moments go one degree beyond P
+
+// A sum per term and sample. Arrays of these start 192 bytes apart modulo
+// 4 KiB: a loop storing row p of one and loading row p of the next would
+// otherwise meet false store-to-load dependencies (4K aliasing), which cost
+// backward's accumulation over the queries a third of its time.
+struct TermRows {
+  double row[kMaxTerms][kChunk];
+  double skew[24];
+};
 
 // The caps, tolerances and costs per dtype. The costs are nanoseconds per
 // sample, forward and backward together, timed on the development machine
@@ -173,34 +189,58 @@ struct ExpansionLimits<double> {
 constexpr double kCaps[] = {0.125, 0.25, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 5};
 constexpr int kNumCaps = sizeof kCaps / sizeof kCaps[0];
 
-// The least degree P with e^R·R^(P+1)/(P+1)! under `tolerance`; -1 when
-// more than kMaxTerms - 2.
-inline int degree_for(double range, double tolerance) {
-  int degree = 0;
-  double bound = std::exp(range) * range;
-  while (bound > tolerance && degree + 2 < kMaxTerms) bound *= range / (++degree + 1);
-  return bound > tolerance ? -1 : degree;
+// The polynomial that stands for exp on [-R, R] at a cap: Taylor's series
+// economised (Lanczos): from degree kSeries, whose remainder is far below
+// any tolerance, the top power c_n x^n is removed by subtracting
+// c_n·R^n·2^(1-n)·T_n(x/R) (T_n the Chebyshev polynomial), which moves the
+// value on [-R, R] by at most |c_n|·R^n·2^(1-n), while the sum of these
+// moves and the remainder, relative to e^x ≥ e^-R, stays under the
+// tolerance. Rigorous like Taylor's own bound, and 1-2 degrees lower at
+// the small caps, 3-8 at the large ones (float: 7 → 5 terms at R = 1/4, 11 → 9
+// at 1, 28 → 20 at 5). Computed in long double.
+struct CapPolynomial {
+  int degree = -1;                              // -1: more than kMaxTerms - 2
+  std::array<double, kMaxTerms> coefficient{};  // of x^p, p ≤ degree
+};
+
+inline CapPolynomial economised_exp(double range, double tolerance) {
+  constexpr int kSeries = 60;
+  using Real = long double;
+  const Real R = range, e_R = std::exp(R);
+  std::array<Real, kSeries + 1> c{};
+  c[0] = 1;
+  for (int p = 1; p <= kSeries; ++p) c[p] = c[p - 1] / p;
+  Real moved = e_R * std::pow(R, kSeries + 1) * c[kSeries] / (kSeries + 1);  // Taylor's remainder
+  // chebyshev[n][k]: the coefficient of t^k in T_n(t).
+  std::vector<std::array<Real, kSeries + 1>> chebyshev(kSeries + 1);
+  chebyshev[0][0] = 1;
+  chebyshev[1][1] = 1;
+  for (int n = 2; n <= kSeries; ++n)
+    for (int k = 0; k <= n; ++k) chebyshev[n][k] = (k > 0 ? 2 * chebyshev[n - 1][k - 1] : 0) - chebyshev[n - 2][k];
+  int n = kSeries;
+  for (; n > 0; --n) {
+    const Real scale = c[n] * std::pow(R, n) / std::pow(Real(2), n - 1);
+    if ((moved + std::abs(scale)) * e_R > tolerance) break;
+    for (int k = n; k >= 0; k -= 2) c[k] -= scale * chebyshev[n][k] / std::pow(R, k);
+    moved += std::abs(scale);
+  }
+  CapPolynomial poly;
+  if (moved * e_R > tolerance || n + 2 > kMaxTerms) return poly;
+  poly.degree = n;
+  for (int p = 0; p <= n; ++p) poly.coefficient[static_cast<size_t>(p)] = static_cast<double>(c[p]);
+  return poly;
 }
 
 template <typename T>
-const std::array<int, kNumCaps>& cap_degrees() {
+const std::array<CapPolynomial, kNumCaps>& cap_polynomials() {
   static const auto table = [] {
-    std::array<int, kNumCaps> d{};
+    std::array<CapPolynomial, kNumCaps> polys{};
     for (int c = 0; c < kNumCaps; ++c)
-      d[c] = kCaps[c] <= ExpansionLimits<T>::kMaxRange ? degree_for(kCaps[c], ExpansionLimits<T>::kTolerance) : -1;
-    return d;
+      if (kCaps[c] <= ExpansionLimits<T>::kMaxRange)
+        polys[c] = economised_exp(kCaps[c], ExpansionLimits<T>::kTolerance);
+    return polys;
   }();
   return table;
-}
-
-inline const double* inverse_factorials() {
-  static const auto table = [] {
-    std::array<double, kMaxTerms> f{};
-    f[0] = 1;
-    for (int p = 1; p < kMaxTerms; ++p) f[p] = f[p - 1] / p;
-    return f;
-  }();
-  return table.data();
 }
 
 // Per sample, the keys' midpoint c, half spread h and 1/h (0 where h is:
@@ -216,20 +256,6 @@ __attribute__((always_inline)) inline void centre(const Unit& u, const T* k_max,
   }
 }
 
-// Whether the unit's keys and values are all finite.
-template <typename T>
-__attribute__((always_inline)) inline bool keys_finite(const Pass<T>& a, const Unit& u) {
-  double check = 0;  // NaN once a product with 0 is
-  for (int64_t j = 0; j < u.num_keys; ++j) {
-    const int64_t r = a.row(u.g, u.keys[j]) + u.b0;
-    const T* kr = a.k + r;
-    const T* vr = a.v + r;
-#pragma omp simd reduction(+ : check)
-    for (int64_t b = 0; b < u.nb; ++b) check += (static_cast<double>(kr[b]) + vr[b]) * 0;
-  }
-  return check == 0;
-}
-
 // How a unit's queries are summed. A query row (one query over the unit's
 // samples) is either summed exactly, vectorised over the samples, or by the
 // expansion; then its samples whose R = |s| lies above the expansion's cap
@@ -238,13 +264,15 @@ __attribute__((always_inline)) inline bool keys_finite(const Pass<T>& a, const U
 // keys and values laid out sample by sample.
 template <typename T>
 struct UnitPlan {
-  int cap = -1, degree = -1;        // the expansion's cap (an index into kCaps) and degree; -1 when no row takes it
-  std::vector<uint8_t> level;       // [queries × nb]: a sample's least cap index (kNumCaps: none, or NaN)
-  std::vector<uint8_t> expanded;    // [queries]: 1 where the row takes the expansion
-  std::vector<int32_t> counts;      // [queries × (kNumCaps + 1)]: a row's samples at or above each cap index
-  std::vector<int64_t> samples;     // the samples that some expanded row sums exactly, ascending
-  std::vector<int64_t> slot;        // [nb]: a sample's index in samples, or -1
-  std::vector<T> kt, vt, gkt, gvt;  // [samples × keys]: their keys, values and gradients, sample by sample
+  int cap = -1, degree = -1;            // the expansion's cap (an index into kCaps) and degree; -1 when no row takes it
+  const double* coefficient = nullptr;  // of the cap's polynomial (CapPolynomial)
+  std::vector<uint8_t> level;           // [queries × nb]: a sample's least cap index (kNumCaps: none, or NaN)
+  std::vector<uint8_t> expanded;        // [queries]: 1 where the row takes the expansion
+  std::vector<int32_t> counts;          // [queries × (kNumCaps + 1)]: a row's samples at or above each cap index
+  std::vector<int64_t> samples;         // the samples that some expanded row sums exactly, ascending
+  std::vector<int64_t> slot;            // [nb]: a sample's index in samples, or -1
+  std::vector<T> kt, vt, gkt, gvt;      // [samples × keys]: their keys, values and gradients, sample by sample
+  std::vector<double> rows;             // backward: per expanded row, kRowTerms rows of kChunk (query_sums)
 
   const uint8_t* levels(int64_t c, int64_t nb) const { return level.data() + c * nb; }
   // Whether expanded row c sums sample b exactly.
@@ -259,38 +287,53 @@ struct UnitPlan {
 // every row exact (their infinities are NaN in a polynomial). Forward and
 // backward plan alike from the same q, k and v.
 template <typename T>
-__attribute__((always_inline)) inline void plan_unit(const Pass<T>& a, const Unit& u, const double* half,
+__attribute__((always_inline)) inline void plan_unit(const Pass<T>& a, const Unit& u, bool finite, const double* half,
                                                      UnitPlan<T>& plan) {
   using Limits = ExpansionLimits<T>;
-  const auto& degrees = cap_degrees<T>();
+  const auto& polys = cap_polynomials<T>();
   const int64_t nq = u.num_queries, nb = u.nb, width = kNumCaps + 1;
   plan.cap = plan.degree = -1;
   plan.expanded.assign(static_cast<size_t>(nq), 0);
   plan.samples.clear();
-  if (!keys_finite(a, u)) return;
+  if (!finite) return;
   plan.level.resize(static_cast<size_t>(nq * nb));
   plan.counts.assign(static_cast<size_t>(nq * width), 0);
   uint8_t sample_top[kChunk] = {};  // a sample's largest level over the rows
+  // R is taken as |q|·hs in T, hs = scale·h·(1 + 2^-20): the margin covers
+  // T's roundings, so the R taken is never below the expansion's |s| (its
+  // bound holds), and float compares 16 samples at a time.
+  T hs[kChunk], caps[kNumCaps];
   const double scale = a.scale[u.g];
+  for (int64_t b = 0; b < nb; ++b) hs[b] = static_cast<T>(scale * half[b] * (1 + 0x1p-20));
+  for (int cap = 0; cap < kNumCaps; ++cap) caps[cap] = static_cast<T>(kCaps[cap]);
   for (int64_t c = 0; c < nq; ++c) {
     const T* qr = a.q + a.row(u.g, u.query(c, a.queries_are_keys)) + u.b0;
     uint8_t* lv = plan.level.data() + c * nb;
-#pragma omp simd
+    T r[kChunk], top = 0;
+    int nan = 0;
+#pragma omp simd reduction(max : top) reduction(| : nan)
     for (int64_t b = 0; b < nb; ++b) {
-      const double r = std::abs(scale * qr[b]) * half[b];
-      int x = 0;
-      for (int cap = 0; cap < kNumCaps; ++cap) x += !(r <= kCaps[cap]);  // NaN passes none
-      lv[b] = static_cast<uint8_t>(x);
+      r[b] = std::abs(qr[b]) * hs[b];
+      top = std::max(top, r[b]);
+      nan |= !(r[b] == r[b]);
     }
-    // Counted level by level (a histogram's increments would wait on each other).
+    // Only the caps below the row's largest R can be passed (NaN passes none).
+    int above = 0;
+    if (nan) above = kNumCaps;
+    while (above < kNumCaps && !(top <= caps[above])) ++above;
     int32_t* count = plan.counts.data() + c * width;
     count[0] = static_cast<int32_t>(nb);
-    for (int x = 1; x < width; ++x) {
+    for (int64_t b = 0; b < nb; ++b) lv[b] = 0;
+    for (int cap = 0; cap < above; ++cap) {
+      const T bound = caps[cap];
       int32_t n = 0;
 #pragma omp simd reduction(+ : n)
-      for (int64_t b = 0; b < nb; ++b) n += lv[b] >= x;
-      if (n == 0) break;  // the rest stay 0
-      count[x] = n;
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t passed = !(r[b] <= bound);
+        lv[b] += passed;
+        n += passed;
+      }
+      count[cap + 1] = n;
     }
 #pragma omp simd
     for (int64_t b = 0; b < nb; ++b) sample_top[b] = std::max(sample_top[b], lv[b]);
@@ -299,19 +342,20 @@ __attribute__((always_inline)) inline void plan_unit(const Pass<T>& a, const Uni
   const double exact_row = samples * keys * Limits::kScoreCost;
   // Row c's cost by the expansion at `cap`, its samples above the cap summed alone.
   auto expanded_row = [&](int cap, int64_t c) {
-    return samples * ((degrees[cap] + 2) * Limits::kTermCost + Limits::kQueryCost) +
+    return samples * ((polys[cap].degree + 2) * Limits::kTermCost + Limits::kQueryCost) +
            plan.counts[c * width + cap + 1] * keys * Limits::kSampleCost;
   };
   double best_cost = static_cast<double>(nq) * exact_row;
-  for (int cap = 0; cap < kNumCaps && degrees[cap] >= 0; ++cap) {
-    double cost = samples * keys * (degrees[cap] + 2) * Limits::kTermCost, copied = 0;
+  for (int cap = 0; cap < kNumCaps && polys[cap].degree >= 0; ++cap) {
+    double cost = samples * keys * (polys[cap].degree + 2) * Limits::kTermCost, copied = 0;
     for (int64_t c = 0; c < nq; ++c) cost += std::min(exact_row, expanded_row(cap, c));
     for (int64_t b = 0; b < nb; ++b) copied += sample_top[b] > cap;
     cost += copied * keys * Limits::kCopyCost;
     if (cost < best_cost) best_cost = cost, plan.cap = cap;
   }
   if (plan.cap < 0) return;
-  plan.degree = degrees[plan.cap];
+  plan.degree = polys[plan.cap].degree;
+  plan.coefficient = polys[plan.cap].coefficient.data();
   bool alone[kChunk] = {};  // whether some expanded row sums the sample alone
   for (int64_t c = 0; c < nq; ++c) {
     if (exact_row <= expanded_row(plan.cap, c)) continue;
@@ -365,16 +409,68 @@ __attribute__((always_inline)) inline void add_sample_gradients(const Pass<T>& a
   }
 }
 
-// Σ_p c[p]·f[p]·x^p for p ≤ degree, per sample.
-__attribute__((always_inline)) inline void horner(const double (*c)[kChunk], const double* f, int degree,
-                                                  const double* x, int64_t nb, double* out) {
-#pragma omp simd
-  for (int64_t b = 0; b < nb; ++b) out[b] = c[degree][b] * f[degree];
-  for (int p = degree - 1; p >= 0; --p) {
+// to[p] = f[p]·from[p] for p ≤ degree, per sample, in order of p (so
+// from = to + 1 shifts in place): the rows Horner's scheme reads.
+__attribute__((always_inline)) inline void scale_terms(const double (*from)[kChunk], const double* f, int degree,
+                                                       int64_t nb, double (*to)[kChunk]) {
+  for (int p = 0; p <= degree; ++p) {
     const double fp = f[p];
 #pragma omp simd
-    for (int64_t b = 0; b < nb; ++b) out[b] = out[b] * x[b] + c[p][b] * fp;
+    for (int64_t b = 0; b < nb; ++b) to[p][b] = from[p][b] * fp;
   }
+}
+
+// Σ_p c[p]·x^p for p ≤ degree, per sample.
+__attribute__((always_inline)) inline void horner(const double (*c)[kChunk], int degree, const double* x, int64_t nb,
+                                                  double* out) {
+#pragma omp simd
+  for (int64_t b = 0; b < nb; ++b) out[b] = c[degree][b];
+  for (int p = degree - 1; p >= 0; --p) {
+#pragma omp simd
+    for (int64_t b = 0; b < nb; ++b) out[b] = out[b] * x[b] + c[p][b];
+  }
+}
+
+// Samples [b0, b0 + kLanes) of key_moments with its sums in registers:
+// kTerms known, the loop over the keys holds 2·kTerms vectors and stores
+// nothing (storing the rows for every key bound the loop on stores).
+constexpr int64_t kLanes = 8;       // doubles in an AVX-512 register
+constexpr int kRegisterTerms = 14;  // most terms kept in registers (two rows each)
+
+template <int kTerms, typename T>
+__attribute__((always_inline)) inline void key_moments_lanes(const Pass<T>& a, const Unit& u, int64_t b0,
+                                                             const double* mid, const double* inv_half,
+                                                             double (*z)[kChunk], double (*y)[kChunk]) {
+  double zs[kTerms][kLanes] = {}, ys[kTerms][kLanes] = {};
+  for (int64_t j = 0; j < u.num_keys; ++j) {
+    const int64_t r = a.row(u.g, u.keys[j]) + u.b0 + b0;
+    const T* kr = a.k + r;
+    const T* vr = a.v + r;
+#pragma omp simd
+    for (int64_t b = 0; b < kLanes; ++b) {
+      const double lambda = (kr[b] - mid[b0 + b]) * inv_half[b0 + b];
+      double power = 1, vp = vr[b];
+      for (int p = 0; p < kTerms; ++p) {
+        zs[p][b] += power;
+        ys[p][b] += vp;
+        power *= lambda;
+        vp *= lambda;
+      }
+    }
+  }
+  for (int p = 0; p < kTerms; ++p)
+    for (int64_t b = 0; b < kLanes; ++b) {
+      z[p][b0 + b] = zs[p][b];
+      y[p][b0 + b] = ys[p][b];
+    }
+}
+
+template <typename T, int... kTerms>
+__attribute__((always_inline)) inline void key_moments_lanes(int terms, std::integer_sequence<int, kTerms...>,
+                                                             const Pass<T>& a, const Unit& u, int64_t b0,
+                                                             const double* mid, const double* inv_half,
+                                                             double (*z)[kChunk], double (*y)[kChunk]) {
+  ((terms == kTerms + 1 ? key_moments_lanes<kTerms + 1>(a, u, b0, mid, inv_half, z, y) : void()), ...);
 }
 
 // z[p] = Σ_j λ_j^p and y[p] = Σ_j λ_j^p v_j over the unit's keys, p < terms.
@@ -382,22 +478,27 @@ template <typename T>
 __attribute__((always_inline)) inline void key_moments(const Pass<T>& a, const Unit& u, const double* mid,
                                                        const double* inv_half, int terms, double (*z)[kChunk],
                                                        double (*y)[kChunk]) {
+  int64_t b0 = 0;
+  if (terms <= kRegisterTerms)
+    for (; b0 + kLanes <= u.nb; b0 += kLanes)
+      key_moments_lanes(terms, std::make_integer_sequence<int, kRegisterTerms>(), a, u, b0, mid, inv_half, z, y);
+  if (b0 == u.nb) return;
   for (int p = 0; p < terms; ++p)
-    for (int64_t b = 0; b < u.nb; ++b) z[p][b] = y[p][b] = 0;
+    for (int64_t b = b0; b < u.nb; ++b) z[p][b] = y[p][b] = 0;
   double lambda[kChunk], power[kChunk], vp[kChunk];
   for (int64_t j = 0; j < u.num_keys; ++j) {
     const int64_t r = a.row(u.g, u.keys[j]) + u.b0;
     const T* kr = a.k + r;
     const T* vr = a.v + r;
 #pragma omp simd
-    for (int64_t b = 0; b < u.nb; ++b) {
+    for (int64_t b = b0; b < u.nb; ++b) {
       lambda[b] = (kr[b] - mid[b]) * inv_half[b];
       power[b] = 1;
       vp[b] = vr[b];
     }
     for (int p = 0; p < terms; ++p) {
 #pragma omp simd
-      for (int64_t b = 0; b < u.nb; ++b) {
+      for (int64_t b = b0; b < u.nb; ++b) {
         z[p][b] += power[b];
         y[p][b] += vp[b];
         power[b] *= lambda[b];
@@ -453,7 +554,7 @@ __attribute__((always_inline)) inline void forward_sample(const Pass<T>& a, cons
   a.o[r] = acc * a.inv_sum[r];
 }
 
-// Forward: o_i = Σ_p s^p y_p/p! / Σ_p s^p z_p/p! for an expanded query,
+// Forward: o_i = Σ_p c_p s^p y_p / Σ_p c_p s^p z_p for an expanded query,
 // and the normaliser as the exact sums keep it (relative to the largest
 // score, which lies |s| above t·c): e^|s| / Σ_j exp(s·λ_j).
 template <typename T>
@@ -461,13 +562,18 @@ __attribute__((always_inline)) inline void forward_unit(const Pass<T>& a, const 
   if (u.num_keys == 0) return;  // o stays 0
   T k_max[kChunk], k_min[kChunk];
   double mid[kChunk], half[kChunk], inv_half[kChunk], s[kChunk], den[kChunk], num[kChunk];
-  double z[kMaxTerms][kChunk], y[kMaxTerms][kChunk];
-  const double* f = inverse_factorials();
-  key_range(a, u, k_max, k_min);
+  TermRows moments[2];
+  auto &z = moments[0].row, &y = moments[1].row;
+  const bool finite = key_range(a, u, k_max, k_min);
   centre(u, k_max, k_min, mid, half, inv_half);
-  plan_unit(a, u, half, plan);
+  plan_unit(a, u, finite, half, plan);
   const int degree = plan.degree;
-  if (degree >= 0) key_moments(a, u, mid, inv_half, degree + 1, z, y);
+  const double* f = plan.coefficient;
+  if (degree >= 0) {
+    key_moments(a, u, mid, inv_half, degree + 1, z, y);
+    scale_terms(z, f, degree, u.nb, z);
+    scale_terms(y, f, degree, u.nb, y);
+  }
   copy_samples(a, u, plan, false);
   int64_t summed_exactly = 0;
   const double scale = a.scale[u.g];
@@ -482,14 +588,15 @@ __attribute__((always_inline)) inline void forward_unit(const Pass<T>& a, const 
     const T* qr = a.q + r;
 #pragma omp simd
     for (int64_t b = 0; b < u.nb; ++b) s[b] = scale * qr[b] * half[b];
-    horner(z, f, degree, s, u.nb, den);
-    horner(y, f, degree, s, u.nb, num);
+    horner(z, degree, s, u.nb, den);
+    horner(y, degree, s, u.nb, num);
     T* orow = a.o + r;
     T* srow = a.inv_sum + r;
 #pragma omp simd
     for (int64_t b = 0; b < u.nb; ++b) {
-      orow[b] = static_cast<T>(num[b] / den[b]);
-      srow[b] = static_cast<T>(exp_of(static_cast<T>(std::abs(s[b]))) / den[b]);
+      const double inv = 1 / den[b];  // one division of doubles, not two
+      orow[b] = static_cast<T>(num[b] * inv);
+      srow[b] = static_cast<T>(exp_of(static_cast<T>(std::abs(s[b]))) * inv);
     }
     if (plan.exact_samples(c) == 0) continue;
     summed_exactly += plan.exact_samples(c);
@@ -501,6 +608,80 @@ __attribute__((always_inline)) inline void forward_unit(const Pass<T>& a, const 
   }
   path_counts[0].fetch_add(u.num_queries * u.nb - summed_exactly, std::memory_order_relaxed);
   path_counts[1].fetch_add(summed_exactly, std::memory_order_relaxed);
+}
+
+// Backward's sums over the expanded query rows: A[p] = Σ_i w_i s_i^p,
+// B[p] = Σ_i wt_i s_i^p, C[p] = Σ_i wto_i s_i^p for p ≤ degree, from
+// `count` rows of (w, wt, wto, s) at `rows`. Lane blocks of up to
+// kRegisterTerms terms keep the 3·terms sums in registers while the rows
+// stream by (as key_moments_lanes).
+constexpr int kRowTerms = 4;  // w, wt, wto, s
+
+template <int kTerms>
+__attribute__((always_inline)) inline void query_sums_lanes(const double* rows, int64_t count, int64_t b0,
+                                                            double (*A)[kChunk], double (*B)[kChunk],
+                                                            double (*C)[kChunk]) {
+  double as[kTerms][kLanes] = {}, bs[kTerms][kLanes] = {}, cs[kTerms][kLanes] = {};
+  for (int64_t e = 0; e < count; ++e) {
+    const double* row = rows + e * kRowTerms * kChunk + b0;
+#pragma omp simd
+    for (int64_t b = 0; b < kLanes; ++b) {
+      double w = row[b], wt = row[kChunk + b], wto = row[2 * kChunk + b];
+      const double s = row[3 * kChunk + b];
+      for (int p = 0; p < kTerms; ++p) {
+        as[p][b] += w;
+        bs[p][b] += wt;
+        cs[p][b] += wto;
+        w *= s;
+        wt *= s;
+        wto *= s;
+      }
+    }
+  }
+  for (int p = 0; p < kTerms; ++p)
+    for (int64_t b = 0; b < kLanes; ++b) {
+      A[p][b0 + b] = as[p][b];
+      B[p][b0 + b] = bs[p][b];
+      C[p][b0 + b] = cs[p][b];
+    }
+}
+
+template <int... kTerms>
+__attribute__((always_inline)) inline void query_sums_lanes(int terms, std::integer_sequence<int, kTerms...>,
+                                                            const double* rows, int64_t count, int64_t b0,
+                                                            double (*A)[kChunk], double (*B)[kChunk],
+                                                            double (*C)[kChunk]) {
+  ((terms == kTerms + 1 ? query_sums_lanes<kTerms + 1>(rows, count, b0, A, B, C) : void()), ...);
+}
+
+constexpr int kRegisterQueryTerms = 10;  // 30 sums; more spill
+
+__attribute__((always_inline)) inline void query_sums(double* rows, int64_t count, int degree, int64_t nb,
+                                                      double (*A)[kChunk], double (*B)[kChunk], double (*C)[kChunk]) {
+  const int terms = degree + 1;
+  int64_t b0 = 0;
+  if (terms <= kRegisterQueryTerms)
+    for (; b0 + kLanes <= nb; b0 += kLanes)
+      query_sums_lanes(terms, std::make_integer_sequence<int, kRegisterQueryTerms>(), rows, count, b0, A, B, C);
+  if (b0 == nb) return;
+  for (int p = 0; p < terms; ++p)
+    for (int64_t b = b0; b < nb; ++b) A[p][b] = B[p][b] = C[p][b] = 0;
+  for (int64_t e = 0; e < count; ++e) {
+    double* w = rows + e * kRowTerms * kChunk;
+    double *wt = w + kChunk, *wto = w + 2 * kChunk;
+    const double* s = w + 3 * kChunk;
+    for (int p = 0; p < terms; ++p) {
+#pragma omp simd
+      for (int64_t b = b0; b < nb; ++b) {
+        A[p][b] += w[b];
+        B[p][b] += wt[b];
+        C[p][b] += wto[b];
+        w[b] *= s[b];
+        wt[b] *= s[b];
+        wto[b] *= s[b];
+      }
+    }
+  }
 }
 
 // With a_ij the weights and o_i = Σ_j a_ij v_j: ∂o_i/∂score_ij =
@@ -576,8 +757,8 @@ __attribute__((always_inline)) inline void backward_sample(const Pass<T>& a, con
 // Backward by the expansion, with ρ_i = 1/Σ_j exp(s_i·λ_j) recomputed from
 // the moments and a_ij = ρ_i exp(s_i·λ_j). In λ (k = c + h·λ; the c terms
 // cancel in dq):
-//   dq_i = scale·h·g_i ρ_i Σ_p s_i^p/p! (y_{p+1} - o_i z_{p+1}),
-//   dv_j = Σ_p λ_j^p/p! A_p,   dk_j = Σ_p λ_j^p/p! (v_j B_p - C_p),
+//   dq_i = scale·h·g_i ρ_i Σ_p c_p s_i^p (y_{p+1} - o_i z_{p+1}),
+//   dv_j = Σ_p c_p λ_j^p A_p,   dk_j = Σ_p c_p λ_j^p (v_j B_p - C_p),
 // with A_p = Σ_i s_i^p ρ_i g_i, B_p = Σ_i s_i^p ρ_i g_i t_i and
 // C_p = Σ_i s_i^p ρ_i g_i t_i o_i over the expanded queries (t_i itself,
 // not s_i/h: h may be 0); the other queries add their exact terms.
@@ -585,20 +766,26 @@ template <typename T>
 __attribute__((always_inline)) inline void backward_unit(const Pass<T>& a, const Unit& u, UnitPlan<T>& plan) {
   if (u.num_keys == 0) return;  // the gradients stay 0
   T k_max[kChunk], k_min[kChunk], k_mid[kChunk];
-  double mid[kChunk], half[kChunk], inv_half[kChunk], s[kChunk], den[kChunk], sk[kChunk], skv[kChunk];
-  double w[kChunk], wt[kChunk], wto[kChunk], lambda[kChunk], sa[kChunk], sb[kChunk], sc[kChunk], keep[kChunk];
-  double z[kMaxTerms][kChunk], y[kMaxTerms][kChunk], A[kMaxTerms][kChunk], B[kMaxTerms][kChunk], C[kMaxTerms][kChunk];
-  const double* f = inverse_factorials();
-  key_range(a, u, k_max, k_min);
+  double mid[kChunk], half[kChunk], inv_half[kChunk], den[kChunk], sk[kChunk], skv[kChunk];
+  double lambda[kChunk], sa[kChunk], sb[kChunk], sc[kChunk], keep[kChunk];
+  TermRows moments[3], sums[3];
+  auto &z = moments[0].row, &y = moments[1].row, &z1 = moments[2].row;
+  auto &A = sums[0].row, &B = sums[1].row, &C = sums[2].row;
+  const bool finite = key_range(a, u, k_max, k_min);
   centre(u, k_max, k_min, mid, half, inv_half);
   for (int64_t b = 0; b < u.nb; ++b) k_mid[b] = static_cast<T>(mid[b]);
-  plan_unit(a, u, half, plan);
+  plan_unit(a, u, finite, half, plan);
   const int degree = plan.degree;
+  const double* f = plan.coefficient;
   if (degree >= 0) {
     key_moments(a, u, mid, inv_half, degree + 2, z, y);
-    for (int p = 0; p <= degree; ++p)
-      for (int64_t b = 0; b < u.nb; ++b) A[p][b] = B[p][b] = C[p][b] = 0;
+    // The rows of den, sk and skv below: f[p]·z[p], f[p]·z[p+1], f[p]·y[p+1].
+    scale_terms(z + 1, f, degree, u.nb, z1);
+    scale_terms(z, f, degree, u.nb, z);
+    scale_terms(y + 1, f, degree, u.nb, y);
+    plan.rows.resize(static_cast<size_t>(u.num_queries * kRowTerms * kChunk));
   }
+  int64_t expanded_rows = 0;
   copy_samples(a, u, plan, true);
   const double scale = a.scale[u.g];
   for (int64_t c = 0; c < u.num_queries; ++c) {
@@ -612,6 +799,8 @@ __attribute__((always_inline)) inline void backward_unit(const Pass<T>& a, const
     const bool some_exact = plan.exact_samples(c) > 0;
     const uint8_t* lv = plan.levels(c, u.nb);
     const int cap = plan.cap;
+    double* w = plan.rows.data() + expanded_rows++ * kRowTerms * kChunk;
+    double *wt = w + kChunk, *wto = w + 2 * kChunk, *s = w + 3 * kChunk;
     // A sample summed exactly adds nothing to the moments: s = 0 keeps its
     // terms finite (its own s may overflow them), and its weight is 0.
 #pragma omp simd
@@ -619,9 +808,9 @@ __attribute__((always_inline)) inline void backward_unit(const Pass<T>& a, const
       keep[b] = some_exact && lv[b] > cap ? 0.0 : 1.0;
       s[b] = keep[b] > 0 ? scale * qr[b] * half[b] : 0.0;
     }
-    horner(z, f, degree, s, u.nb, den);
-    horner(z + 1, f, degree, s, u.nb, sk);
-    horner(y + 1, f, degree, s, u.nb, skv);
+    horner(z, degree, s, u.nb, den);
+    horner(z1, degree, s, u.nb, sk);
+    horner(y, degree, s, u.nb, skv);
     T* gq = a.gq + r;
 #pragma omp simd
     for (int64_t b = 0; b < u.nb; ++b) {
@@ -629,17 +818,6 @@ __attribute__((always_inline)) inline void backward_unit(const Pass<T>& a, const
       gq[b] = static_cast<T>(scale * half[b] * w[b] * (skv[b] - oi[b] * sk[b]));
       wt[b] = keep[b] > 0 ? w[b] * (scale * qr[b]) : 0.0;  // 0, not 0 · a non-finite query
       wto[b] = wt[b] * oi[b];
-    }
-    for (int p = 0; p <= degree; ++p) {
-#pragma omp simd
-      for (int64_t b = 0; b < u.nb; ++b) {
-        A[p][b] += w[b];
-        B[p][b] += wt[b];
-        C[p][b] += wto[b];
-        w[b] *= s[b];
-        wt[b] *= s[b];
-        wto[b] *= s[b];
-      }
     }
     if (!some_exact) continue;
     for (int64_t b = 0; b < u.nb; ++b) {
@@ -651,15 +829,19 @@ __attribute__((always_inline)) inline void backward_unit(const Pass<T>& a, const
   }
   if (!plan.samples.empty()) add_sample_gradients(a, u, plan);
   if (degree < 0) return;
+  query_sums(plan.rows.data(), expanded_rows, degree, u.nb, A, B, C);
+  scale_terms(A, f, degree, u.nb, A);
+  scale_terms(B, f, degree, u.nb, B);
+  scale_terms(C, f, degree, u.nb, C);
   for (int64_t j = 0; j < u.num_keys; ++j) {
     const int64_t r = a.row(u.g, u.keys[j]) + u.b0;
     const T* kr = a.k + r;
     const T* vr = a.v + r;
 #pragma omp simd
     for (int64_t b = 0; b < u.nb; ++b) lambda[b] = (kr[b] - mid[b]) * inv_half[b];
-    horner(A, f, degree, lambda, u.nb, sa);
-    horner(B, f, degree, lambda, u.nb, sb);
-    horner(C, f, degree, lambda, u.nb, sc);
+    horner(A, degree, lambda, u.nb, sa);
+    horner(B, degree, lambda, u.nb, sb);
+    horner(C, degree, lambda, u.nb, sc);
     T* gkr = a.gk + r;
     T* gvr = a.gv + r;
 #pragma omp simd
@@ -879,6 +1061,11 @@ torch::Tensor topo_attention_formula(const torch::Tensor& s, const torch::Tensor
 }
 
 AttentionPathCounts attention_path_counts() { return {path_counts[0].load(), path_counts[1].load()}; }
+
+std::vector<double> exp_polynomial(double range, double tolerance) {
+  const CapPolynomial poly = economised_exp(range, tolerance);
+  return {poly.coefficient.begin(), poly.coefficient.begin() + (poly.degree + 1)};
+}
 
 torch::Tensor scalar_attention_reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                          const AttentionKeys& keys) {

@@ -29,10 +29,10 @@ struct AttentionKeys {
 // sample, where the plain formula keeps L per row: the attention weights)
 // and recomputes the weights there, without allocating anything L² long.
 // Where a query's scores span a few units at most (|q·k| scaled; usual at
-// initialisation), its sums are a Taylor expansion of exp in moments of the
-// keys that all queries share, to within a quarter ulp: work (queries + keys)
-// times the degree instead of queries × keys exponentials. A sample whose
-// scores span more is summed exactly on its own.
+// initialisation), its sums are a polynomial for exp (exp_polynomial()) in
+// moments of the keys that all queries share, to within a quarter ulp: work
+// (queries + keys) times the degree instead of queries × keys exponentials.
+// A sample whose scores span more is summed exactly on its own.
 // A backward that must be differentiable again (create_graph) takes the
 // torch formula's gradients. Elsewhere (CUDA, half precision) it runs
 // scalar_attention_reference().
@@ -67,6 +67,12 @@ struct AttentionPathCounts {
   int64_t expanded = 0, exact = 0;
 };
 AttentionPathCounts attention_path_counts();
+
+// The polynomial that stands for exp on [-range, range] in the kernel's
+// expansion: its coefficients of x^0 .. x^P, P the least degree whose
+// relative error is provably under `tolerance` (Taylor's series economised
+// by Chebyshev polynomials); empty when P would exceed 38.
+std::vector<double> exp_polynomial(double range, double tolerance);
 
 // The same in torch operations, materialising the [groups, batch, L, L] weights.
 torch::Tensor scalar_attention_reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
