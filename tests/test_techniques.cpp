@@ -767,11 +767,13 @@ TEST(UserOperation, FunctionPreservingRefusesALevelMoveUnlessTheOperationIgnores
                    "neuron's level (LevelOperation::depends_on_level())");
 }
 
-// A user operation reading a parameter it did not declare is told which it did.
+// A user operation reading a parameter it did not declare is told which it
+// did, and which operation, step and level asked.
 TEST(UserOperation, MisspeltParameterNamesTheDeclaredOnes) {
   NeuralNetwork net(small_graph(), NeuralNetworkOptions().operations({std::make_shared<MisspeltGain>()}));
   EXPECT_THROW_MSG(net->forward(torch::zeros({1, 2})),
-                   "LevelOperation: no parameter \"gg\"; the operation declared \"g\"");
+                   "NeuralNetwork::forward(): operation \"gain\"'s on_preactivation at level 1: LevelOperation: no "
+                   "parameter \"gg\"; the operation declared \"g\"");
 }
 
 TEST(UserOperation, TrainsAndSurvivesEdits) {

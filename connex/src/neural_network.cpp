@@ -700,6 +700,16 @@ torch::Tensor NeuralNetworkImpl::run_level(size_t l, const LevelIndex& t, const 
     contexts.push_back(
         {static_cast<int64_t>(l), level, topo, *operation_modules_[k], level_prefixes_[l], level.sources_before});
 
+  // An error from within an operation's step (a parameter it never
+  // declared, say) names the operation, the step and the level.
+  auto run = [&](size_t k, const char* step, auto&& call) {
+    try {
+      return call();
+    } catch (const Error& e) {
+      fail("NeuralNetwork::forward(): operation \"{}\"'s {} at level {}: {}", operations_[k]->name(), step, l,
+           e.what());
+    }
+  };
   // What an operation's step returns must have the shape the next step
   // reads: said naming the operation and level, not as a torch error later.
   auto checked = [&](size_t k, const char* step, torch::Tensor value, const char* shape, int64_t rows) {
@@ -717,11 +727,15 @@ torch::Tensor NeuralNetworkImpl::run_level(size_t l, const LevelIndex& t, const 
     torch::Tensor sources = gathered;
     const int64_t width = gathered.size(0);
     for (size_t k = 0; k < operations_.size(); ++k)
-      sources = checked(k, "on_inputs", operations_[k]->on_inputs(contexts[k], sources), "[sources, batch]", width);
+      sources =
+          checked(k, "on_inputs", run(k, "on_inputs", [&] { return operations_[k]->on_inputs(contexts[k], sources); }),
+                  "[sources, batch]", width);
     auto w = weight_.narrow(0, level.conn_begin, level.num_connections());
     for (size_t k = 0; k < operations_.size() && !z.defined(); ++k)
       if (operations_[k]->replaces_affine())
-        if (auto r = operations_[k]->replace_affine(contexts[k], sources, dense_weights(l, t, w), bias))
+        if (auto r = run(k, "replace_affine", [&] {
+              return operations_[k]->replace_affine(contexts[k], sources, dense_weights(l, t, w), bias);
+            }))
           z = checked(k, "replace_affine", *r, "[neurons, batch]", size);
     if (!z.defined()) {
       if (level.kernel == LevelKernel::EdgeList)
@@ -736,14 +750,18 @@ torch::Tensor NeuralNetworkImpl::run_level(size_t l, const LevelIndex& t, const 
     *preactivation = z;
   }
   for (size_t k = 0; k < operations_.size(); ++k)
-    z = checked(k, "on_preactivation", operations_[k]->on_preactivation(contexts[k], z), "[neurons, batch]", size);
+    z = checked(k, "on_preactivation",
+                run(k, "on_preactivation", [&] { return operations_[k]->on_preactivation(contexts[k], z); }),
+                "[neurons, batch]", size);
 
   const int64_t hidden = level.hidden_end - level.begin;
   if (hidden == 0) return z;
   auto activate = [&](const torch::Tensor& zh) {
     for (size_t k = 0; k < operations_.size(); ++k)
       if (operations_[k]->replaces_activation())
-        if (auto r = operations_[k]->replace_activation(contexts[k], zh, options_.hidden_activation()))
+        if (auto r = run(k, "replace_activation", [&] {
+              return operations_[k]->replace_activation(contexts[k], zh, options_.hidden_activation());
+            }))
           return checked(k, "replace_activation", *r, "[hidden, batch]", zh.size(0));
     return options_.hidden_activation()(zh);
   };
