@@ -315,17 +315,10 @@ TEST(Techniques, AttentionKernelMatchesTheTorchFormula) {
   }
 }
 
-// Sequences long enough for the kernel's moment expansion (scalar_attention.cpp),
-// with scores spread from |s| ≈ 0.01 (a low degree) through the caps on
-// the expansion's range (3.5 in double, 5 in float) to 30 (the exact sums),
-// so that units mix expanded queries with exact ones; batches of one to
-// three 64-sample chunks, keys far from 0, and a group without keys: values
-// and gradients against the torch formula, both ways of summing taken (the
-// kernel's counts), and central differences where it expands.
 // The polynomial that stands for exp in the kernel's expansion, at the
 // kernel's caps and float's tolerance (scalar_attention.cpp): within the
-// tolerance relative to e^x on a fine grid, in fewer terms than Taylor's
-// series needs for the same bound (degrees 5 and 9 at R = 1/4 and 1, as an
+// tolerance relative to e^x on a fine grid, of lower degree than Taylor's
+// series needs for the same bound (5 and 9 at R = 1/4 and 1, as an
 // economisation worked separately in Python gave; Taylor: 7 and 11).
 TEST(Techniques, ExpPolynomialIsWithinItsToleranceInFewerTermsThanTaylor) {
   const double tolerance = 1.5e-8;
@@ -347,9 +340,33 @@ TEST(Techniques, ExpPolynomialIsWithinItsToleranceInFewerTermsThanTaylor) {
   }
   EXPECT_EQ(exp_polynomial(0.25, tolerance).size(), 6u);
   EXPECT_EQ(exp_polynomial(1.0, tolerance).size(), 10u);
-  EXPECT_TRUE(exp_polynomial(40.0, 1e-17).empty());  // beyond 38 terms
+  // Double's tolerance (a quarter ulp) holds before the coefficients are
+  // rounded to double; after, within ~1e-16·e^(2R), as Taylor's did.
+  for (double range : {0.125, 1.0, 3.5}) {
+    const auto c = exp_polynomial(range, 2.8e-17);
+    ASSERT_FALSE(c.empty()) << range;
+    long double worst = 0;
+    for (int i = 0; i <= 20000; ++i) {
+      const long double x = -range + 2 * range * i / 20000.0L;
+      long double p = 0;
+      for (auto k = c.rbegin(); k != c.rend(); ++k) p = p * x + *k;
+      worst = std::max(worst, std::fabs(p / std::exp(x) - 1));
+    }
+    EXPECT_LE(worst, 1.2e-16 * std::exp(2 * range)) << range;
+  }
+  EXPECT_TRUE(exp_polynomial(6.0, 1e-25).empty());   // degree ~40: more than 38
+  EXPECT_TRUE(exp_polynomial(40.0, 1e-17).empty());  // Taylor's degree 60 is not enough
+  EXPECT_TRUE(exp_polynomial(0.0, tolerance).empty());
+  EXPECT_TRUE(exp_polynomial(-1.0, tolerance).empty());
 }
 
+// Sequences long enough for the kernel's moment expansion (scalar_attention.cpp),
+// with scores spread from |s| ≈ 0.01 (a low degree) through the caps on
+// the expansion's range (3.5 in double, 5 in float) to 30 (the exact sums),
+// so that units mix expanded queries with exact ones; batches of one to
+// three 64-sample chunks, keys far from 0, and a group without keys: values
+// and gradients against the torch formula, both ways of summing taken (the
+// kernel's counts), and central differences where it expands.
 TEST(Techniques, AttentionKernelAgreesAcrossScoreRanges) {
   std::mt19937_64 rng(11);
   torch::manual_seed(11);
@@ -430,6 +447,32 @@ TEST(Techniques, AttentionKernelAgreesAcrossScoreRanges) {
     const auto expanded_before = attention_path_counts().expanded;
     expect_central_differences(q, k, v, r, keys, "spread " + std::to_string(spread));
     ASSERT_GT(attention_path_counts().expanded, expanded_before) << "spread " << spread;
+  }
+}
+
+// A negative scale (AttentionKeys allows any factor) spreads the scores as
+// its magnitude does: the kernel plans by |scale| (it once sent every
+// sample to the expansion of the smallest cap, an error of 15 in o).
+TEST(Techniques, AttentionKernelTakesANegativeScale) {
+  std::mt19937_64 rng(5);
+  torch::manual_seed(5);
+  for (double scale : {0.5, -0.5, -0.01}) {
+    auto keys = random_keys(rng, 1, 40, false);
+    keys.scale[0] = scale;
+    const int64_t L = 40, B = 70;
+    auto q = torch::randn({1, L, B}, torch::kFloat64) * 8, k = torch::randn({1, L, B}, torch::kFloat64),
+         v = torch::randn({1, L, B}, torch::kFloat64), r = torch::randn({1, L, B}, torch::kFloat64);
+    for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
+      auto got = attention_and_gradients(
+          [&](const auto& a, const auto& b, const auto& c) { return scalar_attention(a, b, c, keys); }, q.to(dtype),
+          k.to(dtype), v.to(dtype), r.to(dtype));
+      auto exactly = [&](const torch::Tensor& t) { return t.to(dtype).to(torch::kFloat64); };
+      auto want = attention_and_gradients(
+          [&](const auto& a, const auto& b, const auto& c) { return scalar_attention_reference(a, b, c, keys); },
+          exactly(q), exactly(k), exactly(v), exactly(r));
+      ASSERT_NO_FATAL_FAILURE(expect_attention_agrees(got, want, dtype == torch::kFloat64 ? 1e-12 : 5e-6,
+                                                      "scale " + std::to_string(scale) + " " + c10::toString(dtype)));
+    }
   }
 }
 

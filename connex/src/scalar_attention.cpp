@@ -157,8 +157,9 @@ std::atomic<int64_t> path_counts[2];
 
 constexpr int kMaxTerms = 40;  // P + 2 at most: the moments go one degree beyond P
 
-// A sum per term and sample. Arrays of these start 192 bytes apart modulo
-// 4 KiB: a loop storing row p of one and loading row p of the next would
+// A sum per term and sample. Within an array of these, one starts 192
+// bytes after the last modulo 4 KiB: a loop storing row p of one and
+// loading row p of the next would
 // otherwise meet false store-to-load dependencies (4K aliasing), which cost
 // backward's accumulation over the queries a third of its time.
 struct TermRows {
@@ -195,15 +196,18 @@ constexpr int kNumCaps = sizeof kCaps / sizeof kCaps[0];
 // c_n·R^n·2^(1-n)·T_n(x/R) (T_n the Chebyshev polynomial), which moves the
 // value on [-R, R] by at most |c_n|·R^n·2^(1-n), while the sum of these
 // moves and the remainder, relative to e^x ≥ e^-R, stays under the
-// tolerance. Rigorous like Taylor's own bound, and 1-2 degrees lower at
-// the small caps, 3-8 at the large ones (float: 7 → 5 terms at R = 1/4, 11 → 9
-// at 1, 28 → 20 at 5). Computed in long double.
+// tolerance. Rigorous like Taylor's own bound (for the polynomial before
+// its coefficients are rounded to double, which costs a float nothing and
+// double ~1e-16·e^(2R), as it cost Taylor's), and of lower degree: in float
+// 5 at R = 1/8 as Taylor's, 5 for 7 at 1/4, 9 for 11 at 1, 20 for 28 at 5.
+// Computed in long double. No polynomial for a range or tolerance ≤ 0.
 struct CapPolynomial {
   int degree = -1;                              // -1: more than kMaxTerms - 2
   std::array<double, kMaxTerms> coefficient{};  // of x^p, p ≤ degree
 };
 
 inline CapPolynomial economised_exp(double range, double tolerance) {
+  if (!(range > 0) || !(tolerance > 0) || !std::isfinite(range)) return {};
   constexpr int kSeries = 60;
   using Real = long double;
   const Real R = range, e_R = std::exp(R);
@@ -272,7 +276,7 @@ struct UnitPlan {
   std::vector<int64_t> samples;         // the samples that some expanded row sums exactly, ascending
   std::vector<int64_t> slot;            // [nb]: a sample's index in samples, or -1
   std::vector<T> kt, vt, gkt, gvt;      // [samples × keys]: their keys, values and gradients, sample by sample
-  std::vector<double> rows;             // backward: per expanded row, kRowTerms rows of kChunk (query_sums)
+  std::vector<double> rows;             // backward: up to kRowBlock expanded rows, kRowTerms × kChunk each
 
   const uint8_t* levels(int64_t c, int64_t nb) const { return level.data() + c * nb; }
   // Whether expanded row c sums sample b exactly.
@@ -293,18 +297,21 @@ __attribute__((always_inline)) inline void plan_unit(const Pass<T>& a, const Uni
   const auto& polys = cap_polynomials<T>();
   const int64_t nq = u.num_queries, nb = u.nb, width = kNumCaps + 1;
   plan.cap = plan.degree = -1;
+  plan.coefficient = nullptr;
   plan.expanded.assign(static_cast<size_t>(nq), 0);
   plan.samples.clear();
   if (!finite) return;
   plan.level.resize(static_cast<size_t>(nq * nb));
   plan.counts.assign(static_cast<size_t>(nq * width), 0);
   uint8_t sample_top[kChunk] = {};  // a sample's largest level over the rows
-  // R is taken as |q|·hs in T, hs = scale·h·(1 + 2^-20): the margin covers
-  // T's roundings, so the R taken is never below the expansion's |s| (its
-  // bound holds), and float compares 16 samples at a time.
+  // R is taken as |q|·hs in T, hs = |scale|·h·(1 + 2^-20) and at least
+  // T's least normal value: the margin covers T's roundings, so the R taken
+  // is never below the expansion's |s| (its bound holds), and float
+  // compares 16 samples at a time.
   T hs[kChunk], caps[kNumCaps];
-  const double scale = a.scale[u.g];
-  for (int64_t b = 0; b < nb; ++b) hs[b] = static_cast<T>(scale * half[b] * (1 + 0x1p-20));
+  const double scale = std::abs(a.scale[u.g]);
+  for (int64_t b = 0; b < nb; ++b)
+    hs[b] = std::max(static_cast<T>(scale * half[b] * (1 + 0x1p-20)), std::numeric_limits<T>::min());
   for (int cap = 0; cap < kNumCaps; ++cap) caps[cap] = static_cast<T>(kCaps[cap]);
   for (int64_t c = 0; c < nq; ++c) {
     const T* qr = a.q + a.row(u.g, u.query(c, a.queries_are_keys)) + u.b0;
@@ -612,10 +619,11 @@ __attribute__((always_inline)) inline void forward_unit(const Pass<T>& a, const 
 
 // Backward's sums over the expanded query rows: A[p] = Σ_i w_i s_i^p,
 // B[p] = Σ_i wt_i s_i^p, C[p] = Σ_i wto_i s_i^p for p ≤ degree, from
-// `count` rows of (w, wt, wto, s) at `rows`. Lane blocks of up to
-// kRegisterTerms terms keep the 3·terms sums in registers while the rows
-// stream by (as key_moments_lanes).
-constexpr int kRowTerms = 4;  // w, wt, wto, s
+// `count` rows of (w, wt, wto, s) at `rows`, added to A, B and C. Lane
+// blocks of up to kRegisterQueryTerms terms keep the 3·terms sums in
+// registers while the rows stream by (as key_moments_lanes).
+constexpr int kRowTerms = 4;        // w, wt, wto, s
+constexpr int64_t kRowBlock = 128;  // rows summed at a time: 256 KiB
 
 template <int kTerms>
 __attribute__((always_inline)) inline void query_sums_lanes(const double* rows, int64_t count, int64_t b0,
@@ -640,9 +648,9 @@ __attribute__((always_inline)) inline void query_sums_lanes(const double* rows, 
   }
   for (int p = 0; p < kTerms; ++p)
     for (int64_t b = 0; b < kLanes; ++b) {
-      A[p][b0 + b] = as[p][b];
-      B[p][b0 + b] = bs[p][b];
-      C[p][b0 + b] = cs[p][b];
+      A[p][b0 + b] += as[p][b];
+      B[p][b0 + b] += bs[p][b];
+      C[p][b0 + b] += cs[p][b];
     }
 }
 
@@ -664,8 +672,6 @@ __attribute__((always_inline)) inline void query_sums(double* rows, int64_t coun
     for (; b0 + kLanes <= nb; b0 += kLanes)
       query_sums_lanes(terms, std::make_integer_sequence<int, kRegisterQueryTerms>(), rows, count, b0, A, B, C);
   if (b0 == nb) return;
-  for (int p = 0; p < terms; ++p)
-    for (int64_t b = b0; b < nb; ++b) A[p][b] = B[p][b] = C[p][b] = 0;
   for (int64_t e = 0; e < count; ++e) {
     double* w = rows + e * kRowTerms * kChunk;
     double *wt = w + kChunk, *wto = w + 2 * kChunk;
@@ -783,7 +789,9 @@ __attribute__((always_inline)) inline void backward_unit(const Pass<T>& a, const
     scale_terms(z + 1, f, degree, u.nb, z1);
     scale_terms(z, f, degree, u.nb, z);
     scale_terms(y + 1, f, degree, u.nb, y);
-    plan.rows.resize(static_cast<size_t>(u.num_queries * kRowTerms * kChunk));
+    for (int p = 0; p <= degree; ++p)
+      for (int64_t b = 0; b < u.nb; ++b) A[p][b] = B[p][b] = C[p][b] = 0;
+    plan.rows.resize(static_cast<size_t>(std::min(u.num_queries, kRowBlock) * kRowTerms * kChunk));
   }
   int64_t expanded_rows = 0;
   copy_samples(a, u, plan, true);
@@ -799,6 +807,10 @@ __attribute__((always_inline)) inline void backward_unit(const Pass<T>& a, const
     const bool some_exact = plan.exact_samples(c) > 0;
     const uint8_t* lv = plan.levels(c, u.nb);
     const int cap = plan.cap;
+    if (expanded_rows == kRowBlock) {  // the rows stay in L2
+      query_sums(plan.rows.data(), expanded_rows, degree, u.nb, A, B, C);
+      expanded_rows = 0;
+    }
     double* w = plan.rows.data() + expanded_rows++ * kRowTerms * kChunk;
     double *wt = w + kChunk, *wto = w + 2 * kChunk, *s = w + 3 * kChunk;
     // A sample summed exactly adds nothing to the moments: s = 0 keeps its
