@@ -315,6 +315,41 @@ TEST(Techniques, AttentionKernelMatchesTheTorchFormula) {
   }
 }
 
+namespace {
+
+// The kernel against the formula in double on the inputs as the kernel
+// sees them (float keys near 30 are rounded by 2e-6, which moves dq by more
+// than the kernel's own error), in double and float; `context` names the case.
+void expect_kernel_matches_formula(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                   const torch::Tensor& r, const AttentionKeys& keys, const std::string& context) {
+  for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
+    auto got = attention_and_gradients(
+        [&](const auto& a, const auto& b, const auto& c) { return scalar_attention(a, b, c, keys); }, q.to(dtype),
+        k.to(dtype), v.to(dtype), r.to(dtype));
+    auto exactly = [&](const torch::Tensor& t) { return t.to(dtype).to(torch::kFloat64); };
+    auto want = attention_and_gradients(
+        [&](const auto& a, const auto& b, const auto& c) { return scalar_attention_reference(a, b, c, keys); },
+        exactly(q), exactly(k), exactly(v), exactly(r));
+    ASSERT_NO_FATAL_FAILURE(expect_attention_agrees(got, want, dtype == torch::kFloat64 ? 1e-12 : 5e-6,
+                                                    context + " " + c10::toString(dtype)));
+  }
+}
+
+// The largest |p(x)/e^x - 1| of the polynomial with coefficients c over
+// 20,001 points of [-range, range], in long double.
+long double worst_relative_error(const std::vector<double>& c, double range) {
+  long double worst = 0;
+  for (int i = 0; i <= 20000; ++i) {
+    const long double x = -range + 2 * range * i / 20000.0L;
+    long double p = 0;
+    for (auto k = c.rbegin(); k != c.rend(); ++k) p = p * x + *k;
+    worst = std::max(worst, std::fabs(p / std::exp(x) - 1));
+  }
+  return worst;
+}
+
+}  // namespace
+
 // The polynomial that stands for exp in the kernel's expansion, at the
 // kernel's caps and float's tolerance (scalar_attention.cpp): within the
 // tolerance relative to e^x on a fine grid, of lower degree than Taylor's
@@ -329,14 +364,7 @@ TEST(Techniques, ExpPolynomialIsWithinItsToleranceInFewerTermsThanTaylor) {
     for (double bound = std::exp(range) * range; bound > tolerance;) bound *= range / (++taylor + 1);
     EXPECT_LE(static_cast<int>(c.size()) - 1, taylor) << range;
     if (range >= 0.25) EXPECT_LT(static_cast<int>(c.size()) - 1, taylor) << range;
-    long double worst = 0;
-    for (int i = 0; i <= 20000; ++i) {
-      const long double x = -range + 2 * range * i / 20000.0L;
-      long double p = 0;
-      for (auto k = c.rbegin(); k != c.rend(); ++k) p = p * x + *k;
-      worst = std::max(worst, std::fabs(p / std::exp(x) - 1));
-    }
-    EXPECT_LE(worst, tolerance) << range;
+    EXPECT_LE(worst_relative_error(c, range), tolerance) << range;
   }
   EXPECT_EQ(exp_polynomial(0.25, tolerance).size(), 6u);
   EXPECT_EQ(exp_polynomial(1.0, tolerance).size(), 10u);
@@ -345,14 +373,7 @@ TEST(Techniques, ExpPolynomialIsWithinItsToleranceInFewerTermsThanTaylor) {
   for (double range : {0.125, 1.0, 3.5}) {
     const auto c = exp_polynomial(range, 2.8e-17);
     ASSERT_FALSE(c.empty()) << range;
-    long double worst = 0;
-    for (int i = 0; i <= 20000; ++i) {
-      const long double x = -range + 2 * range * i / 20000.0L;
-      long double p = 0;
-      for (auto k = c.rbegin(); k != c.rend(); ++k) p = p * x + *k;
-      worst = std::max(worst, std::fabs(p / std::exp(x) - 1));
-    }
-    EXPECT_LE(worst, 1.2e-16 * std::exp(2 * range)) << range;
+    EXPECT_LE(worst_relative_error(c, range), 1.2e-16 * std::exp(2 * range)) << range;
   }
   EXPECT_TRUE(exp_polynomial(6.0, 1e-25).empty());   // degree ~40: more than 38
   EXPECT_TRUE(exp_polynomial(40.0, 1e-17).empty());  // Taylor's degree 60 is not enough
@@ -382,21 +403,9 @@ TEST(Techniques, AttentionKernelAgreesAcrossScoreRanges) {
            v = torch::randn({groups, L, B}, torch::kFloat64), r = torch::randn({groups, L, B}, torch::kFloat64);
       q.select(2, 0).mul_(0.01);     // in the first chunk one sample far below the others
       q.select(2, B - 1).mul_(1.5);  // and in the last one far above
-      for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
-        auto got = attention_and_gradients(
-            [&](const auto& a, const auto& b, const auto& c) { return scalar_attention(a, b, c, keys); }, q.to(dtype),
-            k.to(dtype), v.to(dtype), r.to(dtype));
-        // The formula in double on the inputs as the kernel sees them (float
-        // keys near 30 are rounded by 2e-6, which moves dq by more than the
-        // kernel's own error).
-        auto exactly = [&](const torch::Tensor& t) { return t.to(dtype).to(torch::kFloat64); };
-        auto want = attention_and_gradients(
-            [&](const auto& a, const auto& b, const auto& c) { return scalar_attention_reference(a, b, c, keys); },
-            exactly(q), exactly(k), exactly(v), exactly(r));
-        ASSERT_NO_FATAL_FAILURE(expect_attention_agrees(got, want, dtype == torch::kFloat64 ? 1e-12 : 5e-6,
-                                                        "spread " + std::to_string(spread) + " L " + std::to_string(L) +
-                                                            " B " + std::to_string(B) + " " + c10::toString(dtype)));
-      }
+      ASSERT_NO_FATAL_FAILURE(expect_kernel_matches_formula(
+          q, k, v, r, keys,
+          "spread " + std::to_string(spread) + " L " + std::to_string(L) + " B " + std::to_string(B)));
     }
   }
   const auto after = attention_path_counts();
@@ -462,17 +471,7 @@ TEST(Techniques, AttentionKernelTakesANegativeScale) {
     const int64_t L = 40, B = 70;
     auto q = torch::randn({1, L, B}, torch::kFloat64) * 8, k = torch::randn({1, L, B}, torch::kFloat64),
          v = torch::randn({1, L, B}, torch::kFloat64), r = torch::randn({1, L, B}, torch::kFloat64);
-    for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
-      auto got = attention_and_gradients(
-          [&](const auto& a, const auto& b, const auto& c) { return scalar_attention(a, b, c, keys); }, q.to(dtype),
-          k.to(dtype), v.to(dtype), r.to(dtype));
-      auto exactly = [&](const torch::Tensor& t) { return t.to(dtype).to(torch::kFloat64); };
-      auto want = attention_and_gradients(
-          [&](const auto& a, const auto& b, const auto& c) { return scalar_attention_reference(a, b, c, keys); },
-          exactly(q), exactly(k), exactly(v), exactly(r));
-      ASSERT_NO_FATAL_FAILURE(expect_attention_agrees(got, want, dtype == torch::kFloat64 ? 1e-12 : 5e-6,
-                                                      "scale " + std::to_string(scale) + " " + c10::toString(dtype)));
-    }
+    ASSERT_NO_FATAL_FAILURE(expect_kernel_matches_formula(q, k, v, r, keys, "scale " + std::to_string(scale)));
   }
 }
 
