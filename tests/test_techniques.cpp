@@ -475,6 +475,19 @@ TEST(Techniques, AttentionKernelTakesANegativeScale) {
   }
 }
 
+// A group of 300 positions: backward sums its expanded query rows 128 at a
+// time (scalar_attention.cpp, kRowBlock), so the sums cross two blocks.
+TEST(Techniques, AttentionKernelSumsManyQueriesInBlocks) {
+  torch::manual_seed(6);
+  const int64_t L = 300, B = 70;
+  const auto keys = topo_attention_keys(L);
+  auto q = torch::randn({1, L, B}, torch::kFloat64), k = torch::randn({1, L, B}, torch::kFloat64),
+       v = torch::randn({1, L, B}, torch::kFloat64), r = torch::randn({1, L, B}, torch::kFloat64);
+  const auto before = attention_path_counts();
+  ASSERT_NO_FATAL_FAILURE(expect_kernel_matches_formula(q, k, v, r, keys, "L 300"));
+  EXPECT_GT(attention_path_counts().expanded - before.expanded, 2 * 256 * B);  // both dtypes, past two blocks
+}
+
 // One sharp sample no longer makes its query rows exact: the kernel sums
 // that sample alone exactly and every other by the expansion (the counts
 // are (query, sample) pairs), in both dtypes, with the formula's values and
