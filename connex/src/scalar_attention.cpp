@@ -159,9 +159,9 @@ constexpr int kMaxTerms = 40;  // P + 2 at most: the moments go one degree beyon
 
 // A sum per term and sample. Within an array of these, one starts 192
 // bytes after the last modulo 4 KiB: a loop storing row p of one and
-// loading row p of the next would
-// otherwise meet false store-to-load dependencies (4K aliasing), which cost
-// backward's accumulation over the queries a third of its time.
+// loading row p of the next would otherwise meet false store-to-load
+// dependencies (4K aliasing), which cost backward's accumulation over the
+// queries a third of its time.
 struct TermRows {
   double row[kMaxTerms][kChunk];
   double skew[24];
@@ -438,10 +438,30 @@ __attribute__((always_inline)) inline void horner(const double (*c)[kChunk], int
   }
 }
 
-// Samples [b0, b0 + kLanes) of key_moments with its sums in registers:
-// kTerms known, the loop over the keys holds 2·kTerms vectors and stores
-// nothing (storing the rows for every key bound the loop on stores).
-constexpr int64_t kLanes = 8;       // doubles in an AVX-512 register
+// The register loops below (key_moments_lanes, query_sums_lanes) keep
+// their sums for kLanes samples in registers while keys or query rows
+// stream by, which needs the number of terms at compile time: the whole
+// kLanes-sample blocks of [0, nb) go to f(n, b0), n a
+// std::integral_constant<int, terms>, where terms ≤ kMax. Returns the
+// first sample left to the caller's own loop (every one where terms > kMax).
+constexpr int64_t kLanes = 8;  // doubles in an AVX-512 register
+
+template <typename F, int... k>
+__attribute__((always_inline)) inline void with_terms(int terms, int64_t b0, F& f, std::integer_sequence<int, k...>) {
+  ((terms == k + 1 ? f(std::integral_constant<int, k + 1>(), b0) : void()), ...);
+}
+
+template <int kMax, typename F>
+__attribute__((always_inline)) inline int64_t lane_blocks(int terms, int64_t nb, F&& f) {
+  int64_t b0 = 0;
+  if (terms <= kMax)
+    for (; b0 + kLanes <= nb; b0 += kLanes) with_terms(terms, b0, f, std::make_integer_sequence<int, kMax>());
+  return b0;
+}
+
+// Samples [b0, b0 + kLanes) of key_moments with its sums in registers: the
+// loop over the keys holds 2·kTerms vectors and stores nothing (storing the
+// rows for every key bound the loop on stores).
 constexpr int kRegisterTerms = 14;  // most terms kept in registers (two rows each)
 
 template <int kTerms, typename T>
@@ -472,23 +492,15 @@ __attribute__((always_inline)) inline void key_moments_lanes(const Pass<T>& a, c
     }
 }
 
-template <typename T, int... kTerms>
-__attribute__((always_inline)) inline void key_moments_lanes(int terms, std::integer_sequence<int, kTerms...>,
-                                                             const Pass<T>& a, const Unit& u, int64_t b0,
-                                                             const double* mid, const double* inv_half,
-                                                             double (*z)[kChunk], double (*y)[kChunk]) {
-  ((terms == kTerms + 1 ? key_moments_lanes<kTerms + 1>(a, u, b0, mid, inv_half, z, y) : void()), ...);
-}
-
 // z[p] = Σ_j λ_j^p and y[p] = Σ_j λ_j^p v_j over the unit's keys, p < terms.
 template <typename T>
 __attribute__((always_inline)) inline void key_moments(const Pass<T>& a, const Unit& u, const double* mid,
                                                        const double* inv_half, int terms, double (*z)[kChunk],
                                                        double (*y)[kChunk]) {
-  int64_t b0 = 0;
-  if (terms <= kRegisterTerms)
-    for (; b0 + kLanes <= u.nb; b0 += kLanes)
-      key_moments_lanes(terms, std::make_integer_sequence<int, kRegisterTerms>(), a, u, b0, mid, inv_half, z, y);
+  const int64_t b0 = lane_blocks<kRegisterTerms>(
+      terms, u.nb, [&](auto n, int64_t at) __attribute__((always_inline)) {
+        key_moments_lanes<decltype(n)::value>(a, u, at, mid, inv_half, z, y);
+      });
   if (b0 == u.nb) return;
   for (int p = 0; p < terms; ++p)
     for (int64_t b = b0; b < u.nb; ++b) z[p][b] = y[p][b] = 0;
@@ -654,23 +666,15 @@ __attribute__((always_inline)) inline void query_sums_lanes(const double* rows, 
     }
 }
 
-template <int... kTerms>
-__attribute__((always_inline)) inline void query_sums_lanes(int terms, std::integer_sequence<int, kTerms...>,
-                                                            const double* rows, int64_t count, int64_t b0,
-                                                            double (*A)[kChunk], double (*B)[kChunk],
-                                                            double (*C)[kChunk]) {
-  ((terms == kTerms + 1 ? query_sums_lanes<kTerms + 1>(rows, count, b0, A, B, C) : void()), ...);
-}
-
 constexpr int kRegisterQueryTerms = 10;  // 30 sums; more spill
 
 __attribute__((always_inline)) inline void query_sums(double* rows, int64_t count, int degree, int64_t nb,
                                                       double (*A)[kChunk], double (*B)[kChunk], double (*C)[kChunk]) {
   const int terms = degree + 1;
-  int64_t b0 = 0;
-  if (terms <= kRegisterQueryTerms)
-    for (; b0 + kLanes <= nb; b0 += kLanes)
-      query_sums_lanes(terms, std::make_integer_sequence<int, kRegisterQueryTerms>(), rows, count, b0, A, B, C);
+  const int64_t b0 = lane_blocks<kRegisterQueryTerms>(
+      terms, nb, [&](auto n, int64_t at) __attribute__((always_inline)) {
+        query_sums_lanes<decltype(n)::value>(rows, count, at, A, B, C);
+      });
   if (b0 == nb) return;
   for (int64_t e = 0; e < count; ++e) {
     double* w = rows + e * kRowTerms * kChunk;
