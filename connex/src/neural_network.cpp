@@ -816,14 +816,12 @@ std::string structure_stamp(const NeuralNetworkImpl& network) {
 }  // namespace
 
 void NeuralNetworkImpl::save(torch::serialize::OutputArchive& archive) const {
-  torch::nn::Module::save(archive);
-  write_structure_stamp(archive, structure_stamp(*this));
+  save_with_stamp(*this, archive, structure_stamp(*this));
 }
 
 void NeuralNetworkImpl::load(torch::serialize::InputArchive& archive) {
-  check_structure_stamp(archive, structure_stamp(*this), "NeuralNetwork::load()", "graph or neuron order",
-                        "restore a network with its graph by connex::load() of a connex::save() checkpoint");
-  torch::nn::Module::load(archive);
+  load_with_stamp(*this, archive, structure_stamp(*this), "NeuralNetwork::load()", "graph or neuron order",
+                  "restore a network with its graph by connex::load() of a connex::save() checkpoint");
 }
 
 std::vector<NeuronId> NeuralNetworkImpl::hidden_neurons() const {

@@ -59,24 +59,27 @@ class Fingerprint {
 // The archive's key for the stamp.
 inline constexpr const char* kStructureStampKey = "connex_structure";
 
-inline void write_structure_stamp(torch::serialize::OutputArchive& archive, const std::string& stamp) {
+// Module::save of `module`'s own tensors and children, then the stamp.
+inline void save_with_stamp(const torch::nn::Module& module, torch::serialize::OutputArchive& archive,
+                            const std::string& stamp) {
+  module.torch::nn::Module::save(archive);
   archive.write(kStructureStampKey, c10::IValue(stamp));
 }
 
 // Refuses an archive stamped with another structure than `here`, this
-// module's; `context` ("NeuralNetwork::load()") starts the message, `what`
-// names the structure and `remedy` ends it. An archive without a stamp
-// (written before connex wrote one) passes, and torch loads it as it
-// always did.
-inline void check_structure_stamp(torch::serialize::InputArchive& archive, const std::string& here, const char* context,
-                                  const char* what, const char* remedy) {
+// module's, before Module::load reads any of its tensors; `context`
+// ("NeuralNetwork::load()") starts the message, `what` names the structure
+// and `remedy` ends it. An archive without a stamp (written before connex
+// wrote one) loads as torch always loaded it.
+inline void load_with_stamp(torch::nn::Module& module, torch::serialize::InputArchive& archive, const std::string& here,
+                            const char* context, const char* what, const char* remedy) {
   c10::IValue saved;
-  if (!archive.try_read(kStructureStampKey, saved)) return;
-  if (saved.isString() && saved.toStringRef() == here) return;
-  fail(
-      "{}: the archive holds the tensors of another {} ({}) than this one ({}); torch::load fills tensors by name "
-      "alone: {}",
-      context, what, saved.isString() ? saved.toStringRef() : std::string("an unreadable stamp"), here, remedy);
+  if (archive.try_read(kStructureStampKey, saved) && !(saved.isString() && saved.toStringRef() == here))
+    fail(
+        "{}: the archive holds the tensors of another {} ({}) than this one ({}); torch::load fills tensors by name "
+        "alone: {}",
+        context, what, saved.isString() ? saved.toStringRef() : std::string("an unreadable stamp"), here, remedy);
+  module.torch::nn::Module::load(archive);
 }
 
 }  // namespace connex

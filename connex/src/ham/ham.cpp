@@ -582,14 +582,12 @@ std::string structure_stamp(const HAMImpl& ham) {
 }  // namespace
 
 void HAMImpl::save(torch::serialize::OutputArchive& archive) const {
-  torch::nn::Module::save(archive);
-  write_structure_stamp(archive, structure_stamp(*this));
+  save_with_stamp(*this, archive, structure_stamp(*this));
 }
 
 void HAMImpl::load(torch::serialize::InputArchive& archive) {
-  check_structure_stamp(archive, structure_stamp(*this), "HAM::load()", "structure",
-                        "restore a HAM with its structure by ham::load() of a ham::save() checkpoint");
-  torch::nn::Module::load(archive);
+  load_with_stamp(*this, archive, structure_stamp(*this), "HAM::load()", "structure",
+                  "restore a HAM with its structure by ham::load() of a ham::save() checkpoint");
 }
 
 void HAMImpl::pretty_print(std::ostream& stream) const {
