@@ -323,7 +323,7 @@ nlohmann::json parse_json(std::string_view text, const std::string& what) {
       string_begin = i + 1;
     } else if (c == ':') {
       if (open[depth].object && fresh_string) {  // elsewhere the parser refuses it below
-        Key key{text.substr(string_begin, string_end - string_begin), string_begin - 1};
+        Key key{text.substr(string_begin, string_end - string_begin), string_begin - 1, false, {}};
         key.escaped = key.text.find('\\') != std::string_view::npos;
         if (key.escaped) try {
             key.decoded = nlohmann::json::parse(text.substr(key.at, key.text.size() + 2)).get<std::string>();
