@@ -21,6 +21,9 @@
 //               | unknown activation, non-element-wise activation, non-floating   | the neuron
 //               | dtype, bad topo_sort, non-positive prebuilt sizes, to(int)       |
 //   forward     | wrong width, wrong rank, a scalar, wrong dtype, undefined tensor | expected and actual
+//   gradients   | check_gradients of a float network or input, of a network with   | the parameter, the
+//               | dropout in training mode, a step, tolerance or sample size out  | option and value, the
+//               | of range                                                         | remedy
 //   access      | weight/set_weight/bias/set_bias/freeze/dropout_p by a bad label  | the connection / neuron
 //   edit        | cycle (named), self-loop, unknown neuron, connection into an     | the edge, the cycle, the
 //               | input / out of an output, missing connection (by edge, or by an  | neuron, the index
@@ -333,6 +336,25 @@ std::vector<Case> make_catalogue() {
       {"expected input of dtype Double, got Long"});
   add("forward", "Undefined", none, lib([](World& w) { w.net->forward(torch::Tensor()); }),
       {"the input tensor is undefined"});
+
+  // ------------------------------------------------------- gradient check
+  add("gradients", "DropoutInTrainingMode", none, lib([](World& w) {
+        check_gradients(w.net, zeros({4, 1}));
+      }),
+      {"check_gradients(): two evaluations at the same values differ", "call eval() first"});
+  add("gradients", "FloatInput", none, lib([](World& w) {
+        check_gradients(w.net, zeros({4, 1}, torch::kFloat32));
+      }),
+      {"check_gradients(): the input is float32; expected float64"});
+  add("gradients", "ZeroStep", none, lib([](World& w) {
+        check_gradients(w.net, zeros({4, 1}), GradientCheckOptions().step(0));
+      }),
+      {"check_gradients(): expected step > 0, got 0"});
+  add("gradients", "FloatNetwork", none, lib([](World& w) {
+        NeuralNetwork single(readme_spec());
+        check_gradients(single, zeros({4, 1}));
+      }),
+      {"check_gradients(): parameter \"weight\" is float32; expected float64"});
 
   // ----------------------------------------------------------------- access
   add("access", "WeightOfMissingConnection", none, lib([](World& w) { w.net->weight(0, 11); }),

@@ -127,7 +127,7 @@ TEST(Gradients, FusedKernelAndBatchPathAgreeAndMatchFiniteDifferences) {
     // error near the bound (the two paths agree to 1e-10 there, above). Not for relu under topo norm: a
     // step in one value moves every normed value of its levels, and some across relu's kink.
     if (trial % 3 == 0 && batch <= 64 && !(norm && act == "relu"))
-      ASSERT_LE(max_gradient_error(fused, x), 1e-6) << act << " trial " << trial;
+      ASSERT_LE(refined_gradient_error(fused, x), 1e-6) << act << " trial " << trial;
   }
 }
 
@@ -871,4 +871,173 @@ TEST(Gradients, DensePathKeepsFrozenConnectionsFrozen) {
   dense->forward(torch::randn({6, 2}, torch::kFloat64)).sum().backward();
   EXPECT_EQ(dense->weight_tensor().grad()[5].item<double>(), 0.0);
   EXPECT_GT(dense->weight_tensor().grad().abs().sum().item<double>(), 0.0);
+}
+
+// ---- check_gradients(): the public gradient check -------------------------
+
+namespace {
+
+// y = g · z with a backward that doubles g's gradient when `wrong` (a bug an
+// operation's author could write) and is right otherwise.
+struct ScaleFunction : torch::autograd::Function<ScaleFunction> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& g, const torch::Tensor& z,
+                               bool wrong) {
+    ctx->save_for_backward({g, z});
+    ctx->saved_data["wrong"] = wrong;
+    return g * z;
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grad) {
+    const auto saved = ctx->get_saved_variables();
+    const double factor = ctx->saved_data["wrong"].toBool() ? 2.0 : 1.0;
+    auto grad_g = (factor * grad[0] * saved[1]).sum(1, /*keepdim=*/true);
+    return {grad_g, grad[0] * saved[0], torch::Tensor()};
+  }
+};
+
+// A per-neuron gain through ScaleFunction.
+class CheckedGain : public LevelOperation {
+ public:
+  explicit CheckedGain(bool wrong) : wrong_(wrong) {}
+  std::string name() const override { return "gain"; }
+  OperationParameters build(const Topology& topology, torch::Dtype dtype, at::Generator&) const override {
+    std::vector<NeuronId> rows;
+    for (int64_t d = topology.num_inputs(); d < topology.num_neurons(); ++d) rows.push_back(topology.label(d));
+    return {{"g",
+             {torch::linspace(0.5, 1.5, static_cast<int64_t>(rows.size()), dtype).unsqueeze(1), {rows, std::nullopt}}}};
+  }
+  torch::Tensor on_preactivation(const LevelContext& ctx, const torch::Tensor& z) const override {
+    auto g = ctx.params.get("g").narrow(0, ctx.topology.bias_index(ctx.plan.begin), z.size(0));
+    return ScaleFunction::apply(g, z, wrong_);
+  }
+  bool depends_on_level() const override { return false; }
+
+ private:
+  bool wrong_;
+};
+
+// Two inputs, hidden 2 (level 1) and 3 (level 2), outputs 4 and 5.
+GraphSpec gain_graph() {
+  return GraphSpec::from_adjacency({{0, {2, 5}}, {1, {2}}, {2, {3, 4}}, {3, {4}}}, {0, 1}, {4, 5});
+}
+
+NeuralNetwork gained_network(bool wrong, torch::Dtype dtype = torch::kFloat64) {
+  return NeuralNetwork(gain_graph(), NeuralNetworkOptions().hidden_activation("tanh").dtype(dtype).seed(3).operations(
+                                         {std::make_shared<CheckedGain>(wrong)}));
+}
+
+}  // namespace
+
+TEST(GradientCheck, PassesOnARightBackwardAndLeavesEverythingAsItWas) {
+  auto net = gained_network(false);
+  const auto x = torch::tensor({{0.4, -0.2}, {1.1, 0.7}, {-0.6, 0.3}}, torch::kFloat64);
+  net->forward(x).sum().backward();  // gradients the check must not disturb
+  std::vector<torch::Tensor> values, grads;
+  int64_t entries = x.numel();
+  for (const auto& p : net->parameters()) {
+    values.push_back(p.detach().clone());
+    grads.push_back(p.grad().clone());
+    entries += p.numel();
+  }
+  torch::manual_seed(7);
+  const auto expected_draw = torch::randn({4});
+  torch::manual_seed(7);
+
+  const auto check = check_gradients(net, x, GradientCheckOptions().entries_per_tensor(0));
+  EXPECT_TRUE(check.passed) << check.summary();
+  EXPECT_EQ(check.entries_checked, entries);  // every entry of every parameter and of the input
+  EXPECT_EQ(check.entries_failed, 0);
+  EXPECT_LT(check.ratio, 1.0);
+  EXPECT_NE(check.summary().find("check_gradients(): passed, " + std::to_string(entries) + " entries"),
+            std::string::npos)
+      << check.summary();
+  EXPECT_TRUE(torch::equal(torch::randn({4}), expected_draw));  // torch's generator untouched
+  const auto after = net->parameters();
+  for (size_t k = 0; k < after.size(); ++k) {
+    EXPECT_TRUE(torch::equal(after[k], values[k])) << k;
+    EXPECT_TRUE(torch::equal(after[k].grad(), grads[k])) << k;
+  }
+  // The fused kernel's gradients, the input's included, pass too.
+  NeuralNetwork fused(gain_graph(), NeuralNetworkOptions()
+                                        .dtype(torch::kFloat64)
+                                        .hidden_activation("tanh")
+                                        .execution(ExecutionOptions().fused(true)));
+  ASSERT_TRUE(fused->uses_fused_kernel());
+  const auto on_fused = check_gradients(fused, x);
+  EXPECT_TRUE(on_fused.passed) << on_fused.summary();
+  EXPECT_EQ(on_fused.entries_checked, fused->num_parameters() + x.numel());
+}
+
+TEST(GradientCheck, FindsAWrongBackwardAndNamesTheEntry) {
+  auto net = gained_network(true);
+  const auto x = torch::tensor({{0.4, -0.2}, {1.1, 0.7}}, torch::kFloat64);
+  const auto check = check_gradients(net, x);
+  ASSERT_FALSE(check.passed);
+  EXPECT_EQ(check.tensor, "gain.g");
+  EXPECT_GE(check.entries_failed, 1);
+  // The wrong backward doubles the gain's gradient: analytic = 2 × numeric.
+  EXPECT_NEAR(check.analytic / check.numeric, 2.0, 1e-6);
+  EXPECT_GT(check.ratio, 1.0);
+  EXPECT_NE(check.summary().find("failed at "), std::string::npos) << check.summary();
+  EXPECT_NE(check.summary().find("\"gain.g\"[" + std::to_string(check.entry) + "]"), std::string::npos);
+
+  // The input's gradient, of any module and function: d(x³)/dx given as 2x² is 2/3 of the truth.
+  struct WrongCube : torch::autograd::Function<WrongCube> {
+    static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& v) {
+      ctx->save_for_backward({v});
+      return v * v * v;
+    }
+    static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::tensor_list grad) {
+      const auto v = ctx->get_saved_variables()[0];
+      return {grad[0] * 2 * v * v};
+    }
+  };
+  torch::nn::Module none;
+  const auto cube = check_gradients(
+      none, [](const torch::Tensor& v) { return WrongCube::apply(v); },
+      torch::tensor({0.5, -1.5, 2.0}, torch::kFloat64));
+  ASSERT_FALSE(cube.passed);
+  EXPECT_EQ(cube.tensor, "input");
+  EXPECT_EQ(cube.entry, 2);  // the largest |x|: the largest difference
+  EXPECT_NEAR(cube.numeric / cube.analytic, 1.5, 1e-6);
+  EXPECT_EQ(cube.entries_checked, 3);
+  EXPECT_EQ(cube.entries_failed, 3);
+}
+
+TEST(GradientCheck, SamplesEntriesEvenlyAndChecksPlainModules) {
+  torch::nn::Linear linear(torch::nn::LinearOptions(40, 3));
+  linear->to(torch::kFloat64);
+  const auto x = torch::randn({5, 40}, torch::kFloat64);
+  const auto check = check_gradients(
+      *linear, [&](const torch::Tensor& v) { return linear(v); }, x, GradientCheckOptions().entries_per_tensor(10));
+  EXPECT_TRUE(check.passed) << check.summary();
+  EXPECT_EQ(check.entries_checked, 10 + 3 + 10);  // weight 120 → 10, bias 3 → all, input 200 → 10
+  const auto parameters_only = check_gradients(
+      *linear, [&](const torch::Tensor& v) { return linear(v); }, x,
+      GradientCheckOptions().entries_per_tensor(1).check_input(false));
+  EXPECT_EQ(parameters_only.entries_checked, 2);
+}
+
+TEST(GradientCheck, RefusesWhatItCannotCheck) {
+  const auto x = torch::tensor({{0.4, -0.2}}, torch::kFloat64);
+  auto single = gained_network(false, torch::kFloat32);
+  EXPECT_THROW_MSG(check_gradients(single, x.to(torch::kFloat32)), "is float32; expected float64");
+  auto net = gained_network(false);
+  EXPECT_THROW_MSG(check_gradients(net, x.to(torch::kFloat32)),
+                   "check_gradients(): the input is float32; expected float64, or check_input(false)");
+  EXPECT_THROW_MSG(check_gradients(net, x, GradientCheckOptions().step(0)),
+                   "check_gradients(): expected step > 0, got 0");
+  EXPECT_THROW_MSG(check_gradients(net, x, GradientCheckOptions().rtol(-1)),
+                   "check_gradients(): expected rtol >= 0, got -1");
+  EXPECT_THROW_MSG(check_gradients(net, x, GradientCheckOptions().entries_per_tensor(-2)),
+                   "check_gradients(): expected entries_per_tensor >= 0 (0: every entry), got -2");
+  EXPECT_THROW_MSG(check_gradients(net, x, GradientCheckOptions().atol(0).rtol(0)),
+                   "check_gradients(): atol and rtol are both 0");
+  NeuralNetwork dropping(gain_graph(), NeuralNetworkOptions().dtype(torch::kFloat64).dropout_p(0.5));
+  EXPECT_THROW_MSG(check_gradients(dropping, torch::randn({64, 2}, torch::kFloat64)),
+                   "check_gradients(): two evaluations at the same values differ: the function must be "
+                   "deterministic (dropout in training mode? call eval() first)");
+  dropping->eval();
+  EXPECT_TRUE(check_gradients(dropping, torch::randn({64, 2}, torch::kFloat64)).passed);
 }

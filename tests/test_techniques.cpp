@@ -774,6 +774,14 @@ class MisspeltGain : public NeuronGain {
   }
 };
 
+// A scripted gain whose TorchScript form asks for a parameter it never declared.
+class MisspeltScriptedGain : public ScriptedGain {
+ public:
+  void script_on_preactivation(ScriptWriter& script, const LevelContext& ctx) const override {
+    script.line(fmt::format("z = {} * z", script.buffer("gain", ctx.params.get("gg"))));
+  }
+};
+
 }  // namespace
 
 namespace {
@@ -829,6 +837,14 @@ TEST(UserOperation, MisspeltParameterNamesTheDeclaredOnes) {
   EXPECT_THROW_MSG(net->forward(torch::zeros({1, 2})),
                    "NeuralNetwork::forward(): operation \"gain\"'s on_preactivation at level 1: LevelOperation: no "
                    "parameter \"gg\"; the operation declared \"g\"");
+  // And where the TorchScript export calls its script_* step (no file written).
+  NeuralNetwork scripted(small_graph(), NeuralNetworkOptions().operations({std::make_shared<MisspeltScriptedGain>()}));
+  const std::string path = ::testing::TempDir() + "/misspelt_gain.pt";
+  std::filesystem::remove(path);
+  EXPECT_THROW_MSG(export_torchscript(scripted, path),
+                   "export_torchscript(): operation \"gain\"'s script_on_preactivation at level 1: LevelOperation: "
+                   "no parameter \"gg\"; the operation declared \"g\"");
+  EXPECT_FALSE(std::filesystem::exists(path));
 }
 
 TEST(UserOperation, TrainsAndSurvivesEdits) {
@@ -856,11 +872,23 @@ TEST(UserOperation, TrainsAndSurvivesEdits) {
   EXPECT_EQ(g[t.bias_index(t.dense_of(5))].item<double>(), -1.0);
   EXPECT_EQ(g[t.bias_index(t.dense_of(9))].item<double>(), 1.0);  // new: its initial value
   EXPECT_THROW_MSG(save(net, ::testing::TempDir() + "/gain.ckpt"),
-                   "user-defined operation \"gain\" cannot be written down");
+                   "user-defined operation \"gain\" cannot be written down; only the built-in techniques can "
+                   "(torch::save of the network keeps every parameter, its own too, for torch::load into a network "
+                   "built with it)");
+  {  // What that message advises: torch::save, then torch::load into the same network built anew.
+    const std::string path = ::testing::TempDir() + "/gain.pt";
+    torch::save(net, path);
+    NeuralNetwork again(small_graph(),
+                        NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("tanh").operations({gain}));
+    torch::load(again, path);
+    EXPECT_TRUE(torch::equal(again->named_parameters()["gain.g"], net->named_parameters()["gain.g"]));
+    EXPECT_TRUE(torch::equal(again->forward(x), net->forward(x)));
+  }
   EXPECT_THROW_MSG(export_torchscript(net, ::testing::TempDir() + "/gain.pt"),
                    "user-defined operation \"gain\" has no TorchScript form");
   EXPECT_THROW_MSG(NeuralNetwork(small_graph(), NeuralNetworkOptions().operations({gain, gain})),
-                   "NeuralNetwork(): two operations are named \"gain\"");
+                   "NeuralNetwork(): two operations are named \"gain\"; give each its own name(), under which its "
+                   "parameters are registered");
   // A clash with a built-in technique says so.
   class CalledTopoNorm : public NeuronGain {
    public:

@@ -87,8 +87,10 @@ json options_to_json(const NeuralNetworkOptions& options, const char* context) {
   out["use_neuron_self_attention"] = options.use_neuron_self_attention();
   out["use_adaptive_activations"] = options.use_adaptive_activations();
   if (!options.operations().empty())
-    fail("{}: user-defined operation \"{}\" cannot be written down; only the built-in techniques can", context,
-         options.operations().front()->name());
+    fail(
+        "{}: user-defined operation \"{}\" cannot be written down; only the built-in techniques can (torch::save "
+        "of the network keeps every parameter, its own too, for torch::load into a network built with it)",
+        context, options.operations().front()->name());
   if (const DtypeInfo* dtype = find_dtype(options.dtype())) out["dtype"] = dtype->name;
   return out;
 }

@@ -9,6 +9,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "connex/error.h"
+
 namespace connex {
 
 // "[2, 3]"
@@ -31,6 +33,18 @@ inline std::string one_line(std::string text) {
 inline std::string cause_of(const std::exception& e) {
   const auto* torch_error = dynamic_cast<const c10::Error*>(&e);
   return one_line(torch_error ? torch_error->what_without_backtrace() : e.what());
+}
+
+// Runs one step of a per-level operation (`call`); a connex error from within
+// it is raised again naming the caller, the operation, the step and the level:
+//   NeuralNetwork::forward(): operation "gain"'s on_preactivation at level 1: ...
+template <typename Call>
+auto in_operation_step(const char* context, const std::string& operation, const char* step, size_t level, Call&& call) {
+  try {
+    return call();
+  } catch (const Error& e) {
+    fail("{}: operation \"{}\"'s {} at level {}: {}", context, operation, step, level, e.what());
+  }
 }
 
 }  // namespace connex

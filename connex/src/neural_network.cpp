@@ -140,7 +140,8 @@ std::vector<LevelOperationPtr> operation_pipeline(const NeuralNetworkOptions& op
     const auto& op = operations[k];
     if (const auto [at, fresh] = names.emplace(op->name(), k); !fresh)
       fail("NeuralNetwork(): two operations are named \"{}\"{}", op->name(),
-           at->second < builtins ? "; one is the built-in technique of that name: give yours another" : "");
+           at->second < builtins ? "; one is the built-in technique of that name: give yours another"
+                                 : "; give each its own name(), under which its parameters are registered");
     if (op->name().empty() || op->name().find('.') != std::string::npos)
       fail("NeuralNetwork(): operation name \"{}\" must be non-empty and without dots", op->name());
     affine += op->replaces_affine();
@@ -703,12 +704,7 @@ torch::Tensor NeuralNetworkImpl::run_level(size_t l, const LevelIndex& t, const 
   // An error from within an operation's step (a parameter it never
   // declared, say) names the operation, the step and the level.
   auto run = [&](size_t k, const char* step, auto&& call) {
-    try {
-      return call();
-    } catch (const Error& e) {
-      fail("NeuralNetwork::forward(): operation \"{}\"'s {} at level {}: {}", operations_[k]->name(), step, l,
-           e.what());
-    }
+    return in_operation_step("NeuralNetwork::forward()", operations_[k]->name(), step, l, call);
   };
   // What an operation's step returns must have the shape the next step
   // reads: said naming the operation and level, not as a torch error later.

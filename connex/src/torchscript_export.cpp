@@ -10,6 +10,7 @@
 #include "connex/dataset.h"
 #include "connex/error.h"
 #include "file_io.h"
+#include "messages.h"
 
 namespace connex {
 
@@ -102,6 +103,17 @@ struct LevelScript {
   }
   const LevelOperation& op(size_t k) const { return *network->operations()[k]; }
   size_t ops() const { return contexts.size(); }
+  // Operation k writes its `step` with the level's buffer prefix; an error
+  // from within it names the operation, the step and the level.
+  template <typename Call>
+  auto write(ScriptWriter& s, size_t k, const char* step, Call&& call) const {
+    struct Prefixed {  // the prefix for the call's extent, whichever way it leaves
+      ScriptWriter& s;
+      ~Prefixed() { s.set_prefix(""); }
+    } prefixed{s};
+    s.set_prefix(L);
+    return in_operation_step("export_torchscript()", op(k).name(), step, l, [&] { return call(op(k), contexts[k]); });
+  }
 };
 
 // `z` = the level's pre-activations, from its bias buffer `b` and its weights:
@@ -113,9 +125,9 @@ void write_pre_activations(ScriptWriter& s, const LevelScript& ls, const torch::
     s.line(fmt::format("z = {}.expand([{}, batch])", b, ls.size));
   } else {
     s.line(fmt::format("s = {}", gather_expr(s, level.gather, ls.L + "g")));
-    s.set_prefix(ls.L);
-    for (size_t k = 0; k < ls.ops(); ++k) ls.op(k).script_on_inputs(s, ls.contexts[k]);
-    s.set_prefix("");
+    for (size_t k = 0; k < ls.ops(); ++k)
+      ls.write(s, k, "script_on_inputs",
+               [&](const LevelOperation& op, const LevelContext& ctx) { op.script_on_inputs(s, ctx); });
     auto w = weight.narrow(0, level.conn_begin, level.num_connections());
     const LevelEdges edges = ls.network->topology().level_edges(ls.l);
     // Dense weights of the level, for the matmul kernels and operations that
@@ -130,9 +142,9 @@ void write_pre_activations(ScriptWriter& s, const LevelScript& ls, const torch::
     for (size_t k = 0; k < ls.ops(); ++k)
       if (ls.op(k).replaces_affine()) affine = k;
     if (affine) {
-      s.set_prefix(ls.L);
-      ls.op(*affine).script_replace_affine(s, ls.contexts[*affine], dense(), b);
-      s.set_prefix("");
+      ls.write(s, *affine, "script_replace_affine", [&](const LevelOperation& op, const LevelContext& ctx) {
+        op.script_replace_affine(s, ctx, dense(), b);
+      });
     } else if (level.kernel == LevelKernel::EdgeList) {
       s.line(fmt::format("z = {}.expand([{}, batch]).index_add(0, {}, s.index_select(0, {}) * {})", b, ls.size,
                          s.buffer(ls.L + "target", torch::tensor(edges.target, torch::kLong)),
@@ -143,9 +155,9 @@ void write_pre_activations(ScriptWriter& s, const LevelScript& ls, const torch::
       s.line(fmt::format("z = torch.addmm({}, {}, s)", b, s.buffer(ls.L + "W", dense())));
     }
   }
-  s.set_prefix(ls.L);
-  for (size_t k = 0; k < ls.ops(); ++k) ls.op(k).script_on_preactivation(s, ls.contexts[k]);
-  s.set_prefix("");
+  for (size_t k = 0; k < ls.ops(); ++k)
+    ls.write(s, k, "script_on_preactivation",
+             [&](const LevelOperation& op, const LevelContext& ctx) { op.script_on_preactivation(s, ctx); });
 }
 
 // `p<l>` = the level's values: its hidden rows activated (or as the operation
@@ -155,12 +167,10 @@ void write_values(ScriptWriter& s, const LevelScript& ls, const TensorFunction& 
   auto activate = [&](const std::string& zh) {
     const auto plain = [&](const std::string& x) { return scripted(activation, "hidden_activation", x); };
     for (size_t k = 0; k < ls.ops(); ++k)
-      if (ls.op(k).replaces_activation()) {
-        s.set_prefix(ls.L);
-        const std::string expression = ls.op(k).script_replace_activation(s, ls.contexts[k], zh, plain);
-        s.set_prefix("");
-        return expression;
-      }
+      if (ls.op(k).replaces_activation())
+        return ls.write(s, k, "script_replace_activation", [&](const LevelOperation& op, const LevelContext& ctx) {
+          return op.script_replace_activation(s, ctx, zh, plain);
+        });
     return plain(zh);
   };
   if (hidden == ls.size)

@@ -1,0 +1,66 @@
+#pragma once
+// A gradient check for C++: autograd's gradients of a module (and of its
+// input) against central differences, as torch.autograd.gradcheck does in
+// Python. Written for the authors of a LevelOperation, a TensorFunction module
+// or a Lagrangian: a wrong backward shows here before it trains badly.
+//
+//   auto net = connex::NeuralNetwork(spec, connex::NeuralNetworkOptions().dtype(torch::kFloat64)
+//                                              .operations({std::make_shared<MyOperation>()}));
+//   auto check = connex::check_gradients(net, torch::randn({8, 2}, torch::kFloat64));
+//   if (!check.passed) std::cerr << check.summary() << "\n";
+//
+// The loss is L = Σ f(x) · r with r fixed random weights (so every output
+// counts, with a sign and size of its own). Each checked entry v is moved to
+// v ± step and L evaluated again: the central difference (L+ − L−) / 2·step
+// must match ∂L/∂v within atol + rtol·|difference|. Parameters, input and
+// every .grad are left as they were, bit for bit. Where f has a kink (relu
+// at 0) an entry at it can differ: check at points away from kinks.
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include <torch/arg.h>
+#include <torch/nn/module.h>
+#include <torch/types.h>
+
+#include "connex/neural_network.h"
+
+namespace connex {
+
+struct GradientCheckOptions {
+  TORCH_ARG(double, step) = 1e-6;  // the central difference's step
+  TORCH_ARG(double, atol) = 1e-5;  // an entry passes when |analytic − numeric| ≤ atol + rtol·|numeric|
+  TORCH_ARG(double, rtol) = 1e-3;
+  // Entries checked per tensor, evenly spaced through it (first and last
+  // included); 0 checks every entry. Each costs two forward passes.
+  TORCH_ARG(int64_t, entries_per_tensor) = 64;
+  TORCH_ARG(bool, check_input) = true;  // also ∂L/∂x
+  TORCH_ARG(uint64_t, seed) = 0;        // draws r (torch's global generator is not touched)
+};
+
+struct GradientCheck {
+  bool passed = true;
+  int64_t entries_checked = 0;
+  int64_t entries_failed = 0;
+  // The entry furthest outside its tolerance (or, when all pass, closest to it):
+  std::string tensor;   // "input" or a named_parameters() key
+  int64_t entry = -1;   // its position in the flattened tensor
+  double analytic = 0;  // autograd's ∂L/∂entry
+  double numeric = 0;   // the central difference
+  double ratio = 0;     // |analytic − numeric| / (atol + rtol·|numeric|): > 1 fails
+  // One line: "gradient check passed: 130 entries, worst ..." or "... failed: ...".
+  std::string summary() const;
+};
+
+// Checks f's gradients with respect to module's parameters (all of them
+// floating point, double: float's rounding is larger than any useful step)
+// and to x (when floating point and check_input). f must be deterministic:
+// two evaluations at the same values that differ are refused (dropout in
+// training mode: call eval() first). Parameters that f does not reach have a
+// zero gradient, and are checked as such.
+GradientCheck check_gradients(torch::nn::Module& module, const std::function<torch::Tensor(const torch::Tensor&)>& f,
+                              const torch::Tensor& x, const GradientCheckOptions& options = {});
+// The network's forward, over all its parameters.
+GradientCheck check_gradients(NeuralNetwork& network, const torch::Tensor& x, const GradientCheckOptions& options = {});
+
+}  // namespace connex
