@@ -341,7 +341,7 @@ std::vector<Case> make_catalogue() {
   add("gradients", "DropoutInTrainingMode", none, lib([](World& w) {
         check_gradients(w.net, zeros({4, 1}));
       }),
-      {"check_gradients(): two evaluations at the same values differ", "call eval() first"});
+      {"check_gradients(): the function draws from torch's random generator", "call eval() first"});
   add("gradients", "FloatInput", none, lib([](World& w) {
         check_gradients(w.net, zeros({4, 1}, torch::kFloat32));
       }),

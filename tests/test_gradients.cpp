@@ -1,6 +1,9 @@
 // Backpropagated gradients against central finite differences, in double.
 #include <array>
+#include <map>
 #include <set>
+
+#include <ATen/CPUGeneratorImpl.h>
 
 #include "fused_plan.h"
 #include "test_util.h"
@@ -980,6 +983,12 @@ TEST(GradientCheck, FindsAWrongBackwardAndNamesTheEntry) {
   EXPECT_GT(check.ratio, 1.0);
   EXPECT_NE(check.summary().find("failed at "), std::string::npos) << check.summary();
   EXPECT_NE(check.summary().find("\"gain.g\"[" + std::to_string(check.entry) + "]"), std::string::npos);
+  // Only the gain fails, and the summary lists it with its count.
+  for (const auto& t : check.tensors)
+    EXPECT_EQ(t.entries_failed > 0, t.tensor == "gain.g") << t.tensor << " " << t.entries_failed;
+  EXPECT_NE(check.summary().find(fmt::format("entries (gain.g {} of 4); worst", check.entries_failed)),
+            std::string::npos)
+      << check.summary();
 
   // The input's gradient, of any module and function: d(x³)/dx given as 2x² is 2/3 of the truth.
   struct WrongCube : torch::autograd::Function<WrongCube> {
@@ -1036,8 +1045,69 @@ TEST(GradientCheck, RefusesWhatItCannotCheck) {
                    "check_gradients(): atol and rtol are both 0");
   NeuralNetwork dropping(gain_graph(), NeuralNetworkOptions().dtype(torch::kFloat64).dropout_p(0.5));
   EXPECT_THROW_MSG(check_gradients(dropping, torch::randn({64, 2}, torch::kFloat64)),
-                   "check_gradients(): two evaluations at the same values differ: the function must be "
-                   "deterministic (dropout in training mode? call eval() first)");
+                   "check_gradients(): the function draws from torch's random generator: it must be deterministic "
+                   "(dropout in training mode? call eval() first)");
   dropping->eval();
   EXPECT_TRUE(check_gradients(dropping, torch::randn({64, 2}, torch::kFloat64)).passed);
+}
+
+// A network's flat weight and bias are sampled level by level: a narrow
+// level is checked whole beside a wide one.
+TEST(GradientCheck, SamplesANetworksWeightsLevelByLevel) {
+  // 30 inputs, 40 hidden, 2 outputs: 1,200 weights into level 1, 80 into level 2.
+  NeuralNetwork net(nn::mlp_spec(30, 2, 40, 1),
+                    NeuralNetworkOptions().dtype(torch::kFloat64).hidden_activation("tanh"));
+  ASSERT_EQ(net->topology().depth(), 2);
+  const auto check =
+      check_gradients(net, torch::randn({3, 30}, torch::kFloat64), GradientCheckOptions().entries_per_tensor(50));
+  EXPECT_TRUE(check.passed) << check.summary();
+  std::map<std::string, int64_t> checked;
+  for (const auto& t : check.tensors) checked[t.tensor] = t.entries_checked;
+  EXPECT_EQ(checked["weight (level 1)"], 50);
+  EXPECT_EQ(checked["weight (level 2)"], 50);  // of its 80, where one sample of the whole 1,280 took 4
+  EXPECT_EQ(checked["bias (level 1)"], 40);
+  EXPECT_EQ(checked["bias (level 2)"], 2);
+  EXPECT_EQ(checked["input"], 50);
+}
+
+// What a new user's trial of the check ran into: each refused with the check's own message, and
+// nothing it touched left changed.
+TEST(GradientCheck, RefusesRandomDrawsNonFiniteAndCoarseOutputsAndRestoresBuffers) {
+  // Dropout of 2 %: two evaluations often draw the same mask; the draw itself is what is refused, every time.
+  NeuralNetwork light(gain_graph(), NeuralNetworkOptions().dtype(torch::kFloat64).dropout_p(0.02));
+  for (int seed = 0; seed < 20; ++seed) {
+    torch::manual_seed(seed);
+    const auto x = torch::randn({1, 2}, torch::kFloat64);
+    const auto state = at::detail::getDefaultCPUGenerator().get_state();
+    EXPECT_THROW_MSG(check_gradients(light, x), "check_gradients(): the function draws from torch's random generator");
+    EXPECT_TRUE(torch::equal(at::detail::getDefaultCPUGenerator().get_state(), state));  // the draw undone
+  }
+  torch::nn::Linear linear(torch::nn::LinearOptions(3, 2));
+  linear->to(torch::kFloat64);
+  const auto x = torch::randn({4, 3}, torch::kFloat64);
+  EXPECT_THROW_MSG(check_gradients(
+                       *linear, [&](const torch::Tensor& v) { return linear(v) / 0.0; }, x),
+                   "check_gradients(): the output is not finite at the given input");
+  EXPECT_THROW_MSG(check_gradients(
+                       *linear, [&](const torch::Tensor& v) { return linear(v).to(torch::kFloat32); }, x),
+                   "check_gradients(): expected a float64 output, got float32");
+  EXPECT_THROW_MSG(check_gradients(
+                       *linear, [&](const torch::Tensor& v) { return linear(v).detach(); }, x),
+                   "check_gradients(): autograd cannot differentiate the output (made under a NoGradGuard, or "
+                   "detached?)");
+  EXPECT_THROW_MSG(
+      check_gradients(
+          *linear, [&](const torch::Tensor& v) { return linear(v); }, torch::randn({4, 5}, torch::kFloat64)),
+      "check_gradients(): the function failed at the given input: ");
+  // A batch norm in training mode updates its running statistics at every evaluation: put back.
+  torch::nn::Sequential norm(torch::nn::Linear(3, 4), torch::nn::BatchNorm1d(4));
+  norm->to(torch::kFloat64);
+  std::vector<torch::Tensor> buffers;
+  for (const auto& b : norm->buffers()) buffers.push_back(b.clone());
+  const auto checked = check_gradients(
+      *norm, [&](const torch::Tensor& v) { return norm->forward(v); }, x);
+  EXPECT_TRUE(checked.passed) << checked.summary();
+  const auto after = norm->buffers();
+  ASSERT_EQ(after.size(), buffers.size());
+  for (size_t k = 0; k < after.size(); ++k) EXPECT_TRUE(torch::equal(after[k], buffers[k])) << k;
 }

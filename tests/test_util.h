@@ -218,12 +218,13 @@ inline double central_difference(torch::Tensor flat, int64_t i, const std::funct
 }
 
 // The worst gradient of `net` (double) against central differences with step
-// h, over every parameter (up to `max_checks` entries of each): the public
+// h, over every parameter (up to `max_checks` entries of each, the flat
+// weight and bias sampled whole rather than level by level): the public
 // check_gradients() with tolerance |difference| ≤ 1e-3 + |numeric|, so the
 // ratio returned reads as a relative error with a floor of 1e-3.
 inline double max_gradient_error(NeuralNetwork& net, const torch::Tensor& x, int max_checks = 64, double h = 1e-6) {
   return check_gradients(
-             net, x,
+             *net, [&](const torch::Tensor& v) { return net->forward(v); }, x,
              GradientCheckOptions().step(h).atol(1e-3).rtol(1).entries_per_tensor(max_checks).check_input(false))
       .ratio;
 }

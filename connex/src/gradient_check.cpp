@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <utility>
 #include <vector>
 
@@ -11,6 +12,7 @@
 
 #include "connex/error.h"
 #include "dtype.h"
+#include "messages.h"
 
 namespace connex {
 
@@ -32,25 +34,202 @@ void check_options(const GradientCheckOptions& o) {
     fail("{}: expected entries_per_tensor >= 0 (0: every entry), got {}", kContext, o.entries_per_tensor());
 }
 
-// Positions checked in a tensor of n entries: evenly spaced, first and last included.
-std::vector<int64_t> sampled(int64_t n, int64_t wanted) {
-  std::vector<int64_t> at;
+// Positions checked in [begin, end): evenly spaced, first and last included.
+void sample(int64_t begin, int64_t end, int64_t wanted, std::vector<int64_t>& at) {
+  const int64_t n = end - begin;
   if (wanted == 0 || n <= wanted) {
-    for (int64_t i = 0; i < n; ++i) at.push_back(i);
-    return at;
+    for (int64_t i = begin; i < end; ++i) at.push_back(i);
+    return;
   }
+  const size_t first = at.size();
   for (int64_t k = 0; k < wanted; ++k) {
     const int64_t i =
-        wanted == 1 ? 0 : static_cast<int64_t>(std::llround(double(k) * double(n - 1) / double(wanted - 1)));
-    if (at.empty() || at.back() != i) at.push_back(i);
+        begin + (wanted == 1 ? 0 : static_cast<int64_t>(std::llround(double(k) * double(n - 1) / double(wanted - 1))));
+    if (at.size() == first || at.back() != i) at.push_back(i);
   }
-  return at;
 }
 
+// A flat tensor's runs, sampled each on its own: a network's levels.
+struct Runs {
+  std::vector<int64_t> bounds;  // 0, ..., numel
+  const char* unit;             // what a run is: "level"
+};
+
+// A tensor checked, in runs (a network's levels) sampled each on its own.
 struct Checked {
   std::string name;
-  torch::Tensor value;  // a leaf that requires grad
+  torch::Tensor value;                 // a leaf that requires grad
+  std::vector<int64_t> runs;           // run boundaries: 0, ..., numel
+  std::vector<std::string> run_names;  // one per run
 };
+
+// What the check may disturb, put back on every way out: buffers (a batch
+// norm's running statistics) and torch's generators (CPU, and the device's).
+class Restored {
+ public:
+  Restored(torch::nn::Module& module, const std::vector<c10::Device>& devices) {
+    torch::NoGradGuard no_grad;
+    for (const auto& b : module.named_buffers())
+      if (b.value().defined()) buffers_.emplace_back(b.value(), b.value().clone());
+    generators_.push_back(at::detail::getDefaultCPUGenerator());
+    std::vector<c10::Device> seen;
+    for (const auto& d : devices)
+      if (!d.is_cpu() && std::find(seen.begin(), seen.end(), d) == seen.end()) {
+        seen.push_back(d);
+        generators_.push_back(at::globalContext().defaultGenerator(d));
+      }
+    for (auto& g : generators_) states_.push_back(g.get_state());
+  }
+  Restored(const Restored&) = delete;
+  Restored& operator=(const Restored&) = delete;
+  // Whether f drew from a generator since.
+  bool drawn() const {
+    for (size_t k = 0; k < generators_.size(); ++k)
+      if (!torch::equal(generators_[k].get_state(), states_[k])) return true;
+    return false;
+  }
+  ~Restored() {
+    torch::NoGradGuard no_grad;
+    for (auto& [buffer, saved] : buffers_) buffer.copy_(saved);
+    for (size_t k = 0; k < generators_.size(); ++k) generators_[k].set_state(states_[k]);
+  }
+
+ private:
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> buffers_;
+  std::vector<at::Generator> generators_;
+  std::vector<torch::Tensor> states_;
+};
+
+// f(x), its errors said as the check's.
+torch::Tensor evaluate(const std::function<torch::Tensor(const torch::Tensor&)>& f, const torch::Tensor& x) {
+  try {
+    return f(x);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail("{}: the function failed at the given input: {}", kContext, cause_of(e));
+  }
+}
+
+GradientCheck check(torch::nn::Module& module, const std::function<torch::Tensor(const torch::Tensor&)>& f,
+                    const torch::Tensor& x, const GradientCheckOptions& options,
+                    const std::map<std::string, Runs>& runs_of) {
+  check_options(options);
+  if (!x.defined()) fail("{}: the input is an undefined tensor", kContext);
+  std::vector<Checked> checked;
+  std::vector<c10::Device> devices{x.device()};
+  for (const auto& item : module.named_parameters()) {
+    const torch::Tensor& p = item.value();
+    if (!p.requires_grad()) continue;  // nothing to compare: autograd gives it no gradient
+    if (p.scalar_type() != torch::kFloat64)
+      fail(
+          "{}: parameter \"{}\" is {}; expected float64: a central difference in a coarser dtype cannot check a "
+          "gradient (a connex network: NeuralNetworkOptions().dtype(torch::kFloat64); a torch module: "
+          "->to(torch::kFloat64))",
+          kContext, item.key(), dtype_word(p.scalar_type()));
+    if (!p.is_contiguous()) fail("{}: parameter \"{}\" is not contiguous", kContext, item.key());
+    Checked c{item.key(), p, {0, p.numel()}, {item.key()}};
+    if (auto it = runs_of.find(item.key()); it != runs_of.end() && it->second.bounds.back() == p.numel()) {
+      c.runs = it->second.bounds;
+      c.run_names.clear();
+      for (size_t r = 0; r + 1 < c.runs.size(); ++r)
+        c.run_names.push_back(fmt::format("{} ({} {})", item.key(), it->second.unit, r + 1));
+    }
+    checked.push_back(std::move(c));
+    devices.push_back(p.device());
+  }
+  torch::Tensor input = x.detach().clone();
+  if (options.check_input()) {
+    if (input.scalar_type() != torch::kFloat64)
+      fail("{}: the input is {}; expected float64, or check_input(false) to check the parameters only", kContext,
+           dtype_word(input.scalar_type()));
+    input.requires_grad_(true);
+    checked.push_back({"input", input, {0, input.numel()}, {"input"}});
+  }
+
+  const Restored restored(module, devices);
+  const torch::Tensor out = evaluate(f, input);
+  if (restored.drawn())
+    fail(
+        "{}: the function draws from torch's random generator: it must be deterministic (dropout in training "
+        "mode? call eval() first)",
+        kContext);
+  if (!out.defined()) fail("{}: expected a float64 output, got an undefined tensor", kContext);
+  if (out.scalar_type() != torch::kFloat64)
+    fail("{}: expected a float64 output, got {}: its rounding would swamp the central differences", kContext,
+         dtype_word(out.scalar_type()));
+  if (out.numel() == 0) fail("{}: the output is empty", kContext);
+  if (!torch::isfinite(out.detach()).all().item<bool>())
+    fail("{}: the output is not finite at the given input", kContext);
+  // Evaluated as the first was (with autograd on), so a path chosen without it cannot differ by rounding;
+  // a threaded reduction may still differ in its last bits, a random draw by whole values.
+  const torch::Tensor again = evaluate(f, input).detach();
+  const double scale = std::max(1.0, out.detach().abs().max().item<double>());
+  if (again.sizes() != out.sizes() || !((again - out.detach()).abs().max().item<double>() <= 1e-10 * scale))
+    fail("{}: two evaluations at the same values differ: the function must be deterministic", kContext);
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed());
+  const torch::Tensor r =
+      torch::randn(out.sizes(), generator, torch::TensorOptions().dtype(torch::kFloat64)).to(out.options());
+  const torch::Tensor loss = (out * r).sum();
+
+  std::vector<torch::Tensor> leaves;
+  for (const auto& c : checked) leaves.push_back(c.value);
+  std::vector<torch::Tensor> grads;
+  try {
+    grads = torch::autograd::grad({loss}, leaves, {}, /*retain_graph=*/false, /*create_graph=*/false,
+                                  /*allow_unused=*/true);
+  } catch (const std::exception& e) {
+    fail("{}: autograd cannot differentiate the output (made under a NoGradGuard, or detached?): {}", kContext,
+         cause_of(e));
+  }
+
+  GradientCheck result;
+  double worst = -1;
+  torch::NoGradGuard no_grad;
+  const auto loss_at = [&] { return (evaluate(f, input) * r).sum().item<double>(); };
+  for (size_t k = 0; k < checked.size(); ++k) {
+    const Checked& c = checked[k];
+    torch::Tensor flat = c.value.detach().view(-1);
+    const torch::Tensor analytic_all =
+        grads[k].defined() ? grads[k].detach().reshape(-1).cpu() : torch::zeros({flat.numel()}, torch::kFloat64);
+    for (size_t run = 0; run + 1 < c.runs.size(); ++run) {
+      TensorGradientCheck counts{c.run_names[run]};
+      std::vector<int64_t> at;
+      sample(c.runs[run], c.runs[run + 1], options.entries_per_tensor(), at);
+      for (const int64_t i : at) {
+        torch::Tensor entry = flat.narrow(0, i, 1);
+        const double original = entry.item<double>();
+        entry.fill_(original + options.step());
+        const double up = loss_at();
+        entry.fill_(original - options.step());
+        const double down = loss_at();
+        entry.fill_(original);  // exactly as it was: a double round-trips
+        const double numeric = (up - down) / (2 * options.step());
+        const double analytic = analytic_all[i].item<double>();
+        const double allowed = options.atol() + options.rtol() * std::abs(numeric);
+        const double difference = std::abs(analytic - numeric);
+        double ratio =
+            allowed > 0 ? difference / allowed : (difference == 0 ? 0 : std::numeric_limits<double>::infinity());
+        if (!std::isfinite(numeric) || !std::isfinite(analytic)) ratio = std::numeric_limits<double>::infinity();
+        ++counts.entries_checked;
+        if (!(ratio <= 1)) ++counts.entries_failed;
+        if (ratio > worst) {
+          worst = ratio;
+          result.tensor = c.name;
+          result.entry = i;
+          result.analytic = analytic;
+          result.numeric = numeric;
+          result.ratio = ratio;
+        }
+      }
+      result.entries_checked += counts.entries_checked;
+      result.entries_failed += counts.entries_failed;
+      if (counts.entries_checked > 0) result.tensors.push_back(std::move(counts));
+    }
+  }
+  result.passed = result.entries_failed == 0;
+  return result;
+}
 
 }  // namespace
 
@@ -61,102 +240,29 @@ std::string GradientCheck::summary() const {
   if (passed)
     return fmt::format("{}: passed, {} entries; closest to its tolerance {} ({:.3g} of it)", kContext, entries_checked,
                        where, ratio);
-  return fmt::format("{}: failed at {} of {} entries; worst {} ({:.3g} times the tolerance)", kContext, entries_failed,
-                     entries_checked, where, ratio);
+  std::vector<std::string> failing;
+  for (const auto& t : tensors)
+    if (t.entries_failed > 0)
+      failing.push_back(fmt::format("{} {} of {}", t.tensor, t.entries_failed, t.entries_checked));
+  return fmt::format("{}: failed at {} of {} entries ({}); worst {} ({:.3g} times the tolerance)", kContext,
+                     entries_failed, entries_checked, fmt::join(failing, ", "), where, ratio);
 }
 
 GradientCheck check_gradients(torch::nn::Module& module, const std::function<torch::Tensor(const torch::Tensor&)>& f,
                               const torch::Tensor& x, const GradientCheckOptions& options) {
-  check_options(options);
-  if (!x.defined()) fail("{}: the input is an undefined tensor", kContext);
-  std::vector<Checked> checked;
-  for (const auto& item : module.named_parameters()) {
-    const torch::Tensor& p = item.value();
-    if (!p.requires_grad()) continue;  // nothing to compare: autograd gives it no gradient
-    if (p.scalar_type() != torch::kFloat64)
-      fail(
-          "{}: parameter \"{}\" is {}; expected float64: a central difference in a coarser dtype cannot check a "
-          "gradient (build the module with dtype float64)",
-          kContext, item.key(), dtype_word(p.scalar_type()));
-    if (!p.is_contiguous()) fail("{}: parameter \"{}\" is not contiguous", kContext, item.key());
-    checked.push_back({item.key(), p});
-  }
-  torch::Tensor input = x.detach().clone();
-  if (options.check_input()) {
-    if (input.scalar_type() != torch::kFloat64)
-      fail("{}: the input is {}; expected float64, or check_input(false) to check the parameters only", kContext,
-           dtype_word(input.scalar_type()));
-    input.requires_grad_(true);
-    checked.push_back({"input", input});
-  }
-
-  torch::Tensor out = f(input);
-  if (!out.defined() || !out.is_floating_point())
-    fail("{}: expected a floating-point output, got {}", kContext,
-         out.defined() ? dtype_word(out.scalar_type()) : std::string("an undefined tensor"));
-  if (out.numel() == 0) fail("{}: the output is empty", kContext);
-  // Evaluated as the first was (with autograd on), so a path chosen without it cannot differ by rounding;
-  // a threaded reduction may still differ in its last bits, dropout by whole values.
-  const torch::Tensor again = f(input).detach();
-  const double scale = std::max(1.0, out.detach().abs().max().item<double>());
-  if (again.sizes() != out.sizes() || !((again - out.detach()).abs().max().item<double>() <= 1e-10 * scale))
-    fail(
-        "{}: two evaluations at the same values differ: the function must be deterministic (dropout in "
-        "training mode? call eval() first)",
-        kContext);
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed());
-  const torch::Tensor r =
-      torch::randn(out.sizes(), generator, torch::TensorOptions().dtype(torch::kFloat64)).to(out.options());
-  const torch::Tensor loss = (out * r).sum();
-  if (!std::isfinite(loss.item<double>())) fail("{}: the output is not finite at the given input", kContext);
-
-  std::vector<torch::Tensor> leaves;
-  for (const auto& c : checked) leaves.push_back(c.value);
-  const auto grads = torch::autograd::grad({loss}, leaves, {}, /*retain_graph=*/false, /*create_graph=*/false,
-                                           /*allow_unused=*/true);
-
-  GradientCheck result;
-  double worst = -1;
-  torch::NoGradGuard no_grad;
-  const auto loss_at = [&] { return (f(input) * r).sum().item<double>(); };
-  for (size_t k = 0; k < checked.size(); ++k) {
-    torch::Tensor flat = checked[k].value.detach().view(-1);
-    const torch::Tensor analytic_all =
-        grads[k].defined() ? grads[k].detach().reshape(-1).cpu() : torch::zeros({flat.numel()}, torch::kFloat64);
-    for (const int64_t i : sampled(flat.numel(), options.entries_per_tensor())) {
-      torch::Tensor entry = flat.narrow(0, i, 1);
-      const double original = entry.item<double>();
-      entry.fill_(original + options.step());
-      const double up = loss_at();
-      entry.fill_(original - options.step());
-      const double down = loss_at();
-      entry.fill_(original);  // exactly as it was: a double round-trips
-      const double numeric = (up - down) / (2 * options.step());
-      const double analytic = analytic_all[i].item<double>();
-      const double allowed = options.atol() + options.rtol() * std::abs(numeric);
-      const double difference = std::abs(analytic - numeric);
-      double ratio =
-          allowed > 0 ? difference / allowed : (difference == 0 ? 0 : std::numeric_limits<double>::infinity());
-      if (!std::isfinite(numeric) || !std::isfinite(analytic)) ratio = std::numeric_limits<double>::infinity();
-      ++result.entries_checked;
-      if (!(ratio <= 1)) ++result.entries_failed;
-      if (ratio > worst) {
-        worst = ratio;
-        result.tensor = checked[k].name;
-        result.entry = i;
-        result.analytic = analytic;
-        result.numeric = numeric;
-        result.ratio = ratio;
-      }
-    }
-  }
-  result.passed = result.entries_failed == 0;
-  return result;
+  return check(module, f, x, options, {});
 }
 
 GradientCheck check_gradients(NeuralNetwork& network, const torch::Tensor& x, const GradientCheckOptions& options) {
-  return check_gradients(
-      *network, [&](const torch::Tensor& input) { return network->forward(input); }, x, options);
+  // The flat weight and bias, sampled level by level.
+  const Topology& t = network->topology();
+  std::vector<int64_t> weight_runs{0}, bias_runs{0};
+  for (size_t l = 1; l < t.levels().size(); ++l) {
+    weight_runs.push_back(t.levels()[l].conn_end);
+    bias_runs.push_back(t.bias_index(t.levels()[l].end - 1) + 1);
+  }
+  return check(*network, [&](const torch::Tensor& input) { return network->forward(input); }, x, options,
+               {{"weight", {weight_runs, "level"}}, {"bias", {bias_runs, "level"}}});
 }
 
 }  // namespace connex
