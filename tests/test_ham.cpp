@@ -367,13 +367,19 @@ TEST(HamLagrangian, AnOverflowingLayerEnergyIsInfinityNotNaN) {
   }
 }
 
-TEST(HamDescent, ClampedLayersAndEntriesNeverMove) {
+// A chain v → h → c (identity, softmax(3), tanh) drawn from seed 9, with 5 random samples.
+std::pair<H::HAM, H::States> chain_with_states() {
   torch::manual_seed(9);
   H::HAM ham;
   ham->add_layer("v", {8}, H::identity()).add_layer("h", {6}, H::softmax(3.0)).add_layer("c", {4}, H::tanh());
   ham->add_synapse("vh", H::linear(), {"v", "h"}).add_synapse("hc", H::linear(), {"h", "c"});
   auto x = ham->init_states(5);
   for (auto& [name, t] : x) t.normal_();
+  return {ham, x};
+}
+
+TEST(HamDescent, ClampedLayersAndEntriesNeverMove) {
+  auto [ham, x] = chain_with_states();
   auto mask = torch::rand({5, 8}) < 0.5;
   auto out = ham->descend(x, H::DescentOptions().steps(30), {{"v", mask}, {"c", {}}}).states;
   EXPECT_TRUE(torch::equal(out["c"], x["c"]));
@@ -413,6 +419,46 @@ TEST(HamDescent, ResultNeverSharesTheCallersTensors) {
   y["v"] = leaf;
   ham->descend(y, H::DescentOptions().steps(0)).states["v"].sum().backward();
   EXPECT_TRUE(torch::equal(leaf.grad(), torch::ones({2, 4})));
+}
+
+// A step's change (the largest |Δx|) tells a descent that has not settled, and
+// a tolerance stops one that has, where a fixed descent of as many steps would.
+TEST(HamDescent, ToleranceStopsASettledDescentAndChangeTellsOneThatIsNot) {
+  DoubleDefault dd;
+  // One identity layer and no synapse: x ← x·(1 − dt/τ), a step moving the
+  // largest |x| by dt/τ of it: here 0.2·0.9^(k−1) at step k.
+  H::HAM leak;
+  leak->add_layer("x", {2}, H::identity());
+  const H::States x{{"x", torch::tensor({{1.0, -2.0}})}};
+  const auto two = leak->descend(x, H::DescentOptions().steps(2).dt(0.1));
+  EXPECT_EQ(two.steps, 2);
+  EXPECT_NEAR(two.change, 0.2 * 0.9, 1e-15);
+  EXPECT_FALSE(two.converged);  // no tolerance was given
+  // 0.2·0.9^(k−1) ≤ 0.1 first at k = 8 (0.9^7 = 0.478, 0.9^6 = 0.531).
+  const auto settled = leak->descend(x, H::DescentOptions().steps(100).dt(0.1).tolerance(0.1).record_energy(true));
+  EXPECT_EQ(settled.steps, 8);
+  EXPECT_TRUE(settled.converged);
+  EXPECT_NEAR(settled.change, 0.2 * std::pow(0.9, 7), 1e-15);
+  EXPECT_EQ(settled.energy.size(0), 9);
+  EXPECT_TRUE(
+      torch::equal(settled.states.at("x"), leak->descend(x, H::DescentOptions().steps(8).dt(0.1)).states.at("x")));
+  // dt/τ = 2.5: x ← −1.5·x, finite for 20 steps and moving ever more; not settled.
+  const auto wild = leak->descend(x, H::DescentOptions().steps(20).dt(2.5).tolerance(1e-3));
+  EXPECT_EQ(wild.steps, 20);
+  EXPECT_FALSE(wild.converged);
+  EXPECT_NEAR(wild.change, 2.5 * 2.0 * std::pow(1.5, 19), 1e-9 * wild.change);
+  EXPECT_EQ(leak->descend(x, H::DescentOptions().steps(0).tolerance(0.1)).steps, 0);
+  EXPECT_FALSE(leak->descend(x, H::DescentOptions().steps(0).tolerance(0.1)).converged);
+
+  // A memory settles well before its step budget; held layers and entries do not count.
+  auto [ham, states] = chain_with_states();
+  const auto memory = ham->descend(states, H::DescentOptions().steps(2000).tolerance(1e-6), {{"c", {}}});
+  EXPECT_TRUE(memory.converged);
+  EXPECT_LT(memory.steps, 2000);
+  EXPECT_LE(memory.change, 1e-6);
+  const auto fixed = ham->descend(states, H::DescentOptions().steps(memory.steps), {{"c", {}}});
+  for (const auto& [name, t] : fixed.states) EXPECT_TRUE(torch::equal(memory.states.at(name), t)) << name;
+  EXPECT_DOUBLE_EQ(fixed.change, memory.change);  // the last step is measured either way
 }
 
 TEST(HamDescent, InferenceKeepsNoGraphTrainingDoes) {
@@ -880,6 +926,8 @@ TEST(HamErrors, BadStatesAndOptionsAreRefused) {
   }
   EXPECT_THROW_MSG(ham->descend(x, H::DescentOptions().dt(0)), "descend(): expected a finite dt > 0, got 0");
   EXPECT_THROW_MSG(ham->descend(x, H::DescentOptions().steps(-1)), "descend(): expected steps ≥ 0, got -1");
+  EXPECT_THROW_MSG(ham->descend(x, H::DescentOptions().tolerance(-1)),
+                   "descend(): expected a finite tolerance ≥ 0, got -1");
   EXPECT_THROW_MSG(ham->descend(x, {}, {{"q", {}}}), "descend(): clamp \"q\" names no layer of the HAM");
   EXPECT_THROW_MSG(ham->descend(x, {}, {{"a", torch::ones({3, 3}, torch::kBool)}}),
                    "descend(): clamp \"a\": its mask [3, 3] does not broadcast to the state [3, 4]");

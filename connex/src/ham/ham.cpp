@@ -406,6 +406,8 @@ Descent HAMImpl::descend(const States& x, const DescentOptions& options, const C
   if (options.steps() < 0) fail("descend(): expected steps ≥ 0, got {}", options.steps());
   if (!(options.dt() > 0) || !std::isfinite(options.dt()))
     fail("descend(): expected a finite dt > 0, got {}", options.dt());
+  if (!(options.tolerance() >= 0) || !std::isfinite(options.tolerance()))
+    fail("descend(): expected a finite tolerance ≥ 0, got {}", options.tolerance());
   auto xs = ordered(x, "descend()");
   const auto given = xs;  // the caller's tensors, which the result never shares
   // Per layer: held whole, held where a mask says, or free.
@@ -456,7 +458,13 @@ Descent HAMImpl::descend(const States& x, const DescentOptions& options, const C
   record();
   const size_t n = layers_.size();
   std::vector<torch::Tensor> current(n);  // −Σ_s ∂E_s/∂g per layer
+  std::vector<torch::Tensor> before;      // the states a measured step started from
+  int64_t taken = 0;
+  double change = 0;
   for (int64_t step = 0; step < options.steps(); ++step) {
+    // Every step's change is measured under a tolerance, else only the last's.
+    const bool measured = options.tolerance() > 0 || step + 1 == options.steps();
+    if (measured) before = xs;
     const auto gs = activations_of(xs);
     std::fill(current.begin(), current.end(), torch::Tensor());
     for (size_t s = 0; s < synapses_.size(); ++s) {
@@ -474,6 +482,14 @@ Descent HAMImpl::descend(const States& x, const DescentOptions& options, const C
       xs[l] = masks[l].defined() ? torch::where(masks[l], xs[l], next) : next;
     }
     record();
+    ++taken;
+    if (measured) {
+      torch::NoGradGuard measure_only;
+      change = 0;
+      for (size_t l = 0; l < n; ++l)
+        if (!held[l]) change = std::max(change, (xs[l].detach() - before[l].detach()).abs().max().item<double>());
+      if (options.tolerance() > 0 && change <= options.tolerance()) break;
+    }
   }
   for (size_t l = 0; l < n; ++l)
     if (!held[l] && any_non_finite(xs[l])) {
@@ -503,6 +519,9 @@ Descent HAMImpl::descend(const States& x, const DescentOptions& options, const C
   // A state no step replaced (steps(0), a held layer) is copied, so that writing into the result leaves `x` alone.
   for (size_t l = 0; l < n; ++l) result.states[layers_[l].name] = xs[l].is_same(given[l]) ? xs[l].clone() : xs[l];
   if (options.record_energy()) result.energy = torch::stack(energies);
+  result.steps = taken;
+  result.change = change;
+  result.converged = options.tolerance() > 0 && taken > 0 && change <= options.tolerance();
   return result;
 }
 
