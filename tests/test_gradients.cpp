@@ -1111,3 +1111,34 @@ TEST(GradientCheck, RefusesRandomDrawsNonFiniteAndCoarseOutputsAndRestoresBuffer
   ASSERT_EQ(after.size(), buffers.size());
   for (size_t k = 0; k < after.size(); ++k) EXPECT_TRUE(torch::equal(after[k], buffers[k])) << k;
 }
+
+// What a review found: a graph built before the check still backpropagates, a
+// function that throws at a moved entry leaves it as it was and is named
+// there, a transposed input and a caller's NoGradGuard are checked as any.
+TEST(GradientCheck, LeavesGraphsAndParametersIntactWhateverHappens) {
+  torch::nn::Linear linear(torch::nn::LinearOptions(3, 1));
+  linear->to(torch::kFloat64);
+  const auto f = [&](const torch::Tensor& v) { return linear(v); };
+  const auto x = torch::randn({4, 3}, torch::kFloat64);
+  const auto pending = linear(x).pow(2).sum();  // backward() comes after the check
+  EXPECT_TRUE(check_gradients(*linear, f, x).passed);
+  pending.backward();  // the check's writes went through data(): no version bumped
+  EXPECT_TRUE(linear->weight.grad().defined());
+
+  {
+    torch::NoGradGuard no_grad;  // the caller's: the check turns autograd on for itself
+    EXPECT_TRUE(check_gradients(*linear, f, x).passed);
+  }
+  const auto transposed = check_gradients(*linear, f, torch::randn({3, 4}, torch::kFloat64).t());
+  EXPECT_TRUE(transposed.passed) << transposed.summary();
+
+  torch::NoGradGuard no_grad;
+  linear->weight.fill_(1.0);
+  const auto refuses_above_one = [&](const torch::Tensor& v) {
+    TORCH_CHECK(linear->weight[0][0].item<double>() <= 1.0, "weight above 1");
+    return linear(v);
+  };
+  EXPECT_THROW_MSG(check_gradients(*linear, refuses_above_one, x, GradientCheckOptions().check_input(false)),
+                   "check_gradients(): the function failed at \"weight\"[0] ± 1e-06: weight above 1");
+  EXPECT_TRUE(torch::equal(linear->weight, torch::ones({1, 3}, torch::kFloat64)));  // put back
+}

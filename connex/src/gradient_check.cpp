@@ -100,22 +100,42 @@ class Restored {
   std::vector<torch::Tensor> states_;
 };
 
-// f(x), its errors said as the check's.
-torch::Tensor evaluate(const std::function<torch::Tensor(const torch::Tensor&)>& f, const torch::Tensor& x) {
+// f(x), its errors said as the check's, naming the point (`at`).
+torch::Tensor evaluate(const std::function<torch::Tensor(const torch::Tensor&)>& f, const torch::Tensor& x,
+                       const std::string& at = "the given input") {
   try {
     return f(x);
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    fail("{}: the function failed at the given input: {}", kContext, cause_of(e));
+    fail("{}: the function failed at {}: {}", kContext, at, cause_of(e));
   }
 }
+
+// One entry moved for a central difference, and put back exactly (a double
+// round-trips) however the evaluation there ends. It writes through
+// `data()`, whose version counter is its own, so a graph built on the
+// parameter before the check can still be backpropagated.
+class Moved {
+ public:
+  Moved(const torch::Tensor& entry) : entry_(entry), original_(entry.item<double>()) {}
+  Moved(const Moved&) = delete;
+  Moved& operator=(const Moved&) = delete;
+  double original() const { return original_; }
+  void to(double value) { entry_.fill_(value); }
+  ~Moved() { entry_.fill_(original_); }
+
+ private:
+  torch::Tensor entry_;
+  double original_;
+};
 
 GradientCheck check(torch::nn::Module& module, const std::function<torch::Tensor(const torch::Tensor&)>& f,
                     const torch::Tensor& x, const GradientCheckOptions& options,
                     const std::map<std::string, Runs>& runs_of) {
   check_options(options);
   if (!x.defined()) fail("{}: the input is an undefined tensor", kContext);
+  const torch::AutoGradMode grad_on(true);  // a caller's NoGradGuard would leave nothing to compare
   std::vector<Checked> checked;
   std::vector<c10::Device> devices{x.device()};
   for (const auto& item : module.named_parameters()) {
@@ -138,7 +158,7 @@ GradientCheck check(torch::nn::Module& module, const std::function<torch::Tensor
     checked.push_back(std::move(c));
     devices.push_back(p.device());
   }
-  torch::Tensor input = x.detach().clone();
+  torch::Tensor input = x.detach().clone(at::MemoryFormat::Contiguous);  // flat positions in logical order
   if (options.check_input()) {
     if (input.scalar_type() != torch::kFloat64)
       fail("{}: the input is {}; expected float64, or check_input(false) to check the parameters only", kContext,
@@ -186,10 +206,9 @@ GradientCheck check(torch::nn::Module& module, const std::function<torch::Tensor
   GradientCheck result;
   double worst = -1;
   torch::NoGradGuard no_grad;
-  const auto loss_at = [&] { return (evaluate(f, input) * r).sum().item<double>(); };
   for (size_t k = 0; k < checked.size(); ++k) {
     const Checked& c = checked[k];
-    torch::Tensor flat = c.value.detach().view(-1);
+    torch::Tensor flat = c.value.data().view(-1);
     const torch::Tensor analytic_all =
         grads[k].defined() ? grads[k].detach().reshape(-1).cpu() : torch::zeros({flat.numel()}, torch::kFloat64);
     for (size_t run = 0; run + 1 < c.runs.size(); ++run) {
@@ -197,13 +216,15 @@ GradientCheck check(torch::nn::Module& module, const std::function<torch::Tensor
       std::vector<int64_t> at;
       sample(c.runs[run], c.runs[run + 1], options.entries_per_tensor(), at);
       for (const int64_t i : at) {
-        torch::Tensor entry = flat.narrow(0, i, 1);
-        const double original = entry.item<double>();
-        entry.fill_(original + options.step());
-        const double up = loss_at();
-        entry.fill_(original - options.step());
-        const double down = loss_at();
-        entry.fill_(original);  // exactly as it was: a double round-trips
+        double up = 0, down = 0;
+        {
+          Moved entry(flat.narrow(0, i, 1));
+          const std::string where = fmt::format("\"{}\"[{}] ± {}", c.name, i, options.step());
+          entry.to(entry.original() + options.step());
+          up = (evaluate(f, input, where) * r).sum().item<double>();
+          entry.to(entry.original() - options.step());
+          down = (evaluate(f, input, where) * r).sum().item<double>();
+        }
         const double numeric = (up - down) / (2 * options.step());
         const double analytic = analytic_all[i].item<double>();
         const double allowed = options.atol() + options.rtol() * std::abs(numeric);
@@ -215,7 +236,7 @@ GradientCheck check(torch::nn::Module& module, const std::function<torch::Tensor
         if (!(ratio <= 1)) ++counts.entries_failed;
         if (ratio > worst) {
           worst = ratio;
-          result.tensor = c.name;
+          result.tensor = c.run_names[run];
           result.entry = i;
           result.analytic = analytic;
           result.numeric = numeric;

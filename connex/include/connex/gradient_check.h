@@ -1,8 +1,8 @@
 #pragma once
 // A gradient check for C++: autograd's gradients of a module (and of its
 // input) against central differences, as torch.autograd.gradcheck does in
-// Python. Written for the authors of a LevelOperation, a TensorFunction module
-// or a Lagrangian: a wrong backward shows here before it trains badly.
+// Python. Written for the authors of a LevelOperation or a TensorFunction
+// module: a wrong backward shows here before it trains badly.
 //
 //   auto net = connex::NeuralNetwork(spec, connex::NeuralNetworkOptions().dtype(torch::kFloat64)
 //                                              .operations({std::make_shared<MyOperation>()}));
@@ -12,7 +12,7 @@
 // The loss is L = Σ f(x) · r with r fixed random weights (so every output
 // counts, with a sign and size of its own). Each checked entry v is moved to
 // v ± step and L evaluated again: the central difference (L+ − L−) / 2·step
-// must match ∂L/∂v within atol + rtol·|difference|. Parameters, buffers
+// ("numeric") must match ∂L/∂v within atol + rtol·|numeric|. Parameters, buffers
 // (a batch norm's running statistics), the input, every .grad and torch's
 // random generators are left as they were, bit for bit. Where f has a kink
 // (relu at 0) an entry at it can differ: check at points away from kinks.
@@ -33,8 +33,8 @@ struct GradientCheckOptions {
   TORCH_ARG(double, step) = 1e-6;  // the central difference's step
   TORCH_ARG(double, atol) = 1e-5;  // an entry passes when |analytic − numeric| ≤ atol + rtol·|numeric|
   TORCH_ARG(double, rtol) = 1e-3;
-  // Entries checked per tensor, evenly spaced through it (first and last
-  // included); 0 checks every entry. Each costs two forward passes. A
+  // Entries checked per tensor, evenly spaced through it (from 2 on, the
+  // first and last included); 0 checks every entry. Each costs two forward passes. A
   // NeuralNetwork's weight and bias count one tensor per level, so that
   // every level is checked however wide the others are.
   TORCH_ARG(int64_t, entries_per_tensor) = 64;
@@ -55,7 +55,7 @@ struct GradientCheck {
   int64_t entries_failed = 0;
   std::vector<TensorGradientCheck> tensors;  // in the order checked: parameters, then the input
   // The entry furthest outside its tolerance (or, when all pass, closest to it):
-  std::string tensor;   // "input" or a named_parameters() key
+  std::string tensor;   // as in `tensors`: "input", a named_parameters() key, "weight (level 2)"
   int64_t entry = -1;   // its position in the flattened tensor
   double analytic = 0;  // autograd's ∂L/∂entry
   double numeric = 0;   // the central difference
