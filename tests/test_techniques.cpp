@@ -786,6 +786,14 @@ class MisspeltScriptedGain : public ScriptedGain {
 
 namespace {
 
+// A step whose torch operation fails (a product of mismatched shapes).
+class MismatchedProduct : public NeuronGain {
+ public:
+  torch::Tensor on_preactivation(const LevelContext&, const torch::Tensor& z) const override {
+    return torch::ones({3, 3}).matmul(z);
+  }
+};
+
 // Steps that return the wrong shape: an input dropped, a transposed result.
 class DropsASource : public NeuronGain {
  public:
@@ -799,6 +807,21 @@ class Transposes : public NeuronGain {
 };
 
 }  // namespace
+
+// A torch error from within a step is one line naming the operation, the step and the level.
+TEST(UserOperation, ATorchErrorWithinAStepIsNamed) {
+  NeuralNetwork net(small_graph(), NeuralNetworkOptions().operations({std::make_shared<MismatchedProduct>()}));
+  try {
+    net->forward(torch::zeros({2, 2}));
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_EQ(message.rfind("NeuralNetwork::forward(): operation \"gain\"'s on_preactivation at level 1: ", 0), 0u)
+        << message;
+    EXPECT_NE(message.find("cannot be multiplied"), std::string::npos) << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;  // torch's backtrace left out
+  }
+}
 
 // A step that returns the wrong shape is named with its operation and level,
 // where it returns (a torch error about mismatched products came later).

@@ -2,6 +2,7 @@
 // Pieces of connex's one-line error messages that several layers write:
 // a tensor's shape, and the cause a library exception gives. Internal.
 #include <exception>
+#include <new>
 #include <string>
 
 #include <c10/util/ArrayRef.h>
@@ -35,15 +36,23 @@ inline std::string cause_of(const std::exception& e) {
   return one_line(torch_error ? torch_error->what_without_backtrace() : e.what());
 }
 
-// Runs one step of a per-level operation (`call`); a connex error from within
-// it is raised again naming the caller, the operation, the step and the level:
+// Runs one step of a per-level operation (`call`); an error from within it
+// (connex's, torch's or the operation's own) is raised again as one line
+// naming the caller, the operation, the step and the level:
 //   NeuralNetwork::forward(): operation "gain"'s on_preactivation at level 1: ...
+// Running out of memory passes as it is.
 template <typename Call>
 auto in_operation_step(const char* context, const std::string& operation, const char* step, size_t level, Call&& call) {
   try {
     return call();
   } catch (const Error& e) {
     fail("{}: operation \"{}\"'s {} at level {}: {}", context, operation, step, level, e.what());
+  } catch (const c10::OutOfMemoryError&) {
+    throw;
+  } catch (const std::bad_alloc&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail("{}: operation \"{}\"'s {} at level {}: {}", context, operation, step, level, cause_of(e));
   }
 }
 
