@@ -1142,3 +1142,28 @@ TEST(GradientCheck, LeavesGraphsAndParametersIntactWhateverHappens) {
                    "check_gradients(): the function failed at \"weight\"[0] ± 1e-06: weight above 1");
   EXPECT_TRUE(torch::equal(linear->weight, torch::ones({1, 3}, torch::kFloat64)));  // put back
 }
+
+// A gradient given by a formula, against central differences of Σ f: right,
+// wrong by a factor, and refused where it cannot be compared.
+TEST(GradientCheck, ComparesAGradientFormulaWithCentralDifferences) {
+  const auto x = torch::tensor({{0.3, -1.2, 2.0}, {0.5, 0.1, -0.7}}, torch::kFloat64);
+  const auto cube = [](const torch::Tensor& v) { return v.pow(3).sum(1); };  // per sample, as a Lagrangian's value
+  const auto right = check_gradient_formula(cube, 3 * x.pow(2), x, GradientCheckOptions().entries_per_tensor(0));
+  EXPECT_TRUE(right.passed) << right.summary();
+  EXPECT_EQ(right.entries_checked, 6);
+  const auto wrong = check_gradient_formula(cube, 2 * x.pow(2), x);
+  ASSERT_FALSE(wrong.passed);
+  EXPECT_EQ(wrong.tensor, "x");
+  EXPECT_EQ(wrong.entry, 2);  // x = 2: the largest difference, 3·4 against 2·4
+  EXPECT_NEAR(wrong.numeric, 12.0, 1e-6);
+  EXPECT_DOUBLE_EQ(wrong.analytic, 8.0);
+  EXPECT_EQ(wrong.summary().rfind("check_gradient_formula(): failed at 6 of 6 entries (x 6 of 6); worst \"x\"[2]", 0),
+            0u)
+      << wrong.summary();
+  EXPECT_THROW_MSG(check_gradient_formula(cube, x.narrow(1, 0, 2), x),
+                   "check_gradient_formula(): expected a gradient of the input's shape [2, 3], got [2, 2]");
+  EXPECT_THROW_MSG(check_gradient_formula(cube, x.to(torch::kFloat32), x),
+                   "check_gradient_formula(): the gradient is float32; expected float64");
+  EXPECT_THROW_MSG(check_gradient_formula(cube, 3 * x.pow(2), x, GradientCheckOptions().step(-1)),
+                   "check_gradient_formula(): expected step > 0, got -1");
+}

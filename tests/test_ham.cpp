@@ -61,6 +61,29 @@ TEST(HamLagrangian, ActivationEqualsAutogradAndLayerEnergyGradientIsTheState) {
   }
 }
 
+// Every built-in activation is its Lagrangian's gradient by central
+// differences too (check_gradient_formula, which a custom Lagrangian's author
+// uses); one written wrong is caught.
+TEST(HamLagrangian, ActivationsPassTheGradientFormulaCheck) {
+  DoubleDefault dd;
+  torch::manual_seed(4);
+  for (auto& [name, l] : builtin_lagrangians()) {
+    l->attach({5}, "x");
+    const auto x = torch::randn({3, 5}) + (name == "relu" || name.rfind("repu", 0) == 0 ? 0.5 : 0.0);
+    const auto check = check_gradient_formula([&](const torch::Tensor& v) { return l->value(v); }, l->activation(x), x);
+    EXPECT_TRUE(check.passed) << name << ": " << check.summary();
+  }
+  struct TripledActivation : H::LagrangianImpl {
+    torch::Tensor value(const torch::Tensor& x) override { return 0.5 * x.pow(2).sum(1); }
+    torch::Tensor activation(const torch::Tensor& x) override { return 3 * x; }
+  } tripled;
+  const auto x = torch::randn({2, 4});
+  const auto check =
+      check_gradient_formula([&](const torch::Tensor& v) { return tripled.value(v); }, tripled.activation(x), x);
+  ASSERT_FALSE(check.passed);
+  EXPECT_NEAR(check.analytic / check.numeric, 3.0, 1e-6);
+}
+
 TEST(HamLagrangian, ValuesMatchTheirFormulas) {
   DoubleDefault dd;
   auto x = torch::tensor({{-1.0, 0.5, 2.0}});

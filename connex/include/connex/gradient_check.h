@@ -50,6 +50,7 @@ struct TensorGradientCheck {
 };
 
 struct GradientCheck {
+  std::string check = "check_gradients()";  // the function that made it, which summary() names
   bool passed = true;
   int64_t entries_checked = 0;
   int64_t entries_failed = 0;
@@ -78,5 +79,15 @@ GradientCheck check_gradients(torch::nn::Module& module, const std::function<tor
                               const torch::Tensor& x, const GradientCheckOptions& options = {});
 // The network's forward, over all its parameters.
 GradientCheck check_gradients(NeuralNetwork& network, const torch::Tensor& x, const GradientCheckOptions& options = {});
+
+// Checks a gradient given by a formula, with no autograd: `gradient` (shaped
+// as x) against central differences of Σ f(x), as the check above does for
+// x ("x" in the report; check_input does not apply). For a custom HAM
+// Lagrangian whose activation is written out:
+//   auto check = connex::check_gradient_formula(
+//       [&](const torch::Tensor& v) { return lagrangian->value(v); }, lagrangian->activation(x), x);
+GradientCheck check_gradient_formula(const std::function<torch::Tensor(const torch::Tensor&)>& f,
+                                     const torch::Tensor& gradient, const torch::Tensor& x,
+                                     const GradientCheckOptions& options = {});
 
 }  // namespace connex
