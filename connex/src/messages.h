@@ -1,6 +1,7 @@
 #pragma once
 // Pieces of connex's one-line error messages that several layers write:
-// a tensor's shape, and the cause a library exception gives. Internal.
+// a tensor's shape, the cause a library exception gives, and an operation's
+// step named around what it raised. Internal.
 #include <exception>
 #include <new>
 #include <string>
