@@ -1,6 +1,7 @@
 // Files: JSON configs, checkpoints, weighted-graph exports, TorchScript.
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -369,6 +370,32 @@ TEST(GraphExport, NodeLinkJsonRoundTripGivesTheSameOutputs) {
     auto x = inputs_for(net);
     EXPECT_TRUE(torch::equal(eval_forward(back, x), eval_forward(net, x))) << trial;
   }
+}
+
+// The drawing lists inputs and outputs top to bottom in the user's order,
+// whatever order would shorten the edges (dot's own choice, without the
+// export's invisible chain, put them 1, 3, 0, 2 here).
+TEST(GraphExport, DotDrawsInputsAndOutputsInTheirOrder) {
+  if (std::system("command -v dot > /dev/null 2>&1") != 0) GTEST_SKIP() << "Graphviz's dot is not installed";
+  NeuralNetwork net(GraphSpec::from_adjacency(
+      {{0, {13}}, {1, {12}}, {2, {11}}, {3, {10}}, {0, {10}}, {10, {21}}, {11, {20}}, {12, {21}}, {13, {20}}},
+      {3, 1, 0, 2}, {21, 20}));
+  TempDir dir;
+  { std::ofstream(dir / "g.dot") << to_dot(net); }
+  ASSERT_EQ(std::system(("dot -Tplain -o " + (dir / "g.txt") + " " + (dir / "g.dot")).c_str()), 0);
+  std::map<std::string, double> height;  // "node NAME X Y ...": Y grows upwards
+  std::ifstream plain(dir / "g.txt");
+  for (std::string kind, name; plain >> kind;) {
+    if (kind == "node") {
+      double x = 0, y = 0;
+      plain >> name >> x >> y;
+      height[name] = y;
+    }
+    std::getline(plain, kind);
+  }
+  for (const auto& order : {std::vector<std::string>{"3", "1", "0", "2"}, std::vector<std::string>{"21", "20"}})
+    for (size_t k = 0; k + 1 < order.size(); ++k)
+      EXPECT_GT(height.at(order[k]), height.at(order[k + 1])) << order[k] << " above " << order[k + 1];
 }
 
 TEST(GraphExport, GraphmlAndDotDescribeEveryConnection) {

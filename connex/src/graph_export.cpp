@@ -417,12 +417,21 @@ std::string full_dot(const NeuralNetwork& network, const std::string& graph_attr
         << ", style=" << (n.frozen ? "\"filled,dashed\"" : "filled") << ", fillcolor=\"" << fill
         << "\", label=" << dot_quote(label) << "];\n";
   }
-  // Inputs on the left, outputs on the right.
-  out << "  { rank=source;";
-  for (const auto& id : g.inputs) out << " " << dot_quote(id.plain()) << ";";
-  out << " }\n  { rank=sink;";
-  for (const auto& id : g.outputs) out << " " << dot_quote(id.plain()) << ";";
-  out << " }\n";
+  // Inputs on the left, outputs on the right, each top to bottom in the
+  // user's order: an invisible chain fixes the order within the rank, which
+  // dot would otherwise choose to shorten edges.
+  const auto rank = [&](const char* side, const std::vector<NeuronId>& ids) {
+    out << "  { rank=" << side << ";";
+    for (const auto& id : ids) out << " " << dot_quote(id.plain()) << ";";
+    if (ids.size() > 1) {
+      out << " ";
+      for (size_t k = 0; k < ids.size(); ++k) out << (k ? " -> " : "") << dot_quote(ids[k].plain());
+      out << " [style=invis];";
+    }
+    out << " }\n";
+  };
+  rank("source", g.inputs);
+  rank("sink", g.outputs);
   for (const auto& c : g.connections) {
     const double strength = std::abs(c.weight) / max_abs;
     out << "  " << dot_quote(c.from.plain()) << " -> " << dot_quote(c.to.plain())
