@@ -38,6 +38,12 @@ inline const DtypeInfo* find_dtype(const std::string& name) {
   return nullptr;
 }
 
+// A network dtype's name ("float32"); null for any other scalar type.
+inline const char* dtype_name(c10::ScalarType type) {
+  const DtypeInfo* info = find_dtype(type);
+  return info ? info->name : nullptr;
+}
+
 // The dtypes connex's own CPU kernels (the fused network, the techniques')
 // compute in: float32 and float64.
 inline bool kernel_dtype(c10::ScalarType type) {

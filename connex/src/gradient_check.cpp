@@ -20,9 +20,10 @@ namespace {
 
 constexpr const char* kContext = "check_gradients()";
 
-std::string dtype_word(c10::ScalarType type) {
-  const DtypeInfo* info = find_dtype(type);
-  return info ? info->name : c10::toString(type);
+// A dtype in messages: dtype.h's name, else torch's ("Long").
+const char* dtype_word(c10::ScalarType type) {
+  const char* name = dtype_name(type);
+  return name ? name : c10::toString(type);
 }
 
 // The options, and that an input was given.
@@ -54,15 +55,16 @@ void sample(int64_t begin, int64_t end, int64_t wanted, std::vector<int64_t>& at
 // A flat tensor's runs, sampled each on its own: a network's levels.
 struct Runs {
   std::vector<int64_t> bounds;  // 0, ..., numel
-  const char* unit;             // what a run is: "level"
+  const char* unit;             // what a run is ("level"); null for one run, the whole tensor
 };
 
-// A tensor checked, in runs (a network's levels) sampled each on its own.
+// A tensor checked, run by run.
 struct Checked {
   std::string name;
-  torch::Tensor value;                 // a leaf that requires grad
-  std::vector<int64_t> runs;           // run boundaries: 0, ..., numel
-  std::vector<std::string> run_names;  // one per run
+  torch::Tensor value;  // a leaf that requires grad
+  Runs runs;
+  // Run r's name in the report: the tensor's, or "weight (level 2)".
+  std::string run_name(size_t r) const { return runs.unit ? fmt::format("{} ({} {})", name, runs.unit, r + 1) : name; }
 };
 
 // What the check may disturb, put back on every way out: buffers (a batch
@@ -173,10 +175,10 @@ GradientCheck compare(const std::vector<Checked>& checked, const std::vector<tor
     torch::Tensor flat = c.value.data().view(-1);
     const torch::Tensor analytic_all = analytic_of[k].defined() ? analytic_of[k].detach().reshape(-1).cpu()
                                                                 : torch::zeros({flat.numel()}, torch::kFloat64);
-    for (size_t run = 0; run + 1 < c.runs.size(); ++run) {
-      TensorGradientCheck counts{c.run_names[run]};
+    for (size_t run = 0; run + 1 < c.runs.bounds.size(); ++run) {
+      TensorGradientCheck counts{c.run_name(run)};
       std::vector<int64_t> at;
-      sample(c.runs[run], c.runs[run + 1], options.entries_per_tensor(), at);
+      sample(c.runs.bounds[run], c.runs.bounds[run + 1], options.entries_per_tensor(), at);
       for (const int64_t i : at) {
         double up = 0, down = 0;
         {
@@ -198,7 +200,7 @@ GradientCheck compare(const std::vector<Checked>& checked, const std::vector<tor
         if (!(ratio <= 1)) ++counts.entries_failed;
         if (ratio > worst) {
           worst = ratio;
-          result.tensor = c.run_names[run];
+          result.tensor = counts.tensor;
           result.entry = i;
           result.analytic = analytic;
           result.numeric = numeric;
@@ -231,14 +233,9 @@ GradientCheck check(torch::nn::Module& module, const std::function<torch::Tensor
           "->to(torch::kFloat64))",
           kContext, item.key(), dtype_word(p.scalar_type()));
     if (!p.is_contiguous()) fail("{}: parameter \"{}\" is not contiguous", kContext, item.key());
-    Checked c{item.key(), p, {0, p.numel()}, {item.key()}};
-    if (auto it = runs_of.find(item.key()); it != runs_of.end() && it->second.bounds.back() == p.numel()) {
-      c.runs = it->second.bounds;
-      c.run_names.clear();
-      for (size_t r = 0; r + 1 < c.runs.size(); ++r)
-        c.run_names.push_back(fmt::format("{} ({} {})", item.key(), it->second.unit, r + 1));
-    }
-    checked.push_back(std::move(c));
+    const auto it = runs_of.find(item.key());
+    const bool in_runs = it != runs_of.end() && it->second.bounds.back() == p.numel();
+    checked.push_back({item.key(), p, in_runs ? it->second : Runs{{0, p.numel()}, nullptr}});
     devices.push_back(p.device());
   }
   torch::Tensor input = x.detach().clone(at::MemoryFormat::Contiguous);  // flat positions in logical order
@@ -247,7 +244,7 @@ GradientCheck check(torch::nn::Module& module, const std::function<torch::Tensor
       fail("{}: the input is {}; expected float64, or check_input(false) to check the parameters only", kContext,
            dtype_word(input.scalar_type()));
     input.requires_grad_(true);
-    checked.push_back({"input", input, {0, input.numel()}, {"input"}});
+    checked.push_back({"input", input, {{0, input.numel()}, nullptr}});
   }
 
   const Restored restored(&module, devices);
@@ -312,7 +309,7 @@ GradientCheck check_gradient_formula(const std::function<torch::Tensor(const tor
   const Restored restored(nullptr, {x.device()});
   checked_output(f, input, restored, context);
   return compare(
-      {{"x", input, {0, input.numel()}, {"x"}}}, {gradient.contiguous()},
+      {{"x", input, {{0, input.numel()}, nullptr}}}, {gradient.contiguous()},
       [&](const std::string& where) { return evaluate(f, input, context, where).sum().item<double>(); }, options,
       context);
 }

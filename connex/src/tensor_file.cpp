@@ -34,12 +34,6 @@ T get(const std::string& in, size_t offset) {
   return value;
 }
 
-// dtype.h's name; null for a dtype a checkpoint cannot hold.
-const char* dtype_name(torch::Dtype dtype) {
-  const DtypeInfo* info = find_dtype(dtype);
-  return info ? info->name : nullptr;
-}
-
 }  // namespace
 
 namespace detail {
