@@ -61,7 +61,7 @@ struct DescentOptions {
   // > 0. Each step moves x a fraction dt/τ of the way to its target: keep
   // dt/τ well below 1 (at dt ≥ τ the states can oscillate or diverge).
   TORCH_ARG(double, dt) = 0.1;
-  // Record the energy before the first step and after each ([steps + 1, batch]); costs one energy per step.
+  // Record the energy before the first step and after each ([steps taken + 1, batch]); costs one energy per step.
   TORCH_ARG(bool, record_energy) = false;
   // > 0: stop after the first step that moves no free state entry (of any
   // sample) by more than this; 0: take every step. Costs a reduction and a
@@ -71,7 +71,7 @@ struct DescentOptions {
 
 struct Descent {
   States states;         // after the last step
-  torch::Tensor energy;  // [steps + 1, batch] when recorded, else undefined
+  torch::Tensor energy;  // [steps taken + 1, batch] when recorded, else undefined
   int64_t steps = 0;     // steps taken: options.steps(), or fewer where the tolerance stopped it
   // The largest |x − x_before| of the last step over every free state entry
   // (0 without a step): a descent that has not settled shows here. Measuring
