@@ -207,7 +207,7 @@ TEST(CliSparse, AStoppedRunResumedPrunesWhereTheUninterruptedOneDoes) {
   TempDir dir;
   write_regression_csv(dir / "d.csv", 64);
   spit(dir / "net.json", kMlp);
-  const int epochs = 400;
+  const int epochs = 1200;  // a plain epoch takes a millisecond or two: the signal must come first
   int done = -1;
   std::string log;
   stop_resume_and_compare(dir,
@@ -224,7 +224,7 @@ TEST(CliSparse, AStoppedRunResumedPrunesWhereTheUninterruptedOneDoes) {
                            "--batch-size",
                            "4",
                            "--prune-at-epoch",
-                           "399",
+                           "1199",
                            "--prune-fraction",
                            "0.4",
                            "--prune-scope",
@@ -234,15 +234,15 @@ TEST(CliSparse, AStoppedRunResumedPrunesWhereTheUninterruptedOneDoes) {
                           epochs, done, log);
   if (HasFatalFailure()) return;
   const auto stopped = load_checkpoint(dir / "stopped/model.ckpt").training;
-  if (done < 399) {
+  if (done < 1199) {
     EXPECT_EQ(stopped.at("prune"),
-              (nlohmann::json{{"at_epoch", 399}, {"fraction", 0.4}, {"scope", "neuron"}, {"keep_min", 1}}));
-    EXPECT_NE(log.find("prune: 0.4 of the connections (neuron scope, keep-min 1) after epoch 399, from the run's "
+              (nlohmann::json{{"at_epoch", 1199}, {"fraction", 0.4}, {"scope", "neuron"}, {"keep_min", 1}}));
+    EXPECT_NE(log.find("prune: 0.4 of the connections (neuron scope, keep-min 1) after epoch 1199, from the run's "
                        "record"),
               std::string::npos)
         << log;
   }
-  if (done < 399)
+  if (done < 1199)
     EXPECT_LT(load(dir / "resumed/model.ckpt")->num_connections(), load(dir / "stopped/model.ckpt")->num_connections());
   // Once it has run, the record drops it.
   EXPECT_FALSE(load_checkpoint(dir / "resumed/model.ckpt").training.contains("prune"));

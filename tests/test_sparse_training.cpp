@@ -200,14 +200,15 @@ TEST(SparseTraining, RigLGrowsTheLargestAbsentGradients) {
 // large shares make many neurons keep their last input. Random DAGs, where a
 // drop can move a neuron to another level, take the compiled path as well
 // as the patched one.
-// A wide level is scored a few thousand source rows at a time (at most 2^22
-// pairs), each later block counting only what beats the quota so far: the
-// grown pairs are still exactly the quota largest |A_sᵀ Δ_t| of the absent
-// ones (equal scores by source, then target), here over 1,200 × 8,000 pairs
-// scored in three blocks.
-TEST(SparseTraining, RigLScoresAWideLevelInBlocksExactly) {
-  NeuralNetwork net(nn::sparse_layered_spec({1200, 8000, 2}, nn::SparseLayersOptions().density(0.01).seed(3)), kTanh64);
-  auto x = torch::randn({8, 1200}, torch::kFloat64), y = torch::randn({8, 2}, torch::kFloat64);
+namespace {
+
+// Rewires a 2-level network of `sizes` by RigL and checks its level-1 growth
+// against a full sort: exactly the quota largest |A_sᵀ Δ_t| of the absent
+// pairs (equal scores by source, then target).
+void expect_rigl_grows_the_largest_of_level_1(const std::vector<int64_t>& sizes, double density) {
+  const int64_t inputs = sizes[0], width = sizes[1];
+  NeuralNetwork net(nn::sparse_layered_spec(sizes, nn::SparseLayersOptions().density(density).seed(3)), kTanh64);
+  auto x = torch::randn({8, inputs}, torch::kFloat64), y = torch::randn({8, sizes[2]}, torch::kFloat64);
   auto trace = traced_backward(net, x, y);
   Rewirer rewirer(net, RewireOptions().method(RewireMethod::RigL).drop_fraction(0.3));
   auto result = rewirer.rewire(net, 0, &trace);
@@ -215,7 +216,7 @@ TEST(SparseTraining, RigLScoresAWideLevelInBlocksExactly) {
   // The level-1 block: scores by (source, target) in dense order, connected pairs out.
   auto scores = torch::mm(trace.values[0], trace.preactivations[1].grad().t()).abs();
   for (int64_t c = 0; c < t.num_connections(); ++c)
-    if (t.level_of(t.conn_target()[c]) == 1) scores[t.conn_source()[c]][t.conn_target()[c] - 1200] = -1;
+    if (t.level_of(t.conn_target()[c]) == 1) scores[t.conn_source()[c]][t.conn_target()[c] - inputs] = -1;
   const auto flat = scores.view(-1).contiguous();
   const double* score = flat.data_ptr<double>();
   std::set<Edge> grown;
@@ -228,8 +229,26 @@ TEST(SparseTraining, RigLScoresAWideLevelInBlocksExactly) {
   std::partial_sort(order.begin(), order.begin() + grown.size(), order.end(),
                     [&](int64_t a, int64_t b) { return score[a] != score[b] ? score[a] > score[b] : a < b; });
   std::set<Edge> largest;
-  for (size_t k = 0; k < grown.size(); ++k) largest.emplace(t.label(order[k] / 8000), t.label(1200 + order[k] % 8000));
+  for (size_t k = 0; k < grown.size(); ++k)
+    largest.emplace(t.label(order[k] / width), t.label(inputs + order[k] % width));
   EXPECT_EQ(grown, largest);
+}
+
+}  // namespace
+
+// A sparse wide level (1,200 × 8,000 pairs, 1 % connected, 0.3 % grown):
+// a sample of the pairs brackets the cut, and each slice of rows keeps only
+// the scores within or above it, straight after its product.
+TEST(SparseTraining, RigLGrowsTheLargestOfASparseWideLevelExactly) {
+  expect_rigl_grows_the_largest_of_level_1({1200, 8000, 2}, 0.01);
+}
+
+// A dense wide level, whose quota is much of its absent pairs (the bracket
+// would hold a quarter of them), is scored a few thousand source rows at a
+// time (at most 2^22 pairs), each later block counting only what beats the
+// quota so far: here 1,000 × 4,500 pairs, half connected, in two blocks.
+TEST(SparseTraining, RigLScoresADenseWideLevelInBlocksExactly) {
+  expect_rigl_grows_the_largest_of_level_1({1000, 4500, 2}, 0.5);
 }
 
 TEST(SparseTraining, RewiringEqualsTheEditorsEdit) {
@@ -541,7 +560,7 @@ TEST(SparseTraining, SavedGroupsResumeAsTheUninterruptedRun) {
   const NeuralNetwork start(
       nn::random_dag_spec(nn::RandomDagOptions().inputs(8).hidden(40).outputs(3).connections(300).depth(4).seed(3)),
       kTanh64);
-  const auto options = RewireOptions().seed(11).drop_fraction(0.3);
+  const auto options = RewireOptions().seed(3).drop_fraction(0.3);
   // Rewirings from step `first` on; weights redrawn per step, as training would move them.
   auto run = [&](Rewirer& rewirer, NeuralNetwork net, int64_t first, int64_t last) {
     for (int64_t step = first; step < last; ++step) {

@@ -1,9 +1,12 @@
 // share_work(), the fused kernel's parallel loop: it covers its range
 // exactly once in chunks of at least the grain, runs on torch's thread
 // count, runs nested and concurrent calls serially, passes the first
-// exception on, and does not wait for a worker that has not started.
+// exception on, and does not wait for a worker that has not started. And
+// the passes built on it and beside it (parallel_passes.h, selection.h):
+// a filter that keeps order, a selection of the smallest keys.
 #include <atomic>
 #include <chrono>
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <random>
@@ -11,6 +14,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include "../connex/src/parallel_passes.h"
+#include "../connex/src/selection.h"
 #include "../connex/src/work_share.h"
 #include "test_util.h"
 
@@ -259,4 +264,86 @@ TEST(WorkShare, ChooserComparesEachKindOfRegionWithItself) {
   int shared = 0;
   for (int k = 0; k < 20; ++k) shared += window(true) ? 1 : 0;
   EXPECT_GE(shared, 17);
+}
+
+TEST(ParallelPasses, CompactKeepsWhatPassesInOrderOnOneAndTwoThreads) {
+  std::mt19937_64 rng(5);
+  for (int threads : {1, 2})
+    with_threads(threads, [&] {
+      for (int trial = 0; trial < 40; ++trial) {
+        // Up to several chunks of 2^15, kept at a random rate (all and none included).
+        const int64_t n = std::uniform_int_distribution<int64_t>(0, 200000)(rng);
+        const double rate = trial % 10 == 0 ? 0.0 : trial % 10 == 1 ? 1.0 : std::uniform_real_distribution<>(0, 1)(rng);
+        std::vector<uint8_t> keep(static_cast<size_t>(n));
+        for (auto& k : keep) k = std::uniform_real_distribution<>(0, 1)(rng) < rate;
+        std::vector<int64_t> expected;
+        for (int64_t i = 0; i < n; ++i)
+          if (keep[i]) expected.push_back(i);
+        std::vector<int64_t> kept;
+        parallel_compact(
+            n, [&](int64_t i) { return keep[i] != 0; }, [&](int64_t count) { kept.assign(count, -1); },
+            [&](int64_t i, int64_t slot) {
+              ASSERT_LT(slot, static_cast<int64_t>(kept.size()));
+              kept[slot] = i;
+            });
+        ASSERT_EQ(kept, expected) << "trial " << trial << " on " << threads << " thread(s)";
+      }
+    });
+}
+
+namespace {
+
+// Whether keep_smallest(keys, count, less) left exactly the `count` smallest, checked by a sort.
+template <typename Key, typename Less = std::less<Key>>
+void expect_smallest(std::vector<Key> keys, size_t count, const std::string& what, const Less& less = Less()) {
+  auto sorted = keys;
+  std::sort(sorted.begin(), sorted.end(), less);
+  sorted.resize(std::min(count, sorted.size()));
+  keep_smallest(keys, count, less);
+  std::sort(keys.begin(), keys.end(), less);
+  EXPECT_EQ(keys, sorted) << what << ", " << count << " of them";
+}
+
+}  // namespace
+
+TEST(Selection, KeepSmallestKeepsTheSmallestWhateverTheOrder) {
+  std::mt19937_64 rng(7);
+  for (int trial = 0; trial < 60; ++trial) {
+    const size_t n = std::uniform_int_distribution<size_t>(0, trial % 3 == 0 ? 3000 : 300000)(rng);
+    const size_t count = trial % 7 == 0 ? n : std::uniform_int_distribution<size_t>(0, n)(rng);
+    // Weight magnitudes with their index (distinct keys, as a rewiring's),
+    // in random order, ascending, descending, and crowded into few values.
+    std::vector<uint64_t> keys(n);
+    for (size_t i = 0; i < n; ++i) {
+      const uint64_t magnitude = trial % 4 == 3 ? rng() % 3 : rng() >> 40;
+      keys[i] = magnitude << 32 | i;
+    }
+    if (trial % 4 == 1) std::sort(keys.begin(), keys.end());
+    if (trial % 4 == 2) std::sort(keys.rbegin(), keys.rend());
+    expect_smallest(keys, count, "trial " + std::to_string(trial));
+  }
+}
+
+TEST(Selection, KeepSmallestFallsBackWhereTheSampleMissesTheCut) {
+  // Every key the sample reads (evenly spaced) is the smallest of all, so its
+  // bracket lies far below the cut; then all of them are the largest.
+  const size_t n = 100000, s = size_t{1} << 13;
+  for (bool sample_small : {true, false}) {
+    std::vector<int64_t> keys(n);
+    for (size_t i = 0; i < n; ++i) keys[i] = static_cast<int64_t>(i) + 1000000;
+    for (size_t k = 0; k < s; ++k) keys[k * n / s] = sample_small ? -static_cast<int64_t>(k) - 1 : 10000000 + k;
+    for (size_t count : {size_t{1}, n / 3, n / 2, n - 1}) expect_smallest(keys, count, "a misleading sample");
+  }
+}
+
+TEST(Selection, KeepSmallestTakesAnOrderAndKeysOfAnyType) {
+  // The largest scores first, ties by key: RigL's order of candidates.
+  std::mt19937_64 rng(11);
+  std::vector<std::pair<double, int64_t>> scored(120000);
+  for (size_t i = 0; i < scored.size(); ++i) scored[i] = {static_cast<double>(rng() % 1000), static_cast<int64_t>(i)};
+  auto before = [](const std::pair<double, int64_t>& a, const std::pair<double, int64_t>& b) {
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
+  };
+  for (size_t count : {size_t{0}, size_t{1}, size_t{777}, size_t{60000}, scored.size() - 1})
+    expect_smallest(scored, count, "scores", before);
 }

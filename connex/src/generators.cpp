@@ -8,6 +8,7 @@
 
 #include "connex/error.h"
 #include "prebuilt_size.h"
+#include "uniform_draw.h"
 
 namespace connex::nn {
 
@@ -16,22 +17,8 @@ namespace {
 using Rng = std::mt19937_64;
 using IndexEdges = std::vector<std::pair<int64_t, int64_t>>;
 
-// The standard distributions differ between standard libraries; these draws,
-// built on mt19937_64's specified output, give the same graph everywhere.
-
-// Uniform in [0, n), n >= 1, unbiased (Lemire's multiply-and-reject).
-int64_t draw(Rng& rng, int64_t n) {
-  const auto range = static_cast<uint64_t>(n);
-  auto product = static_cast<unsigned __int128>(rng()) * range;
-  if (static_cast<uint64_t>(product) < range) {
-    const uint64_t threshold = (0 - range) % range;
-    while (static_cast<uint64_t>(product) < threshold) product = static_cast<unsigned __int128>(rng()) * range;
-  }
-  return static_cast<int64_t>(product >> 64);
-}
-
-// Uniform in [0, 1), from the top 53 bits of one draw.
-double uniform(Rng& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
+// Uniform in [0, n), n >= 1 (uniform_draw.h: the same graph everywhere).
+int64_t draw(Rng& rng, int64_t n) { return static_cast<int64_t>(uniform_below(rng, static_cast<uint64_t>(n))); }
 
 // A uniformly random order of 0..n-1 (Fisher–Yates).
 std::vector<int64_t> permutation(Rng& rng, int64_t n) {
@@ -450,7 +437,7 @@ IndexEdges watts_strogatz(Rng& rng, int64_t n, int64_t k, double p) {
   for (int64_t j = 1; j <= k / 2; ++j)
     for (int64_t u = 0; u < n; ++u) ring.emplace_back(u, (u + j) % n), joined.insert(key(u, (u + j) % n));
   for (auto& [u, v] : ring) {
-    if (uniform(rng) >= p || degree[u] >= n - 1) continue;
+    if (uniform_unit(rng) >= p || degree[u] >= n - 1) continue;
     int64_t w = draw(rng, n);
     while (w == u || joined.contains(key(u, w))) w = draw(rng, n);
     joined.erase(key(u, v));

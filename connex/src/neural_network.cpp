@@ -94,7 +94,8 @@ void check_entries(const torch::Tensor& to, const torch::Tensor& from, const Par
 
 bool is_cpu_index(const torch::Tensor& t) { return t.is_cpu() && t.scalar_type() == torch::kLong && t.is_contiguous(); }
 
-// copy_moved_entries() once its pairs passed check_moved_entries().
+}  // namespace
+
 void move_checked_entries(const torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved& moved) {
   const auto& new_index = moved.new_index;
   const auto& old_index = moved.old_index;
@@ -118,6 +119,8 @@ void move_checked_entries(const torch::Tensor& to, const torch::Tensor& from, co
     });
   });
 }
+
+namespace {
 
 // to[new_index] = from[old_index] for the remap's pairs; the whole tensor when
 // there are none. check_entries() has passed for the same sizes.

@@ -25,14 +25,24 @@ struct KeyedPair {
 
 // Remaps one state tensor shaped like its parameter: survivors move, new
 // entries start at `fresh_value` (what a new optimizer starts them at).
+// `checked`: the (new, old) sizes the pairs were checked for, set here when
+// they are checked (a parameter's fields share its pairs: checked once).
 torch::Tensor remap_tensor(const torch::Tensor& old_state, const torch::Tensor& new_parameter,
-                           const ParameterRemap::Moved* moved, const KeyedPair* keyed, double fresh_value) {
+                           const ParameterRemap::Moved* moved, const KeyedPair* keyed, double fresh_value,
+                           std::pair<int64_t, int64_t>& checked) {
   if (!keyed && !moved) return old_state.clone();
   auto fresh = torch::full_like(new_parameter, fresh_value, old_state.options());
-  if (keyed)
+  if (keyed) {
     copy_keyed(old_state, *keyed->from, fresh, *keyed->to);
-  else  // index pairs count flattened entries (the same as rows for a 1-D parameter)
-    copy_moved_entries(fresh, old_state.contiguous(), *moved, "transfer_optimizer_state()");
+    return fresh;
+  }
+  // Index pairs count flattened entries (the same as rows for a 1-D parameter).
+  const std::pair<int64_t, int64_t> sizes(fresh.numel(), old_state.numel());
+  if (checked != sizes) {
+    check_moved_entries(sizes.first, sizes.second, *moved, "transfer_optimizer_state()");
+    checked = sizes;
+  }
+  move_checked_entries(fresh, old_state.contiguous(), *moved);
   return fresh;
 }
 
@@ -55,10 +65,11 @@ std::unique_ptr<torch::optim::OptimizerParamState> remap_state(const torch::opti
         name, list_optimizer_kinds(OptimizerNaming::kTitle));
   }
   const auto required = required_state_fields(fields.type, options);
+  std::pair<int64_t, int64_t> checked(-1, -1);
   for (auto& [field, tensor] : fields.tensors) {
     const double fresh = fresh_state_value(fields.type, field, options);
     if (tensor.defined())
-      tensor = remap_tensor(tensor, parameter, moved, keyed, fresh);
+      tensor = remap_tensor(tensor, parameter, moved, keyed, fresh, checked);
     else if (std::find(required.begin(), required.end(), field) != required.end())
       tensor = torch::full_like(parameter, fresh);
   }

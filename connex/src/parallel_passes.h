@@ -18,7 +18,11 @@ namespace connex {
 // keep(i) holds, then emit(i, slot) for each such i, where slot numbers them
 // 0, 1, ... in ascending i. keep is called twice per index (count, then
 // fill) from several threads at once, so it must be a pure, thread-safe
-// predicate; emit is called from several threads for distinct slots.
+// predicate; emit is called from several threads for distinct slots. emit
+// may also be called for an i that keep rejects, with the slot of the next
+// kept one, which then overwrites what it wrote: the fill has no branch on
+// keep(i) (what is kept falls at random in an edit, and that branch was
+// most of the pass), so emit must be safe to call for every i.
 template <typename Keep, typename Allocate, typename Emit>
 void parallel_compact(int64_t n, const Keep& keep, const Allocate& allocate, const Emit& emit) {
   constexpr int64_t kChunk = int64_t(1) << 15;
@@ -35,9 +39,15 @@ void parallel_compact(int64_t n, const Keep& keep, const Allocate& allocate, con
   allocate(start.back());
   share_work(0, chunks, 1, [&](int64_t first, int64_t last) {
     for (int64_t k = first; k < last; ++k) {
+      // Past the chunk's last kept index, slot is the next chunk's first:
+      // nothing more is written (a branch that fails only there).
       int64_t slot = start[k];
-      for (int64_t i = k * kChunk, end = std::min(n, (k + 1) * kChunk); i < end; ++i)
-        if (keep(i)) emit(i, slot++);
+      const int64_t slot_end = start[k + 1];
+      for (int64_t i = k * kChunk, end = std::min(n, (k + 1) * kChunk); i < end; ++i) {
+        const bool kept = keep(i);
+        if (slot < slot_end) emit(i, slot);
+        slot += kept;
+      }
     }
   });
 }

@@ -17,5 +17,8 @@ void check_moved_entries(int64_t to_size, int64_t from_size, const ParameterRema
 // with no temporary; elsewhere torch's index_select and index_copy_.
 void copy_moved_entries(const torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved& moved,
                         const char* context);
+// copy_moved_entries() less the check, for pairs that passed it for tensors
+// of these sizes (an optimizer's state fields share their parameter's pairs).
+void move_checked_entries(const torch::Tensor& to, const torch::Tensor& from, const ParameterRemap::Moved& moved);
 
 }  // namespace connex

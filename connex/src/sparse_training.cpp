@@ -19,7 +19,9 @@
 #include "edit_build.h"
 #include "enum_names.h"
 #include "file_io.h"
+#include "selection.h"
 #include "trace_check.h"
+#include "uniform_draw.h"
 #include "work_share.h"
 
 namespace connex {
@@ -119,15 +121,6 @@ EditResult build_rewired(const NeuralNetwork& network, const std::vector<int64_t
   return build_edited(network, std::move(rewired), std::move(options), std::move(same), true);
 }
 
-// An unbiased draw in [0, bound), the same with every standard library.
-uint64_t draw(std::mt19937_64& random, uint64_t bound) {
-  const uint64_t threshold = (0 - bound) % bound;  // 2^64 mod bound: the draws to reject
-  for (;;) {
-    const uint64_t r = random();
-    if (r >= threshold) return r % bound;
-  }
-}
-
 void require_plain_levels(const NeuralNetworkImpl& network, const char* context) {
   if (const LevelOperation* op = operation_changing_gradients(network))
     fail(
@@ -165,11 +158,7 @@ using Scored = std::pair<double, int64_t>;
 bool before(const Scored& a, const Scored& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; }
 
 // Keeps the `count` of `best` that come first in that order (in no particular order).
-void keep_largest(std::vector<Scored>& best, int64_t count) {
-  if (static_cast<int64_t>(best.size()) <= count) return;
-  std::nth_element(best.begin(), best.begin() + count, best.end(), before);
-  best.resize(count);
-}
+void keep_largest(std::vector<Scored>& best, int64_t count) { keep_smallest(best, static_cast<size_t>(count), before); }
 
 // |a · b| as a contiguous CPU tensor. On the CPU the rows are split among
 // connex's threads: the product may run where BLAS has one thread.
@@ -332,14 +321,22 @@ std::vector<std::vector<int64_t>> select_weakest(const Topology& t, double share
       const int64_t wanted = std::min({static_cast<int64_t>(std::llround(share * static_cast<double>(count))), absent,
                                        static_cast<int64_t>(eligible.size())});
       if (wanted <= 0) continue;
-      std::nth_element(eligible.begin(), eligible.begin() + (wanted - 1), eligible.end());
+      keep_smallest(eligible, static_cast<size_t>(wanted));
       // Listed in ascending index (marked, then read off the group's runs):
       // the topology's patch then reads each dropped connection in order.
-      for (int64_t k = 0; k < wanted; ++k) marked[index_of_key(eligible[k])] = 1;
-      dropped[g].reserve(wanted);
+      // The walk writes every index and moves on past the marked ones (a
+      // branch on a mark, which falls at random, cost most of the walk);
+      // the entry past the last takes the writes after it.
+      for (const Key& k : eligible) marked[index_of_key(k)] = 1;
+      std::vector<int64_t>& out = dropped[g];
+      out.resize(wanted + 1);
+      int64_t next = 0;
       for (int64_t d : group.targets)
-        for (int64_t c = t.in_offsets()[d]; c < t.in_offsets()[d + 1]; ++c)
-          if (marked[c]) dropped[g].push_back(c);
+        for (int64_t c = t.in_offsets()[d], end = t.in_offsets()[d + 1]; c < end; ++c) {
+          out[std::min(next, wanted)] = c;
+          next += marked[c];
+        }
+      out.resize(wanted);
       group.quota = wanted;
     }
   });
@@ -571,6 +568,9 @@ void Rewirer::drop(const NeuralNetwork& network, double share, Plan& plan) const
 // SET: each group's quota drawn uniformly among its absent candidate pairs.
 void Rewirer::grow_random(const NeuralNetwork& network, Plan& plan) {
   const Topology& t = network->topology();
+  int64_t total = 0;
+  for (const GroupPlan& group : plan.groups) total += group.quota;
+  plan.grow.reserve(total);
   for (size_t g = 1; g < plan.groups.size(); ++g) {
     const GroupPlan& group = plan.groups[g];
     if (group.quota <= 0) continue;
@@ -582,7 +582,7 @@ void Rewirer::grow_random(const NeuralNetwork& network, Plan& plan) {
       for (int64_t key = 0; key < candidates; ++key)
         if (!group.is_connected(t, key)) chosen.push_back(key);
       for (int64_t k = 0; k < group.quota; ++k)
-        std::swap(chosen[k], chosen[k + static_cast<int64_t>(draw(random_, chosen.size() - k))]);
+        std::swap(chosen[k], chosen[k + static_cast<int64_t>(uniform_below(random_, chosen.size() - k))]);
       chosen.resize(group.quota);
     } else {
       // At least a quarter absent: rejection takes at most four draws per pair
@@ -590,7 +590,7 @@ void Rewirer::grow_random(const NeuralNetwork& network, Plan& plan) {
       std::vector<uint64_t> marked = group.bitmap ? group.connected_bits : std::vector<uint64_t>{};
       std::unordered_set<int64_t> taken;
       while (static_cast<int64_t>(chosen.size()) < group.quota) {
-        const auto key = static_cast<int64_t>(draw(random_, candidates));
+        const auto key = static_cast<int64_t>(uniform_below(random_, candidates));
         bool fresh;
         if (group.bitmap) {
           uint64_t& word = marked[key >> 6];
@@ -605,6 +605,96 @@ void Rewirer::grow_random(const NeuralNetwork& network, Plan& plan) {
     }
     for (int64_t key : chosen) plan.grow.emplace_back(group.sources[key / width], group.targets[key % width]);
   }
+}
+
+// RigL's quota for one group in one pass over its products, where a sample
+// brackets the cut: the scores of evenly spaced absent candidates give a
+// score above which about the quota lies, give or take 6 standard
+// deviations either side. Each slice of source rows then keeps, straight
+// after its product and while it is in cache, only scores at or above the
+// bracket's lower end (a few hundredths); nothing else is stored or read
+// again (the exact selection below writes every score and reads them twice:
+// most of a rewiring at 1M connections). Appends to `best` exactly what the
+// exact selection gives and returns true; false (nothing appended) where the
+// group is small, the bracket would hold much of it, or the sample missed.
+bool largest_from_sample(const Topology& t, const GroupPlan& group, const torch::Tensor& values,
+                         const torch::Tensor& target_rows, std::vector<Scored>& best) {
+  const int64_t width = group.width(), candidates = group.candidates();
+  const int64_t absent = candidates - group.connected;
+  if (candidates < (int64_t{1} << 16) || absent <= 0 || !values.is_cpu()) return false;
+  const int64_t wanted = std::min<int64_t>(int64_t{1} << 13, candidates / 16);
+  std::vector<int64_t> sample_rows, sample_columns;
+  for (int64_t k = 0; k < wanted; ++k) {
+    const int64_t key = k * candidates / wanted;
+    if (group.is_connected(t, key)) continue;
+    sample_rows.push_back(group.sources[key / width]);
+    sample_columns.push_back(key % width);
+  }
+  const auto sampled = static_cast<int64_t>(sample_rows.size());
+  if (sampled < (int64_t{1} << 10)) return false;
+  const auto sample_scores = ranked_as_float((values.index_select(0, torch::tensor(sample_rows)) *
+                                              target_rows.index_select(0, torch::tensor(sample_columns)))
+                                                 .sum(1)
+                                                 .abs_())
+                                 .to(torch::kDouble)
+                                 .contiguous();
+  std::vector<double> sample(sample_scores.data_ptr<double>(), sample_scores.data_ptr<double>() + sampled);
+  // A NaN score (products that overflowed either way) would break the sort's order.
+  if (std::any_of(sample.begin(), sample.end(), [](double v) { return std::isnan(v); })) return false;
+  std::sort(sample.begin(), sample.end(), std::greater<double>());
+  const double rank = static_cast<double>(group.quota) * static_cast<double>(sampled) / static_cast<double>(absent);
+  const double margin = 3 * std::sqrt(static_cast<double>(sampled)) + 2;
+  const auto low_rank = static_cast<int64_t>(std::ceil(rank + margin));
+  const auto high_rank = static_cast<int64_t>(std::floor(rank - margin));
+  if (low_rank >= sampled / 4) return false;  // a quarter of the group or more: the exact selection
+  const double low = sample[low_rank];
+  const double high = high_rank >= 0 ? sample[high_rank] : HUGE_VAL;
+  // Slices of up to 64 source rows and 2^18 scores (1 MB in float, so a
+  // slice stays in cache while it is read), each product in a buffer of its own.
+  const int64_t rows = static_cast<int64_t>(group.sources.size());
+  const int64_t slice = std::clamp<int64_t>((int64_t{1} << 18) / width, 1, 64);
+  const int64_t slices = (rows + slice - 1) / slice;
+  std::vector<std::vector<Scored>> taken(slices), boundary(slices);
+  const auto target_columns = target_rows.t();
+  share_work(0, slices, 1, [&](int64_t first, int64_t last) {
+    std::vector<int64_t> hits(static_cast<size_t>(slice * width));
+    for (int64_t p = first; p < last; ++p) {
+      const int64_t begin = p * slice, end = std::min(rows, begin + slice);
+      std::vector<int64_t> sources(group.sources.begin() + begin, group.sources.begin() + end);
+      const auto block =
+          ranked_as_float(torch::mm(values.index_select(0, torch::tensor(sources)), target_columns)).contiguous();
+      AT_DISPATCH_FLOATING_TYPES(block.scalar_type(), "largest_from_sample", [&] {
+        const scalar_t* score = block.data_ptr<scalar_t>();
+        const int64_t size = block.numel();
+        // The scores at or above `low` (a sample score, so one of this
+        // type: compared exactly), listed without a branch; NaN is not.
+        const auto bound = static_cast<scalar_t>(low);
+        int64_t* hit = hits.data();
+        int64_t count = 0;
+        for (int64_t i = 0; i < size; ++i) {
+          hit[count] = i;
+          count += std::abs(score[i]) >= bound;
+        }
+        for (int64_t h = 0; h < count; ++h) {
+          const int64_t key = begin * width + hit[h];
+          if (group.is_connected(t, key)) continue;
+          const double v = std::abs(static_cast<double>(score[hit[h]]));
+          (v > high ? taken[p] : boundary[p]).emplace_back(v, key);
+        }
+      });
+    }
+  });
+  std::vector<Scored> above, rest;
+  for (int64_t p = 0; p < slices; ++p) {
+    above.insert(above.end(), taken[p].begin(), taken[p].end());
+    rest.insert(rest.end(), boundary[p].begin(), boundary[p].end());
+  }
+  const auto quota = static_cast<size_t>(group.quota);
+  if (above.size() > quota || above.size() + rest.size() < quota) return false;
+  keep_largest(rest, static_cast<int64_t>(quota - above.size()));
+  best.insert(best.end(), above.begin(), above.end());
+  best.insert(best.end(), rest.begin(), rest.end());
+  return true;
 }
 
 // RigL: per group and source group, one [sources, targets] block of
@@ -625,48 +715,52 @@ void Rewirer::grow_by_gradient(const NeuralNetwork& network, const LevelTrace& t
     if (group.quota <= 0) continue;
     const int64_t width = group.width();
     for (int64_t k = 0; k < width; ++k) column[group.targets[k]] = k;
-    const auto target_grads = grads.index_select(0, torch::tensor(group.targets).to(grads.device())).t();
+    const auto target_rows = grads.index_select(0, torch::tensor(group.targets).to(grads.device()));
+    const auto target_grads = target_rows.t();
     std::vector<Scored> best;  // the quota largest of the rows scored so far
-    // Rows of sources at a time, kScoreChunk scores at most: a level pair of
-    // 20,000 × 20,000 neurons would otherwise hold 1.6 GB of scores at once.
-    const int64_t rows_at_once = std::max<int64_t>(1, kScoreChunk / width);
-    double above = -1;  // the least score in `best` once it holds the quota
-    int64_t begin = 0;
-    for (int64_t end : group.source_group_ends) {
-      for (int64_t first = begin; first < end; first += rows_at_once) {
-        const int64_t last = std::min(end, first + rows_at_once);
-        std::vector<int64_t> rows(group.sources.begin() + first, group.sources.begin() + last);
-        const size_t had = best.size();
-        auto block = ranked_as_float(
-            absolute_products(values.index_select(0, torch::tensor(rows).to(values.device())), target_grads));
-        // The rows' connected pairs, read off each source's outgoing connections
-        // (a source feeding several groups has its run read once per group:
-        // O(groups fed × connections), small beside the products).
-        AT_DISPATCH_FLOATING_TYPES(block.scalar_type(), "grow_by_gradient", [&] {
-          scalar_t* score = block.data_ptr<scalar_t>();
-          share_work(0, last - first, 64, [&](int64_t from, int64_t to) {
-            for (int64_t r = from; r < to; ++r) {
-              const int64_t s = rows[r];
-              for (int64_t o = t.out_offsets()[s]; o < t.out_offsets()[s + 1]; ++o) {
-                const int64_t k = column[t.out_targets()[o]];
-                if (k >= 0) score[r * width + k] = -1;
+    // The exact selection over stored scores where the sample cannot serve.
+    if (!largest_from_sample(t, group, values, target_rows, best)) {
+      // Rows of sources at a time, kScoreChunk scores at most: a level pair of
+      // 20,000 × 20,000 neurons would otherwise hold 1.6 GB of scores at once.
+      const int64_t rows_at_once = std::max<int64_t>(1, kScoreChunk / width);
+      double above = -1;  // the least score in `best` once it holds the quota
+      int64_t begin = 0;
+      for (int64_t end : group.source_group_ends) {
+        for (int64_t first = begin; first < end; first += rows_at_once) {
+          const int64_t last = std::min(end, first + rows_at_once);
+          std::vector<int64_t> rows(group.sources.begin() + first, group.sources.begin() + last);
+          const size_t had = best.size();
+          auto block = ranked_as_float(
+              absolute_products(values.index_select(0, torch::tensor(rows).to(values.device())), target_grads));
+          // The rows' connected pairs, read off each source's outgoing connections
+          // (a source feeding several groups has its run read once per group:
+          // O(groups fed × connections), small beside the products).
+          AT_DISPATCH_FLOATING_TYPES(block.scalar_type(), "grow_by_gradient", [&] {
+            scalar_t* score = block.data_ptr<scalar_t>();
+            share_work(0, last - first, 64, [&](int64_t from, int64_t to) {
+              for (int64_t r = from; r < to; ++r) {
+                const int64_t s = rows[r];
+                for (int64_t o = t.out_offsets()[s]; o < t.out_offsets()[s + 1]; ++o) {
+                  const int64_t k = column[t.out_targets()[o]];
+                  if (k >= 0) score[r * width + k] = -1;
+                }
               }
-            }
+            });
+            append_largest(score, block.numel(), first * width, group.quota, best, above);
           });
-          append_largest(score, block.numel(), first * width, group.quota, best, above);
-        });
-        // Keys grow from chunk to chunk, so once `best` holds the quota, a
-        // later score must beat the least of them to count (a tie loses).
-        if (static_cast<int64_t>(best.size()) >= group.quota && best.size() != had) {
-          keep_largest(best, group.quota);
-          above = std::min_element(best.begin(), best.end(), [](const Scored& a, const Scored& b) {
-                    return a.first < b.first;
-                  })->first;
+          // Keys grow from chunk to chunk, so once `best` holds the quota, a
+          // later score must beat the least of them to count (a tie loses).
+          if (static_cast<int64_t>(best.size()) >= group.quota && best.size() != had) {
+            keep_largest(best, group.quota);
+            above = std::min_element(best.begin(), best.end(), [](const Scored& a, const Scored& b) {
+                      return a.first < b.first;
+                    })->first;
+          }
         }
+        begin = end;
       }
-      begin = end;
+      keep_largest(best, group.quota);
     }
-    keep_largest(best, group.quota);
     for (const auto& [score, key] : best)
       plan.grow.emplace_back(group.sources[key / width], group.targets[key % width]);
     for (int64_t d : group.targets) column[d] = -1;

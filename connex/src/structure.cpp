@@ -9,6 +9,7 @@
 #include "connex/error.h"
 #include "enum_names.h"
 #include "file_io.h"
+#include "selection.h"
 #include "trace_check.h"
 
 namespace connex {
@@ -297,10 +298,9 @@ std::vector<int64_t> connections_to_prune_at(const NeuralNetwork& network, const
         options.fraction()
             ? static_cast<size_t>(std::llround(*options.fraction() * static_cast<double>(candidates.size())))
             : candidates.size();
-    if (take < candidates.size())
-      std::nth_element(candidates.begin(), candidates.begin() + static_cast<std::ptrdiff_t>(take), candidates.end());
-    for (size_t k = 0; k < take; ++k)
-      if (!options.threshold() || candidates[k].key < *options.threshold()) chosen.push_back(candidates[k]);
+    keep_smallest(candidates, take);
+    for (const Candidate& candidate : candidates)
+      if (!options.threshold() || candidate.key < *options.threshold()) chosen.push_back(candidate);
     first = last;
   }
   // Weakest first across groups (a group's index range precedes the next's,
