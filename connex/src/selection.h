@@ -18,7 +18,9 @@ namespace connex {
 // which no two keys are equal), in no particular order: the set that
 // std::nth_element would put first. Expected linear time, one pass over the
 // keys but for a sample of them; a sample that misses the cut (all but
-// impossible for keys in any order) falls back on nth_element.
+// impossible for keys in any order) falls back on nth_element, as does a
+// count of more than half the keys (in place, where the pass would copy
+// most of them).
 template <typename Key, typename Less = std::less<Key>>
 void keep_smallest(std::vector<Key>& keys, size_t count, const Less& less = Less()) {
   const size_t n = keys.size();
@@ -29,7 +31,7 @@ void keep_smallest(std::vector<Key>& keys, size_t count, const Less& less = Less
     std::nth_element(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(count), keys.end(), less);
     keys.resize(count);
   };
-  if (n <= kSmall) return fall_back();
+  if (n <= kSmall || count > n / 2) return fall_back();
   // Keys evenly spaced through the range: a sample of s keys puts the cut at
   // rank count·s/n, give or take sqrt(s)/2; the bracket spans 6 of that either side.
   const size_t s = std::min<size_t>(size_t{1} << 13, n / 8);

@@ -608,7 +608,7 @@ void Rewirer::grow_random(const NeuralNetwork& network, Plan& plan) {
 }
 
 // RigL's quota for one group in one pass over its products, where a sample
-// brackets the cut: the scores of evenly spaced absent candidates give a
+// brackets the cut: the scores of absent candidates drawn at random give a
 // score above which about the quota lies, give or take 6 standard
 // deviations either side. Each slice of source rows then keeps, straight
 // after its product and while it is in cache, only scores at or above the
@@ -622,10 +622,13 @@ bool largest_from_sample(const Topology& t, const GroupPlan& group, const torch:
   const int64_t width = group.width(), candidates = group.candidates();
   const int64_t absent = candidates - group.connected;
   if (candidates < (int64_t{1} << 16) || absent <= 0 || !values.is_cpu()) return false;
+  // Drawn at random (a fixed seed: the rewiring stays reproducible), not
+  // evenly spaced, which with a power-of-two width met a handful of columns.
   const int64_t wanted = std::min<int64_t>(int64_t{1} << 13, candidates / 16);
+  std::mt19937_64 random(0x5EED);
   std::vector<int64_t> sample_rows, sample_columns;
   for (int64_t k = 0; k < wanted; ++k) {
-    const int64_t key = k * candidates / wanted;
+    const auto key = static_cast<int64_t>(uniform_below(random, static_cast<uint64_t>(candidates)));
     if (group.is_connected(t, key)) continue;
     sample_rows.push_back(group.sources[key / width]);
     sample_columns.push_back(key % width);
@@ -649,6 +652,15 @@ bool largest_from_sample(const Topology& t, const GroupPlan& group, const torch:
   if (low_rank >= sampled / 4) return false;  // a quarter of the group or more: the exact selection
   const double low = sample[low_rank];
   const double high = high_rank >= 0 ? sample[high_rank] : HUGE_VAL;
+  // Scores tied at `low` pass too (all of them where most scores are 0: dead
+  // sources, a level without gradient): the share of the sample at or above
+  // it decides, and the pass gives up once it has listed 4 times what that
+  // share predicts (connected pairs included).
+  const auto at_least_low = std::count_if(sample.begin(), sample.end(), [&](double v) { return v >= low; });
+  if (at_least_low >= sampled / 4) return false;
+  const int64_t room = 4 * (at_least_low + 1) * (candidates / sampled + 1) + (int64_t{1} << 12);
+  std::atomic<int64_t> listed{0};
+  std::atomic<bool> overflow{false};
   // Slices of up to 64 source rows and 2^18 scores (1 MB in float, so a
   // slice stays in cache while it is read), each product in a buffer of its own.
   const int64_t rows = static_cast<int64_t>(group.sources.size());
@@ -658,7 +670,7 @@ bool largest_from_sample(const Topology& t, const GroupPlan& group, const torch:
   const auto target_columns = target_rows.t();
   share_work(0, slices, 1, [&](int64_t first, int64_t last) {
     std::vector<int64_t> hits(static_cast<size_t>(slice * width));
-    for (int64_t p = first; p < last; ++p) {
+    for (int64_t p = first; p < last && !overflow; ++p) {
       const int64_t begin = p * slice, end = std::min(rows, begin + slice);
       std::vector<int64_t> sources(group.sources.begin() + begin, group.sources.begin() + end);
       const auto block =
@@ -675,6 +687,10 @@ bool largest_from_sample(const Topology& t, const GroupPlan& group, const torch:
           hit[count] = i;
           count += std::abs(score[i]) >= bound;
         }
+        if (overflow || (listed += count) > room) {
+          overflow = true;
+          return;
+        }
         for (int64_t h = 0; h < count; ++h) {
           const int64_t key = begin * width + hit[h];
           if (group.is_connected(t, key)) continue;
@@ -684,10 +700,13 @@ bool largest_from_sample(const Topology& t, const GroupPlan& group, const torch:
       });
     }
   });
+  if (overflow) return false;
   std::vector<Scored> above, rest;
   for (int64_t p = 0; p < slices; ++p) {
     above.insert(above.end(), taken[p].begin(), taken[p].end());
     rest.insert(rest.end(), boundary[p].begin(), boundary[p].end());
+    std::vector<Scored>().swap(taken[p]);
+    std::vector<Scored>().swap(boundary[p]);
   }
   const auto quota = static_cast<size_t>(group.quota);
   if (above.size() > quota || above.size() + rest.size() < quota) return false;
