@@ -14,6 +14,22 @@
 
 namespace connex {
 
+// The ranks in a sorted sample of `sampled` that bracket the cut of `wanted`
+// among `total` items: the cut falls at rank wanted·sampled/total, give or
+// take sqrt(sampled)/2, and the bracket spans 6 of that either side. `near`
+// may be negative and `far` past the sample (no bracket on that side).
+// keep_smallest() and RigL's growth (sparse_training.cpp) both draw theirs here.
+struct SampleBracket {
+  std::ptrdiff_t near, far;  // the ranks before and after the cut's
+  double margin;             // how far each lies from the cut's rank
+};
+inline SampleBracket sample_bracket(double wanted, double total, size_t sampled) {
+  const double rank = wanted * static_cast<double>(sampled) / total;
+  const double margin = 3 * std::sqrt(static_cast<double>(sampled)) + 2;
+  return {static_cast<std::ptrdiff_t>(std::floor(rank - margin)), static_cast<std::ptrdiff_t>(std::ceil(rank + margin)),
+          margin};
+}
+
 // Leaves in `keys` only its `count` smallest under `less` (a strict order in
 // which no two keys are equal), in no particular order: the set that
 // std::nth_element would put first. Expected linear time, one pass over the
@@ -32,15 +48,12 @@ void keep_smallest(std::vector<Key>& keys, size_t count, const Less& less = Less
     keys.resize(count);
   };
   if (n <= kSmall || count > n / 2) return fall_back();
-  // Keys evenly spaced through the range: a sample of s keys puts the cut at
-  // rank count·s/n, give or take sqrt(s)/2; the bracket spans 6 of that either side.
+  // A sample of keys evenly spaced through the range.
   const size_t s = std::min<size_t>(size_t{1} << 13, n / 8);
   std::vector<Key> sample(s);
   for (size_t k = 0; k < s; ++k) sample[k] = keys[k * n / s];
-  const double rank = static_cast<double>(count) * static_cast<double>(s) / static_cast<double>(n);
-  const double margin = 3 * std::sqrt(static_cast<double>(s)) + 2;
-  const auto low_rank = static_cast<std::ptrdiff_t>(std::floor(rank - margin));
-  const auto high_rank = static_cast<std::ptrdiff_t>(std::ceil(rank + margin));
+  const SampleBracket bracket = sample_bracket(static_cast<double>(count), static_cast<double>(n), s);
+  const std::ptrdiff_t low_rank = bracket.near, high_rank = bracket.far;
   const bool has_low = low_rank >= 0, has_high = high_rank < static_cast<std::ptrdiff_t>(s);
   Key low{}, high{};
   if (has_low) {
@@ -57,7 +70,7 @@ void keep_smallest(std::vector<Key>& keys, size_t count, const Less& less = Less
   // written to both lists, and each list's end moves on only where the key
   // belongs there. A list that fills (one entry past its room, which every
   // further key overwrites) means the sample missed.
-  const size_t room = static_cast<size_t>(4 * margin * static_cast<double>(n) / static_cast<double>(s));
+  const size_t room = static_cast<size_t>(4 * bracket.margin * static_cast<double>(n) / static_cast<double>(s));
   std::vector<Key> below(count + 1), within(room + 1);
   size_t taken = 0, held = 0;
   {

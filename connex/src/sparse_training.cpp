@@ -645,10 +645,10 @@ bool largest_from_sample(const Topology& t, const GroupPlan& group, const torch:
   // A NaN score (products that overflowed either way) would break the sort's order.
   if (std::any_of(sample.begin(), sample.end(), [](double v) { return std::isnan(v); })) return false;
   std::sort(sample.begin(), sample.end(), std::greater<double>());
-  const double rank = static_cast<double>(group.quota) * static_cast<double>(sampled) / static_cast<double>(absent);
-  const double margin = 3 * std::sqrt(static_cast<double>(sampled)) + 2;
-  const auto low_rank = static_cast<int64_t>(std::ceil(rank + margin));
-  const auto high_rank = static_cast<int64_t>(std::floor(rank - margin));
+  // Sorted largest first: the bracket's far end is its low score.
+  const SampleBracket bracket =
+      sample_bracket(static_cast<double>(group.quota), static_cast<double>(absent), static_cast<size_t>(sampled));
+  const int64_t low_rank = bracket.far, high_rank = bracket.near;
   if (low_rank >= sampled / 4) return false;  // a quarter of the group or more: the exact selection
   const double low = sample[low_rank];
   const double high = high_rank >= 0 ? sample[high_rank] : HUGE_VAL;
