@@ -905,17 +905,17 @@ void gpu_workloads(Run& run, torch::Device device, const std::function<bool(cons
 }  // namespace
 
 int main(int argc, char** argv) {
-  // OpenBLAS's workers spin for 2^28 cycles (~0.1 s) after each product
-  // before they sleep, so a reference run on two BLAS threads kept the second
-  // core busy while the connex step timed next to it (7 at 10 %: 0.41 of the
-  // masked-dense step, 0.27 with the spin cut short). 2^20 cycles (~0.3 ms)
-  // outlasts the gaps between one step's products. OpenBLAS reads the
-  // setting when it loads: the program sets it and starts itself again (a
-  // value in the environment stays; if the restart fails, it runs on as is).
-  if (!std::getenv("OPENBLAS_THREAD_TIMEOUT") && ::setenv("OPENBLAS_THREAD_TIMEOUT", "20", 1) == 0) {
-    ::execv("/proc/self/exe", argv);
-    ::unsetenv("OPENBLAS_THREAD_TIMEOUT");  // not restarted: OpenBLAS keeps its default, and the banner says so
-  }
+  // OpenBLAS reads two settings only when it loads (connex/openblas.h): the
+  // program starts itself again with them where they are missing. Its
+  // kernels, where it fell back on older ones than this processor runs (both
+  // connex and the references run on them). And its workers' spin: they
+  // spin for 2^28 cycles (~0.1 s) after each product before they sleep, so a
+  // reference run on two BLAS threads kept the second core busy while the
+  // connex step timed next to it (7 at 10 %: 0.41 of the masked-dense step,
+  // 0.27 with the spin cut short); 2^20 cycles (~0.3 ms) outlasts the gaps
+  // between one step's products. A value in the environment stays; if the
+  // restart fails, it runs on as is, and the banner says so.
+  connex::restart_with_openblas_settings(argv, {{"OPENBLAS_THREAD_TIMEOUT", "20"}});
   CLI::App app{"connex benchmarks: connex against plain torch references, ratios from one run"};
   bool quick = false;
   const int most_threads = connex::apps::most_threads_here();
@@ -981,13 +981,15 @@ int main(int argc, char** argv) {
   torch::manual_seed(0);
   const int reps = quick ? 10 : 50;
   auto wanted = [&](const std::string& name) { return only.empty() || name.find(only) != std::string::npos; };
+  std::string blas_kernels = connex::describe(connex::openblas_kernels());
+  if (!blas_kernels.empty()) blas_kernels += ", ";
   fmt::print(
-      "connex_bench: {} core(s) (the fused kernel reaches {} thread(s)), {} (OPENBLAS_THREAD_TIMEOUT={}), {} "
+      "connex_bench: {} core(s) (the fused kernel reaches {} thread(s)), {} (OPENBLAS_THREAD_TIMEOUT={}), {}{} "
       "repetitions, torch {}{}\n",
       threads, connex::fused_kernel_threads(),
       connex::apps::CoreShare::blas_has_own_pool() ? "OpenBLAS with its own pool" : "the BLAS follows torch's pool",
-      std::getenv("OPENBLAS_THREAD_TIMEOUT") ? std::getenv("OPENBLAS_THREAD_TIMEOUT") : "unset", reps, TORCH_VERSION,
-      device->is_cuda() ? ", on " + device->str() : "");
+      std::getenv("OPENBLAS_THREAD_TIMEOUT") ? std::getenv("OPENBLAS_THREAD_TIMEOUT") : "unset", blas_kernels, reps,
+      TORCH_VERSION, device->is_cuda() ? ", on " + device->str() : "");
 
   std::vector<Row> rows;
   const auto [x250, y250] = connex::apps::toy_data(250);

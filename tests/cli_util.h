@@ -23,9 +23,11 @@ struct Run {
   std::string out, err;
 };
 
-// Runs `connex ARGS` in `dir`, capturing stdout and stderr.
-inline Run connex_cli(const std::string& args, const TempDir& dir) {
-  const std::string cmd = "cd '" + dir.path + "' && " CONNEX_CLI " " + args + " > .stdout 2> .stderr";
+// Runs `connex ARGS` in `dir`, capturing stdout and stderr; `env`: entries
+// (NAME=value, shell-safe) for its environment.
+inline Run connex_cli(const std::string& args, const TempDir& dir, const std::string& env = "") {
+  const std::string cmd =
+      "cd '" + dir.path + "' && " + (env.empty() ? "" : env + " ") + CONNEX_CLI " " + args + " > .stdout 2> .stderr";
   const int status = std::system(cmd.c_str());
   Run r{WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(dir / ".stdout"), slurp(dir / ".stderr")};
   std::filesystem::remove(dir / ".stdout");

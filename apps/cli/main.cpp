@@ -35,6 +35,7 @@
 #include <fmt/ranges.h>
 
 #include "connex/ham/checkpoint.h"
+#include "connex/openblas.h"
 #include "tensor_file.h"
 #include "decimal.h"
 #include "dtype.h"
@@ -529,6 +530,12 @@ CLI::Validator seed_check() {
 }
 
 using connex::apps::CoreShare;
+
+// The `cores:` line's end: which OpenBLAS kernels run ("" for another BLAS).
+std::string blas_kernels_said() {
+  const std::string said = describe(openblas_kernels());
+  return said.empty() ? said : "; " + said;
+}
 
 struct TrainArgs {
   int epochs = 1000;
@@ -1438,7 +1445,7 @@ int cmd_train(const std::string& config, const DataArgs& d, const TrainArgs& t, 
 #if defined(CONNEX_WITH_DISTRIBUTED)
   if (replicas.group) check_ranks_agree(*replicas.group, progress, last_epoch, data, *optimizer);
 #endif
-  spdlog::info("cores: {}", cores_said);
+  spdlog::info("cores: {}{}", cores_said, blas_kernels_said());
   if (reporter) {
     spdlog::info("{}", one_line(net));
     log_data(data, data_args);
@@ -1611,7 +1618,7 @@ int cmd_prune(const std::string& path, const PruneArgs& p, const DataArgs& d, co
     check_out("prune", data_args->data, out, false);  // the CSV it reads, given or the checkpoint's
   }
   check_out_kind("prune", out, Writes::Checkpoint);
-  spdlog::info("cores: {}", cores_said);
+  spdlog::info("cores: {}{}", cores_said, blas_kernels_said());
   std::optional<Table> data;
   if (data_args) {
     data = load_dataset(data_args->options(net, trained.val_split, seed), net, ck.preprocessing, "prune");
@@ -2498,6 +2505,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (too_many_threads(threads)) return 2;
+  // Before any work, the commands that compute start again where OpenBLAS
+  // runs older kernels than this processor's (connex/openblas.h).
+  if (*c.train || *c.prune || *c.predict) restart_with_openblas_settings(argv);
   if (*c.bench && app.get_option("--threads")->count() > 0) c.bench_threads = threads;
   if (*c.train && c.dist.nproc > 1) {
     if (nproc_conflicts(c.dist)) return 2;

@@ -23,6 +23,7 @@
 #include "connex/techniques.h"
 #include "connex/edit_script.h"
 #include "connex/fused_kernel.h"
+#include "connex/openblas.h"
 #include "connex/gradient_check.h"
 #if defined(CONNEX_WITH_DISTRIBUTED)
 #include "connex/distributed.h"
