@@ -27,6 +27,7 @@
 #include "connex/csv.h"
 #include "connex/error.h"
 #include "connex/ham/ham.h"
+#include "connex/openblas.h"
 
 namespace ham = connex::ham;
 using torch::Tensor;
@@ -109,6 +110,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  connex::restart_with_openblas_settings(argv);  // a HAM's descent is matrix products (connex/openblas.h)
   const auto started = std::chrono::steady_clock::now();
   const std::string path = argc > 1 ? argv[1] : "build/datasets/digits.csv";
   if (path == "--help" || path == "-h") {
