@@ -1,11 +1,14 @@
 #include "connex/openblas.h"
 
 #include <dlfcn.h>
+#include <sys/auxv.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cstdlib>
+#include <cstring>
 
 namespace connex {
 
@@ -22,11 +25,25 @@ CpuVectors cpu_vectors() {
   return v;
 }
 
+namespace {
+
+bool same_name(const std::string& a, const std::string& b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](unsigned char x, unsigned char y) {
+           return std::tolower(x) == std::tolower(y);
+         });
+}
+
+}  // namespace
+
 std::string faster_openblas_kernels(const std::string& running, const CpuVectors& cpu) {
-  // OpenBLAS's x86-64 cores with AVX2 kernels (those with AVX-512 among
-  // them): where it chose one, it knew the processor, and its choice stands.
-  static constexpr std::array<const char*, 5> kAvx2Cores{"Haswell", "Zen", "SkylakeX", "Cooperlake", "SapphireRapids"};
-  if (running.empty() || std::find(kAvx2Cores.begin(), kAvx2Cores.end(), running) != kAvx2Cores.end()) return "";
+  // OpenBLAS's x86-64 cores with AVX2 (or FMA3 and AVX, Excavator's) kernels,
+  // those with AVX-512 among them: where it chose one, it knew the
+  // processor, and its choice stands.
+  static constexpr std::array<const char*, 6> kKnownCores{"Haswell",        "Zen",      "SkylakeX", "Cooperlake",
+                                                          "SapphireRapids", "Excavator"};
+  if (running.empty() ||
+      std::any_of(kKnownCores.begin(), kKnownCores.end(), [&](const char* core) { return same_name(core, running); }))
+    return "";
   if (cpu.avx512) return "SkylakeX";
   if (cpu.avx2_fma) return "Haswell";
   return "";
@@ -34,12 +51,17 @@ std::string faster_openblas_kernels(const std::string& running, const CpuVectors
 
 OpenBlasKernels openblas_kernels() {
   OpenBlasKernels k;
-  using CoreName = char* (*)();
-  if (auto name = reinterpret_cast<CoreName>(::dlsym(RTLD_DEFAULT, "openblas_get_corename"))) {
+  using Text = char* (*)();
+  if (auto name = reinterpret_cast<Text>(::dlsym(RTLD_DEFAULT, "openblas_get_corename"))) {
     if (const char* running = name()) k.running = running;
   }
-  k.faster = faster_openblas_kernels(k.running, cpu_vectors());
-  k.chosen_by_environment = std::getenv("OPENBLAS_CORETYPE") != nullptr;
+  if (auto config = reinterpret_cast<Text>(::dlsym(RTLD_DEFAULT, "openblas_get_config"))) {
+    const char* text = config();
+    k.selectable = text && std::strstr(text, "DYNAMIC_ARCH") != nullptr;
+  }
+  if (k.selectable) k.faster = faster_openblas_kernels(k.running, cpu_vectors());
+  const char* asked = std::getenv("OPENBLAS_CORETYPE");
+  k.chosen_by_environment = k.selectable && asked && same_name(asked, k.running);
   return k;
 }
 
@@ -54,11 +76,13 @@ std::string describe(const OpenBlasKernels& kernels) {
 void restart_with_openblas_settings(char** argv, const std::vector<std::pair<std::string, std::string>>& extra) {
   const OpenBlasKernels kernels = openblas_kernels();
   if (kernels.running.empty()) return;  // another BLAS: none of these settings is read
+  // Run through the dynamic loader by hand (ld.so PROGRAM): /proc/self/exe is the loader.
+  if (::getauxval(AT_BASE) == 0) return;
   std::vector<std::string> set;
   auto add = [&set](const std::string& name, const std::string& value) {
     if (!std::getenv(name.c_str()) && ::setenv(name.c_str(), value.c_str(), 0) == 0) set.push_back(name);
   };
-  if (!kernels.chosen_by_environment && !kernels.faster.empty()) add("OPENBLAS_CORETYPE", kernels.faster);
+  if (!kernels.faster.empty()) add("OPENBLAS_CORETYPE", kernels.faster);  // unless set (and ignored)
   for (const auto& [name, value] : extra) add(name, value);
   if (set.empty()) return;
   ::execv("/proc/self/exe", argv);

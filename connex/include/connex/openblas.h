@@ -1,15 +1,16 @@
 #pragma once
 // OpenBLAS reads some settings only when it loads, before main() runs:
 // which kernels to run (OPENBLAS_CORETYPE) and how long its idle workers
-// spin (OPENBLAS_THREAD_TIMEOUT). It picks kernels for the processors it
-// knows; a release older than the processor falls back on old ones. Debian
+// spin (OPENBLAS_THREAD_TIMEOUT). A build for several processors
+// (DYNAMIC_ARCH, as Debian's) picks kernels for those it knows; a release
+// older than the processor falls back on old ones. Debian
 // bookworm's 0.3.21 on an Intel Xeon of 2023 (family 6, model 207, with
 // AVX-512) ran its SSE3 "Prescott" kernels, and every matrix product (torch's
 // Linear, the dense path, the attentions, a HAM) took 2-3 times as long as
 // with its AVX-512 "SkylakeX" kernels on the same machine (BENCHMARKS.md).
 // A program cannot switch them once loaded, so it starts itself again with
-// the setting in its environment: the `connex` CLI (train, prune, predict)
-// and connex_bench do, and a program of your own can.
+// the setting in its environment: the `connex` CLI (train, prune, predict),
+// connex_bench and ham_digits do, and a program of your own can.
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,17 +26,18 @@ struct CpuVectors {
 CpuVectors cpu_vectors();
 
 // The OPENBLAS_CORETYPE whose kernels run faster on `cpu` than `running`
-// (an OpenBLAS core name, as openblas_get_corename() gives it): "SkylakeX"
-// where `cpu` has AVX-512, else "Haswell" where it has AVX2 and FMA; empty
-// where `running` already uses AVX2 (Haswell, Zen, SkylakeX, Cooperlake,
-// SapphireRapids: OpenBLAS chose them for this processor), is unknown
-// (empty), or `cpu` has neither.
+// (an OpenBLAS core name, as openblas_get_corename() gives it, in any case):
+// "SkylakeX" where `cpu` has AVX-512, else "Haswell" where it has AVX2 and
+// FMA; empty where `running` is a core OpenBLAS chooses only for processors
+// it knows to have AVX2 or FMA (Haswell, Zen, SkylakeX, Cooperlake,
+// SapphireRapids, Excavator), is unknown (empty), or `cpu` has neither.
 std::string faster_openblas_kernels(const std::string& running, const CpuVectors& cpu);
 
 struct OpenBlasKernels {
   std::string running;                 // openblas_get_corename(); empty: the BLAS is not OpenBLAS
-  std::string faster;                  // faster_openblas_kernels(running, cpu_vectors())
-  bool chosen_by_environment = false;  // OPENBLAS_CORETYPE is set
+  bool selectable = false;             // a DYNAMIC_ARCH build, which reads OPENBLAS_CORETYPE (others run one set)
+  std::string faster;                  // where selectable: faster_openblas_kernels(running, cpu_vectors())
+  bool chosen_by_environment = false;  // OPENBLAS_CORETYPE named the kernels that run
 };
 // This process's.
 OpenBlasKernels openblas_kernels();
@@ -45,12 +47,13 @@ OpenBlasKernels openblas_kernels();
 std::string describe(const OpenBlasKernels& kernels);
 
 // Starts this program again (execv of /proc/self/exe with `argv`) where
-// its environment lacks an OpenBLAS setting it should have: OPENBLAS_CORETYPE
-// where openblas_kernels() names faster kernels, and each of `extra` (name,
-// value) that is not set. Call it first in main(), before any work and
-// before reading stdin. It returns where nothing was missing, or where the
-// restart failed (the entries it set are then removed again, and the
-// process runs on as it is); the restarted program finds them set and
+// OpenBLAS is the BLAS and the environment lacks a setting it should have:
+// OPENBLAS_CORETYPE where openblas_kernels() names faster kernels, and each
+// of `extra` (name, value) that is not set. Call it first in main(), before
+// any work and before reading stdin. It returns where nothing was missing,
+// where the program was started through the dynamic loader by hand, or
+// where the restart failed (the entries it set are then removed again, and
+// the process runs on as it is); the restarted program finds them set and
 // returns. Child processes inherit the settings.
 void restart_with_openblas_settings(char** argv, const std::vector<std::pair<std::string, std::string>>& extra = {});
 
