@@ -375,11 +375,20 @@ void sparse_layered(Run& run) {
     const auto reference_pools = share_cores_for_matmuls(run.cores);
     const auto pools = share_cores(run.cores, c.net) + reference_pools;
     // Each side runs with its own best thread setting, switched untimed
-    // before each call. Warmed up (and glibc told to keep freed memory, see
-    // main()), or the masked-dense step's multi-MB tensors are mmapped and faulted in anew each time.
-    const auto [a, b] =
-        paired_median_seconds([&] { c.step(); }, classify_step(masked, c.x, c.labels), 5, run.reps, 40.0,
-                              [&] { run.cores.apply(c.net); }, [&] { share_cores_for_matmuls(run.cores); });
+    // before each call, then one untimed step, so that a timed step finds
+    // its pools awake as in training (row 11). Warmed up (and glibc told to
+    // keep freed memory, see main()), or the masked-dense step's multi-MB
+    // tensors are mmapped and faulted in anew each time.
+    const auto reference_step = classify_step(masked, c.x, c.labels);
+    const auto [a, b] = paired_median_seconds([&] { c.step(); }, reference_step, 5, run.reps, 40.0,
+                                              [&] {
+                                                run.cores.apply(c.net);
+                                                c.step();
+                                              },
+                                              [&] {
+                                                share_cores_for_matmuls(run.cores);
+                                                reference_step();
+                                              });
     run.rows.push_back({fmt::format("7. sparse layered {} at {:g}% (ER, {}k connections) train step, batch 128",
                                     sizes_str(sizes), density * 100, c.net->num_connections() / 1000),
                         fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b),
@@ -400,9 +409,16 @@ void kernel_crossover(Run& run) {
     Classifier fused(connex::NeuralNetwork(layered_spec(sizes, density), forced(true)), 128);
     Classifier levels(connex::NeuralNetwork(layered_spec(sizes, density), forced(false)), 128);
     const auto pools = share_cores(run.cores, fused.net) + " / per-level" + share_cores(run.cores, levels.net);
-    const auto [a, b] =
-        paired_median_seconds([&] { fused.step(); }, [&] { levels.step(); }, 5, run.reps, 40.0,
-                              [&] { run.cores.apply(fused.net); }, [&] { run.cores.apply(levels.net); });
+    const auto [a, b] = paired_median_seconds(  // each timed step after an untimed one, as above
+        [&] { fused.step(); }, [&] { levels.step(); }, 5, run.reps, 40.0,
+        [&] {
+          run.cores.apply(fused.net);
+          fused.step();
+        },
+        [&] {
+          run.cores.apply(levels.net);
+          levels.step();
+        });
     run.rows.push_back(
         {fmt::format("7. fused kernel vs per-level path at {:g}%, same network, batch 128", density * 100), fmt_time(a),
          fmt_time(b), fmt::format("{:.2f}", a / b),
@@ -595,8 +611,21 @@ void shared_cores(Run& run) {
           break;
         measured_step();
       }
+      // Each timed step follows an untimed one under the same setting, as
+      // in training, where a step finds the pools awake from the one before:
+      // timed alone after the other setting's step, every default step woke
+      // OpenBLAS's second thread (the dense path read 1.21 of one thread on
+      // an idle VM, where in a run of steps it took 0.88 of it).
       const auto [t1, tn] = paired_median_seconds(
-          step, measured_step, 3, reps, 30.0, [&] { one.apply(c.net); }, [&] { all.apply(c.net); });
+          step, measured_step, 3, reps, 30.0,
+          [&] {
+            one.apply(c.net);
+            step();
+          },
+          [&] {
+            all.apply(c.net);
+            measured_step();
+          });
       for (pid_t pid : spinners) kill(pid, SIGKILL), waitpid(pid, nullptr, 0);
       run.rows.push_back({fmt::format("11. {}, batch 64, {} core(s) kept busy", c.name, busy), fmt_time(tn),
                           fmt_time(t1), fmt::format("{:.2f}", tn / std::min(t1, tn)),
