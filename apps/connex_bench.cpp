@@ -64,21 +64,29 @@ double median_seconds(const std::function<void()>& fn, int warmup, int reps, dou
 // Medians of two closures timed alternately, call by call. This machine's
 // speed drifts by tens of percent over seconds (a shared VM); timed in turn,
 // both sides see the same drift, so their ratio holds when absolute times move.
-// `before_a` and `before_b`, when given, run untimed before each call of their side.
+// `set_a` and `set_b`, when given, put each side's thread setting in place:
+// before each timed call of its side, untimed, followed by one untimed call
+// of that side, so that the timed call finds the setting's pools awake as a
+// training step finds them after the step before. (Timed right after the
+// other side's call, each call woke a pool's threads: row 11's dense path
+// read 1.21 of one thread on an idle VM, where in a run of steps it took 0.88.)
 std::pair<double, double> paired_median_seconds(const std::function<void()>& a, const std::function<void()>& b,
                                                 int warmup, int reps, double budget_s = 40.0,
-                                                const std::function<void()>& before_a = {},
-                                                const std::function<void()>& before_b = {}) {
-  auto timed = [](const std::function<void()>& before, const std::function<void()>& fn) {
-    if (before) before();
+                                                const std::function<void()>& set_a = {},
+                                                const std::function<void()>& set_b = {}) {
+  auto timed = [](const std::function<void()>& set, const std::function<void()>& fn) {
+    if (set) {
+      set();
+      fn();
+    }
     return seconds_of(fn);
   };
-  for (int i = 0; i < warmup; ++i) timed(before_a, a), timed(before_b, b);
+  for (int i = 0; i < warmup; ++i) timed(set_a, a), timed(set_b, b);
   std::vector<double> ta, tb;
   const auto start = Clock::now();
   for (int i = 0; i < reps; ++i) {
-    ta.push_back(timed(before_a, a));
-    tb.push_back(timed(before_b, b));
+    ta.push_back(timed(set_a, a));
+    tb.push_back(timed(set_b, b));
     if (std::chrono::duration<double>(Clock::now() - start).count() > budget_s && ta.size() >= 3) break;
   }
   return {median_of(ta), median_of(tb)};
@@ -375,20 +383,11 @@ void sparse_layered(Run& run) {
     const auto reference_pools = share_cores_for_matmuls(run.cores);
     const auto pools = share_cores(run.cores, c.net) + reference_pools;
     // Each side runs with its own best thread setting, switched untimed
-    // before each call, then one untimed step, so that a timed step finds
-    // its pools awake as in training (row 11). Warmed up (and glibc told to
-    // keep freed memory, see main()), or the masked-dense step's multi-MB
-    // tensors are mmapped and faulted in anew each time.
-    const auto reference_step = classify_step(masked, c.x, c.labels);
-    const auto [a, b] = paired_median_seconds([&] { c.step(); }, reference_step, 5, run.reps, 40.0,
-                                              [&] {
-                                                run.cores.apply(c.net);
-                                                c.step();
-                                              },
-                                              [&] {
-                                                share_cores_for_matmuls(run.cores);
-                                                reference_step();
-                                              });
+    // before each call. Warmed up (and glibc told to keep freed memory, see
+    // main()), or the masked-dense step's multi-MB tensors are mmapped and faulted in anew each time.
+    const auto [a, b] =
+        paired_median_seconds([&] { c.step(); }, classify_step(masked, c.x, c.labels), 5, run.reps, 40.0,
+                              [&] { run.cores.apply(c.net); }, [&] { share_cores_for_matmuls(run.cores); });
     run.rows.push_back({fmt::format("7. sparse layered {} at {:g}% (ER, {}k connections) train step, batch 128",
                                     sizes_str(sizes), density * 100, c.net->num_connections() / 1000),
                         fmt_time(a), fmt_time(b), fmt::format("{:.2f}", a / b),
@@ -409,16 +408,9 @@ void kernel_crossover(Run& run) {
     Classifier fused(connex::NeuralNetwork(layered_spec(sizes, density), forced(true)), 128);
     Classifier levels(connex::NeuralNetwork(layered_spec(sizes, density), forced(false)), 128);
     const auto pools = share_cores(run.cores, fused.net) + " / per-level" + share_cores(run.cores, levels.net);
-    const auto [a, b] = paired_median_seconds(  // each timed step after an untimed one, as above
-        [&] { fused.step(); }, [&] { levels.step(); }, 5, run.reps, 40.0,
-        [&] {
-          run.cores.apply(fused.net);
-          fused.step();
-        },
-        [&] {
-          run.cores.apply(levels.net);
-          levels.step();
-        });
+    const auto [a, b] =
+        paired_median_seconds([&] { fused.step(); }, [&] { levels.step(); }, 5, run.reps, 40.0,
+                              [&] { run.cores.apply(fused.net); }, [&] { run.cores.apply(levels.net); });
     run.rows.push_back(
         {fmt::format("7. fused kernel vs per-level path at {:g}%, same network, batch 128", density * 100), fmt_time(a),
          fmt_time(b), fmt::format("{:.2f}", a / b),
@@ -611,21 +603,8 @@ void shared_cores(Run& run) {
           break;
         measured_step();
       }
-      // Each timed step follows an untimed one under the same setting, as
-      // in training, where a step finds the pools awake from the one before:
-      // timed alone after the other setting's step, every default step woke
-      // OpenBLAS's second thread (the dense path read 1.21 of one thread on
-      // an idle VM, where in a run of steps it took 0.88 of it).
       const auto [t1, tn] = paired_median_seconds(
-          step, measured_step, 3, reps, 30.0,
-          [&] {
-            one.apply(c.net);
-            step();
-          },
-          [&] {
-            all.apply(c.net);
-            measured_step();
-          });
+          step, measured_step, 3, reps, 30.0, [&] { one.apply(c.net); }, [&] { all.apply(c.net); });
       for (pid_t pid : spinners) kill(pid, SIGKILL), waitpid(pid, nullptr, 0);
       run.rows.push_back({fmt::format("11. {}, batch 64, {} core(s) kept busy", c.name, busy), fmt_time(tn),
                           fmt_time(t1), fmt::format("{:.2f}", tn / std::min(t1, tn)),
