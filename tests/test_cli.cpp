@@ -482,6 +482,12 @@ TEST(OpenBlas, FasterKernelsOnlyWhereOpenBlasFellBackOnOlderOnes) {
   EXPECT_EQ(describe(OpenBlasKernels{}), "");
   EXPECT_EQ(describe(OpenBlasKernels{"Haswell", true, "", false}), "OpenBLAS's Haswell kernels");
   EXPECT_EQ(describe(OpenBlasKernels{"SkylakeX", true, "", true}), "OpenBLAS's SkylakeX kernels (OPENBLAS_CORETYPE)");
+  // A name OpenBLAS lacks (it then chose for itself), and slower kernels chosen by name.
+  EXPECT_EQ(describe(OpenBlasKernels{"Cooperlake", true, "", false, "Skylake\n"}),
+            "OpenBLAS's Cooperlake kernels (OPENBLAS_CORETYPE=Skylake? not taken)");
+  EXPECT_EQ(describe(OpenBlasKernels{"Prescott", true, "SkylakeX", true, "prescott"}),
+            "OpenBLAS's Prescott kernels (OPENBLAS_CORETYPE; this processor runs SkylakeX's faster: set "
+            "OPENBLAS_CORETYPE=SkylakeX)");
   EXPECT_EQ(describe(OpenBlasKernels{"Prescott", true, "SkylakeX", false}),
             "OpenBLAS's Prescott kernels (this processor runs SkylakeX's faster: set OPENBLAS_CORETYPE=SkylakeX)");
 }
@@ -505,6 +511,11 @@ TEST(Cli, RunsTheProcessorsOwnBlasKernels) {
   const auto chosen = connex_cli("train --epochs 1", dir, "OPENBLAS_CORETYPE=Haswell");
   ASSERT_EQ(chosen.code, 0) << chosen.err;
   EXPECT_NE(chosen.out.find("OpenBLAS's Haswell kernels (OPENBLAS_CORETYPE)\n"), std::string::npos) << chosen.out;
+  // A name OpenBLAS lacks: it chooses for itself (it knows the processor
+  // then, or the line suggests faster kernels), and the line says so.
+  const auto lacked = connex_cli("train --epochs 1", dir, "OPENBLAS_CORETYPE=NoSuchCore");
+  ASSERT_EQ(lacked.code, 0) << lacked.err;
+  EXPECT_NE(lacked.out.find(" kernels (OPENBLAS_CORETYPE=NoSuchCore not taken"), std::string::npos) << lacked.out;
 }
 
 TEST(Cli, PngPathIsNeverAShellCommand) {

@@ -60,17 +60,30 @@ OpenBlasKernels openblas_kernels() {
     k.selectable = text && std::strstr(text, "DYNAMIC_ARCH") != nullptr;
   }
   if (k.selectable) k.faster = faster_openblas_kernels(k.running, cpu_vectors());
-  const char* asked = std::getenv("OPENBLAS_CORETYPE");
-  k.chosen_by_environment = k.selectable && asked && same_name(asked, k.running);
+  if (const char* asked = std::getenv("OPENBLAS_CORETYPE")) {
+    k.asked = asked;
+    k.chosen_by_environment = k.selectable && same_name(k.asked, k.running);
+  }
   return k;
 }
 
 std::string describe(const OpenBlasKernels& kernels) {
   if (kernels.running.empty()) return "";
+  std::string notes;
+  auto note = [&notes](const std::string& text) { notes += (notes.empty() ? "" : "; ") + text; };
+  if (kernels.chosen_by_environment) {
+    note("OPENBLAS_CORETYPE");
+  } else if (!kernels.asked.empty()) {
+    // The value as one line of printable ASCII, whatever the environment holds.
+    std::string asked = kernels.asked.substr(0, 40);
+    for (char& c : asked)
+      if (c < 0x20 || c > 0x7e) c = '?';
+    note("OPENBLAS_CORETYPE=" + asked + " not taken");
+  }
+  if (!kernels.faster.empty())
+    note("this processor runs " + kernels.faster + "'s faster: set OPENBLAS_CORETYPE=" + kernels.faster);
   const std::string said = "OpenBLAS's " + kernels.running + " kernels";
-  if (kernels.chosen_by_environment) return said + " (OPENBLAS_CORETYPE)";
-  if (kernels.faster.empty()) return said;
-  return said + " (this processor runs " + kernels.faster + "'s faster: set OPENBLAS_CORETYPE=" + kernels.faster + ")";
+  return notes.empty() ? said : said + " (" + notes + ")";
 }
 
 void restart_with_openblas_settings(char** argv, const std::vector<std::pair<std::string, std::string>>& extra) {

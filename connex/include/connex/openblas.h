@@ -38,12 +38,15 @@ struct OpenBlasKernels {
   bool selectable = false;             // a DYNAMIC_ARCH build, which reads OPENBLAS_CORETYPE (others run one set)
   std::string faster;                  // where selectable: faster_openblas_kernels(running, cpu_vectors())
   bool chosen_by_environment = false;  // OPENBLAS_CORETYPE named the kernels that run
+  std::string asked;                   // OPENBLAS_CORETYPE's value, where set (OpenBLAS ignores a name it lacks)
 };
 // This process's.
 OpenBlasKernels openblas_kernels();
 // One phrase for a log: "OpenBLAS's SkylakeX kernels (OPENBLAS_CORETYPE)",
 // "OpenBLAS's Prescott kernels (this processor runs SkylakeX's faster: set
-// OPENBLAS_CORETYPE=SkylakeX)"; "" where the BLAS is not OpenBLAS.
+// OPENBLAS_CORETYPE=SkylakeX)", "OpenBLAS's Cooperlake kernels
+// (OPENBLAS_CORETYPE=Skylake not taken)" (a name OpenBLAS lacks: it chose
+// itself); "" where the BLAS is not OpenBLAS.
 std::string describe(const OpenBlasKernels& kernels);
 
 // Starts this program again (execv of /proc/self/exe with `argv`) where
